@@ -1,0 +1,82 @@
+"""One runnable case: a variant built for a problem, with its inputs on the device.
+
+The correctness checks and the benchmarks both go through :func:`prepare`, so what is checked is
+exactly what is timed. Building (mask construction, module set-up) happens in ``prepare`` and is
+timed apart (``build_seconds``); the first call (compilation, autotuning) is the caller's to time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from . import registry
+from .inputs import to_torch
+from .problem import Problem
+from .registry import KernelVariant, LayerVariant, Variant
+
+
+@dataclass
+class Case:
+    """A built variant, its leaf inputs (and parameters) and the output gradient."""
+
+    variant: Variant
+    problem: Problem
+    inputs: dict[str, torch.Tensor]
+    grad_out: torch.Tensor
+    call: Callable[[], torch.Tensor]
+    module: Optional[torch.nn.Module] = None
+    build_seconds: float = 0.0
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def forward(self) -> torch.Tensor:
+        """Run the variant once on the case's inputs."""
+        return self.call()
+
+    def backward(self, out: torch.Tensor) -> None:
+        """Backpropagate the case's output gradient from ``out``."""
+        out.backward(self.grad_out)
+
+    def zero_grads(self) -> None:
+        """Forget gradients from earlier calls."""
+        for t in self.inputs.values():
+            t.grad = None
+        if self.module is not None:
+            for p in self.module.parameters():
+                p.grad = None
+
+    def grads(self) -> dict[str, Optional[torch.Tensor]]:
+        """Gradients of inputs and (for layers) canonical parameters, after :meth:`backward`."""
+        out = {name: t.grad for name, t in self.inputs.items()}
+        if self.module is not None:
+            out.update(self.variant.canonical_grads(self.module))
+        return out
+
+
+def prepare(variant: Variant, problem: Problem, requires_grad: bool, inputs_np=None) -> Case:
+    """Build ``variant`` for ``problem`` and put the family's seeded inputs on the device.
+
+    ``inputs_np`` (name -> float64 array) overrides the family's inputs, e.g. for perturbation.
+    """
+    family = registry.family_of(variant)
+    default_inputs, grad_out_np = family.inputs(problem)
+    arrays = inputs_np if inputs_np is not None else default_inputs
+    inputs = {name: to_torch(a, problem, requires_grad) for name, a in arrays.items()}
+    grad_out = to_torch(grad_out_np, problem)
+    start = time.perf_counter()
+    if isinstance(variant, KernelVariant):
+        fn = variant.build(problem)
+        build = time.perf_counter() - start
+        args = tuple(inputs.values())
+        return Case(variant, problem, inputs, grad_out, lambda: fn(*args), build_seconds=build)
+    if isinstance(variant, LayerVariant):
+        params = {name: to_torch(a, problem) for name, a in family.params(problem).items()}
+        module = variant.build(problem, params)
+        build = time.perf_counter() - start
+        x = inputs["x"]
+        return Case(variant, problem, inputs, grad_out, lambda: module(x), module=module,
+                    build_seconds=build, params=params)
+    raise TypeError(f"{variant!r} is neither a KernelVariant nor a LayerVariant")

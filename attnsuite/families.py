@@ -1,0 +1,45 @@
+"""The kernel-level attention family: q, k, v to o under the Problem's mask and score mods.
+
+Every kernel variant of standard attention (dense, GQA/MQA, structured masks, ALiBi, softcap)
+computes this one function. Other families (layers, MLA, dilated) register their own
+:class:`attnsuite.registry.Family` next to their references.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import oracle, reference_math
+from .inputs import kernel_inputs, kernel_inputs_np
+from .problem import Problem
+from .registry import Family, register_family
+
+
+def _inputs(problem: Problem):
+    q, k, v, do = kernel_inputs_np(problem)
+    return {"q": q, "k": k, "v": v}, do
+
+
+def _reference(problem: Problem):
+    r = oracle.solve(problem)
+    return r.out, {"q": r.dq, "k": r.dk, "v": r.dv}
+
+
+def _base(problem: Problem):
+    q, k, v, do = kernel_inputs(problem, requires_grad=True)
+    with torch.enable_grad():
+        out = reference_math.attention(problem, q, k, v)
+        out.backward(do)
+    return out.detach(), {"q": q.grad, "k": k.grad, "v": v.grad}
+
+
+ATTENTION = register_family(
+    Family(
+        name="attention",
+        level="kernel",
+        inputs=_inputs,
+        reference=_reference,
+        base=_base,
+        description="softmax(mods(scale q k^T) + mask) v, GQA head mapping h -> h*hkv//hq",
+    )
+)

@@ -1,0 +1,118 @@
+"""Masks and score modifiers in torch, for the variants.
+
+Every mask kind is one FlexAttention-style ``mask_mod(b, h, q_idx, kv_idx) -> bool`` function;
+the dense boolean mask, the additive mask and the BlockMask are all built from it, so the three
+forms cannot disagree with each other. The oracle has its own NumPy definition
+(:mod:`attnsuite.oracle_mask`), and a test checks the two agree.
+Convention everywhere in this suite: a boolean mask is True where attention is *allowed*.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from .problem import Problem
+
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+ScoreMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def mask_mod(problem: Problem, device: Optional[str] = None) -> Optional[MaskMod]:
+    """The problem's mask as a mask_mod, or None when nothing is masked."""
+    m = problem.mask
+    off = problem.align_offset
+    device = device or problem.device
+    if m.kind == "none":
+        return None
+    if m.kind == "causal":
+        return lambda b, h, qi, kj: kj <= qi + off
+    if m.kind == "window":
+        w = m.window
+        return lambda b, h, qi, kj: (kj <= qi + off) & (qi + off - kj <= w)
+    if m.kind == "block_causal":
+        f = m.block
+        return lambda b, h, qi, kj: torch.div(kj, f, rounding_mode="floor") <= torch.div(qi + off, f, rounding_mode="floor")
+    if m.kind == "block_sparse":
+        blk, seed = m.block, m.seed
+        def sparse(b, h, qi, kj):
+            qb, kb = qi // blk, kj // blk
+            return (qb == kb) | ((qb * 7 + kb * 13 + seed) % 3 == 0)
+        return sparse
+    if m.kind == "document":
+        lens = torch.tensor(m.doc_lens, device=device)
+        doc = torch.repeat_interleave(torch.arange(len(m.doc_lens), device=device), lens)
+        lk = problem.lk
+        causal = m.causal
+        def document(b, h, qi, kj):
+            pos = qi + off
+            inside = (pos >= 0) & (pos < lk)
+            same = inside & (doc[pos.clamp(0, lk - 1)] == doc[kj])
+            return same & (kj <= pos) if causal else same
+        return document
+    if m.kind == "prefix":
+        pre = m.prefix
+        return lambda b, h, qi, kj: (kj < pre) | (kj <= qi + off)
+    if m.kind == "random":
+        seed, lk = m.seed, problem.lk
+        def random(b, h, qi, kj):
+            hashed = ((qi * 73856093) ^ (kj * 19349663) ^ (seed * 83492791 + 1)) % 97
+            return (hashed < 48) | (kj == (qi * 7 + seed) % lk)
+        return random
+    raise AssertionError(m.kind)
+
+
+def dense_bool_mask(problem: Problem, device: Optional[str] = None) -> Optional[torch.Tensor]:
+    """(lq, lk) boolean mask, True = allowed; None when nothing is masked."""
+    device = device or problem.device
+    mod = mask_mod(problem, device)
+    if mod is None:
+        return None
+    qi = torch.arange(problem.lq, device=device)[:, None]
+    kj = torch.arange(problem.lk, device=device)[None, :]
+    zero = torch.zeros((), dtype=torch.long, device=device)
+    return torch.broadcast_to(mod(zero, zero, qi, kj), (problem.lq, problem.lk)).contiguous()
+
+
+def alibi_slopes(hq: int, device: str) -> torch.Tensor:
+    """ALiBi slopes 2^(-8 (h+1) / H), float32."""
+    return torch.exp2(-8.0 * (torch.arange(hq, device=device, dtype=torch.float32) + 1.0) / hq)
+
+
+def additive_bias(problem: Problem, dtype: torch.dtype, device: Optional[str] = None) -> Optional[torch.Tensor]:
+    """Additive float mask: 0 allowed / -inf masked, plus ALiBi when set.
+
+    Shape (lq, lk), or (hq, lq, lk) with ALiBi. None when there is neither mask nor ALiBi.
+    """
+    device = device or problem.device
+    allowed = dense_bool_mask(problem, device)
+    bias = None
+    if problem.alibi:
+        qi = torch.arange(problem.lq, device=device)[:, None] + problem.align_offset
+        kj = torch.arange(problem.lk, device=device)[None, :]
+        dist = (qi - kj).abs().to(torch.float32)
+        bias = -alibi_slopes(problem.hq, device)[:, None, None] * dist[None]
+    if allowed is not None:
+        neg = torch.zeros(allowed.shape, dtype=torch.float32, device=device).masked_fill(~allowed, float("-inf"))
+        bias = neg if bias is None else bias + neg
+    return None if bias is None else bias.to(dtype)
+
+
+def score_mod(problem: Problem, device: Optional[str] = None) -> Optional[ScoreMod]:
+    """FlexAttention score_mod for ALiBi then softcap; None when the problem has neither."""
+    device = device or problem.device
+    off = problem.align_offset
+    slopes = alibi_slopes(problem.hq, device) if problem.alibi else None
+    cap = problem.softcap
+    if slopes is None and cap is None:
+        return None
+
+    def mod(score, b, h, qi, kj):
+        if slopes is not None:
+            score = score - slopes[h] * (qi + off - kj).abs()
+        if cap is not None:
+            score = cap * torch.tanh(score / cap)
+        return score
+
+    return mod

@@ -1,0 +1,70 @@
+"""The oracle's definition of each mask kind, in NumPy.
+
+This is deliberately a second, independent implementation of the mask semantics: the variants
+build their masks from :mod:`attnsuite.mask_mods` (torch), and the tests check that both agree for
+every kind and many lengths. A bug in one shows up as a disagreement rather than hiding in both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .problem import Problem
+
+
+def random_keep(i: np.ndarray, j: np.ndarray, seed: int, lk: int) -> np.ndarray:
+    """The seeded 'random' mask as a pure function of positions (about half kept, >= 1 per row)."""
+    h = ((i * 73856093) ^ (j * 19349663) ^ (seed * 83492791 + 1)) % 97
+    return (h < 48) | (j == (i * 7 + seed) % lk)
+
+
+def allowed(problem: Problem) -> np.ndarray:
+    """Boolean (lq, lk) array: True where query i may attend to key j."""
+    m = problem.mask
+    lq, lk = problem.lq, problem.lk
+    raw_i = np.arange(lq, dtype=np.int64)[:, None]
+    i = raw_i + problem.align_offset  # query position on the key axis
+    j = np.arange(lk, dtype=np.int64)[None, :]
+    if m.kind == "none":
+        out = np.ones((lq, lk), dtype=bool)
+    elif m.kind == "causal":
+        out = j <= i
+    elif m.kind == "window":
+        out = (j <= i) & (j >= i - m.window)
+    elif m.kind == "block_causal":
+        out = (j // m.block) <= np.floor_divide(i, m.block)
+    elif m.kind == "block_sparse":
+        qb, kb = raw_i // m.block, j // m.block
+        out = (qb == kb) | (((qb * 7 + kb * 13 + m.seed) % 3) == 0)
+    elif m.kind == "document":
+        doc_of_key = np.repeat(np.arange(len(m.doc_lens)), m.doc_lens)
+        pos = i[:, 0]
+        valid = (pos >= 0) & (pos < lk)
+        doc_q = np.where(valid, doc_of_key[np.clip(pos, 0, lk - 1)], -1)[:, None]
+        out = doc_q == doc_of_key[None, :]
+        if m.causal:
+            out = out & (j <= i)
+    elif m.kind == "prefix":
+        out = (j < m.prefix) | (j <= i)
+    elif m.kind == "random":
+        out = random_keep(raw_i, j, m.seed, lk)
+    else:  # Mask validates its kind, so this is a programming error
+        raise AssertionError(m.kind)
+    return np.broadcast_to(out, (lq, lk)).copy()
+
+
+def alibi_slopes(hq: int) -> np.ndarray:
+    """ALiBi slopes m_h = 2^(-8 (h+1) / H), the geometric sequence of the ALiBi paper."""
+    return 2.0 ** (-8.0 * (np.arange(hq, dtype=np.float64) + 1.0) / hq)
+
+
+def alibi_bias(problem: Problem) -> np.ndarray:
+    """(hq, lq, lk) additive bias -m_h * |i - j| with i on the key axis (alignment applied)."""
+    i = np.arange(problem.lq)[:, None] + problem.align_offset
+    j = np.arange(problem.lk)[None, :]
+    return -alibi_slopes(problem.hq)[:, None, None] * np.abs(i - j)[None].astype(np.float64)
+
+
+def fully_masked_rows(problem: Problem) -> np.ndarray:
+    """Indices of query rows that may attend to no key at all."""
+    return np.flatnonzero(~allowed(problem).any(axis=1))

@@ -1,0 +1,53 @@
+"""The pytest plugin: loaded by the root ``conftest.py``; it loads the variants and the sub-plugins.
+
+Sub-plugins, one job each: :mod:`attnsuite.plugin_bench` (benchmark options and timing fixtures),
+:mod:`attnsuite.plugin_gate` (baselines, verdicts, reports).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from . import registry
+
+SUBPLUGINS = ("attnsuite.plugin_bench", "attnsuite.plugin_gate")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("attnsuite", "attention regression suite")
+    group.addoption(
+        "--attn-variants",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_PATH",
+        help="import variants from a module name or .py file outside the repo (repeatable; "
+        "also ATTNSUITE_VARIANTS=a,b and the 'attnsuite.variants' entry-point group)",
+    )
+    group.addoption(
+        "--attn-only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="check/benchmark only these variants (repeatable; unknown names are an error)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in SUBPLUGINS:
+        if not config.pluginmanager.has_plugin(name):
+            config.pluginmanager.import_plugin(name)
+    try:
+        registry.load_all(config.getoption("--attn-variants"))
+    except Exception as exc:  # a broken external module must say which one and why
+        raise pytest.UsageError(f"attnsuite: could not load variants: {type(exc).__name__}: {exc}") from exc
+    for name in config.getoption("--attn-only"):
+        try:
+            registry.get(name)
+        except registry.UnknownVariantError as exc:
+            raise pytest.UsageError(f"attnsuite: --attn-only: {exc}") from None
+
+
+def selected_variants(config: pytest.Config, level: str | None = None) -> list[registry.Variant]:
+    """Registered variants of ``level`` after the ``--attn-only`` filter."""
+    only = set(config.getoption("--attn-only"))
+    return [v for v in registry.variants(level=level) if not only or v.name in only]

@@ -1,0 +1,1 @@
+"""Benchmark options and fixtures (issue: measurement). Placeholder until that lands."""

@@ -1,0 +1,82 @@
+"""The per-case measurement record: the contract between the benchmarks, the baselines and the gate.
+
+One :class:`CaseRecord` per (workload, variant, mode, problem). The benchmarks store it in the
+pytest-benchmark JSON under each benchmark's ``extra_info`` (``CaseRecord.to_extra_info``); the
+baseline store and the verdict rule read it back with :meth:`CaseRecord.from_extra_info`. Cases
+that did not produce a time (out of memory, numerics failure, error, skip) are records too, so they
+never vanish from a report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
+
+OUTCOMES = ("ok", "skipped", "oom", "numerics", "error")
+MODES = ("fwd", "bwd", "fwd+bwd")
+SCHEMA_VERSION = 1
+
+
+def case_key(workload: str, variant: str, mode: str, problem_id: str) -> str:
+    """The stable key of a case across runs: ``workload/variant/mode/problem-id``."""
+    return f"{workload}/{variant}/{mode}/{problem_id}"
+
+
+@dataclass
+class CaseRecord:
+    """Everything measured (or not) about one case."""
+
+    workload: str
+    variant: str
+    mode: str  # one of MODES
+    problem: str  # Problem.id
+    outcome: str = "ok"  # one of OUTCOMES
+    detail: str = ""  # skip reason, exception text, numerics message, OOM message
+    family: str = ""
+    level: str = ""
+    # time, milliseconds of device time per call
+    median_ms: Optional[float] = None
+    iqr_ms: Optional[float] = None  # spread: interquartile range of the samples
+    min_ms: Optional[float] = None
+    samples: int = 0
+    timer: str = ""  # "cuda-events" or "perf_counter"
+    first_call_ms: Optional[float] = None  # compile / autotune / lazy init, outside the timed region
+    mask_build_ms: Optional[float] = None  # outside the timed region
+    # work
+    flops: Optional[float] = None  # FLOPs of one call (mask-aware; backward = 2.5x forward)
+    tflops: Optional[float] = None
+    pct_peak: Optional[float] = None  # % of the device's dense peak for the dtype
+    # memory
+    peak_mem_bytes: Optional[int] = None  # peak above what the inputs hold
+    mem_method: str = ""  # "cuda-allocator", "cpu-rss", ...
+    oom_bytes: Optional[int] = None  # bytes asked for when out of memory
+    materialises: Optional[bool] = None  # a fused variant whose peak grows like L^2
+    # which kernel ran
+    backend: str = ""  # e.g. "sdpa:flash", "flex:compiled", "math", "compiled->eager fallback"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return case_key(self.workload, self.variant, self.mode, self.problem)
+
+    def to_extra_info(self) -> dict[str, Any]:
+        """A JSON-ready dict for pytest-benchmark's ``extra_info`` (with the case key)."""
+        d = asdict(self)
+        d["case"] = self.key
+        d["schema"] = SCHEMA_VERSION
+        return d
+
+    @classmethod
+    def from_extra_info(cls, data: dict[str, Any]) -> "CaseRecord":
+        """Rebuild a record; unknown keys are kept in ``extra``, missing required keys raise ValueError."""
+        names = {f.name for f in fields(cls)}
+        missing = [n for n in ("workload", "variant", "mode", "problem") if n not in data]
+        if missing:
+            raise ValueError(f"record lacks required fields {missing}")
+        known = {k: v for k, v in data.items() if k in names}
+        rest = {k: v for k, v in data.items() if k not in names and k not in ("case", "schema")}
+        rec = cls(**known)
+        rec.extra.update(rest)
+        if rec.outcome not in OUTCOMES:
+            raise ValueError(f"record {rec.key}: unknown outcome {rec.outcome!r}")
+        return rec

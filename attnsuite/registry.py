@@ -1,0 +1,271 @@
+"""The variant registry: what implementations exist and what each can run.
+
+A variant is an object of a :class:`KernelVariant` or :class:`LayerVariant` subclass that declares
+its name, family, level, devices, dtypes and supported features, and says *why* it cannot run a
+given problem (:meth:`Variant.unsupported`). Register one with :func:`register`. Variants living
+outside this repository are loaded by :func:`load_external` (a module name or a ``.py`` path, as
+given to ``pytest --attn-variants=...`` or the ``ATTNSUITE_VARIANTS`` environment variable) or by
+the ``attnsuite.variants`` entry-point group.
+
+The registry dict is the only global mutable state of the suite.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import os
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Optional
+
+import torch
+
+from .problem import Problem
+
+KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+ALL_DTYPES = frozenset({"float64", "float32", "bfloat16", "float16"})
+# Feature names a variant may declare; each gates one kind of problem (see Variant.unsupported).
+FEATURES = frozenset(
+    {
+        "gqa",  # hkv < hq
+        "lq_ne_lk",  # query length differs from key length
+        "dv_ne_dqk",  # value head dim differs from q/k head dim
+        "bottom_right",  # causal corner aligned bottom-right (KV-cache decoding)
+        "alibi",
+        "softcap",
+        "dropout",
+        "custom_scale",  # an explicit scale other than 1/sqrt(d)
+    }
+)
+
+_REGISTRY: dict[str, "Variant"] = {}
+_FAMILIES: dict[str, "Family"] = {}
+
+
+@dataclass(frozen=True)
+class Family:
+    """The function a group of variants computes, with its independent references.
+
+    ``inputs(problem)`` gives the float64 inputs (ordered dict name -> array, values representable
+    in the problem's dtype) and the output gradient; ``params(problem)`` the canonical parameters of
+    a layer family (every layer variant of the family loads these, so all compute one function);
+    ``reference(problem)`` the float64 oracle output and gradients (keyed by input and parameter
+    names); ``base(problem)`` plain math in the problem's own dtype and device, same keys, torch
+    tensors: the noise level of the tolerance rule.
+    """
+
+    name: str
+    level: str  # "kernel" or "layer"
+    inputs: Callable[[Problem], tuple[dict[str, Any], Any]]
+    reference: Callable[[Problem], tuple[Any, dict[str, Any]]]
+    base: Callable[[Problem], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    params: Optional[Callable[[Problem], dict[str, Any]]] = None
+    description: str = ""
+
+
+class UnknownVariantError(KeyError):
+    """A variant name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; this reads better
+        return str(self.args[0])
+
+
+class Variant:
+    """Base of every variant. Subclasses set the class attributes and implement ``build``."""
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = "attention"  # names a registered Family: the function computed
+    level: ClassVar[str] = "kernel"
+    description: ClassVar[str] = ""
+    devices: ClassVar[frozenset] = frozenset({"cpu", "cuda"})
+    dtypes: ClassVar[frozenset] = ALL_DTYPES
+    masks: ClassVar[frozenset] = frozenset({"none", "causal"})
+    features: ClassVar[frozenset] = frozenset()
+    # Devices on which backward works; None means every device the variant runs on.
+    backward_devices: ClassVar[Optional[frozenset]] = None
+    compiled: ClassVar[bool] = False  # goes through torch.compile (first call compiles)
+    fused: ClassVar[bool] = False  # must not materialise the (lq, lk) score matrix
+    deterministic: ClassVar[bool] = True  # two identical calls must agree bit for bit
+    backend: ClassVar[str] = ""  # the backend this variant means to use ("flash", "math", ...)
+
+    def unsupported(self, problem: Problem, backward: bool = False) -> list[str]:
+        """Reasons this variant cannot run ``problem`` (empty when it can)."""
+        reasons = []
+        device = problem.device.split(":")[0]
+        if problem.level != self.level:
+            reasons.append(f"{self.name} is a {self.level}-level variant; the problem is {problem.level}-level")
+        if device not in self.devices:
+            reasons.append(f"{self.name} runs on {sorted(self.devices)}, not {device}")
+        if device == "cuda" and not torch.cuda.is_available():
+            reasons.append("no CUDA device on this machine")
+        if problem.dtype not in self.dtypes:
+            reasons.append(f"{self.name} does not support dtype {problem.dtype}")
+        if problem.mask.kind not in self.masks:
+            reasons.append(f"{self.name} does not support mask kind {problem.mask.kind!r}")
+        needs = {
+            "gqa": problem.hkv != problem.hq,
+            "lq_ne_lk": problem.lq != problem.lk,
+            "dv_ne_dqk": problem.dv != problem.dqk,
+            "bottom_right": problem.mask.align == "bottom_right"
+            and problem.lq != problem.lk
+            and problem.mask.kind != "none",
+            "alibi": problem.alibi,
+            "softcap": problem.softcap is not None,
+            "dropout": problem.dropout > 0,
+            "custom_scale": problem.scale is not None,
+        }
+        for feature, needed in needs.items():
+            if needed and feature not in self.features:
+                reasons.append(f"{self.name} does not support {feature}")
+        if backward and device in self.devices:
+            allowed = self.backward_devices if self.backward_devices is not None else self.devices
+            if device not in allowed:
+                reasons.append(f"{self.name} has no backward on {device}")
+        reasons.extend(self.extra_reasons(problem, backward))
+        return reasons
+
+    def extra_reasons(self, problem: Problem, backward: bool) -> list[str]:
+        """Variant-specific reasons beyond the declared capabilities (head-dim limits, ...)."""
+        return []
+
+    def __repr__(self) -> str:
+        return f"<{self.level} variant {self.name} ({self.family})>"
+
+
+class KernelVariant(Variant):
+    """q, k, v (SDPA layout) to o. ``build`` does the one-off work (mask building) and returns the call."""
+
+    level: ClassVar[str] = "kernel"
+
+    def build(self, problem: Problem) -> KernelFn:
+        """Prepare for ``problem`` (build masks, compile wrappers) and return ``fn(q, k, v) -> o``."""
+        raise NotImplementedError
+
+
+class LayerVariant(Variant):
+    """x (batch, l, d_model) to y, with its own projections loaded from the family's canonical weights."""
+
+    level: ClassVar[str] = "layer"
+
+    def build(self, problem: Problem, params: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """A module computing the layer, its parameters copied from the canonical ``params``."""
+        raise NotImplementedError
+
+    def canonical_grads(self, module: torch.nn.Module) -> dict[str, Optional[torch.Tensor]]:
+        """The module's parameter gradients, keyed and shaped like the canonical parameters.
+
+        The default assumes the module's parameters carry the canonical names; variants that
+        fuse or reshape parameters override it.
+        """
+        return {name: p.grad for name, p in module.named_parameters()}
+
+
+def register(variant):
+    """Register a variant instance or class (usable as a class decorator). Returns its argument."""
+    instance = variant() if isinstance(variant, type) else variant
+    if not isinstance(instance, Variant):
+        raise TypeError(f"register() takes a Variant subclass or instance, got {variant!r}")
+    if not instance.name:
+        raise ValueError(f"variant {type(instance).__name__} has no name")
+    existing = _REGISTRY.get(instance.name)
+    if existing is not None and type(existing) is not type(instance):
+        raise ValueError(
+            f"variant name {instance.name!r} is already registered by {type(existing).__module__}."
+            f"{type(existing).__name__}"
+        )
+    bad = set(instance.features) - FEATURES
+    if bad:
+        raise ValueError(f"variant {instance.name!r} declares unknown features {sorted(bad)}")
+    _REGISTRY[instance.name] = instance
+    return variant
+
+
+def register_family(family: Family) -> Family:
+    """Register the reference semantics of a family (re-registering the same name replaces it)."""
+    if family.level not in ("kernel", "layer"):
+        raise ValueError(f"family {family.name!r}: level must be 'kernel' or 'layer'")
+    if family.level == "layer" and family.params is None:
+        raise ValueError(f"layer family {family.name!r} needs canonical params")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def family_of(variant: "Variant") -> Family:
+    """The family a variant belongs to; a clear error when it was never registered."""
+    try:
+        return _FAMILIES[variant.family]
+    except KeyError:
+        raise UnknownVariantError(
+            f"variant {variant.name!r} names family {variant.family!r}, which is not registered "
+            f"(known: {', '.join(sorted(_FAMILIES))})"
+        ) from None
+
+
+def get(name: str) -> Variant:
+    """The registered variant called ``name``; an unknown name names its closest matches."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownVariantError(f"unknown variant {name!r}{hint} ({len(_REGISTRY)} registered)") from None
+
+
+def variants(level: Optional[str] = None, family: Optional[str] = None) -> list[Variant]:
+    """Registered variants, optionally of one level and family, in name order."""
+    return [
+        v
+        for _, v in sorted(_REGISTRY.items())
+        if (level is None or v.level == level) and (family is None or v.family == family)
+    ]
+
+
+def load_builtin() -> None:
+    """Import the in-repo families and variants (the ``impls`` package registers them on import)."""
+    importlib.import_module("attnsuite.families")
+    importlib.import_module("impls")
+
+
+def load_external(spec: str) -> None:
+    """Import a module of variants from outside the repo: a dotted module name or a ``.py`` path."""
+    spec = spec.strip()
+    if not spec:
+        return
+    if spec.endswith(".py") or os.sep in spec:
+        path = Path(spec).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"variant module file {spec!r} does not exist")
+        mod_name = f"attnsuite_external_{path.stem}"
+        if mod_name in sys.modules:
+            return
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception:
+            del sys.modules[mod_name]
+            raise
+    else:
+        importlib.import_module(spec)
+
+
+def load_entry_points() -> None:
+    """Import every module named in the ``attnsuite.variants`` entry-point group."""
+    for ep in entry_points(group="attnsuite.variants"):
+        ep.load()
+
+
+def load_all(external: Iterable[str] = ()) -> None:
+    """Built-in variants, entry points, the ``ATTNSUITE_VARIANTS`` variable, then ``external``."""
+    load_builtin()
+    load_entry_points()
+    for spec in os.environ.get("ATTNSUITE_VARIANTS", "").split(","):
+        load_external(spec)
+    for spec in external:
+        load_external(spec)

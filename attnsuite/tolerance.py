@@ -1,0 +1,102 @@
+"""The pass rule, written once. Every numerical comparison in the suite goes through :func:`compare`.
+
+For bf16/fp16 it is the rule of the FlashAttention-3 test suite: with ``X_ref`` the float64 oracle
+and ``X_base`` plain math attention computed in the variant's own dtype on the same device,
+
+    err      = max|X - X_ref|
+    err_base = max|X_base - X_ref|
+    pass  iff  err <= rtol * err_base + floor
+
+with rtol 2 for the output and 3 for gradients, and ``floor`` two rounding steps of the dtype at
+the reference's magnitude (2 * eps * max|X_ref|), so an exact base cannot make the bound zero.
+For fp32 and fp64 the same formula holds with a tight relative floor instead (1e-5 and 1e-10 of
+max|X_ref|): far below any real defect (a scale off by 1% moves outputs by ~1e-3 relative),
+well above honest fp32 reduction-order noise. NaN or Inf never passes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+RTOL = {"output": 2.0, "grad": 3.0}
+# Relative floor per dtype: two rounding steps (2 * machine epsilon) for half types, tight for fp32/fp64.
+FLOOR = {
+    "bfloat16": 2 * 2.0**-7,
+    "float16": 2 * 2.0**-10,
+    "float32": 1e-5,
+    "float64": 1e-10,
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One comparison of a result with the oracle: numbers and verdict."""
+
+    what: str  # "output", "dq", "grad wq", ...
+    err: float  # max |X - X_ref|
+    err_base: float  # max |X_base - X_ref|
+    bound: float  # rtol * err_base + floor
+    ref_max: float  # max |X_ref|
+    finite: bool
+    where: Optional[tuple] = None  # index of the largest error
+
+    @property
+    def passed(self) -> bool:
+        return self.finite and self.err <= self.bound
+
+    def describe(self) -> str:
+        """One line: what, how far off, against which bound."""
+        if not self.finite:
+            return f"{self.what}: contains NaN or Inf (first at index {self.where})"
+        ratio = self.err / self.bound if self.bound > 0 else math.inf
+        return (
+            f"{self.what}: max error {self.err:.3g} at {self.where} vs bound {self.bound:.3g} "
+            f"({ratio:.2f}x the bound; base error {self.err_base:.3g}, |ref| max {self.ref_max:.3g})"
+        )
+
+
+def as_float64(x) -> np.ndarray:
+    """A float64 NumPy array from a torch tensor or array-like."""
+    if hasattr(x, "detach"):
+        return x.detach().to("cpu").double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def compare(
+    what: str,
+    x,
+    x_ref,
+    x_base,
+    dtype: str,
+    kind: str = "output",
+    rows: Optional[np.ndarray] = None,
+) -> Comparison:
+    """Compare ``x`` (variant) with ``x_ref`` (float64 oracle), using ``x_base`` for the noise level.
+
+    ``kind`` is "output" or "grad" (picks rtol). ``rows``, when given, is a boolean mask over the
+    second-to-last axis selecting the query rows that are compared (fully masked rows are reported
+    by the checks rather than compared).
+    """
+    x, x_ref, x_base = as_float64(x), as_float64(x_ref), as_float64(x_base)
+    if x.shape != x_ref.shape:
+        raise ValueError(f"{what}: shape {x.shape} differs from the reference's {x_ref.shape}")
+    if rows is not None:
+        x, x_ref, x_base = (a[..., rows, :] for a in (x, x_ref, x_base))
+    ref_max = float(np.max(np.abs(x_ref))) if x_ref.size else 0.0
+    finite_mask = np.isfinite(x)
+    if not finite_mask.all():
+        bad = tuple(int(i) for i in np.argwhere(~finite_mask)[0])
+        return Comparison(what, math.inf, math.nan, math.nan, ref_max, False, bad)
+    diff = np.abs(x - x_ref)
+    err = float(diff.max()) if diff.size else 0.0
+    where = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)) if diff.size else None
+    base_diff = np.abs(x_base - x_ref)
+    err_base = float(np.nanmax(base_diff)) if base_diff.size else 0.0
+    if not math.isfinite(err_base):
+        raise ValueError(f"{what}: the low-precision base computation is not finite; cannot set a bound")
+    bound = RTOL[kind] * err_base + FLOOR[dtype] * max(ref_max, 1e-30)
+    return Comparison(what, err, err_base, bound, ref_max, True, where)

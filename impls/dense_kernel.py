@@ -1,0 +1,340 @@
+"""Kernel-level variants of standard attention: q, k, v (SDPA layout) to o.
+
+Each class is one variant; ``@register`` adds it to the registry. They all compute the
+``attention`` family (see :mod:`attnsuite.families`), with masks built from
+:mod:`attnsuite.mask_mods` (a boolean mask is True where attention is allowed).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
+
+from attnsuite import mask_mods
+from attnsuite.problem import MASK_KINDS, Problem
+from attnsuite.registry import KernelVariant, register
+
+ALL_MASKS = frozenset(MASK_KINDS)
+EVERYTHING = frozenset({"gqa", "lq_ne_lk", "dv_ne_dqk", "bottom_right", "alibi", "softcap", "custom_scale"})
+HALF = frozenset({"bfloat16", "float16"})
+
+# The suite builds one compiled function per problem. Dynamo's default limit of 8 recompiles per
+# code object would silently turn the 9th problem into an eager fallback; the suite lifts it for
+# its own runs and the benchmarks still detect and report any fallback that happens.
+torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 512)
+torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
+
+
+def explicit_attention(q, k, v, scale: float, allowed, bias, softcap):
+    """Matmul-softmax attention; ``allowed`` boolean (lq, lk) or None, ``bias`` additive or None."""
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+    s = torch.matmul(q, k.transpose(-2, -1)) * scale
+    if bias is not None:
+        s = s + bias
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
+    if allowed is not None:
+        s = s.masked_fill(~allowed, float("-inf"))
+    return torch.matmul(torch.softmax(s, dim=-1), v)
+
+
+def alibi_bias(problem: Problem, dtype: torch.dtype):
+    """(hq, lq, lk) ALiBi bias without any mask, or None."""
+    if not problem.alibi:
+        return None
+    return mask_mods.additive_bias(problem.with_(mask=type(problem.mask)()), dtype)
+
+
+@register
+class Explicit(KernelVariant):
+    name = "explicit"
+    description = "matmul, masked_fill, softmax, matmul (materialises the score matrix)"
+    masks = ALL_MASKS
+    features = EVERYTHING
+    backend = "eager-matmul"
+
+    def build(self, problem):
+        allowed = mask_mods.dense_bool_mask(problem)
+        bias = alibi_bias(problem, torch.float32)
+        scale, cap = problem.softmax_scale, problem.softcap
+
+        def run(q, k, v):
+            b = None if bias is None else bias.to(q.dtype)
+            return explicit_attention(q, k, v, scale, allowed, b, cap)
+
+        return run
+
+
+@register
+class Einsum(KernelVariant):
+    name = "einsum"
+    description = "einsum scores with grouped heads (GQA by reshape, no K/V repeat)"
+    masks = ALL_MASKS
+    features = EVERYTHING
+    backend = "eager-einsum"
+
+    def build(self, problem):
+        allowed = mask_mods.dense_bool_mask(problem)
+        bias = alibi_bias(problem, torch.float32)
+        scale, cap = problem.softmax_scale, problem.softcap
+        g = problem.hq // problem.hkv
+
+        def run(q, k, v):
+            b, hq, lq, d = q.shape
+            qg = q.reshape(b, hq // g, g, lq, d)  # query head h = kv_head * g + r
+            s = torch.einsum("bkgqd,bkjd->bkgqj", qg, k) * scale
+            if bias is not None:
+                s = s + bias.to(q.dtype).reshape(hq // g, g, lq, -1)
+            if cap is not None:
+                s = cap * torch.tanh(s / cap)
+            if allowed is not None:
+                s = s.masked_fill(~allowed, float("-inf"))
+            o = torch.einsum("bkgqj,bkjd->bkgqd", torch.softmax(s, dim=-1), v)
+            return o.reshape(b, hq, lq, v.shape[-1])
+
+        return run
+
+
+class _Sdpa(KernelVariant):
+    """SDPA with the problem's causal structure passed the way SDPA takes it."""
+
+    masks = frozenset({"none", "causal"})
+    features = frozenset({"gqa", "lq_ne_lk", "dv_ne_dqk", "bottom_right", "custom_scale"})
+    pinned: ClassVar = None  # an SDPBackend, or None for default dispatch
+
+    def sdpa_kwargs(self, problem: Problem) -> dict:
+        kw = {"scale": problem.softmax_scale}
+        if problem.hkv != problem.hq:
+            kw["enable_gqa"] = True
+        if problem.mask.kind == "causal":
+            if problem.mask.align == "bottom_right" and problem.lq != problem.lk:
+                kw["attn_mask"] = causal_lower_right(problem.lq, problem.lk)
+            else:
+                kw["is_causal"] = True
+        return kw
+
+    def build(self, problem):
+        kw = self.sdpa_kwargs(problem)
+        pinned = self.pinned
+
+        def run(q, k, v):
+            if pinned is None:
+                return F.scaled_dot_product_attention(q, k, v, **kw)
+            with sdpa_kernel(pinned):
+                return F.scaled_dot_product_attention(q, k, v, **kw)
+
+        return run
+
+
+@register
+class Sdpa(_Sdpa):
+    name = "sdpa"
+    description = "F.scaled_dot_product_attention, default dispatch (is_causal / causal_lower_right)"
+    backend = "sdpa:default"
+
+
+@register
+class SdpaMath(_Sdpa):
+    name = "sdpa-math"
+    description = "SDPA pinned to the math backend"
+    pinned = SDPBackend.MATH
+    backend = "sdpa:math"
+
+
+@register
+class SdpaFlash(_Sdpa):
+    name = "sdpa-flash"
+    description = "SDPA pinned to the flash backend (CPU: torch's CPU flash kernel)"
+    pinned = SDPBackend.FLASH_ATTENTION
+    backend = "sdpa:flash"
+    fused = True
+    features = _Sdpa.features - {"dv_ne_dqk"}
+
+    def extra_reasons(self, problem, backward):
+        reasons = []
+        if problem.device.startswith("cuda"):
+            if problem.dtype not in HALF:
+                reasons.append("flash on CUDA takes only fp16/bf16")
+            if problem.dqk > 256:
+                reasons.append("flash on CUDA takes head dim <= 256")
+            if problem.mask.align == "bottom_right" and problem.lq != problem.lk and problem.mask.kind != "none":
+                reasons.append("flash on CUDA has no lower-right causal bias")
+        return reasons
+
+
+@register
+class SdpaEfficient(_Sdpa):
+    name = "sdpa-efficient"
+    description = "SDPA pinned to the memory-efficient (xformers-derived) backend"
+    pinned = SDPBackend.EFFICIENT_ATTENTION
+    backend = "sdpa:efficient"
+    devices = frozenset({"cuda"})
+    dtypes = frozenset({"float32", "bfloat16", "float16"})
+    fused = True
+    features = _Sdpa.features - {"gqa"}
+
+
+@register
+class SdpaCudnn(_Sdpa):
+    name = "sdpa-cudnn"
+    description = "SDPA pinned to the cuDNN backend"
+    pinned = SDPBackend.CUDNN_ATTENTION
+    backend = "sdpa:cudnn"
+    devices = frozenset({"cuda"})
+    dtypes = HALF
+    fused = True
+    features = frozenset({"lq_ne_lk", "custom_scale"})
+
+    def extra_reasons(self, problem, backward):
+        return ["cuDNN SDPA takes head dim <= 128 in multiples of 8"] if problem.dqk > 128 or problem.dqk % 8 else []
+
+
+class _SdpaExplicitMask(KernelVariant):
+    masks = ALL_MASKS
+    features = frozenset({"gqa", "lq_ne_lk", "dv_ne_dqk", "bottom_right", "custom_scale"})
+
+    def make_mask(self, problem: Problem):
+        raise NotImplementedError
+
+    def build(self, problem):
+        mask = self.make_mask(problem)
+        kw = {"scale": problem.softmax_scale, "attn_mask": mask}
+        if problem.hkv != problem.hq:
+            kw["enable_gqa"] = True
+
+        def run(q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, **kw)
+
+        return run
+
+
+@register
+class SdpaBoolMask(_SdpaExplicitMask):
+    name = "sdpa-boolmask"
+    description = "SDPA with an explicit boolean mask (True = attend)"
+    backend = "sdpa:default+boolmask"
+
+    def make_mask(self, problem):
+        return mask_mods.dense_bool_mask(problem)
+
+
+@register
+class SdpaAdditiveMask(_SdpaExplicitMask):
+    name = "sdpa-additive"
+    description = "SDPA with an additive float mask (0 / -inf, plus ALiBi)"
+    backend = "sdpa:default+additive"
+    features = _SdpaExplicitMask.features | {"alibi"}
+
+    def build(self, problem):
+        # the additive mask must be in the inputs' dtype; build it once per dtype
+        bias = mask_mods.additive_bias(problem, torch.float32)
+        kw = {"scale": problem.softmax_scale}
+        if problem.hkv != problem.hq:
+            kw["enable_gqa"] = True
+        cast = None if bias is None else bias.to(torch.float64 if problem.dtype == "float64" else
+                                                   getattr(torch, problem.dtype))
+
+        def run(q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=cast, **kw)
+
+        return run
+
+
+class _Flex(KernelVariant):
+    """FlexAttention: BlockMask from the problem's mask_mod, score_mod for ALiBi/softcap."""
+
+    masks = ALL_MASKS
+    features = frozenset({"gqa", "lq_ne_lk", "dv_ne_dqk", "bottom_right", "alibi", "softcap", "custom_scale"})
+    backward_devices = frozenset({"cuda"})  # torch has no FlexAttention backward on CPU
+    dtypes = frozenset({"float32", "bfloat16", "float16", "float64"})
+    compile_flex: ClassVar[bool] = True
+    use_block_mask: ClassVar[bool] = True
+
+    def extra_reasons(self, problem, backward):
+        reasons = []
+        if problem.device == "cpu" and problem.dtype == "float16":
+            reasons.append("FlexAttention on CPU has no fp16 kernel")
+        if problem.dtype == "float64" and self.compile_flex:
+            reasons.append("compiled FlexAttention has no fp64 kernel")
+        return reasons
+
+    def build(self, problem):
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        mmod = mask_mods.mask_mod(problem)
+        smod = mask_mods.score_mod(problem)
+        block_mask = None
+        if mmod is not None and self.use_block_mask:
+            block_mask = create_block_mask(mmod, None, None, problem.lq, problem.lk, device=problem.device)
+        elif mmod is not None:  # the mask as a score_mod: no block sparsity, every tile computed
+            inner = smod
+
+            def smod(score, b, h, qi, kj):
+                if inner is not None:
+                    score = inner(score, b, h, qi, kj)
+                return torch.where(mmod(b, h, qi, kj), score, float("-inf"))
+
+        fn = torch.compile(flex_attention, dynamic=False) if self.compile_flex else flex_attention
+        kw = dict(score_mod=smod, block_mask=block_mask, scale=problem.softmax_scale,
+                  enable_gqa=problem.hkv != problem.hq)
+
+        def run(q, k, v):
+            return fn(q, k, v, **kw)
+
+        return run
+
+
+@register
+class FlexCompiled(_Flex):
+    name = "flex"
+    description = "torch.compile(flex_attention) with a BlockMask"
+    compiled = True
+    fused = True
+    backend = "flex:compiled"
+
+
+@register
+class FlexScoreMod(_Flex):
+    name = "flex-scoremod"
+    description = "compiled flex_attention with the mask folded into a score_mod (no BlockMask)"
+    compiled = True
+    fused = True
+    use_block_mask = False
+    backend = "flex:compiled-scoremod"
+
+
+@register
+class FlexEager(_Flex):
+    name = "flex-eager"
+    description = "flex_attention without torch.compile (the unfused reference path)"
+    compile_flex = False
+    backend = "flex:eager"
+
+
+@register
+class CompiledExplicit(KernelVariant):
+    name = "compiled-explicit"
+    description = "torch.compile of the explicit matmul-softmax form"
+    masks = ALL_MASKS
+    features = EVERYTHING
+    compiled = True
+    backend = "inductor"
+
+    def build(self, problem):
+        allowed = mask_mods.dense_bool_mask(problem)
+        bias = alibi_bias(problem, torch.float32)
+        scale, cap = problem.softmax_scale, problem.softcap
+        fn = torch.compile(explicit_attention, dynamic=False)
+
+        def run(q, k, v):
+            b = None if bias is None else bias.to(q.dtype)
+            return fn(q, k, v, scale, allowed, b, cap)
+
+        return run
