@@ -150,8 +150,8 @@ class Problem:
         if self.d_model is not None:
             if self.lq != self.lk:
                 raise ProblemError(f"layer problems are self-attention: lq={self.lq} != lk={self.lk}")
-            if self.hq * self.dqk != self.d_model:
-                raise ProblemError(f"layer problem: hq*dqk = {self.hq * self.dqk} != d_model={self.d_model}")
+            if self.d_model < 1:
+                raise ProblemError(f"layer problem: d_model must be positive, got {self.d_model}")
         if list(self.args) != sorted(self.args) or any(len(a) != 2 for a in self.args):
             raise ProblemError(f"problem args must be sorted (name, value) pairs, got {self.args!r}")
         if self.mask.kind == "document" and sum(self.mask.doc_lens) != self.lk:

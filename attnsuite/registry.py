@@ -65,6 +65,8 @@ class Family:
     reference: Callable[[Problem], tuple[Any, dict[str, Any]]]
     base: Callable[[Problem], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     params: Optional[Callable[[Problem], dict[str, Any]]] = None
+    # problems(device, dtypes) -> the correctness problems every variant of the family is checked on
+    problems: Optional[Callable[[str, tuple], list]] = None
     description: str = ""
 
 
