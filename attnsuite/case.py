@@ -56,25 +56,44 @@ class Case:
         return out
 
 
-def prepare(variant: Variant, problem: Problem, requires_grad: bool, inputs_np=None) -> Case:
+def prepare(
+    variant: Variant,
+    problem: Problem,
+    requires_grad: bool,
+    inputs_np: Optional[dict] = None,
+    cache: Optional[dict] = None,
+) -> Case:
     """Build ``variant`` for ``problem`` and put the family's seeded inputs on the device.
 
     ``inputs_np`` (name -> float64 array) overrides the family's inputs, e.g. for perturbation.
+    ``cache`` (a dict owned by the caller, e.g. a session fixture) keeps built functions and
+    modules per (variant, problem), so repeated checks do not rebuild masks or recompile.
     """
     family = registry.family_of(variant)
     default_inputs, grad_out_np = family.inputs(problem)
     arrays = inputs_np if inputs_np is not None else default_inputs
     inputs = {name: to_torch(a, problem, requires_grad) for name, a in arrays.items()}
     grad_out = to_torch(grad_out_np, problem)
+    key = (variant.name, problem)
     start = time.perf_counter()
     if isinstance(variant, KernelVariant):
-        fn = variant.build(problem)
+        fn = cache.get(key) if cache is not None else None
+        if fn is None:
+            fn = variant.build(problem)
+            if cache is not None:
+                cache[key] = fn
         build = time.perf_counter() - start
         args = tuple(inputs.values())
         return Case(variant, problem, inputs, grad_out, lambda: fn(*args), build_seconds=build)
     if isinstance(variant, LayerVariant):
         params = {name: to_torch(a, problem) for name, a in family.params(problem).items()}
-        module = variant.build(problem, params)
+        module = cache.get(key) if cache is not None else None
+        if module is None:
+            module = variant.build(problem, params)
+            if cache is not None:
+                cache[key] = module
+        else:
+            module.zero_grad(set_to_none=True)
         build = time.perf_counter() - start
         x = inputs["x"]
         return Case(variant, problem, inputs, grad_out, lambda: module(x), module=module,

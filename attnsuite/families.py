@@ -33,6 +33,17 @@ def _base(problem: Problem):
     return out.detach(), {"q": q.grad, "k": k.grad, "v": v.grad}
 
 
+def _problems(device: str, dtypes: tuple) -> list[Problem]:
+    from .problems_dense import dense_problems
+
+    problems = dense_problems(device, dtypes)
+    try:
+        from .problems_structured import structured_problems
+    except ImportError:  # structured masks not built yet
+        return problems
+    return problems + structured_problems(device, dtypes)
+
+
 ATTENTION = register_family(
     Family(
         name="attention",
@@ -40,6 +51,7 @@ ATTENTION = register_family(
         inputs=_inputs,
         reference=_reference,
         base=_base,
+        problems=_problems,
         description="softmax(mods(scale q k^T) + mask) v, GQA head mapping h -> h*hkv//hq",
     )
 )

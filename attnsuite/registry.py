@@ -197,15 +197,22 @@ def register_family(family: Family) -> Family:
     return family
 
 
-def family_of(variant: "Variant") -> Family:
-    """The family a variant belongs to; a clear error when it was never registered."""
+def family(name: str) -> Family:
+    """The registered family called ``name``; a clear error when there is none."""
     try:
-        return _FAMILIES[variant.family]
+        return _FAMILIES[name]
     except KeyError:
         raise UnknownVariantError(
-            f"variant {variant.name!r} names family {variant.family!r}, which is not registered "
-            f"(known: {', '.join(sorted(_FAMILIES))})"
+            f"family {name!r} is not registered (known: {', '.join(sorted(_FAMILIES)) or 'none'})"
         ) from None
+
+
+def family_of(variant: "Variant") -> Family:
+    """The family a variant belongs to; a clear error naming the variant when it is unknown."""
+    try:
+        return family(variant.family)
+    except UnknownVariantError as exc:
+        raise UnknownVariantError(f"variant {variant.name!r}: {exc}") from None
 
 
 def get(name: str) -> Variant:

@@ -1,0 +1,294 @@
+"""The correctness checks of DESIGN section 4, for any registered variant of any family.
+
+Each check runs a variant on a problem and returns a :class:`CheckResult`: passed or not, and a
+message that names the variant, the problem, the check and how far off it is. The checks never
+raise for a misbehaving variant: an exception inside the variant becomes a failed result with the
+exception text, so one broken variant cannot stop the run.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from . import oracle_mask, registry
+from .case import Case, prepare
+from .inputs import torch_dtype
+from .problem import Problem
+from .registry import Variant
+from .tolerance import Comparison, compare
+
+
+@dataclass
+class CheckResult:
+    """Outcome of one check of one variant on one problem."""
+
+    check: str
+    variant: str
+    problem: str
+    passed: bool
+    details: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # reported facts that are not failures
+
+    @property
+    def message(self) -> str:
+        head = f"{self.variant} on {self.problem}: {self.check} {'passed' if self.passed else 'FAILED'}"
+        return "\n  ".join([head, *self.details, *self.notes])
+
+
+@lru_cache(maxsize=256)
+def reference(family_name: str, problem: Problem):
+    """Float64 oracle output and gradients (cached per family and problem)."""
+    return registry.family(family_name).reference(problem)
+
+
+@lru_cache(maxsize=256)
+def base(family_name: str, problem: Problem):
+    """Plain math in the problem's dtype (cached): the noise level of the tolerance rule."""
+    return registry.family(family_name).base(problem)
+
+
+def live_rows(problem: Problem) -> Optional[np.ndarray]:
+    """Boolean mask of query rows that attend to at least one key, or None when all do."""
+    rows = oracle_mask.allowed(problem).any(axis=1)
+    return None if rows.all() else rows
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality where NaN equals NaN (a fully masked row may legitimately hold NaN)."""
+    return a.shape == b.shape and torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(
+        torch.nan_to_num(a), torch.nan_to_num(b)
+    )
+
+
+def _guarded(check: str, variant: Variant, problem: Problem, body: Callable[[CheckResult], None]) -> CheckResult:
+    result = CheckResult(check, variant.name, problem.id, True)
+    try:
+        body(result)
+    except Exception as exc:  # the variant raised: a failure of this check, not of the run
+        result.passed = False
+        tb = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3)
+        result.details.append(f"raised {type(exc).__name__}: {exc}")
+        result.details.append("".join(tb).strip().replace("\n", "\n  "))
+    return result
+
+
+def _add(result: CheckResult, comparisons: list[Comparison]) -> None:
+    for c in comparisons:
+        if not c.passed:
+            result.passed = False
+            result.details.append(c.describe())
+
+
+def _contract(result: CheckResult, variant: Variant, problem: Problem, out, ref_out) -> bool:
+    """Shape, dtype and device of the output against the contract; False when broken."""
+    ok = True
+    if not isinstance(out, torch.Tensor):
+        result.details.append(f"returned {type(out).__name__}, not a tensor")
+        result.passed = False
+        return False
+    if tuple(out.shape) != tuple(np.shape(ref_out)):
+        result.details.append(f"output shape {tuple(out.shape)} != expected {tuple(np.shape(ref_out))}")
+        ok = False
+    if out.dtype != torch_dtype(problem.dtype):
+        result.details.append(f"output dtype {out.dtype} != problem dtype {torch_dtype(problem.dtype)} (silent cast)")
+        ok = False
+    if out.device.type != problem.device.split(":")[0]:
+        result.details.append(f"output on {out.device}, problem on {problem.device}")
+        ok = False
+    result.passed = result.passed and ok
+    return ok
+
+
+def _poison_allocator(nbytes: int, device: str) -> None:
+    """Fill and free a NaN block so an output the variant forgets to write shows up as NaN."""
+    block = torch.full((max(nbytes // 4, 1),), float("nan"), dtype=torch.float32, device=device)
+    del block
+
+
+def check_forward(variant: Variant, problem: Problem, cache: Optional[dict] = None) -> CheckResult:
+    """Output contract (shape, dtype, device, every element written, no zero head) and value vs oracle."""
+
+    def body(result: CheckResult) -> None:
+        ref_out, _ = reference(variant.family, problem)
+        base_out, _ = base(variant.family, problem)
+        _poison_allocator(int(np.prod(np.shape(ref_out))) * 8, problem.device)
+        case = prepare(variant, problem, requires_grad=False, cache=cache)
+        with torch.no_grad():
+            out = case.forward()
+        if not _contract(result, variant, problem, out, ref_out):
+            return
+        rows = live_rows(problem) if problem.level == "kernel" else None
+        _add(result, [compare("output", out, ref_out, base_out, problem.dtype, "output", rows)])
+        _zero_heads(result, out, ref_out, rows)
+        if rows is not None:
+            result.notes.append(fully_masked_report(out, rows))
+
+    return _guarded("forward", variant, problem, body)
+
+
+def _zero_heads(result: CheckResult, out: torch.Tensor, ref_out, rows) -> None:
+    """Name any (batch, head) whose output is exactly zero where the oracle's is not."""
+    if out.dim() != 4:
+        return
+    o = out.detach().to("cpu", torch.float64).numpy()
+    r = np.asarray(ref_out)
+    if rows is not None:
+        o, r = o[..., rows, :], r[..., rows, :]
+    zero = (np.abs(o).sum(axis=(2, 3)) == 0) & (np.abs(r).sum(axis=(2, 3)) > 0)
+    for b, h in np.argwhere(zero):
+        result.passed = False
+        result.details.append(f"head {h} of batch {b} is all zeros (the oracle's is not)")
+
+
+def fully_masked_report(out: torch.Tensor, rows: np.ndarray) -> str:
+    """Say what the variant put in query rows that may attend to nothing."""
+    dead = out.detach().to("cpu", torch.float64).numpy()[..., ~rows, :]
+    n = int((~rows).sum())
+    if np.isnan(dead).all():
+        what = "NaN"
+    elif (dead == 0).all():
+        what = "zeros"
+    else:
+        what = f"other values (max |x| {np.nanmax(np.abs(dead)):.3g})"
+    return f"reported: {n} fully masked query rows come out as {what} (not compared: no softmax exists there)"
+
+
+def check_backward(variant: Variant, problem: Problem, cache: Optional[dict] = None) -> CheckResult:
+    """Every input and parameter gets a finite gradient, within tolerance of the oracle's."""
+
+    def body(result: CheckResult) -> None:
+        _, ref_grads = reference(variant.family, problem)
+        _, base_grads = base(variant.family, problem)
+        case = prepare(variant, problem, requires_grad=True, cache=cache)
+        with torch.enable_grad():
+            out = case.forward()
+            if not out.requires_grad:
+                result.passed = False
+                result.details.append("output does not require grad: the graph is detached from every input")
+                return
+            case.backward(out)
+        grads = case.grads()
+        magnitude = max(float(np.max(np.abs(r))) for r in ref_grads.values() if np.size(r))
+        comps = []
+        for name, ref in ref_grads.items():
+            got = grads.get(name)
+            if got is None:
+                result.passed = False
+                result.details.append(f"grad {name}: missing (None): the input or parameter is detached")
+                continue
+            if tuple(got.shape) != tuple(np.shape(ref)):
+                result.passed = False
+                result.details.append(f"grad {name}: shape {tuple(got.shape)} != {tuple(np.shape(ref))}")
+                continue
+            comps.append(compare(f"grad {name}", got, ref, base_grads[name], problem.dtype, "grad",
+                                 magnitude=magnitude))
+        _add(result, comps)
+
+    return _guarded("backward", variant, problem, body)
+
+
+def future_pivot(problem: Problem) -> Optional[int]:
+    """Key position from which keys are perturbed: the largest split leaving some rows unaffected."""
+    if not problem.mask.is_causal_like:
+        return None
+    allowed = oracle_mask.allowed(problem)
+    for pivot in range(problem.lk // 2, problem.lk):
+        if pivot >= 1 and not allowed[:, pivot:].any(axis=1).all():
+            return pivot
+    return None
+
+
+def check_causality(variant: Variant, problem: Problem, cache: Optional[dict] = None) -> CheckResult:
+    """Perturb keys/values (or tokens) a row must not see: that row's output must not change, bit for bit."""
+
+    def body(result: CheckResult) -> None:
+        pivot = future_pivot(problem)
+        family = registry.family_of(variant)
+        inputs, _ = family.inputs(problem)
+        allowed = oracle_mask.allowed(problem)
+        blind = ~allowed[:, pivot:].any(axis=1)  # rows that must not see keys >= pivot
+        perturbed = {}
+        rng = np.random.default_rng(1234)
+        for name, a in inputs.items():
+            a = np.array(a)
+            axis = 1 if problem.level == "layer" else a.ndim - 2
+            if problem.level == "layer" or name in ("k", "v"):
+                idx = [slice(None)] * a.ndim
+                idx[axis] = slice(pivot, None)
+                a[tuple(idx)] = rng.standard_normal(a[tuple(idx)].shape) * 3.0
+            perturbed[name] = a
+        if problem.level == "layer":
+            blind &= np.arange(problem.lq) < pivot  # a changed token changes its own query too
+        with torch.no_grad():
+            out_a = prepare(variant, problem, False, cache=cache).forward()
+            out_b = prepare(variant, problem, False, inputs_np=perturbed, cache=cache).forward()
+        axis = 1 if problem.level == "layer" else out_a.dim() - 2
+        rows = torch.as_tensor(np.flatnonzero(blind), device=out_a.device)
+        a_rows, b_rows = out_a.index_select(axis, rows), out_b.index_select(axis, rows)
+        if variant.deterministic and not same_bits(a_rows, b_rows):
+            diff = (a_rows.double() - b_rows.double()).abs()
+            first = int(np.flatnonzero(blind)[int(diff.amax(dim=tuple(d for d in range(diff.dim()) if d != axis)).argmax())])
+            result.passed = False
+            result.details.append(
+                f"future leak: changing keys/tokens >= {pivot} changed {int((diff > 0).sum())} output "
+                f"elements of rows that must not see them (max change {float(diff.max()):.3g}, e.g. row {first})"
+            )
+        elif not variant.deterministic:
+            _add(result, [compare("rows blind to the perturbation", b_rows, a_rows.double(), a_rows.double(),
+                                  problem.dtype)])
+        changed = out_a.index_select(axis, torch.as_tensor(np.flatnonzero(~blind), device=out_a.device))
+        changed_b = out_b.index_select(axis, torch.as_tensor(np.flatnonzero(~blind), device=out_a.device))
+        if changed.numel() and same_bits(changed, changed_b):
+            result.passed = False
+            result.details.append(f"rows that see keys >= {pivot} did not change at all: the perturbation was ignored")
+
+    return _guarded("causality", variant, problem, body)
+
+
+def check_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = None) -> CheckResult:
+    """Two identical runs agree: bitwise for forward of deterministic variants, within tolerance otherwise."""
+
+    def body(result: CheckResult) -> None:
+        with torch.no_grad():
+            a = prepare(variant, problem, False, cache=cache).forward()
+            b = prepare(variant, problem, False, cache=cache).forward()
+        if variant.deterministic:
+            if not same_bits(a, b):
+                diff = (a.double() - b.double()).abs()
+                result.passed = False
+                result.details.append(
+                    f"two identical runs differ in {int((diff > 0).sum())} elements (max {float(diff.nan_to_num().max()):.3g})"
+                    " though the variant claims determinism"
+                )
+        else:
+            ref_out, _ = reference(variant.family, problem)
+            base_out, _ = base(variant.family, problem)
+            _add(result, [compare("second run", b, ref_out, base_out, problem.dtype)])
+
+    return _guarded("repeat", variant, problem, body)
+
+
+CHECKS = {
+    "forward": check_forward,
+    "backward": check_backward,
+    "causality": check_causality,
+    "repeat": check_repeat,
+}
+
+
+def skip_reason(check: str, variant: Variant, problem: Problem) -> Optional[str]:
+    """Why ``check`` does not apply to this variant and problem (None when it does)."""
+    reasons = variant.unsupported(problem, backward=(check == "backward"))
+    if reasons:
+        return "; ".join(reasons)
+    if check == "causality" and future_pivot(problem) is None:
+        return f"mask {problem.mask.id} has no future keys to perturb"
+    if check == "backward" and live_rows(problem) is not None:
+        return "problem has fully masked query rows: gradients there are undefined (forward reports them)"
+    return None

@@ -1,0 +1,44 @@
+"""Adversarial problems for the kernel-level attention family (DESIGN section 4).
+
+Lengths 1, 3, 17, 97, 113 and one above 1000; Lq != Lk both ways; head dims 16 to 256 with
+non-powers of two; GQA and MQA ratios; batch 1; both causal corners; a pinned scale; an arbitrary
+boolean mask (the mask-convention check: every variant taking a mask must read True as "attend").
+"""
+
+from __future__ import annotations
+
+from .problem import Mask, Problem
+
+CAUSAL = Mask("causal")
+CAUSAL_BR = Mask("causal", align="bottom_right")
+NONE = Mask()
+
+
+def _shapes(device: str) -> list[dict]:
+    big = 1031 if device == "cpu" else 4099
+    return [
+        dict(batch=1, lq=1, lk=1, hq=2, hkv=2, dqk=16, dv=16, mask=NONE),
+        dict(batch=2, lq=3, lk=3, hq=2, hkv=2, dqk=32, dv=32, mask=CAUSAL),
+        dict(batch=1, lq=17, lk=97, hq=4, hkv=4, dqk=64, dv=64, mask=NONE),
+        dict(batch=1, lq=97, lk=17, hq=2, hkv=2, dqk=40, dv=40, mask=CAUSAL),  # Lq > Lk, top-left
+        dict(batch=1, lq=17, lk=97, hq=2, hkv=2, dqk=24, dv=24, mask=CAUSAL_BR),  # decode-like corner
+        dict(batch=1, lq=113, lk=113, hq=4, hkv=1, dqk=48, dv=48, mask=CAUSAL),  # MQA
+        dict(batch=2, lq=97, lk=113, hq=8, hkv=2, dqk=80, dv=80, mask=CAUSAL_BR),  # GQA 4:1
+        dict(batch=1, lq=33, lk=33, hq=2, hkv=2, dqk=256, dv=256, mask=NONE),
+        dict(batch=1, lq=33, lk=47, hq=2, hkv=2, dqk=32, dv=16, mask=NONE),  # dv != dqk
+        dict(batch=2, lq=33, lk=41, hq=2, hkv=2, dqk=16, dv=16, mask=Mask("random", seed=5)),
+        dict(batch=1, lq=29, lk=29, hq=2, hkv=2, dqk=32, dv=32, mask=CAUSAL, scale=0.3),
+        dict(batch=1, lq=big, lk=big, hq=2, hkv=2, dqk=16, dv=16, mask=CAUSAL),
+        dict(batch=1, lq=20, lk=8, hq=2, hkv=2, dqk=16, dv=16, mask=CAUSAL_BR),  # 12 fully masked rows
+    ]
+
+
+def dense_problems(device: str, dtypes: tuple) -> list[Problem]:
+    """The dense catalogue for ``device``: every shape in the first dtype, a spread in the others."""
+    shapes = _shapes(device)
+    out = []
+    for n, dtype in enumerate(dtypes):
+        # the first dtype gets every shape; the others every second one, to bound the run time
+        chosen = shapes if n == 0 else shapes[n % 2 :: 2]
+        out.extend(Problem(dtype=dtype, device=device, **s) for s in chosen)
+    return out

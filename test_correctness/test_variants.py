@@ -1,0 +1,79 @@
+"""Every registered variant, on every problem of its family, through every check of DESIGN section 4.
+
+Test ids read as ``test_<check>[<variant>@<problem id>]``; a failure message names the variant,
+the problem, the check and how far off the result is against which bound.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from attnsuite import checks, registry
+from attnsuite.plugin import selected_variants
+
+from .conftest import correctness_device, correctness_dtypes
+
+CHECK_OF_TEST = {
+    "test_forward_matches_oracle": "forward",
+    "test_backward_matches_oracle": "backward",
+    "test_causal_rows_ignore_future_keys": "causality",
+    "test_two_runs_agree": "repeat",
+}
+
+
+def _cases(config: pytest.Config, check: str):
+    device = correctness_device(config)
+    dtypes = correctness_dtypes(config, device)
+    limit = config.getoption("--attn-compiled-problems")
+    if limit is None:
+        limit = None if device.startswith("cuda") else 2
+    problems_of: dict[str, list] = {}
+    for variant in selected_variants(config):
+        family = registry.family_of(variant)
+        if family.problems is None:
+            continue
+        if family.name not in problems_of:
+            problems_of[family.name] = family.problems(device, dtypes)
+        problems = problems_of[family.name]
+        if variant.compiled and limit is not None:
+            problems = [p for d in dtypes for p in [q for q in problems if q.dtype == d][:limit]]
+        for problem in problems:
+            reason = checks.skip_reason(check, variant, problem)
+            marks = [pytest.mark.skip(reason=reason)] if reason else []
+            yield pytest.param(variant, problem, id=f"{variant.name}@{problem.id}", marks=marks)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    check = CHECK_OF_TEST.get(metafunc.function.__name__)
+    if check is not None:
+        params = list(_cases(metafunc.config, check))
+        if not params:
+            raise pytest.UsageError(f"{metafunc.function.__name__}: no (variant, problem) pairs selected")
+        metafunc.parametrize(("variant", "problem"), params)
+
+
+def _run(check: str, variant, problem, build_cache, record_property) -> None:
+    result = checks.CHECKS[check](variant, problem, cache=build_cache)
+    for note in result.notes:
+        warnings.warn(f"{variant.name} on {problem.id}: {note}", stacklevel=2)
+        record_property("reported", note)
+    if not result.passed:
+        pytest.fail(result.message, pytrace=False)
+
+
+def test_forward_matches_oracle(variant, problem, build_cache, record_property):
+    _run("forward", variant, problem, build_cache, record_property)
+
+
+def test_backward_matches_oracle(variant, problem, build_cache, record_property):
+    _run("backward", variant, problem, build_cache, record_property)
+
+
+def test_causal_rows_ignore_future_keys(variant, problem, build_cache, record_property):
+    _run("causality", variant, problem, build_cache, record_property)
+
+
+def test_two_runs_agree(variant, problem, build_cache, record_property):
+    _run("repeat", variant, problem, build_cache, record_property)
