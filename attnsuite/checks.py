@@ -212,7 +212,8 @@ def check_causality(variant: Variant, problem: Problem, cache: Optional[dict] = 
         family = registry.family_of(variant)
         inputs, _ = family.inputs(problem)
         allowed = oracle_mask.allowed(problem)
-        blind = ~allowed[:, pivot:].any(axis=1)  # rows that must not see keys >= pivot
+        # rows that must not see keys >= pivot; fully masked rows are undefined (reported by forward)
+        blind = ~allowed[:, pivot:].any(axis=1) & allowed.any(axis=1)
         perturbed = {}
         rng = np.random.default_rng(1234)
         for name, a in inputs.items():

@@ -56,9 +56,12 @@ def mask_mod(problem: Problem, device: Optional[str] = None) -> Optional[MaskMod
         return lambda b, h, qi, kj: (kj < pre) | (kj <= qi + off)
     if m.kind == "random":
         seed, lk = m.seed, problem.lk
+        prime = 9973  # = oracle_mask.RANDOM_PRIME; keeps every product inside int32 (Triton indices)
         def random(b, h, qi, kj):
-            hashed = ((qi * 73856093) ^ (kj * 19349663) ^ (seed * 83492791 + 1)) % 97
-            return (hashed < 48) | (kj == (qi * 7 + seed) % lk)
+            x = (qi * 37 + (seed % prime) * 101 + 1) % prime
+            y = (kj * 53 + 17) % prime
+            hashed = (x * y + 3 * x + 5 * y) % 97
+            return (hashed < 48) | (kj == (qi * 7 + seed % lk) % lk)
         return random
     raise AssertionError(m.kind)
 
@@ -75,9 +78,14 @@ def dense_bool_mask(problem: Problem, device: Optional[str] = None) -> Optional[
     return torch.broadcast_to(mod(zero, zero, qi, kj), (problem.lq, problem.lk)).contiguous()
 
 
-def alibi_slopes(hq: int, device: str) -> torch.Tensor:
-    """ALiBi slopes 2^(-8 (h+1) / H), float32."""
-    return torch.exp2(-8.0 * (torch.arange(hq, device=device, dtype=torch.float32) + 1.0) / hq)
+def alibi_slopes(hq: int, device: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """ALiBi slopes 2^(-8 (h+1) / H), computed in float64 and rounded once to ``dtype``.
+
+    (Computing them in float32 and widening later gave fp64 problems slopes off by ~1e-8
+    relative, which the fp64 pass rule rightly calls an error.)
+    """
+    exps = -8.0 * (torch.arange(hq, device=device, dtype=torch.float64) + 1.0) / hq
+    return torch.exp2(exps).to(dtype)
 
 
 def additive_bias(problem: Problem, dtype: torch.dtype, device: Optional[str] = None) -> Optional[torch.Tensor]:
@@ -91,10 +99,11 @@ def additive_bias(problem: Problem, dtype: torch.dtype, device: Optional[str] = 
     if problem.alibi:
         qi = torch.arange(problem.lq, device=device)[:, None] + problem.align_offset
         kj = torch.arange(problem.lk, device=device)[None, :]
-        dist = (qi - kj).abs().to(torch.float32)
-        bias = -alibi_slopes(problem.hq, device)[:, None, None] * dist[None]
+        # float64 then one rounding to ``dtype`` (the product m_h * |i - j| is not exact in fp32)
+        dist = (qi - kj).abs().to(torch.float64)
+        bias = -alibi_slopes(problem.hq, device, torch.float64)[:, None, None] * dist[None]
     if allowed is not None:
-        neg = torch.zeros(allowed.shape, dtype=torch.float32, device=device).masked_fill(~allowed, float("-inf"))
+        neg = torch.zeros(allowed.shape, dtype=torch.float64, device=device).masked_fill(~allowed, float("-inf"))
         bias = neg if bias is None else bias + neg
     return None if bias is None else bias.to(dtype)
 
@@ -103,7 +112,9 @@ def score_mod(problem: Problem, device: Optional[str] = None) -> Optional[ScoreM
     """FlexAttention score_mod for ALiBi then softcap; None when the problem has neither."""
     device = device or problem.device
     off = problem.align_offset
-    slopes = alibi_slopes(problem.hq, device) if problem.alibi else None
+    # fp64 problems get fp64 slopes; every other dtype scores in fp32 inside the kernels
+    slope_dtype = torch.float64 if problem.dtype == "float64" else torch.float32
+    slopes = alibi_slopes(problem.hq, device, slope_dtype) if problem.alibi else None
     cap = problem.softcap
     if slopes is None and cap is None:
         return None

@@ -12,10 +12,20 @@ import numpy as np
 from .problem import Problem
 
 
+RANDOM_PRIME = 9973  # positions are folded mod this prime so every product fits in int32
+
+
 def random_keep(i: np.ndarray, j: np.ndarray, seed: int, lk: int) -> np.ndarray:
-    """The seeded 'random' mask as a pure function of positions (about half kept, >= 1 per row)."""
-    h = ((i * 73856093) ^ (j * 19349663) ^ (seed * 83492791 + 1)) % 97
-    return (h < 48) | (j == (i * 7 + seed) % lk)
+    """The seeded 'random' mask as a pure function of positions (about half kept, >= 1 per row).
+
+    Every intermediate stays below 2**31 for positions below 2**24 and any seed, because the
+    Triton FlexAttention kernels evaluate mask_mods on int32 indices: a hash that overflows int32
+    (as an earlier multiply-xor hash did) gives a different mask on CUDA than on CPU.
+    """
+    x = (i * 37 + (seed % RANDOM_PRIME) * 101 + 1) % RANDOM_PRIME
+    y = (j * 53 + 17) % RANDOM_PRIME
+    h = (x * y + 3 * x + 5 * y) % 97
+    return (h < 48) | (j == (i * 7 + seed % lk) % lk)
 
 
 def allowed(problem: Problem) -> np.ndarray:

@@ -11,6 +11,9 @@ import pytest
 from . import registry
 
 SUBPLUGINS = ("attnsuite.plugin_bench", "attnsuite.plugin_gate")
+# Registered with this module (pytest reads a plugin's pytest_plugins at registration), so that
+# their command-line options exist before the command line is parsed.
+pytest_plugins = list(SUBPLUGINS)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

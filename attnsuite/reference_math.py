@@ -23,7 +23,7 @@ def attention(problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if problem.alibi:
         qi = torch.arange(problem.lq, device=q.device)[:, None] + problem.align_offset
         kj = torch.arange(problem.lk, device=q.device)[None, :]
-        slopes = mask_mods.alibi_slopes(problem.hq, str(q.device)).to(s.dtype)
+        slopes = mask_mods.alibi_slopes(problem.hq, str(q.device), s.dtype)
         s = s - slopes[:, None, None] * (qi - kj).abs().to(s.dtype)
     if problem.softcap is not None:
         s = problem.softcap * torch.tanh(s / problem.softcap)

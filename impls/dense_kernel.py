@@ -49,7 +49,8 @@ def alibi_bias(problem: Problem, dtype: torch.dtype):
     """(hq, lq, lk) ALiBi bias without any mask, or None."""
     if not problem.alibi:
         return None
-    return mask_mods.additive_bias(problem.with_(mask=type(problem.mask)()), dtype)
+    # keep the alignment: ALiBi's |i - j| uses the aligned query position (bottom-right offset)
+    return mask_mods.additive_bias(problem.with_(mask=type(problem.mask)(align=problem.mask.align)), dtype)
 
 
 @register
@@ -62,7 +63,7 @@ class Explicit(KernelVariant):
 
     def build(self, problem):
         allowed = mask_mods.dense_bool_mask(problem)
-        bias = alibi_bias(problem, torch.float32)
+        bias = alibi_bias(problem, getattr(torch, problem.dtype))
         scale, cap = problem.softmax_scale, problem.softcap
 
         def run(q, k, v):
@@ -82,7 +83,7 @@ class Einsum(KernelVariant):
 
     def build(self, problem):
         allowed = mask_mods.dense_bool_mask(problem)
-        bias = alibi_bias(problem, torch.float32)
+        bias = alibi_bias(problem, getattr(torch, problem.dtype))
         scale, cap = problem.softmax_scale, problem.softcap
         g = problem.hq // problem.hkv
 
@@ -133,11 +134,25 @@ class _Sdpa(KernelVariant):
         return run
 
 
+def lower_right_defect(problem: Problem) -> list[str]:
+    """torch's lower-right CausalBias on CUDA gives wrong rows when lq > lk (torch warns of NaN).
+
+    Found by this suite on an H200 (torch 2.11, fp32, default dispatch): live rows off by 2.55.
+    """
+    if (problem.device.startswith("cuda") and problem.mask.kind == "causal"
+            and problem.mask.align == "bottom_right" and problem.lq > problem.lk):
+        return ["torch's CUDA lower-right causal bias is wrong when lq > lk (rows with keys come out wrong)"]
+    return []
+
+
 @register
 class Sdpa(_Sdpa):
     name = "sdpa"
     description = "F.scaled_dot_product_attention, default dispatch (is_causal / causal_lower_right)"
     backend = "sdpa:default"
+
+    def extra_reasons(self, problem, backward):
+        return lower_right_defect(problem)
 
 
 @register
@@ -166,6 +181,8 @@ class SdpaFlash(_Sdpa):
                 reasons.append("flash on CUDA takes head dim <= 256")
             if problem.mask.align == "bottom_right" and problem.lq != problem.lk and problem.mask.kind != "none":
                 reasons.append("flash on CUDA has no lower-right causal bias")
+            if problem.mask.kind == "causal" and problem.lq > problem.lk:
+                reasons.append("flash on CUDA has no kernel for is_causal with lq > lk (seen on H200, torch 2.11)")
         return reasons
 
 
@@ -180,6 +197,9 @@ class SdpaEfficient(_Sdpa):
     fused = True
     features = _Sdpa.features - {"gqa"}
 
+    def extra_reasons(self, problem, backward):
+        return lower_right_defect(problem)
+
 
 @register
 class SdpaCudnn(_Sdpa):
@@ -193,7 +213,12 @@ class SdpaCudnn(_Sdpa):
     features = frozenset({"lq_ne_lk", "custom_scale"})
 
     def extra_reasons(self, problem, backward):
-        return ["cuDNN SDPA takes head dim <= 128 in multiples of 8"] if problem.dqk > 128 or problem.dqk % 8 else []
+        reasons = []
+        if problem.dqk > 128 or problem.dqk % 8:
+            reasons.append("cuDNN SDPA takes head dim <= 128 in multiples of 8")
+        if min(problem.lq, problem.lk) < 2:
+            reasons.append("cuDNN SDPA has no kernel for a length-1 sequence (seen on H200, torch 2.11)")
+        return reasons
 
 
 class _SdpaExplicitMask(KernelVariant):
@@ -234,7 +259,7 @@ class SdpaAdditiveMask(_SdpaExplicitMask):
 
     def build(self, problem):
         # the additive mask must be in the inputs' dtype; build it once per dtype
-        bias = mask_mods.additive_bias(problem, torch.float32)
+        bias = mask_mods.additive_bias(problem, getattr(torch, problem.dtype))
         kw = {"scale": problem.softmax_scale}
         if problem.hkv != problem.hq:
             kw["enable_gqa"] = True
@@ -317,6 +342,13 @@ class FlexEager(_Flex):
     compile_flex = False
     backend = "flex:eager"
 
+    def extra_reasons(self, problem, backward):
+        reasons = super().extra_reasons(problem, backward)
+        if backward and problem.device.startswith("cuda") and (problem.alibi or problem.softcap is not None):
+            reasons.append("uncompiled flex_attention backward with a score_mod fails on CUDA in torch 2.11 "
+                           "(PendingUnbackedSymbolNotFound)")
+        return reasons
+
 
 @register
 class CompiledExplicit(KernelVariant):
@@ -329,7 +361,7 @@ class CompiledExplicit(KernelVariant):
 
     def build(self, problem):
         allowed = mask_mods.dense_bool_mask(problem)
-        bias = alibi_bias(problem, torch.float32)
+        bias = alibi_bias(problem, getattr(torch, problem.dtype))
         scale, cap = problem.softmax_scale, problem.softcap
         fn = torch.compile(explicit_attention, dynamic=False)
 

@@ -1,0 +1,215 @@
+"""``attnsuite`` command line: compare runs, record baselines, make reports.
+
+    attnsuite compare OLD NEW          # OLD, NEW: pytest-benchmark result JSON or baseline files
+    attnsuite record RESULT.json       # write/refresh baselines/<fingerprint-id>.json from a run
+    attnsuite report RESULT.json [--baseline B] [--markdown out.md] [--plots DIR]
+    attnsuite check baselines/*.json   # validate baseline files
+
+Exit status: 0 pass; 1 the gate fails (a gating verdict, with ``--gate enforce``, the default);
+2 bad input: unreadable or malformed file, incompatible machines without ``--allow-mismatch``,
+bad arguments. The verdicts are the pytest gate's: both call :func:`attnsuite.verdict.compare`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import baseline as bl
+from . import report
+from .verdict import Comparison, Scope, ThresholdsError, compare, load_thresholds
+
+EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
+
+
+def _thresholds_path(arg: Optional[str], near: Optional[Path]) -> Optional[Path]:
+    if arg:
+        return Path(arg)
+    # A baseline's folder may carry its thresholds (baselines/thresholds.json); else the repo default.
+    for d in ([near.parent] if near else []) + [Path(bl.DEFAULT_DIR)]:
+        p = d / bl.THRESHOLDS_FILE
+        if p.is_file():
+            return p
+    return None
+
+
+def compare_runs(old: bl.Run, new: bl.Run, *, thresholds_path: Optional[Path] = None, allow_mismatch: bool = False,
+                 scope: Optional[Scope] = None) -> Comparison:
+    """Compare two runs with the fingerprint check and the thresholds config (raises on bad input)."""
+    notes = bl.check_compatible(old.fingerprint, new.fingerprint, allow_mismatch=allow_mismatch)
+    if new.duplicates:
+        notes.append(f"{len(new.duplicates)} case keys appear twice in {new.label}; the last one counts")
+    cfg = load_thresholds(thresholds_path)
+    device = bl.device_kind(new.fingerprint or old.fingerprint)
+    cmp = compare(old.records, new.records, thresholds=cfg, device=device,
+                  scope=scope if scope is not None else Scope.tiers_of(new.records), notes=notes)
+    cmp.baseline_label = f"`{old.path}`" if old.path else old.kind
+    cmp.current_label = f"`{new.path}`" if new.path else new.kind
+    if thresholds_path:
+        cmp.notes.append(f"thresholds from {thresholds_path}")
+    return cmp
+
+
+def _emit(cmp: Comparison, args: argparse.Namespace, out) -> None:
+    if args.format == "json":
+        print(json.dumps(cmp.to_json(), indent=1), file=out)
+    elif args.format == "markdown":
+        print(report.markdown_diff(cmp), file=out)
+    else:
+        print(report.terminal_table(cmp, show_same=args.all), file=out)
+        for line in report.gate_lines(cmp):
+            print(f"GATE {line}", file=out)
+    if args.markdown:
+        text = report.markdown_diff(cmp)
+        report.write_markdown(text, args.markdown)
+        if args.step_summary:
+            report.append_step_summary(text)
+
+
+def cmd_compare(args: argparse.Namespace, out) -> int:
+    old = bl.load_run(args.old)
+    new = bl.load_run(args.new)
+    scope = None
+    if args.workload or args.variant:
+        scope = Scope(workloads=frozenset(args.workload) or None, variants=frozenset(args.variant) or None)
+        old.records = {k: r for k, r in old.records.items() if r in scope}
+        new.records = {k: r for k, r in new.records.items() if r in scope}
+    cmp = compare_runs(old, new, thresholds_path=_thresholds_path(args.thresholds, Path(args.old)),
+                       allow_mismatch=args.allow_mismatch, scope=scope)
+    _emit(cmp, args, out)
+    return EXIT_GATE if cmp.failed and args.gate == "enforce" else EXIT_OK
+
+
+def cmd_record(args: argparse.Namespace, out) -> int:
+    run = bl.load_results(args.result)
+    if args.baseline:
+        path = Path(args.baseline)
+    else:
+        if not bl.fingerprint_id(run.fingerprint):
+            raise bl.ResultFileError(args.result, "no machine fingerprint id in the \"attnsuite\" object: name "
+                                                  "the baseline file with --baseline")
+        path = bl.baseline_path_for(run.fingerprint, args.dir)
+    summary = bl.record_baseline(run, path, workloads=args.workload, cases=args.case, prune=args.prune,
+                                 allow_mismatch=args.allow_mismatch)
+    print(f"recorded {path}: {summary}", file=out)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace, out) -> int:
+    run = bl.load_run(args.result)
+    runs = {"this run": run.records}
+    if args.baseline:
+        base = bl.load_run(args.baseline)
+        cmp = compare_runs(base, run, thresholds_path=_thresholds_path(args.thresholds, Path(args.baseline)),
+                           allow_mismatch=args.allow_mismatch)
+        text = report.markdown_diff(cmp)
+        runs["baseline"] = base.records
+        print(report.terminal_table(cmp), file=out)
+    else:
+        text = report.markdown_run(run.records, context=[f"from `{args.result}`"])
+        print(f"{len(run.records)} cases in {args.result}", file=out)
+    if args.markdown:
+        report.write_markdown(text, args.markdown)
+        print(f"markdown written to {args.markdown}", file=out)
+    else:
+        print(text, file=out)
+    if args.step_summary:
+        where = report.append_step_summary(text)
+        print(f"appended to {where}" if where else "GITHUB_STEP_SUMMARY is not set: no job summary written", file=out)
+    if args.plots:
+        res = report.make_plots(runs, args.plots)
+        print(res.message, file=out)
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace, out) -> int:
+    bad = 0
+    for p in args.files:
+        if Path(p).name == bl.THRESHOLDS_FILE:  # the gate's config lives beside the baselines
+            try:
+                load_thresholds(p)
+                print(f"ok {p}: thresholds", file=out)
+            except ThresholdsError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                bad += 1
+            continue
+        try:
+            b = bl.load_baseline(p)
+            print(f"ok {p}: {len(b.cases)} cases, fingerprint {bl.fingerprint_id(b.fingerprint)}", file=out)
+        except bl.BaselineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            bad += 1
+    return EXIT_INPUT if bad else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``attnsuite`` command."""
+    p = argparse.ArgumentParser(prog="attnsuite", description="attention regression suite: compare, record, report")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common_compare(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--thresholds", help="thresholds JSON (default: thresholds.json beside the baseline, "
+                                             "else baselines/thresholds.json)")
+        sp.add_argument("--allow-mismatch", action="store_true",
+                        help="compare even when the machines differ in GPU model or major torch/CUDA version")
+
+    c = sub.add_parser("compare", help="compare two runs (result JSON or baseline files): OLD is the reference")
+    c.add_argument("old")
+    c.add_argument("new")
+    common_compare(c)
+    c.add_argument("--gate", choices=("enforce", "report"), default="enforce",
+                   help="enforce: exit 1 on a gating verdict; report: always exit 0")
+    c.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    c.add_argument("--all", action="store_true", help="table: show unchanged cases too")
+    c.add_argument("--markdown", help="also write the markdown diff to this file")
+    c.add_argument("--step-summary", action="store_true", help="with --markdown: append it to $GITHUB_STEP_SUMMARY")
+    c.add_argument("--workload", action="append", default=[], help="judge only these workloads (repeatable)")
+    c.add_argument("--variant", action="append", default=[], help="judge only these variants (repeatable)")
+    c.set_defaults(func=cmd_compare)
+
+    r = sub.add_parser("record", help="write or refresh a baseline from a result JSON")
+    r.add_argument("result")
+    r.add_argument("--baseline", help="baseline file (default: DIR/<fingerprint id>.json)")
+    r.add_argument("--dir", default=bl.DEFAULT_DIR, help="baselines folder (default: baselines)")
+    r.add_argument("--workload", action="append", default=[], help="record only these workloads (repeatable)")
+    r.add_argument("--case", action="append", default=[], help="record only case keys matching this glob (repeatable)")
+    r.add_argument("--prune", action="store_true", help="drop baseline cases of the recorded workloads that the run lacks")
+    r.add_argument("--allow-mismatch", action="store_true", help="write into a baseline of an incompatible machine")
+    r.set_defaults(func=cmd_record)
+
+    rep = sub.add_parser("report", help="markdown (and plots) of a run, or of its diff against a baseline")
+    rep.add_argument("result")
+    rep.add_argument("--baseline", help="compare with this baseline or result file")
+    common_compare(rep)
+    rep.add_argument("--markdown", help="write the markdown here (default: print it)")
+    rep.add_argument("--step-summary", action="store_true", help="append the markdown to $GITHUB_STEP_SUMMARY")
+    rep.add_argument("--plots", help="folder for PNG plots of TFLOP/s and memory against sequence length")
+    rep.set_defaults(func=cmd_report)
+
+    ch = sub.add_parser("check", help="validate baseline files")
+    ch.add_argument("files", nargs="+")
+    ch.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None, out=None) -> int:
+    """Run the command line; returns the exit status (see the module docstring)."""
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, out)
+    except (bl.InputFileError, ThresholdsError) as exc:
+        print(f"attnsuite {args.command}: error: {exc}", file=sys.stderr)
+    except bl.FingerprintMismatch as exc:
+        print(f"attnsuite {args.command}: refusing to compare runs from different machines: {exc} "
+              "(--allow-mismatch overrides)", file=sys.stderr)
+    except ValueError as exc:
+        print(f"attnsuite {args.command}: error: {exc}", file=sys.stderr)
+    return EXIT_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Peak memory of one call, out-of-memory handling, and the CPU out-of-memory guard.
+
+Peak is "bytes allocated during the call above what was live when it started" (inputs, weights
+and, for a timed backward, the saved forward activations).
+
+- CUDA: the caching allocator's own counters (``reset_peak_memory_stats`` then
+  ``max_memory_allocated`` minus ``memory_allocated`` at the start).
+- CPU: torch's CPU allocator reports every allocation and free to the profiler when
+  ``profile_memory=True``; replaying those events in time order gives the exact peak of live
+  tensor bytes, for eager and for Inductor-compiled code alike (Inductor allocates through the same
+  allocator). Process RSS was rejected: after warm-up, glibc reuses freed pages, so RSS misses the
+  allocations that matter. Not seen: memory that libraries allocate outside torch (oneDNN/BLAS
+  scratch), which is small and constant per call.
+
+On CPU nothing recovers a process that the kernel kills for memory, so :func:`predict_bytes`
+estimates what a case will allocate (for an unfused variant, the score matrices) and the caller
+records ``oom`` instead of running a case over the budget.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from .problem import Problem
+
+ITEMSIZE = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+         "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4}
+
+
+@dataclass
+class MemResult:
+    """Peak bytes above the start of the call, how it was measured, and (CPU) the op names seen."""
+
+    peak_bytes: int
+    method: str
+    op_names: tuple[str, ...] = ()
+
+
+def parse_bytes(text: str) -> int:
+    """'24GiB', '1.5 GB', '1000000' -> bytes (binary units for KiB/MiB/GiB, decimal for KB/MB/GB)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    if not m:
+        raise ValueError(f"cannot read a byte count from {text!r}; write e.g. 8GiB, 512MiB or 1000000")
+    unit = (m.group(2) or "B").upper()
+    if unit in ("K", "M", "G", "T"):
+        unit += "IB"
+    if unit not in UNITS:
+        raise ValueError(f"unknown byte unit {m.group(2)!r} in {text!r}; use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB")
+    return int(float(m.group(1)) * UNITS[unit])
+
+
+_OOM_PATTERNS = (
+    re.compile(r"Tried to allocate ([0-9.]+) ?([KMGT]i?B|B|bytes)", re.I),  # CUDA caching allocator
+    re.compile(r"you tried to allocate ([0-9]+) bytes", re.I),  # DefaultCPUAllocator
+    re.compile(r"allocate ([0-9]+) bytes", re.I),
+)
+
+
+def parse_oom_bytes(message: str) -> Optional[int]:
+    """The size the allocator was asked for, read from an out-of-memory message (None if absent)."""
+    for pattern in _OOM_PATTERNS:
+        m = pattern.search(message)
+        if m:
+            unit = m.group(2) if m.lastindex and m.lastindex >= 2 else "B"
+            unit = "B" if unit.lower() == "bytes" else unit
+            return parse_bytes(m.group(1) + unit)
+    return None
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for an allocator out-of-memory error, also when wrapped (e.g. by torch.compile)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+        text = str(exc)
+        if "out of memory" in text.lower() or "can't allocate memory" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def recover(device: str) -> None:
+    """Give memory back after an out-of-memory error so the run can go on."""
+    gc.collect()
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _cpu_allocation_events(prof) -> list[tuple[int, int]]:
+    """(time ns, +/- bytes) of every CPU allocator event the profiler recorded."""
+    alloc_tag = torch._C._profiler._EventType.Allocation
+    events: list[tuple[int, int]] = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if node.tag == alloc_tag:
+            fields = node.extra_fields
+            if str(fields.device).startswith("cpu"):
+                events.append((node.start_time_ns, int(fields.alloc_size)))
+        stack.extend(node.children)
+    events.sort()
+    return events
+
+
+def _op_names(prof) -> tuple[str, ...]:
+    return tuple(sorted({e.name for e in prof.events() if e.name != "[memory]"}))
+
+
+def profile_call(fn: Callable[[], object], profile_memory: bool = True) -> tuple[object, Optional[int], tuple[str, ...]]:
+    """Run ``fn`` once under torch.profiler: (result, CPU peak bytes above the start, op names)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=profile_memory) as prof:
+        result = fn()
+    peak = None
+    if profile_memory:
+        live = peak = 0
+        for _, delta in _cpu_allocation_events(prof):
+            live += delta
+            peak = max(peak, live)
+    return result, peak, _op_names(prof)
+
+
+def measure_peak(fn: Callable[[], object], device: str) -> tuple[object, MemResult]:
+    """Run ``fn`` once and measure its peak allocation above what was live at the start."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        result = fn()
+        torch.cuda.synchronize()
+        return result, MemResult(max(0, torch.cuda.max_memory_allocated() - base), "cuda-allocator")
+    result, peak, names = profile_call(fn, profile_memory=True)
+    return result, MemResult(int(peak or 0), "cpu-torch-allocator (profiler memory events)", names)
+
+
+def score_matrix_bytes(problem: Problem, itemsize: Optional[int] = None) -> int:
+    """Bytes of one (batch, hq, lq, lk) score matrix in the problem's dtype."""
+    size = itemsize or ITEMSIZE[problem.dtype]
+    return problem.batch * problem.hq * problem.lq * problem.lk * size
+
+
+def io_bytes(problem: Problem) -> int:
+    """Bytes of q, k, v and the output (or x and y for a layer)."""
+    p, size = problem, ITEMSIZE[problem.dtype]
+    if p.d_model is not None:
+        return 2 * p.batch * p.lq * p.d_model * size
+    return size * p.batch * (p.hq * p.lq * (p.dqk + p.dv) + p.hkv * p.lk * (p.dqk + p.dv))
+
+
+def materialises(peak_bytes: Optional[int], problem: Problem, mode: str = "fwd") -> Optional[bool]:
+    """Does a peak this size mean the (lq, lk) score matrix was built?
+
+    A fused kernel's peak is O(L): at most about the input/output bytes (twice that with backward,
+    for the gradients): the allowance. True when the peak exceeds the allowance by half of one score
+    matrix in the problem's dtype. None when the problem is too small to tell (half a score matrix
+    below the allowance, so an O(L) peak and an L^2 one are not clearly apart).
+    """
+    if peak_bytes is None:
+        return None
+    scores = score_matrix_bytes(problem)
+    allowance = io_bytes(problem) * (1 if mode == "fwd" else 2)
+    if scores // 2 < allowance:
+        return None
+    return peak_bytes >= allowance + scores // 2
+
+
+def predict_bytes(problem: Problem, mode: str, fused: bool) -> int:
+    """Bytes a case is expected to allocate above its inputs (the CPU guard's prediction).
+
+    Unfused: the score matrices, about 3 live at once forward (scores, masked scores, softmax;
+    in fp32 for half dtypes, as the CPU math paths upcast) and 6 with backward (saved softmax,
+    dP, dS and their temporaries), plus the mask. Fused: outputs and gradients, O(L).
+    """
+    with_bwd = mode != "fwd"
+    out = io_bytes(problem) * (3 if with_bwd else 1)
+    if fused:
+        return out
+    k = 6 if with_bwd else 3
+    itemsize = max(ITEMSIZE[problem.dtype], 4)
+    return out + score_matrix_bytes(problem, itemsize) * k + problem.lq * problem.lk
+
+
+def available_cpu_bytes() -> int:
+    """MemAvailable from /proc/meminfo (what the kernel can hand out without swapping)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def default_cpu_budget() -> int:
+    """Half of the memory available now: room for the suite, other processes and our misprediction."""
+    return available_cpu_bytes() // 2
+
+
+@dataclass(frozen=True)
+class CpuGuard:
+    """Refuses to run CPU cases predicted to allocate more than ``budget`` bytes."""
+
+    budget: int
+
+    def check(self, problem: Problem, mode: str, fused: bool) -> Optional[tuple[int, str]]:
+        """None when the case may run; else (predicted bytes, message) for an ``oom`` record."""
+        predicted = predict_bytes(problem, mode, fused)
+        if predicted <= self.budget:
+            return None
+        return predicted, (
+            f"out of memory (predicted, not run): {mode} needs about {predicted / 2**30:.2f} GiB "
+            f"({'fused' if fused else 'unfused: score matrices'}) over the CPU budget of {self.budget / 2**30:.2f} GiB"
+        )
+
+
+def set_gpu_cap(cap_bytes: int, device: str = "cuda") -> float:
+    """Cap this process's CUDA allocator at ``cap_bytes`` so a large GPU stands in for a smaller one.
+
+    Returns the fraction of the device's memory that was set.
+    """
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = min(1.0, cap_bytes / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
+
+
+def tensor_bytes(tensors) -> int:
+    """Total bytes of an iterable of tensors."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+__all__ = [
+    "CpuGuard", "MemResult", "available_cpu_bytes", "default_cpu_budget", "io_bytes", "is_oom",
+    "materialises", "measure_peak", "parse_bytes", "parse_oom_bytes", "predict_bytes", "profile_call",
+    "recover", "score_matrix_bytes", "set_gpu_cap", "tensor_bytes",
+]

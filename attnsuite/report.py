@@ -1,0 +1,271 @@
+"""Reports of a comparison: a terminal table, a markdown diff for PR review, and plots.
+
+The markdown diff puts the regressions in its first lines (a reviewer sees what failed without
+scrolling), then improvements (refresh the baseline), then new cases, and collapses the unchanged
+cases in ``<details>``. It starts with :data:`MARKER`, an HTML comment by which the CI finds and
+updates its single PR comment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence
+
+from .baseline import atomic_write_text
+from .record import CaseRecord
+from .verdict import CaseVerdict, Comparison, fmt_bytes, fmt_ms, fmt_pct
+
+MARKER = "<!-- attnsuite-gate -->"
+_MD_ROWS_MAX = 400  # a PR comment is capped at 65536 characters; the unchanged list is cut first
+
+
+def _change_cells(v: CaseVerdict) -> tuple[str, str, str, str, str]:
+    b, c = v.base, v.cur
+    base_t = fmt_ms(b.median_ms) if b and b.outcome == "ok" else (b.outcome if b else "-")
+    cur_t = fmt_ms(c.median_ms) if c and c.outcome == "ok" else (c.outcome if c else "not run")
+    band = f"±{v.band * 100:.1f}%" if v.band is not None else ""
+    mem = ""
+    if b and c and b.peak_mem_bytes is not None and c.peak_mem_bytes is not None:
+        mem = f"{fmt_bytes(b.peak_mem_bytes)} -> {fmt_bytes(c.peak_mem_bytes)}"
+    elif c and c.peak_mem_bytes is not None:
+        mem = fmt_bytes(c.peak_mem_bytes)
+    return base_t, cur_t, fmt_pct(v.time_change) if v.time_change is not None else "", band, mem
+
+
+# --------------------------------------------------------------------------- terminal
+
+
+def gate_lines(cmp: Comparison) -> list[str]:
+    """One line per gating case: which case, which verdict, by how much."""
+    return [f"{'/'.join(v.flags)}: {v.key}: {v.message}" for v in cmp.regressions]
+
+
+def terminal_table(cmp: Comparison, *, show_same: bool = False, max_rows: int = 200) -> str:
+    """A plain-text table of the verdicts (unchanged cases left out unless ``show_same``)."""
+    rows = [v for v in cmp.verdicts if show_same or v.verdict != "same"]
+    header = ("verdict", "case", "baseline", "this run", "change", "band", "peak memory")
+    body = [(v.verdict, v.key) + _change_cells(v) for v in rows[:max_rows]]
+    widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(header)]
+    widths[1] = min(widths[1], 90)
+
+    def line(cells: Sequence[str]) -> str:
+        out = []
+        for i, (cell, w) in enumerate(zip(cells, widths)):
+            if len(cell) > w:
+                cell = "..." + cell[-(w - 3):]
+            out.append(cell.ljust(w) if i < 2 or i == len(cells) - 1 else cell.rjust(w))
+        return "  ".join(out).rstrip()
+
+    lines = [line(header), line(["-" * w for w in widths])] + [line(r) for r in body]
+    if len(rows) > max_rows:
+        lines.append(f"... {len(rows) - max_rows} more rows")
+    hidden = len(cmp.verdicts) - len(rows)
+    if hidden:
+        lines.append(f"({hidden} unchanged cases not shown)")
+    lines.append(cmp.summary())
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
+
+
+def _md_table(verdicts: Iterable[CaseVerdict], with_message: bool = True) -> list[str]:
+    head = "| verdict | workload | variant | mode | problem | baseline | this run | change | band | peak memory |"
+    if with_message:
+        head += " details |"
+    lines = [head, "|" + "---|" * head.count(" |")]
+    for v in verdicts:
+        r = v.record
+        cells = [f"**{v.verdict}**" if v.gating else v.verdict, r.workload, r.variant, r.mode, f"`{r.problem}`",
+                 *_change_cells(v)]
+        if with_message:
+            cells.append(v.message)
+        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+    return lines
+
+
+def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", context: Sequence[str] = ()) -> str:
+    """The PR-review markdown: verdict line, regressions, improvements, new, unchanged collapsed."""
+    status = "❌ **FAIL**" if cmp.failed else "✅ pass"
+    counts = ", ".join(f"{n} {k}" for k, n in cmp.counts().items()) or "no cases"
+    out = [MARKER, f"### {title}: {status}", "", f"{counts}. Baseline: {cmp.baseline_label}; compared with "
+                                                   f"{cmp.current_label}."]
+    if cmp.out_of_scope:
+        out.append(f"{cmp.out_of_scope} baseline cases are outside this run's selection and were not judged.")
+    for line in list(context) + cmp.notes:
+        out.append(f"> {line}")
+    out.append("")
+    if cmp.regressions:
+        out += [f"#### Regressions ({len(cmp.regressions)}): these fail the gate", ""]
+        for v in cmp.regressions:
+            out.append(f"- **{'/'.join(v.flags)}** `{v.key}`: {_md_escape(v.message)}")
+        out += ["", "<details>", "<summary>Regressions as a table</summary>", "",
+                *_md_table(cmp.regressions, with_message=False), "", "</details>", ""]
+    if cmp.improvements:
+        out += [f"#### Improvements ({len(cmp.improvements)}): refresh the baseline to keep them",
+                "", *_md_table(cmp.improvements), ""]
+    if cmp.new:
+        out += [f"#### New cases ({len(cmp.new)})", "", *_md_table(cmp.new), ""]
+    same = cmp.unchanged
+    if same:
+        shown = same[:_MD_ROWS_MAX]
+        out += ["<details>", f"<summary>Unchanged ({len(same)})</summary>", "", *_md_table(shown)]
+        if len(same) > len(shown):
+            out.append(f"\n... {len(same) - len(shown)} more unchanged cases (see the result JSON)")
+        out += ["", "</details>", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def markdown_run(records: Mapping[str, CaseRecord], *, title: str = "attnsuite results", context: Sequence[str] = ()) -> str:
+    """A markdown table of one run's cases (no baseline to compare with)."""
+    out = [MARKER, f"### {title}", ""] + [f"> {c}" for c in context] + [""]
+    out.append("| workload | variant | mode | problem | outcome | median | IQR | TFLOP/s | % peak | peak memory | backend |")
+    out.append("|" + "---|" * 11)
+    for key in sorted(records):
+        r = records[key]
+        cells = [r.workload, r.variant, r.mode, f"`{r.problem}`",
+                 r.outcome if r.outcome == "ok" else f"**{r.outcome}** {(r.detail or '')[:80]}",
+                 fmt_ms(r.median_ms), fmt_ms(r.iqr_ms), "-" if r.tflops is None else f"{r.tflops:.4g}",
+                 "-" if r.pct_peak is None else f"{r.pct_peak:.3g}", fmt_bytes(r.peak_mem_bytes), r.backend or "-"]
+        out.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def write_markdown(text: str, path: os.PathLike | str) -> str:
+    """Write the markdown to ``path`` atomically; return the path."""
+    atomic_write_text(path, text)
+    return str(path)
+
+
+def append_step_summary(text: str, env: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """Append to ``$GITHUB_STEP_SUMMARY`` when it is set (GitHub Actions); return its path or None."""
+    env = os.environ if env is None else env
+    target = env.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return None
+    # The runner owns this file and reads it after the step: appending is its documented protocol.
+    with open(target, "a", encoding="utf-8") as fh:
+        fh.write(text if text.endswith("\n") else text + "\n")
+    return target
+
+
+# --------------------------------------------------------------------------- plots
+
+_LEN_RE = re.compile(r"(?:^|-)q(\d+)(?:k(\d+))?(?=-|$)")
+_BATCH_RE = re.compile(r"(?:^|-)b\d+(?=-|$)")
+
+
+def seq_len(rec: CaseRecord) -> Optional[int]:
+    """The sequence length of a case: ``extra['seq_len']``, else the key length in the problem id."""
+    if rec.extra and isinstance(rec.extra.get("seq_len"), int):
+        return rec.extra["seq_len"]
+    m = _LEN_RE.search(rec.problem)
+    if not m:
+        return None
+    return int(m.group(2) or m.group(1))
+
+
+def series_signature(rec: CaseRecord) -> str:
+    """The problem id without its batch and lengths: the cases one line of a plot joins."""
+    sig = _LEN_RE.sub("", rec.problem, count=1)
+    sig = _BATCH_RE.sub("", sig, count=1)
+    return sig.strip("-")
+
+
+@dataclass
+class Series:
+    """One line of a plot: a variant's points against sequence length."""
+
+    label: str
+    points: list[tuple[int, Optional[float], Optional[float]]] = field(default_factory=list)  # (L, TFLOP/s, MiB)
+
+
+def plot_series(records: Mapping[str, CaseRecord]) -> dict[str, list[Series]]:
+    """Plot data: per figure (workload, mode, problem shape) the series per variant, sorted by length.
+
+    Only ok cases with a sequence length are plotted; a figure needs two lengths or more.
+    """
+    figs: dict[str, dict[str, Series]] = defaultdict(dict)
+    for r in records.values():
+        L = seq_len(r)
+        if r.outcome != "ok" or L is None:
+            continue
+        fig = f"{r.workload} {r.mode} {series_signature(r)}".strip()
+        s = figs[fig].setdefault(r.variant, Series(r.variant))
+        mib = None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20
+        s.points.append((L, r.tflops, mib))
+    out = {}
+    for fig, by_variant in sorted(figs.items()):
+        series = [replace_sorted(s) for _, s in sorted(by_variant.items())]
+        if len({p[0] for s in series for p in s.points}) >= 2:
+            out[fig] = series
+    return out
+
+
+def replace_sorted(s: Series) -> Series:
+    """A series with its points sorted by length."""
+    return Series(s.label, sorted(s.points, key=lambda p: p[0]))
+
+
+@dataclass
+class PlotResult:
+    """Files written, or why none were."""
+
+    paths: list[str]
+    message: str
+
+
+def make_plots(runs: Mapping[str, Mapping[str, CaseRecord]], outdir: os.PathLike | str) -> PlotResult:
+    """PNG plots of TFLOP/s and peak memory against sequence length, one line per variant and run.
+
+    ``runs`` maps a label (e.g. "this run", "baseline") to records; the first run is drawn solid,
+    the others dashed. Without matplotlib nothing is drawn and the message says so.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display on CI runners
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return PlotResult([], "plots skipped: matplotlib is not installed (pip install 'attnsuite[plots]')")
+    data = {label: plot_series(recs) for label, recs in runs.items()}
+    figures = sorted({f for d in data.values() for f in d})
+    if not figures:
+        return PlotResult([], "plots skipped: no workload has ok cases at two sequence lengths or more")
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fig_name in figures:
+        fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for i, (label, d) in enumerate(data.items()):
+            for s in d.get(fig_name, []):
+                style = "-" if i == 0 else "--"
+                name = s.label if len(data) == 1 else f"{s.label} ({label})"
+                xs = [p[0] for p in s.points]
+                ax_t.plot(xs, [p[1] for p in s.points], style, marker="o", label=name)
+                ax_m.plot(xs, [p[2] for p in s.points], style, marker="o", label=name)
+        for ax, what in ((ax_t, "TFLOP/s"), (ax_m, "peak memory above inputs (MiB)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("sequence length")
+            ax.set_ylabel(what)
+            ax.grid(True, alpha=0.3)
+        ax_m.set_yscale("log")
+        ax_t.legend(fontsize=7)
+        fig.suptitle(fig_name)
+        fig.tight_layout()
+        stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", fig_name)
+        path = out / f"{stem}.png"
+        tmp = out / f".{stem}.tmp.png"
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)  # atomic, like every file the suite writes
+        plt.close(fig)
+        paths.append(str(path))
+    return PlotResult(paths, f"{len(paths)} plots written to {out}")

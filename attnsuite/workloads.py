@@ -1,0 +1,304 @@
+"""The workloads of DESIGN section 8 as named presets, each with a full and a quick tier.
+
+A workload is a list of :class:`Entry` per tier: a family (every registered variant of it that
+supports the problem runs) or an explicit list of variants, a :class:`Problem`, and the modes.
+Full tiers carry the published sizes and run on the GPU; quick tiers keep the structure (mask
+kind, GQA ratio, head-dim split, MLA ranks, dilation pattern) at sizes that run in seconds on two
+CPU cores.
+
+Compiled variants cost a compilation per problem and mode (5-20 s on a CPU, more for backward), so
+an entry says in which modes compiled variants run (``compiled_modes``) and optionally which
+(``compiled_only``); a compiled variant left out is reported skipped with that reason, never
+dropped silently.
+
+Problems here are stored with device "cpu" and their tier's default dtype; :func:`expand` sets the
+device and dtype of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .problem import Mask, Problem
+from .record import MODES
+
+TIERS = ("full", "quick")
+KERNEL_FAMILIES = ("attention", "dilated")
+LAYER_FAMILIES = ("mha-layer", "qknorm-ln-layer", "qknorm-rms-layer", "gqa-layer", "mla-layer", "latent-layer")
+ALL = ("fwd", "bwd", "fwd+bwd")
+NO_COMPILED: tuple = ()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One problem of a workload tier and what runs on it."""
+
+    family: str
+    problem: Problem
+    modes: tuple[str, ...] = ALL
+    variants: tuple[str, ...] = ()  # empty: every registered variant of the family
+    compiled_modes: Optional[tuple[str, ...]] = None  # None: same as modes
+    compiled_only: tuple[str, ...] = ()  # empty: every compiled variant (in compiled_modes)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modes if m not in MODES]
+        if bad:
+            raise ValueError(f"workload entry {self.problem.id}: unknown modes {bad}; known {MODES}")
+
+    def compiled_skip_reason(self, variant_name: str, mode: str, tier: str) -> Optional[str]:
+        """Why a compiled variant does not run here (None when it does)."""
+        modes = self.modes if self.compiled_modes is None else self.compiled_modes
+        if mode not in modes:
+            where = f"modes {', '.join(modes)}" if modes else "no mode"
+            return (f"{tier} tier budget: compiled variants run in {where} on this problem "
+                    f"(each compilation costs seconds); other entries of this workload cover the rest")
+        if self.compiled_only and variant_name not in self.compiled_only:
+            return (f"{tier} tier budget: only {', '.join(self.compiled_only)} of the compiled variants "
+                    f"run on this problem; other entries of this workload cover the rest")
+        return None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A named configuration from the systems this suite replaces."""
+
+    name: str
+    description: str
+    full: tuple[Entry, ...]
+    quick: tuple[Entry, ...]
+    source: str = ""
+
+    def tier(self, tier: str) -> tuple[Entry, ...]:
+        if tier not in TIERS:
+            raise ValueError(f"unknown tier {tier!r}; expected one of {TIERS}")
+        return self.full if tier == "full" else self.quick
+
+
+def _k(batch, l, h, d, mask=Mask("causal"), hkv=None, lk=None, dv=None, dtype="bfloat16", tag="", args=()):
+    """A kernel problem."""
+    return Problem(batch=batch, lq=l, lk=lk or l, hq=h, hkv=hkv or h, dqk=d, dv=dv or d, dtype=dtype,
+                   mask=mask, tag=tag, args=tuple(sorted(args)))
+
+
+def _layer(batch, l, d_model, h, d, mask=Mask("causal"), hkv=None, dv=None, dtype="bfloat16", args=()):
+    """A layer problem (self-attention, x of shape (batch, l, d_model))."""
+    return Problem(batch=batch, lq=l, lk=l, hq=h, hkv=hkv or h, dqk=d, dv=dv or d, d_model=d_model,
+                   dtype=dtype, mask=mask, args=tuple(sorted(args)))
+
+
+FP32 = "float32"
+LAYER_MODES = ("fwd", "fwd+bwd")
+
+
+def _mla_args(q_lora, kv_lora, nope, rope, v):
+    return (("kv_lora", kv_lora), ("nope_dim", nope), ("q_lora", q_lora), ("rope_dim", rope), ("v_dim", v))
+
+
+def _latent_args(q_lora, kv_lora):
+    return (("kv_lora", kv_lora), ("q_lora", q_lora))
+
+
+def _dilated_args(segments, dilations):
+    return (("dilations", tuple(dilations)), ("segments", tuple(segments)))
+
+
+FRAME = Mask("block_causal", block=65)
+FRAME_Q = Mask("block_causal", block=13)
+DECODE = Mask("causal", align="bottom_right")
+
+WORKLOADS: dict[str, Workload] = {}
+
+
+def _add(w: Workload) -> None:
+    WORKLOADS[w.name] = w
+
+
+_add(Workload(
+    name="gpt2-mha",
+    description="GPT-2 small attention: B 8, L 1024, d_model 768, 12 heads; MHA layer forms, eager and compiled",
+    source="nanoGPT-style MHA benchmarks (nine layer forms, fwd and fwd+bwd)",
+    full=(
+        Entry("attention", _k(8, 1024, 12, 64)),
+        Entry("mha-layer", _layer(8, 1024, 768, 12, 64), modes=LAYER_MODES),
+    ),
+    quick=(
+        Entry("attention", _k(2, 128, 4, 32, dtype=FP32), compiled_modes=("fwd",),
+              compiled_only=("flex", "compiled-explicit")),
+        Entry("mha-layer", _layer(2, 128, 128, 4, 32, dtype=FP32), modes=LAYER_MODES, compiled_modes=NO_COMPILED),
+    ),
+))
+
+_add(Workload(
+    name="video-wm",
+    description="video world model: B 32, L 1950 = 30 frames x 65 tokens, d_model 384, 6 heads, QK-norm, bf16; "
+                "causal and frame-causal",
+    source="video world-model attention benchmarks (uncompiled FlexAttention ran out of memory there)",
+    full=(
+        Entry("attention", _k(32, 1950, 6, 64, mask=FRAME)),
+        Entry("attention", _k(32, 1950, 6, 64), compiled_modes=("fwd",)),
+        Entry("qknorm-ln-layer", _layer(32, 1950, 384, 6, 64, mask=FRAME), modes=LAYER_MODES),
+        Entry("qknorm-rms-layer", _layer(32, 1950, 384, 6, 64, mask=FRAME), modes=LAYER_MODES),
+        Entry("qknorm-ln-layer", _layer(32, 1950, 384, 6, 64), modes=LAYER_MODES, compiled_modes=("fwd",)),
+        Entry("qknorm-rms-layer", _layer(32, 1950, 384, 6, 64), modes=LAYER_MODES, compiled_modes=("fwd",)),
+    ),
+    quick=(
+        # 6 frames x 13 tokens: same frame structure (L not a multiple of the 128 BlockMask tile)
+        Entry("attention", _k(2, 78, 2, 32, mask=FRAME_Q, dtype=FP32), compiled_modes=NO_COMPILED),
+        Entry("attention", _k(2, 78, 2, 32, dtype=FP32), compiled_modes=NO_COMPILED),
+        Entry("qknorm-ln-layer", _layer(2, 78, 64, 2, 32, mask=FRAME_Q, dtype=FP32), modes=LAYER_MODES,
+              compiled_modes=NO_COMPILED),
+        Entry("qknorm-rms-layer", _layer(2, 78, 64, 2, 32, mask=FRAME_Q, dtype=FP32), modes=LAYER_MODES,
+              compiled_modes=NO_COMPILED),
+    ),
+))
+
+_add(Workload(
+    name="deepseek-v3",
+    description="DeepSeek-V3 attention: B 2, L 2048, hidden 7168, 128 heads; MHA at head dim 56 as published, "
+                "and MLA with its real dims (q_lora 1536, kv_lora 512, nope 128, rope 64, v 128)",
+    source="DeepSeek-V3 attention benchmarks",
+    full=(
+        Entry("attention", _k(2, 2048, 128, 56), compiled_modes=("fwd",)),
+        Entry("mha-layer", _layer(2, 2048, 7168, 128, 56), modes=LAYER_MODES, compiled_modes=("fwd",)),
+        Entry("mla-layer", _layer(2, 2048, 7168, 128, 192, dv=128, args=_mla_args(1536, 512, 128, 64, 128)),
+              modes=LAYER_MODES),
+        Entry("latent-layer", _layer(2, 2048, 7168, 128, 128, args=_latent_args(1536, 512)), modes=LAYER_MODES),
+    ),
+    quick=(
+        Entry("attention", _k(1, 128, 8, 56, dtype=FP32), compiled_modes=NO_COMPILED),
+        Entry("mha-layer", _layer(1, 128, 448, 8, 56, dtype=FP32), modes=LAYER_MODES, compiled_modes=NO_COMPILED),
+        Entry("mla-layer", _layer(1, 128, 256, 4, 48, dv=32, dtype=FP32, args=_mla_args(96, 32, 32, 16, 32)),
+              modes=LAYER_MODES, compiled_modes=NO_COMPILED),
+        Entry("latent-layer", _layer(1, 128, 256, 4, 32, dtype=FP32, args=_latent_args(96, 32)),
+              modes=LAYER_MODES, compiled_modes=NO_COMPILED),
+    ),
+))
+
+_add(Workload(
+    name="llama3-70b",
+    description="Llama 3 70B attention: B 1, L 4096, hidden 8192, 64 query heads, 8 KV heads (GQA 8:1)",
+    full=(
+        Entry("attention", _k(1, 4096, 64, 128, hkv=8), compiled_modes=("fwd",)),
+        Entry("gqa-layer", _layer(1, 4096, 8192, 64, 128, hkv=8), modes=LAYER_MODES, compiled_modes=("fwd",)),
+    ),
+    quick=(
+        Entry("attention", _k(1, 256, 8, 32, hkv=1, dtype=FP32), compiled_modes=NO_COMPILED,
+              note="MQA-like extreme of the GQA ratio"),
+        Entry("gqa-layer", _layer(1, 128, 256, 8, 32, hkv=1, dtype=FP32), modes=LAYER_MODES,
+              compiled_modes=NO_COMPILED),
+    ),
+))
+
+_add(Workload(
+    name="llama3-405b",
+    description="Llama 3 405B attention: B 1, L 2048, hidden 16384, 128 query heads, 8 KV heads (GQA 16:1)",
+    full=(
+        Entry("attention", _k(1, 2048, 128, 128, hkv=8), compiled_modes=("fwd",), compiled_only=("flex",)),
+        Entry("gqa-layer", _layer(1, 2048, 16384, 128, 128, hkv=8), modes=LAYER_MODES, compiled_modes=("fwd",)),
+    ),
+    quick=(
+        Entry("attention", _k(1, 128, 16, 32, hkv=2, dtype=FP32), compiled_modes=NO_COMPILED),
+        Entry("gqa-layer", _layer(1, 128, 256, 16, 16, hkv=2, dtype=FP32), modes=LAYER_MODES,
+              compiled_modes=NO_COMPILED),
+    ),
+))
+
+_add(Workload(
+    name="longnet",
+    description="LongNet dilated attention: B 1-2, L 8K-16K, 8 heads, d 64, segments up to 4K, dilations 1/2/4",
+    source="LongNet (dilated attention) benchmarks",
+    full=(
+        Entry("dilated", _k(2, 8192, 8, 64, mask=Mask(), args=_dilated_args((1024, 2048, 4096), (1, 2, 4)))),
+        Entry("dilated", _k(1, 16384, 8, 64, args=_dilated_args((1024, 2048, 4096), (1, 2, 4)))),
+        Entry("attention", _k(1, 16384, 8, 64), compiled_modes=("fwd",), compiled_only=("flex",),
+              note="dense causal at the same length, the baseline dilated attention is sold against"),
+    ),
+    quick=(
+        Entry("dilated", _k(1, 256, 4, 32, mask=Mask(), dtype=FP32, args=_dilated_args((64, 128, 256), (1, 2, 4))),
+              compiled_modes=NO_COMPILED),
+        Entry("dilated", _k(1, 200, 4, 32, dtype=FP32, args=_dilated_args((64, 128, 256), (1, 2, 4))),
+              compiled_modes=NO_COMPILED, note="shorter than the longest segment"),
+        Entry("attention", _k(1, 256, 4, 32, dtype=FP32), compiled_modes=NO_COMPILED),
+    ),
+))
+
+
+def _fa_sweep_full():
+    entries = []
+    for d in (64, 128):
+        for l in (1024, 4096, 16384):
+            reference_point = d == 128 and l == 4096
+            entries.append(Entry(
+                "attention", _k(16384 // l, l, 16, d),
+                compiled_modes=None if reference_point else ("fwd",),
+                compiled_only=() if reference_point else ("flex",),
+            ))
+    return tuple(entries)
+
+
+_add(Workload(
+    name="fa-sweep",
+    description="FlashAttention-style sweep: head dim 64/128, L 1K-16K, B*L = 16K tokens, 16 heads, causal; "
+                "FLOP/s against the chip's peak",
+    source="FlashAttention benchmark_flash_attention.py",
+    full=_fa_sweep_full(),
+    quick=(
+        Entry("attention", _k(4, 128, 4, 64, dtype=FP32), compiled_modes=NO_COMPILED),
+        Entry("attention", _k(1, 512, 4, 64, dtype=FP32), compiled_modes=NO_COMPILED),
+    ),
+))
+
+_add(Workload(
+    name="decode",
+    description="KV-cache decode: B 8, 1 new query (and 4 for speculative steps) against 4K-32K cached keys, "
+                "GQA 32:8, bottom-right causal",
+    full=(
+        Entry("attention", _k(8, 1, 32, 128, hkv=8, lk=4096, mask=DECODE), modes=("fwd",), compiled_only=("flex",)),
+        Entry("attention", _k(8, 1, 32, 128, hkv=8, lk=32768, mask=DECODE), modes=("fwd",), compiled_only=("flex",)),
+        Entry("attention", _k(8, 4, 32, 128, hkv=8, lk=32768, mask=DECODE), modes=("fwd",), compiled_modes=NO_COMPILED),
+    ),
+    quick=(
+        Entry("attention", _k(2, 1, 8, 32, hkv=2, lk=512, mask=DECODE, dtype=FP32), modes=("fwd",),
+              compiled_modes=NO_COMPILED),
+        Entry("attention", _k(2, 4, 8, 32, hkv=2, lk=512, mask=DECODE, dtype=FP32), modes=("fwd",),
+              compiled_modes=NO_COMPILED),
+    ),
+))
+
+
+def get(name: str) -> Workload:
+    """The workload called ``name``; an unknown name lists the known ones."""
+    try:
+        return WORKLOADS[name]
+    except KeyError:
+        raise KeyError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}") from None
+
+
+@dataclass(frozen=True)
+class ExpandedEntry:
+    """A workload entry with the run's device and dtype applied."""
+
+    workload: str
+    entry: Entry
+    problem: Problem = field(compare=False)
+
+
+def expand(tier: str, device: str, dtype: Optional[str] = None, names: tuple[str, ...] = ()) -> list[ExpandedEntry]:
+    """Entries of ``tier`` for the chosen workloads (all when ``names`` is empty), on ``device``.
+
+    ``dtype`` None keeps each entry's own dtype (bf16 in the full tier, fp32 in the quick tier).
+    """
+    for name in names:
+        get(name)  # unknown names are an error, not an empty run
+    out = []
+    for name, w in WORKLOADS.items():
+        if names and name not in names:
+            continue
+        for entry in w.tier(tier):
+            changes = {"device": device}
+            if dtype is not None:
+                changes["dtype"] = dtype
+            out.append(ExpandedEntry(name, entry, entry.problem.with_(**changes)))
+    return out

@@ -1,0 +1,170 @@
+"""Ring attention's merge step, simulated in one process with P virtual ranks.
+
+The query sequence is split into P chunks (as even as possible, or the sizes given), and so is the
+key/value sequence. Rank r keeps its query chunk; at step s it holds key/value block (r - s) mod P,
+as if the blocks were passed one hop around the ring per step. Each rank folds every block into its
+running online-softmax state (running max m, running denominator l, unnormalised accumulator) and
+divides once at the end. Masks and score modifiers are evaluated at GLOBAL positions (the block's
+offsets added), so causality, sliding windows, documents, ALiBi etc. mean the same as in one piece;
+a block the mask hides entirely is skipped, as a real ring implementation skips it.
+
+Registered as kernel variants of the ``attention`` family, so the generic checks compare them with
+the float64 oracle: ``ring-sim`` (P from ``problem.arg("ranks", 2)``) and ``ring-sim-p3`` (three
+ranks, uneven chunks for most lengths).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Optional, Sequence
+
+import torch
+
+from attnsuite import mask_mods
+from attnsuite.problem import MASK_KINDS, Problem
+from attnsuite.registry import KernelVariant, register
+
+
+def chunk_sizes(length: int, parts: int) -> list[int]:
+    """Sizes of ``parts`` contiguous chunks covering ``length`` (first ones one longer; some may be 0)."""
+    base, extra = divmod(length, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def _starts(sizes: Sequence[int]) -> list[int]:
+    out, at = [], 0
+    for n in sizes:
+        out.append(at)
+        at += n
+    return out
+
+
+class RingState:
+    """One rank's online-softmax state over the blocks seen so far."""
+
+    def __init__(self, q: torch.Tensor, dv: int, acc: torch.dtype) -> None:
+        b, h, n, _ = q.shape
+        self.m = torch.full((b, h, n), float("-inf"), dtype=acc, device=q.device)  # running max
+        self.l = torch.zeros((b, h, n), dtype=acc, device=q.device)  # running denominator
+        self.acc = torch.zeros((b, h, n, dv), dtype=acc, device=q.device)  # running sum of p v
+
+    def update(self, s: torch.Tensor, v: torch.Tensor, rescale: bool = True) -> None:
+        """Fold one block of masked scores s (b, h, nq, nk; -inf = hidden) and values v in.
+
+        The old state is rescaled by exp(m_old - m_new); ``rescale=False`` exists only for the
+        mutation test that shows a merge without it is caught.
+        """
+        m_new = torch.maximum(self.m, s.detach().amax(dim=-1))  # a shift: detached, the result is independent of it
+        m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+        p = torch.exp(s - m_safe.unsqueeze(-1))  # hidden scores give exp(-inf) = 0
+        alpha = torch.exp(self.m - m_safe) if rescale else torch.ones_like(self.m)
+        self.l = alpha * self.l + p.sum(dim=-1)
+        self.acc = alpha.unsqueeze(-1) * self.acc + torch.matmul(p, v.to(p.dtype))
+        self.m = m_new
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised output, log-sum-exp); rows that saw no key come out as 0 and -inf."""
+        live = self.l > 0
+        out = self.acc / torch.where(live, self.l, torch.ones_like(self.l)).unsqueeze(-1)
+        out = torch.where(live.unsqueeze(-1), out, torch.zeros_like(out))
+        lse = torch.where(live, self.m + torch.log(torch.where(live, self.l, torch.ones_like(self.l))),
+                          torch.full_like(self.l, float("-inf")))
+        return out, lse
+
+
+def ring_attention(
+    problem: Problem,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ranks: int,
+    q_sizes: Optional[Sequence[int]] = None,
+    kv_sizes: Optional[Sequence[int]] = None,
+    rescale: bool = True,
+) -> torch.Tensor:
+    """Attention of the problem computed by ``ranks`` simulated ring ranks; same contract as the oracle.
+
+    ``q_sizes`` / ``kv_sizes`` override the even split (each must have ``ranks`` entries summing to
+    lq / lk). Returns (b, hq, lq, dv) in q's dtype.
+    """
+    if ranks < 1:
+        raise ValueError(f"ring attention needs at least 1 rank, got {ranks}")
+    q_sizes = list(q_sizes) if q_sizes is not None else chunk_sizes(problem.lq, ranks)
+    kv_sizes = list(kv_sizes) if kv_sizes is not None else chunk_sizes(problem.lk, ranks)
+    for what, sizes, total in (("q_sizes", q_sizes, problem.lq), ("kv_sizes", kv_sizes, problem.lk)):
+        if len(sizes) != ranks or sum(sizes) != total or min(sizes) < 0:
+            raise ValueError(f"ring attention: {what}={sizes} must be {ranks} non-negative sizes summing to {total}")
+    q_starts, kv_starts = _starts(q_sizes), _starts(kv_sizes)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    group = problem.hq // problem.hkv
+    if group > 1:  # GQA: every query head reads its key/value head h * hkv // hq
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    mmod = mask_mods.mask_mod(problem, str(q.device))
+    smod = mask_mods.score_mod(problem, str(q.device))
+    heads = torch.arange(problem.hq, device=q.device)[None, :, None, None]
+    zero = torch.zeros((), dtype=torch.long, device=q.device)
+    outs = []
+    for r in range(ranks):
+        nq = q_sizes[r]
+        if nq == 0:
+            continue
+        q_r = q[:, :, q_starts[r] : q_starts[r] + nq]
+        qi = torch.arange(q_starts[r], q_starts[r] + nq, device=q.device)[:, None]  # global query positions
+        state = RingState(q_r, v.shape[-1], acc)
+        for step in range(ranks):
+            src = (r - step) % ranks  # the block that reached rank r after `step` hops
+            nk = kv_sizes[src]
+            if nk == 0:
+                continue
+            kj = torch.arange(kv_starts[src], kv_starts[src] + nk, device=q.device)[None, :]
+            allowed = None if mmod is None else torch.broadcast_to(mmod(zero, zero, qi, kj), (nq, nk))
+            if allowed is not None and not bool(allowed.any()):
+                continue  # the mask hides the whole block: nothing to compute or merge
+            k_b = k[:, :, kv_starts[src] : kv_starts[src] + nk]
+            v_b = v[:, :, kv_starts[src] : kv_starts[src] + nk]
+            s = torch.matmul(q_r, k_b.transpose(-2, -1)).to(acc) * problem.softmax_scale
+            if smod is not None:
+                s = smod(s, zero, heads, qi, kj)
+            if allowed is not None:
+                s = s.masked_fill(~allowed, float("-inf"))
+            state.update(s, v_b, rescale=rescale)
+        outs.append(state.result()[0])
+    return torch.cat(outs, dim=2).to(q.dtype)
+
+
+class _RingSim(KernelVariant):
+    family = "attention"
+    masks = frozenset(MASK_KINDS)
+    features = frozenset({"gqa", "lq_ne_lk", "dv_ne_dqk", "bottom_right", "alibi", "softcap", "custom_scale"})
+    backend = "ring-sim"
+    fixed_ranks: ClassVar[Optional[int]] = None
+
+    def ranks(self, problem: Problem) -> int:
+        """How many virtual ranks this variant uses on ``problem``."""
+        return self.fixed_ranks if self.fixed_ranks is not None else problem.arg("ranks", 2)
+
+    def extra_reasons(self, problem: Problem, backward: bool) -> list[str]:
+        p = self.ranks(problem)
+        if not isinstance(p, int) or p < 1:
+            return [f"{self.name}: problem arg ranks={p!r} is not a positive int"]
+        return []
+
+    def build(self, problem: Problem):
+        ranks = self.ranks(problem)
+
+        def run(q, k, v):
+            return ring_attention(problem, q, k, v, ranks)
+
+        return run
+
+
+@register
+class RingSim(_RingSim):
+    name = "ring-sim"
+    description = "ring attention simulated in one process: P ranks (problem arg 'ranks', default 2), online-softmax merge"
+
+
+@register
+class RingSimP3(_RingSim):
+    name = "ring-sim-p3"
+    description = "ring attention simulated with 3 ranks (uneven chunks), online-softmax merge at global positions"
+    fixed_ranks = 3

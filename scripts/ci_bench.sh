@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The benchmark tier with the regression gate: the same command in CI and on a workstation.
+# Usage: bash scripts/ci_bench.sh TIER GATE [extra pytest args]
+#   TIER: quick (CPU-sized) or full (GPU-sized); GATE: off, report (never fails) or enforce.
+# Writes to ${OUT:-results}: bench.json (pytest-benchmark JSON with attnsuite records), gate.md
+# (markdown diff; also appended to $GITHUB_STEP_SUMMARY when set), bench.log.
+# Exit status: pytest's (1 when the gate fails under enforce, 4 for a malformed baseline).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -lt 2 ]; then
+  echo "usage: bash scripts/ci_bench.sh quick|full off|report|enforce [pytest args]" >&2
+  exit 2
+fi
+tier=$1
+gate=$2
+shift 2
+out=${OUT:-results}
+mkdir -p "$out"
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+export PYTHONUNBUFFERED=1
+"$PY" -m pytest bench --benchmark-only -p no:cacheprovider -q -rfE \
+  --attn-tier "$tier" --attn-gate "$gate" \
+  --benchmark-json "$out/bench.json" --attn-markdown "$out/gate.md" "$@" 2>&1 | tee "$out/bench.log"
+status=${PIPESTATUS[0]}
+echo "ci_bench ($tier, gate $gate) exit status: $status"
+exit "$status"

@@ -1,0 +1,235 @@
+"""The baseline store: layout, rounding, validation with clear errors, atomic writes, merging, fingerprints."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from attnsuite import baseline as bl
+from gatehelp import FP_CPU, FP_H100, fp, rec, write_result
+
+
+def _recorded(tmp_path, records, fingerprint=FP_H100, name="b.json"):
+    path = tmp_path / name
+    run = bl.load_run(write_result(tmp_path / "r.json", records, fingerprint))
+    bl.record_baseline(run, path)
+    return path
+
+
+def test_baseline_file_has_sorted_keys_one_field_per_line_and_a_trailing_newline(tmp_path):
+    path = _recorded(tmp_path, [rec("b"), rec("a")])
+    text = path.read_text()
+    obj = json.loads(text)
+    assert text == json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    assert obj["schema"] == "attnsuite-baseline" and obj["version"] == 1
+    assert list(obj["cases"]) == sorted(obj["cases"])
+    assert obj["fingerprint"]["id"] == FP_H100["id"]
+
+
+def test_times_are_rounded_to_4_significant_digits_and_bytes_to_whole_bytes(tmp_path):
+    path = _recorded(tmp_path, [rec(median_ms=1.23456789, iqr_ms=0.0123456, tflops=612.3456, peak_mem_bytes=1234.6)])
+    (entry,) = json.loads(path.read_text())["cases"].values()
+    assert entry["median_ms"] == 1.235 and entry["iqr_ms"] == 0.01235 and entry["tflops"] == 612.3
+    assert entry["peak_mem_bytes"] == 1235 and isinstance(entry["peak_mem_bytes"], int)
+
+
+def test_run_to_run_noise_without_a_verdict_is_left_out_of_the_baseline(tmp_path):
+    path = _recorded(tmp_path, [rec(first_call_ms=812.0, mask_build_ms=3.1, min_ms=0.9, detail="note",
+                                    extra={"launch": "x", "tier": "full"})])
+    (entry,) = json.loads(path.read_text())["cases"].values()
+    assert not {"first_call_ms", "mask_build_ms", "min_ms", "detail", "extra", "launch"} & set(entry)
+    assert entry["tier"] == "full"
+
+
+def test_re_recording_an_unchanged_run_with_small_jitter_changes_few_lines(tmp_path):
+    recs = [rec(f"v{i}", median_ms=1.0 + i / 7, iqr_ms=0.004) for i in range(20)]
+    path = _recorded(tmp_path, recs)
+    before = path.read_text().splitlines()
+    jitter = [rec(r.variant, median_ms=r.median_ms * (1.00001 if i % 2 else 1.0), iqr_ms=0.004) for i, r in enumerate(recs)]
+    bl.record_baseline(bl.load_run(write_result(tmp_path / "r2.json", jitter)), path)
+    after = path.read_text().splitlines()
+    changed = sum(a != b for a, b in zip(before, after))
+    assert len(before) == len(after) and changed == 0
+
+
+def test_recording_one_workload_leaves_the_other_workloads_untouched(tmp_path):
+    path = _recorded(tmp_path, [rec("a", workload="w1"), rec("b", workload="w2")])
+    other_before = json.loads(path.read_text())["cases"]["w2/b/fwd/" + rec().problem]
+    run = bl.load_run(write_result(tmp_path / "r2.json", [rec("a", workload="w1", median_ms=2.0),
+                                                          rec("b", workload="w2", median_ms=9.0)]))
+    summary = bl.record_baseline(run, path, workloads=["w1"])
+    cases = json.loads(path.read_text())["cases"]
+    assert cases["w1/a/fwd/" + rec().problem]["median_ms"] == 2.0
+    assert cases["w2/b/fwd/" + rec().problem] == other_before
+    assert (summary.updated, summary.added, summary.removed) == (["w1/a/fwd/" + rec().problem], [], [])
+
+
+def test_recording_one_case_by_pattern_leaves_the_other_cases_untouched(tmp_path):
+    path = _recorded(tmp_path, [rec("a"), rec("b")])
+    run = bl.load_run(write_result(tmp_path / "r2.json", [rec("a", median_ms=3.0), rec("b", median_ms=3.0)]))
+    bl.record_baseline(run, path, cases=["*/a/*"])
+    cases = bl.load_baseline(path).records()
+    assert {k.split("/")[1]: r.median_ms for k, r in cases.items()} == {"a": 3.0, "b": 1.0}
+
+
+def test_a_partial_run_adds_and_updates_but_never_drops_cases_unless_pruned(tmp_path):
+    path = _recorded(tmp_path, [rec("a"), rec("b")])
+    run = bl.load_run(write_result(tmp_path / "r2.json", [rec("a"), rec("c")]))
+    s = bl.record_baseline(run, path)
+    assert sorted(k.split("/")[1] for k in bl.load_baseline(path).cases) == ["a", "b", "c"]
+    assert (len(s.added), len(s.unchanged), len(s.removed)) == (1, 1, 0)
+    s = bl.record_baseline(run, path, prune=True)
+    assert sorted(k.split("/")[1] for k in bl.load_baseline(path).cases) == ["a", "c"]
+    assert [k.split("/")[1] for k in s.removed] == ["b"]
+
+
+def test_out_of_memory_and_failing_cases_are_stored_with_their_outcome(tmp_path):
+    path = _recorded(tmp_path, [rec("m", outcome="oom", median_ms=None, oom_bytes=3 << 30, detail="CUDA OOM " * 100),
+                                rec("n", outcome="numerics", detail="dq err 3.1 > 0.02")])
+    recs = {r.variant: r for r in bl.load_baseline(path).records().values()}
+    assert recs["m"].outcome == "oom" and recs["m"].oom_bytes == 3 << 30 and len(recs["m"].detail) <= 300
+    assert recs["n"].outcome == "numerics" and recs["n"].detail == "dq err 3.1 > 0.02"
+
+
+def test_write_is_atomic_and_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = _recorded(tmp_path, [rec()])
+    before = path.read_text()
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bl.os, "replace", boom)
+    b = bl.load_baseline(path)
+    b.cases = {}
+    with pytest.raises(OSError, match="disk full"):
+        bl.save_baseline(b, path)
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "baseline.json"
+    p.write_text(text)
+    return p
+
+
+def _valid(tmp_path):
+    return json.loads(_recorded(tmp_path, [rec()], name="good.json").read_text())
+
+
+@pytest.mark.parametrize("doctor, needle", [
+    (lambda t, o: "", "file is empty (truncated?)"),
+    (lambda t, o: t[: len(t) // 2], "not valid JSON (truncated?)"),
+    (lambda t, o: t.replace('"cases"', '"cases" oops', 1), "not valid JSON (corrupt?)"),
+    (lambda t, o: json.dumps([1, 2]), "top level is list"),
+    (lambda t, o: json.dumps({**o, "version": 0}), "schema version 0 is not 1: re-record"),
+    (lambda t, o: json.dumps({**o, "version": 7}), "schema version 7 is newer"),
+    (lambda t, o: json.dumps({k: v for k, v in o.items() if k != "fingerprint"}), "missing field \"fingerprint\""),
+    (lambda t, o: json.dumps({k: v for k, v in o.items() if k != "cases"}), "missing field \"cases\""),
+    (lambda t, o: json.dumps({**o, "schema": "other"}), "not an attnsuite baseline"),
+    (lambda t, o: json.dumps({"benchmarks": []}), "this is a pytest-benchmark result file"),
+    (lambda t, o: json.dumps({**o, "cases": {k: {kk: vv for kk, vv in e.items() if kk != "outcome"}
+                                             for k, e in o["cases"].items()}}), "missing fields ['outcome']"),
+    (lambda t, o: json.dumps({**o, "cases": {k: {**e, "median_ms": "fast"} for k, e in o["cases"].items()}}),
+     "median_ms must be a non-negative number"),
+    (lambda t, o: json.dumps({**o, "cases": {"wrong/key": e for e in o["cases"].values()}}),
+     "key does not match its fields"),
+    (lambda t, o: json.dumps({**o, "cases": {k: {**e, "outcome": "crashed"} for k, e in o["cases"].items()}}),
+     "unknown outcome 'crashed'"),
+], ids=["empty file", "truncated file", "corrupt JSON", "a list", "old version", "newer version",
+        "no fingerprint", "no cases", "another schema", "a result file given as baseline",
+        "a case without outcome", "a time that is text", "a key that does not match", "an unknown outcome"])
+def test_a_malformed_baseline_is_refused_naming_the_file_and_the_problem(tmp_path, doctor, needle):
+    good = _valid(tmp_path)
+    text = json.dumps(good, indent=1, sort_keys=True)
+    p = _write(tmp_path, doctor(text, good))
+    with pytest.raises(bl.BaselineError) as info:
+        bl.load_baseline(p)
+    assert str(p) in str(info.value) and needle in str(info.value)
+
+
+def test_a_corrupt_existing_baseline_is_never_overwritten_by_recording(tmp_path):
+    p = _write(tmp_path, '{"schema": "attnsuite-baseline", "vers')
+    run = bl.load_run(write_result(tmp_path / "r.json", [rec()]))
+    with pytest.raises(bl.BaselineError):
+        bl.record_baseline(run, p)
+    assert p.read_text() == '{"schema": "attnsuite-baseline", "vers'
+
+
+def test_a_result_file_with_a_broken_record_names_the_benchmark(tmp_path):
+    obj = json.loads(write_result(tmp_path / "r.json", [rec()]).read_text())
+    obj["benchmarks"][0]["extra_info"]["outcome"] = "exploded"
+    (tmp_path / "r.json").write_text(json.dumps(obj))
+    with pytest.raises(bl.ResultFileError, match=r"r.json: benchmark bench/x.py::test_bench.*unknown outcome"):
+        bl.load_run(tmp_path / "r.json")
+
+
+def test_benchmarks_without_an_attnsuite_record_are_counted_not_judged(tmp_path):
+    obj = json.loads(write_result(tmp_path / "r.json", [rec()]).read_text())
+    obj["benchmarks"].append({"name": "test_other", "extra_info": {}})
+    (tmp_path / "r.json").write_text(json.dumps(obj))
+    run = bl.load_run(tmp_path / "r.json")
+    assert len(run.records) == 1 and run.foreign == 1
+
+
+def test_load_run_reads_a_baseline_as_a_run(tmp_path):
+    path = _recorded(tmp_path, [rec("a"), rec("b", outcome="oom", median_ms=None)])
+    run = bl.load_run(path)
+    assert run.kind == "baseline" and set(run.records) == {rec("a").key, rec("b").key}
+    assert run.fingerprint["id"] == FP_H100["id"]
+
+
+@pytest.mark.parametrize("changes, refusal", [
+    ({"gpu_name": "NVIDIA A100-SXM4-80GB"}, "GPU model differs"),
+    ({"torch": "2.12.0+cu130"}, "torch major version differs"),
+    ({"cuda": "12.8"}, "CUDA major version differs"),
+], ids=["another GPU model", "another torch minor series", "another CUDA major"])
+def test_machines_that_differ_in_gpu_or_major_versions_are_refused(changes, refusal):
+    with pytest.raises(bl.FingerprintMismatch, match=refusal):
+        bl.check_compatible(FP_H100, fp(**changes))
+    notes = bl.check_compatible(FP_H100, fp(**changes), allow_mismatch=True)
+    assert any(refusal in n and n.startswith("compared despite") for n in notes)
+
+
+def test_driver_cudnn_and_patch_version_differences_are_notes_not_refusals():
+    notes = bl.check_compatible(FP_H100, fp(driver="590.1", torch="2.11.1+cu130", cuda="13.1", triton="3.6.1"))
+    assert len(notes) == 4 and any("driver differs" in n for n in notes)
+
+
+def test_gpu_run_against_cpu_baseline_and_cpu_models_are_refused():
+    with pytest.raises(bl.FingerprintMismatch, match="baseline no GPU"):
+        bl.check_compatible(FP_CPU, FP_H100)
+    with pytest.raises(bl.FingerprintMismatch, match="CPU model differs"):
+        bl.check_compatible(FP_CPU, fp(FP_CPU, cpu_model="Intel Xeon 8480"))
+
+
+def test_baseline_is_found_by_fingerprint_id_then_by_a_single_compatible_file(tmp_path):
+    d = tmp_path / "baselines"
+    _recorded(d.parent, [rec()], name=f"baselines/{FP_H100['id']}.json")
+    assert bl.find_baseline(FP_H100, d).path == d / f"{FP_H100['id']}.json"
+    driver_bump = fp(id="nvidia-h100-new-driver", driver="999.9")
+    look = bl.find_baseline(driver_bump, d)
+    assert look.path == d / f"{FP_H100['id']}.json" and "compatible" in look.message
+    other = bl.find_baseline(fp(id="a100", gpu_name="NVIDIA A100"), d)
+    assert other.path is None and "no baseline for this machine" in other.message and FP_H100["id"] in other.message
+
+
+def test_recording_into_another_machines_baseline_is_refused(tmp_path):
+    path = _recorded(tmp_path, [rec()])
+    run = bl.load_run(write_result(tmp_path / "r2.json", [rec()], fp(gpu_name="NVIDIA A100")))
+    with pytest.raises(bl.FingerprintMismatch):
+        bl.record_baseline(run, path)
+
+
+def test_a_run_without_a_fingerprint_cannot_become_a_baseline(tmp_path):
+    run = bl.load_run(write_result(tmp_path / "r.json", [rec()], fingerprint=None))
+    with pytest.raises(ValueError, match="no machine fingerprint"):
+        bl.record_baseline(run, tmp_path / "b.json")
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_baseline_path_is_a_safe_file_name_from_the_fingerprint_id(tmp_path):
+    p = bl.baseline_path_for(fp(id="NVIDIA H100/80GB torch:2.11"), tmp_path)
+    assert p.parent == tmp_path and os.sep not in p.name[:-5] and p.name.endswith(".json")

@@ -1,0 +1,156 @@
+"""End to end: ``pytest bench --benchmark-only --benchmark-json=...`` keeps every case in the JSON.
+
+A tiny external variant module adds one variant that raises, one that asks for far too much
+memory, and one that runs only on CUDA; with the built-in ``sdpa`` they give an ok, an error, an
+out-of-memory and a skipped case in one filtered run, and every record must carry its fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EXTERNAL = '''
+import torch
+from attnsuite.registry import KernelVariant, register
+
+MASKS = frozenset({"none", "causal"})
+FEATURES = frozenset({"gqa", "lq_ne_lk", "bottom_right"})
+
+
+@register
+class Boom(KernelVariant):
+    name = "boom"
+    masks = MASKS
+    features = FEATURES
+
+    def build(self, problem):
+        def run(q, k, v):
+            raise RuntimeError("boom: this kernel is broken on purpose")
+        return run
+
+
+@register
+class Hog(KernelVariant):
+    name = "hog"
+    masks = MASKS
+    features = FEATURES
+
+    def build(self, problem):
+        def run(q, k, v):
+            return torch.empty(2**62, dtype=torch.uint8)  # the allocator refuses: a real CPU OOM
+        return run
+
+
+@register
+class GpuOnly(KernelVariant):
+    name = "gpu-only"
+    masks = MASKS
+    features = FEATURES
+    devices = frozenset({"cuda"})
+
+    def build(self, problem):
+        return lambda q, k, v: q
+'''
+
+
+@pytest.fixture
+def bench_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    """A copy of bench/ with the suite's plugin, and a function running it to a parsed JSON."""
+    pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
+    shutil.copytree(ROOT / "bench", pytester.path / "bench")
+    ext = pytester.path / "ext_variants.py"
+    ext.write_text(EXTERNAL)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
+
+    def run(variants=("sdpa", "boom", "hog", "gpu-only"), extra=()):
+        out = pytester.path / "out.json"
+        result = pytester.runpytest_subprocess(
+            "bench", "--benchmark-only", f"--benchmark-json={out}", "-p", "no:cacheprovider", "-rs",
+            f"--attn-variants={ext}", "--attn-device=cpu", "--attn-tier=quick", "--attn-workload=decode",
+            "--attn-mode=fwd", *[f"--attn-only={v}" for v in variants], *extra,
+        )
+        data = json.loads(out.read_text()) if out.exists() else None
+        return result, data
+
+    return run
+
+
+def _by_variant(data):
+    out = {}
+    for b in data["benchmarks"]:
+        out.setdefault(b["extra_info"]["variant"], []).append(b)
+    return out
+
+
+def test_json_has_every_field_for_ok_error_oom_and_skipped_cases(bench_run):
+    result, data = bench_run(extra=("--attn-inject-slowdown=sdpa=0.5",))
+    assert data is not None, result.stdout.str()[-3000:]
+    # two decode problems x four variants, fwd only: the error cases fail the run, the rest pass or skip
+    result.assert_outcomes(passed=2, failed=2, skipped=4)
+    by = _by_variant(data)
+    assert set(by) == {"sdpa", "boom", "hog", "gpu-only"}
+    assert all(len(v) == 2 for v in by.values())
+
+    for b in by["sdpa"]:
+        rec = b["extra_info"]
+        assert rec["outcome"] == "ok"
+        for key in ("median_ms", "iqr_ms", "min_ms", "first_call_ms", "mask_build_ms", "flops", "tflops",
+                    "pct_peak", "peak_mem_bytes"):
+            assert isinstance(rec[key], (int, float)) and rec[key] >= 0, key
+        assert rec["samples"] > 0 and rec["timer"] == "perf_counter"
+        assert rec["mem_method"].startswith("cpu-torch-allocator")
+        assert rec["backend"].startswith("sdpa:"), rec["backend"]
+        assert rec["case"] == f"decode/sdpa/fwd/{rec['problem']}"
+        assert rec["extra"]["numerics_check"] == "oracle"
+        assert rec["extra"]["injected_ms"] > 0
+        assert rec["extra"]["peak_source"].startswith("measured")
+        # pytest-benchmark's own stats are the suite's samples, in seconds
+        assert b["stats"]["rounds"] == rec["samples"]
+        assert b["stats"]["median"] == pytest.approx(rec["median_ms"] / 1e3)
+        assert b["group"] == "decode fwd"
+
+    for b in by["boom"]:
+        rec = b["extra_info"]
+        assert rec["outcome"] == "error"
+        assert "RuntimeError: boom: this kernel is broken on purpose" in rec["detail"]
+        assert b["stats"]["rounds"] == 0 and rec["flops"] > 0
+    for b in by["hog"]:
+        rec = b["extra_info"]
+        assert rec["outcome"] == "oom" and rec["oom_bytes"] == 2**62
+        assert b["stats"]["rounds"] == 0
+    for b in by["gpu-only"]:
+        rec = b["extra_info"]
+        assert rec["outcome"] == "skipped" and "runs on ['cuda'], not cpu" in rec["detail"]
+
+    meta = data["attnsuite"]
+    assert meta["fingerprint"]["id"] == meta["fingerprint_id"] == data["machine_info"]["attnsuite_fingerprint_id"]
+    for key in ("cpu_model", "cpu_count", "torch", "triton", "cuda", "cudnn"):
+        assert key in meta["fingerprint"]
+    assert meta["outcomes"] == {"ok": 2, "error": 2, "oom": 2, "skipped": 2}
+    assert meta["inject_slowdown"] == {"sdpa": 0.5}
+    out = result.stdout.str()
+    assert "attnsuite measurements" in out and "out of memory" in out
+
+
+def test_a_run_where_no_case_has_samples_still_writes_its_records(bench_run):
+    # pytest-benchmark alone writes no JSON when no benchmark produced stats
+    result, data = bench_run(variants=("gpu-only", "boom", "hog"))
+    assert data is not None, result.stdout.str()[-3000:]
+    assert sorted(b["extra_info"]["outcome"] for b in data["benchmarks"]) == ["error"] * 2 + ["oom"] * 2 + ["skipped"] * 2
+
+
+def test_bad_options_are_usage_errors_naming_the_option(pytester: pytest.Pytester, monkeypatch):
+    pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
+    shutil.copytree(ROOT / "bench", pytester.path / "bench")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    result = pytester.runpytest_subprocess("bench", "--benchmark-only", "--attn-workload=nope", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--attn-workload 'nope' is unknown*"])

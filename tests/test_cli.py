@@ -1,0 +1,168 @@
+"""The ``attnsuite`` command line: compare, record, report, check, and their exit statuses."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from attnsuite import cli
+from gatehelp import FP_H100, fp, rec, write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*argv, cwd=None):
+    out = io.StringIO()
+    code = cli.main([str(a) for a in argv], out=out)
+    return code, out.getvalue()
+
+
+@pytest.fixture
+def runs(tmp_path):
+    old = write_result(tmp_path / "old.json", [rec("a"), rec("b"), rec("c", outcome="oom", median_ms=None)])
+    same = write_result(tmp_path / "same.json", [rec("a", median_ms=1.005), rec("b"), rec("c", outcome="oom", median_ms=None)])
+    worse = write_result(tmp_path / "worse.json", [rec("a", median_ms=1.3), rec("b", outcome="oom", median_ms=None)])
+    return old, same, worse
+
+
+def test_compare_of_an_unchanged_run_passes_with_exit_status_0(runs):
+    old, same, _ = runs
+    code, out = run_cli("compare", old, same)
+    assert code == 0 and out.strip().splitlines()[-1].startswith("pass")
+
+
+def test_compare_of_a_regressed_run_exits_1_naming_each_case_verdict_and_amount(runs):
+    old, _, worse = runs
+    code, out = run_cli("compare", old, worse)
+    assert code == 1
+    gate = [l for l in out.splitlines() if l.startswith("GATE ")]
+    assert any(l.startswith("GATE slower: fa-sweep/a/fwd/") and "slower by 30.0%" in l for l in gate)
+    assert any(l.startswith("GATE newly-oom: fa-sweep/b/") for l in gate)
+    assert any(l.startswith("GATE missing: fa-sweep/c/") for l in gate)
+
+
+def test_compare_in_report_mode_shows_the_regressions_but_exits_0(runs):
+    old, _, worse = runs
+    code, out = run_cli("compare", old, worse, "--gate", "report")
+    assert code == 0 and "GATE slower" in out
+
+
+def test_compare_writes_markdown_and_json(runs, tmp_path):
+    old, _, worse = runs
+    code, out = run_cli("compare", old, worse, "--format", "json", "--markdown", tmp_path / "d.md")
+    data = json.loads(out)
+    assert data["failed"] and data["counts"] == {"newly-oom": 1, "missing": 1, "slower": 1}
+    assert (tmp_path / "d.md").read_text().startswith("<!-- attnsuite-gate -->")
+
+
+def test_compare_result_against_a_recorded_baseline_gives_the_same_verdicts(runs, tmp_path):
+    old, _, worse = runs
+    code, out = run_cli("record", old, "--dir", tmp_path / "baselines")
+    assert code == 0 and "3 added" in out
+    base = tmp_path / "baselines" / f"{FP_H100['id']}.json"
+    _, direct = run_cli("compare", old, worse, "--format", "json")
+    _, via_baseline = run_cli("compare", base, worse, "--format", "json")
+    strip = lambda d: [(c["key"], c["verdict"]) for c in json.loads(d)["cases"]]
+    assert strip(direct) == strip(via_baseline)
+
+
+def test_compare_refuses_another_gpu_with_exit_2_unless_allowed(runs, tmp_path, capsys):
+    old, same, _ = runs
+    other = write_result(tmp_path / "a100.json", [rec("a")], fp(gpu_name="NVIDIA A100-SXM4-80GB"))
+    code, _ = run_cli("compare", old, other)
+    assert code == 2 and "refusing to compare runs from different machines: GPU model differs" in capsys.readouterr().err
+    code, out = run_cli("compare", old, other, "--allow-mismatch", "--gate", "report")
+    assert code == 0
+
+
+def test_compare_of_a_corrupt_file_exits_2_naming_the_file(tmp_path, runs, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"benchmarks": [')
+    code, _ = run_cli("compare", runs[0], bad)
+    err = capsys.readouterr().err
+    assert code == 2 and str(bad) in err and "not valid JSON" in err
+
+
+def test_compare_uses_a_thresholds_file(runs, tmp_path):
+    old, _, worse = runs
+    t = tmp_path / "t.json"
+    t.write_text(json.dumps({"case": {"*/a/*": {"time_floor": 0.5}}}))
+    _, out = run_cli("compare", old, worse, "--thresholds", t, "--format", "json")
+    verdicts = {c["key"].split("/")[1]: c["verdict"] for c in json.loads(out)["cases"]}
+    assert verdicts["a"] == "same"
+
+
+def test_compare_limited_to_one_workload_does_not_call_the_rest_missing(tmp_path):
+    old = write_result(tmp_path / "o.json", [rec("a", workload="w1"), rec("a", workload="w2")])
+    new = write_result(tmp_path / "n.json", [rec("a", workload="w1")])
+    assert run_cli("compare", old, new)[0] == 1
+    assert run_cli("compare", old, new, "--workload", "w1")[0] == 0
+
+
+def test_record_refreshes_one_workload_only(tmp_path):
+    first = write_result(tmp_path / "1.json", [rec("a", workload="w1"), rec("a", workload="w2")])
+    second = write_result(tmp_path / "2.json", [rec("a", workload="w1", median_ms=5.0), rec("a", workload="w2", median_ms=5.0)])
+    b = tmp_path / "b.json"
+    assert run_cli("record", first, "--baseline", b)[0] == 0
+    code, out = run_cli("record", second, "--baseline", b, "--workload", "w2")
+    assert code == 0 and "1 updated" in out
+    cases = json.loads(b.read_text())["cases"]
+    assert {k.split("/")[0]: e["median_ms"] for k, e in cases.items()} == {"w1": 1.0, "w2": 5.0}
+
+
+def test_record_from_a_baseline_instead_of_a_result_is_an_input_error(tmp_path, capsys):
+    first = write_result(tmp_path / "1.json", [rec()])
+    b = tmp_path / "b.json"
+    run_cli("record", first, "--baseline", b)
+    assert run_cli("record", b, "--baseline", tmp_path / "c.json")[0] == 2
+    assert "this is a baseline, not a pytest-benchmark result file" in capsys.readouterr().err
+
+
+def test_check_validates_baselines(tmp_path, capsys):
+    good = tmp_path / "good.json"
+    run_cli("record", write_result(tmp_path / "r.json", [rec()]), "--baseline", good)
+    bad = tmp_path / "bad.json"
+    bad.write_text("")
+    assert run_cli("check", good)[0] == 0
+    assert run_cli("check", good, bad)[0] == 2
+    assert f"baseline {bad}: file is empty" in capsys.readouterr().err
+
+
+def test_report_writes_markdown_and_says_why_plots_are_missing(runs, tmp_path, monkeypatch):
+    old, _, worse = runs
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    code, out = run_cli("report", worse, "--baseline", old, "--markdown", tmp_path / "r.md", "--step-summary",
+                        "--plots", tmp_path / "plots")
+    assert code == 0
+    assert (tmp_path / "r.md").read_text() == summary.read_text()
+    try:
+        import matplotlib  # noqa: F401
+        assert "plots written" in out or "no workload has ok cases" in out
+    except ImportError:
+        assert "matplotlib is not installed" in out
+
+
+def test_report_of_a_single_run_lists_its_cases(runs):
+    code, out = run_cli("report", runs[0])
+    assert code == 0 and "| fa-sweep | a | fwd |" in out
+
+
+def test_module_entry_point_runs_and_pyproject_declares_the_attnsuite_script(runs):
+    old, same, _ = runs
+    proc = subprocess.run([sys.executable, "-m", "attnsuite.cli", "compare", str(old), str(same)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["attnsuite"] == "attnsuite.cli:main"
+
+
+def test_check_accepts_the_committed_thresholds_file_beside_the_baselines(capsys):
+    code, out = run_cli("check", ROOT / "baselines" / "thresholds.json")
+    assert code == 0 and "thresholds" in out

@@ -1,0 +1,128 @@
+"""Peak memory is really measured on CPU; out of memory is an outcome; the guard predicts and refuses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnsuite import memory, plugin_bench, registry, timing, workloads
+from attnsuite.problem import Mask, Problem
+
+MIB = 2**20
+
+
+def test_cpu_peak_sees_a_real_allocation_held_as_output():
+    _, mem = memory.measure_peak(lambda: torch.ones(8 * MIB // 4), "cpu")
+    assert mem.peak_bytes >= 8 * MIB
+    assert mem.method.startswith("cpu-torch-allocator")
+
+
+def test_cpu_peak_is_the_high_water_mark_not_the_sum_of_allocations():
+    def sequential():
+        for _ in range(4):
+            t = torch.ones(8 * MIB // 4)
+            del t
+        return None
+
+    def together():
+        ts = [torch.ones(8 * MIB // 4) for _ in range(4)]
+        return sum(float(t[0]) for t in ts)
+
+    _, seq = memory.measure_peak(sequential, "cpu")
+    _, tog = memory.measure_peak(together, "cpu")
+    assert 8 * MIB <= seq.peak_bytes < 16 * MIB
+    assert tog.peak_bytes >= 32 * MIB
+
+
+def test_cpu_peak_excludes_what_was_live_before_the_call():
+    held = torch.ones(16 * MIB // 4)
+    _, mem = memory.measure_peak(lambda: held * 1.0, "cpu")
+    assert 16 * MIB <= mem.peak_bytes < 17 * MIB  # only the new output, not the input
+
+
+@pytest.mark.parametrize("message,expected", [
+    ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB", 2 * 2**30),
+    ("CUDA out of memory. Tried to allocate 512.00 MiB (GPU 0; 8.00 GiB total capacity)", 512 * MIB),
+    ("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate "
+     "1099511627776 bytes.", 2**40),
+    ("something else went wrong", None),
+])
+def test_the_size_asked_for_is_read_from_out_of_memory_messages(message, expected):
+    assert memory.parse_oom_bytes(message) == expected
+
+
+def test_byte_sizes_parse_with_binary_and_decimal_units():
+    assert memory.parse_bytes("24GiB") == 24 * 2**30
+    assert memory.parse_bytes("1.5 GB") == 1_500_000_000
+    assert memory.parse_bytes("4096") == 4096
+    with pytest.raises(ValueError, match="unknown byte unit"):
+        memory.parse_bytes("3 parsecs")
+
+
+def test_a_real_cpu_allocation_failure_is_recognised_as_out_of_memory():
+    with pytest.raises(RuntimeError) as info:
+        torch.empty(2**62, dtype=torch.uint8)
+    assert memory.is_oom(info.value)
+    assert memory.parse_oom_bytes(str(info.value)) == 2**62
+    assert not memory.is_oom(ValueError("shape mismatch"))
+
+
+def test_materialisation_is_flagged_only_when_the_score_matrix_dwarfs_the_inputs():
+    big = Problem(batch=1, lq=1024, lk=1024, hq=8, hkv=8, dqk=64, dv=64)
+    scores, io = memory.score_matrix_bytes(big), memory.io_bytes(big)
+    assert memory.materialises(scores, big) is True
+    assert memory.materialises(io, big) is False  # an O(L) peak: output-sized
+    assert memory.materialises(2 * io, big, "fwd+bwd") is False  # with gradients
+    assert memory.materialises(2 * io + scores, big, "fwd+bwd") is True
+    tiny = Problem(batch=1, lq=16, lk=16, hq=1, hkv=1, dqk=64, dv=64)
+    assert memory.materialises(10**9, tiny) is None
+
+
+def test_a_fused_kernel_is_not_flagged_and_the_explicit_form_is_on_a_real_cpu_run():
+    import torch.nn.functional as F
+
+    p = Problem(batch=1, lq=512, lk=512, hq=4, hkv=4, dqk=64, dv=64)
+    q, k, v = (torch.randn(1, 4, 512, 64) for _ in range(3))
+    _, fused = memory.measure_peak(lambda: F.scaled_dot_product_attention(q, k, v), "cpu")
+    _, unfused = memory.measure_peak(lambda: torch.softmax(q @ k.transpose(-1, -2) / 8, -1) @ v, "cpu")
+    assert memory.materialises(fused.peak_bytes, p) is False
+    assert memory.materialises(unfused.peak_bytes, p) is True
+
+
+def test_the_guard_refuses_an_unfused_case_over_budget_and_lets_a_fused_one_run():
+    p = Problem(batch=4, lq=4096, lk=4096, hq=16, hkv=16, dqk=64, dv=64)
+    guard = memory.CpuGuard(budget=2**30)
+    refused = guard.check(p, "fwd", fused=False)
+    assert refused is not None
+    predicted, message = refused
+    assert predicted >= 3 * 4 * 16 * 4096 * 4096 * 4
+    assert "predicted" in message and "budget" in message
+    assert guard.check(p, "fwd", fused=True) is None
+    assert memory.predict_bytes(p, "fwd+bwd", False) > memory.predict_bytes(p, "fwd", False)
+
+
+def _settings(budget: int) -> plugin_bench.Settings:
+    return plugin_bench.Settings(
+        tier="quick", device="cpu", dtype=None, workloads=(), modes=("fwd",), mem_cap=budget, inject={},
+        timer=timing.TimerConfig(warmup_s=0.0, min_warmup=1, target_s=0.0, min_samples=3, max_samples=3,
+                                 flush_l2=False),
+        guard=memory.CpuGuard(budget))
+
+
+def _case(variant: str, problem: Problem) -> plugin_bench.BenchCase:
+    entry = workloads.Entry("attention", problem, modes=("fwd",))
+    return plugin_bench.BenchCase("test", entry, problem, variant, "fwd")
+
+
+def test_guard_records_oom_with_the_predicted_bytes_and_the_run_goes_on():
+    registry.load_builtin()
+    big = Problem(batch=2, lq=2048, lk=2048, hq=8, hkv=8, dqk=32, dv=32, mask=Mask("causal"))
+    settings = _settings(budget=64 * MIB)
+    rec, result = plugin_bench.run_case(_case("explicit", big), settings)
+    assert rec.outcome == "oom" and result is None
+    assert rec.oom_bytes == memory.predict_bytes(big, "fwd", fused=False)
+    assert rec.extra["oom_predicted"] is True
+    small = Problem(batch=1, lq=32, lk=32, hq=2, hkv=2, dqk=16, dv=16, mask=Mask("causal"))
+    rec2, result2 = plugin_bench.run_case(_case("explicit", small), settings)
+    assert rec2.outcome == "ok", rec2.detail
+    assert result2 is not None and rec2.peak_mem_bytes > 0 and rec2.median_ms > 0

@@ -1,0 +1,111 @@
+"""The registry: lookups with helpful errors, declared capabilities become skip reasons, external variants."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from attnsuite import registry
+from attnsuite.problem import Mask, Problem
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_unknown_variant_name_suggests_close_matches():
+    registry.load_builtin()
+    with pytest.raises(registry.UnknownVariantError, match="unknown variant 'sdpa-flsh'.*did you mean sdpa-flash"):
+        registry.get("sdpa-flsh")
+
+
+def test_duplicate_name_from_another_class_is_refused():
+    registry.load_builtin()
+
+    class Clash(registry.KernelVariant):
+        name = "explicit"
+
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(Clash)
+
+
+def test_unknown_feature_is_refused():
+    class Odd(registry.KernelVariant):
+        name = "odd-feature"
+        features = frozenset({"telepathy"})
+
+    with pytest.raises(ValueError, match="unknown features"):
+        registry.register(Odd)
+
+
+def test_unsupported_reasons_name_each_missing_capability():
+    registry.load_builtin()
+    p = Problem(lq=17, lk=33, hq=4, hkv=2, mask=Mask("window", window=3), dtype="float64", alibi=True)
+    reasons = registry.get("sdpa-math").unsupported(p)
+    assert "sdpa-math does not support mask kind 'window'" in reasons
+    assert "sdpa-math does not support alibi" in reasons
+    assert registry.get("explicit").unsupported(p) == []
+
+
+def test_missing_external_module_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="does_not_exist.py"):
+        registry.load_external("does_not_exist.py")
+
+
+def test_external_variant_is_checked_like_a_builtin(pytester):
+    """The README's way: --attn-variants PATH; the variant runs through the generic checks and passes."""
+    pytester.syspathinsert(REPO)
+    result = pytester.runpytest_inprocess(
+        str(REPO / "test_correctness" / "test_variants.py"),
+        "--rootdir", str(REPO), "-p", "no:cacheprovider", "-q",
+        "--attn-variants", str(REPO / "examples" / "external_variant.py"),
+        "--attn-only", "chunked-queries", "-k", "fp32 and (q17 or q113 or random)",
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) >= 8, result.stdout.str()[-3000:]
+    assert outcomes.get("failed", 0) == 0, result.stdout.str()[-3000:]
+
+
+def test_broken_external_variant_fails_naming_variant_problem_and_check(pytester, tmp_path):
+    bad = tmp_path / "bad_variant.py"
+    bad.write_text(textwrap.dedent('''
+        import torch
+        from attnsuite import mask_mods
+        from attnsuite.registry import KernelVariant, register
+
+        @register
+        class Inverted(KernelVariant):
+            name = "inverted-mask"
+            masks = frozenset({"none", "causal"})
+            features = frozenset({"lq_ne_lk", "bottom_right", "gqa", "dv_ne_dqk", "custom_scale"})
+            def build(self, problem):
+                allowed = mask_mods.dense_bool_mask(problem)
+                def run(q, k, v):
+                    g = q.shape[1] // k.shape[1]
+                    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+                    s = q @ k.transpose(-1, -2) * problem.softmax_scale
+                    if allowed is not None:
+                        s = s.masked_fill(allowed, -1e30)   # inverted: hides what should be seen
+                    return torch.softmax(s, -1) @ v
+                return run
+    '''))
+    pytester.syspathinsert(REPO)
+    result = pytester.runpytest_inprocess(
+        str(REPO / "test_correctness" / "test_variants.py"),
+        "--rootdir", str(REPO), "-p", "no:cacheprovider", "-q",
+        "--attn-variants", str(bad), "--attn-only", "inverted-mask", "-k", "causal and fp32 and q113",
+    )
+    text = result.stdout.str()
+    assert result.parseoutcomes().get("failed", 0) >= 2, text[-3000:]
+    assert "inverted-mask on b1-q113-h4:1-d48-causal-tl-fp32-cpu: forward FAILED" in text
+    assert "future leak" in text
+
+
+def test_unknown_only_name_is_a_usage_error(pytester):
+    pytester.syspathinsert(REPO)
+    result = pytester.runpytest_inprocess(
+        str(REPO / "test_correctness" / "test_variants.py"), "--rootdir", str(REPO),
+        "-p", "no:cacheprovider", "--attn-only", "sdpa-flsh",
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "unknown variant 'sdpa-flsh'" in result.stderr.str() + result.stdout.str()
