@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The main job: the benchmarks (quick tier on CPU, full tier on a CUDA machine), compared with the
+# shipped baseline for this machine's fingerprint when baselines/ has one.
+# Env: GATE=report|enforce|off (default report on CPU, where shared-runner noise is large;
+# enforce on CUDA), OUT=results. Extra arguments go to pytest (e.g. --attn-workload fa-sweep).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  tier=full; gate=${GATE:-enforce}; export PYTHON=${PYTHON:-python3}
+else
+  bash scripts/setup.sh || { echo "setup failed" >&2; exit 2; }
+  tier=quick; gate=${GATE:-report}; export PYTHON=.venv/bin/python
+fi
+exec bash scripts/ci_bench.sh "$tier" "$gate" "$@"
