@@ -26,14 +26,15 @@ dV = P^T dO_g, scattered back and summed over segments, heads' rows and groups.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Iterator
 
 import numpy as np
 import torch
 
 from . import oracle
-from .inputs import kernel_inputs, kernel_inputs_np
+from .family_glue import autograd_base, kernel_family_inputs
+from .inputs import kernel_inputs_np
 from .problem import Mask, Problem, ProblemError
 from .registry import Family, register_family
 
@@ -181,17 +182,8 @@ def multiplicity_attention(problem: Problem, q: torch.Tensor, k: torch.Tensor, v
     return (torch.softmax(s, dim=-1) @ v) * covered.to(q.dtype)
 
 
-def _inputs(problem: Problem):
-    q, k, v, do = kernel_inputs_np(problem)
-    return {"q": q, "k": k, "v": v}, do
-
-
 def _base(problem: Problem):
-    q, k, v, do = kernel_inputs(problem, requires_grad=True)
-    with torch.enable_grad():
-        out = multiplicity_attention(problem, q, k, v)
-        out.backward(do)
-    return out.detach(), {"q": q.grad, "k": k.grad, "v": v.grad}
+    return autograd_base(problem, partial(multiplicity_attention, problem), *kernel_family_inputs(problem))
 
 
 def longnet_problem(seq: int = 8192, batch: int = 1, dtype: str = "bfloat16", device: str = "cuda",
@@ -237,7 +229,7 @@ DILATED = register_family(
     Family(
         name="dilated",
         level="kernel",
-        inputs=_inputs,
+        inputs=kernel_family_inputs,
         reference=solve,
         base=_base,
         problems=dilated_problems,

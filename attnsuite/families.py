@@ -7,17 +7,12 @@ computes this one function. Other families (layers, MLA, dilated) register their
 
 from __future__ import annotations
 
-import torch
+from functools import partial
 
 from . import oracle, reference_math
-from .inputs import kernel_inputs, kernel_inputs_np
+from .family_glue import autograd_base, kernel_family_inputs
 from .problem import Problem
 from .registry import Family, register_family
-
-
-def _inputs(problem: Problem):
-    q, k, v, do = kernel_inputs_np(problem)
-    return {"q": q, "k": k, "v": v}, do
 
 
 def _reference(problem: Problem):
@@ -26,11 +21,7 @@ def _reference(problem: Problem):
 
 
 def _base(problem: Problem):
-    q, k, v, do = kernel_inputs(problem, requires_grad=True)
-    with torch.enable_grad():
-        out = reference_math.attention(problem, q, k, v)
-        out.backward(do)
-    return out.detach(), {"q": q.grad, "k": k.grad, "v": v.grad}
+    return autograd_base(problem, partial(reference_math.attention, problem), *kernel_family_inputs(problem))
 
 
 def _problems(device: str, dtypes: tuple) -> list[Problem]:
@@ -48,7 +39,7 @@ ATTENTION = register_family(
     Family(
         name="attention",
         level="kernel",
-        inputs=_inputs,
+        inputs=kernel_family_inputs,
         reference=_reference,
         base=_base,
         problems=_problems,

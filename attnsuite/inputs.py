@@ -40,9 +40,14 @@ def round_to(array: np.ndarray, dtype: str) -> np.ndarray:
     return torch.from_numpy(array).to(torch_dtype(dtype)).to(torch.float64).numpy()
 
 
+def normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal draws in float64."""
+    return rng.standard_normal(shape)
+
+
 def realistic(rng: np.random.Generator, shape: tuple[int, ...], token_axis: int) -> np.ndarray:
     """Standard normal values, each token scaled by a factor in about [0.5, 2]."""
-    x = rng.standard_normal(shape)
+    x = normal(rng, shape)
     scale_shape = [1] * len(shape)
     scale_shape[token_axis] = shape[token_axis]
     if len(shape) == 4:  # (b, h, l, d): vary per batch and token
@@ -50,15 +55,16 @@ def realistic(rng: np.random.Generator, shape: tuple[int, ...], token_axis: int)
     return x * np.exp(rng.uniform(-0.7, 0.7, size=scale_shape))
 
 
-@lru_cache(maxsize=64)
+# small: a full-tier problem holds ~1 GB of float64 inputs; callers go problem by problem
+@lru_cache(maxsize=8)
 def kernel_inputs_np(problem: Problem):
     """Float64 (q, k, v, do) holding values exactly representable in the problem's dtype."""
     p = problem
     rng = rng_for(p, "qkv")
     q = realistic(rng, (p.batch, p.hq, p.lq, p.dqk), 2)
     k = realistic(rng, (p.batch, p.hkv, p.lk, p.dqk), 2)
-    v = rng.standard_normal((p.batch, p.hkv, p.lk, p.dv))
-    do = rng.standard_normal((p.batch, p.hq, p.lq, p.dv))
+    v = normal(rng, (p.batch, p.hkv, p.lk, p.dv))
+    do = normal(rng, (p.batch, p.hq, p.lq, p.dv))
     arrays = tuple(round_to(a, p.dtype) for a in (q, k, v, do))
     for a in arrays:
         a.setflags(write=False)
@@ -82,14 +88,14 @@ def kernel_inputs(problem: Problem, requires_grad: bool = False):
     )
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=8)
 def layer_inputs_np(problem: Problem):
     """Float64 (x, dy) of shape (batch, lq, d_model) for layer problems, dtype-representable."""
     if problem.d_model is None:
         raise ValueError(f"problem {problem.id} is not a layer problem (d_model is None)")
     rng = rng_for(problem, "x")
     x = realistic(rng, (problem.batch, problem.lq, problem.d_model), 1)
-    dy = rng.standard_normal((problem.batch, problem.lq, problem.d_model))
+    dy = normal(rng, (problem.batch, problem.lq, problem.d_model))
     arrays = (round_to(x, problem.dtype), round_to(dy, problem.dtype))
     for a in arrays:
         a.setflags(write=False)

@@ -31,10 +31,10 @@ from functools import lru_cache, partial
 from typing import Optional
 
 import numpy as np
-import torch
 
 from . import layer_reference, oracle
-from .inputs import layer_inputs_np, rng_for, round_to, to_torch
+from .family_glue import autograd_base, layer_family_inputs
+from .inputs import layer_inputs_np, rng_for, round_to
 from .problem import Mask, Problem
 from .registry import Family, register_family
 
@@ -162,13 +162,13 @@ def rmsnorm_backward(dy, cache: NormCache, w):
     return dx, (dy * cache.xhat).sum(axis=tuple(range(dy.ndim - 1)))
 
 
-def _heads(t: np.ndarray, h: int) -> np.ndarray:
+def split_heads(t: np.ndarray, h: int) -> np.ndarray:
     """(b, l, h*d) -> (b, h, l, d)."""
     b, l, hd = t.shape
     return t.reshape(b, l, h, hd // h).transpose(0, 2, 1, 3)
 
 
-def _merge(t: np.ndarray) -> np.ndarray:
+def merge_heads(t: np.ndarray) -> np.ndarray:
     """(b, h, l, d) -> (b, l, h*d)."""
     b, h, l, d = t.shape
     return t.transpose(0, 2, 1, 3).reshape(b, l, h * d)
@@ -183,9 +183,9 @@ def layer_forward(problem: Problem, norm: str, x: np.ndarray, params: dict[str, 
     x = np.asarray(x, dtype=np.float64)
     p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
     h = problem.hq
-    q_raw = _heads(linear_forward(x, p["wq"], p["bq"]), h)
-    k_raw = _heads(linear_forward(x, p["wk"], p["bk"]), h)
-    v = _heads(linear_forward(x, p["wv"], p["bv"]), h)
+    q_raw = split_heads(linear_forward(x, p["wq"], p["bq"]), h)
+    k_raw = split_heads(linear_forward(x, p["wk"], p["bk"]), h)
+    v = split_heads(linear_forward(x, p["wv"], p["bv"]), h)
     qc = kc = None
     if norm == "layernorm":
         q, qc = layernorm_forward(q_raw, p["qn_w"], p["qn_b"])
@@ -198,7 +198,7 @@ def layer_forward(problem: Problem, norm: str, x: np.ndarray, params: dict[str, 
     else:
         raise ValueError(f"unknown QK norm {norm!r}; known: none, layernorm, rmsnorm")
     o, _, _, _ = oracle.forward(problem, q, k, v)
-    o_flat = _merge(o)
+    o_flat = merge_heads(o)
     y = linear_forward(o_flat, p["wo"], p["bo"])
     cache = dict(x=x, p=p, q=q, k=k, v=v, qc=qc, kc=kc, o_flat=o_flat)
     return y, cache
@@ -210,7 +210,7 @@ def layer_backward(problem: Problem, norm: str, cache: dict, dy: np.ndarray) -> 
     dy = np.asarray(dy, dtype=np.float64)
     grads: dict[str, np.ndarray] = {}
     do_flat, grads["wo"], grads["bo"] = linear_backward(dy, cache["o_flat"], p["wo"])
-    do = _heads(do_flat, problem.hq)
+    do = split_heads(do_flat, problem.hq)
     dq, dk, dv = oracle.backward(problem, cache["q"], cache["k"], cache["v"], do)
     if norm == "layernorm":
         dq, grads["qn_w"], grads["qn_b"] = layernorm_backward(dq, cache["qc"], p["qn_w"])
@@ -221,7 +221,7 @@ def layer_backward(problem: Problem, norm: str, cache: dict, dy: np.ndarray) -> 
     x = cache["x"]
     dx = np.zeros_like(x)
     for name, d in (("q", dq), ("k", dk), ("v", dv)):
-        dxi, grads["w" + name], grads["b" + name] = linear_backward(_merge(d), x, p["w" + name])
+        dxi, grads["w" + name], grads["b" + name] = linear_backward(merge_heads(d), x, p["w" + name])
         dx += dxi
     grads["x"] = dx
     return grads
@@ -242,21 +242,10 @@ def solve(family: str, problem: Problem) -> tuple[np.ndarray, dict[str, np.ndarr
 # ---------------------------------------------------------------- Family plumbing
 
 
-def _inputs(problem: Problem):
-    x, dy = layer_inputs_np(problem)
-    return {"x": x}, dy
-
-
 def _base(family: str, problem: Problem):
     """Plain math layer in the problem's dtype and device, gradients by autograd (same keys)."""
-    x_np, dy_np = layer_inputs_np(problem)
-    x = to_torch(x_np, problem, requires_grad=True)
-    dy = to_torch(dy_np, problem)
-    params = {k: to_torch(v, problem, requires_grad=True) for k, v in params_np(family, problem).items()}
-    with torch.enable_grad():
-        y = layer_reference.layer(problem, norm_kind(family), x, params)
-        y.backward(dy)
-    return y.detach(), {"x": x.grad, **{k: v.grad for k, v in params.items()}}
+    return autograd_base(problem, partial(layer_reference.layer, problem, norm_kind(family)),
+                         *layer_family_inputs(problem), params=params_np(family, problem))
 
 
 def _problem(batch: int, l: int, heads: int, head_dim: int, mask: str, dtype: str, device: str,
@@ -301,7 +290,7 @@ FAMILIES = {
         Family(
             name=name,
             level="layer",
-            inputs=_inputs,
+            inputs=layer_family_inputs,
             params=partial(params_np, name),
             reference=partial(solve, name),
             base=partial(_base, name),

@@ -231,9 +231,11 @@ def set_gpu_cap(cap_bytes: int, device: str = "cuda") -> float:
 
     Returns the fraction of the device's memory that was set.
     """
-    total = torch.cuda.get_device_properties(device).total_memory
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index  # torch wants an index here
+    total = torch.cuda.get_device_properties(index).total_memory
     fraction = min(1.0, cap_bytes / total)
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
     return fraction
 
 

@@ -31,13 +31,14 @@ MLA, ``kv_lora`` for the latent layer; ``hq`` is the head count, ``dqk``/``dv`` 
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 import torch
 
 from . import oracle
-from .inputs import layer_inputs_np, rng_for, round_to, to_torch
+from .family_glue import autograd_base, layer_family_inputs
+from .inputs import layer_inputs_np, rng_for, round_to
 from .problem import Mask, Problem, ProblemError
 from .registry import Family, register_family
 
@@ -383,38 +384,24 @@ def latent_torch(problem: Problem, x: torch.Tensor, p: dict[str, torch.Tensor]) 
 # ----------------------------------------------------------------------------- family glue
 
 
-def _inputs(problem: Problem):
-    x, dy = layer_inputs_np(problem)
-    return {"x": x}, dy
+def _reference_with(forward, backward, params_np):
+    """The family's float64 (y, grads) on its seeded inputs and canonical parameters (cached)."""
 
+    @lru_cache(maxsize=32)
+    def reference(problem: Problem):
+        x, dy = layer_inputs_np(problem)
+        params = params_np(problem)
+        y, _ = forward(problem, x, params)
+        return y, backward(problem, x, params, dy)
 
-@lru_cache(maxsize=32)
-def _mla_reference(problem: Problem):
-    x, dy = layer_inputs_np(problem)
-    params = mla_params_np(problem)
-    y, _ = mla_forward(problem, x, params)
-    return y, mla_backward(problem, x, params, dy)
-
-
-@lru_cache(maxsize=32)
-def _latent_reference(problem: Problem):
-    x, dy = layer_inputs_np(problem)
-    params = latent_params_np(problem)
-    y, _ = latent_forward(problem, x, params)
-    return y, latent_backward(problem, x, params, dy)
+    return reference
 
 
 def _base_with(fn, params_np):
+    """The family's base: ``fn(problem, x, params)`` in the problem's dtype, gradients by autograd."""
+
     def base(problem: Problem):
-        x_np, dy_np = layer_inputs_np(problem)
-        x = to_torch(x_np, problem, True)
-        params = {name: to_torch(a, problem, True) for name, a in params_np(problem).items()}
-        with torch.enable_grad():
-            y = fn(problem, x, params)
-            y.backward(to_torch(dy_np, problem))
-        grads = {name: t.grad for name, t in params.items()}
-        grads["x"] = x.grad
-        return y.detach(), grads
+        return autograd_base(problem, partial(fn, problem), *layer_family_inputs(problem), params=params_np(problem))
 
     return base
 
@@ -427,54 +414,52 @@ def _spread(shapes: list, n: int) -> list:
     return [(s, masks[(i + n) % 2]) for i, s in enumerate(shapes)]
 
 
+def _spread_problems(make, shapes: list, device: str, dtypes: tuple) -> list[Problem]:
+    """``make(*shape, mask=..., dtype=..., device=...)`` for every dtype, the masks spread by :func:`_spread`."""
+    return [make(*shape, mask=mask, dtype=dtype, device=device)
+            for n, dtype in enumerate(dtypes) for shape, mask in _spread(shapes, n)]
+
+
 def mla_problems(device: str, dtypes: tuple) -> list[Problem]:
     """Correctness problems of ``mla-layer``: tiny dims (CPU) or a mid size (CUDA), causal and not."""
-    out = []
-    for n, dtype in enumerate(dtypes):
-        if device.startswith("cuda"):
-            shapes = [(2, 128, 512, 4, 96, 64, 32, 16, 32), (1, 97, 256, 2, 48, 32, 16, 8, 24)]
-        else:
-            shapes = [(2, 13, 64, 2, 24, 16, 8, 4, 8), (1, 17, 48, 3, 20, 12, 6, 6, 10)]
-        for shape, mask in _spread(shapes, n):
-            out.append(mla_problem(*shape, mask=mask, dtype=dtype, device=device))
-    return out
+    if device.startswith("cuda"):
+        shapes = [(2, 128, 512, 4, 96, 64, 32, 16, 32), (1, 97, 256, 2, 48, 32, 16, 8, 24)]
+    else:
+        shapes = [(2, 13, 64, 2, 24, 16, 8, 4, 8), (1, 17, 48, 3, 20, 12, 6, 6, 10)]
+    return _spread_problems(mla_problem, shapes, device, dtypes)
 
 
 def latent_problems(device: str, dtypes: tuple) -> list[Problem]:
     """Correctness problems of ``latent-layer``."""
-    out = []
-    for n, dtype in enumerate(dtypes):
-        if device.startswith("cuda"):
-            shapes = [(2, 128, 512, 4, 64, 64, 64), (1, 97, 256, 2, 32, 48, 24)]
-        else:
-            shapes = [(2, 13, 48, 2, 12, 16, 16), (1, 17, 40, 3, 10, 12, 8)]
-        for shape, mask in _spread(shapes, n):
-            out.append(latent_problem(*shape, mask=mask, dtype=dtype, device=device))
-    return out
+    if device.startswith("cuda"):
+        shapes = [(2, 128, 512, 4, 64, 64, 64), (1, 97, 256, 2, 32, 48, 24)]
+    else:
+        shapes = [(2, 13, 48, 2, 12, 16, 16), (1, 17, 40, 3, 10, 12, 8)]
+    return _spread_problems(latent_problem, shapes, device, dtypes)
 
 
-MLA_FAMILY = register_family(
-    Family(
-        name="mla-layer",
-        level="layer",
-        inputs=_inputs,
-        reference=_mla_reference,
-        base=_base_with(mla_torch, mla_params_np),
-        params=mla_params_np,
-        problems=mla_problems,
-        description="DeepSeek-V3 MLA: compressed q and kv (RMSNorm), decoupled RoPE part shared by heads",
+def _layer_family(name: str, params_np, forward, backward, torch_fn, problems, description: str) -> Family:
+    """Register a layer family of this module: float64 ``forward``/``backward``, ``torch_fn`` as the base."""
+    return register_family(
+        Family(
+            name=name,
+            level="layer",
+            inputs=layer_family_inputs,
+            reference=_reference_with(forward, backward, params_np),
+            base=_base_with(torch_fn, params_np),
+            params=params_np,
+            problems=problems,
+            description=description,
+        )
     )
+
+
+MLA_FAMILY = _layer_family(
+    "mla-layer", mla_params_np, mla_forward, mla_backward, mla_torch, mla_problems,
+    "DeepSeek-V3 MLA: compressed q and kv (RMSNorm), decoupled RoPE part shared by heads",
 )
 
-LATENT_FAMILY = register_family(
-    Family(
-        name="latent-layer",
-        level="layer",
-        inputs=_inputs,
-        reference=_latent_reference,
-        base=_base_with(latent_torch, latent_params_np),
-        params=latent_params_np,
-        problems=latent_problems,
-        description="plain low-rank latent attention: K/V decompressed from one latent, no decoupled RoPE",
-    )
+LATENT_FAMILY = _layer_family(
+    "latent-layer", latent_params_np, latent_forward, latent_backward, latent_torch, latent_problems,
+    "plain low-rank latent attention: K/V decompressed from one latent, no decoupled RoPE",
 )

@@ -135,6 +135,7 @@ class _KVCacheVariant(KernelVariant):
     backward_devices = frozenset()  # decoding is inference; the cache write is not differentiated
 
     def make_attend(self, problem: Problem) -> AttendFn:
+        """The cache's attend function for ``problem`` (a variant may name a factory: staticmethod(...))."""
         raise NotImplementedError
 
     def extra_reasons(self, problem, backward):
@@ -176,9 +177,7 @@ class KVCacheSdpa(_KVCacheVariant):
     name = "kvcache-sdpa"
     description = "KV-cache decode step: write new K/V into a preallocated cache, SDPA (enable_gqa) over its prefix"
     backend = "sdpa:default+kvcache"
-
-    def make_attend(self, problem):
-        return sdpa_attend(problem)
+    make_attend = staticmethod(sdpa_attend)
 
 
 @register
@@ -186,9 +185,7 @@ class KVCacheExplicit(_KVCacheVariant):
     name = "kvcache-explicit"
     description = "KV-cache decode step: grouped einsum over the cache prefix, mask from absolute cache positions"
     backend = "eager-einsum+kvcache"
-
-    def make_attend(self, problem):
-        return explicit_attend(problem)
+    make_attend = staticmethod(explicit_attend)
 
 
 def decode_problems(device: str, dtypes: tuple, lk: int = 300) -> list[Problem]:

@@ -29,8 +29,12 @@ torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
 torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
 
 
-def explicit_attention(q, k, v, scale: float, allowed, bias, softcap):
-    """Matmul-softmax attention; ``allowed`` boolean (lq, lk) or None, ``bias`` additive or None."""
+def explicit_attention(q, k, v, scale: float, allowed, bias, softcap, dropout=None):
+    """Matmul-softmax attention; ``allowed`` boolean (lq, lk) or None, ``bias`` additive or None.
+
+    ``dropout``, when given, maps the softmax probabilities to the ones applied to V (the hook
+    :func:`impls.dropout.dropout_attention` uses; None leaves them as they are).
+    """
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k = k.repeat_interleave(group, dim=1)
@@ -42,7 +46,10 @@ def explicit_attention(q, k, v, scale: float, allowed, bias, softcap):
         s = softcap * torch.tanh(s / softcap)
     if allowed is not None:
         s = s.masked_fill(~allowed, float("-inf"))
-    return torch.matmul(torch.softmax(s, dim=-1), v)
+    probs = torch.softmax(s, dim=-1)
+    if dropout is not None:
+        probs = dropout(probs)
+    return torch.matmul(probs, v)
 
 
 def alibi_bias(problem: Problem, dtype: torch.dtype):

@@ -81,11 +81,18 @@ class _Layer(nn.Module):
 
 
 class _LayerBase(LayerVariant):
-    """Common capabilities of the dense layer variants (self-attention, hq == hkv, dv == dqk)."""
+    """Common capabilities of the dense layer variants (self-attention, hq == hkv, dv == dqk).
+
+    ``build`` makes a ``module_class(problem, params)``; variants whose module takes options override it.
+    """
 
     family: ClassVar[str] = "mha-layer"
     masks = LAYER_MASKS
     features = frozenset({"custom_scale"})
+    module_class: ClassVar[type] = _Layer  # each variant names its module class
+
+    def build(self, problem, params):
+        return self.module_class(problem, params)
 
     def extra_reasons(self, problem: Problem, backward: bool) -> list[str]:
         reasons = []
@@ -325,24 +332,40 @@ class TorchMHA(_Layer):
 # ---------------------------------------------------------------- mha-layer variants
 
 
+class _SeparateQKVLayer(_LayerBase):
+    """A :class:`SeparateQKV` layer: attention by ``core``, per-head QK ``norm`` ("none" in mha-layer)."""
+
+    core: ClassVar[str] = ""
+    norm: ClassVar[str] = "none"
+
+    def build(self, problem, params):
+        return SeparateQKV(problem, params, core=self.core, norm=self.norm)
+
+
+class _TorchMHALayer(_LayerBase):
+    """A :class:`TorchMHA` layer, asking nn.MultiheadAttention for the weights when ``need_weights``."""
+
+    features = frozenset()  # nn.MultiheadAttention always scales by 1/sqrt(head_dim)
+    need_weights: ClassVar[bool] = False
+
+    def build(self, problem, params):
+        return TorchMHA(problem, params, need_weights=self.need_weights)
+
+
 @register
 class LayerPerHead(_LayerBase):
     name = "layer-perhead"
     description = "per-head modules (own q/k/v Linear slices, explicit attention) wrapped into multi-head"
     backend = "eager-matmul"
-
-    def build(self, problem, params):
-        return PerHeadMultiHead(problem, params)
+    module_class = PerHeadMultiHead
 
 
 @register
-class LayerSeparateQKV(_LayerBase):
+class LayerSeparateQKV(_SeparateQKVLayer):
     name = "layer-separate-qkv"
     description = "three nn.Linear q/k/v projections, explicit matmul-softmax, one out proj"
     backend = "eager-matmul"
-
-    def build(self, problem, params):
-        return SeparateQKV(problem, params, core="explicit")
+    core = "explicit"
 
 
 @register
@@ -350,9 +373,7 @@ class LayerFusedQKV(_LayerBase):
     name = "layer-fused-qkv"
     description = "one nn.Linear(d, 3d) projection, SDPA, one out proj"
     backend = "sdpa:default"
-
-    def build(self, problem, params):
-        return FusedQKV(problem, params)
+    module_class = FusedQKV
 
 
 @register
@@ -360,51 +381,38 @@ class LayerEinsum(_LayerBase):
     name = "layer-einsum"
     description = "canonical weights as parameters, projections and attention as einsums"
     backend = "eager-einsum"
-
-    def build(self, problem, params):
-        return EinsumLayer(problem, params)
+    module_class = EinsumLayer
 
 
 @register
-class LayerSdpa(_LayerBase):
+class LayerSdpa(_SeparateQKVLayer):
     name = "layer-sdpa"
     description = "three nn.Linear projections, SDPA with is_causal, one out proj"
     backend = "sdpa:default"
-
-    def build(self, problem, params):
-        return SeparateQKV(problem, params, core="sdpa")
+    core = "sdpa"
 
 
 @register
-class LayerSdpaMask(_LayerBase):
+class LayerSdpaMask(_SeparateQKVLayer):
     name = "layer-sdpa-mask"
     description = "three nn.Linear projections, SDPA with an explicit boolean mask (True = attend)"
     backend = "sdpa:default+boolmask"
-
-    def build(self, problem, params):
-        return SeparateQKV(problem, params, core="sdpa-mask")
+    core = "sdpa-mask"
 
 
 @register
-class LayerMHA(_LayerBase):
+class LayerMHA(_TorchMHALayer):
     name = "layer-mha"
     description = "torch.nn.MultiheadAttention, need_weights=False (inverted boolean mask convention)"
     backend = "nn.MultiheadAttention"
-    features = frozenset()  # nn.MultiheadAttention always scales by 1/sqrt(head_dim)
-
-    def build(self, problem, params):
-        return TorchMHA(problem, params, need_weights=False)
 
 
 @register
-class LayerMHAWeights(_LayerBase):
+class LayerMHAWeights(_TorchMHALayer):
     name = "layer-mha-weights"
     description = "torch.nn.MultiheadAttention, need_weights=True per head (weights discarded)"
     backend = "nn.MultiheadAttention+weights"
-    features = frozenset()
-
-    def build(self, problem, params):
-        return TorchMHA(problem, params, need_weights=True)
+    need_weights = True
 
 
 class _FlexLayer(_LayerBase):
@@ -424,81 +432,60 @@ class _FlexLayer(_LayerBase):
 
 
 @register
-class LayerFlex(_FlexLayer):
+class LayerFlex(_FlexLayer, _SeparateQKVLayer):
     name = "layer-flex"
     description = "three nn.Linear projections, torch.compile(flex_attention) with a BlockMask, one out proj"
     backend = "flex:compiled"
-
-    def build(self, problem, params):
-        return SeparateQKV(problem, params, core="flex")
+    core = "flex"
 
 
 # ---------------------------------------------------------------- QK-norm variants
 
 
-class _QKNorm(_LayerBase):
-    """A QK-norm block: projections, per-head ``norm`` on q and k, attention by ``core`` at the pinned scale."""
-
-    norm: ClassVar[str] = ""
-    core: ClassVar[str] = ""
-
-    def build(self, problem, params):
-        return SeparateQKV(problem, params, core=self.core, norm=self.norm)
-
-
-class _QKNormLN(_QKNorm):
+class _QKNormLN(_SeparateQKVLayer):
     family = "qknorm-ln-layer"
     norm = "layernorm"
+    tag: ClassVar[str] = "LN"  # in the variant's class name and (lower case) its name
+    torch_norm: ClassVar[str] = "nn.LayerNorm"
 
 
-class _QKNormRMS(_QKNorm):
+class _QKNormRMS(_SeparateQKVLayer):
     family = "qknorm-rms-layer"
     norm = "rmsnorm"
+    tag: ClassVar[str] = "RMS"
+    torch_norm: ClassVar[str] = "nn.RMSNorm"
 
 
-@register
-class QKNormLNExplicit(_QKNormLN):
-    name = "qknorm-ln-explicit"
-    description = "q/k/v projections, per-head nn.LayerNorm on q and k, explicit matmul-softmax"
-    core = "explicit"
-    backend = "eager-matmul"
+# attention core -> (extra base classes, backend, how the description ends)
+_QKNORM_CORES = {
+    "explicit": ((), "eager-matmul", "explicit matmul-softmax"),
+    "sdpa": ((), "sdpa:default", "SDPA (is_causal, scale passed)"),
+    "flex": ((_FlexLayer,), "flex:compiled", "compiled flex_attention + BlockMask"),
+}
 
 
-@register
-class QKNormLNSdpa(_QKNormLN):
-    name = "qknorm-ln-sdpa"
-    description = "q/k/v projections, per-head nn.LayerNorm on q and k, SDPA (is_causal, scale passed)"
-    core = "sdpa"
-    backend = "sdpa:default"
+def _qknorm_variant(norm_base: type, core: str) -> type:
+    """Register the QK-norm block with ``norm_base``'s norm and attention ``core``; returns its class.
+
+    A QK-norm variant is projections, the per-head norm on q and k, then attention by ``core`` at
+    the family's pinned scale: its name, description and backend follow from the norm and the core.
+    """
+    mixins, backend, how = _QKNORM_CORES[core]
+    cls_name = f"QKNorm{norm_base.tag}{core.capitalize()}"
+    cls = type(cls_name, (*mixins, norm_base), {
+        "__module__": __name__,
+        "__qualname__": cls_name,
+        "name": f"qknorm-{norm_base.tag.lower()}-{core}",
+        "description": f"q/k/v projections, per-head {norm_base.torch_norm} on q and k, {how}",
+        "core": core,
+        "backend": backend,
+    })
+    return register(cls)
 
 
-@register
-class QKNormLNFlex(_FlexLayer, _QKNormLN):
-    name = "qknorm-ln-flex"
-    description = "q/k/v projections, per-head nn.LayerNorm on q and k, compiled flex_attention + BlockMask"
-    core = "flex"
-    backend = "flex:compiled"
-
-
-@register
-class QKNormRMSExplicit(_QKNormRMS):
-    name = "qknorm-rms-explicit"
-    description = "q/k/v projections, per-head nn.RMSNorm on q and k, explicit matmul-softmax"
-    core = "explicit"
-    backend = "eager-matmul"
-
-
-@register
-class QKNormRMSSdpa(_QKNormRMS):
-    name = "qknorm-rms-sdpa"
-    description = "q/k/v projections, per-head nn.RMSNorm on q and k, SDPA (is_causal, scale passed)"
-    core = "sdpa"
-    backend = "sdpa:default"
-
-
-@register
-class QKNormRMSFlex(_FlexLayer, _QKNormRMS):
-    name = "qknorm-rms-flex"
-    description = "q/k/v projections, per-head nn.RMSNorm on q and k, compiled flex_attention + BlockMask"
-    core = "flex"
-    backend = "flex:compiled"
+QKNormLNExplicit = _qknorm_variant(_QKNormLN, "explicit")
+QKNormLNSdpa = _qknorm_variant(_QKNormLN, "sdpa")
+QKNormLNFlex = _qknorm_variant(_QKNormLN, "flex")
+QKNormRMSExplicit = _qknorm_variant(_QKNormRMS, "explicit")
+QKNormRMSSdpa = _qknorm_variant(_QKNormRMS, "sdpa")
+QKNormRMSFlex = _qknorm_variant(_QKNormRMS, "flex")

@@ -55,14 +55,12 @@ def _segment_attention(qs, ks, vs, scale: float, causal: bool):
     return torch.matmul(p, vs), lse
 
 
-@register
-class DilatedExplicit(KernelVariant):
-    name = "dilated-explicit"
+class _DilatedVariant(KernelVariant):
+    """Shared capabilities of the ``dilated`` variants; a problem without a valid config is refused."""
+
     family = "dilated"
-    description = "LongNet dilated attention, Python loop over groups, heads and segments"
     masks = frozenset({"none", "causal"})
     features = frozenset({"dv_ne_dqk"})
-    backend = "eager-loop"
 
     def extra_reasons(self, problem: Problem, backward: bool) -> list[str]:
         try:
@@ -70,6 +68,13 @@ class DilatedExplicit(KernelVariant):
         except ValueError as exc:
             return [str(exc)]
         return []
+
+
+@register
+class DilatedExplicit(_DilatedVariant):
+    name = "dilated-explicit"
+    description = "LongNet dilated attention, Python loop over groups, heads and segments"
+    backend = "eager-loop"
 
     def build(self, problem: Problem):
         segments, dilations = dilated_oracle.config(problem)
@@ -163,20 +168,10 @@ def gathered_group_attention(q, k, v, plan: dict, scale: float, causal: bool):
 
 
 @register
-class DilatedGather(KernelVariant):
+class DilatedGather(_DilatedVariant):
     name = "dilated-gather"
-    family = "dilated"
     description = "LongNet dilated attention: per group one gather, one batched masked attention, one gather back"
-    masks = frozenset({"none", "causal"})
-    features = frozenset({"dv_ne_dqk"})
     backend = "eager-gather"
-
-    def extra_reasons(self, problem: Problem, backward: bool) -> list[str]:
-        try:
-            dilated_oracle.config(problem)
-        except ValueError as exc:
-            return [str(exc)]
-        return []
 
     def build(self, problem: Problem):
         segments, dilations = dilated_oracle.config(problem)

@@ -18,6 +18,8 @@ from attnsuite import mask_mods
 from attnsuite.problem import MASK_KINDS, Mask, Problem
 from attnsuite.registry import KernelVariant, register
 
+from .dense_kernel import explicit_attention
+
 
 def dropout_attention(
     q: torch.Tensor,
@@ -33,30 +35,21 @@ def dropout_attention(
 ):
     """Explicit attention with dropout ``p`` on the probabilities; optionally also the keep mask.
 
-    Same operation order as ``impls.dense_kernel.explicit_attention`` (repeat K/V, scores, bias,
-    softcap, mask, softmax, matmul), so ``p == 0`` reproduces it bit for bit.
+    ``impls.dense_kernel.explicit_attention`` with a dropout hook between softmax and the matmul
+    with V, so ``p == 0`` (no hook) reproduces it bit for bit.
     """
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    group = q.shape[1] // k.shape[1]
-    if group > 1:
-        k = k.repeat_interleave(group, dim=1)
-        v = v.repeat_interleave(group, dim=1)
-    s = torch.matmul(q, k.transpose(-2, -1)) * scale
-    if bias is not None:
-        s = s + bias
-    if softcap is not None:
-        s = softcap * torch.tanh(s / softcap)
-    if allowed is not None:
-        s = s.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(s, dim=-1)
     keep = None
-    if p > 0.0:
+
+    def drop(probs: torch.Tensor) -> torch.Tensor:
+        nonlocal keep
         # uniform in [0, 1) from the caller's generator: P(u >= p) = 1 - p (to 2^-24)
         u = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=torch.float32)
         keep = u >= p
-        probs = probs * keep.to(probs.dtype) / (1.0 - p)
-    out = torch.matmul(probs, v)
+        return probs * keep.to(probs.dtype) / (1.0 - p)
+
+    out = explicit_attention(q, k, v, scale, allowed, bias, softcap, drop if p > 0.0 else None)
     return (out, keep) if return_keep else out
 
 

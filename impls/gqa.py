@@ -19,7 +19,7 @@ FlexAttention with ``enable_gqa=True``, BlockMask and score_mod).
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import ClassVar
 
 import numpy as np
@@ -28,9 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnsuite import mask_mods, oracle, reference_math
-from attnsuite.inputs import layer_inputs_np, rng_for, round_to, to_torch
+from attnsuite.family_glue import autograd_base, layer_family_inputs
+from attnsuite.inputs import layer_inputs_np, rng_for, round_to
+from attnsuite.layer_oracle import merge_heads, split_heads
 from attnsuite.problem import MASK_KINDS, Mask, Problem
 from attnsuite.registry import Family, LayerVariant, register, register_family
+
+from .dense_kernel import explicit_attention
 
 PARAM_NAMES = ("wq", "wk", "wv", "wo")
 ALL_MASKS = frozenset(MASK_KINDS)
@@ -67,39 +71,22 @@ def params_np(problem: Problem) -> dict[str, np.ndarray]:
     return _params_np(problem)
 
 
-def _inputs(problem: Problem):
-    x, dy = layer_inputs_np(problem)
-    return {"x": x}, dy
-
-
-def _split(t: np.ndarray, h: int) -> np.ndarray:
-    """(b, l, h*d) -> (b, h, l, d)."""
-    b, l, hd = t.shape
-    return t.reshape(b, l, h, hd // h).transpose(0, 2, 1, 3)
-
-
-def _merge(t: np.ndarray) -> np.ndarray:
-    """(b, h, l, d) -> (b, l, h*d)."""
-    b, h, l, d = t.shape
-    return t.transpose(0, 2, 1, 3).reshape(b, l, h * d)
-
-
 def reference_forward_backward(problem: Problem, x, params, dy):
     """Float64 y and the gradients of sum(y * dy) w.r.t. x and every canonical parameter."""
     wq, wk, wv, wo = (np.asarray(params[n], dtype=np.float64) for n in PARAM_NAMES)
     x = np.asarray(x, dtype=np.float64)
     dy = np.asarray(dy, dtype=np.float64)
-    q = _split(x @ wq.T, problem.hq)
-    k = _split(x @ wk.T, problem.hkv)
-    v = _split(x @ wv.T, problem.hkv)
+    q = split_heads(x @ wq.T, problem.hq)
+    k = split_heads(x @ wk.T, problem.hkv)
+    v = split_heads(x @ wv.T, problem.hkv)
     o, _, _, _ = oracle.forward(problem, q, k, v)
-    om = _merge(o)
+    om = merge_heads(o)
     y = om @ wo.T
     # y = om Wo^T: d(om) = dy Wo, dWo = sum_tokens dy^T om
     dom = dy @ wo
     dwo = np.einsum("blo,bli->oi", dy, om)
-    dq, dk, dv = oracle.backward(problem, q, k, v, _split(dom, problem.hq))
-    dqm, dkm, dvm = _merge(dq), _merge(dk), _merge(dv)
+    dq, dk, dv = oracle.backward(problem, q, k, v, split_heads(dom, problem.hq))
+    dqm, dkm, dvm = merge_heads(dq), merge_heads(dk), merge_heads(dv)
     dx = dqm @ wq + dkm @ wk + dvm @ wv
     grads = {
         "x": dx,
@@ -117,22 +104,20 @@ def _reference(problem: Problem):
     return reference_forward_backward(problem, x, params_np(problem), dy)
 
 
+def _torch_layer(problem: Problem, x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Plain math in x's dtype and device (projections, repeat-free reference attention)."""
+    b, l, _ = x.shape
+    q = (x @ w["wq"].T).view(b, l, problem.hq, problem.dqk).transpose(1, 2)
+    k = (x @ w["wk"].T).view(b, l, problem.hkv, problem.dqk).transpose(1, 2)
+    v = (x @ w["wv"].T).view(b, l, problem.hkv, problem.dv).transpose(1, 2)
+    o = reference_math.attention(problem, q, k, v)
+    return o.transpose(1, 2).reshape(b, l, problem.hq * problem.dv) @ w["wo"].T
+
+
 def _base(problem: Problem):
-    """Plain math in the problem's dtype and device (projections, repeat-free reference attention)."""
-    x_np, dy_np = layer_inputs_np(problem)
-    x = to_torch(x_np, problem, requires_grad=True)
-    dy = to_torch(dy_np, problem)
-    w = {n: to_torch(a, problem, requires_grad=True) for n, a in params_np(problem).items()}
-    with torch.enable_grad():
-        b, l, _ = x.shape
-        q = (x @ w["wq"].T).view(b, l, problem.hq, problem.dqk).transpose(1, 2)
-        k = (x @ w["wk"].T).view(b, l, problem.hkv, problem.dqk).transpose(1, 2)
-        v = (x @ w["wv"].T).view(b, l, problem.hkv, problem.dv).transpose(1, 2)
-        o = reference_math.attention(problem, q, k, v)
-        y = o.transpose(1, 2).reshape(b, l, problem.hq * problem.dv) @ w["wo"].T
-        y.backward(dy)
-    grads = {"x": x.grad, **{n: t.grad for n, t in w.items()}}
-    return y.detach(), grads
+    """The base: :func:`_torch_layer` in the problem's dtype and device, gradients by autograd."""
+    return autograd_base(problem, partial(_torch_layer, problem), *layer_family_inputs(problem),
+                         params=params_np(problem))
 
 
 def gqa_layer_problems(device: str, dtypes: tuple) -> list[Problem]:
@@ -152,7 +137,7 @@ GQA_LAYER = register_family(
     Family(
         name="gqa-layer",
         level="layer",
-        inputs=_inputs,
+        inputs=layer_family_inputs,
         reference=_reference,
         base=_base,
         params=params_np,
@@ -200,19 +185,10 @@ class _RepeatModule(GqaModule):
                                               getattr(torch, problem.dtype)) if problem.alibi else None)
 
     def attend(self, q, k, v):
+        # explicit_attention repeats each K/V head g to query heads g*group .. (g+1)*group - 1,
+        # i.e. h -> h // group = h*hkv//hq, then runs matmul-softmax with ALiBi, softcap and mask
         p = self.problem
-        group = p.hq // p.hkv
-        # K/V head g serves query heads g*group .. (g+1)*group - 1, i.e. h -> h // group = h*hkv//hq
-        k = k.repeat_interleave(group, dim=1)
-        v = v.repeat_interleave(group, dim=1)
-        s = torch.matmul(q, k.transpose(-2, -1)) * p.softmax_scale
-        if self.alibi is not None:
-            s = s + self.alibi
-        if p.softcap is not None:
-            s = p.softcap * torch.tanh(s / p.softcap)
-        if self.allowed is not None:
-            s = s.masked_fill(~self.allowed, float("-inf"))
-        return torch.matmul(torch.softmax(s, dim=-1), v)
+        return explicit_attention(q, k, v, p.softmax_scale, self.allowed, self.alibi, p.softcap)
 
 
 class _SdpaModule(GqaModule):
@@ -246,6 +222,8 @@ class _FlexModule(GqaModule):
 
 class _GqaLayer(LayerVariant):
     family = "gqa-layer"
+    masks = ALL_MASKS
+    features = frozenset({"gqa", "dv_ne_dqk", "alibi", "softcap", "custom_scale"})
     module_class: ClassVar[type] = GqaModule
 
     def build(self, problem: Problem, params: dict[str, torch.Tensor]) -> nn.Module:
@@ -261,8 +239,6 @@ class _GqaLayer(LayerVariant):
 class GqaLayerRepeat(_GqaLayer):
     name = "gqa-layer-repeat"
     description = "GQA layer: K/V heads repeated to hq (repeat_interleave), explicit matmul-softmax"
-    masks = ALL_MASKS
-    features = frozenset({"gqa", "dv_ne_dqk", "alibi", "softcap", "custom_scale"})
     backend = "eager-matmul"
     module_class = _RepeatModule
 
@@ -271,8 +247,7 @@ class GqaLayerRepeat(_GqaLayer):
 class GqaLayerSdpa(_GqaLayer):
     name = "gqa-layer-sdpa"
     description = "GQA layer: SDPA with enable_gqa=True (no K/V repeat); is_causal or a boolean mask"
-    masks = ALL_MASKS
-    features = frozenset({"gqa", "dv_ne_dqk", "custom_scale"})
+    features = frozenset({"gqa", "dv_ne_dqk", "custom_scale"})  # no ALiBi or softcap through SDPA
     backend = "sdpa:default"
     module_class = _SdpaModule
 
@@ -281,8 +256,6 @@ class GqaLayerSdpa(_GqaLayer):
 class GqaLayerFlex(_GqaLayer):
     name = "gqa-layer-flex"
     description = "GQA layer: compiled flex_attention with enable_gqa=True, BlockMask and score_mod"
-    masks = ALL_MASKS
-    features = frozenset({"gqa", "dv_ne_dqk", "alibi", "softcap", "custom_scale"})
     dtypes = frozenset({"float32", "bfloat16", "float16"})  # compiled Flex has no fp64 kernel
     backward_devices = frozenset({"cuda"})  # no FlexAttention backward on CPU in this torch
     compiled = True

@@ -192,3 +192,17 @@ def test_scope_by_tier_ignores_the_other_tiers_cases():
     cur = by_key([rec("a", problem="p-quick", extra={"tier": "quick"})])
     cmp = compare(base, cur, scope=Scope.tiers_of(cur))
     assert cmp.counts() == {"same": 1} and cmp.out_of_scope == 1
+
+
+def test_min_statistic_judges_the_fastest_sample_and_names_it():
+    from attnsuite.verdict import Thresholds, judge
+    from tests.gatehelp import rec
+
+    base = rec(median_ms=10.0, min_ms=8.0, iqr_ms=0.1)
+    noisy = rec(median_ms=25.0, min_ms=9.0, iqr_ms=0.1)  # a slow run on a busy machine, same best case
+    t = Thresholds(time_floor=0.5, statistic="min")
+    assert judge(base, noisy, t).verdict == "same"
+    slower = rec(median_ms=25.0, min_ms=20.0, iqr_ms=0.1)
+    v = judge(base, slower, t)
+    assert v.verdict == "slower" and "min 8" in v.message, v.message
+    assert judge(base, noisy, Thresholds(time_floor=0.5)).verdict == "slower"  # the median would alarm

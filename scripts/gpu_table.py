@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Print the README's table of main GPU figures from benchmark result JSONs.
+
+Usage: python scripts/gpu_table.py RESULT.json [RESULT.json ...]
+The figures are read from the records, never typed in; the header names the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+# (workload, mode, problem-id fragment): the rows a reader compares first
+PICKS = [
+    ("fa-sweep", "fwd", "b4-q4096-h16-d128-causal"),
+    ("fa-sweep", "fwd+bwd", "b4-q4096-h16-d128-causal"),
+    ("fa-sweep", "fwd", "b1-q16384-h16-d128-causal"),
+    ("gpt2-mha", "fwd+bwd", "b8-q1024-h12-d64-m768"),
+    ("video-wm", "fwd+bwd", "frame65"),
+    ("llama3-70b", "fwd", "h64:8"),
+    ("deepseek-v3", "fwd", "kv_lora512"),
+    ("decode", "fwd", "q1k32768"),
+    ("longnet", "fwd", "b1-q16384"),
+]
+
+
+def main(paths: list[str]) -> None:
+    recs, machine = [], ""
+    for path in paths:
+        data = json.load(open(path))
+        fp = data.get("attnsuite", {}).get("fingerprint", {})
+        machine = (f"{fp.get('gpu_name', '?')}, driver {fp.get('driver', '?')}, torch {fp.get('torch', '?')}, "
+                   f"CUDA {fp.get('cuda', '?')}, triton {fp.get('triton', '?')}, "
+                   f"SM clock {fp.get('gpu_clock_sm_mhz_at_start', '?')} MHz at start")
+        recs += [b["extra_info"] for b in data["benchmarks"]]
+    print(f"Measured on {machine} ({', '.join(paths)}):\n")
+    print("| workload | mode | problem | variant | ms (median) | TFLOP/s | % peak | peak MiB | backend |")
+    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |")
+    for workload, mode, frag in PICKS:
+        rows = [r for r in recs if r["workload"] == workload and r["mode"] == mode and frag in r["problem"]]
+        problems = sorted({r["problem"] for r in rows})
+        if not problems:
+            continue
+        rows = [r for r in rows if r["problem"] == problems[0]]
+        for r in sorted(rows, key=lambda r: (r["outcome"] != "ok", r.get("median_ms") or 1e30)):
+            if r["outcome"] == "skipped":
+                continue
+            mib = "-" if r.get("peak_mem_bytes") is None else f"{r['peak_mem_bytes'] / 2**20:.0f}"
+            if r["outcome"] == "ok":
+                figs = f"{r['median_ms']:.3f} | {r['tflops']:.1f} | {r['pct_peak']:.1f} | {mib}"
+            else:
+                figs = f"{r['outcome']} | - | - | {mib}"
+            print(f"| {workload} | {mode} | {r['problem']} | {r['variant']} | {figs} | {r.get('backend', '')} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
