@@ -31,7 +31,7 @@ $PY -m pytest bench --benchmark-only --attn-tier=full --attn-workload=video-wm -
 [ "${PIPESTATUS[0]}" -le 1 ] || status=1
 
 echo "== 3. do_bench agreement =="
-$PY -m pytest tests/test_gpu_timing.py -p no:cacheprovider -q -rs 2>&1 | tee "$OUT/dobench.log"
+$PY -m pytest tests/test_gpu_timing.py -p no:cacheprovider -q -rs -rP 2>&1 | tee "$OUT/dobench.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 $PY - "$OUT" <<'PY'

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print the README's table of main GPU figures from benchmark result JSONs.
 
-Usage: python scripts/gpu_table.py RESULT.json [RESULT.json ...]
+Usage: python scripts/gpu_table.py [--only WORKLOAD/MODE ...] RESULT.json [RESULT.json ...]
 The figures are read from the records, never typed in; the header names the machine.
 """
 
@@ -18,13 +18,21 @@ PICKS = [
     ("gpt2-mha", "fwd+bwd", "b8-q1024-h12-d64-m768"),
     ("video-wm", "fwd+bwd", "frame65"),
     ("llama3-70b", "fwd", "h64:8"),
-    ("deepseek-v3", "fwd", "kv_lora512"),
+    ("deepseek-v3", "fwd", "rope_dim64"),
+    ("deepseek-v3", "fwd+bwd", "d56"),
     ("decode", "fwd", "q1k32768"),
     ("longnet", "fwd", "b1-q16384"),
 ]
 
 
-def main(paths: list[str]) -> None:
+def main(argv: list[str]) -> None:
+    only, paths = [], []
+    while argv:
+        arg = argv.pop(0)
+        if arg == "--only":
+            only.append(argv.pop(0))
+        else:
+            paths.append(arg)
     recs, machine = [], ""
     for path in paths:
         data = json.load(open(path))
@@ -37,6 +45,8 @@ def main(paths: list[str]) -> None:
     print("| workload | mode | problem | variant | ms (median) | TFLOP/s | % peak | peak MiB | backend |")
     print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |")
     for workload, mode, frag in PICKS:
+        if only and f"{workload}/{mode}" not in only:
+            continue
         rows = [r for r in recs if r["workload"] == workload and r["mode"] == mode and frag in r["problem"]]
         problems = sorted({r["problem"] for r in rows})
         if not problems:
