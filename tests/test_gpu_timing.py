@@ -1,7 +1,10 @@
 """On a GPU, the suite's median agrees with ``triton.testing.do_bench`` (median mode) within 3%.
 
-One SDPA case and one compiled FlexAttention case, each well above 0.1 ms on an H100 (bf16, B 4,
-H 16, L 4096, d 128, causal). Both timers see the same call built by ``attnsuite.case.prepare``.
+One SDPA case (pinned to the flash backend) and one compiled FlexAttention case, each well above
+0.1 ms (bf16, B 4, H 16, L 4096, d 128, causal). Both timers see the same call built by
+``attnsuite.case.prepare``. SDPA's default dispatch picks cuDNN here, whose times are bimodal on an
+H200 (IQR 4-8%): there the two medians were seen 1-6% apart depending on which mode each timer
+sampled more, so the agreement check uses a backend with a unimodal distribution.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ PROBLEM = Problem(batch=4, lq=4096, lk=4096, hq=16, hkv=16, dqk=128, dv=128, dty
                   mask=Mask("causal"))
 
 
-@pytest.mark.parametrize("variant", ["sdpa", "flex"])
+@pytest.mark.parametrize("variant", ["sdpa-flash", "flex"])
 def test_suite_median_agrees_with_triton_do_bench_within_3_percent(variant):
     triton_testing = pytest.importorskip("triton.testing")
     registry.load_builtin()
