@@ -7,6 +7,7 @@ The figures are read from the records, never typed in; the header names the mach
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 
@@ -35,7 +36,8 @@ def main(argv: list[str]) -> None:
             paths.append(arg)
     recs, machine = [], ""
     for path in paths:
-        data = json.load(open(path))
+        with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as fh:
+            data = json.load(fh)
         fp = data.get("attnsuite", {}).get("fingerprint", {})
         machine = (f"{fp.get('gpu_name', '?')}, driver {fp.get('driver', '?')}, torch {fp.get('torch', '?')}, "
                    f"CUDA {fp.get('cuda', '?')}, triton {fp.get('triton', '?')}, "
