@@ -46,7 +46,7 @@ THRESHOLDS_FILE = "thresholds.json"
 # Fields kept in a baseline entry, and how each is rounded. Anything else in a CaseRecord is
 # either run-to-run noise without a verdict (first-call and mask-build times, the minimum) or too
 # bulky for a reviewed file (``extra``, except the tier).
-_TIME_FIELDS = ("median_ms", "iqr_ms")
+_TIME_FIELDS = ("median_ms", "iqr_ms", "min_ms")  # min: the statistic the gate compares (verdict.py)
 _RATE_FIELDS = ("flops", "tflops", "pct_peak")
 _BYTE_FIELDS = ("peak_mem_bytes", "oom_bytes")
 _TEXT_FIELDS = ("workload", "variant", "mode", "problem", "outcome", "detail", "family", "level",

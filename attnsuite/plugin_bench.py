@@ -26,7 +26,7 @@ import torch
 
 from . import flops as flopmod
 from . import fingerprint, memory, registry, timing, tolerance, workloads
-from .case import Case, prepare
+from .case import Case, DeviceInputs, prepare
 from .inputs import torch_dtype
 from .problem import Problem
 from .record import MODES, CaseRecord
@@ -91,6 +91,7 @@ class Settings:
     cpu_threads: int = 0
     oracle_limit: int = ORACLE_LIMIT
     peaks: dict[tuple[str, str], tuple[Optional[float], str]] = field(default_factory=dict)
+    device_inputs: DeviceInputs = field(default_factory=DeviceInputs)  # one problem's tensors
 
     def peak(self, device: str, dtype: str) -> tuple[Optional[float], str]:
         """Dense peak TFLOP/s and its source, cached per (device, dtype)."""
@@ -383,7 +384,7 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
     oom_exc: Optional[str] = None
     case = None
     try:
-        case = prepare(variant, p, requires_grad=bc.mode != "fwd")
+        case = prepare(variant, p, requires_grad=bc.mode != "fwd", device_inputs=settings.device_inputs)
         rec.mask_build_ms = case.build_seconds * 1e3
         step, setup = _step(case, bc.mode)
         before = _dynamo_counts()

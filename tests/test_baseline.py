@@ -39,8 +39,9 @@ def test_run_to_run_noise_without_a_verdict_is_left_out_of_the_baseline(tmp_path
     path = _recorded(tmp_path, [rec(first_call_ms=812.0, mask_build_ms=3.1, min_ms=0.9, detail="note",
                                     extra={"launch": "x", "tier": "full"})])
     (entry,) = json.loads(path.read_text())["cases"].values()
-    assert not {"first_call_ms", "mask_build_ms", "min_ms", "detail", "extra", "launch"} & set(entry)
+    assert not {"first_call_ms", "mask_build_ms", "detail", "extra", "launch"} & set(entry)
     assert entry["tier"] == "full"
+    assert entry["min_ms"] == 0.9  # kept: the gate's time statistic (verdict.py)
 
 
 def test_re_recording_an_unchanged_run_with_small_jitter_changes_few_lines(tmp_path):
@@ -233,3 +234,13 @@ def test_a_run_without_a_fingerprint_cannot_become_a_baseline(tmp_path):
 def test_baseline_path_is_a_safe_file_name_from_the_fingerprint_id(tmp_path):
     p = bl.baseline_path_for(fp(id="NVIDIA H100/80GB torch:2.11"), tmp_path)
     assert p.parent == tmp_path and os.sep not in p.name[:-5] and p.name.endswith(".json")
+
+
+def test_the_fastest_sample_is_kept_so_the_min_statistic_can_be_judged(tmp_path):
+    from attnsuite import baseline as bl
+    from tests.gatehelp import rec
+
+    one = rec(min_ms=0.91234567)
+    stored, _ = bl.merge_into(None, {one.key: one}, {})
+    (entry,) = stored.records().values()
+    assert entry.min_ms == 0.9123, "min_ms must survive recording, rounded like the other times"
