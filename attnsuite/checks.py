@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import oracle_mask, registry
-from .case import Case, prepare
+from .case import prepare
 from .inputs import torch_dtype
 from .problem import Problem
 from .registry import Variant

@@ -19,7 +19,6 @@ cases into the baseline (other cases untouched) after showing what changed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional
 

@@ -17,7 +17,7 @@ own work) and attends. Decoding is inference: the variants declare no backward.
 from __future__ import annotations
 
 import weakref
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F

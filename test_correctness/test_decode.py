@@ -8,13 +8,12 @@ plain-math base computed on the same rows.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from attnsuite import oracle, reference_math, registry, tolerance
 from attnsuite.case import prepare
-from attnsuite.inputs import kernel_inputs, kernel_inputs_np, to_torch
+from attnsuite.inputs import kernel_inputs
 from attnsuite.problem import Mask, Problem
 from impls.decode import KVCache, _KVCacheVariant, cache_capacity, decode_problems, explicit_attend, sdpa_attend
 
@@ -129,7 +128,6 @@ class WholeCapacity(_KVCacheVariant):
 
     def make_attend(self, problem):
         inner = sdpa_attend(problem.with_(mask=Mask("none")))
-        cache_ref = {}
 
         def attend(q, k, v, q_pos0):
             full_k = k.as_strided((k.shape[0], k.shape[1], cache_capacity(problem.lk), k.shape[3]), k.stride())

@@ -90,7 +90,7 @@ def _by_variant(data):
     return out
 
 
-def test_json_has_every_field_for_ok_error_oom_and_skipped_cases(bench_run):
+def test_json_has_every_field_for_ok_error_oom_and_skipped_cases(bench_run, tmp_path_factory):
     result, data = bench_run(extra=("--attn-inject-slowdown=sdpa=0.5",))
     assert data is not None, result.stdout.str()[-3000:]
     # two decode problems x four variants, fwd only: the error cases fail the run, the rest pass or skip
@@ -138,6 +138,15 @@ def test_json_has_every_field_for_ok_error_oom_and_skipped_cases(bench_run):
     assert meta["inject_slowdown"] == {"sdpa": 0.5}
     out = result.stdout.str()
     assert "attnsuite measurements" in out and "out of memory" in out
+    # the real benchmarks' JSON, error/oom/skipped cases included, loads in pytest-benchmark compare
+    from gatehelp import pytest_benchmark_compare
+
+    written = tmp_path_factory.mktemp("json") / "out.json"
+    written.write_text(json.dumps(data))
+    proc = pytest_benchmark_compare(written, tmp_path_factory.mktemp("cmp"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for variant in ("sdpa", "boom", "hog", "gpu-only"):
+        assert f"decode/{variant}/fwd/" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_a_run_where_no_case_has_samples_still_writes_its_records(bench_run):

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
 
 from attnsuite import baseline as bl
-from gatehelp import BENCH, CONFTEST, FP_H100
+from gatehelp import BENCH, CONFTEST, FP_H100, pytest_benchmark_compare
 
 pytest_plugins = ["pytester"]
 
@@ -21,14 +15,6 @@ CASES = [
     {"workload": "tiny", "variant": "oomy", "mode": "fwd+bwd", "problem": "b1-q64-h2-d32-nomask-fp32-cpu",
      "outcome": "oom", "oom_bytes": 1 << 40, "detail": "CPU guard: 1 TiB over budget"},
 ]
-
-
-def _compare_command() -> list[str]:
-    exe = Path(sys.executable).parent / "pytest-benchmark"
-    found = str(exe) if exe.exists() else shutil.which("pytest-benchmark") or shutil.which("py.test-benchmark")
-    if not found:
-        pytest.skip("the pytest-benchmark command is not installed beside this Python")
-    return [found]
 
 
 def test_result_json_with_attnsuite_records_loads_in_pytest_benchmark_compare(pytester, tmp_path_factory):
@@ -48,10 +34,7 @@ def test_result_json_with_attnsuite_records_loads_in_pytest_benchmark_compare(py
     assert {r.outcome for r in run.records.values()} == {"ok", "oom"}
     # and pytest-benchmark's own reader accepts the same file (run away from the test project's
     # conftest: the compare command reads a conftest in its working folder)
-    elsewhere = tmp_path_factory.mktemp("compare")
-    shutil.copy(result, elsewhere / "result.json")
-    proc = subprocess.run(_compare_command() + ["compare", "result.json", "--columns=min,median", "--group-by=name"],
-                          capture_output=True, text=True, timeout=120, cwd=elsewhere)
+    proc = pytest_benchmark_compare(result, tmp_path_factory.mktemp("compare"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "test_bench[fast]" in proc.stdout and "test_bench[oomy]" in proc.stdout
     assert "test_bench[nosamples]" in proc.stdout
