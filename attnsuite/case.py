@@ -60,27 +60,36 @@ class DeviceInputs:
     """A family's seeded inputs, output gradient and parameters for one problem, on its device.
 
     Full-tier inputs hold 100M+ values: converting the float64 arrays once per problem instead
-    of once per case takes most of the benchmarks' per-case overhead away. Only the most recent
-    problem is held (benchmarks run every variant and mode of a problem before the next), so
-    device memory does not grow over a run.
+    of once per case takes most of the benchmarks' per-case overhead away, and for problems where
+    ``on_device(problem)`` holds (those too large for the float64 oracle) the family's
+    ``device_inputs`` draws them on the device instead (same recipe, other values, milliseconds
+    instead of tens of seconds). Only the most recent problem is held (benchmarks run every variant
+    and mode of a problem before the next), so device memory does not grow over a run.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_device: Optional[Callable[[Problem], bool]] = None) -> None:
         self._key: Optional[tuple] = None
         self._tensors: Optional[tuple] = None
+        self._on_device = on_device
+        self.drawn_on_device = False  # how the held problem's inputs were made
 
     def get(self, family: registry.Family, problem: Problem) -> tuple[dict, torch.Tensor, dict]:
         """(inputs, grad_out, params) as tensors that callers must not modify."""
         key = (family.name, problem)
         if self._key != key:
             self._key = self._tensors = None  # free the previous problem's tensors first
-            arrays, grad_out = family.inputs(problem)
-            params = family.params(problem) if family.params is not None else {}
-            self._tensors = (
-                {name: to_torch(a, problem) for name, a in arrays.items()},
-                to_torch(grad_out, problem),
-                {name: to_torch(a, problem) for name, a in params.items()},
-            )
+            self.drawn_on_device = bool(family.device_inputs is not None and self._on_device
+                                        and self._on_device(problem))
+            if self.drawn_on_device:
+                self._tensors = family.device_inputs(problem)
+            else:
+                arrays, grad_out = family.inputs(problem)
+                params = family.params(problem) if family.params is not None else {}
+                self._tensors = (
+                    {name: to_torch(a, problem) for name, a in arrays.items()},
+                    to_torch(grad_out, problem),
+                    {name: to_torch(a, problem) for name, a in params.items()},
+                )
             self._key = key
         return self._tensors
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from . import oracle
-from .family_glue import autograd_base, kernel_family_inputs
+from .family_glue import autograd_base, device_kernel_inputs, kernel_family_inputs
 from .inputs import kernel_inputs_np
 from .problem import Mask, Problem, ProblemError
 from .registry import Family, register_family
@@ -230,6 +230,7 @@ DILATED = register_family(
         name="dilated",
         level="kernel",
         inputs=kernel_family_inputs,
+        device_inputs=device_kernel_inputs,
         reference=solve,
         base=_base,
         problems=dilated_problems,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import partial
 
 from . import oracle, reference_math
-from .family_glue import autograd_base, kernel_family_inputs
+from .family_glue import autograd_base, device_kernel_inputs, kernel_family_inputs
 from .problem import Problem
 from .registry import Family, register_family
 
@@ -40,6 +40,7 @@ ATTENTION = register_family(
         name="attention",
         level="kernel",
         inputs=kernel_family_inputs,
+        device_inputs=device_kernel_inputs,
         reference=_reference,
         base=_base,
         problems=_problems,

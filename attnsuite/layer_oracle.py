@@ -33,8 +33,8 @@ from typing import Optional
 import numpy as np
 
 from . import layer_reference, oracle
-from .family_glue import autograd_base, layer_family_inputs
-from .inputs import layer_inputs_np, rng_for, round_to
+from .family_glue import autograd_base, device_layer_inputs, layer_family_inputs
+from .inputs import finish, layer_inputs_np, rng_for
 from .problem import Mask, Problem
 from .registry import Family, register_family
 
@@ -67,11 +67,10 @@ def norm_kind(family: str) -> str:
         raise KeyError(f"{family!r} is not a dense layer family (known: {', '.join(LAYER_FAMILIES)})") from None
 
 
-@lru_cache(maxsize=64)
-def _params_np(family: str, problem: Problem) -> dict[str, np.ndarray]:
+def draw_params(family: str, rng, problem: Problem) -> dict:
+    """The parameter recipe of a dense layer ``family`` (unrounded; NumPy or device draws)."""
     _check_layer_problem(problem)
     kind, names = LAYER_FAMILIES[family]
-    rng = rng_for(problem, "params")
     d, h, dqk, dv = problem.d_model, problem.hq, problem.dqk, problem.dv
     std = 1.0 / np.sqrt(d)  # weights ~ N(0, 1/d_model): unit-variance inputs give unit-variance q, k, v
     out = {
@@ -91,10 +90,15 @@ def _params_np(family: str, problem: Problem) -> dict[str, np.ndarray]:
     if kind == "layernorm":
         out["qn_b"] = 0.1 * rng.standard_normal(dqk)
         out["kn_b"] = 0.1 * rng.standard_normal(dqk)
-    result = {name: round_to(out[name], problem.dtype) for name in names}
-    for a in result.values():
-        a.setflags(write=False)
-    return result
+    return {name: out[name] for name in names}
+
+
+PARAMS_STREAM = "params"
+
+
+@lru_cache(maxsize=64)
+def _params_np(family: str, problem: Problem) -> dict[str, np.ndarray]:
+    return finish(draw_params(family, rng_for(problem, PARAMS_STREAM), problem), problem)
 
 
 def params_np(family: str, problem: Problem) -> dict[str, np.ndarray]:
@@ -292,6 +296,7 @@ FAMILIES = {
             level="layer",
             inputs=layer_family_inputs,
             params=partial(params_np, name),
+            device_inputs=device_layer_inputs(partial(draw_params, name), lambda p: PARAMS_STREAM),
             reference=partial(solve, name),
             base=partial(_base, name),
             problems=partial(_problems, name),

@@ -89,7 +89,11 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def recover(device: str) -> None:
-    """Give memory back after an out-of-memory error so the run can go on."""
+    """Give memory back (after an out-of-memory error, or between problems) so the run can go on.
+
+    Costs about 0.1 s (a full garbage collection), so the benchmarks call it when the problem
+    changes or a case failed, not after every case.
+    """
     gc.collect()
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
@@ -133,14 +137,23 @@ def profile_call(fn: Callable[[], object], profile_memory: bool = True) -> tuple
 
 
 def measure_peak(fn: Callable[[], object], device: str) -> tuple[object, MemResult]:
-    """Run ``fn`` once and measure its peak allocation above what was live at the start."""
+    """Run ``fn`` once and measure its peak allocation above what was live at the start.
+
+    The same call is profiled (host-side ops only) so the op names that tell which backend ran come
+    with it: one call serves memory, backend detection and the caller's numerics check.
+    """
     if str(device).startswith("cuda"):
+        from torch.profiler import ProfilerActivity, profile
+
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        result = fn()
-        torch.cuda.synchronize()
-        return result, MemResult(max(0, torch.cuda.max_memory_allocated() - base), "cuda-allocator")
+        # a host-only profiler allocates nothing on the device, so the allocator's peak is the call's
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            result = fn()
+            torch.cuda.synchronize()
+        peak = max(0, torch.cuda.max_memory_allocated() - base)
+        return result, MemResult(peak, "cuda-allocator", _op_names(prof))
     result, peak, names = profile_call(fn, profile_memory=True)
     return result, MemResult(int(peak or 0), "cpu-torch-allocator (profiler memory events)", names)
 

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from . import oracle
-from .family_glue import autograd_base, layer_family_inputs
-from .inputs import layer_inputs_np, rng_for, round_to
+from .family_glue import autograd_base, device_layer_inputs, layer_family_inputs
+from .inputs import finish, layer_inputs_np, rng_for
 from .problem import Mask, Problem, ProblemError
 from .registry import Family, register_family
 
@@ -180,18 +180,22 @@ def _lin_grad(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- parameters
 
 
-def _weight(rng: np.random.Generator, out_f: int, in_f: int) -> np.ndarray:
+def _weight(rng, out_f: int, in_f: int):
     # variance 1/fan_in keeps activations O(1) through every projection
     return rng.standard_normal((out_f, in_f)) / np.sqrt(in_f)
 
 
-@lru_cache(maxsize=32)
-def mla_params_np(problem: Problem) -> dict[str, np.ndarray]:
-    """Canonical float64 MLA parameters (torch Linear layout (out, in)), representable in the dtype."""
+def mla_params_stream(problem: Problem) -> str:
+    """The seed stream of the MLA parameters (names the dims, so other dims draw other weights)."""
     d = mla_dims(problem)
-    rng = rng_for(problem, "mla-params/" + "/".join(f"{k}{v}" for k, v in sorted(d.items())))
+    return "mla-params/" + "/".join(f"{k}{v}" for k, v in sorted(d.items()))
+
+
+def draw_mla_params(rng, problem: Problem) -> dict:
+    """The MLA parameter recipe (torch Linear layout (out, in)), unrounded; NumPy or device draws."""
+    d = mla_dims(problem)
     h, dm = problem.hq, problem.d_model
-    params = {
+    return {
         "wq_a": _weight(rng, d["q_lora"], dm),
         "q_norm": 1.0 + 0.2 * rng.standard_normal(d["q_lora"]),
         "wq_b": _weight(rng, h * (d["nope_dim"] + d["rope_dim"]), d["q_lora"]),
@@ -200,28 +204,35 @@ def mla_params_np(problem: Problem) -> dict[str, np.ndarray]:
         "wkv_b": _weight(rng, h * (d["nope_dim"] + d["v_dim"]), d["kv_lora"]),
         "wo": _weight(rng, dm, h * d["v_dim"]),
     }
-    out = {name: round_to(a, problem.dtype) for name, a in params.items()}
-    for a in out.values():
-        a.setflags(write=False)
-    return out
 
 
 @lru_cache(maxsize=32)
-def latent_params_np(problem: Problem) -> dict[str, np.ndarray]:
-    """Canonical float64 latent-layer parameters, representable in the dtype."""
+def mla_params_np(problem: Problem) -> dict[str, np.ndarray]:
+    """Canonical float64 MLA parameters (torch Linear layout (out, in)), representable in the dtype."""
+    return finish(draw_mla_params(rng_for(problem, mla_params_stream(problem)), problem), problem)
+
+
+def latent_params_stream(problem: Problem) -> str:
+    """The seed stream of the latent-layer parameters."""
+    return f"latent-params/{latent_rank(problem)}"
+
+
+def draw_latent_params(rng, problem: Problem) -> dict:
+    """The latent-layer parameter recipe, unrounded; NumPy or device draws."""
     r = latent_rank(problem)
-    rng = rng_for(problem, f"latent-params/{r}")
     h, dm = problem.hq, problem.d_model
-    params = {
+    return {
         "wq": _weight(rng, h * problem.dqk, dm),
         "wkv_a": _weight(rng, r, dm),
         "wkv_b": _weight(rng, h * (problem.dqk + problem.dv), r),
         "wo": _weight(rng, dm, h * problem.dv),
     }
-    out = {name: round_to(a, problem.dtype) for name, a in params.items()}
-    for a in out.values():
-        a.setflags(write=False)
-    return out
+
+
+@lru_cache(maxsize=32)
+def latent_params_np(problem: Problem) -> dict[str, np.ndarray]:
+    """Canonical float64 latent-layer parameters, representable in the dtype."""
+    return finish(draw_latent_params(rng_for(problem, latent_params_stream(problem)), problem), problem)
 
 
 # ----------------------------------------------------------------------------- MLA oracle
@@ -438,8 +449,12 @@ def latent_problems(device: str, dtypes: tuple) -> list[Problem]:
     return _spread_problems(latent_problem, shapes, device, dtypes)
 
 
-def _layer_family(name: str, params_np, forward, backward, torch_fn, problems, description: str) -> Family:
-    """Register a layer family of this module: float64 ``forward``/``backward``, ``torch_fn`` as the base."""
+def _layer_family(name: str, params_np, draw, stream, forward, backward, torch_fn, problems,
+                  description: str) -> Family:
+    """Register a layer family of this module: float64 ``forward``/``backward``, ``torch_fn`` as the base.
+
+    ``draw(rng, problem)`` is its parameter recipe and ``stream(problem)`` the recipe's seed stream.
+    """
     return register_family(
         Family(
             name=name,
@@ -448,6 +463,7 @@ def _layer_family(name: str, params_np, forward, backward, torch_fn, problems, d
             reference=_reference_with(forward, backward, params_np),
             base=_base_with(torch_fn, params_np),
             params=params_np,
+            device_inputs=device_layer_inputs(draw, stream),
             problems=problems,
             description=description,
         )
@@ -455,11 +471,13 @@ def _layer_family(name: str, params_np, forward, backward, torch_fn, problems, d
 
 
 MLA_FAMILY = _layer_family(
-    "mla-layer", mla_params_np, mla_forward, mla_backward, mla_torch, mla_problems,
+    "mla-layer", mla_params_np, draw_mla_params, mla_params_stream,
+    mla_forward, mla_backward, mla_torch, mla_problems,
     "DeepSeek-V3 MLA: compressed q and kv (RMSNorm), decoupled RoPE part shared by heads",
 )
 
 LATENT_FAMILY = _layer_family(
-    "latent-layer", latent_params_np, latent_forward, latent_backward, latent_torch, latent_problems,
+    "latent-layer", latent_params_np, draw_latent_params, latent_params_stream,
+    latent_forward, latent_backward, latent_torch, latent_problems,
     "plain low-rank latent attention: K/V decompressed from one latent, no decoupled RoPE",
 )

@@ -16,8 +16,8 @@ never vanish from the results. The machine fingerprint goes in ``machine_info`` 
 
 from __future__ import annotations
 
-import gc
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -91,7 +91,13 @@ class Settings:
     cpu_threads: int = 0
     oracle_limit: int = ORACLE_LIMIT
     peaks: dict[tuple[str, str], tuple[Optional[float], str]] = field(default_factory=dict)
-    device_inputs: DeviceInputs = field(default_factory=DeviceInputs)  # one problem's tensors
+    device_inputs: Optional[DeviceInputs] = None  # one problem's tensors (set in __post_init__)
+    current_problem: Optional[tuple] = None  # (family, problem) of the last case run
+
+    def __post_init__(self) -> None:
+        if self.device_inputs is None:
+            # problems the oracle does not check need no float64 inputs: draw them on the device
+            self.device_inputs = DeviceInputs(on_device=lambda p: not oracle_checks(p, self.oracle_limit))
 
     def peak(self, device: str, dtype: str) -> tuple[Optional[float], str]:
         """Dense peak TFLOP/s and its source, cached per (device, dtype)."""
@@ -315,6 +321,11 @@ def _expected_shape(problem: Problem) -> tuple[int, ...]:
     return (problem.batch, problem.hq, problem.lq, problem.dv)
 
 
+def oracle_checks(problem: Problem, oracle_limit: int = ORACLE_LIMIT) -> bool:
+    """Is the problem small enough (score elements b*hq*lq*lk) for the benchmarks' float64 oracle check?"""
+    return problem.batch * problem.hq * problem.lq * problem.lk <= oracle_limit
+
+
 def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) -> tuple[Optional[str], str]:
     """(failure message or None, which check ran) for a benchmarked output (and gradients)."""
     p = case.problem
@@ -323,7 +334,7 @@ def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) 
         return (f"output is {tuple(out.shape)} {out.dtype}, the contract says {expected} {torch_dtype(p.dtype)}",
                 "contract")
     rows = None
-    cheap = p.batch * p.hq * p.lq * p.lk <= oracle_limit
+    cheap = oracle_checks(p, oracle_limit)
     if cheap and case.variant.family == "attention":
         from .oracle_mask import allowed
         rows = allowed(p).any(axis=1)
@@ -347,6 +358,19 @@ def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) 
     ref, base = _REF_CACHE[key]
     comp = tolerance.compare("output", out, ref, base, p.dtype, "output", rows=rows)
     return (None if comp.passed else comp.describe()), "oracle"
+
+
+class _PhaseClock:
+    """Adds the seconds since the last lap to ``phases[name]``."""
+
+    def __init__(self, phases: dict[str, float]):
+        self.phases = phases
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self.last
+        self.last = now
 
 
 def _skip(rec: CaseRecord, reason: str) -> CaseRecord:
@@ -381,15 +405,26 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
             return rec, None
 
     result: Optional[timing.Timing] = None
-    oom_exc: Optional[str] = None
+    failed = False
     case = None
+    phases: dict[str, float] = {}  # where the suite's own time went (seconds), for suite-speed work
+    clock = _PhaseClock(phases)
+    problem_key = (bc.entry.family, p)
+    if settings.current_problem != problem_key:
+        # a new problem: free what the last one left (cycles, cached blocks) before its inputs load
+        memory.recover(p.device)
+        settings.current_problem = problem_key
+        clock.lap("recover")
     try:
         case = prepare(variant, p, requires_grad=bc.mode != "fwd", device_inputs=settings.device_inputs)
+        clock.lap("prepare")
+        rec.extra["inputs"] = "drawn on the device" if settings.device_inputs.drawn_on_device else "float64 recipe"
         rec.mask_build_ms = case.build_seconds * 1e3
         step, setup = _step(case, bc.mode)
         before = _dynamo_counts()
         result = timing.measure(step, p.device, settings.timer, setup=setup,
                                 inject_fraction=settings.inject.get(variant.name, 0.0))
+        clock.lap("timing")
         rec.timer = result.timer
         rec.first_call_ms = result.first_call_s * 1e3 if result.first_call_s is not None else None
         rec.median_ms = result.median_s * 1e3
@@ -404,52 +439,42 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
         if result.injected_s:
             rec.extra["injected_ms"] = result.injected_s * 1e3
 
-        # peak memory (and, on CPU, the op names of the same call)
+        # one more call serves peak memory, the op names that tell the backend, and the numerics check
         if setup is not None:
             setup()
-        _, mem = memory.measure_peak(step, p.device)
+        out, mem = memory.measure_peak(step, p.device)
         rec.peak_mem_bytes, rec.mem_method = mem.peak_bytes, mem.method
-        op_names = mem.op_names
-        if not op_names:  # CUDA: a separate profiled call to see which ops ran
-            if setup is not None:
-                setup()
-            _, _, op_names = memory.profile_call(step, profile_memory=False)
         dyn = _delta(before, _dynamo_counts())
-        rec.backend, facts = detect_backend(op_names, variant, dyn)
+        rec.backend, facts = detect_backend(mem.op_names, variant, dyn)
         rec.extra.update(facts)
         rec.extra["dynamo"] = dyn
         if variant.fused:
             rec.materialises = memory.materialises(rec.peak_mem_bytes, p, bc.mode)
         rec.extra["score_matrix_bytes"] = memory.score_matrix_bytes(p)
+        clock.lap("memory+backend")
 
-        # numerics sanity of what was benchmarked (forward output; gradients for backward modes)
-        if bc.mode != "fwd":
-            case.zero_grads()
-            out = case.forward()
-            case.backward(out)
-            out = out.detach()
-        else:
-            with torch.no_grad():
-                out = case.forward()
-        problem_msg, check = check_numerics(case, bc.mode, out, settings.oracle_limit)
+        # numerics sanity of what was benchmarked: that call's output (and gradients, backward modes)
+        problem_msg, check = check_numerics(case, bc.mode, out.detach(), settings.oracle_limit)
         rec.extra["numerics_check"] = check
         if problem_msg:
             rec.outcome, rec.detail = "numerics", problem_msg
         del out
+        clock.lap("numerics")
     except Exception as exc:  # the case's failure is its outcome; the run goes on
+        failed = True
         if memory.is_oom(exc):
-            oom_exc = f"{type(exc).__name__}: {exc}"
+            text = f"{type(exc).__name__}: {exc}"
             rec.outcome, rec.oom_bytes = "oom", memory.parse_oom_bytes(str(exc))
-            rec.detail = oom_exc.splitlines()[0][:400]
+            rec.detail = text.splitlines()[0][:400]
         else:
             rec.outcome, rec.detail = "error", f"{type(exc).__name__}: {exc}"[:1000]
         result = None
     finally:
         case = None
-        if oom_exc is not None or p.device.startswith("cuda"):
+        if failed:  # the exception's traceback holds tensors in cycles; the allocator may be full
             memory.recover(p.device)
-        else:
-            gc.collect()
+            clock.lap("recover")
+    rec.extra["suite_s"] = {k: round(v, 4) for k, v in phases.items()}
 
     if result is not None:
         peak, source = settings.peak(p.device, p.dtype)

@@ -68,6 +68,9 @@ class Family:
     # problems(device, dtypes) -> the correctness problems every variant of the family is checked on
     problems: Optional[Callable[[str, tuple], list]] = None
     description: str = ""
+    # device_inputs(problem) -> (inputs, grad_out, params) as tensors on the problem's device, drawn
+    # there by the same recipe (other values): benchmarks of problems too large for the oracle use it
+    device_inputs: Optional[Callable[[Problem], tuple[dict, Any, dict]]] = None
 
 
 class UnknownVariantError(KeyError):
@@ -205,6 +208,11 @@ def family(name: str) -> Family:
         raise UnknownVariantError(
             f"family {name!r} is not registered (known: {', '.join(sorted(_FAMILIES)) or 'none'})"
         ) from None
+
+
+def families() -> list[Family]:
+    """Every registered family, in name order."""
+    return [f for _, f in sorted(_FAMILIES.items())]
 
 
 def family_of(variant: "Variant") -> Family:

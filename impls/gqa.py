@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnsuite import mask_mods, oracle, reference_math
-from attnsuite.family_glue import autograd_base, layer_family_inputs
-from attnsuite.inputs import layer_inputs_np, rng_for, round_to
+from attnsuite.family_glue import autograd_base, device_layer_inputs, layer_family_inputs
+from attnsuite.inputs import finish, layer_inputs_np, rng_for
 from attnsuite.layer_oracle import merge_heads, split_heads
 from attnsuite.problem import MASK_KINDS, Mask, Problem
 from attnsuite.registry import Family, LayerVariant, register, register_family
@@ -48,22 +48,25 @@ def _check(problem: Problem) -> None:
         raise ValueError(f"problem {problem.id} is not a layer problem (d_model is None)")
 
 
-@lru_cache(maxsize=64)
-def _params_np(problem: Problem) -> dict[str, np.ndarray]:
+def draw_params(rng, problem: Problem) -> dict:
+    """The GQA layer's parameter recipe (unrounded; NumPy or device draws)."""
     _check(problem)
-    rng = rng_for(problem, "gqa-params")
     d, hq, hkv, dqk, dv = problem.d_model, problem.hq, problem.hkv, problem.dqk, problem.dv
     std = 1.0 / np.sqrt(d)  # unit-variance x gives unit-variance q, k, v
-    raw = {
+    return {
         "wq": rng.normal(0.0, std, (hq * dqk, d)),
         "wk": rng.normal(0.0, std, (hkv * dqk, d)),
         "wv": rng.normal(0.0, std, (hkv * dv, d)),
         "wo": rng.normal(0.0, 1.0 / np.sqrt(hq * dv), (d, hq * dv)),
     }
-    out = {name: round_to(raw[name], problem.dtype) for name in PARAM_NAMES}
-    for a in out.values():
-        a.setflags(write=False)
-    return out
+
+
+PARAMS_STREAM = "gqa-params"
+
+
+@lru_cache(maxsize=64)
+def _params_np(problem: Problem) -> dict[str, np.ndarray]:
+    return finish(draw_params(rng_for(problem, PARAMS_STREAM), problem), problem)
 
 
 def params_np(problem: Problem) -> dict[str, np.ndarray]:
@@ -141,6 +144,7 @@ GQA_LAYER = register_family(
         reference=_reference,
         base=_base,
         params=params_np,
+        device_inputs=device_layer_inputs(draw_params, lambda p: PARAMS_STREAM),
         problems=gqa_layer_problems,
         description="llama-style GQA layer, no biases: y = Attn(x Wq^T, x Wk^T, x Wv^T) Wo^T, "
         "query head h reads kv head h*hkv//hq",

@@ -1,0 +1,119 @@
+"""Benchmark inputs drawn on the device follow each family's float64 recipe: names, shapes, dtype, scale.
+
+Problems too large for the float64 oracle get their inputs from ``Family.device_inputs`` (the same
+recipe run on a torch generator). A recipe that drifts (a missing parameter, a transposed weight, a
+scale off by sqrt(d)) would benchmark a different computation than the one the correctness suite
+checks, so each family's two paths are compared here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attnsuite import plugin_bench, registry, workloads
+from attnsuite.case import DeviceInputs
+from attnsuite.inputs import torch_dtype
+
+FAMILIES = sorted(f.name for f in registry.families() if f.device_inputs is not None)
+
+
+def _first_problem(family: registry.Family):
+    problems = [p for p in family.problems("cpu", ("float32",))
+                if p.batch * p.hq * p.lq * max(p.dqk, 1) >= 2048]  # enough values for a scale estimate
+    return problems[0] if problems else family.problems("cpu", ("float32",))[0]
+
+
+def test_every_built_in_family_draws_its_benchmark_inputs_on_the_device():
+    assert {"attention", "dilated", "mha-layer", "gqa-layer", "mla-layer", "latent-layer"} <= set(FAMILIES)
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_device_recipe_of_family_matches_its_float64_recipe_in_names_shapes_dtype_and_scale(family_name):
+    family = registry.family(family_name)
+    p = _first_problem(family)
+    arrays, grad_out = family.inputs(p)
+    params = family.params(p) if family.params is not None else {}
+    d_inputs, d_grad, d_params = family.device_inputs(p)
+    host = {**arrays, "<grad_out>": grad_out, **{f"param {k}": v for k, v in params.items()}}
+    dev = {**d_inputs, "<grad_out>": d_grad, **{f"param {k}": v for k, v in d_params.items()}}
+    assert list(dev) == list(host), f"{family_name} on {p.id}: device recipe gives {list(dev)}, float64 gives {list(host)}"
+    for name, a in host.items():
+        t = dev[name]
+        assert tuple(t.shape) == a.shape, f"{family_name} {name}: shape {tuple(t.shape)} on the device, {a.shape} in float64"
+        assert t.dtype == torch_dtype(p.dtype) and t.device.type == "cpu", f"{family_name} {name}: {t.dtype} {t.device}"
+        if a.size >= 64:
+            want, got = float(np.std(a)), float(t.double().std())
+            assert 0.7 < got / want < 1.4, f"{family_name} {name}: std {got:.4g} on the device vs {want:.4g} in float64"
+            want_mean, got_mean = float(np.mean(a)), float(t.double().mean())
+            assert abs(got_mean - want_mean) < 0.3 * want + 0.05, f"{family_name} {name}: mean {got_mean:.3g} vs {want_mean:.3g}"
+
+
+def test_device_draws_are_seeded_by_the_problem():
+    family = registry.family("attention")
+    p = _first_problem(family)
+    a, _, _ = family.device_inputs(p)
+    b, _, _ = family.device_inputs(p)
+    c, _, _ = family.device_inputs(p.with_(seed=p.seed + 1))
+    assert torch.equal(a["q"], b["q"])
+    assert not torch.equal(a["q"], c["q"])
+
+
+def test_device_inputs_holder_uses_the_device_recipe_only_where_asked():
+    family = registry.family("attention")
+    p = _first_problem(family)
+    holder = DeviceInputs(on_device=lambda problem: problem.lq > 1)
+    inputs, _, _ = holder.get(family, p)
+    assert holder.drawn_on_device
+    assert torch.equal(inputs["q"], family.device_inputs(p)[0]["q"])
+    plain = DeviceInputs()
+    inputs, _, _ = plain.get(family, p)
+    assert not plain.drawn_on_device
+    assert np.array_equal(inputs["q"].double().numpy(), family.inputs(p)[0]["q"])
+
+
+def _bench_case(variant: str, oracle_limit: int):
+    entry = workloads.Entry(family="attention", problem=_first_problem(registry.family("attention")), modes=("fwd+bwd",))
+    bc = plugin_bench.BenchCase("unit", entry, entry.problem, variant, "fwd+bwd")
+    settings = plugin_bench.Settings("quick", "cpu", None, (), ("fwd+bwd",), None, {}, plugin_bench.timing.QUICK_CPU,
+                                     None, oracle_limit=oracle_limit)
+    return bc, settings
+
+
+@pytest.mark.parametrize("oracle_limit, inputs, check", [
+    (1 << 30, "float64 recipe", "oracle"),
+    (1, "drawn on the device", "finite (too large for the float64 oracle)"),
+])
+def test_a_benchmark_case_says_how_its_inputs_were_made_and_where_its_time_went(oracle_limit, inputs, check):
+    bc, settings = _bench_case("sdpa", oracle_limit)
+    rec, result = plugin_bench.run_case(bc, settings)
+    assert rec.outcome == "ok", rec.detail
+    assert rec.extra["inputs"] == inputs
+    assert rec.extra["numerics_check"] == check
+    phases = rec.extra["suite_s"]
+    assert {"recover", "prepare", "timing", "memory+backend", "numerics"} <= set(phases)
+    assert all(v >= 0 for v in phases.values())
+    # one extra call served memory, the backend and the numerics: the gradients it made were checked
+    assert rec.peak_mem_bytes > 0 and rec.backend.startswith("sdpa:")
+
+
+def test_a_nan_gradient_in_the_measured_call_is_a_numerics_outcome(monkeypatch):
+    bc, settings = _bench_case("sdpa", 1)
+    real_prepare = plugin_bench.prepare
+    calls = {"n": 0}
+
+    def poisoned_prepare(*args, **kwargs):
+        case = real_prepare(*args, **kwargs)
+        forward = case.call
+
+        def call():
+            calls["n"] += 1
+            out = forward()
+            return out * float("nan") if out.requires_grad else out  # poisons gradients of grad-mode calls
+        case.call = call
+        return case
+    monkeypatch.setattr(plugin_bench, "prepare", poisoned_prepare)
+    rec, _ = plugin_bench.run_case(bc, settings)
+    assert rec.outcome == "numerics"
+    assert "NaN/Inf" in rec.detail, rec.detail
