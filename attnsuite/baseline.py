@@ -131,6 +131,9 @@ def entry_from_record(rec: CaseRecord) -> dict[str, Any]:
     tier = rec.extra.get("tier") if rec.extra else None
     if tier:
         e["tier"] = str(tier)
+    runs = rec.extra.get("runs") if rec.extra else None
+    if runs and int(runs) > 1:  # recorded from several runs (combine.py): the median of each statistic
+        e["runs"] = int(runs)
     return e
 
 
@@ -351,7 +354,7 @@ def validate_entry(key: str, e: Any) -> list[str]:
     expect = case_key(e["workload"], e["variant"], e["mode"], e["problem"])
     if key != expect:
         out.append(f"case {key!r}: key does not match its fields (expected {expect!r})")
-    for name in _TIME_FIELDS + _RATE_FIELDS + _BYTE_FIELDS + ("samples",):
+    for name in _TIME_FIELDS + _RATE_FIELDS + _BYTE_FIELDS + ("samples", "runs"):
         if name in e and e[name] is not None and (not _is_number(e[name]) or e[name] < 0):
             out.append(f"case {key!r}: {name} must be a non-negative number, got {e[name]!r}")
     for name in _TEXT_FIELDS + ("tier",):
@@ -359,7 +362,7 @@ def validate_entry(key: str, e: Any) -> list[str]:
             out.append(f"case {key!r}: {name} must be text, got {type(e[name]).__name__}")
     if "materialises" in e and not isinstance(e["materialises"], bool):
         out.append(f"case {key!r}: materialises must be true or false")
-    unknown = set(e) - set(_TEXT_FIELDS + _TIME_FIELDS + _RATE_FIELDS + _BYTE_FIELDS) - {"samples", "materialises", "tier"}
+    unknown = set(e) - set(_TEXT_FIELDS + _TIME_FIELDS + _RATE_FIELDS + _BYTE_FIELDS) - {"samples", "materialises", "tier", "runs"}
     if unknown:
         out.append(f"case {key!r}: unknown fields {sorted(unknown)}")
     return out

@@ -2,6 +2,7 @@
 
     attnsuite compare OLD NEW          # OLD, NEW: pytest-benchmark result JSON or baseline files
     attnsuite record RESULT.json       # write/refresh baselines/<fingerprint-id>.json from a run
+    attnsuite record R1.json R2.json R3.json   # ... from several runs: per case, the median (combine.py)
     attnsuite report RESULT.json [--baseline B] [--markdown out.md] [--plots DIR]
     attnsuite check baselines/*.json   # validate baseline files
 
@@ -20,6 +21,7 @@ from typing import Optional, Sequence
 
 from . import baseline as bl
 from . import report
+from .combine import combine_runs
 from .verdict import Comparison, Scope, ThresholdsError, compare, load_thresholds
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
@@ -84,13 +86,22 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
 
 
 def cmd_record(args: argparse.Namespace, out) -> int:
-    run = bl.load_results(args.result)
+    runs = [bl.load_results(path) for path in args.result]
+    if len(runs) > 1:
+        combined = combine_runs(runs, allow_mismatch=args.allow_mismatch)
+        run = combined.run
+        print(f"combined {len(runs)} runs: per case, the median of each timing statistic", file=out)
+        for key, outcomes in combined.disagreeing.items():
+            print(f"  outcome differs between runs ({', '.join(outcomes)}), recorded as "
+                  f"{run.records[key].outcome}: {key}", file=out)
+    else:
+        run = runs[0]
     if args.baseline:
         path = Path(args.baseline)
     else:
         if not bl.fingerprint_id(run.fingerprint):
-            raise bl.ResultFileError(args.result, "no machine fingerprint id in the \"attnsuite\" object: name "
-                                                  "the baseline file with --baseline")
+            raise bl.ResultFileError(args.result[0], "no machine fingerprint id in the \"attnsuite\" object: name "
+                                                     "the baseline file with --baseline")
         path = bl.baseline_path_for(run.fingerprint, args.dir)
     summary = bl.record_baseline(run, path, workloads=args.workload, cases=args.case, prune=args.prune,
                                  allow_mismatch=args.allow_mismatch)
@@ -170,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--variant", action="append", default=[], help="judge only these variants (repeatable)")
     c.set_defaults(func=cmd_compare)
 
-    r = sub.add_parser("record", help="write or refresh a baseline from a result JSON")
-    r.add_argument("result")
+    r = sub.add_parser("record", help="write or refresh a baseline from one or more result JSONs of one machine")
+    r.add_argument("result", nargs="+", help="result file(s); several are combined per case by the median "
+                                             "of each timing statistic (recommended: 3 runs)")
     r.add_argument("--baseline", help="baseline file (default: DIR/<fingerprint id>.json)")
     r.add_argument("--dir", default=bl.DEFAULT_DIR, help="baselines folder (default: baselines)")
     r.add_argument("--workload", action="append", default=[], help="record only these workloads (repeatable)")

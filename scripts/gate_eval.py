@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Measure the regression gate itself: its false-alarm rate and its detection rate.
 
-1. A reference run of the benchmarks becomes the baseline (rounded like a recorded baseline).
+1. ``--ref-runs`` reference runs of the benchmarks (default 3), combined per case by the median as
+   ``attnsuite record`` combines several runs, become the baseline (rounded like a recorded one);
+   or ``--baseline FILE`` judges against an existing baseline, e.g. the committed one recorded on
+   another machine instance (what CI does).
 2. A/A: ``--runs`` more runs of unchanged code; every gating verdict among cases that ran ok in
    both is a false alarm. Rate = false alarms / cases judged.
 3. Injection: ``--runs`` runs with ``--attn-inject-slowdown VARIANT=FRACTION``. In each trial every
@@ -33,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attnsuite import baseline as bl  # noqa: E402
+from attnsuite.combine import combine_runs  # noqa: E402
 from attnsuite.verdict import compare, load_thresholds  # noqa: E402
 
 
@@ -78,26 +82,41 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run everything and return the summary object."""
     fractions = [float(f) for f in args.fractions.split(",")]
     cfg = load_thresholds(args.thresholds)
-    ref, ref_info = run_once(args, "ref", {})
-    if not ref.fingerprint:
-        raise SystemExit("gate_eval: the reference run has no machine fingerprint")
-    baseline, _ = bl.merge_into(None, ref.records, ref.fingerprint)
-    base = baseline.records()  # rounded exactly as a committed baseline would be
-    device = bl.device_kind(ref.fingerprint)
+    runs_info = []
+    if args.baseline:
+        # an existing baseline (e.g. the committed one, recorded on another machine instance): the
+        # case CI is in. Only the cases these runs produce are judged (ok_both below).
+        loaded = bl.load_baseline(args.baseline)
+        base, ref_fp = loaded.records(), loaded.fingerprint
+        reference = f"baseline file {args.baseline}"
+    else:
+        refs = []
+        for i in range(args.ref_runs):
+            ref, ref_info = run_once(args, "ref" if i == 0 else f"ref{i}", {})
+            if not ref.fingerprint:
+                raise SystemExit(f"gate_eval: reference run {ref_info['name']} has no machine fingerprint")
+            refs.append(ref)
+            runs_info.append(ref_info)
+        combined = combine_runs(refs).run
+        baseline, _ = bl.merge_into(None, combined.records, combined.fingerprint)
+        base, ref_fp = baseline.records(), combined.fingerprint  # rounded as a committed baseline would be
+        reference = f"{args.ref_runs} reference run(s) combined as `attnsuite record` does"
+    device = bl.device_kind(ref_fp)
     variants = sorted({r.variant for r in base.values() if r.outcome == "ok"})
     if args.variants:
         wanted = args.variants.split(",")
         unknown = sorted(set(wanted) - set(variants))
         if unknown:
-            raise SystemExit(f"gate_eval: variants {unknown} have no ok case in the reference run; have {variants}")
+            raise SystemExit(f"gate_eval: variants {unknown} have no ok case in the reference; have {variants}")
         variants = wanted
-    runs_info = [ref_info]
 
     # A/A
     aa = {"runs": 0, "cases_judged": 0, "false_alarms": 0, "alarms": [], "verdicts": {}}
+    fingerprint = None
     for i in range(args.runs):
         run, info = run_once(args, f"aa{i}", {})
         runs_info.append(info)
+        fingerprint = fingerprint or run.fingerprint
         cmp = compare(base, run.records, thresholds=cfg, device=device)
         aa["runs"] += 1
         for v in cmp.verdicts:
@@ -114,6 +133,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     inj: dict[str, dict[str, Any]] = {f"{f:g}": {"trials": 0, "detected": 0, "missed": [], "changes": []}
                                       for f in fractions}
     other_alarms = {"cases_judged": 0, "false_alarms": 0}
+    if args.baseline and not args.variants and args.runs:
+        # a baseline file holds every variant: inject only into those the A/A runs measured
+        measured = {r.variant for r in run.records.values() if r.outcome == "ok"}
+        variants = [v for v in variants if v in measured]
     plans: list[dict[str, float]] = []
     if args.single:
         for t in range(args.runs):
@@ -147,7 +170,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         ch = sorted(slot.pop("changes"))
         slot["measured_change_median"] = ch[len(ch) // 2] if ch else None
     return {
-        "fingerprint": ref.fingerprint, "device": device, "variants": variants, "fractions": fractions,
+        "fingerprint": fingerprint or ref_fp, "baseline_fingerprint": ref_fp, "reference": reference,
+        "device": device, "variants": variants, "fractions": fractions,
         "thresholds": str(args.thresholds) if args.thresholds else "built-in defaults",
         "runs_per_arm": args.runs, "mode": "single" if args.single else "rotate",
         "aa": aa, "injection": inj, "uninjected_cases_in_injection_runs": other_alarms, "runs": runs_info,
@@ -162,8 +186,8 @@ def markdown(s: dict[str, Any]) -> str:
     aa = s["aa"]
     rate = "n/a" if aa["rate"] is None else f"{aa['rate'] * 100:.2f}%"
     lines = [f"### Regression gate evaluation on {machine} ({s['device']})", "",
-             f"Thresholds: {s['thresholds']}. {s['runs_per_arm']} runs per arm, injection mode {s['mode']}, "
-             f"variants: {', '.join(s['variants'])}.", "",
+             f"Thresholds: {s['thresholds']}. Baseline: {s.get('reference', '1 reference run')}. "
+             f"{s['runs_per_arm']} runs per arm, injection mode {s['mode']}, variants: {', '.join(s['variants'])}.", "",
              "| measurement | trials (case-runs) | flagged | rate |", "|---|---|---|---|",
              f"| A/A false alarms (unchanged code) | {aa['cases_judged']} | {aa['false_alarms']} | {rate} |"]
     for frac, slot in s["injection"].items():
@@ -191,6 +215,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--single", action="store_true", help="inject one variant per run instead of all, rotating")
     p.add_argument("--tier", default=None, help="--attn-tier for the runs (default: the suite's)")
     p.add_argument("--device", default=None, help="--attn-device for the runs")
+    p.add_argument("--ref-runs", type=int, default=3,
+                   help="unchanged reference runs combined into the baseline (per case, the median; default 3)")
+    p.add_argument("--baseline", default=None,
+                   help="judge against this baseline file instead of reference runs (e.g. the committed one)")
     p.add_argument("--thresholds", default=None, help="thresholds JSON (default: baselines/thresholds.json if present)")
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--run-timeout", type=float, default=3600.0, help="seconds allowed per run")

@@ -20,6 +20,12 @@ def _module():
     return mod
 
 
+def _args(**kw):
+    base = dict(thresholds=None, variants="", runs=3, single=False, ref_runs=1, baseline=None)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
 def test_gate_eval_counts_false_alarms_and_detections_per_injected_fraction(tmp_path, monkeypatch):
     mod = _module()
     rng = random.Random(0)
@@ -37,9 +43,9 @@ def test_gate_eval_counts_false_alarms_and_detections_per_injected_fraction(tmp_
         return bl.Run(records=by_key(recs), fingerprint=FP_H100, path=name), {"name": name, "inject": inject}
 
     monkeypatch.setattr(mod, "run_once", fake_run_once)
-    args = argparse.Namespace(fractions="0.05,0.1,0.2", thresholds=None, variants="", runs=3, single=False)
+    args = _args(fractions="0.05,0.1,0.2", variants="", runs=3, single=False, ref_runs=3)
     s = mod.evaluate(args)
-    assert [c[0] for c in calls] == ["ref", "aa0", "aa1", "aa2", "inj0", "inj1", "inj2"]
+    assert [c[0] for c in calls] == ["ref", "ref1", "ref2", "aa0", "aa1", "aa2", "inj0", "inj1", "inj2"]
     # rotation: each variant gets each fraction once over the 3 injection runs
     for v in variants:
         assert sorted(c[1][v] for c in calls if c[0].startswith("inj")) == [0.05, 0.1, 0.2]
@@ -61,9 +67,46 @@ def test_gate_eval_single_mode_slows_one_variant_per_run(monkeypatch):
         return bl.Run(records=by_key(recs), fingerprint=FP_H100), {"name": name, "inject": inject}
 
     monkeypatch.setattr(mod, "run_once", fake_run_once)
-    args = argparse.Namespace(fractions="0.02,0.2", thresholds=None, variants="a,b", runs=2, single=True)
+    args = _args(fractions="0.02,0.2", variants="a,b", runs=2, single=True)
     s = mod.evaluate(args)
     assert all(len(p) <= 1 for p in plans)
     # a 2% slowdown is inside the 3% floor: missed, and reported as missed
     assert s["injection"]["0.02"]["rate"] == 0.0 and s["injection"]["0.02"]["missed"]
     assert s["injection"]["0.2"]["rate"] == 1.0
+
+
+def _lucky_then_steady(mod, monkeypatch, calls):
+    """Reference run 'ref' is 6% faster than every other unchanged run (a lucky process)."""
+    def fake_run_once(args, name, inject):
+        calls.append(name)
+        ms = 0.94 if name == "ref" else 1.0
+        recs = [rec(v, median_ms=ms * (1 + inject.get(v, 0.0)), min_ms=ms * (1 + inject.get(v, 0.0)) - 0.01)
+                for v in ("a", "b")]
+        return bl.Run(records=by_key(recs), fingerprint=FP_H100, path=name), {"name": name, "inject": inject}
+    monkeypatch.setattr(mod, "run_once", fake_run_once)
+
+
+def test_one_lucky_reference_run_is_outvoted_when_the_baseline_combines_three(monkeypatch):
+    mod = _module()
+    calls = []
+    _lucky_then_steady(mod, monkeypatch, calls)
+    single = mod.evaluate(_args(fractions="0.2", runs=2, ref_runs=1))
+    assert single["aa"]["false_alarms"] == 4  # both variants, both A/A runs
+    combined = mod.evaluate(_args(fractions="0.2", runs=2, ref_runs=3))
+    assert combined["aa"]["false_alarms"] == 0
+    assert "3 reference run(s) combined" in mod.markdown(combined)
+
+
+def test_gate_eval_can_judge_against_an_existing_baseline_file_without_reference_runs(tmp_path, monkeypatch):
+    mod = _module()
+    calls = []
+    _lucky_then_steady(mod, monkeypatch, calls)
+    path = tmp_path / "committed.json"
+    baseline, _ = bl.merge_into(None, by_key([rec(v, median_ms=1.0, min_ms=0.99) for v in ("a", "b", "c")]), FP_H100)
+    bl.save_baseline(baseline, path)
+    s = mod.evaluate(_args(fractions="0.1", runs=2, baseline=str(path)))
+    assert not any(c.startswith("ref") for c in calls)
+    assert s["aa"]["cases_judged"] == 4 and s["aa"]["false_alarms"] == 0
+    assert s["variants"] == ["a", "b"]  # "c" is in the baseline but not measured: nothing to inject into
+    assert s["injection"]["0.1"]["trials"] == 4 and s["injection"]["0.1"]["rate"] == 1.0
+    assert f"baseline file {path}" in mod.markdown(s)

@@ -1,0 +1,82 @@
+"""Several runs of one machine as one run: what a baseline recorded from N runs holds.
+
+One run's fastest sample can be lucky (cuDNN's bimodal kernels, a quiet host, a clock that
+happened to stay high): a baseline set by it makes every later unchanged run look slower. On the
+H100 a single reference run put ``sdpa`` bwd at 4.70 ms where the next three runs gave 4.90-5.00 ms,
+and the gate flagged it in all three. Combining runs takes, per case, the median over the runs of
+each timing statistic, so one outlier run out of three moves nothing; peak memory is the largest
+seen. A case whose outcome differs between runs keeps the worse outcome and is listed, because a
+flaky case is something a reviewer should see rather than something to average away.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from .baseline import Run, check_compatible
+from .record import CaseRecord
+
+# worst first: when runs disagree the baseline keeps the outcome that gates least on the next run
+_SEVERITY = ("error", "numerics", "oom", "skipped", "ok")
+
+
+@dataclass
+class Combined:
+    """The combined run and the cases whose outcome differed between the runs."""
+
+    run: Run
+    runs: int
+    disagreeing: dict[str, list[str]] = field(default_factory=dict)  # case key -> outcome per run
+
+
+def _median(values: list[Optional[float]]) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def combine_records(records: Sequence[CaseRecord]) -> CaseRecord:
+    """One record from the same case's records in several runs (see the module docstring)."""
+    if not records:
+        raise ValueError("combine_records needs at least one record")
+    outcome = min((r.outcome for r in records), key=_SEVERITY.index)
+    same = [r for r in records if r.outcome == outcome]
+    out = copy.deepcopy(same[0])
+    if outcome == "ok":
+        out.median_ms = _median([r.median_ms for r in same])
+        out.iqr_ms = _median([r.iqr_ms for r in same])
+        out.min_ms = _median([r.min_ms for r in same])
+        out.tflops = _median([r.tflops for r in same])
+        out.pct_peak = _median([r.pct_peak for r in same])
+        peaks = [r.peak_mem_bytes for r in same if r.peak_mem_bytes is not None]
+        out.peak_mem_bytes = max(peaks) if peaks else None
+        out.samples = sum(r.samples for r in same)
+    out.extra["runs"] = len(same)
+    return out
+
+
+def combine_runs(runs: Sequence[Run], allow_mismatch: bool = False) -> Combined:
+    """Several result runs of one machine as one :class:`Run` (case by case, see the module docstring).
+
+    The runs must come from compatible machines (``FingerprintMismatch`` otherwise, unless
+    ``allow_mismatch``); the combined run carries the first run's fingerprint.
+    """
+    if not runs:
+        raise ValueError("combine_runs needs at least one run")
+    first = runs[0]
+    for other in runs[1:]:
+        check_compatible(first.fingerprint, other.fingerprint, allow_mismatch=allow_mismatch)
+    keys = sorted({k for r in runs for k in r.records})
+    records: dict[str, CaseRecord] = {}
+    disagreeing: dict[str, list[str]] = {}
+    for key in keys:
+        present = [r.records[key] for r in runs if key in r.records]
+        records[key] = combine_records(present)
+        outcomes = [r.records[key].outcome if key in r.records else "absent" for r in runs]
+        if len(set(outcomes) - {"absent"}) > 1:
+            disagreeing[key] = outcomes
+    label = " + ".join(r.path or r.kind for r in runs)
+    return Combined(Run(records=records, fingerprint=first.fingerprint, path=label, kind="result"),
+                    len(runs), disagreeing)

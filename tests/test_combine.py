@@ -1,0 +1,87 @@
+"""A baseline recorded from several runs: per case the median of each statistic, the worse outcome.
+
+The H100 showed why: one reference run's lucky minimum made three later unchanged runs look 4-6%
+slower. These tests pin the rule (combine.py) and the ``attnsuite record R1 R2 R3`` command.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from attnsuite import baseline as bl
+from attnsuite import cli
+from attnsuite.combine import combine_records, combine_runs
+from attnsuite.verdict import compare
+from gatehelp import FP_H100, by_key, fp, rec, write_result
+
+
+def run_cli(*argv):
+    out = io.StringIO()
+    return cli.main([str(a) for a in argv], out=out), out.getvalue()
+
+
+def test_combined_case_takes_the_median_of_each_statistic_and_the_largest_peak():
+    runs = [rec(median_ms=1.00, min_ms=0.94, iqr_ms=0.01, peak_mem_bytes=100),
+            rec(median_ms=1.05, min_ms=0.99, iqr_ms=0.03, peak_mem_bytes=120),
+            rec(median_ms=1.02, min_ms=0.98, iqr_ms=0.02, peak_mem_bytes=110)]
+    c = combine_records(runs)
+    assert (c.median_ms, c.min_ms, c.iqr_ms, c.peak_mem_bytes) == (1.02, 0.98, 0.02, 120)
+    assert c.extra["runs"] == 3 and c.samples == 150
+
+
+def test_runs_that_disagree_on_the_outcome_keep_the_worse_one_and_are_listed():
+    a = bl.Run(by_key([rec("x"), rec("y")]), FP_H100, path="a.json")
+    b = bl.Run(by_key([rec("x", outcome="oom", median_ms=None, oom_bytes=1 << 30), rec("y")]), FP_H100, path="b.json")
+    combined = combine_runs([a, b])
+    assert combined.run.records["fa-sweep/x/fwd/b4-q4096-h16-d128-causal-bf16-cuda0"].outcome == "oom"
+    assert list(combined.disagreeing) == ["fa-sweep/x/fwd/b4-q4096-h16-d128-causal-bf16-cuda0"]
+    assert combined.disagreeing["fa-sweep/x/fwd/b4-q4096-h16-d128-causal-bf16-cuda0"] == ["ok", "oom"]
+
+
+def test_runs_of_incompatible_machines_are_not_combined():
+    a = bl.Run(by_key([rec()]), FP_H100)
+    b = bl.Run(by_key([rec()]), fp(gpu_name="NVIDIA A100-SXM4-80GB"))
+    with pytest.raises(bl.FingerprintMismatch):
+        combine_runs([a, b])
+
+
+def test_one_lucky_reference_run_out_of_three_does_not_make_unchanged_code_look_slower():
+    lucky = rec(median_ms=0.95, min_ms=0.94)  # e.g. cuDNN's faster mode in one process
+    normal = [rec(median_ms=1.0, min_ms=0.99), rec(median_ms=1.01, min_ms=1.0)]
+    later = by_key([rec(median_ms=1.0, min_ms=0.995)])
+    alone = compare(by_key([lucky]), later, device="cuda")
+    assert alone.failed, "a single lucky reference should flag the unchanged run (the case for combining)"
+    combined = combine_runs([bl.Run(by_key([r]), FP_H100) for r in [lucky, *normal]]).run
+    assert not compare(combined.records, later, device="cuda").failed
+
+
+def test_record_command_combines_several_result_files_and_says_so(tmp_path):
+    files = [write_result(tmp_path / f"r{i}.json", [rec("a", median_ms=m, min_ms=m - 0.01),
+                                                    rec("b", outcome="oom" if i == 2 else "ok", median_ms=None if i == 2 else 1.0)])
+             for i, m in enumerate((1.0, 1.2, 1.1))]
+    b = tmp_path / "b.json"
+    code, out = run_cli("record", *files, "--baseline", b)
+    assert code == 0, out
+    assert "combined 3 runs" in out
+    assert "outcome differs between runs (ok, ok, oom), recorded as oom: fa-sweep/b/fwd/" in out
+    cases = json.loads(b.read_text())["cases"]
+    a = cases["fa-sweep/a/fwd/b4-q4096-h16-d128-causal-bf16-cuda0"]
+    assert (a["median_ms"], a["min_ms"], a["runs"]) == (1.1, 1.09, 3)
+    assert bl.load_baseline(b).records()["fa-sweep/a/fwd/b4-q4096-h16-d128-causal-bf16-cuda0"].extra["runs"] == 3
+    # a single run is recorded as before: no "runs" field
+    code, _ = run_cli("record", files[0], "--baseline", tmp_path / "one.json")
+    assert "runs" not in json.loads((tmp_path / "one.json").read_text())["cases"]["fa-sweep/a/fwd/b4-q4096-h16-d128-causal-bf16-cuda0"]
+
+
+def test_a_baseline_entry_with_a_bad_runs_count_is_rejected_by_name(tmp_path):
+    b = tmp_path / "b.json"
+    run_cli("record", write_result(tmp_path / "r.json", [rec()]), "--baseline", b)
+    obj = json.loads(b.read_text())
+    key = next(iter(obj["cases"]))
+    obj["cases"][key]["runs"] = -2
+    b.write_text(json.dumps(obj))
+    with pytest.raises(bl.BaselineError, match="runs must be a non-negative number"):
+        bl.load_baseline(b)
