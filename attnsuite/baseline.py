@@ -47,7 +47,7 @@ THRESHOLDS_FILE = "thresholds.json"
 # either run-to-run noise without a verdict (first-call and mask-build times, the minimum) or too
 # bulky for a reviewed file (``extra``, except the tier).
 _TIME_FIELDS = ("median_ms", "iqr_ms", "min_ms")  # min: the statistic the gate compares (verdict.py)
-_RATE_FIELDS = ("flops", "tflops", "pct_peak")
+_RATE_FIELDS = ("flops", "tflops", "pct_peak", "launch_fraction")  # launch_fraction: host-bound cases (verdict.py)
 _BYTE_FIELDS = ("peak_mem_bytes", "oom_bytes")
 _TEXT_FIELDS = ("workload", "variant", "mode", "problem", "outcome", "detail", "family", "level",
                 "timer", "mem_method", "backend")

@@ -431,6 +431,7 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
         rec.iqr_ms = result.iqr_s * 1e3
         rec.min_ms = result.stats["min"] * 1e3
         rec.samples = len(result.samples_s)
+        rec.launch_fraction = result.launch_fraction
         rec.extra.update({
             "q1_ms": result.stats["q1"] * 1e3, "q3_ms": result.stats["q3"] * 1e3,
             "max_ms": result.stats["max"] * 1e3, "mean_ms": result.stats["mean"] * 1e3,

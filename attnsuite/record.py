@@ -42,6 +42,9 @@ class CaseRecord:
     timer: str = ""  # "cuda-events" or "perf_counter"
     first_call_ms: Optional[float] = None  # compile / autotune / lazy init, outside the timed region
     mask_build_ms: Optional[float] = None  # outside the timed region
+    # CUDA: share of a call's time before it returned to Python (timing.Timing.launch_fraction);
+    # near 1 = host-bound: the GPU waited on the launches, so the time measures the host
+    launch_fraction: Optional[float] = None
     # work
     flops: Optional[float] = None  # FLOPs of one call (mask-aware; backward = 2.5x forward)
     tflops: Optional[float] = None

@@ -60,6 +60,10 @@ class Timing:
     warmup_calls: int = 0
     iters_per_sample: int = 1
     injected_s: float = 0.0  # per-call delay added on purpose (slowdown injection), 0 when off
+    # CUDA: the share of a warm-up call's time the host spent before the call returned (median over
+    # warm-up calls). Near 1 the GPU waited on Python and the launches (or the call synchronised):
+    # the time measures the host, which differs between machine instances. None on CPU.
+    launch_fraction: Optional[float] = None
     stats: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -189,16 +193,23 @@ def measure(
     clock = clock or time.perf_counter
     timer_name = "cuda-events" if use_events else ("perf_counter" if clock is time.perf_counter else "custom-clock")
 
+    launch_shares: list[float] = []
+
     def host_time_one() -> float:
         if setup is not None:
             setup()
         sync()
         t0 = clock()
         fn()
+        t_launched = clock()
         sync()
-        return clock() - t0
+        total = clock() - t0
+        if total > 0:
+            launch_shares.append((t_launched - t0) / total)
+        return total
 
     first_s = host_time_one() if first_call else None
+    launch_shares.clear()  # the first call compiles: not a launch
 
     # Warm-up: at least min_warmup calls and about warmup_s of work; their median sizes the run.
     warm: list[float] = []
@@ -249,4 +260,5 @@ def measure(
         warmup_calls=len(warm),
         iters_per_sample=iters,
         injected_s=inject_fraction * estimate if delay is not None else 0.0,
+        launch_fraction=statistics.median(launch_shares) if is_cuda(device) and launch_shares else None,
     )

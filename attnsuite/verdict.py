@@ -14,7 +14,9 @@ Verdicts (``VERDICTS``), gating ones first:
 
 The noise band of a case is ``max(time_floor, spread_k * hypot(iqr_b/median_b, iqr_c/median_c))``:
 it grows with the measured spread (relative interquartile range) of *both* runs and never drops
-below the floor. Floors and factors come from :class:`Thresholds`, resolved per device kind,
+below the floor. A host-bound case (the GPU waited on Python's launches: ``launch_fraction``) has
+its own, wider floor, because it times the host CPU, which varies between machine instances.
+Floors and factors come from :class:`Thresholds`, resolved per device kind,
 workload and case from a small JSON config (``baselines/thresholds.json``, see
 :func:`load_thresholds`).
 """
@@ -54,6 +56,11 @@ class Thresholds:
     # The time statistic compared: "median", or "min" where interference only ever adds time
     # (a shared CPU), so the fastest sample is the steadiest estimate of the code's own cost.
     statistic: str = "median"
+    # Host-bound cases (a record's launch_fraction >= host_bound_at on either side: the GPU waited
+    # on Python) time the host CPU, whose speed differs between machine instances: their band never
+    # drops below host_bound_floor. 0 turns this off.
+    host_bound_floor: float = 0.0
+    host_bound_at: float = 0.5
 
     def validate(self, where: str) -> None:
         for f in fields(self):
@@ -73,7 +80,9 @@ class Thresholds:
 DEVICE_DEFAULTS = {
     # CUDA: calibrated on an H200 (docs/gate.md): some kernels (cuDNN at d128) are bimodal, so the
     # median moves by several % run to run while the fastest sample stays within ~1.5%.
-    "cuda": Thresholds(time_floor=0.03, spread_k=0.5, statistic="min"),
+    # Host-bound cases moved by up to +29% (an eager loop over segments) and +49% (a 0.65 ms layer)
+    # between H200 instances with the same code, hence their own floor.
+    "cuda": Thresholds(time_floor=0.03, spread_k=0.5, statistic="min", host_bound_floor=0.5),
     "cpu": Thresholds(time_floor=1.0, spread_k=2.0, mem_floor=0.10, mem_abs_bytes=8 << 20, statistic="min"),
 }
 _THRESHOLD_FIELDS = {f.name for f in fields(Thresholds)}
@@ -212,14 +221,23 @@ def fmt_pct(x: Optional[float]) -> str:
     return "-" if x is None else f"{x * 100:+.1f}%"
 
 
+def host_bound(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> bool:
+    """Does either run say the case is host-bound (the GPU waited on the host's launches)?"""
+    return any(r.launch_fraction is not None and r.launch_fraction >= t.host_bound_at for r in (base, cur))
+
+
 def noise_band(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> float:
-    """The relative noise band of a case from both runs' relative IQR, never below the floor."""
+    """The relative noise band of a case from both runs' relative IQR, never below the floor
+    (nor below ``host_bound_floor`` for a host-bound case)."""
     rel = []
     for r in (base, cur):
         if r.iqr_ms is not None and r.median_ms:
             rel.append(r.iqr_ms / r.median_ms)
     spread = math.hypot(*rel) if rel else 0.0
-    return max(t.time_floor, t.spread_k * spread)
+    floor = t.time_floor
+    if t.host_bound_floor and host_bound(base, cur, t):
+        floor = max(floor, t.host_bound_floor)
+    return max(floor, t.spread_k * spread)
 
 
 def _describe(r: CaseRecord) -> str:
@@ -277,7 +295,8 @@ def judge(base: Optional[CaseRecord], cur: Optional[CaseRecord], t: Thresholds) 
         tchange = c_ms / b_ms - 1.0
         band = noise_band(base, cur, t)
         stat = "" if statistic == "median" else f"{statistic} "
-        what = f"{stat}{fmt_ms(b_ms)} -> {fmt_ms(c_ms)}, noise band {band * 100:.1f}%"
+        hb = " (host-bound)" if t.host_bound_floor and host_bound(base, cur, t) else ""
+        what = f"{stat}{fmt_ms(b_ms)} -> {fmt_ms(c_ms)}, noise band {band * 100:.1f}%{hb}"
         if tchange > band:
             flags.append("slower")
             msgs.append(f"slower by {tchange * 100:.1f}% ({what})")

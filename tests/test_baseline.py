@@ -244,3 +244,10 @@ def test_the_fastest_sample_is_kept_so_the_min_statistic_can_be_judged(tmp_path)
     stored, _ = bl.merge_into(None, {one.key: one}, {})
     (entry,) = stored.records().values()
     assert entry.min_ms == 0.9123, "min_ms must survive recording, rounded like the other times"
+
+
+def test_the_launch_fraction_is_kept_in_the_baseline_for_the_host_bound_rule(tmp_path):
+    path = _recorded(tmp_path, [rec(launch_fraction=0.876543)])
+    (entry,) = json.loads(path.read_text())["cases"].values()
+    assert entry["launch_fraction"] == 0.8765
+    assert bl.load_baseline(path).records()[rec().key].launch_fraction == 0.8765

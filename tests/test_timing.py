@@ -108,3 +108,22 @@ def test_injected_slowdown_is_sized_from_the_warmup_median_and_recorded():
 def test_quantile_of_no_samples_is_an_error():
     with pytest.raises(ValueError, match="no samples"):
         timing.quantile([], 0.5)
+
+
+def test_launch_fraction_is_the_share_of_a_call_spent_before_it_returned_on_cuda():
+    # fake clock: the call itself takes 1 unit on the host, waiting for the device 3 more
+    now = [0.0]
+
+    def call():
+        now[0] += 1.0
+
+    def sync():
+        now[0] += 3.0
+
+    t = timing.measure(call, "cuda", timing.TimerConfig(warmup_s=0.0, min_warmup=3, target_s=0.0, min_samples=2),
+                       clock=lambda: now[0], sync=sync)
+    # sync before t0 adds 3, so t0 sits after it: launch 1, total 1 + 3
+    assert t.launch_fraction == pytest.approx(0.25)
+    cpu = timing.measure(call, "cpu", timing.TimerConfig(warmup_s=0.0, min_warmup=3, target_s=0.0, min_samples=2),
+                         clock=lambda: now[0], sync=sync)
+    assert cpu.launch_fraction is None

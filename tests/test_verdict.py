@@ -206,3 +206,25 @@ def test_min_statistic_judges_the_fastest_sample_and_names_it():
     v = judge(base, slower, t)
     assert v.verdict == "slower" and "min 8" in v.message, v.message
     assert judge(base, noisy, Thresholds(time_floor=0.5)).verdict == "slower"  # the median would alarm
+
+
+@pytest.mark.parametrize("launch_fraction, change, verdict", [
+    pytest.param(0.9, 1.20, "same", id="host-bound case 20% slower is inside its 50% floor"),
+    pytest.param(0.9, 1.60, "slower", id="host-bound case 60% slower is slower"),
+    pytest.param(0.1, 1.20, "slower", id="kernel-bound case 20% slower is slower"),
+    pytest.param(None, 1.20, "slower", id="case without a launch measurement 20% slower is slower"),
+])
+def test_host_bound_cases_get_the_wider_host_bound_floor_on_cuda(launch_fraction, change, verdict):
+    t = DEVICE_DEFAULTS["cuda"]
+    base = rec(min_ms=1.0, median_ms=1.0, launch_fraction=None)  # an older baseline without the field
+    cur = rec(min_ms=change, median_ms=change, launch_fraction=launch_fraction)
+    v = judge(base, cur, t)
+    assert v.verdict == verdict, v.message
+    assert ("(host-bound)" in v.message) == (launch_fraction == 0.9), v.message
+
+
+def test_the_host_bound_floor_can_be_turned_off_for_a_fixed_runner():
+    cfg = parse_thresholds({"version": 1, "device": {"cuda": {"host_bound_floor": 0}}})
+    base, cur = rec(min_ms=1.0, launch_fraction=0.9), rec(min_ms=1.2, launch_fraction=0.9)
+    t = cfg.for_case(cur, "cuda")
+    assert judge(base, cur, t).verdict == "slower"
