@@ -28,7 +28,6 @@ class Combined:
     """The combined run and the cases whose outcome differed between the runs."""
 
     run: Run
-    runs: int
     disagreeing: dict[str, list[str]] = field(default_factory=dict)  # case key -> outcome per run
 
 
@@ -78,5 +77,4 @@ def combine_runs(runs: Sequence[Run], allow_mismatch: bool = False) -> Combined:
         if len(set(outcomes) - {"absent"}) > 1:
             disagreeing[key] = outcomes
     label = " + ".join(r.path or r.kind for r in runs)
-    return Combined(Run(records=records, fingerprint=first.fingerprint, path=label, kind="result"),
-                    len(runs), disagreeing)
+    return Combined(Run(records=records, fingerprint=first.fingerprint, path=label, kind="result"), disagreeing)

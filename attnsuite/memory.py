@@ -143,17 +143,18 @@ def measure_peak(fn: Callable[[], object], device: str) -> tuple[object, MemResu
     with it: one call serves memory, backend detection and the caller's numerics check.
     """
     if str(device).startswith("cuda"):
-        from torch.profiler import ProfilerActivity, profile
+        def call_and_wait():
+            out = fn()
+            torch.cuda.synchronize()
+            return out
 
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         # a host-only profiler allocates nothing on the device, so the allocator's peak is the call's
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            result = fn()
-            torch.cuda.synchronize()
+        result, _, names = profile_call(call_and_wait, profile_memory=False)
         peak = max(0, torch.cuda.max_memory_allocated() - base)
-        return result, MemResult(peak, "cuda-allocator", _op_names(prof))
+        return result, MemResult(peak, "cuda-allocator", names)
     result, peak, names = profile_call(fn, profile_memory=True)
     return result, MemResult(int(peak or 0), "cpu-torch-allocator (profiler memory events)", names)
 

@@ -113,10 +113,14 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     # A/A
     aa = {"runs": 0, "cases_judged": 0, "false_alarms": 0, "alarms": [], "verdicts": {}}
     fingerprint = None
+    measured: set[str] = set()
     for i in range(args.runs):
         run, info = run_once(args, f"aa{i}", {})
         runs_info.append(info)
+        if args.baseline:  # a file from another machine is refused, as the gate itself refuses it
+            bl.check_compatible(ref_fp, run.fingerprint)
         fingerprint = fingerprint or run.fingerprint
+        measured |= {r.variant for r in run.records.values() if r.outcome == "ok"}
         cmp = compare(base, run.records, thresholds=cfg, device=device)
         aa["runs"] += 1
         for v in cmp.verdicts:
@@ -135,7 +139,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     other_alarms = {"cases_judged": 0, "false_alarms": 0}
     if args.baseline and not args.variants and args.runs:
         # a baseline file holds every variant: inject only into those the A/A runs measured
-        measured = {r.variant for r in run.records.values() if r.outcome == "ok"}
         variants = [v for v in variants if v in measured]
     plans: list[dict[str, float]] = []
     if args.single:
@@ -148,6 +151,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     for t, plan in enumerate(plans):
         run, info = run_once(args, f"inj{t}", plan)
         runs_info.append(info)
+        if args.baseline:
+            bl.check_compatible(ref_fp, run.fingerprint)
         cmp = compare(base, run.records, thresholds=cfg, device=device)
         for v in cmp.verdicts:
             if not ok_both(base, run.records, v.key):
@@ -225,6 +230,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--resume", action="store_true", help="reuse run JSON files already in OUT/runs")
     p.add_argument("pytest_args", nargs="*", help="extra pytest args after --, e.g. -- --attn-workload fa-sweep")
     args = p.parse_args(argv)
+    if args.ref_runs < 1:
+        p.error(f"--ref-runs must be at least 1, got {args.ref_runs}")
     if args.thresholds is None and (ROOT / bl.DEFAULT_DIR / bl.THRESHOLDS_FILE).is_file():
         args.thresholds = ROOT / bl.DEFAULT_DIR / bl.THRESHOLDS_FILE
     summary = evaluate(args)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import random
+
+import pytest
 from pathlib import Path
 
 from attnsuite import baseline as bl
@@ -110,3 +112,15 @@ def test_gate_eval_can_judge_against_an_existing_baseline_file_without_reference
     assert s["variants"] == ["a", "b"]  # "c" is in the baseline but not measured: nothing to inject into
     assert s["injection"]["0.1"]["trials"] == 4 and s["injection"]["0.1"]["rate"] == 1.0
     assert f"baseline file {path}" in mod.markdown(s)
+
+
+def test_gate_eval_refuses_a_baseline_file_of_another_machine(tmp_path, monkeypatch):
+    mod = _module()
+    calls = []
+    _lucky_then_steady(mod, monkeypatch, calls)  # runs carry the H100 fingerprint
+    path = tmp_path / "h200.json"
+    other = dict(FP_H100, id="h200", gpu_name="NVIDIA H200")
+    baseline, _ = bl.merge_into(None, by_key([rec("a"), rec("b")]), other)
+    bl.save_baseline(baseline, path)
+    with pytest.raises(bl.FingerprintMismatch):
+        mod.evaluate(_args(fractions="0.1", runs=1, baseline=str(path)))
