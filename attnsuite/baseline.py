@@ -1,22 +1,32 @@
 """The baseline store: one JSON file per machine fingerprint under ``baselines/``.
 
 A baseline holds, per case key (``workload/variant/mode/problem-id``, see :mod:`attnsuite.record`),
-the fields of a :class:`~attnsuite.record.CaseRecord` that the verdict rule and the reports need.
+the fields of a :class:`~attnsuite.record.CaseRecord` that the verdict rule and the reports need,
+plus the machine's fingerprint and, optionally, the instance calibration of the recording run.
 The file is meant to live in git and be reviewed in pull requests, so:
 
 * keys are sorted and the layout is one field per line (``json.dumps(indent=1, sort_keys=True)``);
 * numbers are rounded (times and derived rates to 4 significant digits, bytes to whole bytes), and
-  run-to-run details that carry no verdict (compile time, mask build time, minimum) are left out,
-  so that re-recording an unchanged run on the same machine is a small diff;
-* writes are atomic (temporary file in the same folder, then ``os.replace``);
-* loading validates the schema and says which file is wrong and how (:class:`BaselineError`).
+  run-to-run details that carry no verdict (compile time, mask build time) are left out, so that
+  re-recording an unchanged run on the same machine is a small diff, and a file whose text would
+  not change is not rewritten at all;
+* writes are atomic (temporary file in the same folder, then ``os.replace``), keep the file's mode,
+  write through a symlink to its target, and happen under an exclusive lock of the folder
+  (:mod:`attnsuite.filelock`) from reading to replacing, so concurrent writers lose no case;
+* reading is defensive: only regular files up to :data:`MAX_FILE_BYTES`, opened without blocking
+  (a FIFO or a link to ``/dev/zero`` is refused, not read), strict JSON (no duplicate keys, at most
+  :data:`MAX_JSON_DEPTH` levels), and every number checked (finite, in range; zero where a
+  measurement cannot be zero). Every problem is an :class:`InputFileError` naming the file and the
+  entry, never a traceback.
 
-This module also reads pytest-benchmark result JSON files (:func:`load_results`), so that the CLI
-and the pytest gate accept either a result file or a baseline wherever they take "a run".
+This module also reads pytest-benchmark result JSON files (:func:`load_run`), with the same checks,
+so that the CLI and the pytest gate accept either a result file or a baseline wherever they take
+"a run".
 
 Layout (``version`` 1)::
 
     {
+     "calibration": {"mem_bandwidth_gbs": 3900.0, ...},            (optional)
      "cases": {"<key>": {"backend": "sdpa:flash", "median_ms": 1.234, "outcome": "ok", ...}},
      "fingerprint": {"id": "h100-80gb-...", "gpu_name": "...", "torch": "2.11.0", ...},
      "schema": "attnsuite-baseline",
@@ -30,11 +40,14 @@ import fnmatch
 import json
 import math
 import os
+import re
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
+from . import filelock
 from .record import MODES, OUTCOMES, CaseRecord, case_key
 
 SCHEMA_TAG = "attnsuite-baseline"
@@ -43,15 +56,29 @@ RESULT_SCHEMA_VERSION = 1  # the "attnsuite" object the benchmarks add to pytest
 DEFAULT_DIR = "baselines"
 THRESHOLDS_FILE = "thresholds.json"
 
+# Reading limits. A baseline of the full GPU tier is ~0.5 MB and a result file ~30 MB; anything
+# larger is not ours, and reading it whole could exhaust memory.
+MAX_FILE_BYTES = 64 * 2**20
+MAX_JSON_DEPTH = 64  # ours nest 6 deep; deeper input would only serve to exhaust the stack later
+MAX_TIME_MS = 86_400_000.0  # one day: no benchmark call takes longer
+MAX_MEM_BYTES = 2**50  # 1 PiB: no device holds more
+MAX_TEXT = 1000  # characters of a fingerprint or entry text field (detail is cut to _DETAIL_MAX)
+CALIBRATION_TEXT_MAX = 300  # a calibration string is a short note (device name, method, error)
+
 # Fields kept in a baseline entry, and how each is rounded. Anything else in a CaseRecord is
-# either run-to-run noise without a verdict (first-call and mask-build times, the minimum) or too
-# bulky for a reviewed file (``extra``, except the tier).
-_TIME_FIELDS = ("median_ms", "iqr_ms", "min_ms")  # min: the statistic the gate compares (verdict.py)
+# either run-to-run noise without a verdict (first-call and mask-build times) or too bulky for a
+# reviewed file (``extra``, except the tier and the number of runs).
+_TIME_FIELDS = ("median_ms", "iqr_ms", "min_ms",  # min: the statistic the gate compares (verdict.py)
+                "device_ms", "device_iqr_ms", "device_min_ms",  # CUDA device time (graph replay / kernel sum)
+                "host_overhead_ms")  # event time minus device time: may be negative (noise)
 _RATE_FIELDS = ("flops", "tflops", "pct_peak", "launch_fraction")  # launch_fraction: host-bound cases (verdict.py)
 _BYTE_FIELDS = ("peak_mem_bytes", "oom_bytes")
+_COUNT_FIELDS = ("samples", "runs")
 _TEXT_FIELDS = ("workload", "variant", "mode", "problem", "outcome", "detail", "family", "level",
-                "timer", "mem_method", "backend")
+                "timer", "mem_method", "backend", "device_method")
 _REQUIRED = ("workload", "variant", "mode", "problem", "outcome")
+_ENTRY_FIELDS = frozenset(_TEXT_FIELDS + _TIME_FIELDS + _RATE_FIELDS + _BYTE_FIELDS + _COUNT_FIELDS
+                          + ("materialises", "tier"))
 _DETAIL_MAX = 300  # an exception text can be long; the first lines say what it was
 SIG_DIGITS = 4
 
@@ -67,7 +94,8 @@ class InputFileError(ValueError):
 
 
 class BaselineError(InputFileError):
-    """A baseline file that is corrupt, truncated, of another schema version, or lacks fields."""
+    """A baseline file that is corrupt, truncated, of another schema version, lacks fields, or
+    cannot be written (the message names the path and the reason)."""
 
     def __init__(self, path: os.PathLike | str, problem: str) -> None:
         super().__init__(path, problem, kind="baseline")
@@ -103,6 +131,92 @@ def round_sig(x: Optional[float], digits: int = SIG_DIGITS) -> Optional[float]:
 
 def _whole(x: Optional[float]) -> Optional[int]:
     return None if x is None else int(round(float(x)))
+
+
+def _is_number(x: Any) -> bool:
+    """A JSON number that is finite (an int of any size is finite; ``math.isfinite`` would
+    overflow on a 400-digit one)."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int):
+        return True
+    return isinstance(x, float) and math.isfinite(x)
+
+
+def _show(value: Any) -> str:
+    """A short rendering of a bad value for an error message (a huge integer or text is cut)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**15:
+        digits = len(str(abs(value)))
+        return f"an integer of {digits} digits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass(frozen=True)
+class _Range:
+    """The values a numeric field may take."""
+
+    low: float
+    high: float
+    what: str  # the upper limit in words
+    nonzero_when_ok: bool = False  # a measured time of an ok case cannot be zero
+    whole: bool = False
+
+
+_TIME = _Range(0.0, MAX_TIME_MS, "a day")
+_TIME_MEASURED = _Range(0.0, MAX_TIME_MS, "a day", nonzero_when_ok=True)
+# THE number rule, for baseline entries and result records alike (one table, written once).
+_RANGES: dict[str, _Range] = {
+    "median_ms": _TIME_MEASURED, "min_ms": _TIME_MEASURED,
+    "device_ms": _TIME_MEASURED, "device_min_ms": _TIME_MEASURED,
+    "iqr_ms": _TIME, "device_iqr_ms": _TIME, "first_call_ms": _TIME, "mask_build_ms": _TIME,
+    "host_overhead_ms": _Range(-MAX_TIME_MS, MAX_TIME_MS, "a day either way"),
+    "flops": _Range(0.0, 1e21, "1e21 FLOPs in one call"),
+    "tflops": _Range(0.0, 1e5, "100 PFLOP/s"),
+    "pct_peak": _Range(0.0, 1e4, "100 times the peak"),
+    "launch_fraction": _Range(0.0, 10.0, "10 (it is a share of one call)"),
+    "peak_mem_bytes": _Range(0.0, float(MAX_MEM_BYTES), "1 PiB"),
+    # what a failed allocation asked for may be absurd (that is why it failed), but not past 64 bits
+    "oom_bytes": _Range(0.0, float(2**64), "2**64 bytes"),
+    "samples": _Range(0.0, 1e9, "1e9", whole=True),
+    "runs": _Range(1.0, 1e6, "1e6", whole=True),
+}
+
+
+def number_problem(name: str, value: Any, outcome: Optional[str] = None) -> Optional[str]:
+    """What is wrong with ``value`` as field ``name`` (None when it is acceptable or absent)."""
+    rule = _RANGES.get(name)
+    if rule is None or value is None:
+        return None
+    if not _is_number(value):
+        if isinstance(value, float):
+            return f"{name} is {_show(value)}, not a finite number"
+        return f"{name} must be a number, got {_show(value)}"
+    if rule.whole and isinstance(value, float) and not value.is_integer():
+        return f"{name} must be a whole number, got {_show(value)}"
+    if value < rule.low and rule.low < 0:  # a signed figure: absurd either way
+        return f"{name} is {_show(value)}, more than {rule.what}: not a plausible measurement"
+    if value < rule.low:
+        need = "a non-negative number" if rule.low == 0 else f"at least {rule.low:g}"
+        return f"{name} must be {need}, got {_show(value)}"
+    if value > rule.high:
+        return f"{name} is {_show(value)}, more than {rule.what}: not a plausible measurement"
+    if rule.nonzero_when_ok and outcome == "ok" and value == 0:
+        return f"{name} is 0 in an ok case: a measured time cannot be zero"
+    return None
+
+
+def _text_problem(name: str, value: Any, limit: int = MAX_TEXT) -> Optional[str]:
+    """What is wrong with ``value`` as text field ``name`` (None when fine)."""
+    if not isinstance(value, str):
+        return f"{name} must be text, got {type(value).__name__}"
+    if len(value) > limit:
+        return f"{name} is {len(value)} characters long, more than {limit}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape: cannot be written back
+        return f"{name} holds a character that is not valid Unicode"
+    return None
 
 
 def entry_from_record(rec: CaseRecord) -> dict[str, Any]:
@@ -159,12 +273,18 @@ _FP_ALIASES = {
     "cudnn": ("cudnn", "cudnn_version"),
     "triton": ("triton", "triton_version"),
     "gpu_memory": ("gpu_memory_bytes", "gpu_memory", "memory_bytes", "memory"),
+    "cores": ("cpu_usable", "cpu_count"),  # the cores the run may use, else the machine's
 }
 _NONE_WORDS = {"", "none", "null", "n/a", "cpu"}
+# platform.machine() spellings, and the one name each is compared by
+_ARCH_NAMES = {"x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64",
+               "ppc64le": "ppc64le", "ppc64": "ppc64", "s390x": "s390x", "riscv64": "riscv64",
+               "i386": "x86", "i486": "x86", "i586": "x86", "i686": "x86", "armv7l": "armv7", "armv6l": "armv6"}
+_ARCH_IN_PLATFORM = re.compile(r"(?<![a-z0-9])(" + "|".join(sorted(_ARCH_NAMES, key=len, reverse=True)) + r")(?![a-z0-9])")
 
 
 def fp_get(fp: Optional[Mapping[str, Any]], what: str) -> Optional[str]:
-    """The fingerprint's value for ``what`` (gpu, torch, cuda, cpu, driver, cudnn, triton), or None."""
+    """The fingerprint's value for ``what`` (gpu, torch, cuda, cpu, driver, cudnn, triton, cores), or None."""
     if not fp:
         return None
     for name in _FP_ALIASES.get(what, (what,)):
@@ -172,6 +292,32 @@ def fp_get(fp: Optional[Mapping[str, Any]], what: str) -> Optional[str]:
         if value is not None and str(value).strip().lower() not in _NONE_WORDS:
             return str(value).strip()
     return None
+
+
+def fp_arch(fp: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """The machine architecture (``x86_64``, ``aarch64``, ...): the ``arch`` field, or for files
+    recorded before it existed, the architecture named in the ``platform`` string
+    (``Linux-6.1-x86_64-with-glibc2.36``). None when neither says."""
+    if not fp:
+        return None
+    arch = fp.get("arch")
+    if isinstance(arch, str) and arch.strip():
+        return _ARCH_NAMES.get(arch.strip().lower(), arch.strip().lower())
+    plat = fp.get("platform")
+    if isinstance(plat, str):
+        m = _ARCH_IN_PLATFORM.search(plat.lower())
+        if m:
+            return _ARCH_NAMES[m.group(1)]
+    return None
+
+
+def fp_cores(fp: Optional[Mapping[str, Any]]) -> Optional[int]:
+    """The logical cores the run could use (``cpu_usable``, else ``cpu_count``), or None."""
+    value = fp_get(fp, "cores")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def device_kind(fp: Optional[Mapping[str, Any]]) -> str:
@@ -189,9 +335,12 @@ def _major(version: Optional[str], parts: int) -> Optional[str]:
 def compatibility(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
     """Why two machines must not be compared (refusals) and what differs but is tolerated (notes).
 
-    Refused: a different GPU model (or GPU against CPU), a different CPU model when both runs are
-    on CPU, a different torch major.minor, a different CUDA major. Noted: driver, cuDNN, triton,
-    minor torch/CUDA differences. An absent fingerprint cannot be checked: that is a note.
+    Refused: a different GPU model (or GPU against CPU), a different torch major.minor, a different
+    CUDA major; for CPU-only runs a different architecture or number of usable logical cores. A
+    different CPU model of CPU-only runs is a note when architecture and core count are known and
+    equal (the times are then a rough guide: see :func:`find_baseline`), a refusal when they cannot
+    be checked. Noted: driver, cuDNN, triton, minor torch/CUDA differences, and on CUDA the host's
+    CPU model and architecture. An absent fingerprint cannot be checked: that is a note.
     """
     refusals: list[str] = []
     notes: list[str] = []
@@ -200,12 +349,28 @@ def compatibility(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[Mapping
         notes.append(f"{which} has no machine fingerprint: the machines were not checked to match")
         return refusals, notes
     bg, cg = fp_get(base_fp, "gpu"), fp_get(cur_fp, "gpu")
+    ba, ca = fp_arch(base_fp), fp_arch(cur_fp)
+    bn, cn = fp_cores(base_fp), fp_cores(cur_fp)
+    bc, cc = fp_get(base_fp, "cpu"), fp_get(cur_fp, "cpu")
     if bg != cg:
         refusals.append(f"GPU model differs: baseline {bg or 'no GPU'}, this run {cg or 'no GPU'}")
-    elif not bg:
-        bc, cc = fp_get(base_fp, "cpu"), fp_get(cur_fp, "cpu")
+    elif not bg:  # CPU-only runs: the CPU is the device
+        if ba and ca and ba != ca:
+            refusals.append(f"architecture differs (CPU-only runs): baseline {ba}, this run {ca}")
+        if bn and cn and bn != cn:
+            refusals.append(f"logical cores usable differ (CPU-only runs): baseline {bn}, this run {cn}")
         if bc and cc and bc != cc:
-            refusals.append(f"CPU model differs (CPU-only runs): baseline {bc}, this run {cc}")
+            if ba and ca and bn and cn:
+                notes.append(f"CPU model differs: baseline {bc}, this run {cc} (same architecture and core "
+                             "count: times are a rough guide)")
+            else:
+                refusals.append(f"CPU model differs (CPU-only runs) and the architecture or core count is not "
+                                f"recorded to show the machines alike: baseline {bc}, this run {cc}")
+    else:  # same GPU: the host only moves host overhead and host-bound cases
+        if bc and cc and bc != cc:
+            notes.append(f"host CPU differs: baseline {bc}, this run {cc}")
+        if ba and ca and ba != ca:
+            notes.append(f"host architecture differs: baseline {ba}, this run {ca}")
     bt, ct = fp_get(base_fp, "torch"), fp_get(cur_fp, "torch")
     if _major(bt, 2) != _major(ct, 2):
         refusals.append(f"torch major version differs: baseline {bt}, this run {ct}")
@@ -254,16 +419,223 @@ def safe_file_stem(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip(".-") or "unknown"
 
 
+def _flat_problems(obj: Any, what: str, *, text_max: int, allow_null: bool) -> list[str]:
+    """Problems with a flat object of names to scalars (a fingerprint or a calibration)."""
+    if not isinstance(obj, dict):
+        return [f"{what} is {type(obj).__name__}, expected an object"]
+    if len(obj) > 500:
+        return [f"{what} has {len(obj)} fields, more than 500"]
+    out = []
+    for k, v in obj.items():
+        name = f"{what}.{k}"
+        if len(k) > 100:
+            out.append(f"{what} has a field name of {len(k)} characters")
+        elif v is None or isinstance(v, bool):
+            if not allow_null:
+                out.append(f"{name} must be a number or text, got {_show(v)}")
+        elif isinstance(v, (int, float)):
+            if not _is_number(v):
+                out.append(f"{name} is {_show(v)}, not a finite number")
+            elif abs(v) > 1e18:
+                out.append(f"{name} is {_show(v)}: not a plausible figure")
+        elif isinstance(v, str):
+            problem = _text_problem(name, v, text_max)
+            if problem:
+                out.append(problem)
+        else:
+            out.append(f"{name} must be a number or text, got {type(v).__name__}")
+    return out
+
+
+def fingerprint_problems(fp: Any, what: str = "fingerprint") -> list[str]:
+    """Problems with a machine fingerprint: a flat object of text, numbers, true/false or null."""
+    return _flat_problems(fp, what, text_max=MAX_TEXT, allow_null=True)
+
+
+def calibration_problems(cal: Any, what: str = "calibration") -> list[str]:
+    """Problems with an instance calibration: a flat object of finite numbers or short texts."""
+    return _flat_problems(cal, what, text_max=CALIBRATION_TEXT_MAX, allow_null=False)
+
+
+def stable_calibration(cal: Optional[Mapping[str, Any]]) -> Optional[dict[str, Any]]:
+    """A calibration as a baseline stores it: floats to 4 significant digits (so a re-recording
+    is a small diff), texts cut to :data:`CALIBRATION_TEXT_MAX`, empty values left out."""
+    if not cal:
+        return None
+    out: dict[str, Any] = {}
+    for k, v in cal.items():
+        if isinstance(v, float):
+            out[str(k)] = round_sig(v)
+        elif isinstance(v, str):
+            out[str(k)] = v if len(v) <= CALIBRATION_TEXT_MAX else v[: CALIBRATION_TEXT_MAX - 3] + "..."
+        elif isinstance(v, int) and not isinstance(v, bool):
+            out[str(k)] = v
+    return out or None
+
+
+# --------------------------------------------------------------------------- reading files safely
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+ErrorType = type[InputFileError]
+
+
+def _not_regular(mode: int) -> str:
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"not a regular file: it is {kind}"
+
+
+def _link_note(path: Path) -> str:
+    return f" (a symlink to {os.path.realpath(path)})" if path.is_symlink() else ""
+
+
+def read_input_bytes(path: os.PathLike | str, err: ErrorType = InputFileError) -> bytes:
+    """The bytes of a regular file of at most :data:`MAX_FILE_BYTES`, or ``err`` naming the file.
+
+    Symlinks are followed and their target checked. A FIFO, a device (``/dev/zero``), a directory
+    or a socket is refused before any read, and the file is opened non-blocking and checked again,
+    so a file swapped for a FIFO in between cannot hang the read either.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise err(p, "no such file" + _link_note(p)) from None
+    except (OSError, ValueError) as exc:  # ELOOP, EACCES, a NUL in the name
+        raise err(p, f"cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise err(p, _not_regular(st.st_mode) + _link_note(p))
+    if st.st_size > MAX_FILE_BYTES:
+        raise err(p, f"{st.st_size} bytes, more than the {MAX_FILE_BYTES // 2**20} MiB a baseline or result "
+                     "file may have" + _link_note(p))
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(p, flags)
+    except OSError as exc:
+        raise err(p, f"cannot be read: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise err(p, _not_regular(st.st_mode) + _link_note(p))
+        chunks, total = [], 0
+        while total <= MAX_FILE_BYTES:  # bounded even if the file grows while we read
+            chunk = os.read(fd, min(1 << 20, MAX_FILE_BYTES + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise err(p, f"cannot be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if total > MAX_FILE_BYTES:
+        raise err(p, f"more than the {MAX_FILE_BYTES // 2**20} MiB a baseline or result file may have (it grew while read)")
+    return b"".join(chunks)
+
+
+class _Duplicates(dict):
+    """A JSON object in which some key appeared twice (the keys are in ``duplicates``)."""
+
+    duplicates: list[str]
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    dups = []
+    for k, v in pairs:
+        if k in obj:
+            dups.append(k)
+        obj[k] = v
+    if dups:
+        marked = _Duplicates(obj)
+        marked.duplicates = dups
+        return marked
+    return obj
+
+
+def _walk(obj: Any) -> Iterable[tuple[Any, list[Any], int]]:
+    """Every object and list in ``obj`` with its path and depth (iterative: deep input is safe)."""
+    stack: list[tuple[Any, list[Any]]] = [(obj, [])]
+    while stack:
+        node, path = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        yield node, path, len(path) + 1
+        if len(path) + 1 > MAX_JSON_DEPTH:
+            continue
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in items:
+            if isinstance(v, (dict, list)):
+                stack.append((v, path + [k]))
+
+
+def _where(path: list[Any]) -> str:
+    """A JSON path in words: ``cases["fa-sweep/x/fwd/p"].median_ms`` or ``benchmarks[3]``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part[:80], ensure_ascii=False)}]"
+    return out or "the top level"
+
+
+def parse_json_bytes(raw: bytes, path: os.PathLike | str, err: ErrorType = InputFileError) -> Any:
+    """Strict JSON from ``raw``: UTF-8, no duplicate keys, at most :data:`MAX_JSON_DEPTH` levels.
+
+    NaN and Infinity are parsed (and refused later by the field they sit in, which names the
+    entry); every other problem is ``err`` naming the file.
+    """
+    if not raw.strip():
+        raise err(path, "file is empty (truncated?)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise err(path, f"not UTF-8 text (corrupt?): byte {exc.start}") from None
+    try:
+        obj = json.loads(text, object_pairs_hook=_strict_object)
+    except json.JSONDecodeError as exc:
+        # the text ends inside a value (or a string that never closes): most likely cut short
+        truncated = exc.pos >= len(text.rstrip()) - 1 or (exc.msg.startswith("Unterminated string")
+                                                          and '"' not in text[exc.pos + 1:])
+        hint = "truncated?" if truncated else "corrupt?"
+        raise err(path, f"not valid JSON ({hint}): {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise err(path, f"not usable JSON: nested too deeply (more than {MAX_JSON_DEPTH} levels)") from None
+    except ValueError as exc:  # e.g. an integer over Python's int-str limit (4300 digits)
+        raise err(path, f"not usable JSON: {str(exc)[:120]}") from None
+    for node, where, depth in _walk(obj):
+        if depth > MAX_JSON_DEPTH:
+            raise err(path, f"not usable JSON: nested more than {MAX_JSON_DEPTH} levels deep at {_where(where[:8])}...")
+        if isinstance(node, _Duplicates):
+            keys = ", ".join(repr(k) for k in node.duplicates[:5])
+            raise err(path, f"duplicate key {keys} in {_where(where)}: a JSON object must name each field once")
+    return obj
+
+
+def _read_json(path: os.PathLike | str, err: ErrorType) -> Any:
+    return parse_json_bytes(read_input_bytes(path, err), path, err)
+
+
 # --------------------------------------------------------------------------- baseline files
 
 
 @dataclass
 class Baseline:
-    """A loaded (or new) baseline: the machine's fingerprint and the entries per case key."""
+    """A loaded (or new) baseline: the machine's fingerprint, the entries per case key, and the
+    instance calibration of the recording run (None when not recorded)."""
 
     fingerprint: dict[str, Any]
     cases: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: Optional[str] = None
+    calibration: Optional[dict[str, Any]] = None
+    # The file's bytes when it was loaded and the real path they came from: on save, a file
+    # changed since by another writer gets only this object's changes (see save_baseline).
+    source: Optional[bytes] = field(default=None, repr=False, compare=False)
+    source_real: Optional[str] = field(default=None, repr=False, compare=False)
 
     def records(self) -> dict[str, CaseRecord]:
         """The entries as :class:`CaseRecord` objects, by key."""
@@ -271,8 +643,11 @@ class Baseline:
 
     def to_json(self) -> dict[str, Any]:
         """The file's JSON object."""
-        return {"schema": SCHEMA_TAG, "version": BASELINE_VERSION,
-                "fingerprint": dict(self.fingerprint), "cases": dict(self.cases)}
+        obj = {"schema": SCHEMA_TAG, "version": BASELINE_VERSION,
+               "fingerprint": dict(self.fingerprint), "cases": dict(self.cases)}
+        if self.calibration:
+            obj["calibration"] = dict(self.calibration)
+        return obj
 
 
 def dumps_stable(obj: Any) -> str:
@@ -280,67 +655,8 @@ def dumps_stable(obj: Any) -> str:
     return json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def atomic_write_text(path: os.PathLike | str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp makes the file 0600; a committed baseline is an ordinary file (0666 less umask)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def save_baseline(baseline: Baseline, path: os.PathLike | str | None = None) -> str:
-    """Validate and write ``baseline`` atomically to ``path`` (default: its own path); return the path."""
-    target = str(path or baseline.path or "")
-    if not target:
-        raise ValueError("save_baseline: no path given and the baseline has none")
-    obj = baseline.to_json()
-    problems = validate_baseline_json(obj)
-    if problems:  # never write a file that the loader would refuse
-        raise BaselineError(target, "refusing to write an invalid baseline: " + "; ".join(problems))
-    atomic_write_text(target, dumps_stable(obj))
-    baseline.path = target
-    return target
-
-
-def _read_json(path: Path, err: type[InputFileError]) -> Any:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise err(path, "no such file") from None
-    except OSError as exc:
-        raise err(path, f"cannot be read: {exc.strerror or exc}") from None
-    if not raw.strip():
-        raise err(path, "file is empty (truncated?)")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise err(path, f"not UTF-8 text (corrupt?): byte {exc.start}") from None
-    except json.JSONDecodeError as exc:
-        hint = "truncated?" if exc.pos >= len(raw.rstrip()) - 1 else "corrupt?"
-        raise err(path, f"not valid JSON ({hint}): {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def validate_entry(key: str, e: Any) -> list[str]:
-    """Problems with one baseline entry (empty list when it is valid)."""
+    """Problems with one baseline entry (empty list when it is valid), each naming the case."""
     if not isinstance(e, dict):
         return [f"case {key!r}: entry is {type(e).__name__}, not an object"]
     out = []
@@ -348,23 +664,25 @@ def validate_entry(key: str, e: Any) -> list[str]:
     if missing:
         return [f"case {key!r}: missing fields {missing}"]
     if e["outcome"] not in OUTCOMES:
-        out.append(f"case {key!r}: unknown outcome {e['outcome']!r} (expected one of {list(OUTCOMES)})")
+        out.append(f"case {key!r}: unknown outcome {_show(e['outcome'])} (expected one of {list(OUTCOMES)})")
     if e["mode"] not in MODES:
-        out.append(f"case {key!r}: unknown mode {e['mode']!r} (expected one of {list(MODES)})")
+        out.append(f"case {key!r}: unknown mode {_show(e['mode'])} (expected one of {list(MODES)})")
     expect = case_key(e["workload"], e["variant"], e["mode"], e["problem"])
     if key != expect:
         out.append(f"case {key!r}: key does not match its fields (expected {expect!r})")
-    for name in _TIME_FIELDS + _RATE_FIELDS + _BYTE_FIELDS + ("samples", "runs"):
-        if name in e and e[name] is not None and (not _is_number(e[name]) or e[name] < 0):
-            out.append(f"case {key!r}: {name} must be a non-negative number, got {e[name]!r}")
+    for name in _TIME_FIELDS + _RATE_FIELDS + _BYTE_FIELDS + _COUNT_FIELDS:
+        problem = number_problem(name, e.get(name), e["outcome"])
+        if problem:
+            out.append(f"case {key!r}: {problem}")
     for name in _TEXT_FIELDS + ("tier",):
-        if name in e and not isinstance(e[name], str):
-            out.append(f"case {key!r}: {name} must be text, got {type(e[name]).__name__}")
+        problem = _text_problem(name, e[name]) if name in e else None
+        if problem:
+            out.append(f"case {key!r}: {problem}")
     if "materialises" in e and not isinstance(e["materialises"], bool):
         out.append(f"case {key!r}: materialises must be true or false")
-    unknown = set(e) - set(_TEXT_FIELDS + _TIME_FIELDS + _RATE_FIELDS + _BYTE_FIELDS) - {"samples", "materialises", "tier", "runs"}
+    unknown = set(e) - _ENTRY_FIELDS
     if unknown:
-        out.append(f"case {key!r}: unknown fields {sorted(unknown)}")
+        out.append(f"case {key!r}: unknown fields {sorted(unknown)[:10]}")
     return out
 
 
@@ -376,44 +694,202 @@ def validate_baseline_json(obj: Any) -> list[str]:
         if "benchmarks" in obj:
             return ["this is a pytest-benchmark result file, not a baseline: make a baseline from it "
                     "with `attnsuite record RESULT.json` or pytest --attn-record-baseline"]
-        return [f"not an attnsuite baseline: \"schema\" is {obj.get('schema')!r}, expected {SCHEMA_TAG!r}"]
+        return [f"not an attnsuite baseline: \"schema\" is {_show(obj.get('schema'))}, expected {SCHEMA_TAG!r}"]
     version = obj.get("version")
-    if version != BASELINE_VERSION:
-        if isinstance(version, int) and version > BASELINE_VERSION:
-            return [f"schema version {version} is newer than this attnsuite reads ({BASELINE_VERSION}): upgrade attnsuite"]
-        return [f"schema version {version!r} is not {BASELINE_VERSION}: re-record the baseline with this attnsuite"]
+    if version != BASELINE_VERSION or isinstance(version, bool):
+        if isinstance(version, int) and not isinstance(version, bool) and version > BASELINE_VERSION:
+            return [f"schema version {_show(version)} is newer than this attnsuite reads ({BASELINE_VERSION}): "
+                    "upgrade attnsuite"]
+        return [f"schema version {_show(version)} is not {BASELINE_VERSION}: re-record the baseline with this attnsuite"]
     out = []
     fp = obj.get("fingerprint")
     if not isinstance(fp, dict):
         out.append("missing field \"fingerprint\" (an object)")
-    elif not fp.get("id"):
-        out.append("fingerprint has no \"id\"")
+    else:
+        out.extend(fingerprint_problems(fp))
+        if not fp.get("id") or not isinstance(fp.get("id"), str):
+            out.append("fingerprint has no \"id\" (text)")
     cases = obj.get("cases")
     if not isinstance(cases, dict):
         out.append("missing field \"cases\" (an object of case key to entry)")
     else:
         for key, e in cases.items():
             out.extend(validate_entry(key, e))
-    extra = set(obj) - {"schema", "version", "fingerprint", "cases"}
+    if "calibration" in obj:
+        out.extend(calibration_problems(obj["calibration"]))
+    extra = set(obj) - {"schema", "version", "fingerprint", "cases", "calibration"}
     if extra:
-        out.append(f"unknown top-level fields {sorted(extra)}")
+        out.append(f"unknown top-level fields {sorted(extra)[:10]}")
     return out
+
+
+def _baseline_from_bytes(raw: bytes, path: os.PathLike | str, real: Optional[str] = None) -> Baseline:
+    obj = parse_json_bytes(raw, path, BaselineError)
+    problems = validate_baseline_json(obj)
+    if problems:
+        shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
+        raise BaselineError(path, "; ".join(shown))
+    cal = obj.get("calibration")
+    return Baseline(fingerprint=dict(obj["fingerprint"]), cases=dict(obj["cases"]), path=str(path),
+                    calibration=dict(cal) if cal else None, source=raw,
+                    source_real=real or os.path.realpath(path))
 
 
 def load_baseline(path: os.PathLike | str) -> Baseline:
     """Load and validate a baseline file; :class:`BaselineError` names the file and every problem."""
-    p = Path(path)
-    obj = _read_json(p, BaselineError)
-    problems = validate_baseline_json(obj)
-    if problems:
-        shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
-        raise BaselineError(p, "; ".join(shown))
-    return Baseline(fingerprint=dict(obj["fingerprint"]), cases=dict(obj["cases"]), path=str(p))
+    return _baseline_from_bytes(read_input_bytes(path, BaselineError), path)
 
 
 def is_baseline_json(obj: Any) -> bool:
     """Whether a JSON object claims to be a baseline (valid or not)."""
     return isinstance(obj, dict) and obj.get("schema") == SCHEMA_TAG
+
+
+# --------------------------------------------------------------------------- writing files
+
+
+def _file_mode_for(path: Path) -> int:
+    """The mode a (re)written file gets: the existing file's, else 0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _same_content(path: Path, data: bytes) -> bool:
+    """Whether ``path`` is a regular file holding exactly ``data`` (read only when sizes match)."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+            return False
+        with open(path, "rb") as fh:
+            return fh.read(len(data) + 1) == data
+    except OSError:
+        return False
+
+
+def atomic_write_text(path: os.PathLike | str, text: str) -> bool:
+    """Write ``text`` to ``path`` atomically; return False when the file already held it.
+
+    A temporary file in the target's folder (``.<name>.<random>.tmp``, removed on any failure,
+    Ctrl-C included), then ``os.replace``. A symlink is written through to its target (the link
+    stays a link); an existing file keeps its mode; a file that already holds exactly ``text``
+    is left alone (mtime untouched). Raises ``OSError`` when the folder cannot be written.
+    """
+    real = Path(os.path.realpath(path))
+    data = text.encode("utf-8")
+    if _same_content(real, data):
+        return False
+    real.parent.mkdir(parents=True, exist_ok=True)
+    mode = _file_mode_for(real)
+    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)  # mkstemp makes the file 0600
+        os.replace(tmp, real)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return True
+
+
+def _write_error(path: os.PathLike | str, exc: OSError) -> BaselineError:
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) and str(exc.filename) != str(path) else ""
+    return BaselineError(path, f"cannot be written: {exc.strerror or exc}{where}")
+
+
+class _Lock:
+    """The store's lock on the folder of a baseline's real path; errors become BaselineError."""
+
+    def __init__(self, target: os.PathLike | str) -> None:
+        self.target = str(target)
+        self.real = Path(os.path.realpath(target))
+        self._cm: Any = None
+
+    def __enter__(self) -> "_Lock":
+        self._cm = filelock.exclusive(self.real.parent)
+        try:
+            self._cm.__enter__()
+        except OSError as exc:
+            raise BaselineError(self.target, f"cannot lock its folder {self.real.parent}: {exc.strerror or exc}") from None
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._cm.__exit__(*exc_info)
+
+
+def _current_bytes(lock: _Lock) -> Optional[bytes]:
+    """The target's bytes now (None when absent); a directory or FIFO there is a BaselineError."""
+    if not os.path.lexists(lock.real):
+        return None
+    return read_input_bytes(lock.real, BaselineError) if lock.real.exists() else None
+
+
+def _rebase(ours: Baseline, theirs_raw: bytes, lock: _Lock) -> Baseline:
+    """``ours`` re-applied on the file as another writer left it: their cases, with the cases we
+    added, changed or removed since we read the file (so neither writer loses an update)."""
+    theirs = _baseline_from_bytes(theirs_raw, lock.target, str(lock.real))
+    loaded: dict[str, Any] = {}
+    if ours.source is not None and ours.source_real == str(lock.real):
+        loaded = json.loads(ours.source.decode("utf-8"))["cases"]
+    merged = dict(theirs.cases)
+    for key, entry in ours.cases.items():
+        if loaded.get(key) != entry:
+            merged[key] = entry
+    for key in loaded:
+        if key not in ours.cases:
+            merged.pop(key, None)
+    return Baseline(fingerprint=ours.fingerprint, cases=dict(sorted(merged.items())), path=ours.path,
+                    calibration=ours.calibration if ours.calibration else theirs.calibration)
+
+
+def _save_locked(baseline: Baseline, lock: _Lock, current: Optional[bytes]) -> bool:
+    """Write ``baseline`` to the locked target whose bytes are ``current``; False when unchanged."""
+    same_file = baseline.source_real == str(lock.real)
+    loaded = baseline.source if same_file else None
+    if current is not None and current != loaded:
+        baseline_to_write = _rebase(baseline, current, lock)
+    else:
+        baseline_to_write = baseline
+    obj = baseline_to_write.to_json()
+    problems = validate_baseline_json(obj)
+    if problems:  # never write a file that the loader would refuse
+        raise BaselineError(lock.target, "refusing to write an invalid baseline: " + "; ".join(problems[:5]))
+    text = dumps_stable(obj)
+    try:
+        written = atomic_write_text(lock.real, text)
+    except OSError as exc:
+        raise _write_error(lock.target, exc) from None
+    baseline.cases = baseline_to_write.cases
+    baseline.calibration = baseline_to_write.calibration
+    baseline.source, baseline.source_real = text.encode("utf-8"), str(lock.real)
+    return written
+
+
+def save_baseline(baseline: Baseline, path: os.PathLike | str | None = None) -> str:
+    """Validate and write ``baseline`` to ``path`` (default: its own path); return the path.
+
+    Under the folder's lock: when another writer changed the file since ``baseline`` was loaded
+    from it (or created it since a new baseline was made), only this object's own changes are
+    applied on top of theirs. Unchanged text is not rewritten. Every failure (invalid content, a
+    directory or FIFO at the path, a full disk, no permission) is a :class:`BaselineError` naming
+    the path, and the file on disk is left as it was.
+    """
+    target = str(path or baseline.path or "")
+    if not target:
+        raise ValueError("save_baseline: no path given and the baseline has none")
+    with _Lock(target) as lock:
+        _save_locked(baseline, lock, _current_bytes(lock))
+    baseline.path = target
+    return target
 
 
 # --------------------------------------------------------------------------- result files
@@ -429,26 +905,102 @@ class Run:
     kind: str = "result"  # "result" or "baseline"
     foreign: int = 0  # benchmarks in a result file that carry no attnsuite record
     duplicates: list[str] = field(default_factory=list)
+    calibration: Optional[dict[str, Any]] = None  # the instance calibration probes of the run
 
     @property
     def label(self) -> str:
         return f"{self.kind} {self.path}" if self.path else self.kind
 
 
+_RECORD_NUMBERS = tuple(_RANGES)
+_RECORD_TEXTS = _TEXT_FIELDS
+
+
+def record_problems(rec: CaseRecord) -> list[str]:
+    """Problems with a record read from a result file (the same number rule as baseline entries).
+
+    Empty optional text fields may be null in the file; they are normalised to ``""`` here.
+    """
+    out = []
+    for name in ("workload", "variant", "mode", "problem"):
+        value = getattr(rec, name)
+        if not isinstance(value, str) or not value:
+            out.append(f"{name} must be non-empty text, got {_show(value)}")
+    if out:
+        return out
+    if rec.mode not in MODES:
+        out.append(f"unknown mode {_show(rec.mode)} (expected one of {list(MODES)})")
+    for name in _RECORD_TEXTS:
+        if getattr(rec, name) is None:
+            setattr(rec, name, "")
+        problem = _text_problem(name, getattr(rec, name), limit=1 << 20)
+        if problem:
+            out.append(problem)
+    for name in _RECORD_NUMBERS:
+        problem = number_problem(name, getattr(rec, name, None), rec.outcome)
+        if problem:
+            out.append(problem)
+    if rec.samples is None:
+        rec.samples = 0
+    if not isinstance(rec.extra, dict):
+        return out + ["extra must be an object"]
+    problem = number_problem("runs", rec.extra.get("runs"))
+    if problem:
+        out.append(problem)
+    if rec.extra.get("tier") is not None:
+        problem = _text_problem("tier", rec.extra["tier"], limit=100)
+        if problem:
+            out.append(problem)
+    if rec.materialises is not None and not isinstance(rec.materialises, bool):
+        out.append("materialises must be true, false or null")
+    if "confirm" in rec.extra and rec.extra["confirm"] is not None:
+        confirm = rec.extra["confirm"]  # the re-measurement of a flagged case: judged, so checked alike
+        if not isinstance(confirm, dict):
+            out.append(f"confirm must be an object, got {type(confirm).__name__}")
+        else:
+            try:
+                out.extend(f"confirm: {p}" for p in record_problems(CaseRecord.from_extra_info(confirm)))
+            except (TypeError, ValueError, AttributeError) as exc:
+                out.append(f"confirm: {str(exc)[:200]}")
+    return out
+
+
 def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None) -> Run:
-    """The attnsuite records of a pytest-benchmark JSON object (``ResultFileError`` when malformed)."""
+    """The attnsuite records of a pytest-benchmark JSON object (``ResultFileError`` when malformed).
+
+    Every record is checked with the store's number rule (NaN, negative, zero or absurd times are
+    refused, naming the benchmark and the field), as are the fingerprint and the calibration.
+    """
     where = path or "<result>"
+    if not isinstance(obj, Mapping):
+        raise ResultFileError(where, f"top level is {type(obj).__name__}, expected an object")
     benches = obj.get("benchmarks")
     if not isinstance(benches, list):
         raise ResultFileError(where, "no \"benchmarks\" list: not a pytest-benchmark result file")
     meta = obj.get("attnsuite")
     fp = None
+    calibration = None
+    if meta is not None and not isinstance(meta, dict):
+        raise ResultFileError(where, f"\"attnsuite\" is {type(meta).__name__}, expected an object")
     if isinstance(meta, dict):
         version = meta.get("schema")
-        if version is not None and version != RESULT_SCHEMA_VERSION:
-            raise ResultFileError(where, f"attnsuite schema {version!r}, this attnsuite reads {RESULT_SCHEMA_VERSION}")
-        if isinstance(meta.get("fingerprint"), dict):
+        if version is not None and (version != RESULT_SCHEMA_VERSION or isinstance(version, bool)):
+            raise ResultFileError(where, f"attnsuite schema {_show(version)}, this attnsuite reads {RESULT_SCHEMA_VERSION}")
+        if meta.get("fingerprint") is not None:
+            problems = fingerprint_problems(meta["fingerprint"], "attnsuite.fingerprint")
+            if problems:
+                raise ResultFileError(where, "; ".join(problems[:5]))
             fp = dict(meta["fingerprint"])
+        if meta.get("calibration") is not None:
+            calibration = meta["calibration"]
+            # a failed probe leaves its error text here: a long one is cut, not a reason to refuse the run
+            if isinstance(calibration, dict):
+                calibration = {k: (v[: CALIBRATION_TEXT_MAX - 3] + "..." if isinstance(v, str) and len(v) > CALIBRATION_TEXT_MAX
+                                   else v) for k, v in calibration.items()}
+            problems = calibration_problems(calibration, "attnsuite.calibration")
+            if problems:
+                raise ResultFileError(where, "; ".join(problems[:5]))
+            calibration = dict(calibration) or None
     records: dict[str, CaseRecord] = {}
     foreign = 0
     dups = []
@@ -457,24 +1009,31 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
         if not isinstance(info, dict) or "workload" not in info:
             foreign += 1
             continue
+        name = b.get("fullname") or b.get("name") or f"#{i}"
+        name = name if isinstance(name, str) else f"#{i}"
         try:
             rec = CaseRecord.from_extra_info(info)
-        except (TypeError, ValueError) as exc:
-            name = b.get("fullname") or b.get("name") or f"#{i}"
-            raise ResultFileError(where, f"benchmark {name}: {exc}") from None
+            problems = record_problems(rec)
+        except (TypeError, ValueError, AttributeError) as exc:  # e.g. "extra" that is not an object
+            problems = [str(exc)[:300]]
+        if problems:
+            raise ResultFileError(where, f"benchmark {name[:200]}: " + "; ".join(problems[:5]))
         if rec.key in records:
             dups.append(rec.key)
         records[rec.key] = rec
-    return Run(records=records, fingerprint=fp, path=path, kind="result", foreign=foreign, duplicates=dups)
+    return Run(records=records, fingerprint=fp, path=path, kind="result", foreign=foreign, duplicates=dups,
+               calibration=calibration)
 
 
 def load_run(path: os.PathLike | str) -> Run:
     """A result file or a baseline file, read as a :class:`Run` (errors name the file)."""
     p = Path(path)
-    obj = _read_json(p, ResultFileError)
+    raw = read_input_bytes(p, ResultFileError)
+    obj = parse_json_bytes(raw, p, ResultFileError)
     if is_baseline_json(obj):
-        b = load_baseline(p)
-        return Run(records=b.records(), fingerprint=b.fingerprint, path=str(p), kind="baseline")
+        b = _baseline_from_bytes(raw, p)
+        return Run(records=b.records(), fingerprint=b.fingerprint, path=str(p), kind="baseline",
+                   calibration=b.calibration)
     if not isinstance(obj, dict):
         raise ResultFileError(p, f"top level is {type(obj).__name__}, expected an object")
     return run_from_benchmarks_json(obj, str(p))
@@ -500,54 +1059,91 @@ def baseline_path_for(fp: Mapping[str, Any], directory: os.PathLike | str = DEFA
 
 
 def baseline_files(directory: os.PathLike | str) -> list[Path]:
-    """The baseline candidates in a folder (every ``*.json`` except the thresholds config)."""
+    """The baseline candidates in a folder: every ``*.json`` except the thresholds config and
+    hidden files (the store's temporary files and lock are hidden)."""
     d = Path(directory)
     if not d.is_dir():
         return []
-    return sorted(p for p in d.glob("*.json") if p.name != THRESHOLDS_FILE)
+    return sorted(p for p in d.glob("*.json") if p.name != THRESHOLDS_FILE and not p.name.startswith("."))
 
 
 @dataclass
 class Lookup:
-    """The outcome of looking for a run's baseline: a path (or None) and what was found, in words."""
+    """The outcome of looking for a run's baseline: a path (or None) and what was found, in words.
+
+    ``fallback`` is True when the file is not this machine's own (no file of its fingerprint id)
+    but a compatible machine's; ``promise`` then says what the comparison can and cannot promise.
+    ``notes`` lists candidate files that were skipped (unreadable, not a baseline, invalid).
+    """
 
     path: Optional[Path]
     message: str
+    fallback: bool = False
+    promise: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def fallback_promise(base_fp: Mapping[str, Any], cur_fp: Mapping[str, Any], notes: Sequence[str]) -> str:
+    """What comparing a run with a compatible machine's baseline can and cannot promise."""
+    bc, cc = fp_get(base_fp, "cpu") or "an unknown CPU", fp_get(cur_fp, "cpu") or "an unknown CPU"
+    if device_kind(cur_fp) == "cpu" and bc != cc:
+        return (f"recorded on {bc}, this run is on {cc}: outcomes, missing cases and memory are compared as usual; "
+                "times come from another CPU model and are a rough guide only")
+    differs = "; ".join(notes) or "only the fingerprint id differs"
+    host = " (host overhead and host-bound cases measure the host)" if device_kind(cur_fp) == "cuda" and bc != cc else ""
+    return (f"recorded on a machine of the same model ({differs}): outcomes, missing cases, memory and times are "
+            f"compared as usual; a time verdict may come from that difference rather than from the code{host}")
 
 
 def find_baseline(fp: Optional[Mapping[str, Any]], directory: os.PathLike | str = DEFAULT_DIR) -> Lookup:
     """The baseline for fingerprint ``fp`` in ``directory``.
 
-    The file named by the fingerprint id wins. Failing that, a single other baseline whose machine
-    is compatible (same GPU/CPU model, same major versions; e.g. only the driver changed) is used,
-    and the message says so. Unreadable candidates are skipped here; loading the chosen file
-    validates it properly.
+    The file named by the fingerprint id wins. Failing that, a compatible machine's baseline (see
+    :func:`compatibility`: same device kind and GPU model, same torch major.minor and CUDA major;
+    on CPU the same architecture and usable core count, the CPU model may differ) is the fallback:
+    one of the same CPU model first, then any; among equals the first by file name, and the
+    message says how many there were. Candidates that cannot be read (a FIFO, a link to a device,
+    a file over the size limit, invalid JSON or an invalid baseline) are skipped with a note and
+    never block the scan; loading the chosen file validates it again.
     """
     d = Path(directory)
     fid = fingerprint_id(fp)
-    if not fid:
+    if not fid or fp is None:
         return Lookup(None, "this run has no machine fingerprint id, so no baseline can be found by "
                             "itself; name one with --attn-baseline")
     exact = baseline_path_for(fp, d)
-    if exact.exists():
+    if os.path.lexists(exact):
         return Lookup(exact, f"baseline {exact} (fingerprint {fid})")
-    compatible = []
+    skipped: list[str] = []
+    refused: list[str] = []
+    candidates: list[tuple[int, str, Path, dict[str, Any], list[str]]] = []
     for p in baseline_files(d):
         try:
-            obj = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            raw = read_input_bytes(p, BaselineError)
+            cand = _baseline_from_bytes(raw, p)
+        except BaselineError as exc:
+            skipped.append(f"{p.name} ({exc.problem})")
             continue
-        if is_baseline_json(obj) and isinstance(obj.get("fingerprint"), dict):
-            refusals, _ = compatibility(obj["fingerprint"], fp)
-            if not refusals:
-                compatible.append(p)
-    if len(compatible) == 1:
-        return Lookup(compatible[0], f"baseline {compatible[0]} (no {exact.name}; this file's machine is "
-                                     f"compatible with fingerprint {fid})")
-    others = ", ".join(p.name for p in baseline_files(d)) or "none"
-    extra = f"; {len(compatible)} compatible files, ambiguous: name one with --attn-baseline" if compatible else ""
-    return Lookup(None, f"no baseline for this machine: looked for {exact} (fingerprint {fid}); "
-                        f"baselines present: {others}{extra}")
+        refusals, notes = compatibility(cand.fingerprint, fp)
+        if refusals:
+            refused.append(f"{p.name} ({'; '.join(refusals)})")
+            continue
+        same_cpu = fp_get(cand.fingerprint, "cpu") == fp_get(fp, "cpu")
+        candidates.append((0 if same_cpu else 1, p.name, p, cand.fingerprint, notes))
+    skip_note = f"; skipped unreadable or invalid files: {', '.join(skipped)}" if skipped else ""
+    if not candidates:
+        others = ", ".join(p.name for p in baseline_files(d)) or "none"
+        why = f"; none is compatible: {', '.join(refused)}" if refused else ""
+        return Lookup(None, f"no baseline for this machine: looked for {exact} (fingerprint {fid}); baselines "
+                            f"present: {others}{why}{skip_note}", notes=skipped)
+    candidates.sort(key=lambda c: (c[0], c[1]))
+    rank, _, path, base_fp, notes = candidates[0]
+    ties = sum(1 for c in candidates if c[0] == rank)
+    choice = ("the only compatible baseline" if len(candidates) == 1 else
+              f"first by name of {ties} equally good compatible baselines ({len(candidates)} compatible in all)")
+    promise = fallback_promise(base_fp, fp, notes)
+    return Lookup(path, f"baseline {path} (fallback: no {exact.name} for fingerprint {fid}; {choice}): "
+                        f"{promise}{skip_note}", fallback=True, promise=promise, notes=skipped)
 
 
 @dataclass
@@ -574,19 +1170,24 @@ def select_records(records: Mapping[str, CaseRecord], *, workloads: Iterable[str
 
 
 def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], fingerprint: Mapping[str, Any], *,
-               prune: bool = False, allow_mismatch: bool = False) -> tuple[Baseline, MergeSummary]:
+               prune: bool = False, allow_mismatch: bool = False,
+               calibration: Optional[Mapping[str, Any]] = None) -> tuple[Baseline, MergeSummary]:
     """Write ``records`` into ``baseline`` (a new one when None); other cases stay untouched.
 
     With ``prune``, baseline cases of the workloads being written that the records do not contain
     are removed (a case that no longer exists). A baseline from an incompatible machine is refused
-    (:class:`FingerprintMismatch`) unless ``allow_mismatch``.
+    (:class:`FingerprintMismatch`) unless ``allow_mismatch``. ``calibration`` (the run's instance
+    calibration) replaces the baseline's when given; without one the baseline keeps its own.
     """
     summary = MergeSummary()
     if baseline is None:
         baseline = Baseline(fingerprint=stable_fingerprint(fingerprint))
     else:
         check_compatible(baseline.fingerprint, fingerprint, allow_mismatch=allow_mismatch)
+        check_same_cpu_model(baseline.fingerprint, fingerprint, allow_mismatch=allow_mismatch)
         baseline.fingerprint = stable_fingerprint(fingerprint)
+    if calibration:
+        baseline.calibration = stable_calibration(calibration)
     for key in sorted(records):
         entry = entry_from_record(records[key])
         old = baseline.cases.get(key)
@@ -607,16 +1208,51 @@ def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], 
     return baseline, summary
 
 
-def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[str] = (), cases: Iterable[str] = (),
-                    prune: bool = False, allow_mismatch: bool = False) -> MergeSummary:
-    """Record or refresh the baseline at ``path`` from ``run`` (optionally only some workloads/cases).
+def check_same_cpu_model(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[Mapping[str, Any]], *,
+                         allow_mismatch: bool = False) -> None:
+    """Refuse to put CPU-only numbers of two CPU models into one baseline (recording into another
+    model's file, or combining runs of two models): another model's baseline may stand in for
+    comparing (a fallback, see :func:`find_baseline`), but mixing them would relabel one machine's
+    numbers as the other's. :class:`FingerprintMismatch` unless ``allow_mismatch``."""
+    if allow_mismatch or device_kind(cur_fp) != "cpu" or device_kind(base_fp) != "cpu":
+        return
+    theirs, ours = fp_get(base_fp, "cpu"), fp_get(cur_fp, "cpu")
+    if theirs and ours and theirs != ours:
+        own = safe_file_stem(fingerprint_id(cur_fp) or "id")
+        raise FingerprintMismatch([f"the baseline was recorded on {theirs}, this run is on {ours}: another CPU "
+                                   "model's baseline is compared with as a fallback, never recorded into or combined "
+                                   f"with; record this machine's own file ({own}.json)"])
 
-    An existing file must load cleanly (a corrupt baseline is never silently overwritten).
+
+def record_baseline(run: Union[Run, Sequence[Run]], path: os.PathLike | str, *, workloads: Iterable[str] = (),
+                    cases: Iterable[str] = (), prune: bool = False, allow_mismatch: bool = False) -> MergeSummary:
+    """Record or refresh the baseline at ``path`` from ``run`` (or several runs of one machine,
+    combined per case by :func:`attnsuite.combine.combine_runs`), optionally only some
+    workloads/cases.
+
+    Reading the existing file, merging and writing happen under the folder's exclusive lock, so
+    concurrent recorders lose no case. An existing file must load cleanly (a corrupt baseline is
+    never silently overwritten). Everything is checked before the one write: when anything fails
+    (runs of different machines, a run without a fingerprint, an invalid record, a write error)
+    the file is left exactly as it was.
     """
-    if not run.fingerprint or not fingerprint_id(run.fingerprint):
-        raise ValueError(f"{run.label} has no machine fingerprint with an id: a baseline must say which machine it is for")
-    chosen = select_records(run.records, workloads=workloads, cases=cases)
-    existing = load_baseline(path) if Path(path).exists() else None
-    baseline, summary = merge_into(existing, chosen, run.fingerprint, prune=prune, allow_mismatch=allow_mismatch)
-    save_baseline(baseline, path)
+    runs = [run] if isinstance(run, Run) else list(run)
+    if not runs:
+        raise ValueError("record_baseline needs at least one run")
+    if len(runs) > 1:
+        from .combine import combine_runs  # noqa: PLC0415 (combine imports this module)
+
+        one = combine_runs(runs, allow_mismatch=allow_mismatch).run
+    else:
+        one = runs[0]
+    if not one.fingerprint or not fingerprint_id(one.fingerprint):
+        raise ValueError(f"{one.label} has no machine fingerprint with an id: a baseline must say which machine it is for")
+    chosen = select_records(one.records, workloads=workloads, cases=cases)
+    with _Lock(path) as lock:
+        current = _current_bytes(lock)
+        existing = _baseline_from_bytes(current, path, str(lock.real)) if current is not None else None
+        baseline, summary = merge_into(existing, chosen, one.fingerprint, prune=prune, allow_mismatch=allow_mismatch,
+                                       calibration=one.calibration)
+        baseline.path = str(path)
+        _save_locked(baseline, lock, current)
     return summary

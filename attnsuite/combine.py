@@ -4,9 +4,11 @@ One run's fastest sample can be lucky (cuDNN's bimodal kernels, a quiet host, a 
 happened to stay high): a baseline set by it makes every later unchanged run look slower. On the
 H100 a single reference run put ``sdpa`` bwd at 4.70 ms where the next three runs gave 4.90-5.00 ms,
 and the gate flagged it in all three. Combining runs takes, per case, the median over the runs of
-each timing statistic, so one outlier run out of three moves nothing; peak memory is the largest
-seen. A case whose outcome differs between runs keeps the worse outcome and is listed, because a
-flaky case is something a reviewer should see rather than something to average away.
+each timing statistic (event-timed and device times, host overhead, launch share, rates), so one
+outlier run out of three moves nothing; peak memory is the largest seen. The runs' instance
+calibrations are combined the same way: per field, the median of the numbers. A case whose
+outcome differs between runs keeps the worse outcome (a crash or timeout first) and is listed,
+because a flaky case is something a reviewer should see rather than something to average away.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from __future__ import annotations
 import copy
 import statistics
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from .baseline import Run, check_compatible
+from .baseline import Run, check_compatible, check_same_cpu_model
 from .record import CaseRecord
 
 # worst first: when runs disagree the baseline keeps the outcome that gates least on the next run
-_SEVERITY = ("error", "numerics", "oom", "skipped", "ok")
+_SEVERITY = ("crash", "timeout", "error", "numerics", "oom", "skipped", "ok")
+# per case, the median over the runs of each of these (see the module docstring)
+_MEDIAN_FIELDS = ("median_ms", "iqr_ms", "min_ms", "device_ms", "device_iqr_ms", "device_min_ms",
+                  "host_overhead_ms", "launch_fraction", "tflops", "pct_peak")
 
 
 @dataclass
@@ -44,11 +49,8 @@ def combine_records(records: Sequence[CaseRecord]) -> CaseRecord:
     same = [r for r in records if r.outcome == outcome]
     out = copy.deepcopy(same[0])
     if outcome == "ok":
-        out.median_ms = _median([r.median_ms for r in same])
-        out.iqr_ms = _median([r.iqr_ms for r in same])
-        out.min_ms = _median([r.min_ms for r in same])
-        out.tflops = _median([r.tflops for r in same])
-        out.pct_peak = _median([r.pct_peak for r in same])
+        for name in _MEDIAN_FIELDS:
+            setattr(out, name, _median([getattr(r, name) for r in same]))
         peaks = [r.peak_mem_bytes for r in same if r.peak_mem_bytes is not None]
         out.peak_mem_bytes = max(peaks) if peaks else None
         out.samples = sum(r.samples for r in same)
@@ -59,14 +61,16 @@ def combine_records(records: Sequence[CaseRecord]) -> CaseRecord:
 def combine_runs(runs: Sequence[Run], allow_mismatch: bool = False) -> Combined:
     """Several result runs of one machine as one :class:`Run` (case by case, see the module docstring).
 
-    The runs must come from compatible machines (``FingerprintMismatch`` otherwise, unless
-    ``allow_mismatch``); the combined run carries the first run's fingerprint.
+    The runs must come from compatible machines of one CPU model when CPU-only
+    (``FingerprintMismatch`` otherwise, unless ``allow_mismatch``); the combined run carries the
+    first run's fingerprint and the per-field median of the runs' calibrations.
     """
     if not runs:
         raise ValueError("combine_runs needs at least one run")
     first = runs[0]
     for other in runs[1:]:
         check_compatible(first.fingerprint, other.fingerprint, allow_mismatch=allow_mismatch)
+        check_same_cpu_model(first.fingerprint, other.fingerprint, allow_mismatch=allow_mismatch)
     keys = sorted({k for r in runs for k in r.records})
     records: dict[str, CaseRecord] = {}
     disagreeing: dict[str, list[str]] = {}
@@ -77,4 +81,20 @@ def combine_runs(runs: Sequence[Run], allow_mismatch: bool = False) -> Combined:
         if len(set(outcomes) - {"absent"}) > 1:
             disagreeing[key] = outcomes
     label = " + ".join(r.path or r.kind for r in runs)
-    return Combined(Run(records=records, fingerprint=first.fingerprint, path=label, kind="result"), disagreeing)
+    run = Run(records=records, fingerprint=first.fingerprint, path=label, kind="result",
+              calibration=combine_calibrations([r.calibration for r in runs]))
+    return Combined(run, disagreeing)
+
+
+def combine_calibrations(calibrations: Sequence[Optional[dict[str, Any]]]) -> Optional[dict[str, Any]]:
+    """Several runs' instance calibrations as one: per field, the median of the numbers; a text
+    field keeps the first run's value. None when no run has one."""
+    present = [c for c in calibrations if c]
+    if not present:
+        return None
+    out: dict[str, Any] = {}
+    for name in dict.fromkeys(k for c in present for k in c):
+        values = [c[name] for c in present if name in c]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        out[name] = statistics.median(numbers) if numbers else values[0]
+    return out

@@ -66,7 +66,9 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     """Everything that makes two measurements comparable, for ``device`` ('cpu' or 'cuda[:i]').
 
     A flat dict (the gate reads fields by name): ``id`` (see :func:`fingerprint_id`), ``device``,
-    ``cpu_model``, ``cpu_count``, ``cpu_usable``, ``torch``, ``triton``, ``cuda``, ``cudnn``, and on
+    ``cpu_model``, ``cpu_count``, ``cpu_usable``, ``arch`` (``platform.machine()``: a baseline of
+    another CPU model may stand in only on the same architecture and core count, see
+    :func:`attnsuite.baseline.find_baseline`), ``torch``, ``triton``, ``cuda``, ``cudnn``, and on
     CUDA ``gpu_name``, ``gpu_sm_count``, ``gpu_memory_bytes``, ``driver`` and the GPU clocks,
     temperature and power when the run started (from nvidia-smi when it is installed).
     """
@@ -79,6 +81,7 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_usable": usable,
+        "arch": platform.machine() or None,
         "torch": torch.__version__,
         "triton": triton_version(),
         "python": platform.python_version(),
@@ -124,7 +127,8 @@ def fingerprint_id(info: dict[str, Any]) -> str:
     """A short stable id, e.g. ``cuda-nvidia-h100-80gb-hbm3-132sm-80g-torch2.11-cuda13.0``.
 
     Built from the device model, its size, and the major.minor versions of torch and CUDA; safe
-    as a file name.
+    as a file name. The architecture is not part of it (ids, and so baseline file names, stay as
+    they were before ``arch`` was recorded).
     """
     torch_v = _major_minor(info.get("torch"))
     if info.get("device") == "cuda" and info.get("gpu_name"):

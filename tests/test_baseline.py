@@ -104,7 +104,7 @@ def test_write_is_atomic_and_a_failed_write_keeps_the_old_file(tmp_path, monkeyp
     monkeypatch.setattr(bl.os, "replace", boom)
     b = bl.load_baseline(path)
     b.cases = {}
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(bl.BaselineError, match=f"{path}: cannot be written: disk full"):
         bl.save_baseline(b, path)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
@@ -134,7 +134,7 @@ def _valid(tmp_path):
     (lambda t, o: json.dumps({**o, "cases": {k: {kk: vv for kk, vv in e.items() if kk != "outcome"}
                                              for k, e in o["cases"].items()}}), "missing fields ['outcome']"),
     (lambda t, o: json.dumps({**o, "cases": {k: {**e, "median_ms": "fast"} for k, e in o["cases"].items()}}),
-     "median_ms must be a non-negative number"),
+     "median_ms must be a number, got 'fast'"),
     (lambda t, o: json.dumps({**o, "cases": {"wrong/key": e for e in o["cases"].values()}}),
      "key does not match its fields"),
     (lambda t, o: json.dumps({**o, "cases": {k: {**e, "outcome": "crashed"} for k, e in o["cases"].items()}}),
@@ -199,11 +199,21 @@ def test_driver_cudnn_and_patch_version_differences_are_notes_not_refusals():
     assert len(notes) == 4 and any("driver differs" in n for n in notes)
 
 
-def test_gpu_run_against_cpu_baseline_and_cpu_models_are_refused():
+def test_gpu_run_against_cpu_baseline_is_refused():
     with pytest.raises(bl.FingerprintMismatch, match="baseline no GPU"):
         bl.check_compatible(FP_CPU, FP_H100)
-    with pytest.raises(bl.FingerprintMismatch, match="CPU model differs"):
+
+
+def test_another_cpu_model_is_refused_when_architecture_and_cores_cannot_be_checked():
+    with pytest.raises(bl.FingerprintMismatch, match="CPU model differs .* architecture or core count is not recorded"):
         bl.check_compatible(FP_CPU, fp(FP_CPU, cpu_model="Intel Xeon 8480"))
+
+
+def test_another_cpu_model_with_the_same_architecture_and_cores_is_a_note_not_a_refusal():
+    base = fp(FP_CPU, arch="x86_64", cpu_usable=2)
+    notes = bl.check_compatible(base, fp(base, cpu_model="Intel Xeon 8480"))
+    assert notes == ["CPU model differs: baseline AMD EPYC 7B13, this run Intel Xeon 8480 (same architecture and "
+                     "core count: times are a rough guide)"]
 
 
 def test_baseline_is_found_by_fingerprint_id_then_by_a_single_compatible_file(tmp_path):
@@ -251,3 +261,84 @@ def test_the_launch_fraction_is_kept_in_the_baseline_for_the_host_bound_rule(tmp
     (entry,) = json.loads(path.read_text())["cases"].values()
     assert entry["launch_fraction"] == 0.8765
     assert bl.load_baseline(path).records()[rec().key].launch_fraction == 0.8765
+
+
+# --------------------------------------------------------------------------- fallback to a compatible baseline
+
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "baselines")
+SHIPPED_CPU = "cpu-amd-epyc-2c-torch2.13.json"
+# a fresh machine of this project's kind: another CPU model than the shipped CPU baseline's
+FRESH_XEON = {"id": "cpu-intel-r-xeon-r-processor-2c-torch2.13", "device": "cpu", "cpu_model": "Intel Xeon",
+              "cpu_count": 2, "cpu_usable": 2, "arch": "x86_64", "torch": "2.13.0+cpu", "cuda": None,
+              "gpu_name": None, "platform": "Linux-6.1-x86_64-with-glibc2.36"}
+
+
+def test_a_fresh_xeon_machine_falls_back_to_the_shipped_amd_epyc_cpu_baseline_with_a_promise():
+    look = bl.find_baseline(FRESH_XEON, SHIPPED)
+    assert look.path is not None and look.path.name == SHIPPED_CPU and look.fallback
+    assert look.promise == ("recorded on AMD EPYC, this run is on Intel Xeon: outcomes, missing cases and memory are "
+                            "compared as usual; times come from another CPU model and are a rough guide only")
+    assert "fallback: no cpu-intel-r-xeon-r-processor-2c-torch2.13.json" in look.message
+    assert "the only compatible baseline" in look.message and look.promise in look.message
+    notes = bl.check_compatible(bl.load_baseline(look.path).fingerprint, FRESH_XEON)  # the gate must not refuse it
+    assert any(n.startswith("CPU model differs: baseline AMD EPYC, this run Intel Xeon") for n in notes)
+
+
+@pytest.mark.parametrize("changes, why", [
+    ({"cpu_usable": 4, "cpu_count": 4}, "logical cores usable differ (CPU-only runs): baseline 2, this run 4"),
+    ({"arch": "aarch64", "platform": "Linux-6.1-aarch64-with-glibc2.36"},
+     "architecture differs (CPU-only runs): baseline x86_64, this run aarch64"),
+    ({"torch": "2.12.0+cpu"}, "torch major version differs: baseline 2.13.0+cpu, this run 2.12.0+cpu"),
+], ids=["4 cores", "aarch64", "torch 2.12"])
+def test_a_machine_that_differs_in_cores_architecture_or_torch_finds_no_fallback_and_is_told_why(changes, why):
+    look = bl.find_baseline(fp(FRESH_XEON, **changes), SHIPPED)
+    assert look.path is None and not look.fallback
+    assert look.message.startswith("no baseline for this machine: looked for")
+    assert f"none is compatible: {SHIPPED_CPU} ({why}" in look.message
+
+
+def test_an_h200_with_a_new_driver_falls_back_to_the_shipped_h200_baseline_and_an_a100_to_none():
+    h200 = bl.load_baseline(os.path.join(SHIPPED, "cuda-nvidia-h200-132sm-140g-torch2.11-cuda13.0.json")).fingerprint
+    look = bl.find_baseline(fp(h200, id="h200-new-driver", driver="590.1"), SHIPPED)
+    assert look.path.name.startswith("cuda-nvidia-h200") and look.fallback
+    assert "driver differs: baseline 580.159.04, this run 590.1" in look.promise
+    a100 = bl.find_baseline(fp(h200, id="a100", gpu_name="NVIDIA A100"), SHIPPED)
+    assert a100.path is None and "GPU model differs: baseline NVIDIA H200, this run NVIDIA A100" in a100.message
+
+
+def test_the_fallback_prefers_the_same_cpu_model_then_the_first_name_and_says_how_many_tied(tmp_path):
+    for name, cpu in (("a-epyc", "AMD EPYC"), ("b-xeon", "Intel Xeon"), ("c-xeon", "Intel Xeon")):
+        run = bl.Run({rec().key: rec()}, fp(FRESH_XEON, id=name, cpu_model=cpu))
+        bl.record_baseline(run, tmp_path / f"{name}.json")
+    look = bl.find_baseline(fp(FRESH_XEON, id="fresh"), tmp_path)
+    assert look.path == tmp_path / "b-xeon.json" and look.fallback
+    assert "first by name of 2 equally good compatible baselines (3 compatible in all)" in look.message
+    (tmp_path / "b-xeon.json").unlink()
+    (tmp_path / "c-xeon.json").unlink()
+    assert bl.find_baseline(fp(FRESH_XEON, id="fresh"), tmp_path).path == tmp_path / "a-epyc.json"
+
+
+@pytest.mark.parametrize("platform_text, arch", [
+    ("Linux-6.18.44-fc-v445-x86_64-with-glibc2.36", "x86_64"),
+    ("Linux-6.1.0-aarch64-with-glibc2.35", "aarch64"),
+    ("macOS-14.2-arm64-arm-64bit", "aarch64"),
+    ("Linux-5.4-ppc64le-with-glibc2.17", "ppc64le"),
+    ("Windows-10-10.0.19041-SP0", None),
+], ids=["x86_64", "aarch64", "macOS arm64", "ppc64le", "no architecture in the text"])
+def test_the_architecture_of_an_old_fingerprint_is_read_from_its_platform_string(platform_text, arch):
+    assert bl.fp_arch({"platform": platform_text}) == arch
+    assert bl.fp_arch({"platform": platform_text, "arch": "AMD64"}) == "x86_64"  # the field wins when present
+
+
+def test_a_run_is_never_recorded_into_another_cpu_models_fallback_baseline(tmp_path):
+    amd = fp(FRESH_XEON, id="amd", cpu_model="AMD EPYC")
+    path = tmp_path / "amd.json"
+    bl.record_baseline(bl.Run({rec().key: rec()}, amd), path)
+    before = path.read_bytes()
+    xeon_run = bl.Run({rec("other").key: rec("other")}, fp(FRESH_XEON))
+    with pytest.raises(bl.FingerprintMismatch, match="recorded on AMD EPYC, this run is on Intel Xeon: .* never "
+                                                     "recorded into or combined with; record this machine's own file"):
+        bl.record_baseline(xeon_run, path)
+    assert path.read_bytes() == before
+    bl.record_baseline(xeon_run, path, allow_mismatch=True)  # said explicitly: allowed
+    assert bl.load_baseline(path).fingerprint["cpu_model"] == "Intel Xeon"

@@ -83,5 +83,46 @@ def test_a_baseline_entry_with_a_bad_runs_count_is_rejected_by_name(tmp_path):
     key = next(iter(obj["cases"]))
     obj["cases"][key]["runs"] = -2
     b.write_text(json.dumps(obj))
-    with pytest.raises(bl.BaselineError, match="runs must be a non-negative number"):
+    with pytest.raises(bl.BaselineError, match="runs must be at least 1, got -2"):
         bl.load_baseline(b)
+
+
+def test_device_time_host_overhead_and_launch_share_are_combined_by_the_median_too():
+    runs = [rec(device_ms=d, device_min_ms=d - 0.01, device_iqr_ms=0.001 * i, host_overhead_ms=h, launch_fraction=lf,
+                device_method="cuda-graph")
+            for i, (d, h, lf) in enumerate([(0.50, 0.02, 0.1), (0.70, -0.01, 0.9), (0.60, 0.05, 0.2)])]
+    c = combine_records(runs)
+    assert (c.device_ms, c.device_min_ms, c.device_iqr_ms, c.host_overhead_ms, c.launch_fraction) == \
+        (0.60, 0.59, 0.001, 0.02, 0.2)
+    assert c.device_method == "cuda-graph"
+
+
+@pytest.mark.parametrize("outcomes, kept", [
+    (["ok", "crash", "error"], "crash"),
+    (["timeout", "error", "ok"], "timeout"),
+    (["numerics", "timeout"], "timeout"),
+    (["crash", "timeout"], "crash"),
+], ids=["a crash beats an error", "a timeout beats an error", "a timeout beats numerics", "a crash beats a timeout"])
+def test_a_crash_or_timeout_in_any_run_is_the_outcome_kept(outcomes, kept):
+    records = [rec(outcome=o, median_ms=1.0 if o == "ok" else None) for o in outcomes]
+    assert combine_records(records).outcome == kept
+
+
+def test_calibrations_of_several_runs_are_combined_per_field_by_the_median():
+    cals = [{"mem_bandwidth_gbs": 3800.0, "matmul_tflops": 600.0, "device": "NVIDIA H200"},
+            {"mem_bandwidth_gbs": 4000.0, "matmul_tflops": 640.0, "device": "NVIDIA H200"},
+            None,
+            {"mem_bandwidth_gbs": 3900.0, "device": "NVIDIA H200"}]
+    runs = [bl.Run(by_key([rec()]), FP_H100, calibration=c) for c in cals]
+    assert combine_runs(runs).run.calibration == {"mem_bandwidth_gbs": 3900.0, "matmul_tflops": 620.0,
+                                                  "device": "NVIDIA H200"}
+    assert combine_runs([bl.Run(by_key([rec()]), FP_H100)] * 2).run.calibration is None
+
+
+def test_cpu_runs_of_two_cpu_models_are_not_combined_even_when_comparable():
+    base = {"id": "cpu-x", "cpu_model": "AMD EPYC", "cpu_usable": 2, "arch": "x86_64", "torch": "2.13.0+cpu"}
+    a = bl.Run(by_key([rec()]), base)
+    b = bl.Run(by_key([rec()]), fp(base, cpu_model="Intel Xeon"))
+    bl.check_compatible(base, b.fingerprint)  # comparable (a fallback) ...
+    with pytest.raises(bl.FingerprintMismatch, match="never recorded into or combined with"):
+        combine_runs([a, b])  # ... but not one machine
