@@ -14,16 +14,21 @@ and, for a timed backward, the saved forward activations).
 
 On CPU nothing recovers a process that the kernel kills for memory, so :func:`predict_bytes`
 estimates what a case will allocate (for an unfused variant, the score matrices) and the caller
-records ``oom`` instead of running a case over the budget.
+records ``oom`` instead of running a case over the budget. The prediction can be wrong, so
+:func:`cpu_cap` also enforces the budget: under it, an allocation that would take the process's
+data segment past the cap fails inside the allocator with an ordinary out-of-memory error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import operator
 import os
 import re
+import resource
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -60,6 +65,7 @@ _OOM_PATTERNS = (
     re.compile(r"Tried to allocate ([0-9.]+) ?([KMGT]i?B|B|bytes)", re.I),  # CUDA caching allocator
     re.compile(r"you tried to allocate ([0-9]+) bytes", re.I),  # DefaultCPUAllocator
     re.compile(r"allocate ([0-9]+) bytes", re.I),
+    re.compile(r"Unable to allocate ([0-9.]+) ?([KMGT]i?B|B)", re.I),  # NumPy ("128. MiB")
 )
 
 
@@ -70,16 +76,20 @@ def parse_oom_bytes(message: str) -> Optional[int]:
         if m:
             unit = m.group(2) if m.lastindex and m.lastindex >= 2 else "B"
             unit = "B" if unit.lower() == "bytes" else unit
-            return parse_bytes(m.group(1) + unit)
+            return parse_bytes(m.group(1).rstrip(".") + unit)
     return None
 
 
 def is_oom(exc: BaseException) -> bool:
-    """True for an allocator out-of-memory error, also when wrapped (e.g. by torch.compile)."""
+    """True for an allocator out-of-memory error, also when wrapped (e.g. by torch.compile).
+
+    Python's and NumPy's ``MemoryError`` count too: under :func:`cpu_cap` the float64 oracle's
+    arrays fail that way.
+    """
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
+        if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
             return True
         text = str(exc)
         if "out of memory" in text.lower() or "can't allocate memory" in text:
@@ -240,6 +250,57 @@ class CpuGuard:
         )
 
 
+def data_segment_bytes() -> int:
+    """The process's data segment now (``VmData`` of /proc/self/status): what RLIMIT_DATA limits.
+
+    It counts private writable mappings: the heap, every tensor torch allocates on the CPU (large
+    ones are mmap'd), Python objects, and thread stacks.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except OSError as exc:
+        raise RuntimeError(f"cpu_cap needs /proc/self/status (Linux): {exc}") from exc
+    raise RuntimeError("cpu_cap: /proc/self/status has no VmData line")
+
+
+@contextlib.contextmanager
+def cpu_cap(cap_bytes: int) -> Iterator[int]:
+    """Enforce a CPU memory cap of ``cap_bytes`` above what the process holds now, while inside.
+
+    Sets the soft RLIMIT_DATA to ``VmData now + cap_bytes`` (never above a soft limit already set,
+    so a nested cap cannot loosen an outer one; never touching the hard limit) and restores the
+    previous soft limit on exit, also on an exception. Inside, a torch CPU allocation past the cap
+    raises ``RuntimeError: ... DefaultCPUAllocator: can't allocate memory: you tried to allocate N
+    bytes`` (NumPy raises MemoryError), which :func:`is_oom` and :func:`parse_oom_bytes` read as out
+    of memory with the bytes asked for. Yields the limit set, in bytes.
+
+    The cap covers all growth of the data segment, not only tensors: allocator caches, Python
+    objects and the stacks of threads started inside count too, and child processes started inside
+    inherit the limit. Meant for a case's worker process (Linux >= 4.7, where RLIMIT_DATA covers
+    mmap'd memory). Not RLIMIT_AS: address space counts reservations that are never used (CUDA and
+    allocators reserve far more than they touch), so a cap on it fails where memory is plentiful.
+    """
+    try:
+        cap = operator.index(cap_bytes)  # an integer type (not a float, not a string)
+    except TypeError:
+        cap = 0
+    if isinstance(cap_bytes, bool) or cap <= 0:
+        raise ValueError(f"cpu_cap: the cap must be a positive whole number of bytes, got {cap_bytes!r}")
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    limit = data_segment_bytes() + cap
+    for bound in (soft, hard):
+        if bound != resource.RLIM_INFINITY:
+            limit = min(limit, bound)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
 def set_gpu_cap(cap_bytes: int, device: str = "cuda") -> float:
     """Cap this process's CUDA allocator at ``cap_bytes`` so a large GPU stands in for a smaller one.
 
@@ -259,7 +320,8 @@ def tensor_bytes(tensors) -> int:
 
 
 __all__ = [
-    "CpuGuard", "MemResult", "available_cpu_bytes", "default_cpu_budget", "io_bytes", "is_oom",
+    "CpuGuard", "MemResult", "available_cpu_bytes", "cpu_cap", "data_segment_bytes", "default_cpu_budget",
+    "io_bytes", "is_oom",
     "materialises", "measure_peak", "parse_bytes", "parse_oom_bytes", "predict_bytes", "profile_call",
     "recover", "score_matrix_bytes", "set_gpu_cap", "tensor_bytes",
 ]

@@ -13,15 +13,23 @@ and the interquartile range, which a few outliers (a preempted sample, a clock s
 
 ``measure`` takes an injectable ``clock`` and ``sync`` so its statistics can be tested with a
 synthetic clock.
+
+:func:`device_time` (CUDA) is the second figure of a case: the device's own time for one call, with
+the host taken out. The event timer above measures what a caller waits for, which for small,
+launch-bound steps is the host CPU's speed; device time replays the call from a captured CUDA graph
+(no host in the loop) or, where the step cannot be captured, sums the durations of the kernels the
+call ran as the profiler saw them on the device.
 """
 
 from __future__ import annotations
 
+import bisect
+import gc
 import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
@@ -47,24 +55,17 @@ class TimerConfig:
 
 QUICK_CPU = TimerConfig(warmup_s=0.01, min_warmup=1, target_s=0.05, min_samples=5, max_samples=50,
                         min_sample_s=0.0005, flush_l2=False)
-FULL_GPU = TimerConfig(warmup_s=0.025, min_warmup=3, target_s=0.1, min_samples=10, max_samples=200)
+# On CUDA the gate judges device time (device_time below); the event time is what a caller waits for,
+# reported beside it, so it gets a smaller budget than when it was the gated figure.
+FULL_GPU = TimerConfig(warmup_s=0.025, min_warmup=3, target_s=0.05, min_samples=5, max_samples=200)
 
 
-@dataclass
-class Timing:
-    """Samples (seconds per call) and their summary."""
+class SampleStats:
+    """The summary of ``samples_s`` (seconds per call), shared by the event timer's and device time's
+    results: ``stats`` is filled from the samples, with median, IQR and minimum as properties."""
 
     samples_s: list[float]
-    timer: str  # "cuda-events" or "perf_counter"
-    first_call_s: Optional[float] = None
-    warmup_calls: int = 0
-    iters_per_sample: int = 1
-    injected_s: float = 0.0  # per-call delay added on purpose (slowdown injection), 0 when off
-    # CUDA: the share of a warm-up call's time the host spent before the call returned (median over
-    # warm-up calls). Near 1 the GPU waited on Python and the launches (or the call synchronised):
-    # the time measures the host, which differs between machine instances. None on CPU.
-    launch_fraction: Optional[float] = None
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, float]
 
     def __post_init__(self) -> None:
         if not self.stats and self.samples_s:
@@ -78,9 +79,30 @@ class Timing:
     def iqr_s(self) -> float:
         return self.stats["iqr"]
 
+    @property
+    def min_s(self) -> float:
+        return self.stats["min"]
+
     def as_dict(self) -> dict:
         """A JSON-ready dict."""
         return asdict(self)
+
+
+@dataclass
+class Timing(SampleStats):
+    """Samples (seconds per call) and their summary."""
+
+    samples_s: list[float]
+    timer: str  # "cuda-events" or "perf_counter"
+    first_call_s: Optional[float] = None
+    warmup_calls: int = 0
+    iters_per_sample: int = 1
+    injected_s: float = 0.0  # per-call delay added on purpose (slowdown injection), 0 when off
+    # CUDA: the share of a warm-up call's time the host spent before the call returned (median over
+    # warm-up calls). Near 1 the GPU waited on Python and the launches (or the call synchronised):
+    # the time measures the host, which differs between machine instances. None on CPU.
+    launch_fraction: Optional[float] = None
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 def quantile(sorted_data: Sequence[float], q: float) -> float:
@@ -262,3 +284,439 @@ def measure(
         injected_s=inject_fraction * estimate if delay is not None else 0.0,
         launch_fraction=statistics.median(launch_shares) if is_cuda(device) and launch_shares else None,
     )
+
+
+# ------------------------------------------------------------------------------------ device time
+#
+# Two methods, one result type. A step without per-call setup is captured into a CUDA graph and the
+# graph is replayed (the method of triton.testing.do_bench_cudagraph): nothing of the host remains
+# between the kernels, so the figure is the same on a fast and on a slow host CPU. A step with a
+# per-call setup (a backward after an untimed forward) cannot be replayed without its setup, and
+# some steps cannot be captured at all (they synchronise, allocate on the host, or copy from
+# pageable memory); for those, the profiler's device activity gives each kernel's start and end on
+# the device and the call's time is the time the device was busy with the call's kernels.
+
+DEVICE_ACTIVITY = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})  # kineto activity types of device work
+CALL_TAG = "attnsuite.device_time.call#"  # record_function name of a profiled call (index appended)
+
+
+@dataclass(frozen=True)
+class DeviceTimerConfig:
+    """How :func:`device_time` warms up, unrolls and samples.
+
+    Graph: ``warmup_calls`` on the capture stream, then ``estimate_calls`` event-timed calls give a
+    per-call estimate; the graph holds ``unroll_count(estimate, replay_s, max_unroll)`` calls; the
+    sample count is ``replay_target_s`` over the estimated replay time, in ``[min_replays,
+    max_replays]``; a ``guard_s`` spin kernel queued before each timed replay keeps the host's
+    launch of the replay out of the measured interval. Kernel-sum: the same warm-up, then
+    ``profile_target_s`` over the estimate calls, in ``[min_profiled_calls, max_profiled_calls]``,
+    in one profiler session, each call isolated by a synchronisation and ``gap_s`` of idle host
+    time on both sides.
+    """
+
+    warmup_calls: int = 3
+    estimate_calls: int = 3
+    replay_s: float = 0.01  # long replays: do_bench_cudagraph's are 20 ms (2 ms ones read ~2% fast on an H200)
+    max_unroll: int = 100
+    replay_target_s: float = 0.05
+    min_replays: int = 3
+    max_replays: int = 50
+    guard_s: float = 0.0002
+    profile_target_s: float = 0.05
+    min_profiled_calls: int = 3
+    max_profiled_calls: int = 20
+    gap_s: float = 0.001
+    # seconds per call already known (the event timer's median of the same, warm step): the warm-up
+    # and estimate calls are skipped, which halves device time's cost on slow cases
+    estimate_s: Optional[float] = None
+
+
+DEVICE_DEFAULT = DeviceTimerConfig()
+
+
+@dataclass
+class DeviceTiming(SampleStats):
+    """Device time of one call per sample (seconds), how it was measured, and why not by graph."""
+
+    samples_s: list[float]
+    method: str  # "cuda-graph" or "kernel-sum"
+    note: str = ""  # why there is no graph replay: "per-call setup", or the capture's error (first line)
+    calls_per_sample: int = 1  # graph: calls unrolled in one replay; kernel-sum: 1
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class DeviceTimeError(RuntimeError):
+    """Device time could not be measured (e.g. the profiler saw no device activity)."""
+
+
+class CaptureFailed(Exception):
+    """The step could not be captured into a CUDA graph; the message is the reason, one line."""
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: a reason short enough for a record."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def unroll_count(estimate_s: float, target_s: float, cap: int) -> int:
+    """Calls to unroll in one graph so a replay lasts about ``target_s``: ceil(target / estimate) in [1, cap].
+
+    The estimate comes from event-timed calls, which include host launch time, so for a host-bound
+    step it is above the device time and the replay comes out shorter than the target: harmless,
+    as the guard kernel keeps the host out of every replay's interval whatever its length.
+    """
+    if cap < 1:
+        raise ValueError(f"max_unroll must be at least 1, got {cap}")
+    if not estimate_s > 0:  # zero or NaN: the clock did not resolve the call
+        return cap
+    return int(min(cap, max(1, math.ceil(target_s / estimate_s - 1e-9))))  # 2 ms / 0.4 ms is 5, not 6
+
+
+def sample_count(estimate_s: float, target_s: float, lo: int, hi: int) -> int:
+    """round(target / estimate) clamped to ``[lo, hi]`` (``hi`` when the estimate is not positive)."""
+    if not estimate_s > 0:
+        return hi
+    return int(min(hi, max(lo, round(target_s / estimate_s))))
+
+
+def busy_time(intervals: Iterable[tuple[float, float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals: the time the device was busy.
+
+    Equal to the sum of the durations when kernels run one after another (one stream); kernels that
+    overlap on several streams count once, as the wall time they occupied.
+    """
+    total = 0.0
+    cur_start = cur_end = None
+    for start, end in sorted(intervals):
+        if cur_end is None or start > cur_end:
+            if cur_end is not None:
+                total += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    if cur_end is not None:
+        total += cur_end - cur_start
+    return total
+
+
+def attribute(windows: Sequence[tuple[float, float]], intervals: Iterable[tuple[float, float]],
+              margin: float) -> list[list[tuple[float, float]]]:
+    """Assign each device interval to the call window that contains its start (widened by ``margin``).
+
+    ``windows`` are the host time ranges of the timed calls, in call order and disjoint; a call
+    synchronises before its window closes, so all its device work starts (and ends) inside it.
+    Intervals starting in no window (the per-call setup, warm-up, the profiler's own work) belong to
+    no call and are dropped. ``margin`` absorbs the offset between the device and host clocks.
+    """
+    order = sorted(range(len(windows)), key=lambda i: windows[i][0])
+    starts = [windows[i][0] - margin for i in order]
+    for a, b in zip(order, order[1:]):
+        if windows[a][1] + margin >= windows[b][0] - margin:
+            raise ValueError(f"call windows {a} and {b} overlap once widened by the margin {margin}")
+    per_call: list[list[tuple[float, float]]] = [[] for _ in windows]
+    for start, end in intervals:
+        pos = bisect.bisect_right(starts, start) - 1
+        if pos < 0:
+            continue
+        i = order[pos]
+        if start <= windows[i][1] + margin:
+            per_call[i].append((start, end))
+    return per_call
+
+
+@dataclass(frozen=True)
+class ProfEvent:
+    """One profiler event, reduced to what attribution needs (times in ns on the host's clock)."""
+
+    name: str
+    activity: str  # kineto activity type: "user_annotation", "cpu_op", "kernel", "gpu_memset", ...
+    on_host: bool
+    start_ns: int
+    end_ns: int
+
+
+def prof_events(prof) -> list[ProfEvent]:
+    """The events of a finished ``torch.profiler.profile`` session as :class:`ProfEvent`."""
+    from torch.autograd import DeviceType
+
+    out = []
+    for e in prof.profiler.kineto_results.events():
+        out.append(ProfEvent(e.name(), _activity(e), e.device_type() == DeviceType.CPU,
+                             int(e.start_ns()), int(e.start_ns() + e.duration_ns())))
+    return out
+
+
+def _activity(e) -> str:
+    """The kineto activity type of an event. torch 2.11's ``_KinetoEvent`` has no ``activity_type()``,
+    so it is derived: a range we named is an annotation (on the host, and mirrored on the device
+    timeline, where it must not count as work); other device events are kernels, copies or memsets."""
+    from torch.autograd import DeviceType
+
+    if hasattr(e, "activity_type"):
+        return str(e.activity_type())
+    name = e.name()
+    on_host = e.device_type() == DeviceType.CPU
+    if name.startswith(CALL_TAG):
+        return "user_annotation" if on_host else "gpu_user_annotation"
+    if on_host:
+        return "cpu_op"
+    lowered = name.lower()
+    if lowered.startswith("memcpy"):
+        return "gpu_memcpy"
+    if lowered.startswith("memset"):
+        return "gpu_memset"
+    return "kernel"
+
+
+def is_device_work(event: ProfEvent) -> bool:
+    """Kernels, memsets and memcopies: work the device did (not annotations, not runtime calls).
+
+    Memsets and copies count: a call that zeroes an accumulator or copies a buffer does that work on
+    every call, and a captured graph replays those nodes too.
+    """
+    return not event.on_host and event.activity in DEVICE_ACTIVITY
+
+
+def split_events(events: Sequence[ProfEvent], count: int,
+                 is_work: Callable[[ProfEvent], bool] = is_device_work,
+                 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(host windows of calls 0..count-1, device-work intervals) from one profiled session.
+
+    Raises :class:`DeviceTimeError` when a call's window is missing or repeated.
+    """
+    windows: dict[int, tuple[int, int]] = {}
+    for e in events:
+        if e.on_host and e.activity == "user_annotation" and e.name.startswith(CALL_TAG):
+            index = int(e.name[len(CALL_TAG):])
+            if index in windows:
+                raise DeviceTimeError(f"profiled call {index} appears twice in the trace")
+            windows[index] = (e.start_ns, e.end_ns)
+    missing = [i for i in range(count) if i not in windows]
+    if missing:
+        raise DeviceTimeError(f"the profiler lost the ranges of profiled calls {missing}")
+    intervals = [(e.start_ns, e.end_ns) for e in events if is_work(e)]
+    return [windows[i] for i in range(count)], intervals
+
+
+def profiled_calls(fn: Callable[[], object], setup: Optional[Callable[[], None]], count: int, gap_s: float,
+                   sync: Callable[[], None], activities: Sequence[Any]) -> list[ProfEvent]:
+    """Run ``count`` calls of ``fn`` in ONE profiler session, each in its own named range.
+
+    Per call: setup, synchronise, ``gap_s`` idle, [range: the call, synchronise], ``gap_s`` idle.
+    The synchronisations end every piece of device work before the next one starts on the host, and
+    the idle gaps put ``gap_s`` of host time between the call's window and anything else, which is
+    what lets :func:`attribute` tell the call's kernels from its setup's by time alone. One untimed
+    call comes first: the profiler's start-up cost lands there.
+    """
+    from torch.profiler import profile, record_function
+
+    with profile(activities=list(activities)) as prof:
+        for index in range(-1, count):
+            if setup is not None:
+                setup()
+            sync()
+            time.sleep(gap_s)
+            if index < 0:
+                fn()
+                sync()
+            else:
+                with record_function(f"{CALL_TAG}{index}"):
+                    fn()
+                    sync()
+            time.sleep(gap_s)
+    return prof_events(prof)
+
+
+def kernel_sum_samples(events: Sequence[ProfEvent], count: int, margin_ns: float,
+                       is_work: Callable[[ProfEvent], bool] = is_device_work) -> list[float]:
+    """Seconds of device work per profiled call, from the session's events.
+
+    Raises :class:`DeviceTimeError` when a call got no device work: either the profiler saw no device
+    activity (CUPTI unavailable) or attribution failed; a zero would be a wrong time, not a fast one.
+    """
+    windows, intervals = split_events(events, count, is_work)
+    per_call = attribute(windows, intervals, margin_ns)
+    empty = [i for i, iv in enumerate(per_call) if not iv]
+    if empty:
+        why = ("the profiler recorded no device activity" if not intervals
+               else "device work could not be attributed to every call")
+        raise DeviceTimeError(f"kernel-sum: no device work in {len(empty)} of {count} profiled calls ({why})")
+    return [busy_time(iv) / 1e9 for iv in per_call]
+
+
+def _event_estimate(fn: Callable[[], object], setup: Optional[Callable[[], None]], calls: int) -> float:
+    """Median event-timed seconds of ``calls`` calls (setup outside the events), warming up as it goes."""
+    times = []
+    for _ in range(max(1, calls)):
+        if setup is not None:
+            setup()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def _cuda_kernel_sum(fn: Callable[[], object], setup: Optional[Callable[[], None]],
+                     config: DeviceTimerConfig) -> list[float]:
+    """Kernel-sum samples of ``fn`` on the current CUDA device."""
+    from torch.profiler import ProfilerActivity
+
+    if config.estimate_s is not None:  # the caller's event timer already warmed the step and timed it
+        estimate = config.estimate_s
+    else:
+        _event_estimate(fn, setup, config.warmup_calls)
+        estimate = _event_estimate(fn, setup, config.estimate_calls)
+    count = sample_count(estimate, config.profile_target_s, config.min_profiled_calls, config.max_profiled_calls)
+    events = profiled_calls(fn, setup, count, config.gap_s, torch.cuda.synchronize,
+                            (ProfilerActivity.CPU, ProfilerActivity.CUDA))
+    return kernel_sum_samples(events, count, margin_ns=config.gap_s * 1e9 / 2)
+
+
+_SIDE_STREAMS: dict[int, Any] = {}
+
+
+def _side_stream() -> Any:
+    """One capture stream per device: capture cannot run on the legacy default stream."""
+    index = torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream()
+    return _SIDE_STREAMS[index]
+
+
+def _release_graph(graph: Any) -> None:
+    """Drop a graph's executable and its private memory pool, and give the memory back to the device."""
+    torch.cuda.synchronize()
+    graph.reset()
+    torch.cuda.empty_cache()
+
+
+def _capture(fn: Callable[[], object], calls: int, stream: Any) -> Any:
+    """A CUDA graph of ``calls`` unrolled calls of ``fn``, or :class:`CaptureFailed` (process left usable).
+
+    capture_begin/capture_end are called directly rather than through ``torch.cuda.graph``: when the
+    body fails, the context manager's exit raises capture_end's own error ("operation failed due to
+    a previous error during capture") over the body's, and the body's is the reason worth recording.
+    """
+    graph = torch.cuda.CUDAGraph()
+    failure: Optional[BaseException] = None
+    torch.cuda.synchronize()
+    with torch.cuda.stream(stream):
+        try:
+            graph.capture_begin()
+        except Exception as exc:  # e.g. another capture under way: nothing was captured
+            failure = exc
+        else:
+            try:
+                for _ in range(calls):
+                    fn()
+            except Exception as exc:  # the step is not capturable: its error is the reason
+                failure = exc
+            try:
+                graph.capture_end()  # ends the capture on the stream, also after a failed body
+            except Exception as exc:
+                failure = failure or exc
+    if failure is None:
+        return graph
+    reason = first_line(failure)
+    failure = None  # its traceback holds frames whose tensors live in the graph's pool
+    gc.collect()
+    _release_graph(graph)
+    raise CaptureFailed(reason)
+
+
+def _cuda_graph_samples(fn: Callable[[], object], config: DeviceTimerConfig) -> tuple[list[float], int]:
+    """(seconds per call for each timed replay, calls per replay) on the current CUDA device."""
+    stream = _side_stream()
+    current = torch.cuda.current_stream()
+    stream.wait_stream(current)  # the inputs were written on the caller's stream
+    with torch.cuda.stream(stream):  # warm up where the capture runs (per-stream handles, workspaces)
+        if config.estimate_s is not None:  # already warm and timed by the caller: one call on this stream
+            fn()
+            estimate = config.estimate_s
+        else:
+            for _ in range(config.warmup_calls):
+                fn()
+            estimate = _event_estimate(fn, None, config.estimate_calls)
+    current.wait_stream(stream)
+    calls = unroll_count(estimate, config.replay_s, config.max_unroll)
+    graph = _capture(fn, calls, stream)
+    try:
+        current.wait_stream(stream)
+        graph.replay()  # the first replay uploads the graph: untimed
+        replays = sample_count(estimate * calls, config.replay_target_s, config.min_replays, config.max_replays)
+        guard = make_delay(f"cuda:{torch.cuda.current_device()}", config.guard_s)
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+        for start, end in zip(starts, ends):
+            if guard is not None:
+                guard()  # the device spins while the host queues the start event and the replay
+            start.record()
+            graph.replay()
+            end.record()
+        torch.cuda.synchronize()
+        samples = [s.elapsed_time(e) / 1e3 / calls for s, e in zip(starts, ends)]
+    finally:
+        _release_graph(graph)
+        graph = None
+    return samples, calls
+
+
+GraphSampler = Callable[[Callable[[], object], DeviceTimerConfig], tuple[list[float], int]]
+KernelSampler = Callable[[Callable[[], object], Optional[Callable[[], None]], DeviceTimerConfig], list[float]]
+
+
+class KernelSumDeferred(Exception):
+    """The step needs the profiler (kernel-sum) and the caller asked to be told rather than profile now.
+
+    The profiler leaves CUPTI's callbacks in the process after it stops, and they slow every later
+    kernel launch (seen on an H200: host-bound cases' event times 2-3x, the memory probe 5x), so the
+    runner measures these steps after every other measurement of the run. ``str(exc)`` says why no
+    graph could be used.
+    """
+
+
+def choose_device_time(fn: Callable[[], object], setup: Optional[Callable[[], None]], config: DeviceTimerConfig,
+                       allow_graph: bool, graph_sampler: GraphSampler, kernel_sampler: KernelSampler,
+                       defer_kernel_sum: bool = False) -> DeviceTiming:
+    """The rule of :func:`device_time`, with the two measurements injected (tests use fakes).
+
+    Graph replay when there is no per-call setup, the caller allows it and capture succeeds;
+    otherwise kernel-sum, with the reason in ``note``.
+    """
+    if setup is not None:
+        note = "per-call setup"
+    elif not allow_graph:
+        note = "graph capture not allowed by the caller"
+    else:
+        try:
+            samples, calls = graph_sampler(fn, config)
+            return DeviceTiming(samples, "cuda-graph", calls_per_sample=calls)
+        except CaptureFailed as exc:
+            note = f"graph capture failed: {exc}"
+    if defer_kernel_sum:
+        raise KernelSumDeferred(note)
+    return DeviceTiming(kernel_sampler(fn, setup, config), "kernel-sum", note=note)
+
+
+def device_time(fn: Callable[[], object], device: str, *, setup: Optional[Callable[[], None]] = None,
+                config: DeviceTimerConfig = DEVICE_DEFAULT, allow_graph: bool = True,
+                defer_kernel_sum: bool = False) -> DeviceTiming:
+    """Device time of one call of ``fn`` on a CUDA ``device``, independent of the host's speed.
+
+    ``setup`` runs before each call, untimed (e.g. the forward before a timed backward); a step with
+    a setup is measured by kernel-sum. Errors of ``fn`` itself outside capture propagate (they are the
+    case's); a failed capture falls back to kernel-sum and says why in ``note``. Raises ValueError
+    for a non-CUDA device (there the event timer's host clock already is the device's clock) and
+    :class:`DeviceTimeError` when kernel-sum sees no device work. With ``defer_kernel_sum``, a step
+    that would need kernel-sum raises :class:`KernelSumDeferred` instead of starting the profiler.
+    """
+    if not is_cuda(device):
+        raise ValueError(f"device_time measures CUDA devices, not {device!r}: on CPU timing.measure's "
+                         "perf_counter time already is the device time")
+    with torch.cuda.device(torch.device(device)):
+        return choose_device_time(fn, setup, config, allow_graph, _cuda_graph_samples, _cuda_kernel_sum,
+                                  defer_kernel_sum)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
-from attnsuite import memory, plugin_bench, registry, timing, workloads
+from attnsuite import memory, registry, runner, timing, workloads
 from attnsuite.problem import Mask, Problem
 
 MIB = 2**20
@@ -45,6 +47,7 @@ def test_cpu_peak_excludes_what_was_live_before_the_call():
     ("CUDA out of memory. Tried to allocate 512.00 MiB (GPU 0; 8.00 GiB total capacity)", 512 * MIB),
     ("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate "
      "1099511627776 bytes.", 2**40),
+    ("Unable to allocate 128. MiB for an array with shape (134217728,) and data type uint8", 128 * MIB),
     ("something else went wrong", None),
 ])
 def test_the_size_asked_for_is_read_from_out_of_memory_messages(message, expected):
@@ -101,28 +104,108 @@ def test_the_guard_refuses_an_unfused_case_over_budget_and_lets_a_fused_one_run(
     assert memory.predict_bytes(p, "fwd+bwd", False) > memory.predict_bytes(p, "fwd", False)
 
 
-def _settings(budget: int) -> plugin_bench.Settings:
-    return plugin_bench.Settings(
-        tier="quick", device="cpu", dtype=None, workloads=(), modes=("fwd",), mem_cap=budget, inject={},
+def _settings(budget: int, cap: int | None = None) -> runner.Settings:
+    return runner.Settings(
+        tier="quick", device="cpu", dtype=None, workloads=(), modes=("fwd",),
+        mem_cap=budget if cap is None else cap, inject={},
         timer=timing.TimerConfig(warmup_s=0.0, min_warmup=1, target_s=0.0, min_samples=3, max_samples=3,
                                  flush_l2=False),
         guard=memory.CpuGuard(budget))
 
 
-def _case(variant: str, problem: Problem) -> plugin_bench.BenchCase:
+def _case(variant: str, problem: Problem) -> runner.BenchCase:
     entry = workloads.Entry("attention", problem, modes=("fwd",))
-    return plugin_bench.BenchCase("test", entry, problem, variant, "fwd")
+    return runner.BenchCase("test", entry, problem, variant, "fwd")
 
 
 def test_guard_records_oom_with_the_predicted_bytes_and_the_run_goes_on():
     registry.load_builtin()
     big = Problem(batch=2, lq=2048, lk=2048, hq=8, hkv=8, dqk=32, dv=32, mask=Mask("causal"))
     settings = _settings(budget=64 * MIB)
-    rec, result = plugin_bench.run_case(_case("explicit", big), settings)
+    rec, result = runner.run_case(_case("explicit", big), settings)
     assert rec.outcome == "oom" and result is None
     assert rec.oom_bytes == memory.predict_bytes(big, "fwd", fused=False)
     assert rec.extra["oom_predicted"] is True
     small = Problem(batch=1, lq=32, lk=32, hq=2, hkv=2, dqk=16, dv=16, mask=Mask("causal"))
-    rec2, result2 = plugin_bench.run_case(_case("explicit", small), settings)
+    rec2, result2 = runner.run_case(_case("explicit", small), settings)
     assert rec2.outcome == "ok", rec2.detail
     assert result2 is not None and rec2.peak_mem_bytes > 0 and rec2.median_ms > 0
+
+
+def test_a_case_the_guard_lets_through_but_that_allocates_past_the_cap_is_recorded_out_of_memory():
+    registry.load_builtin()
+    # about 3 x 64 MiB of fp32 score matrices: over a 16 MiB cap, while the guard's budget lets it run
+    p = Problem(batch=1, lq=2048, lk=2048, hq=4, hkv=4, dqk=16, dv=16, mask=Mask("causal"))
+    rec, result = runner.run_case(_case("explicit", p), _settings(budget=2**40, cap=16 * MIB))
+    assert rec.outcome == "oom", rec.detail
+    assert result is None and "oom_predicted" not in rec.extra
+    assert rec.oom_bytes is not None and rec.oom_bytes > 16 * MIB
+
+
+# ------------------------------------------------------------------ the CPU cap, enforced (cpu_cap)
+
+def _data_limit() -> tuple[int, int]:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_DATA)
+
+
+def test_a_torch_allocation_of_twice_the_cpu_cap_fails_as_out_of_memory_with_the_bytes_asked_for():
+    cap = 64 * MIB
+    with memory.cpu_cap(cap):
+        with pytest.raises(RuntimeError) as info:
+            torch.empty(2 * cap, dtype=torch.uint8)
+    assert memory.is_oom(info.value), str(info.value)
+    assert memory.parse_oom_bytes(str(info.value)) == 2 * cap
+
+
+def test_an_allocation_within_the_cpu_cap_runs():
+    with memory.cpu_cap(64 * MIB):
+        t = torch.ones(16 * MIB, dtype=torch.uint8)  # written, so its pages are really in use
+        assert t[-1].item() == 1
+
+
+def test_a_numpy_allocation_past_the_cpu_cap_is_out_of_memory_with_its_size():
+    np = pytest.importorskip("numpy")
+    with memory.cpu_cap(64 * MIB):
+        with pytest.raises(MemoryError) as info:
+            np.empty(128 * MIB, dtype=np.uint8)
+    assert memory.is_oom(info.value)
+    assert memory.parse_oom_bytes(str(info.value)) == 128 * MIB
+
+
+@pytest.mark.parametrize("leave_by", ["normal exit", "exception"])
+def test_the_previous_data_limit_is_restored_when_the_cap_ends_by(leave_by):
+    before = _data_limit()
+    with pytest.raises(KeyError) if leave_by == "exception" else contextlib.nullcontext():
+        with memory.cpu_cap(64 * MIB) as limit:
+            assert _data_limit() == (limit, before[1])  # soft lowered, hard untouched
+            if leave_by == "exception":
+                raise KeyError("the case failed")
+    assert _data_limit() == before
+    torch.empty(256 * MIB, dtype=torch.uint8)  # the cap is gone
+
+
+def test_the_cap_is_the_current_data_segment_plus_the_cap():
+    before = memory.data_segment_bytes()
+    with memory.cpu_cap(64 * MIB) as limit:
+        # VmData moves a little between the two reads (the interpreter allocates)
+        assert abs(limit - (before + 64 * MIB)) < 8 * MIB
+
+
+def test_a_nested_cap_never_loosens_the_outer_one():
+    with memory.cpu_cap(64 * MIB) as outer:
+        with memory.cpu_cap(1024 * MIB) as inner:
+            assert inner == outer
+            with pytest.raises(RuntimeError):
+                torch.empty(256 * MIB, dtype=torch.uint8)
+        assert _data_limit()[0] == outer
+
+
+@pytest.mark.parametrize("cap", [0, -1, 1.5, "1GiB", True])
+def test_a_cap_that_is_not_a_positive_whole_number_of_bytes_is_refused(cap):
+    before = _data_limit()
+    with pytest.raises(ValueError, match="positive whole number of bytes"):
+        with memory.cpu_cap(cap):
+            pass
+    assert _data_limit() == before
