@@ -1,47 +1,41 @@
-"""Benchmark options, the case runner and the pytest-benchmark integration (measurement issue).
+"""Benchmark options, the isolated case runner's pytest side, and the pytest-benchmark integration.
 
-Every benchmark case is (workload, variant, mode, problem). :func:`run_case` turns one into a
-:class:`~attnsuite.record.CaseRecord`: it builds the case with :func:`attnsuite.case.prepare` (what
-is checked is what is timed; the build time is the mask-build time), times it with
-:mod:`attnsuite.timing`, measures its peak memory with :mod:`attnsuite.memory`, reads which backend
-ran from a profiled call and dynamo's counters, checks the output's numerics, and credits FLOPs
-from :mod:`attnsuite.flops`. Skips, out-of-memory, numerics failures and errors are records too.
+Every benchmark case is (workload, variant, mode, problem), one pytest item with the id
+``workload/variant/mode/problem``. The case itself runs in a worker process
+(:mod:`attnsuite.isolation`, :mod:`attnsuite.worker`) through the pytest-free case runner
+(:mod:`attnsuite.runner`), so a case that segfaults, aborts, poisons the CUDA context or hangs
+becomes a ``crash`` or ``timeout`` record and the run goes on. Each finished case is appended to
+the run journal (:mod:`attnsuite.journal`) before the next starts; ``--attn-resume`` carries a
+killed run on from there.
 
 pytest-benchmark integration: the stats pytest-benchmark reports and writes are fed from the
 suite's own device-correct samples (its stock clock would time only the launch on a GPU); the
-record goes in ``extra_info``; cases without samples (skipped, out of memory, error) are added to
-the JSON's ``benchmarks`` list by :func:`pytest_benchmark_update_json` with zero rounds, so they
-never vanish from the results. The machine fingerprint goes in ``machine_info`` and at top level.
+record goes in ``extra_info``; cases without samples (skipped, out of memory, error, crash) are
+added to the JSON's ``benchmarks`` list by :func:`pytest_benchmark_update_json` with zero rounds,
+so they never vanish from the results. The machine fingerprint goes in ``machine_info`` and at top
+level, with the instance calibration probes (:mod:`attnsuite.calibrate`).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
-from typing import Any, Optional
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import pytest
 import torch
 
-from . import flops as flopmod
-from . import fingerprint, memory, registry, timing, tolerance, workloads
-from .case import Case, DeviceInputs, prepare
-from .inputs import torch_dtype
-from .problem import Problem
+from . import fingerprint, journal, memory, registry, timing, workloads
+from .isolation import Failure, WorkerPool, WorkerStartError
 from .record import MODES, CaseRecord
+from .runner import BenchCase, RunSpec, bench_cases
+from .worker import Worker
 
-ORACLE_LIMIT = 1 << 18  # score elements (b*hq*lq*lk) up to which outputs are checked against the float64 oracle
-_REF_CACHE: dict = {}  # (family, problem) -> (oracle output, same-dtype base output), shared by the variants
-SDPA_OPS = (  # profiler op name -> which SDPA backend ran; most specific first
-    ("_scaled_dot_product_flash_attention_for_cpu", "sdpa:flash-cpu"),
-    ("_scaled_dot_product_flash_attention", "sdpa:flash"),
-    ("_scaled_dot_product_efficient_attention", "sdpa:efficient"),
-    ("_scaled_dot_product_cudnn_attention", "sdpa:cudnn"),
-    ("_scaled_dot_product_fused_attention_overrideable", "sdpa:overrideable"),
-    ("_scaled_dot_product_attention_math", "sdpa:math"),
-)
-COMPILED_MARKERS = ("Torch-Compiled Region", "CompiledFunction", "## Call CompiledFxGraph")
+DEFAULT_TIMEOUT_S = 300.0  # per case; compiling FlexAttention's backward on 2 CPU cores takes about a minute
+MAX_CPU_THREADS = 1024
 
 
 # ----------------------------------------------------------------------------------------- options
@@ -60,60 +54,63 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="benchmark only these modes (repeatable): fwd, bwd, fwd+bwd")
     group.addoption("--attn-mem-cap", default=None, metavar="BYTES",
                     help="memory cap, e.g. 24GiB: on CUDA the allocator is capped so a large GPU stands in "
-                         "for a smaller one; on CPU it is the out-of-memory guard's budget "
-                         "(default: half of the available memory)")
+                         "for a smaller one; on CPU each case's allocations are limited to it (and the "
+                         "out-of-memory guard predicts against it; default: half of the available memory)")
     group.addoption("--attn-inject-slowdown", action="append", default=[], metavar="VARIANT=FRACTION",
                     help="make VARIANT really slower by FRACTION inside the timed region (GPU spin kernel / "
                          "CPU busy-wait); for measuring the gate's detection rate. Off by default")
-    group.addoption("--attn-cpu-threads", type=int, default=1, metavar="N",
+    group.addoption("--attn-cpu-threads", default="1", metavar="N",
                     help="torch CPU threads while benchmarking on CPU (default 1: OpenMP threads spinning on a "
                          "shared or oversubscribed machine make CPU timings swing by 10x or more; 0 keeps "
                          "torch's default)")
+    group.addoption("--attn-isolation", choices=("process", "none"), default="process",
+                    help="process (default): every case runs in a worker process, so a crash, abort or hang "
+                         "is that case's outcome; none: in the pytest process (for debuggers)")
+    group.addoption("--attn-timeout", default=str(DEFAULT_TIMEOUT_S), metavar="SECONDS",
+                    help=f"per-case time limit with process isolation (default {DEFAULT_TIMEOUT_S:g}; 0: none); "
+                         "a case past it is killed and recorded as 'timeout'")
+    group.addoption("--attn-journal", default=None, metavar="PATH",
+                    help="where finished cases are written as they finish (default: <--benchmark-json>.journal."
+                         "jsonl, else .attnsuite/journal.jsonl under the rootdir); removed when the run ends")
+    group.addoption("--attn-resume", action="store_true", default=False,
+                    help="carry on a killed run: cases already in the journal are not run again")
+    group.addoption("--attn-device-time", choices=("on", "off"), default="on",
+                    help="on CUDA, also measure host-independent device time (CUDA graph replay or kernel "
+                         "sum); default on")
 
 
 def _fail_usage(message: str) -> None:
     raise pytest.UsageError(f"attnsuite: {message}")
 
 
-@dataclass
-class Settings:
-    """The run's choices, read once from the command line."""
-
-    tier: str
-    device: str
-    dtype: Optional[str]
-    workloads: tuple[str, ...]
-    modes: tuple[str, ...]
-    mem_cap: Optional[int]
-    inject: dict[str, float]
-    timer: timing.TimerConfig
-    guard: Optional[memory.CpuGuard]
-    cpu_threads: int = 0
-    oracle_limit: int = ORACLE_LIMIT
-    peaks: dict[tuple[str, str], tuple[Optional[float], str]] = field(default_factory=dict)
-    device_inputs: Optional[DeviceInputs] = None  # one problem's tensors (set in __post_init__)
-    current_problem: Optional[tuple] = None  # (family, problem) of the last case run
-
-    def __post_init__(self) -> None:
-        if self.device_inputs is None:
-            # problems the oracle does not check need no float64 inputs: draw them on the device
-            self.device_inputs = DeviceInputs(on_device=lambda p: not oracle_checks(p, self.oracle_limit))
-
-    def peak(self, device: str, dtype: str) -> tuple[Optional[float], str]:
-        """Dense peak TFLOP/s and its source, cached per (device, dtype)."""
-        key = (device, dtype)
-        if key not in self.peaks:
-            self.peaks[key] = flopmod.peak_tflops(device, dtype)
-        return self.peaks[key]
+def _number(option: str, text: str, kind: type, low: float, high: float) -> Any:
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        _fail_usage(f"{option} expects a {'whole ' if kind is int else ''}number, got {text!r}")
+    if isinstance(value, float) and not math.isfinite(value) or not low <= value <= high:
+        _fail_usage(f"{option} must be between {low:g} and {high:g}, got {text!r}")
+    return value
 
 
-def settings_from_config(config: pytest.Config) -> Settings:
-    """Read and validate the benchmark options (errors name the option at fault)."""
-    device = config.getoption("--attn-device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        _fail_usage(f"--attn-device {device}: no CUDA device on this machine")
-    if device.split(":")[0] not in ("cpu", "cuda"):
-        _fail_usage(f"--attn-device must be cpu or cuda[:i], got {device!r}")
+def _device(text: Optional[str]) -> str:
+    if text is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    m = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", text)
+    if not m or (m.group(1) == "cpu" and m.group(2) is not None):
+        _fail_usage(f"--attn-device must be cpu, cuda or cuda:N, got {text!r}")
+    if m.group(1) == "cuda":
+        if not torch.cuda.is_available():
+            _fail_usage(f"--attn-device {text}: no CUDA device on this machine")
+        index = int(m.group(2) or 0)
+        if index >= torch.cuda.device_count():
+            _fail_usage(f"--attn-device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+def spec_from_config(config: pytest.Config) -> RunSpec:
+    """Read and validate the benchmark options (errors name the option and the value at fault)."""
+    device = _device(config.getoption("--attn-device"))
     on_gpu = device.startswith("cuda")
     tier = config.getoption("--attn-tier") or ("full" if on_gpu else "quick")
     names = tuple(config.getoption("--attn-workload"))
@@ -122,11 +119,13 @@ def settings_from_config(config: pytest.Config) -> Settings:
             _fail_usage(f"--attn-workload {name!r} is unknown; known: {', '.join(workloads.WORKLOADS)}")
     modes = tuple(config.getoption("--attn-mode")) or MODES
     cap = None
-    if config.getoption("--attn-mem-cap"):
+    if config.getoption("--attn-mem-cap") is not None:
         try:
             cap = memory.parse_bytes(config.getoption("--attn-mem-cap"))
         except ValueError as exc:
             _fail_usage(f"--attn-mem-cap: {exc}")
+        if cap <= 0:
+            _fail_usage(f"--attn-mem-cap must be more than 0 bytes, got {config.getoption('--attn-mem-cap')!r}")
     inject: dict[str, float] = {}
     for spec in config.getoption("--attn-inject-slowdown"):
         name, sep, frac = spec.partition("=")
@@ -135,353 +134,74 @@ def settings_from_config(config: pytest.Config) -> Settings:
         except ValueError:
             value = -1.0
         if not sep or not name or not 0 < value < 100:
-            _fail_usage(f"--attn-inject-slowdown expects VARIANT=FRACTION with 0 < FRACTION, got {spec!r}")
+            _fail_usage(f"--attn-inject-slowdown expects VARIANT=FRACTION with 0 < FRACTION < 100, got {spec!r}")
+        try:
+            registry.get(name)
+        except registry.UnknownVariantError as exc:
+            _fail_usage(f"--attn-inject-slowdown: {exc}")
         inject[name] = value
-    if on_gpu:
-        timer = timing.FULL_GPU
-        guard = None
-    else:
-        timer = timing.QUICK_CPU if tier == "quick" else timing.TimerConfig(flush_l2=False, min_sample_s=0.0005)
-        guard = memory.CpuGuard(cap if cap is not None else memory.default_cpu_budget())
-    threads = config.getoption("--attn-cpu-threads")
-    if threads < 0:
-        _fail_usage(f"--attn-cpu-threads must be >= 0, got {threads}")
-    return Settings(tier, device, config.getoption("--attn-dtype"), names, modes, cap, inject, timer, guard,
-                    cpu_threads=threads if not on_gpu else 0)
+    threads = _number("--attn-cpu-threads", config.getoption("--attn-cpu-threads"), int, 0, MAX_CPU_THREADS)
+    return RunSpec(tier=tier, device=device, dtype=config.getoption("--attn-dtype"), workloads=names, modes=modes,
+                   mem_cap=cap, inject=tuple(sorted(inject.items())), cpu_threads=0 if on_gpu else threads,
+                   variant_modules=tuple(config.getoption("--attn-variants")),
+                   only=tuple(config.getoption("--attn-only")),
+                   device_time=config.getoption("--attn-device-time") == "on")
+
+
+def _timeout(config: pytest.Config) -> Optional[float]:
+    value = _number("--attn-timeout", config.getoption("--attn-timeout"), float, 0, 7 * 24 * 3600)
+    return value or None
+
+
+def _journal_path(config: pytest.Config) -> Path:
+    named = config.getoption("--attn-journal")
+    if named:
+        return Path(named)
+    json_path = config.getoption("benchmark_json", default=None)
+    if json_path:
+        return Path(f"{json_path}.journal.jsonl")
+    return Path(config.rootpath) / ".attnsuite" / "journal.jsonl"
+
+
+_SPEC = pytest.StashKey[RunSpec]()
+_RUNNER = pytest.StashKey["BenchRunner"]()
+_RESUMED = pytest.StashKey[dict]()
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    # Validate the options up front (a bad one is a usage error before any collection); side effects
-    # (thread count, GPU cap) wait for the first benchmark, so correctness runs are left alone.
-    settings_from_config(config)
+    # Every option is validated here, before collection: a bad one is a usage error that names it
+    # before any benchmark time is spent. (trylast: the variants are loaded by then.)
+    config.stash[_SPEC] = spec_from_config(config)
+    _timeout(config)
+    if config.getoption("--attn-resume") and benchmarks_requested(config):
+        try:
+            config.stash[_RESUMED] = journal.read(_journal_path(config), config.stash[_SPEC].to_json(),
+                                                  fingerprint_of(config)["id"])
+        except journal.JournalError as exc:
+            _fail_usage(f"--attn-resume: {exc}")
+    named = config.getoption("--attn-journal")
+    if named and Path(named).is_dir():
+        _fail_usage(f"--attn-journal {named}: is a directory")
 
 
-_SETTINGS = pytest.StashKey[Settings]()
-_RUNNER = pytest.StashKey["BenchRunner"]()
+def benchmarks_requested(config: pytest.Config) -> bool:
+    """Whether this session runs the benchmarks (``--benchmark-only`` or bench/ named)."""
+    if config.getoption("benchmark_only", False):
+        return True
+    return any(Path(str(a).split("::")[0]).name == "bench" or "bench/" in str(a) for a in config.args)
 
 
-def get_settings(config: pytest.Config) -> Settings:
-    """The run's settings (read on first use, after the variants are loaded)."""
-    if _SETTINGS not in config.stash:
-        settings = settings_from_config(config)
-        for name in settings.inject:
-            try:
-                registry.get(name)
-            except registry.UnknownVariantError as exc:
-                _fail_usage(f"--attn-inject-slowdown: {exc}")
-        if settings.mem_cap is not None and settings.device.startswith("cuda"):
-            memory.set_gpu_cap(settings.mem_cap, settings.device)
-        if settings.cpu_threads:
-            torch.set_num_threads(settings.cpu_threads)
-        config.stash[_SETTINGS] = settings
-    return config.stash[_SETTINGS]
+def get_spec(config: pytest.Config) -> RunSpec:
+    """The run's validated benchmark options."""
+    if _SPEC not in config.stash:
+        config.stash[_SPEC] = spec_from_config(config)
+    return config.stash[_SPEC]
 
 
-# ------------------------------------------------------------------------------------------- cases
-
-@dataclass(frozen=True)
-class BenchCase:
-    """One benchmark case: a workload entry, a variant (None when its family is not built) and a mode."""
-
-    workload: str
-    entry: workloads.Entry
-    problem: Problem
-    variant: Optional[str]
-    mode: str
-
-    @property
-    def variant_label(self) -> str:
-        return self.variant or f"{self.entry.family}/*"
-
-    @property
-    def id(self) -> str:
-        """The case key, used as the pytest id: ``workload/variant/mode/problem``."""
-        return f"{self.workload}/{self.variant_label}/{self.mode}/{self.problem.id}"
-
-    @property
-    def group(self) -> str:
-        """pytest-benchmark group: the terminal table reads per workload and mode."""
-        return f"{self.workload} {self.mode}"
-
-
-def bench_cases(config: pytest.Config) -> list[BenchCase]:
-    """Every (workload entry, variant, mode) of the chosen tier after the command-line filters."""
-    from .plugin import selected_variants  # the --attn-only filter lives with the main plugin
-
-    settings = get_settings(config)
-    chosen = {v.name for v in selected_variants(config)}
-    only_given = bool(config.getoption("--attn-only"))
-    cases = []
-    for ex in workloads.expand(settings.tier, settings.device, settings.dtype, settings.workloads):
-        entry = ex.entry
-        family_variants = [v.name for v in registry.variants(family=entry.family)]
-        modes = [m for m in entry.modes if m in settings.modes]
-        if not family_variants:
-            if not only_given:  # a filtered run does not list families it did not ask for
-                cases.extend(BenchCase(ex.workload, entry, ex.problem, None, m) for m in modes)
-            continue
-        names = [n for n in family_variants if n in chosen and (not entry.variants or n in entry.variants)]
-        for name in names:
-            cases.extend(BenchCase(ex.workload, entry, ex.problem, name, m) for m in modes)
-    return cases
-
-
-# ------------------------------------------------------------------------------------------ runner
-
-def _step(case: Case, mode: str):
-    """(timed call, untimed per-sample setup or None) for ``mode``."""
-    if mode == "fwd":
-        def fwd():
-            with torch.no_grad():
-                return case.forward()
-        return fwd, None
-    if mode == "fwd+bwd":
-        def fwd_bwd():
-            out = case.forward()
-            case.backward(out)
-            return out
-        return fwd_bwd, case.zero_grads
-    state: dict[str, Any] = {}
-
-    def setup():
-        case.zero_grads()
-        state["out"] = case.forward()
-
-    def bwd():
-        out = state.pop("out")
-        case.backward(out)
-        return out
-    return bwd, setup
-
-
-def _dynamo_counts() -> dict[str, float]:
-    """A flat snapshot of the dynamo counters that reveal compilation and fallbacks."""
-    try:
-        from torch._dynamo.utils import counters
-    except Exception:  # torch without dynamo
-        return {}
-    snap = {
-        "frames_total": counters["frames"].get("total", 0),
-        "frames_ok": counters["frames"].get("ok", 0),
-        "unique_graphs": counters["stats"].get("unique_graphs", 0),
-        "graph_breaks": sum(counters["graph_break"].values()),
-        "recompile_limit_hits": sum(n for msg, n in counters["unimplemented"].items() if "recompile limit" in msg.lower()),
-    }
-    return snap
-
-
-def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: after.get(k, 0) - before.get(k, 0) for k in after}
-
-
-def detect_backend(op_names: tuple[str, ...], variant: registry.Variant, dyn: dict[str, float]) -> tuple[str, dict[str, Any]]:
-    """The backend that actually ran, from the profiled call's op names and dynamo's counters.
-
-    Returns (backend string, extra facts). ``compiled->eager fallback`` means the variant is
-    compiled but the profiled call ran no compiled region, or dynamo hit its recompile limit.
-    """
-    joined = "\n".join(op_names)
-    compiled_ran = any(marker in joined for marker in COMPILED_MARKERS)
-    sdpa = []
-    # forward ops and their autograd backward ops (``..._backward``) name the same backend
-    bare = {name.split("::")[-1].removesuffix("_backward") for name in op_names}
-    for op, label in SDPA_OPS:
-        if op in bare and label not in sdpa:
-            if label == "sdpa:flash" and "sdpa:flash-cpu" in sdpa:
-                continue
-            sdpa.append(label)
-    fallback = bool(variant.compiled and (not compiled_ran or dyn.get("recompile_limit_hits", 0) > 0))
-    parts = []
-    if compiled_ran:
-        parts.append("compiled")
-    elif variant.compiled:
-        parts.append("compiled->eager fallback")
-    parts.extend(sdpa)
-    if "flex_attention" in joined and not compiled_ran:
-        parts.append("flex:eager")
-    if not parts:
-        parts.append("eager")
-    relevant = [n for n in op_names if "attention" in n.lower() or any(m in n for m in COMPILED_MARKERS)]
-    facts = {
-        "compiled": compiled_ran,
-        "compile_fallback": fallback,
-        "declared_backend": variant.backend,
-        "backend_ops": relevant[:12],
-    }
-    declared = variant.backend
-    if declared.startswith("sdpa:") and declared.split("+")[0] not in ("sdpa:default",) and sdpa:
-        facts["backend_mismatch"] = not any(s.startswith(declared.split("+")[0]) for s in sdpa)
-    return " + ".join(parts), facts
-
-
-def _expected_shape(problem: Problem) -> tuple[int, ...]:
-    if problem.d_model is not None:
-        return (problem.batch, problem.lq, problem.d_model)
-    return (problem.batch, problem.hq, problem.lq, problem.dv)
-
-
-def oracle_checks(problem: Problem, oracle_limit: int = ORACLE_LIMIT) -> bool:
-    """Is the problem small enough (score elements b*hq*lq*lk) for the benchmarks' float64 oracle check?"""
-    return problem.batch * problem.hq * problem.lq * problem.lk <= oracle_limit
-
-
-def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) -> tuple[Optional[str], str]:
-    """(failure message or None, which check ran) for a benchmarked output (and gradients)."""
-    p = case.problem
-    expected = _expected_shape(p)
-    if tuple(out.shape) != expected or out.dtype != torch_dtype(p.dtype):
-        return (f"output is {tuple(out.shape)} {out.dtype}, the contract says {expected} {torch_dtype(p.dtype)}",
-                "contract")
-    rows = None
-    cheap = oracle_checks(p, oracle_limit)
-    if cheap and case.variant.family == "attention":
-        from .oracle_mask import allowed
-        rows = allowed(p).any(axis=1)
-    finite = torch.isfinite(out if rows is None else out[..., torch.as_tensor(rows, device=out.device), :])
-    if not bool(finite.all()):
-        return f"output has {int((~finite).sum())} NaN/Inf values", "finite"
-    if mode != "fwd":
-        for name, g in case.grads().items():
-            if name in case.inputs and g is None:
-                return f"no gradient reached input {name}", "finite"
-            if g is not None and not bool(torch.isfinite(g).all()):
-                return f"gradient {name} has NaN/Inf values", "finite"
-    if not cheap:
-        return None, "finite (too large for the float64 oracle)"
-    family = registry.family_of(case.variant)
-    key = (family.name, p)
-    if key not in _REF_CACHE:
-        if len(_REF_CACHE) >= 16:
-            _REF_CACHE.pop(next(iter(_REF_CACHE)))
-        _REF_CACHE[key] = (family.reference(p)[0], tolerance.as_float64(family.base(p)[0]))
-    ref, base = _REF_CACHE[key]
-    comp = tolerance.compare("output", out, ref, base, p.dtype, "output", rows=rows)
-    return (None if comp.passed else comp.describe()), "oracle"
-
-
-class _PhaseClock:
-    """Adds the seconds since the last lap to ``phases[name]``."""
-
-    def __init__(self, phases: dict[str, float]):
-        self.phases = phases
-        self.last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.phases[name] = self.phases.get(name, 0.0) + now - self.last
-        self.last = now
-
-
-def _skip(rec: CaseRecord, reason: str) -> CaseRecord:
-    rec.outcome, rec.detail = "skipped", reason
-    return rec
-
-
-def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[timing.Timing]]:
-    """Run one benchmark case to a record; never raises for the case's own failures."""
-    p = bc.problem
-    rec = CaseRecord(bc.workload, bc.variant_label, bc.mode, p.id, family=bc.entry.family, level=p.level)
-    rec.extra["tier"] = settings.tier
-    try:
-        rec.flops = flopmod.case_flops(p, bc.entry.family, bc.mode)
-    except ValueError as exc:
-        rec.extra["flops_error"] = str(exc)
-    if bc.variant is None:
-        return _skip(rec, f"family {bc.entry.family} not built yet"), None
-    variant = registry.get(bc.variant)
-    reasons = variant.unsupported(p, backward=bc.mode != "fwd")
-    if reasons:
-        return _skip(rec, "; ".join(reasons)), None
-    if variant.compiled:
-        why = bc.entry.compiled_skip_reason(variant.name, bc.mode, settings.tier)
-        if why:
-            return _skip(rec, why), None
-    if settings.guard is not None:
-        refused = settings.guard.check(p, bc.mode, variant.fused)
-        if refused:
-            rec.outcome, rec.oom_bytes, rec.detail = "oom", refused[0], refused[1]
-            rec.extra["oom_predicted"] = True
-            return rec, None
-
-    result: Optional[timing.Timing] = None
-    failed = False
-    case = None
-    phases: dict[str, float] = {}  # where the suite's own time went (seconds), for suite-speed work
-    clock = _PhaseClock(phases)
-    problem_key = (bc.entry.family, p)
-    if settings.current_problem != problem_key:
-        # a new problem: free what the last one left (cycles, cached blocks) before its inputs load
-        memory.recover(p.device)
-        settings.current_problem = problem_key
-        clock.lap("recover")
-    try:
-        case = prepare(variant, p, requires_grad=bc.mode != "fwd", device_inputs=settings.device_inputs)
-        clock.lap("prepare")
-        rec.extra["inputs"] = "drawn on the device" if settings.device_inputs.drawn_on_device else "float64 recipe"
-        rec.mask_build_ms = case.build_seconds * 1e3
-        step, setup = _step(case, bc.mode)
-        before = _dynamo_counts()
-        result = timing.measure(step, p.device, settings.timer, setup=setup,
-                                inject_fraction=settings.inject.get(variant.name, 0.0))
-        clock.lap("timing")
-        rec.timer = result.timer
-        rec.first_call_ms = result.first_call_s * 1e3 if result.first_call_s is not None else None
-        rec.median_ms = result.median_s * 1e3
-        rec.iqr_ms = result.iqr_s * 1e3
-        rec.min_ms = result.stats["min"] * 1e3
-        rec.samples = len(result.samples_s)
-        rec.launch_fraction = result.launch_fraction
-        rec.extra.update({
-            "q1_ms": result.stats["q1"] * 1e3, "q3_ms": result.stats["q3"] * 1e3,
-            "max_ms": result.stats["max"] * 1e3, "mean_ms": result.stats["mean"] * 1e3,
-            "iters_per_sample": result.iters_per_sample, "warmup_calls": result.warmup_calls,
-        })
-        if result.injected_s:
-            rec.extra["injected_ms"] = result.injected_s * 1e3
-
-        # one more call serves peak memory, the op names that tell the backend, and the numerics check
-        if setup is not None:
-            setup()
-        out, mem = memory.measure_peak(step, p.device)
-        rec.peak_mem_bytes, rec.mem_method = mem.peak_bytes, mem.method
-        dyn = _delta(before, _dynamo_counts())
-        rec.backend, facts = detect_backend(mem.op_names, variant, dyn)
-        rec.extra.update(facts)
-        rec.extra["dynamo"] = dyn
-        if variant.fused:
-            rec.materialises = memory.materialises(rec.peak_mem_bytes, p, bc.mode)
-        rec.extra["score_matrix_bytes"] = memory.score_matrix_bytes(p)
-        clock.lap("memory+backend")
-
-        # numerics sanity of what was benchmarked: that call's output (and gradients, backward modes)
-        problem_msg, check = check_numerics(case, bc.mode, out.detach(), settings.oracle_limit)
-        rec.extra["numerics_check"] = check
-        if problem_msg:
-            rec.outcome, rec.detail = "numerics", problem_msg
-        del out
-        clock.lap("numerics")
-    except Exception as exc:  # the case's failure is its outcome; the run goes on
-        failed = True
-        if memory.is_oom(exc):
-            text = f"{type(exc).__name__}: {exc}"
-            rec.outcome, rec.oom_bytes = "oom", memory.parse_oom_bytes(str(exc))
-            rec.detail = text.splitlines()[0][:400]
-        else:
-            rec.outcome, rec.detail = "error", f"{type(exc).__name__}: {exc}"[:1000]
-        result = None
-    finally:
-        case = None
-        if failed:  # the exception's traceback holds tensors in cycles; the allocator may be full
-            memory.recover(p.device)
-            clock.lap("recover")
-    rec.extra["suite_s"] = {k: round(v, 4) for k, v in phases.items()}
-
-    if result is not None:
-        peak, source = settings.peak(p.device, p.dtype)
-        rec.tflops, rec.pct_peak = flopmod.throughput(rec.flops or 0.0, result.median_s, peak)
-        rec.extra["peak_tflops"], rec.extra["peak_source"] = peak, source
-    return rec, result
+def case_list(config: pytest.Config) -> list[BenchCase]:
+    """Every benchmark case this session's options select, in run order."""
+    return bench_cases(get_spec(config))
 
 
 # ------------------------------------------------------------------------ pytest-benchmark bridge
@@ -513,6 +233,8 @@ def mark_unmeasured(benchmark) -> None:
     benchmark.has_error = True
 
 
+# ------------------------------------------------------------------------------------------ runner
+
 @dataclass
 class Landed:
     """A record and where it came from in the pytest run."""
@@ -523,29 +245,120 @@ class Landed:
     group: str
     record: CaseRecord
     measured: bool
+    extra_info: Optional[dict] = None  # the benchmark fixture's own dict (the JSON reads it at the end)
+    case: Optional[BenchCase] = None
+
+
+class _InProcess:
+    """``--attn-isolation none``: the worker's logic in the pytest process (no crash protection)."""
+
+    def __init__(self, init: dict[str, Any]) -> None:
+        self.worker = Worker()
+        reply = self.worker.init(init)
+        if not reply.get("ok"):
+            raise WorkerStartError(str(reply.get("error")))
+        self.started, self.start_seconds = 0, 0.0
+
+    def run_case(self, key: str) -> Any:
+        return self.worker.run(key)
+
+    def request(self, message: dict[str, Any], timeout: Optional[float] = None) -> Any:
+        if message.get("op") == "calibrate":
+            return self.worker.calibrate()
+        if message.get("op") == "device_time":
+            return self.worker.device_time(message["key"], message["record"])
+        return {"error": f"unsupported request {message.get('op')!r}"}
+
+    def close(self) -> None:
+        pass
+
+
+def record_from_reply(bc: BenchCase, reply: Any) -> tuple[CaseRecord, Optional[timing.Timing]]:
+    """A case's record (and samples) from the worker's reply, or from the failure that ended it."""
+    if isinstance(reply, Failure):
+        rec = CaseRecord(bc.workload, bc.variant_label, bc.mode, bc.problem.id, family=bc.entry.family,
+                         level=bc.problem.level, outcome=reply.outcome)
+        tail = reply.stderr_tail.strip()
+        last = tail.splitlines()[-1] if tail else "no output"
+        rec.detail = f"{reply.detail}; last stderr line: {last}"[:1000]
+        rec.extra["stderr_tail"] = tail[-2000:]
+        return rec, None
+    if not isinstance(reply, dict) or "record" not in reply:
+        rec = CaseRecord(bc.workload, bc.variant_label, bc.mode, bc.problem.id, family=bc.entry.family,
+                         level=bc.problem.level, outcome="error")
+        rec.detail = f"the benchmark worker failed on this case: {reply.get('error') if isinstance(reply, dict) else reply}"
+        return rec, None
+    rec = CaseRecord.from_extra_info(reply["record"])
+    result = None
+    if reply.get("samples"):
+        result = timing.Timing(samples_s=list(reply["samples"]), timer=reply.get("timer", ""),
+                               warmup_calls=int(reply.get("warmup", 0)))
+    return rec, result
 
 
 class BenchRunner:
-    """Session object behind the ``attn_bench`` fixture: runs cases and keeps every record."""
+    """Session object behind the ``attn_bench`` fixture: runs cases in a worker and keeps every record."""
 
     def __init__(self, config: pytest.Config):
         self.config = config
-        self.settings = get_settings(config)
+        self.spec = get_spec(config)
         self.landed: list[Landed] = []
         self._cases: Optional[dict[str, BenchCase]] = None
+        self._backend: Any = None
+        self.calibration: Optional[dict[str, Any]] = None
+        self.journal: Optional[journal.Journal] = None
+        self.resumed: dict[str, dict[str, Any]] = {}
+        self.confirm_seconds = 0.0
 
     def case(self, key: str) -> BenchCase:
         """The benchmark case with this key (the pytest parameter)."""
         if self._cases is None:
-            self._cases = {c.id: c for c in bench_cases(self.config)}
+            self._cases = {c.id: c for c in case_list(self.config)}
         try:
             return self._cases[key]
         except KeyError:
             raise KeyError(f"no benchmark case {key!r} in this run's tier and filters") from None
 
+    def _start(self) -> None:
+        """Start the worker, probe the instance, open the journal (once, before the first case)."""
+        if self._backend is not None:
+            return
+        init = {"spec": self.spec.to_json()}
+        if self.config.getoption("--attn-isolation") == "none":
+            self._backend = _InProcess(init)
+        else:
+            self._backend = WorkerPool(init, case_timeout=_timeout(self.config))
+        reply = self._backend.request({"op": "calibrate"}, timeout=600)
+        if isinstance(reply, dict) and isinstance(reply.get("calibration"), dict):
+            self.calibration = reply["calibration"]
+        else:
+            why = reply.detail if isinstance(reply, Failure) else (reply or {}).get("error")
+            self.calibration = {"error": f"calibration probes failed: {why}"}
+        fp = fingerprint_of(self.config)
+        self.resumed = dict(self.config.stash.get(_RESUMED, {}))  # read and checked in pytest_configure
+        self.journal = journal.Journal(_journal_path(self.config), self.spec.to_json(), fp["id"],
+                                       resume=bool(self.config.getoption("--attn-resume")))
+
+    def execute(self, bc: BenchCase) -> tuple[CaseRecord, Optional[timing.Timing]]:
+        """Run one case (or take it from the resumed journal) and journal it."""
+        self._start()
+        entry = self.resumed.pop(bc.id, None)
+        if entry is not None:
+            rec, result = record_from_reply(bc, entry)
+            rec.extra["resumed"] = True
+            return rec, result
+        reply = self._backend.run_case(bc.id)
+        rec, result = record_from_reply(bc, reply)
+        if self.journal is not None:
+            self.journal.append(bc.id, {"record": rec.to_extra_info(),
+                                        "samples": list(result.samples_s) if result else [],
+                                        "timer": result.timer if result else "",
+                                        "warmup": result.warmup_calls if result else 0})
+        return rec, result
+
     def run(self, bc: BenchCase, benchmark, request: pytest.FixtureRequest) -> CaseRecord:
         """Run a case, hand its samples and record to pytest-benchmark, and end the test accordingly."""
-        rec, result = run_case(bc, self.settings)
+        rec, result = self.execute(bc)
         benchmark.group = bc.group
         benchmark.extra_info.update(rec.to_extra_info())
         measured = result is not None and bool(result.samples_s)
@@ -555,15 +368,87 @@ class BenchRunner:
             else:
                 mark_unmeasured(benchmark)
         self.landed.append(Landed(request.node.nodeid, request.node.name, getattr(benchmark, "param", None),
-                                  bc.group, rec, measured and benchmark.enabled))
+                                  bc.group, rec, measured and benchmark.enabled, benchmark.extra_info, bc))
         if rec.outcome == "skipped":
             pytest.skip(rec.detail)
         if rec.outcome == "oom":
             asked = f"{rec.oom_bytes / 2**30:.2f} GiB" if rec.oom_bytes else "unknown size"
             pytest.skip(f"out of memory (asked for {asked}): {rec.detail}")
-        if rec.outcome in ("numerics", "error"):
+        if rec.outcome in ("numerics", "error", "crash", "timeout"):
             pytest.fail(f"{bc.id}: {rec.outcome}: {rec.detail}", pytrace=False)
         return rec
+
+    def confirm(self, keys: Sequence[str]) -> dict[str, CaseRecord]:
+        """Measure these cases again (fresh build, warm-up and samples) and attach each second record
+        to the first as ``extra["confirm"]``, in the record and in the JSON's extra_info."""
+        import time as _time
+
+        t0 = _time.perf_counter()
+        by_key = {landed.record.key: landed for landed in self.landed}
+        out: dict[str, CaseRecord] = {}
+        for key in keys:
+            landed = by_key.get(key)
+            if landed is None or landed.case is None:
+                continue
+            bc = landed.case
+            self._start()
+            second, _ = record_from_reply(bc, self._backend.run_case(bc.id))
+            if second.extra.get("device_time_pending"):
+                second = self._deferred_device_time(bc, second)
+            info = second.to_extra_info()
+            info.get("extra", {}).pop("confirm", None)
+            landed.record.extra["confirm"] = info
+            if landed.extra_info is not None:
+                landed.extra_info.setdefault("extra", {})["confirm"] = info
+            out[key] = second
+        self.confirm_seconds += _time.perf_counter() - t0
+        return out
+
+    def _deferred_device_time(self, bc: BenchCase, rec: CaseRecord) -> CaseRecord:
+        """The record with its kernel-sum device time measured now (or a note saying why not)."""
+        reply = self._backend.request({"op": "device_time", "key": bc.id, "record": rec.to_extra_info()},
+                                      timeout=_timeout(self.config))
+        if isinstance(reply, dict) and isinstance(reply.get("record"), dict):
+            return CaseRecord.from_extra_info(reply["record"])
+        why = reply.detail if isinstance(reply, Failure) else (reply or {}).get("error")
+        rec.extra.pop("device_time_pending", None)
+        rec.extra["device_time_note"] = f"not measured: the worker failed measuring it: {why}"[:300]
+        return rec
+
+    def complete_device_times(self) -> int:
+        """Measure every pending (kernel-sum) device time, after all other cases ran; returns how many.
+
+        The profiler that kernel-sum needs slows every later launch in the worker, so these run
+        last, when no event time or memory probe is left to disturb. Each record is updated in
+        place, in the JSON's extra_info and in the journal.
+        """
+        pending = [landed for landed in self.landed if landed.record.extra.get("device_time_pending")]
+        for landed in pending:
+            if landed.case is None:
+                continue
+            done = self._deferred_device_time(landed.case, landed.record)
+            landed.record = done
+            if landed.extra_info is not None:
+                landed.extra_info.update(done.to_extra_info())
+            if self.journal is not None:
+                self.journal.append(landed.case.id, {"record": done.to_extra_info(), "samples": [], "timer": "",
+                                                     "warmup": 0, "update": True})
+        return len(pending)
+
+    def close(self, *, finished: bool) -> None:
+        """Stop the worker; remove the journal when the run finished (its results are written)."""
+        if self._backend is not None:
+            self._backend.close()
+        if self.journal is not None:
+            self.journal.close(remove=finished)
+
+
+def confirm_cases(config: pytest.Config, keys: Sequence[str]) -> dict[str, CaseRecord]:
+    """Re-measure the named cases of this session (see :meth:`BenchRunner.confirm`); {} when none ran."""
+    runner = config.stash.get(_RUNNER, None)
+    if runner is None or not keys:
+        return {}
+    return runner.confirm(list(keys))
 
 
 def _runner(config: pytest.Config) -> BenchRunner:
@@ -574,14 +459,30 @@ def _runner(config: pytest.Config) -> BenchRunner:
 
 @pytest.fixture(scope="session")
 def attn_bench(request: pytest.FixtureRequest) -> BenchRunner:
-    """The session's benchmark runner (options read, memory cap applied)."""
+    """The session's benchmark runner."""
     return _runner(request.config)
 
 
-@pytest.fixture(scope="session")
-def attn_settings(request: pytest.FixtureRequest) -> Settings:
-    """The benchmark settings of this run."""
-    return get_settings(request.config)
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtestloop(session: pytest.Session):
+    # After every case ran (and before the gate's confirmation, whose wrapper is outside this one,
+    # and before pytest-benchmark writes the JSON): the deferred kernel-sum device times.
+    yield
+    runner = session.config.stash.get(_RUNNER, None)
+    if runner is not None and runner._backend is not None and not session.shouldstop:
+        runner.complete_device_times()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    runner = session.config.stash.get(_RUNNER, None)
+    if runner is not None:
+        # The journal goes only when every selected case landed: an interrupt, a broken output pipe
+        # or an internal error that ends the session early keeps it for --attn-resume.
+        selected = sum(1 for item in session.items if "bench_case" in getattr(item, "fixturenames", ()))
+        finished = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) \
+            and not session.shouldstop and len(runner.landed) >= selected
+        runner.close(finished=finished)
 
 
 # ---------------------------------------------------------------------------------------- JSON
@@ -593,12 +494,12 @@ def _empty_stats() -> dict[str, Any]:
     return stats
 
 
-def _fingerprint(config: pytest.Config) -> dict[str, Any]:
+def fingerprint_of(config: pytest.Config) -> dict[str, Any]:
+    """This run's machine fingerprint: ``{"id": ..., "info": {...}}`` (computed once)."""
     key = "_attnsuite_fingerprint"
     cached = getattr(config, key, None)
     if cached is None:
-        settings = get_settings(config)
-        info = fingerprint.machine_info(settings.device)
+        info = fingerprint.machine_info(get_spec(config).device)
         cached = {"id": info["id"], "info": info}
         setattr(config, key, cached)
     return cached
@@ -606,26 +507,39 @@ def _fingerprint(config: pytest.Config) -> dict[str, Any]:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    fp = _fingerprint(config)
+    fp = fingerprint_of(config)
     machine_info["attnsuite_fingerprint_id"] = fp["id"]
     machine_info["attnsuite_fingerprint"] = fp["info"]
+
+
+def _peaks(records: Sequence[CaseRecord], device: str) -> dict[str, Any]:
+    peaks: dict[str, Any] = {}
+    for r in records:
+        value = r.extra.get("peak_tflops")
+        dtype = r.problem.rsplit("-", 2)[-2] if r.problem.count("-") >= 2 else "?"
+        if value is not None:
+            peaks.setdefault(f"{device}/{dtype}", {"value": value, "source": r.extra.get("peak_source")})
+    return peaks
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
     runner = config.stash.get(_RUNNER, None)
-    settings = config.stash.get(_SETTINGS, None)
-    fp = _fingerprint(config)
+    spec = get_spec(config)
+    fp = fingerprint_of(config)
+    records = [landed.record for landed in runner.landed] if runner else []
     output_json["attnsuite"] = {
         "schema": 1,
         "fingerprint_id": fp["id"],
         "fingerprint": fp["info"],
-        "tier": settings.tier if settings else None,
-        "device": settings.device if settings else None,
-        "torch_threads": torch.get_num_threads(),
-        "mem_cap_bytes": settings.mem_cap if settings else None,
-        "inject_slowdown": dict(settings.inject) if settings else {},
-        "peaks_tflops": {f"{d}/{t}": {"value": v, "source": s} for (d, t), (v, s) in (settings.peaks.items() if settings else [])},
+        "tier": spec.tier,
+        "device": spec.device,
+        "torch_threads": spec.cpu_threads or torch.get_num_threads(),
+        "mem_cap_bytes": spec.mem_cap,
+        "inject_slowdown": dict(spec.inject),
+        "isolation": config.getoption("--attn-isolation"),
+        "peaks_tflops": _peaks(records, spec.device),
+        "calibration": runner.calibration if runner else None,
         "outcomes": {},
     }
     if runner is None:
@@ -648,6 +562,9 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     for landed in runner.landed:
         counts[landed.record.outcome] = counts.get(landed.record.outcome, 0) + 1
     output_json["attnsuite"]["outcomes"] = counts
+    if runner._backend is not None:
+        output_json["attnsuite"]["workers_started"] = runner._backend.started
+        output_json["attnsuite"]["worker_start_s"] = round(runner._backend.start_seconds, 3)
 
 
 # ------------------------------------------------------------------------------- terminal summary
@@ -687,3 +604,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     terminalreporter.section("attnsuite measurements")
     for line in summary_lines([landed.record for landed in runner.landed]):
         terminalreporter.write_line(line)
+    hostile = [landed.record for landed in runner.landed
+               if landed.record.outcome in ("crash", "timeout") or landed.record.extra.get("state_leak")]
+    if hostile:
+        terminalreporter.section("attnsuite: cases that crashed, hung or changed global state")
+        for r in hostile:
+            what = r.outcome if r.outcome in ("crash", "timeout") else "state changed"
+            terminalreporter.write_line(f"{what:<14} {r.variant} on {r.key}: {r.detail}", red=True)
+    if runner._backend is not None and runner._backend.started:
+        terminalreporter.write_line(
+            f"worker processes started: {runner._backend.started} ({runner._backend.start_seconds:.1f} s starting them)")

@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
-OUTCOMES = ("ok", "skipped", "oom", "numerics", "error")
+# crash: the worker process running the case died (signal, abort, os._exit, a poisoned CUDA
+# context); timeout: it ran past the per-case limit and was killed. Both are failures of the case.
+OUTCOMES = ("ok", "skipped", "oom", "numerics", "error", "crash", "timeout")
+FAILING_OUTCOMES = ("numerics", "error", "crash", "timeout")
 MODES = ("fwd", "bwd", "fwd+bwd")
 SCHEMA_VERSION = 1
 
@@ -45,6 +48,15 @@ class CaseRecord:
     # CUDA: share of a call's time before it returned to Python (timing.Timing.launch_fraction);
     # near 1 = host-bound: the GPU waited on the launches, so the time measures the host
     launch_fraction: Optional[float] = None
+    # CUDA device time per call, independent of the host: replay of a captured CUDA graph
+    # (device_method "cuda-graph") or the sum of the call's kernel durations from the profiler
+    # ("kernel-sum"). None on CPU, where median_ms already is the device's time.
+    device_ms: Optional[float] = None
+    device_iqr_ms: Optional[float] = None
+    device_min_ms: Optional[float] = None
+    device_method: str = ""
+    # event-bracketed median minus device median: what the host adds to a call (launches, Python)
+    host_overhead_ms: Optional[float] = None
     # work
     flops: Optional[float] = None  # FLOPs of one call (mask-aware; backward = 2.5x forward)
     tflops: Optional[float] = None
@@ -56,6 +68,12 @@ class CaseRecord:
     materialises: Optional[bool] = None  # a fused variant whose peak grows like L^2
     # which kernel ran
     backend: str = ""  # e.g. "sdpa:flash", "flex:compiled", "math", "compiled->eager fallback"
+    # free-form facts; keys with a contract:
+    #   "confirm": the re-measurement of a case first judged slower/memory-growth (a to_extra_info
+    #              dict of the second record, without its own "confirm"), see verdict.py
+    #   "state_leak": the torch global state the variant left changed (text), see torch_state.py
+    #   "device_time_note": why device time is missing or came from the profiler (not captured)
+    #   "stderr_tail": last lines of a crashed or timed-out worker's stderr
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import pytest
 
-from attnsuite.plugin_bench import bench_cases
+from attnsuite.plugin_bench import case_list
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "bench_case" in metafunc.fixturenames:
         # parametrised by the case key (a string), so pytest-benchmark's JSON "params" stay readable
-        keys = [c.id for c in bench_cases(metafunc.config)]
+        keys = [c.id for c in case_list(metafunc.config)]
         metafunc.parametrize("bench_case", keys, ids=keys)
 
 

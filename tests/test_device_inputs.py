@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnsuite import plugin_bench, registry, workloads
+from attnsuite import registry, runner, workloads
 from attnsuite.case import DeviceInputs
 from attnsuite.inputs import torch_dtype
 
@@ -75,8 +75,8 @@ def test_device_inputs_holder_uses_the_device_recipe_only_where_asked():
 
 def _bench_case(variant: str, oracle_limit: int):
     entry = workloads.Entry(family="attention", problem=_first_problem(registry.family("attention")), modes=("fwd+bwd",))
-    bc = plugin_bench.BenchCase("unit", entry, entry.problem, variant, "fwd+bwd")
-    settings = plugin_bench.Settings("quick", "cpu", None, (), ("fwd+bwd",), None, {}, plugin_bench.timing.QUICK_CPU,
+    bc = runner.BenchCase("unit", entry, entry.problem, variant, "fwd+bwd")
+    settings = runner.Settings("quick", "cpu", None, (), ("fwd+bwd",), None, {}, runner.timing.QUICK_CPU,
                                      None, oracle_limit=oracle_limit)
     return bc, settings
 
@@ -87,7 +87,7 @@ def _bench_case(variant: str, oracle_limit: int):
 ])
 def test_a_benchmark_case_says_how_its_inputs_were_made_and_where_its_time_went(oracle_limit, inputs, check):
     bc, settings = _bench_case("sdpa", oracle_limit)
-    rec, result = plugin_bench.run_case(bc, settings)
+    rec, result = runner.run_case(bc, settings)
     assert rec.outcome == "ok", rec.detail
     assert rec.extra["inputs"] == inputs
     assert rec.extra["numerics_check"] == check
@@ -100,7 +100,7 @@ def test_a_benchmark_case_says_how_its_inputs_were_made_and_where_its_time_went(
 
 def test_a_nan_gradient_in_the_measured_call_is_a_numerics_outcome(monkeypatch):
     bc, settings = _bench_case("sdpa", 1)
-    real_prepare = plugin_bench.prepare
+    real_prepare = runner.prepare
     calls = {"n": 0}
 
     def poisoned_prepare(*args, **kwargs):
@@ -113,7 +113,7 @@ def test_a_nan_gradient_in_the_measured_call_is_a_numerics_outcome(monkeypatch):
             return out * float("nan") if out.requires_grad else out  # poisons gradients of grad-mode calls
         case.call = call
         return case
-    monkeypatch.setattr(plugin_bench, "prepare", poisoned_prepare)
-    rec, _ = plugin_bench.run_case(bc, settings)
+    monkeypatch.setattr(runner, "prepare", poisoned_prepare)
+    rec, _ = runner.run_case(bc, settings)
     assert rec.outcome == "numerics"
     assert "NaN/Inf" in rec.detail, rec.detail

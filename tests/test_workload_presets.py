@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from attnsuite import plugin_bench, timing, workloads
+from attnsuite import runner, timing, workloads
 from attnsuite.problem import Problem
 from attnsuite.record import MODES
 
@@ -72,9 +72,9 @@ def test_compiled_variants_left_out_by_the_tier_budget_say_why():
 def test_an_unbuilt_family_is_a_case_skipped_with_that_reason():
     p = Problem(d_model=64)
     entry = workloads.Entry("no-such-layer", p, modes=("fwd",))
-    bc = plugin_bench.BenchCase("w", entry, p, None, "fwd")
-    settings = plugin_bench.Settings("quick", "cpu", None, (), ("fwd",), None, {}, timing.QUICK_CPU, None)
-    rec, result = plugin_bench.run_case(bc, settings)
+    bc = runner.BenchCase("w", entry, p, None, "fwd")
+    settings = runner.Settings("quick", "cpu", None, (), ("fwd",), None, {}, timing.QUICK_CPU, None)
+    rec, result = runner.run_case(bc, settings)
     assert result is None
     assert rec.outcome == "skipped" and rec.detail == "family no-such-layer not built yet"
     assert rec.variant == "no-such-layer/*" and rec.key == f"w/no-such-layer/*/fwd/{p.id}"

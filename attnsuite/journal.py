@@ -1,0 +1,89 @@
+"""The run journal: every finished case on disk as it finishes, so a killed run loses nothing.
+
+One JSON object per line. The first line is the header (the run's spec and machine fingerprint
+id); each later line is one finished case: ``{"key", "record", "samples", "timer", "warmup"}``, or
+an update of a case's record (``"update": true``: its deferred device time) that keeps its samples.
+Each line is flushed and fsynced when written, so a run killed at any moment leaves every case
+it finished; a torn last line (killed mid-write) is ignored when the journal is read back.
+``--attn-resume`` reads it and runs only the cases it lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+JOURNAL_VERSION = 1
+
+
+class JournalError(ValueError):
+    """A journal that cannot be resumed from; the message names the file and why."""
+
+
+def _header(spec: dict[str, Any], fingerprint_id: Optional[str]) -> dict[str, Any]:
+    return {"attnsuite_journal": JOURNAL_VERSION, "spec": spec, "fingerprint_id": fingerprint_id}
+
+
+def read(path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional[str]) -> dict[str, dict[str, Any]]:
+    """The finished cases of the journal at ``path`` by key; refuses a journal of another run setup."""
+    p = Path(path)
+    if not p.is_file():
+        raise JournalError(f"journal {p}: no such file (nothing to resume)")
+    entries: dict[str, dict[str, Any]] = {}
+    with open(p, "r", encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+        try:
+            head = json.loads(first)
+        except ValueError:
+            raise JournalError(f"journal {p}: the first line is not a journal header") from None
+        if not isinstance(head, dict) or head.get("attnsuite_journal") != JOURNAL_VERSION:
+            raise JournalError(f"journal {p}: not an attnsuite journal of version {JOURNAL_VERSION}")
+        want = json.loads(json.dumps(_header(spec, fingerprint_id)))  # tuples read back as lists
+        for field in ("spec", "fingerprint_id"):
+            if head.get(field) != want[field]:
+                raise JournalError(f"journal {p}: written by a run with another {field.replace('_', ' ')} "
+                                   f"({head.get(field)!r}, this run {want[field]!r}); resume with the same options")
+        for line in fh:
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a torn last line: that case did not finish writing
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("record"), dict):
+                earlier = entries.get(entry["key"])
+                if entry.get("update") and earlier is not None:  # a later figure (deferred device time)
+                    entry = {**earlier, "record": entry["record"]}
+                entries[entry["key"]] = entry
+    return entries
+
+
+class Journal:
+    """An open journal that finished cases are appended to."""
+
+    def __init__(self, path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional[str], *,
+                 resume: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not (resume and self.path.is_file())
+        self._fh = open(self.path, "w" if fresh else "a", encoding="utf-8")
+        if fresh:
+            self._write(_header(spec, fingerprint_id))
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(obj, allow_nan=True, default=str) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def append(self, key: str, entry: dict[str, Any]) -> None:
+        """Write one finished case (durably) before the run moves on."""
+        self._write({"key": key, **entry})
+
+    def close(self, *, remove: bool = False) -> None:
+        """Close the file; ``remove`` deletes it (the run finished and its results are written)."""
+        self._fh.close()
+        if remove:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass

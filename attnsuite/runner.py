@@ -1,0 +1,542 @@
+"""The case runner: one benchmark case to a record, with no pytest in sight.
+
+Every benchmark case is (workload, variant, mode, problem). :func:`run_case` turns one into a
+:class:`~attnsuite.record.CaseRecord`: it builds the case with :func:`attnsuite.case.prepare` (what
+is checked is what is timed; the build time is the mask-build time), times it with
+:mod:`attnsuite.timing` (event-bracketed time, and on CUDA the host-independent device time),
+measures its peak memory with :mod:`attnsuite.memory`, reads which backend ran from a profiled call
+and dynamo's counters, checks the output's numerics, and credits FLOPs from :mod:`attnsuite.flops`.
+Skips, out-of-memory, numerics failures and errors are records too.
+
+The run's choices travel as a :class:`RunSpec` (plain data, picklable), so the same runner serves
+the pytest plugin in-process and the isolated worker processes (:mod:`attnsuite.worker`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from . import flops as flopmod
+from . import memory, registry, timing, tolerance, workloads
+from .case import Case, DeviceInputs, prepare
+from .inputs import torch_dtype
+from .problem import Problem
+from .record import MODES, CaseRecord
+
+ORACLE_LIMIT = 1 << 18  # score elements (b*hq*lq*lk) up to which outputs are checked against the float64 oracle
+_REF_CACHE: dict = {}  # (family, problem) -> (oracle output, same-dtype base output), shared by the variants
+SDPA_OPS = (  # profiler op name -> which SDPA backend ran; most specific first
+    ("_scaled_dot_product_flash_attention_for_cpu", "sdpa:flash-cpu"),
+    ("_scaled_dot_product_flash_attention", "sdpa:flash"),
+    ("_scaled_dot_product_efficient_attention", "sdpa:efficient"),
+    ("_scaled_dot_product_cudnn_attention", "sdpa:cudnn"),
+    ("_scaled_dot_product_fused_attention_overrideable", "sdpa:overrideable"),
+    ("_scaled_dot_product_attention_math", "sdpa:math"),
+)
+COMPILED_MARKERS = ("Torch-Compiled Region", "CompiledFunction", "## Call CompiledFxGraph")
+
+
+
+# ------------------------------------------------------------------------------------------- spec
+
+@dataclass(frozen=True)
+class RunSpec:
+    """The run's choices as plain data: what the plugin read from its options, what a worker gets.
+
+    ``variant_modules`` are the external variant modules (``--attn-variants``) a worker must import
+    to find the same variants; ``only`` is the ``--attn-only`` filter.
+    """
+
+    tier: str
+    device: str
+    dtype: Optional[str] = None
+    workloads: tuple[str, ...] = ()
+    modes: tuple[str, ...] = MODES
+    mem_cap: Optional[int] = None
+    inject: tuple[tuple[str, float], ...] = ()
+    cpu_threads: int = 0
+    variant_modules: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()
+    oracle_limit: int = ORACLE_LIMIT
+    device_time: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (for the journal's header)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RunSpec":
+        """The inverse of :meth:`to_json`."""
+        d = dict(data)
+        for name in ("workloads", "modes", "variant_modules", "only"):
+            d[name] = tuple(d.get(name) or ())
+        d["inject"] = tuple((str(k), float(v)) for k, v in (d.get("inject") or ()))
+        return cls(**d)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+@dataclass
+class Settings:
+    """The run's choices, read once from the command line."""
+
+    tier: str
+    device: str
+    dtype: Optional[str]
+    workloads: tuple[str, ...]
+    modes: tuple[str, ...]
+    mem_cap: Optional[int]
+    inject: dict[str, float]
+    timer: timing.TimerConfig
+    guard: Optional[memory.CpuGuard]
+    cpu_threads: int = 0
+    oracle_limit: int = ORACLE_LIMIT
+    device_time: bool = True
+    peaks: dict[tuple[str, str], tuple[Optional[float], str]] = field(default_factory=dict)
+    device_inputs: Optional[DeviceInputs] = None  # one problem's tensors (set in __post_init__)
+    current_problem: Optional[tuple] = None  # (family, problem) of the last case run
+
+    def __post_init__(self) -> None:
+        if self.device_inputs is None:
+            # problems the oracle does not check need no float64 inputs: draw them on the device
+            self.device_inputs = DeviceInputs(on_device=lambda p: not oracle_checks(p, self.oracle_limit))
+
+    def peak(self, device: str, dtype: str) -> tuple[Optional[float], str]:
+        """Dense peak TFLOP/s and its source, cached per (device, dtype)."""
+        key = (device, dtype)
+        if key not in self.peaks:
+            self.peaks[key] = flopmod.peak_tflops(device, dtype)
+        return self.peaks[key]
+
+
+
+def settings_from_spec(spec: RunSpec) -> Settings:
+    """The runner's working settings (timer, out-of-memory guard, caches) for a spec."""
+    if spec.on_gpu:
+        timer, guard = timing.FULL_GPU, None
+    else:
+        timer = timing.QUICK_CPU if spec.tier == "quick" else timing.TimerConfig(flush_l2=False, min_sample_s=0.0005)
+        guard = memory.CpuGuard(spec.mem_cap if spec.mem_cap is not None else memory.default_cpu_budget())
+    return Settings(spec.tier, spec.device, spec.dtype, spec.workloads, spec.modes, spec.mem_cap, dict(spec.inject),
+                    timer, guard, cpu_threads=0 if spec.on_gpu else spec.cpu_threads,
+                    oracle_limit=spec.oracle_limit, device_time=spec.device_time)
+
+
+# ------------------------------------------------------------------------------------------- cases
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One benchmark case: a workload entry, a variant (None when its family is not built) and a mode."""
+
+    workload: str
+    entry: workloads.Entry
+    problem: Problem
+    variant: Optional[str]
+    mode: str
+
+    @property
+    def variant_label(self) -> str:
+        return self.variant or f"{self.entry.family}/*"
+
+    @property
+    def id(self) -> str:
+        """The case key, used as the pytest id: ``workload/variant/mode/problem``."""
+        return f"{self.workload}/{self.variant_label}/{self.mode}/{self.problem.id}"
+
+    @property
+    def group(self) -> str:
+        """pytest-benchmark group: the terminal table reads per workload and mode."""
+        return f"{self.workload} {self.mode}"
+
+
+def bench_cases(spec: RunSpec) -> list[BenchCase]:
+    """Every (workload entry, variant, mode) of the spec's tier after its filters, in run order."""
+    only = set(spec.only)
+    chosen = {v.name for v in registry.variants() if not only or v.name in only}
+    only_given = bool(only)
+    cases = []
+    for ex in workloads.expand(spec.tier, spec.device, spec.dtype, spec.workloads):
+        entry = ex.entry
+        family_variants = [v.name for v in registry.variants(family=entry.family)]
+        modes = [m for m in entry.modes if m in spec.modes]
+        if not family_variants:
+            if not only_given:  # a filtered run does not list families it did not ask for
+                cases.extend(BenchCase(ex.workload, entry, ex.problem, None, m) for m in modes)
+            continue
+        names = [n for n in family_variants if n in chosen and (not entry.variants or n in entry.variants)]
+        for name in names:
+            cases.extend(BenchCase(ex.workload, entry, ex.problem, name, m) for m in modes)
+    return cases
+
+
+# ------------------------------------------------------------------------------------------ runner
+
+def _step(case: Case, mode: str):
+    """(timed call, untimed per-sample setup or None) for ``mode``."""
+    if mode == "fwd":
+        def fwd():
+            with torch.no_grad():
+                return case.forward()
+        return fwd, None
+    if mode == "fwd+bwd":
+        def fwd_bwd():
+            out = case.forward()
+            case.backward(out)
+            return out
+        return fwd_bwd, case.zero_grads
+    state: dict[str, Any] = {}
+
+    def setup():
+        case.zero_grads()
+        state["out"] = case.forward()
+
+    def bwd():
+        out = state.pop("out")
+        case.backward(out)
+        return out
+    return bwd, setup
+
+
+def _dynamo_counts() -> dict[str, float]:
+    """A flat snapshot of the dynamo counters that reveal compilation and fallbacks."""
+    try:
+        from torch._dynamo.utils import counters
+    except Exception:  # torch without dynamo
+        return {}
+    snap = {
+        "frames_total": counters["frames"].get("total", 0),
+        "frames_ok": counters["frames"].get("ok", 0),
+        "unique_graphs": counters["stats"].get("unique_graphs", 0),
+        "graph_breaks": sum(counters["graph_break"].values()),
+        "recompile_limit_hits": sum(n for msg, n in counters["unimplemented"].items() if "recompile limit" in msg.lower()),
+    }
+    return snap
+
+
+def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after}
+
+
+def detect_backend(op_names: tuple[str, ...], variant: registry.Variant, dyn: dict[str, float]) -> tuple[str, dict[str, Any]]:
+    """The backend that actually ran, from the profiled call's op names and dynamo's counters.
+
+    Returns (backend string, extra facts). ``compiled->eager fallback`` means the variant is
+    compiled but the profiled call ran no compiled region, or dynamo hit its recompile limit.
+    """
+    joined = "\n".join(op_names)
+    compiled_ran = any(marker in joined for marker in COMPILED_MARKERS)
+    sdpa = []
+    # forward ops and their autograd backward ops (``..._backward``) name the same backend
+    bare = {name.split("::")[-1].removesuffix("_backward") for name in op_names}
+    for op, label in SDPA_OPS:
+        if op in bare and label not in sdpa:
+            if label == "sdpa:flash" and "sdpa:flash-cpu" in sdpa:
+                continue
+            sdpa.append(label)
+    fallback = bool(variant.compiled and (not compiled_ran or dyn.get("recompile_limit_hits", 0) > 0))
+    parts = []
+    if compiled_ran:
+        parts.append("compiled")
+    elif variant.compiled:
+        parts.append("compiled->eager fallback")
+    parts.extend(sdpa)
+    if "flex_attention" in joined and not compiled_ran:
+        parts.append("flex:eager")
+    if not parts:
+        parts.append("eager")
+    relevant = [n for n in op_names if "attention" in n.lower() or any(m in n for m in COMPILED_MARKERS)]
+    facts = {
+        "compiled": compiled_ran,
+        "compile_fallback": fallback,
+        "declared_backend": variant.backend,
+        "backend_ops": relevant[:12],
+    }
+    declared = variant.backend
+    if declared.startswith("sdpa:") and declared.split("+")[0] not in ("sdpa:default",) and sdpa:
+        facts["backend_mismatch"] = not any(s.startswith(declared.split("+")[0]) for s in sdpa)
+    return " + ".join(parts), facts
+
+
+def _expected_shape(problem: Problem) -> tuple[int, ...]:
+    if problem.d_model is not None:
+        return (problem.batch, problem.lq, problem.d_model)
+    return (problem.batch, problem.hq, problem.lq, problem.dv)
+
+
+def oracle_checks(problem: Problem, oracle_limit: int = ORACLE_LIMIT) -> bool:
+    """Is the problem small enough (score elements b*hq*lq*lk) for the benchmarks' float64 oracle check?"""
+    return problem.batch * problem.hq * problem.lq * problem.lk <= oracle_limit
+
+
+def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) -> tuple[Optional[str], str]:
+    """(failure message or None, which check ran) for a benchmarked output (and gradients)."""
+    p = case.problem
+    expected = _expected_shape(p)
+    if tuple(out.shape) != expected or out.dtype != torch_dtype(p.dtype):
+        return (f"output is {tuple(out.shape)} {out.dtype}, the contract says {expected} {torch_dtype(p.dtype)}",
+                "contract")
+    rows = None
+    cheap = oracle_checks(p, oracle_limit)
+    if cheap and case.variant.family == "attention":
+        from .oracle_mask import allowed
+        rows = allowed(p).any(axis=1)
+    finite = torch.isfinite(out if rows is None else out[..., torch.as_tensor(rows, device=out.device), :])
+    if not bool(finite.all()):
+        return f"output has {int((~finite).sum())} NaN/Inf values", "finite"
+    if mode != "fwd":
+        for name, g in case.grads().items():
+            if name in case.inputs and g is None:
+                return f"no gradient reached input {name}", "finite"
+            if g is not None and not bool(torch.isfinite(g).all()):
+                return f"gradient {name} has NaN/Inf values", "finite"
+    if not cheap:
+        return None, "finite (too large for the float64 oracle)"
+    family = registry.family_of(case.variant)
+    key = (family.name, p)
+    if key not in _REF_CACHE:
+        if len(_REF_CACHE) >= 16:
+            _REF_CACHE.pop(next(iter(_REF_CACHE)))
+        _REF_CACHE[key] = (family.reference(p)[0], tolerance.as_float64(family.base(p)[0]))
+    ref, base = _REF_CACHE[key]
+    comp = tolerance.compare("output", out, ref, base, p.dtype, "output", rows=rows)
+    return (None if comp.passed else comp.describe()), "oracle"
+
+
+class _PhaseClock:
+    """Adds the seconds since the last lap to ``phases[name]``."""
+
+    def __init__(self, phases: dict[str, float]):
+        self.phases = phases
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self.last
+        self.last = now
+
+
+def _skip(rec: CaseRecord, reason: str) -> CaseRecord:
+    rec.outcome, rec.detail = "skipped", reason
+    return rec
+
+
+def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[timing.Timing]]:
+    """Run one benchmark case to a record; never raises for the case's own failures."""
+    p = bc.problem
+    rec = CaseRecord(bc.workload, bc.variant_label, bc.mode, p.id, family=bc.entry.family, level=p.level)
+    rec.extra["tier"] = settings.tier
+    try:
+        rec.flops = flopmod.case_flops(p, bc.entry.family, bc.mode)
+    except ValueError as exc:
+        rec.extra["flops_error"] = str(exc)
+    if bc.variant is None:
+        return _skip(rec, f"family {bc.entry.family} not built yet"), None
+    variant = registry.get(bc.variant)
+    reasons = variant.unsupported(p, backward=bc.mode != "fwd")
+    if reasons:
+        return _skip(rec, "; ".join(reasons)), None
+    if variant.compiled:
+        why = bc.entry.compiled_skip_reason(variant.name, bc.mode, settings.tier)
+        if why:
+            return _skip(rec, why), None
+    if settings.guard is not None:
+        refused = settings.guard.check(p, bc.mode, variant.fused)
+        if refused:
+            rec.outcome, rec.oom_bytes, rec.detail = "oom", refused[0], refused[1]
+            rec.extra["oom_predicted"] = True
+            return rec, None
+
+    result: Optional[timing.Timing] = None
+    failed = False
+    phases: dict[str, float] = {}  # where the suite's own time went (seconds), for suite-speed work
+    clock = _PhaseClock(phases)
+    problem_key = (bc.entry.family, p)
+    if settings.current_problem != problem_key:
+        # a new problem: free what the last one left (cycles, cached blocks) before its inputs load
+        _recover(p.device)
+        settings.current_problem = problem_key
+        clock.lap("recover")
+    # On CPU the memory cap is enforced, not only predicted: allocations past it fail inside torch
+    # and the case is recorded as out of memory (memory.cpu_cap).
+    cap = memory.cpu_cap(settings.mem_cap) if settings.mem_cap is not None and not timing.is_cuda(p.device) \
+        else contextlib.nullcontext()
+    try:
+        with cap:
+            result, (case, out, step, setup) = _measure(bc, variant, settings, rec, clock)
+            problem_msg, check = check_numerics(case, bc.mode, out.detach(), settings.oracle_limit)
+            rec.extra["numerics_check"] = check
+            if problem_msg:
+                rec.outcome, rec.detail = "numerics", problem_msg
+            del out
+            clock.lap("numerics")
+            # Device time last: its graph pool and side-stream caches must not be what the memory
+            # probe sees (on an H200 they once turned four 52 GiB cases into out-of-memory), and its
+            # replays rewrite the gradients the numerics check reads.
+            if settings.device_time and timing.is_cuda(p.device):
+                _measure_device_time(rec, step, setup, p.device, result, bc.mode)
+                clock.lap("device-time")
+            case = step = setup = None
+    except Exception as exc:  # the case's failure is its outcome; the run goes on
+        failed = True
+        if memory.is_oom(exc):
+            text = f"{type(exc).__name__}: {exc}"
+            rec.outcome, rec.oom_bytes = "oom", memory.parse_oom_bytes(str(exc))
+            rec.detail = text.splitlines()[0][:400]
+        else:
+            rec.outcome, rec.detail = "error", f"{type(exc).__name__}: {exc}"[:1000]
+        result = None
+    finally:
+        if failed:  # the exception's traceback holds tensors in cycles; the allocator may be full
+            _recover(p.device)
+            clock.lap("recover")
+    rec.extra["suite_s"] = {k: round(v, 4) for k, v in phases.items()}
+
+    if result is not None:
+        peak, source = settings.peak(p.device, p.dtype)
+        rec.tflops, rec.pct_peak = flopmod.throughput(rec.flops or 0.0, result.median_s, peak)
+        rec.extra["peak_tflops"], rec.extra["peak_source"] = peak, source
+    return rec, result
+
+
+def _recover(device: str) -> None:
+    """memory.recover, which must not turn a broken CUDA context into an exception out of the runner:
+    the worker probes the context after a failed case and reports it (worker.py)."""
+    try:
+        memory.recover(device)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: CaseRecord,
+             clock: _PhaseClock) -> tuple[timing.Timing, tuple[Case, torch.Tensor, Any, Any]]:
+    """Build, time and profile one case into ``rec``: the timing and (case, profiled output, step, setup)."""
+    p = bc.problem
+    case = prepare(variant, p, requires_grad=bc.mode != "fwd", device_inputs=settings.device_inputs)
+    clock.lap("prepare")
+    rec.extra["inputs"] = "drawn on the device" if settings.device_inputs.drawn_on_device else "float64 recipe"
+    rec.mask_build_ms = case.build_seconds * 1e3
+    step, setup = _step(case, bc.mode)
+    before = _dynamo_counts()
+    result = timing.measure(step, p.device, settings.timer, setup=setup,
+                            inject_fraction=settings.inject.get(variant.name, 0.0))
+    clock.lap("timing")
+    rec.timer = result.timer
+    rec.first_call_ms = result.first_call_s * 1e3 if result.first_call_s is not None else None
+    rec.median_ms = result.median_s * 1e3
+    rec.iqr_ms = result.iqr_s * 1e3
+    rec.min_ms = result.stats["min"] * 1e3
+    rec.samples = len(result.samples_s)
+    rec.launch_fraction = result.launch_fraction
+    rec.extra.update({
+        "q1_ms": result.stats["q1"] * 1e3, "q3_ms": result.stats["q3"] * 1e3,
+        "max_ms": result.stats["max"] * 1e3, "mean_ms": result.stats["mean"] * 1e3,
+        "iters_per_sample": result.iters_per_sample, "warmup_calls": result.warmup_calls,
+    })
+    if result.injected_s:
+        rec.extra["injected_ms"] = result.injected_s * 1e3
+
+    # one more call serves peak memory, the op names that tell the backend, and the numerics check
+    if setup is not None:
+        setup()
+    out, mem = memory.measure_peak(step, p.device)
+    rec.peak_mem_bytes, rec.mem_method = mem.peak_bytes, mem.method
+    dyn = _delta(before, _dynamo_counts())
+    rec.backend, facts = detect_backend(mem.op_names, variant, dyn)
+    rec.extra.update(facts)
+    rec.extra["dynamo"] = dyn
+    if variant.fused:
+        rec.materialises = memory.materialises(rec.peak_mem_bytes, p, bc.mode)
+    rec.extra["score_matrix_bytes"] = memory.score_matrix_bytes(p)
+    clock.lap("memory+backend")
+
+    return result, (case, out, step, setup)
+
+
+def _device_call(step, setup, device: str, injected_s: float, mode: str):
+    """(the call device time measures, the per-call setup it still needs) for a case's step."""
+    delay = timing.make_delay(device, injected_s) if injected_s else None
+    # fwd+bwd's per-sample setup only drops the gradients (.grad = None): part of a capturable step.
+    # bwd's setup is a whole forward pass, which must stay outside: that case is a kernel sum.
+    folded = mode == "fwd+bwd" and setup is not None
+
+    def call():
+        if folded:
+            setup()
+        out = step()
+        if delay is not None:  # an injected slowdown is device work, so device time must see it
+            delay()
+        return out
+
+    return call, None if folded else setup
+
+
+def _fill_device_time(rec: CaseRecord, dt: timing.DeviceTiming) -> None:
+    rec.device_ms, rec.device_iqr_ms, rec.device_min_ms = dt.median_s * 1e3, dt.iqr_s * 1e3, dt.min_s * 1e3
+    rec.device_method = dt.method
+    if rec.median_ms is not None:
+        rec.host_overhead_ms = rec.median_ms - rec.device_ms
+    rec.extra.pop("device_time_pending", None)
+    if dt.note:
+        rec.extra["device_time_note"] = dt.note
+
+
+def _measure_device_time(rec: CaseRecord, step, setup, device: str, result: timing.Timing, mode: str) -> None:
+    """Add the host-independent device time (and the host's overhead) to a CUDA record.
+
+    Graph replay happens now. A step that needs the profiler (kernel-sum) is only marked
+    ``extra["device_time_pending"]``: :func:`measure_deferred_device_time` measures it after every
+    other case of the run, because the profiler slows the process's later launches.
+    """
+    call, setup_left = _device_call(step, setup, device, result.injected_s, mode)
+    try:
+        config = dataclasses.replace(timing.DEVICE_DEFAULT, estimate_s=result.median_s)
+        dt = timing.device_time(call, device, setup=setup_left, config=config, defer_kernel_sum=True)
+    except timing.KernelSumDeferred as exc:
+        rec.extra["device_time_pending"] = str(exc)
+        return
+    except Exception as exc:  # device time is an extra figure: its failure must not lose the case
+        rec.extra["device_time_note"] = f"not measured: {type(exc).__name__}: {exc}"[:300]
+        exc = None  # its traceback holds the failed attempt's tensors
+        _recover(device)
+        return
+    _fill_device_time(rec, dt)
+
+
+def measure_deferred_device_time(bc: BenchCase, settings: Settings, rec: CaseRecord) -> CaseRecord:
+    """Kernel-sum device time of a case whose record says ``device_time_pending`` (see above).
+
+    The case is built again and warmed with a few calls, then profiled; the record gets the device
+    fields (or a ``device_time_note`` saying why not). Never raises for the case's own failures.
+    """
+    p = bc.problem
+    why = rec.extra.get("device_time_pending", "")
+    try:
+        variant = registry.get(bc.variant or "")
+        case = prepare(variant, p, requires_grad=bc.mode != "fwd", device_inputs=settings.device_inputs)
+        step, setup = _step(case, bc.mode)
+        injected = (rec.extra.get("injected_ms") or 0.0) / 1e3
+        call, setup_left = _device_call(step, setup, p.device, injected, bc.mode)
+        for _ in range(2):  # compiled kernels and autotuning were paid in the case's own run: re-warm only
+            if setup_left is not None:
+                setup_left()
+            call()
+        config = dataclasses.replace(timing.DEVICE_DEFAULT, estimate_s=(rec.median_ms or 0.0) / 1e3 or None)
+        dt = timing.device_time(call, p.device, setup=setup_left, config=config, allow_graph=False)
+        dt.note = why or dt.note
+        _fill_device_time(rec, dt)
+    except Exception as exc:  # noqa: BLE001 - the figure is missing, the case's outcome stands
+        rec.extra.pop("device_time_pending", None)
+        rec.extra["device_time_note"] = f"not measured ({why}): {type(exc).__name__}: {exc}"[:300]
+    finally:
+        case = None
+        _recover(p.device)
+    return rec

@@ -1,0 +1,161 @@
+"""The benchmark worker process: runs cases one at a time for :class:`attnsuite.isolation.WorkerPool`.
+
+Started as ``python -m attnsuite.worker REQUEST_FD REPLY_FD``. Messages (dicts, see isolation.py):
+
+* ``{"op": "init", "spec": RunSpec.to_json()}``: import the variants, apply the run's settings
+  (CPU threads, GPU memory cap), list the cases; reply ``{"ok": True}`` or ``{"ok": False, "error"}``.
+* ``{"op": "run", "key": case key}``: run the case from the known torch state (torch_state.py) with
+  its own seed; reply ``{"record": CaseRecord.to_extra_info(), "samples": [...], "timer", "warmup"}``.
+  A case that leaves torch's global state changed is reported (outcome error, the change named)
+  and the state is put back for the next case. After a failure on CUDA the context is probed;
+  when it is unusable (an illegal memory access poisons it for good) the case is a ``crash`` and
+  the reply carries ``fatal``: the worker exits and the pool starts a fresh one.
+* ``{"op": "device_time", "key", "record"}``: the kernel-sum device time of a case whose record
+  says ``device_time_pending`` (runner.measure_deferred_device_time); reply ``{"record"}``.
+* ``{"op": "calibrate"}``: the instance calibration probes (calibrate.py) of the run's device.
+* ``{"op": "exit"}``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any, Optional
+
+from .isolation import EXIT_POISONED, recv_fd, send
+
+
+def cuda_health(device: str) -> Optional[str]:
+    """None when a small kernel still runs on ``device``; else the error it raised."""
+    import torch
+
+    try:
+        torch.cuda.synchronize(device)
+        x = torch.ones(16, device=device)
+        float((x + 1).sum().item())
+        torch.cuda.synchronize(device)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the context is gone
+        return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    return None
+
+
+def failed_record(bc, detail: str):
+    """An ``error`` record for a case whose runner raised (the suite's fault or a broken device)."""
+    from .record import CaseRecord
+
+    return CaseRecord(bc.workload, bc.variant_label, bc.mode, bc.problem.id, family=bc.entry.family,
+                      level=bc.problem.level, outcome="error", detail=detail[:1000])
+
+
+class Worker:
+    """The worker's state between messages."""
+
+    def __init__(self) -> None:
+        self.spec = None
+        self.settings = None
+        self.cases: dict[str, Any] = {}
+        self.state: dict[str, Any] = {}
+
+    def init(self, message: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        from . import memory, registry, torch_state
+        from .runner import RunSpec, bench_cases, settings_from_spec
+
+        self.spec = RunSpec.from_json(message["spec"])
+        registry.load_all(self.spec.variant_modules)
+        self.settings = settings_from_spec(self.spec)
+        if self.settings.cpu_threads:
+            torch.set_num_threads(self.settings.cpu_threads)
+        if self.spec.mem_cap is not None and self.spec.on_gpu:
+            memory.set_gpu_cap(self.spec.mem_cap, self.spec.device)
+        self.cases = {c.id: c for c in bench_cases(self.spec)}
+        self.state = torch_state.snapshot()
+        return {"ok": True, "pid": os.getpid(), "cases": len(self.cases)}
+
+    def run(self, key: str) -> dict[str, Any]:
+        from . import torch_state
+        from .runner import run_case
+
+        bc = self.cases.get(key)
+        if bc is None:
+            return {"error": f"no benchmark case {key!r} in the worker's case list (the run's options differ?)"}
+        torch_state.start_case(self.state, key)
+        try:
+            rec, result = run_case(bc, self.settings)
+        except Exception as exc:  # noqa: BLE001 - the runner's own failure still belongs to this case
+            rec, result = failed_record(bc, f"{type(exc).__name__}: {exc}"), None
+        leaked = torch_state.end_case(self.state)
+        if leaked:
+            what = "; ".join(leaked)
+            rec.extra["state_leak"] = what
+            if rec.outcome not in ("error", "numerics"):
+                rec.outcome = "error"
+                rec.detail = (f"variant {bc.variant_label} left torch's global state changed ({what}); "
+                              "the suite restored it for the next case")
+        reply: dict[str, Any] = {"record": rec.to_extra_info(), "samples": [], "timer": "", "warmup": 0}
+        if result is not None:
+            reply.update(samples=list(result.samples_s), timer=result.timer, warmup=result.warmup_calls)
+        if self.spec.on_gpu and rec.outcome not in ("ok", "skipped"):
+            broken = cuda_health(self.spec.device)
+            if broken:
+                rec.outcome = "crash"
+                rec.detail = (f"the CUDA context was unusable after the case ({broken}); first error: "
+                              f"{rec.detail}")[:1000]
+                reply["record"] = rec.to_extra_info()
+                reply["fatal"] = True
+        return reply
+
+    def device_time(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
+        from . import torch_state
+        from .record import CaseRecord
+        from .runner import measure_deferred_device_time
+
+        bc = self.cases.get(key)
+        if bc is None:
+            return {"error": f"no benchmark case {key!r} in the worker's case list"}
+        rec = CaseRecord.from_extra_info(record)
+        torch_state.start_case(self.state, key)
+        rec = measure_deferred_device_time(bc, self.settings, rec)
+        torch_state.end_case(self.state)
+        return {"record": rec.to_extra_info()}
+
+    def calibrate(self) -> dict[str, Any]:
+        from . import calibrate
+
+        return {"calibration": calibrate.probe(self.spec.device)}
+
+
+def main(argv: list[str]) -> int:
+    """The worker's message loop; returns its exit status."""
+    request_fd, reply_fd = int(argv[1]), int(argv[2])
+    os.dup2(2, 1)  # a variant's prints go to the log, never into the reply pipe
+    out = os.fdopen(reply_fd, "wb")
+    worker = Worker()
+    while True:
+        message = recv_fd(request_fd)
+        if message is None or message.get("op") == "exit":
+            return 0
+        op = message.get("op")
+        try:
+            if op == "init":
+                reply = worker.init(message)
+            elif op == "run":
+                reply = worker.run(message["key"])
+            elif op == "device_time":
+                reply = worker.device_time(message["key"], message["record"])
+            elif op == "calibrate":
+                reply = worker.calibrate()
+            else:
+                reply = {"error": f"unknown request {op!r}"}
+        except Exception as exc:  # noqa: BLE001 - the suite's own failure, reported to the parent
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        send(out, reply)
+        if reply.get("fatal"):
+            out.close()
+            os._exit(EXIT_POISONED)  # skip atexit/CUDA teardown: the context is broken
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,98 @@
+"""Misbehaving variants: what kernel authors' code does on a bad day, for trying the suite's isolation.
+
+Each runs in its own worker process under the suite, so each failure is that case's outcome and
+the run goes on (docs/isolation.md): ``h-segfault`` reads address 0 (crash, SIGSEGV), ``h-abort``
+aborts (crash, SIGABRT), ``h-exit`` calls ``os._exit(1)`` (crash, exit code 1), ``h-hang`` sleeps
+for an hour (timeout), ``h-state`` switches torch's default dtype to float64 and leaves it (error,
+named), ``h-victim`` is correct but would fail under that leaked dtype (it must pass), and
+``h-slow`` is correct and slow. ``tests/test_isolation.py`` runs them:
+
+    pytest bench --benchmark-only --attn-variants examples/hostile/misbehaving.py --attn-timeout 5 \
+        --attn-only h-segfault --attn-only h-abort --attn-only h-hang --attn-only h-state \
+        --attn-only h-victim --attn-only explicit --attn-mode fwd --attn-gate off
+"""
+import ctypes, os, time
+import torch
+from attnsuite import mask_mods
+from attnsuite.registry import KernelVariant, register
+
+MASKS = frozenset({"none", "causal"})
+
+
+def plain(problem):
+    allowed = mask_mods.dense_bool_mask(problem)
+
+    def run(q, k, v):
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+        s = q @ k.transpose(-1, -2) * problem.softmax_scale
+        if allowed is not None:
+            s = s.masked_fill(~allowed, float("-inf"))
+        return torch.softmax(s, -1) @ v
+    return run
+
+
+class Base(KernelVariant):
+    masks = MASKS
+    features = frozenset({"gqa", "lq_ne_lk"})
+
+
+@register
+class Segfault(Base):
+    name = "h-segfault"
+    def build(self, problem):
+        return lambda q, k, v: ctypes.string_at(0)
+
+
+@register
+class Abort(Base):
+    name = "h-abort"
+    def build(self, problem):
+        return lambda q, k, v: os.abort()
+
+
+@register
+class Exit(Base):
+    name = "h-exit"
+    def build(self, problem):
+        return lambda q, k, v: os._exit(1)
+
+
+@register
+class Hang(Base):
+    name = "h-hang"
+    def build(self, problem):
+        def run(q, k, v):
+            time.sleep(3600)
+        return run
+
+
+@register
+class StateChanger(Base):
+    name = "h-state"
+    def build(self, problem):
+        torch.set_default_dtype(torch.float64)  # and never puts it back
+        return plain(problem)
+
+
+@register
+class DtypeSensitive(Base):
+    name = "h-victim"
+    def build(self, problem):
+        inner = plain(problem)
+
+        def run(q, k, v):
+            return inner(q, k, v) * torch.ones(())  # float64 under a leaked default dtype: a contract failure
+        return run
+
+
+@register
+class Slow(Base):
+    name = "h-slow"
+    def build(self, problem):
+        inner = plain(problem)
+
+        def run(q, k, v):
+            time.sleep(0.05)
+            return inner(q, k, v)
+        return run

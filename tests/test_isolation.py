@@ -1,0 +1,144 @@
+"""Hostile variants: a segfault, an abort, os._exit, a hang and a global-state change, in one run.
+
+Each case runs in a worker process (attnsuite/isolation.py). The run must keep every other case's
+result, record each hostile case with the right outcome under its own name, and write its JSON;
+a variant that changes torch's global state must be named, and the variant after it must not feel
+it. A run killed half-way keeps its finished cases in the journal and ``--attn-resume`` carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+HOSTILE_NAMES = ("h-segfault", "h-abort", "h-exit", "h-hang", "h-state")
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder with bench/, the suite's plugin and the hostile variants."""
+    pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
+    shutil.copytree(ROOT / "bench", pytester.path / "bench")
+    shutil.copy(ROOT / "examples" / "hostile" / "misbehaving.py", pytester.path / "hostile.py")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
+    return pytester.path
+
+
+def _args(path: Path, variants, *extra: str) -> list[str]:
+    return ["bench", "--benchmark-only", "-p", "no:cacheprovider", "-q", f"--attn-variants={path / 'hostile.py'}",
+            "--attn-device=cpu", "--attn-tier=quick", "--attn-workload=llama3-405b", "--attn-workload=llama3-70b",
+            "--attn-gate=off", *[f"--attn-only={v}" for v in variants], *extra]
+
+
+def _records(data: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for b in data["benchmarks"]:
+        out.setdefault(b["extra_info"]["variant"], []).append(b["extra_info"])
+    return out
+
+
+def test_crashes_aborts_exits_hangs_and_state_changes_are_outcomes_and_the_run_goes_on(pytester, project):
+    out = project / "out.json"
+    variants = ("h-state", "h-victim", "explicit", "sdpa") + HOSTILE_NAMES[:4]
+    result = pytester.runpytest_subprocess(*_args(project, variants, f"--benchmark-json={out}", "--attn-timeout=15",
+                                                  "--attn-mode=fwd"))
+    assert out.exists(), result.stdout.str()[-3000:]
+    by = _records(json.loads(out.read_text()))
+    assert set(by) == set(variants)
+    n = len(by["explicit"])
+    assert n >= 2 and all(len(v) == n for v in by.values())
+    # every well-behaved case kept its measured result
+    for name in ("explicit", "sdpa", "h-victim"):
+        for rec in by[name]:
+            assert rec["outcome"] == "ok", (name, rec["detail"])
+            assert rec["median_ms"] > 0 and rec["samples"] > 0
+    expect = {"h-segfault": ("crash", "SIGSEGV"), "h-abort": ("crash", "SIGABRT"), "h-exit": ("crash", "exit code 1"),
+              "h-hang": ("timeout", "15 s limit")}
+    for name, (outcome, words) in expect.items():
+        for rec in by[name]:
+            assert rec["outcome"] == outcome and words in rec["detail"], (name, rec["outcome"], rec["detail"])
+            assert rec["variant"] == name and rec["case"].startswith(rec["workload"] + "/" + name + "/")
+    for rec in by["h-state"]:
+        assert rec["outcome"] == "error" and "default dtype" in rec["extra"]["state_leak"]
+        assert "h-state left torch's global state changed" in rec["detail"]
+    text = result.stdout.str()
+    assert "cases that crashed, hung or changed global state" in text
+    for name in HOSTILE_NAMES[:4]:
+        assert f"::test_workload[llama3-70b/{name}/fwd/" in text  # each failure is its own pytest failure
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_without_isolation_the_leaked_state_is_still_undone_for_the_next_variant(pytester, project):
+    out = project / "out.json"
+    result = pytester.runpytest_subprocess(*_args(project, ("h-state", "h-victim"), f"--benchmark-json={out}",
+                                                  "--attn-isolation=none", "--attn-mode=fwd"))
+    by = _records(json.loads(out.read_text()))
+    assert all(r["outcome"] == "ok" for r in by["h-victim"]), result.stdout.str()[-2000:]
+    assert all(r["outcome"] == "error" for r in by["h-state"])
+
+
+def test_a_killed_run_keeps_its_finished_cases_and_resume_runs_only_the_rest(project):
+    out, journal = project / "out.json", project / "journal.jsonl"
+    args = _args(project, ("h-slow", "explicit"), f"--benchmark-json={out}", f"--attn-journal={journal}")
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            lines = journal.read_text().splitlines() if journal.exists() else []
+            if len(lines) >= 4:  # the header and three finished cases
+                break
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    kept = [json.loads(line)["key"] for line in journal.read_text().splitlines()[1:] if line.strip()]
+    assert len(kept) >= 3 and not out.exists()
+
+    done = subprocess.run([sys.executable, "-m", "pytest", *args, "--attn-resume"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    data = json.loads(out.read_text())
+    recs = {b["extra_info"]["case"]: b["extra_info"] for b in data["benchmarks"]}
+    resumed = {k for k, r in recs.items() if r["extra"].get("resumed")}
+    assert set(kept) <= resumed and len(resumed) < len(recs)
+    assert all(r["outcome"] == "ok" for r in recs.values())
+    assert not journal.exists()  # a finished run removes its journal
+
+
+def test_resume_refuses_a_journal_written_with_other_options(pytester, project):
+    journal = project / "journal.jsonl"
+    journal.write_text(json.dumps({"attnsuite_journal": 1, "spec": {"tier": "full"}, "fingerprint_id": "x"}) + "\n")
+    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), f"--attn-journal={journal}", "--attn-resume"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--attn-resume: journal*written by a run with another spec*"])
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--attn-cpu-threads", "100000000", "between 0 and 1024"),
+    ("--attn-cpu-threads", "two", "expects a whole number"),
+    ("--attn-mem-cap", "0", "more than 0 bytes"),
+    ("--attn-device", "cpu:abc", "must be cpu, cuda or cuda:N"),
+    ("--attn-device", "tpu", "must be cpu, cuda or cuda:N"),
+    ("--attn-timeout", "-1", "between 0 and"),
+    ("--attn-timeout", "nan", "between 0 and"),
+    ("--attn-inject-slowdown", "nosuch=0.1", "--attn-inject-slowdown"),
+])
+def test_a_bad_option_value_is_a_usage_error_naming_the_option(pytester, project, option, value, words):
+    result = pytester.runpytest_subprocess("bench", "--benchmark-only", "-p", "no:cacheprovider", f"{option}={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert option in err and words in err, err
