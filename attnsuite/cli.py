@@ -8,7 +8,8 @@
 
 Exit status: 0 pass; 1 the gate fails (a gating verdict, with ``--gate enforce``, the default);
 2 bad input: unreadable or malformed file, incompatible machines without ``--allow-mismatch``,
-bad arguments. The verdicts are the pytest gate's: both call :func:`attnsuite.verdict.compare`.
+bad arguments. The verdicts are the pytest gate's: both call :func:`attnsuite.gate.judge_runs`
+with the thresholds of :func:`attnsuite.gate.thresholds_for`.
 """
 
 from __future__ import annotations
@@ -20,38 +21,19 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import baseline as bl
-from . import report
+from . import ab, gate, report
 from .combine import combine_runs
-from .verdict import Comparison, Scope, ThresholdsError, compare, load_thresholds
+from .verdict import Comparison, Scope, ThresholdsError, load_thresholds
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
 
 
-def _thresholds_path(arg: Optional[str], near: Optional[Path]) -> Optional[Path]:
-    if arg:
-        return Path(arg)
-    # A baseline's folder may carry its thresholds (baselines/thresholds.json); else the repo default.
-    for d in ([near.parent] if near else []) + [Path(bl.DEFAULT_DIR)]:
-        p = d / bl.THRESHOLDS_FILE
-        if p.is_file():
-            return p
-    return None
-
-
-def compare_runs(old: bl.Run, new: bl.Run, *, thresholds_path: Optional[Path] = None, allow_mismatch: bool = False,
-                 scope: Optional[Scope] = None) -> Comparison:
-    """Compare two runs with the fingerprint check and the thresholds config (raises on bad input)."""
-    notes = bl.check_compatible(old.fingerprint, new.fingerprint, allow_mismatch=allow_mismatch)
-    if new.duplicates:
-        notes.append(f"{len(new.duplicates)} case keys appear twice in {new.label}; the last one counts")
-    cfg = load_thresholds(thresholds_path)
-    device = bl.device_kind(new.fingerprint or old.fingerprint)
-    cmp = compare(old.records, new.records, thresholds=cfg, device=device,
-                  scope=scope if scope is not None else Scope.tiers_of(new.records), notes=notes)
-    cmp.baseline_label = f"`{old.path}`" if old.path else old.kind
-    cmp.current_label = f"`{new.path}`" if new.path else new.kind
-    if thresholds_path:
-        cmp.notes.append(f"thresholds from {thresholds_path}")
+def _judge(old: bl.Run, new: bl.Run, args: argparse.Namespace, scope: Optional[Scope] = None) -> Comparison:
+    """The one compare path (:func:`attnsuite.gate.judge_runs`) with the one thresholds rule; the
+    baselines folder in play is the reference file's folder."""
+    cfg, _ = gate.thresholds_for(args.thresholds, Path(old.path).parent if old.path else None)
+    cmp = gate.judge_runs(old, new, thresholds=cfg, scope=scope, allow_mismatch=args.allow_mismatch)
+    cmp.header = [f"reference: {old.label}"]
     return cmp
 
 
@@ -61,9 +43,13 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out) -> None:
     elif args.format == "markdown":
         print(report.markdown_diff(cmp), file=out)
     else:
+        for note in cmp.notes:
+            print(f"note: {note}", file=out)
         print(report.terminal_table(cmp, show_same=args.all), file=out)
         for line in report.gate_lines(cmp):
             print(f"GATE {line}", file=out)
+        for line in report.reported_lines(cmp):
+            print(f"NOT GATING {line}", file=out)
     if args.markdown:
         text = report.markdown_diff(cmp)
         report.write_markdown(text, args.markdown)
@@ -79,8 +65,7 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
         scope = Scope(workloads=frozenset(args.workload) or None, variants=frozenset(args.variant) or None)
         old.records = {k: r for k, r in old.records.items() if r in scope}
         new.records = {k: r for k, r in new.records.items() if r in scope}
-    cmp = compare_runs(old, new, thresholds_path=_thresholds_path(args.thresholds, Path(args.old)),
-                       allow_mismatch=args.allow_mismatch, scope=scope)
+    cmp = _judge(old, new, args, scope)
     _emit(cmp, args, out)
     return EXIT_GATE if cmp.failed and args.gate == "enforce" else EXIT_OK
 
@@ -114,8 +99,7 @@ def cmd_report(args: argparse.Namespace, out) -> int:
     runs = {"this run": run.records}
     if args.baseline:
         base = bl.load_run(args.baseline)
-        cmp = compare_runs(base, run, thresholds_path=_thresholds_path(args.thresholds, Path(args.baseline)),
-                           allow_mismatch=args.allow_mismatch)
+        cmp = _judge(base, run, args)
         text = report.markdown_diff(cmp)
         runs["baseline"] = base.records
         print(report.terminal_table(cmp), file=out)
@@ -162,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common_compare(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--thresholds", help="thresholds JSON (default: thresholds.json beside the baseline, "
-                                             "else baselines/thresholds.json)")
+        sp.add_argument("--thresholds", help="thresholds JSON (default: thresholds.json beside the reference "
+                                             "file, else the repository's baselines/thresholds.json, else "
+                                             "built-in defaults)")
         sp.add_argument("--allow-mismatch", action="store_true",
                         help="compare even when the machines differ in GPU model or major torch/CUDA version")
 
@@ -204,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch = sub.add_parser("check", help="validate baseline files")
     ch.add_argument("files", nargs="+")
     ch.set_defaults(func=cmd_check)
+    ab.add_parser(sub)
     return p
 
 

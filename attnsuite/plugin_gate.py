@@ -1,39 +1,52 @@
 """The regression gate as a pytest sub-plugin: baselines, verdicts and reports after a benchmark run.
 
-After the benchmark session (pytest-benchmark's ``finish`` runs first, in its hookwrapper), this
-plugin reads every benchmark's ``extra_info`` record and the run's machine fingerprint, finds the
-baseline (``--attn-baseline`` or ``baselines/<fingerprint id>.json``), compares with
-:func:`attnsuite.verdict.compare`, and:
+Timeline of a benchmark session:
 
-* ``--attn-gate enforce`` (default): each gating case becomes a failed report
-  ``attnsuite-gate::<case key>`` (pytest's FAILURES section, short summary and red closing line)
-  and the exit status is 1;
-* ``--attn-gate report``: the same table and markdown, exit status untouched;
-* ``--attn-gate off``: nothing.
+1. ``pytest_configure``: every path option is checked (``--attn-baseline``, ``--attn-baselines-dir``,
+   ``--attn-thresholds``, ``--attn-gate-json``) and the thresholds and a named baseline are loaded,
+   so a bad one is a usage error (exit status 4) before any benchmark runs.
+2. ``pytest_report_header``: the baseline this machine will be compared with (or why none), at the
+   top of the output, with what a fallback baseline (a compatible machine's) can promise.
+3. ``pytest_runtestloop`` (after the benchmarks, before pytest-benchmark writes its JSON): the
+   cases judged ``slower`` or ``memory-growth`` against a stored baseline are measured again
+   (:func:`attnsuite.plugin_bench.confirm_cases`), once, all together; the verdict rule keeps a
+   finding only when the second measurement agrees (``--attn-no-confirm`` turns this off).
+4. ``pytest_sessionfinish``: the run's records (as its result JSON has them) are judged by the
+   one compare path (:func:`attnsuite.gate.judge_runs`), scoped to what the run selected, and:
+
+   * ``--attn-gate enforce`` (default): each gating case becomes a failed report
+     ``attnsuite-gate::<case key>`` (pytest's FAILURES section, short summary and red closing
+     line) and the exit status is 1;
+   * ``--attn-gate report``: the same table and markdown, exit status untouched;
+   * ``--attn-gate off``: nothing.
 
 A malformed baseline, or one from another machine (GPU model, major torch/CUDA version) without
 ``--attn-allow-mismatch``, is a usage error (exit status 4), never a test failure. No baseline for
 this machine is said plainly and does not fail the run. ``--attn-record-baseline`` writes the run's
-cases into the baseline (other cases untouched) after showing what changed.
+cases into the baseline (other cases untouched) after showing what changed; an interrupted session
+records nothing.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
 from . import baseline as bl
-from . import report
-from .verdict import Comparison, Scope, ThresholdsError, compare, load_thresholds
+from . import gate, report
+from .verdict import CONFIRMABLE, Comparison, Scope, ThresholdsError
 
 _STATE = pytest.StashKey["GateState"]()
 GATE_NODE = "attnsuite-gate"
+BENCH_PLUGIN = "attnsuite.plugin_bench"
 
 
 class GateState:
-    """What the gate found, carried from session finish to the terminal summary."""
+    """What the gate found, carried from configure to the terminal summary."""
 
     def __init__(self) -> None:
         self.json_obj: Optional[dict[str, Any]] = None  # records and "attnsuite" object of the run's JSON
@@ -41,14 +54,17 @@ class GateState:
         self.comparison: Optional[Comparison] = None
         self.error: Optional[str] = None
         self.deselected = 0
+        self.selected_keys: Optional[frozenset[str]] = None  # case keys of the collected benchmark items
+        self.probing = False  # building a JSON object for the gate's own use: not the run's JSON
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("attnsuite", "attention regression suite")
     group.addoption("--attn-baseline", default=None, metavar="PATH",
-                    help="baseline file to compare with (default: <baselines dir>/<fingerprint id>.json)")
+                    help="baseline file to compare with (default: <baselines dir>/<fingerprint id>.json, else a "
+                         "compatible machine's); must exist unless --attn-record-baseline creates it")
     group.addoption("--attn-baselines-dir", default=None, metavar="DIR",
-                    help="where baselines live (default: baselines/ under the rootdir)")
+                    help="where baselines live (default: baselines/ under the rootdir); must exist")
     group.addoption("--attn-record-baseline", action="store_true", default=False,
                     help="record or refresh the baseline from this run (only the cases this run produced)")
     group.addoption("--attn-gate", choices=("off", "report", "enforce"), default="enforce",
@@ -58,7 +74,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--attn-markdown", default=None, metavar="PATH",
                     help="write the markdown diff here (also appended to $GITHUB_STEP_SUMMARY when set)")
     group.addoption("--attn-thresholds", default=None, metavar="PATH",
-                    help="thresholds JSON (default: thresholds.json in the baselines dir, if present)")
+                    help="thresholds JSON (default: thresholds.json in the baselines dir, else the repository's "
+                         "baselines/thresholds.json, else built-in defaults)")
+    group.addoption("--attn-confirm", dest="attn_confirm", action="store_true", default=True,
+                    help="measure a case judged slower or memory-growth again after all other cases; it fails "
+                         "only if the second measurement agrees (default)")
+    group.addoption("--attn-no-confirm", dest="attn_confirm", action="store_false",
+                    help="judge each case on its first measurement only")
+    group.addoption("--attn-gate-json", default=None, metavar="PATH",
+                    help="write the verdicts as JSON here (per case: verdict, flags, confirmed), e.g. for "
+                         "`attnsuite ab --cases-from`")
+
+
+# --------------------------------------------------------------------------- options, up front
 
 
 def _baselines_dir(config: pytest.Config) -> Path:
@@ -66,20 +94,44 @@ def _baselines_dir(config: pytest.Config) -> Path:
     return Path(d) if d else Path(config.rootpath) / bl.DEFAULT_DIR
 
 
-def _thresholds_path(config: pytest.Config) -> Optional[Path]:
-    p = config.getoption("--attn-thresholds")
-    if p:
-        return Path(p)
-    default = _baselines_dir(config) / bl.THRESHOLDS_FILE
-    return default if default.is_file() else None
+def _usage(option: str, value: str, problem: str) -> pytest.UsageError:
+    return pytest.UsageError(f"attnsuite gate: {option} {value}: {problem}")
+
+
+def check_path_options(config: pytest.Config) -> None:
+    """Every path option names something usable; a UsageError naming the option and the value if not."""
+    recording = config.getoption("--attn-record-baseline")
+    named = config.getoption("--attn-baseline")
+    if named:
+        p = Path(named)
+        if p.is_dir():
+            raise _usage("--attn-baseline", named, "is a folder, expected a baseline file")
+        if not p.exists() and not recording:  # recording may create it
+            raise _usage("--attn-baseline", named, "no such file (--attn-record-baseline creates one)")
+    d = config.getoption("--attn-baselines-dir")
+    if d:
+        if not Path(d).exists():
+            raise _usage("--attn-baselines-dir", d, "no such folder")
+        if not Path(d).is_dir():
+            raise _usage("--attn-baselines-dir", d, "is not a folder")
+    t = config.getoption("--attn-thresholds")
+    if t:
+        if not Path(t).exists():
+            raise _usage("--attn-thresholds", t, "no such file")
+        if not Path(t).is_file():
+            raise _usage("--attn-thresholds", t, "is not a file")
+    j = config.getoption("--attn-gate-json")
+    if j and Path(j).is_dir():
+        raise _usage("--attn-gate-json", j, "is a folder, expected a file to write")
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STATE] = GateState()
+    check_path_options(config)
     if config.getoption("--attn-gate") == "off":
         return
-    # Files named on the command line are checked now, so a bad one stops the run before any
+    # Files named on the command line are read now, so a bad one stops the run before any
     # benchmark time is spent, as a usage error (exit status 4).
     named = config.getoption("--attn-baseline")
     if named and Path(named).exists():
@@ -88,9 +140,61 @@ def pytest_configure(config: pytest.Config) -> None:
         except bl.BaselineError as exc:
             raise pytest.UsageError(f"attnsuite gate: {exc}") from None
     try:
-        load_thresholds(_thresholds_path(config))
+        gate.thresholds_for(config.getoption("--attn-thresholds"), _baselines_dir(config))
     except ThresholdsError as exc:
         raise pytest.UsageError(f"attnsuite gate: {exc}") from None
+
+
+# --------------------------------------------------------------------------- the header
+
+
+def _benchmarks_asked_for(config: pytest.Config) -> bool:
+    """Are benchmarks being run: ``--benchmark-only``, or a path under ``<rootdir>/bench`` named?"""
+    if config.getoption("benchmark_only", False):
+        return True
+    bench = (Path(config.rootpath) / "bench").resolve()
+    for arg in config.args:
+        path = Path(str(arg).split("::")[0]).resolve()
+        if path == bench or bench in path.parents:
+            return True
+    return False
+
+
+def machine_fingerprint(device: Optional[str]) -> dict[str, Any]:
+    """This machine's fingerprint for ``device`` (None: cuda when present, else cpu), as the benchmarks write it."""
+    import torch  # noqa: PLC0415 (only benchmark sessions pay for it)
+
+    from . import fingerprint  # noqa: PLC0415
+
+    return fingerprint.machine_info(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def lookup_lines(lookup: Any) -> list[str]:
+    """The baseline found (or why none) in words, with a fallback's promise on a line of its own."""
+    lines = [str(lookup.message)]
+    promise = getattr(lookup, "promise", "")
+    if getattr(lookup, "fallback", False) and promise and promise not in lookup.message:
+        lines.append(f"fallback baseline: {promise}")
+    return lines
+
+
+def pytest_report_header(config: pytest.Config) -> Optional[list[str]]:
+    if config.getoption("--attn-gate") == "off" and not config.getoption("--attn-record-baseline"):
+        return None
+    if not _benchmarks_asked_for(config):
+        return None
+    named = config.getoption("--attn-baseline")
+    if named:
+        return [f"attnsuite gate: baseline {named} (named with --attn-baseline)"]
+    try:
+        fp = bl.stable_fingerprint(machine_fingerprint(config.getoption("--attn-device", default=None)))
+    except Exception as exc:  # the header must never stop the run; the end of the run says it again
+        return [f"attnsuite gate: could not read this machine's fingerprint: {type(exc).__name__}: {exc}"]
+    lookup = bl.find_baseline(fp, _baselines_dir(config))
+    return [f"attnsuite gate: {line}" for line in lookup_lines(lookup)]
+
+
+# --------------------------------------------------------------------------- selection
 
 
 def pytest_deselected(items: list) -> None:
@@ -101,12 +205,62 @@ def pytest_deselected(items: list) -> None:
             cfg.stash[_STATE].deselected += len(items)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The case keys of the selected benchmark items (the bench module parametrises by the key):
+    # with -k, -m or deselection, exactly these are judged.
+    state = session.config.stash.get(_STATE, None)
+    if state is None:
+        return
+    keys = set()
+    for item in session.items:
+        key = getattr(getattr(item, "callspec", None), "params", {}).get("bench_case")
+        if isinstance(key, str):
+            keys.add(key)
+    state.selected_keys = frozenset(keys) if keys else None
+
+
+def _option(config: pytest.Config, name: str) -> Any:
+    return config.getoption(name, default=None)
+
+
+def scope_of(config: pytest.Config, run: bl.Run, state: GateState, interrupted: bool = False) -> Scope:
+    """Which baseline cases this run answers for: what every selection option selected.
+
+    ``--attn-workload``, ``--attn-mode``, ``--attn-only``, ``--attn-dtype``, ``--attn-device`` and
+    the tier each narrow the scope along their own field; ``-k``, ``-m`` and deselection narrow it
+    to the selected items' case keys. A baseline case outside is not judged ("missing" means a
+    selected case that did not run). An interrupted session answers only for the cases it ran.
+    """
+    def chosen(name: str) -> Optional[frozenset[str]]:
+        value = _option(config, name)
+        if isinstance(value, str):
+            value = [value]
+        return frozenset(value) if value else None
+
+    keys = pairs = None
+    filtered = bool(_option(config, "keyword") or _option(config, "markexpr") or state.deselected)
+    if interrupted:
+        keys = frozenset(run.records)
+    elif filtered:
+        if state.selected_keys is not None:
+            keys = state.selected_keys
+        else:  # items without a case-key parameter: judge the (workload, variant) pairs that ran
+            pairs = Scope.of_run(run.records).pairs
+    tiers = chosen("--attn-tier") or Scope.tiers_of(run.records).tiers
+    return Scope(variants=chosen("--attn-only"), workloads=chosen("--attn-workload"), modes=chosen("--attn-mode"),
+                 dtypes=chosen("--attn-dtype"), devices=chosen("--attn-device"), tiers=tiers, keys=keys, pairs=pairs)
+
+
+# --------------------------------------------------------------------------- the run's records
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
     # trylast: the benchmarks plugin adds the "attnsuite" object (with the fingerprint) and the
     # cases that produced no samples (out of memory, errors) first; the gate judges exactly this.
-    if _STATE in config.stash:
-        config.stash[_STATE].json_obj = {
+    state = config.stash.get(_STATE, None)
+    if state is not None and not state.probing:
+        state.json_obj = {
             "benchmarks": [{"name": b.get("fullname") or b.get("name"), "extra_info": b.get("extra_info")}
                            for b in output_json.get("benchmarks", []) if isinstance(b, dict)],
             "attnsuite": output_json.get("attnsuite"),
@@ -117,41 +271,150 @@ def _benchmark_session(config: pytest.Config) -> Any:
     return getattr(config, "_benchmarksession", None)
 
 
-def _current_run(config: pytest.Config, state: GateState) -> Optional[bl.Run]:
-    """This session's records and fingerprint, as its result JSON has them; None when no benchmark ran."""
-    bs = _benchmark_session(config)
-    benches = list(getattr(bs, "benchmarks", None) or [])
-    if state.json_obj is None and benches:
-        # No JSON was saved (no --benchmark-json): ask the same hooks for the same JSON object.
-        # machine_info stays empty: pytest-benchmark's own (py-cpuinfo) costs seconds and the
-        # fingerprint is the benchmarks plugin's business.
-        try:
-            out = config.hook.pytest_benchmark_generate_json(
-                config=config, benchmarks=benches, include_data=False, machine_info={}, commit_info={})
-            config.hook.pytest_benchmark_update_json(config=config, benchmarks=benches, output_json=out)
-        except Exception as exc:  # the gate must still run on the records it has
-            state.lines.append(f"could not build the run's JSON: {type(exc).__name__}: {exc}")
-    obj = state.json_obj
-    if obj is None:
-        if not benches:
-            return None
-        obj = {"benchmarks": [{"name": getattr(b, "fullname", "?"), "extra_info": dict(b.extra_info or {})}
-                              for b in benches]}
+def _json_now(config: pytest.Config, state: GateState) -> Optional[dict[str, Any]]:
+    """The run's JSON object as the same hooks would build it now (without keeping it as the run's)."""
+    benches = list(getattr(_benchmark_session(config), "benchmarks", None) or [])
+    if not benches:
+        return None
+    # machine_info stays empty: pytest-benchmark's own (py-cpuinfo) costs seconds and the
+    # fingerprint is the benchmarks plugin's business.
+    out = config.hook.pytest_benchmark_generate_json(
+        config=config, benchmarks=benches, include_data=False, machine_info={}, commit_info={})
+    state.probing = True
+    try:
+        config.hook.pytest_benchmark_update_json(config=config, benchmarks=benches, output_json=out)
+    finally:
+        state.probing = False
+    return {"benchmarks": [{"name": b.get("fullname") or b.get("name"), "extra_info": b.get("extra_info")}
+                           for b in out.get("benchmarks", []) if isinstance(b, dict)],
+            "attnsuite": out.get("attnsuite")}
+
+
+def _run_of(obj: dict[str, Any]) -> bl.Run:
     run = bl.run_from_benchmarks_json(obj, "this run")
     if run.fingerprint:
         run.fingerprint = bl.stable_fingerprint(run.fingerprint)
+    meta = obj.get("attnsuite")
+    cal = meta.get("calibration") if isinstance(meta, dict) else None
+    if getattr(run, "calibration", None) is None and isinstance(cal, dict) and cal:
+        try:
+            run.calibration = dict(cal)  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
     return run
 
 
-def _scope(config: pytest.Config, run: bl.Run, state: GateState) -> Scope:
-    """Which baseline cases this run answers for (a filtered run does not make the rest 'missing')."""
-    only = config.getoption("--attn-only", default=None) or []
-    filtered = bool(config.getoption("keyword", default="") or config.getoption("markexpr", default="")
-                    or state.deselected)
-    if filtered:
-        return Scope.of_run(run.records)
-    tiers = Scope.tiers_of(run.records).tiers
-    return Scope(variants=frozenset(only) if only else None, tiers=tiers)
+def _current_run(config: pytest.Config, state: GateState) -> Optional[bl.Run]:
+    """This session's records and fingerprint, as its result JSON has them; None when no benchmark ran."""
+    obj = state.json_obj
+    if obj is None:
+        # No JSON was saved (no --benchmark-json): ask the same hooks for the same JSON object.
+        try:
+            obj = _json_now(config, state)
+        except Exception as exc:  # the gate must still run on the records it has
+            state.lines.append(f"could not build the run's JSON: {type(exc).__name__}: {exc}")
+            benches = list(getattr(_benchmark_session(config), "benchmarks", None) or [])
+            obj = {"benchmarks": [{"name": getattr(b, "fullname", "?"), "extra_info": dict(b.extra_info or {})}
+                                  for b in benches]} if benches else None
+    return None if obj is None else _run_of(obj)
+
+
+# --------------------------------------------------------------------------- finding and judging
+
+
+def _locate(config: pytest.Config, run: bl.Run) -> tuple[Optional[Path], Any]:
+    """(baseline path or None, the lookup: message, fallback, promise) for this run."""
+    named = config.getoption("--attn-baseline")
+    if named:
+        return Path(named), bl.Lookup(Path(named), f"baseline {named} (named with --attn-baseline)")
+    look = bl.find_baseline(run.fingerprint, _baselines_dir(config))
+    return look.path, look
+
+
+def _judge(config: pytest.Config, run: bl.Run, base: bl.Baseline, path: Path, lookup: Any, state: GateState,
+           interrupted: bool = False) -> Comparison:
+    """The one compare path with the one thresholds rule (raises FingerprintMismatch, ThresholdsError)."""
+    cfg, _ = gate.thresholds_for(config.getoption("--attn-thresholds"), _baselines_dir(config))
+    notes = ["the session was interrupted: only the cases that ran are judged"] if interrupted else []
+    cmp = gate.judge_runs(gate.run_of_baseline(base), run, thresholds=cfg,
+                          scope=scope_of(config, run, state, interrupted),
+                          allow_mismatch=config.getoption("--attn-allow-mismatch"), notes=notes)
+    cmp.baseline_label = str(path)
+    cmp.current_label = "this run"
+    cmp.header = lookup_lines(lookup)
+    cmp.fallback = bool(getattr(lookup, "fallback", False))
+    cmp.promise = str(getattr(lookup, "promise", "") or "")
+    return cmp
+
+
+def _interrupted(session: pytest.Session, exitstatus: Any = None) -> Optional[str]:
+    """Why the session did not run to its end (None when it did)."""
+    if exitstatus == pytest.ExitCode.INTERRUPTED or session.exitstatus == pytest.ExitCode.INTERRUPTED:
+        return "interrupted"
+    for why in (session.shouldstop, session.shouldfail):  # shouldfail: -x / --maxfail reached
+        if why:
+            return f"stopped early ({why})" if isinstance(why, str) else "stopped early"
+    return None
+
+
+# --------------------------------------------------------------------------- confirmation
+
+
+def _confirm_function(config: pytest.Config) -> Optional[Callable[..., Any]]:
+    """The benchmarks plugin's ``confirm_cases(config, keys)``, when that plugin is loaded."""
+    plugin = config.pluginmanager.get_plugin(BENCH_PLUGIN)
+    return getattr(plugin, "confirm_cases", None) if plugin is not None else None
+
+
+def confirm_flagged(session: pytest.Session) -> None:
+    """Re-measure, once and together, every case judged slower or memory-growth against a stored baseline."""
+    config = session.config
+    state: Optional[GateState] = config.stash.get(_STATE, None)
+    if state is None or not config.getoption("attn_confirm") or config.getoption("--attn-gate") == "off":
+        return
+    if config.getoption("--attn-record-baseline") or _interrupted(session):
+        return
+    try:
+        obj = _json_now(config, state)
+        run = _run_of(obj) if obj else None
+        if run is None or not run.records:
+            return
+        path, lookup = _locate(config, run)
+        if path is None or not path.exists():
+            return
+        cmp = _judge(config, run, bl.load_baseline(path), path, lookup, state)
+    except (bl.InputFileError, bl.FingerprintMismatch, ThresholdsError):
+        return  # the session's end reports these properly
+    keys = [v.key for v in cmp.verdicts
+            if v.cur is not None and any(f in CONFIRMABLE for f in v.flags) and "confirm" not in (v.cur.extra or {})]
+    if not keys:
+        return
+    confirm = _confirm_function(config)
+    if confirm is None:
+        state.lines.append(f"{len(keys)} flagged case(s) not confirmed: the benchmarks plugin ({BENCH_PLUGIN}) "
+                           "is not loaded")
+        return
+    t0 = time.monotonic()
+    confirm(config, keys)
+    state.lines.append(f"confirmation: {len(keys)} case(s) first judged slower or memory-growth measured again "
+                       f"({time.monotonic() - t0:.1f} s)")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Any:
+    result = yield  # an exception (KeyboardInterrupt, -x) propagates: nothing is re-measured
+    # After every case ran and before pytest-benchmark writes its JSON (in pytest_sessionfinish),
+    # so the second measurements are in the JSON and in the verdicts.
+    try:
+        confirm_flagged(session)
+    except Exception as exc:  # never lose the run's results over the confirmation
+        state = session.config.stash.get(_STATE, None)
+        if state is not None:
+            state.lines.append(f"confirmation failed: {type(exc).__name__}: {exc}")
+    return result
+
+
+# --------------------------------------------------------------------------- the end of the session
 
 
 def _fail_report(v, nodeid_prefix: str = GATE_NODE) -> pytest.TestReport:
@@ -165,6 +428,25 @@ def _usage_error(session: pytest.Session, state: GateState, message: str) -> Non
     session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
+def _write_gate_json(config: pytest.Config, state: GateState, obj: dict[str, Any]) -> None:
+    target = config.getoption("--attn-gate-json")
+    if not target:
+        return
+    try:
+        bl.atomic_write_text(target, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+        state.lines.append(f"gate JSON written to {target}")
+    except (OSError, ValueError) as exc:
+        state.lines.append(f"could not write the gate JSON {target}: {exc}")
+
+
+def _write_markdown(config: pytest.Config, state: GateState, text: str) -> None:
+    md_path = config.getoption("--attn-markdown")
+    if md_path:
+        report.write_markdown(text, md_path)
+        report.append_step_summary(text)
+        state.lines.append(f"markdown diff written to {md_path}")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
@@ -173,6 +455,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     recording = config.getoption("--attn-record-baseline")
     if mode == "off" and not recording:
         return
+    interrupted = _interrupted(session, exitstatus)
     try:
         run = _current_run(config, state)
     except bl.ResultFileError as exc:
@@ -181,20 +464,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if run is None or not run.records:
         if recording or config.getoption("--attn-baseline"):
             state.lines.append("no attnsuite benchmark records in this run: nothing to compare or record")
+        _write_gate_json(config, state, {"compared": False, "failed": False, "reason": "no benchmark records",
+                                         "cases": []})
         return
-    named = config.getoption("--attn-baseline")
-    if named:
-        path: Optional[Path] = Path(named)
-        found = f"baseline {named}"
-        if not path.exists() and not recording:
-            _usage_error(session, state, f"baseline {named}: no such file")
-            return
-    else:
-        look = bl.find_baseline(run.fingerprint, _baselines_dir(config))
-        path, found = look.path, look.message
-        if path is None and recording and bl.fingerprint_id(run.fingerprint):
-            path = bl.baseline_path_for(run.fingerprint, _baselines_dir(config))
-    state.lines.append(found)
+    path, lookup = _locate(config, run)
+    if path is None and recording and bl.fingerprint_id(run.fingerprint):
+        path = bl.baseline_path_for(run.fingerprint, _baselines_dir(config))
 
     base = None
     if path is not None and path.exists():
@@ -205,9 +480,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             return
     if base is not None and mode != "off":
         try:
-            notes = bl.check_compatible(base.fingerprint, run.fingerprint,
-                                        allow_mismatch=config.getoption("--attn-allow-mismatch"))
-            cfg = load_thresholds(_thresholds_path(config))
+            cmp = _judge(config, run, base, path, lookup, state, interrupted=bool(interrupted))  # type: ignore[arg-type]
         except bl.FingerprintMismatch as exc:
             _usage_error(session, state, f"refusing to compare with {path}: the machines differ: {exc} "
                                          "(--attn-allow-mismatch compares anyway)")
@@ -215,17 +488,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         except ThresholdsError as exc:
             _usage_error(session, state, str(exc))
             return
-        cmp = compare(base.records(), run.records, thresholds=cfg, device=bl.device_kind(run.fingerprint),
-                      scope=_scope(config, run, state), notes=notes)
-        cmp.baseline_label = f"`{path}`"
-        cmp.current_label = "this run"
         state.comparison = cmp
-        md_path = config.getoption("--attn-markdown")
-        if md_path:
-            text = report.markdown_diff(cmp)
-            report.write_markdown(text, md_path)
-            report.append_step_summary(text)
-            state.lines.append(f"markdown diff written to {md_path}")
+        _write_markdown(config, state, report.markdown_diff(cmp))
+        _write_gate_json(config, state, cmp.to_json())
         if cmp.failed and mode == "enforce" and not recording:
             tr = config.pluginmanager.get_plugin("terminalreporter")
             if tr is not None:
@@ -233,29 +498,39 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                     tr.stats.setdefault("failed", []).append(_fail_report(v))
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    elif base is None and mode != "off":
-        state.lines.append("no comparison: results are still in the benchmark JSON; make this machine's "
-                           "baseline with --attn-record-baseline")
-        md_path = config.getoption("--attn-markdown")
-        if md_path:
-            text = report.markdown_run(run.records, context=[found])
-            report.write_markdown(text, md_path)
-            report.append_step_summary(text)
+    else:
+        state.lines.extend(lookup_lines(lookup))
+        if mode != "off":
+            state.lines.append("no comparison: results are still in the benchmark JSON; make this machine's "
+                               "baseline with --attn-record-baseline")
+            _write_markdown(config, state, report.markdown_run(run.records, context=lookup_lines(lookup)))
+            _write_gate_json(config, state, {"compared": False, "failed": False, "reason": str(lookup.message),
+                                             "cases": []})
     if recording:
-        if path is None:
-            _usage_error(session, state, "cannot record a baseline: this run has no machine fingerprint id; "
-                                         "name the file with --attn-baseline")
-            return
-        try:
-            existing = base if base is not None else None
-            merged, summary = bl.merge_into(existing, run.records, run.fingerprint or {},
-                                            allow_mismatch=config.getoption("--attn-allow-mismatch"))
-            if not bl.fingerprint_id(merged.fingerprint):
-                raise ValueError("this run has no machine fingerprint id")
-            bl.save_baseline(merged, path)
-            state.lines.append(f"baseline recorded: {path}: {summary}")
-        except (bl.FingerprintMismatch, bl.BaselineError, ValueError) as exc:
-            _usage_error(session, state, f"cannot record baseline {path}: {exc}")
+        if getattr(lookup, "fallback", False) and bl.fingerprint_id(run.fingerprint):
+            # a fallback is another machine's file: this machine's measurements go into its own
+            path = bl.baseline_path_for(run.fingerprint, _baselines_dir(config))
+        _record(session, state, run, path, interrupted)
+
+
+def _record(session: pytest.Session, state: GateState, run: bl.Run, path: Optional[Path],
+            interrupted: Optional[str]) -> None:
+    config = session.config
+    if interrupted:  # a partial run must not replace a baseline's cases with a subset or with errors
+        state.lines.append(f"baseline NOT recorded: the session was {interrupted}; nothing was written")
+        return
+    if path is None:
+        _usage_error(session, state, "cannot record a baseline: this run has no machine fingerprint id; "
+                                     "name the file with --attn-baseline")
+        return
+    try:
+        if not bl.fingerprint_id(run.fingerprint) and not path.exists():
+            raise ValueError("this run has no machine fingerprint id")
+        # read, merge and write under the store's lock: a concurrent recording loses nothing
+        summary = bl.record_baseline(run, path, allow_mismatch=config.getoption("--attn-allow-mismatch"))
+        state.lines.append(f"baseline recorded: {path}: {summary}")
+    except (bl.FingerprintMismatch, bl.BaselineError, ValueError) as exc:
+        _usage_error(session, state, f"cannot record baseline {path}: {exc}")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -264,17 +539,20 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     tr = terminalreporter
     tr.write_sep("=", "attnsuite regression gate", bold=True)
-    for line in state.lines:
-        tr.write_line(line)
     cmp = state.comparison
     if cmp is not None:
         for note in cmp.notes:
             tr.write_line(f"note: {note}")
-        tr.write_line(report.terminal_table(cmp))
+    for line in state.lines:
+        tr.write_line(line)
+    if cmp is not None:
+        tr.write_line(report.terminal_table(cmp))  # starts with the baseline and the calibration
         mode = config.getoption("--attn-gate")
         for line in report.gate_lines(cmp):
             tr.write_line(f"{'FAILED' if mode == 'enforce' else 'REPORTED'} {line}", red=mode == "enforce",
                           yellow=mode != "enforce")
+        for line in report.reported_lines(cmp):
+            tr.write_line(f"NOT GATING {line}", yellow=True)
         if cmp.improvements:
             tr.write_line(f"{len(cmp.improvements)} improvements: refresh the baseline (--attn-record-baseline) "
                           "to keep them", green=True)

@@ -1,9 +1,15 @@
 """Reports of a comparison: a terminal table, a markdown diff for PR review, and plots.
 
+Every report of a comparison starts with :func:`header_lines`: the baseline (a fallback one with
+what it can promise) and this instance's calibration against the baseline's. Tables show the time
+statistic the verdict judged, labelled, with the median of the same timer beside it, and both
+changes of a case that was measured twice (confirmation).
+
 The markdown diff puts the regressions in its first lines (a reviewer sees what failed without
-scrolling), then improvements (refresh the baseline), then new cases, and collapses the unchanged
-cases in ``<details>``. It starts with :data:`MARKER`, an HTML comment by which the CI finds and
-updates its single PR comment.
+scrolling), then the findings that do not gate (host overhead, not confirmed), improvements
+(refresh the baseline), new cases, and collapses the unchanged cases in ``<details>``. It starts
+with :data:`MARKER`, an HTML comment by which the CI finds and updates its single PR comment.
+Text that is not the suite's own goes through :func:`md_escape`, the one escaping function.
 """
 
 from __future__ import annotations
@@ -22,18 +28,104 @@ from .verdict import CaseVerdict, Comparison, fmt_bytes, fmt_ms, fmt_pct
 MARKER = "<!-- attnsuite-gate -->"
 _MD_ROWS_MAX = 400  # a PR comment is capped at 65536 characters; the unchanged list is cut first
 
+# Characters that start markdown syntax inside a line (emphasis, code, links, tables, strikethrough)
+# and the backslash that escapes them; HTML's three are turned into entities.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+_MD_BREAKS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 
-def _change_cells(v: CaseVerdict) -> tuple[str, str, str, str, str]:
+
+def md_escape(text: object) -> str:
+    """THE markdown escaping of text that is not ours (variant names, case keys, details, paths).
+
+    One line (newlines and control characters become a space), no HTML (``& < >`` as entities),
+    and no markdown syntax (``\\ ` * _ [ ] | ~`` backslash-escaped), so a hostile name can neither
+    break a table nor inject markup. Everything in the markdown reports goes through it.
+    """
+    out = _MD_BREAKS.sub(" ", str(text))
+    out = out.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", out)
+
+
+def _change_cells(v: CaseVerdict) -> tuple[str, str, str, str, str, str, str]:
+    """(judged statistic, baseline, this run, change, band, median, peak memory) of one verdict.
+
+    The baseline and this-run cells are the statistic the verdict judged, labelled in the first
+    cell; the medians of the same timer stand beside them, so a row never shows one number while
+    the gate judged another. A second measurement's change follows the first after a slash.
+    """
     b, c = v.base, v.cur
-    base_t = fmt_ms(b.median_ms) if b and b.outcome == "ok" else (b.outcome if b else "-")
-    cur_t = fmt_ms(c.median_ms) if c and c.outcome == "ok" else (c.outcome if c else "not run")
+    if v.statistic:
+        judged, base_t, cur_t = v.statistic, fmt_ms(v.base_ms), fmt_ms(v.cur_ms)
+        median = f"{fmt_ms(v.base_median_ms)} -> {fmt_ms(v.cur_median_ms)}"
+    else:
+        judged = "not gated" if v.time_note.endswith("not gated") else ""
+        base_t = fmt_ms(b.median_ms) if b and b.outcome == "ok" else (b.outcome if b else "-")
+        cur_t = fmt_ms(c.median_ms) if c and c.outcome == "ok" else (c.outcome if c else "not run")
+        median = ""
+        if judged:
+            base_t, cur_t = "-", "-"
+            median = f"{fmt_ms(b.median_ms if b else None)} -> {fmt_ms(c.median_ms if c else None)}"
+    change = fmt_pct(v.time_change) if v.time_change is not None else ""
+    if v.confirm_time_change is not None:
+        change = f"{change or '-'} / {fmt_pct(v.confirm_time_change)}"
     band = f"±{v.band * 100:.1f}%" if v.band is not None else ""
     mem = ""
     if b and c and b.peak_mem_bytes is not None and c.peak_mem_bytes is not None:
         mem = f"{fmt_bytes(b.peak_mem_bytes)} -> {fmt_bytes(c.peak_mem_bytes)}"
+        if v.confirm_mem_change is not None and v.mem_change is not None:
+            mem += f" ({fmt_pct(v.mem_change)} / {fmt_pct(v.confirm_mem_change)})"
     elif c and c.peak_mem_bytes is not None:
         mem = fmt_bytes(c.peak_mem_bytes)
-    return base_t, cur_t, fmt_pct(v.time_change) if v.time_change is not None else "", band, mem
+    return judged, base_t, cur_t, change, band, median, mem
+
+
+# --------------------------------------------------------------------------- header
+
+
+def _bandwidth(gbs: float) -> str:
+    return f"{gbs / 1000:.2g} TB/s" if gbs >= 1000 else f"{gbs:.3g} GB/s"
+
+
+def _calib_figures(cal: Mapping[str, object]) -> list[tuple[str, str, Optional[float]]]:
+    """(name, text, value) of the calibration figures a report shows, in a fixed order."""
+    out: list[tuple[str, str, Optional[float]]] = []
+    bw = cal.get("mem_bandwidth_gbs")
+    if isinstance(bw, (int, float)) and not isinstance(bw, bool) and bw > 0:
+        out.append(("copy", _bandwidth(float(bw)), float(bw)))
+    mm = cal.get("matmul_tflops")
+    if isinstance(mm, (int, float)) and not isinstance(mm, bool) and mm > 0:
+        dtype = str(cal.get("matmul_dtype") or "").replace("bfloat16", "bf16").replace("float16", "fp16")
+        name = f"{dtype} matmul".strip()
+        out.append((name, f"{float(mm):.3g} TFLOP/s", float(mm)))
+    return out
+
+
+def calibration_line(cur: Optional[Mapping[str, object]], base: Optional[Mapping[str, object]]) -> Optional[str]:
+    """This instance's calibration probes against the baseline's, in one line (None when neither has any).
+
+    e.g. ``instance: copy 3.9 TB/s, bf16 matmul 690 TFLOP/s; baseline: 4.1 TB/s, 702 TFLOP/s (-5%, -2%)``.
+    Verdicts are not normalised by it; it tells a reader whether the instance itself is slower.
+    """
+    mine = _calib_figures(cur or {})
+    theirs = {name: (text, value) for name, text, value in _calib_figures(base or {})}
+    if not mine and not theirs:
+        return None
+    left = "instance: " + (", ".join(f"{n} {t}" for n, t, _ in mine) if mine else "no calibration recorded")
+    if not theirs:
+        return f"{left}; baseline: no calibration recorded"
+    shown = [n for n, _, _ in mine if n in theirs] or list(theirs)
+    right = ", ".join(theirs[n][0] if mine else f"{n} {theirs[n][0]}" for n in shown)
+    rel = [f"{(value / theirs[n][1] - 1) * 100:+.0f}%" for n, _, value in mine if n in theirs and value]
+    return f"{left}; baseline: {right}" + (f" ({', '.join(rel)})" if rel else "")
+
+
+def header_lines(cmp: Comparison) -> list[str]:
+    """The lines every report of a comparison starts with: the baseline (fallback and promise), calibration."""
+    lines = list(cmp.header)
+    cal = calibration_line(cmp.cur_calibration, cmp.base_calibration)
+    if cal:
+        lines.append(cal)
+    return lines
 
 
 # --------------------------------------------------------------------------- terminal
@@ -44,10 +136,18 @@ def gate_lines(cmp: Comparison) -> list[str]:
     return [f"{'/'.join(v.flags)}: {v.key}: {v.message}" for v in cmp.regressions]
 
 
+def reported_lines(cmp: Comparison) -> list[str]:
+    """One line per finding that does not fail the gate (host overhead, not confirmed)."""
+    return [f"{'/'.join(v.flags)}: {v.key}: {v.message}" for v in cmp.reported]
+
+
+TABLE_HEADER = ("verdict", "case", "judged", "baseline", "this run", "change", "band", "median", "peak memory")
+
+
 def terminal_table(cmp: Comparison, *, show_same: bool = False, max_rows: int = 200) -> str:
     """A plain-text table of the verdicts (unchanged cases left out unless ``show_same``)."""
-    rows = [v for v in cmp.verdicts if show_same or v.verdict != "same"]
-    header = ("verdict", "case", "baseline", "this run", "change", "band", "peak memory")
+    rows = [v for v in cmp.verdicts if show_same or v.verdict != "same" or v.reported]
+    header = TABLE_HEADER
     body = [(v.verdict, v.key) + _change_cells(v) for v in rows[:max_rows]]
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(header)]
     widths[1] = min(widths[1], 90)
@@ -57,10 +157,10 @@ def terminal_table(cmp: Comparison, *, show_same: bool = False, max_rows: int = 
         for i, (cell, w) in enumerate(zip(cells, widths)):
             if len(cell) > w:
                 cell = "..." + cell[-(w - 3):]
-            out.append(cell.ljust(w) if i < 2 or i == len(cells) - 1 else cell.rjust(w))
+            out.append(cell.ljust(w) if i < 3 or i == len(cells) - 1 else cell.rjust(w))
         return "  ".join(out).rstrip()
 
-    lines = [line(header), line(["-" * w for w in widths])] + [line(r) for r in body]
+    lines = header_lines(cmp) + [line(header), line(["-" * w for w in widths])] + [line(r) for r in body]
     if len(rows) > max_rows:
         lines.append(f"... {len(rows) - max_rows} more rows")
     hidden = len(cmp.verdicts) - len(rows)
@@ -73,42 +173,48 @@ def terminal_table(cmp: Comparison, *, show_same: bool = False, max_rows: int = 
 # --------------------------------------------------------------------------- markdown
 
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
-
-
 def _md_table(verdicts: Iterable[CaseVerdict], with_message: bool = True) -> list[str]:
-    head = "| verdict | workload | variant | mode | problem | baseline | this run | change | band | peak memory |"
+    cols = ["verdict", "workload", "variant", "mode", "problem", *TABLE_HEADER[2:]]
     if with_message:
-        head += " details |"
-    lines = [head, "|" + "---|" * head.count(" |")]
+        cols.append("details")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for v in verdicts:
         r = v.record
-        cells = [f"**{v.verdict}**" if v.gating else v.verdict, r.workload, r.variant, r.mode, f"`{r.problem}`",
-                 *_change_cells(v)]
+        verdict = f"**{md_escape(v.verdict)}**" if v.gating else md_escape(v.verdict)
+        cells = [md_escape(c) for c in (r.workload, r.variant, r.mode, r.problem, *_change_cells(v))]
         if with_message:
-            cells.append(v.message)
-        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+            cells.append(md_escape(v.message))
+        lines.append("| " + " | ".join([verdict] + cells) + " |")
     return lines
+
+
+def _md_finding(v: CaseVerdict) -> str:
+    return f"- **{md_escape('/'.join(v.flags))}** {md_escape(v.key)}: {md_escape(v.message)}"
 
 
 def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", context: Sequence[str] = ()) -> str:
     """The PR-review markdown: verdict line, regressions, improvements, new, unchanged collapsed."""
     status = "❌ **FAIL**" if cmp.failed else "✅ pass"
     counts = ", ".join(f"{n} {k}" for k, n in cmp.counts().items()) or "no cases"
-    out = [MARKER, f"### {title}: {status}", "", f"{counts}. Baseline: {cmp.baseline_label}; compared with "
-                                                   f"{cmp.current_label}."]
+    out = [MARKER, f"### {md_escape(title)}: {status}", ""]
+    out += [f"> {md_escape(line)}" for line in header_lines(cmp)]
+    if out[-1] != "":
+        out.append("")
+    out.append(f"{counts}. Baseline: {md_escape(cmp.baseline_label)}; compared with {md_escape(cmp.current_label)}.")
     if cmp.out_of_scope:
         out.append(f"{cmp.out_of_scope} baseline cases are outside this run's selection and were not judged.")
     for line in list(context) + cmp.notes:
-        out.append(f"> {line}")
+        out.append(f"> {md_escape(line)}")
     out.append("")
     if cmp.regressions:
         out += [f"#### Regressions ({len(cmp.regressions)}): these fail the gate", ""]
-        for v in cmp.regressions:
-            out.append(f"- **{'/'.join(v.flags)}** `{v.key}`: {_md_escape(v.message)}")
+        out += [_md_finding(v) for v in cmp.regressions]
         out += ["", "<details>", "<summary>Regressions as a table</summary>", "",
                 *_md_table(cmp.regressions, with_message=False), "", "</details>", ""]
+    if cmp.reported:
+        out += [f"#### Reported, not gating ({len(cmp.reported)}): host overhead, findings a second "
+                "measurement did not confirm", ""]
+        out += [_md_finding(v) for v in cmp.reported] + [""]
     if cmp.improvements:
         out += [f"#### Improvements ({len(cmp.improvements)}): refresh the baseline to keep them",
                 "", *_md_table(cmp.improvements), ""]
@@ -126,16 +232,19 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
 
 def markdown_run(records: Mapping[str, CaseRecord], *, title: str = "attnsuite results", context: Sequence[str] = ()) -> str:
     """A markdown table of one run's cases (no baseline to compare with)."""
-    out = [MARKER, f"### {title}", ""] + [f"> {c}" for c in context] + [""]
-    out.append("| workload | variant | mode | problem | outcome | median | IQR | TFLOP/s | % peak | peak memory | backend |")
-    out.append("|" + "---|" * 11)
+    out = [MARKER, f"### {md_escape(title)}", ""] + [f"> {md_escape(c)}" for c in context] + [""]
+    out.append("| workload | variant | mode | problem | outcome | median | IQR | device | TFLOP/s | % peak | "
+               "peak memory | backend |")
+    out.append("|" + "---|" * 12)
     for key in sorted(records):
         r = records[key]
-        cells = [r.workload, r.variant, r.mode, f"`{r.problem}`",
-                 r.outcome if r.outcome == "ok" else f"**{r.outcome}** {(r.detail or '')[:80]}",
-                 fmt_ms(r.median_ms), fmt_ms(r.iqr_ms), "-" if r.tflops is None else f"{r.tflops:.4g}",
-                 "-" if r.pct_peak is None else f"{r.pct_peak:.3g}", fmt_bytes(r.peak_mem_bytes), r.backend or "-"]
-        out.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+        outcome = md_escape(r.outcome) if r.outcome == "ok" else f"**{md_escape(r.outcome)}** {md_escape((r.detail or '')[:80])}"
+        cells = [md_escape(c) for c in (r.workload, r.variant, r.mode, r.problem)] + [outcome] + [
+            md_escape(c) for c in (fmt_ms(r.median_ms), fmt_ms(r.iqr_ms), fmt_ms(r.device_ms),
+                                   "-" if r.tflops is None else f"{r.tflops:.4g}",
+                                   "-" if r.pct_peak is None else f"{r.pct_peak:.3g}", fmt_bytes(r.peak_mem_bytes),
+                                   r.backend or "-")]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 

@@ -2,23 +2,33 @@
 
 Verdicts (``VERDICTS``), gating ones first:
 
-* ``newly-failing``: the case now ends in a numerics failure or an error and did not before;
+* ``newly-failing``: the case now fails (numerics, error, crash, timeout) and did not before;
 * ``newly-oom``: the case now runs out of memory and did not before;
-* ``missing``: the baseline has the case, this run did not produce it (or now skips it);
-* ``slower``: the median time grew by more than the case's noise band;
+* ``missing``: the baseline has the case, this run selected it but did not produce it (or skips it);
+* ``slower``: the judged time grew by more than the case's noise band;
 * ``memory-growth``: peak memory grew by more than the relative and the absolute allowance;
+* ``host-slower`` / ``host-faster``: on CUDA, the host's overhead per call (event time minus
+  device time) changed beyond its own allowance; reported, gating only with ``host_gating``;
 * ``faster`` / ``memory-shrink``: the reverse (reported so the baseline gets refreshed);
 * ``fixed-oom`` / ``fixed-failing``: ran out of memory / failed in the baseline, runs now;
 * ``new``: not in the baseline;
-* ``same``: within noise (also: skipped in both, failing the same way in both).
+* ``same``: within noise (also: skipped in both, failing the same way in both, not confirmed).
 
-The noise band of a case is ``max(time_floor, spread_k * hypot(iqr_b/median_b, iqr_c/median_c))``:
-it grows with the measured spread (relative interquartile range) of *both* runs and never drops
-below the floor. A host-bound case (the GPU waited on Python's launches: ``launch_fraction``) has
-its own, wider floor, because it times the host CPU, which varies between machine instances.
-Floors and factors come from :class:`Thresholds`, resolved per device kind,
-workload and case from a small JSON config (``baselines/thresholds.json``, see
-:func:`load_thresholds`).
+Which time is judged (:func:`time_basis`): on CUDA the device time (``device_min_ms`` for the
+statistic "min", else ``device_ms``) when both runs have it, so the host CPU of the machine
+instance does not move the verdict; a CUDA baseline without device time (recorded with the old
+event-only method) does not gate time at all. On CPU the timer's own statistic.
+
+The noise band of a case is ``max(time_floor, spread_k * hypot(iqr_b/median_b, iqr_c/median_c))``
+of the judged time's own spread (device IQR for device time): it grows with the measured spread
+of *both* runs and never drops below the floor. A host-bound case judged on event time (the GPU
+waited on Python's launches: ``launch_fraction``) has its own, wider floor; device time has none.
+
+Confirmation (:func:`judge`): a case whose record carries ``extra["confirm"]`` (a second
+measurement taken after the other cases) keeps ``slower``/``memory-growth`` only when the second
+measurement is beyond the band too; otherwise the finding is dropped with a note naming both
+changes. Floors and factors come from :class:`Thresholds`, resolved per device kind, workload
+and case from a small JSON config (``baselines/thresholds.json``, see :func:`load_thresholds`).
 """
 
 from __future__ import annotations
@@ -27,18 +37,21 @@ import fnmatch
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from .record import CaseRecord
+from .record import FAILING_OUTCOMES, CaseRecord
 
 GATING = ("newly-failing", "newly-oom", "missing", "slower", "memory-growth")
+HOST = ("host-slower", "host-faster")  # reported; host-slower gates only with Thresholds.host_gating
 IMPROVEMENTS = ("faster", "memory-shrink", "fixed-oom", "fixed-failing")
-VERDICTS = GATING + IMPROVEMENTS + ("new", "same")
+VERDICTS = GATING + ("host-slower",) + IMPROVEMENTS + ("host-faster", "new", "same")
 _RANK = {v: i for i, v in enumerate(VERDICTS)}
-FAILING = ("numerics", "error")
-RAN = ("ok", "oom", "numerics", "error")  # outcomes that mean the case was attempted
+CONFIRMABLE = ("slower", "memory-growth")  # findings a second measurement must agree with
+FAILING = FAILING_OUTCOMES  # crash and timeout count like a numerics failure or an error
+RAN = ("ok", "oom") + FAILING_OUTCOMES  # outcomes that mean the case was attempted
 
 
 class ThresholdsError(ValueError):
@@ -61,6 +74,13 @@ class Thresholds:
     # drops below host_bound_floor. 0 turns this off.
     host_bound_floor: float = 0.0
     host_bound_at: float = 0.5
+    # Host overhead per call (CUDA: event-bracketed median minus device median) is judged apart
+    # from device time: it changes with the machine instance's CPU, so by default it is reported
+    # ("host-slower"/"host-faster") and does not fail the gate. It counts as changed only beyond
+    # host_floor (relative) AND host_abs_ms (absolute, ms), like memory.
+    host_floor: float = 0.5
+    host_abs_ms: float = 0.05
+    host_gating: bool = False
 
     def validate(self, where: str) -> None:
         for f in fields(self):
@@ -68,6 +88,10 @@ class Thresholds:
             if f.name == "statistic":
                 if v not in ("median", "min"):
                     raise ThresholdsError(f"{where}: statistic must be 'median' or 'min', got {v!r}")
+                continue
+            if f.name == "host_gating":
+                if not isinstance(v, bool):
+                    raise ThresholdsError(f"{where}: host_gating must be true or false, got {v!r}")
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ThresholdsError(f"{where}: {f.name} must be a non-negative number, got {v!r}")
@@ -82,7 +106,10 @@ DEVICE_DEFAULTS = {
     # median moves by several % run to run while the fastest sample stays within ~1.5%.
     # Host-bound cases moved by up to +29% (an eager loop over segments) and +49% (a 0.65 ms layer)
     # between H200 instances with the same code, hence their own floor.
-    "cuda": Thresholds(time_floor=0.03, spread_k=0.5, statistic="min", host_bound_floor=0.5),
+    # Host overhead moved by 52-161% between fresh H200 instances with the same GPU work (issue 9),
+    # so it is reported with a wide allowance and does not gate.
+    "cuda": Thresholds(time_floor=0.03, spread_k=0.5, statistic="min", host_bound_floor=0.5,
+                       host_floor=0.5, host_abs_ms=0.05, host_gating=False),
     "cpu": Thresholds(time_floor=1.0, spread_k=2.0, mem_floor=0.10, mem_abs_bytes=8 << 20, statistic="min"),
 }
 _THRESHOLD_FIELDS = {f.name for f in fields(Thresholds)}
@@ -92,10 +119,10 @@ _THRESHOLD_FIELDS = {f.name for f in fields(Thresholds)}
 class ThresholdConfig:
     """Threshold overrides: file-wide, per device kind, per workload, per case-key pattern (in order)."""
 
-    default: dict[str, float] = field(default_factory=dict)
-    device: dict[str, dict[str, float]] = field(default_factory=dict)
-    workload: dict[str, dict[str, float]] = field(default_factory=dict)
-    case: list[tuple[str, dict[str, float]]] = field(default_factory=list)
+    default: dict[str, Any] = field(default_factory=dict)
+    device: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workload: dict[str, dict[str, Any]] = field(default_factory=dict)
+    case: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     path: Optional[str] = None
 
     def for_case(self, rec: CaseRecord, device: str) -> Thresholds:
@@ -110,7 +137,7 @@ class ThresholdConfig:
         return t
 
 
-def _layer(obj: Any, where: str) -> dict[str, float]:
+def _layer(obj: Any, where: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ThresholdsError(f"{where}: expected an object of threshold values")
     unknown = set(obj) - _THRESHOLD_FIELDS
@@ -177,24 +204,55 @@ class CaseVerdict:
     message: str  # by how much, in words
     base: Optional[CaseRecord] = None
     cur: Optional[CaseRecord] = None
-    time_change: Optional[float] = None  # relative change of the median (0.1 = 10% slower)
+    time_change: Optional[float] = None  # relative change of the judged time (0.1 = 10% slower)
     band: Optional[float] = None  # the noise band used
     mem_change: Optional[float] = None  # relative change of peak memory
-    notes: tuple[str, ...] = ()  # backend changed, now materialises, ...
+    notes: tuple[str, ...] = ()  # backend changed, now materialises, not confirmed, ...
+    # what was judged: "device min", "device median", "min", "median" ("" when time was not judged)
+    statistic: str = ""
+    base_ms: Optional[float] = None  # the judged statistic, both sides
+    cur_ms: Optional[float] = None
+    base_median_ms: Optional[float] = None  # the median of the same timer, shown beside it
+    cur_median_ms: Optional[float] = None
+    time_note: str = ""  # why time was not judged (e.g. the baseline has no device time)
+    host_change: Optional[float] = None  # relative change of the host overhead per call (CUDA)
+    host_gating: bool = False  # whether host-slower fails the gate (Thresholds.host_gating)
+    confirmed: Optional[bool] = None  # None: no second measurement was judged for a finding
+    confirm_time_change: Optional[float] = None  # the second measurement's change, when there is one
+    confirm_mem_change: Optional[float] = None
 
     @property
     def gating(self) -> bool:
         """Whether this case fails the gate."""
-        return any(f in GATING for f in self.flags)
+        return any(f in GATING for f in self.flags) or (self.host_gating and "host-slower" in self.flags)
 
     @property
     def improvement(self) -> bool:
         return not self.gating and any(f in IMPROVEMENTS for f in self.flags)
 
     @property
+    def reported(self) -> bool:
+        """A finding shown apart that does not fail the gate: host overhead, a finding not confirmed."""
+        if self.gating or self.improvement:
+            return False
+        return any(f in HOST for f in self.flags) or self.confirmed is False
+
+    @property
     def record(self) -> CaseRecord:
         """The current record, or the baseline's when the case is missing."""
         return self.cur or self.base  # type: ignore[return-value]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of this verdict (what the A/B command reads to pick flagged cases);
+        a change from zero (infinite) is written as null, since JSON has no infinity."""
+        nums = {"base_ms": self.base_ms, "cur_ms": self.cur_ms, "base_median_ms": self.base_median_ms,
+                "cur_median_ms": self.cur_median_ms, "time_change": self.time_change, "band": self.band,
+                "mem_change": self.mem_change, "host_change": self.host_change,
+                "confirm_time_change": self.confirm_time_change, "confirm_mem_change": self.confirm_mem_change}
+        return {"key": self.key, "verdict": self.verdict, "flags": list(self.flags), "gating": self.gating,
+                "message": self.message, "notes": list(self.notes), "statistic": self.statistic,
+                "confirmed": self.confirmed,
+                **{k: (v if v is None or math.isfinite(v) else None) for k, v in nums.items()}}
 
 
 def fmt_ms(x: Optional[float]) -> str:
@@ -218,7 +276,21 @@ def fmt_bytes(x: Optional[float]) -> str:
 
 def fmt_pct(x: Optional[float]) -> str:
     """A signed relative change in percent."""
-    return "-" if x is None else f"{x * 100:+.1f}%"
+    if x is None:
+        return "-"
+    return f"{x * 100:+.1f}%" if math.isfinite(x) else ("from 0" if x > 0 else "-")
+
+
+def beyond_allowance(base: float, cur: float, rel_floor: float, abs_floor: float) -> tuple[float, int]:
+    """(relative change, +1 / -1 / 0): whether ``cur`` grew (+1) or shrank (-1) past BOTH the
+    relative and the absolute allowance, or stayed within either (0). A zero base changes by inf."""
+    grow = cur - base
+    rel = grow / base if base > 0 else (math.inf if grow > 0 else (-math.inf if grow < 0 else 0.0))
+    if grow > abs_floor and rel > rel_floor:
+        return rel, 1
+    if -grow > abs_floor and -rel > rel_floor:
+        return rel, -1
+    return rel, 0
 
 
 def host_bound(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> bool:
@@ -226,23 +298,79 @@ def host_bound(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> bool:
     return any(r.launch_fraction is not None and r.launch_fraction >= t.host_bound_at for r in (base, cur))
 
 
+def _band(rel_iqrs: list[float], floor: float, t: Thresholds) -> float:
+    spread = math.hypot(*rel_iqrs) if rel_iqrs else 0.0
+    return max(floor, t.spread_k * spread)
+
+
 def noise_band(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> float:
-    """The relative noise band of a case from both runs' relative IQR, never below the floor
+    """The relative noise band of event/CPU time from both runs' relative IQR, never below the floor
     (nor below ``host_bound_floor`` for a host-bound case)."""
-    rel = []
-    for r in (base, cur):
-        if r.iqr_ms is not None and r.median_ms:
-            rel.append(r.iqr_ms / r.median_ms)
-    spread = math.hypot(*rel) if rel else 0.0
+    rel = [r.iqr_ms / r.median_ms for r in (base, cur) if r.iqr_ms is not None and r.median_ms]
     floor = t.time_floor
     if t.host_bound_floor and host_bound(base, cur, t):
         floor = max(floor, t.host_bound_floor)
-    return max(floor, t.spread_k * spread)
+    return _band(rel, floor, t)
+
+
+def device_noise_band(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> float:
+    """The noise band of device time: its own relative IQR; no host-bound floor (the host is not in it)."""
+    rel = [r.device_iqr_ms / r.device_ms for r in (base, cur) if r.device_iqr_ms is not None and r.device_ms]
+    return _band(rel, t.time_floor, t)
+
+
+def is_cuda(base: Optional[CaseRecord], cur: Optional[CaseRecord]) -> bool:
+    """Whether records were timed on CUDA (device time, or CUDA events), for callers without a device kind."""
+    return any(r is not None and (r.device_ms is not None or r.device_method or r.timer.startswith("cuda"))
+               for r in (base, cur))
+
+
+@dataclass(frozen=True)
+class TimeBasis:
+    """Which time of a case is judged, and its figures on both sides."""
+
+    label: str  # "device min", "device median", "min", "median"
+    base_ms: float
+    cur_ms: float
+    band: float
+    base_median_ms: Optional[float]
+    cur_median_ms: Optional[float]
+    host_bound: bool = False  # the event-time band used the host-bound floor
+
+
+def time_basis(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) -> tuple[Optional[TimeBasis], str]:
+    """THE choice of the judged time: (basis, "") or (None, why time is not gated).
+
+    CUDA: device time when both sides have it (``device_min_ms`` for "min" when both have it, else
+    ``device_ms``); a side without device time means time is not gated, since event time measures
+    the host too. CPU: ``min_ms`` for "min" when both have it, else ``median_ms``.
+    """
+    if device == "cuda":
+        if base.device_ms is None:
+            return None, "baseline has no device time: time not gated"
+        if cur.device_ms is None:
+            why = (cur.extra or {}).get("device_time_note")
+            return None, "this run has no device time" + (f" ({str(why)[:120]})" if why else "") + ": time not gated"
+        if t.statistic == "min" and base.device_min_ms is not None and cur.device_min_ms is not None:
+            label, b_ms, c_ms = "device min", base.device_min_ms, cur.device_min_ms
+        else:
+            label, b_ms, c_ms = "device median", base.device_ms, cur.device_ms
+        if not b_ms:
+            return None, "baseline device time is zero: time not gated"
+        return TimeBasis(label, b_ms, c_ms, device_noise_band(base, cur, t), base.device_ms, cur.device_ms), ""
+    if t.statistic == "min" and base.min_ms is not None and cur.min_ms is not None:
+        label, b_ms, c_ms = "min", base.min_ms, cur.min_ms
+    else:  # records that carry only a median
+        label, b_ms, c_ms = "median", base.median_ms, cur.median_ms
+    if not b_ms or c_ms is None:
+        return None, "no time on one side: time not compared"
+    hb = bool(t.host_bound_floor) and host_bound(base, cur, t)
+    return TimeBasis(label, b_ms, c_ms, noise_band(base, cur, t), base.median_ms, cur.median_ms, hb), ""
 
 
 def _describe(r: CaseRecord) -> str:
     if r.outcome == "ok":
-        parts = [fmt_ms(r.median_ms)]
+        parts = [fmt_ms(r.device_ms if r.device_ms is not None else r.median_ms)]
         if r.peak_mem_bytes is not None:
             parts.append(fmt_bytes(r.peak_mem_bytes))
         return "ok, " + ", ".join(parts)
@@ -252,8 +380,129 @@ def _describe(r: CaseRecord) -> str:
     return r.outcome + (f": {detail[0][:120]}" if detail else "")
 
 
-def judge(base: Optional[CaseRecord], cur: Optional[CaseRecord], t: Thresholds) -> CaseVerdict:
-    """THE verdict rule for one case (either side may be None: new or missing)."""
+@dataclass
+class _Findings:
+    """What judging one ok measurement against the baseline found (before confirmation)."""
+
+    flags: list[str] = field(default_factory=list)
+    msgs: dict[str, str] = field(default_factory=dict)  # flag -> its text
+    context: list[str] = field(default_factory=list)  # within-noise and not-gated texts
+    notes: list[str] = field(default_factory=list)
+    basis: Optional[TimeBasis] = None
+    time_note: str = ""
+    tchange: Optional[float] = None
+    mchange: Optional[float] = None
+    hchange: Optional[float] = None
+
+
+def _assess(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) -> _Findings:
+    """Time, host overhead and memory of two ok records."""
+    f = _Findings()
+    basis, why = time_basis(base, cur, t, device)
+    f.basis, f.time_note = basis, why
+    if basis is not None:
+        f.tchange = basis.cur_ms / basis.base_ms - 1.0
+        hb = " (host-bound)" if basis.host_bound else ""
+        what = f"{basis.label} {fmt_ms(basis.base_ms)} -> {fmt_ms(basis.cur_ms)}, noise band {basis.band * 100:.1f}%{hb}"
+        if f.tchange > basis.band:
+            f.flags.append("slower")
+            f.msgs["slower"] = f"slower by {f.tchange * 100:.1f}% ({what})"
+        elif f.tchange < -basis.band:
+            f.flags.append("faster")
+            f.msgs["faster"] = f"faster by {-f.tchange * 100:.1f}% ({what})"
+        else:
+            f.context.append(f"time {fmt_pct(f.tchange)} within noise ({what})")
+    else:
+        ev = ""
+        if base.median_ms and cur.median_ms is not None and why.endswith("time not gated"):
+            ev = f" (event median {fmt_ms(base.median_ms)} -> {fmt_ms(cur.median_ms)}, {fmt_pct(cur.median_ms / base.median_ms - 1)})"
+        f.context.append(why + ev)
+    if base.host_overhead_ms is not None and cur.host_overhead_ms is not None:
+        b, c = base.host_overhead_ms, cur.host_overhead_ms
+        f.hchange, way = beyond_allowance(b, c, t.host_floor, t.host_abs_ms)
+        what = (f"host overhead {fmt_ms(b)} -> {fmt_ms(c)}, allowed {t.host_floor * 100:.0f}% and "
+                f"{fmt_ms(t.host_abs_ms)}; {'gating' if t.host_gating else 'reported, not gating'}")
+        if way:
+            flag = "host-slower" if way > 0 else "host-faster"
+            f.flags.append(flag)
+            f.msgs[flag] = f"host overhead {fmt_pct(f.hchange)} ({what})"
+    if base.peak_mem_bytes is not None and cur.peak_mem_bytes is not None:
+        grow = cur.peak_mem_bytes - base.peak_mem_bytes
+        f.mchange, way = beyond_allowance(base.peak_mem_bytes, cur.peak_mem_bytes, t.mem_floor, t.mem_abs_bytes)
+        what = (f"{fmt_bytes(base.peak_mem_bytes)} -> {fmt_bytes(cur.peak_mem_bytes)}, allowed "
+                f"{t.mem_floor * 100:.0f}% and {fmt_bytes(t.mem_abs_bytes)}")
+        if way > 0:
+            f.flags.append("memory-growth")
+            f.msgs["memory-growth"] = f"peak memory +{fmt_bytes(grow)} ({fmt_pct(f.mchange)}; {what})"
+        elif way < 0:
+            f.flags.append("memory-shrink")
+            f.msgs["memory-shrink"] = f"peak memory {fmt_pct(f.mchange)} ({what})"
+    if base.backend and cur.backend and base.backend != cur.backend:
+        f.notes.append(f"backend changed: {base.backend} -> {cur.backend}")
+    if cur.materialises and not base.materialises:
+        f.notes.append("now materialises the L x L scores (fused kernel fell back?)")
+    return f
+
+
+def confirm_record(cur: CaseRecord) -> tuple[Optional[CaseRecord], str]:
+    """The second measurement in ``cur.extra["confirm"]``: (record, "") or (None, why unusable / "")."""
+    data = (cur.extra or {}).get("confirm")
+    if data is None:
+        return None, ""
+    if not isinstance(data, dict):
+        return None, "second measurement unreadable (not an object)"
+    data = {k: v for k, v in data.items() if k not in ("case", "schema")}
+    for name in ("workload", "variant", "mode", "problem"):
+        data.setdefault(name, getattr(cur, name))
+    try:
+        second = CaseRecord.from_extra_info(data)
+    except (TypeError, ValueError) as exc:
+        return None, f"second measurement unreadable: {exc}"
+    second.extra.pop("confirm", None)
+    return second, ""
+
+
+def _confirm_change(flag: str, f: _Findings) -> Optional[float]:
+    return f.tchange if flag == "slower" else f.mchange
+
+
+def _apply_confirmation(first: _Findings, second: Optional[_Findings], second_rec: Optional[CaseRecord]
+                        ) -> tuple[list[str], list[str], list[str], Optional[bool]]:
+    """THE confirmation rule: (flags, finding texts, notes, confirmed).
+
+    A confirmable finding (slower, memory-growth) of the first measurement stays only when the
+    second measurement has it too; otherwise it is dropped and a note gives both changes.
+    """
+    flags = list(first.flags)
+    texts = [first.msgs[fl] for fl in flags]
+    notes: list[str] = []
+    confirmable = [fl for fl in first.flags if fl in CONFIRMABLE]
+    if not confirmable:
+        return flags, texts, notes, None
+    confirmed = True
+    for fl in confirmable:
+        what = "" if fl == "slower" else "memory growth "
+        one = fmt_pct(_confirm_change(fl, first))
+        if second is None:  # the second measurement did not run ok: it cannot agree
+            got = second_rec.outcome if second_rec is not None else "unreadable"
+            notes.append(f"{what}not confirmed: first {one}, second {got}")
+            agreed = False
+        else:
+            two = fmt_pct(_confirm_change(fl, second))
+            agreed = fl in second.flags
+            notes.append(f"{what}{'confirmed' if agreed else 'not confirmed'}: first {one}, second {two}")
+        if not agreed:
+            confirmed = False
+            i = flags.index(fl)
+            del flags[i], texts[i]
+    return flags, texts, notes, confirmed
+
+
+def judge(base: Optional[CaseRecord], cur: Optional[CaseRecord], t: Thresholds, device: Optional[str] = None) -> CaseVerdict:
+    """THE verdict rule for one case (either side may be None: new or missing).
+
+    ``device`` is the device kind ("cuda"/"cpu"); None infers it from the records' timers.
+    """
     if base is None and cur is None:
         raise ValueError("judge: neither a baseline nor a current record")
     key = (cur or base).key  # type: ignore[union-attr]
@@ -281,79 +530,92 @@ def judge(base: Optional[CaseRecord], cur: Optional[CaseRecord], t: Thresholds) 
     if base.outcome in FAILING:
         return CaseVerdict(key, "fixed-failing", ("fixed-failing",), f"passes now ({_describe(cur)}); baseline: "
                            f"{_describe(base)}", base, cur)
-    # Both ok: time and memory.
-    flags: list[str] = []
-    msgs: list[str] = []  # gating findings first: the message is cut in one-line summaries
-    notes: list[str] = []
-    tchange = band = mchange = None
-    within_noise = False
-    statistic = t.statistic
-    b_ms, c_ms = getattr(base, f"{statistic}_ms"), getattr(cur, f"{statistic}_ms")
-    if statistic != "median" and (b_ms is None or c_ms is None):  # records that carry only a median
-        statistic, b_ms, c_ms = "median", base.median_ms, cur.median_ms
-    if b_ms and c_ms is not None:
-        tchange = c_ms / b_ms - 1.0
-        band = noise_band(base, cur, t)
-        stat = "" if statistic == "median" else f"{statistic} "
-        hb = " (host-bound)" if t.host_bound_floor and host_bound(base, cur, t) else ""
-        what = f"{stat}{fmt_ms(b_ms)} -> {fmt_ms(c_ms)}, noise band {band * 100:.1f}%{hb}"
-        if tchange > band:
-            flags.append("slower")
-            msgs.append(f"slower by {tchange * 100:.1f}% ({what})")
-        elif tchange < -band:
-            flags.append("faster")
-            msgs.append(f"faster by {-tchange * 100:.1f}% ({what})")
-        else:
-            msgs.append(f"time {fmt_pct(tchange)} within noise ({what})")
-            within_noise = True
+    # Both ok: time, host overhead and memory, then the second measurement when there is one.
+    kind = device or ("cuda" if is_cuda(base, cur) else "cpu")
+    first = _assess(base, cur, t, kind)
+    second_rec, unreadable = confirm_record(cur)
+    second = _assess(base, second_rec, t, kind) if second_rec is not None and second_rec.outcome == "ok" else None
+    if second_rec is None and not unreadable:
+        flags, texts, cnotes, confirmed = list(first.flags), [first.msgs[fl] for fl in first.flags], [], None
     else:
-        notes.append("no time on one side: time not compared")
-    if base.peak_mem_bytes is not None and cur.peak_mem_bytes is not None:
-        grow = cur.peak_mem_bytes - base.peak_mem_bytes
-        mchange = grow / base.peak_mem_bytes if base.peak_mem_bytes else (math.inf if grow > 0 else 0.0)
-        what = (f"{fmt_bytes(base.peak_mem_bytes)} -> {fmt_bytes(cur.peak_mem_bytes)}, allowed "
-                f"{t.mem_floor * 100:.0f}% and {fmt_bytes(t.mem_abs_bytes)}")
-        if grow > t.mem_abs_bytes and mchange > t.mem_floor:
-            flags.append("memory-growth")
-            msgs.insert(0, f"peak memory +{fmt_bytes(grow)} ({fmt_pct(mchange) if math.isfinite(mchange) else 'from 0'}; {what})")
-        elif -grow > t.mem_abs_bytes and -mchange > t.mem_floor:
-            flags.append("memory-shrink")
-            msgs.append(f"peak memory {fmt_pct(mchange)} ({what})")
-    if base.backend and cur.backend and base.backend != cur.backend:
-        notes.append(f"backend changed: {base.backend} -> {cur.backend}")
-    if cur.materialises and not base.materialises:
-        notes.append("now materialises the L x L scores (fused kernel fell back?)")
+        flags, texts, cnotes, confirmed = _apply_confirmation(first, second, second_rec)
+        if unreadable:
+            cnotes.append(unreadable)
+    order = sorted(range(len(flags)), key=lambda i: _RANK[flags[i]])
+    flags = [flags[i] for i in order]
+    texts = [texts[i] for i in order]  # gating findings first: the message is cut in one-line summaries
     if not flags:
-        flags.append("same")
-    flags.sort(key=_RANK.__getitem__)
-    if within_noise and len(msgs) > 1:  # the time part is context once memory has a finding
-        msgs.append(msgs.pop(0 if msgs[0].startswith("time ") else 1))
-    message = "; ".join(msgs + notes) or "same"
-    return CaseVerdict(key, flags[0], tuple(flags), message, base, cur, tchange, band, mchange, tuple(notes))
+        flags = ["same"]
+    notes = cnotes + first.notes
+    message = "; ".join(texts + first.context + notes) or "same"
+    b = first.basis
+    return CaseVerdict(
+        key, flags[0], tuple(flags), message, base, cur, first.tchange, b.band if b else None, first.mchange,
+        tuple(notes), statistic=b.label if b else "", base_ms=b.base_ms if b else None,
+        cur_ms=b.cur_ms if b else None, base_median_ms=b.base_median_ms if b else None,
+        cur_median_ms=b.cur_median_ms if b else None, time_note=first.time_note, host_change=first.hchange,
+        host_gating=t.host_gating, confirmed=confirmed,
+        confirm_time_change=second.tchange if second else None,
+        confirm_mem_change=second.mchange if second else None)
 
 
 # --------------------------------------------------------------------------- a whole run
 
+_DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}  # problem.DTYPE_SHORT
+_DEVICE_TOKEN = re.compile(r"^(cpu|cuda\d*)$")
+
+
+def problem_dtype_device(problem: str) -> tuple[Optional[str], Optional[str]]:
+    """(dtype short name, device token) read from a problem id (``...-bf16-cuda1`` -> ("bf16", "cuda1")).
+
+    The device token is the run's ``--attn-device`` without its colon (Problem.id writes it so).
+    """
+    tokens = problem.split("-")
+    for i in range(len(tokens) - 1, -1, -1):
+        if _DEVICE_TOKEN.match(tokens[i]):
+            dtype = tokens[i - 1] if i > 0 and tokens[i - 1] in _DTYPE_SHORT.values() else None
+            return dtype, tokens[i]
+    return None, None
+
 
 @dataclass(frozen=True)
 class Scope:
-    """Which baseline cases a (filtered) run is judged on; cases outside are not called missing."""
+    """Which baseline cases a selective run answers for; a baseline case outside is not called missing.
+
+    Every field left None selects everything along it. ``keys`` is the exact set of selected case
+    keys (``-k``, ``-m``, deselection); ``pairs`` the (workload, variant) pairs a run produced.
+    """
 
     variants: Optional[frozenset[str]] = None
     workloads: Optional[frozenset[str]] = None
     pairs: Optional[frozenset[tuple[str, str]]] = None  # (workload, variant) pairs that ran
     tiers: Optional[frozenset[str]] = None
+    modes: Optional[frozenset[str]] = None
+    dtypes: Optional[frozenset[str]] = None  # "float32" or "fp32" alike
+    devices: Optional[frozenset[str]] = None  # --attn-device values: "cpu", "cuda", "cuda:1"
+    keys: Optional[frozenset[str]] = None
 
     def __contains__(self, rec: CaseRecord) -> bool:
         if self.variants is not None and rec.variant not in self.variants:
             return False
         if self.workloads is not None and rec.workload not in self.workloads:
             return False
+        if self.modes is not None and rec.mode not in self.modes:
+            return False
         if self.pairs is not None and (rec.workload, rec.variant) not in self.pairs:
+            return False
+        if self.keys is not None and rec.key not in self.keys:
             return False
         tier = rec.extra.get("tier") if rec.extra else None
         if self.tiers is not None and tier is not None and tier not in self.tiers:
             return False
+        if self.dtypes is not None or self.devices is not None:
+            dtype, device = problem_dtype_device(rec.problem)
+            wanted = {_DTYPE_SHORT.get(d, d) for d in self.dtypes or ()}
+            if self.dtypes is not None and dtype is not None and dtype not in wanted:
+                return False
+            if self.devices is not None and device is not None and device not in {d.replace(":", "") for d in self.devices}:
+                return False
         return True
 
     @classmethod
@@ -379,6 +641,12 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     baseline_label: str = "baseline"
     current_label: str = "this run"
+    # shown at the head of every report: which baseline and what it can promise, calibration
+    header: list[str] = field(default_factory=list)
+    fallback: bool = False  # the baseline is a compatible machine's, not this exact fingerprint's
+    promise: str = ""  # what a comparison with a fallback baseline can and cannot promise
+    base_calibration: Optional[dict[str, Any]] = None
+    cur_calibration: Optional[dict[str, Any]] = None
 
     @property
     def failed(self) -> bool:
@@ -394,12 +662,17 @@ class Comparison:
         return [v for v in self.verdicts if v.improvement]
 
     @property
+    def reported(self) -> list[CaseVerdict]:
+        """Findings that do not fail the gate: host overhead, slowdowns a second measurement did not confirm."""
+        return [v for v in self.verdicts if v.reported]
+
+    @property
     def new(self) -> list[CaseVerdict]:
         return [v for v in self.verdicts if v.verdict == "new"]
 
     @property
     def unchanged(self) -> list[CaseVerdict]:
-        return [v for v in self.verdicts if v.verdict == "same"]
+        return [v for v in self.verdicts if v.verdict == "same" and not v.reported]
 
     def counts(self) -> dict[str, int]:
         """How many cases got each (primary) verdict, in verdict order, zeros left out."""
@@ -412,18 +685,27 @@ class Comparison:
         """One line: the gate's outcome and the counts."""
         counts = ", ".join(f"{n} {k}" for k, n in self.counts().items()) or "no cases"
         head = f"FAIL: {len(self.regressions)} regression(s)" if self.failed else "pass"
-        return f"{head} ({counts})" + (f"; {self.out_of_scope} baseline cases outside this run's scope" if self.out_of_scope else "")
+        unconfirmed = sum(1 for v in self.verdicts if v.confirmed is False)
+        tail = f"; {unconfirmed} not confirmed by a second measurement" if unconfirmed else ""
+        if self.out_of_scope:
+            tail += f"; {self.out_of_scope} baseline cases outside this run's scope"
+        return f"{head} ({counts}){tail}"
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready summary (used by the CLI and the gate evaluation)."""
+        """A JSON-ready summary (the CLI's --format json, --attn-gate-json, the gate evaluation)."""
         return {
+            "compared": True,
             "failed": self.failed,
             "counts": self.counts(),
             "out_of_scope": self.out_of_scope,
             "notes": list(self.notes),
-            "cases": [{"key": v.key, "verdict": v.verdict, "flags": list(v.flags), "message": v.message,
-                       "time_change": v.time_change, "band": v.band, "mem_change": v.mem_change}
-                      for v in self.verdicts],
+            "baseline": self.baseline_label,
+            "current": self.current_label,
+            "header": list(self.header),
+            "fallback": self.fallback,
+            "promise": self.promise,
+            "calibration": {"baseline": self.base_calibration, "current": self.cur_calibration},
+            "cases": [v.to_json() for v in self.verdicts],
         }
 
 
@@ -442,6 +724,6 @@ def compare(base: Mapping[str, CaseRecord], cur: Mapping[str, CaseRecord], *,
             if not inside:
                 skipped_scope += 1
                 continue
-        verdicts.append(judge(b, c, cfg.for_case(c or b, device)))  # type: ignore[arg-type]
+        verdicts.append(judge(b, c, cfg.for_case(c or b, device), device))  # type: ignore[arg-type]
     verdicts.sort(key=lambda v: (_RANK[v.verdict], v.key))
     return Comparison(verdicts=verdicts, out_of_scope=skipped_scope, notes=list(notes or []))

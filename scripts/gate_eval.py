@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attnsuite import baseline as bl  # noqa: E402
+from attnsuite import gate  # noqa: E402
 from attnsuite.combine import combine_runs  # noqa: E402
-from attnsuite.verdict import compare, load_thresholds  # noqa: E402
+from attnsuite.verdict import ThresholdsError  # noqa: E402
 
 
 def pytest_command(args: argparse.Namespace, json_path: Path, inject: dict[str, float]) -> list[str]:
@@ -81,13 +82,14 @@ def ok_both(base: dict, cur: dict, key: str) -> bool:
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run everything and return the summary object."""
     fractions = [float(f) for f in args.fractions.split(",")]
-    cfg = load_thresholds(args.thresholds)
+    # the gate's own thresholds rule: --thresholds, else the repository's baselines/thresholds.json
+    cfg, thresholds_path = gate.thresholds_for(args.thresholds, ROOT / bl.DEFAULT_DIR)
     runs_info = []
     if args.baseline:
         # an existing baseline (e.g. the committed one, recorded on another machine instance): the
         # case CI is in. Only the cases these runs produce are judged (ok_both below).
         loaded = bl.load_baseline(args.baseline)
-        base, ref_fp = loaded.records(), loaded.fingerprint
+        base_run = gate.run_of_baseline(loaded)
         reference = f"baseline file {args.baseline}"
     else:
         refs = []
@@ -99,8 +101,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             runs_info.append(ref_info)
         combined = combine_runs(refs).run
         baseline, _ = bl.merge_into(None, combined.records, combined.fingerprint)
-        base, ref_fp = baseline.records(), combined.fingerprint  # rounded as a committed baseline would be
+        # rounded as a committed baseline would be
+        base_run = bl.Run(records=baseline.records(), fingerprint=combined.fingerprint, path="reference", kind="baseline")
         reference = f"{args.ref_runs} reference run(s) combined as `attnsuite record` does"
+    base, ref_fp = base_run.records, base_run.fingerprint
     device = bl.device_kind(ref_fp)
     variants = sorted({r.variant for r in base.values() if r.outcome == "ok"})
     if args.variants:
@@ -117,11 +121,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     for i in range(args.runs):
         run, info = run_once(args, f"aa{i}", {})
         runs_info.append(info)
-        if args.baseline:  # a file from another machine is refused, as the gate itself refuses it
-            bl.check_compatible(ref_fp, run.fingerprint)
         fingerprint = fingerprint or run.fingerprint
         measured |= {r.variant for r in run.records.values() if r.outcome == "ok"}
-        cmp = compare(base, run.records, thresholds=cfg, device=device)
+        # the gate's one compare path: a file from another machine is refused, as the gate refuses it
+        cmp = gate.judge_runs(base_run, run, thresholds=cfg)
         aa["runs"] += 1
         for v in cmp.verdicts:
             aa["verdicts"][v.verdict] = aa["verdicts"].get(v.verdict, 0) + 1
@@ -151,9 +154,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     for t, plan in enumerate(plans):
         run, info = run_once(args, f"inj{t}", plan)
         runs_info.append(info)
-        if args.baseline:
-            bl.check_compatible(ref_fp, run.fingerprint)
-        cmp = compare(base, run.records, thresholds=cfg, device=device)
+        cmp = gate.judge_runs(base_run, run, thresholds=cfg)
         for v in cmp.verdicts:
             if not ok_both(base, run.records, v.key):
                 continue
@@ -177,7 +178,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "fingerprint": fingerprint or ref_fp, "baseline_fingerprint": ref_fp, "reference": reference,
         "device": device, "variants": variants, "fractions": fractions,
-        "thresholds": str(args.thresholds) if args.thresholds else "built-in defaults",
+        "thresholds": str(thresholds_path) if thresholds_path else "built-in defaults",
         "runs_per_arm": args.runs, "mode": "single" if args.single else "rotate",
         "aa": aa, "injection": inj, "uninjected_cases_in_injection_runs": other_alarms, "runs": runs_info,
         "command": shlex.join([sys.executable] + sys.argv),
@@ -224,7 +225,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="unchanged reference runs combined into the baseline (per case, the median; default 3)")
     p.add_argument("--baseline", default=None,
                    help="judge against this baseline file instead of reference runs (e.g. the committed one)")
-    p.add_argument("--thresholds", default=None, help="thresholds JSON (default: baselines/thresholds.json if present)")
+    p.add_argument("--thresholds", default=None,
+                   help="thresholds JSON (default: the gate's rule, attnsuite.gate.thresholds_for: the "
+                        "repository's baselines/thresholds.json, else built-in defaults)")
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--run-timeout", type=float, default=3600.0, help="seconds allowed per run")
     p.add_argument("--resume", action="store_true", help="reuse run JSON files already in OUT/runs")
@@ -232,9 +235,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.ref_runs < 1:
         p.error(f"--ref-runs must be at least 1, got {args.ref_runs}")
-    if args.thresholds is None and (ROOT / bl.DEFAULT_DIR / bl.THRESHOLDS_FILE).is_file():
-        args.thresholds = ROOT / bl.DEFAULT_DIR / bl.THRESHOLDS_FILE
-    summary = evaluate(args)
+    try:
+        summary = evaluate(args)
+    except (ThresholdsError, bl.InputFileError) as exc:
+        raise SystemExit(f"gate_eval: {exc}") from None
+    except bl.FingerprintMismatch as exc:
+        raise SystemExit(f"gate_eval: the baseline's machine differs from the runs': {exc}") from None
     out = Path(args.out)
     bl.atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     text = markdown(summary)

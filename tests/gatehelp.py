@@ -37,11 +37,23 @@ def fp(base: dict[str, Any] = FP_H100, **changes: Any) -> dict[str, Any]:
 
 def rec(variant: str = "sdpa-flash", workload: str = "fa-sweep", mode: str = "fwd",
         problem: str = "b4-q4096-h16-d128-causal-bf16-cuda0", **kw: Any) -> CaseRecord:
-    """A synthetic ok record (1.0 ms, IQR 0.005 ms, 100 MiB) unless fields say otherwise."""
+    """A synthetic ok CUDA record (1.0 ms, IQR 0.005 ms, 100 MiB) unless fields say otherwise.
+
+    Like a record of the current benchmarks, it carries device time: unless given, device_ms,
+    device_min_ms and device_iqr_ms mirror median_ms, min_ms and iqr_ms (no host overhead), so a
+    test that changes median_ms changes the time the gate judges. Pass ``device_ms=None`` for a
+    record of the old event-only method.
+    """
     base = dict(outcome="ok", median_ms=1.0, iqr_ms=0.005, samples=50, timer="cuda-events",
                 peak_mem_bytes=100 << 20, mem_method="cuda-allocator", backend="sdpa:flash",
                 flops=1.1e12, tflops=1100.0, pct_peak=55.5)
     base.update(kw)
+    if base["timer"].startswith("cuda"):
+        for dev, ev in (("device_ms", "median_ms"), ("device_min_ms", "min_ms"), ("device_iqr_ms", "iqr_ms")):
+            if dev not in kw:
+                base[dev] = base.get(ev)
+        if "device_method" not in kw and base.get("device_ms") is not None:
+            base["device_method"] = "cuda-graph"
     return CaseRecord(workload=workload, variant=variant, mode=mode, problem=problem, **base)
 
 
@@ -86,6 +98,9 @@ pytest_plugins = ["attnsuite.plugin_gate"]
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     fp = json.loads(Path(str(config.rootpath), "fingerprint.json").read_text())
     output_json["attnsuite"] = {"schema": 1, "fingerprint": fp}
+    cal = Path(str(config.rootpath), "calibration.json")  # the instance calibration, when a test sets one
+    if cal.exists():
+        output_json["attnsuite"]["calibration"] = json.loads(cal.read_text())
     # Cases that produced no samples (out of memory before timing) are added here with zero
     # rounds, as the benchmarks plugin does: they exist only in the JSON.
     landed = Path(str(config.rootpath), "landed.json")
@@ -101,6 +116,38 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
                 "group": rec.workload, "name": f"test_bench[{rec.variant}]",
                 "fullname": f"test_bench.py::test_bench[{rec.variant}]", "params": {"bench_case": rec.key},
                 "param": rec.variant, "extra_info": rec.to_extra_info(), "options": {}, "stats": stats})
+'''
+
+# A stand-in for the benchmarks plugin's confirm_cases(config, keys), registered under the real
+# plugin's name: it writes the keys it was asked for to confirm_calls.json and attaches a second
+# record (the first one's fields changed by confirm.json, per variant) as extra["confirm"].
+CONFIRM_PLUGIN = '''
+import types
+
+
+def _confirm_cases(config, keys):
+    from attnsuite.record import CaseRecord
+
+    root = Path(str(config.rootpath))
+    calls = root / "confirm_calls.json"
+    done = json.loads(calls.read_text()) if calls.exists() else []
+    calls.write_text(json.dumps(done + [sorted(keys)]))
+    second = json.loads((root / "confirm.json").read_text())
+    out = {}
+    for bench in config._benchmarksession.benchmarks:
+        info = bench.extra_info
+        if info.get("case") in keys:
+            rec = CaseRecord.from_extra_info({**{k: v for k, v in info.items() if k != "extra"},
+                                              **second.get(info["variant"], {})})
+            info.setdefault("extra", {})["confirm"] = rec.to_extra_info()
+            out[info["case"]] = rec
+    return out
+
+
+def pytest_configure(config):
+    plugin = types.ModuleType("fake_bench")
+    plugin.confirm_cases = _confirm_cases
+    config.pluginmanager.register(plugin, "attnsuite.plugin_bench")
 '''
 
 BENCH = '''

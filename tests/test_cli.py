@@ -166,3 +166,21 @@ def test_module_entry_point_runs_and_pyproject_declares_the_attnsuite_script(run
 def test_check_accepts_the_committed_thresholds_file_beside_the_baselines(capsys):
     code, out = run_cli("check", ROOT / "baselines" / "thresholds.json")
     assert code == 0 and "thresholds" in out
+
+
+def test_compare_with_an_event_time_only_cuda_baseline_does_not_gate_time_and_says_so(tmp_path):
+    old = write_result(tmp_path / "old.json", [rec("a", device_ms=None, device_min_ms=None)])
+    new = write_result(tmp_path / "new.json", [rec("a", median_ms=3.0)])
+    code, out = run_cli("compare", old, new, "--all")
+    assert code == 0
+    row = next(l for l in out.splitlines() if l.startswith("same"))
+    assert "not gated" in row and "1.000 ms -> 3.000 ms" in row  # event medians shown, not judged
+    code, out = run_cli("compare", old, new, "--format", "json")
+    assert "baseline has no device time: time not gated" in json.loads(out)["cases"][0]["message"]
+
+
+def test_compare_labels_the_judged_device_statistic_and_shows_the_median_beside_it(runs):
+    old, _, worse = runs
+    _, out = run_cli("compare", old, worse)
+    row = next(l for l in out.splitlines() if l.startswith("slower"))
+    assert "device median" in row and "1.000 ms -> 1.300 ms" in row

@@ -13,7 +13,8 @@ import pytest
 
 from attnsuite import baseline as bl
 from attnsuite.record import CaseRecord
-from gatehelp import BENCH, CONFTEST, FP_H100, fp
+from attnsuite import plugin_gate
+from gatehelp import BENCH, CONFTEST, FP_CPU, fp
 
 pytest_plugins = ["pytester"]
 
@@ -22,22 +23,26 @@ PROBLEM = "b1-q256-h2-d64-causal-fp32-cpu"
 
 def case(variant, **kw):
     d = dict(workload="tiny", variant=variant, mode="fwd", problem=PROBLEM, outcome="ok", median_ms=2.0,
-             iqr_ms=0.01, samples=20, peak_mem_bytes=64 << 20, backend="math")
+             iqr_ms=0.01, samples=20, peak_mem_bytes=64 << 20, backend="math", timer="perf_counter")
     d.update(kw)
     return d
 
 
 CASES = [case("alpha"), case("beta"), case("gamma", outcome="oom", median_ms=None, oom_bytes=1 << 34)]
-BASELINE = f"baselines/{FP_H100['id']}.json"
+# A CPU machine: its time is the timer's own (CUDA cases would need device time to be judged).
+FP = FP_CPU
+BASELINE = f"baselines/{FP['id']}.json"
 QUIET = ("-p", "no:cacheprovider", "--benchmark-only", "--benchmark-disable-gc")
 
 
 @pytest.fixture
-def project(pytester):
+def project(pytester, monkeypatch):
+    # the header's fingerprint: the project's machine, not the one running these tests
+    monkeypatch.setattr(plugin_gate, "machine_fingerprint", lambda device: dict(FP))
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_bench=BENCH)
     set_cases(pytester, CASES)
-    (pytester.path / "fingerprint.json").write_text(json.dumps(FP_H100))
+    (pytester.path / "fingerprint.json").write_text(json.dumps(FP))
     return pytester
 
 
@@ -48,7 +53,7 @@ def set_cases(pytester, cases):
 def record(pytester, cases=CASES):
     """Write the baseline the way --attn-record-baseline would, without spending a pytest run."""
     records = {r.key: r for r in (CaseRecord(**c) for c in cases)}
-    baseline, _ = bl.merge_into(None, records, FP_H100)
+    baseline, _ = bl.merge_into(None, records, FP)
     bl.save_baseline(baseline, pytester.path / BASELINE)
     return json.loads((pytester.path / BASELINE).read_text())
 
@@ -67,7 +72,7 @@ def test_without_a_baseline_the_run_says_so_plainly_and_passes(project):
     assert res.ret == 0
     res.stdout.fnmatch_lines(["*attnsuite regression gate*", "no baseline for this machine: looked for*",
                               "*make this machine's baseline with --attn-record-baseline*"])
-    assert json.loads((project.path / "out.json").read_text())["attnsuite"]["fingerprint"]["id"] == FP_H100["id"]
+    assert json.loads((project.path / "out.json").read_text())["attnsuite"]["fingerprint"]["id"] == FP["id"]
 
 
 def test_record_then_an_unchanged_rerun_passes(project):
@@ -75,11 +80,11 @@ def test_record_then_an_unchanged_rerun_passes(project):
     assert res.ret == 0, res.stdout.str()
     res.stdout.fnmatch_lines(["baseline recorded: *: 3 added, 0 updated, 0 unchanged, 0 removed"])
     obj = json.loads((project.path / BASELINE).read_text())
-    assert len(obj["cases"]) == 3 and obj["fingerprint"]["id"] == FP_H100["id"]
+    assert len(obj["cases"]) == 3 and obj["fingerprint"]["id"] == FP["id"]
     assert obj == record(project)  # the plugin writes what the store writes
     res = project.runpytest(*QUIET)
     assert res.ret == 0
-    res.stdout.fnmatch_lines([f"baseline *{FP_H100['id']}.json (fingerprint *)", "pass (3 same)"])
+    res.stdout.fnmatch_lines([f"baseline *{FP['id']}.json (fingerprint *)", "pass (3 same)"])
 
 
 def test_baseline_doctored_faster_smaller_and_free_of_oom_fails_with_the_three_verdicts(project):
@@ -91,7 +96,7 @@ def test_baseline_doctored_faster_smaller_and_free_of_oom_fails_with_the_three_v
     assert res.ret == pytest.ExitCode.TESTS_FAILED
     res.stdout.fnmatch_lines([
         f"FAILED newly-oom: tiny/gamma/fwd/{PROBLEM}: now out of memory (asked for 16 GiB)*",
-        f"FAILED slower: tiny/alpha/fwd/{PROBLEM}: slower by 300.0% (0.5000 ms -> 2.000 ms*",
+        f"FAILED slower: tiny/alpha/fwd/{PROBLEM}: slower by 300.0% (median 0.5000 ms -> 2.000 ms*",
         f"FAILED memory-growth: tiny/beta/fwd/{PROBLEM}: peak memory +48 MiB*",
     ])
     # pytest's own short summary and closing line carry the gate's failures
@@ -125,7 +130,7 @@ def test_a_corrupt_baseline_is_a_usage_error_naming_the_file(project):
     (project.path / BASELINE).write_text('{"schema": "attnsuite-baseline", "version": 1, "cases": {')
     res = project.runpytest(*QUIET)
     assert res.ret == pytest.ExitCode.USAGE_ERROR
-    res.stdout.fnmatch_lines([f"ERROR attnsuite gate: baseline *{FP_H100['id']}.json: not valid JSON (truncated?)*"])
+    res.stdout.fnmatch_lines([f"ERROR attnsuite gate: baseline *{FP['id']}.json: not valid JSON (truncated?)*"])
 
 
 def test_a_corrupt_baseline_named_on_the_command_line_stops_the_run_before_benchmarks(project):
@@ -137,7 +142,7 @@ def test_a_corrupt_baseline_named_on_the_command_line_stops_the_run_before_bench
 
 def test_a_baseline_from_another_gpu_is_refused_unless_allowed(project):
     record(project)
-    (project.path / "fingerprint.json").write_text(json.dumps(fp(gpu_name="NVIDIA A100-SXM4-80GB")))
+    (project.path / "fingerprint.json").write_text(json.dumps(fp(FP, gpu_name="NVIDIA A100-SXM4-80GB")))
     res = project.runpytest(*QUIET)
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stdout.fnmatch_lines(["*refusing to compare with *: the machines differ: GPU model differs*"])
@@ -177,8 +182,168 @@ def test_a_case_that_runs_out_of_memory_before_timing_is_judged_not_missing(proj
 
 
 def test_volatile_fingerprint_fields_stay_out_of_the_recorded_baseline(project):
-    (project.path / "fingerprint.json").write_text(json.dumps(fp(gpu_clock_sm_mhz_at_start=1980)))
+    (project.path / "fingerprint.json").write_text(json.dumps(fp(FP, gpu_clock_sm_mhz_at_start=1980)))
     res = project.runpytest(*QUIET, "--attn-record-baseline")
     assert res.ret == 0
     stored = json.loads((project.path / BASELINE).read_text())["fingerprint"]
-    assert "gpu_clock_sm_mhz_at_start" not in stored and stored["gpu_name"] == FP_H100["gpu_name"]
+    assert "gpu_clock_sm_mhz_at_start" not in stored and stored["cpu_model"] == FP["cpu_model"]
+
+
+# --------------------------------------------------------------------------- options checked up front
+
+
+@pytest.mark.parametrize("args, named", [
+    pytest.param(("--attn-baseline", "nope.json"), "--attn-baseline nope.json: no such file",
+                 id="a baseline file that does not exist"),
+    pytest.param(("--attn-baseline", "baselines"), "--attn-baseline baselines: is a folder",
+                 id="a baseline that is a folder"),
+    pytest.param(("--attn-baselines-dir", "nowhere"), "--attn-baselines-dir nowhere: no such folder",
+                 id="a baselines folder that does not exist"),
+    pytest.param(("--attn-baselines-dir", "cases.json"), "--attn-baselines-dir cases.json: is not a folder",
+                 id="a baselines folder that is a file"),
+    pytest.param(("--attn-thresholds", "t.json"), "--attn-thresholds t.json: no such file",
+                 id="a thresholds file that does not exist"),
+    pytest.param(("--attn-gate-json", "baselines"), "--attn-gate-json baselines: is a folder",
+                 id="a gate JSON path that is a folder"),
+])
+def test_a_bad_path_option_is_a_usage_error_naming_it_before_any_benchmark_runs(project, args, named):
+    (project.path / "baselines").mkdir()
+    res = project.runpytest(*QUIET, *args)
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines([f"*attnsuite gate: {named}*"])
+    assert "test_bench.py" not in res.stdout.str()  # nothing was collected or run
+
+
+def test_a_baseline_to_be_recorded_may_not_exist_yet(project):
+    res = project.runpytest(*QUIET, "--attn-baseline", "new/b.json", "--attn-record-baseline")
+    assert res.ret == 0, res.stdout.str()
+    assert json.loads((project.path / "new" / "b.json").read_text())["cases"]
+
+
+# --------------------------------------------------------------------------- confirmation
+
+
+@pytest.fixture
+def confirming(project):
+    from gatehelp import CONFIRM_PLUGIN
+
+    project.makeconftest(CONFTEST + CONFIRM_PLUGIN)
+    record(project)
+    doctor(project, "alpha", median_ms=0.5)  # this run's alpha (2.0 ms) is +300%: slower on CPU
+    return project
+
+
+def _confirm_calls(project):
+    path = project.path / "confirm_calls.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@pytest.mark.parametrize("second_ms, ret, line", [
+    pytest.param(2.0, 1, f"FAILED slower: tiny/alpha/fwd/{PROBLEM}: slower by 300.0%*confirmed: first +300.0%, "
+                         "second +300.0%*", id="a slowdown the second measurement agrees with fails"),
+    pytest.param(0.5, 0, f"NOT GATING same: tiny/alpha/fwd/{PROBLEM}: not confirmed: first +300.0%, second +0.0%*",
+                 id="a slowdown the second measurement does not show passes with both numbers"),
+])
+def test_a_flagged_case_is_measured_again_and_fails_only_if_confirmed(confirming, second_ms, ret, line):
+    (confirming.path / "confirm.json").write_text(json.dumps({"alpha": {"median_ms": second_ms}}))
+    res = confirming.runpytest(*QUIET, "--benchmark-json=out.json")
+    assert res.ret == ret, res.stdout.str()
+    res.stdout.fnmatch_lines([line])
+    assert _confirm_calls(confirming) == [[f"tiny/alpha/fwd/{PROBLEM}"]]  # once, only the flagged case
+    out = json.loads((confirming.path / "out.json").read_text())
+    alpha = next(b for b in out["benchmarks"] if b["extra_info"]["variant"] == "alpha")
+    assert alpha["extra_info"]["extra"]["confirm"]["median_ms"] == second_ms  # the JSON carries both
+
+
+def test_no_confirm_judges_the_first_measurement_and_measures_nothing_again(confirming):
+    (confirming.path / "confirm.json").write_text(json.dumps({"alpha": {"median_ms": 0.5}}))
+    res = confirming.runpytest(*QUIET, "--attn-no-confirm")
+    assert res.ret == 1 and _confirm_calls(confirming) is None
+
+
+def test_nothing_is_measured_again_without_a_baseline_or_when_recording(confirming):
+    (confirming.path / "confirm.json").write_text(json.dumps({"alpha": {"median_ms": 0.5}}))
+    assert confirming.runpytest(*QUIET, "--attn-record-baseline").ret == 0
+    (confirming.path / BASELINE).unlink()
+    assert confirming.runpytest(*QUIET).ret == 0
+    assert _confirm_calls(confirming) is None
+
+
+# --------------------------------------------------------------------------- gate JSON, interruption
+
+
+def test_gate_json_lists_every_case_with_its_verdict_flags_and_confirmation(confirming):
+    (confirming.path / "confirm.json").write_text(json.dumps({"alpha": {"median_ms": 2.0}}))
+    res = confirming.runpytest(*QUIET, "--attn-gate-json", "out/gate.json")
+    assert res.ret == 1
+    data = json.loads((confirming.path / "out" / "gate.json").read_text())
+    cases = {c["key"].split("/")[1]: c for c in data["cases"]}
+    assert data["failed"] is True and cases["alpha"]["flags"] == ["slower"] and cases["alpha"]["confirmed"] is True
+    assert cases["beta"]["verdict"] == "same" and cases["beta"]["confirmed"] is None
+
+
+INTERRUPTS = {
+    "KeyboardInterrupt": "def test_zz_stop():\n    raise KeyboardInterrupt\n",
+    "-x after a failure": "def test_zz_stop():\n    assert False, 'a failing test'\n",
+}
+
+
+@pytest.mark.parametrize("how", list(INTERRUPTS))
+def test_recording_from_an_interrupted_session_writes_nothing_and_says_so(project, how):
+    project.makepyfile(test_zz=INTERRUPTS[how])
+    # a subprocess: an in-process run would hand the KeyboardInterrupt to this test session
+    res = project.runpytest_subprocess("-p", "no:cacheprovider", "--attn-record-baseline", "-x", "test_bench.py",
+                                       "test_zz.py")
+    assert not (project.path / BASELINE).exists()
+    res.stdout.fnmatch_lines(["baseline NOT recorded: the session was * nothing was written"])
+
+
+# --------------------------------------------------------------------------- header and fallback
+
+
+FP_OTHER_CPU = dict(FP, id="cpu-intel-xeon-2c-torch2.13", cpu_model="Intel Xeon", arch="x86_64", cpu_usable=2)
+
+
+def test_a_fallback_baseline_is_named_at_the_top_and_at_the_end_with_its_promise(project, monkeypatch):
+    this = dict(FP, arch="x86_64", cpu_usable=2)
+    (project.path / "fingerprint.json").write_text(json.dumps(this))
+    monkeypatch.setattr(plugin_gate, "machine_fingerprint", lambda device: dict(this))
+    records = {r.key: r for r in (CaseRecord(**c) for c in CASES)}
+    baseline, _ = bl.merge_into(None, records, FP_OTHER_CPU)
+    bl.save_baseline(baseline, project.path / "baselines" / f"{FP_OTHER_CPU['id']}.json")
+    res = project.runpytest(*QUIET, "--attn-markdown", "gate.md")
+    assert res.ret == 0, res.stdout.str()
+    lines = res.stdout.lines
+    top = next(i for i, l in enumerate(lines) if l.startswith("attnsuite gate: baseline ") and "fallback" in l)
+    end = next(i for i, l in enumerate(lines) if l.startswith("baseline ") and "fallback" in l)
+    assert top < next(i for i, l in enumerate(lines) if l.startswith("test_bench.py")) < end
+    assert "Intel Xeon" in lines[end] and "rough guide" in lines[end]
+    md = (project.path / "gate.md").read_text().splitlines()
+    assert md[3].startswith("> baseline ") and "fallback" in md[3]
+
+
+def test_no_header_line_when_no_benchmark_is_run(project):
+    res = project.runpytest("-p", "no:cacheprovider", "--collect-only", "test_bench.py")
+    assert "attnsuite gate:" not in res.stdout.str()
+
+
+def test_the_calibration_of_this_instance_and_the_baseline_head_the_summary(project):
+    records = {r.key: r for r in (CaseRecord(**c) for c in CASES)}
+    baseline, _ = bl.merge_into(None, records, FP, calibration={"mem_bandwidth_gbs": 20.0, "matmul_tflops": 0.5})
+    bl.save_baseline(baseline, project.path / BASELINE)
+    (project.path / "calibration.json").write_text(json.dumps({"mem_bandwidth_gbs": 19.0, "matmul_tflops": 0.5}))
+    res = project.runpytest(*QUIET)
+    assert res.ret == 0, res.stdout.str()
+    res.stdout.fnmatch_lines(["instance: copy 19 GB/s, matmul 0.5 TFLOP/s; baseline: 20 GB/s, 0.5 TFLOP/s (-5%, +0%)"])
+
+
+# --------------------------------------------------------------------------- crash and timeout
+
+
+@pytest.mark.parametrize("outcome", ["crash", "timeout"])
+def test_a_case_that_now_crashes_or_times_out_fails_the_gate(project, outcome):
+    record(project)
+    set_cases(project, [case("alpha", outcome=outcome, median_ms=None, detail="worker died: signal 11")] + CASES[1:])
+    res = project.runpytest(*QUIET)
+    assert res.ret == 1
+    res.stdout.fnmatch_lines([f"FAILED newly-failing: tiny/alpha/fwd/{PROBLEM}: now {outcome}: worker died*"])

@@ -36,13 +36,13 @@ def test_markdown_diff_collapses_unchanged_cases_in_details():
 def test_markdown_regression_line_says_which_case_which_verdict_and_by_how_much():
     md = report.markdown_diff(_mixed_comparison())
     line = next(l for l in md.splitlines() if l.startswith("- **slower**"))
-    assert "fa-sweep/slow/fwd/" in line and "slower by 50.0%" in line and "1.000 ms -> 1.500 ms" in line
+    assert "fa-sweep/slow/fwd/" in line and "slower by 50.0%" in line and "1.000 ms -&gt; 1.500 ms" in line
 
 
 def test_markdown_table_cells_escape_pipes_so_the_table_does_not_break():
     cmp = compare(by_key([rec("a")]), by_key([rec("a", outcome="error", detail="bad | value <x>")]))
     md = report.markdown_diff(cmp)
-    assert "bad \\| value &lt;x>" in md
+    assert "bad \\| value &lt;x&gt;" in md
 
 
 def test_a_passing_diff_says_pass_and_has_no_regression_section():
@@ -121,3 +121,115 @@ def test_plots_are_drawn_per_workload_when_matplotlib_is_installed(tmp_path):
     recs = by_key([rec("flash", problem=f"b1-q{L}-h16-d128-causal-bf16-cuda0") for L in (1024, 2048)])
     res = report.make_plots({"this run": recs, "baseline": recs}, tmp_path)
     assert len(res.paths) == 1 and res.paths[0].endswith(".png")
+
+
+# --------------------------------------------------------------------------- escaping
+
+HOSTILE = [
+    pytest.param("evil|name", id="a pipe would split the table"),
+    pytest.param("<img src=x onerror=alert(1)>", id="an HTML tag would render"),
+    pytest.param("a&amp;b", id="an entity would be decoded"),
+    pytest.param("`code` **bold**", id="backticks and emphasis would be markup"),
+    pytest.param("[click](http://evil)", id="brackets would make a link"),
+    pytest.param("line1\n### heading", id="a newline would start a heading"),
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_variant_names_and_details_reach_the_markdown_escaped(name):
+    base = by_key([rec(name), rec("ok")])
+    cur = by_key([rec(name, outcome="error", detail=f"boom {name}"), rec(name, problem="p2"), rec("ok")])
+    for md in (report.markdown_diff(compare(base, cur)), report.markdown_run(cur)):
+        assert name not in md and report.md_escape(name) in md
+        assert not any(line.startswith("### heading") for line in md.splitlines())
+        for table in _tables(md):  # every row has its header's number of cells
+            assert len({len(row.replace("\\|", "").split("|")) for row in table}) == 1, table
+
+
+def _tables(md):
+    tables, current = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+@pytest.mark.parametrize("text, escaped", [
+    ("a|b", "a\\|b"), ("<b>", "&lt;b&gt;"), ("x & y", "x &amp; y"), ("`x`", "\\`x\\`"),
+    ("[a](b)", "\\[a\\](b)"), ("*a* _b_ ~c~", "\\*a\\* \\_b\\_ \\~c\\~"), ("a\r\nb", "a b"), ("a\\b", "a\\\\b"),
+])
+def test_md_escape_neutralises_each_markdown_and_html_character(text, escaped):
+    assert report.md_escape(text) == escaped
+
+
+# --------------------------------------------------------------------------- the judged statistic
+
+
+def test_a_table_row_shows_the_judged_statistic_labelled_with_the_median_beside_it():
+    # the row: medians 6.282 -> 5.849 ms (faster) while the fastest sample went +141.9%
+    base = rec("x", median_ms=6.282, min_ms=2.0, iqr_ms=0.01, device_ms=None, timer="perf_counter",
+               problem="b1-q64-h2-d16-causal-fp32-cpu")
+    cur = rec("x", median_ms=5.849, min_ms=4.838, iqr_ms=0.01, device_ms=None, timer="perf_counter",
+              problem="b1-q64-h2-d16-causal-fp32-cpu")
+    cmp = compare(by_key([base]), by_key([cur]), device="cpu")
+    row = next(l for l in report.terminal_table(cmp).splitlines() if l.startswith("slower"))
+    cells = row.split()
+    assert cells[2:5] == ["min", "2.000", "ms"] and "4.838 ms" in row and "+141.9%" in row
+    assert "6.282 ms -> 5.849 ms" in row  # the median, beside the judged minimum
+    md_row = next(l for l in report.markdown_diff(cmp).splitlines() if l.startswith("| **slower**"))
+    assert "| min | 2.000 ms | 4.838 ms | +141.9% |" in md_row and "6.282 ms -&gt; 5.849 ms" in md_row
+
+
+def test_a_device_time_row_is_labelled_device_min():
+    cmp = compare(by_key([rec("x", min_ms=0.9)]), by_key([rec("x", median_ms=1.5, min_ms=1.4)]), device="cuda")
+    row = next(l for l in report.terminal_table(cmp).splitlines() if l.startswith("slower"))
+    assert "device min" in row and "0.9000 ms" in row and "1.400 ms" in row and "1.000 ms -> 1.500 ms" in row
+
+
+def test_a_confirmed_slowdown_shows_both_changes_in_every_report():
+    cur = rec("x", median_ms=1.2)
+    cur.extra["confirm"] = rec("x", median_ms=1.25).to_extra_info()
+    cmp = compare(by_key([rec("x")]), by_key([cur]))
+    assert "+20.0% / +25.0%" in report.terminal_table(cmp)
+    assert "+20.0% / +25.0%" in report.markdown_diff(cmp)
+
+
+def test_an_unconfirmed_slowdown_is_listed_as_reported_not_as_a_regression():
+    cur = rec("x", median_ms=1.2)
+    cur.extra["confirm"] = rec("x", median_ms=1.0).to_extra_info()
+    cmp = compare(by_key([rec("x")]), by_key([cur]))
+    md = report.markdown_diff(cmp)
+    assert "Reported, not gating (1)" in md and "Regressions" not in md
+    assert "not confirmed: first +20.0%, second +0.0%" in md
+
+
+# --------------------------------------------------------------------------- header
+
+
+@pytest.mark.parametrize("cur, base, line", [
+    pytest.param({"mem_bandwidth_gbs": 3900.0, "matmul_tflops": 690.0, "matmul_dtype": "bfloat16"},
+                 {"mem_bandwidth_gbs": 4100.0, "matmul_tflops": 702.0, "matmul_dtype": "bfloat16"},
+                 "instance: copy 3.9 TB/s, bf16 matmul 690 TFLOP/s; baseline: 4.1 TB/s, 702 TFLOP/s (-5%, -2%)",
+                 id="both sides"),
+    pytest.param({"mem_bandwidth_gbs": 12.5, "matmul_tflops": 0.21}, None,
+                 "instance: copy 12.5 GB/s, matmul 0.21 TFLOP/s; baseline: no calibration recorded",
+                 id="a baseline without calibration"),
+    pytest.param(None, None, None, id="neither side"),
+])
+def test_the_calibration_line_puts_this_instance_beside_the_baseline(cur, base, line):
+    assert report.calibration_line(cur, base) == line
+
+
+def test_the_header_lines_open_the_terminal_table_and_the_markdown():
+    cmp = compare(by_key([rec("x")]), by_key([rec("x")]))
+    cmp.header = ["fallback baseline b.json: compatible machine (another CPU model)"]
+    cmp.cur_calibration, cmp.base_calibration = {"mem_bandwidth_gbs": 10.0}, {"mem_bandwidth_gbs": 20.0}
+    assert report.terminal_table(cmp).splitlines()[:2] == [
+        "fallback baseline b.json: compatible machine (another CPU model)",
+        "instance: copy 10 GB/s; baseline: 20 GB/s (-50%)"]
+    md = report.markdown_diff(cmp).splitlines()
+    assert md[3] == "> fallback baseline b.json: compatible machine (another CPU model)"
+    assert md[4].startswith("> instance: copy 10 GB/s")

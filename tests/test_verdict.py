@@ -214,11 +214,11 @@ def test_min_statistic_judges_the_fastest_sample_and_names_it():
     pytest.param(0.1, 1.20, "slower", id="kernel-bound case 20% slower is slower"),
     pytest.param(None, 1.20, "slower", id="case without a launch measurement 20% slower is slower"),
 ])
-def test_host_bound_cases_get_the_wider_host_bound_floor_on_cuda(launch_fraction, change, verdict):
+def test_host_bound_event_time_gets_the_wider_host_bound_floor(launch_fraction, change, verdict):
     t = DEVICE_DEFAULTS["cuda"]
     base = rec(min_ms=1.0, median_ms=1.0, launch_fraction=None)  # an older baseline without the field
     cur = rec(min_ms=change, median_ms=change, launch_fraction=launch_fraction)
-    v = judge(base, cur, t)
+    v = judge(base, cur, t, device="cpu")  # event/CPU time: the only time the host-bound floor applies to
     assert v.verdict == verdict, v.message
     assert ("(host-bound)" in v.message) == (launch_fraction == 0.9), v.message
 
@@ -227,4 +227,177 @@ def test_the_host_bound_floor_can_be_turned_off_for_a_fixed_runner():
     cfg = parse_thresholds({"version": 1, "device": {"cuda": {"host_bound_floor": 0}}})
     base, cur = rec(min_ms=1.0, launch_fraction=0.9), rec(min_ms=1.2, launch_fraction=0.9)
     t = cfg.for_case(cur, "cuda")
-    assert judge(base, cur, t).verdict == "slower"
+    assert judge(base, cur, t, device="cpu").verdict == "slower"
+
+
+# --------------------------------------------------------------------------- device time (CUDA)
+
+
+def test_a_host_bound_case_on_cuda_is_judged_on_device_time_without_the_host_bound_floor():
+    t = DEVICE_DEFAULTS["cuda"]
+    base = rec(median_ms=1.0, min_ms=1.0, device_ms=0.5, device_min_ms=0.5, launch_fraction=0.9)
+    cur = rec(median_ms=1.0, min_ms=1.0, device_ms=0.6, device_min_ms=0.6, launch_fraction=0.9)
+    v = judge(base, cur, t, device="cuda")
+    assert v.verdict == "slower" and v.statistic == "device min" and v.band == pytest.approx(0.03), v.message
+    assert "(host-bound)" not in v.message
+
+
+@pytest.mark.parametrize("event_change, device_change, verdict", [
+    pytest.param(1.60, 1.00, "same", id="event time 60% slower with the same device time is same"),
+    pytest.param(1.00, 1.10, "slower", id="device time 10% slower with the same event time is slower"),
+    pytest.param(1.00, 0.90, "faster", id="device time 10% faster is faster"),
+])
+def test_cuda_time_verdicts_judge_device_time_when_both_sides_have_it(event_change, device_change, verdict):
+    base = rec(median_ms=1.0, min_ms=1.0, device_ms=1.0, device_min_ms=1.0)
+    cur = rec(median_ms=event_change, min_ms=event_change, device_ms=device_change, device_min_ms=device_change)
+    v = judge(base, cur, DEVICE_DEFAULTS["cuda"], device="cuda")
+    assert v.verdict == verdict, v.message
+
+
+@pytest.mark.parametrize("statistic, label, judged", [
+    pytest.param("min", "device min", 0.8, id="statistic min judges device_min_ms"),
+    pytest.param("median", "device median", 1.0, id="statistic median judges device_ms"),
+])
+def test_the_device_statistic_follows_the_thresholds_statistic(statistic, label, judged):
+    t = Thresholds(statistic=statistic)
+    v = judge(rec(device_ms=1.0, device_min_ms=0.8), rec(device_ms=1.0, device_min_ms=0.8), t, device="cuda")
+    assert (v.statistic, v.base_ms, v.base_median_ms) == (label, judged, 1.0)
+
+
+def test_the_device_noise_band_comes_from_the_device_iqr():
+    # device IQRs 4% and 3% relative: hypot 5%, times spread_k 1.5 = 7.5% (the event IQR is tiny)
+    base = rec(iqr_ms=0.001, device_ms=1.0, device_iqr_ms=0.04)
+    cur = rec(iqr_ms=0.001, device_ms=2.0, device_iqr_ms=0.06, median_ms=2.0)
+    assert judge(base, cur, T, device="cuda").band == pytest.approx(0.075)
+
+
+def test_a_cuda_baseline_without_device_time_does_not_gate_time_and_says_so():
+    old = rec(device_ms=None, device_min_ms=None, median_ms=1.0)
+    v = judge(old, rec(median_ms=3.0), DEVICE_DEFAULTS["cuda"], device="cuda")
+    assert v.verdict == "same" and not v.gating and v.time_change is None
+    assert "baseline has no device time: time not gated" in v.message
+
+
+def test_a_cuda_baseline_without_device_time_still_gates_memory_and_outcomes():
+    old = rec(device_ms=None, device_min_ms=None)
+    assert judge(old, rec(peak_mem_bytes=300 << 20), T, device="cuda").verdict == "memory-growth"
+    assert judge(old, rec(outcome="crash", detail="signal 11"), T, device="cuda").verdict == "newly-failing"
+
+
+def test_cpu_records_are_judged_on_their_own_time_fields():
+    cpu = dict(timer="perf_counter", problem="b1-q64-h2-d16-causal-fp32-cpu")
+    t = Thresholds(statistic="min")
+    v = judge(rec(median_ms=1.0, min_ms=1.0, **cpu), rec(median_ms=1.5, min_ms=1.5, **cpu), t, device="cpu")
+    assert (v.verdict, v.statistic) == ("slower", "min")
+
+
+@pytest.mark.parametrize("base_h, cur_h, flag", [
+    pytest.param(0.10, 0.40, "host-slower", id="host overhead 0.1 to 0.4 ms is host-slower"),
+    pytest.param(0.40, 0.10, "host-faster", id="host overhead 0.4 to 0.1 ms is host-faster"),
+    pytest.param(0.10, 0.14, None, id="host overhead +40% is inside the 50% floor"),
+    pytest.param(0.01, 0.05, None, id="host overhead +0.04 ms is inside the absolute allowance"),
+])
+def test_host_overhead_gets_its_own_flag_and_allowance(base_h, cur_h, flag):
+    v = judge(rec(host_overhead_ms=base_h), rec(host_overhead_ms=cur_h), DEVICE_DEFAULTS["cuda"], device="cuda")
+    assert (flag in v.flags) if flag else v.flags == ("same",), v.message
+
+
+def test_host_overhead_is_reported_not_gating_by_default_and_gates_when_configured():
+    base, cur = rec(host_overhead_ms=0.1), rec(host_overhead_ms=1.0)
+    reported = judge(base, cur, DEVICE_DEFAULTS["cuda"], device="cuda")
+    assert reported.verdict == "host-slower" and not reported.gating and reported.reported
+    cfg = parse_thresholds({"device": {"cuda": {"host_gating": True}}})
+    assert judge(base, cur, cfg.for_case(cur, "cuda"), device="cuda").gating
+
+
+def test_host_gating_must_be_a_boolean():
+    with pytest.raises(ThresholdsError, match="host_gating must be true or false"):
+        parse_thresholds({"default": {"host_gating": 1}}, "thresholds t.json")
+
+
+# --------------------------------------------------------------------------- confirmation
+
+
+def _confirmed(cur, **second):
+    cur.extra["confirm"] = rec(cur.variant, **second).to_extra_info()
+    return cur
+
+
+@pytest.mark.parametrize("first, second, verdict, note", [
+    pytest.param(1.10, 1.12, "slower", "confirmed: first +10.0%, second +12.0%", id="slower twice is slower"),
+    pytest.param(1.10, 1.01, "same", "not confirmed: first +10.0%, second +1.0%", id="slower then same is same"),
+    pytest.param(1.10, 0.90, "same", "not confirmed: first +10.0%, second -10.0%", id="slower then faster is same"),
+])
+def test_a_slowdown_gates_only_when_the_second_measurement_agrees(first, second, verdict, note):
+    v = judge(rec(), _confirmed(rec(median_ms=first), median_ms=second), T, device="cuda")
+    assert v.verdict == verdict and v.gating == (verdict == "slower"), v.message
+    assert note in v.notes and note in v.message
+    assert v.confirmed == (verdict == "slower") and v.confirm_time_change == pytest.approx(second - 1)
+
+
+def test_memory_growth_gates_only_when_the_second_measurement_agrees():
+    grown = judge(rec(), _confirmed(rec(peak_mem_bytes=300 << 20), peak_mem_bytes=300 << 20), T, device="cuda")
+    fluke = judge(rec(), _confirmed(rec(peak_mem_bytes=300 << 20), peak_mem_bytes=100 << 20), T, device="cuda")
+    assert grown.verdict == "memory-growth" and grown.confirmed
+    assert fluke.verdict == "same" and fluke.confirmed is False and fluke.reported
+    assert "memory growth not confirmed: first +200.0%, second +0.0%" in fluke.message
+
+
+def test_a_case_without_a_second_measurement_is_judged_as_before():
+    v = judge(rec(), rec(median_ms=1.10), T, device="cuda")
+    assert v.verdict == "slower" and v.confirmed is None and v.confirm_time_change is None
+
+
+def test_a_second_measurement_that_failed_does_not_confirm():
+    v = judge(rec(), _confirmed(rec(median_ms=1.2), outcome="crash", median_ms=None), T, device="cuda")
+    assert v.verdict == "same" and "not confirmed: first +20.0%, second crash" in v.message
+
+
+def test_a_summary_counts_the_cases_not_confirmed():
+    base = by_key([rec("a"), rec("b")])
+    cur = by_key([_confirmed(rec("a", median_ms=1.2), median_ms=1.0), rec("b")])
+    cmp = compare(base, cur)
+    assert not cmp.failed and "1 not confirmed by a second measurement" in cmp.summary()
+    assert [v.key for v in cmp.reported] == [rec("a").key]
+    case = next(c for c in cmp.to_json()["cases"] if c["key"] == rec("a").key)
+    assert case["confirmed"] is False and case["confirm_time_change"] == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------- crash and timeout
+
+
+@pytest.mark.parametrize("outcome", ["crash", "timeout"])
+def test_a_case_that_now_crashes_or_times_out_is_newly_failing(outcome):
+    v = judge(rec(), rec(outcome=outcome, median_ms=None, detail="worker died"), T)
+    assert v.verdict == "newly-failing" and v.gating
+
+
+@pytest.mark.parametrize("outcome", ["crash", "timeout"])
+def test_a_case_that_crashed_or_timed_out_before_and_runs_now_is_fixed(outcome):
+    assert judge(rec(outcome=outcome, median_ms=None), rec(), T).verdict == "fixed-failing"
+
+
+# --------------------------------------------------------------------------- scope per selection
+
+
+def _scope_case(**kw):
+    return rec(kw.pop("variant", "a"), **kw)
+
+
+@pytest.mark.parametrize("scope, inside, outside", [
+    pytest.param(Scope(workloads=frozenset({"w1"})), dict(workload="w1"), dict(workload="w2"), id="workloads"),
+    pytest.param(Scope(modes=frozenset({"fwd"})), dict(mode="fwd"), dict(mode="bwd"), id="modes"),
+    pytest.param(Scope(variants=frozenset({"a"})), dict(variant="a"), dict(variant="b"), id="variants"),
+    pytest.param(Scope(tiers=frozenset({"quick"})), dict(extra={"tier": "quick"}), dict(extra={"tier": "full"}, problem="p-full"),
+                 id="tiers"),
+    pytest.param(Scope(dtypes=frozenset({"float32"})), dict(problem="b1-q8-h1-d8-nomask-fp32-cpu"),
+                 dict(problem="b1-q8-h1-d8-nomask-bf16-cpu"), id="dtypes"),
+    pytest.param(Scope(devices=frozenset({"cuda:1"})), dict(problem="b1-q8-h1-d8-nomask-bf16-cuda1"),
+                 dict(problem="b1-q8-h1-d8-nomask-bf16-cuda"), id="devices"),
+    pytest.param(Scope(keys=frozenset({rec("a").key})), dict(), dict(variant="b"), id="selected keys"),
+])
+def test_a_baseline_case_outside_the_selection_is_not_missing(scope, inside, outside):
+    selected, other = _scope_case(**inside), _scope_case(**outside)
+    cmp = compare(by_key([selected, other]), {}, scope=scope)
+    assert [v.key for v in cmp.verdicts if v.verdict == "missing"] == [selected.key]
+    assert cmp.out_of_scope == 1

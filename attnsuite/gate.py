@@ -1,0 +1,106 @@
+"""THE compare path: one thresholds lookup and one "judge two runs" for every caller.
+
+The ``attnsuite compare``/``report`` commands, the pytest gate (:mod:`attnsuite.plugin_gate`),
+``scripts/gate_eval.py`` and the same-machine A/B command all call :func:`thresholds_for` and
+:func:`judge_runs`, so they cannot drift apart: the same two runs get the same verdicts, judged
+with the same thresholds, whoever asks.
+
+The thresholds rule (:func:`thresholds_for`), first match wins:
+
+1. the file named explicitly (``--attn-thresholds`` / ``--thresholds``); it must exist;
+2. ``thresholds.json`` in the baselines folder in play (pytest: ``--attn-baselines-dir`` or
+   ``<rootdir>/baselines``; the CLI: the folder of the reference file);
+3. ``baselines/thresholds.json`` of the repository this package lives in;
+4. the built-in per-device defaults (:data:`attnsuite.verdict.DEVICE_DEFAULTS`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Union
+
+from . import baseline as bl
+from .record import CaseRecord
+from .verdict import Comparison, Scope, ThresholdConfig, ThresholdsError, compare, load_thresholds
+
+PathLike = Union[str, "os.PathLike[str]"]
+# The repository's own baselines folder (absent when attnsuite is installed as a package).
+REPO_BASELINES = Path(__file__).resolve().parents[1] / bl.DEFAULT_DIR
+
+
+def thresholds_path_for(explicit: Optional[PathLike], baselines_dir: Optional[PathLike]) -> Optional[Path]:
+    """The thresholds file the rule above picks (None: built-in defaults); an explicit file that
+    does not exist raises :class:`~attnsuite.verdict.ThresholdsError` naming it."""
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise ThresholdsError(f"thresholds {p}: no such file" if not p.exists() else f"thresholds {p}: not a file")
+        return p
+    candidates = ([Path(baselines_dir)] if baselines_dir else []) + [REPO_BASELINES]
+    for d in candidates:
+        p = d / bl.THRESHOLDS_FILE
+        if p.is_file():
+            return p
+    return None
+
+
+def thresholds_for(explicit: Optional[PathLike], baselines_dir: Optional[PathLike]) -> tuple[ThresholdConfig, Optional[Path]]:
+    """THE thresholds lookup: (the parsed config, the file it came from or None for built-ins).
+
+    Raises :class:`~attnsuite.verdict.ThresholdsError` (message names the file) for a missing
+    explicit file or a malformed one.
+    """
+    path = thresholds_path_for(explicit, baselines_dir)
+    return load_thresholds(path), path
+
+
+def run_of_baseline(b: bl.Baseline) -> bl.Run:
+    """A loaded baseline file as a :class:`~attnsuite.baseline.Run` (calibration kept when the store has it)."""
+    run = bl.Run(records=b.records(), fingerprint=dict(b.fingerprint), path=b.path, kind="baseline")
+    cal = getattr(b, "calibration", None)
+    if cal is not None and getattr(run, "calibration", None) is None:
+        try:
+            run.calibration = cal  # type: ignore[attr-defined]
+        except AttributeError:  # a Run with slots and no such field: the header just omits it
+            pass
+    return run
+
+
+def _label(run: bl.Run) -> str:
+    return str(run.path) if run.path else run.kind
+
+
+def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
+               scope: Optional[Union[Scope, Callable[[CaseRecord], bool]]] = None, allow_mismatch: bool = False,
+               notes: Iterable[str] = ()) -> Comparison:
+    """Judge ``cur`` against ``base``: the machine check, every case's verdict, labels and notes.
+
+    Raises :class:`~attnsuite.baseline.FingerprintMismatch` for machines that must not be compared
+    (unless ``allow_mismatch``). ``scope`` limits which baseline cases count as missing when absent
+    from ``cur`` (default: the tiers ``cur`` ran). The device kind comes from the fingerprints.
+    """
+    all_notes = list(notes)
+    all_notes += bl.check_compatible(base.fingerprint, cur.fingerprint, allow_mismatch=allow_mismatch)
+    if cur.duplicates:
+        all_notes.append(f"{len(cur.duplicates)} case keys appear twice in {cur.label}; the last one counts")
+    if thresholds.path:  # ThresholdConfig.path reads "thresholds <file>"
+        all_notes.append(f"thresholds from {thresholds.path.removeprefix('thresholds ')}")
+    else:
+        all_notes.append("thresholds: built-in defaults")
+    device = bl.device_kind(cur.fingerprint or base.fingerprint)
+    if device == "cuda" and not any(r.device_ms for r in base.records.values() if r.outcome == "ok"):
+        all_notes.append(f"{_label(base)} was recorded without device time (event timing only): on CUDA "
+                         "its times are not gated; outcomes, missing cases and memory are")
+    cmp = compare(base.records, cur.records, thresholds=thresholds, device=device,
+                  scope=scope if scope is not None else Scope.tiers_of(cur.records), notes=all_notes)
+    cmp.baseline_label = _label(base)
+    cmp.current_label = _label(cur) if cur.path else "this run"
+    cmp.base_calibration = _calibration(base)
+    cmp.cur_calibration = _calibration(cur)
+    return cmp
+
+
+def _calibration(run: bl.Run) -> Optional[dict[str, Any]]:
+    cal = getattr(run, "calibration", None)
+    return dict(cal) if isinstance(cal, dict) and cal else None

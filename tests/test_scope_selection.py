@@ -1,0 +1,122 @@
+"""Scoped selections: every selection option judges only what it selects (issue 9 item 4).
+
+Each test runs the real benchmarks (bench/ with the suite's plugin) on the quick CPU tier with a
+tiny selection (one cheap variant, one workload, forward only: two cases) against a baseline that
+holds those cases plus one more that differs from them along one field only: the field of the
+option under test. The extra case is outside the selection, so it must not be called ``missing``;
+if that option's scoping broke, it would be, and the run would fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOAD, VARIANT = "video-wm", "explicit"
+# in-process cases (no worker processes): these tests are about judging, not isolation
+TINY = ("--attn-isolation=none", "--attn-device=cpu", "--attn-tier=quick", f"--attn-workload={WORKLOAD}", "--attn-mode=fwd",
+        f"--attn-only={VARIANT}")
+COMMON = ("bench", "--benchmark-only", "-p", "no:cacheprovider", "--attn-no-confirm", "--attn-baseline=base.json")
+
+
+@pytest.fixture(scope="module")
+def recorded() -> dict:
+    """The baseline of the tiny selection, recorded once by a real run (its JSON object)."""
+    return {}
+
+
+@pytest.fixture
+def bench(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, recorded: dict):
+    """A copy of bench/ with the suite's plugin; ``run(baseline_extra, *args)`` runs the tiny selection
+    against the recorded baseline plus one extra case (fields changed from a recorded case)."""
+    pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
+    shutil.copytree(ROOT / "bench", pytester.path / "bench")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
+    base = pytester.path / "base.json"
+    if "obj" not in recorded:
+        res = pytester.runpytest(*COMMON, *TINY, "--attn-record-baseline")
+        assert res.ret == 0 and base.exists(), res.stdout.str()[-3000:]
+        recorded["obj"] = json.loads(base.read_text())
+
+    def run(extra_changes: dict, *args: str) -> pytest.RunResult:
+        obj = json.loads(json.dumps(recorded["obj"]))
+        assert len(obj["cases"]) == 2, obj["cases"].keys()
+        entry = dict(sorted(obj["cases"].items())[0][1])
+        entry.update(extra_changes)
+        key = "/".join(entry[f] for f in ("workload", "variant", "mode", "problem"))
+        assert key not in obj["cases"]
+        obj["cases"][key] = entry
+        base.write_text(json.dumps(obj))
+        return pytester.runpytest(*COMMON, *TINY, *args)
+
+    return run
+
+
+def _swap_token(problem: str, old: str, new: str) -> str:
+    tokens = problem.split("-")
+    assert old in tokens, problem
+    return "-".join(new if t == old else t for t in tokens)
+
+
+def _assert_judged_only_the_selection(res: pytest.RunResult, outside: int = 1) -> None:
+    out = res.stdout.str()
+    assert res.ret == 0, out[-3000:]
+    assert "missing" not in out.split("attnsuite regression gate")[-1], out[-3000:]
+    res.stdout.fnmatch_lines([f"pass (*same)*; {outside} baseline cases outside this run's scope"])
+
+
+CASES = [
+    pytest.param({"workload": "gpt2-mha"}, (), id="--attn-workload leaves another workload's case alone"),
+    pytest.param({"mode": "bwd"}, (), id="--attn-mode leaves another mode's case alone"),
+    pytest.param({"variant": "einsum"}, (), id="--attn-only leaves another variant's case alone"),
+    # the tier is not part of the key: a full-tier problem of the same workload, variant and mode
+    pytest.param({"tier": "full", "problem": "b9-q9-h1-d8-nomask-fp32-cpu"}, (),
+                 id="--attn-tier leaves the other tier's case alone"),
+]
+
+
+@pytest.mark.parametrize("changes, args", CASES)
+def test_a_selection_option_judges_only_what_it_selects(bench, changes, args):
+    _assert_judged_only_the_selection(bench(changes, *args))
+
+
+def test_attn_device_leaves_another_devices_case_alone(bench, recorded):
+    problem = sorted(recorded["obj"]["cases"].values(), key=lambda e: e["problem"])[0]["problem"]
+    _assert_judged_only_the_selection(bench({"problem": _swap_token(problem, "cpu", "cuda")}))
+
+
+def test_attn_dtype_leaves_another_dtypes_case_alone(bench, recorded):
+    problem = sorted(recorded["obj"]["cases"].values(), key=lambda e: e["problem"])[0]["problem"]
+    _assert_judged_only_the_selection(bench({"problem": _swap_token(problem, "fp32", "bf16")}, "--attn-dtype=float32"))
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(("-k", "frame13"), id="-k"),
+    pytest.param(("--deselect", "bench/test_workloads.py::test_workload[{other}]"), id="--deselect"),
+])
+def test_a_keyword_or_deselection_judges_only_the_selected_cases(bench, recorded, args):
+    keys = sorted(recorded["obj"]["cases"])
+    other = next(k for k in keys if "frame13" not in k)
+    res = bench({"problem": "b9-q9-h1-d8-nomask-fp32-cpu"}, *(a.format(other=other) for a in args))
+    # the unselected case of the run and the extra baseline case are both outside
+    _assert_judged_only_the_selection(res, outside=2)
+
+
+def test_m_judges_only_the_selected_cases(bench):
+    res = bench({"problem": "b9-q9-h1-d8-nomask-fp32-cpu"}, "-m", "not slow")
+    _assert_judged_only_the_selection(res)
+
+
+def test_a_selected_case_that_did_not_run_is_still_missing(bench):
+    # same workload, variant, mode, tier, dtype and device as the run: inside the selection
+    res = bench({"problem": "b9-q9-h1-d8-nomask-fp32-cpu"})
+    assert res.ret == 1
+    res.stdout.fnmatch_lines([f"FAILED missing: {WORKLOAD}/{VARIANT}/fwd/b9-q9-h1-d8-nomask-fp32-cpu: not run*"])
