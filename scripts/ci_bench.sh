@@ -3,7 +3,9 @@
 # Usage: bash scripts/ci_bench.sh TIER GATE [extra pytest args]
 #   TIER: quick (CPU-sized) or full (GPU-sized); GATE: off, report (never fails) or enforce.
 # Writes to ${OUT:-results}: bench.json (pytest-benchmark JSON with attnsuite records), gate.md
-# (markdown diff; also appended to $GITHUB_STEP_SUMMARY when set), bench.log.
+# (markdown diff; also appended to $GITHUB_STEP_SUMMARY when set), gate.json (the verdicts, which
+# `attnsuite ab --cases-from` reads), bench.log. Finished cases are journaled beside bench.json as
+# they finish: after a killed run, the same command with --attn-resume carries on.
 # Exit status: pytest's (1 when the gate fails under enforce, 4 for a malformed baseline).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +25,7 @@ fi
 export PYTHONUNBUFFERED=1
 "$PY" -m pytest bench --benchmark-only -p no:cacheprovider -q -rfE \
   --attn-tier "$tier" --attn-gate "$gate" \
-  --benchmark-json "$out/bench.json" --attn-markdown "$out/gate.md" "$@" 2>&1 | tee "$out/bench.log"
+  --benchmark-json "$out/bench.json" --attn-markdown "$out/gate.md" --attn-gate-json "$out/gate.json" "$@" 2>&1 | tee "$out/bench.log"
 status=${PIPESTATUS[0]}
 echo "ci_bench ($tier, gate $gate) exit status: $status"
 exit "$status"

@@ -1,0 +1,671 @@
+"""Same-machine A/B: the base ref's tree against the working tree, in alternating rounds.
+
+``attnsuite ab --base REF`` checks REF out into a temporary ``git worktree`` and runs the
+benchmarks of both trees on this machine, each round a separate pytest process, in ABBA order
+(base, head, head, base, base, head, ...). Per case and side the rounds are combined into one
+record (each statistic: the median over the rounds of the per-round value; its spread: the
+rounds' relative interquartile range) and the two records are judged by THE compare path
+(:func:`attnsuite.gate.judge_runs`), so the verdicts, the markdown diff and the JSON are the
+gate's. docs/ab.md says why this statistic and not a rank test, and what a run costs.
+
+    attnsuite ab --base origin/main -- --attn-workload fa-sweep --attn-mode fwd
+    attnsuite ab --base "$BASE_SHA" --cases-from results/gate.json --markdown results/ab.md -- --attn-tier full
+    python -m attnsuite.ab ...          # the same, standalone
+
+Exit status: 0 pass; 1 a gating verdict (with ``--gate enforce``, the default); 2 bad input (no
+git repository, unknown ref, unreadable ``--cases-from``, a selection that runs no case) or a
+round that could not run (pytest crashed: its log tail is shown); 130 interrupted. The temporary
+worktree is removed in every case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from . import baseline as bl
+from . import report
+from .record import CaseRecord
+from .verdict import GATING, Comparison, ThresholdConfig, ThresholdsError
+
+EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+MIN_ROUNDS = 3  # fewer rounds give no usable round-to-round spread (and a median of 2 is a mean)
+SIDES = ("base", "head")
+TREE_MARKER = Path("bench") / "test_workloads.py"  # a tree without it has no benchmarks to run
+LOG_TAIL_LINES = 40
+
+# pytest exit statuses a round may end with; 1 (some case failed) still gives a full result file.
+_PYTEST_EXIT = {2: "interrupted", 3: "internal error", 4: "usage error (an option after -- this tree's "
+                "pytest does not know?)", 5: "no tests collected"}
+
+
+class AbError(ValueError):
+    """Bad input or a round that could not run; the message says which and why (exit status 2)."""
+
+
+class RoundFailed(AbError):
+    """One round's pytest process failed; carries the tail of its log."""
+
+    def __init__(self, spec: "RoundSpec", problem: str, tail: str = "") -> None:
+        self.spec = spec
+        self.tail = tail
+        super().__init__(f"round {spec.index} ({spec.side}, {spec.tree}) failed: {problem}; log {spec.log_path}")
+
+
+# --------------------------------------------------------------------------- order
+
+
+def round_order(rounds: int) -> list[str]:
+    """The sides in run order, ABBA style: base, head, head, base, base, head, ...
+
+    Alternating pairs (ABAB) would always run base first in each pair, so a drift that grows over
+    the session (warming clocks, a filling page cache, background load ramping up or down) would
+    land on one side; reversing every other pair cancels a linear drift for an even number of
+    pairs and halves it for an odd one.
+    """
+    if rounds < 1:
+        raise AbError(f"--rounds must be at least 1, got {rounds}")
+    order: list[str] = []
+    for pair in range(rounds):
+        order += ["base", "head"] if pair % 2 == 0 else ["head", "base"]
+    return order
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def cases_from_gate_json(path: os.PathLike | str) -> tuple[list[str], str]:
+    """The case keys that a stored-baseline gate run flagged (any gating finding: slower,
+    memory-growth, newly-failing, newly-oom, missing), from its ``--attn-gate-json`` file, and a
+    sentence saying where they came from (or why there are none: a gate that compared nothing)."""
+    p = Path(path)
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AbError(f"--cases-from {p}: no such file (did the gate step write --attn-gate-json?)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise AbError(f"--cases-from {p}: not a readable JSON file: {exc}") from None
+    cases = obj.get("cases") if isinstance(obj, dict) else None
+    if not isinstance(cases, list):
+        raise AbError(f"--cases-from {p}: no \"cases\" list: not a gate JSON (Comparison.to_json)")
+    keys = []
+    for i, c in enumerate(cases):
+        if not isinstance(c, dict) or not isinstance(c.get("key"), str) or not isinstance(c.get("flags", []), list):
+            raise AbError(f"--cases-from {p}: cases[{i}] has no \"key\" text and \"flags\" list")
+        flags = c.get("flags") or [c.get("verdict")]
+        if c.get("gating") is True or any(f in GATING for f in flags):  # "gating": host-slower made gating
+            keys.append(c["key"])
+    keys = sorted(set(keys))
+    if obj.get("compared") is False:  # the gate found no baseline to compare with (or no records)
+        return keys, f"The stored-baseline gate ({p}) compared nothing: {obj.get('reason') or 'no reason given'}."
+    return keys, f"Cases: the {len(keys)} flagged by the stored-baseline gate ({p})."
+
+
+# Loaded into every round with ``-p``: keeps only the listed case keys (a node id that one tree
+# lacks would make pytest refuse the whole round; a deselected absence is simply a missing case)
+# and records where attnsuite and impls were imported from, which cmd_ab checks against the tree
+# the round was meant to run (an editable install could otherwise resolve to the working tree).
+PLUGIN_MODULE = "attnsuite_ab_probe"
+PLUGIN_SOURCE = '''"""attnsuite ab: round selection and import probe (written by attnsuite/ab.py)."""
+import json
+import os
+import sys
+
+import pytest
+
+
+def _case(item):
+    spec = getattr(item, "callspec", None)
+    return spec.id if spec is not None else None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    path = os.environ.get("ATTNSUITE_AB_CASES")
+    if not path:
+        return
+    with open(path, encoding="utf-8") as fh:
+        wanted = {line.strip() for line in fh if line.strip()}
+    drop = [i for i in items if _case(i) not in wanted]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [i for i in items if _case(i) in wanted]
+
+
+def pytest_collection_finish(session):
+    path = os.environ.get("ATTNSUITE_AB_PROBE")
+    if not path:
+        return
+    where = {name: getattr(sys.modules.get(name), "__file__", None) for name in ("attnsuite", "impls")}
+    where["rootdir"] = str(session.config.rootpath)
+    where["selected"] = len(session.items)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(where, fh)
+'''
+
+
+def check_probe(probe: Path, tree: Path) -> dict[str, Any]:
+    """Check that a round imported attnsuite (and impls) from ``tree`` and ran from it; the probe
+    as read. Raises :class:`AbError` naming both paths otherwise."""
+    try:
+        where = json.loads(probe.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise AbError(f"the round wrote no import probe {probe}: cannot tell which tree's code it ran") from None
+    root = tree.resolve()
+    for name in ("attnsuite", "impls"):
+        f = where.get(name)
+        if name == "attnsuite" and not f:
+            raise AbError(f"the round in {tree} never imported attnsuite")
+        if f and root not in Path(f).resolve().parents:
+            raise AbError(f"the round meant for {tree} imported {name} from {f}: it would measure another tree's "
+                          "code (check PYTHONPATH and how attnsuite is installed)")
+    if where.get("rootdir") and Path(where["rootdir"]).resolve() != root:
+        raise AbError(f"the round meant for {tree} ran with pytest rootdir {where['rootdir']}")
+    return where
+
+
+# --------------------------------------------------------------------------- git
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        raise AbError("git is not installed: attnsuite ab needs it to check out the base ref") from None
+
+
+def repo_root(path: os.PathLike | str) -> Path:
+    """The top of the git working tree containing ``path`` (AbError when there is none)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise AbError(f"--repo {p}: no such folder")
+    proc = _git(p, "rev-parse", "--show-toplevel")
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise AbError(f"{p.resolve()} is not inside a git working tree: attnsuite ab compares a git ref with "
+                      "the working tree")
+    return Path(proc.stdout.strip())
+
+
+def resolve_ref(repo: Path, ref: str) -> str:
+    """The commit id of ``ref`` in ``repo`` (AbError when it names no commit)."""
+    if not ref or ref.startswith("-"):
+        raise AbError(f"--base {ref!r}: not a git ref")
+    proc = _git(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
+    if proc.returncode != 0:
+        raise AbError(f"--base {ref!r}: unknown git ref in {repo} (in a shallow clone fetch it first, e.g. "
+                      f"`git fetch origin {ref}`, or check out with fetch-depth: 0)")
+    return proc.stdout.strip()
+
+
+def uncommitted(repo: Path) -> int:
+    """How many paths of the working tree differ from HEAD (tracked changes and untracked files)."""
+    proc = _git(repo, "status", "--porcelain")
+    return len([line for line in proc.stdout.splitlines() if line.strip()]) if proc.returncode == 0 else 0
+
+
+@contextmanager
+def base_worktree(repo: Path, sha: str, parent: Path) -> Iterator[Path]:
+    """``git worktree add --detach`` of ``sha`` under ``parent``; removed on exit, however it ends."""
+    path = parent / "base"
+    proc = _git(repo, "worktree", "add", "--detach", str(path), sha)
+    if proc.returncode != 0:
+        raise AbError(f"git worktree add of {sha[:12]} failed: {proc.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        if _git(repo, "worktree", "remove", "--force", str(path)).returncode != 0:
+            shutil.rmtree(path, ignore_errors=True)  # git could not (already gone, locked): the files at least
+        _git(repo, "worktree", "prune")
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+@dataclass
+class RoundSpec:
+    """One round: which side, where it runs, its command and environment, where it writes."""
+
+    index: int  # 1-based position in the whole sequence
+    side: str  # "base" or "head"
+    tree: Path
+    command: list[str]
+    env: dict[str, str]
+    json_path: Path
+    log_path: Path
+    probe_path: Path
+    timeout: Optional[float] = None
+
+
+# A runner runs one round and returns its result JSON, or None when pytest selected no case.
+Runner = Callable[[RoundSpec], Optional[Path]]
+
+
+def pytest_command(python: str, json_path: Path, pytest_args: Sequence[str]) -> list[str]:
+    """The pytest command of one round: the benchmarks only, gate off (this command judges)."""
+    return [python, "-m", "pytest", "bench", "--benchmark-only", "--attn-gate", "off",
+            "--benchmark-json", str(json_path), "-p", "no:cacheprovider", "-p", PLUGIN_MODULE, "-q",
+            *pytest_args]
+
+
+def round_env(tree: Path, plugin_dir: Path, probe: Path, cases_file: Optional[Path],
+              base_env: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The environment of a round: the tree first on PYTHONPATH (it also runs from there), then
+    the probe plugin's folder, then whatever PYTHONPATH was already set."""
+    env = dict(os.environ if base_env is None else base_env)
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), str(plugin_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["ATTNSUITE_AB_PROBE"] = str(probe)
+    if cases_file is not None:
+        env["ATTNSUITE_AB_CASES"] = str(cases_file)
+    else:
+        env.pop("ATTNSUITE_AB_CASES", None)
+    return env
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_round(spec: RoundSpec) -> Optional[Path]:
+    """The real runner: one pytest process in ``spec.tree``; checks that it ran that tree's code."""
+    spec.json_path.unlink(missing_ok=True)
+    spec.probe_path.unlink(missing_ok=True)
+    with open(spec.log_path, "w", encoding="utf-8") as log:
+        log.write(f"$ cd {shlex.quote(str(spec.tree))} && {shlex.join(spec.command)}\n")
+        log.flush()
+        proc = subprocess.Popen(spec.command, cwd=spec.tree, env=spec.env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        try:
+            rc = proc.wait(timeout=spec.timeout)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            raise RoundFailed(spec, f"ran past --round-timeout {spec.timeout:g} s", _tail(spec.log_path)) from None
+        except BaseException:  # Ctrl-C, SIGTERM: do not leave the benchmark running
+            _stop(proc)
+            raise
+    if rc == 5:
+        return None
+    if rc < 0:
+        try:
+            why = f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            why = f"killed by signal {-rc}"
+        raise RoundFailed(spec, f"pytest {why}", _tail(spec.log_path))
+    if rc not in (0, 1):
+        raise RoundFailed(spec, f"pytest exit status {rc} ({_PYTEST_EXIT.get(rc, 'unknown')})", _tail(spec.log_path))
+    if not spec.json_path.is_file():
+        raise RoundFailed(spec, f"pytest exited {rc} without writing {spec.json_path}", _tail(spec.log_path))
+    try:
+        check_probe(spec.probe_path, spec.tree)
+    except AbError as exc:
+        raise RoundFailed(spec, str(exc)) from None
+    return spec.json_path
+
+
+# --------------------------------------------------------------------------- combining rounds
+
+# worst first: a case that failed in any round failed (one crash in three rounds is a crash)
+_WORST = ("crash", "timeout", "error", "numerics", "oom", "skipped", "ok")
+# every per-round figure that becomes the median over the rounds
+_MEDIAN_FIELDS = ("median_ms", "min_ms", "device_ms", "device_min_ms", "host_overhead_ms", "first_call_ms",
+                  "launch_fraction", "tflops", "pct_peak")
+
+
+def _median(values: Sequence[Optional[float]]) -> Optional[float]:
+    present = [float(v) for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def relative_spread(values: Sequence[Optional[float]]) -> Optional[float]:
+    """The rounds' interquartile range over their median (inclusive quartiles, so for 3 rounds
+    half the range); None with fewer than 2 values or a zero median."""
+    vals = [float(v) for v in values if v is not None]
+    if len(vals) < 2:
+        return None
+    mid = statistics.median(vals)
+    if not mid:
+        return None
+    q1, _, q3 = statistics.quantiles(vals, n=4, method="inclusive")
+    return (q3 - q1) / mid
+
+
+def combine_rounds(records: Sequence[CaseRecord], statistic: str = "min") -> CaseRecord:
+    """One side's rounds of one case as one record.
+
+    Outcome: the worst of the rounds. Every timing figure: the median over the rounds of the
+    per-round figure. Spread: ``iqr_ms`` and ``device_iqr_ms`` are replaced by the round-to-round
+    relative IQR of the statistic the gate judges (``statistic``: "min" or "median", host and
+    device time alike) times the combined median, so the verdict's noise band
+    (``iqr_ms / median_ms`` of both sides) measures how much the judged figure moved between
+    rounds, not how much samples moved within one. Peak memory: the median over the rounds.
+    """
+    if not records:
+        raise ValueError("combine_rounds needs at least one record")
+    outcomes = [r.outcome for r in records]
+    worst = min(outcomes, key=lambda o: _WORST.index(o) if o in _WORST else 0)
+    same = [r for r in records if r.outcome == worst]
+    out = replace(same[0], extra=dict(same[0].extra))
+    out.extra["rounds"] = len(records)
+    if len(set(outcomes)) > 1:
+        out.extra["round_outcomes"] = outcomes
+    if worst != "ok":
+        return out
+    for name in _MEDIAN_FIELDS:
+        setattr(out, name, _median([getattr(r, name) for r in same]))
+    peaks = _median([r.peak_mem_bytes for r in same])
+    out.peak_mem_bytes = None if peaks is None else int(round(peaks))
+    out.samples = sum(r.samples for r in same)
+    host = "min_ms" if statistic == "min" and all(r.min_ms is not None for r in same) else "median_ms"
+    device = "device_min_ms" if statistic == "min" and all(r.device_min_ms is not None for r in same) else "device_ms"
+    for stat, centre, spread in ((host, "median_ms", "iqr_ms"), (device, "device_ms", "device_iqr_ms")):
+        values = [getattr(r, stat) for r in same]
+        rel = relative_spread(values)
+        mid = getattr(out, centre)
+        setattr(out, spread, None if rel is None or mid is None else rel * mid)
+        if any(v is not None for v in values):
+            out.extra[f"round_{stat}"] = values
+    return out
+
+
+def combine_side(runs: Sequence[bl.Run], thresholds: ThresholdConfig, label: str) -> bl.Run:
+    """One side's rounds as one :class:`~attnsuite.baseline.Run`, case by case (:func:`combine_rounds`,
+    with the statistic the thresholds judge for that case)."""
+    first = next((r for r in runs if r.fingerprint), runs[0] if runs else None)
+    fp = first.fingerprint if first else None
+    device = bl.device_kind(fp)
+    keys = sorted({k for r in runs for k in r.records})
+    records = {}
+    for key in keys:
+        present = [r.records[key] for r in runs if key in r.records]
+        stat = thresholds.for_case(present[0], device).statistic
+        rec = combine_rounds(present, stat)
+        if len(present) < len(runs):
+            rec.extra["rounds_absent"] = len(runs) - len(present)
+        records[key] = rec
+    return bl.Run(records=records, fingerprint=fp, path=label, kind="result")
+
+
+# --------------------------------------------------------------------------- the A/B
+
+
+@dataclass
+class AbPlan:
+    """Everything one A/B needs, resolved: trees, rounds, the selection, where files go."""
+
+    base_tree: Path
+    head_tree: Path
+    rounds: int
+    python: str
+    pytest_args: list[str]
+    workdir: Path  # round JSONs, logs, probes, the plugin, the case list
+    cases: Optional[list[str]] = None  # None: the selection is the pytest args alone
+    timeout: Optional[float] = None
+
+
+@dataclass
+class AbRounds:
+    """What the rounds produced: the runs per side, the files, and the time each side took."""
+
+    runs: dict[str, list[bl.Run]] = field(default_factory=lambda: {"base": [], "head": []})
+    files: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: {"base": 0.0, "head": 0.0})
+    order: list[str] = field(default_factory=list)
+
+
+def round_specs(plan: AbPlan) -> list[RoundSpec]:
+    """The rounds of ``plan`` in run order (:func:`round_order`), with commands and environments."""
+    plan.workdir.mkdir(parents=True, exist_ok=True)
+    plugin = plan.workdir / f"{PLUGIN_MODULE}.py"
+    bl.atomic_write_text(plugin, PLUGIN_SOURCE)
+    cases_file = None
+    if plan.cases is not None:
+        cases_file = plan.workdir / "cases.txt"
+        bl.atomic_write_text(cases_file, "".join(f"{k}\n" for k in plan.cases))
+    specs = []
+    for i, side in enumerate(round_order(plan.rounds), start=1):
+        tree = plan.base_tree if side == "base" else plan.head_tree
+        stem = plan.workdir / f"round{i:02d}-{side}"
+        json_path = stem.with_suffix(".json")
+        probe = stem.with_name(stem.name + ".probe.json")
+        specs.append(RoundSpec(i, side, tree, pytest_command(plan.python, json_path, plan.pytest_args),
+                               round_env(tree, plan.workdir, probe, cases_file), json_path,
+                               stem.with_suffix(".log"), probe, plan.timeout))
+    return specs
+
+
+def run_rounds(plan: AbPlan, runner: Runner = run_round, out=None) -> AbRounds:
+    """Run every round of ``plan`` with ``runner`` (progress on ``out``); AbError when the head
+    tree's selection runs no case (a base that has none of them is just an empty side)."""
+    res = AbRounds(order=round_order(plan.rounds))
+    specs = round_specs(plan)
+    for spec in specs:
+        t0 = time.monotonic()
+        path = runner(spec)
+        took = time.monotonic() - t0
+        res.seconds[spec.side] += took
+        if path is None:
+            if spec.side == "head":
+                sel = shlex.join(plan.pytest_args) or "(none)"
+                extra = f" and the {len(plan.cases)} case(s) from --cases-from" if plan.cases is not None else ""
+                raise AbError(f"no case selected: the working tree's benchmarks with pytest arguments {sel}{extra} "
+                              "collect nothing (pytest exit status 5)")
+            run = bl.Run(records={}, fingerprint=None, path=str(spec.tree), kind="result")
+        else:
+            run = bl.load_results(path)
+        res.runs[spec.side].append(run)
+        res.files.append({"round": spec.index, "side": spec.side, "json": str(path) if path else None,
+                          "log": str(spec.log_path), "seconds": round(took, 1), "cases": len(run.records)})
+        if out is not None:
+            print(f"attnsuite ab: round {spec.index}/{len(specs)} {spec.side}: {len(run.records)} cases, "
+                  f"{took:.1f} s", file=out, flush=True)
+    return res
+
+
+def judge_ab(rounds: AbRounds, thresholds: ThresholdConfig, *, base_label: str, head_label: str,
+             notes: Sequence[str] = (), allow_mismatch: bool = False) -> tuple[Comparison, dict[str, bl.Run]]:
+    """Combine each side's rounds and judge head against base with THE compare function."""
+    from .gate import judge_runs  # THE compare path (gate.py), shared with the CLI and the pytest gate
+
+    sides = {s: combine_side(rounds.runs[s], thresholds, lbl) for s, lbl in (("base", base_label), ("head", head_label))}
+    if not sides["base"].fingerprint:  # a base with no case at all: nothing to check the machine against
+        sides["base"].fingerprint = sides["head"].fingerprint
+    cmp = judge_runs(sides["base"], sides["head"], thresholds=thresholds, allow_mismatch=allow_mismatch,
+                     scope=lambda rec: True, notes=notes)
+    cmp.baseline_label, cmp.current_label = base_label, head_label
+    return cmp, sides
+
+
+def per_case_rounds(sides: dict[str, bl.Run]) -> dict[str, dict[str, Any]]:
+    """Per case, the per-round values of the judged statistic on each side (for the JSON report)."""
+    out: dict[str, dict[str, Any]] = {}
+    for side, run in sides.items():
+        for key, rec in run.records.items():
+            vals = {k[len("round_"):]: v for k, v in rec.extra.items() if k.startswith("round_")}
+            if vals:
+                out.setdefault(key, {})[side] = vals
+    return out
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, metavar="REF", help="git ref (branch, tag, commit) of the base tree")
+    p.add_argument("--rounds", type=int, default=MIN_ROUNDS,
+                   help=f"rounds per side, at least {MIN_ROUNDS} (default {MIN_ROUNDS}); each is a pytest process")
+    p.add_argument("--cases-from", metavar="GATE_JSON",
+                   help="measure only the cases this gate JSON (pytest --attn-gate-json) flagged")
+    p.add_argument("--thresholds", help="thresholds JSON (default: thresholds.json of --baselines-dir)")
+    p.add_argument("--baselines-dir", help="folder whose thresholds.json applies (default: the base tree's "
+                                           "baselines/, so a change cannot loosen its own bar)")
+    p.add_argument("--gate", choices=("enforce", "report"), default="enforce",
+                   help="enforce: exit 1 on a gating verdict; report: always exit 0 once measured")
+    p.add_argument("--markdown", help="write the markdown diff here")
+    p.add_argument("--step-summary", action="store_true", help="with --markdown: append it to $GITHUB_STEP_SUMMARY")
+    p.add_argument("--json", help="write the verdicts (and each case's per-round figures) here")
+    p.add_argument("--out", help="keep the rounds' result JSONs and logs in this folder (default: a temporary one)")
+    p.add_argument("--repo", default=".", help="the git working tree to compare (default: the current folder)")
+    p.add_argument("--python", default=sys.executable, help="interpreter for the rounds (default: this one)")
+    p.add_argument("--round-timeout", type=float, default=None, metavar="S", help="stop a round after S seconds")
+    p.add_argument("--allow-mismatch", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS",
+                   help="selection options for the benchmarks, after --: --attn-workload, --attn-mode, -k, ...")
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the ``ab`` subcommand to the ``attnsuite`` command's subparsers."""
+    p = subparsers.add_parser("ab", help="same-machine A/B: a git ref's tree against the working tree, "
+                                         "in alternating rounds")
+    _configure(p)
+    p.set_defaults(func=cmd_ab)
+
+
+def _write(path: Optional[str], text: str) -> None:
+    if path:
+        bl.atomic_write_text(path, text)
+
+
+def _context(ref: str, sha: str, rounds: AbRounds, n: int, dirty: int, cases_note: Optional[str]) -> list[str]:
+    order = " ".join("B" if s == "base" else "H" for s in rounds.order)
+    lines = [f"Same machine, base {ref} ({sha[:12]}) against the working tree"
+             + (f" ({dirty} uncommitted path(s) included)" if dirty else "")
+             + f": {n} rounds per side, each a separate pytest process, in the order {order}. Per case: the median "
+             "over the rounds of each round's judged statistic; the noise band comes from the rounds' spread.",
+             f"Rounds took {rounds.seconds['base']:.0f} s (base) + {rounds.seconds['head']:.0f} s (head)."]
+    if cases_note:
+        lines.insert(1, cases_note)
+    return lines
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job) unwinds like Ctrl-C, so the worktree is still removed."""
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def cmd_ab(args: argparse.Namespace, out, runner: Runner = run_round) -> int:
+    """Run the A/B of ``args`` (see the module docstring); returns the exit status."""
+    err = sys.stderr
+    try:
+        with _sigterm_as_interrupt():
+            return _cmd_ab(args, out, runner)
+    except RoundFailed as exc:
+        print(f"attnsuite ab: error: {exc}", file=err)
+        if exc.tail:
+            print(f"--- last lines of {exc.spec.log_path} ---\n{exc.tail}", file=err)
+    except (AbError, bl.InputFileError, ThresholdsError) as exc:
+        print(f"attnsuite ab: error: {exc}", file=err)
+    except bl.FingerprintMismatch as exc:
+        print(f"attnsuite ab: error: the rounds ran on different machines: {exc}", file=err)
+    except KeyboardInterrupt:
+        print("attnsuite ab: interrupted; the base worktree was removed", file=err)
+        return EXIT_INTERRUPTED
+    return EXIT_INPUT
+
+
+def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
+    if args.rounds < MIN_ROUNDS:
+        raise AbError(f"--rounds {args.rounds}: at least {MIN_ROUNDS} rounds per side are needed for a spread")
+    if args.round_timeout is not None and not args.round_timeout > 0:
+        raise AbError(f"--round-timeout {args.round_timeout:g}: must be a positive number of seconds")
+    if not (shutil.which(args.python) or Path(args.python).is_file()):
+        raise AbError(f"--python {args.python}: no such interpreter")
+    repo = repo_root(args.repo)
+    sha = resolve_ref(repo, args.base)
+    cases = None
+    cases_note = None
+    if args.cases_from:
+        cases, cases_note = cases_from_gate_json(args.cases_from)
+        if not cases:
+            cmp = Comparison(verdicts=[], notes=[f"{args.cases_from} flagged no case: nothing to measure A/B"])
+            cmp.baseline_label, cmp.current_label = f"base {args.base} ({sha[:12]})", "the working tree"
+            _emit(cmp, args, out, context=[cases_note], extra={"base_sha": sha, "rounds": 0})
+            return EXIT_OK
+    dirty = uncommitted(repo)
+    with tempfile.TemporaryDirectory(prefix="attnsuite-ab-") as tmp:
+        with base_worktree(repo, sha, Path(tmp)) as base_tree:
+            if not (base_tree / TREE_MARKER).is_file():
+                raise AbError(f"--base {args.base} ({sha[:12]}) has no {TREE_MARKER}: it predates the benchmarks")
+            baselines_dir = Path(args.baselines_dir) if args.baselines_dir else base_tree / bl.DEFAULT_DIR
+            from .gate import thresholds_for
+
+            thresholds, _ = thresholds_for(args.thresholds, baselines_dir)
+            workdir = Path(args.out).resolve() if args.out else Path(tmp) / "rounds"
+            plan = AbPlan(base_tree=base_tree, head_tree=repo, rounds=args.rounds, python=args.python,
+                          pytest_args=list(args.pytest_args), workdir=workdir, cases=cases,
+                          timeout=args.round_timeout)
+            print(f"attnsuite ab: base {args.base} ({sha[:12]}) in {base_tree}, head {repo}; "
+                  f"{args.rounds} rounds per side" + (f", {len(cases)} case(s) from {args.cases_from}" if cases else ""),
+                  file=out, flush=True)
+            rounds = run_rounds(plan, runner, out)
+            base_label = f"base {args.base} ({sha[:12]}), {args.rounds} rounds"
+            head_label = f"the working tree, {args.rounds} rounds"
+            cmp, sides = judge_ab(rounds, thresholds, base_label=base_label, head_label=head_label,
+                                  allow_mismatch=args.allow_mismatch)
+            context = _context(args.base, sha, rounds, args.rounds, dirty, cases_note)
+            extra = {"base_ref": args.base, "base_sha": sha, "rounds": args.rounds, "order": rounds.order,
+                     "trees": {"base": str(base_tree), "head": str(repo)}, "seconds": rounds.seconds,
+                     "round_files": rounds.files if args.out else [], "per_case": per_case_rounds(sides)}
+            _emit(cmp, args, out, context=context, extra=extra)
+    return EXIT_GATE if cmp.failed and args.gate == "enforce" else EXIT_OK
+
+
+def _emit(cmp: Comparison, args: argparse.Namespace, out, *, context: Sequence[str], extra: dict[str, Any]) -> None:
+    print(report.terminal_table(cmp), file=out)
+    for line in report.gate_lines(cmp):
+        print(f"GATE {line}", file=out)
+    text = report.markdown_diff(cmp, title="attnsuite A/B (same machine)", context=context)
+    if args.markdown:
+        report.write_markdown(text, args.markdown)
+        if args.step_summary:
+            report.append_step_summary(text)
+    if args.json:
+        _write(args.json, json.dumps({**cmp.to_json(), "ab": extra}, indent=1) + "\n")
+
+
+def main(argv: Optional[Sequence[str]] = None, out=None) -> int:
+    """``python -m attnsuite.ab``: the ``attnsuite ab`` subcommand on its own."""
+    p = argparse.ArgumentParser(prog="attnsuite ab", description=__doc__.splitlines()[0])
+    _configure(p)
+    return cmd_ab(p.parse_args(argv), out or sys.stdout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,465 @@
+"""attnsuite ab: round order, the combining statistic, verdicts, --cases-from, the git worktree's
+life, and which tree's code a round runs.
+
+The rounds are run by an injected fake runner (it writes synthetic result JSONs) in a tiny git
+repository; one end-to-end test runs the real benchmarks of a clone of this repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+from attnsuite import ab
+from attnsuite.record import CaseRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_FP = {"id": "cuda-test-gpu", "gpu_name": "Test GPU", "torch": "2.13.0", "cuda": "13.0", "device": "cuda"}
+KEY_A = "fa-sweep/sdpa/fwd/b1-q128-h2-d32-causal-tl-fp32-cuda"
+KEY_B = "fa-sweep/explicit/fwd/b1-q128-h2-d32-causal-tl-fp32-cuda"
+STRICT = {"version": 1, "default": {"time_floor": 0.03, "spread_k": 0.5, "statistic": "min"}}
+LOOSE = {"version": 1, "default": {"time_floor": 0.5, "spread_k": 0.5, "statistic": "min"}}
+
+
+def rec(key: str = KEY_A, *, min_ms: float = 1.0, median_ms: Optional[float] = None, iqr_ms: float = 0.01,
+        outcome: str = "ok", peak: Optional[int] = 1 << 20, **kw) -> CaseRecord:
+    workload, variant, mode, problem = key.split("/")
+    r = CaseRecord(workload, variant, mode, problem, outcome=outcome, timer="cuda-events", samples=50, **kw)
+    if outcome == "ok":
+        r.min_ms, r.median_ms, r.iqr_ms, r.peak_mem_bytes = min_ms, median_ms or min_ms * 1.02, iqr_ms, peak
+        if "device_ms" not in kw:  # CUDA records carry device time, which the gate judges there
+            r.device_min_ms, r.device_ms, r.device_iqr_ms = r.min_ms, r.median_ms, iqr_ms
+    return r
+
+
+def result_json(path: Path, records: list[CaseRecord], fp: dict = GPU_FP) -> Path:
+    obj = {"benchmarks": [{"name": f"test_workload[{r.key}]", "extra_info": r.to_extra_info()} for r in records],
+           "attnsuite": {"schema": 1, "fingerprint": fp}}
+    path.write_text(json.dumps(obj))
+    return path
+
+
+# --------------------------------------------------------------------------- a tiny repository
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> Path:
+    """A git repository with bench/test_workloads.py and the base's strict thresholds committed."""
+    r = tmp_path / "repo"
+    (r / "bench").mkdir(parents=True)
+    (r / "bench" / "test_workloads.py").write_text("# the benchmarks\n")
+    (r / "baselines").mkdir()
+    (r / "baselines" / "thresholds.json").write_text(json.dumps(STRICT))
+    git(r, "init", "-q", "-b", "main")
+    git(r, "-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    git(r, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "base")
+    return r
+
+
+class FakeRunner:
+    """Writes a synthetic result per round: ``make(side, side_round)`` gives the round's records."""
+
+    def __init__(self, make: Callable[[str, int], Optional[list[CaseRecord]]]) -> None:
+        self.make = make
+        self.specs: list[ab.RoundSpec] = []
+        self.seen_trees: list[tuple[Path, bool]] = []
+        self.cases: Optional[list[str]] = None  # the case list a round was given, read while it exists
+
+    def __call__(self, spec: ab.RoundSpec) -> Optional[Path]:
+        self.specs.append(spec)
+        self.seen_trees.append((spec.tree, spec.tree.is_dir()))
+        cases = spec.env.get("ATTNSUITE_AB_CASES")
+        self.cases = None if cases is None else Path(cases).read_text().split()
+        n = sum(1 for s in self.specs if s.side == spec.side)
+        records = self.make(spec.side, n)
+        return None if records is None else result_json(spec.json_path, records)
+
+
+def run_cmd(argv: list[str], runner) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    p = argparse.ArgumentParser()
+    ab._configure(p)
+    args = p.parse_args(argv)
+    with contextlib.redirect_stderr(err):
+        status = ab.cmd_ab(args, out, runner=runner)
+    return status, out.getvalue(), err.getvalue()
+
+
+def worktrees(repo: Path) -> list[str]:
+    return [line for line in git(repo, "worktree", "list", "--porcelain").splitlines() if line.startswith("worktree ")]
+
+
+# --------------------------------------------------------------------------- order
+
+
+@pytest.mark.parametrize("rounds, expected", [
+    (1, "BH"), (2, "BHHB"), (3, "BHHBBH"), (4, "BHHBBHHB"),
+])
+def test_rounds_run_in_abba_order(rounds, expected):
+    assert "".join(s[0].upper() for s in ab.round_order(rounds)) == expected
+
+
+@pytest.mark.parametrize("rounds", [2, 4, 6])
+def test_abba_order_gives_both_sides_the_same_mean_position_so_linear_drift_cancels(rounds):
+    order = ab.round_order(rounds)
+    pos = {s: [i for i, x in enumerate(order) if x == s] for s in ab.SIDES}
+    assert len(pos["base"]) == len(pos["head"]) == rounds
+    assert sum(pos["base"]) == sum(pos["head"])
+
+
+# --------------------------------------------------------------------------- combining
+
+
+def test_relative_spread_of_three_rounds_is_half_their_range_over_the_median():
+    assert ab.relative_spread([1.0, 1.1, 1.3]) == pytest.approx(0.15 / 1.1)
+    assert ab.relative_spread([2.0]) is None
+
+
+def test_combined_record_takes_the_median_over_rounds_of_each_rounds_minimum():
+    rounds = [rec(min_ms=1.00, median_ms=1.2), rec(min_ms=1.30, median_ms=1.5), rec(min_ms=1.05, median_ms=1.3)]
+    out = ab.combine_rounds(rounds, "min")
+    assert out.min_ms == pytest.approx(1.05)
+    assert out.median_ms == pytest.approx(1.3)
+    assert out.extra["rounds"] == 3 and out.extra["round_min_ms"] == [1.00, 1.30, 1.05]
+
+
+@pytest.mark.parametrize("statistic, values", [("min", (1.0, 1.3, 1.05)), ("median", (1.2, 1.5, 1.3))])
+def test_combined_spread_is_the_round_to_round_spread_of_the_judged_statistic(statistic, values):
+    rounds = [rec(min_ms=1.00, median_ms=1.2, iqr_ms=0.5), rec(min_ms=1.30, median_ms=1.5, iqr_ms=0.5),
+              rec(min_ms=1.05, median_ms=1.3, iqr_ms=0.5)]
+    out = ab.combine_rounds(rounds, statistic)
+    # the verdict's noise band reads iqr_ms / median_ms: it must equal the rounds' relative spread
+    assert out.iqr_ms / out.median_ms == pytest.approx(ab.relative_spread(values))
+
+
+def test_combined_device_time_uses_the_rounds_device_minimum_and_its_spread():
+    rounds = [rec(min_ms=2.0, device_ms=1.1, device_min_ms=1.0), rec(min_ms=2.5, device_ms=1.2, device_min_ms=1.2),
+              rec(min_ms=2.2, device_ms=1.15, device_min_ms=1.1)]
+    out = ab.combine_rounds(rounds, "min")
+    assert out.device_min_ms == pytest.approx(1.1) and out.device_ms == pytest.approx(1.15)
+    assert out.device_iqr_ms / out.device_ms == pytest.approx(ab.relative_spread([1.0, 1.2, 1.1]))
+
+
+@pytest.mark.parametrize("outcomes, expected", [
+    (("ok", "crash", "ok"), "crash"), (("ok", "oom", "ok"), "oom"), (("numerics", "ok", "timeout"), "timeout"),
+])
+def test_a_case_that_failed_in_any_round_keeps_the_worst_outcome(outcomes, expected):
+    out = ab.combine_rounds([rec(outcome=o) for o in outcomes], "min")
+    assert out.outcome == expected and out.extra["round_outcomes"] == list(outcomes)
+
+
+# --------------------------------------------------------------------------- --cases-from
+
+
+def gate_json(tmp_path: Path, cases: list[tuple[str, list[str]]]) -> Path:
+    p = tmp_path / "gate.json"
+    p.write_text(json.dumps({"failed": True, "cases": [{"key": k, "verdict": f[0], "flags": f, "message": ""}
+                                                        for k, f in cases]}))
+    return p
+
+
+def test_cases_from_selects_every_case_with_a_gating_finding_and_nothing_else(tmp_path):
+    p = gate_json(tmp_path, [("w/a/fwd/p1", ["slower"]), ("w/b/fwd/p1", ["memory-growth", "faster"]),
+                             ("w/c/fwd/p1", ["newly-failing"]), ("w/d/fwd/p1", ["missing"]),
+                             ("w/e/fwd/p1", ["same"]), ("w/f/fwd/p1", ["faster"]), ("w/g/fwd/p1", ["new"])])
+    keys, note = ab.cases_from_gate_json(p)
+    assert keys == ["w/a/fwd/p1", "w/b/fwd/p1", "w/c/fwd/p1", "w/d/fwd/p1"]
+    assert note.startswith("Cases: the 4 flagged")
+
+
+def test_cases_from_also_takes_a_case_the_gate_marked_gating_under_a_finding_not_gating_by_default(tmp_path):
+    p = tmp_path / "gate.json"
+    p.write_text(json.dumps({"cases": [{"key": "w/a/fwd/p1", "verdict": "host-slower", "flags": ["host-slower"],
+                                        "gating": True},
+                                       {"key": "w/b/fwd/p1", "verdict": "host-slower", "flags": ["host-slower"],
+                                        "gating": False}]}))
+    assert ab.cases_from_gate_json(p)[0] == ["w/a/fwd/p1"]
+
+
+def test_a_gate_that_compared_nothing_flags_nothing_and_says_why(tmp_path):
+    p = tmp_path / "gate.json"
+    p.write_text(json.dumps({"compared": False, "failed": False, "reason": "no baseline for this machine",
+                             "cases": []}))
+    assert ab.cases_from_gate_json(p) == ([], f"The stored-baseline gate ({p}) compared nothing: "
+                                              "no baseline for this machine.")
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "no such file"), ("{not json", "not a readable JSON"), ('{"failed": false}', "no \"cases\" list"),
+    ('{"cases": [{"flags": ["slower"]}]}', "cases[0]"),
+])
+def test_cases_from_refuses_a_bad_gate_json_naming_it(tmp_path, content, words):
+    p = tmp_path / "g.json"
+    if content is not None:
+        p.write_text(content)
+    with pytest.raises(ab.AbError, match="--cases-from") as exc:
+        ab.cases_from_gate_json(p)
+    assert words in str(exc.value)
+
+
+def test_the_round_plugin_keeps_only_the_listed_cases_and_probes_the_import(pytester, tmp_path, monkeypatch):
+    (pytester.path / f"{ab.PLUGIN_MODULE}.py").write_text(ab.PLUGIN_SOURCE)
+    pytester.syspathinsert()
+    pytester.makepyfile(test_cases="""
+        import pytest
+        @pytest.mark.parametrize("bench_case", ["w/a/fwd/p1", "w/b/fwd/p1", "w/c/fwd/p1"],
+                                 ids=["w/a/fwd/p1", "w/b/fwd/p1", "w/c/fwd/p1"])
+        def test_workload(bench_case):
+            pass
+    """)
+    cases, probe = tmp_path / "cases.txt", tmp_path / "probe.json"
+    cases.write_text("w/b/fwd/p1\nw/z/fwd/p9\n")  # a key this tree lacks is just not run
+    monkeypatch.setenv("ATTNSUITE_AB_CASES", str(cases))
+    monkeypatch.setenv("ATTNSUITE_AB_PROBE", str(probe))
+    res = pytester.runpytest("-p", ab.PLUGIN_MODULE, "-v", "-p", "no:cacheprovider")
+    res.assert_outcomes(passed=1, deselected=2)
+    assert "w/b/fwd/p1" in res.stdout.str()
+    assert json.loads(probe.read_text())["selected"] == 1
+
+
+@pytest.mark.parametrize("inside, ok", [(True, True), (False, False)])
+def test_a_round_that_imported_attnsuite_from_another_tree_is_refused(tmp_path, inside, ok):
+    tree, other = tmp_path / "tree", tmp_path / "other"
+    where = (tree if inside else other) / "attnsuite" / "__init__.py"
+    probe = tmp_path / "probe.json"
+    probe.write_text(json.dumps({"attnsuite": str(where), "impls": None, "rootdir": str(tree), "selected": 1}))
+    tree.mkdir()
+    if ok:
+        assert ab.check_probe(probe, tree)["selected"] == 1
+    else:
+        with pytest.raises(ab.AbError, match="another tree"):
+            ab.check_probe(probe, tree)
+
+
+def test_round_environment_puts_the_tree_first_on_the_import_path(tmp_path):
+    env = ab.round_env(tmp_path / "t", tmp_path / "w", tmp_path / "p.json", None, {"PYTHONPATH": "/elsewhere"})
+    assert env["PYTHONPATH"].split(":") == [str(tmp_path / "t"), str(tmp_path / "w"), "/elsewhere"]
+
+
+# --------------------------------------------------------------------------- the command, fake rounds
+
+
+def same_speed(side, n):
+    return [rec(KEY_A, min_ms=1.0 + 0.002 * n), rec(KEY_B, min_ms=2.0 - 0.002 * n)]
+
+
+def head_slower(fraction):
+    def make(side, n):
+        scale = 1.0 + fraction if side == "head" else 1.0
+        return [rec(KEY_A, min_ms=(1.0 + 0.003 * n) * scale), rec(KEY_B, min_ms=2.0 + 0.003 * n)]
+    return make
+
+
+def test_ab_of_equal_trees_passes_after_three_rounds_each_in_abba_order(repo, tmp_path):
+    runner = FakeRunner(same_speed)
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--json", str(tmp_path / "ab.json"),
+                                "--markdown", str(tmp_path / "ab.md")], runner)
+    assert status == ab.EXIT_OK, err
+    assert [s.side for s in runner.specs] == ["base", "head", "head", "base", "base", "head"]
+    data = json.loads((tmp_path / "ab.json").read_text())
+    assert not data["failed"] and data["counts"] == {"same": 2}
+    assert (tmp_path / "ab.md").read_text().startswith("<!-- attnsuite-gate -->")
+
+
+@pytest.mark.parametrize("fraction, status", [(0.10, ab.EXIT_GATE), (0.0, ab.EXIT_OK), (-0.10, ab.EXIT_OK)])
+def test_a_head_ten_percent_slower_fails_and_equal_or_faster_passes(repo, tmp_path, fraction, status):
+    got, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--json", str(tmp_path / "ab.json")],
+                            FakeRunner(head_slower(fraction)))
+    assert got == status, out + err
+    cases = {c["key"]: c for c in json.loads((tmp_path / "ab.json").read_text())["cases"]}
+    assert cases[KEY_B]["verdict"] == "same"
+    expected = {0.10: "slower", 0.0: "same", -0.10: "faster"}[fraction]
+    assert cases[KEY_A]["verdict"] == expected
+    if fraction > 0:
+        assert f"GATE slower: {KEY_A}" in out
+
+
+def test_report_mode_measures_and_reports_but_exits_zero(repo):
+    status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--gate", "report"], FakeRunner(head_slower(0.1)))
+    assert status == ab.EXIT_OK and "GATE slower" in out
+
+
+def test_the_base_trees_thresholds_judge_not_the_working_trees(repo):
+    (repo / "baselines" / "thresholds.json").write_text(json.dumps(LOOSE))  # the change loosens its own bar
+    status, _, _ = run_cmd(["--base", "HEAD", "--repo", str(repo)], FakeRunner(head_slower(0.1)))
+    assert status == ab.EXIT_GATE
+    status, _, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--baselines-dir", str(repo / "baselines")],
+                           FakeRunner(head_slower(0.1)))
+    assert status == ab.EXIT_OK  # named explicitly, the loose file applies
+
+
+def test_one_noisy_base_round_widens_the_band_instead_of_failing_the_head(repo):
+    def make(side, n):
+        if side == "base":  # rounds 1.0, 1.2, 1.0: the base itself moves 20% round to round
+            return [rec(KEY_A, min_ms=1.2 if n == 2 else 1.0)]
+        return [rec(KEY_A, min_ms=1.05)]
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo)], FakeRunner(make))
+    assert status == ab.EXIT_OK, out + err
+
+
+def test_rounds_run_in_their_own_tree_with_the_selection_passed_through(repo):
+    runner = FakeRunner(same_speed)
+    status, _, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--rounds", "3", "--",
+                            "--attn-workload", "fa-sweep", "-k", "sdpa"], runner)
+    assert status == 0
+    for spec in runner.specs:
+        assert spec.command[-4:] == ["--attn-workload", "fa-sweep", "-k", "sdpa"]
+        assert spec.env["PYTHONPATH"].split(":")[0] == str(spec.tree)
+        assert "--attn-gate" in spec.command and spec.command[spec.command.index("--attn-gate") + 1] == "off"
+    base_trees = {s.tree for s in runner.specs if s.side == "base"}
+    head_trees = {s.tree for s in runner.specs if s.side == "head"}
+    assert head_trees == {repo.resolve()} and len(base_trees) == 1 and base_trees != head_trees
+    assert all(exists for _, exists in runner.seen_trees)
+
+
+def test_cases_from_measures_only_the_flagged_cases(repo, tmp_path):
+    gj = gate_json(tmp_path, [(KEY_A, ["slower"]), (KEY_B, ["same"])])
+    runner = FakeRunner(same_speed)
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--cases-from", str(gj)], runner)
+    assert status == 0, err
+    assert runner.cases == [KEY_A]
+
+
+def test_cases_from_a_gate_run_that_flagged_nothing_passes_without_running_a_round(repo, tmp_path):
+    gj = gate_json(tmp_path, [(KEY_A, ["same"])])
+    runner = FakeRunner(same_speed)
+    status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--cases-from", str(gj),
+                              "--markdown", str(tmp_path / "ab.md")], runner)
+    assert status == ab.EXIT_OK and runner.specs == []
+    md = (tmp_path / "ab.md").read_text()
+    assert "flagged no case" in md and "Cases: the 0 flagged" in md
+
+
+# --------------------------------------------------------------------------- bad input and failures
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--base", "no-such-ref"], "unknown git ref"),
+    (["--base", "HEAD", "--rounds", "2"], "at least 3"),
+    (["--base", "HEAD", "--cases-from", "/nonexistent/gate.json"], "no such file"),
+    (["--base", "HEAD", "--thresholds", "/nonexistent/t.json"], "no such file"),
+    (["--base", "HEAD", "--round-timeout", "0"], "--round-timeout 0"),
+    (["--base", "HEAD", "--python", "/nonexistent/python9"], "no such interpreter"),
+])
+def test_bad_input_exits_2_with_a_message_naming_it(repo, argv, words):
+    status, out, err = run_cmd(argv + ["--repo", str(repo)], FakeRunner(same_speed))
+    assert status == ab.EXIT_INPUT
+    assert words in err and "Traceback" not in err
+    assert len(worktrees(repo)) == 1
+
+
+def test_a_folder_outside_git_is_bad_input(tmp_path):
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(tmp_path)], FakeRunner(same_speed))
+    assert status == ab.EXIT_INPUT and "not inside a git working tree" in err
+
+
+def test_a_selection_that_runs_no_case_in_the_working_tree_is_bad_input_not_a_silent_pass(repo):
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--", "--attn-workload", "nope"],
+                             FakeRunner(lambda side, n: None))
+    assert status == ab.EXIT_INPUT and "no case selected" in err and "--attn-workload nope" in err
+
+
+def test_a_base_ref_without_the_benchmarks_is_bad_input(repo):
+    git(repo, "rm", "-q", "bench/test_workloads.py")
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "no bench")
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo)], FakeRunner(same_speed))
+    assert status == ab.EXIT_INPUT and "predates the benchmarks" in err
+
+
+def failing_runner(exc_factory):
+    def run(spec):
+        if spec.index == 2:
+            raise exc_factory(spec)
+        return result_json(spec.json_path, same_speed(spec.side, 1))
+    return run
+
+
+@pytest.mark.parametrize("exc_factory, status, words", [
+    (lambda s: ab.RoundFailed(s, "pytest exit status 3 (internal error)", "INTERNALERROR> boom"), ab.EXIT_INPUT,
+     "INTERNALERROR> boom"),
+    (lambda s: KeyboardInterrupt(), ab.EXIT_INTERRUPTED, "interrupted"),
+])
+def test_the_base_worktree_is_removed_after_a_failed_or_interrupted_round(repo, exc_factory, status, words):
+    seen = []
+
+    def runner(spec):
+        seen.append(spec.tree)
+        return failing_runner(exc_factory)(spec)
+
+    got, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo)], runner)
+    assert got == status and words in err
+    assert len(worktrees(repo)) == 1
+    assert not seen[0].exists()
+
+
+def test_the_base_worktree_is_removed_after_a_passing_run(repo):
+    runner = FakeRunner(same_speed)
+    assert run_cmd(["--base", "HEAD", "--repo", str(repo)], runner)[0] == 0
+    assert len(worktrees(repo)) == 1 and not runner.specs[0].tree.exists()
+
+
+def test_a_real_round_that_crashes_shows_its_log_tail(tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    spec = ab.RoundSpec(1, "base", tree, [sys.executable, "-c", "import sys; print('kaboom here'); sys.exit(3)"],
+                        dict(os.environ), tmp_path / "r.json", tmp_path / "r.log", tmp_path / "p.json")
+    with pytest.raises(ab.RoundFailed) as exc:
+        ab.run_round(spec)
+    assert "exit status 3 (internal error)" in str(exc.value) and "kaboom here" in exc.value.tail
+
+
+def test_a_real_round_with_no_tests_collected_returns_none(tmp_path):
+    spec = ab.RoundSpec(1, "head", tmp_path, [sys.executable, "-c", "import sys; sys.exit(5)"],
+                        dict(os.environ), tmp_path / "r.json", tmp_path / "r.log", tmp_path / "p.json")
+    assert ab.run_round(spec) is None
+
+
+def test_the_cli_parser_takes_the_ab_subcommand():
+    p = argparse.ArgumentParser()
+    ab.add_parser(p.add_subparsers(dest="command"))
+    args = p.parse_args(["ab", "--base", "main", "--", "--attn-mode", "fwd"])
+    assert args.func is ab.cmd_ab and args.pytest_args == ["--attn-mode", "fwd"] and args.rounds == 3
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow  # six pytest processes: about 50-90 s on two shared cores
+def test_end_to_end_ab_of_head_against_itself_on_the_cpu_quick_tier(tmp_path):
+    if shutil.which("git") is None or subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+                                                     capture_output=True).returncode != 0:
+        pytest.skip("needs git and this project as a git repository")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--local", str(ROOT), str(clone)], check=True)
+    out_dir = tmp_path / "rounds"
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(clone), "--out", str(out_dir),
+                                "--json", str(tmp_path / "ab.json"), "--",
+                                "--attn-tier", "quick", "--attn-device", "cpu", "--attn-only", "explicit",
+                                "--attn-workload", "video-wm", "--attn-mode", "fwd"],
+                               ab.run_round)
+    assert status == ab.EXIT_OK, out + err
+    data = json.loads((tmp_path / "ab.json").read_text())
+    sides = [f["side"] for f in data["ab"]["round_files"]]
+    assert sides == ["base", "head", "head", "base", "base", "head"]
+    assert all(f["cases"] == 2 for f in data["ab"]["round_files"])
+    assert not data["failed"] and sum(data["counts"].values()) == 2
+    base_tree = Path(data["ab"]["trees"]["base"])
+    for f in data["ab"]["round_files"]:
+        probe = json.loads(Path(f["json"][: -len(".json")] + ".probe.json").read_text())
+        tree = base_tree if f["side"] == "base" else clone
+        assert Path(probe["attnsuite"]).parent.parent == tree.resolve()
+    assert len(worktrees(clone)) == 1 and not base_tree.exists()
