@@ -5,6 +5,10 @@
 #   capped   video-wm under a memory cap, so the uncompiled FlexAttention runs out of memory the way
 #            it did on its authors' smaller GPU, and the run goes on -> capped.json, capped.log
 #   dobench  the do_bench agreement test (suite median vs triton.testing.do_bench within 3%) -> dobench.log
+#   devtime  device time against do_bench_cudagraph, host-independence, and a Triton kernel with an
+#            illegal address recorded as a crash while the cases after it pass -> devtime.log
+#   cost     what case isolation costs: one workload (WORKLOAD, default gpt2-mha) with worker processes,
+#            then in-process -> cost.log, cost_process.json, cost_none.json
 # Everything lands in "${OUT:-results}".
 # Usage: scripts/gpu_bench.sh [full|capped|dobench|all]... [-- extra pytest args for the full step]
 # Env: CAP (default 8GiB) is the memory cap of the capped step; PYTHON (default python3).
@@ -20,9 +24,9 @@ status=0
 steps=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do
   case "$1" in
-    full|capped|dobench) steps+=("$1") ;;
-    all) steps+=(full capped dobench) ;;
-    *) echo "gpu_bench.sh: unknown step '$1' (full, capped, dobench, all)" >&2; exit 2 ;;
+    full|capped|dobench|devtime|cost) steps+=("$1") ;;
+    all) steps+=(full capped dobench devtime) ;;
+    *) echo "gpu_bench.sh: unknown step '$1' (full, capped, dobench, devtime, cost, all)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -51,6 +55,19 @@ for step in "${steps[@]}"; do
       echo "== do_bench agreement =="
       $PY -m pytest tests/test_gpu_timing.py -p no:cacheprovider -q -rs -rP 2>&1 | tee "$OUT/dobench.log"
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    devtime)
+      echo "== device time and GPU isolation =="
+      $PY -m pytest tests/test_gpu_timing.py tests/test_gpu_isolation.py -p no:cacheprovider -q -rs -rP 2>&1 | tee "$OUT/devtime.log"
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    cost)
+      echo "== isolation cost: ${WORKLOAD:-gpt2-mha}, worker processes vs in-process =="
+      for iso in process none; do
+        start=$(date +%s)
+        $PY -m pytest bench --benchmark-only --attn-tier=full --attn-workload="${WORKLOAD:-gpt2-mha}" --attn-isolation=$iso \
+            --attn-gate=off -p no:cacheprovider -q --benchmark-json="$OUT/cost_$iso.json" "$@" > "$OUT/cost_$iso.log" 2>&1
+        echo "isolation $iso: exit $? wall $(( $(date +%s) - start )) s" | tee -a "$OUT/cost.log"
+        tail -3 "$OUT/cost_$iso.log" | tee -a "$OUT/cost.log"
+      done ;;
   esac
 done
 

@@ -1,0 +1,47 @@
+"""scripts/instance_spread.py: how far each case's event and device time moved between two runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from attnsuite import baseline as bl
+from gatehelp import FP_H100, by_key, rec
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("instance_spread", ROOT / "scripts" / "instance_spread.py")
+spread = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(spread)
+
+
+def test_changes_pair_ok_cases_and_keep_the_launch_fraction():
+    a = bl.Run(by_key([rec("x", min_ms=1.0, device_min_ms=0.5, launch_fraction=0.9),
+                       rec("y", min_ms=2.0, device_min_ms=2.0, launch_fraction=0.1),
+                       rec("z", outcome="error")]), FP_H100)
+    b = bl.Run(by_key([rec("x", min_ms=2.0, device_min_ms=0.51, launch_fraction=0.95),
+                       rec("y", min_ms=2.0, device_min_ms=2.2, launch_fraction=0.1),
+                       rec("z")]), FP_H100)
+    rows = {key.split("/")[1]: (lf, dev, ev) for lf, dev, ev, key in spread.changes(a, b)}
+    assert set(rows) == {"x", "y"}  # z failed in one run: not a time comparison
+    assert rows["x"] == (0.95, pytest.approx(0.02), pytest.approx(1.0))
+    assert rows["y"] == (0.1, pytest.approx(0.1), pytest.approx(0.0))
+
+
+def test_the_command_prints_host_bound_figures_and_refuses_a_bad_file(tmp_path, capsys):
+    def write(name, records):
+        path = tmp_path / name
+        path.write_text(json.dumps({"benchmarks": [{"extra_info": r.to_extra_info()} for r in records],
+                                    "attnsuite": {"schema": 1, "fingerprint": FP_H100}}))
+        return str(path)
+
+    a = write("a.json", [rec("x", min_ms=1.0, device_min_ms=0.5, launch_fraction=0.9)])
+    b = write("b.json", [rec("x", min_ms=1.5, device_min_ms=0.505, launch_fraction=0.9)])
+    assert spread.main([a, b]) == 0
+    out = capsys.readouterr().out
+    assert "host-bound: 1 cases; |device min change| median 1.00%" in out and "event min change| median 50.0%" in out
+    (tmp_path / "bad.json").write_text("{")
+    assert spread.main([a, str(tmp_path / "bad.json")]) == 2
+    assert "bad.json" in capsys.readouterr().err
