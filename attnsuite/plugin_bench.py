@@ -467,7 +467,9 @@ def attn_bench(request: pytest.FixtureRequest) -> BenchRunner:
 def pytest_runtestloop(session: pytest.Session):
     # After every case ran (and before the gate's confirmation, whose wrapper is outside this one,
     # and before pytest-benchmark writes the JSON): the deferred kernel-sum device times.
-    yield
+    outcome = yield
+    if outcome.excinfo is not None:  # interrupted: the journal keeps what finished; measure nothing more
+        return
     runner = session.config.stash.get(_RUNNER, None)
     if runner is not None and runner._backend is not None and not session.shouldstop:
         runner.complete_device_times()
