@@ -1,4 +1,4 @@
-"""The correctness checks of DESIGN section 4, for any registered variant of any family.
+"""The correctness checks (README, "Correctness: what is checked"), for any registered variant of any family.
 
 Each check runs a variant on a problem and returns a :class:`CheckResult`: passed or not, and a
 message that names the variant, the problem, the check and how far off it is. The checks never

@@ -1,6 +1,6 @@
 """Dilated attention (LongNet): the float64 NumPy oracle, forward and backward, and its family.
 
-Semantics (DESIGN section 7). A problem carries ``args`` ``segments`` (w_1..w_G) and ``dilations``
+Semantics (LongNet's dilated attention, as this suite defines it). A problem carries ``args`` ``segments`` (w_1..w_G) and ``dilations``
 (r_1..r_G). Self-attention only (lq == lk == L), one key/value head per query head. For each group
 g = (w, r):
 

@@ -1,4 +1,4 @@
-"""Adversarial problems for the kernel-level attention family (DESIGN section 4).
+"""Adversarial problems for the kernel-level attention family (README, "Correctness": awkward lengths, Lq != Lk, odd head dims, GQA).
 
 Lengths 1, 3, 17, 97, 113 and one above 1000; Lq != Lk both ways; head dims 16 to 256 with
 non-powers of two; GQA and MQA ratios; batch 1; both causal corners; a pinned scale; an arbitrary

@@ -2,7 +2,7 @@
 
 :func:`structured_problems` is appended to the ``attention`` family's problems, so every kernel
 variant that declares a mask kind or feature is checked on it. Sizes are small enough for 2 CPU
-cores: the lengths are the awkward ones of DESIGN section 4 (1, 3, 17, 97, 113, one above the
+cores: the lengths are the awkward ones of README's correctness section (1, 3, 17, 97, 113, one above the
 default FlexAttention block size of 128), with Lq != Lk both ways and both causal corners.
 """
 

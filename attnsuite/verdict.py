@@ -1,4 +1,4 @@
-"""THE verdict rule: one case's measurement against its baseline entry (DESIGN section 5).
+"""THE verdict rule: one case's measurement against its baseline entry (docs/gate.md, "Verdicts").
 
 Verdicts (``VERDICTS``), gating ones first:
 

@@ -1,4 +1,4 @@
-"""The workloads of DESIGN section 8 as named presets, each with a full and a quick tier.
+"""The workloads (docs/benchmarks.md, "Workloads") as named presets, each with a full and a quick tier.
 
 A workload is a list of :class:`Entry` per tier: a family (every registered variant of it that
 supports the problem runs) or an explicit list of variants, a :class:`Problem`, and the modes.

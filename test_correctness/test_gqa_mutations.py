@@ -1,4 +1,4 @@
-"""Deliberately wrong variants (DESIGN section 6) are caught by the one pass rule against the oracle.
+"""Deliberately wrong variants (the defect classes the suite exists to catch) are caught by the one pass rule against the oracle.
 
 Each mutant is a small variant defined here: mask inverted, mask shifted by one key, window one
 wider, K/V head mapping ``h % hkv`` instead of ``h * hkv // hq``, one head zeroed, ALiBi slopes

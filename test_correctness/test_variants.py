@@ -1,4 +1,4 @@
-"""Every registered variant, on every problem of its family, through every check of DESIGN section 4.
+"""Every registered variant, on every problem of its family, through every check of README's "Correctness" section.
 
 Test ids read as ``test_<check>[<variant>@<problem id>]``; a failure message names the variant,
 the problem, the check and how far off the result is against which bound.

@@ -4,7 +4,7 @@ Four forms exist: the NumPy oracle (:mod:`attnsuite.oracle_mask`), the torch den
 and additive mask (:mod:`attnsuite.mask_mods`), and FlexAttention's BlockMask built from the same
 mask_mod. They are compared element by element for every kind, for lengths that are and are not
 multiples of the block size (the default 128 and small blocks), Lq != Lk both ways, and both
-causal corners. A fifth, deliberately naive definition written straight from DESIGN section 7
+causal corners. A fifth, deliberately naive definition written straight from the mask definitions in attnsuite/problem.py
 (:func:`spec_allowed`, pure Python per element) checks the oracle itself.
 """
 
@@ -63,7 +63,7 @@ def make(name: str, lq: int, lk: int, align: str, **kw) -> Problem:
 
 
 def spec_allowed(problem: Problem) -> np.ndarray:
-    """DESIGN section 7 written out per element in plain Python: True where query i sees key j."""
+    """The mask definitions (attnsuite/problem.py) written out per element in plain Python: True where query i sees key j."""
     m, lq, lk = problem.mask, problem.lq, problem.lk
     off = lk - lq if m.align == "bottom_right" else 0
     doc_of = [d for d, n in enumerate(m.doc_lens) for _ in range(n)]

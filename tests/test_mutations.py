@@ -1,4 +1,4 @@
-"""The checks catch the defect classes of DESIGN section 6 when a variant is made wrong.
+"""The checks catch the defect classes the suite exists to catch (future leaks, NaN or zero heads, wrong scale, missing gradients, silent downcasts) when a variant is made wrong.
 
 Each mutant is a small, deliberately broken kernel variant (not registered). The test asserts that
 the named check FAILS and that its message names the variant and what is off, and that the

@@ -1,4 +1,4 @@
-"""The verdict rule: every verdict of DESIGN section 5, the noise band, thresholds, scope."""
+"""The verdict rule: every verdict of docs/gate.md, the noise band, thresholds, scope."""
 
 from __future__ import annotations
 

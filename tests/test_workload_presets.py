@@ -1,4 +1,4 @@
-"""The DESIGN section 8 workloads: present, both tiers, sane sizes, and unbuilt families skipped with the reason."""
+"""The workloads of docs/benchmarks.md: present, both tiers, sane sizes, and unbuilt families skipped with the reason."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from attnsuite import runner, timing, workloads
 from attnsuite.problem import Problem
 from attnsuite.record import MODES
 
-DESIGN_WORKLOADS = ("gpt2-mha", "video-wm", "deepseek-v3", "llama3-70b", "llama3-405b", "longnet", "fa-sweep", "decode")
+PUBLISHED_WORKLOADS = ("gpt2-mha", "video-wm", "deepseek-v3", "llama3-70b", "llama3-405b", "longnet", "fa-sweep", "decode")
 FAMILIES = set(workloads.KERNEL_FAMILIES) | set(workloads.LAYER_FAMILIES)
 
 
 def test_every_design_workload_is_a_preset():
-    assert set(DESIGN_WORKLOADS) <= set(workloads.WORKLOADS)
+    assert set(PUBLISHED_WORKLOADS) <= set(workloads.WORKLOADS)
 
 
-@pytest.mark.parametrize("name", DESIGN_WORKLOADS)
+@pytest.mark.parametrize("name", PUBLISHED_WORKLOADS)
 def test_workload_has_a_full_and_a_quick_tier_of_known_families(name):
     w = workloads.get(name)
     for tier in workloads.TIERS:
@@ -28,7 +28,7 @@ def test_workload_has_a_full_and_a_quick_tier_of_known_families(name):
     assert {e.family for e in w.full} == {e.family for e in w.quick}, f"{name}: tiers cover different families"
 
 
-@pytest.mark.parametrize("name", DESIGN_WORKLOADS)
+@pytest.mark.parametrize("name", PUBLISHED_WORKLOADS)
 def test_quick_tier_is_small_enough_for_two_cpu_cores(name):
     for e in workloads.get(name).quick:
         p = e.problem
