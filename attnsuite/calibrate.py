@@ -24,6 +24,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from . import timing
+
 MIB = 2**20
 CUDA_COPY_BYTES = 1024 * MIB
 CPU_COPY_BYTES = 256 * MIB
@@ -45,21 +47,14 @@ def matmul_tflops(n: int, seconds: float) -> float:
 def _median_seconds(op: Callable[[], object], reps: int, cuda: bool) -> float:
     """Median time of ``reps`` calls of ``op`` after one untimed call (lazy init, first touch of pages)."""
     op()
-    times = []
     if cuda:
         torch.cuda.synchronize()
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            op()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-    else:
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            op()
-            times.append(time.perf_counter() - t0)
+        return timing.event_median_s(op, None, reps)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        op()
+        times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 

@@ -19,8 +19,8 @@ level, with the instance calibration probes (:mod:`attnsuite.calibrate`).
 from __future__ import annotations
 
 import math
-import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -186,10 +186,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def benchmarks_requested(config: pytest.Config) -> bool:
-    """Whether this session runs the benchmarks (``--benchmark-only`` or bench/ named)."""
+    """Whether this session runs the benchmarks: ``--benchmark-only``, or a path under
+    ``<rootdir>/bench`` named on the command line."""
     if config.getoption("benchmark_only", False):
         return True
-    return any(Path(str(a).split("::")[0]).name == "bench" or "bench/" in str(a) for a in config.args)
+    bench = (Path(config.rootpath) / "bench").resolve()
+    for arg in config.args:
+        path = Path(str(arg).split("::")[0]).resolve()
+        if path == bench or bench in path.parents:
+            return True
+    return False
 
 
 def get_spec(config: pytest.Config) -> RunSpec:
@@ -308,7 +314,8 @@ class BenchRunner:
         self.calibration: Optional[dict[str, Any]] = None
         self.journal: Optional[journal.Journal] = None
         self.resumed: dict[str, dict[str, Any]] = {}
-        self.confirm_seconds = 0.0
+        self.confirm_seconds = 0.0  # the gate's second measurements of flagged cases
+        self.deferred_seconds = 0.0  # kernel-sum device times measured after the other cases
 
     def case(self, key: str) -> BenchCase:
         """The benchmark case with this key (the pytest parameter)."""
@@ -381,9 +388,7 @@ class BenchRunner:
     def confirm(self, keys: Sequence[str]) -> dict[str, CaseRecord]:
         """Measure these cases again (fresh build, warm-up and samples) and attach each second record
         to the first as ``extra["confirm"]``, in the record and in the JSON's extra_info."""
-        import time as _time
-
-        t0 = _time.perf_counter()
+        t0 = time.perf_counter()
         by_key = {landed.record.key: landed for landed in self.landed}
         out: dict[str, CaseRecord] = {}
         for key in keys:
@@ -401,7 +406,7 @@ class BenchRunner:
             if landed.extra_info is not None:
                 landed.extra_info.setdefault("extra", {})["confirm"] = info
             out[key] = second
-        self.confirm_seconds += _time.perf_counter() - t0
+        self.confirm_seconds += time.perf_counter() - t0
         return out
 
     def _deferred_device_time(self, bc: BenchCase, rec: CaseRecord) -> CaseRecord:
@@ -422,6 +427,7 @@ class BenchRunner:
         last, when no event time or memory probe is left to disturb. Each record is updated in
         place, in the JSON's extra_info and in the journal.
         """
+        t0 = time.perf_counter()
         pending = [landed for landed in self.landed if landed.record.extra.get("device_time_pending")]
         for landed in pending:
             if landed.case is None:
@@ -433,6 +439,7 @@ class BenchRunner:
             if self.journal is not None:
                 self.journal.append(landed.case.id, {"record": done.to_extra_info(), "samples": [], "timer": "",
                                                      "warmup": 0, "update": True})
+        self.deferred_seconds += time.perf_counter() - t0
         return len(pending)
 
     def close(self, *, finished: bool) -> None:
@@ -501,7 +508,10 @@ def fingerprint_of(config: pytest.Config) -> dict[str, Any]:
     key = "_attnsuite_fingerprint"
     cached = getattr(config, key, None)
     if cached is None:
-        info = fingerprint.machine_info(get_spec(config).device)
+        # the gate asks too (its header), also in a session where only it is loaded
+        device = config.stash[_SPEC].device if _SPEC in config.stash else \
+            _device(config.getoption("--attn-device", default=None))
+        info = fingerprint.machine_info(device)
         cached = {"id": info["id"], "info": info}
         setattr(config, key, cached)
     return cached
@@ -518,9 +528,8 @@ def _peaks(records: Sequence[CaseRecord], device: str) -> dict[str, Any]:
     peaks: dict[str, Any] = {}
     for r in records:
         value = r.extra.get("peak_tflops")
-        dtype = r.problem.rsplit("-", 2)[-2] if r.problem.count("-") >= 2 else "?"
         if value is not None:
-            peaks.setdefault(f"{device}/{dtype}", {"value": value, "source": r.extra.get("peak_source")})
+            peaks.setdefault(f"{device}/{r.extra.get('peak_dtype')}", {"value": value, "source": r.extra.get("peak_source")})
     return peaks
 
 
@@ -567,6 +576,9 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     if runner._backend is not None:
         output_json["attnsuite"]["workers_started"] = runner._backend.started
         output_json["attnsuite"]["worker_start_s"] = round(runner._backend.start_seconds, 3)
+    # what the run spent after its cases, so the cost of confirmation and of deferral is on record
+    output_json["attnsuite"]["confirm_s"] = round(runner.confirm_seconds, 3)
+    output_json["attnsuite"]["deferred_device_time_s"] = round(runner.deferred_seconds, 3)
 
 
 # ------------------------------------------------------------------------------- terminal summary

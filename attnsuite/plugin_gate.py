@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 from . import baseline as bl
-from . import gate, report
+from . import gate, plugin_bench, report
 from .verdict import CONFIRMABLE, Comparison, Scope, ThresholdsError
 
 _STATE = pytest.StashKey["GateState"]()
@@ -148,27 +148,6 @@ def pytest_configure(config: pytest.Config) -> None:
 # --------------------------------------------------------------------------- the header
 
 
-def _benchmarks_asked_for(config: pytest.Config) -> bool:
-    """Are benchmarks being run: ``--benchmark-only``, or a path under ``<rootdir>/bench`` named?"""
-    if config.getoption("benchmark_only", False):
-        return True
-    bench = (Path(config.rootpath) / "bench").resolve()
-    for arg in config.args:
-        path = Path(str(arg).split("::")[0]).resolve()
-        if path == bench or bench in path.parents:
-            return True
-    return False
-
-
-def machine_fingerprint(device: Optional[str]) -> dict[str, Any]:
-    """This machine's fingerprint for ``device`` (None: cuda when present, else cpu), as the benchmarks write it."""
-    import torch  # noqa: PLC0415 (only benchmark sessions pay for it)
-
-    from . import fingerprint  # noqa: PLC0415
-
-    return fingerprint.machine_info(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def lookup_lines(lookup: Any) -> list[str]:
     """The baseline found (or why none) in words, with a fallback's promise on a line of its own."""
     lines = [str(lookup.message)]
@@ -181,13 +160,13 @@ def lookup_lines(lookup: Any) -> list[str]:
 def pytest_report_header(config: pytest.Config) -> Optional[list[str]]:
     if config.getoption("--attn-gate") == "off" and not config.getoption("--attn-record-baseline"):
         return None
-    if not _benchmarks_asked_for(config):
+    if not plugin_bench.benchmarks_requested(config):
         return None
     named = config.getoption("--attn-baseline")
     if named:
         return [f"attnsuite gate: baseline {named} (named with --attn-baseline)"]
     try:
-        fp = bl.stable_fingerprint(machine_fingerprint(config.getoption("--attn-device", default=None)))
+        fp = bl.stable_fingerprint(plugin_bench.fingerprint_of(config)["info"])  # the one the JSON gets
     except Exception as exc:  # the header must never stop the run; the end of the run says it again
         return [f"attnsuite gate: could not read this machine's fingerprint: {type(exc).__name__}: {exc}"]
     lookup = bl.find_baseline(fp, _baselines_dir(config))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
@@ -403,7 +402,7 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
     if result is not None:
         peak, source = settings.peak(p.device, p.dtype)
         rec.tflops, rec.pct_peak = flopmod.throughput(rec.flops or 0.0, result.median_s, peak)
-        rec.extra["peak_tflops"], rec.extra["peak_source"] = peak, source
+        rec.extra["peak_tflops"], rec.extra["peak_source"], rec.extra["peak_dtype"] = peak, source, p.dtype
     return rec, result
 
 

@@ -545,8 +545,9 @@ def kernel_sum_samples(events: Sequence[ProfEvent], count: int, margin_ns: float
     return [busy_time(iv) / 1e9 for iv in per_call]
 
 
-def _event_estimate(fn: Callable[[], object], setup: Optional[Callable[[], None]], calls: int) -> float:
-    """Median event-timed seconds of ``calls`` calls (setup outside the events), warming up as it goes."""
+def event_median_s(fn: Callable[[], object], setup: Optional[Callable[[], None]], calls: int) -> float:
+    """Median CUDA-event-timed seconds of ``calls`` calls of ``fn`` (``setup`` before each, outside the
+    events), on the current stream; no warm-up of its own."""
     times = []
     for _ in range(max(1, calls)):
         if setup is not None:
@@ -568,8 +569,8 @@ def _cuda_kernel_sum(fn: Callable[[], object], setup: Optional[Callable[[], None
     if config.estimate_s is not None:  # the caller's event timer already warmed the step and timed it
         estimate = config.estimate_s
     else:
-        _event_estimate(fn, setup, config.warmup_calls)
-        estimate = _event_estimate(fn, setup, config.estimate_calls)
+        event_median_s(fn, setup, config.warmup_calls)
+        estimate = event_median_s(fn, setup, config.estimate_calls)
     count = sample_count(estimate, config.profile_target_s, config.min_profiled_calls, config.max_profiled_calls)
     events = profiled_calls(fn, setup, count, config.gap_s, torch.cuda.synchronize,
                             (ProfilerActivity.CPU, ProfilerActivity.CUDA))
@@ -640,7 +641,7 @@ def _cuda_graph_samples(fn: Callable[[], object], config: DeviceTimerConfig) -> 
         else:
             for _ in range(config.warmup_calls):
                 fn()
-            estimate = _event_estimate(fn, None, config.estimate_calls)
+            estimate = event_median_s(fn, None, config.estimate_calls)
     current.wait_stream(stream)
     calls = unroll_count(estimate, config.replay_s, config.max_unroll)
     graph = _capture(fn, calls, stream)

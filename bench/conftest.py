@@ -10,20 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from attnsuite.plugin_bench import benchmarks_requested
+
 HERE = Path(__file__).parent.resolve()
 
 
-def _asked_for(config: pytest.Config) -> bool:
-    if config.getoption("benchmark_only", False):
-        return True
-    for arg in config.args:
-        path = Path(str(arg).split("::")[0]).resolve()
-        if path == HERE or HERE in path.parents:
-            return True
-    return False
-
-
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config):
-    if collection_path.resolve() != HERE and HERE in collection_path.resolve().parents and not _asked_for(config):
+    if collection_path.resolve() != HERE and HERE in collection_path.resolve().parents and not benchmarks_requested(config):
         return True
     return None

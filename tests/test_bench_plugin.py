@@ -136,6 +136,8 @@ def test_json_has_every_field_for_ok_error_oom_and_skipped_cases(bench_run, tmp_
         assert key in meta["fingerprint"]
     assert meta["outcomes"] == {"ok": 2, "error": 2, "oom": 2, "skipped": 2}
     assert meta["inject_slowdown"] == {"sdpa": 0.5}
+    assert set(meta["peaks_tflops"]) == {"cpu/float32"}  # one peak per device and dtype that ran
+    assert meta["peaks_tflops"]["cpu/float32"]["value"] > 0
     out = result.stdout.str()
     assert "attnsuite measurements" in out and "out of memory" in out
     # the real benchmarks' JSON, error/oom/skipped cases included, loads in pytest-benchmark compare

@@ -100,6 +100,7 @@ def test_the_runner_completes_pending_device_times_in_the_record_json_and_journa
     run = BenchRunner.__new__(BenchRunner)
     run._backend = _Backend()
     run.config = type("Cfg", (), {"getoption": staticmethod(lambda name: "300")})()
+    run.deferred_seconds = 0.0
     path = tmp_path / "j.jsonl"
     run.journal = journal.Journal(path, {"tier": "quick"}, "fp")
     landed = []

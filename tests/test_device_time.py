@@ -160,7 +160,7 @@ def test_the_cuda_kernel_sum_profiles_a_budgeted_number_of_calls_in_one_session(
         sessions.append((count, gap_s))
         return _session(count, unit=1000)  # 1.6 ms of device work per call, calls 10 ms apart
 
-    monkeypatch.setattr(timing, "_event_estimate", lambda fn, setup, calls: 0.01)
+    monkeypatch.setattr(timing, "event_median_s", lambda fn, setup, calls: 0.01)
     monkeypatch.setattr(timing, "profiled_calls", fake_profiled_calls)
     cfg = timing.DeviceTimerConfig(profile_target_s=0.05, min_profiled_calls=5, max_profiled_calls=20,
                                    gap_s=0.001)

@@ -13,7 +13,7 @@ import pytest
 
 from attnsuite import baseline as bl
 from attnsuite.record import CaseRecord
-from attnsuite import plugin_gate
+from attnsuite import fingerprint
 from gatehelp import BENCH, CONFTEST, FP_CPU, fp
 
 pytest_plugins = ["pytester"]
@@ -38,7 +38,7 @@ QUIET = ("-p", "no:cacheprovider", "--benchmark-only", "--benchmark-disable-gc")
 @pytest.fixture
 def project(pytester, monkeypatch):
     # the header's fingerprint: the project's machine, not the one running these tests
-    monkeypatch.setattr(plugin_gate, "machine_fingerprint", lambda device: dict(FP))
+    monkeypatch.setattr(fingerprint, "machine_info", lambda device="cpu": dict(FP))
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_bench=BENCH)
     set_cases(pytester, CASES)
@@ -307,7 +307,7 @@ FP_OTHER_CPU = dict(FP, id="cpu-intel-xeon-2c-torch2.13", cpu_model="Intel Xeon"
 def test_a_fallback_baseline_is_named_at_the_top_and_at_the_end_with_its_promise(project, monkeypatch):
     this = dict(FP, arch="x86_64", cpu_usable=2)
     (project.path / "fingerprint.json").write_text(json.dumps(this))
-    monkeypatch.setattr(plugin_gate, "machine_fingerprint", lambda device: dict(this))
+    monkeypatch.setattr(fingerprint, "machine_info", lambda device="cpu": dict(this))
     records = {r.key: r for r in (CaseRecord(**c) for c in CASES)}
     baseline, _ = bl.merge_into(None, records, FP_OTHER_CPU)
     bl.save_baseline(baseline, project.path / "baselines" / f"{FP_OTHER_CPU['id']}.json")
