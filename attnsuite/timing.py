@@ -304,9 +304,9 @@ CALL_TAG = "attnsuite.device_time.call#"  # record_function name of a profiled c
 class DeviceTimerConfig:
     """How :func:`device_time` warms up, unrolls and samples.
 
-    Graph: ``warmup_calls`` on the capture stream, then ``estimate_calls`` event-timed calls give a
-    per-call estimate; the graph holds ``unroll_count(estimate, replay_s, max_unroll)`` calls; the
-    sample count is ``replay_target_s`` over the estimated replay time, in ``[min_replays,
+    Graph: ``warmup_calls`` on the capture stream, then one replay of a one-call graph gives the
+    call's device time; the graph holds ``unroll_count(that, replay_s, max_unroll)`` calls; the
+    sample count is ``replay_target_s`` over the replay's device time, in ``[min_replays,
     max_replays]``; a ``guard_s`` spin kernel queued before each timed replay keeps the host's
     launch of the replay out of the measured interval. Kernel-sum: the same warm-up, then
     ``profile_target_s`` over the estimate calls, in ``[min_profiled_calls, max_profiled_calls]``,
@@ -362,9 +362,8 @@ def first_line(exc: BaseException) -> str:
 def unroll_count(estimate_s: float, target_s: float, cap: int) -> int:
     """Calls to unroll in one graph so a replay lasts about ``target_s``: ceil(target / estimate) in [1, cap].
 
-    The estimate comes from event-timed calls, which include host launch time, so for a host-bound
-    step it is above the device time and the replay comes out shorter than the target: harmless,
-    as the guard kernel keeps the host out of every replay's interval whatever its length.
+    Device time sizes it (see ``_cuda_graph_samples``); the guard kernel keeps the host out of every
+    replay's interval whatever its length.
     """
     if cap < 1:
         raise ValueError(f"max_unroll must be at least 1, got {cap}")
@@ -629,39 +628,56 @@ def _capture(fn: Callable[[], object], calls: int, stream: Any) -> Any:
     raise CaptureFailed(reason)
 
 
+def _timed_replays(graph: Any, count: int, guard: Optional[Callable[[], None]]) -> list[float]:
+    """Seconds of each of ``count`` event-timed replays of ``graph`` (a guard kernel before each)."""
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
+    for start, end in zip(starts, ends):
+        if guard is not None:
+            guard()  # the device spins while the host queues the start event and the replay
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
+
+
 def _cuda_graph_samples(fn: Callable[[], object], config: DeviceTimerConfig) -> tuple[list[float], int]:
-    """(seconds per call for each timed replay, calls per replay) on the current CUDA device."""
+    """(seconds per call for each timed replay, calls per replay) on the current CUDA device.
+
+    How many calls one replay unrolls is sized by the device time of one call (a one-call graph,
+    replayed once), never by the event-timed estimate: that includes the host, and a replay length
+    that followed the host's speed moved a host-bound step's device time by 3% between a fast and a
+    slow host on an H200 (the graph launch's share of each replay changed with it).
+    """
     stream = _side_stream()
     current = torch.cuda.current_stream()
     stream.wait_stream(current)  # the inputs were written on the caller's stream
     with torch.cuda.stream(stream):  # warm up where the capture runs (per-stream handles, workspaces)
-        if config.estimate_s is not None:  # already warm and timed by the caller: one call on this stream
-            fn()
-            estimate = config.estimate_s
-        else:
-            for _ in range(config.warmup_calls):
-                fn()
-            estimate = event_median_s(fn, None, config.estimate_calls)
+        for _ in range(1 if config.estimate_s is not None else config.warmup_calls):
+            fn()  # with an estimate the caller's event timer already warmed the step: one call here
     current.wait_stream(stream)
-    calls = unroll_count(estimate, config.replay_s, config.max_unroll)
-    graph = _capture(fn, calls, stream)
+    guard = make_delay(f"cuda:{torch.cuda.current_device()}", config.guard_s)
+    graph = _capture(fn, 1, stream)
+    samples: list[float] = []
     try:
         current.wait_stream(stream)
         graph.replay()  # the first replay uploads the graph: untimed
-        replays = sample_count(estimate * calls, config.replay_target_s, config.min_replays, config.max_replays)
-        guard = make_delay(f"cuda:{torch.cuda.current_device()}", config.guard_s)
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
-        for start, end in zip(starts, ends):
-            if guard is not None:
-                guard()  # the device spins while the host queues the start event and the replay
-            start.record()
+        one_call = _timed_replays(graph, 1, guard)[0]
+        calls = unroll_count(one_call, config.replay_s, config.max_unroll)
+        if calls == 1:
+            samples.append(one_call)  # the sizing replay is a sample like the others
+        else:
+            _release_graph(graph)
+            graph = None
+            graph = _capture(fn, calls, stream)
+            current.wait_stream(stream)
             graph.replay()
-            end.record()
-        torch.cuda.synchronize()
-        samples = [s.elapsed_time(e) / 1e3 / calls for s, e in zip(starts, ends)]
+        replays = sample_count(one_call * calls, config.replay_target_s, config.min_replays, config.max_replays)
+        samples += [t / calls for t in _timed_replays(graph, replays - len(samples), guard)]
     finally:
-        _release_graph(graph)
+        if graph is not None:
+            _release_graph(graph)
         graph = None
     return samples, calls
 

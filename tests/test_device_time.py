@@ -324,7 +324,7 @@ class FakeCuda:
         monkeypatch.setattr(timing, "make_delay", lambda device, s: (lambda: self.log.append("guard")))
 
 
-def test_the_graph_path_unrolls_times_replays_and_frees_the_graph(monkeypatch):
+def test_the_graph_path_sizes_the_unroll_by_one_call_then_unrolls_times_replays_and_frees_the_graph(monkeypatch):
     cuda = FakeCuda(call_s=4e-4)
     cuda.install(monkeypatch)
     cfg = timing.DeviceTimerConfig(replay_s=0.002, max_unroll=100, replay_target_s=0.05, min_replays=10,
@@ -332,10 +332,34 @@ def test_the_graph_path_unrolls_times_replays_and_frees_the_graph(monkeypatch):
     samples, calls = timing._cuda_graph_samples(cuda.step, cfg)
     assert calls == 5  # ceil(2 ms / 0.4 ms)
     assert samples == [pytest.approx(4e-4)] * 25  # 50 ms of replays of 2 ms, per call
-    # capture, one untimed replay, then a guard kernel before every timed replay, and the graph freed
-    assert cuda.log[:3] == ["begin", "end", "replay"]
-    assert cuda.log[3:-2] == ["guard", "replay"] * 25
+    # a one-call graph: captured, uploaded, one guarded timed replay that sizes the unroll, freed
+    assert cuda.log[:7] == ["begin", "end", "replay", "guard", "replay", "reset", "empty_cache"]
+    # the unrolled graph: captured, one untimed replay, a guard kernel before every timed replay, freed
+    assert cuda.log[7:10] == ["begin", "end", "replay"]
+    assert cuda.log[10:-2] == ["guard", "replay"] * 25
     assert cuda.log[-2:] == ["reset", "empty_cache"]
+
+
+@pytest.mark.parametrize("host_estimate_s", [None, 4e-4, 0.02, 5.0])
+def test_the_unroll_follows_the_device_time_of_a_call_not_the_hosts_estimate(monkeypatch, host_estimate_s):
+    # a host-bound step's event-timed estimate depends on the host's speed; were the unroll sized by
+    # it, the replay length (and the graph launch's share of it) would move with the host
+    cuda = FakeCuda(call_s=4e-4)
+    cuda.install(monkeypatch)
+    cfg = timing.DeviceTimerConfig(replay_s=0.002, max_unroll=100, estimate_s=host_estimate_s)
+    _, calls = timing._cuda_graph_samples(cuda.step, cfg)
+    assert calls == 5
+
+
+def test_a_call_long_enough_for_one_per_replay_keeps_its_sizing_replay_as_the_first_sample(monkeypatch):
+    cuda = FakeCuda(call_s=0.03)
+    cuda.install(monkeypatch)
+    cfg = timing.DeviceTimerConfig(replay_s=0.01, replay_target_s=0.05, min_replays=3, max_replays=50)
+    samples, calls = timing._cuda_graph_samples(cuda.step, cfg)
+    assert calls == 1
+    assert samples == [pytest.approx(0.03)] * 3  # round(50 ms / 30 ms) = 2, raised to min_replays
+    assert cuda.log.count("begin") == 1  # one capture: the one-call graph serves
+    assert cuda.log.count("replay") == 1 + 3  # upload, then three timed replays in all
 
 
 @pytest.mark.parametrize("fail,reason", [

@@ -183,14 +183,19 @@ def test_a_step_that_cannot_be_captured_falls_back_to_kernel_sum_and_leaves_cuda
 def test_graph_memory_is_given_back_after_measuring():
     call = _forward_call("sdpa-flash")
     call()
+    # The first measurement may leave memory torch keeps for the life of the process (per-stream
+    # library workspaces on the capture stream: an H200 kept 64 MiB after the first device_time);
+    # a graph pool left alive would instead grow the reserved memory with every measurement,
+    # which is what this checks.
+    timing.device_time(call, "cuda")
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     before = torch.cuda.memory_reserved()
-    result = timing.device_time(call, "cuda")
-    assert result.method == "cuda-graph", result.note
-    # blocks the last warm-up output freed stay cached until empty_cache; a live graph's private
-    # pool would stay reserved even after it, which is what this checks
-    torch.cuda.empty_cache()
+    for _ in range(3):
+        result = timing.device_time(call, "cuda")
+        assert result.method == "cuda-graph", result.note
+        # blocks the last warm-up output freed stay cached until empty_cache
+        torch.cuda.empty_cache()
     grown = torch.cuda.memory_reserved() - before
-    print(f"reserved memory after device_time: {grown / 2**20:+.1f} MiB")
+    print(f"reserved memory after three more device_time calls: {grown / 2**20:+.1f} MiB")
     assert grown < 16 * 2**20

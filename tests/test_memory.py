@@ -209,3 +209,21 @@ def test_a_cap_that_is_not_a_positive_whole_number_of_bytes_is_refused(cap):
         with memory.cpu_cap(cap):
             pass
     assert _data_limit() == before
+
+
+def test_the_profiled_call_reports_every_op_name_the_profilers_own_event_list_has():
+    # backend detection reads these names; they come from kineto's raw events (fast), which must
+    # name the same ops as torch.profiler's FunctionEvent list (slow), "[memory]" rows aside
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(8, 8)
+
+    def step():
+        return torch.softmax(x @ x.T, dim=-1).sum()
+
+    _, _, names = memory.profile_call(step, profile_memory=False)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    expected = {e.name for e in prof.events() if e.name != "[memory]"}
+    assert set(names) == expected
+    assert {"aten::mm", "aten::softmax", "aten::sum"} <= set(names)
