@@ -19,7 +19,9 @@ level, with the instance calibration probes (:mod:`attnsuite.calibrate`).
 from __future__ import annotations
 
 import math
+import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ import pytest
 import torch
 
 from . import fingerprint, journal, memory, registry, timing, workloads
+from .dispatch import Dispatcher, visible_gpus
 from .isolation import Failure, WorkerPool, WorkerStartError
 from .record import MODES, CaseRecord
 from .runner import BenchCase, RunSpec, bench_cases
@@ -74,6 +77,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "jsonl, else .attnsuite/journal.jsonl under the rootdir); removed when the run ends")
     group.addoption("--attn-resume", action="store_true", default=False,
                     help="carry on a killed run: cases already in the journal are not run again")
+    group.addoption("--attn-gpus", default="all", metavar="N",
+                    help="with --attn-device cuda: spread the cases over N GPUs of this host, one worker "
+                         "process each (default all visible; 1: one GPU). cuda:N and cpu use one device")
     group.addoption("--attn-device-time", choices=("on", "off"), default="on",
                     help="on CUDA, also measure host-independent device time (CUDA graph replay or kernel "
                          "sum); default on")
@@ -153,6 +159,20 @@ def _timeout(config: pytest.Config) -> Optional[float]:
     return value or None
 
 
+def gpu_count(config: pytest.Config) -> int:
+    """How many GPUs the run spreads its cases over (validated ``--attn-gpus``)."""
+    text = str(config.getoption("--attn-gpus"))
+    device = get_spec(config).device
+    if device != "cuda":  # cpu, or one named GPU
+        if text not in ("all", "1"):
+            _fail_usage(f"--attn-gpus {text}: only with --attn-device cuda (this run uses {device})")
+        return 1
+    visible = torch.cuda.device_count()
+    if text == "all":
+        return max(1, visible)
+    return _number("--attn-gpus", text, int, 1, visible)
+
+
 def _journal_path(config: pytest.Config) -> Path:
     named = config.getoption("--attn-journal")
     if named:
@@ -174,6 +194,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # before any benchmark time is spent. (trylast: the variants are loaded by then.)
     config.stash[_SPEC] = spec_from_config(config)
     _timeout(config)
+    gpu_count(config)
     if config.getoption("--attn-resume") and benchmarks_requested(config):
         try:
             config.stash[_RESUMED] = journal.read(_journal_path(config), config.stash[_SPEC].to_json(),
@@ -303,16 +324,23 @@ def record_from_reply(bc: BenchCase, reply: Any) -> tuple[CaseRecord, Optional[t
 
 
 class BenchRunner:
-    """Session object behind the ``attn_bench`` fixture: runs cases in a worker and keeps every record."""
+    """Session object behind the ``attn_bench`` fixture: runs cases in workers and keeps every record.
+
+    The workers (one per GPU with ``--attn-gpus``, see :mod:`attnsuite.dispatch`) run cases in the
+    session's order ahead of the pytest items that report them; every finished case is journalled
+    as it finishes, whichever item is running.
+    """
 
     def __init__(self, config: pytest.Config):
         self.config = config
         self.spec = get_spec(config)
         self.landed: list[Landed] = []
         self._cases: Optional[dict[str, BenchCase]] = None
-        self._backend: Any = None
+        self._dispatch: Optional[Dispatcher] = None
+        self.gpu_ids: list[str] = []  # CUDA_VISIBLE_DEVICES of each worker slot, when spread over GPUs
         self.calibration: Optional[dict[str, Any]] = None
         self.journal: Optional[journal.Journal] = None
+        self._journal_lock = threading.Lock()
         self.resumed: dict[str, dict[str, Any]] = {}
         self.confirm_seconds = 0.0  # the gate's second measurements of flagged cases
         self.deferred_seconds = 0.0  # kernel-sum device times measured after the other cases
@@ -326,42 +354,86 @@ class BenchRunner:
         except KeyError:
             raise KeyError(f"no benchmark case {key!r} in this run's tier and filters") from None
 
+    @property
+    def started(self) -> bool:
+        """Whether the workers were started (a case, a calibration or a prefetch asked for them)."""
+        return self._dispatch is not None
+
+    def workers_started(self) -> tuple[int, float]:
+        """(worker processes started, replacements included; seconds spent starting them)."""
+        if self._dispatch is None:
+            return 0, 0.0
+        backends = self._dispatch.backends
+        return sum(b.started for b in backends), sum(b.start_seconds for b in backends)
+
     def _start(self) -> None:
-        """Start the worker, probe the instance, open the journal (once, before the first case)."""
-        if self._backend is not None:
+        """Start the workers, probe the instance, open the journal (once, before the first case)."""
+        if self._dispatch is not None:
             return
         init = {"spec": self.spec.to_json()}
         if self.config.getoption("--attn-isolation") == "none":
-            self._backend = _InProcess(init)
+            backends: list[Any] = [_InProcess(init)]
         else:
-            self._backend = WorkerPool(init, case_timeout=_timeout(self.config))
-        reply = self._backend.request({"op": "calibrate"}, timeout=600)
+            count = gpu_count(self.config)
+            if count > 1:
+                self.gpu_ids = visible_gpus(count)
+                envs = [{**os.environ, "CUDA_VISIBLE_DEVICES": gpu} for gpu in self.gpu_ids]
+            else:
+                envs = [None]
+            backends = [WorkerPool(init, case_timeout=_timeout(self.config), env=env) for env in envs]
+        self._dispatch = Dispatcher(backends)
+        # before any case: the probes read an idle device (the first GPU's when spread over several)
+        reply = backends[0].request({"op": "calibrate"}, timeout=600)
         if isinstance(reply, dict) and isinstance(reply.get("calibration"), dict):
             self.calibration = reply["calibration"]
         else:
             why = reply.detail if isinstance(reply, Failure) else (reply or {}).get("error")
             self.calibration = {"error": f"calibration probes failed: {why}"}
+        if self.gpu_ids:
+            self.calibration = {**self.calibration, "gpus": list(self.gpu_ids), "probed_gpu": self.gpu_ids[0]}
         fp = fingerprint_of(self.config)
         self.resumed = dict(self.config.stash.get(_RESUMED, {}))  # read and checked in pytest_configure
         self.journal = journal.Journal(_journal_path(self.config), self.spec.to_json(), fp["id"],
                                        resume=bool(self.config.getoption("--attn-resume")))
 
+    def _run_job(self, bc: BenchCase):
+        """The job that runs ``bc`` in a backend and journals its record at once (any thread)."""
+        def job(backend: Any) -> Any:
+            reply = backend.run_case(bc.id)
+            rec, result = record_from_reply(bc, reply)
+            if self.journal is not None:
+                with self._journal_lock:
+                    self.journal.append(bc.id, {"record": rec.to_extra_info(),
+                                                "samples": list(result.samples_s) if result else [],
+                                                "timer": result.timer if result else "",
+                                                "warmup": result.warmup_calls if result else 0})
+            return reply
+        return job
+
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """Queue these cases (in this order) to run ahead of their pytest items when spread over GPUs."""
+        if self.config.getoption("--attn-isolation") == "none" or gpu_count(self.config) < 2:
+            return  # one device: each case runs when its item asks, as it always did
+        self._start()
+        cases = [self.case(key) for key in keys if key not in self.resumed]
+        self._dispatch.submit([("run:" + bc.id, self._run_job(bc)) for bc in cases])
+
+    def _with_slot(self, rec: CaseRecord, slot: int) -> CaseRecord:
+        if self.gpu_ids:
+            rec.extra["gpu"] = self.gpu_ids[slot]  # which physical GPU ran it (CUDA_VISIBLE_DEVICES id)
+        return rec
+
     def execute(self, bc: BenchCase) -> tuple[CaseRecord, Optional[timing.Timing]]:
-        """Run one case (or take it from the resumed journal) and journal it."""
+        """Run one case (or take it from the resumed journal); it is journalled as it finishes."""
         self._start()
         entry = self.resumed.pop(bc.id, None)
         if entry is not None:
             rec, result = record_from_reply(bc, entry)
             rec.extra["resumed"] = True
             return rec, result
-        reply = self._backend.run_case(bc.id)
-        rec, result = record_from_reply(bc, reply)
-        if self.journal is not None:
-            self.journal.append(bc.id, {"record": rec.to_extra_info(),
-                                        "samples": list(result.samples_s) if result else [],
-                                        "timer": result.timer if result else "",
-                                        "warmup": result.warmup_calls if result else 0})
-        return rec, result
+        reply = self._dispatch.result("run:" + bc.id, self._run_job(bc))
+        rec, result = record_from_reply(bc, reply.value)
+        return self._with_slot(rec, reply.slot), result
 
     def run(self, bc: BenchCase, benchmark, request: pytest.FixtureRequest) -> CaseRecord:
         """Run a case, hand its samples and record to pytest-benchmark, and end the test accordingly."""
@@ -390,62 +462,83 @@ class BenchRunner:
         to the first as ``extra["confirm"]``, in the record and in the JSON's extra_info."""
         t0 = time.perf_counter()
         by_key = {landed.record.key: landed for landed in self.landed}
+        chosen = [by_key[key] for key in keys if key in by_key and by_key[key].case is not None]
         out: dict[str, CaseRecord] = {}
-        for key in keys:
-            landed = by_key.get(key)
-            if landed is None or landed.case is None:
-                continue
-            bc = landed.case
+        if chosen:
             self._start()
-            second, _ = record_from_reply(bc, self._backend.run_case(bc.id))
-            if second.extra.get("device_time_pending"):
-                second = self._deferred_device_time(bc, second)
-            info = second.to_extra_info()
-            info.get("extra", {}).pop("confirm", None)
-            landed.record.extra["confirm"] = info
-            if landed.extra_info is not None:
-                landed.extra_info.setdefault("extra", {})["confirm"] = info
-            out[key] = second
+            replies = self._dispatch.run_all(
+                [("confirm:" + landed.case.id, (lambda bc: lambda backend: backend.run_case(bc.id))(landed.case))
+                 for landed in chosen])
+            seconds = {}
+            for landed in chosen:
+                reply = replies["confirm:" + landed.case.id]
+                second, _ = record_from_reply(landed.case, reply.value)
+                seconds[landed.record.key] = (landed, self._with_slot(second, reply.slot))
+            pending = [(landed.case, second) for landed, second in seconds.values()
+                       if second.extra.get("device_time_pending")]
+            for rec in self._deferred_device_times(pending, prefix="confirm-device-time:"):
+                landed, _ = seconds[rec.key]
+                seconds[rec.key] = (landed, rec)
+            for key, (landed, second) in seconds.items():
+                info = second.to_extra_info()
+                info.get("extra", {}).pop("confirm", None)
+                landed.record.extra["confirm"] = info
+                if landed.extra_info is not None:
+                    landed.extra_info.setdefault("extra", {})["confirm"] = info
+                out[key] = second
         self.confirm_seconds += time.perf_counter() - t0
         return out
 
-    def _deferred_device_time(self, bc: BenchCase, rec: CaseRecord) -> CaseRecord:
-        """The record with its kernel-sum device time measured now (or a note saying why not)."""
-        reply = self._backend.request({"op": "device_time", "key": bc.id, "record": rec.to_extra_info()},
-                                      timeout=_timeout(self.config))
-        if isinstance(reply, dict) and isinstance(reply.get("record"), dict):
-            return CaseRecord.from_extra_info(reply["record"])
-        why = reply.detail if isinstance(reply, Failure) else (reply or {}).get("error")
-        rec.extra.pop("device_time_pending", None)
-        rec.extra["device_time_note"] = f"not measured: the worker failed measuring it: {why}"[:300]
-        return rec
+    def _deferred_device_times(self, items: Sequence[tuple[BenchCase, CaseRecord]],
+                               prefix: str = "device-time:") -> list[CaseRecord]:
+        """Each record with its kernel-sum device time measured now (or a note saying why not)."""
+        if not items:
+            return []
+        timeout = _timeout(self.config)
+
+        def job(bc: BenchCase, rec: CaseRecord):
+            message = {"op": "device_time", "key": bc.id, "record": rec.to_extra_info()}
+            return lambda backend: backend.request(message, timeout=timeout)
+
+        replies = self._dispatch.run_all([(prefix + bc.id, job(bc, rec)) for bc, rec in items])
+        out = []
+        for bc, rec in items:
+            reply = replies[prefix + bc.id].value
+            if isinstance(reply, dict) and isinstance(reply.get("record"), dict):
+                out.append(CaseRecord.from_extra_info(reply["record"]))
+                continue
+            why = reply.detail if isinstance(reply, Failure) else (reply or {}).get("error")
+            rec.extra.pop("device_time_pending", None)
+            rec.extra["device_time_note"] = f"not measured: the worker failed measuring it: {why}"[:300]
+            out.append(rec)
+        return out
 
     def complete_device_times(self) -> int:
         """Measure every pending (kernel-sum) device time, after all other cases ran; returns how many.
 
         The profiler that kernel-sum needs slows every later launch in the worker, so these run
-        last, when no event time or memory probe is left to disturb. Each record is updated in
-        place, in the JSON's extra_info and in the journal.
+        last, when no event time or memory probe is left to disturb (spread over the GPUs like the
+        cases). Each record is updated in place, in the JSON's extra_info and in the journal.
         """
         t0 = time.perf_counter()
-        pending = [landed for landed in self.landed if landed.record.extra.get("device_time_pending")]
-        for landed in pending:
-            if landed.case is None:
-                continue
-            done = self._deferred_device_time(landed.case, landed.record)
-            landed.record = done
+        pending = [landed for landed in self.landed
+                   if landed.record.extra.get("device_time_pending") and landed.case is not None]
+        done = self._deferred_device_times([(landed.case, landed.record) for landed in pending])
+        for landed, rec in zip(pending, done):
+            landed.record = rec
             if landed.extra_info is not None:
-                landed.extra_info.update(done.to_extra_info())
+                landed.extra_info.update(rec.to_extra_info())
             if self.journal is not None:
-                self.journal.append(landed.case.id, {"record": done.to_extra_info(), "samples": [], "timer": "",
-                                                     "warmup": 0, "update": True})
+                with self._journal_lock:
+                    self.journal.append(landed.case.id, {"record": rec.to_extra_info(), "samples": [], "timer": "",
+                                                         "warmup": 0, "update": True})
         self.deferred_seconds += time.perf_counter() - t0
         return len(pending)
 
     def close(self, *, finished: bool) -> None:
-        """Stop the worker; remove the journal when the run finished (its results are written)."""
-        if self._backend is not None:
-            self._backend.close()
+        """Stop the workers; remove the journal when the run finished (its results are written)."""
+        if self._dispatch is not None:
+            self._dispatch.close(lambda backend: backend.close())
         if self.journal is not None:
             self.journal.close(remove=finished)
 
@@ -472,13 +565,19 @@ def attn_bench(request: pytest.FixtureRequest) -> BenchRunner:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtestloop(session: pytest.Session):
+    # Before the loop, when the cases are spread over several GPUs: every selected case is queued in
+    # the items' order, so the workers run ahead of the items that report them.
+    keys = [item.callspec.params["bench_case"] for item in session.items
+            if hasattr(item, "callspec") and "bench_case" in item.callspec.params]
+    if keys and not session.config.option.collectonly:
+        _runner(session.config).prefetch(keys)
     # After every case ran (and before the gate's confirmation, whose wrapper is outside this one,
     # and before pytest-benchmark writes the JSON): the deferred kernel-sum device times.
     outcome = yield
     if outcome.excinfo is not None:  # interrupted: the journal keeps what finished; measure nothing more
         return
     runner = session.config.stash.get(_RUNNER, None)
-    if runner is not None and runner._backend is not None and not session.shouldstop:
+    if runner is not None and runner.started and not session.shouldstop:
         runner.complete_device_times()
 
 
@@ -573,9 +672,11 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     for landed in runner.landed:
         counts[landed.record.outcome] = counts.get(landed.record.outcome, 0) + 1
     output_json["attnsuite"]["outcomes"] = counts
-    if runner._backend is not None:
-        output_json["attnsuite"]["workers_started"] = runner._backend.started
-        output_json["attnsuite"]["worker_start_s"] = round(runner._backend.start_seconds, 3)
+    if runner.started:
+        started, start_s = runner.workers_started()
+        output_json["attnsuite"]["workers_started"] = started
+        output_json["attnsuite"]["worker_start_s"] = round(start_s, 3)
+        output_json["attnsuite"]["gpus"] = list(runner.gpu_ids) or None
     # what the run spent after its cases, so the cost of confirmation and of deferral is on record
     output_json["attnsuite"]["confirm_s"] = round(runner.confirm_seconds, 3)
     output_json["attnsuite"]["deferred_device_time_s"] = round(runner.deferred_seconds, 3)
@@ -625,6 +726,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         for r in hostile:
             what = r.outcome if r.outcome in ("crash", "timeout") else "state changed"
             terminalreporter.write_line(f"{what:<14} {r.variant} on {r.key}: {r.detail}", red=True)
-    if runner._backend is not None and runner._backend.started:
+    started, start_s = runner.workers_started()
+    if started:
         terminalreporter.write_line(
-            f"worker processes started: {runner._backend.started} ({runner._backend.start_seconds:.1f} s starting them)")
+            f"worker processes started: {started} ({start_s:.1f} s starting them)"
+            + (f" on GPUs {', '.join(runner.gpu_ids)}" if runner.gpu_ids else ""))

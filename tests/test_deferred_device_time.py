@@ -10,10 +10,12 @@ The CUDA measurement itself is checked on a GPU (tests/test_gpu_timing.py); here
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
 from attnsuite import journal, registry, runner, timing, workloads
+from attnsuite.dispatch import Dispatcher
 from attnsuite.plugin_bench import BenchRunner, Landed
 from attnsuite.record import CaseRecord
 
@@ -98,7 +100,9 @@ class _Backend:
 
 def test_the_runner_completes_pending_device_times_in_the_record_json_and_journal(tmp_path):
     run = BenchRunner.__new__(BenchRunner)
-    run._backend = _Backend()
+    backend = _Backend()
+    run._dispatch = Dispatcher([backend])
+    run._journal_lock = threading.Lock()
     run.config = type("Cfg", (), {"getoption": staticmethod(lambda name: "300")})()
     run.deferred_seconds = 0.0
     path = tmp_path / "j.jsonl"
@@ -113,7 +117,7 @@ def test_the_runner_completes_pending_device_times_in_the_record_json_and_journa
         landed.append(Landed(f"n{i}", f"n{i}", None, "g", rec, True, rec.to_extra_info(), case))
     run.landed = landed
     assert run.complete_device_times() == 2
-    assert run._backend.asked == ["w/v0/bwd/p", "w/v2/bwd/p"]
+    assert backend.asked == ["w/v0/bwd/p", "w/v2/bwd/p"]
     for i in (0, 2):
         assert run.landed[i].record.device_ms == 1.0 and run.landed[i].extra_info["device_ms"] == 1.0
     assert run.landed[1].record.device_ms is None

@@ -136,9 +136,37 @@ def test_resume_refuses_a_journal_written_with_other_options(pytester, project):
     ("--attn-timeout", "-1", "between 0 and"),
     ("--attn-timeout", "nan", "between 0 and"),
     ("--attn-inject-slowdown", "nosuch=0.1", "--attn-inject-slowdown"),
+    ("--attn-gpus", "2", "only with --attn-device cuda"),
 ])
 def test_a_bad_option_value_is_a_usage_error_naming_the_option(pytester, project, option, value, words):
     result = pytester.runpytest_subprocess("bench", "--benchmark-only", "-p", "no:cacheprovider", f"{option}={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     err = result.stderr.str()
     assert option in err and words in err, err
+
+
+def test_cases_spread_over_two_gpu_workers_keep_every_record_and_a_crash_takes_down_only_its_worker(pytester, project):
+    # Two worker slots as on a 2-GPU host (the GPU count is patched: this machine has none; each
+    # worker still gets its own CUDA_VISIBLE_DEVICES). Every case must land once, under its name,
+    # with the slot that ran it; the segfaulting variant's cases crash without costing the others.
+    pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n'
+                          "import attnsuite.plugin_bench as pb\n"
+                          "pb.gpu_count = lambda config: 2\n")
+    out = project / "out.json"
+    variants = ("explicit", "sdpa", "h-segfault", "h-victim")
+    result = pytester.runpytest_subprocess(*_args(project, variants, f"--benchmark-json={out}", "--attn-mode=fwd"))
+    assert out.exists(), result.stdout.str()[-3000:]
+    data = json.loads(out.read_text())
+    recs = [b["extra_info"] for b in data["benchmarks"]]
+    assert len({r["case"] for r in recs}) == len(recs)  # no case twice
+    by = _records(data)
+    assert set(by) == set(variants) and all(len(v) == len(by["explicit"]) for v in by.values())
+    for name in ("explicit", "sdpa", "h-victim"):
+        assert all(r["outcome"] == "ok" and r["samples"] > 0 for r in by[name]), name
+    assert all(r["outcome"] == "crash" and "SIGSEGV" in r["detail"] for r in by["h-segfault"])
+    slots = {r["extra"]["gpu"] for r in recs}
+    assert slots == {"0", "1"}  # both workers ran cases
+    assert data["attnsuite"]["gpus"] == ["0", "1"]
+    assert data["attnsuite"]["workers_started"] >= 2 + len(by["h-segfault"])  # each crash replaced a worker
+    assert "on GPUs 0, 1" in result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
