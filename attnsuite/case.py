@@ -36,9 +36,10 @@ class Case:
         """Run the variant once on the case's inputs."""
         return self.call()
 
-    def backward(self, out: torch.Tensor) -> None:
-        """Backpropagate the case's output gradient from ``out``."""
-        out.backward(self.grad_out)
+    def backward(self, out: torch.Tensor, retain_graph: bool = False) -> None:
+        """Backpropagate the case's output gradient from ``out`` (``retain_graph``: keep the autograd
+        graph so the same backward can run again, as device time's graph capture does)."""
+        out.backward(self.grad_out, retain_graph=retain_graph)
 
     def zero_grads(self) -> None:
         """Forget gradients from earlier calls."""

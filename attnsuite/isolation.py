@@ -240,8 +240,19 @@ class WorkerPool:
         return reply
 
     def run_case(self, key: str) -> Any:
-        """Run the case ``key`` in the worker under the per-case limit: the worker's reply or a Failure."""
-        return self.request({"op": "run", "key": key}, self.case_timeout)
+        """Run the case ``key`` in the worker under the per-case limit: the worker's reply or a Failure.
+
+        A reply with ``retry_fresh`` (the worker's state, not the case, may be at fault: see
+        worker.py) is run once more in a fresh worker; the second record says why in
+        ``extra["fresh_worker_retry"]``.
+        """
+        reply = self.request({"op": "run", "key": key}, self.case_timeout)
+        if isinstance(reply, dict) and reply.get("retry_fresh"):
+            why = str(reply["retry_fresh"])
+            reply = self.request({"op": "run", "key": key}, self.case_timeout)  # the old worker is gone (fatal)
+            if isinstance(reply, dict) and isinstance(reply.get("record"), dict):
+                reply["record"].setdefault("extra", {})["fresh_worker_retry"] = why
+        return reply
 
 
 class WorkerStartError(RuntimeError):

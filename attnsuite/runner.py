@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -370,7 +370,7 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
         else contextlib.nullcontext()
     try:
         with cap:
-            result, (case, out, step, setup) = _measure(bc, variant, settings, rec, clock)
+            result, (case, out) = _measure(bc, variant, settings, rec, clock)
             problem_msg, check = check_numerics(case, bc.mode, out.detach(), settings.oracle_limit)
             rec.extra["numerics_check"] = check
             if problem_msg:
@@ -381,9 +381,9 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
             # probe sees (on an H200 they once turned four 52 GiB cases into out-of-memory), and its
             # replays rewrite the gradients the numerics check reads.
             if settings.device_time and timing.is_cuda(p.device):
-                _measure_device_time(rec, step, setup, p.device, result, bc.mode)
+                _measure_device_time(rec, case, p.device, result, bc.mode)
                 clock.lap("device-time")
-            case = step = setup = None
+            case = None
     except Exception as exc:  # the case's failure is its outcome; the run goes on
         failed = True
         if memory.is_oom(exc):
@@ -416,8 +416,8 @@ def _recover(device: str) -> None:
 
 
 def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: CaseRecord,
-             clock: _PhaseClock) -> tuple[timing.Timing, tuple[Case, torch.Tensor, Any, Any]]:
-    """Build, time and profile one case into ``rec``: the timing and (case, profiled output, step, setup)."""
+             clock: _PhaseClock) -> tuple[timing.Timing, tuple[Case, torch.Tensor]]:
+    """Build, time and profile one case into ``rec``: the timing and (case, profiled output)."""
     p = bc.problem
     case = prepare(variant, p, requires_grad=bc.mode != "fwd", device_inputs=settings.device_inputs)
     clock.lap("prepare")
@@ -457,25 +457,45 @@ def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: 
     rec.extra["score_matrix_bytes"] = memory.score_matrix_bytes(p)
     clock.lap("memory+backend")
 
-    return result, (case, out, step, setup)
+    return result, (case, out)
 
 
-def _device_call(step, setup, device: str, injected_s: float, mode: str):
-    """(the call device time measures, the per-call setup it still needs) for a case's step."""
+def _device_call(case: Case, device: str, injected_s: float, mode: str) -> Callable[[], Any]:
+    """The call device time measures for a case's ``mode``: the same device work as the timed step,
+    in a form that can run again and again without an untimed setup between calls, so a CUDA graph
+    can capture it (or the profiler can sum it, when capture fails).
+
+    fwd: the forward. fwd+bwd: drop the gradients, forward, backward (dropping ``.grad`` is host
+    work only). bwd: the forward runs once, here, untimed; each call drops the gradients and runs
+    the backward over the retained autograd graph, so it launches the kernels the timed backward
+    launches (no gradient accumulation: the gradients start from None as after the timed step's
+    setup).
+    """
     delay = timing.make_delay(device, injected_s) if injected_s else None
-    # fwd+bwd's per-sample setup only drops the gradients (.grad = None): part of a capturable step.
-    # bwd's setup is a whole forward pass, which must stay outside: that case is a kernel sum.
-    folded = mode == "fwd+bwd" and setup is not None
+    if mode == "fwd":
+        step, _ = _step(case, mode)
+    elif mode == "fwd+bwd":
+        def step():
+            case.zero_grads()
+            out = case.forward()
+            case.backward(out)
+            return out
+    else:
+        case.zero_grads()
+        out = case.forward()
+
+        def step():
+            case.zero_grads()
+            case.backward(out, retain_graph=True)
+            return out
 
     def call():
-        if folded:
-            setup()
-        out = step()
+        result = step()
         if delay is not None:  # an injected slowdown is device work, so device time must see it
             delay()
-        return out
+        return result
 
-    return call, None if folded else setup
+    return call
 
 
 def _fill_device_time(rec: CaseRecord, dt: timing.DeviceTiming) -> None:
@@ -488,17 +508,17 @@ def _fill_device_time(rec: CaseRecord, dt: timing.DeviceTiming) -> None:
         rec.extra["device_time_note"] = dt.note
 
 
-def _measure_device_time(rec: CaseRecord, step, setup, device: str, result: timing.Timing, mode: str) -> None:
+def _measure_device_time(rec: CaseRecord, case: Case, device: str, result: timing.Timing, mode: str) -> None:
     """Add the host-independent device time (and the host's overhead) to a CUDA record.
 
     Graph replay happens now. A step that needs the profiler (kernel-sum) is only marked
     ``extra["device_time_pending"]``: :func:`measure_deferred_device_time` measures it after every
     other case of the run, because the profiler slows the process's later launches.
     """
-    call, setup_left = _device_call(step, setup, device, result.injected_s, mode)
     try:
+        call = _device_call(case, device, result.injected_s, mode)
         config = dataclasses.replace(timing.DEVICE_DEFAULT, estimate_s=result.median_s)
-        dt = timing.device_time(call, device, setup=setup_left, config=config, defer_kernel_sum=True)
+        dt = timing.device_time(call, device, config=config, defer_kernel_sum=True)
     except timing.KernelSumDeferred as exc:
         rec.extra["device_time_pending"] = str(exc)
         return
@@ -521,15 +541,12 @@ def measure_deferred_device_time(bc: BenchCase, settings: Settings, rec: CaseRec
     try:
         variant = registry.get(bc.variant or "")
         case = prepare(variant, p, requires_grad=bc.mode != "fwd", device_inputs=settings.device_inputs)
-        step, setup = _step(case, bc.mode)
         injected = (rec.extra.get("injected_ms") or 0.0) / 1e3
-        call, setup_left = _device_call(step, setup, p.device, injected, bc.mode)
+        call = _device_call(case, p.device, injected, bc.mode)
         for _ in range(2):  # compiled kernels and autotuning were paid in the case's own run: re-warm only
-            if setup_left is not None:
-                setup_left()
             call()
         config = dataclasses.replace(timing.DEVICE_DEFAULT, estimate_s=(rec.median_ms or 0.0) / 1e3 or None)
-        dt = timing.device_time(call, p.device, setup=setup_left, config=config, allow_graph=False)
+        dt = timing.device_time(call, p.device, config=config, allow_graph=False)
         dt.note = why or dt.note
         _fill_device_time(rec, dt)
     except Exception as exc:  # noqa: BLE001 - the figure is missing, the case's outcome stands

@@ -291,10 +291,11 @@ def measure(
 # Two methods, one result type. A step without per-call setup is captured into a CUDA graph and the
 # graph is replayed (the method of triton.testing.do_bench_cudagraph): nothing of the host remains
 # between the kernels, so the figure is the same on a fast and on a slow host CPU. A step with a
-# per-call setup (a backward after an untimed forward) cannot be replayed without its setup, and
-# some steps cannot be captured at all (they synchronise, allocate on the host, or copy from
-# pageable memory); for those, the profiler's device activity gives each kernel's start and end on
-# the device and the call's time is the time the device was busy with the call's kernels.
+# per-call setup cannot be replayed without its setup (the runner avoids those: a backward runs over
+# a retained autograd graph), and some steps cannot be captured at all (they synchronise, allocate
+# on the host, or copy from pageable memory); for those, the profiler's device activity gives each
+# kernel's start and end on the device and the call's time is the time the device was busy with the
+# call's kernels.
 
 DEVICE_ACTIVITY = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})  # kineto activity types of device work
 CALL_TAG = "attnsuite.device_time.call#"  # record_function name of a profiled call (index appended)

@@ -9,7 +9,10 @@ Started as ``python -m attnsuite.worker REQUEST_FD REPLY_FD``. Messages (dicts, 
   A case that leaves torch's global state changed is reported (outcome error, the change named)
   and the state is put back for the next case. After a failure on CUDA the context is probed;
   when it is unusable (an illegal memory access poisons it for good) the case is a ``crash`` and
-  the reply carries ``fatal``: the worker exits and the pool starts a fresh one.
+  the reply carries ``fatal``: the worker exits and the pool starts a fresh one. An out-of-memory
+  case while the allocator kept more memory reserved than the case asked for (memory stranded by
+  earlier cases) replies ``retry_fresh`` with the reason and exits: the pool runs it once more in a
+  fresh worker, so only a case that runs out of memory on a clean device is recorded ``oom``.
 * ``{"op": "device_time", "key", "record"}``: the kernel-sum device time of a case whose record
   says ``device_time_pending`` (runner.measure_deferred_device_time); reply ``{"record"}``.
 * ``{"op": "calibrate"}``: the instance calibration probes (calibrate.py) of the run's device.
@@ -38,6 +41,30 @@ def cuda_health(device: str) -> Optional[str]:
     except Exception as exc:  # noqa: BLE001 - any failure here means the context is gone
         return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     return None
+
+
+def stranded_bytes(device: str) -> int:
+    """Bytes the CUDA caching allocator keeps reserved but unallocated after giving back what it can."""
+    import torch
+
+    from .memory import recover
+
+    recover(device)
+    return max(0, torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def fresh_retry_reason(asked: Optional[int], stranded: int) -> Optional[str]:
+    """Why an out-of-memory case should run again in a fresh worker, or None.
+
+    When the allocator still holds, unallocated and impossible to give back, at least what the case
+    asked for (a CUDA graph's private pool kept alive by one block, fragmentation), the memory
+    earlier cases stranded would have served the request: the worker, not the case, ran out. An
+    H200 run recorded 28 such cases out of memory asking 8-16 GiB with 104-128 GiB stranded.
+    """
+    if not asked or stranded < asked:
+        return None
+    return (f"out of memory asking {asked / 2**30:.2f} GiB while {stranded / 2**30:.1f} GiB stayed reserved "
+            "by this worker's earlier cases; run again in a fresh worker")
 
 
 def failed_record(bc, detail: str):
@@ -97,6 +124,11 @@ class Worker:
         reply: dict[str, Any] = {"record": rec.to_extra_info(), "samples": [], "timer": "", "warmup": 0}
         if result is not None:
             reply.update(samples=list(result.samples_s), timer=result.timer, warmup=result.warmup_calls)
+        if self.spec.on_gpu and rec.outcome == "oom":
+            why = fresh_retry_reason(rec.oom_bytes, stranded_bytes(self.spec.device))
+            if why:
+                reply.update(retry_fresh=why, fatal=True)
+                return reply
         if self.spec.on_gpu and rec.outcome not in ("ok", "skipped"):
             broken = cuda_health(self.spec.device)
             if broken:

@@ -13,6 +13,7 @@ import json
 import threading
 
 import pytest
+import torch
 
 from attnsuite import journal, registry, runner, timing, workloads
 from attnsuite.dispatch import Dispatcher
@@ -24,25 +25,47 @@ def _timed(ms: float) -> timing.Timing:
     return timing.Timing(samples_s=[ms / 1e3] * 5, timer="cuda-events")
 
 
-def test_a_step_without_a_graph_is_marked_pending_not_profiled(monkeypatch):
+def _case(mode: str, variant: str = "explicit"):
+    registry.load_builtin()
+    entry = next(e.entry for e in workloads.expand("quick", "cpu", None, ("llama3-70b",)) if e.entry.family == "attention")
+    return runner.prepare(registry.get(variant), entry.problem, requires_grad=mode != "fwd")
+
+
+def test_a_step_that_cannot_be_captured_is_marked_pending_not_profiled(monkeypatch):
     seen = {}
 
     def fake_device_time(call, device, *, setup=None, config=None, allow_graph=True, defer_kernel_sum=False):
-        seen["defer"] = defer_kernel_sum
-        raise timing.KernelSumDeferred("per-call setup")
+        seen.update(defer=defer_kernel_sum, setup=setup)
+        raise timing.KernelSumDeferred("graph capture failed: X")
 
     monkeypatch.setattr(runner.timing, "device_time", fake_device_time)
     rec = CaseRecord("w", "v", "bwd", "p", median_ms=2.0)
-    runner._measure_device_time(rec, lambda: None, lambda: None, "cuda", _timed(2.0), "bwd")
-    assert seen["defer"] is True
-    assert rec.extra["device_time_pending"] == "per-call setup" and rec.device_ms is None
+    runner._measure_device_time(rec, _case("bwd"), "cpu", _timed(2.0), "bwd")
+    assert seen == {"defer": True, "setup": None}  # a backward is capturable: no per-call setup
+    assert rec.extra["device_time_pending"] == "graph capture failed: X" and rec.device_ms is None
+
+
+@pytest.mark.parametrize("mode", ["bwd", "fwd+bwd"])
+def test_the_device_call_repeats_the_timed_steps_work_without_accumulating_gradients(mode):
+    # captured into a graph and replayed, the call must launch what one timed step launches: the
+    # gradients after any number of calls are those of one backward from None, never a sum
+    case = _case(mode)
+    fwd_bwd, setup = runner._step(case, mode)
+    setup()
+    fwd_bwd()
+    once = {k: v.detach().clone() for k, v in case.grads().items()}
+    call = runner._device_call(case, "cpu", 0.0, mode)
+    for _ in range(3):
+        call()
+    for name, grad in case.grads().items():
+        assert torch.equal(grad, once[name]), f"{mode}: d{name} after three device-time calls differs from one backward"
 
 
 def test_a_captured_step_gets_its_device_time_and_host_overhead_at_once(monkeypatch):
     monkeypatch.setattr(runner.timing, "device_time",
                         lambda *a, **k: timing.DeviceTiming([0.0015] * 5, "cuda-graph"))
     rec = CaseRecord("w", "v", "fwd", "p", median_ms=2.0)
-    runner._measure_device_time(rec, lambda: None, None, "cuda", _timed(2.0), "fwd")
+    runner._measure_device_time(rec, _case("fwd"), "cpu", _timed(2.0), "fwd")
     assert rec.device_method == "cuda-graph" and rec.device_ms == pytest.approx(1.5)
     assert rec.host_overhead_ms == pytest.approx(0.5) and "device_time_pending" not in rec.extra
 
@@ -55,7 +78,6 @@ def test_the_deferred_measurement_profiles_the_rebuilt_case_and_fills_the_record
 
     def fake_device_time(call, device, *, setup=None, config=None, allow_graph=True, defer_kernel_sum=False):
         calls.update(allow_graph=allow_graph, setup=setup is not None, estimate=config.estimate_s)
-        setup()
         call()  # the rebuilt case really runs
         return timing.DeviceTiming([0.003, 0.004, 0.005], "kernel-sum")
 
@@ -64,7 +86,7 @@ def test_the_deferred_measurement_profiles_the_rebuilt_case_and_fills_the_record
     rec = CaseRecord(bc.workload, "explicit", "bwd", bc.problem.id, median_ms=6.0)
     rec.extra["device_time_pending"] = "per-call setup"
     out = runner.measure_deferred_device_time(bc, settings, rec)
-    assert calls == {"allow_graph": False, "setup": True, "estimate": pytest.approx(0.006)}
+    assert calls == {"allow_graph": False, "setup": False, "estimate": pytest.approx(0.006)}
     assert (out.device_method, out.device_ms, out.device_min_ms) == ("kernel-sum", pytest.approx(4.0), pytest.approx(3.0))
     assert out.host_overhead_ms == pytest.approx(2.0)
     assert out.extra["device_time_note"] == "per-call setup" and "device_time_pending" not in out.extra

@@ -79,25 +79,36 @@ def test_jobs_start_in_the_order_they_were_queued():
 
 def test_a_reply_asked_for_before_it_was_queued_jumps_the_queue():
     gate = threading.Event()
-    backends = [_Backend("a", gate), _Backend("b", gate)]
-    d = Dispatcher(backends)
-    d.submit([(f"q{i}", backends[0].job(f"q{i}")) for i in range(6)])
-    time.sleep(0.05)  # both threads now hold q0 and q1 behind the gate
-    waiter = threading.Thread(target=lambda: d.result("urgent", backends[0].job("urgent")))
+    started = []
+    lock = threading.Lock()
+
+    def job(key):
+        def run(backend):
+            with lock:
+                started.append(key)
+            gate.wait(10)
+            return key
+        return run
+
+    d = Dispatcher([_Backend("a"), _Backend("b")])
+    d.submit([(f"q{i}", job(f"q{i}")) for i in range(6)])
+    _wait_until(lambda: len(started) == 2)  # both threads hold q0 and q1 behind the gate
+    waiter = threading.Thread(target=lambda: d.result("urgent", job("urgent")))
     waiter.start()
-    time.sleep(0.05)
+    _wait_until(lambda: d._queue and d._queue[0][0] == "urgent")
     gate.set()
     waiter.join(10)
-    order = backends[0].ran + backends[1].ran
-    assert "urgent" in order
-    ran_before = [k for k in order if k.startswith("q")][:2]
-    assert set(ran_before) == {"q0", "q1"}
-    # whatever ran after the two held jobs, "urgent" was taken before q2..q5
-    for backend in backends:
-        seq = backend.ran
-        if "urgent" in seq:
-            assert all(not k.startswith("q") or int(k[1:]) < 2 for k in seq[:seq.index("urgent")])
+    for k in [f"q{i}" for i in range(6)]:
+        d.result(k, job(k))
+    assert set(started[:2]) == {"q0", "q1"} and started[2] == "urgent"
     d.close(lambda backend: None)
+
+
+def _wait_until(predicate, limit_s: float = 10.0) -> None:
+    end = time.monotonic() + limit_s
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.001)
 
 
 def test_a_job_that_raises_becomes_an_error_reply_and_the_threads_go_on():

@@ -170,3 +170,46 @@ def test_cases_spread_over_two_gpu_workers_keep_every_record_and_a_crash_takes_d
     assert data["attnsuite"]["workers_started"] >= 2 + len(by["h-segfault"])  # each crash replaced a worker
     assert "on GPUs 0, 1" in result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.mark.parametrize("asked,stranded,retried", [
+    (8 * 2**30, 105 * 2**30, True),   # the H200 case: far more stranded than asked
+    (8 * 2**30, 8 * 2**30, True),     # exactly enough would have served it
+    (8 * 2**30, 8 * 2**30 - 1, False),  # not enough: a real out-of-memory
+    (None, 105 * 2**30, False),       # size unknown: nothing to compare
+    (0, 2**30, False),
+])
+def test_an_out_of_memory_case_is_retried_in_a_fresh_worker_only_when_stranded_memory_would_have_served_it(
+        asked, stranded, retried):
+    from attnsuite.worker import fresh_retry_reason
+
+    why = fresh_retry_reason(asked, stranded)
+    assert (why is not None) == retried
+    if retried:
+        assert f"{asked / 2**30:.2f} GiB" in why and "fresh worker" in why
+
+
+def test_the_pool_runs_a_retry_fresh_case_once_more_and_the_record_says_why(monkeypatch):
+    from attnsuite.isolation import WorkerPool
+
+    pool = WorkerPool({}, case_timeout=5)
+    replies = [{"record": {"outcome": "oom"}, "retry_fresh": "stranded", "fatal": True},
+               {"record": {"outcome": "ok", "extra": {}}}]
+    asked = []
+    monkeypatch.setattr(pool, "request", lambda message, timeout=None: (asked.append(message), replies.pop(0))[1])
+    reply = pool.run_case("k")
+    assert len(asked) == 2 and all(m == {"op": "run", "key": "k"} for m in asked)
+    assert reply["record"]["outcome"] == "ok" and reply["record"]["extra"]["fresh_worker_retry"] == "stranded"
+
+
+def test_a_second_out_of_memory_in_the_fresh_worker_is_recorded_and_not_retried_again(monkeypatch):
+    from attnsuite.isolation import WorkerPool
+
+    pool = WorkerPool({}, case_timeout=5)
+    def oom():
+        return {"record": {"outcome": "oom", "extra": {}}, "retry_fresh": "stranded", "fatal": True}
+
+    replies = [oom(), oom(), oom()]
+    monkeypatch.setattr(pool, "request", lambda message, timeout=None: replies.pop(0))
+    reply = pool.run_case("k")
+    assert reply["record"]["outcome"] == "oom" and len(replies) == 1  # asked twice, never a third time
