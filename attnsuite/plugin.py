@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from . import registry
+from . import problem_file, registry
+
+PROBLEM_FILES = pytest.StashKey[list]()  # the problems files this session loaded (resolved paths)
 
 SUBPLUGINS = ("attnsuite.plugin_bench", "attnsuite.plugin_gate")
 # Registered with this module (pytest reads a plugin's pytest_plugins at registration), so that
@@ -27,6 +29,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "also ATTNSUITE_VARIANTS=a,b and the 'attnsuite.variants' entry-point group)",
     )
     group.addoption(
+        "--attn-problems",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="add correctness problems to existing families and benchmark entries to workloads from a "
+        "JSON or TOML file (repeatable; also ATTNSUITE_PROBLEMS=a.json,b.toml); see attnsuite/problem_file.py",
+    )
+    group.addoption(
         "--attn-only",
         action="append",
         default=[],
@@ -43,6 +53,10 @@ def pytest_configure(config: pytest.Config) -> None:
         registry.load_all(config.getoption("--attn-variants"))
     except Exception as exc:  # a broken external module must say which one and why
         raise pytest.UsageError(f"attnsuite: could not load variants: {type(exc).__name__}: {exc}") from exc
+    try:  # after the variants: a file may add to the families they register
+        config.stash[PROBLEM_FILES] = problem_file.load_all(config.getoption("--attn-problems"))
+    except problem_file.ProblemFileError as exc:
+        raise pytest.UsageError(f"attnsuite: --attn-problems: {exc}") from None
     for name in config.getoption("--attn-only"):
         try:
             registry.get(name)

@@ -33,6 +33,7 @@ import torch
 from . import fingerprint, journal, memory, registry, timing, workloads
 from .dispatch import Dispatcher, visible_gpus
 from .isolation import Failure, WorkerPool, WorkerStartError
+from .plugin import PROBLEM_FILES
 from .record import MODES, CaseRecord
 from .runner import BenchCase, RunSpec, bench_cases
 from .worker import Worker
@@ -150,6 +151,7 @@ def spec_from_config(config: pytest.Config) -> RunSpec:
     return RunSpec(tier=tier, device=device, dtype=config.getoption("--attn-dtype"), workloads=names, modes=modes,
                    mem_cap=cap, inject=tuple(sorted(inject.items())), cpu_threads=0 if on_gpu else threads,
                    variant_modules=tuple(config.getoption("--attn-variants")),
+                   problem_files=tuple(config.stash.get(PROBLEM_FILES, [])),
                    only=tuple(config.getoption("--attn-only")),
                    device_time=config.getoption("--attn-device-time") == "on")
 

@@ -215,6 +215,43 @@ def families() -> list[Family]:
     return [f for _, f in sorted(_FAMILIES.items())]
 
 
+_EXTRA_PROBLEMS: dict[str, list[tuple[Problem, tuple[str, ...], str]]] = {}
+
+
+def add_problems(family: str, problems: Iterable[Problem], dtypes: Iterable[str] = (), source: str = "") -> None:
+    """Check every variant of ``family`` on these problems too (code or data outside the repository).
+
+    Each problem runs on the run's device, in each of ``dtypes`` the run also checks (every dtype of
+    the run when empty). ``source`` says where they came from (a file, a module) in error messages.
+    """
+    if family not in _FAMILIES:
+        raise KeyError(f"add_problems: unknown family {family!r}; known: {', '.join(sorted(_FAMILIES))}")
+    level = _FAMILIES[family].level
+    added = []
+    for problem in problems:
+        if not isinstance(problem, Problem):
+            raise TypeError(f"add_problems({family!r}): expected Problem objects, got {type(problem).__name__}")
+        if problem.level != level:
+            raise ValueError(f"add_problems({family!r}): {problem.id} is {problem.level}-level, the family {level}-level")
+        added.append((problem, tuple(dtypes), source))
+    _EXTRA_PROBLEMS.setdefault(family, []).extend(added)
+
+
+def problems_of(family: Family, device: str, dtypes: tuple) -> list[Problem]:
+    """The problems every variant of ``family`` is checked on: the family's own, then added ones."""
+    out = list(family.problems(device, dtypes)) if family.problems is not None else []
+    seen = {p.id for p in out}
+    for problem, wanted, _ in _EXTRA_PROBLEMS.get(family.name, []):
+        for dtype in dtypes:
+            if wanted and dtype not in wanted:
+                continue
+            candidate = problem.with_(device=device, dtype=dtype)
+            if candidate.id not in seen:
+                seen.add(candidate.id)
+                out.append(candidate)
+    return out
+
+
 def family_of(variant: "Variant") -> Family:
     """The family a variant belongs to; a clear error naming the variant when it is unknown."""
     try:

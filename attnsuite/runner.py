@@ -50,7 +50,8 @@ class RunSpec:
     """The run's choices as plain data: what the plugin read from its options, what a worker gets.
 
     ``variant_modules`` are the external variant modules (``--attn-variants``) a worker must import
-    to find the same variants; ``only`` is the ``--attn-only`` filter.
+    to find the same variants, ``problem_files`` the problems files (``--attn-problems``) it must
+    read to find the same workload entries; ``only`` is the ``--attn-only`` filter.
     """
 
     tier: str
@@ -65,6 +66,7 @@ class RunSpec:
     only: tuple[str, ...] = ()
     oracle_limit: int = ORACLE_LIMIT
     device_time: bool = True
+    problem_files: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (for the journal's header)."""
@@ -74,7 +76,7 @@ class RunSpec:
     def from_json(cls, data: dict[str, Any]) -> "RunSpec":
         """The inverse of :meth:`to_json`."""
         d = dict(data)
-        for name in ("workloads", "modes", "variant_modules", "only"):
+        for name in ("workloads", "modes", "variant_modules", "only", "problem_files"):
             d[name] = tuple(d.get(name) or ())
         d["inject"] = tuple((str(k), float(v)) for k, v in (d.get("inject") or ()))
         return cls(**d)

@@ -87,11 +87,13 @@ class Worker:
     def init(self, message: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        from . import memory, registry, torch_state
+        from . import memory, problem_file, registry, torch_state
         from .runner import RunSpec, bench_cases, settings_from_spec
 
         self.spec = RunSpec.from_json(message["spec"])
         registry.load_all(self.spec.variant_modules)
+        for path in self.spec.problem_files:
+            problem_file.load(path)
         self.settings = settings_from_spec(self.spec)
         if self.settings.cpu_threads:
             torch.set_num_threads(self.settings.cpu_threads)

@@ -17,8 +17,8 @@ device and dtype of the run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence
 
 from .problem import Mask, Problem
 from .record import MODES
@@ -266,6 +266,27 @@ _add(Workload(
               compiled_modes=NO_COMPILED),
     ),
 ))
+
+
+def add_entries(name: str, tier: str, entries: Sequence[Entry], description: str = "", source: str = "") -> Workload:
+    """Add benchmark entries to workload ``name``'s ``tier`` (a new workload needs a description).
+
+    For code and files outside the repository (``--attn-problems``); the entries run like the
+    built-in ones. Returns the workload as it is now.
+    """
+    if tier not in TIERS:
+        raise ValueError(f"unknown tier {tier!r}; expected one of {TIERS}")
+    for entry in entries:
+        if not isinstance(entry, Entry):
+            raise TypeError(f"workload {name!r}: expected Entry objects, got {type(entry).__name__}")
+    old = WORKLOADS.get(name)
+    if old is None:
+        if not description:
+            raise ValueError(f"workload {name!r} is new: it needs a description")
+        old = Workload(name=name, description=description, full=(), quick=(), source=source)
+    changed = replace(old, **{tier: old.tier(tier) + tuple(entries)})
+    WORKLOADS[name] = changed
+    return changed
 
 
 def get(name: str) -> Workload:

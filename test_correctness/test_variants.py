@@ -32,10 +32,8 @@ def _cases(config: pytest.Config, check: str):
     problems_of: dict[str, list] = {}
     for variant in selected_variants(config):
         family = registry.family_of(variant)
-        if family.problems is None:
-            continue
-        if family.name not in problems_of:
-            problems_of[family.name] = family.problems(device, dtypes)
+        if family.name not in problems_of:  # the family's own problems and those added from outside
+            problems_of[family.name] = registry.problems_of(family, device, dtypes)
         problems = problems_of[family.name]
         if variant.compiled and limit is not None:
             problems = [p for d in dtypes for p in [q for q in problems if q.dtype == d][:limit]]

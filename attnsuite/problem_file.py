@@ -1,0 +1,258 @@
+"""Problems and benchmark shapes from outside the repository, declared in a JSON or TOML file.
+
+``--attn-problems FILE`` (repeatable; also ``ATTNSUITE_PROBLEMS=a.json,b.toml``) reads a file like::
+
+    {"version": 1,
+     "problems": [
+       {"family": "attention", "lq": 33, "lk": 65, "hq": 4, "hkv": 2, "dqk": 32, "dv": 32,
+        "mask": {"kind": "causal", "align": "bottom_right"}, "dtypes": ["float32", "bfloat16"]}],
+     "workloads": [
+       {"name": "my-model", "description": "our attention at the shapes we ship",
+        "entries": [{"tier": "quick", "family": "attention", "modes": ["fwd"],
+                     "problem": {"batch": 2, "lq": 256, "hq": 8, "dqk": 64, "mask": {"kind": "causal"}}}]},
+       {"name": "gpt2-mha",
+        "entries": [{"tier": "full", "family": "attention", "problem": {"batch": 4, "lq": 2048, "hq": 12, "dqk": 64}}]}]}
+
+``problems`` adds correctness problems to an existing family: every variant of the family is checked
+on them (each ``dtypes`` entry the run also has; all of the run's when absent; on the run's device).
+``workloads`` adds benchmark entries: to an existing workload (its name) or to a new one (with a
+``description``). Problem fields are :class:`attnsuite.problem.Problem`'s (``lk`` defaults to ``lq``,
+``hkv`` to ``hq``, ``dv`` to ``dqk``; ``args`` a table of family settings), the mask a table of
+:class:`attnsuite.problem.Mask`'s fields. Every error names the file, the entry and the field.
+
+From Python the same is :func:`attnsuite.registry.add_problems` and :func:`attnsuite.workloads.add_entries`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import registry, workloads
+from .problem import Mask, Problem, ProblemError
+from .record import MODES
+
+VERSION = 1
+ENV = "ATTNSUITE_PROBLEMS"
+MAX_BYTES = 4 * 2**20
+
+_PROBLEM_FIELDS = {f.name: f for f in dataclasses.fields(Problem)}
+_MASK_FIELDS = {f.name: f for f in dataclasses.fields(Mask)}
+_TOP_KEYS = {"version", "problems", "workloads"}
+_PROBLEM_ENTRY_KEYS = {"family", "dtypes"}  # besides the problem's own fields
+_WORKLOAD_KEYS = {"name", "description", "source", "entries"}
+_ENTRY_KEYS = {"tier", "family", "problem", "modes", "variants", "note"}
+_LOADED: set[str] = set()
+
+
+class ProblemFileError(ValueError):
+    """A problems file that cannot be used; the message names the file, the entry and the field."""
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ProblemFileError(f"{path}: no such file")
+    if path.stat().st_size > MAX_BYTES:
+        raise ProblemFileError(f"{path}: larger than {MAX_BYTES // 2**20} MiB; not a problems file")
+    text = path.read_bytes()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text.decode("utf-8"))
+        else:
+            data = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise ProblemFileError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProblemFileError(f"{path}: the top level must be a table/object with 'problems' and/or 'workloads'")
+    return data
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _unknown(where: str, given: Iterable[str], known: Iterable[str]) -> None:
+    extra = sorted(set(given) - set(known))
+    if extra:
+        raise ProblemFileError(f"{where}: unknown field(s) {', '.join(map(repr, extra))}; "
+                               f"known: {', '.join(sorted(known))}")
+
+
+def _typed(where: str, name: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ProblemFileError(f"{where}: field {name!r} must be {_kind_name(kind)}, got {value!r}")
+    if not isinstance(value, kind):
+        raise ProblemFileError(f"{where}: field {name!r} must be {_kind_name(kind)}, got {value!r}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+                        list: "a list", dict: "a table"}.get(k, k.__name__) for k in kinds)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def _mask(where: str, value: Any) -> Mask:
+    if isinstance(value, str):
+        value = {"kind": value}
+    _typed(where, "mask", value, dict)
+    _unknown(f"{where}, mask", value, _MASK_FIELDS)
+    fields = dict(value)
+    if "doc_lens" in fields:
+        fields["doc_lens"] = tuple(_typed(f"{where}, mask", "doc_lens", fields["doc_lens"], list))
+    try:
+        return Mask(**fields)
+    except (ProblemError, TypeError) as exc:
+        raise ProblemFileError(f"{where}, mask: {exc}") from None
+
+
+def problem_from(where: str, fields: dict[str, Any], device: str = "cpu") -> Problem:
+    """A :class:`Problem` from a file's table of fields (defaults: lk = lq, hkv = hq, dv = dqk)."""
+    _typed(where, "problem", fields, dict)
+    _unknown(where, fields, _PROBLEM_FIELDS)
+    kw: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name == "mask":
+            kw["mask"] = _mask(where, value)
+        elif name == "args":
+            _typed(where, "args", value, dict)
+            kw["args"] = tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
+        elif name in ("batch", "lq", "lk", "hq", "hkv", "dqk", "dv", "d_model", "seed"):
+            kw[name] = _typed(where, name, value, int)
+        elif name in ("scale", "softcap", "dropout"):
+            kw[name] = float(_typed(where, name, value, (int, float)))
+        elif name == "alibi":
+            kw[name] = _typed(where, name, value, bool)
+        else:  # dtype, device, tag
+            kw[name] = _typed(where, name, value, str)
+    if "lq" in kw:
+        kw.setdefault("lk", kw["lq"])
+    if "hq" in kw:
+        kw.setdefault("hkv", kw["hq"])
+    if "dqk" in kw:
+        kw.setdefault("dv", kw["dqk"])
+    kw.setdefault("device", device)
+    try:
+        return Problem(**kw)
+    except ProblemError as exc:
+        raise ProblemFileError(f"{where}: {exc}") from None
+
+
+def _family(where: str, name: Any) -> registry.Family:
+    _typed(where, "family", name, str)
+    known = {f.name: f for f in registry.families()}
+    if name not in known:
+        raise ProblemFileError(f"{where}: field 'family': unknown family {name!r}; known: {', '.join(sorted(known))}")
+    return known[name]
+
+
+def _check_level(where: str, family: registry.Family, problem: Problem) -> None:
+    if problem.level != family.level:
+        need = "needs d_model (x to y)" if family.level == "layer" else "must not set d_model"
+        raise ProblemFileError(f"{where}: family {family.name!r} is {family.level}-level: the problem {need}")
+
+
+def load(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """Validate a problems file and register what it declares; (problems added, workload entries added).
+
+    The whole file is checked before anything is registered, so a bad file changes nothing. Loading
+    the same file twice registers it once.
+    """
+    p = Path(path).expanduser().resolve()
+    data = _read(p)
+    _unknown(str(p), data, _TOP_KEYS)
+    version = data.get("version", VERSION)
+    if version != VERSION:
+        raise ProblemFileError(f"{p}: field 'version': {version!r} is not supported (this suite reads {VERSION})")
+    problems: list[tuple[str, Problem, tuple[str, ...]]] = []
+    for i, item in enumerate(_typed(str(p), "problems", data.get("problems", []), list)):
+        where = f"{p}: problems[{i}]"
+        _typed(where, "entry", item, dict)
+        if "family" not in item:
+            raise ProblemFileError(f"{where}: field 'family' is required")
+        family = _family(where, item["family"])
+        dtypes = tuple(_typed(where, "dtypes", item.get("dtypes", []), list))
+        for d in dtypes:
+            _typed(where, "dtypes", d, str)
+        fields = {k: v for k, v in item.items() if k not in _PROBLEM_ENTRY_KEYS}
+        problem = problem_from(where, fields)
+        if dtypes:
+            try:
+                for d in dtypes:
+                    problem.with_(dtype=d)
+            except ProblemError as exc:
+                raise ProblemFileError(f"{where}: field 'dtypes': {exc}") from None
+        _check_level(where, family, problem)
+        problems.append((family.name, problem, dtypes))
+    entries: list[tuple[str, str, str, str, workloads.Entry]] = []
+    for i, item in enumerate(_typed(str(p), "workloads", data.get("workloads", []), list)):
+        where = f"{p}: workloads[{i}]"
+        _typed(where, "entry", item, dict)
+        _unknown(where, item, _WORKLOAD_KEYS)
+        name = _typed(where, "name", item.get("name"), str)
+        description = _typed(where, "description", item.get("description", ""), str)
+        source = _typed(where, "source", item.get("source", str(p)), str)
+        if name not in workloads.WORKLOADS and not description:
+            raise ProblemFileError(f"{where}: workload {name!r} is new: field 'description' is required "
+                                   f"(existing: {', '.join(workloads.WORKLOADS)})")
+        for j, entry in enumerate(_typed(where, "entries", item.get("entries", []), list)):
+            ewhere = f"{where}.entries[{j}]"
+            _typed(ewhere, "entry", entry, dict)
+            _unknown(ewhere, entry, _ENTRY_KEYS)
+            for required in ("tier", "family", "problem"):
+                if required not in entry:
+                    raise ProblemFileError(f"{ewhere}: field {required!r} is required")
+            tier = _typed(ewhere, "tier", entry["tier"], str)
+            if tier not in workloads.TIERS:
+                raise ProblemFileError(f"{ewhere}: field 'tier': {tier!r} is not one of {', '.join(workloads.TIERS)}")
+            family = _family(ewhere, entry["family"])
+            fields = _typed(ewhere, "problem", entry["problem"], dict)
+            # like the built-in entries: bf16 in the full tier, fp32 in the quick tier, unless stated
+            fields = {"dtype": "bfloat16" if tier == "full" else "float32", **fields}
+            problem = problem_from(f"{ewhere}.problem", fields)
+            _check_level(f"{ewhere}.problem", family, problem)
+            modes = tuple(_typed(ewhere, "modes", entry.get("modes", list(MODES)), list))
+            bad = [m for m in modes if m not in MODES]
+            if bad or not modes:
+                raise ProblemFileError(f"{ewhere}: field 'modes': {bad or modes!r} not in {', '.join(MODES)}")
+            variants = tuple(_typed(ewhere, "variants", entry.get("variants", []), list))
+            for v in variants:
+                try:
+                    registry.get(_typed(ewhere, "variants", v, str))
+                except registry.UnknownVariantError as exc:
+                    raise ProblemFileError(f"{ewhere}: field 'variants': {exc}") from None
+            note = _typed(ewhere, "note", entry.get("note", ""), str)
+            entries.append((name, description, source, tier,
+                            workloads.Entry(family.name, problem, modes=modes, variants=variants, note=note)))
+    if str(p) in _LOADED:
+        return len(problems), len(entries)
+    for family_name, problem, dtypes in problems:
+        registry.add_problems(family_name, [problem], dtypes=dtypes, source=str(p))
+    for name, description, source, tier, entry in entries:
+        workloads.add_entries(name, tier, [entry], description=description, source=source)
+    _LOADED.add(str(p))
+    return len(problems), len(entries)
+
+
+def load_all(paths: Iterable[str] = ()) -> list[str]:
+    """Load ``ATTNSUITE_PROBLEMS`` then ``paths``; the resolved paths loaded, in order."""
+    loaded = []
+    for spec in [*os.environ.get(ENV, "").split(","), *paths]:
+        spec = spec.strip()
+        if spec:
+            load(spec)
+            loaded.append(str(Path(spec).expanduser().resolve()))
+    return loaded

@@ -1,0 +1,185 @@
+"""Problems and benchmark entries from a file outside the repository (``--attn-problems``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from attnsuite import problem_file, registry, workloads
+from attnsuite.problem import Problem
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch):
+    registry.load_builtin()
+    monkeypatch.setattr(registry, "_EXTRA_PROBLEMS", {})
+    monkeypatch.setattr(workloads, "WORKLOADS", dict(workloads.WORKLOADS))
+    monkeypatch.setattr(problem_file, "_LOADED", set())
+    monkeypatch.delenv(problem_file.ENV, raising=False)
+
+
+GOOD = {
+    "version": 1,
+    "problems": [{"family": "attention", "lq": 33, "lk": 65, "hq": 4, "hkv": 2, "dqk": 32,
+                  "mask": {"kind": "causal", "align": "bottom_right"}, "dtypes": ["float32"]}],
+    "workloads": [
+        {"name": "my-model", "description": "ours", "entries": [
+            {"tier": "quick", "family": "attention", "modes": ["fwd"],
+             "problem": {"batch": 2, "lq": 64, "hq": 4, "dqk": 32, "mask": "causal"}}]},
+        {"name": "gpt2-mha", "entries": [
+            {"tier": "quick", "family": "attention", "modes": ["fwd"], "problem": {"lq": 48, "hq": 2, "dqk": 16}}]},
+    ],
+}
+
+
+def _write(tmp_path: Path, data, name: str = "problems.json") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def test_a_file_adds_problems_to_a_family_in_the_dtypes_it_names_and_on_the_runs_device(tmp_path):
+    assert problem_file.load(_write(tmp_path, GOOD)) == (1, 2)
+    family = registry.family_of(registry.get("explicit"))
+    ids = [p.id for p in registry.problems_of(family, "cpu", ("float32", "bfloat16"))]
+    assert "b1-q33k65-h4:2-d32-causal-br-fp32-cpu" in ids
+    assert not any(i.startswith("b1-q33k65-h4:2-d32-causal-br-bf16") for i in ids)  # not a dtype it named
+
+
+def test_a_file_adds_a_new_workload_and_entries_to_an_existing_one(tmp_path):
+    before = len(workloads.get("gpt2-mha").quick)
+    problem_file.load(_write(tmp_path, GOOD))
+    assert workloads.get("my-model").quick[0].problem.id.startswith("b2-q64-h4-d32-causal")
+    assert workloads.get("my-model").quick[0].problem.dtype == "float32"  # the quick tier's default
+    assert len(workloads.get("gpt2-mha").quick) == before + 1
+    expanded = workloads.expand("quick", "cpu", None, ("my-model",))
+    assert [e.problem.device for e in expanded] == ["cpu"]
+
+
+def test_toml_reads_the_same(tmp_path):
+    toml = '''
+version = 1
+[[problems]]
+family = "attention"
+lq = 21
+hq = 2
+dqk = 16
+mask = { kind = "window", window = 4 }
+'''
+    problem_file.load(_write(tmp_path, toml, "p.toml"))
+    family = registry.family_of(registry.get("explicit"))
+    assert "b1-q21-h2-d16-win4-fp32-cpu" in [p.id for p in registry.problems_of(family, "cpu", ("float32",))]
+
+
+def test_loading_a_file_twice_adds_its_problems_once(tmp_path):
+    path = _write(tmp_path, GOOD)
+    problem_file.load(path)
+    problem_file.load(path)
+    assert len(registry._EXTRA_PROBLEMS["attention"]) == 1
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda d: d["problems"][0].update(lqq=3), "problems[0]: unknown field(s) 'lqq'"),
+    (lambda d: d["problems"][0].update(lq="33"), "problems[0]: field 'lq' must be a whole number"),
+    (lambda d: d["problems"][0].update(lq=True), "problems[0]: field 'lq' must be a whole number"),
+    (lambda d: d["problems"][0].update(family="nope"), "problems[0]: field 'family': unknown family 'nope'"),
+    (lambda d: d["problems"][0].pop("family"), "problems[0]: field 'family' is required"),
+    (lambda d: d["problems"][0].update(hq=3), "problems[0]: hq=3 is not a multiple of hkv=2"),
+    (lambda d: d["problems"][0].update(mask={"kind": "diagonal"}), "problems[0], mask: unknown mask kind"),
+    (lambda d: d["problems"][0].update(mask={"knd": "causal"}), "problems[0], mask: unknown field(s) 'knd'"),
+    (lambda d: d["problems"][0].update(dtypes=["float8"]), "problems[0]: field 'dtypes': unknown dtype 'float8'"),
+    (lambda d: d["problems"][0].update(d_model=64, lk=33), "problems[0]: family 'attention' is kernel-level"),
+    (lambda d: d["workloads"][0]["entries"][0].update(tier="huge"), "workloads[0].entries[0]: field 'tier'"),
+    (lambda d: d["workloads"][0]["entries"][0].update(modes=["sideways"]), "workloads[0].entries[0]: field 'modes'"),
+    (lambda d: d["workloads"][0]["entries"][0].update(variants=["nosuch"]),
+     "workloads[0].entries[0]: field 'variants'"),
+    (lambda d: d["workloads"][0]["entries"][0].pop("problem"), "workloads[0].entries[0]: field 'problem' is required"),
+    (lambda d: d["workloads"][0].pop("description"), "workloads[0]: workload 'my-model' is new"),
+    (lambda d: d["workloads"][1]["entries"][0]["problem"].update(dqk=0),
+     "workloads[1].entries[0].problem: problem field dqk must be a positive int"),
+    (lambda d: d.update(version=2), "field 'version': 2 is not supported"),
+    (lambda d: d.update(extra=1), "unknown field(s) 'extra'"),
+])
+def test_a_bad_entry_is_refused_naming_the_file_the_entry_and_the_field_and_nothing_is_added(tmp_path, change, words):
+    data = json.loads(json.dumps(GOOD))
+    change(data)
+    path = _write(tmp_path, data)
+    before = dict(workloads.WORKLOADS)
+    with pytest.raises(problem_file.ProblemFileError) as info:
+        problem_file.load(path)
+    assert str(path) in str(info.value) and words in str(info.value), str(info.value)
+    assert registry._EXTRA_PROBLEMS == {} and workloads.WORKLOADS == before
+
+
+@pytest.mark.parametrize("text,words", [
+    ("{not json", "not valid JSON"),
+    ('{"problems": [], "problems": []}', "duplicate key 'problems'"),
+    ("[1, 2]", "the top level must be a table"),
+])
+def test_a_file_that_is_not_a_problems_file_is_refused_with_its_name(tmp_path, text, words):
+    path = _write(tmp_path, text)
+    with pytest.raises(problem_file.ProblemFileError, match=words):
+        problem_file.load(path)
+
+
+def test_a_missing_file_is_named():
+    with pytest.raises(problem_file.ProblemFileError, match="no such file"):
+        problem_file.load("/nonexistent/problems.json")
+
+
+def test_from_python_problems_must_match_the_familys_level():
+    with pytest.raises(ValueError, match="layer-level, the family kernel-level"):
+        registry.add_problems("attention", [Problem(lq=8, lk=8, d_model=64)])
+    with pytest.raises(KeyError, match="unknown family 'nope'"):
+        registry.add_problems("nope", [Problem()])
+
+
+# ----------------------------------------------------------------------- through pytest, end to end
+
+@pytest.fixture
+def outside(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A project that is not this repository: the suite's plugin, its bench and correctness modules."""
+    pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
+    shutil.copytree(ROOT / "bench", pytester.path / "bench")
+    shutil.copytree(ROOT / "test_correctness", pytester.path / "test_correctness",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    _write(pytester.path, GOOD, "ours.json")
+    return pytester.path
+
+
+def test_an_added_problem_is_checked_for_the_selected_variant_only(pytester, outside):
+    result = pytester.runpytest_subprocess(
+        "test_correctness/test_variants.py", "-p", "no:cacheprovider", "-q", "-n", "0",
+        f"--attn-problems={outside / 'ours.json'}", "--attn-only=explicit", "-k", "q33k65")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) >= 3 and not outcomes.get("failed"), result.stdout.str()[-2000:]
+    collected = pytester.runpytest_subprocess(
+        "test_correctness/test_variants.py", "-p", "no:cacheprovider", "-q", "--collect-only", "-n", "0",
+        f"--attn-problems={outside / 'ours.json'}", "-k", "q33k65").stdout.str()
+    assert "explicit@b1-q33k65-h4:2-d32-causal-br-fp32-cpu" in collected and "sdpa@b1-q33k65" in collected
+
+
+def test_an_added_workload_is_benchmarked_in_the_worker_process(pytester, outside):
+    out = outside / "out.json"
+    result = pytester.runpytest_subprocess(
+        "bench", "--benchmark-only", "-p", "no:cacheprovider", "-q", "--attn-device=cpu", "--attn-tier=quick",
+        f"--attn-problems={outside / 'ours.json'}", "--attn-workload=my-model", "--attn-only=explicit",
+        "--attn-gate=off", f"--benchmark-json={out}")
+    assert result.ret == 0, result.stdout.str()[-2000:]
+    recs = [b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]]
+    assert [(r["workload"], r["variant"], r["outcome"]) for r in recs] == [("my-model", "explicit", "ok")]
+
+
+def test_a_bad_problems_file_is_a_usage_error_before_anything_runs(pytester, outside):
+    bad = _write(outside, {"problems": [{"family": "attention", "lq": -1}]}, "bad.json")
+    result = pytester.runpytest_subprocess("bench", "--benchmark-only", "-p", "no:cacheprovider",
+                                           f"--attn-problems={bad}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"{bad}: problems[0]: problem field lq must be a positive int" in result.stderr.str()
