@@ -159,6 +159,13 @@ class BenchCase:
         return f"{self.workload} {self.mode}"
 
 
+def is_distributed(variant: registry.Variant) -> bool:
+    """Whether ``variant`` runs on P ranks of a process group (attnsuite.distributed)."""
+    from .distributed.variant import DistributedVariant
+
+    return isinstance(variant, DistributedVariant)
+
+
 def bench_cases(spec: RunSpec) -> list[BenchCase]:
     """Every (workload entry, variant, mode) of the spec's tier after its filters, in run order."""
     only = set(spec.only)
@@ -167,7 +174,11 @@ def bench_cases(spec: RunSpec) -> list[BenchCase]:
     cases = []
     for ex in workloads.expand(spec.tier, spec.device, spec.dtype, spec.workloads):
         entry = ex.entry
-        family_variants = [v.name for v in registry.variants(family=entry.family)]
+        # a variant that runs on P ranks is benchmarked by attnsuite.distributed (its own launcher), not
+        # in a case worker: it joins an entry only where the entry names it (and is then skipped
+        # with its reason), never by the family's default expansion
+        family_variants = [v.name for v in registry.variants(family=entry.family)
+                           if not is_distributed(v) or v.name in entry.variants]
         modes = [m for m in entry.modes if m in spec.modes]
         if not family_variants:
             if not only_given:  # a filtered run does not list families it did not ask for

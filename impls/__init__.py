@@ -14,3 +14,4 @@ from . import ring  # noqa: F401
 from . import gqa  # noqa: F401
 from . import decode  # noqa: F401
 from . import dropout  # noqa: F401
+from . import distributed  # noqa: F401

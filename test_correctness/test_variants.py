@@ -11,6 +11,7 @@ import warnings
 import pytest
 
 from attnsuite import checks, registry
+from attnsuite.runner import is_distributed
 from attnsuite.plugin import selected_variants
 
 from .conftest import correctness_device, correctness_dtypes
@@ -31,6 +32,8 @@ def _cases(config: pytest.Config, check: str):
         limit = None if device.startswith("cuda") else 2
     problems_of: dict[str, list] = {}
     for variant in selected_variants(config):
+        if is_distributed(variant):
+            continue  # checked on P ranks by test_distributed.py
         family = registry.family_of(variant)
         if family.name not in problems_of:  # the family's own problems and those added from outside
             problems_of[family.name] = registry.problems_of(family, device, dtypes)

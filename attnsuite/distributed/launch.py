@@ -1,0 +1,166 @@
+"""Start P rank processes once, run tasks on all of them, gather their results; never hang.
+
+:class:`RankPool` starts the ranks (fork on CPU, which costs milliseconds instead of a torch
+import per rank; spawn on CUDA, which a CUDA context requires), with the rendezvous on a TCPStore
+the parent opens on port 0, so the operating system picks a free port and no other process can
+take it between choosing and binding. Every wait has a deadline: a rank that dies, raises, or does not answer in time ends the pool (its processes are stopped) and
+raises :class:`RankError` naming the task, the rank and the world size. The next task starts a
+fresh pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import time
+from datetime import timedelta
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from .worker import STOP, rank_main
+
+HOST = "127.0.0.1"
+ERROR_GRACE_S = 5.0  # after one rank raised, how long its peers get to answer before the pool is ended
+
+
+class RankError(RuntimeError):
+    """A rank died, hung or raised; the message names the task, the rank and the world size."""
+
+
+class RankPool:
+    """P ranks of one process group on ``device`` ('cpu': gloo, 'cuda': NCCL, rank r on GPU r)."""
+
+    def __init__(self, world_size: int, device: str = "cpu", timeout_s: float = 60.0,
+                 start_timeout_s: Optional[float] = None) -> None:
+        if world_size < 1:
+            raise ValueError(f"RankPool: world size must be >= 1, got {world_size}")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"RankPool: device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda" and torch.cuda.device_count() < world_size:
+            raise ValueError(f"RankPool: {world_size} ranks need {world_size} GPUs; "
+                             f"this host has {torch.cuda.device_count()}")
+        self.world_size = world_size
+        self.device = device
+        self.timeout_s = timeout_s
+        self.start_timeout_s = start_timeout_s if start_timeout_s is not None else max(timeout_s, 120.0 if device == "cuda" else 30.0)
+        self._procs: list = []
+        self._commands: list = []
+        self._results = None
+        self._store = None
+        self._ids = itertools.count()
+        self.starts = 0  # how many times the ranks were started (a pool restarts after a failure)
+
+    # ---- lifetime -------------------------------------------------------------------------------
+    def __enter__(self) -> "RankPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._procs) and all(p.is_alive() for p in self._procs)
+
+    def start(self) -> None:
+        """Start the ranks and wait until every one has joined the group."""
+        if self.alive:
+            return
+        self.close()
+        # spawn under CUDA (a forked child cannot use a CUDA context); fork on CPU (no torch re-import)
+        ctx = mp.get_context("spawn" if self.device == "cuda" else "fork")
+        self._store = dist.TCPStore(HOST, 0, is_master=True, wait_for_workers=False,
+                                    timeout=timedelta(seconds=self.start_timeout_s))
+        self._results = ctx.Queue()
+        self._commands = [ctx.Queue() for _ in range(self.world_size)]
+        for rank in range(self.world_size):
+            proc = ctx.Process(
+                target=rank_main,
+                args=(rank, self.world_size, self.device, HOST, self._store.port, self.timeout_s,
+                      self._commands[rank], self._results),
+                daemon=True,
+                name=f"attnsuite-rank{rank}-of-{self.world_size}",
+            )
+            proc.start()
+            self._procs.append(proc)
+        self.starts += 1
+        self._collect(None, f"starting P={self.world_size} ranks on {self.device}", self.start_timeout_s)
+
+    def close(self) -> None:
+        """Stop the ranks (politely, then by terminating the processes this pool started)."""
+        for q in self._commands:
+            try:
+                q.put(STOP)
+            except Exception:
+                pass
+        deadline = time.monotonic() + 2.0
+        for p in self._procs:
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+        for p in self._procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=2.0)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=2.0)
+        self._procs, self._commands, self._results, self._store = [], [], None, None
+
+    # ---- running tasks ----------------------------------------------------------------------------
+    def run(self, task: Callable[[Any, Any], Any], payload: Any, what: str,
+            timeout_s: Optional[float] = None) -> list:
+        """Run ``task(ctx, payload)`` on every rank; the ranks' results in rank order.
+
+        ``what`` names the work in errors (e.g. the variant and problem). Raises RankError when a
+        rank raises, dies or does not answer within ``timeout_s`` (default the pool's).
+        """
+        self.start()
+        task_id = next(self._ids)
+        for q in self._commands:
+            q.put((task_id, task, payload))
+        return self._collect(task_id, what, timeout_s or self.timeout_s)
+
+    def _collect(self, task_id: Optional[int], what: str, timeout_s: float) -> list:
+        P = self.world_size
+        got: dict[int, Any] = {}
+        errors: dict[int, str] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(got) + len(errors) < P:
+            now = time.monotonic()
+            if now > deadline:
+                missing = sorted(set(range(P)) - set(got) - set(errors))
+                self.close()
+                if errors:
+                    raise RankError(self._error_text(what, errors, missing))
+                raise RankError(f"{what}: rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
+                                f"of P={P} did not answer within {timeout_s:g} s (hung); the ranks were stopped")
+            try:
+                kind, rank, tid, body = self._results.get(timeout=min(0.2, max(deadline - now, 0.01)))
+            except queue.Empty:
+                dead = [(r, p.exitcode) for r, p in enumerate(self._procs)
+                        if not p.is_alive() and r not in got and r not in errors]
+                if dead:
+                    self.close()
+                    r, code = dead[0]
+                    raise RankError(f"{what}: rank {r} of P={P} died (exit code {code}); the ranks were stopped")
+                continue
+            if tid != task_id and kind != "error":
+                continue  # a late answer to an earlier task
+            if kind == "error":
+                errors[rank] = body
+                deadline = min(deadline, time.monotonic() + ERROR_GRACE_S)  # peers may be stuck waiting for it
+            else:
+                got[rank] = body
+        if errors:
+            # a rank that raised may have left sends or receives posted: a fresh group for the next task
+            self.close()
+            raise RankError(self._error_text(what, errors, []))
+        return [got[r] for r in range(P)]
+
+    def _error_text(self, what: str, errors: dict[int, str], missing: list[int]) -> str:
+        rank = min(errors)
+        last = errors[rank].strip().splitlines()[-1] if errors[rank].strip() else "?"
+        tail = f"; rank(s) {missing} then hung and the ranks were stopped" if missing else ""
+        return (f"{what}: rank {rank} of P={self.world_size} raised {last}{tail}\n"
+                + errors[rank].strip())

@@ -1,0 +1,54 @@
+"""The rank side of a :class:`attnsuite.distributed.launch.RankPool`: join the group, then run tasks.
+
+Each rank process joins the process group once (NCCL on CUDA, gloo on CPU) and then serves
+tasks until told to stop: a task is a module-level function ``task(ctx, payload) -> result`` run
+on every rank with that rank's :class:`RankContext`. An exception in a task is sent back as text
+naming the rank; the rank stays up for the next task.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .variant import RankContext
+
+STOP = None  # the command that ends a rank's loop
+
+
+def rank_main(rank: int, world_size: int, device: str, host: str, port: int, timeout_s: float,
+              commands, results) -> None:
+    """Entry point of one rank process (started by the pool; not called by users)."""
+    try:
+        # one intra-op thread per rank: P ranks share the host's cores, and a forked OpenMP pool is unsafe
+        torch.set_num_threads(1)
+        if device == "cuda":
+            torch.cuda.set_device(rank)
+        store = dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=timeout_s))
+        backend = "nccl" if device == "cuda" else "gloo"
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s))
+        torch_device = torch.device("cuda", rank) if device == "cuda" else torch.device("cpu")
+        results.put(("ready", rank, None, os.getpid()))
+    except Exception:
+        results.put(("error", rank, None, traceback.format_exc()))
+        return
+    while True:
+        command = commands.get()
+        if command is STOP:
+            break
+        task_id, task, payload = command
+        ctx = RankContext(rank, world_size, torch_device)
+        torch.set_grad_enabled(True)  # each task starts from the default, whatever the last one left
+        try:
+            results.put(("ok", rank, task_id, task(ctx, payload)))
+        except Exception:
+            results.put(("error", rank, task_id, traceback.format_exc()))
+    try:
+        dist.destroy_process_group()
+    except Exception:  # a broken group (a peer died) need not be torn down cleanly
+        pass

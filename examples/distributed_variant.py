@@ -1,0 +1,56 @@
+"""A minimal distributed variant (docs/distributed.md): every rank gathers all K/V, then attends locally.
+
+Load it like any external variant (``--attn-variants examples/distributed_variant.py`` or
+``registry.load_external``); test_correctness/test_distributed.py runs it on 2 and 3 ranks through
+the suite's checks. It is a teaching example, not a fast one: it holds the whole K/V on every rank.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributed.nn.functional import all_gather  # differentiable: dK/dV flow back to their owners
+
+from attnsuite import mask_mods
+from attnsuite.distributed.shard import positions
+from attnsuite.distributed.variant import DistributedVariant
+from attnsuite.registry import register
+
+
+@register
+class GatherKV(DistributedVariant):
+    name = "example-gather-kv"
+    description = "example: all-gather K/V, attend locally with the mask at global positions"
+    masks = frozenset({"none", "causal"})
+    features = frozenset({"gqa"})
+    sharding = "contiguous"
+    returns_lse = True
+
+    def world_reasons(self, problem, world_size, device):
+        # all_gather needs equal shards: refuse, with the reason, what it cannot split evenly
+        if problem.lk % world_size:
+            return [f"{self.name}: lk={problem.lk} is not a multiple of P={world_size} (all_gather needs equal shards)"]
+        return []
+
+    def build_rank(self, problem, ctx):
+        allowed = None
+        mod = mask_mods.mask_mod(problem, str(ctx.device))
+        if mod is not None:  # this rank's query rows against every key, at global positions
+            qi = positions(ctx.layout.q[ctx.rank], ctx.device)[:, None]
+            kj = torch.arange(problem.lk, device=ctx.device)[None, :]
+            zero = torch.zeros((), dtype=torch.long, device=ctx.device)
+            allowed = mod(zero, zero, qi, kj)
+
+        def run(q, k, v):
+            k_all = torch.cat(all_gather(k, group=ctx.group), dim=2)  # contiguous shards: rank order = global order
+            v_all = torch.cat(all_gather(v, group=ctx.group), dim=2)
+            ctx.bytes_sent += (ctx.world_size - 1) * (k.numel() * k.element_size() + v.numel() * v.element_size())
+            g = problem.hq // problem.hkv
+            k_all, v_all = k_all.repeat_interleave(g, dim=1), v_all.repeat_interleave(g, dim=1)
+            s = (q.float() @ k_all.float().transpose(-2, -1)) * problem.softmax_scale
+            if allowed is not None:
+                s = s.masked_fill(~allowed, float("-inf"))
+            lse = torch.logsumexp(s, dim=-1)
+            out = torch.exp(s - lse.unsqueeze(-1)) @ v_all.float()
+            return out.to(q.dtype), lse.detach()
+
+        return run

@@ -1,0 +1,294 @@
+"""Distributed variants on P ranks, checked like every other variant (docs/distributed.md).
+
+Each registered distributed variant runs on P ranks of one process group (gloo on CPU, NCCL on
+CUDA); the ranks' output, log-sum-exp and dq/dk/dv shards are gathered and put through the
+suite's own checks (attnsuite/checks.py, attnsuite/tolerance.py): forward, lse, backward,
+causality by perturbation, every element written. Ids read ``<variant>[P=<n>]@<problem>-<check>``.
+Mutants of the ring (a K/V block dropped, a merge with a stale maximum, key positions off by one)
+must be caught, and a rank that hangs, dies or raises must come back as an error naming the
+variant, the rank and the world size.
+
+Device switch: ATTNSUITE_DIST_DEVICE=cuda (default cpu), ATTNSUITE_DIST_DTYPES=bfloat16,float16
+(default: the problems' own dtypes), ATTNSUITE_DIST_WORLD=2 (default 2,3,4 on CPU, 2 on CUDA).
+One pool of ranks per world size serves every test of that size (rank start-up is the cost).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from attnsuite import checks, registry
+from attnsuite.distributed.bench import scaling_efficiency
+from attnsuite.distributed.check import CHECKS, OnRanks, run_check, skip_reason
+from attnsuite.distributed.launch import RankError, RankPool
+from attnsuite.distributed.ring_attention import FAULTS
+from attnsuite.distributed.run import call
+from attnsuite.distributed.shard import contiguous, layout, validate, zigzag
+from attnsuite.distributed.variant import DistributedVariant, refusal
+from attnsuite.inputs import kernel_inputs
+from attnsuite.problem import Mask, Problem
+
+registry.load_builtin()
+
+DEVICE = os.environ.get("ATTNSUITE_DIST_DEVICE", "cpu")
+_world = os.environ.get("ATTNSUITE_DIST_WORLD", "2,3,4" if DEVICE == "cpu" else "2")
+WORLD_SIZES = tuple(int(p) for p in _world.split(",") if p.strip())
+_dtypes = tuple(d for d in os.environ.get("ATTNSUITE_DIST_DTYPES", "").split(",") if d)
+CAUSAL, CAUSAL_BR, NONE = Mask("causal"), Mask("causal", align="bottom_right"), Mask()
+
+
+def _problems() -> list[Problem]:
+    """Small shapes on CPU (even, uneven, GQA, Lq != Lk, fewer positions than chunks); small and medium on CUDA."""
+    if DEVICE == "cpu":
+        shapes = [
+            dict(batch=1, lq=24, lk=24, hq=2, hkv=2, dqk=16, dv=16, mask=NONE, dtype="float32"),
+            dict(batch=2, lq=23, lk=23, hq=4, hkv=2, dqk=16, dv=16, mask=CAUSAL, dtype="float32"),  # GQA, uneven
+            dict(batch=1, lq=13, lk=29, hq=2, hkv=1, dqk=16, dv=8, mask=CAUSAL_BR, dtype="float64"),  # Lq != Lk
+            dict(batch=1, lq=32, lk=32, hq=2, hkv=2, dqk=16, dv=16, mask=CAUSAL, dtype="bfloat16"),
+            dict(batch=1, lq=5, lk=5, hq=2, hkv=2, dqk=8, dv=8, mask=CAUSAL, dtype="float32"),  # empty shards
+            dict(batch=1, lq=22, lk=22, hq=12, hkv=12, dqk=8, dv=8, mask=CAUSAL, dtype="float32"),  # heads split by 2, 3, 4
+        ]
+    else:
+        shapes = [
+            dict(batch=1, lq=256, lk=256, hq=4, hkv=4, dqk=64, dv=64, mask=NONE, dtype="bfloat16"),
+            dict(batch=1, lq=256, lk=256, hq=4, hkv=4, dqk=64, dv=64, mask=CAUSAL, dtype="float16"),
+            dict(batch=2, lq=1000, lk=1000, hq=8, hkv=2, dqk=128, dv=128, mask=CAUSAL, dtype="bfloat16"),  # uneven, GQA
+            dict(batch=1, lq=1024, lk=1024, hq=8, hkv=8, dqk=128, dv=128, mask=CAUSAL, dtype="bfloat16"),
+            dict(batch=1, lq=1024, lk=1024, hq=8, hkv=8, dqk=128, dv=128, mask=NONE, dtype="float16"),
+        ]
+    out = [Problem(device=DEVICE, **s) for s in shapes]
+    if _dtypes:
+        out = [p.with_(dtype=d) for p in out for d in _dtypes]
+    return list(dict.fromkeys(out))
+
+
+# PyTorch's context_parallel on CPU: seen to refuse (no sharding strategy for the CPU SDPA op) and,
+# on some shapes, to hang in its collectives until our timeout; one problem shows the reason seen.
+CP_CPU_PROBE = Problem(batch=1, lq=24, lk=24, hq=2, hkv=2, dqk=16, dv=16, mask=CAUSAL, dtype="float32")
+
+
+def _cases():
+    for P in WORLD_SIZES:
+        for variant in registry.variants(family="attention"):
+            if not isinstance(variant, DistributedVariant):
+                continue
+            problems = _problems()
+            if DEVICE == "cpu" and variant.name.startswith("context-parallel"):
+                problems = [CP_CPU_PROBE]
+            for problem in problems:
+                for check in CHECKS:
+                    yield pytest.param(variant.name, P, problem, check, id=f"{variant.name}[P={P}]@{problem.id}-{check}")
+
+
+@pytest.fixture(scope="module")
+def pools():
+    """One RankPool per world size, started on first use and shared by the module's tests."""
+    made: dict[int, RankPool] = {}
+
+    def get(P: int) -> RankPool:
+        if P not in made:
+            made[P] = RankPool(P, DEVICE, timeout_s=60.0 if DEVICE == "cpu" else 120.0)
+        return made[P]
+
+    yield get
+    for pool in made.values():
+        pool.close()
+
+
+@pytest.mark.parametrize("name,P,problem,check", list(_cases()))
+def test_distributed_variant_on_P_ranks_passes_the_check(name, P, problem, check, pools):
+    variant = OnRanks(registry.get(name), pools(P))
+    reason = skip_reason(check, variant, problem)
+    if reason:
+        pytest.skip(reason)
+    result = run_check(check, variant, problem)
+    if not result.passed and refusal(result.message):
+        pytest.skip(f"{name} refused on {DEVICE} with P={P}: {refusal(result.message)}")
+    assert result.passed, result.message
+
+
+# ---- mutants: each must fail the checks --------------------------------------------------------
+MUTANT_PROBLEM = Problem(batch=2, lq=24, lk=24, hq=2, hkv=2, dqk=16, dv=16, mask=CAUSAL, dtype="float32", device=DEVICE)
+
+
+@pytest.mark.parametrize("sharding", ["ring", "ring-zigzag"])
+@pytest.mark.parametrize("P", [p for p in (2, 3) if p in WORLD_SIZES] or list(WORLD_SIZES)[:1])
+@pytest.mark.parametrize("fault", FAULTS)
+def test_ring_mutant_is_caught_by_the_forward_check(fault, P, sharding, pools):
+    honest = OnRanks(type(registry.get(sharding))(), pools(P))
+    mutant = OnRanks(type(registry.get(sharding))(fault=fault), pools(P))
+    assert run_check("forward", honest, MUTANT_PROBLEM).passed  # the problem itself is fine
+    result = run_check("forward", mutant, MUTANT_PROBLEM)
+    assert not result.passed, f"mutant {mutant.name} went unnoticed:\n{result.message}"
+    assert "output: max error" in result.message and f"[mutant={fault}][P={P}]" in result.message
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_ring_mutant_is_caught_by_the_backward_check_too(fault, pools):
+    P = WORLD_SIZES[0]
+    mutant = OnRanks(type(registry.get("ring"))(fault=fault), pools(P))
+    result = run_check("backward", mutant, MUTANT_PROBLEM)
+    assert not result.passed and "grad " in result.message, result.message
+
+
+def test_a_mutant_needs_a_known_fault():
+    with pytest.raises(ValueError, match="unknown fault 'late-merge'; known: drop-block, stale-max, shift-positions"):
+        type(registry.get("ring"))(fault="late-merge")
+
+
+# ---- ranks that misbehave -------------------------------------------------------------------------
+class _Misbehaving(DistributedVariant):
+    """Rank 1 hangs, dies or raises; the other ranks answer at once. Not registered."""
+
+    name = "misbehaving"
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def build_rank(self, problem, ctx):
+        def run(q, k, v):
+            if ctx.rank == 1:
+                if self.how == "hang":
+                    time.sleep(600)
+                if self.how == "die":
+                    os._exit(7)
+                raise ValueError("rank one disagrees")
+            return q.new_zeros((*q.shape[:3], problem.dv)), None
+
+        return run
+
+
+@pytest.mark.parametrize("how,expected", [
+    ("hang", r"misbehaving on .* with P=2: rank 1 of P=2 did not answer within 3 s \(hung\)"),
+    ("die", r"misbehaving on .* with P=2: rank 1 of P=2 died \(exit code 7\)"),
+    ("raise", r"misbehaving on .* with P=2: rank 1 of P=2 raised ValueError: rank one disagrees"),
+])
+def test_a_rank_that_hangs_dies_or_raises_is_an_error_naming_variant_rank_and_world_size(how, expected):
+    if DEVICE != "cpu":
+        pytest.skip("rank failures are exercised on CPU (fork start-up is instant)")
+    problem = Problem(batch=1, lq=8, lk=8, hq=2, hkv=2, dqk=8, dv=8, dtype="float32")
+    q, k, v, _ = kernel_inputs(problem)
+    with RankPool(2, "cpu", timeout_s=3.0) as pool:
+        with pytest.raises(RankError, match=expected):
+            call(pool, _Misbehaving(how), problem, {"q": q, "k": k, "v": v})
+        assert not pool.alive  # the ranks were stopped, not left behind
+        got = call(pool, registry.get("ring"), problem, {"q": q, "k": k, "v": v})  # a fresh pool serves the next call
+        assert pool.starts == 2 and got.out.isfinite().all()
+
+
+# ---- layouts, bytes, one-process behaviour, efficiency ---------------------------------------------
+def test_zigzag_gives_rank_r_chunks_r_and_2P_minus_1_minus_r():
+    assert zigzag(10, 2) == (((0, 3), (8, 10)), ((3, 6), (6, 8)))
+    assert zigzag(3, 2) == (((0, 1),), ((1, 2), (2, 3)))  # chunks of 1, 1, 1, 0: the empty one left out
+    assert contiguous(5, 3) == (((0, 2),), ((2, 4),), ((4, 5),))
+    assert layout("zigzag", 7, 9, 3).kv == zigzag(9, 3)
+
+
+def test_a_layout_that_misses_or_repeats_a_position_is_refused():
+    with pytest.raises(ValueError, match="do not partition 0..5"):
+        validate((((0, 3),), ((2, 6),)), 6, "test")
+    with pytest.raises(ValueError, match="cover 0..4, not 0..5"):
+        validate((((0, 3),), ((3, 5),)), 6, "test")
+    with pytest.raises(ValueError, match="unknown sharding 'striped'"):
+        layout("striped", 4, 4, 2)
+
+
+def test_ring_sends_P_minus_1_kv_blocks_per_rank_forward(pools):
+    P = WORLD_SIZES[0]
+    problem = Problem(batch=1, lq=8 * P, lk=8 * P, hq=2, hkv=1, dqk=16, dv=8, dtype="float32", device=DEVICE)
+    q, k, v, _ = kernel_inputs(problem)
+    got = call(pools(P), registry.get("ring"), problem, {"q": q, "k": k, "v": v})
+    block = 1 * 1 * 8 * (16 + 8) * 4  # one rank's K and V shard, fp32, one kv head
+    assert got.bytes_sent == [(P - 1) * block] * P
+
+
+def test_in_one_process_a_distributed_variant_declines_and_says_where_it_runs():
+    reason = checks.skip_reason("forward", registry.get("ring-zigzag"), MUTANT_PROBLEM)
+    assert reason and "distributed variant" in reason and "test_distributed.py" in reason
+
+
+@pytest.mark.parametrize("t1,p,tp,expected", [(1.0, 2, 0.5, 1.0), (1.0, 2, 0.625, 0.8), (3.0, 4, 1.0, 0.75)])
+def test_scaling_efficiency_is_single_time_over_P_times_parallel_time(t1, p, tp, expected):
+    assert scaling_efficiency(t1, p, tp) == pytest.approx(expected)
+
+
+def test_scaling_efficiency_refuses_nonsense():
+    with pytest.raises(ValueError, match="p must be a positive int"):
+        scaling_efficiency(1.0, 0, 1.0)
+    with pytest.raises(ValueError, match="times must be positive"):
+        scaling_efficiency(1.0, 2, 0.0)
+
+
+@pytest.mark.parametrize("check", ["forward", "lse", "backward", "causality"])
+@pytest.mark.parametrize("sharding", ["ring", "ring-zigzag"])
+def test_ring_plain_math_path_passes_where_the_fused_path_would_run(sharding, check, pools):
+    problem = Problem(batch=2, lq=23, lk=23, hq=4, hkv=2, dqk=16, dv=16, mask=CAUSAL, dtype="float32", device=DEVICE)
+    P = WORLD_SIZES[-1]
+    variant = OnRanks(type(registry.get(sharding))(fused=False), pools(P))
+    assert variant.name == f"{sharding}[math][P={P}]"
+    result = run_check(check, variant, problem)
+    assert result.passed, result.message
+
+
+def test_fused_kernels_are_used_only_where_they_compute_the_same_function():
+    import torch
+
+    from attnsuite.distributed.ring_attention import fused_allowed
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert fused_allowed(MUTANT_PROBLEM, cpu)
+    assert not fused_allowed(MUTANT_PROBLEM, cuda)  # fp32 on CUDA: flash has no fp32 kernel
+    assert fused_allowed(MUTANT_PROBLEM.with_(dtype="bfloat16"), cuda)
+    assert not fused_allowed(MUTANT_PROBLEM.with_(mask=Mask("window", window=3)), cpu)
+    assert not fused_allowed(MUTANT_PROBLEM.with_(dv=8), cpu)
+    assert not fused_allowed(MUTANT_PROBLEM.with_(dtype="float64"), cpu)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_run_distributed_case_reports_slowest_rank_memory_and_bytes(mode, pools):
+    from attnsuite import timing
+    from attnsuite.distributed.bench import run_distributed_case
+
+    P = WORLD_SIZES[0]
+    problem = Problem(batch=1, lq=16 * P, lk=16 * P, hq=2, hkv=2, dqk=16, dv=16, mask=CAUSAL, dtype="float32", device=DEVICE)
+    rec = run_distributed_case("ring-zigzag", problem, mode, P, timing.QUICK_CPU, pool=pools(P), samples=3)
+    assert rec["outcome"] == "ok", rec["detail"]
+    assert rec["time_s"] == max(rec["rank_median_s"]) and len(rec["rank_median_s"]) == P
+    assert rec["sharding"] == "zigzag" and rec["bytes_estimated"] is False
+    kv_block = 2 * 2 * 8 * 16 * 4 * 2  # K and V, 2 heads, 2 zigzag chunks of 8 rows (P=2), d 16, fp32
+    fwd_bytes = (P - 1) * kv_block
+    if P == 2:
+        # fwd+bwd: forward's hops, backward's K/V hops again, and P hops of fp32 dK/dV
+        assert rec["bytes_sent_per_rank"] == [fwd_bytes if mode == "fwd" else 2 * fwd_bytes + P * kv_block] * P
+    assert (rec["peak_bytes_per_rank"] == [None] * P) == (DEVICE == "cpu")
+
+
+def test_run_distributed_case_skips_what_the_variant_declines(pools):
+    from attnsuite import timing
+    from attnsuite.distributed.bench import run_distributed_case
+
+    problem = Problem(batch=1, lq=8, lk=8, hq=3, hkv=3, dqk=8, dv=8, dtype="float32", device=DEVICE)
+    rec = run_distributed_case("ulysses", problem, "fwd", 2, timing.QUICK_CPU, pool=pools(2))
+    assert rec["outcome"] == "skip" and "hq=3 is not a multiple of P=2" in rec["detail"]
+    assert run_distributed_case("ring", problem, "bwd", 2, timing.QUICK_CPU)["outcome"] == "skip"
+
+
+@pytest.mark.parametrize("P", [2, 3])
+def test_the_documented_example_variant_passes_every_check_on_P_ranks(P):
+    if DEVICE != "cpu":
+        pytest.skip("the example is loaded from a file: a forked (CPU) rank sees it, a spawned one would not")
+    from pathlib import Path
+
+    registry.load_external(str(Path(__file__).resolve().parents[1] / "examples" / "distributed_variant.py"))
+    example = registry.get("example-gather-kv")
+    problem = Problem(batch=2, lq=24, lk=24, hq=4, hkv=2, dqk=16, dv=16, mask=CAUSAL, dtype="float32")
+    with RankPool(P, "cpu", timeout_s=30.0) as pool:  # started after the load, so the ranks know the class
+        variant = OnRanks(example, pool)
+        for check in CHECKS:
+            result = run_check(check, variant, problem)
+            assert result.passed, result.message
+        assert "lk=23 is not a multiple of P=2" in skip_reason("forward", OnRanks(example, RankPool(2)),
+                                                              problem.with_(lq=23, lk=23))
