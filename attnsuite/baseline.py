@@ -63,6 +63,8 @@ MAX_JSON_DEPTH = 64  # ours nest 6 deep; deeper input would only serve to exhaus
 MAX_TIME_MS = 86_400_000.0  # one day: no benchmark call takes longer
 MAX_MEM_BYTES = 2**50  # 1 PiB: no device holds more
 MAX_TEXT = 1000  # characters of a fingerprint or entry text field (detail is cut to _DETAIL_MAX)
+# the "attnsuite" object's list of cases that produced no samples (see run_from_benchmarks_json)
+UNMEASURED_KEY = "unmeasured"
 CALIBRATION_TEXT_MAX = 300  # a calibration string is a short note (device name, method, error)
 
 # Fields kept in a baseline entry, and how each is rounded. Anything else in a CaseRecord is
@@ -965,6 +967,15 @@ def record_problems(rec: CaseRecord) -> list[str]:
     return out
 
 
+def benchmark_entries(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every case entry of a pytest-benchmark JSON object this suite wrote: pytest-benchmark's own
+    ``benchmarks`` (cases with samples) and ``attnsuite.unmeasured`` (skipped, out of memory,
+    failed: kept apart so pytest-benchmark's ``compare`` shows no 0 ns rows)."""
+    meta = obj.get("attnsuite")
+    unmeasured = meta.get(UNMEASURED_KEY) if isinstance(meta, dict) else None
+    return list(obj.get("benchmarks") or []) + list(unmeasured or [])
+
+
 def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None) -> Run:
     """The attnsuite records of a pytest-benchmark JSON object (``ResultFileError`` when malformed).
 
@@ -1001,6 +1012,12 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
             if problems:
                 raise ResultFileError(where, "; ".join(problems[:5]))
             calibration = dict(calibration) or None
+    # cases without samples (skipped, out of memory, failed) are kept beside pytest-benchmark's list,
+    # so its own `compare` does not show them as 0 ns results (plugin_bench.pytest_benchmark_update_json)
+    unmeasured = meta.get(UNMEASURED_KEY) if isinstance(meta, dict) else None
+    if unmeasured is not None and not isinstance(unmeasured, list):
+        raise ResultFileError(where, f"\"attnsuite.{UNMEASURED_KEY}\" is {type(unmeasured).__name__}, expected a list")
+    benches = list(benches) + list(unmeasured or [])
     records: dict[str, CaseRecord] = {}
     foreign = 0
     dups = []

@@ -3,7 +3,7 @@
     attnsuite compare OLD NEW          # OLD, NEW: pytest-benchmark result JSON or baseline files
     attnsuite record RESULT.json       # write/refresh baselines/<fingerprint-id>.json from a run
     attnsuite record R1.json R2.json R3.json   # ... from several runs: per case, the median (combine.py)
-    attnsuite report RESULT.json [--baseline B] [--markdown out.md] [--plots DIR]
+    attnsuite report RESULT.json [--baseline B] [--markdown out.md] [--plots DIR] [--html out.html [--gate-json G]]
     attnsuite check baselines/*.json   # validate baseline files
 
 Exit status: 0 pass; 1 the gate fails (a gating verdict, with ``--gate enforce``, the default);
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import baseline as bl
-from . import ab, gate, report
+from . import ab, gate, report, summary
 from .combine import combine_runs
 from .verdict import Comparison, Scope, ThresholdsError, load_thresholds
 
@@ -100,11 +100,14 @@ def cmd_report(args: argparse.Namespace, out) -> int:
     if args.baseline:
         base = bl.load_run(args.baseline)
         cmp = _judge(base, run, args)
-        text = report.markdown_diff(cmp)
+        last = summary.build(run.records, cmp, gate_mode="report")
+        text = report.markdown_diff(cmp, head=summary.markdown_lines(last, report.md_escape))
         runs["baseline"] = base.records
         print(report.terminal_table(cmp), file=out)
     else:
-        text = report.markdown_run(run.records, context=[f"from `{args.result}`"])
+        last = summary.build(run.records, None, baseline_lines=["no baseline given (--baseline names one)"])
+        text = report.markdown_run(run.records, context=[f"from `{args.result}`"],
+                                   head=summary.markdown_lines(last, report.md_escape))
         print(f"{len(run.records)} cases in {args.result}", file=out)
     if args.markdown:
         report.write_markdown(text, args.markdown)
@@ -117,7 +120,32 @@ def cmd_report(args: argparse.Namespace, out) -> int:
     if args.plots:
         res = report.make_plots(runs, args.plots)
         print(res.message, file=out)
+    if args.html:
+        _write_html(args, run, out)
+    print("\n".join(summary.terminal_lines(last)), file=out)  # the answers last, as at the end of a run
     return EXIT_OK
+
+
+def _write_html(args: argparse.Namespace, run: bl.Run, out) -> None:
+    """``--html``: one self-contained HTML file (html_report), with the gate JSON's verdicts when given."""
+    from . import html_report
+
+    gate_json = None
+    if args.gate_json:
+        try:
+            gate_json = json.loads(Path(args.gate_json).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--gate-json {args.gate_json}: cannot read it as JSON: {exc}") from None
+        if not isinstance(gate_json, dict) or not isinstance(gate_json.get("cases", []), list):
+            raise ValueError(f"--gate-json {args.gate_json}: not a gate JSON (an object with a \"cases\" list)")
+    text = html_report.render(run.records, gate_json=gate_json, source=str(args.result), fingerprint=run.fingerprint)
+    bl.atomic_write_text(args.html, text)
+    print(f"HTML report written to {args.html}", file=out)
+    if args.step_summary_top:
+        top = html_report.step_summary(run.records, gate_json, Path(args.html).name)
+        where = report.append_step_summary(top)
+        print(f"report top appended to {where}" if where else "GITHUB_STEP_SUMMARY is not set: no job summary written",
+              file=out)
 
 
 def cmd_check(args: argparse.Namespace, out) -> int:
@@ -184,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--markdown", help="write the markdown here (default: print it)")
     rep.add_argument("--step-summary", action="store_true", help="append the markdown to $GITHUB_STEP_SUMMARY")
     rep.add_argument("--plots", help="folder for PNG plots of TFLOP/s and memory against sequence length")
+    rep.add_argument("--html", help="write one self-contained HTML report here (sortable tables, inline SVG plots)")
+    rep.add_argument("--gate-json", help="with --html: the gate's verdicts (--attn-gate-json) to draw against their bands")
+    rep.add_argument("--step-summary-top", action="store_true",
+                     help="with --html: append the report's top (the run's summary) to $GITHUB_STEP_SUMMARY")
     rep.set_defaults(func=cmd_report)
 
     ch = sub.add_parser("check", help="validate baseline files")

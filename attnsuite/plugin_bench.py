@@ -11,13 +11,15 @@ killed run on from there.
 pytest-benchmark integration: the stats pytest-benchmark reports and writes are fed from the
 suite's own device-correct samples (its stock clock would time only the launch on a GPU); the
 record goes in ``extra_info``; cases without samples (skipped, out of memory, error, crash) are
-added to the JSON's ``benchmarks`` list by :func:`pytest_benchmark_update_json` with zero rounds,
-so they never vanish from the results. The machine fingerprint goes in ``machine_info`` and at top
+written by :func:`pytest_benchmark_update_json` beside that list, in ``attnsuite.unmeasured`` (same
+entry form, zero rounds), so they never vanish from the results and pytest-benchmark's own
+``compare`` does not show them as 0 ns results. The machine fingerprint goes in ``machine_info`` and at top
 level, with the instance calibration probes (:mod:`attnsuite.calibrate`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -30,7 +32,7 @@ from typing import Any, Optional, Sequence
 import pytest
 import torch
 
-from . import fingerprint, journal, memory, registry, timing, workloads
+from . import baseline, fingerprint, journal, memory, progress, registry, timing, workloads
 from .dispatch import Dispatcher, visible_gpus
 from .isolation import Failure, WorkerPool, WorkerStartError
 from .plugin import PROBLEM_FILES
@@ -346,6 +348,7 @@ class BenchRunner:
         self.resumed: dict[str, dict[str, Any]] = {}
         self.confirm_seconds = 0.0  # the gate's second measurements of flagged cases
         self.deferred_seconds = 0.0  # kernel-sum device times measured after the other cases
+        self.loop_seconds: Optional[float] = None  # wall time of the test loop (every case once)
 
     def case(self, key: str) -> BenchCase:
         """The benchmark case with this key (the pytest parameter)."""
@@ -392,7 +395,8 @@ class BenchRunner:
             why = reply.detail if isinstance(reply, Failure) else (reply or {}).get("error")
             self.calibration = {"error": f"calibration probes failed: {why}"}
         if self.gpu_ids:
-            self.calibration = {**self.calibration, "gpus": list(self.gpu_ids), "probed_gpu": self.gpu_ids[0]}
+            # text, as the baseline store keeps calibration entries (numbers or text)
+            self.calibration = {**self.calibration, "gpus": ",".join(self.gpu_ids), "probed_gpu": self.gpu_ids[0]}
         fp = fingerprint_of(self.config)
         self.resumed = dict(self.config.stash.get(_RESUMED, {}))  # read and checked in pytest_configure
         self.journal = journal.Journal(_journal_path(self.config), self.spec.to_json(), fp["id"],
@@ -439,7 +443,9 @@ class BenchRunner:
 
     def run(self, bc: BenchCase, benchmark, request: pytest.FixtureRequest) -> CaseRecord:
         """Run a case, hand its samples and record to pytest-benchmark, and end the test accordingly."""
+        tracker = _progress_tracker(request.session)
         rec, result = self.execute(bc)
+        _write_progress(request.config, tracker.case_done(rec.key, rec.outcome))
         benchmark.group = bc.group
         benchmark.extra_info.update(rec.to_extra_info())
         measured = result is not None and bool(result.samples_s)
@@ -553,6 +559,32 @@ def confirm_cases(config: pytest.Config, keys: Sequence[str]) -> dict[str, CaseR
     return runner.confirm(list(keys))
 
 
+_PROGRESS = pytest.StashKey[progress.Progress]()
+
+
+def _progress_tracker(session: pytest.Session) -> progress.Progress:
+    """The session's progress counter (made at the first case: its clock starts there)."""
+    if _PROGRESS not in session.config.stash:
+        total = sum(1 for item in session.items if "bench_case" in getattr(item, "fixturenames", ()))
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        tty = bool(getattr(tr, "isatty", False))
+        session.config.stash[_PROGRESS] = progress.Progress(total, interactive=progress.interactive(tty, os.environ))
+    return session.config.stash[_PROGRESS]
+
+
+def _write_progress(config: pytest.Config, line: Optional[str]) -> None:
+    """A due progress line, on a line of its own in pytest's output (written past output capture:
+    the case is still inside its test call)."""
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if not line or tr is None:
+        return
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+        if getattr(getattr(tr, "_tw", None), "width_of_current_line", 0):  # mid-way through a line of dots
+            tr.write("\n")
+        tr.write_line(line)
+
+
 def _runner(config: pytest.Config) -> BenchRunner:
     if _RUNNER not in config.stash:
         config.stash[_RUNNER] = BenchRunner(config)
@@ -571,14 +603,17 @@ def pytest_runtestloop(session: pytest.Session):
     # the items' order, so the workers run ahead of the items that report them.
     keys = [item.callspec.params["bench_case"] for item in session.items
             if hasattr(item, "callspec") and "bench_case" in item.callspec.params]
+    loop_start = time.perf_counter()
     if keys and not session.config.option.collectonly:
         _runner(session.config).prefetch(keys)
     # After every case ran (and before the gate's confirmation, whose wrapper is outside this one,
     # and before pytest-benchmark writes the JSON): the deferred kernel-sum device times.
     outcome = yield
+    runner = session.config.stash.get(_RUNNER, None)
+    if runner is not None:
+        runner.loop_seconds = time.perf_counter() - loop_start
     if outcome.excinfo is not None:  # interrupted: the journal keeps what finished; measure nothing more
         return
-    runner = session.config.stash.get(_RUNNER, None)
     if runner is not None and runner.started and not session.shouldstop:
         runner.complete_device_times()
 
@@ -657,10 +692,13 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     if runner is None:
         return
     present = {b.get("fullname") for b in output_json.get("benchmarks", [])}
+    # Cases without samples go beside pytest-benchmark's list, not in it: its own `compare` would
+    # show them as 0 ns results. The suite's readers take both (baseline.run_from_benchmarks_json).
+    unmeasured = output_json["attnsuite"].setdefault(baseline.UNMEASURED_KEY, [])
     for landed in runner.landed:
         if landed.nodeid in present:
             continue
-        output_json["benchmarks"].append({
+        unmeasured.append({
             "group": landed.group,
             "name": landed.name,
             "fullname": landed.nodeid,
@@ -680,6 +718,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
         output_json["attnsuite"]["worker_start_s"] = round(start_s, 3)
         output_json["attnsuite"]["gpus"] = list(runner.gpu_ids) or None
     # what the run spent after its cases, so the cost of confirmation and of deferral is on record
+    output_json["attnsuite"]["loop_s"] = None if runner.loop_seconds is None else round(runner.loop_seconds, 3)
     output_json["attnsuite"]["confirm_s"] = round(runner.confirm_seconds, 3)
     output_json["attnsuite"]["deferred_device_time_s"] = round(runner.deferred_seconds, 3)
 
@@ -733,3 +772,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         terminalreporter.write_line(
             f"worker processes started: {started} ({start_s:.1f} s starting them)"
             + (f" on GPUs {', '.join(runner.gpu_ids)}" if runner.gpu_ids else ""))
+    if runner.loop_seconds is not None:
+        terminalreporter.write_line(
+            f"wall time: every case {runner.loop_seconds:.1f} s, deferred device times "
+            f"{runner.deferred_seconds:.1f} s, confirmation {runner.confirm_seconds:.1f} s")

@@ -32,12 +32,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import pytest
 
 from . import baseline as bl
-from . import gate, plugin_bench, report
+from . import gate, plugin_bench, report, summary
 from .verdict import CONFIRMABLE, Comparison, Scope, ThresholdsError
 
 _STATE = pytest.StashKey["GateState"]()
@@ -56,6 +56,7 @@ class GateState:
         self.deselected = 0
         self.selected_keys: Optional[frozenset[str]] = None  # case keys of the collected benchmark items
         self.probing = False  # building a JSON object for the gate's own use: not the run's JSON
+        self.no_baseline: list[str] = []  # why there was no comparison (the last screen says it)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -418,6 +419,38 @@ def _write_gate_json(config: pytest.Config, state: GateState, obj: dict[str, Any
         state.lines.append(f"could not write the gate JSON {target}: {exc}")
 
 
+def _files(config: pytest.Config) -> list[tuple[str, str]]:
+    """(what, path) of every file this session writes that a person opens next."""
+    out = []
+    for what, option in (("benchmark JSON", "benchmark_json"), ("gate diff", "--attn-markdown"),
+                         ("verdicts", "--attn-gate-json")):
+        value = config.getoption(option, default=None)
+        if value:
+            out.append((what, str(value)))
+    return out
+
+
+def _summary_of(config: pytest.Config, records: Any, cmp: Optional[Comparison],
+                why_none: Sequence[str] = ()) -> summary.Summary:
+    mode = config.getoption("--attn-gate")
+    if mode == "off":
+        why_none = ["the gate is off (--attn-gate off): nothing was compared"]
+    return summary.build(records, cmp, gate_mode=mode, baseline_lines=why_none, files=_files(config))
+
+
+def _summary_markdown(config: pytest.Config, records: Any, cmp: Optional[Comparison],
+                      why_none: Sequence[str] = ()) -> list[str]:
+    """The last screen as markdown: it heads gate.md."""
+    return summary.markdown_lines(_summary_of(config, records, cmp, why_none), report.md_escape)
+
+
+def _session_records(config: pytest.Config) -> dict[str, Any]:
+    """Every record of this session, from the benchmarks plugin (skipped and failed cases included)."""
+    runner = config.stash.get(plugin_bench._RUNNER, None)
+    landed = getattr(runner, "landed", None) or []
+    return {item.record.key: item.record for item in landed}
+
+
 def _write_markdown(config: pytest.Config, state: GateState, text: str) -> None:
     md_path = config.getoption("--attn-markdown")
     if md_path:
@@ -468,7 +501,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             _usage_error(session, state, str(exc))
             return
         state.comparison = cmp
-        _write_markdown(config, state, report.markdown_diff(cmp))
+        _write_markdown(config, state, report.markdown_diff(cmp, head=_summary_markdown(config, run.records, cmp)))
         _write_gate_json(config, state, cmp.to_json())
         if cmp.failed and mode == "enforce" and not recording:
             tr = config.pluginmanager.get_plugin("terminalreporter")
@@ -482,7 +515,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if mode != "off":
             state.lines.append("no comparison: results are still in the benchmark JSON; make this machine's "
                                "baseline with --attn-record-baseline")
-            _write_markdown(config, state, report.markdown_run(run.records, context=lookup_lines(lookup)))
+            state.no_baseline = lookup_lines(lookup)
+            _write_markdown(config, state, report.markdown_run(
+                run.records, context=lookup_lines(lookup),
+                head=_summary_markdown(config, run.records, None, state.no_baseline)))
             _write_gate_json(config, state, {"compared": False, "failed": False, "reason": str(lookup.message),
                                              "cases": []})
     if recording:
@@ -512,9 +548,27 @@ def _record(session: pytest.Session, state: GateState, run: bl.Run, path: Option
         _usage_error(session, state, f"cannot record baseline {path}: {exc}")
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables: the summary is the last screen
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state: Optional[GateState] = config.stash.get(_STATE, None)
-    if state is None or not (state.lines or state.comparison or state.error):
+    if state is None:
+        return
+    _gate_section(terminalreporter, config, state)
+    records = _session_records(config)
+    if records:
+        tr = terminalreporter
+        tr.write_sep("=", "attnsuite summary", bold=True)
+        why = [f"the gate stopped: {state.error}"] if state.error else state.no_baseline
+        s = _summary_of(config, records, state.comparison, why)
+        for line in summary.terminal_lines(s):
+            failing = line.startswith("FAIL")
+            tr.write_line(line, red=failing, green=line.startswith("PASS"), yellow=line.startswith("REPORTED"),
+                          bold=failing)
+
+
+def _gate_section(terminalreporter: Any, config: pytest.Config, state: GateState) -> None:
+    """The gate's detail: notes, every finding as a table, the gating and reported lines."""
+    if not (state.lines or state.comparison or state.error):
         return
     tr = terminalreporter
     tr.write_sep("=", "attnsuite regression gate", bold=True)

@@ -23,6 +23,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from .baseline import atomic_write_text
 from .record import CaseRecord
+from .summary import percent_of_peak, skip_reason_class
 from .verdict import CaseVerdict, Comparison, fmt_bytes, fmt_ms, fmt_pct
 
 MARKER = "<!-- attnsuite-gate -->"
@@ -146,7 +147,8 @@ TABLE_HEADER = ("verdict", "case", "judged", "baseline", "this run", "change", "
 
 def terminal_table(cmp: Comparison, *, show_same: bool = False, max_rows: int = 200) -> str:
     """A plain-text table of the verdicts (unchanged cases left out unless ``show_same``)."""
-    rows = [v for v in cmp.verdicts if show_same or v.verdict != "same" or v.reported]
+    new_skipped = [v for v in cmp.new if v.cur is not None and v.cur.outcome == "skipped"]
+    rows = [v for v in cmp.verdicts if show_same or ((v.verdict != "same" or v.reported) and v not in new_skipped)]
     header = TABLE_HEADER
     body = [(v.verdict, v.key) + _change_cells(v) for v in rows[:max_rows]]
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(header)]
@@ -164,8 +166,11 @@ def terminal_table(cmp: Comparison, *, show_same: bool = False, max_rows: int = 
     if len(rows) > max_rows:
         lines.append(f"... {len(rows) - max_rows} more rows")
     hidden = len(cmp.verdicts) - len(rows)
-    if hidden:
-        lines.append(f"({hidden} unchanged cases not shown)")
+    skipped = 0 if show_same else len(new_skipped)
+    if hidden - skipped:
+        lines.append(f"({hidden - skipped} unchanged cases not shown)")
+    if skipped:
+        lines.append(f"({skipped} new cases that are skipped not shown: counted by reason in the summary)")
     lines.append(cmp.summary())
     return "\n".join(lines)
 
@@ -192,11 +197,18 @@ def _md_finding(v: CaseVerdict) -> str:
     return f"- **{md_escape('/'.join(v.flags))}** {md_escape(v.key)}: {md_escape(v.message)}"
 
 
-def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", context: Sequence[str] = ()) -> str:
-    """The PR-review markdown: verdict line, regressions, improvements, new, unchanged collapsed."""
+def _skipped_both(v: CaseVerdict) -> bool:
+    """A case skipped in both runs: counted by reason in the summary, not a row of its own."""
+    return all(r is not None and r.outcome == "skipped" for r in (v.base, v.cur))
+
+
+def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", context: Sequence[str] = (),
+                  head: Sequence[str] = ()) -> str:
+    """The PR-review markdown: verdict line, ``head`` (the run's summary, :mod:`attnsuite.summary`),
+    regressions, improvements, new, unchanged collapsed (cases skipped in both runs only counted)."""
     status = "❌ **FAIL**" if cmp.failed else "✅ pass"
     counts = ", ".join(f"{n} {k}" for k, n in cmp.counts().items()) or "no cases"
-    out = [MARKER, f"### {md_escape(title)}: {status}", ""]
+    out = [MARKER, f"### {md_escape(title)}: {status}", "", *head]
     out += [f"> {md_escape(line)}" for line in header_lines(cmp)]
     if out[-1] != "":
         out.append("")
@@ -218,9 +230,15 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
     if cmp.improvements:
         out += [f"#### Improvements ({len(cmp.improvements)}): refresh the baseline to keep them",
                 "", *_md_table(cmp.improvements), ""]
-    if cmp.new:
-        out += [f"#### New cases ({len(cmp.new)})", "", *_md_table(cmp.new), ""]
-    same = cmp.unchanged
+    new = [v for v in cmp.new if not (v.cur is not None and v.cur.outcome == "skipped")]
+    if len(new) < len(cmp.new):
+        out += [f"{len(cmp.new) - len(new)} new cases are skipped (counted by reason in the summary above).", ""]
+    if new:
+        out += [f"#### New cases ({len(new)})", "", *_md_table(new), ""]
+    same = [v for v in cmp.unchanged if not _skipped_both(v)]
+    skipped = len(cmp.unchanged) - len(same)
+    if skipped:
+        out += [f"{skipped} cases were skipped in both runs (counted by reason in the summary above).", ""]
     if same:
         shown = same[:_MD_ROWS_MAX]
         out += ["<details>", f"<summary>Unchanged ({len(same)})</summary>", "", *_md_table(shown)]
@@ -230,19 +248,28 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
     return "\n".join(out).rstrip() + "\n"
 
 
-def markdown_run(records: Mapping[str, CaseRecord], *, title: str = "attnsuite results", context: Sequence[str] = ()) -> str:
-    """A markdown table of one run's cases (no baseline to compare with)."""
-    out = [MARKER, f"### {md_escape(title)}", ""] + [f"> {md_escape(c)}" for c in context] + [""]
+def markdown_run(records: Mapping[str, CaseRecord], *, title: str = "attnsuite results", context: Sequence[str] = (),
+                 head: Sequence[str] = ()) -> str:
+    """A markdown table of one run's cases (no baseline to compare with), after ``head`` (the run's
+    summary); skipped cases are counted by reason there (or in one line here), not given rows."""
+    out = [MARKER, f"### {md_escape(title)}", "", *head] + [f"> {md_escape(c)}" for c in context] + [""]
+    skipped = [r for r in records.values() if r.outcome == "skipped"]
+    if skipped and not head:
+        reasons = sorted({skip_reason_class(r) for r in skipped})
+        out += [f"{len(skipped)} cases skipped ({md_escape('; '.join(reasons))}).", ""]
     out.append("| workload | variant | mode | problem | outcome | median | IQR | device | TFLOP/s | % peak | "
                "peak memory | backend |")
     out.append("|" + "---|" * 12)
     for key in sorted(records):
         r = records[key]
+        if r.outcome == "skipped":
+            continue
+        pct = percent_of_peak(r, None)[0] if r.outcome == "ok" else None  # a stable, stated peak only
         outcome = md_escape(r.outcome) if r.outcome == "ok" else f"**{md_escape(r.outcome)}** {md_escape((r.detail or '')[:80])}"
         cells = [md_escape(c) for c in (r.workload, r.variant, r.mode, r.problem)] + [outcome] + [
             md_escape(c) for c in (fmt_ms(r.median_ms), fmt_ms(r.iqr_ms), fmt_ms(r.device_ms),
                                    "-" if r.tflops is None else f"{r.tflops:.4g}",
-                                   "-" if r.pct_peak is None else f"{r.pct_peak:.3g}", fmt_bytes(r.peak_mem_bytes),
+                                   "-" if pct is None else f"{pct:.3g}", fmt_bytes(r.peak_mem_bytes),
                                    r.backend or "-")]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
@@ -297,31 +324,76 @@ class Series:
     points: list[tuple[int, Optional[float], Optional[float]]] = field(default_factory=list)  # (L, TFLOP/s, MiB)
 
 
-def plot_series(records: Mapping[str, CaseRecord]) -> dict[str, list[Series]]:
-    """Plot data: per figure (workload, mode, problem shape) the series per variant, sorted by length.
+def lengths(rec: CaseRecord) -> tuple[Optional[int], Optional[int]]:
+    """(query length, key length) from the problem id (``q128``, or ``q1k512`` for decode)."""
+    m = _LEN_RE.search(rec.problem)
+    if not m:
+        return None, None
+    return int(m.group(1)), int(m.group(2) or m.group(1))
 
-    Only ok cases with a sequence length are plotted; a figure needs two lengths or more.
+
+@dataclass
+class Figure:
+    """One plot's data: the x axis's name and, per line, its (length, record) points sorted by length."""
+
+    axis: str
+    lines: dict[str, list[tuple[int, CaseRecord]]]
+
+
+def figures(records: Mapping[str, CaseRecord]) -> dict[str, Figure]:
+    """THE grouping of ok cases into plots: one figure per workload and mode, every workload included.
+
+    The x axis is the key length, or the query length where every key length of the figure is the
+    same (decode). A line is a variant; where a workload and mode have several problem shapes (the
+    id without batch and lengths), a figure per shape when each shape has two lengths or more,
+    else one figure whose line labels carry the shape.
     """
-    figs: dict[str, dict[str, Series]] = defaultdict(dict)
+    groups: dict[tuple[str, str], list[CaseRecord]] = defaultdict(list)
     for r in records.values():
-        L = seq_len(r)
-        if r.outcome != "ok" or L is None:
-            continue
-        fig = f"{r.workload} {r.mode} {series_signature(r)}".strip()
-        s = figs[fig].setdefault(r.variant, Series(r.variant))
-        mib = None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20
-        s.points.append((L, r.tflops, mib))
+        if r.outcome == "ok" and lengths(r)[0] is not None:
+            groups[(r.workload, r.mode)].append(r)
+    out: dict[str, Figure] = {}
+    for (workload, mode), recs in sorted(groups.items()):
+        shapes: dict[str, list[CaseRecord]] = defaultdict(list)
+        for r in recs:
+            shapes[series_signature(r)].append(r)
+        if all(len({lengths(r) for r in rs}) >= 2 for rs in shapes.values()):
+            for shape, rs in sorted(shapes.items()):
+                out[f"{workload} {mode} {shape}".strip()] = _figure(rs, label_shape=False)
+        else:
+            out[f"{workload} {mode}"] = _figure(recs, label_shape=len(shapes) > 1)
+    return out
+
+
+def _figure(recs: Sequence[CaseRecord], label_shape: bool) -> Figure:
+    use_q = len({lengths(r)[1] for r in recs}) <= 1 and len({lengths(r)[0] for r in recs}) > 1
+    lines: dict[str, list[tuple[int, CaseRecord]]] = defaultdict(list)
+    for r in recs:
+        q, k = lengths(r)
+        label = f"{r.variant} [{series_signature(r)}]" if label_shape else r.variant
+        lines[label].append((q if use_q else k, r))  # type: ignore[arg-type]
+    return Figure("query length" if use_q else "sequence length",
+                  {k: sorted(v, key=lambda p: p[0]) for k, v in sorted(lines.items())})
+
+
+def plot_series(records: Mapping[str, CaseRecord]) -> dict[str, list[Series]]:
+    """Plot data: per figure (:func:`figures`) the series per line: (length, TFLOP/s, MiB) points."""
     out = {}
-    for fig, by_variant in sorted(figs.items()):
-        series = [replace_sorted(s) for _, s in sorted(by_variant.items())]
-        if len({p[0] for s in series for p in s.points}) >= 2:
-            out[fig] = series
+    for name, fig in figures(records).items():
+        out[name] = [Series(label, [(x, r.tflops, None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20)
+                                    for x, r in pts]) for label, pts in fig.lines.items()]
     return out
 
 
 def replace_sorted(s: Series) -> Series:
     """A series with its points sorted by length."""
     return Series(s.label, sorted(s.points, key=lambda p: p[0]))
+
+
+# 20 colours that stay apart (Tableau 20's strong and light pairs, strong first)
+PLOT_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+                "#dbdb8d", "#9edae5")
 
 
 @dataclass
@@ -348,19 +420,24 @@ def make_plots(runs: Mapping[str, Mapping[str, CaseRecord]], outdir: os.PathLike
     data = {label: plot_series(recs) for label, recs in runs.items()}
     figures = sorted({f for d in data.values() for f in d})
     if not figures:
-        return PlotResult([], "plots skipped: no workload has ok cases at two sequence lengths or more")
+        return PlotResult([], "plots skipped: no ok case with a sequence length")
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for fig_name in figures:
         fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.5))
+        labels = sorted({s.label for d in data.values() for s in d.get(fig_name, [])})
         for i, (label, d) in enumerate(data.items()):
             for s in d.get(fig_name, []):
+                # one colour per line label (the same variant keeps it across runs); past the palette,
+                # the marker changes; the first run solid, the others dashed
+                j = labels.index(s.label)
+                colour, marker = PLOT_COLOURS[j % len(PLOT_COLOURS)], "os^Dvx"[(j // len(PLOT_COLOURS)) % 6]
                 style = "-" if i == 0 else "--"
                 name = s.label if len(data) == 1 else f"{s.label} ({label})"
                 xs = [p[0] for p in s.points]
-                ax_t.plot(xs, [p[1] for p in s.points], style, marker="o", label=name)
-                ax_m.plot(xs, [p[2] for p in s.points], style, marker="o", label=name)
+                ax_t.plot(xs, [p[1] for p in s.points], style, color=colour, marker=marker, label=name)
+                ax_m.plot(xs, [p[2] for p in s.points], style, color=colour, marker=marker, label=name)
         for ax, what in ((ax_t, "TFLOP/s"), (ax_m, "peak memory above inputs (MiB)")):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("sequence length")

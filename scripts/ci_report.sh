@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Plots (TFLOP/s and peak memory against sequence length) and the run's markdown table, from the
-# result JSON that scripts/ci_bench.sh wrote. Never fails the job for a missing plotting library.
+# The run's report, from the result JSON that scripts/ci_bench.sh wrote: one self-contained HTML file
+# (report.html: the summary, plots of every workload, sortable tables, the gate's change per case
+# against its band), its top appended to $GITHUB_STEP_SUMMARY when set, PNG plots of TFLOP/s and peak
+# memory against sequence length for every workload (plots/), and the markdown table (results.md).
+# Never fails the job for a missing plotting library (the HTML needs none).
 # Usage: bash scripts/ci_report.sh [RESULTS_DIR]   (default ${OUT:-results})
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +16,7 @@ if [ ! -f "$out/bench.json" ]; then
   echo "ci_report: no $out/bench.json (the benchmark step did not write one)" >&2
   exit 1
 fi
-"$PY" -m attnsuite.cli report "$out/bench.json" --markdown "$out/results.md" --plots "$out/plots"
+gate=()
+if [ -f "$out/gate.json" ]; then gate=(--gate-json "$out/gate.json"); fi
+"$PY" -m attnsuite report "$out/bench.json" --markdown "$out/results.md" --plots "$out/plots" \
+  --html "$out/report.html" "${gate[@]}" --step-summary-top

@@ -73,13 +73,15 @@ done
 
 $PY - "$OUT" <<'PY'
 import collections, gzip, json, os, sys
+sys.path.insert(0, os.getcwd())
+from attnsuite.baseline import benchmark_entries
 out = sys.argv[1]
 for name in ("full.json.gz", "capped.json"):
     path = os.path.join(out, name)
     if not os.path.exists(path):
         continue
     data = json.load((gzip.open if name.endswith(".gz") else open)(path, "rt"))
-    recs = [b["extra_info"] for b in data["benchmarks"]]
+    recs = [b["extra_info"] for b in benchmark_entries(data)]
     print(f"{name}: {dict(collections.Counter(r['outcome'] for r in recs))}")
     phases = collections.Counter()
     for r in recs:

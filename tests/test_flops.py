@@ -87,9 +87,10 @@ def test_h100_peaks_come_from_the_datasheet_and_unknown_gpus_have_none():
     assert flops.gpu_model_key("Some Future GPU") is None
 
 
-def test_cpu_peak_is_measured_and_labelled():
+def test_cpu_has_no_per_run_peak_and_says_why():
+    # a per-run matmul measurement moved 5.8x between runs: % of peak on CPU comes from a stored probe
     value, source = flops.peak_tflops("cpu", "float32")
-    assert value > 0 and source.startswith("measured")
+    assert value is None and source == flops.CPU_NO_PEAK
     tflops, pct = flops.throughput(2e12, 1.0, 4.0)
     assert tflops == 2.0 and pct == 50.0
     assert flops.throughput(1.0, None, 1.0) == (None, None)

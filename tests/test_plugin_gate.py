@@ -319,7 +319,8 @@ def test_a_fallback_baseline_is_named_at_the_top_and_at_the_end_with_its_promise
     assert top < next(i for i, l in enumerate(lines) if l.startswith("test_bench.py")) < end
     assert "Intel Xeon" in lines[end] and "rough guide" in lines[end]
     md = (project.path / "gate.md").read_text().splitlines()
-    assert md[3].startswith("> baseline ") and "fallback" in md[3]
+    # gate.md opens with the run's summary: the verdict, then the (fallback) baseline it came from
+    assert md[3].startswith("**PASS") and md[5].startswith("> baseline ") and "fallback" in md[5]
 
 
 def test_no_header_line_when_no_benchmark_is_run(project):

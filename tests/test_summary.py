@@ -1,0 +1,164 @@
+"""The last screen of a benchmark run answers: what passed, what regressed against which baseline,
+and the fastest variant per workload (with an honest % of peak); skips are counted by reason."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from gatehelp import rec
+
+from attnsuite import flops, report, summary
+from attnsuite.verdict import compare
+
+CPU = dict(timer="perf_counter", device_ms=None, device_min_ms=None, device_iqr_ms=None, tflops=0.02, pct_peak=None)
+CAL = {"matmul_tflops": 0.05, "matmul_dtype": "float32", "mem_bandwidth_gbs": 13.0}
+
+
+def cpu(variant, ms, problem="b1-q512-h4-d64-causal-tl-fp32-cpu", workload="fa-sweep", mode="fwd", **kw):
+    timed = ms is not None
+    base = dict(CPU, median_ms=ms, min_ms=ms, iqr_ms=ms / 100 if timed else None,
+                tflops=kw.pop("tflops", 0.02 / ms if timed else None), flops=2e10)
+    if not timed:
+        base.update(samples=0, peak_mem_bytes=None, backend="")
+    base.update(kw)
+    return rec(variant, workload=workload, mode=mode, problem=problem, **base)
+
+
+def _records(*recs):
+    return {r.key: r for r in recs}
+
+
+def _run():
+    return _records(
+        cpu("sdpa", 1.0), cpu("explicit", 2.0), cpu("sdpa", 0.2, problem="b1-q128-h4-d64-causal-tl-fp32-cpu"),
+        cpu("sdpa", 3.0, mode="fwd+bwd"), cpu("explicit", 2.5, mode="fwd+bwd"),
+        cpu("sdpa-cudnn", None, outcome="skipped", detail="sdpa-cudnn runs on ['cuda'], not cpu; no fp32"),
+        cpu("sdpa-efficient", None, outcome="skipped", detail="sdpa-efficient runs on ['cuda'], not cpu"),
+        cpu("flex", None, outcome="skipped", detail="quick tier budget: compiled variants run in no mode here"),
+        cpu("boom", None, outcome="error", detail="RuntimeError: boom\nline two"),
+        cpu("sdpa", 0.5, workload="decode", problem="b2-q1k512-h8:2-d32-causal-br-fp32-cpu"),
+    )
+
+
+def test_the_best_variant_is_the_fastest_on_the_largest_problem_in_the_most_complete_mode():
+    best = {b.workload: b for b in summary.best_per_workload(_run())}
+    fa = best["fa-sweep"]
+    assert (fa.mode, fa.variant, fa.median_ms, fa.variants) == ("fwd+bwd", "explicit", 2.5, 2)
+    assert fa.runner_up == "sdpa +20.0%"
+    assert best["decode"].variant == "sdpa" and best["decode"].runner_up == ""
+
+
+@pytest.mark.parametrize("detail, variant, reason", [
+    ("sdpa-cudnn runs on ['cuda'], not cpu; no fp32", "sdpa-cudnn", "variant runs on ['cuda'], not cpu"),
+    ("quick tier budget: compiled variants run in no mode", "flex", "quick tier budget"),
+    ("flex has no backward on cpu", "flex", "variant has no backward on cpu"),
+    ("flex-eager has no backward on cpu", "flex", "flex-eager has no backward on cpu"),  # another name stays
+    ("", "x", "no reason given"),
+])
+def test_skips_are_grouped_by_reason_without_the_case_particulars(detail, variant, reason):
+    r = cpu(variant, None, outcome="skipped", detail=detail)
+    assert summary.skip_reason_class(r) == reason
+
+
+def test_without_a_baseline_the_screen_says_why_and_still_answers_the_rest():
+    s = summary.build(_run(), None, baseline_lines=["no baseline for fingerprint cpu-x in baselines/"],
+                      files=[("results", "results/bench.json")])
+    text = "\n".join(summary.terminal_lines(s))
+    assert text.startswith("NOT COMPARED: the run was not judged against a baseline\n"
+                           "  no baseline for fingerprint cpu-x")
+    assert "cases: 6 ok, 3 skipped, 1 error" in text
+    assert "    2  variant runs on ['cuda'], not cpu" in text and "    1  quick tier budget" in text
+    assert "error: fa-sweep/boom/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu: RuntimeError: boom" in text
+    assert "line two" not in text
+    assert "files: results results/bench.json" in text
+    assert "no % of peak: the baseline stores no calibration probe" in text
+
+
+def _comparison(cur, base=None, calibration=None):
+    cmp = compare(base if base is not None else _records(*[copy.deepcopy(r) for r in cur.values()]), cur, device="cpu")
+    cmp.baseline_label = "baselines/cpu-x.json"
+    cmp.header = ["baseline baselines/cpu-x.json (fingerprint cpu-x)"]
+    cmp.base_calibration = calibration
+    return cmp
+
+
+@pytest.mark.parametrize("mode, head", [("enforce", "FAIL: 1 regression(s) among"),
+                                        ("report", "REPORTED: 1 regression(s) among")])
+def test_a_regression_names_its_case_change_and_band_under_the_baseline_it_came_from(mode, head):
+    cur = _run()
+    cur["fa-sweep/sdpa/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu"].median_ms = 2.5  # CPU bands are wide: +150%
+    cur["fa-sweep/sdpa/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu"].min_ms = 2.5
+    s = summary.build(cur, _comparison(cur, base=_run()), gate_mode=mode)
+    lines = summary.terminal_lines(s)
+    assert lines[0].startswith(head)
+    assert lines[1] == "  baseline baselines/cpu-x.json (fingerprint cpu-x)"
+    assert lines[2] == "regressions (1):"
+    assert lines[3].startswith("  slower: fa-sweep/sdpa/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu; time +150.0% (band ±")
+
+
+def test_no_regression_reads_pass_with_the_number_of_cases_judged():
+    cur = _run()
+    s = summary.build(cur, _comparison(cur), gate_mode="enforce")
+    assert s.verdict == f"PASS: no regression among {len(cur)} cases judged against the baseline"
+
+
+@pytest.mark.parametrize("calibration, pct, flagged", [
+    (None, None, False),  # no probe stored with the baseline: no % at all
+    ({"matmul_tflops": 0.05, "matmul_dtype": "float32"}, 16.0, False),  # 0.008 / 0.05
+    ({"matmul_tflops": 0.004, "matmul_dtype": "float32"}, 200.0, True),  # above the probe: flagged with why
+    ({"matmul_tflops": 0.05, "matmul_dtype": "bfloat16"}, None, False),  # a probe of another dtype says nothing
+])
+def test_cpu_percent_of_peak_is_only_against_the_baselines_probe_and_over_100_is_flagged(calibration, pct, flagged):
+    cur = _records(cpu("sdpa", 2.5, tflops=0.008))
+    s = summary.build(cur, _comparison(cur, calibration=calibration))
+    best = s.best[0]
+    assert best.pct_peak == (None if pct is None else pytest.approx(pct))
+    assert bool(best.pct_flag) is flagged
+    text = "\n".join(summary.terminal_lines(s))
+    assert ("(!) fa-sweep: 200% above 100% of a probe" in text) is flagged
+    if pct is not None:
+        assert "calibrated float32 matmul probe stored with the baseline" in text
+
+
+def test_a_per_run_measured_cpu_peak_in_an_old_record_is_not_used():
+    r = cpu("sdpa", 1.0, pct_peak=324.0, extra={"peak_tflops": 0.01, "peak_source": "measured: torch.matmul 512^3"})
+    assert summary.percent_of_peak(r, None)[0] is None
+
+
+def test_a_gpu_record_keeps_its_datasheet_peak_and_over_100_of_it_is_called_impossible():
+    r = rec(tflops=1100.0, extra={"peak_tflops": 989.4, "peak_source": "datasheet dense peak, H100 SXM, bfloat16",
+                                  "peak_dtype": "bfloat16"})
+    pct, flag, source = summary.percent_of_peak(r, None)
+    assert pct == pytest.approx(111.18, abs=0.01) and source.startswith("datasheet")
+    assert "impossible" in flag
+
+
+def test_the_cpu_peak_is_never_measured_per_run():
+    value, source = flops.peak_tflops("cpu", "float32")
+    assert value is None and "no % of peak on CPU" in source
+
+
+def test_the_same_summary_heads_the_markdown_and_skips_get_no_rows():
+    cur = _run()
+    cmp = _comparison(cur)
+    head = summary.markdown_lines(summary.build(cur, cmp, gate_mode="report"), report.md_escape)
+    md = report.markdown_diff(cmp, head=head)
+    first = md.splitlines()[:4]
+    assert first[1].startswith("### attnsuite regression gate") and first[3].startswith("**PASS: no regression")
+    assert "| 2 | variant runs on \\['cuda'\\], not cpu |" in md
+    assert "sdpa-cudnn" not in md  # skipped in both runs: counted, not listed
+    assert "3 cases were skipped in both runs" in md
+    cmp_new = _comparison(cur, base={})  # every case new: the skipped ones are counted, not listed
+    md_new = report.markdown_diff(cmp_new)
+    assert "3 new cases are skipped" in md_new and "sdpa-cudnn" not in md_new and "#### New cases (7)" in md_new
+    run_md = report.markdown_run(cur, head=head)
+    assert "sdpa-cudnn" not in run_md and "**error**" in run_md
+
+
+def test_the_terminal_table_leaves_new_skipped_cases_to_the_summary():
+    cur = _run()
+    table = report.terminal_table(_comparison(cur, base={}))
+    assert "sdpa-cudnn" not in table and "(3 new cases that are skipped not shown" in table
+    assert "fa-sweep/sdpa/fwd/b1-q512" in table  # a new case that ran is shown
+    assert "sdpa-cudnn" in report.terminal_table(_comparison(cur, base={}), show_same=True)
