@@ -319,7 +319,8 @@ def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) 
             _REF_CACHE.pop(next(iter(_REF_CACHE)))
         _REF_CACHE[key] = (family.reference(p)[0], tolerance.as_float64(family.base(p)[0]))
     ref, base = _REF_CACHE[key]
-    comp = tolerance.compare("output", out, ref, base, p.dtype, "output", rows=rows)
+    # the rule the correctness suite judges this variant by: exact, or its declared approximate class
+    comp = tolerance.compare_as(case.variant.accuracy, "output", out, ref, base, p.dtype, "output", rows=rows)
     return (None if comp.passed else comp.describe()), "oracle"
 
 
@@ -473,20 +474,27 @@ def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: 
     return result, (case, out)
 
 
-def _device_call(case: Case, device: str, injected_s: float, mode: str) -> Callable[[], Any]:
-    """The call device time measures for a case's ``mode``: the same device work as the timed step,
-    in a form that can run again and again without an untimed setup between calls, so a CUDA graph
-    can capture it (or the profiler can sum it, when capture fails).
+BACKWARD_ONCE = "the backward cannot run again over one forward"
+
+
+def _device_call(case: Case, device: str, injected_s: float, mode: str,
+                 repeat_backward: bool = True) -> tuple[Callable[[], Any], Optional[Callable[[], None]]]:
+    """(the call device time measures, its untimed per-call setup or None) for a case's ``mode``:
+    the same device work as the timed step, where possible in a form that runs again and again
+    without a setup between calls, so a CUDA graph can capture it.
 
     fwd: the forward. fwd+bwd: drop the gradients, forward, backward (dropping ``.grad`` is host
     work only). bwd: the forward runs once, here, untimed; each call drops the gradients and runs
     the backward over the retained autograd graph, so it launches the kernels the timed backward
     launches (no gradient accumulation: the gradients start from None as after the timed step's
-    setup).
+    setup). Some backwards refuse a retained graph (torch.compile's donated buffers): with
+    ``repeat_backward`` False, bwd is the timed step itself, a forward as its setup before each
+    call, which only kernel-sum can measure.
     """
     delay = timing.make_delay(device, injected_s) if injected_s else None
-    if mode == "fwd":
-        step, _ = _step(case, mode)
+    setup = None
+    if mode == "fwd" or (mode == "bwd" and not repeat_backward):
+        step, setup = _step(case, mode)
     elif mode == "fwd+bwd":
         def step():
             case.zero_grads()
@@ -495,7 +503,8 @@ def _device_call(case: Case, device: str, injected_s: float, mode: str) -> Calla
             return out
     else:
         case.zero_grads()
-        out = case.forward()
+        with timing.capture_stream(device):  # the backward's kernels go where its forward's went
+            out = case.forward()
 
         def step():
             case.zero_grads()
@@ -508,7 +517,7 @@ def _device_call(case: Case, device: str, injected_s: float, mode: str) -> Calla
             delay()
         return result
 
-    return call
+    return call, setup
 
 
 def _fill_device_time(rec: CaseRecord, dt: timing.DeviceTiming) -> None:
@@ -529,14 +538,17 @@ def _measure_device_time(rec: CaseRecord, case: Case, device: str, result: timin
     other case of the run, because the profiler slows the process's later launches.
     """
     try:
-        call = _device_call(case, device, result.injected_s, mode)
+        call, setup = _device_call(case, device, result.injected_s, mode)
         config = dataclasses.replace(timing.DEVICE_DEFAULT, estimate_s=result.median_s)
-        dt = timing.device_time(call, device, config=config, defer_kernel_sum=True)
+        dt = timing.device_time(call, device, setup=setup, config=config, defer_kernel_sum=True)
     except timing.KernelSumDeferred as exc:
         rec.extra["device_time_pending"] = str(exc)
         return
     except Exception as exc:  # device time is an extra figure: its failure must not lose the case
-        rec.extra["device_time_note"] = f"not measured: {type(exc).__name__}: {exc}"[:300]
+        if mode == "bwd":  # the timed backward ran, so it is the retained graph that failed
+            rec.extra["device_time_pending"] = f"{BACKWARD_ONCE} ({timing.first_line(exc)})"[:300]
+        else:
+            rec.extra["device_time_note"] = f"not measured: {type(exc).__name__}: {exc}"[:300]
         exc = None  # its traceback holds the failed attempt's tensors
         _recover(device)
         return
@@ -555,11 +567,14 @@ def measure_deferred_device_time(bc: BenchCase, settings: Settings, rec: CaseRec
         variant = registry.get(bc.variant or "")
         case = prepare(variant, p, requires_grad=bc.mode != "fwd", device_inputs=settings.device_inputs)
         injected = (rec.extra.get("injected_ms") or 0.0) / 1e3
-        call = _device_call(case, p.device, injected, bc.mode)
+        call, setup = _device_call(case, p.device, injected, bc.mode,
+                                   repeat_backward=not why.startswith(BACKWARD_ONCE))
         for _ in range(2):  # compiled kernels and autotuning were paid in the case's own run: re-warm only
+            if setup is not None:
+                setup()
             call()
         config = dataclasses.replace(timing.DEVICE_DEFAULT, estimate_s=(rec.median_ms or 0.0) / 1e3 or None)
-        dt = timing.device_time(call, p.device, config=config, allow_graph=False)
+        dt = timing.device_time(call, p.device, setup=setup, config=config, allow_graph=False)
         dt.note = why or dt.note
         _fill_device_time(rec, dt)
     except Exception as exc:  # noqa: BLE001 - the figure is missing, the case's outcome stands

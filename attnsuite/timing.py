@@ -24,12 +24,13 @@ call ran as the profiler saw them on the device.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import gc
 import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 
@@ -586,6 +587,26 @@ def _side_stream() -> Any:
     if index not in _SIDE_STREAMS:
         _SIDE_STREAMS[index] = torch.cuda.Stream()
     return _SIDE_STREAMS[index]
+
+
+@contextlib.contextmanager
+def capture_stream(device: str) -> Iterator[None]:
+    """Run the body on the stream device time captures on (a no-op off CUDA).
+
+    Autograd runs a backward's kernels on the streams its forward ran on, so a backward that
+    device time will capture needs its forward run here: one run on the default stream made every
+    such capture fail on an H200 ("operation would make the legacy stream depend on a capturing
+    blocking stream").
+    """
+    if not is_cuda(device):
+        yield
+        return
+    with torch.cuda.device(torch.device(device)):
+        stream = _side_stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            yield
+        torch.cuda.current_stream().wait_stream(stream)
 
 
 def _release_graph(graph: Any) -> None:

@@ -13,6 +13,9 @@ Started as ``python -m attnsuite.worker REQUEST_FD REPLY_FD``. Messages (dicts, 
   case while the allocator kept more memory reserved than the case asked for (memory stranded by
   earlier cases) replies ``retry_fresh`` with the reason and exits: the pool runs it once more in a
   fresh worker, so only a case that runs out of memory on a clean device is recorded ``oom``.
+  After a good case the worker checks itself (the CUDA context, the random generator, memory the
+  allocator cannot give back: :func:`recycle_reason`); when it is unfit for the next case the
+  record says so in ``extra["worker_replaced"]`` and the reply carries ``fatal``.
 * ``{"op": "device_time", "key", "record"}``: the kernel-sum device time of a case whose record
   says ``device_time_pending`` (runner.measure_deferred_device_time); reply ``{"record"}``.
 * ``{"op": "calibrate"}``: the instance calibration probes (calibrate.py) of the run's device.
@@ -37,6 +40,9 @@ def cuda_health(device: str) -> Optional[str]:
         torch.cuda.synchronize(device)
         x = torch.ones(16, device=device)
         float((x + 1).sum().item())
+        # the generator too: a graph capture that failed while it drew random numbers (dropout) can
+        # leave it in capture mode, and every later draw in the process then fails
+        float(torch.rand(1, device=device).item())
         torch.cuda.synchronize(device)
     except Exception as exc:  # noqa: BLE001 - any failure here means the context is gone
         return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
@@ -51,6 +57,22 @@ def stranded_bytes(device: str) -> int:
 
     recover(device)
     return max(0, torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+RECYCLE_STRANDED_FRACTION = 0.5
+
+
+def recycle_reason(stranded: int, total: int) -> Optional[str]:
+    """Why the worker should be replaced after a good case: more than half the device's memory
+    stranded (reserved by the allocator, unallocated, and not given back by ``empty_cache``).
+
+    Left alone, stranded memory made later large cases and graph captures run out of memory on an
+    H200 (104-138 GiB of 140 stranded); a fresh worker costs about 7 s.
+    """
+    if total <= 0 or stranded <= RECYCLE_STRANDED_FRACTION * total:
+        return None
+    return (f"{stranded / 2**30:.1f} GiB of the device's {total / 2**30:.0f} GiB stayed reserved after the case; "
+            "the next case starts in a fresh worker")
 
 
 def fresh_retry_reason(asked: Optional[int], stranded: int) -> Optional[str]:
@@ -131,6 +153,12 @@ class Worker:
             if why:
                 reply.update(retry_fresh=why, fatal=True)
                 return reply
+        if self.spec.on_gpu and rec.outcome == "ok":
+            why = self._after_good_case()
+            if why:  # the case's figures stand; the worker that measured them is not fit for the next
+                rec.extra["worker_replaced"] = why
+                reply.update(record=rec.to_extra_info(), fatal=True)
+                return reply
         if self.spec.on_gpu and rec.outcome not in ("ok", "skipped"):
             broken = cuda_health(self.spec.device)
             if broken:
@@ -140,6 +168,18 @@ class Worker:
                 reply["record"] = rec.to_extra_info()
                 reply["fatal"] = True
         return reply
+
+    def _after_good_case(self) -> Optional[str]:
+        """Why this worker must be replaced after a good case (CUDA state broken, memory stranded), or None."""
+        import torch
+
+        device = self.spec.device
+        broken = cuda_health(device)
+        if broken:
+            return f"the worker's CUDA state was unusable after the case ({broken}); replaced"
+        torch.cuda.empty_cache()
+        stranded = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return recycle_reason(stranded, torch.cuda.get_device_properties(device).total_memory)
 
     def device_time(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
         from . import torch_state

@@ -54,7 +54,8 @@ def test_the_device_call_repeats_the_timed_steps_work_without_accumulating_gradi
     setup()
     fwd_bwd()
     once = {k: v.detach().clone() for k, v in case.grads().items()}
-    call = runner._device_call(case, "cpu", 0.0, mode)
+    call, setup = runner._device_call(case, "cpu", 0.0, mode)
+    assert setup is None  # capturable: nothing untimed between calls
     for _ in range(3):
         call()
     for name, grad in case.grads().items():
@@ -148,3 +149,46 @@ def test_the_runner_completes_pending_device_times_in_the_record_json_and_journa
     assert entries["w/v0/bwd/p"]["record"]["device_ms"] == 1.0
     assert entries["w/v0/bwd/p"]["samples"] == [0.002] * 5  # the update kept the case's samples
     assert json.loads(path.read_text().splitlines()[-1])["update"] is True
+
+
+def test_a_backward_that_refuses_a_retained_graph_is_deferred_to_kernel_sum_with_a_forward_before_each_call(
+        monkeypatch):
+    # torch.compile's donated buffers refuse retain_graph=True; the case's timed backward ran, so the
+    # device time falls back to the timed step itself (a forward as its setup), measured by kernel-sum
+    calls = {}
+
+    def refuses(call, device, *, setup=None, config=None, allow_graph=True, defer_kernel_sum=False):
+        raise RuntimeError("This backward function was compiled with non-empty donated buffers which "
+                           "requires create_graph=False and retain_graph=False")
+
+    monkeypatch.setattr(runner.timing, "device_time", refuses)
+    rec = CaseRecord("w", "v", "bwd", "p", median_ms=2.0)
+    runner._measure_device_time(rec, _case("bwd"), "cpu", _timed(2.0), "bwd")
+    assert rec.extra["device_time_pending"].startswith(runner.BACKWARD_ONCE + " (RuntimeError: This backward")
+    assert "device_time_note" not in rec.extra
+
+    def profiles(call, device, *, setup=None, config=None, allow_graph=True, defer_kernel_sum=False):
+        calls.update(setup=setup is not None, allow_graph=allow_graph)
+        setup()
+        call()
+        return timing.DeviceTiming([0.001] * 3, "kernel-sum")
+
+    monkeypatch.setattr(runner.timing, "device_time", profiles)
+    registry.load_builtin()
+    entry = next(e.entry for e in workloads.expand("quick", "cpu", None, ("llama3-70b",)) if e.entry.family == "attention")
+    bc = runner.BenchCase("llama3-70b", entry, entry.problem, "explicit", "bwd")
+    settings = runner.settings_from_spec(runner.RunSpec(tier="quick", device="cpu"))
+    out = runner.measure_deferred_device_time(bc, settings, rec)
+    assert calls == {"setup": True, "allow_graph": False}  # a forward before each profiled backward
+    assert out.device_method == "kernel-sum" and out.extra["device_time_note"].startswith(runner.BACKWARD_ONCE)
+
+
+def test_a_forward_whose_device_time_fails_is_noted_not_deferred(monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runner.timing, "device_time", broken)
+    rec = CaseRecord("w", "v", "fwd", "p", median_ms=2.0)
+    runner._measure_device_time(rec, _case("fwd"), "cpu", _timed(2.0), "fwd")
+    assert rec.extra["device_time_note"] == "not measured: RuntimeError: boom"
+    assert "device_time_pending" not in rec.extra

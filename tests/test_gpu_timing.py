@@ -199,3 +199,26 @@ def test_graph_memory_is_given_back_after_measuring():
     grown = torch.cuda.memory_reserved() - before
     print(f"reserved memory after three more device_time calls: {grown / 2**20:+.1f} MiB")
     assert grown < 16 * 2**20
+
+
+@pytest.mark.parametrize("variant", ["sdpa-flash", "explicit"])
+def test_a_backward_is_timed_by_graph_replay_and_agrees_with_its_kernel_sum(variant):
+    # the backward runs over a retained autograd graph whose forward ran on the capture stream;
+    # on the default stream every backward capture failed ("legacy stream depend on a capturing
+    # blocking stream"). Graph replay and kernel-sum (a forward before each profiled backward)
+    # measure the same kernels, so they must agree.
+    from attnsuite import runner
+
+    registry.load_builtin()
+    problem = PROBLEM.with_(batch=1) if variant == "explicit" else PROBLEM
+    case = prepare(registry.get(variant), problem, requires_grad=True)
+    call, setup = runner._device_call(case, "cuda", 0.0, "bwd")
+    assert setup is None
+    graph = timing.device_time(call, "cuda")
+    assert graph.method == "cuda-graph", graph.note
+    once, per_call_setup = runner._device_call(case, "cuda", 0.0, "bwd", repeat_backward=False)
+    summed = timing.device_time(once, "cuda", setup=per_call_setup)
+    ratio = graph.median_s / summed.median_s
+    print(f"{variant} bwd on {problem.id}: graph {graph.median_s * 1e3:.4f} ms, kernel-sum "
+          f"{summed.median_s * 1e3:.4f} ms, ratio {ratio:.3f}")
+    assert 0.9 <= ratio <= 1.1

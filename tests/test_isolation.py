@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from attnsuite.baseline import benchmark_entries
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,7 +46,7 @@ def _args(path: Path, variants, *extra: str) -> list[str]:
 
 def _records(data: dict) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
-    for b in data["benchmarks"]:
+    for b in benchmark_entries(data):
         out.setdefault(b["extra_info"]["variant"], []).append(b["extra_info"])
     return out
 
@@ -112,7 +114,7 @@ def test_a_killed_run_keeps_its_finished_cases_and_resume_runs_only_the_rest(pro
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:]
     data = json.loads(out.read_text())
-    recs = {b["extra_info"]["case"]: b["extra_info"] for b in data["benchmarks"]}
+    recs = {b["extra_info"]["case"]: b["extra_info"] for b in benchmark_entries(data)}
     resumed = {k for k, r in recs.items() if r["extra"].get("resumed")}
     assert set(kept) <= resumed and len(resumed) < len(recs)
     assert all(r["outcome"] == "ok" for r in recs.values())
@@ -157,7 +159,7 @@ def test_cases_spread_over_two_gpu_workers_keep_every_record_and_a_crash_takes_d
     result = pytester.runpytest_subprocess(*_args(project, variants, f"--benchmark-json={out}", "--attn-mode=fwd"))
     assert out.exists(), result.stdout.str()[-3000:]
     data = json.loads(out.read_text())
-    recs = [b["extra_info"] for b in data["benchmarks"]]
+    recs = [b["extra_info"] for b in benchmark_entries(data)]
     assert len({r["case"] for r in recs}) == len(recs)  # no case twice
     by = _records(data)
     assert set(by) == set(variants) and all(len(v) == len(by["explicit"]) for v in by.values())
@@ -166,7 +168,7 @@ def test_cases_spread_over_two_gpu_workers_keep_every_record_and_a_crash_takes_d
     assert all(r["outcome"] == "crash" and "SIGSEGV" in r["detail"] for r in by["h-segfault"])
     slots = {r["extra"]["gpu"] for r in recs}
     assert slots == {"0", "1"}  # both workers ran cases
-    assert data["attnsuite"]["gpus"] == ["0", "1"]
+    assert data["attnsuite"]["gpus"] == ["0", "1"] and data["attnsuite"]["calibration"]["gpus"] == "0,1"
     assert data["attnsuite"]["workers_started"] >= 2 + len(by["h-segfault"])  # each crash replaced a worker
     assert "on GPUs 0, 1" in result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED
@@ -213,3 +215,19 @@ def test_a_second_out_of_memory_in_the_fresh_worker_is_recorded_and_not_retried_
     monkeypatch.setattr(pool, "request", lambda message, timeout=None: replies.pop(0))
     reply = pool.run_case("k")
     assert reply["record"]["outcome"] == "oom" and len(replies) == 1  # asked twice, never a third time
+
+
+@pytest.mark.parametrize("stranded_gib,total_gib,replaced", [
+    (138, 140, True),   # the H200 worker that failed captures and large cases
+    (71, 140, True),
+    (70, 140, False),   # exactly half: kept
+    (0, 140, False),
+])
+def test_a_worker_is_replaced_after_a_good_case_only_when_more_than_half_the_device_is_stranded(
+        stranded_gib, total_gib, replaced):
+    from attnsuite.worker import recycle_reason
+
+    why = recycle_reason(stranded_gib * 2**30, total_gib * 2**30)
+    assert (why is not None) == replaced
+    if replaced:
+        assert f"{stranded_gib:.1f} GiB of the device's {total_gib} GiB" in why
