@@ -15,3 +15,8 @@ from . import gqa  # noqa: F401
 from . import decode  # noqa: F401
 from . import dropout  # noqa: F401
 from . import distributed  # noqa: F401
+from . import triton_flash  # noqa: F401
+from . import triton_decode  # noqa: F401
+from . import triton_mla  # noqa: F401
+from . import libraries  # noqa: F401  (optional third-party libraries: registers what imports)
+from . import approximate  # noqa: F401  (reference FP8/INT8 fake-quant kernels: approximate accuracy classes)

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
+
+# Triton takes CPU tensors only in its interpreter, chosen at triton's first import (torch._dynamo
+# imports it while the plugin loads the variants): decide before that, here at conftest import.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# GPU runs compile dozens of (head dim, mask, dtype) keys: one tile config each, no autotune sweep.
+os.environ.setdefault("ATTNSUITE_TRITON_AUTOTUNE", "0")
 
 # "ci" bounds hypothesis so the CPU run stays within budget; "dev" digs deeper locally.
 settings.register_profile(
@@ -58,3 +67,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def build_cache() -> dict:
     """Built variant functions/modules per (variant, problem), shared by the checks of a session."""
     return {}
+
+
+def skip_if_nothing_ran(ran: int, declined: Counter, what: str) -> None:
+    """Skip (never fail) a drawn-problem test in which every draw was a limitation the variants
+    declared (``Variant.unsupported``): ``declined`` counts those reasons, the skip names them."""
+    if ran == 0:
+        reasons = "; ".join(f"{reason} ({n}x)" for reason, n in declined.most_common(3))
+        pytest.skip(f"{what}: every drawn problem is a declared limitation: {reasons or 'none drawn'}")

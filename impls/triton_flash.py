@@ -1,0 +1,138 @@
+"""``triton-flash``: the suite's own FlashAttention-2 kernel in Triton, forward and backward.
+
+The kernels (:mod:`impls.triton_kernels.flash`) are written here from the FlashAttention-2
+algorithm: the forward streams key blocks with an online softmax and saves each row's
+log-sum-exp; the backward recomputes the probabilities from it, one kernel owning a key block's
+dK/dV (summing the GQA group's query heads in order) and one owning a query block's dQ.
+
+Supports: bf16, fp16 (CUDA and the CPU interpreter), fp32 on the interpreter only (Triton's fp32
+``tl.dot`` on CUDA is TF32); masks none, causal and sliding window with either corner (top-left
+or bottom-right); GQA and MQA without repeating K/V; Lq != Lk; any length; head dims up to 256
+(non-powers of two padded inside the kernel; dv may differ from dqk); the default or a pinned
+scale. Not: ALiBi, softcap, dropout, other mask kinds.
+
+Deterministic: yes. No atomics anywhere (dQ has its own kernel rather than atomic adds from the
+dK/dV kernel), so two identical runs agree bit for bit, forward and backward.
+
+On CUDA the kernels are autotuned per head dim, mask and dtype (a few tile configs): that shows
+as first-call time in the benchmark records. On CPU tensors they run under Triton's interpreter
+with one fixed tile, which costs seconds per problem: the variant declines CPU problems above a
+size limit (see :data:`CPU_MAX_STEPS`) with that reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from attnsuite.problem import Problem
+from attnsuite.registry import KernelVariant, register
+
+from .triton_kernels import device_reason, interpreting, kernels
+
+MASK_CODES = {"none": 0, "causal": 1, "window": 2}
+MAX_HEAD_DIM = 256
+# Interpreter budget, in (batch * head, 64-query tile, 64-key tile) steps of one pass: the
+# interpreter's cost is per tile step (Python dispatch of each tl op), ~0.2 s per step for the
+# four checks of the correctness suite on two CPU cores.
+CPU_MAX_STEPS = 24
+MUTANTS = ("skip_block", "wrong_corner", "stale_lse")  # kernel defects the tests switch on
+
+
+@dataclass(frozen=True)
+class FlashOptions:
+    """Everything the kernels need beyond q, k, v: the mask as (code, corner offset, window), the scale."""
+
+    mask: int
+    offset: int
+    window: int
+    scale: float
+    mutants: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @staticmethod
+    def of(problem: Problem, mutants: dict | None = None) -> "FlashOptions":
+        """The options of ``problem`` (mutant flags only for the tests)."""
+        unknown = sorted(set(mutants or {}) - set(MUTANTS))
+        if unknown:
+            raise ValueError(f"unknown triton-flash mutant flags {unknown}; known: {', '.join(MUTANTS)}")
+        return FlashOptions(MASK_CODES[problem.mask.kind], problem.align_offset, problem.mask.window,
+                            problem.softmax_scale, dict(mutants or {}))
+
+
+class FlashAttention(torch.autograd.Function):
+    """o = attention(q, k, v); the backward runs the dQ and dK/dV kernels on the saved log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, opts: FlashOptions):
+        mod = kernels("flash", q.device.type)
+        o, lse = mod.forward(q, k, v, opts.mask, opts.offset, opts.window, opts.scale, opts.mutants)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.opts = opts
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        opts = ctx.opts
+        mod = kernels("flash", q.device.type)
+        dq, dk, dv = mod.backward(do, q, k, v, o, lse, opts.mask, opts.offset, opts.window, opts.scale,
+                                  opts.mutants)
+        return dq, dk, dv, None
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, opts: FlashOptions) -> torch.Tensor:
+    """Differentiable attention of SDPA-layout tensors through the Triton kernels."""
+    return FlashAttention.apply(q, k, v, opts)
+
+
+def triton_reasons(problem: Problem) -> list[str]:
+    """Reasons shared by the Triton variants: triton missing, fp32 on CUDA, the interpreter budget."""
+    reason = device_reason(problem.device.split(":")[0])
+    if reason is not None:
+        return [reason]
+    reasons = []
+    if problem.device.startswith("cuda") and problem.dtype == "float32" and not interpreting():
+        reasons.append("Triton's fp32 tl.dot on CUDA runs in TF32: fp32 runs on the CPU interpreter only")
+    return reasons
+
+
+def interpreter_budget(device: str, streams: int, rows: int, keys: int, limit: int = CPU_MAX_STEPS) -> list[str]:
+    """On CPU (the interpreter), decline work above ``limit`` steps of 64x64 tiles.
+
+    ``streams`` independent query-row streams of ``rows`` rows each read ``keys`` keys.
+    """
+    steps = streams * -(-rows // 64) * -(-keys // 64)
+    if device.split(":")[0] == "cpu" and steps > limit:
+        return [f"CPU runs go through the Triton interpreter (seconds per tile): problems above {limit} "
+                f"64x64 tile steps run on CUDA only (this one {steps})"]
+    return []
+
+
+@register
+class TritonFlash(KernelVariant):
+    name = "triton-flash"
+    description = "the suite's own FlashAttention-2 kernels in Triton (fwd + dQ and dK/dV bwd, GQA, windows)"
+    masks = frozenset(MASK_CODES)
+    features = frozenset({"gqa", "lq_ne_lk", "dv_ne_dqk", "bottom_right", "custom_scale"})
+    dtypes = frozenset({"bfloat16", "float16", "float32"})
+    fused = True
+    deterministic = True
+    backend = "triton"
+    mutants: ClassVar[dict] = {}  # test-only subclasses set kernel flags here
+
+    def extra_reasons(self, problem: Problem, backward: bool) -> list[str]:
+        reasons = triton_reasons(problem)
+        if max(problem.dqk, problem.dv) > MAX_HEAD_DIM:
+            reasons.append(f"{self.name} takes head dims up to {MAX_HEAD_DIM}, got {problem.dqk}/{problem.dv}")
+        reasons.extend(interpreter_budget(problem.device, problem.batch * problem.hq, problem.lq, problem.lk))
+        return reasons
+
+    def build(self, problem: Problem):
+        opts = FlashOptions.of(problem, self.mutants)
+
+        def run(q, k, v):
+            return flash_attention(q, k, v, opts)
+
+        return run

@@ -1,0 +1,60 @@
+"""Triton kernels of the suite, imported on first use (importing this package never imports triton).
+
+Triton picks compiled or interpreted execution when it is imported: with ``TRITON_INTERPRET=1`` in
+the environment *before* triton's first import, every kernel (and triton.language's own helpers)
+runs in its NumPy interpreter, on CPU or CUDA tensors; without it, kernels compile for CUDA and
+cannot take CPU tensors. The correctness suite sets the variable for CPU runs; the variants
+decline CPU problems with a clear reason when it is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import lru_cache
+from types import ModuleType
+from typing import Optional
+
+
+@lru_cache(maxsize=1)
+def unavailable_reason() -> Optional[str]:
+    """Why the Triton kernels cannot run in this process (None when triton imports)."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install the pinned triton of the dev extra)"
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401  (a broken install fails here, not in a kernel)
+    except Exception as exc:  # a broken install must read as a skip, not a collection error
+        return f"triton does not import: {type(exc).__name__}: {exc}"
+    return None
+
+
+def interpreting() -> bool:
+    """TRITON_INTERPRET=1 in the environment: kernels run in Triton's interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def device_reason(device_type: str) -> Optional[str]:
+    """Why the kernels cannot take tensors on ``device_type`` in this process (None when they can)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return reason
+    if device_type == "cuda" or not device_type:
+        return None
+    if not interpreting():
+        return ("Triton runs CPU tensors only under its interpreter: set TRITON_INTERPRET=1 before triton "
+                "is imported (test_correctness/conftest.py does for CPU runs)")
+    from triton.runtime.interpreter import InterpretedFunction
+    import triton.language as tl
+
+    if not isinstance(tl.zeros, InterpretedFunction):
+        return "TRITON_INTERPRET=1 was set after triton was imported: triton.language is not in interpreter mode"
+    return None
+
+
+def kernels(name: str, device_type: str) -> ModuleType:
+    """The kernel module ``name`` (a file of this package), for tensors on ``device_type``."""
+    reason = device_reason(device_type)
+    if reason is not None:
+        raise RuntimeError(reason)
+    return importlib.import_module(f"{__name__}.{name}")

@@ -1,0 +1,475 @@
+"""FlashAttention-2 forward and backward kernels (written here from the algorithm).
+
+Loaded through :func:`impls.triton_kernels.kernels` (once per execution mode), never imported
+directly. Layout is SDPA's: q (B, HQ, LQ, D), k (B, HKV, LK, D), v (B, HKV, LK, DV); query head h
+reads key/value head h // (HQ // HKV), so GQA/MQA never repeat K/V.
+
+Masks (constexpr MASK): 0 none, 1 causal, 2 sliding window. Query row i sits at position
+i + OFF (OFF = LK - LQ for the bottom-right corner, 0 for top-left); causal keeps keys
+j <= i + OFF, the window also drops j < i + OFF - WIN.
+
+Scores live in the base-2 domain (scale * log2(e) folded into one multiplier) so the softmax
+uses exp2. The forward saves the row's log-sum-exp (base 2) per query; a row that sees no key
+stores +inf there, which makes every recomputed probability of that row 0 in the backward.
+
+Determinism: the forward and both backward kernels own their outputs (one program per query
+block for O and dQ, one per key block for dK/dV, the GQA group's heads summed in a fixed order):
+no atomics, so two runs agree bit for bit.
+
+Mutant flags (constexpr, used only by the tests to show the checks catch each defect):
+MUT_SKIP drops key block 0, MUT_CORNER uses the other causal corner, MUT_STALE saves the
+log-sum-exp of the state before the last key block.
+"""
+
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from triton import knobs
+
+INTERPRET = bool(knobs.runtime.interpret)
+NONE, CAUSAL, WINDOW = 0, 1, 2
+# The interpreter (triton 3.6-3.9) computes bf16 tl.dot on the raw 16-bit patterns: upcast there.
+DOT_F32 = INTERPRET
+# Interpreter tiles: NumPy is vectorised, so larger tiles cost less per element than many small ones.
+INTERP_FWD = dict(BLOCK_M=64, BLOCK_N=64)
+INTERP_BWD = dict(BLOCK_M=64, BLOCK_N=64)
+
+
+def _smem_ok(bm: int, bn: int, stages: int, bd: int, bdv: int) -> bool:
+    """A rough shared-memory fit: the streamed (smaller) tile of K/V or Q/dO, pipelined ``stages`` deep.
+
+    Compiled sizes seen (sm_90, d 128): forward 128x64x3 stages 64 KB, dK/dV 32x128x3 80 KB.
+    """
+    return stages * min(bm, bn) * (bd + bdv) * 2 <= 160 * 1024
+
+
+def _prune(configs, named_args, **kwargs):
+    """Configs that fit shared memory; for d <= 128 only the large tiles (small ones never win there)."""
+    bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+    bdv = kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV"))
+    fits = [c for c in configs
+            if _smem_ok(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, bd, bdv)]
+    if max(bd, bdv) <= 128:
+        fits = [c for c in fits if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] >= 64 * 64]
+    else:  # d 256: the owned tile's fp32 accumulators alone would spill registers above 64 x 32
+        fits = [c for c in fits if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 32]
+    return fits or configs[-1:]
+
+
+def _cfg(bm, bn, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+
+
+# A few configs each: every one costs a compilation (3-9 s) on the first call of each key. The last
+# of each list is the small tile that head dim 256 falls back to.
+FWD_CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 64, 4, 3), _cfg(64, 32, 4, 2)]
+# dK/dV: BLOCK_N keys owned, BLOCK_M queries streamed; dQ: the reverse.
+DKDV_CONFIGS = [_cfg(32, 128, 4, 3), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 2)]
+DQ_CONFIGS = [_cfg(128, 32, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 2)]
+TUNE_KEY = ["BLOCK_D", "BLOCK_DV", "MASK"]  # the autotuner adds the tensors' dtypes to the key
+
+
+# ATTNSUITE_TRITON_AUTOTUNE=0 keeps the first config that fits (no benchmarking on first call):
+# the GPU correctness run uses it, since it compiles dozens of (head dim, mask, dtype) keys.
+AUTOTUNE = os.environ.get("ATTNSUITE_TRITON_AUTOTUNE", "1") != "0"
+
+
+def _prune_one(configs, named_args, **kwargs):
+    return _prune(configs, named_args, **kwargs)[:1]
+
+
+def _tuned(configs):
+    """Autotune on CUDA (per head dim, mask and dtype); a fixed small tile under the interpreter."""
+    if INTERPRET:
+        return lambda fn: fn
+    prune = _prune if AUTOTUNE else _prune_one
+    return triton.autotune(configs=configs, key=TUNE_KEY, prune_configs_by={"early_config_prune": prune})
+
+
+@triton.jit
+def _key_range(m0, LK, OFF, WIN, MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key-block bounds for query rows [m0, m0 + BLOCK_M): [lo, a) masked, [a, b) full, [b, hi) masked."""
+    lo = 0
+    hi = LK
+    full_lo = 0
+    full_hi = (LK // BLOCK_N) * BLOCK_N
+    if MASK != 0:
+        hi = tl.minimum(LK, tl.maximum(m0 + BLOCK_M + OFF, 0))
+        # keys every row of the tile sees: j <= m0 + OFF (the tile's first row)
+        full_hi = tl.minimum(full_hi, (tl.maximum(m0 + OFF + 1, 0) // BLOCK_N) * BLOCK_N)
+    if MASK == 2:
+        lo = tl.maximum(m0 + OFF - WIN, 0)
+        full_lo = ((tl.maximum(m0 + BLOCK_M - 1 + OFF - WIN, 0) + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
+    lo = (lo // BLOCK_N) * BLOCK_N
+    hi_blk = ((hi + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
+    a = tl.minimum(tl.maximum(full_lo, lo), hi_blk)
+    b = tl.minimum(tl.maximum(full_hi, a), hi_blk)
+    return lo, a, b, hi
+
+
+@triton.jit
+def _allowed(offs_m, offs_n, LK, OFF, WIN, MASK: tl.constexpr):
+    """(M, N) boolean: query rows offs_m may attend keys offs_n."""
+    ok = offs_n[None, :] < LK
+    if MASK != 0:
+        ok = ok & (offs_n[None, :] <= offs_m[:, None] + OFF)
+    if MASK == 2:
+        ok = ok & (offs_n[None, :] >= offs_m[:, None] + OFF - WIN)
+    return ok
+
+
+@triton.jit
+def _allowed_t(offs_m, offs_n, LK, OFF, WIN, MASK: tl.constexpr):
+    """(N, M) boolean, the transpose of :func:`_allowed` built directly (no transposed i1 tile)."""
+    ok = offs_n[:, None] < LK
+    if MASK != 0:
+        ok = ok & (offs_n[:, None] <= offs_m[None, :] + OFF)
+    if MASK == 2:
+        ok = ok & (offs_n[:, None] >= offs_m[None, :] + OFF - WIN)
+    return ok
+
+
+@triton.jit
+def _fwd_block(acc, m_i, l_i, m_p, l_p, q, kt_ptrs, v_ptrs, start, offs_m, offs_n, offs_d, offs_dv,
+               skn, svn, D, DV, LK, OFF, WIN, qk_scale,
+               MASKED: tl.constexpr, MASK: tl.constexpr, DOT_F32: tl.constexpr,
+               MUT_SKIP: tl.constexpr, MUT_STALE: tl.constexpr):
+    n = start + offs_n
+    if MASKED:
+        kt = tl.load(kt_ptrs + start * skn, mask=(offs_d[:, None] < D) & (n[None, :] < LK), other=0.0)
+        v = tl.load(v_ptrs + start * svn, mask=(n[:, None] < LK) & (offs_dv[None, :] < DV), other=0.0)
+    else:
+        kt = tl.load(kt_ptrs + start * skn, mask=offs_d[:, None] < D, other=0.0)
+        v = tl.load(v_ptrs + start * svn, mask=offs_dv[None, :] < DV, other=0.0)
+    if DOT_F32:
+        kt = kt.to(tl.float32)
+        v = v.to(tl.float32)
+    qk = tl.dot(q, kt) * qk_scale
+    if MASKED:
+        qk = tl.where(_allowed(offs_m, n, LK, OFF, WIN, MASK), qk, float("-inf"))
+    if MUT_SKIP:
+        qk = tl.where(start != 0, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: no NaN from -inf - -inf
+    p = tl.exp2(qk - m_use[:, None])
+    alpha = tl.exp2(m_i - m_use)
+    if MUT_STALE:
+        m_p = m_i
+        l_p = l_i
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, m_new, l_i, m_p, l_p
+
+
+@_tuned(FWD_CONFIGS)
+@triton.jit
+def flash_fwd(Q, K, V, O, LSE,
+              sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
+              HQ, GROUP, LQ, LK, OFF, WIN, qk_scale,
+              D, DV, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              MASK: tl.constexpr, DOT_F32: tl.constexpr,
+              MUT_SKIP: tl.constexpr, MUT_CORNER: tl.constexpr, MUT_STALE: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    if MASK == 1:
+        pid_m = tl.num_programs(0) - 1 - pid_m  # the longest causal rows first: a better tail
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HQ
+    h = pid_bh % HQ
+    kvh = h // GROUP
+    if MUT_CORNER:
+        OFF = LK - LQ - OFF
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=(offs_m[:, None] < LQ) & (offs_d[None, :] < D), other=0.0)
+    if DOT_F32:
+        q = q.to(tl.float32)
+    kt_ptrs = K + b * skb + kvh * skh + offs_n[None, :] * skn + offs_d[:, None] * skd
+    v_ptrs = V + b * svb + kvh * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    m_p = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_p = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    lo, a, bb, hi = _key_range(m0, LK, OFF, WIN, MASK, BLOCK_M, BLOCK_N)
+    for start in range(lo, a, BLOCK_N):
+        acc, m_i, l_i, m_p, l_p = _fwd_block(acc, m_i, l_i, m_p, l_p, q, kt_ptrs, v_ptrs, start, offs_m, offs_n,
+                                             offs_d, offs_dv, skn, svn, D, DV, LK, OFF, WIN, qk_scale,
+                                             True, MASK, DOT_F32, MUT_SKIP, MUT_STALE)
+    for start in range(a, bb, BLOCK_N):
+        acc, m_i, l_i, m_p, l_p = _fwd_block(acc, m_i, l_i, m_p, l_p, q, kt_ptrs, v_ptrs, start, offs_m, offs_n,
+                                             offs_d, offs_dv, skn, svn, D, DV, LK, OFF, WIN, qk_scale,
+                                             False, MASK, DOT_F32, MUT_SKIP, MUT_STALE)
+    for start in range(bb, hi, BLOCK_N):
+        acc, m_i, l_i, m_p, l_p = _fwd_block(acc, m_i, l_i, m_p, l_p, q, kt_ptrs, v_ptrs, start, offs_m, offs_n,
+                                             offs_d, offs_dv, skn, svn, D, DV, LK, OFF, WIN, qk_scale,
+                                             True, MASK, DOT_F32, MUT_SKIP, MUT_STALE)
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    if MUT_STALE:
+        m_i = m_p
+        l_i = l_p
+    lse = tl.where(l_i == 0.0, float("inf"), m_i + tl.log2(tl.where(l_i == 0.0, 1.0, l_i)))
+    tl.store(LSE + pid_bh * LQ + offs_m, lse, mask=offs_m < LQ)
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod, o.to(O.dtype.element_ty),
+             mask=(offs_m[:, None] < LQ) & (offs_dv[None, :] < DV))
+
+
+@triton.jit
+def _query_range(n0, LQ, OFF, WIN, MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Query-block bounds seeing keys [n0, n0 + BLOCK_N): [lo, a) masked, [a, b) full, [b, hi) masked."""
+    lo = 0
+    hi = LQ
+    full_lo = 0
+    hi_blk = ((LQ + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
+    full_hi = hi_blk
+    if MASK != 0:
+        lo = tl.minimum(tl.maximum(n0 - OFF, 0), LQ)
+        # rows that see the tile's last key see all of it: i >= n0 + BLOCK_N - 1 - OFF
+        full_lo = ((tl.maximum(n0 + BLOCK_N - 1 - OFF, 0) + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
+    if MASK == 2:
+        hi = tl.minimum(LQ, tl.maximum(n0 + BLOCK_N - OFF + WIN, 0))
+        hi_blk = ((hi + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
+        # rows that see the tile's first key under the window: i <= n0 - OFF + WIN
+        full_hi = (tl.maximum(n0 - OFF + WIN + 1, 0) // BLOCK_M) * BLOCK_M
+    lo = (lo // BLOCK_M) * BLOCK_M
+    a = tl.minimum(tl.maximum(full_lo, lo), hi_blk)
+    b = tl.minimum(tl.maximum(full_hi, a), hi_blk)
+    return lo, a, b, hi
+
+
+@triton.jit
+def _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, start, offs_m, offs_n, offs_d, offs_dv,
+                sqm, sdom, D, DV, LQ, LK, OFF, WIN, qk_scale,
+                MASKED: tl.constexpr, MASK: tl.constexpr, DOT_F32: tl.constexpr):
+    m = start + offs_m
+    q = tl.load(q_ptrs + start * sqm, mask=(m[:, None] < LQ) & (offs_d[None, :] < D), other=0.0)
+    do = tl.load(do_ptrs + start * sdom, mask=(m[:, None] < LQ) & (offs_dv[None, :] < DV), other=0.0)
+    lse = tl.load(lse_ptr + m, mask=m < LQ, other=0.0)
+    delta = tl.load(delta_ptr + m, mask=m < LQ, other=0.0)
+    if DOT_F32:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    # padded rows load q = do = 0: their probabilities are finite and contribute nothing
+    pt = tl.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
+    if MASKED:
+        pt = tl.where(_allowed_t(m, offs_n, LK, OFF, WIN, MASK), pt, 0.0)
+    dv = tl.dot(pt.to(do.dtype), do, dv)
+    dpt = tl.dot(v, tl.trans(do))
+    dst = pt * (dpt - delta[None, :])
+    dk = tl.dot(dst.to(q.dtype), q, dk)
+    return dk, dv
+
+
+@_tuned(DKDV_CONFIGS)
+@triton.jit
+def flash_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
+                   sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdom, sdod,
+                   HKV, GROUP, LQ, LK, OFF, WIN, qk_scale, sm_scale,
+                   D, DV_, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   MASK: tl.constexpr, DOT_F32: tl.constexpr, MUT_CORNER: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HKV
+    kvh = pid_bh % HKV
+    if MUT_CORNER:
+        OFF = LK - LQ - OFF
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k = tl.load(K + b * skb + kvh * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
+                mask=(offs_n[:, None] < LK) & (offs_d[None, :] < D), other=0.0)
+    v = tl.load(V + b * svb + kvh * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+                mask=(offs_n[:, None] < LK) & (offs_dv[None, :] < DV_), other=0.0)
+    if DOT_F32:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    lo, a, bb, hi = _query_range(n0, LQ, OFF, WIN, MASK, BLOCK_M, BLOCK_N)
+    HQ = HKV * GROUP
+    for g in range(0, GROUP):  # the group's query heads, in a fixed order: deterministic sums
+        h = kvh * GROUP + g
+        q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd
+        do_ptrs = DO + b * sdob + h * sdoh + offs_m[:, None] * sdom + offs_dv[None, :] * sdod
+        lse_ptr = LSE + (b * HQ + h) * LQ
+        delta_ptr = DELTA + (b * HQ + h) * LQ
+        for start in range(lo, a, BLOCK_M):
+            dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, start, offs_m, offs_n, offs_d,
+                                 offs_dv, sqm, sdom, D, DV_, LQ, LK, OFF, WIN, qk_scale, True, MASK, DOT_F32)
+        for start in range(a, bb, BLOCK_M):
+            dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, start, offs_m, offs_n, offs_d,
+                                 offs_dv, sqm, sdom, D, DV_, LQ, LK, OFF, WIN, qk_scale, False, MASK, DOT_F32)
+        for start in range(bb, hi, BLOCK_M):
+            dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, start, offs_m, offs_n, offs_d,
+                                 offs_dv, sqm, sdom, D, DV_, LQ, LK, OFF, WIN, qk_scale, True, MASK, DOT_F32)
+    dk = dk * sm_scale
+    # dK/dV are contiguous (B, HKV, LK, d) buffers allocated by the launcher
+    row = (b * HKV + kvh) * LK + offs_n
+    tl.store(DK + row[:, None] * D + offs_d[None, :], dk.to(DK.dtype.element_ty),
+             mask=(offs_n[:, None] < LK) & (offs_d[None, :] < D))
+    tl.store(DV + row[:, None] * DV_ + offs_dv[None, :], dv.to(DV.dtype.element_ty),
+             mask=(offs_n[:, None] < LK) & (offs_dv[None, :] < DV_))
+
+
+@triton.jit
+def _dq_block(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, start, offs_m, offs_n, offs_d, offs_dv,
+              skn, svn, D, DV, LK, OFF, WIN, qk_scale,
+              MASKED: tl.constexpr, MASK: tl.constexpr, DOT_F32: tl.constexpr):
+    n = start + offs_n
+    kt = tl.load(kt_ptrs + start * skn, mask=(offs_d[:, None] < D) & (n[None, :] < LK), other=0.0)
+    vt = tl.load(vt_ptrs + start * svn, mask=(offs_dv[:, None] < DV) & (n[None, :] < LK), other=0.0)
+    if DOT_F32:
+        kt = kt.to(tl.float32)
+        vt = vt.to(tl.float32)
+    p = tl.exp2(tl.dot(q, kt) * qk_scale - lse[:, None])
+    if MASKED:
+        p = tl.where(_allowed(offs_m, n, LK, OFF, WIN, MASK), p, 0.0)
+    dp = tl.dot(do, vt)
+    ds = p * (dp - delta[:, None])
+    # keys past LK load as 0: ds there multiplies a zero row of K
+    dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
+    return dq
+
+
+@_tuned(DQ_CONFIGS)
+@triton.jit
+def flash_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
+                 sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdom, sdod,
+                 HQ, GROUP, LQ, LK, OFF, WIN, qk_scale, sm_scale,
+                 D, DV, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                 MASK: tl.constexpr, DOT_F32: tl.constexpr, MUT_CORNER: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    if MASK == 1:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HQ
+    h = pid_bh % HQ
+    kvh = h // GROUP
+    if MUT_CORNER:
+        OFF = LK - LQ - OFF
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    rows = offs_m[:, None] < LQ
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=rows & (offs_d[None, :] < D), other=0.0)
+    do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdom + offs_dv[None, :] * sdod,
+                 mask=rows & (offs_dv[None, :] < DV), other=0.0)
+    lse = tl.load(LSE + pid_bh * LQ + offs_m, mask=offs_m < LQ, other=0.0)
+    delta = tl.load(DELTA + pid_bh * LQ + offs_m, mask=offs_m < LQ, other=0.0)
+    if DOT_F32:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    kt_ptrs = K + b * skb + kvh * skh + offs_n[None, :] * skn + offs_d[:, None] * skd
+    vt_ptrs = V + b * svb + kvh * svh + offs_n[None, :] * svn + offs_dv[:, None] * svd
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    lo, a, bb, hi = _key_range(m0, LK, OFF, WIN, MASK, BLOCK_M, BLOCK_N)
+    for start in range(lo, a, BLOCK_N):
+        dq = _dq_block(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, start, offs_m, offs_n, offs_d, offs_dv,
+                       skn, svn, D, DV, LK, OFF, WIN, qk_scale, True, MASK, DOT_F32)
+    for start in range(a, bb, BLOCK_N):
+        dq = _dq_block(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, start, offs_m, offs_n, offs_d, offs_dv,
+                       skn, svn, D, DV, LK, OFF, WIN, qk_scale, False, MASK, DOT_F32)
+    for start in range(bb, hi, BLOCK_N):
+        dq = _dq_block(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, start, offs_m, offs_n, offs_d, offs_dv,
+                       skn, svn, D, DV, LK, OFF, WIN, qk_scale, True, MASK, DOT_F32)
+    dq = dq * sm_scale
+    tl.store(DQ + (pid_bh * LQ + offs_m[:, None]) * D + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=rows & (offs_d[None, :] < D))
+
+
+# ----------------------------------------------------------------------------- host launchers
+
+
+def _launch_kw(tuned_kw: dict) -> dict:
+    """Fixed tiles under the interpreter; the autotuner picks them on CUDA."""
+    return dict(tuned_kw) if INTERPRET else {}
+
+
+def _interp_upcast(*tensors):
+    """bf16 -> fp32 copies under the interpreter, whose bf16 emulation is ~10x slower than fp32.
+
+    The kernels read bf16 values and compute in fp32 either way; only the output's final rounding
+    moves to the host (``.to(bfloat16)`` after the call).
+    """
+
+    if INTERPRET and tensors[0].dtype == torch.bfloat16:
+        return tuple(t.float() for t in tensors)
+    return tensors
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: int, off: int, win: int, scale: float,
+            mutants: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o, lse) of attention; lse is (B, HQ, LQ) float32 in base 2, +inf for rows that see no key."""
+    import math
+
+
+    dtype = q.dtype
+    q, k, v = _interp_upcast(q, k, v)
+
+    bsz, hq, lq, d = q.shape
+    hkv, lk, dv = k.shape[1], k.shape[2], v.shape[3]
+    o = torch.empty((bsz, hq, lq, dv), dtype=q.dtype, device=q.device)
+    lse = torch.empty((bsz, hq, lq), dtype=torch.float32, device=q.device)
+    bd, bdv = max(16, triton.next_power_of_2(d)), max(16, triton.next_power_of_2(dv))
+
+    def grid(meta):
+        return (triton.cdiv(lq, meta["BLOCK_M"]), bsz * hq)
+
+    flash_fwd[grid](q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+                    hq, hq // hkv, lq, lk, off, win, scale * math.log2(math.e),
+                    D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, MASK=mask, DOT_F32=DOT_F32,
+                    MUT_SKIP=bool(mutants.get("skip_block")), MUT_CORNER=bool(mutants.get("wrong_corner")),
+                    MUT_STALE=bool(mutants.get("stale_lse")), **_launch_kw(INTERP_FWD))
+    return o.to(dtype), lse
+
+
+def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+             lse: torch.Tensor, mask: int, off: int, win: int, scale: float,
+             mutants: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv): dK/dV one program per key block, dQ one per query block (no atomics)."""
+    import math
+
+
+    dtypes = (q.dtype, k.dtype, v.dtype)
+    do, q, k, v, o = _interp_upcast(do, q, k, v, o)
+    bsz, hq, lq, d = q.shape
+    hkv, lk, dv = k.shape[1], k.shape[2], v.shape[3]
+    # delta_i = rowsum(dO_i * O_i): the softmax Jacobian's correction term, one float per query row
+    delta = (do.float() * o.float()).sum(-1).contiguous()
+    dq = torch.empty((bsz, hq, lq, d), dtype=q.dtype, device=q.device)
+    dk = torch.empty((bsz, hkv, lk, d), dtype=k.dtype, device=k.device)
+    dvv = torch.empty((bsz, hkv, lk, dv), dtype=v.dtype, device=v.device)
+    bd, bdv = max(16, triton.next_power_of_2(d)), max(16, triton.next_power_of_2(dv))
+    qk_scale = scale * math.log2(math.e)
+    corner = bool(mutants.get("wrong_corner"))
+    strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
+
+    def grid_kv(meta):
+        return (triton.cdiv(lk, meta["BLOCK_N"]), bsz * hkv)
+
+    def grid_q(meta):
+        return (triton.cdiv(lq, meta["BLOCK_M"]), bsz * hq)
+
+    flash_bwd_dkdv[grid_kv](q, k, v, do, lse, delta, dk, dvv, *strides, hkv, hq // hkv, lq, lk, off, win,
+                            qk_scale, scale, D=d, DV_=dv, BLOCK_D=bd, BLOCK_DV=bdv, MASK=mask,
+                            DOT_F32=DOT_F32, MUT_CORNER=corner, **_launch_kw(INTERP_BWD))
+    flash_bwd_dq[grid_q](q, k, v, do, lse, delta, dq, *strides, hq, hq // hkv, lq, lk, off, win,
+                         qk_scale, scale, D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, MASK=mask,
+                         DOT_F32=DOT_F32, MUT_CORNER=corner, **_launch_kw(INTERP_BWD))
+    return dq.to(dtypes[0]), dk.to(dtypes[1]), dvv.to(dtypes[2])

@@ -1,0 +1,118 @@
+"""The absorbed MLA attention core: many query heads against one shared latent K/V head.
+
+Imported through :func:`impls.triton_kernels.kernels`. Queries are (B, H, LQ, DL + DR): the
+latent part (the key up-projection folded into q) then the RoPE part; the cache is (B, LK, DL +
+DR): the normalised latent c_kv then the roped k_pe, and the values are the cache's first DL
+columns. A program owns BLOCK_M rows of the (query position, head) grid, row r = (r // H, r % H):
+with DeepSeek-V3's 128 heads a tile's rows share one query position, so every latent tile loaded
+serves all of them, for the scores (with the RoPE part) and then as the values, without a copy.
+Causal masks are bottom-right (query i at position i + LK - LQ), as in decoding.
+Deterministic: each program owns its output rows, no atomics. Forward only.
+"""
+
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+from triton import knobs
+
+INTERPRET = bool(knobs.runtime.interpret)
+DOT_F32 = INTERPRET  # see flash.py: the interpreter's bf16 tl.dot is wrong
+INTERP_TILE = dict(BLOCK_M=32, BLOCK_N=32)
+
+
+def _cfg(bm, bn, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+
+
+# the fp32 accumulator is BLOCK_M x 512: 64 rows over 8 warps is 128 registers a thread already
+MLA_CONFIGS = [_cfg(64, 32, 8, 2), _cfg(64, 64, 8, 1), _cfg(64, 32, 4, 2), _cfg(32, 64, 4, 2)]
+
+
+def _tuned(fn):
+    if INTERPRET:
+        return fn
+    configs = MLA_CONFIGS if os.environ.get("ATTNSUITE_TRITON_AUTOTUNE", "1") != "0" else MLA_CONFIGS[:1]
+    return triton.autotune(configs=configs, key=["BLOCK_DL", "BLOCK_DR", "MASK"])(fn)
+
+
+@_tuned
+@triton.jit
+def mla_fwd(Q, KV, O, sqb, sqh, sqm, sqd, skb, skn, skd, sob, soh, som, sod,
+            H, LQ, LK, OFF, qk_scale,
+            DL, DR, BLOCK_DL: tl.constexpr, BLOCK_DR: tl.constexpr,
+            MASK: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid = tl.program_id(0)
+    if MASK != 0:
+        pid = tl.num_programs(0) - 1 - pid  # the longest causal rows first
+    b = tl.program_id(1)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    live = rows < LQ * H
+    qi = rows // H
+    h = rows % H
+    offs_l = tl.arange(0, BLOCK_DL)
+    offs_r = tl.arange(0, BLOCK_DR)
+    offs_n = tl.arange(0, BLOCK_N)
+    q_row = Q + b * sqb + h[:, None] * sqh + qi[:, None] * sqm
+    q_lat = tl.load(q_row + offs_l[None, :] * sqd, mask=live[:, None] & (offs_l[None, :] < DL), other=0.0)
+    q_pe = tl.load(q_row + (DL + offs_r[None, :]) * sqd, mask=live[:, None] & (offs_r[None, :] < DR), other=0.0)
+    if DOT_F32:
+        q_lat = q_lat.to(tl.float32)
+        q_pe = q_pe.to(tl.float32)
+    hi = LK
+    if MASK != 0:
+        last = tl.minimum(pid * BLOCK_M + BLOCK_M - 1, LQ * H - 1) // H  # the tile's last query
+        hi = tl.minimum(LK, tl.maximum(last + OFF + 1, 0))
+    pos = qi + OFF
+    c_ptrs = KV + b * skb + offs_n[:, None] * skn + offs_l[None, :] * skd
+    pe_ptrs = KV + b * skb + offs_n[:, None] * skn + (DL + offs_r[None, :]) * skd
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DL], tl.float32)
+    for start in range(0, hi, BLOCK_N):
+        n = start + offs_n
+        c = tl.load(c_ptrs + start * skn, mask=(n[:, None] < hi) & (offs_l[None, :] < DL), other=0.0)
+        pe = tl.load(pe_ptrs + start * skn, mask=(n[:, None] < hi) & (offs_r[None, :] < DR), other=0.0)
+        if DOT_F32:
+            c = c.to(tl.float32)
+            pe = pe.to(tl.float32)
+        s = tl.dot(q_lat, tl.trans(c))
+        s = tl.dot(q_pe, tl.trans(pe), s) * qk_scale
+        ok = n[None, :] < hi
+        if MASK != 0:
+            ok = ok & (n[None, :] <= pos[:, None])
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(c.dtype), c, acc * alpha[:, None])  # the latent tile is also the value tile
+        m_i = m_new
+    o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(O + b * sob + h[:, None] * soh + qi[:, None] * som + offs_l[None, :] * sod, o.to(O.dtype.element_ty),
+             mask=live[:, None] & (offs_l[None, :] < DL))
+
+
+def mla_forward(q: torch.Tensor, kv: torch.Tensor, d_latent: int, scale: float, causal: bool) -> torch.Tensor:
+    """o (B, H, LQ, d_latent) = softmax(scale q kv^T, bottom-right causal) kv[..., :d_latent]."""
+
+    bsz, heads, lq, dqk = q.shape
+    lk = kv.shape[1]
+    dr = dqk - d_latent
+    dtype = q.dtype
+    if INTERPRET and dtype == torch.bfloat16:  # see flash._interp_upcast
+        q, kv = q.float(), kv.float()
+    o = torch.empty((bsz, heads, lq, d_latent), dtype=q.dtype, device=q.device)
+
+    def grid(meta):
+        return (triton.cdiv(lq * heads, meta["BLOCK_M"]), bsz)
+
+    mla_fwd[grid](q, kv, o, *q.stride(), *kv.stride(), *o.stride(), heads, lq, lk, lk - lq,
+                  scale * math.log2(math.e), DL=d_latent, DR=dr,
+                  BLOCK_DL=max(16, triton.next_power_of_2(d_latent)), BLOCK_DR=max(16, triton.next_power_of_2(dr)),
+                  MASK=1 if causal else 0, DOT_F32=DOT_F32, **(INTERP_TILE if INTERPRET else {}))
+    return o.to(dtype)

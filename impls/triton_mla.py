@@ -1,0 +1,74 @@
+"""``triton-mla-absorbed``: DeepSeek-V3 MLA in its absorbed form, the attention core a Triton kernel.
+
+The layer is :class:`impls.mla.MLA` with ``absorbed=True`` (the key up-projection folded into the
+query, the value up-projection applied after attention); only the attention core changes: instead
+of SDPA's math path over a (q, k, v) with k = [c_kv, k_pe] and v = c_kv (576/512 at DeepSeek-V3
+size, which no fused SDPA kernel takes), :mod:`impls.triton_kernels.mla` reads the latent cache
+once per tile for both the scores and the values and never materialises the score matrix. The
+module's ``decode`` (new tokens against the latent cache, bottom-right causal) goes through the
+same kernel.
+
+Forward only: the kernel has no backward yet, so the variant declares none (backward_devices is
+empty) and a backward through it raises instead of returning silently wrong gradients.
+Deterministic (no atomics). bf16 and fp16 on CUDA; fp32 too on the CPU interpreter.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnsuite.problem import Problem
+from attnsuite.registry import register
+
+from .mla import MLA, _LatentVariant
+from .triton_flash import interpreter_budget, triton_reasons
+from .triton_kernels import kernels
+
+
+CPU_MAX_MLA_STEPS = 8  # interpreter budget (64x64 tile steps): the CPU correctness problems take 1-2
+
+
+class _MLACore(torch.autograd.Function):
+    """The Triton core as an autograd node whose backward says it does not exist."""
+
+    @staticmethod
+    def forward(ctx, q, kv, d_latent: int, scale: float, causal: bool):
+        return kernels("mla", q.device.type).mla_forward(q, kv, d_latent, scale, causal)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError("triton-mla-absorbed has no backward kernel (forward only; see impls/triton_mla.py)")
+
+
+class TritonAbsorbedMLA(MLA):
+    """MLA, absorbed form, attention core in Triton."""
+
+    def _attend_absorbed(self, q_nope, q_pe, c_kv, k_pe) -> torch.Tensor:
+        b, lq = q_nope.shape[0], q_nope.shape[1]
+        w = self.wkv_b.view(self.h, self.dn + self.dv, self.kv_lora)
+        w_uk, w_uv = w[:, : self.dn], w[:, self.dn :]
+        q_lat = torch.einsum("blhn,hnc->bhlc", q_nope, w_uk)
+        q = torch.cat([q_lat, q_pe.transpose(1, 2)], dim=-1)  # (b, h, lq, kv_lora + rope)
+        kv = torch.cat([c_kv, k_pe], dim=-1)  # (b, lk, kv_lora + rope): the one shared head
+        o_lat = _MLACore.apply(q, kv, self.kv_lora, self.scale, self.causal)
+        o = torch.einsum("bhlc,hvc->blhv", o_lat, w_uv)
+        return o.reshape(b, lq, self.h * self.dv)
+
+
+@register
+class TritonMLAAbsorbed(_LatentVariant):
+    name = "triton-mla-absorbed"
+    family = "mla-layer"
+    description = "DeepSeek-V3 MLA, absorbed form, attention core a Triton kernel over the latent cache (forward only)"
+    backend = "triton"
+    module = TritonAbsorbedMLA
+    absorbed = True
+    dtypes = frozenset({"bfloat16", "float16", "float32"})
+    backward_devices = frozenset()  # the kernel is forward only (see the module docstring)
+    fused = True
+
+    def extra_reasons(self, problem: Problem, backward: bool) -> list[str]:
+        # one tile stream per batch over the (query position, head) rows
+        budget = interpreter_budget(problem.device, problem.batch, problem.lq * problem.hq, problem.lk,
+                                    limit=CPU_MAX_MLA_STEPS)
+        return super().extra_reasons(problem, backward) + triton_reasons(problem) + budget

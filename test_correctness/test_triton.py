@@ -1,0 +1,144 @@
+"""The Triton kernels (triton-flash, triton-decode, triton-mla-absorbed): what test_variants.py does not show.
+
+test_variants.py runs every registered variant, these included, through every check on the
+families' problems. Here: each deliberate kernel defect (a constexpr mutant flag of the flash
+kernels) is caught by the check that should catch it while the honest kernel passes the same
+problem; the backward is bitwise deterministic; MLA decode steps go through the kernel; the
+variants decline what they do not support with a reason.
+
+On CPU the kernels run in Triton's interpreter, which needs TRITON_INTERPRET=1 before triton's
+first import (test_correctness/conftest.py sets it for CPU runs; set here too as a fallback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+if not torch.cuda.is_available() and "triton" not in sys.modules:  # too late once triton is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from attnsuite import checks, registry  # noqa: E402
+from attnsuite import mla_oracle as mo  # noqa: E402
+from attnsuite.case import prepare  # noqa: E402
+from attnsuite.inputs import layer_inputs_np, to_torch  # noqa: E402
+from attnsuite.problem import Mask, Problem  # noqa: E402
+from attnsuite.tolerance import compare  # noqa: E402
+from impls.triton_flash import TritonFlash  # noqa: E402
+from impls.triton_kernels import device_reason  # noqa: E402
+
+from .conftest import correctness_device  # noqa: E402
+
+pytestmark = pytest.mark.skipif(device_reason("cpu") is not None and not torch.cuda.is_available(),
+                                reason=str(device_reason("cpu")))
+
+
+@pytest.fixture(scope="module")
+def device(pytestconfig) -> str:
+    return correctness_device(pytestconfig)
+
+
+def _dtype(device: str) -> str:
+    """fp32 on the interpreter; on CUDA Triton's fp32 dot is TF32, so bf16."""
+    return "float32" if device == "cpu" else "bfloat16"
+
+
+def _mutant(flag: str) -> TritonFlash:
+    """triton-flash with one kernel defect switched on (not registered: tests only)."""
+    cls = type(f"Mutant_{flag}", (TritonFlash,), {"name": f"mutant-triton-{flag.replace('_', '-')}",
+                                                  "mutants": {flag: True}})
+    return cls()
+
+
+BR = Mask("causal", align="bottom_right")
+# (defect, problem where it shows, the check that must catch it, a check it must still pass)
+MUTANTS = [
+    ("skip_block", Problem(batch=1, lq=40, lk=150, hq=2, hkv=1, dqk=32, dv=32), "forward", None),
+    ("wrong_corner", Problem(batch=1, lq=17, lk=97, hq=2, hkv=2, dqk=32, dv=32, mask=BR), "forward", None),
+    ("stale_lse", Problem(batch=1, lq=97, lk=97, hq=2, hkv=2, dqk=32, dv=32, mask=Mask("causal")),
+     "backward", "forward"),
+]
+
+
+@pytest.mark.parametrize("flag,problem,catching,passing", MUTANTS, ids=[m[0] for m in MUTANTS])
+def test_a_kernel_defect_is_caught_by_its_check_and_the_honest_kernel_passes(flag, problem, catching, passing,
+                                                                             device):
+    problem = problem.with_(device=device, dtype="bfloat16")
+    honest = checks.CHECKS[catching](registry.get("triton-flash"), problem)
+    assert honest.passed, honest.message
+    caught = checks.CHECKS[catching](_mutant(flag), problem)
+    assert not caught.passed, f"the {flag} mutant passed the {catching} check:\n{caught.message}"
+    if passing is not None:  # the defect lives in one pass only: the other check cannot see it
+        result = checks.CHECKS[passing](_mutant(flag), problem)
+        assert result.passed, result.message
+
+
+def test_the_mutant_flags_are_off_in_the_registered_variant():
+    assert registry.get("triton-flash").mutants == {}
+
+
+def test_triton_flash_backward_is_bitwise_deterministic_with_gqa_and_a_window(device):
+    problem = Problem(batch=1, lq=70, lk=90, hq=4, hkv=2, dqk=40, dv=40, dtype="bfloat16", device=device,
+                      mask=Mask("window", window=20, align="bottom_right"))
+    variant = registry.get("triton-flash")
+    runs = []
+    for _ in range(2):
+        case = prepare(variant, problem, requires_grad=True)
+        out = case.forward()
+        case.backward(out)
+        runs.append(case.grads())
+    for name in ("q", "k", "v"):
+        assert checks.same_bits(runs[0][name], runs[1][name]), f"grad {name} differs between two identical runs"
+
+
+@pytest.mark.parametrize("variant_name,problem,needle", [
+    ("triton-flash", Problem(alibi=True, dtype="bfloat16"), "alibi"),
+    ("triton-flash", Problem(dqk=320, dv=320, dtype="bfloat16"), "head dims up to 256"),
+    ("triton-flash", Problem(dtype="float32", device="cuda"), "TF32"),
+    ("triton-flash", Problem(batch=4, lq=1031, lk=1031, dtype="bfloat16"), "interpreter"),
+    ("triton-decode", Problem(lq=64, lk=300, dtype="bfloat16", mask=BR), "at most 16 new queries"),
+    ("triton-decode", Problem(lq=1, lk=300, dtype="bfloat16"), "no backward"),
+], ids=["alibi", "head-dim", "fp32-cuda", "interpreter-budget", "decode-lq", "decode-backward"])
+def test_a_triton_variant_declines_what_it_does_not_support_and_says_why(variant_name, problem, needle,
+                                                                         monkeypatch):
+    if problem.device == "cuda":
+        monkeypatch.setenv("TRITON_INTERPRET", "0")  # compiled CUDA kernels (the interpreter has no TF32)
+        reasons = registry.get(variant_name).extra_reasons(problem, False)  # any "no CUDA here" reason aside
+    else:
+        reasons = registry.get(variant_name).unsupported(problem, backward=(needle == "no backward"))
+    assert any(needle in r for r in reasons), reasons
+
+
+def test_cpu_tensors_without_the_interpreter_are_declined_with_the_variable_to_set(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    reason = device_reason("cpu")
+    assert reason is not None and "TRITON_INTERPRET=1" in reason
+
+
+@pytest.mark.parametrize("new_tokens", [1, 3])
+def test_mla_decode_steps_through_the_triton_core_match_the_full_forward(new_tokens, device):
+    problem = mo.mla_problem(1, 12, 40, 3, 16, 12, 6, 4, 7, mask=Mask("causal"), dtype=_dtype(device), device=device)
+    from impls import mla
+
+    module = mla.build_module("triton-mla-absorbed", problem)
+    x = to_torch(layer_inputs_np(problem)[0], problem)
+    with torch.no_grad():
+        full = module(x)
+        cache = module.latent_cache(x[:, : problem.lq - new_tokens])
+        step = module.decode(x[:, problem.lq - new_tokens :], cache)
+    c = compare("decode rows", step, full[:, -new_tokens:].double(), full[:, -new_tokens:].double(), problem.dtype)
+    assert c.passed, c.describe()
+
+
+def test_a_backward_through_the_forward_only_mla_kernel_raises_instead_of_returning_wrong_grads(device):
+    problem = mo.mla_problem(1, 5, 40, 2, 16, 12, 6, 4, 7, mask=Mask("causal"), dtype=_dtype(device), device=device)
+    from impls import mla
+
+    module = mla.build_module("triton-mla-absorbed", problem)
+    x = to_torch(layer_inputs_np(problem)[0], problem, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="no backward"):
+        module(x).sum().backward()
