@@ -31,9 +31,13 @@ class Case:
     module: Optional[torch.nn.Module] = None
     build_seconds: float = 0.0
     params: dict[str, torch.Tensor] = field(default_factory=dict)
+    # the variant's reset hook bound to what it built; None when the variant declares none
+    reset: Optional[Callable[[], None]] = None
 
     def forward(self) -> torch.Tensor:
-        """Run the variant once on the case's inputs."""
+        """Run the variant once on the case's inputs (after its reset hook, when it declares one)."""
+        if self.reset is not None:
+            self.reset()
         return self.call()
 
     def backward(self, out: torch.Tensor, retain_graph: bool = False) -> None:
@@ -133,7 +137,8 @@ def prepare(
                 cache[key] = fn
         build = time.perf_counter() - start
         args = tuple(inputs.values())
-        return Case(variant, problem, inputs, grad_out, lambda: fn(*args), build_seconds=build)
+        return Case(variant, problem, inputs, grad_out, lambda: fn(*args), build_seconds=build,
+                    reset=_reset_hook(variant, fn))
     if isinstance(variant, LayerVariant):
         module = cache.get(key) if cache is not None else None
         if module is None:
@@ -145,5 +150,13 @@ def prepare(
         build = time.perf_counter() - start
         x = inputs["x"]
         return Case(variant, problem, inputs, grad_out, lambda: module(x), module=module,
-                    build_seconds=build, params=params)
+                    build_seconds=build, params=params, reset=_reset_hook(variant, module))
     raise TypeError(f"{variant!r} is neither a KernelVariant nor a LayerVariant")
+
+
+def _reset_hook(variant: Variant, built) -> Optional[Callable[[], None]]:
+    """``variant.reset`` bound to ``built``, or None when the variant keeps the default no-op
+    (so a variant without state adds no call to its timed steps)."""
+    if type(variant).reset is Variant.reset:
+        return None
+    return lambda: variant.reset(built)

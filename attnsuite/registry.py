@@ -25,6 +25,7 @@ from typing import Any, Callable, ClassVar, Iterable, Optional
 import torch
 
 from .problem import Problem
+from .tolerance import ACCURACY_CLASSES
 
 KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -97,6 +98,9 @@ class Variant:
     fused: ClassVar[bool] = False  # must not materialise the (lq, lk) score matrix
     deterministic: ClassVar[bool] = True  # two identical calls must agree bit for bit
     backend: ClassVar[str] = ""  # the backend this variant means to use ("flash", "math", ...)
+    # "exact" is judged by the pass rule (tolerance.compare); an approximate kernel (FP8, INT8) declares
+    # its class ("fp8", "int8") and is judged by that class's budget (tolerance.APPROXIMATE_BUDGET)
+    accuracy: ClassVar[str] = "exact"
 
     def unsupported(self, problem: Problem, backward: bool = False) -> list[str]:
         """Reasons this variant cannot run ``problem`` (empty when it can)."""
@@ -138,6 +142,16 @@ class Variant:
         """Variant-specific reasons beyond the declared capabilities (head-dim limits, ...)."""
         return []
 
+    def reset(self, built: Any) -> None:
+        """Forget what earlier calls left behind; the suite calls it before every call (default: nothing).
+
+        ``built`` is what ``build`` returned: the function of a kernel variant, the module of a layer
+        variant. A module that keeps state between calls (its own KV cache, a call counter) clears it
+        here, so every call computes the same function. It runs inside timed calls: keep it cheap.
+        A variant whose output depends on earlier calls and that declares no reset is reported by the
+        repeat check (:func:`attnsuite.checks.check_repeat`).
+        """
+
     def __repr__(self) -> str:
         return f"<{self.level} variant {self.name} ({self.family})>"
 
@@ -153,9 +167,33 @@ class KernelVariant(Variant):
 
 
 class LayerVariant(Variant):
-    """x (batch, l, d_model) to y, with its own projections loaded from the family's canonical weights."""
+    """x (batch, l, d_model) to y, with its own projections loaded from the family's canonical weights.
+
+    Incremental decoding (optional; docs/decode.md). A variant that sets ``decodes = True`` can run
+    a causal self-attention problem token by token with its own cache:
+
+    - ``prefill(module, x_prefix) -> (y_prefix, cache)``: the layer on the first tokens;
+    - ``step(module, x_new, cache) -> (y_new, cache)``: the outputs of one or more new tokens that
+      follow every cached one (causal corner bottom-right), and the cache grown by them.
+
+    ``module`` is what ``build`` returned for the full-length problem. The cache is the variant's own
+    object (a ``past_key_value`` tuple, a KV cache class, a latent cache); the suite never looks
+    inside, it only hands back what the last call returned. By default both delegate to methods of
+    the same names on the module (``module.prefill(x)``, ``module.step(x_new, cache)``), so either
+    the variant or its module may implement them. :mod:`attnsuite.decode_check` checks that the
+    concatenated outputs equal the rows of the full forward.
+    """
 
     level: ClassVar[str] = "layer"
+    decodes: ClassVar[bool] = False  # implements prefill/step (incremental decoding with a cache)
+
+    def prefill(self, module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Run the layer on the prefix ``x`` (batch, p, d_model); return (y, cache of those p tokens)."""
+        return module.prefill(x)
+
+    def step(self, module: torch.nn.Module, x_new: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        """Outputs of the new tokens ``x_new`` (batch, s, d_model) after the cached ones; the grown cache."""
+        return module.step(x_new, cache)
 
     def build(self, problem: Problem, params: dict[str, torch.Tensor]) -> torch.nn.Module:
         """A module computing the layer, its parameters copied from the canonical ``params``."""
@@ -186,6 +224,9 @@ def register(variant):
     bad = set(instance.features) - FEATURES
     if bad:
         raise ValueError(f"variant {instance.name!r} declares unknown features {sorted(bad)}")
+    if instance.accuracy not in ACCURACY_CLASSES:
+        raise ValueError(f"variant {instance.name!r} declares unknown accuracy class {instance.accuracy!r}; "
+                         f"known: {', '.join(ACCURACY_CLASSES)} (attnsuite/tolerance.py)")
     _REGISTRY[instance.name] = instance
     return variant
 

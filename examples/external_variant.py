@@ -40,9 +40,13 @@ class ChunkedQueries(KernelVariant):
             outs = []
             for start in range(0, q.shape[2], chunk):
                 s = q[:, :, start : start + chunk] @ k.transpose(-1, -2) * scale
-                if allowed is not None:
-                    s = s.masked_fill(~allowed[start : start + chunk], float("-inf"))
-                outs.append(torch.softmax(s, -1) @ v)
+                if allowed is None:
+                    outs.append(torch.softmax(s, -1) @ v)
+                    continue
+                rows = allowed[start : start + chunk]
+                dead = ~rows.any(-1, keepdim=True)  # a query that may see no key outputs zeros, not NaN
+                s = s.masked_fill(~rows, float("-inf")).masked_fill(dead, 0.0)
+                outs.append(torch.softmax(s, -1).masked_fill(dead, 0.0) @ v)
             return torch.cat(outs, dim=2)
 
         return run

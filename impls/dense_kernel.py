@@ -29,11 +29,29 @@ torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
 torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
 
 
-def explicit_attention(q, k, v, scale: float, allowed, bias, softcap, dropout=None):
+def dead_rows(allowed):
+    """(lq, 1) mask of the query rows that may attend to no key, or None when every row has one."""
+    if allowed is None:
+        return None
+    live = allowed.any(dim=-1, keepdim=True)
+    return None if bool(live.all()) else ~live
+
+
+def softmax_rows(s, dead):
+    """Softmax over the keys; a row with no allowed key (``dead``) gets zero probabilities, the
+    oracle's convention, instead of the NaN that softmax of an all -inf row gives (and that NaN
+    reaches every gradient through the backward)."""
+    if dead is None:
+        return torch.softmax(s, dim=-1)
+    return torch.softmax(s.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
+
+
+def explicit_attention(q, k, v, scale: float, allowed, bias, softcap, dropout=None, dead=None):
     """Matmul-softmax attention; ``allowed`` boolean (lq, lk) or None, ``bias`` additive or None.
 
     ``dropout``, when given, maps the softmax probabilities to the ones applied to V (the hook
-    :func:`impls.dropout.dropout_attention` uses; None leaves them as they are).
+    :func:`impls.dropout.dropout_attention` uses; None leaves them as they are). ``dead`` is
+    :func:`dead_rows` of ``allowed`` (rows with no key output zeros).
     """
     group = q.shape[1] // k.shape[1]
     if group > 1:
@@ -46,7 +64,7 @@ def explicit_attention(q, k, v, scale: float, allowed, bias, softcap, dropout=No
         s = softcap * torch.tanh(s / softcap)
     if allowed is not None:
         s = s.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(s, dim=-1)
+    probs = softmax_rows(s, dead)
     if dropout is not None:
         probs = dropout(probs)
     return torch.matmul(probs, v)
@@ -70,12 +88,13 @@ class Explicit(KernelVariant):
 
     def build(self, problem):
         allowed = mask_mods.dense_bool_mask(problem)
+        dead = dead_rows(allowed)
         bias = alibi_bias(problem, getattr(torch, problem.dtype))
         scale, cap = problem.softmax_scale, problem.softcap
 
         def run(q, k, v):
             b = None if bias is None else bias.to(q.dtype)
-            return explicit_attention(q, k, v, scale, allowed, b, cap)
+            return explicit_attention(q, k, v, scale, allowed, b, cap, dead=dead)
 
         return run
 
@@ -90,6 +109,7 @@ class Einsum(KernelVariant):
 
     def build(self, problem):
         allowed = mask_mods.dense_bool_mask(problem)
+        dead = dead_rows(allowed)
         bias = alibi_bias(problem, getattr(torch, problem.dtype))
         scale, cap = problem.softmax_scale, problem.softcap
         g = problem.hq // problem.hkv
@@ -104,7 +124,7 @@ class Einsum(KernelVariant):
                 s = cap * torch.tanh(s / cap)
             if allowed is not None:
                 s = s.masked_fill(~allowed, float("-inf"))
-            o = torch.einsum("bkgqj,bkjd->bkgqd", torch.softmax(s, dim=-1), v)
+            o = torch.einsum("bkgqj,bkjd->bkgqd", softmax_rows(s, dead), v)
             return o.reshape(b, hq, lq, v.shape[-1])
 
         return run
@@ -368,12 +388,13 @@ class CompiledExplicit(KernelVariant):
 
     def build(self, problem):
         allowed = mask_mods.dense_bool_mask(problem)
+        dead = dead_rows(allowed)
         bias = alibi_bias(problem, getattr(torch, problem.dtype))
         scale, cap = problem.softmax_scale, problem.softcap
         fn = torch.compile(explicit_attention, dynamic=False)
 
         def run(q, k, v):
             b = None if bias is None else bias.to(q.dtype)
-            return fn(q, k, v, scale, allowed, b, cap)
+            return fn(q, k, v, scale, allowed, b, cap, dead=dead)
 
         return run

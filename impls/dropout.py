@@ -18,7 +18,7 @@ from attnsuite import mask_mods
 from attnsuite.problem import MASK_KINDS, Mask, Problem
 from attnsuite.registry import KernelVariant, register
 
-from .dense_kernel import explicit_attention
+from .dense_kernel import dead_rows, explicit_attention
 
 
 def dropout_attention(
@@ -32,6 +32,7 @@ def dropout_attention(
     p: float = 0.0,
     generator: Optional[torch.Generator] = None,
     return_keep: bool = False,
+    dead: Optional[torch.Tensor] = None,
 ):
     """Explicit attention with dropout ``p`` on the probabilities; optionally also the keep mask.
 
@@ -49,7 +50,7 @@ def dropout_attention(
         keep = u >= p
         return probs * keep.to(probs.dtype) / (1.0 - p)
 
-    out = explicit_attention(q, k, v, scale, allowed, bias, softcap, drop if p > 0.0 else None)
+    out = explicit_attention(q, k, v, scale, allowed, bias, softcap, drop if p > 0.0 else None, dead=dead)
     return (out, keep) if return_keep else out
 
 
@@ -65,6 +66,7 @@ class ExplicitDropout(KernelVariant):
     def build(self, problem: Problem):
         """Masks and ALiBi built once; each call reseeds its generator, so runs repeat exactly."""
         allowed = mask_mods.dense_bool_mask(problem)
+        dead = dead_rows(allowed)
         bias = (mask_mods.additive_bias(problem.with_(mask=Mask(align=problem.mask.align)),
                                         getattr(torch, problem.dtype)) if problem.alibi else None)
         scale, cap, p, seed = problem.softmax_scale, problem.softcap, problem.dropout, problem.seed
@@ -72,6 +74,6 @@ class ExplicitDropout(KernelVariant):
 
         def run(q, k, v):
             gen = torch.Generator(device=device).manual_seed(seed) if p > 0 else None
-            return dropout_attention(q, k, v, scale, allowed, bias, cap, p, gen)
+            return dropout_attention(q, k, v, scale, allowed, bias, cap, p, gen, dead=dead)
 
         return run

@@ -1,18 +1,28 @@
 """Hypothesis-drawn problems: adversarial lengths, head layouts, dims and masks, for the eager variants.
 
 Bounded by the "ci" profile (test_correctness/conftest.py); HYPOTHESIS_PROFILE=dev digs deeper.
-Compiled variants are left out: each drawn shape would cost a compile.
+Compiled variants are left out: each drawn shape would cost a compile. The variants are the
+selection (``--attn-only``) of the attention family's eager kernel variants; without one, the
+built-in set below plus every variant loaded from outside (``--attn-variants``). A drawn problem a
+variant declares it cannot run (``Variant.unsupported``) is skipped for it, never failed.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from attnsuite import checks, registry
+from attnsuite.plugin import selected_variants
 from attnsuite.problem import Mask, Problem
 
+from .conftest import skip_if_nothing_ran
+
+# The built-in eager variants drawn problems go to by default (one per code path; the rest of the
+# built-ins are covered by the fixed problems of test_variants.py, at a fraction of the cost).
 EAGER = ["explicit", "einsum", "sdpa", "sdpa-math", "sdpa-flash", "sdpa-boolmask", "sdpa-additive"]
 LENGTHS = st.one_of(st.sampled_from([1, 2, 3, 17, 63, 64, 65, 97, 113, 128, 129]), st.integers(1, 160))
 
@@ -33,12 +43,45 @@ def problems(draw) -> Problem:
                    seed=draw(st.integers(0, 3)))
 
 
-@pytest.mark.parametrize("variant_name", EAGER)
-@given(problem=problems())
-def test_drawn_problem_forward_and_backward_match_oracle(variant_name, problem):
-    variant = registry.get(variant_name)
-    assume(not variant.unsupported(problem, backward=True))
-    assume(checks.live_rows(problem) is None)  # fully masked rows are reported, not compared
-    for check in ("forward", "backward"):
-        result = checks.CHECKS[check](variant, problem)
-        assert result.passed, result.message
+def hypothesis_variants(config: pytest.Config) -> list[registry.Variant]:
+    """The eager kernel variants of the attention family to draw problems for (see the module doc)."""
+    eager = [v for v in selected_variants(config, level="kernel") if v.family == "attention" and not v.compiled]
+    if config.getoption("--attn-only"):
+        return eager
+    builtin = {type(registry.get(n)).__module__ for n in EAGER if n in {v.name for v in eager}}
+    external = [v for v in eager if v.name not in EAGER and _loaded_from_outside(type(v).__module__, builtin)]
+    return [v for v in eager if v.name in EAGER] + external
+
+
+def _loaded_from_outside(module: str, builtin_modules: set) -> bool:
+    # external modules load as attnsuite_external_<stem> (a .py path) or under their own top-level name
+    roots = {m.split(".")[0] for m in builtin_modules} | {"attnsuite"}
+    return module.split(".")[0] not in roots
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "variant" in metafunc.fixturenames:
+        chosen = hypothesis_variants(metafunc.config)
+        metafunc.parametrize("variant", chosen or [pytest.param(None, marks=pytest.mark.skip(
+            reason="no eager attention kernel variant selected"))], ids=lambda v: getattr(v, "name", "none"))
+
+
+def test_drawn_problem_forward_and_backward_match_oracle(variant):
+    declined: Counter = Counter()
+    ran = []
+
+    @given(problem=problems())
+    def check(problem: Problem) -> None:
+        # fully masked rows are checked on the family's fixed problems (test_variants.py)
+        assume(checks.live_rows(problem) is None)
+        reasons = variant.unsupported(problem, backward=True)
+        if reasons:  # a declared limitation: this draw is skipped for the variant, with its reason
+            declined.update(reasons)
+            return
+        ran.append(problem.id)
+        for name in ("forward", "backward"):
+            result = checks.CHECKS[name](variant, problem)
+            assert result.passed, result.message
+
+    check()
+    skip_if_nothing_ran(len(ran), declined, variant.name)

@@ -4,14 +4,21 @@
   convention: a variant that passes the suite's mask unconverted must be caught.
 - The QK-norm families pin the scale: a variant that drops back to 1/sqrt(d) must be caught.
 - Canonical gradient mapping: a fused or per-head layout mapped back in the wrong order is caught.
-- Equal work: every variant of a family holds exactly the canonical parameters (same count, no
-  extra bias tokens, one output projection), so their timings compare like with like.
+- Equal work: every variant of every layer family (built-in or loaded from outside) holds exactly
+  the canonical parameters (same count, no extra bias tokens, one output projection), so their
+  timings compare like with like; a failure names every offender.
+
+The generic tests (equal work, weight loading, drawn shapes) run the selected variants only
+(``--attn-only``, through :func:`attnsuite.plugin.selected_variants`), and a variant that declares a
+drawn problem unsupported is skipped there with its reason, never failed.
 
 Mutants are built as unregistered variant objects and run through the generic checks of
 :mod:`attnsuite.checks`, so what is shown to fail here is what the suite would report.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -21,16 +28,29 @@ from hypothesis import strategies as st
 
 from attnsuite import checks, layer_oracle, registry
 from attnsuite.case import prepare
+from attnsuite.plugin import selected_variants
 from attnsuite.problem import Mask, Problem
 from impls import dense_layer
 
-FAMILIES = sorted(layer_oracle.LAYER_FAMILIES)
+from .conftest import skip_if_nothing_ran
+
+FAMILIES = sorted(layer_oracle.LAYER_FAMILIES)  # the dense layer families drawn shapes are built for
+# every registered layer family with problems, external ones included (loaded before collection)
+LAYER_FAMILIES = sorted(f.name for f in registry.families() if f.level == "layer" and f.problems is not None)
 
 
 def _problem(family: str, mask: str = "causal"):
-    """The family's first fp32 CPU problem with the given mask kind (small, cheap)."""
-    problems = layer_oracle.FAMILIES[family].problems("cpu", ("float32",))
-    return next(p for p in problems if p.mask.kind == mask and p.lq > 3)
+    """The family's first fp32 CPU problem with the given mask kind (small, cheap); else its first."""
+    problems = registry.family(family).problems("cpu", ("float32",))
+    return next((p for p in problems if p.mask.kind == mask and p.lq > 3), problems[0])
+
+
+def _selected(config: pytest.Config, family: str) -> list[registry.Variant]:
+    """The selected (``--attn-only``) layer variants of ``family``; skips the test when there are none."""
+    chosen = [v for v in selected_variants(config, level="layer") if v.family == family]
+    if not chosen:
+        pytest.skip(f"no selected variant of {family} (--attn-only)")
+    return chosen
 
 
 class UninvertedMaskMHA(dense_layer.LayerMHA):
@@ -125,69 +145,94 @@ def test_a_wrong_canonical_gradient_layout_fails_the_backward_check(mutant):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_variant_of_a_family_holds_exactly_the_canonical_parameters(family):
-    """Equal work: same parameter count as the canonical set, no bias tokens, canonical grad keys and shapes."""
-    problem = _problem(family)
-    canonical = layer_oracle.params_np(family, problem)
-    total = sum(a.size for a in canonical.values())
-    variants = registry.variants(level="layer", family=family)
-    assert len(variants) >= 3, f"{family}: only {[v.name for v in variants]} registered"
+def test_each_dense_layer_family_has_at_least_three_variants(family, pytestconfig):
+    if pytestconfig.getoption("--attn-only"):
+        pytest.skip("a selection (--attn-only) need not hold three variants of a family")
+    names = [v.name for v in registry.variants(level="layer", family=family)]
+    assert len(names) >= 3, f"{family}: only {names} registered"
+
+
+def _runnable(variants, problem, declined: Counter):
+    """The variants that can run ``problem``; the others' declared reasons go into ``declined``."""
     for variant in variants:
-        case = prepare(variant, problem, requires_grad=False)  # builds; compiled cores compile lazily
-        module = case.module
-        count = sum(p.numel() for p in module.parameters())
-        assert count == total, f"{variant.name}: {count} parameters, the canonical set has {total} (unequal work)"
-        for sub in module.modules():
-            if isinstance(sub, torch.nn.MultiheadAttention):
-                assert sub.bias_k is None and sub.bias_v is None and not sub.add_zero_attn, f"{variant.name}: bias tokens"
-        for p in module.parameters():
-            p.grad = torch.ones_like(p)
-        grads = variant.canonical_grads(module)
-        assert set(grads) == set(canonical), f"{variant.name}: canonical_grads keys {sorted(grads)}"
-        for name, g in grads.items():
-            assert g is not None and tuple(g.shape) == canonical[name].shape, (
-                f"{variant.name}: canonical grad {name} has shape {None if g is None else tuple(g.shape)}, "
-                f"expected {canonical[name].shape}"
-            )
+        reasons = variant.unsupported(problem)
+        if reasons:
+            declined.update(reasons)
+        else:
+            yield variant
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_variant_loads_the_canonical_weights_exactly(family):
+@pytest.mark.parametrize("family", LAYER_FAMILIES)
+def test_every_variant_of_a_layer_family_does_equal_work(family, pytestconfig, build_cache):
+    """Equal work: same parameter count as the canonical set, no bias tokens, canonical grad keys and
+    shapes; every offender is named, not only the first."""
+    problem = _problem(family)
+    declined: Counter = Counter()
+    results = [checks.check_equal_work(v, problem, cache=build_cache)
+               for v in _runnable(_selected(pytestconfig, family), problem, declined)]
+    offenders = [r.message for r in results if not r.passed]
+    assert not offenders, f"{len(offenders)} variant(s) of {family} do unequal work:\n" + "\n".join(offenders)
+    skip_if_nothing_ran(len(results), declined, f"equal work of {family}")
+
+
+@pytest.mark.parametrize("family", LAYER_FAMILIES)
+def test_every_variant_loads_the_canonical_weights_exactly(family, pytestconfig):
     """Read the loaded weights back through the module's own layout: bit-equal to the canonical set."""
     problem = _problem(family)
-    canonical = layer_oracle.params_np(family, problem)
-    for variant in registry.variants(level="layer", family=family):
+    canonical = registry.family(family).params(problem)
+    declined: Counter = Counter()
+    wrong, ran = [], 0
+    for variant in _runnable(_selected(pytestconfig, family), problem, declined):
+        ran += 1
         module = prepare(variant, problem, requires_grad=False).module
         # canonical_grads is the module's layout map: feed it the parameters themselves as "grads"
         for p in module.parameters():
             p.grad = p.detach().clone()
         loaded = variant.canonical_grads(module)
         for name, want in canonical.items():
-            got = loaded[name].double().numpy()
-            np.testing.assert_array_equal(got, want, err_msg=f"{variant.name}: loaded {name} differs from canonical")
+            got = loaded.get(name)
+            if got is None or not np.array_equal(got.double().numpy(), np.asarray(want)):
+                wrong.append(f"{variant.name}: loaded {name} differs from the canonical weights")
+    assert not wrong, "\n".join(wrong)
+    skip_if_nothing_ran(ran, declined, f"weights of {family}")
 
 
-@given(
-    family=st.sampled_from(FAMILIES),
-    batch=st.integers(1, 2),
-    length=st.integers(1, 40),
-    heads=st.integers(1, 4),
-    head_dim=st.sampled_from([8, 12, 16, 24, 40]),
-    causal=st.booleans(),
-    dtype=st.sampled_from(["float32", "float64"]),
-)
-def test_eager_layer_variants_match_the_oracle_on_drawn_shapes(family, batch, length, heads, head_dim, causal, dtype):
-    """Hypothesis-drawn layer shapes: every eager variant of the family, forward and backward."""
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eager_layer_variants_match_the_oracle_on_drawn_shapes(family, pytestconfig):
+    """Hypothesis-drawn layer shapes: every selected eager variant of the family, forward and backward.
+    A shape a variant declares unsupported is skipped for it with its reason."""
+    # compiled variants cost a compile per drawn shape; the fixed problems cover them
+    eager = [v for v in _selected(pytestconfig, family) if not v.compiled]
+    if not eager:
+        pytest.skip(f"no eager variant of {family} selected")
     scale = None if family == "mha-layer" else layer_oracle.QKNORM_SCALE
-    problem = Problem(batch=batch, lq=length, lk=length, hq=heads, hkv=heads, dqk=head_dim, dv=head_dim,
-                      d_model=heads * head_dim, mask=Mask("causal" if causal else "none"), dtype=dtype, scale=scale)
-    failures = []
-    for variant in registry.variants(level="layer", family=family):
-        if variant.compiled:  # compiled variants cost a compile per drawn shape; the fixed problems cover them
-            continue
-        for check in ("forward", "backward"):
-            assert checks.skip_reason(check, variant, problem) is None, f"{variant.name} skips {problem.id}"
-            result = checks.CHECKS[check](variant, problem)
-            if not result.passed:
-                failures.append(result.message)
-    assert not failures, "\n".join(failures)
+    declined: Counter = Counter()
+    ran = []
+
+    @given(
+        batch=st.integers(1, 2),
+        length=st.integers(1, 40),
+        heads=st.integers(1, 4),
+        head_dim=st.sampled_from([8, 12, 16, 24, 40]),
+        causal=st.booleans(),
+        dtype=st.sampled_from(["float32", "float64"]),
+    )
+    def check(batch, length, heads, head_dim, causal, dtype):
+        problem = Problem(batch=batch, lq=length, lk=length, hq=heads, hkv=heads, dqk=head_dim, dv=head_dim,
+                          d_model=heads * head_dim, mask=Mask("causal" if causal else "none"), dtype=dtype,
+                          scale=scale)
+        failures = []
+        for variant in eager:
+            for name in ("forward", "backward"):
+                reason = checks.skip_reason(name, variant, problem)
+                if reason:  # a declared limitation: skipped for this variant, with its reason
+                    declined[reason] += 1
+                    continue
+                ran.append((variant.name, name))
+                result = checks.CHECKS[name](variant, problem)
+                if not result.passed:
+                    failures.append(result.message)
+        assert not failures, "\n".join(failures)
+
+    check()
+    skip_if_nothing_ran(len(ran), declined, f"drawn shapes of {family}")
