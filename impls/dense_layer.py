@@ -19,9 +19,10 @@ from typing import ClassVar, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from attnsuite import layer_oracle, mask_mods
-from attnsuite.problem import Problem
+from attnsuite.problem import Mask, Problem
 from attnsuite.registry import LayerVariant, register
 
 # The compiled Flex variants build one compiled function per problem; keep dynamo from silently
@@ -64,6 +65,15 @@ def matmul_softmax(q, k, v, scale: float, allowed: Optional[torch.Tensor]) -> to
     if allowed is not None:
         s = s.masked_fill(~allowed, float("-inf"))
     return torch.matmul(torch.softmax(s, dim=-1), v)
+
+
+def decode_mask(lq: int, lk: int, device) -> torch.Tensor:
+    """(lq, lk) causal mask, True = allowed, for ``lq`` new queries after ``lk - lq`` cached keys.
+
+    Decoding aligns the causal corner bottom-right (new query r sits at position lk - lq + r); the
+    mask comes from the suite's one mask rule (:func:`attnsuite.mask_mods.dense_bool_mask`).
+    """
+    return mask_mods.dense_bool_mask(Problem(lq=lq, lk=lk, mask=Mask("causal", align="bottom_right")), device)
 
 
 def _cat_grads(parts: list) -> Optional[torch.Tensor]:
@@ -219,11 +229,44 @@ class SeparateQKV(_Layer):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self.allowed, scale=self.scale)
         return self.flex(q, k, v, block_mask=self.block_mask, scale=self.scale)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (b, h, l, d) of tokens x, the QK norm applied to q and k."""
         q = self.q_norm(_heads(self.q_proj(x), self.h))
         k = self.k_norm(_heads(self.k_proj(x), self.h))
-        v = _heads(self.v_proj(x), self.h)
+        return q, k, _heads(self.v_proj(x), self.h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.project(x)
         return self.o_proj(_merge(self.attend(q, k, v)))
+
+    # Incremental decoding (LayerVariant.prefill/step delegate here). The cache is a
+    # past_key_value-style tuple (k, v) of shape (b, h, tokens so far, d), after the QK norm.
+
+    def decode_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """This layer's attention core for lq new queries over lk >= lq keys, causal bottom-right."""
+        lq, lk = q.shape[-2], k.shape[-2]
+        if self.core == "sdpa":  # SDPA's is_causal is top-left: only right when lq == lk
+            kw = {"is_causal": True} if lq == lk else {"attn_mask": causal_lower_right(lq, lk)}
+            return F.scaled_dot_product_attention(q, k, v, scale=self.scale, **kw)
+        allowed = decode_mask(lq, lk, q.device)
+        if self.core == "sdpa-mask":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale)
+        if self.core == "explicit":
+            return matmul_softmax(q, k, v, self.scale, allowed)
+        raise NotImplementedError(f"no incremental decoding through the {self.core!r} attention core")
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """(y, cache) of the first tokens: a step from an empty cache."""
+        return self.step(x, None)
+
+    def step(self, x_new: torch.Tensor, cache: Optional[tuple]) -> tuple[torch.Tensor, tuple]:
+        """(y, cache) of new tokens after the cached ones; the returned cache holds them too."""
+        if not self.causal:
+            raise ValueError("incremental decoding needs a causal layer (built for a causal problem)")
+        q, k, v = self.project(x_new)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        return self.o_proj(_merge(self.decode_attend(q, k, v))), (k, v)
 
     def canonical_grads(self):
         g = {}
@@ -337,6 +380,7 @@ class _SeparateQKVLayer(_LayerBase):
 
     core: ClassVar[str] = ""
     norm: ClassVar[str] = "none"
+    decodes = True  # SeparateQKV.prefill/step (the compiled Flex core opts out in _FlexLayer)
 
     def build(self, problem, params):
         return SeparateQKV(problem, params, core=self.core, norm=self.norm)
@@ -420,6 +464,7 @@ class _FlexLayer(_LayerBase):
 
     backward_devices = frozenset({"cuda"})  # torch has no FlexAttention backward on CPU
     compiled = True
+    decodes = False  # a decode step would need a BlockMask (and a compile) per length
     fused = True
 
     def extra_reasons(self, problem, backward):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from attnsuite import mask_mods, oracle, reference_math
 from attnsuite.family_glue import autograd_base, device_layer_inputs, layer_family_inputs
@@ -35,6 +36,7 @@ from attnsuite.problem import MASK_KINDS, Mask, Problem
 from attnsuite.registry import Family, LayerVariant, register, register_family
 
 from .dense_kernel import explicit_attention
+from .dense_layer import decode_mask
 
 PARAM_NAMES = ("wq", "wk", "wv", "wo")
 ALL_MASKS = frozenset(MASK_KINDS)
@@ -179,6 +181,29 @@ class GqaModule(nn.Module):
         b, h, l, dv = o.shape
         return F.linear(o.transpose(1, 2).reshape(b, l, h * dv), self.wo)
 
+    # Incremental decoding (LayerVariant.prefill/step delegate here). The cache is a
+    # past_key_value-style tuple (k, v) of the hkv heads, (b, hkv, tokens so far, d): a GQA cache
+    # holds hkv heads, not hq (MQA: one).
+
+    def decode_attend(self, q, k, v) -> torch.Tensor:
+        """The attention core for lq new queries over lk >= lq keys, causal corner bottom-right."""
+        raise NotImplementedError(f"{type(self).__name__} has no incremental decoding")
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """(y, cache) of the first tokens: a step from an empty cache."""
+        return self.step(x, None)
+
+    def step(self, x_new: torch.Tensor, cache) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """(y, cache) of new tokens after the cached ones; the returned cache holds them too."""
+        if self.problem.mask.kind != "causal":
+            raise ValueError(f"incremental decoding needs a causal layer, not mask {self.problem.mask.kind!r}")
+        q, k, v = self.project(x_new)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        o = self.decode_attend(q, k, v)
+        b, h, l, dv = o.shape
+        return F.linear(o.transpose(1, 2).reshape(b, l, h * dv), self.wo), (k, v)
+
 
 class _RepeatModule(GqaModule):
     def __init__(self, problem, params):
@@ -194,6 +219,15 @@ class _RepeatModule(GqaModule):
         p = self.problem
         return explicit_attention(q, k, v, p.softmax_scale, self.allowed, self.alibi, p.softcap)
 
+    def decode_attend(self, q, k, v):
+        p = self.problem
+        lq, lk = q.shape[-2], k.shape[-2]
+        alibi = None
+        if p.alibi:  # the same bias as __init__'s, for new queries at positions lk - lq ..
+            step = p.with_(lq=lq, lk=lk, d_model=None, mask=Mask(align="bottom_right"))
+            alibi = mask_mods.additive_bias(step, q.dtype)
+        return explicit_attention(q, k, v, p.softmax_scale, decode_mask(lq, lk, q.device), alibi, p.softcap)
+
 
 class _SdpaModule(GqaModule):
     def __init__(self, problem, params):
@@ -206,6 +240,13 @@ class _SdpaModule(GqaModule):
 
     def attend(self, q, k, v):
         return F.scaled_dot_product_attention(q, k, v, **self.kw)
+
+    def decode_attend(self, q, k, v):
+        lq, lk = q.shape[-2], k.shape[-2]
+        # SDPA's is_causal is top-left: right only when lq == lk; else the lower-right bias
+        kw = {"is_causal": True} if lq == lk else {"attn_mask": causal_lower_right(lq, lk)}
+        return F.scaled_dot_product_attention(q, k, v, scale=self.kw["scale"],
+                                              enable_gqa=self.kw["enable_gqa"], **kw)
 
 
 class _FlexModule(GqaModule):
@@ -245,6 +286,7 @@ class GqaLayerRepeat(_GqaLayer):
     description = "GQA layer: K/V heads repeated to hq (repeat_interleave), explicit matmul-softmax"
     backend = "eager-matmul"
     module_class = _RepeatModule
+    decodes = True  # GqaModule.prefill/step, a (k, v) cache of hkv heads
 
 
 @register
@@ -254,6 +296,7 @@ class GqaLayerSdpa(_GqaLayer):
     features = frozenset({"gqa", "dv_ne_dqk", "custom_scale"})  # no ALiBi or softcap through SDPA
     backend = "sdpa:default"
     module_class = _SdpaModule
+    decodes = True  # GqaModule.prefill/step, a (k, v) cache of hkv heads
 
 
 @register

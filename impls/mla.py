@@ -117,11 +117,24 @@ class MLA(nn.Module):
 
     def decode(self, x_new: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Outputs for new tokens that follow the cached ones (bottom-right causal), growing nothing."""
+        return self.step(x_new, cache)[0]
+
+    # Incremental decoding (LayerVariant.prefill/step delegate here): the cache is the latent,
+    # (c_kv (b, t, kv_lora), k_pe (b, t, rope)), RoPE applied at each token's own position.
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """(y, latent cache) of the first tokens (positions 0 ..)."""
+        q_nope, q_pe, c_kv, k_pe = self._project(x)
+        attend = self._attend_absorbed if self.absorbed else self._attend_expanded
+        return F.linear(attend(q_nope, q_pe, c_kv, k_pe), self.wo), (c_kv, k_pe)
+
+    def step(self, x_new: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, tuple]:
+        """(y, grown latent cache) of new tokens at the positions after the cached ones."""
         c_old, pe_old = cache
         q_nope, q_pe, c_new, pe_new = self._project(x_new, offset=c_old.shape[1])
         c_kv, k_pe = torch.cat([c_old, c_new], dim=1), torch.cat([pe_old, pe_new], dim=1)
         attend = self._attend_absorbed if self.absorbed else self._attend_expanded
-        return F.linear(attend(q_nope, q_pe, c_kv, k_pe), self.wo)
+        return F.linear(attend(q_nope, q_pe, c_kv, k_pe), self.wo), (c_kv, k_pe)
 
 
 class LatentAttention(nn.Module):
@@ -138,10 +151,18 @@ class LatentAttention(nn.Module):
             setattr(self, name, nn.Parameter(params[name].detach().clone()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._attend(*self._project(x))
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (b, h, L, dqk) and the latent c (b, L, kv_lora) of tokens x (no positions: no RoPE)."""
         b, L, _ = x.shape
-        q = F.linear(x, self.wq).view(b, L, self.h, self.dqk).transpose(1, 2)
-        c = F.linear(x, self.wkv_a)
-        mask_kw = _sdpa_mask_kwargs(self.causal, L, L)
+        return F.linear(x, self.wq).view(b, L, self.h, self.dqk).transpose(1, 2), F.linear(x, self.wkv_a)
+
+    def _attend(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """y of lq queries over the lk >= lq latents c; causal corner bottom-right (top-left = same when lq == lk)."""
+        b, _, lq, _ = q.shape
+        L = c.shape[1]
+        mask_kw = _sdpa_mask_kwargs(self.causal, lq, L)
         if self.absorbed:
             w = self.wkv_b.view(self.h, self.dqk + self.dv, self.r)
             q_lat = torch.einsum("bhld,hdc->bhlc", q, w[:, : self.dqk])
@@ -153,7 +174,21 @@ class LatentAttention(nn.Module):
             k, v = kvb.split([self.dqk, self.dv], dim=-1)
             o = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), scale=self.scale,
                                                **mask_kw).transpose(1, 2)
-        return F.linear(o.reshape(b, L, self.h * self.dv), self.wo)
+        return F.linear(o.reshape(b, lq, self.h * self.dv), self.wo)
+
+    # Incremental decoding (LayerVariant.prefill/step delegate here): the cache is the latent c
+    # (b, tokens so far, kv_lora), one vector per token shared by every head.
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y, latent cache) of the first tokens."""
+        q, c = self._project(x)
+        return self._attend(q, c), c
+
+    def step(self, x_new: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y, grown latent cache) of new tokens after the cached ones."""
+        q, c_new = self._project(x_new)
+        c = torch.cat([cache, c_new], dim=1)
+        return self._attend(q, c), c
 
 
 class _LatentVariant(LayerVariant):
@@ -183,6 +218,7 @@ class MLAExpanded(_LatentVariant):
     family = "mla-layer"
     description = "DeepSeek-V3 MLA, K/V decompressed per head from the latent, SDPA over H heads"
     backend = "sdpa:default"
+    decodes = True  # the module's prefill/step over its latent cache
 
 
 @register
@@ -191,6 +227,7 @@ class MLAAbsorbed(_LatentVariant):
     family = "mla-layer"
     description = "DeepSeek-V3 MLA, absorbed decode form: wkv_b folded into q/out, SDPA MQA over the latent"
     backend = "sdpa:default+gqa"
+    decodes = True  # the module's prefill/step over its latent cache
     absorbed = True
 
 
@@ -200,6 +237,7 @@ class LatentExpanded(_LatentVariant):
     family = "latent-layer"
     description = "plain latent attention, K/V decompressed per head, SDPA"
     backend = "sdpa:default"
+    decodes = True  # the module's prefill/step over its latent cache
     module = LatentAttention
 
 
@@ -209,6 +247,7 @@ class LatentAbsorbed(_LatentVariant):
     family = "latent-layer"
     description = "plain latent attention, up-projections absorbed, SDPA MQA over the latent"
     backend = "sdpa:default+gqa"
+    decodes = True  # the module's prefill/step over its latent cache
     module = LatentAttention
     absorbed = True
 
