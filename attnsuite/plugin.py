@@ -68,3 +68,11 @@ def selected_variants(config: pytest.Config, level: str | None = None) -> list[r
     """Registered variants of ``level`` after the ``--attn-only`` filter."""
     only = set(config.getoption("--attn-only"))
     return [v for v in registry.variants(level=level) if not only or v.name in only]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    """One line naming each optional attention library found or missing, and why (attnsuite/libraries.py)."""
+    from . import libraries
+
+    line = libraries.header_line()
+    return [line] if line else None

@@ -1,0 +1,108 @@
+"""Optional attention libraries, found automatically: import each one, register its variants if it
+imports, and remember why it did not otherwise.
+
+A :class:`Library` names the module to import and a ``register`` callback that receives the
+imported module and registers that library's variants (see ``impls/libraries.py``). :func:`load`
+tries each library once per process; a library that fails to import registers nothing and its
+failure (the first line of the exception) is kept for the run header (:func:`header_line`), so a
+missing or broken library never stops collection. Which exceptions count: any ``Exception`` raised
+while importing (ImportError, but also the RuntimeError or OSError a library with a broken CUDA
+build raises at import time).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable, Iterable, Optional
+
+
+@dataclass(frozen=True)
+class Library:
+    """One optional library: its display name, the module to import and how to register it."""
+
+    name: str  # as shown in the header, e.g. "flash_attn"
+    module: str  # the module imported, e.g. "flash_attn" or "xformers.ops"
+    register: Callable[[ModuleType], list[str]]  # registers the variants; returns their names
+    package: str = ""  # the pip package that provides it (docs and messages)
+
+
+@dataclass(frozen=True)
+class Status:
+    """What happened when a library was tried: the variants it registered, or why it could not."""
+
+    library: str
+    loaded: bool
+    detail: str  # the version when loaded, the exception's first line otherwise
+    variants: tuple[str, ...] = ()
+
+
+_STATUS: dict[str, Status] = {}
+
+
+def first_line(exc: BaseException) -> str:
+    """The exception's first message line, prefixed by its type unless it is an ImportError."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, ImportError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def try_import(module: str) -> tuple[Optional[ModuleType], str]:
+    """Import ``module``: (the module, "") or (None, why it failed in one line). Never raises."""
+    try:
+        return importlib.import_module(module), ""
+    except Exception as exc:  # a broken library (not only a missing one) must not stop the run
+        return None, first_line(exc)
+
+
+def load_library(lib: Library) -> Status:
+    """Try one library: register its variants when it imports. The status is kept for the header."""
+    module, why = try_import(lib.module)
+    if module is None:
+        status = Status(lib.name, False, why)
+    else:
+        try:
+            names = tuple(lib.register(module))
+        except Exception as exc:  # imported, but its API is not what the wrapper expects
+            status = Status(lib.name, False, f"imported but could not register: {first_line(exc)}")
+        else:
+            version = getattr(module, "__version__", "") or _top_version(lib.module)
+            status = Status(lib.name, True, version, names)
+    _STATUS[lib.name] = status
+    return status
+
+
+def _top_version(module: str) -> str:
+    """``__version__`` of the top-level package of ``module`` (``xformers`` for ``xformers.ops``)."""
+    try:
+        return str(getattr(importlib.import_module(module.split(".")[0]), "__version__", ""))
+    except Exception:  # the version is decoration; never fail over it
+        return ""
+
+
+def load(libraries: Iterable[Library]) -> list[Status]:
+    """Try every library (each import is attempted again, so a test can swap a fake module in)."""
+    return [load_library(lib) for lib in libraries]
+
+
+def statuses() -> list[Status]:
+    """Every library tried so far, in the order tried."""
+    return list(_STATUS.values())
+
+
+def header_line(found: Optional[Iterable[Status]] = None) -> Optional[str]:
+    """One line for the run header: each library found (with its variants) and each one missing, and
+    why; None when no library was tried."""
+    found = list(statuses() if found is None else found)
+    if not found:
+        return None
+    parts = []
+    for s in found:
+        if s.loaded:
+            version = f" {s.detail}" if s.detail else ""
+            parts.append(f"{s.library}{version} loaded ({', '.join(s.variants) or 'no variants'})")
+        else:
+            parts.append(f"{s.library} missing ({s.detail})")
+    return "libraries: " + "; ".join(parts)
