@@ -37,7 +37,7 @@ from .dispatch import Dispatcher, visible_gpus
 from .isolation import Failure, WorkerPool, WorkerStartError
 from .plugin import PROBLEM_FILES
 from .record import MODES, CaseRecord
-from .runner import BenchCase, RunSpec, bench_cases
+from .runner import BenchCase, RunSpec, add_scaling_efficiency, bench_cases
 from .worker import Worker
 
 DEFAULT_TIMEOUT_S = 300.0  # per case; compiling FlexAttention's backward on 2 CPU cores takes about a minute
@@ -543,6 +543,16 @@ class BenchRunner:
         self.deferred_seconds += time.perf_counter() - t0
         return len(pending)
 
+    def add_scaling_efficiency(self) -> int:
+        """Distributed cases get their scaling efficiency against this run's best single device
+        (runner.add_scaling_efficiency), in the record and in the JSON's extra_info."""
+        done = add_scaling_efficiency([landed.record for landed in self.landed])
+        for landed in self.landed:
+            if "scaling_efficiency" in landed.record.extra and landed.extra_info is not None:
+                landed.extra_info.setdefault("extra", {}).update(
+                    {k: landed.record.extra[k] for k in ("scaling_efficiency", "scaling_reference")})
+        return done
+
     def close(self, *, finished: bool) -> None:
         """Stop the workers; remove the journal when the run finished (its results are written)."""
         if self._dispatch is not None:
@@ -616,6 +626,7 @@ def pytest_runtestloop(session: pytest.Session):
         return
     if runner is not None and runner.started and not session.shouldstop:
         runner.complete_device_times()
+        runner.add_scaling_efficiency()
 
 
 @pytest.hookimpl(trylast=True)

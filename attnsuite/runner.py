@@ -354,6 +354,8 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
     if bc.variant is None:
         return _skip(rec, f"family {bc.entry.family} not built yet"), None
     variant = registry.get(bc.variant)
+    if is_distributed(variant):
+        return _run_distributed(bc, settings, rec)
     reasons = variant.unsupported(p, backward=bc.mode != "fwd")
     if reasons:
         return _skip(rec, "; ".join(reasons)), None
@@ -418,6 +420,68 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
         rec.tflops, rec.pct_peak = flopmod.throughput(rec.flops or 0.0, result.median_s, peak)
         rec.extra["peak_tflops"], rec.extra["peak_source"], rec.extra["peak_dtype"] = peak, source, p.dtype
     return rec, result
+
+
+def _run_distributed(bc: BenchCase, settings: Settings, rec: CaseRecord) -> tuple[CaseRecord, Optional[timing.Timing]]:
+    """A case of a variant that runs on P ranks (``bc.entry.world_size``), timed by
+    :func:`attnsuite.distributed.bench.run_distributed_case`: the case's time is the slowest rank's,
+    its samples that rank's; memory the largest rank's peak, with every rank's in ``extra``. Its
+    numerics are checked on the ranks by test_correctness/test_distributed.py, not here."""
+    from .distributed.bench import run_distributed_case
+
+    p, world = bc.problem, bc.entry.world_size
+    rec.extra["world_size"] = world
+    if world < 1:
+        return _skip(rec, f"{bc.variant} runs on P ranks: the workload entry names no world size"), None
+    if timing.is_cuda(p.device) and torch.cuda.device_count() < world:
+        return _skip(rec, f"{bc.variant} needs {world} GPUs visible to its worker, which sees "
+                          f"{torch.cuda.device_count()} (a run spread over GPUs gives each worker one: run "
+                          f"this workload with --attn-gpus 1)"), None
+    out = run_distributed_case(bc.variant, p, bc.mode, world, settings.timer)
+    if out["outcome"] == "skip":
+        return _skip(rec, out["detail"]), None
+    if out["outcome"] != "ok":
+        rec.outcome, rec.detail = out["outcome"], out["detail"][:1000]
+        return rec, None
+    result = timing.Timing(samples_s=list(out["samples_s"]), timer=out["timer"], warmup_calls=out["warmup_calls"])
+    rec.timer = result.timer
+    rec.median_ms, rec.iqr_ms = result.median_s * 1e3, result.iqr_s * 1e3
+    rec.min_ms, rec.samples = result.stats["min"] * 1e3, len(result.samples_s)
+    peaks = [b for b in out["peak_bytes_per_rank"] if b is not None]
+    if peaks:
+        rec.peak_mem_bytes, rec.mem_method = max(peaks), "cuda-allocator, the largest rank's peak"
+    rec.extra.update({
+        "sharding": out.get("sharding"), "slowest_rank": out["slowest_rank"],
+        "rank_median_ms": [t * 1e3 for t in out["rank_median_s"]],
+        "peak_bytes_per_rank": out["peak_bytes_per_rank"], "bytes_sent_per_rank": out["bytes_sent_per_rank"],
+        "bytes_estimated": out["bytes_estimated"],
+        "numerics_check": "on every rank by test_correctness/test_distributed.py",
+    })
+    peak, source = settings.peak(p.device, p.dtype)
+    rec.tflops, rec.pct_peak = flopmod.throughput(rec.flops or 0.0, result.median_s, peak)
+    rec.extra["peak_tflops"], rec.extra["peak_source"], rec.extra["peak_dtype"] = peak, source, p.dtype
+    return rec, result
+
+
+def add_scaling_efficiency(records: list[CaseRecord]) -> int:
+    """Give each distributed record its scaling efficiency against the same run's fastest
+    single-device variant of the same workload, problem and mode: T(single) / (P x T(P ranks)).
+    Returns how many records got one."""
+    best: dict[tuple[str, str, str], CaseRecord] = {}
+    for r in records:
+        if r.outcome == "ok" and r.median_ms and "world_size" not in r.extra:
+            key = (r.workload, r.problem, r.mode)
+            if key not in best or r.median_ms < best[key].median_ms:
+                best[key] = r
+    done = 0
+    for r in records:
+        world = r.extra.get("world_size")
+        single = best.get((r.workload, r.problem, r.mode))
+        if world and r.outcome == "ok" and r.median_ms and single is not None:
+            r.extra["scaling_efficiency"] = single.median_ms / (world * r.median_ms)
+            r.extra["scaling_reference"] = f"{single.variant} {single.median_ms:.4g} ms on one device"
+            done += 1
+    return done
 
 
 def _recover(device: str) -> None:

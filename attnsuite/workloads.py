@@ -41,6 +41,7 @@ class Entry:
     compiled_modes: Optional[tuple[str, ...]] = None  # None: same as modes
     compiled_only: tuple[str, ...] = ()  # empty: every compiled variant (in compiled_modes)
     note: str = ""
+    world_size: int = 0  # ranks of the distributed variants the entry names (0: none)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -69,6 +70,9 @@ class Workload:
     full: tuple[Entry, ...]
     quick: tuple[Entry, ...]
     source: str = ""
+    # an opt-in workload runs only when named (--attn-workload): one that needs a whole host's
+    # GPUs in one worker would otherwise change what a spread run of the tier can run
+    opt_in: bool = False
 
     def tier(self, tier: str) -> tuple[Entry, ...]:
         if tier not in TIERS:
@@ -289,6 +293,30 @@ def add_entries(name: str, tier: str, entries: Sequence[Entry], description: str
     return changed
 
 
+_CP_VARIANTS = ("ring", "ring-zigzag", "ulysses", "context-parallel-flash", "context-parallel-efficient",
+                "context-parallel-cudnn")
+
+
+def _cp_entries(lengths, heads, d, dtype, single, world_size=2):
+    """Context-parallel entries: the distributed variants on ``world_size`` ranks beside the
+    single-device variants whose best time is the scaling efficiency's reference."""
+    return tuple(
+        Entry("attention", _k(1, n, h, d, mask=m, dtype=dtype, tag=f"p{world_size}"), modes=("fwd", "fwd+bwd"),
+              variants=_CP_VARIANTS + single, compiled_modes=NO_COMPILED, world_size=world_size)
+        for n in lengths for h in heads for m in (Mask("causal"), Mask()))
+
+
+_add(Workload(
+    name="context-parallel",
+    description="long context split over one host's GPUs (P = 2): ring, zigzag ring, Ulysses and PyTorch's "
+                "context parallel against the best single-GPU SDPA backend; L 16K-128K, 16 heads, d 128",
+    source="ring attention; torch.distributed.tensor.experimental.context_parallel",
+    full=_cp_entries((16384, 32768, 65536, 131072), (16,), 128, "bfloat16", ("sdpa-flash", "sdpa-cudnn", "sdpa-efficient")),
+    quick=_cp_entries((256,), (4,), 32, FP32, ("sdpa", "explicit")),
+    opt_in=True,
+))
+
+
 def get(name: str) -> Workload:
     """The workload called ``name``; an unknown name lists the known ones."""
     try:
@@ -315,7 +343,7 @@ def expand(tier: str, device: str, dtype: Optional[str] = None, names: tuple[str
         get(name)  # unknown names are an error, not an empty run
     out = []
     for name, w in WORKLOADS.items():
-        if names and name not in names:
+        if (names and name not in names) or (not names and w.opt_in):
             continue
         for entry in w.tier(tier):
             changes = {"device": device}

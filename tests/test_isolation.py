@@ -54,7 +54,7 @@ def _records(data: dict) -> dict[str, list[dict]]:
 def test_crashes_aborts_exits_hangs_and_state_changes_are_outcomes_and_the_run_goes_on(pytester, project):
     out = project / "out.json"
     variants = ("h-state", "h-victim", "explicit", "sdpa") + HOSTILE_NAMES[:4]
-    result = pytester.runpytest_subprocess(*_args(project, variants, f"--benchmark-json={out}", "--attn-timeout=15",
+    result = pytester.runpytest_subprocess(*_args(project, variants, f"--benchmark-json={out}", "--attn-timeout=8",
                                                   "--attn-mode=fwd"))
     assert out.exists(), result.stdout.str()[-3000:]
     by = _records(json.loads(out.read_text()))
@@ -67,7 +67,7 @@ def test_crashes_aborts_exits_hangs_and_state_changes_are_outcomes_and_the_run_g
             assert rec["outcome"] == "ok", (name, rec["detail"])
             assert rec["median_ms"] > 0 and rec["samples"] > 0
     expect = {"h-segfault": ("crash", "SIGSEGV"), "h-abort": ("crash", "SIGABRT"), "h-exit": ("crash", "exit code 1"),
-              "h-hang": ("timeout", "15 s limit")}
+              "h-hang": ("timeout", "8 s limit")}
     for name, (outcome, words) in expect.items():
         for rec in by[name]:
             assert rec["outcome"] == outcome and words in rec["detail"], (name, rec["outcome"], rec["detail"])

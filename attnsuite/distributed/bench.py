@@ -1,4 +1,4 @@
-"""Timing a distributed variant on P ranks, for the benchmark runner (the lead wires it in).
+"""Timing a distributed variant on P ranks, for the benchmark runner (runner._run_distributed).
 
 :func:`run_distributed_case` times one (variant, problem, mode) on P ranks: every rank draws the
 family's device inputs for the full problem (same seed, so the same tensors on every rank), keeps
@@ -89,6 +89,7 @@ def _bench_task(ctx: RankContext, payload: dict) -> dict:
     if cuda:
         torch.cuda.empty_cache()  # the next case (another length) starts from an empty cache on every rank
     return {"median_s": result.median_s, "iqr_s": result.iqr_s, "samples": len(result.samples_s),
+            "samples_s": list(result.samples_s), "warmup_calls": result.warmup_calls,
             "timer": result.timer, "bytes_sent": bytes_one, "peak_bytes": peak,
             "notes": {k: v for k, v in ctx.notes.items() if not k.startswith("_")}}
 
@@ -136,9 +137,12 @@ def run_distributed_case(variant_name: str, problem: Problem, mode: str, world_s
     notes: dict = {}
     for r in ranks:
         notes.update(r["notes"])
+    slowest = max(range(world_size), key=lambda i: ranks[i]["median_s"])
     rec.update(
-        time_s=max(r["median_s"] for r in ranks),
-        slowest_rank=max(range(world_size), key=lambda i: ranks[i]["median_s"]),
+        time_s=ranks[slowest]["median_s"],
+        slowest_rank=slowest,
+        samples_s=ranks[slowest]["samples_s"],  # the case's samples: the slowest rank's
+        warmup_calls=ranks[slowest]["warmup_calls"],
         rank_median_s=[r["median_s"] for r in ranks],
         rank_iqr_s=[r["iqr_s"] for r in ranks],
         samples=ranks[0]["samples"],
