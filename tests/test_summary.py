@@ -162,3 +162,21 @@ def test_the_terminal_table_leaves_new_skipped_cases_to_the_summary():
     assert "sdpa-cudnn" not in table and "(3 new cases that are skipped not shown" in table
     assert "fa-sweep/sdpa/fwd/b1-q512" in table  # a new case that ran is shown
     assert "sdpa-cudnn" in report.terminal_table(_comparison(cur, base={}), show_same=True)
+
+
+def test_on_cuda_the_fastest_variant_is_ranked_by_device_time_and_says_so():
+    # a launch-bound variant looks slow by the event timer on a slow host; its device time is the
+    # figure the gate judges, so that is what ranks it
+    def gpu(variant, event_ms, device_ms):
+        return rec(variant, workload="decode", mode="fwd", problem="b8-q1k4096-h32:8-d128-causal-br-bf16-cuda",
+                   median_ms=event_ms, min_ms=event_ms, iqr_ms=0.01, device_ms=device_ms, device_min_ms=device_ms,
+                   device_iqr_ms=0.001, timer="cuda-events", flops=1e9, tflops=1.0)
+
+    records = _records(gpu("launch-bound", 0.40, 0.05), gpu("fused", 0.30, 0.10))
+    (best,) = summary.best_per_workload(records)
+    assert (best.variant, best.median_ms, best.statistic) == ("launch-bound", 0.05, "device")
+    assert best.runner_up == "fused +100.0%"
+    assert "(device)" in summary._best_cells(best)[3]
+    records["x"] = gpu("no-device-time", 0.35, None)  # one candidate without device time: all by the median
+    (best,) = summary.best_per_workload(records)
+    assert (best.variant, best.statistic) == ("fused", "median")
