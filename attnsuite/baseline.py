@@ -1017,7 +1017,7 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
     unmeasured = meta.get(UNMEASURED_KEY) if isinstance(meta, dict) else None
     if unmeasured is not None and not isinstance(unmeasured, list):
         raise ResultFileError(where, f"\"attnsuite.{UNMEASURED_KEY}\" is {type(unmeasured).__name__}, expected a list")
-    benches = list(benches) + list(unmeasured or [])
+    benches = benchmark_entries(obj)
     records: dict[str, CaseRecord] = {}
     foreign = 0
     dups = []

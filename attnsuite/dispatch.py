@@ -72,7 +72,10 @@ class Dispatcher:
     # -- queueing
 
     def submit(self, jobs: Sequence[tuple[str, Job]], *, front: bool = False) -> None:
-        """Queue jobs (key, job) not queued yet; ``front`` puts them before the waiting ones, in order."""
+        """Queue jobs (key, job) not queued yet; ``front`` puts them before the waiting ones, in order.
+        With one backend nothing is queued: each job runs when its reply is asked for."""
+        if not self.parallel:
+            return
         with self._cond:
             fresh = [(k, j) for k, j in jobs if k not in self._queued]
             self._queued.update(k for k, _ in fresh)
@@ -81,7 +84,7 @@ class Dispatcher:
             else:
                 self._queue.extend(fresh)
             self._cond.notify_all()
-        if self.parallel and not self._threads:
+        if not self._threads:
             for slot in range(len(self.backends)):
                 thread = threading.Thread(target=self._serve, args=(slot,), name=f"attnsuite-gpu{slot}",
                                           daemon=True)
@@ -91,15 +94,9 @@ class Dispatcher:
     def result(self, key: str, job: Job) -> Reply:
         """The reply of ``key``: queued at the front first if it is not queued yet; waits for it.
 
-        With one backend the job runs here, now (after any job queued for it earlier that it
-        does not depend on is simply skipped: inline mode keeps no queue of its own).
+        With one backend there are no threads: the job runs here, now.
         """
         if not self.parallel:
-            with self._cond:
-                self._queued.discard(key)
-                done = self._replies.pop(key, None)
-            if done is not None:
-                return done
             return Reply(job(self.backends[0]), 0)
         self.submit([(key, job)], front=True)
         with self._cond:

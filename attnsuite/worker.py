@@ -49,13 +49,21 @@ def cuda_health(device: str) -> Optional[str]:
     return None
 
 
-def stranded_bytes(device: str) -> int:
-    """Bytes the CUDA caching allocator keeps reserved but unallocated after giving back what it can."""
+def stranded_bytes(device: str, collect: bool = True) -> int:
+    """Bytes the CUDA caching allocator keeps reserved but unallocated after giving back what it can.
+
+    ``collect`` first runs a full garbage collection (about 0.1 s: after a failed case, whose
+    traceback holds tensors in cycles); without it only the allocator's cache is emptied (after
+    every good case, whose tensors are already gone).
+    """
     import torch
 
     from .memory import recover
 
-    recover(device)
+    if collect:
+        recover(device)
+    else:
+        torch.cuda.empty_cache()
     return max(0, torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
 
@@ -177,9 +185,7 @@ class Worker:
         broken = cuda_health(device)
         if broken:
             return f"the worker's CUDA state was unusable after the case ({broken}); replaced"
-        torch.cuda.empty_cache()
-        stranded = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return recycle_reason(stranded, torch.cuda.get_device_properties(device).total_memory)
+        return recycle_reason(stranded_bytes(device, collect=False), torch.cuda.get_device_properties(device).total_memory)
 
     def device_time(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
         from . import torch_state

@@ -169,7 +169,10 @@ def test_cases_spread_over_two_gpu_workers_keep_every_record_and_a_crash_takes_d
     slots = {r["extra"]["gpu"] for r in recs}
     assert slots == {"0", "1"}  # both workers ran cases
     assert data["attnsuite"]["gpus"] == ["0", "1"] and data["attnsuite"]["calibration"]["gpus"] == "0,1"
-    assert data["attnsuite"]["workers_started"] >= 2 + len(by["h-segfault"])  # each crash replaced a worker
+    # each crash ends its worker; the next case on that slot starts a new one (a crash that is its
+    # slot's last case leaves nothing to start: at most one per slot)
+    crashes = len(by["h-segfault"])
+    assert crashes <= data["attnsuite"]["workers_started"] <= 2 + crashes
     assert "on GPUs 0, 1" in result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
