@@ -647,7 +647,28 @@ def _capture(fn: Callable[[], object], calls: int, stream: Any) -> Any:
     failure = None  # its traceback holds frames whose tensors live in the graph's pool
     gc.collect()
     _release_graph(graph)
+    _end_generator_capture(stream)
     raise CaptureFailed(reason)
+
+
+def _end_generator_capture(stream: Any) -> None:
+    """Take the CUDA random generator out of capture mode after a failed capture.
+
+    capture_end checks the stream's capture before it ends the generator's capture, so after a body
+    that broke the capture the generator stays in capture mode and every later random draw raises
+    "Offset increment outside graph capture encountered unexpectedly". On an H200 every ring-sim
+    case (not capturable) left its worker so, and 32 replacement workers cost 260 s of a full tier.
+    An empty capture that succeeds runs the generator's capture prologue and epilogue, which ends it.
+    """
+    empty = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.stream(stream):
+            empty.capture_begin()
+            empty.capture_end()
+    except Exception:  # nothing more to do here: the worker's health check after the case decides
+        pass
+    finally:
+        empty.reset()
 
 
 def _timed_replays(graph: Any, count: int, guard: Optional[Callable[[], None]]) -> list[float]:

@@ -151,4 +151,6 @@ def run_distributed_case(variant_name: str, problem: Problem, mode: str, world_s
         bytes_sent_per_rank=[r["bytes_sent"] for r in ranks],
         bytes_estimated=bool(notes.get("bytes_estimated", False)),
     )
+    if "pair_kernel" in notes:  # which fused kernel the ring's block pairs ran (cudnn or flash)
+        rec["pair_kernel"] = notes["pair_kernel"]
     return rec

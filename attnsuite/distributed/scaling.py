@@ -114,7 +114,7 @@ def run(out_path: str, world_size: int, problems: list[Problem], modes: tuple[st
                     rec["scaling_efficiency"] = scaling_efficiency(single["time_s"], world_size, rec["time_s"])
                 rows.append(rec)
                 log(f"  {name} P={world_size}: {rec['outcome']} time {rec.get('time_s')} "
-                    f"eff {rec.get('scaling_efficiency')} {rec.get('detail', '')[:200]}")
+                    f"eff {rec.get('scaling_efficiency')} {rec.get('pair_kernel', '')} {rec.get('detail', '')[:200]}")
                 save()
     finally:
         if pool is not None:
