@@ -43,9 +43,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="NAME",
         help="check/benchmark only these variants (repeatable; unknown names are an error)",
     )
+    group.addoption(
+        "--attn-failures-log",
+        default=None,
+        metavar="FILE",
+        help="append each failing test's id and error to FILE the moment it fails (a run cut by a time "
+        "limit keeps its reasons; pytest's own summary comes only at the end)",
+    )
+
+
+class FailuresLog:
+    """--attn-failures-log: each failure (or error) written out as soon as its report exists."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not report.failed:
+            return
+        where = "" if report.when == "call" else f" (in {report.when})"
+        text = report.longreprtext.strip().splitlines()
+        reason = "\n".join(line for line in text if line.startswith("E ")) or "\n".join(text[-12:])
+        with open(self.path, "a", encoding="utf-8") as fh:  # closed (so on disk) after every failure
+            fh.write(f"FAILED {report.nodeid}{where}\n{reason}\n\n")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    failures_log = config.getoption("--attn-failures-log")
+    if failures_log and not hasattr(config, "workerinput"):  # xdist: the controller sees every report
+        config.pluginmanager.register(FailuresLog(failures_log), "attnsuite-failures-log")
     for name in SUBPLUGINS:
         if not config.pluginmanager.has_plugin(name):
             config.pluginmanager.import_plugin(name)

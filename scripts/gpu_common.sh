@@ -13,7 +13,8 @@ stage() {  # stage PREFIX_NAME LIMIT_S PYTEST_ARGS...
   local name=$1 limit=$2
   shift 2
   echo "== $name"
-  timeout "$limit" "$PY" -m pytest -p no:cacheprovider -q -rfEs --junitxml="$out/$name.xml" "$@" 2>&1 \
+  timeout "$limit" "$PY" -m pytest -p no:cacheprovider -q -rfEs --junitxml="$out/$name.xml" \
+    --attn-failures-log="$out/$name.failures" "$@" 2>&1 \
     | tee "$out/$name.log" | tail -30
   local s=${PIPESTATUS[0]}
   echo "$name exit status: $s"
