@@ -3,14 +3,17 @@
 # 30-minute session: three calls, each under 10 minutes, each packing its logs and JSON into
 # one archive under $OUT (the tool returns at most 8 files).
 #   tier2     the full tier spread over both GPUs (--attn-gpus 2), then the device-time and GPU
-#             isolation tests on GPU 0 beside the masked-row backward checks on GPU 1
+#             isolation tests on GPU 0 beside scripts/gpu_checks.sh on GPU 1
+#   tier1a    the full tier on GPU 0 alone, journaled to /tmp/attnsuite-tier1.journal, stopped by
+#   tier1b    SIGINT before the call's limit; tier1b (the next call, same warm machine) resumes it.
+#             The single-GPU wall time is the two parts' loop times added (each part's log says it).
 #   tier1     the full tier on GPU 0 alone, beside scripts/gpu_triton.sh on GPU 1 (the Triton run
 #             shares the host's CPUs with the tier: its wall time is read with that in mind)
 #   dist      scripts/gpu_distributed.sh: NCCL correctness in bf16/fp16 and the context-parallel timings
-# Usage: OUT=dir bash scripts/gpu_session.sh tier2|tier1|dist
+# Usage: OUT=dir bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist
 set -uo pipefail
 cd "$(dirname "$0")/.."
-call=${1:?tier2, tier1 or dist}
+call=${1:?tier2, tier1a, tier1b, tier1 or dist}
 final=${OUT:-results}
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -22,8 +25,14 @@ case "$call" in
       > "$work/tier2/run.log" 2>&1
     echo "tier2 exit $?" | tee -a "$work/tier2/run.log"
     CUDA_VISIBLE_DEVICES=0 OUT=$work/dev timeout 160 bash scripts/gpu_bench.sh devtime > "$work/dev/run.log" 2>&1 &
-    CUDA_VISIBLE_DEVICES=1 OUT=$work/chk timeout 160 bash scripts/gpu_checks.sh > "$work/chk/run.log" 2>&1
+    CUDA_VISIBLE_DEVICES=1 OUT=$work/chk timeout "${CHECKS_S:-160}" bash scripts/gpu_checks.sh > "$work/chk/run.log" 2>&1
     wait ;;
+  tier1a|tier1b)
+    mkdir -p "$work/$call"
+    resume=(); [ "$call" = tier1b ] && resume=(--attn-resume)
+    CUDA_VISIBLE_DEVICES=0 OUT=$work/$call timeout -s INT "${TIER_S:-560}" bash scripts/gpu_bench.sh full \
+      -- --attn-gpus=1 --attn-journal=/tmp/attnsuite-tier1.journal "${resume[@]}" > "$work/$call/run.log" 2>&1
+    echo "$call exit $?" | tee -a "$work/$call/run.log" ;;
   tier1)
     mkdir -p "$work/tier1" "$work/triton"
     CUDA_VISIBLE_DEVICES=1 OUT=$work/triton bash scripts/gpu_triton.sh > "$work/triton/run.log" 2>&1 &
@@ -35,7 +44,7 @@ case "$call" in
     mkdir -p "$work/dist"
     OUT=$work/dist bash scripts/gpu_distributed.sh > "$work/dist/run.log" 2>&1
     echo "dist exit $?" | tee -a "$work/dist/run.log" ;;
-  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1, dist)" >&2; exit 2 ;;
+  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist)" >&2; exit 2 ;;
 esac
 nvidia-smi --query-gpu=index,name,clocks.sm,clocks.max.sm --format=csv > "$work/gpus.txt" 2>&1
 tar -czf "$final/$call.tgz" -C "$work" .
