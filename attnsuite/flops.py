@@ -123,8 +123,27 @@ def projection_flops(problem: Problem, family: str) -> float:
     return 2.0 * tokens * macs
 
 
+def decode_step_flops(problem: Problem, family: str) -> float:
+    """Forward FLOPs of one decode step: the problem's last ``s = decode_step`` tokens after the rest.
+
+    The step projects only its own s tokens (the cache holds the others' keys and values): the
+    full sequence's projection FLOPs times s / L. Its attention is s query rows against all L keys
+    with the causal corner bottom-right (new row r, 0-based, sees L - s + r + 1 keys).
+    """
+    from .record import DECODE_STEP_ARG
+
+    s, length = problem.arg(DECODE_STEP_ARG), problem.lk
+    if not isinstance(s, int) or not 1 <= s < length:
+        raise ValueError(f"{problem.id}: decode needs 1 <= {DECODE_STEP_ARG} < L ({length}), got {s!r}")
+    pairs = s * (length - s) + s * (s + 1) // 2
+    attn = 2.0 * problem.batch * problem.hq * pairs * (problem.dqk + problem.dv)
+    return attn + projection_flops(problem, family) * s / problem.lq
+
+
 def case_flops(problem: Problem, family: str, mode: str) -> float:
-    """FLOPs of one call in ``mode`` ("fwd", "bwd", "fwd+bwd")."""
+    """FLOPs of one call in ``mode`` ("fwd", "bwd", "fwd+bwd", "decode")."""
+    if mode == "decode":
+        return decode_step_flops(problem, family)
     attn = attention_flops(problem, family)
     proj = projection_flops(problem, family)
     fwd = attn + proj
@@ -135,7 +154,7 @@ def case_flops(problem: Problem, family: str, mode: str) -> float:
         return bwd
     if mode == "fwd+bwd":
         return fwd + bwd
-    raise ValueError(f"unknown mode {mode!r}; expected fwd, bwd or fwd+bwd")
+    raise ValueError(f"unknown mode {mode!r}; expected fwd, bwd, fwd+bwd or decode")
 
 
 # Dense (no sparsity) peaks in TFLOP/s from NVIDIA's datasheets. fp32 means plain fp32 FMA (TF32 off,

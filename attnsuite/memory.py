@@ -33,6 +33,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from .problem import Problem
+from .record import has_backward
 
 ITEMSIZE = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
@@ -197,7 +198,7 @@ def materialises(peak_bytes: Optional[int], problem: Problem, mode: str = "fwd")
     if peak_bytes is None:
         return None
     scores = score_matrix_bytes(problem)
-    allowance = io_bytes(problem) * (1 if mode == "fwd" else 2)
+    allowance = io_bytes(problem) * (2 if has_backward(mode) else 1)
     if scores // 2 < allowance:
         return None
     return peak_bytes >= allowance + scores // 2
@@ -210,7 +211,7 @@ def predict_bytes(problem: Problem, mode: str, fused: bool) -> int:
     in fp32 for half dtypes, as the CPU math paths upcast) and 6 with backward (saved softmax,
     dP, dS and their temporaries), plus the mask. Fused: outputs and gradients, O(L).
     """
-    with_bwd = mode != "fwd"
+    with_bwd = has_backward(mode)
     out = io_bytes(problem) * (3 if with_bwd else 1)
     if fused:
         return out

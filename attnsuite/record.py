@@ -16,7 +16,15 @@ from typing import Any, Optional
 # context); timeout: it ran past the per-case limit and was killed. Both are failures of the case.
 OUTCOMES = ("ok", "skipped", "oom", "numerics", "error", "crash", "timeout")
 FAILING_OUTCOMES = ("numerics", "error", "crash", "timeout")
-MODES = ("fwd", "bwd", "fwd+bwd")
+# decode: one incremental-decoding step of a layer variant that declares decoding (docs/decode.md):
+# the problem's last ``decode_step`` tokens after a prefill of the rest, inference only.
+MODES = ("fwd", "bwd", "fwd+bwd", "decode")
+DECODE_STEP_ARG = "decode_step"  # the problem argument that says how many tokens one decode step adds
+
+
+def has_backward(mode: str) -> bool:
+    """Does a call in ``mode`` run a backward (so inputs need gradients)?"""
+    return mode in ("bwd", "fwd+bwd")
 SCHEMA_VERSION = 1
 
 

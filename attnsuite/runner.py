@@ -23,11 +23,11 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import flops as flopmod
-from . import memory, registry, timing, tolerance, workloads
+from . import decode_bench, memory, registry, timing, tolerance, workloads
 from .case import Case, DeviceInputs, prepare
 from .inputs import torch_dtype
 from .problem import Problem
-from .record import MODES, CaseRecord
+from .record import MODES, CaseRecord, has_backward
 
 ORACLE_LIMIT = 1 << 18  # score elements (b*hq*lq*lk) up to which outputs are checked against the float64 oracle
 _REF_CACHE: dict = {}  # (family, problem) -> (oracle output, same-dtype base output), shared by the variants
@@ -194,6 +194,8 @@ def bench_cases(spec: RunSpec) -> list[BenchCase]:
 
 def _step(case: Case, mode: str):
     """(timed call, untimed per-sample setup or None) for ``mode``."""
+    if mode == "decode":
+        return decode_bench.timed_step(case)
     if mode == "fwd":
         def fwd():
             with torch.no_grad():
@@ -278,7 +280,9 @@ def detect_backend(op_names: tuple[str, ...], variant: registry.Variant, dyn: di
     return " + ".join(parts), facts
 
 
-def _expected_shape(problem: Problem) -> tuple[int, ...]:
+def _expected_shape(problem: Problem, mode: str = "fwd") -> tuple[int, ...]:
+    if mode == "decode":
+        return decode_bench.output_shape(problem)
     if problem.d_model is not None:
         return (problem.batch, problem.lq, problem.d_model)
     return (problem.batch, problem.hq, problem.lq, problem.dv)
@@ -292,7 +296,7 @@ def oracle_checks(problem: Problem, oracle_limit: int = ORACLE_LIMIT) -> bool:
 def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) -> tuple[Optional[str], str]:
     """(failure message or None, which check ran) for a benchmarked output (and gradients)."""
     p = case.problem
-    expected = _expected_shape(p)
+    expected = _expected_shape(p, mode)
     if tuple(out.shape) != expected or out.dtype != torch_dtype(p.dtype):
         return (f"output is {tuple(out.shape)} {out.dtype}, the contract says {expected} {torch_dtype(p.dtype)}",
                 "contract")
@@ -304,7 +308,7 @@ def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) 
     finite = torch.isfinite(out if rows is None else out[..., torch.as_tensor(rows, device=out.device), :])
     if not bool(finite.all()):
         return f"output has {int((~finite).sum())} NaN/Inf values", "finite"
-    if mode != "fwd":
+    if has_backward(mode):
         for name, g in case.grads().items():
             if name in case.inputs and g is None:
                 return f"no gradient reached input {name}", "finite"
@@ -319,6 +323,8 @@ def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) 
             _REF_CACHE.pop(next(iter(_REF_CACHE)))
         _REF_CACHE[key] = (family.reference(p)[0], tolerance.as_float64(family.base(p)[0]))
     ref, base = _REF_CACHE[key]
+    if mode == "decode":  # one step: the full forward's last rows
+        ref, base = ref[:, decode_bench.reference_rows(p)], base[:, decode_bench.reference_rows(p)]
     # the rule the correctness suite judges this variant by: exact, or its declared approximate class
     comp = tolerance.compare_as(case.variant.accuracy, "output", out, ref, base, p.dtype, "output", rows=rows)
     return (None if comp.passed else comp.describe()), "oracle"
@@ -356,7 +362,10 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
     variant = registry.get(bc.variant)
     if is_distributed(variant):
         return _run_distributed(bc, settings, rec)
-    reasons = variant.unsupported(p, backward=bc.mode != "fwd")
+    reasons = variant.unsupported(p, backward=has_backward(bc.mode))
+    if bc.mode == "decode":
+        why = decode_bench.skip_reason(variant, p)
+        reasons = [why] if why else []
     if reasons:
         return _skip(rec, "; ".join(reasons)), None
     if variant.compiled:
@@ -497,7 +506,7 @@ def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: 
              clock: _PhaseClock) -> tuple[timing.Timing, tuple[Case, torch.Tensor]]:
     """Build, time and profile one case into ``rec``: the timing and (case, profiled output)."""
     p = bc.problem
-    case = prepare(variant, p, requires_grad=bc.mode != "fwd", device_inputs=settings.device_inputs)
+    case = prepare(variant, p, requires_grad=has_backward(bc.mode), device_inputs=settings.device_inputs)
     clock.lap("prepare")
     rec.extra["inputs"] = "drawn on the device" if settings.device_inputs.drawn_on_device else "float64 recipe"
     rec.mask_build_ms = case.build_seconds * 1e3
@@ -530,7 +539,7 @@ def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: 
     rec.backend, facts = detect_backend(mem.op_names, variant, dyn)
     rec.extra.update(facts)
     rec.extra["dynamo"] = dyn
-    if variant.fused:
+    if variant.fused and bc.mode != "decode":  # a step's scores are s x L: never the L x L matrix
         rec.materialises = memory.materialises(rec.peak_mem_bytes, p, bc.mode)
     rec.extra["score_matrix_bytes"] = memory.score_matrix_bytes(p)
     clock.lap("memory+backend")
@@ -547,7 +556,8 @@ def _device_call(case: Case, device: str, injected_s: float, mode: str,
     the same device work as the timed step, where possible in a form that runs again and again
     without a setup between calls, so a CUDA graph can capture it.
 
-    fwd: the forward. fwd+bwd: drop the gradients, forward, backward (dropping ``.grad`` is host
+    fwd: the forward; decode: the step with a fresh copy of the prefilled cache as its setup (so
+    kernel-sum). fwd+bwd: drop the gradients, forward, backward (dropping ``.grad`` is host
     work only). bwd: the forward runs once, here, untimed; each call drops the gradients and runs
     the backward over the retained autograd graph, so it launches the kernels the timed backward
     launches (no gradient accumulation: the gradients start from None as after the timed step's
@@ -557,7 +567,7 @@ def _device_call(case: Case, device: str, injected_s: float, mode: str,
     """
     delay = timing.make_delay(device, injected_s) if injected_s else None
     setup = None
-    if mode == "fwd" or (mode == "bwd" and not repeat_backward):
+    if mode in ("fwd", "decode") or (mode == "bwd" and not repeat_backward):
         step, setup = _step(case, mode)
     elif mode == "fwd+bwd":
         def step():
@@ -629,7 +639,7 @@ def measure_deferred_device_time(bc: BenchCase, settings: Settings, rec: CaseRec
     why = rec.extra.get("device_time_pending", "")
     try:
         variant = registry.get(bc.variant or "")
-        case = prepare(variant, p, requires_grad=bc.mode != "fwd", device_inputs=settings.device_inputs)
+        case = prepare(variant, p, requires_grad=has_backward(bc.mode), device_inputs=settings.device_inputs)
         injected = (rec.extra.get("injected_ms") or 0.0) / 1e3
         call, setup = _device_call(case, p.device, injected, bc.mode,
                                    repeat_backward=not why.startswith(BACKWARD_ONCE))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 from .problem import Mask, Problem
-from .record import MODES
+from .record import DECODE_STEP_ARG, MODES
 
 TIERS = ("full", "quick")
 KERNEL_FAMILIES = ("attention", "dilated")
@@ -271,6 +271,41 @@ _add(Workload(
     ),
 ))
 
+
+def _step(s: int) -> tuple:
+    return ((DECODE_STEP_ARG, s),)
+
+
+_add(Workload(
+    name="layer-decode",
+    description="incremental decoding of the layers that declare it (docs/decode.md): one step of 1 token (and 4 for "
+                "speculative steps) after a prefill of the rest of 1K-4K tokens, with the layer's own cache",
+    full=tuple(
+        Entry(family, _layer(8, length, d_model, h, d, hkv=hkv, dv=dv, args=args + _step(s)), modes=("decode",))
+        for family, length, d_model, h, d, hkv, dv, args in (
+            ("mha-layer", 1024, 768, 12, 64, None, None, ()),  # GPT-2 small
+            ("qknorm-ln-layer", 1024, 768, 12, 64, None, None, ()),
+            ("qknorm-rms-layer", 1024, 768, 12, 64, None, None, ()),
+            ("gqa-layer", 4096, 8192, 64, 128, 8, None, ()),  # Llama 3 70B
+            ("mla-layer", 4096, 7168, 128, 192, None, 128, _mla_args(1536, 512, 128, 64, 128)),  # DeepSeek-V3
+            ("latent-layer", 4096, 7168, 128, 128, None, None, _latent_args(1536, 512)),
+        )
+        for s in (1, 4)
+    ),
+    quick=tuple(
+        Entry(family, _layer(2, 64, d_model, h, d, hkv=hkv, dv=dv, dtype=FP32, args=args + _step(s)), modes=("decode",))
+        for family, d_model, h, d, hkv, dv, args in (
+            ("mha-layer", 128, 4, 32, None, None, ()),
+            ("qknorm-ln-layer", 128, 4, 32, None, None, ()),
+            ("qknorm-rms-layer", 128, 4, 32, None, None, ()),
+            ("gqa-layer", 256, 8, 32, 2, None, ()),
+            ("mla-layer", 256, 4, 48, None, 32, _mla_args(96, 32, 32, 16, 32)),
+            ("latent-layer", 256, 4, 32, None, None, _latent_args(96, 32)),
+        )
+        for s in (1, 4)
+    ),
+    source="served models' decode loop: prefill once, then steps that read and grow a KV or latent cache",
+))
 
 def add_entries(name: str, tier: str, entries: Sequence[Entry], description: str = "", source: str = "") -> Workload:
     """Add benchmark entries to workload ``name``'s ``tier`` (a new workload needs a description).
