@@ -52,6 +52,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def register_failures_log(config: pytest.Config) -> None:
+    """Write failures as they happen when --attn-failures-log is given; under xdist only in the
+    controller, which sees every worker's reports (a worker writing too would double each line)."""
+    path = config.getoption("--attn-failures-log")
+    if path and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(FailuresLog(path), "attnsuite-failures-log")
+
+
 class FailuresLog:
     """--attn-failures-log: each failure (or error) written out as soon as its report exists."""
 
@@ -69,9 +77,7 @@ class FailuresLog:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    failures_log = config.getoption("--attn-failures-log")
-    if failures_log and not hasattr(config, "workerinput"):  # xdist: the controller sees every report
-        config.pluginmanager.register(FailuresLog(failures_log), "attnsuite-failures-log")
+    register_failures_log(config)
     for name in SUBPLUGINS:
         if not config.pluginmanager.has_plugin(name):
             config.pluginmanager.import_plugin(name)

@@ -9,10 +9,18 @@ mkdir -p "$OUT"
 PY="${PYTHON:-python}"
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 nvidia-smi --query-gpu=name,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+# Library wheels carried to the machine in .whl/ (git-ignored; see docs/libraries.md for which and
+# why): installed apart, with no dependencies, so nothing of the machine's own torch changes.
+if ls .whl/*.whl > /dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/attnsuite-site \
+    .whl/*.whl >> "$OUT/gpu.txt" 2>&1 && export PYTHONPATH=/tmp/attnsuite-site${PYTHONPATH:+:$PYTHONPATH}
+  echo "carried wheels: $(cd .whl && ls *.whl | tr '\n' ' ')" | tee -a "$OUT/gpu.txt"
+fi
 "$PY" -c "import torch; print(torch.__version__, torch.version.cuda)" >> "$OUT/gpu.txt" 2>&1
 # the header line says which libraries imported and why the others did not
 timeout 540 "$PY" -m pytest test_correctness/test_variants.py --attn-device cuda -p no:cacheprovider \
-  -k "fakequant or flash-attn or xformers or flashinfer" -rs -q --junitxml "$OUT/correctness.xml" \
+  -k "fakequant or flash-attn or xformers or flashinfer or sage" -rs -q --junitxml "$OUT/correctness.xml" \
+  --attn-failures-log "$OUT/correctness.failures" \
   > "$OUT/correctness.log" 2>&1
 echo "correctness rc=$?" | tee -a "$OUT/gpu.txt"
 "$PY" -m pytest test_correctness/test_variants.py --attn-device cuda -p no:cacheprovider --collect-only \
@@ -21,3 +29,10 @@ timeout 300 "$PY" scripts/measure_approximate.py --device cuda --json "$OUT/appr
   > "$OUT/approximate.log" 2>&1
 echo "measure rc=$?" | tee -a "$OUT/gpu.txt"
 tail -8 "$OUT/approximate.log"
+# the library variants timed beside SDPA's backends, through the benchmarks like every variant
+timeout 300 "$PY" -m pytest bench --benchmark-only --attn-device cuda --attn-workload fa-sweep --attn-workload decode \
+  --attn-only xformers-mea --attn-only sage-attention --attn-only flash-attn2 --attn-only flash-attn4 \
+  --attn-only flashinfer-prefill --attn-only flashinfer-decode --attn-only sdpa-flash --attn-only sdpa-cudnn \
+  --attn-gate off -p no:cacheprovider -q -rs --benchmark-json "$OUT/libraries_bench.json" > "$OUT/libraries_bench.log" 2>&1
+echo "library benchmarks rc=$?" | tee -a "$OUT/gpu.txt"
+tail -25 "$OUT/libraries_bench.log"
