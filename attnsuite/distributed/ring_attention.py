@@ -76,16 +76,21 @@ class OnlineSoftmax:
         self.stale_max = stale_max
 
     def merge(self, m_b: torch.Tensor, l_b: torch.Tensor, acc_b: torch.Tensor, rows: slice = slice(None)) -> None:
-        """Fold in one block for ``rows``, given relative to its own max m_b: l_b = sum exp(s - m_b), acc_b = sum exp(s - m_b) v."""
+        """Fold in one block for ``rows``, given relative to its own max m_b: l_b = sum exp(s - m_b), acc_b = sum exp(s - m_b) v.
+
+        ``acc_b`` may be in a lower precision than the state (a fused pair's bf16 output): the
+        product with its fp32 weight is taken in the state's dtype. The accumulator, the largest
+        tensor here, is updated in place through a view (one scale, one add), not rebuilt.
+        """
         m, l, acc = self.m[..., rows], self.l[..., rows], self.acc[..., rows, :]
         m_new = torch.maximum(m, m_b)
         safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))  # rows that saw no key yet
         # the mutant rescales the old state against its own (stale) max: a factor of exactly 1
         alpha = torch.ones_like(m) if self.stale_max else torch.exp(m - safe)
         beta = torch.exp(m_b - safe)
-        self.l[..., rows] = alpha * l + beta * l_b
-        self.acc[..., rows, :] = alpha.unsqueeze(-1) * acc + beta.unsqueeze(-1) * acc_b
-        self.m[..., rows] = m_new
+        l.mul_(alpha).add_(beta * l_b)
+        acc.mul_(alpha.unsqueeze(-1)).add_(beta.unsqueeze(-1) * acc_b)
+        m.copy_(m_new)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(output, log-sum-exp); rows that saw no key come out as 0 and -inf."""
@@ -296,7 +301,7 @@ def ring_forward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, fa
                     o_p, lse_p, aux[(step, i)] = pairs.fused.forward(
                         q[:, :, qsl], ke[:, :, ksl], ve[:, :, ksl], kind == "diag")
                     # a normalised pair result is a block with max lse, denominator 1, accumulator o
-                    state.merge(lse_p.to(pairs.acc), torch.ones_like(lse_p, dtype=pairs.acc), o_p.to(pairs.acc), qsl)
+                    state.merge(lse_p.to(pairs.acc), torch.ones_like(lse_p, dtype=pairs.acc), o_p, qsl)
                     continue
                 s = pairs.scores(qsl, kb[:, :, ksl], kind, qpos, kpos)
                 if s is None:
@@ -350,9 +355,10 @@ def ring_backward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, o
                         ve[:, :, ksl].contiguous(), out[:, :, qsl].contiguous(), lse_f[:, :, qsl].contiguous(),
                         kind == "diag", aux.get((step, i)))
                     n = qsl.stop - qsl.start
-                    dq[..., qsl, :] += dq_p.to(acc).view(b, hkv, g, n, -1)
-                    dk_b[:, :, ksl] += dk_p.to(acc).view(b, hkv, g, *dk_p.shape[2:]).sum(2)
-                    dv_b[:, :, ksl] += dv_p.to(acc).view(b, hkv, g, *dv_p.shape[2:]).sum(2)
+                    # in place through views, each sum in the accumulation dtype (no converted copies)
+                    dq[..., qsl, :].add_(dq_p.reshape(b, hkv, g, n, -1))
+                    dk_b[:, :, ksl].add_(dk_p.reshape(b, hkv, g, *dk_p.shape[2:]).sum(2, dtype=acc))
+                    dv_b[:, :, ksl].add_(dv_p.reshape(b, hkv, g, *dv_p.shape[2:]).sum(2, dtype=acc))
                     continue
                 s = pairs.scores(qsl, kb[:, :, ksl], kind, qpos, kpos)
                 if s is None:
