@@ -334,6 +334,7 @@ def ring_backward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, o
     dq = torch.zeros((b, hkv, g, nq, q.shape[-1]), dtype=acc, device=q.device)
     kb, vb = k.contiguous(), v.contiguous()
     grads_pending = None  # the dK/dV hop of the previous step, waited for after this step's compute
+    q_rows: dict = {}  # (start, stop) -> contiguous (do, q, out, lse) of those query rows, for the fused pairs
     for step in range(P):
         src = (r - step) % P
         kv_pending = None
@@ -350,9 +351,12 @@ def ring_backward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, o
                 if pairs.fused is not None and kind in ("full", "diag"):
                     if ke is None:
                         ke, ve = pairs.expand(kb), pairs.expand(vb)
+                    rows = (qsl.start, qsl.stop)
+                    if rows not in q_rows:  # the same query rows meet every block: copied once
+                        q_rows[rows] = tuple(t[:, :, qsl].contiguous() for t in (do, q, out, lse_f))
+                    do_r, q_r, out_r, lse_r = q_rows[rows]
                     dq_p, dk_p, dv_p = pairs.fused.backward(
-                        do[:, :, qsl].contiguous(), q[:, :, qsl].contiguous(), ke[:, :, ksl].contiguous(),
-                        ve[:, :, ksl].contiguous(), out[:, :, qsl].contiguous(), lse_f[:, :, qsl].contiguous(),
+                        do_r, q_r, ke[:, :, ksl].contiguous(), ve[:, :, ksl].contiguous(), out_r, lse_r,
                         kind == "diag", aux.get((step, i)))
                     n = qsl.stop - qsl.start
                     # in place through views, each sum in the accumulation dtype (no converted copies)
