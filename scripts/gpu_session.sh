@@ -9,7 +9,8 @@
 #             The single-GPU wall time is the two parts' loop times added (each part's log says it).
 #   tier1     the full tier on GPU 0 alone, beside scripts/gpu_triton.sh on GPU 1 (the Triton run
 #             shares the host's CPUs with the tier: its wall time is read with that in mind)
-#   dist      scripts/gpu_distributed.sh: NCCL correctness in bf16/fp16 and the context-parallel timings
+#   dist      scripts/gpu_distributed.sh: NCCL correctness in bf16/fp16 and the context-parallel timings,
+#             then scripts/devtime_probe.py (graph against event time under load and after idle)
 # Usage: OUT=dir bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +44,10 @@ case "$call" in
   dist)
     mkdir -p "$work/dist"
     OUT=$work/dist bash scripts/gpu_distributed.sh > "$work/dist/run.log" 2>&1
-    echo "dist exit $?" | tee -a "$work/dist/run.log" ;;
+    echo "dist exit $?" | tee -a "$work/dist/run.log"
+    CUDA_VISIBLE_DEVICES=0 timeout 120 python3 scripts/devtime_probe.py --out "$work/dist/devtime_probe.jsonl" \
+      > "$work/dist/devtime_probe.log" 2>&1
+    echo "devtime probe exit $?" | tee -a "$work/dist/run.log" ;;
   *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist)" >&2; exit 2 ;;
 esac
 nvidia-smi --query-gpu=index,name,clocks.sm,clocks.max.sm --format=csv > "$work/gpus.txt" 2>&1

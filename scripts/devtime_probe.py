@@ -1,0 +1,116 @@
+"""Why graph device time can read above the event-timed median (docs/gate.md, third H200 session).
+
+On a 2-GPU H200 host, graph replay read more than 3% above the event timer in 106 of 386 full-tier
+cases, nearly all memory-bound steps of 10 ms or more (explicit, einsum: +5.4%). This probe times a
+few such steps, each several ways in one process, and logs the SM clock and power around each:
+
+- ``event``      the suite's event timer (L2 flushed before each sample: idle gaps between calls);
+- ``event-b2b``  the event timer with no flush: calls back to back;
+- ``graph``      the suite's device time (graph replays back to back, a guard kernel before each);
+- ``graph-idle`` the same graph replays with 50 ms of host sleep (an idle GPU) before each.
+
+If ``graph-idle`` agrees with ``event`` and ``graph`` with ``event-b2b``, the difference is the GPU
+under sustained load (clocks or power), not the measuring method. Writes JSON lines to --out.
+Usage (on the GPU machine): python3 scripts/devtime_probe.py --out $OUT/devtime_probe.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from attnsuite import registry, timing  # noqa: E402
+from attnsuite.case import prepare  # noqa: E402
+from attnsuite.problem import Mask, Problem  # noqa: E402
+
+CASES = [  # (variant, problem): the long memory-bound steps that read high, and a compute-bound control
+    ("explicit", Problem(batch=1, lq=16384, lk=16384, hq=16, hkv=16, dqk=64, dv=64, mask=Mask("causal"),
+                         dtype="bfloat16", device="cuda")),
+    ("einsum", Problem(batch=1, lq=16384, lk=16384, hq=16, hkv=16, dqk=128, dv=128, mask=Mask("causal"),
+                       dtype="bfloat16", device="cuda")),
+    ("sdpa-flash", Problem(batch=1, lq=16384, lk=16384, hq=16, hkv=16, dqk=128, dv=128, mask=Mask("causal"),
+                           dtype="bfloat16", device="cuda")),
+]
+
+
+def gpu_state() -> dict:
+    """SM clock (MHz) and power (W) of GPU 0 as nvidia-smi reads them now."""
+    try:
+        line = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
+                               "-i", "0"], capture_output=True, text=True, timeout=10).stdout.strip()
+        clock, power = (float(x) for x in line.split(","))
+        return {"sm_mhz": clock, "power_w": power}
+    except Exception as exc:  # the probe's numbers stand without it
+        return {"error": str(exc)}
+
+
+def graph_idle(fn, replays: int = 8, idle_s: float = 0.05) -> list[float]:
+    """Seconds per call of one-call graph replays, each after ``idle_s`` of host sleep (an idle GPU)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(replays):
+        time.sleep(idle_s)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        out.append(start.elapsed_time(end) / 1e3)
+    graph.reset()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    registry.load_all()
+    with open(args.out, "w") as fh:
+        for name, problem in CASES:
+            case = prepare(registry.get(name), problem, requires_grad=False)
+
+            def fwd():
+                with torch.no_grad():
+                    return case.forward()
+            row = {"variant": name, "problem": problem.id}
+            for label, run in (
+                ("event", lambda: timing.measure(fwd, "cuda", timing.FULL_GPU).samples_s),
+                ("event-b2b", lambda: timing.measure(fwd, "cuda", dataclasses.replace(timing.FULL_GPU, flush_l2=False)).samples_s),
+                ("graph", lambda: timing.device_time(fwd, "cuda").samples_s),
+                ("graph-idle", lambda: graph_idle(fwd)),
+            ):
+                before = gpu_state()
+                samples = run()
+                row[label] = {"median_ms": statistics.median(samples) * 1e3, "n": len(samples),
+                              "before": before, "after": gpu_state()}
+            base = row["event"]["median_ms"]
+            row["vs_event"] = {k: row[k]["median_ms"] / base - 1 for k in ("event-b2b", "graph", "graph-idle")}
+            print(json.dumps({"variant": name, "problem": problem.id, "event_ms": round(base, 4),
+                              **{k: f"{v:+.2%}" for k, v in row["vs_event"].items()}}), flush=True)
+            fh.write(json.dumps(row) + "\n")
+            case = None
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
