@@ -28,12 +28,18 @@ from .triton_kernels import kernels
 CPU_MAX_MLA_STEPS = 8  # interpreter budget (64x64 tile steps): the CPU correctness problems take 1-2
 
 
+# Bytes of one head chunk's latent query (B, heads, LQ, kv_lora) in the absorbed core: the heads go
+# through the kernel in chunks of at most this size, so the latent query and output of all 128
+# DeepSeek-V3 heads (0.5 GiB each at B 2, L 2048) never live at once (docs/triton.md, MLA).
+HEAD_CHUNK_BYTES = 128 * 2**20
+
+
 class _MLACore(torch.autograd.Function):
     """The Triton core as an autograd node whose backward says it does not exist."""
 
     @staticmethod
-    def forward(ctx, q, kv, d_latent: int, scale: float, causal: bool):
-        return kernels("mla", q.device.type).mla_forward(q, kv, d_latent, scale, causal)
+    def forward(ctx, q_lat, q_pe, kv, scale: float, causal: bool):
+        return kernels("mla", q_lat.device.type).mla_forward(q_lat, q_pe, kv, scale, causal)
 
     @staticmethod
     def backward(ctx, grad):
@@ -47,11 +53,16 @@ class TritonAbsorbedMLA(MLA):
         b, lq = q_nope.shape[0], q_nope.shape[1]
         w = self.wkv_b.view(self.h, self.dn + self.dv, self.kv_lora)
         w_uk, w_uv = w[:, : self.dn], w[:, self.dn :]
-        q_lat = torch.einsum("blhn,hnc->bhlc", q_nope, w_uk)
-        q = torch.cat([q_lat, q_pe.transpose(1, 2)], dim=-1)  # (b, h, lq, kv_lora + rope)
         kv = torch.cat([c_kv, k_pe], dim=-1)  # (b, lk, kv_lora + rope): the one shared head
-        o_lat = _MLACore.apply(q, kv, self.kv_lora, self.scale, self.causal)
-        o = torch.einsum("bhlc,hvc->blhv", o_lat, w_uv)
+        o = q_nope.new_empty((b, lq, self.h, self.dv))
+        per_head = b * lq * self.kv_lora * q_nope.element_size()
+        chunk = max(1, min(self.h, HEAD_CHUNK_BYTES // max(per_head, 1)))
+        for h0 in range(0, self.h, chunk):
+            heads = slice(h0, min(h0 + chunk, self.h))
+            q_lat = torch.einsum("blhn,hnc->bhlc", q_nope[:, :, heads], w_uk[heads])
+            o_lat = _MLACore.apply(q_lat, q_pe[:, :, heads].transpose(1, 2), kv, self.scale, self.causal)
+            o[:, :, heads] = torch.einsum("bhlc,hvc->blhv", o_lat, w_uv[heads])
+            q_lat = o_lat = None  # this chunk's latent tensors go before the next chunk's are made
         return o.reshape(b, lq, self.h * self.dv)
 
 

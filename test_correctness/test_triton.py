@@ -142,3 +142,25 @@ def test_a_backward_through_the_forward_only_mla_kernel_raises_instead_of_return
     x = to_torch(layer_inputs_np(problem)[0], problem, requires_grad=True)
     with pytest.raises(NotImplementedError, match="no backward"):
         module(x).sum().backward()
+
+
+@pytest.mark.parametrize("chunk_heads", [1, 2])
+def test_the_mla_core_gives_the_same_output_when_its_heads_go_through_in_chunks(chunk_heads, device, monkeypatch):
+    from impls import mla, triton_mla
+
+    problem = mo.mla_problem(1, 12, 40, 3, 16, 12, 6, 4, 7, mask=Mask("causal"), dtype=_dtype(device), device=device)
+    module = mla.build_module("triton-mla-absorbed", problem)
+    x = to_torch(layer_inputs_np(problem)[0], problem)
+    with torch.no_grad():
+        whole = module(x)  # tiny problem: every head in one chunk
+        per_head = problem.batch * problem.lq * 16 * x.element_size()  # kv_lora 16
+        monkeypatch.setattr(triton_mla, "HEAD_CHUNK_BYTES", chunk_heads * per_head)
+        calls = []
+        real = triton_mla._MLACore.apply
+        monkeypatch.setattr(triton_mla._MLACore, "apply", lambda *a: calls.append(a[0].shape[1]) or real(*a))
+        chunked = module(x)
+    assert calls == [chunk_heads] * (3 // chunk_heads) + ([3 % chunk_heads] if 3 % chunk_heads else [])
+    # the same per-head math; only the batched matmuls' blocking differs (last-bit rounding), while a
+    # head mapped to the wrong weights or rows would be off by O(1)
+    tol = dict(rtol=1e-5, atol=1e-6) if x.dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)  # bf16 on CUDA
+    torch.testing.assert_close(chunked, whole, **tol)

@@ -1,7 +1,8 @@
 """The absorbed MLA attention core: many query heads against one shared latent K/V head.
 
-Imported through :func:`impls.triton_kernels.kernels`. Queries are (B, H, LQ, DL + DR): the
-latent part (the key up-projection folded into q) then the RoPE part; the cache is (B, LK, DL +
+Imported through :func:`impls.triton_kernels.kernels`. Queries come in two tensors, each read
+through its own strides: the latent part (B, H, LQ, DL) (the key up-projection folded into q) and
+the RoPE part (B, H, LQ, DR); the cache is (B, LK, DL +
 DR): the normalised latent c_kv then the roped k_pe, and the values are the cache's first DL
 columns. A program owns BLOCK_M rows of the (query position, head) grid, row r = (r // H, r % H):
 with DeepSeek-V3's 128 heads a tile's rows share one query position, so every latent tile loaded
@@ -41,7 +42,7 @@ def _tuned(fn):
 
 @_tuned
 @triton.jit
-def mla_fwd(Q, KV, O, sqb, sqh, sqm, sqd, skb, skn, skd, sob, soh, som, sod,
+def mla_fwd(Q, QR, KV, O, sqb, sqh, sqm, sqd, srb, srh, srm, srd, skb, skn, skd, sob, soh, som, sod,
             H, LQ, LK, OFF, qk_scale,
             DL, DR, BLOCK_DL: tl.constexpr, BLOCK_DR: tl.constexpr,
             MASK: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -58,7 +59,8 @@ def mla_fwd(Q, KV, O, sqb, sqh, sqm, sqd, skb, skn, skd, sob, soh, som, sod,
     offs_n = tl.arange(0, BLOCK_N)
     q_row = Q + b * sqb + h[:, None] * sqh + qi[:, None] * sqm
     q_lat = tl.load(q_row + offs_l[None, :] * sqd, mask=live[:, None] & (offs_l[None, :] < DL), other=0.0)
-    q_pe = tl.load(q_row + (DL + offs_r[None, :]) * sqd, mask=live[:, None] & (offs_r[None, :] < DR), other=0.0)
+    qr_row = QR + b * srb + h[:, None] * srh + qi[:, None] * srm
+    q_pe = tl.load(qr_row + offs_r[None, :] * srd, mask=live[:, None] & (offs_r[None, :] < DR), other=0.0)
     if DOT_F32:
         q_lat = q_lat.to(tl.float32)
         q_pe = q_pe.to(tl.float32)
@@ -97,21 +99,26 @@ def mla_fwd(Q, KV, O, sqb, sqh, sqm, sqd, skb, skn, skd, sob, soh, som, sod,
              mask=live[:, None] & (offs_l[None, :] < DL))
 
 
-def mla_forward(q: torch.Tensor, kv: torch.Tensor, d_latent: int, scale: float, causal: bool) -> torch.Tensor:
-    """o (B, H, LQ, d_latent) = softmax(scale q kv^T, bottom-right causal) kv[..., :d_latent]."""
+def mla_forward(q_lat: torch.Tensor, q_pe: torch.Tensor, kv: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
+    """o (B, H, LQ, DL) = softmax(scale [q_lat, q_pe] kv^T, bottom-right causal) kv[..., :DL].
 
-    bsz, heads, lq, dqk = q.shape
+    The query comes in its two parts, q_lat (B, H, LQ, DL) and q_pe (B, H, LQ, DR), each read
+    through its own strides (q_pe may be a transposed view of the projection's output), so the
+    (B, H, LQ, DL + DR) concatenation is never built; kv is (B, LK, DL + DR).
+    """
+
+    bsz, heads, lq, d_latent = q_lat.shape
     lk = kv.shape[1]
-    dr = dqk - d_latent
-    dtype = q.dtype
+    dr = q_pe.shape[-1]
+    dtype = q_lat.dtype
     if INTERPRET and dtype == torch.bfloat16:  # see flash._interp_upcast
-        q, kv = q.float(), kv.float()
-    o = torch.empty((bsz, heads, lq, d_latent), dtype=q.dtype, device=q.device)
+        q_lat, q_pe, kv = q_lat.float(), q_pe.float(), kv.float()
+    o = torch.empty((bsz, heads, lq, d_latent), dtype=q_lat.dtype, device=q_lat.device)
 
     def grid(meta):
         return (triton.cdiv(lq * heads, meta["BLOCK_M"]), bsz)
 
-    mla_fwd[grid](q, kv, o, *q.stride(), *kv.stride(), *o.stride(), heads, lq, lk, lk - lq,
+    mla_fwd[grid](q_lat, q_pe, kv, o, *q_lat.stride(), *q_pe.stride(), *kv.stride(), *o.stride(), heads, lq, lk, lk - lq,
                   scale * math.log2(math.e), DL=d_latent, DR=dr,
                   BLOCK_DL=max(16, triton.next_power_of_2(d_latent)), BLOCK_DR=max(16, triton.next_power_of_2(dr)),
                   MASK=1 if causal else 0, DOT_F32=DOT_F32, **(INTERP_TILE if INTERPRET else {}))
