@@ -119,8 +119,10 @@ def check_forward(variant: Variant, problem: Problem, cache: Optional[dict] = No
         base_out, _ = base(variant.family, problem)
         _poison_allocator(int(np.prod(np.shape(ref_out))) * 8, problem.device)
         case = prepare(variant, problem, requires_grad=False, cache=cache)
+        before = {name: t.detach().clone() for name, t in case.inputs.items()}
         with torch.no_grad():
             out = case.forward()
+        _inputs_unchanged(result, before, case.inputs)
         if not _contract(result, variant, problem, out, ref_out):
             return
         rows = live_rows(problem) if problem.level == "kernel" else None
@@ -131,6 +133,24 @@ def check_forward(variant: Variant, problem: Problem, cache: Optional[dict] = No
             result.notes.append(fully_masked_report(out, rows))
 
     return _guarded("forward", variant, problem, body)
+
+
+def _inputs_unchanged(result: CheckResult, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> None:
+    """Fail, naming each input, when the call wrote into the caller's tensors.
+
+    A kernel that rescales or recentres an input in place (SageAttention 1.0.6 subtracts the keys'
+    mean from ``k`` itself) can still return the right output, since softmax ignores a shift common
+    to all keys, so only a comparison of the inputs shows it; the caller's next use of them is wrong.
+    """
+    for name, old in before.items():
+        new = after[name].detach()
+        if same_bits(old, new):
+            continue
+        diff = (new.double() - old.double()).abs().nan_to_num()
+        result.passed = False
+        result.details.append(f"the call changed its input {name} in place: {int((diff > 0).sum())} of "
+                              f"{diff.numel()} elements differ (max {float(diff.max()):.3g}); the caller's "
+                              "tensors are not the variant's to write")
 
 
 def _zero_heads(result: CheckResult, out: torch.Tensor, ref_out, rows) -> None:
