@@ -425,10 +425,15 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
     rec.extra["suite_s"] = {k: round(v, 4) for k, v in phases.items()}
 
     if result is not None:
-        peak, source = settings.peak(p.device, p.dtype)
-        rec.tflops, rec.pct_peak = flopmod.throughput(rec.flops or 0.0, result.median_s, peak)
-        rec.extra["peak_tflops"], rec.extra["peak_source"], rec.extra["peak_dtype"] = peak, source, p.dtype
+        _add_throughput(rec, result, settings, p)
     return rec, result
+
+
+def _add_throughput(rec: CaseRecord, result: timing.Timing, settings: Settings, p: Problem) -> None:
+    """TFLOP/s and % of the device's peak of a timed case, with the peak and where it came from."""
+    peak, source = settings.peak(p.device, p.dtype)
+    rec.tflops, rec.pct_peak = flopmod.throughput(rec.flops or 0.0, result.median_s, peak)
+    rec.extra["peak_tflops"], rec.extra["peak_source"], rec.extra["peak_dtype"] = peak, source, p.dtype
 
 
 def _run_distributed(bc: BenchCase, settings: Settings, rec: CaseRecord) -> tuple[CaseRecord, Optional[timing.Timing]]:
@@ -466,9 +471,7 @@ def _run_distributed(bc: BenchCase, settings: Settings, rec: CaseRecord) -> tupl
         "bytes_estimated": out["bytes_estimated"],
         "numerics_check": "on every rank by test_correctness/test_distributed.py",
     })
-    peak, source = settings.peak(p.device, p.dtype)
-    rec.tflops, rec.pct_peak = flopmod.throughput(rec.flops or 0.0, result.median_s, peak)
-    rec.extra["peak_tflops"], rec.extra["peak_source"], rec.extra["peak_dtype"] = peak, source, p.dtype
+    _add_throughput(rec, result, settings, p)
     return rec, result
 
 
