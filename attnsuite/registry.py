@@ -101,6 +101,19 @@ class Variant:
     # "exact" is judged by the pass rule (tolerance.compare); an approximate kernel (FP8, INT8) declares
     # its class ("fp8", "int8") and is judged by that class's budget (tolerance.APPROXIMATE_BUDGET)
     accuracy: ClassVar[str] = "exact"
+    # Defects of third-party code that the suite found, by check name ("forward", "backward",
+    # "causality", "repeat"): what was seen, where and when. The correctness tests keep running that
+    # check and expect it to fail (a strict expected failure): the run stays green while the defect
+    # lasts, and the release that fixes it turns up as an unexpected pass, the cue to delete the entry.
+    known_defects: ClassVar[dict] = {}
+
+    def known_defect(self, check: str, problem: Problem) -> Optional[str]:
+        """What was seen, when ``check`` on ``problem`` is a declared known defect (else None).
+
+        By default every problem of a declared check; a variant whose defect shows only on some
+        problems (one device, one mask) overrides this to say which.
+        """
+        return self.known_defects.get(check)
 
     def unsupported(self, problem: Problem, backward: bool = False) -> list[str]:
         """Reasons this variant cannot run ``problem`` (empty when it can)."""

@@ -174,6 +174,17 @@ class ContextParallelEfficient(_ContextParallel):
     devices = frozenset({"cuda"})
     dtypes = frozenset({"bfloat16", "float16", "float32"})
     sdpa_backend = "efficient"
+    known_defects = {
+        "backward": "PyTorch 2.11 context_parallel over SDPA's memory-efficient backend: NaN/Inf in the causal "
+                    "grad q and grad k on every rank (2 H200s, bf16 and fp16, 2026-11-30), and an illegal memory "
+                    "access at L 32K/64K causal fwd+bwd in the scaling run",
+    }
+
+    def known_defect(self, check: str, problem: Problem) -> Optional[str]:
+        # seen on CUDA with a causal mask only; the unmasked backward passed on the same GPUs
+        if problem.device.startswith("cuda") and problem.mask.kind == "causal":
+            return super().known_defect(check, problem)
+        return None
 
 
 @register

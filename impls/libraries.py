@@ -20,6 +20,10 @@ What each declares (docs/libraries.md has the sources and the reasoning):
   head dims 64/128/256, one sequence per call (the wrapper loops over the batch). Prefill's causal is
   bottom-right; every other mask goes in as its boolean ``custom_mask`` (True = attend). Decode takes
   one query per sequence.
+- ``sage-attention`` (``sageattention.sageattn``, SageAttention 1: Triton kernels): CUDA, fp16/bf16,
+  head dims 64/96/128, GQA, causal only with lq == lk, forward only; INT8 Q K^T, so it declares the
+  ``int8`` accuracy class (docs/approximate.md). Its in-place smoothing of the caller's ``k`` is a
+  declared known defect of the forward check.
 """
 
 from __future__ import annotations
@@ -218,6 +222,34 @@ class FlashInferDecode(LibraryKernel):
         return run
 
 
+class SageAttention(LibraryKernel):
+    name = "sage-attention"
+    library = "sageattention"
+    description = ("sageattention.sageattn (SageAttention 1, Triton): INT8 Q K^T after smoothing K, fp16 P V; "
+                   "accuracy class int8")
+    dtypes = frozenset({"float16", "bfloat16"})
+    masks = frozenset({"none", "causal"})
+    features = frozenset({"gqa", "custom_scale"})  # its causal mask needs lq == lk (its docstring)
+    backward_devices = frozenset()  # Triton kernels without autograd
+    head_dims = frozenset({64, 96, 128})
+    accuracy = "int8"
+    deterministic = True
+    backend = "sageattention"
+    known_defects = {
+        "forward": "sageattention 1.0.6 smooths K by subtracting its mean from the caller's k tensor in place "
+                   "(sageattention/core.py, 'k -= km'); the output is right, the caller's k is not "
+                   "(read in its source on 2026-11-30; to be seen on the H200 run)",
+    }
+
+    def build(self, problem: Problem):
+        scale, causal = problem.softmax_scale, problem.mask.kind == "causal"
+
+        def run(q, k, v):
+            return self.fn(q, k, v, tensor_layout="HND", is_causal=causal, sm_scale=scale)
+
+        return run
+
+
 def _one(cls: type[LibraryKernel], fn_name: str) -> Callable[[ModuleType], list[str]]:
     """A registrar: look ``fn_name`` up in the imported module and register ``cls`` around it."""
 
@@ -241,6 +273,7 @@ LIBRARIES = (
     Library("flash_attn", "flash_attn.flash_attn_interface", _one(FlashAttn2, "flash_attn_func"), "flash-attn"),
     Library("flash_attn.cute", "flash_attn.cute", _one(FlashAttn4, "flash_attn_func"), "flash-attn-4"),
     Library("flashinfer", "flashinfer", _flashinfer, "flashinfer-python"),
+    Library("sageattention", "sageattention", _one(SageAttention, "sageattn"), "sageattention"),
 )
 
 libraries.load(LIBRARIES)

@@ -98,31 +98,15 @@ def pools():
         pool.close()
 
 
-# Defects of third-party code that this suite found, kept as strict expected failures: the run stays
-# green while they last, and the first release that fixes one turns its XPASS into a failure here,
-# which is the cue to delete the entry. (variant, device, mask kind, check) -> what was seen.
-KNOWN_DEFECTS = {
-    ("context-parallel-efficient", "cuda", "causal", "backward"):
-        "PyTorch 2.11 context_parallel over SDPA's memory-efficient backend: NaN/Inf in the causal grad q "
-        "and grad k on every rank (2 H200s, bf16 and fp16, 2026-11-30), and an illegal memory access at "
-        "L 32K/64K causal fwd+bwd in the scaling run",
-}
-
-
-def known_defect(name: str, problem: Problem, check: str) -> str | None:
-    """What was seen, when this (variant, device, mask, check) is a known third-party defect."""
-    return KNOWN_DEFECTS.get((name, problem.device, problem.mask.kind, check))
-
-
 @pytest.mark.parametrize("name,P,problem,check", list(_cases()))
 def test_distributed_variant_on_P_ranks_passes_the_check(name, P, problem, check, pools, request):
     variant = OnRanks(registry.get(name), pools(P))
     reason = skip_reason(check, variant, problem)
     if reason:
         pytest.skip(reason)
-    seen = known_defect(name, problem, check)
+    seen = variant.inner.known_defect(check, problem)  # declared by the variant (Variant.known_defects)
     if seen:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"known defect: {seen}"))
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"known defect of {name}: {seen}"))
     result = run_check(check, variant, problem)
     if not result.passed and refusal(result.message):
         pytest.skip(f"{name} refused on {DEVICE} with P={P}: {refusal(result.message)}")
@@ -321,5 +305,5 @@ def test_the_documented_example_variant_passes_every_check_on_P_ranks(P):
 ])
 def test_a_known_third_party_defect_is_expected_only_where_it_was_seen(device, mask, check, expected):
     problem = Problem(batch=1, lq=8, lk=8, hq=2, hkv=2, dqk=8, dv=8, mask=mask, dtype="bfloat16", device=device)
-    assert bool(known_defect("context-parallel-efficient", problem, check)) is expected
-    assert known_defect("ring-zigzag", problem, check) is None
+    assert bool(registry.get("context-parallel-efficient").known_defect(check, problem)) is expected
+    assert registry.get("ring-zigzag").known_defect(check, problem) is None

@@ -43,6 +43,9 @@ def _cases(config: pytest.Config, check: str):
         for problem in problems:
             reason = checks.skip_reason(check, variant, problem)
             marks = [pytest.mark.skip(reason=reason)] if reason else []
+            seen = variant.known_defect(check, problem)
+            if seen:
+                marks.append(pytest.mark.xfail(strict=True, reason=f"known defect of {variant.name}: {seen}"))
             yield pytest.param(variant, problem, id=f"{variant.name}@{problem.id}", marks=marks)
 
 

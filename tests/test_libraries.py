@@ -109,6 +109,21 @@ def fake_single_decode(q, k, v, kv_layout="NHD", sm_scale=None, **_):
     return fake_single_prefill(q[None], k, v, kv_layout=kv_layout, sm_scale=sm_scale)[0]
 
 
+def fake_sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, smooth_k=True, **_):
+    """sageattention.sageattn 1.0.6 as published: it smooths K by subtracting its mean from the caller's
+    k in place (softmax ignores that shift, so the output stays right); HND is SDPA's layout."""
+    assert tensor_layout == "HND"
+    if smooth_k:
+        k -= k.mean(dim=2, keepdim=True)
+    allowed = corner_mask(q.shape[2], k.shape[2], -1, 0, False) if is_causal else None
+    return attend_bhsd(q, k, v, sm_scale, allowed)
+
+
+def fake_sageattn_fixed(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, **_):
+    """The same without the in-place write (smoothing a copy)."""
+    return fake_sageattn(q, k.clone(), v, tensor_layout, is_causal, sm_scale)
+
+
 def module(name: str, **attrs) -> types.ModuleType:
     mod = types.ModuleType(name)
     mod.__version__ = "0.0-fake"
@@ -129,6 +144,7 @@ FAKES = {
             LowerTriangularFromBottomRightMask=LowerTriangularFromBottomRightMask)))},
     "flashinfer": {"flashinfer": module("flashinfer", single_prefill_with_kv_cache=fake_single_prefill,
                                         single_decode_with_kv_cache=fake_single_decode)},
+    "sageattention": {"sageattention": module("sageattention", sageattn=fake_sageattn)},
 }
 LIBRARY = {lib.name: lib for lib in lib_impls.LIBRARIES}
 
@@ -161,7 +177,7 @@ def problem(mask=BR, lq=5, lk=9, hq=4, hkv=2, d=64, batch=2) -> Problem:
 # ----------------------------------------------------------------------------- registration
 @pytest.mark.parametrize(("library", "names"), [
     ("flash_attn", ["flash-attn2"]), ("flash_attn.cute", ["flash-attn4"]), ("xformers", ["xformers-mea"]),
-    ("flashinfer", ["flashinfer-prefill", "flashinfer-decode"]),
+    ("flashinfer", ["flashinfer-prefill", "flashinfer-decode"]), ("sageattention", ["sage-attention"]),
 ])
 def test_library_that_imports_registers_its_variants(isolated, library, names):
     status = install(isolated, library)
@@ -218,6 +234,19 @@ def test_registered_variant_matches_the_oracle_through_the_library_layout(isolat
     if not variant.unsupported(prob, backward=True):
         result = checks.check_backward(variant, prob)
         assert result.passed, result.message
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["as-published", "without-the-in-place-write"])
+def test_sage_attention_is_judged_as_int8_and_its_in_place_smoothing_of_k_is_caught(isolated, fixed):
+    install(isolated, "sageattention")
+    if fixed:
+        isolated.setattr(sys.modules["sageattention"], "sageattn", fake_sageattn_fixed)
+        libraries.load_library(LIBRARY["sageattention"])  # registered again around the fixed function
+    variant = on_cpu(registry.get("sage-attention"))
+    assert variant.accuracy == "int8" and "forward" in variant.known_defects
+    result = checks.check_forward(variant, problem(mask=Mask("causal"), lq=9, lk=9))
+    assert result.passed is fixed, result.message
+    assert ("the call changed its input k in place" in result.message) is not fixed
 
 
 def test_library_read_in_the_wrong_layout_fails_the_check(isolated):

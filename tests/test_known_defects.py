@@ -1,0 +1,91 @@
+"""A variant's declared known defect (Variant.known_defects) is a strict expected failure of that check:
+the defect keeps the run green while it lasts, a fix shows up as a failure (XPASS strict)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EXTERNAL = '''
+import torch
+from attnsuite.registry import KernelVariant, register
+
+
+class _Sdpa(KernelVariant):
+    masks = frozenset({"none"})
+    dtypes = frozenset({"float32"})
+    recentre_k = False
+
+    def build(self, problem):
+        scale = problem.softmax_scale
+
+        def run(q, k, v):
+            if self.recentre_k:
+                k.sub_(k.mean(dim=2, keepdim=True))
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+        return run
+
+
+@register
+class StillBroken(_Sdpa):
+    name = "ext-still-broken"
+    recentre_k = True
+    known_defects = {"forward": "writes the caller's k (seen 2026-11-30)"}
+
+
+@register
+class FixedSince(_Sdpa):
+    name = "ext-fixed-since"
+    known_defects = {"forward": "wrote the caller's k in an older release"}
+
+
+@register
+class NeverBroken(_Sdpa):
+    name = "ext-never-broken"
+'''
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("known_defects")
+    (folder / "ext_known.py").write_text(EXTERNAL)
+    env = {k: v for k, v in os.environ.items() if k not in ("ATTNSUITE_VARIANTS", "PYTEST_XDIST_WORKER")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"), f"--rootdir={ROOT}",
+         "-p", "no:cacheprovider", "-p", "no:xdist", "-v", "-rxX", f"--attn-variants={folder / 'ext_known.py'}",
+         "--attn-only=ext-still-broken", "--attn-only=ext-fixed-since", "--attn-only=ext-never-broken",
+         "-k", "forward or two_runs"],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    return done.stdout + done.stderr
+
+
+def _outcome(run: str, test: str, variant: str) -> set:
+    """The -v outcomes (PASSED, FAILED, XFAIL, ...) of ``test`` on every problem ``variant`` runs."""
+    marker = f"test_variants.py::{test}[{variant}@"
+    summary = ("XFAIL", "XPASS", "FAILED", "PASSED", "SKIPPED", "ERROR")  # -rxX lines repeat the id: not these
+    found = {line.split("] ", 1)[1].split()[0] for line in run.splitlines()
+             if marker in line and "] " in line and not line.startswith(summary)}
+    return found - {"SKIPPED"}
+
+
+def test_a_declared_defect_that_still_happens_is_an_expected_failure(run):
+    assert _outcome(run, "test_forward_matches_oracle", "ext-still-broken") == {"XFAIL"}, run[-3000:]
+    assert "known defect of ext-still-broken: writes the caller's k" in run
+
+
+def test_a_declared_defect_that_no_longer_happens_fails_the_run(run):
+    assert _outcome(run, "test_forward_matches_oracle", "ext-fixed-since") == {"FAILED"}, run[-3000:]
+    assert "[XPASS(strict)] known defect of ext-fixed-since" in run
+
+
+def test_only_the_declared_check_is_expected_to_fail(run):
+    # the repeat check of the same variants, and every check of a variant that declares nothing, pass
+    assert _outcome(run, "test_two_runs_agree", "ext-still-broken") == {"PASSED"}, run[-3000:]
+    assert _outcome(run, "test_forward_matches_oracle", "ext-never-broken") == {"PASSED"}, run[-3000:]
