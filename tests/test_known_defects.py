@@ -3,14 +3,9 @@ the defect keeps the run green while it lasts, a fix shows up as a failure (XPAS
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.suiterun import run_suite_tests
 
 EXTERNAL = '''
 import torch
@@ -55,15 +50,9 @@ class NeverBroken(_Sdpa):
 def run(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("known_defects")
     (folder / "ext_known.py").write_text(EXTERNAL)
-    env = {k: v for k, v in os.environ.items() if k not in ("ATTNSUITE_VARIANTS", "PYTEST_XDIST_WORKER")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"), f"--rootdir={ROOT}",
-         "-p", "no:cacheprovider", "-p", "no:xdist", "-v", "-rxX", f"--attn-variants={folder / 'ext_known.py'}",
-         "--attn-only=ext-still-broken", "--attn-only=ext-fixed-since", "--attn-only=ext-never-broken",
-         "-k", "forward or two_runs"],
-        cwd=folder, env=env, capture_output=True, text=True, timeout=300)
-    return done.stdout + done.stderr
+    return run_suite_tests(["test_correctness/test_variants.py"], folder, "-v", "-rxX",
+                           f"--attn-variants={folder / 'ext_known.py'}", "--attn-only=ext-still-broken",
+                           "--attn-only=ext-fixed-since", "--attn-only=ext-never-broken", "-k", "forward or two_runs")
 
 
 def _outcome(run: str, test: str, variant: str) -> set:

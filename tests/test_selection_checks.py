@@ -7,9 +7,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -20,8 +17,8 @@ import torch
 from attnsuite import checks, registry
 from test_correctness.conftest import skip_if_nothing_ran
 from test_correctness.test_hypothesis import hypothesis_variants
+from tests.suiterun import run_suite_tests
 
-ROOT = Path(__file__).resolve().parents[1]
 
 EXTERNAL = textwrap.dedent('''
     """Third-party variants: two that do unequal work (correct outputs), two with declared limitations."""
@@ -95,15 +92,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One pytest run of the generic layer tests and the hypothesis test, selecting the outside variants."""
     folder = tmp_path_factory.mktemp("third_party")
     (folder / "third_party.py").write_text(EXTERNAL)
-    env = {k: v for k, v in os.environ.items() if k not in ("ATTNSUITE_VARIANTS", "PYTEST_XDIST_WORKER")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    tests = [str(ROOT / "test_correctness" / name) for name in ("test_layer_specific.py", "test_hypothesis.py")]
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", *tests, f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-p", "no:xdist", "-v",
-         "-rs", f"--attn-variants={folder / 'third_party.py'}", *[f"--attn-only={v}" for v in ONLY],
-         "-k", "equal_work or drawn_shapes or at_least or drawn_problem"],
-        cwd=folder, env=env, capture_output=True, text=True, timeout=300)
-    return done.stdout + done.stderr
+    tests = [f"test_correctness/{name}" for name in ("test_layer_specific.py", "test_hypothesis.py")]
+    return run_suite_tests(tests, folder, "-v", "-rs", f"--attn-variants={folder / 'third_party.py'}",
+                           *[f"--attn-only={v}" for v in ONLY], "-k", "equal_work or drawn_shapes or at_least or drawn_problem")
 
 
 def test_equal_work_names_every_offender_and_only_the_offenders(run):
