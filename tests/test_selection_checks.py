@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import textwrap
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
