@@ -1,6 +1,6 @@
 """The absorbed MLA attention core: many query heads against one shared latent K/V head.
 
-Imported through :func:`impls.triton_kernels.kernels`. Queries are (B, H, LQ, DL + DR): the
+Imported through this package's :func:`kernels`. Queries are (B, H, LQ, DL + DR): the
 latent part (the key up-projection folded into q) then the RoPE part; the cache is (B, LK, DL +
 DR): the normalised latent c_kv then the roped k_pe, and the values are the cache's first DL
 columns. A program owns BLOCK_M rows of the (query position, head) grid, row r = (r // H, r % H):
