@@ -116,8 +116,9 @@ def cases_from_gate_json(path: os.PathLike | str) -> tuple[list[str], str]:
 
 # Loaded into every round with ``-p``: keeps only the listed case keys (a node id that one tree
 # lacks would make pytest refuse the whole round; a deselected absence is simply a missing case)
-# and records where attnsuite and impls were imported from, which cmd_ab checks against the tree
-# the round was meant to run (an editable install could otherwise resolve to the working tree).
+# and records where attnsuite and its built-in families (attnsuite_impls) were imported from,
+# which cmd_ab checks against the tree the round was meant to run (an editable install could
+# otherwise resolve to the working tree).
 PLUGIN_MODULE = "attnsuite_ab_probe"
 PLUGIN_SOURCE = '''"""attnsuite ab: round selection and import probe (written by attnsuite/ab.py)."""
 import json
@@ -149,7 +150,7 @@ def pytest_collection_finish(session):
     path = os.environ.get("ATTNSUITE_AB_PROBE")
     if not path:
         return
-    where = {name: getattr(sys.modules.get(name), "__file__", None) for name in ("attnsuite", "impls")}
+    where = {name: getattr(sys.modules.get(name), "__file__", None) for name in ("attnsuite", "attnsuite_impls")}
     where["rootdir"] = str(session.config.rootpath)
     where["selected"] = len(session.items)
     with open(path, "w", encoding="utf-8") as fh:
@@ -158,14 +159,14 @@ def pytest_collection_finish(session):
 
 
 def check_probe(probe: Path, tree: Path) -> dict[str, Any]:
-    """Check that a round imported attnsuite (and impls) from ``tree`` and ran from it; the probe
+    """Check that a round imported attnsuite (and attnsuite_impls) from ``tree`` and ran from it; the probe
     as read. Raises :class:`AbError` naming both paths otherwise."""
     try:
         where = json.loads(probe.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise AbError(f"the round wrote no import probe {probe}: cannot tell which tree's code it ran") from None
     root = tree.resolve()
-    for name in ("attnsuite", "impls"):
+    for name in ("attnsuite", "attnsuite_impls"):
         f = where.get(name)
         if name == "attnsuite" and not f:
             raise AbError(f"the round in {tree} never imported attnsuite")

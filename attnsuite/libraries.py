@@ -2,7 +2,7 @@
 imports, and remember why it did not otherwise.
 
 A :class:`Library` names the module to import and a ``register`` callback that receives the
-imported module and registers that library's variants (see ``impls/libraries.py``). :func:`load`
+imported module and registers that library's variants (see ``impls/attention/libraries.py``). :func:`load`
 tries each library once per process; a library that fails to import registers nothing and its
 failure (the first line of the exception) is kept for the run header (:func:`header_line`), so a
 missing or broken library never stops collection. Which exceptions count: any ``Exception`` raised

@@ -33,6 +33,18 @@ class OracleResult:
     dv: Optional[np.ndarray] = None
 
 
+def split_heads(t: np.ndarray, h: int) -> np.ndarray:
+    """(b, l, h*d) -> (b, h, l, d): the heads of a projection, laid out contiguously (layer oracles)."""
+    b, l, hd = t.shape
+    return t.reshape(b, l, h, hd // h).transpose(0, 2, 1, 3)
+
+
+def merge_heads(t: np.ndarray) -> np.ndarray:
+    """(b, h, l, d) -> (b, l, h*d)."""
+    b, h, l, d = t.shape
+    return t.transpose(0, 2, 1, 3).reshape(b, l, h * d)
+
+
 def kv_head_index(hq: int, hkv: int) -> np.ndarray:
     """For each query head, the key/value head it reads: floor(h * hkv / hq)."""
     return (np.arange(hq) * hkv) // hq

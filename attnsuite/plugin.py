@@ -25,7 +25,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         metavar="MODULE_OR_PATH",
-        help="import variants from a module name or .py file outside the repo (repeatable; "
+        help="import variants from a module name, a .py file or a package folder outside the repo (repeatable; "
         "also ATTNSUITE_VARIANTS=a,b and the 'attnsuite.variants' entry-point group)",
     )
     group.addoption(

@@ -3,9 +3,10 @@
 A variant is an object of a :class:`KernelVariant` or :class:`LayerVariant` subclass that declares
 its name, family, level, devices, dtypes and supported features, and says *why* it cannot run a
 given problem (:meth:`Variant.unsupported`). Register one with :func:`register`. Variants living
-outside this repository are loaded by :func:`load_external` (a module name or a ``.py`` path, as
-given to ``pytest --attn-variants=...`` or the ``ATTNSUITE_VARIANTS`` environment variable) or by
-the ``attnsuite.variants`` entry-point group.
+outside this repository are loaded by :func:`load_external` (a module name, a ``.py`` path or a
+package folder, as given to ``pytest --attn-variants=...`` or the ``ATTNSUITE_VARIANTS`` environment
+variable) or by the ``attnsuite.variants`` entry-point group. The built-in ones (the repository's
+``impls/`` folder, one folder per family) go through the same :func:`load_external`.
 
 The registry dict is the only global mutable state of the suite.
 """
@@ -333,34 +334,83 @@ def variants(level: Optional[str] = None, family: Optional[str] = None) -> list[
     ]
 
 
+BUILTIN_PACKAGE = "attnsuite_impls"  # the module name of the repository's impls/ folder (also in the wheel)
+
+
+def builtin_folder() -> Path:
+    """The folder of the built-in families: ``impls/`` of the checkout this package runs from, else
+    the ``attnsuite_impls`` package a (non-editable) install put next to it."""
+    root = Path(__file__).resolve().parents[1]
+    # a checkout: the suite's own pyproject.toml next to the attnsuite package (never some other
+    # project's impls folder in site-packages)
+    if (root / "pyproject.toml").is_file() and (root / "impls" / "__init__.py").is_file():
+        return root / "impls"
+    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"the built-in families are missing: neither {root / 'impls'} nor an installed "
+                          f"{BUILTIN_PACKAGE} package exists (reinstall attnsuite)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def load_builtin() -> None:
-    """Import the in-repo families and variants (the ``impls`` package registers them on import)."""
-    importlib.import_module("attnsuite.families")
-    importlib.import_module("impls")
+    """Load the built-in families and variants: the ``impls`` folder, through :func:`load_external`
+    like any package of variants from outside the repository (the core never names a family)."""
+    load_external(str(builtin_folder()), module_name=BUILTIN_PACKAGE)
 
 
-def load_external(spec: str) -> None:
-    """Import a module of variants from outside the repo: a dotted module name or a ``.py`` path."""
+def _is_path(spec: str) -> bool:
+    """A spec naming a file or a folder (rather than a dotted module name)."""
+    seps = [os.sep] + ([os.altsep] if os.altsep else [])
+    return spec.endswith(".py") or any(sep in spec for sep in seps)
+
+
+def load_external(spec: str, module_name: Optional[str] = None) -> None:
+    """Import variants from outside the suite's core: a dotted module name, a ``.py`` file, or a
+    package folder (a directory with ``__init__.py``; its modules import each other relatively).
+
+    A file or folder is imported under ``module_name`` (default ``attnsuite_external_<name>``),
+    once: loading it again does nothing. Its modules register as they import; when one raises, what
+    the file or folder registered and imported is forgotten before the error propagates.
+    """
     spec = spec.strip()
     if not spec:
         return
-    if spec.endswith(".py") or os.sep in spec:
-        path = Path(spec).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"variant module file {spec!r} does not exist")
-        mod_name = f"attnsuite_external_{path.stem}"
-        if mod_name in sys.modules:
-            return
-        module_spec = importlib.util.spec_from_file_location(mod_name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[mod_name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception:
-            del sys.modules[mod_name]
-            raise
-    else:
+    if not _is_path(spec):
         importlib.import_module(spec)
+        return
+    path = Path(spec).expanduser().resolve()
+    if path.is_dir():
+        init = path / "__init__.py"
+        if not init.is_file():
+            raise FileNotFoundError(f"variant package folder {spec!r} has no __init__.py")
+        search = [str(path)]
+    elif path.is_file():
+        init, search = path, None
+    else:
+        raise FileNotFoundError(f"variant module file {spec!r} does not exist")
+    # never a generic top-level name: another project's module of the same name must not collide
+    mod_name = module_name or f"attnsuite_external_{path.name if search else path.stem}"
+    loaded = sys.modules.get(mod_name)
+    if loaded is not None:
+        where = list(getattr(loaded, "__path__", [])) or [getattr(loaded, "__file__", None)]
+        if search is not None and Path(where[0] or "").resolve() != path:
+            raise ImportError(f"cannot load {path} as {mod_name}: that module is already imported from {where[0]}")
+        return
+    module_spec = importlib.util.spec_from_file_location(mod_name, init, submodule_search_locations=search)
+    module = importlib.util.module_from_spec(module_spec)
+    variants_before, families_before = dict(_REGISTRY), dict(_FAMILIES)
+    sys.modules[mod_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception:
+        # forget the package, whatever of it did import and what it registered: a fixed retry starts clean
+        for name in [n for n in sys.modules if n == mod_name or n.startswith(mod_name + ".")]:
+            del sys.modules[name]
+        _REGISTRY.clear()
+        _REGISTRY.update(variants_before)
+        _FAMILIES.clear()
+        _FAMILIES.update(families_before)
+        raise
 
 
 def load_entry_points() -> None:

@@ -111,7 +111,7 @@ def compare(
 #     max|X - X_ref| <= budget * max(max|X_ref|, magnitude)
 # against the same float64 oracle (no same-dtype base: an 8-bit kernel is far from it by design).
 # The budgets are relative to the reference's largest magnitude, per class and kind; each is about
-# twice the largest error of the class's reference fake-quant kernel (impls/approximate.py) over
+# twice the largest error of the class's reference fake-quant kernel (impls/attention/approximate.py) over
 # every CPU problem of the attention family, measured by scripts/measure_approximate.py
 # (docs/approximate.md has the numbers, the machine and why a real bug still fails).
 APPROXIMATE_BUDGET = {

@@ -1,22 +1,13 @@
-"""In-repo variants. Importing this package registers them all.
+"""The built-in families, one folder each: problems, float64 oracle, same-dtype base, registration, variants.
 
-To add one: write a ``KernelVariant`` or ``LayerVariant`` subclass in a module here, decorate it
-with ``@register``, and import the module below.
+This folder is loaded like any package of variants from outside the repository:
+:func:`attnsuite.registry.load_builtin` hands it to :func:`attnsuite.registry.load_external`, which
+imports it as the package ``attnsuite_impls`` (the name the wheel installs it under), and importing
+it registers every family and variant below. A family folder imports only the core (``attnsuite``)
+and its own modules, never another family (tests/test_layout.py pins the layout).
+
+To add a family: a folder here whose ``__init__`` imports the module that registers the family
+(``register_family``), then its variant modules; list it below and in pyproject.toml's packages.
 """
 
-import attnsuite.families  # noqa: F401  (the kernel attention family)
-
-from . import dense_kernel  # noqa: F401
-from . import mla  # noqa: F401
-from . import dilated  # noqa: F401
-from . import dense_layer  # noqa: F401
-from . import ring  # noqa: F401
-from . import gqa  # noqa: F401
-from . import decode  # noqa: F401
-from . import dropout  # noqa: F401
-from . import distributed  # noqa: F401
-from . import triton_flash  # noqa: F401
-from . import triton_decode  # noqa: F401
-from . import triton_mla  # noqa: F401
-from . import libraries  # noqa: F401  (optional third-party libraries: registers what imports)
-from . import approximate  # noqa: F401  (reference FP8/INT8 fake-quant kernels: approximate accuracy classes)
+from . import attention, dilated, gqa, layers, mla  # noqa: F401

@@ -1,4 +1,4 @@
-"""Measure the error of the reference approximate kernels (impls/approximate.py) against the float64
+"""Measure the error of the reference approximate kernels (impls/attention/approximate.py) against the float64
 oracle on every CPU problem of the attention family: the evidence behind tolerance.APPROXIMATE_BUDGET.
 
 Run: .venv/bin/python scripts/measure_approximate.py [--json OUT.json] [--max-len N] [--device cuda]
@@ -53,7 +53,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="cpu (fp32, fp64, bf16) or cuda (fp16, bf16, fp32; TF32 off)")
     args = ap.parse_args()
     registry.load_builtin()
-    from impls import approximate
+    from attnsuite_impls.attention import approximate
 
     def scale_bug(base, factor):  # the softmax scale off by ``factor``
         class ScaleBug(base):

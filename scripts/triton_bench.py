@@ -28,7 +28,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attnsuite import calibrate, flops, memory, registry, timing  # noqa: E402
-from attnsuite.mla_oracle import deepseek_v3_problem  # noqa: E402
 from attnsuite.problem import Mask, Problem  # noqa: E402
 
 CONFIG = timing.TimerConfig(warmup_s=0.02, min_warmup=2, target_s=0.05, min_samples=5, max_samples=50)
@@ -151,7 +150,8 @@ def stage_decode(quick: bool, partial) -> dict:
 
 
 def stage_mla(quick: bool, partial) -> list:
-    from impls import mla
+    from attnsuite_impls.mla import mla  # the built-in families, loaded by main's load_all
+    from attnsuite_impls.mla.mla_oracle import deepseek_v3_problem
 
     rows = []
     p = deepseek_v3_problem(dtype="bfloat16", device="cuda", quick=quick)

@@ -15,7 +15,8 @@ from attnsuite import oracle, reference_math, registry, tolerance
 from attnsuite.case import prepare
 from attnsuite.inputs import kernel_inputs
 from attnsuite.problem import Mask, Problem
-from impls.decode import KVCache, _KVCacheVariant, cache_capacity, decode_problems, explicit_attend, sdpa_attend
+from attnsuite_impls.attention.decode import (KVCache, _KVCacheVariant, cache_capacity, decode_problems, explicit_attend,
+                                              sdpa_attend)
 
 VARIANTS = ("kvcache-sdpa", "kvcache-explicit")
 ATTENDS = {"kvcache-sdpa": sdpa_attend, "kvcache-explicit": explicit_attend}

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from attnsuite import registry
 from attnsuite.decode_check import DEFAULT_PLAN, DecodePlan, check_decode, decode_problems, skip_reason
 from attnsuite.plugin import selected_variants
-from impls import dense_layer
+from attnsuite_impls.layers import dense_layer
 
 from .conftest import correctness_device
 

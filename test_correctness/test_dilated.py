@@ -13,10 +13,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attnsuite import checks, dilated_oracle as dil, registry
+from attnsuite import checks, registry
 from attnsuite.inputs import kernel_inputs
 from attnsuite.tolerance import compare
-from impls import dilated
+from attnsuite_impls.dilated import dilated, dilated_oracle as dil
 
 VARIANTS = ["dilated-explicit", "dilated-gather"]
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from attnsuite import mask_mods, oracle, registry, tolerance
 from attnsuite.inputs import kernel_inputs, kernel_inputs_np
 from attnsuite.problem import Mask, Problem
-from impls.dense_kernel import explicit_attention
-from impls.dropout import dropout_attention
+from attnsuite_impls.attention.dense_kernel import explicit_attention
+from attnsuite_impls.attention.dropout import dropout_attention
 
 Z = 5.0
 

@@ -18,8 +18,8 @@ from attnsuite.case import prepare
 from attnsuite.inputs import layer_inputs_np
 from attnsuite.problem import Mask, Problem
 from attnsuite.registry import KernelVariant
-from impls import gqa
-from impls.dense_kernel import explicit_attention
+from attnsuite_impls.gqa import gqa, gqa_oracle
+from attnsuite_impls.attention.dense_kernel import explicit_attention
 
 
 class Mutant(KernelVariant):
@@ -169,8 +169,8 @@ def test_the_gqa_layer_reference_equals_torch_float64_autograd():
     problem = Problem(batch=2, lq=13, lk=13, hq=6, hkv=2, dqk=16, dv=8, d_model=24, dtype="float64",
                       mask=Mask("window", window=5), alibi=True, softcap=4.0)
     x_np, dy_np = layer_inputs_np(problem)
-    params = gqa.params_np(problem)
-    y_ref, grads_ref = gqa.reference_forward_backward(problem, x_np, params, dy_np)
+    params = gqa_oracle.params_np(problem)
+    y_ref, grads_ref = gqa_oracle.reference_forward_backward(problem, x_np, params, dy_np)
     x = torch.tensor(x_np, requires_grad=True)
     w = {n: torch.tensor(a, requires_grad=True) for n, a in params.items()}
     b, l, _ = x.shape

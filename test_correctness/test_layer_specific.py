@@ -26,11 +26,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attnsuite import checks, layer_oracle, registry
+from attnsuite import checks, registry
 from attnsuite.case import prepare
 from attnsuite.plugin import selected_variants
 from attnsuite.problem import Mask, Problem
-from impls import dense_layer
+from attnsuite_impls.layers import dense_layer, layer_oracle
 
 from .conftest import skip_if_nothing_ran
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnsuite import checks, mla_oracle as mo, registry
+from attnsuite import checks, registry
 from attnsuite.inputs import layer_inputs_np, to_torch
 from attnsuite.problem import Mask
 from attnsuite.tolerance import compare
-from impls import mla
+from attnsuite_impls.mla import mla, mla_oracle as mo
 
 MASKS = [Mask("causal"), Mask()]
 TIGHT = {"float64": dict(rtol=1e-12, atol=1e-12), "float32": dict(rtol=1e-5, atol=1e-5)}

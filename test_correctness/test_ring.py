@@ -1,4 +1,4 @@
-"""Ring attention's merge step (impls/ring.py): P virtual ranks equal full attention.
+"""Ring attention's merge step (impls/attention/ring.py): P virtual ranks equal full attention.
 
 Checked in float64 against the NumPy oracle, forward and backward, for P = 1..4, even and uneven
 chunks (empty ones included), causal in both corners and not, masks evaluated at global positions.
@@ -17,7 +17,7 @@ from attnsuite import checks, oracle, registry
 from attnsuite.inputs import kernel_inputs
 from attnsuite.problem import Mask, Problem
 from attnsuite.tolerance import compare
-from impls import ring
+from attnsuite_impls.attention import ring
 
 MASKS = {
     "nomask": Mask(),

@@ -23,13 +23,13 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:  # too late on
 import pytest  # noqa: E402
 
 from attnsuite import checks, registry  # noqa: E402
-from attnsuite import mla_oracle as mo  # noqa: E402
+from attnsuite_impls.mla import mla_oracle as mo  # noqa: E402
 from attnsuite.case import prepare  # noqa: E402
 from attnsuite.inputs import layer_inputs_np, to_torch  # noqa: E402
 from attnsuite.problem import Mask, Problem  # noqa: E402
 from attnsuite.tolerance import compare  # noqa: E402
-from impls.triton_flash import TritonFlash  # noqa: E402
-from impls.triton_kernels import device_reason  # noqa: E402
+from attnsuite_impls.attention.triton_flash import TritonFlash  # noqa: E402
+from attnsuite.triton_support import device_reason  # noqa: E402
 
 from .conftest import correctness_device  # noqa: E402
 
@@ -122,7 +122,7 @@ def test_cpu_tensors_without_the_interpreter_are_declined_with_the_variable_to_s
 @pytest.mark.parametrize("new_tokens", [1, 3])
 def test_mla_decode_steps_through_the_triton_core_match_the_full_forward(new_tokens, device):
     problem = mo.mla_problem(1, 12, 40, 3, 16, 12, 6, 4, 7, mask=Mask("causal"), dtype=_dtype(device), device=device)
-    from impls import mla
+    from attnsuite_impls.mla import mla
 
     module = mla.build_module("triton-mla-absorbed", problem)
     x = to_torch(layer_inputs_np(problem)[0], problem)
@@ -136,7 +136,7 @@ def test_mla_decode_steps_through_the_triton_core_match_the_full_forward(new_tok
 
 def test_a_backward_through_the_forward_only_mla_kernel_raises_instead_of_returning_wrong_grads(device):
     problem = mo.mla_problem(1, 5, 40, 2, 16, 12, 6, 4, 7, mask=Mask("causal"), dtype=_dtype(device), device=device)
-    from impls import mla
+    from attnsuite_impls.mla import mla
 
     module = mla.build_module("triton-mla-absorbed", problem)
     x = to_torch(layer_inputs_np(problem)[0], problem, requires_grad=True)
@@ -146,7 +146,7 @@ def test_a_backward_through_the_forward_only_mla_kernel_raises_instead_of_return
 
 @pytest.mark.parametrize("chunk_heads", [1, 2])
 def test_the_mla_core_gives_the_same_output_when_its_heads_go_through_in_chunks(chunk_heads, device, monkeypatch):
-    from impls import mla, triton_mla
+    from attnsuite_impls.mla import mla, triton_mla
 
     problem = mo.mla_problem(1, 12, 40, 3, 16, 12, 6, 4, 7, mask=Mask("causal"), dtype=_dtype(device), device=device)
     module = mla.build_module("triton-mla-absorbed", problem)

@@ -236,7 +236,7 @@ def test_a_round_that_imported_attnsuite_from_another_tree_is_refused(tmp_path, 
     tree, other = tmp_path / "tree", tmp_path / "other"
     where = (tree if inside else other) / "attnsuite" / "__init__.py"
     probe = tmp_path / "probe.json"
-    probe.write_text(json.dumps({"attnsuite": str(where), "impls": None, "rootdir": str(tree), "selected": 1}))
+    probe.write_text(json.dumps({"attnsuite": str(where), "attnsuite_impls": None, "rootdir": str(tree), "selected": 1}))
     tree.mkdir()
     if ok:
         assert ab.check_probe(probe, tree)["selected"] == 1

@@ -1,4 +1,4 @@
-"""Approximate accuracy classes (attnsuite/tolerance.py APPROXIMATE_BUDGET, impls/approximate.py), pinned.
+"""Approximate accuracy classes (attnsuite/tolerance.py APPROXIMATE_BUDGET, impls/attention/approximate.py), pinned.
 
 - The budgets are the documented ones (docs/approximate.md): loosening or tightening one breaks a test.
 - The FP8/INT8 reference kernels pass their class's budget, forward and backward, through the
@@ -19,7 +19,7 @@ from attnsuite import checks, registry, tolerance
 from attnsuite.problem import Mask, Problem
 
 registry.load_builtin()
-from impls import approximate  # noqa: E402  (after the families exist)
+from attnsuite_impls.attention import approximate  # noqa: E402  (after the families exist)
 
 DOCUMENTED_BUDGET = {"fp8": {"output": 0.25, "grad": 0.30}, "int8": {"output": 0.06, "grad": 0.06}}
 

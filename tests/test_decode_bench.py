@@ -10,7 +10,7 @@ from attnsuite import flops, registry, runner, workloads
 from attnsuite.flops import allowed_pairs, projection_flops
 from attnsuite.problem import Mask
 from attnsuite.record import DECODE_STEP_ARG
-from impls import dense_layer
+from attnsuite_impls.layers import dense_layer
 
 QUICK = {(e.family, e.problem.arg(DECODE_STEP_ARG)): e for e in workloads.WORKLOADS["layer-decode"].quick}
 

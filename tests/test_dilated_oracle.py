@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnsuite import dilated_oracle as dil
+from attnsuite_impls.dilated import dilated_oracle as dil
 from attnsuite.inputs import kernel_inputs_np
 from attnsuite.problem import ProblemError
 

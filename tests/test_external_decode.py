@@ -41,7 +41,7 @@ def test_external_layer_whose_step_forgets_the_cache_fails_naming_the_step(pytes
     broken = tmp_path / "broken_decode_layer.py"
     broken.write_text(textwrap.dedent('''
         from attnsuite.registry import register
-        from impls.gqa import GqaLayerSdpa
+        from attnsuite_impls.gqa.gqa import GqaLayerSdpa
 
         @register
         class ForgetsCache(GqaLayerSdpa):

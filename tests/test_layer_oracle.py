@@ -2,7 +2,7 @@
 
 The torch side here is written from torch's own building blocks (F.linear, F.layer_norm,
 F.rms_norm, softmax with torch.tril for causal), independent of the oracle, of
-:mod:`attnsuite.layer_reference` and of every variant, so a slip in the hand-written NumPy
+:mod:`attnsuite_impls.layers.layer_reference` and of every variant, so a slip in the hand-written NumPy
 backward (projections, LayerNorm, RMSNorm) or in the head layout shows up as a disagreement.
 """
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnsuite import layer_oracle
+from attnsuite_impls.layers import layer_oracle
 from attnsuite.inputs import layer_inputs_np
 from attnsuite.problem import Mask, Problem
 

@@ -1,4 +1,4 @@
-"""Library backends found automatically (attnsuite/libraries.py, impls/libraries.py), with fake libraries.
+"""Library backends found automatically (attnsuite/libraries.py, impls/attention/libraries.py), with fake libraries.
 
 None of xformers, flash_attn, flash-attn-4 or flashinfer installs on this CPU machine, so each is
 stood in for by a fake module put into ``sys.modules``: it computes attention in the library's own
@@ -23,7 +23,7 @@ from attnsuite import checks, libraries, registry
 from attnsuite.problem import Mask, Problem
 
 registry.load_builtin()
-from impls import libraries as lib_impls  # noqa: E402  (after the families exist)
+from attnsuite_impls.attention import libraries as lib_impls  # noqa: E402  (after the families exist)
 
 REPO = Path(__file__).resolve().parents[1]
 BR = Mask("causal", align="bottom_right")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnsuite import mla_oracle as mo
+from attnsuite_impls.mla import mla_oracle as mo
 from attnsuite.inputs import layer_inputs_np
 from attnsuite.problem import Mask, ProblemError
 

@@ -13,7 +13,7 @@ import torch
 from attnsuite import checks, mask_mods
 from attnsuite.problem import Mask, Problem
 from attnsuite.registry import KernelVariant
-from impls.dense_kernel import ALL_MASKS, EVERYTHING
+from attnsuite_impls.attention.dense_kernel import ALL_MASKS, EVERYTHING
 
 
 class Mutant(KernelVariant):

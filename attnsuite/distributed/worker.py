@@ -33,6 +33,12 @@ def rank_main(rank: int, world_size: int, device: str, host: str, port: int, tim
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s))
         torch_device = torch.device("cuda", rank) if device == "cuda" else torch.device("cpu")
+        if device == "cuda":
+            # a spawned rank starts with no modules: the built-in variants its tasks receive unpickle
+            # from the package load_builtin imports (a forked rank inherits the parent's)
+            from .. import registry
+
+            registry.load_builtin()
         results.put(("ready", rank, None, os.getpid()))
     except Exception:
         results.put(("error", rank, None, traceback.format_exc()))

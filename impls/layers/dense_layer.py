@@ -1,6 +1,6 @@
 """Layer-level variants of the dense layer families: x (batch, l, d_model) to y, with projections.
 
-Families (see :mod:`attnsuite.layer_oracle`): ``mha-layer`` and the QK-norm blocks
+Families (see :mod:`.layer_oracle`): ``mha-layer`` and the QK-norm blocks
 ``qknorm-ln-layer`` / ``qknorm-rms-layer``. Every variant of a family loads the family's one
 canonical parameter set (nn.Linear convention, y = x W^T + b) and does equal work: q, k and v
 projections with biases, one output projection, no extra bias tokens. Each module knows how its
@@ -21,9 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
-from attnsuite import layer_oracle, mask_mods
-from attnsuite.problem import Mask, Problem
+from attnsuite import mask_mods
+from attnsuite.problem import Problem
 from attnsuite.registry import LayerVariant, register
+from attnsuite.variant_math import decode_mask
+
+from . import layer_oracle
 
 # The compiled Flex variants build one compiled function per problem; keep dynamo from silently
 # falling back to eager after its default 8 recompiles (dense_kernel does the same).
@@ -65,15 +68,6 @@ def matmul_softmax(q, k, v, scale: float, allowed: Optional[torch.Tensor]) -> to
     if allowed is not None:
         s = s.masked_fill(~allowed, float("-inf"))
     return torch.matmul(torch.softmax(s, dim=-1), v)
-
-
-def decode_mask(lq: int, lk: int, device) -> torch.Tensor:
-    """(lq, lk) causal mask, True = allowed, for ``lq`` new queries after ``lk - lq`` cached keys.
-
-    Decoding aligns the causal corner bottom-right (new query r sits at position lk - lq + r); the
-    mask comes from the suite's one mask rule (:func:`attnsuite.mask_mods.dense_bool_mask`).
-    """
-    return mask_mods.dense_bool_mask(Problem(lq=lq, lk=lk, mask=Mask("causal", align="bottom_right")), device)
 
 
 def _cat_grads(parts: list) -> Optional[torch.Tensor]:

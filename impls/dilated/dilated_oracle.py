@@ -32,11 +32,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from . import oracle
-from .family_glue import autograd_base, device_kernel_inputs, kernel_family_inputs
-from .inputs import kernel_inputs_np
-from .problem import Mask, Problem, ProblemError
-from .registry import Family, register_family
+from attnsuite import oracle
+from attnsuite.family_glue import autograd_base, device_kernel_inputs, kernel_family_inputs
+from attnsuite.inputs import kernel_inputs_np
+from attnsuite.problem import Mask, Problem, ProblemError
+from attnsuite.registry import Family, register_family
 
 
 def config(problem: Problem) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -170,7 +170,7 @@ def solve(problem: Problem):
 def multiplicity_attention(problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Dense plain math in q's dtype: softmax(scale q k^T + log C) v, zero rows where C is all zero.
 
-    The tolerance rule's base for the ``dilated`` family; independent of impls/dilated.py (which
+    The tolerance rule's base for the ``dilated`` family; independent of impls/dilated/dilated.py (which
     gathers segments) and of the NumPy oracle above (which loops over segments).
     """
     counts = torch.from_numpy(multiplicity(problem)).to(q.device)

@@ -1,9 +1,9 @@
 """``triton-mla-absorbed``: DeepSeek-V3 MLA in its absorbed form, the attention core a Triton kernel.
 
-The layer is :class:`impls.mla.MLA` with ``absorbed=True`` (the key up-projection folded into the
+The layer is :class:`.mla.MLA` with ``absorbed=True`` (the key up-projection folded into the
 query, the value up-projection applied after attention); only the attention core changes: instead
 of SDPA's math path over a (q, k, v) with k = [c_kv, k_pe] and v = c_kv (576/512 at DeepSeek-V3
-size, which no fused SDPA kernel takes), :mod:`impls.triton_kernels.mla` reads the latent cache
+size, which no fused SDPA kernel takes), :mod:`.triton_kernels.mla` reads the latent cache
 once per tile for both the scores and the values and never materialises the score matrix. The
 module's ``decode`` (new tokens against the latent cache, bottom-right causal) goes through the
 same kernel.
@@ -19,9 +19,9 @@ import torch
 
 from attnsuite.problem import Problem
 from attnsuite.registry import register
+from attnsuite.triton_support import interpreter_budget, triton_reasons
 
 from .mla import MLA, _LatentVariant
-from .triton_flash import interpreter_budget, triton_reasons
 from .triton_kernels import kernels
 
 
@@ -43,7 +43,7 @@ class _MLACore(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        raise NotImplementedError("triton-mla-absorbed has no backward kernel (forward only; see impls/triton_mla.py)")
+        raise NotImplementedError("triton-mla-absorbed has no backward kernel (forward only; see impls/mla/triton_mla.py)")
 
 
 class TritonAbsorbedMLA(MLA):

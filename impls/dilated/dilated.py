@@ -1,6 +1,6 @@
 """Dilated attention (LongNet) kernel variants: q, k, v (b, h, L, d) to o, family ``dilated``.
 
-The semantics and the float64 oracle live in :mod:`attnsuite.dilated_oracle`. Each group
+The semantics and the float64 oracle live in :mod:`.dilated_oracle`. Each group
 (segment w, dilation r) attends inside its sparsified segments (head h keeps rows h % r, h % r + r,
 ... of each segment) and returns per-row outputs and log-sum-exps; the groups are mixed per row by
 their softmax denominators (:func:`mix_groups`).
@@ -17,9 +17,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from attnsuite import dilated_oracle
 from attnsuite.problem import Problem
 from attnsuite.registry import KernelVariant, register
+
+from . import dilated_oracle
 
 
 def mix_groups(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> torch.Tensor:

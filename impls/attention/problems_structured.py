@@ -8,7 +8,7 @@ default FlexAttention block size of 128), with Lq != Lk both ways and both causa
 
 from __future__ import annotations
 
-from .problem import Mask, Problem
+from attnsuite.problem import Mask, Problem
 
 
 def _base_problems() -> list[Problem]:

@@ -1,18 +1,21 @@
 """The kernel-level attention family: q, k, v to o under the Problem's mask and score mods.
 
 Every kernel variant of standard attention (dense, GQA/MQA, structured masks, ALiBi, softcap)
-computes this one function. Other families (layers, MLA, dilated) register their own
-:class:`attnsuite.registry.Family` next to their references.
+computes this one function. Other families (layers, MLA, dilated, GQA layer) register their own
+:class:`attnsuite.registry.Family` in their own folders under ``impls/``.
 """
 
 from __future__ import annotations
 
 from functools import partial
 
-from . import oracle, reference_math
-from .family_glue import autograd_base, device_kernel_inputs, kernel_family_inputs
-from .problem import Problem
-from .registry import Family, register_family
+from attnsuite import oracle, reference_math
+from attnsuite.family_glue import autograd_base, device_kernel_inputs, kernel_family_inputs
+from attnsuite.problem import Problem
+from attnsuite.registry import Family, register_family
+
+from .problems_dense import dense_problems
+from .problems_structured import structured_problems
 
 
 def _reference(problem: Problem):
@@ -25,14 +28,7 @@ def _base(problem: Problem):
 
 
 def _problems(device: str, dtypes: tuple) -> list[Problem]:
-    from .problems_dense import dense_problems
-
-    problems = dense_problems(device, dtypes)
-    try:
-        from .problems_structured import structured_problems
-    except ImportError:  # structured masks not built yet
-        return problems
-    return problems + structured_problems(device, dtypes)
+    return dense_problems(device, dtypes) + structured_problems(device, dtypes)
 
 
 ATTENTION = register_family(

@@ -36,11 +36,11 @@ from functools import lru_cache, partial
 import numpy as np
 import torch
 
-from . import oracle
-from .family_glue import autograd_base, device_layer_inputs, layer_family_inputs
-from .inputs import finish, layer_inputs_np, rng_for
-from .problem import Mask, Problem, ProblemError
-from .registry import Family, register_family
+from attnsuite import oracle
+from attnsuite.family_glue import autograd_base, device_layer_inputs, layer_family_inputs
+from attnsuite.inputs import finish, layer_inputs_np, rng_for
+from attnsuite.problem import Mask, Problem, ProblemError
+from attnsuite.registry import Family, register_family
 
 RMS_EPS = 1e-6
 ROPE_BASE = 10000.0
@@ -354,7 +354,7 @@ def _t_rope(z: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 def _t_attention(problem: Problem, q, k, v):
     """Unfused attention with the mask of the core problem, (b, L, h, d) layout in and out."""
-    from . import mask_mods
+    from attnsuite import mask_mods
 
     qt, kt, vt = (a.transpose(1, 2) for a in (q, k, v))
     s = (qt @ kt.transpose(-2, -1)) * problem.softmax_scale
@@ -365,7 +365,7 @@ def _t_attention(problem: Problem, q, k, v):
 
 
 def mla_torch(problem: Problem, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Plain-math MLA in x's dtype (the tolerance rule's base; independent of impls/mla.py)."""
+    """Plain-math MLA in x's dtype (the tolerance rule's base; independent of impls/mla/mla.py)."""
     d = mla_dims(problem)
     b, L, _ = x.shape
     h, dn, dr, rq = problem.hq, d["nope_dim"], d["rope_dim"], d["kv_lora"]

@@ -7,7 +7,7 @@ boolean mask (the mask-convention check: every variant taking a mask must read T
 
 from __future__ import annotations
 
-from .problem import Mask, Problem
+from attnsuite.problem import Mask, Problem
 
 CAUSAL = Mask("causal")
 CAUSAL_BR = Mask("causal", align="bottom_right")

@@ -21,7 +21,7 @@ Forward and backward are written out from the math in NumPy float64; the attenti
 - RMSNorm: r = sqrt(mean(x^2) + eps), xh = x / r, y = xh * w;  g = dy * w;
   dx = (g - xh * mean(g * xh)) / r;  dw = sum dy * xh
 
-Importing this module registers the three families (the ``impls`` package imports it).
+Importing this module registers the three families (this folder's ``__init__`` imports it).
 """
 
 from __future__ import annotations
@@ -32,11 +32,14 @@ from typing import Optional
 
 import numpy as np
 
-from . import layer_reference, oracle
-from .family_glue import autograd_base, device_layer_inputs, layer_family_inputs
-from .inputs import finish, layer_inputs_np, rng_for
-from .problem import Mask, Problem
-from .registry import Family, register_family
+from attnsuite import oracle
+from attnsuite.oracle import merge_heads, split_heads
+from attnsuite.family_glue import autograd_base, device_layer_inputs, layer_family_inputs
+from attnsuite.inputs import finish, layer_inputs_np, rng_for
+from attnsuite.problem import Mask, Problem
+from attnsuite.registry import Family, register_family
+
+from . import layer_reference
 
 NORM_EPS = 1e-6  # both QK norms (LayerNorm and RMSNorm)
 # The pinned softmax scale of the QK-norm problems: deliberately not 1/sqrt(dqk), so a variant
@@ -164,18 +167,6 @@ def rmsnorm_backward(dy, cache: NormCache, w):
     g = dy * w
     dx = (g - cache.xhat * (g * cache.xhat).mean(axis=-1, keepdims=True)) * cache.inv
     return dx, (dy * cache.xhat).sum(axis=tuple(range(dy.ndim - 1)))
-
-
-def split_heads(t: np.ndarray, h: int) -> np.ndarray:
-    """(b, l, h*d) -> (b, h, l, d)."""
-    b, l, hd = t.shape
-    return t.reshape(b, l, h, hd // h).transpose(0, 2, 1, 3)
-
-
-def merge_heads(t: np.ndarray) -> np.ndarray:
-    """(b, h, l, d) -> (b, l, h*d)."""
-    b, h, l, d = t.shape
-    return t.transpose(0, 2, 1, 3).reshape(b, l, h * d)
 
 
 # ---------------------------------------------------------------- the layer

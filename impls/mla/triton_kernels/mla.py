@@ -1,8 +1,8 @@
 """The absorbed MLA attention core: many query heads against one shared latent K/V head.
 
-Imported through :func:`impls.triton_kernels.kernels`. Queries come in two tensors, each read
-through its own strides: the latent part (B, H, LQ, DL) (the key up-projection folded into q) and
-the RoPE part (B, H, LQ, DR); the cache is (B, LK, DL +
+Imported through this package's :func:`kernels`. Queries come in two tensors, each read through
+its own strides: the latent part (B, H, LQ, DL) (the key up-projection folded into q) and the RoPE
+part (B, H, LQ, DR); the cache is (B, LK, DL +
 DR): the normalised latent c_kv then the roped k_pe, and the values are the cache's first DL
 columns. A program owns BLOCK_M rows of the (query position, head) grid, row r = (r // H, r % H):
 with DeepSeek-V3's 128 heads a tile's rows share one query position, so every latent tile loaded

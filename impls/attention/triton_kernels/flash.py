@@ -1,6 +1,6 @@
 """FlashAttention-2 forward and backward kernels (written here from the algorithm).
 
-Loaded through :func:`impls.triton_kernels.kernels` (once per execution mode), never imported
+Loaded through this package's :func:`kernels` (once per execution mode), never imported
 directly. Layout is SDPA's: q (B, HQ, LQ, D), k (B, HKV, LK, D), v (B, HKV, LK, DV); query head h
 reads key/value head h // (HQ // HKV), so GQA/MQA never repeat K/V.
 

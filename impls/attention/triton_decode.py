@@ -3,7 +3,7 @@
 Pass 1 splits the cached keys into chunks, one program per (batch, KV head, chunk) holding the
 GQA group's queries in one tile (so each key and value is read from memory once per group) and
 writing a partial output and log-sum-exp per row; pass 2 merges the chunks. The number of chunks
-is chosen to fill the GPU (about four programs per SM). Kernels: :mod:`impls.triton_kernels.decode`.
+is chosen to fill the GPU (about four programs per SM). Kernels: :mod:`.triton_kernels.decode`.
 
 It takes the decode workload's problems (lq <= 16 new queries, any cache length, GQA/MQA,
 causal with either corner, sliding window), bf16 and fp16 on CUDA, also fp32 on the CPU

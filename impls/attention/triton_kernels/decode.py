@@ -1,13 +1,13 @@
 """Split-KV decoding kernels: a few queries against a long key/value cache, in two passes.
 
-Imported through :func:`impls.triton_kernels.kernels`. Pass 1 gives each (batch, KV head, split)
+Imported through this package's :func:`kernels`. Pass 1 gives each (batch, KV head, split)
 one program: it packs the GQA group's query rows (group * lq rows, query head h = kvh * group + g)
 into one tile, so every key and value of the split is read from memory once for the whole group,
 and writes the split's normalised partial output and its log-sum-exp (base 2) per row. Pass 2
 merges the splits of a row with the usual log-sum-exp rescaling. Deterministic: fixed split
 boundaries and a fixed merge order, no atomics.
 
-Masks as in :mod:`impls.triton_kernels.flash` (0 none, 1 causal, 2 window; query row i at
+Masks as in :mod:`.flash` (0 none, 1 causal, 2 window; query row i at
 position i + OFF).
 """
 

@@ -1,7 +1,7 @@
 """Multi-head latent attention layers (DeepSeek-V3 MLA) and plain latent attention layers.
 
 Two forms of the same function each (families ``mla-layer`` and ``latent-layer``, references in
-:mod:`attnsuite.mla_oracle`):
+:mod:`.mla_oracle`):
 
 - *expanded*: decompress K and V per head from the latent (``wkv_b``), then ordinary multi-head
   attention through SDPA;
@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
-from attnsuite import mla_oracle
 from attnsuite.problem import Problem
 from attnsuite.registry import LayerVariant, register
+
+from . import mla_oracle
 
 
 def _rope_cos_sin(length: int, rope_dim: int, device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

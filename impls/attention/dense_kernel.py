@@ -1,7 +1,7 @@
 """Kernel-level variants of standard attention: q, k, v (SDPA layout) to o.
 
 Each class is one variant; ``@register`` adds it to the registry. They all compute the
-``attention`` family (see :mod:`attnsuite.families`), with masks built from
+``attention`` family (see :mod:`.family`), with masks built from
 :mod:`attnsuite.mask_mods` (a boolean mask is True where attention is allowed).
 """
 
@@ -17,6 +17,8 @@ from torch.nn.attention.bias import causal_lower_right
 from attnsuite import mask_mods
 from attnsuite.problem import MASK_KINDS, Problem
 from attnsuite.registry import KernelVariant, register
+# dropout and the tests take these from here too
+from attnsuite.variant_math import dead_rows, explicit_attention, softmax_rows  # noqa: F401
 
 ALL_MASKS = frozenset(MASK_KINDS)
 EVERYTHING = frozenset({"gqa", "lq_ne_lk", "dv_ne_dqk", "bottom_right", "alibi", "softcap", "custom_scale"})
@@ -27,47 +29,6 @@ HALF = frozenset({"bfloat16", "float16"})
 # its own runs and the benchmarks still detect and report any fallback that happens.
 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 512)
 torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
-
-
-def dead_rows(allowed):
-    """(lq, 1) mask of the query rows that may attend to no key, or None when every row has one."""
-    if allowed is None:
-        return None
-    live = allowed.any(dim=-1, keepdim=True)
-    return None if bool(live.all()) else ~live
-
-
-def softmax_rows(s, dead):
-    """Softmax over the keys; a row with no allowed key (``dead``) gets zero probabilities, the
-    oracle's convention, instead of the NaN that softmax of an all -inf row gives (and that NaN
-    reaches every gradient through the backward)."""
-    if dead is None:
-        return torch.softmax(s, dim=-1)
-    return torch.softmax(s.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
-
-
-def explicit_attention(q, k, v, scale: float, allowed, bias, softcap, dropout=None, dead=None):
-    """Matmul-softmax attention; ``allowed`` boolean (lq, lk) or None, ``bias`` additive or None.
-
-    ``dropout``, when given, maps the softmax probabilities to the ones applied to V (the hook
-    :func:`impls.dropout.dropout_attention` uses; None leaves them as they are). ``dead`` is
-    :func:`dead_rows` of ``allowed`` (rows with no key output zeros).
-    """
-    group = q.shape[1] // k.shape[1]
-    if group > 1:
-        k = k.repeat_interleave(group, dim=1)
-        v = v.repeat_interleave(group, dim=1)
-    s = torch.matmul(q, k.transpose(-2, -1)) * scale
-    if bias is not None:
-        s = s + bias
-    if softcap is not None:
-        s = softcap * torch.tanh(s / softcap)
-    if allowed is not None:
-        s = s.masked_fill(~allowed, float("-inf"))
-    probs = softmax_rows(s, dead)
-    if dropout is not None:
-        probs = dropout(probs)
-    return torch.matmul(probs, v)
 
 
 def alibi_bias(problem: Problem, dtype: torch.dtype):

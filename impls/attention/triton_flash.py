@@ -1,6 +1,6 @@
 """``triton-flash``: the suite's own FlashAttention-2 kernel in Triton, forward and backward.
 
-The kernels (:mod:`impls.triton_kernels.flash`) are written here from the FlashAttention-2
+The kernels (:mod:`.triton_kernels.flash`) are written here from the FlashAttention-2
 algorithm: the forward streams key blocks with an online softmax and saves each row's
 log-sum-exp; the backward recomputes the probabilities from it, one kernel owning a key block's
 dK/dV (summing the GQA group's query heads in order) and one owning a query block's dQ.
@@ -17,7 +17,7 @@ dK/dV kernel), so two identical runs agree bit for bit, forward and backward.
 On CUDA the kernels are autotuned per head dim, mask and dtype (a few tile configs): that shows
 as first-call time in the benchmark records. On CPU tensors they run under Triton's interpreter
 with one fixed tile, which costs seconds per problem: the variant declines CPU problems above a
-size limit (see :data:`CPU_MAX_STEPS`) with that reason.
+size limit (see :data:`attnsuite.triton_support.CPU_MAX_STEPS`) with that reason.
 """
 
 from __future__ import annotations
@@ -29,15 +29,12 @@ import torch
 
 from attnsuite.problem import Problem
 from attnsuite.registry import KernelVariant, register
+from attnsuite.triton_support import CPU_MAX_STEPS, interpreter_budget, interpreting, triton_reasons  # noqa: F401
 
-from .triton_kernels import device_reason, interpreting, kernels
+from .triton_kernels import kernels
 
 MASK_CODES = {"none": 0, "causal": 1, "window": 2}
 MAX_HEAD_DIM = 256
-# Interpreter budget, in (batch * head, 64-query tile, 64-key tile) steps of one pass: the
-# interpreter's cost is per tile step (Python dispatch of each tl op), ~0.2 s per step for the
-# four checks of the correctness suite on two CPU cores.
-CPU_MAX_STEPS = 24
 MUTANTS = ("skip_block", "wrong_corner", "stale_lse")  # kernel defects the tests switch on
 
 
@@ -85,29 +82,6 @@ class FlashAttention(torch.autograd.Function):
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, opts: FlashOptions) -> torch.Tensor:
     """Differentiable attention of SDPA-layout tensors through the Triton kernels."""
     return FlashAttention.apply(q, k, v, opts)
-
-
-def triton_reasons(problem: Problem) -> list[str]:
-    """Reasons shared by the Triton variants: triton missing, fp32 on CUDA, the interpreter budget."""
-    reason = device_reason(problem.device.split(":")[0])
-    if reason is not None:
-        return [reason]
-    reasons = []
-    if problem.device.startswith("cuda") and problem.dtype == "float32" and not interpreting():
-        reasons.append("Triton's fp32 tl.dot on CUDA runs in TF32: fp32 runs on the CPU interpreter only")
-    return reasons
-
-
-def interpreter_budget(device: str, streams: int, rows: int, keys: int, limit: int = CPU_MAX_STEPS) -> list[str]:
-    """On CPU (the interpreter), decline work above ``limit`` steps of 64x64 tiles.
-
-    ``streams`` independent query-row streams of ``rows`` rows each read ``keys`` keys.
-    """
-    steps = streams * -(-rows // 64) * -(-keys // 64)
-    if device.split(":")[0] == "cpu" and steps > limit:
-        return [f"CPU runs go through the Triton interpreter (seconds per tile): problems above {limit} "
-                f"64x64 tile steps run on CUDA only (this one {steps})"]
-    return []
 
 
 @register

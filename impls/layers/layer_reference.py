@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from . import reference_math
-from .problem import Problem
+from attnsuite import reference_math
+from attnsuite.problem import Problem
 
 
 def _heads(t: torch.Tensor, h: int) -> torch.Tensor:

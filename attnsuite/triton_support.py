@@ -1,19 +1,28 @@
-"""Triton kernels of the suite, imported on first use (importing this package never imports triton).
+"""Support for variants whose kernels are written in Triton: availability, execution mode, the loader.
 
 Triton picks compiled or interpreted execution when it is imported: with ``TRITON_INTERPRET=1`` in
 the environment *before* triton's first import, every kernel (and triton.language's own helpers)
 runs in its NumPy interpreter, on CPU or CUDA tensors; without it, kernels compile for CUDA and
 cannot take CPU tensors. The correctness suite sets the variable for CPU runs; the variants
-decline CPU problems with a clear reason when it is missing.
+decline CPU problems with a clear reason when it is missing. Importing this module never imports
+triton: kernel modules are imported on first use through :func:`kernel_module`.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from functools import lru_cache
 from types import ModuleType
 from typing import Optional
+
+from .problem import Problem
+
+# Interpreter budget, in (batch * head, 64-query tile, 64-key tile) steps of one pass: the
+# interpreter's cost is per tile step (Python dispatch of each tl op), ~0.2 s per step for the
+# four checks of the correctness suite on two CPU cores.
+CPU_MAX_STEPS = 24
 
 
 @lru_cache(maxsize=1)
@@ -52,9 +61,32 @@ def device_reason(device_type: str) -> Optional[str]:
     return None
 
 
-def kernels(name: str, device_type: str) -> ModuleType:
-    """The kernel module ``name`` (a file of this package), for tensors on ``device_type``."""
+def kernel_module(package: str, name: str, device_type: str) -> ModuleType:
+    """The kernel module ``name`` of ``package`` (a family's kernel folder), for tensors on ``device_type``."""
     reason = device_reason(device_type)
     if reason is not None:
         raise RuntimeError(reason)
-    return importlib.import_module(f"{__name__}.{name}")
+    return importlib.import_module(f"{package}.{name}")
+
+
+def triton_reasons(problem: Problem) -> list[str]:
+    """Reasons shared by the Triton variants: triton missing, fp32 on CUDA, the interpreter budget."""
+    reason = device_reason(problem.device.split(":")[0])
+    if reason is not None:
+        return [reason]
+    reasons = []
+    if problem.device.startswith("cuda") and problem.dtype == "float32" and not interpreting():
+        reasons.append("Triton's fp32 tl.dot on CUDA runs in TF32: fp32 runs on the CPU interpreter only")
+    return reasons
+
+
+def interpreter_budget(device: str, streams: int, rows: int, keys: int, limit: int = CPU_MAX_STEPS) -> list[str]:
+    """On CPU (the interpreter), decline work above ``limit`` steps of 64x64 tiles.
+
+    ``streams`` independent query-row streams of ``rows`` rows each read ``keys`` keys.
+    """
+    steps = streams * -(-rows // 64) * -(-keys // 64)
+    if device.split(":")[0] == "cpu" and steps > limit:
+        return [f"CPU runs go through the Triton interpreter (seconds per tile): problems above {limit} "
+                f"64x64 tile steps run on CUDA only (this one {steps})"]
+    return []

@@ -36,7 +36,7 @@ def dropout_attention(
 ):
     """Explicit attention with dropout ``p`` on the probabilities; optionally also the keep mask.
 
-    ``impls.dense_kernel.explicit_attention`` with a dropout hook between softmax and the matmul
+    ``attnsuite.variant_math.explicit_attention`` with a dropout hook between softmax and the matmul
     with V, so ``p == 0`` (no hook) reproduces it bit for bit.
     """
     if not 0.0 <= p < 1.0:
