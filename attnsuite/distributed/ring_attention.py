@@ -122,11 +122,13 @@ class FusedOps:
     head dim) and named in ``kernel``.
     """
 
-    def __init__(self, device: torch.device, scale: float, dtype: torch.dtype, head_dim: int) -> None:
+    def __init__(self, device: torch.device, scale: float, dtype: torch.dtype, head_dim: int,
+                 kernel: Optional[str] = None) -> None:
+        """``kernel`` forces "cudnn" or "flash" on CUDA (the probe's own use); by default it is probed."""
         self.cuda, self.scale = device.type == "cuda", scale
         self.kernel = "cpu-flash"
         if self.cuda:
-            self.kernel = "cudnn" if cudnn_pairs_work(device, dtype, head_dim) else "flash"
+            self.kernel = kernel or ("cudnn" if cudnn_pairs_work(device, dtype, head_dim) else "flash")
 
     def forward(self, q, k, v, causal: bool):
         """(out in q's dtype, lse float32 of shape (b, h, n), aux for the backward)."""
@@ -172,9 +174,8 @@ def cudnn_pairs_work(device: torch.device, dtype: torch.dtype, head_dim: int) ->
     key = (str(device), dtype, head_dim)
     if key not in _CUDNN_WORKS:
         try:
-            q = torch.randn(1, 2, 128, head_dim, device=device, dtype=dtype)
-            ops = FusedOps.__new__(FusedOps)
-            ops.cuda, ops.scale, ops.kernel = True, head_dim ** -0.5, "cudnn"
+            q = torch.full((1, 2, 128, head_dim), 0.5, device=device, dtype=dtype)  # no draw: the RNG stays put
+            ops = FusedOps(device, head_dim ** -0.5, dtype, head_dim, kernel="cudnn")
             out, lse, aux = ops.forward(q, q, q, True)
             grads = ops.backward(torch.ones_like(out), q, q, q, out, lse, True, aux)
             _CUDNN_WORKS[key] = bool(all(torch.isfinite(t).all() for t in (out, lse, *grads)))
