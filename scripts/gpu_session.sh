@@ -25,7 +25,7 @@ case "$call" in
     OUT=$work/tier2 timeout -s INT "${TIER_S:-420}" bash scripts/gpu_bench.sh full -- --attn-gpus=2 \
       > "$work/tier2/run.log" 2>&1
     echo "tier2 exit $?" | tee -a "$work/tier2/run.log"
-    CUDA_VISIBLE_DEVICES=0 OUT=$work/dev timeout 160 bash scripts/gpu_bench.sh devtime > "$work/dev/run.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=0 OUT=$work/dev timeout "${DEVTIME_S:-160}" bash scripts/gpu_bench.sh devtime > "$work/dev/run.log" 2>&1 &
     CUDA_VISIBLE_DEVICES=1 OUT=$work/chk timeout "${CHECKS_S:-160}" bash scripts/gpu_checks.sh > "$work/chk/run.log" 2>&1
     wait ;;
   tier1a|tier1b)
