@@ -18,14 +18,14 @@ if ls .whl/*.whl > /dev/null 2>&1; then
 fi
 "$PY" -c "import torch; print(torch.__version__, torch.version.cuda)" >> "$OUT/gpu.txt" 2>&1
 # the header line says which libraries imported and why the others did not
-timeout 540 "$PY" -m pytest test_correctness/test_variants.py --attn-device cuda -p no:cacheprovider \
+timeout "${CORRECTNESS_S:-540}" "$PY" -m pytest test_correctness/test_variants.py --attn-device cuda -p no:cacheprovider \
   -k "fakequant or flash-attn or xformers or flashinfer or sage" -rs -q --junitxml "$OUT/correctness.xml" \
   --attn-failures-log "$OUT/correctness.failures" \
   > "$OUT/correctness.log" 2>&1
 echo "correctness rc=$?" | tee -a "$OUT/gpu.txt"
 "$PY" -m pytest test_correctness/test_variants.py --attn-device cuda -p no:cacheprovider --collect-only \
   -k fakequant 2>/dev/null | grep '^libraries:' | tee -a "$OUT/gpu.txt"
-timeout 300 "$PY" scripts/measure_approximate.py --device cuda --json "$OUT/approximate.json" \
+timeout "${MEASURE_S:-300}" "$PY" scripts/measure_approximate.py --device cuda --json "$OUT/approximate.json" \
   > "$OUT/approximate.log" 2>&1
 echo "measure rc=$?" | tee -a "$OUT/gpu.txt"
 tail -8 "$OUT/approximate.log"
@@ -36,7 +36,7 @@ print(' '.join('--attn-only=' + n for n in ('xformers-mea', 'sage-attention', 'f
 'flashinfer-prefill', 'flashinfer-decode') if n in names))")
 if [ -n "$only" ]; then
   # shellcheck disable=SC2086
-  timeout 300 "$PY" -m pytest bench --benchmark-only --attn-device cuda --attn-workload fa-sweep --attn-workload decode \
+  timeout "${BENCH_S:-300}" "$PY" -m pytest bench --benchmark-only --attn-device cuda --attn-workload fa-sweep --attn-workload decode \
     $only --attn-only=sdpa-flash --attn-only=sdpa-cudnn --attn-gate off -p no:cacheprovider -q -rs \
     --benchmark-json "$OUT/libraries_bench.json" > "$OUT/libraries_bench.log" 2>&1
   echo "library benchmarks rc=$?" | tee -a "$OUT/gpu.txt"
