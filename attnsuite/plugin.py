@@ -70,10 +70,20 @@ class FailuresLog:
         if not report.failed:
             return
         where = "" if report.when == "call" else f" (in {report.when})"
-        text = report.longreprtext.strip().splitlines()
-        reason = "\n".join(line for line in text if line.startswith("E ")) or "\n".join(text[-12:])
         with open(self.path, "a", encoding="utf-8") as fh:  # closed (so on disk) after every failure
-            fh.write(f"FAILED {report.nodeid}{where}\n{reason}\n\n")
+            fh.write(f"FAILED {report.nodeid}{where}\n{failure_reason(report.longreprtext)}\n\n")
+
+
+def failure_reason(longrepr: str, head: int = 8, tail: int = 6) -> str:
+    """The lines of a failure that say why: pytest's ``E`` lines, or, for a message without them
+    (``pytest.fail(..., pytrace=False)``), its first lines (where the suite names the error) and last."""
+    text = longrepr.strip().splitlines()
+    marked = [line for line in text if line.startswith("E ")]
+    if marked:
+        return "\n".join(marked)
+    if len(text) <= head + tail:
+        return "\n".join(text)
+    return "\n".join(text[:head] + [f"  [... {len(text) - head - tail} lines ...]"] + text[-tail:])
 
 
 def pytest_configure(config: pytest.Config) -> None:

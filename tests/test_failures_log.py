@@ -65,3 +65,24 @@ def test_the_log_is_written_by_one_process_only(path, worker, expected):
     register_failures_log(config)
     assert len(config.registered) == expected
     assert all(isinstance(p, FailuresLog) and p.path == path for _, p in config.registered)
+
+
+def test_a_long_message_without_e_lines_keeps_its_first_line_where_the_error_is_named():
+    from attnsuite.plugin import failure_reason
+
+    message = ["flex raised BackendCompilerFailed: the lowering failed"] + [f"  detail {i}" for i in range(40)]
+    reason = failure_reason("\n".join(message)).splitlines()
+    assert reason[0] == message[0]  # the error's name, which the old "last 12 lines" dropped
+    assert reason[-1] == message[-1]
+    assert "[... 27 lines ...]" in reason[8]
+    assert len(reason) == 8 + 1 + 6
+
+
+@pytest.mark.parametrize("longrepr,expected", [
+    ("def test():\n>   assert x\nE   AssertionError: x is off\nE   assert 0", "E   AssertionError: x is off\nE   assert 0"),
+    ("short message\nsecond line", "short message\nsecond line"),  # short: kept whole
+])
+def test_failure_reason_keeps_e_lines_or_a_short_message_whole(longrepr, expected):
+    from attnsuite.plugin import failure_reason
+
+    assert failure_reason(longrepr) == expected
