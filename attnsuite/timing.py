@@ -578,6 +578,43 @@ def _cuda_kernel_sum(fn: Callable[[], object], setup: Optional[Callable[[], None
     return kernel_sum_samples(events, count, margin_ns=config.gap_s * 1e9 / 2)
 
 
+def kernel_breakdown(events: Sequence[ProfEvent], top: int = 15,
+                     is_work: Callable[[ProfEvent], bool] = is_device_work) -> dict[str, Any]:
+    """Device work of a profiled session by kernel name: the ``top`` names by total device time
+    (name, calls, ms), the rest summed, and the session's total and busy device milliseconds.
+
+    Where a step's time goes, for a diagnosis (e.g. a distributed step's compute against its
+    copies and merges); busy time counts overlapping work once, the total does not.
+    """
+    per: dict[str, list[float]] = {}
+    intervals = []
+    for e in events:
+        if is_work(e):
+            row = per.setdefault(e.name, [0, 0.0])
+            row[0] += 1
+            row[1] += (e.end_ns - e.start_ns) / 1e6
+            intervals.append((e.start_ns, e.end_ns))
+    ranked = sorted(per.items(), key=lambda kv: kv[1][1], reverse=True)
+    rows = [{"name": name[:160], "calls": int(n), "ms": round(ms, 4)} for name, (n, ms) in ranked[:top]]
+    rest = ranked[top:]
+    return {"kernels": rows,
+            "other": {"names": len(rest), "calls": int(sum(n for _, (n, _) in rest)),
+                      "ms": round(sum(ms for _, (_, ms) in rest), 4)},
+            "total_ms": round(sum(ms for _, (_, ms) in ranked), 4),
+            "busy_ms": round(busy_time(intervals) / 1e6, 4)}
+
+
+def profile_step(fn: Callable[[], object], device: str, top: int = 15) -> dict[str, Any]:
+    """One profiled call of ``fn`` on a CUDA ``device``: :func:`kernel_breakdown` of its device work."""
+    from torch.profiler import ProfilerActivity
+
+    with torch.cuda.device(torch.device(device)):
+        events = profiled_calls(fn, None, 1, 0.001, torch.cuda.synchronize,
+                                (ProfilerActivity.CPU, ProfilerActivity.CUDA))
+    (start, end), = split_events(events, 1)[0]  # the profiled call's window (the untimed first call is outside)
+    return kernel_breakdown([e for e in events if start <= e.start_ns <= end], top)
+
+
 _SIDE_STREAMS: dict[int, Any] = {}
 
 

@@ -35,7 +35,7 @@ echo "stage 1 (correctness) exit status: $rc" | tee -a "$out/dist_correctness.lo
 [ "$rc" -ne 0 ] && status=1
 
 echo "== stage 2: context-parallel workload timings (P=$WORLD)"
-timeout -k 10 "${SCALING_S:-250}" "$PY" -m attnsuite.distributed.scaling --out "$out/dist_scaling.json" \
+timeout -k 10 "${SCALING_S:-250}" "$PY" -m attnsuite.distributed.scaling --out "$out/dist_scaling.json" --profile \
   --world "$WORLD" --budget-s "${SCALING_BUDGET_S:-190}" --samples "${SAMPLES:-5}" 2>&1 | tee "$out/dist_scaling.log"
 rc=${PIPESTATUS[0]}
 echo "stage 2 (scaling) exit status: $rc" | tee -a "$out/dist_scaling.log"

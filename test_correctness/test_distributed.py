@@ -263,9 +263,10 @@ def test_run_distributed_case_reports_slowest_rank_memory_and_bytes(mode, pools)
     assert rec["sharding"] == "zigzag" and rec["bytes_estimated"] is False
     kv_block = 2 * 2 * 8 * 16 * 4 * 2  # K and V, 2 heads, 2 zigzag chunks of 8 rows (P=2), d 16, fp32
     fwd_bytes = (P - 1) * kv_block
-    if P == 2:
-        # fwd+bwd: forward's hops, backward's K/V hops again, and P hops of fp32 dK/dV
-        assert rec["bytes_sent_per_rank"] == [fwd_bytes if mode == "fwd" else 2 * fwd_bytes + P * kv_block] * P
+    # fwd+bwd: the forward's P - 1 hops; the backward starts from the block the forward ended with and
+    # ends on its own, so P - 2 K/V hops, and P - 1 hops of fp32 dK/dV (fp32 problem: a K/V block's size)
+    bwd_bytes = max(P - 2, 0) * kv_block + (P - 1) * kv_block
+    assert rec["bytes_sent_per_rank"] == [fwd_bytes if mode == "fwd" else fwd_bytes + bwd_bytes] * P
     assert (rec["peak_bytes_per_rank"] == [None] * P) == (DEVICE == "cpu")
 
 
@@ -307,3 +308,18 @@ def test_a_known_third_party_defect_is_expected_only_where_it_was_seen(device, m
     problem = Problem(batch=1, lq=8, lk=8, hq=2, hkv=2, dqk=8, dv=8, mask=mask, dtype="bfloat16", device=device)
     assert bool(registry.get("context-parallel-efficient").known_defect(check, problem)) is expected
     assert registry.get("ring-zigzag").known_defect(check, problem) is None
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_ring_backward_starts_from_the_forwards_last_block_and_ends_on_its_own(world_size):
+    from attnsuite.distributed.ring_attention import backward_order
+
+    for rank in range(world_size):
+        order = backward_order(rank, world_size)
+        assert sorted(order) == list(range(world_size)), "every block once"
+        assert order[-1] == rank, "the own block last: its gathered dK/dV arrive while it is computed"
+        # the forward's last step holds rank - (P - 1) = rank + 1's block: the backward needs no transfer first
+        assert order[0] == (rank - (world_size - 1)) % world_size
+        # each block goes from this rank to rank - 1, who visits it one step later
+        for step in range(world_size - 1):
+            assert backward_order((rank - 1) % world_size, world_size)[step + 1] == order[step]

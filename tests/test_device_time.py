@@ -408,3 +408,14 @@ def test_device_time_on_a_fake_cuda_replays_a_graph_or_falls_back_with_the_reaso
     result = timing.device_time(cuda.step, "cuda:0")
     assert (result.method, result.note) == (method, note)
     assert result.median_s == pytest.approx(1e-3 if method == "cuda-graph" else 7e-4)
+
+
+def test_kernel_breakdown_ranks_device_work_by_name_and_sums_the_rest():
+    events = [e for e in _session(2)]  # per call: attn_fwd 1000, epilogue 500, zero_acc 100, setup 800 (ns)
+    table = timing.kernel_breakdown(events, top=2)
+    assert [(r["name"], r["calls"]) for r in table["kernels"]] == [("attn_fwd", 2), ("setup_kernel", 2)]
+    assert table["kernels"][0]["ms"] == pytest.approx(2 * 1000 / 1e6)
+    # annotations and runtime calls are not device work; the names past the top two are summed
+    assert table["other"] == {"names": 2, "calls": 4, "ms": pytest.approx(2 * 600 / 1e6)}
+    assert table["total_ms"] == pytest.approx(2 * 2400 / 1e6)
+    assert table["busy_ms"] == pytest.approx(table["total_ms"])  # one stream: nothing overlaps

@@ -84,25 +84,29 @@ def _bench_task(ctx: RankContext, payload: dict) -> dict:
         step()  # one call counted alone: the bytes of one call
         bytes_one = ctx.bytes_sent
         result = timing.measure(step, str(ctx.device), config, setup=zero if backward else None, first_call=False)
-    peak = torch.cuda.max_memory_allocated(ctx.device) if cuda else None
+        peak = torch.cuda.max_memory_allocated(ctx.device) if cuda else None
+        # every rank profiles (the calls hold collectives): where one call's device time goes
+        profile = timing.profile_step(step, str(ctx.device)) if cuda and payload.get("profile") else None
     step = zero = None  # the closures hold the shards: drop them before emptying the cache
     if cuda:
         torch.cuda.empty_cache()  # the next case (another length) starts from an empty cache on every rank
     return {"median_s": result.median_s, "iqr_s": result.iqr_s, "samples": len(result.samples_s),
             "samples_s": list(result.samples_s), "warmup_calls": result.warmup_calls,
             "timer": result.timer, "bytes_sent": bytes_one, "peak_bytes": peak,
-            "notes": {k: v for k, v in ctx.notes.items() if not k.startswith("_")}}
+            "notes": {k: v for k, v in ctx.notes.items() if not k.startswith("_")}, "profile": profile}
 
 
 def run_distributed_case(variant_name: str, problem: Problem, mode: str, world_size: int,
                          timer_config: timing.TimerConfig, pool: Optional[RankPool] = None,
-                         samples: Optional[int] = None) -> dict[str, Any]:
+                         samples: Optional[int] = None, profile: bool = False) -> dict[str, Any]:
     """Time ``variant_name`` on ``problem`` in ``mode`` ('fwd' or 'fwd+bwd') on ``world_size`` ranks.
 
     Returns a JSON-ready dict: outcome ('ok', 'skip' or 'error'), detail, time_s (the slowest
     rank's median), per-rank medians, peak bytes and bytes sent, whether the bytes are estimated,
     the sharding. ``pool`` reuses started ranks (else a pool on the problem's device is started
-    and closed). Never raises for the case's own failure.
+    and closed). ``profile`` (CUDA): one more call per rank under the profiler, its device time by
+    kernel in ``profile_per_rank`` (:func:`attnsuite.timing.kernel_breakdown`). Never raises for the
+    case's own failure.
     """
     rec: dict[str, Any] = {"variant": variant_name, "problem": problem.id, "mode": mode,
                            "world_size": world_size, "outcome": "ok", "detail": ""}
@@ -122,7 +126,8 @@ def run_distributed_case(variant_name: str, problem: Problem, mode: str, world_s
             pool = RankPool(world_size, device, timeout_s=600.0)
         if pool.world_size != world_size:
             raise ValueError(f"pool has {pool.world_size} ranks, the case asks for {world_size}")
-        payload = {"variant": variant, "problem": problem, "mode": mode, "config": fixed_count(timer_config, samples)}
+        payload = {"variant": variant, "problem": problem, "mode": mode, "config": fixed_count(timer_config, samples),
+                   "profile": profile}
         ranks = pool.run(_bench_task, payload, f"{variant_name} on {problem.id} ({mode}) with P={world_size}")
     except (RankError, ValueError) as exc:
         text = str(exc)
@@ -151,6 +156,8 @@ def run_distributed_case(variant_name: str, problem: Problem, mode: str, world_s
         bytes_sent_per_rank=[r["bytes_sent"] for r in ranks],
         bytes_estimated=bool(notes.get("bytes_estimated", False)),
     )
+    if profile:
+        rec["profile_per_rank"] = [r["profile"] for r in ranks]
     if "pair_kernel" in notes:  # which fused kernel the ring's block pairs ran (cudnn or flash)
         rec["pair_kernel"] = notes["pair_kernel"]
     return rec

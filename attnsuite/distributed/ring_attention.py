@@ -9,10 +9,13 @@ end; the log-sum-exp of every row comes out of the same state. The mask is evalu
 positions (the layout's positions of the query rows and of the block's keys), so contiguous and
 zigzag shards mean the same attention; a block the mask hides entirely is not computed.
 
-Backward (:class:`RingAttention`, a ``torch.autograd.Function``) sends the K/V blocks around again
-and, with each block, the accumulated dK/dV of that block: every rank adds its part and passes it
-on, so after P hops each block's gradient is back on its owner. dQ stays local. The dK/dV hop of
-one step is waited for only after the next step's compute, so it overlaps too.
+Backward (:class:`RingAttention`, a ``torch.autograd.Function``) passes the blocks around the ring
+again, in the other direction and in the order of :func:`backward_order`: first the block the
+forward ended with (no transfer), its own block last. Each block carries its dK/dV (in the
+accumulation dtype): a rank computes its share, adds what the block gathered on the ranks before
+(in flight while it computed) and passes block and sum on; the block reaches its owner at the last
+step with every other rank's share, so the last transfer overlaps the owner's compute and nothing
+waits at the end. dQ stays local.
 
 GQA: query head h reads key/value head h // (hq / hkv); queries are viewed as (hkv, group) and
 the K/V blocks are used as they are, never repeated (neither on the wire nor in memory).
@@ -45,10 +48,15 @@ FAULTS = ("drop-block", "stale-max", "shift-positions")
 
 
 class Exchange:
-    """Posted sends to the next rank and receives from the previous one; wait() completes them."""
+    """Posted sends to rank ``to`` and receives from rank ``frm``; wait() completes them.
 
-    def __init__(self, ctx: RankContext, send: list[torch.Tensor], recv: list[torch.Tensor]) -> None:
-        nxt, prev = (ctx.rank + 1) % ctx.world_size, (ctx.rank - 1) % ctx.world_size
+    By default the ring's direction: send to the next rank, receive from the previous one.
+    """
+
+    def __init__(self, ctx: RankContext, send: list[torch.Tensor], recv: list[torch.Tensor],
+                 to: Optional[int] = None, frm: Optional[int] = None) -> None:
+        nxt = (ctx.rank + 1) % ctx.world_size if to is None else to
+        prev = (ctx.rank - 1) % ctx.world_size if frm is None else frm
         # empty blocks are neither sent nor received: both sides know the sizes from the layout
         ops = [dist.P2POp(dist.isend, t, nxt, ctx.group) for t in send if t.numel()]
         ops += [dist.P2POp(dist.irecv, t, prev, ctx.group) for t in recv if t.numel()]
@@ -207,12 +215,21 @@ class _Pairs:
         self.qsegs = _with_offsets(layout.q[ctx.rank])
         self.group = problem.hq // problem.hkv
         self.acc = _acc_dtype(q.dtype)
-        b, hq, n, d = q.shape
-        self.qg = q.to(self.acc).view(b, problem.hkv, self.group, n, d)  # (b, hkv, g, nq, d)
+        self.q = q
+        self._qg: Optional[torch.Tensor] = None
         self.zero = torch.zeros((), dtype=torch.long, device=q.device)
         self.fused = (FusedOps(q.device, problem.softmax_scale, q.dtype, problem.dqk)
                       if fused and fused_allowed(problem, q.device) else None)
         self.device = q.device
+
+    @property
+    def qg(self) -> torch.Tensor:
+        """q in the accumulation dtype as (b, hkv, g, nq, d), for the math pairs only: made on first
+        use, so a ring whose pairs all run fused never converts (or keeps) a float32 copy of q."""
+        if self._qg is None:
+            b, hq, n, d = self.q.shape
+            self._qg = self.q.to(self.acc).view(b, self.problem.hkv, self.group, n, d)
+        return self._qg
 
     def kind(self, qa: int, qb: int, ka: int, kb: int) -> str:
         kind = self.problem.mask.kind
@@ -276,7 +293,11 @@ class _Pairs:
 
 def ring_forward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, fault: Optional[str] = None,
                  fused: bool = True):
-    """One rank's (output in q's dtype, lse in the accumulation dtype, fused-kernel aux per pair) of ring attention."""
+    """One rank's ring attention forward: (output in q's dtype, lse in the accumulation dtype, the
+    fused pairs' aux by (source block, pair index), the K/V block held at the end).
+
+    The block held at the end (rank r + 1's, for P > 1) is where the backward starts.
+    """
     P, r = ctx.world_size, ctx.rank
     pairs = _Pairs(problem, ctx, layout, q, fault, fused)
     if pairs.fused is not None:
@@ -299,7 +320,7 @@ def ring_forward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, fa
                 if pairs.fused is not None and kind in ("full", "diag"):
                     if ke is None:
                         ke, ve = pairs.expand(kb), pairs.expand(vb)
-                    o_p, lse_p, aux[(step, i)] = pairs.fused.forward(
+                    o_p, lse_p, aux[(src, i)] = pairs.fused.forward(
                         q[:, :, qsl], ke[:, :, ksl], ve[:, :, ksl], kind == "diag")
                     # a normalised pair result is a block with max lse, denominator 1, accumulator o
                     state.merge(lse_p.to(pairs.acc), torch.ones_like(lse_p, dtype=pairs.acc), o_p, qsl)
@@ -316,34 +337,60 @@ def ring_forward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, fa
             pending[0].wait()
             kb, vb = pending[1], pending[2]
     out, lse = state.result()
-    return out.to(q.dtype), lse, aux
+    return out.to(q.dtype), lse, aux, (kb, vb)
+
+
+def backward_order(rank: int, world_size: int) -> list[int]:
+    """The K/V blocks in the order rank ``rank``'s backward visits them: rank + 1's first (the block
+    the forward ended with), then rank + 2's, ..., its own last.
+
+    Each block travels from rank to rank - 1 with its accumulated dK/dV and reaches its owner at the
+    last step, where the owner adds its own share: the last transfer overlaps that compute and no
+    gradient hop is left waiting at the end (visiting the own block first would leave one).
+    """
+    return [(rank + 1 + s) % world_size for s in range(world_size)]
 
 
 def ring_backward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, out, lse, do, aux: dict,
-                  fault: Optional[str] = None, fused: bool = True):
-    """One rank's (dq, dk, dv) of ring attention; dK/dV of each block travel with it and end on its owner."""
+                  last_kv: tuple, fault: Optional[str] = None, fused: bool = True):
+    """One rank's (dq, dk, dv) of ring attention.
+
+    Blocks are visited in :func:`backward_order`, passed against the forward's direction (received
+    from the next rank, sent to the previous one). A block's dK/dV (float32) follow it: at each step a
+    rank computes its share into a fresh buffer, then adds what the block has gathered so far (sent
+    by the next rank one step earlier, so in flight during this compute) and passes the sum on.
+    """
     P, r = ctx.world_size, ctx.rank
+    prev, nxt = (r - 1) % P, (r + 1) % P
     pairs = _Pairs(problem, ctx, layout, q, fault, fused)
     acc, g, scale = pairs.acc, pairs.group, problem.softmax_scale
     b, hq, nq, _ = q.shape
     hkv = problem.hkv
-    dog = do.to(acc).view(b, hkv, g, nq, -1)
-    delta = (do.to(acc) * out.to(acc)).sum(-1).view(b, hkv, g, nq, 1)  # rowsum(dO * O)
     lse_safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-    lse_g = lse_safe.view(b, hkv, g, nq, 1)
     lse_f = lse_safe.float().contiguous()  # the fused backward takes the final lse in float32
+    terms: dict = {}
+
+    def math_terms() -> dict:
+        """dO, rowsum(dO * O) and the lse per query group, in the accumulation dtype: made for the
+        first math pair only (a ring whose pairs all run fused never needs them)."""
+        if not terms:
+            terms["do"] = do.to(acc).view(b, hkv, g, nq, -1)
+            terms["delta"] = (do.to(acc) * out.to(acc)).sum(-1).view(b, hkv, g, nq, 1)
+            terms["lse"] = lse_safe.view(b, hkv, g, nq, 1)
+        return terms
+
     dq = torch.zeros((b, hkv, g, nq, q.shape[-1]), dtype=acc, device=q.device)
-    kb, vb = k.contiguous(), v.contiguous()
-    grads_pending = None  # the dK/dV hop of the previous step, waited for after this step's compute
+    order = backward_order(r, P)
+    kb, vb = (last_kv[0], last_kv[1]) if P > 1 else (k.contiguous(), v.contiguous())
+    grads_in = None  # (exchange, dK, dV) gathered so far for this step's block, arriving from the next rank
     q_rows: dict = {}  # (start, stop) -> contiguous (do, q, out, lse) of those query rows, for the fused pairs
-    for step in range(P):
-        src = (r - step) % P
+    for step, src in enumerate(order):
         kv_pending = None
-        if step < P - 1:
-            n_next = size(layout.kv[(r - step - 1) % P])
+        if step < P - 2:  # the next block comes from the next rank (the last one, our own, is here)
+            n_next = size(layout.kv[order[step + 1]])
             k_next = kb.new_empty((*kb.shape[:2], n_next, kb.shape[-1]))
             v_next = vb.new_empty((*vb.shape[:2], n_next, vb.shape[-1]))
-            kv_pending = (Exchange(ctx, [kb, vb], [k_next, v_next]), k_next, v_next)
+            kv_pending = (Exchange(ctx, [kb, vb], [k_next, v_next], to=prev, frm=nxt), k_next, v_next)
         dk_b = torch.zeros(kb.shape, dtype=acc, device=q.device)
         dv_b = torch.zeros(vb.shape, dtype=acc, device=q.device)
         if not (fault == "drop-block" and step == 1):
@@ -358,7 +405,7 @@ def ring_backward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, o
                     do_r, q_r, out_r, lse_r = q_rows[rows]
                     dq_p, dk_p, dv_p = pairs.fused.backward(
                         do_r, q_r, ke[:, :, ksl].contiguous(), ve[:, :, ksl].contiguous(), out_r, lse_r,
-                        kind == "diag", aux.get((step, i)))
+                        kind == "diag", aux.get((src, i)))
                     n = qsl.stop - qsl.start
                     # in place through views, each sum in the accumulation dtype (no converted copies)
                     dq[..., qsl, :].add_(dq_p.reshape(b, hkv, g, n, -1))
@@ -368,30 +415,30 @@ def ring_backward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, o
                 s = pairs.scores(qsl, kb[:, :, ksl], kind, qpos, kpos)
                 if s is None:
                     continue
+                t = math_terms()
                 kg, vg = kb[:, :, ksl].to(acc).unsqueeze(2), vb[:, :, ksl].to(acc).unsqueeze(2)  # shared by the group
-                p = torch.exp(s - lse_g[..., qsl, :])  # the final probabilities of this pair
-                dv_b[:, :, ksl] += torch.matmul(p.transpose(-2, -1), dog[..., qsl, :]).sum(2)
-                ds = p * (torch.matmul(dog[..., qsl, :], vg.transpose(-2, -1)) - delta[..., qsl, :])
+                p = torch.exp(s - t["lse"][..., qsl, :])  # the final probabilities of this pair
+                dv_b[:, :, ksl] += torch.matmul(p.transpose(-2, -1), t["do"][..., qsl, :]).sum(2)
+                ds = p * (torch.matmul(t["do"][..., qsl, :], vg.transpose(-2, -1)) - t["delta"][..., qsl, :])
                 dq[..., qsl, :] += torch.matmul(ds, kg) * scale
                 dk_b[:, :, ksl] += torch.matmul(ds.transpose(-2, -1), pairs.qg[..., qsl, :]).sum(2) * scale
-        if grads_pending is not None:  # the accumulated dK/dV of this block, from the previous rank
-            grads_pending[0].wait()
-            dk_b, dv_b = dk_b + grads_pending[1], dv_b + grads_pending[2]
-        # pass this block's dK/dV on; after the last step each block's sum arrives at its owner
-        own = (r - step - 1) % P
-        if P > 1:
-            dk_in = torch.empty((b, hkv, size(layout.kv[own]), k.shape[-1]), dtype=acc, device=q.device)
-            dv_in = torch.empty((b, hkv, size(layout.kv[own]), v.shape[-1]), dtype=acc, device=q.device)
-            grads_pending = (Exchange(ctx, [dk_b.contiguous(), dv_b.contiguous()], [dk_in, dv_in]), dk_in, dv_in)
-        else:
-            dk_in, dv_in = dk_b, dv_b
+        if grads_in is not None:  # what this block gathered on the ranks before us
+            grads_in[0].wait()
+            dk_b.add_(grads_in[1])
+            dv_b.add_(grads_in[2])
+            grads_in = None
+        if step < P - 1:  # pass the block's dK/dV on with it; receive the next block's from the next rank
+            n_next = size(layout.kv[order[step + 1]])
+            dk_next = torch.empty((b, hkv, n_next, k.shape[-1]), dtype=acc, device=q.device)
+            dv_next = torch.empty((b, hkv, n_next, v.shape[-1]), dtype=acc, device=q.device)
+            grads_in = (Exchange(ctx, [dk_b, dv_b], [dk_next, dv_next], to=prev, frm=nxt), dk_next, dv_next)
         if kv_pending is not None:
             kv_pending[0].wait()
             kb, vb = kv_pending[1], kv_pending[2]
-    if grads_pending is not None:
-        grads_pending[0].wait()
-        dk_in, dv_in = grads_pending[1], grads_pending[2]
-    return dq.view(b, hq, nq, -1).to(q.dtype), dk_in.to(k.dtype), dv_in.to(v.dtype)
+        elif step == P - 2:
+            kb, vb = k.contiguous(), v.contiguous()
+    # the last block visited is our own, with every rank's share added
+    return dq.view(b, hq, nq, -1).to(q.dtype), dk_b.to(k.dtype), dv_b.to(v.dtype)
 
 
 class RingAttention(torch.autograd.Function):
@@ -400,15 +447,15 @@ class RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, problem: Problem, rank_ctx: RankContext, layout: Layout, fault: Optional[str],
                 fused: bool = True):
-        out, lse, aux = ring_forward(problem, rank_ctx, layout, q, k, v, fault, fused)
-        ctx.save_for_backward(q, k, v, out, lse)
+        out, lse, aux, last_kv = ring_forward(problem, rank_ctx, layout, q, k, v, fault, fused)
+        ctx.save_for_backward(q, k, v, out, lse, *last_kv)
         ctx.problem, ctx.rank_ctx, ctx.layout, ctx.fault, ctx.aux, ctx.fused = problem, rank_ctx, layout, fault, aux, fused
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse, k_last, v_last = ctx.saved_tensors
         dq, dk, dv = ring_backward(ctx.problem, ctx.rank_ctx, ctx.layout, q, k, v, out, lse, dout.contiguous(), ctx.aux,
-                                   ctx.fault, ctx.fused)
+                                   (k_last, v_last), ctx.fault, ctx.fused)
         return dq, dk, dv, None, None, None, None, None

@@ -78,13 +78,21 @@ def single_device_best(problem: Problem, mode: str, config: timing.TimerConfig) 
 def _order(problems: list[Problem], modes: tuple[str, ...]) -> list[tuple[Problem, str]]:
     """The judged case (64K causal fwd+bwd) first, then by length, causal first."""
     cases = [(p, m) for p in problems for m in modes]
-    return sorted(cases, key=lambda c: (not (c[0].lq == 65536 and c[0].mask.kind == "causal" and c[1] == "fwd+bwd"),
+    return sorted(cases, key=lambda c: (not is_judged(*c),
                                         c[0].lq, c[0].mask.kind != "causal", c[1]))
 
 
+def is_judged(problem: Problem, mode: str) -> bool:
+    """The case the ring is judged on: L = 64K, causal, fwd+bwd."""
+    return problem.lq == 65536 and problem.mask.kind == "causal" and mode == "fwd+bwd"
+
+
 def run(out_path: str, world_size: int, problems: list[Problem], modes: tuple[str, ...], variants: tuple[str, ...],
-        budget_s: float, samples: int, log=print) -> list[dict]:
-    """Time every (problem, mode) on one GPU and every variant on ``world_size`` GPUs; JSON rows."""
+        budget_s: float, samples: int, log=print, profile: bool = False) -> list[dict]:
+    """Time every (problem, mode) on one GPU and every variant on ``world_size`` GPUs; JSON rows.
+
+    ``profile``: the judged case's distributed runs also record each rank's device time by kernel.
+    """
     registry.load_builtin()
     config = fixed_count(timing.FULL_GPU, samples)
     rows: list[dict] = []
@@ -107,7 +115,8 @@ def run(out_path: str, world_size: int, problems: list[Problem], modes: tuple[st
             rows.append({"problem": problem.id, "mode": mode, "variant": "single-gpu-best", "world_size": 1,
                          "outcome": "ok" if single["time_s"] else "error", **single})
             for name in variants:
-                rec = run_distributed_case(name, problem, mode, world_size, config, pool=pool, samples=samples)
+                rec = run_distributed_case(name, problem, mode, world_size, config, pool=pool, samples=samples,
+                                           profile=profile and is_judged(problem, mode))
                 if rec.get("time_s") and single["time_s"]:
                     rec["single_best_s"] = single["time_s"]
                     rec["single_best_backend"] = single["backend"]
@@ -133,6 +142,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--samples", type=int, default=5)
+    ap.add_argument("--profile", action="store_true",
+                    help="record each rank's device time by kernel for the judged case (64K causal fwd+bwd)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() or torch.cuda.device_count() < args.world:
         print(f"scaling: needs {args.world} CUDA GPUs, found {torch.cuda.device_count()}", file=sys.stderr)
@@ -143,7 +154,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"scaling: --lengths must be comma-separated ints, got {args.lengths!r}", file=sys.stderr)
         return 2
     rows = run(args.out, args.world, workload_problems(lengths, args.heads), tuple(args.modes.split(",")),
-               tuple(args.variants.split(",")), args.budget_s, args.samples)
+               tuple(args.variants.split(",")), args.budget_s, args.samples, profile=args.profile)
     return 0 if all(r.get("outcome") in ("ok", "skip") for r in rows) else 1
 
 

@@ -2,8 +2,11 @@
 
 The kernels (:mod:`.triton_kernels.flash`) are written here from the FlashAttention-2
 algorithm: the forward streams key blocks with an online softmax and saves each row's
-log-sum-exp; the backward recomputes the probabilities from it, one kernel owning a key block's
-dK/dV (summing the GQA group's query heads in order) and one owning a query block's dQ.
+log-sum-exp; the backward recomputes the probabilities from it. Two backward paths: "split" (the
+default), one kernel owning a key block's dK/dV (summing the GQA group's query heads in order) and
+one owning a query block's dQ; "fused", one kernel per key block that also adds its share of dQ
+into an fp32 accumulator with atomics. ``FlashOptions.bwd`` or ATTNSUITE_TRITON_BWD=fused|split
+picks one; otherwise the kernel module's rule (``choose_bwd_path``) does.
 
 Supports: bf16, fp16 (CUDA and the CPU interpreter), fp32 on the interpreter only (Triton's fp32
 ``tl.dot`` on CUDA is TF32); masks none, causal and sliding window with either corner (top-left
@@ -11,8 +14,10 @@ or bottom-right); GQA and MQA without repeating K/V; Lq != Lk; any length; head 
 (non-powers of two padded inside the kernel; dv may differ from dqk); the default or a pinned
 scale. Not: ALiBi, softcap, dropout, other mask kinds.
 
-Deterministic: yes. No atomics anywhere (dQ has its own kernel rather than atomic adds from the
-dK/dV kernel), so two identical runs agree bit for bit, forward and backward.
+Deterministic: the forward always, and the default "split" backward (no atomics: dQ has its own
+kernel), so two identical runs agree bit for bit. The "fused" backward's dQ is not bitwise
+deterministic (the order of its fp32 atomic adds varies); the suite's repeat check is forward-only,
+so ``deterministic = True`` still describes what it checks.
 
 On CUDA the kernels are autotuned per head dim, mask and dtype (a few tile configs): that shows
 as first-call time in the benchmark records. On CPU tensors they run under Triton's interpreter
@@ -47,19 +52,20 @@ class FlashOptions:
     window: int
     scale: float
     mutants: dict = field(default_factory=dict, compare=False, hash=False)
+    bwd: str | None = None  # backward path, "split" or "fused"; None: $ATTNSUITE_TRITON_BWD, else the rule
 
     @staticmethod
-    def of(problem: Problem, mutants: dict | None = None) -> "FlashOptions":
-        """The options of ``problem`` (mutant flags only for the tests)."""
+    def of(problem: Problem, mutants: dict | None = None, bwd: str | None = None) -> "FlashOptions":
+        """The options of ``problem`` (mutant flags only for the tests; ``bwd`` pins the backward path)."""
         unknown = sorted(set(mutants or {}) - set(MUTANTS))
         if unknown:
             raise ValueError(f"unknown triton-flash mutant flags {unknown}; known: {', '.join(MUTANTS)}")
         return FlashOptions(MASK_CODES[problem.mask.kind], problem.align_offset, problem.mask.window,
-                            problem.softmax_scale, dict(mutants or {}))
+                            problem.softmax_scale, dict(mutants or {}), bwd)
 
 
 class FlashAttention(torch.autograd.Function):
-    """o = attention(q, k, v); the backward runs the dQ and dK/dV kernels on the saved log-sum-exp."""
+    """o = attention(q, k, v); the backward recomputes from the saved log-sum-exp (split or fused path)."""
 
     @staticmethod
     def forward(ctx, q, k, v, opts: FlashOptions):
@@ -75,7 +81,7 @@ class FlashAttention(torch.autograd.Function):
         opts = ctx.opts
         mod = kernels("flash", q.device.type)
         dq, dk, dv = mod.backward(do, q, k, v, o, lse, opts.mask, opts.offset, opts.window, opts.scale,
-                                  opts.mutants)
+                                  opts.mutants, path=opts.bwd)
         return dq, dk, dv, None
 
 
@@ -95,6 +101,7 @@ class TritonFlash(KernelVariant):
     deterministic = True
     backend = "triton"
     mutants: ClassVar[dict] = {}  # test-only subclasses set kernel flags here
+    bwd_path: ClassVar[str | None] = None  # unregistered subclasses (tests, benchmark rows) pin a backward path
 
     def extra_reasons(self, problem: Problem, backward: bool) -> list[str]:
         reasons = triton_reasons(problem)
@@ -104,7 +111,7 @@ class TritonFlash(KernelVariant):
         return reasons
 
     def build(self, problem: Problem):
-        opts = FlashOptions.of(problem, self.mutants)
+        opts = FlashOptions.of(problem, self.mutants, self.bwd_path)
 
         def run(q, k, v):
             return flash_attention(q, k, v, opts)

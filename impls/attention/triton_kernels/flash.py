@@ -12,9 +12,15 @@ Scores live in the base-2 domain (scale * log2(e) folded into one multiplier) so
 uses exp2. The forward saves the row's log-sum-exp (base 2) per query; a row that sees no key
 stores +inf there, which makes every recomputed probability of that row 0 in the backward.
 
-Determinism: the forward and both backward kernels own their outputs (one program per query
-block for O and dQ, one per key block for dK/dV, the GQA group's heads summed in a fixed order):
-no atomics, so two runs agree bit for bit.
+Backward paths (:func:`choose_bwd_path` picks one per call):
+- "split" (the default): one kernel per key block for dK/dV and one per query block for dQ. Every
+  output is owned by one program (the GQA group's heads summed in a fixed order): no atomics, so
+  two runs agree bit for bit.
+- "fused": one kernel per key block that also computes dS @ K for every query block it visits and
+  adds it into a zeroed fp32 dQ accumulator with atomic adds (5 matmuls per block pair instead of
+  7). The order of the adds varies from run to run: dQ is NOT bitwise deterministic (dK/dV are).
+Both start with :func:`flash_bwd_preprocess` (delta = rowsum(dO * O) in fp32; it also zeroes the
+fused path's dQ accumulator). The forward is deterministic either way.
 
 Mutant flags (constexpr, used only by the tests to show the checks catch each defect):
 MUT_SKIP drops key block 0, MUT_CORNER uses the other causal corner, MUT_STALE saves the
@@ -22,6 +28,7 @@ log-sum-exp of the state before the last key block.
 """
 
 
+import math
 import os
 
 import torch
@@ -69,6 +76,10 @@ FWD_CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 64, 4, 3), _
 # dK/dV: BLOCK_N keys owned, BLOCK_M queries streamed; dQ: the reverse.
 DKDV_CONFIGS = [_cfg(32, 128, 4, 3), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 2)]
 DQ_CONFIGS = [_cfg(128, 32, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 2)]
+# fused: BLOCK_N keys owned, BLOCK_M queries streamed (dQ atomics per visited query block: a wide
+# BLOCK_N means fewer adds). At most 3 compiles per key (d 64), 2 at d 128: fewer than the split
+# path's 2 + 2.
+FUSED_CONFIGS = [_cfg(64, 128, 8, 3), _cfg(32, 128, 4, 3), _cfg(128, 128, 8, 2), _cfg(32, 64, 4, 2)]
 TUNE_KEY = ["BLOCK_D", "BLOCK_DV", "MASK"]  # the autotuner adds the tensors' dtypes to the key
 
 
@@ -77,16 +88,35 @@ TUNE_KEY = ["BLOCK_D", "BLOCK_DV", "MASK"]  # the autotuner adds the tensors' dt
 AUTOTUNE = os.environ.get("ATTNSUITE_TRITON_AUTOTUNE", "1") != "0"
 
 
-def _prune_one(configs, named_args, **kwargs):
-    return _prune(configs, named_args, **kwargs)[:1]
+def _prune_fused(configs, named_args, **kwargs):
+    """:func:`_prune`, and the 128 x 128 tile for head dims up to 64 only (its accumulators spill above)."""
+    wide = max(kwargs.get("BLOCK_D", named_args.get("BLOCK_D")), kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV")))
+    fits = [c for c in _prune(configs, named_args, **kwargs)
+            if wide <= 64 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] < 128 * 128]
+    return fits or configs[-1:]
 
 
-def _tuned(configs):
-    """Autotune on CUDA (per head dim, mask and dtype); a fixed small tile under the interpreter."""
+def _first_only(prune):
+    """``prune``, keeping only its first config (ATTNSUITE_TRITON_AUTOTUNE=0)."""
+
+    def first(configs, named_args, **kwargs):
+        return prune(configs, named_args, **kwargs)[:1]
+
+    return first
+
+
+def _tuned(configs, prune=_prune, reset_to_zero=None):
+    """Autotune on CUDA (per head dim, mask and dtype); a fixed small tile under the interpreter.
+
+    ``reset_to_zero``: outputs the kernel accumulates into (atomics), zeroed before each timed
+    config and after the sweep, so autotuning leaves the accumulator as the launcher set it.
+    """
     if INTERPRET:
         return lambda fn: fn
-    prune = _prune if AUTOTUNE else _prune_one
-    return triton.autotune(configs=configs, key=TUNE_KEY, prune_configs_by={"early_config_prune": prune})
+    if not AUTOTUNE:
+        prune = _first_only(prune)
+    return triton.autotune(configs=configs, key=TUNE_KEY, prune_configs_by={"early_config_prune": prune},
+                           reset_to_zero=reset_to_zero)
 
 
 @triton.jit
@@ -247,9 +277,9 @@ def _query_range(n0, LQ, OFF, WIN, MASK: tl.constexpr, BLOCK_M: tl.constexpr, BL
 
 
 @triton.jit
-def _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, start, offs_m, offs_n, offs_d, offs_dv,
-                sqm, sdom, D, DV, LQ, LK, OFF, WIN, qk_scale,
-                MASKED: tl.constexpr, MASK: tl.constexpr, DOT_F32: tl.constexpr):
+def _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, dq_ptrs, start, offs_m, offs_n, offs_d, offs_dv,
+                sqm, sdom, D, DV, LQ, LK, OFF, WIN, qk_scale, sm_scale,
+                MASKED: tl.constexpr, MASK: tl.constexpr, DOT_F32: tl.constexpr, FUSED: tl.constexpr):
     m = start + offs_m
     q = tl.load(q_ptrs + start * sqm, mask=(m[:, None] < LQ) & (offs_d[None, :] < D), other=0.0)
     do = tl.load(do_ptrs + start * sdom, mask=(m[:, None] < LQ) & (offs_dv[None, :] < DV), other=0.0)
@@ -264,19 +294,28 @@ def _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, start, offs_m
         pt = tl.where(_allowed_t(m, offs_n, LK, OFF, WIN, MASK), pt, 0.0)
     dv = tl.dot(pt.to(do.dtype), do, dv)
     dpt = tl.dot(v, tl.trans(do))
-    dst = pt * (dpt - delta[None, :])
-    dk = tl.dot(dst.to(q.dtype), q, dk)
+    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+    dk = tl.dot(dst, q, dk)
+    if FUSED:
+        # this key block's share of dQ for these rows; keys past LK are zero rows of k. Relaxed
+        # order: nothing reads dQ before the kernel ends.
+        dq = tl.dot(tl.trans(dst), k) * sm_scale
+        tl.atomic_add(dq_ptrs + start * D, dq, mask=(m[:, None] < LQ) & (offs_d[None, :] < D), sem="relaxed")
     return dk, dv
 
 
-@_tuned(DKDV_CONFIGS)
 @triton.jit
-def flash_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
-                   sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdom, sdod,
-                   HKV, GROUP, LQ, LK, OFF, WIN, qk_scale, sm_scale,
-                   D, DV_, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   MASK: tl.constexpr, DOT_F32: tl.constexpr, MUT_CORNER: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def flash_bwd_kv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ,
+                 sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdom, sdod,
+                 HKV, GROUP, LQ, LK, OFF, WIN, qk_scale, sm_scale,
+                 D, DV_, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                 MASK: tl.constexpr, DOT_F32: tl.constexpr, MUT_CORNER: tl.constexpr, FUSED: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program per (key block, batch, KV head): dK/dV of the block; with FUSED, dQ atomics too.
+
+    DQ (FUSED only) is a zeroed contiguous fp32 (B, HQ, LQ, D) accumulator; it receives
+    sm_scale * dS @ K, so the launcher only casts it.
+    """
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HKV
@@ -299,21 +338,25 @@ def flash_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     lo, a, bb, hi = _query_range(n0, LQ, OFF, WIN, MASK, BLOCK_M, BLOCK_N)
     HQ = HKV * GROUP
-    for g in range(0, GROUP):  # the group's query heads, in a fixed order: deterministic sums
+    for g in range(0, GROUP):  # the group's query heads, in a fixed order: deterministic dK/dV sums
         h = kvh * GROUP + g
         q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd
         do_ptrs = DO + b * sdob + h * sdoh + offs_m[:, None] * sdom + offs_dv[None, :] * sdod
         lse_ptr = LSE + (b * HQ + h) * LQ
         delta_ptr = DELTA + (b * HQ + h) * LQ
+        dq_ptrs = DQ + ((b * HQ + h) * LQ + offs_m[:, None]) * D + offs_d[None, :]
         for start in range(lo, a, BLOCK_M):
-            dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, start, offs_m, offs_n, offs_d,
-                                 offs_dv, sqm, sdom, D, DV_, LQ, LK, OFF, WIN, qk_scale, True, MASK, DOT_F32)
+            dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, dq_ptrs, start, offs_m, offs_n,
+                                 offs_d, offs_dv, sqm, sdom, D, DV_, LQ, LK, OFF, WIN, qk_scale, sm_scale,
+                                 True, MASK, DOT_F32, FUSED)
         for start in range(a, bb, BLOCK_M):
-            dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, start, offs_m, offs_n, offs_d,
-                                 offs_dv, sqm, sdom, D, DV_, LQ, LK, OFF, WIN, qk_scale, False, MASK, DOT_F32)
+            dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, dq_ptrs, start, offs_m, offs_n,
+                                 offs_d, offs_dv, sqm, sdom, D, DV_, LQ, LK, OFF, WIN, qk_scale, sm_scale,
+                                 False, MASK, DOT_F32, FUSED)
         for start in range(bb, hi, BLOCK_M):
-            dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, start, offs_m, offs_n, offs_d,
-                                 offs_dv, sqm, sdom, D, DV_, LQ, LK, OFF, WIN, qk_scale, True, MASK, DOT_F32)
+            dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, dq_ptrs, start, offs_m, offs_n,
+                                 offs_d, offs_dv, sqm, sdom, D, DV_, LQ, LK, OFF, WIN, qk_scale, sm_scale,
+                                 True, MASK, DOT_F32, FUSED)
     dk = dk * sm_scale
     # dK/dV are contiguous (B, HKV, LK, d) buffers allocated by the launcher
     row = (b * HKV + kvh) * LK + offs_n
@@ -321,6 +364,35 @@ def flash_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
              mask=(offs_n[:, None] < LK) & (offs_d[None, :] < D))
     tl.store(DV + row[:, None] * DV_ + offs_dv[None, :], dv.to(DV.dtype.element_ty),
              mask=(offs_n[:, None] < LK) & (offs_dv[None, :] < DV_))
+
+
+# The same kernel body, tuned separately per path: the split path's dK/dV kernel, and the fused
+# one, whose dQ accumulator the autotuner zeroes between the configs it times.
+flash_bwd_dkdv = _tuned(DKDV_CONFIGS)(flash_bwd_kv)
+flash_bwd_fused = _tuned(FUSED_CONFIGS, _prune_fused, reset_to_zero=["DQ"])(flash_bwd_kv)
+
+
+@triton.jit
+def flash_bwd_preprocess(O, DO, DELTA, DQ, sob, soh, som, sod, sdob, sdoh, sdom, sdod, HQ, LQ, D, DV,
+                         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                         ZERO_DQ: tl.constexpr):
+    """delta_i = rowsum(dO_i * O_i) in fp32 for BLOCK_M query rows of one (batch, head); with ZERO_DQ
+    it also zeroes those rows of the fused path's fp32 dQ accumulator (one launch, no memset)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HQ
+    h = pid_bh % HQ
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    ok = (offs_m[:, None] < LQ) & (offs_dv[None, :] < DV)
+    o = tl.load(O + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod, mask=ok, other=0.0)
+    do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdom + offs_dv[None, :] * sdod, mask=ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh * LQ + offs_m, delta, mask=offs_m < LQ)
+    if ZERO_DQ:
+        offs_d = tl.arange(0, BLOCK_D)
+        tl.store(DQ + (pid_bh * LQ + offs_m[:, None]) * D + offs_d[None, :],
+                 tl.zeros([BLOCK_M, BLOCK_D], tl.float32), mask=(offs_m[:, None] < LQ) & (offs_d[None, :] < D))
 
 
 @triton.jit
@@ -416,9 +488,6 @@ def _interp_upcast(*tensors):
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: int, off: int, win: int, scale: float,
             mutants: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(o, lse) of attention; lse is (B, HQ, LQ) float32 in base 2, +inf for rows that see no key."""
-    import math
-
-
     dtype = q.dtype
     q, k, v = _interp_upcast(q, k, v)
 
@@ -439,37 +508,84 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: int, off: i
     return o.to(dtype), lse
 
 
+BWD_ENV = "ATTNSUITE_TRITON_BWD"
+BWD_PATHS = ("split", "fused")
+DEFAULT_BWD = "split"
+
+
+def choose_bwd_path(requested: str | None, mask: int, lq: int, lk: int, d: int) -> str:
+    """The backward path of one call: ``requested`` if given, else $ATTNSUITE_TRITON_BWD, else the rule.
+
+    The rule (one place, documented in docs/triton.md): "split", the deterministic path, everywhere
+    for now; ``mask``, ``lq``, ``lk`` and ``d`` are what it may look at once the H200 figures of
+    both paths pick where "fused" wins. Raises ValueError naming the argument or the variable when
+    the value is not one of :data:`BWD_PATHS`.
+    """
+    source = "the bwd argument"
+    if requested is None:
+        requested = os.environ.get(BWD_ENV, "").strip() or None
+        source = f"environment variable {BWD_ENV}"
+    if requested is None:
+        return DEFAULT_BWD
+    if requested not in BWD_PATHS:
+        raise ValueError(f"triton-flash backward path {requested!r} from {source} is not one of "
+                         f"{', '.join(BWD_PATHS)} (unset: the default rule, {DEFAULT_BWD!r})")
+    return requested
+
+
+def _preprocess(do: torch.Tensor, o: torch.Tensor, dq_acc: torch.Tensor | None) -> torch.Tensor:
+    """delta = rowsum(dO * O) as contiguous fp32 (B, HQ, LQ); zeroes ``dq_acc`` on the way if given."""
+    bsz, hq, lq, dv = o.shape
+    delta = torch.empty((bsz, hq, lq), dtype=torch.float32, device=o.device)
+    d = dq_acc.shape[-1] if dq_acc is not None else 1
+    bd, bdv = max(16, triton.next_power_of_2(d)), max(16, triton.next_power_of_2(dv))
+    # a memory-bound pass: about 64 values of each tile per thread at 4 warps
+    block_m = min(128, max(16, 8192 // max(bd, bdv)))
+    flash_bwd_preprocess[(triton.cdiv(lq, block_m), bsz * hq)](
+        o, do, delta, delta if dq_acc is None else dq_acc, *o.stride(), *do.stride(), hq, lq, d, dv,
+        BLOCK_M=block_m, BLOCK_D=bd, BLOCK_DV=bdv, ZERO_DQ=dq_acc is not None, num_warps=4)
+    return delta
+
+
 def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
              lse: torch.Tensor, mask: int, off: int, win: int, scale: float,
-             mutants: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv): dK/dV one program per key block, dQ one per query block (no atomics)."""
-    import math
+             mutants: dict, path: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) by the path :func:`choose_bwd_path` gives for ``path``.
 
-
+    "split": dK/dV one program per key block, dQ one per query block (no atomics, bitwise
+    deterministic). "fused": one program per key block for all three, dQ by fp32 atomic adds.
+    """
+    bsz, hq, lq, d = q.shape
+    path = choose_bwd_path(path, mask, lq, k.shape[2], d)
     dtypes = (q.dtype, k.dtype, v.dtype)
     do, q, k, v, o = _interp_upcast(do, q, k, v, o)
-    bsz, hq, lq, d = q.shape
     hkv, lk, dv = k.shape[1], k.shape[2], v.shape[3]
-    # delta_i = rowsum(dO_i * O_i): the softmax Jacobian's correction term, one float per query row
-    delta = (do.float() * o.float()).sum(-1).contiguous()
-    dq = torch.empty((bsz, hq, lq, d), dtype=q.dtype, device=q.device)
+    fused = path == "fused"
+    dq_acc = torch.empty((bsz, hq, lq, d), dtype=torch.float32, device=q.device) if fused else None
+    delta = _preprocess(do, o, dq_acc)
     dk = torch.empty((bsz, hkv, lk, d), dtype=k.dtype, device=k.device)
     dvv = torch.empty((bsz, hkv, lk, dv), dtype=v.dtype, device=v.device)
     bd, bdv = max(16, triton.next_power_of_2(d)), max(16, triton.next_power_of_2(dv))
     qk_scale = scale * math.log2(math.e)
     corner = bool(mutants.get("wrong_corner"))
     strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
+    shape_kw = dict(D=d, BLOCK_D=bd, BLOCK_DV=bdv, MASK=mask, DOT_F32=DOT_F32, MUT_CORNER=corner)
 
     def grid_kv(meta):
         return (triton.cdiv(lk, meta["BLOCK_N"]), bsz * hkv)
 
-    def grid_q(meta):
-        return (triton.cdiv(lq, meta["BLOCK_M"]), bsz * hq)
+    kv_kernel = flash_bwd_fused if fused else flash_bwd_dkdv
+    kv_kernel[grid_kv](q, k, v, do, lse, delta, dk, dvv, delta if dq_acc is None else dq_acc, *strides,
+                       hkv, hq // hkv, lq, lk, off, win, qk_scale, scale, DV_=dv, FUSED=fused, **shape_kw,
+                       **_launch_kw(INTERP_BWD))
+    if fused:
+        dq = dq_acc  # already scaled by the kernel: only the cast remains
+    else:
+        dq = torch.empty((bsz, hq, lq, d), dtype=q.dtype, device=q.device)
 
-    flash_bwd_dkdv[grid_kv](q, k, v, do, lse, delta, dk, dvv, *strides, hkv, hq // hkv, lq, lk, off, win,
-                            qk_scale, scale, D=d, DV_=dv, BLOCK_D=bd, BLOCK_DV=bdv, MASK=mask,
-                            DOT_F32=DOT_F32, MUT_CORNER=corner, **_launch_kw(INTERP_BWD))
-    flash_bwd_dq[grid_q](q, k, v, do, lse, delta, dq, *strides, hq, hq // hkv, lq, lk, off, win,
-                         qk_scale, scale, D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, MASK=mask,
-                         DOT_F32=DOT_F32, MUT_CORNER=corner, **_launch_kw(INTERP_BWD))
+        def grid_q(meta):
+            return (triton.cdiv(lq, meta["BLOCK_M"]), bsz * hq)
+
+        flash_bwd_dq[grid_q](q, k, v, do, lse, delta, dq, *strides, hq, hq // hkv, lq, lk, off, win,
+                             qk_scale, scale, DV=dv, **shape_kw, **_launch_kw(INTERP_BWD))
     return dq.to(dtypes[0]), dk.to(dtypes[1]), dvv.to(dtypes[2])
