@@ -8,11 +8,19 @@ failure (the first line of the exception) is kept for the run header (:func:`hea
 missing or broken library never stops collection. Which exceptions count: any ``Exception`` raised
 while importing (ImportError, but also the RuntimeError or OSError a library with a broken CUDA
 build raises at import time).
+
+A library can also import and still have no kernel for a device (a wheel built without CUDA
+kernels for this torch: xformers 0.0.35 from the package index on an H200 raised "No operator
+found ... xFormers wasn't build with CUDA support" on every call). :func:`device_reason` makes one
+tiny call per variant and device and keeps why it failed: the variant's cases on that device are
+skipped with that reason (one environment fault, said once per case, not hundreds of failures),
+and a library that runs is judged on every case like any other variant.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections import Counter
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable, Iterable, Optional
@@ -106,3 +114,34 @@ def header_line(found: Optional[Iterable[Status]] = None) -> Optional[str]:
         else:
             parts.append(f"{s.library} missing ({s.detail})")
     return "libraries: " + "; ".join(parts)
+
+
+_DEVICE_REASONS: dict[tuple[str, str], str] = {}
+
+
+def failure_summary(exc: BaseException) -> str:
+    """:func:`first_line` and, when the message repeats a line (a dispatcher listing why each of its
+    kernels declined, like xformers'), that recurring line: usually the actual cause."""
+    lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+    recurring = [line for line, n in Counter(lines).most_common() if n > 1]
+    head = first_line(exc)
+    return f"{head} [{recurring[0]}]" if recurring else head
+
+
+def device_reason(variant: str, library: str, device: str, probe: Callable[[], object]) -> str:
+    """Why ``variant`` (of ``library``) cannot run on ``device`` here, or "" when it can.
+
+    ``probe`` makes one tiny call on the device; it runs once per process for each (variant, device)
+    and its outcome is kept. Any exception counts: a library without kernels for this device raises
+    on every input, so a tiny call is enough to tell.
+    """
+    key = (variant, device)
+    if key not in _DEVICE_REASONS:
+        try:
+            probe()
+        except Exception as exc:  # the library's own failure, whatever its type: reported, not raised
+            _DEVICE_REASONS[key] = (f"{variant}: {library} imports but a tiny call on {device} failed, "
+                                    f"so it has no usable kernel here: {failure_summary(exc)}")
+        else:
+            _DEVICE_REASONS[key] = ""
+    return _DEVICE_REASONS[key]

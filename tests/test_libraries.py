@@ -154,6 +154,7 @@ def isolated(monkeypatch):
     """A private registry and status table, so fake registrations leave the session's untouched."""
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(libraries, "_STATUS", {})
+    monkeypatch.setattr(libraries, "_DEVICE_REASONS", {})
     return monkeypatch
 
 
@@ -258,6 +259,68 @@ def test_library_read_in_the_wrong_layout_fails_the_check(isolated):
     assert not result.passed
 
 
+# ----------------------------------------------------------------------------- imports, but no kernel here
+NO_KERNEL = "\n".join([
+    "No operator found for `memory_efficient_attention_forward` with inputs:",
+    "     query       : shape=(1, 64, 2, 64) (torch.float16)",
+    "`fa3F@0.0.0` is not supported because:",
+    "    xFormers wasn't build with CUDA support",
+    "`fa2F@2.5.7-pt` is not supported because:",
+    "    xFormers wasn't build with CUDA support",
+    "`cutlassF-pt` is not supported because:",
+    "    xFormers wasn't build with CUDA support",
+])
+
+
+def test_a_library_without_a_kernel_for_the_device_is_a_skip_that_names_the_cause(isolated):
+    """As seen on an H200: xformers 0.0.35 imports, and every call raises NotImplementedError."""
+    install(isolated, "xformers")
+    calls = []
+
+    def no_kernel(*args, **kwargs):
+        calls.append(1)
+        raise NotImplementedError(NO_KERNEL)
+
+    isolated.setattr(sys.modules["xformers.ops"], "memory_efficient_attention", no_kernel)
+    libraries.load_library(LIBRARY["xformers"])
+    variant = on_cpu(registry.get("xformers-mea"))
+    for prob in (problem(), problem(mask=Mask("none"), lq=9, lk=9)):
+        reasons = variant.unsupported(prob)
+        assert len(reasons) == 1, reasons
+        assert reasons[0] == ("xformers-mea: xformers imports but a tiny call on cpu failed, so it has no usable "
+                              "kernel here: NotImplementedError: No operator found for "
+                              "`memory_efficient_attention_forward` with inputs: "
+                              "[xFormers wasn't build with CUDA support]")
+    assert len(calls) == 1, "one probe per variant and device, kept for the process"
+    # the test runner skips each case with that reason (checks.skip_reason), not a failure per case
+    assert "no usable kernel" in checks.skip_reason("forward", variant, problem()) and len(calls) == 1
+
+
+def test_a_library_that_runs_is_probed_once_and_declines_nothing(isolated):
+    install(isolated, "xformers")
+    calls = []
+    real = sys.modules["xformers.ops"].memory_efficient_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    isolated.setattr(sys.modules["xformers.ops"], "memory_efficient_attention", counted)
+    libraries.load_library(LIBRARY["xformers"])
+    variant = on_cpu(registry.get("xformers-mea"))
+    assert variant.unsupported(problem()) == [] and variant.unsupported(problem(lq=3)) == []
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(("message", "summary"), [
+    ("boom", "RuntimeError: boom"),
+    ("head\n  a\n  b", "RuntimeError: head"),  # nothing recurs: the first line alone
+    ("head\n  a\n  b\n  b\n  a\n  b", "RuntimeError: head [b]"),  # the most frequent recurring line
+])
+def test_failure_summary_adds_the_line_a_message_repeats(message, summary):
+    assert libraries.failure_summary(RuntimeError(message)) == summary
+
+
 # ----------------------------------------------------------------------------- missing and broken
 def test_missing_library_registers_nothing_and_names_its_import_error(isolated):
     lib = libraries.Library("nolib", "attnsuite_no_such_library", lambda m: pytest.fail("registered"))
@@ -303,3 +366,18 @@ def test_run_header_names_found_and_missing_libraries_end_to_end(tmp_path):
     assert "flashinfer missing (OSError: libcuda.so.1: cannot open shared object file)" in header[0]
     assert "xformers missing (No module named 'xformers')" in header[0]
     assert "flash-attn2@" in run.stdout
+
+
+@pytest.mark.parametrize(("library", "name"), [
+    ("sageattention", "sage-attention"), ("flashinfer", "flashinfer-prefill"), ("flash_attn.cute", "flash-attn4"),
+    ("xformers", "xformers-mea"), ("flash_attn", "flash-attn2"),
+])
+def test_every_library_variant_has_cuda_problems_to_be_checked_on(isolated, library, name):
+    """The H200 run of 2026-11-30 checked sage-attention on no problem: its head dims and equal-length
+    causal mask matched none of the CUDA catalogue. Each library variant must meet some, both masks."""
+    install(isolated, library)
+    variant = registry.get(name)
+    catalogue = registry.problems_of(registry.family("attention"), "cuda", ("float16", "bfloat16", "float32"))
+    no_gpu_here = "no CUDA device on this machine"
+    runnable = [p for p in catalogue if [r for r in variant.unsupported(p) if r != no_gpu_here] == []]
+    assert {p.mask.kind for p in runnable} >= {"none", "causal"}, [p.id for p in runnable]

@@ -83,7 +83,28 @@ class LibraryKernel(KernelVariant):
             reasons.append(f"{self.name}: head dim {problem.dqk} not in {sorted(self.head_dims)}")
         elif problem.dqk > 256:
             reasons.append(f"{self.name}: head dim {problem.dqk} > 256")
+        device = problem.device.split(":")[0]
+        if device in self.devices and (device != "cuda" or torch.cuda.is_available()):
+            why = libraries.device_reason(self.name, self.library, problem.device, lambda: self.probe(problem.device))
+            if why:
+                reasons.append(why)
         return reasons
+
+    def probe_problem(self, device: str) -> Problem:
+        """The tiny problem of the device probe: one the variant supports wherever its library works."""
+        dtype = "float16" if "float16" in self.dtypes else sorted(self.dtypes)[0]
+        return Problem(batch=1, lq=64, lk=64, hq=2, hkv=2, dqk=64, dv=64, dtype=dtype, device=device)
+
+    def probe(self, device: str) -> None:
+        """One tiny forward on ``device`` (inputs filled, not drawn: the RNG stays put); raises if the
+        library cannot run there."""
+        p = self.probe_problem(device)
+        dt = getattr(torch, p.dtype)
+        q = torch.full((p.batch, p.hq, p.lq, p.dqk), 0.5, dtype=dt, device=device)
+        k = torch.full((p.batch, p.hkv, p.lk, p.dqk), 0.25, dtype=dt, device=device)
+        v = torch.full((p.batch, p.hkv, p.lk, p.dv), 1.0, dtype=dt, device=device)
+        with torch.no_grad():
+            self.build(p)(q, k, v)
 
 
 def _window(problem: Problem) -> tuple[int, int]:
@@ -204,6 +225,9 @@ class FlashInferDecode(LibraryKernel):
     backward_devices = frozenset()
     head_dims = frozenset({64, 128, 256})
     backend = "flashinfer"
+
+    def probe_problem(self, device: str) -> Problem:
+        return super().probe_problem(device).with_(lq=1)
 
     def extra_reasons(self, problem: Problem, backward: bool) -> list[str]:
         reasons = super().extra_reasons(problem, backward)
