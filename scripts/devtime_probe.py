@@ -7,7 +7,13 @@ few such steps, each several ways in one process, and logs the SM clock and powe
 - ``event``      the suite's event timer (L2 flushed before each sample: idle gaps between calls);
 - ``event-b2b``  the event timer with no flush: calls back to back;
 - ``graph``      the suite's device time (graph replays back to back, a guard kernel before each);
-- ``graph-idle`` the same graph replays with 50 ms of host sleep (an idle GPU) before each.
+- ``graph-idle`` the same graph replays with 50 ms of host sleep (an idle GPU) before each;
+- ``kernel-sum`` the profiler's sum of the step's kernel durations (eager launches);
+and the step's device time by kernel, eager and replayed from a graph (which kernels differ).
+
+Seen on 2026-11-30 (2 H200s, commit 16be3e4): graph +6.5% over event for explicit and einsum at
+16K (35 ms), graph-idle the same, event back to back the same as event, SM clock 1980 MHz
+throughout: not the clock, not idle gaps. sdpa-flash at 16K: graph +1.4%, graph-idle +2.2%.
 
 If ``graph-idle`` agrees with ``event`` and ``graph`` with ``event-b2b``, the difference is the GPU
 under sustained load (clocks or power), not the measuring method. Writes JSON lines to --out.
@@ -79,6 +85,18 @@ def graph_idle(fn, replays: int = 8, idle_s: float = 0.05) -> list[float]:
     return out
 
 
+def captured(fn) -> "torch.cuda.CUDAGraph":
+    """``fn`` captured into a CUDA graph (warmed on the capture stream first)."""
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    with torch.cuda.graph(graph, stream=stream):
+        fn()
+    return graph
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -97,13 +115,18 @@ def main() -> int:
                 ("event-b2b", lambda: timing.measure(fwd, "cuda", dataclasses.replace(timing.FULL_GPU, flush_l2=False)).samples_s),
                 ("graph", lambda: timing.device_time(fwd, "cuda").samples_s),
                 ("graph-idle", lambda: graph_idle(fwd)),
+                ("kernel-sum", lambda: timing.device_time(fwd, "cuda", allow_graph=False).samples_s),
             ):
                 before = gpu_state()
                 samples = run()
                 row[label] = {"median_ms": statistics.median(samples) * 1e3, "n": len(samples),
                               "before": before, "after": gpu_state()}
             base = row["event"]["median_ms"]
-            row["vs_event"] = {k: row[k]["median_ms"] / base - 1 for k in ("event-b2b", "graph", "graph-idle")}
+            row["vs_event"] = {k: row[k]["median_ms"] / base - 1
+                               for k in ("event-b2b", "graph", "graph-idle", "kernel-sum")}
+            # which kernels take longer when replayed from a graph than when launched one by one
+            row["kernels_eager"] = timing.profile_step(fwd, "cuda", top=8)
+            row["kernels_graph"] = timing.profile_step(captured(fwd).replay, "cuda", top=8)
             print(json.dumps({"variant": name, "problem": problem.id, "event_ms": round(base, 4),
                               **{k: f"{v:+.2%}" for k, v in row["vs_event"].items()}}), flush=True)
             fh.write(json.dumps(row) + "\n")

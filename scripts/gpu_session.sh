@@ -45,7 +45,7 @@ case "$call" in
     mkdir -p "$work/dist"
     OUT=$work/dist bash scripts/gpu_distributed.sh > "$work/dist/run.log" 2>&1
     echo "dist exit $?" | tee -a "$work/dist/run.log"
-    CUDA_VISIBLE_DEVICES=0 timeout 120 python3 scripts/devtime_probe.py --out "$work/dist/devtime_probe.jsonl" \
+    CUDA_VISIBLE_DEVICES=0 timeout 150 python3 scripts/devtime_probe.py --out "$work/dist/devtime_probe.jsonl" \
       > "$work/dist/devtime_probe.log" 2>&1
     echo "devtime probe exit $?" | tee -a "$work/dist/run.log" ;;
   *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist)" >&2; exit 2 ;;
