@@ -234,3 +234,23 @@ def test_a_worker_is_replaced_after_a_good_case_only_when_more_than_half_the_dev
     assert (why is not None) == replaced
     if replaced:
         assert f"{stranded_gib:.1f} GiB of the device's {total_gib} GiB" in why
+
+
+@pytest.mark.parametrize("cheap_gib,collected_gib,replaced,collections", [
+    (10, 10, False, 0),    # little stranded: no collection, kept
+    (100, 20, False, 1),   # cycles held the memory: one collection frees it, kept
+    (100, 90, True, 1),    # still stranded after the collection: replaced
+])
+def test_a_full_collection_runs_only_when_the_cheap_look_would_replace_the_worker(
+        cheap_gib, collected_gib, replaced, collections):
+    from attnsuite.worker import recycle_after_good_case
+
+    calls = []
+
+    def stranded(collect: bool) -> int:
+        calls.append(collect)
+        return (collected_gib if collect else cheap_gib) * 2**30
+
+    why = recycle_after_good_case(stranded, 140 * 2**30)
+    assert (why is not None) == replaced
+    assert calls == [False] + [True] * collections
