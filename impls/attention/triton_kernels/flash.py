@@ -76,10 +76,10 @@ FWD_CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 64, 4, 3), _
 # dK/dV: BLOCK_N keys owned, BLOCK_M queries streamed; dQ: the reverse.
 DKDV_CONFIGS = [_cfg(32, 128, 4, 3), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 2)]
 DQ_CONFIGS = [_cfg(128, 32, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 2)]
-# fused: BLOCK_N keys owned, BLOCK_M queries streamed (dQ atomics per visited query block: a wide
-# BLOCK_N means fewer adds). At most 3 compiles per key (d 64), 2 at d 128: fewer than the split
-# path's 2 + 2.
-FUSED_CONFIGS = [_cfg(64, 128, 8, 3), _cfg(32, 128, 4, 3), _cfg(128, 128, 8, 2), _cfg(32, 64, 4, 2)]
+# fused: BLOCK_N keys owned, BLOCK_M queries streamed; a wide BLOCK_N means fewer dQ atomics (one
+# add per query row and column per key block). Two compiles per key at d <= 128 (the split path
+# has 2 + 2). 8 warps: ptxas (triton 3.9, sm_90) spills least there (32x128: none at d 64).
+FUSED_CONFIGS = [_cfg(32, 128, 8, 3), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 2)]
 TUNE_KEY = ["BLOCK_D", "BLOCK_DV", "MASK"]  # the autotuner adds the tensors' dtypes to the key
 
 
@@ -88,24 +88,11 @@ TUNE_KEY = ["BLOCK_D", "BLOCK_DV", "MASK"]  # the autotuner adds the tensors' dt
 AUTOTUNE = os.environ.get("ATTNSUITE_TRITON_AUTOTUNE", "1") != "0"
 
 
-def _prune_fused(configs, named_args, **kwargs):
-    """:func:`_prune`, and the 128 x 128 tile for head dims up to 64 only (its accumulators spill above)."""
-    wide = max(kwargs.get("BLOCK_D", named_args.get("BLOCK_D")), kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV")))
-    fits = [c for c in _prune(configs, named_args, **kwargs)
-            if wide <= 64 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] < 128 * 128]
-    return fits or configs[-1:]
+def _prune_one(configs, named_args, **kwargs):
+    return _prune(configs, named_args, **kwargs)[:1]
 
 
-def _first_only(prune):
-    """``prune``, keeping only its first config (ATTNSUITE_TRITON_AUTOTUNE=0)."""
-
-    def first(configs, named_args, **kwargs):
-        return prune(configs, named_args, **kwargs)[:1]
-
-    return first
-
-
-def _tuned(configs, prune=_prune, reset_to_zero=None):
+def _tuned(configs, reset_to_zero=None):
     """Autotune on CUDA (per head dim, mask and dtype); a fixed small tile under the interpreter.
 
     ``reset_to_zero``: outputs the kernel accumulates into (atomics), zeroed before each timed
@@ -113,8 +100,7 @@ def _tuned(configs, prune=_prune, reset_to_zero=None):
     """
     if INTERPRET:
         return lambda fn: fn
-    if not AUTOTUNE:
-        prune = _first_only(prune)
+    prune = _prune if AUTOTUNE else _prune_one
     return triton.autotune(configs=configs, key=TUNE_KEY, prune_configs_by={"early_config_prune": prune},
                            reset_to_zero=reset_to_zero)
 
@@ -369,7 +355,7 @@ def flash_bwd_kv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ,
 # The same kernel body, tuned separately per path: the split path's dK/dV kernel, and the fused
 # one, whose dQ accumulator the autotuner zeroes between the configs it times.
 flash_bwd_dkdv = _tuned(DKDV_CONFIGS)(flash_bwd_kv)
-flash_bwd_fused = _tuned(FUSED_CONFIGS, _prune_fused, reset_to_zero=["DQ"])(flash_bwd_kv)
+flash_bwd_fused = _tuned(FUSED_CONFIGS, reset_to_zero=["DQ"])(flash_bwd_kv)
 
 
 @triton.jit
