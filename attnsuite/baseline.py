@@ -45,7 +45,7 @@ import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from . import filelock
 from .record import MODES, OUTCOMES, CaseRecord, case_key
@@ -1241,27 +1241,22 @@ def check_same_cpu_model(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[
                                    f"with; record this machine's own file ({own}.json)"])
 
 
-def record_baseline(run: Union[Run, Sequence[Run]], path: os.PathLike | str, *, workloads: Iterable[str] = (),
+def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[str] = (),
                     cases: Iterable[str] = (), prune: bool = False, allow_mismatch: bool = False) -> MergeSummary:
-    """Record or refresh the baseline at ``path`` from ``run`` (or several runs of one machine,
-    combined per case by :func:`attnsuite.combine.combine_runs`), optionally only some
-    workloads/cases.
+    """Record or refresh the baseline at ``path`` from ``run``, optionally only some workloads/cases.
 
+    Several runs of one machine are combined first, per case, by
+    :func:`attnsuite.combine.combine_runs` (the CLI's ``attnsuite record r1 r2 r3`` does).
     Reading the existing file, merging and writing happen under the folder's exclusive lock, so
     concurrent recorders lose no case. An existing file must load cleanly (a corrupt baseline is
     never silently overwritten). Everything is checked before the one write: when anything fails
-    (runs of different machines, a run without a fingerprint, an invalid record, a write error)
+    (a run of another machine, a run without a fingerprint, an invalid record, a write error)
     the file is left exactly as it was.
     """
-    runs = [run] if isinstance(run, Run) else list(run)
-    if not runs:
-        raise ValueError("record_baseline needs at least one run")
-    if len(runs) > 1:
-        from .combine import combine_runs  # noqa: PLC0415 (combine imports this module)
-
-        one = combine_runs(runs, allow_mismatch=allow_mismatch).run
-    else:
-        one = runs[0]
+    if not isinstance(run, Run):
+        raise TypeError(f"record_baseline records one Run, got {type(run).__name__}: combine several runs "
+                        "with attnsuite.combine.combine_runs first")
+    one = run
     if not one.fingerprint or not fingerprint_id(one.fingerprint):
         raise ValueError(f"{one.label} has no machine fingerprint with an id: a baseline must say which machine it is for")
     chosen = select_records(one.records, workloads=workloads, cases=cases)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from attnsuite import baseline as bl
+from attnsuite.combine import combine_runs
 from attnsuite import cli
 from gatehelp import FP_H100, by_key, fp, rec, result_json, write_result
 
@@ -284,14 +285,14 @@ def test_recording_several_runs_writes_nothing_when_anything_fails(tmp_path, sec
     p = _recorded(tmp_path / "b.json")
     before = p.read_bytes()
     with pytest.raises(error):
-        bl.record_baseline([bl.Run(by_key([rec("b")]), dict(FP_H100)), second], p)
+        bl.record_baseline(combine_runs([bl.Run(by_key([rec("b")]), dict(FP_H100)), second]).run, p)
     assert p.read_bytes() == before and os.listdir(tmp_path) == ["b.json"]
 
 
 def test_recording_several_runs_stores_the_median_of_each_statistic(tmp_path):
     runs = [bl.Run(by_key([rec(median_ms=m, device_ms=m / 2)]), dict(FP_H100)) for m in (1.0, 3.0, 2.0)]
     p = tmp_path / "b.json"
-    bl.record_baseline(runs, p)
+    bl.record_baseline(combine_runs(runs).run, p)
     entry = bl.load_baseline(p).cases[KEY]
     assert (entry["median_ms"], entry["device_ms"], entry["runs"]) == (2.0, 1.0, 3)
 
@@ -404,3 +405,10 @@ def test_the_shipped_baselines_load_and_re_save_byte_for_byte(tmp_path):
         os.utime(copy, (1_000_000, 1_000_000))
         bl.save_baseline(bl.load_baseline(copy))
         assert copy.read_bytes() == src.read_bytes() and copy.stat().st_mtime == 1_000_000, src.name
+
+
+def test_recording_a_list_of_runs_says_to_combine_them_first(tmp_path):
+    runs = [bl.Run(by_key([rec()]), dict(FP_H100))] * 2
+    with pytest.raises(TypeError, match="combine several runs with attnsuite.combine.combine_runs first"):
+        bl.record_baseline(runs, tmp_path / "b.json")
+    assert not (tmp_path / "b.json").exists()
