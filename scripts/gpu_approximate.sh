@@ -16,6 +16,17 @@ if ls .whl/*.whl > /dev/null 2>&1; then
     .whl/*.whl >> "$OUT/gpu.txt" 2>&1 && export PYTHONPATH=/tmp/attnsuite-site${PYTHONPATH:+:$PYTHONPATH}
   echo "carried wheels: $(cd .whl && ls *.whl | tr '\n' ' ')" | tee -a "$OUT/gpu.txt"
 fi
+# A set too large for one call (FlashAttention 4's wheels) arrives in parts over several calls,
+# stashed in /tmp/attnsuite-carry (scripts/carry_wheels.py): joined and installed the same way.
+if [ -f /tmp/attnsuite-carry/manifest.json ]; then
+  if "$PY" scripts/carry_wheels.py unpack /tmp/attnsuite-carry /tmp/attnsuite-wheels >> "$OUT/gpu.txt" 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/attnsuite-site \
+      /tmp/attnsuite-wheels/*.whl >> "$OUT/gpu.txt" 2>&1 && export PYTHONPATH=/tmp/attnsuite-site${PYTHONPATH:+:$PYTHONPATH}
+    echo "carried in parts: $(cd /tmp/attnsuite-wheels && ls *.whl | tr '\n' ' ')" | tee -a "$OUT/gpu.txt"
+  else
+    echo "carried in parts: not all parts stashed (see gpu.txt)" | tee -a "$OUT/gpu.txt"
+  fi
+fi
 "$PY" -c "import torch; print(torch.__version__, torch.version.cuda)" >> "$OUT/gpu.txt" 2>&1
 # the header line says which libraries imported and why the others did not
 timeout "${CORRECTNESS_S:-540}" "$PY" -m pytest test_correctness/test_variants.py --attn-device cuda -p no:cacheprovider \
