@@ -409,8 +409,12 @@ def ring_backward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, o
                     n = qsl.stop - qsl.start
                     # in place through views, each sum in the accumulation dtype (no converted copies)
                     dq[..., qsl, :].add_(dq_p.reshape(b, hkv, g, n, -1))
-                    dk_b[:, :, ksl].add_(dk_p.reshape(b, hkv, g, *dk_p.shape[2:]).sum(2, dtype=acc))
-                    dv_b[:, :, ksl].add_(dv_p.reshape(b, hkv, g, *dv_p.shape[2:]).sum(2, dtype=acc))
+                    if g == 1:  # no group to sum over: added straight in, converted on the way
+                        dk_b[:, :, ksl].add_(dk_p)
+                        dv_b[:, :, ksl].add_(dv_p)
+                    else:
+                        dk_b[:, :, ksl].add_(dk_p.reshape(b, hkv, g, *dk_p.shape[2:]).sum(2, dtype=acc))
+                        dv_b[:, :, ksl].add_(dv_p.reshape(b, hkv, g, *dv_p.shape[2:]).sum(2, dtype=acc))
                     continue
                 s = pairs.scores(qsl, kb[:, :, ksl], kind, qpos, kpos)
                 if s is None:
