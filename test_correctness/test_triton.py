@@ -3,8 +3,9 @@
 test_variants.py runs every registered variant, these included, through every check on the
 families' problems. Here: each deliberate kernel defect (a constexpr mutant flag of the flash
 kernels) is caught by the check that should catch it while the honest kernel passes the same
-problem; the backward is bitwise deterministic; MLA decode steps go through the kernel; the
-variants decline what they do not support with a reason.
+problem, and by the backward check on the fused backward path too; the split backward is bitwise
+deterministic; MLA decode steps go through the kernel; the variants decline what they do not
+support with a reason. The fused path's own checks are test_triton_bwd.py.
 
 On CPU the kernels run in Triton's interpreter, which needs TRITON_INTERPRET=1 before triton's
 first import (test_correctness/conftest.py sets it for CPU runs; set here too as a fallback).
@@ -28,7 +29,7 @@ from attnsuite.case import prepare  # noqa: E402
 from attnsuite.inputs import layer_inputs_np, to_torch  # noqa: E402
 from attnsuite.problem import Mask, Problem  # noqa: E402
 from attnsuite.tolerance import compare  # noqa: E402
-from attnsuite_impls.attention.triton_flash import TritonFlash  # noqa: E402
+from attnsuite_impls.attention.triton_flash import TritonFlash, pinned_variant  # noqa: E402
 from attnsuite.triton_support import device_reason  # noqa: E402
 
 from .conftest import correctness_device  # noqa: E402
@@ -77,14 +78,25 @@ def test_a_kernel_defect_is_caught_by_its_check_and_the_honest_kernel_passes(fla
         assert result.passed, result.message
 
 
+@pytest.mark.parametrize("flag,problem", [m[:2] for m in MUTANTS], ids=[m[0] for m in MUTANTS])
+def test_on_the_fused_backward_path_a_kernel_defect_fails_the_backward_check(flag, problem, device):
+    # the fused kernel carries the same masking ranges and corner flag as the split one: whatever
+    # the defect breaks (o and lse, or the corner), dQ/dK/dV computed from it must come out wrong
+    problem = problem.with_(device=device, dtype="bfloat16")
+    honest = checks.CHECKS["backward"](pinned_variant("fused"), problem)
+    assert honest.passed, honest.message
+    caught = checks.CHECKS["backward"](pinned_variant("fused", {flag: True}), problem)
+    assert not caught.passed, f"the {flag} mutant passed the backward check on the fused path:\n{caught.message}"
+
+
 def test_the_mutant_flags_are_off_in_the_registered_variant():
     assert registry.get("triton-flash").mutants == {}
 
 
-def test_triton_flash_backward_is_bitwise_deterministic_with_gqa_and_a_window(device):
+def test_triton_flash_split_backward_is_bitwise_deterministic_with_gqa_and_a_window(device):
     problem = Problem(batch=1, lq=70, lk=90, hq=4, hkv=2, dqk=40, dv=40, dtype="bfloat16", device=device,
                       mask=Mask("window", window=20, align="bottom_right"))
-    variant = registry.get("triton-flash")
+    variant = pinned_variant("split")  # the fused path's dQ atomics are not bitwise deterministic
     runs = []
     for _ in range(2):
         case = prepare(variant, problem, requires_grad=True)

@@ -6,7 +6,7 @@ log-sum-exp; the backward recomputes the probabilities from it. Two backward pat
 default), one kernel owning a key block's dK/dV (summing the GQA group's query heads in order) and
 one owning a query block's dQ; "fused", one kernel per key block that also adds its share of dQ
 into an fp32 accumulator with atomics. ``FlashOptions.bwd`` or ATTNSUITE_TRITON_BWD=fused|split
-picks one; otherwise the kernel module's rule (``choose_bwd_path``) does.
+picks one; otherwise the rule in :mod:`.triton_kernels.bwd_path` does.
 
 Supports: bf16, fp16 (CUDA and the CPU interpreter), fp32 on the interpreter only (Triton's fp32
 ``tl.dot`` on CUDA is TF32); masks none, causal and sliding window with either corner (top-left
@@ -37,6 +37,7 @@ from attnsuite.registry import KernelVariant, register
 from attnsuite.triton_support import CPU_MAX_STEPS, interpreter_budget, interpreting, triton_reasons  # noqa: F401
 
 from .triton_kernels import kernels
+from .triton_kernels.bwd_path import check_bwd_path
 
 MASK_CODES = {"none": 0, "causal": 1, "window": 2}
 MAX_HEAD_DIM = 256
@@ -117,3 +118,19 @@ class TritonFlash(KernelVariant):
             return flash_attention(q, k, v, opts)
 
         return run
+
+
+def pinned_variant(bwd: str, mutants: dict | None = None) -> TritonFlash:
+    """An unregistered ``triton-flash`` whose backward always takes path ``bwd`` ("split" or "fused").
+
+    Named ``triton-flash[<bwd>]`` (plus the mutant flags, for the tests' defective kernels); used by
+    the tests and by scripts/triton_bench.py's per-path rows. Not registered: the benchmark tier
+    runs the registered variant, whose path the rule picks.
+    """
+    check_bwd_path(bwd, "pinned_variant's bwd argument")
+    flags = dict(mutants or {})
+    suffix = "".join(f"-{flag.replace('_', '-')}" for flag in sorted(flags))
+    name = f"triton-flash[{bwd}]{suffix}"
+    cls = type(f"TritonFlash_{bwd}{suffix.replace('-', '_')}", (TritonFlash,),
+               {"name": name, "bwd_path": bwd, "mutants": flags})
+    return cls()

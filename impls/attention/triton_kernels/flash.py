@@ -12,7 +12,7 @@ Scores live in the base-2 domain (scale * log2(e) folded into one multiplier) so
 uses exp2. The forward saves the row's log-sum-exp (base 2) per query; a row that sees no key
 stores +inf there, which makes every recomputed probability of that row 0 in the backward.
 
-Backward paths (:func:`choose_bwd_path` picks one per call):
+Backward paths (:func:`.bwd_path.choose_bwd_path` picks one per call):
 - "split" (the default): one kernel per key block for dK/dV and one per query block for dQ. Every
   output is owned by one program (the GQA group's heads summed in a fixed order): no atomics, so
   two runs agree bit for bit.
@@ -35,6 +35,8 @@ import torch
 import triton
 import triton.language as tl
 from triton import knobs
+
+from .bwd_path import choose_bwd_path
 
 INTERPRET = bool(knobs.runtime.interpret)
 NONE, CAUSAL, WINDOW = 0, 1, 2
@@ -492,31 +494,6 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: int, off: i
                     MUT_SKIP=bool(mutants.get("skip_block")), MUT_CORNER=bool(mutants.get("wrong_corner")),
                     MUT_STALE=bool(mutants.get("stale_lse")), **_launch_kw(INTERP_FWD))
     return o.to(dtype), lse
-
-
-BWD_ENV = "ATTNSUITE_TRITON_BWD"
-BWD_PATHS = ("split", "fused")
-DEFAULT_BWD = "split"
-
-
-def choose_bwd_path(requested: str | None, mask: int, lq: int, lk: int, d: int) -> str:
-    """The backward path of one call: ``requested`` if given, else $ATTNSUITE_TRITON_BWD, else the rule.
-
-    The rule (one place, documented in docs/triton.md): "split", the deterministic path, everywhere
-    for now; ``mask``, ``lq``, ``lk`` and ``d`` are what it may look at once the H200 figures of
-    both paths pick where "fused" wins. Raises ValueError naming the argument or the variable when
-    the value is not one of :data:`BWD_PATHS`.
-    """
-    source = "the bwd argument"
-    if requested is None:
-        requested = os.environ.get(BWD_ENV, "").strip() or None
-        source = f"environment variable {BWD_ENV}"
-    if requested is None:
-        return DEFAULT_BWD
-    if requested not in BWD_PATHS:
-        raise ValueError(f"triton-flash backward path {requested!r} from {source} is not one of "
-                         f"{', '.join(BWD_PATHS)} (unset: the default rule, {DEFAULT_BWD!r})")
-    return requested
 
 
 def _preprocess(do: torch.Tensor, o: torch.Tensor, dq_acc: torch.Tensor | None) -> torch.Tensor:
