@@ -323,3 +323,37 @@ def test_ring_backward_starts_from_the_forwards_last_block_and_ends_on_its_own(w
         # each block goes from this rank to rank - 1, who visits it one step later
         for step in range(world_size - 1):
             assert backward_order((rank - 1) % world_size, world_size)[step + 1] == order[step]
+
+
+@pytest.mark.parametrize("order", ["left-first", "right-first", "whole-then-halves"])
+def test_online_softmax_merges_blocks_into_exact_softmax_whatever_rows_come_first(order):
+    """The first block of a row range is copied in, later ones merged: the result is the softmax of
+    all keys, and a row no block lets see any key comes out as 0 with lse -inf."""
+    import torch
+
+    from attnsuite.distributed.ring_attention import OnlineSoftmax
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(1, 2, 6, 10, generator=g, dtype=torch.float64)
+    v = torch.randn(1, 2, 10, 3, generator=g, dtype=torch.float64)
+    s[..., 5, :] = float("-inf")  # row 5 sees no key at all
+    state = OnlineSoftmax(1, 2, 6, 3, torch.float64, "cpu")
+
+    def merge(rows: slice, keys: slice) -> None:
+        blk = s[..., rows, keys]
+        m_b = blk.amax(-1)
+        p = torch.exp(blk - torch.where(torch.isfinite(m_b), m_b, torch.zeros_like(m_b)).unsqueeze(-1))
+        state.merge(m_b, p.sum(-1), p @ v[..., keys, :], rows)
+
+    halves = [(slice(0, 3), slice(0, 4)), (slice(3, 6), slice(0, 4)), (slice(0, 3), slice(4, 10)),
+              (slice(3, 6), slice(4, 10))]
+    steps = {"left-first": halves, "right-first": halves[2:] + halves[:2],
+             "whole-then-halves": [(slice(None), slice(0, 4)), (slice(0, 3), slice(4, 10)), (slice(3, 6), slice(4, 10))]}
+    for rows, keys in steps[order]:
+        merge(rows, keys)
+    out, lse = state.result()
+    live = torch.isfinite(s).any(-1)
+    expected = torch.where(live.unsqueeze(-1), torch.softmax(s, -1).nan_to_num() @ v, torch.zeros(()))
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lse[live], torch.logsumexp(s, -1)[live], rtol=1e-12, atol=1e-12)
+    assert torch.isneginf(lse[~live]).all() and (out[~live.unsqueeze(-1).expand_as(out)] == 0).all()

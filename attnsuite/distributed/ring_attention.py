@@ -82,6 +82,8 @@ class OnlineSoftmax:
         self.l = torch.zeros((b, hq, n), dtype=dtype, device=device)
         self.acc = torch.zeros((b, hq, n, dv), dtype=dtype, device=device)
         self.stale_max = stale_max
+        self.n = n
+        self._merged: list[tuple[int, int]] = []  # row ranges some block was merged into
 
     def merge(self, m_b: torch.Tensor, l_b: torch.Tensor, acc_b: torch.Tensor, rows: slice = slice(None)) -> None:
         """Fold in one block for ``rows``, given relative to its own max m_b: l_b = sum exp(s - m_b), acc_b = sum exp(s - m_b) v.
@@ -91,6 +93,15 @@ class OnlineSoftmax:
         tensor here, is updated in place through a view (one scale, one add), not rebuilt.
         """
         m, l, acc = self.m[..., rows], self.l[..., rows], self.acc[..., rows, :]
+        lo, hi, _ = rows.indices(self.n)
+        if not any(a < hi and lo < b for a, b in self._merged):
+            # the rows' first block: the merge below would give exactly this (alpha 0, beta 1, or
+            # both 0 for a row the block hides entirely), in three copies instead of a dozen passes
+            self._merged.append((lo, hi))
+            m.copy_(m_b)
+            l.copy_(l_b)
+            acc.copy_(acc_b)
+            return
         m_new = torch.maximum(m, m_b)
         safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))  # rows that saw no key yet
         # the mutant rescales the old state against its own (stale) max: a factor of exactly 1
@@ -101,10 +112,14 @@ class OnlineSoftmax:
         m.copy_(m_new)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(output, log-sum-exp); rows that saw no key come out as 0 and -inf."""
+        """(output, log-sum-exp); rows that saw no key come out as 0 and -inf.
+
+        Ends the state: the output is the accumulator, normalised in place (no second copy of the
+        largest tensor here).
+        """
         live = self.l > 0
         l_safe = torch.where(live, self.l, torch.ones_like(self.l))
-        out = torch.where(live.unsqueeze(-1), self.acc / l_safe.unsqueeze(-1), torch.zeros_like(self.acc))
+        out = self.acc.div_(l_safe.unsqueeze(-1)).masked_fill_(~live.unsqueeze(-1), 0.0)
         lse = torch.where(live, self.m + torch.log(l_safe), torch.full_like(self.l, float("-inf")))
         return out, lse
 
