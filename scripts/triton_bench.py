@@ -7,7 +7,7 @@ Stages, each independent (a failing stage is recorded and the next one runs):
           bwd_path; "triton-flash[<other path>]" is the backward by the other one);
   decode  triton-decode (and SDPA) at 32K cached keys as % of the probed memory bandwidth;
   mla     DeepSeek-V3 MLA layer forward: time and peak memory of mla-expanded, mla-absorbed (SDPA
-          math) and triton-mla-absorbed.
+          math) and triton-mla-absorbed, each with its device time by kernel (timing.profile_step).
 Times come from attnsuite.timing.measure (CUDA events: fwd_ms, bwd_ms) and, for the flash stage,
 also attnsuite.timing.device_time (host-independent device time: fwd_device_ms by CUDA-graph replay,
 bwd_device_ms by graph replay of the backward over a retained autograd graph, or by kernel-sum
@@ -307,6 +307,8 @@ def stage_mla(quick: bool, partial) -> list:
                 row["first_call_s"] = _first_call(lambda: module(x))
                 t = timing.measure(lambda: module(x), p.device, CONFIG, first_call=False)
                 _, mem = memory.measure_peak(lambda: module(x), p.device)
+                # where the layer's time goes (attention kernel against projections and copies)
+                row["kernels"] = timing.profile_step(lambda: module(x), p.device, top=8)
             row["fwd_ms"] = t.median_s * 1e3
             row["peak_bytes"] = mem.peak_bytes
             row["fwd_tflops"] = flops.case_flops(p, "mla-layer", "fwd") / t.median_s / 1e12
