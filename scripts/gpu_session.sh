@@ -11,14 +11,22 @@
 #             shares the host's CPUs with the tier: its wall time is read with that in mind)
 #   dist      scripts/gpu_distributed.sh: NCCL correctness in bf16/fp16 and the context-parallel timings,
 #             then scripts/devtime_probe.py (graph against event time under load and after idle)
-# Usage: OUT=dir bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist
+#   approx    scripts/gpu_approximate.sh on GPU 1 (libraries, with what the calls stashed)
+# STASH_PART=.carry/<set>-parts/part-N (carried in the same call) first stashes that part of a wheel
+# set too large for one call in /tmp/attnsuite-carry (scripts/carry_wheels.py); the call that runs
+# gpu_approximate.sh after the last part installs the set.
+# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx
 set -uo pipefail
 cd "$(dirname "$0")/.."
-call=${1:?tier2, tier1a, tier1b, tier1 or dist}
+call=${1:?tier2, tier1a, tier1b, tier1, dist or approx}
 final=${OUT:-results}
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 mkdir -p "$final"
+if [ -n "${STASH_PART:-}" ]; then
+  python3 scripts/carry_wheels.py stash "$STASH_PART" /tmp/attnsuite-carry > "$work/stash.log" 2>&1
+  echo "stash $STASH_PART exit $?" | tee -a "$work/stash.log"
+fi
 case "$call" in
   tier2)
     mkdir -p "$work/tier2" "$work/dev" "$work/chk"
@@ -48,7 +56,12 @@ case "$call" in
     CUDA_VISIBLE_DEVICES=0 timeout 150 python3 scripts/devtime_probe.py --out "$work/dist/devtime_probe.jsonl" \
       > "$work/dist/devtime_probe.log" 2>&1
     echo "devtime probe exit $?" | tee -a "$work/dist/run.log" ;;
-  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist)" >&2; exit 2 ;;
+  approx)
+    mkdir -p "$work/approx"
+    CUDA_VISIBLE_DEVICES=${APPROX_GPU:-1} OUT=$work/approx timeout "${APPROX_S:-540}" bash scripts/gpu_approximate.sh \
+      > "$work/approx/run.log" 2>&1
+    echo "approx exit $?" | tee -a "$work/approx/run.log" ;;
+  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx)" >&2; exit 2 ;;
 esac
 nvidia-smi --query-gpu=index,name,clocks.sm,clocks.max.sm --format=csv > "$work/gpus.txt" 2>&1
 tar -czf "$final/$call.tgz" -C "$work" .
