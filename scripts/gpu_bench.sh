@@ -18,6 +18,9 @@ OUT="${OUT:-results}"
 CAP="${CAP:-8GiB}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# as the GPU workflow does: a Triton autotuning choice is kept on disk, so later workers (other GPUs,
+# replacements) and later runs on the machine reuse it instead of benchmarking every config again
+export TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
 PY="${PYTHON:-python3}"
 status=0
 

@@ -7,6 +7,9 @@ out=${OUT:-results}
 mkdir -p "$out"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
+# as the GPU workflow does: a Triton autotuning choice is kept on disk, so later workers (other GPUs,
+# replacements) and later runs on the machine reuse it instead of benchmarking every config again
+export TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
 status=0
 
 stage() {  # stage PREFIX_NAME LIMIT_S PYTEST_ARGS...
