@@ -401,8 +401,8 @@ def ring_backward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, o
     q_rows: dict = {}  # (start, stop) -> contiguous (do, q, out, lse) of those query rows, for the fused pairs
     for step, src in enumerate(order):
         kv_pending = None
+        n_next = size(layout.kv[order[step + 1]]) if step < P - 1 else 0  # rows of the next block
         if step < P - 2:  # the next block comes from the next rank (the last one, our own, is here)
-            n_next = size(layout.kv[order[step + 1]])
             k_next = kb.new_empty((*kb.shape[:2], n_next, kb.shape[-1]))
             v_next = vb.new_empty((*vb.shape[:2], n_next, vb.shape[-1]))
             kv_pending = (Exchange(ctx, [kb, vb], [k_next, v_next], to=prev, frm=nxt), k_next, v_next)
@@ -447,7 +447,6 @@ def ring_backward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, o
             dv_b.add_(grads_in[2])
             grads_in = None
         if step < P - 1:  # pass the block's dK/dV on with it; receive the next block's from the next rank
-            n_next = size(layout.kv[order[step + 1]])
             dk_next = torch.empty((b, hkv, n_next, k.shape[-1]), dtype=acc, device=q.device)
             dv_next = torch.empty((b, hkv, n_next, v.shape[-1]), dtype=acc, device=q.device)
             grads_in = (Exchange(ctx, [dk_b, dv_b], [dk_next, dv_next], to=prev, frm=nxt), dk_next, dv_next)
