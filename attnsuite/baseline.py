@@ -73,6 +73,10 @@ CALIBRATION_TEXT_MAX = 300  # a calibration string is a short note (device name,
 _TIME_FIELDS = ("median_ms", "iqr_ms", "min_ms",  # min: the statistic the gate compares (verdict.py)
                 "device_ms", "device_iqr_ms", "device_min_ms",  # CUDA device time (graph replay / kernel sum)
                 "host_overhead_ms")  # event time minus device time: may be negative (noise)
+# the time statistics a verdict may judge (verdict.time_basis): a baseline recorded from several
+# runs keeps, per case, how far each lay apart over the runs ("instance_spread", combine.py)
+SPREAD_FIELDS = ("min_ms", "median_ms", "device_min_ms", "device_ms")
+SPREAD_MAX = 100.0  # relative: (max - min) / median over runs cannot plausibly exceed 100x
 _RATE_FIELDS = ("flops", "tflops", "pct_peak", "launch_fraction")  # launch_fraction: host-bound cases (verdict.py)
 _BYTE_FIELDS = ("peak_mem_bytes", "oom_bytes")
 _COUNT_FIELDS = ("samples", "runs")
@@ -80,7 +84,7 @@ _TEXT_FIELDS = ("workload", "variant", "mode", "problem", "outcome", "detail", "
                 "timer", "mem_method", "backend", "device_method")
 _REQUIRED = ("workload", "variant", "mode", "problem", "outcome")
 _ENTRY_FIELDS = frozenset(_TEXT_FIELDS + _TIME_FIELDS + _RATE_FIELDS + _BYTE_FIELDS + _COUNT_FIELDS
-                          + ("materialises", "tier"))
+                          + ("materialises", "tier", "instance_spread"))
 _DETAIL_MAX = 300  # an exception text can be long; the first lines say what it was
 SIG_DIGITS = 4
 
@@ -208,6 +212,21 @@ def number_problem(name: str, value: Any, outcome: Optional[str] = None) -> Opti
     return None
 
 
+def spread_problems(spread: Any) -> list[str]:
+    """What is wrong with an ``instance_spread`` object (none when it is absent or fine)."""
+    if spread is None:
+        return []
+    if not isinstance(spread, dict):
+        return [f"instance_spread must be an object of time statistics, got {_show(spread)}"]
+    out = []
+    for name, value in spread.items():
+        if name not in SPREAD_FIELDS:
+            out.append(f"instance_spread: unknown statistic {_show(name)} (expected one of {list(SPREAD_FIELDS)})")
+        elif not _is_number(value) or not 0 <= value <= SPREAD_MAX:
+            out.append(f"instance_spread: {name} must be a number from 0 to {SPREAD_MAX:g}, got {_show(value)}")
+    return out
+
+
 def _text_problem(name: str, value: Any, limit: int = MAX_TEXT) -> Optional[str]:
     """What is wrong with ``value`` as text field ``name`` (None when fine)."""
     if not isinstance(value, str):
@@ -250,6 +269,9 @@ def entry_from_record(rec: CaseRecord) -> dict[str, Any]:
     runs = rec.extra.get("runs") if rec.extra else None
     if runs and int(runs) > 1:  # recorded from several runs (combine.py): the median of each statistic
         e["runs"] = int(runs)
+    spread = rec.extra.get("instance_spread") if rec.extra else None
+    if spread:
+        e["instance_spread"] = {k: round_sig(float(spread[k])) for k in SPREAD_FIELDS if k in spread}
     return e
 
 
@@ -682,6 +704,7 @@ def validate_entry(key: str, e: Any) -> list[str]:
             out.append(f"case {key!r}: {problem}")
     if "materialises" in e and not isinstance(e["materialises"], bool):
         out.append(f"case {key!r}: materialises must be true or false")
+    out.extend(f"case {key!r}: {p}" for p in spread_problems(e.get("instance_spread")))
     unknown = set(e) - _ENTRY_FIELDS
     if unknown:
         out.append(f"case {key!r}: unknown fields {sorted(unknown)[:10]}")
@@ -949,6 +972,7 @@ def record_problems(rec: CaseRecord) -> list[str]:
     problem = number_problem("runs", rec.extra.get("runs"))
     if problem:
         out.append(problem)
+    out.extend(spread_problems(rec.extra.get("instance_spread")))
     if rec.extra.get("tier") is not None:
         problem = _text_problem("tier", rec.extra["tier"], limit=100)
         if problem:

@@ -6,7 +6,11 @@ H100 a single reference run put ``sdpa`` bwd at 4.70 ms where the next three run
 and the gate flagged it in all three. Combining runs takes, per case, the median over the runs of
 each timing statistic (event-timed and device times, host overhead, launch share, rates), so one
 outlier run out of three moves nothing; peak memory is the largest seen. The runs' instance
-calibrations are combined the same way: per field, the median of the numbers. A case whose
+calibrations are combined the same way: per field, the median of the numbers. Each case also keeps
+how far its runs lay apart (``instance_spread``: per time statistic, (max - min) / median over
+the runs): fresh GPU instances differ case by case (inductor picking other kernels on another
+instance moved one compiled case by 12%), and the gate widens that case's band by it
+(``Thresholds.instance_k``, verdict.py) instead of every case's floor. A case whose
 outcome differs between runs keeps the worse outcome (a crash or timeout first) and is listed,
 because a flaky case is something a reviewer should see rather than something to average away.
 """
@@ -18,7 +22,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from .baseline import Run, check_compatible, check_same_cpu_model
+from .baseline import SPREAD_FIELDS, Run, check_compatible, check_same_cpu_model
 from .record import CaseRecord
 
 # worst first: when runs disagree the baseline keeps the outcome that gates least on the next run
@@ -41,6 +45,17 @@ def _median(values: list[Optional[float]]) -> Optional[float]:
     return statistics.median(present) if present else None
 
 
+def instance_spread(records: Sequence[CaseRecord]) -> dict[str, float]:
+    """Per time statistic present in at least two records: (max - min) / median over the records."""
+    out: dict[str, float] = {}
+    for name in SPREAD_FIELDS:
+        values = [getattr(r, name) for r in records if getattr(r, name) is not None]
+        mid = statistics.median(values) if len(values) >= 2 else 0.0
+        if mid > 0:
+            out[name] = (max(values) - min(values)) / mid
+    return out
+
+
 def combine_records(records: Sequence[CaseRecord]) -> CaseRecord:
     """One record from the same case's records in several runs (see the module docstring)."""
     if not records:
@@ -54,6 +69,9 @@ def combine_records(records: Sequence[CaseRecord]) -> CaseRecord:
         peaks = [r.peak_mem_bytes for r in same if r.peak_mem_bytes is not None]
         out.peak_mem_bytes = max(peaks) if peaks else None
         out.samples = sum(r.samples for r in same)
+        spread = instance_spread(same)
+        if spread:
+            out.extra["instance_spread"] = spread
     out.extra["runs"] = len(same)
     return out
 

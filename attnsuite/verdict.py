@@ -19,10 +19,12 @@ statistic "min", else ``device_ms``) when both runs have it, so the host CPU of 
 instance does not move the verdict; a CUDA baseline without device time (recorded with the old
 event-only method) does not gate time at all. On CPU the timer's own statistic.
 
-The noise band of a case is ``max(time_floor, spread_k * hypot(iqr_b/median_b, iqr_c/median_c))``
-of the judged time's own spread (device IQR for device time): it grows with the measured spread
-of *both* runs and never drops below the floor. A host-bound case judged on event time (the GPU
-waited on Python's launches: ``launch_fraction``) has its own, wider floor; device time has none.
+The noise band of a case is ``max(time_floor, spread_k * hypot(iqr_b/median_b, iqr_c/median_c),
+instance_k * instance_spread)`` of the judged time's own spread (device IQR for device time): it
+grows with the measured spread of *both* runs, with how far the baseline's own runs (fresh
+instances) lay apart on that case, and never drops below the floor. A host-bound case judged on
+event time (the GPU waited on Python's launches: ``launch_fraction``) has its own, wider floor;
+device time has none.
 
 Confirmation (:func:`judge`): a case whose record carries ``extra["confirm"]`` (a second
 measurement taken after the other cases) keeps ``slower``/``memory-growth`` only when the second
@@ -81,6 +83,11 @@ class Thresholds:
     host_floor: float = 0.5
     host_abs_ms: float = 0.05
     host_gating: bool = False
+    # A baseline recorded from several runs (fresh instances) keeps each case's spread over them
+    # (combine.py): the band never drops below instance_k x that spread of the judged statistic.
+    # Two fresh H200s put 13 of 813 cases more than 3% apart (inductor chose other kernels for one
+    # compiled case: 12%) while most stayed within 1%: a per-case band, not a wider floor for all.
+    instance_k: float = 1.0
 
     def validate(self, where: str) -> None:
         for f in fields(self):
@@ -325,6 +332,16 @@ def is_cuda(base: Optional[CaseRecord], cur: Optional[CaseRecord]) -> bool:
                for r in (base, cur))
 
 
+_SPREAD_OF = {"device min": "device_min_ms", "device median": "device_ms", "min": "min_ms", "median": "median_ms"}
+
+
+def baseline_spread(base: CaseRecord, label: str) -> float:
+    """How far the baseline's runs lay apart on the statistic ``label`` judges (0 for one run)."""
+    spread = (base.extra or {}).get("instance_spread") or {}
+    value = spread.get(_SPREAD_OF[label]) if isinstance(spread, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
 @dataclass(frozen=True)
 class TimeBasis:
     """Which time of a case is judged, and its figures on both sides."""
@@ -336,6 +353,7 @@ class TimeBasis:
     base_median_ms: Optional[float]
     cur_median_ms: Optional[float]
     host_bound: bool = False  # the event-time band used the host-bound floor
+    instance_spread: float = 0.0  # the baseline runs' spread on this statistic (0: one run)
 
 
 def time_basis(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) -> tuple[Optional[TimeBasis], str]:
@@ -357,7 +375,9 @@ def time_basis(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) ->
             label, b_ms, c_ms = "device median", base.device_ms, cur.device_ms
         if not b_ms:
             return None, "baseline device time is zero: time not gated"
-        return TimeBasis(label, b_ms, c_ms, device_noise_band(base, cur, t), base.device_ms, cur.device_ms), ""
+        inst = baseline_spread(base, label)
+        band = max(device_noise_band(base, cur, t), t.instance_k * inst)
+        return TimeBasis(label, b_ms, c_ms, band, base.device_ms, cur.device_ms, instance_spread=inst), ""
     if t.statistic == "min" and base.min_ms is not None and cur.min_ms is not None:
         label, b_ms, c_ms = "min", base.min_ms, cur.min_ms
     else:  # records that carry only a median
@@ -365,7 +385,9 @@ def time_basis(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) ->
     if not b_ms or c_ms is None:
         return None, "no time on one side: time not compared"
     hb = bool(t.host_bound_floor) and host_bound(base, cur, t)
-    return TimeBasis(label, b_ms, c_ms, noise_band(base, cur, t), base.median_ms, cur.median_ms, hb), ""
+    inst = baseline_spread(base, label)
+    band = max(noise_band(base, cur, t), t.instance_k * inst)
+    return TimeBasis(label, b_ms, c_ms, band, base.median_ms, cur.median_ms, hb, inst), ""
 
 
 def _describe(r: CaseRecord) -> str:
@@ -403,6 +425,8 @@ def _assess(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) -> _F
     if basis is not None:
         f.tchange = basis.cur_ms / basis.base_ms - 1.0
         hb = " (host-bound)" if basis.host_bound else ""
+        if basis.instance_spread:
+            hb += f" (baseline runs {basis.instance_spread * 100:.1f}% apart)"
         what = f"{basis.label} {fmt_ms(basis.base_ms)} -> {fmt_ms(basis.cur_ms)}, noise band {basis.band * 100:.1f}%{hb}"
         if f.tchange > basis.band:
             f.flags.append("slower")

@@ -126,3 +126,70 @@ def test_cpu_runs_of_two_cpu_models_are_not_combined_even_when_comparable():
     bl.check_compatible(base, b.fingerprint)  # comparable (a fallback) ...
     with pytest.raises(bl.FingerprintMismatch, match="never recorded into or combined with"):
         combine_runs([a, b])  # ... but not one machine
+
+
+# --- instance spread: how far the baseline's runs (fresh instances) lay apart, per case ---------
+# Two fresh H200s (docs/evidence/h200-2026-11-30-s5): inductor chose other kernels for one compiled
+# case on one instance (device min 8.04 vs 9.02 ms, 11.4% apart) while most cases stayed within 1%.
+INSTANCE_A, INSTANCE_B = 8.043, 9.016
+SPREAD_AB = (INSTANCE_B - INSTANCE_A) / ((INSTANCE_A + INSTANCE_B) / 2)  # 0.114
+
+
+def _cuda(ms: float, **kw):
+    return rec(device_ms=ms, device_min_ms=ms, device_iqr_ms=0.001, device_method="cuda-graph", **kw)
+
+
+def test_a_combined_case_keeps_each_statistics_spread_over_the_runs():
+    c = combine_records([rec(median_ms=1.0, min_ms=0.9), rec(median_ms=1.2, min_ms=0.9), rec(median_ms=1.1, min_ms=0.9)])
+    assert c.extra["instance_spread"]["median_ms"] == pytest.approx(0.2 / 1.1)
+    assert c.extra["instance_spread"]["min_ms"] == 0.0
+    assert "instance_spread" not in combine_records([rec()]).extra, "one run has no spread"
+
+
+def test_the_spread_is_written_to_the_baseline_and_read_back(tmp_path):
+    files = [write_result(tmp_path / f"r{i}.json", [_cuda(ms)]) for i, ms in enumerate((INSTANCE_A, INSTANCE_B))]
+    b = tmp_path / "b.json"
+    assert run_cli("record", *files, "--baseline", b)[0] == 0
+    entry = next(iter(json.loads(b.read_text())["cases"].values()))
+    assert entry["instance_spread"]["device_min_ms"] == pytest.approx(SPREAD_AB, abs=1e-4)
+    back = next(iter(bl.load_baseline(b).records().values()))
+    assert back.extra["instance_spread"]["device_min_ms"] == pytest.approx(SPREAD_AB, abs=1e-4)
+
+
+@pytest.mark.parametrize("spread, why", [
+    ({"device_min_ms": -0.1}, "device_min_ms must be a number from 0 to 100"),
+    ({"device_min_ms": "wide"}, "device_min_ms must be a number from 0 to 100"),
+    ({"p99_ms": 0.1}, "unknown statistic 'p99_ms'"),
+    ([0.1], "instance_spread must be an object"),
+], ids=["negative", "text", "unknown statistic", "not an object"])
+def test_a_bad_instance_spread_in_a_baseline_is_rejected_by_name(tmp_path, spread, why):
+    b = tmp_path / "b.json"
+    run_cli("record", write_result(tmp_path / "r.json", [_cuda(1.0)]), "--baseline", b)
+    obj = json.loads(b.read_text())
+    key = next(iter(obj["cases"]))
+    obj["cases"][key]["instance_spread"] = spread
+    b.write_text(json.dumps(obj))
+    with pytest.raises(bl.BaselineError, match=f"{key}.*{why}"):
+        bl.load_baseline(b)
+
+
+def _judge(base_runs, cur_ms, **thresholds):
+    from attnsuite.verdict import ThresholdConfig
+    combined = combine_runs([bl.Run(by_key([_cuda(ms)]), FP_H100) for ms in base_runs]).run
+    cfg = ThresholdConfig(default=thresholds) if thresholds else None
+    return compare(combined.records, by_key([_cuda(cur_ms)]), device="cuda", thresholds=cfg).verdicts[0]
+
+
+def test_a_fresh_instance_within_the_baselines_own_spread_is_not_slower():
+    # the third instance (s4) read 9.028 ms against the two runs' median 8.53 ms: +5.8%, past the 3% floor
+    v = _judge([INSTANCE_A, INSTANCE_B], 9.028)
+    assert v.verdict == "same", v.message
+    assert "baseline runs 11.4% apart" in v.message
+
+
+def test_the_spread_widens_only_its_own_case_and_only_by_instance_k():
+    assert _judge([1.0, 1.005], 1.05).verdict == "slower", "a steady case keeps the 3% floor"
+    assert _judge([INSTANCE_A, INSTANCE_B], 9.028, instance_k=0.0).verdict == "slower", "instance_k 0 ignores it"
+    # band = instance_k x spread: 0.5 x 11.4% = 5.7% < +5.8%
+    assert _judge([INSTANCE_A, INSTANCE_B], 9.028, instance_k=0.5).verdict == "slower"
+    assert _judge([INSTANCE_A, INSTANCE_B], 8.53 * 1.12).verdict == "slower", "beyond the spread still flags"
