@@ -7,6 +7,7 @@ The figures are read from the records, never typed in; the header names the mach
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import sys
@@ -26,18 +27,27 @@ PICKS = [
 ]
 
 
-def main(argv: list[str]) -> None:
-    only, paths = [], []
-    while argv:
-        arg = argv.pop(0)
-        if arg == "--only":
-            only.append(argv.pop(0))
-        else:
-            paths.append(arg)
-    recs, machine = [], ""
-    for path in paths:
+def _load(path: str) -> dict:
+    """A result file (gzip-compressed or not); exits with a message naming the file when unusable."""
+    try:
         with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as fh:
             data = json.load(fh)
+    except (OSError, ValueError, EOFError) as exc:
+        sys.exit(f"gpu_table.py: cannot read {path}: {exc}")
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        sys.exit(f"gpu_table.py: {path} is not a pytest-benchmark result file (no \"benchmarks\" list)")
+    return data
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description="The README's table of main GPU figures from result JSONs.")
+    ap.add_argument("results", nargs="+", help="pytest-benchmark result JSON(s), .gz allowed")
+    ap.add_argument("--only", action="append", default=[], metavar="WORKLOAD/MODE", help="only these rows")
+    args = ap.parse_args(argv)
+    only, paths = args.only, args.results
+    recs, machine = [], ""
+    for path in paths:
+        data = _load(path)
         fp = data.get("attnsuite", {}).get("fingerprint", {})
         machine = (f"{fp.get('gpu_name', '?')}, driver {fp.get('driver', '?')}, torch {fp.get('torch', '?')}, "
                    f"CUDA {fp.get('cuda', '?')}, triton {fp.get('triton', '?')}, "

@@ -38,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attnsuite import calibrate, flops, memory, registry, timing  # noqa: E402
 from attnsuite.problem import Mask, Problem  # noqa: E402
+
+registry.load_builtin()  # the built-in families import as attnsuite_impls, the way external ones do
 from attnsuite_impls.attention.triton_flash import MASK_CODES, pinned_variant  # noqa: E402
 from attnsuite_impls.attention.triton_kernels.bwd_path import BWD_PATHS, choose_bwd_path  # noqa: E402
 
