@@ -108,8 +108,25 @@ def recover(device: str) -> None:
     gc.collect()
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
-        torch.cuda.empty_cache()
+        release_cuda_cache()
         torch.cuda.reset_peak_memory_stats()
+
+
+def release_cuda_cache() -> None:
+    """Give the caching allocator's unused memory back to the driver, cuBLAS's workspaces first.
+
+    cuBLAS keeps a workspace per (handle, stream), allocated through the caching allocator by a
+    stream's first matmul. One allocated mid-case (a graph capture's side stream, the first matmul
+    after a large step freed its tensors) can be carved out of a large cached block, and a block
+    with anything live in it is never given back by ``empty_cache``. The workers replaced on the
+    H200 for stranded memory (72-137 GiB) all came after matmul-based materialising steps (einsum,
+    math SDPA, uncompiled Flex), which fits this; freeing the workspaces (re-made on the next matmul,
+    microseconds) first is cheap either way. Not yet confirmed on a GPU.
+    """
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
+    torch.cuda.empty_cache()
 
 
 def _cpu_allocation_events(prof) -> list[tuple[int, int]]:

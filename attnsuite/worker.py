@@ -58,12 +58,12 @@ def stranded_bytes(device: str, collect: bool = True) -> int:
     """
     import torch
 
-    from .memory import recover
+    from .memory import recover, release_cuda_cache
 
     if collect:
         recover(device)
     else:
-        torch.cuda.empty_cache()
+        release_cuda_cache()
     return max(0, torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
 
@@ -130,7 +130,7 @@ class Worker:
     def init(self, message: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        from . import memory, problem_file, registry, torch_state
+        from . import memory, problem_file, registry, timing, torch_state
         from .runner import RunSpec, bench_cases, settings_from_spec
 
         self.spec = RunSpec.from_json(message["spec"])
@@ -142,6 +142,10 @@ class Worker:
             torch.set_num_threads(self.settings.cpu_threads)
         if self.spec.mem_cap is not None and self.spec.on_gpu:
             memory.set_gpu_cap(self.spec.mem_cap, self.spec.device)
+        if self.spec.on_gpu:
+            # the timer's L2-flush buffer lives as long as the worker: made now, on an empty
+            # allocator, it gets its own block instead of pinning part of a large case's freed one
+            timing.flush_l2(self.spec.device)
         self.cases = {c.id: c for c in bench_cases(self.spec)}
         self.state = torch_state.snapshot()
         return {"ok": True, "pid": os.getpid(), "cases": len(self.cases)}

@@ -254,3 +254,41 @@ def test_a_full_collection_runs_only_when_the_cheap_look_would_replace_the_worke
     why = recycle_after_good_case(stranded, 140 * 2**30)
     assert (why is not None) == replaced
     assert calls == [False] + [True] * collections
+
+
+# --- what is given back between cases: cuBLAS workspaces before the allocator's cache ----------
+
+def _record_release(monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: calls.append("cublas workspaces"), raising=False)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty cache"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append("synchronize"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: 5 << 30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 1 << 30)
+    return calls
+
+
+@pytest.mark.parametrize("collect", [False, True], ids=["the cheap look", "after a full collection"])
+def test_stranded_memory_is_read_after_cublas_workspaces_and_the_cache_are_given_back(monkeypatch, collect):
+    from attnsuite.worker import stranded_bytes
+
+    calls = _record_release(monkeypatch)
+    assert stranded_bytes("cuda", collect=collect) == 4 << 30
+    assert calls[-2:] == ["cublas workspaces", "empty cache"], calls
+
+
+def test_a_worker_on_a_gpu_makes_the_l2_flush_buffer_at_start_and_one_on_cpu_does_not(monkeypatch):
+    from attnsuite import timing
+    from attnsuite.runner import RunSpec
+    from attnsuite.worker import Worker
+
+    made = []
+    monkeypatch.setattr(timing, "flush_l2", lambda device: made.append(device))
+    monkeypatch.setattr("attnsuite.runner.bench_cases", lambda spec: [])  # no case list needed here
+    for device, expect in (("cpu", []), ("cuda", ["cuda"])):
+        made.clear()
+        Worker().init({"spec": RunSpec(tier="quick", device=device, workloads=("gpt2-mha",)).to_json()})
+        assert made == expect, f"on {device} the worker made the L2 buffer {len(made)} times at start"
