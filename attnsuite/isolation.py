@@ -6,7 +6,9 @@ context with an illegal memory access, or hang. So the pytest process never runs
 a time and answers with the record. When the worker dies, the case it was running gets outcome
 ``crash`` (signal or exit code, and the last lines of its stderr); when it runs past the per-case
 limit, its whole process group is killed and the case gets ``timeout``. Either way the worker is
-replaced and the run goes on with the next case.
+replaced and the run goes on with the next case. With ``spare=True`` (CUDA runs) the pool also
+keeps a standby worker started in the background, so a replacement costs little more than handing
+over to it (docs/isolation.md, "The standby worker").
 
 The protocol is length-prefixed pickles over two pipes that only the two processes hold; the
 worker's stdout and stderr go to a log file, so a variant that prints cannot corrupt it.
@@ -22,6 +24,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -108,135 +111,293 @@ def tail_of(path: str, lines: int = STDERR_TAIL_LINES, max_bytes: int = STDERR_T
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+class _WorkerProcess:
+    """One worker process and what the pool keeps for it: the process (in its own process group),
+    the two pipe ends, its log file and when it was launched.
+
+    Launching sends the ``init`` message at once and does not wait: :meth:`ready` reads the answer
+    when it is needed, so a standby worker starts in the background while the current one works.
+    """
+
+    def __init__(self, python: str, env: Optional[dict[str, str]], init: dict[str, Any]) -> None:
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        fd, self.log_path = tempfile.mkstemp(prefix="attnsuite-worker-", suffix=".log")
+        self.launched = time.monotonic()
+        try:
+            self.proc = subprocess.Popen(
+                [python, "-m", "attnsuite.worker", str(req_r), str(resp_w)],
+                stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, pass_fds=(req_r, resp_w),
+                start_new_session=True,  # its own process group: a timeout kills its helpers too
+                env=env, close_fds=True)
+        except BaseException:
+            os.close(req_w)
+            os.close(resp_r)
+            _unlink(self.log_path)
+            raise
+        finally:
+            os.close(fd)
+            os.close(req_r)
+            os.close(resp_w)
+        self.to_worker: Optional[Any] = os.fdopen(req_w, "wb")
+        self.from_worker: Optional[int] = resp_r
+        self._unsent = not self._post(init)
+        self._init_reply: Any = _PENDING
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """Whether the process is still running (its pipes may still be open after it died)."""
+        return self.proc.poll() is None and self.from_worker is not None
+
+    def _post(self, message: dict[str, Any]) -> bool:
+        """Send without waiting for the answer; False when the worker cannot be written to."""
+        if self.to_worker is None:
+            return False
+        try:
+            send(self.to_worker, message)
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+        return True
+
+    def ready(self, limit: float) -> Any:
+        """The answer to ``init`` (read once, then kept), or a :class:`Failure`; ``limit`` counts from the launch."""
+        if self._init_reply is _PENDING:
+            # a standby that finished its start long ago has its answer waiting in the pipe: reading it
+            # must not count as running past the limit
+            deadline = max(self.launched + limit, time.monotonic() + _READY_GRACE_S)
+            self._init_reply = self._receive(limit, deadline, sent=not self._unsent)
+        return self._init_reply
+
+    def exchange(self, message: dict[str, Any], timeout: Optional[float]) -> Any:
+        """Send a message and wait for the answer; a :class:`Failure` when the worker died or hung."""
+        sent = self._post(message)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._receive(timeout, deadline, sent=sent)
+
+    def _receive(self, limit: Optional[float], deadline: Optional[float], *, sent: bool) -> Any:
+        reply = None
+        if sent and self.from_worker is not None:
+            try:
+                reply = recv_fd(self.from_worker, deadline)
+            except TimeoutError:
+                tail = tail_of(self.log_path) if self.log_path else ""
+                self.kill()
+                return Failure("timeout", f"no answer within the {limit:g} s limit: worker killed", tail)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                reply = None
+        if reply is None:  # the worker is gone
+            try:
+                rc = self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                rc = None
+            tail = tail_of(self.log_path) if self.log_path else ""
+            self.kill()
+            return Failure("crash", f"worker process died: {describe_exit(rc)}", tail)
+        return reply
+
+    def stop(self) -> None:
+        """Ask the worker to exit, then make sure it has."""
+        if self.alive() and self._post({"op": "exit"}):
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        """Kill the process group (if still running), reap it, close the pipes, remove the log (idempotent)."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        if self.to_worker is not None:
+            try:
+                self.to_worker.close()
+            except OSError:
+                pass
+            self.to_worker = None
+        if self.from_worker is not None:
+            try:
+                os.close(self.from_worker)
+            except OSError:
+                pass
+            self.from_worker = None
+        if self.log_path:
+            _unlink(self.log_path)
+            self.log_path = None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+_PENDING = object()  # an init answer not read yet
+_READY_GRACE_S = 1.0
+
+
 class WorkerPool:
     """One worker process at a time, replaced whenever a case takes it down.
 
     ``init`` is the worker's first message (the run's spec); it is re-sent to every replacement.
     ``case_timeout`` (seconds, None = no limit) bounds one case; starting a worker has its own
     ``start_timeout``.
+
+    With ``spare=True`` the pool also keeps a standby worker: a second process launched in the
+    background and sent ``init``, whose answer is read only when it is needed. When the current
+    worker goes down (crash, timeout, ``fatal``, ``retry_fresh``) the next request promotes the
+    standby, waiting only for what is left of its start, and launches the next standby at once. The
+    first worker's standby is launched after the first request is answered, so that request (the
+    run's calibration probes) runs with nothing starting beside it. A standby whose start failed
+    (``init`` answered not ok, or the process died or hung) is never promoted: the pool starts a
+    worker in the foreground instead, and raises :class:`WorkerStartError` if that fails. A
+    timeout kills only the current worker's process group; the standby has its own.
+
+    Counters: ``started`` (worker processes launched, replacements and standbys included),
+    ``start_seconds`` (time the pool's caller was blocked launching workers and waiting for one to
+    become ready: a foreground start in full, a standby's launch and whatever remained of its start
+    when it was promoted; a standby's start in the background is not counted) and ``spares_used``
+    (replacements served by an already-started standby).
     """
 
     def __init__(self, init: dict[str, Any], *, case_timeout: Optional[float], start_timeout: float = 600.0,
-                 env: Optional[dict[str, str]] = None, python: str = sys.executable) -> None:
+                 env: Optional[dict[str, str]] = None, python: str = sys.executable, spare: bool = False) -> None:
         self.init = init
         self.case_timeout = case_timeout
         self.start_timeout = start_timeout
         self.env = env
         self.python = python
-        self.proc: Optional[subprocess.Popen] = None
-        self._to_worker = None
-        self._from_worker: Optional[int] = None
-        self._log_path: Optional[str] = None
-        self.started = 0  # workers started, replacements included
-        self.start_seconds = 0.0  # time spent starting them
+        self.spare = spare
+        self._current: Optional[_WorkerProcess] = None
+        self._standby: Optional[_WorkerProcess] = None
+        self._answered = False  # a request has been answered: standbys may start beside the current worker
+        # close() may run in another thread while a request is under way (dispatch.Dispatcher.close):
+        # the lock and the flag keep that request from launching a standby nobody would end
+        self._lock = threading.Lock()
+        self._closed = False
+        self.started = 0  # worker processes launched, replacements and standbys included
+        self.start_seconds = 0.0  # time the caller was blocked waiting for a worker to become ready
+        self.spares_used = 0  # replacements served by an already-started standby
+
+    @property
+    def proc(self) -> Optional[subprocess.Popen]:
+        """The current worker's process (None before the first request and after it went down)."""
+        return None if self._current is None else self._current.proc
+
+    @property
+    def spare_proc(self) -> Optional[subprocess.Popen]:
+        """The standby worker's process (None when there is none)."""
+        return None if self._standby is None else self._standby.proc
 
     # -- life cycle
 
-    def _spawn(self) -> None:
-        req_r, req_w = os.pipe()
-        resp_r, resp_w = os.pipe()
-        fd, self._log_path = tempfile.mkstemp(prefix="attnsuite-worker-", suffix=".log")
-        t0 = time.monotonic()
-        try:
-            self.proc = subprocess.Popen(
-                [self.python, "-m", "attnsuite.worker", str(req_r), str(resp_w)],
-                stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, pass_fds=(req_r, resp_w),
-                start_new_session=True,  # its own process group: a timeout kills its helpers too
-                env=self.env, close_fds=True)
-        finally:
-            os.close(fd)
-            os.close(req_r)
-            os.close(resp_w)
-        self._to_worker = os.fdopen(req_w, "wb")
-        self._from_worker = resp_r
+    def _launch(self) -> _WorkerProcess:
+        handle = _WorkerProcess(self.python, self.env, {"op": "init", **self.init})
         self.started += 1
-        reply = self._exchange({"op": "init", **self.init}, self.start_timeout)
+        return handle
+
+    def _start_in_foreground(self) -> None:
+        t0 = time.monotonic()
+        # current while it starts, so that close() from another thread ends it
+        handle = self._current = self._launch()
+        reply = handle.ready(self.start_timeout)
         self.start_seconds += time.monotonic() - t0
         if isinstance(reply, Failure):
+            self._drop(handle)
             raise WorkerStartError(f"the benchmark worker did not start: {reply.detail}"
                                    + (f"\n{reply.stderr_tail}" if reply.stderr_tail else ""))
         if not reply.get("ok"):
-            self._kill()
+            self._drop(handle)
             raise WorkerStartError(f"the benchmark worker did not start: {reply.get('error')}")
 
-    def _kill(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                proc.kill()
-        if proc is not None:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        self._close_pipes()
+    def _promote_standby(self) -> bool:
+        """Make the standby the current worker once its start is over; False (standby discarded) when it failed."""
+        with self._lock:
+            standby, self._standby = self._standby, None
+            self._current = standby  # current while it finishes its start, so that close() ends it
+        if standby is None:
+            return False
+        t0 = time.monotonic()
+        reply = standby.ready(self.start_timeout)
+        self.start_seconds += time.monotonic() - t0
+        if isinstance(reply, dict) and reply.get("ok") and standby.alive():
+            self.spares_used += 1
+            return True
+        self._drop(standby)
+        return False
 
-    def _close_pipes(self) -> None:
-        for closer in (lambda: self._to_worker and self._to_worker.close(),
-                       lambda: self._from_worker is not None and os.close(self._from_worker)):
+    def _launch_standby(self) -> None:
+        with self._lock:
+            if not self.spare or self._closed or self._standby is not None:
+                return
+            t0 = time.monotonic()
             try:
-                closer()
+                self._standby = self._launch()
             except OSError:
-                pass
-        self._to_worker, self._from_worker = None, None
-        self.proc = None
-        if self._log_path:
-            try:
-                os.unlink(self._log_path)
-            except OSError:
-                pass
-            self._log_path = None
+                # no standby this time (out of processes or memory): the next replacement starts in
+                # the foreground, where the same error is raised as without a standby
+                self._standby = None
+            self.start_seconds += time.monotonic() - t0
+
+    def _ensure_worker(self) -> _WorkerProcess:
+        current = self._current
+        if current is not None and current.alive():
+            return current
+        if current is not None:
+            current.kill()
+            self._current = None
+        if not self._promote_standby():
+            self._start_in_foreground()
+        if self._answered:
+            self._launch_standby()
+        assert self._current is not None
+        return self._current
+
+    def _drop(self, handle: _WorkerProcess) -> None:
+        handle.kill()
+        if self._current is handle:
+            self._current = None
 
     def close(self) -> None:
-        """Ask the worker to exit, then make sure it has."""
-        if self.proc is not None and self.proc.poll() is None and self._to_worker is not None:
-            try:
-                send(self._to_worker, {"op": "exit"})
-                self.proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        self._kill()
+        """Ask the current worker to exit, kill the standby (it has run nothing), and make sure both have ended.
+
+        A closed pool launches no more standbys; a request after ``close`` still starts a worker.
+        """
+        with self._lock:
+            self._closed = True
+            current, standby = self._current, self._standby
+            self._current = self._standby = None
+        try:
+            if standby is not None:
+                standby.kill()
+        finally:
+            if current is not None:
+                current.stop()
 
     # -- requests
-
-    def _exchange(self, message: dict[str, Any], timeout: Optional[float]) -> Any:
-        """Send a message and wait for the answer; a :class:`Failure` when the worker died or hung."""
-        assert self.proc is not None and self._to_worker is not None and self._from_worker is not None
-        try:
-            send(self._to_worker, message)
-            deadline = None if timeout is None else time.monotonic() + timeout
-            reply = recv_fd(self._from_worker, deadline)
-        except TimeoutError:
-            tail = tail_of(self._log_path) if self._log_path else ""
-            self._kill()
-            return Failure("timeout", f"no answer within the {timeout:g} s limit: worker killed", tail)
-        except (BrokenPipeError, OSError, EOFError, pickle.UnpicklingError):
-            reply = None
-        if reply is None:  # the worker is gone
-            try:
-                rc = self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                rc = None
-            tail = tail_of(self._log_path) if self._log_path else ""
-            self._kill()
-            return Failure("crash", f"worker process died: {describe_exit(rc)}", tail)
-        return reply
 
     def request(self, message: dict[str, Any], timeout: Optional[float] = None) -> Any:
         """Send one request to a live worker (starting one if needed); its answer or a Failure.
 
         A reply that says the worker is going down (``fatal``) makes the pool wait for it to exit,
-        so the next request starts a fresh one.
+        so the next request starts a fresh one (or promotes the standby).
         """
-        if self.proc is None or self.proc.poll() is not None:
-            if self.proc is not None:
-                self._kill()
-            self._spawn()
-        reply = self._exchange(message, timeout)
-        if isinstance(reply, dict) and reply.get("fatal"):
-            self._kill()
+        worker = self._ensure_worker()
+        reply = worker.exchange(message, timeout)
+        if isinstance(reply, Failure) or (isinstance(reply, dict) and reply.get("fatal")):
+            self._drop(worker)
+        self._answered = True
+        self._launch_standby()
         return reply
 
     def run_case(self, key: str) -> Any:

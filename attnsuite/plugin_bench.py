@@ -364,12 +364,14 @@ class BenchRunner:
         """Whether the workers were started (a case, a calibration or a prefetch asked for them)."""
         return self._dispatch is not None
 
-    def workers_started(self) -> tuple[int, float]:
-        """(worker processes started, replacements included; seconds spent starting them)."""
+    def workers_started(self) -> tuple[int, float, int]:
+        """(worker processes started, replacements and standby workers included; seconds the run
+        waited for them; replacements a standby worker served)."""
         if self._dispatch is None:
-            return 0, 0.0
+            return 0, 0.0, 0
         backends = self._dispatch.backends
-        return sum(b.started for b in backends), sum(b.start_seconds for b in backends)
+        return (sum(b.started for b in backends), sum(b.start_seconds for b in backends),
+                sum(getattr(b, "spares_used", 0) for b in backends))
 
     def _start(self) -> None:
         """Start the workers, probe the instance, open the journal (once, before the first case)."""
@@ -385,7 +387,10 @@ class BenchRunner:
                 envs = [{**os.environ, "CUDA_VISIBLE_DEVICES": gpu} for gpu in self.gpu_ids]
             else:
                 envs = [None]
-            backends = [WorkerPool(init, case_timeout=_timeout(self.config), env=env) for env in envs]
+            # a standby worker per GPU makes a replaced worker cost almost nothing; only on CUDA, where
+            # the judged time is device time: on CPU its start would take cores from the timed case
+            backends = [WorkerPool(init, case_timeout=_timeout(self.config), env=env, spare=self.spec.on_gpu)
+                        for env in envs]
         self._dispatch = Dispatcher(backends)
         # before any case: the probes read an idle device (the first GPU's when spread over several)
         reply = backends[0].request({"op": "calibrate"}, timeout=600)
@@ -724,9 +729,10 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
         counts[landed.record.outcome] = counts.get(landed.record.outcome, 0) + 1
     output_json["attnsuite"]["outcomes"] = counts
     if runner.started:
-        started, start_s = runner.workers_started()
+        started, start_s, from_standby = runner.workers_started()
         output_json["attnsuite"]["workers_started"] = started
         output_json["attnsuite"]["worker_start_s"] = round(start_s, 3)
+        output_json["attnsuite"]["workers_from_standby"] = from_standby
         output_json["attnsuite"]["gpus"] = list(runner.gpu_ids) or None
     # what the run spent after its cases, so the cost of confirmation and of deferral is on record
     output_json["attnsuite"]["loop_s"] = None if runner.loop_seconds is None else round(runner.loop_seconds, 3)
@@ -764,6 +770,15 @@ def summary_lines(records: list[CaseRecord]) -> list[str]:
     return lines
 
 
+def workers_line(started: int, start_s: float, from_standby: int, gpu_ids: Sequence[str]) -> str:
+    """The summary's line on worker processes: how many started, how long the run waited for them,
+    and how many replacements a standby worker served (:class:`attnsuite.isolation.WorkerPool`)."""
+    return (f"worker processes started: {started} ({start_s:.1f} s starting them)"
+            + (f" ({from_standby} replacement{'s' if from_standby > 1 else ''} served by a standby worker)"
+               if from_standby else "")
+            + (f" on GPUs {', '.join(gpu_ids)}" if gpu_ids else ""))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     runner = config.stash.get(_RUNNER, None)
     if runner is None or not runner.landed:
@@ -778,11 +793,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         for r in hostile:
             what = r.outcome if r.outcome in ("crash", "timeout") else "state changed"
             terminalreporter.write_line(f"{what:<14} {r.variant} on {r.key}: {r.detail}", red=True)
-    started, start_s = runner.workers_started()
+    started, start_s, from_standby = runner.workers_started()
     if started:
-        terminalreporter.write_line(
-            f"worker processes started: {started} ({start_s:.1f} s starting them)"
-            + (f" on GPUs {', '.join(runner.gpu_ids)}" if runner.gpu_ids else ""))
+        terminalreporter.write_line(workers_line(started, start_s, from_standby, runner.gpu_ids))
     if runner.loop_seconds is not None:
         terminalreporter.write_line(
             f"wall time: every case {runner.loop_seconds:.1f} s, deferred device times "

@@ -146,12 +146,17 @@ def device_sync(device: str) -> Callable[[], None]:
 _L2_FLUSH: dict[str, torch.Tensor] = {}
 
 
-def flush_l2(device: str) -> None:
-    """Overwrite a 256 MiB buffer so the next call starts with a cold L2 (what do_bench does)."""
+def l2_flush_buffer(device: str) -> torch.Tensor:
+    """The 256 MiB buffer :func:`flush_l2` overwrites, made on first use (an allocation, no kernel)."""
     buf = _L2_FLUSH.get(device)
     if buf is None:
         buf = _L2_FLUSH[device] = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device=device)
-    buf.zero_()
+    return buf
+
+
+def flush_l2(device: str) -> None:
+    """Overwrite a 256 MiB buffer so the next call starts with a cold L2 (what do_bench does)."""
+    l2_flush_buffer(device).zero_()
 
 
 _SLEEP_CYCLES_PER_S: dict[str, float] = {}

@@ -144,8 +144,9 @@ class Worker:
             memory.set_gpu_cap(self.spec.mem_cap, self.spec.device)
         if self.spec.on_gpu:
             # the timer's L2-flush buffer lives as long as the worker: made now, on an empty
-            # allocator, it gets its own block instead of pinning part of a large case's freed one
-            timing.flush_l2(self.spec.device)
+            # allocator, it gets its own block instead of pinning part of a large case's freed one.
+            # Allocated only, no kernel: a standby worker starts while another worker's case is timed
+            timing.l2_flush_buffer(self.spec.device)
         self.cases = {c.id: c for c in bench_cases(self.spec)}
         self.state = torch_state.snapshot()
         return {"ok": True, "pid": os.getpid(), "cases": len(self.cases)}

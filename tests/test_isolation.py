@@ -280,13 +280,14 @@ def test_stranded_memory_is_read_after_cublas_workspaces_and_the_cache_are_given
     assert calls[-2:] == ["cublas workspaces", "empty cache"], calls
 
 
-def test_a_worker_on_a_gpu_makes_the_l2_flush_buffer_at_start_and_one_on_cpu_does_not(monkeypatch):
+def test_a_worker_on_a_gpu_makes_the_l2_flush_buffer_at_start_without_a_kernel_and_one_on_cpu_does_not(monkeypatch):
     from attnsuite import timing
     from attnsuite.runner import RunSpec
     from attnsuite.worker import Worker
 
     made = []
-    monkeypatch.setattr(timing, "flush_l2", lambda device: made.append(device))
+    monkeypatch.setattr(timing, "l2_flush_buffer", lambda device: made.append(device))
+    monkeypatch.setattr(timing, "flush_l2", lambda device: made.append(f"a flush kernel on {device}"))
     monkeypatch.setattr("attnsuite.runner.bench_cases", lambda spec: [])  # no case list needed here
     for device, expect in (("cpu", []), ("cuda", ["cuda"])):
         made.clear()
