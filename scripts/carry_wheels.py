@@ -1,11 +1,12 @@
 """Carry a set of files larger than one device call allows, in several calls.
 
-The device tool carries at most 64 MiB of ignored files per call, and FlashAttention 4's wheels
-for CUDA 13 come to 106 MiB (one of them, nvidia-cutlass-dsl-libs-cu13, is 88 MiB alone). The
-machine keeps its disk between calls while it stays warm, so the set goes over in parts:
+The device tool carries at most 64 MiB per call, the working tree (about 16 MB) included, and
+FlashAttention 4's wheels for CUDA 13 come to 106 MiB (one of them, nvidia-cutlass-dsl-libs-cu13,
+is 88 MiB alone). The machine keeps its disk between calls while it stays warm, so the set goes
+over in parts:
 
-    python scripts/carry_wheels.py pack .carry/fa4 .carry/fa4-parts --max-mib 60
-        # here: .carry/fa4-parts/part-1, part-2, ... each at most 60 MiB, files split into chunks
+    python scripts/carry_wheels.py pack .carry/fa4 .carry/fa4-parts --max-mib 40
+        # here: .carry/fa4-parts/part-1, part-2, ... each at most 40 MiB, files split into chunks
     # device call k (carry [".carry/fa4-parts/part-k"]):
     python3 scripts/carry_wheels.py stash .carry/fa4-parts/part-k /tmp/attnsuite-carry
     # the last call, after the last stash:
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("pack", help="split a folder's files into parts")
     p.add_argument("src", type=Path)
     p.add_argument("dest", type=Path)
-    p.add_argument("--max-mib", type=float, default=60.0)
+    p.add_argument("--max-mib", type=float, default=40.0)
     s = sub.add_parser("stash", help="copy one carried part into the collecting folder")
     s.add_argument("part", type=Path)
     s.add_argument("into", type=Path)

@@ -7,6 +7,8 @@
 #   tier1a    the full tier on GPU 0 alone, journaled to /tmp/attnsuite-tier1.journal, stopped by
 #   tier1b    SIGINT before the call's limit; tier1b (the next call, same warm machine) resumes it.
 #             The single-GPU wall time is the two parts' loop times added (each part's log says it).
+#             GPUS=2 spreads the journaled run over both GPUs instead: a fresh-instance A/A run against
+#             the shipped baseline whose confirmation pass would not fit in one call.
 #   tier1     the full tier on GPU 0 alone, beside scripts/gpu_triton.sh on GPU 1 (the Triton run
 #             shares the host's CPUs with the tier: its wall time is read with that in mind)
 #   dist      scripts/gpu_distributed.sh: NCCL correctness in bf16/fp16 and the context-parallel timings,
@@ -39,8 +41,10 @@ case "$call" in
   tier1a|tier1b)
     mkdir -p "$work/$call"
     resume=(); [ "$call" = tier1b ] && resume=(--attn-resume)
-    CUDA_VISIBLE_DEVICES=0 OUT=$work/$call timeout -s INT "${TIER_S:-560}" bash scripts/gpu_bench.sh full \
-      -- --attn-gpus=1 --attn-journal=/tmp/attnsuite-tier1.journal "${resume[@]}" > "$work/$call/run.log" 2>&1
+    gpus=${GPUS:-1}
+    devices=0; [ "$gpus" -gt 1 ] && devices=$(seq -s, 0 $((gpus - 1)))
+    CUDA_VISIBLE_DEVICES=$devices OUT=$work/$call timeout -s INT "${TIER_S:-560}" bash scripts/gpu_bench.sh full \
+      -- --attn-gpus="$gpus" --attn-journal=/tmp/attnsuite-tier1.journal "${resume[@]}" > "$work/$call/run.log" 2>&1
     echo "$call exit $?" | tee -a "$work/$call/run.log" ;;
   tier1)
     mkdir -p "$work/tier1" "$work/triton"
