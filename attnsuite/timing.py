@@ -211,7 +211,7 @@ def measure(
 
     ``setup`` runs before each call outside the timed region (e.g. a forward pass before a timed
     backward, or zeroing gradients); with a setup every sample is one call. ``first_call`` times
-    the first call apart (set False when the caller already did). ``inject_fraction`` > 0 makes each
+    the first call apart, its setup included (set False when the caller already did). ``inject_fraction`` > 0 makes each
     call really slower by that fraction of the warm-up median (for the gate's detection tests).
     ``clock``/``sync`` replace the host clock and device sync (tests); a custom clock forces the
     host-clock path even on CUDA.
@@ -236,8 +236,18 @@ def measure(
             launch_shares.append((t_launched - t0) / total)
         return total
 
-    first_s = host_time_one() if first_call else None
-    launch_shares.clear()  # the first call compiles: not a launch
+    def first_time() -> float:
+        # the first call with its setup: a timed backward's setup is the forward, whose first call
+        # compiles and autotunes the forward's kernels; timed apart, that cost would show nowhere
+        sync()
+        t0 = clock()
+        if setup is not None:
+            setup()
+        fn()
+        sync()
+        return clock() - t0
+
+    first_s = first_time() if first_call else None
 
     # Warm-up: at least min_warmup calls and about warmup_s of work; their median sizes the run.
     warm: list[float] = []

@@ -66,8 +66,19 @@ def test_per_sample_setup_stays_outside_the_timed_region():
     cfg = timing.TimerConfig(warmup_s=0.0, min_warmup=1, target_s=10.0, min_samples=5, max_samples=10)
     result = timing.measure(dev.work, "cpu", cfg, setup=dev.setup, clock=dev.clock)
     assert result.samples_s == [2.0] * 5
-    assert result.first_call_s == 2.0
+    assert result.first_call_s == 52.0, "the first call's figure includes its setup"
     assert result.iters_per_sample == 1  # a setup forces one call per sample
+
+
+def test_what_the_first_setup_compiles_shows_in_the_first_call_and_nowhere_in_the_samples():
+    # a timed backward whose setup (the forward) compiles and autotunes on its first run: 40 s once
+    dev = FakeDevice([3.0])
+    costs = iter([40.0])
+    setup = lambda: setattr(dev, "now", dev.now + next(costs, 0.5))  # noqa: E731
+    cfg = timing.TimerConfig(warmup_s=0.0, min_warmup=1, target_s=10.0, min_samples=5, max_samples=10)
+    result = timing.measure(dev.work, "cpu", cfg, setup=setup, clock=dev.clock)
+    assert result.first_call_s == 43.0
+    assert result.samples_s == [3.0] * 5
 
 
 def test_calls_shorter_than_the_minimum_sample_are_batched_and_reported_per_call():
