@@ -361,7 +361,8 @@ def time_basis(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) ->
 
     CUDA: device time when both sides have it (``device_min_ms`` for "min" when both have it, else
     ``device_ms``); a side without device time means time is not gated, since event time measures
-    the host too. CPU: ``min_ms`` for "min" when both have it, else ``median_ms``.
+    the host too, and so does device time measured by another method on each side (graph replay
+    against kernel-sum, which differ by several % on memory-bound steps). CPU: ``min_ms`` for "min" when both have it, else ``median_ms``.
     """
     if device == "cuda":
         if base.device_ms is None:
@@ -369,6 +370,10 @@ def time_basis(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) ->
         if cur.device_ms is None:
             why = (cur.extra or {}).get("device_time_note")
             return None, "this run has no device time" + (f" ({str(why)[:120]})" if why else "") + ": time not gated"
+        if base.device_method and cur.device_method and base.device_method != cur.device_method:
+            # graph replay and kernel-sum read ~6% apart on memory-bound steps (H200): not comparable
+            return None, (f"device time by another method (baseline {base.device_method}, this run "
+                          f"{cur.device_method}): time not gated")
         if t.statistic == "min" and base.device_min_ms is not None and cur.device_min_ms is not None:
             label, b_ms, c_ms = "device min", base.device_min_ms, cur.device_min_ms
         else:
