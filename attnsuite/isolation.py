@@ -407,10 +407,16 @@ class WorkerPool:
         worker.py) is run once more in a fresh worker; the second record says why in
         ``extra["fresh_worker_retry"]``.
         """
-        reply = self.request({"op": "run", "key": key}, self.case_timeout)
+        return self.request_retrying_fresh({"op": "run", "key": key}, self.case_timeout)
+
+    def request_retrying_fresh(self, message: dict[str, Any], timeout: Optional[float]) -> Any:
+        """:meth:`request`, sent once more to a fresh worker when the reply says ``retry_fresh``
+        (the old worker is gone: such a reply is ``fatal``); the second reply's record says why in
+        ``extra["fresh_worker_retry"]``. Cases and deferred device times go through here."""
+        reply = self.request(message, timeout)
         if isinstance(reply, dict) and reply.get("retry_fresh"):
             why = str(reply["retry_fresh"])
-            reply = self.request({"op": "run", "key": key}, self.case_timeout)  # the old worker is gone (fatal)
+            reply = self.request(message, timeout)
             if isinstance(reply, dict) and isinstance(reply.get("record"), dict):
                 reply["record"].setdefault("extra", {})["fresh_worker_retry"] = why
         return reply

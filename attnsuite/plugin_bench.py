@@ -293,6 +293,9 @@ class _InProcess:
     def run_case(self, key: str) -> Any:
         return self.worker.run(key)
 
+    def request_retrying_fresh(self, message: dict[str, Any], timeout: Optional[float] = None) -> Any:
+        return self.request(message, timeout)  # in-process: there is no fresh worker to retry in
+
     def request(self, message: dict[str, Any], timeout: Optional[float] = None) -> Any:
         if message.get("op") == "calibrate":
             return self.worker.calibrate()
@@ -511,7 +514,7 @@ class BenchRunner:
 
         def job(bc: BenchCase, rec: CaseRecord):
             message = {"op": "device_time", "key": bc.id, "record": rec.to_extra_info()}
-            return lambda backend: backend.request(message, timeout=timeout)
+            return lambda backend: backend.request_retrying_fresh(message, timeout)
 
         replies = self._dispatch.run_all([(prefix + bc.id, job(bc, rec)) for bc, rec in items])
         out = []

@@ -624,6 +624,8 @@ def _measure_device_time(rec: CaseRecord, case: Case, device: str, result: timin
     except Exception as exc:  # device time is an extra figure: its failure must not lose the case
         if mode == "bwd":  # the timed backward ran, so it is the retained graph that failed
             rec.extra["device_time_pending"] = f"{BACKWARD_ONCE} ({timing.first_line(exc)})"[:300]
+        elif memory.is_oom(exc):  # a graph's private pool on top of the case's memory: try kernel-sum
+            rec.extra["device_time_pending"] = f"out of memory measuring it with the case ({timing.first_line(exc)})"[:300]
         else:
             rec.extra["device_time_note"] = f"not measured: {type(exc).__name__}: {exc}"[:300]
         exc = None  # its traceback holds the failed attempt's tensors
@@ -632,11 +634,13 @@ def _measure_device_time(rec: CaseRecord, case: Case, device: str, result: timin
     _fill_device_time(rec, dt)
 
 
-def measure_deferred_device_time(bc: BenchCase, settings: Settings, rec: CaseRecord) -> CaseRecord:
+def measure_deferred_device_time(bc: BenchCase, settings: Settings, rec: CaseRecord,
+                                 on_error: Optional[Callable[[BaseException], None]] = None) -> CaseRecord:
     """Kernel-sum device time of a case whose record says ``device_time_pending`` (see above).
 
     The case is built again and warmed with a few calls, then profiled; the record gets the device
-    fields (or a ``device_time_note`` saying why not). Never raises for the case's own failures.
+    fields (or a ``device_time_note`` saying why not). Never raises for the case's own failures;
+    ``on_error`` sees the exception first (the worker asks whether it ran out of memory).
     """
     p = bc.problem
     why = rec.extra.get("device_time_pending", "")
@@ -655,6 +659,8 @@ def measure_deferred_device_time(bc: BenchCase, settings: Settings, rec: CaseRec
         dt.note = why or dt.note
         _fill_device_time(rec, dt)
     except Exception as exc:  # noqa: BLE001 - the figure is missing, the case's outcome stands
+        if on_error is not None:
+            on_error(exc)
         rec.extra.pop("device_time_pending", None)
         rec.extra["device_time_note"] = f"not measured ({why}): {type(exc).__name__}: {exc}"[:300]
     finally:

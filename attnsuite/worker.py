@@ -207,7 +207,7 @@ class Worker:
                                        torch.cuda.get_device_properties(device).total_memory)
 
     def device_time(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
-        from . import torch_state
+        from . import memory, torch_state
         from .record import CaseRecord
         from .runner import measure_deferred_device_time
 
@@ -215,10 +215,23 @@ class Worker:
         if bc is None:
             return {"error": f"no benchmark case {key!r} in the worker's case list"}
         rec = CaseRecord.from_extra_info(record)
+        asked: list[Optional[int]] = []  # what an out-of-memory failure asked for
+
+        def note_oom(exc: BaseException) -> None:
+            if memory.is_oom(exc):
+                asked.append(memory.parse_oom_bytes(str(exc)))
+
         torch_state.start_case(self.state, key)
-        rec = measure_deferred_device_time(bc, self.settings, rec)
+        rec = measure_deferred_device_time(bc, self.settings, rec, on_error=note_oom)
         torch_state.end_case(self.state)
-        return {"record": rec.to_extra_info()}
+        reply: dict[str, Any] = {"record": rec.to_extra_info()}
+        if self.spec.on_gpu and asked:
+            # as for a case (fresh_retry_reason): memory stranded by earlier cases, not the case,
+            # ran out; the pool measures it again in a fresh worker, from the record as it was sent
+            why = fresh_retry_reason(asked[0], stranded_bytes(self.spec.device))
+            if why:
+                reply.update(retry_fresh=why, fatal=True)
+        return reply
 
     def calibrate(self) -> dict[str, Any]:
         from . import calibrate

@@ -113,7 +113,7 @@ class _Backend:
     def __init__(self):
         self.asked = []
 
-    def request(self, message, timeout=None):
+    def request_retrying_fresh(self, message, timeout=None):  # what the runner sends deferred device times by
         self.asked.append(message["key"])
         rec = CaseRecord.from_extra_info(message["record"])
         rec.device_ms, rec.device_method = 1.0, "kernel-sum"
@@ -192,3 +192,45 @@ def test_a_forward_whose_device_time_fails_is_noted_not_deferred(monkeypatch):
     runner._measure_device_time(rec, _case("fwd"), "cpu", _timed(2.0), "fwd")
     assert rec.extra["device_time_note"] == "not measured: RuntimeError: boom"
     assert "device_time_pending" not in rec.extra
+
+
+def test_a_forward_whose_device_time_runs_out_of_memory_is_deferred_to_kernel_sum(monkeypatch):
+    # a graph's private pool on top of the case's own memory: the profiler needs no second copy
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB.")
+
+    monkeypatch.setattr(runner.timing, "device_time", oom)
+    rec = CaseRecord("w", "v", "fwd", "p", median_ms=2.0)
+    runner._measure_device_time(rec, _case("fwd"), "cpu", _timed(2.0), "fwd")
+    assert rec.extra["device_time_pending"].startswith("out of memory measuring it with the case (OutOfMemoryError")
+    assert "device_time_note" not in rec.extra
+
+
+@pytest.mark.parametrize("error, stranded_gib, retried", [
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB."), 113, True),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB."), 2, False),
+    (timing.DeviceTimeError("the profiler recorded no device activity"), 113, False),
+], ids=["out of memory with memory stranded: measured again fresh", "out of memory on a clean device: noted",
+        "another failure: noted"])
+def test_a_deferred_device_time_out_of_memory_in_a_worker_with_stranded_memory_is_retried_fresh(
+        monkeypatch, error, stranded_gib, retried):
+    # a fresh H200 run lost 19 device times this way: 25 GiB allocated, 138 GiB held by the worker
+    from attnsuite import worker as worker_mod
+
+    def fails(bc, settings, rec, on_error=None):
+        on_error(error)
+        rec.extra["device_time_note"] = f"not measured: {type(error).__name__}: {error}"
+        return rec
+
+    monkeypatch.setattr(runner, "measure_deferred_device_time", fails)
+    monkeypatch.setattr(worker_mod, "stranded_bytes", lambda device, collect=True: stranded_gib << 30)
+    monkeypatch.setattr("attnsuite.torch_state.start_case", lambda *a: None)
+    monkeypatch.setattr("attnsuite.torch_state.end_case", lambda *a: [])
+    w = worker_mod.Worker()
+    w.spec = runner.RunSpec(tier="full", device="cuda")
+    w.cases = {"k": object()}
+    rec = CaseRecord("w", "v", "fwd", "p", median_ms=2.0)
+    reply = w.device_time("k", rec.to_extra_info())
+    assert bool(reply.get("retry_fresh")) == retried and bool(reply.get("fatal")) == retried
+    if retried:
+        assert "out of memory asking 8.00 GiB while 113.0 GiB stayed reserved" in reply["retry_fresh"]
