@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 from . import baseline as bl
 from . import ab, gate, report, summary
-from .combine import combine_runs
+from .combine import WIDE_SPREAD, combine_runs
 from .verdict import Comparison, Scope, ThresholdsError, load_thresholds
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
@@ -79,6 +79,12 @@ def cmd_record(args: argparse.Namespace, out) -> int:
         for key, outcomes in combined.disagreeing.items():
             print(f"  outcome differs between runs ({', '.join(outcomes)}), recorded as "
                   f"{run.records[key].outcome}: {key}", file=out)
+        wide = combined.widely_spread()
+        if wide:
+            print(f"  {len(wide)} case(s) whose runs lay more than {WIDE_SPREAD:.0%} apart: the gate's band "
+                  "for each widens to its spread (instance_k); the widest:", file=out)
+            for spread, key in wide[:5]:
+                print(f"    {spread:.1%} apart: {key}", file=out)
     else:
         run = runs[0]
     if args.baseline:

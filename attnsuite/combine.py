@@ -35,12 +35,28 @@ _DEVICE_FIELDS = ("device_ms", "device_iqr_ms", "device_min_ms", "host_overhead_
 _PREFERRED_METHOD = "cuda-graph"  # the primary method (kernel-sum is its fallback), on a tie
 
 
+WIDE_SPREAD = 0.10  # runs further apart than this on a case are named when a baseline is recorded
+
+
 @dataclass
 class Combined:
     """The combined run and the cases whose outcome differed between the runs."""
 
     run: Run
     disagreeing: dict[str, list[str]] = field(default_factory=dict)  # case key -> outcome per run
+
+    def widely_spread(self, limit: float = WIDE_SPREAD) -> list[tuple[float, str]]:
+        """(spread, case key) of the cases whose runs lay more than ``limit`` apart on the time the
+        gate judges (device min where there is one, else min), widest first: their noise band
+        widens to that spread, so whoever records the baseline should see them (one bad run
+        among few can make a case's band wide)."""
+        wide = []
+        for key, rec in self.run.records.items():
+            spread = rec.extra.get("instance_spread") or {}
+            value = spread.get("device_min_ms", spread.get("min_ms"))
+            if value is not None and value > limit:
+                wide.append((value, key))
+        return sorted(wide, reverse=True)
 
 
 def _median(values: list[Optional[float]]) -> Optional[float]:

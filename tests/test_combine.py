@@ -228,3 +228,13 @@ def test_device_time_by_another_method_is_not_gated_and_says_why():
         assert v.verdict == verdict, (method, v.message)
     v = compare(base, by_key([_by("kernel-sum", 110.0)]), device="cuda").verdicts[0]
     assert "device time by another method (baseline cuda-graph, this run kernel-sum): time not gated" in v.message
+
+
+def test_recording_names_the_cases_whose_runs_lay_more_than_ten_percent_apart(tmp_path):
+    files = [write_result(tmp_path / f"r{i}.json", [_cuda(a, workload="video-wm"), _cuda(b)])
+             for i, (a, b) in enumerate(((INSTANCE_A, 1.00), (INSTANCE_B, 1.05)))]
+    code, out = run_cli("record", *files, "--baseline", tmp_path / "b.json")
+    assert code == 0, out
+    assert "1 case(s) whose runs lay more than 10% apart" in out
+    assert f"{SPREAD_AB:.1%} apart: video-wm/" in out
+    assert "fa-sweep/" not in out.split("apart:", 1)[1], "a case 4.9% apart is not named"
