@@ -37,6 +37,8 @@ Layout (``version`` 1)::
 from __future__ import annotations
 
 import fnmatch
+import gzip
+import io
 import json
 import math
 import os
@@ -1066,10 +1068,25 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
                calibration=calibration)
 
 
+def _gunzip(raw: bytes, p: Path) -> bytes:
+    """The content of a gzip-compressed input, never more than :data:`MAX_FILE_BYTES` of it."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except (OSError, EOFError) as exc:
+        raise ResultFileError(p, f"not a readable gzip file: {exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ResultFileError(p, f"more than {MAX_FILE_BYTES >> 20} MiB once decompressed")
+    return data
+
+
 def load_run(path: os.PathLike | str) -> Run:
-    """A result file or a baseline file, read as a :class:`Run` (errors name the file)."""
+    """A result file or a baseline file, read as a :class:`Run` (errors name the file); a name
+    ending in ``.gz`` is read gzip-compressed (how evidence files are kept)."""
     p = Path(path)
     raw = read_input_bytes(p, ResultFileError)
+    if p.suffix == ".gz":
+        raw = _gunzip(raw, p)
     obj = parse_json_bytes(raw, p, ResultFileError)
     if is_baseline_json(obj):
         b = _baseline_from_bytes(raw, p)

@@ -13,26 +13,12 @@ percent between instances should move by a few percent at most in device time.
 from __future__ import annotations
 
 import argparse
-import gzip
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnsuite import baseline as bl  # noqa: E402
-
-
-def load(path: str) -> bl.Run:
-    """A result file, gzip-compressed or not (evidence files are kept compressed)."""
-    if not path.endswith(".gz"):
-        return bl.load_run(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        plain = Path(tmp) / Path(path).name[:-3]
-        plain.write_bytes(gzip.decompress(Path(path).read_bytes()))
-        run = bl.load_run(plain)
-        run.path = path
-        return run
 
 
 def changes(a: bl.Run, b: bl.Run) -> list[tuple[float, float, float, str]]:
@@ -62,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=8)
     args = ap.parse_args(argv)
     try:
-        rows = changes(load(args.a), load(args.b))
+        rows = changes(bl.load_run(args.a), bl.load_run(args.b))  # .gz allowed
     except (bl.InputFileError, OSError) as exc:
         print(f"instance_spread: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Fresh-instance A/A: unchanged code on machines the baseline did not come from, judged against it.
+
+Each RESULT is one run of the benchmarks (pytest-benchmark JSON, ``.gz`` allowed) on a fresh
+machine instance, with the code the baseline was recorded from. Every case is judged by the gate's
+own compare path (:func:`attnsuite.gate.judge_runs`, the thresholds the gate would use), and per
+run this prints:
+
+* the cases judged on time (ok in both, time gated) and how many a first measurement flagged
+  (``slower`` or ``memory-growth`` before confirmation: still gating, or dropped as not confirmed);
+* the gating verdicts after confirmation, by kind (what would fail CI);
+* for host-bound cases (launch fraction >= 0.5 on either side), the largest device-time change.
+
+and the series: in how many runs nothing gated, and the flagged share of all cases judged. These
+are the figures issue 9 judges the gate by ("no gating verdict in at least 4 of 5 fresh-instance
+runs; before confirmation at most 0.2% of cases flagged on device time").
+
+    python scripts/instance_aa.py --baseline baselines/cuda-nvidia-h200-...json RUN1.json.gz RUN2.json.gz
+    python scripts/instance_aa.py ... --markdown results/aa.md   # also write the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from attnsuite import baseline as bl  # noqa: E402
+from attnsuite import gate  # noqa: E402
+from attnsuite.verdict import CONFIRMABLE, Comparison  # noqa: E402
+
+HOST_BOUND_AT = 0.5  # launch fraction from which a case waited on the host (verdict.Thresholds.host_bound_at)
+
+
+@dataclass
+class RunSummary:
+    """One fresh-instance run against the baseline."""
+
+    path: str
+    judged: int = 0  # cases with a time verdict (ok in both, time gated)
+    flagged_first: int = 0  # slower / memory-growth on the first measurement
+    gating: dict[str, int] = field(default_factory=dict)  # verdict -> count, after confirmation
+    host_bound: int = 0
+    host_bound_max_change: Optional[float] = None  # largest |device-time change| among host-bound cases
+    worst: list[str] = field(default_factory=list)  # the gating findings, for the reader
+
+    @property
+    def gated(self) -> bool:
+        return bool(self.gating)
+
+
+def summarise(cmp: Comparison, base: bl.Run, cur: bl.Run, path: str) -> RunSummary:
+    """The A/A figures of one judged run (see the module docstring)."""
+    out = RunSummary(path)
+    for v in cmp.verdicts:
+        if v.time_change is not None:
+            out.judged += 1
+        if any(f in CONFIRMABLE for f in v.flags) or (v.confirmed is False):
+            out.flagged_first += 1
+        if v.gating:
+            out.gating[v.verdict] = out.gating.get(v.verdict, 0) + 1
+            if v.verdict != "missing":  # counted in the table; a cut run has hundreds
+                out.worst.append(f"{v.verdict} {v.key}: {v.message[:160]}")
+        b, c = base.records.get(v.key), cur.records.get(v.key)
+        if b is None or c is None or v.time_change is None or not v.statistic.startswith("device"):
+            continue
+        if any(r.launch_fraction is not None and r.launch_fraction >= HOST_BOUND_AT for r in (b, c)):
+            out.host_bound += 1
+            change = abs(v.time_change)
+            out.host_bound_max_change = max(change, out.host_bound_max_change or 0.0)
+    return out
+
+
+def table(rows: list[RunSummary]) -> str:
+    """The markdown table of the series, with its totals."""
+    lines = ["| run | judged | flagged (first) | gating after confirmation | host-bound: max device change |",
+             "|---|---:|---:|---|---:|"]
+    for r in rows:
+        gating = ", ".join(f"{n} {k}" for k, n in sorted(r.gating.items())) or "none"
+        hb = "-" if r.host_bound_max_change is None else f"{r.host_bound_max_change:.2%} of {r.host_bound}"
+        lines.append(f"| {r.path} | {r.judged} | {r.flagged_first} | {gating} | {hb} |")
+    judged = sum(r.judged for r in rows)
+    flagged = sum(r.flagged_first for r in rows)
+    clean = sum(1 for r in rows if not r.gated)
+    share = f"{flagged / judged:.2%}" if judged else "-"
+    lines.append("")
+    lines.append(f"Runs with no gating verdict: {clean} of {len(rows)}. Flagged before confirmation: "
+                 f"{flagged} of {judged} cases judged ({share}).")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description="fresh-instance A/A: unchanged code judged against a baseline")
+    ap.add_argument("--baseline", required=True, help="the baseline file the runs are judged against")
+    ap.add_argument("results", nargs="+", help="result JSON(s) from fresh instances (.gz allowed)")
+    ap.add_argument("--thresholds", default=None, help="thresholds JSON (default: the gate's rule)")
+    ap.add_argument("--markdown", default=None, help="also write the table here")
+    args = ap.parse_args(argv)
+    try:
+        base = gate.run_of_baseline(bl.load_baseline(args.baseline))
+        thresholds, _ = gate.thresholds_for(args.thresholds, Path(args.baseline).parent)
+        rows = []
+        for path in args.results:
+            cur = bl.load_run(path)  # .gz allowed
+            cmp = gate.judge_runs(base, cur, thresholds=thresholds)
+            rows.append(summarise(cmp, base, cur, path))
+    except (OSError, ValueError) as exc:  # baseline/result/threshold errors name their file
+        print(f"instance_aa.py: {exc}", file=sys.stderr)
+        return 2
+    text = table(rows)
+    print(text)
+    for r in rows:
+        for line in r.worst[:10]:
+            print(f"  {r.path}: {line}")
+    if args.markdown:
+        bl.atomic_write_text(args.markdown, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""scripts/instance_aa.py: the fresh-instance A/A figures of issue 9, from the gate's own verdicts."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnsuite import baseline as bl
+from gatehelp import by_key, rec, write_result
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "instance_aa.py"
+spec = importlib.util.spec_from_file_location("instance_aa", SCRIPT)
+aa = importlib.util.module_from_spec(spec)
+sys.modules["instance_aa"] = aa
+spec.loader.exec_module(aa)
+
+
+def _cuda(variant: str, ms: float, launch: float = 0.1, confirm_ms: float | None = None):
+    r = rec(variant, device_ms=ms, device_min_ms=ms, device_iqr_ms=0.0, device_method="cuda-graph",
+            launch_fraction=launch)
+    if confirm_ms is not None:  # the run measured the case again after the others (confirmation)
+        second = rec(variant, device_ms=confirm_ms, device_min_ms=confirm_ms, device_iqr_ms=0.0,
+                     device_method="cuda-graph", launch_fraction=launch)
+        r.extra["confirm"] = second.to_extra_info()
+    return r
+
+
+@pytest.fixture
+def baseline(tmp_path):
+    path = tmp_path / "base.json"
+    run = bl.Run(by_key([_cuda("a", 1.0), _cuda("b", 2.0), _cuda("c", 0.1, launch=0.9)]), bl.load_run(
+        write_result(tmp_path / "fp.json", [rec()])).fingerprint)
+    bl.record_baseline(run, path)
+    return path
+
+
+def test_a_series_counts_first_flags_gating_verdicts_and_the_host_bound_cases_device_move(tmp_path, baseline, capsys):
+    clean = write_result(tmp_path / "clean.json", [_cuda("a", 1.01), _cuda("b", 2.02), _cuda("c", 0.102, launch=0.95)])
+    # b slower on its first measurement only (not confirmed): flagged first, not gating
+    unconfirmed = write_result(tmp_path / "unconfirmed.json",
+                               [_cuda("a", 1.0), _cuda("b", 2.2, confirm_ms=2.01), _cuda("c", 0.1, launch=0.9)])
+    # a slower on both measurements: gating
+    slower = tmp_path / "slower.json.gz"
+    plain = write_result(tmp_path / "slower.json", [_cuda("a", 1.1, confirm_ms=1.1), _cuda("b", 2.0),
+                                                    _cuda("c", 0.1, launch=0.9)])
+    slower.write_bytes(gzip.compress(plain.read_bytes()))
+    md = tmp_path / "aa.md"
+    assert aa.main(["--baseline", str(baseline), str(clean), str(unconfirmed), str(slower), "--markdown", str(md)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in out.splitlines()
+            if line.startswith("| /")}
+    assert rows[str(clean)] == ["3", "0", "none", "2.00% of 1"]
+    assert rows[str(unconfirmed)][:3] == ["3", "1", "none"]
+    assert rows[str(slower)][:3] == ["3", "1", "1 slower"]
+    assert "Runs with no gating verdict: 2 of 3. Flagged before confirmation: 2 of 9 cases judged (22.22%)." in out
+    assert md.read_text().startswith("| run | judged |")
+
+
+def test_an_unreadable_result_is_named_and_exits_2(tmp_path, baseline, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert aa.main(["--baseline", str(baseline), str(bad)]) == 2
+    assert "bad.json" in capsys.readouterr().err
+
+
+def test_a_result_file_is_read_gzip_compressed_by_its_name_and_a_broken_one_is_named(tmp_path):
+    plain = write_result(tmp_path / "r.json", [_cuda("a", 1.0)])
+    packed = tmp_path / "r.json.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert bl.load_run(packed).records.keys() == bl.load_run(plain).records.keys()
+    broken = tmp_path / "broken.json.gz"
+    broken.write_bytes(plain.read_bytes())  # not compressed
+    with pytest.raises(bl.ResultFileError, match="broken.json.gz.*not a readable gzip file"):
+        bl.load_run(broken)
