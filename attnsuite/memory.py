@@ -153,10 +153,16 @@ def _op_names(prof) -> tuple[str, ...]:
 
 
 def profile_call(fn: Callable[[], object], profile_memory: bool = True) -> tuple[object, Optional[int], tuple[str, ...]]:
-    """Run ``fn`` once under torch.profiler: (result, CPU peak bytes above the start, op names)."""
+    """Run ``fn`` once under torch.profiler: (result, CPU peak bytes above the start, op names).
+
+    The op names include the Triton kernels the call launched, as ``triton-kernel::<name>``
+    (:func:`attnsuite.triton_support.triton_launches`): the host-side profiler does not see them.
+    """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=profile_memory) as prof:
+    from .triton_support import LAUNCH_PREFIX, triton_launches
+
+    with triton_launches() as launched, profile(activities=[ProfilerActivity.CPU], profile_memory=profile_memory) as prof:
         result = fn()
     peak = None
     if profile_memory:
@@ -164,7 +170,7 @@ def profile_call(fn: Callable[[], object], profile_memory: bool = True) -> tuple
         for _, delta in _cpu_allocation_events(prof):
             live += delta
             peak = max(peak, live)
-    return result, peak, _op_names(prof)
+    return result, peak, tuple(sorted(set(_op_names(prof)) | {LAUNCH_PREFIX + name for name in launched}))
 
 
 def measure_peak(fn: Callable[[], object], device: str) -> tuple[object, MemResult]:

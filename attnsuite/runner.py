@@ -28,6 +28,7 @@ from .case import Case, DeviceInputs, prepare
 from .inputs import torch_dtype
 from .problem import Problem
 from .record import MODES, CaseRecord, has_backward
+from .triton_support import LAUNCH_PREFIX
 
 ORACLE_LIMIT = 1 << 18  # score elements (b*hq*lq*lk) up to which outputs are checked against the float64 oracle
 _REF_CACHE: dict = {}  # (family, problem) -> (oracle output, same-dtype base output), shared by the variants
@@ -265,9 +266,13 @@ def detect_backend(op_names: tuple[str, ...], variant: registry.Variant, dyn: di
     parts.extend(sdpa)
     if "flex_attention" in joined and not compiled_ran:
         parts.append("flex:eager")
+    # a Triton kernel launched from Python (not Inductor's, whose launches "compiled" already names)
+    if not compiled_ran and any(name.startswith(LAUNCH_PREFIX) for name in op_names):
+        parts.append("triton")
     if not parts:
         parts.append("eager")
-    relevant = [n for n in op_names if "attention" in n.lower() or any(m in n for m in COMPILED_MARKERS)]
+    relevant = [n for n in op_names if "attention" in n.lower() or n.startswith(LAUNCH_PREFIX)
+                or any(m in n for m in COMPILED_MARKERS)]
     facts = {
         "compiled": compiled_ran,
         "compile_fallback": fallback,
