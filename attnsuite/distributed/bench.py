@@ -160,4 +160,6 @@ def run_distributed_case(variant_name: str, problem: Problem, mode: str, world_s
         rec["profile_per_rank"] = [r["profile"] for r in ranks]
     if "pair_kernel" in notes:  # which fused kernel the ring's block pairs ran (cudnn or flash)
         rec["pair_kernel"] = notes["pair_kernel"]
+    if "pair_views" in notes:  # whether the fused backward read row/key slices as views (no copies)
+        rec["pair_views"] = notes["pair_views"]
     return rec
