@@ -122,8 +122,9 @@ def triton_launches() -> Iterator[list[str]]:
     runtime = getattr(getattr(triton, "knobs", None), "runtime", None) if triton is not None else None
     hooks = getattr(runtime, "launch_enter_hook", None) if runtime is not None else None
 
-    def record(metadata: Any) -> None:
-        names.append(_launch_name(metadata))
+    # any arguments: a hook that raised inside Triton's launcher would fail the launch itself
+    def record(*args: Any, **kwargs: Any) -> None:
+        names.append(_launch_name(args[0] if args else kwargs.get("metadata")))
 
     if hooks is not None and hasattr(hooks, "add") and hasattr(hooks, "remove"):  # a chain of hooks
         hooks.add(record)
@@ -135,10 +136,10 @@ def triton_launches() -> Iterator[list[str]]:
     if runtime is not None and hasattr(runtime, "launch_enter_hook"):  # one hook: ours calls the old one too
         old = runtime.launch_enter_hook
 
-        def chained(metadata: Any) -> None:
-            record(metadata)
+        def chained(*args: Any, **kwargs: Any) -> None:
+            record(*args, **kwargs)
             if old is not None:
-                old(metadata)
+                old(*args, **kwargs)
 
         runtime.launch_enter_hook = chained
         try:

@@ -71,3 +71,18 @@ def test_the_backend_label_names_a_triton_launch(names, compiled, label):
     assert backend == label
     if label == "triton":
         assert LAUNCH_PREFIX + "flash_fwd" in facts["backend_ops"]
+
+
+@pytest.mark.parametrize("call", [
+    lambda hook: hook(Meta("k1")),
+    lambda hook: hook(Meta("k1"), "extra", more=1),
+    lambda hook: hook(metadata=Meta("k1")),
+    lambda hook: hook(object()),
+], ids=["metadata", "more arguments", "by keyword", "metadata of another form"])
+def test_the_recording_hook_never_raises_whatever_triton_passes_it(monkeypatch, call):
+    # a hook that raised inside Triton's launcher would fail the kernel launch it observes
+    runtime = types.SimpleNamespace(launch_enter_hook=None)
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(knobs=types.SimpleNamespace(runtime=runtime)))
+    with triton_launches() as launched:
+        call(runtime.launch_enter_hook)
+    assert len(launched) == 1 and runtime.launch_enter_hook is None
