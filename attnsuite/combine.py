@@ -64,10 +64,10 @@ def _median(values: list[Optional[float]]) -> Optional[float]:
     return statistics.median(present) if present else None
 
 
-def instance_spread(records: Sequence[CaseRecord]) -> dict[str, float]:
-    """Per time statistic present in at least two records: (max - min) / median over the records."""
+def instance_spread(records: Sequence[CaseRecord], fields: Sequence[str] = SPREAD_FIELDS) -> dict[str, float]:
+    """Per time statistic of ``fields`` present in at least two records: (max - min) / median over them."""
     out: dict[str, float] = {}
-    for name in SPREAD_FIELDS:
+    for name in fields:
         values = [getattr(r, name) for r in records if getattr(r, name) is not None]
         mid = statistics.median(values) if len(values) >= 2 else 0.0
         if mid > 0:
@@ -111,8 +111,8 @@ def combine_records(records: Sequence[CaseRecord]) -> CaseRecord:
         out.peak_mem_bytes = max(peaks) if peaks else None
         out.samples = sum(r.samples for r in same)
         # event statistics over every run, device ones over the runs of the kept method
-        spread = {k: v for k, v in instance_spread(same).items() if not k.startswith("device")}
-        spread.update({k: v for k, v in instance_spread(timed).items() if k.startswith("device")})
+        spread = instance_spread(same, [f for f in SPREAD_FIELDS if not f.startswith("device")])
+        spread.update(instance_spread(timed, [f for f in SPREAD_FIELDS if f.startswith("device")]))
         if spread:
             out.extra["instance_spread"] = spread
     out.extra["runs"] = len(same)

@@ -211,8 +211,9 @@ def measure(
 
     ``setup`` runs before each call outside the timed region (e.g. a forward pass before a timed
     backward, or zeroing gradients); with a setup every sample is one call. ``first_call`` times
-    the first call apart, its setup included (set False when the caller already did). ``inject_fraction`` > 0 makes each
-    call really slower by that fraction of the warm-up median (for the gate's detection tests).
+    the first call apart, its setup included (set False when the caller already did).
+    ``inject_fraction`` > 0 makes each call really slower by that fraction of the warm-up median
+    (for the gate's detection tests).
     ``clock``/``sync`` replace the host clock and device sync (tests); a custom clock forces the
     host-clock path even on CUDA.
     """

@@ -362,8 +362,11 @@ def time_basis(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) ->
     CUDA: device time when both sides have it (``device_min_ms`` for "min" when both have it, else
     ``device_ms``); a side without device time means time is not gated, since event time measures
     the host too, and so does device time measured by another method on each side (graph replay
-    against kernel-sum, which differ by several % on memory-bound steps). CPU: ``min_ms`` for "min" when both have it, else ``median_ms``.
+    against kernel-sum, which differ by several % on memory-bound steps). CPU: ``min_ms`` for
+    "min" when both have it, else ``median_ms``. Either way the band never drops below
+    ``instance_k`` times the baseline runs' spread on the judged statistic.
     """
+    hb = False
     if device == "cuda":
         if base.device_ms is None:
             return None, "baseline has no device time: time not gated"
@@ -380,19 +383,18 @@ def time_basis(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) ->
             label, b_ms, c_ms = "device median", base.device_ms, cur.device_ms
         if not b_ms:
             return None, "baseline device time is zero: time not gated"
-        inst = baseline_spread(base, label)
-        band = max(device_noise_band(base, cur, t), t.instance_k * inst)
-        return TimeBasis(label, b_ms, c_ms, band, base.device_ms, cur.device_ms, instance_spread=inst), ""
-    if t.statistic == "min" and base.min_ms is not None and cur.min_ms is not None:
-        label, b_ms, c_ms = "min", base.min_ms, cur.min_ms
-    else:  # records that carry only a median
-        label, b_ms, c_ms = "median", base.median_ms, cur.median_ms
-    if not b_ms or c_ms is None:
-        return None, "no time on one side: time not compared"
-    hb = bool(t.host_bound_floor) and host_bound(base, cur, t)
+        band, medians = device_noise_band(base, cur, t), (base.device_ms, cur.device_ms)
+    else:
+        if t.statistic == "min" and base.min_ms is not None and cur.min_ms is not None:
+            label, b_ms, c_ms = "min", base.min_ms, cur.min_ms
+        else:  # records that carry only a median
+            label, b_ms, c_ms = "median", base.median_ms, cur.median_ms
+        if not b_ms or c_ms is None:
+            return None, "no time on one side: time not compared"
+        hb = bool(t.host_bound_floor) and host_bound(base, cur, t)
+        band, medians = noise_band(base, cur, t), (base.median_ms, cur.median_ms)
     inst = baseline_spread(base, label)
-    band = max(noise_band(base, cur, t), t.instance_k * inst)
-    return TimeBasis(label, b_ms, c_ms, band, base.median_ms, cur.median_ms, hb, inst), ""
+    return TimeBasis(label, b_ms, c_ms, max(band, t.instance_k * inst), *medians, hb, inst), ""
 
 
 def _describe(r: CaseRecord) -> str:

@@ -9,7 +9,8 @@ run this prints:
 * the cases judged on time (ok in both, time gated) and how many a first measurement flagged
   (``slower`` or ``memory-growth`` before confirmation: still gating, or dropped as not confirmed);
 * the gating verdicts after confirmation, by kind (what would fail CI);
-* for host-bound cases (launch fraction >= 0.5 on either side), the largest device-time change.
+* for host-bound cases (launch fraction at the gate's ``host_bound_at`` or more on either side),
+  the largest device-time change.
 
 and the series: in how many runs nothing gated, and the flagged share of all cases judged. These
 are the figures issue 9 judges the gate by ("no gating verdict in at least 4 of 5 fresh-instance
@@ -31,10 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnsuite import baseline as bl  # noqa: E402
 from attnsuite import gate  # noqa: E402
-from attnsuite.verdict import CONFIRMABLE, Comparison  # noqa: E402
-
-HOST_BOUND_AT = 0.5  # launch fraction from which a case waited on the host (verdict.Thresholds.host_bound_at)
-
+from attnsuite.verdict import CONFIRMABLE, Comparison, ThresholdConfig, host_bound  # noqa: E402
 
 @dataclass
 class RunSummary:
@@ -53,8 +51,9 @@ class RunSummary:
         return bool(self.gating)
 
 
-def summarise(cmp: Comparison, base: bl.Run, cur: bl.Run, path: str) -> RunSummary:
-    """The A/A figures of one judged run (see the module docstring)."""
+def summarise(cmp: Comparison, base: bl.Run, cur: bl.Run, path: str, thresholds: ThresholdConfig) -> RunSummary:
+    """The A/A figures of one judged run (see the module docstring); host-bound as the gate's rule
+    says (:func:`attnsuite.verdict.host_bound` with each case's thresholds)."""
     out = RunSummary(path)
     for v in cmp.verdicts:
         if v.time_change is not None:
@@ -68,7 +67,7 @@ def summarise(cmp: Comparison, base: bl.Run, cur: bl.Run, path: str) -> RunSumma
         b, c = base.records.get(v.key), cur.records.get(v.key)
         if b is None or c is None or v.time_change is None or not v.statistic.startswith("device"):
             continue
-        if any(r.launch_fraction is not None and r.launch_fraction >= HOST_BOUND_AT for r in (b, c)):
+        if host_bound(b, c, thresholds.for_case(c, "cuda")):
             out.host_bound += 1
             change = abs(v.time_change)
             out.host_bound_max_change = max(change, out.host_bound_max_change or 0.0)
@@ -107,7 +106,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for path in args.results:
             cur = bl.load_run(path)  # .gz allowed
             cmp = gate.judge_runs(base, cur, thresholds=thresholds)
-            rows.append(summarise(cmp, base, cur, path))
+            rows.append(summarise(cmp, base, cur, path, thresholds))
     except (OSError, ValueError) as exc:  # baseline/result/threshold errors name their file
         print(f"instance_aa.py: {exc}", file=sys.stderr)
         return 2

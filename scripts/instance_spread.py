@@ -2,8 +2,8 @@
 """How much each case's time moved between two runs of unchanged code (e.g. two machine instances).
 
 For every case that ran ok in both result files it prints the change of the event-bracketed time
-(min) and of the device time (device min), overall and for host-bound cases (launch_fraction >=
-0.5 in either run: the GPU waited on Python), with the cases that moved most. This is the evidence
+(min) and of the device time (device min), overall and for host-bound cases (launch_fraction at
+the gate's host_bound_at, 0.5, or more in either run: the GPU waited on Python), with the cases that moved most. This is the evidence
 behind "device time does not follow the host": host-bound cases whose event time moves by tens of
 percent between instances should move by a few percent at most in device time.
 
@@ -19,6 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnsuite import baseline as bl  # noqa: E402
+from attnsuite.verdict import DEVICE_DEFAULTS  # noqa: E402
+
+HOST_BOUND_AT = DEVICE_DEFAULTS["cuda"].host_bound_at  # the gate's own rule for a host-bound case
 
 
 def changes(a: bl.Run, b: bl.Run) -> list[tuple[float, float, float, str]]:
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print("no case ran ok with device time in both files", file=sys.stderr)
         return 2
-    for label, sel in (("all", rows), ("host-bound", [r for r in rows if r[0] >= 0.5])):
+    for label, sel in (("all", rows), ("host-bound", [r for r in rows if r[0] >= HOST_BOUND_AT])):
         if not sel:
             continue
         dev, ev = [abs(r[1]) for r in sel], [abs(r[2]) for r in sel]
