@@ -71,6 +71,56 @@ def kernel_module(package: str, name: str, device_type: str) -> ModuleType:
     return importlib.import_module(f"{package}.{name}")
 
 
+def autotuning() -> bool:
+    """Whether the Triton kernels benchmark their configs on first call (``ATTNSUITE_TRITON_AUTOTUNE``, default on).
+
+    ``ATTNSUITE_TRITON_AUTOTUNE=0`` keeps the first config that fits: the GPU correctness run sets
+    it, since it compiles dozens of keys and times none of them.
+    """
+    return os.environ.get("ATTNSUITE_TRITON_AUTOTUNE", "1") != "0"
+
+
+def autotuned(configs: list, key: tuple[str, ...], shape: tuple[str, ...], *, prune: Any = None,
+              reset_to_zero: Optional[list[str]] = None) -> Any:
+    """Decorator: Triton's autotuner over ``configs``, keyed on ``key`` and ``shape``, for a ``@triton.jit`` kernel.
+
+    ``key`` names the kernel's arguments that select its code (head-dim blocks, the mask);
+    ``shape`` names the runtime sizes that decide which config is fastest (lengths, heads, batch).
+    Keyed on both, the config a case runs is chosen on that case's own shape: with a key of head
+    dim and mask only, the first shape of a key tuned it for every other, so a case's time depended
+    on which case ran first (on one H200, DeepSeek-V3's d 56 forward ran 23% slower after GPT-2's
+    d 64 shape had tuned the key; docs/triton.md). Re-tuning a new shape costs benchmark time only:
+    the configs' compiled code does not depend on these sizes.
+
+    With :func:`autotuning` off, the first config ``prune`` keeps and a key without ``shape``
+    (there is nothing to choose). Under the interpreter the kernel is returned as it is. Every
+    name must be an argument of the kernel: Triton's autotuner skips unknown names silently.
+    """
+    import triton
+    from triton import knobs
+
+    tune = autotuning()
+
+    def first(cfgs: list, named_args: dict, **kwargs: Any) -> list:
+        return (prune(cfgs, named_args, **kwargs) if prune is not None else list(cfgs))[:1]
+
+    def decorate(fn: Any) -> Any:
+        names = getattr(fn, "arg_names", [])
+        missing = [n for n in (*key, *shape) if n not in names]
+        if missing:
+            kernel = getattr(getattr(fn, "fn", fn), "__name__", repr(fn))
+            raise ValueError(f"autotune key of Triton kernel {kernel}: no argument named "
+                             f"{', '.join(missing)} (its arguments: {', '.join(names)})")
+        if knobs.runtime.interpret:
+            return fn
+        early = prune if tune else first
+        return triton.autotune(configs=configs, key=[*key, *shape] if tune else list(key),
+                               prune_configs_by={"early_config_prune": early} if early is not None else None,
+                               reset_to_zero=reset_to_zero)(fn)
+
+    return decorate
+
+
 def triton_reasons(problem: Problem) -> list[str]:
     """Reasons shared by the Triton variants: triton missing, fp32 on CUDA, the interpreter budget."""
     reason = device_reason(problem.device.split(":")[0])

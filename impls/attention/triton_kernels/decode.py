@@ -13,12 +13,13 @@ position i + OFF).
 
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 from triton import knobs
+
+from attnsuite.triton_support import autotuned
 
 INTERPRET = bool(knobs.runtime.interpret)
 DOT_F32 = INTERPRET  # see flash.py: the interpreter's bf16 tl.dot is wrong
@@ -33,19 +34,15 @@ def _cfg(bn, warps, stages):
 SPLIT_CONFIGS = [_cfg(64, 4, 3), _cfg(64, 4, 4), _cfg(128, 4, 3), _cfg(128, 8, 3), _cfg(32, 4, 4)]
 
 
-def _tuned(fn):
-    if INTERPRET:
-        return fn
-    configs = SPLIT_CONFIGS if os.environ.get("ATTNSUITE_TRITON_AUTOTUNE", "1") != "0" else SPLIT_CONFIGS[:1]
-    return triton.autotune(configs=configs, key=["BLOCK_D", "BLOCK_DV", "BLOCK_R", "MASK", "CHUNK"])(fn)
-
-
-@_tuned
-@triton.jit
+# the autotune key (attnsuite.triton_support.autotuned): code-selecting arguments, then the sizes
+# that decide the fastest config; BATCH is passed for the key alone (unused in the kernel)
+@autotuned(SPLIT_CONFIGS, ("BLOCK_D", "BLOCK_DV", "BLOCK_R", "MASK", "CHUNK"),
+           ("BATCH", "HKV", "LQ", "LK", "R", "NSPLIT", "OFF", "WIN"))
+@triton.jit(do_not_specialize=["BATCH"])
 def decode_split(Q, K, V, OP, LSEP,
                  sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                  HKV, LQ, LK, OFF, WIN, qk_scale, NSPLIT,
-                 R, CHUNK, D, DV,
+                 R, CHUNK, D, DV, BATCH,
                  BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                  MASK: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_N: tl.constexpr):
     split = tl.program_id(0)
@@ -170,7 +167,7 @@ def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: int, off: in
     extra = {"BLOCK_N": INTERP_BLOCK_N} if INTERPRET else {}
     decode_split[(nsplit, bsz * hkv)](q, k, v, op, lsep, *q.stride(), *k.stride(), *v.stride(),
                                       hkv, lq, lk, off, win, scale * math.log2(math.e), nsplit,
-                                      R=r, CHUNK=chunk, D=d, DV=dv, BLOCK_R=br, BLOCK_D=bd, BLOCK_DV=bdv,
+                                      R=r, CHUNK=chunk, D=d, DV=dv, BATCH=bsz, BLOCK_R=br, BLOCK_D=bd, BLOCK_DV=bdv,
                                       MASK=mask, DOT_F32=DOT_F32, **extra)
     decode_merge[(bsz * hkv,)](op, lsep, o, *o.stride(), hkv, lq, nsplit, R=r, DV=dv,
                                BLOCK_S=max(2, triton.next_power_of_2(nsplit)), BLOCK_R=br, BLOCK_DV=bdv)

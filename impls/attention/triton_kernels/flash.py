@@ -29,12 +29,13 @@ log-sum-exp of the state before the last key block.
 
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 from triton import knobs
+
+from attnsuite.triton_support import autotuned
 
 from .bwd_path import choose_bwd_path
 
@@ -72,8 +73,9 @@ def _cfg(bm, bn, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
 
 
-# A few configs each: every one costs a compilation (3-9 s) on the first call of each key. The last
-# of each list is the small tile that head dim 256 falls back to.
+# A few configs each: every one costs a compilation (3-9 s) the first time its code (head dim, mask,
+# dtype) runs; a new shape of compiled code costs only their timing. The last of each list is the
+# small tile that head dim 256 falls back to.
 FWD_CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 64, 4, 3), _cfg(64, 32, 4, 2)]
 # dK/dV: BLOCK_N keys owned, BLOCK_M queries streamed; dQ: the reverse.
 DKDV_CONFIGS = [_cfg(32, 128, 4, 3), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 2)]
@@ -82,29 +84,11 @@ DQ_CONFIGS = [_cfg(128, 32, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 2)]
 # add per query row and column per key block). Two compiles per key at d <= 128 (the split path
 # has 2 + 2). 8 warps: ptxas (triton 3.9, sm_90) spills least there (32x128: none at d 64).
 FUSED_CONFIGS = [_cfg(32, 128, 8, 3), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 2)]
-TUNE_KEY = ["BLOCK_D", "BLOCK_DV", "MASK"]  # the autotuner adds the tensors' dtypes to the key
-
-
-# ATTNSUITE_TRITON_AUTOTUNE=0 keeps the first config that fits (no benchmarking on first call):
-# the GPU correctness run uses it, since it compiles dozens of (head dim, mask, dtype) keys.
-AUTOTUNE = os.environ.get("ATTNSUITE_TRITON_AUTOTUNE", "1") != "0"
-
-
-def _prune_one(configs, named_args, **kwargs):
-    return _prune(configs, named_args, **kwargs)[:1]
-
-
-def _tuned(configs, reset_to_zero=None):
-    """Autotune on CUDA (per head dim, mask and dtype); a fixed small tile under the interpreter.
-
-    ``reset_to_zero``: outputs the kernel accumulates into (atomics), zeroed before each timed
-    config and after the sweep, so autotuning leaves the accumulator as the launcher set it.
-    """
-    if INTERPRET:
-        return lambda fn: fn
-    prune = _prune if AUTOTUNE else _prune_one
-    return triton.autotune(configs=configs, key=TUNE_KEY, prune_configs_by={"early_config_prune": prune},
-                           reset_to_zero=reset_to_zero)
+# The autotune key (attnsuite.triton_support.autotuned): the code-selecting arguments, then the
+# sizes that decide the fastest config; BATCH is passed for the key alone (unused in the kernels).
+TUNE_KEY = ("BLOCK_D", "BLOCK_DV", "MASK")  # the autotuner adds the tensors' dtypes to the key
+Q_SHAPE = ("BATCH", "HQ", "GROUP", "LQ", "LK", "OFF", "WIN")  # one program per query block
+KV_SHAPE = ("BATCH", "HKV", "GROUP", "LQ", "LK", "OFF", "WIN")  # one program per key block
 
 
 @triton.jit
@@ -183,12 +167,12 @@ def _fwd_block(acc, m_i, l_i, m_p, l_p, q, kt_ptrs, v_ptrs, start, offs_m, offs_
     return acc, m_new, l_i, m_p, l_p
 
 
-@_tuned(FWD_CONFIGS)
-@triton.jit
+@autotuned(FWD_CONFIGS, TUNE_KEY, Q_SHAPE, prune=_prune)
+@triton.jit(do_not_specialize=["BATCH"])
 def flash_fwd(Q, K, V, O, LSE,
               sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
               HQ, GROUP, LQ, LK, OFF, WIN, qk_scale,
-              D, DV, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              D, DV, BATCH, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
               MASK: tl.constexpr, DOT_F32: tl.constexpr,
               MUT_SKIP: tl.constexpr, MUT_CORNER: tl.constexpr, MUT_STALE: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -292,11 +276,11 @@ def _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, dq_ptrs, star
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["BATCH"])
 def flash_bwd_kv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ,
                  sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdom, sdod,
                  HKV, GROUP, LQ, LK, OFF, WIN, qk_scale, sm_scale,
-                 D, DV_, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                 D, DV_, BATCH, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                  MASK: tl.constexpr, DOT_F32: tl.constexpr, MUT_CORNER: tl.constexpr, FUSED: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (key block, batch, KV head): dK/dV of the block; with FUSED, dQ atomics too.
@@ -356,8 +340,8 @@ def flash_bwd_kv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ,
 
 # The same kernel body, tuned separately per path: the split path's dK/dV kernel, and the fused
 # one, whose dQ accumulator the autotuner zeroes between the configs it times.
-flash_bwd_dkdv = _tuned(DKDV_CONFIGS)(flash_bwd_kv)
-flash_bwd_fused = _tuned(FUSED_CONFIGS, reset_to_zero=["DQ"])(flash_bwd_kv)
+flash_bwd_dkdv = autotuned(DKDV_CONFIGS, TUNE_KEY, KV_SHAPE, prune=_prune)(flash_bwd_kv)
+flash_bwd_fused = autotuned(FUSED_CONFIGS, TUNE_KEY, KV_SHAPE, prune=_prune, reset_to_zero=["DQ"])(flash_bwd_kv)
 
 
 @triton.jit
@@ -403,12 +387,12 @@ def _dq_block(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, start, offs_m, offs_n, of
     return dq
 
 
-@_tuned(DQ_CONFIGS)
-@triton.jit
+@autotuned(DQ_CONFIGS, TUNE_KEY, Q_SHAPE, prune=_prune)
+@triton.jit(do_not_specialize=["BATCH"])
 def flash_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
                  sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdom, sdod,
                  HQ, GROUP, LQ, LK, OFF, WIN, qk_scale, sm_scale,
-                 D, DV, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                 D, DV, BATCH, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                  MASK: tl.constexpr, DOT_F32: tl.constexpr, MUT_CORNER: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -490,7 +474,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: int, off: i
 
     flash_fwd[grid](q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
                     hq, hq // hkv, lq, lk, off, win, scale * math.log2(math.e),
-                    D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, MASK=mask, DOT_F32=DOT_F32,
+                    D=d, DV=dv, BATCH=bsz, BLOCK_D=bd, BLOCK_DV=bdv, MASK=mask, DOT_F32=DOT_F32,
                     MUT_SKIP=bool(mutants.get("skip_block")), MUT_CORNER=bool(mutants.get("wrong_corner")),
                     MUT_STALE=bool(mutants.get("stale_lse")), **_launch_kw(INTERP_FWD))
     return o.to(dtype), lse
@@ -532,7 +516,7 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     qk_scale = scale * math.log2(math.e)
     corner = bool(mutants.get("wrong_corner"))
     strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
-    shape_kw = dict(D=d, BLOCK_D=bd, BLOCK_DV=bdv, MASK=mask, DOT_F32=DOT_F32, MUT_CORNER=corner)
+    shape_kw = dict(D=d, BATCH=bsz, BLOCK_D=bd, BLOCK_DV=bdv, MASK=mask, DOT_F32=DOT_F32, MUT_CORNER=corner)
 
     def grid_kv(meta):
         return (triton.cdiv(lk, meta["BLOCK_N"]), bsz * hkv)

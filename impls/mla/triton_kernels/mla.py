@@ -13,12 +13,13 @@ Deterministic: each program owns its output rows, no atomics. Forward only.
 
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 from triton import knobs
+
+from attnsuite.triton_support import autotuned
 
 INTERPRET = bool(knobs.runtime.interpret)
 DOT_F32 = INTERPRET  # see flash.py: the interpreter's bf16 tl.dot is wrong
@@ -33,18 +34,13 @@ def _cfg(bm, bn, warps, stages):
 MLA_CONFIGS = [_cfg(64, 32, 8, 2), _cfg(64, 64, 8, 1), _cfg(64, 32, 4, 2), _cfg(32, 64, 4, 2)]
 
 
-def _tuned(fn):
-    if INTERPRET:
-        return fn
-    configs = MLA_CONFIGS if os.environ.get("ATTNSUITE_TRITON_AUTOTUNE", "1") != "0" else MLA_CONFIGS[:1]
-    return triton.autotune(configs=configs, key=["BLOCK_DL", "BLOCK_DR", "MASK"])(fn)
-
-
-@_tuned
-@triton.jit
+# the autotune key (attnsuite.triton_support.autotuned): code-selecting arguments, then the sizes
+# that decide the fastest config; BATCH is passed for the key alone (unused in the kernel)
+@autotuned(MLA_CONFIGS, ("BLOCK_DL", "BLOCK_DR", "MASK"), ("BATCH", "H", "LQ", "LK"))
+@triton.jit(do_not_specialize=["BATCH"])
 def mla_fwd(Q, QR, KV, O, sqb, sqh, sqm, sqd, srb, srh, srm, srd, skb, skn, skd, sob, soh, som, sod,
             H, LQ, LK, OFF, qk_scale,
-            DL, DR, BLOCK_DL: tl.constexpr, BLOCK_DR: tl.constexpr,
+            DL, DR, BATCH, BLOCK_DL: tl.constexpr, BLOCK_DR: tl.constexpr,
             MASK: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
     if MASK != 0:
@@ -119,7 +115,7 @@ def mla_forward(q_lat: torch.Tensor, q_pe: torch.Tensor, kv: torch.Tensor, scale
         return (triton.cdiv(lq * heads, meta["BLOCK_M"]), bsz)
 
     mla_fwd[grid](q_lat, q_pe, kv, o, *q_lat.stride(), *q_pe.stride(), *kv.stride(), *o.stride(), heads, lq, lk, lk - lq,
-                  scale * math.log2(math.e), DL=d_latent, DR=dr,
+                  scale * math.log2(math.e), DL=d_latent, DR=dr, BATCH=bsz,
                   BLOCK_DL=max(16, triton.next_power_of_2(d_latent)), BLOCK_DR=max(16, triton.next_power_of_2(dr)),
                   MASK=1 if causal else 0, DOT_F32=DOT_F32, **(INTERP_TILE if INTERPRET else {}))
     return o.to(dtype)
