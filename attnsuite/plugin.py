@@ -6,6 +6,8 @@ Sub-plugins, one job each: :mod:`attnsuite.plugin_bench` (benchmark options and 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from . import problem_file, registry
@@ -110,6 +112,15 @@ def selected_variants(config: pytest.Config, level: str | None = None) -> list[r
     """Registered variants of ``level`` after the ``--attn-only`` filter."""
     only = set(config.getoption("--attn-only"))
     return [v for v in registry.variants(level=level) if not only or v.name in only]
+
+
+def nothing_selected(config: pytest.Config, arity: int) -> Any:
+    """The one parameter set of a variant-parametrised test whose selection holds no case for it: a
+    skip that names the selection, so the test is reported (never an empty collection or an error)."""
+    only = config.getoption("--attn-only")
+    what = f"--attn-only {' '.join(only)}" if only else "the registered variants"
+    return pytest.param(*([None] * arity), id="nothing-selected",
+                        marks=pytest.mark.skip(reason=f"{what}: no variant and problem this test checks"))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

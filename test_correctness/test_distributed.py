@@ -29,6 +29,7 @@ from attnsuite.distributed.run import call
 from attnsuite.distributed.shard import contiguous, layout, validate, zigzag
 from attnsuite.distributed.variant import DistributedVariant, refusal
 from attnsuite.inputs import kernel_inputs
+from attnsuite.plugin import nothing_selected, selected_variants
 from attnsuite.problem import Mask, Problem
 
 registry.load_builtin()
@@ -70,9 +71,10 @@ def _problems() -> list[Problem]:
 CP_CPU_PROBE = Problem(batch=1, lq=24, lk=24, hq=2, hkv=2, dqk=16, dv=16, mask=CAUSAL, dtype="float32")
 
 
-def _cases():
+def _cases(config: pytest.Config):
+    """(variant, P, problem, check) for the distributed variants the run selects (``--attn-only``)."""
     for P in WORLD_SIZES:
-        for variant in registry.variants(family="attention"):
+        for variant in selected_variants(config):
             if not isinstance(variant, DistributedVariant):
                 continue
             problems = _problems()
@@ -98,7 +100,12 @@ def pools():
         pool.close()
 
 
-@pytest.mark.parametrize("name,P,problem,check", list(_cases()))
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.function.__name__ == "test_distributed_variant_on_P_ranks_passes_the_check":
+        params = list(_cases(metafunc.config))
+        metafunc.parametrize("name,P,problem,check", params or [nothing_selected(metafunc.config, 4)])
+
+
 def test_distributed_variant_on_P_ranks_passes_the_check(name, P, problem, check, pools, request):
     variant = OnRanks(registry.get(name), pools(P))
     reason = skip_reason(check, variant, problem)

@@ -12,7 +12,7 @@ import pytest
 
 from attnsuite import checks, registry
 from attnsuite.runner import is_distributed
-from attnsuite.plugin import selected_variants
+from attnsuite.plugin import nothing_selected, selected_variants
 
 from .conftest import correctness_device, correctness_dtypes
 
@@ -53,9 +53,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     check = CHECK_OF_TEST.get(metafunc.function.__name__)
     if check is not None:
         params = list(_cases(metafunc.config, check))
-        if not params:
-            raise pytest.UsageError(f"{metafunc.function.__name__}: no (variant, problem) pairs selected")
-        metafunc.parametrize(("variant", "problem"), params)
+        metafunc.parametrize(("variant", "problem"), params or [nothing_selected(metafunc.config, 2)])
 
 
 def _run(check: str, variant, problem, build_cache, record_property) -> None:

@@ -1,0 +1,49 @@
+"""The correctness suite checks what ``--attn-only`` selects, and nothing else, in every module.
+
+Found: the distributed checks ran every distributed variant whatever was selected, and selecting a
+distributed variant alone stopped collection with a usage error from the single-process checks
+(they had nothing to check). Collection only: these tests run no check.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# ids of variant-parametrised checks: "<variant>@<problem>" or "<variant>[P=<n>]@<problem>-<check>"
+VARIANT_ID = re.compile(r"\[(?P<variant>[A-Za-z0-9_.+-]+?)(?:\[P=\d+\])?@")
+
+
+@functools.lru_cache(maxsize=None)
+def _collect(*only: str) -> tuple[int, list[str]]:
+    args = [a for name in only for a in ("--attn-only", name)]
+    done = subprocess.run([sys.executable, "-m", "pytest", "test_correctness", "--co", "-q", "-p", "no:cacheprovider",
+                           "-n", "0", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    ids = [line for line in done.stdout.splitlines() if "::" in line]
+    return done.returncode, ids
+
+
+@pytest.mark.parametrize("only", [("triton-flash",), ("ring-zigzag",), ("sdpa", "ring")])
+def test_every_variant_parametrised_check_collects_only_the_selected_variants(only):
+    code, ids = _collect(*only)
+    assert code == 0, f"collection with --attn-only {' '.join(only)} exited {code}"
+    seen = {m.group("variant") for i in ids for m in [VARIANT_ID.search(i)] if m}
+    assert seen, "no variant-parametrised check collected"
+    assert seen <= set(only), f"--attn-only {' '.join(only)} also collected {sorted(seen - set(only))}"
+
+
+def test_a_selection_with_nothing_for_a_check_module_is_reported_as_a_skip_there_not_an_error():
+    code, ids = _collect("ring-zigzag")  # distributed only: the single-process checks have nothing
+    assert code == 0
+    single = [i for i in ids if i.startswith("test_correctness/test_variants.py::test_forward_matches_oracle")]
+    assert single == ["test_correctness/test_variants.py::test_forward_matches_oracle[nothing-selected]"]
+    code, ids = _collect("triton-flash")  # no distributed variant selected
+    dist = [i for i in ids if "test_distributed_variant_on_P_ranks" in i]
+    assert dist == ["test_correctness/test_distributed.py::"
+                    "test_distributed_variant_on_P_ranks_passes_the_check[nothing-selected]"]
