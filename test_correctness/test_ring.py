@@ -136,3 +136,32 @@ def test_ring_sim_takes_its_rank_count_from_the_problem_and_declines_a_bad_one()
     bad = good.with_(args=(("ranks", 0),))
     assert any("ranks=0 is not a positive int" in r for r in variant.unsupported(bad))
     assert any("does not support dropout" in r for r in variant.unsupported(good.with_(dropout=0.1)))
+
+
+@pytest.mark.parametrize("mask", ["causal", "window5", "causal-br"])
+def test_a_built_ring_step_reads_nothing_back_to_the_host_so_a_cuda_graph_can_capture_it(mask, monkeypatch):
+    """Which blocks a mask hides is decided when the variant is built, not in each call: a host read
+    in the call (``bool(tensor)``) is a synchronisation, and CUDA graph capture refuses it, which
+    sent every ring-sim case's device time to the profiler."""
+    p = Problem(batch=1, lq=24, lk=24, hq=2, hkv=2, dqk=8, dv=8, mask=MASKS[mask], dtype="float64")
+    run = registry.get("ring-sim-p3").build(p)
+    q, k, v, _ = kernel_inputs(p, requires_grad=False)
+    ref_out, _ = checks.reference("attention", p)
+    base_out, _ = checks.base("attention", p)
+
+    def no_host_read(self):
+        raise AssertionError("ring-sim read a tensor back to the host inside the call")
+
+    monkeypatch.setattr(torch.Tensor, "__bool__", no_host_read)
+    out = run(q, k, v)
+    monkeypatch.undo()
+    result = compare("output", out, ref_out, base_out, p.dtype, "output", checks.live_rows(p))
+    assert result.passed, result.describe()
+
+
+def test_the_plan_leaves_out_exactly_the_blocks_the_mask_hides():
+    p = Problem(batch=1, lq=24, lk=24, hq=1, hkv=1, dqk=8, dv=8, mask=MASKS["causal"], dtype="float64")
+    plan = ring.ring_plan(p, 3, "cpu")
+    # causal, even chunks: rank r sees its own block and the earlier ones only
+    assert plan.live == [[0], [1, 0], [2, 1, 0]]
+    assert ring.ring_plan(p.with_(mask=MASKS["nomask"]), 3, "cpu").live == [[0, 2, 1], [1, 0, 2], [2, 1, 0]]

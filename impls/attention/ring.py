@@ -15,6 +15,7 @@ ranks, uneven chunks for most lengths).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
 
 import torch
@@ -71,20 +72,32 @@ class RingState:
         return out, lse
 
 
-def ring_attention(
-    problem: Problem,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    ranks: int,
-    q_sizes: Optional[Sequence[int]] = None,
-    kv_sizes: Optional[Sequence[int]] = None,
-    rescale: bool = True,
-) -> torch.Tensor:
-    """Attention of the problem computed by ``ranks`` simulated ring ranks; same contract as the oracle.
+@dataclass
+class RingPlan:
+    """What every call of one ring simulation shares, worked out once per problem and device.
 
-    ``q_sizes`` / ``kv_sizes`` override the even split (each must have ``ranks`` entries summing to
-    lq / lk). Returns (b, hq, lq, dv) in q's dtype.
+    ``live[r]`` lists the source blocks rank r folds in, in ring order: the blocks the mask hides
+    entirely are left out here rather than tested in each call, where the test would read a device
+    value back to the host every call (a synchronisation, and what kept CUDA graphs from capturing
+    the step: its device time then needed the profiler).
+    """
+
+    q_sizes: list[int]
+    kv_sizes: list[int]
+    q_starts: list[int]
+    kv_starts: list[int]
+    mmod: Optional[mask_mods.MaskMod]
+    smod: Optional[mask_mods.ScoreMod]
+    heads: torch.Tensor  # (1, hq, 1, 1) head indices for score modifiers
+    zero: torch.Tensor  # the batch index the modifiers see
+    live: list[list[int]]
+
+
+def ring_plan(problem: Problem, ranks: int, device: str, q_sizes: Optional[Sequence[int]] = None,
+              kv_sizes: Optional[Sequence[int]] = None) -> RingPlan:
+    """The :class:`RingPlan` of ``problem`` on ``ranks`` simulated ranks (even chunks unless sizes are given).
+
+    ``q_sizes`` / ``kv_sizes`` must each have ``ranks`` entries summing to lq / lk.
     """
     if ranks < 1:
         raise ValueError(f"ring attention needs at least 1 rank, got {ranks}")
@@ -94,38 +107,67 @@ def ring_attention(
         if len(sizes) != ranks or sum(sizes) != total or min(sizes) < 0:
             raise ValueError(f"ring attention: {what}={sizes} must be {ranks} non-negative sizes summing to {total}")
     q_starts, kv_starts = _starts(q_sizes), _starts(kv_sizes)
+    mmod = mask_mods.mask_mod(problem, device)
+    zero = torch.zeros((), dtype=torch.long, device=device)
+    live = []
+    for r in range(ranks):
+        blocks = []
+        qi = torch.arange(q_starts[r], q_starts[r] + q_sizes[r], device=device)[:, None]
+        for step in range(ranks):
+            src = (r - step) % ranks  # the block that reached rank r after `step` hops
+            if q_sizes[r] == 0 or kv_sizes[src] == 0:
+                continue
+            kj = torch.arange(kv_starts[src], kv_starts[src] + kv_sizes[src], device=device)[None, :]
+            if mmod is not None and not bool(mmod(zero, zero, qi, kj).any()):
+                continue  # the mask hides the whole block: nothing to compute or merge
+            blocks.append(src)
+        live.append(blocks)
+    return RingPlan(q_sizes, kv_sizes, q_starts, kv_starts, mmod, mask_mods.score_mod(problem, device),
+                    torch.arange(problem.hq, device=device)[None, :, None, None], zero, live)
+
+
+def ring_attention(
+    problem: Problem,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ranks: int,
+    q_sizes: Optional[Sequence[int]] = None,
+    kv_sizes: Optional[Sequence[int]] = None,
+    rescale: bool = True,
+    plan: Optional[RingPlan] = None,
+) -> torch.Tensor:
+    """Attention of the problem computed by ``ranks`` simulated ring ranks; same contract as the oracle.
+
+    ``q_sizes`` / ``kv_sizes`` override the even split (each must have ``ranks`` entries summing to
+    lq / lk). ``plan`` (from :func:`ring_plan`, for q's device) is made here when not given.
+    Returns (b, hq, lq, dv) in q's dtype.
+    """
+    if plan is None:
+        plan = ring_plan(problem, ranks, str(q.device), q_sizes, kv_sizes)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     group = problem.hq // problem.hkv
     if group > 1:  # GQA: every query head reads its key/value head h * hkv // hq
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    mmod = mask_mods.mask_mod(problem, str(q.device))
-    smod = mask_mods.score_mod(problem, str(q.device))
-    heads = torch.arange(problem.hq, device=q.device)[None, :, None, None]
-    zero = torch.zeros((), dtype=torch.long, device=q.device)
+    mmod, smod, zero = plan.mmod, plan.smod, plan.zero
     outs = []
-    for r in range(ranks):
-        nq = q_sizes[r]
+    for r, blocks in enumerate(plan.live):
+        nq, q0 = plan.q_sizes[r], plan.q_starts[r]
         if nq == 0:
             continue
-        q_r = q[:, :, q_starts[r] : q_starts[r] + nq]
-        qi = torch.arange(q_starts[r], q_starts[r] + nq, device=q.device)[:, None]  # global query positions
+        q_r = q[:, :, q0 : q0 + nq]
+        qi = torch.arange(q0, q0 + nq, device=q.device)[:, None]  # global query positions
         state = RingState(q_r, v.shape[-1], acc)
-        for step in range(ranks):
-            src = (r - step) % ranks  # the block that reached rank r after `step` hops
-            nk = kv_sizes[src]
-            if nk == 0:
-                continue
-            kj = torch.arange(kv_starts[src], kv_starts[src] + nk, device=q.device)[None, :]
-            allowed = None if mmod is None else torch.broadcast_to(mmod(zero, zero, qi, kj), (nq, nk))
-            if allowed is not None and not bool(allowed.any()):
-                continue  # the mask hides the whole block: nothing to compute or merge
-            k_b = k[:, :, kv_starts[src] : kv_starts[src] + nk]
-            v_b = v[:, :, kv_starts[src] : kv_starts[src] + nk]
+        for src in blocks:
+            nk, k0 = plan.kv_sizes[src], plan.kv_starts[src]
+            kj = torch.arange(k0, k0 + nk, device=q.device)[None, :]
+            k_b = k[:, :, k0 : k0 + nk]
+            v_b = v[:, :, k0 : k0 + nk]
             s = torch.matmul(q_r, k_b.transpose(-2, -1)).to(acc) * problem.softmax_scale
             if smod is not None:
-                s = smod(s, zero, heads, qi, kj)
-            if allowed is not None:
-                s = s.masked_fill(~allowed, float("-inf"))
+                s = smod(s, zero, plan.heads, qi, kj)
+            if mmod is not None:
+                s = s.masked_fill(~torch.broadcast_to(mmod(zero, zero, qi, kj), (nq, nk)), float("-inf"))
             state.update(s, v_b, rescale=rescale)
         outs.append(state.result()[0])
     return torch.cat(outs, dim=2).to(q.dtype)
@@ -150,9 +192,10 @@ class _RingSim(KernelVariant):
 
     def build(self, problem: Problem):
         ranks = self.ranks(problem)
+        plan = ring_plan(problem, ranks, problem.device)
 
         def run(q, k, v):
-            return ring_attention(problem, q, k, v, ranks)
+            return ring_attention(problem, q, k, v, ranks, plan=plan)
 
         return run
 
