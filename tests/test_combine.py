@@ -238,3 +238,21 @@ def test_recording_names_the_cases_whose_runs_lay_more_than_ten_percent_apart(tm
     assert "1 case(s) whose runs lay more than 10% apart" in out
     assert f"{SPREAD_AB:.1%} apart: video-wm/" in out
     assert "fa-sweep/" not in out.split("apart:", 1)[1], "a case 4.9% apart is not named"
+
+
+# On a fresh H200 (docs/evidence/h200-2026-11-30-s7) fa-sweep explicit fwd read +13.0% on its first
+# measurement and +1.1% when confirmation measured it again: recording the first widened that case's
+# band to 13% for every later run.
+@pytest.mark.parametrize("second_ms, kept_ms", [(1.011, 1.011), (1.13, 1.13)],
+                         ids=["transient first measurement", "confirmed: either, the later is kept"])
+def test_a_case_measured_again_by_confirmation_enters_a_baseline_with_its_second_measurement(second_ms, kept_ms):
+    measured_twice = _cuda(1.13)
+    measured_twice.extra["confirm"] = _cuda(second_ms).to_extra_info()
+    c = combine_records([_cuda(1.0), _cuda(1.0), measured_twice])
+    assert c.device_min_ms == 1.0
+    alone = combine_records([measured_twice])
+    assert alone.device_min_ms == kept_ms
+    assert alone.extra["first_measurement"]["device_min_ms"] == 1.13
+    assert "confirm" not in alone.extra
+    spread = combine_records([_cuda(1.0), measured_twice]).extra["instance_spread"]["device_min_ms"]
+    assert spread == pytest.approx(abs(second_ms - 1.0) / ((second_ms + 1.0) / 2))
