@@ -308,3 +308,25 @@ def test_random_mask_keeps_about_half_and_at_least_one_key_per_row():
         assert 0.4 < part.mean() < 0.6, f"random mask keeps {part.mean():.2f} of a quarter of the rows"
     # it must not be symmetric or shift-invariant (which would hide a transposed convention)
     assert not np.array_equal(allowed[:200, :200], allowed[:200, :200].T)
+
+
+@pytest.mark.parametrize("name,lq,lk,align", CASES[::3])
+def test_the_block_mask_the_flex_variants_use_agrees_with_the_oracle(name, lq, lk, align):
+    problem = make(name, lq, lk, align)
+    bm = mask_mods.block_mask(problem.with_(device="cpu"))
+    got, complaints = block_mask_effective(bm, mask_mods.mask_mod(problem, "cpu"), lq, lk)
+    assert not complaints, f"mask_mods.block_mask {problem.mask.id}: {'; '.join(complaints)}"
+    assert np.array_equal(got, oracle_mask.allowed(problem)), f"mask_mods.block_mask {problem.mask.id}"
+
+
+def test_a_block_mask_is_shared_by_problems_that_differ_only_outside_the_mask_and_lengths():
+    base = Problem(batch=2, lq=40, lk=56, hq=4, hkv=2, dqk=16, dv=16, mask=Mask("causal", align="bottom_right"))
+    same = mask_mods.block_mask(base)
+    assert mask_mods.block_mask(base.with_(batch=3, hq=8, hkv=8, dqk=32, dv=8, dtype="float64")) is same
+    other_corner = mask_mods.block_mask(base.with_(mask=Mask("causal")))
+    other_length = mask_mods.block_mask(base.with_(lk=57))
+    assert other_corner is not same and other_length is not same
+    for p, bm in ((base, same), (base.with_(mask=Mask("causal")), other_corner), (base.with_(lk=57), other_length)):
+        got, _ = block_mask_effective(bm, mask_mods.mask_mod(p, "cpu"), p.lq, p.lk)
+        assert np.array_equal(got, oracle_mask.allowed(p)), p.id
+    assert mask_mods.block_mask(base.with_(mask=Mask())) is None

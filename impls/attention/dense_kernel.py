@@ -279,13 +279,13 @@ class _Flex(KernelVariant):
         return reasons
 
     def build(self, problem):
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        from torch.nn.attention.flex_attention import flex_attention
 
         mmod = mask_mods.mask_mod(problem)
         smod = mask_mods.score_mod(problem)
         block_mask = None
         if mmod is not None and self.use_block_mask:
-            block_mask = create_block_mask(mmod, None, None, problem.lq, problem.lk, device=problem.device)
+            block_mask = mask_mods.block_mask(problem)
         elif mmod is not None:  # the mask as a score_mod: no block sparsity, every tile computed
             inner = smod
 

@@ -128,11 +128,9 @@ class _SdpaModule(GqaModule):
 class _FlexModule(GqaModule):
     def __init__(self, problem, params):
         super().__init__(problem, params)
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        from torch.nn.attention.flex_attention import flex_attention
 
-        mmod = mask_mods.mask_mod(problem)
-        self.block_mask = (None if mmod is None else
-                           create_block_mask(mmod, None, None, problem.lq, problem.lk, device=problem.device))
+        self.block_mask = mask_mods.block_mask(problem)
         self.score_mod = mask_mods.score_mod(problem)
         self.flex = torch.compile(flex_attention, dynamic=False)
 

@@ -205,11 +205,9 @@ class SeparateQKV(_Layer):
         self.block_mask = None
         self.flex = None
         if core == "flex":
-            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+            from torch.nn.attention.flex_attention import flex_attention
 
-            mmod = mask_mods.mask_mod(problem)
-            if mmod is not None:  # built here, outside the timed call
-                self.block_mask = create_block_mask(mmod, None, None, problem.lq, problem.lk, device=problem.device)
+            self.block_mask = mask_mods.block_mask(problem)  # built here, outside the timed call
             self.flex = torch.compile(flex_attention, dynamic=False)
         elif core not in ("explicit", "sdpa", "sdpa-mask"):
             raise ValueError(f"unknown attention core {core!r}")
