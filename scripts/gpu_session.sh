@@ -8,7 +8,9 @@
 #   tier1b    SIGINT before the call's limit; tier1b (the next call, same warm machine) resumes it.
 #             The single-GPU wall time is the two parts' loop times added (each part's log says it).
 #             GPUS=2 spreads the journaled run over both GPUs instead: a fresh-instance A/A run against
-#             the shipped baseline whose confirmation pass would not fit in one call.
+#             the shipped baseline whose confirmation pass would not fit in one call. JOURNAL=path
+#             (default /tmp/attnsuite-tier1.journal) keeps a second journaled run apart from the first
+#             on the same machine (e.g. a warm-cache run after a cold one).
 #   tier1     the full tier on GPU 0 alone, beside scripts/gpu_triton.sh on GPU 1 (the Triton run
 #             shares the host's CPUs with the tier: its wall time is read with that in mind)
 #   dist      scripts/gpu_distributed.sh: NCCL correctness in bf16/fp16 and the context-parallel timings,
@@ -44,7 +46,8 @@ case "$call" in
     gpus=${GPUS:-1}
     devices=0; [ "$gpus" -gt 1 ] && devices=$(seq -s, 0 $((gpus - 1)))
     CUDA_VISIBLE_DEVICES=$devices OUT=$work/$call timeout -s INT "${TIER_S:-560}" bash scripts/gpu_bench.sh full \
-      -- --attn-gpus="$gpus" --attn-journal=/tmp/attnsuite-tier1.journal "${resume[@]}" > "$work/$call/run.log" 2>&1
+      -- --attn-gpus="$gpus" --attn-journal="${JOURNAL:-/tmp/attnsuite-tier1.journal}" "${resume[@]}" \
+      > "$work/$call/run.log" 2>&1
     echo "$call exit $?" | tee -a "$work/$call/run.log" ;;
   tier1)
     mkdir -p "$work/tier1" "$work/triton"
