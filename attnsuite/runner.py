@@ -649,6 +649,7 @@ def measure_deferred_device_time(bc: BenchCase, settings: Settings, rec: CaseRec
     """
     p = bc.problem
     why = rec.extra.get("device_time_pending", "")
+    t0 = time.perf_counter()
     try:
         variant = registry.get(bc.variant or "")
         case = prepare(variant, p, requires_grad=has_backward(bc.mode), device_inputs=settings.device_inputs)
@@ -671,4 +672,6 @@ def measure_deferred_device_time(bc: BenchCase, settings: Settings, rec: CaseRec
     finally:
         case = None
         _recover(p.device)
+        # its own phase: the deferred pass's cost per case (building the case again, warming, profiling)
+        rec.extra.setdefault("suite_s", {})["deferred-device-time"] = round(time.perf_counter() - t0, 4)
     return rec

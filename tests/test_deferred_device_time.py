@@ -91,6 +91,7 @@ def test_the_deferred_measurement_profiles_the_rebuilt_case_and_fills_the_record
     assert (out.device_method, out.device_ms, out.device_min_ms) == ("kernel-sum", pytest.approx(4.0), pytest.approx(3.0))
     assert out.host_overhead_ms == pytest.approx(2.0)
     assert out.extra["device_time_note"] == "per-call setup" and "device_time_pending" not in out.extra
+    assert out.extra["suite_s"]["deferred-device-time"] > 0, "the deferred pass's cost per case is its own phase"
 
 
 def test_a_failed_deferred_measurement_leaves_a_note_and_the_outcome(monkeypatch):
@@ -107,6 +108,7 @@ def test_a_failed_deferred_measurement_leaves_a_note_and_the_outcome(monkeypatch
     out = runner.measure_deferred_device_time(bc, settings, rec)
     assert out.outcome == "ok" and out.device_ms is None
     assert "not measured (graph capture failed: X)" in out.extra["device_time_note"]
+    assert "deferred-device-time" in out.extra["suite_s"]
 
 
 class _Backend:
