@@ -288,6 +288,7 @@ class WorkerPool:
         self.started = 0  # worker processes launched, replacements and standbys included
         self.start_seconds = 0.0  # time the caller was blocked waiting for a worker to become ready
         self.spares_used = 0  # replacements served by an already-started standby
+        self._standby_launched_at: Optional[float] = None  # monotonic time of the latest standby launch
 
     @property
     def proc(self) -> Optional[subprocess.Popen]:
@@ -343,6 +344,7 @@ class WorkerPool:
             t0 = time.monotonic()
             try:
                 self._standby = self._launch()
+                self._standby_launched_at = t0
             except OSError:
                 # no standby this time (out of processes or memory): the next replacement starts in
                 # the foreground, where the same error is raised as without a standby
@@ -393,7 +395,12 @@ class WorkerPool:
         so the next request starts a fresh one (or promotes the standby).
         """
         worker = self._ensure_worker()
+        launched, sent = self._standby_launched_at, time.monotonic()
         reply = worker.exchange(message, timeout)
+        if launched is not None and isinstance(reply, dict) and isinstance(reply.get("record"), dict):
+            # a standby starts beside the current worker's cases: each record says how long before
+            # its request the latest one was launched, so a transient can be checked against starts
+            reply["record"].setdefault("extra", {})["standby_launched_s_before"] = round(sent - launched, 3)
         if isinstance(reply, Failure) or (isinstance(reply, dict) and reply.get("fatal")):
             self._drop(worker)
         self._answered = True

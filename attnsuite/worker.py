@@ -126,11 +126,12 @@ class Worker:
         self.settings = None
         self.cases: dict[str, Any] = {}
         self.state: dict[str, Any] = {}
+        self.gpu_ready = False
 
     def init(self, message: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        from . import memory, problem_file, registry, timing, torch_state
+        from . import problem_file, registry, torch_state
         from .runner import RunSpec, bench_cases, settings_from_spec
 
         self.spec = RunSpec.from_json(message["spec"])
@@ -140,16 +141,32 @@ class Worker:
         self.settings = settings_from_spec(self.spec)
         if self.settings.cpu_threads:
             torch.set_num_threads(self.settings.cpu_threads)
-        if self.spec.mem_cap is not None and self.spec.on_gpu:
-            memory.set_gpu_cap(self.spec.mem_cap, self.spec.device)
-        if self.spec.on_gpu:
-            # the timer's L2-flush buffer lives as long as the worker: made now, on an empty
-            # allocator, it gets its own block instead of pinning part of a large case's freed one.
-            # Allocated only, no kernel: a standby worker starts while another worker's case is timed
-            timing.l2_flush_buffer(self.spec.device)
+        # Nothing on the GPU here (see _first_gpu_use): a standby worker starts while another
+        # worker's case is timed on the same GPU.
         self.cases = {c.id: c for c in bench_cases(self.spec)}
         self.state = torch_state.snapshot()
         return {"ok": True, "pid": os.getpid(), "cases": len(self.cases)}
+
+    def _first_gpu_use(self) -> None:
+        """The worker's GPU set-up, at its first request rather than at its start.
+
+        Creating the CUDA context, capping the allocator and making the timer's L2-flush buffer are
+        work on the GPU, and a standby worker starts while the current one times a case on the same
+        GPU, so a start does none of it; it costs a promoted standby well under a second. (Whether a
+        start disturbed the two transients of one H200 run, first measurements +13% and +4.2% whose
+        second measurements read +1.1% and +2.2%, is not known: records now say how long before them
+        a standby was launched, ``extra["standby_launched_s_before"]``.) The buffer, made on the
+        fresh allocator, gets its own block instead of pinning part of a large case's freed one; it
+        lives as long as the worker.
+        """
+        if self.gpu_ready or not self.spec.on_gpu:
+            return
+        from . import memory, timing
+
+        self.gpu_ready = True
+        if self.spec.mem_cap is not None:
+            memory.set_gpu_cap(self.spec.mem_cap, self.spec.device)
+        timing.l2_flush_buffer(self.spec.device)
 
     def run(self, key: str) -> dict[str, Any]:
         from . import torch_state
@@ -158,6 +175,7 @@ class Worker:
         bc = self.cases.get(key)
         if bc is None:
             return {"error": f"no benchmark case {key!r} in the worker's case list (the run's options differ?)"}
+        self._first_gpu_use()
         torch_state.start_case(self.state, key)
         try:
             rec, result = run_case(bc, self.settings)
@@ -214,6 +232,7 @@ class Worker:
         bc = self.cases.get(key)
         if bc is None:
             return {"error": f"no benchmark case {key!r} in the worker's case list"}
+        self._first_gpu_use()
         rec = CaseRecord.from_extra_info(record)
         asked: list[Optional[int]] = []  # what an out-of-memory failure asked for
 
@@ -236,6 +255,7 @@ class Worker:
     def calibrate(self) -> dict[str, Any]:
         from . import calibrate
 
+        self._first_gpu_use()
         return {"calibration": calibrate.probe(self.spec.device)}
 
 

@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 
 from attnsuite.baseline import benchmark_entries
+from attnsuite.record import CaseRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -280,16 +282,29 @@ def test_stranded_memory_is_read_after_cublas_workspaces_and_the_cache_are_given
     assert calls[-2:] == ["cublas workspaces", "empty cache"], calls
 
 
-def test_a_worker_on_a_gpu_makes_the_l2_flush_buffer_at_start_without_a_kernel_and_one_on_cpu_does_not(monkeypatch):
-    from attnsuite import timing
+def test_a_worker_starts_without_touching_the_gpu_and_sets_it_up_once_at_its_first_request(monkeypatch):
+    """A standby worker starts while another worker times a case on the same GPU: its start makes
+    no CUDA context, cap or buffer; its first request makes the L2 buffer (on the fresh allocator)."""
+    from attnsuite import memory, timing
     from attnsuite.runner import RunSpec
     from attnsuite.worker import Worker
 
     made = []
-    monkeypatch.setattr(timing, "l2_flush_buffer", lambda device: made.append(device))
+    monkeypatch.setattr(timing, "l2_flush_buffer", lambda device: made.append(f"L2 buffer on {device}"))
     monkeypatch.setattr(timing, "flush_l2", lambda device: made.append(f"a flush kernel on {device}"))
-    monkeypatch.setattr("attnsuite.runner.bench_cases", lambda spec: [])  # no case list needed here
-    for device, expect in (("cpu", []), ("cuda", ["cuda"])):
+    monkeypatch.setattr(memory, "set_gpu_cap", lambda cap, device: made.append(f"cap {cap} on {device}"))
+    case = types.SimpleNamespace(id="a-case")
+    monkeypatch.setattr("attnsuite.runner.bench_cases", lambda spec: [case])
+    monkeypatch.setattr("attnsuite.runner.run_case",
+                        lambda bc, settings: (CaseRecord("w", "v", "fwd", "p", outcome="skipped"), None))
+    for device, expect in (("cpu", []), ("cuda", ["cap 1024 on cuda", "L2 buffer on cuda"])):
         made.clear()
-        Worker().init({"spec": RunSpec(tier="quick", device=device, workloads=("gpt2-mha",)).to_json()})
-        assert made == expect, f"on {device} the worker made the L2 buffer {len(made)} times at start"
+        worker = Worker()
+        spec = RunSpec(tier="quick", device=device, workloads=("gpt2-mha",), mem_cap=1024 if device == "cuda" else None)
+        worker.init({"spec": spec.to_json()})
+        assert made == [], f"on {device} the worker's start did {made}"
+        assert "error" in worker.run("no-such-case")  # refused before anything touches the device
+        assert made == []
+        for _ in range(2):
+            assert worker.run("a-case")["record"]["outcome"] == "skipped"
+        assert made == expect, f"on {device} two requests did {made}"

@@ -224,3 +224,13 @@ def test_the_summary_names_replacements_served_by_a_standby_only_when_there_were
     from attnsuite.plugin_bench import workers_line
 
     assert workers_line(5, 12.34, from_standby, ["0", "1"]) == words
+
+
+def test_each_record_says_how_long_before_its_request_the_latest_standby_was_launched(make_pool):
+    pool = make_pool(spare=True)
+    first = pool.run_case("ok")
+    assert "standby_launched_s_before" not in first["record"]["extra"], "no standby had been launched yet"
+    second = pool.run_case("ok")  # the standby was launched right after the first answer
+    since = second["record"]["extra"]["standby_launched_s_before"]
+    assert 0 <= since < 5
+    assert make_pool(spare=False).run_case("ok")["record"]["extra"] == {}, "no standby, no field"
