@@ -230,6 +230,7 @@ def test_a_deferred_device_time_out_of_memory_in_a_worker_with_stranded_memory_i
     monkeypatch.setattr("attnsuite.torch_state.end_case", lambda *a: [])
     w = worker_mod.Worker()
     w.spec = runner.RunSpec(tier="full", device="cuda")
+    w.gpu_ready = True  # its GPU set-up (context, L2 buffer) is not what this test is about
     w.cases = {"k": object()}
     rec = CaseRecord("w", "v", "fwd", "p", median_ms=2.0)
     reply = w.device_time("k", rec.to_extra_info())
