@@ -152,21 +152,19 @@ class Worker:
 
         Creating the CUDA context, capping the allocator and making the timer's L2-flush buffer are
         work on the GPU, and a standby worker starts while the current one times a case on the same
-        GPU, so a start does none of it; it costs a promoted standby well under a second. (Whether a
-        start disturbed the two transients of one H200 run, first measurements +13% and +4.2% whose
-        second measurements read +1.1% and +2.2%, is not known: records now say how long before them
-        a standby was launched, ``extra["standby_launched_s_before"]``.) The buffer, made on the
-        fresh allocator, gets its own block instead of pinning part of a large case's freed one; it
-        lives as long as the worker.
+        GPU, so a start does none of it (records say how long before them a standby was launched,
+        ``extra["standby_launched_s_before"]``, to check transients against starts). The buffer,
+        made on the fresh allocator, gets its own block instead of pinning part of a large case's
+        freed one; it lives as long as the worker.
         """
         if self.gpu_ready or not self.spec.on_gpu:
             return
         from . import memory, timing
 
-        self.gpu_ready = True
         if self.spec.mem_cap is not None:
             memory.set_gpu_cap(self.spec.mem_cap, self.spec.device)
         timing.l2_flush_buffer(self.spec.device)
+        self.gpu_ready = True
 
     def run(self, key: str) -> dict[str, Any]:
         from . import torch_state

@@ -39,23 +39,22 @@ def compiled_mode(monkeypatch):
     monkeypatch.setattr(triton.knobs.runtime, "interpret", False)
 
 
-def test_autotuning_keys_on_the_code_key_and_the_shape_and_keeps_every_config(compiled_mode, monkeypatch):
+def _drop_smallest(configs, named_args, **kwargs):
+    return [c for c in configs if c.kwargs["BLOCK"] > 16]
+
+
+def test_autotuning_keys_on_the_code_key_and_the_shape_and_times_every_config_the_prune_keeps(
+        compiled_mode, monkeypatch):
     monkeypatch.delenv("ATTNSUITE_TRITON_AUTOTUNE", raising=False)
-    tuned = triton_support.autotuned(_configs(), ("MASK",), ("BATCH", "LQ", "LK"))(_kernel)
+    tuned = triton_support.autotuned(_configs(), ("MASK",), ("BATCH", "LQ", "LK"), prune=_drop_smallest)(_kernel)
     assert list(tuned.keys) == ["MASK", "BATCH", "LQ", "LK"]
-    assert len(tuned.configs) == 3
-    prune = tuned.early_config_prune
-    assert prune is None or len(prune(tuned.configs, {})) == 3
+    assert [c.kwargs["BLOCK"] for c in tuned.early_config_prune(tuned.configs, {})] == [32, 64]
 
 
 def test_autotuning_off_keeps_the_first_config_the_prune_allows_and_drops_the_shape_from_the_key(
         compiled_mode, monkeypatch):
     monkeypatch.setenv("ATTNSUITE_TRITON_AUTOTUNE", "0")
-
-    def drop_smallest(configs, named_args, **kwargs):
-        return [c for c in configs if c.kwargs["BLOCK"] > 16]
-
-    tuned = triton_support.autotuned(_configs(), ("MASK",), ("BATCH", "LQ", "LK"), prune=drop_smallest)(_kernel)
+    tuned = triton_support.autotuned(_configs(), ("MASK",), ("BATCH", "LQ", "LK"), prune=_drop_smallest)(_kernel)
     assert list(tuned.keys) == ["MASK"]
     kept = tuned.early_config_prune(tuned.configs, {})
     assert [c.kwargs["BLOCK"] for c in kept] == [32]
