@@ -92,8 +92,9 @@ def autotuned(configs: list, key: tuple[str, ...], shape: tuple[str, ...], *, pr
     d 64 shape had tuned the key; docs/triton.md). Re-tuning a new shape costs benchmark time only:
     the configs' compiled code does not depend on these sizes.
 
-    With :func:`autotuning` off, the first config ``prune`` keeps and a key without ``shape``
-    (there is nothing to choose). Under the interpreter the kernel is returned as it is. Every
+    With :func:`autotuning` on, the timings are kept in Triton's on-disk cache where this Triton can
+    (:func:`_keeps_tunings_on_disk`). With it off, the first config ``prune`` keeps and a key without
+    ``shape`` (there is nothing to choose). Under the interpreter the kernel is returned as it is. Every
     name must be an argument of the kernel: Triton's autotuner skips unknown names silently.
     """
     import triton
@@ -114,11 +115,27 @@ def autotuned(configs: list, key: tuple[str, ...], shape: tuple[str, ...], *, pr
         if knobs.runtime.interpret:
             return fn
         early = prune if tune else first
+        extra = {"cache_results": True} if tune and _keeps_tunings_on_disk() else {}
         return triton.autotune(configs=configs, key=[*key, *shape] if tune else list(key),
                                prune_configs_by={"early_config_prune": early} if early is not None else None,
-                               reset_to_zero=reset_to_zero)(fn)
+                               reset_to_zero=reset_to_zero, **extra)(fn)
 
     return decorate
+
+
+def _keeps_tunings_on_disk() -> bool:
+    """Whether this Triton's autotuner can keep its timings in Triton's cache (``cache_results``, 3.2+).
+
+    Kept there, a shape tuned once on a machine is read back by every later process that runs the
+    same kernel source with the same configs: a warm run (the GPU workflow keeps Triton's cache
+    between jobs) skips the tuning, and both trees of an A/B run, and a confirmation's second
+    measurement, run the config the first tuning chose instead of one re-chosen under other noise.
+    """
+    import inspect
+
+    import triton
+
+    return "cache_results" in inspect.signature(triton.autotune).parameters
 
 
 def triton_reasons(problem: Problem) -> list[str]:

@@ -60,6 +60,17 @@ def test_autotuning_off_keeps_the_first_config_the_prune_allows_and_drops_the_sh
     assert [c.kwargs["BLOCK"] for c in kept] == [32]
 
 
+def test_tuning_keeps_its_timings_in_tritons_disk_cache_so_a_warm_run_and_both_trees_of_an_ab_run_reuse_them(
+        compiled_mode, monkeypatch):
+    monkeypatch.delenv("ATTNSUITE_TRITON_AUTOTUNE", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_AUTOTUNING", raising=False)
+    tuned = triton_support.autotuned(_configs(), ("MASK",), ("BATCH", "LQ", "LK"))(_kernel)
+    assert tuned.cache_results is True
+    monkeypatch.setenv("ATTNSUITE_TRITON_AUTOTUNE", "0")
+    untuned = triton_support.autotuned(_configs(), ("MASK",), ("BATCH", "LQ", "LK"))(_kernel)
+    assert untuned.cache_results is False  # one config: nothing is timed, nothing to keep
+
+
 def test_a_key_name_that_is_not_an_argument_of_the_kernel_is_refused_naming_the_kernel_and_the_name():
     with pytest.raises(ValueError, match=r"_kernel: no argument named LENGTH"):
         triton_support.autotuned(_configs(), ("MASK",), ("LENGTH",))(_kernel)
