@@ -144,6 +144,7 @@ class Worker:
         # Nothing on the GPU here (see _first_gpu_use): a standby worker starts while another
         # worker's case is timed on the same GPU.
         self.cases = {c.id: c for c in bench_cases(self.spec)}
+        torch_state.compile_per_shape()
         self.state = torch_state.snapshot()
         return {"ok": True, "pid": os.getpid(), "cases": len(self.cases)}
 
