@@ -76,3 +76,23 @@ def test_a_result_file_is_read_gzip_compressed_by_its_name_and_a_broken_one_is_n
     broken.write_bytes(plain.read_bytes())  # not compressed
     with pytest.raises(bl.ResultFileError, match="broken.json.gz.*not a readable gzip file"):
         bl.load_run(broken)
+
+
+def test_exclude_leaves_out_a_variants_cases_and_slowed_counts_what_a_synthetic_slowdown_gets_flagged(
+        tmp_path, baseline, capsys):
+    run = write_result(tmp_path / "run.json", [_cuda("a", 1.0), _cuda("b", 2.1), _cuda("c", 0.1, launch=0.9)])
+    assert aa.main(["--baseline", str(baseline), str(run), "--slowed", "0.05", "--slowed", "0.02"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| /")][0]
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    # b is +5% already: flagged on its own; c (0.1 ms) is under the 0.2 ms bound of the slowdown count.
+    # +2%: a +2% stays inside the 3% floor, b +7.1% is caught; +5%: a +5% and b +10.3% both caught
+    assert cells[1:3] == ["3", "1"] and cells[5:] == ["1 of 2", "2 of 2"]
+    assert aa.main(["--baseline", str(baseline), str(run), "--exclude", "b"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| /")][0]
+    assert [c.strip() for c in row.split("|")[1:-1]][1:3] == ["2", "0"]
+
+
+def test_a_slowed_fraction_that_is_not_a_fraction_is_a_usage_error(tmp_path, baseline, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        aa.main(["--baseline", str(baseline), str(tmp_path / "x.json"), "--slowed", "5"])
+    assert exit_info.value.code == 2 and "--slowed takes a fraction" in capsys.readouterr().err
