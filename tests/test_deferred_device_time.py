@@ -94,6 +94,41 @@ def test_the_deferred_measurement_profiles_the_rebuilt_case_and_fills_the_record
     assert out.extra["suite_s"]["deferred-device-time"] > 0, "the deferred pass's cost per case is its own phase"
 
 
+def test_the_deferred_pass_collects_garbage_when_the_problem_changes_and_after_a_failure_not_after_every_case(
+        monkeypatch):
+    # a full garbage collection costs 0.1-0.35 s in a worker: once per case it was most of the
+    # deferred pass's cost for short steps (37 cases under 5 ms took 19.4 s on an H200)
+    registry.load_builtin()
+    entries = [e for e in workloads.expand("quick", "cpu", None, ("fa-sweep",)) if e.entry.family == "attention"]
+    first, other = entries[0].entry, next(e.entry for e in entries if e.entry.problem != entries[0].entry.problem)
+    recovered = []
+    monkeypatch.setattr(runner, "_recover", lambda device: recovered.append(device))
+    outcome = {"fail": False}
+
+    def fake_device_time(call, device, *, setup=None, config=None, allow_graph=True, defer_kernel_sum=False):
+        if outcome["fail"]:
+            raise timing.DeviceTimeError("the profiler recorded no device activity")
+        return timing.DeviceTiming([0.001] * 3, "kernel-sum")
+
+    monkeypatch.setattr(runner.timing, "device_time", fake_device_time)
+    settings = runner.settings_from_spec(runner.RunSpec(tier="quick", device="cpu"))
+
+    def deferred(entry, mode):
+        bc = runner.BenchCase("fa-sweep", entry, entry.problem, "explicit", mode)
+        rec = CaseRecord(bc.workload, "explicit", mode, bc.problem.id, median_ms=1.0)
+        rec.extra["device_time_pending"] = "per-call setup"
+        return runner.measure_deferred_device_time(bc, settings, rec)
+
+    deferred(first, "fwd")
+    deferred(first, "fwd+bwd")
+    assert len(recovered) == 1, "two cases of one problem: one collection, on entering it"
+    deferred(other, "fwd")
+    assert len(recovered) == 2, "another problem: collected on entering it"
+    outcome["fail"] = True
+    assert deferred(other, "fwd+bwd").device_ms is None
+    assert len(recovered) == 3, "a failed measurement may leave cycles: collected after it"
+
+
 def test_a_failed_deferred_measurement_leaves_a_note_and_the_outcome(monkeypatch):
     def broken(*a, **k):
         raise timing.DeviceTimeError("the profiler recorded no device activity")
