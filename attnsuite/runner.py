@@ -434,8 +434,9 @@ def _enter_problem(bc: BenchCase, settings: Settings) -> bool:
     """Before a case: when it is another problem than the last case's, free what that one left
     (reference cycles, cached blocks) before this one's inputs load. True when it did.
 
-    A full garbage collection costs 0.1-0.35 s in a worker, so it runs when the problem changes (and
-    after a failed case), not after every case: a run's cases come grouped by problem.
+    A full garbage collection costs 0.1-0.35 s in a process with torch loaded, so it runs when the
+    problem changes (and after a failed case), not after every case: a run's cases come grouped by
+    problem.
     """
     problem_key = (bc.entry.family, bc.problem)
     if settings.current_problem == problem_key:

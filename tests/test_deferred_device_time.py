@@ -96,7 +96,7 @@ def test_the_deferred_measurement_profiles_the_rebuilt_case_and_fills_the_record
 
 def test_the_deferred_pass_collects_garbage_when_the_problem_changes_and_after_a_failure_not_after_every_case(
         monkeypatch):
-    # a full garbage collection costs 0.1-0.35 s in a worker: once per case it was most of the
+    # a full garbage collection costs 0.1-0.35 s with torch loaded: once per case it was likely most of the
     # deferred pass's cost for short steps (37 cases under 5 ms took 19.4 s on an H200)
     registry.load_builtin()
     entries = [e for e in workloads.expand("quick", "cpu", None, ("fa-sweep",)) if e.entry.family == "attention"]
