@@ -65,6 +65,7 @@ def compile_per_shape() -> None:
     """
     torch._dynamo.config.automatic_dynamic_shapes = False
 
+
 State = dict[str, Any]
 
 

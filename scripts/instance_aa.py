@@ -64,7 +64,7 @@ class RunSummary:
 
 
 SLOWED_MIN_MS = 0.2  # the bound: an injected slowdown is judged on cases of at least this much time
-TIME_FIELDS = ("median_ms", "min_ms", "device_ms", "device_min_ms")
+TIME_FIELDS = ("median_ms", "min_ms", "device_ms", "device_min_ms", "host_overhead_ms")
 
 
 def excluded(key: str, patterns: list[str]) -> bool:
