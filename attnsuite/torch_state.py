@@ -54,10 +54,12 @@ def compile_per_shape() -> None:
     By default dynamo compiles a function's second distinct shape as a dynamic-shape graph, which
     then serves every later shape, so which graph a case runs depends on which cases ran before it
     in the same process: a benchmark worker runs hundreds. torch's own uncompiled ``flex_attention``
-    wraps itself in such a compile (``flex-eager``). On one H200 two of its cases read 5.4% and 2.1%
-    slower in the deferred device-time pass, where other shapes had run before them, than in their
-    confirmation, on all three runs of one machine (docs/gate.md); this history dependence is one
-    explanation that fits, not yet confirmed on a GPU. Off, each new shape gets its own static graph,
+    wraps itself in such a compile (``flex-eager``): after other shapes, its dynamic-shape graph reads
+    a tensor on the host in every call (``aten::item``, a device synchronisation on CUDA), which a
+    fresh process's graph does not (tests/test_torch_state_compile.py). On one H200 two of its
+    cases read 5.4% and 2.1% slower in the deferred device-time pass, where other shapes had run
+    before them, than in their confirmation, on all three runs of one machine (docs/gate.md); this
+    is one explanation that fits, not yet confirmed on a GPU. Off, each new shape gets its own static graph,
     as in a fresh process (costing that shape's compile, about 0.3 s for ``flex-eager`` on this
     project's CPU machine). A compile that asks for ``dynamic=True`` is unaffected.
     Benchmark workers call this before they take the torch state every case starts from, so a

@@ -61,3 +61,38 @@ def test_a_benchmark_worker_compiles_per_shape_and_reports_a_variant_that_turns_
     torch._dynamo.config.automatic_dynamic_shapes = True  # what a careless variant might do
     assert torch_state.end_case(worker.state) == ["dynamo automatic dynamic shapes: False -> True"]
     assert torch._dynamo.config.automatic_dynamic_shapes is False  # and it is undone
+
+
+def _flex_eager_ops(history: list[tuple[int, int, int, int]]) -> list[str]:
+    """The aten ops one uncompiled flex_attention call on (4, 4, 64, 32) runs, after calls on ``history``."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def qkv(shape):
+        return [torch.randn(*shape) for _ in range(3)]
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()": on purpose
+        for shape in history:
+            flex_attention(*qkv(shape))
+        case = qkv((4, 4, 64, 32))
+        flex_attention(*case)  # warm
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            flex_attention(*case)
+    torch._dynamo.reset()
+    return sorted(e.name for e in prof.events() if e.name.startswith("aten::"))
+
+
+def test_uncompiled_flex_runs_the_ops_of_a_fresh_process_after_other_shapes_only_when_compiling_per_shape(
+        dynamo_default):
+    history = [(4, 4, 64, 16), (8, 2, 78, 16), (2, 8, 64, 8)]
+    torch_state.compile_per_shape()
+    fresh = _flex_eager_ops([])
+    assert _flex_eager_ops(history) == fresh
+    # the default: after other shapes the call runs a dynamic-shape graph, with a host read of a
+    # tensor (aten::item: a device synchronisation on CUDA) that a fresh process does not make
+    torch._dynamo.config.automatic_dynamic_shapes = True
+    after = _flex_eager_ops(history)
+    assert "aten::item" in after and "aten::item" not in fresh
