@@ -83,7 +83,12 @@ for name in ("full.json.gz", "capped.json"):
     path = os.path.join(out, name)
     if not os.path.exists(path):
         continue
-    data = json.load((gzip.open if name.endswith(".gz") else open)(path, "rt"))
+    try:
+        data = json.load((gzip.open if name.endswith(".gz") else open)(path, "rt"))
+    except (OSError, EOFError, ValueError) as exc:  # a run stopped before pytest wrote its JSON
+        print(f"{name}: no readable result ({type(exc).__name__}: {exc}); an interrupted journaled run "
+              "is finished by running it again with --attn-resume")
+        continue
     recs = [b["extra_info"] for b in benchmark_entries(data)]
     print(f"{name}: {dict(collections.Counter(r['outcome'] for r in recs))}")
     phases = collections.Counter()
