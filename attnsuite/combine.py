@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
+import fnmatch
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Mapping, Optional, Sequence
 
 from .baseline import SPREAD_FIELDS, Run, check_compatible, check_same_cpu_model
 from .record import CaseRecord
@@ -164,6 +166,41 @@ def combine_runs(runs: Sequence[Run], allow_mismatch: bool = False) -> Combined:
     run = Run(records=records, fingerprint=first.fingerprint, path=label, kind="result",
               calibration=combine_calibrations([r.calibration for r in runs]))
     return Combined(run, disagreeing)
+
+
+def variant_matches(key: str, patterns: Collection[str]) -> bool:
+    """Whether the case ``workload/variant/mode/problem`` belongs to a variant matching a glob."""
+    parts = key.split("/")
+    return len(parts) > 1 and any(fnmatch.fnmatchcase(parts[1], p) for p in patterns)
+
+
+def combine_instances(instances: Mapping[str, Sequence[Run]], only_from: Mapping[str, Collection[str]] = {},
+                      allow_mismatch: bool = False) -> Combined:
+    """The runs of several machine instances as one run (:func:`combine_runs` over all of them),
+    where the cases of some variants come only from some instances.
+
+    ``instances`` maps an instance's name to its runs. ``only_from`` maps a variant glob to the names
+    of the instances whose runs may give those variants' cases: the ones that ran the variant's
+    current code or measuring method. A baseline re-recorded after such a change keeps the other
+    instances for everything else (more instances, a truer spread) without mixing in figures the
+    code no longer produces. Raises ValueError for an ``only_from`` entry naming an unknown instance.
+    """
+    for pattern, names in only_from.items():
+        unknown = sorted(set(names) - set(instances))
+        if unknown:
+            raise ValueError(f"only_from {pattern!r} names instance(s) {', '.join(unknown)} that are not among "
+                             f"{', '.join(instances)}")
+    runs = []
+    for name, group in instances.items():
+        drop = [pattern for pattern, names in only_from.items() if name not in names]
+        for run in group:
+            if drop:
+                kept = {k: r for k, r in run.records.items() if not variant_matches(k, drop)}
+                run = dataclasses.replace(run, records=kept)
+            runs.append(run)
+    if not runs:
+        raise ValueError("combine_instances needs at least one run")
+    return combine_runs(runs, allow_mismatch=allow_mismatch)
 
 
 def combine_calibrations(calibrations: Sequence[Optional[dict[str, Any]]]) -> Optional[dict[str, Any]]:

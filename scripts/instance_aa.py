@@ -20,6 +20,23 @@ runs; before confirmation at most 0.2% of cases flagged on device time").
     python scripts/instance_aa.py ... --markdown results/aa.md   # also write the table
     python scripts/instance_aa.py ... --exclude 'triton-*' --slowed 0.05 --slowed 0.10
 
+**Instances.** ``--instance NAME=RUN[,RUN...]`` (repeatable) names each machine instance's runs
+(its first run is the fresh one: cold caches, the machine's first contact with the code).
+``--only-from GLOB=NAME[,NAME...]`` takes the cases of variants matching GLOB only from those
+instances (their code or measuring method changed since the others ran). Then:
+
+* ``--leave-one-out`` judges each instance's runs against a baseline recorded (through the
+  baseline file format, as the gate reads it) from all the *other* instances: a false-alarm rate
+  on instances the baseline did not come from, with the shipped thresholds, before any new
+  machine is spent on it. It also shows how the band rule would fare with a baseline of one
+  instance fewer than the shipped one.
+* ``--record OUT`` writes the baseline of all the instances to OUT, a new file
+  (:func:`attnsuite.combine.combine_instances`, then :func:`attnsuite.baseline.record_baseline`).
+
+    python scripts/instance_aa.py --instance A=a.json.gz --instance E=e1.json.gz,e2.json.gz ... \
+        --only-from 'triton-*=E,G,H' --leave-one-out
+    python scripts/instance_aa.py --instance ... --only-from ... --record baselines/new.json
+
 ``--exclude GLOB`` leaves out the cases of matching variants (code or measurement method changed
 since the baseline was recorded: not an A/A comparison). ``--slowed F`` also judges each run with
 every time of every case made F slower, and reports which share of the cases with at least 0.2 ms
@@ -33,8 +50,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import fnmatch
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -43,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnsuite import baseline as bl  # noqa: E402
 from attnsuite import gate  # noqa: E402
+from attnsuite.combine import combine_instances, variant_matches  # noqa: E402
 from attnsuite.verdict import CONFIRMABLE, Comparison, ThresholdConfig, host_bound  # noqa: E402
 
 @dataclass
@@ -56,6 +74,7 @@ class RunSummary:
     host_bound: int = 0
     host_bound_max_change: Optional[float] = None  # largest |device-time change| among host-bound cases
     worst: list[str] = field(default_factory=list)  # the gating findings, for the reader
+    cleared: list[str] = field(default_factory=list)  # first flagged, then not confirmed
     slowed: dict[float, tuple[int, int]] = field(default_factory=dict)  # fraction -> (caught, cases)
 
     @property
@@ -65,12 +84,6 @@ class RunSummary:
 
 SLOWED_MIN_MS = 0.2  # the issue's bound: an injected slowdown is judged on cases of at least this much time
 TIME_FIELDS = ("median_ms", "min_ms", "device_ms", "device_min_ms", "host_overhead_ms")
-
-
-def excluded(key: str, patterns: list[str]) -> bool:
-    """Whether the case ``workload/variant/mode/problem`` belongs to a variant matching a pattern."""
-    parts = key.split("/")
-    return len(parts) > 1 and any(fnmatch.fnmatchcase(parts[1], p) for p in patterns)
 
 
 def slowed_run(cur: bl.Run, fraction: float) -> bl.Run:
@@ -91,7 +104,7 @@ def slowdown_caught(cmp: Comparison, base: bl.Run, exclude: list[str]) -> tuple[
     caught = cases = 0
     for v in cmp.verdicts:
         b = base.records.get(v.key)
-        if v.time_change is None or b is None or excluded(v.key, exclude):
+        if v.time_change is None or b is None or variant_matches(v.key, exclude):
             continue
         ms = b.device_ms if b.device_ms is not None else b.median_ms
         if ms is None or ms < SLOWED_MIN_MS:
@@ -108,12 +121,14 @@ def summarise(cmp: Comparison, base: bl.Run, cur: bl.Run, path: str, thresholds:
     matching ``exclude`` are left out."""
     out = RunSummary(path)
     for v in cmp.verdicts:
-        if excluded(v.key, exclude or []):
+        if variant_matches(v.key, exclude or []):
             continue
         if v.time_change is not None:
             out.judged += 1
         if any(f in CONFIRMABLE for f in v.flags) or (v.confirmed is False):
             out.flagged_first += 1
+            if not v.gating:  # cleared by its second measurement: shown, so a pattern can be seen
+                out.cleared.append(f"not confirmed {v.key}: {v.message[:160]}")
         if v.gating:
             out.gating[v.verdict] = out.gating.get(v.verdict, 0) + 1
             if v.verdict != "missing":  # counted in the table; a cut run has hundreds
@@ -149,10 +164,53 @@ def table(rows: list[RunSummary]) -> str:
     return "\n".join(lines)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_named(specs: list[str], what: str) -> dict[str, list[str]]:
+    """``NAME=a,b`` entries as {NAME: [a, b]}; ValueError naming the entry when malformed or repeated."""
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        items = [x for x in rest.split(",") if x]
+        if not sep or not name or not items:
+            raise ValueError(f"{what} {spec!r}: expected NAME=ITEM[,ITEM...]")
+        if name in out:
+            raise ValueError(f"{what} {spec!r}: {name} is given twice")
+        out[name] = items
+    return out
+
+
+def record_instances(instances: dict[str, list[bl.Run]], only_from: dict[str, list[str]], out: Path) -> str:
+    """Write the baseline of ``instances`` to ``out`` (a new file); the recorder's summary line."""
+    if out.exists():
+        raise ValueError(f"{out} exists: a baseline recorded from instances replaces nothing in place; "
+                         "write a new file and move it over the old one")
+    combined = combine_instances(instances, only_from)
+    return str(bl.record_baseline(combined.run, out))
+
+
+def held_out_baseline(instances: dict[str, list[bl.Run]], only_from: dict[str, list[str]], held: str,
+                      folder: Path) -> bl.Run:
+    """The baseline of every instance but ``held``, written and read back as the gate reads a baseline."""
+    others = {n: r for n, r in instances.items() if n != held}
+    rule = {g: [n for n in names if n != held] for g, names in only_from.items()}
+    path = folder / f"without-{bl.safe_file_stem(held)}.json"
+    record_instances(others, rule, path)
+    return gate.run_of_baseline(bl.load_baseline(path))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="fresh-instance A/A: unchanged code judged against a baseline")
-    ap.add_argument("--baseline", required=True, help="the baseline file the runs are judged against")
-    ap.add_argument("results", nargs="+", help="result JSON(s) from fresh instances (.gz allowed)")
+    ap.add_argument("--baseline", default=None, help="the baseline file the runs are judged against")
+    ap.add_argument("results", nargs="*", help="result JSON(s) from fresh instances (.gz allowed)")
+    ap.add_argument("--instance", action="append", default=[], metavar="NAME=RUN[,RUN]",
+                    help="one machine instance's runs, its fresh run first (repeatable)")
+    ap.add_argument("--only-from", action="append", default=[], metavar="GLOB=NAME[,NAME]",
+                    help="take the cases of variants matching GLOB only from these instances (repeatable)")
+    ap.add_argument("--leave-one-out", action="store_true",
+                    help="judge each instance against the baseline of all the others")
+    ap.add_argument("--record", default=None, metavar="OUT", help="write the baseline of all the instances to OUT")
     ap.add_argument("--thresholds", default=None, help="thresholds JSON (default: the gate's rule)")
     ap.add_argument("--markdown", default=None, help="also write the table here")
     ap.add_argument("--exclude", action="append", default=[], metavar="GLOB",
@@ -164,25 +222,58 @@ def main(argv: Optional[list[str]] = None) -> int:
     bad = [f for f in args.slowed if not 0.0 < f < 1.0]
     if bad:
         ap.error(f"--slowed takes a fraction above 0 and below 1 (0.05 is 5%), got {bad[0]}")
+    by_instance = bool(args.instance)
+    if by_instance and (args.baseline or args.results):
+        ap.error("--instance runs are judged leave-one-out or recorded: give no --baseline and no RESULT")
+    if by_instance and not (args.leave_one_out or args.record):
+        ap.error("--instance needs --leave-one-out, --record or both")
+    if not by_instance and (args.leave_one_out or args.record or args.only_from):
+        ap.error("--leave-one-out, --record and --only-from need --instance")
+    if not by_instance and not (args.baseline and args.results):
+        ap.error("give --baseline and RESULT(s), or --instance")
     try:
-        base = gate.run_of_baseline(bl.load_baseline(args.baseline))
-        thresholds, _ = gate.thresholds_for(args.thresholds, Path(args.baseline).parent)
         rows = []
-        for path in args.results:
-            cur = bl.load_run(path)  # .gz allowed
-            cmp = gate.judge_runs(base, cur, thresholds=thresholds)
-            row = summarise(cmp, base, cur, path, thresholds, args.exclude)
-            for fraction in args.slowed:
-                slowed = gate.judge_runs(base, slowed_run(cur, fraction), thresholds=thresholds)
-                row.slowed[fraction] = slowdown_caught(slowed, base, args.exclude)
-            rows.append(row)
+        if by_instance:
+            named = parse_named(args.instance, "--instance")
+            only_from = parse_named(args.only_from, "--only-from")
+            instances = {n: [bl.load_results(p) for p in paths] for n, paths in named.items()}
+            if args.record:
+                print(f"recorded {args.record}: {record_instances(instances, only_from, Path(args.record))}")
+            judged: list[tuple[bl.Run, list[str], list[bl.Run], list[str]]] = []
+            if args.leave_one_out:
+                if len(instances) < 2:
+                    raise ValueError("--leave-one-out needs at least two instances")
+                with tempfile.TemporaryDirectory(prefix="instance-aa-") as folder:
+                    for name, runs in instances.items():
+                        base = held_out_baseline(instances, only_from, name, Path(folder))
+                        labels = [f"{name} run {i + 1}{' (fresh)' if i == 0 else ''}: {p}"
+                                  for i, p in enumerate(named[name])]
+                        # its own cases of variants it may not give (older code) are not an A/A comparison
+                        skip = [g for g, names in only_from.items() if name not in names]
+                        judged.append((base, skip, runs, labels))
+            thresholds, _ = gate.thresholds_for(args.thresholds, REPO / "baselines")
+        else:
+            base = gate.run_of_baseline(bl.load_baseline(args.baseline))
+            thresholds, _ = gate.thresholds_for(args.thresholds, Path(args.baseline).parent)
+            judged = [(base, [], [bl.load_run(p) for p in args.results], list(args.results))]  # .gz allowed
+        for base, skip, runs, labels in judged:
+            for cur, label in zip(runs, labels):
+                cmp = gate.judge_runs(base, cur, thresholds=thresholds)
+                exclude = args.exclude + skip
+                row = summarise(cmp, base, cur, label, thresholds, exclude)
+                for fraction in args.slowed:
+                    slowed = gate.judge_runs(base, slowed_run(cur, fraction), thresholds=thresholds)
+                    row.slowed[fraction] = slowdown_caught(slowed, base, exclude)
+                rows.append(row)
     except (OSError, ValueError) as exc:  # baseline/result/threshold errors name their file
         print(f"instance_aa.py: {exc}", file=sys.stderr)
         return 2
+    if not rows:
+        return 0
     text = table(rows)
     print(text)
     for r in rows:
-        for line in r.worst[:10]:
+        for line in r.worst[:10] + r.cleared[:10]:
             print(f"  {r.path}: {line}")
     if args.markdown:
         bl.atomic_write_text(args.markdown, text + "\n")

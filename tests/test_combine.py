@@ -256,3 +256,26 @@ def test_a_case_measured_again_by_confirmation_enters_a_baseline_with_its_second
     assert "confirm" not in alone.extra
     spread = combine_records([_cuda(1.0), measured_twice]).extra["instance_spread"]["device_min_ms"]
     assert spread == pytest.approx(abs(second_ms - 1.0) / ((second_ms + 1.0) / 2))
+
+
+# --- a baseline from several machine instances, some variants from some instances only ------------
+
+def _instance(**ms_by_variant):
+    return bl.Run(by_key([_cuda(ms, variant=v) for v, ms in ms_by_variant.items()]), FP_H100)
+
+
+def test_combined_instances_take_a_restricted_variants_cases_only_from_the_named_instances():
+    from attnsuite.combine import combine_instances
+    instances = {"old": [_instance(sdpa=1.0, triton_flash=2.0)],
+                 "new1": [_instance(sdpa=1.02, triton_flash=1.0)],
+                 "new2": [_instance(sdpa=1.04, triton_flash=1.1), _instance(sdpa=1.01, triton_flash=1.05)]}
+    run = combine_instances(instances, {"triton*": ["new1", "new2"]}).run
+    got = {r.variant: (r.device_min_ms, r.extra["runs"]) for r in run.records.values()}
+    # sdpa: the median of all four runs; triton_flash: of the three new ones (old code's 2.0 left out)
+    assert got == {"sdpa": (pytest.approx(1.015), 4), "triton_flash": (1.05, 3)}
+
+
+def test_combined_instances_refuse_a_restriction_naming_an_instance_not_given():
+    from attnsuite.combine import combine_instances
+    with pytest.raises(ValueError, match="only_from 'triton\\*' names instance\\(s\\) nwe1"):
+        combine_instances({"new1": [_instance(sdpa=1.0)]}, {"triton*": ["nwe1"]})

@@ -96,3 +96,64 @@ def test_a_slowed_fraction_that_is_not_a_fraction_is_a_usage_error(tmp_path, bas
     with pytest.raises(SystemExit) as exit_info:
         aa.main(["--baseline", str(baseline), str(tmp_path / "x.json"), "--slowed", "5"])
     assert exit_info.value.code == 2 and "--slowed takes a fraction" in capsys.readouterr().err
+
+
+def _rows(out: str) -> dict[str, list[str]]:
+    return {line.split("|")[1].strip().split(":")[0]: [c.strip() for c in line.split("|")[2:-1]]
+            for line in out.splitlines() if line.startswith("| ") and "run " in line.split("|")[1]}
+
+
+def test_leave_one_out_judges_each_instance_against_the_others_and_skips_what_it_may_not_give(tmp_path, capsys):
+    # three instances agree on a; on b, "slow" reads +10% on both its runs (an instance effect, as on
+    # a fresh H200), so judged against the others it is flagged and confirmed by its own re-measurement.
+    # "old" ran triton with older code: its triton case is neither in the others' baseline nor judged.
+    inst = {
+        "one": [_cuda("a", 1.0), _cuda("b", 2.0), _cuda("triton", 1.0)],
+        "two": [_cuda("a", 1.01), _cuda("b", 2.01), _cuda("triton", 1.01)],
+        "old": [_cuda("a", 1.0), _cuda("b", 2.0), _cuda("triton", 3.0)],
+        "slow": [_cuda("a", 1.0), _cuda("b", 2.2, confirm_ms=2.2), _cuda("triton", 1.0)],
+    }
+    args = []
+    for name, records in inst.items():
+        args += ["--instance", f"{name}={write_result(tmp_path / f'{name}.json', records)}"]
+    args += ["--only-from", "triton=one,two,slow"]
+    assert aa.main(args + ["--leave-one-out"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert rows["one run 1 (fresh)"][:3] == ["3", "0", "none"]
+    assert rows["old run 1 (fresh)"][:3] == ["2", "0", "none"], "old's own triton case is not an A/A comparison"
+    assert rows["slow run 1 (fresh)"][:3] == ["3", "1", "1 slower"]
+
+
+def test_record_writes_the_instances_baseline_to_a_new_file_and_never_over_an_old_one(tmp_path, capsys):
+    a = write_result(tmp_path / "a.json", [_cuda("a", 1.0), _cuda("triton", 9.0)])
+    b = write_result(tmp_path / "b.json", [_cuda("a", 1.2), _cuda("triton", 1.0)])
+    out = tmp_path / "base.json"
+    argv = ["--instance", f"A={a}", "--instance", f"B={b}", "--only-from", "triton=B", "--record", str(out)]
+    assert aa.main(argv) == 0
+    records = {r.variant: r for r in bl.load_baseline(out).records().values()}
+    assert (records["a"].device_min_ms, records["triton"].device_min_ms) == (pytest.approx(1.1), 1.0)
+    assert records["a"].extra["instance_spread"]["device_min_ms"] == pytest.approx(0.2 / 1.1, rel=1e-3)
+    capsys.readouterr()
+    assert aa.main(argv) == 2
+    assert "base.json exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--instance", "A=a.json", "--baseline", "b.json"], "give no --baseline and no RESULT"),
+    (["--instance", "A=a.json"], "--instance needs --leave-one-out, --record or both"),
+    (["--baseline", "b.json", "r.json", "--leave-one-out"], "need --instance"),
+    (["--baseline", "b.json"], "give --baseline and RESULT(s), or --instance"),
+], ids=["instances and a baseline", "instances with nothing to do", "leave-one-out without instances",
+        "a baseline without results"])
+def test_mixed_or_incomplete_modes_are_usage_errors(argv, why, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        aa.main(argv)
+    assert exit_info.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_a_malformed_instance_or_restriction_is_named(tmp_path, capsys):
+    r = write_result(tmp_path / "r.json", [_cuda("a", 1.0)])
+    assert aa.main(["--instance", f"A{r}", "--record", str(tmp_path / "o.json")]) == 2
+    assert "expected NAME=ITEM" in capsys.readouterr().err
+    assert aa.main(["--instance", f"A={r}", "--only-from", "t=Z", "--record", str(tmp_path / "o.json")]) == 2
+    assert "names instance(s) Z" in capsys.readouterr().err
