@@ -192,7 +192,20 @@ def test_the_spread_widens_only_its_own_case_and_only_by_instance_k():
     assert _judge([INSTANCE_A, INSTANCE_B], 9.028, instance_k=0.0).verdict == "slower", "instance_k 0 ignores it"
     # band = instance_k x spread: 0.5 x 11.4% = 5.7% < +5.8%
     assert _judge([INSTANCE_A, INSTANCE_B], 9.028, instance_k=0.5).verdict == "slower"
-    assert _judge([INSTANCE_A, INSTANCE_B], 8.53 * 1.12).verdict == "slower", "beyond the spread still flags"
+    assert _judge([INSTANCE_A, INSTANCE_B], 8.53 * 1.18).verdict == "slower", "beyond 1.5x the spread still flags"
+
+
+@pytest.mark.parametrize("source", ["built-in defaults", "baselines/thresholds.json"])
+@pytest.mark.parametrize("change, verdict", [(0.044, "same"), (0.046, "slower")])
+def test_on_cuda_a_case_band_is_one_and_a_half_times_its_baseline_runs_spread(source, change, verdict):
+    # runs 3.0% apart: band 4.5% (the floor is 3%); 1.0x would flag +4.4%, 2.0x would pass +4.6%
+    from pathlib import Path
+    from attnsuite.verdict import load_thresholds
+    cfg = None if source == "built-in defaults" else load_thresholds(
+        Path(__file__).resolve().parents[1] / "baselines" / "thresholds.json")
+    combined = combine_runs([bl.Run(by_key([_cuda(ms)]), FP_H100) for ms in (0.985, 1.0, 1.015)]).run
+    v = compare(combined.records, by_key([_cuda(1.0 + change)]), device="cuda", thresholds=cfg).verdicts[0]
+    assert v.verdict == verdict, f"{source}: {change:+.1%} against runs 3.0% apart gave {v.verdict}: {v.message}"
 
 
 # --- one measuring method per combined case ------------------------------------------------------
