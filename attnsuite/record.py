@@ -81,6 +81,8 @@ class CaseRecord:
     #              dict of the second record, without its own "confirm"), see verdict.py
     #   "state_leak": the torch global state the variant left changed (text), see torch_state.py
     #   "device_time_note": why device time is missing or came from the profiler (not captured)
+    #   "device_kernels": a kernel-sum device time's fastest call by kernel (timing.kernel_breakdown):
+    #              where two readings of one step differ (a first measurement against its confirmation)
     #   "stderr_tail": last lines of a crashed or timed-out worker's stderr
     extra: dict[str, Any] = field(default_factory=dict)
 

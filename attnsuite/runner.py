@@ -622,6 +622,8 @@ def _fill_device_time(rec: CaseRecord, dt: timing.DeviceTiming) -> None:
     rec.extra.pop("device_time_pending", None)
     if dt.note:
         rec.extra["device_time_note"] = dt.note
+    if dt.breakdown is not None:
+        rec.extra["device_kernels"] = dt.breakdown
 
 
 def _measure_device_time(rec: CaseRecord, case: Case, device: str, result: timing.Timing, mode: str) -> None:

@@ -364,6 +364,9 @@ class DeviceTiming(SampleStats):
     note: str = ""  # why there is no graph replay: "per-call setup", or the capture's error (first line)
     calls_per_sample: int = 1  # graph: calls unrolled in one replay; kernel-sum: 1
     stats: dict[str, float] = field(default_factory=dict)
+    # kernel-sum: the fastest profiled call's device work by kernel (kernel_breakdown), so a reading
+    # that differs between two measurements of one step can be traced to the kernels or copies
+    breakdown: Optional[dict[str, Any]] = None
 
 
 class DeviceTimeError(RuntimeError):
@@ -581,9 +584,20 @@ def event_median_s(fn: Callable[[], object], setup: Optional[Callable[[], None]]
     return statistics.median(times)
 
 
+BREAKDOWN_TOP = 8  # kernels named in a kernel-sum record's breakdown (the rest are summed)
+
+
+def fastest_call_breakdown(events: Sequence[ProfEvent], count: int, samples: Sequence[float], margin_ns: float,
+                           top: int = BREAKDOWN_TOP) -> dict[str, Any]:
+    """:func:`kernel_breakdown` of the profiled call with the least device work (the device min)."""
+    windows, _ = split_events(events, count)
+    start, end = windows[min(range(count), key=lambda i: samples[i])]
+    return kernel_breakdown([e for e in events if start - margin_ns <= e.start_ns <= end + margin_ns], top)
+
+
 def _cuda_kernel_sum(fn: Callable[[], object], setup: Optional[Callable[[], None]],
-                     config: DeviceTimerConfig) -> list[float]:
-    """Kernel-sum samples of ``fn`` on the current CUDA device."""
+                     config: DeviceTimerConfig) -> tuple[list[float], dict[str, Any]]:
+    """Kernel-sum samples of ``fn`` on the current CUDA device, and the fastest call's breakdown."""
     from torch.profiler import ProfilerActivity
 
     if config.estimate_s is not None:  # the caller's event timer already warmed the step and timed it
@@ -594,7 +608,9 @@ def _cuda_kernel_sum(fn: Callable[[], object], setup: Optional[Callable[[], None
     count = sample_count(estimate, config.profile_target_s, config.min_profiled_calls, config.max_profiled_calls)
     events = profiled_calls(fn, setup, count, config.gap_s, torch.cuda.synchronize,
                             (ProfilerActivity.CPU, ProfilerActivity.CUDA))
-    return kernel_sum_samples(events, count, margin_ns=config.gap_s * 1e9 / 2)
+    margin = config.gap_s * 1e9 / 2
+    samples = kernel_sum_samples(events, count, margin_ns=margin)
+    return samples, fastest_call_breakdown(events, count, samples, margin)
 
 
 def kernel_breakdown(events: Sequence[ProfEvent], top: int = 15,
@@ -782,7 +798,8 @@ def _cuda_graph_samples(fn: Callable[[], object], config: DeviceTimerConfig) -> 
 
 
 GraphSampler = Callable[[Callable[[], object], DeviceTimerConfig], tuple[list[float], int]]
-KernelSampler = Callable[[Callable[[], object], Optional[Callable[[], None]], DeviceTimerConfig], list[float]]
+KernelSampler = Callable[[Callable[[], object], Optional[Callable[[], None]], DeviceTimerConfig],
+                         tuple[list[float], Optional[dict[str, Any]]]]
 
 
 class KernelSumDeferred(Exception):
@@ -815,7 +832,8 @@ def choose_device_time(fn: Callable[[], object], setup: Optional[Callable[[], No
             note = f"graph capture failed: {exc}"
     if defer_kernel_sum:
         raise KernelSumDeferred(note)
-    return DeviceTiming(kernel_sampler(fn, setup, config), "kernel-sum", note=note)
+    samples, breakdown = kernel_sampler(fn, setup, config)
+    return DeviceTiming(samples, "kernel-sum", note=note, breakdown=breakdown)
 
 
 def device_time(fn: Callable[[], object], device: str, *, setup: Optional[Callable[[], None]] = None,

@@ -272,3 +272,19 @@ def test_a_deferred_device_time_out_of_memory_in_a_worker_with_stranded_memory_i
     assert bool(reply.get("retry_fresh")) == retried and bool(reply.get("fatal")) == retried
     if retried:
         assert "out of memory asking 8.00 GiB while 113.0 GiB stayed reserved" in reply["retry_fresh"]
+
+
+def test_a_kernel_sum_reading_keeps_its_fastest_calls_kernels_in_the_record(monkeypatch):
+    # a deferred reading and its confirmation once differed by 5% on an H200 with the same event
+    # time: the record says which kernels or copies each reading was made of
+    registry.load_builtin()
+    entry = next(e.entry for e in workloads.expand("quick", "cpu", None, ("llama3-70b",)) if e.entry.family == "attention")
+    bc = runner.BenchCase("llama3-70b", entry, entry.problem, "explicit", "fwd")
+    table = {"kernels": [{"name": "softmax", "calls": 1, "ms": 0.4}], "busy_ms": 0.4}
+    monkeypatch.setattr(runner.timing, "device_time",
+                        lambda *a, **k: timing.DeviceTiming([4e-4] * 3, "kernel-sum", breakdown=table))
+    settings = runner.settings_from_spec(runner.RunSpec(tier="quick", device="cpu"))
+    rec = CaseRecord(bc.workload, "explicit", "fwd", bc.problem.id, median_ms=0.5)
+    rec.extra["device_time_pending"] = "per-call setup"
+    out = runner.measure_deferred_device_time(bc, settings, rec)
+    assert out.extra["device_kernels"] == table and out.device_method == "kernel-sum"

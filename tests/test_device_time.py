@@ -8,6 +8,8 @@ two methods runs with fake samplers.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -112,6 +114,20 @@ def test_kernel_sum_adds_the_calls_kernels_and_memsets_and_nothing_else():
     assert samples == [pytest.approx(1.6e-6), pytest.approx(1.6e-6)]
 
 
+def test_a_kernel_sum_breakdown_is_the_fastest_calls_work_by_kernel():
+    events = _session(3)  # per call: attn_fwd 1000, zero_acc 100, epilogue 500 ns
+    epilogues = [i for i, e in enumerate(events) if e.name == "epilogue"]
+    for call, length in ((1, 800), (2, 450)):  # call 1 slower, call 2 the fastest
+        e = events[epilogues[call]]
+        events[epilogues[call]] = dataclasses.replace(e, end_ns=e.start_ns + length)
+    samples = timing.kernel_sum_samples(events, 3, margin_ns=500)
+    assert samples == [pytest.approx(1.6e-6), pytest.approx(1.9e-6), pytest.approx(1.55e-6)]
+    table = timing.fastest_call_breakdown(events, 3, samples, margin_ns=500)
+    assert [(k["name"], k["calls"], k["ms"]) for k in table["kernels"]] == [
+        ("attn_fwd", 1, 0.001), ("epilogue", 1, 0.0004), ("zero_acc", 1, 0.0001)]  # 450 ns rounds to 0.0004 ms
+    assert table["busy_ms"] == pytest.approx(0.00155, abs=6e-5)  # the fastest call (1550 ns), not the first
+
+
 def test_kernel_sum_without_device_activity_is_an_error_not_a_zero_time():
     host_only = [e for e in _session(2) if e.on_host]
     with pytest.raises(timing.DeviceTimeError, match="no device activity"):
@@ -164,9 +180,13 @@ def test_the_cuda_kernel_sum_profiles_a_budgeted_number_of_calls_in_one_session(
     monkeypatch.setattr(timing, "profiled_calls", fake_profiled_calls)
     cfg = timing.DeviceTimerConfig(profile_target_s=0.05, min_profiled_calls=5, max_profiled_calls=20,
                                    gap_s=0.001)
-    samples = timing._cuda_kernel_sum(lambda: None, None, cfg)
+    samples, breakdown = timing._cuda_kernel_sum(lambda: None, None, cfg)
     assert sessions == [(5, 0.001)]  # 50 ms / 10 ms per call, in one session
     assert samples == [pytest.approx(1.6e-3)] * 5
+    # the fastest call's kernels (one call's worth: its setup's kernel lies outside the window)
+    assert [(k["name"], k["calls"]) for k in breakdown["kernels"]] == [("attn_fwd", 1), ("epilogue", 1),
+                                                                        ("zero_acc", 1)]
+    assert breakdown["busy_ms"] == pytest.approx(1.6)
 
 
 # ----------------------------------------------------------------------------- choice of method
@@ -187,7 +207,7 @@ class Samplers:
 
     def kernels(self, fn, setup, config):
         self.ran.append("kernel-sum")
-        return [5e-3, 4e-3, 6e-3]
+        return [5e-3, 4e-3, 6e-3], {"kernels": [{"name": "k", "calls": 1, "ms": 4.0}]}
 
     def choose(self, setup=None, allow_graph=True):
         return timing.choose_device_time(lambda: None, setup, timing.DEVICE_DEFAULT, allow_graph,
@@ -404,7 +424,7 @@ def test_device_time_on_a_fake_cuda_replays_a_graph_or_falls_back_with_the_reaso
     cuda = FakeCuda(call_s=1e-3, fail=fail)
     cuda.install(monkeypatch)
     monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
-    monkeypatch.setattr(timing, "_cuda_kernel_sum", lambda fn, setup, config: [7e-4] * 5)
+    monkeypatch.setattr(timing, "_cuda_kernel_sum", lambda fn, setup, config: ([7e-4] * 5, {"kernels": []}))
     result = timing.device_time(cuda.step, "cuda:0")
     assert (result.method, result.note) == (method, note)
     assert result.median_s == pytest.approx(1e-3 if method == "cuda-graph" else 7e-4)
