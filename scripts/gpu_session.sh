@@ -16,13 +16,16 @@
 #   dist      scripts/gpu_distributed.sh: NCCL correctness in bf16/fp16 and the context-parallel timings,
 #             then scripts/devtime_probe.py (graph against event time under load and after idle)
 #   approx    scripts/gpu_approximate.sh on GPU 1 (libraries, with what the calls stashed)
+#   cpbench   the context-parallel workload through pytest and the gate (its distributed cases on
+#             P = 2 ranks, one per GPU, beside the single-GPU backends), journaled to /tmp/cp.journal;
+#             CP_S (default 540) stops it, and CP_RESUME=1 in the next call carries it on
 # STASH_PART=.carry/<set>-parts/part-N (carried in the same call) first stashes that part of a wheel
 # set too large for one call in /tmp/attnsuite-carry (scripts/carry_wheels.py); the call that runs
 # gpu_approximate.sh after the last part installs the set.
-# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx
+# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench
 set -uo pipefail
 cd "$(dirname "$0")/.."
-call=${1:?tier2, tier1a, tier1b, tier1, dist or approx}
+call=${1:?tier2, tier1a, tier1b, tier1, dist, approx or cpbench}
 final=${OUT:-results}
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -68,7 +71,14 @@ case "$call" in
     CUDA_VISIBLE_DEVICES=${APPROX_GPU:-1} OUT=$work/approx timeout "${APPROX_S:-540}" bash scripts/gpu_approximate.sh \
       > "$work/approx/run.log" 2>&1
     echo "approx exit $?" | tee -a "$work/approx/run.log" ;;
-  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx)" >&2; exit 2 ;;
+  cpbench)
+    mkdir -p "$work/cpbench"
+    resume=(); [ -n "${CP_RESUME:-}" ] && resume=(--attn-resume)
+    OUT=$work/cpbench timeout -s INT "${CP_S:-540}" bash scripts/gpu_bench.sh full \
+      -- --attn-workload=context-parallel --attn-gpus=1 --attn-journal=/tmp/cp.journal "${resume[@]}" \
+      > "$work/cpbench/run.log" 2>&1
+    echo "cpbench exit $?" | tee -a "$work/cpbench/run.log" ;;
+  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench)" >&2; exit 2 ;;
 esac
 nvidia-smi --query-gpu=index,name,clocks.sm,clocks.max.sm --format=csv > "$work/gpus.txt" 2>&1
 tar -czf "$final/$call.tgz" -C "$work" .
