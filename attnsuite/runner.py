@@ -664,6 +664,7 @@ def measure_deferred_device_time(bc: BenchCase, settings: Settings, rec: CaseRec
     p = bc.problem
     why = rec.extra.get("device_time_pending", "")
     t0 = time.perf_counter()
+    before = _dynamo_counts()
     _enter_problem(bc, settings)
     try:
         variant = registry.get(bc.variant or "")
@@ -679,6 +680,10 @@ def measure_deferred_device_time(bc: BenchCase, settings: Settings, rec: CaseRec
         dt = timing.device_time(call, p.device, setup=setup, config=config, allow_graph=False)
         dt.note = why or dt.note
         _fill_device_time(rec, dt)
+        # what dynamo did while the case was rebuilt and re-warmed here, late in the worker's life:
+        # a step that compiles itself (uncompiled flex_attention) may recompile or hit the
+        # recompile limit here and run other kernels than in its own run
+        rec.extra["deferred_dynamo"] = _delta(before, _dynamo_counts())
     except Exception as exc:  # noqa: BLE001 - the figure is missing, the case's outcome stands
         if on_error is not None:
             on_error(exc)

@@ -288,3 +288,6 @@ def test_a_kernel_sum_reading_keeps_its_fastest_calls_kernels_in_the_record(monk
     rec.extra["device_time_pending"] = "per-call setup"
     out = runner.measure_deferred_device_time(bc, settings, rec)
     assert out.extra["device_kernels"] == table and out.device_method == "kernel-sum"
+    # and what dynamo did meanwhile (an eager step here: nothing compiled, no recompile limit hit)
+    assert out.extra["deferred_dynamo"]["unique_graphs"] == 0
+    assert set(out.extra["deferred_dynamo"]) >= {"frames_total", "recompile_limit_hits"}
