@@ -401,3 +401,38 @@ def test_a_baseline_case_outside_the_selection_is_not_missing(scope, inside, out
     cmp = compare(by_key([selected, other]), {}, scope=scope)
     assert [v.key for v in cmp.verdicts if v.verdict == "missing"] == [selected.key]
     assert cmp.out_of_scope == 1
+
+
+# --- a kernel-sum time is never judged above its own event time ------------------------------------
+# On an H200 the deferred kernel-sum pass read fa-sweep/flex-eager/fwd at 8.01 ms against an event
+# min of 7.56 ms in the same record; the confirmation read 7.59 ms. One call's device work cannot
+# outlast the call, so the event time bounds it; graph replay keeps its own reading (it reads a few %
+# above the event timer on memory-bound steps by the method itself).
+
+def _timed(method: str, device_min: float, event_min: float):
+    return rec("flex-eager", device_ms=device_min, device_min_ms=device_min, device_iqr_ms=0.004,
+               device_method=method, min_ms=event_min, median_ms=event_min * 1.003)
+
+
+@pytest.mark.parametrize("method, cur_device, cur_event, verdict", [
+    ("kernel-sum", 8.01, 7.56, "same"),     # the deferred reading above its own event time
+    ("cuda-graph", 8.01, 7.56, "slower"),   # graph replay: not capped
+    ("kernel-sum", 8.01, 8.05, "slower"),   # the event time moved too: a real slowdown
+    ("kernel-sum", 7.30, 7.56, "faster"),   # below the event time: the device reading stands
+], ids=["kernel-sum above its event time is judged at it", "graph replay is judged as read",
+        "a slowdown the event time shows is still slower", "a reading under the event time is kept"])
+def test_a_kernel_sum_device_time_is_judged_at_most_at_its_own_event_time(method, cur_device, cur_event, verdict):
+    base = _timed(method, 7.55, 7.56)
+    v = compare(by_key([base]), by_key([_timed(method, cur_device, cur_event)]), device="cuda").verdicts[0]
+    assert v.verdict == verdict, v.message
+    capped = method == "kernel-sum" and cur_device > cur_event
+    assert ("judged at the event time" in v.message) == capped, v.message
+    if capped:
+        assert v.cur_ms == pytest.approx(cur_event) and "above the event time on this run" in v.message
+
+
+def test_both_sides_are_capped_alike():
+    v = compare(by_key([_timed("kernel-sum", 7.99, 7.56)]), by_key([_timed("kernel-sum", 8.01, 7.57)]),
+                device="cuda").verdicts[0]
+    assert (v.base_ms, v.cur_ms) == (pytest.approx(7.56), pytest.approx(7.57))
+    assert "on baseline and this run: judged at the event time" in v.message
