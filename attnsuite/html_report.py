@@ -255,8 +255,10 @@ def summary_lines(records: Mapping[str, CaseRecord], gate_json: Optional[Mapping
     if gate.get("compared"):
         cases = [c for c in gate.get("cases", []) if isinstance(c, dict)]
         regs = [c for c in cases if c.get("gating")]
-        s.verdict = (f"{'FAIL' if gate.get('failed') else 'PASS'}: {len(regs)} regression(s) among {len(cases)} "
-                     "cases judged against the baseline")
+        # the mode the run was judged in, when its gate JSON says (an older one: a failure reads FAIL)
+        mode = str(gate.get("gate_mode") or ("enforce" if gate.get("failed") else gate_mode))
+        s.verdict = summ.verdict_line(len(regs), len(cases), int(gate.get("skipped_in_both") or 0), mode,
+                                      summ.failed_counts(records))
         s.baseline = [str(x) for x in gate.get("header") or []] or [f"baseline: {gate.get('baseline')}"]
         lines = [f"{'/'.join(c.get('flags', []))}: {c.get('key')}; time {fmt_pct(c.get('time_change'))} "
                  f"(band ±{(c.get('band') or 0) * 100:.1f}%)" for c in regs]

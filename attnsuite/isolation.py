@@ -98,17 +98,24 @@ def describe_exit(returncode: Optional[int]) -> str:
     return f"exit code {returncode}"
 
 
-def tail_of(path: str, lines: int = STDERR_TAIL_LINES, max_bytes: int = STDERR_TAIL_BYTES) -> str:
-    """The last lines of a log file (bounded read)."""
+def tail_of(path: str, lines: int = STDERR_TAIL_LINES, max_bytes: int = STDERR_TAIL_BYTES, start: int = 0) -> str:
+    """The last lines of a log file written at or after byte ``start`` (bounded read)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
+            fh.seek(max(start, size - max_bytes))
             text = fh.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
     return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _log_size(path: Optional[str]) -> int:
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0
 
 
 class _WorkerProcess:
@@ -172,18 +179,22 @@ class _WorkerProcess:
         return self._init_reply
 
     def exchange(self, message: dict[str, Any], timeout: Optional[float]) -> Any:
-        """Send a message and wait for the answer; a :class:`Failure` when the worker died or hung."""
+        """Send a message and wait for the answer; a :class:`Failure` when the worker died or hung.
+
+        A failure's stderr tail holds only what the worker wrote after this message was sent: an
+        earlier case's output (a profiler's log line, say) must not read as this case's last words."""
+        log_start = _log_size(self.log_path)
         sent = self._post(message)
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._receive(timeout, deadline, sent=sent)
+        return self._receive(timeout, deadline, sent=sent, log_start=log_start)
 
-    def _receive(self, limit: Optional[float], deadline: Optional[float], *, sent: bool) -> Any:
+    def _receive(self, limit: Optional[float], deadline: Optional[float], *, sent: bool, log_start: int = 0) -> Any:
         reply = None
         if sent and self.from_worker is not None:
             try:
                 reply = recv_fd(self.from_worker, deadline)
             except TimeoutError:
-                tail = tail_of(self.log_path) if self.log_path else ""
+                tail = tail_of(self.log_path, start=log_start) if self.log_path else ""
                 self.kill()
                 return Failure("timeout", f"no answer within the {limit:g} s limit: worker killed", tail)
             except (OSError, EOFError, pickle.UnpicklingError):
@@ -193,7 +204,7 @@ class _WorkerProcess:
                 rc = self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 rc = None
-            tail = tail_of(self.log_path) if self.log_path else ""
+            tail = tail_of(self.log_path, start=log_start) if self.log_path else ""
             self.kill()
             return Failure("crash", f"worker process died: {describe_exit(rc)}", tail)
         return reply

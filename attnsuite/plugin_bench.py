@@ -637,8 +637,57 @@ def pytest_runtestloop(session: pytest.Session):
         runner.add_scaling_efficiency()
 
 
+# ------------------------------------------------------------------------ an empty selection
+
+_NOTHING_SELECTED = pytest.StashKey[str]()
+_BENCH_DESELECTED = pytest.StashKey[int]()
+_SELECTION_OPTIONS = ("--attn-only", "--attn-workload", "--attn-mode", "--attn-tier", "--attn-dtype", "--attn-device")
+
+
+def _is_bench_item(item: Any) -> bool:
+    return "bench_case" in getattr(item, "fixturenames", ())
+
+
+def pytest_deselected(items: list) -> None:
+    bench = [i for i in items if _is_bench_item(i)]
+    if bench:
+        cfg = bench[0].config
+        cfg.stash[_BENCH_DESELECTED] = cfg.stash.get(_BENCH_DESELECTED, 0) + len(bench)
+
+
+def nothing_selected(config: pytest.Config, items: Sequence[Any], deselected: int) -> Optional[str]:
+    """Why a session that collected the benchmark module selected none of its cases (None when it did).
+
+    Such a run must not pass quietly: a CI gate whose selection matches nothing would judge nothing.
+    pytest itself exits 0 there when the options leave an empty parameter set (one skipped item).
+    """
+    bench = [i for i in items if _is_bench_item(i)]
+    if not bench and not deselected:
+        return None  # the benchmark module was not part of this session
+    if any(isinstance(getattr(getattr(i, "callspec", None), "params", {}).get("bench_case"), str) for i in bench):
+        return None
+    if not bench:
+        return f"-k, -m or a deselection left none of the {deselected} benchmark cases"
+    given = []
+    for name in _SELECTION_OPTIONS:
+        value = config.getoption(name, default=None)
+        for v in (value if isinstance(value, list) else [value] if value else []):
+            given.append(f"{name} {v}")
+    spec = get_spec(config)
+    return (f"{' '.join(given) or 'these options'} select no case of the {spec.tier} tier on {spec.device} "
+            "(pytest bench --benchmark-only --collect-only -q lists what a selection holds)")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    why = nothing_selected(session.config, session.items, session.config.stash.get(_BENCH_DESELECTED, 0))
+    if why:
+        session.config.stash[_NOTHING_SELECTED] = why
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.config.stash.get(_NOTHING_SELECTED, None) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED  # pytest's own "nothing ran", said below
     runner = session.config.stash.get(_RUNNER, None)
     if runner is not None:
         # The journal goes only when every selected case landed: an interrupt, a broken output pipe
@@ -783,6 +832,10 @@ def workers_line(started: int, start_s: float, from_standby: int, gpu_ids: Seque
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    why = config.stash.get(_NOTHING_SELECTED, None)
+    if why:
+        terminalreporter.write_line(f"attnsuite: no benchmark case selected: {why}; nothing was measured or "
+                                    f"judged (exit status {int(pytest.ExitCode.NO_TESTS_COLLECTED)})", red=True)
     runner = config.stash.get(_RUNNER, None)
     if runner is None or not runner.landed:
         return

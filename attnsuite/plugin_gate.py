@@ -502,7 +502,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             return
         state.comparison = cmp
         _write_markdown(config, state, report.markdown_diff(cmp, head=_summary_markdown(config, run.records, cmp)))
-        _write_gate_json(config, state, cmp.to_json())
+        _write_gate_json(config, state, {**cmp.to_json(), "gate_mode": mode})
         if cmp.failed and mode == "enforce" and not recording:
             tr = config.pluginmanager.get_plugin("terminalreporter")
             if tr is not None:

@@ -23,7 +23,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from .baseline import atomic_write_text
 from .record import CaseRecord
-from .summary import percent_of_peak, skip_reason_class
+from .summary import failed_counts, percent_of_peak, skip_reason_class
 from .verdict import CaseVerdict, Comparison, fmt_bytes, fmt_ms, fmt_pct
 
 MARKER = "<!-- attnsuite-gate -->"
@@ -206,7 +206,10 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
                   head: Sequence[str] = ()) -> str:
     """The PR-review markdown: verdict line, ``head`` (the run's summary, :mod:`attnsuite.summary`),
     regressions, improvements, new, unchanged collapsed (cases skipped in both runs only counted)."""
-    status = "❌ **FAIL**" if cmp.failed else "✅ pass"
+    failed = failed_counts({v.key: v.cur for v in cmp.verdicts if v.cur is not None})
+    # a case that crashed or raised fails its pytest item even when the gate finds no regression
+    status = "❌ **FAIL**" if cmp.failed else \
+        f"❌ **FAIL**: {sum(failed.values())} case(s) failed, no regression" if failed else "✅ pass"
     counts = ", ".join(f"{n} {k}" for k, n in cmp.counts().items()) or "no cases"
     out = [MARKER, f"### {md_escape(title)}: {status}", "", *head]
     out += [f"> {md_escape(line)}" for line in header_lines(cmp)]

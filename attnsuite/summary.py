@@ -151,6 +151,47 @@ def peak_note(records: Mapping[str, CaseRecord], calibration: Optional[Mapping[s
     return "% of peak against: " + "; ".join(s for s, _ in sources.most_common(2))
 
 
+def failed_counts(records: Mapping[str, CaseRecord]) -> dict[str, int]:
+    """How many of a run's cases ended in each failing outcome (crash, error, ...), in a fixed order."""
+    counts = Counter(r.outcome for r in records.values())
+    return {k: counts[k] for k in FAILING_OUTCOMES if counts.get(k)}
+
+
+def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode: str,
+                 failed_cases: Optional[Mapping[str, int]] = None) -> str:
+    """The summary's first line: the run's outcome, from the gate and from the cases that failed.
+
+    A case skipped here and in the baseline is judged ``same`` (its status did not change) but says
+    nothing about speed, so those are counted apart: a selection that measured nothing never reads
+    as a plain pass. ``failed_cases`` counts this run's failing outcomes (crash, error, ...): each
+    fails its pytest item whatever the gate says, so the line leads with them and never reads PASS.
+    """
+    among = f"{judged} cases judged"
+    if skipped_in_both and skipped_in_both == judged:
+        among += " (none measured: every one was skipped here and in the baseline)"
+    elif skipped_in_both:
+        among += f" ({judged - skipped_in_both} run, {skipped_in_both} skipped here and in the baseline)"
+    failed = {k: n for k, n in (failed_cases or {}).items() if n}
+    if not regressions:
+        gate = f"no regression among {among} against the baseline"
+    elif gate_mode == "enforce":
+        gate = f"{regressions} regression(s) among {among} (gate enforced)"
+    else:
+        gate = f"{regressions} regression(s) among {among} (gate in report mode: " \
+               f"{'they do not fail the run' if failed else 'the run does not fail'})"
+    if failed:
+        return f"{_failed_head(failed)}; {gate}"
+    return f"{'PASS' if not regressions else 'FAIL' if gate_mode == 'enforce' else 'REPORTED'}: {gate}"
+
+
+NOT_COMPARED = "the run was not judged against a baseline"
+
+
+def _failed_head(failed: Mapping[str, int]) -> str:
+    kinds = ", ".join(f"{n} {k}" for k, n in failed.items())
+    return f"FAIL: {sum(failed.values())} case(s) of this run failed ({kinds})"
+
+
 def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_mode: str = "report",
           baseline_lines: Sequence[str] = (), files: Sequence[tuple[str, str]] = ()) -> Summary:
     """The last screen's content.
@@ -169,20 +210,14 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
     label = "the baseline"
     if cmp is not None:
         regs = cmp.regressions
-        judged = len(cmp.verdicts)
-        if not regs:
-            verdict = f"PASS: no regression among {judged} cases judged against the baseline"
-        elif gate_mode == "enforce":
-            verdict = f"FAIL: {len(regs)} regression(s) among {judged} cases judged (gate enforced)"
-        else:
-            verdict = f"REPORTED: {len(regs)} regression(s) among {judged} cases judged (gate in report mode: " \
-                      "the run does not fail)"
+        verdict = verdict_line(len(regs), len(cmp.verdicts), cmp.skipped_in_both, gate_mode, failed_counts(records))
         base = list(cmp.header) or [f"baseline: {cmp.baseline_label}"]  # the header names the baseline
         if cmp.out_of_scope:
             base.append(f"{cmp.out_of_scope} baseline cases were outside this run's selection and not judged")
         reg_lines = [regression_line(v) for v in regs]
     else:
-        verdict = "NOT COMPARED: the run was not judged against a baseline"
+        failed = failed_counts(records)
+        verdict = f"{_failed_head(failed)}; {NOT_COMPARED}" if failed else f"NOT COMPARED: {NOT_COMPARED}"
         base = list(baseline_lines) or ["no baseline for this machine"]
         reg_lines = []
     return Summary(verdict=verdict, baseline=base, regressions=reg_lines[:MAX_REGRESSIONS],

@@ -727,6 +727,12 @@ class Comparison:
         return [v for v in self.verdicts if v.reported]
 
     @property
+    def skipped_in_both(self) -> int:
+        """Judged cases that ran in neither run (skipped here and in the baseline): judged, not measured."""
+        return sum(1 for v in self.verdicts if v.cur is not None and v.cur.outcome == "skipped"
+                   and v.base is not None and v.base.outcome == "skipped")
+
+    @property
     def new(self) -> list[CaseVerdict]:
         return [v for v in self.verdicts if v.verdict == "new"]
 
@@ -758,6 +764,7 @@ class Comparison:
             "failed": self.failed,
             "counts": self.counts(),
             "out_of_scope": self.out_of_scope,
+            "skipped_in_both": self.skipped_in_both,
             "notes": list(self.notes),
             "baseline": self.baseline_label,
             "current": self.current_label,

@@ -168,7 +168,7 @@ def test_json_has_every_field_for_ok_error_oom_and_skipped_cases(bench_run, tmp_
     # (no baseline here), skips by reason, the failures, the fastest variant
     assert "attnsuite [1/8  12%]" in out and "attnsuite [8/8 100%]" in out and "done (" in out
     out = out.split("attnsuite summary")[-1]
-    assert "NOT COMPARED" in out and "cases: 2 ok, 2 skipped, 2 oom, 2 error" in out
+    assert "FAIL: 2 case(s) of this run failed (2 error); the run was not judged against a baseline" in out and "cases: 2 ok, 2 skipped, 2 oom, 2 error" in out
     assert "variant runs on ['cuda'], not cpu" in out and "fastest variant per workload" in out
 
 

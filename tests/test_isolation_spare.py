@@ -51,6 +51,9 @@ while True:
         send(out, {{"starts": len(os.listdir(folder)), "pid": os.getpid()}})
         continue
     key = msg["key"]
+    if key.startswith("say:"):  # a case that writes a line to stderr (and then does what the rest says)
+        line, _, key = key[4:].partition(":")
+        print(line, file=sys.stderr, flush=True)
     if key == "segfault":
         os.kill(os.getpid(), signal.SIGSEGV)
     if key == "hang":
@@ -237,3 +240,17 @@ def test_each_record_says_how_long_before_its_request_the_latest_standby_was_lau
     since = second["record"]["extra"]["standby_launched_s_before"]
     assert 0 <= since < 5
     assert make_pool(spare=False).run_case("ok")["record"]["extra"] == {}, "no standby, no field"
+
+
+@pytest.mark.parametrize("last_case, outcome, own_words", [
+    ("segfault", "crash", None),
+    ("say:dying words:segfault", "crash", "dying words"),
+    ("say:still thinking:hang", "timeout", "still thinking"),
+])
+def test_a_failed_cases_stderr_tail_holds_only_what_it_wrote(make_pool, last_case, outcome, own_words):
+    pool = make_pool(spare=False, case_timeout=3)
+    assert isinstance(pool.run_case("say:profiler chatter from the case before:ok"), dict)
+    reply = pool.run_case(last_case)
+    assert isinstance(reply, Failure) and reply.outcome == outcome, reply
+    assert "profiler chatter" not in reply.stderr_tail
+    assert reply.stderr_tail == (own_words or "")

@@ -127,3 +127,19 @@ def test_a_selected_case_that_did_not_run_is_still_missing(bench):
     res = bench({"problem": "b9-q9-h1-d8-nomask-fp32-cpu"})
     assert res.ret == 1
     res.stdout.fnmatch_lines([f"FAILED missing: {WORKLOAD}/{VARIANT}/fwd/b9-q9-h1-d8-nomask-fp32-cpu: not run*"])
+
+
+@pytest.mark.parametrize("args, why", [
+    pytest.param(("--attn-only=layer-sdpa", f"--attn-workload={WORKLOAD}"),
+                 f"--attn-only layer-sdpa --attn-workload {WORKLOAD} --attn-device cpu select no case of the quick "
+                 "tier on cpu", id="options that select no case"),
+    pytest.param((*TINY, "-k", "no-such-case"), "-k, -m or a deselection left none of the 2 benchmark cases",
+                 id="-k that matches no case"),
+])
+def test_a_selection_of_no_case_exits_5_and_says_why(bench, pytester, args, why):
+    # pytest alone exits 0 when the options leave an empty parameter set: a CI gate would pass judging nothing
+    res = pytester.runpytest("bench", "--benchmark-only", "-p", "no:cacheprovider", "--attn-isolation=none",
+                             "--attn-device=cpu", *args)
+    assert res.ret == pytest.ExitCode.NO_TESTS_COLLECTED, res.stdout.str()[-3000:]
+    res.stdout.fnmatch_lines([f"attnsuite: no benchmark case selected: {why}*; nothing was measured or judged "
+                              "(exit status 5)"])

@@ -41,6 +41,10 @@ def _run():
     )
 
 
+def _passing_run():
+    return {k: r for k, r in _run().items() if r.outcome != "error"}
+
+
 def test_the_best_variant_is_the_fastest_on_the_largest_problem_in_the_most_complete_mode():
     best = {b.workload: b for b in summary.best_per_workload(_run())}
     fa = best["fa-sweep"]
@@ -65,7 +69,7 @@ def test_without_a_baseline_the_screen_says_why_and_still_answers_the_rest():
     s = summary.build(_run(), None, baseline_lines=["no baseline for fingerprint cpu-x in baselines/"],
                       files=[("results", "results/bench.json")])
     text = "\n".join(summary.terminal_lines(s))
-    assert text.startswith("NOT COMPARED: the run was not judged against a baseline\n"
+    assert text.startswith("FAIL: 1 case(s) of this run failed (1 error); the run was not judged against a baseline\n"
                            "  no baseline for fingerprint cpu-x")
     assert "cases: 6 ok, 3 skipped, 1 error" in text
     assert "    2  variant runs on ['cuda'], not cpu" in text and "    1  quick tier budget" in text
@@ -86,10 +90,10 @@ def _comparison(cur, base=None, calibration=None):
 @pytest.mark.parametrize("mode, head", [("enforce", "FAIL: 1 regression(s) among"),
                                         ("report", "REPORTED: 1 regression(s) among")])
 def test_a_regression_names_its_case_change_and_band_under_the_baseline_it_came_from(mode, head):
-    cur = _run()
+    cur = _passing_run()
     cur["fa-sweep/sdpa/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu"].median_ms = 2.5  # CPU bands are wide: +150%
     cur["fa-sweep/sdpa/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu"].min_ms = 2.5
-    s = summary.build(cur, _comparison(cur, base=_run()), gate_mode=mode)
+    s = summary.build(cur, _comparison(cur, base=_passing_run()), gate_mode=mode)
     lines = summary.terminal_lines(s)
     assert lines[0].startswith(head)
     assert lines[1] == "  baseline baselines/cpu-x.json (fingerprint cpu-x)"
@@ -97,10 +101,54 @@ def test_a_regression_names_its_case_change_and_band_under_the_baseline_it_came_
     assert lines[3].startswith("  slower: fa-sweep/sdpa/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu; time +150.0% (band ±")
 
 
-def test_no_regression_reads_pass_with_the_number_of_cases_judged():
-    cur = _run()
+def test_no_regression_reads_pass_with_the_number_of_cases_judged_and_how_many_ran():
+    cur = _passing_run()  # 3 of its 9 cases are skipped, and skipped in the baseline (a copy) too
     s = summary.build(cur, _comparison(cur), gate_mode="enforce")
-    assert s.verdict == f"PASS: no regression among {len(cur)} cases judged against the baseline"
+    assert s.verdict == (f"PASS: no regression among {len(cur)} cases judged (6 run, 3 skipped here and in the "
+                         "baseline) against the baseline")
+    measured = {k: r for k, r in cur.items() if r.outcome != "skipped"}
+    assert summary.build(measured, _comparison(measured)).verdict == \
+        f"PASS: no regression among {len(measured)} cases judged against the baseline"
+
+
+def test_a_selection_that_measured_nothing_does_not_read_as_a_plain_pass():
+    cur = {k: r for k, r in _run().items() if r.outcome == "skipped"}
+    cmp = _comparison(cur)
+    assert cmp.skipped_in_both == 3 and cmp.to_json()["skipped_in_both"] == 3
+    assert summary.build(cur, cmp).verdict == ("PASS: no regression among 3 cases judged (none measured: every "
+                                               "one was skipped here and in the baseline) against the baseline")
+
+
+def test_a_case_that_now_runs_or_is_now_skipped_is_not_counted_as_skipped_in_both():
+    cur = _run()
+    base = copy.deepcopy(cur)
+    was_skipped = "fa-sweep/flex/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu"
+    base[was_skipped] = cpu("flex", 1.0)  # ran in the baseline, skipped here
+    assert _comparison(cur, base=base).skipped_in_both == 2
+
+
+@pytest.mark.parametrize("mode", ["enforce", "report"])
+@pytest.mark.parametrize("regressed", [False, True])
+def test_a_run_with_failed_cases_never_reads_pass_whatever_the_gate_says(mode, regressed):
+    cur = _run()  # one case raised: its pytest item fails whatever the gate finds
+    base = copy.deepcopy(cur)
+    if regressed:
+        base["fa-sweep/sdpa/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu"].min_ms = 0.1
+    line = summary.build(cur, _comparison(cur, base=base), gate_mode=mode).verdict
+    assert line.startswith("FAIL: 1 case(s) of this run failed (1 error); ")
+    assert ("1 regression(s) among 10 cases judged" in line) is regressed
+    assert ("no regression among 10 cases judged" in line) is not regressed
+    failed = {"crash": 2, "numerics": 1}
+    assert summary.verdict_line(0, 3, 0, mode, failed).startswith("FAIL: 3 case(s) of this run failed (2 crash, "
+                                                                   "1 numerics); no regression among 3")
+
+
+@pytest.mark.parametrize("mode, head", [("enforce", "FAIL: 2 regression(s) among 9 cases judged (8 run, 1 skipped "
+                                                    "here and in the baseline) (gate enforced)"),
+                                        ("report", "REPORTED: 2 regression(s) among 9 cases judged (8 run, 1 "
+                                                   "skipped here and in the baseline) (gate in report mode")])
+def test_the_verdict_line_is_one_rule_for_every_mode(mode, head):
+    assert summary.verdict_line(2, 9, 1, mode).startswith(head)
 
 
 @pytest.mark.parametrize("calibration, pct, flagged", [
@@ -139,8 +187,16 @@ def test_the_cpu_peak_is_never_measured_per_run():
     assert value is None and "no % of peak on CPU" in source
 
 
+def test_a_markdown_diff_with_failed_cases_never_heads_with_pass():
+    cur = _run()  # one case raised; the gate finds no regression
+    cmp = _comparison(cur)
+    md = report.markdown_diff(cmp, head=summary.markdown_lines(summary.build(cur, cmp), report.md_escape))
+    assert md.splitlines()[1] == "### attnsuite regression gate: ❌ **FAIL**: 1 case(s) failed, no regression"
+    assert "**FAIL: 1 case(s) of this run failed (1 error); no regression among 10" in md
+
+
 def test_the_same_summary_heads_the_markdown_and_skips_get_no_rows():
-    cur = _run()
+    cur = _passing_run()
     cmp = _comparison(cur)
     head = summary.markdown_lines(summary.build(cur, cmp, gate_mode="report"), report.md_escape)
     md = report.markdown_diff(cmp, head=head)
@@ -151,8 +207,8 @@ def test_the_same_summary_heads_the_markdown_and_skips_get_no_rows():
     assert "3 cases were skipped in both runs" in md
     cmp_new = _comparison(cur, base={})  # every case new: the skipped ones are counted, not listed
     md_new = report.markdown_diff(cmp_new)
-    assert "3 new cases are skipped" in md_new and "sdpa-cudnn" not in md_new and "#### New cases (7)" in md_new
-    run_md = report.markdown_run(cur, head=head)
+    assert "3 new cases are skipped" in md_new and "sdpa-cudnn" not in md_new and "#### New cases (6)" in md_new
+    run_md = report.markdown_run(_run(), head=head)
     assert "sdpa-cudnn" not in run_md and "**error**" in run_md
 
 
