@@ -1,7 +1,8 @@
 """The pytest plugin: loaded by the root ``conftest.py``; it loads the variants and the sub-plugins.
 
 Sub-plugins, one job each: :mod:`attnsuite.plugin_bench` (benchmark options and timing fixtures),
-:mod:`attnsuite.plugin_gate` (baselines, verdicts, reports).
+:mod:`attnsuite.plugin_gate` (baselines, verdicts, reports), :mod:`attnsuite.plugin_isolation` (the correctness
+tests against hostile variants: leaked state, crashes, hangs).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from . import problem_file, registry
 
 PROBLEM_FILES = pytest.StashKey[list]()  # the problems files this session loaded (resolved paths)
 
-SUBPLUGINS = ("attnsuite.plugin_bench", "attnsuite.plugin_gate")
+SUBPLUGINS = ("attnsuite.plugin_bench", "attnsuite.plugin_gate", "attnsuite.plugin_isolation")
 # Registered with this module (pytest reads a plugin's pytest_plugins at registration), so that
 # their command-line options exist before the command line is parsed.
 pytest_plugins = list(SUBPLUGINS)

@@ -11,6 +11,7 @@ fresh pool.
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import time
 from datetime import timedelta
@@ -79,7 +80,7 @@ class RankPool:
             proc = ctx.Process(
                 target=rank_main,
                 args=(rank, self.world_size, self.device, HOST, self._store.port, self.timeout_s,
-                      self._commands[rank], self._results),
+                      self._commands[rank], self._results, os.getpid()),
                 daemon=True,
                 name=f"attnsuite-rank{rank}-of-{self.world_size}",
             )

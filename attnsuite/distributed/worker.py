@@ -9,6 +9,8 @@ naming the rank; the rank stays up for the next task.
 from __future__ import annotations
 
 import os
+import threading
+import time
 import traceback
 from datetime import timedelta
 
@@ -20,9 +22,33 @@ from .variant import RankContext
 STOP = None  # the command that ends a rank's loop
 
 
+PARENT_POLL_S = 0.5
+
+
+def exit_with_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """End this process soon after ``parent_pid`` is gone.
+
+    A rank is a daemon process, which its parent ends only when it exits normally. A parent killed
+    by a crash or a time limit (a pytest-xdist worker past ``--attn-test-timeout``, a benchmark
+    worker killed by the suite) leaves its ranks running; a forked rank also holds a copy of every
+    file descriptor of its parent, and an xdist controller waits on those for the dead worker's
+    pipe to close, so the whole run would hang. A thread (not ``PR_SET_PDEATHSIG``, which fires
+    when the *thread* that forked the rank ends) polls for the parent and exits the rank.
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="attnsuite-rank-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def rank_main(rank: int, world_size: int, device: str, host: str, port: int, timeout_s: float,
-              commands, results) -> None:
+              commands, results, parent_pid: int = 0) -> None:
     """Entry point of one rank process (started by the pool; not called by users)."""
+    exit_with_parent(parent_pid or os.getppid())
     try:
         # one intra-op thread per rank: P ranks share the host's cores, and a forked OpenMP pool is unsafe
         torch.set_num_threads(1)

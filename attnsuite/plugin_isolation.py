@@ -1,0 +1,204 @@
+"""The correctness tests' defence against hostile variants: leaked state, crashes and hangs.
+
+Benchmark cases run in worker processes of their own (:mod:`attnsuite.isolation`). Correctness
+tests run in pytest's own processes; this plugin gives them the same promises, as far as pytest
+allows (docs/isolation.md, "Correctness tests"):
+
+* **State.** After each test of a variant (every fixture torn down), torch's tracked global state
+  (:mod:`attnsuite.torch_state`) is compared with what it was before that test's setup. A change
+  is undone and fails that test's teardown, naming the variant and what changed, so the variants
+  after it are unaffected and the blame stays where it belongs.
+* **Crashes and hangs, with pytest-xdist** (``-n N``; ``scripts/test.sh`` uses ``-n 2``). xdist
+  runs the tests in worker processes and replaces one that dies, failing the test it was running.
+  Before each test a worker notes which test of which variant it runs, since when and under what
+  limit (one small file per worker); a test that runs past ``--attn-test-timeout`` makes the
+  worker dump its stacks and exit (:func:`faulthandler.dump_traceback_later`). Told of the death,
+  the controller words the failure (the variant, and whether it crashed or ran past the limit) and
+  adds the variant to the run's crash ledger; each later test of that variant is skipped with a
+  reason naming the test that took the worker down. The rest of the run goes on, and xdist's
+  restart limit (4 per worker) is not spent on one variant's problems.
+* **Without xdist** a crash ends the run, as it would without the suite; the run header says so
+  when external variants are loaded.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from . import torch_state
+
+LEDGER_KEY = "attnsuite_crash_ledger"  # the controller's folder, handed to each worker in workerinput
+CRASHED = "crashed.jsonl"  # one JSON line per variant that took a worker down
+DEFAULT_TEST_TIMEOUT_S = 900.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("attnsuite")
+    group.addoption("--attn-test-timeout", type=float, default=DEFAULT_TEST_TIMEOUT_S, metavar="SECONDS",
+                    help="with pytest-xdist (-n N): a test that runs longer ends its worker, fails as having run "
+                         f"past the limit, and its variant's other tests are skipped (default {DEFAULT_TEST_TIMEOUT_S:g}; "
+                         "0 = no limit)")
+
+
+def variant_name(item: pytest.Item) -> Optional[str]:
+    """The name of the variant a test checks (its ``variant`` parameter), or None for other tests."""
+    variant = getattr(getattr(item, "callspec", None), "params", {}).get("variant")
+    name = getattr(variant, "name", None)
+    return name if isinstance(name, str) else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    timeout = config.getoption("--attn-test-timeout")
+    if timeout is None or timeout < 0:
+        raise pytest.UsageError(f"--attn-test-timeout: {timeout!r} is not a number of seconds >= 0")
+    config.pluginmanager.register(StateGuard(), "attnsuite-state-guard")
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        config.pluginmanager.register(CrashController(), "attnsuite-crash-controller")
+    elif workerinput.get(LEDGER_KEY):
+        config.pluginmanager.register(CrashWorker(Path(workerinput[LEDGER_KEY]), str(workerinput.get("workerid")),
+                                                  timeout), "attnsuite-crash-worker")
+
+
+def pytest_report_header(config: pytest.Config) -> Optional[list[str]]:
+    external = config.getoption("--attn-variants") or os.environ.get("ATTNSUITE_VARIANTS")
+    under_xdist = bool(getattr(config.option, "numprocesses", None))
+    if not external or under_xdist or hasattr(config, "workerinput") or config.getoption("benchmark_only", False):
+        return None
+    return ["attnsuite: correctness tests run in this process: a variant that crashes or hangs ends the run; "
+            "with -n 1 or more (pytest-xdist) it fails its test, its other tests are skipped and the run goes on"]
+
+
+class StateGuard:
+    """Undo and report a change of torch's global state that a variant's test leaves behind."""
+
+    def __init__(self) -> None:
+        self.state: Optional[torch_state.State] = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        # taken before each variant test, not once: a machinery test in the same process may change
+        # the state on purpose, and only what happens during a variant's own test is its doing
+        self.state = torch_state.snapshot() if variant_name(item) is not None else None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: Optional[pytest.Item]) -> Any:
+        result = yield  # every fixture is torn down first: a fixture that restores what it set is fine
+        name = variant_name(item)
+        if name is not None and self.state is not None:
+            changed = torch_state.end_case(self.state)
+            if changed:
+                pytest.fail(f"variant {name} left torch's global state changed ({'; '.join(changed)}); it was "
+                            "put back for the tests after it", pytrace=False)
+        return result
+
+
+def _read_json(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class CrashWorker:
+    """In an xdist worker: skip a variant that took a worker down, note each test, arm the time limit."""
+
+    def __init__(self, folder: Path, worker_id: str, timeout: float) -> None:
+        self.folder = folder
+        self.note_path = folder / f"running-{worker_id}.json"
+        self.timeout = timeout
+        self._seen: tuple[int, int] = (-1, -1)
+        self._crashed: dict[str, dict[str, Any]] = {}
+
+    def crashed(self) -> dict[str, dict[str, Any]]:
+        """The crash ledger, by variant name (read again only when the file changed)."""
+        path = self.folder / CRASHED
+        try:
+            st = path.stat()
+        except OSError:
+            return self._crashed
+        if (st.st_mtime_ns, st.st_size) != self._seen:
+            self._seen = (st.st_mtime_ns, st.st_size)
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line being written now; read in full next time
+                self._crashed.setdefault(entry.get("variant"), entry)
+        return self._crashed
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: Optional[pytest.Item]) -> Any:
+        note = {"nodeid": item.nodeid, "variant": variant_name(item), "started": time.time(),
+                "timeout": self.timeout}
+        tmp = self.note_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(note), encoding="utf-8")
+        os.replace(tmp, self.note_path)  # the controller never reads half a note
+        if self.timeout:
+            faulthandler.dump_traceback_later(self.timeout, exit=True)
+        try:
+            return (yield)
+        finally:
+            if self.timeout:
+                faulthandler.cancel_dump_traceback_later()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        name = variant_name(item)
+        entry = self.crashed().get(name) if name is not None else None
+        if entry is not None:
+            pytest.skip(f"variant {name} {entry.get('what', 'took a test worker down')} in "
+                        f"{entry.get('nodeid')}: its other tests are not run (that test's failure says more)")
+
+
+class CrashController:
+    """In the xdist controller: the crash ledger's folder, and the wording of a worker's death."""
+
+    def __init__(self) -> None:
+        self.folder: Optional[Path] = None
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        if self.folder is None:
+            self.folder = Path(tempfile.mkdtemp(prefix="attnsuite-crashes-"))
+        node.workerinput[LEDGER_KEY] = str(self.folder)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+        if self.folder is None:
+            return None
+        worker = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", "?")
+        note = _read_json(self.folder / f"running-{worker}.json")
+        if note is None or note.get("nodeid") != crashitem:
+            return None  # not a test this plugin noted: xdist's own message stands
+        timeout = note.get("timeout") or 0
+        elapsed = time.time() - float(note.get("started") or 0)
+        if timeout and elapsed >= timeout - 1:
+            what = f"ran past the {timeout:g} s limit (--attn-test-timeout)"
+            how = "the worker dumped its threads' stacks (in its stderr above) and exited"
+        else:
+            what = "took the test process down (a crash, an abort or an exit)"
+            how = "the process died"
+        variant = note.get("variant")
+        subject = f"variant {variant}" if variant else "this test"
+        message = f"{subject} {what} in {crashitem}: {how}; xdist worker {worker} was replaced and the run went on"
+        if variant:
+            message += f"; the other tests of {variant} are skipped"
+            with open(self.folder / CRASHED, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"variant": variant, "nodeid": crashitem, "what": what}) + "\n")
+        report.longrepr = message
+        return None
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)

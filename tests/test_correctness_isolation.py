@@ -1,0 +1,185 @@
+"""Hostile variants in the correctness suite (attnsuite/plugin_isolation.py): under pytest-xdist a
+variant that segfaults or hangs fails one test with its name and what happened, its other tests are
+skipped with that reason, and every other variant's tests run; a variant that leaks torch state
+fails its own teardown and the variant after it is unaffected. Also: the ranks of a distributed
+variant do not outlive a process that dies, since an xdist controller would wait on them forever.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HOSTILE = ROOT / "examples" / "hostile" / "misbehaving.py"
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("ATTNSUITE_VARIANTS", "PYTEST_XDIST_WORKER")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory) -> tuple[int, str]:
+    """test_variants.py over the hostile variants and a correct one, on two xdist workers, 5 s per test."""
+    only = ["h-segfault", "h-hang", "h-state", "h-victim", "explicit"]
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"), f"--rootdir={ROOT}",
+           "-p", "no:cacheprovider", "-n", "2", "-rsfE", "--attn-test-timeout", "5", f"--attn-variants={HOSTILE}",
+           *[f"--attn-only={name}" for name in only], "-k", "forward or causal"]
+    done = subprocess.run(cmd, cwd=tmp_path_factory.mktemp("hostile"), env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    return done.returncode, done.stdout + done.stderr
+
+
+def _outcomes(out: str, variant: str) -> set[str]:
+    """The outcomes of a variant's tests, from the short summary (-rsfE) and the counts line."""
+    found = set()
+    for line in out.splitlines():
+        if f"[{variant}@" in line and line.split(" ", 1)[0] in ("FAILED", "ERROR"):
+            found.add(line.split(" ", 1)[0])
+    return found
+
+
+def test_a_segfault_fails_one_test_naming_the_variant_and_skips_its_others(hostile_run):
+    rc, out = hostile_run
+    assert rc == pytest.ExitCode.TESTS_FAILED, out[-3000:]
+    crashed = re.findall(r"variant h-segfault took the test process down \(a crash, an abort or an exit\) in "
+                         r"\S+\[h-segfault@[^\]]+\]: the process died; xdist worker gw\d+ was replaced", out)
+    assert 1 <= len(crashed) <= 2, out[-4000:]  # each worker may have been running one of its tests
+    assert re.search(r"SKIPPED \[\d+\] .*variant h-segfault took the test process down .* its other tests are not "
+                     r"run", out), out[-4000:]
+
+
+def test_a_hang_fails_as_past_the_limit_and_skips_the_variants_others(hostile_run):
+    rc, out = hostile_run
+    assert re.search(r"variant h-hang ran past the 5 s limit \(--attn-test-timeout\) in \S+\[h-hang@[^\]]+\]: "
+                     r"the worker dumped its threads' stacks", out), out[-4000:]
+    assert re.search(r"SKIPPED \[\d+\] .*variant h-hang ran past the 5 s limit", out), out[-4000:]
+
+
+def test_a_leaked_state_fails_its_own_variant_and_not_the_next(hostile_run):
+    rc, out = hostile_run
+    assert "variant h-state left torch's global state changed (default dtype: torch.float32 -> torch.float64)" \
+        in out, out[-4000:]
+    assert _outcomes(out, "h-state") == {"ERROR"}  # its teardown, named
+    # h-victim fails under a leaked float64 default dtype; explicit is plainly correct
+    assert _outcomes(out, "h-victim") == set() and _outcomes(out, "explicit") == set(), out[-4000:]
+    assert re.search(r"\b\d{2,} passed\b", out), out[-2000:]
+
+
+def test_without_xdist_the_header_says_a_crash_ends_the_run(tmp_path):
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"), f"--rootdir={ROOT}",
+           "-p", "no:cacheprovider", "-p", "no:xdist", "--collect-only", f"--attn-variants={HOSTILE}",
+           "--attn-only=h-victim"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert "attnsuite: correctness tests run in this process: a variant that crashes or hangs ends the run" \
+        in done.stdout, done.stdout[-2000:]
+
+
+@pytest.mark.parametrize("value", ["-1", "soon"])
+def test_a_bad_test_timeout_is_a_usage_error(tmp_path, value):
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"), f"--rootdir={ROOT}",
+           "-p", "no:cacheprovider", "-p", "no:xdist", "--collect-only", "-q", f"--attn-test-timeout={value}"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR and "--attn-test-timeout" in done.stderr, done.stderr
+
+
+RANKS_THEN_DIE = """
+import os, sys
+from attnsuite.distributed.launch import RankPool
+pool = RankPool(2, "cpu", timeout_s=30)
+pool.start()
+with open(sys.argv[1], "w") as fh:  # not stdout: ranks that outlived us would hold its pipe open
+    fh.write(" ".join(str(p.pid) for p in pool._procs))
+os._exit(3)  # as a crash or a time limit would: no clean-up of the daemon ranks
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (dead, not yet reaped by its new parent) holds no file descriptors
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def test_ranks_exit_when_the_process_that_started_them_dies(tmp_path):
+    pid_file = tmp_path / "pids"
+    done = subprocess.run([sys.executable, "-c", RANKS_THEN_DIE, str(pid_file)], env=_env(), timeout=120,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert done.returncode == 3
+    pids = [int(p) for p in pid_file.read_text().split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in pids if _alive(p)]
+    for p in left:
+        os.kill(p, 9)
+    assert not left, f"ranks {left} outlived the process that started them"
+
+
+STATE_TESTS = """
+import types
+import pytest
+import torch
+
+V = types.SimpleNamespace
+
+@pytest.mark.parametrize("variant", [V(name="first")])
+def test_a_variant_before_it(variant):
+    pass
+
+def test_a_machinery_test_that_changes_threads():  # no variant: not judged, and not blamed on the next
+    torch.set_num_threads(1)
+
+@pytest.mark.parametrize("variant", [V(name="clean")])
+def test_clean_variant_after_it(variant):
+    pass
+
+@pytest.mark.parametrize("variant", [V(name="leaky")])
+def test_leaky_variant(variant):
+    torch.set_default_dtype(torch.float64)
+
+@pytest.mark.parametrize("variant", [V(name="victim")])
+def test_victim_after_it(variant):
+    assert torch.get_default_dtype() == torch.float32
+"""
+
+
+def test_only_a_change_made_during_a_variants_own_test_is_blamed_on_it(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
+    pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
+    pytester.makepyfile(test_state=STATE_TESTS)
+    threads = torch_threads()
+    try:
+        res = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly", "-rE")
+    finally:
+        _restore(threads)
+    res.assert_outcomes(passed=5, errors=1)
+    res.stdout.fnmatch_lines(["*ERROR at teardown of test_leaky_variant*",
+                              "variant leaky left torch's global state changed (default dtype: torch.float32 -> "
+                              "torch.float64); it was put back for the tests after it"])
+
+
+def torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
+def _restore(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(torch.float32)
