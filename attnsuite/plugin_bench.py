@@ -583,7 +583,7 @@ _PROGRESS = pytest.StashKey[progress.Progress]()
 def _progress_tracker(session: pytest.Session) -> progress.Progress:
     """The session's progress counter (made at the first case: its clock starts there)."""
     if _PROGRESS not in session.config.stash:
-        total = sum(1 for item in session.items if "bench_case" in getattr(item, "fixturenames", ()))
+        total = sum(1 for item in session.items if bench_key(item) is not None)
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
         tty = bool(getattr(tr, "isatty", False))
         session.config.stash[_PROGRESS] = progress.Progress(total, interactive=progress.interactive(tty, os.environ))
@@ -619,8 +619,7 @@ def attn_bench(request: pytest.FixtureRequest) -> BenchRunner:
 def pytest_runtestloop(session: pytest.Session):
     # Before the loop, when the cases are spread over several GPUs: every selected case is queued in
     # the items' order, so the workers run ahead of the items that report them.
-    keys = [item.callspec.params["bench_case"] for item in session.items
-            if hasattr(item, "callspec") and "bench_case" in item.callspec.params]
+    keys = [key for key in map(bench_key, session.items) if key is not None]
     loop_start = time.perf_counter()
     if keys and not session.config.option.collectonly:
         _runner(session.config).prefetch(keys)
@@ -648,6 +647,13 @@ def _is_bench_item(item: Any) -> bool:
     return "bench_case" in getattr(item, "fixturenames", ())
 
 
+def bench_key(item: Any) -> Optional[str]:
+    """The case key of a benchmark item; None for another test, and for the placeholder item pytest
+    makes of an empty parameter set (a selection with no case)."""
+    key = getattr(getattr(item, "callspec", None), "params", {}).get("bench_case")
+    return key if isinstance(key, str) else None
+
+
 def pytest_deselected(items: list) -> None:
     bench = [i for i in items if _is_bench_item(i)]
     if bench:
@@ -664,7 +670,7 @@ def nothing_selected(config: pytest.Config, items: Sequence[Any], deselected: in
     bench = [i for i in items if _is_bench_item(i)]
     if not bench and not deselected:
         return None  # the benchmark module was not part of this session
-    if any(isinstance(getattr(getattr(i, "callspec", None), "params", {}).get("bench_case"), str) for i in bench):
+    if any(bench_key(i) is not None for i in bench):
         return None
     if not bench:
         return f"-k, -m or a deselection left none of the {deselected} benchmark cases"
@@ -692,7 +698,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if runner is not None:
         # The journal goes only when every selected case landed: an interrupt, a broken output pipe
         # or an internal error that ends the session early keeps it for --attn-resume.
-        selected = sum(1 for item in session.items if "bench_case" in getattr(item, "fixturenames", ()))
+        selected = sum(1 for item in session.items if bench_key(item) is not None)
         finished = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) \
             and not session.shouldstop and len(runner.landed) >= selected
         runner.close(finished=finished)

@@ -191,11 +191,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     state = session.config.stash.get(_STATE, None)
     if state is None:
         return
-    keys = set()
-    for item in session.items:
-        key = getattr(getattr(item, "callspec", None), "params", {}).get("bench_case")
-        if isinstance(key, str):
-            keys.add(key)
+    keys = {key for key in map(plugin_bench.bench_key, session.items) if key is not None}
     state.selected_keys = frozenset(keys) if keys else None
 
 

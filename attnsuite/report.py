@@ -197,11 +197,6 @@ def _md_finding(v: CaseVerdict) -> str:
     return f"- **{md_escape('/'.join(v.flags))}** {md_escape(v.key)}: {md_escape(v.message)}"
 
 
-def _skipped_both(v: CaseVerdict) -> bool:
-    """A case skipped in both runs: counted by reason in the summary, not a row of its own."""
-    return all(r is not None and r.outcome == "skipped" for r in (v.base, v.cur))
-
-
 def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", context: Sequence[str] = (),
                   head: Sequence[str] = ()) -> str:
     """The PR-review markdown: verdict line, ``head`` (the run's summary, :mod:`attnsuite.summary`),
@@ -238,7 +233,7 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
         out += [f"{len(cmp.new) - len(new)} new cases are skipped (counted by reason in the summary above).", ""]
     if new:
         out += [f"#### New cases ({len(new)})", "", *_md_table(new), ""]
-    same = [v for v in cmp.unchanged if not _skipped_both(v)]
+    same = [v for v in cmp.unchanged if not v.skipped_in_both]  # those are counted by reason in the summary
     skipped = len(cmp.unchanged) - len(same)
     if skipped:
         out += [f"{skipped} cases were skipped in both runs (counted by reason in the summary above).", ""]

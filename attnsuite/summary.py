@@ -210,7 +210,7 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
     label = "the baseline"
     if cmp is not None:
         regs = cmp.regressions
-        verdict = verdict_line(len(regs), len(cmp.verdicts), cmp.skipped_in_both, gate_mode, failed_counts(records))
+        verdict = verdict_line(len(regs), len(cmp.verdicts), cmp.n_skipped_in_both, gate_mode, failed_counts(records))
         base = list(cmp.header) or [f"baseline: {cmp.baseline_label}"]  # the header names the baseline
         if cmp.out_of_scope:
             base.append(f"{cmp.out_of_scope} baseline cases were outside this run's selection and not judged")

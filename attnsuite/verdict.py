@@ -237,6 +237,11 @@ class CaseVerdict:
         return any(f in GATING for f in self.flags) or (self.host_gating and "host-slower" in self.flags)
 
     @property
+    def skipped_in_both(self) -> bool:
+        """Skipped here and in the baseline: judged ``same``, but nothing was measured."""
+        return all(r is not None and r.outcome == "skipped" for r in (self.base, self.cur))
+
+    @property
     def improvement(self) -> bool:
         return not self.gating and any(f in IMPROVEMENTS for f in self.flags)
 
@@ -727,10 +732,9 @@ class Comparison:
         return [v for v in self.verdicts if v.reported]
 
     @property
-    def skipped_in_both(self) -> int:
+    def n_skipped_in_both(self) -> int:
         """Judged cases that ran in neither run (skipped here and in the baseline): judged, not measured."""
-        return sum(1 for v in self.verdicts if v.cur is not None and v.cur.outcome == "skipped"
-                   and v.base is not None and v.base.outcome == "skipped")
+        return sum(1 for v in self.verdicts if v.skipped_in_both)
 
     @property
     def new(self) -> list[CaseVerdict]:
@@ -764,7 +768,7 @@ class Comparison:
             "failed": self.failed,
             "counts": self.counts(),
             "out_of_scope": self.out_of_scope,
-            "skipped_in_both": self.skipped_in_both,
+            "skipped_in_both": self.n_skipped_in_both,
             "notes": list(self.notes),
             "baseline": self.baseline_label,
             "current": self.current_label,

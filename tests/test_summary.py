@@ -114,7 +114,7 @@ def test_no_regression_reads_pass_with_the_number_of_cases_judged_and_how_many_r
 def test_a_selection_that_measured_nothing_does_not_read_as_a_plain_pass():
     cur = {k: r for k, r in _run().items() if r.outcome == "skipped"}
     cmp = _comparison(cur)
-    assert cmp.skipped_in_both == 3 and cmp.to_json()["skipped_in_both"] == 3
+    assert cmp.n_skipped_in_both == 3 and cmp.to_json()["skipped_in_both"] == 3
     assert summary.build(cur, cmp).verdict == ("PASS: no regression among 3 cases judged (none measured: every "
                                                "one was skipped here and in the baseline) against the baseline")
 
@@ -124,7 +124,7 @@ def test_a_case_that_now_runs_or_is_now_skipped_is_not_counted_as_skipped_in_bot
     base = copy.deepcopy(cur)
     was_skipped = "fa-sweep/flex/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu"
     base[was_skipped] = cpu("flex", 1.0)  # ran in the baseline, skipped here
-    assert _comparison(cur, base=base).skipped_in_both == 2
+    assert _comparison(cur, base=base).n_skipped_in_both == 2
 
 
 @pytest.mark.parametrize("mode", ["enforce", "report"])

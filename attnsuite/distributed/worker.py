@@ -46,9 +46,9 @@ def exit_with_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> threadin
 
 
 def rank_main(rank: int, world_size: int, device: str, host: str, port: int, timeout_s: float,
-              commands, results, parent_pid: int = 0) -> None:
-    """Entry point of one rank process (started by the pool; not called by users)."""
-    exit_with_parent(parent_pid or os.getppid())
+              commands, results, parent_pid: int) -> None:
+    """Entry point of one rank process (started by the pool, whose pid is ``parent_pid``; not called by users)."""
+    exit_with_parent(parent_pid)
     try:
         # one intra-op thread per rank: P ranks share the host's cores, and a forked OpenMP pool is unsafe
         torch.set_num_threads(1)
