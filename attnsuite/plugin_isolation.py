@@ -17,6 +17,14 @@ allows (docs/isolation.md, "Correctness tests"):
   adds the variant to the run's crash ledger; each later test of that variant is skipped with a
   reason naming the test that took the worker down. The rest of the run goes on, and xdist's
   restart limit (4 per worker) is not spent on one variant's problems.
+* **A poisoned CUDA context.** A kernel that trips a device-side assert or an illegal address
+  leaves its process's CUDA context unusable: every later CUDA call raises, and every later test
+  would fail with an error that is not its own. After a variant's test fails, the context is
+  probed (a synchronize and a one-element op; nothing runs when CUDA was never initialised). A
+  broken one fails that test's teardown, naming the variant and the error. Under xdist the worker
+  then exits, the controller words it as this variant's doing, its other tests are skipped and a
+  fresh worker with a fresh context runs the rest. Without xdist the later variant tests of this
+  process are skipped with a reason naming the culprit.
 * **Without xdist** a crash ends the run, as it would without the suite; the run header says so
   when external variants are loaded.
 """
@@ -27,6 +35,7 @@ import faulthandler
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -62,11 +71,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--attn-test-timeout: {timeout!r} is not a number of seconds >= 0")
     config.pluginmanager.register(StateGuard(), "attnsuite-state-guard")
     workerinput = getattr(config, "workerinput", None)
+    worker = None
     if workerinput is None:
         config.pluginmanager.register(CrashController(), "attnsuite-crash-controller")
     elif workerinput.get(LEDGER_KEY):
-        config.pluginmanager.register(CrashWorker(Path(workerinput[LEDGER_KEY]), str(workerinput.get("workerid")),
-                                                  timeout), "attnsuite-crash-worker")
+        worker = CrashWorker(Path(workerinput[LEDGER_KEY]), str(workerinput.get("workerid")), timeout)
+        config.pluginmanager.register(worker, "attnsuite-crash-worker")
+    config.pluginmanager.register(ContextGuard(worker), "attnsuite-context-guard")
 
 
 def pytest_report_header(config: pytest.Config) -> Optional[list[str]]:
@@ -102,6 +113,66 @@ class StateGuard:
         return result
 
 
+def cuda_context_error() -> Optional[str]:
+    """None while this process's CUDA context works (or was never started), else the error that a
+    synchronize and a one-element op raise: after a device-side assert or an illegal address, every
+    CUDA call of the process fails the same way."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    try:
+        torch.cuda.synchronize()
+        torch.ones(1, device="cuda").add_(1).item()
+    except Exception as exc:  # noqa: BLE001 - whatever the driver raises is the finding
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return None
+
+
+class ContextGuard:
+    """After a variant's test fails, make sure it did not leave the process's CUDA context broken."""
+
+    def __init__(self, worker: Optional["CrashWorker"]) -> None:
+        self.worker = worker  # set under xdist: the worker is ended and replaced instead
+        self.poisoned: Optional[dict[str, str]] = None
+        self._failed: set[str] = set()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo) -> Any:
+        report = yield
+        if report.failed and report.when in ("setup", "call"):
+            self._failed.add(item.nodeid)
+        return report
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if self.poisoned is not None and variant_name(item) is not None:
+            pytest.skip(f"not run: variant {self.poisoned['variant']} left this process's CUDA context unusable "
+                        f"in {self.poisoned['nodeid']} ({self.poisoned['error']}); run with -n 1 or more "
+                        "(pytest-xdist) and only its worker is replaced")
+
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: Optional[pytest.Item]) -> Any:
+        result = yield
+        name = variant_name(item)
+        if name is None or item.nodeid not in self._failed or self.poisoned is not None:
+            return result
+        error = cuda_context_error()
+        if error is None:
+            return result
+        what = f"left this process's CUDA context unusable ({error})"
+        if self.worker is not None:
+            # the controller reads the note when the worker dies and words the failure from it
+            self.worker.amend_note(item.nodeid, what=what, how="the worker exited so that the tests after it "
+                                   "get a fresh CUDA context")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(70)
+        self.poisoned = {"variant": name, "nodeid": item.nodeid, "error": error}
+        pytest.fail(f"variant {name} {what}: the later variant tests of this process are skipped", pytrace=False)
+        return result
+
+
 def _read_json(path: Path) -> Optional[dict[str, Any]]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
@@ -119,6 +190,18 @@ class CrashWorker:
         self.timeout = timeout
         self._seen: tuple[int, int] = (-1, -1)
         self._crashed: dict[str, dict[str, Any]] = {}
+
+    def _write_note(self, note: dict[str, Any]) -> None:
+        tmp = self.note_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(note), encoding="utf-8")
+        os.replace(tmp, self.note_path)  # the controller never reads half a note
+
+    def amend_note(self, nodeid: str, **fields: str) -> None:
+        """Add ``what`` happened (and ``how`` the worker ended) to the running test's note, before the
+        worker ends itself on purpose."""
+        note = _read_json(self.note_path) or {"nodeid": nodeid}
+        note.update(fields)
+        self._write_note(note)
 
     def crashed(self) -> dict[str, dict[str, Any]]:
         """The crash ledger, by variant name (read again only when the file changed)."""
@@ -139,11 +222,8 @@ class CrashWorker:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: Optional[pytest.Item]) -> Any:
-        note = {"nodeid": item.nodeid, "variant": variant_name(item), "started": time.time(),
-                "timeout": self.timeout}
-        tmp = self.note_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(note), encoding="utf-8")
-        os.replace(tmp, self.note_path)  # the controller never reads half a note
+        self._write_note({"nodeid": item.nodeid, "variant": variant_name(item), "started": time.time(),
+                          "timeout": self.timeout})
         if self.timeout:
             faulthandler.dump_traceback_later(self.timeout, exit=True)
         try:
@@ -183,7 +263,9 @@ class CrashController:
             return None  # not a test this plugin noted: xdist's own message stands
         timeout = note.get("timeout") or 0
         elapsed = time.time() - float(note.get("started") or 0)
-        if timeout and elapsed >= timeout - 1:
+        if note.get("what"):  # the worker ended itself and said why
+            what, how = str(note["what"]), str(note.get("how", "the worker exited"))
+        elif timeout and elapsed >= timeout - 1:
             what = f"ran past the {timeout:g} s limit (--attn-test-timeout)"
             how = "the worker dumped its threads' stacks (in its stderr above) and exited"
         else:

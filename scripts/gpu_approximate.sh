@@ -2,36 +2,21 @@
 # The GPU run of docs/libraries.md and docs/approximate.md: which libraries import (the header line),
 # the library and approximate variants through the correctness suite on CUDA, and the approximate
 # kernels' errors measured on the GPU. Logs and JSON under $OUT (default results/gpu-approximate).
-set -uo pipefail
-cd "$(dirname "$0")/.."
 OUT="${OUT:-results/gpu-approximate}"
-mkdir -p "$OUT"
-PY="${PYTHON:-python}"
+source "$(dirname "$0")/gpu_common.sh"
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 nvidia-smi --query-gpu=name,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-# A --target directory is not a site directory: on PYTHONPATH alone its .pth files never run, and
-# nvidia-cutlass-dsl (FlashAttention 4's compiler) reaches its `cutlass` package only through one.
-# site.addsitedir runs them; what it adds to sys.path goes on PYTHONPATH for every later python.
-use_site_dir() {
-  local added
-  added=$("$PY" -c "import site, sys; before = list(sys.path); site.addsitedir(sys.argv[1]); \
-print(':'.join(p for p in sys.path if p not in before))" "$1") || return 1
-  export PYTHONPATH=$added${PYTHONPATH:+:$PYTHONPATH}
-  echo "site dir $1 on PYTHONPATH: $added" >> "$OUT/gpu.txt"
-}
 # Library wheels carried to the machine in .whl/ (git-ignored; see docs/libraries.md for which and
 # why): installed apart, with no dependencies, so nothing of the machine's own torch changes.
 if ls .whl/*.whl > /dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/attnsuite-site \
-    .whl/*.whl >> "$OUT/gpu.txt" 2>&1 && use_site_dir /tmp/attnsuite-site
+  install_carried /tmp/attnsuite-site .whl/*.whl >> "$OUT/gpu.txt" 2>&1
   echo "carried wheels: $(cd .whl && ls *.whl | tr '\n' ' ')" | tee -a "$OUT/gpu.txt"
 fi
 # A set too large for one call (FlashAttention 4's wheels) arrives in parts over several calls,
 # stashed in /tmp/attnsuite-carry (scripts/carry_wheels.py): joined and installed the same way.
 if [ -f /tmp/attnsuite-carry/manifest.json ]; then
   if "$PY" scripts/carry_wheels.py unpack /tmp/attnsuite-carry /tmp/attnsuite-wheels >> "$OUT/gpu.txt" 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/attnsuite-site \
-      /tmp/attnsuite-wheels/*.whl >> "$OUT/gpu.txt" 2>&1 && use_site_dir /tmp/attnsuite-site
+    install_carried /tmp/attnsuite-site /tmp/attnsuite-wheels/*.whl >> "$OUT/gpu.txt" 2>&1
     echo "carried in parts: $(cd /tmp/attnsuite-wheels && ls *.whl | tr '\n' ' ')" | tee -a "$OUT/gpu.txt"
   else
     echo "carried in parts: not all parts stashed (see gpu.txt)" | tee -a "$OUT/gpu.txt"

@@ -23,3 +23,24 @@ stage() {  # stage PREFIX_NAME LIMIT_S PYTEST_ARGS...
   echo "$name exit status: $s"
   [ "$s" -eq 0 ] || status=1
 }
+
+# A --target directory is not a site directory: on PYTHONPATH alone its .pth files never run, and
+# nvidia-cutlass-dsl (FlashAttention 4's compiler) reaches its `cutlass` package only through one.
+# site.addsitedir runs them; what it adds to sys.path goes on PYTHONPATH for every later python.
+use_site_dir() {  # use_site_dir DIR
+  local added
+  added=$("$PY" -c "import site, sys; before = list(sys.path); site.addsitedir(sys.argv[1]); \
+print(':'.join(p for p in sys.path if p not in before))" "$1") || return 1
+  export PYTHONPATH=$added${PYTHONPATH:+:$PYTHONPATH}
+  echo "site dir $1 on PYTHONPATH: $added"
+}
+
+# Wheels carried to a machine that installs nothing from a registry: installed into DIR, apart and
+# without dependencies, so nothing of the machine's own torch changes. Call it in this shell (not in a
+# pipeline or $(...)), so that PYTHONPATH reaches the python runs after it.
+install_carried() {  # install_carried DIR WHEEL...
+  local dir=$1
+  shift
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$dir" "$@" \
+    && use_site_dir "$dir"
+}

@@ -1,8 +1,24 @@
 #!/usr/bin/env bash
 # The correctness suite on a CUDA GPU (fp16, bf16, fp32 with TF32 off; every SDPA backend; compiled Flex).
 # Usage: bash scripts/gpu_correctness.sh [extra pytest args]. Logs and JUnit XML go to ${OUT:-results}.
+# PATHS (default "test_correctness tests") narrows what is collected, e.g. to one file for a probe.
+# It runs under pytest-xdist with one worker (-n 1) so that a kernel that crashes, hangs or breaks its
+# CUDA context fails its own test and a fresh worker runs the rest (docs/isolation.md). A machine
+# without pytest-xdist gets it from wheels carried in .carry/test-tools (scripts/carry_test_tools.sh);
+# with neither, the job runs in one process and says that a crash would end it.
 source "$(dirname "$0")/gpu_common.sh"
-"$PY" -m pytest test_correctness tests -p no:cacheprovider -q -rfE \
+if ! "$PY" -c "import xdist" 2> /dev/null && ls .carry/test-tools/*.whl > /dev/null 2>&1; then
+  install_carried /tmp/attnsuite-test-tools .carry/test-tools/*.whl > "$out/test-tools.log" 2>&1
+fi
+isolate=()
+if "$PY" -c "import xdist" 2> /dev/null; then
+  isolate=(-n 1)
+else
+  echo "gpu_correctness: pytest-xdist is not installed: the tests run in one process, and a kernel that crashes" \
+    "or breaks its CUDA context ends the job (pip install pytest-xdist, or bash scripts/carry_test_tools.sh)"
+fi
+# shellcheck disable=SC2086
+"$PY" -m pytest ${PATHS:-test_correctness tests} -p no:cacheprovider -q -rfE "${isolate[@]}" \
   --attn-device cuda --attn-compiled-problems "${COMPILED_PROBLEMS:-2}" \
   --junitxml="$out/gpu_correctness.xml" "$@" 2>&1 | tee "$out/gpu_correctness.log"
 status=${PIPESTATUS[0]}

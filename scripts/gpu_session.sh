@@ -19,13 +19,16 @@
 #   cpbench   the context-parallel workload through pytest and the gate (its distributed cases on
 #             P = 2 ranks, one per GPU, beside the single-GPU backends), journaled to /tmp/cp.journal;
 #             CP_S (default 540) stops it, and CP_RESUME=1 in the next call carries it on
+#   isolation the correctness tests under pytest-xdist on a CUDA GPU: first the hostile variants
+#             (a segfault, a device-side assert, a hang) beside sdpa-flash, each of which must cost only
+#             its own tests, then test_correctness whole (HOSTILE_S, CORRECTNESS_S limit each)
 # STASH_PART=.carry/<set>-parts/part-N (carried in the same call) first stashes that part of a wheel
 # set too large for one call in /tmp/attnsuite-carry (scripts/carry_wheels.py); the call that runs
 # gpu_approximate.sh after the last part installs the set.
-# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench
+# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation
 set -uo pipefail
 cd "$(dirname "$0")/.."
-call=${1:?tier2, tier1a, tier1b, tier1, dist, approx or cpbench}
+call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench or isolation}
 final=${OUT:-results}
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -78,7 +81,18 @@ case "$call" in
       -- --attn-workload=context-parallel --attn-gpus=1 --attn-journal=/tmp/cp.journal "${resume[@]}" \
       > "$work/cpbench/run.log" 2>&1
     echo "cpbench exit $?" | tee -a "$work/cpbench/run.log" ;;
-  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench)" >&2; exit 2 ;;
+  isolation)
+    mkdir -p "$work/isolation"
+    OUT=$work/isolation PATHS=test_correctness/test_variants.py timeout "${HOSTILE_S:-150}" bash scripts/gpu_correctness.sh \
+      --attn-variants examples/hostile/misbehaving.py --attn-only h-segfault --attn-only h-device-assert \
+      --attn-only h-hang --attn-only sdpa-flash --attn-test-timeout 20 -k "test_forward or test_causal" -rsfE \
+      > "$work/isolation/hostile.log" 2>&1
+    echo "hostile exit $?" | tee -a "$work/isolation/run.log"
+    mkdir -p "$work/isolation/full"
+    OUT=$work/isolation/full PATHS=test_correctness timeout "${CORRECTNESS_S:-400}" bash scripts/gpu_correctness.sh \
+      > "$work/isolation/full/run.log" 2>&1
+    echo "correctness exit $?" | tee -a "$work/isolation/run.log" ;;
+  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation)" >&2; exit 2 ;;
 esac
 nvidia-smi --query-gpu=index,name,clocks.sm,clocks.max.sm --format=csv > "$work/gpus.txt" 2>&1
 tar -czf "$final/$call.tgz" -C "$work" .

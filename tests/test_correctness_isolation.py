@@ -183,3 +183,80 @@ def _restore(threads: int) -> None:
     import torch
     torch.set_num_threads(threads)
     torch.set_default_dtype(torch.float32)
+
+
+POISON_CONFTEST = """
+import os
+import pytest
+from attnsuite import plugin_isolation
+
+pytest_plugins = ["attnsuite.plugin"]
+# a CPU stand-in for a kernel's device-side assert: once the poisoner ran, this process's "context"
+# answers every probe with the error a real one gives
+plugin_isolation.cuda_context_error = lambda: (
+    "RuntimeError: CUDA error: device-side assert triggered" if os.environ.get("FAKE_POISONED") else None)
+"""
+
+POISON_TESTS = """
+import os
+import types
+import pytest
+
+V = types.SimpleNamespace
+
+@pytest.mark.parametrize("variant", [V(name="fails-cleanly")])
+def test_a_plain_failure(variant):
+    assert False, "a wrong answer, nothing more"
+
+@pytest.mark.parametrize("variant", [V(name="poisoner")])
+@pytest.mark.parametrize("problem", ["p1", "p2"])
+def test_poisoner(variant, problem):
+    os.environ["FAKE_POISONED"] = "1"
+    assert False, "the kernel's own failure"
+
+@pytest.mark.parametrize("variant", [V(name="after")])
+@pytest.mark.parametrize("problem", ["p1", "p2", "p3"])
+def test_after(variant, problem):
+    assert not os.environ.get("FAKE_POISONED"), "ran in the poisoned process"
+
+def test_machinery():
+    pass
+"""
+
+
+def _poison_run(pytester, monkeypatch, *args: str):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
+    monkeypatch.delenv("FAKE_POISONED", raising=False)
+    pytester.makeconftest(POISON_CONFTEST)
+    pytester.makepyfile(test_poison=POISON_TESTS)
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "-rsfE", *args,
+                                         timeout=300)
+
+
+def test_without_xdist_a_poisoned_cuda_context_is_blamed_on_its_variant_and_later_variant_tests_skip(
+        pytester, monkeypatch):
+    res = _poison_run(pytester, monkeypatch, "-p", "no:xdist")
+    out = res.stdout.str()
+    # the plain failure is probed and found healthy; the poisoner's first test fails twice (call and
+    # teardown, named), everything after it that checks a variant is skipped with the culprit's name
+    res.assert_outcomes(failed=2, errors=1, skipped=4, passed=1)
+    res.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_poisoner*",
+        "*variant poisoner left this process's CUDA context unusable (RuntimeError: CUDA error: device-side assert "
+        "triggered): the later variant tests of this process are skipped*"])
+    assert re.search(r"SKIPPED \[4\] .*not run: variant poisoner left this process's CUDA context unusable in "
+                     r"\S+test_poisoner\[p1-variant0\]", out), out[-3000:]
+
+
+def test_under_xdist_a_poisoned_cuda_context_ends_only_its_worker_and_the_rest_runs(pytester, monkeypatch):
+    pytest.importorskip("xdist")
+    res = _poison_run(pytester, monkeypatch, "-n", "1")
+    out = res.stdout.str()
+    assert re.search(r"variant poisoner left this process's CUDA context unusable \(RuntimeError: CUDA error: "
+                     r"device-side assert triggered\) in \S+test_poisoner\[p1-variant0\]: the worker exited so that "
+                     r"the tests after it get a fresh CUDA context; xdist worker gw0 was replaced", out), out[-3000:]
+    assert re.search(r"SKIPPED \[1\] .*variant poisoner left this process's CUDA context unusable", out), out[-3000:]
+    # a fresh worker, a fresh context: every test of the variant after it runs and passes
+    assert "test_after" not in "\n".join(l for l in out.splitlines() if l.startswith(("FAILED", "ERROR"))), out[-3000:]
+    assert re.search(r"\b4 passed\b", out), out[-2000:]

@@ -250,6 +250,21 @@ def test_sage_attention_is_judged_as_int8_and_its_in_place_smoothing_of_k_is_cau
     assert ("the call changed its input k in place" in result.message) is not fixed
 
 
+@pytest.mark.parametrize("smooth_k", [True, False], ids=["smoothed-over-every-key", "unsmoothed"])
+def test_sage_attention_smoothing_over_every_key_reaches_causal_rows_from_the_future(isolated, smooth_k):
+    # the declared causality defect, on the CPU: the mean of K includes future keys, and rounding
+    # after subtracting it (float32 here, INT8 on the GPU) carries them into rows that must not see them
+    install(isolated, "sageattention")
+    isolated.setattr(sys.modules["sageattention"], "sageattn",
+                     lambda q, k, v, **kw: fake_sageattn(q, k.clone(), v, smooth_k=smooth_k, **kw))
+    libraries.load_library(LIBRARY["sageattention"])
+    variant = on_cpu(registry.get("sage-attention"))
+    assert "causality" in variant.known_defects
+    result = checks.check_causality(variant, problem(mask=Mask("causal"), lq=9, lk=9))
+    assert result.passed is not smooth_k, result.message
+    assert ("future leak" in result.message) is smooth_k
+
+
 def test_library_read_in_the_wrong_layout_fails_the_check(isolated):
     isolated.setitem(sys.modules, "flash_attn", module("flash_attn"))
     isolated.setitem(sys.modules, "flash_attn.flash_attn_interface",

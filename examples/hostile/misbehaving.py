@@ -3,7 +3,8 @@
 Each runs in its own worker process under the suite, so each failure is that case's outcome and
 the run goes on (docs/isolation.md): ``h-segfault`` reads address 0 (crash, SIGSEGV), ``h-abort``
 aborts (crash, SIGABRT), ``h-exit`` calls ``os._exit(1)`` (crash, exit code 1), ``h-hang`` sleeps
-for an hour (timeout), ``h-state`` switches torch's default dtype to float64 and leaves it (error,
+for an hour (timeout), ``h-device-assert`` reads past the end of a tensor (on CUDA a device-side
+assert that leaves the process's CUDA context unusable; on the CPU a plain IndexError), ``h-state`` switches torch's default dtype to float64 and leaves it (error,
 named), ``h-victim`` is correct but would fail under that leaked dtype (it must pass), and
 ``h-slow`` is correct and slow. ``tests/test_isolation.py`` runs them:
 
@@ -64,6 +65,16 @@ class Hang(Base):
     def build(self, problem):
         def run(q, k, v):
             time.sleep(3600)
+        return run
+
+
+@register
+class DeviceAssert(Base):
+    name = "h-device-assert"
+    def build(self, problem):
+        def run(q, k, v):
+            past_the_end = torch.full((1,), q.shape[-2] + 1_000_000, device=q.device)
+            return q.index_select(-2, past_the_end)
         return run
 
 

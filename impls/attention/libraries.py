@@ -23,7 +23,8 @@ What each declares (docs/libraries.md has the sources and the reasoning):
 - ``sage-attention`` (``sageattention.sageattn``, SageAttention 1: Triton kernels): CUDA, fp16/bf16,
   head dims 64/96/128, GQA, causal only with lq == lk, forward only; INT8 Q K^T, so it declares the
   ``int8`` accuracy class (docs/approximate.md). Its in-place smoothing of the caller's ``k`` is a
-  declared known defect of the forward check.
+  declared known defect of the forward check, and the future keys that reach a causal row through
+  that smoothing's mean one of the causality check.
 """
 
 from __future__ import annotations
@@ -262,7 +263,13 @@ class SageAttention(LibraryKernel):
     known_defects = {
         "forward": "sageattention 1.0.6 smooths K by subtracting its mean from the caller's k tensor in place "
                    "(sageattention/core.py, 'k -= km'); the output is right, the caller's k is not "
-                   "(read in its source on 2026-11-30; to be seen on the H200 run)",
+                   "(read in its source on 2026-11-30; the forward check failed as expected on an H200, 2026-12-01)",
+        # The mean is taken over every key, future ones included, before the INT8 rounding: exact
+        # arithmetic would cancel it (a per-row shift of the scores), the rounding does not.
+        "causality": "sageattention 1.0.6 subtracts the mean of K over the whole sequence before rounding K to "
+                     "INT8, so a causal row's output moves with keys it must not see: changing keys >= 64 moved "
+                     "62623 (fp16) and 54492 (bf16) output elements of rows that must not see them, by up to "
+                     "0.0898 and 0.109 (H200, 2026-12-01, b2-q129-h4:2-d128 causal)",
     }
 
     def build(self, problem: Problem):
