@@ -20,6 +20,7 @@ and a library that runs is judged on every case like any other variant.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from collections import Counter
 from dataclasses import dataclass
 from types import ModuleType
@@ -76,10 +77,23 @@ def load_library(lib: Library) -> Status:
         except Exception as exc:  # imported, but its API is not what the wrapper expects
             status = Status(lib.name, False, f"imported but could not register: {first_line(exc)}")
         else:
-            version = getattr(module, "__version__", "") or _top_version(lib.module)
+            version = _installed_version(lib.package) or getattr(module, "__version__", "") or _top_version(lib.module)
             status = Status(lib.name, True, version, names)
     _STATUS[lib.name] = status
     return status
+
+
+def _installed_version(package: str) -> str:
+    """The version pip installed of ``package`` (its distribution's metadata), "" when there is none.
+
+    Preferred over the module's own ``__version__``: ``flash_attn.cute`` from flash-attn-4 4.0.0b36
+    says 0.0.0 (seen on an H200, 2026-12-01)."""
+    if not package:
+        return ""
+    try:
+        return importlib.metadata.version(package)
+    except Exception:  # not installed as a distribution (a fake in the tests, a source tree); decoration only
+        return ""
 
 
 def _top_version(module: str) -> str:

@@ -2,9 +2,11 @@
 # The correctness suite on a CUDA GPU (fp16, bf16, fp32 with TF32 off; every SDPA backend; compiled Flex).
 # Usage: bash scripts/gpu_correctness.sh [extra pytest args]. Logs and JUnit XML go to ${OUT:-results}.
 # PATHS (default "test_correctness tests") narrows what is collected, e.g. to one file for a probe.
+# Each failure is appended to gpu_correctness.failures as it happens, so a run stopped by a time limit
+# still says what failed (stop it with SIGINT and pytest also writes its summary and the XML).
 # It runs under pytest-xdist with one worker (-n 1) so that a kernel that crashes, hangs or breaks its
 # CUDA context fails its own test and a fresh worker runs the rest (docs/isolation.md). A machine
-# without pytest-xdist gets it from wheels carried in .carry/test-tools (scripts/carry_test_tools.sh);
+# without pytest-xdist gets it from wheels carried in .carry/test-tools (bash scripts/carry_download.sh test-tools);
 # with neither, the job runs in one process and says that a crash would end it.
 source "$(dirname "$0")/gpu_common.sh"
 if ! "$PY" -c "import xdist" 2> /dev/null && ls .carry/test-tools/*.whl > /dev/null 2>&1; then
@@ -15,12 +17,13 @@ if "$PY" -c "import xdist" 2> /dev/null; then
   isolate=(-n 1)
 else
   echo "gpu_correctness: pytest-xdist is not installed: the tests run in one process, and a kernel that crashes" \
-    "or breaks its CUDA context ends the job (pip install pytest-xdist, or bash scripts/carry_test_tools.sh)"
+    "or breaks its CUDA context ends the job (pip install pytest-xdist, or carry the wheels of: bash scripts/carry_download.sh test-tools)"
 fi
 # shellcheck disable=SC2086
 "$PY" -m pytest ${PATHS:-test_correctness tests} -p no:cacheprovider -q -rfE "${isolate[@]}" \
   --attn-device cuda --attn-compiled-problems "${COMPILED_PROBLEMS:-2}" \
-  --junitxml="$out/gpu_correctness.xml" "$@" 2>&1 | tee "$out/gpu_correctness.log"
+  --junitxml="$out/gpu_correctness.xml" --attn-failures-log="$out/gpu_correctness.failures" --durations=15 \
+  "$@" 2>&1 | tee "$out/gpu_correctness.log"
 status=${PIPESTATUS[0]}
 echo "gpu_correctness exit status: $status"
 exit "$status"

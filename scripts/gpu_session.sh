@@ -83,13 +83,13 @@ case "$call" in
     echo "cpbench exit $?" | tee -a "$work/cpbench/run.log" ;;
   isolation)
     mkdir -p "$work/isolation"
-    OUT=$work/isolation PATHS=test_correctness/test_variants.py timeout "${HOSTILE_S:-150}" bash scripts/gpu_correctness.sh \
+    OUT=$work/isolation PATHS=test_correctness/test_variants.py timeout -s INT "${HOSTILE_S:-150}" bash scripts/gpu_correctness.sh \
       --attn-variants examples/hostile/misbehaving.py --attn-only h-segfault --attn-only h-device-assert \
       --attn-only h-hang --attn-only sdpa-flash --attn-test-timeout 20 -k "test_forward or test_causal" -rsfE \
       > "$work/isolation/hostile.log" 2>&1
     echo "hostile exit $?" | tee -a "$work/isolation/run.log"
     mkdir -p "$work/isolation/full"
-    OUT=$work/isolation/full PATHS=test_correctness timeout "${CORRECTNESS_S:-400}" bash scripts/gpu_correctness.sh \
+    OUT=$work/isolation/full PATHS=test_correctness timeout -s INT "${CORRECTNESS_S:-400}" bash scripts/gpu_correctness.sh \
       > "$work/isolation/full/run.log" 2>&1
     echo "correctness exit $?" | tee -a "$work/isolation/run.log" ;;
   *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation)" >&2; exit 2 ;;

@@ -10,6 +10,7 @@ the causal corner the way the library expects. A fake that reads the layout the 
 from __future__ import annotations
 
 import subprocess
+import importlib.metadata
 import sys
 import textwrap
 import types
@@ -396,3 +397,12 @@ def test_every_library_variant_has_cuda_problems_to_be_checked_on(isolated, libr
     no_gpu_here = "no CUDA device on this machine"
     runnable = [p for p in catalogue if [r for r in variant.unsupported(p) if r != no_gpu_here] == []]
     assert {p.mask.kind for p in runnable} >= {"none", "causal"}, [p.id for p in runnable]
+
+
+def test_a_loaded_library_reports_the_version_pip_installed_over_the_modules_own(isolated):
+    # flash_attn.cute from flash-attn-4 4.0.0b36 calls itself 0.0.0; its distribution knows better
+    isolated.setitem(sys.modules, "stand_in_lib", module("stand_in_lib", __version__="0.0.0"))
+    installed = libraries.Library("stand-in", "stand_in_lib", lambda mod: [], "pytest")
+    unpackaged = libraries.Library("stand-in-2", "stand_in_lib", lambda mod: [], "no-such-distribution-here")
+    assert libraries.load_library(installed).detail == importlib.metadata.version("pytest")
+    assert libraries.load_library(unpackaged).detail == "0.0.0"

@@ -46,3 +46,20 @@ def test_script_starts_in_a_fresh_process_without_an_install_and_prints_its_usag
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"{script.name} --help exited {done.returncode}:\n{done.stderr[-2000:]}"
     assert "usage" in done.stdout.lower(), f"{script.name} --help printed no usage:\n{done.stdout[:500]}"
+
+
+SHELL_SCRIPTS = sorted((ROOT / "scripts").glob("*.sh")) + [ROOT / ".ci" / "run"]
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=[p.name for p in SHELL_SCRIPTS])
+def test_shell_script_parses(script):
+    # a GPU script with a syntax error costs a device call; bash -n reads it without running anything
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{script.name} does not parse: {done.stderr}"
+
+
+def test_gpu_session_names_its_calls_when_given_an_unknown_one(tmp_path):
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh"), "no-such-call"], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path)})
+    assert done.returncode == 2, done.stderr
+    assert "unknown call 'no-such-call'" in done.stderr and "isolation" in done.stderr, done.stderr
