@@ -1,0 +1,26 @@
+"""The GPU job runs the distributed correctness tests on NCCL (scripts/gpu_correctness.sh sets
+ATTNSUITE_DIST_DEVICE=cuda): on a host with fewer GPUs than ranks they skip and say why, instead of
+erroring in RankPool. This machine has no GPU, which is the extreme case of too few."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_nccl_cases_on_a_host_with_too_few_gpus_skip_naming_the_count(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTNSUITE_") and k != "PYTEST_XDIST_WORKER"}
+    env.update(ATTNSUITE_DIST_DEVICE="cuda", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_distributed.py"),
+                           f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-rs",
+                           "-k", "P_ranks or blocks_per_rank"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == pytest.ExitCode.OK, out[-3000:]
+    assert "P=2 ranks on cuda need 2 GPUs; this host has 0" in out, out[-3000:]
