@@ -47,6 +47,8 @@ FEATURES = frozenset(
 
 _REGISTRY: dict[str, "Variant"] = {}
 _FAMILIES: dict[str, "Family"] = {}
+# what load_external loaded in this process, in order: (spec, module name for a file or folder)
+_EXTERNAL_SOURCES: list[tuple[str, Optional[str]]] = []
 
 
 @dataclass(frozen=True)
@@ -377,6 +379,7 @@ def load_external(spec: str, module_name: Optional[str] = None) -> None:
         return
     if not _is_path(spec):
         importlib.import_module(spec)
+        _remember((spec, None))
         return
     path = Path(spec).expanduser().resolve()
     if path.is_dir():
@@ -411,6 +414,28 @@ def load_external(spec: str, module_name: Optional[str] = None) -> None:
         _FAMILIES.clear()
         _FAMILIES.update(families_before)
         raise
+    _remember((str(path), mod_name))
+
+
+def _remember(source: tuple[str, Optional[str]]) -> None:
+    if source not in _EXTERNAL_SOURCES:
+        _EXTERNAL_SOURCES.append(source)
+
+
+def external_sources() -> list[tuple[str, Optional[str]]]:
+    """What :func:`load_external` loaded in this process, in order, as (spec, module name)."""
+    return list(_EXTERNAL_SOURCES)
+
+
+def load_like(sources: Iterable[tuple[str, Optional[str]]]) -> None:
+    """In a new process (a spawned rank), load what a parent had: the built-in variants, entry
+    points and ``sources`` (its :func:`external_sources`), each file under the parent's module
+    name, so that variant objects the parent pickles unpickle here. In a forked child all of it is
+    already loaded, and each step does nothing."""
+    load_builtin()
+    load_entry_points()
+    for spec, module_name in sources:
+        load_external(spec, module_name)
 
 
 def load_entry_points() -> None:

@@ -293,16 +293,20 @@ def test_run_distributed_case_skips_what_the_variant_declines(pools):
     assert run_distributed_case("ring", problem, "bwd", 2, timing.QUICK_CPU)["outcome"] == "skip"
 
 
-@pytest.mark.parametrize("P", [2, 3])
-def test_the_documented_example_variant_passes_every_check_on_P_ranks(P):
-    if DEVICE != "cpu":
-        pytest.skip("the example is loaded from a file: a forked (CPU) rank sees it, a spawned one would not")
+@pytest.mark.parametrize("P,start", [(2, "fork"), (3, "fork"), (2, "spawn")])
+def test_the_documented_example_variant_passes_every_check_on_P_ranks(P, start, monkeypatch):
+    # "spawn" is how ranks start on a host with an accelerator (launch.start_method): the ranks load
+    # the example file again, under the parent's module name, and its backward works there too
     from pathlib import Path
 
+    from attnsuite.distributed import launch
+
+    monkeypatch.setattr(launch, "accelerator_present", lambda: start == "spawn")
     registry.load_external(str(Path(__file__).resolve().parents[1] / "examples" / "distributed_variant.py"))
     example = registry.get("example-gather-kv")
     problem = Problem(batch=2, lq=24, lk=24, hq=4, hkv=2, dqk=16, dv=16, mask=CAUSAL, dtype="float32")
     with RankPool(P, "cpu", timeout_s=30.0) as pool:  # started after the load, so the ranks know the class
+        assert pool.start_method == start
         variant = OnRanks(example, pool)
         for check in CHECKS:
             result = run_check(check, variant, problem)

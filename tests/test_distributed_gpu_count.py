@@ -24,3 +24,15 @@ def test_nccl_cases_on_a_host_with_too_few_gpus_skip_naming_the_count(tmp_path):
     out = done.stdout + done.stderr
     assert done.returncode == pytest.ExitCode.OK, out[-3000:]
     assert "P=2 ranks on cuda need 2 GPUs; this host has 0" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("device,accelerator,expected", [
+    ("cpu", False, "fork"),  # milliseconds per rank, and safe: no autograd device threads exist
+    ("cpu", True, "spawn"),  # after any backward on such a host, a forked child's backward raises
+    ("cuda", True, "spawn"),  # a forked child cannot use its parent's CUDA context
+])
+def test_ranks_fork_only_on_a_host_without_an_accelerator(monkeypatch, device, accelerator, expected):
+    from attnsuite.distributed import launch
+
+    monkeypatch.setattr(launch, "accelerator_present", lambda: accelerator)
+    assert launch.start_method(device) == expected

@@ -1,7 +1,7 @@
 """Start P rank processes once, run tasks on all of them, gather their results; never hang.
 
-:class:`RankPool` starts the ranks (fork on CPU, which costs milliseconds instead of a torch
-import per rank; spawn on CUDA, which a CUDA context requires), with the rendezvous on a TCPStore
+:class:`RankPool` starts the ranks (:func:`start_method`: fork on a CPU-only host, which costs
+milliseconds instead of a torch import per rank; spawn otherwise), with the rendezvous on a TCPStore
 the parent opens on port 0, so the operating system picks a free port and no other process can
 take it between choosing and binding. Every wait has a deadline: a rank that dies, raises, or does not answer in time ends the pool (its processes are stopped) and
 raises :class:`RankError` naming the task, the rank and the world size. The next task starts a
@@ -21,10 +21,38 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from .. import registry
 from .worker import STOP, rank_main
 
 HOST = "127.0.0.1"
 ERROR_GRACE_S = 5.0  # after one rank raised, how long its peers get to answer before the pool is ended
+
+
+def accelerator_present() -> bool:
+    """Whether this host has a device other than the CPU that torch can use (CUDA, ROCm, XPU, MPS...)."""
+    try:
+        acc = getattr(torch, "accelerator", None)
+        if acc is not None and hasattr(acc, "is_available"):
+            return bool(acc.is_available())
+        return torch.cuda.is_available()
+    except Exception:  # a broken driver is no accelerator for this purpose
+        return False
+
+
+def start_method(device: str) -> str:
+    """How rank processes start: "spawn" or "fork".
+
+    Fork only on a host without an accelerator. A forked child cannot use its parent's CUDA
+    context; and on a host with any accelerator, the first backward of a process (even on CPU
+    tensors) starts the autograd engine's device threads, after which every backward in a forked
+    child raises "Unable to handle autograd's threading in combination with fork-based
+    multiprocessing". The CPU ranks of the correctness tests ran after other tests' backward passes
+    on an H200 machine, and their backward checks failed that way. Spawned ranks load the parent's
+    variants again (:func:`attnsuite.registry.load_like`).
+    """
+    if device == "cuda" or accelerator_present():
+        return "spawn"
+    return "fork"
 
 
 class RankError(RuntimeError):
@@ -53,6 +81,7 @@ class RankPool:
         self._store = None
         self._ids = itertools.count()
         self.starts = 0  # how many times the ranks were started (a pool restarts after a failure)
+        self.start_method = start_method(device)
 
     # ---- lifetime -------------------------------------------------------------------------------
     def __enter__(self) -> "RankPool":
@@ -70,8 +99,8 @@ class RankPool:
         if self.alive:
             return
         self.close()
-        # spawn under CUDA (a forked child cannot use a CUDA context); fork on CPU (no torch re-import)
-        ctx = mp.get_context("spawn" if self.device == "cuda" else "fork")
+        self.start_method = start_method(self.device)
+        ctx = mp.get_context(self.start_method)
         self._store = dist.TCPStore(HOST, 0, is_master=True, wait_for_workers=False,
                                     timeout=timedelta(seconds=self.start_timeout_s))
         self._results = ctx.Queue()
@@ -80,7 +109,7 @@ class RankPool:
             proc = ctx.Process(
                 target=rank_main,
                 args=(rank, self.world_size, self.device, HOST, self._store.port, self.timeout_s,
-                      self._commands[rank], self._results, os.getpid()),
+                      self._commands[rank], self._results, os.getpid(), registry.external_sources()),
                 daemon=True,
                 name=f"attnsuite-rank{rank}-of-{self.world_size}",
             )

@@ -46,8 +46,10 @@ def exit_with_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> threadin
 
 
 def rank_main(rank: int, world_size: int, device: str, host: str, port: int, timeout_s: float,
-              commands, results, parent_pid: int) -> None:
-    """Entry point of one rank process (started by the pool, whose pid is ``parent_pid``; not called by users)."""
+              commands, results, parent_pid: int, sources: list) -> None:
+    """Entry point of one rank process (started by the pool, whose pid is ``parent_pid``; not called by users).
+
+    ``sources`` are the external variant sources the parent loaded (``registry.external_sources()``)."""
     exit_with_parent(parent_pid)
     try:
         # one intra-op thread per rank: P ranks share the host's cores, and a forked OpenMP pool is unsafe
@@ -59,12 +61,11 @@ def rank_main(rank: int, world_size: int, device: str, host: str, port: int, tim
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s))
         torch_device = torch.device("cuda", rank) if device == "cuda" else torch.device("cpu")
-        if device == "cuda":
-            # a spawned rank starts with no modules: the built-in variants its tasks receive unpickle
-            # from the package load_builtin imports (a forked rank inherits the parent's)
-            from .. import registry
+        # a spawned rank starts with no modules: the variants its tasks receive unpickle from what
+        # the parent loaded, loaded again here (in a forked rank it is all there and this does nothing)
+        from .. import registry
 
-            registry.load_builtin()
+        registry.load_like(sources)
         results.put(("ready", rank, None, os.getpid()))
     except Exception:
         results.put(("error", rank, None, traceback.format_exc()))
