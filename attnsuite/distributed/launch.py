@@ -46,9 +46,10 @@ def start_method(device: str) -> str:
     context; and on a host with any accelerator, the first backward of a process (even on CPU
     tensors) starts the autograd engine's device threads, after which every backward in a forked
     child raises "Unable to handle autograd's threading in combination with fork-based
-    multiprocessing". The CPU ranks of the correctness tests ran after other tests' backward passes
-    on an H200 machine, and their backward checks failed that way. Spawned ranks load the parent's
-    variants again (:func:`attnsuite.registry.load_like`).
+    multiprocessing". On an H200 machine the correctness suite's gloo ranks, forked after other
+    tests' backward passes, failed every backward check (docs/distributed.md: inferred from the
+    pattern, the messages were lost). Spawned ranks load the parent's variants again
+    (:func:`attnsuite.registry.load_like`).
     """
     if device == "cuda" or accelerator_present():
         return "spawn"
