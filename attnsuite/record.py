@@ -84,6 +84,8 @@ class CaseRecord:
     #   "device_kernels": a kernel-sum device time's fastest call by kernel (timing.kernel_breakdown):
     #              where two readings of one step differ (a first measurement against its confirmation)
     #   "stderr_tail": last lines of a crashed or timed-out worker's stderr
+    #   "triton_configs": kernel name -> the tile config its autotuner chose for this case
+    #              (triton_support.choices): one machine's choice can differ from another's
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import flops as flopmod
-from . import decode_bench, memory, registry, timing, tolerance, workloads
+from . import decode_bench, memory, registry, timing, tolerance, triton_support, workloads
 from .case import Case, DeviceInputs, prepare
 from .inputs import torch_dtype
 from .problem import Problem
@@ -532,9 +532,13 @@ def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: 
     rec.mask_build_ms = case.build_seconds * 1e3
     step, setup = _step(case, bc.mode)
     before = _dynamo_counts()
+    triton_support.forget_choices()
     result = timing.measure(step, p.device, settings.timer, setup=setup,
                             inject_fraction=settings.inject.get(variant.name, 0.0))
     clock.lap("timing")
+    tuned = triton_support.choices()
+    if tuned:
+        rec.extra["triton_configs"] = tuned
     rec.timer = result.timer
     rec.first_call_ms = result.first_call_s * 1e3 if result.first_call_s is not None else None
     rec.median_ms = result.median_s * 1e3

@@ -80,6 +80,38 @@ def autotuning() -> bool:
     return os.environ.get("ATTNSUITE_TRITON_AUTOTUNE", "1") != "0"
 
 
+# Every autotuner :func:`autotuned` made in this process, so a case can record which config ran.
+_AUTOTUNERS: list[Any] = []
+
+
+def forget_choices() -> None:
+    """Clear the config each autotuned kernel last ran (``best_config``), before a case: what is set
+    after it is that case's own choice, and a kernel the case did not launch reports nothing."""
+    for tuner in _AUTOTUNERS:
+        tuner.best_config = None
+
+
+def config_text(config: Any) -> str:
+    """A Triton config in one line: its block sizes, then warps and stages (``BLOCK_M=128 BLOCK_N=64 w8 s3``)."""
+    kw = " ".join(f"{k}={v}" for k, v in sorted(getattr(config, "kwargs", {}).items()))
+    return f"{kw} w{getattr(config, 'num_warps', '?')} s{getattr(config, 'num_stages', '?')}".strip()
+
+
+def choices() -> dict[str, str]:
+    """Kernel name -> the config it last ran, for each autotuned kernel that ran since :func:`forget_choices`.
+
+    Recorded per case (``extra["triton_configs"]``): a Triton case's time depends on the tile config its
+    autotuner picked on that machine, so two runs that differ can be told apart from two that chose
+    differently."""
+    out = {}
+    for tuner in _AUTOTUNERS:
+        config = getattr(tuner, "best_config", None)
+        if config is not None:
+            fn = getattr(tuner, "base_fn", None) or getattr(tuner, "fn", None)
+            out[getattr(fn, "__name__", repr(fn))] = config_text(config)
+    return out
+
+
 def autotuned(configs: list, key: tuple[str, ...], shape: tuple[str, ...], *, prune: Any = None,
               reset_to_zero: Optional[list[str]] = None) -> Any:
     """Decorator: Triton's autotuner over ``configs``, keyed on ``key`` and ``shape``, for a ``@triton.jit`` kernel.
@@ -116,9 +148,11 @@ def autotuned(configs: list, key: tuple[str, ...], shape: tuple[str, ...], *, pr
             return fn
         early = prune if tune else first
         extra = {"cache_results": True} if tune and _keeps_tunings_on_disk() else {}
-        return triton.autotune(configs=configs, key=[*key, *shape] if tune else list(key),
-                               prune_configs_by={"early_config_prune": early} if early is not None else None,
-                               reset_to_zero=reset_to_zero, **extra)(fn)
+        tuner = triton.autotune(configs=configs, key=[*key, *shape] if tune else list(key),
+                                prune_configs_by={"early_config_prune": early} if early is not None else None,
+                                reset_to_zero=reset_to_zero, **extra)(fn)
+        _AUTOTUNERS.append(tuner)
+        return tuner
 
     return decorate
 

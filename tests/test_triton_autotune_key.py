@@ -114,3 +114,44 @@ def builtin_keys() -> dict:
 def test_builtin_triton_kernel_is_tuned_per_shape(builtin_keys, kernel, sizes):
     missing = [s for s in sizes if s not in builtin_keys[kernel]]
     assert not missing, f"{kernel}: autotune key {builtin_keys[kernel]} lacks {missing}"
+
+
+@triton.jit(do_not_specialize=["BATCH"])
+def _other_kernel(X, BATCH, LQ, LK, MASK: tl.constexpr, BLOCK: tl.constexpr):
+    pass
+
+
+def test_choices_are_the_configs_kernels_ran_since_they_were_forgotten(compiled_mode, monkeypatch):
+    monkeypatch.setattr(triton_support, "_AUTOTUNERS", [])
+    monkeypatch.delenv("ATTNSUITE_TRITON_AUTOTUNE", raising=False)
+    first = triton_support.autotuned(_configs(), ("MASK",), ("BATCH", "LQ", "LK"))(_kernel)
+    other = triton_support.autotuned(_configs(), ("MASK",), ("BATCH", "LQ", "LK"))(_other_kernel)
+    assert triton_support._AUTOTUNERS == [first, other]
+    first.best_config, other.best_config = first.configs[0], other.configs[1]  # an earlier case's choices
+    triton_support.forget_choices()
+    assert triton_support.choices() == {}
+    first.best_config = first.configs[2]  # what Triton's Autotuner.run sets when this case launches it
+    expected = f"BLOCK=64 w{first.configs[2].num_warps} s{first.configs[2].num_stages}"
+    assert triton_support.choices() == {"_kernel": expected}
+
+
+def test_a_case_record_keeps_the_autotune_choices_its_timing_made(monkeypatch):
+    from attnsuite import runner, workloads
+
+    made = []
+    monkeypatch.setattr(triton_support, "forget_choices", lambda: made.clear())
+    monkeypatch.setattr(triton_support, "choices", lambda: {"flash_fwd": "BLOCK_M=128 BLOCK_N=64 w8 s3"} if made
+                        else {})
+    real_measure = runner.timing.measure
+
+    def measure(*args, **kwargs):  # the case's kernels run (and would tune) inside the timing
+        made.append(1)
+        return real_measure(*args, **kwargs)
+
+    monkeypatch.setattr(runner.timing, "measure", measure)
+    entry = workloads.WORKLOADS["fa-sweep"].quick[0]
+    bc = runner.BenchCase("fa-sweep", entry, entry.problem, "sdpa", "fwd")
+    settings = runner.Settings("quick", "cpu", None, (), ("fwd",), None, {}, runner.timing.QUICK_CPU, None)
+    rec, _ = runner.run_case(bc, settings)
+    assert rec.outcome == "ok", rec.error
+    assert rec.extra["triton_configs"] == {"flash_fwd": "BLOCK_M=128 BLOCK_N=64 w8 s3"}
