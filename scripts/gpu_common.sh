@@ -44,3 +44,13 @@ install_carried() {  # install_carried DIR WHEEL...
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$dir" "$@" \
     && use_site_dir "$dir"
 }
+
+# pytest-xdist for crash isolation: the machine's own, else wheels carried in .carry/test-tools
+# (bash scripts/carry_download.sh test-tools). Sets $xdist to "yes" or "no".
+ensure_xdist() {
+  if ! "$PY" -c "import xdist" 2> /dev/null && ls .carry/test-tools/*.whl > /dev/null 2>&1; then
+    install_carried /tmp/attnsuite-test-tools .carry/test-tools/*.whl > "$out/test-tools.log" 2>&1
+  fi
+  xdist=no
+  if "$PY" -c "import xdist" 2> /dev/null; then xdist=yes; fi
+}

@@ -9,15 +9,13 @@
 # without pytest-xdist gets it from wheels carried in .carry/test-tools (bash scripts/carry_download.sh test-tools);
 # with neither, the job runs in one process and says that a crash would end it.
 source "$(dirname "$0")/gpu_common.sh"
-if ! "$PY" -c "import xdist" 2> /dev/null && ls .carry/test-tools/*.whl > /dev/null 2>&1; then
-  install_carried /tmp/attnsuite-test-tools .carry/test-tools/*.whl > "$out/test-tools.log" 2>&1
-fi
+ensure_xdist
 # The distributed variants on NCCL, one rank per GPU (P = 2; skipped with the reason on a one-GPU
 # runner); CI checks them on gloo with P = 2, 3 and 4 already.
 export ATTNSUITE_DIST_DEVICE=${ATTNSUITE_DIST_DEVICE:-cuda} ATTNSUITE_DIST_DTYPES=${ATTNSUITE_DIST_DTYPES:-bfloat16,float16}
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 isolate=()
-if "$PY" -c "import xdist" 2> /dev/null; then
+if [ "$xdist" = yes ]; then
   isolate=(-n 1)
 else
   echo "gpu_correctness: pytest-xdist is not installed: the tests run in one process, and a kernel that crashes" \

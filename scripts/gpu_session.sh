@@ -22,13 +22,16 @@
 #   isolation the correctness tests under pytest-xdist on a CUDA GPU: first the hostile variants
 #             (a segfault, a device-side assert, a hang) beside sdpa-flash, each of which must cost only
 #             its own tests, then test_correctness whole (HOSTILE_S, CORRECTNESS_S limit each)
+#   hosttests the CPU test command (scripts/test.sh's pytest: tests and test_correctness on the CPU,
+#             under xdist) on a host with a GPU, where CI never runs it: what a user's GPU workstation
+#             sees (HOST_S limit, default 540; WORKERS, default 4)
 # STASH_PART=.carry/<set>-parts/part-N (carried in the same call) first stashes that part of a wheel
 # set too large for one call in /tmp/attnsuite-carry (scripts/carry_wheels.py); the call that runs
 # gpu_approximate.sh after the last part installs the set.
-# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation
+# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation|hosttests
 set -uo pipefail
 cd "$(dirname "$0")/.."
-call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench or isolation}
+call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation or hosttests}
 final=${OUT:-results}
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -92,7 +95,19 @@ case "$call" in
     OUT=$work/isolation/full PATHS=test_correctness timeout -s INT "${CORRECTNESS_S:-400}" bash scripts/gpu_correctness.sh \
       > "$work/isolation/full/run.log" 2>&1
     echo "correctness exit $?" | tee -a "$work/isolation/run.log" ;;
-  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation)" >&2; exit 2 ;;
+  hosttests)
+    mkdir -p "$work/hosttests"
+    (
+      OUT=$work/hosttests
+      source scripts/gpu_common.sh  # sets $out from $OUT, $PY, ensure_xdist
+      ensure_xdist
+      par=(); [ "$xdist" = yes ] && par=(-n "${WORKERS:-4}")
+      timeout -s INT "${HOST_S:-540}" "$PY" -m pytest tests test_correctness -p no:cacheprovider -q -rfE "${par[@]}" \
+        --junitxml="$out/hosttests.xml" --attn-failures-log="$out/hosttests.failures" --durations=10 \
+        > "$out/run.log" 2>&1
+      echo "hosttests exit $? (xdist: $xdist)" | tee -a "$out/run.log"
+    ) ;;
+  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, hosttests)" >&2; exit 2 ;;
 esac
 nvidia-smi --query-gpu=index,name,clocks.sm,clocks.max.sm --format=csv > "$work/gpus.txt" 2>&1
 tar -czf "$final/$call.tgz" -C "$work" .
