@@ -19,9 +19,9 @@ allows (docs/isolation.md, "Correctness tests"):
   restart limit (4 per worker) is not spent on one variant's problems.
 * **A poisoned CUDA context.** A kernel that trips a device-side assert or an illegal address
   leaves its process's CUDA context unusable: every later CUDA call raises, and every later test
-  would fail with an error that is not its own. After a variant's test fails, the context is
-  probed (a synchronize and a one-element op; nothing runs when CUDA was never initialised). A
-  broken one fails that test's teardown, naming the variant and the error. Under xdist the worker
+  would fail with an error that is not its own. After a test fails, the context is probed (a
+  synchronize and a one-element op; nothing runs when CUDA was never initialised). A broken one
+  fails that test's teardown, naming the variant (or the test) and the error. Under xdist the worker
   then exits, the controller words it as this variant's doing, its other tests are skipped and a
   fresh worker with a fresh context runs the rest. Without xdist the later variant tests of this
   process are skipped with a reason naming the culprit.
@@ -130,11 +130,14 @@ def cuda_context_error() -> Optional[str]:
 
 
 class ContextGuard:
-    """After a variant's test fails, make sure it did not leave the process's CUDA context broken."""
+    """After a test fails, make sure it did not leave the process's CUDA context broken.
+
+    Every failed test is probed, not only a variant's: a machinery test that breaks the context
+    would otherwise have the next failing variant test blamed for it."""
 
     def __init__(self, worker: Optional["CrashWorker"]) -> None:
         self.worker = worker  # set under xdist: the worker is ended and replaced instead
-        self.poisoned: Optional[dict[str, str]] = None
+        self.poisoned: Optional[str] = None  # who broke it, where and how (the skip reason's core)
         self._failed: set[str] = set()
 
     @pytest.hookimpl(wrapper=True)
@@ -147,19 +150,19 @@ class ContextGuard:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         if self.poisoned is not None and variant_name(item) is not None:
-            pytest.skip(f"not run: variant {self.poisoned['variant']} left this process's CUDA context unusable "
-                        f"in {self.poisoned['nodeid']} ({self.poisoned['error']}); run with -n 1 or more "
-                        "(pytest-xdist) and only its worker is replaced")
+            pytest.skip(f"not run: {self.poisoned}; run with -n 1 or more (pytest-xdist) and only its worker "
+                        "is replaced")
 
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: Optional[pytest.Item]) -> Any:
         result = yield
-        name = variant_name(item)
-        if name is None or item.nodeid not in self._failed or self.poisoned is not None:
+        if item.nodeid not in self._failed or self.poisoned is not None:
             return result
         error = cuda_context_error()
         if error is None:
             return result
+        name = variant_name(item)
+        subject = f"variant {name}" if name is not None else "this test"
         what = f"left this process's CUDA context unusable ({error})"
         if self.worker is not None:
             # the controller reads the note when the worker dies and words the failure from it
@@ -168,8 +171,9 @@ class ContextGuard:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(70)
-        self.poisoned = {"variant": name, "nodeid": item.nodeid, "error": error}
-        pytest.fail(f"variant {name} {what}: the later variant tests of this process are skipped", pytrace=False)
+        who = f"variant {name}" if name is not None else "a test"
+        self.poisoned = f"{who} left this process's CUDA context unusable in {item.nodeid} ({error})"
+        pytest.fail(f"{subject} {what}: the later variant tests of this process are skipped", pytrace=False)
         return result
 
 

@@ -234,6 +234,39 @@ def _poison_run(pytester, monkeypatch, *args: str):
                                          timeout=300)
 
 
+MACHINERY_POISON_TESTS = """
+import os
+import types
+import pytest
+
+V = types.SimpleNamespace
+
+def test_machinery_that_breaks_it():
+    os.environ["FAKE_POISONED"] = "1"
+    assert False, "a helper's own failure"
+
+@pytest.mark.parametrize("variant", [V(name="innocent")])
+def test_innocent(variant):
+    assert False, "fails for its own reason after the context was broken"
+"""
+
+
+def test_a_machinery_test_that_breaks_the_context_is_blamed_and_not_the_next_failing_variant(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv("FAKE_POISONED", raising=False)
+    pytester.makeconftest(POISON_CONFTEST)
+    pytester.makepyfile(test_poison=MACHINERY_POISON_TESTS)
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:xdist", "-rsfE",
+                                        timeout=300)
+    out = res.stdout.str()
+    res.assert_outcomes(failed=1, errors=1, skipped=1)
+    assert "this test left this process's CUDA context unusable (RuntimeError: CUDA error: device-side assert " \
+           "triggered)" in out, out[-3000:]
+    assert re.search(r"SKIPPED \[1\] .*not run: a test left this process's CUDA context unusable in "
+                     r"\S*test_machinery_that_breaks_it", out), out[-3000:]
+    assert "variant innocent left" not in out, out[-3000:]
+
+
 def test_without_xdist_a_poisoned_cuda_context_is_blamed_on_its_variant_and_later_variant_tests_skip(
         pytester, monkeypatch):
     res = _poison_run(pytester, monkeypatch, "-p", "no:xdist")
