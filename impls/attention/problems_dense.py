@@ -37,7 +37,10 @@ def _shapes(device: str) -> list[dict]:
         # FlashInfer: 64/128/256, FA4: 64/96/128) all accept. Without it the H200 run of 2026-11-30
         # checked sage-attention on no problem at all. CUDA only: on CPU no library kernel runs.
         shapes += [dict(batch=2, lq=129, lk=129, hq=4, hkv=2, dqk=128, dv=128, mask=CAUSAL),  # GQA 2:1
-                   dict(batch=1, lq=200, lk=200, hq=2, hkv=2, dqk=128, dv=128, mask=NONE)]
+                   dict(batch=1, lq=200, lk=200, hq=2, hkv=2, dqk=128, dv=128, mask=NONE),
+                   # a sliding window at a head dim FA4 and FlashInfer take (64): their window path had
+                   # no CUDA problem to be checked on (MQA, a window that is not a power of two)
+                   dict(batch=1, lq=160, lk=160, hq=4, hkv=1, dqk=64, dv=64, mask=Mask("window", window=37))]
     return shapes
 
 
