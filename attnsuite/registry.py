@@ -423,19 +423,26 @@ def _remember(source: tuple[str, Optional[str]]) -> None:
 
 
 def external_sources() -> list[tuple[str, Optional[str]]]:
-    """What :func:`load_external` loaded in this process, in order, as (spec, module name)."""
-    return list(_EXTERNAL_SOURCES)
+    """What :func:`load_external` loaded in this process and is still imported, in order, as (spec,
+    module name); a module a test took out of ``sys.modules`` again is left out."""
+    return [(spec, name) for spec, name in _EXTERNAL_SOURCES if (name or spec) in sys.modules]
 
 
-def load_like(sources: Iterable[tuple[str, Optional[str]]]) -> None:
+def load_like(sources: Iterable[tuple[str, Optional[str]]]) -> list[str]:
     """In a new process (a spawned rank), load what a parent had: the built-in variants, entry
     points and ``sources`` (its :func:`external_sources`), each file under the parent's module
-    name, so that variant objects the parent pickles unpickle here. In a forked child all of it is
-    already loaded, and each step does nothing."""
+    name, so that variant objects the parent pickles unpickle here. A source that fails to load
+    is left out (a task that needs it then fails to unpickle, naming the module); the errors are
+    returned, one line each."""
     load_builtin()
     load_entry_points()
+    errors = []
     for spec, module_name in sources:
-        load_external(spec, module_name)
+        try:
+            load_external(spec, module_name)
+        except Exception as exc:  # noqa: BLE001 - one bad source must not keep the rank from starting
+            errors.append(f"{spec}: {type(exc).__name__}: {exc}")
+    return errors
 
 
 def load_entry_points() -> None:

@@ -110,7 +110,9 @@ class RankPool:
             proc = ctx.Process(
                 target=rank_main,
                 args=(rank, self.world_size, self.device, HOST, self._store.port, self.timeout_s,
-                      self._commands[rank], self._results, os.getpid(), registry.external_sources()),
+                      self._commands[rank], self._results, os.getpid(),
+                      # a forked rank has the parent's variants already; a spawned one loads them
+                      registry.external_sources() if self.start_method == "spawn" else None),
                 daemon=True,
                 name=f"attnsuite-rank{rank}-of-{self.world_size}",
             )

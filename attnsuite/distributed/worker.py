@@ -9,10 +9,12 @@ naming the rank; the rank stays up for the next task.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import traceback
 from datetime import timedelta
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -46,10 +48,11 @@ def exit_with_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> threadin
 
 
 def rank_main(rank: int, world_size: int, device: str, host: str, port: int, timeout_s: float,
-              commands, results, parent_pid: int, sources: list) -> None:
+              commands, results, parent_pid: int, sources: Optional[list]) -> None:
     """Entry point of one rank process (started by the pool, whose pid is ``parent_pid``; not called by users).
 
-    ``sources`` are the external variant sources the parent loaded (``registry.external_sources()``)."""
+    ``sources``: for a spawned rank, the external variant sources the parent loaded
+    (``registry.external_sources()``), loaded here; None for a forked rank, which has them."""
     exit_with_parent(parent_pid)
     try:
         # one intra-op thread per rank: P ranks share the host's cores, and a forked OpenMP pool is unsafe
@@ -61,11 +64,13 @@ def rank_main(rank: int, world_size: int, device: str, host: str, port: int, tim
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s))
         torch_device = torch.device("cuda", rank) if device == "cuda" else torch.device("cpu")
-        # a spawned rank starts with no modules: the variants its tasks receive unpickle from what
-        # the parent loaded, loaded again here (in a forked rank it is all there and this does nothing)
-        from .. import registry
+        if sources is not None:
+            # a spawned rank starts with no modules: the variants its tasks receive unpickle from
+            # what the parent loaded, loaded again here
+            from .. import registry
 
-        registry.load_like(sources)
+            for error in registry.load_like(sources):
+                print(f"attnsuite rank {rank} of P={world_size}: could not load {error}", file=sys.stderr)
         results.put(("ready", rank, None, os.getpid()))
     except Exception:
         results.put(("error", rank, None, traceback.format_exc()))
