@@ -109,3 +109,30 @@ def test_unknown_only_name_is_a_usage_error(pytester):
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "unknown variant 'sdpa-flsh'" in result.stderr.str() + result.stdout.str()
+
+
+def test_a_spawned_process_loads_the_external_sources_still_imported_and_survives_a_bad_one(
+        tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_EXTERNAL_SOURCES", [])
+    good = tmp_path / "spawn_good.py"
+    good.write_text("X = 1\n")
+    gone = tmp_path / "spawn_gone.py"
+    gone.write_text("X = 2\n")
+    registry.load_external(str(good))
+    registry.load_external(str(gone))
+    monkeypatch.delitem(sys.modules, "attnsuite_external_spawn_good")  # unloaded again, as a test's clean-up does
+    monkeypatch.delitem(sys.modules, "attnsuite_external_spawn_gone")
+    registry.load_external(str(good))  # imported again: remembered once
+    assert registry.external_sources() == [(str(good.resolve()), "attnsuite_external_spawn_good")]
+
+    bad = tmp_path / "spawn_bad.py"
+    bad.write_text("raise RuntimeError('not today')\n")
+    monkeypatch.delitem(sys.modules, "attnsuite_external_spawn_good")
+    errors = registry.load_like([(str(bad), "attnsuite_external_spawn_bad"),
+                                 (str(good), "attnsuite_external_spawn_good")])
+    assert len(errors) == 1 and "spawn_bad.py: RuntimeError: not today" in errors[0]
+    assert "attnsuite_external_spawn_good" in sys.modules  # the bad one did not stop the rest
+    monkeypatch.delitem(sys.modules, "attnsuite_external_spawn_good")
