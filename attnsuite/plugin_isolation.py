@@ -145,7 +145,32 @@ class ContextGuard:
         report = yield
         if report.failed and report.when in ("setup", "call"):
             self._failed.add(item.nodeid)
+            if self.worker is not None and self.poisoned is None:
+                self._end_worker_if_poisoned(item, report)
         return report
+
+    def _end_worker_if_poisoned(self, item: pytest.Item, report: pytest.TestReport) -> None:
+        """Under xdist: a broken context ends the worker before this failure is reported, and the
+        controller's one report of the test carries both the check's failure and the broken context
+        (a report now and the worker's death after it would list the test as failed twice)."""
+        error = cuda_context_error()
+        if error is None:
+            return
+        crash = getattr(report.longrepr, "reprcrash", None)  # an exception's own message, when there is one
+        text = (crash.message if crash is not None else getattr(report, "longreprtext", "")) or ""
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        # a check's message (pytest.fail without a traceback) heads with "<variant> on <problem>: <check>
+        # FAILED" and says what was wrong on the next line
+        failure = "; ".join(lines[:1] if crash is not None else lines[:2])
+        what = f"left this process's CUDA context unusable ({error})"
+        if failure:
+            what += f" after failing its {report.when}: {failure[:300]}"
+        # the controller reads the note when the worker dies and words the failure from it
+        self.worker.amend_note(item.nodeid, what=what, how="the worker exited so that the tests after it get "
+                               "a fresh CUDA context")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(70)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -164,8 +189,7 @@ class ContextGuard:
         name = variant_name(item)
         subject = f"variant {name}" if name is not None else "this test"
         what = f"left this process's CUDA context unusable ({error})"
-        if self.worker is not None:
-            # the controller reads the note when the worker dies and words the failure from it
+        if self.worker is not None:  # broken after its failure was reported (a fixture's teardown)
             self.worker.amend_note(item.nodeid, what=what, how="the worker exited so that the tests after it "
                                    "get a fresh CUDA context")
             sys.stdout.flush()

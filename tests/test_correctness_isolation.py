@@ -287,8 +287,12 @@ def test_under_xdist_a_poisoned_cuda_context_ends_only_its_worker_and_the_rest_r
     res = _poison_run(pytester, monkeypatch, "-n", "1")
     out = res.stdout.str()
     assert re.search(r"variant poisoner left this process's CUDA context unusable \(RuntimeError: CUDA error: "
-                     r"device-side assert triggered\) in \S+test_poisoner\[p1-variant0\]: the worker exited so that "
-                     r"the tests after it get a fresh CUDA context; xdist worker gw0 was replaced", out), out[-3000:]
+                     r"device-side assert triggered\) after failing its call: AssertionError: the kernel's own failure "
+                     r"in \S+test_poisoner\[p1-variant0\]: the worker exited so that the tests after it get a fresh "
+                     r"CUDA context; xdist worker gw0 was replaced", out), out[-3000:]
+    # one report of the culprit, carrying both: not its check's failure and then the worker's end
+    failed = [line for line in out.splitlines() if line.startswith("FAILED") and "test_poisoner" in line]
+    assert len(failed) == 1, out[-3000:]
     assert re.search(r"SKIPPED \[1\] .*variant poisoner left this process's CUDA context unusable", out), out[-3000:]
     # a fresh worker, a fresh context: every test of the variant after it runs and passes
     assert "test_after" not in "\n".join(l for l in out.splitlines() if l.startswith(("FAILED", "ERROR"))), out[-3000:]
