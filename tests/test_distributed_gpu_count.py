@@ -42,3 +42,36 @@ def test_ranks_fork_only_on_a_host_without_an_accelerator(monkeypatch, device, a
 
     monkeypatch.setattr(launch, "accelerator_present", lambda: accelerator)
     assert launch.start_method(device) == expected
+
+
+@pytest.mark.parametrize("value,device,expected", [
+    ("spawn", "cpu", "spawn"), ("fork", "cpu", "fork"), ("", "cpu", "fork"),
+    ("fork", "cuda", "ranks on cuda must be spawned"), ("thread", "cpu", "must be spawn or fork"),
+])
+def test_the_start_method_can_be_forced_and_a_wrong_value_is_refused(monkeypatch, value, device, expected):
+    from attnsuite.distributed import launch
+
+    monkeypatch.setattr(launch, "accelerator_present", lambda: False)
+    monkeypatch.setenv("ATTNSUITE_RANK_START", value)
+    if expected in ("spawn", "fork"):
+        assert launch.start_method(device) == expected
+    else:
+        with pytest.raises(ValueError, match=expected):
+            launch.start_method(device)
+
+
+def test_distributed_benchmark_cases_run_on_spawned_ranks_inside_the_benchmark_worker(tmp_path):
+    # as on a GPU host, where CPU ranks are spawned: from inside a benchmark worker process
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTNSUITE_") and k != "PYTEST_XDIST_WORKER"}
+    env.update(ATTNSUITE_RANK_START="spawn", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
+    out = tmp_path / "cp.json"
+    done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "bench"), f"--rootdir={ROOT}", "--benchmark-only",
+                           "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "--attn-device=cpu", "--attn-tier=quick",
+                           "--attn-workload=context-parallel", "--attn-only=ring-zigzag", "--attn-only=ulysses",
+                           "--attn-mode=fwd+bwd", "--attn-gate=off", f"--benchmark-json={out}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    import json
+    recs = [b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]]
+    ok = [r for r in recs if r["outcome"] == "ok" and r["extra"].get("world_size") == 2]
+    assert len(ok) >= 2, [(r["case"], r["outcome"], r.get("error")) for r in recs]

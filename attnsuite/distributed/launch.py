@@ -39,8 +39,11 @@ def accelerator_present() -> bool:
         return False
 
 
+START_ENV = "ATTNSUITE_RANK_START"  # "spawn" or "fork": overrides the rule below (tests, a host it misjudges)
+
+
 def start_method(device: str) -> str:
-    """How rank processes start: "spawn" or "fork".
+    """How rank processes start: "spawn" or "fork" (``$ATTNSUITE_RANK_START`` when set).
 
     Fork only on a host without an accelerator. A forked child cannot use its parent's CUDA
     context; and on a host with any accelerator, the first backward of a process (even on CPU
@@ -51,6 +54,13 @@ def start_method(device: str) -> str:
     pattern, the messages were lost). Spawned ranks load the parent's variants again
     (:func:`attnsuite.registry.load_like`).
     """
+    forced = os.environ.get(START_ENV, "").strip()
+    if forced:
+        if forced not in ("spawn", "fork"):
+            raise ValueError(f"{START_ENV}={forced!r}: must be spawn or fork")
+        if forced == "fork" and device == "cuda":
+            raise ValueError(f"{START_ENV}=fork: ranks on cuda must be spawned (a forked child cannot use CUDA)")
+        return forced
     if device == "cuda" or accelerator_present():
         return "spawn"
     return "fork"
