@@ -165,7 +165,11 @@ class ContextGuard:
         what = f"left this process's CUDA context unusable ({error})"
         if failure:
             what += f" after failing its {report.when}: {failure[:300]}"
-        # the controller reads the note when the worker dies and words the failure from it
+        self._exit_worker(item, what)
+
+    def _exit_worker(self, item: pytest.Item, what: str) -> None:
+        """End this xdist worker on purpose; the controller reads the note when the worker dies and
+        words the test's failure from it (the variant, ``what``), and a fresh worker runs the rest."""
         self.worker.amend_note(item.nodeid, what=what, how="the worker exited so that the tests after it get "
                                "a fresh CUDA context")
         sys.stdout.flush()
@@ -190,11 +194,7 @@ class ContextGuard:
         subject = f"variant {name}" if name is not None else "this test"
         what = f"left this process's CUDA context unusable ({error})"
         if self.worker is not None:  # broken after its failure was reported (a fixture's teardown)
-            self.worker.amend_note(item.nodeid, what=what, how="the worker exited so that the tests after it "
-                                   "get a fresh CUDA context")
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(70)
+            self._exit_worker(item, what)
         who = f"variant {name}" if name is not None else "a test"
         self.poisoned = f"{who} left this process's CUDA context unusable in {item.nodeid} ({error})"
         pytest.fail(f"{subject} {what}: the later variant tests of this process are skipped", pytrace=False)
