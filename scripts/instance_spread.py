@@ -7,6 +7,10 @@ the gate's host_bound_at, 0.5, or more in either run: the GPU waited on Python),
 behind "device time does not follow the host": host-bound cases whose event time moves by tens of
 percent between instances should move by a few percent at most in device time.
 
+It also lists the cases whose autotuned Triton kernels ran another tile config in the two runs
+(``extra["triton_configs"]``, recorded since c14faed): a Triton case's time can move between
+machines because its autotuner chose differently, not because the machine is slower.
+
     python scripts/instance_spread.py A.json[.gz] B.json[.gz] [--top 8]
 """
 
@@ -38,6 +42,20 @@ def changes(a: bl.Run, b: bl.Run) -> list[tuple[float, float, float, str]]:
     return rows
 
 
+def config_changes(a: bl.Run, b: bl.Run) -> list[tuple[str, str, str, str]]:
+    """(key, kernel, config in a, config in b) for each autotuned kernel whose choice differs
+    between the runs, among cases that recorded their choices in both."""
+    out = []
+    for key, ra in sorted(a.records.items()):
+        rb = b.records.get(key)
+        ca = (ra.extra or {}).get("triton_configs") or {}
+        cb = ((rb.extra or {}).get("triton_configs") or {}) if rb is not None else {}
+        for kernel in sorted(set(ca) & set(cb)):
+            if ca[kernel] != cb[kernel]:
+                out.append((key, kernel, ca[kernel], cb[kernel]))
+    return out
+
+
 def _median(xs: list[float]) -> float:
     xs = sorted(xs)
     n = len(xs)
@@ -51,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=8)
     args = ap.parse_args(argv)
     try:
-        rows = changes(bl.load_run(args.a), bl.load_run(args.b))  # .gz allowed
+        a, b = bl.load_run(args.a), bl.load_run(args.b)  # .gz allowed
+        rows = changes(a, b)
     except (bl.InputFileError, OSError) as exc:
         print(f"instance_spread: {exc}", file=sys.stderr)
         return 2
@@ -67,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
               f"|event min change| median {100 * _median(ev):.1f}%, max {100 * max(ev):.1f}%")
     for lf, d, e, key in sorted(rows, key=lambda r: -abs(r[1]))[: args.top]:
         print(f"  device {100 * d:+.2f}%  event {100 * e:+.1f}%  launch fraction {lf:.2f}  {key}")
+    moved = {key: d for _, d, _, key in rows}
+    differ = config_changes(a, b)
+    print(f"Triton tile configs that differ between the runs: {len(differ)}")
+    for key, kernel, ca, cb in differ:
+        change = f"device {100 * moved[key]:+.2f}%" if key in moved else "no device time in both"
+        print(f"  {kernel}: {ca} -> {cb}  ({change})  {key}")
     return 0
 
 

@@ -45,3 +45,25 @@ def test_the_command_prints_host_bound_figures_and_refuses_a_bad_file(tmp_path, 
     (tmp_path / "bad.json").write_text("{")
     assert spread.main([a, str(tmp_path / "bad.json")]) == 2
     assert "bad.json" in capsys.readouterr().err
+
+
+def test_cases_whose_triton_kernels_chose_another_config_are_listed_with_their_change(tmp_path, capsys):
+    def write(name, records):
+        path = tmp_path / name
+        path.write_text(json.dumps({"benchmarks": [{"extra_info": r.to_extra_info()} for r in records],
+                                    "attnsuite": {"schema": 1, "fingerprint": FP_H100}}))
+        return str(path)
+
+    def tuned(name, device_ms, configs):
+        r = rec(name, min_ms=device_ms * 1.1, device_min_ms=device_ms, launch_fraction=0.1)
+        r.extra["triton_configs"] = configs
+        return r
+
+    a = write("a.json", [tuned("t", 1.0, {"flash_fwd": "BLOCK_M=128 w8 s3", "flash_pre": "BLOCK_M=64 w4 s1"}),
+                         tuned("same", 1.0, {"flash_fwd": "BLOCK_M=128 w8 s3"}), tuned("untuned", 1.0, {})])
+    b = write("b.json", [tuned("t", 0.95, {"flash_fwd": "BLOCK_M=64 w4 s2", "flash_pre": "BLOCK_M=64 w4 s1"}),
+                         tuned("same", 1.01, {"flash_fwd": "BLOCK_M=128 w8 s3"}), tuned("untuned", 1.0, {})])
+    assert spread.main([a, b]) == 0
+    out = capsys.readouterr().out
+    assert "Triton tile configs that differ between the runs: 1" in out, out
+    assert "flash_fwd: BLOCK_M=128 w8 s3 -> BLOCK_M=64 w4 s2  (device -5.00%)" in out, out
