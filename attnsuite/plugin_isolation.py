@@ -54,8 +54,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("attnsuite")
     group.addoption("--attn-test-timeout", type=float, default=DEFAULT_TEST_TIMEOUT_S, metavar="SECONDS",
                     help="with pytest-xdist (-n N): a test that runs longer ends its worker, fails as having run "
-                         f"past the limit, and its variant's other tests are skipped (default {DEFAULT_TEST_TIMEOUT_S:g}; "
-                         "0 = no limit)")
+                         "past the limit, and its variant's other tests are skipped "
+                         f"(default {DEFAULT_TEST_TIMEOUT_S:g}; 0 = no limit)")
 
 
 def variant_name(item: pytest.Item) -> Optional[str]:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
 
 from attnsuite import baseline as bl
-from gatehelp import FP_H100, by_key, rec
+from gatehelp import FP_H100, by_key, rec, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("instance_spread", ROOT / "scripts" / "instance_spread.py")
 spread = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(spread)
+
+
+def _write(folder, name, records) -> str:
+    return str(write_result(folder / name, records))
 
 
 def test_changes_pair_ok_cases_and_keep_the_launch_fraction():
@@ -31,14 +34,8 @@ def test_changes_pair_ok_cases_and_keep_the_launch_fraction():
 
 
 def test_the_command_prints_host_bound_figures_and_refuses_a_bad_file(tmp_path, capsys):
-    def write(name, records):
-        path = tmp_path / name
-        path.write_text(json.dumps({"benchmarks": [{"extra_info": r.to_extra_info()} for r in records],
-                                    "attnsuite": {"schema": 1, "fingerprint": FP_H100}}))
-        return str(path)
-
-    a = write("a.json", [rec("x", min_ms=1.0, device_min_ms=0.5, launch_fraction=0.9)])
-    b = write("b.json", [rec("x", min_ms=1.5, device_min_ms=0.505, launch_fraction=0.9)])
+    a = _write(tmp_path, "a.json", [rec("x", min_ms=1.0, device_min_ms=0.5, launch_fraction=0.9)])
+    b = _write(tmp_path, "b.json", [rec("x", min_ms=1.5, device_min_ms=0.505, launch_fraction=0.9)])
     assert spread.main([a, b]) == 0
     out = capsys.readouterr().out
     assert "host-bound: 1 cases; |device min change| median 1.00%" in out and "event min change| median 50.0%" in out
@@ -48,21 +45,17 @@ def test_the_command_prints_host_bound_figures_and_refuses_a_bad_file(tmp_path, 
 
 
 def test_cases_whose_triton_kernels_chose_another_config_are_listed_with_their_change(tmp_path, capsys):
-    def write(name, records):
-        path = tmp_path / name
-        path.write_text(json.dumps({"benchmarks": [{"extra_info": r.to_extra_info()} for r in records],
-                                    "attnsuite": {"schema": 1, "fingerprint": FP_H100}}))
-        return str(path)
-
     def tuned(name, device_ms, configs):
         r = rec(name, min_ms=device_ms * 1.1, device_min_ms=device_ms, launch_fraction=0.1)
         r.extra["triton_configs"] = configs
         return r
 
-    a = write("a.json", [tuned("t", 1.0, {"flash_fwd": "BLOCK_M=128 w8 s3", "flash_pre": "BLOCK_M=64 w4 s1"}),
-                         tuned("same", 1.0, {"flash_fwd": "BLOCK_M=128 w8 s3"}), tuned("untuned", 1.0, {})])
-    b = write("b.json", [tuned("t", 0.95, {"flash_fwd": "BLOCK_M=64 w4 s2", "flash_pre": "BLOCK_M=64 w4 s1"}),
-                         tuned("same", 1.01, {"flash_fwd": "BLOCK_M=128 w8 s3"}), tuned("untuned", 1.0, {})])
+    a = _write(tmp_path, "a.json", [
+        tuned("t", 1.0, {"flash_fwd": "BLOCK_M=128 w8 s3", "flash_pre": "BLOCK_M=64 w4 s1"}),
+        tuned("same", 1.0, {"flash_fwd": "BLOCK_M=128 w8 s3"}), tuned("untuned", 1.0, {})])
+    b = _write(tmp_path, "b.json", [
+        tuned("t", 0.95, {"flash_fwd": "BLOCK_M=64 w4 s2", "flash_pre": "BLOCK_M=64 w4 s1"}),
+        tuned("same", 1.01, {"flash_fwd": "BLOCK_M=128 w8 s3"}), tuned("untuned", 1.0, {})])
     assert spread.main([a, b]) == 0
     out = capsys.readouterr().out
     assert "Triton tile configs that differ between the runs: 1" in out, out

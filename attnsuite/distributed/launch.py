@@ -110,7 +110,6 @@ class RankPool:
         if self.alive:
             return
         self.close()
-        self.start_method = start_method(self.device)
         ctx = mp.get_context(self.start_method)
         self._store = dist.TCPStore(HOST, 0, is_master=True, wait_for_workers=False,
                                     timeout=timedelta(seconds=self.start_timeout_s))
