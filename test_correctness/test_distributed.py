@@ -301,6 +301,10 @@ def test_the_documented_example_variant_passes_every_check_on_P_ranks(P, start, 
 
     from attnsuite.distributed import launch
 
+    if start == "fork" and launch.accelerator_present():
+        # seen on an H200: after this process's first backward, a forked rank's backward raises
+        pytest.skip("fork-started ranks cannot run a backward on a host with an accelerator "
+                    "(launch.start_method spawns them here; the spawn case runs)")
     monkeypatch.setattr(launch, "accelerator_present", lambda: start == "spawn")
     registry.load_external(str(Path(__file__).resolve().parents[1] / "examples" / "distributed_variant.py"))
     example = registry.get("example-gather-kv")
