@@ -92,7 +92,7 @@ case "$call" in
       > "$work/isolation/hostile.log" 2>&1
     echo "hostile exit $?" | tee -a "$work/isolation/run.log"
     mkdir -p "$work/isolation/full"
-    OUT=$work/isolation/full PATHS=test_correctness timeout -s INT "${CORRECTNESS_S:-400}" bash scripts/gpu_correctness.sh \
+    OUT=$work/isolation/full PATHS=test_correctness timeout -s INT "${CORRECTNESS_S:-540}" bash scripts/gpu_correctness.sh \
       > "$work/isolation/full/run.log" 2>&1
     echo "correctness exit $?" | tee -a "$work/isolation/run.log" ;;
   hosttests)
