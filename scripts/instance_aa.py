@@ -73,6 +73,7 @@ class RunSummary:
     gating: dict[str, int] = field(default_factory=dict)  # verdict -> count, after confirmation
     host_bound: int = 0
     host_bound_max_change: Optional[float] = None  # largest |device-time change| among host-bound cases
+    host_bound_max_case: str = ""  # that case, with its signed change (the reader's next question)
     worst: list[str] = field(default_factory=list)  # the gating findings, for the reader
     cleared: list[str] = field(default_factory=list)  # first flagged, then not confirmed
     slowed: dict[float, tuple[int, int]] = field(default_factory=dict)  # fraction -> (caught, cases)
@@ -139,7 +140,9 @@ def summarise(cmp: Comparison, base: bl.Run, cur: bl.Run, path: str, thresholds:
         if host_bound(b, c, thresholds.for_case(c, "cuda")):
             out.host_bound += 1
             change = abs(v.time_change)
-            out.host_bound_max_change = max(change, out.host_bound_max_change or 0.0)
+            if change > (out.host_bound_max_change or -1.0):
+                out.host_bound_max_change = change
+                out.host_bound_max_case = f"{v.key} ({v.time_change:+.2%})"
     return out
 
 
@@ -161,6 +164,9 @@ def table(rows: list[RunSummary]) -> str:
     lines.append("")
     lines.append(f"Runs with no gating verdict: {clean} of {len(rows)}. Flagged before confirmation: "
                  f"{flagged} of {judged} cases judged ({share}).")
+    for r in rows:
+        if r.host_bound_max_case:
+            lines.append(f"  {r.path}: largest host-bound device-time change {r.host_bound_max_case}")
     return "\n".join(lines)
 
 

@@ -57,6 +57,8 @@ def test_a_series_counts_first_flags_gating_verdicts_and_the_host_bound_cases_de
     assert rows[str(unconfirmed)][:3] == ["3", "1", "none"]
     assert rows[str(slower)][:3] == ["3", "1", "1 slower"]
     assert "Runs with no gating verdict: 2 of 3. Flagged before confirmation: 2 of 9 cases judged (22.22%)." in out
+    # the host-bound case that moved most is named with its signed change
+    assert f"  {clean}: largest host-bound device-time change " in out and "/c/" in out and "(+2.00%)" in out
     assert md.read_text().startswith("| run | judged |")
 
 
