@@ -427,6 +427,7 @@ class AbPlan:
     workdir: Path  # round JSONs, logs, probes, the plugin, the case list
     cases: Optional[list[str]] = None  # None: the selection is the pytest args alone
     timeout: Optional[float] = None
+    head_args: list[str] = field(default_factory=list)  # pytest args of the head rounds only (--head-arg)
 
 
 @dataclass
@@ -451,10 +452,11 @@ def round_specs(plan: AbPlan) -> list[RoundSpec]:
     specs = []
     for i, side in enumerate(round_order(plan.rounds), start=1):
         tree = plan.base_tree if side == "base" else plan.head_tree
+        args = plan.pytest_args if side == "base" else [*plan.pytest_args, *plan.head_args]
         stem = plan.workdir / f"round{i:02d}-{side}"
         json_path = stem.with_suffix(".json")
         probe = stem.with_name(stem.name + ".probe.json")
-        specs.append(RoundSpec(i, side, tree, pytest_command(plan.python, json_path, plan.pytest_args),
+        specs.append(RoundSpec(i, side, tree, pytest_command(plan.python, json_path, args),
                                round_env(tree, plan.workdir, probe, cases_file), json_path,
                                stem.with_suffix(".log"), probe, plan.timeout))
     return specs
@@ -534,6 +536,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", default=".", help="the git working tree to compare (default: the current folder)")
     p.add_argument("--python", default=sys.executable, help="interpreter for the rounds (default: this one)")
     p.add_argument("--round-timeout", type=float, default=None, metavar="S", help="stop a round after S seconds")
+    p.add_argument("--head-arg", action="append", default=[], metavar="ARG",
+                   help="a pytest argument for the head rounds only, after the selection (repeatable; write it "
+                        "as --head-arg=--attn-inject-slowdown=sdpa-flash=0.05): to measure what the A/B catches "
+                        "(scripts/ab_eval.py); the report names it")
     p.add_argument("--allow-mismatch", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS",
                    help="selection options for the benchmarks, after --: --attn-workload, --attn-mode, -k, ...")
@@ -552,10 +558,12 @@ def _write(path: Optional[str], text: str) -> None:
         bl.atomic_write_text(path, text)
 
 
-def _context(ref: str, sha: str, rounds: AbRounds, n: int, dirty: int, cases_note: Optional[str]) -> list[str]:
+def _context(ref: str, sha: str, rounds: AbRounds, n: int, dirty: int, cases_note: Optional[str],
+             head_args: Sequence[str] = ()) -> list[str]:
     order = " ".join("B" if s == "base" else "H" for s in rounds.order)
     lines = [f"Same machine, base {ref} ({sha[:12]}) against the working tree"
              + (f" ({dirty} uncommitted path(s) included)" if dirty else "")
+             + (f", the head rounds run with {shlex.join(head_args)} as well" if head_args else "")
              + f": {n} rounds per side, each a separate pytest process, in the order {order}. Per case: the median "
              "over the rounds of each round's judged statistic; the noise band comes from the rounds' spread.",
              f"Rounds took {rounds.seconds['base']:.0f} s (base) + {rounds.seconds['head']:.0f} s (head)."]
@@ -631,7 +639,7 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
             workdir = Path(args.out).resolve() if args.out else Path(tmp) / "rounds"
             plan = AbPlan(base_tree=base_tree, head_tree=repo, rounds=args.rounds, python=args.python,
                           pytest_args=list(args.pytest_args), workdir=workdir, cases=cases,
-                          timeout=args.round_timeout)
+                          timeout=args.round_timeout, head_args=list(args.head_arg))
             print(f"attnsuite ab: base {args.base} ({sha[:12]}) in {base_tree}, head {repo}; "
                   f"{args.rounds} rounds per side" + (f", {len(cases)} case(s) from {args.cases_from}" if cases else ""),
                   file=out, flush=True)
@@ -640,8 +648,9 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
             head_label = f"the working tree, {args.rounds} rounds"
             cmp, sides = judge_ab(rounds, thresholds, base_label=base_label, head_label=head_label,
                                   allow_mismatch=args.allow_mismatch)
-            context = _context(args.base, sha, rounds, args.rounds, dirty, cases_note)
+            context = _context(args.base, sha, rounds, args.rounds, dirty, cases_note, args.head_arg)
             extra = {"base_ref": args.base, "base_sha": sha, "rounds": args.rounds, "order": rounds.order,
+                     "head_args": list(args.head_arg),
                      "trees": {"base": str(base_tree), "head": str(repo)}, "seconds": rounds.seconds,
                      "round_files": rounds.files if args.out else [], "per_case": per_case_rounds(sides)}
             _emit(cmp, args, out, context=context, extra=extra)

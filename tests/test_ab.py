@@ -326,6 +326,20 @@ def test_rounds_run_in_their_own_tree_with_the_selection_passed_through(repo):
     assert all(exists for _, exists in runner.seen_trees)
 
 
+def test_a_head_arg_reaches_the_head_rounds_only_and_the_report_names_it(repo, tmp_path):
+    runner = FakeRunner(same_speed)
+    status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--json", str(tmp_path / "ab.json"),
+                              "--markdown", str(tmp_path / "ab.md"),
+                              "--head-arg=--attn-inject-slowdown=sdpa=0.05", "--", "-k", "sdpa"], runner)
+    assert status == 0
+    for spec in runner.specs:
+        injected = "--attn-inject-slowdown=sdpa=0.05" in spec.command
+        assert injected == (spec.side == "head"), (spec.side, spec.command)
+        assert spec.command[-3 if injected else -2:][:2] == ["-k", "sdpa"]  # after the shared selection
+    assert json.loads((tmp_path / "ab.json").read_text())["ab"]["head_args"] == ["--attn-inject-slowdown=sdpa=0.05"]
+    assert "the head rounds run with --attn-inject-slowdown=sdpa=0.05 as well" in (tmp_path / "ab.md").read_text()
+
+
 def test_cases_from_measures_only_the_flagged_cases(repo, tmp_path):
     gj = gate_json(tmp_path, [(KEY_A, ["slower"]), (KEY_B, ["same"])])
     runner = FakeRunner(same_speed)
