@@ -483,7 +483,10 @@ def _assess(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) -> _F
             ev = f" (event median {fmt_ms(base.median_ms)} -> {fmt_ms(cur.median_ms)}, {fmt_pct(cur.median_ms / base.median_ms - 1)})"
         f.context.append(why + ev)
     if base.host_overhead_ms is not None and cur.host_overhead_ms is not None:
-        b, c = base.host_overhead_ms, cur.host_overhead_ms
+        # A record's overhead is its event median minus its device time; where the device time reads
+        # above the event median (a long memory-bound step replayed from a graph, a kernel-sum pass) it
+        # is negative: no host overhead was seen, so it is judged as none, not as a change of -400%.
+        b, c = max(0.0, base.host_overhead_ms), max(0.0, cur.host_overhead_ms)
         f.hchange, way = beyond_allowance(b, c, t.host_floor, t.host_abs_ms)
         what = (f"host overhead {fmt_ms(b)} -> {fmt_ms(c)}, allowed {t.host_floor * 100:.0f}% and "
                 f"{fmt_ms(t.host_abs_ms)}; {'gating' if t.host_gating else 'reported, not gating'}")

@@ -296,6 +296,10 @@ def test_cpu_records_are_judged_on_their_own_time_fields():
     pytest.param(0.40, 0.10, "host-faster", id="host overhead 0.4 to 0.1 ms is host-faster"),
     pytest.param(0.10, 0.14, None, id="host overhead +40% is inside the 50% floor"),
     pytest.param(0.01, 0.05, None, id="host overhead +0.04 ms is inside the absolute allowance"),
+    # device time above the event median gives a negative overhead: judged as none, not as -400%
+    pytest.param(0.0418, -0.1243, None, id="a negative host overhead counts as none, inside the allowance"),
+    pytest.param(0.40, -0.50, "host-faster", id="host overhead 0.4 ms to a negative one is host-faster"),
+    pytest.param(-0.50, 0.40, "host-slower", id="a negative host overhead to 0.4 ms is host-slower"),
 ])
 def test_host_overhead_gets_its_own_flag_and_allowance(base_h, cur_h, flag):
     v = judge(rec(host_overhead_ms=base_h), rec(host_overhead_ms=cur_h), DEVICE_DEFAULTS["cuda"], device="cuda")
