@@ -22,16 +22,20 @@
 #   isolation the correctness tests under pytest-xdist on a CUDA GPU: first the hostile variants
 #             (a segfault, a device-side assert, a hang) beside sdpa-flash, each of which must cost only
 #             its own tests, then test_correctness whole (HOSTILE_S, CORRECTNESS_S limit each)
+#   abeval    scripts/ab_eval.py: AB_AA (default 5) A/A runs of `attnsuite ab --base HEAD` on unchanged code, then
+#             AB_VARIANT (default sdpa-flash) slowed 5% and 10% in the head rounds, over the full tier's
+#             AB_SELECT (default --attn-workload fa-sweep) for that variant; kept in /tmp/attnsuite-abeval, so
+#             the next call on the same machine resumes it (AB_S limit, default 540)
 #   hosttests the CPU test command (scripts/test.sh's pytest: tests and test_correctness on the CPU,
 #             under xdist) on a host with a GPU, where CI never runs it: what a user's GPU workstation
 #             sees (HOST_S limit, default 540; WORKERS, default 4)
 # STASH_PART=.carry/<set>-parts/part-N (carried in the same call) first stashes that part of a wheel
 # set too large for one call in /tmp/attnsuite-carry (scripts/carry_wheels.py); the call that runs
 # gpu_approximate.sh after the last part installs the set.
-# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation|hosttests
+# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation|abeval|hosttests
 set -uo pipefail
 cd "$(dirname "$0")/.."
-call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation or hosttests}
+call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval or hosttests}
 final=${OUT:-results}
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -95,6 +99,15 @@ case "$call" in
     OUT=$work/isolation/full PATHS=test_correctness timeout -s INT "${CORRECTNESS_S:-540}" bash scripts/gpu_correctness.sh \
       > "$work/isolation/full/run.log" 2>&1
     echo "correctness exit $?" | tee -a "$work/isolation/run.log" ;;
+  abeval)
+    mkdir -p "$work/abeval"
+    variant=${AB_VARIANT:-sdpa-flash}
+    # shellcheck disable=SC2086
+    timeout -s INT "${AB_S:-540}" python3 scripts/ab_eval.py --out /tmp/attnsuite-abeval --resume --aa "${AB_AA:-5}" \
+      --inject "$variant=0.05" --inject "$variant=0.10" -- --attn-tier full ${AB_SELECT:---attn-workload fa-sweep} \
+      --attn-only "$variant" > "$work/abeval/run.log" 2>&1
+    echo "abeval exit $?" | tee -a "$work/abeval/run.log"
+    cp -r /tmp/attnsuite-abeval "$work/abeval/" 2> /dev/null ;;
   hosttests)
     mkdir -p "$work/hosttests"
     (
@@ -107,7 +120,7 @@ case "$call" in
         > "$out/run.log" 2>&1
       echo "hosttests exit $? (xdist: $xdist)" | tee -a "$out/run.log"
     ) ;;
-  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, hosttests)" >&2; exit 2 ;;
+  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, hosttests)" >&2; exit 2 ;;
 esac
 nvidia-smi --query-gpu=index,name,clocks.sm,clocks.max.sm --format=csv > "$work/gpus.txt" 2>&1
 tar -czf "$final/$call.tgz" -C "$work" .
