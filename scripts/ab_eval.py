@@ -56,11 +56,12 @@ def run_name(inject: Optional[tuple[str, float]], index: int) -> str:
     return f"aa{index}" if inject is None else f"inj{index}-{inject[0]}-{inject[1]:g}"
 
 
-def ab_command(args: argparse.Namespace, json_path: Path, inject: Optional[tuple[str, float]]) -> list[str]:
-    """The A/B command of one run: report mode (this script judges), its rounds kept beside the JSON."""
-    stem = json_path.with_suffix("")
+def ab_command(args: argparse.Namespace, runs: Path, name: str, inject: Optional[tuple[str, float]]) -> list[str]:
+    """The A/B command of run ``name``: report mode (this script judges); its JSON, markdown and rounds
+    in ``runs`` under that name (not Path.with_suffix: a name such as inj2-sdpa-0.05 has a dot)."""
     cmd = [args.python, "-m", "attnsuite.ab", "--base", args.base, "--rounds", str(args.rounds), "--gate", "report",
-           "--json", str(json_path), "--markdown", str(stem.with_suffix(".md")), "--out", f"{stem}-rounds"]
+           "--json", str(runs / f"{name}.json"), "--markdown", str(runs / f"{name}.md"),
+           "--out", str(runs / f"{name}-rounds")]
     if args.round_timeout:
         cmd += ["--round-timeout", f"{args.round_timeout:g}"]
     if inject is not None:
@@ -73,7 +74,7 @@ def run_ab(args: argparse.Namespace, name: str, inject: Optional[tuple[str, floa
     runs = Path(args.out) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     json_path = runs / f"{name}.json"
-    cmd = ab_command(args, json_path, inject)
+    cmd = ab_command(args, runs, name, inject)
     info: dict[str, Any] = {"name": name, "inject": list(inject) if inject else None, "command": shlex.join(cmd)}
     if args.resume and json_path.exists():
         info["reused"] = True
@@ -211,10 +212,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         p.error("nothing to run: give --aa N (N >= 1) and/or --inject VARIANT=F")
     check_unchanged(Path(args.repo), args.base)
     runs = []
-    for i, inject in enumerate(plan, start=1):
-        data, info = run_ab(args, run_name(inject, i), inject)
-        runs.append((data, info))
-        print(f"ab_eval: {info['name']}: {data.get('counts')} ({info.get('seconds', 'reused')} s)", flush=True)
+    try:
+        for i, inject in enumerate(plan, start=1):
+            data, info = run_ab(args, run_name(inject, i), inject)
+            runs.append((data, info))
+            print(f"ab_eval: {info['name']}: {data.get('counts')} ({info.get('seconds', 'reused')} s)", flush=True)
+    except KeyboardInterrupt:  # a time limit's SIGINT: the finished runs stay, and --resume goes on from them
+        print(f"ab_eval: interrupted after {len(runs)} of {len(plan)} runs; they are kept in {args.out}/runs, "
+              "and the same command with --resume carries on", file=sys.stderr)
+        return 130
     summary = {**tally(runs, args.min_ms), "machine": machine_of(runs), "base": args.base, "rounds": args.rounds,
                "min_ms": args.min_ms, "selection": shlex.join(args.pytest_args) or "(the default tier)",
                "runs": [info for _, info in runs], "command": shlex.join([sys.executable] + sys.argv)}

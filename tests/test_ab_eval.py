@@ -58,7 +58,7 @@ def test_the_runs_are_planned_in_order_with_the_injection_on_the_head_rounds_onl
     seen = []
 
     def fake_run_ab(args, name, inject):
-        seen.append((name, ev.ab_command(args, tmp_path / f"{name}.json", inject)))
+        seen.append((name, ev.ab_command(args, tmp_path, name, inject)))
         return {"cases": [case("flash", 1.0, 0.1 if inject else 0.0, "slower" if inject else "same")]}, \
             {"name": name, "inject": list(inject) if inject else None, "seconds": 1.0}
 
@@ -68,6 +68,9 @@ def test_the_runs_are_planned_in_order_with_the_injection_on_the_head_rounds_onl
     assert [n for n, _ in seen] == ["aa1", "aa2", "inj3-flash-0.1"]
     for name, cmd in seen:
         assert cmd[cmd.index("--gate") + 1] == "report" and cmd[-3:] == ["--", "--attn-only", "flash"]
+        # each file is named after the whole run name, dots included (inj3-flash-0.1.md, not inj3-flash-0.md)
+        assert [cmd[cmd.index(o) + 1] for o in ("--json", "--markdown", "--out")] == [
+            str(tmp_path / f"{name}.json"), str(tmp_path / f"{name}.md"), str(tmp_path / f"{name}-rounds")]
         assert ("--head-arg=--attn-inject-slowdown=flash=0.1" in cmd) == name.startswith("inj")
     text = (tmp_path / "summary.md").read_text()
     assert "| flash slowed 10%: caught" in text and "| A/A: unchanged code, gating verdicts | 2 (0 with one)" in text
@@ -84,3 +87,20 @@ def test_a_working_tree_that_differs_from_the_base_is_refused(tmp_path):
         ev.check_unchanged(repo, "HEAD")
     with pytest.raises(SystemExit, match="cannot compare the working tree with no-such-ref"):
         ev.check_unchanged(repo, "no-such-ref")
+
+
+def test_an_interrupted_evaluation_keeps_its_finished_runs_and_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    done = []
+
+    def fake_run_ab(args, name, inject):
+        if done:
+            raise KeyboardInterrupt
+        done.append(name)
+        return {"cases": []}, {"name": name, "inject": None, "seconds": 1.0}
+
+    monkeypatch.setattr(ev, "run_ab", fake_run_ab)
+    monkeypatch.setattr(ev, "check_unchanged", lambda repo, base: None)
+    assert ev.main(["--out", str(tmp_path), "--aa", "3"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted after 1 of 3 runs" in err and "with --resume carries on" in err
+    assert not (tmp_path / "summary.md").exists()  # no summary of a part, read as if it were the whole
