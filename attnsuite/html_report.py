@@ -166,7 +166,7 @@ def case_table(records: Sequence[CaseRecord], gate: Mapping[str, Mapping[str, An
             _cell(r.variant), _cell(r.mode), _cell(r.problem),
             _cell(r.outcome if r.outcome == "ok" else f"{r.outcome}: {(r.detail or '')[:100]}"),
             _cell(fmt_ms(r.median_ms) if r.median_ms else "-", r.median_ms),
-            _cell("-" if r.tflops is None else f"{r.tflops:.4g}", r.tflops),
+            _cell("-" if r.rate() is None else f"{r.rate():.4g}", r.rate()),
             _cell("-" if pct is None else f"{pct:.1f}", pct),
             _cell(fmt_bytes(r.peak_mem_bytes), r.peak_mem_bytes),
             _cell(r.backend or "-"),
@@ -214,7 +214,7 @@ def render(records: Mapping[str, CaseRecord], *, gate_json: Optional[Mapping[str
         for name, fig in figures({r.key: r for r in recs}).items():
             lines = fig.lines
             peak_value, peak_source = _stated(next(iter(lines.values()))[0][1], cal)
-            parts.append(svg_line_chart({k: [(x, r.tflops) for x, r in v] for k, v in lines.items()},
+            parts.append(svg_line_chart({k: [(x, r.rate()) for x, r in v] for k, v in lines.items()},
                                         title=f"{name}: TFLOP/s", xlabel=fig.axis, ylabel="TFLOP/s",
                                         hline=(peak_value, f"peak {peak_value:.3g} ({peak_source[:60]})")
                                         if peak_value else None))

@@ -92,6 +92,16 @@ class CaseRecord:
     def key(self) -> str:
         return case_key(self.workload, self.variant, self.mode, self.problem)
 
+    def rate(self) -> Optional[float]:
+        """TFLOP/s as every report shows it: by the device time where the record has one (CUDA: the
+        kernels' own rate, and the time the gate judges there), else ``tflops``, by the event-timed
+        median (on CPU that is the device's time). On an H200 (2026-12-01, machine I) triton-flash's
+        backward read 0.92x of sdpa-flash by the median, which included its host launches, and 1.33x by
+        device time."""
+        if self.flops and self.device_ms and self.device_ms > 0:
+            return self.flops / (self.device_ms * 1e-3) / 1e12
+        return self.tflops
+
     def to_extra_info(self) -> dict[str, Any]:
         """A JSON-ready dict for pytest-benchmark's ``extra_info`` (with the case key)."""
         d = asdict(self)

@@ -255,6 +255,7 @@ def markdown_run(records: Mapping[str, CaseRecord], *, title: str = "attnsuite r
     if skipped and not head:
         reasons = sorted({skip_reason_class(r) for r in skipped})
         out += [f"{len(skipped)} cases skipped ({md_escape('; '.join(reasons))}).", ""]
+    out += ["TFLOP/s and % peak: by device time where a case has one (CUDA), else by the median.", ""]
     out.append("| workload | variant | mode | problem | outcome | median | IQR | device | TFLOP/s | % peak | "
                "peak memory | backend |")
     out.append("|" + "---|" * 12)
@@ -266,7 +267,7 @@ def markdown_run(records: Mapping[str, CaseRecord], *, title: str = "attnsuite r
         outcome = md_escape(r.outcome) if r.outcome == "ok" else f"**{md_escape(r.outcome)}** {md_escape((r.detail or '')[:80])}"
         cells = [md_escape(c) for c in (r.workload, r.variant, r.mode, r.problem)] + [outcome] + [
             md_escape(c) for c in (fmt_ms(r.median_ms), fmt_ms(r.iqr_ms), fmt_ms(r.device_ms),
-                                   "-" if r.tflops is None else f"{r.tflops:.4g}",
+                                   "-" if r.rate() is None else f"{r.rate():.4g}",
                                    "-" if pct is None else f"{pct:.3g}", fmt_bytes(r.peak_mem_bytes),
                                    r.backend or "-")]
         out.append("| " + " | ".join(cells) + " |")
@@ -378,7 +379,7 @@ def plot_series(records: Mapping[str, CaseRecord]) -> dict[str, list[Series]]:
     """Plot data: per figure (:func:`figures`) the series per line: (length, TFLOP/s, MiB) points."""
     out = {}
     for name, fig in figures(records).items():
-        out[name] = [Series(label, [(x, r.tflops, None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20)
+        out[name] = [Series(label, [(x, r.rate(), None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20)
                                     for x, r in pts]) for label, pts in fig.lines.items()]
     return out
 

@@ -75,7 +75,7 @@ def percent_of_peak(rec: CaseRecord, calibration: Optional[Mapping[str, object]]
     peak, source = flops.stated_peak(rec.extra.get("peak_tflops") if rec.extra else None,
                                      str((rec.extra or {}).get("peak_source") or ""), dtype_of(rec) or "",
                                      dict(calibration) if calibration else None, calibration_label)
-    pct, flag = flops.pct_of_peak(rec.tflops, peak, source)
+    pct, flag = flops.pct_of_peak(rec.rate(), peak, source)
     return pct, flag, source
 
 
@@ -118,7 +118,7 @@ def best_per_workload(records: Mapping[str, CaseRecord], calibration: Optional[M
         runner_up = ""
         if len(ranked) > 1:
             runner_up = f"{ranked[1].variant} {fmt_pct(time_of(ranked[1]) / time_of(top) - 1)}"
-        out.append(Best(workload, mode, problem, top.variant, time_of(top), top.tflops, pct, flag, len(ranked),
+        out.append(Best(workload, mode, problem, top.variant, time_of(top), top.rate(), pct, flag, len(ranked),
                         runner_up, "device" if by_device else "median"))
     return out
 
@@ -144,7 +144,7 @@ def peak_note(records: Mapping[str, CaseRecord], calibration: Optional[Mapping[s
     """What % of peak is measured against, in words (the two most common peaks), or why there is none."""
     sources = Counter()
     for r in records.values():
-        if r.outcome == "ok" and r.tflops is not None:
+        if r.outcome == "ok" and r.rate() is not None:
             sources[percent_of_peak(r, calibration, calibration_label)[2]] += 1
     if not sources:
         return "% of peak: no timed case"

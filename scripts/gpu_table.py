@@ -11,6 +11,11 @@ import argparse
 import gzip
 import json
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from attnsuite.record import CaseRecord  # noqa: E402
 
 # (workload, mode, problem-id fragment): the rows a reader compares first
 PICKS = [
@@ -54,8 +59,9 @@ def main(argv: list[str]) -> None:
                    f"SM clock {fp.get('gpu_clock_sm_mhz_at_start', '?')} MHz at start")
         recs += [b["extra_info"] for b in data["benchmarks"]]
     print(f"Measured on {machine} ({', '.join(paths)}):\n")
-    print("| workload | mode | problem | variant | ms (median) | TFLOP/s | % peak | peak MiB | backend |")
-    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |")
+    print("TFLOP/s and % peak: by device time where a case has one (CUDA), else by the median.\n")
+    print("| workload | mode | problem | variant | ms (median) | ms (device) | TFLOP/s | % peak | peak MiB | backend |")
+    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for workload, mode, frag in PICKS:
         if only and f"{workload}/{mode}" not in only:
             continue
@@ -69,9 +75,14 @@ def main(argv: list[str]) -> None:
                 continue
             mib = "-" if r.get("peak_mem_bytes") is None else f"{r['peak_mem_bytes'] / 2**20:.0f}"
             if r["outcome"] == "ok":
-                figs = f"{r['median_ms']:.3f} | {r['tflops']:.1f} | {r['pct_peak']:.1f} | {mib}"
+                rec = CaseRecord.from_extra_info(r)
+                rate = rec.rate()  # the reports' one rule: device time where the record has one
+                pct = rec.pct_peak * rate / rec.tflops if rec.pct_peak is not None and rec.tflops and rate else None
+                dev = "-" if rec.device_ms is None else f"{rec.device_ms:.3f}"
+                figs = (f"{rec.median_ms:.3f} | {dev} | {'-' if rate is None else f'{rate:.1f}'} | "
+                        f"{'-' if pct is None else f'{pct:.1f}'} | {mib}")
             else:
-                figs = f"{r['outcome']} | - | - | {mib}"
+                figs = f"{r['outcome']} | - | - | - | {mib}"
             print(f"| {workload} | {mode} | {r['problem']} | {r['variant']} | {figs} | {r.get('backend', '')} |")
 
 

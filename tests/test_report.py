@@ -89,7 +89,7 @@ def test_sequence_length_is_read_from_the_problem_id(problem, length):
 
 
 def test_plot_series_joins_lengths_per_variant_and_drops_failed_cases():
-    recs = by_key([rec("flash", problem=f"b{16384 // L}-q{L}-h16-d128-causal-bf16-cuda0", tflops=L / 10)
+    recs = by_key([rec("flash", problem=f"b{16384 // L}-q{L}-h16-d128-causal-bf16-cuda0", flops=L * 1e8)
                    for L in (1024, 4096, 2048)]
                   + [rec("math", problem="b16-q1024-h16-d128-causal-bf16-cuda0"),
                      rec("math", problem="b4-q4096-h16-d128-causal-bf16-cuda0", outcome="oom", median_ms=None)])
@@ -99,6 +99,22 @@ def test_plot_series_joins_lengths_per_variant_and_drops_failed_cases():
     flash = next(s for s in series if s.label == "flash")
     assert [p[0] for p in flash.points] == [1024, 2048, 4096] and flash.points[0][1] == pytest.approx(102.4)
     assert [p[0] for p in next(s for s in series if s.label == "math").points] == [1024]
+
+
+def test_every_report_shows_tflops_by_device_time_where_a_case_has_one():
+    # as on an H200: a backward whose caller waited 1.113 ms for 0.756 ms of GPU work (host launches)
+    cuda = rec("triton-flash", mode="bwd", flops=1.75e11, median_ms=1.113, tflops=1.75e11 / 1.113e-3 / 1e12,
+               device_ms=0.756, pct_peak=15.9, extra={"peak_tflops": 989.4, "peak_source": "datasheet dense peak, H200"})
+    cpu = rec("explicit", problem="b1-q64-h2-d16-causal-fp32-cpu", timer="perf_counter", flops=1e9, median_ms=2.0,
+              tflops=0.5, device_ms=None)
+    assert cuda.rate() == pytest.approx(231.5, rel=1e-3) and cpu.rate() == 0.5
+    md = report.markdown_run(by_key([cuda, cpu]))
+    assert "TFLOP/s and % peak: by device time where a case has one (CUDA), else by the median." in md
+    row = next(line for line in md.splitlines() if "| triton-flash |" in line)
+    assert "| 231.5 | 23.4 |" in row, row  # not the median's 157.2 TFLOP/s (15.9%)
+    assert "| 0.5 |" in next(line for line in md.splitlines() if "| explicit |" in line)
+    (series,), = report.plot_series(by_key([cuda])).values()
+    assert series.points[0][1] == pytest.approx(231.5, rel=1e-3)
 
 
 def test_plots_are_skipped_with_a_message_when_matplotlib_is_missing(tmp_path, monkeypatch):

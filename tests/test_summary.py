@@ -233,6 +233,8 @@ def test_on_cuda_the_fastest_variant_is_ranked_by_device_time_and_says_so():
     assert (best.variant, best.median_ms, best.statistic) == ("launch-bound", 0.05, "device")
     assert best.runner_up == "fused +100.0%"
     assert "(device)" in summary._best_cells(best)[3]
+    # its TFLOP/s is by the same device time (1e9 FLOPs in 0.05 ms), not the record's median-based 1.0
+    assert best.tflops == pytest.approx(20.0) and summary._best_cells(best)[4] == "20"
     records["x"] = gpu("no-device-time", 0.35, None)  # one candidate without device time: all by the median
     (best,) = summary.best_per_workload(records)
     assert (best.variant, best.statistic) == ("fused", "median")
