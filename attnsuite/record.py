@@ -86,6 +86,9 @@ class CaseRecord:
     #   "stderr_tail": last lines of a crashed or timed-out worker's stderr
     #   "triton_configs": kernel name -> the tile config its autotuner chose for this case
     #              (triton_support.choices): one machine's choice can differ from another's
+    #   "gpu_state": CUDA: the GPU's SM clock, power, temperature and slowdown reasons before the
+    #              measurement ("start"), after the timed samples ("timed") and after device time
+    #              ("device-timed") (gpu_state.sample): a reading taken at a lower clock shows there
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

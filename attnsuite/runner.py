@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import flops as flopmod
-from . import decode_bench, memory, registry, timing, tolerance, triton_support, workloads
+from . import decode_bench, gpu_state, memory, registry, timing, tolerance, triton_support, workloads
 from .case import Case, DeviceInputs, prepare
 from .inputs import torch_dtype
 from .problem import Problem
@@ -394,9 +394,13 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
     # and the case is recorded as out of memory (memory.cpu_cap).
     cap = memory.cpu_cap(settings.mem_cap) if settings.mem_cap is not None and not timing.is_cuda(p.device) \
         else contextlib.nullcontext()
+    gpu = timing.is_cuda(p.device)
+    states = {"start": gpu_state.sample(p.device)} if gpu else {}
     try:
         with cap:
             result, (case, out) = _measure(bc, variant, settings, rec, clock)
+            if gpu:
+                states["timed"] = gpu_state.sample(p.device)
             problem_msg, check = check_numerics(case, bc.mode, out.detach(), settings.oracle_limit)
             rec.extra["numerics_check"] = check
             if problem_msg:
@@ -409,6 +413,7 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
             if settings.device_time and timing.is_cuda(p.device):
                 _measure_device_time(rec, case, p.device, result, bc.mode)
                 clock.lap("device-time")
+                states["device-timed"] = gpu_state.sample(p.device)
             case = None
     except Exception as exc:  # the case's failure is its outcome; the run goes on
         failed = True
@@ -424,6 +429,8 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
             _recover(p.device)
             clock.lap("recover")
     rec.extra["suite_s"] = {k: round(v, 4) for k, v in phases.items()}
+    if any(states.values()):  # the GPU's clock and power around the measurement (gpu_state)
+        rec.extra["gpu_state"] = {k: v for k, v in states.items() if v}
 
     if result is not None:
         _add_throughput(rec, result, settings, p)

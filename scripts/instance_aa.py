@@ -62,6 +62,9 @@ from attnsuite import baseline as bl  # noqa: E402
 from attnsuite import gate  # noqa: E402
 from attnsuite.combine import combine_instances, variant_matches  # noqa: E402
 from attnsuite.verdict import CONFIRMABLE, Comparison, ThresholdConfig, host_bound  # noqa: E402
+from attnsuite.gpu_state import describe  # noqa: E402
+from attnsuite.record import CaseRecord  # noqa: E402
+
 
 @dataclass
 class RunSummary:
@@ -115,6 +118,18 @@ def slowdown_caught(cmp: Comparison, base: bl.Run, exclude: list[str]) -> tuple[
     return caught, cases
 
 
+def gpu_clocks(rec: Optional[CaseRecord]) -> str:
+    """The GPU's state while a flagged case's samples were taken, first measurement and confirmation
+    (``extra["gpu_state"]["timed"]``, attnsuite.gpu_state), or "" where the record has none."""
+    if rec is None:
+        return ""
+    first = (rec.extra.get("gpu_state") or {}).get("timed")
+    second = ((rec.extra.get("confirm") or {}).get("extra") or {}).get("gpu_state", {}).get("timed")
+    if not first and not second:
+        return ""
+    return f"; GPU while timed: first {describe(first) or '-'}, confirmation {describe(second) or '-'}"
+
+
 def summarise(cmp: Comparison, base: bl.Run, cur: bl.Run, path: str, thresholds: ThresholdConfig,
               exclude: Optional[list[str]] = None) -> RunSummary:
     """The A/A figures of one judged run (see the module docstring); host-bound as the gate's rule
@@ -126,14 +141,15 @@ def summarise(cmp: Comparison, base: bl.Run, cur: bl.Run, path: str, thresholds:
             continue
         if v.time_change is not None:
             out.judged += 1
+        gpu = gpu_clocks(cur.records.get(v.key))
         if any(f in CONFIRMABLE for f in v.flags) or (v.confirmed is False):
             out.flagged_first += 1
             if not v.gating:  # cleared by its second measurement: shown, so a pattern can be seen
-                out.cleared.append(f"not confirmed {v.key}: {v.message[:160]}")
+                out.cleared.append(f"not confirmed {v.key}: {v.message[:160]}{gpu}")
         if v.gating:
             out.gating[v.verdict] = out.gating.get(v.verdict, 0) + 1
             if v.verdict != "missing":  # counted in the table; a cut run has hundreds
-                out.worst.append(f"{v.verdict} {v.key}: {v.message[:160]}")
+                out.worst.append(f"{v.verdict} {v.key}: {v.message[:160]}{gpu}")
         b, c = base.records.get(v.key), cur.records.get(v.key)
         if b is None or c is None or v.time_change is None or not v.statistic.startswith("device"):
             continue

@@ -19,12 +19,16 @@ sys.modules["instance_aa"] = aa
 spec.loader.exec_module(aa)
 
 
-def _cuda(variant: str, ms: float, launch: float = 0.1, confirm_ms: float | None = None):
+def _cuda(variant: str, ms: float, launch: float = 0.1, confirm_ms: float | None = None, mhz: tuple = ()):
     r = rec(variant, device_ms=ms, device_min_ms=ms, device_iqr_ms=0.0, device_method="cuda-graph",
             launch_fraction=launch)
+    if mhz:  # the GPU's clock while each measurement's samples were taken (attnsuite.gpu_state)
+        r.extra["gpu_state"] = {"timed": {"sm_mhz": mhz[0], "power_w": 700.0, "temp_c": 60}}
     if confirm_ms is not None:  # the run measured the case again after the others (confirmation)
         second = rec(variant, device_ms=confirm_ms, device_min_ms=confirm_ms, device_iqr_ms=0.0,
                      device_method="cuda-graph", launch_fraction=launch)
+        if mhz:
+            second.extra["gpu_state"] = {"timed": {"sm_mhz": mhz[1], "power_w": 450.0, "temp_c": 50}}
         r.extra["confirm"] = second.to_extra_info()
     return r
 
@@ -42,7 +46,8 @@ def test_a_series_counts_first_flags_gating_verdicts_and_the_host_bound_cases_de
     clean = write_result(tmp_path / "clean.json", [_cuda("a", 1.01), _cuda("b", 2.02), _cuda("c", 0.102, launch=0.95)])
     # b slower on its first measurement only (not confirmed): flagged first, not gating
     unconfirmed = write_result(tmp_path / "unconfirmed.json",
-                               [_cuda("a", 1.0), _cuda("b", 2.2, confirm_ms=2.01), _cuda("c", 0.1, launch=0.9)])
+                               [_cuda("a", 1.0), _cuda("b", 2.2, confirm_ms=2.01, mhz=(1755, 1980)),
+                                _cuda("c", 0.1, launch=0.9)])
     # a slower on both measurements: gating
     slower = tmp_path / "slower.json.gz"
     plain = write_result(tmp_path / "slower.json", [_cuda("a", 1.1, confirm_ms=1.1), _cuda("b", 2.0),
@@ -57,6 +62,8 @@ def test_a_series_counts_first_flags_gating_verdicts_and_the_host_bound_cases_de
     assert rows[str(unconfirmed)][:3] == ["3", "1", "none"]
     assert rows[str(slower)][:3] == ["3", "1", "1 slower"]
     assert "Runs with no gating verdict: 2 of 3. Flagged before confirmation: 2 of 9 cases judged (22.22%)." in out
+    # a cleared flag shows the GPU's clock while each of its two measurements was timed
+    assert "GPU while timed: first 1755 MHz, 700.0 W, 60 C, confirmation 1980 MHz, 450.0 W, 50 C" in out
     # the host-bound case that moved most is named with its signed change
     assert f"  {clean}: largest host-bound device-time change " in out and "/c/" in out and "(+2.00%)" in out
     assert md.read_text().startswith("| run | judged |")
