@@ -21,7 +21,8 @@
 #             CP_S (default 540) stops it, and CP_RESUME=1 in the next call carries it on
 #   isolation the correctness tests under pytest-xdist on a CUDA GPU: first the hostile variants
 #             (a segfault, a device-side assert, a hang) beside sdpa-flash, each of which must cost only
-#             its own tests, then test_correctness whole (HOSTILE_S, CORRECTNESS_S limit each)
+#             its own tests, then the GPU workflow's correctness step as it runs it (test_correctness and
+#             tests, both passes; CORRECTNESS_PATHS narrows it) (HOSTILE_S, CORRECTNESS_S limit each)
 #   abeval    scripts/ab_eval.py: AB_AA (default 5) A/A runs of `attnsuite ab --base HEAD` on unchanged code, then
 #             AB_VARIANT (default sdpa-flash) slowed 5% and 10% in the head rounds, over the full tier's
 #             AB_SELECT (default --attn-workload fa-sweep) for that variant; kept in /tmp/attnsuite-abeval, so
@@ -96,7 +97,8 @@ case "$call" in
       > "$work/isolation/hostile.log" 2>&1
     echo "hostile exit $?" | tee -a "$work/isolation/run.log"
     mkdir -p "$work/isolation/full"
-    OUT=$work/isolation/full PATHS=test_correctness timeout -s INT "${CORRECTNESS_S:-540}" bash scripts/gpu_correctness.sh \
+    OUT=$work/isolation/full PATHS=${CORRECTNESS_PATHS:-test_correctness tests} timeout -s INT "${CORRECTNESS_S:-540}" \
+      bash scripts/gpu_correctness.sh \
       > "$work/isolation/full/run.log" 2>&1
     echo "correctness exit $?" | tee -a "$work/isolation/run.log" ;;
   abeval)
