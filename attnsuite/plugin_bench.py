@@ -821,11 +821,9 @@ def summary_lines(records: list[CaseRecord]) -> list[str]:
             for r in sorted((r for r in recs if r.problem == problem), key=lambda r: (r.mode, r.variant)):
                 mib = None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20
                 mat = "-" if r.materialises is None else ("YES" if r.materialises else "no")
-                # the run's peak for the case (runner._add_throughput), against the shown rate
-                pct = r.pct_peak * r.rate() / r.tflops if r.pct_peak is not None and r.tflops and r.rate() else None
                 lines.append(
                     f"  {r.variant:<22} {r.mode:<8} {r.outcome:<8} {_fmt(r.median_ms, '10.4f')} "
-                    f"{_fmt(r.iqr_ms, '8.4f')} {_fmt(r.rate(), '8.4f')} {_fmt(pct, '6.1f')} "
+                    f"{_fmt(r.iqr_ms, '8.4f')} {_fmt(r.rate(), '8.4f')} {_fmt(r.rate_pct_peak(), '6.1f')} "
                     f"{_fmt(mib, '9.2f')} {mat:>10}  {r.backend}"
                 )
     return lines

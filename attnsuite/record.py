@@ -105,6 +105,11 @@ class CaseRecord:
             return self.flops / (self.device_ms * 1e-3) / 1e12
         return self.tflops
 
+    def rate_pct_peak(self) -> Optional[float]:
+        """``pct_peak`` (the run's own peak for the case) at the rate :meth:`rate` shows."""
+        rate = self.rate()
+        return self.pct_peak * rate / self.tflops if self.pct_peak is not None and self.tflops and rate else None
+
     def to_extra_info(self) -> dict[str, Any]:
         """A JSON-ready dict for pytest-benchmark's ``extra_info`` (with the case key)."""
         d = asdict(self)

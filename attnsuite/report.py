@@ -14,6 +14,7 @@ Text that is not the suite's own goes through :func:`md_escape`, the one escapin
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import defaultdict
@@ -278,6 +279,13 @@ def write_markdown(text: str, path: os.PathLike | str) -> str:
     """Write the markdown to ``path`` atomically; return the path."""
     atomic_write_text(path, text)
     return str(path)
+
+
+def write_summary(folder: os.PathLike | str, summary: dict, text: str) -> None:
+    """An evaluation's result (scripts/gate_eval.py, scripts/ab_eval.py): ``summary.json`` and its
+    markdown ``summary.md`` in ``folder``, each written atomically."""
+    atomic_write_text(os.path.join(folder, "summary.json"), json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(os.path.join(folder, "summary.md"), text)
 
 
 def append_step_summary(text: str, env: Optional[Mapping[str, str]] = None) -> Optional[str]:

@@ -410,7 +410,7 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
             # Device time last: its graph pool and side-stream caches must not be what the memory
             # probe sees (on an H200 they once turned four 52 GiB cases into out-of-memory), and its
             # replays rewrite the gradients the numerics check reads.
-            if settings.device_time and timing.is_cuda(p.device):
+            if settings.device_time and gpu:
                 _measure_device_time(rec, case, p.device, result, bc.mode)
                 clock.lap("device-time")
                 states["device-timed"] = gpu_state.sample(p.device)

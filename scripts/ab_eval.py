@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attnsuite import baseline as bl  # noqa: E402
+from attnsuite import report  # noqa: E402
+from attnsuite.combine import variant_matches  # noqa: E402
 
 MIN_MS = 0.2  # the issue's bound: a slowdown must be caught on cases of at least this much device time
 
@@ -90,10 +92,6 @@ def run_ab(args: argparse.Namespace, name: str, inject: Optional[tuple[str, floa
     return json.loads(json_path.read_text()), info
 
 
-def variant_of(key: str) -> str:
-    return key.split("/")[1] if key.count("/") >= 3 else ""
-
-
 def tally(runs: list[tuple[dict, dict]], min_ms: float) -> dict[str, Any]:
     """The A/A and injection figures of the runs (each: the A/B JSON and its info)."""
     aa = {"runs": 0, "runs_with_gating": 0, "cases_judged": 0, "false_alarms": 0, "alarms": []}
@@ -103,7 +101,7 @@ def tally(runs: list[tuple[dict, dict]], min_ms: float) -> dict[str, Any]:
         gating_here = 0
         for case in data.get("cases", []):
             judged = case.get("time_change") is not None
-            if inject and variant_of(case["key"]) == inject[0]:
+            if inject and variant_matches(case["key"], [inject[0]]):
                 slot = inj.setdefault(f"{inject[0]}={inject[1]:g}", {"variant": inject[0], "fraction": inject[1],
                                                                      "cases": 0, "caught": 0, "small": 0,
                                                                      "changes": [], "missed": []})
@@ -224,10 +222,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     summary = {**tally(runs, args.min_ms), "machine": machine_of(runs), "base": args.base, "rounds": args.rounds,
                "min_ms": args.min_ms, "selection": shlex.join(args.pytest_args) or "(the default tier)",
                "runs": [info for _, info in runs], "command": shlex.join([sys.executable] + sys.argv)}
-    out = Path(args.out)
-    bl.atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     text = markdown(summary)
-    bl.atomic_write_text(out / "summary.md", text)
+    report.write_summary(args.out, summary, text)
     print(text)
     return 0
 

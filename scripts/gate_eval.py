@@ -24,7 +24,6 @@ Writes OUT/summary.json and OUT/summary.md.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import subprocess
 import sys
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attnsuite import baseline as bl  # noqa: E402
-from attnsuite import gate  # noqa: E402
+from attnsuite import gate, report  # noqa: E402
 from attnsuite.combine import combine_runs  # noqa: E402
 from attnsuite.verdict import ThresholdsError  # noqa: E402
 
@@ -241,10 +240,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise SystemExit(f"gate_eval: {exc}") from None
     except bl.FingerprintMismatch as exc:
         raise SystemExit(f"gate_eval: the baseline's machine differs from the runs': {exc}") from None
-    out = Path(args.out)
-    bl.atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     text = markdown(summary)
-    bl.atomic_write_text(out / "summary.md", text)
+    report.write_summary(args.out, summary, text)
     print(text)
     return 0
 

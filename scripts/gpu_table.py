@@ -76,8 +76,7 @@ def main(argv: list[str]) -> None:
             mib = "-" if r.get("peak_mem_bytes") is None else f"{r['peak_mem_bytes'] / 2**20:.0f}"
             if r["outcome"] == "ok":
                 rec = CaseRecord.from_extra_info(r)
-                rate = rec.rate()  # the reports' one rule: device time where the record has one
-                pct = rec.pct_peak * rate / rec.tflops if rec.pct_peak is not None and rec.tflops and rate else None
+                rate, pct = rec.rate(), rec.rate_pct_peak()  # the reports' one rule: device time where there is one
                 dev = "-" if rec.device_ms is None else f"{rec.device_ms:.3f}"
                 figs = (f"{rec.median_ms:.3f} | {dev} | {'-' if rate is None else f'{rate:.1f}'} | "
                         f"{'-' if pct is None else f'{pct:.1f}'} | {mib}")
