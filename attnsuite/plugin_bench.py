@@ -177,12 +177,21 @@ def gpu_count(config: pytest.Config) -> int:
     return _number("--attn-gpus", text, int, 1, visible)
 
 
+def benchmark_json_path(config: pytest.Config) -> Optional[Path]:
+    """The file ``--benchmark-json`` names, or None. Some pytest-benchmark versions hand the option over as
+    an open file (argparse.FileType) and others as the path string: both come back as the path."""
+    value = config.getoption("benchmark_json", default=None)
+    if value is None or value == "":
+        return None
+    return Path(getattr(value, "name", value))
+
+
 def _journal_path(config: pytest.Config) -> Path:
     named = config.getoption("--attn-journal")
     if named:
         return Path(named)
-    json_path = config.getoption("benchmark_json", default=None)
-    if json_path:
+    json_path = benchmark_json_path(config)
+    if json_path is not None:
         return Path(f"{json_path}.journal.jsonl")
     return Path(config.rootpath) / ".attnsuite" / "journal.jsonl"
 

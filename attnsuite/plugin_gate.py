@@ -417,9 +417,9 @@ def _write_gate_json(config: pytest.Config, state: GateState, obj: dict[str, Any
 
 def _files(config: pytest.Config) -> list[tuple[str, str]]:
     """(what, path) of every file this session writes that a person opens next."""
-    out = []
-    for what, option in (("benchmark JSON", "benchmark_json"), ("gate diff", "--attn-markdown"),
-                         ("verdicts", "--attn-gate-json")):
+    json_path = plugin_bench.benchmark_json_path(config)
+    out = [("benchmark JSON", str(json_path))] if json_path is not None else []
+    for what, option in (("gate diff", "--attn-markdown"), ("verdicts", "--attn-gate-json")):
         value = config.getoption(option, default=None)
         if value:
             out.append((what, str(value)))

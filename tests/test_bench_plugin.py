@@ -198,3 +198,29 @@ def test_the_terminal_table_shows_tflops_and_peak_share_by_device_time_on_cuda()
     row = next(line for line in summary_lines([r]) if "triton-flash" in line).split()
     # median 1.113 ms stays the caller's figure; TFLOP/s 231.5 and 23.4% of the same peak by device time
     assert row[3:7] == ["1.1130", "0.0100", "231.4815", "23.4"], row
+
+
+class _Config:
+    """Just enough of pytest.Config for the option readers: getoption by name."""
+
+    def __init__(self, **options):
+        self.options = options
+
+    def getoption(self, name, default=None):
+        return self.options.get(name, default)
+
+
+@pytest.mark.parametrize("as_file", [False, True], ids=["given as a path string", "given as an open file"])
+def test_the_benchmark_json_path_and_the_journal_beside_it_name_the_file_however_pytest_benchmark_passes_it(
+        tmp_path, as_file):
+    # pytest-benchmark on the GPU image hands --benchmark-json over as an open file; its repr had
+    # been printed as the file's name, and the journal had gone to "<_io.BufferedWriter ...>.journal.jsonl"
+    from attnsuite import plugin_bench, plugin_gate
+
+    target = tmp_path / "run.json"
+    with open(target, "wb") as handle:
+        config = _Config(benchmark_json=handle if as_file else str(target), **{"--attn-journal": None})
+        assert plugin_bench.benchmark_json_path(config) == target
+        assert plugin_bench._journal_path(config) == tmp_path / "run.json.journal.jsonl"
+        assert plugin_gate._files(config) == [("benchmark JSON", str(target))]
+    assert plugin_bench.benchmark_json_path(_Config()) is None
