@@ -328,6 +328,20 @@ def noise_band(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> float:
     return _band(rel, floor, t)
 
 
+def host_abs_allowance(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> tuple[float, str]:
+    """(ms, note): the absolute change of host overhead per call that counts. Host overhead is the event
+    median minus the device time, so it cannot be read finer than the event time's own noise: the
+    allowance is ``host_abs_ms``, or the event time's noise band (its floor and IQR spread, without the
+    host-bound floor) times the longer event median where that is larger. A 12 ms step whose overhead
+    went from 0 to 0.06 ms has not changed (an H200 A/A run had flagged it); a 0.2 ms step's has."""
+    rel = [r.iqr_ms / r.median_ms for r in (base, cur) if r.iqr_ms is not None and r.median_ms]
+    medians = [r.median_ms for r in (base, cur) if r.median_ms]
+    of_event = _band(rel, t.time_floor, t) * max(medians) if medians else 0.0
+    if of_event > t.host_abs_ms:
+        return of_event, f" (the event time's noise at {fmt_ms(max(medians))})"
+    return t.host_abs_ms, ""
+
+
 def device_noise_band(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> float:
     """The noise band of device time: its own relative IQR; no host-bound floor (the host is not in it)."""
     rel = [r.device_iqr_ms / r.device_ms for r in (base, cur) if r.device_iqr_ms is not None and r.device_ms]
@@ -487,9 +501,10 @@ def _assess(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) -> _F
         # above the event median (a long memory-bound step replayed from a graph, a kernel-sum pass) it
         # is negative: no host overhead was seen, so it is judged as none, not as a change of -400%.
         b, c = max(0.0, base.host_overhead_ms), max(0.0, cur.host_overhead_ms)
-        f.hchange, way = beyond_allowance(b, c, t.host_floor, t.host_abs_ms)
+        abs_allow, of_event = host_abs_allowance(base, cur, t)
+        f.hchange, way = beyond_allowance(b, c, t.host_floor, abs_allow)
         what = (f"host overhead {fmt_ms(b)} -> {fmt_ms(c)}, allowed {t.host_floor * 100:.0f}% and "
-                f"{fmt_ms(t.host_abs_ms)}; {'gating' if t.host_gating else 'reported, not gating'}")
+                f"{fmt_ms(abs_allow)}{of_event}; {'gating' if t.host_gating else 'reported, not gating'}")
         if way:
             flag = "host-slower" if way > 0 else "host-faster"
             f.flags.append(flag)

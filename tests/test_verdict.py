@@ -306,6 +306,21 @@ def test_host_overhead_gets_its_own_flag_and_allowance(base_h, cur_h, flag):
     assert (flag in v.flags) if flag else v.flags == ("same",), v.message
 
 
+@pytest.mark.parametrize("event_ms, base_h, cur_h, flag", [
+    # H200 A/A (s13): a 12 ms fwd+bwd step's overhead read 0 then 0.059 ms: 0.5% of its event time
+    pytest.param(12.0, 0.0, 0.06, None, id="a 12 ms step whose overhead grew 0.06 ms is inside the event time's noise"),
+    pytest.param(12.0, 0.0, 0.30, None, id="a 12 ms step whose overhead grew 0.30 ms is inside its 3% noise"),
+    pytest.param(12.0, 0.0, 0.40, "host-slower", id="a 12 ms step whose overhead grew 0.40 ms is host-slower"),
+    pytest.param(0.50, 0.0, 0.06, "host-slower", id="a 0.5 ms step whose overhead grew 0.06 ms is host-slower"),
+    pytest.param(0.50, 0.0, 0.04, None, id="a 0.5 ms step whose overhead grew 0.04 ms is inside the 0.05 ms floor"),
+])
+def test_the_absolute_host_allowance_grows_with_the_event_times_noise(event_ms, base_h, cur_h, flag):
+    base = rec(median_ms=event_ms, min_ms=event_ms, iqr_ms=0.0, host_overhead_ms=base_h)
+    cur = rec(median_ms=event_ms, min_ms=event_ms, iqr_ms=0.0, host_overhead_ms=cur_h)
+    v = judge(base, cur, DEVICE_DEFAULTS["cuda"], device="cuda")
+    assert (flag in v.flags) if flag else v.flags == ("same",), v.message
+
+
 def test_host_overhead_is_reported_not_gating_by_default_and_gates_when_configured():
     base, cur = rec(host_overhead_ms=0.1), rec(host_overhead_ms=1.0)
     reported = judge(base, cur, DEVICE_DEFAULTS["cuda"], device="cuda")
