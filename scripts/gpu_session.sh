@@ -25,7 +25,7 @@
 #             tests, both passes; CORRECTNESS_PATHS narrows it) (HOSTILE_S, CORRECTNESS_S limit each)
 #   abeval    scripts/ab_eval.py: AB_AA (default 5) A/A runs of `attnsuite ab --base HEAD` on unchanged code, then
 #             AB_VARIANT (default sdpa-flash) slowed 5% and 10% in the head rounds, over the full tier's
-#             AB_SELECT (default --attn-workload fa-sweep) for that variant; kept in /tmp/attnsuite-abeval, so
+#             AB_SELECT (default --attn-workload fa-sweep) for that variant; kept in AB_DIR (default /tmp/attnsuite-abeval), so
 #             the next call on the same machine resumes it (AB_S limit, default 540)
 #   hosttests the CPU test command (scripts/test.sh's pytest: tests and test_correctness on the CPU,
 #             under xdist) on a host with a GPU, where CI never runs it: what a user's GPU workstation
@@ -33,6 +33,9 @@
 # STASH_PART=.carry/<set>-parts/part-N (carried in the same call) first stashes that part of a wheel
 # set too large for one call in /tmp/attnsuite-carry (scripts/carry_wheels.py); the call that runs
 # gpu_approximate.sh after the last part installs the set.
+# The archive $OUT/<call>.tgz is rewritten every PACK_S seconds (default 30) while the call runs, and
+# after each part: a call the device tool kills at its limit still returns what its parts had written
+# (s13 lost a whole isolation part that way, when the archive was packed only at the end).
 # Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation|abeval|hosttests
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +44,14 @@ final=${OUT:-results}
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 mkdir -p "$final"
+pack() {
+  # written aside and renamed: a kill during tar leaves the previous archive whole
+  nvidia-smi --query-gpu=index,name,clocks.sm,clocks.max.sm --format=csv > "$work/gpus.txt" 2>&1
+  tar -chzf "$final/.$call.tgz.part" -C "$work" . 2> /dev/null && mv -f "$final/.$call.tgz.part" "$final/$call.tgz"
+}
+( while sleep "${PACK_S:-30}"; do pack; done ) &
+packer=$!
+trap 'kill "$packer" 2> /dev/null; rm -rf "$work"' EXIT
 if [ -n "${STASH_PART:-}" ]; then
   python3 scripts/carry_wheels.py stash "$STASH_PART" /tmp/attnsuite-carry > "$work/stash.log" 2>&1
   echo "stash $STASH_PART exit $?" | tee -a "$work/stash.log"
@@ -96,20 +107,22 @@ case "$call" in
       --attn-only h-hang --attn-only sdpa-flash --attn-test-timeout 20 -k "test_forward or test_causal" -rsfE \
       > "$work/isolation/hostile.log" 2>&1
     echo "hostile exit $?" | tee -a "$work/isolation/run.log"
+    pack
     mkdir -p "$work/isolation/full"
     OUT=$work/isolation/full PATHS=${CORRECTNESS_PATHS:-test_correctness tests} timeout -s INT "${CORRECTNESS_S:-540}" \
       bash scripts/gpu_correctness.sh \
       > "$work/isolation/full/run.log" 2>&1
     echo "correctness exit $?" | tee -a "$work/isolation/run.log" ;;
   abeval)
-    mkdir -p "$work/abeval"
+    abdir=${AB_DIR:-/tmp/attnsuite-abeval}
+    mkdir -p "$work/abeval" "$abdir"
+    ln -s "$abdir" "$work/abeval/attnsuite-abeval"  # packed as it grows (tar -h)
     variant=${AB_VARIANT:-sdpa-flash}
     # shellcheck disable=SC2086
-    timeout -s INT "${AB_S:-540}" python3 scripts/ab_eval.py --out /tmp/attnsuite-abeval --resume --aa "${AB_AA:-5}" \
+    timeout -s INT "${AB_S:-540}" python3 scripts/ab_eval.py --out "$abdir" --resume --aa "${AB_AA:-5}" \
       --inject "$variant=0.05" --inject "$variant=0.10" -- --attn-tier full ${AB_SELECT:---attn-workload fa-sweep} \
       --attn-only "$variant" > "$work/abeval/run.log" 2>&1
-    echo "abeval exit $?" | tee -a "$work/abeval/run.log"
-    cp -r /tmp/attnsuite-abeval "$work/abeval/" 2> /dev/null ;;
+    echo "abeval exit $?" | tee -a "$work/abeval/run.log" ;;
   hosttests)
     mkdir -p "$work/hosttests"
     (
@@ -124,6 +137,6 @@ case "$call" in
     ) ;;
   *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, hosttests)" >&2; exit 2 ;;
 esac
-nvidia-smi --query-gpu=index,name,clocks.sm,clocks.max.sm --format=csv > "$work/gpus.txt" 2>&1
-tar -czf "$final/$call.tgz" -C "$work" .
+kill "$packer" 2> /dev/null; wait "$packer" 2> /dev/null
+pack
 for f in "$work"/*/run.log; do echo "--- $f"; tail -8 "$f"; done

@@ -10,6 +10,7 @@ About 1 s each.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,38 @@ def test_gpu_session_names_its_calls_when_given_an_unknown_one(tmp_path):
                           text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path)})
     assert done.returncode == 2, done.stderr
     assert "unknown call 'no-such-call'" in done.stderr and "isolation" in done.stderr, done.stderr
+
+
+def test_a_gpu_session_call_killed_at_its_limit_still_leaves_what_its_parts_wrote(tmp_path):
+    # The device tool kills a call at its limit and returns only what is under $OUT: s13 lost a whole
+    # isolation part when the archive was packed at the end only. Here the abeval call's Python is a
+    # stand-in that writes its log and then hangs; the call is killed like the tool kills it.
+    import signal
+    import tarfile
+    import time
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text("#!/bin/sh\necho 'ab_eval: aa1: {\"same\": 18}'\nexec sleep 60\n")
+    (fake / "python3").chmod(0o755)
+    out = tmp_path / "out"
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "OUT": str(out), "PACK_S": "1", "AB_DIR": str(tmp_path / "ab")}
+    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "gpu_session.sh"), "abeval"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    archive = out / "abeval.tgz"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if archive.is_file():
+                with tarfile.open(archive) as tar:
+                    names = tar.getnames()
+                    log = tar.extractfile("./abeval/run.log") if "./abeval/run.log" in names else None
+                    if log is not None and b"aa1" in log.read():
+                        break
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with tarfile.open(archive) as tar:
+        log = tar.extractfile("./abeval/run.log").read().decode()
+    assert "ab_eval: aa1" in log, f"the archive of a killed call lacks its part's log: {log!r}"
