@@ -124,8 +124,25 @@ PLUGIN_SOURCE = '''"""attnsuite ab: round selection and import probe (written by
 import json
 import os
 import sys
+import time
 
 import pytest
+
+# wall-clock marks (time.time(), comparable with the parent's) of where a round's time goes
+_MARKS = {"loaded": time.time()}
+
+
+def _write_probe(session):
+    path = os.environ.get("ATTNSUITE_AB_PROBE")
+    if not path:
+        return
+    where = {name: getattr(sys.modules.get(name), "__file__", None) for name in ("attnsuite", "attnsuite_impls")}
+    where["rootdir"] = str(session.config.rootpath)
+    where["selected"] = len(session.items)
+    where["marks"] = dict(_MARKS)
+    with open(path + ".part", "w", encoding="utf-8") as fh:
+        json.dump(where, fh)
+    os.replace(path + ".part", path)
 
 
 def _case(item):
@@ -147,14 +164,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    path = os.environ.get("ATTNSUITE_AB_PROBE")
-    if not path:
-        return
-    where = {name: getattr(sys.modules.get(name), "__file__", None) for name in ("attnsuite", "attnsuite_impls")}
-    where["rootdir"] = str(session.config.rootpath)
-    where["selected"] = len(session.items)
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(where, fh)
+    _MARKS["collected"] = time.time()
+    _write_probe(session)
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    _MARKS.setdefault("first_done", time.time())
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    _MARKS["finished"] = time.time()
+    _write_probe(session)
 '''
 
 
@@ -462,15 +483,35 @@ def round_specs(plan: AbPlan) -> list[RoundSpec]:
     return specs
 
 
+# (name, from mark, to mark): where a round's wall time went, from the probe plugin's marks and the
+# parent's own clock around the process ("start" and "end")
+_PHASES = (("start", "start", "collected"),  # interpreter, imports, plugins, collection
+           ("first case", "collected", "first_done"),  # benchmark worker start, calibration, the first case
+           ("other cases", "first_done", "finished"),
+           ("exit", "finished", "end"))  # reports, worker shutdown, the process's own teardown
+
+
+def round_phases(probe: Path, started: float, ended: float) -> dict[str, float]:
+    """Seconds of each phase of a round (:data:`_PHASES`), from its probe's wall-clock marks and the
+    parent's ``started``/``ended`` (time.time()); the phases a round did not reach are left out."""
+    try:
+        marks = json.loads(probe.read_text(encoding="utf-8")).get("marks") or {}
+    except (OSError, ValueError, AttributeError):
+        marks = {}
+    marks = {**{k: v for k, v in marks.items() if isinstance(v, (int, float))}, "start": started, "end": ended}
+    return {name: round(marks[b] - marks[a], 1) for name, a, b in _PHASES if a in marks and b in marks}
+
+
 def run_rounds(plan: AbPlan, runner: Runner = run_round, out=None) -> AbRounds:
     """Run every round of ``plan`` with ``runner`` (progress on ``out``); AbError when the head
     tree's selection runs no case (a base that has none of them is just an empty side)."""
     res = AbRounds(order=round_order(plan.rounds))
     specs = round_specs(plan)
     for spec in specs:
-        t0 = time.monotonic()
+        t0, wall0 = time.monotonic(), time.time()
         path = runner(spec)
         took = time.monotonic() - t0
+        phases = round_phases(spec.probe_path, wall0, time.time())
         res.seconds[spec.side] += took
         if path is None:
             if spec.side == "head":
@@ -483,10 +524,12 @@ def run_rounds(plan: AbPlan, runner: Runner = run_round, out=None) -> AbRounds:
             run = bl.load_results(path)
         res.runs[spec.side].append(run)
         res.files.append({"round": spec.index, "side": spec.side, "json": str(path) if path else None,
-                          "log": str(spec.log_path), "seconds": round(took, 1), "cases": len(run.records)})
+                          "log": str(spec.log_path), "seconds": round(took, 1), "cases": len(run.records),
+                          "phases": phases})
         if out is not None:
+            where = f" ({', '.join(f'{k} {v:.1f}' for k, v in phases.items())})" if phases else ""
             print(f"attnsuite ab: round {spec.index}/{len(specs)} {spec.side}: {len(run.records)} cases, "
-                  f"{took:.1f} s", file=out, flush=True)
+                  f"{took:.1f} s{where}", file=out, flush=True)
     return res
 
 

@@ -228,7 +228,23 @@ def test_the_round_plugin_keeps_only_the_listed_cases_and_probes_the_import(pyte
     res = pytester.runpytest("-p", ab.PLUGIN_MODULE, "-v", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1, deselected=2)
     assert "w/b/fwd/p1" in res.stdout.str()
-    assert json.loads(probe.read_text())["selected"] == 1
+    written = json.loads(probe.read_text())
+    assert written["selected"] == 1
+    marks = written["marks"]  # where the round's time went, in the order the round reached them
+    assert marks["loaded"] <= marks["collected"] <= marks["first_done"] <= marks["finished"], marks
+
+
+def test_a_rounds_phases_split_its_wall_time_at_the_probes_marks(tmp_path):
+    probe = tmp_path / "p.json"
+    probe.write_text(json.dumps({"marks": {"loaded": 101.0, "collected": 104.0, "first_done": 112.5,
+                                           "finished": 118.0}}))
+    phases = ab.round_phases(probe, 100.0, 129.0)
+    assert phases == {"start": 4.0, "first case": 8.5, "other cases": 5.5, "exit": 11.0}
+    assert sum(phases.values()) == pytest.approx(129.0 - 100.0)
+    # a round that stopped before its first case finished, or wrote no probe: only what it reached
+    probe.write_text(json.dumps({"marks": {"loaded": 101.0, "collected": 104.0}}))
+    assert ab.round_phases(probe, 100.0, 109.0) == {"start": 4.0}
+    assert ab.round_phases(tmp_path / "none.json", 100.0, 109.0) == {}
 
 
 @pytest.mark.parametrize("inside, ok", [(True, True), (False, False)])
@@ -476,4 +492,6 @@ def test_end_to_end_ab_of_head_against_itself_on_the_cpu_quick_tier(tmp_path):
         probe = json.loads(Path(f["json"][: -len(".json")] + ".probe.json").read_text())
         tree = base_tree if f["side"] == "base" else clone
         assert Path(probe["attnsuite"]).parent.parent == tree.resolve()
+        assert set(f["phases"]) == {"start", "first case", "other cases", "exit"}, f
+        assert sum(f["phases"].values()) == pytest.approx(f["seconds"], abs=0.5), f
     assert len(worktrees(clone)) == 1 and not base_tree.exists()
