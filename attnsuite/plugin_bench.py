@@ -178,12 +178,15 @@ def gpu_count(config: pytest.Config) -> int:
 
 
 def benchmark_json_path(config: pytest.Config) -> Optional[Path]:
-    """The file ``--benchmark-json`` names, or None. Some pytest-benchmark versions hand the option over as
-    an open file (argparse.FileType) and others as the path string: both come back as the path."""
+    """The file ``--benchmark-json`` names, or None. pytest-benchmark versions hand the option over as a
+    path (``Path`` or string) or as an open file (argparse.FileType, whose ``name`` is the path given):
+    each comes back as the path. (A ``Path``'s own ``name`` is only its last part: not used.)"""
     value = config.getoption("benchmark_json", default=None)
     if value is None or value == "":
         return None
-    return Path(getattr(value, "name", value))
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    return Path(value.name)
 
 
 def _journal_path(config: pytest.Config) -> Path:

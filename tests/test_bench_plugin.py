@@ -210,17 +210,20 @@ class _Config:
         return self.options.get(name, default)
 
 
-@pytest.mark.parametrize("as_file", [False, True], ids=["given as a path string", "given as an open file"])
+@pytest.mark.parametrize("given", ["str", "Path", "open file"])
 def test_the_benchmark_json_path_and_the_journal_beside_it_name_the_file_however_pytest_benchmark_passes_it(
-        tmp_path, as_file):
-    # pytest-benchmark on the GPU image hands --benchmark-json over as an open file; its repr had
-    # been printed as the file's name, and the journal had gone to "<_io.BufferedWriter ...>.journal.jsonl"
+        tmp_path, given):
+    # pytest-benchmark on the GPU image hands --benchmark-json over as an open file (its repr had been
+    # printed as the file's name, and the journal had gone to "<_io.BufferedWriter ...>.journal.jsonl");
+    # 5.3 hands over a Path, whose .name alone had put the journal in the current folder
     from attnsuite import plugin_bench, plugin_gate
 
-    target = tmp_path / "run.json"
+    target = tmp_path / "sub" / "run.json"
+    target.parent.mkdir()
     with open(target, "wb") as handle:
-        config = _Config(benchmark_json=handle if as_file else str(target), **{"--attn-journal": None})
+        value = {"str": str(target), "Path": target, "open file": handle}[given]
+        config = _Config(benchmark_json=value, **{"--attn-journal": None})
         assert plugin_bench.benchmark_json_path(config) == target
-        assert plugin_bench._journal_path(config) == tmp_path / "run.json.journal.jsonl"
+        assert plugin_bench._journal_path(config) == tmp_path / "sub" / "run.json.journal.jsonl"
         assert plugin_gate._files(config) == [("benchmark JSON", str(target))]
     assert plugin_bench.benchmark_json_path(_Config()) is None
