@@ -58,6 +58,30 @@ def read(path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional
     return entries
 
 
+def previous_path(path: os.PathLike | str) -> Path:
+    """Where a fresh run keeps an unfinished run's journal instead of overwriting it."""
+    return Path(f"{path}.prev")
+
+
+def _holds_cases(path: Path) -> bool:
+    """Whether the file has any line after its first (a journal with at least one finished case)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.readline()
+            return bool(fh.readline().strip())
+    except OSError:
+        return False
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that a kill left unfinished, so the next line appended starts a line of its own
+    (appended to the torn fragment, the next finished case would be unreadable too)."""
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if data and not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
 class Journal:
     """An open journal that finished cases are appended to."""
 
@@ -66,6 +90,13 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not (resume and self.path.is_file())
+        # a fresh run where an unfinished one left finished cases: kept aside, never overwritten unseen
+        self.kept_previous: Optional[Path] = None
+        if fresh and _holds_cases(self.path):
+            self.kept_previous = previous_path(self.path)
+            os.replace(self.path, self.kept_previous)
+        if not fresh:
+            _drop_torn_tail(self.path)
         self._fh = open(self.path, "w" if fresh else "a", encoding="utf-8")
         if fresh:
             self._write(_header(spec, fingerprint_id))

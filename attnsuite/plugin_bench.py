@@ -421,6 +421,10 @@ class BenchRunner:
         self.resumed = dict(self.config.stash.get(_RESUMED, {}))  # read and checked in pytest_configure
         self.journal = journal.Journal(_journal_path(self.config), self.spec.to_json(), fp["id"],
                                        resume=bool(self.config.getoption("--attn-resume")))
+        if self.journal.kept_previous is not None:
+            _say(self.config, f"attnsuite: an unfinished run's journal was kept as {self.journal.kept_previous} "
+                              f"(this run, without --attn-resume, starts {self.journal.path} afresh; to carry the "
+                              f"old one on, move it back and add --attn-resume)")
 
     def _run_job(self, bc: BenchCase):
         """The job that runs ``bc`` in a backend and journals its record at once (any thread)."""
@@ -696,10 +700,31 @@ def nothing_selected(config: pytest.Config, items: Sequence[Any], deselected: in
             "(pytest bench --benchmark-only --collect-only -q lists what a selection holds)")
 
 
+def _say(config: pytest.Config, line: str) -> None:
+    """One line on the terminal now (pytest's reporter where there is one)."""
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line(line)
+    else:
+        print(line, flush=True)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     why = nothing_selected(session.config, session.items, session.config.stash.get(_BENCH_DESELECTED, 0))
     if why:
         session.config.stash[_NOTHING_SELECTED] = why
+    resumed = session.config.stash.get(_RESUMED, None)
+    if resumed:
+        # Cases the journal holds but this session does not select would be dropped with the journal at
+        # the end (-k and other deselection are not in the run spec the journal checks).
+        selected = {bench_key(item) for item in session.items}
+        outside = sorted(k for k in resumed if k not in selected)
+        if outside:
+            where = _journal_path(session.config)
+            _fail_usage(f"--attn-resume: the journal {where} holds {len(outside)} finished case(s) that this "
+                        f"selection does not include (e.g. {', '.join(outside[:3])}): resume with the "
+                        "interrupted run's selection (the same -k and --attn-* options), or run without "
+                        f"--attn-resume to start over (the journal is then kept as {journal.previous_path(where)})")
 
 
 @pytest.hookimpl(trylast=True)

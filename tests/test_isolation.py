@@ -112,6 +112,17 @@ def test_a_killed_run_keeps_its_finished_cases_and_resume_runs_only_the_rest(pro
     kept = [json.loads(line)["key"] for line in journal.read_text().splitlines()[1:] if line.strip()]
     assert len(kept) >= 3 and not out.exists()
 
+    # resuming with a narrower -k would drop the journal's other cases with it: refused, journal intact
+    before = journal.read_text()
+    narrower = subprocess.run([sys.executable, "-m", "pytest", *args, "--attn-resume", "-k",
+                               f"not {kept[0].split('/')[1]}"], cwd=project, env=env, capture_output=True, text=True,
+                              timeout=600)
+    assert narrower.returncode == pytest.ExitCode.USAGE_ERROR, narrower.stdout[-2000:] + narrower.stderr[-2000:]
+    assert "finished case(s) that this selection does not include" in narrower.stderr, narrower.stderr[-2000:]
+    assert journal.read_text() == before and not out.exists()
+    # a kill mid-write leaves a torn last line: resuming must not glue the next case onto it
+    journal.write_text(before + '{"key": "torn')
+
     done = subprocess.run([sys.executable, "-m", "pytest", *args, "--attn-resume"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:]

@@ -1,0 +1,54 @@
+"""The run journal (attnsuite/journal.py): what a kill, a resume and a fresh run do to the file.
+
+A journal holds hours of finished GPU cases: a torn last line must cost only that case, and a fresh
+run started on the same path must not overwrite an unfinished run's cases unseen.
+"""
+
+from __future__ import annotations
+
+import json
+
+from attnsuite import journal
+
+SPEC = {"tier": "quick", "device": "cpu"}
+
+
+def _entry(key: str) -> dict:
+    return {"record": {"case": key, "outcome": "ok"}, "samples": [1.0], "timer": "perf_counter", "warmup": 1}
+
+
+def _write(path, keys) -> None:
+    j = journal.Journal(path, SPEC, "fp", resume=False)
+    for k in keys:
+        j.append(k, _entry(k))
+    j.close()
+
+
+def test_a_resumed_journal_cuts_a_torn_last_line_so_the_next_case_is_readable(tmp_path):
+    path = tmp_path / "run.journal.jsonl"
+    _write(path, ["w/a/fwd/p"])
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('{"key": "w/b/fwd/p", "rec')  # killed mid-write
+    j = journal.Journal(path, SPEC, "fp", resume=True)
+    j.append("w/c/fwd/p", _entry("w/c/fwd/p"))
+    j.close()
+    assert set(journal.read(path, SPEC, "fp")) == {"w/a/fwd/p", "w/c/fwd/p"}
+    assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_a_fresh_run_keeps_an_unfinished_runs_journal_aside_instead_of_overwriting_it(tmp_path):
+    path = tmp_path / "run.journal.jsonl"
+    _write(path, ["w/a/fwd/p", "w/b/fwd/p"])
+    j = journal.Journal(path, SPEC, "fp", resume=False)
+    j.close()
+    assert j.kept_previous == journal.previous_path(path)
+    assert set(journal.read(j.kept_previous, SPEC, "fp")) == {"w/a/fwd/p", "w/b/fwd/p"}
+    assert journal.read(path, SPEC, "fp") == {}
+
+
+def test_a_journal_with_no_finished_case_is_simply_started_over(tmp_path):
+    path = tmp_path / "run.journal.jsonl"
+    _write(path, [])
+    j = journal.Journal(path, SPEC, "fp", resume=False)
+    j.close()
+    assert j.kept_previous is None and not journal.previous_path(path).exists()
