@@ -30,6 +30,7 @@ import traceback
 from typing import Any, Callable, Optional
 
 from .isolation import EXIT_POISONED, recv_fd, send
+from .parent_watch import exit_with_parent
 
 
 def cuda_health(device: str) -> Optional[str]:
@@ -261,6 +262,9 @@ class Worker:
 def main(argv: list[str]) -> int:
     """The worker's message loop; returns its exit status."""
     request_fd, reply_fd = int(argv[1]), int(argv[2])
+    # the worker leads a session of its own (isolation.py); if the suite is killed, a case hanging
+    # here must not keep running: the watch kills the worker and any helper it started
+    exit_with_parent(os.getppid(), whole_group=True)
     os.dup2(2, 1)  # a variant's prints go to the log, never into the reply pipe
     out = os.fdopen(reply_fd, "wb")
     worker = Worker()

@@ -319,3 +319,43 @@ def test_a_worker_starts_without_touching_the_gpu_and_sets_it_up_once_at_its_fir
         for _ in range(2):
             assert worker.run("a-case")["record"]["outcome"] == "skipped"
         assert made == expect, f"on {device} two requests did {made}"
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_worker_stuck_in_a_hanging_case_ends_when_the_suite_is_killed(project, sig):
+    # SIGTERM is what timeout, a cancelled CI job or a scheduler sends; the worker leads a session of
+    # its own, so nothing else would end it, and on a GPU it would hold the device beside the next run
+    args = _args(project, ("h-hang",), "--attn-timeout=300", "--attn-mode=fwd")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=project, env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not workers:
+            time.sleep(0.5)
+            found = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "attnsuite.worker"], capture_output=True,
+                                   text=True)
+            workers = [int(p) for p in found.stdout.split()]
+        assert workers, "no benchmark worker started"
+        time.sleep(3)  # into the hanging case
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        alive = workers
+        while time.monotonic() < deadline and alive:
+            time.sleep(0.25)
+            alive = [p for p in workers if _alive(p)]
+        assert not alive, f"worker(s) {alive} outlived the suite killed by {sig.name}"
+    finally:
+        for p in workers:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return False

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-import time
 import traceback
 from datetime import timedelta
 from typing import Optional
@@ -19,32 +17,10 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from ..parent_watch import exit_with_parent
 from .variant import RankContext
 
 STOP = None  # the command that ends a rank's loop
-
-
-PARENT_POLL_S = 0.5
-
-
-def exit_with_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
-    """End this process soon after ``parent_pid`` is gone.
-
-    A rank is a daemon process, which its parent ends only when it exits normally. A parent killed
-    by a crash or a time limit (a pytest-xdist worker past ``--attn-test-timeout``, a benchmark
-    worker killed by the suite) leaves its ranks running; a forked rank also holds a copy of every
-    file descriptor of its parent, and an xdist controller waits on those for the dead worker's
-    pipe to close, so the whole run would hang. A thread (not ``PR_SET_PDEATHSIG``, which fires
-    when the *thread* that forked the rank ends) polls for the parent and exits the rank.
-    """
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(poll_s)
-        os._exit(1)
-
-    thread = threading.Thread(target=watch, name="attnsuite-rank-parent-watch", daemon=True)
-    thread.start()
-    return thread
 
 
 def rank_main(rank: int, world_size: int, device: str, host: str, port: int, timeout_s: float,
