@@ -797,6 +797,27 @@ def _same_content(path: Path, data: bytes) -> bool:
         return False
 
 
+def output_problem(path: os.PathLike | str) -> Optional[str]:
+    """Why a file cannot be written at ``path`` (checked before a run, so a bad output option costs no
+    benchmark time), or None. A missing folder is fine (the writers create it); the nearest folder
+    that exists must take a new file, which is tried, not guessed from mode bits (root passes those)."""
+    p = Path(os.path.realpath(path))
+    if p.is_dir():
+        return "is a folder, expected a file to write"
+    folder = p.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".attnsuite-probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"cannot write in {folder} ({exc.strerror or exc})"
+    return None
+
+
 def atomic_write_text(path: os.PathLike | str, text: str) -> bool:
     """Write ``text`` to ``path`` atomically; return False when the file already held it.
 

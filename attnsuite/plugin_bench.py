@@ -220,6 +220,13 @@ def pytest_configure(config: pytest.Config) -> None:
     named = config.getoption("--attn-journal")
     if named and Path(named).is_dir():
         _fail_usage(f"--attn-journal {named}: is a directory")
+    json_path = benchmark_json_path(config)
+    if json_path is not None:
+        why = baseline.output_problem(json_path)
+        if why:
+            _fail_usage(f"--benchmark-json {json_path}: {why}")
+        # pytest-benchmark writes it after every case has run, into a folder that must exist by then
+        json_path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def benchmarks_requested(config: pytest.Config) -> bool:

@@ -121,9 +121,11 @@ def check_path_options(config: pytest.Config) -> None:
             raise _usage("--attn-thresholds", t, "no such file")
         if not Path(t).is_file():
             raise _usage("--attn-thresholds", t, "is not a file")
-    j = config.getoption("--attn-gate-json")
-    if j and Path(j).is_dir():
-        raise _usage("--attn-gate-json", j, "is a folder, expected a file to write")
+    for option in ("--attn-gate-json", "--attn-markdown"):
+        target = config.getoption(option)
+        why = bl.output_problem(target) if target else None
+        if why:
+            raise _usage(option, target, why)
 
 
 @pytest.hookimpl(trylast=True)
@@ -450,9 +452,12 @@ def _session_records(config: pytest.Config) -> dict[str, Any]:
 def _write_markdown(config: pytest.Config, state: GateState, text: str) -> None:
     md_path = config.getoption("--attn-markdown")
     if md_path:
-        report.write_markdown(text, md_path)
+        try:
+            report.write_markdown(text, md_path)
+            state.lines.append(f"markdown diff written to {md_path}")
+        except OSError as exc:  # checked before the run; a disk that filled since must not lose the verdict
+            state.lines.append(f"could not write the markdown diff {md_path}: {exc}")
         report.append_step_summary(text)
-        state.lines.append(f"markdown diff written to {md_path}")
 
 
 @pytest.hookimpl(trylast=True)

@@ -152,6 +152,11 @@ def test_resume_refuses_a_journal_written_with_other_options(pytester, project):
     ("--attn-timeout", "nan", "between 0 and"),
     ("--attn-inject-slowdown", "nosuch=0.1", "--attn-inject-slowdown"),
     ("--attn-gpus", "2", "only with --attn-device cuda"),
+    # output files: refused before any case runs, not found unwritable after the whole run
+    ("--attn-markdown", "hostile.py/gate.md", "is not a folder"),
+    ("--attn-markdown", "/proc/gate.md", "cannot write in /proc"),
+    ("--attn-gate-json", "bench", "is a folder, expected a file to write"),
+    ("--benchmark-json", "hostile.py/out.json", "is not a folder"),
 ])
 def test_a_bad_option_value_is_a_usage_error_naming_the_option(pytester, project, option, value, words):
     result = pytester.runpytest_subprocess("bench", "--benchmark-only", "-p", "no:cacheprovider", f"{option}={value}")
@@ -359,3 +364,11 @@ def _alive(pid: int) -> bool:
             return fh.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_a_benchmark_json_in_a_folder_that_does_not_exist_yet_is_written(pytester, project):
+    # pytest-benchmark writes the file after every case has run: its folder is made before the run
+    out = project / "new" / "sub" / "out.json"
+    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), f"--benchmark-json={out}", "--attn-mode=fwd"))
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
+    assert benchmark_entries(json.loads(out.read_text()))
