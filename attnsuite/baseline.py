@@ -954,6 +954,9 @@ class Run:
     foreign: int = 0  # benchmarks in a result file that carry no attnsuite record
     duplicates: list[str] = field(default_factory=list)
     calibration: Optional[dict[str, Any]] = None  # the instance calibration probes of the run
+    # what the run selected (verdict.Scope.to_json), stored by the pytest gate: a later compare of this
+    # file judges the same cases as the run's own gate did (None: a file without it, or a baseline)
+    scope: Optional[dict[str, Any]] = None
 
     @property
     def label(self) -> str:
@@ -1059,6 +1062,14 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
             if problems:
                 raise ResultFileError(where, "; ".join(problems[:5]))
             calibration = dict(calibration) or None
+    scope = meta.get("scope") if isinstance(meta, dict) else None
+    if scope is not None:
+        from .verdict import Scope  # verdict does not import this module: no cycle
+
+        try:
+            Scope.from_json(scope, "attnsuite.scope")
+        except ValueError as exc:
+            raise ResultFileError(where, str(exc)) from None
     # cases without samples (skipped, out of memory, failed) are kept beside pytest-benchmark's list,
     # so its own `compare` does not show them as 0 ns results (plugin_bench.pytest_benchmark_update_json)
     unmeasured = meta.get(UNMEASURED_KEY) if isinstance(meta, dict) else None
@@ -1086,7 +1097,7 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
             dups.append(rec.key)
         records[rec.key] = rec
     return Run(records=records, fingerprint=fp, path=path, kind="result", foreign=foreign, duplicates=dups,
-               calibration=calibration)
+               calibration=calibration, scope=dict(scope) if scope is not None else None)
 
 
 def _gunzip(raw: bytes, p: Path) -> bytes:

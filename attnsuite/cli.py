@@ -18,17 +18,19 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from . import baseline as bl
 from . import ab, gate, report, summary
 from .combine import WIDE_SPREAD, combine_runs
+from .record import CaseRecord
 from .verdict import Comparison, Scope, ThresholdsError, load_thresholds
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
 
 
-def _judge(old: bl.Run, new: bl.Run, args: argparse.Namespace, scope: Optional[Scope] = None) -> Comparison:
+def _judge(old: bl.Run, new: bl.Run, args: argparse.Namespace,
+           scope: Optional[Union[Scope, Callable[[CaseRecord], bool]]] = None) -> Comparison:
     """The one compare path (:func:`attnsuite.gate.judge_runs`) with the one thresholds rule; the
     baselines folder in play is the reference file's folder."""
     cfg, _ = gate.thresholds_for(args.thresholds, Path(old.path).parent if old.path else None)
@@ -62,9 +64,17 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
     new = bl.load_run(args.new)
     scope = None
     if args.workload or args.variant:
-        scope = Scope(workloads=frozenset(args.workload) or None, variants=frozenset(args.variant) or None)
-        old.records = {k: r for k, r in old.records.items() if r in scope}
-        new.records = {k: r for k, r in new.records.items() if r in scope}
+        for option, names, field in (("--workload", args.workload, "workload"), ("--variant", args.variant, "variant")):
+            present = {getattr(r, field) for run in (old, new) for r in run.records.values()}
+            unknown = sorted(set(names or ()) - present)
+            if unknown:  # a typo would otherwise pass the gate judging nothing
+                raise ValueError(f"{option} {', '.join(unknown)}: no case of either file has it "
+                                 f"(they have: {', '.join(sorted(present)) or 'none'})")
+        narrow = Scope(workloads=frozenset(args.workload) or None, variants=frozenset(args.variant) or None)
+        old.records = {k: r for k, r in old.records.items() if r in narrow}
+        new.records = {k: r for k, r in new.records.items() if r in narrow}
+        stored = gate.run_scope(new)  # and what the new run itself selected
+        scope = lambda rec: rec in narrow and rec in stored  # noqa: E731
     cmp = _judge(old, new, args, scope)
     _emit(cmp, args, out)
     return EXIT_GATE if cmp.failed and args.gate == "enforce" else EXIT_OK

@@ -71,6 +71,14 @@ def _label(run: bl.Run) -> str:
     return str(run.path) if run.path else run.kind
 
 
+def run_scope(run: bl.Run) -> Scope:
+    """Which cases ``run`` answers for: the selection its own gate stored in its JSON, else (a file
+    written without one) everything of the tiers it ran. A baseline case outside is not missing."""
+    if run.scope is not None:
+        return Scope.from_json(run.scope, "attnsuite.scope")  # checked when the file was read
+    return Scope.tiers_of(run.records)
+
+
 def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
                scope: Optional[Union[Scope, Callable[[CaseRecord], bool]]] = None, allow_mismatch: bool = False,
                notes: Iterable[str] = ()) -> Comparison:
@@ -78,7 +86,7 @@ def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
 
     Raises :class:`~attnsuite.baseline.FingerprintMismatch` for machines that must not be compared
     (unless ``allow_mismatch``). ``scope`` limits which baseline cases count as missing when absent
-    from ``cur`` (default: the tiers ``cur`` ran). The device kind comes from the fingerprints.
+    from ``cur`` (default: :func:`run_scope`, what ``cur`` selected). The device kind comes from the fingerprints.
     """
     all_notes = list(notes)
     all_notes += bl.check_compatible(base.fingerprint, cur.fingerprint, allow_mismatch=allow_mismatch)
@@ -92,8 +100,9 @@ def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
     if device == "cuda" and not any(r.device_ms for r in base.records.values() if r.outcome == "ok"):
         all_notes.append(f"{_label(base)} was recorded without device time (event timing only): on CUDA "
                          "its times are not gated; outcomes, missing cases and memory are")
-    cmp = compare(base.records, cur.records, thresholds=thresholds, device=device,
-                  scope=scope if scope is not None else Scope.tiers_of(cur.records), notes=all_notes)
+    if scope is None:
+        scope = run_scope(cur)
+    cmp = compare(base.records, cur.records, thresholds=thresholds, device=device, scope=scope, notes=all_notes)
     cmp.baseline_label = _label(base)
     cmp.current_label = _label(cur) if cur.path else "this run"
     cmp.base_calibration = _calibration(base)

@@ -57,6 +57,7 @@ class GateState:
         self.selected_keys: Optional[frozenset[str]] = None  # case keys of the collected benchmark items
         self.probing = False  # building a JSON object for the gate's own use: not the run's JSON
         self.no_baseline: list[str] = []  # why there was no comparison (the last screen says it)
+        self.session: Optional[pytest.Session] = None  # set when collection finishes
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -195,6 +196,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     keys = {key for key in map(plugin_bench.bench_key, session.items) if key is not None}
     state.selected_keys = frozenset(keys) if keys else None
+    state.session = session
 
 
 def _option(config: pytest.Config, name: str) -> Any:
@@ -238,6 +240,16 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output
     # cases that produced no samples (out of memory, errors) first; the gate judges exactly this.
     state = config.stash.get(_STATE, None)
     if state is not None and not state.probing:
+        meta = output_json.get("attnsuite")
+        if isinstance(meta, dict):
+            # the selection travels with the file: `attnsuite compare` and `report` of it later judge the
+            # same cases as this gate (a partial run's file had read as hundreds of "missing" cases)
+            try:
+                interrupted = bool(state.session is not None and _interrupted(state.session))
+                run = _run_of({"benchmarks": output_json.get("benchmarks", []), "attnsuite": meta})
+                meta["scope"] = scope_of(config, run, state, interrupted).to_json()
+            except (bl.ResultFileError, ValueError) as exc:  # the JSON is written regardless
+                state.lines.append(f"the run's selection was not stored in its JSON: {exc}")
         state.json_obj = {
             "benchmarks": [{"name": b.get("fullname") or b.get("name"), "extra_info": b.get("extra_info")}
                            for b in output_json.get("benchmarks", []) if isinstance(b, dict)],

@@ -701,6 +701,40 @@ class Scope:
                 return False
         return True
 
+    _SETS = ("variants", "workloads", "tiers", "modes", "dtypes", "devices", "keys")
+
+    def to_json(self) -> dict[str, Any]:
+        """The selection as stored in a run's JSON (``attnsuite.scope``): only the fields that narrow it."""
+        out: dict[str, Any] = {name: sorted(getattr(self, name)) for name in self._SETS
+                               if getattr(self, name) is not None}
+        if self.pairs is not None:
+            out["pairs"] = sorted([w, v] for w, v in self.pairs)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "scope") -> "Scope":
+        """The inverse of :meth:`to_json`; ``ValueError`` naming the field when ``obj`` is not one."""
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"{where} is {type(obj).__name__}, expected an object")
+        unknown = sorted(set(obj) - set(cls._SETS) - {"pairs"})
+        if unknown:
+            raise ValueError(f"{where} has unknown field(s) {unknown}")
+        kw: dict[str, Any] = {}
+        for name in cls._SETS:
+            value = obj.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{where}.{name} must be a list of strings")
+            kw[name] = frozenset(value)
+        pairs = obj.get("pairs")
+        if pairs is not None:
+            if not isinstance(pairs, list) or not all(
+                    isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs):
+                raise ValueError(f"{where}.pairs must be a list of [workload, variant] pairs")
+            kw["pairs"] = frozenset((w, v) for w, v in pairs)
+        return cls(**kw)
+
     @classmethod
     def of_run(cls, records: Mapping[str, CaseRecord]) -> "Scope":
         """The scope of a filtered run: the (workload, variant) pairs (and tiers) it produced."""

@@ -184,3 +184,25 @@ def test_compare_labels_the_judged_device_statistic_and_shows_the_median_beside_
     _, out = run_cli("compare", old, worse)
     row = next(l for l in out.splitlines() if l.startswith("slower"))
     assert "device median" in row and "1.000 ms -> 1.300 ms" in row
+
+
+@pytest.mark.parametrize("option", ["--workload", "--variant"])
+def test_compare_with_a_filter_that_matches_no_case_is_an_error_naming_it(tmp_path, option):
+    # a typo would otherwise "pass (no cases)" and a CI gate would judge nothing
+    old = write_result(tmp_path / "o.json", [rec("a", workload="w1")])
+    code, _ = run_cli("compare", old, old, option, "nosuch")
+    assert code == 2
+
+
+def test_compare_judges_only_what_the_new_run_selected_as_stored_in_its_json(tmp_path):
+    old = write_result(tmp_path / "o.json", [rec("a", workload="w1"), rec("a", workload="w2"), rec("b", workload="w1")])
+    new = write_result(tmp_path / "n.json", [rec("a", workload="w1")])
+    obj = json.loads(new.read_text())
+    obj["attnsuite"]["scope"] = {"workloads": ["w1"]}  # as a run with --attn-workload w1 stores it
+    new.write_text(json.dumps(obj))
+    code, out = run_cli("compare", old, new)
+    assert code == 1 and "w1/b/" in out and "w2/a/" not in out, out  # b is selected and missing; w2 is outside
+    obj["attnsuite"]["scope"] = {"workloads": "w1"}
+    new.write_text(json.dumps(obj))
+    code, _ = run_cli("compare", old, new)
+    assert code == 2  # a malformed stored selection is a bad file, named

@@ -9,6 +9,7 @@ if that option's scoping broke, it would be, and the run would fail.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ WIDE = {"version": 1, "default": {}, "device": {"cpu": {"time_floor": 100.0, "sp
                                                          "mem_abs_bytes": 8388608, "statistic": "min"}},
         "workload": {}, "case": {}}
 COMMON = ("bench", "--benchmark-only", "-p", "no:cacheprovider", "--attn-no-confirm", "--attn-baseline=base.json",
-          "--attn-thresholds=wide.json")
+          "--attn-thresholds=wide.json", "--benchmark-json=run.json")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,9 @@ def bench(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, recorded: 
         assert key not in obj["cases"]
         obj["cases"][key] = entry
         base.write_text(json.dumps(obj))
-        return pytester.runpytest(*COMMON, *TINY, *args)
+        res = pytester.runpytest(*COMMON, *TINY, *args)
+        res.workdir = pytester.path  # where base.json and the run's run.json are
+        return res
 
     return run
 
@@ -78,6 +81,14 @@ def _assert_judged_only_the_selection(res: pytest.RunResult, outside: int = 1) -
     assert res.ret == 0, out[-3000:]
     assert "missing" not in out.split("attnsuite regression gate")[-1], out[-3000:]
     res.stdout.fnmatch_lines([f"pass (*same)*; {outside} baseline cases outside this run's scope"])
+    # the run's JSON carries its selection: `attnsuite compare` of the same two files judges the same
+    # cases (it had called every case outside a partial run's selection missing)
+    from attnsuite import cli
+
+    text = io.StringIO()
+    status = cli.main(["compare", str(res.workdir / "base.json"), str(res.workdir / "run.json"),
+                       "--thresholds", str(res.workdir / "wide.json")], out=text)
+    assert status == 0 and "missing" not in text.getvalue(), text.getvalue()[-3000:]
 
 
 CASES = [
