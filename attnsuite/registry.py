@@ -25,12 +25,13 @@ from typing import Any, Callable, ClassVar, Iterable, Optional
 
 import torch
 
-from .problem import Problem
+from .problem import MASK_KINDS, Problem
 from .tolerance import ACCURACY_CLASSES
 
 KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 ALL_DTYPES = frozenset({"float64", "float32", "bfloat16", "float16"})
+DEVICES = frozenset({"cpu", "cuda"})  # device types a variant may declare (problem.device before any ":N")
 # Feature names a variant may declare; each gates one kind of problem (see Variant.unsupported).
 FEATURES = frozenset(
     {
@@ -237,9 +238,19 @@ def register(variant):
             f"variant name {instance.name!r} is already registered by {type(existing).__module__}."
             f"{type(existing).__name__}"
         )
-    bad = set(instance.features) - FEATURES
-    if bad:
-        raise ValueError(f"variant {instance.name!r} declares unknown features {sorted(bad)}")
+    # A misspelt declaration (masks={"causl"}, devices={"CPU"}, dtypes={"fp32"}) would make every
+    # problem "unsupported": all of the variant's tests skipped, and the run green having checked nothing.
+    for attr, known in (("features", FEATURES), ("masks", frozenset(MASK_KINDS)), ("dtypes", ALL_DTYPES),
+                        ("devices", DEVICES), ("backward_devices", DEVICES)):
+        declared = getattr(instance, attr)
+        if declared is None and attr == "backward_devices":
+            continue
+        if isinstance(declared, (str, bytes)) or not all(isinstance(x, str) for x in declared):
+            raise ValueError(f"variant {instance.name!r}: {attr} must be a set of names, got {declared!r}")
+        bad = set(declared) - known
+        if bad:
+            raise ValueError(f"variant {instance.name!r} declares unknown {attr} {sorted(bad)}; known: "
+                             f"{', '.join(sorted(known))}")
     if instance.accuracy not in ACCURACY_CLASSES:
         raise ValueError(f"variant {instance.name!r} declares unknown accuracy class {instance.accuracy!r}; "
                          f"known: {', '.join(ACCURACY_CLASSES)} (attnsuite/tolerance.py)")

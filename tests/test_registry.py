@@ -29,13 +29,20 @@ def test_duplicate_name_from_another_class_is_refused():
         registry.register(Clash)
 
 
-def test_unknown_feature_is_refused():
-    class Odd(registry.KernelVariant):
-        name = "odd-feature"
-        features = frozenset({"telepathy"})
-
-    with pytest.raises(ValueError, match="unknown features"):
+@pytest.mark.parametrize("attr, value, words", [
+    ("features", frozenset({"telepathy"}), "unknown features ['telepathy']"),
+    # each of these had been accepted, and every problem then skipped: a green run that checked nothing
+    ("masks", frozenset({"causl"}), "unknown masks ['causl']"),
+    ("dtypes", frozenset({"fp32"}), "unknown dtypes ['fp32']"),
+    ("devices", frozenset({"CPU"}), "unknown devices ['CPU']"),
+    ("backward_devices", frozenset({"gpu"}), "unknown backward_devices ['gpu']"),
+    ("masks", "causal", "masks must be a set of names"),
+])
+def test_a_misspelt_declaration_is_refused_naming_it(attr, value, words):
+    Odd = type("Odd", (registry.KernelVariant,), {"name": f"odd-{attr}", attr: value})
+    with pytest.raises(ValueError) as exc:
         registry.register(Odd)
+    assert words in str(exc.value) and f"odd-{attr}" in str(exc.value), exc.value
 
 
 def test_unsupported_reasons_name_each_missing_capability():
