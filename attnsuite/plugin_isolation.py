@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import math
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -54,7 +56,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("attnsuite")
     group.addoption("--attn-test-timeout", type=float, default=DEFAULT_TEST_TIMEOUT_S, metavar="SECONDS",
                     help="with pytest-xdist (-n N): a test that runs longer ends its worker, fails as having run "
-                         "past the limit, and its variant's other tests are skipped "
+                         "past the limit, and its variant's other tests are skipped; without xdist it ends the "
+                         "run, naming the test "
                          f"(default {DEFAULT_TEST_TIMEOUT_S:g}; 0 = no limit)")
 
 
@@ -74,6 +77,8 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = None
     if workerinput is None:
         config.pluginmanager.register(CrashController(), "attnsuite-crash-controller")
+        if not getattr(config.option, "numprocesses", None) and timeout and math.isfinite(timeout):
+            config.pluginmanager.register(InProcessLimit(timeout), "attnsuite-in-process-limit")
     elif workerinput.get(LEDGER_KEY):
         worker = CrashWorker(Path(workerinput[LEDGER_KEY]), str(workerinput.get("workerid")), timeout)
         config.pluginmanager.register(worker, "attnsuite-crash-worker")
@@ -87,6 +92,40 @@ def pytest_report_header(config: pytest.Config) -> Optional[list[str]]:
         return None
     return ["attnsuite: correctness tests run in this process: a variant that crashes or hangs ends the run; "
             "with -n 1 or more (pytest-xdist) it fails its test, its other tests are skipped and the run goes on"]
+
+
+class InProcessLimit:
+    """``--attn-test-timeout`` without pytest-xdist: a variant test that runs past it ends the run.
+
+    Without a worker process a hung test cannot be stopped alone (the header says so), but a run that
+    hangs for ever names nothing: this prints which test ran past the limit and every thread's stack,
+    then exits (status 1), as a crash would end such a run."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: Optional[pytest.Item]) -> Any:
+        if variant_name(item) is None:
+            return (yield)
+        timer = threading.Timer(self.timeout, self._expire, args=(item.config, item.nodeid))
+        timer.daemon = True
+        timer.start()
+        try:
+            return (yield)
+        finally:
+            timer.cancel()
+
+    def _expire(self, config: pytest.Config, nodeid: str) -> None:
+        capman = config.pluginmanager.getplugin("capturemanager")
+        if capman is not None:  # the test's output capture holds fd 2: the message must reach the terminal
+            capman.suspend_global_capture(in_=False)
+        sys.stderr.write(f"\nattnsuite: {nodeid} ran past the {self.timeout:g} s limit (--attn-test-timeout); "
+                         "without pytest-xdist a hung test cannot be stopped alone, so the run ends here "
+                         "(with -n 1 or more it fails alone and the run goes on). Every thread's stack:\n")
+        sys.stderr.flush()
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        os._exit(1)
 
 
 class StateGuard:

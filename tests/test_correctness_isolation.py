@@ -83,6 +83,20 @@ def test_without_xdist_the_header_says_a_crash_ends_the_run(tmp_path):
         in done.stdout, done.stdout[-2000:]
 
 
+def test_without_xdist_a_hung_test_ends_the_run_naming_itself_at_the_test_timeout(tmp_path):
+    # the option had been ignored without workers: the run hung until something outside killed it
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"), f"--rootdir={ROOT}",
+           "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "--attn-test-timeout", "3", f"--attn-variants={HOSTILE}",
+           "--attn-only=h-hang", "-k", "test_forward"]
+    started = time.monotonic()
+    done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert re.search(r"attnsuite: \S+\[h-hang@[^\]]+\] ran past the 3 s limit \(--attn-test-timeout\)", done.stderr), \
+        done.stderr[-3000:]
+    assert "misbehaving.py" in done.stderr  # the stack shows where it hung
+    assert time.monotonic() - started < 120
+
+
 @pytest.mark.parametrize("value", ["-1", "soon"])
 def test_a_bad_test_timeout_is_a_usage_error(tmp_path, value):
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"), f"--rootdir={ROOT}",
