@@ -140,9 +140,21 @@ def pytest_configure(config: pytest.Config) -> None:
     named = config.getoption("--attn-baseline")
     if named and Path(named).exists():
         try:
-            bl.load_baseline(named)
+            base = bl.load_baseline(named)
         except bl.BaselineError as exc:
             raise pytest.UsageError(f"attnsuite gate: {exc}") from None
+        # A baseline of another machine is refused now, not after every case has run. (Recording into
+        # it is record_baseline's business; a session that runs no benchmark has no machine to check.)
+        # (Only where the benchmarks plugin runs: it is what gives the run this machine's fingerprint.)
+        if not config.getoption("--attn-record-baseline") and plugin_bench.benchmarks_requested(config) \
+                and config.pluginmanager.has_plugin("attnsuite.plugin_bench"):
+            here = bl.stable_fingerprint(plugin_bench.fingerprint_of(config)["info"])
+            try:
+                bl.check_compatible(dict(base.fingerprint), here,
+                                    allow_mismatch=config.getoption("--attn-allow-mismatch"))
+            except bl.FingerprintMismatch as exc:
+                raise pytest.UsageError(f"attnsuite gate: refusing to compare with {named}: the machines differ: "
+                                        f"{exc} (--attn-allow-mismatch compares anyway)") from None
     try:
         gate.thresholds_for(config.getoption("--attn-thresholds"), _baselines_dir(config))
     except ThresholdsError as exc:

@@ -372,3 +372,16 @@ def test_a_benchmark_json_in_a_folder_that_does_not_exist_yet_is_written(pyteste
     result = pytester.runpytest_subprocess(*_args(project, ("explicit",), f"--benchmark-json={out}", "--attn-mode=fwd"))
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
     assert benchmark_entries(json.loads(out.read_text()))
+
+
+def test_a_named_baseline_of_another_machine_is_refused_before_any_case_runs(pytester, project):
+    # it had been refused only after every case had run: minutes of a GPU tier spent for nothing
+    obj = json.loads((ROOT / "baselines" / "cpu-amd-epyc-2c-torch2.13.json").read_text())
+    obj["fingerprint"]["torch"] = "3.0.0+cpu"
+    (project / "other.json").write_text(json.dumps(obj))
+    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-gate=enforce",
+                                                  f"--attn-baseline={project / 'other.json'}"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-2000:]
+    err = result.stderr.str()
+    assert "refusing to compare with" in err and "torch" in err and "--attn-allow-mismatch" in err, err
+    assert "passed" not in result.stdout.str()
