@@ -457,7 +457,22 @@ def _summary_of(config: pytest.Config, records: Any, cmp: Optional[Comparison],
     mode = config.getoption("--attn-gate")
     if mode == "off":
         why_none = ["the gate is off (--attn-gate off): nothing was compared"]
-    return summary.build(records, cmp, gate_mode=mode, baseline_lines=why_none, files=_files(config))
+    return summary.build(records, cmp, gate_mode=mode, baseline_lines=why_none, files=_files(config),
+                         interrupted=_interrupted_text(config, records))
+
+
+def _interrupted_text(config: pytest.Config, records: Any) -> str:
+    """How far a session that stopped early got, for the summary's first line ("" when it ran to its end)."""
+    state = config.stash.get(_STATE, None)
+    why = _interrupted(state.session) if state is not None and state.session is not None else None
+    if not why:
+        return ""
+    selected = len(state.selected_keys or ())
+    ran = len(records or ())
+    if selected > ran:
+        return (f"{why} after {ran} of {selected} selected cases; {selected - ran} did not run "
+                "(--attn-resume carries on from the journal)")
+    return f"{why} after {ran} cases"
 
 
 def _summary_markdown(config: pytest.Config, records: Any, cmp: Optional[Comparison],

@@ -193,12 +193,15 @@ def _failed_head(failed: Mapping[str, int]) -> str:
 
 
 def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_mode: str = "report",
-          baseline_lines: Sequence[str] = (), files: Sequence[tuple[str, str]] = ()) -> Summary:
+          baseline_lines: Sequence[str] = (), files: Sequence[tuple[str, str]] = (),
+          interrupted: str = "") -> Summary:
     """The last screen's content.
 
     ``cmp`` is the gate's comparison (None when there was none: ``baseline_lines`` then say why);
     ``gate_mode`` is ``--attn-gate`` (enforce fails on a regression; report only shows it);
-    ``files`` are (what, path) pairs of what the run wrote.
+    ``files`` are (what, path) pairs of what the run wrote. ``interrupted`` says how a session that
+    stopped early ended (``"interrupted after 12 of 48 selected cases ..."``): the first line then
+    starts ``INTERRUPTED``, so a partial run never reads as a plain PASS.
     """
     outcomes = Counter(r.outcome for r in records.values())
     order = ["ok", "skipped", "oom", *FAILING_OUTCOMES]
@@ -220,6 +223,8 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
         verdict = f"{_failed_head(failed)}; {NOT_COMPARED}" if failed else f"NOT COMPARED: {NOT_COMPARED}"
         base = list(baseline_lines) or ["no baseline for this machine"]
         reg_lines = []
+    if interrupted:
+        verdict = f"INTERRUPTED ({interrupted}): {verdict}"
     return Summary(verdict=verdict, baseline=base, regressions=reg_lines[:MAX_REGRESSIONS],
                    more_regressions=max(0, len(reg_lines) - MAX_REGRESSIONS), outcomes=outcome_text,
                    failures=failures, skip_reasons=[(n, k) for k, n in reasons.most_common()],

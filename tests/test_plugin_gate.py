@@ -298,6 +298,15 @@ def test_recording_from_an_interrupted_session_writes_nothing_and_says_so(projec
     res.stdout.fnmatch_lines(["baseline NOT recorded: the session was * nothing was written"])
 
 
+def test_an_interrupted_session_never_reads_as_a_plain_pass(project):
+    project.makepyfile(test_zz=INTERRUPTS["KeyboardInterrupt"])
+    project.runpytest_subprocess("-p", "no:cacheprovider", "--attn-record-baseline", "test_bench.py")
+    res = project.runpytest_subprocess("-p", "no:cacheprovider", "--attn-markdown", "gate.md", "test_bench.py",
+                                       "test_zz.py")
+    md = (project.path / "gate.md").read_text()
+    assert "**INTERRUPTED (interrupted after 3 cases): PASS: no regression among" in md, md[:1500]
+
+
 # --------------------------------------------------------------------------- header and fallback
 
 
