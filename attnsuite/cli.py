@@ -39,11 +39,12 @@ def _judge(old: bl.Run, new: bl.Run, args: argparse.Namespace,
     return cmp
 
 
-def _emit(cmp: Comparison, args: argparse.Namespace, out) -> None:
+def _emit(cmp: Comparison, args: argparse.Namespace, out, last: summary.Summary) -> None:
+    head = summary.markdown_lines(last, report.md_escape)
     if args.format == "json":
-        print(json.dumps(cmp.to_json(), indent=1), file=out)
+        print(json.dumps({**cmp.to_json(), "verdict_line": last.verdict}, indent=1), file=out)
     elif args.format == "markdown":
-        print(report.markdown_diff(cmp), file=out)
+        print(report.markdown_diff(cmp, head=head), file=out)
     else:
         for note in cmp.notes:
             print(f"note: {note}", file=out)
@@ -52,8 +53,9 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out) -> None:
             print(f"GATE {line}", file=out)
         for line in report.reported_lines(cmp):
             print(f"NOT GATING {line}", file=out)
+        print(last.verdict, file=out)
     if args.markdown:
-        text = report.markdown_diff(cmp)
+        text = report.markdown_diff(cmp, head=head)
         report.write_markdown(text, args.markdown)
         if args.step_summary:
             report.append_step_summary(text)
@@ -76,8 +78,13 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
         stored = gate.run_scope(new)  # and what the new run itself selected
         scope = lambda rec: rec in narrow and rec in stored  # noqa: E731
     cmp = _judge(old, new, args, scope)
-    _emit(cmp, args, out)
-    return EXIT_GATE if cmp.failed and args.gate == "enforce" else EXIT_OK
+    # The verdict line of the run's own summary (attnsuite.summary.verdict_line): a case of NEW that
+    # crashed or failed its numerics fails here as it failed its pytest item, even as a "new" case.
+    judged = {v.key: v.cur for v in cmp.verdicts if v.cur is not None}
+    last = summary.build(judged, cmp, gate_mode=args.gate)
+    _emit(cmp, args, out, last)
+    failing = cmp.failed or bool(summary.failed_counts(judged))
+    return EXIT_GATE if failing and args.gate == "enforce" else EXIT_OK
 
 
 def cmd_record(args: argparse.Namespace, out) -> int:

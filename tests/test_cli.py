@@ -34,7 +34,17 @@ def runs(tmp_path):
 def test_compare_of_an_unchanged_run_passes_with_exit_status_0(runs):
     old, same, _ = runs
     code, out = run_cli("compare", old, same)
-    assert code == 0 and out.strip().splitlines()[-1].startswith("pass")
+    assert code == 0 and out.strip().splitlines()[-1].startswith("PASS: no regression among 3 cases judged")
+
+
+@pytest.mark.parametrize("gate_mode, status", [("enforce", 1), ("report", 0)])
+def test_compare_fails_a_new_case_that_failed_its_numerics_as_the_run_did(tmp_path, gate_mode, status):
+    # it had said "pass (1 new)" with exit 0 while the run's own summary and `report` said FAIL
+    old = write_result(tmp_path / "o.json", [rec("a")])
+    new = write_result(tmp_path / "n.json", [rec("a"), rec("b", outcome="numerics", detail="max error 3e-1")])
+    code, out = run_cli("compare", old, new, "--gate", gate_mode)
+    assert code == status
+    assert out.strip().splitlines()[-1].startswith("FAIL: 1 case(s) of this run failed (1 numerics)"), out
 
 
 def test_compare_of_a_regressed_run_exits_1_naming_each_case_verdict_and_amount(runs):
