@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from . import filelock
-from .record import MODES, OUTCOMES, CaseRecord, case_key
+from .record import FAILING_OUTCOMES, MODES, OUTCOMES, CaseRecord, case_key
 
 SCHEMA_TAG = "attnsuite-baseline"
 BASELINE_VERSION = 1
@@ -1244,10 +1244,16 @@ class MergeSummary:
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    # measured (ok) entries left in place because this run's case failed outright (crash, timeout, ...)
+    kept: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return (f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged, "
+        text = (f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged, "
                 f"{len(self.removed)} removed")
+        if self.kept:
+            text += (f"; {len(self.kept)} measured case(s) kept, not replaced by this run's failure "
+                     f"(e.g. {', '.join(self.kept[:3])}): a failing case stays a failure for the gate")
+        return text
 
 
 def select_records(records: Mapping[str, CaseRecord], *, workloads: Iterable[str] = (),
@@ -1281,6 +1287,11 @@ def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], 
     for key in sorted(records):
         entry = entry_from_record(records[key])
         old = baseline.cases.get(key)
+        # A crash or a timeout recorded over a measured entry would turn the next real crash into "same"
+        # and lose the figures the next fix is judged against: the measured entry stays.
+        if old is not None and old.get("outcome") == "ok" and records[key].outcome in FAILING_OUTCOMES:
+            summary.kept.append(key)
+            continue
         if old is None:
             summary.added.append(key)
         elif old == entry:

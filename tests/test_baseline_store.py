@@ -412,3 +412,19 @@ def test_recording_a_list_of_runs_says_to_combine_them_first(tmp_path):
     with pytest.raises(TypeError, match="combine several runs with attnsuite.combine.combine_runs first"):
         bl.record_baseline(runs, tmp_path / "b.json")
     assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize("outcome", ["crash", "timeout", "error", "numerics"])
+def test_recording_a_failed_case_over_a_measured_one_keeps_the_measured_entry(tmp_path, outcome):
+    # it had replaced the ok entry: its figures were lost, and the next real crash read as "same"
+    p = _recorded(tmp_path / "b.json", [rec(median_ms=2.0), rec("other", median_ms=1.0)])
+    failed = rec(outcome=outcome, median_ms=None, detail="killed by SIGSEGV")
+    baseline, summary = bl.merge_into(bl.load_baseline(p), {failed.key: failed, **by_key([rec("other", median_ms=1.5)])},
+                                      FP_H100)
+    assert baseline.cases[failed.key]["outcome"] == "ok" and baseline.cases[failed.key]["median_ms"] == 2.0
+    assert summary.kept == [failed.key] and "1 measured case(s) kept" in str(summary)
+    assert baseline.cases[rec("other").key]["median_ms"] == 1.5  # the rest is recorded as usual
+    # a new case that fails is recorded as what it is
+    fresh = rec("fresh", outcome=outcome, median_ms=None)
+    baseline, summary = bl.merge_into(baseline, {fresh.key: fresh}, FP_H100)
+    assert baseline.cases[fresh.key]["outcome"] == outcome and summary.added == [fresh.key]
