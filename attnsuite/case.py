@@ -19,6 +19,10 @@ from .problem import Problem
 from .registry import KernelVariant, LayerVariant, Variant
 
 
+class OutputContractError(TypeError):
+    """A variant's output is not what the contract says (not a tensor, or of another shape)."""
+
+
 @dataclass
 class Case:
     """A built variant, its leaf inputs (and parameters) and the output gradient."""
@@ -40,9 +44,23 @@ class Case:
             self.reset()
         return self.call()
 
+    def output_problem(self, out: object) -> Optional[str]:
+        """Why ``out`` breaks the output contract that backward relies on (a tensor of the output
+        gradient's shape), or None. Said in the contract's words: a tuple or a wrong shape had surfaced
+        as torch's "'tuple' object has no attribute 'backward'" or "Mismatch in shape"."""
+        if not isinstance(out, torch.Tensor):
+            return f"{self.variant.name} returned {type(out).__name__}, not a tensor"
+        if out.shape != self.grad_out.shape:
+            return (f"{self.variant.name}: output is {tuple(out.shape)}, the contract says "
+                    f"{tuple(self.grad_out.shape)}")
+        return None
+
     def backward(self, out: torch.Tensor, retain_graph: bool = False) -> None:
         """Backpropagate the case's output gradient from ``out`` (``retain_graph``: keep the autograd
-        graph so the same backward can run again, as device time's graph capture does)."""
+        graph so the same backward can run again, as device time's graph capture does).
+        :class:`OutputContractError` when ``out`` is not a tensor of the output's shape."""
+        if not isinstance(out, torch.Tensor) or out.shape != self.grad_out.shape:
+            raise OutputContractError(self.output_problem(out) or "")
         out.backward(self.grad_out, retain_graph=retain_graph)
 
     def zero_grads(self) -> None:

@@ -202,6 +202,11 @@ def check_backward(variant: Variant, problem: Problem, cache: Optional[dict] = N
         case = prepare(variant, problem, requires_grad=True, cache=cache)
         with torch.enable_grad():
             out = case.forward()
+            broken = case.output_problem(out)
+            if broken:
+                result.passed = False
+                result.details.append(broken)
+                return
             if not out.requires_grad:
                 result.passed = False
                 result.details.append("output does not require grad: the graph is detached from every input")

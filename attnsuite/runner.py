@@ -24,7 +24,7 @@ import torch
 
 from . import flops as flopmod
 from . import decode_bench, gpu_state, memory, registry, timing, tolerance, triton_support, workloads
-from .case import Case, DeviceInputs, prepare
+from .case import Case, DeviceInputs, OutputContractError, prepare
 from .inputs import torch_dtype
 from .problem import Problem
 from .record import MODES, CaseRecord, has_backward
@@ -302,8 +302,12 @@ def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) 
     """(failure message or None, which check ran) for a benchmarked output (and gradients)."""
     p = case.problem
     expected = _expected_shape(p, mode)
+    if not isinstance(out, torch.Tensor):
+        return case.output_problem(out), "contract"
+    out = out.detach()
     if tuple(out.shape) != expected or out.dtype != torch_dtype(p.dtype):
-        return (f"output is {tuple(out.shape)} {out.dtype}, the contract says {expected} {torch_dtype(p.dtype)}",
+        return (f"{case.variant.name}: output is {tuple(out.shape)} {out.dtype}, the contract says {expected} "
+                f"{torch_dtype(p.dtype)}",
                 "contract")
     rows = None
     cheap = oracle_checks(p, oracle_limit)
@@ -401,7 +405,7 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
             result, (case, out) = _measure(bc, variant, settings, rec, clock)
             if gpu:
                 states["timed"] = gpu_state.sample(p.device)
-            problem_msg, check = check_numerics(case, bc.mode, out.detach(), settings.oracle_limit)
+            problem_msg, check = check_numerics(case, bc.mode, out, settings.oracle_limit)
             rec.extra["numerics_check"] = check
             if problem_msg:
                 rec.outcome, rec.detail = "numerics", problem_msg
@@ -421,6 +425,9 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
             text = f"{type(exc).__name__}: {exc}"
             rec.outcome, rec.oom_bytes = "oom", memory.parse_oom_bytes(str(exc))
             rec.detail = text.splitlines()[0][:400]
+        elif isinstance(exc, OutputContractError):  # backward met an output of the wrong kind: as fwd says it
+            rec.outcome, rec.detail = "numerics", str(exc)
+            rec.extra["numerics_check"] = "contract"
         else:
             rec.outcome, rec.detail = "error", f"{type(exc).__name__}: {exc}"[:1000]
         result = None

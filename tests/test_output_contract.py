@@ -1,0 +1,73 @@
+"""A variant whose output breaks the contract (not a tensor, another shape) is told so in the contract's
+words on every path: the forward and backward checks and each benchmark mode.
+
+The backward check and the bwd / fwd+bwd benchmarks had surfaced torch's own words instead
+("'tuple' object has no attribute 'backward'", "Mismatch in shape: grad_output[0] ..."), and the
+fwd benchmark "'tuple' object has no attribute 'detach'".
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnsuite import checks, registry, runner, workloads
+from attnsuite.problem import Mask, Problem
+from attnsuite.registry import KernelVariant
+
+PROBLEM = Problem(batch=1, lq=24, lk=24, hq=2, hkv=2, dqk=16, dv=16, mask=Mask("causal"), dtype="float32")
+
+
+class _Broken(KernelVariant):
+    masks = frozenset({"none", "causal"})
+    dtypes = frozenset({"float32", "float64", "bfloat16", "float16"})
+    features = frozenset({"gqa", "lq_ne_lk", "bottom_right", "custom_scale"})
+    how = ""
+
+    def build(self, problem):
+        scale, causal = problem.softmax_scale, problem.mask.kind == "causal"
+
+        def run(q, k, v):
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
+                                                                   enable_gqa=q.shape[1] != k.shape[1])
+            if self.how == "tuple":
+                return out, None
+            return out[..., :-1, :]  # one query row short
+
+        return run
+
+
+class ReturnsTuple(_Broken):
+    name = "returns-a-tuple"
+    how = "tuple"
+
+
+class OneRowShort(_Broken):
+    name = "one-row-short"
+    how = "short"
+
+
+BROKEN = [pytest.param(ReturnsTuple(), "returned tuple, not a tensor", id="a tuple"),
+          pytest.param(OneRowShort(), "output is (1, 2, 23, 16), the contract says (1, 2, 24, 16)",
+                       id="one query row short")]
+
+
+@pytest.mark.parametrize("variant, words", BROKEN)
+def test_the_backward_check_names_the_broken_output_contract(monkeypatch, variant, words):
+    monkeypatch.setitem(registry._REGISTRY, variant.name, variant)
+    result = checks.check_backward(variant, PROBLEM)
+    assert not result.passed and any(words in d for d in result.details), result.details
+
+
+@pytest.mark.parametrize("mode", ["fwd", "bwd", "fwd+bwd"])
+@pytest.mark.parametrize("variant, words", [pytest.param(ReturnsTuple(), "returned tuple, not a tensor", id="a tuple"),
+                                            pytest.param(OneRowShort(), ", the contract says ", id="a row short")])
+def test_each_benchmark_mode_records_the_broken_contract_as_numerics(monkeypatch, variant, words, mode):
+    registry.load_builtin()
+    monkeypatch.setitem(registry._REGISTRY, variant.name, variant)
+    entry = next(e.entry for e in workloads.expand("quick", "cpu", None, ("fa-sweep",)) if e.entry.family == "attention")
+    bc = runner.BenchCase("fa-sweep", entry, entry.problem, variant.name, mode)
+    settings = runner.settings_from_spec(runner.RunSpec(tier="quick", device="cpu"))
+    rec, _ = runner.run_case(bc, settings)
+    assert rec.outcome == "numerics" and words in rec.detail and variant.name in rec.detail, (rec.outcome, rec.detail)
+    assert rec.extra["numerics_check"] == "contract"
