@@ -7,6 +7,7 @@ tests against hostile variants: leaked state, crashes, hangs).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,6 +110,47 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"attnsuite: --attn-only: {exc}") from None
 
 
+# The parameters by which a correctness test names the variant it checks: a Variant object, or its name.
+_VARIANT_PARAMS = ("variant", "variant_name", "name")
+
+
+def checked_variants(item: pytest.Item) -> set[str]:
+    """The variants a correctness test checks: its variant parameter and its ``attn_variants`` marks."""
+    names: set[str] = set()
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for key in _VARIANT_PARAMS:
+        value = params.get(key)
+        value = getattr(value, "name", value)
+        if isinstance(value, str):
+            names.add(value)
+    for mark in item.iter_markers("attn_variants"):
+        names.update(a for a in mark.args if isinstance(a, str))
+    return names
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # "--attn-only X" checks X only: a correctness test of other variants (a built-in kernel's mutants,
+    # its own specifics) is deselected, so a run for one kernel cannot read green on others' tests
+    only = set(config.getoption("--attn-only"))
+    if not only:
+        return
+    root = (Path(config.rootpath) / "test_correctness").resolve()
+    keep, drop = [], []
+    for item in items:
+        inside = root == Path(str(item.path)).resolve().parent or root in Path(str(item.path)).resolve().parents
+        # the one skip a check reports when the selection holds nothing for it (nothing_selected) stays
+        placeholder = getattr(getattr(item, "callspec", None), "id", "") == "nothing-selected"
+        (drop if inside and not placeholder and not (checked_variants(item) & only) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+        config.stash[_OTHERS_DESELECTED] = len(drop)
+
+
+_OTHERS_DESELECTED = pytest.StashKey[int]()
+
+
 def selected_variants(config: pytest.Config, level: str | None = None) -> list[registry.Variant]:
     """Registered variants of ``level`` after the ``--attn-only`` filter."""
     only = set(config.getoption("--attn-only"))
@@ -130,3 +172,10 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
     line = libraries.header_line()
     return [line] if line else None
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    dropped = config.stash.get(_OTHERS_DESELECTED, 0)
+    if dropped:
+        terminalreporter.write_line(f"attnsuite: --attn-only {' '.join(config.getoption('--attn-only'))}: "
+                                    f"{dropped} correctness test(s) of other variants were deselected")

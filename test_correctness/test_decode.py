@@ -18,6 +18,9 @@ from attnsuite.problem import Mask, Problem
 from attnsuite_impls.attention.decode import (KVCache, _KVCacheVariant, cache_capacity, decode_problems, explicit_attend,
                                               sdpa_attend)
 
+# the built-in variants these tests are about: --attn-only keeps them when one of these is selected
+pytestmark = pytest.mark.attn_variants("kvcache-sdpa", "kvcache-explicit")
+
 VARIANTS = ("kvcache-sdpa", "kvcache-explicit")
 ATTENDS = {"kvcache-sdpa": sdpa_attend, "kvcache-explicit": explicit_attend}
 

@@ -20,6 +20,9 @@ from attnsuite_impls.layers import dense_layer
 
 from .conftest import correctness_device
 
+# the built-in variants these tests are about: --attn-only keeps them when one of these is selected
+pytestmark = pytest.mark.attn_variants("layer-sdpa", "layer-flex")
+
 # CPU budget: sequences up to 40 tokens (7 prefill + ~20 steps each); the GPU run takes every length.
 CPU_MAX_LENGTH = 40
 CPU_DTYPES = ("float32", "bfloat16")

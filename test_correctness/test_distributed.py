@@ -33,6 +33,9 @@ from attnsuite.inputs import kernel_inputs
 from attnsuite.plugin import nothing_selected, selected_variants
 from attnsuite.problem import Mask, Problem
 
+# the built-in variants these tests are about: --attn-only keeps them when one of these is selected
+pytestmark = pytest.mark.attn_variants("ring", "ring-zigzag")
+
 registry.load_builtin()
 
 DEVICE = os.environ.get("ATTNSUITE_DIST_DEVICE", "cpu")

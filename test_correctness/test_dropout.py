@@ -20,6 +20,9 @@ from attnsuite.problem import Mask, Problem
 from attnsuite_impls.attention.dense_kernel import explicit_attention
 from attnsuite_impls.attention.dropout import dropout_attention
 
+# the built-in variants these tests are about: --attn-only keeps them when one of these is selected
+pytestmark = pytest.mark.attn_variants("explicit-dropout", "explicit", "sdpa")
+
 Z = 5.0
 
 

@@ -21,6 +21,9 @@ from attnsuite.registry import KernelVariant
 from attnsuite_impls.gqa import gqa, gqa_oracle
 from attnsuite_impls.attention.dense_kernel import explicit_attention
 
+# the built-in variants these tests are about: --attn-only keeps them when one of these is selected
+pytestmark = pytest.mark.attn_variants("explicit", "gqa-layer-repeat")
+
 
 class Mutant(KernelVariant):
     """A kernel variant that runs explicit attention with one deliberate defect."""

@@ -34,6 +34,9 @@ from attnsuite_impls.layers import dense_layer, layer_oracle
 
 from .conftest import skip_if_nothing_ran
 
+# the built-in variants these tests are about: --attn-only keeps them when one of these is selected
+pytestmark = pytest.mark.attn_variants("layer-mha", "layer-fused-qkv", "layer-perhead", "qknorm-ln-sdpa", "qknorm-rms-explicit")
+
 FAMILIES = sorted(layer_oracle.LAYER_FAMILIES)  # the dense layer families drawn shapes are built for
 # every registered layer family with problems, external ones included (loaded before collection)
 LAYER_FAMILIES = sorted(f.name for f in registry.families() if f.level == "layer" and f.problems is not None)

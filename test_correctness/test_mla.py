@@ -17,6 +17,9 @@ from attnsuite.problem import Mask
 from attnsuite.tolerance import compare
 from attnsuite_impls.mla import mla, mla_oracle as mo
 
+# the built-in variants these tests are about: --attn-only keeps them when one of these is selected
+pytestmark = pytest.mark.attn_variants("mla-absorbed", "mla-expanded", "latent-absorbed", "latent-expanded")
+
 MASKS = [Mask("causal"), Mask()]
 TIGHT = {"float64": dict(rtol=1e-12, atol=1e-12), "float32": dict(rtol=1e-5, atol=1e-5)}
 

@@ -19,6 +19,9 @@ from attnsuite.problem import Mask, Problem
 from attnsuite.tolerance import compare
 from attnsuite_impls.attention import ring
 
+# the built-in variants these tests are about: --attn-only keeps them when one of these is selected
+pytestmark = pytest.mark.attn_variants("ring-sim", "ring-sim-p3")
+
 MASKS = {
     "nomask": Mask(),
     "causal": Mask("causal"),

@@ -34,8 +34,10 @@ from attnsuite.triton_support import device_reason  # noqa: E402
 
 from .conftest import correctness_device  # noqa: E402
 
-pytestmark = pytest.mark.skipif(device_reason("cpu") is not None and not torch.cuda.is_available(),
-                                reason=str(device_reason("cpu")))
+# the built-in variants these tests are about: --attn-only keeps them when one of these is selected
+pytestmark = [pytest.mark.skipif(device_reason("cpu") is not None and not torch.cuda.is_available(),
+                                reason=str(device_reason("cpu"))),
+              pytest.mark.attn_variants("triton-flash", "triton-decode", "triton-mla-absorbed")]
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,10 @@ from attnsuite_impls.attention.triton_kernels import bwd_path, kernels  # noqa: 
 
 from .conftest import correctness_device  # noqa: E402
 
-pytestmark = pytest.mark.skipif(device_reason("cpu") is not None and not torch.cuda.is_available(),
-                                reason=str(device_reason("cpu")))
+# the built-in variants these tests are about: --attn-only keeps them when one of these is selected
+pytestmark = [pytest.mark.skipif(device_reason("cpu") is not None and not torch.cuda.is_available(),
+                                reason=str(device_reason("cpu"))),
+              pytest.mark.attn_variants("triton-flash")]
 
 BWD_KERNELS = ("flash_bwd_dkdv", "flash_bwd_fused", "flash_bwd_dq")
 SPLIT = ["flash_bwd_dkdv", "flash_bwd_dq"]

@@ -21,12 +21,28 @@ VARIANT_ID = re.compile(r"\[(?P<variant>[A-Za-z0-9_.+-]+?)(?:\[P=\d+\])?@")
 
 
 @functools.lru_cache(maxsize=None)
-def _collect(*only: str) -> tuple[int, list[str]]:
+def _collect(*only: str, extra: tuple[str, ...] = ()) -> tuple[int, list[str]]:
     args = [a for name in only for a in ("--attn-only", name)]
     done = subprocess.run([sys.executable, "-m", "pytest", "test_correctness", "--co", "-q", "-p", "no:cacheprovider",
-                           "-n", "0", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "-n", "0", *extra, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     ids = [line for line in done.stdout.splitlines() if "::" in line]
     return done.returncode, ids
+
+
+def test_an_external_variant_alone_collects_only_its_own_checks_not_the_built_in_kernels_tests():
+    # "--attn-only my-kernel" had also run ~300 tests of built-in kernels (ring, Triton, decoding,
+    # dropout, MLA, ...): a run where every test of my-kernel was skipped still read "284 passed"
+    code, ids = _collect("chunked-queries", extra=("--attn-variants", "examples/external_variant.py"))
+    assert code == 0 and ids
+    others = [i for i in ids if "chunked-queries" not in i and "nothing-selected" not in i]
+    assert not others, f"--attn-only chunked-queries also collected {others[:5]}"
+
+
+@pytest.mark.parametrize("only, module", [("triton-flash", "test_triton_bwd.py"), ("ring-sim", "test_ring.py"),
+                                          ("kvcache-sdpa", "test_decode.py"), ("explicit-dropout", "test_dropout.py")])
+def test_a_built_in_kernels_own_tests_stay_when_it_is_selected(only, module):
+    code, ids = _collect(only)
+    assert code == 0 and any(i.startswith(f"test_correctness/{module}::") for i in ids), (only, module)
 
 
 @pytest.mark.parametrize("only", [("triton-flash",), ("ring-zigzag",), ("sdpa", "ring")])
