@@ -275,6 +275,34 @@ class RoundSpec:
 Runner = Callable[[RoundSpec], Optional[Path]]
 
 
+# The suite's options that take a path: each round runs in its own tree, so a relative value would be
+# read there, not where the user typed it.
+PATH_OPTIONS = ("--attn-variants", "--attn-problems", "--attn-thresholds", "--attn-baseline", "--attn-baselines-dir")
+
+
+def rebase_paths(args: Sequence[str], cwd: Path, repo: Path) -> list[str]:
+    """``args`` with the relative values of :data:`PATH_OPTIONS` made to work in every round: a path inside
+    the repository becomes relative to its root (each tree reads its own copy: A/B compares trees), any
+    other path absolute (a kernel module outside the repository, as the user named it from ``cwd``)."""
+    out: list[str] = []
+    pending = False
+    for arg in args:
+        option, eq, value = arg.partition("=")
+        if pending or (eq and option in PATH_OPTIONS):
+            raw = arg if pending else value
+            path = Path(raw)
+            if not path.is_absolute() and (cwd / path).exists():
+                full = (cwd / path).resolve()
+                root = repo.resolve()
+                raw = str(full.relative_to(root)) if root in full.parents else str(full)
+            out.append(raw if pending else f"{option}={raw}")
+            pending = False
+            continue
+        pending = arg in PATH_OPTIONS
+        out.append(arg)
+    return out
+
+
 def pytest_command(python: str, json_path: Path, pytest_args: Sequence[str]) -> list[str]:
     """The pytest command of one round: the benchmarks only, gate off (this command judges)."""
     return [python, "-m", "pytest", "bench", "--benchmark-only", "--attn-gate", "off",
@@ -681,8 +709,9 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
             thresholds, _ = thresholds_for(args.thresholds, baselines_dir)
             workdir = Path(args.out).resolve() if args.out else Path(tmp) / "rounds"
             plan = AbPlan(base_tree=base_tree, head_tree=repo, rounds=args.rounds, python=args.python,
-                          pytest_args=list(args.pytest_args), workdir=workdir, cases=cases,
-                          timeout=args.round_timeout, head_args=list(args.head_arg))
+                          pytest_args=rebase_paths(args.pytest_args, Path.cwd(), repo), workdir=workdir,
+                          cases=cases, timeout=args.round_timeout,
+                          head_args=rebase_paths(args.head_arg, Path.cwd(), repo))
             print(f"attnsuite ab: base {args.base} ({sha[:12]}) in {base_tree}, head {repo}; "
                   f"{args.rounds} rounds per side" + (f", {len(cases)} case(s) from {args.cases_from}" if cases else ""),
                   file=out, flush=True)

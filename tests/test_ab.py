@@ -495,3 +495,20 @@ def test_end_to_end_ab_of_head_against_itself_on_the_cpu_quick_tier(tmp_path):
         assert set(f["phases"]) == {"start", "first case", "other cases", "exit"}, f
         assert sum(f["phases"].values()) == pytest.approx(f["seconds"], abs=0.5), f
     assert len(worktrees(clone)) == 1 and not base_tree.exists()
+
+
+def test_relative_path_options_work_from_every_round_however_the_user_named_them(tmp_path):
+    # each round runs in its own tree: "--attn-variants ../mykernels/k.py" typed from the repository had
+    # been read inside the base worktree ("variant module file ... does not exist")
+    repo, outside = tmp_path / "repo", tmp_path / "mykernels"
+    (repo / "examples").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "k.py").write_text("")
+    (repo / "examples" / "v.py").write_text("")
+    args = ["--attn-variants", "../mykernels/k.py", "--attn-variants=examples/v.py", "-k", "fwd",
+            "--attn-problems", "/abs/p.json", "--attn-variants", "not_a_path_module"]
+    got = ab.rebase_paths(args, repo, repo)
+    assert got == ["--attn-variants", str(outside / "k.py"), "--attn-variants=examples/v.py", "-k", "fwd",
+                   "--attn-problems", "/abs/p.json", "--attn-variants", "not_a_path_module"]
+    # typed from a sub-folder, a file of the repository stays relative to its root: each tree reads its own
+    assert ab.rebase_paths(["--attn-variants=v.py"], repo / "examples", repo) == ["--attn-variants=examples/v.py"]
