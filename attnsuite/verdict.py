@@ -179,6 +179,12 @@ def parse_thresholds(obj: Any, where: str = "<thresholds>") -> ThresholdConfig:
         sub = obj.get(section, {})
         if not isinstance(sub, dict):
             raise ThresholdsError(f"{where}: {section} must be an object of name to thresholds")
+        if section == "device":
+            # a closed set: a misspelt kind ("gpu") would load and never apply
+            odd = sorted(set(sub) - set(DEVICE_DEFAULTS))
+            if odd:
+                raise ThresholdsError(f"{where}: device {odd} unknown; device kinds are "
+                                      f"{', '.join(sorted(DEVICE_DEFAULTS))}")
         parsed = {name: _layer(v, f"{where}: {section} {name!r}") for name, v in sub.items()}
         if section == "case":
             cfg.case = list(parsed.items())

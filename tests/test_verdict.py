@@ -164,6 +164,7 @@ def test_a_per_workload_threshold_turns_a_slowdown_into_same():
     ({"workload": {"decode": {"spread_k": "wide"}}}, "workload 'decode': spread_k"),
     ({"version": 2}, "version 2"),
     ({"cases": {}}, "unknown sections ['cases']"),
+    ({"device": {"gpu": {"time_floor": 0.05}}}, "device ['gpu'] unknown; device kinds are cpu, cuda"),
 ])
 def test_a_bad_thresholds_config_is_refused_naming_the_problem(obj, needle):
     with pytest.raises(ThresholdsError) as info:
