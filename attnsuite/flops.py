@@ -234,6 +234,9 @@ def stated_peak(rec_peak: Optional[float], rec_source: str, dtype: str,
     cal = calibration or {}
     mm, mm_dtype = cal.get("matmul_tflops"), cal.get("matmul_dtype")
     if not (isinstance(mm, (int, float)) and not isinstance(mm, bool) and mm > 0):
+        if calibration_label == NO_BASELINE:
+            return None, "no % of peak: no baseline was compared (without a datasheet peak, % of peak is " \
+                         "against the calibration probe a baseline stores)"
         return None, f"no % of peak: {calibration_label} stores no calibration probe"
     if mm_dtype != dtype:
         return None, f"no % of peak: {calibration_label}'s calibration probe is {mm_dtype}, not {dtype}"
@@ -241,6 +244,7 @@ def stated_peak(rec_peak: Optional[float], rec_source: str, dtype: str,
 
 
 PROBE_PREFIX = "calibrated"
+NO_BASELINE = "no baseline"  # the calibration label of a run judged against none
 DATASHEET_PREFIX = "datasheet"
 
 

@@ -210,7 +210,7 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
                 for r in sorted(records.values(), key=lambda r: r.key) if r.outcome in FAILING_OUTCOMES]
     reasons = Counter(skip_reason_class(r) for r in records.values() if r.outcome == "skipped")
     calibration = cmp.base_calibration if cmp is not None else None
-    label = "the baseline"
+    label = "the baseline" if cmp is not None else flops.NO_BASELINE
     if cmp is not None:
         regs = cmp.regressions
         verdict = verdict_line(len(regs), len(cmp.verdicts), cmp.n_skipped_in_both, gate_mode, failed_counts(records))
