@@ -245,7 +245,7 @@ def test_without_a_baseline_the_peak_note_says_none_was_compared_not_that_it_sto
     from attnsuite import summary as sm
     from attnsuite.record import CaseRecord
 
-    r = CaseRecord("w", "v", "fwd", "b1-q64-h2-d16-causal-fp32-cpu", outcome="ok", median_ms=1.0, flops=1e9,
+    r = CaseRecord("w", "v", "fwd", "b1-q64-h2-d16-causal-fp32-cpu", outcome="ok", median_ms=1.0, flops=1e9, tflops=1.0,
                    timer="perf_counter")
     note = sm.build({r.key: r}, None).peak_note
     assert "no baseline was compared" in note and "stores no calibration probe" not in note, note
