@@ -377,6 +377,11 @@ def _is_path(spec: str) -> bool:
     return spec.endswith(".py") or any(sep in spec for sep in seps)
 
 
+class VariantLoadError(ImportError):
+    """A variants module named by ``--attn-variants`` or ``ATTNSUITE_VARIANTS`` failed to load; the
+    message names it, where it was named, and the error it raised."""
+
+
 def load_external(spec: str, module_name: Optional[str] = None) -> None:
     """Import variants from outside the suite's core: a dotted module name, a ``.py`` file, or a
     package folder (a directory with ``__init__.py``; its modules import each other relatively).
@@ -466,7 +471,9 @@ def load_all(external: Iterable[str] = ()) -> None:
     """Built-in variants, entry points, the ``ATTNSUITE_VARIANTS`` variable, then ``external``."""
     load_builtin()
     load_entry_points()
-    for spec in os.environ.get("ATTNSUITE_VARIANTS", "").split(","):
-        load_external(spec)
-    for spec in external:
-        load_external(spec)
+    named = [("ATTNSUITE_VARIANTS", spec) for spec in os.environ.get("ATTNSUITE_VARIANTS", "").split(",")]
+    for origin, spec in named + [("--attn-variants", spec) for spec in external]:
+        try:
+            load_external(spec)
+        except Exception as exc:  # which of several modules failed, and where it was named
+            raise VariantLoadError(f"{origin} {spec.strip()!r}: {type(exc).__name__}: {exc}") from exc

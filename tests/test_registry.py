@@ -143,3 +143,12 @@ def test_a_spawned_process_loads_the_external_sources_still_imported_and_survive
     assert len(errors) == 1 and "spawn_bad.py: RuntimeError: not today" in errors[0]
     assert "attnsuite_external_spawn_good" in sys.modules  # the bad one did not stop the rest
     monkeypatch.delitem(sys.modules, "attnsuite_external_spawn_good")
+
+
+def test_a_variants_module_that_fails_to_load_is_named_with_where_it_was_named(tmp_path, monkeypatch):
+    bad = tmp_path / "mine.py"
+    bad.write_text("import nosuchmodule_xyz\n")
+    monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
+    with pytest.raises(registry.VariantLoadError) as exc:
+        registry.load_all([str(bad)])
+    assert f"--attn-variants '{bad}': ModuleNotFoundError" in str(exc.value) and "nosuchmodule_xyz" in str(exc.value)
