@@ -44,7 +44,7 @@ def read(path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional
         for field in ("spec", "fingerprint_id"):
             if head.get(field) != want[field]:
                 raise JournalError(f"journal {p}: written by a run with another {field.replace('_', ' ')} "
-                                   f"({head.get(field)!r}, this run {want[field]!r}); resume with the same options")
+                                   f"({_difference(head.get(field), want[field])}); resume with the same options")
         for line in fh:
             try:
                 entry = json.loads(line)
@@ -80,6 +80,14 @@ def _drop_torn_tail(path: Path) -> None:
         data = fh.read()
         if data and not data.endswith(b"\n"):
             fh.truncate(data.rfind(b"\n") + 1)
+
+
+def _difference(theirs: Any, ours: Any) -> str:
+    """What differs, field by field where both are objects (the run spec), else the two values."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        keys = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        return "; ".join(f"{k}: the journal's {theirs.get(k)!r}, this run's {ours.get(k)!r}" for k in keys)
+    return f"{theirs!r}, this run {ours!r}"
 
 
 class Journal:

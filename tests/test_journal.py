@@ -52,3 +52,13 @@ def test_a_journal_with_no_finished_case_is_simply_started_over(tmp_path):
     j = journal.Journal(path, SPEC, "fp", resume=False)
     j.close()
     assert j.kept_previous is None and not journal.previous_path(path).exists()
+
+
+def test_a_resume_with_other_options_names_the_field_that_differs_not_both_whole_specs(tmp_path):
+    path = tmp_path / "run.journal.jsonl"
+    _write(path, ["w/a/fwd/p"])
+    try:
+        journal.read(path, {"tier": "quick", "device": "cuda"}, "fp")
+    except journal.JournalError as exc:
+        text = str(exc)
+    assert "device: the journal's 'cpu', this run's 'cuda'" in text and "tier" not in text, text
