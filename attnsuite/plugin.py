@@ -141,7 +141,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         inside = root == Path(str(item.path)).resolve().parent or root in Path(str(item.path)).resolve().parents
         # the one skip a check reports when the selection holds nothing for it (nothing_selected) stays
         placeholder = getattr(getattr(item, "callspec", None), "id", "") == "nothing-selected"
-        (drop if inside and not placeholder and not (checked_variants(item) & only) else keep).append(item)
+        # a test that runs the selection itself (a family's variants through selected_variants) stays
+        own_selection = item.get_closest_marker("attn_selection") is not None
+        wanted = placeholder or own_selection or bool(checked_variants(item) & only)
+        (drop if inside and not wanted else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

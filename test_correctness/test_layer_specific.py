@@ -147,6 +147,7 @@ def test_a_wrong_canonical_gradient_layout_fails_the_backward_check(mutant):
     assert not result.passed and "grad w" in result.message, result.message
 
 
+@pytest.mark.attn_selection
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_dense_layer_family_has_at_least_three_variants(family, pytestconfig):
     if pytestconfig.getoption("--attn-only"):
@@ -165,6 +166,7 @@ def _runnable(variants, problem, declined: Counter):
             yield variant
 
 
+@pytest.mark.attn_selection
 @pytest.mark.parametrize("family", LAYER_FAMILIES)
 def test_every_variant_of_a_layer_family_does_equal_work(family, pytestconfig, build_cache):
     """Equal work: same parameter count as the canonical set, no bias tokens, canonical grad keys and
@@ -178,6 +180,7 @@ def test_every_variant_of_a_layer_family_does_equal_work(family, pytestconfig, b
     skip_if_nothing_ran(len(results), declined, f"equal work of {family}")
 
 
+@pytest.mark.attn_selection
 @pytest.mark.parametrize("family", LAYER_FAMILIES)
 def test_every_variant_loads_the_canonical_weights_exactly(family, pytestconfig):
     """Read the loaded weights back through the module's own layout: bit-equal to the canonical set."""
@@ -200,6 +203,7 @@ def test_every_variant_loads_the_canonical_weights_exactly(family, pytestconfig)
     skip_if_nothing_ran(ran, declined, f"weights of {family}")
 
 
+@pytest.mark.attn_selection
 @pytest.mark.parametrize("family", FAMILIES)
 def test_eager_layer_variants_match_the_oracle_on_drawn_shapes(family, pytestconfig):
     """Hypothesis-drawn layer shapes: every selected eager variant of the family, forward and backward.
