@@ -37,6 +37,7 @@ def test_an_external_variant_alone_collects_only_its_own_checks_not_the_built_in
     # kept besides its own: the tests that run the selection themselves (attn_selection: a layer
     # family's variants, skipped naming the selection when it holds none of the family)
     own_selection = ("test_each_dense_layer_family_has_at_least_three_variants", "test_every_variant_of_a_layer_family",
+                     "test_every_variant_loads_the_canonical_weights_exactly",
                      "test_eager_layer_variants_match_the_oracle_on_drawn_shapes")
     others = [i for i in ids if "chunked-queries" not in i and "nothing-selected" not in i
               and not any(name in i for name in own_selection)]
