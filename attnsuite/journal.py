@@ -10,10 +10,12 @@ it finished; a torn last line (killed mid-write) is ignored when the journal is 
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 JOURNAL_VERSION = 1
 
@@ -22,11 +24,42 @@ class JournalError(ValueError):
     """A journal that cannot be resumed from; the message names the file and why."""
 
 
-def _header(spec: dict[str, Any], fingerprint_id: Optional[str]) -> dict[str, Any]:
-    return {"attnsuite_journal": JOURNAL_VERSION, "spec": spec, "fingerprint_id": fingerprint_id}
+def _header(spec: dict[str, Any], fingerprint_id: Optional[str],
+            sources: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    head = {"attnsuite_journal": JOURNAL_VERSION, "spec": spec, "fingerprint_id": fingerprint_id}
+    if sources is not None:
+        head["sources"] = sources
+    return head
 
 
-def read(path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional[str]) -> dict[str, dict[str, Any]]:
+def source_digests(paths: Iterable[str]) -> dict[str, str]:
+    """A content digest of each external file the run's cases depend on (variant modules, problem
+    files), by the name the run was given: a resume after the file changed would mix the results of
+    two versions of the code. A folder digests its .py files; a module name, the file it imports from;
+    a name that cannot be found, "" (no check can be made)."""
+    out: dict[str, str] = {}
+    for name in paths:
+        name = name.strip()
+        if not name:
+            continue
+        path = Path(name).expanduser()
+        if not path.exists() and "/" not in name and not name.endswith(".py"):
+            try:
+                found = importlib.util.find_spec(name)
+            except (ImportError, ValueError):
+                found = None
+            path = Path(found.origin) if found is not None and found.origin else path
+        digest = hashlib.sha256()
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []
+        for f in files:
+            digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0")
+            digest.update(f.read_bytes())
+        out[name] = digest.hexdigest()[:16] if files else ""
+    return out
+
+
+def read(path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional[str],
+         sources: Optional[dict[str, str]] = None) -> dict[str, dict[str, Any]]:
     """The finished cases of the journal at ``path`` by key; refuses a journal of another run setup."""
     p = Path(path)
     if not p.is_file():
@@ -45,6 +78,14 @@ def read(path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional
             if head.get(field) != want[field]:
                 raise JournalError(f"journal {p}: written by a run with another {field.replace('_', ' ')} "
                                    f"({_difference(head.get(field), want[field])}); resume with the same options")
+        theirs = head.get("sources")
+        if sources is not None and isinstance(theirs, dict):  # a journal written before digests: no check
+            changed = sorted(k for k in set(theirs) | set(sources)
+                             if theirs.get(k) != sources.get(k) and theirs.get(k) and sources.get(k))
+            if changed:
+                raise JournalError(f"journal {p}: {', '.join(changed)} changed since the interrupted run: a resume "
+                                   "would mix the results of two versions of that code; run again without "
+                                   "--attn-resume")
         for line in fh:
             try:
                 entry = json.loads(line)
@@ -94,7 +135,7 @@ class Journal:
     """An open journal that finished cases are appended to."""
 
     def __init__(self, path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional[str], *,
-                 resume: bool = False) -> None:
+                 resume: bool = False, sources: Optional[dict[str, str]] = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not (resume and self.path.is_file())
@@ -107,7 +148,7 @@ class Journal:
             _drop_torn_tail(self.path)
         self._fh = open(self.path, "w" if fresh else "a", encoding="utf-8")
         if fresh:
-            self._write(_header(spec, fingerprint_id))
+            self._write(_header(spec, fingerprint_id, sources))
 
     def _write(self, obj: dict[str, Any]) -> None:
         self._fh.write(json.dumps(obj, allow_nan=True, default=str) + "\n")

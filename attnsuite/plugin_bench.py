@@ -189,6 +189,11 @@ def benchmark_json_path(config: pytest.Config) -> Optional[Path]:
     return Path(value.name)
 
 
+def _sources(spec: RunSpec) -> dict[str, str]:
+    """Digests of the external code and problem files this run's cases come from (see journal.source_digests)."""
+    return journal.source_digests([*spec.variant_modules, *spec.problem_files])
+
+
 def _journal_path(config: pytest.Config) -> Path:
     named = config.getoption("--attn-journal")
     if named:
@@ -214,7 +219,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--attn-resume") and benchmarks_requested(config):
         try:
             config.stash[_RESUMED] = journal.read(_journal_path(config), config.stash[_SPEC].to_json(),
-                                                  fingerprint_of(config)["id"])
+                                                  fingerprint_of(config)["id"], _sources(config.stash[_SPEC]))
         except journal.JournalError as exc:
             _fail_usage(f"--attn-resume: {exc}")
     named = config.getoption("--attn-journal")
@@ -427,7 +432,8 @@ class BenchRunner:
         fp = fingerprint_of(self.config)
         self.resumed = dict(self.config.stash.get(_RESUMED, {}))  # read and checked in pytest_configure
         self.journal = journal.Journal(_journal_path(self.config), self.spec.to_json(), fp["id"],
-                                       resume=bool(self.config.getoption("--attn-resume")))
+                                       resume=bool(self.config.getoption("--attn-resume")),
+                                       sources=_sources(self.spec))
         if self.journal.kept_previous is not None:
             _say(self.config, f"attnsuite: an unfinished run's journal was kept as {self.journal.kept_previous} "
                               f"(this run, without --attn-resume, starts {self.journal.path} afresh; to carry the "

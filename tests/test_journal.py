@@ -62,3 +62,33 @@ def test_a_resume_with_other_options_names_the_field_that_differs_not_both_whole
     except journal.JournalError as exc:
         text = str(exc)
     assert "device: the journal's 'cpu', this run's 'cuda'" in text and "tier" not in text, text
+
+
+def test_a_resume_after_the_variant_file_changed_is_refused_naming_it(tmp_path):
+    # resuming had mixed the finished cases of the old code with new cases of the edited code
+    kernel = tmp_path / "mine.py"
+    kernel.write_text("SCALE = 1.0\n")
+    path = tmp_path / "run.journal.jsonl"
+    j = journal.Journal(path, SPEC, "fp", sources=journal.source_digests([str(kernel)]))
+    j.append("w/a/fwd/p", _entry("w/a/fwd/p"))
+    j.close()
+    assert set(journal.read(path, SPEC, "fp", journal.source_digests([str(kernel)]))) == {"w/a/fwd/p"}
+    kernel.write_text("SCALE = 1.01\n")
+    try:
+        journal.read(path, SPEC, "fp", journal.source_digests([str(kernel)]))
+        raise AssertionError("a changed variant file was not noticed")
+    except journal.JournalError as exc:
+        assert f"{kernel} changed since the interrupted run" in str(exc), exc
+    # a journal written before digests were kept is read as before
+    _write(path, ["w/a/fwd/p"])
+    assert set(journal.read(path, SPEC, "fp", journal.source_digests([str(kernel)]))) == {"w/a/fwd/p"}
+
+
+def test_source_digests_follow_content_and_leave_unknown_names_unchecked(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("x = 1\n")
+    first = journal.source_digests([str(pkg), "no_such_module_anywhere", "json"])
+    assert first["no_such_module_anywhere"] == "" and first["json"] and first[str(pkg)]
+    (pkg / "__init__.py").write_text("x = 2\n")
+    assert journal.source_digests([str(pkg)])[str(pkg)] != first[str(pkg)]
