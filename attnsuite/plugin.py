@@ -45,7 +45,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="check/benchmark only these variants (repeatable; unknown names are an error)",
+        help="check/benchmark only these variants (repeatable, or comma-separated like ATTNSUITE_VARIANTS; "
+        "unknown names are an error)",
     )
     group.addoption(
         "--attn-failures-log",
@@ -103,6 +104,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[PROBLEM_FILES] = problem_file.load_all(config.getoption("--attn-problems"))
     except problem_file.ProblemFileError as exc:
         raise pytest.UsageError(f"attnsuite: --attn-problems: {exc}") from None
+    # "a,b" as well as "--attn-only a --attn-only b", read once here for every plugin after this one
+    config.option.attn_only = [n.strip() for v in config.getoption("--attn-only") for n in v.split(",") if n.strip()]
     for name in config.getoption("--attn-only"):
         try:
             registry.get(name)

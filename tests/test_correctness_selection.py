@@ -69,3 +69,8 @@ def test_a_selection_with_nothing_for_a_check_module_is_reported_as_a_skip_there
     dist = [i for i in ids if "test_distributed_variant_on_P_ranks" in i]
     assert dist == ["test_correctness/test_distributed.py::"
                     "test_distributed_variant_on_P_ranks_passes_the_check[nothing-selected]"]
+
+
+def test_a_comma_separated_selection_selects_what_the_repeated_option_does():
+    # ATTNSUITE_VARIANTS takes "a,b"; --attn-only "a,b" had been refused as one unknown name
+    assert _collect("sdpa,ring") == _collect("sdpa", "ring")
