@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 from dataclasses import dataclass
@@ -377,6 +378,10 @@ def _is_path(spec: str) -> bool:
     return spec.endswith(".py") or any(sep in spec for sep in seps)
 
 
+class NothingRegistered(UserWarning):
+    """A variant module file or folder that was imported and registered nothing."""
+
+
 class VariantLoadError(ImportError):
     """A variants module named by ``--attn-variants`` or ``ATTNSUITE_VARIANTS`` failed to load; the
     message names it, where it was named, and the error it raised."""
@@ -430,6 +435,10 @@ def load_external(spec: str, module_name: Optional[str] = None) -> None:
         _FAMILIES.clear()
         _FAMILIES.update(families_before)
         raise
+    if _REGISTRY == variants_before and _FAMILIES == families_before:
+        # a forgotten @register would otherwise show only as "unknown variant" or an empty selection
+        warnings.warn(f"attnsuite: variant module {spec!r} registered no variant and no family "
+                      "(is the register() call or @register decorator missing?)", NothingRegistered, stacklevel=2)
     _remember((str(path), mod_name))
 
 

@@ -118,6 +118,7 @@ def test_unknown_only_name_is_a_usage_error(pytester):
     assert "unknown variant 'sdpa-flsh'" in result.stderr.str() + result.stdout.str()
 
 
+@pytest.mark.filterwarnings("ignore::attnsuite.registry.NothingRegistered")  # its modules only need to import
 def test_a_spawned_process_loads_the_external_sources_still_imported_and_survives_a_bad_one(
         tmp_path, monkeypatch):
     import sys
@@ -152,3 +153,10 @@ def test_a_variants_module_that_fails_to_load_is_named_with_where_it_was_named(t
     with pytest.raises(registry.VariantLoadError) as exc:
         registry.load_all([str(bad)])
     assert f"--attn-variants '{bad}': ModuleNotFoundError" in str(exc.value) and "nosuchmodule_xyz" in str(exc.value)
+
+
+def test_a_variant_module_that_registers_nothing_is_warned_about(tmp_path):
+    empty = tmp_path / "forgot_register.py"
+    empty.write_text("from attnsuite.registry import KernelVariant\n\nclass Mine(KernelVariant):\n    name = 'mine'\n")
+    with pytest.warns(registry.NothingRegistered, match="forgot_register.py' registered no variant"):
+        registry.load_external(str(empty))
