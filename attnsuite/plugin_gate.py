@@ -155,6 +155,18 @@ def pytest_configure(config: pytest.Config) -> None:
             except bl.FingerprintMismatch as exc:
                 raise pytest.UsageError(f"attnsuite gate: refusing to compare with {named}: the machines differ: "
                                         f"{exc} (--attn-allow-mismatch compares anyway)") from None
+    elif not named and plugin_bench.benchmarks_requested(config) \
+            and config.pluginmanager.has_plugin("attnsuite.plugin_bench"):
+        # The baseline this machine's fingerprint finds is read now too: a corrupt one had been found
+        # only after every case had run (on a GPU, the whole tier's minutes for nothing).
+        here = bl.stable_fingerprint(plugin_bench.fingerprint_of(config)["info"])
+        look = bl.find_baseline(here, _baselines_dir(config))
+        if look.path is not None and Path(look.path).exists():
+            try:
+                bl.load_baseline(look.path)
+            except bl.BaselineError as exc:
+                raise pytest.UsageError(f"attnsuite gate: {exc} (the baseline for this machine; fix or remove it, "
+                                        "or name another with --attn-baseline)") from None
     try:
         gate.thresholds_for(config.getoption("--attn-thresholds"), _baselines_dir(config))
     except ThresholdsError as exc:

@@ -385,3 +385,23 @@ def test_a_named_baseline_of_another_machine_is_refused_before_any_case_runs(pyt
     err = result.stderr.str()
     assert "refusing to compare with" in err and "torch" in err and "--attn-allow-mismatch" in err, err
     assert "passed" not in result.stdout.str()
+
+
+def test_a_corrupt_baseline_for_this_machine_is_a_usage_error_before_any_case_runs(pytester, project):
+    # found by the fingerprint, not named: it had been read only after every case had run
+    from attnsuite import fingerprint
+    from attnsuite.baseline import stable_fingerprint
+
+    here = stable_fingerprint(fingerprint.machine_info("cpu"))
+    obj = json.loads((ROOT / "baselines" / "cpu-amd-epyc-2c-torch2.13.json").read_text())
+    obj["fingerprint"] = here
+    key = next(iter(obj["cases"]))
+    obj["cases"][key]["median_ms"] = "fast"
+    (project / "bl").mkdir()
+    (project / "bl" / f"{here['id']}.json").write_text(json.dumps(obj))
+    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-gate=enforce",
+                                                  f"--attn-baselines-dir={project / 'bl'}"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-2000:]
+    err = result.stderr.str()
+    assert "median_ms must be a number" in err and "the baseline for this machine" in err, err
+    assert "passed" not in result.stdout.str()
