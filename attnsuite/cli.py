@@ -78,6 +78,10 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
         stored = gate.run_scope(new)  # and what the new run itself selected
         scope = lambda rec: rec in narrow and rec in stored  # noqa: E731
     cmp = _judge(old, new, args, scope)
+    if not cmp.verdicts:  # as pytest exits 5 when it collects nothing: a gate over nothing is no pass
+        narrowed = " and the --workload/--variant filters" if args.workload or args.variant else ""
+        raise ValueError(f"no case was judged: {args.new}'s selection{narrowed} leave no case of either file "
+                         f"to compare ({len(old.records)} in {args.old}, {len(new.records)} in {args.new})")
     # The verdict line of the run's own summary (attnsuite.summary.verdict_line): a case of NEW that
     # crashed or failed its numerics fails here as it failed its pytest item, even as a "new" case.
     judged = {v.key: v.cur for v in cmp.verdicts if v.cur is not None}

@@ -216,3 +216,14 @@ def test_compare_judges_only_what_the_new_run_selected_as_stored_in_its_json(tmp
     new.write_text(json.dumps(obj))
     code, _ = run_cli("compare", old, new)
     assert code == 2  # a malformed stored selection is a bad file, named
+
+
+def test_compare_that_judges_no_case_is_an_error_not_a_pass(tmp_path):
+    # --workload w2 names a workload of OLD only, and NEW selected w1: "PASS among 0 cases" had exited 0
+    old = write_result(tmp_path / "o.json", [rec("a", workload="w1"), rec("a", workload="w2")])
+    new = write_result(tmp_path / "n.json", [rec("a", workload="w1")])
+    obj = json.loads(new.read_text())
+    obj["attnsuite"]["scope"] = {"workloads": ["w1"]}
+    new.write_text(json.dumps(obj))
+    code, _ = run_cli("compare", old, new, "--workload", "w2")
+    assert code == 2
