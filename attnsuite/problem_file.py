@@ -163,6 +163,11 @@ def _check_level(where: str, family: registry.Family, problem: Problem) -> None:
     if problem.level != family.level:
         need = "needs d_model (x to y)" if family.level == "layer" else "must not set d_model"
         raise ProblemFileError(f"{where}: family {family.name!r} is {family.level}-level: the problem {need}")
+    if family.check is not None:
+        try:
+            family.check(problem)
+        except (ProblemError, ValueError, TypeError) as exc:  # a misspelt arg had skipped every test of it
+            raise ProblemFileError(f"{where}: family {family.name!r}: {exc}") from None
 
 
 def load(path: str | os.PathLike[str]) -> tuple[int, int]:

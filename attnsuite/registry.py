@@ -77,6 +77,9 @@ class Family:
     # device_inputs(problem) -> (inputs, grad_out, params) as tensors on the problem's device, drawn
     # there by the same recipe (other values): benchmarks of problems too large for the oracle use it
     device_inputs: Optional[Callable[[Problem], tuple[dict, Any, dict]]] = None
+    # check(problem) raises ProblemError naming what makes a problem unfit for this family (its args,
+    # shapes it cannot take): a problems file's entry is refused at load, not skipped in every test
+    check: Optional[Callable[[Problem], Any]] = None
 
 
 class UnknownVariantError(KeyError):

@@ -104,6 +104,15 @@ def test_loading_a_file_twice_adds_its_problems_once(tmp_path):
     (lambda d: d["workloads"][1]["entries"][0]["problem"].update(dqk=0),
      "workloads[1].entries[0].problem: problem field dqk must be a positive int"),
     (lambda d: d.update(version=2), "field 'version': 2 is not supported"),
+    # a family's own rules (Family.check): a misspelt arg had been accepted and every test of it skipped
+    (lambda d: d["problems"][0].update(family="dilated", lq=64, lk=64, hq=4, hkv=4, mask="none",
+                                       args={"segment": [16], "dilation": [2]}),
+     "problems[0]: family 'dilated': dilated problem"),
+    (lambda d: d["problems"][0].update(family="dilated", lq=64, lk=32, hq=4, hkv=4, mask="none",
+                                       args={"segments": [16], "dilations": [2]}),
+     "self-attention only, lq=64 != lk=32"),
+    (lambda d: d["problems"][0].update(family="mla-layer", lq=16, lk=16, hq=4, hkv=4, d_model=64, mask="causal"),
+     "problems[0]: family 'mla-layer': MLA problem"),
     (lambda d: d.update(extra=1), "unknown field(s) 'extra'"),
 ])
 def test_a_bad_entry_is_refused_naming_the_file_the_entry_and_the_field_and_nothing_is_added(tmp_path, change, words):

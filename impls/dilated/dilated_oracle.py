@@ -234,6 +234,7 @@ DILATED = register_family(
         reference=solve,
         base=_base,
         problems=dilated_problems,
+        check=config,
         description="LongNet dilated attention: per (segment, dilation) group, per-head offsets, "
         "groups mixed by their softmax denominators",
     )

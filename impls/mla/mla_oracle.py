@@ -450,7 +450,7 @@ def latent_problems(device: str, dtypes: tuple) -> list[Problem]:
 
 
 def _layer_family(name: str, params_np, draw, stream, forward, backward, torch_fn, problems,
-                  description: str) -> Family:
+                  description: str, check=None) -> Family:
     """Register a layer family of this module: float64 ``forward``/``backward``, ``torch_fn`` as the base.
 
     ``draw(rng, problem)`` is its parameter recipe and ``stream(problem)`` the recipe's seed stream.
@@ -466,6 +466,7 @@ def _layer_family(name: str, params_np, draw, stream, forward, backward, torch_f
             device_inputs=device_layer_inputs(draw, stream),
             problems=problems,
             description=description,
+            check=check,
         )
     )
 
@@ -474,6 +475,7 @@ MLA_FAMILY = _layer_family(
     "mla-layer", mla_params_np, draw_mla_params, mla_params_stream,
     mla_forward, mla_backward, mla_torch, mla_problems,
     "DeepSeek-V3 MLA: compressed q and kv (RMSNorm), decoupled RoPE part shared by heads",
+    check=mla_dims,
 )
 
 LATENT_FAMILY = _layer_family(
