@@ -132,7 +132,12 @@ def cmd_report(args: argparse.Namespace, out) -> int:
         runs["baseline"] = base.records
         print(report.terminal_table(cmp), file=out)
     else:
-        last = summary.build(run.records, None, baseline_lines=["no baseline given (--baseline names one)"])
+        if args.gate_json:  # the verdict the run's gate wrote, as the HTML shows it
+            from . import html_report
+
+            last = html_report.summary_from_gate_json(run.records, _read_gate_json(args))
+        else:
+            last = summary.build(run.records, None, baseline_lines=["no baseline given (--baseline names one)"])
         text = report.markdown_run(run.records, context=[f"from `{args.result}`"],
                                    head=summary.markdown_lines(last, report.md_escape))
         print(f"{len(run.records)} cases in {args.result}", file=out)
@@ -153,18 +158,22 @@ def cmd_report(args: argparse.Namespace, out) -> int:
     return EXIT_OK
 
 
+def _read_gate_json(args: argparse.Namespace) -> dict:
+    """``--gate-json``, read and checked (ValueError naming it)."""
+    try:
+        gate_json = json.loads(Path(args.gate_json).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--gate-json {args.gate_json}: cannot read it as JSON: {exc}") from None
+    if not isinstance(gate_json, dict) or not isinstance(gate_json.get("cases", []), list):
+        raise ValueError(f"--gate-json {args.gate_json}: not a gate JSON (an object with a \"cases\" list)")
+    return gate_json
+
+
 def _write_html(args: argparse.Namespace, run: bl.Run, out) -> None:
     """``--html``: one self-contained HTML file (html_report), with the gate JSON's verdicts when given."""
     from . import html_report
 
-    gate_json = None
-    if args.gate_json:
-        try:
-            gate_json = json.loads(Path(args.gate_json).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"--gate-json {args.gate_json}: cannot read it as JSON: {exc}") from None
-        if not isinstance(gate_json, dict) or not isinstance(gate_json.get("cases", []), list):
-            raise ValueError(f"--gate-json {args.gate_json}: not a gate JSON (an object with a \"cases\" list)")
+    gate_json = _read_gate_json(args) if args.gate_json else None
     text = html_report.render(run.records, gate_json=gate_json, source=str(args.result), fingerprint=run.fingerprint)
     bl.atomic_write_text(args.html, text)
     print(f"HTML report written to {args.html}", file=out)

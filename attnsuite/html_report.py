@@ -243,6 +243,13 @@ def _stated(rec: CaseRecord, calibration: Optional[Mapping[str, object]]) -> tup
 def summary_lines(records: Mapping[str, CaseRecord], gate_json: Optional[Mapping[str, Any]],
                   gate_mode: str = "report") -> list[str]:
     """The report's top: the run's summary (:mod:`attnsuite.summary`), its verdict from a gate JSON."""
+    return summ.terminal_lines(summary_from_gate_json(records, gate_json, gate_mode))
+
+
+def summary_from_gate_json(records: Mapping[str, CaseRecord], gate_json: Optional[Mapping[str, Any]],
+                           gate_mode: str = "report") -> summ.Summary:
+    """The run's summary with the verdict a gate JSON (``--attn-gate-json``) holds: what `attnsuite report
+    --gate-json` prints and what its HTML shows, from one function."""
     gate = dict(gate_json or {})
     cal = (gate.get("calibration") or {}).get("baseline")
     if not gate:
@@ -265,7 +272,7 @@ def summary_lines(records: Mapping[str, CaseRecord], gate_json: Optional[Mapping
         s.regressions, s.more_regressions = lines[:summ.MAX_REGRESSIONS], max(0, len(lines) - summ.MAX_REGRESSIONS)
     s.best = summ.best_per_workload(records, cal)
     s.peak_note = summ.peak_note(records, cal)
-    return summ.terminal_lines(s)
+    return s
 
 
 def step_summary(records: Mapping[str, CaseRecord], gate_json: Optional[Mapping[str, Any]], html_name: str) -> str:

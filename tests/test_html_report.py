@@ -212,3 +212,18 @@ def test_python_dash_m_attnsuite_is_the_command_without_the_venv_on_path():
     proc = subprocess.run([sys.executable, "-m", "attnsuite", "report", "--help"], capture_output=True, text=True,
                           timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0 and "--html" in proc.stdout and "--gate-json" in proc.stdout
+
+
+def test_report_with_a_gate_json_prints_the_verdict_its_html_shows(tmp_path):
+    # it had printed "NOT COMPARED ... no baseline given" while the HTML of the same command said FAIL
+    import io
+
+    result, gate = tmp_path / "bench.json", tmp_path / "gate.json"
+    recs = _records()
+    result.write_text(json.dumps({"benchmarks": [{"name": k, "extra_info": r.to_extra_info()} for k, r in recs.items()]}))
+    gate.write_text(json.dumps(_gate(recs)))
+    out = io.StringIO()
+    assert cli.main(["report", str(result), "--html", str(tmp_path / "r.html"), "--gate-json", str(gate)], out=out) == 0
+    printed = out.getvalue()
+    first = html_report.summary_lines(recs, _gate(recs))[0]
+    assert first.startswith("FAIL") and first in printed and "NOT COMPARED" not in printed, printed[-1500:]
