@@ -240,8 +240,13 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
                 except registry.UnknownVariantError as exc:
                     raise ProblemFileError(f"{ewhere}: field 'variants': {exc}") from None
             note = _typed(ewhere, "note", entry.get("note", ""), str)
-            entries.append((name, description, source, tier,
-                            workloads.Entry(family.name, problem, modes=modes, variants=variants, note=note)))
+            made = workloads.Entry(family.name, problem, modes=modes, variants=variants, note=note)
+            if str(p) not in _LOADED:  # (loading the same file again registers nothing: nothing to repeat)
+                earlier = [e for n, _, _, t, e in entries if n == name and t == tier]
+                why = workloads.duplicate_of(name, tier, made, earlier)
+                if why:
+                    raise ProblemFileError(f"{ewhere}: {why}")
+            entries.append((name, description, source, tier, made))
     if str(p) in _LOADED:
         return len(problems), len(entries)
     for family_name, problem, dtypes in problems:

@@ -309,6 +309,18 @@ _add(Workload(
     source="served models' decode loop: prefill once, then steps that read and grow a KV or latent cache",
 ))
 
+def duplicate_of(name: str, tier: str, entry: Entry, also: Sequence[Entry] = ()) -> Optional[str]:
+    """Why ``entry`` would repeat a problem that workload ``name``'s ``tier`` (or ``also``, entries being
+    added with it) already has, or None. Two entries of one problem would be measured twice under one
+    case key, and the gate would keep only the last."""
+    old = WORKLOADS.get(name)
+    for e in (*(old.tier(tier) if old is not None else ()), *also):
+        if e.family == entry.family and e.problem == entry.problem:
+            return (f"workload {name!r} ({tier} tier) already has problem {entry.problem.id} of family "
+                    f"{entry.family!r}: one problem is one case key")
+    return None
+
+
 def add_entries(name: str, tier: str, entries: Sequence[Entry], description: str = "", source: str = "") -> Workload:
     """Add benchmark entries to workload ``name``'s ``tier`` (a new workload needs a description).
 
@@ -317,9 +329,12 @@ def add_entries(name: str, tier: str, entries: Sequence[Entry], description: str
     """
     if tier not in TIERS:
         raise ValueError(f"unknown tier {tier!r}; expected one of {TIERS}")
-    for entry in entries:
+    for i, entry in enumerate(entries):
         if not isinstance(entry, Entry):
             raise TypeError(f"workload {name!r}: expected Entry objects, got {type(entry).__name__}")
+        why = duplicate_of(name, tier, entry, entries[:i])
+        if why:
+            raise ValueError(why)
     old = WORKLOADS.get(name)
     if old is None:
         if not description:

@@ -104,6 +104,9 @@ def test_loading_a_file_twice_adds_its_problems_once(tmp_path):
     (lambda d: d["workloads"][1]["entries"][0]["problem"].update(dqk=0),
      "workloads[1].entries[0].problem: problem field dqk must be a positive int"),
     (lambda d: d.update(version=2), "field 'version': 2 is not supported"),
+    # one problem is one case key: a repeat had been measured twice and the gate had kept the last
+    (lambda d: d["workloads"][0]["entries"].append(json.loads(json.dumps(d["workloads"][0]["entries"][0]))),
+     "workloads[0].entries[1]: workload 'my-model' (quick tier) already has problem"),
     # a family's own rules (Family.check): a misspelt arg had been accepted and every test of it skipped
     (lambda d: d["problems"][0].update(family="dilated", lq=64, lk=64, hq=4, hkv=4, mask="none",
                                        args={"segment": [16], "dilation": [2]}),
@@ -192,3 +195,11 @@ def test_a_bad_problems_file_is_a_usage_error_before_anything_runs(pytester, out
                                            f"--attn-problems={bad}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert f"{bad}: problems[0]: problem field lq must be a positive int" in result.stderr.str()
+
+
+def test_a_second_file_repeating_an_entry_already_registered_is_refused(tmp_path):
+    first = _write(tmp_path, GOOD, "a.json")
+    problem_file.load(first)
+    second = _write(tmp_path, GOOD, "b.json")  # the same content under another name
+    with pytest.raises(problem_file.ProblemFileError, match="already has problem"):
+        problem_file.load(second)
