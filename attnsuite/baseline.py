@@ -954,9 +954,9 @@ class Run:
     foreign: int = 0  # benchmarks in a result file that carry no attnsuite record
     duplicates: list[str] = field(default_factory=list)
     calibration: Optional[dict[str, Any]] = None  # the instance calibration probes of the run
-    # what the run selected (verdict.Scope.to_json), stored by the pytest gate: a later compare of this
-    # file judges the same cases as the run's own gate did (None: a file without it, or a baseline)
-    scope: Optional[dict[str, Any]] = None
+    # what the run selected (a verdict.Scope, stored by the pytest gate as attnsuite.scope): a later
+    # compare of this file judges the same cases as the run's own gate did (None: a file without it, or a baseline)
+    scope: Optional[Any] = None
 
     @property
     def label(self) -> str:
@@ -1067,7 +1067,7 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
         from .verdict import Scope  # verdict does not import this module: no cycle
 
         try:
-            Scope.from_json(scope, "attnsuite.scope")
+            scope = Scope.from_json(scope, "attnsuite.scope")
         except ValueError as exc:
             raise ResultFileError(where, str(exc)) from None
     # cases without samples (skipped, out of memory, failed) are kept beside pytest-benchmark's list,
@@ -1097,7 +1097,7 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
             dups.append(rec.key)
         records[rec.key] = rec
     return Run(records=records, fingerprint=fp, path=path, kind="result", foreign=foreign, duplicates=dups,
-               calibration=calibration, scope=dict(scope) if scope is not None else None)
+               calibration=calibration, scope=scope)
 
 
 def _gunzip(raw: bytes, p: Path) -> bytes:

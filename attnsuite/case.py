@@ -59,8 +59,9 @@ class Case:
         """Backpropagate the case's output gradient from ``out`` (``retain_graph``: keep the autograd
         graph so the same backward can run again, as device time's graph capture does).
         :class:`OutputContractError` when ``out`` is not a tensor of the output's shape."""
-        if not isinstance(out, torch.Tensor) or out.shape != self.grad_out.shape:
-            raise OutputContractError(self.output_problem(out) or "")
+        broken = self.output_problem(out)
+        if broken:
+            raise OutputContractError(broken)
         out.backward(self.grad_out, retain_graph=retain_graph)
 
     def zero_grads(self) -> None:

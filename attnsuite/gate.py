@@ -74,9 +74,7 @@ def _label(run: bl.Run) -> str:
 def run_scope(run: bl.Run) -> Scope:
     """Which cases ``run`` answers for: the selection its own gate stored in its JSON, else (a file
     written without one) everything of the tiers it ran. A baseline case outside is not missing."""
-    if run.scope is not None:
-        return Scope.from_json(run.scope, "attnsuite.scope")  # checked when the file was read
-    return Scope.tiers_of(run.records)
+    return run.scope if run.scope is not None else Scope.tiers_of(run.records)
 
 
 def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,

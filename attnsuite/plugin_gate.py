@@ -135,38 +135,33 @@ def pytest_configure(config: pytest.Config) -> None:
     check_path_options(config)
     if config.getoption("--attn-gate") == "off":
         return
-    # Files named on the command line are read now, so a bad one stops the run before any
-    # benchmark time is spent, as a usage error (exit status 4).
+    # Files named on the command line, and the baseline this machine's fingerprint finds, are read now,
+    # so a bad one (corrupt, or another machine's) stops the run before any benchmark time is spent, as
+    # a usage error (exit status 4); it had been found only after every case had run. The fingerprint
+    # comes from the benchmarks plugin: only a session that runs benchmarks has one.
     named = config.getoption("--attn-baseline")
-    if named and Path(named).exists():
+    benchmarking = plugin_bench.benchmarks_requested(config) \
+        and config.pluginmanager.has_plugin("attnsuite.plugin_bench")
+    here = bl.stable_fingerprint(plugin_bench.fingerprint_of(config)["info"]) if benchmarking else None
+    if named:
+        path = Path(named)
+    else:
+        path = bl.find_baseline(here, _baselines_dir(config)).path if here is not None else None
+    if path is not None and Path(path).exists():
         try:
-            base = bl.load_baseline(named)
+            base = bl.load_baseline(path)
         except bl.BaselineError as exc:
-            raise pytest.UsageError(f"attnsuite gate: {exc}") from None
-        # A baseline of another machine is refused now, not after every case has run. (Recording into
-        # it is record_baseline's business; a session that runs no benchmark has no machine to check.)
-        # (Only where the benchmarks plugin runs: it is what gives the run this machine's fingerprint.)
-        if not config.getoption("--attn-record-baseline") and plugin_bench.benchmarks_requested(config) \
-                and config.pluginmanager.has_plugin("attnsuite.plugin_bench"):
-            here = bl.stable_fingerprint(plugin_bench.fingerprint_of(config)["info"])
+            whose = "" if named else " (the baseline for this machine; fix or remove it, or name another with " \
+                                     "--attn-baseline)"
+            raise pytest.UsageError(f"attnsuite gate: {exc}{whose}") from None
+        # (recording into a named baseline is record_baseline's business: it checks the machine then)
+        if named and here is not None and not config.getoption("--attn-record-baseline"):
             try:
                 bl.check_compatible(dict(base.fingerprint), here,
                                     allow_mismatch=config.getoption("--attn-allow-mismatch"))
             except bl.FingerprintMismatch as exc:
                 raise pytest.UsageError(f"attnsuite gate: refusing to compare with {named}: the machines differ: "
                                         f"{exc} (--attn-allow-mismatch compares anyway)") from None
-    elif not named and plugin_bench.benchmarks_requested(config) \
-            and config.pluginmanager.has_plugin("attnsuite.plugin_bench"):
-        # The baseline this machine's fingerprint finds is read now too: a corrupt one had been found
-        # only after every case had run (on a GPU, the whole tier's minutes for nothing).
-        here = bl.stable_fingerprint(plugin_bench.fingerprint_of(config)["info"])
-        look = bl.find_baseline(here, _baselines_dir(config))
-        if look.path is not None and Path(look.path).exists():
-            try:
-                bl.load_baseline(look.path)
-            except bl.BaselineError as exc:
-                raise pytest.UsageError(f"attnsuite gate: {exc} (the baseline for this machine; fix or remove it, "
-                                        "or name another with --attn-baseline)") from None
     try:
         gate.thresholds_for(config.getoption("--attn-thresholds"), _baselines_dir(config))
     except ThresholdsError as exc:

@@ -324,10 +324,15 @@ def _band(rel_iqrs: list[float], floor: float, t: Thresholds) -> float:
     return max(floor, t.spread_k * spread)
 
 
+def _event_rel_iqrs(base: CaseRecord, cur: CaseRecord) -> list[float]:
+    """Each run's relative IQR of event/CPU time (where it has one)."""
+    return [r.iqr_ms / r.median_ms for r in (base, cur) if r.iqr_ms is not None and r.median_ms]
+
+
 def noise_band(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> float:
     """The relative noise band of event/CPU time from both runs' relative IQR, never below the floor
     (nor below ``host_bound_floor`` for a host-bound case)."""
-    rel = [r.iqr_ms / r.median_ms for r in (base, cur) if r.iqr_ms is not None and r.median_ms]
+    rel = _event_rel_iqrs(base, cur)
     floor = t.time_floor
     if t.host_bound_floor and host_bound(base, cur, t):
         floor = max(floor, t.host_bound_floor)
@@ -340,9 +345,8 @@ def host_abs_allowance(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> tupl
     allowance is ``host_abs_ms``, or the event time's noise band (its floor and IQR spread, without the
     host-bound floor) times the longer event median where that is larger. A 12 ms step whose overhead
     went from 0 to 0.06 ms has not changed (an H200 A/A run had flagged it); a 0.2 ms step's has."""
-    rel = [r.iqr_ms / r.median_ms for r in (base, cur) if r.iqr_ms is not None and r.median_ms]
     medians = [r.median_ms for r in (base, cur) if r.median_ms]
-    of_event = _band(rel, t.time_floor, t) * max(medians) if medians else 0.0
+    of_event = _band(_event_rel_iqrs(base, cur), t.time_floor, t) * max(medians) if medians else 0.0
     if of_event > t.host_abs_ms:
         return of_event, f" (the event time's noise at {fmt_ms(max(medians))})"
     return t.host_abs_ms, ""
