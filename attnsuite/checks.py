@@ -269,9 +269,19 @@ def check_causality(variant: Variant, problem: Problem, cache: Optional[dict] = 
         if problem.level == "layer":
             blind &= np.arange(problem.lq) < pivot  # a changed token changes its own query too
         with torch.no_grad():
-            out_a = prepare(variant, problem, False, cache=cache).forward()
-            out_b = prepare(variant, problem, False, inputs_np=perturbed, cache=cache).forward()
-        axis = 1 if problem.level == "layer" else out_a.dim() - 2
+            case_a = prepare(variant, problem, False, cache=cache)
+            out_a = case_a.forward()
+            case_b = prepare(variant, problem, False, inputs_np=perturbed, cache=cache)
+            out_b = case_b.forward()
+        # a malformed or non-finite output is reported as such: compared, it had read as a future leak,
+        # an IndexError, an AttributeError or "the perturbation was ignored"
+        for what, case, out in (("unperturbed", case_a, out_a), ("perturbed", case_b, out_b)):
+            broken = case.output_problem(out) or _non_finite(out, problem, allowed.any(axis=1))
+            if broken:
+                result.passed = False
+                result.details.append(f"{what} call: {broken}; causality not judged")
+                return
+        axis = _row_axis(problem, out_a)
         rows = torch.as_tensor(np.flatnonzero(blind), device=out_a.device)
         a_rows, b_rows = out_a.index_select(axis, rows), out_b.index_select(axis, rows)
         if variant.deterministic and not same_bits(a_rows, b_rows):
@@ -292,6 +302,22 @@ def check_causality(variant: Variant, problem: Problem, cache: Optional[dict] = 
             result.details.append(f"rows that see keys >= {pivot} did not change at all: the perturbation was ignored")
 
     return _guarded("causality", variant, problem, body)
+
+
+def _row_axis(problem: Problem, out: torch.Tensor) -> int:
+    """The axis of query rows (tokens) in an output of the contract's shape."""
+    return 1 if problem.level == "layer" else out.dim() - 2
+
+
+def _non_finite(out: torch.Tensor, problem: Problem, rows: np.ndarray) -> Optional[str]:
+    """Say how many NaN/Inf values ``out`` holds in the query rows ``rows`` (those that attend to some
+    key: a fully masked row may hold NaN), or None when there are none."""
+    index = torch.as_tensor(np.flatnonzero(rows), device=out.device)
+    picked = out.detach().index_select(_row_axis(problem, out), index)
+    bad = int((~torch.isfinite(picked)).sum())
+    if not bad:
+        return None
+    return f"non-finite output: {bad} of {picked.numel()} values in rows that attend to some key are NaN or Inf"
 
 
 def check_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = None) -> CheckResult:
@@ -392,6 +418,20 @@ CHECKS = {
     "causality": check_causality,
     "repeat": check_repeat,
 }
+
+
+def guarded_skip_reason(decide: Callable[[], Optional[str]], variant: Variant,
+                        problem: Problem) -> tuple[Optional[str], Optional[str]]:
+    """Run ``decide`` (a skip reason or None, from a variant's own ``unsupported``/``extra_reasons``):
+    ``(reason, None)``, or ``(None, failure)`` when it raised, the failure naming the variant, the
+    problem and the exception. The correctness tests compute skip reasons while collecting: an
+    exception there had stopped the collection of every variant's tests; this way it fails the
+    tests of that variant only."""
+    try:
+        return decide(), None
+    except Exception as exc:  # noqa: BLE001 - the variant's code, reported against it
+        return None, (f"{variant.name} on {problem.id}: its unsupported()/extra_reasons() raised "
+                      f"{type(exc).__name__}: {exc}")
 
 
 def skip_reason(check: str, variant: Variant, problem: Problem) -> Optional[str]:

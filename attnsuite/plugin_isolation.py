@@ -45,7 +45,7 @@ from typing import Any, Optional
 
 import pytest
 
-from . import torch_state
+from . import registry, torch_state
 
 LEDGER_KEY = "attnsuite_crash_ledger"  # the controller's folder, handed to each worker in workerinput
 CRASHED = "crashed.jsonl"  # one JSON line per variant that took a worker down
@@ -86,7 +86,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> Optional[list[str]]:
-    external = config.getoption("--attn-variants") or os.environ.get("ATTNSUITE_VARIANTS")
+    # code from outside the repository: named on the command line or in the environment, or loaded
+    # from an installed package's entry point (the registry keeps each variant's origin)
+    external = (config.getoption("--attn-variants") or os.environ.get("ATTNSUITE_VARIANTS")
+                or registry.external_variants())
     under_xdist = bool(getattr(config.option, "numprocesses", None))
     if not external or under_xdist or hasattr(config, "workerinput") or config.getoption("benchmark_only", False):
         return None

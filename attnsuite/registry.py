@@ -51,6 +51,11 @@ _REGISTRY: dict[str, "Variant"] = {}
 _FAMILIES: dict[str, "Family"] = {}
 # what load_external loaded in this process, in order: (spec, module name for a file or folder)
 _EXTERNAL_SOURCES: list[tuple[str, Optional[str]]] = []
+# variant name -> where load_all loaded it from: BUILTIN_ORIGIN, "--attn-variants '...'",
+# "ATTNSUITE_VARIANTS '...'" or "entry point 'NAME' (distribution DIST) 'module'"
+_ORIGINS: dict[str, str] = {}
+BUILTIN_ORIGIN = "built-in"
+LEVELS = ("kernel", "layer")
 
 
 @dataclass(frozen=True)
@@ -258,8 +263,32 @@ def register(variant):
     if instance.accuracy not in ACCURACY_CLASSES:
         raise ValueError(f"variant {instance.name!r} declares unknown accuracy class {instance.accuracy!r}; "
                          f"known: {', '.join(ACCURACY_CLASSES)} (attnsuite/tolerance.py)")
+    _check_level(instance)
+    # the family itself may be registered later in the same load (check_families, after load_all);
+    # when it is already known, a level that differs from it is refused here
+    if instance.family in _FAMILIES:
+        _check_family(instance)
     _REGISTRY[instance.name] = instance
     return variant
+
+
+def _defined_in(variant: "Variant") -> str:
+    """Where a variant's class lives, for error messages: its module, and the module's file when known."""
+    module = type(variant).__module__
+    path = getattr(sys.modules.get(module), "__file__", None)
+    return f"{module} ({path})" if path else module
+
+
+def _check_level(variant: "Variant") -> None:
+    """Refuse a level that is not the variant class's kind (a kernel variant declaring "layer" would
+    be skipped on every problem of its family: a green run having checked nothing)."""
+    for base, kind in ((KernelVariant, "kernel"), (LayerVariant, "layer")):
+        if isinstance(variant, base) and variant.level != kind:
+            raise ValueError(f"variant {variant.name!r} in {_defined_in(variant)} declares level {variant.level!r}, "
+                             f"but it is a {base.__name__}: its level is {kind!r}")
+    if variant.level not in LEVELS:
+        raise ValueError(f"variant {variant.name!r} in {_defined_in(variant)} declares unknown level "
+                         f"{variant.level!r}; known: {', '.join(LEVELS)}")
 
 
 def register_family(family: Family) -> Family:
@@ -332,6 +361,32 @@ def family_of(variant: "Variant") -> Family:
         raise UnknownVariantError(f"variant {variant.name!r}: {exc}") from None
 
 
+def _check_family(variant: "Variant") -> None:
+    """Refuse a variant whose family is not registered, or whose level is not its family's.
+
+    An unknown family (a typo) had passed register() and then broken the collection of every
+    variant's correctness tests; a level other than the family's skipped every one of its tests.
+    """
+    known = _FAMILIES.get(variant.family)
+    if known is None:
+        close = difflib.get_close_matches(variant.family, list(_FAMILIES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"variant {variant.name!r} in {_defined_in(variant)} names unknown family "
+                         f"{variant.family!r}{hint}; known: {', '.join(sorted(_FAMILIES)) or 'none'}")
+    if known.level != variant.level:
+        raise ValueError(f"variant {variant.name!r} in {_defined_in(variant)} is {variant.level}-level, but its "
+                         f"family {variant.family!r} is {known.level}-level")
+
+
+def check_families() -> None:
+    """Every registered variant names a registered family of its own level (ValueError otherwise).
+
+    Called once every module is loaded (:func:`load_all`): a variant may be registered before the
+    family it computes (another module, loaded later, registers that)."""
+    for variant in variants():
+        _check_family(variant)
+
+
 def get(name: str) -> Variant:
     """The registered variant called ``name``; an unknown name names its closest matches."""
     try:
@@ -386,8 +441,8 @@ class NothingRegistered(UserWarning):
 
 
 class VariantLoadError(ImportError):
-    """A variants module named by ``--attn-variants`` or ``ATTNSUITE_VARIANTS`` failed to load; the
-    message names it, where it was named, and the error it raised."""
+    """A variants module named by ``--attn-variants``, ``ATTNSUITE_VARIANTS`` or an entry point failed
+    to load; the message names it, where it was named, and the error it raised."""
 
 
 def load_external(spec: str, module_name: Optional[str] = None) -> None:
@@ -473,19 +528,61 @@ def load_like(sources: Iterable[tuple[str, Optional[str]]]) -> list[str]:
     return errors
 
 
+def _entry_point_origin(ep: Any) -> str:
+    """How an entry point is named in messages: its name, its distribution and the module it names."""
+    dist = getattr(ep, "dist", None)
+    dist_name = getattr(dist, "name", None) or "unknown"
+    return f"entry point {ep.name!r} (distribution {dist_name}) {ep.value!r}"
+
+
 def load_entry_points() -> None:
-    """Import every module named in the ``attnsuite.variants`` entry-point group."""
+    """Import every module named in the ``attnsuite.variants`` entry-point group.
+
+    One that fails to import raises :class:`VariantLoadError` naming the entry point, its
+    distribution and its module (an installed package's import error alone names none of them)."""
     for ep in entry_points(group="attnsuite.variants"):
-        ep.load()
+        where = _entry_point_origin(ep)
+        try:
+            _load_from(where, ep.load)
+        except Exception as exc:
+            raise VariantLoadError(f"{where}: {type(exc).__name__}: {exc}") from exc
+
+
+def entry_point_modules() -> list[str]:
+    """The modules the ``attnsuite.variants`` entry points name (what :func:`load_entry_points` imports)."""
+    return [ep.module for ep in entry_points(group="attnsuite.variants")]
+
+
+def _load_from(origin: str, load: Callable[[], Any]) -> None:
+    """Run ``load`` and remember ``origin`` for each variant it registered."""
+    before = set(_REGISTRY)
+    load()
+    for name in set(_REGISTRY) - before:
+        _ORIGINS[name] = origin
+
+
+def origin(name: str) -> Optional[str]:
+    """Where :func:`load_all` loaded variant ``name`` from (:data:`BUILTIN_ORIGIN`, an entry point,
+    ``--attn-variants`` or ``ATTNSUITE_VARIANTS`` and the module); None for one registered otherwise."""
+    return _ORIGINS.get(name)
+
+
+def external_variants() -> list[Variant]:
+    """The registered variants loaded from outside the repository: by entry point, ``--attn-variants``
+    or ``ATTNSUITE_VARIANTS`` (code the suite has never seen), in name order."""
+    return [v for v in variants() if origin(v.name) not in (None, BUILTIN_ORIGIN)]
 
 
 def load_all(external: Iterable[str] = ()) -> None:
-    """Built-in variants, entry points, the ``ATTNSUITE_VARIANTS`` variable, then ``external``."""
-    load_builtin()
+    """Built-in variants, entry points, the ``ATTNSUITE_VARIANTS`` variable, then ``external``; then
+    every variant's family is checked (:func:`check_families`)."""
+    _load_from(BUILTIN_ORIGIN, load_builtin)
     load_entry_points()
     named = [("ATTNSUITE_VARIANTS", spec) for spec in os.environ.get("ATTNSUITE_VARIANTS", "").split(",")]
-    for origin, spec in named + [("--attn-variants", spec) for spec in external]:
+    for where, spec in named + [("--attn-variants", spec) for spec in external]:
+        source = f"{where} {spec.strip()!r}"
         try:
-            load_external(spec)
+            _load_from(source, lambda: load_external(spec))
         except Exception as exc:  # which of several modules failed, and where it was named
-            raise VariantLoadError(f"{origin} {spec.strip()!r}: {type(exc).__name__}: {exc}") from exc
+            raise VariantLoadError(f"{source}: {type(exc).__name__}: {exc}") from exc
+    check_families()

@@ -15,10 +15,22 @@ from typing import Any, Callable
 
 import torch
 
+
+def _set_default_device(device: torch.device) -> None:
+    """Put the default device back. CPU is torch's own default: clear the setting rather than set
+    "cpu", since a set default device is a function mode that adds a cost to every torch call."""
+    torch.set_default_device(None if device == torch.device("cpu") else device)
+
+
 # name -> (read, write). Each entry is a piece of global state a variant can change by accident.
+# Not tracked: torch.set_flush_denormal. torch offers only the setter (its return value says whether
+# the CPU supports the mode, not which mode was on), so there is nothing to read and compare.
 _ITEMS: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
     "grad mode": (torch.is_grad_enabled, torch.set_grad_enabled),
     "default dtype": (torch.get_default_dtype, torch.set_default_dtype),
+    # a variant that leaves "meta" (or another device) as the default moves every later tensor made
+    # without a device there: the next variant would fail for it
+    "default device": (torch.get_default_device, _set_default_device),
     "intra-op threads": (torch.get_num_threads, torch.set_num_threads),
     "deterministic algorithms": (
         lambda: (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()),
@@ -39,6 +51,7 @@ _ITEMS: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
                             lambda v: setattr(torch.backends.cudnn, "deterministic", v)),
     "cudnn.benchmark": (lambda: torch.backends.cudnn.benchmark, lambda v: setattr(torch.backends.cudnn, "benchmark", v)),
     "cudnn.enabled": (lambda: torch.backends.cudnn.enabled, lambda v: setattr(torch.backends.cudnn, "enabled", v)),
+    "mkldnn.enabled": (lambda: torch.backends.mkldnn.enabled, lambda v: setattr(torch.backends.mkldnn, "enabled", v)),
     "sdpa flash enabled": (torch.backends.cuda.flash_sdp_enabled, torch.backends.cuda.enable_flash_sdp),
     "sdpa mem-efficient enabled": (torch.backends.cuda.mem_efficient_sdp_enabled, torch.backends.cuda.enable_mem_efficient_sdp),
     "sdpa math enabled": (torch.backends.cuda.math_sdp_enabled, torch.backends.cuda.enable_math_sdp),

@@ -14,6 +14,7 @@ import pytest
 import torch.nn.functional as F
 
 from attnsuite import registry
+from attnsuite.checks import guarded_skip_reason
 from attnsuite.decode_check import DEFAULT_PLAN, DecodePlan, check_decode, decode_problems, skip_reason
 from attnsuite.plugin import selected_variants
 from attnsuite_impls.layers import dense_layer
@@ -47,7 +48,8 @@ def _cases(config: pytest.Config):
         if family.name not in problems:
             problems[family.name] = decode_problems(family, device, dtypes, DEFAULT_PLAN, max_length)
         for problem in problems[family.name]:
-            reason = skip_reason(variant, problem, DEFAULT_PLAN)
+            # None when the variant's own hook raised: that test then fails naming it (_applies)
+            reason, _ = guarded_skip_reason(lambda: skip_reason(variant, problem, DEFAULT_PLAN), variant, problem)
             marks = [pytest.mark.skip(reason=reason)] if reason else []
             yield pytest.param(variant, problem, id=f"{variant.name}@{problem.id}-{DEFAULT_PLAN.id}", marks=marks)
 
@@ -61,7 +63,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(("variant", "problem"), params)
 
 
+def _applies(variant, problem) -> None:
+    """Skip the test when the variant declares the problem unsupported; fail it when its hook raises."""
+    reason, failure = guarded_skip_reason(lambda: skip_reason(variant, problem, DEFAULT_PLAN), variant, problem)
+    if failure:
+        pytest.fail(failure, pytrace=False)
+    if reason:
+        pytest.skip(reason)
+
+
 def test_decode_steps_match_the_full_forward(variant, problem, build_cache):
+    _applies(variant, problem)
     result = check_decode(variant, problem, DEFAULT_PLAN, cache=build_cache)
     if not result.passed:
         pytest.fail(result.message, pytrace=False)

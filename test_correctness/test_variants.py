@@ -7,6 +7,7 @@ the problem, the check and how far off the result is against which bound.
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 import pytest
 
@@ -41,12 +42,29 @@ def _cases(config: pytest.Config, check: str):
         if variant.compiled and limit is not None:
             problems = [p for d in dtypes for p in [q for q in problems if q.dtype == d][:limit]]
         for problem in problems:
-            reason = checks.skip_reason(check, variant, problem)
+            reason = _collected_skip_reason(check, variant, problem)
             marks = [pytest.mark.skip(reason=reason)] if reason else []
             seen = variant.known_defect(check, problem)
             if seen:
                 marks.append(pytest.mark.xfail(strict=True, reason=f"known defect of {variant.name}: {seen}"))
             yield pytest.param(variant, problem, id=f"{variant.name}@{problem.id}", marks=marks)
+
+
+def _collected_skip_reason(check: str, variant, problem) -> Optional[str]:
+    """Why the test is skipped, read at collection; None when the variant's own hook raised: that
+    test then runs and fails naming it (:func:`_applies`)."""
+    reason, _ = checks.guarded_skip_reason(lambda: checks.skip_reason(check, variant, problem), variant, problem)
+    return reason
+
+
+def _applies(check: str, variant, problem) -> None:
+    """Skip the test when the check does not apply; fail it when the variant's own hook raises."""
+    reason, failure = checks.guarded_skip_reason(lambda: checks.skip_reason(check, variant, problem),
+                                                 variant, problem)
+    if failure:
+        pytest.fail(failure, pytrace=False)
+    if reason:
+        pytest.skip(reason)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -57,6 +75,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def _run(check: str, variant, problem, build_cache, record_property) -> None:
+    _applies(check, variant, problem)
     result = checks.CHECKS[check](variant, problem, cache=build_cache)
     for note in result.notes:
         warnings.warn(f"{variant.name} on {problem.id}: {note}", stacklevel=2)

@@ -1,5 +1,6 @@
 """A variant whose output breaks the contract (not a tensor, another shape) is told so in the contract's
-words on every path: the forward and backward checks and each benchmark mode.
+words on every path: the forward, backward and causality checks and each benchmark mode (causality
+also names a non-finite output as such).
 
 The backward check and the bwd / fwd+bwd benchmarks had surfaced torch's own words instead
 ("'tuple' object has no attribute 'backward'", "Mismatch in shape: grad_output[0] ..."), and the
@@ -9,6 +10,7 @@ fwd benchmark "'tuple' object has no attribute 'detach'".
 from __future__ import annotations
 
 import pytest
+import torch
 
 from attnsuite import checks, registry, runner, workloads
 from attnsuite.problem import Mask, Problem
@@ -27,7 +29,15 @@ class _Broken(type(registry.get("sdpa"))):
 
         def broken(q, k, v):
             out = run(q, k, v)
-            return (out, None) if self.how == "tuple" else out[..., :-1, :]  # or one query row short
+            if self.how == "tuple":
+                return out, None
+            if self.how == "none":
+                return None
+            if self.how == "transposed":
+                return out.transpose(-1, -2)
+            if self.how == "nan":
+                return torch.full_like(out, float("nan"))
+            return out[..., :-1, :]  # one query row short
 
         return broken
 
@@ -40,6 +50,21 @@ class ReturnsTuple(_Broken):
 class OneRowShort(_Broken):
     name = "one-row-short"
     how = "short"
+
+
+class ReturnsNone(_Broken):
+    name = "returns-none"
+    how = "none"
+
+
+class Transposed(_Broken):
+    name = "returns-transposed"
+    how = "transposed"
+
+
+class AllNaN(_Broken):
+    name = "returns-nan"
+    how = "nan"
 
 
 BROKEN = [pytest.param(ReturnsTuple(), "returned tuple, not a tensor", id="a tuple"),
@@ -65,3 +90,20 @@ def test_each_benchmark_mode_records_the_broken_contract_as_numerics(monkeypatch
     rec, _ = runner.run_case(bc, settings)
     assert rec.outcome == "numerics" and words in rec.detail and variant.name in rec.detail, (rec.outcome, rec.detail)
     assert rec.extra["numerics_check"] == "contract"
+
+
+@pytest.mark.parametrize("variant, words", BROKEN + [
+    pytest.param(ReturnsNone(), "returned NoneType, not a tensor", id="None"),
+    pytest.param(Transposed(), "output is (1, 2, 16, 24), the contract says (1, 2, 24, 16)", id="transposed"),
+    pytest.param(AllNaN(), "non-finite output: 768 of 768 values in rows that attend to some key are NaN or Inf",
+                 id="NaN"),
+])
+def test_the_causality_check_names_a_broken_output_before_comparing(monkeypatch, variant, words):
+    # it had read "future leak" then an IndexError (transposed), an AttributeError (None, a tuple), and
+    # "the perturbation was ignored" (NaN)
+    monkeypatch.setitem(registry._REGISTRY, variant.name, variant)
+    result = checks.check_causality(variant, PROBLEM)
+    assert not result.passed and any(words in d for d in result.details), result.details
+    assert "causality not judged" in result.message, result.message
+    for misleading in ("future leak", "raised", "perturbation was ignored"):
+        assert misleading not in result.message, result.message

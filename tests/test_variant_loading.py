@@ -1,0 +1,283 @@
+"""Loading variants from outside the repository: what a broken one does to the run.
+
+- A level that is not the variant class's kind, or a family that is not registered, is refused when
+  the variants are loaded, naming the variant, its module and the family (it had registered, then
+  skipped every test, or broken the collection of every variant's tests).
+- A variant whose ``extra_reasons`` raises fails its own correctness tests, naming itself and the
+  exception; the other variants are collected and run (it had stopped the whole collection).
+- An entry point whose module does not import is named with its distribution and module.
+- Entry-point variants count as code from outside in the run header's warning.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from attnsuite import plugin_isolation, registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+CORRECT_RUN = '''
+import torch
+from attnsuite import mask_mods
+
+
+def correct_run(problem):
+    allowed = mask_mods.dense_bool_mask(problem)
+
+    def run(q, k, v):
+        g = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+        s = q @ k.transpose(-1, -2) * problem.softmax_scale
+        if allowed is not None:
+            s = s.masked_fill(~allowed, float("-inf"))
+        return torch.softmax(s, dim=-1) @ v
+
+    return run
+'''
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch: pytest.MonkeyPatch):
+    """The registry as it is, and whatever a test loads into it (variants, families, modules) forgotten
+    afterwards: a variant left behind would break every later run of this process."""
+    registry.load_builtin()
+    for name in ("_REGISTRY", "_FAMILIES", "_ORIGINS"):
+        monkeypatch.setattr(registry, name, dict(getattr(registry, name, {})), raising=False)
+    monkeypatch.setattr(registry, "_EXTERNAL_SOURCES", list(registry._EXTERNAL_SOURCES))
+    monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
+    modules = set(sys.modules)
+    yield
+    for name in set(sys.modules) - modules:
+        if name.startswith("attnsuite_external_") or name.startswith("s14_ep_"):
+            del sys.modules[name]
+
+
+def _module(folder: Path, name: str, body: str) -> Path:
+    path = folder / f"{name}.py"
+    path.write_text(CORRECT_RUN + textwrap.dedent(body))
+    return path
+
+
+# --- a level or a family that does not fit ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("base, level, words", [
+    ("KernelVariant", "layer", "declares level 'layer', but it is a KernelVariant: its level is 'kernel'"),
+    ("LayerVariant", "kernel", "declares level 'kernel', but it is a LayerVariant: its level is 'layer'"),
+])
+def test_a_level_that_is_not_the_classs_kind_is_refused_naming_variant_and_module(
+        isolated_registry, tmp_path, base, level, words):
+    path = _module(tmp_path, f"s14_level_{base.lower()}", f'''
+        from attnsuite.registry import {base}, register
+
+        @register
+        class Odd({base}):
+            name = "x-level"
+            family = "mha-layer" if "{base}" == "LayerVariant" else "attention"
+            level = "{level}"
+    ''')
+    with pytest.raises(registry.VariantLoadError) as exc:
+        registry.load_all([str(path)])
+    text = str(exc.value)
+    assert "variant 'x-level'" in text and words in text and str(path) in text, text
+    assert "x-level" not in registry._REGISTRY
+
+
+def test_an_unknown_family_is_refused_at_load_naming_variant_module_and_known_families(isolated_registry, tmp_path):
+    path = _module(tmp_path, "s14_family_typo", '''
+        from attnsuite.registry import KernelVariant, register
+
+        @register
+        class Typo(KernelVariant):
+            name = "x-fam"
+            family = "attentoin"
+
+            def build(self, problem):
+                return correct_run(problem)
+    ''')
+    with pytest.raises(ValueError) as exc:
+        registry.load_all([str(path)])
+    text = str(exc.value)
+    assert "variant 'x-fam'" in text and "unknown family 'attentoin'" in text, text
+    assert "attnsuite_external_s14_family_typo" in text and str(path) in text, text
+    assert "did you mean 'attention'?" in text and "known: attention, dilated" in text, text
+
+
+def test_a_variant_whose_level_is_not_its_familys_is_refused(isolated_registry, tmp_path):
+    path = _module(tmp_path, "s14_family_level", '''
+        from attnsuite.registry import KernelVariant, register
+
+        @register
+        class Kernel(KernelVariant):
+            name = "x-kernel-in-layer-family"
+            family = "mha-layer"
+    ''')
+    with pytest.raises(registry.VariantLoadError, match="variant 'x-kernel-in-layer-family' in .* is kernel-level, "
+                                                        "but its family 'mha-layer' is layer-level"):
+        registry.load_all([str(path)])
+
+
+def test_a_variant_may_be_loaded_before_the_module_that_registers_its_family(isolated_registry, tmp_path):
+    variant = _module(tmp_path, "s14_early_variant", '''
+        from attnsuite.registry import KernelVariant, register
+
+        @register
+        class Early(KernelVariant):
+            name = "x-early"
+            family = "late-family"
+
+            def build(self, problem):
+                return correct_run(problem)
+    ''')
+    family = _module(tmp_path, "s14_late_family", '''
+        from attnsuite_impls.attention.family import ATTENTION
+        import dataclasses
+        from attnsuite.registry import register_family
+
+        register_family(dataclasses.replace(ATTENTION, name="late-family"))
+    ''')
+    registry.load_all([str(variant), str(family)])
+    assert registry.family_of(registry.get("x-early")).name == "late-family"
+
+
+def test_an_unknown_family_is_a_usage_error_of_the_correctness_run(isolated_registry, tmp_path, pytester):
+    path = _module(tmp_path, "s14_family_typo_run", '''
+        from attnsuite.registry import KernelVariant, register
+
+        @register
+        class Typo(KernelVariant):
+            name = "x-fam"
+            family = "attentoin"
+    ''')
+    pytester.syspathinsert(REPO)
+    result = pytester.runpytest_inprocess(
+        str(REPO / "test_correctness" / "test_variants.py"), "--rootdir", str(REPO), "-p", "no:cacheprovider",
+        "--collect-only", "-q", "--attn-variants", str(path))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "variant 'x-fam' in attnsuite_external_s14_family_typo_run" in result.stderr.str(), result.stderr.str()
+
+
+# --- extra_reasons that raises ----------------------------------------------------------------------
+
+
+def test_extra_reasons_that_raises_fails_that_variants_tests_only(isolated_registry, tmp_path, pytester):
+    path = _module(tmp_path, "s14_reasons_raise", '''
+        from attnsuite.registry import KernelVariant, register
+
+        @register
+        class Raises(KernelVariant):
+            name = "x-reasons-raise"
+
+            def extra_reasons(self, problem, backward):
+                raise RuntimeError("x-reasons-raise: boom")
+
+            def build(self, problem):
+                return correct_run(problem)
+
+        @register
+        class Fine(KernelVariant):
+            name = "x-fine"
+
+            def build(self, problem):
+                return correct_run(problem)
+    ''')
+    pytester.syspathinsert(REPO)
+    result = pytester.runpytest_inprocess(
+        str(REPO / "test_correctness" / "test_variants.py"), "--rootdir", str(REPO), "-p", "no:cacheprovider",
+        "-q", "--attn-variants", str(path), "--attn-only", "x-reasons-raise,x-fine",
+        "-k", "b2-q3-h2-d32-causal-tl-fp32-cpu")
+    text = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, text[-3000:]
+    result.assert_outcomes(failed=4, passed=4)
+    assert ("x-reasons-raise on b2-q3-h2-d32-causal-tl-fp32-cpu: its unsupported()/extra_reasons() raised "
+            "RuntimeError: x-reasons-raise: boom") in text, text[-3000:]
+    assert "FAILED" not in "".join(line for line in text.splitlines() if "x-fine@" in line), text[-3000:]
+
+
+# --- entry points -----------------------------------------------------------------------------------
+
+
+class FakeEntryPoint:
+    """An ``attnsuite.variants`` entry point of an installed distribution, as importlib.metadata gives one."""
+
+    def __init__(self, name: str, value: str, dist: str) -> None:
+        self.name, self.value, self.group = name, value, "attnsuite.variants"
+        self.dist = SimpleNamespace(name=dist)
+
+    def load(self) -> Any:
+        import importlib
+        return importlib.import_module(self.value)
+
+
+def _entry_points(monkeypatch: pytest.MonkeyPatch, *eps: FakeEntryPoint) -> None:
+    monkeypatch.setattr(registry, "entry_points", lambda group: list(eps) if group == "attnsuite.variants" else [])
+
+
+def test_an_entry_point_that_fails_to_import_is_named_with_its_distribution_and_module(isolated_registry, monkeypatch):
+    _entry_points(monkeypatch, FakeEntryPoint("mine", "s14_ep_no_such_module_xyz", "my-dist"))
+    with pytest.raises(registry.VariantLoadError) as exc:
+        registry.load_all()
+    assert str(exc.value) == ("entry point 'mine' (distribution my-dist) 's14_ep_no_such_module_xyz': "
+                              "ModuleNotFoundError: No module named 's14_ep_no_such_module_xyz'"), exc.value
+
+
+def test_an_entry_point_without_its_distribution_still_names_itself(isolated_registry, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    bare = EntryPoint(name="mine", value="s14_ep_no_such_module_abc", group="attnsuite.variants")
+    monkeypatch.setattr(registry, "entry_points", lambda group: [bare])
+    with pytest.raises(registry.VariantLoadError, match=r"^entry point 'mine' \(distribution unknown\) "
+                                                        r"'s14_ep_no_such_module_abc': ModuleNotFoundError"):
+        registry.load_entry_points()
+
+
+def _entry_point_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _module(tmp_path, "s14_ep_variants", '''
+        from attnsuite.registry import KernelVariant, register
+
+        @register
+        class FromPackage(KernelVariant):
+            name = "x-from-entry-point"
+
+            def build(self, problem):
+                return correct_run(problem)
+    ''')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _entry_points(monkeypatch, FakeEntryPoint("mine", "s14_ep_variants", "my-dist"))
+
+
+def test_the_registry_knows_each_variants_origin(isolated_registry, monkeypatch, tmp_path):
+    _entry_point_module(monkeypatch, tmp_path)
+    registry.load_all()
+    assert registry.origin("x-from-entry-point") == "entry point 'mine' (distribution my-dist) 's14_ep_variants'"
+    assert registry.origin("sdpa") == registry.BUILTIN_ORIGIN
+    assert [v.name for v in registry.external_variants()] == ["x-from-entry-point"]
+
+
+HEADER = "attnsuite: correctness tests run in this process: a variant that crashes or hangs ends the run"
+
+
+def test_the_run_header_counts_entry_point_variants_as_code_from_outside(isolated_registry, monkeypatch, tmp_path,
+                                                                          pytester):
+    _entry_point_module(monkeypatch, tmp_path)
+    pytester.syspathinsert(REPO)
+    result = pytester.runpytest_inprocess(
+        str(REPO / "test_correctness" / "test_variants.py"), "--rootdir", str(REPO), "-p", "no:cacheprovider",
+        "-p", "no:xdist", "--collect-only", "--attn-only", "x-from-entry-point")  # no -q: it hides the header
+    assert HEADER in result.stdout.str(), result.stdout.str()[:2000]
+
+
+def test_the_run_header_says_nothing_for_built_in_variants_only(isolated_registry):
+    registry.load_all()
+    config = SimpleNamespace(option=SimpleNamespace(numprocesses=None),
+                             getoption=lambda name, default=None: None if name == "--attn-variants" else default)
+    assert plugin_isolation.pytest_report_header(config) is None
+    assert np.all([registry.origin(v.name) == registry.BUILTIN_ORIGIN for v in registry.variants()])
