@@ -21,7 +21,7 @@ The file is meant to live in git and be reviewed in pull requests, so:
 
 This module also reads pytest-benchmark result JSON files (:func:`load_run`), with the same checks,
 so that the CLI and the pytest gate accept either a result file or a baseline wherever they take
-"a run".
+"a run". Either kind of file may be gzip-compressed, whatever its name (:func:`parse_json_bytes`).
 
 Layout (``version`` 1)::
 
@@ -45,12 +45,16 @@ import os
 import re
 import stat
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Optional, Sequence
 
 from . import filelock
 from .record import FAILING_OUTCOMES, MODES, OUTCOMES, CaseRecord, case_key
+
+if TYPE_CHECKING:  # for annotations; the module imports verdict where it uses it, as run_from_benchmarks_json does
+    from .verdict import Scope
 
 SCHEMA_TAG = "attnsuite-baseline"
 BASELINE_VERSION = 1
@@ -609,12 +613,32 @@ def _where(path: list[Any]) -> str:
     return out or "the top level"
 
 
-def parse_json_bytes(raw: bytes, path: os.PathLike | str, err: ErrorType = InputFileError) -> Any:
-    """Strict JSON from ``raw``: UTF-8, no duplicate keys, at most :data:`MAX_JSON_DEPTH` levels.
+GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip stream
 
-    NaN and Infinity are parsed (and refused later by the field they sit in, which names the
-    entry); every other problem is ``err`` naming the file.
+
+def _gunzip(raw: bytes, path: os.PathLike | str, err: ErrorType) -> bytes:
+    """The content of a gzip-compressed input, never more than :data:`MAX_FILE_BYTES` of it."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise err(path, f"not a readable gzip file: {exc}") from None
+    if len(data) > MAX_FILE_BYTES:  # a small file can expand to gigabytes: stop at the limit
+        raise err(path, f"more than {MAX_FILE_BYTES >> 20} MiB once decompressed")
+    return data
+
+
+def parse_json_bytes(raw: bytes, path: os.PathLike | str, err: ErrorType = InputFileError) -> Any:
+    """Strict JSON from a result or baseline file's bytes: UTF-8, no duplicate keys, at most
+    :data:`MAX_JSON_DEPTH` levels. The one decoder every reader of such a file goes through.
+
+    Gzip-compressed bytes (they start with :data:`GZIP_MAGIC`) are decompressed first, whatever
+    the file is called: evidence files are kept compressed, and a compressed file named ``.json``
+    had read as "not UTF-8". NaN and Infinity are parsed (and refused later by the field they sit
+    in, which names the entry); every other problem is ``err`` naming the file.
     """
+    if raw.startswith(GZIP_MAGIC):
+        raw = _gunzip(raw, path, err)
     if not raw.strip():
         raise err(path, "file is empty (truncated?)")
     try:
@@ -640,10 +664,6 @@ def parse_json_bytes(raw: bytes, path: os.PathLike | str, err: ErrorType = Input
             keys = ", ".join(repr(k) for k in node.duplicates[:5])
             raise err(path, f"duplicate key {keys} in {_where(where)}: a JSON object must name each field once")
     return obj
-
-
-def _read_json(path: os.PathLike | str, err: ErrorType) -> Any:
-    return parse_json_bytes(read_input_bytes(path, err), path, err)
 
 
 # --------------------------------------------------------------------------- baseline files
@@ -818,6 +838,25 @@ def output_problem(path: os.PathLike | str) -> Optional[str]:
     return None
 
 
+def output_options_problem(files: Mapping[str, Optional[str]], folders: Mapping[str, Optional[str]] = {}) -> Optional[str]:
+    """Why one of a command's output options cannot be written (``{"--markdown": path, ...}`` for
+    files, ``folders`` for options naming a folder to fill), or None: checked before any work, so a
+    typo costs no benchmark time and never reads as the gate's failure (a traceback exits 1)."""
+    for option, path in files.items():
+        why = output_problem(path) if path else None
+        if why:
+            return f"{option} {path}: {why}"
+    for option, path in folders.items():
+        if not path:
+            continue
+        p = Path(os.path.realpath(path))
+        why = f"{p} exists and is not a folder" if p.exists() and not p.is_dir() else \
+            output_problem(p / ".attnsuite-output-check")
+        if why:
+            return f"{option} {path}: {why}"
+    return None
+
+
 def atomic_write_text(path: os.PathLike | str, text: str) -> bool:
     """Write ``text`` to ``path`` atomically; return False when the file already held it.
 
@@ -887,7 +926,7 @@ def _rebase(ours: Baseline, theirs_raw: bytes, lock: _Lock) -> Baseline:
     theirs = _baseline_from_bytes(theirs_raw, lock.target, str(lock.real))
     loaded: dict[str, Any] = {}
     if ours.source is not None and ours.source_real == str(lock.real):
-        loaded = json.loads(ours.source.decode("utf-8"))["cases"]
+        loaded = parse_json_bytes(ours.source, lock.target, BaselineError)["cases"]  # it may be gzip
     merged = dict(theirs.cases)
     for key, entry in ours.cases.items():
         if loaded.get(key) != entry:
@@ -1100,25 +1139,16 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
                calibration=calibration, scope=scope)
 
 
-def _gunzip(raw: bytes, p: Path) -> bytes:
-    """The content of a gzip-compressed input, never more than :data:`MAX_FILE_BYTES` of it."""
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
-    except (OSError, EOFError) as exc:
-        raise ResultFileError(p, f"not a readable gzip file: {exc}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ResultFileError(p, f"more than {MAX_FILE_BYTES >> 20} MiB once decompressed")
-    return data
-
-
 def load_run(path: os.PathLike | str) -> Run:
-    """A result file or a baseline file, read as a :class:`Run` (errors name the file); a name
-    ending in ``.gz`` is read gzip-compressed (how evidence files are kept)."""
+    """A result file or a baseline file, read as a :class:`Run` (errors name the file); either may
+    be gzip-compressed (:func:`parse_json_bytes`).
+
+    A result file whose benchmarks carry no attnsuite record at all is refused: judged as NEW it
+    had read as every baseline case missing, as OLD as every case new. Benchmarks without a
+    record beside attnsuite's are left out and counted (``Run.foreign``).
+    """
     p = Path(path)
     raw = read_input_bytes(p, ResultFileError)
-    if p.suffix == ".gz":
-        raw = _gunzip(raw, p)
     obj = parse_json_bytes(raw, p, ResultFileError)
     if is_baseline_json(obj):
         b = _baseline_from_bytes(raw, p)
@@ -1126,7 +1156,11 @@ def load_run(path: os.PathLike | str) -> Run:
                    calibration=b.calibration)
     if not isinstance(obj, dict):
         raise ResultFileError(p, f"top level is {type(obj).__name__}, expected an object")
-    return run_from_benchmarks_json(obj, str(p))
+    run = run_from_benchmarks_json(obj, str(p))
+    if run.foreign and not run.records:
+        raise ResultFileError(p, f"it has {run.foreign} benchmarks and no attnsuite record (a pytest-benchmark "
+                                 "file from another suite?)")
+    return run
 
 
 def load_results(path: os.PathLike | str) -> Run:
@@ -1246,6 +1280,10 @@ class MergeSummary:
     removed: list[str] = field(default_factory=list)
     # measured (ok) entries left in place because this run's case failed outright (crash, timeout, ...)
     kept: list[str] = field(default_factory=list)
+    # the stored calibration before and after, when recording replaced it (the reference of every
+    # case's "% of peak", not only of the cases recorded): None when it stayed as it was
+    calibration_change: Optional[tuple[Optional[dict[str, Any]], dict[str, Any]]] = None
+    notes: list[str] = field(default_factory=list)  # e.g. how --prune chose what it may remove
 
     def __str__(self) -> str:
         text = (f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged, "
@@ -1253,27 +1291,101 @@ class MergeSummary:
         if self.kept:
             text += (f"; {len(self.kept)} measured case(s) kept, not replaced by this run's failure "
                      f"(e.g. {', '.join(self.kept[:3])}): a failing case stays a failure for the gate")
+        if self.calibration_change is not None:
+            text += "; " + calibration_change_text(*self.calibration_change)
+        for note in self.notes:
+            text += f"; {note}"
         return text
+
+
+# the calibration's figures (calibrate.probe); its other fields (method, device, probe time) are notes
+_CALIBRATION_FIGURES = ("mem_bandwidth_gbs", "matmul_tflops")
+
+
+def calibration_change_text(old: Optional[Mapping[str, Any]], new: Mapping[str, Any]) -> str:
+    """``calibration replaced: mem_bandwidth_gbs 25.3 -> 24.1, matmul_tflops 0.51 -> 0.49``: the
+    probe's figures before and after ("none" where one side has none)."""
+    if not old:
+        shown = ", ".join(f"{name} {_figure(new.get(name))}" for name in _CALIBRATION_FIGURES)
+        return f"calibration recorded (there was none): {shown}"
+    shown = ", ".join(f"{name} {_figure(old.get(name))} -> {_figure(new.get(name))}" for name in _CALIBRATION_FIGURES)
+    return f"calibration replaced: {shown}"
+
+
+def _figure(value: Any) -> str:
+    return f"{value:g}" if _is_number(value) else "none"
+
+
+def passes_filter(rec: CaseRecord, workloads: Collection[str] = (), cases: Collection[str] = ()) -> bool:
+    """Whether a case passes ``record``'s ``--workload`` names and ``--case`` globs (fnmatch on the
+    case key); no names or globs pass everything."""
+    return ((not workloads or rec.workload in workloads)
+            and (not cases or any(fnmatch.fnmatchcase(rec.key, p) for p in cases)))
 
 
 def select_records(records: Mapping[str, CaseRecord], *, workloads: Iterable[str] = (),
                    cases: Iterable[str] = ()) -> dict[str, CaseRecord]:
     """The records of the named workloads and matching case-key patterns (fnmatch); all if none given."""
-    wl = set(workloads)
-    pats = list(cases)
-    return {k: r for k, r in records.items()
-            if (not wl or r.workload in wl) and (not pats or any(fnmatch.fnmatchcase(k, p) for p in pats))}
+    wl, pats = set(workloads), list(cases)
+    return {k: r for k, r in records.items() if passes_filter(r, wl, pats)}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The baseline cases a recording answers for: what ``--prune`` may remove when the runs lack them.
+
+    A case is inside when it lies inside the stored selection (``attnsuite.scope``, a
+    :class:`~attnsuite.verdict.Scope`) of at least one of the runs recorded from, and passes the
+    ``--workload``/``--case`` filter. A run recorded with ``--attn-only``, ``--attn-dtype``,
+    ``--attn-mode``, ``-k`` ... answers only for what it selected: pruning by its workload alone
+    had removed every other case of that workload.
+    """
+
+    scopes: tuple[Scope, ...]  # one per run
+    workloads: frozenset[str] = frozenset()
+    cases: tuple[str, ...] = ()
+    unscoped: tuple[str, ...] = ()  # runs without a stored selection: their workloads and tiers stood in
+
+    def __contains__(self, rec: CaseRecord) -> bool:
+        return passes_filter(rec, self.workloads, self.cases) and any(rec in scope for scope in self.scopes)
+
+    def note(self) -> Optional[str]:
+        """What the output should say about how the selection was found (None: every run stored one)."""
+        if not self.unscoped:
+            return None
+        return (f"--prune: no selection stored in {', '.join(self.unscoped)} (attnsuite.scope: written before "
+                "it was kept), so the workloads and tiers it ran stood in for it")
+
+
+def selection_of(runs: Sequence[Run], *, workloads: Iterable[str] = (), cases: Iterable[str] = ()) -> Selection:
+    """The :class:`Selection` of the runs a recording is made from, narrowed by its filters."""
+    from .verdict import Scope  # verdict does not import this module: no cycle
+
+    scopes, unscoped = [], []
+    for run in runs:
+        if run.scope is not None:
+            scopes.append(run.scope)
+            continue
+        # a file without a stored selection: its workloads, as pruning had always used, within the
+        # tiers it ran (the gate's own rule for such a file, gate.run_scope)
+        scopes.append(Scope(workloads=frozenset(r.workload for r in run.records.values()),
+                            tiers=Scope.tiers_of(run.records).tiers))
+        unscoped.append(run.path or run.label)
+    return Selection(scopes=tuple(scopes), workloads=frozenset(workloads), cases=tuple(cases),
+                     unscoped=tuple(unscoped))
 
 
 def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], fingerprint: Mapping[str, Any], *,
-               prune: bool = False, allow_mismatch: bool = False,
+               prune_inside: Optional[Selection] = None, allow_mismatch: bool = False,
                calibration: Optional[Mapping[str, Any]] = None) -> tuple[Baseline, MergeSummary]:
     """Write ``records`` into ``baseline`` (a new one when None); other cases stay untouched.
 
-    With ``prune``, baseline cases of the workloads being written that the records do not contain
-    are removed (a case that no longer exists). A baseline from an incompatible machine is refused
-    (:class:`FingerprintMismatch`) unless ``allow_mismatch``. ``calibration`` (the run's instance
-    calibration) replaces the baseline's when given; without one the baseline keeps its own.
+    With ``prune_inside``, a baseline case inside that selection that ``records`` lack is removed
+    (a case that no longer exists). ``records`` must then be every case of the runs that passes
+    the selection's filter, so that a case inside and absent really was not measured. A baseline
+    from an incompatible machine is refused (:class:`FingerprintMismatch`) unless
+    ``allow_mismatch``. ``calibration`` (the run's instance calibration) replaces the baseline's
+    when given, and the summary says so; without one the baseline keeps its own.
     """
     summary = MergeSummary()
     if baseline is None:
@@ -1282,8 +1394,10 @@ def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], 
         check_compatible(baseline.fingerprint, fingerprint, allow_mismatch=allow_mismatch)
         check_same_cpu_model(baseline.fingerprint, fingerprint, allow_mismatch=allow_mismatch)
         baseline.fingerprint = stable_fingerprint(fingerprint)
-    if calibration:
-        baseline.calibration = stable_calibration(calibration)
+    new_calibration = stable_calibration(calibration)
+    if new_calibration and new_calibration != baseline.calibration:
+        summary.calibration_change = (baseline.calibration, new_calibration)
+        baseline.calibration = new_calibration
     for key in sorted(records):
         entry = entry_from_record(records[key])
         old = baseline.cases.get(key)
@@ -1299,12 +1413,14 @@ def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], 
         else:
             summary.updated.append(key)
         baseline.cases[key] = entry
-    if prune:
-        written = {r.workload for r in records.values()}
+    if prune_inside is not None:
         for key in sorted(baseline.cases):
-            if key not in records and baseline.cases[key].get("workload") in written:
+            if key not in records and record_from_entry(key, baseline.cases[key]) in prune_inside:
                 del baseline.cases[key]
                 summary.removed.append(key)
+        note = prune_inside.note()
+        if note:
+            summary.notes.append(note)
     baseline.cases = dict(sorted(baseline.cases.items()))
     return baseline, summary
 
@@ -1326,11 +1442,18 @@ def check_same_cpu_model(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[
 
 
 def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[str] = (),
-                    cases: Iterable[str] = (), prune: bool = False, allow_mismatch: bool = False) -> MergeSummary:
+                    cases: Iterable[str] = (), prune: bool = False, allow_mismatch: bool = False,
+                    sources: Sequence[Run] = ()) -> MergeSummary:
     """Record or refresh the baseline at ``path`` from ``run``, optionally only some workloads/cases.
 
     Several runs of one machine are combined first, per case, by
-    :func:`attnsuite.combine.combine_runs` (the CLI's ``attnsuite record r1 r2 r3`` does).
+    :func:`attnsuite.combine.combine_runs` (the CLI's ``attnsuite record r1 r2 r3`` does); pass
+    them as ``sources`` so that ``prune`` knows what each selected (default: ``run`` alone). With
+    ``prune``, a baseline case is removed only when it lies inside a source's stored selection,
+    passes the filters, and ``run`` lacks it (:class:`Selection`).
+
+    A run without a case, or filters that select none of its cases, is refused (ValueError):
+    recording nothing had still replaced the baseline's calibration, the reference of every case.
     Reading the existing file, merging and writing happen under the folder's exclusive lock, so
     concurrent recorders lose no case. An existing file must load cleanly (a corrupt baseline is
     never silently overwritten). Everything is checked before the one write: when anything fails
@@ -1343,12 +1466,34 @@ def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[st
     one = run
     if not one.fingerprint or not fingerprint_id(one.fingerprint):
         raise ValueError(f"{one.label} has no machine fingerprint with an id: a baseline must say which machine it is for")
+    if not one.records:
+        raise ValueError(f"{one.label} has no case: nothing to record (the baseline is left as it was)")
+    workloads, cases = list(workloads), list(cases)
     chosen = select_records(one.records, workloads=workloads, cases=cases)
+    if not chosen:
+        asked = " ".join([f"--workload {w}" for w in workloads] + [f"--case {c}" for c in cases])
+        raise ValueError(f"{asked}: none of the {len(one.records)} cases of {one.label} passes: nothing to record "
+                         "(the baseline is left as it was)")
+    inside = selection_of(list(sources) or [one], workloads=workloads, cases=cases) if prune else None
     with _Lock(path) as lock:
         current = _current_bytes(lock)
         existing = _baseline_from_bytes(current, path, str(lock.real)) if current is not None else None
-        baseline, summary = merge_into(existing, chosen, one.fingerprint, prune=prune, allow_mismatch=allow_mismatch,
-                                       calibration=one.calibration)
+        baseline, summary = merge_into(existing, chosen, one.fingerprint, prune_inside=inside,
+                                       allow_mismatch=allow_mismatch, calibration=one.calibration)
         baseline.path = str(path)
         _save_locked(baseline, lock, current)
     return summary
+
+
+def cases_by_run_count(runs: Sequence[Run]) -> str:
+    """How many cases came from how many of ``runs``, most runs first: ``4 cases from 3 runs, 44 from
+    1 run``. A combined baseline's median of "3 runs" holds only for the cases all three ran."""
+    counts: dict[int, int] = {}
+    for key in {k for run in runs for k in run.records}:
+        n = sum(1 for run in runs if key in run.records)
+        counts[n] = counts.get(n, 0) + 1
+    parts = []
+    for i, n in enumerate(sorted(counts, reverse=True)):
+        noun = ("case" if counts[n] == 1 else "cases") if i == 0 else ""
+        parts.append(f"{counts[n]} {noun + ' ' if noun else ''}from {n} run{'s' if n != 1 else ''}")
+    return ", ".join(parts)

@@ -1,0 +1,228 @@
+"""What ``attnsuite record``, ``check``, ``compare`` and the pytest gate take as input, and what
+recording says it changed.
+
+* A result with no case is refused (exit 2, the file named, nothing written): recording it had
+  printed "0 added ... 0 removed" and still replaced the baseline's calibration, the reference of
+  every case's "% of peak". A changed calibration is named in the summary line, old -> new.
+* Combining runs says how many cases came from how many runs.
+* Gzip-compressed files are read wherever a result or baseline is read, by their content, not name.
+* A pytest-benchmark file whose benchmarks carry no attnsuite record is an input error (it had read
+  as every baseline case missing, or as every case new).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from attnsuite import baseline as bl
+from attnsuite import cli, fingerprint
+from gatehelp import BENCH, CONFTEST, FP_CPU, rec, result_json, write_result
+
+pytest_plugins = ["pytester"]
+
+CAL_OLD = {"mem_bandwidth_gbs": 20.0, "matmul_tflops": 0.5, "matmul_dtype": "float32"}
+CAL_NEW = {"mem_bandwidth_gbs": 25.0, "matmul_tflops": 0.4, "matmul_dtype": "float32"}
+
+
+def run_cli(*argv: Any) -> tuple[int, str]:
+    out = io.StringIO()
+    return cli.main([str(a) for a in argv], out=out), out.getvalue()
+
+
+def write_run(path: Path, records: list, calibration: dict | None = None) -> Path:
+    """A result file with ``records`` and, when given, the run's calibration probe."""
+    obj = result_json(records)
+    if calibration is not None:
+        obj["attnsuite"]["calibration"] = calibration
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def recorded(tmp_path: Path, calibration: dict | None = CAL_OLD) -> Path:
+    path = tmp_path / "base.json"
+    code, out = run_cli("record", write_run(tmp_path / "first.json", [rec("a"), rec("b")], calibration),
+                        "--baseline", path)
+    assert code == 0, out
+    return path
+
+
+# --------------------------------------------------------------------------- item 2: empty results, calibration
+
+
+def test_recording_a_result_with_no_case_is_refused_and_leaves_the_baseline_byte_for_byte(tmp_path, capsys):
+    base = recorded(tmp_path)
+    before = base.read_bytes()
+    empty = write_run(tmp_path / "empty.json", [], CAL_NEW)
+    code, out = run_cli("record", empty, "--baseline", base)
+    err = capsys.readouterr().err
+    assert code == 2 and "recorded" not in out
+    assert f"result file {empty}: no case in it: nothing to record" in err
+    assert base.read_bytes() == before  # the calibration above all: it is every case's reference
+
+
+def test_recording_a_result_with_no_case_creates_no_baseline(tmp_path, capsys):
+    code, _ = run_cli("record", write_run(tmp_path / "empty.json", []), "--dir", tmp_path / "bl")
+    assert code == 2 and "no case in it" in capsys.readouterr().err
+    assert not (tmp_path / "bl").exists()
+
+
+def test_filters_that_select_no_case_are_refused_and_write_nothing(tmp_path, capsys):
+    base = recorded(tmp_path)
+    before = base.read_bytes()
+    run = write_run(tmp_path / "r.json", [rec("a")], CAL_NEW)
+    code, _ = run_cli("record", run, "--baseline", base, "--case", "nothing/*")
+    assert code == 2
+    assert f"--case nothing/*: none of the 1 cases of result {run} passes: nothing to record" in capsys.readouterr().err
+    assert base.read_bytes() == before
+
+
+def test_a_recording_that_replaces_the_calibration_names_old_and_new_figures(tmp_path):
+    base = recorded(tmp_path)
+    code, out = run_cli("record", write_run(tmp_path / "r.json", [rec("a")], CAL_NEW), "--baseline", base)
+    assert code == 0, out
+    assert "calibration replaced: mem_bandwidth_gbs 20 -> 25, matmul_tflops 0.5 -> 0.4" in out
+    assert json.loads(base.read_text())["calibration"]["mem_bandwidth_gbs"] == 25.0
+
+
+def test_a_recording_that_keeps_the_calibration_says_nothing_of_it(tmp_path):
+    base = recorded(tmp_path)
+    _, same = run_cli("record", write_run(tmp_path / "r.json", [rec("a")], CAL_OLD), "--baseline", base)
+    _, none = run_cli("record", write_run(tmp_path / "n.json", [rec("a")]), "--baseline", base)
+    assert "calibration" not in same and "calibration" not in none
+
+
+# --------------------------------------------------------------------------- item 3: combining runs
+
+
+def test_combining_runs_says_how_many_cases_came_from_how_many_runs(tmp_path):
+    runs = [write_result(tmp_path / "r0.json", [rec("all"), rec("one"), rec("two")]),
+            write_result(tmp_path / "r1.json", [rec("all")]),
+            write_result(tmp_path / "r2.json", [rec("all")])]
+    code, out = run_cli("record", *runs, "--baseline", tmp_path / "b.json")
+    assert code == 0, out
+    assert "combined 3 runs: 1 case from 3 runs, 2 from 1 run; per case, the median of each timing statistic" in out
+
+
+def test_cases_by_run_count_orders_by_runs_and_counts_each_case_once():
+    runs = [bl.Run({r.key: r for r in recs}, None) for recs in
+            ([rec("a"), rec("b"), rec("c")], [rec("a"), rec("b")], [rec("a")])]
+    assert bl.cases_by_run_count(runs) == "1 case from 3 runs, 1 from 2 runs, 1 from 1 run"
+
+
+# --------------------------------------------------------------------------- item 4: gzip wherever a file is read
+
+
+def gz(src: Path, dst: Path) -> Path:
+    dst.write_bytes(gzip.compress(src.read_bytes()))
+    return dst
+
+
+@pytest.mark.parametrize("name", ["b.json.gz", "b.json"], ids=["named .gz", "named .json"])
+def test_check_reads_a_gzip_compressed_baseline_whatever_its_name(tmp_path, name):
+    (tmp_path / "packed").mkdir()
+    packed = gz(recorded(tmp_path), tmp_path / "packed" / name)
+    code, out = run_cli("check", packed)
+    assert code == 0 and f"ok {packed}: 2 cases" in out
+
+
+def test_record_into_a_gzip_compressed_baseline_reads_it_and_keeps_its_other_cases(tmp_path):
+    packed = gz(recorded(tmp_path), tmp_path / "b.json.gz")
+    code, out = run_cli("record", write_result(tmp_path / "r.json", [rec("a", median_ms=2.0)]), "--baseline", packed)
+    assert code == 0, out
+    assert "0 added, 1 updated" in out
+    assert set(bl.load_baseline(packed).cases) == {rec("a").key, rec("b").key}  # written as plain JSON, read back
+
+
+def test_a_gzip_compressed_result_named_json_is_read_by_compare_and_record(tmp_path):
+    base = recorded(tmp_path)
+    packed = gz(write_result(tmp_path / "plain.json", [rec("a"), rec("b")]), tmp_path / "run.json")
+    code, out = run_cli("compare", base, packed)
+    assert code == 0, out
+    code, out = run_cli("record", packed, "--baseline", base)
+    assert code == 0 and "0 added, 0 updated, 2 unchanged" in out
+
+
+def test_a_broken_gzip_file_is_named_whatever_its_name(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_bytes(gzip.compress(recorded(tmp_path).read_bytes())[:-12])  # cut short
+    for loader, error in ((bl.load_baseline, bl.BaselineError), (bl.load_run, bl.ResultFileError)):
+        with pytest.raises(error, match=f"{broken}: not a readable gzip file"):
+            loader(broken)
+
+
+def test_a_gzip_file_that_decompresses_past_the_size_limit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(bl, "MAX_FILE_BYTES", 1000)
+    bomb = tmp_path / "bomb.json"
+    bomb.write_bytes(gzip.compress(b" " * 5000))
+    with pytest.raises(bl.BaselineError, match=f"{bomb}: more than .* MiB once decompressed"):
+        bl.load_baseline(bomb)
+
+
+def test_the_pytest_gate_reads_a_gzip_compressed_attn_baseline(pytester, monkeypatch):
+    monkeypatch.setattr(fingerprint, "machine_info", lambda device="cpu": dict(FP_CPU))
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_bench=BENCH)
+    case = dict(workload="tiny", variant="alpha", mode="fwd", problem="b1-q256-h2-d64-causal-fp32-cpu",
+                outcome="ok", median_ms=2.0, iqr_ms=0.01, samples=20, backend="math", timer="perf_counter")
+    (pytester.path / "cases.json").write_text(json.dumps([case]))
+    (pytester.path / "fingerprint.json").write_text(json.dumps(FP_CPU))
+    plain = pytester.path / "plain.json"
+    baseline, _ = bl.merge_into(None, {rec(**case).key: rec(**case)}, FP_CPU)
+    bl.save_baseline(baseline, plain)
+    packed = gz(plain, pytester.path / "b.json.gz")
+    res = pytester.runpytest("-p", "no:cacheprovider", "--benchmark-only", f"--attn-baseline={packed}")
+    assert res.ret == 0, res.stdout.str()
+    res.stdout.fnmatch_lines([f"baseline {packed} (named with --attn-baseline)", "pass (1 same)"])
+
+
+# --------------------------------------------------------------------------- item 5: files of another suite
+
+
+def foreign_file(path: Path, n: int = 3) -> Path:
+    """A pytest-benchmark file of another suite: benchmarks, no ``attnsuite`` object, empty extra_info."""
+    obj = result_json([rec(f"v{i}") for i in range(n)], fingerprint=None)
+    for bench in obj["benchmarks"]:
+        bench["extra_info"] = {}
+    path.write_text(json.dumps(obj))
+    return path
+
+
+@pytest.mark.parametrize("side", ["new", "old"])
+def test_compare_refuses_a_result_file_without_attnsuite_records_on_either_side(tmp_path, capsys, side):
+    base, other = recorded(tmp_path), foreign_file(tmp_path / "X.json")
+    code, out = run_cli("compare", *((base, other) if side == "new" else (other, base)))
+    assert code == 2 and "regression" not in out and "new" not in out
+    assert (f"result file {other}: it has 3 benchmarks and no attnsuite record (a pytest-benchmark file from "
+            "another suite?)") in capsys.readouterr().err
+
+
+def test_record_refuses_a_result_file_without_attnsuite_records(tmp_path, capsys):
+    code, _ = run_cli("record", foreign_file(tmp_path / "X.json"), "--baseline", tmp_path / "b.json")
+    assert code == 2 and "3 benchmarks and no attnsuite record" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_a_file_with_some_foreign_benchmarks_is_read_and_record_counts_them(tmp_path):
+    obj = result_json([rec("a")])
+    obj["benchmarks"].append({"name": "test_other", "extra_info": {}})
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps(obj))
+    run = bl.load_run(mixed)
+    assert set(run.records) == {rec("a").key} and run.foreign == 1
+    code, out = run_cli("record", mixed, "--baseline", tmp_path / "b.json")
+    assert code == 0 and f"note: {mixed}: 1 benchmark(s) without an attnsuite record left out" in out
+
+
+def test_compare_notes_the_benchmarks_of_a_mixed_file_that_it_did_not_judge(tmp_path):
+    obj = result_json([rec("a")])
+    obj["benchmarks"].append({"name": "test_other", "extra_info": {}})
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps(obj))
+    code, out = run_cli("compare", mixed, mixed)
+    assert code == 0 and f"note: 1 benchmark(s) of {mixed} carry no attnsuite record: not judged" in out
