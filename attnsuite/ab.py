@@ -687,6 +687,11 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
         raise AbError(f"--round-timeout {args.round_timeout:g}: must be a positive number of seconds")
     if not (shutil.which(args.python) or Path(args.python).is_file()):
         raise AbError(f"--python {args.python}: no such interpreter")
+    bad_output = bl.output_options_problem({"--markdown": args.markdown, "--json": args.json,
+                                            "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary)},
+                                           {"--out": args.out})
+    if bad_output:  # before any round: a typo had crashed after every round ran, the rounds lost
+        raise AbError(bad_output)
     repo = repo_root(args.repo)
     sha = resolve_ref(repo, args.base)
     cases = None
@@ -694,7 +699,8 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
     if args.cases_from:
         cases, cases_note = cases_from_gate_json(args.cases_from)
         if not cases:
-            cmp = Comparison(verdicts=[], notes=[f"{args.cases_from} flagged no case: nothing to measure A/B"])
+            cmp = Comparison(verdicts=[], notes=[f"{args.cases_from} flagged no case: nothing to measure A/B"],
+                             gate_mode=args.gate)
             cmp.baseline_label, cmp.current_label = f"base {args.base} ({sha[:12]})", "the working tree"
             _emit(cmp, args, out, context=[cases_note], extra={"base_sha": sha, "rounds": 0})
             return EXIT_OK
@@ -706,7 +712,9 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
             baselines_dir = Path(args.baselines_dir) if args.baselines_dir else base_tree / bl.DEFAULT_DIR
             from .gate import thresholds_for
 
-            thresholds, _ = thresholds_for(args.thresholds, baselines_dir)
+            thresholds, found = thresholds_for(args.thresholds, baselines_dir)
+            if found is not None and found.is_relative_to(base_tree):  # the worktree is gone once the report is read
+                thresholds.path = f"thresholds {args.base}:{found.relative_to(base_tree).as_posix()} (the base tree's)"
             workdir = Path(args.out).resolve() if args.out else Path(tmp) / "rounds"
             plan = AbPlan(base_tree=base_tree, head_tree=repo, rounds=args.rounds, python=args.python,
                           pytest_args=rebase_paths(args.pytest_args, Path.cwd(), repo), workdir=workdir,
@@ -720,6 +728,7 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
             head_label = f"the working tree, {args.rounds} rounds"
             cmp, sides = judge_ab(rounds, thresholds, base_label=base_label, head_label=head_label,
                                   allow_mismatch=args.allow_mismatch)
+            cmp.gate_mode = args.gate
             context = _context(args.base, sha, rounds, args.rounds, dirty, cases_note, args.head_arg)
             extra = {"base_ref": args.base, "base_sha": sha, "rounds": args.rounds, "order": rounds.order,
                      "head_args": list(args.head_arg),

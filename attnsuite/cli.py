@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 from . import baseline as bl
 from . import ab, gate, report, summary
@@ -36,6 +36,7 @@ def _judge(old: bl.Run, new: bl.Run, args: argparse.Namespace,
     cfg, _ = gate.thresholds_for(args.thresholds, Path(old.path).parent if old.path else None)
     cmp = gate.judge_runs(old, new, thresholds=cfg, scope=scope, allow_mismatch=args.allow_mismatch)
     cmp.header = [f"reference: {old.label}"]
+    cmp.gate_mode = getattr(args, "gate", "report")  # `report` has no --gate: it fails nothing
     return cmp
 
 
@@ -61,7 +62,16 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out, last: summary.Summary)
             report.append_step_summary(text)
 
 
+def _check_outputs(files: dict[str, Optional[str]], folders: dict[str, Optional[str]] = {}) -> None:
+    """Every output option checked before any work (ValueError naming it: exit 2, never the gate's 1)."""
+    why = bl.output_options_problem(files, folders)
+    if why:
+        raise ValueError(why)
+
+
 def cmd_compare(args: argparse.Namespace, out) -> int:
+    _check_outputs({"--markdown": args.markdown,
+                    "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary and args.markdown)})
     old = bl.load_run(args.old)
     new = bl.load_run(args.new)
     scope = None
@@ -82,6 +92,9 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
         narrowed = " and the --workload/--variant filters" if args.workload or args.variant else ""
         raise ValueError(f"no case was judged: {args.new}'s selection{narrowed} leave no case of either file "
                          f"to compare ({len(old.records)} in {args.old}, {len(new.records)} in {args.new})")
+    if len(cmp.new) == len(cmp.verdicts):  # every case new: the files share no case (another dtype, another suite)
+        raise ValueError(f"no case was judged: none of the {len(cmp.new)} cases of {args.new} is in {args.old} "
+                         f"(another dtype, device or tier? another suite's file?)")
     # The verdict line of the run's own summary (attnsuite.summary.verdict_line): a case of NEW that
     # crashed or failed its numerics fails here as it failed its pytest item, even as a "new" case.
     judged = {v.key: v.cur for v in cmp.verdicts if v.cur is not None}
@@ -93,10 +106,16 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
 
 def cmd_record(args: argparse.Namespace, out) -> int:
     runs = [bl.load_results(path) for path in args.result]
+    for path, one in zip(args.result, runs):
+        if not one.records:  # recording nothing had still replaced the baseline's calibration
+            raise bl.ResultFileError(path, "no case in it: nothing to record (no baseline was written)")
+        if one.foreign:
+            print(f"note: {path}: {one.foreign} benchmark(s) without an attnsuite record left out", file=out)
     if len(runs) > 1:
         combined = combine_runs(runs, allow_mismatch=args.allow_mismatch)
         run = combined.run
-        print(f"combined {len(runs)} runs: per case, the median of each timing statistic", file=out)
+        print(f"combined {len(runs)} runs: {bl.cases_by_run_count(runs)}; per case, the median of each "
+              "timing statistic", file=out)
         for key, outcomes in combined.disagreeing.items():
             print(f"  outcome differs between runs ({', '.join(outcomes)}), recorded as "
                   f"{run.records[key].outcome}: {key}", file=out)
@@ -116,12 +135,15 @@ def cmd_record(args: argparse.Namespace, out) -> int:
                                                      "the baseline file with --baseline")
         path = bl.baseline_path_for(run.fingerprint, args.dir)
     summary = bl.record_baseline(run, path, workloads=args.workload, cases=args.case, prune=args.prune,
-                                 allow_mismatch=args.allow_mismatch)
+                                 allow_mismatch=args.allow_mismatch, sources=runs)
     print(f"recorded {path}: {summary}", file=out)
     return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace, out) -> int:
+    _check_outputs({"--markdown": args.markdown, "--html": args.html,
+                    "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary or args.step_summary_top)},
+                   {"--plots": args.plots})
     run = bl.load_run(args.result)
     runs = {"this run": run.records}
     if args.baseline:
@@ -135,7 +157,7 @@ def cmd_report(args: argparse.Namespace, out) -> int:
         if args.gate_json:  # the verdict the run's gate wrote, as the HTML shows it
             from . import html_report
 
-            last = html_report.summary_from_gate_json(run.records, _read_gate_json(args))
+            last = html_report.summary_from_gate_json(run.records, _read_gate_json(args, run.records))
         else:
             last = summary.build(run.records, None, baseline_lines=["no baseline given (--baseline names one)"])
         text = report.markdown_run(run.records, context=[f"from `{args.result}`"],
@@ -158,14 +180,18 @@ def cmd_report(args: argparse.Namespace, out) -> int:
     return EXIT_OK
 
 
-def _read_gate_json(args: argparse.Namespace) -> dict:
-    """``--gate-json``, read and checked (ValueError naming it)."""
+def _read_gate_json(args: argparse.Namespace, records: Mapping[str, CaseRecord]) -> dict:
+    """``--gate-json``, read and checked against the result's ``records`` (ValueError naming it)."""
     try:
         gate_json = json.loads(Path(args.gate_json).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ValueError(f"--gate-json {args.gate_json}: cannot read it as JSON: {exc}") from None
     if not isinstance(gate_json, dict) or not isinstance(gate_json.get("cases", []), list):
         raise ValueError(f"--gate-json {args.gate_json}: not a gate JSON (an object with a \"cases\" list)")
+    keys = {c.get("key") for c in gate_json.get("cases", []) if isinstance(c, dict)}
+    if keys and not keys & set(records):  # another run's verdicts would be shown as this run's
+        raise ValueError(f"--gate-json {args.gate_json}: none of its {len(keys)} cases is in {args.result} "
+                         "(the gate JSON of another run?)")
     return gate_json
 
 
@@ -173,7 +199,7 @@ def _write_html(args: argparse.Namespace, run: bl.Run, out) -> None:
     """``--html``: one self-contained HTML file (html_report), with the gate JSON's verdicts when given."""
     from . import html_report
 
-    gate_json = _read_gate_json(args) if args.gate_json else None
+    gate_json = _read_gate_json(args, run.records) if args.gate_json else None
     text = html_report.render(run.records, gate_json=gate_json, source=str(args.result), fingerprint=run.fingerprint)
     bl.atomic_write_text(args.html, text)
     print(f"HTML report written to {args.html}", file=out)
@@ -184,10 +210,25 @@ def _write_html(args: argparse.Namespace, run: bl.Run, out) -> None:
               file=out)
 
 
+_THRESHOLDS_SECTIONS = {"version", "default", "device", "workload", "case", "comment"}
+
+
+def _is_thresholds_file(path: str) -> bool:
+    """A thresholds file by name (the gate looks for thresholds.json) or by content (an object of
+    thresholds sections only), so a copy under another name is checked as what it is."""
+    if Path(path).name == bl.THRESHOLDS_FILE:
+        return True
+    try:
+        obj = bl.parse_json_bytes(bl.read_input_bytes(path, bl.BaselineError), path, bl.BaselineError)
+    except bl.BaselineError:
+        return False  # the baseline check names what is wrong with it
+    return isinstance(obj, dict) and bool(obj) and set(obj) <= _THRESHOLDS_SECTIONS and set(obj) != {"version"}
+
+
 def cmd_check(args: argparse.Namespace, out) -> int:
     bad = 0
     for p in args.files:
-        if Path(p).name == bl.THRESHOLDS_FILE:  # the gate's config lives beside the baselines
+        if _is_thresholds_file(p):  # the gate's config lives beside the baselines
             try:
                 load_thresholds(p)
                 print(f"ok {p}: thresholds", file=out)
@@ -237,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dir", default=bl.DEFAULT_DIR, help="baselines folder (default: baselines)")
     r.add_argument("--workload", action="append", default=[], help="record only these workloads (repeatable)")
     r.add_argument("--case", action="append", default=[], help="record only case keys matching this glob (repeatable)")
-    r.add_argument("--prune", action="store_true", help="drop baseline cases of the recorded workloads that the run lacks")
+    r.add_argument("--prune", action="store_true",
+                   help="drop baseline cases that the run(s) selected (attnsuite.scope) and the filters pass but the "
+                        "run(s) lack")
     r.add_argument("--allow-mismatch", action="store_true", help="write into a baseline of an incompatible machine")
     r.set_defaults(func=cmd_record)
 
@@ -267,6 +310,9 @@ def main(argv: Optional[Sequence[str]] = None, out=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args, out)
+    except BrokenPipeError:  # `attnsuite ... | head`: the reader left; what it read is all it wanted
+        sys.stderr.close()  # keeps Python from printing a second error about the closed pipe at exit
+        return EXIT_OK
     except (bl.InputFileError, ThresholdsError) as exc:
         print(f"attnsuite {args.command}: error: {exc}", file=sys.stderr)
     except bl.FingerprintMismatch as exc:

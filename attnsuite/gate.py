@@ -77,6 +77,15 @@ def run_scope(run: bl.Run) -> Scope:
     return run.scope if run.scope is not None else Scope.tiers_of(run.records)
 
 
+def unknown_workload_sections(thresholds: ThresholdConfig, *runs: bl.Run) -> list[str]:
+    """The thresholds file's workload sections that match no workload: neither a built-in one (nor
+    one a problems file added in this process) nor the workload of any case of ``runs``."""
+    from . import workloads  # the catalogue; cheap (no torch)
+
+    seen = {r.workload for run in runs for r in run.records.values()}
+    return sorted(set(thresholds.workload) - set(workloads.WORKLOADS) - seen)
+
+
 def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
                scope: Optional[Union[Scope, Callable[[CaseRecord], bool]]] = None, allow_mismatch: bool = False,
                notes: Iterable[str] = ()) -> Comparison:
@@ -88,12 +97,19 @@ def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
     """
     all_notes = list(notes)
     all_notes += bl.check_compatible(base.fingerprint, cur.fingerprint, allow_mismatch=allow_mismatch)
+    for run in (base, cur):
+        if getattr(run, "foreign", 0):
+            all_notes.append(f"{run.foreign} benchmark(s) of {_label(run)} carry no attnsuite record: not judged")
     if cur.duplicates:
         all_notes.append(f"{len(cur.duplicates)} case keys appear twice in {cur.label}; the last one counts")
     if thresholds.path:  # ThresholdConfig.path reads "thresholds <file>"
         all_notes.append(f"thresholds from {thresholds.path.removeprefix('thresholds ')}")
     else:
         all_notes.append("thresholds: built-in defaults")
+    stray = unknown_workload_sections(thresholds, base, cur)
+    if stray:
+        all_notes.append(f"thresholds: workload section(s) {', '.join(stray)} name no workload attnsuite knows "
+                         "and no case of either run: they apply to nothing (a typo?)")
     device = bl.device_kind(cur.fingerprint or base.fingerprint)
     if device == "cuda" and not any(r.device_ms for r in base.records.values() if r.outcome == "ok"):
         all_notes.append(f"{_label(base)} was recorded without device time (event timing only): on CUDA "

@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -55,6 +56,21 @@ def source_digests(paths: Iterable[str]) -> dict[str, str]:
             digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0")
             digest.update(f.read_bytes())
         out[name] = digest.hexdigest()[:16] if files else ""
+    return out
+
+
+def code_locations(module_names: Iterable[str]) -> list[str]:
+    """Where the code of each imported module lives, for :func:`source_digests`: a module of a
+    package gives the whole top-level package's folder (the helpers a variant module imports change
+    its results too), a lone module its file; a module not imported gives nothing."""
+    out: list[str] = []
+    for name in module_names:
+        top = sys.modules.get(name.split(".")[0])
+        mod = sys.modules.get(name)
+        folders = list(getattr(top, "__path__", None) or [])
+        where = folders[0] if folders else getattr(mod, "__file__", None)
+        if where and where not in out:
+            out.append(str(where))
     return out
 
 

@@ -226,7 +226,8 @@ def scope_of(config: pytest.Config, run: bl.Run, state: GateState, interrupted: 
     """Which baseline cases this run answers for: what every selection option selected.
 
     ``--attn-workload``, ``--attn-mode``, ``--attn-only``, ``--attn-dtype``, ``--attn-device`` and
-    the tier each narrow the scope along their own field; ``-k``, ``-m`` and deselection narrow it
+    the tier each narrow the scope along their own field (without ``--attn-dtype``: the dtypes the
+    run's cases have, as the tier without ``--attn-tier``); ``-k``, ``-m`` and deselection narrow it
     to the selected items' case keys. A baseline case outside is not judged ("missing" means a
     selected case that did not run). An interrupted session answers only for the cases it ran.
     """
@@ -247,7 +248,8 @@ def scope_of(config: pytest.Config, run: bl.Run, state: GateState, interrupted: 
             pairs = Scope.of_run(run.records).pairs
     tiers = chosen("--attn-tier") or Scope.tiers_of(run.records).tiers
     return Scope(variants=chosen("--attn-only"), workloads=chosen("--attn-workload"), modes=chosen("--attn-mode"),
-                 dtypes=chosen("--attn-dtype"), devices=chosen("--attn-device"), tiers=tiers, keys=keys, pairs=pairs)
+                 dtypes=chosen("--attn-dtype") or Scope.dtypes_of(run.records), devices=chosen("--attn-device"),
+                 tiers=tiers, keys=keys, pairs=pairs)
 
 
 # --------------------------------------------------------------------------- the run's records
@@ -353,6 +355,7 @@ def _judge(config: pytest.Config, run: bl.Run, base: bl.Baseline, path: Path, lo
     cmp.header = lookup_lines(lookup)
     cmp.fallback = bool(getattr(lookup, "fallback", False))
     cmp.promise = str(getattr(lookup, "promise", "") or "")
+    cmp.gate_mode = config.getoption("--attn-gate")
     return cmp
 
 
@@ -549,7 +552,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             return
         state.comparison = cmp
         _write_markdown(config, state, report.markdown_diff(cmp, head=_summary_markdown(config, run.records, cmp)))
-        _write_gate_json(config, state, {**cmp.to_json(), "gate_mode": mode})
+        _write_gate_json(config, state, cmp.to_json())
         if cmp.failed and mode == "enforce" and not recording:
             tr = config.pluginmanager.get_plugin("terminalreporter")
             if tr is not None:

@@ -36,6 +36,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -83,6 +84,53 @@ def pytest_configure(config: pytest.Config) -> None:
         worker = CrashWorker(Path(workerinput[LEDGER_KEY]), str(workerinput.get("workerid")), timeout)
         config.pluginmanager.register(worker, "attnsuite-crash-worker")
     config.pluginmanager.register(ContextGuard(worker), "attnsuite-context-guard")
+    config.pluginmanager.register(RaisedInterrupt(), "attnsuite-raised-interrupt")
+
+
+class RaisedInterrupt:
+    """A ``KeyboardInterrupt`` that a test's code raised itself fails that test and the run goes on;
+    one from a real Ctrl-C (SIGINT reached this process) still ends the run.
+
+    pytest ends the session on any KeyboardInterrupt: a variant raising one had stopped the run
+    after its first test (under xdist, every worker's), leaving the other variants unchecked. A
+    SIGINT handler that notes the signal and then does what the previous one did tells the two apart.
+    """
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self.installed = False
+        self.previous: Any = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+        if self.previous is signal.SIG_IGN:
+            return
+        if callable(self.previous):
+            self.previous(signum, frame)
+        raise KeyboardInterrupt
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self.installed = True
+        except ValueError:  # not the main thread: no handler can be set, every interrupt ends the run
+            pass
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.installed and signal.getsignal(signal.SIGINT) == self._on_sigint:
+            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.default_int_handler)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Any:
+        try:
+            return (yield)
+        except KeyboardInterrupt:
+            if self.signalled or not self.installed:
+                raise
+            name = variant_name(item)
+            who = f"variant {name}" if name is not None else "this test"
+            pytest.fail(f"{who} raised KeyboardInterrupt itself (no Ctrl-C reached the run): it fails this "
+                        "test and the run goes on", pytrace=False)
 
 
 def pytest_report_header(config: pytest.Config) -> Optional[list[str]]:

@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from .baseline import atomic_write_text
 from .record import CaseRecord
-from .summary import failed_counts, percent_of_peak, skip_reason_class
+from .summary import failed_counts, heading_status, percent_of_peak, skip_reason_class
 from .verdict import CaseVerdict, Comparison, fmt_bytes, fmt_ms, fmt_pct
 
 MARKER = "<!-- attnsuite-gate -->"
@@ -202,10 +202,8 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
                   head: Sequence[str] = ()) -> str:
     """The PR-review markdown: verdict line, ``head`` (the run's summary, :mod:`attnsuite.summary`),
     regressions, improvements, new, unchanged collapsed (cases skipped in both runs only counted)."""
-    failed = failed_counts({v.key: v.cur for v in cmp.verdicts if v.cur is not None})
     # a case that crashed or raised fails its pytest item even when the gate finds no regression
-    status = "❌ **FAIL**" if cmp.failed else \
-        f"❌ **FAIL**: {sum(failed.values())} case(s) failed, no regression" if failed else "✅ pass"
+    status = heading_status(cmp, failed_counts({v.key: v.cur for v in cmp.verdicts if v.cur is not None}))
     counts = ", ".join(f"{n} {k}" for k, n in cmp.counts().items()) or "no cases"
     out = [MARKER, f"### {md_escape(title)}: {status}", "", *head]
     out += [f"> {md_escape(line)}" for line in header_lines(cmp)]
@@ -286,6 +284,13 @@ def write_summary(folder: os.PathLike | str, summary: dict, text: str) -> None:
     markdown ``summary.md`` in ``folder``, each written atomically."""
     atomic_write_text(os.path.join(folder, "summary.json"), json.dumps(summary, indent=1, sort_keys=True) + "\n")
     atomic_write_text(os.path.join(folder, "summary.md"), text)
+
+
+def step_summary_target(wanted: object, env: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The file a ``--step-summary`` option will append to (None when not asked or not on GitHub
+    Actions), so commands can check it with their other outputs before any work."""
+    env = os.environ if env is None else env
+    return env.get("GITHUB_STEP_SUMMARY") or None if wanted else None
 
 
 def append_step_summary(text: str, env: Optional[Mapping[str, str]] = None) -> Optional[str]:

@@ -95,10 +95,13 @@ def best_per_workload(records: Mapping[str, CaseRecord], calibration: Optional[M
     :data:`MODE_PREFERENCE` that has an ok case; sorted by workload.
 
     Ranked by device time where every candidate has one (CUDA: the figure the gate judges, free of
-    the host's speed), else by the median the timer measured."""
+    the host's speed), else by the median the timer measured. A variant that failed any case of the
+    workload and mode (wrong numbers, a crash) is not a candidate: its fastest case there may be one
+    too large for the oracle, and a wrong kernel is not the fastest one."""
+    failed = {(r.workload, r.mode, r.variant) for r in records.values() if r.outcome in FAILING_OUTCOMES}
     by_workload: dict[str, list[CaseRecord]] = {}
     for r in records.values():
-        if r.outcome == "ok" and r.median_ms:
+        if r.outcome == "ok" and r.median_ms and (r.workload, r.mode, r.variant) not in failed:
             by_workload.setdefault(r.workload, []).append(r)
     out = []
     for workload in sorted(by_workload):
@@ -158,9 +161,12 @@ def failed_counts(records: Mapping[str, CaseRecord]) -> dict[str, int]:
 
 
 def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode: str,
-                 failed_cases: Optional[Mapping[str, int]] = None) -> str:
+                 failed_cases: Optional[Mapping[str, int]] = None, new: int = 0) -> str:
     """The summary's first line: the run's outcome, from the gate and from the cases that failed.
 
+    ``judged`` counts the cases compared with a baseline entry; ``new`` the cases the baseline does
+    not have (or had skipped), which are reported and not judged: a run whose cases are all new
+    (a float32 baseline for a bfloat16 run, another suite's file) reads NOT COMPARED, never PASS.
     A case skipped here and in the baseline is judged ``same`` (its status did not change) but says
     nothing about speed, so those are counted apart: a selection that measured nothing never reads
     as a plain pass. ``failed_cases`` counts this run's failing outcomes (crash, error, ...): each
@@ -171,17 +177,42 @@ def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode:
         among += " (none measured: every one was skipped here and in the baseline)"
     elif skipped_in_both:
         among += f" ({judged - skipped_in_both} run, {skipped_in_both} skipped here and in the baseline)"
+    new_text = f"; {new} new, not in the baseline (not judged)" if new else ""
     failed = {k: n for k, n in (failed_cases or {}).items() if n}
+    if not judged:
+        gate = (f"none of the {new} cases is in the baseline: nothing was judged" if new
+                else "no case to judge")
+        return f"{_failed_head(failed)}; {gate}" if failed else f"NOT COMPARED: {gate}"
     if not regressions:
-        gate = f"no regression among {among} against the baseline"
+        gate = f"no regression among {among} against the baseline{new_text}"
     elif gate_mode == "enforce":
-        gate = f"{regressions} regression(s) among {among} (gate enforced)"
+        gate = f"{regressions} regression(s) among {among} (gate enforced){new_text}"
     else:
         gate = f"{regressions} regression(s) among {among} (gate in report mode: " \
-               f"{'they do not fail the run' if failed else 'the run does not fail'})"
+               f"{'they do not fail the run' if failed else 'the run does not fail'}){new_text}"
     if failed:
         return f"{_failed_head(failed)}; {gate}"
     return f"{'PASS' if not regressions else 'FAIL' if gate_mode == 'enforce' else 'REPORTED'}: {gate}"
+
+
+def comparison_verdict(cmp: Comparison, gate_mode: str, failed_cases: Optional[Mapping[str, int]] = None) -> str:
+    """:func:`verdict_line` for a comparison: its new cases counted apart from the judged ones."""
+    n_new = len(cmp.new)
+    return verdict_line(len(cmp.regressions), len(cmp.verdicts) - n_new, cmp.n_skipped_in_both, gate_mode,
+                        failed_cases, n_new)
+
+
+_HEADINGS = {"PASS": "✅ pass", "FAIL": "❌ **FAIL**", "REPORTED": "⚠️ **REPORTED** (gate in report mode: not failing)",
+             "NOT COMPARED": "⚪ **NOT COMPARED**"}
+
+
+def heading_status(cmp: Comparison, failed_cases: Mapping[str, int]) -> str:
+    """The markdown heading's status: the first word of the verdict line, so a PR comment never shows
+    FAIL over a job that passed (report mode) nor a pass over a comparison of nothing."""
+    failed = {k: n for k, n in failed_cases.items() if n}
+    if failed and not cmp.regressions:
+        return f"❌ **FAIL**: {sum(failed.values())} case(s) failed, no regression"
+    return _HEADINGS[comparison_verdict(cmp, cmp.gate_mode, failed).split(":", 1)[0]]
 
 
 NOT_COMPARED = "the run was not judged against a baseline"
@@ -213,7 +244,7 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
     label = "the baseline" if cmp is not None else flops.NO_BASELINE
     if cmp is not None:
         regs = cmp.regressions
-        verdict = verdict_line(len(regs), len(cmp.verdicts), cmp.n_skipped_in_both, gate_mode, failed_counts(records))
+        verdict = comparison_verdict(cmp, gate_mode, failed_counts(records))
         base = list(cmp.header) or [f"baseline: {cmp.baseline_label}"]  # the header names the baseline
         if cmp.out_of_scope:
             base.append(f"{cmp.out_of_scope} baseline cases were outside this run's selection and not judged")

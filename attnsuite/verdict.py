@@ -753,6 +753,14 @@ class Scope:
                    tiers=frozenset(tiers) if tiers else None)
 
     @classmethod
+    def dtypes_of(cls, records: Mapping[str, CaseRecord]) -> Optional[frozenset[str]]:
+        """The dtypes of a run's cases (skipped ones included: every selected case has a record), or
+        None when no problem id names one. A run without ``--attn-dtype`` answers for these only: a
+        case of another dtype (recorded from an ``--attn-dtype float64`` run) is not its to miss."""
+        dtypes = {problem_dtype_device(r.problem)[0] for r in records.values()} - {None}
+        return frozenset(dtypes) if dtypes else None  # type: ignore[arg-type]
+
+    @classmethod
     def tiers_of(cls, records: Mapping[str, CaseRecord]) -> "Scope":
         """Everything of the tiers the run used (a quick run does not call full-tier cases missing)."""
         tiers = {r.extra.get("tier") for r in records.values() if r.extra and r.extra.get("tier")}
@@ -774,6 +782,9 @@ class Comparison:
     promise: str = ""  # what a comparison with a fallback baseline can and cannot promise
     base_calibration: Optional[dict[str, Any]] = None
     cur_calibration: Optional[dict[str, Any]] = None
+    # --attn-gate / --gate: "enforce" fails the run on a regression, "report" only shows it, so
+    # every text of this comparison (table, markdown heading) says FAIL only where the run fails
+    gate_mode: str = "enforce"
 
     @property
     def failed(self) -> bool:
@@ -816,7 +827,8 @@ class Comparison:
     def summary(self) -> str:
         """One line: the gate's outcome and the counts."""
         counts = ", ".join(f"{n} {k}" for k, n in self.counts().items()) or "no cases"
-        head = f"FAIL: {len(self.regressions)} regression(s)" if self.failed else "pass"
+        head = "pass" if not self.failed else f"FAIL: {len(self.regressions)} regression(s)" \
+            if self.gate_mode == "enforce" else f"REPORTED: {len(self.regressions)} regression(s) (gate in report mode)"
         unconfirmed = sum(1 for v in self.verdicts if v.confirmed is False)
         tail = f"; {unconfirmed} not confirmed by a second measurement" if unconfirmed else ""
         if self.out_of_scope:
@@ -828,6 +840,7 @@ class Comparison:
         return {
             "compared": True,
             "failed": self.failed,
+            "gate_mode": self.gate_mode,
             "counts": self.counts(),
             "out_of_scope": self.out_of_scope,
             "skipped_in_both": self.n_skipped_in_both,

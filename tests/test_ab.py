@@ -304,9 +304,21 @@ def test_a_head_ten_percent_slower_fails_and_equal_or_faster_passes(repo, tmp_pa
         assert f"GATE slower: {KEY_A}" in out
 
 
-def test_report_mode_measures_and_reports_but_exits_zero(repo):
-    status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--gate", "report"], FakeRunner(head_slower(0.1)))
+def test_report_mode_measures_and_reports_but_exits_zero_and_never_reads_fail(repo, tmp_path):
+    md = tmp_path / "ab.md"
+    status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--gate", "report", "--markdown", str(md)],
+                             FakeRunner(head_slower(0.1)))
     assert status == ab.EXIT_OK and "GATE slower" in out
+    # the PR comment had shown a red FAIL over a job that passed
+    assert "REPORTED: 1 regression(s) (gate in report mode)" in out and "FAIL" not in out
+    assert "⚠️ **REPORTED**" in md.read_text() and "FAIL" not in md.read_text()
+
+
+def test_the_report_names_the_base_trees_thresholds_file_by_ref_not_by_its_removed_worktree(repo, tmp_path):
+    md = tmp_path / "ab.md"
+    run_cmd(["--base", "HEAD", "--repo", str(repo), "--markdown", str(md)], FakeRunner(head_slower(0.0)))
+    assert "thresholds from HEAD:baselines/thresholds.json (the base tree's)" in md.read_text()
+    assert "attnsuite-ab-" not in md.read_text()
 
 
 def test_the_base_trees_thresholds_judge_not_the_working_trees(repo):
@@ -512,3 +524,14 @@ def test_relative_path_options_work_from_every_round_however_the_user_named_them
                    "--attn-problems", "/abs/p.json", "--attn-variants", "not_a_path_module"]
     # typed from a sub-folder, a file of the repository stays relative to its root: each tree reads its own
     assert ab.rebase_paths(["--attn-variants=v.py"], repo / "examples", repo) == ["--attn-variants=examples/v.py"]
+
+
+@pytest.mark.parametrize("option", ["--json", "--markdown", "--out"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_round(repo, tmp_path, option):
+    # a --json naming a folder had crashed after all six rounds ran, and the rounds were lost
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    target = tmp_path if option != "--out" else blocker
+    runner = FakeRunner(head_slower(0.0))
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), option, str(target)], runner)
+    assert status == ab.EXIT_INPUT and f"error: {option} {target}" in err and not runner.specs

@@ -227,3 +227,59 @@ def test_compare_that_judges_no_case_is_an_error_not_a_pass(tmp_path):
     new.write_text(json.dumps(obj))
     code, _ = run_cli("compare", old, new, "--workload", "w2")
     assert code == 2
+
+
+def test_compare_of_files_that_share_no_case_is_a_usage_error_not_a_pass(tmp_path, capsys):
+    # a float32 baseline against a bfloat16 run had read "PASS: no regression among 4 cases judged", exit 0
+    old = write_result(tmp_path / "fp32.json", [rec("a", problem="b1-q64-h2-d16-nomask-fp32-cuda0"),
+                                                rec("b", problem="b1-q64-h2-d16-nomask-fp32-cuda0")])
+    new = write_result(tmp_path / "bf16.json", [rec("a", problem="b1-q64-h2-d16-nomask-bf16-cuda0"),
+                                                rec("b", problem="b1-q64-h2-d16-nomask-bf16-cuda0")])
+    obj = json.loads(new.read_text())
+    obj["attnsuite"]["scope"] = {"dtypes": ["bfloat16"]}  # as a run with --attn-dtype bfloat16 stores it
+    new.write_text(json.dumps(obj))
+    code, _ = run_cli("compare", old, new)
+    assert code == 2 and f"none of the 2 cases of {new} is in {old}" in capsys.readouterr().err
+
+
+def test_compare_in_report_mode_never_headlines_fail_in_its_markdown_or_table(runs, tmp_path):
+    # a PR comment had read "FAIL" over a job that exited 0
+    old, _, worse = runs
+    md = tmp_path / "cr.md"
+    code, out = run_cli("compare", old, worse, "--gate", "report", "--markdown", md)
+    text = md.read_text()
+    assert code == 0 and "FAIL" not in out and "FAIL" not in text
+    assert text.splitlines()[1].endswith("⚠️ **REPORTED** (gate in report mode: not failing)")
+    code, out = run_cli("compare", old, worse, "--markdown", md)
+    assert code == 1 and md.read_text().splitlines()[1].endswith("❌ **FAIL**")
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["compare", "{old}", "{old}", "--markdown", "{dir}"], "--markdown"),
+    (["compare", "{old}", "{old}", "--markdown", "{old}/x.md"], "--markdown"),
+    (["report", "{old}", "--html", "{dir}"], "--html"),
+    (["report", "{old}", "--markdown", "{dir}"], "--markdown"),
+    (["report", "{old}", "--plots", "{old}"], "--plots"),
+])
+def test_an_output_option_that_cannot_be_written_is_a_usage_error_before_any_work(runs, tmp_path, capsys, argv,
+                                                                                  option):
+    # they had ended in a traceback with exit 1, the status that means "the gate failed"
+    old = runs[0]
+    (tmp_path / "adir").mkdir()
+    code, out = run_cli(*[a.format(old=old, dir=tmp_path / "adir") for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: {option} " in err and "Traceback" not in err, err
+    assert out == ""  # refused before comparing or printing anything
+
+
+@pytest.mark.parametrize("content, verdict", [
+    ({"version": 1, "workload": {"decode": {"time_floor": 0.05}}}, "ok {path}: thresholds"),
+    ({"version": 1, "workload": {"decode": {"time_floor": -1}}}, "time_floor"),  # checked as thresholds
+])
+def test_check_knows_a_thresholds_file_by_its_content_under_any_name(tmp_path, capsys, content, verdict):
+    # a copy named th.json had been reported "not an attnsuite baseline"
+    path = tmp_path / "th.json"
+    path.write_text(json.dumps(content))
+    code, out = run_cli("check", path)
+    text = out + capsys.readouterr().err
+    assert verdict.format(path=path) in text and "not an attnsuite baseline" not in text, text

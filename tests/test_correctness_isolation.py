@@ -311,3 +311,54 @@ def test_under_xdist_a_poisoned_cuda_context_ends_only_its_worker_and_the_rest_r
     # a fresh worker, a fresh context: every test of the variant after it runs and passes
     assert "test_after" not in "\n".join(l for l in out.splitlines() if l.startswith(("FAILED", "ERROR"))), out[-3000:]
     assert re.search(r"\b4 passed\b", out), out[-2000:]
+
+
+INTERRUPT_TESTS = """
+import os
+import signal
+import types
+import pytest
+
+V = types.SimpleNamespace
+
+@pytest.mark.parametrize("variant", [V(name="raises-interrupt")])
+def test_raiser(variant):
+    raise KeyboardInterrupt
+
+@pytest.mark.parametrize("variant", [V(name="after-it")])
+def test_after_it(variant):
+    pass
+
+def test_a_real_ctrl_c():
+    if os.environ.get("REAL_SIGINT"):
+        os.kill(os.getpid(), signal.SIGINT)
+
+def test_never_reached_after_a_real_ctrl_c():
+    pass
+"""
+
+
+@pytest.mark.parametrize("xdist", [False, True])
+def test_a_variant_raising_keyboardinterrupt_fails_its_test_and_the_run_goes_on(pytester, monkeypatch, xdist):
+    # it had ended the session after one test (and claimed under xdist that "the run went on")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
+    pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
+    pytester.makepyfile(test_interrupt=INTERRUPT_TESTS)
+    args = ["-p", "no:cacheprovider", "-p", "no:randomly", "-rf"] + (["-n", "1"] if xdist else ["-p", "no:xdist"])
+    res = pytester.runpytest_subprocess(*args, timeout=300)
+    res.assert_outcomes(passed=3, failed=1)
+    res.stdout.fnmatch_lines(["*variant raises-interrupt raised KeyboardInterrupt itself (no Ctrl-C reached the "
+                              "run): it fails this test and the run goes on*"])
+
+
+def test_a_real_ctrl_c_still_ends_the_run(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("REAL_SIGINT", "1")
+    monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
+    pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
+    pytester.makepyfile(test_interrupt=INTERRUPT_TESTS)
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:xdist", timeout=300)
+    assert res.ret == pytest.ExitCode.INTERRUPTED
+    assert "test_never_reached_after_a_real_ctrl_c PASSED" not in res.stdout.str()
+    res.assert_outcomes(passed=1, failed=1)  # the raiser failed, after-it passed, then the real Ctrl-C ended it

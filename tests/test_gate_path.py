@@ -11,7 +11,7 @@ import pytest
 
 from attnsuite import baseline as bl
 from attnsuite import cli, gate
-from attnsuite.verdict import ThresholdsError
+from attnsuite.verdict import ThresholdsError, parse_thresholds
 from gatehelp import FP_H100, by_key, fp, rec, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,3 +153,12 @@ def test_the_cli_and_the_pytest_gate_find_the_same_thresholds_for_a_baselines_fo
     out = io.StringIO()
     assert cli.main(["compare", str(base), str(new), "--format", "json"], out=out) == 0  # +50% < the 90% floor
     assert f"thresholds from {t}" in json.loads(out.getvalue())["notes"]
+
+
+@pytest.mark.parametrize("section, noted", [("fa-swep", True), ("fa-sweep", False), ("my-own", False)])
+def test_a_thresholds_workload_section_that_names_nothing_is_noted_as_applying_to_nothing(section, noted):
+    # {"workload": {"fa-swep": ...}} had been accepted silently: the bar the user meant to set applied nowhere
+    cfg = parse_thresholds({"workload": {section: {"time_floor": 0.5}}}, "t.json")
+    run = bl.Run(records={r.key: r for r in [rec("sdpa", workload="my-own")]}, fingerprint={}, path=None)
+    notes = gate.judge_runs(run, run, thresholds=cfg).notes
+    assert any(f"workload section(s) {section} name no workload" in n for n in notes) is noted

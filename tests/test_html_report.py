@@ -111,6 +111,23 @@ def test_a_bad_gate_json_is_an_error_naming_the_file(tmp_path, capsys, bad, mess
     assert not (tmp_path / "r.html").exists()
 
 
+def test_a_gate_json_of_another_run_is_refused_not_shown_as_this_runs_verdict(tmp_path, capsys):
+    # an fp64 result had been printed with an fp32 run's "FAIL: 2 regression(s)"
+    recs = _records()
+    result = tmp_path / "bench.json"
+    result.write_text(json.dumps({"benchmarks": [{"name": k, "extra_info": r.to_extra_info()} for k, r in recs.items()]}))
+    gate = tmp_path / "gate.json"
+    other = _gate(recs)
+    for case in other["cases"]:
+        case["key"] = "other-" + case["key"]
+    gate.write_text(json.dumps(other))
+    status = cli.main(["report", str(result), "--gate-json", str(gate)])
+    err = capsys.readouterr().err
+    assert status == cli.EXIT_INPUT and f"--gate-json {gate}: none of its" in err and "another run" in err
+    gate.write_text(json.dumps(_gate(recs)))  # its own gate JSON is taken
+    assert cli.main(["report", str(result), "--gate-json", str(gate)]) == 0
+
+
 def _browser_path():
     env = os.environ.get("ATTNSUITE_CHROMIUM")
     if env:

@@ -6,7 +6,10 @@ run started on the same path must not overwrite an unfinished run's cases unseen
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
+from pathlib import Path
 
 from attnsuite import journal
 
@@ -92,3 +95,34 @@ def test_source_digests_follow_content_and_leave_unknown_names_unchecked(tmp_pat
     assert first["no_such_module_anywhere"] == "" and first["json"] and first[str(pkg)]
     (pkg / "__init__.py").write_text("x = 2\n")
     assert journal.source_digests([str(pkg)])[str(pkg)] != first[str(pkg)]
+
+
+def test_code_locations_cover_a_variant_packages_helpers_and_a_lone_modules_file(tmp_path, monkeypatch):
+    # a resume had reused results after an entry-point module (not named by any option) or a helper it
+    # imports changed: the digest covered only the files options named
+    pkg = tmp_path / "my_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "variants.py").write_text("from . import common\n")
+    (pkg / "common.py").write_text("SCALE = 1.0\n")
+    (tmp_path / "lone_variants.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("my_pkg.variants", "lone_variants"):
+        importlib.import_module(name)
+        monkeypatch.delitem(sys.modules, name)  # re-added below; keeps later tests' imports fresh
+        importlib.import_module(name)
+    where = journal.code_locations(["my_pkg.variants", "lone_variants", "never_imported_module"])
+    assert where == [str(pkg), str(tmp_path / "lone_variants.py")]
+    before = journal.source_digests(where)
+    (pkg / "common.py").write_text("SCALE = 2.0\n")  # only the helper changes
+    assert journal.source_digests(where)[str(pkg)] != before[str(pkg)]
+
+
+def test_the_run_digests_every_module_that_registered_variants_from_outside(monkeypatch):
+    from attnsuite import plugin_bench, registry
+
+    monkeypatch.setattr(registry, "entry_point_modules", lambda: ["json"])
+    monkeypatch.setattr(registry, "external_sources", lambda: [("x.py", "csv")])
+    got = plugin_bench._sources(plugin_bench.RunSpec(device="cpu", tier="quick"))
+    assert set(got) == {str(Path(json.__file__).parent), sys.modules["csv"].__file__}
+    assert all(got.values())

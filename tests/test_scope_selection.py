@@ -116,6 +116,12 @@ def test_attn_dtype_leaves_another_dtypes_case_alone(bench, recorded):
     _assert_judged_only_the_selection(bench({"problem": _swap_token(problem, "fp32", "bf16")}, "--attn-dtype=float32"))
 
 
+def test_a_run_without_attn_dtype_leaves_a_case_of_a_dtype_it_did_not_run_alone(bench, recorded):
+    # an fp64 case recorded from an `--attn-dtype float64` run had been called missing by every default run
+    problem = sorted(recorded["obj"]["cases"].values(), key=lambda e: e["problem"])[0]["problem"]
+    _assert_judged_only_the_selection(bench({"problem": _swap_token(problem, "fp32", "fp64")}))
+
+
 @pytest.mark.parametrize("args", [
     pytest.param(("-k", "frame13"), id="-k"),
     pytest.param(("--deselect", "bench/test_workloads.py::test_workload[{other}]"), id="--deselect"),

@@ -249,3 +249,40 @@ def test_without_a_baseline_the_peak_note_says_none_was_compared_not_that_it_sto
                    timer="perf_counter")
     note = sm.build({r.key: r}, None).peak_note
     assert "no baseline was compared" in note and "stores no calibration probe" not in note, note
+
+
+def test_cases_the_baseline_lacks_are_counted_as_new_not_as_judged_nor_as_run():
+    # bench.sh on a fresh clone had read "among 766 cases judged (518 run, ...)" with 118 of them new,
+    # 60 of those skipped: "run" counted cases that were neither run nor in the baseline
+    cur = _passing_run()
+    base = copy.deepcopy(cur)
+    del base["fa-sweep/sdpa/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu"]  # a new case that ran
+    del base["fa-sweep/flex/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu"]  # a new case skipped here
+    s = summary.build(cur, _comparison(cur, base=base), gate_mode="enforce")
+    assert s.verdict == (f"PASS: no regression among {len(cur) - 2} cases judged (5 run, 2 skipped here and in the "
+                         "baseline) against the baseline; 2 new, not in the baseline (not judged)")
+
+
+@pytest.mark.parametrize("failed, head", [({}, "NOT COMPARED: "), ({"crash": 1}, "FAIL: 1 case(s) of this run failed")])
+def test_a_run_that_shares_no_case_with_the_baseline_reads_not_compared_never_pass(failed, head):
+    # a float32 baseline against a bfloat16 run, or another suite's file: every case new, nothing judged
+    line = summary.verdict_line(0, 0, 0, "enforce", failed, new=4)
+    assert line.startswith(head) and line.endswith("none of the 4 cases is in the baseline: nothing was judged")
+    cur = _passing_run()
+    s = summary.build(cur, _comparison(cur, base={}), gate_mode="enforce")
+    assert s.verdict == f"NOT COMPARED: none of the {len(cur)} cases is in the baseline: nothing was judged"
+
+
+def test_a_variant_that_failed_a_case_of_the_workload_and_mode_is_never_the_fastest():
+    # a variant returning v.clone() was proven wrong on the small problem, passed the finite-only check on
+    # the large one, and was crowned fastest at 13590% of peak
+    cur = _run()
+    wrong = cpu("fastwrong", 0.01, mode="fwd+bwd")
+    cur[wrong.key] = wrong
+    failed = cpu("fastwrong", None, mode="fwd+bwd", problem="b1-q128-h4-d64-causal-tl-fp32-cpu", outcome="numerics",
+                 detail="output: max error 4.9")
+    cur[failed.key] = failed
+    fa = {b.workload: b for b in summary.best_per_workload(cur)}["fa-sweep"]
+    assert (fa.variant, fa.variants) == ("explicit", 2)
+    del cur[failed.key]  # without the failure it is a candidate like any other
+    assert {b.workload: b for b in summary.best_per_workload(cur)}["fa-sweep"].variant == "fastwrong"

@@ -49,9 +49,13 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch):
     """The registry as it is, and whatever a test loads into it (variants, families, modules) forgotten
     afterwards: a variant left behind would break every later run of this process."""
     registry.load_builtin()
-    for name in ("_REGISTRY", "_FAMILIES", "_ORIGINS"):
-        monkeypatch.setattr(registry, name, dict(getattr(registry, name, {})), raising=False)
-    monkeypatch.setattr(registry, "_EXTERNAL_SOURCES", list(registry._EXTERNAL_SOURCES))
+    # variants an earlier test of this process loaded from outside (an xdist worker runs many) are left
+    # out too: these tests count what is external
+    outside = {v.name for v in registry.external_variants()}
+    monkeypatch.setattr(registry, "_REGISTRY", {k: v for k, v in registry._REGISTRY.items() if k not in outside})
+    monkeypatch.setattr(registry, "_ORIGINS", {k: o for k, o in registry._ORIGINS.items() if k not in outside})
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
+    monkeypatch.setattr(registry, "_EXTERNAL_SOURCES", [])
     monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
     modules = set(sys.modules)
     yield
