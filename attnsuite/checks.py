@@ -432,9 +432,10 @@ CHECKS = {
 }
 
 
-def guarded_skip_reason(decide: Callable[[], Optional[str]], variant: Variant,
-                        problem: Problem) -> tuple[Optional[str], Optional[str]]:
-    """Run ``decide`` (a skip reason or None, from a variant's own ``unsupported``/``extra_reasons``):
+def guarded_skip_reason(decide: Callable[[], Optional[str]], variant: Variant, problem: Problem,
+                        hook: str = "unsupported()/extra_reasons()") -> tuple[Optional[str], Optional[str]]:
+    """Run ``decide`` (a skip reason or None, from a variant's own ``hook``: ``unsupported``/``extra_reasons``,
+    or ``known_defect``):
     ``(reason, None)``, or ``(None, failure)`` when it raised, the failure naming the variant, the
     problem and the exception. The correctness tests compute skip reasons while collecting: an
     exception there had stopped the collection of every variant's tests; this way it fails the
@@ -442,8 +443,7 @@ def guarded_skip_reason(decide: Callable[[], Optional[str]], variant: Variant,
     try:
         return decide(), None
     except Exception as exc:  # noqa: BLE001 - the variant's code, reported against it
-        return None, (f"{variant.name} on {problem.id}: its unsupported()/extra_reasons() raised "
-                      f"{type(exc).__name__}: {exc}")
+        return None, f"{variant.name} on {problem.id}: its {hook} raised {type(exc).__name__}: {exc}"
 
 
 def skip_reason(check: str, variant: Variant, problem: Problem) -> Optional[str]:

@@ -44,7 +44,8 @@ def _cases(config: pytest.Config, check: str):
         for problem in problems:
             reason = _collected_skip_reason(check, variant, problem)
             marks = [pytest.mark.skip(reason=reason)] if reason else []
-            seen = variant.known_defect(check, problem)
+            seen, _ = checks.guarded_skip_reason(lambda: variant.known_defect(check, problem), variant, problem,
+                                                 "known_defect()")  # a raise fails the test (_applies)
             if seen:
                 marks.append(pytest.mark.xfail(strict=True, reason=f"known defect of {variant.name}: {seen}"))
             yield pytest.param(variant, problem, id=f"{variant.name}@{problem.id}", marks=marks)
@@ -61,8 +62,10 @@ def _applies(check: str, variant, problem) -> None:
     """Skip the test when the check does not apply; fail it when the variant's own hook raises."""
     reason, failure = checks.guarded_skip_reason(lambda: checks.skip_reason(check, variant, problem),
                                                  variant, problem)
-    if failure:
-        pytest.fail(failure, pytrace=False)
+    _, broken = checks.guarded_skip_reason(lambda: variant.known_defect(check, problem), variant, problem,
+                                           "known_defect()")
+    if failure or broken:
+        pytest.fail(failure or broken, pytrace=False)
     if reason:
         pytest.skip(reason)
 

@@ -172,6 +172,39 @@ def test_an_unknown_family_is_a_usage_error_of_the_correctness_run(isolated_regi
 # --- extra_reasons that raises ----------------------------------------------------------------------
 
 
+def test_known_defect_that_raises_fails_that_variants_tests_only(isolated_registry, tmp_path, pytester):
+    # it is variant code called while collecting too: a raise had stopped every variant's collection
+    path = _module(tmp_path, "s14_defect_raise", '''
+        from attnsuite.registry import KernelVariant, register
+
+        @register
+        class Raises(KernelVariant):
+            name = "x-defect-raise"
+
+            def known_defect(self, check, problem):
+                raise KeyError("no such defect table")
+
+            def build(self, problem):
+                return correct_run(problem)
+
+        @register
+        class Fine(KernelVariant):
+            name = "x-fine2"
+
+            def build(self, problem):
+                return correct_run(problem)
+    ''')
+    pytester.syspathinsert(REPO)
+    result = pytester.runpytest_inprocess(
+        str(REPO / "test_correctness" / "test_variants.py"), "--rootdir", str(REPO), "-p", "no:cacheprovider",
+        "-q", "--attn-variants", str(path), "--attn-only", "x-defect-raise,x-fine2",
+        "-k", "b2-q3-h2-d32-causal-tl-fp32-cpu")
+    text = result.stdout.str()
+    result.assert_outcomes(failed=4, passed=4)
+    assert ("x-defect-raise on b2-q3-h2-d32-causal-tl-fp32-cpu: its known_defect() raised KeyError: "
+            "'no such defect table'") in text, text[-3000:]
+
+
 def test_extra_reasons_that_raises_fails_that_variants_tests_only(isolated_registry, tmp_path, pytester):
     path = _module(tmp_path, "s14_reasons_raise", '''
         from attnsuite.registry import KernelVariant, register
