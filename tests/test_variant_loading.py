@@ -169,52 +169,27 @@ def test_an_unknown_family_is_a_usage_error_of_the_correctness_run(isolated_regi
     assert "variant 'x-fam' in attnsuite_external_s14_family_typo_run" in result.stderr.str(), result.stderr.str()
 
 
-# --- extra_reasons that raises ----------------------------------------------------------------------
+# --- a variant hook that raises while the tests are collected ------------------------------------
 
 
-def test_known_defect_that_raises_fails_that_variants_tests_only(isolated_registry, tmp_path, pytester):
-    # it is variant code called while collecting too: a raise had stopped every variant's collection
-    path = _module(tmp_path, "s14_defect_raise", '''
+@pytest.mark.parametrize("hook, raising, said", [
+    ("def extra_reasons(self, problem, backward):", 'raise RuntimeError("boom")',
+     "its unsupported()/extra_reasons() raised RuntimeError: boom"),
+    ("def known_defect(self, check, problem):", 'raise KeyError("no such defect table")',
+     "its known_defect() raised KeyError: 'no such defect table'"),
+], ids=["extra_reasons", "known_defect"])
+def test_a_hook_that_raises_while_collecting_fails_that_variants_tests_only(isolated_registry, tmp_path, pytester,
+                                                                            hook, raising, said):
+    # both are variant code called while collecting: a raise had stopped every variant's collection
+    path = _module(tmp_path, "s14_hook_raise", f'''
         from attnsuite.registry import KernelVariant, register
 
         @register
         class Raises(KernelVariant):
-            name = "x-defect-raise"
+            name = "x-hook-raise"
 
-            def known_defect(self, check, problem):
-                raise KeyError("no such defect table")
-
-            def build(self, problem):
-                return correct_run(problem)
-
-        @register
-        class Fine(KernelVariant):
-            name = "x-fine2"
-
-            def build(self, problem):
-                return correct_run(problem)
-    ''')
-    pytester.syspathinsert(REPO)
-    result = pytester.runpytest_inprocess(
-        str(REPO / "test_correctness" / "test_variants.py"), "--rootdir", str(REPO), "-p", "no:cacheprovider",
-        "-q", "--attn-variants", str(path), "--attn-only", "x-defect-raise,x-fine2",
-        "-k", "b2-q3-h2-d32-causal-tl-fp32-cpu")
-    text = result.stdout.str()
-    result.assert_outcomes(failed=4, passed=4)
-    assert ("x-defect-raise on b2-q3-h2-d32-causal-tl-fp32-cpu: its known_defect() raised KeyError: "
-            "'no such defect table'") in text, text[-3000:]
-
-
-def test_extra_reasons_that_raises_fails_that_variants_tests_only(isolated_registry, tmp_path, pytester):
-    path = _module(tmp_path, "s14_reasons_raise", '''
-        from attnsuite.registry import KernelVariant, register
-
-        @register
-        class Raises(KernelVariant):
-            name = "x-reasons-raise"
-
-            def extra_reasons(self, problem, backward):
-                raise RuntimeError("x-reasons-raise: boom")
+            {hook}
+                {raising}
 
             def build(self, problem):
                 return correct_run(problem)
@@ -229,13 +204,12 @@ def test_extra_reasons_that_raises_fails_that_variants_tests_only(isolated_regis
     pytester.syspathinsert(REPO)
     result = pytester.runpytest_inprocess(
         str(REPO / "test_correctness" / "test_variants.py"), "--rootdir", str(REPO), "-p", "no:cacheprovider",
-        "-q", "--attn-variants", str(path), "--attn-only", "x-reasons-raise,x-fine",
+        "-q", "--attn-variants", str(path), "--attn-only", "x-hook-raise,x-fine",
         "-k", "b2-q3-h2-d32-causal-tl-fp32-cpu")
     text = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, text[-3000:]
     result.assert_outcomes(failed=4, passed=4)
-    assert ("x-reasons-raise on b2-q3-h2-d32-causal-tl-fp32-cpu: its unsupported()/extra_reasons() raised "
-            "RuntimeError: x-reasons-raise: boom") in text, text[-3000:]
+    assert f"x-hook-raise on b2-q3-h2-d32-causal-tl-fp32-cpu: {said}" in text, text[-3000:]
     assert "FAILED" not in "".join(line for line in text.splitlines() if "x-fine@" in line), text[-3000:]
 
 
