@@ -103,7 +103,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:  # after the variants: a file may add to the families they register
         config.stash[PROBLEM_FILES] = problem_file.load_all(config.getoption("--attn-problems"))
     except problem_file.ProblemFileError as exc:
-        raise pytest.UsageError(f"attnsuite: --attn-problems: {exc}") from None
+        raise pytest.UsageError(f"attnsuite: {exc}") from None  # names ATTNSUITE_PROBLEMS or --attn-problems
     # "a,b" as well as "--attn-only a --attn-only b", read once here for every plugin after this one
     config.option.attn_only = [n.strip() for v in config.getoption("--attn-only") for n in v.split(",") if n.strip()]
     for name in config.getoption("--attn-only"):

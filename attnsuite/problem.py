@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from typing import Optional
 
 DTYPE_SHORT = {
@@ -69,6 +70,18 @@ class Mask:
             raise ProblemError(f"document mask needs positive doc_lens, got {self.doc_lens}")
         if self.kind == "prefix" and self.prefix < 0:
             raise ProblemError(f"prefix mask needs prefix >= 0, got {self.prefix}")
+
+    # the fields each kind reads (besides ``kind``); the others are ignored by it
+    FIELDS_OF_KIND = {"none": (), "causal": ("align",), "window": ("align", "window"),
+                      "block_causal": ("align", "block"), "block_sparse": ("block", "seed"),
+                      "document": ("doc_lens", "causal"), "prefix": ("align", "prefix"), "random": ("seed",)}
+
+    def ignored_fields(self) -> list[str]:
+        """Fields set away from their default that this kind does not read (``window`` on a causal
+        mask): a problems file naming one asked for a mask it would not get."""
+        used = self.FIELDS_OF_KIND.get(self.kind, ())
+        return [f.name for f in dataclass_fields(self) if f.name != "kind" and f.name not in used
+                and getattr(self, f.name) != f.default]
 
     @property
     def is_causal_like(self) -> bool:

@@ -18,7 +18,8 @@ on them (each ``dtypes`` entry the run also has; all of the run's when absent; o
 ``workloads`` adds benchmark entries: to an existing workload (its name) or to a new one (with a
 ``description``). Problem fields are :class:`attnsuite.problem.Problem`'s (``lk`` defaults to ``lq``,
 ``hkv`` to ``hq``, ``dv`` to ``dqk``; ``args`` a table of family settings), the mask a table of
-:class:`attnsuite.problem.Mask`'s fields. Every error names the file, the entry and the field.
+:class:`attnsuite.problem.Mask`'s fields (only those its kind reads: ``Mask.FIELDS_OF_KIND``).
+Every error names the file, the entry and the field.
 
 From Python the same is :func:`attnsuite.registry.add_problems` and :func:`attnsuite.workloads.add_entries`.
 """
@@ -114,9 +115,38 @@ def _mask(where: str, value: Any) -> Mask:
     if "doc_lens" in fields:
         fields["doc_lens"] = tuple(_typed(f"{where}, mask", "doc_lens", fields["doc_lens"], list))
     try:
-        return Mask(**fields)
+        mask = Mask(**fields)
     except (ProblemError, TypeError) as exc:
         raise ProblemFileError(f"{where}, mask: {exc}") from None
+    ignored = mask.ignored_fields()
+    if ignored:  # {"kind": "causal", "window": 8} had silently become a plain causal mask
+        reads = ", ".join(Mask.FIELDS_OF_KIND[mask.kind]) or "no other field"
+        raise ProblemFileError(f"{where}, mask: kind {mask.kind!r} does not use {', '.join(map(repr, ignored))} "
+                               f"(it reads {reads})")
+    return mask
+
+
+# Past these a problem cannot run anywhere: the float64 oracle of a correctness problem holds its
+# scores (b*hq*lq*lk of them) several times over, and a benchmark's q, k, v and output must fit a
+# device. An absurd length had allocated tens of GiB while collecting, blamed the variant for the
+# suite's own MemoryError, and made the gate refuse the run's records.
+MAX_ORACLE_SCORES = 1 << 28  # 2 GiB per float64 score matrix
+MAX_INPUT_BYTES = 1 << 40  # 1 TiB: more than any one device holds
+
+
+def _check_size(where: str, problem: Problem, *, oracle: bool) -> None:
+    scores = problem.batch * problem.hq * problem.lq * problem.lk
+    if oracle and scores > MAX_ORACLE_SCORES:
+        raise ProblemFileError(f"{where}: batch*hq*lq*lk = {scores:.3g} scores: the float64 oracle of a correctness "
+                               f"problem can hold at most {MAX_ORACLE_SCORES:.3g} (2 GiB); use a workload entry "
+                               "for a benchmark of this size")
+    elements = problem.batch * (problem.hq * problem.lq * (problem.dqk + problem.dv)
+                                + problem.hkv * problem.lk * (problem.dqk + problem.dv))
+    if problem.d_model:
+        elements += 2 * problem.batch * problem.lq * problem.d_model
+    if elements * 8 > MAX_INPUT_BYTES:
+        raise ProblemFileError(f"{where}: its inputs and output alone are {elements * 8 / 2**40:.3g} TiB in float64: "
+                               "larger than any device holds")
 
 
 def problem_from(where: str, fields: dict[str, Any], device: str = "cpu") -> Problem:
@@ -190,10 +220,14 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
             raise ProblemFileError(f"{where}: field 'family' is required")
         family = _family(where, item["family"])
         dtypes = tuple(_typed(where, "dtypes", item.get("dtypes", []), list))
+        if "dtypes" in item and not dtypes:  # it had meant every dtype, as if it were left out
+            raise ProblemFileError(f"{where}: field 'dtypes': an empty list selects no dtype (leave the field out "
+                                   "for every dtype the family checks)")
         for d in dtypes:
             _typed(where, "dtypes", d, str)
         fields = {k: v for k, v in item.items() if k not in _PROBLEM_ENTRY_KEYS}
         problem = problem_from(where, fields)
+        _check_size(where, problem, oracle=True)
         if dtypes:
             try:
                 for d in dtypes:
@@ -228,6 +262,7 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
             # like the built-in entries: bf16 in the full tier, fp32 in the quick tier, unless stated
             fields = {"dtype": "bfloat16" if tier == "full" else "float32", **fields}
             problem = problem_from(f"{ewhere}.problem", fields)
+            _check_size(f"{ewhere}.problem", problem, oracle=False)
             _check_level(f"{ewhere}.problem", family, problem)
             modes = tuple(_typed(ewhere, "modes", entry.get("modes", list(MODES)), list))
             bad = [m for m in modes if m not in MODES]
@@ -258,11 +293,16 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
 
 
 def load_all(paths: Iterable[str] = ()) -> list[str]:
-    """Load ``ATTNSUITE_PROBLEMS`` then ``paths``; the resolved paths loaded, in order."""
+    """Load ``ATTNSUITE_PROBLEMS`` then ``paths``; the resolved paths loaded, in order. An error
+    starts with where the file was named (``ATTNSUITE_PROBLEMS`` or ``--attn-problems``)."""
     loaded = []
-    for spec in [*os.environ.get(ENV, "").split(","), *paths]:
+    named = [(ENV, s) for s in os.environ.get(ENV, "").split(",")] + [("--attn-problems", s) for s in paths]
+    for where, spec in named:
         spec = spec.strip()
         if spec:
-            load(spec)
+            try:
+                load(spec)
+            except ProblemFileError as exc:
+                raise ProblemFileError(f"{where}: {exc}") from None
             loaded.append(str(Path(spec).expanduser().resolve()))
     return loaded

@@ -117,6 +117,16 @@ def test_loading_a_file_twice_adds_its_problems_once(tmp_path):
     (lambda d: d["problems"][0].update(family="mla-layer", lq=16, lk=16, hq=4, hkv=4, d_model=64, mask="causal"),
      "problems[0]: family 'mla-layer': MLA problem"),
     (lambda d: d.update(extra=1), "unknown field(s) 'extra'"),
+    # found by a fresh-user test: each had been accepted and a different problem checked, or collection
+    # had allocated tens of GiB and blamed the variant for the suite's own MemoryError
+    (lambda d: d["problems"][0].update(mask={"kind": "causal", "window": 8}),
+     "problems[0], mask: kind 'causal' does not use 'window' (it reads align)"),
+    (lambda d: d["problems"][0].update(mask={"kind": "none", "align": "bottom_right"}),
+     "problems[0], mask: kind 'none' does not use 'align' (it reads no other field)"),
+    (lambda d: d["problems"][0].update(dtypes=[]), "problems[0]: field 'dtypes': an empty list selects no dtype"),
+    (lambda d: d["problems"][0].update(lq=10**9, lk=10**9), "problems[0]: batch*hq*lq*lk = 4e+18 scores"),
+    (lambda d: d["workloads"][0]["entries"][0]["problem"].update(lq=10**12, lk=10**12),
+     "workloads[0].entries[0].problem: its inputs and output alone are"),
 ])
 def test_a_bad_entry_is_refused_naming_the_file_the_entry_and_the_field_and_nothing_is_added(tmp_path, change, words):
     data = json.loads(json.dumps(GOOD))
@@ -194,7 +204,16 @@ def test_a_bad_problems_file_is_a_usage_error_before_anything_runs(pytester, out
     result = pytester.runpytest_subprocess("bench", "--benchmark-only", "-p", "no:cacheprovider",
                                            f"--attn-problems={bad}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert f"{bad}: problems[0]: problem field lq must be a positive int" in result.stderr.str()
+    assert f"attnsuite: --attn-problems: {bad}: problems[0]: problem field lq must be a positive int" \
+        in result.stderr.str()
+
+
+def test_an_error_in_a_file_named_by_the_environment_says_so(tmp_path, monkeypatch):
+    # it had been labelled --attn-problems, an option the user never gave
+    bad = _write(tmp_path, {"problems": [{"family": "attention", "lq": -1}]}, "bad.json")
+    monkeypatch.setenv(problem_file.ENV, str(bad))
+    with pytest.raises(problem_file.ProblemFileError, match=f"^ATTNSUITE_PROBLEMS: {bad}: problems\\[0\\]"):
+        problem_file.load_all([])
 
 
 def test_a_second_file_repeating_an_entry_already_registered_is_refused(tmp_path):
