@@ -292,3 +292,30 @@ def test_the_run_header_says_nothing_for_built_in_variants_only(isolated_registr
                              getoption=lambda name, default=None: None if name == "--attn-variants" else default)
     assert plugin_isolation.pytest_report_header(config) is None
     assert np.all([registry.origin(v.name) == registry.BUILTIN_ORIGIN for v in registry.variants()])
+
+
+# --- drawn problems stay within what a variant declares -------------------------------------------
+
+
+def test_drawn_problems_catch_a_wrong_scale_in_a_variant_that_declares_few_features(isolated_registry, tmp_path,
+                                                                                    pytester):
+    # masks none/causal, float32 only, no feature: 10 of 12 draws had been declined and the two that ran
+    # were one query against one key, where any scale gives the right answer: the test had passed
+    path = _module(tmp_path, "s14_bad_scale", '''
+        from attnsuite.registry import KernelVariant, register
+
+        @register
+        class BadScale(KernelVariant):
+            name = "x-bad-scale"
+            dtypes = frozenset({"float32"})
+
+            def build(self, problem):
+                run = correct_run(problem)
+                return lambda q, k, v: run(q * 1.05, k, v)
+    ''')
+    pytester.syspathinsert(REPO)
+    result = pytester.runpytest_inprocess(
+        str(REPO / "test_correctness" / "test_hypothesis.py"), "--rootdir", str(REPO), "-p", "no:cacheprovider",
+        "-q", "--attn-variants", str(path), "--attn-only", "x-bad-scale")
+    result.assert_outcomes(failed=1)
+    assert "x-bad-scale on " in result.stdout.str() and "forward FAILED" in result.stdout.str()
