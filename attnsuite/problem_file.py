@@ -225,9 +225,14 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
                                    "for every dtype the family checks)")
         for d in dtypes:
             _typed(where, "dtypes", d, str)
+        if len(set(dtypes)) < len(dtypes):
+            raise ProblemFileError(f"{where}: field 'dtypes': {list(dtypes)} names a dtype twice")
         fields = {k: v for k, v in item.items() if k not in _PROBLEM_ENTRY_KEYS}
         problem = problem_from(where, fields)
         _check_size(where, problem, oracle=True)
+        twin = next((i for i, (f, q, _) in enumerate(problems) if f == family.name and q == problem), None)
+        if twin is not None:  # it had been merged silently: one problem is checked once
+            raise ProblemFileError(f"{where}: the same problem as problems[{twin}] ({problem.id})")
         if dtypes:
             try:
                 for d in dtypes:

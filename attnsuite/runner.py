@@ -378,7 +378,9 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
     if reasons:
         return _skip(rec, "; ".join(reasons)), None
     if variant.compiled:
-        why = bc.entry.compiled_skip_reason(variant.name, bc.mode, settings.tier)
+        tier_entries = workloads.WORKLOADS[bc.workload].tier(settings.tier) if bc.workload in workloads.WORKLOADS else ()
+        why = bc.entry.compiled_skip_reason(variant.name, bc.mode, settings.tier,
+                                            [e for e in tier_entries if e is not bc.entry])
         if why:
             return _skip(rec, why), None
     if settings.guard is not None:

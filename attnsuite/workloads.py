@@ -48,17 +48,27 @@ class Entry:
         if bad:
             raise ValueError(f"workload entry {self.problem.id}: unknown modes {bad}; known {MODES}")
 
-    def compiled_skip_reason(self, variant_name: str, mode: str, tier: str) -> Optional[str]:
-        """Why a compiled variant does not run here (None when it does)."""
+    def compiled_skip_reason(self, variant_name: str, mode: str, tier: str,
+                             siblings: Sequence["Entry"] = ()) -> Optional[str]:
+        """Why a compiled variant does not run here (None when it does). ``siblings`` are the other
+        entries of the workload's tier: the reason says whether any of them runs the variant."""
         modes = self.modes if self.compiled_modes is None else self.compiled_modes
         if mode not in modes:
             where = f"modes {', '.join(modes)}" if modes else "no mode"
-            return (f"{tier} tier budget: compiled variants run in {where} on this problem "
-                    f"(each compilation costs seconds); other entries of this workload cover the rest")
-        if self.compiled_only and variant_name not in self.compiled_only:
-            return (f"{tier} tier budget: only {', '.join(self.compiled_only)} of the compiled variants "
-                    f"run on this problem; other entries of this workload cover the rest")
-        return None
+            why = f"compiled variants run in {where} on this problem (each compilation costs seconds)"
+        elif self.compiled_only and variant_name not in self.compiled_only:
+            why = f"only {', '.join(self.compiled_only)} of the compiled variants run on this problem"
+        else:
+            return None
+        runs = [e for e in (self, *siblings) for m in e.modes
+                if (not e.variants or variant_name in e.variants) and e._runs_compiled(variant_name, m)]
+        rest = "other entries of this workload cover the rest" if runs else \
+            f"no entry of this workload's {tier} tier runs {variant_name}"
+        return f"{tier} tier budget: {why}; {rest}"
+
+    def _runs_compiled(self, variant_name: str, mode: str) -> bool:
+        modes = self.modes if self.compiled_modes is None else self.compiled_modes
+        return mode in modes and (not self.compiled_only or variant_name in self.compiled_only)
 
 
 @dataclass(frozen=True)

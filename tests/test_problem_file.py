@@ -124,6 +124,10 @@ def test_loading_a_file_twice_adds_its_problems_once(tmp_path):
     (lambda d: d["problems"][0].update(mask={"kind": "none", "align": "bottom_right"}),
      "problems[0], mask: kind 'none' does not use 'align' (it reads no other field)"),
     (lambda d: d["problems"][0].update(dtypes=[]), "problems[0]: field 'dtypes': an empty list selects no dtype"),
+    (lambda d: d["problems"][0].update(dtypes=["float32", "float32"]), "problems[0]: field 'dtypes': ['float32', "
+     "'float32'] names a dtype twice"),
+    (lambda d: d["problems"].append(json.loads(json.dumps(d["problems"][0]))),
+     "problems[1]: the same problem as problems[0]"),
     (lambda d: d["problems"][0].update(lq=10**9, lk=10**9), "problems[0]: batch*hq*lq*lk = 4e+18 scores"),
     (lambda d: d["workloads"][0]["entries"][0]["problem"].update(lq=10**12, lk=10**12),
      "workloads[0].entries[0].problem: its inputs and output alone are"),

@@ -78,3 +78,18 @@ def test_an_unbuilt_family_is_a_case_skipped_with_that_reason():
     assert result is None
     assert rec.outcome == "skipped" and rec.detail == "family no-such-layer not built yet"
     assert rec.variant == "no-such-layer/*" and rec.key == f"w/no-such-layer/*/fwd/{p.id}"
+
+
+def test_a_compiled_variants_budget_skip_says_whether_another_entry_runs_it():
+    # "other entries of this workload cover the rest" had been said where no entry ran it at all
+    from attnsuite.problem import Problem
+    from attnsuite.workloads import Entry
+
+    small, large = Problem(lq=16, hq=2, hkv=2, dqk=16), Problem(lq=32, hq=2, hkv=2, dqk=16)
+    none_compiled = Entry("attention", small, modes=("fwd",), compiled_modes=())
+    runs_fwd = Entry("attention", large, modes=("fwd", "bwd"), compiled_modes=("fwd",))
+    alone = none_compiled.compiled_skip_reason("flex", "fwd", "quick", [])
+    assert alone.endswith("no entry of this workload's quick tier runs flex"), alone
+    covered = none_compiled.compiled_skip_reason("flex", "fwd", "quick", [runs_fwd])
+    assert covered.endswith("other entries of this workload cover the rest"), covered
+    assert runs_fwd.compiled_skip_reason("flex", "fwd", "quick", [none_compiled]) is None
