@@ -226,3 +226,15 @@ def test_compare_notes_the_benchmarks_of_a_mixed_file_that_it_did_not_judge(tmp_
     mixed.write_text(json.dumps(obj))
     code, out = run_cli("compare", mixed, mixed)
     assert code == 0 and f"note: 1 benchmark(s) of {mixed} carry no attnsuite record: not judged" in out
+
+
+@pytest.mark.parametrize("low, high", [("min_ms", "median_ms"), ("device_min_ms", "device_ms")])
+def test_a_fastest_sample_above_its_median_is_refused_in_results_and_baselines(tmp_path, low, high):
+    # `attnsuite check` had accepted min_ms 2.0 beside median_ms 1.0: the gate would judge one and show another
+    bad = rec("a", **{low: 2.0, high: 1.0})
+    path = write_result(tmp_path / "r.json", [bad])
+    with pytest.raises(bl.ResultFileError, match=f"{low} 2 is above {high} 1"):
+        bl.load_run(path)
+    entry = bl.entry_from_record(rec("a"))
+    entry.update({low: 2.0, high: 1.0})
+    assert any(f"{low} 2 is above {high} 1" in p for p in bl.validate_entry(bad.key, entry))
