@@ -154,14 +154,17 @@ def cmd_report(args: argparse.Namespace, out) -> int:
         runs["baseline"] = base.records
         print(report.terminal_table(cmp), file=out)
     else:
+        calibration = None
         if args.gate_json:  # the verdict the run's gate wrote, as the HTML shows it
             from . import html_report
 
-            last = html_report.summary_from_gate_json(run.records, _read_gate_json(args, run.records))
+            gate_json = _read_gate_json(args, run.records)
+            last = html_report.summary_from_gate_json(run.records, gate_json)
+            calibration = (gate_json.get("calibration") or {}).get("baseline")
         else:
             last = summary.build(run.records, None, baseline_lines=["no baseline given (--baseline names one)"])
         text = report.markdown_run(run.records, context=[f"from `{args.result}`"],
-                                   head=summary.markdown_lines(last, report.md_escape))
+                                   head=summary.markdown_lines(last, report.md_escape), calibration=calibration)
         print(f"{len(run.records)} cases in {args.result}", file=out)
     if args.markdown:
         report.write_markdown(text, args.markdown)

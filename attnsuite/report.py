@@ -246,9 +246,11 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
 
 
 def markdown_run(records: Mapping[str, CaseRecord], *, title: str = "attnsuite results", context: Sequence[str] = (),
-                 head: Sequence[str] = ()) -> str:
+                 head: Sequence[str] = (), calibration: Optional[Mapping[str, object]] = None) -> str:
     """A markdown table of one run's cases (no baseline to compare with), after ``head`` (the run's
-    summary); skipped cases are counted by reason there (or in one line here), not given rows."""
+    summary); skipped cases are counted by reason there (or in one line here), not given rows.
+    ``calibration`` is the probe the summary's % of peak is read against (a gate JSON's baseline
+    calibration), so the table and the summary give one figure."""
     out = [MARKER, f"### {md_escape(title)}", "", *head] + [f"> {md_escape(c)}" for c in context] + [""]
     skipped = [r for r in records.values() if r.outcome == "skipped"]
     if skipped and not head:
@@ -262,7 +264,7 @@ def markdown_run(records: Mapping[str, CaseRecord], *, title: str = "attnsuite r
         r = records[key]
         if r.outcome == "skipped":
             continue
-        pct = percent_of_peak(r, None)[0] if r.outcome == "ok" else None  # a stable, stated peak only
+        pct = percent_of_peak(r, calibration)[0] if r.outcome == "ok" else None  # a stable, stated peak only
         outcome = md_escape(r.outcome) if r.outcome == "ok" else f"**{md_escape(r.outcome)}** {md_escape((r.detail or '')[:80])}"
         cells = [md_escape(c) for c in (r.workload, r.variant, r.mode, r.problem)] + [outcome] + [
             md_escape(c) for c in (fmt_ms(r.median_ms), fmt_ms(r.iqr_ms), fmt_ms(r.device_ms),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from attnsuite import cli, html_report
+from attnsuite import cli, html_report, summary
 from attnsuite.record import CaseRecord
 
 HOSTILE = 'evil<script>alert(1)</script>"&'
@@ -244,3 +244,18 @@ def test_report_with_a_gate_json_prints_the_verdict_its_html_shows(tmp_path):
     printed = out.getvalue()
     first = html_report.summary_lines(recs, _gate(recs))[0]
     assert first.startswith("FAIL") and first in printed and "NOT COMPARED" not in printed, printed[-1500:]
+
+
+def test_the_markdown_tables_percent_of_peak_is_the_summarys_against_the_gate_jsons_probe(tmp_path):
+    # the table had shown "-" in every row under a summary giving 46.2% of the same probe
+    recs = _records()
+    result = tmp_path / "bench.json"
+    result.write_text(json.dumps({"benchmarks": [{"name": k, "extra_info": r.to_extra_info()} for k, r in recs.items()]}))
+    gate = tmp_path / "gate.json"
+    gate.write_text(json.dumps(_gate(recs)))
+    md = tmp_path / "r.md"
+    assert cli.main(["report", str(result), "--gate-json", str(gate), "--markdown", str(md)]) == 0
+    row = next(line for line in md.read_text().splitlines() if line.startswith("| decode | sdpa |"))
+    pct = summary.percent_of_peak(recs[next(k for k in recs if k.startswith("decode/sdpa/"))],
+                                  _gate(recs)["calibration"]["baseline"])[0]
+    assert pct is not None and f" {pct:.3g} |" in row, row
