@@ -50,6 +50,14 @@ def _fmt_tick(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0e}"
 
 
+def short_label(text: str, limit: int = 60) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, marked with an ellipsis (a
+    label cut mid-number had read "stored with the baseline, 0.")."""
+    if len(text) <= limit:
+        return text
+    return text[:limit - 1].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+
+
 def svg_line_chart(lines: Mapping[str, Sequence[tuple[float, Optional[float]]]], *, title: str, xlabel: str,
                    ylabel: str, log_x: bool = True, hline: Optional[tuple[float, str]] = None,
                    width: int = 560, height: int = 300) -> str:
@@ -216,7 +224,7 @@ def render(records: Mapping[str, CaseRecord], *, gate_json: Optional[Mapping[str
             peak_value, peak_source = _stated(next(iter(lines.values()))[0][1], cal)
             parts.append(svg_line_chart({k: [(x, r.rate()) for x, r in v] for k, v in lines.items()},
                                         title=f"{name}: TFLOP/s", xlabel=fig.axis, ylabel="TFLOP/s",
-                                        hline=(peak_value, f"peak {peak_value:.3g} ({peak_source[:60]})")
+                                        hline=(peak_value, f"peak {peak_value:.3g} ({short_label(peak_source)})")
                                         if peak_value else None))
             parts.append(svg_line_chart({k: [(x, None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20)
                                               for x, r in v] for k, v in lines.items()},

@@ -259,3 +259,12 @@ def test_the_markdown_tables_percent_of_peak_is_the_summarys_against_the_gate_js
     pct = summary.percent_of_peak(recs[next(k for k in recs if k.startswith("decode/sdpa/"))],
                                   _gate(recs)["calibration"]["baseline"])[0]
     assert pct is not None and f" {pct:.3g} |" in row, row
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("calibrated float32 matmul probe stored with the baseline, 0.0607 TFLOP/s",
+     "calibrated float32 matmul probe stored with the baseline…"),
+    ("H200 datasheet, dense bf16", "H200 datasheet, dense bf16"),
+])
+def test_a_long_plot_label_is_cut_at_a_word_never_mid_number(text, expected):
+    assert html_report.short_label(text) == expected
