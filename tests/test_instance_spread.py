@@ -22,10 +22,10 @@ def _write(folder, name, records) -> str:
 
 def test_changes_pair_ok_cases_and_keep_the_launch_fraction():
     a = bl.Run(by_key([rec("x", min_ms=1.0, device_min_ms=0.5, launch_fraction=0.9),
-                       rec("y", min_ms=2.0, device_min_ms=2.0, launch_fraction=0.1),
+                       rec("y", min_ms=2.0, median_ms=2.1, device_min_ms=2.0, launch_fraction=0.1),
                        rec("z", outcome="error")]), FP_H100)
-    b = bl.Run(by_key([rec("x", min_ms=2.0, device_min_ms=0.51, launch_fraction=0.95),
-                       rec("y", min_ms=2.0, device_min_ms=2.2, launch_fraction=0.1),
+    b = bl.Run(by_key([rec("x", min_ms=2.0, median_ms=2.1, device_min_ms=0.51, launch_fraction=0.95),
+                       rec("y", min_ms=2.0, median_ms=2.1, device_min_ms=2.2, device_ms=2.3, launch_fraction=0.1),
                        rec("z")]), FP_H100)
     rows = {key.split("/")[1]: (lf, dev, ev) for lf, dev, ev, key in spread.changes(a, b)}
     assert set(rows) == {"x", "y"}  # z failed in one run: not a time comparison
@@ -35,7 +35,7 @@ def test_changes_pair_ok_cases_and_keep_the_launch_fraction():
 
 def test_the_command_prints_host_bound_figures_and_refuses_a_bad_file(tmp_path, capsys):
     a = _write(tmp_path, "a.json", [rec("x", min_ms=1.0, device_min_ms=0.5, launch_fraction=0.9)])
-    b = _write(tmp_path, "b.json", [rec("x", min_ms=1.5, device_min_ms=0.505, launch_fraction=0.9)])
+    b = _write(tmp_path, "b.json", [rec("x", min_ms=1.5, median_ms=1.6, device_min_ms=0.505, launch_fraction=0.9)])
     assert spread.main([a, b]) == 0
     out = capsys.readouterr().out
     assert "host-bound: 1 cases; |device min change| median 1.00%" in out and "event min change| median 50.0%" in out
@@ -46,7 +46,7 @@ def test_the_command_prints_host_bound_figures_and_refuses_a_bad_file(tmp_path, 
 
 def test_cases_whose_triton_kernels_chose_another_config_are_listed_with_their_change(tmp_path, capsys):
     def tuned(name, device_ms, configs):
-        r = rec(name, min_ms=device_ms * 1.1, device_min_ms=device_ms, launch_fraction=0.1)
+        r = rec(name, min_ms=device_ms * 1.1, median_ms=device_ms * 1.2, device_min_ms=device_ms, launch_fraction=0.1)
         r.extra["triton_configs"] = configs
         return r
 
