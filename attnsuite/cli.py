@@ -24,7 +24,7 @@ from . import baseline as bl
 from . import ab, gate, report, summary
 from .combine import WIDE_SPREAD, combine_runs
 from .record import CaseRecord
-from .verdict import Comparison, Scope, ThresholdsError, load_thresholds
+from .verdict import THRESHOLDS_SECTIONS, Comparison, Scope, ThresholdsError, load_thresholds
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
 
@@ -213,9 +213,6 @@ def _write_html(args: argparse.Namespace, run: bl.Run, out) -> None:
               file=out)
 
 
-_THRESHOLDS_SECTIONS = {"version", "default", "device", "workload", "case", "comment"}
-
-
 def _is_thresholds_file(path: str) -> bool:
     """A thresholds file by name (the gate looks for thresholds.json) or by content (an object of
     thresholds sections only), so a copy under another name is checked as what it is."""
@@ -225,7 +222,7 @@ def _is_thresholds_file(path: str) -> bool:
         obj = bl.parse_json_bytes(bl.read_input_bytes(path, bl.BaselineError), path, bl.BaselineError)
     except bl.BaselineError:
         return False  # the baseline check names what is wrong with it
-    return isinstance(obj, dict) and bool(obj) and set(obj) <= _THRESHOLDS_SECTIONS and set(obj) != {"version"}
+    return isinstance(obj, dict) and bool(obj) and set(obj) <= THRESHOLDS_SECTIONS and set(obj) != {"version"}
 
 
 def cmd_check(args: argparse.Namespace, out) -> int:

@@ -157,6 +157,9 @@ def _layer(obj: Any, where: str) -> dict[str, Any]:
     return dict(obj)
 
 
+THRESHOLDS_SECTIONS = frozenset({"version", "default", "device", "workload", "case", "comment"})
+
+
 def parse_thresholds(obj: Any, where: str = "<thresholds>") -> ThresholdConfig:
     """Validate a thresholds JSON object::
 
@@ -170,7 +173,7 @@ def parse_thresholds(obj: Any, where: str = "<thresholds>") -> ThresholdConfig:
         raise ThresholdsError(f"{where}: top level must be an object")
     if obj.get("version", 1) != 1:
         raise ThresholdsError(f"{where}: version {obj.get('version')!r}, this attnsuite reads 1")
-    unknown = set(obj) - {"version", "default", "device", "workload", "case", "comment"}
+    unknown = set(obj) - THRESHOLDS_SECTIONS
     if unknown:
         raise ThresholdsError(f"{where}: unknown sections {sorted(unknown)}")
     cfg = ThresholdConfig(path=where)
