@@ -176,6 +176,16 @@ def check_unchanged(repo: Path, base: str) -> None:
                          f"(commit or stash it):\n{done.stdout.strip()}")
 
 
+def enough_time(args: argparse.Namespace, runs: list[tuple[dict, dict]], name: str, elapsed: float) -> bool:
+    """Whether run ``name`` may start ``elapsed`` seconds into this command under ``--stop-after``: a run already
+    kept (``--resume``) always may; another only if the longest run measured so far would still end in time.
+    The first measured run always starts, since nothing says yet how long a run takes."""
+    if args.stop_after is None or (args.resume and (Path(args.out) / "runs" / f"{name}.json").exists()):
+        return True
+    measured = [info["seconds"] for _, info in runs if info.get("seconds") is not None]
+    return not measured or elapsed + max(measured) <= args.stop_after
+
+
 def machine_of(runs: list[tuple[dict, dict]]) -> str:
     """The GPU or CPU of the first round JSON kept by the runs."""
     for data, _ in runs:
@@ -200,6 +210,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--round-timeout", type=float, default=None, help="seconds allowed per round")
     p.add_argument("--resume", action="store_true", help="reuse the runs whose JSON is already in OUT/runs")
+    p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                   help="start no run that would end past SECONDS from now, judged by the longest run so far in "
+                        "this command; exit 3 so that a later --resume goes on (a run cut by a time limit is lost)")
     p.add_argument("pytest_args", nargs="*", help="the selection after --, e.g. -- --attn-only sdpa-flash")
     args = p.parse_args(argv)
     try:
@@ -210,9 +223,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         p.error("nothing to run: give --aa N (N >= 1) and/or --inject VARIANT=F")
     check_unchanged(Path(args.repo), args.base)
     runs = []
+    t0 = time.monotonic()
     try:
         for i, inject in enumerate(plan, start=1):
-            data, info = run_ab(args, run_name(inject, i), inject)
+            name = run_name(inject, i)
+            if not enough_time(args, runs, name, time.monotonic() - t0):
+                print(f"ab_eval: stopped before run {name} ({len(runs)} of {len(plan)} done): the longest run so "
+                      f"far would end past --stop-after {args.stop_after:g} s; the same command with --resume "
+                      "carries on", file=sys.stderr)
+                return 3
+            data, info = run_ab(args, name, inject)
             runs.append((data, info))
             print(f"ab_eval: {info['name']}: {data.get('counts')} ({info.get('seconds', 'reused')} s)", flush=True)
     except KeyboardInterrupt:  # a time limit's SIGINT: the finished runs stay, and --resume goes on from them

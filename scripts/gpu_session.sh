@@ -26,7 +26,8 @@
 #   abeval    scripts/ab_eval.py: AB_AA (default 5) A/A runs of `attnsuite ab --base HEAD` on unchanged code, then
 #             AB_VARIANT (default sdpa-flash) slowed 5% and 10% in the head rounds, over the full tier's
 #             AB_SELECT (default --attn-workload fa-sweep) for that variant; kept in AB_DIR (default /tmp/attnsuite-abeval), so
-#             the next call on the same machine resumes it (AB_S limit, default 540)
+#             the next call on the same machine resumes it (AB_S limit, default 540; a run the longest
+#             run so far says would end past it is not started, since a cut run is lost)
 #   hosttests the CPU test command (scripts/test.sh's pytest: tests and test_correctness on the CPU,
 #             under xdist) on a host with a GPU, where CI never runs it: what a user's GPU workstation
 #             sees (HOST_S limit, default 540; WORKERS, default 4)
@@ -118,8 +119,10 @@ case "$call" in
     mkdir -p "$work/abeval" "$abdir"
     ln -s "$abdir" "$work/abeval/attnsuite-abeval"  # packed as it grows (tar -h)
     variant=${AB_VARIANT:-sdpa-flash}
+    # --stop-after: a run the limit would cut is not started (it would be lost); the next call resumes
     # shellcheck disable=SC2086
     timeout -s INT "${AB_S:-540}" python3 scripts/ab_eval.py --out "$abdir" --resume --aa "${AB_AA:-5}" \
+      --stop-after "$(( ${AB_S:-540} - 15 ))" \
       --inject "$variant=0.05" --inject "$variant=0.10" -- --attn-tier full ${AB_SELECT:---attn-workload fa-sweep} \
       --attn-only "$variant" > "$work/abeval/run.log" 2>&1
     echo "abeval exit $?" | tee -a "$work/abeval/run.log" ;;

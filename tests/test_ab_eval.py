@@ -104,3 +104,37 @@ def test_an_interrupted_evaluation_keeps_its_finished_runs_and_says_how_to_go_on
     err = capsys.readouterr().err
     assert "interrupted after 1 of 3 runs" in err and "with --resume carries on" in err
     assert not (tmp_path / "summary.md").exists()  # no summary of a part, read as if it were the whole
+
+
+def test_stop_after_starts_no_run_that_the_longest_run_so_far_says_would_end_past_it(tmp_path, monkeypatch, capsys):
+    clock = [0.0]
+    started = []
+
+    def fake_run_ab(args, name, inject):
+        started.append(name)
+        took = 100.0 if len(started) == 1 else 120.0
+        clock[0] += took
+        return {"cases": []}, {"name": name, "inject": None, "seconds": took}
+
+    monkeypatch.setattr(ev, "run_ab", fake_run_ab)
+    monkeypatch.setattr(ev, "check_unchanged", lambda repo, base: None)
+    monkeypatch.setattr(ev.time, "monotonic", lambda: clock[0])
+    # at 220 s the longest run so far (120 s) would end at 340 s: within 340 starts a third run, 339 does not
+    assert ev.main(["--out", str(tmp_path / "a"), "--aa", "5", "--stop-after", "339"]) == 3
+    assert started == ["aa1", "aa2"]
+    assert "stopped before run aa3 (2 of 5 done)" in capsys.readouterr().err
+    started.clear()
+    clock[0] = 0.0
+    assert ev.main(["--out", str(tmp_path / "b"), "--aa", "5", "--stop-after", "340"]) == 3
+    assert started == ["aa1", "aa2", "aa3"]
+    assert not (tmp_path / "a" / "summary.md").exists()  # a part is not summarised as if it were the whole
+
+
+def test_stop_after_never_holds_back_a_run_that_resume_reuses(tmp_path):
+    args = ev.argparse.Namespace(stop_after=10.0, resume=True, out=str(tmp_path))
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "aa2.json").write_text("{}")
+    long_run = [({}, {"seconds": 500.0})]
+    assert ev.enough_time(args, long_run, "aa2", elapsed=600.0)
+    assert not ev.enough_time(args, long_run, "aa3", elapsed=600.0)
+    assert ev.enough_time(args, [], "aa3", elapsed=600.0)  # nothing measured yet: the first run starts
