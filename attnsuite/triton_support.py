@@ -3,8 +3,8 @@
 Triton picks compiled or interpreted execution when it is imported: with ``TRITON_INTERPRET=1`` in
 the environment *before* triton's first import, every kernel (and triton.language's own helpers)
 runs in its NumPy interpreter, on CPU or CUDA tensors; without it, kernels compile for CUDA and
-cannot take CPU tensors. The correctness suite sets the variable for CPU runs; the variants
-decline CPU problems with a clear reason when it is missing. Importing this module never imports
+cannot take CPU tensors. The correctness suite sets the variable for CPU runs (:func:`choose_mode`);
+the variants decline CPU problems with a clear reason when it is missing. Importing this module never imports
 triton: kernel modules are imported on first use through :func:`kernel_module`.
 """
 
@@ -38,6 +38,20 @@ def unavailable_reason() -> Optional[str]:
     except Exception as exc:  # a broken install must read as a skip, not a collection error
         return f"triton does not import: {type(exc).__name__}: {exc}"
     return None
+
+
+def choose_mode(device_type: str) -> None:
+    """Before triton's first import, pick the mode a run on ``device_type`` tensors needs.
+
+    One process holds one mode. A run whose tensors are on the CPU (the CPU test command, also on a
+    host with a GPU) needs the interpreter; a CUDA run needs compiled kernels. The decision follows
+    the run's device, never whether a GPU is present: on an H200 host the CPU test command once left
+    the interpreter off because CUDA was there, and every Triton test on CPU tensors failed. A
+    ``TRITON_INTERPRET`` the user set is kept, and nothing changes once triton is imported
+    (:func:`device_reason` then says why CPU tensors are declined).
+    """
+    if device_type == "cpu" and "triton" not in sys.modules:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def interpreting() -> bool:

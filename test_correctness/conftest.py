@@ -9,10 +9,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-# Triton takes CPU tensors only in its interpreter, chosen at triton's first import (torch._dynamo
-# imports it while the plugin loads the variants): decide before that, here at conftest import.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from attnsuite.triton_support import choose_mode
+
 # GPU runs compile dozens of (head dim, mask, dtype) keys: one tile config each, no autotune sweep.
 os.environ.setdefault("ATTNSUITE_TRITON_AUTOTUNE", "0")
 
@@ -45,8 +43,12 @@ def correctness_dtypes(config: pytest.Config, device: str) -> tuple:
     return CUDA_DTYPES if device.startswith("cuda") else CPU_DTYPES
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    import torch
+    # Triton takes CPU tensors only in its interpreter, chosen at triton's first import (torch._dynamo
+    # imports it while the plugin loads the variants, in the plugin's pytest_configure): decide
+    # before that, from the device this run checks, not from whether a GPU is present.
+    choose_mode(correctness_device(config))
 
     # fp32 on CUDA means fp32: TF32 would be a silent precision drop the fp32 bound would flag
     torch.backends.cuda.matmul.allow_tf32 = False

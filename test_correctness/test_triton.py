@@ -8,41 +8,38 @@ deterministic; MLA decode steps go through the kernel; the variants decline what
 support with a reason. The fused path's own checks are test_triton_bwd.py.
 
 On CPU the kernels run in Triton's interpreter, which needs TRITON_INTERPRET=1 before triton's
-first import (test_correctness/conftest.py sets it for CPU runs; set here too as a fallback).
+first import (test_correctness/conftest.py sets it for CPU runs, through triton_support.choose_mode).
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
+import pytest
 import torch
 
-if not torch.cuda.is_available() and "triton" not in sys.modules:  # too late once triton is imported
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from attnsuite import checks, registry
+from attnsuite_impls.mla import mla_oracle as mo
+from attnsuite.case import prepare
+from attnsuite.inputs import layer_inputs_np, to_torch
+from attnsuite.problem import Mask, Problem
+from attnsuite.tolerance import compare
+from attnsuite_impls.attention.triton_flash import TritonFlash, pinned_variant
+from attnsuite.triton_support import device_reason, unavailable_reason
 
-import pytest  # noqa: E402
-
-from attnsuite import checks, registry  # noqa: E402
-from attnsuite_impls.mla import mla_oracle as mo  # noqa: E402
-from attnsuite.case import prepare  # noqa: E402
-from attnsuite.inputs import layer_inputs_np, to_torch  # noqa: E402
-from attnsuite.problem import Mask, Problem  # noqa: E402
-from attnsuite.tolerance import compare  # noqa: E402
-from attnsuite_impls.attention.triton_flash import TritonFlash, pinned_variant  # noqa: E402
-from attnsuite.triton_support import device_reason  # noqa: E402
-
-from .conftest import correctness_device  # noqa: E402
+from .conftest import correctness_device
 
 # the built-in variants these tests are about: --attn-only keeps them when one of these is selected
-pytestmark = [pytest.mark.skipif(device_reason("cpu") is not None and not torch.cuda.is_available(),
-                                reason=str(device_reason("cpu"))),
+pytestmark = [pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason())),
               pytest.mark.attn_variants("triton-flash", "triton-decode", "triton-mla-absorbed")]
 
 
 @pytest.fixture(scope="module")
 def device(pytestconfig) -> str:
-    return correctness_device(pytestconfig)
+    """The run's device; its tests skip, saying why, when Triton cannot take its tensors in this process."""
+    device = correctness_device(pytestconfig)
+    reason = device_reason(device.split(":")[0])
+    if reason is not None:
+        pytest.skip(reason)
+    return device
 
 
 def _dtype(device: str) -> str:

@@ -7,33 +7,25 @@ non-power-of-2 head dims. The path comes from ``FlashOptions.bwd`` (a pinned var
 ATTNSUITE_TRITON_BWD, else the default rule ("split"); a bad value is an error naming its source.
 The kernel mutants on the fused path are in test_triton.py, beside the split path's.
 
-On CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py; here too
-as a fallback); on CUDA (--attn-device cuda) they are compiled.
+On CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py
+through triton_support.choose_mode); on CUDA (--attn-device cuda) they are compiled.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
+import pytest
 import torch
 
-if not torch.cuda.is_available() and "triton" not in sys.modules:  # too late once triton is imported
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from attnsuite import checks
+from attnsuite.problem import Mask, Problem
+from attnsuite.triton_support import device_reason, unavailable_reason
+from attnsuite_impls.attention.triton_flash import FlashOptions, flash_attention, pinned_variant
+from attnsuite_impls.attention.triton_kernels import bwd_path, kernels
 
-import pytest  # noqa: E402
-
-from attnsuite import checks  # noqa: E402
-from attnsuite.problem import Mask, Problem  # noqa: E402
-from attnsuite.triton_support import device_reason  # noqa: E402
-from attnsuite_impls.attention.triton_flash import FlashOptions, flash_attention, pinned_variant  # noqa: E402
-from attnsuite_impls.attention.triton_kernels import bwd_path, kernels  # noqa: E402
-
-from .conftest import correctness_device  # noqa: E402
+from .conftest import correctness_device
 
 # the built-in variants these tests are about: --attn-only keeps them when one of these is selected
-pytestmark = [pytest.mark.skipif(device_reason("cpu") is not None and not torch.cuda.is_available(),
-                                reason=str(device_reason("cpu"))),
+pytestmark = [pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason())),
               pytest.mark.attn_variants("triton-flash")]
 
 BWD_KERNELS = ("flash_bwd_dkdv", "flash_bwd_fused", "flash_bwd_dq")
@@ -43,7 +35,12 @@ FUSED = ["flash_bwd_fused"]
 
 @pytest.fixture(scope="module")
 def device(pytestconfig) -> str:
-    return correctness_device(pytestconfig)
+    """The run's device; its tests skip, saying why, when Triton cannot take its tensors in this process."""
+    device = correctness_device(pytestconfig)
+    reason = device_reason(device.split(":")[0])
+    if reason is not None:
+        pytest.skip(reason)
+    return device
 
 
 @pytest.fixture

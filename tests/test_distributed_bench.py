@@ -81,10 +81,19 @@ def test_the_workload_goes_through_the_benchmarks_json_and_the_gate_like_every_c
     shutil.copytree(root / "bench", pytester.path / "bench")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     out, gate = pytester.path / "cp.json", pytester.path / "gate.json"
+    # a baseline of this machine, whatever machine runs the test: the shipped CPU baseline's cases under
+    # this machine's fingerprint (the shipped file alone matches one CPU model and core count only)
+    from attnsuite import fingerprint
+
+    shipped = json.loads((root / "baselines" / "cpu-amd-epyc-2c-torch2.13.json").read_text())
+    shipped["fingerprint"] = fingerprint.machine_info("cpu")
+    baselines = pytester.path / "baselines"
+    baselines.mkdir()
+    (baselines / f"{shipped['fingerprint']['id']}.json").write_text(json.dumps(shipped))
     result = pytester.runpytest_subprocess(
         "bench", "--benchmark-only", "-p", "no:cacheprovider", "-q", "--attn-device=cpu", "--attn-tier=quick",
         "--attn-workload=context-parallel", "--attn-mode=fwd", "--attn-only=ring-zigzag", "--attn-only=sdpa",
-        "--attn-gate=report", f"--attn-baselines-dir={root / 'baselines'}", f"--attn-gate-json={gate}",
+        "--attn-gate=report", f"--attn-baselines-dir={baselines}", f"--attn-gate-json={gate}",
         f"--benchmark-json={out}")
     assert result.ret == 0, result.stdout.str()[-2000:]
     data = json.loads(out.read_text())
@@ -92,5 +101,7 @@ def test_the_workload_goes_through_the_benchmarks_json_and_the_gate_like_every_c
     rings = [r for k, r in recs.items() if "/ring-zigzag/" in k]
     assert len(rings) == 2 and all(r["outcome"] == "ok" and r["samples"] >= 5 for r in rings)
     assert all(r["extra"]["world_size"] == 2 and r["extra"]["scaling_efficiency"] > 0 for r in rings)
-    verdicts = {c["key"]: c["verdict"] for c in json.loads(gate.read_text())["cases"]}
+    judged = json.loads(gate.read_text())
+    assert judged["compared"], judged.get("reason")
+    verdicts = {c["key"]: c["verdict"] for c in judged["cases"]}
     assert all(verdicts[r["case"]] == "new" for r in rings)  # judged by the gate like every case

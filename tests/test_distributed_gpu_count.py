@@ -75,3 +75,15 @@ def test_distributed_benchmark_cases_run_on_spawned_ranks_inside_the_benchmark_w
     recs = [b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]]
     ok = [r for r in recs if r["outcome"] == "ok" and r["extra"].get("world_size") == 2]
     assert len(ok) >= 2, [(r["case"], r["outcome"], r.get("error")) for r in recs]
+
+
+@pytest.mark.parametrize("method,timeout_s,expected", [
+    ("fork", 3.0, 30.0),  # a forked rank has torch and the variants already
+    ("spawn", 3.0, 120.0),  # a spawned CPU rank pays what a spawned CUDA rank pays: took over 30 s under load
+    ("spawn", 300.0, 300.0),  # never less than what the pool allows each task
+])
+def test_ranks_get_their_start_up_time_by_how_they_start(monkeypatch, method, timeout_s, expected):
+    from attnsuite.distributed import launch
+
+    monkeypatch.setenv("ATTNSUITE_RANK_START", method)
+    assert launch.RankPool(2, "cpu", timeout_s=timeout_s).start_timeout_s == expected

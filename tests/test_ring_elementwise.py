@@ -8,7 +8,6 @@ scripts/ring_kernel_counts.py, which a person reruns to see the whole table.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -21,10 +20,11 @@ from attnsuite.distributed.ring_attention import FusedOps, OnlineSoftmax, RowSum
 from attnsuite.problem import Mask, Problem
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("ring_kernel_counts", REPO / "scripts" / "ring_kernel_counts.py")
-counts = importlib.util.module_from_spec(_spec)
-sys.modules["ring_kernel_counts"] = counts  # the rank task is pickled by reference to this module
-_spec.loader.exec_module(counts)
+# The rank task is pickled by reference to this module, so a rank must be able to import it by name:
+# a spawned rank (the start method on any host with a GPU) gets this process's sys.path, not its modules.
+if str(REPO / "scripts") not in sys.path:
+    sys.path.insert(0, str(REPO / "scripts"))
+import ring_kernel_counts as counts  # noqa: E402
 
 registry.load_builtin()
 PROBLEM = Problem(batch=1, lq=40, lk=40, hq=4, hkv=2, dqk=16, dv=16, mask=Mask("causal"), dtype="float32")

@@ -99,3 +99,11 @@ def test_a_gpu_session_call_killed_at_its_limit_still_leaves_what_its_parts_wrot
     with tarfile.open(archive) as tar:
         log = tar.extractfile("./abeval/run.log").read().decode()
     assert "ab_eval: aa1" in log, f"the archive of a killed call lacks its part's log: {log!r}"
+
+
+def test_a_process_a_test_starts_imports_attnsuite_from_this_checkout_even_where_it_is_not_installed(tmp_path):
+    # -S: no site-packages, so no installed or editable attnsuite; only PYTHONPATH can find it
+    done = subprocess.run([sys.executable, "-S", "-c", "import attnsuite; print(attnsuite.__file__)"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).resolve().is_relative_to(ROOT), done.stdout

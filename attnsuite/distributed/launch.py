@@ -66,6 +66,16 @@ def start_method(device: str) -> str:
     return "fork"
 
 
+def default_start_timeout(method: str, timeout_s: float) -> float:
+    """Seconds the ranks may take to join the group: at least ``timeout_s``, and 120 s when spawned.
+
+    A spawned rank is a new interpreter that imports torch and loads the variants again: on an
+    H200 host running the CPU test command under 12 xdist workers, two spawned gloo ranks did not
+    join within 30 s (docs/distributed.md). A forked rank has all of that already.
+    """
+    return max(timeout_s, 120.0 if method == "spawn" else 30.0)
+
+
 class RankError(RuntimeError):
     """A rank died, hung or raised; the message names the task, the rank and the world size."""
 
@@ -85,14 +95,15 @@ class RankPool:
         self.world_size = world_size
         self.device = device
         self.timeout_s = timeout_s
-        self.start_timeout_s = start_timeout_s if start_timeout_s is not None else max(timeout_s, 120.0 if device == "cuda" else 30.0)
+        self.start_method = start_method(device)
+        self.start_timeout_s = start_timeout_s if start_timeout_s is not None else default_start_timeout(
+            self.start_method, timeout_s)
         self._procs: list = []
         self._commands: list = []
         self._results = None
         self._store = None
         self._ids = itertools.count()
         self.starts = 0  # how many times the ranks were started (a pool restarts after a failure)
-        self.start_method = start_method(device)
 
     # ---- lifetime -------------------------------------------------------------------------------
     def __enter__(self) -> "RankPool":

@@ -1,0 +1,50 @@
+"""Triton's mode (interpreted or compiled) follows the device a run checks, not whether a GPU is present.
+
+On an H200 host the CPU test command once left the interpreter off because CUDA was there, and every
+Triton test on CPU tensors failed (docs/evidence/h200-2026-12-01-s15).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnsuite import triton_support
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("device,preset,imported,expected", [
+    ("cpu", None, False, "1"),  # CPU tensors need the interpreter
+    ("cuda", None, False, None),  # CUDA runs compile
+    ("cpu", "0", False, "0"),  # what the user set is kept (device_reason then says why CPU is declined)
+    ("cpu", None, True, None),  # too late once triton is imported: nothing changes
+], ids=["cpu-interprets", "cuda-compiles", "user-value-kept", "after-import-unchanged"])
+def test_the_mode_follows_the_runs_device(monkeypatch, device, preset, imported, expected):
+    if preset is None:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_INTERPRET", preset)
+    if imported:
+        monkeypatch.setitem(sys.modules, "triton", sys.modules.get("triton", object()))
+    else:
+        monkeypatch.delitem(sys.modules, "triton", raising=False)  # restored after the test
+    triton_support.choose_mode(device)
+    assert os.environ.get("TRITON_INTERPRET") == expected
+
+
+def test_the_cpu_correctness_run_interprets_triton_on_a_host_that_has_a_gpu():
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTEST_XDIST_WORKER")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "fake_gpu_host", "-p", "no:cacheprovider", "-q",
+                           "-rs", f"--rootdir={ROOT}", str(ROOT / "test_correctness" / "test_triton.py"),
+                           "-k", "bitwise_deterministic"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    # passed, not skipped: a skip would say the interpreter was off for a CPU run
+    assert done.returncode == 0 and "1 passed" in out, out[-3000:]
