@@ -35,7 +35,7 @@ run_pass() {  # run_pass NAME N_WORKERS MARK_EXPR [extra pytest args]: sets $pas
   shift 3
   local par=()
   [ "$xdist" = yes ] && par=(-n "$n")
-  echo "== gpu_correctness pass $name: -m '$marks', ${#par[@]} -> ${par[*]:-one process}" | tee "$out/$name.log"
+  echo "== gpu_correctness pass $name: -m '$marks', ${par[*]:-one process}" | tee "$out/$name.log"
   # shellcheck disable=SC2086
   "$PY" -m pytest ${PATHS:-test_correctness tests} -p no:cacheprovider -q -rfE "${par[@]}" -m "$marks" \
     --attn-device cuda --attn-compiled-problems "${COMPILED_PROBLEMS:-2}" \
