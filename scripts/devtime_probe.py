@@ -18,6 +18,14 @@ throughout: not the clock, not idle gaps. sdpa-flash at 16K: graph +1.4%, graph-
 If ``graph-idle`` agrees with ``event`` and ``graph`` with ``event-b2b``, the difference is the GPU
 under sustained load (clocks or power), not the measuring method. Writes JSON lines to --out.
 Usage (on the GPU machine): python3 scripts/devtime_probe.py --out $OUT/devtime_probe.jsonl
+
+``--cases decode`` asks another question, of issue 9's host-bound bound: the ~40-54 us decode steps
+(B 8, 1 query against 4096 cached keys, GQA 32:8: a 134 MB KV cache, larger than the L2) whose
+graph device time fell into two groups of fresh H200 machines, 8% apart, differently per variant
+(docs/evidence/h200-2026-12-01-s14). Beside ``graph`` and ``kernel-sum`` it times
+``kernel-sum-cold``: the profiler's kernel durations with the L2 overwritten before each call. If
+the cold figure agrees across machines where ``graph`` does not, what is left in L2 from the
+previous call is what differs, and cold device time is the measure to gate such steps by.
 """
 
 from __future__ import annotations
@@ -47,6 +55,11 @@ CASES = [  # (variant, problem): the long memory-bound steps that read high, and
     ("sdpa-flash", Problem(batch=1, lq=16384, lk=16384, hq=16, hkv=16, dqk=128, dv=128, mask=Mask("causal"),
                            dtype="bfloat16", device="cuda")),
 ]
+
+DECODE = Mask("causal", align="bottom_right")
+DECODE_CASES = [(name, Problem(batch=8, lq=1, lk=4096, hq=32, hkv=8, dqk=128, dv=128, mask=DECODE,
+                               dtype="bfloat16", device="cuda"))
+                for name in ("triton-decode", "flex", "sdpa", "kvcache-sdpa", "einsum")]
 
 
 def gpu_state() -> dict:
@@ -100,30 +113,36 @@ def captured(fn) -> "torch.cuda.CUDAGraph":
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--cases", choices=("long", "decode"), default="long",
+                    help="long: the memory-bound 16K steps (default); decode: the 134 MB KV-cache decode steps")
     args = ap.parse_args()
     registry.load_all()
+    decode = args.cases == "decode"
     with open(args.out, "w") as fh:
-        for name, problem in CASES:
+        for name, problem in (DECODE_CASES if decode else CASES):
             case = prepare(registry.get(name), problem, requires_grad=False)
 
             def fwd():
                 with torch.no_grad():
                     return case.forward()
             row = {"variant": name, "problem": problem.id}
-            for label, run in (
+            ways = [
                 ("event", lambda: timing.measure(fwd, "cuda", timing.FULL_GPU).samples_s),
                 ("event-b2b", lambda: timing.measure(fwd, "cuda", dataclasses.replace(timing.FULL_GPU, flush_l2=False)).samples_s),
                 ("graph", lambda: timing.device_time(fwd, "cuda").samples_s),
                 ("graph-idle", lambda: graph_idle(fwd)),
                 ("kernel-sum", lambda: timing.device_time(fwd, "cuda", allow_graph=False).samples_s),
-            ):
+            ]
+            if decode:
+                ways.append(("kernel-sum-cold", lambda: timing.device_time(
+                    fwd, "cuda", setup=lambda: timing.flush_l2("cuda"), allow_graph=False).samples_s))
+            for label, run in ways:
                 before = gpu_state()
                 samples = run()
                 row[label] = {"median_ms": statistics.median(samples) * 1e3, "n": len(samples),
                               "before": before, "after": gpu_state()}
             base = row["event"]["median_ms"]
-            row["vs_event"] = {k: row[k]["median_ms"] / base - 1
-                               for k in ("event-b2b", "graph", "graph-idle", "kernel-sum")}
+            row["vs_event"] = {k: row[k]["median_ms"] / base - 1 for k, _ in ways if k != "event"}
             # which kernels take longer when replayed from a graph than when launched one by one
             row["kernels_eager"] = timing.profile_step(fwd, "cuda", top=8)
             row["kernels_graph"] = timing.profile_step(captured(fwd).replay, "cuda", top=8)
