@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable, Iterable, Optional
 
+from . import registry
+
 
 @dataclass(frozen=True)
 class Library:
@@ -69,6 +71,9 @@ def try_import(module: str) -> tuple[Optional[ModuleType], str]:
 def load_library(lib: Library) -> Status:
     """Try one library: register its variants when it imports. The status is kept for the header."""
     module, why = try_import(lib.module)
+    previous = _STATUS.get(lib.name)
+    if previous is not None and previous.loaded:  # loaded again (a module swapped in): its variants are replaced
+        registry.forget(previous.variants)
     if module is None:
         status = Status(lib.name, False, why)
     else:

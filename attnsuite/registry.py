@@ -14,6 +14,7 @@ The registry dict is the only global mutable state of the suite.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -22,6 +23,7 @@ import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Callable, ClassVar, Iterable, Optional
 
 import torch
@@ -247,6 +249,12 @@ def register(variant):
             f"variant name {instance.name!r} is already registered by {type(existing).__module__}."
             f"{type(existing).__name__}"
         )
+    if existing is not None and not _same_state(existing, instance):
+        # two configurations of one class under one name: the first would be dropped unchecked
+        raise ValueError(
+            f"variant name {instance.name!r} is already registered by another {type(instance).__name__} "
+            f"instance in {_defined_in(existing)} with other settings; give each configuration its own name"
+        )
     # A misspelt declaration (masks={"causl"}, devices={"CPU"}, dtypes={"fp32"}) would make every
     # problem "unsupported": all of the variant's tests skipped, and the run green having checked nothing.
     for attr, known in (("features", FEATURES), ("masks", frozenset(MASK_KINDS)), ("dtypes", ALL_DTYPES),
@@ -270,6 +278,34 @@ def register(variant):
         _check_family(instance)
     _REGISTRY[instance.name] = instance
     return variant
+
+
+def forget(names: Iterable[str]) -> None:
+    """Unregister the variants ``names`` (those not registered are ignored): for a loader that
+    replaces what it registered itself, such as a library loaded again around a new module."""
+    for name in names:
+        _REGISTRY.pop(name, None)
+        _ORIGINS.pop(name, None)
+
+
+def _same_state(a: "Variant", b: "Variant") -> bool:
+    """Whether two instances of one class hold the same settings: registering such a twin again is
+    harmless (a registrar run twice), registering another configuration under the taken name is not."""
+    if a is b:
+        return True
+    va, vb = vars(a), vars(b)
+    if va.keys() != vb.keys():
+        return False
+    for key, x in va.items():
+        y = vb[key]
+        if x is y:
+            continue
+        try:
+            if not bool(x == y):
+                return False
+        except Exception:  # values without a plain equality (tensors, arrays): unequal unless identical
+            return False
+    return True
 
 
 def _defined_in(variant: "Variant") -> str:
@@ -471,12 +507,17 @@ def load_external(spec: str, module_name: Optional[str] = None) -> None:
     else:
         raise FileNotFoundError(f"variant module file {spec!r} does not exist")
     # never a generic top-level name: another project's module of the same name must not collide
-    mod_name = module_name or f"attnsuite_external_{path.name if search else path.stem}"
+    default = f"attnsuite_external_{path.name if search else path.stem}"
+    mod_name = module_name or default
     loaded = sys.modules.get(mod_name)
+    if loaded is not None and _loaded_from(loaded) != path:
+        if module_name is not None:
+            raise ImportError(f"cannot load {path} as {mod_name}: that module is already imported from "
+                              f"{_loaded_from(loaded)}")
+        # variants.py in two folders: the second gets a name of its own (it was once skipped unseen)
+        mod_name = f"{default}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        loaded = sys.modules.get(mod_name)
     if loaded is not None:
-        where = list(getattr(loaded, "__path__", [])) or [getattr(loaded, "__file__", None)]
-        if search is not None and Path(where[0] or "").resolve() != path:
-            raise ImportError(f"cannot load {path} as {mod_name}: that module is already imported from {where[0]}")
         return
     module_spec = importlib.util.spec_from_file_location(mod_name, init, submodule_search_locations=search)
     module = importlib.util.module_from_spec(module_spec)
@@ -484,7 +525,7 @@ def load_external(spec: str, module_name: Optional[str] = None) -> None:
     sys.modules[mod_name] = module
     try:
         module_spec.loader.exec_module(module)
-    except Exception:
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: nothing half-loaded stays
         # forget the package, whatever of it did import and what it registered: a fixed retry starts clean
         for name in [n for n in sys.modules if n == mod_name or n.startswith(mod_name + ".")]:
             del sys.modules[name]
@@ -492,12 +533,20 @@ def load_external(spec: str, module_name: Optional[str] = None) -> None:
         _REGISTRY.update(variants_before)
         _FAMILIES.clear()
         _FAMILIES.update(families_before)
+        if isinstance(exc, SystemExit):
+            raise _exit_at_import(exc) from None
         raise
     if _REGISTRY == variants_before and _FAMILIES == families_before:
         # a forgotten @register would otherwise show only as "unknown variant" or an empty selection
         warnings.warn(f"attnsuite: variant module {spec!r} registered no variant and no family "
                       "(is the register() call or @register decorator missing?)", NothingRegistered, stacklevel=2)
     _remember((str(path), mod_name))
+
+
+def _loaded_from(module: ModuleType) -> Optional[Path]:
+    """The folder of a package module, or the file of a plain one, resolved (None when it has neither)."""
+    where = list(getattr(module, "__path__", []) or []) or [getattr(module, "__file__", None)]
+    return Path(where[0]).resolve() if where[0] else None
 
 
 def _remember(source: tuple[str, Optional[str]]) -> None:
@@ -553,10 +602,20 @@ def entry_point_modules() -> list[str]:
     return [ep.module for ep in entry_points(group="attnsuite.variants")]
 
 
+def _exit_at_import(exc: SystemExit) -> ImportError:
+    """An ImportError for a module that called sys.exit while imported (left alone, pytest would
+    report it as an internal error and blame its own command line)."""
+    return ImportError(f"the module called sys.exit({exc.code!r}) while being imported: does it parse the "
+                       "command line or run a script at import? Put that under if __name__ == '__main__':")
+
+
 def _load_from(origin: str, load: Callable[[], Any]) -> None:
     """Run ``load`` and remember ``origin`` for each variant it registered."""
     before = set(_REGISTRY)
-    load()
+    try:
+        load()
+    except SystemExit as exc:
+        raise _exit_at_import(exc) from None
     for name in set(_REGISTRY) - before:
         _ORIGINS[name] = origin
 

@@ -319,3 +319,93 @@ def test_drawn_problems_catch_a_wrong_scale_in_a_variant_that_declares_few_featu
         "-q", "--attn-variants", str(path), "--attn-only", "x-bad-scale")
     result.assert_outcomes(failed=1)
     assert "x-bad-scale on " in result.stdout.str() and "forward FAILED" in result.stdout.str()
+
+
+# --- two files of one name, two configurations of one class, a module that exits --------------------
+
+TWIN = '''
+from attnsuite.registry import KernelVariant, register
+
+
+@register
+class Twin(KernelVariant):
+    name = "{name}"
+    masks = frozenset({{"none"}})
+
+    def build(self, problem):
+        return correct_run(problem)
+'''
+
+
+def test_two_files_of_one_name_in_two_folders_both_load(tmp_path, isolated_registry):
+    for folder, name in (("one", "from-one"), ("two", "from-two")):
+        (tmp_path / folder).mkdir()
+        _module(tmp_path / folder, "variants", TWIN.format(name=name))
+    registry.load_all([str(tmp_path / "one" / "variants.py"), str(tmp_path / "two" / "variants.py")])
+    # the second file had been taken for the first (same module name) and skipped without a word
+    assert {"from-one", "from-two"} <= set({v.name for v in registry.variants()})
+    sources = dict(registry.external_sources())
+    assert len(set(sources.values())) == 2, sources
+    # loading either again is still a no-op, and a spawned rank loads each under the parent's name
+    registry.load_external(str(tmp_path / "two" / "variants.py"))
+    assert registry.load_like(registry.external_sources()) == []
+
+
+def test_a_name_given_for_a_file_that_another_file_holds_is_an_error_naming_both(tmp_path, isolated_registry):
+    for folder, name in (("one", "from-one"), ("two", "from-two")):
+        (tmp_path / folder).mkdir()
+        _module(tmp_path / folder, "variants", TWIN.format(name=name))
+    registry.load_external(str(tmp_path / "one" / "variants.py"), "attnsuite_external_pinned")
+    with pytest.raises(ImportError, match=r"cannot load .*two.*variants\.py as attnsuite_external_pinned: "
+                                          r"that module is already imported from .*one.*variants\.py"):
+        registry.load_external(str(tmp_path / "two" / "variants.py"), "attnsuite_external_pinned")
+
+
+CONFIGS = '''
+from attnsuite.registry import KernelVariant, register
+
+
+class Scaled(KernelVariant):
+    name = "my-scaled"
+    masks = frozenset({{"none"}})
+
+    def __init__(self, mult):
+        self.mult = mult
+
+    def build(self, problem):
+        return correct_run(problem)
+
+
+register(Scaled({first}))
+register(Scaled({second}))
+'''
+
+
+@pytest.mark.parametrize("first, second, refused", [
+    (1.5, 1.0, True),  # another configuration under a taken name: the first would go unchecked
+    (1.0, 1.0, False),  # the same settings again (a registrar run twice): harmless
+], ids=["other-settings-refused", "same-settings-again-accepted"])
+def test_two_instances_of_one_class_under_one_name(tmp_path, isolated_registry, first, second, refused):
+    path = _module(tmp_path, "configs", CONFIGS.format(first=first, second=second))
+    if refused:
+        with pytest.raises(registry.VariantLoadError, match=r"variant name 'my-scaled' is already registered by "
+                                                            r"another Scaled instance .* with other settings"):
+            registry.load_all([str(path)])
+        assert "my-scaled" not in {v.name for v in registry.variants()}  # nothing of the refused module stays
+    else:
+        registry.load_all([str(path)])
+        assert registry.get("my-scaled").mult == 1.0
+
+
+@pytest.mark.parametrize("body, code", [
+    ("import argparse\nargparse.ArgumentParser().parse_args(['--no-such-option'])\n", "2"),
+    ("import sys\nsys.exit(3)\n", "3"),
+], ids=["argparse-at-import", "sys-exit-at-import"])
+def test_a_module_that_exits_while_imported_is_a_load_error_naming_it(tmp_path, isolated_registry, body, code):
+    path = _module(tmp_path, "exits", TWIN.format(name="exits-early") + body)
+    with pytest.raises(registry.VariantLoadError) as err:
+        registry.load_all([str(path)])
+    text = str(err.value)
+    assert f"--attn-variants {str(path)!r}" in text and f"sys.exit({code})" in text, text
+    assert "if __name__ == '__main__'" in text
+    assert "exits-early" not in {v.name for v in registry.variants()}  # what it registered before exiting is forgotten
