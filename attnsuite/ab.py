@@ -48,8 +48,8 @@ TREE_MARKER = Path("bench") / "test_workloads.py"  # a tree without it has no be
 LOG_TAIL_LINES = 40
 
 # pytest exit statuses a round may end with; 1 (some case failed) still gives a full result file.
-_PYTEST_EXIT = {2: "interrupted", 3: "internal error", 4: "usage error (an option after -- this tree's "
-                "pytest does not know?)", 5: "no tests collected"}
+_PYTEST_EXIT = {2: "interrupted", 3: "internal error", 4: "usage error (an option after --, a path or a "
+                "variant module this tree's pytest cannot use: the log below says which)", 5: "no tests collected"}
 
 
 class AbError(ValueError):
@@ -280,26 +280,45 @@ Runner = Callable[[RoundSpec], Optional[Path]]
 PATH_OPTIONS = ("--attn-variants", "--attn-problems", "--attn-thresholds", "--attn-baseline", "--attn-baselines-dir")
 
 
+# The variables that name the same paths, comma-separated (read by every round's pytest).
+PATH_VARIABLES = ("ATTNSUITE_VARIANTS", "ATTNSUITE_PROBLEMS")
+
+
+def rebase_path(raw: str, cwd: Path, repo: Path) -> str:
+    """One path as every round must read it: inside the repository, relative to its root (each tree
+    reads its own copy: A/B compares trees); elsewhere, absolute (a kernel module outside the repository,
+    as the user named it from ``cwd``). A value that is not an existing relative path (a module name,
+    an absolute path) is kept."""
+    path = Path(raw)
+    if path.is_absolute() or not (cwd / path).exists():
+        return raw
+    full = (cwd / path).resolve()
+    root = repo.resolve()
+    return str(full.relative_to(root)) if root in full.parents else str(full)
+
+
 def rebase_paths(args: Sequence[str], cwd: Path, repo: Path) -> list[str]:
-    """``args`` with the relative values of :data:`PATH_OPTIONS` made to work in every round: a path inside
-    the repository becomes relative to its root (each tree reads its own copy: A/B compares trees), any
-    other path absolute (a kernel module outside the repository, as the user named it from ``cwd``)."""
+    """``args`` with the relative values of :data:`PATH_OPTIONS` made to work in every round (:func:`rebase_path`)."""
     out: list[str] = []
     pending = False
     for arg in args:
         option, eq, value = arg.partition("=")
         if pending or (eq and option in PATH_OPTIONS):
-            raw = arg if pending else value
-            path = Path(raw)
-            if not path.is_absolute() and (cwd / path).exists():
-                full = (cwd / path).resolve()
-                root = repo.resolve()
-                raw = str(full.relative_to(root)) if root in full.parents else str(full)
+            raw = rebase_path(arg if pending else value, cwd, repo)
             out.append(raw if pending else f"{option}={raw}")
             pending = False
             continue
         pending = arg in PATH_OPTIONS
         out.append(arg)
+    return out
+
+
+def rebase_env(env: dict[str, str], cwd: Path, repo: Path) -> dict[str, str]:
+    """``env`` with each entry of :data:`PATH_VARIABLES` made to work in every round, as the options are."""
+    out = dict(env)
+    for name in PATH_VARIABLES:
+        if out.get(name, "").strip():
+            out[name] = ",".join(rebase_path(v.strip(), cwd, repo) if v.strip() else v for v in out[name].split(","))
     return out
 
 
@@ -477,6 +496,7 @@ class AbPlan:
     cases: Optional[list[str]] = None  # None: the selection is the pytest args alone
     timeout: Optional[float] = None
     head_args: list[str] = field(default_factory=list)  # pytest args of the head rounds only (--head-arg)
+    base_env: Optional[dict[str, str]] = None  # the rounds' environment before round_env (default: this one)
 
 
 @dataclass
@@ -506,7 +526,7 @@ def round_specs(plan: AbPlan) -> list[RoundSpec]:
         json_path = stem.with_suffix(".json")
         probe = stem.with_name(stem.name + ".probe.json")
         specs.append(RoundSpec(i, side, tree, pytest_command(plan.python, json_path, args),
-                               round_env(tree, plan.workdir, probe, cases_file), json_path,
+                               round_env(tree, plan.workdir, probe, cases_file, plan.base_env), json_path,
                                stem.with_suffix(".log"), probe, plan.timeout))
     return specs
 
@@ -719,7 +739,8 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
             plan = AbPlan(base_tree=base_tree, head_tree=repo, rounds=args.rounds, python=args.python,
                           pytest_args=rebase_paths(args.pytest_args, Path.cwd(), repo), workdir=workdir,
                           cases=cases, timeout=args.round_timeout,
-                          head_args=rebase_paths(args.head_arg, Path.cwd(), repo))
+                          head_args=rebase_paths(args.head_arg, Path.cwd(), repo),
+                          base_env=rebase_env(dict(os.environ), Path.cwd(), repo))
             print(f"attnsuite ab: base {args.base} ({sha[:12]}) in {base_tree}, head {repo}; "
                   f"{args.rounds} rounds per side" + (f", {len(cases)} case(s) from {args.cases_from}" if cases else ""),
                   file=out, flush=True)

@@ -152,7 +152,7 @@ def spec_from_config(config: pytest.Config) -> RunSpec:
     threads = _number("--attn-cpu-threads", config.getoption("--attn-cpu-threads"), int, 0, MAX_CPU_THREADS)
     return RunSpec(tier=tier, device=device, dtype=config.getoption("--attn-dtype"), workloads=names, modes=modes,
                    mem_cap=cap, inject=tuple(sorted(inject.items())), cpu_threads=0 if on_gpu else threads,
-                   variant_modules=tuple(config.getoption("--attn-variants")),
+                   variant_modules=registry.named_sources(config.getoption("--attn-variants")),
                    problem_files=tuple(config.stash.get(PROBLEM_FILES, [])),
                    only=tuple(config.getoption("--attn-only")),
                    device_time=config.getoption("--attn-device-time") == "on")

@@ -632,13 +632,34 @@ def external_variants() -> list[Variant]:
     return [v for v in variants() if origin(v.name) not in (None, BUILTIN_ORIGIN)]
 
 
+def _named(external: Iterable[str]) -> list[tuple[str, str]]:
+    """The external sources a run names, with where each was named: ``ATTNSUITE_VARIANTS`` first, then
+    ``external`` (``--attn-variants``)."""
+    named = [("ATTNSUITE_VARIANTS", spec) for spec in os.environ.get("ATTNSUITE_VARIANTS", "").split(",")]
+    return [(where, spec) for where, spec in named + [("--attn-variants", spec) for spec in external]
+            if spec.strip()]
+
+
+def named_sources(external: Iterable[str] = ()) -> tuple[str, ...]:
+    """The external sources :func:`load_all` would load, each named so that two runs naming the same
+    code agree: a path resolved to an absolute one (``../k.py`` from here is ``/x/k.py`` from
+    anywhere), a module name as given. A run's journal compares these, so a resume cannot pick up
+    other code named through the variable, or refuse the same files named another way."""
+    out: list[str] = []
+    for _, spec in _named(external):
+        spec = spec.strip()
+        name = str(Path(spec).expanduser().resolve()) if _is_path(spec) else spec
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
 def load_all(external: Iterable[str] = ()) -> None:
     """Built-in variants, entry points, the ``ATTNSUITE_VARIANTS`` variable, then ``external``; then
     every variant's family is checked (:func:`check_families`)."""
     _load_from(BUILTIN_ORIGIN, load_builtin)
     load_entry_points()
-    named = [("ATTNSUITE_VARIANTS", spec) for spec in os.environ.get("ATTNSUITE_VARIANTS", "").split(",")]
-    for where, spec in named + [("--attn-variants", spec) for spec in external]:
+    for where, spec in _named(external):
         source = f"{where} {spec.strip()!r}"
         try:
             _load_from(source, lambda: load_external(spec))

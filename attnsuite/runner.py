@@ -50,8 +50,8 @@ COMPILED_MARKERS = ("Torch-Compiled Region", "CompiledFunction", "## Call Compil
 class RunSpec:
     """The run's choices as plain data: what the plugin read from its options, what a worker gets.
 
-    ``variant_modules`` are the external variant modules (``--attn-variants``) a worker must import
-    to find the same variants, ``problem_files`` the problems files (``--attn-problems``) it must
+    ``variant_modules`` are the external variant modules (``ATTNSUITE_VARIANTS`` and ``--attn-variants``,
+    as :func:`attnsuite.registry.named_sources` names them) a worker must import to find the same variants, ``problem_files`` the problems files (``--attn-problems``) it must
     read to find the same workload entries; ``only`` is the ``--attn-only`` filter.
     """
 

@@ -526,6 +526,25 @@ def test_relative_path_options_work_from_every_round_however_the_user_named_them
     assert ab.rebase_paths(["--attn-variants=v.py"], repo / "examples", repo) == ["--attn-variants=examples/v.py"]
 
 
+def test_relative_paths_in_the_variables_work_from_every_round_as_the_options_do(tmp_path):
+    # ATTNSUITE_VARIANTS=good.py typed beside the kernel had been read inside each round's tree, and the
+    # round failed blaming "an option after --"
+    repo, outside = tmp_path / "repo", tmp_path / "mykernels"
+    (repo / "examples").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "good.py").write_text("")
+    (repo / "examples" / "v.py").write_text("")
+    env = {"ATTNSUITE_VARIANTS": "good.py, my_pkg.variants", "ATTNSUITE_PROBLEMS": "../repo/examples/v.py",
+           "OTHER": "good.py"}
+    got = ab.rebase_env(env, outside, repo)
+    assert got == {"ATTNSUITE_VARIANTS": f"{outside / 'good.py'},my_pkg.variants",
+                   "ATTNSUITE_PROBLEMS": "examples/v.py", "OTHER": "good.py"}
+    # and that environment is what each round gets
+    plan = ab.AbPlan(base_tree=repo, head_tree=repo, rounds=1, python="python", pytest_args=[],
+                     workdir=tmp_path / "w", base_env=got)
+    assert all(r.env["ATTNSUITE_VARIANTS"] == got["ATTNSUITE_VARIANTS"] for r in ab.round_specs(plan))
+
+
 @pytest.mark.parametrize("option", ["--json", "--markdown", "--out"])
 def test_an_output_that_cannot_be_written_is_refused_before_any_round(repo, tmp_path, option):
     # a --json naming a folder had crashed after all six rounds ran, and the rounds were lost

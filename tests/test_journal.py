@@ -126,3 +126,23 @@ def test_the_run_digests_every_module_that_registered_variants_from_outside(monk
     got = plugin_bench._sources(plugin_bench.RunSpec(device="cpu", tier="quick"))
     assert set(got) == {str(Path(json.__file__).parent), sys.modules["csv"].__file__}
     assert all(got.values())
+
+
+def test_the_sources_a_run_names_agree_however_they_were_named_and_include_the_variable(tmp_path, monkeypatch):
+    from attnsuite import registry
+
+    (tmp_path / "k").mkdir()
+    kernel = tmp_path / "k" / "mine.py"
+    kernel.write_text("")
+    monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    relative = registry.named_sources(["k/mine.py", "my_pkg.kernels"])
+    monkeypatch.chdir(tmp_path / "k")
+    # the same files named from another folder, absolute: one resume must accept the other
+    assert registry.named_sources([str(kernel), "my_pkg.kernels"]) == relative == (str(kernel), "my_pkg.kernels")
+    # code named through the variable is part of what a run names: other code there is another run
+    monkeypatch.setenv("ATTNSUITE_VARIANTS", "mine.py")
+    assert registry.named_sources([]) == (str(kernel),)
+    monkeypatch.setenv("ATTNSUITE_VARIANTS", str(tmp_path / "v2" / "mine.py"))
+    assert registry.named_sources([]) != (str(kernel),)
+
