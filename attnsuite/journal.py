@@ -59,6 +59,12 @@ def source_digests(paths: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def changed_sources(before: dict[str, str], now: dict[str, str]) -> list[str]:
+    """The names whose digest differs between two :func:`source_digests` (a name either side could not
+    digest is not judged), sorted."""
+    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and before.get(k) and now.get(k))
+
+
 def code_locations(module_names: Iterable[str]) -> list[str]:
     """Where the code of each imported module lives, for :func:`source_digests`: a module of a
     package gives the whole top-level package's folder (the helpers a variant module imports change
@@ -96,8 +102,7 @@ def read(path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional
                                    f"({_difference(head.get(field), want[field])}); resume with the same options")
         theirs = head.get("sources")
         if sources is not None and isinstance(theirs, dict):  # a journal written before digests: no check
-            changed = sorted(k for k in set(theirs) | set(sources)
-                             if theirs.get(k) != sources.get(k) and theirs.get(k) and sources.get(k))
+            changed = changed_sources(theirs, sources)
             if changed:
                 raise JournalError(f"journal {p}: {', '.join(changed)} changed since the interrupted run: a resume "
                                    "would mix the results of two versions of that code; run again without "

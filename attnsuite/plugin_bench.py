@@ -407,7 +407,9 @@ class BenchRunner:
         """Start the workers, probe the instance, open the journal (once, before the first case)."""
         if self._dispatch is not None:
             return
-        init = {"spec": self.spec.to_json()}
+        # the code as the run found it: a worker started later (after a crash or a timeout) checks it is unchanged
+        self.sources = _sources(self.spec)
+        init = {"spec": self.spec.to_json(), "sources": self.sources}
         if self.config.getoption("--attn-isolation") == "none":
             backends: list[Any] = [_InProcess(init)]
         else:
@@ -436,7 +438,7 @@ class BenchRunner:
         self.resumed = dict(self.config.stash.get(_RESUMED, {}))  # read and checked in pytest_configure
         self.journal = journal.Journal(_journal_path(self.config), self.spec.to_json(), fp["id"],
                                        resume=bool(self.config.getoption("--attn-resume")),
-                                       sources=_sources(self.spec))
+                                       sources=self.sources)
         if self.journal.kept_previous is not None:
             _say(self.config, f"attnsuite: an unfinished run's journal was kept as {self.journal.kept_previous} "
                               f"(this run, without --attn-resume, starts {self.journal.path} afresh; to carry the "
@@ -445,7 +447,10 @@ class BenchRunner:
     def _run_job(self, bc: BenchCase):
         """The job that runs ``bc`` in a backend and journals its record at once (any thread)."""
         def job(backend: Any) -> Any:
-            reply = backend.run_case(bc.id)
+            try:
+                reply = backend.run_case(bc.id)
+            except WorkerStartError as exc:  # e.g. its code changed since the run started: this case's error
+                reply = {"ok": False, "error": str(exc)}
             rec, result = record_from_reply(bc, reply)
             if self.journal is not None:
                 with self._journal_lock:

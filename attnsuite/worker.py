@@ -2,8 +2,10 @@
 
 Started as ``python -m attnsuite.worker REQUEST_FD REPLY_FD``. Messages (dicts, see isolation.py):
 
-* ``{"op": "init", "spec": RunSpec.to_json()}``: import the variants, apply the run's settings
-  (CPU threads, GPU memory cap), list the cases; reply ``{"ok": True}`` or ``{"ok": False, "error"}``.
+* ``{"op": "init", "spec": RunSpec.to_json(), "sources": digests}``: import the variants, apply the run's
+  settings (CPU threads, GPU memory cap), list the cases; reply ``{"ok": True}`` or ``{"ok": False,
+  "error"}``. ``sources`` are the digests of the run's external code when it started
+  (journal.source_digests): a worker that finds one changed refuses to start.
 * ``{"op": "run", "key": case key}``: run the case from the known torch state (torch_state.py) with
   its own seed; reply ``{"record": CaseRecord.to_extra_info(), "samples": [...], "timer", "warmup"}``.
   A case that leaves torch's global state changed is reported (outcome error, the change named)
@@ -132,10 +134,16 @@ class Worker:
     def init(self, message: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        from . import problem_file, registry, torch_state
+        from . import journal, problem_file, registry, torch_state
         from .runner import RunSpec, bench_cases, settings_from_spec
 
         self.spec = RunSpec.from_json(message["spec"])
+        started_with = message.get("sources") or {}
+        changed = journal.changed_sources(started_with, journal.source_digests(started_with))
+        if changed:
+            # a replacement worker would import the edited file: the run's results would mix two versions
+            return {"ok": False, "error": f"{', '.join(changed)} changed since this run started: a worker started "
+                                          "now would run the edited code beside results of the old one; run again"}
         registry.load_all(self.spec.variant_modules)
         for path in self.spec.problem_files:
             problem_file.load(path)

@@ -405,3 +405,45 @@ def test_a_corrupt_baseline_for_this_machine_is_a_usage_error_before_any_case_ru
     err = result.stderr.str()
     assert "median_ms must be a number" in err and "the baseline for this machine" in err, err
     assert "passed" not in result.stdout.str()
+
+
+EDITS_ITSELF = '''
+import os
+from pathlib import Path
+
+from attnsuite.registry import KernelVariant, register
+
+
+@register
+class EditsItselfThenCrashes(KernelVariant):
+    """Stands in for a user who edits the kernel while the run goes on: its first call changes its own
+    file, then the process dies, so the next case needs a new worker, which would import the edit."""
+    name = "h-edits-itself"
+    masks = frozenset({"none", "causal", "window"})
+    features = frozenset({"gqa", "lq_ne_lk", "dv_ne_dqk", "bottom_right", "custom_scale"})
+
+    def build(self, problem):
+        def run(q, k, v):
+            with open(__file__, "a") as fh:
+                fh.write("# edited during the run\\n")
+            os._exit(1)
+        return run
+'''
+
+
+def test_a_worker_started_after_the_variant_file_changed_refuses_to_run_the_edited_code(pytester, project):
+    # a replacement worker had imported the edited file: one run's results mixed two versions of the code
+    kernel = project / "edits.py"
+    kernel.write_text(EDITS_ITSELF)
+    out = project / "out.json"
+    result = pytester.runpytest_subprocess(
+        "bench", "--benchmark-only", "-p", "no:cacheprovider", "-q", f"--attn-variants={kernel}",
+        "--attn-device=cpu", "--attn-tier=quick", "--attn-workload=fa-sweep", "--attn-mode=fwd", "--attn-gate=off",
+        "--attn-only=h-edits-itself", f"--benchmark-json={out}")
+    recs = _records(json.loads(out.read_text()))["h-edits-itself"]
+    assert len(recs) == 2, result.stdout.str()[-3000:]
+    first, second = recs
+    assert first["outcome"] == "crash" and "exit code 1" in first["detail"]
+    assert second["outcome"] == "error", second
+    assert f"{kernel} changed since this run started" in second["detail"], second["detail"]
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
