@@ -48,7 +48,7 @@ TREE_MARKER = Path("bench") / "test_workloads.py"  # a tree without it has no be
 LOG_TAIL_LINES = 40
 
 # pytest exit statuses a round may end with; 1 (some case failed) still gives a full result file.
-_PYTEST_EXIT = {2: "interrupted", 3: "internal error", 4: "usage error (an option after --, a path or a "
+_PYTEST_EXIT = {2: "interrupted, or errors while collecting the tests", 3: "internal error", 4: "usage error (an option after --, a path or a "
                 "variant module this tree's pytest cannot use: the log below says which)", 5: "no tests collected"}
 
 
@@ -621,7 +621,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gate", choices=("enforce", "report"), default="enforce",
                    help="enforce: exit 1 on a gating verdict; report: always exit 0 once measured")
     p.add_argument("--markdown", help="write the markdown diff here")
-    p.add_argument("--step-summary", action="store_true", help="with --markdown: append it to $GITHUB_STEP_SUMMARY")
+    p.add_argument("--step-summary", action="store_true", help="append the markdown diff to $GITHUB_STEP_SUMMARY")
     p.add_argument("--json", help="write the verdicts (and each case's per-round figures) here")
     p.add_argument("--out", help="keep the rounds' result JSONs and logs in this folder (default: a temporary one)")
     p.add_argument("--repo", default=".", help="the git working tree to compare (default: the current folder)")
@@ -690,6 +690,9 @@ def cmd_ab(args: argparse.Namespace, out, runner: Runner = run_round) -> int:
         print(f"attnsuite ab: error: {exc}", file=err)
         if exc.tail:
             print(f"--- last lines of {exc.spec.log_path} ---\n{exc.tail}", file=err)
+        if not args.out:  # the log named above went with the temporary folder
+            print("attnsuite ab: that log was removed with the temporary folder; --out DIR keeps every round's "
+                  "log and JSON", file=err)
     except (AbError, bl.InputFileError, ThresholdsError) as exc:
         print(f"attnsuite ab: error: {exc}", file=err)
     except bl.FingerprintMismatch as exc:
@@ -712,6 +715,9 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
                                            {"--out": args.out})
     if bad_output:  # before any round: a typo had crashed after every round ran, the rounds lost
         raise AbError(bad_output)
+    if args.baselines_dir and not Path(args.baselines_dir).is_dir():
+        # a missing folder had fallen back to the working tree's thresholds: the change set its own bar
+        raise AbError(f"--baselines-dir {args.baselines_dir}: no such folder")
     repo = repo_root(args.repo)
     sha = resolve_ref(repo, args.base)
     cases = None
@@ -732,7 +738,8 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
             baselines_dir = Path(args.baselines_dir) if args.baselines_dir else base_tree / bl.DEFAULT_DIR
             from .gate import thresholds_for
 
-            thresholds, found = thresholds_for(args.thresholds, baselines_dir)
+            # never the working tree's own file (the package runs from it): a base without one gets the built-ins
+            thresholds, found = thresholds_for(args.thresholds, baselines_dir, repo_fallback=False)
             if found is not None and found.is_relative_to(base_tree):  # the worktree is gone once the report is read
                 thresholds.path = f"thresholds {args.base}:{found.relative_to(base_tree).as_posix()} (the base tree's)"
             workdir = Path(args.out).resolve() if args.out else Path(tmp) / "rounds"
@@ -754,7 +761,8 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
             extra = {"base_ref": args.base, "base_sha": sha, "rounds": args.rounds, "order": rounds.order,
                      "head_args": list(args.head_arg),
                      "trees": {"base": str(base_tree), "head": str(repo)}, "seconds": rounds.seconds,
-                     "round_files": rounds.files if args.out else [], "per_case": per_case_rounds(sides)}
+                     "round_files": rounds.files if args.out else [  # the timings stay; the files went with the temp folder
+                         {**f, "json": None, "log": None} for f in rounds.files], "per_case": per_case_rounds(sides)}
             _emit(cmp, args, out, context=context, extra=extra)
     return EXIT_GATE if cmp.failed and args.gate == "enforce" else EXIT_OK
 
@@ -762,12 +770,12 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
 def _emit(cmp: Comparison, args: argparse.Namespace, out, *, context: Sequence[str], extra: dict[str, Any]) -> None:
     print(report.terminal_table(cmp), file=out)
     for line in report.gate_lines(cmp):
-        print(f"GATE {line}", file=out)
+        print(f"{report.gate_label(cmp)} {line}", file=out)
     text = report.markdown_diff(cmp, title="attnsuite A/B (same machine)", context=context)
     if args.markdown:
         report.write_markdown(text, args.markdown)
-        if args.step_summary:
-            report.append_step_summary(text)
+    if args.step_summary:  # with or without --markdown (alone it had been ignored without a word)
+        report.append_step_summary(text)
     if args.json:
         _write(args.json, json.dumps({**cmp.to_json(), "ab": extra}, indent=1) + "\n")
 

@@ -51,13 +51,14 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out, last: summary.Summary)
             print(f"note: {note}", file=out)
         print(report.terminal_table(cmp, show_same=args.all), file=out)
         for line in report.gate_lines(cmp):
-            print(f"GATE {line}", file=out)
+            print(f"{report.gate_label(cmp)} {line}", file=out)
         for line in report.reported_lines(cmp):
             print(f"NOT GATING {line}", file=out)
         print(last.verdict, file=out)
-    if args.markdown:
+    if args.markdown or args.step_summary:  # --step-summary alone had been ignored without a word
         text = report.markdown_diff(cmp, head=head)
-        report.write_markdown(text, args.markdown)
+        if args.markdown:
+            report.write_markdown(text, args.markdown)
         if args.step_summary:
             report.append_step_summary(text)
 
@@ -71,7 +72,7 @@ def _check_outputs(files: dict[str, Optional[str]], folders: dict[str, Optional[
 
 def cmd_compare(args: argparse.Namespace, out) -> int:
     _check_outputs({"--markdown": args.markdown,
-                    "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary and args.markdown)})
+                    "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary)})
     old = bl.load_run(args.old)
     new = bl.load_run(args.new)
     scope = None
@@ -266,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     c.add_argument("--all", action="store_true", help="table: show unchanged cases too")
     c.add_argument("--markdown", help="also write the markdown diff to this file")
-    c.add_argument("--step-summary", action="store_true", help="with --markdown: append it to $GITHUB_STEP_SUMMARY")
+    c.add_argument("--step-summary", action="store_true", help="append the markdown diff to $GITHUB_STEP_SUMMARY")
     c.add_argument("--workload", action="append", default=[], help="judge only these workloads (repeatable)")
     c.add_argument("--variant", action="append", default=[], help="judge only these variants (repeatable)")
     c.set_defaults(func=cmd_compare)

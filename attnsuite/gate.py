@@ -10,7 +10,8 @@ The thresholds rule (:func:`thresholds_for`), first match wins:
 1. the file named explicitly (``--attn-thresholds`` / ``--thresholds``); it must exist;
 2. ``thresholds.json`` in the baselines folder in play (pytest: ``--attn-baselines-dir`` or
    ``<rootdir>/baselines``; the CLI: the folder of the reference file);
-3. ``baselines/thresholds.json`` of the repository this package lives in;
+3. ``baselines/thresholds.json`` of the repository this package lives in (not for the same-machine
+   A/B, which runs from the tree under review: its own file must not set its bar);
 4. the built-in per-device defaults (:data:`attnsuite.verdict.DEVICE_DEFAULTS`).
 """
 
@@ -29,15 +30,18 @@ PathLike = Union[str, "os.PathLike[str]"]
 REPO_BASELINES = Path(__file__).resolve().parents[1] / bl.DEFAULT_DIR
 
 
-def thresholds_path_for(explicit: Optional[PathLike], baselines_dir: Optional[PathLike]) -> Optional[Path]:
+def thresholds_path_for(explicit: Optional[PathLike], baselines_dir: Optional[PathLike],
+                        repo_fallback: bool = True) -> Optional[Path]:
     """The thresholds file the rule above picks (None: built-in defaults); an explicit file that
-    does not exist raises :class:`~attnsuite.verdict.ThresholdsError` naming it."""
+    does not exist raises :class:`~attnsuite.verdict.ThresholdsError` naming it. ``repo_fallback=False``
+    leaves out step 3: the same-machine A/B runs this package from the tree under review, whose own
+    file must not set the bar it is judged by."""
     if explicit:
         p = Path(explicit)
         if not p.is_file():
             raise ThresholdsError(f"thresholds {p}: no such file" if not p.exists() else f"thresholds {p}: not a file")
         return p
-    candidates = ([Path(baselines_dir)] if baselines_dir else []) + [REPO_BASELINES]
+    candidates = ([Path(baselines_dir)] if baselines_dir else []) + ([REPO_BASELINES] if repo_fallback else [])
     for d in candidates:
         p = d / bl.THRESHOLDS_FILE
         if p.is_file():
@@ -45,13 +49,14 @@ def thresholds_path_for(explicit: Optional[PathLike], baselines_dir: Optional[Pa
     return None
 
 
-def thresholds_for(explicit: Optional[PathLike], baselines_dir: Optional[PathLike]) -> tuple[ThresholdConfig, Optional[Path]]:
+def thresholds_for(explicit: Optional[PathLike], baselines_dir: Optional[PathLike],
+                   repo_fallback: bool = True) -> tuple[ThresholdConfig, Optional[Path]]:
     """THE thresholds lookup: (the parsed config, the file it came from or None for built-ins).
 
     Raises :class:`~attnsuite.verdict.ThresholdsError` (message names the file) for a missing
-    explicit file or a malformed one.
+    explicit file or a malformed one. ``repo_fallback``: see :func:`thresholds_path_for`.
     """
-    path = thresholds_path_for(explicit, baselines_dir)
+    path = thresholds_path_for(explicit, baselines_dir, repo_fallback)
     return load_thresholds(path), path
 
 

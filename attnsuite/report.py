@@ -138,6 +138,12 @@ def gate_lines(cmp: Comparison) -> list[str]:
     return [f"{'/'.join(v.flags)}: {v.key}: {v.message}" for v in cmp.regressions]
 
 
+def gate_label(cmp: Comparison) -> str:
+    """How a command line prints a gating case: ``GATE`` when the gate enforces, ``REPORTED`` in report
+    mode (as the pytest gate does), so that a CI log searched for GATE finds only what fails the job."""
+    return "GATE" if cmp.gate_mode == "enforce" else "REPORTED"
+
+
 def reported_lines(cmp: Comparison) -> list[str]:
     """One line per finding that does not fail the gate (host overhead, not confirmed)."""
     return [f"{'/'.join(v.flags)}: {v.key}: {v.message}" for v in cmp.reported]

@@ -289,6 +289,10 @@ def test_ab_of_equal_trees_passes_after_three_rounds_each_in_abba_order(repo, tm
     data = json.loads((tmp_path / "ab.json").read_text())
     assert not data["failed"] and data["counts"] == {"same": 2}
     assert (tmp_path / "ab.md").read_text().startswith("<!-- attnsuite-gate -->")
+    # without --out the round files are gone, but each round's side and time stay (they had been dropped)
+    rounds = data["ab"]["round_files"]
+    assert [f["side"] for f in rounds] == ["base", "head", "head", "base", "base", "head"]
+    assert all(f["json"] is None and f["log"] is None and "seconds" in f for f in rounds)
 
 
 @pytest.mark.parametrize("fraction, status", [(0.10, ab.EXIT_GATE), (0.0, ab.EXIT_OK), (-0.10, ab.EXIT_OK)])
@@ -308,7 +312,7 @@ def test_report_mode_measures_and_reports_but_exits_zero_and_never_reads_fail(re
     md = tmp_path / "ab.md"
     status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--gate", "report", "--markdown", str(md)],
                              FakeRunner(head_slower(0.1)))
-    assert status == ab.EXIT_OK and "GATE slower" in out
+    assert status == ab.EXIT_OK and "REPORTED slower" in out and "GATE " not in out
     # the PR comment had shown a red FAIL over a job that passed
     assert "REPORTED: 1 regression(s) (gate in report mode)" in out and "FAIL" not in out
     assert "⚠️ **REPORTED**" in md.read_text() and "FAIL" not in md.read_text()
@@ -328,6 +332,32 @@ def test_the_base_trees_thresholds_judge_not_the_working_trees(repo):
     status, _, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--baselines-dir", str(repo / "baselines")],
                            FakeRunner(head_slower(0.1)))
     assert status == ab.EXIT_OK  # named explicitly, the loose file applies
+
+
+def test_a_base_without_thresholds_gets_the_built_ins_never_the_tree_under_review(repo, tmp_path, monkeypatch):
+    # the package runs from the working tree: its baselines/ had been the fallback, so a change that
+    # loosened that file (and a base without one) passed a 5x slowdown
+    from attnsuite import gate
+
+    git(repo, "rm", "-q", "baselines/thresholds.json")
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "no thresholds")
+    loose = tmp_path / "package-tree-baselines"
+    loose.mkdir()
+    (loose / "thresholds.json").write_text(json.dumps(LOOSE))
+    monkeypatch.setattr(gate, "REPO_BASELINES", loose)
+    md = tmp_path / "ab.md"
+    status, _, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--markdown", str(md)],
+                           FakeRunner(head_slower(0.1)))
+    assert status == ab.EXIT_GATE
+    assert str(loose) not in md.read_text()
+
+
+def test_a_baselines_dir_that_does_not_exist_is_refused_before_any_round(repo, tmp_path):
+    runner = FakeRunner(head_slower(0.1))
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--baselines-dir", str(tmp_path / "nope")],
+                             runner)
+    assert status == ab.EXIT_INPUT and f"--baselines-dir {tmp_path / 'nope'}: no such folder" in err
+    assert runner.specs == []
 
 
 def test_one_noisy_base_round_widens_the_band_instead_of_failing_the_head(repo):
@@ -446,6 +476,8 @@ def test_the_base_worktree_is_removed_after_a_failed_or_interrupted_round(repo, 
     assert got == status and words in err
     assert len(worktrees(repo)) == 1
     assert not seen[0].exists()
+    if status == ab.EXIT_INPUT:  # the error names a log in the removed temporary folder: it says so
+        assert "that log was removed with the temporary folder; --out DIR keeps" in err
 
 
 def test_the_base_worktree_is_removed_after_a_passing_run(repo):
@@ -554,3 +586,11 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_round(repo, tmp_
     runner = FakeRunner(head_slower(0.0))
     status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), option, str(target)], runner)
     assert status == ab.EXIT_INPUT and f"error: {option} {target}" in err and not runner.specs
+
+
+def test_ab_with_step_summary_alone_still_appends_the_diff(repo, tmp_path, monkeypatch):
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    status, _, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--gate", "report", "--step-summary"],
+                           FakeRunner(head_slower(0.1)))
+    assert status == ab.EXIT_OK and "attnsuite A/B (same machine)" in summary.read_text()

@@ -60,7 +60,8 @@ def test_compare_of_a_regressed_run_exits_1_naming_each_case_verdict_and_amount(
 def test_compare_in_report_mode_shows_the_regressions_but_exits_0(runs):
     old, _, worse = runs
     code, out = run_cli("compare", old, worse, "--gate", "report")
-    assert code == 0 and "GATE slower" in out
+    # labelled REPORTED, as the pytest gate does: a CI log searched for GATE finds only what fails
+    assert code == 0 and "REPORTED slower: fa-sweep/a/fwd/" in out and "GATE " not in out
 
 
 def test_compare_writes_markdown_and_json(runs, tmp_path):
@@ -283,3 +284,12 @@ def test_check_knows_a_thresholds_file_by_its_content_under_any_name(tmp_path, c
     code, out = run_cli("check", path)
     text = out + capsys.readouterr().err
     assert verdict.format(path=path) in text and "not an attnsuite baseline" not in text, text
+
+
+def test_compare_with_step_summary_alone_still_appends_the_diff(runs, tmp_path, monkeypatch):
+    # --step-summary without --markdown had been ignored without a word: the CI job lost its summary
+    old, _, worse = runs
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    code, _ = run_cli("compare", old, worse, "--gate", "report", "--step-summary")
+    assert code == 0 and summary.read_text().startswith("<!-- attnsuite-gate -->")
