@@ -9,7 +9,8 @@ Verdicts (``VERDICTS``), gating ones first:
 * ``memory-growth``: peak memory grew by more than the relative and the absolute allowance;
 * ``host-slower`` / ``host-faster``: on CUDA, the host's overhead per call (event time minus
   device time) changed beyond its own allowance; reported, gating only with ``host_gating``;
-* ``faster`` / ``memory-shrink``: the reverse (reported so the baseline gets refreshed);
+* ``faster`` / ``memory-shrink``: the reverse (reported so the baseline gets refreshed); time on the
+  ratio: ``faster`` when base / current exceeds 1 + band, the mirror of ``slower``;
 * ``fixed-oom`` / ``fixed-failing``: ran out of memory / failed in the baseline, runs now;
 * ``new``: not in the baseline;
 * ``same``: within noise (also: skipped in both, failing the same way in both, not confirmed).
@@ -499,7 +500,9 @@ def _assess(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) -> _F
         if f.tchange > basis.band:
             f.flags.append("slower")
             f.msgs["slower"] = f"slower by {f.tchange * 100:.1f}% ({what})"
-        elif f.tchange < -basis.band:
+        elif f.tchange < 1.0 / (1.0 + basis.band) - 1.0:
+            # the mirror of "slower" on the ratio (base/cur above 1 + band): a change cannot fall below
+            # -100%, so "-band" had made a 5x speed-up "same" wherever the band is 100% or more (CPU)
             f.flags.append("faster")
             f.msgs["faster"] = f"faster by {-f.tchange * 100:.1f}% ({what})"
         else:

@@ -456,3 +456,22 @@ def test_both_sides_are_capped_alike():
                 device="cuda").verdicts[0]
     assert (v.base_ms, v.cur_ms) == (pytest.approx(7.56), pytest.approx(7.57))
     assert "on baseline and this run: judged at the event time" in v.message
+
+
+# faster mirrors slower on the ratio: base/cur past 1 + band. With a band of 100% (the CPU floor), a 5x
+# speed-up (-80%) had read "same": a relative change cannot fall below -100%.
+@pytest.mark.parametrize("floor, base_ms, cur_ms, verdict", [
+    (1.0, 5.0, 1.0, "faster"),  # 5x faster, band 100%
+    (1.0, 1.0, 5.0, "slower"),  # its mirror
+    (1.0, 2.0, 1.01, "same"),  # just under 2x faster: inside a 100% band
+    (1.0, 2.0, 0.99, "faster"),  # just past it
+    (0.03, 1.03, 1.0, "same"),  # a 3% band: 1.03x faster is the edge, as 1.03x slower is
+    (0.03, 1.031, 1.0, "faster"),
+], ids=["5x-faster-band-100", "5x-slower-band-100", "under-2x-faster", "past-2x-faster", "edge-3pct",
+        "past-3pct"])
+def test_faster_is_the_mirror_of_slower_on_the_ratio(floor, base_ms, cur_ms, verdict):
+    t = Thresholds(time_floor=floor, spread_k=1.5, mem_floor=0.02, mem_abs_bytes=1 << 20)
+    kw = dict(iqr_ms=0.0, timer="perf_counter")
+    v = judge(rec(median_ms=base_ms, min_ms=base_ms, problem="b1-q128-h4-d32-fp32-cpu", **kw),
+              rec(median_ms=cur_ms, min_ms=cur_ms, problem="b1-q128-h4-d32-fp32-cpu", **kw), t)
+    assert v.verdict == verdict, v.message
