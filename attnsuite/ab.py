@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -227,6 +228,10 @@ def resolve_ref(repo: Path, ref: str) -> str:
         raise AbError(f"--base {ref!r}: not a git ref")
     proc = _git(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
     if proc.returncode != 0:
+        kind = _git(repo, "cat-file", "-t", "--end-of-options", ref)
+        if kind.returncode == 0 and kind.stdout.strip():  # it exists, but is a file or a folder, not a commit
+            raise AbError(f"--base {ref!r}: names a {kind.stdout.strip()} in {repo}, not a commit: give a "
+                          "branch, a tag of a commit or a commit id")
         raise AbError(f"--base {ref!r}: unknown git ref in {repo} (in a shallow clone fetch it first, e.g. "
                       f"`git fetch origin {ref}`, or check out with fetch-depth: 0)")
     return proc.stdout.strip()
@@ -509,6 +514,24 @@ class AbRounds:
     order: list[str] = field(default_factory=list)
 
 
+def set_aside_earlier_rounds(workdir: Path) -> Optional[Path]:
+    """Move an earlier A/B's round files out of ``workdir`` (an ``--out`` used again) into a folder
+    ``earlier-<UTC time>`` inside it, and return that folder (None when there were none). Left in place
+    they had mixed with this run's under the same names, from another base; nothing is deleted."""
+    if not workdir.is_dir():
+        return None
+    earlier = [f for f in workdir.iterdir() if f.is_file() and (
+        re.fullmatch(r"round\d+-(base|head)\.(json|log|probe\.json)", f.name)
+        or f.name in ("cases.txt", f"{PLUGIN_MODULE}.py"))]
+    if not earlier:
+        return None
+    aside = workdir / time.strftime("earlier-%Y%m%dT%H%M%SZ", time.gmtime())
+    aside.mkdir(exist_ok=True)
+    for f in earlier:
+        f.rename(aside / f.name)
+    return aside
+
+
 def round_specs(plan: AbPlan) -> list[RoundSpec]:
     """The rounds of ``plan`` in run order (:func:`round_order`), with commands and environments."""
     plan.workdir.mkdir(parents=True, exist_ok=True)
@@ -725,10 +748,12 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
     if args.cases_from:
         cases, cases_note = cases_from_gate_json(args.cases_from)
         if not cases:
-            cmp = Comparison(verdicts=[], notes=[f"{args.cases_from} flagged no case: nothing to measure A/B"],
-                             gate_mode=args.gate)
+            nothing = f"{args.cases_from} flagged no case: nothing to measure A/B"
+            cmp = Comparison(verdicts=[], notes=[nothing], gate_mode=args.gate)
             cmp.baseline_label, cmp.current_label = f"base {args.base} ({sha[:12]})", "the working tree"
-            _emit(cmp, args, out, context=[cases_note], extra={"base_sha": sha, "rounds": 0})
+            # the JSON says what the markdown's NOT COMPARED says (it had read "compared": true)
+            _emit(cmp, args, out, context=[cases_note], extra={"base_sha": sha, "rounds": 0},
+                  top={"compared": False, "reason": nothing})
             return EXIT_OK
     dirty = uncommitted(repo)
     with tempfile.TemporaryDirectory(prefix="attnsuite-ab-") as tmp:
@@ -743,6 +768,10 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
             if found is not None and found.is_relative_to(base_tree):  # the worktree is gone once the report is read
                 thresholds.path = f"thresholds {args.base}:{found.relative_to(base_tree).as_posix()} (the base tree's)"
             workdir = Path(args.out).resolve() if args.out else Path(tmp) / "rounds"
+            aside = set_aside_earlier_rounds(workdir) if args.out else None
+            if aside is not None:
+                print(f"attnsuite ab: --out {args.out} held an earlier A/B's round files: moved to {aside}",
+                      file=out, flush=True)
             plan = AbPlan(base_tree=base_tree, head_tree=repo, rounds=args.rounds, python=args.python,
                           pytest_args=rebase_paths(args.pytest_args, Path.cwd(), repo), workdir=workdir,
                           cases=cases, timeout=args.round_timeout,
@@ -767,7 +796,8 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
     return EXIT_GATE if cmp.failed and args.gate == "enforce" else EXIT_OK
 
 
-def _emit(cmp: Comparison, args: argparse.Namespace, out, *, context: Sequence[str], extra: dict[str, Any]) -> None:
+def _emit(cmp: Comparison, args: argparse.Namespace, out, *, context: Sequence[str], extra: dict[str, Any],
+          top: Optional[dict[str, Any]] = None) -> None:
     print(report.terminal_table(cmp), file=out)
     for line in report.gate_lines(cmp):
         print(f"{report.gate_label(cmp)} {line}", file=out)
@@ -777,7 +807,7 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out, *, context: Sequence[s
     if args.step_summary:  # with or without --markdown (alone it had been ignored without a word)
         report.append_step_summary(text)
     if args.json:
-        _write(args.json, json.dumps({**cmp.to_json(), "ab": extra}, indent=1) + "\n")
+        _write(args.json, json.dumps({**cmp.to_json(), **(top or {}), "ab": extra}, indent=1) + "\n")
 
 
 def main(argv: Optional[Sequence[str]] = None, out=None) -> int:

@@ -410,10 +410,12 @@ def test_cases_from_a_gate_run_that_flagged_nothing_passes_without_running_a_rou
     gj = gate_json(tmp_path, [(KEY_A, ["same"])])
     runner = FakeRunner(same_speed)
     status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--cases-from", str(gj),
-                              "--markdown", str(tmp_path / "ab.md")], runner)
+                              "--markdown", str(tmp_path / "ab.md"), "--json", str(tmp_path / "ab.json")], runner)
     assert status == ab.EXIT_OK and runner.specs == []
     md = (tmp_path / "ab.md").read_text()
-    assert "flagged no case" in md and "Cases: the 0 flagged" in md
+    assert "flagged no case" in md and "Cases: the 0 flagged" in md and "NOT COMPARED" in md
+    data = json.loads((tmp_path / "ab.json").read_text())  # said as the markdown says it (it had read true)
+    assert data["compared"] is False and "flagged no case" in data["reason"]
 
 
 # --------------------------------------------------------------------------- bad input and failures
@@ -421,6 +423,9 @@ def test_cases_from_a_gate_run_that_flagged_nothing_passes_without_running_a_rou
 
 @pytest.mark.parametrize("argv, words", [
     (["--base", "no-such-ref"], "unknown git ref"),
+    # it exists but is not a commit: said so, not "unknown" with advice to fetch it
+    (["--base", "HEAD:bench/test_workloads.py"], "names a blob in"),
+    (["--base", "HEAD:bench"], "names a tree in"),
     (["--base", "HEAD", "--rounds", "2"], "at least 3"),
     (["--base", "HEAD", "--cases-from", "/nonexistent/gate.json"], "no such file"),
     (["--base", "HEAD", "--thresholds", "/nonexistent/t.json"], "no such file"),
@@ -594,3 +599,19 @@ def test_ab_with_step_summary_alone_still_appends_the_diff(repo, tmp_path, monke
     status, _, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--gate", "report", "--step-summary"],
                            FakeRunner(head_slower(0.1)))
     assert status == ab.EXIT_OK and "attnsuite A/B (same machine)" in summary.read_text()
+
+
+def test_an_out_folder_used_again_gets_the_earlier_rounds_set_aside_not_mixed_in(repo, tmp_path):
+    # a second A/B into the same --out had left round files of another base beside its own
+    out_dir = tmp_path / "rounds"
+    out_dir.mkdir()
+    (out_dir / "round02-head.json").write_text("{}")
+    (out_dir / "round03-head.log").write_text("old")
+    (out_dir / "notes.txt").write_text("the user's own")
+    status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--out", str(out_dir)], FakeRunner(same_speed))
+    assert status == ab.EXIT_OK
+    aside = [d for d in out_dir.iterdir() if d.is_dir() and d.name.startswith("earlier-")]
+    assert len(aside) == 1 and f"moved to {aside[0]}" in out
+    assert sorted(f.name for f in aside[0].iterdir()) == ["round02-head.json", "round03-head.log"]
+    assert (aside[0] / "round03-head.log").read_text() == "old"  # kept, not deleted
+    assert (out_dir / "notes.txt").read_text() == "the user's own"  # not an A/B file: left alone
