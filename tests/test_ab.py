@@ -546,14 +546,21 @@ def test_end_to_end_ab_of_head_against_itself_on_the_cpu_quick_tier(tmp_path):
     assert len(worktrees(clone)) == 1 and not base_tree.exists()
 
 
-def test_relative_path_options_work_from_every_round_however_the_user_named_them(tmp_path):
-    # each round runs in its own tree: "--attn-variants ../mykernels/k.py" typed from the repository had
-    # been read inside the base worktree ("variant module file ... does not exist")
+@pytest.fixture
+def kernels_beside(tmp_path) -> tuple[Path, Path]:
+    """A repository with examples/v.py, and a folder mykernels/ beside it with k.py and good.py."""
     repo, outside = tmp_path / "repo", tmp_path / "mykernels"
     (repo / "examples").mkdir(parents=True)
     outside.mkdir()
-    (outside / "k.py").write_text("")
-    (repo / "examples" / "v.py").write_text("")
+    for f in (outside / "k.py", outside / "good.py", repo / "examples" / "v.py"):
+        f.write_text("")
+    return repo, outside
+
+
+def test_relative_path_options_work_from_every_round_however_the_user_named_them(kernels_beside):
+    # each round runs in its own tree: "--attn-variants ../mykernels/k.py" typed from the repository had
+    # been read inside the base worktree ("variant module file ... does not exist")
+    repo, outside = kernels_beside
     args = ["--attn-variants", "../mykernels/k.py", "--attn-variants=examples/v.py", "-k", "fwd",
             "--attn-problems", "/abs/p.json", "--attn-variants", "not_a_path_module"]
     got = ab.rebase_paths(args, repo, repo)
@@ -563,14 +570,10 @@ def test_relative_path_options_work_from_every_round_however_the_user_named_them
     assert ab.rebase_paths(["--attn-variants=v.py"], repo / "examples", repo) == ["--attn-variants=examples/v.py"]
 
 
-def test_relative_paths_in_the_variables_work_from_every_round_as_the_options_do(tmp_path):
+def test_relative_paths_in_the_variables_work_from_every_round_as_the_options_do(kernels_beside, tmp_path):
     # ATTNSUITE_VARIANTS=good.py typed beside the kernel had been read inside each round's tree, and the
     # round failed blaming "an option after --"
-    repo, outside = tmp_path / "repo", tmp_path / "mykernels"
-    (repo / "examples").mkdir(parents=True)
-    outside.mkdir()
-    (outside / "good.py").write_text("")
-    (repo / "examples" / "v.py").write_text("")
+    repo, outside = kernels_beside
     env = {"ATTNSUITE_VARIANTS": "good.py, my_pkg.variants", "ATTNSUITE_PROBLEMS": "../repo/examples/v.py",
            "OTHER": "good.py"}
     got = ab.rebase_env(env, outside, repo)
