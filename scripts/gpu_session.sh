@@ -28,6 +28,9 @@
 #             AB_SELECT (default --attn-workload fa-sweep) for that variant; kept in AB_DIR (default /tmp/attnsuite-abeval), so
 #             the next call on the same machine resumes it (AB_S limit, default 540; a run the longest
 #             run so far says would end past it is not started, since a cut run is lost)
+#   devprobe  scripts/devtime_probe.py --cases PROBE_CASES (default decode: the 134 MB KV-cache decode
+#             steps by graph, kernel-sum and kernel-sum with a cold L2; run it on several fresh machines
+#             to see which measure agrees across them) (PROBE_S limit, default 300)
 #   hosttests the CPU test command (scripts/test.sh's pytest: tests and test_correctness on the CPU,
 #             under xdist) on a host with a GPU, where CI never runs it: what a user's GPU workstation
 #             sees (HOST_S limit, default 540; WORKERS, default 4)
@@ -37,10 +40,10 @@
 # The archive $OUT/<call>.tgz is rewritten every PACK_S seconds (default 30) while the call runs, and
 # after each part: a call the device tool kills at its limit still returns what its parts had written
 # (s13 lost a whole isolation part that way, when the archive was packed only at the end).
-# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation|abeval|hosttests
+# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation|abeval|devprobe|hosttests
 set -uo pipefail
 cd "$(dirname "$0")/.."
-call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval or hosttests}
+call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe or hosttests}
 final=${OUT:-results}
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -126,6 +129,11 @@ case "$call" in
       --inject "$variant=0.05" --inject "$variant=0.10" -- --attn-tier full ${AB_SELECT:---attn-workload fa-sweep} \
       --attn-only "$variant" > "$work/abeval/run.log" 2>&1
     echo "abeval exit $?" | tee -a "$work/abeval/run.log" ;;
+  devprobe)
+    mkdir -p "$work/devprobe"
+    timeout -s INT "${PROBE_S:-300}" python3 scripts/devtime_probe.py --cases "${PROBE_CASES:-decode}" \
+      --out "$work/devprobe/devtime_probe.jsonl" > "$work/devprobe/run.log" 2>&1
+    echo "devprobe exit $?" | tee -a "$work/devprobe/run.log" ;;
   hosttests)
     mkdir -p "$work/hosttests"
     (
@@ -138,7 +146,7 @@ case "$call" in
         > "$out/run.log" 2>&1
       echo "hosttests exit $? (xdist: $xdist)" | tee -a "$out/run.log"
     ) ;;
-  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, hosttests)" >&2; exit 2 ;;
+  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, hosttests)" >&2; exit 2 ;;
 esac
 kill "$packer" 2> /dev/null; wait "$packer" 2> /dev/null
 pack
