@@ -66,15 +66,32 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
+# Frames from these packages are the machinery around a variant's code, not the code itself.
+_LIBRARY_PARTS = ("/triton/", "/torch/", "/attnsuite/")
+
+
+def _traceback_text(exc: BaseException, tail: int = 3) -> str:
+    """The traceback's last ``tail`` frames, and before them the last frame of the variant's own code
+    when those are all library frames: an error raised deep inside Triton's interpreter had shown only
+    Triton's frames, never the line of the kernel that caused it."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    shown = list(frames[-tail:])
+    own = [f for f in frames if not any(part in f.filename.replace("\\", "/") for part in _LIBRARY_PARTS)]
+    if own and own[-1] not in shown:
+        shown = [own[-1]] + shown
+    lines = ["Traceback (the variant's last own frame, then the innermost frames):\n"]
+    lines += traceback.format_list(shown) + traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).strip()
+
+
 def _guarded(check: str, variant: Variant, problem: Problem, body: Callable[[CheckResult], None]) -> CheckResult:
     result = CheckResult(check, variant.name, problem.id, True)
     try:
         body(result)
     except Exception as exc:  # the variant raised: a failure of this check, not of the run
         result.passed = False
-        tb = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3)
         result.details.append(f"raised {type(exc).__name__}: {exc}")
-        result.details.append("".join(tb).strip().replace("\n", "\n  "))
+        result.details.append(_traceback_text(exc).replace("\n", "\n  "))
     return result
 
 
@@ -209,7 +226,9 @@ def check_backward(variant: Variant, problem: Problem, cache: Optional[dict] = N
                 return
             if not out.requires_grad:
                 result.passed = False
-                result.details.append("output does not require grad: the graph is detached from every input")
+                result.details.append("output does not require grad: the graph is detached from every input (a "
+                                      "forward-only variant declares backward_devices = frozenset(), or the devices "
+                                      "it has a backward on, and its backward checks are skipped saying so)")
                 return
             case.backward(out)
         grads = case.grads()
@@ -430,6 +449,7 @@ CHECKS = {
     "causality": check_causality,
     "repeat": check_repeat,
 }
+assert tuple(CHECKS) == registry.CHECK_NAMES, "registry.CHECK_NAMES (known_defects keys) must name these checks"
 
 
 def guarded_skip_reason(decide: Callable[[], Optional[str]], variant: Variant, problem: Problem,

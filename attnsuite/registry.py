@@ -236,6 +236,10 @@ class LayerVariant(Variant):
         return {name: p.grad for name, p in module.named_parameters()}
 
 
+# The correctness checks by name (attnsuite/checks.py's CHECKS): the keys a variant's known_defects may use.
+CHECK_NAMES = ("forward", "backward", "causality", "repeat")
+
+
 def register(variant):
     """Register a variant instance or class (usable as a class decorator). Returns its argument."""
     instance = variant() if isinstance(variant, type) else variant
@@ -268,6 +272,10 @@ def register(variant):
         if bad:
             raise ValueError(f"variant {instance.name!r} declares unknown {attr} {sorted(bad)}; known: "
                              f"{', '.join(sorted(known))}")
+    if not isinstance(instance.known_defects, dict) or set(instance.known_defects) - set(CHECK_NAMES):
+        # a misspelt key ("fwd") had been ignored: the declared defect failed the run as if undeclared
+        raise ValueError(f"variant {instance.name!r}: known_defects keys must be check names "
+                         f"({', '.join(CHECK_NAMES)}), got {sorted(map(str, instance.known_defects))}")
     if instance.accuracy not in ACCURACY_CLASSES:
         raise ValueError(f"variant {instance.name!r} declares unknown accuracy class {instance.accuracy!r}; "
                          f"known: {', '.join(ACCURACY_CLASSES)} (attnsuite/tolerance.py)")

@@ -9,6 +9,8 @@ fwd benchmark "'tuple' object has no attribute 'detach'".
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -107,3 +109,29 @@ def test_the_causality_check_names_a_broken_output_before_comparing(monkeypatch,
     assert "causality not judged" in result.message, result.message
     for misleading in ("future leak", "raised", "perturbation was ignored"):
         assert misleading not in result.message, result.message
+
+
+def test_a_variant_that_raises_deep_inside_a_library_is_shown_at_its_own_line(tmp_path, monkeypatch):
+    # an error raised deep in Triton's interpreter had shown only Triton's frames (limit=-3), never the
+    # kernel line that caused it
+    import importlib
+
+    from attnsuite import checks
+
+    lib = tmp_path / "site" / "triton"
+    lib.mkdir(parents=True)
+    (lib / "__init__.py").write_text("")
+    (lib / "deep.py").write_text("def a():\n    b()\n\ndef b():\n    c()\n\ndef c():\n    d()\n\n"
+                                 "def d():\n    raise AssertionError('input and other must have equal reduction dims')\n")
+    (tmp_path / "my_kernel.py").write_text("from triton import deep\n\n\ndef launch():\n    deep.a()  # the user's line\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "triton", raising=False)
+    monkeypatch.delitem(sys.modules, "triton.deep", raising=False)
+    mine = importlib.import_module("my_kernel")
+    try:
+        mine.launch()
+    except AssertionError as exc:
+        text = checks._traceback_text(exc)
+    assert "my_kernel.py" in text and "deep.a()  # the user's line" in text, text
+    assert "in d" in text and "equal reduction dims" in text  # the innermost frames are kept too
