@@ -409,3 +409,31 @@ def test_a_module_that_exits_while_imported_is_a_load_error_naming_it(tmp_path, 
     assert f"--attn-variants {str(path)!r}" in text and f"sys.exit({code})" in text, text
     assert "if __name__ == '__main__'" in text
     assert "exits-early" not in {v.name for v in registry.variants()}  # what it registered before exiting is forgotten
+
+
+FORWARD_ONLY = '''
+from attnsuite.registry import KernelVariant, register
+
+
+@register
+class ForwardOnly(KernelVariant):
+    name = "fwd-only-drawn"
+    masks = frozenset({"none", "causal"})
+    features = frozenset({"gqa", "lq_ne_lk", "bottom_right", "custom_scale"})
+    backward_devices = frozenset()  # no backward anywhere
+
+    def build(self, problem):
+        inner = correct_run(problem)
+        return lambda q, k, v: inner(q, k, v).detach()
+'''
+
+
+def test_a_forward_only_variant_gets_its_forward_checked_on_drawn_problems(tmp_path):
+    # asking for forward and backward together had skipped every draw: "every drawn problem is a declared
+    # limitation: ... has no backward on cpu"
+    from suiterun import run_suite_tests
+
+    path = _module(tmp_path, "fwd_only", FORWARD_ONLY)
+    out = run_suite_tests(["test_correctness/test_hypothesis.py"], tmp_path, "-q", "-rs",
+                          f"--attn-variants={path}", "--attn-only=fwd-only-drawn")
+    assert "1 passed" in out and "skipped" not in out, out[-2000:]
