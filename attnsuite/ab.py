@@ -49,8 +49,10 @@ TREE_MARKER = Path("bench") / "test_workloads.py"  # a tree without it has no be
 LOG_TAIL_LINES = 40
 
 # pytest exit statuses a round may end with; 1 (some case failed) still gives a full result file.
-_PYTEST_EXIT = {2: "interrupted, or errors while collecting the tests", 3: "internal error", 4: "usage error (an option after --, a path or a "
-                "variant module this tree's pytest cannot use: the log below says which)", 5: "no tests collected"}
+_PYTEST_EXIT = {2: "interrupted, or errors while collecting the tests", 3: "internal error",
+                4: "usage error (an option after --, a path or a variant module this tree's pytest cannot use: "
+                   "the log below says which)",
+                5: "no tests collected"}
 
 
 class AbError(ValueError):

@@ -8,6 +8,8 @@ exception text, so one broken variant cannot stop the run.
 
 from __future__ import annotations
 
+import os
+import sys
 import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -66,8 +68,16 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-# Frames from these packages are the machinery around a variant's code, not the code itself.
-_LIBRARY_PARTS = ("/triton/", "/torch/", "/attnsuite/")
+def _library_roots() -> tuple[str, ...]:
+    """The folders of the packages around a variant's code (this suite's machinery, torch, triton when
+    imported): a frame there is not the variant's own. By the packages' locations, not by a folder name,
+    so a checkout that happens to be called "attnsuite" keeps its built-in variants' frames."""
+    roots = [os.path.dirname(os.path.abspath(__file__))]
+    for name in ("torch", "triton"):
+        where = getattr(sys.modules.get(name), "__file__", None)
+        if where:
+            roots.append(os.path.dirname(os.path.abspath(where)))
+    return tuple(os.path.join(r, "") for r in roots)
 
 
 def _traceback_text(exc: BaseException, tail: int = 3) -> str:
@@ -76,7 +86,8 @@ def _traceback_text(exc: BaseException, tail: int = 3) -> str:
     Triton's frames, never the line of the kernel that caused it."""
     frames = traceback.extract_tb(exc.__traceback__)
     shown = list(frames[-tail:])
-    own = [f for f in frames if not any(part in f.filename.replace("\\", "/") for part in _LIBRARY_PARTS)]
+    roots = _library_roots()
+    own = [f for f in frames if not os.path.abspath(f.filename).startswith(roots)]
     if own and own[-1] not in shown:
         shown = [own[-1]] + shown
     lines = ["Traceback (the variant's last own frame, then the innermost frames):\n"]

@@ -51,8 +51,9 @@ class RunSpec:
     """The run's choices as plain data: what the plugin read from its options, what a worker gets.
 
     ``variant_modules`` are the external variant modules (``ATTNSUITE_VARIANTS`` and ``--attn-variants``,
-    as :func:`attnsuite.registry.named_sources` names them) a worker must import to find the same variants, ``problem_files`` the problems files (``--attn-problems``) it must
-    read to find the same workload entries; ``only`` is the ``--attn-only`` filter.
+    as :func:`attnsuite.registry.named_sources` names them) a worker must import to find the same
+    variants, ``problem_files`` the problems files (``--attn-problems``) it must read to find the same
+    workload entries; ``only`` is the ``--attn-only`` filter.
     """
 
     tier: str

@@ -52,7 +52,7 @@ class Entry:
                              siblings: Sequence["Entry"] = ()) -> Optional[str]:
         """Why a compiled variant does not run here (None when it does). ``siblings`` are the other
         entries of the workload's tier: the reason says whether any of them runs the variant."""
-        modes = self.modes if self.compiled_modes is None else self.compiled_modes
+        modes = self._compiled_modes()
         if mode not in modes:
             where = f"modes {', '.join(modes)}" if modes else "no mode"
             why = f"compiled variants run in {where} on this problem (each compilation costs seconds)"
@@ -66,9 +66,12 @@ class Entry:
             f"no entry of this workload's {tier} tier runs {variant_name}"
         return f"{tier} tier budget: {why}; {rest}"
 
+    def _compiled_modes(self) -> tuple[str, ...]:
+        """The modes compiled variants run in on this entry."""
+        return self.modes if self.compiled_modes is None else self.compiled_modes
+
     def _runs_compiled(self, variant_name: str, mode: str) -> bool:
-        modes = self.modes if self.compiled_modes is None else self.compiled_modes
-        return mode in modes and (not self.compiled_only or variant_name in self.compiled_only)
+        return mode in self._compiled_modes() and (not self.compiled_only or variant_name in self.compiled_only)
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,9 @@ def problems(draw, variant: registry.Variant) -> Problem:
                 window=draw(st.integers(0, 20)) if kind == "window" else 0,
                 seed=draw(st.integers(0, 9)) if kind == "random" else 0)
     scale = draw(st.sampled_from([None, None, 0.05, 0.5] if "custom_scale" in has else [None]))
+    dtype = draw(st.sampled_from(_declared(["float32", "float64"], variant.dtypes)))
     return Problem(batch=draw(st.integers(1, 2)), lq=lq, lk=lk, hq=hq, hkv=hkv, dqk=dqk, dv=dv,
-                   mask=mask, scale=scale, dtype=draw(st.sampled_from(_declared(["float32", "float64"], variant.dtypes))),
-                   seed=draw(st.integers(0, 3)))
+                   mask=mask, scale=scale, dtype=dtype, seed=draw(st.integers(0, 3)))
 
 
 def hypothesis_variants(config: pytest.Config) -> list[registry.Variant]:

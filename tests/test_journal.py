@@ -145,4 +145,3 @@ def test_the_sources_a_run_names_agree_however_they_were_named_and_include_the_v
     assert registry.named_sources([]) == (str(kernel),)
     monkeypatch.setenv("ATTNSUITE_VARIANTS", str(tmp_path / "v2" / "mine.py"))
     assert registry.named_sources([]) != (str(kernel),)
-

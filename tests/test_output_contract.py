@@ -123,8 +123,11 @@ def test_a_variant_that_raises_deep_inside_a_library_is_shown_at_its_own_line(tm
     (lib / "__init__.py").write_text("")
     (lib / "deep.py").write_text("def a():\n    b()\n\ndef b():\n    c()\n\ndef c():\n    d()\n\n"
                                  "def d():\n    raise AssertionError('input and other must have equal reduction dims')\n")
-    (tmp_path / "my_kernel.py").write_text("from triton import deep\n\n\ndef launch():\n    deep.a()  # the user's line\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    # the user's code sits in a folder named like the suite (a clone called "attnsuite"): still their own
+    mine_dir = tmp_path / "attnsuite"
+    mine_dir.mkdir()
+    (mine_dir / "my_kernel.py").write_text("from triton import deep\n\n\ndef launch():\n    deep.a()  # the user's line\n")
+    monkeypatch.syspath_prepend(str(mine_dir))
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.delitem(sys.modules, "triton", raising=False)
     monkeypatch.delitem(sys.modules, "triton.deep", raising=False)
