@@ -25,7 +25,11 @@ graph device time fell into two groups of fresh H200 machines, 8% apart, differe
 (docs/evidence/h200-2026-12-01-s14). Beside ``graph`` and ``kernel-sum`` it times
 ``kernel-sum-cold``: the profiler's kernel durations with the L2 overwritten before each call. If
 the cold figure agrees across machines where ``graph`` does not, what is left in L2 from the
-previous call is what differs, and cold device time is the measure to gate such steps by.
+previous call is what differs, and cold device time is the measure to gate such steps by. It also
+re-allocates each step's inputs ``--placements`` times, behind a pad of a different size each time
+(other physical addresses), and times ``graph`` and ``kernel-sum-cold`` for each: if one machine's
+spread over placements is as wide as the spread between machines, where the cache lands in memory
+is what differs, not the GPU.
 """
 
 from __future__ import annotations
@@ -110,11 +114,33 @@ def captured(fn) -> "torch.cuda.CUDAGraph":
     return graph
 
 
+def placements(name: str, problem: Problem, count: int) -> list[dict]:
+    """Graph and cold kernel-sum medians (ms) of the step with its inputs re-allocated ``count`` times,
+    each behind a pad of another size, so the KV cache lands on other physical pages."""
+    rows = []
+    for i in range(count):
+        pad = torch.empty((i * 37 + 3) * 2**20, dtype=torch.uint8, device="cuda")
+        case = prepare(registry.get(name), problem, requires_grad=False)
+
+        def fwd():
+            with torch.no_grad():
+                return case.forward()
+        graph = timing.device_time(fwd, "cuda").samples_s
+        cold = timing.device_time(fwd, "cuda", setup=lambda: timing.flush_l2("cuda"), allow_graph=False).samples_s
+        rows.append({"pad_mib": pad.numel() // 2**20, "graph_ms": statistics.median(graph) * 1e3,
+                     "cold_ms": statistics.median(cold) * 1e3})
+        case = pad = None
+        torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--cases", choices=("long", "decode"), default="long",
                     help="long: the memory-bound 16K steps (default); decode: the 134 MB KV-cache decode steps")
+    ap.add_argument("--placements", type=int, default=4,
+                    help="decode only: input allocations per step, each behind another pad size (default 4)")
     args = ap.parse_args()
     registry.load_all()
     decode = args.cases == "decode"
@@ -148,6 +174,9 @@ def main() -> int:
             row["kernels_graph"] = timing.profile_step(captured(fwd).replay, "cuda", top=8)
             print(json.dumps({"variant": name, "problem": problem.id, "event_ms": round(base, 4),
                               **{k: f"{v:+.2%}" for k, v in row["vs_event"].items()}}), flush=True)
+            if decode:
+                row["placements"] = placements(name, problem, args.placements)
+                print(json.dumps({"variant": name, "placements": row["placements"]}), flush=True)
             fh.write(json.dumps(row) + "\n")
             case = None
             torch.cuda.empty_cache()

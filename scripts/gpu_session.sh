@@ -30,10 +30,13 @@
 #             run so far says would end past it is not started, since a cut run is lost)
 #   devprobe  scripts/devtime_probe.py --cases PROBE_CASES (default decode: the 134 MB KV-cache decode
 #             steps by graph, kernel-sum and kernel-sum with a cold L2; run it on several fresh machines
-#             to see which measure agrees across them) (PROBE_S limit, default 300)
+#             to see which measure agrees across them) (PROBE_S limit, default 300), then
+#             scripts/deadrow_probe.py (which SDPA backend gets fully masked rows' gradients wrong;
+#             DEADROW_S limit, default 150)
 #   hosttests the CPU test command (scripts/test.sh's pytest: tests and test_correctness on the CPU,
 #             under xdist) on a host with a GPU, where CI never runs it: what a user's GPU workstation
-#             sees (HOST_S limit, default 540; WORKERS, default 4)
+#             sees (HOST_S limit, default 540; WORKERS, default 4; HOST_PATHS, default
+#             "tests test_correctness", narrows it)
 # STASH_PART=.carry/<set>-parts/part-N (carried in the same call) first stashes that part of a wheel
 # set too large for one call in /tmp/attnsuite-carry (scripts/carry_wheels.py); the call that runs
 # gpu_approximate.sh after the last part installs the set.
@@ -133,7 +136,10 @@ case "$call" in
     mkdir -p "$work/devprobe"
     timeout -s INT "${PROBE_S:-300}" python3 scripts/devtime_probe.py --cases "${PROBE_CASES:-decode}" \
       --out "$work/devprobe/devtime_probe.jsonl" > "$work/devprobe/run.log" 2>&1
-    echo "devprobe exit $?" | tee -a "$work/devprobe/run.log" ;;
+    echo "devprobe exit $?" | tee -a "$work/devprobe/run.log"
+    timeout -s INT "${DEADROW_S:-150}" python3 scripts/deadrow_probe.py --out "$work/devprobe/deadrow_probe.jsonl" \
+      > "$work/devprobe/deadrow.log" 2>&1
+    echo "deadrow exit $?" | tee -a "$work/devprobe/deadrow.log" ;;
   hosttests)
     mkdir -p "$work/hosttests"
     (
@@ -141,7 +147,7 @@ case "$call" in
       source scripts/gpu_common.sh  # sets $out from $OUT, $PY, ensure_xdist
       ensure_xdist
       par=(); [ "$xdist" = yes ] && par=(-n "${WORKERS:-4}")
-      timeout -s INT "${HOST_S:-540}" "$PY" -m pytest tests test_correctness -p no:cacheprovider -q -rfE "${par[@]}" \
+      timeout -s INT "${HOST_S:-540}" "$PY" -m pytest ${HOST_PATHS:-tests test_correctness} -p no:cacheprovider -q -rfE "${par[@]}" \
         --junitxml="$out/hosttests.xml" --attn-failures-log="$out/hosttests.failures" --durations=10 \
         > "$out/run.log" 2>&1
       echo "hosttests exit $? (xdist: $xdist)" | tee -a "$out/run.log"
