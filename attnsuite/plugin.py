@@ -2,7 +2,8 @@
 
 Sub-plugins, one job each: :mod:`attnsuite.plugin_bench` (benchmark options and timing fixtures),
 :mod:`attnsuite.plugin_gate` (baselines, verdicts, reports), :mod:`attnsuite.plugin_isolation` (the correctness
-tests against hostile variants: leaked state, crashes, hangs).
+tests against hostile variants: leaked state, crashes, hangs), :mod:`attnsuite.benchmark_json_option`
+(``--benchmark-json`` written whole or not at all, also on pytest-benchmark 4).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from . import problem_file, registry
 
 PROBLEM_FILES = pytest.StashKey[list]()  # the problems files this session loaded (resolved paths)
 
-SUBPLUGINS = ("attnsuite.plugin_bench", "attnsuite.plugin_gate", "attnsuite.plugin_isolation")
+SUBPLUGINS = ("attnsuite.plugin_bench", "attnsuite.plugin_gate", "attnsuite.plugin_isolation",
+              "attnsuite.benchmark_json_option")
 # Registered with this module (pytest reads a plugin's pytest_plugins at registration), so that
 # their command-line options exist before the command line is parsed.
 pytest_plugins = list(SUBPLUGINS)

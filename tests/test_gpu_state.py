@@ -12,8 +12,13 @@ import torch
 from attnsuite import gpu_state
 
 
-def test_without_nvml_there_is_no_sample_and_no_error():
-    # this CPU machine: torch.cuda's NVML helpers raise (no pynvml, no driver)
+def test_without_nvml_there_is_no_sample_and_no_error(monkeypatch):
+    # what torch.cuda's NVML helpers do without pynvml or a driver (on a GPU host too: they are replaced)
+    def no_nvml(device=None):
+        raise ModuleNotFoundError("pynvml does not seem to be installed or it can't be imported.")
+
+    for helper in ("clock_rate", "power_draw", "temperature", "_get_pynvml_handler"):
+        monkeypatch.setattr(torch.cuda, helper, no_nvml, raising=False)
     assert gpu_state.sample("cuda:0") is None
     assert gpu_state.describe(None) == ""
 

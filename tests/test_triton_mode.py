@@ -7,6 +7,7 @@ Triton test on CPU tensors failed (docs/evidence/h200-2026-12-01-s15).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,5 +47,51 @@ def test_the_cpu_correctness_run_interprets_triton_on_a_host_that_has_a_gpu():
                            "-k", "bitwise_deterministic"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     out = done.stdout + done.stderr
-    # passed, not skipped: a skip would say the interpreter was off for a CPU run
-    assert done.returncode == 0 and "1 passed" in out, out[-3000:]
+    fault = _interpreter_fault(env)
+    if fault:  # this Triton's interpreter cannot run the kernels at all: the skip must say that, not "off"
+        assert done.returncode == 0 and "1 skipped" in out and "interpreter cannot run" in out, out[-3000:]
+    else:  # passed, not skipped: a skip would say the interpreter was off for a CPU run
+        assert done.returncode == 0 and "1 passed" in out, out[-3000:]
+
+
+def _interpreter_fault(env: dict) -> str:
+    """triton_support.interpreter_fault() as a fresh interpreting process sees it ('' when none)."""
+    code = "from attnsuite import triton_support as t; print(t.interpreter_fault() or '')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "TRITON_INTERPRET": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+FAULTY_INTERPRETER = """
+import numpy, triton
+from triton.runtime import interpreter
+
+def refuse(self, *args, **kwargs):  # what triton 3.6's interpreter does under NumPy 2.4
+    raise interpreter.InterpreterError("TypeError") from TypeError("only 0-dimensional arrays can be converted")
+
+interpreter.GridExecutor.__call__ = refuse
+from attnsuite import triton_support as t
+print(t.device_reason("cpu"))
+print(triton.__version__, numpy.__version__)
+"""
+
+
+def test_an_interpreter_that_cannot_run_a_runtime_loop_bound_declines_cpu_tensors_naming_the_versions():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", FAULTY_INTERPRETER], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reason, versions = done.stdout.strip().splitlines()
+    triton_version, numpy_version = versions.split()
+    assert f"triton {triton_version}'s interpreter cannot run a loop over a runtime bound" in reason
+    assert f"numpy {numpy_version}" in reason and "only 0-dimensional arrays" in reason
+
+
+def test_the_pinned_triton_interpreter_runs_the_kernels():
+    triton = pytest.importorskip("triton")
+    pin = re.search(r'"triton==([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    if triton.__version__ != pin:
+        pytest.skip(f"triton {triton.__version__} here, not the dev extra's pin {pin}")
+    assert _interpreter_fault({**os.environ, "PYTHONPATH": str(ROOT)}) == ""
