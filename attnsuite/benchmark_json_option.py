@@ -1,7 +1,7 @@
 """pytest-benchmark's ``--benchmark-json`` made safe on the versions that open the file while parsing.
 
-pytest-benchmark 5 takes the option as a path and writes it after every case has run. Version 4
-(still preinstalled on GPU images: an H200 host had it) declares ``type=argparse.FileType("wb")``:
+pytest-benchmark 5.3 takes the option as a path and writes it after every case has run. Versions
+before 5.3 (5.2.3 is preinstalled on the H200 image) declare ``type=argparse.FileType("wb")``:
 argparse opens the file while parsing the command line, so
 
 - a folder that does not exist yet is a usage error (argparse names the path), and
@@ -13,7 +13,7 @@ pytest-benchmark 5.3.1 or later (pyproject.toml). What this sub-plugin does, fir
 ``pytest_configure`` hooks (before pytest-benchmark's own reads the option), is the rest: the
 emptied file is closed and removed, and the option becomes a :class:`DeferredJsonFile` that opens
 nothing until pytest-benchmark writes its JSON, then writes it atomically. So a run that is stopped,
-killed or refused leaves no empty file behind, and the file is whole or absent, as with version 5.
+killed or refused leaves no empty file behind, and the file is whole or absent, as with 5.3.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from . import baseline
 
 
 class DeferredJsonFile:
-    """A binary file-like that pytest-benchmark 4 writes its JSON into; the file is written on close.
+    """A binary file-like that pytest-benchmark before 5.3 writes its JSON into; the file is written on close.
 
     ``name`` is the path as given (what ``argparse.FileType`` files carry, read by
     ``plugin_bench.benchmark_json_path``). Its folder is made when it is written.

@@ -3,7 +3,7 @@
 Sub-plugins, one job each: :mod:`attnsuite.plugin_bench` (benchmark options and timing fixtures),
 :mod:`attnsuite.plugin_gate` (baselines, verdicts, reports), :mod:`attnsuite.plugin_isolation` (the correctness
 tests against hostile variants: leaked state, crashes, hangs), :mod:`attnsuite.benchmark_json_option`
-(``--benchmark-json`` written whole or not at all, also on pytest-benchmark 4).
+(``--benchmark-json`` written whole or not at all, also on pytest-benchmark before 5.3).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""--benchmark-json on pytest-benchmark 4, whose argparse type opens (and empties) the file while parsing:
-the suite closes and removes the emptied file and writes the JSON whole at the end (an H200 host's image
-had version 4: a killed run there left an empty JSON file)."""
+"""--benchmark-json on pytest-benchmark before 5.3, whose argparse type opens (and empties) the file while parsing:
+the suite closes and removes the emptied file and writes the JSON whole at the end (the H200 image
+has 5.2.3: a killed run there left an empty JSON file)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from attnsuite import benchmark_json_option as option
 def test_the_json_is_written_whole_when_the_block_closes_and_not_before(tmp_path):
     target = tmp_path / "new" / "sub" / "out.json"
     deferred = option.DeferredJsonFile(str(target))
-    with deferred as fh:  # how pytest-benchmark 4 writes it
+    with deferred as fh:  # how pytest-benchmark before 5.3 writes it
         fh.write(b'{"benchmarks": ')
         assert not target.exists()  # nothing on disk until the block closes
         fh.write('[1]}')

@@ -78,3 +78,33 @@ def test_only_the_declared_check_is_expected_to_fail(run):
     # the repeat check of the same variants, and every check of a variant that declares nothing, pass
     assert _outcome(run, "test_two_runs_agree", "ext-still-broken") == {"PASSED"}, run[-3000:]
     assert _outcome(run, "test_forward_matches_oracle", "ext-never-broken") == {"PASSED"}, run[-3000:]
+
+
+def _dead_row_problem(dtype="float16", align="bottom_right"):
+    from attnsuite.problem import Mask, Problem
+
+    # 20 query rows, 8 keys: bottom-right causal leaves rows 0-11 with no key; top-left leaves none
+    return Problem(batch=1, lq=20, lk=8, hq=2, hkv=2, dqk=16, dv=16, mask=Mask("causal", align=align),
+                   dtype=dtype, device="cuda")
+
+
+@pytest.mark.parametrize("capability,dtype,align,check,declared", [
+    ((9, 0), "float16", "bottom_right", "backward", True),  # H200: SDPA picks cuDNN, rows with no key
+    ((9, 0), "bfloat16", "bottom_right", "backward", True),
+    ((9, 0), "float16", "bottom_right", "forward", False),  # dead rows' outputs are reported, not compared
+    ((9, 0), "float16", "top_left", "backward", False),  # no fully masked row: cuDNN is right
+    ((9, 0), "float32", "bottom_right", "backward", False),  # cuDNN takes no fp32: another backend runs
+    ((8, 0), "float16", "bottom_right", "backward", False),  # before Hopper SDPA does not pick cuDNN
+], ids=["h200-fp16-backward", "h200-bf16-backward", "forward-not-declared", "no-dead-rows",
+        "fp32-not-cudnn", "ampere-not-cudnn"])
+def test_sdpa_boolmask_declares_the_cudnn_dead_row_backward_only_where_it_was_seen(
+        monkeypatch, capability, dtype, align, check, declared):
+    import torch
+
+    from attnsuite import registry
+
+    registry.load_all()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    seen = registry.get("sdpa-boolmask").known_defect(check, _dead_row_problem(dtype, align))
+    assert bool(seen) is declared, seen
