@@ -1012,6 +1012,9 @@ class Run:
     # what the run selected (a verdict.Scope, stored by the pytest gate as attnsuite.scope): a later
     # compare of this file judges the same cases as the run's own gate did (None: a file without it, or a baseline)
     scope: Optional[Any] = None
+    # the settings that made the run simulate something (--attn-inject-slowdown, --attn-mem-cap), in
+    # words: its figures are not the code's own, so no baseline is recorded from it (simulated_settings)
+    simulated: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -1118,6 +1121,7 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
             if problems:
                 raise ResultFileError(where, "; ".join(problems[:5]))
             calibration = dict(calibration) or None
+    simulated = simulated_settings(meta) if isinstance(meta, dict) else ()
     scope = meta.get("scope") if isinstance(meta, dict) else None
     if scope is not None:
         from .verdict import Scope  # verdict does not import this module: no cycle
@@ -1153,7 +1157,21 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
             dups.append(rec.key)
         records[rec.key] = rec
     return Run(records=records, fingerprint=fp, path=path, kind="result", foreign=foreign, duplicates=dups,
-               calibration=calibration, scope=scope)
+               calibration=calibration, scope=scope, simulated=simulated)
+
+
+def simulated_settings(meta: Mapping[str, Any]) -> tuple[str, ...]:
+    """The simulation settings a result's ``attnsuite`` object records, in words (empty when none):
+    a slowdown injected into some variants, or a memory cap that turns cases into out-of-memory."""
+    out = []
+    inject = meta.get("inject_slowdown")
+    if isinstance(inject, dict) and inject:
+        shown = " ".join(f"{name}={factor}" for name, factor in sorted(inject.items()))
+        out.append(f"--attn-inject-slowdown {shown} (a simulated slowdown)")
+    cap = meta.get("mem_cap_bytes")
+    if cap is not None:
+        out.append(f"--attn-mem-cap {cap} bytes (a simulated memory limit)")
+    return tuple(out)
 
 
 def load_run(path: os.PathLike | str) -> Run:
@@ -1297,6 +1315,8 @@ class MergeSummary:
     removed: list[str] = field(default_factory=list)
     # measured (ok) entries left in place because this run's case failed outright (crash, timeout, ...)
     kept: list[str] = field(default_factory=list)
+    # measured (ok) entries replaced by this run's unmeasured outcome (skipped, oom): their figures are gone
+    unmeasured: list[str] = field(default_factory=list)
     # the stored calibration before and after, when recording replaced it (the reference of every
     # case's "% of peak", not only of the cases recorded): None when it stayed as it was
     calibration_change: Optional[tuple[Optional[dict[str, Any]], dict[str, Any]]] = None
@@ -1308,6 +1328,10 @@ class MergeSummary:
         if self.kept:
             text += (f"; {len(self.kept)} measured case(s) kept, not replaced by this run's failure "
                      f"(e.g. {', '.join(self.kept[:3])}): a failing case stays a failure for the gate")
+        if self.unmeasured:
+            text += (f"; {len(self.unmeasured)} measured case(s) now recorded without figures, as this run's skip "
+                     f"or out-of-memory (e.g. {', '.join(self.unmeasured[:3])}): their times and memory are gone "
+                     "from the baseline")
         if self.calibration_change is not None:
             text += "; " + calibration_change_text(*self.calibration_change)
         for note in self.notes:
@@ -1429,6 +1453,8 @@ def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], 
             summary.unchanged.append(key)
         else:
             summary.updated.append(key)
+            if old.get("outcome") == "ok" and records[key].outcome != "ok":
+                summary.unmeasured.append(key)
         baseline.cases[key] = entry
     if prune_inside is not None:
         for key in sorted(baseline.cases):
@@ -1485,6 +1511,11 @@ def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[st
         raise ValueError(f"{one.label} has no machine fingerprint with an id: a baseline must say which machine it is for")
     if not one.records:
         raise ValueError(f"{one.label} has no case: nothing to record (the baseline is left as it was)")
+    for source in [one, *sources]:
+        if source.simulated:
+            raise ValueError(f"{source.label} was run with {'; '.join(source.simulated)}: its figures are not the "
+                             "code's own, and a baseline recorded from them would hide real regressions (the "
+                             "baseline is left as it was)")
     workloads, cases = list(workloads), list(cases)
     chosen = select_records(one.records, workloads=workloads, cases=cases)
     if not chosen:

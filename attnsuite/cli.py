@@ -15,10 +15,12 @@ with the thresholds of :func:`attnsuite.gate.thresholds_for`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from . import baseline as bl
 from . import ab, gate, report, summary
@@ -106,6 +108,10 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
 
 
 def cmd_record(args: argparse.Namespace, out) -> int:
+    _refuse_repeated_runs(args.result)
+    if not args.baseline and not Path(args.dir).is_dir():  # a typo had made a new folder (pytest refuses it too)
+        raise ValueError(f"--dir {args.dir}: {'is not a folder' if Path(args.dir).exists() else 'no such folder'} "
+                         "(make it first, or name the file with --baseline)")
     runs = [bl.load_results(path) for path in args.result]
     for path, one in zip(args.result, runs):
         if not one.records:  # recording nothing had still replaced the baseline's calibration
@@ -141,11 +147,29 @@ def cmd_record(args: argparse.Namespace, out) -> int:
     return EXIT_OK
 
 
+def _refuse_repeated_runs(paths: Sequence[str]) -> None:
+    """ValueError when two of the files ``record`` combines are one run (the same file, or the same
+    bytes under another name): counted twice, it had made "3 runs" of two and halved the spread."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        try:
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError:
+            continue  # load_results names the unreadable file
+        if digest in seen:
+            same = "the same file" if os.path.realpath(seen[digest]) == os.path.realpath(path) else "identical files"
+            raise ValueError(f"{seen[digest]} and {path} are {same}: each run is combined once (give each "
+                             "run's result file once)")
+        seen[digest] = path
+
+
 def cmd_report(args: argparse.Namespace, out) -> int:
     _check_outputs({"--markdown": args.markdown, "--html": args.html,
                     "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary or args.step_summary_top)},
                    {"--plots": args.plots})
     run = bl.load_run(args.result)
+    if not run.records:  # `record` refuses the same file: a report of nothing had exited 0
+        raise bl.ResultFileError(args.result, "no case in it: nothing to report")
     runs = {"this run": run.records}
     if args.baseline:
         base = bl.load_run(args.baseline)
@@ -190,13 +214,35 @@ def _read_gate_json(args: argparse.Namespace, records: Mapping[str, CaseRecord])
         gate_json = json.loads(Path(args.gate_json).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ValueError(f"--gate-json {args.gate_json}: cannot read it as JSON: {exc}") from None
-    if not isinstance(gate_json, dict) or not isinstance(gate_json.get("cases", []), list):
-        raise ValueError(f"--gate-json {args.gate_json}: not a gate JSON (an object with a \"cases\" list)")
-    keys = {c.get("key") for c in gate_json.get("cases", []) if isinstance(c, dict)}
+    if (not isinstance(gate_json, dict) or not isinstance(gate_json.get("compared"), bool)
+            or not isinstance(gate_json.get("cases"), list)):
+        raise ValueError(f"--gate-json {args.gate_json}: not a gate JSON (--attn-gate-json writes an object with "
+                         "\"compared\" and a \"cases\" list)")
+    keys = {c.get("key") for c in gate_json["cases"] if isinstance(c, dict)}
     if keys and not keys & set(records):  # another run's verdicts would be shown as this run's
         raise ValueError(f"--gate-json {args.gate_json}: none of its {len(keys)} cases is in {args.result} "
                          "(the gate JSON of another run?)")
+    other = _another_runs_figure(gate_json["cases"], records)
+    if other:
+        raise ValueError(f"--gate-json {args.gate_json}: not the verdicts of {args.result}: {other}")
     return gate_json
+
+
+def _another_runs_figure(cases: Sequence[Any], records: Mapping[str, CaseRecord]) -> str:
+    """The first case whose "this run" median in a gate JSON differs from the result's own ("" when none):
+    the verdicts of another run of the same cases. Cases measured a second time (confirmation) are
+    left out, since their figures may come from that measurement."""
+    for case in cases:
+        if not isinstance(case, dict) or case.get("confirmed") is not None:
+            continue
+        rec, theirs = records.get(case.get("key")), case.get("cur_median_ms")
+        ours = getattr(rec, "median_ms", None)
+        if not isinstance(theirs, (int, float)) or not isinstance(ours, (int, float)) or not ours:
+            continue
+        if abs(theirs - ours) > 1e-3 * abs(ours) + 1e-6:
+            return (f"{case['key']} has a median of {theirs:.4g} ms there and {ours:.4g} ms in the result "
+                    "(the gate JSON of another run of the same cases?)")
+    return ""
 
 
 def _write_html(args: argparse.Namespace, run: bl.Run, out) -> None:

@@ -164,7 +164,8 @@ def combine_runs(runs: Sequence[Run], allow_mismatch: bool = False) -> Combined:
             disagreeing[key] = outcomes
     label = " + ".join(r.path or r.kind for r in runs)
     run = Run(records=records, fingerprint=first.fingerprint, path=label, kind="result",
-              calibration=combine_calibrations([r.calibration for r in runs]))
+              calibration=combine_calibrations([r.calibration for r in runs]),
+              simulated=tuple(dict.fromkeys(s for r in runs for s in r.simulated)))
     return Combined(run, disagreeing)
 
 

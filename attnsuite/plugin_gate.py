@@ -127,6 +127,41 @@ def check_path_options(config: pytest.Config) -> None:
         why = bl.output_problem(target) if target else None
         if why:
             raise _usage(option, target, why)
+    if recording:
+        check_recording_options(config)
+
+
+def check_recording_options(config: pytest.Config) -> None:
+    """``--attn-record-baseline``: refused with a simulation option, and its target must be writable.
+
+    Both were found only after every case had run: a slowed or memory-capped run was recorded as the
+    code's own figures (hiding every later regression up to the injected factor), and an unwritable
+    target cost the whole run.
+    """
+    for option in ("--attn-inject-slowdown", "--attn-mem-cap"):
+        value = config.getoption(option, default=None)
+        if value:
+            shown = " ".join(value) if isinstance(value, (list, tuple)) else value
+            raise _usage("--attn-record-baseline", f"with {option} {shown}",
+                         "a simulated run's figures are not the code's own; record from a run without it")
+    named = config.getoption("--attn-baseline")
+    if named:
+        why = bl.output_problem(named)
+        if why:
+            raise _usage("--attn-baseline", named, f"cannot be recorded: {why}")
+    else:
+        folder = _baselines_dir(config)
+        why = bl.output_problem(folder / ".attnsuite-output-check") if folder.is_dir() else None
+        if why:
+            raise _usage("--attn-record-baseline", str(folder), f"the baselines folder cannot be written: {why}")
+
+
+def effective_gate_mode(config: pytest.Config) -> str:
+    """``--attn-gate``, except that a recording session never fails on a regression (it is replacing
+    the reference): there an enforcing gate reads as report mode, so that no output says FAIL
+    over a job that passed."""
+    mode = config.getoption("--attn-gate")
+    return "report" if mode == "enforce" and config.getoption("--attn-record-baseline") else mode
 
 
 @pytest.hookimpl(trylast=True)
@@ -355,7 +390,7 @@ def _judge(config: pytest.Config, run: bl.Run, base: bl.Baseline, path: Path, lo
     cmp.header = lookup_lines(lookup)
     cmp.fallback = bool(getattr(lookup, "fallback", False))
     cmp.promise = str(getattr(lookup, "promise", "") or "")
-    cmp.gate_mode = config.getoption("--attn-gate")
+    cmp.gate_mode = effective_gate_mode(config)
     return cmp
 
 
@@ -464,7 +499,7 @@ def _files(config: pytest.Config) -> list[tuple[str, str]]:
 
 def _summary_of(config: pytest.Config, records: Any, cmp: Optional[Comparison],
                 why_none: Sequence[str] = ()) -> summary.Summary:
-    mode = config.getoption("--attn-gate")
+    mode = effective_gate_mode(config)
     if mode == "off":
         why_none = ["the gate is off (--attn-gate off): nothing was compared"]
     return summary.build(records, cmp, gate_mode=mode, baseline_lines=why_none, files=_files(config),
@@ -630,7 +665,7 @@ def _gate_section(terminalreporter: Any, config: pytest.Config, state: GateState
         tr.write_line(line)
     if cmp is not None:
         tr.write_line(report.terminal_table(cmp))  # starts with the baseline and the calibration
-        mode = config.getoption("--attn-gate")
+        mode = effective_gate_mode(config)
         for line in report.gate_lines(cmp):
             tr.write_line(f"{'FAILED' if mode == 'enforce' else 'REPORTED'} {line}", red=mode == "enforce",
                           yellow=mode != "enforce")

@@ -222,7 +222,8 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
         out.append(f"> {md_escape(line)}")
     out.append("")
     if cmp.regressions:
-        out += [f"#### Regressions ({len(cmp.regressions)}): these fail the gate", ""]
+        fail = "these fail the gate" if cmp.gate_mode == "enforce" else "these would fail an enforcing gate"
+        out += [f"#### Regressions ({len(cmp.regressions)}): {fail}", ""]
         out += [_md_finding(v) for v in cmp.regressions]
         out += ["", "<details>", "<summary>Regressions as a table</summary>", "",
                 *_md_table(cmp.regressions, with_message=False), "", "</details>", ""]

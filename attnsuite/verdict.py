@@ -839,7 +839,9 @@ class Comparison:
         tail = f"; {unconfirmed} not confirmed by a second measurement" if unconfirmed else ""
         if self.out_of_scope:
             tail += f"; {self.out_of_scope} baseline cases outside this run's scope"
-        return f"{head} ({counts}){tail}"
+        # after a regression count, the verdict counts are a list of their own ("FAIL: 3 regression(s)
+        # (3 newly-failing, 3 same)" had read as three of the regressions being "same")
+        return f"{head}; verdicts: {counts}{tail}" if self.failed else f"{head} ({counts}){tail}"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary (the CLI's --format json, --attn-gate-json, the gate evaluation)."""

@@ -74,6 +74,7 @@ def test_compare_writes_markdown_and_json(runs, tmp_path):
 
 def test_compare_result_against_a_recorded_baseline_gives_the_same_verdicts(runs, tmp_path):
     old, _, worse = runs
+    (tmp_path / "baselines").mkdir()
     code, out = run_cli("record", old, "--dir", tmp_path / "baselines")
     assert code == 0 and "3 added" in out
     base = tmp_path / "baselines" / f"{FP_H100['id']}.json"

@@ -128,6 +128,44 @@ def test_a_gate_json_of_another_run_is_refused_not_shown_as_this_runs_verdict(tm
     assert cli.main(["report", str(result), "--gate-json", str(gate)]) == 0
 
 
+def test_a_gate_json_of_another_run_of_the_same_cases_is_refused_by_its_figures(tmp_path, capsys):
+    # the verdicts of a slowed run of the same cases had been shown as an unchanged run's "3 regression(s)"
+    recs = _records()
+    result = tmp_path / "bench.json"
+    result.write_text(json.dumps({"benchmarks": [{"name": k, "extra_info": r.to_extra_info()} for k, r in recs.items()]}))
+    other = _gate(recs)
+    for case in other["cases"]:  # what a gate JSON holds: the run's own median beside each verdict
+        case["cur_median_ms"] = recs[case["key"]].median_ms
+    gate = tmp_path / "gate.json"
+    gate.write_text(json.dumps(other))
+    assert cli.main(["report", str(result), "--gate-json", str(gate)]) == 0  # its own figures: taken
+    measured = [c for c in other["cases"] if c.get("cur_median_ms")]
+    measured[0]["cur_median_ms"] *= 1.5
+    gate = tmp_path / "gate.json"
+    gate.write_text(json.dumps(other))
+    status = cli.main(["report", str(result), "--gate-json", str(gate)])
+    err = capsys.readouterr().err
+    assert status == cli.EXIT_INPUT and f"not the verdicts of {result}: {measured[0]['key']} has a median of" in err
+
+
+@pytest.mark.parametrize("bad", ['{"foo": 1}', '{"cases": []}', '{"compared": true}'])
+def test_an_object_that_is_not_a_gate_json_is_refused(tmp_path, capsys, bad):
+    result = tmp_path / "bench.json"
+    result.write_text(json.dumps({"benchmarks": [{"name": k, "extra_info": r.to_extra_info()}
+                                                 for k, r in _records().items()]}))
+    gate = tmp_path / "gate.json"
+    gate.write_text(bad)
+    assert cli.main(["report", str(result), "--gate-json", str(gate)]) == cli.EXIT_INPUT
+    assert "not a gate JSON" in capsys.readouterr().err
+
+
+def test_a_report_of_a_result_with_no_case_is_an_error(tmp_path, capsys):
+    result = tmp_path / "zero.json"
+    result.write_text(json.dumps({"benchmarks": [], "attnsuite": {"schema": 1}}))
+    assert cli.main(["report", str(result)]) == cli.EXIT_INPUT
+    assert f"{result}: no case in it: nothing to report" in capsys.readouterr().err
+
+
 def _browser_path():
     env = os.environ.get("ATTNSUITE_CHROMIUM")
     if env:

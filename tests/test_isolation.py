@@ -169,6 +169,22 @@ def test_a_bad_option_value_is_a_usage_error_naming_the_option(pytester, project
     assert option in err and words in err, err
 
 
+@pytest.mark.parametrize("extra, words", [
+    (("--attn-inject-slowdown=explicit=3",), "--attn-record-baseline with --attn-inject-slowdown explicit=3: a "
+                                             "simulated run's figures are not the code's own"),
+    (("--attn-mem-cap=1MiB",), "--attn-record-baseline with --attn-mem-cap 1MiB: a simulated run's figures"),
+    (("--attn-baseline=/proc/b.json",), "--attn-baseline /proc/b.json: cannot be recorded: cannot write in /proc"),
+    (("--attn-baseline=hostile.py/b.json",), "--attn-baseline hostile.py/b.json: cannot be recorded:"),
+], ids=["injected-slowdown", "memory-cap", "unwritable-file", "file-as-folder"])
+def test_a_recording_that_could_not_be_kept_is_refused_before_any_case_runs(pytester, project, extra, words):
+    # a slowed run had been recorded as the code's figures; an unwritable target was found after the whole run
+    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-record-baseline",
+                                                  f"--attn-baselines-dir={project}", *extra))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert words in result.stderr.str(), result.stderr.str()
+    assert not list(project.glob("*.json"))
+
+
 def test_cases_spread_over_two_gpu_workers_keep_every_record_and_a_crash_takes_down_only_its_worker(pytester, project):
     # Two worker slots as on a 2-GPU host (the GPU count is patched: this machine has none; each
     # worker still gets its own CUDA_VISIBLE_DEVICES). Every case must land once, under its name,

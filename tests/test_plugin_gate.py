@@ -125,6 +125,26 @@ def test_report_mode_shows_regressions_without_failing(project):
     assert "**slower**" in (project.path / "gate.md").read_text()
 
 
+def test_report_mode_says_its_regressions_would_fail_an_enforcing_gate_not_that_they_fail(project):
+    record(project)
+    doctor(project, "alpha", median_ms=0.5)
+    project.runpytest(*QUIET, "--attn-gate", "report", "--attn-markdown", "gate.md")
+    text = (project.path / "gate.md").read_text()
+    assert "these would fail an enforcing gate" in text and "these fail the gate" not in text
+
+
+def test_a_recording_session_never_reads_fail_over_a_job_that_passed(project):
+    record(project)
+    doctor(project, "alpha", median_ms=0.5)
+    res = project.runpytest(*QUIET, "--attn-record-baseline", "--attn-markdown", "gate.md", "--attn-gate-json", "g.json")
+    assert res.ret == 0
+    text = (project.path / "gate.md").read_text()
+    assert "FAIL" not in text and "REPORTED" in text
+    assert json.loads((project.path / "g.json").read_text())["gate_mode"] == "report"
+    res.stdout.fnmatch_lines(["REPORTED slower: tiny/alpha/*"])
+    res.stdout.fnmatch_lines(["baseline recorded: *"])
+
+
 def test_a_corrupt_baseline_is_a_usage_error_naming_the_file(project):
     record(project)
     (project.path / BASELINE).write_text('{"schema": "attnsuite-baseline", "version": 1, "cases": {')
@@ -178,7 +198,7 @@ def test_a_case_that_runs_out_of_memory_before_timing_is_judged_not_missing(proj
     assert res.ret == 1
     res.stdout.fnmatch_lines([f"FAILED newly-oom: tiny/beta/fwd/{PROBLEM}: now out of memory (asked for 8 GiB)*"])
     assert "FAILED missing" not in res.stdout.str()
-    res.stdout.fnmatch_lines(["FAIL: 1 regression(s) (1 newly-oom, 2 same)"])
+    res.stdout.fnmatch_lines(["FAIL: 1 regression(s); verdicts: 1 newly-oom, 2 same"])
 
 
 def test_volatile_fingerprint_fields_stay_out_of_the_recorded_baseline(project):

@@ -67,9 +67,18 @@ def test_recording_a_result_with_no_case_is_refused_and_leaves_the_baseline_byte
 
 
 def test_recording_a_result_with_no_case_creates_no_baseline(tmp_path, capsys):
+    (tmp_path / "bl").mkdir()
     code, _ = run_cli("record", write_run(tmp_path / "empty.json", []), "--dir", tmp_path / "bl")
     assert code == 2 and "no case in it" in capsys.readouterr().err
-    assert not (tmp_path / "bl").exists()
+    assert not list((tmp_path / "bl").iterdir())
+
+
+def test_a_baselines_folder_that_does_not_exist_is_refused_not_made(tmp_path, capsys):
+    # a typo in --dir had made a new folder and recorded there, far from the baselines the gate reads
+    code, out = run_cli("record", write_run(tmp_path / "r.json", [rec("a")]), "--dir", tmp_path / "baslines")
+    assert code == 2 and "recorded" not in out
+    assert f"--dir {tmp_path / 'baslines'}: no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "baslines").exists()
 
 
 def test_filters_that_select_no_case_are_refused_and_write_nothing(tmp_path, capsys):
@@ -102,11 +111,26 @@ def test_a_recording_that_keeps_the_calibration_says_nothing_of_it(tmp_path):
 
 def test_combining_runs_says_how_many_cases_came_from_how_many_runs(tmp_path):
     runs = [write_result(tmp_path / "r0.json", [rec("all"), rec("one"), rec("two")]),
-            write_result(tmp_path / "r1.json", [rec("all")]),
-            write_result(tmp_path / "r2.json", [rec("all")])]
+            write_result(tmp_path / "r1.json", [rec("all", median_ms=1.01)]),
+            write_result(tmp_path / "r2.json", [rec("all", median_ms=1.02)])]
     code, out = run_cli("record", *runs, "--baseline", tmp_path / "b.json")
     assert code == 0, out
     assert "combined 3 runs: 1 case from 3 runs, 2 from 1 run; per case, the median of each timing statistic" in out
+
+
+@pytest.mark.parametrize("how", ["same-path", "copy"])
+def test_one_run_given_twice_is_refused_not_counted_twice(tmp_path, capsys, how):
+    # "combined 3 runs" of two, with the spread understated, had been recorded as a 3-run median
+    one = write_result(tmp_path / "r1.json", [rec("all")])
+    again = one
+    if how == "copy":
+        again = tmp_path / "copy.json"
+        again.write_bytes(one.read_bytes())
+    other = write_result(tmp_path / "r2.json", [rec("all", median_ms=1.02)])
+    code, out = run_cli("record", one, again, other, "--baseline", tmp_path / "b.json")
+    err = capsys.readouterr().err
+    assert code == 2 and "recorded" not in out and not (tmp_path / "b.json").exists()
+    assert f"{one} and {again} are {'the same file' if how == 'same-path' else 'identical files'}" in err
 
 
 def test_cases_by_run_count_orders_by_runs_and_counts_each_case_once():
@@ -238,3 +262,33 @@ def test_a_fastest_sample_above_its_median_is_refused_in_results_and_baselines(t
     entry = bl.entry_from_record(rec("a"))
     entry.update({low: 2.0, high: 1.0})
     assert any(f"{low} 2 is above {high} 1" in p for p in bl.validate_entry(bad.key, entry))
+
+
+@pytest.mark.parametrize("meta, words", [
+    ({"inject_slowdown": {"explicit": 3.0}}, "--attn-inject-slowdown explicit=3.0 (a simulated slowdown)"),
+    ({"mem_cap_bytes": 1048576}, "--attn-mem-cap 1048576 bytes (a simulated memory limit)"),
+], ids=["injected-slowdown", "memory-cap"])
+def test_a_simulated_run_is_never_recorded(tmp_path, capsys, meta, words):
+    # a run slowed 3x had been recorded as "1 updated": every later slowdown under 4x read as same
+    base = recorded(tmp_path)
+    before = base.read_bytes()
+    obj = result_json([rec("a")])
+    obj["attnsuite"].update(meta)
+    run = tmp_path / "sim.json"
+    run.write_text(json.dumps(obj))
+    code, out = run_cli("record", run, "--baseline", base)
+    err = capsys.readouterr().err
+    assert code == 2 and "recorded" not in out and words in err and "figures are not the code's own" in err
+    assert base.read_bytes() == before
+
+
+@pytest.mark.parametrize("outcome", ["skipped", "oom"])
+def test_measured_entries_replaced_by_an_unmeasured_outcome_are_named(tmp_path, outcome):
+    base = recorded(tmp_path)
+    extra = {"detail": "declared"} if outcome == "skipped" else {"oom_bytes": 1 << 30}
+    run = write_run(tmp_path / "now.json", [rec("a", outcome=outcome, min_ms=None, median_ms=None, iqr_ms=None,
+                                                device_ms=None, device_min_ms=None, device_iqr_ms=None,
+                                                peak_mem_bytes=None, **extra)])
+    code, out = run_cli("record", run, "--baseline", base)
+    assert code == 0, out
+    assert "1 measured case(s) now recorded without figures, as this run's skip or out-of-memory" in out
