@@ -107,7 +107,12 @@ def pytest_configure(config: pytest.Config) -> None:
     except problem_file.ProblemFileError as exc:
         raise pytest.UsageError(f"attnsuite: {exc}") from None  # names ATTNSUITE_PROBLEMS or --attn-problems
     # "a,b" as well as "--attn-only a --attn-only b", read once here for every plugin after this one
-    config.option.attn_only = [n.strip() for v in config.getoption("--attn-only") for n in v.split(",") if n.strip()]
+    given = config.getoption("--attn-only")
+    empty = [v for v in given if not v.strip(" ,")]
+    if empty:  # `--attn-only=$UNSET` had selected every variant
+        raise pytest.UsageError(f"attnsuite: --attn-only: {empty[0]!r} names no variant (an unset shell variable?); "
+                                "leave the option out to select every variant")
+    config.option.attn_only = [n.strip() for v in given for n in v.split(",") if n.strip()]
     for name in config.getoption("--attn-only"):
         try:
             registry.get(name)

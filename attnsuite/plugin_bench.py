@@ -57,7 +57,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--attn-workload", action="append", default=[], metavar="NAME",
                     help=f"benchmark only these workloads (repeatable): {', '.join(workloads.WORKLOADS)}")
     group.addoption("--attn-mode", action="append", default=[], choices=MODES,
-                    help="benchmark only these modes (repeatable): fwd, bwd, fwd+bwd")
+                    help="benchmark only these modes (repeatable): fwd, bwd, fwd+bwd, decode (the layers that "
+                         "declare incremental decoding)")
     group.addoption("--attn-mem-cap", default=None, metavar="BYTES",
                     help="memory cap, e.g. 24GiB: on CUDA the allocator is capped so a large GPU stands in "
                          "for a smaller one; on CPU each case's allocations are limited to it (and the "

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from . import registry, workloads
 from .problem import Mask, Problem, ProblemError
@@ -40,6 +41,8 @@ from .record import MODES
 VERSION = 1
 ENV = "ATTNSUITE_PROBLEMS"
 MAX_BYTES = 4 * 2**20
+FLOAT32_MAX = 3.4028234663852886e38
+_ALL_DTYPES = tuple(sorted(registry.ALL_DTYPES))
 
 _PROBLEM_FIELDS = {f.name: f for f in dataclasses.fields(Problem)}
 _MASK_FIELDS = {f.name: f for f in dataclasses.fields(Mask)}
@@ -59,6 +62,8 @@ def _read(path: Path) -> dict[str, Any]:
         raise ProblemFileError(f"{path}: no such file")
     if path.stat().st_size > MAX_BYTES:
         raise ProblemFileError(f"{path}: larger than {MAX_BYTES // 2**20} MiB; not a problems file")
+    if path.suffix in (".yaml", ".yml"):  # it had read as "not valid JSON: Expecting value"
+        raise ProblemFileError(f"{path}: a problems file is JSON (.json) or TOML (.toml); YAML is not read")
     text = path.read_bytes()
     try:
         if path.suffix == ".toml":
@@ -164,6 +169,10 @@ def problem_from(where: str, fields: dict[str, Any], device: str = "cpu") -> Pro
             kw[name] = _typed(where, name, value, int)
         elif name in ("scale", "softcap", "dropout"):
             kw[name] = float(_typed(where, name, value, (int, float)))
+            if not math.isfinite(kw[name]) or abs(kw[name]) > FLOAT32_MAX:
+                # JSON's 1e400 reads as infinity: every variant had failed "contains NaN or Inf"
+                raise ProblemFileError(f"{where}: field {name!r}: {value!r} is not a finite number that float32 "
+                                       "can hold")
         elif name == "alibi":
             kw[name] = _typed(where, name, value, bool)
         else:  # dtype, device, tag
@@ -179,6 +188,45 @@ def problem_from(where: str, fields: dict[str, Any], device: str = "cpu") -> Pro
         return Problem(**kw)
     except ProblemError as exc:
         raise ProblemFileError(f"{where}: {exc}") from None
+
+
+# Problem fields a correctness problem must not set, and why: each had been taken and then ignored
+# or judged wrongly.
+_NOT_IN_A_CORRECTNESS_PROBLEM = {
+    "dtype": "a correctness problem is checked in each dtype of 'dtypes' (a list; every dtype the run checks when "
+             "left out): write \"dtypes\": [...]",
+    "device": "a correctness problem runs on the run's device (--attn-device); leave the field out",
+    "dropout": "dropout draws random masks, which the deterministic float64 oracle cannot match (the suite checks "
+               "dropout statistically, test_correctness/test_dropout.py); use a workload entry to benchmark it",
+}
+
+
+def _same_but(a: Problem, b: Problem) -> list[str]:
+    """The fields in which two problems differ."""
+    return [f.name for f in dataclasses.fields(Problem) if getattr(a, f.name) != getattr(b, f.name)]
+
+
+def _id_twin(family: registry.Family, problem: Problem, earlier: Iterable[Problem]) -> Optional[str]:
+    """Why ``problem`` cannot be added to ``family``: another problem of it (its own, one added
+    before, or ``earlier`` in the same file) prints the same id but differs (ids show scale, softcap
+    and dropout to 3 significant figures). Tests are keyed by id, so one of the two had been
+    dropped without a word. Device and dtype are left out: an added problem takes the run's."""
+    def plain(p: Problem) -> Problem:
+        return p.with_(device="cpu", dtype="float32")
+
+    mine = plain(problem)
+    others: list[tuple[Problem, str]] = [(plain(q), "earlier in this file") for q in earlier]
+    for device in ("cpu", "cuda"):
+        try:
+            others += [(plain(q), "of the family") for q in registry.problems_of(family, device, _ALL_DTYPES)]
+        except Exception:  # noqa: BLE001 - a family whose problems need something absent: nothing to compare
+            continue
+    for other, where in others:
+        if other.id == mine.id and other != mine:
+            return (f"its id {mine.id} is also the id of another problem {where}, which differs in "
+                    f"{', '.join(_same_but(mine, other))} (ids show scale, softcap and dropout to 3 significant "
+                    "figures): change a field so that the two ids differ")
+    return None
 
 
 def _family(where: str, name: Any) -> registry.Family:
@@ -228,6 +276,9 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
         if len(set(dtypes)) < len(dtypes):
             raise ProblemFileError(f"{where}: field 'dtypes': {list(dtypes)} names a dtype twice")
         fields = {k: v for k, v in item.items() if k not in _PROBLEM_ENTRY_KEYS}
+        for name, why in _NOT_IN_A_CORRECTNESS_PROBLEM.items():
+            if name in fields:
+                raise ProblemFileError(f"{where}: field {name!r}: {why}")
         problem = problem_from(where, fields)
         _check_size(where, problem, oracle=True)
         twin = next((i for i, (f, q, _) in enumerate(problems) if f == family.name and q == problem), None)
@@ -240,6 +291,9 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
             except ProblemError as exc:
                 raise ProblemFileError(f"{where}: field 'dtypes': {exc}") from None
         _check_level(where, family, problem)
+        twin_id = _id_twin(family, problem, [q for f, q, _ in problems if f == family.name])
+        if twin_id:
+            raise ProblemFileError(f"{where}: {twin_id}")
         problems.append((family.name, problem, dtypes))
     entries: list[tuple[str, str, str, str, workloads.Entry]] = []
     for i, item in enumerate(_typed(str(p), "workloads", data.get("workloads", []), list)):
@@ -264,12 +318,16 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
                 raise ProblemFileError(f"{ewhere}: field 'tier': {tier!r} is not one of {', '.join(workloads.TIERS)}")
             family = _family(ewhere, entry["family"])
             fields = _typed(ewhere, "problem", entry["problem"], dict)
+            if "device" in fields:  # it had been ignored: the entry ran on the run's device
+                raise ProblemFileError(f"{ewhere}.problem: field 'device': a workload entry runs on the run's device "
+                                       "(--attn-device); leave the field out")
             # like the built-in entries: bf16 in the full tier, fp32 in the quick tier, unless stated
             fields = {"dtype": "bfloat16" if tier == "full" else "float32", **fields}
             problem = problem_from(f"{ewhere}.problem", fields)
             _check_size(f"{ewhere}.problem", problem, oracle=False)
             _check_level(f"{ewhere}.problem", family, problem)
-            modes = tuple(_typed(ewhere, "modes", entry.get("modes", list(MODES)), list))
+            # like the built-in entries: decode only when asked (a kernel variant never decodes)
+            modes = tuple(_typed(ewhere, "modes", entry.get("modes", list(workloads.ALL)), list))
             bad = [m for m in modes if m not in MODES]
             if bad or not modes:
                 raise ProblemFileError(f"{ewhere}: field 'modes': {bad or modes!r} not in {', '.join(MODES)}")

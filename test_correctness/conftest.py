@@ -60,8 +60,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--attn-compiled-problems",
         type=int,
         default=None,
-        help="on CPU, check torch.compile'd variants on only the first N problems of each family "
-        "and dtype (compiling costs 5-20 s per shape on 2 cores; default 2 on CPU, all on CUDA)",
+        help="on CPU, check torch.compile'd variants on only the first N of each family's own problems "
+        "per dtype (compiling costs 5-20 s per shape on 2 cores; default 2 on CPU, all on CUDA); problems "
+        "added with --attn-problems are always checked",
     )
 
 

@@ -74,3 +74,13 @@ def test_a_selection_with_nothing_for_a_check_module_is_reported_as_a_skip_there
 def test_a_comma_separated_selection_selects_what_the_repeated_option_does():
     # ATTNSUITE_VARIANTS takes "a,b"; --attn-only "a,b" had been refused as one unknown name
     assert _collect("sdpa,ring") == _collect("sdpa", "ring")
+
+
+@pytest.mark.parametrize("value", ["", ",", " "], ids=["empty", "comma", "space"])
+def test_an_empty_selection_is_a_usage_error_not_every_variant(value):
+    # `--attn-only=$UNSET` had selected every variant: a run of everything where one was meant
+    done = subprocess.run([sys.executable, "-m", "pytest", "test_correctness/test_variants.py", "--co", "-q",
+                           "-p", "no:cacheprovider", "-n", "0", f"--attn-only={value}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-1000:]
+    assert "--attn-only: " in done.stderr and "names no variant" in done.stderr, done.stderr[-1000:]

@@ -131,6 +131,30 @@ def test_loading_a_file_twice_adds_its_problems_once(tmp_path):
     (lambda d: d["problems"][0].update(lq=10**9, lk=10**9), "problems[0]: batch*hq*lq*lk = 4e+18 scores"),
     (lambda d: d["workloads"][0]["entries"][0]["problem"].update(lq=10**12, lk=10**12),
      "workloads[0].entries[0].problem: its inputs and output alone are"),
+    # found by a second fresh-user test: each had been accepted, then ignored, dropped or judged wrongly
+    (lambda d: d["problems"][0].update(scale=0.3004, lq=29, lk=29, hq=2, hkv=2, mask="causal"),
+     "problems[0]: its id b1-q29-h2-d32-causal-tl-s0.3-fp32-cpu is also the id of another problem of the family, which "
+     "differs in scale"),
+    (lambda d: d["problems"].append({**d["problems"][0], "scale": 0.3002}) or d["problems"][0].update(scale=0.3001),
+     "problems[1]: its id b1-q33k65-h4:2-d32-causal-br-s0.3-fp32-cpu is also the id of another problem earlier in this file"),
+    (lambda d: d["workloads"][0]["entries"].append(
+        {"tier": "quick", "family": "attention", "problem": {**d["workloads"][0]["entries"][0]["problem"],
+                                                             "scale": 0.3002}})
+     or d["workloads"][0]["entries"][0]["problem"].update(scale=0.3001),
+     "workloads[0].entries[1]: workload 'my-model' (quick tier) already has a problem with the id"),
+    (lambda d: d["problems"][0].update(dtype="bfloat16"), "problems[0]: field 'dtype': a correctness problem is "
+     "checked in each dtype of 'dtypes'"),
+    (lambda d: d["problems"][0].update(device="cuda"), "problems[0]: field 'device': a correctness problem runs on "
+     "the run's device"),
+    (lambda d: d["problems"][0].update(dropout=0.5), "problems[0]: field 'dropout': dropout draws random masks"),
+    (lambda d: d["workloads"][0]["entries"][0]["problem"].update(device="cuda"),
+     "workloads[0].entries[0].problem: field 'device': a workload entry runs on the run's device"),
+    (lambda d: d["problems"][0].update(softcap=float("inf")), "problems[0]: field 'softcap': inf is not a finite"),
+    (lambda d: d["problems"][0].update(scale=1e300), "problems[0]: field 'scale': 1e+300 is not a finite number "
+     "that float32 can hold"),
+    (lambda d: d["problems"][0].update(family="mha-layer", lq=32, lk=32, hq=2, hkv=2, dqk=8, d_model=24,
+                                       mask="causal"),
+     "problems[0]: family 'mha-layer': field 'd_model': 24 is not hq * dqk = 2 * 8 = 16"),
 ])
 def test_a_bad_entry_is_refused_naming_the_file_the_entry_and_the_field_and_nothing_is_added(tmp_path, change, words):
     data = json.loads(json.dumps(GOOD))
@@ -190,6 +214,26 @@ def test_an_added_problem_is_checked_for_the_selected_variant_only(pytester, out
         "test_correctness/test_variants.py", "-p", "no:cacheprovider", "-q", "--collect-only", "-n", "0",
         f"--attn-problems={outside / 'ours.json'}", "-k", "q33k65").stdout.str()
     assert "explicit@b1-q33k65-h4:2-d32-causal-br-fp32-cpu" in collected and "sdpa@b1-q33k65" in collected
+
+
+def test_a_yaml_file_is_refused_saying_which_formats_are_read(tmp_path):
+    with pytest.raises(problem_file.ProblemFileError, match="a problems file is JSON .* or TOML .*; YAML is not read"):
+        problem_file.load(_write(tmp_path, "version: 1\n", "p.yaml"))
+
+
+def test_a_workload_entry_without_modes_gets_the_built_in_entries_modes(tmp_path):
+    data = json.loads(json.dumps(GOOD))
+    del data["workloads"][0]["entries"][0]["modes"]
+    problem_file.load(_write(tmp_path, data))
+    assert workloads.get("my-model").quick[0].modes == workloads.ALL  # decode only when asked for
+
+
+def test_compiled_variants_check_every_added_problem_on_cpu(pytester, outside):
+    # the CPU limit on compiled variants (2 problems per dtype) had always stopped before the added ones
+    collected = pytester.runpytest_subprocess(
+        "test_correctness/test_variants.py", "-p", "no:cacheprovider", "-q", "--collect-only", "-n", "0",
+        f"--attn-problems={outside / 'ours.json'}", "--attn-only=compiled-explicit", "-k", "q33k65").stdout.str()
+    assert "compiled-explicit@b1-q33k65-h4:2-d32-causal-br-fp32-cpu" in collected
 
 
 def test_an_added_workload_is_benchmarked_in_the_worker_process(pytester, outside):

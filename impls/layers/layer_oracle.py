@@ -62,6 +62,16 @@ def _check_layer_problem(problem: Problem) -> None:
         raise ValueError(f"problem {problem.id}: the dense layer families have hq == hkv, got {problem.hq}:{problem.hkv}")
 
 
+def check_added_problem(problem: Problem) -> None:
+    """A problem from outside (``--attn-problems``) that the dense layer families can check: a layer
+    problem with hq == hkv whose model width is heads x head dim (what nn.MultiheadAttention and
+    every variant here take; another width had made every test of the problem a skip)."""
+    _check_layer_problem(problem)
+    if problem.d_model != problem.hq * problem.dqk:
+        raise ValueError(f"field 'd_model': {problem.d_model} is not hq * dqk = {problem.hq} * {problem.dqk} = "
+                         f"{problem.hq * problem.dqk}: the dense layer variants split the model width into the heads")
+
+
 def norm_kind(family: str) -> str:
     """'none', 'layernorm' or 'rmsnorm': the QK norm of a dense layer family."""
     try:
@@ -292,6 +302,7 @@ FAMILIES = {
             base=partial(_base, name),
             problems=partial(_problems, name),
             description=_DESCRIPTIONS[name],
+            check=check_added_problem,
         )
     )
     for name in LAYER_FAMILIES
