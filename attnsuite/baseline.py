@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, 
 
 from . import filelock
 from .record import FAILING_OUTCOMES, MODES, OUTCOMES, CaseRecord, case_key
+from .workloads import TIERS
 
 if TYPE_CHECKING:  # for annotations; the module imports verdict where it uses it, as run_from_benchmarks_json does
     from .verdict import Scope
@@ -494,6 +495,8 @@ def stable_calibration(cal: Optional[Mapping[str, Any]]) -> Optional[dict[str, A
         return None
     out: dict[str, Any] = {}
     for k, v in cal.items():
+        if k in _CALIBRATION_FIGURES and _is_number(v) and v <= 0:
+            continue  # a failed probe's figure: no reference at all beats a wrong one
         if isinstance(v, float):
             out[str(k)] = round_sig(v)
         elif isinstance(v, str):
@@ -743,6 +746,13 @@ def validate_entry(key: str, e: Any) -> list[str]:
         out.append(f"case {key!r}: materialises must be true or false")
     out.extend(f"case {key!r}: {p}" for p in order_problems(e.get))
     out.extend(f"case {key!r}: {p}" for p in spread_problems(e.get("instance_spread")))
+    # what recording never writes (hand edits `attnsuite check` had passed)
+    if e["outcome"] == "ok" and e.get("samples") == 0:
+        out.append(f"case {key!r}: samples is 0 in an ok case: a measured case has samples")
+    if "instance_spread" in e and not (_is_number(e.get("runs")) and e["runs"] > 1):
+        out.append(f"case {key!r}: instance_spread without runs > 1: a spread is between several runs")
+    if "tier" in e and e["tier"] not in TIERS:
+        out.append(f"case {key!r}: unknown tier {_show(e['tier'])} (expected one of {list(TIERS)})")
     unknown = set(e) - _ENTRY_FIELDS
     if unknown:
         out.append(f"case {key!r}: unknown fields {sorted(unknown)[:10]}")
@@ -780,6 +790,9 @@ def validate_baseline_json(obj: Any) -> list[str]:
             out.extend(validate_entry(key, e))
     if "calibration" in obj:
         out.extend(calibration_problems(obj["calibration"]))
+        cal = obj["calibration"] if isinstance(obj["calibration"], dict) else {}
+        out.extend(f"calibration.{name} is {_show(cal[name])}: a probe's figure is above 0"
+                   for name in _CALIBRATION_FIGURES if _is_number(cal.get(name)) and cal[name] <= 0)
     extra = set(obj) - {"schema", "version", "fingerprint", "cases", "calibration"}
     if extra:
         out.append(f"unknown top-level fields {sorted(extra)[:10]}")

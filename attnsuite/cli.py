@@ -285,7 +285,13 @@ def cmd_check(args: argparse.Namespace, out) -> int:
             continue
         try:
             b = bl.load_baseline(p)
-            print(f"ok {p}: {len(b.cases)} cases, fingerprint {bl.fingerprint_id(b.fingerprint)}", file=out)
+            fid = bl.fingerprint_id(b.fingerprint)
+            print(f"ok {p}: {len(b.cases)} cases, fingerprint {fid}", file=out)
+            if fid and Path(p).name != bl.baseline_path_for(b.fingerprint, ".").name:
+                # valid, but the gate finds a machine's baseline by its fingerprint id only
+                print(f"note: {p}: the gate looks for this machine's baseline as "
+                      f"{bl.baseline_path_for(b.fingerprint, '.').name}; under this name only --attn-baseline "
+                      "finds it", file=out)
         except bl.BaselineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             bad += 1

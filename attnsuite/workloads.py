@@ -18,7 +18,6 @@ device and dtype of the run.
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 

@@ -146,6 +146,30 @@ def test_check_validates_baselines(tmp_path, capsys):
     assert f"baseline {bad}: file is empty" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("edit, words", [
+    (lambda e, o: e.update(samples=0), "samples is 0 in an ok case"),
+    (lambda e, o: e.update(instance_spread={"min_ms": 0.01}), "instance_spread without runs > 1"),
+    (lambda e, o: e.update(tier="galactic"), "unknown tier 'galactic'"),
+    (lambda e, o: o.update(calibration={"matmul_tflops": -1}), "calibration.matmul_tflops is -1: a probe's figure"),
+], ids=["ok-without-samples", "spread-of-one-run", "unknown-tier", "negative-probe"])
+def test_check_refuses_what_recording_never_writes(tmp_path, capsys, edit, words):
+    # each hand edit had passed `attnsuite check` with "ok"
+    good = tmp_path / "b.json"
+    run_cli("record", write_result(tmp_path / "r.json", [rec()]), "--baseline", good)
+    obj = json.loads(good.read_text())
+    edit(next(iter(obj["cases"].values())), obj)
+    good.write_text(json.dumps(obj))
+    assert run_cli("check", good)[0] == 2
+    assert words in capsys.readouterr().err
+
+
+def test_check_says_when_a_baseline_is_not_named_after_its_machine(tmp_path):
+    path = tmp_path / "mine.json"
+    run_cli("record", write_result(tmp_path / "r.json", [rec()]), "--baseline", path)
+    code, out = run_cli("check", path)
+    assert code == 0 and f"the gate looks for this machine's baseline as {FP_H100['id']}.json" in out
+
+
 def test_report_writes_markdown_and_says_why_plots_are_missing(runs, tmp_path, monkeypatch):
     old, _, worse = runs
     summary = tmp_path / "summary.md"

@@ -292,3 +292,9 @@ def test_measured_entries_replaced_by_an_unmeasured_outcome_are_named(tmp_path, 
     code, out = run_cli("record", run, "--baseline", base)
     assert code == 0, out
     assert "1 measured case(s) now recorded without figures, as this run's skip or out-of-memory" in out
+
+
+def test_a_failed_probes_figure_is_not_stored_as_the_reference():
+    # a zero or negative probe figure would be refused by `check` and read back as every case's % of peak
+    assert bl.stable_calibration({"matmul_tflops": 0.0, "mem_bandwidth_gbs": 12.25, "device": "cpu"}) == \
+        {"mem_bandwidth_gbs": 12.25, "device": "cpu"}
