@@ -1028,6 +1028,9 @@ class Run:
     # the settings that made the run simulate something (--attn-inject-slowdown, --attn-mem-cap), in
     # words: its figures are not the code's own, so no baseline is recorded from it (simulated_settings)
     simulated: tuple[str, ...] = ()
+    # why the session that wrote the file did not run to its end ("" when it did): it holds a part
+    # of its selection, so no baseline is recorded from it
+    interrupted: str = ""
 
     @property
     def label(self) -> str:
@@ -1135,6 +1138,9 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
                 raise ResultFileError(where, "; ".join(problems[:5]))
             calibration = dict(calibration) or None
     simulated = simulated_settings(meta) if isinstance(meta, dict) else ()
+    interrupted = meta.get("interrupted") if isinstance(meta, dict) else None
+    if interrupted is not None and (not isinstance(interrupted, str) or _text_problem("interrupted", interrupted)):
+        raise ResultFileError(where, f"\"attnsuite.interrupted\" must be a short text, got {_show(interrupted)}")
     scope = meta.get("scope") if isinstance(meta, dict) else None
     if scope is not None:
         from .verdict import Scope  # verdict does not import this module: no cycle
@@ -1170,7 +1176,7 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
             dups.append(rec.key)
         records[rec.key] = rec
     return Run(records=records, fingerprint=fp, path=path, kind="result", foreign=foreign, duplicates=dups,
-               calibration=calibration, scope=scope, simulated=simulated)
+               calibration=calibration, scope=scope, simulated=simulated, interrupted=interrupted or "")
 
 
 def simulated_settings(meta: Mapping[str, Any]) -> tuple[str, ...]:
@@ -1525,6 +1531,9 @@ def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[st
     if not one.records:
         raise ValueError(f"{one.label} has no case: nothing to record (the baseline is left as it was)")
     for source in [one, *sources]:
+        if source.interrupted:
+            raise ValueError(f"{source.label}: the session that wrote it was {source.interrupted}, so it holds "
+                             "part of its selection; record from a run that finished (the baseline is left as it was)")
         if source.simulated:
             raise ValueError(f"{source.label} was run with {'; '.join(source.simulated)}: its figures are not the "
                              "code's own, and a baseline recorded from them would hide real regressions (the "

@@ -165,7 +165,8 @@ def combine_runs(runs: Sequence[Run], allow_mismatch: bool = False) -> Combined:
     label = " + ".join(r.path or r.kind for r in runs)
     run = Run(records=records, fingerprint=first.fingerprint, path=label, kind="result",
               calibration=combine_calibrations([r.calibration for r in runs]),
-              simulated=tuple(dict.fromkeys(s for r in runs for s in r.simulated)))
+              simulated=tuple(dict.fromkeys(s for r in runs for s in r.simulated)),
+              interrupted="; ".join(f"{r.path or r.kind}: {r.interrupted}" for r in runs if r.interrupted))
     return Combined(run, disagreeing)
 
 

@@ -107,6 +107,10 @@ def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
             all_notes.append(f"{run.foreign} benchmark(s) of {_label(run)} carry no attnsuite record: not judged")
     if cur.duplicates:
         all_notes.append(f"{len(cur.duplicates)} case keys appear twice in {cur.label}; the last one counts")
+    for run in (base, cur):
+        if getattr(run, "interrupted", ""):
+            all_notes.append(f"{_label(run)} comes from a session that was {run.interrupted}: it holds part of "
+                             "its selection")
     if thresholds.path:  # ThresholdConfig.path reads "thresholds <file>"
         all_notes.append(f"thresholds from {thresholds.path.removeprefix('thresholds ')}")
     else:

@@ -300,8 +300,11 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output
         if isinstance(meta, dict):
             # the selection travels with the file: `attnsuite compare` and `report` of it later judge the
             # same cases as this gate (a partial run's file had read as hundreds of "missing" cases)
+            why = _interrupted(state.session) if state.session is not None else None
+            if why:  # `attnsuite record` of this file refuses it, as --attn-record-baseline does now
+                meta["interrupted"] = why
             try:
-                interrupted = bool(state.session is not None and _interrupted(state.session))
+                interrupted = bool(why)
                 run = _run_of({"benchmarks": output_json.get("benchmarks", []), "attnsuite": meta})
                 meta["scope"] = scope_of(config, run, state, interrupted).to_json()
             except (bl.ResultFileError, ValueError) as exc:  # the JSON is written regardless

@@ -8,6 +8,8 @@ controls exactly what the gate sees.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -316,6 +318,19 @@ def test_recording_from_an_interrupted_session_writes_nothing_and_says_so(projec
                                        "test_zz.py")
     assert not (project.path / BASELINE).exists()
     res.stdout.fnmatch_lines(["baseline NOT recorded: the session was * nothing was written"])
+
+
+def test_the_json_of_an_interrupted_session_says_so_and_attnsuite_record_refuses_it(project):
+    # `attnsuite record` of the same session's JSON had recorded the partial run without a word
+    project.makepyfile(test_zz=INTERRUPTS["-x after a failure"])
+    project.runpytest_subprocess("-p", "no:cacheprovider", "-x", "--benchmark-json=out.json", "test_bench.py",
+                                 "test_zz.py")
+    meta = json.loads((project.path / "out.json").read_text())["attnsuite"]
+    assert meta["interrupted"].startswith("stopped early")
+    done = subprocess.run([sys.executable, "-m", "attnsuite", "record", "out.json", "--baseline", "b.json"],
+                          cwd=project.path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "the session that wrote it was stopped early" in done.stderr, done.stderr
+    assert not (project.path / "b.json").exists()
 
 
 def test_an_interrupted_session_never_reads_as_a_plain_pass(project):
