@@ -59,14 +59,13 @@ def _change_cells(v: CaseVerdict) -> tuple[str, str, str, str, str, str, str]:
     if v.statistic:
         judged, base_t, cur_t = v.statistic, fmt_ms(v.base_ms), fmt_ms(v.cur_ms)
         median = f"{fmt_ms(v.base_median_ms)} -> {fmt_ms(v.cur_median_ms)}"
-    else:
-        judged = "not gated" if v.time_note.endswith("not gated") else ""
-        base_t = fmt_ms(b.median_ms) if b and b.outcome == "ok" else (b.outcome if b else "-")
-        cur_t = fmt_ms(c.median_ms) if c and c.outcome == "ok" else (c.outcome if c else "not run")
-        median = ""
-        if judged:
-            base_t, cur_t = "-", "-"
-            median = f"{fmt_ms(b.median_ms if b else None)} -> {fmt_ms(c.median_ms if c else None)}"
+    else:  # no time judged (new, missing, failing, not gated): medians go in the median column only
+        judged = "not gated" if v.time_note.endswith("not gated") else "none"
+        base_t = "-" if b and b.outcome == "ok" else (b.outcome if b else "-")
+        cur_t = "-" if c and c.outcome == "ok" else (c.outcome if c else "not run")
+        base_m = b.median_ms if b and b.outcome == "ok" else None
+        cur_m = c.median_ms if c and c.outcome == "ok" else None
+        median = f"{fmt_ms(base_m)} -> {fmt_ms(cur_m)}" if base_m is not None or cur_m is not None else ""
     change = fmt_pct(v.time_change) if v.time_change is not None else ""
     if v.confirm_time_change is not None:
         change = f"{change or '-'} / {fmt_pct(v.confirm_time_change)}"

@@ -459,7 +459,9 @@ def time_basis(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) ->
 
 def _describe(r: CaseRecord) -> str:
     if r.outcome == "ok":
-        parts = [fmt_ms(r.device_ms if r.device_ms is not None else r.median_ms)]
+        # labelled: the figure is a median, not the fastest sample a time verdict judges
+        which = "device median" if r.device_ms is not None else "median"
+        parts = [f"{which} {fmt_ms(r.device_ms if r.device_ms is not None else r.median_ms)}"]
         if r.peak_mem_bytes is not None:
             parts.append(fmt_bytes(r.peak_mem_bytes))
         return "ok, " + ", ".join(parts)

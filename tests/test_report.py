@@ -249,3 +249,13 @@ def test_the_header_lines_open_the_terminal_table_and_the_markdown():
     md = report.markdown_diff(cmp).splitlines()
     assert md[3] == "> fallback baseline b.json: compatible machine (another CPU model)"
     assert md[4].startswith("> instance: copy 10 GB/s")
+
+
+def test_a_row_without_a_judged_time_shows_medians_only_in_the_median_column():
+    # a new case's median had sat in the "this run" column, where judged rows show the fastest sample
+    cmp = compare(by_key([rec("old")]), by_key([rec("new", median_ms=5.1, min_ms=3.6)]), device="cuda")
+    row = next(line for line in report.terminal_table(cmp).splitlines() if line.startswith("new"))
+    cells = row.split()
+    assert "none" in cells and "- -> 5.100 ms" in row and "3.600" not in row
+    missing = next(v for v in cmp.verdicts if v.verdict == "missing")
+    assert "baseline: ok, device median 1.000 ms" in missing.message
