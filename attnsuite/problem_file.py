@@ -16,8 +16,10 @@
 ``problems`` adds correctness problems to an existing family: every variant of the family is checked
 on them (each ``dtypes`` entry the run also has; all of the run's when absent; on the run's device).
 ``workloads`` adds benchmark entries: to an existing workload (its name) or to a new one (with a
-``description``). Problem fields are :class:`attnsuite.problem.Problem`'s (``lk`` defaults to ``lq``,
-``hkv`` to ``hq``, ``dv`` to ``dqk``; ``args`` a table of family settings), the mask a table of
+``description``). Problem fields are :class:`attnsuite.problem.Problem`'s (``lq``, ``hq`` and ``dqk``
+required; ``lk`` defaults to ``lq``, ``hkv`` to ``hq``, ``dv`` to ``dqk``; ``args`` a table of family
+settings; a correctness problem takes no ``dtype``, ``device`` or ``dropout``, a workload entry's
+problem no ``device``; an entry's ``modes`` default to fwd, bwd and fwd+bwd), the mask a table of
 :class:`attnsuite.problem.Mask`'s fields (only those its kind reads: ``Mask.FIELDS_OF_KIND``).
 Every error names the file, the entry and the field.
 
@@ -158,6 +160,9 @@ def problem_from(where: str, fields: dict[str, Any], device: str = "cpu") -> Pro
     """A :class:`Problem` from a file's table of fields (defaults: lk = lq, hkv = hq, dv = dqk)."""
     _typed(where, "problem", fields, dict)
     _unknown(where, fields, _PROBLEM_FIELDS)
+    for required in ("lq", "hq", "dqk"):  # Problem's own defaults (lq 17, ...) had stood in for a forgotten field
+        if required not in fields:
+            raise ProblemFileError(f"{where}: field {required!r} is required (lk, hkv and dv default to lq, hq and dqk)")
     kw: dict[str, Any] = {}
     for name, value in fields.items():
         if name == "mask":
@@ -260,6 +265,8 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
     version = data.get("version", VERSION)
     if version != VERSION:
         raise ProblemFileError(f"{p}: field 'version': {version!r} is not supported (this suite reads {VERSION})")
+    if not data.get("problems") and not data.get("workloads"):  # a file that adds nothing had loaded silently
+        raise ProblemFileError(f"{p}: no problems and no workloads: the file adds nothing")
     problems: list[tuple[str, Problem, tuple[str, ...]]] = []
     for i, item in enumerate(_typed(str(p), "problems", data.get("problems", []), list)):
         where = f"{p}: problems[{i}]"

@@ -152,6 +152,10 @@ def test_loading_a_file_twice_adds_its_problems_once(tmp_path):
     (lambda d: d["problems"][0].update(softcap=float("inf")), "problems[0]: field 'softcap': inf is not a finite"),
     (lambda d: d["problems"][0].update(scale=1e300), "problems[0]: field 'scale': 1e+300 is not a finite number "
      "that float32 can hold"),
+    (lambda d: d["problems"][0].pop("lq"), "problems[0]: field 'lq' is required"),
+    (lambda d: d["workloads"][0]["entries"][0]["problem"].pop("dqk"),
+     "workloads[0].entries[0].problem: field 'dqk' is required"),
+    (lambda d: d.update(problems=[], workloads=[]), "no problems and no workloads: the file adds nothing"),
     (lambda d: d["problems"][0].update(family="mha-layer", lq=32, lk=32, hq=2, hkv=2, dqk=8, d_model=24,
                                        mask="causal"),
      "problems[0]: family 'mha-layer': field 'd_model': 24 is not hq * dqk = 2 * 8 = 16"),
@@ -248,7 +252,7 @@ def test_an_added_workload_is_benchmarked_in_the_worker_process(pytester, outsid
 
 
 def test_a_bad_problems_file_is_a_usage_error_before_anything_runs(pytester, outside):
-    bad = _write(outside, {"problems": [{"family": "attention", "lq": -1}]}, "bad.json")
+    bad = _write(outside, {"problems": [{"family": "attention", "lq": -1, "hq": 2, "dqk": 16}]}, "bad.json")
     result = pytester.runpytest_subprocess("bench", "--benchmark-only", "-p", "no:cacheprovider",
                                            f"--attn-problems={bad}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
