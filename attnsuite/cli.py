@@ -230,18 +230,21 @@ def _read_gate_json(args: argparse.Namespace, records: Mapping[str, CaseRecord])
 
 def _another_runs_figure(cases: Sequence[Any], records: Mapping[str, CaseRecord]) -> str:
     """The first case whose "this run" median in a gate JSON differs from the result's own ("" when none):
-    the verdicts of another run of the same cases. Cases measured a second time (confirmation) are
-    left out, since their figures may come from that measurement."""
+    the verdicts of another run of the same cases. The median is of the judged statistic's timer
+    (device time on CUDA, verdict.time_basis). Cases measured a second time (confirmation) are left
+    out, since their figures may come from that measurement."""
     for case in cases:
         if not isinstance(case, dict) or case.get("confirmed") is not None:
             continue
         rec, theirs = records.get(case.get("key")), case.get("cur_median_ms")
-        ours = getattr(rec, "median_ms", None)
-        if not isinstance(theirs, (int, float)) or not isinstance(ours, (int, float)) or not ours:
+        device = str(case.get("statistic") or "").startswith("device")
+        ours = getattr(rec, "device_ms" if device else "median_ms", None)
+        if rec is None or not isinstance(theirs, (int, float)):
             continue
-        if abs(theirs - ours) > 1e-3 * abs(ours) + 1e-6:
-            return (f"{case['key']} has a median of {theirs:.4g} ms there and {ours:.4g} ms in the result "
-                    "(the gate JSON of another run of the same cases?)")
+        if not isinstance(ours, (int, float)) or abs(theirs - ours) > 1e-3 * abs(ours) + 1e-6:
+            shown = f"{ours:.4g} ms" if isinstance(ours, (int, float)) else "none"
+            return (f"{case['key']} has a {'device ' if device else ''}median of {theirs:.4g} ms there and {shown} "
+                    "in the result (the gate JSON of another run of the same cases?)")
     return ""
 
 

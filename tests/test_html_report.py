@@ -139,13 +139,22 @@ def test_a_gate_json_of_another_run_of_the_same_cases_is_refused_by_its_figures(
     gate = tmp_path / "gate.json"
     gate.write_text(json.dumps(other))
     assert cli.main(["report", str(result), "--gate-json", str(gate)]) == 0  # its own figures: taken
+    for case in other["cases"]:  # on CUDA the gate judges device time: the median beside it is the device median
+        case["statistic"], case["cur_median_ms"] = "device min", recs[case["key"]].median_ms * 0.9
+    gate.write_text(json.dumps(other))
+    status = cli.main(["report", str(result), "--gate-json", str(gate)])
+    assert status == cli.EXIT_INPUT and "has a device median of" in capsys.readouterr().err
+    for case in other["cases"]:
+        recs[case["key"]].device_ms = case["cur_median_ms"]
+    result.write_text(json.dumps({"benchmarks": [{"name": k, "extra_info": r.to_extra_info()} for k, r in recs.items()]}))
+    assert cli.main(["report", str(result), "--gate-json", str(gate)]) == 0  # device medians that agree: taken
     measured = [c for c in other["cases"] if c.get("cur_median_ms")]
     measured[0]["cur_median_ms"] *= 1.5
     gate = tmp_path / "gate.json"
     gate.write_text(json.dumps(other))
     status = cli.main(["report", str(result), "--gate-json", str(gate)])
     err = capsys.readouterr().err
-    assert status == cli.EXIT_INPUT and f"not the verdicts of {result}: {measured[0]['key']} has a median of" in err
+    assert status == cli.EXIT_INPUT and f"not the verdicts of {result}: {measured[0]['key']} has a device median of" in err
 
 
 @pytest.mark.parametrize("bad", ['{"foo": 1}', '{"cases": []}', '{"compared": true}'])
