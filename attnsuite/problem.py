@@ -197,6 +197,11 @@ class Problem:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 
+    def differs_in(self, other: "Problem") -> list[str]:
+        """The names of the fields in which ``other`` differs from this problem (say what two problems
+        with one id have apart: ids show scale, softcap and dropout to 3 significant figures)."""
+        return [f.name for f in dataclass_fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
     @property
     def id(self) -> str:
         """Short readable id, e.g. ``b2-q97k113-h4:2-d64-causal-br-fp32-cpu``."""

@@ -206,30 +206,34 @@ _NOT_IN_A_CORRECTNESS_PROBLEM = {
 }
 
 
-def _same_but(a: Problem, b: Problem) -> list[str]:
-    """The fields in which two problems differ."""
-    return [f.name for f in dataclasses.fields(Problem) if getattr(a, f.name) != getattr(b, f.name)]
+def _plain(problem: Problem) -> Problem:
+    """The problem as an added one is compared: device and dtype left out (it takes the run's)."""
+    return problem.with_(device="cpu", dtype="float32")
 
 
-def _id_twin(family: registry.Family, problem: Problem, earlier: Iterable[Problem]) -> Optional[str]:
-    """Why ``problem`` cannot be added to ``family``: another problem of it (its own, one added
-    before, or ``earlier`` in the same file) prints the same id but differs (ids show scale, softcap
-    and dropout to 3 significant figures). Tests are keyed by id, so one of the two had been
-    dropped without a word. Device and dtype are left out: an added problem takes the run's."""
-    def plain(p: Problem) -> Problem:
-        return p.with_(device="cpu", dtype="float32")
-
-    mine = plain(problem)
-    others: list[tuple[Problem, str]] = [(plain(q), "earlier in this file") for q in earlier]
+def _catalogue(family: registry.Family) -> list[Problem]:
+    """The family's problems on any device and dtype, each :func:`_plain` (what an added problem's id
+    must not repeat)."""
+    out: list[Problem] = []
     for device in ("cpu", "cuda"):
         try:
-            others += [(plain(q), "of the family") for q in registry.problems_of(family, device, _ALL_DTYPES)]
+            out += [_plain(q) for q in registry.problems_of(family, device, _ALL_DTYPES)]
         except Exception:  # noqa: BLE001 - a family whose problems need something absent: nothing to compare
             continue
+    return out
+
+
+def _id_twin(problem: Problem, catalogue: Iterable[Problem], earlier: Iterable[Problem]) -> Optional[str]:
+    """Why ``problem`` cannot be added to its family: another problem of it (one of its ``catalogue``,
+    see :func:`_catalogue`, or ``earlier`` in the same file) prints the same id but differs (ids show
+    scale, softcap and dropout to 3 significant figures). Tests are keyed by id, so one of the two
+    had been dropped without a word."""
+    mine = _plain(problem)
+    others = [(_plain(q), "earlier in this file") for q in earlier] + [(q, "of the family") for q in catalogue]
     for other, where in others:
         if other.id == mine.id and other != mine:
             return (f"its id {mine.id} is also the id of another problem {where}, which differs in "
-                    f"{', '.join(_same_but(mine, other))} (ids show scale, softcap and dropout to 3 significant "
+                    f"{', '.join(mine.differs_in(other))} (ids show scale, softcap and dropout to 3 significant "
                     "figures): change a field so that the two ids differ")
     return None
 
@@ -268,6 +272,7 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
     if not data.get("problems") and not data.get("workloads"):  # a file that adds nothing had loaded silently
         raise ProblemFileError(f"{p}: no problems and no workloads: the file adds nothing")
     problems: list[tuple[str, Problem, tuple[str, ...]]] = []
+    catalogues: dict[str, list[Problem]] = {}
     for i, item in enumerate(_typed(str(p), "problems", data.get("problems", []), list)):
         where = f"{p}: problems[{i}]"
         _typed(where, "entry", item, dict)
@@ -298,7 +303,9 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
             except ProblemError as exc:
                 raise ProblemFileError(f"{where}: field 'dtypes': {exc}") from None
         _check_level(where, family, problem)
-        twin_id = _id_twin(family, problem, [q for f, q, _ in problems if f == family.name])
+        if family.name not in catalogues:  # built once per family, not once per problem of the file
+            catalogues[family.name] = _catalogue(family)
+        twin_id = _id_twin(problem, catalogues[family.name], [q for f, q, _ in problems if f == family.name])
         if twin_id:
             raise ProblemFileError(f"{where}: {twin_id}")
         problems.append((family.name, problem, dtypes))

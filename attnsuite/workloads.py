@@ -17,7 +17,6 @@ device and dtype of the run.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
@@ -333,10 +332,8 @@ def duplicate_of(name: str, tier: str, entry: Entry, also: Sequence[Entry] = ())
             return (f"workload {name!r} ({tier} tier) already has problem {entry.problem.id} of family "
                     f"{entry.family!r}: one problem is one case key")
         if e.problem.id == entry.problem.id:  # two problems whose ids round alike: one case key for both
-            differ = [f.name for f in dataclasses.fields(entry.problem)
-                      if getattr(e.problem, f.name) != getattr(entry.problem, f.name)]
             return (f"workload {name!r} ({tier} tier) already has a problem with the id {entry.problem.id}, which "
-                    f"differs in {', '.join(differ)} (ids show scale, softcap and dropout to 3 significant figures): "
+                    f"differs in {', '.join(entry.problem.differs_in(e.problem))} (ids show scale, softcap and dropout to 3 significant figures): "
                     "one id is one case key; change a field so that the ids differ")
     return None
 
