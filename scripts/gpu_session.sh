@@ -33,6 +33,9 @@
 #             to see which measure agrees across them) (PROBE_S limit, default 300), then
 #             scripts/deadrow_probe.py (which SDPA backend gets fully masked rows' gradients wrong;
 #             DEADROW_S limit, default 150)
+#   mla       scripts/mla_tune.py (the absorbed-MLA kernel over tile configs at DeepSeek-V3 size; MLA_TUNE_S,
+#             default 300, stops starting configs), then scripts/triton_bench.py --stages mla (the whole
+#             layer's forward beside mla-expanded and mla-absorbed), then the MLA correctness tests on CUDA
 #   hosttests the CPU test command (scripts/test.sh's pytest: tests and test_correctness on the CPU,
 #             under xdist) on a host with a GPU, where CI never runs it: what a user's GPU workstation
 #             sees (HOST_S limit, default 540; WORKERS, default 4; HOST_PATHS, default
@@ -43,10 +46,10 @@
 # The archive $OUT/<call>.tgz is rewritten every PACK_S seconds (default 30) while the call runs, and
 # after each part: a call the device tool kills at its limit still returns what its parts had written
 # (s13 lost a whole isolation part that way, when the archive was packed only at the end).
-# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation|abeval|devprobe|hosttests
+# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation|abeval|devprobe|mla|hosttests
 set -uo pipefail
 cd "$(dirname "$0")/.."
-call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe or hosttests}
+call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, mla or hosttests}
 final=${OUT:-results}
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -140,6 +143,20 @@ case "$call" in
     timeout -s INT "${DEADROW_S:-150}" python3 scripts/deadrow_probe.py --out "$work/devprobe/deadrow_probe.jsonl" \
       > "$work/devprobe/deadrow.log" 2>&1
     echo "deadrow exit $?" | tee -a "$work/devprobe/deadrow.log" ;;
+  mla)
+    mkdir -p "$work/mla"
+    timeout -s INT $(( ${MLA_TUNE_S:-300} + 90 )) python3 scripts/mla_tune.py --out "$work/mla" \
+      --budget-s "${MLA_TUNE_S:-300}" > "$work/mla/run.log" 2>&1
+    echo "mla_tune exit $?" | tee -a "$work/mla/run.log"
+    pack
+    timeout -s INT "${MLA_BENCH_S:-150}" python3 scripts/triton_bench.py --out "$work/mla" --stages mla \
+      > "$work/mla/bench.log" 2>&1
+    echo "triton_bench mla exit $?" | tee -a "$work/mla/run.log"
+    pack
+    mkdir -p "$work/mla/c"
+    OUT=$work/mla/c PATHS=test_correctness timeout -s INT "${MLA_TESTS_S:-120}" bash scripts/gpu_correctness.sh \
+      -k "mla" > "$work/mla/c/run.log" 2>&1
+    echo "mla correctness exit $?" | tee -a "$work/mla/run.log" ;;
   hosttests)
     mkdir -p "$work/hosttests"
     (
@@ -152,7 +169,7 @@ case "$call" in
         > "$out/run.log" 2>&1
       echo "hosttests exit $? (xdist: $xdist)" | tee -a "$out/run.log"
     ) ;;
-  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, hosttests)" >&2; exit 2 ;;
+  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, mla, hosttests)" >&2; exit 2 ;;
 esac
 kill "$packer" 2> /dev/null; wait "$packer" 2> /dev/null
 pack

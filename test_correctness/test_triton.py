@@ -175,3 +175,41 @@ def test_the_mla_core_gives_the_same_output_when_its_heads_go_through_in_chunks(
     # head mapped to the wrong weights or rows would be off by O(1)
     tol = dict(rtol=1e-5, atol=1e-6) if x.dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)  # bf16 on CUDA
     torch.testing.assert_close(chunked, whole, **tol)
+
+
+def _mla_core_reference(q_lat, q_pe, kv, scale: float, causal: bool, dtype: torch.dtype) -> torch.Tensor:
+    """softmax(scale [q_lat, q_pe] kv^T, bottom-right causal) kv[..., :DL], computed in ``dtype``."""
+    dl, lq, lk = q_lat.shape[-1], q_lat.shape[-2], kv.shape[1]
+    q = torch.cat([q_lat, q_pe], dim=-1).to(dtype)
+    k = kv[:, None].to(dtype)
+    s = q @ k.transpose(-1, -2) * scale
+    if causal:
+        future = torch.ones(lq, lk, dtype=torch.bool, device=q.device).triu(lk - lq + 1)
+        s = s.masked_fill(future, float("-inf"))
+    return torch.softmax(s, dim=-1) @ k[..., :dl]
+
+
+# Rows are (query position, head) pairs: with 3 heads a tile of 32 rows starts at another query
+# position each time, so causal tiles run some key blocks unmasked and the rest masked; LK > LQ puts
+# the causal corner at the bottom right, as in decoding. "even": head dims that fill their blocks
+# (the loads without a column mask); "odd": padded ones.
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "nomask"])
+@pytest.mark.parametrize("dl,dr", [(32, 16), (24, 8)], ids=["even", "odd"])
+def test_the_mla_core_matches_float64_attention_across_tiles_and_key_blocks(causal, dl, dr, device):
+    from attnsuite_impls.mla.triton_kernels import kernels
+
+    dtype = getattr(torch, _dtype(device))
+    g = torch.Generator().manual_seed(7)
+    b, h, lq, lk = 2, 3, 40, 70
+    q_lat, q_pe, kv = (torch.randn(*shape, generator=g, dtype=torch.float64)
+                       for shape in ((b, h, lq, dl), (b, lq, h, dr), (b, lk, dl + dr)))
+    q_pe = q_pe.transpose(1, 2)  # read through its strides, as the layer passes it
+    scale = (dl + dr) ** -0.5
+    out = kernels("mla", device.split(":")[0]).mla_forward(
+        q_lat.to(device, dtype), q_pe.to(device, dtype), kv.to(device, dtype), scale, causal)
+    inputs = [t.to(dtype).double() for t in (q_lat, q_pe, kv)]  # the rounded inputs the kernel saw
+    ref = _mla_core_reference(*inputs, scale, causal, torch.float64)
+    base = _mla_core_reference(*(t.to(device, dtype) for t in (q_lat, q_pe, kv)), scale, causal, dtype)
+    c = compare(f"mla core {'causal' if causal else 'nomask'} dl {dl} dr {dr}", out.cpu(), ref, base.cpu(),
+                _dtype(device))
+    assert c.passed, c.describe()

@@ -50,19 +50,27 @@ class TritonAbsorbedMLA(MLA):
     """MLA, absorbed form, attention core in Triton."""
 
     def _attend_absorbed(self, q_nope, q_pe, c_kv, k_pe) -> torch.Tensor:
+        # Heads lead every tensor of the core (h, b * lq, ...): the per-head up-projections are then
+        # batched matmuls over contiguous operands, and the kernel writes its output in that layout
+        # (it follows q_lat's strides): only q_nope going in and each chunk's output coming out
+        # change layout, each element copied once.
         b, lq = q_nope.shape[0], q_nope.shape[1]
         w = self.wkv_b.view(self.h, self.dn + self.dv, self.kv_lora)
         w_uk, w_uv = w[:, : self.dn], w[:, self.dn :]
         kv = torch.cat([c_kv, k_pe], dim=-1)  # (b, lk, kv_lora + rope): the one shared head
+        q_h = q_nope.permute(2, 0, 1, 3).reshape(self.h, b * lq, self.dn)
         o = q_nope.new_empty((b, lq, self.h, self.dv))
         per_head = b * lq * self.kv_lora * q_nope.element_size()
         chunk = max(1, min(self.h, HEAD_CHUNK_BYTES // max(per_head, 1)))
         for h0 in range(0, self.h, chunk):
             heads = slice(h0, min(h0 + chunk, self.h))
-            q_lat = torch.einsum("blhn,hnc->bhlc", q_nope[:, :, heads], w_uk[heads])
-            o_lat = _MLACore.apply(q_lat, q_pe[:, :, heads].transpose(1, 2), kv, self.scale, self.causal)
-            o[:, :, heads] = torch.einsum("bhlc,hvc->blhv", o_lat, w_uv[heads])
-            q_lat = o_lat = None  # this chunk's latent tensors go before the next chunk's are made
+            n = heads.stop - heads.start
+            q_lat = torch.bmm(q_h[heads], w_uk[heads]).view(n, b, lq, self.kv_lora)
+            o_lat = _MLACore.apply(q_lat.transpose(0, 1), q_pe[:, :, heads].transpose(1, 2), kv, self.scale,
+                                   self.causal)
+            o_v = torch.bmm(o_lat.transpose(0, 1).reshape(n, b * lq, self.kv_lora), w_uv[heads].transpose(1, 2))
+            o[:, :, heads] = o_v.view(n, b, lq, self.dv).permute(1, 2, 0, 3)
+            q_lat = o_lat = o_v = None  # this chunk's latent tensors go before the next chunk's are made
         return o.reshape(b, lq, self.h * self.dv)
 
 

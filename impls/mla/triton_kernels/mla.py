@@ -2,13 +2,16 @@
 
 Imported through this package's :func:`kernels`. Queries come in two tensors, each read through
 its own strides: the latent part (B, H, LQ, DL) (the key up-projection folded into q) and the RoPE
-part (B, H, LQ, DR); the cache is (B, LK, DL +
-DR): the normalised latent c_kv then the roped k_pe, and the values are the cache's first DL
-columns. A program owns BLOCK_M rows of the (query position, head) grid, row r = (r // H, r % H):
-with DeepSeek-V3's 128 heads a tile's rows share one query position, so every latent tile loaded
-serves all of them, for the scores (with the RoPE part) and then as the values, without a copy.
-Causal masks are bottom-right (query i at position i + LK - LQ), as in decoding.
-Deterministic: each program owns its output rows, no atomics. Forward only.
+part (B, H, LQ, DR); the cache is (B, LK, DL + DR): the normalised latent c_kv then the roped
+k_pe, and the values are the cache's first DL columns. A program owns BLOCK_M rows of the
+(query position, head) grid, row r = (r // H, r % H): with DeepSeek-V3's 128 heads a tile's rows
+share one query position, so every latent tile loaded serves all of them, for the scores (with the
+RoPE part) and then as the values, without a copy.
+
+Causal masks are bottom-right (query i at position i + LK - LQ), as in decoding. The key blocks
+every row of a tile may see run without a mask; only the blocks past the tile's first query
+position (at most BLOCK_M / H + 1 of them) are masked. Deterministic: each program owns its output
+rows, no atomics. Forward only.
 """
 
 
@@ -34,16 +37,48 @@ def _cfg(bm, bn, warps, stages):
 MLA_CONFIGS = [_cfg(64, 32, 8, 2), _cfg(64, 64, 8, 1), _cfg(64, 32, 4, 2), _cfg(32, 64, 4, 2)]
 
 
+@triton.jit
+def _mla_block(acc, m_i, l_i, q_lat, q_pe, c_ptrs, pe_ptrs, start, offs_n, offs_l, offs_r, pos, hi, skn, DL, DR,
+               qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
+               DOT_F32: tl.constexpr):
+    """One key block of the online softmax; MASKED: the block holds keys some row may not see."""
+    n = start + offs_n
+    if EVEN_D and not MASKED:
+        c = tl.load(c_ptrs + start * skn)
+        pe = tl.load(pe_ptrs + start * skn)
+    else:
+        c = tl.load(c_ptrs + start * skn, mask=(n[:, None] < hi) & (offs_l[None, :] < DL), other=0.0)
+        pe = tl.load(pe_ptrs + start * skn, mask=(n[:, None] < hi) & (offs_r[None, :] < DR), other=0.0)
+    if DOT_F32:
+        c = c.to(tl.float32)
+        pe = pe.to(tl.float32)
+    s = tl.dot(q_lat, tl.trans(c))
+    s = tl.dot(q_pe, tl.trans(pe), s) * qk_scale
+    if MASKED:
+        ok = n[None, :] < hi
+        if CAUSAL:
+            ok = ok & (n[None, :] <= pos[:, None])
+        s = tl.where(ok, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: no NaN from -inf - -inf
+    p = tl.exp2(s - m_use[:, None])
+    alpha = tl.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(c.dtype), c, acc * alpha[:, None])  # the latent tile is also the value tile
+    return acc, m_new, l_i
+
+
 # the autotune key (attnsuite.triton_support.autotuned): code-selecting arguments, then the sizes
 # that decide the fastest config; BATCH is passed for the key alone (unused in the kernel)
-@autotuned(MLA_CONFIGS, ("BLOCK_DL", "BLOCK_DR", "MASK"), ("BATCH", "H", "LQ", "LK"))
+@autotuned(MLA_CONFIGS, ("BLOCK_DL", "BLOCK_DR", "CAUSAL", "EVEN_D"), ("BATCH", "H", "LQ", "LK"))
 @triton.jit(do_not_specialize=["BATCH"])
 def mla_fwd(Q, QR, KV, O, sqb, sqh, sqm, sqd, srb, srh, srm, srd, skb, skn, skd, sob, soh, som, sod,
             H, LQ, LK, OFF, qk_scale,
             DL, DR, BATCH, BLOCK_DL: tl.constexpr, BLOCK_DR: tl.constexpr,
-            MASK: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+            CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, DOT_F32: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
-    if MASK != 0:
+    if CAUSAL:
         pid = tl.num_programs(0) - 1 - pid  # the longest causal rows first
     b = tl.program_id(1)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -61,35 +96,24 @@ def mla_fwd(Q, QR, KV, O, sqb, sqh, sqm, sqd, srb, srh, srm, srd, skb, skn, skd,
         q_lat = q_lat.to(tl.float32)
         q_pe = q_pe.to(tl.float32)
     hi = LK
-    if MASK != 0:
-        last = tl.minimum(pid * BLOCK_M + BLOCK_M - 1, LQ * H - 1) // H  # the tile's last query
+    full = (LK // BLOCK_N) * BLOCK_N  # key blocks every row of the tile sees whole
+    if CAUSAL:
+        first = (pid * BLOCK_M) // H  # the tile's first and last query
+        last = tl.minimum(pid * BLOCK_M + BLOCK_M - 1, LQ * H - 1) // H
         hi = tl.minimum(LK, tl.maximum(last + OFF + 1, 0))
+        full = tl.minimum(full, (tl.maximum(first + OFF + 1, 0) // BLOCK_N) * BLOCK_N)
     pos = qi + OFF
     c_ptrs = KV + b * skb + offs_n[:, None] * skn + offs_l[None, :] * skd
     pe_ptrs = KV + b * skb + offs_n[:, None] * skn + (DL + offs_r[None, :]) * skd
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DL], tl.float32)
-    for start in range(0, hi, BLOCK_N):
-        n = start + offs_n
-        c = tl.load(c_ptrs + start * skn, mask=(n[:, None] < hi) & (offs_l[None, :] < DL), other=0.0)
-        pe = tl.load(pe_ptrs + start * skn, mask=(n[:, None] < hi) & (offs_r[None, :] < DR), other=0.0)
-        if DOT_F32:
-            c = c.to(tl.float32)
-            pe = pe.to(tl.float32)
-        s = tl.dot(q_lat, tl.trans(c))
-        s = tl.dot(q_pe, tl.trans(pe), s) * qk_scale
-        ok = n[None, :] < hi
-        if MASK != 0:
-            ok = ok & (n[None, :] <= pos[:, None])
-        s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_use[:, None])
-        alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(c.dtype), c, acc * alpha[:, None])  # the latent tile is also the value tile
-        m_i = m_new
+    for start in range(0, full, BLOCK_N):
+        acc, m_i, l_i = _mla_block(acc, m_i, l_i, q_lat, q_pe, c_ptrs, pe_ptrs, start, offs_n, offs_l, offs_r, pos,
+                                   hi, skn, DL, DR, qk_scale, False, CAUSAL, EVEN_D, DOT_F32)
+    for start in range(full, hi, BLOCK_N):
+        acc, m_i, l_i = _mla_block(acc, m_i, l_i, q_lat, q_pe, c_ptrs, pe_ptrs, start, offs_n, offs_l, offs_r, pos,
+                                   hi, skn, DL, DR, qk_scale, True, CAUSAL, EVEN_D, DOT_F32)
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(O + b * sob + h[:, None] * soh + qi[:, None] * som + offs_l[None, :] * sod, o.to(O.dtype.element_ty),
              mask=live[:, None] & (offs_l[None, :] < DL))
@@ -100,7 +124,9 @@ def mla_forward(q_lat: torch.Tensor, q_pe: torch.Tensor, kv: torch.Tensor, scale
 
     The query comes in its two parts, q_lat (B, H, LQ, DL) and q_pe (B, H, LQ, DR), each read
     through its own strides (q_pe may be a transposed view of the projection's output), so the
-    (B, H, LQ, DL + DR) concatenation is never built; kv is (B, LK, DL + DR).
+    (B, H, LQ, DL + DR) concatenation is never built; kv is (B, LK, DL + DR). The output has
+    q_lat's memory layout (a head-major q_lat gives a head-major o, ready for a batched matmul
+    over heads without a copy).
     """
 
     bsz, heads, lq, d_latent = q_lat.shape
@@ -109,13 +135,14 @@ def mla_forward(q_lat: torch.Tensor, q_pe: torch.Tensor, kv: torch.Tensor, scale
     dtype = q_lat.dtype
     if INTERPRET and dtype == torch.bfloat16:  # see flash._interp_upcast
         q_lat, q_pe, kv = q_lat.float(), q_pe.float(), kv.float()
-    o = torch.empty((bsz, heads, lq, d_latent), dtype=q_lat.dtype, device=q_lat.device)
+    o = torch.empty_like(q_lat)  # q_lat's strides (a permuted dense layout is kept)
+    bdl, bdr = max(16, triton.next_power_of_2(d_latent)), max(16, triton.next_power_of_2(dr))
 
     def grid(meta):
         return (triton.cdiv(lq * heads, meta["BLOCK_M"]), bsz)
 
     mla_fwd[grid](q_lat, q_pe, kv, o, *q_lat.stride(), *q_pe.stride(), *kv.stride(), *o.stride(), heads, lq, lk, lk - lq,
-                  scale * math.log2(math.e), DL=d_latent, DR=dr, BATCH=bsz,
-                  BLOCK_DL=max(16, triton.next_power_of_2(d_latent)), BLOCK_DR=max(16, triton.next_power_of_2(dr)),
-                  MASK=1 if causal else 0, DOT_F32=DOT_F32, **(INTERP_TILE if INTERPRET else {}))
+                  scale * math.log2(math.e), DL=d_latent, DR=dr, BATCH=bsz, BLOCK_DL=bdl, BLOCK_DR=bdr,
+                  CAUSAL=bool(causal), EVEN_D=(bdl == d_latent and bdr == dr),
+                  DOT_F32=DOT_F32, **(INTERP_TILE if INTERPRET else {}))
     return o.to(dtype)
