@@ -34,8 +34,9 @@
 #             scripts/deadrow_probe.py (which SDPA backend gets fully masked rows' gradients wrong;
 #             DEADROW_S limit, default 150)
 #   mla       scripts/mla_tune.py (the absorbed-MLA kernel over tile configs at DeepSeek-V3 size; MLA_TUNE_S,
-#             default 300, stops starting configs), then scripts/triton_bench.py --stages mla (the whole
-#             layer's forward beside mla-expanded and mla-absorbed), then the MLA correctness tests on CUDA
+#             default 300, stops starting configs; MLA_TUNE_ARGS adds options, e.g. --kernel-file), then
+#             scripts/triton_bench.py --stages mla (the whole layer's forward beside mla-expanded and
+#             mla-absorbed; MLA_BENCH_S), then the MLA correctness tests on CUDA (MLA_TESTS_S, default 150)
 #   hosttests the CPU test command (scripts/test.sh's pytest: tests and test_correctness on the CPU,
 #             under xdist) on a host with a GPU, where CI never runs it: what a user's GPU workstation
 #             sees (HOST_S limit, default 540; WORKERS, default 4; HOST_PATHS, default
@@ -146,7 +147,7 @@ case "$call" in
   mla)
     mkdir -p "$work/mla"
     timeout -s INT $(( ${MLA_TUNE_S:-300} + 90 )) python3 scripts/mla_tune.py --out "$work/mla" \
-      --budget-s "${MLA_TUNE_S:-300}" > "$work/mla/run.log" 2>&1
+      --budget-s "${MLA_TUNE_S:-300}" ${MLA_TUNE_ARGS:-} > "$work/mla/run.log" 2>&1
     echo "mla_tune exit $?" | tee -a "$work/mla/run.log"
     pack
     timeout -s INT "${MLA_BENCH_S:-150}" python3 scripts/triton_bench.py --out "$work/mla" --stages mla \
@@ -154,7 +155,7 @@ case "$call" in
     echo "triton_bench mla exit $?" | tee -a "$work/mla/run.log"
     pack
     mkdir -p "$work/mla/c"
-    OUT=$work/mla/c PATHS=test_correctness timeout -s INT "${MLA_TESTS_S:-120}" bash scripts/gpu_correctness.sh \
+    OUT=$work/mla/c PATHS=test_correctness timeout -s INT "${MLA_TESTS_S:-150}" bash scripts/gpu_correctness.sh \
       -k "mla" > "$work/mla/c/run.log" 2>&1
     echo "mla correctness exit $?" | tee -a "$work/mla/run.log" ;;
   hosttests)

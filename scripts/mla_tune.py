@@ -26,6 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+# A first sweep over the whole list (--wide) on an H200 (docs/triton.md, MLA) found every config at
+# 255 registers a thread and all but one spilling; 64 rows by 32-128 keys over 8 warps led. FOCUS is
+# that neighbourhood, for comparing kernel versions in one call.
+FOCUS = [(64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 8, 3), (64, 32, 8, 4), (64, 64, 8, 1), (64, 128, 8, 1),
+         (64, 16, 8, 4), (64, 64, 4, 2), (32, 64, 4, 2)]
+
+
 def candidates() -> list[tuple[int, int, int, int]]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) worth compiling: the query tile and the streamed
     latent tiles fit in an H100/H200's 227 KB of shared memory (576 bf16 columns each)."""
@@ -41,6 +48,14 @@ def candidates() -> list[tuple[int, int, int, int]]:
     return out
 
 
+def _compiled_facts(compiled) -> dict:
+    """Registers, spills and shared memory of a compiled kernel (what a fixed-config launch returns)."""
+    try:
+        return {"n_regs": compiled.n_regs, "n_spills": compiled.n_spills, "shared": compiled.metadata.shared}
+    except Exception as exc:  # Triton internals: say what was not found rather than fail the config
+        return {"compiled_facts": f"{type(exc).__name__}: {exc}"[:120]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "results"))
@@ -51,6 +66,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-causal", action="store_true")
     ap.add_argument("--budget-s", type=float, default=0.0,
                     help="start no new config after this many seconds (0: no limit); the JSON is rewritten per config")
+    ap.add_argument("--wide", action="store_true", help="every candidate config, not only FOCUS")
+    ap.add_argument("--kernel-file", action="append", default=[],
+                    help="a kernel module to time instead of the shipped one (a file with launch() and mla_forward(); "
+                         "repeatable; the shipped impls/mla/triton_kernels/mla.py is always timed first)")
     ap.add_argument("--only", default="", help="configs to time, e.g. 64x32x8x2,128x16x16x2 (default: all)")
     args = ap.parse_args(argv)
 
@@ -66,8 +85,14 @@ def main(argv=None) -> int:
     registry.load_all()
     from attnsuite_impls.mla.triton_kernels import kernels
 
-    mod = kernels("mla", "cuda")
-    jit = getattr(mod.mla_fwd, "fn", mod.mla_fwd)  # the raw kernel under the autotuner
+    import importlib.util
+
+    modules = [("shipped", kernels("mla", "cuda"))]
+    for i, path in enumerate(args.kernel_file):
+        spec = importlib.util.spec_from_file_location(f"mla_candidate_{i}", path)
+        cand = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cand)
+        modules.append((path, cand))
     b, h, lq, lk, dl, dr = args.batch, args.heads, args.lq, args.lk, 512, 64
     causal = not args.no_causal
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -94,37 +119,29 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(result, indent=1))
         os.replace(tmp, out_dir / "mla_tune.json")
 
-    def launch(o, cfg):
-        bm, bn, warps, stages = cfg
-        grid = (triton.cdiv(lq * h, bm), b)
-        return jit[grid](q_lat, q_pe, kv, o, *q_lat.stride(), *q_pe.stride(), *kv.stride(), *o.stride(), h, lq, lk,
-                         lk - lq, scale * math.log2(math.e), DL=dl, DR=dr, BATCH=b, BLOCK_DL=dl, BLOCK_DR=dr,
-                         CAUSAL=causal, EVEN_D=True, DOT_F32=False, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
-                         num_stages=stages)
-
     only = {tuple(int(x) for x in s.split("x")) for s in args.only.split(",") if s}
-    cfgs = [c for c in candidates() if not only or c in only] + [c for c in only if c not in candidates()]
-    # the autotuned entry point as the layer calls it, for the config the autotuner picks
-    rows = [("autotuned", None)] + [("x".join(map(str, c)), c) for c in cfgs]
+    pool = candidates() if args.wide else FOCUS
+    cfgs = [c for c in pool if not only or c in only] + [c for c in only if c not in pool]
     started = time.perf_counter()
-    for name, cfg in rows:
+    # the autotuned entry point as the layer calls it (shipped kernel), then each config on every
+    # kernel in turn: the kernels are compared over the same minutes of the machine's life
+    jobs = [("shipped", modules[0][1], "autotuned", None)]
+    jobs += [(kname, mod, "x".join(map(str, c)), c) for c in cfgs for kname, mod in modules]
+    for kname, mod, name, cfg in jobs:
         if args.budget_s and time.perf_counter() - started > args.budget_s:
-            result["cut"] = f"--budget-s {args.budget_s:g} reached before config {name}"
+            result["cut"] = f"--budget-s {args.budget_s:g} reached before {kname} config {name}"
             print(result["cut"], flush=True)
             break
-        row = {"config": name}
+        row = {"kernel": kname, "config": name}
         try:
             o = torch.empty_like(q_lat)
             t0 = time.perf_counter()
             if cfg is None:
-                fn = (lambda: mod.mla_forward(q_lat, q_pe, kv, scale, causal))
+                fn = (lambda mod=mod: mod.mla_forward(q_lat, q_pe, kv, scale, causal))
                 o = fn()
             else:
-                compiled = launch(o, cfg)
-                fn = (lambda o=o, cfg=cfg: launch(o, cfg))
-                row["n_regs"] = getattr(compiled, "n_regs", None)
-                row["n_spills"] = getattr(compiled, "n_spills", None)
-                row["shared"] = getattr(compiled, "metadata", None) and getattr(compiled.metadata, "shared", None)
+                fn = (lambda o=o, cfg=cfg, mod=mod: mod.launch(q_lat, q_pe, kv, o, scale, causal, cfg))
+                row.update(_compiled_facts(fn()))
             torch.cuda.synchronize()
             row["first_call_s"] = round(time.perf_counter() - t0, 2)
             row["max_abs_err"] = float((o.float() - ref).abs().max())
@@ -132,18 +149,18 @@ def main(argv=None) -> int:
             row["ms"] = ms
             row["tflops"] = flop / (ms * 1e-3) / 1e12
             if cfg is None:
-                tuner = mod.mla_fwd
-                row["chosen"] = str(getattr(tuner, "best_config", None))
+                row["chosen"] = str(getattr(mod.mla_fwd, "best_config", None))
         except Exception as exc:  # a config that does not compile (shared memory, registers) is reported
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]
         torch.cuda.empty_cache()
         print(json.dumps(row), flush=True)
         result["rows"].append(row)
         save()
-    ok = [r for r in result["rows"] if "ms" in r and r["config"] != "autotuned"]
-    if ok:
-        best = min(ok, key=lambda r: r["ms"])
-        print(f"fastest: {best['config']} {best['ms']:.3f} ms {best['tflops']:.1f} TFLOP/s", flush=True)
+    for kname, _ in modules:
+        ok = [r for r in result["rows"] if "ms" in r and r["config"] != "autotuned" and r["kernel"] == kname]
+        if ok:
+            best = min(ok, key=lambda r: r["ms"])
+            print(f"fastest {kname}: {best['config']} {best['ms']:.3f} ms {best['tflops']:.1f} TFLOP/s", flush=True)
     return 0
 
 

@@ -33,22 +33,29 @@ def _cfg(bm, bn, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
 
 
-# the fp32 accumulator is BLOCK_M x 512: 64 rows over 8 warps is 128 registers a thread already
-MLA_CONFIGS = [_cfg(64, 32, 8, 2), _cfg(64, 64, 8, 1), _cfg(64, 32, 4, 2), _cfg(32, 64, 4, 2)]
+# The fp32 accumulator is BLOCK_M x 512: 64 rows over 8 warps is 128 registers a thread already, and
+# every config compiles to 255 registers with some spilled. scripts/mla_tune.py on an H200
+# (docs/triton.md, MLA) put 64x64 over 8 warps, 2 stages first at DeepSeek-V3 size (~300 TFLOP/s),
+# 64x32 3 stages and 32x64 over 4 warps next; the last is the small-grid choice (decode steps).
+MLA_CONFIGS = [_cfg(64, 64, 8, 2), _cfg(64, 32, 8, 3), _cfg(32, 64, 4, 2)]
 
 
 @triton.jit
-def _mla_block(acc, m_i, l_i, q_lat, q_pe, c_ptrs, pe_ptrs, start, offs_n, offs_l, offs_r, pos, hi, skn, DL, DR,
+def _mla_block(acc, m_i, l_i, q_lat, q_pe, kv_b, skd, start, offs_n, offs_l, offs_r, pos, hi, skn, DL, DR,
                qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
                DOT_F32: tl.constexpr):
     """One key block of the online softmax; MASKED: the block holds keys some row may not see."""
     n = start + offs_n
+    # addresses formed per block from the batch's base (not a loop-carried pointer tensor of the
+    # whole tile): fewer registers spilled, 1-3% faster on an H200 (scripts/mla_tune.py)
+    c_ptrs = kv_b + n[:, None] * skn + offs_l[None, :] * skd
+    pe_ptrs = kv_b + n[:, None] * skn + (DL + offs_r[None, :]) * skd
     if EVEN_D and not MASKED:
-        c = tl.load(c_ptrs + start * skn)
-        pe = tl.load(pe_ptrs + start * skn)
+        c = tl.load(c_ptrs)
+        pe = tl.load(pe_ptrs)
     else:
-        c = tl.load(c_ptrs + start * skn, mask=(n[:, None] < hi) & (offs_l[None, :] < DL), other=0.0)
-        pe = tl.load(pe_ptrs + start * skn, mask=(n[:, None] < hi) & (offs_r[None, :] < DR), other=0.0)
+        c = tl.load(c_ptrs, mask=(n[:, None] < hi) & (offs_l[None, :] < DL), other=0.0)
+        pe = tl.load(pe_ptrs, mask=(n[:, None] < hi) & (offs_r[None, :] < DR), other=0.0)
     if DOT_F32:
         c = c.to(tl.float32)
         pe = pe.to(tl.float32)
@@ -103,20 +110,44 @@ def mla_fwd(Q, QR, KV, O, sqb, sqh, sqm, sqd, srb, srh, srm, srd, skb, skn, skd,
         hi = tl.minimum(LK, tl.maximum(last + OFF + 1, 0))
         full = tl.minimum(full, (tl.maximum(first + OFF + 1, 0) // BLOCK_N) * BLOCK_N)
     pos = qi + OFF
-    c_ptrs = KV + b * skb + offs_n[:, None] * skn + offs_l[None, :] * skd
-    pe_ptrs = KV + b * skb + offs_n[:, None] * skn + (DL + offs_r[None, :]) * skd
+    kv_b = KV + b * skb
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DL], tl.float32)
     for start in range(0, full, BLOCK_N):
-        acc, m_i, l_i = _mla_block(acc, m_i, l_i, q_lat, q_pe, c_ptrs, pe_ptrs, start, offs_n, offs_l, offs_r, pos,
+        acc, m_i, l_i = _mla_block(acc, m_i, l_i, q_lat, q_pe, kv_b, skd, start, offs_n, offs_l, offs_r, pos,
                                    hi, skn, DL, DR, qk_scale, False, CAUSAL, EVEN_D, DOT_F32)
     for start in range(full, hi, BLOCK_N):
-        acc, m_i, l_i = _mla_block(acc, m_i, l_i, q_lat, q_pe, c_ptrs, pe_ptrs, start, offs_n, offs_l, offs_r, pos,
+        acc, m_i, l_i = _mla_block(acc, m_i, l_i, q_lat, q_pe, kv_b, skd, start, offs_n, offs_l, offs_r, pos,
                                    hi, skn, DL, DR, qk_scale, True, CAUSAL, EVEN_D, DOT_F32)
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(O + b * sob + h[:, None] * soh + qi[:, None] * som + offs_l[None, :] * sod, o.to(O.dtype.element_ty),
              mask=live[:, None] & (offs_l[None, :] < DL))
+
+
+def launch(q_lat: torch.Tensor, q_pe: torch.Tensor, kv: torch.Tensor, o: torch.Tensor, scale: float, causal: bool,
+           config: tuple[int, int, int, int] | None = None):
+    """Run the kernel into ``o``; ``config`` (BLOCK_M, BLOCK_N, num_warps, num_stages) bypasses the
+    autotuner (scripts/mla_tune.py times each candidate that way). Returns what Triton's launch
+    returns (the compiled kernel, with its register and shared-memory figures, for a fixed config)."""
+    bsz, heads, lq, d_latent = q_lat.shape
+    lk, dr = kv.shape[1], q_pe.shape[-1]
+    bdl, bdr = max(16, triton.next_power_of_2(d_latent)), max(16, triton.next_power_of_2(dr))
+    if INTERPRET:
+        tiles = dict(INTERP_TILE)
+    elif config is not None:
+        bm, bn, warps, stages = config
+        tiles = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    else:
+        tiles = {}
+    kernel = mla_fwd.fn if (config is not None and not INTERPRET) else mla_fwd
+
+    def grid(meta):
+        return (triton.cdiv(lq * heads, meta["BLOCK_M"]), bsz)
+
+    return kernel[grid](q_lat, q_pe, kv, o, *q_lat.stride(), *q_pe.stride(), *kv.stride(), *o.stride(), heads, lq, lk, lk - lq,
+                 scale * math.log2(math.e), DL=d_latent, DR=dr, BATCH=bsz, BLOCK_DL=bdl, BLOCK_DR=bdr,
+                 CAUSAL=bool(causal), EVEN_D=(bdl == d_latent and bdr == dr), DOT_F32=DOT_F32, **tiles)
 
 
 def mla_forward(q_lat: torch.Tensor, q_pe: torch.Tensor, kv: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
@@ -128,21 +159,9 @@ def mla_forward(q_lat: torch.Tensor, q_pe: torch.Tensor, kv: torch.Tensor, scale
     q_lat's memory layout (a head-major q_lat gives a head-major o, ready for a batched matmul
     over heads without a copy).
     """
-
-    bsz, heads, lq, d_latent = q_lat.shape
-    lk = kv.shape[1]
-    dr = q_pe.shape[-1]
     dtype = q_lat.dtype
     if INTERPRET and dtype == torch.bfloat16:  # see flash._interp_upcast
         q_lat, q_pe, kv = q_lat.float(), q_pe.float(), kv.float()
     o = torch.empty_like(q_lat)  # q_lat's strides (a permuted dense layout is kept)
-    bdl, bdr = max(16, triton.next_power_of_2(d_latent)), max(16, triton.next_power_of_2(dr))
-
-    def grid(meta):
-        return (triton.cdiv(lq * heads, meta["BLOCK_M"]), bsz)
-
-    mla_fwd[grid](q_lat, q_pe, kv, o, *q_lat.stride(), *q_pe.stride(), *kv.stride(), *o.stride(), heads, lq, lk, lk - lq,
-                  scale * math.log2(math.e), DL=d_latent, DR=dr, BATCH=bsz, BLOCK_DL=bdl, BLOCK_DR=bdr,
-                  CAUSAL=bool(causal), EVEN_D=(bdl == d_latent and bdr == dr),
-                  DOT_F32=DOT_F32, **(INTERP_TILE if INTERPRET else {}))
+    launch(q_lat, q_pe, kv, o, scale, causal)
     return o.to(dtype)
