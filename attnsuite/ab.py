@@ -14,8 +14,8 @@ gate's. docs/ab.md says why this statistic and not a rank test, and what a run c
 
 Exit status: 0 pass; 1 a gating verdict (with ``--gate enforce``, the default); 2 bad input (no
 git repository, unknown ref, unreadable ``--cases-from``, a selection that runs no case) or a
-round that could not run (pytest crashed: its log tail is shown); 130 interrupted. The temporary
-worktree is removed in every case.
+round that could not run (pytest crashed: its log tail is shown); 130 interrupted (Ctrl-C); 143
+terminated (SIGTERM, e.g. a cancelled CI job). The temporary worktree is removed in every case.
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ from . import baseline as bl
 from . import report
 from .record import CaseRecord
 from .verdict import GATING, Comparison, ThresholdConfig, ThresholdsError
+from .wording import count
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143: what a shell reports for a process that SIGTERM ended
 MIN_ROUNDS = 3  # fewer rounds give no usable round-to-round spread (and a median of 2 is a mean)
 SIDES = ("base", "head")
 TREE_MARKER = Path("bench") / "test_workloads.py"  # a tree without it has no benchmarks to run
@@ -601,7 +603,7 @@ def run_rounds(plan: AbPlan, runner: Runner = run_round, out=None) -> AbRounds:
                           "phases": phases})
         if out is not None:
             where = f" ({', '.join(f'{k} {v:.1f}' for k, v in phases.items())})" if phases else ""
-            print(f"attnsuite ab: round {spec.index}/{len(specs)} {spec.side}: {len(run.records)} cases, "
+            print(f"attnsuite ab: round {spec.index}/{len(specs)} {spec.side}: {count(len(run.records), 'case')}, "
                   f"{took:.1f} s{where}", file=out, flush=True)
     return res
 
@@ -688,11 +690,15 @@ def _context(ref: str, sha: str, rounds: AbRounds, n: int, dirty: int, cases_not
     return lines
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM: unwound like Ctrl-C (the worktree is removed), reported as itself (exit 143, not 130)."""
+
+
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (a cancelled CI job) unwinds like Ctrl-C, so the worktree is still removed."""
     def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
+        raise _Terminated
 
     try:
         old = signal.signal(signal.SIGTERM, handler)
@@ -722,6 +728,9 @@ def cmd_ab(args: argparse.Namespace, out, runner: Runner = run_round) -> int:
         print(f"attnsuite ab: error: {exc}", file=err)
     except bl.FingerprintMismatch as exc:
         print(f"attnsuite ab: error: the rounds ran on different machines: {exc}", file=err)
+    except _Terminated:
+        print("attnsuite ab: terminated (SIGTERM); the base worktree was removed", file=err)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("attnsuite ab: interrupted; the base worktree was removed", file=err)
         return EXIT_INTERRUPTED

@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, Optional, Sequence
 
 from . import filelock
-from .record import FAILING_OUTCOMES, MODES, OUTCOMES, CaseRecord, case_key
+from .record import DEVICE_METHODS, FAILING_OUTCOMES, MODES, OUTCOMES, TIMERS, CaseRecord, case_key
+from .wording import none_of
 from .workloads import TIERS
 
 if TYPE_CHECKING:  # for annotations; the module imports verdict where it uses it, as run_from_benchmarks_json does
@@ -753,6 +754,11 @@ def validate_entry(key: str, e: Any) -> list[str]:
         out.append(f"case {key!r}: instance_spread without runs > 1: a spread is between several runs")
     if "tier" in e and e["tier"] not in TIERS:
         out.append(f"case {key!r}: unknown tier {_show(e['tier'])} (expected one of {list(TIERS)})")
+    # the verdict reads both (a CUDA timer, the device-time method): a value no run writes is a hand
+    # edit, and would be judged as something it is not
+    for name, allowed in (("timer", TIMERS), ("device_method", DEVICE_METHODS)):
+        if e.get(name) and isinstance(e[name], str) and e[name] not in allowed:
+            out.append(f"case {key!r}: unknown {name} {_show(e[name])} (expected one of {list(allowed)})")
     unknown = set(e) - _ENTRY_FIELDS
     if unknown:
         out.append(f"case {key!r}: unknown fields {sorted(unknown)[:10]}")
@@ -1542,7 +1548,7 @@ def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[st
     chosen = select_records(one.records, workloads=workloads, cases=cases)
     if not chosen:
         asked = " ".join([f"--workload {w}" for w in workloads] + [f"--case {c}" for c in cases])
-        raise ValueError(f"{asked}: none of the {len(one.records)} cases of {one.label} passes: nothing to record "
+        raise ValueError(f"{asked}: {none_of(len(one.records), 'case')} of {one.label} passes: nothing to record "
                          "(the baseline is left as it was)")
     inside = selection_of(list(sources) or [one], workloads=workloads, cases=cases) if prune else None
     with _Lock(path) as lock:

@@ -27,6 +27,7 @@ from . import ab, gate, report, summary
 from .combine import WIDE_SPREAD, combine_runs
 from .record import CaseRecord
 from .verdict import THRESHOLDS_SECTIONS, Comparison, Scope, ThresholdsError, load_thresholds
+from .wording import count, none_of
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
 
@@ -96,7 +97,7 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
         raise ValueError(f"no case was judged: {args.new}'s selection{narrowed} leave no case of either file "
                          f"to compare ({len(old.records)} in {args.old}, {len(new.records)} in {args.new})")
     if len(cmp.new) == len(cmp.verdicts):  # every case new: the files share no case (another dtype, another suite)
-        raise ValueError(f"no case was judged: none of the {len(cmp.new)} cases of {args.new} is in {args.old} "
+        raise ValueError(f"no case was judged: {none_of(len(cmp.new), 'case')} of {args.new} is in {args.old} "
                          f"(another dtype, device or tier? another suite's file?)")
     # The verdict line of the run's own summary (attnsuite.summary.verdict_line): a case of NEW that
     # crashed or failed its numerics fails here as it failed its pytest item, even as a "new" case.
@@ -190,7 +191,7 @@ def cmd_report(args: argparse.Namespace, out) -> int:
             last = summary.build(run.records, None, baseline_lines=["no baseline given (--baseline names one)"])
         text = report.markdown_run(run.records, context=[f"from `{args.result}`"],
                                    head=summary.markdown_lines(last, report.md_escape), calibration=calibration)
-        print(f"{len(run.records)} cases in {args.result}", file=out)
+        print(f"{count(len(run.records), 'case')} in {args.result}", file=out)
     if args.markdown:
         report.write_markdown(text, args.markdown)
         print(f"markdown written to {args.markdown}", file=out)
@@ -220,7 +221,7 @@ def _read_gate_json(args: argparse.Namespace, records: Mapping[str, CaseRecord])
                          "\"compared\" and a \"cases\" list)")
     keys = {c.get("key") for c in gate_json["cases"] if isinstance(c, dict)}
     if keys and not keys & set(records):  # another run's verdicts would be shown as this run's
-        raise ValueError(f"--gate-json {args.gate_json}: none of its {len(keys)} cases is in {args.result} "
+        raise ValueError(f"--gate-json {args.gate_json}: {none_of(len(keys), 'case', 'its')} is in {args.result} "
                          "(the gate JSON of another run?)")
     other = _another_runs_figure(gate_json["cases"], records)
     if other:
@@ -289,7 +290,7 @@ def cmd_check(args: argparse.Namespace, out) -> int:
         try:
             b = bl.load_baseline(p)
             fid = bl.fingerprint_id(b.fingerprint)
-            print(f"ok {p}: {len(b.cases)} cases, fingerprint {fid}", file=out)
+            print(f"ok {p}: {count(len(b.cases), 'case')}, fingerprint {fid}", file=out)
             if fid and Path(p).name != bl.baseline_path_for(b.fingerprint, ".").name:
                 # valid, but the gate finds a machine's baseline by its fingerprint id only
                 print(f"note: {p}: the gate looks for this machine's baseline as "

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Collection, Mapping, Optional, Sequence
 
 from .baseline import SPREAD_FIELDS, Run, check_compatible, check_same_cpu_model
-from .record import CaseRecord
+from .record import GRAPH_REPLAY, CaseRecord
 
 # worst first: when runs disagree the baseline keeps the outcome that gates least on the next run
 _SEVERITY = ("crash", "timeout", "error", "numerics", "oom", "skipped", "ok")
@@ -34,7 +34,7 @@ _SEVERITY = ("crash", "timeout", "error", "numerics", "oom", "skipped", "ok")
 _MEDIAN_FIELDS = ("median_ms", "iqr_ms", "min_ms", "launch_fraction", "tflops", "pct_peak")
 # device time and what is derived from it, taken from the runs that used one measuring method
 _DEVICE_FIELDS = ("device_ms", "device_iqr_ms", "device_min_ms", "host_overhead_ms")
-_PREFERRED_METHOD = "cuda-graph"  # the primary method (kernel-sum is its fallback), on a tie
+_PREFERRED_METHOD = GRAPH_REPLAY  # the primary method (kernel-sum is its fallback), on a tie
 
 
 WIDE_SPREAD = 0.10  # runs further apart than this on a case are named when a baseline is recorded

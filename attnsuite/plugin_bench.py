@@ -38,6 +38,7 @@ from .isolation import Failure, WorkerPool, WorkerStartError
 from .plugin import PROBLEM_FILES
 from .record import MODES, CaseRecord
 from .runner import BenchCase, RunSpec, add_scaling_efficiency, bench_cases
+from .wording import none_of
 from .worker import Worker
 
 DEFAULT_TIMEOUT_S = 300.0  # per case; compiling FlexAttention's backward on 2 CPU cores takes about a minute
@@ -414,9 +415,9 @@ class BenchRunner:
         if self.config.getoption("--attn-isolation") == "none":
             backends: list[Any] = [_InProcess(init)]
         else:
-            count = gpu_count(self.config)
-            if count > 1:
-                self.gpu_ids = visible_gpus(count)
+            gpus = gpu_count(self.config)
+            if gpus > 1:
+                self.gpu_ids = visible_gpus(gpus)
                 envs = [{**os.environ, "CUDA_VISIBLE_DEVICES": gpu} for gpu in self.gpu_ids]
             else:
                 envs = [None]
@@ -711,15 +712,23 @@ def nothing_selected(config: pytest.Config, items: Sequence[Any], deselected: in
     if any(bench_key(i) is not None for i in bench):
         return None
     if not bench:
-        return f"-k, -m or a deselection left none of the {deselected} benchmark cases"
+        return f"-k, -m or a deselection left {none_of(deselected, 'benchmark case')}"
     given = []
     for name in _SELECTION_OPTIONS:
         value = config.getoption(name, default=None)
         for v in (value if isinstance(value, list) else [value] if value else []):
             given.append(f"{name} {v}")
     spec = get_spec(config)
-    return (f"{' '.join(given) or 'these options'} select no case of the {spec.tier} tier on {spec.device} "
-            "(pytest bench --benchmark-only --collect-only -q lists what a selection holds)")
+    # a workload with no entry in this tier (e.g. a problems file's entries all `"tier": "full"`,
+    # run on CPU, whose default tier is quick): say so, and which tier has its entries
+    other = [t for t in workloads.TIERS if t != spec.tier]
+    hints = [f"workload {name!r} has no entry in the {spec.tier} tier"
+             + (f" (its entries are in the {other[0]} tier: add --attn-tier {other[0]})"
+                if workloads.WORKLOADS[name].tier(other[0]) else "")
+             for name in spec.workloads if name in workloads.WORKLOADS and not workloads.WORKLOADS[name].tier(spec.tier)]
+    return (f"{' '.join(given) or 'these options'} select no case of the {spec.tier} tier on {spec.device}"
+            + "".join(f"; {h}" for h in hints)
+            + " (pytest bench --benchmark-only --collect-only -q lists what a selection holds)")
 
 
 def _say(config: pytest.Config, line: str) -> None:

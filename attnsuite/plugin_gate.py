@@ -39,6 +39,7 @@ import pytest
 from . import baseline as bl
 from . import gate, plugin_bench, report, summary
 from .verdict import CONFIRMABLE, Comparison, Scope, ThresholdsError
+from .wording import count
 
 _STATE = pytest.StashKey["GateState"]()
 GATE_NODE = "attnsuite-gate"
@@ -518,9 +519,9 @@ def _interrupted_text(config: pytest.Config, records: Any) -> str:
     selected = len(state.selected_keys or ())
     ran = len(records or ())
     if selected > ran:
-        return (f"{why} after {ran} of {selected} selected cases; {selected - ran} did not run "
+        return (f"{why} after {ran} of {count(selected, 'selected case')}; {selected - ran} did not run "
                 "(--attn-resume carries on from the journal)")
-    return f"{why} after {ran} cases"
+    return f"{why} after {count(ran, 'case')}"
 
 
 def _summary_markdown(config: pytest.Config, records: Any, cmp: Optional[Comparison],

@@ -19,6 +19,12 @@ FAILING_OUTCOMES = ("numerics", "error", "crash", "timeout")
 # decode: one incremental-decoding step of a layer variant that declares decoding (docs/decode.md):
 # the problem's last ``decode_step`` tokens after a prefill of the rest, inference only.
 MODES = ("fwd", "bwd", "fwd+bwd", "decode")
+# how a record's times were taken (timing.measure): CUDA events on CUDA, the host clock elsewhere,
+# "custom-clock" when a caller supplied its own clock; "" when the case has no samples
+TIMERS = ("cuda-events", "perf_counter", "custom-clock")
+# how its device time was taken (timing.device_time): graph replay, else the profiler's kernel sum
+GRAPH_REPLAY, KERNEL_SUM = "cuda-graph", "kernel-sum"
+DEVICE_METHODS = (GRAPH_REPLAY, KERNEL_SUM)
 DECODE_STEP_ARG = "decode_step"  # the problem argument that says how many tokens one decode step adds
 
 
@@ -50,7 +56,7 @@ class CaseRecord:
     iqr_ms: Optional[float] = None  # spread: interquartile range of the samples
     min_ms: Optional[float] = None
     samples: int = 0
-    timer: str = ""  # "cuda-events" or "perf_counter"
+    timer: str = ""  # one of TIMERS, or "" without samples
     first_call_ms: Optional[float] = None  # compile / autotune / lazy init, outside the timed region
     mask_build_ms: Optional[float] = None  # outside the timed region
     # CUDA: share of a call's time before it returned to Python (timing.Timing.launch_fraction);
@@ -62,7 +68,7 @@ class CaseRecord:
     device_ms: Optional[float] = None
     device_iqr_ms: Optional[float] = None
     device_min_ms: Optional[float] = None
-    device_method: str = ""
+    device_method: str = ""  # one of DEVICE_METHODS, or "" without device time
     # event-bracketed median minus device median: what the host adds to a call (launches, Python)
     host_overhead_ms: Optional[float] = None
     # work

@@ -397,6 +397,21 @@ def problems_of(family: Family, device: str, dtypes: tuple) -> list[Problem]:
     return out
 
 
+def problems_left_out(device: str, dtypes: tuple) -> list[str]:
+    """One line per added problem that adds no test to this run: it names only dtypes the run does
+    not check (e.g. ``"dtypes": ["float16"]`` in a problems file, on CPU, which checks fp32, fp64 and
+    bf16). Without it such a problem vanished without a word."""
+    out = []
+    for family_name, added in sorted(_EXTRA_PROBLEMS.items()):
+        for problem, wanted, source in added:
+            if wanted and not set(wanted) & set(dtypes):
+                shown = problem.with_(device=device, dtype=wanted[0]).id
+                out.append(f"{source or 'add_problems'}: {family_name} problem {shown} asks for "
+                           f"{', '.join(wanted)}, which this run ({device}: {', '.join(dtypes)}) does not check: "
+                           "it adds no test (--attn-dtype chooses the run's dtypes)")
+    return out
+
+
 def family_of(variant: "Variant") -> Family:
     """The family a variant belongs to; a clear error naming the variant when it is unknown."""
     try:
@@ -470,8 +485,10 @@ def builtin_folder() -> Path:
 
 def load_builtin() -> None:
     """Load the built-in families and variants: the ``impls`` folder, through :func:`load_external`
-    like any package of variants from outside the repository (the core never names a family)."""
-    load_external(str(builtin_folder()), module_name=BUILTIN_PACKAGE)
+    like any package of variants from outside the repository (the core never names a family).
+    Their origin is :data:`BUILTIN_ORIGIN` however they were loaded (a script that calls this alone
+    had left it None, as if they were registered by hand)."""
+    _load_from(BUILTIN_ORIGIN, lambda: load_external(str(builtin_folder()), module_name=BUILTIN_PACKAGE))
 
 
 def _is_path(spec: str) -> bool:
@@ -665,7 +682,7 @@ def named_sources(external: Iterable[str] = ()) -> tuple[str, ...]:
 def load_all(external: Iterable[str] = ()) -> None:
     """Built-in variants, entry points, the ``ATTNSUITE_VARIANTS`` variable, then ``external``; then
     every variant's family is checked (:func:`check_families`)."""
-    _load_from(BUILTIN_ORIGIN, load_builtin)
+    load_builtin()
     load_entry_points()
     for where, spec in _named(external):
         source = f"{where} {spec.strip()!r}"

@@ -24,8 +24,9 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from .baseline import atomic_write_text
 from .record import CaseRecord
-from .summary import failed_counts, heading_status, percent_of_peak, skip_reason_class
+from .summary import failed_counts, heading_status, out_of_scope_line, percent_of_peak, skip_reason_class
 from .verdict import CaseVerdict, Comparison, fmt_bytes, fmt_ms, fmt_pct
+from .wording import count
 
 MARKER = "<!-- attnsuite-gate -->"
 _MD_ROWS_MAX = 400  # a PR comment is capped at 65536 characters; the unchanged list is cut first
@@ -174,9 +175,10 @@ def terminal_table(cmp: Comparison, *, show_same: bool = False, max_rows: int = 
     hidden = len(cmp.verdicts) - len(rows)
     skipped = 0 if show_same else len(new_skipped)
     if hidden - skipped:
-        lines.append(f"({hidden - skipped} unchanged cases not shown)")
+        lines.append(f"({count(hidden - skipped, 'unchanged case')} not shown)")
     if skipped:
-        lines.append(f"({skipped} new cases that are skipped not shown: counted by reason in the summary)")
+        lines.append(f"({count(skipped, 'new case')} that {'is' if skipped == 1 else 'are'} skipped not shown: "
+                     "counted by reason in the summary)")
     lines.append(cmp.summary())
     return "\n".join(lines)
 
@@ -211,12 +213,14 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
     status = heading_status(cmp, failed_counts({v.key: v.cur for v in cmp.verdicts if v.cur is not None}))
     counts = ", ".join(f"{n} {k}" for k, n in cmp.counts().items()) or "no cases"
     out = [MARKER, f"### {md_escape(title)}: {status}", "", *head]
-    out += [f"> {md_escape(line)}" for line in header_lines(cmp)]
+    # the summary in ``head`` quotes the baseline's lines already: each is quoted once
+    quoted = [f"> {md_escape(line)}" for line in header_lines(cmp)]
+    if cmp.out_of_scope:
+        quoted.append(f"> {md_escape(out_of_scope_line(cmp.out_of_scope))}")
+    out += [q for q in quoted if q not in head]
     if out[-1] != "":
         out.append("")
     out.append(f"{counts}. Baseline: {md_escape(cmp.baseline_label)}; compared with {md_escape(cmp.current_label)}.")
-    if cmp.out_of_scope:
-        out.append(f"{cmp.out_of_scope} baseline cases are outside this run's selection and were not judged.")
     for line in list(context) + cmp.notes:
         out.append(f"> {md_escape(line)}")
     out.append("")
@@ -235,13 +239,16 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
                 "", *_md_table(cmp.improvements), ""]
     new = [v for v in cmp.new if not (v.cur is not None and v.cur.outcome == "skipped")]
     if len(new) < len(cmp.new):
-        out += [f"{len(cmp.new) - len(new)} new cases are skipped (counted by reason in the summary above).", ""]
+        n = len(cmp.new) - len(new)
+        out += [f"{count(n, 'new case')} {'is' if n == 1 else 'are'} skipped (counted by reason in the summary above).",
+                ""]
     if new:
         out += [f"#### New cases ({len(new)})", "", *_md_table(new), ""]
     same = [v for v in cmp.unchanged if not v.skipped_in_both]  # those are counted by reason in the summary
     skipped = len(cmp.unchanged) - len(same)
     if skipped:
-        out += [f"{skipped} cases were skipped in both runs (counted by reason in the summary above).", ""]
+        out += [f"{count(skipped, 'case')} {'was' if skipped == 1 else 'were'} skipped in both runs "
+                "(counted by reason in the summary above).", ""]
     if same:
         shown = same[:_MD_ROWS_MAX]
         out += ["<details>", f"<summary>Unchanged ({len(same)})</summary>", "", *_md_table(shown)]
@@ -261,7 +268,7 @@ def markdown_run(records: Mapping[str, CaseRecord], *, title: str = "attnsuite r
     skipped = [r for r in records.values() if r.outcome == "skipped"]
     if skipped and not head:
         reasons = sorted({skip_reason_class(r) for r in skipped})
-        out += [f"{len(skipped)} cases skipped ({md_escape('; '.join(reasons))}).", ""]
+        out += [f"{count(len(skipped), 'case')} skipped ({md_escape('; '.join(reasons))}).", ""]
     out += ["TFLOP/s and % peak: by device time where a case has one (CUDA), else by the median.", ""]
     out.append("| workload | variant | mode | problem | outcome | median | IQR | device | TFLOP/s | % peak | "
                "peak memory | backend |")

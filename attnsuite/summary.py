@@ -19,6 +19,7 @@ from typing import Mapping, Optional, Sequence
 from . import flops
 from .record import FAILING_OUTCOMES, CaseRecord
 from .verdict import Comparison, CaseVerdict, fmt_ms, fmt_pct
+from .wording import count, none_of
 
 MODE_PREFERENCE = ("fwd+bwd", "fwd", "bwd")  # the mode a workload's best variant is named for
 MAX_REGRESSIONS = 12  # more are counted, and listed in gate.md
@@ -172,7 +173,7 @@ def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode:
     as a plain pass. ``failed_cases`` counts this run's failing outcomes (crash, error, ...): each
     fails its pytest item whatever the gate says, so the line leads with them and never reads PASS.
     """
-    among = f"{judged} cases judged"
+    among = f"{count(judged, 'case')} judged"
     if skipped_in_both and skipped_in_both == judged:
         among += " (none measured: every one was skipped here and in the baseline)"
     elif skipped_in_both:
@@ -180,7 +181,7 @@ def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode:
     new_text = f"; {new} new, not in the baseline (not judged)" if new else ""
     failed = {k: n for k, n in (failed_cases or {}).items() if n}
     if not judged:
-        gate = (f"none of the {new} cases is in the baseline: nothing was judged" if new
+        gate = (f"{none_of(new, 'case')} is in the baseline: nothing was judged" if new
                 else "no case to judge")
         return f"{_failed_head(failed)}; {gate}" if failed else f"NOT COMPARED: {gate}"
     if not regressions:
@@ -193,6 +194,11 @@ def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode:
     if failed:
         return f"{_failed_head(failed)}; {gate}"
     return f"{'PASS' if not regressions else 'FAIL' if gate_mode == 'enforce' else 'REPORTED'}: {gate}"
+
+
+def out_of_scope_line(n: int) -> str:
+    """What a report says of the ``n`` baseline cases a run's selection left out (not judged)."""
+    return f"{count(n, 'baseline case')} {'was' if n == 1 else 'were'} outside this run's selection and not judged"
 
 
 def comparison_verdict(cmp: Comparison, gate_mode: str, failed_cases: Optional[Mapping[str, int]] = None) -> str:
@@ -247,7 +253,7 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
         verdict = comparison_verdict(cmp, gate_mode, failed_counts(records))
         base = list(cmp.header) or [f"baseline: {cmp.baseline_label}"]  # the header names the baseline
         if cmp.out_of_scope:
-            base.append(f"{cmp.out_of_scope} baseline cases were outside this run's selection and not judged")
+            base.append(out_of_scope_line(cmp.out_of_scope))
         reg_lines = [regression_line(v) for v in regs]
     else:
         failed = failed_counts(records)

@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 
+from .record import GRAPH_REPLAY, KERNEL_SUM, TIMERS
+
 
 @dataclass(frozen=True)
 class TimerConfig:
@@ -223,7 +225,8 @@ def measure(
     use_events = is_cuda(device) and clock is None
     sync = sync or device_sync(device)
     clock = clock or time.perf_counter
-    timer_name = "cuda-events" if use_events else ("perf_counter" if clock is time.perf_counter else "custom-clock")
+    events, host_clock, custom = TIMERS
+    timer_name = events if use_events else (host_clock if clock is time.perf_counter else custom)
 
     launch_shares: list[float] = []
 
@@ -360,7 +363,7 @@ class DeviceTiming(SampleStats):
     """Device time of one call per sample (seconds), how it was measured, and why not by graph."""
 
     samples_s: list[float]
-    method: str  # "cuda-graph" or "kernel-sum"
+    method: str  # one of record.DEVICE_METHODS
     note: str = ""  # why there is no graph replay: "per-call setup", or the capture's error (first line)
     calls_per_sample: int = 1  # graph: calls unrolled in one replay; kernel-sum: 1
     stats: dict[str, float] = field(default_factory=dict)
@@ -827,13 +830,13 @@ def choose_device_time(fn: Callable[[], object], setup: Optional[Callable[[], No
     else:
         try:
             samples, calls = graph_sampler(fn, config)
-            return DeviceTiming(samples, "cuda-graph", calls_per_sample=calls)
+            return DeviceTiming(samples, GRAPH_REPLAY, calls_per_sample=calls)
         except CaptureFailed as exc:
             note = f"graph capture failed: {exc}"
     if defer_kernel_sum:
         raise KernelSumDeferred(note)
     samples, breakdown = kernel_sampler(fn, setup, config)
-    return DeviceTiming(samples, "kernel-sum", note=note, breakdown=breakdown)
+    return DeviceTiming(samples, KERNEL_SUM, note=note, breakdown=breakdown)
 
 
 def device_time(fn: Callable[[], object], device: str, *, setup: Optional[Callable[[], None]] = None,

@@ -45,7 +45,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from .record import FAILING_OUTCOMES, CaseRecord
+from .record import FAILING_OUTCOMES, KERNEL_SUM, CaseRecord
+from .wording import count
 
 GATING = ("newly-failing", "newly-oom", "missing", "slower", "memory-growth")
 HOST = ("host-slower", "host-faster")  # reported; host-slower gates only with Thresholds.host_gating
@@ -405,7 +406,7 @@ def cap_kernel_sum(rec: CaseRecord, label: str, ms: float) -> tuple[float, bool]
     cases, every run (docs/gate.md, session s9). Graph replay is not capped: it replays many calls back
     to back and reads a few % above the event timer on memory-bound steps by the method itself.
     """
-    if rec.device_method != "kernel-sum":
+    if rec.device_method != KERNEL_SUM:
         return ms, False
     event = getattr(rec, _EVENT_OF[label])
     if event is not None and 0 < event < ms:
@@ -840,7 +841,7 @@ class Comparison:
         unconfirmed = sum(1 for v in self.verdicts if v.confirmed is False)
         tail = f"; {unconfirmed} not confirmed by a second measurement" if unconfirmed else ""
         if self.out_of_scope:
-            tail += f"; {self.out_of_scope} baseline cases outside this run's scope"
+            tail += f"; {count(self.out_of_scope, 'baseline case')} outside this run's scope"
         # after a regression count, the verdict counts are a list of their own ("FAIL: 3 regression(s)
         # (3 newly-failing, 3 same)" had read as three of the regressions being "same")
         return f"{head}; verdicts: {counts}{tail}" if self.failed else f"{head} ({counts}){tail}"

@@ -55,6 +55,23 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
+def _left_out(config: pytest.Config) -> list[str]:
+    from attnsuite import registry
+
+    device = correctness_device(config)
+    return [f"attnsuite: {line}" for line in registry.problems_left_out(device, correctness_dtypes(config, device))]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    """Added problems (--attn-problems, add_problems) that this run's dtypes leave without a test."""
+    return _left_out(config) or None
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    for line in _left_out(config):  # again at the end: the header has scrolled away by then
+        terminalreporter.write_line(line)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--attn-compiled-problems",

@@ -13,8 +13,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -457,6 +459,12 @@ def test_a_base_ref_without_the_benchmarks_is_bad_input(repo):
     assert status == ab.EXIT_INPUT and "predates the benchmarks" in err
 
 
+def _sigterm(spec):
+    os.kill(os.getpid(), signal.SIGTERM)  # the A/B's handler raises here, in the round
+    time.sleep(5)
+    return AssertionError("SIGTERM was not handled")
+
+
 def failing_runner(exc_factory):
     def run(spec):
         if spec.index == 2:
@@ -468,8 +476,9 @@ def failing_runner(exc_factory):
 @pytest.mark.parametrize("exc_factory, status, words", [
     (lambda s: ab.RoundFailed(s, "pytest exit status 3 (internal error)", "INTERNALERROR> boom"), ab.EXIT_INPUT,
      "INTERNALERROR> boom"),
-    (lambda s: KeyboardInterrupt(), ab.EXIT_INTERRUPTED, "interrupted"),
-])
+    (lambda s: KeyboardInterrupt(), ab.EXIT_INTERRUPTED, "interrupted; the base worktree was removed"),
+    (_sigterm, 143, "terminated (SIGTERM); the base worktree was removed"),
+], ids=["round-failed", "ctrl-c", "sigterm"])
 def test_the_base_worktree_is_removed_after_a_failed_or_interrupted_round(repo, exc_factory, status, words):
     seen = []
 

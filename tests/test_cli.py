@@ -151,7 +151,10 @@ def test_check_validates_baselines(tmp_path, capsys):
     (lambda e, o: e.update(instance_spread={"min_ms": 0.01}), "instance_spread without runs > 1"),
     (lambda e, o: e.update(tier="galactic"), "unknown tier 'galactic'"),
     (lambda e, o: o.update(calibration={"matmul_tflops": -1}), "calibration.matmul_tflops is -1: a probe's figure"),
-], ids=["ok-without-samples", "spread-of-one-run", "unknown-tier", "negative-probe"])
+    (lambda e, o: e.update(timer="stopwatch"), "unknown timer 'stopwatch' (expected one of ['cuda-events', "),
+    (lambda e, o: e.update(device_method="guess"), "unknown device_method 'guess' (expected one of ['cuda-graph', "),
+], ids=["ok-without-samples", "spread-of-one-run", "unknown-tier", "negative-probe", "unknown-timer",
+        "unknown-device-method"])
 def test_check_refuses_what_recording_never_writes(tmp_path, capsys, edit, words):
     # each hand edit had passed `attnsuite check` with "ok"
     good = tmp_path / "b.json"

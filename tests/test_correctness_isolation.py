@@ -28,11 +28,11 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def hostile_run(tmp_path_factory) -> tuple[int, str]:
-    """test_variants.py over the hostile variants and a correct one, on two xdist workers, 5 s per test."""
+    """test_variants.py over the hostile variants and a correct one, on two xdist workers, 5 s per test, fp32."""
     only = ["h-segfault", "h-hang", "h-state", "h-victim", "explicit"]
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"), f"--rootdir={ROOT}",
            "-p", "no:cacheprovider", "-n", "2", "-rsfE", "--attn-test-timeout", "5", f"--attn-variants={HOSTILE}",
-           *[f"--attn-only={name}" for name in only], "-k", "forward or causal"]
+           *[f"--attn-only={name}" for name in only], "--attn-dtype=float32", "-k", "forward or causal"]
     done = subprocess.run(cmd, cwd=tmp_path_factory.mktemp("hostile"), env=_env(), capture_output=True, text=True,
                           timeout=600)
     return done.returncode, done.stdout + done.stderr

@@ -115,7 +115,7 @@ def test_a_case_that_stops_running_is_missing_but_a_deselected_one_is_not(projec
     set_cases(project, CASES)
     res = project.runpytest(*QUIET, "-k", "alpha or beta")
     assert res.ret == 0, res.stdout.str()
-    res.stdout.fnmatch_lines(["pass (2 same); 1 baseline cases outside this run's scope"])
+    res.stdout.fnmatch_lines(["pass (2 same); 1 baseline case outside this run's scope"])
 
 
 def test_report_mode_shows_regressions_without_failing(project):

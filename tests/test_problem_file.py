@@ -220,6 +220,22 @@ def test_an_added_problem_is_checked_for_the_selected_variant_only(pytester, out
     assert "explicit@b1-q33k65-h4:2-d32-causal-br-fp32-cpu" in collected and "sdpa@b1-q33k65" in collected
 
 
+def test_a_problem_in_dtypes_the_run_does_not_check_is_named_instead_of_vanishing(pytester, outside):
+    data = json.loads(json.dumps(GOOD))
+    data["problems"][0]["dtypes"] = ["float16"]  # CPU checks fp32, fp64 and bf16
+    _write(outside, data, "half.json")
+    out = pytester.runpytest_subprocess(
+        "test_correctness/test_variants.py", "-p", "no:cacheprovider", "-q", "--collect-only", "-n", "0",
+        f"--attn-problems={outside / 'half.json'}", "--attn-only=explicit", "-k", "q33k65").stdout.str()
+    line = (f"attnsuite: {outside / 'half.json'}: attention problem b1-q33k65-h4:2-d32-causal-br-fp16-cpu asks for "
+            "float16, which this run (cpu: float32, float64, bfloat16) does not check: it adds no test")
+    assert line in out, out[-3000:]  # at the end (and in the header, which -q leaves out)
+    both = pytester.runpytest_subprocess(  # a dtype the run checks: no such line
+        "test_correctness/test_variants.py", "-p", "no:cacheprovider", "-q", "--collect-only", "-n", "0",
+        f"--attn-problems={outside / 'ours.json'}", "--attn-only=explicit", "-k", "q33k65").stdout.str()
+    assert "does not check: it adds no test" not in both
+
+
 def test_a_yaml_file_is_refused_saying_which_formats_are_read(tmp_path):
     with pytest.raises(problem_file.ProblemFileError, match="a problems file is JSON .* or TOML .*; YAML is not read"):
         problem_file.load(_write(tmp_path, "version: 1\n", "p.yaml"))

@@ -87,7 +87,7 @@ def test_filters_that_select_no_case_are_refused_and_write_nothing(tmp_path, cap
     run = write_run(tmp_path / "r.json", [rec("a")], CAL_NEW)
     code, _ = run_cli("record", run, "--baseline", base, "--case", "nothing/*")
     assert code == 2
-    assert f"--case nothing/*: none of the 1 cases of result {run} passes: nothing to record" in capsys.readouterr().err
+    assert f"--case nothing/*: no case (of 1) of result {run} passes: nothing to record" in capsys.readouterr().err
     assert base.read_bytes() == before
 
 

@@ -259,3 +259,30 @@ def test_a_row_without_a_judged_time_shows_medians_only_in_the_median_column():
     assert "none" in cells and "- -> 5.100 ms" in row and "3.600" not in row
     missing = next(v for v in cmp.verdicts if v.verdict == "missing")
     assert "baseline: ok, device median 1.000 ms" in missing.message
+
+
+def test_a_count_of_one_reads_in_the_singular():
+    from attnsuite.wording import count, none_of
+
+    assert [count(n, "case") for n in (0, 1, 2)] == ["0 cases", "1 case", "2 cases"]
+    assert [none_of(n, "case") for n in (1, 3)] == ["no case (of 1)", "none of the 3 cases"]
+    one_same = compare(by_key([rec("a"), rec("b")]), by_key([rec("a"), rec("b", median_ms=2.0)]))
+    assert "(1 unchanged case not shown)" in report.terminal_table(one_same)
+
+
+def test_the_markdown_diff_quotes_each_baseline_line_once_after_the_run_summary():
+    # the summary that heads the diff quotes the baseline and the out-of-scope count; the diff's own
+    # header had quoted both again
+    from attnsuite import summary
+    from attnsuite.verdict import Scope
+
+    base = by_key([rec("a", workload="w1"), rec("a", workload="w2")])
+    cur = by_key([rec("a", workload="w1")])
+    cmp = compare(base, cur, scope=Scope.of_run(cur))
+    cmp.header = ["baseline: the shipped one (exact fingerprint)"]
+    head = summary.markdown_lines(summary.build(cur, cmp), report.md_escape)
+    md = report.markdown_diff(cmp, head=head)
+    assert md.count("> baseline: the shipped one (exact fingerprint)") == 1, md
+    assert md.count("> 1 baseline case was outside this run's selection and not judged") == 1, md
+    alone = report.markdown_diff(cmp)  # without the summary the diff quotes them itself
+    assert "> baseline: the shipped one" in alone and "> 1 baseline case was outside" in alone

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from attnsuite.wording import count
+
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +82,7 @@ def _assert_judged_only_the_selection(res: pytest.RunResult, outside: int = 1) -
     out = res.stdout.str()
     assert res.ret == 0, out[-3000:]
     assert "missing" not in out.split("attnsuite regression gate")[-1], out[-3000:]
-    res.stdout.fnmatch_lines([f"pass (*same)*; {outside} baseline cases outside this run's scope"])
+    res.stdout.fnmatch_lines([f"pass (*same)*; {count(outside, 'baseline case')} outside this run's scope"])
     # the run's JSON carries its selection: `attnsuite compare` of the same two files judges the same
     # cases (it had called every case outside a partial run's selection missing)
     from attnsuite import cli
@@ -152,9 +154,15 @@ def test_a_selected_case_that_did_not_run_is_still_missing(bench):
                  "tier on cpu", id="options that select no case"),
     pytest.param((*TINY, "-k", "no-such-case"), "-k, -m or a deselection left none of the 2 benchmark cases",
                  id="-k that matches no case"),
+    pytest.param(("--attn-problems=mine.json", "--attn-workload=mine"),
+                 "--attn-workload mine --attn-device cpu select no case of the quick tier on cpu; workload 'mine' has no "
+                 "entry in the quick tier (its entries are in the full tier: add --attn-tier full)",
+                 id="a workload with full-tier entries only"),
 ])
 def test_a_selection_of_no_case_exits_5_and_says_why(bench, pytester, args, why):
     # pytest alone exits 0 when the options leave an empty parameter set: a CI gate would pass judging nothing
+    (pytester.path / "mine.json").write_text(json.dumps({"version": 1, "workloads": [{"name": "mine", "description": "ours", "entries": [
+        {"tier": "full", "family": "attention", "modes": ["fwd"], "problem": {"lq": 48, "hq": 2, "dqk": 16}}]}]}))
     res = pytester.runpytest("bench", "--benchmark-only", "-p", "no:cacheprovider", "--attn-isolation=none",
                              "--attn-device=cpu", *args)
     assert res.ret == pytest.ExitCode.NO_TESTS_COLLECTED, res.stdout.str()[-3000:]

@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
 
 from attnsuite import plugin_isolation, registry
@@ -49,9 +49,11 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch):
     """The registry as it is, and whatever a test loads into it (variants, families, modules) forgotten
     afterwards: a variant left behind would break every later run of this process."""
     registry.load_builtin()
-    # variants an earlier test of this process loaded from outside (an xdist worker runs many) are left
-    # out too: these tests count what is external
-    outside = {v.name for v in registry.external_variants()}
+    # only the built-in variants: whatever an earlier test of this process registered (an xdist worker
+    # runs many) is left out, whether loaded from outside or registered directly (origin None): these
+    # tests count what is external. Leaving out only the former had failed a test here once xdist's
+    # worksteal ordering put it after a test that registers directly.
+    outside = {v.name for v in registry.variants() if registry.origin(v.name) != registry.BUILTIN_ORIGIN}
     monkeypatch.setattr(registry, "_REGISTRY", {k: v for k, v in registry._REGISTRY.items() if k not in outside})
     monkeypatch.setattr(registry, "_ORIGINS", {k: o for k, o in registry._ORIGINS.items() if k not in outside})
     monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
@@ -291,7 +293,8 @@ def test_the_run_header_says_nothing_for_built_in_variants_only(isolated_registr
     config = SimpleNamespace(option=SimpleNamespace(numprocesses=None),
                              getoption=lambda name, default=None: None if name == "--attn-variants" else default)
     assert plugin_isolation.pytest_report_header(config) is None
-    assert np.all([registry.origin(v.name) == registry.BUILTIN_ORIGIN for v in registry.variants()])
+    others = [v.name for v in registry.variants() if registry.origin(v.name) != registry.BUILTIN_ORIGIN]
+    assert not others, f"variants not built in: {others}"
 
 
 # --- drawn problems stay within what a variant declares -------------------------------------------
@@ -437,3 +440,12 @@ def test_a_forward_only_variant_gets_its_forward_checked_on_drawn_problems(tmp_p
     out = run_suite_tests(["test_correctness/test_hypothesis.py"], tmp_path, "-q", "-rs",
                           f"--attn-variants={path}", "--attn-only=fwd-only-drawn")
     assert "1 passed" in out and "skipped" not in out, out[-2000:]
+
+
+def test_built_in_variants_have_the_built_in_origin_however_they_were_loaded():
+    # a fresh process that calls load_builtin() alone (as the GPU scripts do) had left their origin None
+    code = ("from attnsuite import registry; registry.load_builtin(); "
+            "print(sorted({str(registry.origin(v.name)) for v in registry.variants()}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str([registry.BUILTIN_ORIGIN]), done.stdout
