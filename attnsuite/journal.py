@@ -26,11 +26,16 @@ class JournalError(ValueError):
 
 
 def _header(spec: dict[str, Any], fingerprint_id: Optional[str],
-            sources: Optional[dict[str, str]] = None) -> dict[str, Any]:
-    head = {"attnsuite_journal": JOURNAL_VERSION, "spec": spec, "fingerprint_id": fingerprint_id}
+            sources: Optional[dict[str, str]] = None, case_timeout: Optional[float] = None) -> dict[str, Any]:
+    head = {"attnsuite_journal": JOURNAL_VERSION, "spec": spec, "fingerprint_id": fingerprint_id,
+            "case_timeout": case_timeout}
     if sources is not None:
         head["sources"] = sources
     return head
+
+
+def _limit(seconds: Optional[float]) -> str:
+    return f"--attn-timeout {seconds:g}" if seconds else "no --attn-timeout"
 
 
 def source_digests(paths: Iterable[str]) -> dict[str, str]:
@@ -81,8 +86,9 @@ def code_locations(module_names: Iterable[str]) -> list[str]:
 
 
 def read(path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional[str],
-         sources: Optional[dict[str, str]] = None) -> dict[str, dict[str, Any]]:
-    """The finished cases of the journal at ``path`` by key; refuses a journal of another run setup."""
+         sources: Optional[dict[str, str]] = None, case_timeout: Optional[float] = None) -> dict[str, dict[str, Any]]:
+    """The finished cases of the journal at ``path`` by key; refuses a journal of another run setup,
+    including another per-case time limit (``case_timeout``, ``--attn-timeout``)."""
     p = Path(path)
     if not p.is_file():
         raise JournalError(f"journal {p}: no such file (nothing to resume)")
@@ -100,6 +106,12 @@ def read(path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional
             if head.get(field) != want[field]:
                 raise JournalError(f"journal {p}: written by a run with another {field.replace('_', ' ')} "
                                    f"({_difference(head.get(field), want[field])}); resume with the same options")
+        # a case that timed out under one limit would be kept as a timeout under another (and one
+        # that finished under a longer limit would stand beside cases cut at a shorter one)
+        if "case_timeout" in head and (head["case_timeout"] or None) != (case_timeout or None):
+            raise JournalError(f"journal {p}: written by a run with {_limit(head['case_timeout'])}, this run has "
+                               f"{_limit(case_timeout)}: resume with the same limit, or run again without "
+                               "--attn-resume")
         theirs = head.get("sources")
         if sources is not None and isinstance(theirs, dict):  # a journal written before digests: no check
             changed = changed_sources(theirs, sources)
@@ -156,7 +168,8 @@ class Journal:
     """An open journal that finished cases are appended to."""
 
     def __init__(self, path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional[str], *,
-                 resume: bool = False, sources: Optional[dict[str, str]] = None) -> None:
+                 resume: bool = False, sources: Optional[dict[str, str]] = None,
+                 case_timeout: Optional[float] = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not (resume and self.path.is_file())
@@ -169,7 +182,7 @@ class Journal:
             _drop_torn_tail(self.path)
         self._fh = open(self.path, "w" if fresh else "a", encoding="utf-8")
         if fresh:
-            self._write(_header(spec, fingerprint_id, sources))
+            self._write(_header(spec, fingerprint_id, sources, case_timeout))
 
     def _write(self, obj: dict[str, Any]) -> None:
         self._fh.write(json.dumps(obj, allow_nan=True, default=str) + "\n")

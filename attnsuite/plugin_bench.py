@@ -224,7 +224,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--attn-resume") and benchmarks_requested(config):
         try:
             config.stash[_RESUMED] = journal.read(_journal_path(config), config.stash[_SPEC].to_json(),
-                                                  fingerprint_of(config)["id"], _sources(config.stash[_SPEC]))
+                                                  fingerprint_of(config)["id"], _sources(config.stash[_SPEC]),
+                                                  case_timeout=_timeout(config))
         except journal.JournalError as exc:
             _fail_usage(f"--attn-resume: {exc}")
     named = config.getoption("--attn-journal")
@@ -440,7 +441,7 @@ class BenchRunner:
         self.resumed = dict(self.config.stash.get(_RESUMED, {}))  # read and checked in pytest_configure
         self.journal = journal.Journal(_journal_path(self.config), self.spec.to_json(), fp["id"],
                                        resume=bool(self.config.getoption("--attn-resume")),
-                                       sources=self.sources)
+                                       sources=self.sources, case_timeout=_timeout(self.config))
         if self.journal.kept_previous is not None:
             _say(self.config, f"attnsuite: an unfinished run's journal was kept as {self.journal.kept_previous} "
                               f"(this run, without --attn-resume, starts {self.journal.path} afresh; to carry the "

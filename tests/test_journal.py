@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from attnsuite import journal
 
 SPEC = {"tier": "quick", "device": "cpu"}
@@ -145,3 +147,18 @@ def test_the_sources_a_run_names_agree_however_they_were_named_and_include_the_v
     assert registry.named_sources([]) == (str(kernel),)
     monkeypatch.setenv("ATTNSUITE_VARIANTS", str(tmp_path / "v2" / "mine.py"))
     assert registry.named_sources([]) != (str(kernel),)
+
+
+@pytest.mark.parametrize("before, now, words", [
+    (30.0, 60.0, "written by a run with --attn-timeout 30, this run has --attn-timeout 60"),
+    (None, 5.0, "written by a run with no --attn-timeout, this run has --attn-timeout 5"),
+], ids=["longer-limit", "limit-added"])
+def test_a_resume_with_another_case_time_limit_is_refused_naming_both(tmp_path, before, now, words):
+    # the resumed run had kept the first run's timeouts under a limit it no longer had
+    path = tmp_path / "run.journal.jsonl"
+    j = journal.Journal(path, SPEC, "fp", case_timeout=before)
+    j.append("w/a/fwd/p", _entry("w/a/fwd/p"))
+    j.close()
+    assert set(journal.read(path, SPEC, "fp", case_timeout=before)) == {"w/a/fwd/p"}
+    with pytest.raises(journal.JournalError, match=words):
+        journal.read(path, SPEC, "fp", case_timeout=now)
