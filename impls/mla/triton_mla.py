@@ -85,6 +85,9 @@ class TritonMLAAbsorbed(_LatentVariant):
     dtypes = frozenset({"bfloat16", "float16", "float32"})
     backward_devices = frozenset()  # the kernel is forward only (see the module docstring)
     fused = True
+    # the module's prefill/step over its latent cache: every decode step through the kernel (it had not
+    # been declared, so the layer-decode workload and the decode checks skipped this variant)
+    decodes = True
 
     def extra_reasons(self, problem: Problem, backward: bool) -> list[str]:
         # one tile stream per batch over the (query position, head) rows
