@@ -376,6 +376,9 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
     if bc.mode == "decode":
         why = decode_bench.skip_reason(variant, p)
         reasons = [why] if why else []
+    untimed = triton_support.benchmark_reason(variant.backend, p.device)
+    if untimed:  # whatever else the case lacks, this is why a benchmark never times it
+        reasons = [untimed]
     if reasons:
         return _skip(rec, "; ".join(reasons)), None
     if variant.compiled:

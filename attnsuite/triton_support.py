@@ -234,6 +234,20 @@ def triton_reasons(problem: Problem) -> list[str]:
     return reasons
 
 
+INTERPRETER_TIMING = ("Triton variants are benchmarked on CUDA only: on CPU tensors Triton runs in its interpreter, "
+                      "which emulates the kernel with NumPy, so a time would measure the emulation (their "
+                      "correctness checks do run on CPU)")
+
+
+def benchmark_reason(backend: str, device: str) -> Optional[str]:
+    """Why a variant is not timed: a Triton one (``backend`` "triton") on CPU, which only the
+    interpreter runs. With TRITON_INTERPRET=1 exported such a case had been timed and its figure
+    recorded as the kernel's; without it, the skip had told a benchmark run to set it. None otherwise."""
+    if backend == "triton" and device.split(":")[0] == "cpu":
+        return INTERPRETER_TIMING
+    return None
+
+
 def interpreter_budget(device: str, streams: int, rows: int, keys: int, limit: int = CPU_MAX_STEPS) -> list[str]:
     """On CPU (the interpreter), decline work above ``limit`` steps of 64x64 tiles.
 

@@ -104,3 +104,30 @@ def test_every_layer_family_with_decoding_variants_has_decode_cases_in_both_tier
     for tier in ("full", "quick"):
         covered = {e.family for e in workloads.WORKLOADS["layer-decode"].tier(tier)}
         assert decoding <= covered, f"{tier}: no decode case for {sorted(decoding - covered)}"
+
+
+@pytest.mark.parametrize("variant, family, mode", [("triton-mla-absorbed", "mla-layer", "decode"),
+                                                   ("triton-flash", None, "fwd")])
+def test_a_triton_variant_on_cpu_is_not_timed_under_the_interpreter(variant, family, mode, monkeypatch):
+    # with TRITON_INTERPRET=1 exported (as for the CPU checks) its NumPy emulation had been timed and
+    # recorded as the kernel's figure
+    from attnsuite import triton_support
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if mode == "decode":
+        rec, result = _run(variant, family, step=1)
+    else:
+        entry = next(e for e in workloads.WORKLOADS["gpt2-mha"].quick if e.family == "attention")
+        bc = runner.BenchCase("gpt2-mha", entry, entry.problem, variant, mode)
+        settings = runner.Settings("quick", "cpu", None, (), (mode,), None, {}, runner.timing.QUICK_CPU, None)
+        rec, result = runner.run_case(bc, settings)
+    assert rec.outcome == "skipped" and result is None, (rec.outcome, rec.detail)
+    assert rec.detail == triton_support.INTERPRETER_TIMING
+
+
+def test_without_the_interpreter_the_benchmark_skip_does_not_tell_to_set_it(monkeypatch):
+    from attnsuite import triton_support
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    rec, _ = _run("triton-mla-absorbed", "mla-layer", step=1)
+    assert rec.outcome == "skipped" and rec.detail == triton_support.INTERPRETER_TIMING, rec.detail
