@@ -10,7 +10,11 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null 
     || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && timeout 300 apt-get install -y -q chromium >/dev/null 2>&1; } \
     || echo "test.sh: no headless Chromium could be installed: the HTML report's browser test skips, saying so" >&2
 fi
-.venv/bin/python -m pytest tests test_correctness -p no:cacheprovider -q -n 2 "$@"
+# One xdist worker per core, 2 to 8: CI's 2 cores get 2; a 16-core workstation had run the same
+# two workers and taken as long as CI. ATTNSUITE_TEST_WORKERS sets the count.
+cores=$(nproc 2> /dev/null || echo 2)
+workers=${ATTNSUITE_TEST_WORKERS:-$(( cores < 2 ? 2 : (cores > 8 ? 8 : cores) ))}
+.venv/bin/python -m pytest tests test_correctness -p no:cacheprovider -q -n "$workers" "$@"
 status=$?
 if [ "$status" -eq 5 ]; then
   echo "test.sh: pytest collected no tests: treating that as a failure" >&2
