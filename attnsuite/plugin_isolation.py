@@ -25,6 +25,10 @@ allows (docs/isolation.md, "Correctness tests"):
   then exits, the controller words it as this variant's doing, its other tests are skipped and a
   fresh worker with a fresh context runs the rest. Without xdist the later variant tests of this
   process are skipped with a reason naming the culprit.
+* **An exit call.** A variant that calls ``os._exit`` or ``sys.exit`` fails its test, naming
+  itself and the status, and the run goes on (:class:`ExitGuard`). ``os._exit`` ends a process with
+  no clean-up: without xdist the run had stopped mid-way with the kernel's status, 0 included, so a
+  CI job read a partial run as a pass.
 * **Without xdist** a crash ends the run, as it would without the suite; the run header says so
   when external variants are loaded.
 """
@@ -62,6 +66,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          f"(default {DEFAULT_TEST_TIMEOUT_S:g}; 0 = no limit)")
 
 
+# The plugin's own deliberate exits (a hung test's timer, a worker with a broken CUDA context) use the
+# real function: ExitGuard replaces os._exit while a variant's test runs.
+_REAL_EXIT = os._exit
+
+
 def variant_name(item: pytest.Item) -> Optional[str]:
     """The name of the variant a test checks (its ``variant`` parameter), or None for other tests."""
     variant = getattr(getattr(item, "callspec", None), "params", {}).get("variant")
@@ -85,6 +94,50 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(worker, "attnsuite-crash-worker")
     config.pluginmanager.register(ContextGuard(worker), "attnsuite-context-guard")
     config.pluginmanager.register(RaisedInterrupt(), "attnsuite-raised-interrupt")
+    config.pluginmanager.register(ExitGuard(), "attnsuite-exit-guard")
+
+
+class _VariantExit(BaseException):
+    """Raised instead of ending the process when a variant calls ``os._exit`` (a BaseException: a
+    kernel's ``except Exception`` must not swallow what was meant to end everything)."""
+
+    def __init__(self, status: Any) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class ExitGuard:
+    """A variant that calls ``os._exit(n)`` or ``sys.exit(n)`` in its test fails that test, naming itself
+    and ``n``, and the run goes on.
+
+    During a variant's test ``os._exit`` raises instead of ending the process; a process the kernel
+    forked keeps the real one (its pid differs), so its children still end as they mean to.
+    """
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Any:
+        name = variant_name(item)
+        if name is None:
+            return (yield)
+        pid, previous = os.getpid(), os._exit
+
+        def guarded_exit(status: int) -> None:
+            if os.getpid() != pid:
+                _REAL_EXIT(status)
+            raise _VariantExit(status)
+
+        os._exit = guarded_exit
+        try:
+            return (yield)
+        except _VariantExit as exc:
+            pytest.fail(f"variant {name} called os._exit({exc.status!r}), which would have ended the test run "
+                        "(with that status, without pytest-xdist): it fails this test and the run goes on",
+                        pytrace=False)
+        except SystemExit as exc:
+            pytest.fail(f"variant {name} called sys.exit({exc.code!r}) (SystemExit): a kernel must not end the "
+                        "process; it fails this test and the run goes on", pytrace=False)
+        finally:
+            os._exit = previous
 
 
 class RaisedInterrupt:
@@ -176,7 +229,7 @@ class InProcessLimit:
                          "(with -n 1 or more it fails alone and the run goes on). Every thread's stack:\n")
         sys.stderr.flush()
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        os._exit(1)
+        _REAL_EXIT(1)
 
 
 class StateGuard:
@@ -264,7 +317,7 @@ class ContextGuard:
                                "a fresh CUDA context")
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(70)
+        _REAL_EXIT(70)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:

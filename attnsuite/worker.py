@@ -189,6 +189,9 @@ class Worker:
             rec, result = run_case(bc, self.settings)
         except Exception as exc:  # noqa: BLE001 - the runner's own failure still belongs to this case
             rec, result = failed_record(bc, f"{type(exc).__name__}: {exc}"), None
+        except SystemExit as exc:  # the worker lives on: it had died, recorded as a crash "exit code 0"
+            rec, result = failed_record(bc, f"the variant called sys.exit({exc.code!r}) (SystemExit): a kernel must "
+                                            "not end the process"), None
         leaked = torch_state.end_case(self.state)
         if leaked:
             what = "; ".join(leaked)

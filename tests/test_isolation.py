@@ -55,7 +55,7 @@ def _records(data: dict) -> dict[str, list[dict]]:
 
 def test_crashes_aborts_exits_hangs_and_state_changes_are_outcomes_and_the_run_goes_on(pytester, project):
     out = project / "out.json"
-    variants = ("h-state", "h-victim", "explicit", "sdpa") + HOSTILE_NAMES[:4]
+    variants = ("h-state", "h-victim", "explicit", "sdpa", "h-sysexit") + HOSTILE_NAMES[:4]
     result = pytester.runpytest_subprocess(*_args(project, variants, f"--benchmark-json={out}", "--attn-timeout=8",
                                                   "--attn-mode=fwd"))
     assert out.exists(), result.stdout.str()[-3000:]
@@ -74,6 +74,8 @@ def test_crashes_aborts_exits_hangs_and_state_changes_are_outcomes_and_the_run_g
         for rec in by[name]:
             assert rec["outcome"] == outcome and words in rec["detail"], (name, rec["outcome"], rec["detail"])
             assert rec["variant"] == name and rec["case"].startswith(rec["workload"] + "/" + name + "/")
+    for rec in by["h-sysexit"]:  # the worker lives on (it had died: "crash: exit code 0")
+        assert rec["outcome"] == "error" and "the variant called sys.exit(0) (SystemExit)" in rec["detail"], rec
     for rec in by["h-state"]:
         assert rec["outcome"] == "error" and "default dtype" in rec["extra"]["state_leak"]
         assert "h-state left torch's global state changed" in rec["detail"]

@@ -2,7 +2,8 @@
 
 Each runs in its own worker process under the suite, so each failure is that case's outcome and
 the run goes on (docs/isolation.md): ``h-segfault`` reads address 0 (crash, SIGSEGV), ``h-abort``
-aborts (crash, SIGABRT), ``h-exit`` calls ``os._exit(1)`` (crash, exit code 1), ``h-hang`` sleeps
+aborts (crash, SIGABRT), ``h-exit`` calls ``os._exit(1)`` (crash, exit code 1), ``h-sysexit`` calls
+``sys.exit(0)`` (error, named; in the correctness tests both exits fail their test), ``h-hang`` sleeps
 for an hour (timeout), ``h-device-assert`` reads past the end of a tensor (on CUDA a device-side
 assert that leaves the process's CUDA context unusable; on the CPU a plain IndexError), ``h-state`` switches torch's default dtype to float64 and leaves it (error,
 named), ``h-victim`` is correct but would fail under that leaked dtype (it must pass), and
@@ -12,7 +13,7 @@ named), ``h-victim`` is correct but would fail under that leaked dtype (it must 
         --attn-only h-segfault --attn-only h-abort --attn-only h-hang --attn-only h-state \
         --attn-only h-victim --attn-only explicit --attn-mode fwd --attn-gate off
 """
-import ctypes, os, time
+import ctypes, os, sys, time
 import torch
 from attnsuite import mask_mods
 from attnsuite.registry import KernelVariant, register
@@ -57,6 +58,13 @@ class Exit(Base):
     name = "h-exit"
     def build(self, problem):
         return lambda q, k, v: os._exit(1)
+
+
+@register
+class SysExit(Base):
+    name = "h-sysexit"
+    def build(self, problem):
+        return lambda q, k, v: sys.exit(0)
 
 
 @register
