@@ -286,3 +286,12 @@ def test_the_markdown_diff_quotes_each_baseline_line_once_after_the_run_summary(
     assert md.count("> 1 baseline case was outside this run's selection and not judged") == 1, md
     alone = report.markdown_diff(cmp)  # without the summary the diff quotes them itself
     assert "> baseline: the shipped one" in alone and "> 1 baseline case was outside" in alone
+
+
+def test_the_gate_line_says_no_regression_not_pass_when_a_case_of_the_run_failed():
+    # "pass (1 new)" had stood above the run's "FAIL: 1 case(s) of this run failed (1 error)"
+    cmp = compare(by_key([rec("a")]), by_key([rec("a"), rec("b", outcome="error", median_ms=None, detail="boom")]))
+    line = cmp.summary()
+    assert line.startswith("no regression (1 new, 1 same)"), line
+    assert line.endswith("; 1 case of this run failed (1 error): the run fails on them"), line
+    assert compare(by_key([rec("a")]), by_key([rec("a")])).summary() == "pass (1 same)"
