@@ -18,7 +18,7 @@ from . import problem_file, registry
 PROBLEM_FILES = pytest.StashKey[list]()  # the problems files this session loaded (resolved paths)
 
 SUBPLUGINS = ("attnsuite.plugin_bench", "attnsuite.plugin_gate", "attnsuite.plugin_isolation",
-              "attnsuite.benchmark_json_option")
+              "attnsuite.benchmark_json_option", "attnsuite.bench_xdist")
 # Registered with this module (pytest reads a plugin's pytest_plugins at registration), so that
 # their command-line options exist before the command line is parsed.
 pytest_plugins = list(SUBPLUGINS)
