@@ -187,7 +187,26 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     return [line] if line else None
 
 
+def pytest_deselected(items: list) -> None:
+    # tests (not benchmark cases: plugin_bench explains an empty selection of those itself)
+    tests = [i for i in items if "bench_case" not in getattr(i, "fixturenames", ())]
+    if tests:
+        cfg = tests[0].config
+        cfg.stash[_TESTS_DESELECTED] = cfg.stash.get(_TESTS_DESELECTED, 0) + len(tests)
+
+
+_TESTS_DESELECTED = pytest.StashKey[int]()
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    deselected = config.stash.get(_TESTS_DESELECTED, 0)
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and deselected:
+        # pytest alone says "N deselected" and exits 5: a CI step that allows 5 would pass checking nothing
+        given = [f"-k {config.getoption('keyword')!r}" if config.getoption("keyword") else "",
+                 f"-m {config.getoption('markexpr')!r}" if config.getoption("markexpr") else "",
+                 f"--attn-only {' '.join(config.getoption('--attn-only'))}" if config.getoption("--attn-only") else ""]
+        terminalreporter.write_line(f"attnsuite: {' '.join(g for g in given if g) or 'the selection'} left none of "
+                                    f"the {deselected} collected tests: nothing was checked (exit status 5)")
     dropped = config.stash.get(_OTHERS_DESELECTED, 0)
     if dropped:
         terminalreporter.write_line(f"attnsuite: --attn-only {' '.join(config.getoption('--attn-only'))}: "

@@ -84,3 +84,13 @@ def test_an_empty_selection_is_a_usage_error_not_every_variant(value):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-1000:]
     assert "--attn-only: " in done.stderr and "names no variant" in done.stderr, done.stderr[-1000:]
+
+
+def test_a_k_that_matches_no_correctness_test_says_nothing_was_checked(tmp_path):
+    # pytest alone printed "7921 deselected" and exited 5 (an external variant not loaded, a typo)
+    done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_mla.py"),
+                           f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-k", "my-kernel"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 5, done.stdout[-2000:]
+    assert "attnsuite: -k 'my-kernel' left none of the" in done.stdout and \
+        "collected tests: nothing was checked (exit status 5)" in done.stdout, done.stdout[-2000:]
