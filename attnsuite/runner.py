@@ -551,6 +551,7 @@ def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: 
     rec.extra["inputs"] = "drawn on the device" if settings.device_inputs.drawn_on_device else "float64 recipe"
     rec.mask_build_ms = case.build_seconds * 1e3
     step, setup = _step(case, bc.mode)
+    marks = input_marks(case.inputs)  # to tell a kernel that writes its inputs (see changed_inputs)
     before = _dynamo_counts()
     triton_support.forget_choices()
     result = timing.measure(step, p.device, settings.timer, setup=setup,
@@ -579,6 +580,12 @@ def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: 
         setup()
     out, mem = memory.measure_peak(step, p.device)
     rec.peak_mem_bytes, rec.mem_method = mem.peak_bytes, mem.method
+    changed = changed_inputs(marks, input_marks(case.inputs))
+    if changed:
+        raise InputsWritten(f"{variant.name} changed its input{'s' if len(changed) > 1 else ''} {', '.join(changed)} "
+                            "in place during the timed calls: the caller's tensors are not the variant's to write, "
+                            "and every later call ran on other inputs (pytest test_correctness --attn-only "
+                            f"{variant.name} shows which elements)")
     dyn = _delta(before, _dynamo_counts())
     rec.backend, facts = detect_backend(mem.op_names, variant, dyn)
     rec.extra.update(facts)
@@ -592,6 +599,31 @@ def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: 
 
 
 BACKWARD_ONCE = "the backward cannot run again over one forward"
+
+
+class InputsWritten(RuntimeError):
+    """A benchmarked call wrote into its input tensors (the case's ``error``, said as such)."""
+
+
+def input_marks(inputs: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
+    """Per input tensor, (sum in float64, max, min): computed without a copy of the tensor, so a
+    large case's memory is not doubled, and moved by any write a kernel makes in practice (a scale,
+    a shift, a zeroing)."""
+    out = {}
+    with torch.no_grad():
+        for name, t in inputs.items():
+            if isinstance(t, torch.Tensor) and t.numel() and (t.is_floating_point() or t.is_complex()):
+                x = t.detach()
+                out[name] = (float(torch.sum(x, dtype=torch.float64)), float(x.amax()), float(x.amin()))
+    return out
+
+
+def changed_inputs(before: dict[str, tuple], after: dict[str, tuple]) -> list[str]:
+    """The inputs whose marks moved (a relative 1e-9 allows a reduction's last-bit noise)."""
+    def same(a: float, b: float) -> bool:
+        return a == b or (a != a and b != b) or abs(a - b) <= 1e-9 * max(abs(a), abs(b))
+    return [name for name, old in before.items()
+            if name in after and not all(same(a, b) for a, b in zip(old, after[name]))]
 
 
 def _device_call(case: Case, device: str, injected_s: float, mode: str,

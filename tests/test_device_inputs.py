@@ -117,3 +117,36 @@ def test_a_nan_gradient_in_the_measured_call_is_a_numerics_outcome(monkeypatch):
     rec, _ = runner.run_case(bc, settings)
     assert rec.outcome == "numerics"
     assert "NaN/Inf" in rec.detail, rec.detail
+
+
+@pytest.mark.parametrize("write", ["scale", "shift"])
+def test_a_kernel_that_writes_its_inputs_is_an_error_saying_so_not_a_numerics_failure(monkeypatch, write):
+    # each timed call doubled k: the last output, right for the inputs it got, had been reported as
+    # "numerics: max error 3.59 (94338x the bound)" against the oracle of the original inputs
+    bc, settings = _bench_case("sdpa", 1 << 30)
+    real_prepare = runner.prepare
+
+    def writing_prepare(*args, **kwargs):
+        case = real_prepare(*args, **kwargs)
+        forward = case.call
+
+        def call():
+            with torch.no_grad():
+                k = case.inputs["k"]
+                k.mul_(2.0) if write == "scale" else k.sub_(k.mean(dim=2, keepdim=True))
+            return forward()
+        case.call = call
+        return case
+    monkeypatch.setattr(runner, "prepare", writing_prepare)
+    rec, result = runner.run_case(bc, settings)
+    assert rec.outcome == "error" and result is None, (rec.outcome, rec.detail)
+    assert "sdpa changed its input k in place during the timed calls" in rec.detail, rec.detail
+
+
+def test_an_honest_kernel_leaves_every_input_mark_as_it_was():
+    bc, settings = _bench_case("explicit", 1 << 30)
+    rec, _ = runner.run_case(bc, settings)
+    assert rec.outcome == "ok", rec.detail
+    marks = {"a": (1.0, 2.0, 0.5)}
+    assert runner.changed_inputs(marks, {"a": (1.0 + 1e-13, 2.0, 0.5)}) == []
+    assert runner.changed_inputs(marks, {"a": (2.0, 4.0, 1.0)}) == ["a"]
