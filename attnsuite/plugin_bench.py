@@ -378,6 +378,8 @@ class BenchRunner:
         self.calibration: Optional[dict[str, Any]] = None
         self.journal: Optional[journal.Journal] = None
         self._journal_lock = threading.Lock()
+        # variant name -> why its later cases are not run: it hung (ran past --attn-timeout) in one case
+        self.hung: dict[str, str] = {}
         self.resumed: dict[str, dict[str, Any]] = {}
         self.confirm_seconds = 0.0  # the gate's second measurements of flagged cases
         self.deferred_seconds = 0.0  # kernel-sum device times measured after the other cases
@@ -450,11 +452,21 @@ class BenchRunner:
     def _run_job(self, bc: BenchCase):
         """The job that runs ``bc`` in a backend and journals its record at once (any thread)."""
         def job(backend: Any) -> Any:
-            try:
-                reply = backend.run_case(bc.id)
-            except WorkerStartError as exc:  # e.g. its code changed since the run started: this case's error
-                reply = {"ok": False, "error": str(exc)}
+            hung = self.hung.get(bc.variant or "")
+            if hung is not None:  # as the correctness tests skip a variant's tests after it hung
+                reply: Any = {"record": CaseRecord(bc.workload, bc.variant_label, bc.mode, bc.problem.id,
+                                                   family=bc.entry.family, level=bc.problem.level,
+                                                   outcome="skipped", detail=hung).to_extra_info(), "samples": []}
+            else:
+                try:
+                    reply = backend.run_case(bc.id)
+                except WorkerStartError as exc:  # e.g. its code changed since the run started: this case's error
+                    reply = {"ok": False, "error": str(exc)}
             rec, result = record_from_reply(bc, reply)
+            if rec.outcome == "timeout" and bc.variant:
+                self.hung.setdefault(bc.variant, f"not run: variant {bc.variant} ran past the per-case limit "
+                                                 f"(--attn-timeout) in {bc.id}: its other cases are skipped, as each "
+                                                 "would likely cost the whole limit again")
             if self.journal is not None:
                 with self._journal_lock:
                     self.journal.append(bc.id, {"record": rec.to_extra_info(),
