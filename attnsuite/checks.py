@@ -80,7 +80,7 @@ def _library_roots() -> tuple[str, ...]:
     return tuple(os.path.join(r, "") for r in roots)
 
 
-def _traceback_text(exc: BaseException, tail: int = 3) -> str:
+def traceback_text(exc: BaseException, tail: int = 3) -> str:
     """The traceback's last ``tail`` frames, and before them the last frame of the variant's own code
     when those are all library frames: an error raised deep inside Triton's interpreter had shown only
     Triton's frames, never the line of the kernel that caused it."""
@@ -102,7 +102,7 @@ def _guarded(check: str, variant: Variant, problem: Problem, body: Callable[[Che
     except Exception as exc:  # the variant raised: a failure of this check, not of the run
         result.passed = False
         result.details.append(f"raised {type(exc).__name__}: {exc}")
-        result.details.append(_traceback_text(exc).replace("\n", "\n  "))
+        result.details.append(traceback_text(exc).replace("\n", "\n  "))
     return result
 
 

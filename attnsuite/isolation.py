@@ -32,6 +32,12 @@ from typing import Any, Optional
 _HEADER = struct.Struct("!Q")
 STDERR_TAIL_LINES = 12
 STDERR_TAIL_BYTES = 4096
+# a crash or a hang leaves a Python stack dump in the worker's log (faulthandler: on a fatal signal,
+# and on STACK_SIGNAL, which a timeout sends before the kill): read that much of it
+STACK_TAIL_LINES = 80
+STACK_TAIL_BYTES = 16384
+STACK_SIGNAL = getattr(signal, "SIGUSR1", None)
+STACK_MARK = "(most recent call first):"
 EXIT_POISONED = 86  # the worker's exit status after a case left the CUDA context unusable
 
 
@@ -109,6 +115,34 @@ def tail_of(path: str, lines: int = STDERR_TAIL_LINES, max_bytes: int = STDERR_T
     except OSError:
         return ""
     return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def stack_in(tail: str, library_roots: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(the stack dump faulthandler wrote into a worker's log tail, where the thread it was written for
+    was: the one that crashed, or the main thread on a timeout's dump); ("", "") when the tail holds
+    none. Where: its innermost frame, and when that lies under ``library_roots`` (the suite, torch,
+    the standard library) the innermost frame of the variant's own code first."""
+    lines = tail.splitlines()
+    start = next((i for i, line in enumerate(lines)
+                  if line.startswith("Fatal Python error") or STACK_MARK in line), None)
+    if start is None:
+        return "", ""
+    dump = lines[start:]
+    marks = [i for i, line in enumerate(dump) if STACK_MARK in line]
+    current = next((i for i in marks if dump[i].startswith("Current thread")), marks[0] if marks else 0)
+    frames = []
+    for line in dump[current + 1:]:
+        if not line.strip().startswith("File "):
+            break  # the end of this thread's frames
+        frames.append(line.strip())
+    if not frames:
+        return "\n".join(dump), ""
+
+    def path_of(frame: str) -> str:
+        return os.path.abspath(frame.split('"')[1]) if frame.count('"') >= 2 else ""
+    own = next((f for f in frames if not path_of(f).startswith(library_roots)), None) if library_roots else None
+    where = frames[0] if own in (None, frames[0]) else f"{own} (innermost: {frames[0]})"
+    return "\n".join(dump), where
 
 
 def _log_size(path: Optional[str]) -> int:
@@ -194,7 +228,8 @@ class _WorkerProcess:
             try:
                 reply = recv_fd(self.from_worker, deadline)
             except TimeoutError:
-                tail = tail_of(self.log_path, start=log_start) if self.log_path else ""
+                self._dump_stacks(log_start)
+                tail = tail_of(self.log_path, STACK_TAIL_LINES, STACK_TAIL_BYTES, log_start) if self.log_path else ""
                 self.kill()
                 return Failure("timeout", f"no answer within the {limit:g} s limit: worker killed", tail)
             except (OSError, EOFError, pickle.UnpicklingError):
@@ -204,10 +239,26 @@ class _WorkerProcess:
                 rc = self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 rc = None
-            tail = tail_of(self.log_path, start=log_start) if self.log_path else ""
+            tail = tail_of(self.log_path, STACK_TAIL_LINES, STACK_TAIL_BYTES, log_start) if self.log_path else ""
             self.kill()
             return Failure("crash", f"worker process died: {describe_exit(rc)}", tail)
         return reply
+
+    def _dump_stacks(self, log_start: int, wait_s: float = 2.0) -> None:
+        """Ask a hung worker for its threads' stacks (faulthandler, on STACK_SIGNAL) before it is killed,
+        so the timeout can say where the case hung; waits up to ``wait_s`` for the dump to land."""
+        if STACK_SIGNAL is None or self.proc.poll() is not None or not self.log_path:
+            return
+        try:
+            os.kill(self.proc.pid, STACK_SIGNAL)
+        except OSError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if STACK_MARK in tail_of(self.log_path, STACK_TAIL_LINES, STACK_TAIL_BYTES, log_start):
+                time.sleep(0.1)  # the other threads' stacks follow the first
+                return
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """Ask the worker to exit, then make sure it has."""

@@ -23,6 +23,7 @@ import contextlib
 import math
 import os
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ import torch
 
 from . import baseline, fingerprint, journal, memory, progress, registry, timing, workloads
 from .dispatch import Dispatcher, visible_gpus
-from .isolation import Failure, WorkerPool, WorkerStartError
+from .isolation import STDERR_TAIL_LINES, Failure, WorkerPool, WorkerStartError, stack_in
 from .plugin import PROBLEM_FILES
 from .record import MODES, CaseRecord
 from .runner import BenchCase, RunSpec, add_scaling_efficiency, bench_cases
@@ -337,15 +338,33 @@ class _InProcess:
         pass
 
 
+def _library_roots() -> tuple[str, ...]:
+    """Folders whose frames are not a variant's own: this suite, torch, triton, the standard library."""
+    import sysconfig
+
+    roots = [os.path.dirname(os.path.abspath(__file__)), sysconfig.get_paths()["stdlib"]]
+    for name in ("torch", "triton"):
+        where = getattr(sys.modules.get(name), "__file__", None)
+        if where:
+            roots.append(os.path.dirname(os.path.abspath(where)))
+    return tuple(os.path.join(os.path.abspath(r), "") for r in roots)
+
+
 def record_from_reply(bc: BenchCase, reply: Any) -> tuple[CaseRecord, Optional[timing.Timing]]:
     """A case's record (and samples) from the worker's reply, or from the failure that ended it."""
     if isinstance(reply, Failure):
         rec = CaseRecord(bc.workload, bc.variant_label, bc.mode, bc.problem.id, family=bc.entry.family,
                          level=bc.problem.level, outcome=reply.outcome)
         tail = reply.stderr_tail.strip()
-        last = tail.splitlines()[-1] if tail else "no output"
-        rec.detail = f"{reply.detail}; last stderr line: {last}"[:1000]
-        rec.extra["stderr_tail"] = tail[-2000:]
+        dump, frame = stack_in(tail, _library_roots())
+        if frame:  # faulthandler's dump: where it crashed or hung, not the dump's last (outermost) line
+            rec.detail = f"{reply.detail}; in {frame}"[:1000]
+            rec.extra["stack"] = dump[-4000:]
+            tail = tail[: len(tail) - len(dump)].rstrip()  # the output before the dump
+        else:
+            last = tail.splitlines()[-1] if tail else "no output"
+            rec.detail = f"{reply.detail}; last stderr line: {last}"[:1000]
+        rec.extra["stderr_tail"] = "\n".join(tail.splitlines()[-STDERR_TAIL_LINES:])[-2000:]
         return rec, None
     if not isinstance(reply, dict) or "record" not in reply:
         rec = CaseRecord(bc.workload, bc.variant_label, bc.mode, bc.problem.id, family=bc.entry.family,
@@ -522,7 +541,8 @@ class BenchRunner:
             asked = f"{rec.oom_bytes / 2**30:.2f} GiB" if rec.oom_bytes else "unknown size"
             pytest.skip(f"out of memory (asked for {asked}): {rec.detail}")
         if rec.outcome in ("numerics", "error", "crash", "timeout"):
-            pytest.fail(f"{bc.id}: {rec.outcome}: {rec.detail}", pytrace=False)
+            where = rec.extra.get("traceback") or rec.extra.get("stack")
+            pytest.fail(f"{bc.id}: {rec.outcome}: {rec.detail}" + (f"\n{where}" if where else ""), pytrace=False)
         return rec
 
     def confirm(self, keys: Sequence[str]) -> dict[str, CaseRecord]:

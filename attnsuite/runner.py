@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import flops as flopmod
-from . import decode_bench, gpu_state, memory, registry, timing, tolerance, triton_support, workloads
+from . import checks, decode_bench, gpu_state, memory, registry, timing, tolerance, triton_support, workloads
 from .case import Case, DeviceInputs, OutputContractError, prepare
 from .inputs import torch_dtype
 from .problem import Problem
@@ -436,6 +436,9 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
             rec.extra["numerics_check"] = "contract"
         else:
             rec.outcome, rec.detail = "error", f"{type(exc).__name__}: {exc}"[:1000]
+            # where it was raised: the variant's last own frame, then the innermost frames (the
+            # correctness checks show the same); the worker's log, which had the rest, is removed
+            rec.extra["traceback"] = checks.traceback_text(exc)[:4000]
         result = None
     finally:
         if failed:  # the exception's traceback holds tensors in cycles; the allocator may be full

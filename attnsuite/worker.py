@@ -26,12 +26,13 @@ Started as ``python -m attnsuite.worker REQUEST_FD REPLY_FD``. Messages (dicts, 
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 import traceback
 from typing import Any, Callable, Optional
 
-from .isolation import EXIT_POISONED, recv_fd, send
+from .isolation import EXIT_POISONED, STACK_SIGNAL, recv_fd, send
 from .parent_watch import exit_with_parent
 
 
@@ -277,6 +278,11 @@ def main(argv: list[str]) -> int:
     # here must not keep running: the watch kills the worker and any helper it started
     exit_with_parent(os.getppid(), whole_group=True)
     os.dup2(2, 1)  # a variant's prints go to the log, never into the reply pipe
+    # a crash dumps the Python stacks into the log, and so does a timeout (it sends STACK_SIGNAL
+    # before the kill): the case's record then says where it died or hung
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    if STACK_SIGNAL is not None:
+        faulthandler.register(STACK_SIGNAL, file=sys.stderr, all_threads=True)
     out = os.fdopen(reply_fd, "wb")
     worker = Worker()
     while True:

@@ -150,3 +150,22 @@ def test_an_honest_kernel_leaves_every_input_mark_as_it_was():
     marks = {"a": (1.0, 2.0, 0.5)}
     assert runner.changed_inputs(marks, {"a": (1.0 + 1e-13, 2.0, 0.5)}) == []
     assert runner.changed_inputs(marks, {"a": (2.0, 4.0, 1.0)}) == ["a"]
+
+
+def test_a_kernel_that_raises_keeps_where_it_raised_in_its_record(monkeypatch):
+    # the record had only "RuntimeError: ...": the worker's log, with the traceback, is removed
+    bc, settings = _bench_case("sdpa", 1 << 30)
+    real_prepare = runner.prepare
+
+    def raising_prepare(*args, **kwargs):
+        case = real_prepare(*args, **kwargs)
+
+        def call():
+            raise RuntimeError("my kernel blew up: bad tile size 17")
+        case.call = call
+        return case
+    monkeypatch.setattr(runner, "prepare", raising_prepare)
+    rec, _ = runner.run_case(bc, settings)
+    assert rec.outcome == "error" and rec.detail == "RuntimeError: my kernel blew up: bad tile size 17"
+    text = rec.extra["traceback"]
+    assert text.startswith("Traceback (the variant's last own frame") and "test_device_inputs.py" in text, text

@@ -9,6 +9,7 @@ it. A run killed half-way keeps its finished cases in the journal and ``--attn-r
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -76,6 +77,10 @@ def test_crashes_aborts_exits_hangs_and_state_changes_are_outcomes_and_the_run_g
     # a hang costs the limit once: the variant's later cases are skipped, naming the case that hung
     hung = [rec for rec in by["h-hang"] if rec["outcome"] == "timeout"]
     assert len(hung) == 1 and "8 s limit" in hung[0]["detail"], by["h-hang"]
+    # where it died or hung, from the worker's stack dump (faulthandler), not the dump's outermost line
+    for rec in by["h-segfault"] + by["h-abort"] + hung:
+        assert re.search(r'; in File ".*hostile\.py", line \d+ in', rec["detail"]), rec["detail"]
+        assert "most recent call first" in rec["extra"]["stack"], rec["extra"]
     for rec in by["h-hang"]:
         if rec is not hung[0]:
             assert rec["outcome"] == "skipped" and rec["detail"] == (
