@@ -609,17 +609,26 @@ def _entry_point_origin(ep: Any) -> str:
     return f"entry point {ep.name!r} (distribution {dist_name}) {ep.value!r}"
 
 
+NO_ENTRY_POINTS = "ATTNSUITE_NO_ENTRY_POINTS"  # set to 1: installed packages' variants are not loaded
+
+
 def load_entry_points() -> None:
-    """Import every module named in the ``attnsuite.variants`` entry-point group.
+    """Import every module named in the ``attnsuite.variants`` entry-point group (none when the
+    environment variable ``ATTNSUITE_NO_ENTRY_POINTS`` is 1).
 
     One that fails to import raises :class:`VariantLoadError` naming the entry point, its
-    distribution and its module (an installed package's import error alone names none of them)."""
+    distribution and its module (an installed package's import error alone names none of them), and
+    how to run without installed packages' variants (a broken one had blocked every run, the
+    suite's own tests included, with no way around it but uninstalling)."""
+    if os.environ.get(NO_ENTRY_POINTS, "").strip() in ("1", "true", "yes", "on"):
+        return
     for ep in entry_points(group="attnsuite.variants"):
         where = _entry_point_origin(ep)
         try:
             _load_from(where, ep.load)
         except Exception as exc:
-            raise VariantLoadError(f"{where}: {type(exc).__name__}: {exc}") from exc
+            raise VariantLoadError(f"{where}: {type(exc).__name__}: {exc} (fix or uninstall that package, or set "
+                                   f"{NO_ENTRY_POINTS}=1 to run without installed packages' variants)") from exc
 
 
 def entry_point_modules() -> list[str]:
