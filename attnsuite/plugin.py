@@ -8,6 +8,8 @@ tests against hostile variants: leaked state, crashes, hangs), :mod:`attnsuite.b
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,40 @@ def failure_reason(longrepr: str, head: int = 8, tail: int = 6) -> str:
     return "\n".join(text[:head] + [f"  [... {len(text) - head - tail} lines ...]"] + text[-tail:])
 
 
+class SkippedWholly:
+    """Which watched variants (``--attn-only`` names, variants from outside the repository) had every
+    correctness test of this run skipped: the run read green having checked nothing of them (a
+    variant declared for CUDA only, run on CPU: 316 skipped, exit 0, not a word).
+
+    Counted from the test reports by the variant in the test id (``[name@problem]``), so the xdist
+    controller, which never sees the items, counts too."""
+
+    ID = re.compile(r"\[([^\]@\[]+)@")
+
+    def __init__(self, watched: set[str]) -> None:
+        self.watched = watched
+        self.ran: Counter = Counter()
+        self.skipped: Counter = Counter()
+        self.reason: dict[str, str] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        m = self.ID.search(report.nodeid)
+        name = m.group(1) if m else None
+        if name not in self.watched:
+            return
+        if report.skipped:
+            self.skipped[name] += 1
+            if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+                self.reason.setdefault(name, str(report.longrepr[2]).removeprefix("Skipped: "))
+        elif report.when == "call":
+            self.ran[name] += 1
+
+    def lines(self) -> list[str]:
+        return [f"attnsuite: variant {name}: none of its {self.skipped[name]} tests ran here, every one was "
+                f"skipped (e.g. {self.reason.get(name, '?')[:200]}): nothing of it was checked"
+                for name in sorted(self.watched) if self.skipped[name] and not self.ran[name]]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     register_failures_log(config)
     for name in SUBPLUGINS:
@@ -118,6 +154,9 @@ def pytest_configure(config: pytest.Config) -> None:
             registry.get(name)
         except registry.UnknownVariantError as exc:
             raise pytest.UsageError(f"attnsuite: --attn-only: {exc}") from None
+    if not hasattr(config, "workerinput"):  # the controller (or the only process) reads every report
+        watched = set(config.getoption("--attn-only")) | {v.name for v in registry.external_variants()}
+        config.pluginmanager.register(SkippedWholly(watched), "attnsuite-skipped-wholly")
 
 
 # The parameters by which a correctness test names the variant it checks: a Variant object, or its name.
@@ -199,6 +238,9 @@ _TESTS_DESELECTED = pytest.StashKey[int]()
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    wholly = config.pluginmanager.get_plugin("attnsuite-skipped-wholly")
+    for line in wholly.lines() if wholly is not None else []:
+        terminalreporter.write_line(line)
     deselected = config.stash.get(_TESTS_DESELECTED, 0)
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and deselected:
         # pytest alone says "N deselected" and exits 5: a CI step that allows 5 would pass checking nothing

@@ -94,3 +94,17 @@ def test_a_k_that_matches_no_correctness_test_says_nothing_was_checked(tmp_path)
     assert done.returncode == 5, done.stdout[-2000:]
     assert "attnsuite: -k 'my-kernel' left none of the" in done.stdout and \
         "collected tests: nothing was checked (exit status 5)" in done.stdout, done.stdout[-2000:]
+
+
+def test_a_selected_variant_whose_every_test_skipped_is_named_as_unchecked(tmp_path):
+    # a CUDA-only variant run on CPU: 316 skipped, exit 0, and not a word that nothing was checked
+    done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"),
+                           f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-p", "no:xdist", "-q",
+                           "--attn-only=sdpa-cudnn", "--attn-only=explicit", "-k", "test_forward and fp32"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
+    line = next((l for l in done.stdout.splitlines() if l.startswith("attnsuite: variant sdpa-cudnn: none of its")),
+                None)
+    assert line is not None and "tests ran here, every one was skipped (e.g. " in line, done.stdout[-2000:]
+    assert line.endswith("): nothing of it was checked")
+    assert "attnsuite: variant explicit:" not in done.stdout  # its tests ran
