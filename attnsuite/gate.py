@@ -91,6 +91,21 @@ def unknown_workload_sections(thresholds: ThresholdConfig, *runs: bl.Run) -> lis
     return sorted(set(thresholds.workload) - set(workloads.WORKLOADS) - seen)
 
 
+WIDE_FLOOR = 0.5  # a time floor from here up is named in the report: the gate is blind below it
+
+
+def band_note(thresholds: ThresholdConfig, device: str) -> Optional[str]:
+    """What a wide time floor means for this device's verdicts, or None: a CPU case 99.6% slower read
+    "same" with no word that the CPU gate's floor is 100% (shared CPU runners move by up to 2x)."""
+    floor = thresholds.for_case(CaseRecord("", "", "fwd", ""), device).time_floor
+    if floor < WIDE_FLOOR:
+        return None
+    return (f"time on {device} is judged with a floor of {floor:.0%} (thresholds: time_floor): a case must be more "
+            f"than {floor:.0%} slower than its baseline to read as slower, so this gate catches only large "
+            f"slowdowns here (a thresholds file with a lower device.{device}.time_floor narrows it, at the price of "
+            "false alarms where runners vary)")
+
+
 def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
                scope: Optional[Union[Scope, Callable[[CaseRecord], bool]]] = None, allow_mismatch: bool = False,
                notes: Iterable[str] = ()) -> Comparison:
@@ -123,6 +138,9 @@ def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
     if device == "cuda" and not any(r.device_ms for r in base.records.values() if r.outcome == "ok"):
         all_notes.append(f"{_label(base)} was recorded without device time (event timing only): on CUDA "
                          "its times are not gated; outcomes, missing cases and memory are")
+    wide = band_note(thresholds, device)
+    if wide:
+        all_notes.append(wide)
     if scope is None:
         scope = run_scope(cur)
     cmp = compare(base.records, cur.records, thresholds=thresholds, device=device, scope=scope, notes=all_notes)

@@ -392,3 +392,14 @@ def test_a_case_that_now_crashes_or_times_out_fails_the_gate(project, outcome):
     res = project.runpytest(*QUIET)
     assert res.ret == 1
     res.stdout.fnmatch_lines([f"FAILED newly-failing: tiny/alpha/fwd/{PROBLEM}: now {outcome}: worker died*"])
+
+
+def test_a_wide_time_floor_is_named_in_the_comparison_and_a_narrow_one_is_not():
+    # a CPU case 99.6% slower had read "same" with no word that the CPU floor is 100%
+    from attnsuite import gate
+    from attnsuite.verdict import ThresholdConfig
+
+    note = gate.band_note(ThresholdConfig(), "cpu")
+    assert note is not None and note.startswith("time on cpu is judged with a floor of 100% (thresholds: time_floor)")
+    assert gate.band_note(ThresholdConfig(), "cuda") is None  # 3%
+    assert gate.band_note(ThresholdConfig(device={"cpu": {"time_floor": 0.2}}), "cpu") is None
