@@ -53,7 +53,10 @@ def _cases(config: pytest.Config, check: str):
             seen, _ = checks.guarded_skip_reason(lambda: variant.known_defect(check, problem), variant, problem,
                                                  "known_defect()")  # a raise fails the test (_applies)
             if seen:
-                marks.append(pytest.mark.xfail(strict=True, reason=f"known defect of {variant.name}: {seen}"))
+                # strict: shown as XPASS(strict) when the check passes, with the way to narrow the entry
+                marks.append(pytest.mark.xfail(strict=True, reason=f"known defect of {variant.name}: {seen} (if "
+                                               "this check passes here, the defect does not show on this problem: "
+                                               "narrow the entry with known_defect(check, problem))"))
             yield pytest.param(variant, problem, id=f"{variant.name}@{problem.id}", marks=marks)
 
 
