@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
     shutil.copytree(ROOT / "bench", pytester.path / "bench")
-    pytester.makepyfile(test_plain="def test_one():\n    assert True\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     return pytester
 
@@ -34,7 +33,18 @@ def test_benchmarks_with_xdist_are_a_usage_error_naming_the_option(project, args
                               "pytest-benchmark times nothing*Drop -n*"])
 
 
-def test_other_tests_under_xdist_are_left_alone(project):
-    pytest.importorskip("xdist")
-    res = project.runpytest_subprocess("test_plain.py", "-n", "2", "-p", "no:cacheprovider")
-    assert res.ret == pytest.ExitCode.OK, res.stdout.str()[-2000:] + res.stderr.str()[-2000:]
+@pytest.mark.parametrize("args, source, workers, benchmark_only", [
+    (["tests"], "ARGS", 2, False),  # the test command's own -n
+    (["tests", "test_correctness", "bench"], "TESTPATHS", 2, False),  # plain `pytest -n 2`: bench not named
+    (["bench"], "ARGS", 0, False),  # -n 0: no workers
+], ids=["tests", "testpaths", "no-workers"])
+def test_other_sessions_under_xdist_are_left_alone(tmp_path, args, source, workers, benchmark_only):
+    from types import SimpleNamespace
+
+    from attnsuite.bench_xdist import xdist_problem
+
+    config = SimpleNamespace(option=SimpleNamespace(numprocesses=workers), rootpath=tmp_path,
+                             args_source=getattr(pytest.Config.ArgsSource, source),
+                             args=[str(tmp_path / a) for a in args],
+                             getoption=lambda name, default=None: benchmark_only if name == "benchmark_only" else default)
+    assert xdist_problem(config) is None
