@@ -249,6 +249,14 @@ def register(variant):
         raise ValueError(f"variant {type(instance).__name__} has no name")
     existing = _REGISTRY.get(instance.name)
     if existing is not None and type(existing) is not type(instance):
+        where = _source_file(existing)
+        if where is not None and where == _source_file(instance):
+            # one file imported twice under two module names (an installed package's entry point and
+            # --attn-variants naming its folder): said as such, not as two variants with one name
+            raise ValueError(
+                f"variant name {instance.name!r}: {where} was imported twice, as module "
+                f"{type(existing).__module__} and again as {type(instance).__module__} (named two ways, e.g. "
+                "an installed package's entry point and --attn-variants with its folder or file): name it one way")
         raise ValueError(
             f"variant name {instance.name!r} is already registered by {type(existing).__module__}."
             f"{type(existing).__name__}"
@@ -314,6 +322,12 @@ def _same_state(a: "Variant", b: "Variant") -> bool:
         except Exception:  # values without a plain equality (tensors, arrays): unequal unless identical
             return False
     return True
+
+
+def _source_file(variant: "Variant") -> Optional[str]:
+    """The real path of the file that defines a variant's class (None when unknown)."""
+    path = getattr(sys.modules.get(type(variant).__module__), "__file__", None)
+    return os.path.realpath(path) if path else None
 
 
 def _defined_in(variant: "Variant") -> str:

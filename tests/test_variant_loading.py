@@ -459,3 +459,22 @@ def test_built_in_variants_have_the_built_in_origin_however_they_were_loaded():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == str([registry.BUILTIN_ORIGIN]), done.stdout
+
+
+def test_one_file_loaded_two_ways_is_named_as_one_file_imported_twice(isolated_registry, tmp_path):
+    # an installed package's entry point plus --attn-variants with its folder had read as two variants
+    # with one name ("already registered by my_pkg.more.PkgB"), never saying it was the same file
+    path = _module(tmp_path, "twice_variants", """
+        from attnsuite.registry import KernelVariant, register
+
+        @register
+        class Twice(KernelVariant):
+            name = "x-loaded-twice"
+
+            def build(self, problem):
+                return correct_run(problem)
+    """)
+    registry.load_external(str(path), module_name="attnsuite_external_twice_a")
+    with pytest.raises(Exception, match=r"variant name 'x-loaded-twice': .*twice_variants\.py was imported twice, as "
+                                        r"module attnsuite_external_twice_a and again as attnsuite_external_twice_b"):
+        registry.load_external(str(path), module_name="attnsuite_external_twice_b")
