@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -68,11 +69,12 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-def _library_roots() -> tuple[str, ...]:
-    """The folders of the packages around a variant's code (this suite's machinery, torch, triton when
-    imported): a frame there is not the variant's own. By the packages' locations, not by a folder name,
-    so a checkout that happens to be called "attnsuite" keeps its built-in variants' frames."""
-    roots = [os.path.dirname(os.path.abspath(__file__))]
+def library_roots() -> tuple[str, ...]:
+    """The folders of the code around a variant's own (this suite's machinery, torch, triton when
+    imported, the standard library): a frame there is not the variant's own. By the packages'
+    locations, not by a folder name, so a checkout that happens to be called "attnsuite" keeps its
+    built-in variants' frames."""
+    roots = [os.path.dirname(os.path.abspath(__file__)), sysconfig.get_paths()["stdlib"]]
     for name in ("torch", "triton"):
         where = getattr(sys.modules.get(name), "__file__", None)
         if where:
@@ -86,7 +88,7 @@ def traceback_text(exc: BaseException, tail: int = 3) -> str:
     Triton's frames, never the line of the kernel that caused it."""
     frames = traceback.extract_tb(exc.__traceback__)
     shown = list(frames[-tail:])
-    roots = _library_roots()
+    roots = library_roots()
     own = [f for f in frames if not os.path.abspath(f.filename).startswith(roots)]
     if own and own[-1] not in shown:
         shown = [own[-1]] + shown

@@ -23,7 +23,6 @@ import contextlib
 import math
 import os
 import re
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any, Optional, Sequence
 import pytest
 import torch
 
-from . import baseline, fingerprint, journal, memory, progress, registry, timing, workloads
+from . import baseline, checks, fingerprint, journal, memory, progress, registry, timing, workloads
 from .dispatch import Dispatcher, visible_gpus
 from .isolation import STDERR_TAIL_LINES, Failure, WorkerPool, WorkerStartError, stack_in
 from .plugin import PROBLEM_FILES
@@ -338,25 +337,13 @@ class _InProcess:
         pass
 
 
-def _library_roots() -> tuple[str, ...]:
-    """Folders whose frames are not a variant's own: this suite, torch, triton, the standard library."""
-    import sysconfig
-
-    roots = [os.path.dirname(os.path.abspath(__file__)), sysconfig.get_paths()["stdlib"]]
-    for name in ("torch", "triton"):
-        where = getattr(sys.modules.get(name), "__file__", None)
-        if where:
-            roots.append(os.path.dirname(os.path.abspath(where)))
-    return tuple(os.path.join(os.path.abspath(r), "") for r in roots)
-
-
 def record_from_reply(bc: BenchCase, reply: Any) -> tuple[CaseRecord, Optional[timing.Timing]]:
     """A case's record (and samples) from the worker's reply, or from the failure that ended it."""
     if isinstance(reply, Failure):
         rec = CaseRecord(bc.workload, bc.variant_label, bc.mode, bc.problem.id, family=bc.entry.family,
                          level=bc.problem.level, outcome=reply.outcome)
         tail = reply.stderr_tail.strip()
-        dump, frame = stack_in(tail, _library_roots())
+        dump, frame = stack_in(tail, checks.library_roots())
         if frame:  # faulthandler's dump: where it crashed or hung, not the dump's last (outermost) line
             rec.detail = f"{reply.detail}; in {frame}"[:1000]
             rec.extra["stack"] = dump[-4000:]

@@ -9,8 +9,9 @@ never vanish from a report.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 # crash: the worker process running the case died (signal, abort, os._exit, a poisoned CUDA
 # context); timeout: it ran past the per-case limit and was killed. Both are failures of the case.
@@ -137,3 +138,9 @@ class CaseRecord:
         if rec.outcome not in OUTCOMES:
             raise ValueError(f"record {rec.key}: unknown outcome {rec.outcome!r}")
         return rec
+
+
+def failed_counts(records: Mapping[str, CaseRecord]) -> dict[str, int]:
+    """How many of a run's cases ended in each failing outcome (crash, error, ...), in a fixed order."""
+    counts = Counter(r.outcome for r in records.values())
+    return {k: counts[k] for k in FAILING_OUTCOMES if counts.get(k)}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from . import flops
-from .record import FAILING_OUTCOMES, CaseRecord
+from .record import FAILING_OUTCOMES, CaseRecord, failed_counts
 from .verdict import Comparison, CaseVerdict, fmt_ms, fmt_pct
 from .wording import count, none_of
 
@@ -153,12 +153,6 @@ def peak_note(records: Mapping[str, CaseRecord], calibration: Optional[Mapping[s
     if not sources:
         return "% of peak: no timed case"
     return "% of peak against: " + "; ".join(s for s, _ in sources.most_common(2))
-
-
-def failed_counts(records: Mapping[str, CaseRecord]) -> dict[str, int]:
-    """How many of a run's cases ended in each failing outcome (crash, error, ...), in a fixed order."""
-    counts = Counter(r.outcome for r in records.values())
-    return {k: counts[k] for k in FAILING_OUTCOMES if counts.get(k)}
 
 
 def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode: str,

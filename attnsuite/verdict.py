@@ -41,12 +41,11 @@ import json
 import math
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from .record import FAILING_OUTCOMES, KERNEL_SUM, CaseRecord
+from .record import FAILING_OUTCOMES, KERNEL_SUM, CaseRecord, failed_counts
 from .wording import count
 
 GATING = ("newly-failing", "newly-oom", "missing", "slower", "memory-growth")
@@ -839,15 +838,14 @@ class Comparison:
         when no case of this run failed: a new case that raised or crashed is no regression, yet it
         fails the run, and "pass (1 new)" had stood above "FAIL: 1 case(s) of this run failed"."""
         counts = ", ".join(f"{n} {k}" for k, n in self.counts().items()) or "no cases"
-        failing = Counter(v.cur.outcome for v in self.verdicts
-                          if v.cur is not None and v.cur.outcome in FAILING_OUTCOMES)
+        failing = failed_counts({v.key: v.cur for v in self.verdicts if v.cur is not None})
         calm = "no regression" if failing else "pass"
         head = calm if not self.failed else f"FAIL: {len(self.regressions)} regression(s)" \
             if self.gate_mode == "enforce" else f"REPORTED: {len(self.regressions)} regression(s) (gate in report mode)"
         unconfirmed = sum(1 for v in self.verdicts if v.confirmed is False)
         tail = f"; {unconfirmed} not confirmed by a second measurement" if unconfirmed else ""
         if failing and not self.failed:
-            what = ", ".join(f"{n} {k}" for k, n in sorted(failing.items()))
+            what = ", ".join(f"{n} {k}" for k, n in failing.items())
             tail += f"; {count(sum(failing.values()), 'case')} of this run failed ({what}): the run fails on them"
         if self.out_of_scope:
             tail += f"; {count(self.out_of_scope, 'baseline case')} outside this run's scope"
