@@ -119,28 +119,35 @@ def tail_of(path: str, lines: int = STDERR_TAIL_LINES, max_bytes: int = STDERR_T
 
 def stack_in(tail: str, library_roots: tuple[str, ...] = ()) -> tuple[str, str]:
     """(the stack dump faulthandler wrote into a worker's log tail, where the thread it was written for
-    was: the one that crashed, or the main thread on a timeout's dump); ("", "") when the tail holds
-    none. Where: its innermost frame, and when that lies under ``library_roots`` (the suite, torch,
-    the standard library) the innermost frame of the variant's own code first."""
+    was); ("", "") when the tail holds none. That thread is the one that crashed or took the signal
+    ("Current thread"); a timer's dump has none, and there it is the main thread, which runs the
+    variant's call (listed last: faulthandler goes newest first; a helper thread such as xdist's
+    execnet reader lies outside the library roots too, so "not library code" cannot tell). Where:
+    its innermost frame, and when that lies under ``library_roots`` (the suite, torch, the standard
+    library) the innermost frame of the variant's own code first."""
     lines = tail.splitlines()
     start = next((i for i, line in enumerate(lines)
                   if line.startswith("Fatal Python error") or STACK_MARK in line), None)
     if start is None:
         return "", ""
     dump = lines[start:]
-    marks = [i for i, line in enumerate(dump) if STACK_MARK in line]
-    current = next((i for i in marks if dump[i].startswith("Current thread")), marks[0] if marks else 0)
-    frames = []
-    for line in dump[current + 1:]:
-        if not line.strip().startswith("File "):
-            break  # the end of this thread's frames
-        frames.append(line.strip())
-    if not frames:
-        return "\n".join(dump), ""
+    threads: list[tuple[str, list[str]]] = []  # (header, frames innermost first)
+    for line in dump:
+        if STACK_MARK in line:
+            threads.append((line, []))
+        elif threads and line.strip().startswith("File "):
+            threads[-1][1].append(line.strip())
 
     def path_of(frame: str) -> str:
         return os.path.abspath(frame.split('"')[1]) if frame.count('"') >= 2 else ""
-    own = next((f for f in frames if not path_of(f).startswith(library_roots)), None) if library_roots else None
+
+    def own_frame(frames: list[str]) -> Optional[str]:
+        return next((f for f in frames if not path_of(f).startswith(library_roots)), None) if library_roots else None
+    current = next((t for t in threads if t[0].startswith("Current thread")), threads[-1] if threads else None)
+    frames = current[1] if current else []
+    if not frames:
+        return "\n".join(dump), ""
+    own = own_frame(frames)
     where = frames[0] if own in (None, frames[0]) else f"{own} (innermost: {frames[0]})"
     return "\n".join(dump), where
 

@@ -50,10 +50,11 @@ from typing import Any, Optional
 
 import pytest
 
-from . import registry, torch_state
+from . import checks, isolation, registry, torch_state
 
 LEDGER_KEY = "attnsuite_crash_ledger"  # the controller's folder, handed to each worker in workerinput
 CRASHED = "crashed.jsonl"  # one JSON line per variant that took a worker down
+FAULTS_PREFIX = "faults-"  # faults-<worker id>.log: that worker's faulthandler dump, if it died with one
 DEFAULT_TEST_TIMEOUT_S = 900.0
 
 
@@ -358,9 +359,20 @@ class CrashWorker:
     def __init__(self, folder: Path, worker_id: str, timeout: float) -> None:
         self.folder = folder
         self.note_path = folder / f"running-{worker_id}.json"
+        self.fault_path = folder / f"{FAULTS_PREFIX}{worker_id}.log"
         self.timeout = timeout
         self._seen: tuple[int, int] = (-1, -1)
         self._crashed: dict[str, dict[str, Any]] = {}
+        self._faults: Optional[Any] = None
+
+    def _fault_file(self) -> Any:
+        """The file faulthandler writes a fatal signal's or a time limit's stack dump to, where the
+        controller reads it to word the failure (the signal, the variant's frame). Armed at the first
+        test, after pytest's own faulthandler set-up, which would otherwise take stderr back."""
+        if self._faults is None:
+            self._faults = open(self.fault_path, "w", encoding="utf-8")
+            faulthandler.enable(file=self._faults, all_threads=True)
+        return self._faults
 
     def _write_note(self, note: dict[str, Any]) -> None:
         tmp = self.note_path.with_suffix(".tmp")
@@ -395,8 +407,9 @@ class CrashWorker:
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: Optional[pytest.Item]) -> Any:
         self._write_note({"nodeid": item.nodeid, "variant": variant_name(item), "started": time.time(),
                           "timeout": self.timeout})
+        faults = self._fault_file()
         if self.timeout:
-            faulthandler.dump_traceback_later(self.timeout, exit=True)
+            faulthandler.dump_traceback_later(self.timeout, exit=True, file=faults)
         try:
             return (yield)
         finally:
@@ -434,14 +447,22 @@ class CrashController:
             return None  # not a test this plugin noted: xdist's own message stands
         timeout = note.get("timeout") or 0
         elapsed = time.time() - float(note.get("started") or 0)
+        dump, where = isolation.stack_in(isolation.tail_of(str(self.folder / f"{FAULTS_PREFIX}{worker}.log"), 1000, 256 * 1024),
+                                         checks.library_roots())
+        fatal = dump.splitlines()[0] if dump.startswith("Fatal Python error") else ""
         if note.get("what"):  # the worker ended itself and said why
             what, how = str(note["what"]), str(note.get("how", "the worker exited"))
         elif timeout and elapsed >= timeout - 1:
             what = f"ran past the {timeout:g} s limit (--attn-test-timeout)"
-            how = "the worker dumped its threads' stacks (in its stderr above) and exited"
+            how = "the worker dumped its threads' stacks (below) and exited"
+        elif fatal:  # faulthandler names the signal: "Fatal Python error: Segmentation fault"
+            what = f"crashed the test process ({fatal})"
+            how = "the process died"
         else:
             what = "took the test process down (a crash, an abort or an exit)"
             how = "the process died"
+        if where:
+            how += f", at {where}"
         variant = note.get("variant")
         subject = f"variant {variant}" if variant else "this test"
         message = f"{subject} {what} in {crashitem}: {how}; xdist worker {worker} was replaced and the run went on"
@@ -449,6 +470,8 @@ class CrashController:
             message += f"; the other tests of {variant} are skipped"
             with open(self.folder / CRASHED, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps({"variant": variant, "nodeid": crashitem, "what": what}) + "\n")
+        if dump:
+            message += "\n\nthe worker's stack dump (faulthandler):\n" + dump
         report.longrepr = message
         return None
 

@@ -50,17 +50,22 @@ def _outcomes(out: str, variant: str) -> set[str]:
 def test_a_segfault_fails_one_test_naming_the_variant_and_skips_its_others(hostile_run):
     rc, out = hostile_run
     assert rc == pytest.ExitCode.TESTS_FAILED, out[-3000:]
-    crashed = re.findall(r"variant h-segfault took the test process down \(a crash, an abort or an exit\) in "
-                         r"\S+\[h-segfault@[^\]]+\]: the process died; xdist worker gw\d+ was replaced", out)
+    # the signal (from the worker's faulthandler dump) and the variant's own frame, not the suite's
+    crashed = re.findall(r"variant h-segfault crashed the test process \(Fatal Python error: Segmentation fault\) "
+                         r"in \S+\[h-segfault@[^\]]+\]: the process died, at File \"[^\"]*misbehaving\.py\", line "
+                         r"\d+ in \S+ \(innermost: [^)]*\); xdist worker gw\d+ was replaced", out)
     assert 1 <= len(crashed) <= 2, out[-4000:]  # each worker may have been running one of its tests
-    assert re.search(r"SKIPPED \[\d+\] .*variant h-segfault took the test process down .* its other tests are not "
-                     r"run", out), out[-4000:]
+    assert "the worker's stack dump (faulthandler):\nFatal Python error: Segmentation fault" in out, out[-4000:]
+    assert re.search(r"SKIPPED \[\d+\] .*variant h-segfault crashed the test process \(Fatal Python error: "
+                     r"Segmentation fault\) .* its other tests are not run", out), out[-4000:]
 
 
 def test_a_hang_fails_as_past_the_limit_and_skips_the_variants_others(hostile_run):
     rc, out = hostile_run
     assert re.search(r"variant h-hang ran past the 5 s limit \(--attn-test-timeout\) in \S+\[h-hang@[^\]]+\]: "
-                     r"the worker dumped its threads' stacks", out), out[-4000:]
+                     r"the worker dumped its threads' stacks \(below\) and exited, at File \"[^\"]*misbehaving\.py\", line "
+                     r"\d+ in run;",
+                     out), out[-4000:]
     assert re.search(r"SKIPPED \[\d+\] .*variant h-hang ran past the 5 s limit", out), out[-4000:]
 
 
