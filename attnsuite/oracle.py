@@ -66,17 +66,38 @@ def forward(problem: Problem, q: np.ndarray, k: np.ndarray, v: np.ndarray):
     k = np.asarray(k, dtype=np.float64)[:, idx]
     v = np.asarray(v, dtype=np.float64)[:, idx]
     s, t = _scores(q, k, problem)
-    allowed = oracle_mask.allowed(problem)[None, None]
+    p, lse = _masked_softmax(s, oracle_mask.allowed(problem)[None, None])
+    out = np.einsum("bhqk,bhkd->bhqd", p, v)
+    return out, lse, p, t
+
+
+def _masked_softmax(s: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, log-sum-exp) over the last axis where ``allowed``; a row with no allowed key gets P = 0
+    and lse = -inf."""
     s = np.where(allowed, s, -np.inf)
     row_max = s.max(axis=-1, keepdims=True)
     live = np.isfinite(row_max)
     e = np.where(allowed, np.exp(s - np.where(live, row_max, 0.0)), 0.0)
     denom = e.sum(axis=-1, keepdims=True)
     p = np.where(live, e / np.where(live, denom, 1.0), 0.0)
-    out = np.einsum("bhqk,bhkd->bhqd", p, v)
     with np.errstate(divide="ignore"):
         lse = np.where(live, row_max + np.log(np.where(live, denom, 1.0)), -np.inf)[..., 0]
-    return out, lse, p, t
+    return p, lse
+
+
+def forward_rows(problem: Problem, q: np.ndarray, k: np.ndarray, v: np.ndarray, rows: np.ndarray,
+                 heads: np.ndarray) -> np.ndarray:
+    """Float64 output of a few query rows of a few heads: ``q`` (n, r, d) holds positions ``rows``
+    of query head ``heads[i]`` for each slice i, ``k`` and ``v`` (n, lk, d) the key/value head that
+    query head reads. The same math as :func:`forward`, for checking problems whose lq x lk whole
+    is too large (attnsuite/spot_check.py)."""
+    q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+    t = problem.softmax_scale * (q @ k.transpose(0, 2, 1))
+    if problem.alibi:
+        t = t + oracle_mask.alibi_bias_rows(problem, rows, heads)
+    s = problem.softcap * np.tanh(t / problem.softcap) if problem.softcap is not None else t
+    p, _ = _masked_softmax(s, oracle_mask.allowed_rows(problem, rows)[None])
+    return p @ v
 
 
 def backward(problem: Problem, q, k, v, do):

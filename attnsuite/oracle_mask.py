@@ -30,9 +30,15 @@ def random_keep(i: np.ndarray, j: np.ndarray, seed: int, lk: int) -> np.ndarray:
 
 def allowed(problem: Problem) -> np.ndarray:
     """Boolean (lq, lk) array: True where query i may attend to key j."""
+    return allowed_rows(problem, np.arange(problem.lq, dtype=np.int64))
+
+
+def allowed_rows(problem: Problem, rows: np.ndarray) -> np.ndarray:
+    """Boolean (len(rows), lk) array: the rows of :func:`allowed` for query positions ``rows``
+    (what a check of a few rows of a long sequence needs, without the lq x lk whole)."""
     m = problem.mask
-    lq, lk = problem.lq, problem.lk
-    raw_i = np.arange(lq, dtype=np.int64)[:, None]
+    lq, lk = len(rows), problem.lk
+    raw_i = np.asarray(rows, dtype=np.int64)[:, None]
     i = raw_i + problem.align_offset  # query position on the key axis
     j = np.arange(lk, dtype=np.int64)[None, :]
     if m.kind == "none":
@@ -70,9 +76,14 @@ def alibi_slopes(hq: int) -> np.ndarray:
 
 def alibi_bias(problem: Problem) -> np.ndarray:
     """(hq, lq, lk) additive bias -m_h * |i - j| with i on the key axis (alignment applied)."""
-    i = np.arange(problem.lq)[:, None] + problem.align_offset
+    return alibi_bias_rows(problem, np.arange(problem.lq), np.arange(problem.hq))
+
+
+def alibi_bias_rows(problem: Problem, rows: np.ndarray, heads: np.ndarray) -> np.ndarray:
+    """(len(heads), len(rows), lk): :func:`alibi_bias` for query heads ``heads`` and positions ``rows``."""
+    i = np.asarray(rows, dtype=np.int64)[:, None] + problem.align_offset
     j = np.arange(problem.lk)[None, :]
-    return -alibi_slopes(problem.hq)[:, None, None] * np.abs(i - j)[None].astype(np.float64)
+    return -alibi_slopes(problem.hq)[np.asarray(heads)][:, None, None] * np.abs(i - j)[None].astype(np.float64)
 
 
 def fully_masked_rows(problem: Problem) -> np.ndarray:
