@@ -9,6 +9,7 @@ tests against hostile variants: leaked state, crashes, hangs), :mod:`attnsuite.b
 from __future__ import annotations
 
 import re
+import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -120,12 +121,13 @@ class SkippedWholly:
             self.skipped[name] += 1
             if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
                 self.reason.setdefault(name, str(report.longrepr[2]).removeprefix("Skipped: "))
-        elif report.when == "call":
+        elif report.when == "call" or report.failed:  # a test that crashed its worker reports no "call"
             self.ran[name] += 1
 
     def lines(self) -> list[str]:
         return [f"attnsuite: variant {name}: none of its {self.skipped[name]} tests ran here, every one was "
-                f"skipped (e.g. {self.reason.get(name, '?')[:200]}): nothing of it was checked"
+                f"skipped (e.g. {textwrap.shorten(self.reason.get(name, '?'), 200, placeholder=' ...')}): nothing "
+                "of it was checked"
                 for name in sorted(self.watched) if self.skipped[name] and not self.ran[name]]
 
 

@@ -58,6 +58,9 @@ def test_a_segfault_fails_one_test_naming_the_variant_and_skips_its_others(hosti
     assert "the worker's stack dump (faulthandler):\nFatal Python error: Segmentation fault" in out, out[-4000:]
     assert re.search(r"SKIPPED \[\d+\] .*variant h-segfault crashed the test process \(Fatal Python error: "
                      r"Segmentation fault\) .* its other tests are not run", out), out[-4000:]
+    # a test of it ran (and failed): the end of the run does not say none did
+    for variant in ("h-segfault", "h-hang"):
+        assert f"attnsuite: variant {variant}: none of its" not in out, out[-4000:]
 
 
 def test_a_hang_fails_as_past_the_limit_and_skips_the_variants_others(hostile_run):

@@ -108,3 +108,26 @@ def test_a_selected_variant_whose_every_test_skipped_is_named_as_unchecked(tmp_p
     assert line is not None and "tests ran here, every one was skipped (e.g. " in line, done.stdout[-2000:]
     assert line.endswith("): nothing of it was checked")
     assert "attnsuite: variant explicit:" not in done.stdout  # its tests ran
+
+
+def _report(nodeid: str, outcome: str, when: str, reason: str = "") -> pytest.TestReport:
+    longrepr = ("x.py", 1, f"Skipped: {reason}") if outcome == "skipped" else None
+    return pytest.TestReport(nodeid, ("x.py", 1, "t"), {}, outcome, longrepr, when)
+
+
+def test_a_variant_whose_one_test_crashed_is_not_called_wholly_skipped():
+    from attnsuite.plugin import SkippedWholly
+
+    watched = SkippedWholly({"crasher", "idle"})
+    watched.pytest_runtest_logreport(_report("t.py::test_a[crasher@p1]", "failed", "???"))  # xdist's crash report
+    long_reason = "variant crasher took the test process down " + "and more words " * 30
+    for i in range(3):
+        watched.pytest_runtest_logreport(_report(f"t.py::test_b[crasher@p{i}]", "skipped", "setup", long_reason))
+        watched.pytest_runtest_logreport(_report(f"t.py::test_b[idle@p{i}]", "skipped", "setup", long_reason))
+    lines = watched.lines()
+    assert len(lines) == 1 and lines[0].startswith("attnsuite: variant idle: none of its 3 tests ran here")
+    # the example reason is cut at a word, and says it was cut
+    example = lines[0].split("(e.g. ", 1)[1].rsplit("): nothing", 1)[0]
+    assert example.endswith(" ...") and len(example) <= 200
+    cut = example.removesuffix(" ...")
+    assert long_reason.startswith(cut) and long_reason[len(cut)] == " "
