@@ -250,6 +250,11 @@ def register(variant):
     existing = _REGISTRY.get(instance.name)
     if existing is not None and type(existing) is not type(instance):
         where = _source_file(existing)
+        if where is not None and where == _source_file(instance) \
+                and type(existing).__module__ == type(instance).__module__:
+            # two classes of one module claim one name
+            raise ValueError(f"variant name {instance.name!r}: two classes in {where} register it, "
+                             f"{type(existing).__name__} and {type(instance).__name__}: give each its own name")
         if where is not None and where == _source_file(instance):
             # one file imported twice under two module names (an installed package's entry point and
             # --attn-variants naming its folder): said as such, not as two variants with one name

@@ -478,3 +478,24 @@ def test_one_file_loaded_two_ways_is_named_as_one_file_imported_twice(isolated_r
     with pytest.raises(Exception, match=r"variant name 'x-loaded-twice': .*twice_variants\.py was imported twice, as "
                                         r"module attnsuite_external_twice_a and again as attnsuite_external_twice_b"):
         registry.load_external(str(path), module_name="attnsuite_external_twice_b")
+
+
+def test_two_classes_of_one_file_with_one_name_are_named_as_such(isolated_registry, tmp_path):
+    # had read "dup.py was imported twice, as module attnsuite_external_dup and again as attnsuite_external_dup"
+    path = _module(tmp_path, "dup_variants", """
+        from attnsuite.registry import KernelVariant, register
+
+        @register
+        class First(KernelVariant):
+            name = "x-dup-name"
+
+            def build(self, problem):
+                return correct_run(problem)
+
+        @register
+        class Second(First):
+            pass
+    """)
+    with pytest.raises(Exception, match=r"variant name 'x-dup-name': two classes in \S*dup_variants\.py register it, "
+                                        r"First and Second: give each its own name"):
+        registry.load_external(str(path))
