@@ -6,7 +6,7 @@
 # (markdown diff; also appended to $GITHUB_STEP_SUMMARY when set), gate.json (the verdicts, which
 # `attnsuite ab --cases-from` reads), bench.log. Finished cases are journaled beside bench.json as
 # they finish: after a killed run, the same command with --attn-resume carries on.
-# Exit status: pytest's (1 when the gate fails under enforce, 4 for a malformed baseline).
+# Exit status: pytest's (1 when the gate fails under enforce, 2 interrupted, 4 for a malformed baseline).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 2 ]; then
@@ -23,9 +23,16 @@ if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 export PYTHONUNBUFFERED=1
+# tee -i: Ctrl-C (or a cancelled job's SIGINT to the whole process group) must not end the tee
+# before pytest has written its interrupted summary and the --attn-resume hint; a resumed run
+# appends to the log of the run it carries on.
+append=
+for arg in "$@"; do [ "$arg" = --attn-resume ] && append=-a; done
+[ -n "$append" ] && echo "--- resumed $(date -u +%Y-%m-%dT%H:%M:%SZ) ---" >> "$out/bench.log"
 "$PY" -m pytest bench --benchmark-only -p no:cacheprovider -q -rfE \
   --attn-tier "$tier" --attn-gate "$gate" \
-  --benchmark-json "$out/bench.json" --attn-markdown "$out/gate.md" --attn-gate-json "$out/gate.json" "$@" 2>&1 | tee "$out/bench.log"
+  --benchmark-json "$out/bench.json" --attn-markdown "$out/gate.md" --attn-gate-json "$out/gate.json" "$@" 2>&1 \
+  | tee -i $append "$out/bench.log"
 status=${PIPESTATUS[0]}
 echo "ci_bench ($tier, gate $gate) exit status: $status"
 exit "$status"

@@ -1,0 +1,58 @@
+"""scripts/ci_bench.sh (what bench.sh runs): Ctrl-C keeps pytest's interrupted summary in the terminal
+and the log, with pytest's status; a resumed run appends to the log it carries on.
+
+A fresh-user test pressed Ctrl-C during the README's main command: tee died with the signal, the
+summary and the --attn-resume hint were lost, the script exited 1 (the gate-failure status) and the
+resumed run then overwrote the log. A stand-in Python plays pytest here (no benchmark runs).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAKE_PYTEST = """#!/usr/bin/env bash
+# stand-in "python -m pytest ...": on SIGINT it writes its summary a little later, as pytest does
+trap 'sleep 0.5; echo "INTERRUPTED: 3 of 9 cases; --attn-resume carries on"; exit 2' INT
+echo "run $*" | grep -o -- "--attn-resume" || true
+echo started
+while true; do sleep 0.1; done
+"""
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[int, str]:
+    fake = tmp_path / "fakepython"
+    fake.write_text(FAKE_PYTEST)
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "OUT": str(out)}
+    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = out / "bench.log"
+    before = log.read_text().count("started") if log.exists() else 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (log.read_text().count("started") if log.exists() else 0) <= before:
+        time.sleep(0.1)  # until this run's stand-in has set its trap
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole foreground group
+    stdout, _ = proc.communicate(timeout=30)
+    return proc.returncode, stdout
+
+
+def test_ctrl_c_keeps_the_interrupted_summary_in_the_terminal_and_the_log_with_pytests_status(tmp_path):
+    status, stdout = _run(tmp_path)
+    assert status == 2, stdout
+    assert "INTERRUPTED: 3 of 9 cases; --attn-resume carries on" in stdout
+    assert "INTERRUPTED: 3 of 9 cases" in (tmp_path / "out" / "bench.log").read_text()
+    assert "ci_bench (quick, gate report) exit status: 2" in stdout
+
+
+def test_a_resumed_run_appends_to_the_log_of_the_run_it_carries_on(tmp_path):
+    _run(tmp_path)
+    _run(tmp_path, "--attn-resume")
+    log = (tmp_path / "out" / "bench.log").read_text()
+    assert log.count("INTERRUPTED: 3 of 9 cases") == 2 and "--- resumed " in log, log
