@@ -91,7 +91,10 @@ def read(path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional
     including another per-case time limit (``case_timeout``, ``--attn-timeout``)."""
     p = Path(path)
     if not p.is_file():
-        raise JournalError(f"journal {p}: no such file (nothing to resume)")
+        kept = previous_path(p)
+        hint = (f"; an earlier unfinished run's journal was kept as {kept} when a run without --attn-resume "
+                f"started: move it back to {p.name} to carry that run on") if kept.is_file() else ""
+        raise JournalError(f"journal {p}: no such file (nothing to resume){hint}")
     entries: dict[str, dict[str, Any]] = {}
     with open(p, "r", encoding="utf-8", errors="replace") as fh:
         first = fh.readline()

@@ -752,12 +752,15 @@ def nothing_selected(config: pytest.Config, items: Sequence[Any], deselected: in
 
 
 def _say(config: pytest.Config, line: str) -> None:
-    """One line on the terminal now (pytest's reporter where there is one)."""
+    """One line on the terminal now (pytest's reporter where there is one), also from inside a
+    fixture, where pytest's output capture had swallowed it."""
     tr = config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None:
-        tr.write_line(line)
-    else:
-        print(line, flush=True)
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+        if tr is not None:
+            tr.write_line(line)
+        else:
+            print(line, flush=True)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -157,6 +157,23 @@ def test_resume_refuses_a_journal_written_with_other_options(pytester, project):
     result.stderr.fnmatch_lines(["*--attn-resume: journal*written by a run with another spec*"])
 
 
+def test_a_fresh_run_says_it_kept_an_unfinished_journal_and_resume_then_points_at_it(pytester, project):
+    # the line had been swallowed by pytest's output capture (seen only with -s), and --attn-resume
+    # afterwards said "no such file" without naming the kept journal
+    journal = project / "journal.jsonl"
+    journal.write_text(json.dumps({"attnsuite_journal": 1, "spec": {}, "fingerprint_id": "x"}) + "\n"
+                       + json.dumps({"key": "llama3-70b/explicit/fwd/p", "record": {}}) + "\n")
+    fresh = pytester.runpytest_subprocess(*_args(project, ("explicit",), f"--attn-journal={journal}",
+                                                 "--attn-mode=fwd"))
+    fresh.stdout.fnmatch_lines([f"attnsuite: an unfinished run's journal was kept as {journal}.prev (this run, "
+                                "without --attn-resume, starts*afresh*"])
+    resumed = pytester.runpytest_subprocess(*_args(project, ("explicit",), f"--attn-journal={journal}",
+                                                   "--attn-mode=fwd", "--attn-resume"))
+    assert resumed.ret == pytest.ExitCode.USAGE_ERROR
+    resumed.stderr.fnmatch_lines([f"*journal {journal}: no such file (nothing to resume); an earlier unfinished "
+                                  f"run's journal was kept as {journal}.prev*move it back to journal.jsonl*"])
+
+
 @pytest.mark.parametrize("option, value, words", [
     ("--attn-cpu-threads", "100000000", "between 0 and 1024"),
     ("--attn-cpu-threads", "two", "expects a whole number"),
