@@ -59,3 +59,30 @@ def exclusive(directory: os.PathLike | str) -> Iterator[None]:
     finally:
         if fd >= 0:
             os.close(fd)  # closing the descriptor releases the lock (also on Ctrl-C while waiting)
+
+
+class HeldElsewhere(Exception):
+    """Another process holds the lock; the message says which (pid, start, command) when it wrote that."""
+
+
+def hold_exclusive_file(path: os.PathLike | str, owner: str) -> int:
+    """Take an exclusive lock on the file ``path`` (created) without waiting, write ``owner`` into it
+    and return the open descriptor that holds the lock (close it, or let the process end, to release).
+
+    Raises :class:`HeldElsewhere` with what the holder wrote when another open file holds it. Where
+    there is no ``fcntl`` or the file system refuses locks, returns -1 (no lock, as :func:`exclusive`)."""
+    if fcntl is None:
+        return -1
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode("utf-8", errors="replace").strip()
+        os.close(fd)
+        raise HeldElsewhere(holder or "a process that did not say which") from None
+    except OSError:
+        os.close(fd)
+        return -1
+    os.ftruncate(fd, 0)
+    os.write(fd, owner.encode("utf-8"))
+    return fd

@@ -23,6 +23,7 @@ import contextlib
 import math
 import os
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from typing import Any, Optional, Sequence
 import pytest
 import torch
 
-from . import baseline, checks, fingerprint, journal, memory, progress, registry, timing, workloads
+from . import baseline, checks, filelock, fingerprint, journal, memory, progress, registry, timing, workloads
 from .dispatch import Dispatcher, visible_gpus
 from .isolation import STDERR_TAIL_LINES, Failure, WorkerPool, WorkerStartError, stack_in
 from .plugin import PROBLEM_FILES
@@ -221,6 +222,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SPEC] = spec_from_config(config)
     _timeout(config)
     gpu_count(config)
+    if benchmarks_requested(config) and not config.getoption("collectonly"):
+        _lock_outputs(config)
     if config.getoption("--attn-resume") and benchmarks_requested(config):
         try:
             config.stash[_RESUMED] = journal.read(_journal_path(config), config.stash[_SPEC].to_json(),
@@ -238,6 +241,32 @@ def pytest_configure(config: pytest.Config) -> None:
             _fail_usage(f"--benchmark-json {json_path}: {why}")
         # pytest-benchmark writes it after every case has run, into a folder that must exist by then
         json_path.parent.mkdir(parents=True, exist_ok=True)
+
+
+_RUN_LOCK = pytest.StashKey[tuple[int, Path]]()
+
+
+def _lock_outputs(config: pytest.Config) -> None:
+    """Refuse a second benchmark run into the files a running one writes (its journal, and the
+    benchmark JSON beside it): two runs into one folder had each exited 0, one run's results lost
+    and the journal shared. The lock is a file beside the journal, held while the run lasts."""
+    path = Path(f"{_journal_path(config)}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner = f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}, {' '.join(sys.argv)[:300]}"
+    try:
+        fd = filelock.hold_exclusive_file(path, owner)
+    except filelock.HeldElsewhere as exc:
+        _fail_usage(f"another benchmark run is writing {benchmark_json_path(config) or _journal_path(config)} "
+                    f"and its journal ({exc}): wait for it, or give this run its own output (--benchmark-json, "
+                    f"OUT= for scripts/bench.sh; {path} is its lock)")
+    config.stash[_RUN_LOCK] = (fd, path)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    held = config.stash.get(_RUN_LOCK, None)
+    if held is not None and held[0] >= 0:
+        held[1].unlink(missing_ok=True)  # unlinked while still held: no run can take a stale one
+        os.close(held[0])
 
 
 def benchmarks_requested(config: pytest.Config) -> bool:

@@ -6,7 +6,8 @@
 # (markdown diff; also appended to $GITHUB_STEP_SUMMARY when set), gate.json (the verdicts, which
 # `attnsuite ab --cases-from` reads), bench.log. Finished cases are journaled beside bench.json as
 # they finish: after a killed run, the same command with --attn-resume carries on.
-# Exit status: pytest's (1 when the gate fails under enforce, 2 interrupted, 4 for a malformed baseline).
+# Exit status: pytest's (1 when the gate fails under enforce, 2 interrupted, 4 for a malformed baseline
+# or another run writing the same folder).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 2 ]; then
@@ -18,6 +19,13 @@ gate=$2
 shift 2
 out=${OUT:-results}
 mkdir -p "$out"
+# One run per output folder: a second one had truncated the first's bench.log and replaced its
+# results (pytest refuses the same journal too, but only after tee has emptied the log).
+exec 9>> "$out/.ci_bench.lock"
+if command -v flock > /dev/null 2>&1 && ! flock -n 9; then
+  echo "ci_bench: another run is writing $out (its lock: $out/.ci_bench.lock): wait for it, or give this run OUT=<another folder>" >&2
+  exit 4
+fi
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi

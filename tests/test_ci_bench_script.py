@@ -56,3 +56,21 @@ def test_a_resumed_run_appends_to_the_log_of_the_run_it_carries_on(tmp_path):
     _run(tmp_path, "--attn-resume")
     log = (tmp_path / "out" / "bench.log").read_text()
     assert log.count("INTERRUPTED: 3 of 9 cases") == 2 and "--- resumed " in log, log
+
+
+def test_a_second_run_into_the_same_folder_is_refused_before_it_touches_the_log(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bench.log").write_text("the first run's log\n")
+    holder = subprocess.Popen(["flock", str(out / ".ci_bench.lock"), "sleep", "60"])
+    try:
+        time.sleep(0.5)
+        done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
+                              text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(out),
+                                                         "PYTHON": "/bin/false"})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 4, done.stderr
+    assert f"ci_bench: another run is writing {out}" in done.stderr
+    assert (out / "bench.log").read_text() == "the first run's log\n"

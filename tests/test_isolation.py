@@ -174,6 +174,30 @@ def test_a_fresh_run_says_it_kept_an_unfinished_journal_and_resume_then_points_a
                                   f"run's journal was kept as {journal}.prev*move it back to journal.jsonl*"])
 
 
+def test_a_second_run_into_the_outputs_of_a_running_one_is_refused_naming_it(pytester, project):
+    # two runs into one folder had both exited 0, one run's results lost and the journal shared
+    out = project / "res" / "bench.json"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from attnsuite import filelock; "
+                               "filelock.hold_exclusive_file(sys.argv[1], 'pid 4242, the first run'); "
+                               "print('held', flush=True); time.sleep(60)", f"{out}.journal.jsonl.lock"],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        out.parent.mkdir()
+        assert holder.stdout.readline().strip() == "held"
+        second = pytester.runpytest_subprocess(*_args(project, ("explicit",), f"--benchmark-json={out}",
+                                                      "--attn-mode=fwd"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.ret == pytest.ExitCode.USAGE_ERROR
+    second.stderr.fnmatch_lines([f"*another benchmark run is writing {out} and its journal (pid 4242, the first run): "
+                                 "wait for it, or give this run its own output*"])
+    assert not out.exists()
+    # once the first run is gone, the lock is free: a run goes ahead, and leaves no lock file behind
+    done = pytester.runpytest_subprocess(*_args(project, ("explicit",), f"--benchmark-json={out}", "--attn-mode=fwd"))
+    assert done.ret == 0 and out.exists() and not Path(f"{out}.journal.jsonl.lock").exists()
+
+
 @pytest.mark.parametrize("option, value, words", [
     ("--attn-cpu-threads", "100000000", "between 0 and 1024"),
     ("--attn-cpu-threads", "two", "expects a whole number"),
