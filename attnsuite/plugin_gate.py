@@ -395,6 +395,7 @@ def _judge(config: pytest.Config, run: bl.Run, base: bl.Baseline, path: Path, lo
     cmp.fallback = bool(getattr(lookup, "fallback", False))
     cmp.promise = str(getattr(lookup, "promise", "") or "")
     cmp.gate_mode = effective_gate_mode(config)
+    cmp.interrupted = interrupted
     return cmp
 
 

@@ -216,7 +216,7 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
     # the summary in ``head`` quotes the baseline's lines already: each is quoted once
     quoted = [f"> {md_escape(line)}" for line in header_lines(cmp)]
     if cmp.out_of_scope:
-        quoted.append(f"> {md_escape(out_of_scope_line(cmp.out_of_scope))}")
+        quoted.append(f"> {md_escape(out_of_scope_line(cmp.out_of_scope, cmp.interrupted))}")
     out += [q for q in quoted if q not in head]
     if out[-1] != "":
         out.append("")

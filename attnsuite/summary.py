@@ -190,8 +190,12 @@ def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode:
     return f"{'PASS' if not regressions else 'FAIL' if gate_mode == 'enforce' else 'REPORTED'}: {gate}"
 
 
-def out_of_scope_line(n: int) -> str:
-    """What a report says of the ``n`` baseline cases a run's selection left out (not judged)."""
+def out_of_scope_line(n: int, interrupted: bool = False) -> str:
+    """What a report says of the ``n`` baseline cases a run's selection left out (not judged); of an
+    interrupted run, which answers only for what it ran, they include the selected cases it never reached."""
+    if interrupted:
+        return (f"{count(n, 'baseline case')} {'was' if n == 1 else 'were'} not judged: outside this run's "
+                "selection, or selected but not reached before the run was interrupted")
     return f"{count(n, 'baseline case')} {'was' if n == 1 else 'were'} outside this run's selection and not judged"
 
 
@@ -247,7 +251,7 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
         verdict = comparison_verdict(cmp, gate_mode, failed_counts(records))
         base = list(cmp.header) or [f"baseline: {cmp.baseline_label}"]  # the header names the baseline
         if cmp.out_of_scope:
-            base.append(out_of_scope_line(cmp.out_of_scope))
+            base.append(out_of_scope_line(cmp.out_of_scope, cmp.interrupted))
         reg_lines = [regression_line(v) for v in regs]
     else:
         failed = failed_counts(records)

@@ -794,6 +794,8 @@ class Comparison:
     # --attn-gate / --gate: "enforce" fails the run on a regression, "report" only shows it, so
     # every text of this comparison (table, markdown heading) says FAIL only where the run fails
     gate_mode: str = "enforce"
+    # the run stopped early: its scope is what it ran, so "outside the scope" includes what it never reached
+    interrupted: bool = False
 
     @property
     def failed(self) -> bool:
@@ -848,7 +850,9 @@ class Comparison:
             what = ", ".join(f"{n} {k}" for k, n in failing.items())
             tail += f"; {count(sum(failing.values()), 'case')} of this run failed ({what}): the run fails on them"
         if self.out_of_scope:
-            tail += f"; {count(self.out_of_scope, 'baseline case')} outside this run's scope"
+            tail += f"; {count(self.out_of_scope, 'baseline case')} " + (
+                "not judged (outside its selection or not reached before the interruption)" if self.interrupted
+                else "outside this run's scope")
         # after a regression count, the verdict counts are a list of their own ("FAIL: 3 regression(s)
         # (3 newly-failing, 3 same)" had read as three of the regressions being "same")
         return f"{head}; verdicts: {counts}{tail}" if self.failed else f"{head} ({counts}){tail}"

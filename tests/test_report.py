@@ -295,3 +295,22 @@ def test_the_gate_line_says_no_regression_not_pass_when_a_case_of_the_run_failed
     assert line.startswith("no regression (1 new, 1 same)"), line
     assert line.endswith("; 1 case of this run failed (1 error): the run fails on them"), line
     assert compare(by_key([rec("a")]), by_key([rec("a")])).summary() == "pass (1 same)"
+
+
+def test_an_interrupted_run_does_not_call_the_cases_it_never_reached_outside_its_selection():
+    # the headline said "439 did not run" and the next line "439 baseline cases were outside this run's selection"
+    from attnsuite import summary
+    from attnsuite.verdict import Scope
+
+    base = by_key([rec("a", workload="w1"), rec("a", workload="w2")])
+    cur = by_key([rec("a", workload="w1")])
+    cmp = compare(base, cur, scope=Scope.of_run(cur))
+    cmp.interrupted = True
+    said = "1 baseline case was not judged: outside this run's selection, or selected but not reached before the " \
+           "run was interrupted"
+    assert said in report.markdown_diff(cmp)
+    assert said in "\n".join(summary.markdown_lines(summary.build(cur, cmp, interrupted="interrupted after 1 of 2"),
+                                                    report.md_escape))
+    assert "1 baseline case not judged (outside its selection or not reached before the interruption)" in cmp.summary()
+    assert "outside this run's scope" not in cmp.summary() and "outside this run's selection and" not in \
+        report.markdown_diff(cmp)
