@@ -405,7 +405,7 @@ def compatibility(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[Mapping
             notes.append(f"host architecture differs: baseline {ba}, this run {ca}")
     bt, ct = fp_get(base_fp, "torch"), fp_get(cur_fp, "torch")
     if _major(bt, 2) != _major(ct, 2):
-        refusals.append(f"torch major version differs: baseline {bt}, this run {ct}")
+        refusals.append(f"torch major.minor version differs: baseline {bt}, this run {ct}")
     elif bt != ct:
         notes.append(f"torch differs: baseline {bt}, this run {ct}")
     bcu, ccu = fp_get(base_fp, "cuda"), fp_get(cur_fp, "cuda")
@@ -1536,7 +1536,7 @@ def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[st
         raise ValueError(f"{one.label} has no machine fingerprint with an id: a baseline must say which machine it is for")
     if not one.records:
         raise ValueError(f"{one.label} has no case: nothing to record (the baseline is left as it was)")
-    for source in [one, *sources]:
+    for source in [*sources, one]:  # the file at fault by name, before the combined run of all of them
         if source.interrupted:
             raise ValueError(f"{source.label}: the session that wrote it was {source.interrupted}, so it holds "
                              "part of its selection; record from a run that finished (the baseline is left as it was)")

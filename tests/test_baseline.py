@@ -184,7 +184,7 @@ def test_load_run_reads_a_baseline_as_a_run(tmp_path):
 
 @pytest.mark.parametrize("changes, refusal", [
     ({"gpu_name": "NVIDIA A100-SXM4-80GB"}, "GPU model differs"),
-    ({"torch": "2.12.0+cu130"}, "torch major version differs"),
+    ({"torch": "2.12.0+cu130"}, "torch major.minor version differs"),
     ({"cuda": "12.8"}, "CUDA major version differs"),
 ], ids=["another GPU model", "another torch minor series", "another CUDA major"])
 def test_machines_that_differ_in_gpu_or_major_versions_are_refused(changes, refusal):
@@ -288,7 +288,7 @@ def test_a_fresh_xeon_machine_falls_back_to_the_shipped_amd_epyc_cpu_baseline_wi
     ({"cpu_usable": 4, "cpu_count": 4}, "logical cores usable differ (CPU-only runs): baseline 2, this run 4"),
     ({"arch": "aarch64", "platform": "Linux-6.1-aarch64-with-glibc2.36"},
      "architecture differs (CPU-only runs): baseline x86_64, this run aarch64"),
-    ({"torch": "2.12.0+cpu"}, "torch major version differs: baseline 2.13.0+cpu, this run 2.12.0+cpu"),
+    ({"torch": "2.12.0+cpu"}, "torch major.minor version differs: baseline 2.13.0+cpu, this run 2.12.0+cpu"),
 ], ids=["4 cores", "aarch64", "torch 2.12"])
 def test_a_machine_that_differs_in_cores_architecture_or_torch_finds_no_fallback_and_is_told_why(changes, why):
     look = bl.find_baseline(fp(FRESH_XEON, **changes), SHIPPED)

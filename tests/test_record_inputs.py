@@ -298,3 +298,19 @@ def test_a_failed_probes_figure_is_not_stored_as_the_reference():
     # a zero or negative probe figure would be refused by `check` and read back as every case's % of peak
     assert bl.stable_calibration({"matmul_tflops": 0.0, "mem_bandwidth_gbs": 12.25, "device": "cpu"}) == \
         {"mem_bandwidth_gbs": 12.25, "device": "cpu"}
+
+
+def test_of_several_runs_the_simulated_one_is_named_alone(tmp_path, capsys):
+    # "r0.json + r1.json + r2.json was run with --attn-inject-slowdown": only r2.json had been
+    base = recorded(tmp_path)
+    paths = []
+    for i in range(3):
+        obj = result_json([rec("a", min_ms=1.0 - i / 100, device_min_ms=1.0 - i / 100)])
+        if i == 2:
+            obj["attnsuite"]["inject_slowdown"] = {"explicit": 3.0}
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps(obj))
+    code, _ = run_cli("record", *paths, "--baseline", base)
+    err = capsys.readouterr().err
+    assert code == 2 and f"{paths[2]} was run with --attn-inject-slowdown explicit=3.0" in err, err
+    assert "r0.json +" not in err
