@@ -9,6 +9,7 @@ rounds' relative interquartile range) and the two records are judged by THE comp
 gate's. docs/ab.md says why this statistic and not a rank test, and what a run costs.
 
     attnsuite ab --base origin/main -- --attn-workload fa-sweep --attn-mode fwd
+    cd my-kernels && attnsuite ab --base main -- --attn-variants kernels/ --attn-workload fa-sweep
     attnsuite ab --base "$BASE_SHA" --cases-from results/gate.json --markdown results/ab.md -- --attn-tier full
     python -m attnsuite.ab ...          # the same, standalone
 
@@ -293,27 +294,65 @@ PATH_OPTIONS = ("--attn-variants", "--attn-problems", "--attn-thresholds", "--at
 PATH_VARIABLES = ("ATTNSUITE_VARIANTS", "ATTNSUITE_PROBLEMS")
 
 
-def rebase_path(raw: str, cwd: Path, repo: Path) -> str:
+def rebase_path(raw: str, cwd: Path, repo: Path, into: Optional[Path] = None) -> str:
     """One path as every round must read it: inside the repository, relative to its root (each tree
-    reads its own copy: A/B compares trees); elsewhere, absolute (a kernel module outside the repository,
-    as the user named it from ``cwd``). A value that is not an existing relative path (a module name,
-    an absolute path) is kept."""
+    reads its own copy: A/B compares trees), or under ``into`` when given (a variants repository's
+    checkout of that side); elsewhere, absolute (a kernel module outside the repository, as the user
+    named it from ``cwd``). A value that is not an existing path (a module name) is kept."""
     path = Path(raw)
-    if path.is_absolute() or not (cwd / path).exists():
+    full = path if path.is_absolute() else cwd / path
+    if not full.exists():
         return raw
-    full = (cwd / path).resolve()
+    full, root = full.resolve(), repo.resolve()
+    if full != root and root not in full.parents:
+        return str(full)
+    rel = full.relative_to(root)
+    return str(into / rel) if into is not None else str(rel)
+
+
+def _path_values(args: Sequence[str], env: dict[str, str]) -> list[tuple[str, str]]:
+    """(where, value) of every path an option of :data:`PATH_OPTIONS` or a :data:`PATH_VARIABLES`
+    entry names."""
+    found: list[tuple[str, str]] = []
+    pending: Optional[str] = None
+    for arg in args:
+        option, eq, value = arg.partition("=")
+        if pending:
+            found.append((pending, arg))
+            pending = None
+        elif eq and option in PATH_OPTIONS:
+            found.append((option, value))
+        elif arg in PATH_OPTIONS:
+            pending = arg
+    for name in PATH_VARIABLES:
+        found += [(name, v.strip()) for v in env.get(name, "").split(",") if v.strip()]
+    return found
+
+
+CODE_PATHS = ("--attn-variants", "--attn-problems", *PATH_VARIABLES)  # the paths that name code, not the bar
+
+
+def code_paths(args: Sequence[str], env: dict[str, str], cwd: Path, repo: Path) -> dict[str, list[str]]:
+    """The variants and problem paths (options and variables) that exist, as "inside" or "outside"
+    ``repo``: both sides load the same file outside it, so a change made there is never measured."""
+    where: dict[str, list[str]] = {"inside": [], "outside": []}
     root = repo.resolve()
-    return str(full.relative_to(root)) if root in full.parents else str(full)
+    for name, value in _path_values(args, env):
+        full = Path(value) if Path(value).is_absolute() else cwd / value
+        if name in CODE_PATHS and full.exists():
+            full = full.resolve()
+            where["inside" if full == root or root in full.parents else "outside"].append(f"{name} {value}")
+    return where
 
 
-def rebase_paths(args: Sequence[str], cwd: Path, repo: Path) -> list[str]:
+def rebase_paths(args: Sequence[str], cwd: Path, repo: Path, into: Optional[Path] = None) -> list[str]:
     """``args`` with the relative values of :data:`PATH_OPTIONS` made to work in every round (:func:`rebase_path`)."""
     out: list[str] = []
     pending = False
     for arg in args:
         option, eq, value = arg.partition("=")
         if pending or (eq and option in PATH_OPTIONS):
-            raw = rebase_path(arg if pending else value, cwd, repo)
+            raw = rebase_path(arg if pending else value, cwd, repo, into)
             out.append(raw if pending else f"{option}={raw}")
             pending = False
             continue
@@ -322,13 +361,20 @@ def rebase_paths(args: Sequence[str], cwd: Path, repo: Path) -> list[str]:
     return out
 
 
-def rebase_env(env: dict[str, str], cwd: Path, repo: Path) -> dict[str, str]:
+def rebase_env(env: dict[str, str], cwd: Path, repo: Path, into: Optional[Path] = None) -> dict[str, str]:
     """``env`` with each entry of :data:`PATH_VARIABLES` made to work in every round, as the options are."""
     out = dict(env)
     for name in PATH_VARIABLES:
         if out.get(name, "").strip():
-            out[name] = ",".join(rebase_path(v.strip(), cwd, repo) if v.strip() else v for v in out[name].split(","))
+            out[name] = ",".join(rebase_path(v.strip(), cwd, repo, into) if v.strip() else v
+                                 for v in out[name].split(","))
     return out
+
+
+def suite_tree() -> Optional[Path]:
+    """The checkout this attnsuite runs from, when it holds the benchmarks (an install without them: None)."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / TREE_MARKER).is_file() else None
 
 
 def pytest_command(python: str, json_path: Path, pytest_args: Sequence[str]) -> list[str]:
@@ -506,6 +552,10 @@ class AbPlan:
     timeout: Optional[float] = None
     head_args: list[str] = field(default_factory=list)  # pytest args of the head rounds only (--head-arg)
     base_env: Optional[dict[str, str]] = None  # the rounds' environment before round_env (default: this one)
+    # the base rounds' own selection and environment where their paths differ (a variants repository:
+    # its files in the base checkout); None: pytest_args and base_env, as the head rounds
+    base_args: Optional[list[str]] = None
+    base_side_env: Optional[dict[str, str]] = None
 
 
 @dataclass
@@ -548,12 +598,16 @@ def round_specs(plan: AbPlan) -> list[RoundSpec]:
     specs = []
     for i, side in enumerate(round_order(plan.rounds), start=1):
         tree = plan.base_tree if side == "base" else plan.head_tree
-        args = plan.pytest_args if side == "base" else [*plan.pytest_args, *plan.head_args]
+        if side == "base":
+            args = plan.base_args if plan.base_args is not None else plan.pytest_args
+            env = plan.base_side_env if plan.base_side_env is not None else plan.base_env
+        else:
+            args, env = [*plan.pytest_args, *plan.head_args], plan.base_env
         stem = plan.workdir / f"round{i:02d}-{side}"
         json_path = stem.with_suffix(".json")
         probe = stem.with_name(stem.name + ".probe.json")
         specs.append(RoundSpec(i, side, tree, pytest_command(plan.python, json_path, args),
-                               round_env(tree, plan.workdir, probe, cases_file, plan.base_env), json_path,
+                               round_env(tree, plan.workdir, probe, cases_file, env), json_path,
                                stem.with_suffix(".log"), probe, plan.timeout))
     return specs
 
@@ -767,11 +821,28 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
                   top={"compared": False, "reason": nothing})
             return EXIT_OK
     dirty = uncommitted(repo)
+    cwd, env = Path.cwd(), dict(os.environ)
+    # A repository without the benchmarks holds variants of its own (a kernel author's): both sides
+    # run this attnsuite's benchmarks, each with that repository's files of its side.
+    suite = suite_tree() if not (repo / TREE_MARKER).is_file() else None
+    if not (repo / TREE_MARKER).is_file():
+        if suite is None:
+            raise AbError(f"{repo} has no {TREE_MARKER}, and this attnsuite ({Path(__file__).resolve().parent}) "
+                          "was installed without its benchmarks: run ab from a checkout of attnsuite")
+        if not code_paths(args.pytest_args, env, cwd, repo)["inside"]:
+            raise AbError(f"{repo} is not an attnsuite tree (no {TREE_MARKER}) and no --attn-variants or "
+                          "--attn-problems path (nor ATTNSUITE_VARIANTS / ATTNSUITE_PROBLEMS) lies inside it: both "
+                          "sides would run the same code. Name your variants by their path in this repository, "
+                          "e.g. -- --attn-variants kernels/my_variants.py")
+    outside = code_paths(args.pytest_args, env, cwd, repo)["outside"]
+    for where in outside:
+        print(f"attnsuite ab: {where} lies outside {repo}: both sides load that same file, so a change made "
+              "there is not measured (run ab from that code's own git repository)", file=out, flush=True)
     with tempfile.TemporaryDirectory(prefix="attnsuite-ab-") as tmp:
         with base_worktree(repo, sha, Path(tmp)) as base_tree:
-            if not (base_tree / TREE_MARKER).is_file():
+            if suite is None and not (base_tree / TREE_MARKER).is_file():
                 raise AbError(f"--base {args.base} ({sha[:12]}) has no {TREE_MARKER}: it predates the benchmarks")
-            baselines_dir = Path(args.baselines_dir) if args.baselines_dir else base_tree / bl.DEFAULT_DIR
+            baselines_dir = Path(args.baselines_dir) if args.baselines_dir else (suite or base_tree) / bl.DEFAULT_DIR
             from .gate import thresholds_for
 
             # never the working tree's own file (the package runs from it): a base without one gets the built-ins
@@ -783,13 +854,23 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
             if aside is not None:
                 print(f"attnsuite ab: --out {args.out} held an earlier A/B's round files: moved to {aside}",
                       file=out, flush=True)
-            plan = AbPlan(base_tree=base_tree, head_tree=repo, rounds=args.rounds, python=args.python,
-                          pytest_args=rebase_paths(args.pytest_args, Path.cwd(), repo), workdir=workdir,
-                          cases=cases, timeout=args.round_timeout,
-                          head_args=rebase_paths(args.head_arg, Path.cwd(), repo),
-                          base_env=rebase_env(dict(os.environ), Path.cwd(), repo))
+            if suite is None:
+                plan = AbPlan(base_tree=base_tree, head_tree=repo, rounds=args.rounds, python=args.python,
+                              pytest_args=rebase_paths(args.pytest_args, cwd, repo), workdir=workdir,
+                              cases=cases, timeout=args.round_timeout,
+                              head_args=rebase_paths(args.head_arg, cwd, repo),
+                              base_env=rebase_env(env, cwd, repo))
+            else:  # the variants repository's paths, into each side's checkout; the suite's tree runs both
+                plan = AbPlan(base_tree=suite, head_tree=suite, rounds=args.rounds, python=args.python,
+                              pytest_args=rebase_paths(args.pytest_args, cwd, repo, repo.resolve()), workdir=workdir,
+                              cases=cases, timeout=args.round_timeout,
+                              head_args=rebase_paths(args.head_arg, cwd, repo, repo.resolve()),
+                              base_env=rebase_env(env, cwd, repo, repo.resolve()),
+                              base_args=rebase_paths(args.pytest_args, cwd, repo, base_tree),
+                              base_side_env=rebase_env(env, cwd, repo, base_tree))
             print(f"attnsuite ab: base {args.base} ({sha[:12]}) in {base_tree}, head {repo}; "
-                  f"{args.rounds} rounds per side" + (f", {len(cases)} case(s) from {args.cases_from}" if cases else ""),
+                  f"{args.rounds} rounds per side" + (f", {len(cases)} case(s) from {args.cases_from}" if cases else "")
+                  + (f"; the variants of both, run by the attnsuite at {suite}" if suite else ""),
                   file=out, flush=True)
             rounds = run_rounds(plan, runner, out)
             base_label = f"base {args.base} ({sha[:12]}), {args.rounds} rounds"
@@ -798,6 +879,10 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
                                   allow_mismatch=args.allow_mismatch)
             cmp.gate_mode = args.gate
             context = _context(args.base, sha, rounds, args.rounds, dirty, cases_note, args.head_arg)
+            if suite is not None:
+                context.insert(1, f"The variants of {repo} at each side, run by the same attnsuite ({suite}).")
+            context += [f"{where} lies outside {repo}: both sides loaded the same file, so a change there is not "
+                        "measured." for where in outside]
             extra = {"base_ref": args.base, "base_sha": sha, "rounds": args.rounds, "order": rounds.order,
                      "head_args": list(args.head_arg),
                      "trees": {"base": str(base_tree), "head": str(repo)}, "seconds": rounds.seconds,

@@ -455,8 +455,65 @@ def test_a_selection_that_runs_no_case_in_the_working_tree_is_bad_input_not_a_si
 def test_a_base_ref_without_the_benchmarks_is_bad_input(repo):
     git(repo, "rm", "-q", "bench/test_workloads.py")
     git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "no bench")
+    (repo / "bench").mkdir(exist_ok=True)
+    (repo / "bench" / "test_workloads.py").write_text("# the benchmarks, added in the working tree\n")
     status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo)], FakeRunner(same_speed))
     assert status == ab.EXIT_INPUT and "predates the benchmarks" in err
+
+
+@pytest.fixture()
+def kernel_repo(tmp_path: Path) -> Path:
+    """A kernel author's own git repository: kernels/v.py, no benchmarks of its own."""
+    r = tmp_path / "mykernels"
+    (r / "kernels").mkdir(parents=True)
+    (r / "kernels" / "v.py").write_text("# base version\n")
+    git(r, "init", "-q", "-b", "main")
+    git(r, "-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    git(r, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "base")
+    (r / "kernels" / "v.py").write_text("# changed in the working tree\n")
+    return r
+
+
+def test_a_kernel_repository_runs_each_sides_own_variants_with_this_suites_benchmarks(kernel_repo):
+    # ab had refused it ("it predates the benchmarks"), and from the suite's checkout both sides had
+    # loaded the same absolute path, judging a changed kernel "same"
+    seen: list[tuple[str, str]] = []
+
+    class Reading(FakeRunner):
+        def __call__(self, spec):
+            value = spec.command[spec.command.index("--attn-variants") + 1]
+            seen.append((spec.side, Path(value).read_text()))  # the file that side's round would load
+            assert spec.tree == ab.suite_tree()
+            return super().__call__(spec)
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(kernel_repo), "--", "--attn-variants",
+                                str(kernel_repo / "kernels" / "v.py")], Reading(same_speed))
+    assert status == ab.EXIT_OK, err
+    assert {text for side, text in seen if side == "base"} == {"# base version\n"}
+    assert {text for side, text in seen if side == "head"} == {"# changed in the working tree\n"}
+    assert f"the variants of both, run by the attnsuite at {ab.suite_tree()}" in out
+
+
+def test_a_kernel_repository_with_no_variants_path_in_it_is_bad_input(kernel_repo, tmp_path):
+    elsewhere = tmp_path / "elsewhere.py"
+    elsewhere.write_text("")
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(kernel_repo), "--", "--attn-variants", str(elsewhere)],
+                             FakeRunner(same_speed))
+    assert status == ab.EXIT_INPUT and "both sides would run the same code" in err, err
+
+
+def test_variants_outside_the_compared_repository_are_named_as_not_measured(repo, tmp_path):
+    outside = tmp_path / "mine.py"
+    outside.write_text("")
+    status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--", "--attn-variants", str(outside)],
+                             FakeRunner(same_speed))
+    assert status == ab.EXIT_OK
+    assert f"--attn-variants {outside} lies outside {repo}: both sides load that same file" in out
+
+
+def test_an_absolute_path_inside_the_repository_is_each_trees_own_copy(kernels_beside):
+    repo, _ = kernels_beside
+    assert ab.rebase_paths([f"--attn-variants={repo / 'examples' / 'v.py'}"], Path("/"), repo) == \
+        ["--attn-variants=examples/v.py"]
 
 
 def _sigterm(spec):
