@@ -673,6 +673,12 @@ def judge_ab(rounds: AbRounds, thresholds: ThresholdConfig, *, base_label: str, 
     cmp = judge_runs(sides["base"], sides["head"], thresholds=thresholds, allow_mismatch=allow_mismatch,
                      scope=lambda rec: True, notes=notes)
     cmp.baseline_label, cmp.current_label = base_label, head_label
+    # a variant of the base that no head round ran at all: most likely removed or renamed by the change
+    head_variants = {r.variant for r in sides["head"].records.values()}
+    for i, v in enumerate(cmp.verdicts):
+        if v.verdict == "missing" and v.cur is None and v.base is not None and v.base.variant not in head_variants:
+            cmp.verdicts[i] = replace(v, message=f"not run: variant {v.base.variant} ran in no round of the working "
+                                                 f"tree (removed or renamed by the change?); " + v.message.split("; ", 1)[-1])
     return cmp, sides
 
 

@@ -297,6 +297,16 @@ def test_ab_of_equal_trees_passes_after_three_rounds_each_in_abba_order(repo, tm
     assert all(f["json"] is None and f["log"] is None and "seconds" in f for f in rounds)
 
 
+def test_a_variant_the_working_tree_no_longer_runs_is_missing_and_says_it_may_be_removed(repo):
+    # had read "missing: not run" alone, as if a round had lost the case
+    def make(side, n):
+        return same_speed(side, n) if side == "base" else [rec(KEY_A, min_ms=1.0 + 0.002 * n)]
+    status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo)], FakeRunner(make))
+    assert status == ab.EXIT_GATE
+    assert f"{KEY_B}: not run: variant explicit ran in no round of the working tree (removed or renamed by the " \
+           "change?); baseline: ok" in out, out
+
+
 @pytest.mark.parametrize("fraction, status", [(0.10, ab.EXIT_GATE), (0.0, ab.EXIT_OK), (-0.10, ab.EXIT_OK)])
 def test_a_head_ten_percent_slower_fails_and_equal_or_faster_passes(repo, tmp_path, fraction, status):
     got, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--json", str(tmp_path / "ab.json")],
