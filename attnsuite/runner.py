@@ -333,7 +333,7 @@ def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) 
                 return f"gradient {name} has NaN/Inf values", "finite"
     family = registry.family_of(case.variant)
     if not cheap:
-        why_not = spot_check.applies(family.name, p, mode, out)
+        why_not = spot_check.applies(family.name, p, mode, out, case.variant.accuracy)
         if why_not:
             return None, f"finite (too large for the float64 oracle; no spot check: {why_not})"
         key = ("spot", family.name, p)

@@ -142,3 +142,6 @@ def test_what_the_spot_check_cannot_judge_says_why(problem, mode, why):
     out = torch.zeros(problem.batch, problem.hq, problem.lq, problem.dv)
     assert spot_check.applies("attention", problem, mode, out) == why
     assert spot_check.applies("mla", problem, "fwd", out) == "the mla family has no row-wise oracle"
+    assert spot_check.applies("attention", Problem(lq=8, lk=8), "fwd", torch.zeros(1, 2, 8, 32), "fp8") == \
+        "the fp8 class's budget is measured on the whole oracle's problem sizes only"
+    assert spot_check.applies("attention", Problem(lq=8, lk=8), "fwd", torch.zeros(1, 2, 8, 32)) is None
