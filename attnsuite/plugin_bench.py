@@ -222,15 +222,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SPEC] = spec_from_config(config)
     _timeout(config)
     gpu_count(config)
-    if benchmarks_requested(config) and not config.getoption("collectonly"):
-        _lock_outputs(config)
-    if config.getoption("--attn-resume") and benchmarks_requested(config):
-        try:
-            config.stash[_RESUMED] = journal.read(_journal_path(config), config.stash[_SPEC].to_json(),
-                                                  fingerprint_of(config)["id"], _sources(config.stash[_SPEC]),
-                                                  case_timeout=_timeout(config))
-        except journal.JournalError as exc:
-            _fail_usage(f"--attn-resume: {exc}")
     named = config.getoption("--attn-journal")
     if named and Path(named).is_dir():
         _fail_usage(f"--attn-journal {named}: is a directory")
@@ -241,6 +232,15 @@ def pytest_configure(config: pytest.Config) -> None:
             _fail_usage(f"--benchmark-json {json_path}: {why}")
         # pytest-benchmark writes it after every case has run, into a folder that must exist by then
         json_path.parent.mkdir(parents=True, exist_ok=True)
+    if benchmarks_requested(config) and not config.getoption("collectonly"):
+        _lock_outputs(config)  # before the journal is read: never one that a running run is writing
+    if config.getoption("--attn-resume") and benchmarks_requested(config):
+        try:
+            config.stash[_RESUMED] = journal.read(_journal_path(config), config.stash[_SPEC].to_json(),
+                                                  fingerprint_of(config)["id"], _sources(config.stash[_SPEC]),
+                                                  case_timeout=_timeout(config))
+        except journal.JournalError as exc:
+            _fail_usage(f"--attn-resume: {exc}")
 
 
 _RUN_LOCK = pytest.StashKey[tuple[int, Path]]()
@@ -251,10 +251,12 @@ def _lock_outputs(config: pytest.Config) -> None:
     benchmark JSON beside it): two runs into one folder had each exited 0, one run's results lost
     and the journal shared. The lock is a file beside the journal, held while the run lasts."""
     path = Path(f"{_journal_path(config)}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
     owner = f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}, {' '.join(sys.argv)[:300]}"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = filelock.hold_exclusive_file(path, owner)
+    except OSError as exc:  # a journal folder that cannot be made or written
+        _fail_usage(f"--attn-journal {_journal_path(config)}: cannot write beside it ({exc.strerror or exc})")
     except filelock.HeldElsewhere as exc:
         _fail_usage(f"another benchmark run is writing {benchmark_json_path(config) or _journal_path(config)} "
                     f"and its journal ({exc}): wait for it, or give this run its own output (--benchmark-json, "

@@ -213,6 +213,7 @@ def test_a_second_run_into_the_outputs_of_a_running_one_is_refused_naming_it(pyt
     ("--attn-markdown", "/proc/gate.md", "cannot write in /proc"),
     ("--attn-gate-json", "bench", "is a folder, expected a file to write"),
     ("--benchmark-json", "hostile.py/out.json", "is not a folder"),  # argparse's words before pytest-benchmark 5.3
+    ("--attn-journal", "hostile.py/j.jsonl", "cannot write beside it"),
 ])
 def test_a_bad_option_value_is_a_usage_error_naming_the_option(pytester, project, option, value, words):
     extra = ["--attn-device=cpu"] if option == "--attn-gpus" else []
