@@ -218,6 +218,27 @@ DEAD_ROW_GRADIENTS = (
 )
 
 
+def compare_gradients(accuracy: str, grads: dict, ref_grads: dict, base_grads: dict,
+                      dtype: str) -> tuple[list[Comparison], list[str]]:
+    """Each of the oracle's gradients against the variant's, by the rule for ``accuracy`` (the
+    floor at the scale of the largest reference gradient: an analytically zero gradient still
+    carries rounding noise at its siblings' scale). Returns the comparisons and what could not be
+    compared (a gradient missing or of another shape). The correctness suite's backward check and
+    the benchmarks' numerics check both judge by this."""
+    magnitude = max((float(np.max(np.abs(r))) for r in ref_grads.values() if np.size(r)), default=0.0)
+    comps, broken = [], []
+    for name, ref in ref_grads.items():
+        got = grads.get(name)
+        if got is None:
+            broken.append(f"grad {name}: missing (None): the input or parameter is detached")
+        elif tuple(got.shape) != tuple(np.shape(ref)):
+            broken.append(f"grad {name}: shape {tuple(got.shape)} != {tuple(np.shape(ref))}")
+        else:
+            comps.append(compare_as(accuracy, f"grad {name}", got, ref, base_grads[name], dtype, "grad",
+                                    magnitude=magnitude))
+    return comps, broken
+
+
 def check_backward(variant: Variant, problem: Problem, cache: Optional[dict] = None) -> CheckResult:
     """Every input and parameter gets a finite gradient, within tolerance of the oracle's.
 
@@ -244,21 +265,10 @@ def check_backward(variant: Variant, problem: Problem, cache: Optional[dict] = N
                                       "it has a backward on, and its backward checks are skipped saying so)")
                 return
             case.backward(out)
-        grads = case.grads()
-        magnitude = max(float(np.max(np.abs(r))) for r in ref_grads.values() if np.size(r))
-        comps = []
-        for name, ref in ref_grads.items():
-            got = grads.get(name)
-            if got is None:
-                result.passed = False
-                result.details.append(f"grad {name}: missing (None): the input or parameter is detached")
-                continue
-            if tuple(got.shape) != tuple(np.shape(ref)):
-                result.passed = False
-                result.details.append(f"grad {name}: shape {tuple(got.shape)} != {tuple(np.shape(ref))}")
-                continue
-            comps.append(compare_as(variant.accuracy, f"grad {name}", got, ref, base_grads[name], problem.dtype, "grad",
-                                    magnitude=magnitude))
+        comps, broken = compare_gradients(variant.accuracy, case.grads(), ref_grads, base_grads, problem.dtype)
+        if broken:
+            result.passed = False
+            result.details.extend(broken)
         _add(result, comps)
         rows = live_rows(problem) if problem.level == "kernel" else None
         if rows is not None and not result.passed:

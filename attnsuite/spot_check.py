@@ -5,8 +5,8 @@ float64 oracle. Above it the oracle's lq x lk matrices do not fit, and a check o
 had let a kernel that returned ``v`` for long sequences read `ok` and head the "fastest" table
 (found by a fresh-user test). An output row of attention depends only on its own query row and on
 all keys and values, so a few rows can be computed exactly at any length: for the first and the
-last (batch, query head) slice, :data:`SPOT_ROWS` query positions spread over the sequence (both
-ends included) are computed by the float64 oracle (:func:`attnsuite.oracle.forward_rows`, NumPy,
+last (batch, query head) slice, a middle one and query head 1 (:func:`sample`), a few dozen query
+positions spread over the sequence (both ends included) are computed by the float64 oracle (:func:`attnsuite.oracle.forward_rows`, NumPy,
 the oracle's own masks) and by plain math in the problem's dtype on the device
 (:func:`attnsuite.reference_math.attention`, the noise level), and judged by the suite's one
 rule (:func:`attnsuite.tolerance.compare_as`), as the whole output is below the limit.
@@ -29,7 +29,8 @@ from . import oracle, reference_math, tolerance
 from .problem import Problem
 from .wording import count
 
-SPOT_ROWS = 16  # query positions per slice: a skipped key block or a wrong corner shows in any of them
+SPOT_ROWS = 16  # evenly spaced query positions per slice: a skipped key block or a wrong corner shows in any
+RANDOM_ROWS = 8  # and drawn ones (seeded by the problem's shape)
 # The float64 keys and values of one slice go to the host: at most this many elements each
 # (lk * d), 2**25 = 256 MiB in float64; beyond it the output is only checked to be finite.
 MAX_SLICE_ELEMENTS = 1 << 25
@@ -55,11 +56,18 @@ def applies(family: str, problem: Problem, mode: str, out: torch.Tensor, accurac
 
 
 def sample(problem: Problem) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """((batch, query head) slices, query positions) the spot check computes: the first and the
-    last slice, and :data:`SPOT_ROWS` positions from the first to the last row."""
-    slices = list(dict.fromkeys([(0, 0), (problem.batch - 1, problem.hq - 1)]))
-    rows = np.unique(np.linspace(0, problem.lq - 1, min(SPOT_ROWS, problem.lq)).round().astype(np.int64))
-    return slices, rows
+    """((batch, query head) slices, query positions) the spot check computes.
+
+    Slices: the first and the last, one in the middle, and query head 1 of the first batch: with
+    GQA, heads 0 and the last read the same key/value head under either mapping (h * hkv // hq and
+    the tiled h % hkv), head 1 does not. Rows: :data:`SPOT_ROWS` from the first to the last, and
+    :data:`RANDOM_ROWS` more drawn with a seed of the problem's shape, so a defect confined to rows
+    between the evenly spaced ones is not always missed."""
+    b, h = problem.batch, problem.hq
+    slices = list(dict.fromkeys([(0, 0), (0, min(1, h - 1)), (b // 2, h // 2), (b - 1, h - 1)]))
+    spaced = np.linspace(0, problem.lq - 1, min(SPOT_ROWS, problem.lq)).round().astype(np.int64)
+    drawn = np.random.default_rng([problem.lq, problem.lk, problem.seed]).integers(0, problem.lq, RANDOM_ROWS)
+    return slices, np.unique(np.concatenate([spaced, drawn]))
 
 
 class SpotReference:
@@ -96,7 +104,7 @@ class SpotReference:
         b = torch.tensor([s[0] for s in self.slices], device=out.device)
         h = torch.tensor([s[1] for s in self.slices], device=out.device)
         got = out.detach()[b, h][:, torch.as_tensor(self.rows, device=out.device)]
-        what = f"output rows {describe_rows(self.rows)} of (batch, head) {', '.join(map(str, self.slices))}"
+        what = f"output (spot rows {describe_rows(self.rows)})"  # the location below names batch and head
         comp = tolerance.compare_as(accuracy, what, got, self.ref, self.base, self.problem.dtype, "output",
                                     rows=self.live if not self.live.all() else None)
         if comp.where is not None and len(comp.where) == 3:  # (slice, compared row, column) -> the output's index
@@ -104,10 +112,11 @@ class SpotReference:
             comp = dataclasses.replace(comp, where=(*self.slices[i], int(self.rows[self.live][r]), c))
         return comp
 
-    def label(self) -> str:
-        """What ``numerics_check`` records for a judged output."""
+    def label(self, gradients: bool = False) -> str:
+        """What ``numerics_check`` records for a judged output (and, with ``gradients``, that those
+        were checked to be finite only: a gradient row depends on every row)."""
         return (f"spot: {count(len(self.rows), 'row')} of {count(len(self.slices), '(batch, head) slice')} against "
-                "the float64 oracle (too large for the whole oracle)")
+                "the float64 oracle (too large for the whole oracle)" + ("; gradients finite" if gradients else ""))
 
 
 def describe_rows(rows: np.ndarray) -> str:

@@ -41,6 +41,7 @@ import json
 import math
 import os
 import re
+import textwrap
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -469,7 +470,8 @@ def _describe(r: CaseRecord) -> str:
     if r.outcome == "oom":
         return "out of memory" + (f" (asked for {fmt_bytes(r.oom_bytes)})" if r.oom_bytes else "")
     detail = (r.detail or "").strip().splitlines()
-    return r.outcome + (f": {detail[0][:120]}" if detail else "")
+    # cut at a word: a numerics message's end says how far off it is ("5199.24x the bound")
+    return r.outcome + (f": {textwrap.shorten(detail[0], 200, placeholder=' ...')}" if detail else "")
 
 
 @dataclass

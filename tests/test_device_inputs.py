@@ -83,14 +83,16 @@ def _bench_case(variant: str, oracle_limit: int):
 
 @pytest.mark.parametrize("oracle_limit, inputs, check", [
     (1 << 30, "float64 recipe", "oracle"),
-    (1, "drawn on the device", "spot: 16 rows of 2 (batch, head) slices against the float64 oracle (too large for the whole oracle)"),
+    (1, "drawn on the device", "spot: "),
 ])
 def test_a_benchmark_case_says_how_its_inputs_were_made_and_where_its_time_went(oracle_limit, inputs, check):
     bc, settings = _bench_case("sdpa", oracle_limit)
     rec, result = runner.run_case(bc, settings)
     assert rec.outcome == "ok", rec.detail
     assert rec.extra["inputs"] == inputs
-    assert rec.extra["numerics_check"] == check
+    # below the limit the whole oracle; above it a spot check of the output (its gradients finite only)
+    assert rec.extra["numerics_check"] == check or (check == "spot: " and rec.extra["numerics_check"].startswith(check)
+                                                    and rec.extra["numerics_check"].endswith("; gradients finite"))
     phases = rec.extra["suite_s"]
     assert {"recover", "prepare", "timing", "memory+backend", "numerics"} <= set(phases)
     assert all(v >= 0 for v in phases.values())

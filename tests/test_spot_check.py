@@ -49,9 +49,15 @@ def test_the_bases_rows_equal_the_same_rows_of_the_whole_base(p):
 def test_the_sample_reaches_both_ends_of_the_sequence_and_of_the_batch_and_heads():
     p = Problem(batch=3, lq=1000, lk=1000, hq=8, hkv=2, dqk=16, dv=16)
     slices, rows = spot_check.sample(p)
-    assert slices == [(0, 0), (2, 7)]
-    assert rows[0] == 0 and rows[-1] == 999 and len(rows) == spot_check.SPOT_ROWS
+    assert slices == [(0, 0), (0, 1), (1, 4), (2, 7)]
+    # head 1 reads another key/value head under the tiled mapping (h % hkv) than under h * hkv // hq
+    assert 1 * p.hkv // p.hq != 1 % p.hkv
+    spaced = np.linspace(0, 999, spot_check.SPOT_ROWS).round().astype(int)
+    assert rows[0] == 0 and rows[-1] == 999 and set(spaced) <= set(rows.tolist())
+    assert len(set(rows.tolist()) - set(spaced.tolist())) >= spot_check.RANDOM_ROWS - 1  # drawn rows besides
+    assert np.array_equal(spot_check.sample(p)[1], rows)  # the same rows every time for one problem
     assert spot_check.sample(Problem(lq=1, lk=9))[1].tolist() == [0]
+    assert spot_check.sample(Problem(batch=1, hq=1, hkv=1, lq=9, lk=9))[0] == [(0, 0)]
 
 
 # ------------------------------------------------------------------ wrong kernels on long problems
@@ -69,36 +75,44 @@ def _math(q, k, v, scale, allowed):
 class Mutant(KernelVariant):
     """A plain causal kernel with one bug, by name."""
 
-    features = frozenset({"gqa"})
+    features = frozenset({"gqa", "lq_ne_lk", "bottom_right"})
     masks = frozenset({"causal"})
 
     def __init__(self, name: str, bug: str) -> None:
         self.name, self.bug = name, bug
 
     def build(self, problem):
-        i = torch.arange(problem.lq)[:, None]
+        i = torch.arange(problem.lq)[:, None] + problem.align_offset
         j = torch.arange(problem.lk)[None, :]
         scale = problem.softmax_scale * (1.02 if self.bug == "scale-2pct" else 1.0)
         allowed = j <= i + (1 if self.bug == "causal-one-key-late" else 0)
+        group = problem.hq // problem.hkv
 
         def run(q, k, v):
             if self.bug == "returns-v-when-long" and problem.lq > 256:
-                return v.repeat_interleave(problem.hq // problem.hkv, dim=1).clone()
+                return v.repeat_interleave(group, dim=1).clone()
+            if self.bug == "gqa-tiled-heads":  # query head h reads key/value head h % hkv
+                return _math(q, k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1), scale, allowed)
             out = _math(q, k, v, scale, allowed)
             if self.bug == "second-half-zero":
                 out[:, :, problem.lq // 2:] = 0
-            return out
+            if self.bug == "middle-heads-zero":
+                out[:, 1:problem.hq - 1] = 0
+            if self.bug == "dead-rows-nan":  # plain softmax over no key: NaN, as many kernels give
+                return out
+            return torch.nan_to_num(out, nan=0.0)
         return run
 
 
-BUGS = ["returns-v-when-long", "scale-2pct", "causal-one-key-late", "second-half-zero"]
+BUGS = ["returns-v-when-long", "scale-2pct", "causal-one-key-late", "second-half-zero", "gqa-tiled-heads",
+        "middle-heads-zero"]
 
 
-def _bench(variant: KernelVariant, monkeypatch, oracle_limit: int = 1):
+def _bench(variant: KernelVariant, monkeypatch, oracle_limit: int = 1, problem: Problem = LONG, mode: str = "fwd"):
     monkeypatch.setitem(registry._REGISTRY, variant.name, variant)
-    entry = workloads.Entry(family="attention", problem=LONG, modes=("fwd",))
-    bc = runner.BenchCase("unit", entry, LONG, variant.name, "fwd")
-    settings = runner.Settings("quick", "cpu", None, (), ("fwd",), None, {}, runner.timing.QUICK_CPU, None,
+    entry = workloads.Entry(family="attention", problem=problem, modes=(mode,))
+    bc = runner.BenchCase("unit", entry, problem, variant.name, mode)
+    settings = runner.Settings("quick", "cpu", None, (), (mode,), None, {}, runner.timing.QUICK_CPU, None,
                                oracle_limit=oracle_limit)
     return runner.run_case(bc, settings)[0]
 
@@ -107,8 +121,10 @@ def _bench(variant: KernelVariant, monkeypatch, oracle_limit: int = 1):
 def test_a_wrong_kernel_on_a_problem_too_large_for_the_whole_oracle_is_numerics(bug, monkeypatch):
     rec = _bench(Mutant(f"test-spot-{bug}", bug), monkeypatch)
     assert rec.outcome == "numerics", (bug, rec.outcome, rec.detail)
-    assert rec.detail.startswith("output rows 0, 26, ..., 383 of (batch, head) (0, 0), (1, 3): max error"), rec.detail
-    assert rec.extra["numerics_check"].startswith("spot: 16 rows of 2 (batch, head) slices against")
+    assert rec.detail.startswith("output (spot rows 0, "), rec.detail
+    assert ", 383): max error" in rec.detail and "x the bound" in rec.detail, rec.detail
+    n_rows = len(spot_check.sample(LONG)[1])
+    assert rec.extra["numerics_check"].startswith(f"spot: {n_rows} rows of 4 (batch, head) slices against")
 
 
 def test_the_same_kernel_without_the_bug_is_ok_and_says_it_was_spot_checked(monkeypatch):
@@ -125,12 +141,33 @@ def test_without_the_spot_check_the_wrong_kernels_read_ok(monkeypatch):
         assert rec.outcome == "ok" and rec.extra["numerics_check"].endswith("no spot check: switched off by the test)")
 
 
+DEAD_ROWS = Problem(batch=1, lq=384, lk=128, hq=2, hkv=2, dqk=32, dv=32, mask=Mask("causal", align="bottom_right"),
+                   dtype="float32")
+
+
+def test_nan_in_rows_that_may_see_no_key_is_not_a_failure_above_the_limit_either(monkeypatch):
+    # below the limit such rows were left out of the finiteness check; above it they had failed it
+    rec = _bench(Mutant("test-spot-dead-rows", "dead-rows-nan"), monkeypatch, problem=DEAD_ROWS)
+    assert rec.outcome == "ok", rec.detail
+    assert rec.extra["numerics_check"].startswith("spot: ")
+
+
+def test_a_gate_message_of_a_spot_failure_keeps_how_far_off_it_is(monkeypatch):
+    from attnsuite.verdict import Thresholds, judge
+
+    bad = _bench(Mutant("test-spot-msg", "scale-2pct"), monkeypatch)
+    good = _bench(Mutant("test-spot-msg-good", "none"), monkeypatch)
+    good.variant = bad.variant
+    verdict = judge(good, bad, Thresholds(), device="cpu")
+    assert verdict.verdict == "newly-failing" and "x the bound" in verdict.message, verdict.message
+
+
 def test_the_error_is_located_in_the_output_not_in_the_sample(monkeypatch):
     rec = _bench(Mutant("test-spot-where", "second-half-zero"), monkeypatch)
     # (batch, head, row, column) of the output: a row of the second half
     where = rec.detail.split(" at (", 1)[1].split(")", 1)[0]
     b, h, row, _ = (int(x) for x in where.split(", "))
-    assert (b, h) in [(0, 0), (1, 3)] and row >= LONG.lq // 2, rec.detail
+    assert (b, h) in spot_check.sample(LONG)[0] and row >= LONG.lq // 2, rec.detail
 
 
 @pytest.mark.parametrize("problem, mode, why", [
@@ -145,3 +182,42 @@ def test_what_the_spot_check_cannot_judge_says_why(problem, mode, why):
     assert spot_check.applies("attention", Problem(lq=8, lk=8), "fwd", torch.zeros(1, 2, 8, 32), "fp8") == \
         "the fp8 class's budget is measured on the whole oracle's problem sizes only"
     assert spot_check.applies("attention", Problem(lq=8, lk=8), "fwd", torch.zeros(1, 2, 8, 32)) is None
+
+
+class _DoubleDv(torch.autograd.Function):
+    """The identity forward; backward doubles the gradient (as a kernel whose dV is twice too large)."""
+
+    @staticmethod
+    def forward(ctx, v):
+        return v.view_as(v)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 2
+
+
+class BadBackward(KernelVariant):
+    """A right forward with a wrong backward (dv doubled)."""
+
+    name = "test-bench-bad-backward"
+    features = frozenset({"gqa"})
+    masks = frozenset({"causal"})
+
+    def build(self, problem):
+        i, j = torch.arange(problem.lq)[:, None], torch.arange(problem.lk)[None, :]
+        return lambda q, k, v: _math(q, k, _DoubleDv.apply(v), problem.softmax_scale, j <= i)
+
+
+@pytest.mark.parametrize("mode", ["bwd", "fwd+bwd"])
+def test_a_wrong_backward_on_a_problem_the_whole_oracle_checks_is_numerics(mode, monkeypatch):
+    # the benchmarks had compared the output only, and labelled the check "oracle"
+    small = Problem(batch=1, lq=64, lk=64, hq=2, hkv=2, dqk=16, dv=16, mask=Mask("causal"), dtype="float32")
+    rec = _bench(BadBackward(), monkeypatch, oracle_limit=1 << 30, problem=small, mode=mode)
+    assert rec.outcome == "numerics" and rec.extra["numerics_check"] == "oracle", rec.detail
+    assert rec.detail.startswith("grad v: max error"), rec.detail
+    right = _bench(Mutant("test-bench-right-backward", "none"), monkeypatch, oracle_limit=1 << 30, problem=small,
+                   mode=mode)
+    assert right.outcome == "ok", right.detail
+    # above the limit the gradients are checked to be finite only, and the label says so
+    above = _bench(BadBackward(), monkeypatch, problem=small, mode=mode)
+    assert above.outcome == "ok" and above.extra["numerics_check"].endswith("; gradients finite")
