@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 say() { echo "setup: $*" >&2; }
 . scripts/space.sh
+# One set-up at a time: bench.sh and test.sh each start with it, and two first runs at once had
+# deleted each other's half-made venv. A second one waits here, then finds the venv made.
+exec 8> .attnsuite-setup.lock
+if command -v flock > /dev/null 2>&1 && ! flock -n 8; then
+  say "another set-up of this checkout is running: waiting for it"
+  flock 8
+fi
 # About what .venv takes (2.3 GB seen: triton 1.0, torch 0.75) plus the largest wheel being unpacked.
 need_mb=${ATTNSUITE_SETUP_NEED_MB:-3000}
 # A .venv that points into memory which has since been wiped (a reboot) is made again.
@@ -24,7 +31,11 @@ if [ ! -x .venv/bin/python ]; then
     fi
     home="$spare/attnsuite-venv-$(pwd | sha256sum | cut -c1-12)"
     say "only $free MB free on the disk holding $(pwd) (set-up needs about $need_mb MB): .venv links to $home, in memory, made again after a reboot"
-    rm -rf "$home" .venv && venv=$home
+    if ! rm -rf "$home" .venv; then
+      say "could not clear $home or .venv for the new venv: remove them and run it again"
+      exit 1
+    fi
+    venv=$home
     # pip unpacks wheels under TMPDIR: keep that off the short disk too.
     export TMPDIR="$spare/attnsuite-pip-tmp" && mkdir -p "$TMPDIR"
   fi

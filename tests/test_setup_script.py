@@ -144,3 +144,27 @@ def test_a_venv_link_into_wiped_memory_is_made_again(scratch):
     proc = _setup_with_disk(folder, disk_mb=10**6, spare_mb=10**6)
     assert proc.returncode == 0, proc.stderr
     assert not (folder / ".venv").is_symlink() and (folder / ".venv" / "bin" / "python").exists()
+
+
+def test_a_venv_place_in_memory_that_cannot_be_cleared_stops_set_up_rather_than_filling_the_disk(scratch):
+    # rm had failed inside an && list, which set -e ignores: the 2.3 GB venv went onto the short disk
+    rm = scratch / "bin" / "rm"
+    rm.write_text("#!/usr/bin/env bash\necho \"rm: cannot remove: Operation not permitted\" >&2\nexit 1\n")
+    rm.chmod(0o755)
+    proc = _setup_with_disk(scratch, disk_mb=200, spare_mb=10**6)
+    assert proc.returncode == 1, proc.stderr
+    assert "could not clear" in proc.stderr and not (scratch / ".venv").exists()
+    assert not (scratch / "calls.log").exists()
+
+
+def test_a_second_set_up_waits_for_the_first_instead_of_breaking_its_venv(scratch):
+    holder = subprocess.Popen(["flock", str(scratch / ".attnsuite-setup.lock"), "sleep", "2"])
+    try:
+        import time
+        time.sleep(0.5)
+        proc = _setup(scratch)
+    finally:
+        holder.wait()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[0] == "setup: another set-up of this checkout is running: waiting for it"
+    assert (scratch / ".venv" / "bin" / "python").exists()
