@@ -102,9 +102,10 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
     # The verdict line of the run's own summary (attnsuite.summary.verdict_line): a case of NEW that
     # crashed or failed its numerics fails here as it failed its pytest item, even as a "new" case.
     judged = {v.key: v.cur for v in cmp.verdicts if v.cur is not None}
-    last = summary.build(judged, cmp, gate_mode=args.gate)
+    last = summary.build(judged, cmp, gate_mode=args.gate, interrupted=new.interrupted)
     _emit(cmp, args, out, last)
-    failing = cmp.failed or bool(summary.failed_counts(judged))
+    # an interrupted run answers only for what it ran: a CI step comparing it must not read as a pass
+    failing = cmp.failed or bool(summary.failed_counts(judged)) or bool(new.interrupted)
     return EXIT_GATE if failing and args.gate == "enforce" else EXIT_OK
 
 
@@ -175,7 +176,7 @@ def cmd_report(args: argparse.Namespace, out) -> int:
     if args.baseline:
         base = bl.load_run(args.baseline)
         cmp = _judge(base, run, args)
-        last = summary.build(run.records, cmp, gate_mode="report")
+        last = summary.build(run.records, cmp, gate_mode="report", interrupted=run.interrupted)
         text = report.markdown_diff(cmp, head=summary.markdown_lines(last, report.md_escape))
         runs["baseline"] = base.records
         print(report.terminal_table(cmp), file=out)
@@ -185,10 +186,11 @@ def cmd_report(args: argparse.Namespace, out) -> int:
             from . import html_report
 
             gate_json = _read_gate_json(args, run.records)
-            last = html_report.summary_from_gate_json(run.records, gate_json)
+            last = html_report.summary_from_gate_json(run.records, gate_json, interrupted=run.interrupted)
             calibration = (gate_json.get("calibration") or {}).get("baseline")
         else:
-            last = summary.build(run.records, None, baseline_lines=["no baseline given (--baseline names one)"])
+            last = summary.build(run.records, None, baseline_lines=["no baseline given (--baseline names one)"],
+                                 interrupted=run.interrupted)
         text = report.markdown_run(run.records, context=[f"from `{args.result}`"],
                                    head=summary.markdown_lines(last, report.md_escape), calibration=calibration)
         print(f"{count(len(run.records), 'case')} in {args.result}", file=out)
@@ -254,11 +256,12 @@ def _write_html(args: argparse.Namespace, run: bl.Run, out) -> None:
     from . import html_report
 
     gate_json = _read_gate_json(args, run.records) if args.gate_json else None
-    text = html_report.render(run.records, gate_json=gate_json, source=str(args.result), fingerprint=run.fingerprint)
+    text = html_report.render(run.records, gate_json=gate_json, source=str(args.result), fingerprint=run.fingerprint,
+                              interrupted=run.interrupted)
     bl.atomic_write_text(args.html, text)
     print(f"HTML report written to {args.html}", file=out)
     if args.step_summary_top:
-        top = html_report.step_summary(run.records, gate_json, Path(args.html).name)
+        top = html_report.step_summary(run.records, gate_json, Path(args.html).name, run.interrupted)
         where = report.append_step_summary(top)
         print(f"report top appended to {where}" if where else "GITHUB_STEP_SUMMARY is not set: no job summary written",
               file=out)

@@ -144,6 +144,7 @@ def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
     if scope is None:
         scope = run_scope(cur)
     cmp = compare(base.records, cur.records, thresholds=thresholds, device=device, scope=scope, notes=all_notes)
+    cmp.interrupted = bool(cur.interrupted)  # its scope is what it ran: every report must say so
     cmp.baseline_label = _label(base)
     cmp.current_label = _label(cur) if cur.path else "this run"
     cmp.base_calibration = _calibration(base)

@@ -203,12 +203,13 @@ document.documentElement.dataset.ready='1';"""
 
 
 def render(records: Mapping[str, CaseRecord], *, gate_json: Optional[Mapping[str, Any]] = None,
-           source: str = "", fingerprint: Optional[Mapping[str, Any]] = None, gate_mode: str = "report") -> str:
+           source: str = "", fingerprint: Optional[Mapping[str, Any]] = None, gate_mode: str = "report",
+           interrupted: str = "") -> str:
     """The whole HTML document for a run's records (and the gate's verdicts, when given)."""
     gate = {c["key"]: c for c in (gate_json or {}).get("cases", []) if isinstance(c, dict) and "key" in c}
     cal = ((gate_json or {}).get("calibration") or {}).get("baseline")
     regressions = [c for c in gate.values() if c.get("gating")]
-    top = summary_lines(records, gate_json, gate_mode)
+    top = summary_lines(records, gate_json, gate_mode, interrupted)
     parts = [f"<h1>attnsuite report</h1><p>{esc(source)}"
              + (f" &middot; machine {esc(fingerprint.get('id', ''))}" if fingerprint else "") + "</p>",
              f'<pre id="summary">{esc(chr(10).join(top))}</pre>']
@@ -249,13 +250,13 @@ def _stated(rec: CaseRecord, calibration: Optional[Mapping[str, object]]) -> tup
 
 
 def summary_lines(records: Mapping[str, CaseRecord], gate_json: Optional[Mapping[str, Any]],
-                  gate_mode: str = "report") -> list[str]:
+                  gate_mode: str = "report", interrupted: str = "") -> list[str]:
     """The report's top: the run's summary (:mod:`attnsuite.summary`), its verdict from a gate JSON."""
-    return summ.terminal_lines(summary_from_gate_json(records, gate_json, gate_mode))
+    return summ.terminal_lines(summary_from_gate_json(records, gate_json, gate_mode, interrupted))
 
 
 def summary_from_gate_json(records: Mapping[str, CaseRecord], gate_json: Optional[Mapping[str, Any]],
-                           gate_mode: str = "report") -> summ.Summary:
+                           gate_mode: str = "report", interrupted: str = "") -> summ.Summary:
     """The run's summary with the verdict a gate JSON (``--attn-gate-json``) holds: what `attnsuite report
     --gate-json` prints and what its HTML shows, from one function."""
     gate = dict(gate_json or {})
@@ -279,13 +280,15 @@ def summary_from_gate_json(records: Mapping[str, CaseRecord], gate_json: Optiona
         lines = [f"{'/'.join(c.get('flags', []))}: {c.get('key')}; time {fmt_pct(c.get('time_change'))} "
                  f"(band ±{(c.get('band') or 0) * 100:.1f}%)" for c in regs]
         s.regressions, s.more_regressions = lines[:summ.MAX_REGRESSIONS], max(0, len(lines) - summ.MAX_REGRESSIONS)
+    s.verdict = summ.interrupted_verdict(s.verdict, interrupted)  # the result file's own word
     s.best = summ.best_per_workload(records, cal)
     s.peak_note = summ.peak_note(records, cal)
     return s
 
 
-def step_summary(records: Mapping[str, CaseRecord], gate_json: Optional[Mapping[str, Any]], html_name: str) -> str:
+def step_summary(records: Mapping[str, CaseRecord], gate_json: Optional[Mapping[str, Any]], html_name: str,
+                 interrupted: str = "") -> str:
     """The report's top as markdown for a CI job summary: the summary in a code block, and where the file is."""
-    body = "\n".join(summary_lines(records, gate_json)).replace("```", "'''")  # cannot close the block early
+    body = "\n".join(summary_lines(records, gate_json, interrupted=interrupted)).replace("```", "'''")  # cannot close the block early
     return (f"### attnsuite report\n\n```\n{body}\n```\n\nThe whole report (plots, sortable tables) is "
             f"`{html_name}` in this run's artifacts.\n")

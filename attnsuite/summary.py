@@ -215,11 +215,19 @@ def heading_status(cmp: Comparison, failed_cases: Mapping[str, int]) -> str:
     FAIL over a job that passed (report mode) nor a pass over a comparison of nothing."""
     failed = {k: n for k, n in failed_cases.items() if n}
     if failed and not cmp.regressions:
-        return f"❌ **FAIL**: {sum(failed.values())} case(s) failed, no regression"
-    return _HEADINGS[comparison_verdict(cmp, cmp.gate_mode, failed).split(":", 1)[0]]
+        status = f"❌ **FAIL**: {sum(failed.values())} case(s) failed, no regression"
+    else:
+        status = _HEADINGS[comparison_verdict(cmp, cmp.gate_mode, failed).split(":", 1)[0]]
+    # an interrupted run judged only what it ran: a green heading over it had read as a pass in PR comments
+    return f"⏹️ **INTERRUPTED** (only the cases that ran were judged: {status})" if cmp.interrupted else status
 
 
 NOT_COMPARED = "the run was not judged against a baseline"
+
+
+def interrupted_verdict(verdict: str, interrupted: str) -> str:
+    """The verdict line of a session that stopped early (``interrupted`` says how; "" for one that did not)."""
+    return f"INTERRUPTED ({interrupted}): {verdict}" if interrupted else verdict
 
 
 def _failed_head(failed: Mapping[str, int]) -> str:
@@ -258,8 +266,7 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
         verdict = f"{_failed_head(failed)}; {NOT_COMPARED}" if failed else f"NOT COMPARED: {NOT_COMPARED}"
         base = list(baseline_lines) or ["no baseline for this machine"]
         reg_lines = []
-    if interrupted:
-        verdict = f"INTERRUPTED ({interrupted}): {verdict}"
+    verdict = interrupted_verdict(verdict, interrupted)
     return Summary(verdict=verdict, baseline=base, regressions=reg_lines[:MAX_REGRESSIONS],
                    more_regressions=max(0, len(reg_lines) - MAX_REGRESSIONS), outcomes=outcome_text,
                    failures=failures, skip_reasons=[(n, k) for k, n in reasons.most_common()],

@@ -865,6 +865,7 @@ class Comparison:
             "compared": True,
             "failed": self.failed,
             "gate_mode": self.gate_mode,
+            "interrupted": self.interrupted,
             "counts": self.counts(),
             "out_of_scope": self.out_of_scope,
             "skipped_in_both": self.n_skipped_in_both,

@@ -321,3 +321,50 @@ def test_compare_with_step_summary_alone_still_appends_the_diff(runs, tmp_path, 
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     code, _ = run_cli("compare", old, worse, "--gate", "report", "--step-summary")
     assert code == 0 and summary.read_text().startswith("<!-- attnsuite-gate -->")
+
+
+@pytest.fixture
+def interrupted_run(tmp_path, runs):
+    from gatehelp import result_json
+
+    obj = result_json([rec("a", median_ms=1.005)])
+    obj["attnsuite"]["interrupted"] = "interrupted after 1 of 3 selected cases; 2 did not run"
+    obj["attnsuite"]["scope"] = {"keys": [rec("a").key]}  # as the gate stores it: what an interrupted run ran
+    path = tmp_path / "interrupted.json"
+    path.write_text(json.dumps(obj))
+    return runs[0], path
+
+
+@pytest.mark.parametrize("gate_mode, status", [("enforce", 1), ("report", 0)])
+def test_compare_of_an_interrupted_run_never_reads_as_a_pass(interrupted_run, tmp_path, gate_mode, status):
+    # it had printed "PASS" and a green heading and exited 0, calling the cases it never reached out of scope
+    old, cur = interrupted_run
+    md = tmp_path / "g.md"
+    code, out = run_cli("compare", old, cur, "--gate", gate_mode, "--markdown", md)
+    assert code == status, out
+    assert out.strip().splitlines()[-1].startswith("INTERRUPTED (interrupted after 1 of 3 selected cases; 2 did not "
+                                                   "run): "), out
+    text = md.read_text()
+    assert "### attnsuite regression gate: ⏹️ **INTERRUPTED** (only the cases that ran were judged: " in text
+    assert "selected but not reached before the run was interrupted" in text and "✅ pass\n" not in text
+
+
+def test_the_gate_json_of_an_interrupted_comparison_says_so(interrupted_run):
+    from attnsuite import baseline as bl
+    from attnsuite import gate
+
+    old, cur = interrupted_run
+    from attnsuite.verdict import ThresholdConfig
+
+    cmp = gate.judge_runs(bl.load_run(old), bl.load_run(cur), thresholds=ThresholdConfig())
+    assert cmp.to_json()["interrupted"] is True
+    assert gate.judge_runs(bl.load_run(old), bl.load_run(old), thresholds=ThresholdConfig()).to_json()["interrupted"] is False
+
+
+def test_report_of_an_interrupted_run_says_so_in_its_summary_and_html(interrupted_run, tmp_path):
+    _, cur = interrupted_run
+    html = tmp_path / "r.html"
+    code, out = run_cli("report", cur, "--html", html)
+    assert code == 0
+    assert "INTERRUPTED (interrupted after 1 of 3 selected cases; 2 did not run)" in out
+    assert "INTERRUPTED (interrupted after 1 of 3 selected cases; 2 did not run)" in html.read_text()
