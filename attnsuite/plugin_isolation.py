@@ -148,12 +148,23 @@ class RaisedInterrupt:
     pytest ends the session on any KeyboardInterrupt: a variant raising one had stopped the run
     after its first test (under xdist, every worker's), leaving the other variants unchecked. A
     SIGINT handler that notes the signal and then does what the previous one did tells the two apart.
+
+    SIGTERM (a cancelled CI job: GitHub, GitLab, Jenkins and Kubernetes send it) ends the session as
+    Ctrl-C does, in the process that runs the session (not in xdist workers, which their controller
+    ends): the interrupted summary, gate.md and the --attn-resume hint are written, where the default
+    had killed the process with none of them. A second SIGTERM kills at once.
     """
 
     def __init__(self) -> None:
         self.signalled = False
         self.installed = False
         self.previous: Any = None
+        self.previous_term: Any = None
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt("SIGTERM")
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         self.signalled = True
@@ -167,12 +178,16 @@ class RaisedInterrupt:
         try:
             self.previous = signal.signal(signal.SIGINT, self._on_sigint)
             self.installed = True
+            if not hasattr(config, "workerinput") and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+                self.previous_term = signal.signal(signal.SIGTERM, self._on_sigterm)
         except ValueError:  # not the main thread: no handler can be set, every interrupt ends the run
             pass
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.installed and signal.getsignal(signal.SIGINT) == self._on_sigint:
             signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.default_int_handler)
+        if self.previous_term is not None and signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+            signal.signal(signal.SIGTERM, self.previous_term)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:

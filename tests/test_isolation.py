@@ -149,6 +149,31 @@ def test_a_killed_run_keeps_its_finished_cases_and_resume_runs_only_the_rest(pro
     assert not journal.exists()  # a finished run removes its journal
 
 
+def test_sigterm_ends_a_run_as_ctrl_c_does_with_its_summary_and_the_resume_hint(project):
+    # a cancelled CI job's SIGTERM had killed pytest with no summary, no gate.md and no hint
+    out, journal, md = project / "out.json", project / "journal.jsonl", project / "gate.md"
+    args = _args(project, ("h-slow", "explicit"), f"--benchmark-json={out}", f"--attn-journal={journal}",
+                 f"--attn-markdown={md}")
+    args[args.index("--attn-gate=off")] = "--attn-gate=report"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=project, env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if journal.exists() and len(journal.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, stdout[-3000:]
+    assert "did not run (--attn-resume carries on from the journal)" in stdout, stdout[-3000:]
+    assert md.read_text().count("INTERRUPTED") >= 1 and journal.exists()
+
+
 def test_resume_refuses_a_journal_written_with_other_options(pytester, project):
     journal = project / "journal.jsonl"
     journal.write_text(json.dumps({"attnsuite_journal": 1, "spec": {"tier": "full"}, "fingerprint_id": "x"}) + "\n")
