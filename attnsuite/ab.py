@@ -371,6 +371,56 @@ def rebase_env(env: dict[str, str], cwd: Path, repo: Path, into: Optional[Path] 
     return out
 
 
+def without_files_absent_from(args: Sequence[str], env: dict[str, str], tree: Path, head: Path
+                               ) -> tuple[list[str], dict[str, str], list[str]]:
+    """The base rounds' arguments and environment (paths already rebased for them: relative to the
+    tree's root, or absolute into ``tree``) without the variants and problem files that the working
+    tree ``head`` has and the base ``tree`` lacks (files the change adds), and what was left out, by
+    its path in the repository. Anything else (paths outside the repository, module names, a typo)
+    stays as it was."""
+    root = os.path.abspath(tree)
+
+    def absent(value: str) -> Optional[str]:
+        """The path in the repository of a file the change adds, else None."""
+        full = os.path.abspath(value if os.path.isabs(value) else os.path.join(root, value))
+        if not full.startswith(root + os.sep):
+            return None
+        rel = os.path.relpath(full, root)
+        return rel if not os.path.exists(full) and os.path.exists(os.path.join(head, rel)) else None
+    kept: list[str] = []
+    dropped: list[str] = []
+    pending: Optional[str] = None
+    for arg in args:
+        option, eq, value = arg.partition("=")
+        if pending is not None:
+            added = absent(arg)
+            if added:
+                dropped.append(f"{pending} {added}")
+            else:
+                kept += [pending, arg]
+            pending = None
+        elif arg in ("--attn-variants", "--attn-problems"):
+            pending = arg
+        elif eq and option in ("--attn-variants", "--attn-problems") and absent(value):
+            dropped.append(f"{option} {absent(value)}")
+        else:
+            kept.append(arg)
+    if pending is not None:
+        kept.append(pending)
+    out = dict(env)
+    for name in PATH_VARIABLES:
+        entries = [v for v in out.get(name, "").split(",") if v.strip()]
+        gone = [v for v in entries if absent(v.strip())]
+        if gone:
+            dropped += [f"{name} entry {absent(v.strip())}" for v in gone]
+            rest = [v for v in entries if v not in gone]
+            if rest:
+                out[name] = ",".join(rest)
+            else:
+                out.pop(name)
+    return kept, out, dropped
+
+
 def suite_tree() -> Optional[Path]:
     """The checkout this attnsuite runs from, when it holds the benchmarks (an install without them: None)."""
     root = Path(__file__).resolve().parents[1]
@@ -874,6 +924,15 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
                               base_env=rebase_env(env, cwd, repo, repo.resolve()),
                               base_args=rebase_paths(args.pytest_args, cwd, repo, base_tree),
                               base_side_env=rebase_env(env, cwd, repo, base_tree))
+            # a variants or problem file the change adds is not in the base: its rounds run without it
+            base_args, base_env, added = without_files_absent_from(
+                plan.base_args if plan.base_args is not None else plan.pytest_args,
+                plan.base_side_env if plan.base_side_env is not None else (plan.base_env or {}), base_tree, repo)
+            if added:
+                plan = replace(plan, base_args=base_args, base_side_env=base_env)
+                for what in added:
+                    print(f"attnsuite ab: {what} is not in base {args.base}: the base rounds run without it, and the "
+                          "cases of what it adds read new", file=out, flush=True)
             print(f"attnsuite ab: base {args.base} ({sha[:12]}) in {base_tree}, head {repo}; "
                   f"{args.rounds} rounds per side" + (f", {len(cases)} case(s) from {args.cases_from}" if cases else "")
                   + (f"; the variants of both, run by the attnsuite at {suite}" if suite else ""),

@@ -694,3 +694,39 @@ def test_an_out_folder_used_again_gets_the_earlier_rounds_set_aside_not_mixed_in
     assert sorted(f.name for f in aside[0].iterdir()) == ["round02-head.json", "round03-head.log"]
     assert (aside[0] / "round03-head.log").read_text() == "old"  # kept, not deleted
     assert (out_dir / "notes.txt").read_text() == "the user's own"  # not an A/B file: left alone
+
+
+def test_a_variants_file_the_change_adds_is_left_out_of_the_base_rounds_and_reads_new(kernel_repo):
+    # the base round had failed: "variant module file '.../base/kernels/new_variants.py' does not exist"
+    (kernel_repo / "kernels" / "new_variants.py").write_text("# added by the change\n")
+    seen: list[tuple[str, list[str]]] = []
+
+    class Recording(FakeRunner):
+        def __call__(self, spec):
+            seen.append((spec.side, [a for a in spec.command if "variants.py" in a or a.endswith("v.py")]))
+            return super().__call__(spec)
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(kernel_repo), "--", "--attn-variants",
+                                str(kernel_repo / "kernels" / "v.py"), "--attn-variants",
+                                str(kernel_repo / "kernels" / "new_variants.py")], Recording(same_speed))
+    assert status == ab.EXIT_OK, err
+    assert ("attnsuite ab: --attn-variants kernels/new_variants.py is not in base HEAD: the base rounds run without "
+            "it, and the cases of what it adds read new") in out, out
+    base_files = {Path(p).name for side, args in seen if side == "base" for p in args}
+    head_files = {Path(p).name for side, args in seen if side == "head" for p in args}
+    assert base_files == {"v.py"} and head_files == {"v.py", "new_variants.py"}
+
+
+def test_without_files_absent_from_keeps_module_names_outside_paths_and_typos(tmp_path):
+    base, head = tmp_path / "base", tmp_path / "head"
+    for tree in (base, head):
+        (tree / "k").mkdir(parents=True)
+        (tree / "k" / "old.py").write_text("")
+    (head / "k" / "new.py").write_text("")
+    args = ["--attn-variants", "k/new.py", "--attn-variants=k/old.py", "--attn-variants", "my_pkg.mod",
+            "--attn-variants", "k/typo.py", "--attn-problems=/elsewhere/p.json", "-k", "fwd"]
+    env = {"ATTNSUITE_VARIANTS": f"{base / 'k' / 'new.py'},my_pkg.mod", "OTHER": "k/new.py"}
+    kept, env_out, dropped = ab.without_files_absent_from(args, env, base, head)
+    assert kept == ["--attn-variants=k/old.py", "--attn-variants", "my_pkg.mod", "--attn-variants", "k/typo.py",
+                    "--attn-problems=/elsewhere/p.json", "-k", "fwd"]
+    assert env_out == {"ATTNSUITE_VARIANTS": "my_pkg.mod", "OTHER": "k/new.py"}
+    assert dropped == ["--attn-variants k/new.py", "ATTNSUITE_VARIANTS entry k/new.py"]
