@@ -521,7 +521,7 @@ def _interrupted_text(config: pytest.Config, records: Any) -> str:
     ran = len(records or ())
     if selected > ran:
         return (f"{why} after {ran} of {count(selected, 'selected case')}; {selected - ran} did not run "
-                "(--attn-resume carries on from the journal)")
+                "(the same command with --attn-resume, the same options and output, carries on from the journal)")
     return f"{why} after {count(ran, 'case')}"
 
 

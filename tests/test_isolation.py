@@ -170,7 +170,8 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_with_its_summary_and_the_resume_hint(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, stdout[-3000:]
-    assert "did not run (--attn-resume carries on from the journal)" in stdout, stdout[-3000:]
+    assert ("did not run (the same command with --attn-resume, the same options and output, carries on from the "
+            "journal)") in stdout, stdout[-3000:]
     assert md.read_text().count("INTERRUPTED") >= 1 and journal.exists()
 
 

@@ -314,3 +314,20 @@ def test_of_several_runs_the_simulated_one_is_named_alone(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and f"{paths[2]} was run with --attn-inject-slowdown explicit=3.0" in err, err
     assert "r0.json +" not in err
+
+
+@pytest.mark.parametrize("damage", [None, {}, "text"], ids=["null", "empty", "text"])
+def test_one_of_the_suites_own_entries_without_its_record_is_an_error_naming_it(tmp_path, capsys, damage):
+    # "extra_info": null had been counted as another suite's benchmark and its case judged "missing"
+    base = recorded(tmp_path)
+    obj = result_json([rec("a"), rec("b")])
+    obj["benchmarks"][1]["name"] = "test_workload[fa-sweep/b/fwd/p]"
+    obj["benchmarks"][1]["fullname"] = "bench/test_workloads.py::test_workload[fa-sweep/b/fwd/p]"
+    obj["benchmarks"][1]["extra_info"] = damage
+    run = tmp_path / "damaged.json"
+    run.write_text(json.dumps(obj))
+    code, out = run_cli("compare", base, run)
+    err = capsys.readouterr().err
+    assert code == 2 and "regression" not in out, out
+    assert f"result file {run}: benchmark bench/test_workloads.py::test_workload[fa-sweep/b/fwd/p]: its extra_info is" \
+        in err and "not the attnsuite record" in err, err
