@@ -526,8 +526,9 @@ class VariantLoadError(ImportError):
 
 
 def load_external(spec: str, module_name: Optional[str] = None) -> None:
-    """Import variants from outside the suite's core: a dotted module name, a ``.py`` file, or a
-    package folder (a directory with ``__init__.py``; its modules import each other relatively).
+    """Import variants from outside the suite's core: a dotted module name, a ``.py`` file (its folder
+    joins the end of the import path, so it can import a module beside it), or a package folder (a
+    directory with ``__init__.py``; its modules import each other relatively).
 
     A file or folder is imported under ``module_name`` (default ``attnsuite_external_<name>``),
     once: loading it again does nothing. Its modules register as they import; when one raises, what
@@ -548,6 +549,10 @@ def load_external(spec: str, module_name: Optional[str] = None) -> None:
         search = [str(path)]
     elif path.is_file():
         init, search = path, None
+        # as Python runs a script: its folder is importable, so the file can import a helper module
+        # beside it ("import kernel_utils"); appended, so it never shadows an installed package
+        if str(path.parent) not in sys.path:
+            sys.path.append(str(path.parent))
     else:
         raise FileNotFoundError(f"variant module file {spec!r} does not exist")
     # never a generic top-level name: another project's module of the same name must not collide

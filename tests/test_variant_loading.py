@@ -499,3 +499,26 @@ def test_two_classes_of_one_file_with_one_name_are_named_as_such(isolated_regist
     with pytest.raises(Exception, match=r"variant name 'x-dup-name': two classes in \S*dup_variants\.py register it, "
                                         r"First and Second: give each its own name"):
         registry.load_external(str(path))
+
+
+def test_a_variants_file_can_import_a_helper_module_beside_it(isolated_registry, tmp_path):
+    # "ModuleNotFoundError: No module named 'kernel_utils'": only the package-folder form had worked
+    (tmp_path / "kernel_utils_s18.py").write_text("SCALE_NAME = 'x-beside-helper'\n")
+    path = _module(tmp_path, "uses_helper", """
+        from attnsuite.registry import KernelVariant, register
+        import kernel_utils_s18
+
+        @register
+        class UsesHelper(KernelVariant):
+            name = kernel_utils_s18.SCALE_NAME
+
+            def build(self, problem):
+                return correct_run(problem)
+    """)
+    try:
+        registry.load_external(str(path))
+        assert registry.get("x-beside-helper").name == "x-beside-helper"
+        assert sys.path[-1] == str(tmp_path)  # at the end: an installed package of the same name wins
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("kernel_utils_s18", None)
