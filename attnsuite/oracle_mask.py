@@ -69,6 +69,14 @@ def allowed_rows(problem: Problem, rows: np.ndarray) -> np.ndarray:
     return np.broadcast_to(out, (lq, lk)).copy()
 
 
+def live_among(problem: Problem, rows: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Boolean, one per entry of ``rows``: whether that query position may attend to a key at all,
+    a chunk of rows at a time (never the lq x lk whole of a long problem)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    parts = [allowed_rows(problem, part).any(axis=1) for part in np.array_split(rows, max(1, -(-len(rows) // chunk)))]
+    return np.concatenate(parts) if len(rows) else np.zeros(0, dtype=bool)
+
+
 def alibi_slopes(hq: int) -> np.ndarray:
     """ALiBi slopes m_h = 2^(-8 (h+1) / H), the geometric sequence of the ALiBi paper."""
     return 2.0 ** (-8.0 * (np.arange(hq, dtype=np.float64) + 1.0) / hq)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import flops as flopmod
-from . import checks, decode_bench, gpu_state, memory, registry, spot_check, timing, tolerance, triton_support, workloads
+from . import checks, decode_bench, gpu_state, memory, oracle_mask, registry, spot_check, timing, tolerance, triton_support, workloads
 from .case import Case, DeviceInputs, OutputContractError, prepare
 from .inputs import torch_dtype
 from .problem import Problem
@@ -306,14 +306,6 @@ def _nonfinite_rows(out: torch.Tensor) -> np.ndarray:
     return torch.nonzero(bad.reshape(-1, out.shape[-2], out.shape[-1]).any(dim=-1).any(dim=0)).flatten().cpu().numpy()
 
 
-def live_rows_among(problem: Problem, rows: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """Those of ``rows`` that may attend to at least one key, from the oracle's mask a chunk of rows
-    at a time (never the lq x lk whole)."""
-    from .oracle_mask import allowed_rows
-    keep = [part[allowed_rows(problem, part).any(axis=1)] for part in np.array_split(rows, max(1, -(-len(rows) // chunk)))]
-    return np.concatenate(keep) if keep else rows
-
-
 def _remember(key: tuple, value: Any) -> None:
     """Keep a problem's reference for the next variants and modes of it (the 16 most recent)."""
     if len(_REF_CACHE) >= 16:
@@ -335,12 +327,12 @@ def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) 
     rows = None
     cheap = oracle_checks(p, oracle_limit)
     if cheap and case.variant.family == "attention":
-        from .oracle_mask import allowed
-        rows = allowed(p).any(axis=1)
+        rows = oracle_mask.allowed(p).any(axis=1)
     finite = torch.isfinite(out if rows is None else out[..., torch.as_tensor(rows, device=out.device), :])
     if not bool(finite.all()) and not cheap and case.variant.family == "attention" and mode != "decode":
         # a row that may see no key is reported by the correctness checks, not judged, at any size
-        finite = torch.isfinite(out[..., torch.as_tensor(live_rows_among(p, _nonfinite_rows(out)), device=out.device), :])
+        bad = _nonfinite_rows(out)
+        finite = torch.isfinite(out[..., torch.as_tensor(bad[oracle_mask.live_among(p, bad)], device=out.device), :])
     if not bool(finite.all()):
         return f"output has {int((~finite).sum())} NaN/Inf values", "finite"
     if has_backward(mode):

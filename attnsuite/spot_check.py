@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import oracle, reference_math, tolerance
+from . import oracle, oracle_mask, reference_math, tolerance
 from .problem import Problem
 from .wording import count
 
@@ -91,13 +91,8 @@ class SpotReference:
         with torch.no_grad():
             base = reference_math.attention(problem, q_rows[None], k_sl[None], v_sl[None], rows=rows, heads=h)[0]
         self.base = tolerance.as_float64(base)
-        self.live = self.ref_live_rows()
-
-    def ref_live_rows(self) -> np.ndarray:
-        """Which sampled rows may attend to a key at all (a fully masked row is not compared, as in
-        the whole-output check)."""
-        from .oracle_mask import allowed_rows
-        return allowed_rows(self.problem, self.rows).any(axis=1)
+        # a sampled row that may see no key is not compared, as in the whole-output check
+        self.live = oracle_mask.live_among(problem, self.rows)
 
     def judge(self, out: torch.Tensor, accuracy: str) -> tolerance.Comparison:
         """The output's sampled rows against the oracle's, by the suite's rule for ``accuracy``."""

@@ -221,3 +221,13 @@ def test_a_wrong_backward_on_a_problem_the_whole_oracle_checks_is_numerics(mode,
     # above the limit the gradients are checked to be finite only, and the label says so
     above = _bench(BadBackward(), monkeypatch, problem=small, mode=mode)
     assert above.outcome == "ok" and above.extra["numerics_check"].endswith("; gradients finite")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1024])
+def test_live_rows_a_chunk_at_a_time_agree_with_the_whole_mask(chunk):
+    p = DEAD_ROWS
+    rows = np.arange(p.lq)
+    from attnsuite import oracle_mask
+
+    assert np.array_equal(oracle_mask.live_among(p, rows, chunk), oracle_mask.allowed(p).any(axis=1))
+    assert oracle_mask.live_among(p, rows[:0], chunk).shape == (0,)
