@@ -279,6 +279,7 @@ class RoundSpec:
     log_path: Path
     probe_path: Path
     timeout: Optional[float] = None
+    selects_nothing: bool = False  # every --attn-only name is missing from this tree: not run, an empty side
 
 
 # A runner runs one round and returns its result JSON, or None when pytest selected no case.
@@ -310,22 +311,58 @@ def rebase_path(raw: str, cwd: Path, repo: Path, into: Optional[Path] = None) ->
     return str(into / rel) if into is not None else str(rel)
 
 
+def map_option_values(args: Sequence[str], options: Sequence[str],
+                      fn: Callable[[str, str], Optional[str]]) -> list[str]:
+    """``args`` with the value of every option in ``options`` (``--opt value`` or ``--opt=value``)
+    replaced by ``fn(option, value)``, in the form it came in; ``None`` leaves that option out with
+    its value. The one reader of path options: every rule about them goes through it."""
+    out: list[str] = []
+    pending: Optional[str] = None
+    for arg in args:
+        if pending is not None:
+            new = fn(pending, arg)
+            out += [pending, new] if new is not None else []
+            pending = None
+            continue
+        option, eq, value = arg.partition("=")
+        if arg in options:
+            pending = arg
+        elif eq and option in options:
+            new = fn(option, value)
+            out += [f"{option}={new}"] if new is not None else []
+        else:
+            out.append(arg)
+    if pending is not None:  # an option at the end without its value: pytest says so
+        out.append(pending)
+    return out
+
+
+def map_variable_entries(env: dict[str, str], fn: Callable[[str, str], Optional[str]]) -> dict[str, str]:
+    """``env`` with every comma-separated entry of :data:`PATH_VARIABLES` replaced by ``fn(name,
+    entry)``; ``None`` leaves the entry out, and a variable left with no entry is removed."""
+    out = dict(env)
+    for name in PATH_VARIABLES:
+        entries = [v.strip() for v in out.get(name, "").split(",") if v.strip()]
+        if not entries:
+            continue
+        kept = [new for new in (fn(name, v) for v in entries) if new is not None]
+        if kept:
+            out[name] = ",".join(kept)
+        else:
+            out.pop(name)
+    return out
+
+
 def _path_values(args: Sequence[str], env: dict[str, str]) -> list[tuple[str, str]]:
     """(where, value) of every path an option of :data:`PATH_OPTIONS` or a :data:`PATH_VARIABLES`
     entry names."""
     found: list[tuple[str, str]] = []
-    pending: Optional[str] = None
-    for arg in args:
-        option, eq, value = arg.partition("=")
-        if pending:
-            found.append((pending, arg))
-            pending = None
-        elif eq and option in PATH_OPTIONS:
-            found.append((option, value))
-        elif arg in PATH_OPTIONS:
-            pending = arg
-    for name in PATH_VARIABLES:
-        found += [(name, v.strip()) for v in env.get(name, "").split(",") if v.strip()]
+
+    def note(name: str, value: str) -> str:
+        found.append((name, value))
+        return value
+    map_option_values(args, PATH_OPTIONS, note)
+    map_variable_entries(env, note)
     return found
 
 
@@ -347,28 +384,12 @@ def code_paths(args: Sequence[str], env: dict[str, str], cwd: Path, repo: Path) 
 
 def rebase_paths(args: Sequence[str], cwd: Path, repo: Path, into: Optional[Path] = None) -> list[str]:
     """``args`` with the relative values of :data:`PATH_OPTIONS` made to work in every round (:func:`rebase_path`)."""
-    out: list[str] = []
-    pending = False
-    for arg in args:
-        option, eq, value = arg.partition("=")
-        if pending or (eq and option in PATH_OPTIONS):
-            raw = rebase_path(arg if pending else value, cwd, repo, into)
-            out.append(raw if pending else f"{option}={raw}")
-            pending = False
-            continue
-        pending = arg in PATH_OPTIONS
-        out.append(arg)
-    return out
+    return map_option_values(args, PATH_OPTIONS, lambda _, value: rebase_path(value, cwd, repo, into))
 
 
 def rebase_env(env: dict[str, str], cwd: Path, repo: Path, into: Optional[Path] = None) -> dict[str, str]:
     """``env`` with each entry of :data:`PATH_VARIABLES` made to work in every round, as the options are."""
-    out = dict(env)
-    for name in PATH_VARIABLES:
-        if out.get(name, "").strip():
-            out[name] = ",".join(rebase_path(v.strip(), cwd, repo, into) if v.strip() else v
-                                 for v in out[name].split(","))
-    return out
+    return map_variable_entries(env, lambda _, value: rebase_path(value, cwd, repo, into))
 
 
 def without_files_absent_from(args: Sequence[str], env: dict[str, str], tree: Path, head: Path
@@ -379,46 +400,20 @@ def without_files_absent_from(args: Sequence[str], env: dict[str, str], tree: Pa
     its path in the repository. Anything else (paths outside the repository, module names, a typo)
     stays as it was."""
     root = os.path.abspath(tree)
+    dropped: list[str] = []
 
-    def absent(value: str) -> Optional[str]:
-        """The path in the repository of a file the change adds, else None."""
+    def keep(name: str, value: str) -> Optional[str]:
+        """None for a file the change adds (noted in ``dropped``), else the value as it was."""
         full = os.path.abspath(value if os.path.isabs(value) else os.path.join(root, value))
         if not full.startswith(root + os.sep):
-            return None
+            return value
         rel = os.path.relpath(full, root)
-        return rel if not os.path.exists(full) and os.path.exists(os.path.join(head, rel)) else None
-    kept: list[str] = []
-    dropped: list[str] = []
-    pending: Optional[str] = None
-    for arg in args:
-        option, eq, value = arg.partition("=")
-        if pending is not None:
-            added = absent(arg)
-            if added:
-                dropped.append(f"{pending} {added}")
-            else:
-                kept += [pending, arg]
-            pending = None
-        elif arg in ("--attn-variants", "--attn-problems"):
-            pending = arg
-        elif eq and option in ("--attn-variants", "--attn-problems") and absent(value):
-            dropped.append(f"{option} {absent(value)}")
-        else:
-            kept.append(arg)
-    if pending is not None:
-        kept.append(pending)
-    out = dict(env)
-    for name in PATH_VARIABLES:
-        entries = [v for v in out.get(name, "").split(",") if v.strip()]
-        gone = [v for v in entries if absent(v.strip())]
-        if gone:
-            dropped += [f"{name} entry {absent(v.strip())}" for v in gone]
-            rest = [v for v in entries if v not in gone]
-            if rest:
-                out[name] = ",".join(rest)
-            else:
-                out.pop(name)
-    return kept, out, dropped
+        if os.path.exists(full) or not os.path.exists(os.path.join(head, rel)):
+            return value
+        dropped.append(f"{name} {rel}" if name.startswith("--") else f"{name} entry {rel}")
+        return None
+    kept = map_option_values(args, ("--attn-variants", "--attn-problems"), keep)
+    return kept, map_variable_entries(env, keep), dropped
 
 
 def suite_tree() -> Optional[Path]:
@@ -606,6 +601,9 @@ class AbPlan:
     # its files in the base checkout); None: pytest_args and base_env, as the head rounds
     base_args: Optional[list[str]] = None
     base_side_env: Optional[dict[str, str]] = None
+    # --attn-only names a side's tree does not register (a variant the change adds or removes): that
+    # side's rounds run without them, found from the rounds' own usage errors (any version of the suite)
+    not_in: dict[str, set[str]] = field(default_factory=lambda: {"base": set(), "head": set()})
 
 
 @dataclass
@@ -616,6 +614,7 @@ class AbRounds:
     files: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=lambda: {"base": 0.0, "head": 0.0})
     order: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the report must say about the rounds' selection
 
 
 def set_aside_earlier_rounds(workdir: Path) -> Optional[Path]:
@@ -653,13 +652,47 @@ def round_specs(plan: AbPlan) -> list[RoundSpec]:
             env = plan.base_side_env if plan.base_side_env is not None else plan.base_env
         else:
             args, env = [*plan.pytest_args, *plan.head_args], plan.base_env
+        args, nothing = without_only_names(args, plan.not_in[side])
         stem = plan.workdir / f"round{i:02d}-{side}"
         json_path = stem.with_suffix(".json")
         probe = stem.with_name(stem.name + ".probe.json")
         specs.append(RoundSpec(i, side, tree, pytest_command(plan.python, json_path, args),
                                round_env(tree, plan.workdir, probe, cases_file, env), json_path,
-                               stem.with_suffix(".log"), probe, plan.timeout))
+                               stem.with_suffix(".log"), probe, plan.timeout, selects_nothing=nothing))
     return specs
+
+
+def without_only_names(args: Sequence[str], names: set[str]) -> tuple[list[str], bool]:
+    """``args`` without ``names`` in their ``--attn-only`` values (``a,b`` or repeated options), and
+    whether that leaves a selection that had names with none: it would select every variant, so such
+    a round is not run at all."""
+    had, left = False, False
+
+    def drop(_: str, value: str) -> Optional[str]:
+        nonlocal had, left
+        kept = [n for n in (v.strip() for v in value.split(",")) if n and n not in names]
+        had, left = had or bool(value.strip(" ,")), left or bool(kept)
+        return ",".join(kept) if kept else None
+    out = map_option_values(args, ("--attn-only",), drop) if names else list(args)
+    return out, bool(names) and had and not left
+
+
+# A round's usage error for an --attn-only name its tree does not register (every version says it so)
+_UNKNOWN_ONLY = re.compile(r"--attn-only: unknown variant '([^']+)'")
+
+
+def _missing_only_name(plan: AbPlan, spec: RoundSpec, exc: RoundFailed) -> Optional[str]:
+    """The --attn-only name that ``spec``'s tree lacks, when that is why the round failed and the
+    other side has it (a variant the change adds or removes); AbError when neither tree has it."""
+    found = _UNKNOWN_ONLY.search(exc.tail or "")
+    if not found or found.group(1) in plan.not_in[spec.side]:
+        return None
+    name = found.group(1)
+    other = "head" if spec.side == "base" else "base"
+    if name in plan.not_in[other]:
+        raise AbError(f"--attn-only {name}: neither the base nor the working tree registers a variant of that name "
+                      f"(round {spec.index}'s log {spec.log_path} says which names there are)")
+    return name
 
 
 # (name, from mark, to mark): where a round's wall time went, from the probe plugin's marks and the
@@ -686,14 +719,34 @@ def run_rounds(plan: AbPlan, runner: Runner = run_round, out=None) -> AbRounds:
     tree's selection runs no case (a base that has none of them is just an empty side)."""
     res = AbRounds(order=round_order(plan.rounds))
     specs = round_specs(plan)
-    for spec in specs:
+    for i in range(len(specs)):
         t0, wall0 = time.monotonic(), time.time()
-        path = runner(spec)
+        while True:
+            spec = specs[i]
+            if spec.selects_nothing:
+                path = None
+                break
+            try:
+                path = runner(spec)
+                break
+            except RoundFailed as exc:
+                name = _missing_only_name(plan, spec, exc)
+                if name is None:
+                    raise
+                plan.not_in[spec.side].add(name)
+                what = ("is not a variant of the base: the base rounds run without it and its cases read new"
+                        if spec.side == "base" else
+                        "is not a variant of the working tree: the head rounds run without it and its base cases "
+                        "read as not run by the change")
+                res.notes.append(f"--attn-only {name} {what}.")
+                if out is not None:
+                    print(f"attnsuite ab: --attn-only {name} {what}", file=out, flush=True)
+                specs = round_specs(plan)  # every later round of that side without the name too
         took = time.monotonic() - t0
         phases = round_phases(spec.probe_path, wall0, time.time())
         res.seconds[spec.side] += took
         if path is None:
-            if spec.side == "head":
+            if spec.side == "head" and not spec.selects_nothing:
                 sel = shlex.join(plan.pytest_args) or "(none)"
                 extra = f" and the {len(plan.cases)} case(s) from --cases-from" if plan.cases is not None else ""
                 raise AbError(f"no case selected: the working tree's benchmarks with pytest arguments {sel}{extra} "
@@ -705,7 +758,10 @@ def run_rounds(plan: AbPlan, runner: Runner = run_round, out=None) -> AbRounds:
         res.files.append({"round": spec.index, "side": spec.side, "json": str(path) if path else None,
                           "log": str(spec.log_path), "seconds": round(took, 1), "cases": len(run.records),
                           "phases": phases})
-        if out is not None:
+        if out is not None and spec.selects_nothing:
+            print(f"attnsuite ab: round {spec.index}/{len(specs)} {spec.side}: not run, this tree registers none of "
+                  "the --attn-only variants", file=out, flush=True)
+        elif out is not None:
             where = f" ({', '.join(f'{k} {v:.1f}' for k, v in phases.items())})" if phases else ""
             print(f"attnsuite ab: round {spec.index}/{len(specs)} {spec.side}: {count(len(run.records), 'case')}, "
                   f"{took:.1f} s{where}", file=out, flush=True)
@@ -943,7 +999,7 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
             cmp, sides = judge_ab(rounds, thresholds, base_label=base_label, head_label=head_label,
                                   allow_mismatch=args.allow_mismatch)
             cmp.gate_mode = args.gate
-            context = _context(args.base, sha, rounds, args.rounds, dirty, cases_note, args.head_arg)
+            context = _context(args.base, sha, rounds, args.rounds, dirty, cases_note, args.head_arg) + rounds.notes
             if suite is not None:
                 context.insert(1, f"The variants of {repo} at each side, run by the same attnsuite ({suite}).")
             context += [f"{where} lies outside {repo}: both sides loaded the same file, so a change there is not "

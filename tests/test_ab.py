@@ -456,6 +456,73 @@ def test_a_folder_outside_git_is_bad_input(tmp_path):
     assert status == ab.EXIT_INPUT and "not inside a git working tree" in err
 
 
+class OnlyKnownRunner(FakeRunner):
+    """A round fails as the suite's pytest does for an --attn-only name its tree does not register;
+    otherwise it runs the selected ones of ``known[side]`` (variant name to case key)."""
+
+    def __init__(self, known: dict[str, dict[str, str]]) -> None:
+        super().__init__(lambda side, n: None)
+        self.known = known
+
+    def __call__(self, spec: ab.RoundSpec) -> Optional[Path]:
+        self.specs.append(spec)
+        only = [n for i, a in enumerate(spec.command) if a == "--attn-only" for n in spec.command[i + 1].split(",")]
+        for name in only:
+            if name not in self.known[spec.side]:
+                raise ab.RoundFailed(spec, "pytest exit status 4 (usage error)",
+                                     f"ERROR: attnsuite: --attn-only: unknown variant {name!r} (12 registered)")
+        keys = [k for n, k in self.known[spec.side].items() if not only or n in only]
+        return result_json(spec.json_path, [rec(k) for k in keys])
+
+
+KEY_NEW = "fa-sweep/new-k/fwd/b1-q128-h2-d32-causal-tl-fp32-cuda"
+
+
+def test_a_variant_the_change_adds_named_by_attn_only_reads_new_and_the_base_rounds_run_without_it(repo, tmp_path):
+    # `attnsuite ab -- --attn-only sdpa --attn-only new-k` for a change that adds new-k had failed in the first
+    # base round: "--attn-only: unknown variant 'new-k'"
+    runner = OnlyKnownRunner({"base": {"sdpa": KEY_A}, "head": {"sdpa": KEY_A, "new-k": KEY_NEW}})
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--json", str(tmp_path / "ab.json"),
+                                "--markdown", str(tmp_path / "ab.md"), "--", "--attn-only", "sdpa,new-k"], runner)
+    assert status == ab.EXIT_OK, err
+    data = json.loads((tmp_path / "ab.json").read_text())
+    assert data["counts"] == {"same": 1, "new": 1}
+    assert "--attn-only new-k is not a variant of the base" in out
+    assert "--attn-only new-k is not a variant of the base" in (tmp_path / "ab.md").read_text()
+    base_cmds = [s.command for s in runner.specs if s.side == "base"]
+    assert len(base_cmds) == 4  # the failed first round and its retry, then two more
+    assert "sdpa,new-k" in base_cmds[0] and all("sdpa" in c and "sdpa,new-k" not in c for c in base_cmds[1:])
+    assert all("sdpa,new-k" in s.command for s in runner.specs if s.side == "head")
+
+
+def test_when_attn_only_names_only_a_new_variant_the_base_rounds_do_not_run_and_every_case_reads_new(repo, tmp_path):
+    runner = OnlyKnownRunner({"base": {"sdpa": KEY_A}, "head": {"sdpa": KEY_A, "new-k": KEY_NEW}})
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--json", str(tmp_path / "ab.json"),
+                                "--", "--attn-only", "new-k"], runner)
+    assert status == ab.EXIT_OK, err
+    assert json.loads((tmp_path / "ab.json").read_text())["counts"] == {"new": 1}
+    # without the name, the base round would have selected every variant: it is not run at all
+    assert [s.side for s in runner.specs] == ["base", "head", "head", "head"]
+    assert out.count("base: not run, this tree registers none of the --attn-only variants") == 3
+
+
+def test_a_variant_the_change_removes_named_by_attn_only_reads_not_run_in_the_working_tree(repo, tmp_path):
+    runner = OnlyKnownRunner({"base": {"sdpa": KEY_A, "explicit": KEY_B}, "head": {"sdpa": KEY_A}})
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--json", str(tmp_path / "ab.json"),
+                                "--", "--attn-only", "sdpa", "--attn-only", "explicit"], runner)
+    assert "--attn-only explicit is not a variant of the working tree" in out
+    data = json.loads((tmp_path / "ab.json").read_text())
+    assert data["counts"].get("same") == 1 and sum(data["counts"].values()) == 2
+    assert any("removed or renamed by the change" in c.get("message", "") for c in data["cases"]), data["cases"]
+
+
+def test_an_attn_only_name_neither_tree_registers_is_bad_input_naming_it(repo):
+    runner = OnlyKnownRunner({"base": {"sdpa": KEY_A}, "head": {"sdpa": KEY_A}})
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--", "--attn-only", "sdpa,typo-k"], runner)
+    assert status == ab.EXIT_INPUT
+    assert "--attn-only typo-k: neither the base nor the working tree registers a variant of that name" in err
+
+
 def test_a_selection_that_runs_no_case_in_the_working_tree_is_bad_input_not_a_silent_pass(repo):
     status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--", "--attn-workload", "nope"],
                              FakeRunner(lambda side, n: None))
@@ -714,6 +781,26 @@ def test_a_variants_file_the_change_adds_is_left_out_of_the_base_rounds_and_read
     base_files = {Path(p).name for side, args in seen if side == "base" for p in args}
     head_files = {Path(p).name for side, args in seen if side == "head" for p in args}
     assert base_files == {"v.py"} and head_files == {"v.py", "new_variants.py"}
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--attn-variants", "a.py", "-k", "fwd"], ["--attn-variants", "A.PY", "-k", "fwd"]),
+    (["--attn-variants=a.py", "--attn-only=x"], ["--attn-variants=A.PY", "--attn-only=x"]),
+    (["--attn-problems", "drop.json", "--attn-mode", "fwd"], ["--attn-mode", "fwd"]),
+    (["--attn-problems=drop.json", "-q"], ["-q"]),
+    (["-q", "--attn-variants"], ["-q", "--attn-variants"]),  # no value: left for pytest to refuse
+    (["--attn-variantsX=a.py", "--attn-only", "--attn-variants"], ["--attn-variantsX=a.py", "--attn-only", "--attn-variants"]),
+], ids=["separate value", "joined value", "separate value dropped", "joined value dropped",
+        "option without value at the end", "other options untouched"])
+def test_path_options_are_read_in_both_forms_by_one_walker(args, expected):
+    fn = lambda option, value: None if value.startswith("drop") else value.upper()  # noqa: E731
+    assert ab.map_option_values(args, ("--attn-variants", "--attn-problems"), fn) == expected
+
+
+def test_path_variables_drop_an_emptied_variable_and_keep_others():
+    fn = lambda name, value: None if value.startswith("drop") else value.upper()  # noqa: E731
+    env = {"ATTNSUITE_VARIANTS": "drop.py, a.py,", "ATTNSUITE_PROBLEMS": "drop.json", "OTHER": "drop.py"}
+    assert ab.map_variable_entries(env, fn) == {"ATTNSUITE_VARIANTS": "A.PY", "OTHER": "drop.py"}
 
 
 def test_without_files_absent_from_keeps_module_names_outside_paths_and_typos(tmp_path):

@@ -119,6 +119,10 @@ def test_unknown_only_name_is_a_usage_error(pytester):
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "unknown variant 'sdpa-flsh'" in result.stderr.str() + result.stdout.str()
+    # `attnsuite ab` reads this message to run a side without a name only the other side registers
+    from attnsuite import ab
+    found = ab._UNKNOWN_ONLY.search(result.stderr.str() + result.stdout.str())
+    assert found and found.group(1) == "sdpa-flsh"
 
 
 @pytest.mark.filterwarnings("ignore::attnsuite.registry.NothingRegistered")  # its modules only need to import
