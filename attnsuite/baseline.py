@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, 
 
 from . import filelock
 from .record import DEVICE_METHODS, FAILING_OUTCOMES, MODES, OUTCOMES, TIMERS, CaseRecord, case_key
-from .wording import none_of
+from .wording import count, none_of
 from .workloads import TIERS
 
 if TYPE_CHECKING:  # for annotations; the module imports verdict where it uses it, as run_from_benchmarks_json does
@@ -1456,7 +1456,7 @@ def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], 
     the selection's filter, so that a case inside and absent really was not measured. A baseline
     from an incompatible machine is refused (:class:`FingerprintMismatch`) unless
     ``allow_mismatch``. ``calibration`` (the run's instance calibration) replaces the baseline's
-    when given, and the summary says so; without one the baseline keeps its own.
+    when it covers every case (:func:`_record_calibration`), and the summary says so.
     """
     summary = MergeSummary()
     if baseline is None:
@@ -1465,10 +1465,6 @@ def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], 
         check_compatible(baseline.fingerprint, fingerprint, allow_mismatch=allow_mismatch)
         check_same_cpu_model(baseline.fingerprint, fingerprint, allow_mismatch=allow_mismatch)
         baseline.fingerprint = stable_fingerprint(fingerprint)
-    new_calibration = stable_calibration(calibration)
-    if new_calibration and new_calibration != baseline.calibration:
-        summary.calibration_change = (baseline.calibration, new_calibration)
-        baseline.calibration = new_calibration
     for key in sorted(records):
         entry = entry_from_record(records[key])
         old = baseline.cases.get(key)
@@ -1495,7 +1491,25 @@ def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], 
         if note:
             summary.notes.append(note)
     baseline.cases = dict(sorted(baseline.cases.items()))
+    _record_calibration(baseline, stable_calibration(calibration), records, summary)
     return baseline, summary
+
+
+def _record_calibration(baseline: Baseline, new: Optional[dict[str, Any]], records: Mapping[str, CaseRecord],
+                        summary: MergeSummary) -> None:
+    """The calibration answers for every case of the baseline: a recording replaces it only when it
+    leaves no case of another recording behind (a new file, or every case recorded or pruned now). A
+    partial refresh keeps it (it had put one machine's probe over cases measured on another) and says so."""
+    if not new or new == baseline.calibration:
+        return
+    others = [k for k in baseline.cases if k not in records]
+    if baseline.calibration and others:
+        shown = ", ".join(f"{name} {_figure(new.get(name))}" for name in _CALIBRATION_FIGURES)
+        summary.notes.append(f"calibration kept: {count(len(others), 'case')} of {len(baseline.cases)} "
+                             f"{'was' if len(others) == 1 else 'were'} recorded by other runs (this run's: {shown})")
+        return
+    summary.calibration_change = (baseline.calibration, new)
+    baseline.calibration = new
 
 
 def check_same_cpu_model(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[Mapping[str, Any]], *,

@@ -91,12 +91,30 @@ def test_filters_that_select_no_case_are_refused_and_write_nothing(tmp_path, cap
     assert base.read_bytes() == before
 
 
-def test_a_recording_that_replaces_the_calibration_names_old_and_new_figures(tmp_path):
+def test_a_recording_of_every_case_replaces_the_calibration_naming_old_and_new_figures(tmp_path):
     base = recorded(tmp_path)
-    code, out = run_cli("record", write_run(tmp_path / "r.json", [rec("a")], CAL_NEW), "--baseline", base)
+    code, out = run_cli("record", write_run(tmp_path / "r.json", [rec("a"), rec("b")], CAL_NEW), "--baseline", base)
     assert code == 0, out
     assert "calibration replaced: mem_bandwidth_gbs 20 -> 25, matmul_tflops 0.5 -> 0.4" in out
     assert json.loads(base.read_text())["calibration"]["mem_bandwidth_gbs"] == 25.0
+
+
+@pytest.mark.parametrize("how, argv, replaced", [
+    ("a partial refresh", [], False),
+    ("a refresh that prunes the rest", ["--prune", "--workload", "fa-sweep"], True),
+], ids=["partial refresh keeps it", "pruning the rest replaces it"])
+def test_the_calibration_is_replaced_only_by_a_recording_that_leaves_no_case_of_another(tmp_path, how, argv, replaced):
+    # refreshing one case from another machine had put that machine's probe over every case of the file
+    base = recorded(tmp_path)
+    code, out = run_cli("record", write_run(tmp_path / "r.json", [rec("a")], CAL_NEW), "--baseline", base, *argv)
+    assert code == 0, out
+    stored = json.loads(base.read_text())
+    assert stored["calibration"]["mem_bandwidth_gbs"] == (25.0 if replaced else 20.0), how
+    if replaced:
+        assert "calibration replaced" in out and sorted(stored["cases"]) == [rec("a").key]
+    else:
+        assert "calibration kept: 1 case of 2 was recorded by other runs (this run's: mem_bandwidth_gbs 25, " \
+               "matmul_tflops 0.4)" in out
 
 
 def test_a_recording_that_keeps_the_calibration_says_nothing_of_it(tmp_path):
