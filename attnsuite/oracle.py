@@ -91,13 +91,38 @@ def forward_rows(problem: Problem, q: np.ndarray, k: np.ndarray, v: np.ndarray, 
     of query head ``heads[i]`` for each slice i, ``k`` and ``v`` (n, lk, d) the key/value head that
     query head reads. The same math as :func:`forward`, for checking problems whose lq x lk whole
     is too large (attnsuite/spot_check.py)."""
-    q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+    p, _ = _probabilities_rows(problem, q, k, rows, heads)
+    return p @ np.asarray(v, dtype=np.float64)
+
+
+def _probabilities_rows(problem: Problem, q, k, rows: np.ndarray, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, t) of a few query rows of a few heads (shapes as :func:`forward_rows`), in float64."""
+    q, k = (np.asarray(a, dtype=np.float64) for a in (q, k))
     t = problem.softmax_scale * (q @ k.transpose(0, 2, 1))
     if problem.alibi:
         t = t + oracle_mask.alibi_bias_rows(problem, rows, heads)
     s = problem.softcap * np.tanh(t / problem.softcap) if problem.softcap is not None else t
     p, _ = _masked_softmax(s, oracle_mask.allowed_rows(problem, rows)[None])
-    return p @ v
+    return p, t
+
+
+def backward_rows(problem: Problem, q: np.ndarray, k: np.ndarray, v: np.ndarray, do: np.ndarray,
+                  rows: np.ndarray, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Float64 gradients of sum(out * do) over a few query rows of a few heads (shapes as
+    :func:`forward_rows`; ``do`` (n, r, dv) the output gradient of those rows): dq of those rows and
+    each slice's share of dk and dv of the key/value head it reads, (n, lk, d). An output gradient
+    that is zero on every other row makes these the whole problem's gradients, since a row reaches
+    dk and dv only through its own probabilities (attnsuite/spot_check.py). The math of :func:`backward`."""
+    q, k, v, do = (np.asarray(a, dtype=np.float64) for a in (q, k, v, do))
+    p, t = _probabilities_rows(problem, q, k, rows, heads)
+    out = p @ v
+    dv = p.transpose(0, 2, 1) @ do
+    ds = p * (do @ v.transpose(0, 2, 1) - np.sum(do * out, axis=-1, keepdims=True))
+    if problem.softcap is not None:
+        ds = ds * (1.0 - np.tanh(t / problem.softcap) ** 2)
+    dq = problem.softmax_scale * (ds @ k)
+    dk = problem.softmax_scale * (ds.transpose(0, 2, 1) @ q)
+    return dq, dk, dv
 
 
 def backward(problem: Problem, q, k, v, do):

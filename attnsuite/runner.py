@@ -351,7 +351,10 @@ def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) 
             _remember(key, spot_check.SpotReference(p, case.inputs))
         spot = _REF_CACHE[key]
         comp = spot.judge(out, case.variant.accuracy)
-        return (None if comp.passed else comp.describe()), spot.label(has_backward(mode))
+        if not comp.passed or not has_backward(mode):
+            return (None if comp.passed else comp.describe()), spot.label()
+        failure, how = spot.judge_gradients(case, case.variant.accuracy)
+        return failure, ("contract" if how == "contract" else spot.label(how))
     key = (family.name, p)
     if key not in _REF_CACHE:
         (ref_out, ref_grads), (base_out, base_grads) = family.reference(p), family.base(p)

@@ -11,6 +11,16 @@ the oracle's own masks) and by plain math in the problem's dtype on the device
 (:func:`attnsuite.reference_math.attention`, the noise level), and judged by the suite's one
 rule (:func:`attnsuite.tolerance.compare_as`), as the whole output is below the limit.
 
+Gradients (the ``bwd`` and ``fwd+bwd`` modes) are checked the same way, every element of them: the
+variant runs once more with an output gradient that is zero except on the sampled rows. A row
+reaches dk and dv only through its own probabilities, so the whole dq, dk and dv of that call are
+the sampled rows' alone, computed exactly from those rows (:func:`attnsuite.oracle.backward_rows`,
+and the same math in the problem's dtype by autograd for the noise level): the sampled rows' dq
+and the key/value heads they read are judged by the backward check's own rule
+(:func:`attnsuite.checks.compare_gradients`), and everything else must stay within that rule's
+floor of zero (a gradient sent to the wrong head or row). A kernel with a right forward and a
+wrong dV had read `ok` above the limit, whose gradients were only checked to be finite.
+
 Scope: the kernel-level attention family (q, k, v to o), every mode but decode, variants of exact
 accuracy. Layer families, MLA, decode steps and approximate classes (fp8, int8: their budgets
 were measured on the whole oracle's problem sizes) keep the finiteness check above the limit;
@@ -28,6 +38,8 @@ import torch
 from . import oracle, oracle_mask, reference_math, tolerance
 from .problem import Problem
 from .wording import count
+
+GRADIENTS = ("q", "k", "v")  # what an attention kernel's backward must give, all of it checked
 
 SPOT_ROWS = 16  # evenly spaced query positions per slice: a skipped key block or a wrong corner shows in any
 RANDOM_ROWS = 8  # and drawn ones (seeded by the problem's shape)
@@ -107,11 +119,125 @@ class SpotReference:
             comp = dataclasses.replace(comp, where=(*self.slices[i], int(self.rows[self.live][r]), c))
         return comp
 
-    def label(self, gradients: bool = False) -> str:
-        """What ``numerics_check`` records for a judged output (and, with ``gradients``, that those
-        were checked to be finite only: a gradient row depends on every row)."""
+    def label(self, gradients: Optional[str] = None) -> str:
+        """What ``numerics_check`` records for a judged output, and how its gradients were checked
+        (``gradients``: None for a forward-only mode)."""
         return (f"spot: {count(len(self.rows), 'row')} of {count(len(self.slices), '(batch, head) slice')} against "
-                "the float64 oracle (too large for the whole oracle)" + ("; gradients finite" if gradients else ""))
+                "the float64 oracle (too large for the whole oracle)" + (f"; {gradients}" if gradients else ""))
+
+    def _index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(batch, head, live row) index tensors that pick the sampled live rows of every slice."""
+        b = torch.tensor([s[0] for s in self.slices], device=device)[:, None]
+        h = torch.tensor([s[1] for s in self.slices], device=device)[:, None]
+        return b, h, torch.as_tensor(self.rows[self.live], device=device)[None, :]
+
+    def judge_gradients(self, case, accuracy: str) -> tuple[Optional[str], str]:
+        """(failure or None, label) for the gradients of ``case`` (a built attention variant whose
+        inputs require grad): one more call with the output gradient on the sampled rows alone,
+        every element of dq, dk and dv judged (see the module docstring)."""
+        names = sorted(n for n, g in case.grads().items() if g is not None or n in case.inputs)
+        if names != sorted(GRADIENTS):
+            return None, f"gradients finite (no spot check: gradients of {', '.join(names)}, not of q, k and v)"
+        if not self.live.any():
+            return None, "gradients finite (no spot check: no sampled row may see a key)"
+        do = torch.zeros_like(case.grad_out)
+        idx = self._index(do.device)
+        do[idx] = case.grad_out[idx]
+        case.zero_grads()
+        with torch.enable_grad():
+            out = case.forward()
+            broken = case.output_problem(out)
+            if broken:
+                return broken, "contract"
+            out.backward(do)
+        grads = {n: case.grads()[n] for n in GRADIENTS}
+        case.zero_grads()
+        missing = [f"grad {n}: missing (None): the input is detached" for n, g in grads.items() if g is None]
+        if missing:
+            return "; ".join(missing), "spot gradients"
+        ref, base, kv = _gradient_reference(self, case.inputs, do)
+        kb = torch.tensor([b for b, _ in kv], device=do.device)
+        kg = torch.tensor([g for _, g in kv], device=do.device)
+        b, h = idx[0][:, 0], idx[1][:, 0]
+        rows = torch.as_tensor(self.rows, device=do.device)
+        got = {"q": grads["q"][b, h][:, rows], "k": grads["k"][kb, kg], "v": grads["v"][kb, kg]}
+        from .checks import compare_gradients  # checks imports the runner's neighbours; no cycle at import time
+
+        comps, broken = compare_gradients(accuracy, got, ref, base, self.problem.dtype)
+        comps = [self._located(c, kv) for c in comps]
+        magnitude = max(float(np.max(np.abs(r))) for r in ref.values())
+        comps += [_outside(n, grads[n], region, self.problem.dtype, magnitude)
+                  for n, region in (("q", (b[:, None], h[:, None], rows[None, :])), ("k", (kb, kg)), ("v", (kb, kg)))]
+        failed = broken + [c.describe() for c in comps if not c.passed]
+        label = (f"gradients of those rows' output gradient alone against the float64 oracle, every element of "
+                 f"dq, dk, dv ({count(len(kv), '(batch, key/value head) slice')} reached)")
+        return ("; ".join(failed) if failed else None), label
+
+    def _located(self, comp: tolerance.Comparison, kv: list[tuple[int, int]]) -> tolerance.Comparison:
+        """A sampled gradient's comparison with its index in the whole gradient, and saying what was sampled."""
+        name = comp.what.split()[-1]
+        where = comp.where
+        if where is not None and len(where) == 3:
+            i, r, c = where
+            where = (*self.slices[i], int(self.rows[r]), c) if name == "q" else (*kv[i], r, c)
+        what = (f"grad q (spot rows {describe_rows(self.rows)})" if name == "q"
+                else f"grad {name} (from the spot rows' output gradient)")
+        return dataclasses.replace(comp, what=what, where=where)
+
+
+# The last problem's gradient reference: every variant and mode of a problem runs before the next,
+# and one holds dk and dv of whole key/value heads (up to hundreds of MiB in float64).
+_LAST_GRADIENTS: dict = {}
+
+
+def _gradient_reference(spot: SpotReference, inputs: dict[str, torch.Tensor], do: torch.Tensor
+                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[tuple[int, int]]]:
+    """(float64 oracle gradients, same-dtype base gradients, the (batch, key/value head) slices of dk
+    and dv) of the sampled rows with output gradient ``do``: dq (n, r, d) of the sampled rows, dk and
+    dv (m, lk, d) of each key/value slice they read, the slices' shares added up."""
+    problem = spot.problem
+    if problem in _LAST_GRADIENTS:
+        return _LAST_GRADIENTS[problem]
+    q, k, v = inputs["q"].detach(), inputs["k"].detach(), inputs["v"].detach()
+    kv_of = oracle.kv_head_index(problem.hq, problem.hkv)
+    heads = np.array([s[1] for s in spot.slices])
+    pairs = [(bi, int(kv_of[hi])) for bi, hi in spot.slices]
+    kv = list(dict.fromkeys(pairs))
+    dev = q.device
+    b = torch.tensor([s[0] for s in spot.slices], device=dev)
+    h = torch.tensor(heads, device=dev)
+    g = torch.as_tensor(kv_of[heads], device=dev)
+    rows = torch.as_tensor(spot.rows, device=dev)
+    q_rows, k_sl, v_sl, do_rows = q[b, h][:, rows], k[b, g], v[b, g], do[b, h][:, rows]
+    dq, dk, dv = oracle.backward_rows(problem, *(tolerance.as_float64(t) for t in (q_rows, k_sl, v_sl, do_rows)),
+                                      spot.rows, heads)
+    leaves = [t.clone().requires_grad_() for t in (q_rows, k_sl, v_sl)]
+    with torch.enable_grad():
+        out = reference_math.attention(problem, *(t[None] for t in leaves), rows=rows, heads=h)[0]
+        out.backward(do_rows)
+    base_q, base_k, base_v = (tolerance.as_float64(t.grad) for t in leaves)
+
+    def fold(shares: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(kv), *shares.shape[1:]))
+        for i, pair in enumerate(pairs):
+            out[kv.index(pair)] += shares[i]
+        return out
+    result = ({"q": dq, "k": fold(dk), "v": fold(dv)}, {"q": base_q, "k": fold(base_k), "v": fold(base_v)}, kv)
+    _LAST_GRADIENTS.clear()
+    _LAST_GRADIENTS[problem] = result
+    return result
+
+
+def _outside(name: str, grad: torch.Tensor, region: tuple, dtype: str, magnitude: float) -> tolerance.Comparison:
+    """Everything of ``grad`` outside ``region`` (what the sampled rows reach) against zero, by the
+    rule's floor at the sampled gradients' scale: the base there is exactly zero."""
+    rest = grad.detach().clone()
+    rest[region] = 0
+    flat = int(rest.abs().argmax())
+    value = float(rest.reshape(-1)[flat].abs().double())
+    comp = tolerance.compare(f"grad {name} outside what the spot rows reach (must be 0)", np.array([value]),
+                             np.zeros(1), np.zeros(1), dtype, "grad", magnitude=magnitude)
+    return dataclasses.replace(comp, where=tuple(int(i) for i in np.unravel_index(flat, tuple(rest.shape))))
 
 
 def describe_rows(rows: np.ndarray) -> str:

@@ -218,9 +218,100 @@ def test_a_wrong_backward_on_a_problem_the_whole_oracle_checks_is_numerics(mode,
     right = _bench(Mutant("test-bench-right-backward", "none"), monkeypatch, oracle_limit=1 << 30, problem=small,
                    mode=mode)
     assert right.outcome == "ok", right.detail
-    # above the limit the gradients are checked to be finite only, and the label says so
+    # above the limit too (the spot check's gradients): a right forward with a wrong dV had read ok there
     above = _bench(BadBackward(), monkeypatch, problem=small, mode=mode)
-    assert above.outcome == "ok" and above.extra["numerics_check"].endswith("; gradients finite")
+    assert above.outcome == "numerics", above.detail
+    assert above.detail.startswith("grad v (from the spot rows' output gradient): max error"), above.detail
+
+
+@pytest.mark.parametrize("p", ATTENTION_FP32, ids=lambda p: p.id)
+def test_the_oracles_row_gradients_are_the_whole_gradients_of_an_output_gradient_on_those_rows_alone(p):
+    """dq of the rows, and dk and dv of the key/value heads they read, from the rows alone: every
+    mask kind, alignment, ALiBi, softcap and GQA mapping of the family."""
+    q, k, v, do = kernel_inputs_np(p)
+    rows, heads = _rows_and_heads(p)
+    sparse = np.zeros_like(do)
+    sparse[-1][np.ix_(heads, rows)] = do[-1][np.ix_(heads, rows)]
+    dq, dk, dv = oracle.backward(p, q, k, v, sparse)
+    kv = oracle.kv_head_index(p.hq, p.hkv)[heads]
+    got_q, got_k, got_v = oracle.backward_rows(p, q[-1][heads][:, rows], k[-1][kv], v[-1][kv],
+                                               sparse[-1][heads][:, rows], rows, heads)
+    np.testing.assert_allclose(got_q, dq[-1][heads][:, rows], rtol=0, atol=1e-12)
+    for got, whole in ((got_k, dk), (got_v, dv)):
+        folded = np.zeros_like(whole[-1])
+        np.add.at(folded, kv, got)
+        np.testing.assert_allclose(folded, whole[-1], rtol=0, atol=1e-12)  # every other head's stays zero
+        assert not np.any(whole[:-1])  # and every other batch's
+
+
+class _Grad(torch.autograd.Function):
+    """The identity forward; backward changes the gradient by ``how`` (a backward-only bug)."""
+
+    @staticmethod
+    def forward(ctx, x, how):
+        ctx.how = how
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.how == "5pct":
+            return grad * 1.05, None
+        if ctx.how == "next-head":  # the gradient reaches the neighbouring head
+            return grad.roll(1, dims=1), None
+        return grad.roll(1, dims=2), None  # "next-row": one position later
+
+
+class BackwardMutant(KernelVariant):
+    """A right causal forward whose gradient of one input is wrong (``which``, ``how``)."""
+
+    features = frozenset({"gqa"})
+    masks = frozenset({"causal"})
+
+    def __init__(self, which: str, how: str) -> None:
+        self.name, self.which, self.how = f"test-spot-grad-{which}-{how}", which, how
+
+    def build(self, problem):
+        i, j = torch.arange(problem.lq)[:, None], torch.arange(problem.lk)[None, :]
+
+        def run(q, k, v):
+            t = {"q": q, "k": k, "v": v}
+            t[self.which] = _Grad.apply(t[self.which], self.how)
+            return torch.nan_to_num(_math(t["q"], t["k"], t["v"], problem.softmax_scale, j <= i))
+        return run
+
+
+GRAD_BUGS = [("v", "5pct"), ("k", "5pct"), ("q", "5pct"), ("k", "next-head"), ("v", "next-head"), ("q", "next-row")]
+
+
+@pytest.mark.parametrize("mode", ["bwd", "fwd+bwd"])
+@pytest.mark.parametrize("which, how", GRAD_BUGS, ids=[f"grad {w} {h}" for w, h in GRAD_BUGS])
+def test_a_wrong_gradient_on_a_problem_too_large_for_the_whole_oracle_is_numerics(which, how, mode, monkeypatch):
+    rec = _bench(BackwardMutant(which, how), monkeypatch, mode=mode)
+    assert rec.outcome == "numerics", (which, how, rec.detail)
+    assert rec.detail.startswith(f"grad {which}") or f"; grad {which}" in rec.detail, rec.detail
+    assert "x the bound" in rec.detail, rec.detail
+
+
+@pytest.mark.parametrize("mode", ["bwd", "fwd+bwd"])
+def test_a_right_backward_above_the_limit_is_ok_and_says_its_gradients_were_compared(mode, monkeypatch):
+    rec = _bench(Mutant("test-spot-grad-right", "none"), monkeypatch, mode=mode)
+    assert rec.outcome == "ok", rec.detail
+    label = rec.extra["numerics_check"]
+    assert label.startswith("spot: ") and "; gradients of those rows' output gradient alone against the float64 " \
+        "oracle, every element of dq, dk, dv (2 (batch, key/value head) slices reached)" in label, label
+
+
+def test_a_gradient_sent_to_the_wrong_head_is_found_outside_what_the_rows_reach(monkeypatch):
+    rec = _bench(BackwardMutant("v", "next-head"), monkeypatch, mode="bwd")
+    assert "grad v outside what the spot rows reach (must be 0): max error" in rec.detail, rec.detail
+
+
+def test_without_the_gradient_spot_check_the_wrong_backwards_read_ok(monkeypatch):
+    """Mutation: the outcomes above come from the gradients' spot check."""
+    monkeypatch.setattr(spot_check.SpotReference, "judge_gradients", lambda self, case, acc: (None, "switched off"))
+    for which, how in GRAD_BUGS:
+        rec = _bench(BackwardMutant(which, how), monkeypatch, mode="bwd")
+        assert rec.outcome == "ok" and rec.extra["numerics_check"].endswith("; switched off"), rec.detail
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1024])
