@@ -155,7 +155,8 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             registry.get(name)
         except registry.UnknownVariantError as exc:
-            raise pytest.UsageError(f"attnsuite: --attn-only: {exc}") from None
+            broken = "".join(f"; left out: {line}" for line in registry.broken_entry_points())
+            raise pytest.UsageError(f"attnsuite: --attn-only: {exc}{broken}") from None
     if not hasattr(config, "workerinput"):  # the controller (or the only process) reads every report
         watched = set(config.getoption("--attn-only")) | {v.name for v in registry.external_variants()}
         config.pluginmanager.register(SkippedWholly(watched), "attnsuite-skipped-wholly")
@@ -221,11 +222,12 @@ def nothing_selected(config: pytest.Config, arity: int) -> Any:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
-    """One line naming each optional attention library found or missing, and why (attnsuite/libraries.py)."""
+    """One line naming each optional attention library found or missing, and why (attnsuite/libraries.py),
+    and one per installed package whose variants could not be loaded."""
     from . import libraries
 
     line = libraries.header_line()
-    return [line] if line else None
+    return ([line] if line else []) + _broken_packages() or None
 
 
 def pytest_deselected(items: list) -> None:
@@ -239,7 +241,23 @@ def pytest_deselected(items: list) -> None:
 _TESTS_DESELECTED = pytest.StashKey[int]()
 
 
+def _broken_packages() -> list[str]:
+    return [f"attnsuite: {line}: its variants were left out of this run, which fails for it"
+            for line in registry.broken_entry_points()]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # an installed package that failed to import was left out so that the rest could run: the run
+    # must still not read green, or a CI step would pass without the kernel it exists for
+    if registry.broken_entry_points() and session.exitstatus == pytest.ExitCode.OK \
+            and not hasattr(session.config, "workerinput"):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    for line in _broken_packages():
+        terminalreporter.write_line(line, red=True)
     wholly = config.pluginmanager.get_plugin("attnsuite-skipped-wholly")
     for line in wholly.lines() if wholly is not None else []:
         terminalreporter.write_line(line)

@@ -56,6 +56,8 @@ _EXTERNAL_SOURCES: list[tuple[str, Optional[str]]] = []
 # variant name -> where load_all loaded it from: BUILTIN_ORIGIN, "--attn-variants '...'",
 # "ATTNSUITE_VARIANTS '...'" or "entry point 'NAME' (distribution DIST) 'module'"
 _ORIGINS: dict[str, str] = {}
+# installed packages whose entry point failed to import, one line each (:func:`broken_entry_points`)
+_BROKEN_ENTRY_POINTS: list[str] = []
 BUILTIN_ORIGIN = "built-in"
 LEVELS = ("kernel", "layer")
 
@@ -640,19 +642,30 @@ def load_entry_points() -> None:
     """Import every module named in the ``attnsuite.variants`` entry-point group (none when the
     environment variable ``ATTNSUITE_NO_ENTRY_POINTS`` is 1).
 
-    One that fails to import raises :class:`VariantLoadError` naming the entry point, its
-    distribution and its module (an installed package's import error alone names none of them), and
-    how to run without installed packages' variants (a broken one had blocked every run, the
-    suite's own tests included, with no way around it but uninstalling)."""
+    One that fails to import is left out, with whatever it registered before it failed, and is
+    remembered (:func:`broken_entry_points`: the entry point, its distribution and its module, which
+    an installed package's import error alone does not name): the run goes on with every other
+    variant, and the pytest plugin fails the session at its end naming it. A broken package had
+    stopped every run, the suite's own tests included, with no way around it but uninstalling."""
     if os.environ.get(NO_ENTRY_POINTS, "").strip() in ("1", "true", "yes", "on"):
         return
     for ep in entry_points(group="attnsuite.variants"):
         where = _entry_point_origin(ep)
+        before = set(_REGISTRY)
         try:
             _load_from(where, ep.load)
         except Exception as exc:
-            raise VariantLoadError(f"{where}: {type(exc).__name__}: {exc} (fix or uninstall that package, or set "
-                                   f"{NO_ENTRY_POINTS}=1 to run without installed packages' variants)") from exc
+            forget(set(_REGISTRY) - before)  # half a package would read as all of it
+            line = (f"{where}: {type(exc).__name__}: {exc} (fix or uninstall that package, or set "
+                    f"{NO_ENTRY_POINTS}=1 to run without installed packages' variants)")
+            if line not in _BROKEN_ENTRY_POINTS:
+                _BROKEN_ENTRY_POINTS.append(line)
+
+
+def broken_entry_points() -> list[str]:
+    """The installed packages whose ``attnsuite.variants`` entry point failed to import in this
+    process, one line each naming the entry point, its distribution, its module and the error."""
+    return list(_BROKEN_ENTRY_POINTS)
 
 
 def entry_point_modules() -> list[str]:
