@@ -90,9 +90,13 @@ def traceback_text(exc: BaseException, tail: int = 3) -> str:
     shown = list(frames[-tail:])
     roots = library_roots()
     own = [f for f in frames if not os.path.abspath(f.filename).startswith(roots)]
-    if own and own[-1] not in shown:
+    prepended = bool(own) and own[-1] not in shown
+    if prepended:
         shown = [own[-1]] + shown
-    lines = ["Traceback (the variant's last own frame, then the innermost frames):\n"]
+    # the header says what is shown: it had promised the variant's frame first where that frame was
+    # simply among the innermost ones, after the suite's
+    lines = ["Traceback (the variant's last own frame, then the innermost frames):\n" if prepended
+             else f"Traceback (the innermost {len(shown)} frames, the last where it was raised):\n"]
     lines += traceback.format_list(shown) + traceback.format_exception_only(type(exc), exc)
     return "".join(lines).strip()
 

@@ -84,10 +84,18 @@ def skip_reason_class(rec: CaseRecord) -> str:
     """A skip's reason without what is particular to the case: the first clause, the variant's name
     replaced by "variant", and whatever follows a colon dropped ("quick tier budget: ..." -> "quick tier budget")."""
     text = (rec.detail or "no reason given").split("; ")[0]
+    if text.startswith(NOT_RUN):
+        # why a variant's later cases were not run (it hung in one): the variant is the reason, and
+        # "not run" alone had hidden both it and the cause; the case it hung in is left out
+        why = text[len(NOT_RUN):].split(": ")[0]
+        return NOT_RUN + re.sub(r" in \S+/\S+$", "", why).strip()[:120]
     if rec.variant:
         text = re.sub(rf"(?<![\w-]){re.escape(rec.variant)}(?![\w-])", "variant", text)
     text = text.split(": ")[0].strip()
     return text[:90] or "no reason given"
+
+
+NOT_RUN = "not run: "  # a skip the run chose for a variant that misbehaved (plugin_bench's hung variants)
 
 
 def best_per_workload(records: Mapping[str, CaseRecord], calibration: Optional[Mapping[str, object]] = None,

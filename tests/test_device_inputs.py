@@ -170,4 +170,5 @@ def test_a_kernel_that_raises_keeps_where_it_raised_in_its_record(monkeypatch):
     rec, _ = runner.run_case(bc, settings)
     assert rec.outcome == "error" and rec.detail == "RuntimeError: my kernel blew up: bad tile size 17"
     text = rec.extra["traceback"]
-    assert text.startswith("Traceback (the variant's last own frame") and "test_device_inputs.py" in text, text
+    assert text.startswith("Traceback (the innermost 3 frames, the last where it was raised):"), text
+    assert 'test_device_inputs.py", line' in text.splitlines()[-3] and "bad tile size 17" in text.splitlines()[-1], text

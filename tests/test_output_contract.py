@@ -138,3 +138,21 @@ def test_a_variant_that_raises_deep_inside_a_library_is_shown_at_its_own_line(tm
         text = checks.traceback_text(exc)
     assert "my_kernel.py" in text and "deep.a()  # the user's line" in text, text
     assert "in d" in text and "equal reduction dims" in text  # the innermost frames are kept too
+    assert text.startswith("Traceback (the variant's last own frame, then the innermost frames):"), text
+
+
+def test_a_traceback_whose_raising_line_is_among_the_innermost_frames_says_so_in_its_header():
+    # the header had promised "the variant's last own frame" first, above the suite's frames
+    from attnsuite import checks
+
+    def a():
+        b()
+
+    def b():
+        raise ValueError("bad tile size 17")
+    try:
+        a()
+    except ValueError as exc:
+        text = checks.traceback_text(exc)
+    assert text.startswith("Traceback (the innermost 3 frames, the last where it was raised):"), text
+    assert text.rstrip().endswith("ValueError: bad tile size 17") and "in b" in text

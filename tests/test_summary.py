@@ -59,6 +59,10 @@ def test_the_best_variant_is_the_fastest_on_the_largest_problem_in_the_most_comp
     ("flex has no backward on cpu", "flex", "variant has no backward on cpu"),
     ("flex-eager has no backward on cpu", "flex", "flex-eager has no backward on cpu"),  # another name stays
     ("", "x", "no reason given"),
+    # a variant that hung: which one and why stay (they had read "not run" alone); the case it hung in goes
+    ("not run: variant ext-hang ran past the per-case limit (--attn-timeout) in gpt2-mha/ext-hang/fwd/b8-q1024: "
+     "its other cases are skipped, as each would likely cost the whole limit again", "ext-hang",
+     "not run: variant ext-hang ran past the per-case limit (--attn-timeout)"),
 ])
 def test_skips_are_grouped_by_reason_without_the_case_particulars(detail, variant, reason):
     r = cpu(variant, None, outcome="skipped", detail=detail)
