@@ -249,23 +249,11 @@ def test_an_entry_point_that_fails_to_import_is_left_out_named_with_its_distribu
 
 def test_a_package_that_fails_half_way_through_its_import_leaves_none_of_its_variants(isolated_registry, monkeypatch,
                                                                                       tmp_path):
-    _module(tmp_path, "s14_ep_half", '''
-        from attnsuite.registry import KernelVariant, register
-
-        @register
-        class First(KernelVariant):
-            name = "x-half-first"
-
-            def build(self, problem):
-                return correct_run(problem)
-
-        raise RuntimeError("the second kernel's extension did not build")
-    ''')
-    monkeypatch.syspath_prepend(str(tmp_path))
-    _entry_points(monkeypatch, FakeEntryPoint("half", "s14_ep_half", "half-dist"))
+    _entry_point_module(monkeypatch, tmp_path, module="s14_ep_half", variant="x-half-first",
+                        then='raise RuntimeError("the second kernel\'s extension did not build")')
     registry.load_all()
     assert "x-half-first" not in {v.name for v in registry.variants()}
-    assert registry.broken_entry_points()[0].startswith("entry point 'half' (distribution half-dist) 's14_ep_half': "
+    assert registry.broken_entry_points()[0].startswith("entry point 'mine' (distribution my-dist) 's14_ep_half': "
                                                         "RuntimeError: the second kernel's extension did not build")
 
 
@@ -314,19 +302,23 @@ def test_an_entry_point_without_its_distribution_still_names_itself(isolated_reg
                                                         "'s14_ep_no_such_module_abc': ModuleNotFoundError")
 
 
-def _entry_point_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    _module(tmp_path, "s14_ep_variants", '''
+def _entry_point_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, module: str = "s14_ep_variants",
+                        variant: str = "x-from-entry-point", then: str = "") -> None:
+    """An installed package's module registering ``variant`` (then running ``then``), as entry point 'mine'."""
+    _module(tmp_path, module, f'''
         from attnsuite.registry import KernelVariant, register
 
         @register
         class FromPackage(KernelVariant):
-            name = "x-from-entry-point"
+            name = "{variant}"
 
             def build(self, problem):
                 return correct_run(problem)
+
+        {then}
     ''')
     monkeypatch.syspath_prepend(str(tmp_path))
-    _entry_points(monkeypatch, FakeEntryPoint("mine", "s14_ep_variants", "my-dist"))
+    _entry_points(monkeypatch, FakeEntryPoint("mine", module, "my-dist"))
 
 
 def test_the_registry_knows_each_variants_origin(isolated_registry, monkeypatch, tmp_path):
