@@ -59,6 +59,7 @@ class Summary:
     best: list[Best]
     peak_note: str  # what % of peak is measured against (or why there is none)
     files: list[tuple[str, str]] = field(default_factory=list)
+    checked: str = ""  # how the ok cases' numerics were checked (:func:`numerics_line`)
 
 
 def dtype_of(rec: CaseRecord) -> Optional[str]:
@@ -238,6 +239,28 @@ def interrupted_verdict(verdict: str, interrupted: str) -> str:
     return f"INTERRUPTED ({interrupted}): {verdict}" if interrupted else verdict
 
 
+def numerics_line(records: Mapping[str, CaseRecord]) -> str:
+    """How the ok cases' outputs and gradients were checked, by ``extra.numerics_check``: a case `ok`
+    whose output was too large for the oracle and had no row-wise check was checked to be finite
+    only, and the summary must not let it read like one compared with the oracle."""
+    how = Counter()
+    for r in records.values():
+        if r.outcome != "ok":
+            continue
+        check = str((r.extra or {}).get("numerics_check") or "")
+        how["oracle" if check == "oracle" else "spot" if check.startswith("spot:")
+            else "finite" if check.startswith("finite") else "other"] += 1
+    if not how:
+        return ""
+    parts = [f"{how['oracle']} against the whole float64 oracle" if how["oracle"] else "",
+             f"{how['spot']} on spot rows (outputs too large for it)" if how["spot"] else "",
+             f"{how['finite']} checked to be finite only (no row-wise oracle for them: layer families, decode "
+             "steps, approximate classes)" if how["finite"] else "",
+             f"{how['other']} otherwise" if how["other"] else ""]
+    return (f"numerics of the {sum(how.values())} ok cases: " + ", ".join(p for p in parts if p)
+            + " (each case's extra.numerics_check in the JSON)")
+
+
 def _failed_head(failed: Mapping[str, int]) -> str:
     kinds = ", ".join(f"{n} {k}" for k, n in failed.items())
     return f"FAIL: {sum(failed.values())} case(s) of this run failed ({kinds})"
@@ -279,7 +302,8 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
                    more_regressions=max(0, len(reg_lines) - MAX_REGRESSIONS), outcomes=outcome_text,
                    failures=failures, skip_reasons=[(n, k) for k, n in reasons.most_common()],
                    best=best_per_workload(records, calibration, label),
-                   peak_note=peak_note(records, calibration, label), files=list(files))
+                   peak_note=peak_note(records, calibration, label), files=list(files),
+                   checked=numerics_line(records))
 
 
 def _best_cells(b: Best) -> list[str]:
@@ -310,6 +334,8 @@ def terminal_lines(s: Summary) -> list[str]:
         if s.more_regressions:
             out.append(f"  ... and {s.more_regressions} more (see gate.md)")
     out.append(f"cases: {s.outcomes}")
+    if s.checked:
+        out.append(f"  {s.checked}")
     out += [f"  {line}" for line in s.failures[:MAX_FAILURES]]
     if len(s.failures) > MAX_FAILURES:
         out.append(f"  ... and {len(s.failures) - MAX_FAILURES} more failures")
@@ -340,7 +366,7 @@ def markdown_lines(s: Summary, escape) -> list[str]:
         if s.more_regressions:
             out.append(f"- ... and {s.more_regressions} more (below)")
         out.append("")
-    out.append(f"Cases: {escape(s.outcomes)}.")
+    out.append(f"Cases: {escape(s.outcomes)}." + (f" {escape(s.checked[0].upper() + s.checked[1:])}." if s.checked else ""))
     out += [f"- **{escape(line)}**" for line in s.failures[:MAX_FAILURES]]
     if s.skip_reasons:
         out += ["", "| skipped | reason |", "|---:|---|"]

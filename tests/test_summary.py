@@ -290,3 +290,18 @@ def test_a_variant_that_failed_a_case_of_the_workload_and_mode_is_never_the_fast
     assert (fa.variant, fa.variants) == ("explicit", 2)
     del cur[failed.key]  # without the failure it is a candidate like any other
     assert {b.workload: b for b in summary.best_per_workload(cur)}["fa-sweep"].variant == "fastwrong"
+
+
+def test_the_summary_says_how_the_ok_cases_numerics_were_checked():
+    # a case too large for the oracle with no row-wise check had read `ok` like one compared with it
+    checks = ["oracle", "oracle", "spot: 24 rows of 4 (batch, head) slices ...",
+              "finite (too large for the float64 oracle; no spot check: the mla family has no row-wise oracle)"]
+    records = _records(*[cpu(f"v{i}", 1.0, extra={"numerics_check": c}) for i, c in enumerate(checks)],
+                       cpu("boom", None, outcome="error", detail="x", extra={"numerics_check": "oracle"}))
+    s = summary.build(records, None)
+    assert s.checked == ("numerics of the 4 ok cases: 2 against the whole float64 oracle, 1 on spot rows (outputs "
+                         "too large for it), 1 checked to be finite only (no row-wise oracle for them: layer "
+                         "families, decode steps, approximate classes) (each case's extra.numerics_check in the JSON)")
+    assert f"  {s.checked}" in summary.terminal_lines(s)
+    assert "Numerics of the 4 ok cases: 2 against" in "\n".join(summary.markdown_lines(s, report.md_escape))
+    assert summary.build(_records(cpu("boom", None, outcome="error", detail="x")), None).checked == ""
