@@ -275,7 +275,8 @@ def summary_from_gate_json(records: Mapping[str, CaseRecord], gate_json: Optiona
         mode = str(gate.get("gate_mode") or ("enforce" if gate.get("failed") else gate_mode))
         n_new = sum(1 for c in cases if c.get("verdict") == "new")
         s.verdict = summ.verdict_line(len(regs), len(cases) - n_new, int(gate.get("skipped_in_both") or 0), mode,
-                                      summ.failed_counts(records), n_new)
+                                      summ.failed_counts(records), n_new,
+                                      sum(1 for c in cases if c.get("verdict") == "missing"))
         s.baseline = [str(x) for x in gate.get("header") or []] or [f"baseline: {gate.get('baseline')}"]
         lines = [f"{'/'.join(c.get('flags', []))}: {c.get('key')}; time {fmt_pct(c.get('time_change'))} "
                  f"(band ±{(c.get('band') or 0) * 100:.1f}%)" for c in regs]

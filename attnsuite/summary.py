@@ -165,7 +165,7 @@ def peak_note(records: Mapping[str, CaseRecord], calibration: Optional[Mapping[s
 
 
 def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode: str,
-                 failed_cases: Optional[Mapping[str, int]] = None, new: int = 0) -> str:
+                 failed_cases: Optional[Mapping[str, int]] = None, new: int = 0, not_run: int = 0) -> str:
     """The summary's first line: the run's outcome, from the gate and from the cases that failed.
 
     ``judged`` counts the cases compared with a baseline entry; ``new`` the cases the baseline does
@@ -173,14 +173,17 @@ def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode:
     (a float32 baseline for a bfloat16 run, another suite's file) reads NOT COMPARED, never PASS.
     A case skipped here and in the baseline is judged ``same`` (its status did not change) but says
     nothing about speed, so those are counted apart: a selection that measured nothing never reads
-    as a plain pass. ``failed_cases`` counts this run's failing outcomes (crash, error, ...): each
+    as a plain pass. ``not_run`` counts the judged cases this run selected and did not run
+    (``missing``): they had been counted as run. ``failed_cases`` counts this run's failing outcomes (crash, error, ...): each
     fails its pytest item whatever the gate says, so the line leads with them and never reads PASS.
     """
     among = f"{count(judged, 'case')} judged"
     if skipped_in_both and skipped_in_both == judged:
         among += " (none measured: every one was skipped here and in the baseline)"
-    elif skipped_in_both:
-        among += f" ({judged - skipped_in_both} run, {skipped_in_both} skipped here and in the baseline)"
+    elif skipped_in_both or not_run:
+        parts = [f"{judged - skipped_in_both - not_run} run", f"{not_run} not run here" if not_run else "",
+                 f"{skipped_in_both} skipped here and in the baseline" if skipped_in_both else ""]
+        among += f" ({', '.join(p for p in parts if p)})"
     new_text = f"; {new} new, not in the baseline (not judged)" if new else ""
     failed = {k: n for k, n in (failed_cases or {}).items() if n}
     if not judged:
@@ -212,7 +215,7 @@ def comparison_verdict(cmp: Comparison, gate_mode: str, failed_cases: Optional[M
     """:func:`verdict_line` for a comparison: its new cases counted apart from the judged ones."""
     n_new = len(cmp.new)
     return verdict_line(len(cmp.regressions), len(cmp.verdicts) - n_new, cmp.n_skipped_in_both, gate_mode,
-                        failed_cases, n_new)
+                        failed_cases, n_new, sum(1 for v in cmp.verdicts if v.verdict == "missing"))
 
 
 _HEADINGS = {"PASS": "✅ pass", "FAIL": "❌ **FAIL**", "REPORTED": "⚠️ **REPORTED** (gate in report mode: not failing)",

@@ -123,6 +123,17 @@ def test_a_selection_that_measured_nothing_does_not_read_as_a_plain_pass():
                                                "one was skipped here and in the baseline) against the baseline")
 
 
+def test_a_case_selected_and_not_run_is_not_counted_as_run():
+    # "(27 run, 25 skipped ...)" had counted the 2 missing cases as run
+    cur = _run()
+    base = copy.deepcopy(cur)
+    base["fa-sweep/sdpa/fwd/b1-q99-h4-d64-causal-tl-fp32-cpu"] = cpu("sdpa", 1.0, problem="b1-q99-h4-d64-causal-tl-fp32-cpu")
+    line = summary.build(cur, _comparison(cur, base=base)).verdict
+    assert "among 11 cases judged (7 run, 1 not run here, 3 skipped here and in the baseline)" in line, line
+    assert summary.verdict_line(1, 5, 0, "enforce", not_run=1).startswith(
+        "FAIL: 1 regression(s) among 5 cases judged (4 run, 1 not run here) (gate enforced)")
+
+
 def test_a_case_that_now_runs_or_is_now_skipped_is_not_counted_as_skipped_in_both():
     cur = _run()
     base = copy.deepcopy(cur)
