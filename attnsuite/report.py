@@ -26,7 +26,7 @@ from .baseline import atomic_write_text
 from .record import CaseRecord
 from .summary import failed_counts, heading_status, out_of_scope_line, percent_of_peak, skip_reason_class
 from .verdict import CaseVerdict, Comparison, fmt_bytes, fmt_ms, fmt_pct
-from .wording import count
+from .wording import clip, count
 
 MARKER = "<!-- attnsuite-gate -->"
 _MD_ROWS_MAX = 400  # a PR comment is capped at 65536 characters; the unchanged list is cut first
@@ -278,7 +278,7 @@ def markdown_run(records: Mapping[str, CaseRecord], *, title: str = "attnsuite r
         if r.outcome == "skipped":
             continue
         pct = percent_of_peak(r, calibration)[0] if r.outcome == "ok" else None  # a stable, stated peak only
-        outcome = md_escape(r.outcome) if r.outcome == "ok" else f"**{md_escape(r.outcome)}** {md_escape((r.detail or '')[:80])}"
+        outcome = md_escape(r.outcome) if r.outcome == "ok" else f"**{md_escape(r.outcome)}** {md_escape(clip(r.detail or '', 100))}"
         cells = [md_escape(c) for c in (r.workload, r.variant, r.mode, r.problem)] + [outcome] + [
             md_escape(c) for c in (fmt_ms(r.median_ms), fmt_ms(r.iqr_ms), fmt_ms(r.device_ms),
                                    "-" if r.rate() is None else f"{r.rate():.4g}",

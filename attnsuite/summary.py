@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence
 from . import flops
 from .record import FAILING_OUTCOMES, CaseRecord, failed_counts
 from .verdict import Comparison, CaseVerdict, fmt_ms, fmt_pct
-from .wording import count, none_of
+from .wording import clip, count, none_of
 
 MODE_PREFERENCE = ("fwd+bwd", "fwd", "bwd")  # the mode a workload's best variant is named for
 MAX_REGRESSIONS = 12  # more are counted, and listed in gate.md
@@ -283,7 +283,7 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
     outcomes = Counter(r.outcome for r in records.values())
     order = ["ok", "skipped", "oom", *FAILING_OUTCOMES]
     outcome_text = ", ".join(f"{outcomes[k]} {k}" for k in order if outcomes.get(k)) or "no cases"
-    failures = [f"{r.outcome}: {r.key}: {(r.detail or '').splitlines()[0][:120] if r.detail else ''}".rstrip(": ")
+    failures = [f"{r.outcome}: {r.key}: {clip(r.detail.splitlines()[0], 160) if r.detail else ''}".rstrip(": ")
                 for r in sorted(records.values(), key=lambda r: r.key) if r.outcome in FAILING_OUTCOMES]
     reasons = Counter(skip_reason_class(r) for r in records.values() if r.outcome == "skipped")
     calibration = cmp.base_calibration if cmp is not None else None

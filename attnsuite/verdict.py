@@ -41,13 +41,12 @@ import json
 import math
 import os
 import re
-import textwrap
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from .record import FAILING_OUTCOMES, KERNEL_SUM, CaseRecord, failed_counts
-from .wording import count
+from .wording import clip, count
 
 GATING = ("newly-failing", "newly-oom", "missing", "slower", "memory-growth")
 HOST = ("host-slower", "host-faster")  # reported; host-slower gates only with Thresholds.host_gating
@@ -432,7 +431,7 @@ def time_basis(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) ->
             return None, "baseline has no device time: time not gated"
         if cur.device_ms is None:
             why = (cur.extra or {}).get("device_time_note")
-            return None, "this run has no device time" + (f" ({str(why)[:120]})" if why else "") + ": time not gated"
+            return None, "this run has no device time" + (f" ({clip(str(why), 120)})" if why else "") + ": time not gated"
         if base.device_method and cur.device_method and base.device_method != cur.device_method:
             # graph replay and kernel-sum read ~6% apart on memory-bound steps (H200): not comparable
             return None, (f"device time by another method (baseline {base.device_method}, this run "
@@ -471,7 +470,7 @@ def _describe(r: CaseRecord) -> str:
         return "out of memory" + (f" (asked for {fmt_bytes(r.oom_bytes)})" if r.oom_bytes else "")
     detail = (r.detail or "").strip().splitlines()
     # cut at a word: a numerics message's end says how far off it is ("5199.24x the bound")
-    return r.outcome + (f": {textwrap.shorten(detail[0], 200, placeholder=' ...')}" if detail else "")
+    return r.outcome + (f": {clip(detail[0], 200)}" if detail else "")
 
 
 @dataclass
@@ -613,10 +612,10 @@ def judge(base: Optional[CaseRecord], cur: Optional[CaseRecord], t: Thresholds, 
     if base is None:
         return CaseVerdict(key, "new", ("new",), f"not in the baseline; now {_describe(cur)}", None, cur)
     if cur is None or (cur.outcome == "skipped" and base.outcome != "skipped"):
-        how = "not run" if cur is None else f"now skipped ({(cur.detail or 'no reason given')[:160]})"
+        how = "not run" if cur is None else f"now skipped ({clip(cur.detail or 'no reason given', 200)})"
         return CaseVerdict(key, "missing", ("missing",), f"{how}; baseline: {_describe(base)}", base, cur)
     if cur.outcome == "skipped":  # skipped in both
-        return CaseVerdict(key, "same", ("same",), f"skipped in both ({(cur.detail or '')[:120]})", base, cur)
+        return CaseVerdict(key, "same", ("same",), f"skipped in both ({clip(cur.detail or '', 160)})", base, cur)
     if base.outcome == "skipped":  # runs now, was skipped
         return CaseVerdict(key, "new", ("new",), f"was skipped, now {_describe(cur)}", base, cur)
     if cur.outcome in FAILING and base.outcome not in FAILING:

@@ -316,3 +316,18 @@ def test_the_summary_says_how_the_ok_cases_numerics_were_checked():
     assert f"  {s.checked}" in summary.terminal_lines(s)
     assert "Numerics of the 4 ok cases: 2 against" in "\n".join(summary.markdown_lines(s, report.md_escape))
     assert summary.build(_records(cpu("boom", None, outcome="error", detail="x")), None).checked == ""
+
+
+def test_a_cut_message_ends_at_a_word_with_a_mark_that_it_was_cut():
+    from attnsuite.verdict import Thresholds, judge
+    from attnsuite.wording import clip
+
+    assert clip("one two three four", 12) == "one two ..." and clip("one two", 12) == "one two" and clip("  ", 5) == ""
+    hung = ("not run: variant ring-sim-p3 ran past the per-case limit (--attn-timeout) in fa-sweep/ring-sim-p3/fwd+bwd/"
+            "b16-q1024-h16-d64-causal-tl-fp32-cpu: its other cases are skipped, as each would likely cost the whole "
+            "limit again")
+    v = judge(cpu("ring-sim-p3", 1.0), cpu("ring-sim-p3", None, outcome="skipped", detail=hung), Thresholds(),
+              device="cpu")
+    # it had ended "... its other cases are)", as if that were the whole reason
+    assert v.verdict == "missing" and "(not run: variant ring-sim-p3 ran past" in v.message, v.message
+    assert " ...); baseline" in v.message, v.message
