@@ -989,7 +989,8 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
                 for what in added:
                     print(f"attnsuite ab: {what} is not in base {args.base}: the base rounds run without it, and the "
                           "cases of what it adds read new", file=out, flush=True)
-            print(f"attnsuite ab: base {args.base} ({sha[:12]}) in {base_tree}, head {repo}; "
+            print(f"attnsuite ab: base {args.base} ({sha[:12]}) in {base_tree}, head {repo}"
+                  + (f" with its {count(dirty, 'uncommitted path')}" if dirty else "") + "; "
                   f"{args.rounds} rounds per side" + (f", {len(cases)} case(s) from {args.cases_from}" if cases else "")
                   + (f"; the variants of both, run by the attnsuite at {suite}" if suite else ""),
                   file=out, flush=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
@@ -26,6 +26,7 @@ from .baseline import atomic_write_text
 from .record import CaseRecord
 from .summary import failed_counts, heading_status, out_of_scope_line, percent_of_peak, skip_reason_class
 from .verdict import CaseVerdict, Comparison, fmt_bytes, fmt_ms, fmt_pct
+from .summary import skip_reason_class
 from .wording import clip, count
 
 MARKER = "<!-- attnsuite-gate -->"
@@ -205,6 +206,14 @@ def _md_finding(v: CaseVerdict) -> str:
     return f"- **{md_escape('/'.join(v.flags))}** {md_escape(v.key)}: {md_escape(v.message)}"
 
 
+def _skip_reasons_text(cmp: Comparison, shown: int = 3) -> str:
+    """"reasons: 3 x variant runs on ['cuda'], not cpu; 1 x quick tier budget" for the cases skipped in this run."""
+    reasons = Counter(skip_reason_class(v.cur) for v in cmp.verdicts if v.cur is not None and v.cur.outcome == "skipped")
+    text = "; ".join(f"{n} x {md_escape(r)}" for r, n in reasons.most_common(shown))
+    rest = sum(n for _, n in reasons.most_common()[shown:])
+    return f"reasons: {text}" + (f"; {rest} more (see the JSON)" if rest else "")
+
+
 def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", context: Sequence[str] = (),
                   head: Sequence[str] = ()) -> str:
     """The PR-review markdown: verdict line, ``head`` (the run's summary, :mod:`attnsuite.summary`),
@@ -237,18 +246,19 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
     if cmp.improvements:
         out += [f"#### Improvements ({len(cmp.improvements)}): refresh the baseline to keep them",
                 "", *_md_table(cmp.improvements), ""]
+    # the run's summary (``head``) counts skips by reason; without one (attnsuite ab, compare) the reasons
+    # are listed here, a few at most, each with how many cases it skipped
+    where = "counted by reason in the summary above" if head else _skip_reasons_text(cmp)
     new = [v for v in cmp.new if not (v.cur is not None and v.cur.outcome == "skipped")]
     if len(new) < len(cmp.new):
         n = len(cmp.new) - len(new)
-        out += [f"{count(n, 'new case')} {'is' if n == 1 else 'are'} skipped (counted by reason in the summary above).",
-                ""]
+        out += [f"{count(n, 'new case')} {'is' if n == 1 else 'are'} skipped ({where}).", ""]
     if new:
         out += [f"#### New cases ({len(new)})", "", *_md_table(new), ""]
     same = [v for v in cmp.unchanged if not v.skipped_in_both]  # those are counted by reason in the summary
     skipped = len(cmp.unchanged) - len(same)
     if skipped:
-        out += [f"{count(skipped, 'case')} {'was' if skipped == 1 else 'were'} skipped in both runs "
-                "(counted by reason in the summary above).", ""]
+        out += [f"{count(skipped, 'case')} {'was' if skipped == 1 else 'were'} skipped in both runs ({where}).", ""]
     if same:
         shown = same[:_MD_ROWS_MAX]
         out += ["<details>", f"<summary>Unchanged ({len(same)})</summary>", "", *_md_table(shown)]

@@ -817,3 +817,14 @@ def test_without_files_absent_from_keeps_module_names_outside_paths_and_typos(tm
                     "--attn-problems=/elsewhere/p.json", "-k", "fwd"]
     assert env_out == {"ATTNSUITE_VARIANTS": "my_pkg.mod", "OTHER": "k/new.py"}
     assert dropped == ["--attn-variants k/new.py", "ATTNSUITE_VARIANTS entry k/new.py"]
+
+
+def test_the_terminal_says_how_many_uncommitted_paths_the_head_rounds_include(repo, tmp_path):
+    # only the markdown had said so; a CI log without --markdown did not
+    (repo / "bench" / "test_workloads.py").write_text("# the benchmarks, edited\n")
+    (repo / "new_file.py").write_text("")
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--markdown", str(tmp_path / "ab.md")],
+                               FakeRunner(same_speed))
+    assert status == ab.EXIT_OK, err
+    assert f"head {repo} with its 2 uncommitted paths; 3 rounds per side" in out, out
+    assert "(2 uncommitted path(s) included)" in (tmp_path / "ab.md").read_text()

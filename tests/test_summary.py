@@ -331,3 +331,15 @@ def test_a_cut_message_ends_at_a_word_with_a_mark_that_it_was_cut():
     # it had ended "... its other cases are)", as if that were the whole reason
     assert v.verdict == "missing" and "(not run: variant ring-sim-p3 ran past" in v.message, v.message
     assert " ...); baseline" in v.message, v.message
+
+
+def test_a_diff_without_a_summary_above_lists_the_skip_reasons_itself():
+    # attnsuite ab's markdown had said "counted by reason in the summary above" with no summary in it
+    cur = _run()
+    cmp = _comparison(cur)
+    alone = report.markdown_diff(cmp, title="attnsuite A/B (same machine)")
+    assert "summary above" not in alone
+    assert "3 cases were skipped in both runs (reasons: 2 x variant runs on \\['cuda'\\], not cpu; 1 x quick tier " \
+           "budget)." in alone, alone
+    with_head = report.markdown_diff(cmp, head=["**PASS**"])
+    assert "skipped in both runs (counted by reason in the summary above)" in with_head
