@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import pytest
 
@@ -56,6 +56,8 @@ class GateState:
         self.error: Optional[str] = None
         self.deselected = 0
         self.selected_keys: Optional[frozenset[str]] = None  # case keys of the collected benchmark items
+        self.deselected_keys: set[str] = set()  # case keys of the benchmark items -k, -m or --deselect left out
+        self.template: Any = None  # one benchmark item: what -k reads of a case that was not collected
         self.probing = False  # building a JSON object for the gate's own use: not the run's JSON
         self.no_baseline: list[str] = []  # why there was no comparison (the last screen says it)
         self.session: Optional[pytest.Session] = None  # set when collection finishes
@@ -240,7 +242,13 @@ def pytest_deselected(items: list) -> None:
     if items:
         cfg = items[0].config
         if _STATE in cfg.stash:
-            cfg.stash[_STATE].deselected += len(items)
+            state = cfg.stash[_STATE]
+            state.deselected += len(items)
+            for item in items:
+                key = plugin_bench.bench_key(item)
+                if key is not None:
+                    state.deselected_keys.add(key)
+                    state.template = state.template or item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -252,20 +260,49 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     keys = {key for key in map(plugin_bench.bench_key, session.items) if key is not None}
     state.selected_keys = frozenset(keys) if keys else None
     state.session = session
+    state.template = next((i for i in session.items if plugin_bench.bench_key(i) is not None), state.template)
+
+
+def keyword_selects(expression: str, template: Any, key: str) -> Optional[bool]:
+    """Whether ``-k expression`` selects the benchmark item of case ``key``, read as pytest reads a
+    collected one (its name and the names of its parents and marks), the name taken from
+    ``template``'s function; None when pytest's matcher cannot be used here (its API is internal)."""
+    try:
+        from _pytest.mark import KeywordMatcher
+        from _pytest.mark.expression import Expression
+
+        names = set(KeywordMatcher.from_item(template)._names) - {template.name}
+        names.add(f"{template.originalname}[{key}]")
+        return bool(Expression.compile(expression).evaluate(KeywordMatcher(names)))
+    except Exception:  # noqa: BLE001 - another pytest: judge the collected cases only, as before
+        return None
+
+
+def _keyword_scope(config: pytest.Config, state: GateState, baseline_keys: Iterable[str]) -> frozenset[str]:
+    """The baseline cases that ``-k`` selects and that this run did not collect at all (a problem or
+    variant the change removed): they are in scope, and read missing, as under ``--attn-only``. Only
+    for ``-k`` alone: ``-m`` and ``--deselect`` name what cannot be read from a case's key."""
+    expression = _option(config, "keyword")
+    if not expression or _option(config, "markexpr") or _option(config, "deselect") or state.template is None:
+        return frozenset()
+    known = (state.selected_keys or frozenset()) | state.deselected_keys
+    return frozenset(k for k in baseline_keys if k not in known and keyword_selects(expression, state.template, k))
 
 
 def _option(config: pytest.Config, name: str) -> Any:
     return config.getoption(name, default=None)
 
 
-def scope_of(config: pytest.Config, run: bl.Run, state: GateState, interrupted: bool = False) -> Scope:
+def scope_of(config: pytest.Config, run: bl.Run, state: GateState, interrupted: bool = False,
+             baseline_keys: Iterable[str] = ()) -> Scope:
     """Which baseline cases this run answers for: what every selection option selected.
 
     ``--attn-workload``, ``--attn-mode``, ``--attn-only``, ``--attn-dtype``, ``--attn-device`` and
     the tier each narrow the scope along their own field (without ``--attn-dtype``: the dtypes the
     run's cases have, as the tier without ``--attn-tier``); ``-k``, ``-m`` and deselection narrow it
-    to the selected items' case keys. A baseline case outside is not judged ("missing" means a
-    selected case that did not run). An interrupted session answers only for the cases it ran.
+    to the selected items' case keys, and ``-k`` adds the ``baseline_keys`` it selects that the run
+    did not collect (:func:`_keyword_scope`). A baseline case outside is not judged ("missing" means
+    a selected case that did not run). An interrupted session answers only for the cases it ran.
     """
     def chosen(name: str) -> Optional[frozenset[str]]:
         value = _option(config, name)
@@ -279,7 +316,7 @@ def scope_of(config: pytest.Config, run: bl.Run, state: GateState, interrupted: 
         keys = frozenset(run.records)
     elif filtered:
         if state.selected_keys is not None:
-            keys = state.selected_keys
+            keys = state.selected_keys | _keyword_scope(config, state, baseline_keys)
         else:  # items without a case-key parameter: judge the (workload, variant) pairs that ran
             pairs = Scope.of_run(run.records).pairs
     tiers = chosen("--attn-tier") or Scope.tiers_of(run.records).tiers
@@ -387,7 +424,7 @@ def _judge(config: pytest.Config, run: bl.Run, base: bl.Baseline, path: Path, lo
     cfg, _ = gate.thresholds_for(config.getoption("--attn-thresholds"), _baselines_dir(config))
     notes = ["the session was interrupted: only the cases that ran are judged"] if interrupted else []
     cmp = gate.judge_runs(gate.run_of_baseline(base), run, thresholds=cfg,
-                          scope=scope_of(config, run, state, interrupted),
+                          scope=scope_of(config, run, state, interrupted, base.cases),
                           allow_mismatch=config.getoption("--attn-allow-mismatch"), notes=notes)
     cmp.baseline_label = str(path)
     cmp.current_label = "this run"

@@ -168,3 +168,19 @@ def test_a_selection_of_no_case_exits_5_and_says_why(bench, pytester, args, why)
     assert res.ret == pytest.ExitCode.NO_TESTS_COLLECTED, res.stdout.str()[-3000:]
     res.stdout.fnmatch_lines([f"attnsuite: no benchmark case selected: {why}*; nothing was measured or judged "
                               "(exit status 5)"])
+
+
+@pytest.mark.parametrize("keyword, missing", [
+    pytest.param("explicit", True, id="-k selecting it"),
+    pytest.param("explicit and not b9", False, id="-k leaving it out"),
+])
+def test_a_baseline_case_the_run_no_longer_has_is_judged_when_k_selects_it(bench, keyword, missing):
+    # (the test name must not hold the word the output is searched for: it is in the tmp path)
+    # under -k only the collected cases had been in scope, so a problem a change removed was never
+    # missing (under --attn-only it is); -k now reads a removed case's name as it reads a collected one's
+    res = bench({"problem": "b9-q9-h1-d8-nomask-fp32-cpu"}, "-k", keyword)
+    if missing:
+        assert res.ret == 1, res.stdout.str()[-3000:]
+        res.stdout.fnmatch_lines([f"FAILED missing: {WORKLOAD}/{VARIANT}/fwd/b9-q9-h1-d8-nomask-fp32-cpu: not run*"])
+    else:
+        _assert_judged_only_the_selection(res)
