@@ -507,7 +507,7 @@ def pytest_runtestloop(session: pytest.Session) -> Any:
 
 
 def _fail_report(v, nodeid_prefix: str = GATE_NODE) -> pytest.TestReport:
-    text = f"{'/'.join(v.flags)}: {v.message}"
+    text = f"{v.label}: {v.message}"
     return pytest.TestReport(nodeid=f"{nodeid_prefix}::{v.key}", location=(GATE_NODE, None, v.key),
                              keywords={}, outcome="failed", longrepr=text, when="call", sections=[], duration=0.0)
 

@@ -136,7 +136,7 @@ def header_lines(cmp: Comparison) -> list[str]:
 
 def gate_lines(cmp: Comparison) -> list[str]:
     """One line per gating case: which case, which verdict, by how much."""
-    return [f"{'/'.join(v.flags)}: {v.key}: {v.message}" for v in cmp.regressions]
+    return [f"{v.label}: {v.key}: {v.message}" for v in cmp.regressions]
 
 
 def gate_label(cmp: Comparison) -> str:
@@ -147,7 +147,7 @@ def gate_label(cmp: Comparison) -> str:
 
 def reported_lines(cmp: Comparison) -> list[str]:
     """One line per finding that does not fail the gate (host overhead, not confirmed)."""
-    return [f"{'/'.join(v.flags)}: {v.key}: {v.message}" for v in cmp.reported]
+    return [f"{v.label}: {v.key}: {v.message}" for v in cmp.reported]
 
 
 TABLE_HEADER = ("verdict", "case", "judged", "baseline", "this run", "change", "band", "median", "peak memory")
@@ -158,7 +158,7 @@ def terminal_table(cmp: Comparison, *, show_same: bool = False, max_rows: int = 
     new_skipped = [v for v in cmp.new if v.cur is not None and v.cur.outcome == "skipped"]
     rows = [v for v in cmp.verdicts if show_same or ((v.verdict != "same" or v.reported) and v not in new_skipped)]
     header = TABLE_HEADER
-    body = [(v.verdict, v.key) + _change_cells(v) for v in rows[:max_rows]]
+    body = [(v.label, v.key) + _change_cells(v) for v in rows[:max_rows]]
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(header)]
     widths[1] = min(widths[1], 90)
 
@@ -194,7 +194,7 @@ def _md_table(verdicts: Iterable[CaseVerdict], with_message: bool = True) -> lis
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for v in verdicts:
         r = v.record
-        verdict = f"**{md_escape(v.verdict)}**" if v.gating else md_escape(v.verdict)
+        verdict = f"**{md_escape(v.label)}**" if v.gating else md_escape(v.label)
         cells = [md_escape(c) for c in (r.workload, r.variant, r.mode, r.problem, *_change_cells(v))]
         if with_message:
             cells.append(md_escape(v.message))
@@ -203,7 +203,7 @@ def _md_table(verdicts: Iterable[CaseVerdict], with_message: bool = True) -> lis
 
 
 def _md_finding(v: CaseVerdict) -> str:
-    return f"- **{md_escape('/'.join(v.flags))}** {md_escape(v.key)}: {md_escape(v.message)}"
+    return f"- **{md_escape(v.label)}** {md_escape(v.key)}: {md_escape(v.message)}"
 
 
 def _skip_reasons_text(cmp: Comparison, shown: int = 3) -> str:

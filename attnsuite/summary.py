@@ -138,7 +138,7 @@ def best_per_workload(records: Mapping[str, CaseRecord], calibration: Optional[M
 
 def regression_line(v: CaseVerdict) -> str:
     """One regression: its case, its finding, the change against its band, the judged figures."""
-    parts = [f"{'/'.join(v.flags)}: {v.key}"]
+    parts = [f"{v.label}: {v.key}"]
     if v.time_change is not None:
         band = f" (band ±{v.band * 100:.1f}%)" if v.band is not None else ""
         confirm = f", second measurement {fmt_pct(v.confirm_time_change)}" if v.confirm_time_change is not None else ""

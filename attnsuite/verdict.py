@@ -243,6 +243,11 @@ class CaseVerdict:
     confirm_mem_change: Optional[float] = None
 
     @property
+    def label(self) -> str:
+        """Every finding, most severe first: ``slower/memory-growth`` (the tables had shown the first alone)."""
+        return "/".join(self.flags) or self.verdict
+
+    @property
     def gating(self) -> bool:
         """Whether this case fails the gate."""
         return any(f in GATING for f in self.flags) or (self.host_gating and "host-slower" in self.flags)

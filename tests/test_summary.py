@@ -343,3 +343,15 @@ def test_a_diff_without_a_summary_above_lists_the_skip_reasons_itself():
            "budget)." in alone, alone
     with_head = report.markdown_diff(cmp, head=["**PASS**"])
     assert "skipped in both runs (counted by reason in the summary above)" in with_head
+
+
+def test_the_tables_show_every_finding_of_a_case_not_the_first_alone():
+    # the verdict column had read "slower" beside a message about slower and memory growth
+    from attnsuite.verdict import Comparison, Thresholds, judge
+
+    base, cur = cpu("einsum", 1.0), cpu("einsum", 3.0, peak_mem_bytes=1 << 30)
+    v = judge(base, cur, Thresholds(), device="cpu")
+    assert v.flags[:2] == ("slower", "memory-growth") and v.label == "slower/memory-growth"
+    cmp = Comparison(verdicts=[v])
+    assert "slower/memory-growth" in report.terminal_table(cmp).splitlines()[2]
+    assert "| **slower/memory-growth** | fa-sweep | einsum |" in report.markdown_diff(cmp)
