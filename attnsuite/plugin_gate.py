@@ -577,6 +577,7 @@ def _session_records(config: pytest.Config) -> dict[str, Any]:
 
 def _write_markdown(config: pytest.Config, state: GateState, text: str) -> None:
     md_path = config.getoption("--attn-markdown")
+    text = report.without_root(text, config.rootpath)  # read in a PR: paths as the repository names them
     if md_path:
         try:
             report.write_markdown(text, md_path)

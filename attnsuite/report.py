@@ -298,6 +298,14 @@ def markdown_run(records: Mapping[str, CaseRecord], *, title: str = "attnsuite r
     return "\n".join(out) + "\n"
 
 
+def without_root(text: str, root: os.PathLike | str) -> str:
+    """``text`` with the checkout's absolute path ``root`` left out of the paths under it
+    (``/runner/_work/x/baselines/a.json`` -> ``baselines/a.json``): a PR comment had shown the runner's
+    folders."""
+    prefix = os.path.join(os.path.abspath(root), "")
+    return text.replace(prefix, "") if prefix != os.sep else text
+
+
 def write_markdown(text: str, path: os.PathLike | str) -> str:
     """Write the markdown to ``path`` atomically; return the path."""
     atomic_write_text(path, text)

@@ -355,3 +355,10 @@ def test_the_tables_show_every_finding_of_a_case_not_the_first_alone():
     cmp = Comparison(verdicts=[v])
     assert "slower/memory-growth" in report.terminal_table(cmp).splitlines()[2]
     assert "| **slower/memory-growth** | fa-sweep | einsum |" in report.markdown_diff(cmp)
+
+
+def test_the_markdown_names_paths_under_the_checkout_as_the_repository_does():
+    text = "> baseline /runner/_work/p/p/baselines/cpu-x.json\\nthresholds from /runner/_work/p/p/baselines/t.json; /elsewhere/f"
+    assert report.without_root(text, "/runner/_work/p/p") == \
+        "> baseline baselines/cpu-x.json\\nthresholds from baselines/t.json; /elsewhere/f"
+    assert report.without_root("/a/b", "/") == "/a/b"
