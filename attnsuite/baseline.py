@@ -789,6 +789,13 @@ def validate_baseline_json(obj: Any) -> list[str]:
         out.extend(fingerprint_problems(fp))
         if not fp.get("id") or not isinstance(fp.get("id"), str):
             out.append("fingerprint has no \"id\" (text)")
+        else:
+            # an id names the device kind first (fingerprint.fingerprint_id): one that contradicts the
+            # fingerprint's own device was edited by hand, and which machine it is for cannot be told
+            kind = fp["id"].split("-", 1)[0]
+            if kind in ("cpu", "cuda") and fp.get("device") in ("cpu", "cuda") and kind != fp["device"]:
+                out.append(f"fingerprint id {fp['id']!r} names a {kind} machine, its \"device\" is "
+                           f"{fp['device']!r}: which machine the baseline is for cannot be told")
     cases = obj.get("cases")
     if not isinstance(cases, dict):
         out.append("missing field \"cases\" (an object of case key to entry)")

@@ -153,8 +153,10 @@ def test_check_validates_baselines(tmp_path, capsys):
     (lambda e, o: o.update(calibration={"matmul_tflops": -1}), "calibration.matmul_tflops is -1: a probe's figure"),
     (lambda e, o: e.update(timer="stopwatch"), "unknown timer 'stopwatch' (expected one of ['cuda-events', "),
     (lambda e, o: e.update(device_method="guess"), "unknown device_method 'guess' (expected one of ['cuda-graph', "),
+    (lambda e, o: o["fingerprint"].update(id="cpu-amd-epyc-2c-torch2.13", device="cuda"),
+     "fingerprint id 'cpu-amd-epyc-2c-torch2.13' names a cpu machine, its \"device\" is 'cuda'"),
 ], ids=["ok-without-samples", "spread-of-one-run", "unknown-tier", "negative-probe", "unknown-timer",
-        "unknown-device-method"])
+        "unknown-device-method", "id-of-another-device-kind"])
 def test_check_refuses_what_recording_never_writes(tmp_path, capsys, edit, words):
     # each hand edit had passed `attnsuite check` with "ok"
     good = tmp_path / "b.json"
