@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import oracle, oracle_mask, reference_math, tolerance
+from . import memory, oracle, oracle_mask, reference_math, tolerance
 from .problem import Problem
 from .wording import count
 
@@ -144,12 +144,20 @@ class SpotReference:
         idx = self._index(do.device)
         do[idx] = case.grad_out[idx]
         case.zero_grads()
-        with torch.enable_grad():
-            out = case.forward()
-            broken = case.output_problem(out)
-            if broken:
-                return broken, "contract"
-            out.backward(do)
+        try:
+            with torch.enable_grad():
+                out = case.forward()
+                broken = case.output_problem(out)
+                if broken:
+                    return broken, "contract"
+                out.backward(do)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is memory
+            if not memory.is_oom(exc):
+                raise
+            # the timed calls fitted; one more beside the measured output may not: the case stays as it was
+            case.zero_grads()
+            return None, f"gradients finite (no spot check: out of memory for one more call: {type(exc).__name__})"
+        del out
         grads = {n: case.grads()[n] for n in GRADIENTS}
         case.zero_grads()
         missing = [f"grad {n}: missing (None): the input is detached" for n, g in grads.items() if g is None]
