@@ -278,6 +278,19 @@ def keyword_selects(expression: str, template: Any, key: str) -> Optional[bool]:
         return None
 
 
+def _keyword_baseline_keys(config: pytest.Config, run: bl.Run) -> Iterable[str]:
+    """Under ``-k``, the case keys of the baseline the gate compares with, so that the selection
+    stored in the run's JSON holds the removed cases ``-k`` selects as the gate judged them (``attnsuite
+    compare`` of the file then agrees); none without ``-k`` or a readable baseline (the gate says why)."""
+    if not _option(config, "keyword"):
+        return ()
+    try:
+        path, _ = _locate(config, run)
+        return tuple(bl.load_baseline(path).cases) if path is not None and path.is_file() else ()
+    except Exception:  # noqa: BLE001 - the gate itself reports an unreadable baseline
+        return ()
+
+
 def _keyword_scope(config: pytest.Config, state: GateState, baseline_keys: Iterable[str]) -> frozenset[str]:
     """The baseline cases that ``-k`` selects and that this run did not collect at all (a problem or
     variant the change removed): they are in scope, and read missing, as under ``--attn-only``. Only
@@ -344,7 +357,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output
             try:
                 interrupted = bool(why)
                 run = _run_of({"benchmarks": output_json.get("benchmarks", []), "attnsuite": meta})
-                meta["scope"] = scope_of(config, run, state, interrupted).to_json()
+                meta["scope"] = scope_of(config, run, state, interrupted, _keyword_baseline_keys(config, run)).to_json()
             except (bl.ResultFileError, ValueError) as exc:  # the JSON is written regardless
                 state.lines.append(f"the run's selection was not stored in its JSON: {exc}")
         state.json_obj = {

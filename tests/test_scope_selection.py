@@ -182,5 +182,13 @@ def test_a_baseline_case_the_run_no_longer_has_is_judged_when_k_selects_it(bench
     if missing:
         assert res.ret == 1, res.stdout.str()[-3000:]
         res.stdout.fnmatch_lines([f"FAILED missing: {WORKLOAD}/{VARIANT}/fwd/b9-q9-h1-d8-nomask-fp32-cpu: not run*"])
+        # the selection stored in the run's JSON holds it too: `attnsuite compare` of the files agrees
+        from attnsuite import cli
+
+        text = io.StringIO()
+        status = cli.main(["compare", str(res.workdir / "base.json"), str(res.workdir / "run.json"),
+                           "--thresholds", str(res.workdir / "wide.json"), "--gate", "enforce"], out=text)
+        assert status == 1 and f"{WORKLOAD}/{VARIANT}/fwd/b9-q9-h1-d8-nomask-fp32-cpu" in text.getvalue(), \
+            text.getvalue()[-3000:]
     else:
         _assert_judged_only_the_selection(res)
