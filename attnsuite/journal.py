@@ -91,9 +91,9 @@ def read(path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional
     including another per-case time limit (``case_timeout``, ``--attn-timeout``)."""
     p = Path(path)
     if not p.is_file():
-        kept = previous_path(p)
-        hint = (f"; an earlier unfinished run's journal was kept as {kept} when a run without --attn-resume "
-                f"started: move it back to {p.name} to carry that run on") if kept.is_file() else ""
+        kept = kept_paths(p)
+        hint = (f"; an earlier unfinished run's journal was kept as {kept[-1]} when a run without --attn-resume "
+                f"started: move it back to {p.name} to carry that run on") if kept else ""
         raise JournalError(f"journal {p}: no such file (nothing to resume){hint}")
     entries: dict[str, dict[str, Any]] = {}
     with open(p, "r", encoding="utf-8", errors="replace") as fh:
@@ -136,8 +136,22 @@ def read(path: os.PathLike | str, spec: dict[str, Any], fingerprint_id: Optional
 
 
 def previous_path(path: os.PathLike | str) -> Path:
-    """Where a fresh run keeps an unfinished run's journal instead of overwriting it."""
-    return Path(f"{path}.prev")
+    """Where a fresh run keeps an unfinished run's journal instead of overwriting it: ``.prev``, or
+    ``.prev2``, ``.prev3`` ... when the earlier ones are taken (a second fresh run had replaced the
+    first kept journal, and every case it held was lost)."""
+    n = 1
+    while (kept := Path(f"{path}.prev{n if n > 1 else ''}")).exists():
+        n += 1
+    return kept
+
+
+def kept_paths(path: os.PathLike | str) -> list[Path]:
+    """The unfinished journals kept beside ``path``, oldest first (:func:`previous_path`)."""
+    out, n = [], 1
+    while (kept := Path(f"{path}.prev{n if n > 1 else ''}")).exists():
+        out.append(kept)
+        n += 1
+    return out
 
 
 def _holds_cases(path: Path) -> bool:

@@ -46,9 +46,26 @@ def test_a_fresh_run_keeps_an_unfinished_runs_journal_aside_instead_of_overwriti
     _write(path, ["w/a/fwd/p", "w/b/fwd/p"])
     j = journal.Journal(path, SPEC, "fp", resume=False)
     j.close()
-    assert j.kept_previous == journal.previous_path(path)
+    assert j.kept_previous == tmp_path / "run.journal.jsonl.prev"
     assert set(journal.read(j.kept_previous, SPEC, "fp")) == {"w/a/fwd/p", "w/b/fwd/p"}
     assert journal.read(path, SPEC, "fp") == {}
+
+
+def test_a_second_fresh_run_keeps_another_unfinished_journal_beside_the_first_kept_one(tmp_path):
+    # the second had replaced the first kept journal, and every case it held was lost
+    path = tmp_path / "run.journal.jsonl"
+    _write(path, ["w/a/fwd/p", "w/b/fwd/p"])
+    journal.Journal(path, SPEC, "fp", resume=False).close()
+    _write(path, ["w/c/fwd/p"])
+    second = journal.Journal(path, SPEC, "fp", resume=False)
+    second.close()
+    assert second.kept_previous == tmp_path / "run.journal.jsonl.prev2"
+    assert set(journal.read(tmp_path / "run.journal.jsonl.prev", SPEC, "fp")) == {"w/a/fwd/p", "w/b/fwd/p"}
+    assert set(journal.read(second.kept_previous, SPEC, "fp")) == {"w/c/fwd/p"}
+    assert journal.kept_paths(path) == [tmp_path / "run.journal.jsonl.prev", second.kept_previous]
+    path.unlink()
+    with pytest.raises(journal.JournalError, match=r"was kept as .*run\.journal\.jsonl\.prev2 when"):
+        journal.read(path, SPEC, "fp")  # the resume hint names the latest kept one
 
 
 def test_a_journal_with_no_finished_case_is_simply_started_over(tmp_path):
