@@ -37,6 +37,8 @@ class Case:
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     # the variant's reset hook bound to what it built; None when the variant declares none
     reset: Optional[Callable[[], None]] = None
+    # a kernel variant's built function, to call on other views of the inputs (checks.check_strided)
+    kernel: Optional[Callable[..., torch.Tensor]] = None
 
     def forward(self) -> torch.Tensor:
         """Run the variant once on the case's inputs (after its reset hook, when it declares one)."""
@@ -157,7 +159,7 @@ def prepare(
         build = time.perf_counter() - start
         args = tuple(inputs.values())
         return Case(variant, problem, inputs, grad_out, lambda: fn(*args), build_seconds=build,
-                    reset=_reset_hook(variant, fn))
+                    reset=_reset_hook(variant, fn), kernel=fn)
     if isinstance(variant, LayerVariant):
         module = cache.get(key) if cache is not None else None
         if module is None:

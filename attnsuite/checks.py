@@ -12,6 +12,7 @@ import os
 import sys
 import sysconfig
 import traceback
+import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Optional
@@ -470,11 +471,65 @@ def check_equal_work(variant: Variant, problem: Problem, cache: Optional[dict] =
     return _guarded("equal work", variant, problem, body)
 
 
+def _strided(t: torch.Tensor) -> torch.Tensor:
+    """The same (b, h, l, d) values laid out as (b, l, h, d) in memory, as a model's projections
+    give them: a view that is not contiguous."""
+    return t.detach().transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def check_strided(variant: Variant, problem: Problem, cache: Optional[dict] = None) -> CheckResult:
+    """Forward, and backward where the variant has one, with q, k, v and the output gradient not
+    contiguous (:func:`_strided`), against the oracle by the same rules as the forward and backward
+    checks. Every other check passes contiguous tensors, and a kernel whose backward read its
+    inputs by assumed strides passed them all while giving gradients off by 1 to 3 in a model
+    (found by a fresh-user test)."""
+
+    def body(result: CheckResult) -> None:
+        ref_out, ref_grads = reference(variant.family, problem)
+        base_out, base_grads = base(variant.family, problem)
+        backward = not variant.unsupported(problem, backward=True)
+        case = prepare(variant, problem, requires_grad=backward, cache=cache)
+        leaves = {n: t.detach().transpose(1, 2).contiguous().requires_grad_(backward) for n, t in case.inputs.items()}
+        with torch.set_grad_enabled(backward):
+            if case.reset is not None:
+                case.reset()
+            out = case.kernel(*(leaf.transpose(1, 2) for leaf in leaves.values()))
+            if not _contract(result, variant, problem, out, ref_out):
+                return
+            rows = live_rows(problem)
+            _add(result, [compare_as(variant.accuracy, "output (strided inputs)", out, ref_out, base_out,
+                                     problem.dtype, "output", rows)])
+            if not backward:
+                return
+            if not out.requires_grad:
+                result.passed = False
+                result.details.append("output (strided inputs) does not require grad: the graph is detached")
+                return
+            out.backward(_strided(case.grad_out))
+        grads = {n: (leaf.grad.transpose(1, 2) if leaf.grad is not None else None) for n, leaf in leaves.items()}
+        comps, broken = compare_gradients(variant.accuracy, grads, ref_grads, base_grads, problem.dtype)
+        if broken:
+            result.passed = False
+            result.details.extend(f"{b} (strided inputs)" for b in broken)
+        _add(result, [dataclasses.replace(c, what=f"{c.what} (strided inputs)") for c in comps])
+
+    return _guarded("strided", variant, problem, body)
+
+
+def strided_reason(variant: Variant, problem: Problem) -> Optional[str]:
+    """Why the strided check does not apply (None when it does): kernel variants of (b, h, l, d) inputs."""
+    if not isinstance(variant, registry.KernelVariant) or problem.level != "kernel" \
+            or registry.family_of(variant).name != "attention":
+        return "strided inputs are checked for kernel variants of the attention family's (b, h, l, d) inputs"
+    return None
+
+
 CHECKS = {
     "forward": check_forward,
     "backward": check_backward,
     "causality": check_causality,
     "repeat": check_repeat,
+    "strided": check_strided,
 }
 assert tuple(CHECKS) == registry.CHECK_NAMES, "registry.CHECK_NAMES (known_defects keys) must name these checks"
 
@@ -498,6 +553,8 @@ def skip_reason(check: str, variant: Variant, problem: Problem) -> Optional[str]
     reasons = variant.unsupported(problem, backward=(check == "backward"))
     if reasons:
         return "; ".join(reasons)
+    if check == "strided":
+        return strided_reason(variant, problem)
     if check == "causality" and future_pivot(problem) is None:
         return f"mask {problem.mask.id} has no future keys to perturb"
     return None

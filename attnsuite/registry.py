@@ -119,7 +119,7 @@ class Variant:
     # its class ("fp8", "int8") and is judged by that class's budget (tolerance.APPROXIMATE_BUDGET)
     accuracy: ClassVar[str] = "exact"
     # Defects of third-party code that the suite found, by check name ("forward", "backward",
-    # "causality", "repeat"): what was seen, where and when. The correctness tests keep running that
+    # "causality", "repeat", "strided"): what was seen, where and when. The correctness tests keep running that
     # check and expect it to fail (a strict expected failure): the run stays green while the defect
     # lasts, and the release that fixes it turns up as an unexpected pass, the cue to delete the entry.
     known_defects: ClassVar[dict] = {}
@@ -239,7 +239,7 @@ class LayerVariant(Variant):
 
 
 # The correctness checks by name (attnsuite/checks.py's CHECKS): the keys a variant's known_defects may use.
-CHECK_NAMES = ("forward", "backward", "causality", "repeat")
+CHECK_NAMES = ("forward", "backward", "causality", "repeat", "strided")
 
 
 def register(variant):

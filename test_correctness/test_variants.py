@@ -22,7 +22,11 @@ CHECK_OF_TEST = {
     "test_backward_matches_oracle": "backward",
     "test_causal_rows_ignore_future_keys": "causality",
     "test_two_runs_agree": "repeat",
+    "test_strided_inputs_match_oracle": "strided",
 }
+# The strided check runs on this many problems per dtype of each variant (the first it supports,
+# without a declared defect): the layout is what it checks, and every problem is already checked contiguous.
+STRIDED_PER_DTYPE = 2
 
 
 def _cases(config: pytest.Config, check: str):
@@ -47,6 +51,8 @@ def _cases(config: pytest.Config, check: str):
             own = [q for q in problems if q.id in own_ids[family.name]]
             problems = ([p for d in dtypes for p in [q for q in own if q.dtype == d][:limit]]
                         + [q for q in problems if q.id not in own_ids[family.name]])
+        if check == "strided":
+            problems = _strided_problems(variant, problems)
         for problem in problems:
             reason = _collected_skip_reason(check, variant, problem)
             marks = [pytest.mark.skip(reason=reason)] if reason else []
@@ -58,6 +64,23 @@ def _cases(config: pytest.Config, check: str):
                                                "this check passes here, the defect does not show on this problem: "
                                                "narrow the entry with known_defect(check, problem))"))
             yield pytest.param(variant, problem, id=f"{variant.name}@{problem.id}", marks=marks)
+
+
+def _strided_problems(variant, problems: list) -> list:
+    """The first :data:`STRIDED_PER_DTYPE` problems per dtype that the strided check applies to for
+    ``variant`` and on which it declares no defect (those are left to the checks that declare them)."""
+    chosen: dict[str, list] = {}
+    for problem in problems:
+        if len(chosen.setdefault(problem.dtype, [])) >= STRIDED_PER_DTYPE:
+            continue
+        if _collected_skip_reason("strided", variant, problem) is not None:
+            continue
+        declared, broken = checks.guarded_skip_reason(
+            lambda: next((d for c in registry.CHECK_NAMES if (d := variant.known_defect(c, problem))), None),
+            variant, problem, "known_defect()")
+        if declared is None and broken is None:
+            chosen[problem.dtype].append(problem)
+    return [p for group in chosen.values() for p in group]
 
 
 def _collected_skip_reason(check: str, variant, problem) -> Optional[str]:
@@ -113,3 +136,7 @@ def test_causal_rows_ignore_future_keys(variant, problem, build_cache, record_pr
 
 def test_two_runs_agree(variant, problem, build_cache, record_property):
     _run("repeat", variant, problem, build_cache, record_property)
+
+
+def test_strided_inputs_match_oracle(variant, problem, build_cache, record_property):
+    _run("strided", variant, problem, build_cache, record_property)

@@ -39,7 +39,7 @@ def test_duplicate_name_from_another_class_is_refused():
     ("masks", "causal", "masks must be a set of names"),
     # a misspelt check name had been ignored: the declared defect failed the run as if undeclared
     ("known_defects", {"fwd": "seen on ..."}, "known_defects keys must be check names (forward, backward, "
-                                               "causality, repeat), got ['fwd']"),
+                                               "causality, repeat, strided), got ['fwd']"),
 ])
 def test_a_misspelt_declaration_is_refused_naming_it(attr, value, words):
     Odd = type("Odd", (registry.KernelVariant,), {"name": f"odd-{attr}", attr: value})
