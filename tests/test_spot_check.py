@@ -236,11 +236,12 @@ def test_the_oracles_row_gradients_are_the_whole_gradients_of_an_output_gradient
     kv = oracle.kv_head_index(p.hq, p.hkv)[heads]
     got_q, got_k, got_v = oracle.backward_rows(p, q[-1][heads][:, rows], k[-1][kv], v[-1][kv],
                                                sparse[-1][heads][:, rows], rows, heads)
-    np.testing.assert_allclose(got_q, dq[-1][heads][:, rows], rtol=0, atol=1e-12)
+    # float64 rounding only: the large-logits problem's gradients reach 25 in magnitude
+    np.testing.assert_allclose(got_q, dq[-1][heads][:, rows], rtol=1e-12, atol=1e-12)
     for got, whole in ((got_k, dk), (got_v, dv)):
         folded = np.zeros_like(whole[-1])
         np.add.at(folded, kv, got)
-        np.testing.assert_allclose(folded, whole[-1], rtol=0, atol=1e-12)  # every other head's stays zero
+        np.testing.assert_allclose(folded, whole[-1], rtol=1e-12, atol=1e-12)  # every other head's stays zero
         assert not np.any(whole[:-1])  # and every other batch's
 
 

@@ -1,13 +1,14 @@
 """Adversarial problems for the kernel-level attention family (README, "Correctness": awkward lengths, Lq != Lk, odd head dims, GQA).
 
 Lengths 1, 3, 17, 97, 113 and one above 1000; Lq != Lk both ways; head dims 16 to 256 with
-non-powers of two; GQA and MQA ratios; batch 1; both causal corners; a pinned scale; an arbitrary
+non-powers of two; GQA and MQA ratios; batch 1; both causal corners; a pinned scale, and one large
+enough for logits of a few hundred; an arbitrary
 boolean mask (the mask-convention check: every variant taking a mask must read True as "attend").
 """
 
 from __future__ import annotations
 
-from attnsuite.problem import Mask, Problem
+from attnsuite.problem import LARGE_LOGITS, Mask, Problem
 
 CAUSAL = Mask("causal")
 CAUSAL_BR = Mask("causal", align="bottom_right")
@@ -30,6 +31,9 @@ def _shapes(device: str) -> list[dict]:
         dict(batch=1, lq=29, lk=29, hq=2, hkv=2, dqk=32, dv=32, mask=CAUSAL, scale=0.3),
         dict(batch=1, lq=big, lk=big, hq=2, hkv=2, dqk=16, dv=16, mask=CAUSAL),
         dict(batch=1, lq=20, lk=8, hq=2, hkv=2, dqk=16, dv=16, mask=CAUSAL_BR),  # 12 fully masked rows
+        # logits of a few hundred: exp() without the row maximum taken off overflows in fp32 and bf16
+        # alike (a softmax without it had passed every CPU problem; found by a fresh-user test)
+        dict(batch=1, lq=29, lk=31, hq=2, hkv=2, dqk=32, dv=32, mask=CAUSAL_BR, scale=12.0, tag=LARGE_LOGITS),
     ]
     if device != "cpu":
         # Lq == Lk at head dim 128, both masks: the one kind of shape that library kernels with a short
