@@ -262,13 +262,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for line in wholly.lines() if wholly is not None else []:
         terminalreporter.write_line(line)
     deselected = config.stash.get(_TESTS_DESELECTED, 0)
-    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and deselected:
+    given = [f"-k {config.getoption('keyword')!r}" if config.getoption("keyword") else "",
+             f"-m {config.getoption('markexpr')!r}" if config.getoption("markexpr") else "",
+             f"--attn-only {' '.join(config.getoption('--attn-only'))}" if config.getoption("--attn-only") else ""]
+    # under xdist the workers collect and deselect, so the controller has no count: it says so all the same
+    xdist = getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and (deselected or (xdist and any(given))):
         # pytest alone says "N deselected" and exits 5: a CI step that allows 5 would pass checking nothing
-        given = [f"-k {config.getoption('keyword')!r}" if config.getoption("keyword") else "",
-                 f"-m {config.getoption('markexpr')!r}" if config.getoption("markexpr") else "",
-                 f"--attn-only {' '.join(config.getoption('--attn-only'))}" if config.getoption("--attn-only") else ""]
-        terminalreporter.write_line(f"attnsuite: {' '.join(g for g in given if g) or 'the selection'} left none of "
-                                    f"the {deselected} collected tests: nothing was checked (exit status 5)")
+        of = f"of the {deselected} collected tests" if deselected else "of the collected tests"
+        terminalreporter.write_line(f"attnsuite: {' '.join(g for g in given if g) or 'the selection'} left none "
+                                    f"{of}: nothing was checked (exit status 5)", red=True)
     dropped = config.stash.get(_OTHERS_DESELECTED, 0)
     if dropped:
         terminalreporter.write_line(f"attnsuite: --attn-only {' '.join(config.getoption('--attn-only'))}: "

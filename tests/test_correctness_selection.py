@@ -86,10 +86,15 @@ def test_an_empty_selection_is_a_usage_error_not_every_variant(value):
     assert "--attn-only: " in done.stderr and "names no variant" in done.stderr, done.stderr[-1000:]
 
 
-def test_a_k_that_matches_no_correctness_test_says_nothing_was_checked(tmp_path):
+@pytest.mark.parametrize("workers", [
+    pytest.param(("-p", "no:xdist"), id="one process"),
+    # under xdist the workers deselect and the controller had said nothing at all (the CI command uses -n)
+    pytest.param(("-n", "1"), id="under xdist"),
+])
+def test_a_k_that_matches_no_correctness_test_says_nothing_was_checked(tmp_path, workers):
     # pytest alone printed "7921 deselected" and exited 5 (an external variant not loaded, a typo)
     done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_mla.py"),
-                           f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-k", "my-kernel"],
+                           f"--rootdir={ROOT}", "-p", "no:cacheprovider", *workers, "-q", "-k", "my-kernel"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 5, done.stdout[-2000:]
     assert "attnsuite: -k 'my-kernel' left none of the" in done.stdout and \
