@@ -78,6 +78,9 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
                     "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary)})
     old = bl.load_run(args.old)
     new = bl.load_run(args.new)
+    for path, run in ((args.old, old), (args.new, new)):
+        if not run.records:  # every case of the other file had read as a regression ("missing")
+            raise bl.ResultFileError(path, "no case in it: nothing to compare")
     scope = None
     if args.workload or args.variant:
         for option, names, field in (("--workload", args.workload, "workload"), ("--variant", args.variant, "variant")):
@@ -293,6 +296,10 @@ def cmd_check(args: argparse.Namespace, out) -> int:
         try:
             b = bl.load_baseline(p)
             fid = bl.fingerprint_id(b.fingerprint)
+            if not b.cases:  # valid JSON, but a gate against it would call every case new and judge nothing
+                print(f"error: baseline {p}: no case in it: a gate against it judges nothing", file=sys.stderr)
+                bad += 1
+                continue
             print(f"ok {p}: {count(len(b.cases), 'case')}, fingerprint {fid}", file=out)
             if fid and Path(p).name != bl.baseline_path_for(b.fingerprint, ".").name:
                 # valid, but the gate finds a machine's baseline by its fingerprint id only

@@ -37,6 +37,16 @@ def test_compare_of_an_unchanged_run_passes_with_exit_status_0(runs):
     assert code == 0 and out.strip().splitlines()[-1].startswith("PASS: no regression among 3 cases judged")
 
 
+def test_compare_with_a_file_of_no_case_is_bad_input_not_every_case_regressed(runs, tmp_path, capsys):
+    # "FAIL: 3 regression(s) among 3 cases judged (0 run, 3 not run here)", exit 1, where report refuses it
+    old, _, _ = runs
+    empty = write_result(tmp_path / "empty.json", [])
+    for pair in ((old, empty), (empty, old)):
+        code, out = run_cli("compare", *pair)
+        assert code == 2 and "regression" not in out
+        assert f"{empty}: no case in it: nothing to compare" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("gate_mode, status", [("enforce", 1), ("report", 0)])
 def test_compare_fails_a_new_case_that_failed_its_numerics_as_the_run_did(tmp_path, gate_mode, status):
     # it had said "pass (1 new)" with exit 0 while the run's own summary and `report` said FAIL
@@ -166,6 +176,17 @@ def test_check_refuses_what_recording_never_writes(tmp_path, capsys, edit, words
     good.write_text(json.dumps(obj))
     assert run_cli("check", good)[0] == 2
     assert words in capsys.readouterr().err
+
+
+def test_check_refuses_a_baseline_with_no_case(tmp_path, capsys):
+    # it had read "ok ...: 0 cases"
+    path = tmp_path / "b.json"
+    run_cli("record", write_result(tmp_path / "r.json", [rec()]), "--baseline", path)
+    obj = json.loads(path.read_text())
+    obj["cases"] = {}
+    path.write_text(json.dumps(obj))
+    assert run_cli("check", path)[0] == 2
+    assert f"baseline {path}: no case in it" in capsys.readouterr().err
 
 
 def test_check_says_when_a_baseline_is_not_named_after_its_machine(tmp_path):
