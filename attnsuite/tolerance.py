@@ -53,9 +53,10 @@ class Comparison:
         if not self.finite:
             return f"{self.what}: contains NaN or Inf (first at index {self.where})"
         ratio = self.err / self.bound if self.bound > 0 else math.inf
+        times = f"{ratio:.2f}" if ratio < 1e6 else f"{ratio:.3g}"  # an unwritten element can be 1e43 times off
         return (
             f"{self.what}: max error {self.err:.3g} at {self.where} vs bound {self.bound:.3g} "
-            f"({ratio:.2f}x the bound; base error {self.err_base:.3g}, |ref| max {self.ref_max:.3g})"
+            f"({times}x the bound; base error {self.err_base:.3g}, |ref| max {self.ref_max:.3g})"
         )
 
 

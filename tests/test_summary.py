@@ -362,3 +362,19 @@ def test_the_markdown_names_paths_under_the_checkout_as_the_repository_does():
     assert report.without_root(text, "/runner/_work/p/p") == \
         "> baseline baselines/cpu-x.json\\nthresholds from baselines/t.json; /elsewhere/f"
     assert report.without_root("/a/b", "/") == "/a/b"
+
+
+def test_a_resumed_run_says_how_many_cases_came_from_the_earlier_session():
+    records = _records(cpu("sdpa", 1.0, extra={"resumed": True}), cpu("explicit", 2.0))
+    assert summary.build(records, None).outcomes == "2 ok (1 of them carried on from an earlier session's journal, " \
+        "--attn-resume)"
+    assert summary.build(_records(cpu("sdpa", 1.0)), None).outcomes == "1 ok"
+
+
+def test_a_failure_far_past_the_bound_says_how_far_in_a_readable_number():
+    from attnsuite.tolerance import Comparison
+
+    # an element left unwritten read "9301212627062362423179128775507623127547904.00x the bound"
+    far = Comparison("output", 2.97e38, 1e-6, 3.19e-5, 2.0, True, (1, 0, 2, 14)).describe()
+    assert "(9.31e+42x the bound;" in far, far
+    assert "(19047.62x the bound;" in Comparison("output", 0.4, 1e-6, 2.1e-5, 2.0, True, (0,)).describe()
