@@ -193,10 +193,11 @@ def benchmark_json_path(config: pytest.Config) -> Optional[Path]:
 
 
 def _sources(spec: RunSpec) -> dict[str, str]:
-    """Digests of the external code and problem files this run's cases come from (see
-    journal.source_digests): the files named by options, and the package or file of every module
-    that registered variants from outside (entry points, ATTNSUITE_VARIANTS, --attn-variants)."""
-    modules = [*registry.entry_point_modules(), *(name for _, name in registry.external_sources() if name)]
+    """Digests of the code and problem files this run's cases come from (see
+    journal.source_digests): the files named by options, the package or file of every module
+    that registered variants from outside (entry points, ATTNSUITE_VARIANTS, --attn-variants), and
+    the suite's own package (its timing and checks: a resume had mixed two versions of them)."""
+    modules = ["attnsuite", *registry.entry_point_modules(), *(name for _, name in registry.external_sources() if name)]
     return journal.source_digests([*spec.variant_modules, *spec.problem_files, *journal.code_locations(modules)])
 
 

@@ -143,7 +143,8 @@ def test_the_run_digests_every_module_that_registered_variants_from_outside(monk
     monkeypatch.setattr(registry, "entry_point_modules", lambda: ["json"])
     monkeypatch.setattr(registry, "external_sources", lambda: [("x.py", "csv")])
     got = plugin_bench._sources(plugin_bench.RunSpec(device="cpu", tier="quick"))
-    assert set(got) == {str(Path(json.__file__).parent), sys.modules["csv"].__file__}
+    suite = str(Path(plugin_bench.__file__).parent)  # the suite's own package is always digested
+    assert set(got) == {suite, str(Path(json.__file__).parent), sys.modules["csv"].__file__}
     assert all(got.values())
 
 
@@ -179,3 +180,17 @@ def test_a_resume_with_another_case_time_limit_is_refused_naming_both(tmp_path, 
     assert set(journal.read(path, SPEC, "fp", case_timeout=before)) == {"w/a/fwd/p"}
     with pytest.raises(journal.JournalError, match=words):
         journal.read(path, SPEC, "fp", case_timeout=now)
+
+
+def test_a_run_digests_the_suites_own_package_so_a_resume_after_it_changed_is_refused():
+    # a resume had mixed records timed by two versions of attnsuite/timing.py in one file
+    from types import SimpleNamespace
+
+    import attnsuite
+    from attnsuite import plugin_bench
+
+    folder = str(Path(attnsuite.__file__).parent)
+    sources = plugin_bench._sources(SimpleNamespace(variant_modules=(), problem_files=()))
+    assert sources.get(folder), sources
+    changed = dict(sources, **{folder: "0" * 16})
+    assert journal.changed_sources(sources, changed) == [folder]
