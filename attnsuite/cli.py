@@ -109,6 +109,10 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
     _emit(cmp, args, out, last)
     # an interrupted run answers only for what it ran: a CI step comparing it must not read as a pass
     failing = cmp.failed or bool(summary.failed_counts(judged)) or bool(new.interrupted)
+    if failing and args.gate == "enforce" and not cmp.failed and not summary.failed_counts(judged):
+        # the last line can read PASS over what it ran: say why the status is 1 all the same
+        print(f"exit status {EXIT_GATE}: {args.new} comes from a session that was {new.interrupted}: it answers "
+              "only for the cases it ran, so it is not a pass", file=out)
     return EXIT_GATE if failing and args.gate == "enforce" else EXIT_OK
 
 

@@ -365,8 +365,13 @@ def test_compare_of_an_interrupted_run_never_reads_as_a_pass(interrupted_run, tm
     md = tmp_path / "g.md"
     code, out = run_cli("compare", old, cur, "--gate", gate_mode, "--markdown", md)
     assert code == status, out
-    assert out.strip().splitlines()[-1].startswith("INTERRUPTED (interrupted after 1 of 3 selected cases; 2 did not "
-                                                   "run): "), out
+    lines = out.strip().splitlines()
+    verdict = lines[-2] if gate_mode == "enforce" else lines[-1]
+    assert verdict.startswith("INTERRUPTED (interrupted after 1 of 3 selected cases; 2 did not run): "), out
+    if gate_mode == "enforce":  # why the status is 1 where the verdict line reads a pass over what ran
+        assert lines[-1] == (f"exit status 1: {cur} comes from a session that was interrupted after 1 of 3 "
+                             "selected cases; 2 did not run: it answers only for the cases it ran, so it is not "
+                             "a pass"), out
     text = md.read_text()
     assert "### attnsuite regression gate: ⏹️ **INTERRUPTED** (only the cases that ran were judged: " in text
     assert "selected but not reached before the run was interrupted" in text and "✅ pass\n" not in text
