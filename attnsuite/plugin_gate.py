@@ -530,10 +530,14 @@ def _usage_error(session: pytest.Session, state: GateState, message: str) -> Non
     session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
-def _write_gate_json(config: pytest.Config, state: GateState, obj: dict[str, Any]) -> None:
+def _write_gate_json(config: pytest.Config, state: GateState, obj: dict[str, Any],
+                     records: Optional[dict] = None) -> None:
     target = config.getoption("--attn-gate-json")
     if not target:
         return
+    # this run's cases that failed outright (each failed its pytest item, whatever the gate found):
+    # `failed` speaks of the gate alone, and a run of errors had read as a pass to a tool reading this
+    obj = {**obj, "run_failed": dict(summary.failed_counts(records or {}))}
     try:
         bl.atomic_write_text(target, json.dumps(obj, indent=1, allow_nan=False) + "\n")
         state.lines.append(f"gate JSON written to {target}")
@@ -643,7 +647,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             return
         state.comparison = cmp
         _write_markdown(config, state, report.markdown_diff(cmp, head=_summary_markdown(config, run.records, cmp)))
-        _write_gate_json(config, state, cmp.to_json())
+        _write_gate_json(config, state, cmp.to_json(), run.records)
         if cmp.failed and mode == "enforce" and not recording:
             tr = config.pluginmanager.get_plugin("terminalreporter")
             if tr is not None:
@@ -661,7 +665,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 run.records, context=lookup_lines(lookup),
                 head=_summary_markdown(config, run.records, None, state.no_baseline)))
             _write_gate_json(config, state, {"compared": False, "failed": False, "reason": str(lookup.message),
-                                             "cases": []})
+                                             "cases": []}, run.records)
     if recording:
         if getattr(lookup, "fallback", False) and bl.fingerprint_id(run.fingerprint):
             # a fallback is another machine's file: this machine's measurements go into its own

@@ -403,3 +403,20 @@ def test_a_wide_time_floor_is_named_in_the_comparison_and_a_narrow_one_is_not():
     assert note is not None and note.startswith("time on cpu is judged with a floor of 100% (thresholds: time_floor)")
     assert gate.band_note(ThresholdConfig(), "cuda") is None  # 3%
     assert gate.band_note(ThresholdConfig(device={"cpu": {"time_floor": 0.2}}), "cpu") is None
+
+
+def test_the_gate_json_says_which_of_the_runs_cases_failed_outright(tmp_path):
+    # "failed": false (no gating verdict) had been all it said of a run whose cases raised
+    from types import SimpleNamespace
+
+    from attnsuite import plugin_gate
+
+    target = tmp_path / "g.json"
+    config = SimpleNamespace(getoption=lambda name: str(target) if name == "--attn-gate-json" else None)
+    state = plugin_gate.GateState()
+    records = {r.key: r for r in (CaseRecord("w", "a", "fwd", "p1", outcome="error", detail="RuntimeError: boom"),
+                                  CaseRecord("w", "b", "fwd", "p1", outcome="ok", median_ms=1.0, min_ms=1.0))}
+    plugin_gate._write_gate_json(config, state, {"compared": True, "failed": False}, records)
+    assert json.loads(target.read_text()) == {"compared": True, "failed": False, "run_failed": {"error": 1}}
+    plugin_gate._write_gate_json(config, state, {"compared": False, "failed": False})
+    assert json.loads(target.read_text())["run_failed"] == {}
