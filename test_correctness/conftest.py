@@ -23,7 +23,16 @@ settings.register_profile(
     "dev", max_examples=200, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+PROFILES = ("ci", "dev")
+
+
+def _load_profile() -> None:
+    # an unknown name had surfaced as an ImportError traceback of this conftest
+    name = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+    if name not in PROFILES:
+        raise pytest.UsageError(f"HYPOTHESIS_PROFILE={name!r}: no such hypothesis profile here "
+                                f"(this suite has {', '.join(PROFILES)}: ci bounds the drawn problems, dev digs deeper)")
+    settings.load_profile(name)
 
 CPU_DTYPES = ("float32", "float64", "bfloat16")
 # fp32 runs on CUDA too (TF32 off): a scale a few percent off can hide inside the bf16 rule, not fp32's.
@@ -45,6 +54,7 @@ def correctness_dtypes(config: pytest.Config, device: str) -> tuple:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    _load_profile()
     # Triton takes CPU tensors only in its interpreter, chosen at triton's first import (torch._dynamo
     # imports it while the plugin loads the variants, in the plugin's pytest_configure): decide
     # before that, from the device this run checks, not from whether a GPU is present.

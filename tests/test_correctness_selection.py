@@ -8,6 +8,7 @@ distributed variant alone stopped collection with a usage error from the single-
 from __future__ import annotations
 
 import functools
+import os
 import re
 import subprocess
 import sys
@@ -136,3 +137,13 @@ def test_a_variant_whose_one_test_crashed_is_not_called_wholly_skipped():
     assert example.endswith(" ...") and len(example) <= 200
     cut = example.removesuffix(" ...")
     assert long_reason.startswith(cut) and long_reason[len(cut)] == " "
+
+
+def test_an_unknown_hypothesis_profile_is_a_usage_error_naming_the_ones_there_are(tmp_path):
+    # it had been an ImportError traceback of the correctness conftest
+    env = {**os.environ, "HYPOTHESIS_PROFILE": "bogus"}
+    done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_hypothesis.py"),
+                           f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-p", "no:xdist", "--co", "-q"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "HYPOTHESIS_PROFILE='bogus': no such hypothesis profile here (this suite has ci, dev" in done.stderr
