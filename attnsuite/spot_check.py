@@ -89,28 +89,36 @@ class SpotReference:
     def __init__(self, problem: Problem, inputs: dict[str, torch.Tensor]) -> None:
         self.problem = problem
         self.slices, self.rows = sample(problem)
-        q, k, v = inputs["q"].detach(), inputs["k"].detach(), inputs["v"].detach()
-        kv_of = oracle.kv_head_index(problem.hq, problem.hkv)
-        b = torch.tensor([s[0] for s in self.slices], device=q.device)
-        h = torch.tensor([s[1] for s in self.slices], device=q.device)
-        g = torch.as_tensor(kv_of[[s[1] for s in self.slices]], device=q.device)
-        rows = torch.as_tensor(self.rows, device=q.device)
-        q_rows = q[b, h][:, rows]  # (n, r, d)
-        k_sl, v_sl = k[b, g], v[b, g]  # (n, lk, d): the key/value head each query head reads
-        heads = np.array([s[1] for s in self.slices])
+        self.heads = np.array([s[1] for s in self.slices])  # the query head of each slice
+        q_rows, k_sl, v_sl = self.sampled(inputs)
+        rows, h = torch.as_tensor(self.rows, device=q_rows.device), self._slice_index(q_rows.device)[1]
         self.ref = oracle.forward_rows(problem, *(tolerance.as_float64(t) for t in (q_rows, k_sl, v_sl)),
-                                       self.rows, heads)
+                                       self.rows, self.heads)
         with torch.no_grad():
             base = reference_math.attention(problem, q_rows[None], k_sl[None], v_sl[None], rows=rows, heads=h)[0]
         self.base = tolerance.as_float64(base)
         # a sampled row that may see no key is not compared, as in the whole-output check
         self.live = oracle_mask.live_among(problem, self.rows)
 
+    def _slice_index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(batch, query head, key/value head) of every sampled slice, as index tensors on ``device``."""
+        kv_of = oracle.kv_head_index(self.problem.hq, self.problem.hkv)
+        return (torch.tensor([s[0] for s in self.slices], device=device), torch.as_tensor(self.heads, device=device),
+                torch.as_tensor(kv_of[self.heads], device=device))
+
+    def rows_of(self, t: torch.Tensor) -> torch.Tensor:
+        """The sampled rows of a (b, hq, l, d) tensor (q, the output, its gradient): (n, r, d)."""
+        b, h, _ = self._slice_index(t.device)
+        return t.detach()[b, h][:, torch.as_tensor(self.rows, device=t.device)]
+
+    def sampled(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the sampled rows of q, the key and the value head each slice reads): (n, r, d), (n, lk, d) x 2."""
+        b, _, g = self._slice_index(inputs["k"].device)
+        return self.rows_of(inputs["q"]), inputs["k"].detach()[b, g], inputs["v"].detach()[b, g]
+
     def judge(self, out: torch.Tensor, accuracy: str) -> tolerance.Comparison:
         """The output's sampled rows against the oracle's, by the suite's rule for ``accuracy``."""
-        b = torch.tensor([s[0] for s in self.slices], device=out.device)
-        h = torch.tensor([s[1] for s in self.slices], device=out.device)
-        got = out.detach()[b, h][:, torch.as_tensor(self.rows, device=out.device)]
+        got = self.rows_of(out)
         what = f"output (spot rows {describe_rows(self.rows)})"  # the location below names batch and head
         comp = tolerance.compare_as(accuracy, what, got, self.ref, self.base, self.problem.dtype, "output",
                                     rows=self.live if not self.live.all() else None)
@@ -127,9 +135,8 @@ class SpotReference:
 
     def _index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(batch, head, live row) index tensors that pick the sampled live rows of every slice."""
-        b = torch.tensor([s[0] for s in self.slices], device=device)[:, None]
-        h = torch.tensor([s[1] for s in self.slices], device=device)[:, None]
-        return b, h, torch.as_tensor(self.rows[self.live], device=device)[None, :]
+        b, h, _ = self._slice_index(device)
+        return b[:, None], h[:, None], torch.as_tensor(self.rows[self.live], device=device)[None, :]
 
     def judge_gradients(self, case, accuracy: str) -> tuple[Optional[str], str]:
         """(failure or None, label) for the gradients of ``case`` (a built attention variant whose
@@ -206,19 +213,14 @@ def _gradient_reference(spot: SpotReference, inputs: dict[str, torch.Tensor], do
     problem = spot.problem
     if problem in _LAST_GRADIENTS:
         return _LAST_GRADIENTS[problem]
-    q, k, v = inputs["q"].detach(), inputs["k"].detach(), inputs["v"].detach()
     kv_of = oracle.kv_head_index(problem.hq, problem.hkv)
-    heads = np.array([s[1] for s in spot.slices])
     pairs = [(bi, int(kv_of[hi])) for bi, hi in spot.slices]
     kv = list(dict.fromkeys(pairs))
-    dev = q.device
-    b = torch.tensor([s[0] for s in spot.slices], device=dev)
-    h = torch.tensor(heads, device=dev)
-    g = torch.as_tensor(kv_of[heads], device=dev)
-    rows = torch.as_tensor(spot.rows, device=dev)
-    q_rows, k_sl, v_sl, do_rows = q[b, h][:, rows], k[b, g], v[b, g], do[b, h][:, rows]
+    q_rows, k_sl, v_sl = spot.sampled(inputs)
+    do_rows = spot.rows_of(do)
+    rows, h = torch.as_tensor(spot.rows, device=do.device), spot._slice_index(do.device)[1]
     dq, dk, dv = oracle.backward_rows(problem, *(tolerance.as_float64(t) for t in (q_rows, k_sl, v_sl, do_rows)),
-                                      spot.rows, heads)
+                                      spot.rows, spot.heads)
     leaves = [t.clone().requires_grad_() for t in (q_rows, k_sl, v_sl)]
     with torch.enable_grad():
         out = reference_math.attention(problem, *(t[None] for t in leaves), rows=rows, heads=h)[0]
