@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from attnsuite import checks, oracle, registry
 from attnsuite.inputs import kernel_inputs
-from attnsuite.problem import Mask, Problem
+from attnsuite.problem import LARGE_LOGITS, Mask, Problem
 from attnsuite.tolerance import compare
 from attnsuite_impls.attention import ring
 
@@ -81,6 +81,32 @@ def test_ring_respects_global_positions_for_documents_alibi_and_softcap():
 def test_ring_equals_the_oracle_on_drawn_shapes(lq, lk, ranks, mask, seed):
     problem = Problem(batch=1, lq=lq, lk=lk, hq=2, hkv=2, dqk=8, dv=8, mask=MASKS[mask], dtype="float64", seed=seed)
     _assert_matches_oracle(problem, ranks)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("lq,lk,heads,dim", [(29, 31, 2, 32), (64, 64, 4, 64)], ids=lambda x: str(x))
+def test_ring_keeps_its_scores_exact_at_large_logits_in_half_precision(lq, lk, heads, dim, dtype):
+    # logits of a few hundred: scores rounded to the half dtype before the softmax had failed the
+    # rule at 1.14x to 1.22x the bound (fp16 on CUDA and CPU, bf16 at 64x64)
+    problem = Problem(batch=1, lq=lq, lk=lk, hq=heads, hkv=heads, dqk=dim, dv=dim, scale=12.0,
+                      mask=MASKS["causal-br"], dtype=dtype, tag=LARGE_LOGITS)
+    _assert_matches_oracle(problem, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_block_scores_sum_half_inputs_without_rounding_and_differentiate_like_the_half_gemm(dtype):
+    q = (torch.randn(2, 2, 8, 32) * 4).to(dtype).requires_grad_()
+    k = (torch.randn(2, 2, 9, 32) * 4).to(dtype).requires_grad_()
+    s = ring.block_scores(q, k, torch.float32)
+    exact = q.double() @ k.double().transpose(-2, -1)
+    assert s.dtype == torch.float32 and s.shape == (2, 2, 8, 9)
+    # fp32 sums of 32 products of at most ~16^2: within 1e-4 of the exact value; the half rounding
+    # of scores near 100 is up to 0.03 (fp16) or 0.25 (bf16)
+    assert float((s.double() - exact).abs().max().detach()) < 1e-4
+    g = torch.randn(2, 2, 8, 9)
+    s.backward(g)
+    gh = g.to(dtype)  # the score gradient rounded once to the inputs' dtype, then half GEMMs
+    assert torch.equal(q.grad, gh @ k.detach()) and torch.equal(k.grad, gh.transpose(-2, -1) @ q.detach())
 
 
 def test_chunk_sizes_cover_the_sequence_and_differ_by_at_most_one():

@@ -72,6 +72,48 @@ class RingState:
         return out, lse
 
 
+# The GEMM returning fp32 from half inputs (CUDA, torch 2.8 and later; it has no autograd formula).
+_HALF_GEMM_TO_FP32 = hasattr(torch.ops.aten.bmm, "dtype")
+
+
+class _HalfScores(torch.autograd.Function):
+    """q k^T of (n, nq, d) and (n, nk, d) half-precision stacks with an fp32 result.
+
+    The backward is the half GEMM's own: the score gradient rounded once to the inputs' dtype, then
+    two GEMMs in it, as a fused kernel's backward does (and as autograd did for the half matmul).
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(q, k)
+        if q.is_cuda and _HALF_GEMM_TO_FP32:
+            return torch.bmm(q, k.transpose(1, 2), out_dtype=torch.float32)
+        return torch.bmm(q.float(), k.float().transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k = ctx.saved_tensors
+        grad = grad.to(q.dtype)
+        return torch.bmm(grad, k), torch.bmm(grad.transpose(1, 2), q)
+
+
+def block_scores(q: torch.Tensor, k: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """q k^T of one block, (b, h, nq, nk), summed and returned in ``acc`` precision.
+
+    A fused attention kernel keeps its scores in fp32; a plain half-precision matmul rounds them to
+    the input dtype first, and at logits of a few hundred that rounding alone moves them by a
+    quarter and the softmax weights by a quarter too: ring-sim failed the large-logits problem in
+    fp16 for it, on CUDA and on CPU alike. On CUDA the GEMM itself returns fp32 from half inputs
+    (no slower than the half GEMM); elsewhere both sides are upcast first.
+    """
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return torch.matmul(q.to(acc), k.to(acc).transpose(-2, -1))
+    b, h, nq, d = q.shape
+    nk = k.shape[2]
+    s = _HalfScores.apply(q.reshape(b * h, nq, d), k.reshape(b * h, nk, d))
+    return s.view(b, h, nq, nk).to(acc)
+
+
 @dataclass
 class RingPlan:
     """What every call of one ring simulation shares, worked out once per problem and device.
@@ -163,7 +205,7 @@ def ring_attention(
             kj = torch.arange(k0, k0 + nk, device=q.device)[None, :]
             k_b = k[:, :, k0 : k0 + nk]
             v_b = v[:, :, k0 : k0 + nk]
-            s = torch.matmul(q_r, k_b.transpose(-2, -1)).to(acc) * problem.softmax_scale
+            s = block_scores(q_r, k_b, acc) * problem.softmax_scale
             if smod is not None:
                 s = smod(s, zero, plan.heads, qi, kj)
             if mmod is not None:
