@@ -32,7 +32,9 @@ def _valid_baseline() -> dict:
     return b.to_json()
 
 
-_DIR = Path(tempfile.mkdtemp(prefix="attn-fuzz-"))  # one file rewritten per example: cheaper than a folder each
+# one file rewritten per example: cheaper than a folder each; removed when the process exits
+_TMP = tempfile.TemporaryDirectory(prefix="attn-fuzz-")
+_DIR = Path(_TMP.name)
 
 
 def _load(loader, data: bytes) -> None:

@@ -79,7 +79,9 @@ def test_a_gpu_session_call_killed_at_its_limit_still_leaves_what_its_parts_wrot
     (fake / "python3").write_text("#!/bin/sh\necho 'ab_eval: aa1: {\"same\": 18}'\nexec sleep 60\n")
     (fake / "python3").chmod(0o755)
     out = tmp_path / "out"
-    env = {"PATH": f"{fake}:/usr/bin:/bin", "OUT": str(out), "PACK_S": "1", "AB_DIR": str(tmp_path / "ab")}
+    # TMPDIR: the call's work folder (mktemp -d) dies with tmp_path, as a SIGKILL skips the script's own cleanup
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "OUT": str(out), "PACK_S": "1", "AB_DIR": str(tmp_path / "ab"),
+           "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "gpu_session.sh"), "abeval"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     archive = out / "abeval.tgz"
