@@ -901,4 +901,26 @@ def compare(base: Mapping[str, CaseRecord], cur: Mapping[str, CaseRecord], *,
                 continue
         verdicts.append(judge(b, c, cfg.for_case(c or b, device), device))  # type: ignore[arg-type]
     verdicts.sort(key=lambda v: (_RANK[v.verdict], v.key))
-    return Comparison(verdicts=verdicts, out_of_scope=skipped_scope, notes=list(notes or []))
+    blind = blind_band_note(verdicts)
+    return Comparison(verdicts=verdicts, out_of_scope=skipped_scope, notes=list(notes or []) + ([blind] if blind else []))
+
+
+# A band past this can hide a doubling of the time: the CPU floor is exactly 100% (docs/gate.md),
+# and only a run's own spread widens a band beyond it.
+BLIND_BAND = 1.0
+
+
+def blind_band_note(verdicts: list[CaseVerdict]) -> str:
+    """A note naming the cases whose time was judged within a band wider than :data:`BLIND_BAND`.
+
+    The band grows with both runs' own spread; on a loaded machine it reached 292%, and a 3x slowdown
+    then read ``same`` with nothing in the summary to say the gate could not have seen it.
+    """
+    wide = [v for v in verdicts if v.band is not None and v.band > BLIND_BAND and v.time_change is not None
+            and "slower" not in v.flags]
+    if not wide:
+        return ""
+    widest = max(wide, key=lambda v: v.band or 0.0)
+    return (f"{count(len(wide), 'case')} judged within a noise band over {BLIND_BAND:.0%} (the runs' own spread): "
+            f"even a doubling of their time would read same there; widest {widest.key} "
+            f"±{(widest.band or 0.0) * 100:.0f}%. Re-run on a quieter machine to judge their time.")

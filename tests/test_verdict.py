@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from attnsuite.verdict import (
-    DEVICE_DEFAULTS, GATING, Scope, Thresholds, ThresholdsError, compare, judge, load_thresholds,
-    noise_band, parse_thresholds,
+    BLIND_BAND, DEVICE_DEFAULTS, GATING, Scope, ThresholdConfig, Thresholds, ThresholdsError, blind_band_note,
+    compare, judge, load_thresholds, noise_band, parse_thresholds,
 )
 from gatehelp import by_key, rec
 
@@ -126,6 +128,26 @@ def test_an_unchanged_run_passes():
     base = by_key([rec("a"), rec("b", outcome="oom", median_ms=None), rec("c", outcome="skipped")])
     cmp = compare(base, dict(base), device="cuda")
     assert not cmp.failed and cmp.summary().startswith("pass")
+
+
+def test_a_band_too_wide_to_see_a_doubling_is_named_in_the_comparison_notes():
+    cpu = dict(timer="perf_counter", problem="b1-q64-h2-d16-causal-fp32-cpu")
+    quiet = rec(variant="quiet", median_ms=1.0, min_ms=1.0, iqr_ms=0.01, **cpu)
+    noisy = rec(variant="noisy", median_ms=1.0, min_ms=1.0, iqr_ms=1.0, **cpu)
+    slowed = rec(variant="noisy", median_ms=3.0, min_ms=3.0, iqr_ms=1.0, **cpu)
+    # the CPU floor itself (100%) is no note: that is the documented promise
+    assert compare(by_key([quiet]), by_key([quiet]), device="cpu").notes == []
+    cmp = compare(by_key([quiet, noisy]), by_key([quiet, slowed]), device="cpu")
+    v = next(v for v in cmp.verdicts if v.record.variant == "noisy")
+    assert v.verdict == "same" and v.band > 2.0  # a 3x slowdown inside the loaded runs' band
+    assert cmp.notes == [f"1 case judged within a noise band over 100% (the runs' own spread): even a doubling "
+                         f"of their time would read same there; widest {v.key} ±{v.band * 100:.0f}%. Re-run on a "
+                         f"quieter machine to judge their time."]
+    # just over the threshold counts; a case the wide band still judged slower does not need the note
+    t = ThresholdConfig().for_case(quiet, "cpu")
+    assert blind_band_note([replace(judge(quiet, quiet, t, "cpu"), band=BLIND_BAND + 0.01)])
+    assert not blind_band_note([replace(judge(quiet, quiet, t, "cpu"), band=BLIND_BAND)])
+    assert not blind_band_note([replace(judge(quiet, quiet, t, "cpu"), band=3.0, flags=("slower",))])
 
 
 def test_cpu_cases_get_the_wider_cpu_defaults():
