@@ -178,7 +178,10 @@ def case_table(records: Sequence[CaseRecord], gate: Mapping[str, Mapping[str, An
             _cell("-" if pct is None else f"{pct:.1f}", pct),
             _cell(fmt_bytes(r.peak_mem_bytes), r.peak_mem_bytes),
             _cell(r.backend or "-"),
-            _cell(fmt_pct(tc) if isinstance(tc, (int, float)) else "-", tc if isinstance(tc, (int, float)) else None),
+            # the change of the statistic the gate judged (device min on CUDA, min on CPU), named: the
+            # median beside it is another statistic, and the two had read as one
+            _cell(f"{fmt_pct(tc)} ({g.get('statistic') or 'judged'})" if isinstance(tc, (int, float)) else "-",
+                  tc if isinstance(tc, (int, float)) else None),
             _cell(f"±{band * 100:.1f}%" if isinstance(band, (int, float)) else "-", band if isinstance(band, (int, float)) else None),
             _cell(str(g.get("verdict", "-"))),
         ]) + "</tr>")

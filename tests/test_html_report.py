@@ -48,7 +48,7 @@ def _gate(records):
         if r.outcome == "ok":
             change = 0.4 if r.variant == "explicit" and "q512" in r.problem else 0.01
             cases.append({"key": k, "verdict": "slower" if change > 0.1 else "same", "flags": ["slower"] if change > 0.1
-                          else ["same"], "gating": change > 0.1, "time_change": change, "band": 0.05})
+                          else ["same"], "gating": change > 0.1, "time_change": change, "band": 0.05, "statistic": "min"})
     return {"compared": True, "failed": True, "baseline": "baselines/x.json", "cases": cases,
             "calibration": {"baseline": {"matmul_tflops": 0.5, "matmul_dtype": "float32"}}}
 
@@ -87,6 +87,8 @@ def test_the_gate_chart_draws_each_change_against_its_band_and_marks_the_regress
     assert "gate change per case against its band" in fa
     assert fa.count('fill="#d62728"') == 1  # the one gating case is red
     assert "+40.0% (band ±5.0%)" in fa
+    # the table names the statistic whose change it shows, beside the median column
+    assert "<td data-v=\"0.4\">+40.0% (min)</td>" in fa
 
 
 def test_the_stated_peak_is_the_baselines_probe_and_percentages_use_it(page_html):
