@@ -364,6 +364,13 @@ def test_the_markdown_names_paths_under_the_checkout_as_the_repository_does():
     assert report.without_root("/a/b", "/") == "/a/b"
 
 
+def test_the_markdown_files_line_escapes_paths_outside_code_spans():
+    # inside backticks a backslash escape is shown as is: "results/gate\_run.json" had been printed
+    s = summary.build(_records(cpu("sdpa", 1.0)), None, files=[("gate JSON", "results/gate_run.json")])
+    line = next(x for x in summary.markdown_lines(s, report.md_escape) if x.startswith("Files: "))
+    assert line == "Files: gate JSON results/gate\\_run.json"
+
+
 def test_a_resumed_run_says_how_many_cases_came_from_the_earlier_session():
     records = _records(cpu("sdpa", 1.0, extra={"resumed": True}), cpu("explicit", 2.0))
     assert summary.build(records, None).outcomes == "2 ok (1 of them carried on from an earlier session's journal, " \
