@@ -383,6 +383,6 @@ def markdown_lines(s: Summary, escape) -> list[str]:
         out += ["", escape(s.peak_note)]
         out += [f"- (!) {escape(b.workload)}: {b.pct_peak:.0f}% {escape(b.pct_flag)}" for b in s.best if b.pct_flag]
     if s.files:
-        # escaped text, not a code span: a backslash escape inside backticks shows ("gate\\_json")
+        # escaped text, not a code span: a backslash escape inside backticks shows ("gate\_json")
         out += ["", "Files: " + ", ".join(f"{escape(what)} {escape(path)}" for what, path in s.files)]
     return out + [""]
