@@ -4,7 +4,8 @@
 # print how the gate fares on each machine judged against a baseline of the other five
 # (leave-one-out, the shipped thresholds).
 #   triton-* and ring-sim*: only from E, G, H (per-shape Triton tuning and graph-replayed ring-sim
-#   came after A, B, C); flex-eager: only from G, H (compiled per shape since a042dd1).
+#   came after A, B, C); flex-eager: only from G, H (compiled per shape since a042dd1);
+#   triton-mla-absorbed (deepseek-v3, layer-decode): from Y, Z, S, whose runs are its current code.
 # A machine's first run is its fresh one (cold caches); the others are the same machine again.
 # Usage: bash scripts/record_h200_baseline.sh [--dry-run]   (--dry-run: only the leave-one-out table)
 set -euo pipefail
@@ -28,6 +29,12 @@ args=(
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$PY" scripts/instance_aa.py "${args[@]}" --record "$tmp/new.json"
+# triton-mla-absorbed as changed in s17 (25% faster forward, decode steps added): from the three fresh
+# machines that ran that code, Y (s17), Z (s19) and S (s20), one run each (s20)
+"$PY" -m attnsuite record --baseline "$tmp/new.json" \
+  --case 'deepseek-v3/triton-mla-absorbed/*' --case 'layer-decode/triton-mla-absorbed/*' \
+  "$ev/h200-2026-12-01-s17/Y_mla_full.json.gz" "$ev/h200-2026-12-02-s19/Z-full.json.gz" \
+  "$ev/h200-2026-12-02-s20/S-full.json.gz"
 "$PY" -m attnsuite check "$tmp/new.json"
 mv "$tmp/new.json" "$out"  # one rename: the shipped file is never half written
 echo "recorded $out"
