@@ -555,7 +555,7 @@ def skip_reason(check: str, variant: Variant, problem: Problem) -> Optional[str]
         return "; ".join(reasons)
     if variant.accuracy != "exact" and problem.tag == LARGE_LOGITS:
         return (f"the {variant.accuracy} class's budget was measured at ordinary logit sizes; this problem's "
-                "logits reach a few hundred")
+                "logits pass 150")
     if check == "strided":
         return strided_reason(variant, problem)
     if check == "causality" and future_pivot(problem) is None:

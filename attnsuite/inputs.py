@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .problem import Problem
+from .problem import LARGE_LOGITS, LARGE_LOGITS_QK, Problem
 
 TORCH_DTYPES = {
     "float64": torch.float64,
@@ -106,11 +106,15 @@ def realistic(rng, shape: tuple[int, ...], token_axis: int):
 
 
 def draw_kernel(rng, problem: Problem) -> dict:
-    """The kernel inputs' recipe: q, k, v and the output gradient do, unrounded."""
+    """The kernel inputs' recipe: q, k, v and the output gradient do, unrounded.
+
+    A large-logits problem (``problem.LARGE_LOGITS``) has q and k ``LARGE_LOGITS_QK`` times larger.
+    """
     p = problem
+    qk = LARGE_LOGITS_QK if p.tag == LARGE_LOGITS else 1.0
     return {
-        "q": realistic(rng, (p.batch, p.hq, p.lq, p.dqk), 2),
-        "k": realistic(rng, (p.batch, p.hkv, p.lk, p.dqk), 2),
+        "q": realistic(rng, (p.batch, p.hq, p.lq, p.dqk), 2) * qk,
+        "k": realistic(rng, (p.batch, p.hkv, p.lk, p.dqk), 2) * qk,
         "v": normal(rng, (p.batch, p.hkv, p.lk, p.dv)),
         "do": normal(rng, (p.batch, p.hq, p.lq, p.dv)),
     }

@@ -233,8 +233,15 @@ class Problem:
 
     def __str__(self) -> str:
         return self.id
-# The tag of a problem whose logits reach a few hundred (a large pinned scale): exp() without the
-# row maximum taken off overflows there. Approximate accuracy classes skip it (checks.skip_reason):
-# their budgets were measured at ordinary logit sizes, where a quantised score moves the softmax less.
+# The tag of a problem whose logits pass 150: exp() without the row maximum taken off overflows
+# there (fp32 and bf16 past 88.7, fp16 past 11). Approximate accuracy classes skip it (checks.skip_reason): their budgets were
+# measured at ordinary logit sizes, where a quantised score moves the softmax less.
 LARGE_LOGITS = "large-logits"
+# How much larger q and k are in such a problem's inputs than in any other's (inputs.draw_kernel):
+# logits up to about 170 at the default scale, so a kernel meets them without declaring a custom
+# scale (a pinned scale of 12 had reached only variants declaring three features and fp32). Not
+# larger: at 390 and 690 (6 and 8) the fp32 backward of PyTorch's own CPU flash kernel read 1.06x to
+# 3.04x the fp32 bound on dV, whose probabilities it recomputes from a log-sum-exp that large
+# (rounded to 3e-5), while the plain-math base keeps them to the scores' own rounding (s20).
+LARGE_LOGITS_QK = 4.0
 
