@@ -18,7 +18,10 @@ tier=$1
 gate=$2
 shift 2
 out=${OUT:-results}
-mkdir -p "$out"
+if ! mkdir -p "$out" 2> /dev/null || [ ! -w "$out" ]; then
+  echo "ci_bench: the output folder OUT=$out cannot be created or written: give OUT=<a writable folder>" >&2
+  exit 2
+fi
 # One run per output folder: a second one had truncated the first's bench.log and replaced its
 # results (pytest refuses the same journal too, but only after tee has emptied the log).
 exec 9>> "$out/.ci_bench.lock"
@@ -31,16 +34,23 @@ if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 export PYTHONUNBUFFERED=1
-# tee -i: Ctrl-C (or a cancelled job's SIGINT to the whole process group) must not end the tee
-# before pytest has written its interrupted summary and the --attn-resume hint; a resumed run
-# appends to the log of the run it carries on.
+# Ctrl-C, a cancelled CI job or `timeout` signal the whole process group (SIGINT, then SIGTERM):
+# pytest turns either into an interrupted summary, gate.md headed INTERRUPTED and the --attn-resume
+# hint. The tee must outlive that (both signals ignored: it ends when pytest closes the pipe), and so
+# must this script: a trapped signal waits for the pipeline, whose status is then pytest's. Without
+# that, SIGTERM had ended the script at once, left pytest running without a reader and lost the
+# verdict (found by a fresh-user test). A resumed run appends to the log of the run it carries on.
 append=
 for arg in "$@"; do [ "$arg" = --attn-resume ] && append=-a; done
 [ -n "$append" ] && echo "--- resumed $(date -u +%Y-%m-%dT%H:%M:%SZ) ---" >> "$out/bench.log"
+signalled=
+trap 'signalled=SIGINT' INT
+trap 'signalled=SIGTERM' TERM
 "$PY" -m pytest bench --benchmark-only -p no:cacheprovider -q -rfE \
   --attn-tier "$tier" --attn-gate "$gate" \
   --benchmark-json "$out/bench.json" --attn-markdown "$out/gate.md" --attn-gate-json "$out/gate.json" "$@" 2>&1 \
-  | tee -i $append "$out/bench.log"
+  | (trap '' INT TERM; exec tee $append "$out/bench.log")
 status=${PIPESTATUS[0]}
+[ -n "$signalled" ] && echo "ci_bench: $signalled received: pytest wrote what it had (exit status $status)"
 echo "ci_bench ($tier, gate $gate) exit status: $status"
 exit "$status"

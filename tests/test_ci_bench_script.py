@@ -14,18 +14,20 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 FAKE_PYTEST = """#!/usr/bin/env bash
-# stand-in "python -m pytest ...": on SIGINT it writes its summary a little later, as pytest does
-trap 'sleep 0.5; echo "INTERRUPTED: 3 of 9 cases; --attn-resume carries on"; exit 2' INT
+# stand-in "python -m pytest ...": on SIGINT or SIGTERM it writes its summary a little later, as pytest does
+trap 'sleep 0.5; echo "INTERRUPTED: 3 of 9 cases; --attn-resume carries on"; exit 2' INT TERM
 echo "run $*" | grep -o -- "--attn-resume" || true
 echo started
 while true; do sleep 0.1; done
 """
 
 
-def _run(tmp_path: Path, *args: str) -> tuple[int, str]:
+def _run(tmp_path: Path, *args: str, sig: int = signal.SIGINT) -> tuple[int, str]:
     fake = tmp_path / "fakepython"
     fake.write_text(FAKE_PYTEST)
     fake.chmod(0o755)
@@ -38,14 +40,17 @@ def _run(tmp_path: Path, *args: str) -> tuple[int, str]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (log.read_text().count("started") if log.exists() else 0) <= before:
         time.sleep(0.1)  # until this run's stand-in has set its trap
-    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole foreground group
+    os.killpg(proc.pid, sig)  # as a terminal's Ctrl-C, `timeout` or a cancelled job: the whole group
     stdout, _ = proc.communicate(timeout=30)
     return proc.returncode, stdout
 
 
-def test_ctrl_c_keeps_the_interrupted_summary_in_the_terminal_and_the_log_with_pytests_status(tmp_path):
-    status, stdout = _run(tmp_path)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_keeps_the_interrupted_summary_in_the_terminal_and_the_log_with_pytests_status(tmp_path, sig):
+    # SIGTERM had ended the script at once with the timeout's status, pytest left writing to no reader
+    status, stdout = _run(tmp_path, sig=sig)
     assert status == 2, stdout
+    assert f"ci_bench: {signal.Signals(sig).name} received: pytest wrote what it had (exit status 2)" in stdout
     assert "INTERRUPTED: 3 of 9 cases; --attn-resume carries on" in stdout
     assert "INTERRUPTED: 3 of 9 cases" in (tmp_path / "out" / "bench.log").read_text()
     assert "ci_bench (quick, gate report) exit status: 2" in stdout
@@ -74,3 +79,14 @@ def test_a_second_run_into_the_same_folder_is_refused_before_it_touches_the_log(
     assert done.returncode == 4, done.stderr
     assert f"ci_bench: another run is writing {out}" in done.stderr
     assert (out / "bench.log").read_text() == "the first run's log\n"
+
+
+def test_an_output_folder_that_cannot_be_made_is_named_in_one_line(tmp_path):
+    # it had read "another run is writing ..." after a mkdir error and a flock error
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = blocker / "out"
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": "/bin/false"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"ci_bench: the output folder OUT={out} cannot be created or written: give OUT=<a writable folder>\n"
