@@ -717,8 +717,14 @@ def order_problems(get: Callable[[str], Any]) -> list[str]:
     for low, high in _ORDERED:
         a, b = get(low), get(high)
         if _is_number(a) and _is_number(b) and a > b:
-            out.append(f"{low} {a:g} is above {high} {b:g}: a fastest sample cannot exceed the median")
+            # _show: an integer past float's range (10**500, found by the fuzz test) has no :g
+            out.append(f"{low} {_show(a)} is above {high} {_show(b)}: a fastest sample cannot exceed the median")
     return out
+
+
+# Every measured case has its timer's median: an ok case without one had been judged "same" ("no time
+# on one side") under enforce, a 5x slowdown passing, and `attnsuite check` had called the file ok.
+MISSING_TIME = "median_ms is missing in an ok case: a measured case has its time, and without it the gate cannot judge it"
 
 
 def validate_entry(key: str, e: Any) -> list[str]:
@@ -751,6 +757,8 @@ def validate_entry(key: str, e: Any) -> list[str]:
     # what recording never writes (hand edits `attnsuite check` had passed)
     if e["outcome"] == "ok" and e.get("samples") == 0:
         out.append(f"case {key!r}: samples is 0 in an ok case: a measured case has samples")
+    if e["outcome"] == "ok" and e.get("median_ms") is None:
+        out.append(f"case {key!r}: {MISSING_TIME}")
     if "instance_spread" in e and not (_is_number(e.get("runs")) and e["runs"] > 1):
         out.append(f"case {key!r}: instance_spread without runs > 1: a spread is between several runs")
     if "tier" in e and e["tier"] not in TIERS:
@@ -1082,6 +1090,8 @@ def record_problems(rec: CaseRecord) -> list[str]:
     out.extend(order_problems(lambda name: getattr(rec, name, None)))
     if rec.samples is None:
         rec.samples = 0
+    if rec.outcome == "ok" and rec.median_ms is None:
+        out.append(MISSING_TIME)
     if not isinstance(rec.extra, dict):
         return out + ["extra must be an object"]
     problem = number_problem("runs", rec.extra.get("runs"))

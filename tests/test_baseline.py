@@ -167,6 +167,15 @@ def test_a_result_file_with_a_broken_record_names_the_benchmark(tmp_path):
         bl.load_run(tmp_path / "r.json")
 
 
+def test_an_ok_record_without_its_time_is_refused_naming_the_benchmark(tmp_path):
+    # it had been judged "same" (no time on one side) under enforce
+    obj = json.loads(write_result(tmp_path / "r.json", [rec()]).read_text())
+    del obj["benchmarks"][0]["extra_info"]["median_ms"]
+    (tmp_path / "r.json").write_text(json.dumps(obj))
+    with pytest.raises(bl.ResultFileError, match=r"test_bench.*median_ms is missing in an ok case"):
+        bl.load_run(tmp_path / "r.json")
+
+
 def test_benchmarks_without_an_attnsuite_record_are_counted_not_judged(tmp_path):
     obj = json.loads(write_result(tmp_path / "r.json", [rec()]).read_text())
     obj["benchmarks"].append({"name": "test_other", "extra_info": {}})
@@ -342,3 +351,10 @@ def test_a_run_is_never_recorded_into_another_cpu_models_fallback_baseline(tmp_p
     assert path.read_bytes() == before
     bl.record_baseline(xeon_run, path, allow_mismatch=True)  # said explicitly: allowed
     assert bl.load_baseline(path).fingerprint["cpu_model"] == "Intel Xeon"
+
+
+def test_a_statistic_pair_out_of_order_is_named_even_past_floats_range():
+    # "{a:g}" of 10**500 had raised OverflowError instead of naming the field (found by the fuzz test)
+    assert bl.order_problems({"min_ms": 10**500, "median_ms": 1.0}.get) == [
+        "min_ms an integer of 501 digits is above median_ms 1.0: a fastest sample cannot exceed the median"]
+    assert bl.order_problems({"min_ms": 1.0, "median_ms": 2.0}.get) == []

@@ -158,6 +158,7 @@ def test_check_validates_baselines(tmp_path, capsys):
 
 @pytest.mark.parametrize("edit, words", [
     (lambda e, o: e.update(samples=0), "samples is 0 in an ok case"),
+    (lambda e, o: (e.pop("median_ms"), e.pop("min_ms", None)), "median_ms is missing in an ok case"),
     (lambda e, o: e.update(instance_spread={"min_ms": 0.01}), "instance_spread without runs > 1"),
     (lambda e, o: e.update(tier="galactic"), "unknown tier 'galactic'"),
     (lambda e, o: o.update(calibration={"matmul_tflops": -1}), "calibration.matmul_tflops is -1: a probe's figure"),
@@ -165,7 +166,7 @@ def test_check_validates_baselines(tmp_path, capsys):
     (lambda e, o: e.update(device_method="guess"), "unknown device_method 'guess' (expected one of ['cuda-graph', "),
     (lambda e, o: o["fingerprint"].update(id="cpu-amd-epyc-2c-torch2.13", device="cuda"),
      "fingerprint id 'cpu-amd-epyc-2c-torch2.13' names a cpu machine, its \"device\" is 'cuda'"),
-], ids=["ok-without-samples", "spread-of-one-run", "unknown-tier", "negative-probe", "unknown-timer",
+], ids=["ok-without-samples", "ok-without-time", "spread-of-one-run", "unknown-tier", "negative-probe", "unknown-timer",
         "unknown-device-method", "id-of-another-device-kind"])
 def test_check_refuses_what_recording_never_writes(tmp_path, capsys, edit, words):
     # each hand edit had passed `attnsuite check` with "ok"
