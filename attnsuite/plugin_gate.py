@@ -601,7 +601,10 @@ def _write_markdown(config: pytest.Config, state: GateState, text: str) -> None:
             state.lines.append(f"markdown diff written to {md_path}")
         except OSError as exc:  # checked before the run; a disk that filled since must not lose the verdict
             state.lines.append(f"could not write the markdown diff {md_path}: {exc}")
-        report.append_step_summary(text)
+        try:
+            report.append_step_summary(text)
+        except OSError as exc:  # the runner's file, unwritable: the verdict, gate JSON and recording go on
+            state.lines.append(f"could not append the markdown diff to $GITHUB_STEP_SUMMARY: {exc}")
 
 
 @pytest.hookimpl(trylast=True)

@@ -420,3 +420,16 @@ def test_the_gate_json_says_which_of_the_runs_cases_failed_outright(tmp_path):
     assert json.loads(target.read_text()) == {"compared": True, "failed": False, "run_failed": {"error": 1}}
     plugin_gate._write_gate_json(config, state, {"compared": False, "failed": False})
     assert json.loads(target.read_text())["run_failed"] == {}
+
+
+def test_an_unwritable_step_summary_is_named_and_the_verdict_json_and_recording_go_on(project, monkeypatch, tmp_path):
+    # a PermissionError traceback had ended the gate: no verdict, no gate JSON, no baseline recorded
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(blocked / "summary.md"))
+    res = project.runpytest(*QUIET, "--benchmark-json=out.json", "--attn-markdown=g.md", "--attn-gate-json=g.json",
+                            "--attn-record-baseline")
+    assert res.ret == 0, res.stdout.str()
+    res.stdout.fnmatch_lines(["could not append the markdown diff to $GITHUB_STEP_SUMMARY: *Not a directory*"])
+    assert (project.path / "g.md").is_file() and (project.path / "g.json").is_file()
+    assert (project.path / BASELINE).is_file()
