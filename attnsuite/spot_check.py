@@ -122,9 +122,9 @@ class SpotReference:
         what = f"output (spot rows {describe_rows(self.rows)})"  # the location below names batch and head
         comp = tolerance.compare_as(accuracy, what, got, self.ref, self.base, self.problem.dtype, "output",
                                     rows=self.live if not self.live.all() else None)
-        if comp.where is not None and len(comp.where) == 3:  # (slice, compared row, column) -> the output's index
+        if comp.where is not None and len(comp.where) == 3:  # (slice, sampled row, column) -> the output's index
             i, r, c = comp.where
-            comp = dataclasses.replace(comp, where=(*self.slices[i], int(self.rows[self.live][r]), c))
+            comp = dataclasses.replace(comp, where=(*self.slices[i], int(self.rows[r]), c))
         return comp
 
     def label(self, gradients: Optional[str] = None) -> str:

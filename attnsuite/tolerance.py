@@ -67,6 +67,14 @@ def as_float64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def _in_whole(index: tuple, kept: Optional[np.ndarray]) -> tuple:
+    """An index into the compared rows as an index into the whole tensor: a row index counted among the
+    compared rows only had named row 4 where row 16 was wrong (12 fully masked rows before it)."""
+    if kept is None or len(index) < 2:
+        return index
+    return index[:-2] + (int(kept[index[-2]]), index[-1])
+
+
 def compare(
     what: str,
     x,
@@ -88,16 +96,20 @@ def compare(
     x, x_ref, x_base = as_float64(x), as_float64(x_ref), as_float64(x_base)
     if x.shape != x_ref.shape:
         raise ValueError(f"{what}: shape {x.shape} differs from the reference's {x_ref.shape}")
+    kept = None
     if rows is not None:
         x, x_ref, x_base = (a[..., rows, :] for a in (x, x_ref, x_base))
+        # the compared rows' own indices, where errors are reported (a mask, or already indices)
+        kept = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows).reshape(-1)
     ref_max = float(np.max(np.abs(x_ref))) if x_ref.size else 0.0
     finite_mask = np.isfinite(x)
     if not finite_mask.all():
-        bad = tuple(int(i) for i in np.argwhere(~finite_mask)[0])
+        bad = _in_whole(tuple(int(i) for i in np.argwhere(~finite_mask)[0]), kept)
         return Comparison(what, math.inf, math.nan, math.nan, ref_max, False, bad)
     diff = np.abs(x - x_ref)
     err = float(diff.max()) if diff.size else 0.0
-    where = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)) if diff.size else None
+    where = _in_whole(tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)), kept) \
+        if diff.size else None
     base_diff = np.abs(x_base - x_ref)
     err_base = float(np.nanmax(base_diff)) if base_diff.size else 0.0
     if not math.isfinite(err_base):

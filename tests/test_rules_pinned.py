@@ -235,3 +235,22 @@ def test_nan_in_fully_masked_rows_fails_backward_and_says_why():
 def test_zero_probability_in_fully_masked_rows_passes_backward(variant):
     result = checks.check_backward(variant, DEAD_ROWS)
     assert result.passed, result.message
+
+
+def test_the_largest_error_and_the_first_nan_are_located_in_the_whole_tensor_when_rows_are_left_out():
+    # rows 0-11 fully masked and left out: the error in row 16 had been reported at row 4
+    import numpy as np
+
+    from attnsuite.tolerance import compare
+
+    ref = np.zeros((1, 1, 20, 4))
+    rows = np.arange(20) >= 12
+    out = ref.copy()
+    out[0, 0, 16, 3] = 1.0
+    assert compare("output", out, ref, ref, "float32", rows=rows).where == (0, 0, 16, 3)
+    out[0, 0, 13, 1] = np.nan
+    nan = compare("output", out, ref, ref, "float32", rows=rows)
+    assert not nan.finite and nan.where == (0, 0, 13, 1)
+    whole = np.zeros((1, 1, 8, 4))
+    whole[0, 0, 4, 2] = 1.0
+    assert compare("output", whole, np.zeros_like(whole), np.zeros_like(whole), "float32").where == (0, 0, 4, 2)
