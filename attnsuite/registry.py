@@ -354,6 +354,12 @@ def _check_level(variant: "Variant") -> None:
     if variant.level not in LEVELS:
         raise ValueError(f"variant {variant.name!r} in {_defined_in(variant)} declares unknown level "
                          f"{variant.level!r}; known: {', '.join(LEVELS)}")
+    # without its own build every test of the variant had failed with a bare NotImplementedError
+    build = getattr(type(variant), "build", None)
+    if isinstance(variant, (KernelVariant, LayerVariant)) and build in (KernelVariant.build, LayerVariant.build):
+        how = "build(problem) -> fn(q, k, v)" if isinstance(variant, KernelVariant) else "build(problem, params) -> module"
+        raise ValueError(f"variant {variant.name!r} in {_defined_in(variant)} does not implement {how}: "
+                         "the method that makes the call every check and benchmark runs")
 
 
 def register_family(family: Family) -> Family:

@@ -73,6 +73,27 @@ def _module(folder: Path, name: str, body: str) -> Path:
     return path
 
 
+@pytest.mark.parametrize("base, words", [
+    ("KernelVariant", "does not implement build(problem) -> fn(q, k, v)"),
+    ("LayerVariant", "does not implement build(problem, params) -> module"),
+])
+def test_a_variant_without_its_own_build_is_refused_when_it_registers(isolated_registry, tmp_path, base, words):
+    # every one of its tests had failed with a bare NotImplementedError from the base class
+    path = _module(tmp_path, f"s20_nobuild_{base.lower()}", f'''
+        from attnsuite.registry import {base}, register
+
+        @register
+        class NoBuild({base}):
+            name = "x-no-build"
+            family = "mha-layer" if "{base}" == "LayerVariant" else "attention"
+    ''')
+    with pytest.raises(registry.VariantLoadError) as exc:
+        registry.load_all([str(path)])
+    text = str(exc.value)
+    assert "variant 'x-no-build'" in text and words in text and str(path) in text, text
+    assert "x-no-build" not in registry._REGISTRY
+
+
 # --- a level or a family that does not fit ----------------------------------------------------------
 
 
@@ -126,6 +147,9 @@ def test_a_variant_whose_level_is_not_its_familys_is_refused(isolated_registry, 
         class Kernel(KernelVariant):
             name = "x-kernel-in-layer-family"
             family = "mha-layer"
+
+            def build(self, problem):
+                return None
     ''')
     with pytest.raises(registry.VariantLoadError, match="variant 'x-kernel-in-layer-family' in .* is kernel-level, "
                                                         "but its family 'mha-layer' is layer-level"):
