@@ -358,7 +358,10 @@ def check_causality(variant: Variant, problem: Problem, cache: Optional[dict] = 
         changed_b = out_b.index_select(axis, torch.as_tensor(np.flatnonzero(~blind), device=out_a.device))
         if changed.numel() and not non_finite and same_bits(changed, changed_b):
             result.passed = False
-            result.details.append(f"rows that see keys >= {pivot} did not change at all: the perturbation was ignored")
+            # said of the variant, not of the check: "the perturbation was ignored" had read as the suite's fault
+            result.details.append(f"{variant.name} ignores keys it must attend to: changing keys/tokens >= {pivot} "
+                                  f"changed none of the rows that must see them (wrong causal corner or a dropped "
+                                  f"key block?)")
 
     return _guarded("causality", variant, problem, body)
 

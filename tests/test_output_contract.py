@@ -107,7 +107,7 @@ def test_the_causality_check_names_a_broken_output_before_comparing(monkeypatch,
     result = checks.check_causality(variant, PROBLEM)
     assert not result.passed and any(words in d for d in result.details), result.details
     assert "causality not judged" in result.message, result.message
-    for misleading in ("future leak", "raised", "perturbation was ignored"):
+    for misleading in ("future leak", "raised", "ignores keys it must attend to"):
         assert misleading not in result.message, result.message
 
 
@@ -156,3 +156,26 @@ def test_a_traceback_whose_raising_line_is_among_the_innermost_frames_says_so_in
         text = checks.traceback_text(exc)
     assert text.startswith("Traceback (the innermost 3 frames, the last where it was raised):"), text
     assert text.rstrip().endswith("ValueError: bad tile size 17") and "in b" in text
+
+
+class _FirstKeyOnly(type(registry.get("sdpa"))):
+    """Every row reads the first key's value only: the keys a row must attend to change nothing."""
+
+    name = "test-first-key-only"
+
+    def build(self, problem):
+        def first(q, k, v):
+            g = q.shape[1] // v.shape[1]
+            return v[:, :, :1].repeat_interleave(g, dim=1).expand(-1, -1, q.shape[2], -1).clone()
+        return first
+
+
+def test_a_variant_that_ignores_keys_it_must_see_is_named_as_the_one_at_fault(monkeypatch):
+    # "rows that see keys >= N did not change at all: the perturbation was ignored" had read as the check's fault
+    variant = _FirstKeyOnly()
+    monkeypatch.setitem(registry._REGISTRY, variant.name, variant)
+    result = checks.check_causality(variant, Problem(batch=1, lq=16, lk=16, hq=2, hkv=2, dqk=8, dv=8,
+                                                     mask=Mask("causal"), dtype="float32"))
+    assert not result.passed
+    assert any(d.startswith("test-first-key-only ignores keys it must attend to: changing keys/tokens >= ")
+               for d in result.details), result.details
