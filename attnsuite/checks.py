@@ -8,6 +8,7 @@ exception text, so one broken variant cannot stop the run.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import sysconfig
@@ -25,7 +26,7 @@ from .case import prepare
 from .inputs import torch_dtype
 from .problem import LARGE_LOGITS, Problem
 from .registry import Variant
-from .tolerance import Comparison, compare, compare_as
+from .tolerance import UNWRITTEN, Comparison, as_float64, compare, compare_as
 
 
 @dataclass
@@ -393,7 +394,10 @@ def check_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = Non
             if not same_bits(a, b):
                 diff = (a.double() - b.double()).abs()
                 result.passed = False
-                if _first_call_reproduces(variant, problem, a):
+                unwritten = _unwritten(variant, problem, a, b)
+                if unwritten:
+                    result.details.append(unwritten)
+                elif _first_call_reproduces(variant, problem, a):
                     result.details.append(_depends_on_earlier_calls(variant, int((diff > 0).sum()),
                                                                     float(diff.nan_to_num().max())))
                 else:
@@ -412,6 +416,29 @@ def check_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = Non
                                                                 float(diff.nan_to_num().max())))
 
     return _guarded("repeat", variant, problem, body)
+
+
+def _unwritten(variant: Variant, problem: Problem, a: torch.Tensor, b: torch.Tensor) -> Optional[str]:
+    """Say so when two calls differ where either holds values no attention output can (far above the
+    reference's largest, or NaN/Inf): memory the call never wrote. It had been reported as state kept
+    between calls, sending the author to declare reset() for a kernel that skips rows."""
+    if a.shape != b.shape:
+        return None
+    differ = ~((a == b) | (torch.isnan(a) & torch.isnan(b)))
+    if not bool(differ.any()):
+        return None
+    values = torch.cat([a[differ].double().abs(), b[differ].double().abs()])
+    ref_out, _ = reference(variant.family, problem)
+    ref = as_float64(ref_out)
+    ref_max = float(np.max(np.abs(ref))) if ref.size else 0.0
+    finite = values[torch.isfinite(values)]
+    largest = float(finite.max()) if finite.numel() else math.inf
+    if finite.numel() == values.numel() and largest <= UNWRITTEN * max(ref_max, 1.0):
+        return None
+    return (f"{variant.name}: {int(differ.sum())} output elements differ between two identical calls and hold "
+            f"values up to {largest:.3g} (or NaN/Inf) where the float64 reference's largest is {ref_max:.3g}: "
+            "output the call never wrote (memory from torch.empty, a row or block the kernel skips), not state "
+            "kept between calls")
 
 
 def _first_call_reproduces(variant: Variant, problem: Problem, first: torch.Tensor) -> bool:

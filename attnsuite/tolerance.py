@@ -32,6 +32,11 @@ FLOOR = {
 }
 
 
+# An error this many times the reference's largest magnitude (at least 1) is no rounding: the element
+# was never written (memory from torch.empty, a row or block the kernel skips). Said in the message.
+UNWRITTEN = 1e3
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One comparison of a result with the oracle: numbers and verdict."""
@@ -54,9 +59,11 @@ class Comparison:
             return f"{self.what}: contains NaN or Inf (first at index {self.where})"
         ratio = self.err / self.bound if self.bound > 0 else math.inf
         times = f"{ratio:.2f}" if ratio < 1e6 else f"{ratio:.3g}"  # an unwritten element can be 1e43 times off
+        unwritten = ": far beyond any rounding, an element the call never wrote?" \
+            if self.err > UNWRITTEN * max(self.ref_max, 1.0) else ""
         return (
             f"{self.what}: max error {self.err:.3g} at {self.where} vs bound {self.bound:.3g} "
-            f"({times}x the bound; base error {self.err_base:.3g}, |ref| max {self.ref_max:.3g})"
+            f"({times}x the bound; base error {self.err_base:.3g}, |ref| max {self.ref_max:.3g}){unwritten}"
         )
 
 

@@ -71,6 +71,32 @@ def test_a_stateful_variant_without_a_reset_hook_is_named_by_the_repeat_check():
     assert "reset()" in result.message
 
 
+class LeavesRowsUnwritten(KernelVariant):
+    """Its last two rows hold whatever the memory held, different in each call (as torch.empty gives)."""
+
+    name = "test-unwritten-rows"
+    masks = frozenset({"causal"})
+
+    def build(self, problem):
+        calls = []
+
+        def run(q, k, v):
+            calls.append(1)
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out[..., -2:, :] = 1e37 * len(calls)
+            return out
+        return run
+
+
+def test_output_never_written_is_named_as_such_not_as_state_needing_reset():
+    # it had read "output depends on earlier calls ... must declare reset()"
+    result = checks.check_repeat(LeavesRowsUnwritten(), PROBLEM, cache={})
+    assert not result.passed
+    assert ("test-unwritten-rows: 64 output elements differ between two identical calls and hold values up to 2e+37"
+            in result.message), result.message
+    assert "output the call never wrote" in result.message and "reset()" not in result.message
+
+
 def test_a_nondeterministic_variant_is_not_called_stateful():
     result = checks.check_repeat(Noisy(), PROBLEM, cache={})
     assert not result.passed and "claims determinism" in result.message, result.message

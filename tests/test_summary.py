@@ -384,4 +384,6 @@ def test_a_failure_far_past_the_bound_says_how_far_in_a_readable_number():
     # an element left unwritten read "9301212627062362423179128775507623127547904.00x the bound"
     far = Comparison("output", 2.97e38, 1e-6, 3.19e-5, 2.0, True, (1, 0, 2, 14)).describe()
     assert "(9.31e+42x the bound;" in far, far
+    assert far.endswith("|ref| max 2): far beyond any rounding, an element the call never wrote?"), far
+    assert "never wrote" not in Comparison("output", 0.4, 1e-6, 2.1e-5, 2.0, True, (0,)).describe()
     assert "(19047.62x the bound;" in Comparison("output", 0.4, 1e-6, 2.1e-5, 2.0, True, (0,)).describe()
