@@ -201,7 +201,8 @@ def pytest_configure(config: pytest.Config) -> None:
                 raise pytest.UsageError(f"attnsuite gate: refusing to compare with {named}: the machines differ: "
                                         f"{exc} (--attn-allow-mismatch compares anyway)") from None
     try:
-        gate.thresholds_for(config.getoption("--attn-thresholds"), _baselines_dir(config))
+        named = config.getoption("--attn-baseline")
+        gate.thresholds_for(config.getoption("--attn-thresholds"), Path(named).parent if named else _baselines_dir(config))
     except ThresholdsError as exc:
         raise pytest.UsageError(f"attnsuite gate: {exc}") from None
 
@@ -433,8 +434,12 @@ def _locate(config: pytest.Config, run: bl.Run) -> tuple[Optional[Path], Any]:
 
 def _judge(config: pytest.Config, run: bl.Run, base: bl.Baseline, path: Path, lookup: Any, state: GateState,
            interrupted: bool = False) -> Comparison:
-    """The one compare path with the one thresholds rule (raises FingerprintMismatch, ThresholdsError)."""
-    cfg, _ = gate.thresholds_for(config.getoption("--attn-thresholds"), _baselines_dir(config))
+    """The one compare path with the one thresholds rule (raises FingerprintMismatch, ThresholdsError).
+
+    The thresholds folder is the baseline's own, as for ``attnsuite compare`` (the folder of its
+    reference file): with ``--attn-baseline`` elsewhere the two had read different files and given
+    opposite verdicts on the same two runs (found by a fresh-user test)."""
+    cfg, _ = gate.thresholds_for(config.getoption("--attn-thresholds"), Path(path).parent)
     notes = ["the session was interrupted: only the cases that ran are judged"] if interrupted else []
     cmp = gate.judge_runs(gate.run_of_baseline(base), run, thresholds=cfg,
                           scope=scope_of(config, run, state, interrupted, base.cases),

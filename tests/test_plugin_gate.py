@@ -433,3 +433,14 @@ def test_an_unwritable_step_summary_is_named_and_the_verdict_json_and_recording_
     res.stdout.fnmatch_lines(["could not append the markdown diff to $GITHUB_STEP_SUMMARY: *Not a directory*"])
     assert (project.path / "g.md").is_file() and (project.path / "g.json").is_file()
     assert (project.path / BASELINE).is_file()
+
+
+def test_the_thresholds_beside_a_named_baseline_are_the_ones_used_as_by_attnsuite_compare(project):
+    # pytest had read the repository's file and failed a run that `attnsuite compare` passed on the same files
+    record(project)
+    elsewhere = project.path / "elsewhere"
+    elsewhere.mkdir()
+    (project.path / BASELINE).rename(elsewhere / "my.json")
+    (elsewhere / "thresholds.json").write_text(json.dumps({"version": 1, "device": {"cpu": {"time_floor": 9.0}}}))
+    res = project.runpytest(*QUIET, f"--attn-baseline={elsewhere / 'my.json'}")
+    res.stdout.fnmatch_lines([f"*thresholds from {elsewhere / 'thresholds.json'}*"])
