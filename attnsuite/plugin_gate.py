@@ -666,7 +666,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     else:
         state.lines.extend(lookup_lines(lookup))
         if mode != "off":
-            state.lines.append("no comparison: results are still in the benchmark JSON; make this machine's "
+            # a recording run had been told to make the baseline it was making
+            state.lines.append("no comparison: this run is recorded as the baseline (below)" if recording else
+                               "no comparison: results are still in the benchmark JSON; make this machine's "
                                "baseline with --attn-record-baseline")
             state.no_baseline = lookup_lines(lookup)
             _write_markdown(config, state, report.markdown_run(

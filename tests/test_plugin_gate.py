@@ -80,7 +80,9 @@ def test_without_a_baseline_the_run_says_so_plainly_and_passes(project):
 def test_record_then_an_unchanged_rerun_passes(project):
     res = project.runpytest(*QUIET, "--attn-record-baseline")
     assert res.ret == 0, res.stdout.str()
-    res.stdout.fnmatch_lines(["baseline recorded: *: 3 added, 0 updated, 0 unchanged, 0 removed"])
+    res.stdout.fnmatch_lines(["no comparison: this run is recorded as the baseline (below)",
+                              "baseline recorded: *: 3 added, 0 updated, 0 unchanged, 0 removed"])
+    assert "make this machine's baseline" not in res.stdout.str()  # it was making it
     obj = json.loads((project.path / BASELINE).read_text())
     assert len(obj["cases"]) == 3 and obj["fingerprint"]["id"] == FP["id"]
     assert obj == record(project)  # the plugin writes what the store writes
