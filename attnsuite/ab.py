@@ -690,8 +690,10 @@ def _missing_only_name(plan: AbPlan, spec: RoundSpec, exc: RoundFailed) -> Optio
     name = found.group(1)
     other = "head" if spec.side == "base" else "base"
     if name in plan.not_in[other]:
-        raise AbError(f"--attn-only {name}: neither the base nor the working tree registers a variant of that name "
-                      f"(round {spec.index}'s log {spec.log_path} says which names there are)")
+        # the round's own words (with its close matches), not its log: a temporary folder, gone by now
+        said = next((ln.strip() for ln in (exc.tail or "").splitlines() if found.group(0) in ln), "")
+        raise AbError(f"--attn-only {name}: neither the base nor the working tree registers a variant of that name"
+                      + (f" (the {spec.side} round said: {said})" if said else ""))
     return name
 
 

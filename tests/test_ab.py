@@ -521,6 +521,9 @@ def test_an_attn_only_name_neither_tree_registers_is_bad_input_naming_it(repo):
     status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--", "--attn-only", "sdpa,typo-k"], runner)
     assert status == ab.EXIT_INPUT
     assert "--attn-only typo-k: neither the base nor the working tree registers a variant of that name" in err
+    # the round's own words, not the path of its log in a temporary folder removed by then
+    assert "round said: ERROR: attnsuite: --attn-only: unknown variant 'typo-k' (12 registered)" in err
+    assert "log" not in err
 
 
 def test_a_selection_that_runs_no_case_in_the_working_tree_is_bad_input_not_a_silent_pass(repo):
