@@ -46,7 +46,7 @@ for arg in "$@"; do [ "$arg" = --attn-resume ] && append=-a; done
 signalled=
 trap 'signalled=SIGINT' INT
 trap 'signalled=SIGTERM' TERM
-"$PY" -m pytest bench --benchmark-only -p no:cacheprovider -q -rfE \
+"$PY" -m pytest bench --benchmark-only -p no:cacheprovider -rfE \
   --attn-tier "$tier" --attn-gate "$gate" \
   --benchmark-json "$out/bench.json" --attn-markdown "$out/gate.md" --attn-gate-json "$out/gate.json" "$@" 2>&1 \
   | (trap '' INT TERM; exec tee $append "$out/bench.log")
