@@ -80,6 +80,37 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     for line in _left_out(config):  # again at the end: the header has scrolled away by then
         terminalreporter.write_line(line)
+    for line in config.stash.get(_UNEXERCISED, []):
+        terminalreporter.write_line(line, yellow=True)
+
+
+_UNEXERCISED = pytest.StashKey[list]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[_UNEXERCISED] = unexercised_defects(session.items)
+
+
+def unexercised_defects(items) -> list[str]:
+    """A line per ``known_defects`` entry whose check this run selects for its variant but never runs
+    as the declared expected failure (every such test skipped, or the entry's ``known_defect()``
+    declining every problem): such an entry can neither fail nor clear, and had passed in silence
+    (a fresh-user test declared a causality defect on a variant with no causal mask)."""
+    from .test_variants import CHECK_OF_TEST  # not at import: that module imports this one
+
+    seen: dict[tuple[str, str], list[int]] = {}  # (variant, check) -> [selected, exercised]
+    for item in items:
+        check = CHECK_OF_TEST.get(getattr(item, "originalname", ""))
+        variant = getattr(getattr(item, "callspec", None), "params", {}).get("variant")
+        if check is None or variant is None or check not in (getattr(variant, "known_defects", None) or {}):
+            continue
+        counts = seen.setdefault((variant.name, check), [0, 0])
+        counts[0] += 1
+        if item.get_closest_marker("skip") is None and any(m.kwargs.get("strict") for m in item.iter_markers("xfail")):
+            counts[1] += 1
+    return [f"attnsuite: known_defects[{check!r}] of {name}: none of the {n} {check} test(s) of this run "
+            "exercises it (each is skipped, or known_defect() declines its problem): the entry can neither "
+            "fail nor clear here" for (name, check), (n, exercised) in sorted(seen.items()) if not exercised]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
