@@ -65,6 +65,18 @@ def test_compare_of_a_regressed_run_exits_1_naming_each_case_verdict_and_amount(
     assert any(l.startswith("GATE slower: fa-sweep/a/fwd/") and "slower by 30.0%" in l for l in gate)
     assert any(l.startswith("GATE newly-oom: fa-sweep/b/") for l in gate)
     assert any(l.startswith("GATE missing: fa-sweep/c/") for l in gate)
+    # the slower case rests on the file's one measurement, and the output says so (newly-oom and missing do not)
+    assert f"note: 1 regression rest(s) on a first measurement only: {worse} holds no second one" in out
+
+
+def test_compare_names_no_first_measurement_regression_when_the_file_confirmed_it(tmp_path):
+    old = write_result(tmp_path / "old.json", [rec("a")])
+    confirmed = rec("a", median_ms=1.3)
+    confirmed.extra["confirm"] = rec("a", median_ms=1.31).to_extra_info()
+    worse = write_result(tmp_path / "worse.json", [confirmed])
+    code, out = run_cli("compare", old, worse)
+    assert code == 1 and "confirmed: first +30.0%, second +31.0%" in out, out
+    assert "first measurement only" not in out
 
 
 def test_compare_in_report_mode_shows_the_regressions_but_exits_0(runs):
