@@ -312,7 +312,8 @@ def test_readme_variant_in_a_package_folder_of_its_own_is_checked_like_a_builtin
 
 
 def test_a_package_folder_that_fails_to_import_leaves_nothing_half_loaded(tmp_path, scratch_registry):
-    good = "from attnsuite.registry import KernelVariant, register\n\n@register\nclass Fine(KernelVariant):\n    name = 'fine-one'\n"
+    good = ("from attnsuite.registry import KernelVariant, register\n\n@register\nclass Fine(KernelVariant):\n"
+            "    name = 'fine-one'\n\n    def build(self, problem):\n        return None\n")
     pkg = _package(tmp_path, "half", {"fine": good, "broken": "raise RuntimeError('broken on purpose')\n"})
     with pytest.raises(RuntimeError, match="broken on purpose"):
         registry.load_external(str(pkg))
