@@ -234,8 +234,9 @@ class Problem:
     def __str__(self) -> str:
         return self.id
 # The tag of a problem whose logits pass 150: exp() without the row maximum taken off overflows
-# there (fp32 and bf16 past 88.7, fp16 past 11). Approximate accuracy classes skip it (checks.skip_reason): their budgets were
-# measured at ordinary logit sizes, where a quantised score moves the softmax less.
+# there (fp32 and bf16 past 88.7, fp16 past 11). Approximate accuracy classes skip it
+# (checks.skip_reason): their budgets were measured at ordinary logit sizes, where a quantised
+# score moves the softmax less.
 LARGE_LOGITS = "large-logits"
 # How much larger q and k are in such a problem's inputs than in any other's (inputs.draw_kernel):
 # logits up to about 170 at the default scale, so a kernel meets them without declaring a custom

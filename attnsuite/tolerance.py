@@ -74,12 +74,31 @@ def as_float64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def _compared_rows(rows: Optional[np.ndarray], *arrays: np.ndarray) -> tuple[list[np.ndarray], Optional[np.ndarray]]:
+    """``arrays`` cut to the compared query rows (second-to-last axis; ``rows`` a boolean mask or
+    indices, None for all), and those rows' own indices (None for all): where errors are reported."""
+    if rows is None:
+        return list(arrays), None
+    kept = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows).reshape(-1)
+    return [a[..., rows, :] for a in arrays], kept
+
+
 def _in_whole(index: tuple, kept: Optional[np.ndarray]) -> tuple:
     """An index into the compared rows as an index into the whole tensor: a row index counted among the
     compared rows only had named row 4 where row 16 was wrong (12 fully masked rows before it)."""
     if kept is None or len(index) < 2:
         return index
     return index[:-2] + (int(kept[index[-2]]), index[-1])
+
+
+def _first_non_finite(x: np.ndarray, kept: Optional[np.ndarray]) -> tuple:
+    return _in_whole(tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0]), kept)
+
+
+def _largest(diff: np.ndarray, kept: Optional[np.ndarray]) -> Optional[tuple]:
+    if not diff.size:
+        return None
+    return _in_whole(tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)), kept)
 
 
 def compare(
@@ -103,20 +122,13 @@ def compare(
     x, x_ref, x_base = as_float64(x), as_float64(x_ref), as_float64(x_base)
     if x.shape != x_ref.shape:
         raise ValueError(f"{what}: shape {x.shape} differs from the reference's {x_ref.shape}")
-    kept = None
-    if rows is not None:
-        x, x_ref, x_base = (a[..., rows, :] for a in (x, x_ref, x_base))
-        # the compared rows' own indices, where errors are reported (a mask, or already indices)
-        kept = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows).reshape(-1)
+    (x, x_ref, x_base), kept = _compared_rows(rows, x, x_ref, x_base)
     ref_max = float(np.max(np.abs(x_ref))) if x_ref.size else 0.0
-    finite_mask = np.isfinite(x)
-    if not finite_mask.all():
-        bad = _in_whole(tuple(int(i) for i in np.argwhere(~finite_mask)[0]), kept)
-        return Comparison(what, math.inf, math.nan, math.nan, ref_max, False, bad)
+    if not np.isfinite(x).all():
+        return Comparison(what, math.inf, math.nan, math.nan, ref_max, False, _first_non_finite(x, kept))
     diff = np.abs(x - x_ref)
     err = float(diff.max()) if diff.size else 0.0
-    where = _in_whole(tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)), kept) \
-        if diff.size else None
+    where = _largest(diff, kept)
     base_diff = np.abs(x_base - x_ref)
     err_base = float(np.nanmax(base_diff)) if base_diff.size else 0.0
     if not math.isfinite(err_base):
@@ -178,17 +190,15 @@ def compare_approximate(
     x, x_ref = as_float64(x), as_float64(x_ref)
     if x.shape != x_ref.shape:
         raise ValueError(f"{what}: shape {x.shape} differs from the reference's {x_ref.shape}")
-    if rows is not None:
-        x, x_ref = x[..., rows, :], x_ref[..., rows, :]
+    (x, x_ref), kept = _compared_rows(rows, x, x_ref)
     ref_max = float(np.max(np.abs(x_ref))) if x_ref.size else 0.0
     budget = APPROXIMATE_BUDGET[accuracy][kind]
-    finite_mask = np.isfinite(x)
-    if not finite_mask.all():
-        bad = tuple(int(i) for i in np.argwhere(~finite_mask)[0])
-        return ApproximateComparison(what, math.inf, budget, math.nan, ref_max, False, bad, accuracy)
+    if not np.isfinite(x).all():
+        return ApproximateComparison(what, math.inf, budget, math.nan, ref_max, False, _first_non_finite(x, kept),
+                                     accuracy)
     diff = np.abs(x - x_ref)
     err = float(diff.max()) if diff.size else 0.0
-    where = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)) if diff.size else None
+    where = _largest(diff, kept)
     bound = budget * max(ref_max, magnitude, 1e-30)
     return ApproximateComparison(what, err, budget, bound, ref_max, True, where, accuracy)
 

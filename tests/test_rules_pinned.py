@@ -254,3 +254,15 @@ def test_the_largest_error_and_the_first_nan_are_located_in_the_whole_tensor_whe
     whole = np.zeros((1, 1, 8, 4))
     whole[0, 0, 4, 2] = 1.0
     assert compare("output", whole, np.zeros_like(whole), np.zeros_like(whole), "float32").where == (0, 0, 4, 2)
+
+
+def test_an_approximate_class_locates_errors_in_the_whole_tensor_too():
+    import numpy as np
+
+    from attnsuite.tolerance import compare_approximate
+
+    ref = np.zeros((1, 1, 20, 4))
+    rows = np.arange(20) >= 12
+    out = ref.copy()
+    out[0, 0, 16, 3] = 1.0
+    assert compare_approximate("output", out, ref, "fp8", rows=rows).where == (0, 0, 16, 3)
