@@ -119,8 +119,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=None,
         help="on CPU, check torch.compile'd variants on only the first N of each family's own problems "
-        "per dtype (compiling costs 5-20 s per shape on 2 cores; default 2 on CPU, all on CUDA); problems "
-        "added with --attn-problems are always checked",
+        "per dtype, and the large-logits ones of the first dtype (compiling costs 5-20 s per shape on 2 "
+        "cores; default 2 on CPU, all on CUDA); problems added with --attn-problems are always checked",
     )
 
 

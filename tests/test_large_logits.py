@@ -66,3 +66,17 @@ def test_approximate_classes_skip_the_large_logits_problem_saying_why():
     p = next(p for p in _problems() if p.tag == LARGE_LOGITS)
     assert "budget was measured at ordinary logit sizes" in checks.skip_reason("forward", registry.get("fp8-fakequant"), p)
     assert checks.skip_reason("forward", registry.get("sdpa"), p) is None
+
+
+def test_a_compiled_variant_meets_the_large_logits_problems_of_the_first_dtype(tmp_path):
+    # compiled variants check only the first two problems per dtype on CPU; the large-logits ones come
+    # last in the catalogue, and no compiled variant had met them on CPU or on an H200
+    from tests.suiterun import run_suite_tests
+
+    out = run_suite_tests(["test_correctness/test_variants.py"], tmp_path, "--collect-only", "-q",
+                          "--attn-only=compiled-explicit", "-k", "forward_matches")
+    ids = {line.split("[", 1)[1].rstrip("]") for line in out.splitlines() if "test_forward_matches_oracle[" in line}
+    large = {i for i in ids if i.endswith("-large-logits")}
+    assert large == {"compiled-explicit@b1-q29-h2-d32-nomask-fp32-cpu-large-logits",
+                     "compiled-explicit@b1-q29-h2-d32-causal-tl-fp32-cpu-large-logits"}, out[-2000:]
+    assert len(ids) == 3 * 2 + 2, sorted(ids)  # two problems per dtype (fp32, fp64, bf16) plus those two
