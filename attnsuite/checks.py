@@ -8,12 +8,12 @@ exception text, so one broken variant cannot stop the run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
 import sysconfig
 import traceback
-import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Optional

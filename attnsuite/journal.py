@@ -139,19 +139,20 @@ def previous_path(path: os.PathLike | str) -> Path:
     """Where a fresh run keeps an unfinished run's journal instead of overwriting it: ``.prev``, or
     ``.prev2``, ``.prev3`` ... when the earlier ones are taken (a second fresh run had replaced the
     first kept journal, and every case it held was lost)."""
-    n = 1
-    while (kept := Path(f"{path}.prev{n if n > 1 else ''}")).exists():
-        n += 1
-    return kept
+    return _kept_name(path, len(kept_paths(path)) + 1)
 
 
 def kept_paths(path: os.PathLike | str) -> list[Path]:
     """The unfinished journals kept beside ``path``, oldest first (:func:`previous_path`)."""
-    out, n = [], 1
-    while (kept := Path(f"{path}.prev{n if n > 1 else ''}")).exists():
+    out: list[Path] = []
+    while (kept := _kept_name(path, len(out) + 1)).exists():
         out.append(kept)
-        n += 1
     return out
+
+
+def _kept_name(path: os.PathLike | str, n: int) -> Path:
+    """The n-th kept journal's name (1: ``.prev``, then ``.prev2``, ``.prev3`` ...)."""
+    return Path(f"{path}.prev{n if n > 1 else ''}")
 
 
 def _holds_cases(path: Path) -> bool:

@@ -52,10 +52,9 @@ def _cases(config: pytest.Config, check: str):
             own = [q for q in problems if q.id in own_ids[family.name]]
             # ... and keeps the large-logits problems of the first dtype: they come last in the
             # catalogue, and a compiled variant had met none of them on CPU or on an H200 (s20)
-            problems = ([p for d in dtypes for p in [q for q in own if q.dtype == d][:limit]]
-                        + [q for q in own if q.tag == LARGE_LOGITS and q.dtype == dtypes[0]
-                           and q not in [p for p in own if p.dtype == dtypes[0]][:limit]]
-                        + [q for q in problems if q.id not in own_ids[family.name]])
+            firsts = [p for d in dtypes for p in [q for q in own if q.dtype == d][:limit]]
+            large = [q for q in own if q.tag == LARGE_LOGITS and q.dtype == dtypes[0] and q not in firsts]
+            problems = firsts + large + [q for q in problems if q.id not in own_ids[family.name]]
         if check == "strided":
             problems = _strided_problems(variant, problems)
         for problem in problems:
