@@ -5,7 +5,9 @@
 # (leave-one-out, the shipped thresholds).
 #   triton-* and ring-sim*: only from E, G, H (per-shape Triton tuning and graph-replayed ring-sim
 #   came after A, B, C); flex-eager: only from G, H (compiled per shape since a042dd1);
-#   triton-mla-absorbed (deepseek-v3, layer-decode): from Y, Z, S, whose runs are its current code.
+#   triton-mla-absorbed (deepseek-v3, layer-decode): from Y, Z, S, whose runs are its current code;
+#   ring-sim, ring-sim-p3 (fp32 scores since s20): from three fresh machines that ran that code (s20
+#   call 5, D and F of s21).
 # A machine's first run is its fresh one (cold caches); the others are the same machine again.
 # Usage: bash scripts/record_h200_baseline.sh [--dry-run]   (--dry-run: only the leave-one-out table)
 set -euo pipefail
@@ -35,6 +37,12 @@ trap 'rm -rf "$tmp"' EXIT
   --case 'deepseek-v3/triton-mla-absorbed/*' --case 'layer-decode/triton-mla-absorbed/*' \
   "$ev/h200-2026-12-01-s17/Y_mla_full.json.gz" "$ev/h200-2026-12-02-s19/Z-full.json.gz" \
   "$ev/h200-2026-12-02-s20/S-full.json.gz"
+# ring-sim as changed in s20 (its scores kept in fp32: 46 of 84 cases 3.5-11.8% faster): from the three
+# fresh machines that ran that code, s20's call 5 (ring-sim alone), D (s21, full tier) and F (s21,
+# ring-sim alone), one run each
+"$PY" -m attnsuite record --baseline "$tmp/new.json" --case '*/ring-sim/*' --case '*/ring-sim-p3/*' \
+  "$ev/h200-2026-12-02-s20/ring-fix/ring-full.json.gz" "$ev/h200-2026-12-02-s21/D-full.json.gz" \
+  "$ev/h200-2026-12-02-s21/F/F-ring.json.gz"
 "$PY" -m attnsuite check "$tmp/new.json"
 mv "$tmp/new.json" "$out"  # one rename: the shipped file is never half written
 echo "recorded $out"
