@@ -13,9 +13,18 @@ by the ``github-actions[bot]`` account (type ``Bot``), which is what is matched 
 another GitHub App names its bot with ``--author <slug>[bot]``.
 
 Usage: python3 scripts/pr_comment.py MARKDOWN_FILE [MARKDOWN_FILE ...] [--pr N] [--repo owner/name] [--author LOGIN]
+                                     [--ab-gate enforce|report]
 Several files are joined into one comment, in the order given (files that do not exist are
-named and left out). Environment: GITHUB_TOKEN; GITHUB_REPOSITORY, GITHUB_EVENT_PATH
-(pull_request events), GITHUB_API_URL and GITHUB_ACTIONS as GitHub Actions sets them.
+named and left out). A body over GitHub's limit is cut at a line, every ``<details>`` left open
+closed, and a visible note (outside any ``<details>``) says where the whole report is. Environment:
+GITHUB_TOKEN; GITHUB_REPOSITORY, GITHUB_EVENT_PATH (pull_request events), GITHUB_API_URL,
+GITHUB_ACTIONS, GITHUB_SERVER_URL, GITHUB_RUN_ID and GITHUB_STEP_SUMMARY as GitHub Actions sets them.
+
+Exit status: 0 posted, or nothing to post to, or the API refused (HTTP 403: the token may not
+comment, as for a Dependabot pull request or a read-only token; 404: the pull request cannot be
+seen), which prints a ``::warning::`` line naming the status and what to check: the comment is a
+convenience, the gate's verdict decides the job. 1: no markdown file, or another API failure (the
+workflow step has ``continue-on-error``, so that too shows without failing the job).
 """
 
 from __future__ import annotations
@@ -23,8 +32,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +44,9 @@ from typing import Any, Callable, Mapping, Optional
 MARKER = "<!-- attnsuite-gate -->"
 MAX_BODY = 65000  # GitHub refuses comments over 65536 characters
 ACTIONS_BOT = "github-actions[bot]"  # the account GITHUB_TOKEN's comments are written by
+# The pull-request label under which the GPU workflow's A/B only reports (docs/ab.md, "A confirmed
+# regression"); the workflow passes --ab-gate report then, and the comment and summary say why.
+ACCEPT_LABEL = "gate: accept-slower"
 
 Request = Callable[[str, str, Optional[dict]], Any]
 
@@ -40,9 +54,11 @@ Request = Callable[[str, str, Optional[dict]], Any]
 class ApiError(Exception):
     """A GitHub API request that failed, with its HTTP status."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, where: str = "") -> None:
         self.status = status
-        super().__init__(f"HTTP {status}: {message}")
+        self.where = where  # "METHOD /path" of the request, when known
+        text = f"HTTP {status}: {message}" if status else message
+        super().__init__(f"{text} ({where})" if where else text)
 
 
 @dataclass(frozen=True)
@@ -61,11 +77,14 @@ def github_request(token: str) -> Request:
         req = urllib.request.Request(url, data=body, method=method, headers={
             "Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": "2022-11-28", "Content-Type": "application/json"})
+        where = f"{method} {urllib.parse.urlsplit(url).path}"
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
-            raise ApiError(exc.code, exc.reason or "request failed") from None
+            raise ApiError(exc.code, exc.reason or "request failed", where) from None
+        except (urllib.error.URLError, OSError) as exc:  # unreachable, refused, timed out
+            raise ApiError(0, f"cannot reach the API: {getattr(exc, 'reason', exc)}", where) from None
 
     return request
 
@@ -102,13 +121,52 @@ def is_ours(comment: Mapping[str, Any], identity: Identity, marker: str = MARKER
     return identity.type != "Bot" or user.get("type") == "Bot"
 
 
-def fit(body: str, marker: str = MARKER) -> str:
-    """The body with the marker first, cut to GitHub's size limit with a note."""
+_DETAILS_TAG = re.compile(r"<(/?)details\b[^>]*>", re.IGNORECASE)
+_FENCE = re.compile(r"^\s{0,3}(```|~~~)", re.MULTILINE)
+
+
+def open_details(text: str) -> int:
+    """How many ``<details>`` are open at the end of ``text``."""
+    depth = 0
+    for m in _DETAILS_TAG.finditer(text):
+        depth = max(0, depth - 1) if m.group(1) else depth + 1
+    return depth
+
+
+def _close_open_blocks(kept: str) -> str:
+    """What ends ``kept`` cleanly: a code fence left open, then every open ``<details>``, each
+    ``</details>`` after a blank line (so that it ends a table rather than becoming its row)."""
+    tail = ""
+    if len(_FENCE.findall(kept)) % 2:
+        tail += "\n```"
+    depth = open_details(kept)
+    if depth:
+        tail += "\n\n*(cut here: see the note below)*" + "\n\n</details>" * depth
+    return tail
+
+
+def fit(body: str, marker: str = MARKER, where: str = "in this run's job summary and artifacts") -> str:
+    """The body with the marker first, cut to GitHub's size limit when over it.
+
+    The cut keeps whole lines only (no half table row), closes a code fence and every
+    ``<details>`` it leaves open, and ends with a note outside them all, visible without expanding
+    anything, that says how much is shown and where the whole report is (``where``).
+    """
     if not body.startswith(marker):
         body = f"{marker}\n{body}"
-    if len(body) > MAX_BODY:
-        body = body[: MAX_BODY - 120] + "\n\n... (cut to fit a comment; the full diff is in the job summary and artifacts)\n"
-    return body
+    if len(body) <= MAX_BODY:
+        return body
+    note = (f"\n\n---\n\n**... (cut to fit a comment: GitHub takes at most 65536 characters, the whole report "
+            f"has {len(body)})** The whole report is {where}.\n")
+    budget = MAX_BODY - len(note)
+    while True:
+        kept = body[:budget]
+        if body[budget:budget + 1] != "\n" and kept.rfind("\n") > len(marker):
+            kept = kept[:kept.rfind("\n")]  # whole lines only
+        out = kept.rstrip() + _close_open_blocks(kept) + note
+        if len(out) <= MAX_BODY:
+            return out
+        budget -= len(out) - MAX_BODY
 
 
 def join_markdown(texts: list[str], marker: str = MARKER) -> str:
@@ -122,10 +180,11 @@ def join_markdown(texts: list[str], marker: str = MARKER) -> str:
 
 
 def upsert_comment(request: Request, api: str, repo: str, pr: int, body: str, *, identity: Identity,
-                   marker: str = MARKER) -> tuple[str, int]:
+                   marker: str = MARKER, where: Optional[str] = None) -> tuple[str, int]:
     """Update the PR's comment that carries ``marker`` and was written by ``identity``, or create
-    one; returns ("updated"|"created", comment id)."""
-    body = fit(body, marker)
+    one; returns ("updated"|"created", comment id). ``where``: where the whole report is, for
+    :func:`fit`'s note."""
+    body = fit(body, marker) if where is None else fit(body, marker, where)
     page = 1
     while True:
         comments = request("GET", f"{api}/repos/{repo}/issues/{pr}/comments?per_page=100&page={page}", None) or []
@@ -149,9 +208,41 @@ def pr_number(event_path: Optional[str]) -> Optional[int]:
     return int(number) if number else None
 
 
+def refusal_warning(exc: ApiError) -> str:
+    """The ``::warning::`` line for an API refusal (403, 404): the status, and what to check."""
+    if exc.where.endswith("/user"):
+        check = ("the token cannot say who it is (GET /user refused): name the login it writes as with "
+                 "--author (or PR_COMMENT_AUTHOR)")
+    elif exc.status == 403:
+        check = ("the token may not comment on this pull request: check the workflow's `permissions: "
+                 "pull-requests: write`; a Dependabot pull request or a read-only token cannot comment")
+    else:
+        check = ("the pull request or repository cannot be seen with this token: check the PR number and "
+                 "--repo (GITHUB_REPOSITORY) and that the token can read the repository")
+    return (f"::warning title=PR comment not posted::pr_comment: HTTP {exc.status} from the GitHub API"
+            f"{' on ' + exc.where if exc.where else ''}: {check}. No comment was posted; the gate's verdict "
+            "stands (this job's status, its summary and its artifacts).")
+
+
+def accepted_note() -> str:
+    """The line that says the label made A/B report-only (top of the comment, and the job summary)."""
+    return (f"> **`{ACCEPT_LABEL}`**: a maintainer labelled this pull request to accept its slowdowns, so A/B "
+            "ran report-only: the regressions below are shown and do not fail the job. After the merge, the "
+            "push job's comparison with the stored baseline flags them until the baseline is re-recorded "
+            "(docs/ab.md, \"A confirmed regression\").")
+
+
+def run_url(env: Mapping[str, str], repo: str) -> Optional[str]:
+    """This Actions run's address, or None outside Actions."""
+    if env.get("GITHUB_RUN_ID"):
+        server = env.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
+        return f"{server}/{repo}/actions/runs/{env['GITHUB_RUN_ID']}"
+    return None
+
+
 def main(argv: Optional[list[str]] = None, request: Optional[Request] = None,
          env: Optional[Mapping[str, str]] = None) -> int:
-    """Post or update the comment; returns the exit status (1: no markdown file, or the API failed)."""
+    """Post or update the comment; returns the exit status (module docstring)."""
     env = os.environ if env is None else env
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("markdown", nargs="+")
@@ -159,7 +250,14 @@ def main(argv: Optional[list[str]] = None, request: Optional[Request] = None,
     p.add_argument("--repo", default=env.get("GITHUB_REPOSITORY"))
     p.add_argument("--author", default=env.get("PR_COMMENT_AUTHOR"),
                    help="login the token writes as, e.g. my-app[bot] (default: GET /user, or github-actions[bot])")
+    p.add_argument("--ab-gate", choices=["enforce", "report"], default="enforce",
+                   help=f"how the A/B step gated: report (the PR carries the label {ACCEPT_LABEL!r}) puts a note "
+                        "saying so first in the comment and in $GITHUB_STEP_SUMMARY")
     args = p.parse_args(argv)
+    note = accepted_note() if args.ab_gate == "report" else None
+    if note and env.get("GITHUB_STEP_SUMMARY"):
+        with open(env["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as summary:
+            summary.write(f"\n{note}\n")
     present = [Path(m) for m in args.markdown if Path(m).is_file()]
     for m in args.markdown:
         if not Path(m).is_file():
@@ -173,11 +271,17 @@ def main(argv: Optional[list[str]] = None, request: Optional[Request] = None,
         return 0
     api = env.get("GITHUB_API_URL", "https://api.github.com")
     request = request or github_request(token or "")
-    body = join_markdown([m.read_text(encoding="utf-8") for m in present])
+    body = join_markdown(([note] if note else []) + [m.read_text(encoding="utf-8") for m in present])
+    url = run_url(env, args.repo)
+    where = (f"in the job summary and the artifacts ({', '.join(str(m) for m in present)}) of "
+             + (f"[this run]({url})" if url else "this run"))
     try:
         identity = token_identity(request, api, env, args.author)
-        how, cid = upsert_comment(request, api, args.repo, pr, body, identity=identity)
+        how, cid = upsert_comment(request, api, args.repo, pr, body, identity=identity, where=where)
     except ApiError as exc:
+        if exc.status in (403, 404):
+            print(refusal_warning(exc))
+            return 0
         print(f"pr_comment: GitHub API error: {exc}", file=sys.stderr)
         return 1
     print(f"pr_comment: {how} comment {cid} on {args.repo}#{pr} as {identity.login}")

@@ -7,9 +7,12 @@ workflows use, plus checks that every script a step calls exists and parses.
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -60,6 +63,10 @@ SCHEMA = {
 }
 
 
+FUNCTIONS = {"contains", "startsWith", "endsWith", "format", "join", "toJSON", "fromJSON", "hashFiles",
+             "success", "failure", "always", "cancelled"}
+
+
 def load(name: str) -> dict:
     data = yaml.safe_load((WORKFLOWS / name).read_text())
     # YAML 1.1 reads the key "on" as the boolean True; GitHub reads it as "on".
@@ -86,8 +93,14 @@ def test_workflow_expressions_are_closed_and_use_known_contexts(name):
     text = (WORKFLOWS / name).read_text()
     assert text.count("${{") == text.count("}}"), f"{name}: unbalanced ${{{{ }}}}"
     for expr in re.findall(r"\$\{\{(.*?)\}\}", text):
-        context = expr.strip().split(".")[0]
-        assert context in {"github", "secrets", "env", "steps", "runner", "matrix", "inputs"}, f"{name}: {expr}"
+        bare = re.sub(r"'(?:[^']|'')*'", "''", expr)  # string literals out
+        names = re.findall(r"([A-Za-z_][\w-]*)(?:\.[\w*-]+)*\s*(\()?", bare)
+        assert names, f"{name}: {expr}"
+        for head, call in names:
+            if call:
+                assert head in FUNCTIONS, f"{name}: {head}() in {expr}"
+            else:
+                assert head in {"github", "secrets", "env", "steps", "runner", "matrix", "inputs"}, f"{name}: {expr}"
 
 
 @pytest.mark.parametrize("name", ["cpu.yml", "gpu.yml"])
@@ -130,13 +143,20 @@ def test_gpu_workflow_uploads_results_and_plots_even_when_the_gate_fails():
 # parentheses, success()/failure()/always()), so the tests read "on a fork's PR, this does not run"
 # instead of pinning the text of a condition.
 
-_TOKEN = re.compile(r"\s*(?:('(?:[^']|'')*')|(==|!=|&&|\|\||!|\(|\))|([A-Za-z_][\w.-]*)(\(\))?)")
+_TOKEN = re.compile(r"\s*(?:('(?:[^']|'')*')|(==|!=|&&|\|\||!|\(|\)|,)|([A-Za-z_][\w.*-]*)(\(\))?)")
 
 
-def evaluate(expr: str, ctx: dict, *, status: str = "success") -> bool:
-    """Truth of a GitHub Actions ``if:`` expression (the subset above) in context ``ctx``
-    (dotted names to values; a missing name is ""). ``status`` is "success" or "failure": how
-    the steps before went."""
+def _contains(haystack, needle) -> bool:
+    """GitHub's contains(): an element of an array, or a substring, compared case-insensitively."""
+    if isinstance(haystack, (list, tuple)):
+        return any(str(x).casefold() == str(needle).casefold() for x in haystack)
+    return str(needle).casefold() in str(haystack).casefold()
+
+
+def value_of(expr: str, ctx: dict, *, status: str = "success"):
+    """The value of a GitHub Actions expression (the subset above, plus contains()) in context
+    ``ctx`` (dotted names to values; a missing name is ""); && and || give an operand, as GitHub's do.
+    Returns (value, whether a status function was named)."""
     expr = expr.strip()
     if expr.startswith("${{") and expr.endswith("}}"):
         expr = expr[3:-2]
@@ -155,34 +175,67 @@ def evaluate(expr: str, ctx: dict, *, status: str = "success") -> bool:
             has_status = True
             out.append(repr({"success": status == "success", "failure": status == "failure",
                              "always": True, "cancelled": False}[name]))
+        elif name == "contains" and expr[pos:].lstrip().startswith("("):
+            out.append("_contains")
         else:
             out.append(repr(ctx.get(name, "")))
-    value = bool(eval("".join(out), {"__builtins__": {}}, {}))  # only literals and operators are left
+    # only literals, operators and _contains are left
+    return eval("".join(out), {"__builtins__": {}, "_contains": _contains}, {}), has_status
+
+
+def evaluate(expr: str, ctx: dict, *, status: str = "success") -> bool:
+    """Truth of a GitHub Actions ``if:`` expression in context ``ctx``. ``status`` is "success" or
+    "failure": how the steps before went."""
+    value, has_status = value_of(expr, ctx, status=status)
     # GitHub adds success() to a condition that names no status function
-    return value if has_status else value and status == "success"
+    return bool(value) if has_status else bool(value) and status == "success"
 
 
 REPO = "owner/attn"
+LABELS = "github.event.pull_request.labels.*.name"
+ACCEPT = "gate: accept-slower"
+_PR = {"github.event_name": "pull_request", "github.repository": REPO, "github.event.action": "synchronize",
+       "github.event.pull_request.head.repo.full_name": REPO, LABELS: []}
 CONTEXTS = {
     "push to main": {"github.event_name": "push", "github.repository": REPO, "github.ref": "refs/heads/main"},
-    "same-repo PR": {"github.event_name": "pull_request", "github.repository": REPO,
-                     "github.event.pull_request.head.repo.full_name": REPO},
-    "fork PR": {"github.event_name": "pull_request", "github.repository": REPO,
-                "github.event.pull_request.head.repo.full_name": "stranger/attn"},
+    "same-repo PR": _PR,
+    "fork PR": {**_PR, "github.event.pull_request.head.repo.full_name": "stranger/attn"},
+    # a maintainer adds the label: the `labeled` event, the label among the PR's labels
+    "labelled PR": {**_PR, "github.event.action": "labeled", "github.event.label.name": ACCEPT,
+                    LABELS: ["perf", ACCEPT]},
+    # another label added: the job must still run (a skipped run would report success over a failed gate)
+    "other label added": {**_PR, "github.event.action": "labeled", "github.event.label.name": "docs",
+                          LABELS: ["docs"]},
+    "label removed": {**_PR, "github.event.action": "unlabeled", "github.event.label.name": ACCEPT, LABELS: []},
 }
+GPU_JOB = "gpu-correctness-and-gate"
+FORK_JOB = "fork-pr-gpu-gate"
 
 
 def gpu_job() -> dict:
-    (job,) = load("gpu.yml")["jobs"].values()
-    return job
+    return load("gpu.yml")["jobs"][GPU_JOB]
 
 
-def steps_run(ctx_name: str, status: str = "success") -> list[dict]:
-    """The GPU job's steps that run in a context (after earlier steps went as ``status``)."""
-    job, ctx = gpu_job(), CONTEXTS[ctx_name]
+def job_env(ctx_name: str) -> dict:
+    """The GPU job's env in a context, its expressions evaluated."""
+    ctx = CONTEXTS[ctx_name]
+    return {k: value_of(v, ctx)[0] if re.fullmatch(r"\$\{\{[^}]*\}\}", str(v).strip())
+            else re.sub(r"\$\{\{(.*?)\}\}", lambda m: str(value_of(m.group(1), ctx)[0]), str(v))
+            for k, v in gpu_job()["env"].items()}
+
+
+def steps_run(ctx_name: str, status: str = "success", job: Optional[dict] = None) -> list[dict]:
+    """The GPU job's (or ``job``'s) steps that run in a context (after earlier steps went as ``status``)."""
+    job, ctx = job or gpu_job(), CONTEXTS[ctx_name]
     if "if" in job and not evaluate(job["if"], ctx):
         return []
     return [s for s in job["steps"] if evaluate(s.get("if", "success()"), ctx, status=status)]
+
+
+def ab_gate_of(ab_line: str, ctx_name: str) -> str:
+    """The --gate an `attnsuite ab` line runs with in a context (its variable resolved; default enforce)."""
+    m = re.search(r'--gate[ =]"?\$?\{?(\w+)\}?"?', ab_line)
+    return job_env(ctx_name).get(m.group(1), m.group(1)) if m else "enforce"
 
 
 def run_lines(ctx_name: str, status: str = "success") -> list[str]:
@@ -227,7 +280,8 @@ def test_a_fork_pull_request_never_runs_on_the_self_hosted_gpu_runner(ctx, runs)
 def test_a_push_to_main_runs_correctness_then_the_full_tier_enforced_against_the_stored_baseline(status):
     lines = run_lines("push to main", status)
     bench = [l for l in lines if "ci_bench.sh" in l]
-    assert bench == ["bash scripts/ci_bench.sh full enforce"]
+    # --attn-require-baseline: a runner that drifted from every stored baseline fails instead of comparing nothing
+    assert bench == ["bash scripts/ci_bench.sh full enforce --attn-require-baseline"]
     assert not any("attnsuite.ab" in l or "pr_comment" in l for l in lines)
     if status == "success":
         assert lines.index("bash scripts/gpu_correctness.sh") < lines.index(bench[0])
@@ -239,11 +293,12 @@ def test_a_pull_request_runs_the_tier_once_report_only_then_ab_of_the_flagged_ca
     bench = [l for l in lines if "ci_bench.sh" in l or "pytest bench" in l]
     assert len(bench) == 1, "the whole tier must run exactly once on a PR"
     assert bench[0].startswith("bash scripts/ci_bench.sh full report ")
+    assert "--attn-require-baseline" in bench[0].split()
     gate_json = re.search(r"--attn-gate-json (\S+)", bench[0]).group(1)
     (ab_line,) = [l for l in lines if "attnsuite.ab" in l or "attnsuite ab" in l]
     assert lines.index(bench[0]) < lines.index(ab_line)
     assert f"--cases-from {gate_json}" in ab_line and '--base "$BASE_SHA"' in ab_line
-    assert "--gate report" not in ab_line, "A/B must fail the job on what it confirms"
+    assert ab_gate_of(ab_line, "same-repo PR") == "enforce", "A/B must fail the job on what it confirms"
     assert gpu_job()["env"]["BASE_SHA"] == "${{ github.event.pull_request.base.sha }}"
 
 
@@ -277,6 +332,166 @@ def test_the_pr_comment_shows_the_ab_verdict_first_even_after_a_failure(status):
     assert comment.split()[2:4] == [ab_md, "results/gate.md"]
     assert lines.index(ab_line) < lines.index(comment)
     assert "pr_comment.py" not in " ".join(run_lines("push to main", status))
+
+
+# --------------------------------------------------------------------------- the PR comment never decides the job
+
+
+def test_a_failed_pr_comment_does_not_fail_the_job_but_the_gate_steps_do():
+    pr_steps = steps_run("same-repo PR")
+    (comment,) = [s for s in pr_steps if "pr_comment.py" in s.get("run", "")]
+    assert comment.get("continue-on-error") is True, "a comment that could not be posted must not turn the job red"
+    for s in pr_steps:
+        if any(k in s.get("run", "") for k in ("gpu_correctness", "ci_bench", "attnsuite.ab")):
+            assert not s.get("continue-on-error"), f"{s['name']}: the gate's verdict decides the job"
+
+
+# --------------------------------------------------------------------------- the label that accepts a slowdown
+
+
+def _ab_gate(ctx_name: str) -> str:
+    (ab_line,) = [l for l in run_lines(ctx_name) if "attnsuite.ab" in l]
+    return ab_gate_of(ab_line, ctx_name)
+
+
+@pytest.mark.parametrize("ctx, gate", [("same-repo PR", "enforce"), ("labelled PR", "report"),
+                                       ("other label added", "enforce"), ("label removed", "enforce")])
+def test_the_accept_slower_label_makes_ab_report_only_and_only_that_label(ctx, gate):
+    assert _ab_gate(ctx) == gate
+    (comment,) = [l for l in run_lines(ctx) if "pr_comment.py" in l]
+    # the comment (and the summary) say that the label accepted the regressions
+    assert re.search(r'--ab-gate "?\$?(\w+)"?', comment).group(1) in ("AB_GATE", gate)
+
+
+def test_the_workflow_runs_again_when_the_label_is_added_or_removed_and_for_any_label():
+    types = load("gpu.yml")["on"]["pull_request"]["types"]
+    assert {"opened", "synchronize", "reopened", "labeled", "unlabeled"} <= set(types)
+    for ctx in ("labelled PR", "other label added", "label removed"):
+        lines = run_lines(ctx)
+        assert any("ci_bench.sh full report" in l for l in lines) and any("attnsuite.ab" in l for l in lines), ctx
+
+
+def test_the_workflow_names_the_label_that_pr_comment_announces():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("pr_comment_for_label", ROOT / "scripts" / "pr_comment.py")
+    mod = importlib.util.module_from_spec(spec)
+    import sys
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    assert mod.ACCEPT_LABEL == ACCEPT
+    assert f"'{ACCEPT}'" in gpu_job()["env"]["AB_GATE"]
+
+
+# --------------------------------------------------------------------------- a fork's PR is not silently green
+
+
+def fork_job() -> dict:
+    return load("gpu.yml")["jobs"][FORK_JOB]
+
+
+@pytest.mark.parametrize("ctx, gpu_runs, fork_fails", [
+    ("push to main", True, False), ("same-repo PR", True, False), ("labelled PR", True, False),
+    ("fork PR", False, True),
+])
+def test_a_fork_pr_gets_a_failing_check_instead_of_a_skipped_one(ctx, gpu_runs, fork_fails):
+    assert bool(steps_run(ctx)) is gpu_runs
+    assert bool(steps_run(ctx, job=fork_job())) is fork_fails
+    assert bool(steps_run(ctx)) or bool(steps_run(ctx, job=fork_job())), "every event gets a check that can fail"
+
+
+def test_the_fork_job_fails_on_a_hosted_runner_with_the_procedure_in_its_message(tmp_path):
+    job = fork_job()
+    assert job["runs-on"] == "ubuntu-latest", "a fork's code never reaches the self-hosted runner"
+    assert job.get("permissions") == {} and not any("uses" in s for s in job["steps"]), "it runs nothing of the PR's"
+    (step,) = job["steps"]
+    done = subprocess.run(["bash", "-c", step["run"]], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert done.returncode != 0
+    assert done.stdout.startswith("::error")
+    assert "GPU gate not run for a fork PR: a maintainer must push it to a branch" in done.stdout
+
+
+# --------------------------------------------------------------------------- what the artifact keeps
+
+STAND_IN = """#!/usr/bin/env bash
+# python3 for the workflow's steps: creates every file or folder under results/ that its arguments name
+# (a name without a suffix is a folder: --plots, --out); the bench plugin's journal beside --benchmark-json
+# (kept after a run that a time limit stops: plugin_bench._journal_path); exits 0
+[ "$1" = "-c" ] && exit 0
+prev=
+for arg in "$@"; do
+  for path in "${arg#*=}" "$arg"; do
+    case "$path" in
+      results/*)
+        case "${path##*/}" in
+          *.*) mkdir -p "$(dirname "$path")" && { [ -e "$path" ] || echo '{}' > "$path"; } ;;
+          *) mkdir -p "$path" && touch "$path/x.png" ;;
+        esac
+        [ "$prev" = --benchmark-json ] && touch "$path.journal.jsonl" ;;
+    esac
+  done
+  prev=$arg
+done
+exit 0
+"""
+
+
+def _produced(tmp_path: Path) -> set[str]:
+    """The files under results/ after every run step of a push and of a PR runs with the stand-in python."""
+    (tmp_path / "bin").mkdir()
+    stand_in = tmp_path / "bin" / "python3"
+    stand_in.write_text(STAND_IN)
+    stand_in.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "scripts").symlink_to(ROOT / "scripts")  # the scripts cd to the folder above them: work/
+    env = {"PATH": f"{stand_in.parent}:/usr/bin:/bin", "HOME": str(tmp_path), "BASE_SHA": "0" * 40}
+    for ctx in ("push to main", "same-repo PR"):
+        for step in steps_run(ctx):
+            if "run" in step:
+                step_env = {**env, **{k: str(v) for k, v in job_env(ctx).items()}}
+                subprocess.run(["bash", "-c", step["run"]], cwd=work, env=step_env, capture_output=True, timeout=120)
+    return {str(p.relative_to(work)) for p in (work / "results").rglob("*") if p.is_file()}
+
+
+def _kept(path: str, patterns: list[str]) -> bool:
+    """Whether upload-artifact keeps ``path``: a folder pattern keeps what is under it; a glob's *
+    does not cross a /."""
+    for pat in patterns:
+        if pat.endswith("/") and path.startswith(pat):
+            return True
+        if len(pat.split("/")) == len(path.split("/")) and all(
+                fnmatch.fnmatchcase(a, b) for a, b in zip(path.split("/"), pat.split("/"))):
+            return True
+    return False
+
+
+def test_the_artifact_keeps_every_file_the_steps_write_under_results(tmp_path):
+    upload = next(s for s in steps(load("gpu.yml")) if s.get("uses", "").startswith("actions/upload-artifact"))
+    patterns = upload["with"]["path"].split()
+    produced = _produced(tmp_path)
+    # the correctness failures (what still names them after a time limit), the correctness logs and XML,
+    # the bench journal, the gate's and A/B's outputs, the report: the stand-in ran the real scripts
+    for expected in ("results/gpu_correctness.failures", "results/gpu_correctness.xml", "results/gpu_correctness_alone.log",
+                     "results/bench.json", "results/bench.log", "results/bench.json.journal.jsonl", "results/gate.md",
+                     "results/ab.json", "results/report.html", "results/results.md"):
+        assert expected in produced, sorted(produced)
+    missed = sorted(p for p in produced if not _kept(p, patterns) and not p.endswith(".lock"))
+    assert missed == [], f"written under results/ but not uploaded: {missed}"
+    stale = [pat for pat in patterns if not any(_kept(p, [pat]) for p in produced)]
+    assert stale == [], f"uploaded but written by no step: {stale}"
+
+
+def test_the_bench_journal_is_named_as_the_stand_in_names_it():
+    plugin_bench = pytest.importorskip("attnsuite.plugin_bench")
+
+    class Config:
+        rootpath = ROOT
+
+        @staticmethod
+        def getoption(name, default=None):
+            return {"--attn-journal": None, "benchmark_json": "results/bench.json"}.get(name, default)
+
+    assert str(plugin_bench._journal_path(Config())) == "results/bench.json.journal.jsonl"
 
 
 def test_gpu_workflow_uploads_the_ab_results_too():
