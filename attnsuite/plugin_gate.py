@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import pytest
@@ -60,6 +61,7 @@ class GateState:
         self.template: Any = None  # one benchmark item: what -k reads of a case that was not collected
         self.probing = False  # building a JSON object for the gate's own use: not the run's JSON
         self.no_baseline: list[str] = []  # why there was no comparison (the last screen says it)
+        self.uncompared = ""  # the summary's first line when there was no comparison ("" : NOT COMPARED)
         self.session: Optional[pytest.Session] = None  # set when collection finishes
 
 
@@ -74,6 +76,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="record or refresh the baseline from this run (only the cases this run produced)")
     group.addoption("--attn-gate", choices=("off", "report", "enforce"), default="enforce",
                     help="enforce: gating verdicts fail the run; report: show them only; off: no comparison")
+    group.addoption("--attn-require-baseline", action="store_true", default=False,
+                    help="fail the run when it finds no baseline to compare with (for a CI gate: a runner whose "
+                         "machine drifted from every stored baseline must not pass by comparing nothing)")
     group.addoption("--attn-allow-mismatch", action="store_true", default=False,
                     help="compare with a baseline from another GPU model or major torch/CUDA version")
     group.addoption("--attn-markdown", default=None, metavar="PATH",
@@ -530,6 +535,18 @@ def _fail_report(v, nodeid_prefix: str = GATE_NODE) -> pytest.TestReport:
                              keywords={}, outcome="failed", longrepr=text, when="call", sections=[], duration=0.0)
 
 
+REQUIRED_TEXT = "no baseline to judge this run against, and --attn-require-baseline asks for one"
+
+
+def _fail_session(session: pytest.Session, v: Any) -> None:
+    """Fail the session with one gate finding (``v``: label, key, message), listed among pytest's failures."""
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.stats.setdefault("failed", []).append(_fail_report(v))
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def _usage_error(session: pytest.Session, state: GateState, message: str) -> None:
     state.error = message
     session.exitstatus = pytest.ExitCode.USAGE_ERROR
@@ -566,8 +583,10 @@ def _summary_of(config: pytest.Config, records: Any, cmp: Optional[Comparison],
     mode = effective_gate_mode(config)
     if mode == "off":
         why_none = ["the gate is off (--attn-gate off): nothing was compared"]
+    state = config.stash.get(_STATE, None)
     return summary.build(records, cmp, gate_mode=mode, baseline_lines=why_none, files=_files(config),
-                         interrupted=_interrupted_text(config, records))
+                         interrupted=_interrupted_text(config, records),
+                         uncompared=state.uncompared if state is not None and mode != "off" else "")
 
 
 def _interrupted_text(config: pytest.Config, records: Any) -> str:
@@ -657,50 +676,61 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         _write_markdown(config, state, report.markdown_diff(cmp, head=_summary_markdown(config, run.records, cmp)))
         _write_gate_json(config, state, cmp.to_json(), run.records)
         if cmp.failed and mode == "enforce" and not recording:
-            tr = config.pluginmanager.get_plugin("terminalreporter")
-            if tr is not None:
-                for v in cmp.regressions:
-                    tr.stats.setdefault("failed", []).append(_fail_report(v))
-            if session.exitstatus == pytest.ExitCode.OK:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            for v in cmp.regressions:
+                _fail_session(session, v)
     else:
         state.lines.extend(lookup_lines(lookup))
-        if mode != "off":
-            # a recording run had been told to make the baseline it was making
-            state.lines.append("no comparison: this run is recorded as the baseline (below)" if recording else
-                               "no comparison: results are still in the benchmark JSON; make this machine's "
-                               "baseline with --attn-record-baseline")
-            state.no_baseline = lookup_lines(lookup)
-            _write_markdown(config, state, report.markdown_run(
-                run.records, context=lookup_lines(lookup),
-                head=_summary_markdown(config, run.records, None, state.no_baseline)))
-            _write_gate_json(config, state, {"compared": False, "failed": False, "reason": str(lookup.message),
-                                             "cases": []}, run.records)
+    recorded = False
     if recording:
         if getattr(lookup, "fallback", False) and bl.fingerprint_id(run.fingerprint):
             # a fallback is another machine's file: this machine's measurements go into its own
             path = bl.baseline_path_for(run.fingerprint, _baselines_dir(config))
-        _record(session, state, run, path, interrupted)
+        recorded = _record(session, state, run, path, interrupted)
+    if state.comparison is None and mode != "off":
+        # after recording, so the last screen and gate.md say what became of the recording
+        required = bool(config.getoption("--attn-require-baseline")) and not recording
+        state.no_baseline = lookup_lines(lookup)
+        if recorded:
+            state.uncompared = f"RECORDED: nothing was compared; this run is recorded as the baseline {path}"
+        elif recording:
+            state.uncompared = f"NOT COMPARED: {summary.NOT_COMPARED}, and the baseline was NOT recorded (why above)"
+        else:
+            state.lines.append("no comparison: results are still in the benchmark JSON; make this machine's "
+                               "baseline with --attn-record-baseline")
+        if required:
+            state.uncompared = (f"FAIL: {REQUIRED_TEXT} (why below; record one with --attn-record-baseline, "
+                                "or name one with --attn-baseline)")
+            state.lines.append(f"FAILED {REQUIRED_TEXT}")
+            _fail_session(session, SimpleNamespace(label="no baseline", key="no-baseline",
+                                                   message=f"{REQUIRED_TEXT}: {lookup.message}"))
+        _write_markdown(config, state, report.markdown_run(
+            run.records, context=lookup_lines(lookup),
+            head=_summary_markdown(config, run.records, None, state.no_baseline)))
+        _write_gate_json(config, state, {"compared": False, "failed": required, "reason": str(lookup.message),
+                                         "cases": []}, run.records)
 
 
 def _record(session: pytest.Session, state: GateState, run: bl.Run, path: Optional[Path],
-            interrupted: Optional[str]) -> None:
+            interrupted: Optional[str]) -> bool:
+    """Record this run into ``path``; True when it was written."""
     config = session.config
     if interrupted:  # a partial run must not replace a baseline's cases with a subset or with errors
         state.lines.append(f"baseline NOT recorded: the session was {interrupted}; nothing was written")
-        return
+        return False
     if path is None:
         _usage_error(session, state, "cannot record a baseline: this run has no machine fingerprint id; "
                                      "name the file with --attn-baseline")
-        return
+        return False
     try:
         if not bl.fingerprint_id(run.fingerprint) and not path.exists():
             raise ValueError("this run has no machine fingerprint id")
         # read, merge and write under the store's lock: a concurrent recording loses nothing
-        summary = bl.record_baseline(run, path, allow_mismatch=config.getoption("--attn-allow-mismatch"))
-        state.lines.append(f"baseline recorded: {path}: {summary}")
+        merged = bl.record_baseline(run, path, allow_mismatch=config.getoption("--attn-allow-mismatch"))
+        state.lines.append(f"baseline recorded: {path}: {merged}")
+        return True
     except (bl.FingerprintMismatch, bl.BaselineError, ValueError) as exc:
         _usage_error(session, state, f"cannot record baseline {path}: {exc}")
+        return False
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables: the summary is the last screen

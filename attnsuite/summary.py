@@ -238,8 +238,16 @@ NOT_COMPARED = "the run was not judged against a baseline"
 
 
 def interrupted_verdict(verdict: str, interrupted: str) -> str:
-    """The verdict line of a session that stopped early (``interrupted`` says how; "" for one that did not)."""
-    return f"INTERRUPTED ({interrupted}): {verdict}" if interrupted else verdict
+    """The verdict line of a session that stopped early (``interrupted`` says how; "" for one that did not).
+
+    A pass of part of a run is not a pass: its ``PASS:`` word goes (``INTERRUPTED (...): PASS: ...``
+    had read as a pass while ``attnsuite compare`` of the same file exits 1)."""
+    if not interrupted:
+        return verdict
+    if verdict.startswith("PASS: "):
+        verdict = verdict[len("PASS: "):] + " (of the cases that ran)"
+    how = "" if interrupted == "interrupted" else f" ({interrupted})"
+    return f"INTERRUPTED{how}: {verdict}"
 
 
 def numerics_line(records: Mapping[str, CaseRecord]) -> str:
@@ -271,14 +279,16 @@ def _failed_head(failed: Mapping[str, int]) -> str:
 
 def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_mode: str = "report",
           baseline_lines: Sequence[str] = (), files: Sequence[tuple[str, str]] = (),
-          interrupted: str = "") -> Summary:
+          interrupted: str = "", uncompared: str = "") -> Summary:
     """The last screen's content.
 
     ``cmp`` is the gate's comparison (None when there was none: ``baseline_lines`` then say why);
     ``gate_mode`` is ``--attn-gate`` (enforce fails on a regression; report only shows it);
     ``files`` are (what, path) pairs of what the run wrote. ``interrupted`` says how a session that
     stopped early ended (``"interrupted after 12 of 48 selected cases ..."``): the first line then
-    starts ``INTERRUPTED``, so a partial run never reads as a plain PASS.
+    starts ``INTERRUPTED``, so a partial run never reads as a plain PASS. ``uncompared`` is the first
+    line when there was no comparison (default ``NOT COMPARED: ...``): a recording run says it was
+    recorded, a run that required a baseline and had none says it failed.
     """
     outcomes = Counter(r.outcome for r in records.values())
     order = ["ok", "skipped", "oom", *FAILING_OUTCOMES]
@@ -300,7 +310,8 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
         reg_lines = [regression_line(v) for v in regs]
     else:
         failed = failed_counts(records)
-        verdict = f"{_failed_head(failed)}; {NOT_COMPARED}" if failed else f"NOT COMPARED: {NOT_COMPARED}"
+        why = uncompared or f"NOT COMPARED: {NOT_COMPARED}"
+        verdict = f"{_failed_head(failed)}; {why.split(': ', 1)[-1]}" if failed else why
         base = list(baseline_lines) or ["no baseline for this machine"]
         reg_lines = []
     verdict = interrupted_verdict(verdict, interrupted)

@@ -77,12 +77,41 @@ def test_without_a_baseline_the_run_says_so_plainly_and_passes(project):
     assert json.loads((project.path / "out.json").read_text())["attnsuite"]["fingerprint"]["id"] == FP["id"]
 
 
-def test_record_then_an_unchanged_rerun_passes(project):
-    res = project.runpytest(*QUIET, "--attn-record-baseline")
+@pytest.mark.parametrize("mode", ["enforce", "report"])
+def test_a_run_that_requires_a_baseline_and_finds_none_fails_naming_why(project, mode):
+    # a CI runner whose machine drifted from every stored baseline had passed by comparing nothing
+    res = project.runpytest(*QUIET, f"--attn-gate={mode}", "--attn-require-baseline", "--attn-markdown=gate.md",
+                            "--attn-gate-json=gate.json")
+    assert res.ret == 1, res.stdout.str()
+    res.stdout.fnmatch_lines(["FAILED no baseline to judge this run against, and --attn-require-baseline asks for one",
+                              "FAILED attnsuite-gate::no-baseline*"])
+    md = (project.path / "gate.md").read_text()  # headed by the summary's first line
+    first = md.split("**", 1)[1]  # after the PR comment's marker
+    assert first.startswith("FAIL: no baseline to judge this run against") and "record one with" in md, md[:600]
+    assert "> no baseline for this machine: looked for" in md, md[:600]
+    verdicts = json.loads((project.path / "gate.json").read_text())
+    assert verdicts["compared"] is False and verdicts["failed"] is True
+
+
+def test_a_run_that_requires_a_baseline_and_has_one_or_records_one_is_not_failed_by_it(project):
+    res = project.runpytest(*QUIET, "--attn-require-baseline", "--attn-record-baseline")  # recording: it makes one
     assert res.ret == 0, res.stdout.str()
-    res.stdout.fnmatch_lines(["no comparison: this run is recorded as the baseline (below)",
-                              "baseline recorded: *: 3 added, 0 updated, 0 unchanged, 0 removed"])
+    res = project.runpytest(*QUIET, "--attn-require-baseline")
+    assert res.ret == 0, res.stdout.str()
+    res.stdout.fnmatch_lines(["pass (3 same)"])
+    res = project.runpytest(*QUIET, "--attn-require-baseline", "--attn-gate=off")  # off compares nothing, asked
+    assert res.ret == 0, res.stdout.str()
+
+
+def test_record_then_an_unchanged_rerun_passes(project):
+    res = project.runpytest(*QUIET, "--attn-record-baseline", "--attn-markdown=gate.md")
+    assert res.ret == 0, res.stdout.str()
+    res.stdout.fnmatch_lines(["baseline recorded: *: 3 added, 0 updated, 0 unchanged, 0 removed"])
     assert "make this machine's baseline" not in res.stdout.str()  # it was making it
+    md = (project.path / "gate.md").read_text()  # its first line had read NOT COMPARED, as if nothing happened
+    first = md.split("**", 2)[1]  # after the PR comment's marker
+    assert first.startswith("RECORDED: nothing was compared; this run is recorded as the baseline "), md[:300]
+    assert first.endswith(f"{FP['id']}.json"), md[:300]
     obj = json.loads((project.path / BASELINE).read_text())
     assert len(obj["cases"]) == 3 and obj["fingerprint"]["id"] == FP["id"]
     assert obj == record(project)  # the plugin writes what the store writes
@@ -341,7 +370,9 @@ def test_an_interrupted_session_never_reads_as_a_plain_pass(project):
     res = project.runpytest_subprocess("-p", "no:cacheprovider", "--attn-markdown", "gate.md", "test_bench.py",
                                        "test_zz.py")
     md = (project.path / "gate.md").read_text()
-    assert "**INTERRUPTED (interrupted after 3 cases): PASS: no regression among" in md, md[:1500]
+    # a pass of part of a run is not a pass: no PASS word ("INTERRUPTED (...): PASS: ..." had read as one)
+    assert "**INTERRUPTED (interrupted after 3 cases): no regression among" in md, md[:1500]
+    assert "(of the cases that ran)**" in md and "PASS" not in md.split("\n", 1)[0], md[:1500]
 
 
 # --------------------------------------------------------------------------- header and fallback
