@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -185,22 +184,12 @@ def test_every_variant_of_a_layer_family_does_equal_work(family, pytestconfig, b
 def test_every_variant_loads_the_canonical_weights_exactly(family, pytestconfig):
     """Read the loaded weights back through the module's own layout: bit-equal to the canonical set."""
     problem = _problem(family)
-    canonical = registry.family(family).params(problem)
     declined: Counter = Counter()
-    wrong, ran = [], 0
-    for variant in _runnable(_selected(pytestconfig, family), problem, declined):
-        ran += 1
-        module = prepare(variant, problem, requires_grad=False).module
-        # canonical_grads is the module's layout map: feed it the parameters themselves as "grads"
-        for p in module.parameters():
-            p.grad = p.detach().clone()
-        loaded = variant.canonical_grads(module)
-        for name, want in canonical.items():
-            got = loaded.get(name)
-            if got is None or not np.array_equal(got.double().numpy(), np.asarray(want)):
-                wrong.append(f"{variant.name}: loaded {name} differs from the canonical weights")
+    results = [checks.check_loaded_weights(v, problem)
+               for v in _runnable(_selected(pytestconfig, family), problem, declined)]
+    wrong = [r.message for r in results if not r.passed]
     assert not wrong, "\n".join(wrong)
-    skip_if_nothing_ran(ran, declined, f"weights of {family}")
+    skip_if_nothing_ran(len(results), declined, f"weights of {family}")
 
 
 @pytest.mark.attn_selection

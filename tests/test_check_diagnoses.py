@@ -1,0 +1,210 @@
+"""A failing check names the real cause, whatever ran before it (three misdiagnoses a fresh user found).
+
+- State between calls: a layer that counts its calls and declares no ``reset()`` is told so by the
+  repeat check also after earlier checks used the same cached instance (it had been told it "claims
+  determinism" in a full run, and told the right thing only when its repeat test ran alone).
+- Nondeterminism is not a future leak: a variant that respects the mask but adds noise is told its
+  output is not bitwise repeatable; a real leak is still caught, judged within tolerance.
+- A ``canonical_grads`` that leaves keys out is named as such by the backward check and the weight
+  check, not as a detached parameter or a wrong load.
+
+The variants are unregistered objects defined here and run through :mod:`attnsuite.checks`, so the
+messages asserted are those the suite prints.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnsuite import checks, registry
+from attnsuite.problem import Mask, Problem
+from attnsuite.registry import KernelVariant
+from attnsuite_impls.layers import dense_layer
+
+KERNEL_PROBLEM = Problem(batch=1, lq=16, lk=16, hq=2, hkv=2, dqk=16, dv=16, mask=Mask("causal"), dtype="float32")
+
+
+def layer_problem() -> Problem:
+    """mha-layer's first small causal fp32 CPU problem."""
+    problems = registry.family("mha-layer").problems("cpu", ("float32",))
+    return next(p for p in problems if p.mask.kind == "causal" and p.lq > 3)
+
+
+class Wrapped(torch.nn.Module):
+    """A canonical separate-q/k/v layer whose output ``extra(y)`` changes: state or noise added."""
+
+    def __init__(self, inner: torch.nn.Module, extra) -> None:
+        super().__init__()
+        self.inner, self.extra, self.calls = inner, extra, 0
+
+    def forward(self, x):
+        y = self.extra(self, self.inner(x))
+        self.calls += 1
+        return y
+
+    def canonical_grads(self):
+        return self.inner.canonical_grads()
+
+
+class WrappedLayer(dense_layer.LayerSeparateQKV):
+    """``layer-separate-qkv`` with ``extra(module, y)`` added to every output."""
+
+    def __init__(self, name: str, extra, deterministic: bool = True) -> None:
+        self.name, self.extra, self.deterministic = name, extra, deterministic
+
+    def build(self, problem, params):
+        return Wrapped(super().build(problem, params), self.extra)
+
+
+def counting(name: str = "test-counting-layer", deterministic: bool = True) -> WrappedLayer:
+    """Adds 1e-3 per earlier call (its first call is exact) and declares no reset()."""
+    return WrappedLayer(name, lambda m, y: y + 1e-3 * m.calls, deterministic)
+
+
+def noisy_layer() -> WrappedLayer:
+    """Respects the mask, adds fresh noise far below the tolerance, and claims determinism."""
+    return WrappedLayer("test-noisy-layer", lambda m, y: y + 1e-7 * torch.randn_like(y))
+
+
+class NoisyKernel(KernelVariant):
+    """Causal SDPA plus fresh noise; ``leaks``: no mask at all (every row sees the future)."""
+
+    masks = frozenset({"causal"})
+
+    def __init__(self, name: str, leaks: bool = False, deterministic: bool = True) -> None:
+        self.name, self.leaks, self.deterministic = name, leaks, deterministic
+
+    def build(self, problem):
+        causal = not self.leaks
+        return lambda q, k, v: (torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                                + 1e-7 * torch.randn_like(q))
+
+
+# ------------------------------------------------------------------ 1. state, whatever ran before
+
+
+@pytest.mark.parametrize("earlier", [(), ("forward", "backward", "causality")], ids=["alone", "after-other-checks"])
+def test_a_stateful_layer_is_told_to_declare_reset_whatever_ran_before(earlier):
+    variant, problem, cache = counting(), layer_problem(), {}
+    for check in earlier:  # as in a full run: the earlier tests call the instance the build cache keeps
+        checks.CHECKS[check](variant, problem, cache=cache)
+    result = checks.check_repeat(variant, problem, cache=cache)
+    assert not result.passed
+    assert "test-counting-layer: output depends on earlier calls" in result.message, result.message
+    assert "claims determinism" not in result.message, result.message
+
+
+def test_a_noisy_layer_is_still_told_it_claims_determinism_after_other_checks():
+    variant, problem, cache = noisy_layer(), layer_problem(), {}
+    checks.check_forward(variant, problem, cache=cache)
+    result = checks.check_repeat(variant, problem, cache=cache)
+    assert not result.passed and "though the variant claims determinism" in result.message, result.message
+    assert "depends on earlier calls" not in result.message, result.message
+
+
+def test_a_stateful_layer_declaring_nondeterminism_is_told_to_declare_reset_after_other_checks():
+    # within tolerance: its first call is exact, later ones are 1e-3 off; the check's own first call
+    # (the cached instance's second) had been taken for the first and the state had gone unnamed
+    variant, problem, cache = counting("test-counting-nondet", deterministic=False), layer_problem(), {}
+    checks.check_forward(variant, problem, cache=cache)
+    result = checks.check_repeat(variant, problem, cache=cache)
+    assert not result.passed
+    assert "test-counting-nondet: output depends on earlier calls" in result.message, result.message
+
+
+# ------------------------------------------------------------------ 2. nondeterminism is not a future leak
+
+
+@pytest.mark.parametrize("variant, problem", [(NoisyKernel("test-noisy-kernel"), KERNEL_PROBLEM),
+                                              (noisy_layer(), None)], ids=["kernel", "layer"])
+def test_undeclared_noise_is_named_as_not_repeatable_not_as_a_future_leak(variant, problem):
+    problem = problem or layer_problem()
+    result = checks.check_causality(variant, problem, cache={})
+    assert not result.passed  # it claims determinism and is not bitwise repeatable
+    assert "the output is not bitwise repeatable across identical calls" in result.message, result.message
+    assert "claims determinism" in result.message and "no future leak seen" in result.message, result.message
+    assert "future leak:" not in result.message and "future leak (judged" not in result.message, result.message
+
+
+def test_state_between_calls_is_not_taken_for_a_future_leak_either():
+    result = checks.check_causality(counting(), layer_problem(), cache={})
+    assert not result.passed and "not bitwise repeatable" in result.message, result.message
+    assert "no future leak seen" in result.message and "future leak:" not in result.message, result.message
+
+
+@pytest.mark.parametrize("deterministic", [True, False], ids=["claims-determinism", "declares-nondeterminism"])
+def test_a_real_leak_in_output_that_is_not_bitwise_repeatable_is_still_caught(deterministic):
+    variant = NoisyKernel("test-noisy-leak", leaks=True, deterministic=deterministic)
+    result = checks.check_causality(variant, KERNEL_PROBLEM, cache={})
+    assert not result.passed
+    assert "future leak (judged within tolerance, the output not being bitwise repeatable): rows that must " \
+           "not see keys/tokens >= 8: max error" in result.message, result.message
+    assert ("claims determinism" in result.message) is deterministic, result.message
+    assert "no future leak seen" not in result.message, result.message
+
+
+def test_noise_within_tolerance_passes_causality_when_the_variant_declares_it():
+    result = checks.check_causality(NoisyKernel("test-noisy-declared", deterministic=False), KERNEL_PROBLEM)
+    assert result.passed, result.message
+
+
+# ------------------------------------------------------------------ 3. canonical_grads leaving keys out
+
+
+class NoBiasGrads(dense_layer.LayerSeparateQKV):
+    """Its module holds the canonical biases, but canonical_grads leaves bq, bk and bv out."""
+
+    name = "test-canonical-grads-without-biases"
+
+    def canonical_grads(self, module):
+        return {k: g for k, g in super().canonical_grads(module).items() if k not in ("bq", "bk", "bv")}
+
+
+class NoneBiasGrad(dense_layer.LayerSeparateQKV):
+    """canonical_grads returns bq's key with None, as for a parameter that got no gradient."""
+
+    name = "test-canonical-grads-none-bias"
+
+    def canonical_grads(self, module):
+        return {**super().canonical_grads(module), "bq": None}
+
+
+class WrongWeight(dense_layer.LayerSeparateQKV):
+    """Loads wq off by one: a wrong load, which the weight check must still call so."""
+
+    name = "test-wrong-wq"
+
+    def build(self, problem, params):
+        module = super().build(problem, params)
+        with torch.no_grad():
+            next(p for n, p in module.named_parameters() if n.startswith("q") and p.dim() == 2).add_(1.0)
+        return module
+
+
+def test_backward_names_keys_canonical_grads_leaves_out_not_a_detached_parameter():
+    result = checks.check_backward(NoBiasGrads(), layer_problem())
+    assert not result.passed
+    for name in ("bq", "bk", "bv"):
+        assert f"grad {name}: not returned: the variant's canonical_grads returns no '{name}' key" in result.message, \
+            result.message
+    assert "detached" not in result.message, result.message
+    none = checks.check_backward(NoneBiasGrad(), layer_problem())  # a key given as None: still "detached"
+    assert "grad bq: missing (None): the input or parameter is detached" in none.message, none.message
+
+
+def test_the_weight_check_names_keys_canonical_grads_leaves_out_not_a_wrong_load():
+    result = checks.check_loaded_weights(NoBiasGrads(), layer_problem())
+    assert not result.passed
+    for name in ("bq", "bk", "bv"):
+        assert (f"test-canonical-grads-without-biases: loaded {name} cannot be read back: the variant's "
+                f"canonical_grads returns no '{name}' key") in result.message, result.message
+    assert "differs from the canonical weights" not in result.message, result.message
+
+
+def test_the_weight_check_still_names_a_wrong_load_and_passes_a_right_one():
+    wrong = checks.check_loaded_weights(WrongWeight(), layer_problem())
+    assert not wrong.passed and "test-wrong-wq: loaded wq differs from the canonical weights" in wrong.message, \
+        wrong.message
+    right = checks.check_loaded_weights(registry.get("layer-separate-qkv"), layer_problem())
+    assert right.passed, right.message
