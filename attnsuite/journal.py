@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -41,8 +42,8 @@ def _limit(seconds: Optional[float]) -> str:
 def source_digests(paths: Iterable[str]) -> dict[str, str]:
     """A content digest of each external file the run's cases depend on (variant modules, problem
     files), by the name the run was given: a resume after the file changed would mix the results of
-    two versions of the code. A folder digests its .py files; a module name, the file it imports from;
-    a name that cannot be found, "" (no check can be made)."""
+    two versions of the code. A folder digests its .py files; a module name, the file it imports from
+    (a package's name, its whole folder); a name that cannot be found, "" (no check can be made)."""
     out: dict[str, str] = {}
     for name in paths:
         name = name.strip()
@@ -54,7 +55,11 @@ def source_digests(paths: Iterable[str]) -> dict[str, str]:
                 found = importlib.util.find_spec(name)
             except (ImportError, ValueError):
                 found = None
-            path = Path(found.origin) if found is not None and found.origin else path
+            if found is not None and found.submodule_search_locations:
+                # a package: every module of it (its __init__ alone had let an edited submodule resume)
+                path = Path(list(found.submodule_search_locations)[0])
+            elif found is not None and found.origin:
+                path = Path(found.origin)
         digest = hashlib.sha256()
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []
         for f in files:
@@ -68,6 +73,39 @@ def changed_sources(before: dict[str, str], now: dict[str, str]) -> list[str]:
     """The names whose digest differs between two :func:`source_digests` (a name either side could not
     digest is not judged), sorted."""
     return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and before.get(k) and now.get(k))
+
+
+def _installed(path: Path) -> bool:
+    """Is ``path`` part of the Python installation: the standard library or an installed distribution
+    (site-packages, dist-packages)? Such code is not the user's, and digesting it all costs time."""
+    if any(part in ("site-packages", "dist-packages") for part in path.parts):
+        return True
+    paths = sysconfig.get_paths()
+    return any(path.is_relative_to(Path(paths[k]).resolve()) for k in ("stdlib", "platstdlib") if paths.get(k))
+
+
+def code_beside(module_names: Iterable[str]) -> list[str]:
+    """The files of imported modules that live beside the named modules, for :func:`source_digests`:
+    in the folder of a lone module's file, or of a package's folder, or below it, outside installed
+    packages. A variant file that imports a helper module next to it ("from kernels import ...") had
+    resumed after that helper changed, mixing two versions of its results in one file."""
+    folders: list[Path] = []
+    for name in module_names:
+        mod = sys.modules.get(name)
+        where = list(getattr(mod, "__path__", None) or [])
+        file = getattr(mod, "__file__", None)
+        folder = Path(where[0]) if where else Path(file).parent if file else None
+        if folder is not None and folder.is_dir():
+            folders.append(folder.resolve())
+    out: list[str] = []
+    for mod in list(sys.modules.values()):
+        file = getattr(mod, "__file__", None)
+        if not file or not file.endswith(".py"):
+            continue
+        path = Path(file).resolve()
+        if not _installed(path) and any(path.is_relative_to(f) for f in folders) and str(path) not in out:
+            out.append(str(path))
+    return sorted(out)
 
 
 def code_locations(module_names: Iterable[str]) -> list[str]:

@@ -195,10 +195,12 @@ def benchmark_json_path(config: pytest.Config) -> Optional[Path]:
 def _sources(spec: RunSpec) -> dict[str, str]:
     """Digests of the code and problem files this run's cases come from (see
     journal.source_digests): the files named by options, the package or file of every module
-    that registered variants from outside (entry points, ATTNSUITE_VARIANTS, --attn-variants), and
-    the suite's own package (its timing and checks: a resume had mixed two versions of them)."""
-    modules = ["attnsuite", *registry.entry_point_modules(), *(name for _, name in registry.external_sources() if name)]
-    return journal.source_digests([*spec.variant_modules, *spec.problem_files, *journal.code_locations(modules)])
+    that registered variants from outside (entry points, ATTNSUITE_VARIANTS, --attn-variants, by
+    module name or by path), the modules imported from beside them, and the suite's own package (its
+    timing and checks: a resume had mixed two versions of them)."""
+    external = [*registry.entry_point_modules(), *(name or spec for spec, name in registry.external_sources())]
+    return journal.source_digests([*spec.variant_modules, *spec.problem_files,
+                                   *journal.code_locations(["attnsuite", *external]), *journal.code_beside(external)])
 
 
 def _journal_path(config: pytest.Config) -> Path:

@@ -137,6 +137,71 @@ def test_code_locations_cover_a_variant_packages_helpers_and_a_lone_modules_file
     assert journal.source_digests(where)[str(pkg)] != before[str(pkg)]
 
 
+def test_a_package_named_by_module_name_is_digested_whole(tmp_path, monkeypatch):
+    # ATTNSUITE_VARIANTS=mypkg had digested mypkg/__init__.py alone: an edited submodule resumed
+    pkg = tmp_path / "named_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from . import kernel\n")
+    (pkg / "kernel.py").write_text("SCALE = 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = journal.source_digests(["named_pkg"])["named_pkg"]
+    (pkg / "kernel.py").write_text("SCALE = 2.0\n")
+    assert before and journal.source_digests(["named_pkg"])["named_pkg"] != before
+
+
+def test_a_helper_imported_beside_a_variant_file_is_digested_and_unrelated_code_is_not(tmp_path, monkeypatch):
+    # a variant file doing "from helpers import K" resumed after helpers.py changed: two versions of its
+    # results in one file. Beside it: what it imported from its folder (or below), not the whole folder,
+    # and never the Python installation (an imported json module, say)
+    from attnsuite import plugin_bench, registry
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "__init__.py").write_text("")
+    (tmp_path / "sub" / "deep.py").write_text("D = 1\n")
+    (tmp_path / "helpers_beside.py").write_text("K = 1.0\n")
+    (tmp_path / "not_imported.py").write_text("N = 1\n")
+    (tmp_path / "my_variant_file.py").write_text("import json\nfrom helpers_beside import K\nfrom sub import deep\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("helpers_beside", "sub", "sub.deep", "my_variant_file"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    importlib.import_module("my_variant_file")
+    for name in ("helpers_beside", "sub", "sub.deep", "my_variant_file"):
+        monkeypatch.setitem(sys.modules, name, sys.modules[name])  # taken out again after the test
+    beside = journal.code_beside(["my_variant_file"])
+    assert beside == sorted(str((tmp_path / f).resolve()) for f in
+                            ("helpers_beside.py", "my_variant_file.py", "sub/__init__.py", "sub/deep.py"))
+    monkeypatch.setattr(registry, "entry_point_modules", lambda: [])
+    monkeypatch.setattr(registry, "external_sources", lambda: [(str(tmp_path / "my_variant_file.py"), "my_variant_file")])
+    spec = plugin_bench.RunSpec(device="cpu", tier="quick")
+    before = plugin_bench._sources(spec)
+    (tmp_path / "not_imported.py").write_text("N = 2\n")  # not imported: no part of the run
+    assert journal.changed_sources(before, plugin_bench._sources(spec)) == []
+    (tmp_path / "helpers_beside.py").write_text("K = 3.0\n")
+    assert journal.changed_sources(before, plugin_bench._sources(spec)) == [str((tmp_path / "helpers_beside.py").resolve())]
+
+
+def test_a_module_named_variant_source_is_digested_with_its_package(tmp_path, monkeypatch):
+    # ATTNSUITE_VARIANTS=mypkg is remembered as ("mypkg", None): its name had been left out of the digest
+    from attnsuite import plugin_bench, registry
+
+    pkg = tmp_path / "envpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from . import impl\n")
+    (pkg / "impl.py").write_text("S = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "envpkg", raising=False)
+    monkeypatch.delitem(sys.modules, "envpkg.impl", raising=False)
+    importlib.import_module("envpkg")
+    monkeypatch.setitem(sys.modules, "envpkg", sys.modules["envpkg"])
+    monkeypatch.setitem(sys.modules, "envpkg.impl", sys.modules["envpkg.impl"])
+    monkeypatch.setattr(registry, "entry_point_modules", lambda: [])
+    monkeypatch.setattr(registry, "external_sources", lambda: [("envpkg", None)])
+    spec = plugin_bench.RunSpec(device="cpu", tier="quick")
+    before = plugin_bench._sources(spec)
+    (pkg / "impl.py").write_text("S = 2\n")
+    assert str(pkg) in journal.changed_sources(before, plugin_bench._sources(spec))
+
+
 def test_the_run_digests_every_module_that_registered_variants_from_outside(monkeypatch):
     from attnsuite import plugin_bench, registry
 
