@@ -1050,7 +1050,6 @@ class Run:
     path: Optional[str] = None
     kind: str = "result"  # "result" or "baseline"
     foreign: int = 0  # benchmarks in a result file that carry no attnsuite record
-    duplicates: list[str] = field(default_factory=list)
     calibration: Optional[dict[str, Any]] = None  # the instance calibration probes of the run
     # what the run selected (a verdict.Scope, stored by the pytest gate as attnsuite.scope): a later
     # compare of this file judges the same cases as the run's own gate did (None: a file without it, or a baseline)
@@ -1188,8 +1187,8 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
         raise ResultFileError(where, f"\"attnsuite.{UNMEASURED_KEY}\" is {type(unmeasured).__name__}, expected a list")
     benches = benchmark_entries(obj)
     records: dict[str, CaseRecord] = {}
+    where_first: dict[str, str] = {}
     foreign = 0
-    dups = []
     for i, b in enumerate(benches):
         info = b.get("extra_info") if isinstance(b, dict) else None
         name = (b.get("fullname") or b.get("name") or f"#{i}") if isinstance(b, dict) else f"#{i}"
@@ -1209,9 +1208,14 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
         if problems:
             raise ResultFileError(where, f"benchmark {name[:200]}: " + "; ".join(problems[:5]))
         if rec.key in records:
-            dups.append(rec.key)
+            # a run writes one record per case: a second one (an edited or concatenated file) had been
+            # taken as "the last one counts", so a faster copy appended to a file hid a 12x slowdown
+            raise ResultFileError(where, f"case {rec.key} has two records (benchmarks {where_first[rec.key]} and "
+                                         f"{name[:200]}): a result file holds one record per case (was it edited "
+                                         "or two files joined?); `attnsuite record` combines several runs")
         records[rec.key] = rec
-    return Run(records=records, fingerprint=fp, path=path, kind="result", foreign=foreign, duplicates=dups,
+        where_first[rec.key] = name[:200]
+    return Run(records=records, fingerprint=fp, path=path, kind="result", foreign=foreign,
                calibration=calibration, scope=scope, simulated=simulated, interrupted=interrupted or "")
 
 

@@ -17,6 +17,7 @@ The thresholds rule (:func:`thresholds_for`), first match wins:
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
@@ -91,6 +92,14 @@ def unknown_workload_sections(thresholds: ThresholdConfig, *runs: bl.Run) -> lis
     return sorted(set(thresholds.workload) - set(workloads.WORKLOADS) - seen)
 
 
+def unmatched_case_patterns(thresholds: ThresholdConfig, *runs: bl.Run) -> list[str]:
+    """The thresholds file's case patterns that match no case of ``runs`` (the baseline holds every
+    case recorded, so a pattern matching none of it is most likely a typo): a misspelt pattern had
+    loaded silently and applied to nothing, where a misspelt workload section was named."""
+    keys = [k for run in runs for k in run.records]
+    return [pattern for pattern, _ in thresholds.case if not any(fnmatch.fnmatchcase(k, pattern) for k in keys)]
+
+
 WIDE_FLOOR = 0.5  # a time floor from here up is named in the report: the gate is blind below it
 
 
@@ -120,8 +129,6 @@ def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
     for run in (base, cur):
         if getattr(run, "foreign", 0):
             all_notes.append(f"{run.foreign} benchmark(s) of {_label(run)} carry no attnsuite record: not judged")
-    if cur.duplicates:
-        all_notes.append(f"{len(cur.duplicates)} case keys appear twice in {cur.label}; the last one counts")
     for run in (base, cur):
         if getattr(run, "interrupted", ""):
             all_notes.append(f"{_label(run)} comes from a session that was {run.interrupted}: it holds part of "
@@ -134,6 +141,10 @@ def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
     if stray:
         all_notes.append(f"thresholds: workload section(s) {', '.join(stray)} name no workload attnsuite knows "
                          "and no case of either run: they apply to nothing (a typo?)")
+    unmatched = unmatched_case_patterns(thresholds, base, cur)
+    if unmatched:
+        all_notes.append(f"thresholds: case pattern(s) {', '.join(unmatched)} match no case of either run: they "
+                         "apply to nothing (a typo?)")
     device = bl.device_kind(cur.fingerprint or base.fingerprint)
     if device == "cuda" and not any(r.device_ms for r in base.records.values() if r.outcome == "ok"):
         all_notes.append(f"{_label(base)} was recorded without device time (event timing only): on CUDA "

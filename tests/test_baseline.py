@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 
 import pytest
@@ -173,6 +174,22 @@ def test_an_ok_record_without_its_time_is_refused_naming_the_benchmark(tmp_path)
     del obj["benchmarks"][0]["extra_info"]["median_ms"]
     (tmp_path / "r.json").write_text(json.dumps(obj))
     with pytest.raises(bl.ResultFileError, match=r"test_bench.*median_ms is missing in an ok case"):
+        bl.load_run(tmp_path / "r.json")
+
+
+@pytest.mark.parametrize("where", ["benchmarks", "unmeasured"])
+def test_a_result_file_with_two_records_of_one_case_is_refused_naming_the_case(tmp_path, where):
+    # "the last one counts" had let a faster copy appended to a file hide a 12x slowdown from compare
+    obj = json.loads(write_result(tmp_path / "r.json", [rec()]).read_text())
+    copy = json.loads(json.dumps(obj["benchmarks"][0]))
+    copy["extra_info"]["median_ms"] /= 10
+    if where == "benchmarks":
+        obj["benchmarks"].append(copy)
+    else:
+        obj.setdefault("attnsuite", {})[bl.UNMEASURED_KEY] = [copy]
+    (tmp_path / "r.json").write_text(json.dumps(obj))
+    key = bl.load_run(write_result(tmp_path / "one.json", [rec()])).records.popitem()[0]
+    with pytest.raises(bl.ResultFileError, match=rf"r.json: case {re.escape(key)} has two records"):
         bl.load_run(tmp_path / "r.json")
 
 

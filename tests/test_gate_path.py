@@ -162,3 +162,13 @@ def test_a_thresholds_workload_section_that_names_nothing_is_noted_as_applying_t
     run = bl.Run(records={r.key: r for r in [rec("sdpa", workload="my-own")]}, fingerprint={}, path=None)
     notes = gate.judge_runs(run, run, thresholds=cfg).notes
     assert any(f"workload section(s) {section} name no workload" in n for n in notes) is noted
+
+
+@pytest.mark.parametrize("pattern, noted", [("my-own/sdpa/fwd/nomatch*", True), ("my-own/sdpa/*", False),
+                                            ("*", False), ("my-own/sdpx/*", True)])
+def test_a_thresholds_case_pattern_that_matches_no_case_is_noted_as_applying_to_nothing(pattern, noted):
+    # {"case": {"video-wm/explicit/fwd/nomatch*": ...}} had been accepted silently, unlike a workload typo
+    cfg = parse_thresholds({"case": {pattern: {"time_floor": 0.5}}}, "t.json")
+    run = bl.Run(records={r.key: r for r in [rec("sdpa", workload="my-own")]}, fingerprint={}, path=None)
+    notes = gate.judge_runs(run, run, thresholds=cfg).notes
+    assert any(f"case pattern(s) {pattern} match no case of either run" in n for n in notes) is noted, notes
