@@ -4,6 +4,9 @@
 # Env: GATE=report|enforce|off (default report on CPU, where shared-runner noise is large;
 # enforce on CUDA), OUT=results. Extra arguments go to pytest (e.g. --attn-workload fa-sweep).
 set -uo pipefail
+# a relative OUT names a folder where the command was typed (it had landed under the repository,
+# while the summary printed it as typed)
+case "${OUT:-}" in ""|/*) ;; *) OUT="$PWD/$OUT"; export OUT ;; esac
 cd "$(dirname "$0")/.."
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   tier=full; gate=${GATE:-enforce}; export PYTHON=${PYTHON:-python3}

@@ -9,6 +9,9 @@
 # Exit status: pytest's (1 when the gate fails under enforce, 2 interrupted, 4 for a malformed baseline
 # or another run writing the same folder).
 set -uo pipefail
+# a relative OUT names a folder where the command was typed (it had landed under the repository,
+# while the summary printed it as typed)
+case "${OUT:-}" in ""|/*) ;; *) OUT="$PWD/$OUT"; export OUT ;; esac
 cd "$(dirname "$0")/.."
 if [ $# -lt 2 ]; then
   echo "usage: bash scripts/ci_bench.sh quick|full off|report|enforce [pytest args]" >&2

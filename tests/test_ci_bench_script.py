@@ -9,6 +9,7 @@ resumed run then overwrote the log. A stand-in Python plays pytest here (no benc
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -90,3 +91,26 @@ def test_an_output_folder_that_cannot_be_made_is_named_in_one_line(tmp_path):
                           text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": "/bin/false"})
     assert done.returncode == 2, done.stderr
     assert done.stderr == f"ci_bench: the output folder OUT={out} cannot be created or written: give OUT=<a writable folder>\n"
+
+
+@pytest.mark.parametrize("script", ["ci_bench.sh", "bench.sh"])
+def test_a_relative_output_folder_is_where_the_command_was_typed_not_under_the_repository(tmp_path, script):
+    # OUT=myout from another folder had written under the repository while the summary named ./myout
+    fake = tmp_path / "fakepython"
+    fake.write_text("#!/usr/bin/env bash\necho \"ran $*\"\n")
+    fake.chmod(0o755)
+    name = f"attnsuite-test-out-{os.getpid()}"
+    args = ["quick", "report"] if script == "ci_bench.sh" else []
+    # bench.sh takes a machine where nvidia-smi lists a GPU as a CUDA one and keeps PYTHON: the stand-in
+    # python then answers for pytest, with no set-up and no tier run
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvidia-smi").write_text("#!/usr/bin/env bash\necho 'GPU 0: stand-in'\n")
+    (tmp_path / "bin" / "nvidia-smi").chmod(0o755)
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "PYTHON": str(fake), "OUT": name}
+    try:
+        done = subprocess.run(["bash", str(ROOT / "scripts" / script), *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert not (ROOT / name).exists(), f"{script} wrote under the repository"
+    finally:
+        shutil.rmtree(ROOT / name, ignore_errors=True)
+    assert (tmp_path / name / "bench.log").is_file(), done.stdout + done.stderr
