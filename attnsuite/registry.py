@@ -287,6 +287,10 @@ def register(variant):
         if bad:
             raise ValueError(f"variant {instance.name!r} declares unknown {attr} {sorted(bad)}; known: "
                              f"{', '.join(sorted(known))}")
+        if not declared and attr in ("masks", "dtypes", "devices"):
+            # as a misspelt name: nothing would be checked, and the run would end green
+            raise ValueError(f"variant {instance.name!r} declares no {attr} (an empty set): every problem would "
+                             f"skip and nothing of it be checked; name at least one of {', '.join(sorted(known))}")
     if not isinstance(instance.known_defects, dict) or set(instance.known_defects) - set(CHECK_NAMES):
         # a misspelt key ("fwd") had been ignored: the declared defect failed the run as if undeclared
         raise ValueError(f"variant {instance.name!r}: known_defects keys must be check names "

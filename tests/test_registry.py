@@ -37,6 +37,10 @@ def test_duplicate_name_from_another_class_is_refused():
     ("devices", frozenset({"CPU"}), "unknown devices ['CPU']"),
     ("backward_devices", frozenset({"gpu"}), "unknown backward_devices ['gpu']"),
     ("masks", "causal", "masks must be a set of names"),
+    # an empty set skips everything as a misspelt one does
+    ("dtypes", frozenset(), "declares no dtypes (an empty set): every problem would skip"),
+    ("masks", frozenset(), "declares no masks (an empty set)"),
+    ("devices", frozenset(), "declares no devices (an empty set)"),
     # a misspelt check name had been ignored: the declared defect failed the run as if undeclared
     ("known_defects", {"fwd": "seen on ..."}, "known_defects keys must be check names (forward, backward, "
                                                "causality, repeat, strided), got ['fwd']"),
