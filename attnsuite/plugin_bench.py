@@ -37,7 +37,7 @@ from . import baseline, checks, filelock, fingerprint, journal, memory, progress
 from .dispatch import Dispatcher, visible_gpus
 from .isolation import STDERR_TAIL_LINES, Failure, WorkerPool, WorkerStartError, stack_in
 from .plugin import PROBLEM_FILES
-from .record import MODES, CaseRecord
+from .record import FAILING_OUTCOMES, MODES, CaseRecord
 from .runner import BenchCase, RunSpec, add_scaling_efficiency, bench_cases
 from .wording import none_of
 from .worker import Worker
@@ -548,7 +548,9 @@ class BenchRunner:
         _write_progress(request.config, tracker.case_done(rec.key, rec.outcome))
         benchmark.group = bc.group
         benchmark.extra_info.update(rec.to_extra_info())
-        measured = result is not None and bool(result.samples_s)
+        # a failing case's samples stay out of pytest-benchmark's table and list: its table had ranked a
+        # variant returning None (numerics) as the fastest of its group; its record keeps its figures
+        measured = result is not None and bool(result.samples_s) and rec.outcome not in FAILING_OUTCOMES
         if benchmark.enabled:
             if measured:
                 feed_benchmark(benchmark, result)
@@ -561,7 +563,7 @@ class BenchRunner:
         if rec.outcome == "oom":
             asked = f"{rec.oom_bytes / 2**30:.2f} GiB" if rec.oom_bytes else "unknown size"
             pytest.skip(f"out of memory (asked for {asked}): {rec.detail}")
-        if rec.outcome in ("numerics", "error", "crash", "timeout"):
+        if rec.outcome in FAILING_OUTCOMES:
             where = rec.extra.get("traceback") or rec.extra.get("stack")
             pytest.fail(f"{bc.id}: {rec.outcome}: {rec.detail}" + (f"\n{where}" if where else ""), pytrace=False)
         return rec
@@ -904,7 +906,9 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
             "params": {"bench_case": landed.record.key},
             "param": landed.param,
             "extra_info": landed.record.to_extra_info(),
-            "options": {"timer": "none (no samples: " + landed.record.outcome + ")"},
+            "options": {"timer": "none (no samples: " + landed.record.outcome + ")" if landed.record.outcome
+                        not in FAILING_OUTCOMES else f"none (a failed case, {landed.record.outcome}: its samples "
+                        "are left out of pytest-benchmark's table; its record keeps its figures)"},
             "stats": _empty_stats(),
         })
     counts: dict[str, int] = {}

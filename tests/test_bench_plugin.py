@@ -51,6 +51,18 @@ class Hog(KernelVariant):
 
 
 @register
+class Wrong(KernelVariant):
+    name = "wrong"
+    masks = MASKS
+    features = FEATURES
+
+    def build(self, problem):
+        def run(q, k, v):  # fast and wrong: its numerics fail
+            return torch.zeros_like(q)
+        return run
+
+
+@register
 class GpuOnly(KernelVariant):
     name = "gpu-only"
     masks = MASKS
@@ -95,6 +107,20 @@ def _by_variant(data):
     for b in _entries(data):
         out.setdefault(b["extra_info"]["variant"], []).append(b)
     return out
+
+
+def test_a_case_that_fails_numerics_keeps_its_figures_but_is_left_out_of_pytest_benchmarks_table(bench_run):
+    # pytest-benchmark's table had ranked a variant returning garbage as the fastest of its group
+    result, data = bench_run(variants=("sdpa", "wrong"))
+    assert data is not None, result.stdout.str()[-3000:]
+    result.assert_outcomes(passed=2, failed=2)
+    assert {b["extra_info"]["variant"] for b in data["benchmarks"]} == {"sdpa"}
+    wrong = _by_variant(data)["wrong"]
+    assert len(wrong) == 2 and all(b["extra_info"]["outcome"] == "numerics" for b in wrong)
+    assert all(b["extra_info"]["median_ms"] > 0 and b["stats"]["rounds"] == 0 for b in wrong)
+    assert all("a failed case, numerics" in b["options"]["timer"] for b in wrong)
+    table = [line for line in result.stdout.lines if line.startswith("test_workload[")]
+    assert table and not any("wrong" in line for line in table), table
 
 
 def test_json_has_every_field_for_ok_error_oom_and_skipped_cases(bench_run, tmp_path_factory):
