@@ -60,6 +60,7 @@ class Summary:
     peak_note: str  # what % of peak is measured against (or why there is none)
     files: list[tuple[str, str]] = field(default_factory=list)
     checked: str = ""  # how the ok cases' numerics were checked (:func:`numerics_line`)
+    simulated: str = ""  # cases whose times carry an injected slowdown (:func:`simulated_line`)
 
 
 def dtype_of(rec: CaseRecord) -> Optional[str]:
@@ -272,6 +273,17 @@ def numerics_line(records: Mapping[str, CaseRecord]) -> str:
             + " (each case's extra.numerics_check in the JSON)")
 
 
+def simulated_line(records: Mapping[str, CaseRecord]) -> str:
+    """Which cases ran with a slowdown injected (``--attn-inject-slowdown``), or "": the gate catching
+    it is the point of injecting one, but a report that did not say so read as the code's own times."""
+    slowed = Counter(r.variant for r in records.values() if (r.extra or {}).get("injected_ms"))
+    if not slowed:
+        return ""
+    names = ", ".join(f"{v} ({n})" for v, n in sorted(slowed.items()))
+    return (f"SIMULATED: {count(sum(slowed.values()), 'case')} ran with a slowdown injected (--attn-inject-slowdown: "
+            f"{names}): their times are not the code's own, and no baseline is recorded from this run")
+
+
 def _failed_head(failed: Mapping[str, int]) -> str:
     kinds = ", ".join(f"{n} {k}" for k, n in failed.items())
     return f"FAIL: {sum(failed.values())} case(s) of this run failed ({kinds})"
@@ -320,7 +332,7 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
                    failures=failures, skip_reasons=[(n, k) for k, n in reasons.most_common()],
                    best=best_per_workload(records, calibration, label),
                    peak_note=peak_note(records, calibration, label), files=list(files),
-                   checked=numerics_line(records))
+                   checked=numerics_line(records), simulated=simulated_line(records))
 
 
 def _best_cells(b: Best) -> list[str]:
@@ -344,7 +356,7 @@ def _reasons(s: Summary) -> list[str]:
 
 def terminal_lines(s: Summary) -> list[str]:
     """The summary as plain lines for the terminal (one screen for a typical run)."""
-    out = [s.verdict] + [f"  {line}" for line in s.baseline]
+    out = [s.verdict] + [f"  {line}" for line in s.baseline] + ([s.simulated] if s.simulated else [])
     if s.regressions:
         out.append(f"regressions ({len(s.regressions) + s.more_regressions}):")
         out += [f"  {line}" for line in s.regressions]
@@ -377,6 +389,8 @@ def terminal_lines(s: Summary) -> list[str]:
 def markdown_lines(s: Summary, escape) -> list[str]:
     """The summary as markdown (heads gate.md); ``escape`` is report.md_escape, the one escaping rule."""
     out = [f"**{escape(s.verdict)}**", ""] + [f"> {escape(line)}" for line in s.baseline] + [""]
+    if s.simulated:
+        out += [f"**{escape(s.simulated)}**", ""]
     if s.regressions:
         out += [f"**Regressions ({len(s.regressions) + s.more_regressions})**", ""]
         out += [f"- {escape(line)}" for line in s.regressions]

@@ -318,6 +318,19 @@ def test_the_summary_says_how_the_ok_cases_numerics_were_checked():
     assert summary.build(_records(cpu("boom", None, outcome="error", detail="x")), None).checked == ""
 
 
+def test_a_run_with_an_injected_slowdown_says_so_at_the_top_of_the_summary_and_gate_md():
+    # --attn-inject-slowdown had left no trace in the last screen or gate.md: its times read as the code's own
+    records = _records(cpu("sdpa", 1.5, extra={"injected_ms": 0.5}),
+                       cpu("sdpa", 1.5, problem="b1-q128-h4-d64-causal-tl-fp32-cpu", extra={"injected_ms": 0.1}),
+                       cpu("explicit", 2.0))
+    s = summary.build(records, None)
+    assert s.simulated == ("SIMULATED: 2 cases ran with a slowdown injected (--attn-inject-slowdown: sdpa (2)): "
+                           "their times are not the code's own, and no baseline is recorded from this run")
+    assert summary.terminal_lines(s)[:3] == [s.verdict, f"  {s.baseline[0]}", s.simulated]
+    assert f"**{report.md_escape(s.simulated)}**" in summary.markdown_lines(s, report.md_escape)
+    assert summary.build(_records(cpu("explicit", 2.0)), None).simulated == ""
+
+
 def test_a_cut_message_ends_at_a_word_with_a_mark_that_it_was_cut():
     from attnsuite.verdict import Thresholds, judge
     from attnsuite.wording import clip
