@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from . import baseline as bl
-from . import report
+from . import report, summary
 from .record import CaseRecord
 from .verdict import GATING, Comparison, ThresholdConfig, ThresholdsError
 from .wording import count
@@ -781,6 +781,7 @@ def judge_ab(rounds: AbRounds, thresholds: ThresholdConfig, *, base_label: str, 
     cmp = judge_runs(sides["base"], sides["head"], thresholds=thresholds, allow_mismatch=allow_mismatch,
                      scope=lambda rec: True, notes=notes)
     cmp.baseline_label, cmp.current_label = base_label, head_label
+    cmp.side_names = ("base", "head")  # two trees, not a baseline and a run
     # a variant of the base that no head round ran at all: most likely removed or renamed by the change
     head_variants = {r.variant for r in sides["head"].records.values()}
     for i, v in enumerate(cmp.verdicts):
@@ -1021,7 +1022,11 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out, *, context: Sequence[s
     print(report.terminal_table(cmp), file=out)
     for line in report.gate_lines(cmp):
         print(f"{report.gate_label(cmp)} {line}", file=out)
-    text = report.markdown_diff(cmp, title="attnsuite A/B (same machine)", context=context)
+    # the verdict in words, bold, first, as gate.md has it (the heading alone had carried it)
+    verdict = summary.comparison_verdict(cmp, cmp.gate_mode, summary.failed_counts(
+        {v.key: v.cur for v in cmp.verdicts if v.cur is not None}))
+    text = report.markdown_diff(cmp, title="attnsuite A/B (same machine)", context=context,
+                                head=[f"**{report.md_escape(verdict)}**", ""])
     if args.markdown:
         report.write_markdown(text, args.markdown)
     if args.step_summary:  # with or without --markdown (alone it had been ignored without a word)

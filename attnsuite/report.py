@@ -157,7 +157,7 @@ def terminal_table(cmp: Comparison, *, show_same: bool = False, max_rows: int = 
     """A plain-text table of the verdicts (unchanged cases left out unless ``show_same``)."""
     new_skipped = [v for v in cmp.new if v.cur is not None and v.cur.outcome == "skipped"]
     rows = [v for v in cmp.verdicts if show_same or ((v.verdict != "same" or v.reported) and v not in new_skipped)]
-    header = TABLE_HEADER
+    header = table_header(cmp.side_names)
     body = [(v.label, v.key) + _change_cells(v) for v in rows[:max_rows]]
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(header)]
     widths[1] = min(widths[1], 90)
@@ -187,8 +187,14 @@ def terminal_table(cmp: Comparison, *, show_same: bool = False, max_rows: int = 
 # --------------------------------------------------------------------------- markdown
 
 
-def _md_table(verdicts: Iterable[CaseVerdict], with_message: bool = True) -> list[str]:
-    cols = ["verdict", "workload", "variant", "mode", "problem", *TABLE_HEADER[2:]]
+def table_header(sides: tuple[str, str] = ("baseline", "this run")) -> tuple[str, ...]:
+    """The verdict table's columns, its two sides named (``Comparison.side_names``)."""
+    return (*TABLE_HEADER[:3], *sides, *TABLE_HEADER[5:])
+
+
+def _md_table(verdicts: Iterable[CaseVerdict], with_message: bool = True,
+              sides: tuple[str, str] = ("baseline", "this run")) -> list[str]:
+    cols = ["verdict", "workload", "variant", "mode", "problem", *table_header(sides)[2:]]
     if with_message:
         cols.append("details")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -238,14 +244,14 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
         out += [f"#### Regressions ({len(cmp.regressions)}): {fail}", ""]
         out += [_md_finding(v) for v in cmp.regressions]
         out += ["", "<details>", "<summary>Regressions as a table</summary>", "",
-                *_md_table(cmp.regressions, with_message=False), "", "</details>", ""]
+                *_md_table(cmp.regressions, with_message=False, sides=cmp.side_names), "", "</details>", ""]
     if cmp.reported:
         out += [f"#### Reported, not gating ({len(cmp.reported)}): host overhead, findings a second "
                 "measurement did not confirm", ""]
         out += [_md_finding(v) for v in cmp.reported] + [""]
     if cmp.improvements:
         out += [f"#### Improvements ({len(cmp.improvements)}): refresh the baseline to keep them",
-                "", *_md_table(cmp.improvements), ""]
+                "", *_md_table(cmp.improvements, sides=cmp.side_names), ""]
     # the run's summary (``head``) counts skips by reason; without one (attnsuite ab, compare) the reasons
     # are listed here, a few at most, each with how many cases it skipped
     where = "counted by reason in the summary above" if head else _skip_reasons_text(cmp)
@@ -254,14 +260,14 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
         n = len(cmp.new) - len(new)
         out += [f"{count(n, 'new case')} {'is' if n == 1 else 'are'} skipped ({where}).", ""]
     if new:
-        out += [f"#### New cases ({len(new)})", "", *_md_table(new), ""]
+        out += [f"#### New cases ({len(new)})", "", *_md_table(new, sides=cmp.side_names), ""]
     same = [v for v in cmp.unchanged if not v.skipped_in_both]  # those are counted by reason in the summary
     skipped = len(cmp.unchanged) - len(same)
     if skipped:
         out += [f"{count(skipped, 'case')} {'was' if skipped == 1 else 'were'} skipped in both runs ({where}).", ""]
     if same:
         shown = same[:_MD_ROWS_MAX]
-        out += ["<details>", f"<summary>Unchanged ({len(same)})</summary>", "", *_md_table(shown)]
+        out += ["<details>", f"<summary>Unchanged ({len(same)})</summary>", "", *_md_table(shown, sides=cmp.side_names)]
         if len(same) > len(shown):
             out.append(f"\n... {len(same) - len(shown)} more unchanged cases (see the result JSON)")
         out += ["", "</details>", ""]

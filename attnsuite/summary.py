@@ -166,7 +166,8 @@ def peak_note(records: Mapping[str, CaseRecord], calibration: Optional[Mapping[s
 
 
 def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode: str,
-                 failed_cases: Optional[Mapping[str, int]] = None, new: int = 0, not_run: int = 0) -> str:
+                 failed_cases: Optional[Mapping[str, int]] = None, new: int = 0, not_run: int = 0,
+                 against: str = "the baseline") -> str:
     """The summary's first line: the run's outcome, from the gate and from the cases that failed.
 
     ``judged`` counts the cases compared with a baseline entry; ``new`` the cases the baseline does
@@ -192,7 +193,7 @@ def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode:
                 else "no case to judge")
         return f"{_failed_head(failed)}; {gate}" if failed else f"NOT COMPARED: {gate}"
     if not regressions:
-        gate = f"no regression among {among} against the baseline{new_text}"
+        gate = f"no regression among {among} against {against}{new_text}"
     elif gate_mode == "enforce":
         gate = f"{regressions} regression(s) among {among} (gate enforced){new_text}"
     else:
@@ -215,8 +216,9 @@ def out_of_scope_line(n: int, interrupted: bool = False) -> str:
 def comparison_verdict(cmp: Comparison, gate_mode: str, failed_cases: Optional[Mapping[str, int]] = None) -> str:
     """:func:`verdict_line` for a comparison: its new cases counted apart from the judged ones."""
     n_new = len(cmp.new)
+    against = "the base tree" if cmp.side_names[0] == "base" else "the baseline"
     return verdict_line(len(cmp.regressions), len(cmp.verdicts) - n_new, cmp.n_skipped_in_both, gate_mode,
-                        failed_cases, n_new, sum(1 for v in cmp.verdicts if v.verdict == "missing"))
+                        failed_cases, n_new, sum(1 for v in cmp.verdicts if v.verdict == "missing"), against)
 
 
 _HEADINGS = {"PASS": "✅ pass", "FAIL": "❌ **FAIL**", "REPORTED": "⚠️ **REPORTED** (gate in report mode: not failing)",

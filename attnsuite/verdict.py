@@ -791,6 +791,8 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     baseline_label: str = "baseline"
     current_label: str = "this run"
+    # the two sides' names in table headers: ("base", "head") for attnsuite ab, whose sides are two trees
+    side_names: tuple[str, str] = ("baseline", "this run")
     # shown at the head of every report: which baseline and what it can promise, calibration
     header: list[str] = field(default_factory=list)
     fallback: bool = False  # the baseline is a compatible machine's, not this exact fingerprint's

@@ -320,6 +320,20 @@ def test_a_head_ten_percent_slower_fails_and_equal_or_faster_passes(repo, tmp_pa
         assert f"GATE slower: {KEY_A}" in out
 
 
+@pytest.mark.parametrize("fraction, verdict", [(0.10, "**FAIL: 1 regression(s) among 2 cases judged (gate enforced)**"),
+                                               (0.0, "**PASS: no regression among 2 cases judged against the base tree**")])
+def test_the_markdown_states_its_verdict_in_bold_and_names_its_sides_base_and_head(repo, tmp_path, fraction, verdict):
+    # the A/B diff had only its heading's mark for a verdict, and called its two trees "baseline" and "this run"
+    md = tmp_path / "ab.md"
+    run_cmd(["--base", "HEAD", "--repo", str(repo), "--markdown", str(md)], FakeRunner(head_slower(fraction)))
+    text = md.read_text()
+    assert verdict in text.splitlines()[2:4], text[:600]
+    tables = [line for line in text.splitlines() if line.startswith("| verdict |")]
+    assert tables and all("| base | head |" in line and "this run" not in line for line in tables), tables
+    status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo)], FakeRunner(head_slower(fraction)))
+    assert any(line.split()[3:5] == ["base", "head"] for line in out.splitlines() if line.startswith("verdict ")), out
+
+
 def test_report_mode_measures_and_reports_but_exits_zero_and_never_reads_fail(repo, tmp_path):
     md = tmp_path / "ab.md"
     status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--gate", "report", "--markdown", str(md)],
