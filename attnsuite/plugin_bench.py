@@ -799,7 +799,29 @@ def _say(config: pytest.Config, line: str) -> None:
             print(line, flush=True)
 
 
+# options only the benchmarks read: in a session without a benchmark (the correctness suite) they do nothing
+BENCH_ONLY_OPTIONS = ("--attn-tier", "--attn-workload", "--attn-mode", "--attn-mem-cap", "--attn-inject-slowdown",
+                      "--attn-cpu-threads", "--attn-isolation", "--attn-timeout", "--attn-journal", "--attn-resume",
+                      "--attn-gpus", "--attn-device-time")
+
+
+def unused_bench_options(args: Sequence[str], items: Sequence[Any]) -> list[str]:
+    """The benchmark-only options given on the command line (``args``) of a session whose ``items``
+    hold no benchmark, in the order given: ``pytest test_correctness --attn-mem-cap 1G`` had run
+    without a word that the cap applied to nothing."""
+    if not items or any(_is_bench_item(i) for i in items):
+        return []
+    given = [a.split("=", 1)[0] for a in args if isinstance(a, str)]
+    return list(dict.fromkeys(a for a in given if a in BENCH_ONLY_OPTIONS))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
+    unused = unused_bench_options(session.config.invocation_params.args, session.items)
+    if unused:
+        one = len(unused) == 1
+        _say(session.config, f"attnsuite: {', '.join(unused)} {'applies' if one else 'apply'} to the benchmarks "
+                             "(pytest bench --benchmark-only) only: this session collected no benchmark, so "
+                             f"{'it changes' if one else 'they change'} nothing here")
     why = nothing_selected(session.config, session.items, session.config.stash.get(_BENCH_DESELECTED, 0))
     if why:
         session.config.stash[_NOTHING_SELECTED] = why

@@ -253,3 +253,23 @@ def test_the_benchmark_json_path_and_the_journal_beside_it_name_the_file_however
         assert plugin_bench._journal_path(config) == tmp_path / "sub" / "run.json.journal.jsonl"
         assert plugin_gate._files(config) == [("benchmark JSON", str(target))]
     assert plugin_bench.benchmark_json_path(_Config()) is None
+
+
+class _Item:
+    def __init__(self, bench):
+        self.fixturenames = ("bench_case",) if bench else ("problem",)
+
+
+@pytest.mark.parametrize("args, items, expected", [
+    (["test_correctness", "--attn-mem-cap", "1G", "--attn-workload=decode", "--attn-only", "x"], [False],
+     ["--attn-mem-cap", "--attn-workload"]),
+    (["bench", "--attn-mem-cap", "1G"], [True, False], []),  # a benchmark session reads it
+    (["test_correctness", "--attn-only", "x", "--attn-dtype", "float32"], [False], []),  # the checks read these
+    (["test_correctness", "--attn-resume", "--attn-resume"], [False], ["--attn-resume"]),
+    (["--attn-mem-cap", "1G"], [], []),  # nothing collected: pytest says so itself
+], ids=["correctness-run", "benchmark-run", "shared-options", "named-once", "nothing-collected"])
+def test_benchmark_only_options_in_a_session_without_benchmarks_are_named(args, items, expected):
+    # pytest test_correctness --attn-mem-cap 1G had run without a word that the cap applied to nothing
+    from attnsuite import plugin_bench
+
+    assert plugin_bench.unused_bench_options(args, [_Item(b) for b in items]) == expected
