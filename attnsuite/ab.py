@@ -144,6 +144,13 @@ def _write_probe(session):
         return
     where = {name: getattr(sys.modules.get(name), "__file__", None) for name in ("attnsuite", "attnsuite_impls")}
     where["rootdir"] = str(session.config.rootpath)
+    foreign = os.environ.get("ATTNSUITE_AB_FOREIGN")
+    if foreign:  # modules of the other side's checkout (an installed copy of it shadowing this side's)
+        top = os.path.realpath(foreign) + os.sep
+        where["foreign"] = sorted(
+            [name, os.path.realpath(f)] for name, f in
+            ((n, getattr(m, "__file__", None)) for n, m in list(sys.modules.items()))
+            if f and os.path.realpath(f).startswith(top) and "site-packages" not in f and "dist-packages" not in f)[:20]
     where["selected"] = len(session.items)
     where["marks"] = dict(_MARKS)
     with open(path + ".part", "w", encoding="utf-8") as fh:
@@ -202,6 +209,15 @@ def check_probe(probe: Path, tree: Path) -> dict[str, Any]:
                           "code (check PYTHONPATH and how attnsuite is installed)")
     if where.get("rootdir") and Path(where["rootdir"]).resolve() != root:
         raise AbError(f"the round meant for {tree} ran with pytest rootdir {where['rootdir']}")
+    foreign = [(name, f) for name, f in where.get("foreign") or [] if root not in Path(f).resolve().parents]
+    if foreign:
+        name, f = foreign[0]
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise AbError(f"the round imported {name} from {f}{more}, a file of the other side's checkout: it would "
+                      "measure that side's code. A package of the repository installed where its other checkout "
+                      "is found (pip install -e, or a path in PYTHONPATH) does that; each side puts its own root "
+                      "and src/ first on the import path, so import your package by its name from there, or "
+                      "run ab without that install")
     return where
 
 
@@ -429,14 +445,30 @@ def pytest_command(python: str, json_path: Path, pytest_args: Sequence[str]) -> 
             *pytest_args]
 
 
+def import_roots(checkout: Path) -> list[Path]:
+    """Where a variants repository's own packages import from: its root, and ``src/`` in the src layout.
+    First on a round's path, they win over an installed copy of the package (an editable install's
+    finder is consulted after the path; a regular install sits behind it in site-packages), so each
+    side imports its own checkout's code."""
+    return [checkout] + ([checkout / "src"] if (checkout / "src").is_dir() else [])
+
+
 def round_env(tree: Path, plugin_dir: Path, probe: Path, cases_file: Optional[Path],
-              base_env: Optional[dict[str, str]] = None) -> dict[str, str]:
+              base_env: Optional[dict[str, str]] = None, import_first: Sequence[Path] = (),
+              foreign: Optional[Path] = None) -> dict[str, str]:
     """The environment of a round: the tree first on PYTHONPATH (it also runs from there), then
-    the probe plugin's folder, then whatever PYTHONPATH was already set."""
+    the probe plugin's folder, then ``import_first`` (a variants repository's side:
+    :func:`import_roots`), then whatever PYTHONPATH was already set. ``foreign``: the other side's
+    checkout, from which the probe reports any module the round imported (:func:`check_probe`)."""
     env = dict(os.environ if base_env is None else base_env)
-    env["PYTHONPATH"] = os.pathsep.join([str(tree), str(plugin_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), str(plugin_dir), *map(str, import_first)]
+                                        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["PYTHONUNBUFFERED"] = "1"
     env["ATTNSUITE_AB_PROBE"] = str(probe)
+    if foreign is not None:
+        env["ATTNSUITE_AB_FOREIGN"] = str(foreign)
+    else:
+        env.pop("ATTNSUITE_AB_FOREIGN", None)
     if cases_file is not None:
         env["ATTNSUITE_AB_CASES"] = str(cases_file)
     else:
@@ -604,6 +636,9 @@ class AbPlan:
     # --attn-only names a side's tree does not register (a variant the change adds or removes): that
     # side's rounds run without them, found from the rounds' own usage errors (any version of the suite)
     not_in: dict[str, set[str]] = field(default_factory=lambda: {"base": set(), "head": set()})
+    # a variants repository's two checkouts, by side: each side's rounds import its own (its root and
+    # src/ first on PYTHONPATH), and a module imported from the other side's fails the round
+    side_roots: Optional[dict[str, Path]] = None
 
 
 @dataclass
@@ -656,8 +691,12 @@ def round_specs(plan: AbPlan) -> list[RoundSpec]:
         stem = plan.workdir / f"round{i:02d}-{side}"
         json_path = stem.with_suffix(".json")
         probe = stem.with_name(stem.name + ".probe.json")
+        roots, foreign = (), None
+        if plan.side_roots is not None:
+            roots = import_roots(plan.side_roots[side])
+            foreign = plan.side_roots["head" if side == "base" else "base"]
         specs.append(RoundSpec(i, side, tree, pytest_command(plan.python, json_path, args),
-                               round_env(tree, plan.workdir, probe, cases_file, env), json_path,
+                               round_env(tree, plan.workdir, probe, cases_file, env, roots, foreign), json_path,
                                stem.with_suffix(".log"), probe, plan.timeout, selects_nothing=nothing))
     return specs
 
@@ -982,7 +1021,8 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
                               head_args=rebase_paths(args.head_arg, cwd, repo, repo.resolve()),
                               base_env=rebase_env(env, cwd, repo, repo.resolve()),
                               base_args=rebase_paths(args.pytest_args, cwd, repo, base_tree),
-                              base_side_env=rebase_env(env, cwd, repo, base_tree))
+                              base_side_env=rebase_env(env, cwd, repo, base_tree),
+                              side_roots={"base": base_tree, "head": repo.resolve()})
             # a variants or problem file the change adds is not in the base: its rounds run without it
             base_args, base_env, added = without_files_absent_from(
                 plan.base_args if plan.base_args is not None else plan.pytest_args,

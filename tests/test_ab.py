@@ -587,6 +587,51 @@ def test_a_kernel_repository_runs_each_sides_own_variants_with_this_suites_bench
     assert f"the variants of both, run by the attnsuite at {ab.suite_tree()}" in out
 
 
+def test_each_side_of_a_kernel_repository_imports_its_own_checkout_first_and_watches_the_others(kernel_repo):
+    # an installed (editable) copy of the repository's package had been imported by both sides: a kernel made
+    # 10x slower read "same". Each side's root and src/ now come first on the import path
+    (kernel_repo / "src").mkdir()
+    git(kernel_repo, "-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    (kernel_repo / "src" / "keep.py").write_text("")
+    git(kernel_repo, "-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    git(kernel_repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "src layout")
+    runner = FakeRunner(same_speed)
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(kernel_repo), "--", "--attn-variants",
+                              str(kernel_repo / "kernels" / "v.py")], runner)
+    assert status == ab.EXIT_OK, err
+    for spec in runner.specs:
+        path = spec.env["PYTHONPATH"].split(os.pathsep)
+        own = Path(path[2])
+        assert path[0] == str(ab.suite_tree()) and path[3] == str(own / "src"), path
+        assert (own == kernel_repo.resolve()) is (spec.side == "head"), (spec.side, path)
+        assert Path(spec.env["ATTNSUITE_AB_FOREIGN"]) != own  # the other side's checkout
+
+
+def test_the_probe_names_a_module_a_round_imported_from_the_other_sides_checkout(tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    (other / "src" / "teampkg_ab_probe_test").mkdir(parents=True)
+    (other / "src" / "teampkg_ab_probe_test" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(other / "src"))
+    monkeypatch.delitem(sys.modules, "teampkg_ab_probe_test", raising=False)
+    import teampkg_ab_probe_test  # noqa: F401  (as an installed copy of the other checkout would be)
+
+    monkeypatch.setitem(sys.modules, "teampkg_ab_probe_test", sys.modules["teampkg_ab_probe_test"])
+    plugin: dict = {}
+    exec(compile(ab.PLUGIN_SOURCE, ab.PLUGIN_MODULE, "exec"), plugin)  # the probe as rounds load it
+    probe = tmp_path / "r.probe.json"
+    monkeypatch.setenv("ATTNSUITE_AB_PROBE", str(probe))
+    monkeypatch.setenv("ATTNSUITE_AB_FOREIGN", str(other))
+    suite = ab.suite_tree()
+    session = argparse.Namespace(config=argparse.Namespace(rootpath=suite), items=[])
+    plugin["_write_probe"](session)
+    with pytest.raises(ab.AbError, match=r"imported teampkg_ab_probe_test from .*other/src/teampkg_ab_probe_test/"
+                                         r"__init__.py, a file of the other side's checkout"):
+        ab.check_probe(probe, suite)
+    monkeypatch.setenv("ATTNSUITE_AB_FOREIGN", str(tmp_path / "elsewhere"))  # nothing of it imported: fine
+    plugin["_write_probe"](session)
+    assert ab.check_probe(probe, suite)["foreign"] == []
+
+
 def test_a_kernel_repository_with_no_variants_path_in_it_is_bad_input(kernel_repo, tmp_path):
     elsewhere = tmp_path / "elsewhere.py"
     elsewhere.write_text("")
