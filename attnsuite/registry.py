@@ -532,6 +532,32 @@ class NothingRegistered(UserWarning):
     """A variant module file or folder that was imported and registered nothing."""
 
 
+class ShadowedPackage(UserWarning):
+    """A variant file that lies inside a package's folder while ``import <package>`` loads another copy
+    of that package (an installed one): the variants' own imports then run the other copy's code."""
+
+
+def shadowed_package(path: Path) -> Optional[str]:
+    """Why the variants of the file ``path`` may run another copy of the package it lies in, or None.
+
+    ``src/teamattn/variants.py`` doing ``from teamattn.kernels import ...`` with an installed
+    ``teamattn`` imports the installed kernels, not the ones beside the file: a kernel made wrong in
+    the working tree had passed every check, unseen."""
+    top = None
+    folder = path.parent
+    while (folder / "__init__.py").is_file():
+        top, folder = folder, folder.parent
+    if top is None:
+        return None
+    module = sys.modules.get(top.name)
+    where = [Path(p).resolve() for p in getattr(module, "__path__", None) or []]
+    if module is None or not where or top.resolve() in where:
+        return None
+    return (f"variant file {path} lies in package {top.name!r} at {top}, but `import {top.name}` loaded it from "
+            f"{where[0]}: the variants' imports of {top.name} run that copy's code, not the code beside the file "
+            f"(an installed copy? put {folder} first on PYTHONPATH, or install the working tree with pip install -e)")
+
+
 class VariantLoadError(ImportError):
     """A variants module named by ``--attn-variants``, ``ATTNSUITE_VARIANTS`` or an entry point failed
     to load; the message names it, where it was named, and the error it raised."""
@@ -597,6 +623,9 @@ def load_external(spec: str, module_name: Optional[str] = None) -> None:
         if isinstance(exc, SystemExit):
             raise _exit_at_import(exc) from None
         raise
+    shadowed = shadowed_package(path) if not search else None
+    if shadowed:
+        warnings.warn(f"attnsuite: {shadowed}", ShadowedPackage, stacklevel=2)
     if _REGISTRY == variants_before and _FAMILIES == families_before:
         # a forgotten @register would otherwise show only as "unknown variant" or an empty selection
         warnings.warn(f"attnsuite: variant module {spec!r} registered no variant and no family "

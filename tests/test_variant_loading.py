@@ -592,3 +592,56 @@ def test_a_variants_file_can_import_a_helper_module_beside_it(isolated_registry,
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("kernel_utils_s18", None)
+
+
+VARIANT_IN_PACKAGE = '''
+from attnsuite.registry import KernelVariant, register
+from {pkg}.kernels import SCALE  # the package this file lies in, as the author means it
+
+
+@register
+class InPackage(KernelVariant):
+    name = "{name}"
+
+    def build(self, problem):
+        return lambda q, k, v: q * SCALE
+'''
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["an-installed-copy-shadows-it", "its-own-package"])
+def test_a_variant_file_whose_package_imports_from_another_copy_is_warned_about(tmp_path, monkeypatch, installed):
+    # src/teamattn/variants.py importing teamattn.kernels ran an installed teamattn: a kernel made 50% wrong in
+    # the working tree passed every check, and nothing said where the code came from
+    import warnings as _warnings
+
+    from attnsuite import registry
+
+    pkg = f"teamattn_shadow_{'a' if installed else 'b'}"
+    work = tmp_path / "work" / "src" / pkg
+    work.mkdir(parents=True)
+    (work / "__init__.py").write_text("")
+    (work / "kernels.py").write_text("SCALE = 1.5  # the working tree's change\n")
+    (work / "variants.py").write_text(VARIANT_IN_PACKAGE.format(pkg=pkg, name=f"in-{pkg}"))
+    if installed:
+        copy = tmp_path / "site" / pkg
+        copy.mkdir(parents=True)
+        (copy / "__init__.py").write_text("")
+        (copy / "kernels.py").write_text("SCALE = 1.0\n")
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    else:
+        monkeypatch.syspath_prepend(str(tmp_path / "work" / "src"))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    for name in (pkg, f"{pkg}.kernels"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with _warnings.catch_warnings(record=True) as seen:
+        _warnings.simplefilter("always")
+        registry.load_external(str(work / "variants.py"), module_name=f"attnsuite_external_shadow_{pkg}")
+    monkeypatch.delitem(sys.modules, f"attnsuite_external_shadow_{pkg}", raising=False)
+    for name in (pkg, f"{pkg}.kernels"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    shadow = [str(w.message) for w in seen if issubclass(w.category, registry.ShadowedPackage)]
+    if installed:
+        assert len(shadow) == 1 and f"lies in package {pkg!r} at {work}" in shadow[0], shadow
+        assert f"loaded it from {(tmp_path / 'site' / pkg).resolve()}" in shadow[0], shadow
+    else:
+        assert shadow == []
