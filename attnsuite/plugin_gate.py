@@ -159,6 +159,14 @@ def check_recording_options(config: pytest.Config) -> None:
             raise _usage("--attn-baseline", named, f"cannot be recorded: {why}")
     else:
         folder = _baselines_dir(config)
+        cwd, root = Path.cwd().resolve(), Path(config.rootpath).resolve()
+        if not config.getoption("--attn-baselines-dir") and cwd != root and root not in cwd.parents:
+            # run from another project (pytest /path/to/attnsuite/bench ...): the default folder is this
+            # checkout's shipped baselines/, and a team's cases had been recorded into its tracked file
+            raise _usage("--attn-record-baseline", f"from {cwd}",
+                         f"it would write into this attnsuite checkout's baselines folder ({folder}), the baselines "
+                         "it ships; name your own folder with --attn-baselines-dir DIR (in your repository), "
+                         "or a file with --attn-baseline FILE")
         why = bl.output_problem(folder / ".attnsuite-output-check") if folder.is_dir() else None
         if why:
             raise _usage("--attn-record-baseline", str(folder), f"the baselines folder cannot be written: {why}")

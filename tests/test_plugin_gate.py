@@ -103,6 +103,22 @@ def test_a_run_that_requires_a_baseline_and_has_one_or_records_one_is_not_failed
     assert res.ret == 0, res.stdout.str()
 
 
+def test_recording_from_another_project_into_this_checkouts_baselines_is_refused_before_the_run(project, monkeypatch):
+    # pytest /path/to/attnsuite/bench ... --attn-record-baseline from a team's repository had written the team's
+    # cases into the suite's shipped (tracked) baseline file: rootdir/baselines is the default folder
+    team = project.path.parent / f"{project.path.name}-team"
+    (team / "baselines").mkdir(parents=True)
+    monkeypatch.chdir(team)
+    args = (str(project.path / "test_bench.py"), "--rootdir", str(project.path), *QUIET, "--attn-record-baseline")
+    res = project.runpytest(*args)
+    assert res.ret == 4, res.stdout.str()
+    assert "it would write into this attnsuite checkout's baselines folder" in res.stderr.str() + res.stdout.str()
+    assert not (project.path / BASELINE).exists()
+    res = project.runpytest(*args, "--attn-baselines-dir", str(team / "baselines"))  # the team's own folder
+    assert res.ret == 0, res.stdout.str()
+    assert (team / BASELINE).is_file() and not (project.path / BASELINE).exists()
+
+
 def test_record_then_an_unchanged_rerun_passes(project):
     res = project.runpytest(*QUIET, "--attn-record-baseline", "--attn-markdown=gate.md")
     assert res.ret == 0, res.stdout.str()
