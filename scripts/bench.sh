@@ -4,14 +4,12 @@
 # Env: GATE=report|enforce|off (default report on CPU, where shared-runner noise is large;
 # enforce on CUDA), OUT=results. Extra arguments go to pytest (e.g. --attn-workload fa-sweep).
 set -uo pipefail
-# a relative OUT names a folder where the command was typed (it had landed under the repository,
-# while the summary printed it as typed)
-case "${OUT:-}" in ""|/*) ;; *) OUT="$PWD/$OUT"; export OUT ;; esac
-cd "$(dirname "$0")/.."
+# Run from anywhere: OUT and path options are read from where it was typed (scripts/ci_bench.sh).
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   tier=full; gate=${GATE:-enforce}; export PYTHON=${PYTHON:-python3}
 else
-  bash scripts/setup.sh || { echo "setup failed" >&2; exit 2; }
-  tier=quick; gate=${GATE:-report}; export PYTHON=.venv/bin/python
+  bash "$ROOT/scripts/setup.sh" || { echo "setup failed" >&2; exit 2; }
+  tier=quick; gate=${GATE:-report}; export PYTHON=$ROOT/.venv/bin/python
 fi
-exec bash scripts/ci_bench.sh "$tier" "$gate" "$@"
+exec bash "$ROOT/scripts/ci_bench.sh" "$tier" "$gate" "$@"

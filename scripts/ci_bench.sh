@@ -9,10 +9,11 @@
 # Exit status: pytest's (1 when the gate fails under enforce, 2 interrupted, 4 for a malformed baseline
 # or another run writing the same folder).
 set -uo pipefail
-# a relative OUT names a folder where the command was typed (it had landed under the repository,
-# while the summary printed it as typed)
-case "${OUT:-}" in ""|/*) ;; *) OUT="$PWD/$OUT"; export OUT ;; esac
-cd "$(dirname "$0")/.."
+# It runs where it was typed: OUT and the path options given (--attn-variants, --attn-problems,
+# --attn-baselines-dir, ...) are read from there, as by pytest itself (they had been read from the
+# checkout, so a team's files were not found and OUT landed in the checkout); the checkout is
+# pytest's rootdir, and results/ in it the default OUT.
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -lt 2 ]; then
   echo "usage: bash scripts/ci_bench.sh quick|full off|report|enforce [pytest args]" >&2
   exit 2
@@ -20,7 +21,7 @@ fi
 tier=$1
 gate=$2
 shift 2
-out=${OUT:-results}
+out=${OUT:-$ROOT/results}
 if ! mkdir -p "$out" 2> /dev/null || [ ! -w "$out" ]; then
   echo "ci_bench: the output folder OUT=$out cannot be created or written: give OUT=<a writable folder>" >&2
   exit 2
@@ -34,7 +35,7 @@ if command -v flock > /dev/null 2>&1 && ! flock -n 9; then
 fi
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
-  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+  if [ -x "$ROOT/.venv/bin/python" ]; then PY=$ROOT/.venv/bin/python; else PY=python3; fi
 fi
 export PYTHONUNBUFFERED=1
 # Ctrl-C, a cancelled CI job or `timeout` signal the whole process group (SIGINT, then SIGTERM):
@@ -49,7 +50,7 @@ for arg in "$@"; do [ "$arg" = --attn-resume ] && append=-a; done
 signalled=
 trap 'signalled=SIGINT' INT
 trap 'signalled=SIGTERM' TERM
-"$PY" -m pytest bench --benchmark-only -p no:cacheprovider -rfE \
+"$PY" -m pytest "$ROOT/bench" --rootdir "$ROOT" --benchmark-only -p no:cacheprovider -rfE \
   --attn-tier "$tier" --attn-gate "$gate" \
   --benchmark-json "$out/bench.json" --attn-markdown "$out/gate.md" --attn-gate-json "$out/gate.json" "$@" 2>&1 \
   | (trap '' INT TERM; exec tee $append "$out/bench.log")
