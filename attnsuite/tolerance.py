@@ -203,6 +203,45 @@ def compare_approximate(
     return ApproximateComparison(what, err, budget, bound, ref_max, True, where, accuracy)
 
 
+@dataclass(frozen=True)
+class ValueRangeComparison(Comparison):
+    """An output held to the values' range: ``err`` is the largest excursion past it, ``bound`` the slack."""
+
+    accuracy: str = ""
+
+    def describe(self) -> str:
+        if not self.finite:
+            return (f"{self.what}: contains NaN or Inf (first at index {self.where}): at these logits an exp() "
+                    "without the row maximum overflows")
+        return (f"{self.what}: {self.err:.3g} outside the range of the values it averages at {self.where} (a "
+                f"softmax average stays inside it; the {self.accuracy} class allows {self.bound:.3g}, its budget "
+                f"{self.err_base:g} x max|v| {self.ref_max:.3g})")
+
+
+def compare_within_values(accuracy: str, what: str, x, v, hq: int, rows: Optional[np.ndarray] = None) -> Comparison:
+    """Hold ``x`` (B, Hq, Lq, Dv) to what any softmax average of the values ``v`` (B, Hkv, Lk, Dv) is,
+    whatever its rounding: finite, and per column inside [min v, max v] of its key/value head, give or
+    take the class's output budget times max|v|.
+
+    For an approximate class on the large-logits problems, where its budget (measured at ordinary
+    logit sizes) does not apply: without any check there, a softmax without the row maximum, which
+    overflows to NaN, had passed green under ``accuracy = "fp8"``.
+    """
+    x, v = as_float64(x), as_float64(v)
+    (x,), kept = _compared_rows(rows, x)
+    budget = APPROXIMATE_BUDGET[accuracy]["output"]
+    v_max = float(np.max(np.abs(v))) if v.size else 0.0
+    if not np.isfinite(x).all():
+        return ValueRangeComparison(what, math.inf, budget, math.nan, v_max, False, _first_non_finite(x, kept), accuracy)
+    group = hq // v.shape[1]
+    lo = np.repeat(v.min(axis=2, keepdims=True), group, axis=1)  # (B, Hq, 1, Dv): head h reads kv head h // group
+    hi = np.repeat(v.max(axis=2, keepdims=True), group, axis=1)
+    excess = np.maximum(np.maximum(lo - x, x - hi), 0.0)
+    err = float(excess.max()) if excess.size else 0.0
+    return ValueRangeComparison(what, err, budget, budget * max(v_max, 1e-30), v_max, True, _largest(excess, kept),
+                                accuracy)
+
+
 def compare_as(accuracy: str, what: str, x, x_ref, x_base, dtype: str, kind: str = "output",
                rows: Optional[np.ndarray] = None, magnitude: float = 0.0) -> Comparison:
     """The rule a variant of ``accuracy`` is judged by: :func:`compare` for "exact" (unchanged),

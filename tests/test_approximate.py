@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from attnsuite import checks, registry, tolerance
-from attnsuite.problem import Mask, Problem
+from attnsuite.problem import LARGE_LOGITS, Mask, Problem
 
 registry.load_builtin()
 from attnsuite_impls.attention import approximate  # noqa: E402  (after the families exist)
@@ -61,6 +61,67 @@ class _ScaleBug(approximate.Int8FakeQuant):
 
     def build(self, problem):
         return super().build(problem.with_(scale=problem.softmax_scale * 1.05))
+
+
+class _NoRowMax(approximate.Fp8FakeQuant):
+    """An fp8 kernel whose softmax leaves out the row maximum: exp() overflows at large logits."""
+
+    name = "fp8-no-row-max"
+
+    def build(self, problem):
+        scale = problem.softmax_scale
+
+        def run(q, k, v):
+            e = torch.exp((q.float() @ k.float().transpose(-1, -2)) * scale)
+            return ((e / e.sum(-1, keepdim=True)) @ v.float()).to(q.dtype)
+
+        return run
+
+
+class _OutOfRange(approximate.Fp8FakeQuant):
+    """An fp8 kernel that adds 0.5 x max|v| to its output: no softmax average of the values gives that."""
+
+    name = "fp8-out-of-range"
+
+    def build(self, problem):
+        run = super().build(problem)
+        return lambda q, k, v: run(q, k, v) + 0.5 * v.abs().max()
+
+
+LARGE = Problem(batch=1, lq=29, lk=29, hq=2, hkv=2, dqk=32, dv=32, mask=Mask("causal"), tag=LARGE_LOGITS,
+                dtype="float32")
+LARGE_GQA = LARGE.with_(hq=4, hkv=1, mask=Mask("none"))
+
+
+@pytest.mark.parametrize("problem", [LARGE, LARGE_GQA], ids=["causal", "gqa-nomask"])
+def test_an_approximate_kernel_on_large_logits_is_held_to_the_values_range(problem):
+    # its budget does not apply there and the problems were skipped: a softmax without the row maximum,
+    # NaN at these logits, passed green under accuracy = "fp8"
+    assert checks.skip_reason("forward", _NoRowMax(), problem) is None
+    assert checks.skip_reason("backward", _NoRowMax(), problem) is not None  # no budget for its gradients there
+    assert checks.skip_reason("repeat", _NoRowMax(), problem) is None  # bitwise: no budget involved
+    overflow = checks.check_forward(_NoRowMax(), problem)
+    assert not overflow.passed and "contains NaN or Inf" in overflow.message, overflow.message
+    assert "exp() without the row maximum overflows" in overflow.message
+    outside = checks.check_forward(_OutOfRange(), problem)
+    assert not outside.passed and "outside the range of the values it averages" in outside.message, outside.message
+    for name in ("fp8-fakequant", "int8-fakequant"):  # the classes' reference kernels stay inside it
+        result = checks.check_forward(registry.get(name), problem)
+        assert result.passed, result.message
+
+
+def test_the_value_range_rule_allows_the_class_budget_and_no_more():
+    v = np.zeros((1, 1, 4, 2))
+    v[..., 0] = [-1.0, 0.0, 0.5, 1.0]
+    x = np.zeros((1, 2, 3, 2))
+    x[..., 0] = 0.5
+    x[0, 1, 2, 0] = 1.0 + 0.25 - 1e-9  # within fp8's slack of 0.25 x max|v|
+    assert tolerance.compare_within_values("fp8", "output", x, v, hq=2).passed
+    x[0, 1, 2, 0] = 1.0 + 0.25 + 1e-6
+    over = tolerance.compare_within_values("fp8", "output", x, v, hq=2)
+    assert not over.passed and over.where == (0, 1, 2, 0), over.describe()
+    x[0, 1, 2, 0] = 1.07  # past int8's slack of 0.06
+    assert not tolerance.compare_within_values("int8", "output", x, v, hq=2).passed
 
 
 def test_budgets_are_the_documented_ones():
