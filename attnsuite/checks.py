@@ -251,7 +251,9 @@ def compare_gradients(accuracy: str, grads: dict, ref_grads: dict, base_grads: d
             # the input or parameter is detached" for a canonical_grads that left the biases out
             broken.append(f"grad {name}: not returned: {CANONICAL_KEY_ABSENT.format(name=name)}")
         elif got is None:
-            broken.append(f"grad {name}: missing (None): the input or parameter is detached")
+            # "detached" alone had misled for a bias held but never added to the output
+            broken.append(f"grad {name}: missing (None): no gradient reached it: the output does not use it, or it "
+                          "is detached")
         elif tuple(got.shape) != tuple(np.shape(ref)):
             broken.append(f"grad {name}: shape {tuple(got.shape)} != {tuple(np.shape(ref))}")
         else:
