@@ -253,6 +253,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if registry.broken_entry_points() and session.exitstatus == pytest.ExitCode.OK \
             and not hasattr(session.config, "workerinput"):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        # counted among pytest's failures, so its last line is not a green "N passed" over exit status 1
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            for i, line in enumerate(registry.broken_entry_points()):
+                tr.stats.setdefault("failed", []).append(pytest.TestReport(
+                    nodeid=f"attnsuite-entry-points::{i}", location=("attnsuite-entry-points", None, str(i)),
+                    keywords={}, outcome="failed", longrepr=f"{line}: its variants were left out of this run",
+                    when="call", sections=[], duration=0.0))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import pytest
 
 from . import baseline as bl
-from . import gate, plugin_bench, report, summary
+from . import gate, plugin_bench, registry, report, summary
 from .verdict import CONFIRMABLE, Comparison, Scope, ThresholdsError
 from .wording import count
 
@@ -594,7 +594,8 @@ def _summary_of(config: pytest.Config, records: Any, cmp: Optional[Comparison],
     state = config.stash.get(_STATE, None)
     return summary.build(records, cmp, gate_mode=mode, baseline_lines=why_none, files=_files(config),
                          interrupted=_interrupted_text(config, records),
-                         uncompared=state.uncompared if state is not None and mode != "off" else "")
+                         uncompared=state.uncompared if state is not None and mode != "off" else "",
+                         broken=registry.broken_entry_points())
 
 
 def _interrupted_text(config: pytest.Config, records: Any) -> str:

@@ -293,7 +293,7 @@ def _failed_head(failed: Mapping[str, int]) -> str:
 
 def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_mode: str = "report",
           baseline_lines: Sequence[str] = (), files: Sequence[tuple[str, str]] = (),
-          interrupted: str = "", uncompared: str = "") -> Summary:
+          interrupted: str = "", uncompared: str = "", broken: Sequence[str] = ()) -> Summary:
     """The last screen's content.
 
     ``cmp`` is the gate's comparison (None when there was none: ``baseline_lines`` then say why);
@@ -302,7 +302,9 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
     stopped early ended (``"interrupted after 12 of 48 selected cases ..."``): the first line then
     starts ``INTERRUPTED``, so a partial run never reads as a plain PASS. ``uncompared`` is the first
     line when there was no comparison (default ``NOT COMPARED: ...``): a recording run says it was
-    recorded, a run that required a baseline and had none says it failed.
+    recorded, a run that required a baseline and had none says it failed. ``broken``: installed
+    packages whose variants could not be loaded (registry.broken_entry_points): the run fails for
+    them, and the first line leads with that.
     """
     outcomes = Counter(r.outcome for r in records.values())
     order = ["ok", "skipped", "oom", *FAILING_OUTCOMES]
@@ -329,6 +331,9 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
         base = list(baseline_lines) or ["no baseline for this machine"]
         reg_lines = []
     verdict = interrupted_verdict(verdict, interrupted)
+    if broken:
+        verdict = (f"FAIL: {count(len(broken), 'installed package')} could not load {'its' if len(broken) == 1 else 'their'} "
+                   f"variants ({clip(broken[0], 160)}); {verdict.removeprefix('PASS: ')}")
     return Summary(verdict=verdict, baseline=base, regressions=reg_lines[:MAX_REGRESSIONS],
                    more_regressions=max(0, len(reg_lines) - MAX_REGRESSIONS), outcomes=outcome_text,
                    failures=failures, skip_reasons=[(n, k) for k, n in reasons.most_common()],

@@ -331,6 +331,15 @@ def test_a_run_with_an_injected_slowdown_says_so_at_the_top_of_the_summary_and_g
     assert summary.build(_records(cpu("explicit", 2.0)), None).simulated == ""
 
 
+def test_an_installed_package_that_could_not_load_its_variants_leads_the_first_line_as_a_failure():
+    # the run exited 1 for it, yet its summary had led with NOT COMPARED (or PASS) and no word of it
+    broken = ["entry point 'broken' (distribution brokenattn) 'brokenattn.v': ModuleNotFoundError: no flash_attn"]
+    s = summary.build(_records(cpu("sdpa", 1.0)), None, broken=broken)
+    assert s.verdict == (f"FAIL: 1 installed package could not load its variants ({broken[0]}); NOT COMPARED: "
+                         f"{summary.NOT_COMPARED}"), s.verdict
+    assert summary.build(_records(cpu("sdpa", 1.0)), None).verdict.startswith("NOT COMPARED")
+
+
 def test_a_cut_message_ends_at_a_word_with_a_mark_that_it_was_cut():
     from attnsuite.verdict import Thresholds, judge
     from attnsuite.wording import clip

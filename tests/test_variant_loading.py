@@ -296,6 +296,9 @@ def test_a_run_with_a_broken_package_checks_everything_else_and_fails_at_its_end
     line = ("attnsuite: entry point 'mine' (distribution my-dist) 's14_ep_no_such_module_xyz': ModuleNotFoundError")
     assert text.count(line) == 2, text[-2000:]  # in the header and in the summary
     assert "its variants were left out of this run, which fails for it" in text
+    # counted as a failure: pytest's last line had read a green "N passed" over exit status 1
+    assert result.parseoutcomes().get("failed", 0) == 1, text[-2000:]
+    assert "attnsuite-entry-points::0" in text, text[-2000:]
 
 
 def test_attn_only_naming_a_variant_of_a_broken_package_says_the_package_was_left_out(isolated_registry, monkeypatch,
