@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -78,6 +81,19 @@ def test_external_variant_is_checked_like_a_builtin(pytester):
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) >= 8, result.stdout.str()[-3000:]
     assert outcomes.get("failed", 0) == 0, result.stdout.str()[-3000:]
+
+
+def test_the_readmes_command_from_another_projects_folder_checks_its_variant(tmp_path):
+    """README, "From your own repository": run from the project's folder, paths read from there."""
+    (tmp_path / "attn").mkdir()
+    shutil.copy(REPO / "examples" / "external_variant.py", tmp_path / "attn" / "my_variants.py")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", str(REPO / "test_correctness" / "test_variants.py"), "-n", "1",
+         "--attn-variants", "attn/my_variants.py", "--attn-only", "chunked-queries", "-k", "fp32 and q17",
+         "-p", "no:cacheprovider", "-q"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout.splitlines()[-1] and "failed" not in done.stdout.splitlines()[-1]
+    assert not (tmp_path / ".pytest_cache").exists()
 
 
 def test_broken_external_variant_fails_naming_variant_problem_and_check(pytester, tmp_path):
