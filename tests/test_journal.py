@@ -137,15 +137,26 @@ def test_code_locations_cover_a_variant_packages_helpers_and_a_lone_modules_file
     assert journal.source_digests(where)[str(pkg)] != before[str(pkg)]
 
 
+def _imported_package(tmp_path, monkeypatch, name: str, module: str) -> Path:
+    """A package ``name`` importing its ``module`` (``S = 1``), imported for the test and forgotten after it."""
+    pkg = tmp_path / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(f"from . import {module}\n")
+    (pkg / f"{module}.py").write_text("S = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for mod in (name, f"{name}.{module}"):
+        monkeypatch.delitem(sys.modules, mod, raising=False)
+    importlib.import_module(name)
+    for mod in (name, f"{name}.{module}"):
+        monkeypatch.setitem(sys.modules, mod, sys.modules[mod])  # taken out again after the test
+    return pkg
+
+
 def test_a_package_named_by_module_name_is_digested_whole(tmp_path, monkeypatch):
     # ATTNSUITE_VARIANTS=mypkg had digested mypkg/__init__.py alone: an edited submodule resumed
-    pkg = tmp_path / "named_pkg"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("from . import kernel\n")
-    (pkg / "kernel.py").write_text("SCALE = 1.0\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    pkg = _imported_package(tmp_path, monkeypatch, "named_pkg", "kernel")
     before = journal.source_digests(["named_pkg"])["named_pkg"]
-    (pkg / "kernel.py").write_text("SCALE = 2.0\n")
+    (pkg / "kernel.py").write_text("S = 2\n")
     assert before and journal.source_digests(["named_pkg"])["named_pkg"] != before
 
 
@@ -184,16 +195,7 @@ def test_a_module_named_variant_source_is_digested_with_its_package(tmp_path, mo
     # ATTNSUITE_VARIANTS=mypkg is remembered as ("mypkg", None): its name had been left out of the digest
     from attnsuite import plugin_bench, registry
 
-    pkg = tmp_path / "envpkg"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("from . import impl\n")
-    (pkg / "impl.py").write_text("S = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "envpkg", raising=False)
-    monkeypatch.delitem(sys.modules, "envpkg.impl", raising=False)
-    importlib.import_module("envpkg")
-    monkeypatch.setitem(sys.modules, "envpkg", sys.modules["envpkg"])
-    monkeypatch.setitem(sys.modules, "envpkg.impl", sys.modules["envpkg.impl"])
+    pkg = _imported_package(tmp_path, monkeypatch, "envpkg", "impl")
     monkeypatch.setattr(registry, "entry_point_modules", lambda: [])
     monkeypatch.setattr(registry, "external_sources", lambda: [("envpkg", None)])
     spec = plugin_bench.RunSpec(device="cpu", tier="quick")
