@@ -10,6 +10,7 @@ it finished; a torn last line (killed mid-write) is ignored when the journal is 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -80,8 +81,14 @@ def _installed(path: Path) -> bool:
     (site-packages, dist-packages)? Such code is not the user's, and digesting it all costs time."""
     if any(part in ("site-packages", "dist-packages") for part in path.parts):
         return True
+    return any(path.is_relative_to(root) for root in _stdlib_roots())
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_roots() -> tuple[Path, ...]:
+    """The standard library's folders, resolved once per process (not once per module file)."""
     paths = sysconfig.get_paths()
-    return any(path.is_relative_to(Path(paths[k]).resolve()) for k in ("stdlib", "platstdlib") if paths.get(k))
+    return tuple(Path(paths[k]).resolve() for k in ("stdlib", "platstdlib") if paths.get(k))
 
 
 def code_beside(module_names: Iterable[str]) -> list[str]:
@@ -103,7 +110,8 @@ def code_beside(module_names: Iterable[str]) -> list[str]:
         if not file or not file.endswith(".py"):
             continue
         path = Path(file).resolve()
-        if not _installed(path) and any(path.is_relative_to(f) for f in folders) and str(path) not in out:
+        # beside a named module first: most imported modules are not, and need no installation check
+        if any(path.is_relative_to(f) for f in folders) and not _installed(path) and str(path) not in out:
             out.append(str(path))
     return sorted(out)
 
