@@ -37,6 +37,10 @@
 #             default 300, stops starting configs; MLA_TUNE_ARGS adds options, e.g. --kernel-file), then
 #             scripts/triton_bench.py --stages mla (the whole layer's forward beside mla-expanded and
 #             mla-absorbed; MLA_BENCH_S), then the MLA correctness tests on CUDA (MLA_TESTS_S, default 150)
+#   cigate    the GPU workflow's push step as the workflow runs it (bash scripts/ci_bench.sh full enforce
+#             --attn-require-baseline), its OUT kept in CIGATE_DIR (default /tmp/attnsuite-cigate) so that
+#             the next call on the same machine carries it on with CIGATE_RESUME=1 (--attn-resume); CIGATE_S
+#             (default 540) stops it with SIGINT, as a cancelled CI job would be
 #   hosttests the CPU test command (scripts/test.sh's pytest: tests and test_correctness on the CPU,
 #             under xdist) on a host with a GPU, where CI never runs it: what a user's GPU workstation
 #             sees (HOST_S limit, default 540; WORKERS, default 4; HOST_PATHS, default
@@ -50,7 +54,7 @@
 # Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation|abeval|devprobe|mla|hosttests
 set -uo pipefail
 cd "$(dirname "$0")/.."
-call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, mla or hosttests}
+call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, cigate, mla or hosttests}
 final=${OUT:-results}
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -60,7 +64,10 @@ pack() {
   nvidia-smi --query-gpu=index,name,clocks.sm,clocks.max.sm --format=csv > "$work/gpus.txt" 2>&1
   tar -chzf "$final/.$call.tgz.part" -C "$work" . 2> /dev/null && mv -f "$final/.$call.tgz.part" "$final/$call.tgz"
 }
-( while sleep "${PACK_S:-30}"; do pack; done ) &
+# Its output goes nowhere: a sleeping packer that held the caller's stdout had kept the caller (the
+# device tool, a test) waiting up to PACK_S after this script ended, the kill below reaching the
+# loop's shell and not its sleep.
+( while sleep "${PACK_S:-30}"; do pack; done ) > /dev/null 2>&1 &
 packer=$!
 trap 'kill "$packer" 2> /dev/null; rm -rf "$work"' EXIT
 if [ -n "${STASH_PART:-}" ]; then
@@ -144,6 +151,14 @@ case "$call" in
     timeout -s INT "${DEADROW_S:-150}" python3 scripts/deadrow_probe.py --out "$work/devprobe/deadrow_probe.jsonl" \
       > "$work/devprobe/deadrow.log" 2>&1
     echo "deadrow exit $?" | tee -a "$work/devprobe/deadrow.log" ;;
+  cigate)
+    gdir=${CIGATE_DIR:-/tmp/attnsuite-cigate}
+    mkdir -p "$work/cigate" "$gdir"
+    ln -s "$gdir" "$work/cigate/results"  # packed as it grows (tar -h)
+    resume=(); [ -n "${CIGATE_RESUME:-}" ] && resume=(--attn-resume)
+    OUT=$gdir timeout -s INT "${CIGATE_S:-540}" bash scripts/ci_bench.sh full enforce --attn-require-baseline \
+      "${resume[@]}" > "$work/cigate/run.log" 2>&1
+    echo "cigate exit $?" | tee -a "$work/cigate/run.log" ;;
   mla)
     mkdir -p "$work/mla"
     timeout -s INT $(( ${MLA_TUNE_S:-300} + 90 )) python3 scripts/mla_tune.py --out "$work/mla" \
@@ -170,7 +185,7 @@ case "$call" in
         > "$out/run.log" 2>&1
       echo "hosttests exit $? (xdist: $xdist)" | tee -a "$out/run.log"
     ) ;;
-  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, mla, hosttests)" >&2; exit 2 ;;
+  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, cigate, mla, hosttests)" >&2; exit 2 ;;
 esac
 kill "$packer" 2> /dev/null; wait "$packer" 2> /dev/null
 pack

@@ -60,8 +60,11 @@ def test_shell_script_parses(script):
 
 
 def test_gpu_session_names_its_calls_when_given_an_unknown_one(tmp_path):
+    # PACK_S an hour: where the packer had started its sleep before the script ended, that sleep held
+    # the caller's pipe open until it ended (30 s by default: this test had taken 30 s under load);
+    # with an hour, such a held pipe times out here
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh"), "no-such-call"], capture_output=True,
-                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path)})
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "PACK_S": "3600"})
     assert done.returncode == 2, done.stderr
     assert "unknown call 'no-such-call'" in done.stderr and "isolation" in done.stderr, done.stderr
 
