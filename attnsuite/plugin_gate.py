@@ -464,7 +464,19 @@ def _judge(config: pytest.Config, run: bl.Run, base: bl.Baseline, path: Path, lo
     cmp.promise = str(getattr(lookup, "promise", "") or "")
     cmp.gate_mode = effective_gate_mode(config)
     cmp.interrupted = interrupted
+    once = _measured_once(cmp)
+    if interrupted and once and config.getoption("attn_confirm") and not config.getoption("--attn-record-baseline"):
+        # an interrupted run skips the confirmation pass: its findings had read as confirmed regressions
+        cmp.notes.append(f"{len(once)} case(s) judged slower or memory-growth were measured once: the session "
+                         "stopped before its confirmation pass, which measures them again; the same command with "
+                         "--attn-resume carries on and confirms or clears them")
     return cmp
+
+
+def _measured_once(cmp: Comparison) -> list[str]:
+    """Keys of the cases judged slower or memory-growth that no second measurement has confirmed yet."""
+    return [v.key for v in cmp.verdicts
+            if v.cur is not None and any(f in CONFIRMABLE for f in v.flags) and "confirm" not in (v.cur.extra or {})]
 
 
 def _interrupted(session: pytest.Session, exitstatus: Any = None) -> Optional[str]:
@@ -505,8 +517,7 @@ def confirm_flagged(session: pytest.Session) -> None:
         cmp = _judge(config, run, bl.load_baseline(path), path, lookup, state)
     except (bl.InputFileError, bl.FingerprintMismatch, ThresholdsError):
         return  # the session's end reports these properly
-    keys = [v.key for v in cmp.verdicts
-            if v.cur is not None and any(f in CONFIRMABLE for f in v.flags) and "confirm" not in (v.cur.extra or {})]
+    keys = _measured_once(cmp)
     if not keys:
         return
     confirm = _confirm_function(config)

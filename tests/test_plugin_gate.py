@@ -338,6 +338,28 @@ def test_nothing_is_measured_again_without_a_baseline_or_when_recording(confirmi
     assert _confirm_calls(confirming) is None
 
 
+def test_an_interrupted_session_says_its_findings_were_measured_once_and_how_to_confirm_them(confirming):
+    # s22 on an H200: a run stopped by the CI step's limit listed a +6.3% "regression" that its
+    # resumed run measured again at +0.8%; nothing had said the first was unconfirmed
+    (confirming.path / "confirm.json").write_text(json.dumps({"alpha": {"median_ms": 0.5}}))
+    confirming.makepyfile(test_zz=INTERRUPTS["KeyboardInterrupt"])
+    # not --benchmark-only (QUIET): it would skip test_zz, which is no benchmark
+    res = confirming.runpytest_subprocess("-p", "no:cacheprovider", "--attn-markdown", "gate.md", "test_bench.py",
+                                          "test_zz.py")
+    assert _confirm_calls(confirming) is None  # no confirmation pass after an interrupt
+    note = ("1 case(s) judged slower or memory-growth were measured once: the session stopped before its "
+            "confirmation pass, which measures them again; the same command with --attn-resume carries on "
+            "and confirms or clears them")
+    assert note in res.stdout.str()
+    assert note in (confirming.path / "gate.md").read_text()
+
+
+def test_a_session_that_ran_to_its_end_has_no_measured_once_note(confirming):
+    (confirming.path / "confirm.json").write_text(json.dumps({"alpha": {"median_ms": 0.5}}))
+    res = confirming.runpytest(*QUIET, "--attn-no-confirm")
+    assert res.ret == 1 and "measured once" not in res.stdout.str()
+
+
 # --------------------------------------------------------------------------- gate JSON, interruption
 
 
