@@ -70,7 +70,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "CPU busy-wait); for measuring the gate's detection rate. Off by default")
     group.addoption("--attn-cpu-threads", default="1", metavar="N",
                     help="torch CPU threads while benchmarking on CPU (default 1: OpenMP threads spinning on a "
-                         "shared or oversubscribed machine make CPU timings swing by 10x or more; 0 keeps "
+                         "shared or oversubscribed machine make CPU timings swing, docs/benchmarks.md; 0 keeps "
                          "torch's default)")
     group.addoption("--attn-isolation", choices=("process", "none"), default="process",
                     help="process (default): every case runs in a worker process, so a crash, abort or hang "
