@@ -16,11 +16,23 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null 
     || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && timeout 300 apt-get install -y -q chromium >/dev/null 2>&1; } \
     || echo "test.sh: no headless Chromium could be installed: the HTML report's browser test skips, saying so" >&2
 fi
+# The tests start hundreds of Python processes, each importing this package, the variants and the test
+# modules: compiled once to bytecode (in __pycache__, ignored by git) rather than in every process
+# where the environment forbids writing it (PYTHONDONTWRITEBYTECODE=1 on this project's CPU machines).
+unset PYTHONDONTWRITEBYTECODE
 # One xdist worker per core, 2 to 8: CI's 2 cores get 2; a 16-core workstation had run the same
 # two workers and taken as long as CI. ATTNSUITE_TEST_WORKERS sets the count.
 cores=$(nproc 2> /dev/null || echo 2)
 workers=${ATTNSUITE_TEST_WORKERS:-$(( cores < 2 ? 2 : (cores > 8 ? 8 : cores) ))}
-.venv/bin/python -m pytest tests test_correctness -p no:cacheprovider -q -n "$workers" "$@"
+# The cores are shared out among the workers: each worker's torch and BLAS thread pools had taken every
+# core, and 2 workers x 2 threads on 2 cores ran the correctness checks at half speed (spinning
+# OpenMP threads contending: ring-sim-p3 and sdpa-flash's tests took 28.6 s, 15.8 s with one
+# thread each; 2-core CPU machine, 2026-12-02). OMP_NUM_THREADS set by the caller is kept.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / workers > 1 ? cores / workers : 1 ))}
+# worksteal: a worker that runs out of tests takes queued ones from the other. xdist's default (load)
+# had left one worker idle through the other's long tail: 830 s against 712 s with worksteal, for
+# 1353 s and 1334 s of test time (2-core CPU machine, cold caches, 2026-12-02, --durations=0).
+.venv/bin/python -m pytest tests test_correctness -p no:cacheprovider -q -n "$workers" --dist worksteal "$@"
 status=$?
 if [ "$status" -eq 5 ]; then
   echo "test.sh: pytest collected no tests: treating that as a failure" >&2

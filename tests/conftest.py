@@ -26,3 +26,14 @@ def _subprocesses_import_this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if str(ROOT) not in paths:
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), *paths]))
+
+
+@pytest.fixture(autouse=True)
+def _inner_runs_leave_out_hypothesis_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Hypothesis's pytest plugin imports all of hypothesis in every session's terminal summary: about
+    # 1 s of each of the ~200 pytest processes these tests start (2 cores, 2026-12-02). None of them
+    # asserts on its output, and @given tests run without it (test_correctness/conftest.py loads the
+    # profile itself).
+    opts = os.environ.get("PYTEST_ADDOPTS", "")
+    if "no:hypothesispytest" not in opts:
+        monkeypatch.setenv("PYTEST_ADDOPTS", f"{opts} -p no:hypothesispytest".strip())

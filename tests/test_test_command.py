@@ -1,0 +1,75 @@
+"""scripts/test.sh (the README's test command, which .ci/run calls): how it starts pytest.
+
+It runs in a copy of the script beside stand-ins: a set-up that does nothing, a ``.venv/bin/python``
+that prints the environment and arguments it got (and exits with a chosen status) instead of
+running pytest, and an ``nproc`` that reports a chosen core count.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+echo "OMP_NUM_THREADS=${OMP_NUM_THREADS-unset} BYTECODE=${PYTHONDONTWRITEBYTECODE-unset} ARGS=$*"
+exit "${FAKE_STATUS:-0}"
+"""
+
+
+def _run(tmp_path: Path, cores: int, **env: str) -> subprocess.CompletedProcess:
+    tree = tmp_path / "tree"
+    (tree / "scripts").mkdir(parents=True)
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "test.sh", tree / "scripts" / "test.sh")
+    shutil.copy(ROOT / "scripts" / "space.sh", tree / "scripts" / "space.sh")
+    (tree / "scripts" / "setup.sh").write_text("exit 0\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in ((tree / ".venv" / "bin" / "python", FAKE_PYTHON),
+                       (bin_dir / "nproc", f"#!/usr/bin/env bash\necho {cores}\n"),
+                       (bin_dir / "chromium", "#!/usr/bin/env bash\nexit 0\n")):
+        name.write_text(body)
+        name.chmod(0o755)
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("OMP_NUM_THREADS", "ATTNSUITE_TEST_WORKERS", "FAKE_STATUS")}
+    clean.update(PATH=f"{bin_dir}{os.pathsep}{clean.get('PATH', '/usr/bin:/bin')}", PYTHONDONTWRITEBYTECODE="1",
+                 TMPDIR=str(tmp_path), **env)
+    return subprocess.run(["bash", str(tree / "scripts" / "test.sh"), "-k", "x"], capture_output=True, text=True,
+                          env=clean, timeout=60)
+
+
+def _pytest_line(done: subprocess.CompletedProcess) -> str:
+    return next(line for line in done.stdout.splitlines() if "-m pytest" in line)
+
+
+@pytest.mark.parametrize("cores, env, workers, threads", [
+    pytest.param(2, {}, 2, 1, id="2 cores: 2 workers of 1 thread each"),
+    pytest.param(16, {}, 8, 2, id="16 cores: 8 workers (the most) of 2 threads each"),
+    pytest.param(1, {}, 2, 1, id="1 core: 2 workers (the fewest) of 1 thread"),
+    pytest.param(16, {"ATTNSUITE_TEST_WORKERS": "4"}, 4, 4, id="16 cores, 4 workers asked for: 4 threads each"),
+    pytest.param(16, {"OMP_NUM_THREADS": "3"}, 8, 3, id="a thread count the caller set is kept"),
+])
+def test_each_worker_gets_its_share_of_the_cores_for_its_threads(tmp_path, cores, env, workers, threads):
+    # 2 workers x 2 torch threads on 2 cores had run the correctness checks at half speed
+    line = _pytest_line(_run(tmp_path, cores, **env))
+    assert f"OMP_NUM_THREADS={threads} " in line and f" -n {workers} --dist worksteal " in line, line
+    assert line.rstrip().endswith("-k x"), line  # the caller's arguments come last
+
+
+def test_the_tests_may_write_bytecode_where_the_environment_forbids_it(tmp_path):
+    # hundreds of Python processes had each compiled this package's sources again
+    assert "BYTECODE=unset " in _pytest_line(_run(tmp_path, 2))
+
+
+@pytest.mark.parametrize("status, expected", [(0, 0), (1, 1), (5, 1)], ids=["passed", "failed", "nothing collected"])
+def test_the_exit_status_is_pytests_except_that_collecting_nothing_fails(tmp_path, status, expected):
+    done = _run(tmp_path, 2, FAKE_STATUS=str(status))
+    assert done.returncode == expected, done.stdout + done.stderr
+    if status == 5:
+        assert "pytest collected no tests: treating that as a failure" in done.stderr
