@@ -30,15 +30,28 @@ if [ "$xdist" = no ]; then
     "or breaks its CUDA context ends the job (pip install pytest-xdist, or carry the wheels of: bash scripts/carry_download.sh test-tools)"
 fi
 
+# --attn-compiled-problems is test_correctness's own option (its conftest.py): given to a run that
+# collects none of it (PATHS=tests, or one file of tests/ for a probe), pytest had refused it as unknown
+compiled=()
+for p in ${PATHS:-test_correctness tests}; do
+  case "$p" in test_correctness|test_correctness/*|./test_correctness*) compiled=(--attn-compiled-problems "${COMPILED_PROBLEMS:-2}") ;; esac
+done
+
 run_pass() {  # run_pass NAME N_WORKERS MARK_EXPR [extra pytest args]: sets $pass_status
   local name=$1 n=$2 marks=$3
   shift 3
   local par=()
-  [ "$xdist" = yes ] && par=(-n "$n")
-  echo "== gpu_correctness pass $name: -m '$marks', ${par[*]:-one process}" | tee "$out/$name.log"
+  # worksteal: an idle worker takes queued tests from a busy one (xdist's default had left one
+  # idle through another's long tail: 830 s against 712 s for the CPU test command, scripts/test.sh)
+  [ "$xdist" = yes ] && par=(-n "$n" --dist worksteal)
+  # each worker's torch and BLAS threads get its share of the host's cores (the oracle and the inputs
+  # are float64 NumPy and torch on the CPU): a caller's OMP_NUM_THREADS is kept
+  local threads=$(( cores / n > 1 ? cores / n : 1 ))
+  echo "== gpu_correctness pass $name: -m '$marks', ${par[*]:-one process}, ${OMP_NUM_THREADS:-$threads} threads each" \
+    | tee "$out/$name.log"
   # shellcheck disable=SC2086
-  "$PY" -m pytest ${PATHS:-test_correctness tests} -p no:cacheprovider -q -rfE "${par[@]}" -m "$marks" \
-    --attn-device cuda --attn-compiled-problems "${COMPILED_PROBLEMS:-2}" \
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads} "$PY" -m pytest ${PATHS:-test_correctness tests} -p no:cacheprovider -q -rfE "${par[@]}" -m "$marks" \
+    --attn-device cuda "${compiled[@]}" \
     --junitxml="$out/$name.xml" --attn-failures-log="$out/gpu_correctness.failures" --durations=15 \
     "$@" 2>&1 | tee -a "$out/$name.log"
   pass_status=${PIPESTATUS[0]}

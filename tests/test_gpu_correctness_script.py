@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STAND_IN = """#!/usr/bin/env bash
 # python3 as gpu_correctness.sh sees it: xdist is importable; pytest records its arguments
 if [ "$1" = "-c" ]; then exit 0; fi
-printf '%s\\n' "$*" >> "$CALLS"
+printf '%s\\n' "OMP_NUM_THREADS=$OMP_NUM_THREADS $*" >> "$CALLS"
 case "$*" in
   *"-m not gpu"*) exit "${SHARED_EXIT:-0}" ;;
   *) exit "${ALONE_EXIT:-0}" ;;
@@ -45,8 +45,8 @@ def test_the_shared_pass_runs_the_unmarked_tests_in_workers_and_the_gpu_tests_ru
     assert rc == 0, out
     assert len(calls) == 2, calls
     shared, alone = calls
-    assert "-n 5 -m not gpu" in shared and "--attn-device cuda" in shared, shared
-    assert "-n 1 -m gpu" in alone, alone
+    assert "-n 5 --dist worksteal -m not gpu" in shared and "--attn-device cuda" in shared, shared
+    assert "-n 1 --dist worksteal -m gpu" in alone, alone
     for line in calls:  # the caller's own arguments reach both passes; one failures log gathers both
         assert line.endswith("-k sdpa") and f"--attn-failures-log={tmp_path}/out/gpu_correctness.failures" in line
 
@@ -59,7 +59,26 @@ def test_the_default_worker_count_is_half_the_cores_and_at_most_six(tmp_path, co
     fake_nproc.chmod(0o755)
     rc, out, calls = run_script(tmp_path, 0, 0, PATH=f"{fake_nproc.parent}:{os.environ['PATH']}")
     assert rc == 0, out
-    assert f"-n {workers} -m not gpu" in calls[0], calls[0]
+    assert f"-n {workers} --dist worksteal -m not gpu" in calls[0], calls[0]
+    # the cores shared out among the workers for their threads; the pass marked gpu has them all
+    assert calls[0].startswith(f"OMP_NUM_THREADS={max(1, cores // workers)} "), calls[0]
+    assert calls[1].startswith(f"OMP_NUM_THREADS={cores} "), calls[1]
+
+
+@pytest.mark.parametrize("paths, given", [
+    (None, True), ("test_correctness", True), ("test_correctness/test_variants.py tests", True),
+    ("tests", False), ("tests/test_gpu_timing.py", False),
+])
+def test_the_correctness_only_option_goes_only_to_runs_that_collect_the_correctness_suite(tmp_path, paths, given):
+    # PATHS=tests had ended both passes at once: "unrecognized arguments: --attn-compiled-problems 2"
+    rc, out, calls = run_script(tmp_path, 0, 0, **({"PATHS": paths} if paths else {}))
+    assert rc == 0 and len(calls) == 2, out
+    assert all(("--attn-compiled-problems 2" in line) == given for line in calls), calls
+
+
+def test_a_thread_count_the_caller_set_is_kept(tmp_path):
+    rc, out, calls = run_script(tmp_path, 0, 0, WORKERS="4", OMP_NUM_THREADS="3")
+    assert rc == 0 and all(line.startswith("OMP_NUM_THREADS=3 ") for line in calls), calls
 
 
 @pytest.mark.parametrize("shared,alone,expected,says", [
