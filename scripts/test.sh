@@ -30,9 +30,11 @@ workers=${ATTNSUITE_TEST_WORKERS:-$(( cores < 2 ? 2 : (cores > 8 ? 8 : cores) ))
 # thread each; 2-core CPU machine, 2026-12-02). OMP_NUM_THREADS set by the caller is kept.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / workers > 1 ? cores / workers : 1 ))}
 # xdist's default scheduling (load), not worksteal: worksteal took 712 s against load's 830 s here
-# (2-core CPU machine, cold caches, 2026-12-02), but in a clean-clone run under it the four forked
-# gloo ranks of one distributed test never all joined (one rank never reached the store: 60 s,
-# test_correctness/test_distributed.py), which load had never shown. Until that is understood, load.
+# (2-core CPU machine, cold caches, 2026-12-02), but the one clean-clone run under it met a hang of
+# forked gloo ranks (test_correctness/test_distributed.py: one of four never joined in 60 s). A rank
+# forked from a process that has compiled something (torch.compile's worker threads) can hang before
+# it joins: 1 of 40 starts of 4 ranks, reproduced in one process. No run under load has met it so
+# far; until CPU ranks start safely (from a forkserver), load.
 .venv/bin/python -m pytest tests test_correctness -p no:cacheprovider -q -n "$workers" "$@"
 status=$?
 if [ "$status" -eq 5 ]; then
