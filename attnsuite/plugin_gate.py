@@ -464,8 +464,9 @@ def _judge(config: pytest.Config, run: bl.Run, base: bl.Baseline, path: Path, lo
     cmp.promise = str(getattr(lookup, "promise", "") or "")
     cmp.gate_mode = effective_gate_mode(config)
     cmp.interrupted = interrupted
-    once = _measured_once(cmp)
-    if interrupted and once and config.getoption("attn_confirm") and not config.getoption("--attn-record-baseline"):
+    once = (_measured_once(cmp) if interrupted and config.getoption("attn_confirm")
+            and not config.getoption("--attn-record-baseline") else [])
+    if once:
         # an interrupted run skips the confirmation pass: its findings had read as confirmed regressions
         cmp.notes.append(f"{len(once)} case(s) judged slower or memory-growth were measured once: the session "
                          "stopped before its confirmation pass, which measures them again; the same command with "

@@ -51,7 +51,7 @@
 # The archive $OUT/<call>.tgz is rewritten every PACK_S seconds (default 30) while the call runs, and
 # after each part: a call the device tool kills at its limit still returns what its parts had written
 # (s13 lost a whole isolation part that way, when the archive was packed only at the end).
-# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation|abeval|devprobe|mla|hosttests
+# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation|abeval|devprobe|cigate|mla|hosttests
 set -uo pipefail
 cd "$(dirname "$0")/.."
 call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, cigate, mla or hosttests}
