@@ -29,13 +29,11 @@ workers=${ATTNSUITE_TEST_WORKERS:-$(( cores < 2 ? 2 : (cores > 8 ? 8 : cores) ))
 # OpenMP threads contending: ring-sim-p3 and sdpa-flash's tests took 28.6 s, 15.8 s with one
 # thread each; 2-core CPU machine, 2026-12-02). OMP_NUM_THREADS set by the caller is kept.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / workers > 1 ? cores / workers : 1 ))}
-# xdist's default scheduling (load), not worksteal: worksteal took 712 s against load's 830 s here
-# (2-core CPU machine, cold caches, 2026-12-02), but the one clean-clone run under it met a hang of
-# forked gloo ranks (test_correctness/test_distributed.py: one of four never joined in 60 s). A rank
-# forked from a process that has compiled something (torch.compile's worker threads) can hang before
-# it joins: 1 of 40 starts of 4 ranks, reproduced in one process. No run under load has met it so
-# far; until CPU ranks start safely (from a forkserver), load.
-.venv/bin/python -m pytest tests test_correctness -p no:cacheprovider -q -n "$workers" "$@"
+# worksteal: an idle worker takes queued tests from a busy one. Under xdist's default (load) one
+# worker sat idle through the other's tail: 830 s against 712 s (2-core CPU machine, cold caches,
+# 2026-12-02). The one run under worksteal that failed had met a rank forked from a process with
+# threads, hung before it joined; CPU ranks now start from a fork server (docs/distributed.md).
+.venv/bin/python -m pytest tests test_correctness -p no:cacheprovider -q -n "$workers" --dist worksteal "$@"
 status=$?
 if [ "$status" -eq 5 ]; then
   echo "test.sh: pytest collected no tests: treating that as a failure" >&2

@@ -186,7 +186,7 @@ class _Misbehaving(DistributedVariant):
 ])
 def test_a_rank_that_hangs_dies_or_raises_is_an_error_naming_variant_rank_and_world_size(how, expected):
     if DEVICE != "cpu":
-        pytest.skip("rank failures are exercised on CPU (fork start-up is instant)")
+        pytest.skip("rank failures are exercised on CPU (gloo ranks start in milliseconds there)")
     problem = Problem(batch=1, lq=8, lk=8, hq=2, hkv=2, dqk=8, dv=8, dtype="float32")
     q, k, v, _ = kernel_inputs(problem)
     with RankPool(2, "cpu", timeout_s=3.0) as pool:
@@ -296,18 +296,15 @@ def test_run_distributed_case_skips_what_the_variant_declines(pools):
     assert run_distributed_case("ring", problem, "bwd", 2, timing.QUICK_CPU)["outcome"] == "skip"
 
 
-@pytest.mark.parametrize("P,start", [(2, "fork"), (3, "fork"), (2, "spawn")])
+@pytest.mark.parametrize("P,start", [(2, "forkserver"), (3, "forkserver"), (2, "spawn")])
 def test_the_documented_example_variant_passes_every_check_on_P_ranks(P, start, monkeypatch):
-    # "spawn" is how ranks start on a host with an accelerator (launch.start_method): the ranks load
-    # the example file again, under the parent's module name, and its backward works there too
+    # "spawn" is how ranks start on a host with an accelerator, "forkserver" on one without
+    # (launch.start_method): either way the ranks load the example file again, under the parent's
+    # module name, and its backward works there too
     from pathlib import Path
 
     from attnsuite.distributed import launch
 
-    if start == "fork" and launch.accelerator_present():
-        # seen on an H200: after this process's first backward, a forked rank's backward raises
-        pytest.skip("fork-started ranks cannot run a backward on a host with an accelerator "
-                    "(launch.start_method spawns them here; the spawn case runs)")
     monkeypatch.setattr(launch, "accelerator_present", lambda: start == "spawn")
     registry.load_external(str(Path(__file__).resolve().parents[1] / "examples" / "distributed_variant.py"))
     example = registry.get("example-gather-kv")

@@ -62,6 +62,11 @@ def test_each_worker_gets_its_share_of_the_cores_for_its_threads(tmp_path, cores
     assert line.rstrip().endswith("-k x"), line  # the caller's arguments come last
 
 
+def test_an_idle_worker_steals_queued_tests_from_a_busy_one(tmp_path):
+    # xdist's default scheduling had left one of 2 workers idle through the other's tail (830 s vs 712 s)
+    assert " --dist worksteal " in _pytest_line(_run(tmp_path, 2))
+
+
 def test_the_tests_may_write_bytecode_where_the_environment_forbids_it(tmp_path):
     # hundreds of Python processes had each compiled this package's sources again
     assert "BYTECODE=unset " in _pytest_line(_run(tmp_path, 2))

@@ -1,7 +1,7 @@
 """Start P rank processes once, run tasks on all of them, gather their results; never hang.
 
-:class:`RankPool` starts the ranks (:func:`start_method`: fork on a CPU-only host, which costs
-milliseconds instead of a torch import per rank; spawn otherwise), with the rendezvous on a TCPStore
+:class:`RankPool` starts the ranks (:func:`start_method`: from a fork server on a CPU-only host,
+which costs milliseconds instead of a torch import per rank; spawn otherwise), with the rendezvous on a TCPStore
 the parent opens on port 0, so the operating system picks a free port and no other process can
 take it between choosing and binding. Every wait has a deadline: a rank that dies, raises, or does not answer in time ends the pool (its processes are stopped) and
 raises :class:`RankError` naming the task, the rank and the world size. The next task starts a
@@ -39,41 +39,55 @@ def accelerator_present() -> bool:
         return False
 
 
-START_ENV = "ATTNSUITE_RANK_START"  # "spawn" or "fork": overrides the rule below (tests, a host it misjudges)
+START_ENV = "ATTNSUITE_RANK_START"  # overrides the rule below (tests, a host it misjudges)
+START_METHODS = ("spawn", "forkserver", "fork")
+FORKSERVER_PRELOAD = "attnsuite.distributed.forkserver_preload"
 
 
 def start_method(device: str) -> str:
-    """How rank processes start: "spawn" or "fork" (``$ATTNSUITE_RANK_START`` when set).
+    """How rank processes start: "spawn", "forkserver" or "fork" (``$ATTNSUITE_RANK_START`` when set).
 
-    Fork only on a host without an accelerator. A forked child cannot use its parent's CUDA
-    context; and on a host with any accelerator, the first backward of a process (even on CPU
-    tensors) starts the autograd engine's device threads, after which every backward in a forked
-    child raises "Unable to handle autograd's threading in combination with fork-based
-    multiprocessing". On an H200 machine the correctness suite's gloo ranks, forked after other
-    tests' backward passes, failed every backward check (docs/distributed.md: inferred from the
-    pattern, the messages were lost). Spawned ranks load the parent's variants again
-    (:func:`attnsuite.registry.load_like`).
+    From a fork server only on a host without an accelerator; spawned otherwise. On a host with any
+    accelerator, the first backward of a process (even on CPU tensors) starts the autograd engine's
+    device threads, after which every backward in a forked child raises "Unable to handle
+    autograd's threading in combination with fork-based multiprocessing": on an H200 machine the
+    correctness suite's gloo ranks, forked after other tests' backward passes, failed every
+    backward check (docs/distributed.md). Not forked from the pool's own process either: a process
+    with threads (``torch.compile``'s, xdist's) can hand a child a lock that no thread will release,
+    and 1 of 40 starts of 4 ranks hung so after a compile. The fork server is a clean interpreter
+    (:mod:`attnsuite.distributed.forkserver_preload`). Spawned and fork-server ranks load the
+    parent's external variants again (:func:`attnsuite.registry.load_like`); ``fork`` stays as an
+    override for a host where neither works.
     """
     forced = os.environ.get(START_ENV, "").strip()
     if forced:
-        if forced not in ("spawn", "fork"):
-            raise ValueError(f"{START_ENV}={forced!r}: must be spawn or fork")
-        if forced == "fork" and device == "cuda":
-            raise ValueError(f"{START_ENV}=fork: ranks on cuda must be spawned (a forked child cannot use CUDA)")
+        if forced not in START_METHODS:
+            raise ValueError(f"{START_ENV}={forced!r}: must be one of {', '.join(START_METHODS)}")
+        if forced != "spawn" and device == "cuda":
+            raise ValueError(f"{START_ENV}={forced}: ranks on cuda must be spawned (a forked child cannot use CUDA)")
         return forced
     if device == "cuda" or accelerator_present():
         return "spawn"
-    return "fork"
+    return "forkserver"
+
+
+def _context(method: str):
+    """The multiprocessing context for ``method``; a fork server imports torch and the variants once."""
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload([FORKSERVER_PRELOAD])  # no effect once this process's server runs
+    return ctx
 
 
 def default_start_timeout(method: str, timeout_s: float) -> float:
-    """Seconds the ranks may take to join the group: at least ``timeout_s``, and 120 s when spawned.
+    """Seconds the ranks may take to join the group: at least ``timeout_s``, and 120 s unless forked.
 
     A spawned rank is a new interpreter that imports torch and loads the variants again: on an
     H200 host running the CPU test command under 12 xdist workers, two spawned gloo ranks did not
-    join within 30 s (docs/distributed.md). A forked rank has all of that already.
+    join within 30 s (docs/distributed.md). A process's first fork server does the same once. A
+    forked rank has all of that already.
     """
-    return max(timeout_s, 120.0 if method == "spawn" else 30.0)
+    return max(timeout_s, 30.0 if method == "fork" else 120.0)
 
 
 class RankError(RuntimeError):
@@ -121,7 +135,7 @@ class RankPool:
         if self.alive:
             return
         self.close()
-        ctx = mp.get_context(self.start_method)
+        ctx = _context(self.start_method)
         self._store = dist.TCPStore(HOST, 0, is_master=True, wait_for_workers=False,
                                     timeout=timedelta(seconds=self.start_timeout_s))
         self._results = ctx.Queue()
@@ -131,8 +145,8 @@ class RankPool:
                 target=rank_main,
                 args=(rank, self.world_size, self.device, HOST, self._store.port, self.timeout_s,
                       self._commands[rank], self._results, os.getpid(),
-                      # a forked rank has the parent's variants already; a spawned one loads them
-                      registry.external_sources() if self.start_method == "spawn" else None),
+                      # a forked rank has the parent's variants already; the others load them
+                      registry.external_sources() if self.start_method != "fork" else None),
                 daemon=True,
                 name=f"attnsuite-rank{rank}-of-{self.world_size}",
             )

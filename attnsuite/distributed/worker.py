@@ -27,9 +27,10 @@ def rank_main(rank: int, world_size: int, device: str, host: str, port: int, tim
               commands, results, parent_pid: int, sources: Optional[list]) -> None:
     """Entry point of one rank process (started by the pool, whose pid is ``parent_pid``; not called by users).
 
-    ``sources``: for a spawned rank, the external variant sources the parent loaded
-    (``registry.external_sources()``), loaded here; None for a forked rank, which has them."""
-    exit_with_parent(parent_pid)
+    ``sources``: for a spawned or fork-server rank, the external variant sources the parent loaded
+    (``registry.external_sources()``), loaded here; None for a rank forked from the parent, which has them."""
+    # a rank from a fork server is that server's child: it watches both (the server outlives no owner)
+    exit_with_parent(os.getppid(), owner_pid=parent_pid if os.getppid() != parent_pid else None)
     try:
         # one intra-op thread per rank: P ranks share the host's cores, and a forked OpenMP pool is unsafe
         torch.set_num_threads(1)
@@ -41,8 +42,8 @@ def rank_main(rank: int, world_size: int, device: str, host: str, port: int, tim
                                 timeout=timedelta(seconds=timeout_s))
         torch_device = torch.device("cuda", rank) if device == "cuda" else torch.device("cpu")
         if sources is not None:
-            # a spawned rank starts with no modules: the variants its tasks receive unpickle from
-            # what the parent loaded, loaded again here
+            # a spawned rank starts with no modules (a fork-server one with the built-in variants
+            # only): the variants its tasks receive unpickle from what the parent loaded, loaded again here
             from .. import registry
 
             for error in registry.load_like(sources):

@@ -1,0 +1,69 @@
+"""attnsuite.parent_watch: a child ends once the process that started it is gone.
+
+A rank started from a fork server is the server's child; the process that owns its pool is
+``owner_pid``. Either one's end must end the rank, or a rank stuck in a kernel outlives the run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import os, sys, time
+from attnsuite.parent_watch import exit_with_parent
+owner = int(sys.argv[1]) if sys.argv[1] != "none" else None
+exit_with_parent(os.getppid(), poll_s=0.05, owner_pid=owner)
+print("watching", flush=True)
+time.sleep(60)
+sys.exit(0)
+"""
+
+
+def _start_child(owner: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.Popen([sys.executable, "-c", CHILD, owner], env=env, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "watching"
+    return child
+
+
+def _wait(proc: subprocess.Popen, seconds: float):
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+@pytest.mark.parametrize("owner_ends", [True, False], ids=["owner gone: the child exits", "owner alive: the child lives on"])
+def test_a_child_started_through_an_intermediary_ends_with_the_owner(owner_ends):
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child = _start_child(str(owner.pid))
+    try:
+        if owner_ends:
+            owner.kill()  # not reaped yet: a dead owner's zombie must not count as alive
+            assert _wait(child, 30) == 1, "the child outlived its owner"
+            owner.wait()
+        else:
+            # its parent (this test) and its owner both alive: 20 polls later it still runs
+            assert _wait(child, 1.0) is None, f"the child exited ({child.returncode}) while its owner lived"
+    finally:
+        for p in (owner, child):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_without_an_owner_only_the_parent_is_watched():
+    child = _start_child("none")
+    try:
+        assert _wait(child, 1.0) is None, f"the child exited ({child.returncode}) while its parent lived"
+    finally:
+        child.kill()
+        child.wait()
