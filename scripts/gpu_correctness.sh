@@ -43,7 +43,6 @@ run_pass() {  # run_pass NAME N_WORKERS MARK_EXPR [extra pytest args]: sets $pas
   local par=()
   # worksteal: an idle worker takes queued tests from a busy one (xdist's default had left one idle
   # through another's long tail: the CPU test command took 830 s under it, 712 s under worksteal).
-  # Ranks are spawned on a GPU host; the CPU command, whose gloo ranks are forked, keeps load (test.sh)
   [ "$xdist" = yes ] && par=(-n "$n" --dist worksteal)
   # each worker's torch and BLAS threads get its share of the host's cores (the oracle and the inputs
   # are float64 NumPy and torch on the CPU): a caller's OMP_NUM_THREADS is kept
