@@ -36,7 +36,10 @@ from functools import partial
 import attnsuite
 from attnsuite import registry
 
-core = sorted(m.name for m in pkgutil.walk_packages(attnsuite.__path__, "attnsuite.") if not m.name.endswith("__main__"))
+# modules that are the start of a process of their own, never imported by a user's code: the
+# command line, and the fork server CPU ranks start from, whose job is to load the variants once
+ENTRY = ("attnsuite.__main__", "attnsuite.distributed.forkserver_preload")
+core = sorted(m.name for m in pkgutil.walk_packages(attnsuite.__path__, "attnsuite.") if m.name not in ENTRY)
 for name in core:
     importlib.import_module(name)
 out = {"core": {"modules": core, "families": [f.name for f in registry.families()],
@@ -133,6 +136,18 @@ def test_importing_every_core_module_registers_nothing_and_imports_no_family(pro
     assert "attnsuite.registry" in core["modules"] and len(core["modules"]) > 30, core
     assert core["families"] == [] and core["variants"] == [], core
     assert core["impls"] == [], f"importing the core imported {core['impls']}"
+
+
+def test_the_fork_servers_preload_module_loads_the_builtin_variants():
+    # its whole job: a rank forked from the server has them (a start took 3.1 s instead of 0.16 s
+    # when each rank loaded them itself; docs/distributed.md)
+    from attnsuite.distributed import launch
+
+    code = ("import json, sys; from attnsuite import registry; import " + launch.FORKSERVER_PRELOAD + "; "
+            "print(json.dumps(sorted({str(registry.origin(v.name)) for v in registry.variants()})))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert registry.BUILTIN_ORIGIN in json.loads(res.stdout), res.stdout
 
 
 def test_load_builtin_hands_the_impls_folder_to_load_external(monkeypatch):
