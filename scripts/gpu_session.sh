@@ -41,10 +41,9 @@
 #             --attn-require-baseline), its OUT kept in CIGATE_DIR (default /tmp/attnsuite-cigate) so that
 #             the next call on the same machine carries it on with CIGATE_RESUME=1 (--attn-resume); CIGATE_S
 #             (default 540) stops it with SIGINT, as a cancelled CI job would be
-#   hosttests the CPU test command (scripts/test.sh's pytest: tests and test_correctness on the CPU,
-#             under xdist) on a host with a GPU, where CI never runs it: what a user's GPU workstation
-#             sees (HOST_S limit, default 540; WORKERS, default 4; HOST_PATHS, default
-#             "tests test_correctness", narrows it)
+#   hosttests the README's test command (scripts/test.sh, with the image's python and no set-up) on a
+#             host with a GPU, where CI never runs it: what a user's GPU workstation sees (HOST_S limit,
+#             default 540; WORKERS, default 8; HOST_ARGS, e.g. "-k distributed", narrows it)
 # STASH_PART=.carry/<set>-parts/part-N (carried in the same call) first stashes that part of a wheel
 # set too large for one call in /tmp/attnsuite-carry (scripts/carry_wheels.py); the call that runs
 # gpu_approximate.sh after the last part installs the set.
@@ -179,10 +178,9 @@ case "$call" in
       OUT=$work/hosttests
       source scripts/gpu_common.sh  # sets $out from $OUT, $PY, ensure_xdist
       ensure_xdist
-      par=(); [ "$xdist" = yes ] && par=(-n "${WORKERS:-4}")
-      timeout -s INT "${HOST_S:-540}" "$PY" -m pytest ${HOST_PATHS:-tests test_correctness} -p no:cacheprovider -q -rfE "${par[@]}" \
-        --junitxml="$out/hosttests.xml" --attn-failures-log="$out/hosttests.failures" --durations=10 \
-        > "$out/run.log" 2>&1
+      # the README's test command itself, with the image's python (no set-up: nothing installs here)
+      ATTNSUITE_TEST_PYTHON=$PY ATTNSUITE_TEST_WORKERS=${WORKERS:-8} timeout -s INT "${HOST_S:-540}" \
+        bash scripts/test.sh -rfE --durations=10 ${HOST_ARGS:-} > "$out/run.log" 2>&1
       echo "hosttests exit $? (xdist: $xdist)" | tee -a "$out/run.log"
     ) ;;
   *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, cigate, mla, hosttests)" >&2; exit 2 ;;

@@ -17,7 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FAKE_PYTHON = """#!/usr/bin/env bash
+if [ "$1" = "-c" ]; then exit "${FAKE_GPU:-1}"; fi  # the GPU probe: 0 = a CUDA GPU is present
 echo "OMP_NUM_THREADS=${OMP_NUM_THREADS-unset} BYTECODE=${PYTHONDONTWRITEBYTECODE-unset} ARGS=$*"
+case " $* " in *" -m gpu "*) exit "${FAKE_STATUS_GPU:-0}" ;; esac
 exit "${FAKE_STATUS:-0}"
 """
 
@@ -28,7 +30,7 @@ def _run(tmp_path: Path, cores: int, **env: str) -> subprocess.CompletedProcess:
     (tree / ".venv" / "bin").mkdir(parents=True)
     shutil.copy(ROOT / "scripts" / "test.sh", tree / "scripts" / "test.sh")
     shutil.copy(ROOT / "scripts" / "space.sh", tree / "scripts" / "space.sh")
-    (tree / "scripts" / "setup.sh").write_text("exit 0\n")
+    (tree / "scripts" / "setup.sh").write_text('[ -n "${FAKE_SETUP_FAILS:-}" ] && exit 1\nexit 0\n')
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, body in ((tree / ".venv" / "bin" / "python", FAKE_PYTHON),
@@ -37,15 +39,20 @@ def _run(tmp_path: Path, cores: int, **env: str) -> subprocess.CompletedProcess:
         name.write_text(body)
         name.chmod(0o755)
     clean = {k: v for k, v in os.environ.items()
-             if k not in ("OMP_NUM_THREADS", "ATTNSUITE_TEST_WORKERS", "FAKE_STATUS")}
+             if k not in ("OMP_NUM_THREADS", "ATTNSUITE_TEST_WORKERS", "ATTNSUITE_TEST_PYTHON")
+             and not k.startswith("FAKE_")}
     clean.update(PATH=f"{bin_dir}{os.pathsep}{clean.get('PATH', '/usr/bin:/bin')}", PYTHONDONTWRITEBYTECODE="1",
                  TMPDIR=str(tmp_path), **env)
     return subprocess.run(["bash", str(tree / "scripts" / "test.sh"), "-k", "x"], capture_output=True, text=True,
                           env=clean, timeout=60)
 
 
+def _pytest_lines(done: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in done.stdout.splitlines() if "-m pytest" in line]
+
+
 def _pytest_line(done: subprocess.CompletedProcess) -> str:
-    return next(line for line in done.stdout.splitlines() if "-m pytest" in line)
+    return _pytest_lines(done)[0]
 
 
 @pytest.mark.parametrize("cores, env, workers, threads", [
@@ -72,9 +79,41 @@ def test_the_tests_may_write_bytecode_where_the_environment_forbids_it(tmp_path)
     assert "BYTECODE=unset " in _pytest_line(_run(tmp_path, 2))
 
 
-@pytest.mark.parametrize("status, expected", [(0, 0), (1, 1), (5, 1)], ids=["passed", "failed", "nothing collected"])
-def test_the_exit_status_is_pytests_except_that_collecting_nothing_fails(tmp_path, status, expected):
-    done = _run(tmp_path, 2, FAKE_STATUS=str(status))
+@pytest.mark.parametrize("gpu", [False, True], ids=["without a GPU", "with a GPU"])
+def test_the_tests_marked_gpu_run_alone_after_the_others_where_a_gpu_is_present(tmp_path, gpu):
+    # among busy xdist workers a GPU timing test measured the host, and a worker with Triton's
+    # interpreter on (from the CPU checks) failed the compiled ones (an H200 host, 2026-12-02)
+    lines = _pytest_lines(_run(tmp_path, 2, FAKE_GPU="0" if gpu else "1"))
+    assert len(lines) == (2 if gpu else 1), lines
+    assert " -n 2 --dist worksteal -m not gpu " in lines[0], lines
+    if gpu:
+        assert " -m gpu " in lines[1] and " -n " not in lines[1] and "test_correctness" not in lines[1], lines
+        assert lines[1].rstrip().endswith("-k x"), lines  # the caller's arguments reach both passes
+
+
+@pytest.mark.parametrize("gpu, first, second, expected", [
+    (False, 0, None, 0), (False, 1, None, 1), (False, 5, None, 1),
+    (True, 0, 0, 0), (True, 0, 1, 1), (True, 1, 0, 1), (True, 5, 0, 0), (True, 0, 5, 0), (True, 5, 5, 1),
+    (True, 2, 0, 2),
+], ids=["passed", "failed", "nothing collected",
+        "gpu: both passed", "gpu: the gpu pass failed", "gpu: the first pass failed",
+        "gpu: only gpu tests selected", "gpu: no gpu test selected", "gpu: nothing collected in either",
+        "gpu: the first pass interrupted, no second"])
+def test_the_exit_status_is_pytests_except_that_collecting_nothing_fails(tmp_path, gpu, first, second, expected):
+    env = {"FAKE_GPU": "0" if gpu else "1", "FAKE_STATUS": str(first)}
+    if second is not None:
+        env["FAKE_STATUS_GPU"] = str(second)
+    done = _run(tmp_path, 2, **env)
     assert done.returncode == expected, done.stdout + done.stderr
-    if status == 5:
-        assert "pytest collected no tests: treating that as a failure" in done.stderr
+    nothing = "pytest collected no tests: treating that as a failure" in done.stderr
+    assert nothing == (first == 5 and second in (None, 5)), done.stderr
+    assert len(_pytest_lines(done)) == (2 if gpu and first != 2 else 1), done.stdout
+
+
+def test_a_given_interpreter_is_used_without_the_set_up(tmp_path):
+    # a GPU host's image has the test tools and no package index: the set-up would fail there
+    other = tmp_path / "other-python"
+    other.write_text(FAKE_PYTHON.replace("ARGS=", "OTHER ARGS="))
+    other.chmod(0o755)
+    done = _run(tmp_path, 2, ATTNSUITE_TEST_PYTHON=str(other), FAKE_SETUP_FAILS="1")
+    assert done.returncode == 0 and "OTHER ARGS=" in _pytest_line(done), done.stdout + done.stderr
