@@ -39,6 +39,7 @@ STACK_TAIL_BYTES = 16384
 STACK_SIGNAL = getattr(signal, "SIGUSR1", None)
 STACK_MARK = "(most recent call first):"
 EXIT_POISONED = 86  # the worker's exit status after a case left the CUDA context unusable
+WORKER_LOG_PREFIX = "attnsuite-worker-"  # a worker's output file in the temporary folder
 
 
 # --------------------------------------------------------------------------- framing
@@ -170,7 +171,7 @@ class _WorkerProcess:
     def __init__(self, python: str, env: Optional[dict[str, str]], init: dict[str, Any]) -> None:
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
-        fd, self.log_path = tempfile.mkstemp(prefix="attnsuite-worker-", suffix=".log")
+        fd, self.log_path = tempfile.mkstemp(prefix=WORKER_LOG_PREFIX, suffix=".log")
         self.launched = time.monotonic()
         try:
             self.proc = subprocess.Popen(
@@ -302,6 +303,15 @@ class _WorkerProcess:
         if self.log_path:
             _unlink(self.log_path)
             self.log_path = None
+
+
+def own_log() -> Optional[str]:
+    """In a worker process: the path of the log file its output goes to (None if not one of ours)."""
+    try:
+        path = os.readlink("/proc/self/fd/2")
+    except OSError:  # no /proc (macOS): the log stays behind if the suite is killed
+        return None
+    return path if os.path.basename(path).startswith(WORKER_LOG_PREFIX) else None
 
 
 def _unlink(path: str) -> None:

@@ -32,7 +32,7 @@ import sys
 import traceback
 from typing import Any, Callable, Optional
 
-from .isolation import EXIT_POISONED, STACK_SIGNAL, recv_fd, send
+from .isolation import EXIT_POISONED, STACK_SIGNAL, own_log, recv_fd, send
 from .parent_watch import exit_with_parent
 
 
@@ -275,8 +275,10 @@ def main(argv: list[str]) -> int:
     """The worker's message loop; returns its exit status."""
     request_fd, reply_fd = int(argv[1]), int(argv[2])
     # the worker leads a session of its own (isolation.py); if the suite is killed, a case hanging
-    # here must not keep running: the watch kills the worker and any helper it started
-    exit_with_parent(os.getppid(), whole_group=True)
+    # here must not keep running: the watch kills the worker and any helper it started, and removes
+    # its log, which the suite would have removed and which nobody reads now
+    log = own_log()
+    exit_with_parent(os.getppid(), whole_group=True, before_exit=(lambda: os.unlink(log)) if log else None)
     os.dup2(2, 1)  # a variant's prints go to the log, never into the reply pipe
     # a crash dumps the Python stacks into the log, and so does a timeout (it sends STACK_SIGNAL
     # before the kill): the case's record then says where it died or hung

@@ -431,11 +431,13 @@ def test_a_worker_starts_without_touching_the_gpu_and_sets_it_up_once_at_its_fir
         assert made == expect, f"on {device} two requests did {made}"
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_a_worker_stuck_in_a_hanging_case_ends_when_the_suite_is_killed(project, sig):
+def test_a_worker_stuck_in_a_hanging_case_ends_when_the_suite_is_killed(project, sig, tmp_path):
     # SIGTERM is what timeout, a cancelled CI job or a scheduler sends; the worker leads a session of
     # its own, so nothing else would end it, and on a GPU it would hold the device beside the next run
     args = _args(project, ("h-hang",), "--attn-timeout=300", "--attn-mode=fwd")
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=project, env=dict(os.environ),
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=project, env=dict(os.environ, TMPDIR=str(tmp)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[int] = []
     try:
@@ -455,6 +457,9 @@ def test_a_worker_stuck_in_a_hanging_case_ends_when_the_suite_is_killed(project,
             time.sleep(0.25)
             alive = [p for p in workers if _alive(p)]
         assert not alive, f"worker(s) {alive} outlived the suite killed by {sig.name}"
+        # nor its log: the suite that would have removed it is gone (SIGKILL had left one per worker)
+        left = sorted(p.name for p in tmp.glob("attnsuite-worker-*.log"))
+        assert not left, f"worker log(s) {left} left behind by the suite killed by {sig.name}"
     finally:
         for p in workers:
             if _alive(p):
