@@ -8,12 +8,35 @@ the suite's checks. It is a teaching example, not a fast one: it holds the whole
 from __future__ import annotations
 
 import torch
-from torch.distributed.nn.functional import all_gather  # differentiable: dK/dV flow back to their owners
+import torch.distributed as dist
 
 from attnsuite import mask_mods
 from attnsuite.distributed.shard import positions
 from attnsuite.distributed.variant import DistributedVariant
 from attnsuite.registry import register
+
+
+class GatherSequence(torch.autograd.Function):
+    """All-gather the ranks' shards along the sequence (dim 2), differentiably: in backward each
+    rank's gradient for the whole sequence is summed over the ranks and each keeps its own shard.
+
+    Written out rather than torch.distributed.nn.functional.all_gather: on gloo (torch 2.13) that
+    one's backward returned a wrong gradient when the incoming gradient was not contiguous (here dK
+    when hq == hkv: the scores' transpose leaves it so), and the suite's backward check caught it.
+    """
+
+    @staticmethod
+    def forward(fctx, x, group, world_size, rank):
+        parts = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(world_size)]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        fctx.group, fctx.rank, fctx.n = group, rank, x.shape[2]
+        return torch.cat(parts, dim=2)  # contiguous shards: rank order = global order
+
+    @staticmethod
+    def backward(fctx, grad):
+        total = grad.clone(memory_format=torch.contiguous_format)  # reduced in place: never autograd's own
+        dist.all_reduce(total, group=fctx.group)  # every rank used every shard
+        return total.narrow(2, fctx.rank * fctx.n, fctx.n), None, None, None
 
 
 @register
@@ -41,8 +64,8 @@ class GatherKV(DistributedVariant):
             allowed = mod(zero, zero, qi, kj)
 
         def run(q, k, v):
-            k_all = torch.cat(all_gather(k, group=ctx.group), dim=2)  # contiguous shards: rank order = global order
-            v_all = torch.cat(all_gather(v, group=ctx.group), dim=2)
+            k_all = GatherSequence.apply(k, ctx.group, ctx.world_size, ctx.rank)
+            v_all = GatherSequence.apply(v, ctx.group, ctx.world_size, ctx.rank)
             ctx.bytes_sent += (ctx.world_size - 1) * (k.numel() * k.element_size() + v.numel() * v.element_size())
             g = problem.hq // problem.hkv
             k_all, v_all = k_all.repeat_interleave(g, dim=1), v_all.repeat_interleave(g, dim=1)

@@ -45,9 +45,9 @@ _dtypes = tuple(d for d in os.environ.get("ATTNSUITE_DIST_DTYPES", "").split(","
 CAUSAL, CAUSAL_BR, NONE = Mask("causal"), Mask("causal", align="bottom_right"), Mask()
 
 
-def _problems() -> list[Problem]:
+def _problems(device: str = DEVICE, dtypes: bool = True) -> list[Problem]:
     """Small shapes on CPU (even, uneven, GQA, Lq != Lk, fewer positions than chunks); small and medium on CUDA."""
-    if DEVICE == "cpu":
+    if device == "cpu":
         shapes = [
             dict(batch=1, lq=24, lk=24, hq=2, hkv=2, dqk=16, dv=16, mask=NONE, dtype="float32"),
             dict(batch=2, lq=23, lk=23, hq=4, hkv=2, dqk=16, dv=16, mask=CAUSAL, dtype="float32"),  # GQA, uneven
@@ -64,8 +64,8 @@ def _problems() -> list[Problem]:
             dict(batch=1, lq=1024, lk=1024, hq=8, hkv=8, dqk=128, dv=128, mask=CAUSAL, dtype="bfloat16"),
             dict(batch=1, lq=1024, lk=1024, hq=8, hkv=8, dqk=128, dv=128, mask=NONE, dtype="float16"),
         ]
-    out = [Problem(device=DEVICE, **s) for s in shapes]
-    if _dtypes:
+    out = [Problem(device=device, **s) for s in shapes]
+    if _dtypes and dtypes:  # ATTNSUITE_DIST_DTYPES
         out = [p.with_(dtype=d) for p in out for d in _dtypes]
     return list(dict.fromkeys(out))
 
@@ -309,12 +309,23 @@ def test_the_documented_example_variant_passes_every_check_on_P_ranks(P, start, 
     registry.load_external(str(Path(__file__).resolve().parents[1] / "examples" / "distributed_variant.py"))
     example = registry.get("example-gather-kv")
     problem = Problem(batch=2, lq=24, lk=24, hq=4, hkv=2, dqk=16, dv=16, mask=CAUSAL, dtype="float32")
+    # every CPU problem of the built-ins too (a spawned start once: it costs seconds): the example
+    # had passed on this GQA problem alone while its dK was wrong wherever hq == hkv
+    problems = [problem] + (_problems("cpu", dtypes=False) if start != "spawn" else [])
+    checked = []
     with RankPool(P, "cpu", timeout_s=30.0) as pool:  # started after the load, so the ranks know the class
         assert pool.start_method == start
         variant = OnRanks(example, pool)
-        for check in CHECKS:
-            result = run_check(check, variant, problem)
-            assert result.passed, result.message
+        for p in problems:
+            for check in CHECKS:
+                if skip_reason(check, variant, p):
+                    continue
+                result = run_check(check, variant, p)
+                assert result.passed, result.message
+                checked.append((check, p.hq == p.hkv))
+        assert ("backward", False) in checked
+        if start != "spawn":
+            assert ("backward", True) in checked, checked
         assert "lk=23 is not a multiple of P=2" in skip_reason("forward", OnRanks(example, RankPool(2)),
                                                               problem.with_(lq=23, lk=23))
 

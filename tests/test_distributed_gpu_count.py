@@ -91,3 +91,29 @@ def test_ranks_get_their_start_up_time_by_how_they_start(monkeypatch, method, ti
 
     monkeypatch.setenv("ATTNSUITE_RANK_START", method)
     assert launch.RankPool(2, "cpu", timeout_s=timeout_s).start_timeout_s == expected
+
+
+UNGUARDED = """
+from attnsuite.distributed.launch import RankPool
+
+def task(ctx, payload):
+    return ctx.rank
+
+with RankPool(2, "cpu", timeout_s=30) as pool:  # no if __name__ == "__main__": each rank runs this again
+    print(pool.run(task, None, "trivial"))
+"""
+
+
+def test_a_script_without_the_main_guard_is_told_why_its_ranks_died(tmp_path):
+    # the rank's own RuntimeError scrolled by in ~140 lines of tracebacks; the last line said only
+    # "rank 0 of P=2 died (exit code 1)" (a first-time user's trial, 2026-12-02)
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    env = {k: v for k, v in os.environ.items() if k != "ATTNSUITE_RANK_START"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    # the error's line (multiprocessing's resource tracker may print after it)
+    last = next((line for line in reversed(done.stderr.splitlines()) if "RankError:" in line), "")
+    assert done.returncode != 0 and "died (exit code" in last, done.stderr[-3000:]
+    assert "if __name__ == '__main__':" in last and "importable by name" in last, last

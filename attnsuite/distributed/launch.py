@@ -210,7 +210,8 @@ class RankPool:
                 if dead:
                     self.close()
                     r, code = dead[0]
-                    raise RankError(f"{what}: rank {r} of P={P} died (exit code {code}); the ranks were stopped")
+                    raise RankError(f"{what}: rank {r} of P={P} died (exit code {code}); the ranks were stopped"
+                                    + (self._start_hint() if task_id is None else ""))
                 continue
             if tid != task_id and kind != "error":
                 continue  # a late answer to an earlier task
@@ -224,6 +225,16 @@ class RankPool:
             self.close()
             raise RankError(self._error_text(what, errors, []))
         return [got[r] for r in range(P)]
+
+    def _start_hint(self) -> str:
+        """Why a rank may die before it joins, where the rank's own error went (its stderr)."""
+        if self.start_method == "fork":
+            return ". Its own error, if it printed one, is above in this process's stderr"
+        how = {"spawn": "spawned rank", "forkserver": "rank from the fork server"}[self.start_method]
+        return (f". Its own error is above in this process's stderr. A {how} imports "
+                "the main module again: a script that starts ranks must keep its top level under "
+                "if __name__ == '__main__':, and a task or variant must be importable by name (defined "
+                "at a module's top level, not in python -c or on stdin)")
 
     def _error_text(self, what: str, errors: dict[int, str], missing: list[int]) -> str:
         rank = min(errors)
