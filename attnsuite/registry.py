@@ -772,7 +772,16 @@ def load_all(external: Iterable[str] = ()) -> None:
     for where, spec in _named(external):
         source = f"{where} {spec.strip()!r}"
         try:
-            _load_from(source, lambda: load_external(spec))
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                _load_from(source, lambda: load_external(spec))
         except Exception as exc:  # which of several modules failed, and where it was named
             raise VariantLoadError(f"{source}: {type(exc).__name__}: {exc}") from exc
+        for w in seen:
+            if issubclass(w.category, NothingRegistered):
+                # named on purpose and registering nothing is a mistake (a forgotten @register): the
+                # run had gone on with the other variants and passed, the warning at its top
+                raise VariantLoadError(f"{source}: registered no variant and no family (is the register() "
+                                       "call or @register decorator missing?)")
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     check_families()

@@ -182,6 +182,17 @@ def test_a_variants_module_that_fails_to_load_is_named_with_where_it_was_named(t
     assert f"--attn-variants '{bad}': ModuleNotFoundError" in str(exc.value) and "nosuchmodule_xyz" in str(exc.value)
 
 
+def test_a_variants_file_named_on_purpose_that_registers_nothing_is_an_error(tmp_path, monkeypatch):
+    # the run had gone on with the built-ins and passed, a warning at its top the only sign
+    empty = tmp_path / "forgot_register_named.py"
+    empty.write_text("from attnsuite.registry import KernelVariant\n\nclass Mine(KernelVariant):\n    name = 'mine'\n")
+    monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
+    with pytest.raises(registry.VariantLoadError, match=r"--attn-variants '.*forgot_register_named.py': registered "
+                                                         r"no variant and no family \(is the register\(\) call"):
+        registry.load_all([str(empty)])
+    registry.load_all([str(empty)])  # already imported: loading it again is no error
+
+
 def test_a_variant_module_that_registers_nothing_is_warned_about(tmp_path):
     empty = tmp_path / "forgot_register.py"
     empty.write_text("from attnsuite.registry import KernelVariant\n\nclass Mine(KernelVariant):\n    name = 'mine'\n")
