@@ -952,7 +952,15 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
 # ------------------------------------------------------------------------------- terminal summary
 
 def _fmt(value: Optional[float], spec: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+    """``value`` by ``spec``; a missing one as "-" in the same width, so the table's columns stay put."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        width = spec.split(".")[0]
+        return format("-", f">{width}") if width.isdigit() else "-"
+    return format(value, spec)
+
+
+NO_DATASHEET_PEAK = ("%peak is against the device's datasheet peak, and this device has none (a CPU): "
+                     "the summary below shows % of the calibration probe stored with the baseline instead")
 
 
 def summary_lines(records: list[CaseRecord]) -> list[str]:
@@ -977,6 +985,8 @@ def summary_lines(records: list[CaseRecord]) -> list[str]:
                     f"{_fmt(r.iqr_ms, '8.4f')} {_fmt(r.rate(), '8.4f')} {_fmt(r.rate_pct_peak(), '6.1f')} "
                     f"{_fmt(mib, '9.2f')} {mat:>10}  {r.backend}"
                 )
+    if any(r.rate() and r.rate_pct_peak() is None for r in records):
+        lines.append(NO_DATASHEET_PEAK)
     return lines
 
 

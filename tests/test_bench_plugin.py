@@ -226,6 +226,26 @@ def test_the_terminal_table_shows_tflops_and_peak_share_by_device_time_on_cuda()
     assert row[3:7] == ["1.1130", "0.0100", "231.4815", "23.4"], row
 
 
+def test_the_terminal_tables_columns_stay_put_for_a_case_without_figures_and_a_missing_peak_is_explained():
+    from attnsuite.plugin_bench import NO_DATASHEET_PEAK, summary_lines
+    from attnsuite.record import CaseRecord
+
+    ok = CaseRecord("gpt2-mha", "sdpa", "fwd", "b1-q64-h2-d16-causal-tl-fp32-cpu", outcome="ok", median_ms=1.5,
+                    iqr_ms=0.1, timer="perf_counter", flops=1e9, tflops=0.0007)
+    crash = CaseRecord("gpt2-mha", "h-segv", "fwd", "b1-q64-h2-d16-causal-tl-fp32-cpu", outcome="crash")
+    lines = summary_lines([ok, crash])
+    header = next(line for line in lines if "variant" in line)
+    rows = [line for line in lines if line.strip().startswith(("sdpa", "h-segv"))]
+    # every column ends where its heading ends, for a crash's "-" as for the ok case's figures
+    for col in ("median ms", "iqr ms", "TFLOP/s", "%peak", "peak MiB"):
+        end = header.index(col) + len(col)
+        assert all(row[end - 1] != " " and (len(row) == end or row[end] == " ") for row in rows), (col, rows)
+    assert lines[-1] == NO_DATASHEET_PEAK  # a CPU case has TFLOP/s and no datasheet peak: "-" is explained
+    cuda = CaseRecord("fa-sweep", "sdpa", "fwd", "b1-q64-h2-d16-causal-tl-bf16-cuda", outcome="ok", median_ms=1.0,
+                      tflops=100.0, pct_peak=10.0, flops=1e11)
+    assert NO_DATASHEET_PEAK not in summary_lines([cuda])
+
+
 class _Config:
     """Just enough of pytest.Config for the option readers: getoption by name."""
 
