@@ -18,7 +18,7 @@ from typing import Callable, Optional
 PARENT_POLL_S = 0.5
 
 
-def _exists(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether ``pid`` is a live process (a zombie, dead and not yet reaped, is not)."""
     try:
         os.kill(pid, 0)
@@ -44,7 +44,7 @@ def exit_with_parent(parent_pid: int, poll_s: float = PARENT_POLL_S, *, whole_gr
     otherwise outlive it too); else exit this process alone. ``before_exit``: clean-up the parent
     would have done (a failure in it does not keep this process alive)."""
     def watch() -> None:
-        while os.getppid() == parent_pid and (owner_pid is None or _exists(owner_pid)):
+        while os.getppid() == parent_pid and (owner_pid is None or process_alive(owner_pid)):
             time.sleep(poll_s)
         if before_exit is not None:
             try:

@@ -51,6 +51,7 @@ from typing import Any, Optional
 import pytest
 
 from . import checks, isolation, registry, torch_state
+from .parent_watch import process_alive
 
 LEDGER_KEY = "attnsuite_crash_ledger"  # the controller's folder, handed to each worker in workerinput
 CRASHED = "crashed.jsonl"  # one JSON line per variant that took a worker down
@@ -440,6 +441,21 @@ class CrashWorker:
                         f"{entry.get('nodeid')}: its other tests are not run (that test's failure says more)")
 
 
+LEDGER_PREFIX = "attnsuite-crashes-"  # + the controller's pid + "-": a folder whose controller died is found
+
+
+def sweep_stale_ledgers(tmp: Path) -> list[Path]:
+    """Remove the crash-ledger folders under ``tmp`` whose controller process is gone (a killed run
+    could not remove its own: one per SIGKILLed run had stayed); the ones removed."""
+    removed = []
+    for folder in tmp.glob(f"{LEDGER_PREFIX}*-*"):
+        pid = folder.name[len(LEDGER_PREFIX):].split("-")[0]
+        if folder.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 class CrashController:
     """In the xdist controller: the crash ledger's folder, and the wording of a worker's death."""
 
@@ -449,7 +465,8 @@ class CrashController:
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         if self.folder is None:
-            self.folder = Path(tempfile.mkdtemp(prefix="attnsuite-crashes-"))
+            sweep_stale_ledgers(Path(tempfile.gettempdir()))
+            self.folder = Path(tempfile.mkdtemp(prefix=f"{LEDGER_PREFIX}{os.getpid()}-"))
         node.workerinput[LEDGER_KEY] = str(self.folder)
 
     @pytest.hookimpl(optionalhook=True)

@@ -67,3 +67,19 @@ def test_without_an_owner_only_the_parent_is_watched():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_crash_ledger_is_swept_only_once_its_controller_is_gone(tmp_path):
+    # a SIGKILLed correctness run could not remove its /tmp/attnsuite-crashes-* folder (one per run stayed)
+    from attnsuite.plugin_isolation import LEDGER_PREFIX, sweep_stale_ledgers
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f"{LEDGER_PREFIX}{gone.pid}-abc"
+    live = tmp_path / f"{LEDGER_PREFIX}{os.getpid()}-def"
+    unnamed = tmp_path / f"{LEDGER_PREFIX}xyz"  # an older run's folder: no pid to tell by, left alone
+    for folder in (stale, live, unnamed):
+        folder.mkdir()
+        (folder / "faults-gw0.log").write_text("x")
+    assert sweep_stale_ledgers(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and unnamed.exists()
