@@ -54,7 +54,7 @@ def start_method(device: str) -> str:
     correctness suite's gloo ranks, forked after other tests' backward passes, failed every
     backward check (docs/distributed.md). Not forked from the pool's own process either: a process
     with threads (``torch.compile``'s, xdist's) can hand a child a lock that no thread will release,
-    and 1 of 40 starts of 4 ranks hung so after a compile. The fork server is a clean interpreter
+    and 1 of 150 starts of 4 ranks hung so after a compile (0 of 450 from the server). The fork server is a clean interpreter
     (:mod:`attnsuite.distributed.forkserver_preload`). Spawned and fork-server ranks load the
     parent's external variants again (:func:`attnsuite.registry.load_like`); ``fork`` stays as an
     override for a host where neither works.
