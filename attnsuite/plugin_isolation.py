@@ -132,14 +132,16 @@ class ExitGuard:
         try:
             return (yield)
         except _VariantExit as exc:
-            pytest.fail(f"variant {name} called os._exit({exc.status!r}), which would have ended the test run "
-                        "(with that status, without pytest-xdist): it fails this test and the run goes on",
-                        pytrace=False)
+            failure = (f"variant {name} called os._exit({exc.status!r}), which would have ended the test run "
+                       "(with that status, without pytest-xdist): it fails this test and the run goes on")
         except SystemExit as exc:
-            pytest.fail(f"variant {name} called sys.exit({exc.code!r}) (SystemExit): a kernel must not end the "
-                        "process; it fails this test and the run goes on", pytrace=False)
+            failure = (f"variant {name} called sys.exit({exc.code!r}) (SystemExit): a kernel must not end the "
+                       "process; it fails this test and the run goes on")
         finally:
             os._exit = previous
+        # failed outside the handler: inside it, the report had begun with the caught exception ("1")
+        # and "During handling of the above exception, another exception occurred"
+        pytest.fail(failure, pytrace=False)
 
 
 class RaisedInterrupt:

@@ -377,12 +377,13 @@ def test_without_xdist_a_variant_that_exits_fails_its_tests_and_the_run_goes_on(
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"), f"--rootdir={ROOT}",
            "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-rf", f"--attn-variants={HOSTILE}",
            "--attn-only=h-exit", "--attn-only=h-sysexit", "--attn-only=explicit", "--attn-dtype=float32",
-           "-k", "test_forward"]
+           "-k", "test_forward", "--tb=long"]
     done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     out = done.stdout + done.stderr
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, out[-3000:]
     assert "variant h-exit called os._exit(1), which would have ended the test run" in out, out[-3000:]
     assert "variant h-sysexit called sys.exit(0) (SystemExit): a kernel must not end the process" in out, out[-3000:]
+    assert "During handling of the above exception" not in out, out[-3000:]  # the message alone, not a chain
     failed = re.findall(r"^FAILED \S+\[([\w-]+)@", out, re.M)
     assert set(failed) == {"h-exit", "h-sysexit"}, out[-3000:]  # explicit, after them, passed
     assert re.search(r"\b\d+ passed\b", out), out[-2000:]
