@@ -175,7 +175,8 @@ class _WorkerProcess:
         self.launched = time.monotonic()
         try:
             self.proc = subprocess.Popen(
-                [python, "-m", "attnsuite.worker", str(req_r), str(resp_w)],
+                # the suite's pid: a worker still importing when the suite died must not take init for it
+                [python, "-m", "attnsuite.worker", str(req_r), str(resp_w), str(os.getpid())],
                 stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, pass_fds=(req_r, resp_w),
                 start_new_session=True,  # its own process group: a timeout kills its helpers too
                 env=env, close_fds=True)

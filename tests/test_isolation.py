@@ -430,10 +430,21 @@ def test_a_worker_starts_without_touching_the_gpu_and_sets_it_up_once_at_its_fir
             assert worker.run("a-case")["record"]["outcome"] == "skipped"
         assert made == expect, f"on {device} two requests did {made}"
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_a_worker_stuck_in_a_hanging_case_ends_when_the_suite_is_killed(project, sig, tmp_path):
+def _suite_workers(suite_pid: int) -> list[int]:
+    """Every benchmark worker of the suite ``suite_pid``, whoever its parent is now (its command line
+    ends with the suite's pid: an orphan is init's child)."""
+    found = subprocess.run(["pgrep", "-f", rf"attnsuite\.worker [0-9]+ [0-9]+ {suite_pid}$"], capture_output=True,
+                           text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+@pytest.mark.parametrize("sig, when", [(signal.SIGKILL, "hanging"), (signal.SIGTERM, "hanging"),
+                                       (signal.SIGKILL, "starting")],
+                         ids=["SIGKILL in a hanging case", "SIGTERM in a hanging case", "SIGKILL while a worker starts"])
+def test_a_worker_stuck_in_a_hanging_case_ends_when_the_suite_is_killed(project, sig, when, tmp_path):
     # SIGTERM is what timeout, a cancelled CI job or a scheduler sends; the worker leads a session of
-    # its own, so nothing else would end it, and on a GPU it would hold the device beside the next run
+    # its own, so nothing else would end it, and on a GPU it would hold the device beside the next run.
+    # Killed while a worker still imported, the worker had taken init for its parent and lived on.
     args = _args(project, ("h-hang",), "--attn-timeout=300", "--attn-mode=fwd")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -443,29 +454,54 @@ def test_a_worker_stuck_in_a_hanging_case_ends_when_the_suite_is_killed(project,
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not workers:
-            time.sleep(0.5)
-            found = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "attnsuite.worker"], capture_output=True,
-                                   text=True)
-            workers = [int(p) for p in found.stdout.split()]
+            time.sleep(0.1 if when == "starting" else 0.5)
+            workers = _suite_workers(proc.pid)
         assert workers, "no benchmark worker started"
-        time.sleep(3)  # into the hanging case
+        if when == "hanging":
+            time.sleep(3)  # into the hanging case
         proc.send_signal(sig)
         proc.wait(timeout=30)
-        deadline = time.monotonic() + 15
-        alive = workers
+        deadline = time.monotonic() + 30
+        alive = _suite_workers(proc.pid)
         while time.monotonic() < deadline and alive:
             time.sleep(0.25)
-            alive = [p for p in workers if _alive(p)]
-        assert not alive, f"worker(s) {alive} outlived the suite killed by {sig.name}"
+            alive = [p for p in _suite_workers(proc.pid) if _alive(p)]
+        assert not alive, f"worker(s) {alive} outlived the suite killed by {sig.name} ({when})"
         # nor its log: the suite that would have removed it is gone (SIGKILL had left one per worker)
         left = sorted(p.name for p in tmp.glob("attnsuite-worker-*.log"))
-        assert not left, f"worker log(s) {left} left behind by the suite killed by {sig.name}"
+        assert not left, f"worker log(s) {left} left behind by the suite killed by {sig.name} ({when})"
     finally:
-        for p in workers:
+        for p in set(workers) | set(_suite_workers(proc.pid)):
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("asked", [True, False], ids=["asked to exit: the suite removes the log",
+                                                       "pipe closed without a word: the worker removes it"])
+def test_an_idle_worker_whose_suite_vanished_removes_its_log(tmp_path, asked):
+    # an idle standby worker reads EOF the moment a killed suite's pipe closes, before its watch
+    # looks: it had exited normally and left its log (a clean-clone CI run caught one)
+    from attnsuite import isolation
+
+    log = tmp_path / f"{isolation.WORKER_LOG_PREFIX}test.log"
+    req_r, req_w = os.pipe()
+    resp_r, resp_w = os.pipe()
+    with open(log, "w") as fh:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        worker = subprocess.Popen([sys.executable, "-m", "attnsuite.worker", str(req_r), str(resp_w), str(os.getpid())],
+                                  stdout=fh, stderr=fh, pass_fds=(req_r, resp_w), env=env)
+    os.close(req_r)
+    os.close(resp_w)
+    with os.fdopen(req_w, "wb") as to_worker:
+        if asked:
+            isolation.send(to_worker, {"op": "exit"})
+    try:
+        assert worker.wait(timeout=60) == 0
+    finally:
+        os.close(resp_r)
+    assert log.exists() == asked, log.read_text() if log.exists() else "removed"
 
 
 def _alive(pid: int) -> bool:
