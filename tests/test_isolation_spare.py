@@ -23,7 +23,7 @@ from attnsuite.isolation import Failure, WorkerPool, WorkerStartError
 ROOT = Path(__file__).resolve().parents[1]
 
 STUB = '''#!{python}
-"""A stand-in worker: invoked as `STUB -m attnsuite.worker REQUEST_FD REPLY_FD`."""
+"""A stand-in worker: invoked as `STUB -m attnsuite.worker REQUEST_FD REPLY_FD SUITE_PID`."""
 import os, signal, sys, time
 from attnsuite.isolation import recv_fd, send
 
@@ -36,9 +36,9 @@ while True:  # this process's place in launch order: the first free number
     except FileExistsError:
         n += 1
 fail = {{int(x) for x in os.environ.get("STUB_FAIL_STARTS", "").split(",") if x}}
-out = os.fdopen(int(sys.argv[-1]), "wb")
+out = os.fdopen(int(sys.argv[4]), "wb")
 while True:
-    msg = recv_fd(int(sys.argv[-2]))
+    msg = recv_fd(int(sys.argv[3]))
     if msg is None or msg["op"] == "exit":
         sys.exit(0)
     if msg["op"] == "init":
