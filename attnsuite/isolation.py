@@ -183,7 +183,7 @@ class _WorkerProcess:
         except BaseException:
             os.close(req_w)
             os.close(resp_r)
-            _unlink(self.log_path)
+            remove_quietly(self.log_path)
             raise
         finally:
             os.close(fd)
@@ -302,7 +302,7 @@ class _WorkerProcess:
                 pass
             self.from_worker = None
         if self.log_path:
-            _unlink(self.log_path)
+            remove_quietly(self.log_path)
             self.log_path = None
 
 
@@ -315,7 +315,8 @@ def own_log() -> Optional[str]:
     return path if os.path.basename(path).startswith(WORKER_LOG_PREFIX) else None
 
 
-def _unlink(path: str) -> None:
+def remove_quietly(path: str) -> None:
+    """Remove a file; one already gone (or not removable) is no error."""
     try:
         os.unlink(path)
     except OSError:

@@ -32,7 +32,7 @@ import sys
 import traceback
 from typing import Any, Callable, Optional
 
-from .isolation import EXIT_POISONED, STACK_SIGNAL, own_log, recv_fd, send
+from .isolation import EXIT_POISONED, STACK_SIGNAL, own_log, recv_fd, remove_quietly, send
 from .parent_watch import exit_with_parent
 
 
@@ -271,13 +271,6 @@ class Worker:
         return {"calibration": calibrate.probe(self.spec.device)}
 
 
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:  # removed already (the suite's own clean-up, or the other path here)
-        pass
-
-
 def main(argv: list[str]) -> int:
     """The worker's message loop; returns its exit status."""
     request_fd, reply_fd = int(argv[1]), int(argv[2])
@@ -288,7 +281,7 @@ def main(argv: list[str]) -> int:
     # while this process was still importing (a standby worker: it had then lived on, its log left)
     suite = int(argv[3]) if len(argv) > 3 else os.getppid()
     log = own_log()
-    exit_with_parent(suite, whole_group=True, before_exit=(lambda: _remove(log)) if log else None)
+    exit_with_parent(suite, whole_group=True, before_exit=(lambda: remove_quietly(log)) if log else None)
     os.dup2(2, 1)  # a variant's prints go to the log, never into the reply pipe
     # a crash dumps the Python stacks into the log, and so does a timeout (it sends STACK_SIGNAL
     # before the kill): the case's record then says where it died or hung
@@ -303,7 +296,7 @@ def main(argv: list[str]) -> int:
             # the pipe closed without an "exit": the suite is gone (it asks before it stops a worker,
             # or kills it first). An idle standby worker gets here before its watch: its log too
             if log:
-                _remove(log)
+                remove_quietly(log)
             return 0
         if message.get("op") == "exit":
             return 0
