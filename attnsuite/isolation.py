@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 _HEADER = struct.Struct("!Q")
 STDERR_TAIL_LINES = 12
@@ -39,7 +39,7 @@ STACK_TAIL_BYTES = 16384
 STACK_SIGNAL = getattr(signal, "SIGUSR1", None)
 STACK_MARK = "(most recent call first):"
 EXIT_POISONED = 86  # the worker's exit status after a case left the CUDA context unusable
-WORKER_LOG_PREFIX = "attnsuite-worker-"  # a worker's output file in the temporary folder
+WORKER_LOG_PREFIX = "attnsuite-worker-"  # a worker log's name, where the OS cannot make it without one
 
 
 # --------------------------------------------------------------------------- framing
@@ -105,17 +105,24 @@ def describe_exit(returncode: Optional[int]) -> str:
     return f"exit code {returncode}"
 
 
-def tail_of(path: str, lines: int = STDERR_TAIL_LINES, max_bytes: int = STDERR_TAIL_BYTES, start: int = 0) -> str:
-    """The last lines of a log file written at or after byte ``start`` (bounded read)."""
+def tail_of(source: Union[str, int], lines: int = STDERR_TAIL_LINES, max_bytes: int = STDERR_TAIL_BYTES,
+            start: int = 0) -> str:
+    """The last lines of a log written at or after byte ``start`` (bounded read). ``source``: a path,
+    or an open file descriptor (read in place: its offset, shared with the writer, is not moved)."""
     try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(start, size - max_bytes))
-            text = fh.read().decode("utf-8", errors="replace")
+        if isinstance(source, int):
+            size = os.fstat(source).st_size
+            begin = max(start, size - max_bytes)
+            data = os.pread(source, max(0, size - begin), begin)
+        else:
+            with open(source, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(start, size - max_bytes))
+                data = fh.read()
     except OSError:
         return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+    return "\n".join(data.decode("utf-8", errors="replace").rstrip().splitlines()[-lines:])
 
 
 def stack_in(tail: str, library_roots: tuple[str, ...] = ()) -> tuple[str, str]:
@@ -153,9 +160,9 @@ def stack_in(tail: str, library_roots: tuple[str, ...] = ()) -> tuple[str, str]:
     return "\n".join(dump), where
 
 
-def _log_size(path: Optional[str]) -> int:
+def _log_size(fd: Optional[int]) -> int:
     try:
-        return os.path.getsize(path) if path else 0
+        return os.fstat(fd).st_size if fd is not None else 0
     except OSError:
         return 0
 
@@ -171,22 +178,23 @@ class _WorkerProcess:
     def __init__(self, python: str, env: Optional[dict[str, str]], init: dict[str, Any]) -> None:
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
-        fd, self.log_path = tempfile.mkstemp(prefix=WORKER_LOG_PREFIX, suffix=".log")
+        # The log has no name (O_TMPFILE, or removed the moment it is made): whatever kills the suite
+        # or the worker, and whenever, there is no file left behind; the suite reads it through its fd
+        self.log: Optional[Any] = tempfile.TemporaryFile(prefix=WORKER_LOG_PREFIX, suffix=".log")
         self.launched = time.monotonic()
         try:
             self.proc = subprocess.Popen(
                 # the suite's pid: a worker still importing when the suite died must not take init for it
                 [python, "-m", "attnsuite.worker", str(req_r), str(resp_w), str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, pass_fds=(req_r, resp_w),
+                stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, pass_fds=(req_r, resp_w),
                 start_new_session=True,  # its own process group: a timeout kills its helpers too
                 env=env, close_fds=True)
         except BaseException:
             os.close(req_w)
             os.close(resp_r)
-            remove_quietly(self.log_path)
+            self.log.close()
             raise
         finally:
-            os.close(fd)
             os.close(req_r)
             os.close(resp_w)
         self.to_worker: Optional[Any] = os.fdopen(req_w, "wb")
@@ -197,6 +205,14 @@ class _WorkerProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def _log_fd(self) -> Optional[int]:
+        return None if self.log is None else self.log.fileno()
+
+    def _log_tail(self, start: int) -> str:
+        """The end of what the worker wrote at or after byte ``start`` of its log ("" once it is closed)."""
+        fd = self._log_fd()
+        return "" if fd is None else tail_of(fd, STACK_TAIL_LINES, STACK_TAIL_BYTES, start)
 
     def alive(self) -> bool:
         """Whether the process is still running (its pipes may still be open after it died)."""
@@ -226,7 +242,7 @@ class _WorkerProcess:
 
         A failure's stderr tail holds only what the worker wrote after this message was sent: an
         earlier case's output (a profiler's log line, say) must not read as this case's last words."""
-        log_start = _log_size(self.log_path)
+        log_start = _log_size(self._log_fd())
         sent = self._post(message)
         deadline = None if timeout is None else time.monotonic() + timeout
         return self._receive(timeout, deadline, sent=sent, log_start=log_start)
@@ -238,7 +254,7 @@ class _WorkerProcess:
                 reply = recv_fd(self.from_worker, deadline)
             except TimeoutError:
                 self._dump_stacks(log_start)
-                tail = tail_of(self.log_path, STACK_TAIL_LINES, STACK_TAIL_BYTES, log_start) if self.log_path else ""
+                tail = self._log_tail(log_start)
                 self.kill()
                 return Failure("timeout", f"no answer within the {limit:g} s limit: worker killed", tail)
             except (OSError, EOFError, pickle.UnpicklingError):
@@ -248,7 +264,7 @@ class _WorkerProcess:
                 rc = self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 rc = None
-            tail = tail_of(self.log_path, STACK_TAIL_LINES, STACK_TAIL_BYTES, log_start) if self.log_path else ""
+            tail = self._log_tail(log_start)
             self.kill()
             return Failure("crash", f"worker process died: {describe_exit(rc)}", tail)
         return reply
@@ -256,7 +272,7 @@ class _WorkerProcess:
     def _dump_stacks(self, log_start: int, wait_s: float = 2.0) -> None:
         """Ask a hung worker for its threads' stacks (faulthandler, on STACK_SIGNAL) before it is killed,
         so the timeout can say where the case hung; waits up to ``wait_s`` for the dump to land."""
-        if STACK_SIGNAL is None or self.proc.poll() is not None or not self.log_path:
+        if STACK_SIGNAL is None or self.proc.poll() is not None or self.log is None:
             return
         try:
             os.kill(self.proc.pid, STACK_SIGNAL)
@@ -264,7 +280,7 @@ class _WorkerProcess:
             return
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            if STACK_MARK in tail_of(self.log_path, STACK_TAIL_LINES, STACK_TAIL_BYTES, log_start):
+            if STACK_MARK in self._log_tail(log_start):
                 time.sleep(0.1)  # the other threads' stacks follow the first
                 return
             time.sleep(0.05)
@@ -301,26 +317,9 @@ class _WorkerProcess:
             except OSError:
                 pass
             self.from_worker = None
-        if self.log_path:
-            remove_quietly(self.log_path)
-            self.log_path = None
-
-
-def own_log() -> Optional[str]:
-    """In a worker process: the path of the log file its output goes to (None if not one of ours)."""
-    try:
-        path = os.readlink("/proc/self/fd/2")
-    except OSError:  # no /proc (macOS): the log stays behind if the suite is killed
-        return None
-    return path if os.path.basename(path).startswith(WORKER_LOG_PREFIX) else None
-
-
-def remove_quietly(path: str) -> None:
-    """Remove a file; one already gone (or not removable) is no error."""
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
 
 _PENDING = object()  # an init answer not read yet

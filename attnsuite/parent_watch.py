@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 PARENT_POLL_S = 0.5
 
@@ -34,23 +34,16 @@ def process_alive(pid: int) -> bool:
 
 
 def exit_with_parent(parent_pid: int, poll_s: float = PARENT_POLL_S, *, whole_group: bool = False,
-                     owner_pid: Optional[int] = None,
-                     before_exit: Optional[Callable[[], None]] = None) -> threading.Thread:
+                     owner_pid: Optional[int] = None) -> threading.Thread:
     """Start a daemon thread that ends this process once ``parent_pid`` is no longer its parent.
 
     ``owner_pid``: a process that started this one through an intermediary (a fork server, which is
     then ``parent_pid``): its end ends this process too. ``whole_group``: kill this process's whole
     process group (for a child started in a session of its own, whose helper processes would
-    otherwise outlive it too); else exit this process alone. ``before_exit``: clean-up the parent
-    would have done (a failure in it does not keep this process alive)."""
+    otherwise outlive it too); else exit this process alone."""
     def watch() -> None:
         while os.getppid() == parent_pid and (owner_pid is None or process_alive(owner_pid)):
             time.sleep(poll_s)
-        if before_exit is not None:
-            try:
-                before_exit()
-            except Exception:  # noqa: BLE001 - the exit below matters more than the clean-up
-                pass
         if whole_group:
             os.killpg(os.getpgrp(), signal.SIGKILL)
         os._exit(1)

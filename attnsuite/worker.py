@@ -32,7 +32,7 @@ import sys
 import traceback
 from typing import Any, Callable, Optional
 
-from .isolation import EXIT_POISONED, STACK_SIGNAL, own_log, recv_fd, remove_quietly, send
+from .isolation import EXIT_POISONED, STACK_SIGNAL, recv_fd, send
 from .parent_watch import exit_with_parent
 
 
@@ -275,13 +275,11 @@ def main(argv: list[str]) -> int:
     """The worker's message loop; returns its exit status."""
     request_fd, reply_fd = int(argv[1]), int(argv[2])
     # the worker leads a session of its own (isolation.py); if the suite is killed, a case hanging
-    # here must not keep running: the watch kills the worker and any helper it started, and removes
-    # its log, which the suite would have removed and which nobody reads now
-    # The suite's pid comes with the command line: os.getppid() here is init's once the suite died
-    # while this process was still importing (a standby worker: it had then lived on, its log left)
+    # here must not keep running: the watch kills the worker and any helper it started (its log has
+    # no name, so nothing is left behind). The suite's pid comes with the command line: os.getppid()
+    # here is init's once the suite died while this process was still importing
     suite = int(argv[3]) if len(argv) > 3 else os.getppid()
-    log = own_log()
-    exit_with_parent(suite, whole_group=True, before_exit=(lambda: remove_quietly(log)) if log else None)
+    exit_with_parent(suite, whole_group=True)
     os.dup2(2, 1)  # a variant's prints go to the log, never into the reply pipe
     # a crash dumps the Python stacks into the log, and so does a timeout (it sends STACK_SIGNAL
     # before the kill): the case's record then says where it died or hung
@@ -293,11 +291,7 @@ def main(argv: list[str]) -> int:
     while True:
         message = recv_fd(request_fd)
         if message is None:
-            # the pipe closed without an "exit": the suite is gone (it asks before it stops a worker,
-            # or kills it first). An idle standby worker gets here before its watch: its log too
-            if log:
-                remove_quietly(log)
-            return 0
+            return 0  # the pipe closed without an "exit": the suite is gone
         if message.get("op") == "exit":
             return 0
         op = message.get("op")

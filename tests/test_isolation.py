@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -478,30 +479,26 @@ def test_a_worker_stuck_in_a_hanging_case_ends_when_the_suite_is_killed(project,
             proc.kill()
 
 
-@pytest.mark.parametrize("asked", [True, False], ids=["asked to exit: the suite removes the log",
-                                                       "pipe closed without a word: the worker removes it"])
-def test_an_idle_worker_whose_suite_vanished_removes_its_log(tmp_path, asked):
-    # an idle standby worker reads EOF the moment a killed suite's pipe closes, before its watch
-    # looks: it had exited normally and left its log (a clean-clone CI run caught one)
+def test_a_workers_log_has_no_name_in_the_temporary_folder_yet_its_last_words_reach_the_failure(tmp_path, monkeypatch):
+    # A named log was removed by whoever outlived the other (the suite, the worker's watch, an idle
+    # worker at EOF) and every ordering left a window: a clean-clone CI run found one left behind
     from attnsuite import isolation
 
-    log = tmp_path / f"{isolation.WORKER_LOG_PREFIX}test.log"
-    req_r, req_w = os.pipe()
-    resp_r, resp_w = os.pipe()
-    with open(log, "w") as fh:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-        worker = subprocess.Popen([sys.executable, "-m", "attnsuite.worker", str(req_r), str(resp_w), str(os.getpid())],
-                                  stdout=fh, stderr=fh, pass_fds=(req_r, resp_w), env=env)
-    os.close(req_r)
-    os.close(resp_w)
-    with os.fdopen(req_w, "wb") as to_worker:
-        if asked:
-            isolation.send(to_worker, {"op": "exit"})
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    handle = isolation._WorkerProcess(sys.executable, env, {"op": "init", "spec": "not a spec"})
     try:
-        assert worker.wait(timeout=60) == 0
+        assert list(tmp_path.iterdir()) == [], "a worker's log is a file others can see (and SIGKILL can leave)"
+        # the worker writes to it: an init it cannot read is answered with the error, then a message
+        # it cannot unpickle kills it and the failure carries what it wrote last
+        assert "error" in handle.ready(60)
+        handle.to_worker.write(isolation._HEADER.pack(5) + b"junk!")
+        failure = handle.exchange({"op": "run", "key": "x"}, timeout=60)
+        assert isinstance(failure, isolation.Failure) and failure.outcome == "crash", failure
+        assert "Traceback" in failure.stderr_tail, failure.stderr_tail
     finally:
-        os.close(resp_r)
-    assert log.exists() == asked, log.read_text() if log.exists() else "removed"
+        handle.kill()
+    assert list(tmp_path.iterdir()) == []
 
 
 def _alive(pid: int) -> bool:

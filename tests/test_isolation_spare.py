@@ -199,11 +199,11 @@ def test_close_leaves_no_worker_process_alive(make_pool, spare, after):
         pool.run_case("segfault")
         _answering_pid(pool)
     procs = [p for p in (pool.proc, pool.spare_proc) if p is not None]
-    logs = [h.log_path for h in (pool._current, pool._standby) if h is not None]
+    handles = [h for h in (pool._current, pool._standby) if h is not None]
     assert len(procs) == (2 if spare else 1)
     pool.close()
     assert all(p.poll() is not None and _gone(p.pid) for p in procs)
-    assert not any(os.path.exists(path) for path in logs)  # worker logs removed
+    assert all(h.log is None for h in handles)  # the suite's descriptors of their logs closed
     assert pool.proc is None and pool.spare_proc is None
     _answering_pid(pool)
     assert pool.spare_proc is None  # a closed pool launches no standby
