@@ -15,9 +15,10 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from functools import lru_cache
 from types import ModuleType
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .problem import Problem
 
@@ -199,6 +200,8 @@ def autotuned(configs: list, key: tuple[str, ...], shape: tuple[str, ...], *, pr
             return fn
         early = prune if tune else first
         extra = {"cache_results": True} if tune and _keeps_tunings_on_disk() else {}
+        if tune and _takes_a_benchmarker():
+            extra["do_bench"] = graph_bench
         tuner = triton.autotune(configs=configs, key=[*key, *shape] if tune else list(key),
                                 prune_configs_by={"early_config_prune": early} if early is not None else None,
                                 reset_to_zero=reset_to_zero, **extra)(fn)
@@ -206,6 +209,46 @@ def autotuned(configs: list, key: tuple[str, ...], shape: tuple[str, ...], *, pr
         return tuner
 
     return decorate
+
+
+# How long one graph of repeated calls of a config runs (ms); do_bench_cudagraph replays it 10 times
+GRAPH_BENCH_REP_MS = 5
+
+
+def graph_bench(kernel_call: Callable[[], Any], quantiles: Any = None) -> Any:
+    """The autotuner's timing of one config: replays of a CUDA graph of repeated calls
+    (``triton.testing.do_bench_cudagraph``), the device's time alone.
+
+    Triton's default timing brackets each call with events, so for a kernel of tens of microseconds
+    it times the host's launch as much as the kernel, and the config it picks follows the host: the
+    decode step's split kernel chose BLOCK_N=64 on five fresh H200 machines and BLOCK_N=32 on four,
+    and the case's device time differed by 6.1% with the choice (0.0437 against 0.0412 ms, medians;
+    ``extra["triton_configs"]`` of the ten fresh-machine runs of
+    docs/evidence/h200-2026-12-02-s23/README.md). Timed on the device,
+    every machine picks what is fastest on the GPU.
+
+    The first call runs outside the graph, so a config that does not compile or does not fit raises
+    as Triton's autotuner expects (it skips that config); a capture this process cannot make (a CUDA
+    graph refused here) falls back to Triton's event timing, with a warning.
+    """
+    import triton.testing
+
+    kernel_call()  # compile and first launch, outside any capture: a config's own failure raises here
+    try:
+        return triton.testing.do_bench_cudagraph(kernel_call, rep=GRAPH_BENCH_REP_MS, quantiles=quantiles)
+    except RuntimeError as exc:
+        warnings.warn(f"attnsuite: a Triton autotune config could not be timed from a CUDA graph ({exc}); "
+                      "timed with events instead, so this choice may follow the host's speed", RuntimeWarning)
+        return triton.testing.do_bench(kernel_call, quantiles=quantiles)
+
+
+def _takes_a_benchmarker() -> bool:
+    """Whether this Triton's autotuner takes its timing function (``do_bench``, 3.2+)."""
+    import inspect
+
+    import triton
+
+    return "do_bench" in inspect.signature(triton.autotune).parameters
 
 
 def _keeps_tunings_on_disk() -> bool:

@@ -71,6 +71,59 @@ def test_tuning_keeps_its_timings_in_tritons_disk_cache_so_a_warm_run_and_both_t
     assert untuned.cache_results is False  # one config: nothing is timed, nothing to keep
 
 
+def test_configs_are_timed_on_the_device_from_a_cuda_graph_not_with_host_bracketed_events(compiled_mode, monkeypatch):
+    # event timing of a 40 us kernel times the host's launch too: the decode split kernel's choice
+    # (and its case's device time, by 6%) followed the machine's host
+    monkeypatch.delenv("ATTNSUITE_TRITON_AUTOTUNE", raising=False)
+    tuned = triton_support.autotuned(_configs(), ("MASK",), ("BATCH", "LQ", "LK"))(_kernel)
+    assert tuned.do_bench is triton_support.graph_bench
+
+
+def _fake_benchers(monkeypatch, graph_error=None):
+    import triton.testing
+
+    calls = []
+
+    def graph(fn, rep, quantiles=None, **kw):
+        calls.append(f"graph rep={rep}")
+        if graph_error is not None:
+            raise graph_error
+        return [1.0, 0.9, 1.1]
+
+    def events(fn, quantiles=None, **kw):
+        calls.append("events")
+        return [2.0, 1.9, 2.1]
+
+    monkeypatch.setattr(triton.testing, "do_bench_cudagraph", graph)
+    monkeypatch.setattr(triton.testing, "do_bench", events)
+    return calls
+
+
+def test_graph_bench_launches_once_outside_the_graph_then_replays_one(monkeypatch):
+    calls = _fake_benchers(monkeypatch)
+    got = triton_support.graph_bench(lambda: calls.append("launch"), quantiles=(0.5, 0.2, 0.8))
+    assert got == [1.0, 0.9, 1.1]
+    assert calls == ["launch", f"graph rep={triton_support.GRAPH_BENCH_REP_MS}"]
+
+
+def test_a_config_that_fails_on_its_own_raises_for_the_autotuner_to_skip_it(monkeypatch):
+    calls = _fake_benchers(monkeypatch)
+
+    def does_not_fit():
+        raise triton.runtime.errors.OutOfResources(300000, 232448, "shared memory")
+
+    with pytest.raises(triton.runtime.errors.OutOfResources):
+        triton_support.graph_bench(does_not_fit, quantiles=(0.5, 0.2, 0.8))
+    assert calls == []  # neither timed from a graph nor with events
+
+
+def test_a_graph_this_process_cannot_capture_falls_back_to_event_timing_and_says_so(monkeypatch):
+    calls = _fake_benchers(monkeypatch, graph_error=RuntimeError("operation not permitted when stream is capturing"))
+    with pytest.warns(RuntimeWarning, match="could not be timed from a CUDA graph .*operation not permitted"):
+        got = triton_support.graph_bench(lambda: None, quantiles=(0.5, 0.2, 0.8))
+    assert got == [2.0, 1.9, 2.1] and calls == [f"graph rep={triton_support.GRAPH_BENCH_REP_MS}", "events"]
+
+
 def test_a_key_name_that_is_not_an_argument_of_the_kernel_is_refused_naming_the_kernel_and_the_name():
     with pytest.raises(ValueError, match=r"_kernel: no argument named LENGTH"):
         triton_support.autotuned(_configs(), ("MASK",), ("LENGTH",))(_kernel)
