@@ -61,3 +61,12 @@ def decode_mask(lq: int, lk: int, device) -> torch.Tensor:
     mask comes from the suite's one mask rule (:func:`attnsuite.mask_mods.dense_bool_mask`).
     """
     return mask_mods.dense_bool_mask(Problem(lq=lq, lk=lk, mask=Mask("causal", align="bottom_right")), device)
+
+
+def causal_lower_right(lq: int, lk: int):
+    """SDPA's bottom-right causal bias (``torch.nn.attention.bias.causal_lower_right``), imported on
+    first use: that module imports TorchDynamo (1.6 s of start-up on this project's CPU machine), and
+    every process that loads the built-in variants (each benchmark worker, each test run) paid it."""
+    from torch.nn.attention.bias import causal_lower_right as bias
+
+    return bias(lq, lk)

@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+# The in-process runs of these tests (pytester.runpytest) drop every module imported during them
+# when they end. TorchDynamo is imported lazily (attnsuite.case.lift_recompile_limits), and with it
+# Triton, whose C extension aborts the process when it is loaded a second time ("refusing to add
+# duplicate key"): imported here, before any such run, neither is ever imported twice.
+import torch._dynamo  # noqa: F401,E402
 
 
 @pytest.fixture(autouse=True)

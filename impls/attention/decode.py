@@ -21,10 +21,10 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from attnsuite.problem import Problem
 from attnsuite.registry import KernelVariant, register
+from attnsuite.variant_math import causal_lower_right
 
 AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 

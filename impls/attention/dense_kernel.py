@@ -12,24 +12,17 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.bias import causal_lower_right
 
 from attnsuite import mask_mods
 from attnsuite.oracle_mask import fully_masked_rows
 from attnsuite.problem import MASK_KINDS, Problem
 from attnsuite.registry import KernelVariant, register
 # dropout and the tests take these from here too
-from attnsuite.variant_math import dead_rows, explicit_attention, softmax_rows  # noqa: F401
+from attnsuite.variant_math import causal_lower_right, dead_rows, explicit_attention, softmax_rows  # noqa: F401
 
 ALL_MASKS = frozenset(MASK_KINDS)
 EVERYTHING = frozenset({"gqa", "lq_ne_lk", "dv_ne_dqk", "bottom_right", "alibi", "softcap", "custom_scale"})
 HALF = frozenset({"bfloat16", "float16"})
-
-# The suite builds one compiled function per problem. Dynamo's default limit of 8 recompiles per
-# code object would silently turn the 9th problem into an eager fallback; the suite lifts it for
-# its own runs and the benchmarks still detect and report any fallback that happens.
-torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 512)
-torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
 
 
 def alibi_bias(problem: Problem, dtype: torch.dtype):

@@ -15,19 +15,15 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
 
 from attnsuite import mask_mods
 from attnsuite.problem import MASK_KINDS, Mask, Problem
 from attnsuite.registry import LayerVariant, register
-from attnsuite.variant_math import decode_mask, explicit_attention
+from attnsuite.variant_math import causal_lower_right, decode_mask, explicit_attention
 
 from .gqa_oracle import PARAM_NAMES
 
 ALL_MASKS = frozenset(MASK_KINDS)
-
-torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 512)
-torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
 
 
 class GqaModule(nn.Module):

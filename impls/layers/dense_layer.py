@@ -19,19 +19,14 @@ from typing import ClassVar, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
 
 from attnsuite import mask_mods
 from attnsuite.problem import Problem
 from attnsuite.registry import LayerVariant, register
-from attnsuite.variant_math import decode_mask
+from attnsuite.variant_math import causal_lower_right, decode_mask
 
 from . import layer_oracle
 
-# The compiled Flex variants build one compiled function per problem; keep dynamo from silently
-# falling back to eager after its default 8 recompiles (dense_kernel does the same).
-torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 512)
-torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
 
 LAYER_MASKS = frozenset({"none", "causal"})
 

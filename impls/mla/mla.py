@@ -23,10 +23,10 @@ from typing import ClassVar, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
 
 from attnsuite.problem import Problem
 from attnsuite.registry import LayerVariant, register
+from attnsuite.variant_math import causal_lower_right
 
 from . import mla_oracle
 
