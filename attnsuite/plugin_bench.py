@@ -294,9 +294,21 @@ def get_spec(config: pytest.Config) -> RunSpec:
     return config.stash[_SPEC]
 
 
+_PARAMETRISED = pytest.StashKey[frozenset]()
+
+
 def case_list(config: pytest.Config) -> list[BenchCase]:
-    """Every benchmark case this session's options select, in run order."""
-    return bench_cases(get_spec(config))
+    """Every benchmark case this session's options select, in run order (the benchmark module is
+    parametrised with them; :func:`parametrised_keys` keeps their keys)."""
+    cases = bench_cases(get_spec(config))
+    config.stash[_PARAMETRISED] = frozenset(c.id for c in cases)
+    return cases
+
+
+def parametrised_keys(config: pytest.Config) -> Optional[frozenset[str]]:
+    """The case keys the options selected (None when no benchmark module was parametrised). Items
+    collected from fewer of them were picked by something else: node ids, ``--lf``, a plugin."""
+    return config.stash.get(_PARAMETRISED, None)
 
 
 # ------------------------------------------------------------------------ pytest-benchmark bridge

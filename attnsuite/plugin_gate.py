@@ -56,6 +56,7 @@ class GateState:
         self.comparison: Optional[Comparison] = None
         self.error: Optional[str] = None
         self.deselected = 0
+        self.narrowed = False  # fewer benchmark items collected than the options parametrised
         self.selected_keys: Optional[frozenset[str]] = None  # case keys of the collected benchmark items
         self.deselected_keys: set[str] = set()  # case keys of the benchmark items -k, -m or --deselect left out
         self.template: Any = None  # one benchmark item: what -k reads of a case that was not collected
@@ -273,6 +274,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     keys = {key for key in map(plugin_bench.bench_key, session.items) if key is not None}
     state.selected_keys = frozenset(keys) if keys else None
+    # node ids on the command line, --lf, --sw or another plugin's filter leave out items without
+    # pytest_deselected: a collection smaller than what the options parametrised is a selection too
+    # (a rerun of one case by its id had called every other baseline case missing)
+    parametrised = plugin_bench.parametrised_keys(session.config)
+    state.narrowed = parametrised is not None and keys != parametrised
     state.session = session
     state.template = next((i for i in session.items if plugin_bench.bench_key(i) is not None), state.template)
 
@@ -326,8 +332,9 @@ def scope_of(config: pytest.Config, run: bl.Run, state: GateState, interrupted: 
 
     ``--attn-workload``, ``--attn-mode``, ``--attn-only``, ``--attn-dtype``, ``--attn-device`` and
     the tier each narrow the scope along their own field (without ``--attn-dtype``: the dtypes the
-    run's cases have, as the tier without ``--attn-tier``); ``-k``, ``-m`` and deselection narrow it
-    to the selected items' case keys, and ``-k`` adds the ``baseline_keys`` it selects that the run
+    run's cases have, as the tier without ``--attn-tier``); ``-k``, ``-m``, deselection and any
+    collection of fewer items than the options selected (node ids, ``--lf``) narrow it to the
+    selected items' case keys, and ``-k`` adds the ``baseline_keys`` it selects that the run
     did not collect (:func:`_keyword_scope`). A baseline case outside is not judged ("missing" means
     a selected case that did not run). An interrupted session answers only for the cases it ran.
     """
@@ -338,7 +345,7 @@ def scope_of(config: pytest.Config, run: bl.Run, state: GateState, interrupted: 
         return frozenset(value) if value else None
 
     keys = pairs = None
-    filtered = bool(_option(config, "keyword") or _option(config, "markexpr") or state.deselected)
+    filtered = bool(_option(config, "keyword") or _option(config, "markexpr") or state.deselected or state.narrowed)
     if interrupted:
         keys = frozenset(run.records)
     elif filtered:

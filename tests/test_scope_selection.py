@@ -31,7 +31,7 @@ TINY = ("--attn-isolation=none", "--attn-device=cpu", "--attn-tier=quick", f"--a
 WIDE = {"version": 1, "default": {}, "device": {"cpu": {"time_floor": 100.0, "spread_k": 2.0, "mem_floor": 0.10,
                                                          "mem_abs_bytes": 8388608, "statistic": "min"}},
         "workload": {}, "case": {}}
-COMMON = ("bench", "--benchmark-only", "-p", "no:cacheprovider", "--attn-no-confirm", "--attn-baseline=base.json",
+COMMON = ("--benchmark-only", "-p", "no:cacheprovider", "--attn-no-confirm", "--attn-baseline=base.json",
           "--attn-thresholds=wide.json", "--benchmark-json=run.json")
 
 
@@ -52,11 +52,12 @@ def bench(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, recorded: 
     base = pytester.path / "base.json"
     (pytester.path / "wide.json").write_text(json.dumps(WIDE))
     if "obj" not in recorded:
-        res = pytester.runpytest(*COMMON, *TINY, "--attn-record-baseline")
+        res = pytester.runpytest("bench", *COMMON, *TINY, "--attn-record-baseline")
         assert res.ret == 0 and base.exists(), res.stdout.str()[-3000:]
         recorded["obj"] = json.loads(base.read_text())
 
-    def run(extra_changes: dict, *args: str) -> pytest.RunResult:
+    def run(extra_changes: dict, *args: str, where: tuple[str, ...] = ("bench",),
+            common: tuple[str, ...] = COMMON) -> pytest.RunResult:
         obj = json.loads(json.dumps(recorded["obj"]))
         assert len(obj["cases"]) == 2, obj["cases"].keys()
         entry = dict(sorted(obj["cases"].items())[0][1])
@@ -65,7 +66,7 @@ def bench(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, recorded: 
         assert key not in obj["cases"]
         obj["cases"][key] = entry
         base.write_text(json.dumps(obj))
-        res = pytester.runpytest(*COMMON, *TINY, *args)
+        res = pytester.runpytest(*where, *common, *TINY, *args)
         res.workdir = pytester.path  # where base.json and the run's run.json are
         return res
 
@@ -133,6 +134,26 @@ def test_a_keyword_or_deselection_judges_only_the_selected_cases(bench, recorded
     other = next(k for k in keys if "frame13" not in k)
     res = bench({"problem": "b9-q9-h1-d8-nomask-fp32-cpu"}, *(a.format(other=other) for a in args))
     # the unselected case of the run and the extra baseline case are both outside
+    _assert_judged_only_the_selection(res, outside=2)
+
+
+def test_a_case_picked_by_its_node_id_is_judged_alone(bench, recorded):
+    # rerunning one case by the id pytest printed had called every other baseline case missing
+    # (collection by node id narrows without pytest_deselected)
+    picked = sorted(recorded["obj"]["cases"])[0]
+    res = bench({"problem": "b9-q9-h1-d8-nomask-fp32-cpu"}, where=(f"bench/test_workloads.py::test_workload[{picked}]",))
+    _assert_judged_only_the_selection(res, outside=2)
+
+
+def test_last_failed_judges_only_the_cases_it_reruns(bench, recorded, pytester):
+    # --lf reruns the failed items (here written into pytest's cache by hand) and leaves out the rest
+    failed = sorted(recorded["obj"]["cases"])[0]
+    cache = pytester.path / ".pytest_cache" / "v" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "lastfailed").write_text(json.dumps({f"bench/test_workloads.py::test_workload[{failed}]": True}))
+    common = tuple(a for a in COMMON if a not in ("-p", "no:cacheprovider"))
+    res = bench({"problem": "b9-q9-h1-d8-nomask-fp32-cpu"}, "--lf", common=common)
+    res.stdout.fnmatch_lines(["*run-last-failure: rerun previous 1 failure*"])
     _assert_judged_only_the_selection(res, outside=2)
 
 
