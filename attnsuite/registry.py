@@ -13,6 +13,7 @@ The registry dict is the only global mutable state of the suite.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import difflib
 import hashlib
@@ -559,6 +560,47 @@ def shadowed_package(path: Path) -> Optional[str]:
             f"(an installed copy? put {folder} first on PYTHONPATH, or install the working tree with pip install -e)")
 
 
+def _imported_top_names(path: Path) -> set[str]:
+    """The top-level module names a Python file imports anywhere in it (absolute imports only)."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError, OSError):  # the import itself reports it, with the line
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def neighbour_conflicts(path: Path) -> list[str]:
+    """Modules beside the variant file ``path`` that it imports but that ``import`` would not take
+    from beside it: one of that name is already imported, or comes first on the import path (another
+    variant file's folder, joined earlier; an installed module). Python keeps one module per name in
+    a process, so two variant files in two folders that each ``import helper`` from beside them had
+    both run the first folder's helper, silently."""
+    folder = path.parent
+    out = []
+    for name in sorted(_imported_top_names(path)):
+        mine = next((f for f in (folder / f"{name}.py", folder / name / "__init__.py") if f.is_file()), None)
+        if mine is None:
+            continue
+        module = sys.modules.get(name)
+        try:
+            origin = getattr(module, "__file__", None) if module is not None else getattr(
+                importlib.util.find_spec(name), "origin", None)
+        except (ImportError, ValueError):
+            continue
+        if origin and Path(origin).resolve() != mine.resolve():
+            how = "is already imported from" if module is not None else "would be imported from"
+            out.append(f"{path.name} imports {name!r} and {mine} lies beside it, but {name!r} {how} {origin}: "
+                       f"Python keeps one module per name in a process, so this file would run that one. Rename "
+                       f"one of the two, or make the folder a package (__init__.py; --attn-variants FOLDER)")
+    return out
+
+
 class VariantLoadError(ImportError):
     """A variants module named by ``--attn-variants``, ``ATTNSUITE_VARIANTS`` or an entry point failed
     to load; the message names it, where it was named, and the error it raised."""
@@ -592,6 +634,9 @@ def load_external(spec: str, module_name: Optional[str] = None) -> None:
         # beside it ("import kernel_utils"); appended, so it never shadows an installed package
         if str(path.parent) not in sys.path:
             sys.path.append(str(path.parent))
+        conflicts = neighbour_conflicts(path)
+        if conflicts:
+            raise ImportError("; ".join(conflicts))
     else:
         raise FileNotFoundError(f"variant module file {spec!r} does not exist")
     # never a generic top-level name: another project's module of the same name must not collide

@@ -599,6 +599,44 @@ def test_a_variants_file_can_import_a_helper_module_beside_it(isolated_registry,
         sys.modules.pop("kernel_utils_s18", None)
 
 
+@pytest.mark.parametrize("how", ["already imported", "first on the import path"])
+def test_two_variant_files_each_importing_a_helper_of_one_name_beside_it_is_a_load_error(
+        tmp_path, isolated_registry, monkeypatch, how):
+    # p4/v.py's `import helper` had run p3's helper.py (imported first, or found first on the path),
+    # silently: its variant was benchmarked with the other folder's code
+    helper = "helper_s24_" + ("a" if how == "already imported" else "b")
+    files = {}
+    for folder, name in (("p3", "gamma"), ("p4", "delta")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{helper}.py").write_text(f"WHO = {folder!r}\n")
+        files[folder] = _module(tmp_path / folder, "v", f"""
+            import {helper}
+            from attnsuite.registry import KernelVariant, register
+
+            @register
+            class V(KernelVariant):
+                name = "{name}-s24-{how[0]}"
+                description = "uses the helper of " + {helper}.WHO
+
+                def build(self, problem):
+                    return correct_run(problem)
+            """)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, helper, raising=False)
+    if how == "already imported":
+        registry.load_all([str(files["p3"])])
+        assert sys.modules[helper].WHO == "p3"
+    else:  # p3's folder joined the path first, nothing imported from it yet
+        sys.path.append(str(files["p3"].parent))
+    with pytest.raises(registry.VariantLoadError) as err:
+        registry.load_all([str(files["p4"])])
+    text = str(err.value)
+    assert f"imports {helper!r} and {tmp_path / 'p4' / helper}.py lies beside it" in text, text
+    assert f"{tmp_path / 'p3' / helper}.py" in text, text
+    assert f"delta-s24-{how[0]}" not in {v.name for v in registry.variants()}
+    monkeypatch.delitem(sys.modules, helper, raising=False)
+
+
 VARIANT_IN_PACKAGE = '''
 from attnsuite.registry import KernelVariant, register
 from {pkg}.kernels import SCALE  # the package this file lies in, as the author means it
