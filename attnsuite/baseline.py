@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, Optional, Sequence
 
 from . import filelock
-from .record import DEVICE_METHODS, FAILING_OUTCOMES, MODES, OUTCOMES, TIMERS, CaseRecord, case_key
+from .record import (DEVICE_METHODS, MODES, OUTCOMES, TIMERS, CaseRecord, case_key,
+                     failed_or_left_by_a_failure)
 from .wording import count, none_of
 from .workloads import TIERS
 
@@ -1373,6 +1374,7 @@ class MergeSummary:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     # measured (ok) entries left in place because this run's case failed outright (crash, timeout, ...)
+    # or was left unrun by such a failure
     kept: list[str] = field(default_factory=list)
     # measured (ok) entries replaced by this run's unmeasured outcome (skipped, oom): their figures are gone
     unmeasured: list[str] = field(default_factory=list)
@@ -1385,7 +1387,7 @@ class MergeSummary:
         text = (f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged, "
                 f"{len(self.removed)} removed")
         if self.kept:
-            text += (f"; {len(self.kept)} measured case(s) kept, not replaced by this run's failure "
+            text += (f"; {len(self.kept)} measured case(s) kept, not replaced by this run's failure or a skip it caused "
                      f"(e.g. {', '.join(self.kept[:3])}): a failing case stays a failure for the gate")
         if self.unmeasured:
             text += (f"; {len(self.unmeasured)} measured case(s) now recorded without figures, as this run's skip "
@@ -1498,8 +1500,9 @@ def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], 
         entry = entry_from_record(records[key])
         old = baseline.cases.get(key)
         # A crash or a timeout recorded over a measured entry would turn the next real crash into "same"
-        # and lose the figures the next fix is judged against: the measured entry stays.
-        if old is not None and old.get("outcome") == "ok" and records[key].outcome in FAILING_OUTCOMES:
+        # and lose the figures the next fix is judged against: the measured entry stays, and so does one
+        # that the failure left unrun (a hung variant's other cases, skipped: their figures had gone)
+        if old is not None and old.get("outcome") == "ok" and failed_or_left_by_a_failure(records[key]):
             summary.kept.append(key)
             continue
         if old is None:

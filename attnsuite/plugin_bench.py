@@ -37,7 +37,7 @@ from . import baseline, checks, filelock, fingerprint, journal, memory, progress
 from .dispatch import Dispatcher, visible_gpus
 from .isolation import STDERR_TAIL_LINES, Failure, WorkerPool, WorkerStartError, stack_in
 from .plugin import PROBLEM_FILES
-from .record import FAILING_OUTCOMES, MODES, CaseRecord
+from .record import FAILING_OUTCOMES, MODES, NOT_RUN_AFTER, CaseRecord
 from .runner import BenchCase, RunSpec, add_scaling_efficiency, bench_cases
 from .wording import none_of
 from .worker import Worker
@@ -430,8 +430,8 @@ class BenchRunner:
         self.calibration: Optional[dict[str, Any]] = None
         self.journal: Optional[journal.Journal] = None
         self._journal_lock = threading.Lock()
-        # variant name -> why its later cases are not run: it hung (ran past --attn-timeout) in one case
-        self.hung: dict[str, str] = {}
+        # variant name -> (the case it hung in, ran past --attn-timeout; why its later cases are not run)
+        self.hung: dict[str, tuple[str, str]] = {}
         self.resumed: dict[str, dict[str, Any]] = {}
         self.confirm_seconds = 0.0  # the gate's second measurements of flagged cases
         self.deferred_seconds = 0.0  # kernel-sum device times measured after the other cases
@@ -508,7 +508,8 @@ class BenchRunner:
             if hung is not None:  # as the correctness tests skip a variant's tests after it hung
                 reply: Any = {"record": CaseRecord(bc.workload, bc.variant_label, bc.mode, bc.problem.id,
                                                    family=bc.entry.family, level=bc.problem.level,
-                                                   outcome="skipped", detail=hung).to_extra_info(), "samples": []}
+                                                   outcome="skipped", detail=hung[1],
+                                                   extra={NOT_RUN_AFTER: hung[0]}).to_extra_info(), "samples": []}
             else:
                 try:
                     reply = backend.run_case(bc.id)
@@ -516,9 +517,9 @@ class BenchRunner:
                     reply = {"ok": False, "error": str(exc)}
             rec, result = record_from_reply(bc, reply)
             if rec.outcome == "timeout" and bc.variant:
-                self.hung.setdefault(bc.variant, f"not run: variant {bc.variant} ran past the per-case limit "
-                                                 f"(--attn-timeout) in {bc.id}: its other cases are skipped, as each "
-                                                 "would likely cost the whole limit again")
+                self.hung.setdefault(bc.variant, (bc.id, f"not run: variant {bc.variant} ran past the per-case "
+                                                 f"limit (--attn-timeout) in {bc.id}: its other cases are skipped, as "
+                                                 "each would likely cost the whole limit again"))
             if self.journal is not None:
                 with self._journal_lock:
                     self.journal.append(bc.id, {"record": rec.to_extra_info(),

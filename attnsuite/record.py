@@ -17,6 +17,9 @@ from typing import Any, Mapping, Optional
 # context); timeout: it ran past the per-case limit and was killed. Both are failures of the case.
 OUTCOMES = ("ok", "skipped", "oom", "numerics", "error", "crash", "timeout")
 FAILING_OUTCOMES = ("numerics", "error", "crash", "timeout")
+# extra[NOT_RUN_AFTER]: the case was skipped, not run, because an earlier case of its variant hung
+# (the key of that case): a consequence of a failure, not a limit of this machine or this case
+NOT_RUN_AFTER = "not_run_after"
 # decode: one incremental-decoding step of a layer variant that declares decoding (docs/decode.md):
 # the problem's last ``decode_step`` tokens after a prefill of the rest, inference only.
 MODES = ("fwd", "bwd", "fwd+bwd", "decode")
@@ -27,6 +30,12 @@ TIMERS = ("cuda-events", "perf_counter", "custom-clock")
 GRAPH_REPLAY, KERNEL_SUM = "cuda-graph", "kernel-sum"
 DEVICE_METHODS = (GRAPH_REPLAY, KERNEL_SUM)
 DECODE_STEP_ARG = "decode_step"  # the problem argument that says how many tokens one decode step adds
+
+
+def failed_or_left_by_a_failure(rec: "CaseRecord") -> bool:
+    """Whether ``rec`` is a failure, or a case its variant's failure left unrun (:data:`NOT_RUN_AFTER`):
+    neither says what the case measures, so neither replaces a measured baseline entry."""
+    return rec.outcome in FAILING_OUTCOMES or bool(rec.extra.get(NOT_RUN_AFTER))
 
 
 def has_backward(mode: str) -> bool:

@@ -414,6 +414,26 @@ def test_recording_a_list_of_runs_says_to_combine_them_first(tmp_path):
     assert not (tmp_path / "b.json").exists()
 
 
+@pytest.mark.parametrize("left_by_a_failure", [True, False], ids=["skipped after its variant hung",
+                                                                    "skipped for a reason of its own"])
+def test_a_case_its_variants_hang_left_unrun_keeps_its_measured_entry_and_any_other_skip_replaces_it(
+        tmp_path, left_by_a_failure):
+    # a hung variant's other cases are skipped, not run: recorded over their ok entries, the figures of
+    # every case of the variant had gone from the baseline after one transient timeout
+    from attnsuite.record import NOT_RUN_AFTER
+
+    p = _recorded(tmp_path / "b.json", [rec(median_ms=2.0)])
+    extra = {NOT_RUN_AFTER: "fa-sweep/sdpa-flash/fwd/other-problem"} if left_by_a_failure else {}
+    skip = rec(outcome="skipped", median_ms=None, detail="not run", extra=extra)
+    baseline, summary = bl.merge_into(bl.load_baseline(p), {skip.key: skip}, FP_H100)
+    if left_by_a_failure:
+        assert baseline.cases[skip.key]["outcome"] == "ok" and baseline.cases[skip.key]["median_ms"] == 2.0
+        assert summary.kept == [skip.key] and summary.unmeasured == [], str(summary)
+    else:  # e.g. the case no longer fits this machine: that is what it now measures
+        assert baseline.cases[skip.key]["outcome"] == "skipped"
+        assert summary.unmeasured == [skip.key] and summary.kept == [], str(summary)
+
+
 @pytest.mark.parametrize("outcome", ["crash", "timeout", "error", "numerics"])
 def test_recording_a_failed_case_over_a_measured_one_keeps_the_measured_entry(tmp_path, outcome):
     # it had replaced the ok entry: its figures were lost, and the next real crash read as "same"

@@ -87,6 +87,7 @@ def test_crashes_aborts_exits_hangs_and_state_changes_are_outcomes_and_the_run_g
             assert rec["outcome"] == "skipped" and rec["detail"] == (
                 f"not run: variant h-hang ran past the per-case limit (--attn-timeout) in {hung[0]['case']}: its "
                 "other cases are skipped, as each would likely cost the whole limit again"), rec
+            assert rec["extra"]["not_run_after"] == hung[0]["case"]  # recording keeps a measured entry for it
     for rec in by["h-sysexit"]:  # the worker lives on (it had died: "crash: exit code 0")
         assert rec["outcome"] == "error" and "the variant called sys.exit(0) (SystemExit)" in rec["detail"], rec
     for rec in by["h-state"]:
