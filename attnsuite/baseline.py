@@ -118,10 +118,11 @@ class BaselineError(InputFileError):
 
 
 class ResultFileError(InputFileError):
-    """A pytest-benchmark result file that cannot be read as attnsuite records."""
+    """A pytest-benchmark result file that cannot be read as attnsuite records (``kind``: what the
+    message calls it, for a file that may be either kind)."""
 
-    def __init__(self, path: os.PathLike | str, problem: str) -> None:
-        super().__init__(path, problem, kind="result file")
+    def __init__(self, path: os.PathLike | str, problem: str, kind: str = "result file") -> None:
+        super().__init__(path, problem, kind=kind)
 
 
 class FingerprintMismatch(ValueError):
@@ -514,7 +515,7 @@ def stable_calibration(cal: Optional[Mapping[str, Any]]) -> Optional[dict[str, A
 _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                (stat.S_ISSOCK, "a socket"))
-ErrorType = type[InputFileError]
+ErrorType = Callable[[Any, str], InputFileError]  # an InputFileError class, or one with its kind set
 
 
 def _not_regular(mode: int) -> str:
@@ -658,7 +659,8 @@ def parse_json_bytes(raw: bytes, path: os.PathLike | str, err: ErrorType = Input
         truncated = exc.pos >= len(text.rstrip()) - 1 or (exc.msg.startswith("Unterminated string")
                                                           and '"' not in text[exc.pos + 1:])
         hint = "truncated?" if truncated else "corrupt?"
-        raise err(path, f"not valid JSON ({hint}): {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at" had read "at at line"
+        raise err(path, f"not valid JSON ({hint}): {exc.msg}{at} line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise err(path, f"not usable JSON: nested too deeply (more than {MAX_JSON_DEPTH} levels)") from None
     except ValueError as exc:  # e.g. an integer over Python's int-str limit (4300 digits)
@@ -1234,17 +1236,21 @@ def simulated_settings(meta: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def load_run(path: os.PathLike | str) -> Run:
-    """A result file or a baseline file, read as a :class:`Run` (errors name the file); either may
-    be gzip-compressed (:func:`parse_json_bytes`).
+def load_run(path: os.PathLike | str, kind: str = "result file") -> Run:
+    """A result file or a baseline file, read as a :class:`Run` (errors name the file, as ``kind``
+    until it reads as a baseline); either may be gzip-compressed (:func:`parse_json_bytes`).
 
     A result file whose benchmarks carry no attnsuite record at all is refused: judged as NEW it
     had read as every baseline case missing, as OLD as every case new. Benchmarks without a
     record beside attnsuite's are left out and counted (``Run.foreign``).
     """
     p = Path(path)
-    raw = read_input_bytes(p, ResultFileError)
-    obj = parse_json_bytes(raw, p, ResultFileError)
+
+    def err(where: Any, problem: str) -> ResultFileError:
+        return ResultFileError(where, problem, kind)
+
+    raw = read_input_bytes(p, err)
+    obj = parse_json_bytes(raw, p, err)
     if is_baseline_json(obj):
         b = _baseline_from_bytes(raw, p)
         return Run(records=b.records(), fingerprint=b.fingerprint, path=str(p), kind="baseline",

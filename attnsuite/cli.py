@@ -187,7 +187,7 @@ def cmd_report(args: argparse.Namespace, out) -> int:
         raise bl.ResultFileError(args.result, "no case in it: nothing to report")
     runs = {"this run": run.records}
     if args.baseline:
-        base = bl.load_run(args.baseline)
+        base = bl.load_run(args.baseline, kind="--baseline file")
         cmp = _judge(base, run, args)
         last = summary.build(run.records, cmp, gate_mode="report", interrupted=run.interrupted)
         text = report.markdown_diff(cmp, head=summary.markdown_lines(last, report.md_escape))

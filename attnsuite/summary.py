@@ -311,7 +311,8 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
     outcome_text = ", ".join(f"{outcomes[k]} {k}" for k in order if outcomes.get(k)) or "no cases"
     resumed = sum(1 for r in records.values() if (r.extra or {}).get("resumed"))
     if resumed:  # a resumed run had not said that part of it came from an earlier session
-        outcome_text += f" ({resumed} of them carried on from an earlier session's journal, --attn-resume)"
+        # "(42 of them ...)" after "22 ok, 77 skipped" had read as 42 of the skipped
+        outcome_text += f"; {resumed} of these {count(len(records), 'case')} carried on from an earlier session's journal (--attn-resume)"
     failures = [f"{r.outcome}: {r.key}: {clip(r.detail.splitlines()[0], 160) if r.detail else ''}".rstrip(": ")
                 for r in sorted(records.values(), key=lambda r: r.key) if r.outcome in FAILING_OUTCOMES]
     reasons = Counter(skip_reason_class(r) for r in records.values() if r.outcome == "skipped")

@@ -152,6 +152,21 @@ def test_a_malformed_baseline_is_refused_naming_the_file_and_the_problem(tmp_pat
     assert str(p) in str(info.value) and needle in str(info.value)
 
 
+def test_a_file_cut_inside_a_string_says_where_once(tmp_path):
+    # json's own message ends "starting at": the error had read "starting at at line 96"
+    p = _write(tmp_path, '{"schema": "attnsuite-baseline", "vers')
+    with pytest.raises(bl.BaselineError) as info:
+        bl.load_baseline(p)
+    assert "Unterminated string starting at line 1 column 34" in str(info.value), str(info.value)
+
+
+def test_a_file_given_as_the_baseline_of_a_report_is_not_called_a_result_file(tmp_path):
+    p = _write(tmp_path, '{"benchmarks": [')
+    with pytest.raises(bl.ResultFileError) as info:
+        bl.load_run(p, kind="--baseline file")
+    assert str(info.value).startswith(f"--baseline file {p}: not valid JSON (truncated?)"), str(info.value)
+
+
 def test_a_corrupt_existing_baseline_is_never_overwritten_by_recording(tmp_path):
     p = _write(tmp_path, '{"schema": "attnsuite-baseline", "vers')
     run = bl.load_run(write_result(tmp_path / "r.json", [rec()]))

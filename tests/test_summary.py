@@ -395,8 +395,8 @@ def test_the_markdown_files_line_escapes_paths_outside_code_spans():
 
 def test_a_resumed_run_says_how_many_cases_came_from_the_earlier_session():
     records = _records(cpu("sdpa", 1.0, extra={"resumed": True}), cpu("explicit", 2.0))
-    assert summary.build(records, None).outcomes == "2 ok (1 of them carried on from an earlier session's journal, " \
-        "--attn-resume)"
+    assert summary.build(records, None).outcomes == "2 ok; 1 of these 2 cases carried on from an earlier session's " \
+        "journal (--attn-resume)"
     assert summary.build(_records(cpu("sdpa", 1.0)), None).outcomes == "1 ok"
 
 
