@@ -23,6 +23,7 @@ import torch
 
 from . import oracle_mask, registry
 from .case import prepare
+from .exits import OsExitCalled, os_exit_raises
 from .inputs import torch_dtype
 from .problem import LARGE_LOGITS, Problem
 from .registry import Variant
@@ -681,9 +682,14 @@ def guarded_skip_reason(decide: Callable[[], Optional[str]], variant: Variant, p
     exception there had stopped the collection of every variant's tests; this way it fails the
     tests of that variant only."""
     try:
-        return decide(), None
+        with os_exit_raises():  # os._exit here had ended a run without xdist at once, status 0, silently
+            return decide(), None
     except Exception as exc:  # noqa: BLE001 - the variant's code, reported against it
         return None, f"{variant.name} on {problem.id}: its {hook} raised {type(exc).__name__}: {exc}"
+    except OsExitCalled as exc:
+        return None, f"{variant.name} on {problem.id}: its {hook} called os._exit({exc.status!r})"
+    except SystemExit as exc:
+        return None, f"{variant.name} on {problem.id}: its {hook} called sys.exit({exc.code!r})"
 
 
 def skip_reason(check: str, variant: Variant, problem: Problem) -> Optional[str]:

@@ -51,6 +51,7 @@ from typing import Any, Optional
 import pytest
 
 from . import checks, isolation, registry, torch_state
+from .exits import REAL_EXIT, OsExitCalled, os_exit_raises
 from .parent_watch import process_alive
 
 LEDGER_KEY = "attnsuite_crash_ledger"  # the controller's folder, handed to each worker in workerinput
@@ -70,7 +71,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 # The plugin's own deliberate exits (a hung test's timer, a worker with a broken CUDA context) use the
 # real function: ExitGuard replaces os._exit while a variant's test runs.
-_REAL_EXIT = os._exit
 
 
 def variant_name(item: pytest.Item) -> Optional[str]:
@@ -99,21 +99,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(ExitGuard(), "attnsuite-exit-guard")
 
 
-class _VariantExit(BaseException):
-    """Raised instead of ending the process when a variant calls ``os._exit`` (a BaseException: a
-    kernel's ``except Exception`` must not swallow what was meant to end everything)."""
-
-    def __init__(self, status: Any) -> None:
-        super().__init__(status)
-        self.status = status
-
-
 class ExitGuard:
     """A variant that calls ``os._exit(n)`` or ``sys.exit(n)`` in its test fails that test, naming itself
     and ``n``, and the run goes on.
 
-    During a variant's test ``os._exit`` raises instead of ending the process; a process the kernel
-    forked keeps the real one (its pid differs), so its children still end as they mean to.
+    During a variant's test ``os._exit`` raises instead of ending the process (:mod:`attnsuite.exits`).
     """
 
     @pytest.hookimpl(wrapper=True)
@@ -121,24 +111,15 @@ class ExitGuard:
         name = variant_name(item)
         if name is None:
             return (yield)
-        pid, previous = os.getpid(), os._exit
-
-        def guarded_exit(status: int) -> None:
-            if os.getpid() != pid:
-                _REAL_EXIT(status)
-            raise _VariantExit(status)
-
-        os._exit = guarded_exit
         try:
-            return (yield)
-        except _VariantExit as exc:
+            with os_exit_raises():
+                return (yield)
+        except OsExitCalled as exc:
             failure = (f"variant {name} called os._exit({exc.status!r}), which would have ended the test run "
                        "(with that status, without pytest-xdist): it fails this test and the run goes on")
         except SystemExit as exc:
             failure = (f"variant {name} called sys.exit({exc.code!r}) (SystemExit): a kernel must not end the "
                        "process; it fails this test and the run goes on")
-        finally:
-            os._exit = previous
         # failed outside the handler: inside it, the report had begun with the caught exception ("1")
         # and "During handling of the above exception, another exception occurred"
         pytest.fail(failure, pytrace=False)
@@ -248,7 +229,7 @@ class InProcessLimit:
                          "(with -n 1 or more it fails alone and the run goes on). Every thread's stack:\n")
         sys.stderr.flush()
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        _REAL_EXIT(1)
+        REAL_EXIT(1)
 
 
 class StateGuard:
@@ -336,7 +317,7 @@ class ContextGuard:
                                "a fresh CUDA context")
         sys.stdout.flush()
         sys.stderr.flush()
-        _REAL_EXIT(70)
+        REAL_EXIT(70)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:

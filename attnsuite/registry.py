@@ -14,7 +14,6 @@ The registry dict is the only global mutable state of the suite.
 from __future__ import annotations
 
 import ast
-import contextlib
 import difflib
 import hashlib
 import importlib
@@ -26,10 +25,11 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional
+from typing import Any, Callable, ClassVar, Iterable, Optional
 
 import torch
 
+from .exits import OsExitCalled, os_exit_raises
 from .problem import MASK_KINDS, Problem
 from .tolerance import ACCURACY_CLASSES
 
@@ -666,7 +666,7 @@ def load_external(spec: str, module_name: Optional[str] = None) -> None:
         _REGISTRY.update(variants_before)
         _FAMILIES.clear()
         _FAMILIES.update(families_before)
-        if isinstance(exc, SystemExit):
+        if isinstance(exc, (SystemExit, OsExitCalled)):
             raise _exit_at_import(exc) from None
         raise
     shadowed = shadowed_package(path) if not search else None
@@ -758,44 +758,22 @@ def entry_point_modules() -> list[str]:
     return [ep.module for ep in entry_points(group="attnsuite.variants")]
 
 
-class _OsExitAtImport(SystemExit):
-    """Raised instead of ending the process when a module calls ``os._exit`` while it is imported."""
-
-
-def _exit_at_import(exc: SystemExit) -> ImportError:
+def _exit_at_import(exc: SystemExit | OsExitCalled) -> ImportError:
     """An ImportError for a module that called sys.exit or os._exit while imported (left alone,
     pytest would report sys.exit as an internal error blaming its own command line, and os._exit
     ended the run at once: with status 0, silently, as if it had passed)."""
-    call = "os._exit" if isinstance(exc, _OsExitAtImport) else "sys.exit"
-    return ImportError(f"the module called {call}({exc.code!r}) while being imported: does it parse the "
+    call, status = (("os._exit", exc.status) if isinstance(exc, OsExitCalled) else ("sys.exit", exc.code))
+    return ImportError(f"the module called {call}({status!r}) while being imported: does it parse the "
                        "command line or run a script at import? Put that under if __name__ == '__main__':")
-
-
-@contextlib.contextmanager
-def _os_exit_raises() -> Iterator[None]:
-    """While variant modules are imported, ``os._exit`` in this process raises :class:`_OsExitAtImport`
-    (a process the module forks keeps the real one: its pid differs)."""
-    pid, real = os.getpid(), os._exit
-
-    def guarded(status: int) -> None:
-        if os.getpid() != pid:
-            real(status)
-        raise _OsExitAtImport(status)
-
-    os._exit = guarded
-    try:
-        yield
-    finally:
-        os._exit = real
 
 
 def _load_from(origin: str, load: Callable[[], Any]) -> None:
     """Run ``load`` and remember ``origin`` for each variant it registered."""
     before = set(_REGISTRY)
     try:
-        with _os_exit_raises():
+        with os_exit_raises():
             load()
-    except SystemExit as exc:
+    except (SystemExit, OsExitCalled) as exc:
         raise _exit_at_import(exc) from None
     for name in set(_REGISTRY) - before:
         _ORIGINS[name] = origin

@@ -206,7 +206,12 @@ def test_an_unknown_family_is_a_usage_error_of_the_correctness_run(isolated_regi
      "its unsupported()/extra_reasons() raised RuntimeError: boom", 5),
     ("def known_defect(self, check, problem):", 'raise KeyError("no such defect table")',
      "its known_defect() raised KeyError: 'no such defect table'", 4),
-], ids=["extra_reasons", "known_defect"])
+    # os._exit there had ended a run without xdist at once, with status 0 and no output
+    ("def extra_reasons(self, problem, backward):", 'import os; os._exit(0)',
+     "its unsupported()/extra_reasons() called os._exit(0)", 5),
+    ("def extra_reasons(self, problem, backward):", 'raise SystemExit(3)',
+     "its unsupported()/extra_reasons() called sys.exit(3)", 5),
+], ids=["extra_reasons", "known_defect", "extra_reasons calls os._exit", "extra_reasons calls sys.exit"])
 def test_a_hook_that_raises_while_collecting_fails_that_variants_tests_only(isolated_registry, tmp_path, pytester,
                                                                             hook, raising, said, failed):
     # both are variant code called while collecting: a raise had stopped every variant's collection
