@@ -12,7 +12,7 @@ import re
 import textwrap
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -160,6 +160,40 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the controller (or the only process) reads every report
         watched = set(config.getoption("--attn-only")) | {v.name for v in registry.external_variants()}
         config.pluginmanager.register(SkippedWholly(watched), "attnsuite-skipped-wholly")
+        config.pluginmanager.register(CollectionCrashes(), "attnsuite-collection-crashes")
+
+
+class CollectionCrashes:
+    """Under pytest-xdist, the workers that died before they had collected the tests.
+
+    Code of a variant runs while the tests are collected (its module's import, its ``extra_reasons``
+    and ``known_defect``); a segfault there takes every worker down before any test exists, and the
+    run had ended "--attn-only X left none of the collected tests" with exit status 5, blaming the
+    selection. Such a run now says what happened and fails (status 1)."""
+
+    def __init__(self) -> None:
+        self.collected: set[str] = set()
+        self.died: dict[str, str] = {}  # worker id -> why xdist says it went down
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list) -> None:
+        self.collected.add(node.gateway.id)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        worker = node.gateway.id
+        if error and worker not in self.collected:
+            self.died[worker] = str(error).strip().splitlines()[0][:160] if str(error).strip() else "died"
+
+    def line(self) -> Optional[str]:
+        """What the terminal summary says (None when every worker collected)."""
+        if not self.died:
+            return None
+        why = "; ".join(f"{w}: {e}" for w, e in sorted(self.died.items()))
+        return (f"attnsuite: pytest-xdist worker(s) {', '.join(sorted(self.died))} died while collecting the tests "
+                f"({why}): code that runs at collection crashed, a variant module's import or a variant's "
+                "extra_reasons()/known_defect(); what they would have collected was not checked. The same "
+                "command without -n shows where it crashed")
 
 
 # The parameters by which a correctness test names the variant it checks: a Variant object, or its name.
@@ -250,6 +284,10 @@ def _broken_packages() -> list[str]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # an installed package that failed to import was left out so that the rest could run: the run
     # must still not read green, or a CI step would pass without the kernel it exists for
+    crashes = session.config.pluginmanager.get_plugin("attnsuite-collection-crashes")
+    if crashes is not None and crashes.died and session.exitstatus in (pytest.ExitCode.OK,
+                                                                       pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if registry.broken_entry_points() and session.exitstatus == pytest.ExitCode.OK \
             and not hasattr(session.config, "workerinput"):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -269,13 +307,17 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     wholly = config.pluginmanager.get_plugin("attnsuite-skipped-wholly")
     for line in wholly.lines() if wholly is not None else []:
         terminalreporter.write_line(line)
+    crashes = config.pluginmanager.get_plugin("attnsuite-collection-crashes")
+    crashed = crashes.line() if crashes is not None else None
+    if crashed:
+        terminalreporter.write_line(crashed, red=True)
     deselected = config.stash.get(_TESTS_DESELECTED, 0)
     given = [f"-k {config.getoption('keyword')!r}" if config.getoption("keyword") else "",
              f"-m {config.getoption('markexpr')!r}" if config.getoption("markexpr") else "",
              f"--attn-only {' '.join(config.getoption('--attn-only'))}" if config.getoption("--attn-only") else ""]
     # under xdist the workers collect and deselect, so the controller has no count: it says so all the same
     xdist = getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")
-    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and (deselected or (xdist and any(given))):
+    if not crashed and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and (deselected or (xdist and any(given))):
         # pytest alone says "N deselected" and exits 5: a CI step that allows 5 would pass checking nothing
         of = f"of the {deselected} collected tests" if deselected else "of the collected tests"
         terminalreporter.write_line(f"attnsuite: {' '.join(g for g in given if g) or 'the selection'} left none "

@@ -102,6 +102,37 @@ def test_a_k_that_matches_no_correctness_test_says_nothing_was_checked(tmp_path,
         "collected tests: nothing was checked (exit status 5)" in done.stdout, done.stdout[-2000:]
 
 
+SEGFAULT_AT_COLLECTION = """
+import ctypes
+from attnsuite.registry import KernelVariant, register
+
+
+@register
+class CrashesWhenAsked(KernelVariant):
+    name = "x-collect-segv"
+
+    def extra_reasons(self, problem, backward):
+        ctypes.string_at(0)  # read address 0: SIGSEGV, in the collecting process
+        return []
+
+    def build(self, problem):
+        raise AssertionError("never built")
+"""
+
+
+def test_workers_that_die_while_collecting_fail_the_run_saying_so_not_blaming_the_selection(tmp_path):
+    # the run had said "--attn-only x-collect-segv left none of the collected tests" and exited 5
+    variant = tmp_path / "collect_segv.py"
+    variant.write_text(SEGFAULT_AT_COLLECTION)
+    done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"),
+                           f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-n", "1", "--max-worker-restart=0", "-q",
+                           f"--attn-variants={variant}", "--attn-only=x-collect-segv"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout[-2000:]
+    assert "attnsuite: pytest-xdist worker(s) gw0 died while collecting the tests" in done.stdout, done.stdout[-2000:]
+    assert "left none of the" not in done.stdout, done.stdout[-2000:]
+
+
 def test_a_selected_variant_whose_every_test_skipped_is_named_as_unchecked(tmp_path):
     # a CUDA-only variant run on CPU: 316 skipped, exit 0, and not a word that nothing was checked
     done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"),
