@@ -252,6 +252,15 @@ def test_ring_plain_math_path_passes_where_the_fused_path_would_run(sharding, ch
     assert result.passed, result.message
 
 
+def test_the_lse_check_run_directly_on_a_variant_without_one_says_it_declares_none(pools):
+    # the pytest path skips it (skip_reason); called directly it had said "declares returns_lse but returned none"
+    problem = Problem(batch=1, lq=16, lk=16, hq=4, hkv=4, dqk=16, dv=16, dtype="float32", device=DEVICE)
+    variant = OnRanks(registry.get("ulysses"), pools(WORLD_SIZES[0]))
+    assert skip_reason("lse", variant, problem) == "ulysses does not return a log-sum-exp"
+    result = run_check("lse", variant, problem)
+    assert not result.passed and "ulysses does not declare returns_lse" in result.message, result.message
+
+
 def test_fused_kernels_are_used_only_where_they_compute_the_same_function():
     import torch
 

@@ -93,7 +93,10 @@ def check_lse(variant: OnRanks, problem: Problem) -> CheckResult:
         lse = variant.last.lse
         if lse is None:
             result.passed = False
-            result.details.append(f"{variant.inner.name} declares returns_lse but returned none")
+            result.details.append(f"{variant.inner.name} declares returns_lse but returned none" if
+                                  variant.inner.returns_lse else
+                                  f"{variant.inner.name} does not declare returns_lse: there is no log-sum-exp "
+                                  "to check (skip_reason('lse', ...) says so before a check is run)")
             return
         ref = oracle.solve(problem, with_grad=False).lse
         rows = checks.live_rows(problem)
