@@ -17,7 +17,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FAKE_PYTHON = """#!/usr/bin/env bash
-if [ "$1" = "-c" ]; then exit "${FAKE_GPU:-1}"; fi  # the GPU probe: 0 = a CUDA GPU is present
+if [ "$1" = "-c" ]; then  # the test tools' probe (find_spec), else the GPU probe: 0 = a CUDA GPU is present
+  case "$2" in *find_spec*) echo "${FAKE_MISSING:-}"; [ -z "${FAKE_MISSING:-}" ]; exit $? ;; esac
+  exit "${FAKE_GPU:-1}"
+fi
 echo "OMP_NUM_THREADS=${OMP_NUM_THREADS-unset} BYTECODE=${PYTHONDONTWRITEBYTECODE-unset} ARGS=$*"
 case " $* " in *" -m gpu "*) exit "${FAKE_STATUS_GPU:-0}" ;; esac
 exit "${FAKE_STATUS:-0}"
@@ -117,3 +120,12 @@ def test_a_given_interpreter_is_used_without_the_set_up(tmp_path):
     other.chmod(0o755)
     done = _run(tmp_path, 2, ATTNSUITE_TEST_PYTHON=str(other), FAKE_SETUP_FAILS="1")
     assert done.returncode == 0 and "OTHER ARGS=" in _pytest_line(done), done.stdout + done.stderr
+
+
+def test_a_given_interpreter_without_the_test_tools_is_refused_naming_what_it_lacks(tmp_path):
+    other = tmp_path / "other-python"
+    other.write_text(FAKE_PYTHON)
+    other.chmod(0o755)
+    done = _run(tmp_path, 2, ATTNSUITE_TEST_PYTHON=str(other), FAKE_MISSING="xdist, hypothesis")
+    assert done.returncode == 2 and not _pytest_lines(done), done.stdout + done.stderr
+    assert f"ATTNSUITE_TEST_PYTHON={other} cannot run the tests: missing xdist, hypothesis" in done.stderr
