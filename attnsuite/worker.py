@@ -275,8 +275,8 @@ def main(argv: list[str]) -> int:
     """The worker's message loop; returns its exit status."""
     request_fd, reply_fd = int(argv[1]), int(argv[2])
     # the worker leads a session of its own (isolation.py); if the suite is killed, a case hanging
-    # here must not keep running: the watch kills the worker and any helper it started (its log has
-    # no name, so nothing is left behind). The suite's pid comes with the command line: os.getppid()
+    # here must not keep running: a sentinel process kills the worker and any helper it started, even
+    # one hung holding the GIL (its log has no name, so nothing is left behind). The suite's pid comes with the command line: os.getppid()
     # here is init's once the suite died while this process was still importing
     suite = int(argv[3]) if len(argv) > 3 else os.getppid()
     exit_with_parent(suite, whole_group=True)

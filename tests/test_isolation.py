@@ -440,14 +440,18 @@ def _suite_workers(suite_pid: int) -> list[int]:
     return [int(p) for p in found.stdout.split()]
 
 
-@pytest.mark.parametrize("sig, when", [(signal.SIGKILL, "hanging"), (signal.SIGTERM, "hanging"),
-                                       (signal.SIGKILL, "starting")],
-                         ids=["SIGKILL in a hanging case", "SIGTERM in a hanging case", "SIGKILL while a worker starts"])
-def test_a_worker_stuck_in_a_hanging_case_ends_when_the_suite_is_killed(project, sig, when, tmp_path):
+@pytest.mark.parametrize("sig, when, variant", [(signal.SIGKILL, "hanging", "h-hang"),
+                                                (signal.SIGTERM, "hanging", "h-hang"),
+                                                (signal.SIGKILL, "starting", "h-hang"),
+                                                (signal.SIGKILL, "hanging", "h-gil-hang")],
+                         ids=["SIGKILL in a hanging case", "SIGTERM in a hanging case", "SIGKILL while a worker starts",
+                              "SIGKILL in a case hung holding the GIL"])
+def test_a_worker_stuck_in_a_hanging_case_ends_when_the_suite_is_killed(project, sig, when, variant, tmp_path):
     # SIGTERM is what timeout, a cancelled CI job or a scheduler sends; the worker leads a session of
     # its own, so nothing else would end it, and on a GPU it would hold the device beside the next run.
-    # Killed while a worker still imported, the worker had taken init for its parent and lived on.
-    args = _args(project, ("h-hang",), "--attn-timeout=300", "--attn-mode=fwd")
+    # Killed while a worker still imported, the worker had taken init for its parent and lived on; hung
+    # holding the GIL, the thread that watched for the suite never ran.
+    args = _args(project, (variant,), "--attn-timeout=300", "--attn-mode=fwd")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=project, env=dict(os.environ, TMPDIR=str(tmp)),

@@ -48,7 +48,7 @@ def test_a_child_started_through_an_intermediary_ends_with_the_owner(owner_ends)
     try:
         if owner_ends:
             owner.kill()  # not reaped yet: a dead owner's zombie must not count as alive
-            assert _wait(child, 30) == 1, "the child outlived its owner"
+            assert _wait(child, 30) == -9, "the child outlived its owner"  # killed by its sentinel
             owner.wait()
         else:
             # its parent (this test) and its owner both alive: 20 polls later it still runs
@@ -58,6 +58,46 @@ def test_a_child_started_through_an_intermediary_ends_with_the_owner(owner_ends)
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+GIL_HOLDER = """
+import ctypes, os, subprocess, sys
+from attnsuite.parent_watch import exit_with_parent
+exit_with_parent(os.getppid(), poll_s=0.05)
+print("watching", flush=True)
+ctypes.PyDLL(None).sleep(120)  # hung in C code that keeps the GIL: no thread of this process runs
+"""
+
+
+def test_a_child_hung_holding_the_gil_still_ends_with_its_parent(tmp_path):
+    # a watching thread never ran in such a child: a SIGKILLed suite had left its worker hanging
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    script = tmp_path / "parent.py"
+    script.write_text("import subprocess, sys\n"
+                      f"child = subprocess.Popen([sys.executable, '-c', {GIL_HOLDER!r}], stdout=subprocess.PIPE, text=True)\n"
+                      "assert child.stdout.readline().strip() == 'watching'\n"
+                      "print(child.pid, flush=True)\n"
+                      "import time; time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _alive(child):
+            time.sleep(0.1)
+        assert not _alive(child), "the child hung holding the GIL outlived its parent"
+    finally:
+        if _alive(child):
+            os.kill(child, 9)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_without_an_owner_only_the_parent_is_watched():

@@ -77,6 +77,17 @@ class Hang(Base):
 
 
 @register
+class GilHang(Base):
+    name = "h-gil-hang"
+    def build(self, problem):
+        def run(q, k, v):
+            # libc's sleep through PyDLL, which keeps the GIL: no other thread of the process runs,
+            # as in a kernel hung in C code that holds it (a .item() on a CUDA stream that never ends)
+            ctypes.PyDLL(None).sleep(3600)
+        return run
+
+
+@register
 class DeviceAssert(Base):
     name = "h-device-assert"
     def build(self, problem):
