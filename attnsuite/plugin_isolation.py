@@ -238,6 +238,13 @@ class StateGuard:
     def __init__(self) -> None:
         self.state: Optional[torch_state.State] = None
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # The state includes TorchDynamo's settings, and reading them imports it (the built-in variants
+        # no longer do): read once here, outside every test's --attn-test-timeout, which the import
+        # had run past on a loaded 2-core machine (5 s limit; "ran past the limit ... in torch/_dynamo")
+        if any(variant_name(item) is not None for item in session.items):
+            torch_state.snapshot()
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         # taken before each variant test, not once: a machinery test in the same process may change
