@@ -6,8 +6,12 @@
 # Never fails the job for a missing plotting library (the HTML needs none).
 # Usage: bash scripts/ci_report.sh [RESULTS_DIR]   (default ${OUT:-results})
 set -uo pipefail
+# RESULTS_DIR and OUT are read from where the command was typed, as scripts/ci_bench.sh reads OUT
+# (a relative one had been looked for inside the checkout); the default is the checkout's results/
+here=$(pwd)
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-results}}
+if [ -n "${1:-}${OUT:-}" ] && [ "${out#/}" = "$out" ]; then out="$here/$out"; fi
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi

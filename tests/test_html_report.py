@@ -239,7 +239,10 @@ def test_the_report_renders_in_headless_chromium_and_its_tables_sort(browser, tm
     page.close()
 
 
-def test_ci_report_writes_the_html_its_top_in_the_job_summary_and_a_plot_per_workload(tmp_path):
+@pytest.mark.parametrize("given", ["argument", "OUT"])
+def test_ci_report_writes_the_html_its_top_in_the_job_summary_and_a_plot_per_workload(tmp_path, given):
+    # the folder is relative to where the command is typed, as for ci_bench.sh (it had been looked
+    # for inside the checkout: "no results/bench.json" beside a file that was there)
     import subprocess
     import sys
 
@@ -251,8 +254,12 @@ def test_ci_report_writes_the_html_its_top_in_the_job_summary_and_a_plot_per_wor
     (out / "gate.json").write_text(json.dumps(_gate(recs)))
     summary_file = tmp_path / "step_summary.md"
     env = dict(os.environ, GITHUB_STEP_SUMMARY=str(summary_file), PYTHON=sys.executable)
-    proc = subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "scripts" / "ci_report.sh"), str(out)],
-                          capture_output=True, text=True, timeout=120, env=env)
+    env.pop("OUT", None)
+    args = ["results"] if given == "argument" else []
+    if given == "OUT":
+        env["OUT"] = "results"
+    proc = subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "scripts" / "ci_report.sh"), *args],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
     top = summary_file.read_text()
