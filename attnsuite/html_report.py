@@ -281,8 +281,12 @@ def summary_from_gate_json(records: Mapping[str, CaseRecord], gate_json: Optiona
                                       summ.failed_counts(records), n_new,
                                       sum(1 for c in cases if c.get("verdict") == "missing"))
         s.baseline = [str(x) for x in gate.get("header") or []] or [f"baseline: {gate.get('baseline')}"]
-        lines = [f"{'/'.join(c.get('flags', []))}: {c.get('key')}; time {fmt_pct(c.get('time_change'))} "
-                 f"(band ±{(c.get('band') or 0) * 100:.1f}%)" for c in regs]
+        # each case's own message, as the terminal and gate.md word it (report.gate_lines): a missing
+        # case had read "time - (band ±0.0%)" and a memory growth as its time change alone
+        lines = [f"{'/'.join(c.get('flags') or []) or c.get('verdict')}: {c.get('key')}: {c['message']}"
+                 if c.get("message") else  # a gate JSON from before messages were stored
+                 f"{'/'.join(c.get('flags') or []) or c.get('verdict')}: {c.get('key')}; time "
+                 f"{fmt_pct(c.get('time_change'))} (band ±{(c.get('band') or 0) * 100:.1f}%)" for c in regs]
         s.regressions, s.more_regressions = lines[:summ.MAX_REGRESSIONS], max(0, len(lines) - summ.MAX_REGRESSIONS)
     s.verdict = summ.interrupted_verdict(s.verdict, interrupted)  # the result file's own word
     s.best = summ.best_per_workload(records, cal)

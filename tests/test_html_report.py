@@ -324,3 +324,20 @@ def test_the_markdown_tables_percent_of_peak_is_the_summarys_against_the_gate_js
 ])
 def test_a_long_plot_label_is_cut_at_a_word_never_mid_number(text, expected):
     assert html_report.short_label(text) == expected
+
+
+def test_the_html_and_job_summary_word_each_regression_as_the_terminal_does():
+    # a missing case had read "missing: <key>; time - (band ±0.0%)", a memory growth as its time alone
+    from attnsuite import baseline as bl
+    from attnsuite import gate, report
+    from gatehelp import FP_H100, by_key, rec
+
+    base = bl.Run(by_key([rec("sdpa-flash"), rec("sdpa-math", peak_mem_bytes=100 << 20)]), dict(FP_H100))
+    cur = bl.Run(by_key([rec("sdpa-math", peak_mem_bytes=900 << 20)]), dict(FP_H100))
+    thresholds, _ = gate.thresholds_for(None, Path(__file__).resolve().parents[1] / "baselines")
+    cmp = gate.judge_runs(base, cur, thresholds=thresholds)
+    expected = report.gate_lines(cmp)
+    assert any(line.startswith("missing: ") for line in expected) and \
+        any("memory-growth" in line for line in expected), expected
+    s = html_report.summary_from_gate_json(cur.records, cmp.to_json())
+    assert s.regressions == expected
