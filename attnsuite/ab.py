@@ -636,6 +636,8 @@ class AbPlan:
     # --attn-only names a side's tree does not register (a variant the change adds or removes): that
     # side's rounds run without them, found from the rounds' own usage errors (any version of the suite)
     not_in: dict[str, set[str]] = field(default_factory=lambda: {"base": set(), "head": set()})
+    # the same for --attn-workload names (a workload the change adds, in code or in a problem file)
+    workloads_not_in: dict[str, set[str]] = field(default_factory=lambda: {"base": set(), "head": set()})
     # a variants repository's two checkouts, by side: each side's rounds import its own (its root and
     # src/ first on PYTHONPATH), and a module imported from the other side's fails the round
     side_roots: Optional[dict[str, Path]] = None
@@ -688,6 +690,8 @@ def round_specs(plan: AbPlan) -> list[RoundSpec]:
         else:
             args, env = [*plan.pytest_args, *plan.head_args], plan.base_env
         args, nothing = without_only_names(args, plan.not_in[side])
+        args, no_workload = without_only_names(args, plan.workloads_not_in[side], "--attn-workload")
+        nothing = nothing or no_workload
         stem = plan.workdir / f"round{i:02d}-{side}"
         json_path = stem.with_suffix(".json")
         probe = stem.with_name(stem.name + ".probe.json")
@@ -701,10 +705,10 @@ def round_specs(plan: AbPlan) -> list[RoundSpec]:
     return specs
 
 
-def without_only_names(args: Sequence[str], names: set[str]) -> tuple[list[str], bool]:
-    """``args`` without ``names`` in their ``--attn-only`` values (``a,b`` or repeated options), and
-    whether that leaves a selection that had names with none: it would select every variant, so such
-    a round is not run at all."""
+def without_only_names(args: Sequence[str], names: set[str], option: str = "--attn-only") -> tuple[list[str], bool]:
+    """``args`` without ``names`` in their ``option`` values (``a,b`` or repeated options; ``--attn-only``
+    or ``--attn-workload``), and whether that leaves a selection that had names with none: it would
+    select every variant (or workload), so such a round is not run at all."""
     had, left = False, False
 
     def drop(_: str, value: str) -> Optional[str]:
@@ -712,28 +716,35 @@ def without_only_names(args: Sequence[str], names: set[str]) -> tuple[list[str],
         kept = [n for n in (v.strip() for v in value.split(",")) if n and n not in names]
         had, left = had or bool(value.strip(" ,")), left or bool(kept)
         return ",".join(kept) if kept else None
-    out = map_option_values(args, ("--attn-only",), drop) if names else list(args)
+    out = map_option_values(args, (option,), drop) if names else list(args)
     return out, bool(names) and had and not left
 
 
 # A round's usage error for an --attn-only name its tree does not register (every version says it so)
 _UNKNOWN_ONLY = re.compile(r"--attn-only: unknown variant '([^']+)'")
+# ... and for an --attn-workload name it does not know
+_UNKNOWN_WORKLOAD = re.compile(r"--attn-workload '([^']+)' is unknown")
 
 
-def _missing_only_name(plan: AbPlan, spec: RoundSpec, exc: RoundFailed) -> Optional[str]:
-    """The --attn-only name that ``spec``'s tree lacks, when that is why the round failed and the
-    other side has it (a variant the change adds or removes); AbError when neither tree has it."""
-    found = _UNKNOWN_ONLY.search(exc.tail or "")
-    if not found or found.group(1) in plan.not_in[spec.side]:
-        return None
-    name = found.group(1)
-    other = "head" if spec.side == "base" else "base"
-    if name in plan.not_in[other]:
-        # the round's own words (with its close matches), not its log: a temporary folder, gone by now
-        said = next((ln.strip() for ln in (exc.tail or "").splitlines() if found.group(0) in ln), "")
-        raise AbError(f"--attn-only {name}: neither the base nor the working tree registers a variant of that name"
-                      + (f" (the {spec.side} round said: {said})" if said else ""))
-    return name
+def _missing_only_name(plan: AbPlan, spec: RoundSpec, exc: RoundFailed) -> Optional[tuple[str, str]]:
+    """(the option, the name) of an --attn-only or --attn-workload name that ``spec``'s tree lacks, when
+    that is why the round failed and the other side has it (a variant or workload the change adds or
+    removes); AbError when neither tree has it."""
+    for option, pattern, missing, what in (("--attn-only", _UNKNOWN_ONLY, plan.not_in, "registers a variant"),
+                                           ("--attn-workload", _UNKNOWN_WORKLOAD, plan.workloads_not_in,
+                                            "has a workload")):
+        found = pattern.search(exc.tail or "")
+        if not found or found.group(1) in missing[spec.side]:
+            continue
+        name = found.group(1)
+        other = "head" if spec.side == "base" else "base"
+        if name in missing[other]:
+            # the round's own words (with its close matches), not its log: a temporary folder, gone by now
+            said = next((ln.strip() for ln in (exc.tail or "").splitlines() if found.group(0) in ln), "")
+            raise AbError(f"{option} {name}: neither the base nor the working tree {what} of that name"
+                          + (f" (the {spec.side} round said: {said})" if said else ""))
+        return option, name
+    return None
 
 
 # (name, from mark, to mark): where a round's wall time went, from the probe plugin's marks and the
@@ -771,27 +782,29 @@ def run_rounds(plan: AbPlan, runner: Runner = run_round, out=None) -> AbRounds:
                 path = runner(spec)
                 break
             except RoundFailed as exc:
-                name = _missing_only_name(plan, spec, exc)
-                if name is None:
+                missing = _missing_only_name(plan, spec, exc)
+                if missing is None:
                     raise
-                plan.not_in[spec.side].add(name)
-                what = ("is not a variant of the base: the base rounds run without it and its cases read new"
+                option, name = missing
+                (plan.not_in if option == "--attn-only" else plan.workloads_not_in)[spec.side].add(name)
+                kind = "variant" if option == "--attn-only" else "workload"
+                what = (f"is not a {kind} of the base: the base rounds run without it and its cases read new"
                         if spec.side == "base" else
-                        "is not a variant of the working tree: the head rounds run without it and its base cases "
+                        f"is not a {kind} of the working tree: the head rounds run without it and its base cases "
                         "read as not run by the change")
-                res.notes.append(f"--attn-only {name} {what}.")
+                res.notes.append(f"{option} {name} {what}.")
                 if out is not None:
-                    print(f"attnsuite ab: --attn-only {name} {what}", file=out, flush=True)
+                    print(f"attnsuite ab: {option} {name} {what}", file=out, flush=True)
                 specs = round_specs(plan)  # every later round of that side without the name too
         took = time.monotonic() - t0
         phases = round_phases(spec.probe_path, wall0, time.time())
         res.seconds[spec.side] += took
         if path is None:
-            if spec.side == "head" and not spec.selects_nothing:
-                sel = shlex.join(plan.pytest_args) or "(none)"
-                extra = f" and the {len(plan.cases)} case(s) from --cases-from" if plan.cases is not None else ""
-                raise AbError(f"no case selected: the working tree's benchmarks with pytest arguments {sel}{extra} "
-                              "collect nothing (pytest exit status 5)")
+            # With --cases-from, a working tree that runs none of the flagged cases (each removed or
+            # renamed by the change) is an answer: they read missing. It had ended the A/B step with
+            # an error and no markdown; without any case on either side it is still an error (below).
+            if spec.side == "head" and not spec.selects_nothing and plan.cases is None:
+                raise AbError(_nothing_selected(plan))
             run = bl.Run(records={}, fingerprint=None, path=str(spec.tree), kind="result")
         else:
             run = bl.load_results(path)
@@ -800,13 +813,25 @@ def run_rounds(plan: AbPlan, runner: Runner = run_round, out=None) -> AbRounds:
                           "log": str(spec.log_path), "seconds": round(took, 1), "cases": len(run.records),
                           "phases": phases})
         if out is not None and spec.selects_nothing:
-            print(f"attnsuite ab: round {spec.index}/{len(specs)} {spec.side}: not run, this tree registers none of "
-                  "the --attn-only variants", file=out, flush=True)
+            print(f"attnsuite ab: round {spec.index}/{len(specs)} {spec.side}: not run, this tree has none of the "
+                  "selected variants or workloads", file=out, flush=True)
         elif out is not None:
             where = f" ({', '.join(f'{k} {v:.1f}' for k, v in phases.items())})" if phases else ""
             print(f"attnsuite ab: round {spec.index}/{len(specs)} {spec.side}: {count(len(run.records), 'case')}, "
                   f"{took:.1f} s{where}", file=out, flush=True)
+    if plan.cases is not None and not any(r.records for side in res.runs.values() for r in side):
+        raise AbError(_nothing_selected(plan))
+    if plan.cases is not None and not any(r.records for r in res.runs["head"]):
+        res.notes.append(f"The working tree runs none of the {count(len(plan.cases), 'case')} from --cases-from: "
+                         "each reads missing (removed or renamed by the change?).")
     return res
+
+
+def _nothing_selected(plan: AbPlan) -> str:
+    sel = shlex.join(plan.pytest_args) or "(none)"
+    extra = f" and the {len(plan.cases)} case(s) from --cases-from" if plan.cases is not None else ""
+    return (f"no case selected: the working tree's benchmarks with pytest arguments {sel}{extra} collect nothing "
+            "(pytest exit status 5)")
 
 
 def judge_ab(rounds: AbRounds, thresholds: ThresholdConfig, *, base_label: str, head_label: str,

@@ -432,6 +432,26 @@ def test_cases_from_measures_only_the_flagged_cases(repo, tmp_path):
     assert runner.cases == [KEY_A]
 
 
+def test_cases_from_whose_every_case_the_working_tree_removed_reads_missing_with_its_markdown(repo, tmp_path):
+    # a PR renaming a kernel: the gate flagged its cases missing, and the A/B step had ended with
+    # "no case selected" (exit 2) and no markdown for the PR comment
+    gj = gate_json(tmp_path, [(KEY_A, ["missing"])])
+    runner = FakeRunner(lambda side, n: [rec(KEY_A)] if side == "base" else None)
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--cases-from", str(gj),
+                                "--markdown", str(tmp_path / "ab.md"), "--json", str(tmp_path / "ab.json")], runner)
+    assert status == ab.EXIT_GATE, err
+    data = json.loads((tmp_path / "ab.json").read_text())
+    assert data["counts"] == {"missing": 1}
+    assert "The working tree runs none of the 1 case from --cases-from" in (tmp_path / "ab.md").read_text()
+
+
+def test_cases_from_that_neither_tree_runs_is_still_bad_input(repo, tmp_path):
+    gj = gate_json(tmp_path, [(KEY_A, ["slower"])])
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--cases-from", str(gj)],
+                             FakeRunner(lambda side, n: None))
+    assert status == ab.EXIT_INPUT and "no case selected" in err and "from --cases-from" in err
+
+
 def test_cases_from_a_gate_run_that_flagged_nothing_passes_without_running_a_round(repo, tmp_path):
     gj = gate_json(tmp_path, [(KEY_A, ["same"])])
     runner = FakeRunner(same_speed)
@@ -517,7 +537,7 @@ def test_when_attn_only_names_only_a_new_variant_the_base_rounds_do_not_run_and_
     assert json.loads((tmp_path / "ab.json").read_text())["counts"] == {"new": 1}
     # without the name, the base round would have selected every variant: it is not run at all
     assert [s.side for s in runner.specs] == ["base", "head", "head", "head"]
-    assert out.count("base: not run, this tree registers none of the --attn-only variants") == 3
+    assert out.count("base: not run, this tree has none of the selected variants or workloads") == 3
 
 
 def test_a_variant_the_change_removes_named_by_attn_only_reads_not_run_in_the_working_tree(repo, tmp_path):
@@ -528,6 +548,48 @@ def test_a_variant_the_change_removes_named_by_attn_only_reads_not_run_in_the_wo
     data = json.loads((tmp_path / "ab.json").read_text())
     assert data["counts"].get("same") == 1 and sum(data["counts"].values()) == 2
     assert any("removed or renamed by the change" in c.get("message", "") for c in data["cases"]), data["cases"]
+
+
+class WorkloadKnownRunner(FakeRunner):
+    """A round fails as the suite's pytest does for an --attn-workload its tree does not know;
+    otherwise it runs the selected ones of ``known[side]`` (workload name to case key)."""
+
+    def __init__(self, known: dict[str, dict[str, str]]) -> None:
+        super().__init__(lambda side, n: None)
+        self.known = known
+
+    def __call__(self, spec: ab.RoundSpec) -> Optional[Path]:
+        self.specs.append(spec)
+        given = [spec.command[i + 1] for i, a in enumerate(spec.command) if a == "--attn-workload"]
+        for name in given:
+            if name not in self.known[spec.side]:
+                raise ab.RoundFailed(spec, "pytest exit status 4 (usage error)",
+                                     f"ERROR: attnsuite: --attn-workload {name!r} is unknown; known: fa-sweep")
+        keys = [k for n, k in self.known[spec.side].items() if not given or n in given]
+        return result_json(spec.json_path, [rec(k) for k in keys])
+
+
+KEY_UX = "ux-model/sdpa/fwd/b1-q128-h2-d32-causal-tl-fp32-cuda"
+
+
+@pytest.mark.parametrize("workloads, counts, base_rounds_run", [
+    (["fa-sweep", "ux-model"], {"same": 1, "new": 1}, True),
+    (["ux-model"], {"new": 1}, False),  # without the name the base would select every workload: not run
+])
+def test_a_workload_the_change_adds_reads_new_and_the_base_rounds_run_without_it(repo, tmp_path, workloads, counts,
+                                                                                 base_rounds_run):
+    # a workload added in the working tree (a problem file, workloads.py) had failed the first base round
+    runner = WorkloadKnownRunner({"base": {"fa-sweep": KEY_A}, "head": {"fa-sweep": KEY_A, "ux-model": KEY_UX}})
+    args = [a for w in workloads for a in ("--attn-workload", w)]
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--json", str(tmp_path / "ab.json"), "--",
+                                *args], runner)
+    assert status == ab.EXIT_OK, err
+    assert "--attn-workload ux-model is not a workload of the base" in out
+    assert json.loads((tmp_path / "ab.json").read_text())["counts"] == counts
+    assert runner.specs[0].side == "base" and "ux-model" in runner.specs[0].command  # failed, named it
+    ran_base = [s for s in runner.specs[1:] if s.side == "base"]
+    assert bool(ran_base) == base_rounds_run
+    assert all("ux-model" not in s.command for s in ran_base)
 
 
 def test_an_attn_only_name_neither_tree_registers_is_bad_input_naming_it(repo):
