@@ -20,6 +20,7 @@ from . import summary as summ
 from .record import CaseRecord
 from .report import figures
 from .verdict import fmt_bytes, fmt_ms, fmt_pct
+from .wording import count
 
 # 12 colours that stay apart from each other (Tableau 10 plus two); beyond 12 lines the dash changes.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -239,7 +240,7 @@ def render(records: Mapping[str, CaseRecord], *, gate_json: Optional[Mapping[str
         parts.append("</div>")
         parts.append(case_table([r for r in recs if r.outcome != "skipped"], gate, cal))
         parts.append("</section>")
-    title = "attnsuite report" + (f": {len(regressions)} regression(s)" if regressions else "")
+    title = "attnsuite report" + (f": {count(len(regressions), 'regression')}" if regressions else "")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>{''.join(parts)}"
             f"<script>{_JS}</script></body></html>\n")

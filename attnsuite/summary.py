@@ -195,9 +195,9 @@ def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode:
     if not regressions:
         gate = f"no regression among {among} against {against}{new_text}"
     elif gate_mode == "enforce":
-        gate = f"{regressions} regression(s) among {among} (gate enforced){new_text}"
+        gate = f"{count(regressions, 'regression')} among {among} (gate enforced){new_text}"
     else:
-        gate = f"{regressions} regression(s) among {among} (gate in report mode: " \
+        gate = f"{count(regressions, 'regression')} among {among} (gate in report mode: " \
                f"{'they do not fail the run' if failed else 'the run does not fail'}){new_text}"
     if failed:
         return f"{_failed_head(failed)}; {gate}"

@@ -850,8 +850,9 @@ class Comparison:
         counts = ", ".join(f"{n} {k}" for k, n in self.counts().items()) or "no cases"
         failing = failed_counts({v.key: v.cur for v in self.verdicts if v.cur is not None})
         calm = "no regression" if failing else "pass"
-        head = calm if not self.failed else f"FAIL: {len(self.regressions)} regression(s)" \
-            if self.gate_mode == "enforce" else f"REPORTED: {len(self.regressions)} regression(s) (gate in report mode)"
+        n = count(len(self.regressions), "regression")
+        head = calm if not self.failed else f"FAIL: {n}" if self.gate_mode == "enforce" else \
+            f"REPORTED: {n} (gate in report mode)"
         unconfirmed = sum(1 for v in self.verdicts if v.confirmed is False)
         tail = f"; {unconfirmed} not confirmed by a second measurement" if unconfirmed else ""
         if failing and not self.failed:
@@ -861,7 +862,7 @@ class Comparison:
             tail += f"; {count(self.out_of_scope, 'baseline case')} " + (
                 "not judged (outside its selection or not reached before the interruption)" if self.interrupted
                 else "outside this run's scope")
-        # after a regression count, the verdict counts are a list of their own ("FAIL: 3 regression(s)
+        # after a regression count, the verdict counts are a list of their own ("FAIL: 3 regressions
         # (3 newly-failing, 3 same)" had read as three of the regressions being "same")
         return f"{head}; verdicts: {counts}{tail}" if self.failed else f"{head} ({counts}){tail}"
 

@@ -320,7 +320,7 @@ def test_a_head_ten_percent_slower_fails_and_equal_or_faster_passes(repo, tmp_pa
         assert f"GATE slower: {KEY_A}" in out
 
 
-@pytest.mark.parametrize("fraction, verdict", [(0.10, "**FAIL: 1 regression(s) among 2 cases judged (gate enforced)**"),
+@pytest.mark.parametrize("fraction, verdict", [(0.10, "**FAIL: 1 regression among 2 cases judged (gate enforced)**"),
                                                (0.0, "**PASS: no regression among 2 cases judged against the base tree**")])
 def test_the_markdown_states_its_verdict_in_bold_and_names_its_sides_base_and_head(repo, tmp_path, fraction, verdict):
     # the A/B diff had only its heading's mark for a verdict, and called its two trees "baseline" and "this run"
@@ -340,7 +340,7 @@ def test_report_mode_measures_and_reports_but_exits_zero_and_never_reads_fail(re
                              FakeRunner(head_slower(0.1)))
     assert status == ab.EXIT_OK and "REPORTED slower" in out and "GATE " not in out
     # the PR comment had shown a red FAIL over a job that passed
-    assert "REPORTED: 1 regression(s) (gate in report mode)" in out and "FAIL" not in out
+    assert "REPORTED: 1 regression (gate in report mode)" in out and "FAIL" not in out
     assert "⚠️ **REPORTED**" in md.read_text() and "FAIL" not in md.read_text()
 
 

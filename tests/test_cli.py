@@ -38,7 +38,7 @@ def test_compare_of_an_unchanged_run_passes_with_exit_status_0(runs):
 
 
 def test_compare_with_a_file_of_no_case_is_bad_input_not_every_case_regressed(runs, tmp_path, capsys):
-    # "FAIL: 3 regression(s) among 3 cases judged (0 run, 3 not run here)", exit 1, where report refuses it
+    # "FAIL: 3 regressions among 3 cases judged (0 run, 3 not run here)", exit 1, where report refuses it
     old, _, _ = runs
     empty = write_result(tmp_path / "empty.json", [])
     for pair in ((old, empty), (empty, old)):

@@ -114,7 +114,7 @@ def test_a_bad_gate_json_is_an_error_naming_the_file(tmp_path, capsys, bad, mess
 
 
 def test_a_gate_json_of_another_run_is_refused_not_shown_as_this_runs_verdict(tmp_path, capsys):
-    # an fp64 result had been printed with an fp32 run's "FAIL: 2 regression(s)"
+    # an fp64 result had been printed with an fp32 run's "FAIL: 2 regressions"
     recs = _records()
     result = tmp_path / "bench.json"
     result.write_text(json.dumps({"benchmarks": [{"name": k, "extra_info": r.to_extra_info()} for k, r in recs.items()]}))
@@ -131,7 +131,7 @@ def test_a_gate_json_of_another_run_is_refused_not_shown_as_this_runs_verdict(tm
 
 
 def test_a_gate_json_of_another_run_of_the_same_cases_is_refused_by_its_figures(tmp_path, capsys):
-    # the verdicts of a slowed run of the same cases had been shown as an unchanged run's "3 regression(s)"
+    # the verdicts of a slowed run of the same cases had been shown as an unchanged run's "3 regressions"
     recs = _records()
     result = tmp_path / "bench.json"
     result.write_text(json.dumps({"benchmarks": [{"name": k, "extra_info": r.to_extra_info()} for k, r in recs.items()]}))
@@ -235,7 +235,7 @@ def test_the_report_renders_in_headless_chromium_and_its_tables_sort(browser, tm
     assert asc == sorted(asc) and asc != list(reversed(asc))
     header.click()
     assert column() == sorted(asc, reverse=True)
-    assert page.locator("#summary").inner_text().startswith("FAIL: 1 regression(s)")
+    assert page.locator("#summary").inner_text().startswith("FAIL: 1 regression")
     page.close()
 
 
@@ -263,7 +263,7 @@ def test_ci_report_writes_the_html_its_top_in_the_job_summary_and_a_plot_per_wor
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
     top = summary_file.read_text()
-    assert top.startswith("### attnsuite report") and "FAIL: 1 regression(s)" in top and "report.html" in top
+    assert top.startswith("### attnsuite report") and "FAIL: 1 regression" in top and "report.html" in top
     if "plots skipped: matplotlib" not in proc.stdout:
         assert sorted(p.name.split("_")[0] for p in (out / "plots").glob("*.png")) == ["decode", "fa-sweep"]
 

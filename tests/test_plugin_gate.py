@@ -247,7 +247,7 @@ def test_a_case_that_runs_out_of_memory_before_timing_is_judged_not_missing(proj
     assert res.ret == 1
     res.stdout.fnmatch_lines([f"FAILED newly-oom: tiny/beta/fwd/{PROBLEM}: now out of memory (asked for 8 GiB)*"])
     assert "FAILED missing" not in res.stdout.str()
-    res.stdout.fnmatch_lines(["FAIL: 1 regression(s); verdicts: 1 newly-oom, 2 same"])
+    res.stdout.fnmatch_lines(["FAIL: 1 regression; verdicts: 1 newly-oom, 2 same"])
 
 
 def test_volatile_fingerprint_fields_stay_out_of_the_recorded_baseline(project):

@@ -55,7 +55,7 @@ def test_terminal_table_lists_changed_cases_and_the_summary_line():
     text = report.terminal_table(_mixed_comparison())
     assert text.splitlines()[0].split()[:2] == ["verdict", "case"]
     assert "newly-oom" in text and "(2 unchanged cases not shown)" in text
-    assert text.splitlines()[-1].startswith("FAIL: 3 regression(s)")
+    assert text.splitlines()[-1].startswith("FAIL: 3 regressions")
     lines = report.gate_lines(_mixed_comparison())
     assert len(lines) == 3 and any(l.startswith("slower: fa-sweep/slow/") for l in lines)
 

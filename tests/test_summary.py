@@ -91,8 +91,8 @@ def _comparison(cur, base=None, calibration=None):
     return cmp
 
 
-@pytest.mark.parametrize("mode, head", [("enforce", "FAIL: 1 regression(s) among"),
-                                        ("report", "REPORTED: 1 regression(s) among")])
+@pytest.mark.parametrize("mode, head", [("enforce", "FAIL: 1 regression among"),
+                                        ("report", "REPORTED: 1 regression among")])
 def test_a_regression_names_its_case_change_and_band_under_the_baseline_it_came_from(mode, head):
     cur = _passing_run()
     cur["fa-sweep/sdpa/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu"].median_ms = 2.5  # CPU bands are wide: +150%
@@ -131,7 +131,7 @@ def test_a_case_selected_and_not_run_is_not_counted_as_run():
     line = summary.build(cur, _comparison(cur, base=base)).verdict
     assert "among 11 cases judged (7 run, 1 not run here, 3 skipped here and in the baseline)" in line, line
     assert summary.verdict_line(1, 5, 0, "enforce", not_run=1).startswith(
-        "FAIL: 1 regression(s) among 5 cases judged (4 run, 1 not run here) (gate enforced)")
+        "FAIL: 1 regression among 5 cases judged (4 run, 1 not run here) (gate enforced)")
 
 
 def test_a_case_that_now_runs_or_is_now_skipped_is_not_counted_as_skipped_in_both():
@@ -151,16 +151,16 @@ def test_a_run_with_failed_cases_never_reads_pass_whatever_the_gate_says(mode, r
         base["fa-sweep/sdpa/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu"].min_ms = 0.1
     line = summary.build(cur, _comparison(cur, base=base), gate_mode=mode).verdict
     assert line.startswith("FAIL: 1 case(s) of this run failed (1 error); ")
-    assert ("1 regression(s) among 10 cases judged" in line) is regressed
+    assert ("1 regression among 10 cases judged" in line) is regressed
     assert ("no regression among 10 cases judged" in line) is not regressed
     failed = {"crash": 2, "numerics": 1}
     assert summary.verdict_line(0, 3, 0, mode, failed).startswith("FAIL: 3 case(s) of this run failed (2 crash, "
                                                                    "1 numerics); no regression among 3")
 
 
-@pytest.mark.parametrize("mode, head", [("enforce", "FAIL: 2 regression(s) among 9 cases judged (8 run, 1 skipped "
+@pytest.mark.parametrize("mode, head", [("enforce", "FAIL: 2 regressions among 9 cases judged (8 run, 1 skipped "
                                                     "here and in the baseline) (gate enforced)"),
-                                        ("report", "REPORTED: 2 regression(s) among 9 cases judged (8 run, 1 "
+                                        ("report", "REPORTED: 2 regressions among 9 cases judged (8 run, 1 "
                                                    "skipped here and in the baseline) (gate in report mode")])
 def test_the_verdict_line_is_one_rule_for_every_mode(mode, head):
     assert summary.verdict_line(2, 9, 1, mode).startswith(head)

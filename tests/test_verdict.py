@@ -121,7 +121,7 @@ def test_compare_sorts_regressions_first_and_counts_verdicts():
     assert [v.verdict for v in cmp.verdicts] == ["missing", "slower", "faster", "new", "same"]
     assert cmp.failed and len(cmp.regressions) == 2 and len(cmp.improvements) == 1
     assert cmp.counts() == {"missing": 1, "slower": 1, "faster": 1, "new": 1, "same": 1}
-    assert cmp.summary().startswith("FAIL: 2 regression(s)")
+    assert cmp.summary().startswith("FAIL: 2 regressions")
 
 
 def test_an_unchanged_run_passes():
