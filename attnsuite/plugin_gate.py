@@ -800,7 +800,6 @@ def _gate_section(terminalreporter: Any, config: pytest.Config, state: GateState
         for line in report.reported_lines(cmp):
             tr.write_line(f"NOT GATING {line}", yellow=True)
         if cmp.improvements:
-            tr.write_line(f"{count(len(cmp.improvements), 'improvement')}: refresh the baseline (--attn-record-baseline) "
-                          "to keep the new figures", green=True)
+            tr.write_line(f"{count(len(cmp.improvements), 'improvement')}: {report.improvement_advice(cmp)}", green=True)
     if state.error:
         tr.write_line(f"ERROR attnsuite gate: {state.error}", red=True)

@@ -139,6 +139,15 @@ def gate_lines(cmp: Comparison) -> list[str]:
     return [f"{v.label}: {v.key}: {v.message}" for v in cmp.regressions]
 
 
+def improvement_advice(cmp: Comparison) -> str:
+    """How to keep the improvements' figures: recording the whole run would record its regressions
+    too (as their new figures, silently), so with any regression only the improved cases."""
+    if not cmp.regressions:
+        return "refresh the baseline (--attn-record-baseline, or attnsuite record) to keep the new figures"
+    return ("to keep their new figures record these cases alone (attnsuite record <this run's JSON> --case KEY, "
+            "one --case per case): recording the whole run would record its regressions as well")
+
+
 def gate_label(cmp: Comparison) -> str:
     """How a command line prints a gating case: ``GATE`` when the gate enforces, ``REPORTED`` in report
     mode (as the pytest gate does), so that a CI log searched for GATE finds only what fails the job."""
@@ -250,7 +259,7 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
                 "measurement did not confirm", ""]
         out += [_md_finding(v) for v in cmp.reported] + [""]
     if cmp.improvements:
-        out += [f"#### Improvements ({len(cmp.improvements)}): refresh the baseline to keep them",
+        out += [f"#### Improvements ({len(cmp.improvements)}): {improvement_advice(cmp)}",
                 "", *_md_table(cmp.improvements, sides=cmp.side_names), ""]
     # the run's summary (``head``) counts skips by reason; without one (attnsuite ab, compare) the reasons
     # are listed here, a few at most, each with how many cases it skipped

@@ -314,3 +314,15 @@ def test_an_interrupted_run_does_not_call_the_cases_it_never_reached_outside_its
     assert "1 baseline case not judged (outside its selection or not reached before the interruption)" in cmp.summary()
     assert "outside this run's scope" not in cmp.summary() and "outside this run's selection and" not in \
         report.markdown_diff(cmp)
+
+
+@pytest.mark.parametrize("with_regressions", [True, False], ids=["beside regressions", "alone"])
+def test_the_advice_on_improvements_never_says_to_record_a_run_that_has_regressions(with_regressions):
+    # "5 improvements: refresh the baseline (--attn-record-baseline)" stood in a run with 3 slower cases:
+    # following it recorded them as the new figures
+    cmp = _mixed_comparison() if with_regressions else compare(by_key([rec("fast")]), by_key([rec("fast", median_ms=0.5)]))
+    assert cmp.improvements and bool(cmp.regressions) == with_regressions
+    advice = report.improvement_advice(cmp)
+    assert ("--attn-record-baseline" in advice) != with_regressions, advice
+    assert ("--case KEY" in advice) == with_regressions, advice
+    assert f"Improvements ({len(cmp.improvements)}): {advice}" in report.markdown_diff(cmp)
