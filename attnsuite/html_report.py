@@ -154,7 +154,7 @@ def svg_gate_chart(cases: Sequence[Mapping[str, Any]], *, title: str, width: int
 
 
 _COLUMNS = ("variant", "mode", "problem", "outcome", "median ms", "TFLOP/s", "% peak", "peak memory", "backend",
-            "gate change", "band", "verdict")
+            "judged: baseline -> run", "gate change", "band", "verdict")
 
 
 def _cell(text: str, value: Optional[float] = None) -> str:
@@ -179,12 +179,16 @@ def case_table(records: Sequence[CaseRecord], gate: Mapping[str, Mapping[str, An
             _cell("-" if pct is None else f"{pct:.1f}", pct),
             _cell(fmt_bytes(r.peak_mem_bytes), r.peak_mem_bytes),
             _cell(r.backend or "-"),
-            # the change of the statistic the gate judged (device min on CUDA, min on CPU), named: the
-            # median beside it is another statistic, and the two had read as one
+            # the figures the gate judged (device min on CUDA, min on CPU) and their change, named: the
+            # median beside them is another statistic, and a +20.6% (min) beside a median 3.7x the
+            # baseline's had read as a contradiction with nothing to check it against
+            _cell(f"{fmt_ms(g.get('base_ms'))} -> {fmt_ms(g.get('cur_ms'))}" if isinstance(tc, (int, float)) else "-",
+                  g.get("cur_ms") if isinstance(g.get("cur_ms"), (int, float)) else None),
             _cell(f"{fmt_pct(tc)} ({g.get('statistic') or 'judged'})" if isinstance(tc, (int, float)) else "-",
                   tc if isinstance(tc, (int, float)) else None),
             _cell(f"±{band * 100:.1f}%" if isinstance(band, (int, float)) else "-", band if isinstance(band, (int, float)) else None),
-            _cell(str(g.get("verdict", "-"))),
+            # every finding (slower/memory-growth), as the terminal's tables show it
+            _cell("/".join(g.get("flags") or []) or str(g.get("verdict", "-"))),
         ]) + "</tr>")
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 

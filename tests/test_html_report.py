@@ -341,3 +341,15 @@ def test_the_html_and_job_summary_word_each_regression_as_the_terminal_does():
         any("memory-growth" in line for line in expected), expected
     s = html_report.summary_from_gate_json(cur.records, cmp.to_json())
     assert s.regressions == expected
+
+
+def test_a_case_row_shows_the_judged_figures_beside_their_change_and_every_finding():
+    # the row had shown the median (9.770 ms, baseline 2.650) beside "+20.6% (min) same", and only the
+    # first finding of "slower/memory-growth"
+    recs = _records()
+    key = next(k for k, r in recs.items() if r.outcome == "ok")
+    gate = {key: {"key": key, "verdict": "slower", "flags": ["slower", "memory-growth"], "gating": True,
+                  "time_change": 0.206, "band": 0.281, "statistic": "min", "base_ms": 2.322, "cur_ms": 2.801}}
+    html = html_report.case_table(list(recs.values()), gate, None)
+    row = next(r for r in html.split("<tr>") if "slower/memory-growth" in r)
+    assert "2.322 ms -&gt; 2.801 ms" in row and "+20.6% (min)" in row, row
