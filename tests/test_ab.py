@@ -490,22 +490,28 @@ def test_a_folder_outside_git_is_bad_input(tmp_path):
     assert status == ab.EXIT_INPUT and "not inside a git working tree" in err
 
 
-class OnlyKnownRunner(FakeRunner):
-    """A round fails as the suite's pytest does for an --attn-only name its tree does not register;
-    otherwise it runs the selected ones of ``known[side]`` (variant name to case key)."""
+# a round's usage error, as the suite's pytest words it, for a name its tree lacks
+_UNKNOWN_SAID = {"--attn-only": "--attn-only: unknown variant {name!r} (12 registered)",
+                 "--attn-workload": "--attn-workload {name!r} is unknown; known: fa-sweep"}
 
-    def __init__(self, known: dict[str, dict[str, str]]) -> None:
+
+class OnlyKnownRunner(FakeRunner):
+    """A round fails as the suite's pytest does for an ``option`` name (--attn-only: a variant,
+    --attn-workload: a workload) its tree lacks; otherwise it runs the selected ones of
+    ``known[side]`` (name to case key)."""
+
+    def __init__(self, known: dict[str, dict[str, str]], option: str = "--attn-only") -> None:
         super().__init__(lambda side, n: None)
-        self.known = known
+        self.known, self.option = known, option
 
     def __call__(self, spec: ab.RoundSpec) -> Optional[Path]:
         self.specs.append(spec)
-        only = [n for i, a in enumerate(spec.command) if a == "--attn-only" for n in spec.command[i + 1].split(",")]
-        for name in only:
+        given = [n for i, a in enumerate(spec.command) if a == self.option for n in spec.command[i + 1].split(",")]
+        for name in given:
             if name not in self.known[spec.side]:
                 raise ab.RoundFailed(spec, "pytest exit status 4 (usage error)",
-                                     f"ERROR: attnsuite: --attn-only: unknown variant {name!r} (12 registered)")
-        keys = [k for n, k in self.known[spec.side].items() if not only or n in only]
+                                     "ERROR: attnsuite: " + _UNKNOWN_SAID[self.option].format(name=name))
+        keys = [k for n, k in self.known[spec.side].items() if not given or n in given]
         return result_json(spec.json_path, [rec(k) for k in keys])
 
 
@@ -550,25 +556,6 @@ def test_a_variant_the_change_removes_named_by_attn_only_reads_not_run_in_the_wo
     assert any("removed or renamed by the change" in c.get("message", "") for c in data["cases"]), data["cases"]
 
 
-class WorkloadKnownRunner(FakeRunner):
-    """A round fails as the suite's pytest does for an --attn-workload its tree does not know;
-    otherwise it runs the selected ones of ``known[side]`` (workload name to case key)."""
-
-    def __init__(self, known: dict[str, dict[str, str]]) -> None:
-        super().__init__(lambda side, n: None)
-        self.known = known
-
-    def __call__(self, spec: ab.RoundSpec) -> Optional[Path]:
-        self.specs.append(spec)
-        given = [spec.command[i + 1] for i, a in enumerate(spec.command) if a == "--attn-workload"]
-        for name in given:
-            if name not in self.known[spec.side]:
-                raise ab.RoundFailed(spec, "pytest exit status 4 (usage error)",
-                                     f"ERROR: attnsuite: --attn-workload {name!r} is unknown; known: fa-sweep")
-        keys = [k for n, k in self.known[spec.side].items() if not given or n in given]
-        return result_json(spec.json_path, [rec(k) for k in keys])
-
-
 KEY_UX = "ux-model/sdpa/fwd/b1-q128-h2-d32-causal-tl-fp32-cuda"
 
 
@@ -579,7 +566,8 @@ KEY_UX = "ux-model/sdpa/fwd/b1-q128-h2-d32-causal-tl-fp32-cuda"
 def test_a_workload_the_change_adds_reads_new_and_the_base_rounds_run_without_it(repo, tmp_path, workloads, counts,
                                                                                  base_rounds_run):
     # a workload added in the working tree (a problem file, workloads.py) had failed the first base round
-    runner = WorkloadKnownRunner({"base": {"fa-sweep": KEY_A}, "head": {"fa-sweep": KEY_A, "ux-model": KEY_UX}})
+    runner = OnlyKnownRunner({"base": {"fa-sweep": KEY_A}, "head": {"fa-sweep": KEY_A, "ux-model": KEY_UX}},
+                             "--attn-workload")
     args = [a for w in workloads for a in ("--attn-workload", w)]
     status, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--json", str(tmp_path / "ab.json"), "--",
                                 *args], runner)
