@@ -11,7 +11,7 @@ set -uo pipefail
 here=$(pwd)
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-results}}
-if [ -n "${1:-}${OUT:-}" ] && [ "${out#/}" = "$out" ]; then out="$here/$out"; fi
+if [ -n "${1:-}${OUT:-}" ] && [ "${out#/}" = "$out" ] && [ "$here" != "$(pwd)" ]; then out="$here/$out"; fi
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
