@@ -6,11 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
-# The in-process runs of these tests (pytester.runpytest) drop every module imported during them
-# when they end. TorchDynamo is imported lazily (attnsuite.case.lift_recompile_limits), and with it
-# Triton, whose C extension aborts the process when it is loaded a second time ("refusing to add
-# duplicate key"): imported here, before any such run, neither is ever imported twice.
-import torch._dynamo  # noqa: F401,E402
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # The in-process runs of these tests (pytester.runpytest) drop every module imported during them
+    # when they end. TorchDynamo is imported lazily (attnsuite.case.lift_recompile_limits), and with
+    # it Triton, whose C extension aborts the process when it is loaded a second time ("refusing to
+    # add duplicate key"): imported here, before any such run, neither is ever imported twice. Here,
+    # not at this file's import: after test_correctness/conftest.py has chosen Triton's mode (its
+    # interpreter for CPU tensors, fixed at triton's first import; imported earlier, every Triton
+    # check on CPU skipped: "Triton runs CPU tensors only under its interpreter").
+    import torch._dynamo  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

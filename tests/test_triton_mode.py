@@ -95,3 +95,17 @@ def test_the_pinned_triton_interpreter_runs_the_kernels():
     if triton.__version__ != pin:
         pytest.skip(f"triton {triton.__version__} here, not the dev extra's pin {pin}")
     assert _interpreter_fault({**os.environ, "PYTHONPATH": str(ROOT)}) == ""
+
+
+def test_the_test_commands_two_folders_together_still_check_triton_on_cpu_tensors(tmp_path):
+    # tests/conftest.py had imported TorchDynamo (and with it Triton) at its own import, before
+    # test_correctness/conftest.py chose the interpreter: every Triton check of the CPU test command
+    # skipped ("Triton runs CPU tensors only under its interpreter"), and the run passed
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_compile_limits.py"),
+                           str(ROOT / "test_correctness" / "test_triton.py"), f"--rootdir={ROOT}", "-p", "no:cacheprovider",
+                           "-p", "no:xdist", "-q", "-rs", "-k", "not lifting"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "only under its interpreter" not in done.stdout, done.stdout[-3000:]
+    assert int(re.search(r"(\d+) passed", done.stdout).group(1)) >= 10, done.stdout[-1000:]
