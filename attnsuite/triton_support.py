@@ -177,7 +177,7 @@ def autotuned(configs: list, key: tuple[str, ...], shape: tuple[str, ...], *, pr
     the configs' compiled code does not depend on these sizes.
 
     With :func:`autotuning` on, the timings are kept in Triton's on-disk cache where this Triton can
-    (:func:`_keeps_tunings_on_disk`). With it off, the first config ``prune`` keeps and a key without
+    (:func:`_autotune_takes`). With it off, the first config ``prune`` keeps and a key without
     ``shape`` (there is nothing to choose). Under the interpreter the kernel is returned as it is. Every
     name must be an argument of the kernel: Triton's autotuner skips unknown names silently.
     """
@@ -199,8 +199,10 @@ def autotuned(configs: list, key: tuple[str, ...], shape: tuple[str, ...], *, pr
         if knobs.runtime.interpret:
             return fn
         early = prune if tune else first
-        extra = {"cache_results": True} if tune and _keeps_tunings_on_disk() else {}
-        if tune and _takes_a_benchmarker():
+        extra: dict[str, Any] = {}
+        if tune and _autotune_takes("cache_results"):
+            extra["cache_results"] = True
+        if tune and _autotune_takes("do_bench"):
             extra["do_bench"] = graph_bench
         tuner = triton.autotune(configs=configs, key=[*key, *shape] if tune else list(key),
                                 prune_configs_by={"early_config_prune": early} if early is not None else None,
@@ -242,28 +244,20 @@ def graph_bench(kernel_call: Callable[[], Any], quantiles: Any = None) -> Any:
         return triton.testing.do_bench(kernel_call, quantiles=quantiles)
 
 
-def _takes_a_benchmarker() -> bool:
-    """Whether this Triton's autotuner takes its timing function (``do_bench``, 3.2+)."""
-    import inspect
+def _autotune_takes(parameter: str) -> bool:
+    """Whether this Triton's autotuner takes ``parameter`` (both used here came with 3.2).
 
-    import triton
-
-    return "do_bench" in inspect.signature(triton.autotune).parameters
-
-
-def _keeps_tunings_on_disk() -> bool:
-    """Whether this Triton's autotuner can keep its timings in Triton's cache (``cache_results``, 3.2+).
-
-    Kept there, a shape tuned once on a machine is read back by every later process that runs the
-    same kernel source with the same configs: a warm run (the GPU workflow keeps Triton's cache
-    between jobs) skips the tuning, and both trees of an A/B run, and a confirmation's second
-    measurement, run the config the first tuning chose instead of one re-chosen under other noise.
+    ``cache_results``: the configs' timings kept in Triton's cache, read back by every later process
+    that runs the same kernel source with the same configs: a warm run (the GPU workflow keeps
+    Triton's cache between jobs) skips the tuning, and both trees of an A/B run, and a confirmation's
+    second measurement, run the config the first tuning chose instead of one re-chosen under other
+    noise. ``do_bench``: the timing function (:func:`graph_bench`).
     """
     import inspect
 
     import triton
 
-    return "cache_results" in inspect.signature(triton.autotune).parameters
+    return parameter in inspect.signature(triton.autotune).parameters
 
 
 def triton_reasons(problem: Problem) -> list[str]:
