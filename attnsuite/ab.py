@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from . import baseline as bl
 from . import report, summary
+from .output_paths import output_options_problem
 from .record import CaseRecord
 from .verdict import GATING, Comparison, ThresholdConfig, ThresholdsError
 from .wording import count
@@ -977,9 +978,9 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
         raise AbError(f"--round-timeout {args.round_timeout:g}: must be a positive number of seconds")
     if not (shutil.which(args.python) or Path(args.python).is_file()):
         raise AbError(f"--python {args.python}: no such interpreter")
-    bad_output = bl.output_options_problem({"--markdown": args.markdown, "--json": args.json,
-                                            "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary)},
-                                           {"--out": args.out})
+    bad_output = output_options_problem({"--markdown": args.markdown, "--json": args.json,
+                                         "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary)},
+                                        {"--out": args.out}, inputs={"--cases-from": args.cases_from})
     if bad_output:  # before any round: a typo had crashed after every round ran, the rounds lost
         raise AbError(bad_output)
     if args.baselines_dir and not Path(args.baselines_dir).is_dir():

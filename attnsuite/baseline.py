@@ -879,46 +879,6 @@ def _same_content(path: Path, data: bytes) -> bool:
         return False
 
 
-def output_problem(path: os.PathLike | str) -> Optional[str]:
-    """Why a file cannot be written at ``path`` (checked before a run, so a bad output option costs no
-    benchmark time), or None. A missing folder is fine (the writers create it); the nearest folder
-    that exists must take a new file, which is tried, not guessed from mode bits (root passes those)."""
-    p = Path(os.path.realpath(path))
-    if p.is_dir():
-        return "is a folder, expected a file to write"
-    folder = p.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{folder} is not a folder"
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".attnsuite-probe.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        return f"cannot write in {folder} ({exc.strerror or exc})"
-    return None
-
-
-def output_options_problem(files: Mapping[str, Optional[str]], folders: Mapping[str, Optional[str]] = {}) -> Optional[str]:
-    """Why one of a command's output options cannot be written (``{"--markdown": path, ...}`` for
-    files, ``folders`` for options naming a folder to fill), or None: checked before any work, so a
-    typo costs no benchmark time and never reads as the gate's failure (a traceback exits 1)."""
-    for option, path in files.items():
-        why = output_problem(path) if path else None
-        if why:
-            return f"{option} {path}: {why}"
-    for option, path in folders.items():
-        if not path:
-            continue
-        p = Path(os.path.realpath(path))
-        why = f"{p} exists and is not a folder" if p.exists() and not p.is_dir() else \
-            output_problem(p / ".attnsuite-output-check")
-        if why:
-            return f"{option} {path}: {why}"
-    return None
-
-
 def atomic_write_text(path: os.PathLike | str, text: str) -> bool:
     """Write ``text`` to ``path`` atomically; return False when the file already held it.
 

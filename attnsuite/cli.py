@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 from . import baseline as bl
 from . import ab, gate, report, summary
 from .combine import WIDE_SPREAD, combine_runs
+from .output_paths import output_options_problem
 from .record import CaseRecord
 from .verdict import CONFIRMABLE, THRESHOLDS_SECTIONS, Comparison, Scope, ThresholdsError, load_thresholds
 from .wording import count, none_of
@@ -72,16 +73,28 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out, last: summary.Summary)
             report.append_step_summary(text)
 
 
-def _check_outputs(files: dict[str, Optional[str]], folders: dict[str, Optional[str]] = {}) -> None:
-    """Every output option checked before any work (ValueError naming it: exit 2, never the gate's 1)."""
-    why = bl.output_options_problem(files, folders)
+def _check_outputs(files: dict[str, Optional[str]], folders: dict[str, Optional[str]] = {},
+                   inputs: dict[str, Optional[str]] = {}) -> None:
+    """Every output option checked before any work (ValueError naming it: exit 2, never the gate's 1),
+    none of them one of the files read (``inputs``)."""
+    why = output_options_problem(files, folders, inputs)
     if why:
         raise ValueError(why)
 
 
+def _thresholds_beside(reference: Optional[str]) -> Optional[str]:
+    """The thresholds file the gate reads beside a reference file (gate.thresholds_for), if one is there."""
+    if not reference:
+        return None
+    path = Path(reference).parent / bl.THRESHOLDS_FILE
+    return str(path) if path.is_file() else None
+
+
 def cmd_compare(args: argparse.Namespace, out) -> int:
     _check_outputs({"--markdown": args.markdown,
-                    "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary)})
+                    "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary)},
+                   inputs={"OLD": args.old, "NEW": args.new, "--thresholds": args.thresholds,
+                           "the thresholds file beside OLD": _thresholds_beside(args.old)})
     old = bl.load_run(args.old)
     new = bl.load_run(args.new)
     for path, run in ((args.old, old), (args.new, new)):
@@ -181,7 +194,10 @@ def _refuse_repeated_runs(paths: Sequence[str]) -> None:
 def cmd_report(args: argparse.Namespace, out) -> int:
     _check_outputs({"--markdown": args.markdown, "--html": args.html,
                     "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary or args.step_summary_top)},
-                   {"--plots": args.plots})
+                   {"--plots": args.plots},
+                   inputs={"RESULT": args.result, "--baseline": args.baseline, "--gate-json": args.gate_json,
+                           "--thresholds": getattr(args, "thresholds", None),
+                           "the thresholds file beside --baseline": _thresholds_beside(args.baseline)})
     run = bl.load_run(args.result)
     if not run.records:  # `record` refuses the same file: a report of nothing had exited 0
         raise bl.ResultFileError(args.result, "no case in it: nothing to report")

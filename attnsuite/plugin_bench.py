@@ -36,6 +36,7 @@ import torch
 from . import baseline, checks, filelock, fingerprint, journal, memory, progress, registry, timing, workloads
 from .dispatch import Dispatcher, visible_gpus
 from .isolation import STDERR_TAIL_LINES, Failure, WorkerPool, WorkerStartError, stack_in
+from .output_paths import output_problem
 from .plugin import PROBLEM_FILES
 from .record import FAILING_OUTCOMES, MODES, NOT_RUN_AFTER, CaseRecord
 from .runner import BenchCase, RunSpec, add_scaling_efficiency, bench_cases
@@ -230,7 +231,7 @@ def pytest_configure(config: pytest.Config) -> None:
         _fail_usage(f"--attn-journal {named}: is a directory")
     json_path = benchmark_json_path(config)
     if json_path is not None:
-        why = baseline.output_problem(json_path)
+        why = output_problem(json_path)
         if why:
             _fail_usage(f"--benchmark-json {json_path}: {why}")
         # pytest-benchmark writes it after every case has run, into a folder that must exist by then

@@ -30,6 +30,7 @@ records nothing.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,6 +40,7 @@ import pytest
 
 from . import baseline as bl
 from . import gate, plugin_bench, registry, report, summary
+from .output_paths import output_options_problem, output_problem
 from .verdict import CONFIRMABLE, Comparison, Scope, ThresholdsError
 from .wording import count
 
@@ -131,13 +133,38 @@ def check_path_options(config: pytest.Config) -> None:
             raise _usage("--attn-thresholds", t, "no such file")
         if not Path(t).is_file():
             raise _usage("--attn-thresholds", t, "is not a file")
-    for option in ("--attn-gate-json", "--attn-markdown"):
-        target = config.getoption(option)
-        why = bl.output_problem(target) if target else None
-        if why:
-            raise _usage(option, target, why)
+    why = output_options_problem(_output_options(config), inputs=_input_files(config))
+    if why:
+        raise pytest.UsageError(f"attnsuite gate: {why}")
     if recording:
         check_recording_options(config)
+
+
+def _output_options(config: pytest.Config) -> dict[str, Optional[str]]:
+    """Every file a run writes that an option names (the baseline a recording writes is checked by
+    check_recording_options, and is an input here: the gate reads it first)."""
+    json_path = plugin_bench.benchmark_json_path(config)
+    return {"--attn-markdown": config.getoption("--attn-markdown"),
+            "--attn-gate-json": config.getoption("--attn-gate-json"),
+            "--benchmark-json": str(json_path) if json_path is not None else None,
+            # (None where the plugin that declares the option is not loaded)
+            "--attn-journal": config.getoption("--attn-journal", default=None),
+            "--attn-failures-log": config.getoption("--attn-failures-log", default=None)}
+
+
+def _input_files(config: pytest.Config) -> list[tuple[str, Optional[str]]]:
+    """Every file a run reads that an output option must not replace: the baselines (each file of the
+    baselines folder, any of which a later run may read), the thresholds, the variant and problem files."""
+    files: list[tuple[str, Optional[str]]] = [("--attn-baseline", config.getoption("--attn-baseline")),
+                                              ("--attn-thresholds", config.getoption("--attn-thresholds"))]
+    folder = _baselines_dir(config)
+    if folder.is_dir():
+        files += [(f"a file of the baselines folder {folder}", str(p)) for p in sorted(folder.iterdir()) if p.is_file()]
+    for option, env in (("--attn-variants", "ATTNSUITE_VARIANTS"), ("--attn-problems", "ATTNSUITE_PROBLEMS")):
+        named = [(option, v) for v in config.getoption(option, default=None) or ()]
+        named += [(env, v.strip()) for v in os.environ.get(env, "").split(",") if v.strip()]
+        files += [(label, v) for label, v in named if Path(v).is_file()]
+    return files
 
 
 def check_recording_options(config: pytest.Config) -> None:
@@ -155,7 +182,7 @@ def check_recording_options(config: pytest.Config) -> None:
                          "a simulated run's figures are not the code's own; record from a run without it")
     named = config.getoption("--attn-baseline")
     if named:
-        why = bl.output_problem(named)
+        why = output_problem(named)
         if why:
             raise _usage("--attn-baseline", named, f"cannot be recorded: {why}")
     else:
@@ -168,7 +195,7 @@ def check_recording_options(config: pytest.Config) -> None:
                          f"it would write into this attnsuite checkout's baselines folder ({folder}), the baselines "
                          "it ships; name your own folder with --attn-baselines-dir DIR (in your repository), "
                          "or a file with --attn-baseline FILE")
-        why = bl.output_problem(folder / ".attnsuite-output-check") if folder.is_dir() else None
+        why = output_problem(folder / ".attnsuite-output-check") if folder.is_dir() else None
         if why:
             raise _usage("--attn-record-baseline", str(folder), f"the baselines folder cannot be written: {why}")
 

@@ -851,6 +851,17 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_round(repo, tmp_
     assert status == ab.EXIT_INPUT and f"error: {option} {target}" in err and not runner.specs
 
 
+def test_an_output_naming_the_gate_json_it_reads_is_refused_before_any_round(repo, tmp_path):
+    flagged = tmp_path / "gate.json"
+    flagged.write_text(json.dumps({"compared": True, "cases": [{"key": KEY_A, "verdict": "slower"}]}))
+    before = flagged.read_bytes()
+    runner = FakeRunner(head_slower(0.0))
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--cases-from", str(flagged),
+                              "--json", str(flagged)], runner)
+    assert status == ab.EXIT_INPUT and f"error: --json {flagged}: is --cases-from" in err and not runner.specs
+    assert flagged.read_bytes() == before
+
+
 def test_ab_with_step_summary_alone_still_appends_the_diff(repo, tmp_path, monkeypatch):
     summary = tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))

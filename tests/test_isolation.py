@@ -256,6 +256,18 @@ def test_a_bad_option_value_is_a_usage_error_naming_the_option(pytester, project
     assert option in err and words in err, err
 
 
+@pytest.mark.parametrize("option", ["--attn-markdown", "--attn-failures-log"])
+def test_an_output_option_naming_the_variants_file_is_refused_and_the_file_kept(pytester, project, option):
+    # an output over an input had replaced it silently (the shipped baseline, by --attn-markdown)
+    code = (project / "hostile.py").read_bytes()
+    # a process of its own: the variants file registers its names once per process
+    result = pytester.runpytest_subprocess("bench", "--benchmark-only", "-p", "no:cacheprovider",
+                                f"--attn-variants={project / 'hostile.py'}", f"{option}={project / 'hostile.py'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"{option} {project / 'hostile.py'}: is --attn-variants" in result.stderr.str(), result.stderr.str()
+    assert (project / "hostile.py").read_bytes() == code
+
+
 @pytest.mark.parametrize("extra, words", [
     (("--attn-inject-slowdown=explicit=3",), "--attn-record-baseline with --attn-inject-slowdown explicit=3: a "
                                              "simulated run's figures are not the code's own"),

@@ -283,6 +283,28 @@ def test_a_bad_path_option_is_a_usage_error_naming_it_before_any_benchmark_runs(
     assert "test_bench.py" not in res.stdout.str()  # nothing was collected or run
 
 
+@pytest.mark.parametrize("args, named", [
+    pytest.param(("--attn-markdown", BASELINE), f"--attn-markdown {BASELINE}: is a file of the baselines folder",
+                 id="the markdown over the baseline in use"),
+    pytest.param(("--attn-gate-json", "baselines/thresholds.json"),
+                 "--attn-gate-json baselines/thresholds.json: is a file of the baselines folder",
+                 id="the verdicts over the thresholds"),
+    pytest.param(("--attn-markdown", "cases.json", "--attn-baseline", "cases.json"),
+                 "--attn-markdown cases.json: is --attn-baseline", id="the markdown over a named baseline"),
+    pytest.param(("--attn-markdown", "out.md", "--attn-gate-json", "out.md"),
+                 "--attn-markdown out.md: --attn-gate-json names the same file", id="two outputs into one file"),
+])
+def test_an_output_option_naming_a_file_the_run_reads_is_refused_and_the_file_kept(project, args, named):
+    # --attn-markdown naming the shipped baseline had written the diff over it and exited 0
+    record(project)
+    (project.path / "baselines" / "thresholds.json").write_text('{"version": 1}')
+    kept = {p: p.read_bytes() for p in project.path.rglob("*.json")}
+    res = project.runpytest(*QUIET, *args)
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines([f"*attnsuite gate: {named}*"])
+    assert {p: p.read_bytes() for p in project.path.rglob("*.json")} == kept
+
+
 def test_a_baseline_to_be_recorded_may_not_exist_yet(project):
     res = project.runpytest(*QUIET, "--attn-baseline", "new/b.json", "--attn-record-baseline")
     assert res.ret == 0, res.stdout.str()
