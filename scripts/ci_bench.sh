@@ -47,6 +47,13 @@ export PYTHONUNBUFFERED=1
 append=
 for arg in "$@"; do [ "$arg" = --attn-resume ] && append=-a; done
 [ -n "$append" ] && echo "--- resumed $(date -u +%Y-%m-%dT%H:%M:%SZ) ---" >> "$out/bench.log"
+# A new run's outputs replace the last run's in this folder; they are removed now, not at the end: a
+# run that stopped before writing any (an unknown --attn-only, a bad baseline) had left the last run's
+# bench.json and gate files, and ci_report.sh then reported them as this run's PASS (a first-time
+# user's trial). A resumed run keeps them: it carries that run on, and its journal holds its cases.
+if [ -z "$append" ]; then
+  rm -f "$out/bench.json" "$out/gate.md" "$out/gate.json" "$out/report.html" "$out/results.md"
+fi
 signalled=
 trap 'signalled=SIGINT' INT
 trap 'signalled=SIGTERM' TERM

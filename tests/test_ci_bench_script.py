@@ -114,3 +114,29 @@ def test_a_relative_output_folder_is_where_the_command_was_typed_not_under_the_r
     finally:
         shutil.rmtree(ROOT / name, ignore_errors=True)
     assert (tmp_path / name / "bench.log").is_file(), done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["a new run", "a resumed run"])
+def test_a_run_that_writes_nothing_leaves_no_earlier_runs_results_for_the_report_to_show(tmp_path, resumed):
+    # an unknown --attn-only had stopped the run with status 4, the last run's bench.json and gate files
+    # still there, and ci_report.sh had reported them as this run's PASS
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {name: f"the last run's {name}\n" for name in ("bench.json", "gate.md", "gate.json", "report.html",
+                                                              "results.md", "bench.json.journal.jsonl")}
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    refused = tmp_path / "refusing-python"  # as pytest refusing a usage error before any case runs
+    refused.write_text("#!/usr/bin/env bash\necho 'ERROR: attnsuite: --attn-only: unknown variant'\nexit 4\n")
+    refused.chmod(0o755)
+    args = ["--attn-resume"] if resumed else []
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report", *args],
+                          capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": str(refused)})
+    assert done.returncode == 4, done.stdout + done.stderr
+    left = {p.name for p in out.iterdir()} & set(earlier)
+    assert left == (set(earlier) if resumed else {"bench.json.journal.jsonl"})
+    if not resumed:
+        report = subprocess.run(["bash", str(ROOT / "scripts" / "ci_report.sh"), str(out)], capture_output=True,
+                                text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHON": "/bin/false"})
+        assert report.returncode == 1 and f"ci_report: no {out}/bench.json" in report.stderr
