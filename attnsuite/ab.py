@@ -386,6 +386,15 @@ def _path_values(args: Sequence[str], env: dict[str, str]) -> list[tuple[str, st
 CODE_PATHS = ("--attn-variants", "--attn-problems", *PATH_VARIABLES)  # the paths that name code, not the bar
 
 
+def last_path_option(args: Sequence[str], option: str, cwd: Path, repo: Path, base_tree: Path) -> Optional[str]:
+    """The value of the last ``option`` among the rounds' pytest ``args`` (as pytest takes the last), as
+    the base side reads it (:func:`rebase_path` into ``base_tree``: a path inside the repository is the
+    base's copy, so a change cannot loosen its own bar), or None when the option is not given."""
+    found: list[str] = []
+    map_option_values(args, (option,), lambda _, value: found.append(value) or value)
+    return rebase_path(found[-1], cwd, repo, base_tree) if found else None
+
+
 def code_paths(args: Sequence[str], env: dict[str, str], cwd: Path, repo: Path) -> dict[str, list[str]]:
     """The variants and problem paths (options and variables) that exist, as "inside" or "outside"
     ``repo``: both sides load the same file outside it, so a change made there is never measured."""
@@ -876,9 +885,11 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help=f"rounds per side, at least {MIN_ROUNDS} (default {MIN_ROUNDS}); each is a pytest process")
     p.add_argument("--cases-from", metavar="GATE_JSON",
                    help="measure only the cases this gate JSON (pytest --attn-gate-json) flagged")
-    p.add_argument("--thresholds", help="thresholds JSON (default: thresholds.json of --baselines-dir)")
-    p.add_argument("--baselines-dir", help="folder whose thresholds.json applies (default: the base tree's "
-                                           "baselines/, so a change cannot loosen its own bar)")
+    p.add_argument("--thresholds", help="thresholds JSON (default: the rounds' --attn-thresholds, else "
+                                        "thresholds.json of --baselines-dir)")
+    p.add_argument("--baselines-dir", help="folder whose thresholds.json applies (default: the rounds' "
+                                           "--attn-baselines-dir, else baselines/; inside the repository, the "
+                                           "base tree's copy, so a change cannot loosen its own bar)")
     p.add_argument("--gate", choices=("enforce", "report"), default="enforce",
                    help="enforce: exit 1 on a gating verdict; report: always exit 0 once measured")
     p.add_argument("--markdown", help="write the markdown diff here")
@@ -1022,11 +1033,17 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
         with base_worktree(repo, sha, Path(tmp)) as base_tree:
             if suite is None and not (base_tree / TREE_MARKER).is_file():
                 raise AbError(f"--base {args.base} ({sha[:12]}) has no {TREE_MARKER}: it predates the benchmarks")
-            baselines_dir = Path(args.baselines_dir) if args.baselines_dir else (suite or base_tree) / bl.DEFAULT_DIR
+            # the bar the rounds' own pytest options name (a team's folder, as bench.sh is given it) applies
+            # here too, from the base tree's copy; it had been ignored for the suite's thresholds, so the
+            # same change failed bench.sh and passed ab (a first-time user's trial)
+            given_dir = last_path_option(args.pytest_args, "--attn-baselines-dir", cwd, repo, base_tree)
+            baselines_dir = Path(args.baselines_dir or given_dir or (suite or base_tree) / bl.DEFAULT_DIR)
             from .gate import thresholds_for
 
             # never the working tree's own file (the package runs from it): a base without one gets the built-ins
-            thresholds, found = thresholds_for(args.thresholds, baselines_dir, repo_fallback=False)
+            thresholds, found = thresholds_for(
+                args.thresholds or last_path_option(args.pytest_args, "--attn-thresholds", cwd, repo, base_tree),
+                baselines_dir, repo_fallback=False)
             if found is not None and found.is_relative_to(base_tree):  # the worktree is gone once the report is read
                 thresholds.path = f"thresholds {args.base}:{found.relative_to(base_tree).as_posix()} (the base tree's)"
             workdir = Path(args.out).resolve() if args.out else Path(tmp) / "rounds"

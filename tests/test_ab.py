@@ -360,6 +360,23 @@ def test_the_base_trees_thresholds_judge_not_the_working_trees(repo):
     assert status == ab.EXIT_OK  # named explicitly, the loose file applies
 
 
+@pytest.mark.parametrize("committed, working, status", [
+    (LOOSE, LOOSE, ab.EXIT_OK),    # the rounds' folder is followed, not baselines/ (strict)
+    (STRICT, LOOSE, ab.EXIT_GATE),  # and read from the base tree: the change's loosening is not its bar
+], ids=["the rounds' folder applies", "its base tree's copy applies"])
+def test_the_rounds_own_baselines_dir_sets_the_bar_from_the_base_trees_copy(repo, committed, working, status):
+    # `ab ... -- --attn-baselines-dir attn/baselines` had judged with the suite's thresholds while
+    # bench.sh given the same folder used the team's: one change failed one and passed the other
+    (repo / "team").mkdir()
+    (repo / "team" / "thresholds.json").write_text(json.dumps(committed))
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "team thresholds")
+    (repo / "team" / "thresholds.json").write_text(json.dumps(working))
+    got, _, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--", f"--attn-baselines-dir={repo / 'team'}"],
+                        FakeRunner(head_slower(0.1)))
+    assert got == status
+
+
 def test_a_base_without_thresholds_gets_the_built_ins_never_the_tree_under_review(repo, tmp_path, monkeypatch):
     # the package runs from the working tree: its baselines/ had been the fallback, so a change that
     # loosened that file (and a base without one) passed a 5x slowdown
