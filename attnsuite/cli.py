@@ -261,14 +261,21 @@ def _read_gate_json(args: argparse.Namespace, records: Mapping[str, CaseRecord])
 
 
 def _another_runs_figure(cases: Sequence[Any], records: Mapping[str, CaseRecord]) -> str:
-    """The first case whose "this run" median in a gate JSON differs from the result's own ("" when none):
-    the verdicts of another run of the same cases. The median is of the judged statistic's timer
+    """The first case whose "this run" outcome or median in a gate JSON differs from the result's own
+    ("" when none): the verdicts of another run of the same cases. The median is of the judged statistic's timer
     (device time on CUDA, verdict.time_basis). Cases measured a second time (confirmation) are left
     out, since their figures may come from that measurement."""
     for case in cases:
-        if not isinstance(case, dict) or case.get("confirmed") is not None:
+        if not isinstance(case, dict):
             continue
-        rec, theirs = records.get(case.get("key")), case.get("cur_median_ms")
+        rec, outcome = records.get(case.get("key")), case.get("cur_outcome")
+        if rec is not None and isinstance(outcome, str) and outcome != rec.outcome:
+            # a failed case has no median to compare: another run's failures had been shown as this run's
+            return (f"{case['key']} is {outcome} there and {rec.outcome} in the result (the gate JSON of another "
+                    "run of the same cases?)")
+        if case.get("confirmed") is not None:
+            continue
+        theirs = case.get("cur_median_ms")
         device = str(case.get("statistic") or "").startswith("device")
         ours = getattr(rec, "device_ms" if device else "median_ms", None)
         if rec is None or not isinstance(theirs, (int, float)):

@@ -282,7 +282,7 @@ class CaseVerdict:
                 "confirm_time_change": self.confirm_time_change, "confirm_mem_change": self.confirm_mem_change}
         return {"key": self.key, "verdict": self.verdict, "flags": list(self.flags), "gating": self.gating,
                 "message": self.message, "notes": list(self.notes), "statistic": self.statistic,
-                "confirmed": self.confirmed,
+                "confirmed": self.confirmed, "cur_outcome": self.cur.outcome if self.cur is not None else None,
                 **{k: (v if v is None or math.isfinite(v) else None) for k, v in nums.items()}}
 
 

@@ -159,6 +159,28 @@ def test_a_gate_json_of_another_run_of_the_same_cases_is_refused_by_its_figures(
     assert status == cli.EXIT_INPUT and f"not the verdicts of {result}: {measured[0]['key']} has a device median of" in err
 
 
+def test_a_gate_json_whose_cases_failed_is_refused_for_a_result_where_they_ran(tmp_path, capsys):
+    # a failed case has no median to compare: a broken run's verdicts ("newly-failing ... max error")
+    # had been drawn over a good run's result, the report reading both "2 regressions" and "ok"
+    recs = _records()
+    result = tmp_path / "bench.json"
+    result.write_text(json.dumps({"benchmarks": [{"name": k, "extra_info": r.to_extra_info()} for k, r in recs.items()]}))
+    other = _gate(recs)
+    for case in other["cases"]:
+        case["cur_outcome"] = recs[case["key"]].outcome
+    gate = tmp_path / "gate.json"
+    gate.write_text(json.dumps(other))
+    assert cli.main(["report", str(result), "--gate-json", str(gate)]) == 0  # its own outcomes: taken
+    broken = other["cases"][0]
+    broken.update(verdict="newly-failing", flags=["newly-failing"], gating=True, cur_outcome="numerics",
+                  cur_median_ms=None)
+    gate.write_text(json.dumps(other))
+    status = cli.main(["report", str(result), "--gate-json", str(gate)])
+    assert status == cli.EXIT_INPUT
+    assert f"not the verdicts of {result}: {broken['key']} is numerics there and ok in the result" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("bad", ['{"foo": 1}', '{"cases": []}', '{"compared": true}'])
 def test_an_object_that_is_not_a_gate_json_is_refused(tmp_path, capsys, bad):
     result = tmp_path / "bench.json"
