@@ -53,7 +53,8 @@ def _judge(old: bl.Run, new: bl.Run, args: argparse.Namespace,
 def _emit(cmp: Comparison, args: argparse.Namespace, out, last: summary.Summary) -> None:
     head = summary.markdown_lines(last, report.md_escape)
     if args.format == "json":
-        print(json.dumps({**cmp.to_json(), "verdict_line": last.verdict}, indent=1), file=out)
+        print(json.dumps({**cmp.to_json(), "verdict_line": last.verdict, "simulated": last.simulated or None},
+                         indent=1), file=out)
     elif args.format == "markdown":
         print(report.markdown_diff(cmp, head=head), file=out)
     else:
@@ -65,6 +66,8 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out, last: summary.Summary)
         for line in report.reported_lines(cmp):
             print(f"NOT GATING {line}", file=out)
         print(last.verdict, file=out)
+        if last.simulated:  # every format says it (the markdown had, the table had not)
+            print(last.simulated, file=out)
     if args.markdown or args.step_summary:  # --step-summary alone had been ignored without a word
         text = report.markdown_diff(cmp, head=head)
         if args.markdown:

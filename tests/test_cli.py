@@ -409,3 +409,13 @@ def test_report_of_an_interrupted_run_says_so_in_its_summary_and_html(interrupte
     assert code == 0
     assert "INTERRUPTED (interrupted after 1 of 3 selected cases; 2 did not run)" in out
     assert "INTERRUPTED (interrupted after 1 of 3 selected cases; 2 did not run)" in html.read_text()
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "json"])
+def test_compare_says_in_every_format_that_the_new_run_carried_an_injected_slowdown(tmp_path, fmt):
+    # the markdown said SIMULATED; the default table said only PASS over a slowed run
+    old = write_result(tmp_path / "old.json", [rec("a"), rec("b")])
+    slowed = write_result(tmp_path / "new.json", [rec("a", median_ms=1.3, extra={"injected_ms": 0.3}), rec("b")])
+    code, out = run_cli("compare", old, slowed, "--format", fmt, "--gate", "report")
+    line = "SIMULATED: 1 case ran with a slowdown injected (--attn-inject-slowdown: a (1))"
+    assert code == 0 and line in (json.loads(out)["simulated"] if fmt == "json" else out), out
