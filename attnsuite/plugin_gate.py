@@ -728,11 +728,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             _usage_error(session, state, str(exc))
             return
         state.comparison = cmp
-        _write_markdown(config, state, report.markdown_diff(cmp, head=_summary_markdown(config, run.records, cmp)))
-        _write_gate_json(config, state, cmp.to_json(), run.records)
-        if cmp.failed and mode == "enforce" and not recording:
-            for v in cmp.regressions:
-                _fail_session(session, v)
     else:
         state.lines.extend(lookup_lines(lookup))
     recorded = False
@@ -741,6 +736,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             # a fallback is another machine's file: this machine's measurements go into its own
             path = bl.baseline_path_for(run.fingerprint, _baselines_dir(config))
         recorded = _record(session, state, run, path, interrupted)
+    cmp = state.comparison
+    if cmp is not None:
+        # written after recording, so that gate.md, the gate JSON and the last screen say it happened (a
+        # recording run had advised "refresh the baseline" and its summary never said it had)
+        cmp.recorded = str(path) if recorded else ""
+        _write_markdown(config, state, report.markdown_diff(cmp, head=_summary_markdown(config, run.records, cmp)))
+        _write_gate_json(config, state, cmp.to_json(), run.records)
+        if cmp.failed and mode == "enforce" and not recording:
+            for v in cmp.regressions:
+                _fail_session(session, v)
     if state.comparison is None and mode != "off":
         # after recording, so the last screen and gate.md say what became of the recording
         required = bool(config.getoption("--attn-require-baseline")) and not recording

@@ -141,7 +141,10 @@ def gate_lines(cmp: Comparison) -> list[str]:
 
 def improvement_advice(cmp: Comparison) -> str:
     """How to keep the improvements' figures: recording the whole run would record its regressions
-    too (as their new figures, silently), so with any regression only the improved cases."""
+    too (as their new figures, silently), so with any regression only the improved cases. A run that
+    was recorded already kept them: it says so."""
+    if cmp.recorded:
+        return f"this run was recorded into {cmp.recorded}, which now holds their new figures"
     if not cmp.regressions:
         return "refresh the baseline (--attn-record-baseline, or attnsuite record) to keep the new figures"
     return ("to keep their new figures record these cases alone (attnsuite record <this run's JSON> --case KEY, "

@@ -322,6 +322,9 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
         regs = cmp.regressions
         verdict = comparison_verdict(cmp, gate_mode, failed_counts(records))
         base = list(cmp.header) or [f"baseline: {cmp.baseline_label}"]  # the header names the baseline
+        if cmp.recorded:  # compared with the baseline as it was, then written into it
+            base.insert(0, f"RECORDED: compared with the baseline as it was, then this run was recorded into "
+                           f"{cmp.recorded}")
         if cmp.out_of_scope:
             base.append(out_of_scope_line(cmp.out_of_scope, cmp.interrupted))
         reg_lines = [regression_line(v) for v in regs]

@@ -804,6 +804,9 @@ class Comparison:
     gate_mode: str = "enforce"
     # the run stopped early: its scope is what it ran, so "outside the scope" includes what it never reached
     interrupted: bool = False
+    # the baseline file this run was recorded into after the comparison ("" when it was not): reports
+    # then say the figures were kept, not advise keeping them
+    recorded: str = ""
 
     @property
     def failed(self) -> bool:
@@ -882,6 +885,7 @@ class Comparison:
             "header": list(self.header),
             "fallback": self.fallback,
             "promise": self.promise,
+            "recorded": self.recorded or None,
             "calibration": {"baseline": self.base_calibration, "current": self.cur_calibration},
             "cases": [v.to_json() for v in self.verdicts],
         }

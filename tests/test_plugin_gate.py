@@ -194,6 +194,29 @@ def test_a_recording_session_never_reads_fail_over_a_job_that_passed(project):
     res.stdout.fnmatch_lines(["baseline recorded: *"])
 
 
+@pytest.mark.parametrize("recording", [True, False], ids=["a recording run", "a run that records nothing"])
+def test_a_recording_run_says_it_kept_the_improvements_and_never_advises_recording(project, recording):
+    # a recording run had advised "refresh the baseline (--attn-record-baseline ...)" over figures it had
+    # just recorded, and its summary and gate.md had never said it recorded
+    record(project)
+    doctor(project, "alpha", median_ms=8.0)  # this run's 2.0 ms is an improvement
+    res = project.runpytest(*QUIET, *(["--attn-record-baseline"] if recording else []),
+                            "--attn-markdown", "gate.md", "--attn-gate-json", "g.json")
+    assert res.ret == 0
+    out, md = res.stdout.str(), (project.path / "gate.md").read_text()
+    recorded = json.loads((project.path / "g.json").read_text())["recorded"]
+    said = f"this run was recorded into {project.path / BASELINE}, which now holds their new figures"
+    advice = "refresh the baseline (--attn-record-baseline, or attnsuite record) to keep the new figures"
+    if recording:
+        assert recorded == str(project.path / BASELINE)
+        assert f"1 improvement: {said}" in out and advice not in out and advice not in md
+        head = md.split("Cases:")[0]  # the summary's head, as the last screen's (markdown-escaped)
+        assert "> RECORDED: compared with the baseline as it was, then this run was recorded into " in head
+        assert head.split("> RECORDED")[1].split("\n")[0].endswith(f"{FP['id']}.json")
+    else:
+        assert recorded is None and f"1 improvement: {advice}" in out and "RECORDED" not in out
+
+
 def test_a_corrupt_baseline_is_a_usage_error_naming_the_file(project):
     record(project)
     (project.path / BASELINE).write_text('{"schema": "attnsuite-baseline", "version": 1, "cases": {')
