@@ -671,6 +671,18 @@ def _session_records(config: pytest.Config) -> dict[str, Any]:
     return {item.record.key: item.record for item in landed}
 
 
+WRITTEN = ("baseline recorded:", "baseline NOT recorded", "markdown diff written to", "gate JSON written to")
+
+
+def written_lines(config: pytest.Config) -> list[str]:
+    """What this run wrote, in the gate's words (the benchmark JSON, gate.md and gate JSON, a baseline
+    recorded or why not): said when a Ctrl-C cuts the summary that would have shown it."""
+    state: Optional[GateState] = config.stash.get(_STATE, None)
+    json_path = plugin_bench.benchmark_json_path(config)
+    lines = [f"benchmark JSON written to {json_path}"] if json_path is not None and json_path.exists() else []
+    return lines + [line for line in (state.lines if state is not None else ()) if line.startswith(WRITTEN)]
+
+
 def _write_markdown(config: pytest.Config, state: GateState, text: str) -> None:
     md_path = config.getoption("--attn-markdown")
     text = report.without_root(text, config.rootpath)  # read in a PR: paths as the repository names them

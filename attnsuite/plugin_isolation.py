@@ -144,6 +144,23 @@ class RaisedInterrupt:
         self.installed = False
         self.previous: Any = None
         self.previous_term: Any = None
+        self.summarising: Optional[pytest.Config] = None  # set once the run's files are written
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+        # pytest prints the summary after every pytest_sessionfinish hook has run: the benchmark
+        # JSON, the gate's files and a recorded baseline are written by now; only the screen is left
+        self.summarising = config
+
+    def _after_the_run(self) -> None:
+        """A Ctrl-C while the summary prints: the run had finished, so say what it wrote and stop
+        (pytest's interrupted status) instead of a traceback from wherever the summary was. It had
+        shown a 60-line traceback with no word that the baseline had been recorded."""
+        from . import plugin_gate  # imported by now (a sibling plugin): no import at signal time
+
+        written = plugin_gate.written_lines(self.summarising) if self.summarising is not None else []
+        pytest.exit("attnsuite: interrupted while the summary was printed; the run itself had finished"
+                    + "".join(f"\n  {line}" for line in written), returncode=pytest.ExitCode.INTERRUPTED)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.signalled = True
@@ -154,6 +171,8 @@ class RaisedInterrupt:
         self.signalled = True
         if self.previous is signal.SIG_IGN:
             return
+        if self.summarising is not None:
+            self._after_the_run()
         if callable(self.previous):
             self.previous(signum, frame)
         raise KeyboardInterrupt
@@ -189,7 +208,7 @@ class RaisedInterrupt:
 def pytest_report_header(config: pytest.Config) -> Optional[list[str]]:
     # code from outside the repository: named on the command line or in the environment, or loaded
     # from an installed package's entry point (the registry keeps each variant's origin)
-    external = (config.getoption("--attn-variants") or os.environ.get("ATTNSUITE_VARIANTS")
+    external = (config.getoption("--attn-variants", default=None) or os.environ.get("ATTNSUITE_VARIANTS")
                 or registry.external_variants())
     under_xdist = bool(getattr(config.option, "numprocesses", None))
     if not external or under_xdist or hasattr(config, "workerinput") or config.getoption("benchmark_only", False):

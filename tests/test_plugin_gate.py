@@ -217,6 +217,22 @@ def test_a_recording_run_says_it_kept_the_improvements_and_never_advises_recordi
         assert recorded is None and f"1 improvement: {advice}" in out and "RECORDED" not in out
 
 
+def test_a_ctrl_c_while_the_summary_prints_says_what_the_run_wrote_without_a_traceback(project):
+    # after the baseline was written, a Ctrl-C during the summary had shown a 60-line traceback from
+    # inside another plugin's summary hook, and no word that the baseline had been recorded
+    project.makeconftest(CONFTEST.replace('pytest_plugins = ["attnsuite.plugin_gate"]',
+                                          'pytest_plugins = ["attnsuite.plugin_gate", "attnsuite.plugin_isolation"]')
+                         + "\n\ndef pytest_terminal_summary(terminalreporter):\n"
+                           "    import os, signal\n    os.kill(os.getpid(), signal.SIGINT)\n")
+    res = project.runpytest_subprocess(*QUIET, "--attn-record-baseline", "--attn-markdown", "gate.md")
+    text = res.stdout.str() + res.stderr.str()
+    assert res.ret == pytest.ExitCode.INTERRUPTED, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert "attnsuite: interrupted while the summary was printed; the run itself had finished" in text
+    assert f"baseline recorded: {project.path / BASELINE}" in text and "markdown diff written to gate.md" in text
+    assert json.loads((project.path / BASELINE).read_text())["cases"]
+
+
 def test_a_corrupt_baseline_is_a_usage_error_naming_the_file(project):
     record(project)
     (project.path / BASELINE).write_text('{"schema": "attnsuite-baseline", "version": 1, "cases": {')
