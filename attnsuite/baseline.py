@@ -367,7 +367,8 @@ def _major(version: Optional[str], parts: int) -> Optional[str]:
     return ".".join(core.split(".")[:parts])
 
 
-def compatibility(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+def compatibility(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[Mapping[str, Any]], *,
+                  names: tuple[str, str] = ("baseline", "this run")) -> tuple[list[str], list[str]]:
     """Why two machines must not be compared (refusals) and what differs but is tolerated (notes).
 
     Refused: a different GPU model (or GPU against CPU), a different torch major.minor, a different
@@ -375,12 +376,14 @@ def compatibility(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[Mapping
     different CPU model of CPU-only runs is a note when architecture and core count are known and
     equal (the times are then a rough guide: see :func:`find_baseline`), a refusal when they cannot
     be checked. Noted: driver, cuDNN, triton, minor torch/CUDA differences, and on CUDA the host's
-    CPU model and architecture. An absent fingerprint cannot be checked: that is a note.
+    CPU model and architecture. An absent fingerprint cannot be checked: that is a note. ``names``
+    are the two sides as the messages call them (two runs being combined are not a baseline).
     """
+    first, second = names
     refusals: list[str] = []
     notes: list[str] = []
     if not base_fp or not cur_fp:
-        which = "baseline" if not base_fp else "this run"
+        which = first if not base_fp else second
         notes.append(f"{which} has no machine fingerprint: the machines were not checked to match")
         return refusals, notes
     bg, cg = fp_get(base_fp, "gpu"), fp_get(cur_fp, "gpu")
@@ -388,45 +391,45 @@ def compatibility(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[Mapping
     bn, cn = fp_cores(base_fp), fp_cores(cur_fp)
     bc, cc = fp_get(base_fp, "cpu"), fp_get(cur_fp, "cpu")
     if bg != cg:
-        refusals.append(f"GPU model differs: baseline {bg or 'no GPU'}, this run {cg or 'no GPU'}")
+        refusals.append(f"GPU model differs: {first} {bg or 'no GPU'}, {second} {cg or 'no GPU'}")
     elif not bg:  # CPU-only runs: the CPU is the device
         if ba and ca and ba != ca:
-            refusals.append(f"architecture differs (CPU-only runs): baseline {ba}, this run {ca}")
+            refusals.append(f"architecture differs (CPU-only runs): {first} {ba}, {second} {ca}")
         if bn and cn and bn != cn:
-            refusals.append(f"logical cores usable differ (CPU-only runs): baseline {bn}, this run {cn}")
+            refusals.append(f"logical cores usable differ (CPU-only runs): {first} {bn}, {second} {cn}")
         if bc and cc and bc != cc:
             if ba and ca and bn and cn:
-                notes.append(f"CPU model differs: baseline {bc}, this run {cc} (same architecture and core "
+                notes.append(f"CPU model differs: {first} {bc}, {second} {cc} (same architecture and core "
                              "count: times are a rough guide)")
             else:
                 refusals.append(f"CPU model differs (CPU-only runs) and the architecture or core count is not "
-                                f"recorded to show the machines alike: baseline {bc}, this run {cc}")
+                                f"recorded to show the machines alike: {first} {bc}, {second} {cc}")
     else:  # same GPU: the host only moves host overhead and host-bound cases
         if bc and cc and bc != cc:
-            notes.append(f"host CPU differs: baseline {bc}, this run {cc}")
+            notes.append(f"host CPU differs: {first} {bc}, {second} {cc}")
         if ba and ca and ba != ca:
-            notes.append(f"host architecture differs: baseline {ba}, this run {ca}")
+            notes.append(f"host architecture differs: {first} {ba}, {second} {ca}")
     bt, ct = fp_get(base_fp, "torch"), fp_get(cur_fp, "torch")
     if _major(bt, 2) != _major(ct, 2):
-        refusals.append(f"torch major.minor version differs: baseline {bt}, this run {ct}")
+        refusals.append(f"torch major.minor version differs: {first} {bt}, {second} {ct}")
     elif bt != ct:
-        notes.append(f"torch differs: baseline {bt}, this run {ct}")
+        notes.append(f"torch differs: {first} {bt}, {second} {ct}")
     bcu, ccu = fp_get(base_fp, "cuda"), fp_get(cur_fp, "cuda")
     if _major(bcu, 1) != _major(ccu, 1):
-        refusals.append(f"CUDA major version differs: baseline {bcu or 'none'}, this run {ccu or 'none'}")
+        refusals.append(f"CUDA major version differs: {first} {bcu or 'none'}, {second} {ccu or 'none'}")
     elif bcu != ccu:
-        notes.append(f"CUDA differs: baseline {bcu}, this run {ccu}")
+        notes.append(f"CUDA differs: {first} {bcu}, {second} {ccu}")
     for what in ("driver", "cudnn", "triton"):
         b, c = fp_get(base_fp, what), fp_get(cur_fp, what)
         if b != c:
-            notes.append(f"{what} differs: baseline {b or 'none'}, this run {c or 'none'}")
+            notes.append(f"{what} differs: {first} {b or 'none'}, {second} {c or 'none'}")
     return refusals, notes
 
 
 def check_compatible(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[Mapping[str, Any]], *,
-                     allow_mismatch: bool = False) -> list[str]:
+                     allow_mismatch: bool = False, names: tuple[str, str] = ("baseline", "this run")) -> list[str]:
     """Raise :class:`FingerprintMismatch` unless comparable (or allowed); return the notes."""
-    refusals, notes = compatibility(base_fp, cur_fp)
+    refusals, notes = compatibility(base_fp, cur_fp, names=names)
     if refusals and not allow_mismatch:
         raise FingerprintMismatch(refusals)
     return [f"compared despite: {r}" for r in refusals] + notes
@@ -803,7 +806,7 @@ def validate_baseline_json(obj: Any) -> list[str]:
     out = []
     fp = obj.get("fingerprint")
     if not isinstance(fp, dict):
-        out.append("missing field \"fingerprint\" (an object)")
+        out.append(_field_problem(obj, "fingerprint", "an object"))
     else:
         out.extend(fingerprint_problems(fp))
         if not fp.get("id") or not isinstance(fp.get("id"), str):
@@ -817,7 +820,7 @@ def validate_baseline_json(obj: Any) -> list[str]:
                            f"{fp['device']!r}: which machine the baseline is for cannot be told")
     cases = obj.get("cases")
     if not isinstance(cases, dict):
-        out.append("missing field \"cases\" (an object of case key to entry)")
+        out.append(_field_problem(obj, "cases", "an object of case key to entry"))
     else:
         for key, e in cases.items():
             out.extend(validate_entry(key, e))
@@ -1510,18 +1513,37 @@ def _record_calibration(baseline: Baseline, new: Optional[dict[str, Any]], recor
     baseline.calibration = new
 
 
+def _field_problem(obj: Mapping[str, Any], name: str, expected: str) -> str:
+    """A top-level field that is absent, or present with the wrong type, in the words that fit."""
+    if name not in obj:
+        return f"missing field \"{name}\" ({expected})"
+    return f"field \"{name}\" is {_json_type(obj[name])}, expected {expected}"
+
+
+def _json_type(value: Any) -> str:
+    """A JSON value's type as JSON names it (a list is an array, None is null)."""
+    for kind, name in ((bool, "a boolean"), (dict, "an object"), (list, "an array"), (str, "a string"),
+                       ((int, float), "a number")):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
 def check_same_cpu_model(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[Mapping[str, Any]], *,
-                         allow_mismatch: bool = False) -> None:
+                         allow_mismatch: bool = False, first: str = "the baseline was recorded",
+                         second: str = "this run is") -> None:
     """Refuse to put CPU-only numbers of two CPU models into one baseline (recording into another
     model's file, or combining runs of two models): another model's baseline may stand in for
     comparing (a fallback, see :func:`find_baseline`), but mixing them would relabel one machine's
-    numbers as the other's. :class:`FingerprintMismatch` unless ``allow_mismatch``."""
+    numbers as the other's. :class:`FingerprintMismatch` unless ``allow_mismatch``. ``first`` says
+    what ``base_fp`` is and ``second`` what ``cur_fp`` is (when runs are combined: "the first run is",
+    "another is")."""
     if allow_mismatch or device_kind(cur_fp) != "cpu" or device_kind(base_fp) != "cpu":
         return
     theirs, ours = fp_get(base_fp, "cpu"), fp_get(cur_fp, "cpu")
     if theirs and ours and theirs != ours:
         own = safe_file_stem(fingerprint_id(cur_fp) or "id")
-        raise FingerprintMismatch([f"the baseline was recorded on {theirs}, this run is on {ours}: another CPU "
+        raise FingerprintMismatch([f"{first} on {theirs}, {second} on {ours}: another CPU "
                                    "model's baseline is compared with as a fallback, never recorded into or combined "
                                    f"with; record this machine's own file ({own}.json)"])
 

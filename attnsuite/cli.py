@@ -419,8 +419,9 @@ def main(argv: Optional[Sequence[str]] = None, out=None) -> int:
     except (bl.InputFileError, ThresholdsError) as exc:
         print(f"attnsuite {args.command}: error: {exc}", file=sys.stderr)
     except bl.FingerprintMismatch as exc:
-        print(f"attnsuite {args.command}: refusing to compare runs from different machines: {exc} "
-              "(--allow-mismatch overrides)", file=sys.stderr)
+        doing = "record runs of different machines into one baseline" if args.command == "record" else \
+            "compare runs from different machines"
+        print(f"attnsuite {args.command}: refusing to {doing}: {exc} (--allow-mismatch overrides)", file=sys.stderr)
     except ValueError as exc:
         print(f"attnsuite {args.command}: error: {exc}", file=sys.stderr)
     return EXIT_INPUT

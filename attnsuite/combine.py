@@ -151,8 +151,10 @@ def combine_runs(runs: Sequence[Run], allow_mismatch: bool = False) -> Combined:
         raise ValueError("combine_runs needs at least one run")
     first = runs[0]
     for other in runs[1:]:
-        check_compatible(first.fingerprint, other.fingerprint, allow_mismatch=allow_mismatch)
-        check_same_cpu_model(first.fingerprint, other.fingerprint, allow_mismatch=allow_mismatch)
+        check_compatible(first.fingerprint, other.fingerprint, allow_mismatch=allow_mismatch,
+                         names=("the first run", "another run"))
+        check_same_cpu_model(first.fingerprint, other.fingerprint, allow_mismatch=allow_mismatch,
+                             first="the first run is", second="another is")
     keys = sorted({k for r in runs for k in r.records})
     records: dict[str, CaseRecord] = {}
     disagreeing: dict[str, list[str]] = {}

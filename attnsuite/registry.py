@@ -619,7 +619,15 @@ def load_external(spec: str, module_name: Optional[str] = None) -> None:
     if not spec:
         return
     if not _is_path(spec):
-        importlib.import_module(spec)
+        try:
+            importlib.import_module(spec)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (spec == exc.name or spec.startswith(exc.name + ".")):
+                raise  # the module was found and one of its own imports is missing: its error says which
+            raise ModuleNotFoundError(
+                f"{exc}: a module name is imported from this Python's path; make the package importable "
+                f"(PYTHONPATH=<the folder that holds {exc.name}>, or pip install -e . in this environment), "
+                "or name the file itself (a path to the .py file or package folder)", name=exc.name) from None
         _remember((spec, None))
         return
     path = Path(spec).expanduser().resolve()

@@ -130,6 +130,9 @@ def _valid(tmp_path):
     (lambda t, o: json.dumps({**o, "version": 7}), "schema version 7 is newer"),
     (lambda t, o: json.dumps({k: v for k, v in o.items() if k != "fingerprint"}), "missing field \"fingerprint\""),
     (lambda t, o: json.dumps({k: v for k, v in o.items() if k != "cases"}), "missing field \"cases\""),
+    (lambda t, o: json.dumps({**o, "cases": list(o["cases"].values())}),
+     "field \"cases\" is an array, expected an object of case key to entry"),
+    (lambda t, o: json.dumps({**o, "fingerprint": None}), "field \"fingerprint\" is null, expected an object"),
     (lambda t, o: json.dumps({**o, "schema": "other"}), "not an attnsuite baseline"),
     (lambda t, o: json.dumps({"benchmarks": []}), "this is a pytest-benchmark result file"),
     (lambda t, o: json.dumps({**o, "cases": {k: {kk: vv for kk, vv in e.items() if kk != "outcome"}
@@ -141,7 +144,7 @@ def _valid(tmp_path):
     (lambda t, o: json.dumps({**o, "cases": {k: {**e, "outcome": "crashed"} for k, e in o["cases"].items()}}),
      "unknown outcome 'crashed'"),
 ], ids=["empty file", "truncated file", "corrupt JSON", "a list", "old version", "newer version",
-        "no fingerprint", "no cases", "another schema", "a result file given as baseline",
+        "no fingerprint", "no cases", "cases as a list", "a null fingerprint", "another schema", "a result file given as baseline",
         "a case without outcome", "a time that is text", "a key that does not match", "an unknown outcome"])
 def test_a_malformed_baseline_is_refused_naming_the_file_and_the_problem(tmp_path, doctor, needle):
     good = _valid(tmp_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from attnsuite import cli
-from gatehelp import FP_H100, fp, rec, write_result
+from gatehelp import FP_CPU, FP_H100, fp, rec, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -419,3 +419,16 @@ def test_compare_says_in_every_format_that_the_new_run_carried_an_injected_slowd
     code, out = run_cli("compare", old, slowed, "--format", fmt, "--gate", "report")
     line = "SIMULATED: 1 case ran with a slowdown injected (--attn-inject-slowdown: a (1))"
     assert code == 0 and line in (json.loads(out)["simulated"] if fmt == "json" else out), out
+
+
+def test_record_of_two_cpu_models_says_it_refuses_to_record_not_to_compare(tmp_path, capsys):
+    # it had said "refusing to compare runs from different machines ... the baseline was recorded on"
+    # over two result files being recorded
+    amd = {**FP_CPU, "cpu_model": "AMD EPYC"}
+    a = write_result(tmp_path / "a.json", [rec("a", device_ms=None, timer="perf_counter")], fingerprint=amd)
+    b = write_result(tmp_path / "b.json", [rec("a", device_ms=None, timer="perf_counter")],
+                     fingerprint={**amd, "cpu_model": "Intel Xeon"})
+    code, _ = run_cli("record", a, b, "--baseline", tmp_path / "base.json")
+    err = capsys.readouterr().err
+    assert code == 2 and "refusing to record runs of different machines into one baseline: CPU model differs" in err
+    assert "the first run AMD EPYC, another run Intel Xeon" in err and "baseline AMD" not in err, err

@@ -69,6 +69,22 @@ def test_missing_external_module_is_a_clear_error():
         registry.load_external("does_not_exist.py")
 
 
+def test_a_module_name_python_cannot_find_says_how_to_make_it_importable():
+    # ATTNSUITE_VARIANTS=my_pkg.attention_variants from a project folder had ended in a bare
+    # "No module named 'my_pkg'"
+    with pytest.raises(ModuleNotFoundError, match=r"No module named 'no_such_pkg_x'.*PYTHONPATH=<the folder that "
+                                                  r"holds no_such_pkg_x>.*or name the file itself"):
+        registry.load_external("no_such_pkg_x.attention_variants")
+
+
+def test_a_found_module_whose_own_import_is_missing_keeps_that_error(tmp_path, monkeypatch):
+    (tmp_path / "uses_missing_dep.py").write_text("import no_such_dependency_y\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError) as info:
+        registry.load_external("uses_missing_dep")
+    assert str(info.value) == "No module named 'no_such_dependency_y'"  # the module's own, not a path hint
+
+
 def test_external_variant_is_checked_like_a_builtin(pytester):
     """The README's way: --attn-variants PATH; the variant runs through the generic checks and passes."""
     pytester.syspathinsert(REPO)
