@@ -509,6 +509,9 @@ def _assess(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) -> _F
         if f.tchange > basis.band:
             f.flags.append("slower")
             f.msgs["slower"] = f"slower by {f.tchange * 100:.1f}% ({what})"
+            held = clock_note(cur, basis.label.startswith("device"))
+            if held:
+                f.notes.append(held)
         elif f.tchange < 1.0 / (1.0 + basis.band) - 1.0:
             # the mirror of "slower" on the ratio (base/cur above 1 + band): a change cannot fall below
             # -100%, so "-band" had made a 5x speed-up "same" wherever the band is 100% or more (CPU)
@@ -550,6 +553,21 @@ def _assess(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) -> _F
     if cur.materialises and not base.materialises:
         f.notes.append("now materialises the L x L scores (fused kernel fell back?)")
     return f
+
+
+def clock_note(rec: CaseRecord, device_time: bool) -> str:
+    """Why a slower reading may be the GPU's clock, not the code ("" when nothing says so): the GPU held
+    its clock down (a power cap, heat) while the judged time was measured, by the sample the record
+    keeps (``extra["gpu_state"]``, attnsuite.gpu_state). On a fresh H200, 139 of 687 cases were
+    device-timed under the software power cap, one at 1590 MHz against 1980 for its event timing,
+    and that case read 9.5% slower (docs/gate.md)."""
+    states = (rec.extra or {}).get("gpu_state")
+    state = states.get("device-timed" if device_time else "timed") if isinstance(states, dict) else None
+    if not isinstance(state, dict) or not state.get("reasons"):
+        return ""
+    what = "device time" if device_time else "timed samples"
+    return (f"this run's {what} ran with the GPU holding its clock down ({', '.join(map(str, state['reasons']))}, "
+            f"{state.get('sm_mhz', '?')} MHz): a lower clock reads as slower code")
 
 
 def confirm_record(cur: CaseRecord) -> tuple[Optional[CaseRecord], str]:

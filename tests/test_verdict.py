@@ -67,6 +67,23 @@ def test_slower_says_by_how_much_and_which_noise_band():
     assert "slower by 25.0%" in v.message and "2.000 ms -> 2.500 ms" in v.message and "3.0%" in v.message
 
 
+CAPPED = {"sm_mhz": 1590, "power_w": 290.6, "temp_c": 58, "reasons": ["software power cap"]}
+FULL = {"sm_mhz": 1980, "power_w": 277.0, "temp_c": 44, "reasons": []}
+
+
+@pytest.mark.parametrize("states, ms, said", [
+    ({"timed": FULL, "device-timed": CAPPED}, 2.5, True),    # slower, device-timed under the power cap
+    ({"timed": CAPPED, "device-timed": FULL}, 2.5, False),   # the cap was on the samples not judged
+    ({"timed": FULL, "device-timed": FULL}, 2.5, False),     # no reason held the clock down
+    ({"timed": FULL, "device-timed": CAPPED}, 2.02, False),  # within noise: nothing to explain
+], ids=["slower while capped", "capped in the other measurement", "not capped", "not slower"])
+def test_a_slower_case_timed_while_the_gpu_held_its_clock_down_says_so(states, ms, said):
+    # a fresh H200 read latent-expanded 9.5% slower, its device time taken at 1590 MHz under the power cap
+    v = judge(rec(median_ms=2.0), rec(median_ms=ms, extra={"gpu_state": states}), T)
+    note = "this run's device time ran with the GPU holding its clock down (software power cap, 1590 MHz)"
+    assert (note in v.message) == said and any(n.startswith(note) for n in v.notes) == said, v.message
+
+
 def test_slower_and_bigger_case_carries_both_findings_with_slower_first():
     v = judge(rec(), rec(median_ms=1.5, peak_mem_bytes=300 << 20), T)
     assert v.flags == ("slower", "memory-growth")
