@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import pytest
 
-from . import problem_file, registry
+from . import import_limit, problem_file, registry
 
 PROBLEM_FILES = pytest.StashKey[list]()  # the problems files this session loaded (resolved paths)
 
@@ -36,6 +36,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="MODULE_OR_PATH",
         help="import variants from a module name, a .py file or a package folder outside the repo (repeatable; "
         "also ATTNSUITE_VARIANTS=a,b and the 'attnsuite.variants' entry-point group)",
+    )
+    group.addoption(
+        "--attn-import-timeout",
+        default=import_limit.DEFAULT_S,
+        metavar="SECONDS",
+        help=f"stop the run, naming the module and where it hangs, when one variants module from outside "
+        f"(entry point, ATTNSUITE_VARIANTS, --attn-variants) takes longer to import (default "
+        f"{import_limit.DEFAULT_S:g}; 0 for no limit)",
     )
     group.addoption(
         "--attn-problems",
@@ -136,6 +144,10 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in SUBPLUGINS:
         if not config.pluginmanager.has_plugin(name):
             config.pluginmanager.import_plugin(name)
+    try:
+        registry.IMPORT_LIMIT_S = import_limit.parse(config.getoption("--attn-import-timeout"))
+    except ValueError as exc:
+        raise pytest.UsageError(f"attnsuite: {exc}") from None
     try:
         registry.load_all(config.getoption("--attn-variants"))
     except Exception as exc:  # a broken external module must say which one and why

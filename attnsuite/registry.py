@@ -29,6 +29,7 @@ from typing import Any, Callable, ClassVar, Iterable, Optional
 
 import torch
 
+from . import import_limit
 from .exits import OsExitCalled, os_exit_raises
 from .problem import MASK_KINDS, Problem
 from .tolerance import ACCURACY_CLASSES
@@ -776,10 +777,10 @@ def _exit_at_import(exc: SystemExit | OsExitCalled) -> ImportError:
 
 
 def _load_from(origin: str, load: Callable[[], Any]) -> None:
-    """Run ``load`` and remember ``origin`` for each variant it registered."""
+    """Run ``load`` (within the import time limit) and remember ``origin`` for each variant it registered."""
     before = set(_REGISTRY)
     try:
-        with os_exit_raises():
+        with os_exit_raises(), import_limit.limited(origin, IMPORT_LIMIT_S):
             load()
     except (SystemExit, OsExitCalled) as exc:
         raise _exit_at_import(exc) from None
@@ -821,9 +822,15 @@ def named_sources(external: Iterable[str] = ()) -> tuple[str, ...]:
     return tuple(out)
 
 
+# How long one variants module (an entry point, ATTNSUITE_VARIANTS, --attn-variants) may take to import
+# (import_limit); the pytest plugin sets it from --attn-import-timeout.
+IMPORT_LIMIT_S: Optional[float] = import_limit.DEFAULT_S
+
+
 def load_all(external: Iterable[str] = ()) -> None:
     """Built-in variants, entry points, the ``ATTNSUITE_VARIANTS`` variable, then ``external``; then
-    every variant's family is checked (:func:`check_families`)."""
+    every variant's family is checked (:func:`check_families`). Each module from outside is imported
+    within :data:`IMPORT_LIMIT_S`."""
     load_builtin()
     load_entry_points()
     for where, spec in _named(external):
