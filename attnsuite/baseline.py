@@ -1355,6 +1355,9 @@ class MergeSummary:
     def __str__(self) -> str:
         text = (f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged, "
                 f"{len(self.removed)} removed")
+        if self.removed:  # what --prune erased, by name: the user must be able to see it was what they meant
+            names = sorted(self.removed)
+            text += f" ({', '.join(names[:5])}{f' and {len(names) - 5} more' if len(names) > 5 else ''})"
         if self.kept:
             text += (f"; {len(self.kept)} measured case(s) kept, not replaced by this run's failure or a skip it caused "
                      f"(e.g. {', '.join(self.kept[:3])}): a failing case stays a failure for the gate")
@@ -1585,8 +1588,8 @@ def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[st
                              "baseline is left as it was)")
     workloads, cases = list(workloads), list(cases)
     chosen = select_records(one.records, workloads=workloads, cases=cases)
-    if not chosen:
-        asked = " ".join([f"--workload {w}" for w in workloads] + [f"--case {c}" for c in cases])
+    asked = " ".join([f"--workload {w}" for w in workloads] + [f"--case {c}" for c in cases])
+    if not chosen and not prune:
         raise ValueError(f"{asked}: {none_of(len(one.records), 'case')} of {one.label} passes: nothing to record "
                          "(the baseline is left as it was)")
     inside = selection_of(list(sources) or [one], workloads=workloads, cases=cases) if prune else None
@@ -1595,6 +1598,13 @@ def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[st
         existing = _baseline_from_bytes(current, path, str(lock.real)) if current is not None else None
         baseline, summary = merge_into(existing, chosen, one.fingerprint, prune_inside=inside,
                                        allow_mismatch=allow_mismatch, calibration=one.calibration)
+        if not chosen and not summary.removed:
+            # --prune with a filter no case of the run passes removes what the run lacks (a variant taken
+            # out of the code: it had been refused as "nothing to record"); removing nothing either, it is
+            # the typo it was refused as
+            raise ValueError(f"{asked}: {none_of(len(one.records), 'case')} of {one.label} passes and no baseline "
+                             f"case inside it is absent from the run: nothing to record or prune (the baseline is "
+                             "left as it was)")
         baseline.path = str(path)
         _save_locked(baseline, lock, current)
     return summary

@@ -132,3 +132,22 @@ def test_merge_into_removes_only_what_the_selection_holds(tmp_path):
     inside = bl.Selection(scopes=(Scope(modes=frozenset({"fwd"})),))
     merged, summary = bl.merge_into(base, {}, {"id": "x"}, prune_inside=inside)
     assert set(merged.cases) == {rec("b", mode="bwd").key} and summary.removed == [rec("a").key]
+
+
+def test_a_variant_taken_out_of_the_code_is_pruned_by_its_case_filter_alone_and_named(tmp_path):
+    # `attnsuite record run.json --case 'fa-sweep/b/*' --prune` had been refused "nothing to record":
+    # the run no longer has b, which is the point, and there was no other way to drop its entries
+    base = baseline_of(tmp_path, [rec("a"), rec("b")])
+    out, _ = prune(tmp_path, [rec("a")], Scope(workloads=frozenset({"fa-sweep"})), "--case", "*/b/*")
+    assert cases(base) == {rec("a").key}
+    assert f"0 added, 0 updated, 0 unchanged, 1 removed ({rec('b').key})" in out
+
+
+def test_a_case_filter_that_neither_records_nor_prunes_is_refused_and_writes_nothing(tmp_path):
+    base = baseline_of(tmp_path, [rec("a"), rec("b")])
+    before = base.read_bytes()
+    code, _ = run_cli("record", write_scoped(tmp_path / "run.json", [rec("a")], Scope(workloads=frozenset({"fa-sweep"}))),
+                      "--baseline", base, "--prune", "--case", "*/typo/*")
+    assert code == 2 and base.read_bytes() == before
+    code, _ = run_cli("record", tmp_path / "run.json", "--baseline", base, "--case", "*/b/*")  # without --prune
+    assert code == 2 and base.read_bytes() == before
