@@ -47,7 +47,8 @@ SCHEMA = {
             "workflow_dispatch": {"type": ["object", "null"]}, "schedule": {"type": "array"}}},
         "permissions": {"type": "object", "additionalProperties": {"enum": ["read", "write", "none"]}},
         "concurrency": {"type": "object", "required": ["group"], "additionalProperties": False,
-                        "properties": {"group": {"type": "string"}, "cancel-in-progress": {"type": "boolean"}}},
+                        "properties": {"group": {"type": "string"},
+                                       "cancel-in-progress": {"type": ["boolean", "string"]}}},
         "env": {"type": "object"},
         "jobs": {"type": "object", "minProperties": 1, "additionalProperties": {
             "type": "object",
@@ -498,3 +499,14 @@ def test_gpu_workflow_uploads_the_ab_results_too():
     upload = next(s for s in steps(load("gpu.yml")) if s.get("uses", "").startswith("actions/upload-artifact"))
     for path in ("results/gate.json", "results/ab.md", "results/ab.json", "results/ab/"):
         assert path in upload["with"]["path"].split(), path
+
+
+@pytest.mark.parametrize("name", ["cpu.yml", "gpu.yml"])
+@pytest.mark.parametrize("event, cancels", [("pull_request", True), ("push", False), ("workflow_dispatch", False)])
+def test_a_newer_run_cancels_an_older_one_only_on_a_pull_request(name, event, cancels):
+    # cancel-in-progress: true had cancelled the gate run of an earlier push to main, so the commit
+    # that regressed could go unjudged
+    value = load(name)["concurrency"]["cancel-in-progress"]
+    expr = value.strip().removeprefix("${{").removesuffix("}}").strip() if isinstance(value, str) else None
+    assert expr is not None, f"{name}: cancel-in-progress is {value!r}, expected an expression"
+    assert evaluate(expr, {"github.event_name": event}) is cancels
