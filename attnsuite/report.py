@@ -247,7 +247,9 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
     out += [q for q in quoted if q not in head]
     if out[-1] != "":
         out.append("")
-    out.append(f"{counts}. Baseline: {md_escape(cmp.baseline_label)}; compared with {md_escape(cmp.current_label)}.")
+    # the sides as the comparison names them: an A/B has a base tree and a head tree, not a baseline
+    reference = cmp.side_names[0][:1].upper() + cmp.side_names[0][1:]
+    out.append(f"{counts}. {reference}: {md_escape(cmp.baseline_label)}; compared with {md_escape(cmp.current_label)}.")
     for line in list(context) + cmp.notes:
         out.append(f"> {md_escape(line)}")
     out.append("")

@@ -263,14 +263,17 @@ def numerics_line(records: Mapping[str, CaseRecord]) -> str:
             continue
         check = str((r.extra or {}).get("numerics_check") or "")
         how["oracle" if check == "oracle" else "spot" if check.startswith("spot:")
-            else "finite" if check.startswith("finite") else "other"] += 1
-    if not how:
+            else "finite" if check.startswith("finite") else "unsaid" if not check else "other"] += 1
+    if not how or set(how) == {"unsaid"}:
+        # records that keep no check (a baseline's entries, a run of older code): nothing to say; it
+        # had read "numerics of the 458 ok cases: 458 otherwise" for a compare of two baselines
         return ""
     parts = [f"{how['oracle']} against the whole float64 oracle" if how["oracle"] else "",
              f"{how['spot']} on spot rows (outputs too large for it)" if how["spot"] else "",
              f"{how['finite']} checked to be finite only (no row-wise oracle for them: layer families, decode "
              "steps, approximate classes)" if how["finite"] else "",
-             f"{how['other']} otherwise" if how["other"] else ""]
+             f"{how['other']} otherwise" if how["other"] else "",
+             f"{how['unsaid']} not saying how" if how["unsaid"] else ""]
     return (f"numerics of the {sum(how.values())} ok cases: " + ", ".join(p for p in parts if p)
             + " (each case's extra.numerics_check in the JSON)")
 

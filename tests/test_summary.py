@@ -318,6 +318,14 @@ def test_the_summary_says_how_the_ok_cases_numerics_were_checked():
     assert summary.build(_records(cpu("boom", None, outcome="error", detail="x")), None).checked == ""
 
 
+def test_records_that_keep_no_numerics_check_are_not_counted_as_checked_otherwise():
+    # `attnsuite compare` of two baselines (whose entries keep no check) had said "numerics of the 458
+    # ok cases: 458 otherwise"
+    assert summary.build(_records(cpu("a", 1.0), cpu("b", 1.0)), None).checked == ""
+    mixed = summary.build(_records(cpu("a", 1.0, extra={"numerics_check": "oracle"}), cpu("b", 1.0)), None).checked
+    assert mixed.startswith("numerics of the 2 ok cases: 1 against the whole float64 oracle, 1 not saying how")
+
+
 def test_a_run_with_an_injected_slowdown_says_so_at_the_top_of_the_summary_and_gate_md():
     # --attn-inject-slowdown had left no trace in the last screen or gate.md: its times read as the code's own
     records = _records(cpu("sdpa", 1.5, extra={"injected_ms": 0.5}),
