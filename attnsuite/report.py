@@ -182,7 +182,9 @@ def terminal_table(cmp: Comparison, *, show_same: bool = False, max_rows: int = 
             out.append(cell.ljust(w) if i < 3 or i == len(cells) - 1 else cell.rjust(w))
         return "  ".join(out).rstrip()
 
-    lines = header_lines(cmp) + [line(header), line(["-" * w for w in widths])] + [line(r) for r in body]
+    # no row, no column heads: a header over nothing had read as a table that lost its rows
+    table = [line(header), line(["-" * w for w in widths])] + [line(r) for r in body] if body else []
+    lines = header_lines(cmp) + table
     if len(rows) > max_rows:
         lines.append(f"... {len(rows) - max_rows} more rows")
     hidden = len(cmp.verdicts) - len(rows)

@@ -332,7 +332,8 @@ def test_the_markdown_states_its_verdict_in_bold_and_names_its_sides_base_and_he
     assert tables and all("| base | head |" in line and "this run" not in line for line in tables), tables
     assert "Baseline:" not in text and ". Base: base HEAD (" in text  # had read "Baseline: base HEAD"
     status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo)], FakeRunner(head_slower(fraction)))
-    assert any(line.split()[3:5] == ["base", "head"] for line in out.splitlines() if line.startswith("verdict ")), out
+    heads = [line.split()[3:5] for line in out.splitlines() if line.startswith("verdict ")]
+    assert all(h == ["base", "head"] for h in heads) and (bool(heads) == (fraction > 0)), out  # no rows, no heads
 
 
 def test_report_mode_measures_and_reports_but_exits_zero_and_never_reads_fail(repo, tmp_path):

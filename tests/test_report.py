@@ -51,6 +51,15 @@ def test_a_passing_diff_says_pass_and_has_no_regression_section():
     assert "✅ pass" in md and "Regressions" not in md
 
 
+def test_a_terminal_table_of_unchanged_cases_only_has_no_column_heads_over_no_rows():
+    cmp = compare(by_key([rec("a"), rec("b")]), by_key([rec("a"), rec("b")]))
+    lines = report.terminal_table(cmp).splitlines()
+    assert not any(line.startswith("verdict ") or line.startswith("---") for line in lines), lines
+    assert "(2 unchanged cases not shown)" in lines and lines[-1] == cmp.summary()
+    shown = report.terminal_table(cmp, show_same=True).splitlines()
+    assert any(line.startswith("verdict ") for line in shown)  # with rows, the heads are back
+
+
 def test_terminal_table_lists_changed_cases_and_the_summary_line():
     text = report.terminal_table(_mixed_comparison())
     assert text.splitlines()[0].split()[:2] == ["verdict", "case"]
