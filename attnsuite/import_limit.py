@@ -55,16 +55,25 @@ def limited(what: str, seconds: Optional[float]) -> Iterator[None]:
         sys.stderr.write(f"\nattnsuite: {what} was still importing after {seconds:g} s (--attn-import-timeout): "
                          "a module that hangs while imported stops the run. Where each thread was:\n")
         sys.stderr.flush()
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        faulthandler.dump_traceback(file=_stderr_fd(), all_threads=True)
         sys.stderr.write(f"attnsuite: stopped: {what} hung while imported (exit status {EXIT_STATUS})\n")
         sys.stderr.flush()
         REAL_EXIT(EXIT_STATUS)
 
     watcher = threading.Thread(target=expire, name="attnsuite-import-limit", daemon=True)
     watcher.start()
-    faulthandler.dump_traceback_later(seconds + min(seconds, FALLBACK_GRACE_S), exit=True)
+    faulthandler.dump_traceback_later(seconds + min(seconds, FALLBACK_GRACE_S), exit=True, file=_stderr_fd())
     try:
         yield
     finally:
         done.set()
         faulthandler.cancel_dump_traceback_later()
+
+
+def _stderr_fd() -> int:
+    """The descriptor faulthandler writes to: sys.stderr's, or the process's own 2 where sys.stderr has
+    none (a captured stream in an in-process pytest run, an IDE's console): faulthandler needs a real one."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return 2

@@ -65,3 +65,13 @@ def test_the_limit_reads_seconds_and_zero_for_none(value, seconds):
 def test_a_limit_that_is_not_a_number_of_seconds_is_refused_naming_the_option(value):
     with pytest.raises(ValueError, match=f"--attn-import-timeout '{value}': expected a number of seconds"):
         import_limit.parse(value)
+
+
+def test_the_limit_works_where_sys_stderr_has_no_descriptor(monkeypatch):
+    # an in-process pytest run (pytester) captures sys.stderr in a stream without fileno(): the limit
+    # had made every variant load there fail with "UnsupportedOperation: fileno"
+    import io
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with import_limit.limited("a module", 5.0):
+        pass
