@@ -157,12 +157,17 @@ def pytest_configure(config: pytest.Config) -> None:
     except problem_file.ProblemFileError as exc:
         raise pytest.UsageError(f"attnsuite: {exc}") from None  # names ATTNSUITE_PROBLEMS or --attn-problems
     # "a,b" as well as "--attn-only a --attn-only b", read once here for every plugin after this one
-    given = config.getoption("--attn-only")
-    empty = [v for v in given if not v.strip(" ,")]
-    if empty:  # `--attn-only=$UNSET` had selected every variant
-        raise pytest.UsageError(f"attnsuite: --attn-only: {empty[0]!r} names no variant (an unset shell variable?); "
-                                "leave the option out to select every variant")
-    config.option.attn_only = [n.strip() for v in given for n in v.split(",") if n.strip()]
+    # (--attn-workload too: attnsuite ab already read its values so, and a,b had been "unknown")
+    for option, what in (("--attn-only", "variant"), ("--attn-workload", "workload")):
+        given = config.getoption(option, default=None)
+        if given is None:  # the benchmarks plugin, which declares --attn-workload, is not loaded
+            continue
+        empty = [v for v in given if not v.strip(" ,")]
+        if empty:  # `--attn-only=$UNSET` had selected every variant
+            raise pytest.UsageError(f"attnsuite: {option}: {empty[0]!r} names no {what} (an unset shell variable?); "
+                                    f"leave the option out to select every {what}")
+        setattr(config.option, option[2:].replace("-", "_"),
+                [n.strip() for v in given for n in v.split(",") if n.strip()])
     for name in config.getoption("--attn-only"):
         try:
             registry.get(name)

@@ -58,7 +58,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--attn-dtype", default=None, choices=("float32", "bfloat16", "float16", "float64"),
                     help="run every workload in this dtype (default: each entry's own; bf16 full, fp32 quick)")
     group.addoption("--attn-workload", action="append", default=[], metavar="NAME",
-                    help=f"benchmark only these workloads (repeatable): {', '.join(workloads.WORKLOADS)}")
+                    help=f"benchmark only these workloads (repeatable, or comma-separated): "
+                         f"{', '.join(workloads.WORKLOADS)}")
     group.addoption("--attn-mode", action="append", default=[], choices=MODES,
                     help="benchmark only these modes (repeatable): fwd, bwd, fwd+bwd, decode (the layers that "
                          "declare incremental decoding)")

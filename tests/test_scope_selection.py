@@ -213,3 +213,24 @@ def test_a_baseline_case_the_run_no_longer_has_is_judged_when_k_selects_it(bench
             text.getvalue()[-3000:]
     else:
         _assert_judged_only_the_selection(res)
+
+
+@pytest.mark.parametrize("option", ["--attn-workload", "--attn-only"])
+def test_a_comma_list_selects_what_the_repeated_option_selects(pytester, monkeypatch, option):
+    # `--attn-workload=llama3-70b,fa-sweep` had been refused as one unknown workload, while
+    # --attn-only and attnsuite ab both read "a,b" as two names
+    pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
+    shutil.copytree(ROOT / "bench", pytester.path / "bench")
+    monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
+    names = ("decode", "video-wm") if option == "--attn-workload" else ("sdpa", "explicit")
+    base = ("bench", "--benchmark-only", "-p", "no:cacheprovider", "--collect-only", "-q", "--attn-device=cpu",
+            "--attn-tier=quick")
+
+    def collected(*args: str) -> list[str]:
+        res = pytester.runpytest(*base, *args)
+        assert res.ret == 0, res.stdout.str()[-2000:] + res.stderr.str()[-2000:]
+        return sorted(line for line in res.stdout.lines if "::" in line)
+
+    repeated = collected(*[f"{option}={n}" for n in names])
+    assert repeated and collected(f"{option}={','.join(names)}") == repeated
+    assert collected(f"{option}={names[0]}") != repeated  # the second name is not ignored
