@@ -61,9 +61,9 @@ def limited(what: str, seconds: Optional[float]) -> Iterator[None]:
         REAL_EXIT(EXIT_STATUS)
 
     watcher = threading.Thread(target=expire, name="attnsuite-import-limit", daemon=True)
-    watcher.start()
-    faulthandler.dump_traceback_later(seconds + min(seconds, FALLBACK_GRACE_S), exit=True, file=_stderr_fd())
-    try:
+    try:  # everything started inside: whatever fails, the finally stands the watchers down
+        watcher.start()
+        faulthandler.dump_traceback_later(seconds + min(seconds, FALLBACK_GRACE_S), exit=True, file=_stderr_fd())
         yield
     finally:
         done.set()

@@ -75,3 +75,20 @@ def test_the_limit_works_where_sys_stderr_has_no_descriptor(monkeypatch):
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     with import_limit.limited("a module", 5.0):
         pass
+
+
+def test_a_limit_that_fails_to_start_leaves_no_watcher_to_end_the_process_later(monkeypatch):
+    # faulthandler failing after the watcher thread started had left the thread running: 600 s later
+    # it ended the process (an xdist worker, in the suite's own tests)
+    import faulthandler
+    import threading
+
+    def refuse(*args, **kwargs):
+        raise ValueError("no descriptor")
+
+    monkeypatch.setattr(faulthandler, "dump_traceback_later", refuse)
+    with pytest.raises(ValueError, match="no descriptor"):
+        with import_limit.limited("a module", 0.5):
+            pass
+    time.sleep(1.0)  # past the limit: a watcher left running would have ended this process by now
+    assert not [t for t in threading.enumerate() if t.name == "attnsuite-import-limit"]
