@@ -209,3 +209,44 @@ def test_the_weight_check_still_names_a_wrong_load_and_passes_a_right_one():
         wrong.message
     right = checks.check_loaded_weights(registry.get("layer-separate-qkv"), layer_problem())
     assert right.passed, right.message
+
+
+# ------------------------------------------------- 4. a built function that keeps its first K/V
+
+
+class StaleKV(KernelVariant):
+    """SDPA on the K/V its built function saw first (``fixed``: on each call's own K/V)."""
+
+    masks = frozenset({"none", "causal"})
+
+    def __init__(self, name: str, fixed: bool = False) -> None:
+        self.name, self.fixed = name, fixed
+
+    def build(self, problem):
+        kept: dict = {}
+
+        def run(q, k, v):
+            if self.fixed or "kv" not in kept:
+                kept["kv"] = (k.detach().clone(), v.detach().clone())
+            k0, v0 = kept["kv"]
+            return torch.nn.functional.scaled_dot_product_attention(q, k0, v0, is_causal=problem.mask.kind == "causal")
+        return run
+
+
+NO_MASK = Problem(batch=1, lq=16, lk=16, hq=2, hkv=2, dqk=16, dv=16, mask=Mask("none"), dtype="float32")
+
+
+@pytest.mark.parametrize("earlier", [(), ("forward", "causality", "strided")], ids=["alone", "after-other-checks"])
+@pytest.mark.parametrize("fixed", [False, True], ids=["keeps its first K/V", "reads each call's K/V"])
+def test_a_kernel_that_reuses_its_first_calls_kv_is_caught_by_the_repeat_check(earlier, fixed):
+    # every check had called a built function on one set of values: this variant passed all 19 of
+    # its tests on unmasked problems (a first-time user's trial)
+    variant, cache = StaleKV("test-stale-kv", fixed=fixed), {}
+    for check in earlier:
+        checks.CHECKS[check](variant, NO_MASK, cache=cache)
+    result = checks.check_repeat(variant, NO_MASK, cache=cache)
+    assert result.passed == fixed, result.message
+    if not fixed:
+        assert "test-stale-kv: a call on other values of the same shapes (input seed 1) is wrong where a freshly " \
+               "built instance gets them right: the built function reuses data from an earlier call" in result.message
+        assert "output" in result.message and "bound" in result.message  # how far off, as every check says
