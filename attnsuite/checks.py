@@ -85,17 +85,36 @@ def library_roots() -> tuple[str, ...]:
     return tuple(os.path.join(r, "") for r in roots)
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, outermost first."""
+    chain: list[BaseException] = []
+    current: Optional[BaseException] = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return chain
+
+
 def traceback_text(exc: BaseException, tail: int = 3) -> str:
     """The traceback's last ``tail`` frames, and before them the last frame of the variant's own code
     when those are all library frames: an error raised deep inside Triton's interpreter had shown only
-    Triton's frames, never the line of the kernel that caused it."""
+    Triton's frames, never the line of the kernel that caused it. The interpreter re-raises a kernel's
+    error as ``InterpreterError(...) from e``: the kernel's own line is then in the cause's frames,
+    and is shown first (with the launch line of the error's own frames after it)."""
     frames = traceback.extract_tb(exc.__traceback__)
     shown = list(frames[-tail:])
     roots = library_roots()
-    own = [f for f in frames if not os.path.abspath(f.filename).startswith(roots)]
-    prepended = bool(own) and own[-1] not in shown
+
+    def own_frames(e: BaseException) -> list:
+        return [f for f in traceback.extract_tb(e.__traceback__) if not os.path.abspath(f.filename).startswith(roots)]
+
+    own = own_frames(exc)
+    # the innermost cause's own frame (a kernel's line under an interpreter that re-raised its error)
+    deeper = next((o[-1] for o in (own_frames(c) for c in reversed(_causes(exc)[1:])) if o), None)
+    lead = [f for f in (deeper, own[-1] if own else None) if f is not None and f not in shown]
+    prepended = bool(lead)
     if prepended:
-        shown = [own[-1]] + shown
+        shown = lead + shown
     # the header says what is shown: it had promised the variant's frame first where that frame was
     # simply among the innermost ones, after the suite's
     lines = ["Traceback (the variant's last own frame, then the innermost frames):\n" if prepended

@@ -141,6 +141,40 @@ def test_a_variant_that_raises_deep_inside_a_library_is_shown_at_its_own_line(tm
     assert text.startswith("Traceback (the variant's last own frame, then the innermost frames):"), text
 
 
+def test_an_error_a_library_re_raised_from_the_kernels_own_shows_the_kernels_line(tmp_path, monkeypatch):
+    # Triton's interpreter re-raises a kernel's error as `InterpreterError(repr(e)) from e`: the kernel's
+    # line is only in the cause's frames, and the failure had shown the launch line and Triton's frames
+    import importlib
+
+    from attnsuite import checks
+
+    lib = tmp_path / "site" / "triton"
+    lib.mkdir(parents=True)
+    (lib / "__init__.py").write_text("")
+    (lib / "interp.py").write_text(
+        "class InterpreterError(Exception):\n    pass\n\n"
+        "def run(kernel):\n    try:\n        kernel()\n    except Exception as e:\n"
+        "        raise InterpreterError(repr(e)) from e\n")
+    mine_dir = tmp_path / "mine"
+    mine_dir.mkdir()
+    (mine_dir / "my_triton.py").write_text(
+        "from triton import interp\n\n\ndef fwd():\n    acc = 0\n    acc = not_a_function(acc)  # the kernel's line\n\n\n"
+        "def launch():\n    interp.run(fwd)  # the launch line\n")
+    monkeypatch.syspath_prepend(str(mine_dir))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "triton", raising=False)
+    monkeypatch.delitem(sys.modules, "triton.interp", raising=False)
+    mine = importlib.import_module("my_triton")
+    try:
+        mine.launch()
+    except Exception as exc:
+        text = checks.traceback_text(exc)
+    assert "acc = not_a_function(acc)  # the kernel's line" in text, text
+    assert "interp.run(fwd)  # the launch line" in text  # and where it was launched
+    assert text.index("the kernel's line") < text.index("the launch line")
+    assert text.rstrip().endswith("InterpreterError: NameError(\"name 'not_a_function' is not defined\")"), text
+
+
 def test_a_traceback_whose_raising_line_is_among_the_innermost_frames_says_so_in_its_header():
     # the header had promised "the variant's last own frame" first, above the suite's frames
     from attnsuite import checks
