@@ -115,6 +115,15 @@ def unexercised_defects(items) -> list[str]:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
+        "--attn-rank-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="distributed checks: how long every rank of a variant may take to answer one call before it is "
+        "called hung and the ranks are stopped (default 60 on CPU, 120 on CUDA); after a hang the variant's "
+        "other distributed tests on that world size are skipped",
+    )
+    parser.addoption(
         "--attn-compiled-problems",
         type=int,
         default=None,
