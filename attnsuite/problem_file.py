@@ -156,10 +156,13 @@ def _check_size(where: str, problem: Problem, *, oracle: bool) -> None:
                                "larger than any device holds")
 
 
-def problem_from(where: str, fields: dict[str, Any], device: str = "cpu") -> Problem:
-    """A :class:`Problem` from a file's table of fields (defaults: lk = lq, hkv = hq, dv = dqk)."""
+def problem_from(where: str, fields: dict[str, Any], device: str = "cpu",
+                 known: Optional[Iterable[str]] = None) -> Problem:
+    """A :class:`Problem` from a file's table of fields (defaults: lk = lq, hkv = hq, dv = dqk).
+    ``known``: the keys the entry may hold, as an unknown key's message lists them (default: every
+    field of a problem)."""
     _typed(where, "problem", fields, dict)
-    _unknown(where, fields, _PROBLEM_FIELDS)
+    _unknown(where, fields, _PROBLEM_FIELDS if known is None else known)
     for required in ("lq", "hq", "dqk"):  # Problem's own defaults (lq 17, ...) had stood in for a forgotten field
         if required not in fields:
             raise ProblemFileError(f"{where}: field {required!r} is required (lk, hkv and dv default to lq, hq and dqk)")
@@ -206,6 +209,11 @@ _NOT_IN_A_CORRECTNESS_PROBLEM = {
 }
 
 
+# what a correctness entry may hold, as its unknown-key message lists it: its own keys and the problem
+# fields it may set (it had listed dtype, device and dropout, refused there, and left out family and dtypes)
+_CORRECTNESS_KEYS = (set(_PROBLEM_FIELDS) - set(_NOT_IN_A_CORRECTNESS_PROBLEM)) | _PROBLEM_ENTRY_KEYS
+
+
 def _plain(problem: Problem) -> Problem:
     """The problem as an added one is compared: device and dtype left out (it takes the run's)."""
     return problem.with_(device="cpu", dtype="float32")
@@ -241,6 +249,9 @@ def _id_twin(problem: Problem, catalogue: Iterable[Problem], earlier: Iterable[P
 def _family(where: str, name: Any) -> registry.Family:
     _typed(where, "family", name, str)
     known = {f.name: f for f in registry.families()}
+    if not known:  # loaded from Python before any variant: the list had been empty
+        raise ProblemFileError(f"{where}: field 'family': no family is registered in this process yet; load the "
+                               "variants first (attnsuite.registry.load_all()), then the problems file")
     if name not in known:
         raise ProblemFileError(f"{where}: field 'family': unknown family {name!r}; known: {', '.join(sorted(known))}")
     return known[name]
@@ -291,7 +302,7 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
         for name, why in _NOT_IN_A_CORRECTNESS_PROBLEM.items():
             if name in fields:
                 raise ProblemFileError(f"{where}: field {name!r}: {why}")
-        problem = problem_from(where, fields)
+        problem = problem_from(where, fields, known=_CORRECTNESS_KEYS)
         _check_size(where, problem, oracle=True)
         twin = next((i for i, (f, q, _) in enumerate(problems) if f == family.name and q == problem), None)
         if twin is not None:  # it had been merged silently: one problem is checked once

@@ -290,3 +290,25 @@ def test_a_second_file_repeating_an_entry_already_registered_is_refused(tmp_path
     second = _write(tmp_path, GOOD, "b.json")  # the same content under another name
     with pytest.raises(problem_file.ProblemFileError, match="already has problem"):
         problem_file.load(second)
+
+
+def test_an_unknown_key_of_a_correctness_entry_lists_the_keys_that_entry_takes(tmp_path):
+    # it had listed device, dropout and dtype (each refused in a correctness entry) and left out family and dtypes
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"version": 1, "problems": [{"family": "attention", "lq": 8, "hq": 2, "dqk": 16,
+                                                            "causal": True}]}))
+    with pytest.raises(problem_file.ProblemFileError) as info:
+        problem_file.load(path)
+    known = str(info.value).split("known: ")[1].split(", ")
+    assert "unknown field(s) 'causal'" in str(info.value)
+    assert {"family", "dtypes", "mask", "lq"} <= set(known) and not {"device", "dropout", "dtype"} & set(known)
+
+
+def test_a_problems_file_loaded_before_any_family_says_to_load_the_variants_first(tmp_path, monkeypatch):
+    # from Python, before registry.load_all(): "unknown family 'attention'; known: " with an empty list
+    monkeypatch.setattr(registry, "families", lambda: [])
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(GOOD))
+    with pytest.raises(problem_file.ProblemFileError, match=r"no family is registered in this process yet; load "
+                                                            r"the variants first \(attnsuite.registry.load_all\(\)\)"):
+        problem_file.load(path)
