@@ -250,3 +250,16 @@ def test_a_kernel_that_reuses_its_first_calls_kv_is_caught_by_the_repeat_check(e
         assert "test-stale-kv: a call on other values of the same shapes (input seed 1) is wrong where a freshly " \
                "built instance gets them right: the built function reuses data from an earlier call" in result.message
         assert "output" in result.message and "bound" in result.message  # how far off, as every check says
+
+
+@pytest.mark.parametrize("fill, said", [(0.0, None), (float("nan"), "NaN"), (0.5, "other values (max |x| 0.5)")])
+def test_fully_masked_rows_are_reported_only_when_they_are_not_the_oracles_zeros(fill, said):
+    # a correct variant (zeros where a row sees no key, as the oracle defines) had warned on every run
+    import numpy as np
+
+    rows = np.array([True, False, True, False])
+    out = torch.ones(1, 1, 4, 2)
+    out[..., ~torch.from_numpy(rows), :] = fill
+    note = checks.fully_masked_report(out, rows)
+    assert note == ("" if said is None else f"reported: 2 fully masked query rows come out as {said} (not compared: "
+                                            "no softmax exists there)")
