@@ -109,10 +109,12 @@ class SkippedWholly:
     correctness test of this run skipped: the run read green having checked nothing of them (a
     variant declared for CUDA only, run on CPU: 316 skipped, exit 0, not a word).
 
-    Counted from the test reports by the variant in the test id (``[name@problem]``), so the xdist
-    controller, which never sees the items, counts too."""
+    Counted from the test reports by the variant in the test id (``[name@problem]``, ``[name]`` of the
+    property tests, ``[name[P=2]@problem-check]`` of the distributed ones), so the xdist controller,
+    which never sees the items, counts too. (Only ``[name@`` had been read: a variant whose one crash
+    was in a property test was said to have had none of its tests run.)"""
 
-    ID = re.compile(r"\[([^\]@\[]+)@")
+    ID = re.compile(r"::[^\[]*\[([^\]@\[]+)[\]@\[]")
 
     def __init__(self, watched: set[str]) -> None:
         self.watched = watched

@@ -178,3 +178,16 @@ def test_an_unknown_hypothesis_profile_is_a_usage_error_naming_the_ones_there_ar
                           cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-2000:] + done.stderr[-2000:]
     assert "HYPOTHESIS_PROFILE='bogus': no such hypothesis profile here (this suite has ci, dev" in done.stderr
+
+
+@pytest.mark.parametrize("crashed", ["t.py::test_random_problems[crasher]", "t.py::test_dist[crasher[P=2]@p1-forward]"],
+                         ids=["in a property test", "in a distributed test"])
+def test_a_crash_in_a_property_or_distributed_test_counts_as_a_test_that_ran(crashed):
+    # their ids have no "[name@": a variant whose one crash was in test_hypothesis.py had been said to have
+    # had "none of its 314 tests ran here"
+    from attnsuite.plugin import SkippedWholly
+
+    watched = SkippedWholly({"crasher"})
+    watched.pytest_runtest_logreport(_report(crashed, "failed", "???"))
+    watched.pytest_runtest_logreport(_report("t.py::test_b[crasher@p1]", "skipped", "setup", "took the process down"))
+    assert watched.lines() == []
