@@ -17,6 +17,8 @@ from typing import Any, Optional
 import pytest
 
 from . import import_limit, problem_file, registry
+from .problem import DTYPE_SHORT
+from .verdict import problem_dtype_device
 
 PROBLEM_FILES = pytest.StashKey[list]()  # the problems files this session loaded (resolved paths)
 
@@ -116,11 +118,13 @@ class SkippedWholly:
 
     ID = re.compile(r"::[^\[]*\[([^\]@\[]+)[\]@\[]")
 
-    def __init__(self, watched: set[str]) -> None:
+    def __init__(self, watched: set[str], dtypes_note: bool = True) -> None:
         self.watched = watched
+        self.dtypes_note = dtypes_note  # off where -k, -m or --attn-dtype chose the dtypes themselves
         self.ran: Counter = Counter()
         self.skipped: Counter = Counter()
         self.reason: dict[str, str] = {}
+        self.dtypes_ran: dict[str, set[str]] = {}  # short dtype names of the problems its tests that ran had
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         m = self.ID.search(report.nodeid)
@@ -133,12 +137,27 @@ class SkippedWholly:
                 self.reason.setdefault(name, str(report.longrepr[2]).removeprefix("Skipped: "))
         elif report.when == "call" or report.failed:  # a test that crashed its worker reports no "call"
             self.ran[name] += 1
+            problem_id = report.nodeid.split("@", 1)[1].rstrip("]") if "@" in report.nodeid else ""
+            dtype, _ = problem_dtype_device(problem_id) if problem_id else (None, None)
+            if dtype:
+                self.dtypes_ran.setdefault(name, set()).add(dtype)
 
     def lines(self) -> list[str]:
-        return [f"attnsuite: variant {name}: none of its {self.skipped[name]} tests ran here, every one was "
-                f"skipped (e.g. {textwrap.shorten(self.reason.get(name, '?'), 200, placeholder=' ...')}): nothing "
-                "of it was checked"
-                for name in sorted(self.watched) if self.skipped[name] and not self.ran[name]]
+        out = [f"attnsuite: variant {name}: none of its {self.skipped[name]} tests ran here, every one was "
+               f"skipped (e.g. {textwrap.shorten(self.reason.get(name, '?'), 200, placeholder=' ...')}): nothing "
+               "of it was checked"
+               for name in sorted(self.watched) if self.skipped[name] and not self.ran[name]]
+        for name in sorted(self.dtypes_ran) if self.dtypes_note else ():
+            # a declared dtype no test of the run had: its code path was never run (float16 on CPU, where the
+            # run's problems are float32, float64 and bfloat16), and the run had said nothing of it
+            declared = getattr(registry.get(name), "dtypes", None) or ()
+            unchecked = sorted(d for d in declared if DTYPE_SHORT.get(d, d) not in self.dtypes_ran[name])
+            if unchecked:
+                seen = sorted(long for long, short in DTYPE_SHORT.items() if short in self.dtypes_ran[name])
+                out.append(f"attnsuite: variant {name}: declares {', '.join(unchecked)}, which no test of this run "
+                           f"checked (its problems here were {', '.join(seen)}): --attn-dtype, or a run on CUDA for "
+                           "half precision, checks it")
+        return out
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -178,7 +197,8 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"attnsuite: --attn-only: {exc}{broken}") from None
     if not hasattr(config, "workerinput"):  # the controller (or the only process) reads every report
         watched = set(config.getoption("--attn-only")) | {v.name for v in registry.external_variants()}
-        config.pluginmanager.register(SkippedWholly(watched), "attnsuite-skipped-wholly")
+        chose_dtypes = any(config.getoption(o, default=None) for o in ("keyword", "markexpr", "--attn-dtype"))
+        config.pluginmanager.register(SkippedWholly(watched, dtypes_note=not chose_dtypes), "attnsuite-skipped-wholly")
         config.pluginmanager.register(CollectionCrashes(), "attnsuite-collection-crashes")
 
 

@@ -191,3 +191,30 @@ def test_a_crash_in_a_property_or_distributed_test_counts_as_a_test_that_ran(cra
     watched.pytest_runtest_logreport(_report(crashed, "failed", "???"))
     watched.pytest_runtest_logreport(_report("t.py::test_b[crasher@p1]", "skipped", "setup", "took the process down"))
     assert watched.lines() == []
+
+
+def test_a_declared_dtype_that_no_test_of_the_run_checked_is_named():
+    # a variant declaring float16 ran on CPU (float32, float64, bfloat16 problems): its float16 path,
+    # wrong, was never run, and nothing said so (a first-time user's trial)
+    from attnsuite import registry
+    from attnsuite.plugin import SkippedWholly
+
+    registry.load_builtin()
+    declared = sorted(registry.get("sdpa").dtypes)
+    assert "float16" in declared and "float32" in declared
+    watched = SkippedWholly({"sdpa"})
+    for dtype in ("fp32", "fp64"):
+        watched.pytest_runtest_logreport(_report(f"t.py::test_a[sdpa@b1-q3-h2-d16-causal-tl-{dtype}-cpu]", "passed",
+                                                 "call"))
+    unchecked = [d for d in declared if d not in ("float32", "float64")]
+    assert watched.lines() == [f"attnsuite: variant sdpa: declares {', '.join(unchecked)}, which no test of this run "
+                               "checked (its problems here were float32, float64): --attn-dtype, or a run on CUDA "
+                               "for half precision, checks it"]
+    chosen = SkippedWholly({"sdpa"}, dtypes_note=False)  # -k, -m or --attn-dtype chose the dtypes: no note
+    chosen.pytest_runtest_logreport(_report("t.py::test_a[sdpa@b1-q3-h2-d16-causal-tl-fp32-cpu]", "passed", "call"))
+    assert chosen.lines() == []
+    for d in unchecked:  # every declared dtype checked: nothing to say
+        short = {"bfloat16": "bf16", "float16": "fp16", "float64": "fp64", "float32": "fp32"}[d]
+        watched.pytest_runtest_logreport(_report(f"t.py::test_a[sdpa@b1-q3-h2-d16-causal-tl-{short}-cpu]", "failed",
+                                                 "call"))
+    assert watched.lines() == []
