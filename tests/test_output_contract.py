@@ -111,9 +111,11 @@ def test_the_causality_check_names_a_broken_output_before_comparing(monkeypatch,
         assert misleading not in result.message, result.message
 
 
-def test_a_variant_that_raises_deep_inside_a_library_is_shown_at_its_own_line(tmp_path, monkeypatch):
-    # an error raised deep in Triton's interpreter had shown only Triton's frames (limit=-3), never the
-    # kernel line that caused it
+def _traceback_through_a_library(tmp_path, monkeypatch, lib_module: str, lib_code: str, folder: str,
+                                 mine_module: str, mine_code: str) -> str:
+    """checks.traceback_text of the error ``mine_module.launch()`` raises, where ``triton.<lib_module>``
+    is a stand-in library under a site folder (so its frames count as a library's) and the user's
+    module sits in ``folder``."""
     import importlib
 
     from attnsuite import checks
@@ -121,21 +123,30 @@ def test_a_variant_that_raises_deep_inside_a_library_is_shown_at_its_own_line(tm
     lib = tmp_path / "site" / "triton"
     lib.mkdir(parents=True)
     (lib / "__init__.py").write_text("")
-    (lib / "deep.py").write_text("def a():\n    b()\n\ndef b():\n    c()\n\ndef c():\n    d()\n\n"
-                                 "def d():\n    raise AssertionError('input and other must have equal reduction dims')\n")
-    # the user's code sits in a folder named like the suite (a clone called "attnsuite"): still their own
-    mine_dir = tmp_path / "attnsuite"
+    (lib / f"{lib_module}.py").write_text(lib_code)
+    mine_dir = tmp_path / folder
     mine_dir.mkdir()
-    (mine_dir / "my_kernel.py").write_text("from triton import deep\n\n\ndef launch():\n    deep.a()  # the user's line\n")
+    (mine_dir / f"{mine_module}.py").write_text(mine_code)
     monkeypatch.syspath_prepend(str(mine_dir))
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.delitem(sys.modules, "triton", raising=False)
-    monkeypatch.delitem(sys.modules, "triton.deep", raising=False)
-    mine = importlib.import_module("my_kernel")
+    monkeypatch.delitem(sys.modules, f"triton.{lib_module}", raising=False)
     try:
-        mine.launch()
-    except AssertionError as exc:
-        text = checks.traceback_text(exc)
+        importlib.import_module(mine_module).launch()
+    except Exception as exc:
+        return checks.traceback_text(exc)
+    raise AssertionError("launch() raised nothing")
+
+
+def test_a_variant_that_raises_deep_inside_a_library_is_shown_at_its_own_line(tmp_path, monkeypatch):
+    # an error raised deep in Triton's interpreter had shown only Triton's frames (limit=-3), never the
+    # kernel line that caused it; the user's code sits in a folder named like the suite (a clone called
+    # "attnsuite"): still their own
+    text = _traceback_through_a_library(
+        tmp_path, monkeypatch, "deep",
+        "def a():\n    b()\n\ndef b():\n    c()\n\ndef c():\n    d()\n\n"
+        "def d():\n    raise AssertionError('input and other must have equal reduction dims')\n",
+        "attnsuite", "my_kernel", "from triton import deep\n\n\ndef launch():\n    deep.a()  # the user's line\n")
     assert "my_kernel.py" in text and "deep.a()  # the user's line" in text, text
     assert "in d" in text and "equal reduction dims" in text  # the innermost frames are kept too
     assert text.startswith("Traceback (the variant's last own frame, then the innermost frames):"), text
@@ -144,31 +155,14 @@ def test_a_variant_that_raises_deep_inside_a_library_is_shown_at_its_own_line(tm
 def test_an_error_a_library_re_raised_from_the_kernels_own_shows_the_kernels_line(tmp_path, monkeypatch):
     # Triton's interpreter re-raises a kernel's error as `InterpreterError(repr(e)) from e`: the kernel's
     # line is only in the cause's frames, and the failure had shown the launch line and Triton's frames
-    import importlib
-
-    from attnsuite import checks
-
-    lib = tmp_path / "site" / "triton"
-    lib.mkdir(parents=True)
-    (lib / "__init__.py").write_text("")
-    (lib / "interp.py").write_text(
+    text = _traceback_through_a_library(
+        tmp_path, monkeypatch, "interp",
         "class InterpreterError(Exception):\n    pass\n\n"
         "def run(kernel):\n    try:\n        kernel()\n    except Exception as e:\n"
-        "        raise InterpreterError(repr(e)) from e\n")
-    mine_dir = tmp_path / "mine"
-    mine_dir.mkdir()
-    (mine_dir / "my_triton.py").write_text(
+        "        raise InterpreterError(repr(e)) from e\n",
+        "mine", "my_triton",
         "from triton import interp\n\n\ndef fwd():\n    acc = 0\n    acc = not_a_function(acc)  # the kernel's line\n\n\n"
         "def launch():\n    interp.run(fwd)  # the launch line\n")
-    monkeypatch.syspath_prepend(str(mine_dir))
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.delitem(sys.modules, "triton", raising=False)
-    monkeypatch.delitem(sys.modules, "triton.interp", raising=False)
-    mine = importlib.import_module("my_triton")
-    try:
-        mine.launch()
-    except Exception as exc:
-        text = checks.traceback_text(exc)
     assert "acc = not_a_function(acc)  # the kernel's line" in text, text
     assert "interp.run(fwd)  # the launch line" in text  # and where it was launched
     assert text.index("the kernel's line") < text.index("the launch line")
