@@ -182,19 +182,26 @@ def check_forward(variant: Variant, problem: Problem, cache: Optional[dict] = No
         if not _contract(result, variant, problem, out, ref_out):
             return
         rows = live_rows(problem) if problem.level == "kernel" else None
+        _add(result, [_output_comparison(variant, problem, out, case.inputs.get("v"), ref_out, base_out, rows)])
         if variant.accuracy != "exact" and problem.tag == LARGE_LOGITS:
-            # the class's budget was measured at ordinary logits: here the output is held to what any
-            # softmax average gives, finite and inside the values' range (tolerance.compare_within_values)
-            _add(result, [compare_within_values(variant.accuracy, "output", out, case.inputs["v"], problem.hq, rows)])
             return
-        # the variant's declared accuracy class picks the rule: exact (compare) or its budget
-        _add(result, [compare_as(variant.accuracy, "output", out, ref_out, base_out, problem.dtype, "output", rows)])
         _zero_heads(result, out, ref_out, rows)
         note = fully_masked_report(out, rows) if rows is not None else ""
         if note:
             result.notes.append(note)
 
     return _guarded("forward", variant, problem, body)
+
+
+def _output_comparison(variant: Variant, problem: Problem, out: torch.Tensor, v: Optional[torch.Tensor], ref_out, base_out,
+                       rows: Optional[np.ndarray]) -> Comparison:
+    """An output against the oracle by the variant's declared accuracy class: exact (compare) or its
+    budget. At large logits an approximate class's budget (measured at ordinary logits) does not apply:
+    the output is held to what any softmax average gives, finite and inside the values' range
+    (tolerance.compare_within_values)."""
+    if variant.accuracy != "exact" and problem.tag == LARGE_LOGITS:
+        return compare_within_values(variant.accuracy, "output", out, v, problem.hq, rows)
+    return compare_as(variant.accuracy, "output", out, ref_out, base_out, problem.dtype, "output", rows)
 
 
 def _inputs_unchanged(result: CheckResult, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> None:
@@ -485,11 +492,11 @@ def check_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = Non
         with torch.no_grad():
             a = prepare(variant, problem, False, cache=cache).forward()
             # between the two: the same built function on other values of the same shapes
-            between = (prepare(variant, problem, False, inputs_np=other[1], cache=cache).forward()
-                       if other is not None else None)
+            between = prepare(variant, problem, False, inputs_np=other[1], cache=cache) if other is not None else None
+            between_out = between.forward() if between is not None else None
             b = prepare(variant, problem, False, cache=cache).forward()
         if other is not None:
-            _reads_each_calls_inputs(result, variant, problem, other, between)
+            _reads_each_calls_inputs(result, variant, problem, other, between, between_out)
         if variant.deterministic:
             if not same_bits(a, b):
                 diff = (a.double() - b.double()).abs()
@@ -538,29 +545,25 @@ def _other_values(variant: Variant, problem: Problem) -> Optional[tuple[Problem,
 
 
 def _reads_each_calls_inputs(result: CheckResult, variant: Variant, problem: Problem,
-                             other: tuple[Problem, dict], out: torch.Tensor) -> None:
-    """The call on other values against their own oracle. Every other check calls a built function on
-    one set of values (the causality check changes only future keys), so a variant that kept the K/V
-    of its first call and reused it passed them all (a first-time user's trial). A failure is blamed
-    on state only when a freshly built instance gets those values right; otherwise the forward check
-    of the other values would fail as well, and says why."""
+                             other: tuple[Problem, dict], case, out: torch.Tensor) -> None:
+    """The call on other values (``case``: the built function with ``other``'s inputs) against
+    their own oracle. Every other check calls a built function on one set of values (the causality
+    check changes only future keys), so a variant that kept the K/V of its first call and reused it
+    passed them all (a first-time user's trial). A failure is blamed on state only when a freshly
+    built instance gets those values right; otherwise the forward check of the other values would
+    fail as well, and says why."""
     other_problem, inputs_np = other
     ref_out, _ = reference(variant.family, other_problem)
     base_out, _ = base(variant.family, other_problem)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(np.shape(ref_out)):
         return  # the forward check names a broken output contract
     rows = live_rows(other_problem) if other_problem.level == "kernel" else None
-    if variant.accuracy != "exact" and other_problem.tag == LARGE_LOGITS:
-        found = compare_within_values(variant.accuracy, "output", out,
-                                      prepare(variant, problem, False, inputs_np=inputs_np).inputs["v"],
-                                      other_problem.hq, rows)
-    else:
-        found = compare_as(variant.accuracy, "output", out, ref_out, base_out, other_problem.dtype, "output", rows)
+    v = case.inputs.get("v")
+    found = _output_comparison(variant, other_problem, out, v, ref_out, base_out, rows)
     if found.passed:
         return
-    fresh = compare_as(variant.accuracy, "output", _fresh_output(variant, problem, inputs_np), ref_out, base_out,
-                       other_problem.dtype, "output", rows)
-    if not fresh.passed:
+    fresh = _fresh_output(variant, problem, inputs_np)
+    if not _output_comparison(variant, other_problem, fresh, v, ref_out, base_out, rows).passed:
         return
     result.passed = False
     result.details.append(

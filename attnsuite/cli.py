@@ -77,7 +77,7 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out, last: summary.Summary)
 
 
 def _check_outputs(files: dict[str, Optional[str]], folders: dict[str, Optional[str]] = {},
-                   inputs: dict[str, Optional[str]] = {}) -> None:
+                   inputs: Mapping[str, Optional[os.PathLike | str]] = {}) -> None:
     """Every output option checked before any work (ValueError naming it: exit 2, never the gate's 1),
     none of them one of the files read (``inputs``)."""
     why = output_options_problem(files, folders, inputs)
@@ -85,19 +85,16 @@ def _check_outputs(files: dict[str, Optional[str]], folders: dict[str, Optional[
         raise ValueError(why)
 
 
-def _thresholds_beside(reference: Optional[str]) -> Optional[str]:
-    """The thresholds file the gate reads beside a reference file (gate.thresholds_for), if one is there."""
-    if not reference:
-        return None
-    path = Path(reference).parent / bl.THRESHOLDS_FILE
-    return str(path) if path.is_file() else None
+def _thresholds_read(args: argparse.Namespace, reference: Optional[str]) -> Optional[Path]:
+    """The thresholds file a comparison with ``reference`` reads (the one lookup, gate.thresholds_path_for,
+    as :func:`_judge` calls it), or None when nothing is compared or the built-ins apply."""
+    return gate.thresholds_path_for(args.thresholds, Path(reference).parent) if reference else None
 
 
 def cmd_compare(args: argparse.Namespace, out) -> int:
     _check_outputs({"--markdown": args.markdown,
                     "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary)},
-                   inputs={"OLD": args.old, "NEW": args.new, "--thresholds": args.thresholds,
-                           "the thresholds file beside OLD": _thresholds_beside(args.old)})
+                   inputs={"OLD": args.old, "NEW": args.new, "the thresholds file": _thresholds_read(args, args.old)})
     old = bl.load_run(args.old)
     new = bl.load_run(args.new)
     for path, run in ((args.old, old), (args.new, new)):
@@ -199,8 +196,7 @@ def cmd_report(args: argparse.Namespace, out) -> int:
                     "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary or args.step_summary_top)},
                    {"--plots": args.plots},
                    inputs={"RESULT": args.result, "--baseline": args.baseline, "--gate-json": args.gate_json,
-                           "--thresholds": getattr(args, "thresholds", None),
-                           "the thresholds file beside --baseline": _thresholds_beside(args.baseline)})
+                           "the thresholds file": _thresholds_read(args, args.baseline)})
     run = bl.load_run(args.result)
     if not run.records:  # `record` refuses the same file: a report of nothing had exited 0
         raise bl.ResultFileError(args.result, "no case in it: nothing to report")

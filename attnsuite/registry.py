@@ -777,10 +777,11 @@ def _exit_at_import(exc: SystemExit | OsExitCalled) -> ImportError:
 
 
 def _load_from(origin: str, load: Callable[[], Any]) -> None:
-    """Run ``load`` (within the import time limit) and remember ``origin`` for each variant it registered."""
+    """Run ``load`` (code from outside within the import time limit: the built-ins, the suite's own, start
+    no watcher in every process) and remember ``origin`` for each variant it registered."""
     before = set(_REGISTRY)
     try:
-        with os_exit_raises(), import_limit.limited(origin, IMPORT_LIMIT_S):
+        with os_exit_raises(), import_limit.limited(origin, None if origin == BUILTIN_ORIGIN else IMPORT_LIMIT_S):
             load()
     except (SystemExit, OsExitCalled) as exc:
         raise _exit_at_import(exc) from None

@@ -24,7 +24,7 @@ import torch
 from attnsuite import checks, registry
 from attnsuite.distributed.bench import scaling_efficiency
 from attnsuite.distributed.check import CHECKS, OnRanks, run_check, skip_reason
-from attnsuite.distributed.launch import RankError, RankPool
+from attnsuite.distributed.launch import HUNG, RankError, RankPool
 from attnsuite.distributed.ring_attention import FAULTS
 from attnsuite.distributed.run import call
 from attnsuite.distributed.shard import contiguous, layout, validate, zigzag
@@ -92,7 +92,7 @@ def _cases(config: pytest.Config):
 # (variant, P) -> the test in which its ranks hung: each hang costs the whole rank timeout, so the
 # variant's other tests on that world size are skipped with the reason (one test per variant and world
 # size pays it, not every one: a hung variant had cost about 33 minutes with the default world sizes)
-HUNG: dict[tuple[str, int], str] = {}
+HUNG_IN: dict[tuple[str, int], str] = {}
 
 
 def rank_timeout(config: pytest.Config) -> float:
@@ -134,8 +134,8 @@ def test_distributed_variant_on_P_ranks_passes_the_check(name, P, problem, check
     reason = skip_reason(check, variant, problem)
     if reason:
         pytest.skip(reason)
-    if (name, P) in HUNG:
-        pytest.skip(f"{name} hung on P={P} ranks in {HUNG[(name, P)]}: its other tests on P={P} are skipped "
+    if (name, P) in HUNG_IN:
+        pytest.skip(f"{name} hung on P={P} ranks in {HUNG_IN[(name, P)]}: its other tests on P={P} are skipped "
                     "(--attn-rank-timeout sets how long ranks may take)")
     seen = variant.inner.known_defect(check, problem)  # declared by the variant (Variant.known_defects)
     if seen:
@@ -143,8 +143,8 @@ def test_distributed_variant_on_P_ranks_passes_the_check(name, P, problem, check
     result = run_check(check, variant, problem)
     if not result.passed and refusal(result.message):
         pytest.skip(f"{name} refused on {DEVICE} with P={P}: {refusal(result.message)}")
-    if not result.passed and "(hung); the ranks were stopped" in result.message:
-        HUNG[(name, P)] = f"{problem.id}-{check}"
+    if not result.passed and HUNG in result.message:
+        HUNG_IN[(name, P)] = f"{problem.id}-{check}"
     if not result.passed:  # the check's own message: not pytest's rewrite of the test's source
         pytest.fail(result.message, pytrace=False)
 

@@ -94,6 +94,10 @@ class RankError(RuntimeError):
     """A rank died, hung or raised; the message names the task, the rank and the world size."""
 
 
+# how a RankError says the ranks hung (the correctness tests skip a variant's other tests on it)
+HUNG = "(hung); the ranks were stopped"
+
+
 class RankPool:
     """P ranks of one process group on ``device`` ('cpu': gloo, 'cuda': NCCL, rank r on GPU r)."""
 
@@ -201,7 +205,7 @@ class RankPool:
                 if errors:
                     raise RankError(self._error_text(what, errors, missing))
                 raise RankError(f"{what}: rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
-                                f"of P={P} did not answer within {timeout_s:g} s (hung); the ranks were stopped")
+                                f"of P={P} did not answer within {timeout_s:g} s {HUNG}")
             try:
                 kind, rank, tid, body = self._results.get(timeout=min(0.2, max(deadline - now, 0.01)))
             except queue.Empty:
