@@ -102,6 +102,9 @@ class CaseRecord:
     #   "stderr_tail": last lines of a crashed or timed-out worker's stderr
     #   "triton_configs": kernel name -> the tile config its autotuner chose for this case
     #              (triton_support.choices): one machine's choice can differ from another's
+    #   "triton_tuning": kernel name -> {config: its autotune time in ms}, fastest first, for the kernels
+    #              this case tuned or read from Triton's cache (triton_support.tunings): how close the
+    #              chosen config's rivals timed
     #   "gpu_state": CUDA: the GPU's SM clock, power, temperature and slowdown reasons before the
     #              measurement ("start"), after the timed samples ("timed") and after device time
     #              ("device-timed") (gpu_state.sample): a reading taken at a lower clock shows there

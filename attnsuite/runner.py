@@ -598,6 +598,9 @@ def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: 
     tuned = triton_support.choices()
     if tuned:
         rec.extra["triton_configs"] = tuned
+    tuning = triton_support.tunings()
+    if tuning:
+        rec.extra["triton_tuning"] = tuning
     rec.timer = result.timer
     rec.first_call_ms = result.first_call_s * 1e3 if result.first_call_s is not None else None
     rec.median_ms = result.median_s * 1e3

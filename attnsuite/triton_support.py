@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import math
 import os
 import sys
 import warnings
@@ -137,10 +138,12 @@ _AUTOTUNERS: list[Any] = []
 
 
 def forget_choices() -> None:
-    """Clear the config each autotuned kernel last ran (``best_config``), before a case: what is set
-    after it is that case's own choice, and a kernel the case did not launch reports nothing."""
+    """Clear the config each autotuned kernel last ran (``best_config``) and the timings of its last
+    tuning (``configs_timings``), before a case: what is set after it is that case's own, and a kernel
+    the case did not launch (or did not tune) reports nothing."""
     for tuner in _AUTOTUNERS:
         tuner.best_config = None
+        tuner.configs_timings = None
 
 
 def config_text(config: Any) -> str:
@@ -159,8 +162,39 @@ def choices() -> dict[str, str]:
     for tuner in _AUTOTUNERS:
         config = getattr(tuner, "best_config", None)
         if config is not None:
-            fn = getattr(tuner, "base_fn", None) or getattr(tuner, "fn", None)
-            out[getattr(fn, "__name__", repr(fn))] = config_text(config)
+            out[_kernel_name(tuner)] = config_text(config)
+    return out
+
+
+def _kernel_name(tuner: Any) -> str:
+    fn = getattr(tuner, "base_fn", None) or getattr(tuner, "fn", None)
+    return getattr(fn, "__name__", repr(fn))
+
+
+def _first_ms(timing: Any) -> Optional[float]:
+    """The time the autotuner ranks a config by (the first of the quantiles it asked for), in ms."""
+    value = timing[0] if isinstance(timing, (list, tuple)) and timing else timing
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(f"{value:.4g}")
+    return None  # Triton's inf for a config that failed to compile or launch
+
+
+def tunings() -> dict[str, dict[str, Optional[float]]]:
+    """Kernel name -> {config: its autotune time in ms}, for each kernel tuned (or whose timings were
+    read from Triton's cache) since :func:`forget_choices`, fastest first (None: the config failed).
+
+    Recorded per case (``extra["triton_tuning"]``) beside the choice: two fresh H200s of the graph-timed
+    tuning chose different decode split configs whose case times lie 7% apart (BLOCK_N=32 on three,
+    64 on one, session s26), and only the tuning's own timings say whether the two configs timed
+    close (a coin toss each machine makes) or far apart (something disturbed one machine's tuning).
+    """
+    out: dict[str, dict[str, Optional[float]]] = {}
+    for tuner in _AUTOTUNERS:
+        timings = getattr(tuner, "configs_timings", None)
+        if isinstance(timings, dict) and timings:
+            ranked = sorted(((config_text(c), _first_ms(t)) for c, t in timings.items()),
+                            key=lambda item: (item[1] is None, item[1] or 0.0))
+            out[_kernel_name(tuner)] = dict(ranked)
     return out
 
 

@@ -188,6 +188,25 @@ def test_choices_are_the_configs_kernels_ran_since_they_were_forgotten(compiled_
     assert triton_support.choices() == {"_kernel": expected}
 
 
+def test_tunings_are_each_tuned_kernels_config_times_fastest_first_since_they_were_forgotten(compiled_mode,
+                                                                                           monkeypatch):
+    monkeypatch.setattr(triton_support, "_AUTOTUNERS", [])
+    monkeypatch.delenv("ATTNSUITE_TRITON_AUTOTUNE", raising=False)
+    first = triton_support.autotuned(_configs(), ("MASK",), ("BATCH", "LQ", "LK"))(_kernel)
+    other = triton_support.autotuned(_configs(), ("MASK",), ("BATCH", "LQ", "LK"))(_other_kernel)
+    a, b, c = first.configs[:3]
+    first.configs_timings = {a: [0.05, 0.04, 0.06]}  # an earlier case's tuning
+    triton_support.forget_choices()
+    assert triton_support.tunings() == {}
+    # what Autotuner.run leaves after tuning this case's key: the quantiles graph_bench returned per
+    # config (the median ranks them), inf for a config that failed to compile
+    first.configs_timings = {a: [0.0437123, 0.043, 0.044], b: float("inf"), c: [0.0408888, 0.0405, 0.041]}
+    text = triton_support.config_text
+    assert triton_support.tunings() == {"_kernel": {text(c): 0.04089, text(a): 0.04371, text(b): None}}
+    assert list(triton_support.tunings()["_kernel"]) == [text(c), text(a), text(b)]  # fastest first
+    assert other.configs_timings is None
+
+
 def test_a_case_record_keeps_the_autotune_choices_its_timing_made(monkeypatch):
     from attnsuite import runner, workloads
 
@@ -195,6 +214,8 @@ def test_a_case_record_keeps_the_autotune_choices_its_timing_made(monkeypatch):
     monkeypatch.setattr(triton_support, "forget_choices", lambda: made.clear())
     monkeypatch.setattr(triton_support, "choices", lambda: {"flash_fwd": "BLOCK_M=128 BLOCK_N=64 w8 s3"} if made
                         else {})
+    timings = {"flash_fwd": {"BLOCK_M=128 BLOCK_N=64 w8 s3": 1.2, "BLOCK_M=64 BLOCK_N=64 w4 s3": 1.3}}
+    monkeypatch.setattr(triton_support, "tunings", lambda: timings if made else {})
     real_measure = runner.timing.measure
 
     def measure(*args, **kwargs):  # the case's kernels run (and would tune) inside the timing
@@ -208,3 +229,4 @@ def test_a_case_record_keeps_the_autotune_choices_its_timing_made(monkeypatch):
     rec, _ = runner.run_case(bc, settings)
     assert rec.outcome == "ok", rec.error
     assert rec.extra["triton_configs"] == {"flash_fwd": "BLOCK_M=128 BLOCK_N=64 w8 s3"}
+    assert rec.extra["triton_tuning"] == timings
