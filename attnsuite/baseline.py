@@ -1553,7 +1553,7 @@ def check_same_cpu_model(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[
 
 def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[str] = (),
                     cases: Iterable[str] = (), prune: bool = False, allow_mismatch: bool = False,
-                    sources: Sequence[Run] = ()) -> MergeSummary:
+                    sources: Sequence[Run] = (), allow_interrupted: bool = False) -> MergeSummary:
     """Record or refresh the baseline at ``path`` from ``run``, optionally only some workloads/cases.
 
     Several runs of one machine are combined first, per case, by
@@ -1564,6 +1564,9 @@ def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[st
 
     A run without a case, or filters that select none of its cases, is refused (ValueError):
     recording nothing had still replaced the baseline's calibration, the reference of every case.
+    A run from an interrupted session is refused unless ``allow_interrupted``: then the cases it
+    finished are recorded (each case is written whole or not at all) and the baseline's other
+    entries stay; never with ``prune``, which would read every case the run did not reach as removed.
     Reading the existing file, merging and writing happen under the folder's exclusive lock, so
     concurrent recorders lose no case. An existing file must load cleanly (a corrupt baseline is
     never silently overwritten). Everything is checked before the one write: when anything fails
@@ -1579,9 +1582,11 @@ def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[st
     if not one.records:
         raise ValueError(f"{one.label} has no case: nothing to record (the baseline is left as it was)")
     for source in [*sources, one]:  # the file at fault by name, before the combined run of all of them
-        if source.interrupted:
+        if source.interrupted and (prune or not allow_interrupted):
+            how = ("--prune would remove every case it did not reach" if prune else
+                   "record from a run that finished, or pass --allow-interrupted to record the cases it finished")
             raise ValueError(f"{source.label}: the session that wrote it was {source.interrupted}, so it holds "
-                             "part of its selection; record from a run that finished (the baseline is left as it was)")
+                             f"part of its selection; {how} (the baseline is left as it was)")
         if source.simulated:
             raise ValueError(f"{source.label} was run with {'; '.join(source.simulated)}: its figures are not the "
                              "code's own, and a baseline recorded from them would hide real regressions (the "
@@ -1610,11 +1615,12 @@ def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[st
     return summary
 
 
-def cases_by_run_count(runs: Sequence[Run]) -> str:
-    """How many cases came from how many of ``runs``, most runs first: ``4 cases from 3 runs, 44 from
-    1 run``. A combined baseline's median of "3 runs" holds only for the cases all three ran."""
+def cases_by_run_count(runs: Sequence[Run], keys: Optional[Collection[str]] = None) -> str:
+    """How many cases (of ``keys``, default all) came from how many of ``runs``, most runs first:
+    ``4 cases from 3 runs, 44 from 1 run``. A combined baseline's median of "3 runs" holds only for the
+    cases all three ran."""
     counts: dict[int, int] = {}
-    for key in {k for run in runs for k in run.records}:
+    for key in {k for run in runs for k in run.records if keys is None or k in keys}:
         n = sum(1 for run in runs if key in run.records)
         counts[n] = counts.get(n, 0) + 1
     parts = []

@@ -149,12 +149,19 @@ def cmd_record(args: argparse.Namespace, out) -> int:
     if len(runs) > 1:
         combined = combine_runs(runs, allow_mismatch=args.allow_mismatch)
         run = combined.run
-        print(f"combined {len(runs)} runs: {bl.cases_by_run_count(runs)}; per case, the median of each "
-              "timing statistic", file=out)
+        # with --case/--workload, only what is recorded: the others had been counted and named as if
+        # recorded (a 7-run Triton refresh listed flex cases among its widely spread ones)
+        keys = (set(bl.select_records(run.records, workloads=args.workload, cases=args.case))
+                if args.workload or args.case else None)
+        which = "" if keys is None else " (of the cases the filters select)"
+        print(f"combined {len(runs)} runs: {bl.cases_by_run_count(runs, keys)}{which}; per case, the median of "
+              "each timing statistic", file=out)
         for key, outcomes in combined.disagreeing.items():
+            if keys is not None and key not in keys:
+                continue
             print(f"  outcome differs between runs ({', '.join(outcomes)}), recorded as "
                   f"{run.records[key].outcome}: {key}", file=out)
-        wide = combined.widely_spread()
+        wide = combined.widely_spread(keys=keys)
         if wide:
             print(f"  {len(wide)} case(s) whose runs lay more than {WIDE_SPREAD:.0%} apart: the gate's band "
                   "for each widens to its spread (instance_k); the widest:", file=out)
@@ -170,7 +177,8 @@ def cmd_record(args: argparse.Namespace, out) -> int:
                                                      "the baseline file with --baseline")
         path = bl.baseline_path_for(run.fingerprint, args.dir)
     summary = bl.record_baseline(run, path, workloads=args.workload, cases=args.case, prune=args.prune,
-                                 allow_mismatch=args.allow_mismatch, sources=runs)
+                                 allow_mismatch=args.allow_mismatch, sources=runs,
+                                 allow_interrupted=args.allow_interrupted)
     print(f"recorded {path}: {summary}", file=out)
     return EXIT_OK
 
@@ -381,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop baseline cases that the run(s) selected (attnsuite.scope) and the filters pass but the "
                         "run(s) lack")
     r.add_argument("--allow-mismatch", action="store_true", help="write into a baseline of an incompatible machine")
+    r.add_argument("--allow-interrupted", action="store_true",
+                   help="record the cases a stopped run finished (each is whole); not with --prune")
     r.set_defaults(func=cmd_record)
 
     rep = sub.add_parser("report", help="markdown (and plots) of a run, or of its diff against a baseline")

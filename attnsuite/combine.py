@@ -47,13 +47,15 @@ class Combined:
     run: Run
     disagreeing: dict[str, list[str]] = field(default_factory=dict)  # case key -> outcome per run
 
-    def widely_spread(self, limit: float = WIDE_SPREAD) -> list[tuple[float, str]]:
-        """(spread, case key) of the cases whose runs lay more than ``limit`` apart on the time the
-        gate judges (device min where there is one, else min), widest first: their noise band
-        widens to that spread, so whoever records the baseline should see them (one bad run
-        among few can make a case's band wide)."""
+    def widely_spread(self, limit: float = WIDE_SPREAD, keys: Optional[Collection[str]] = None) -> list[tuple[float, str]]:
+        """(spread, case key) of the cases (of ``keys``, default all) whose runs lay more than ``limit``
+        apart on the time the gate judges (device min where there is one, else min), widest first:
+        their noise band widens to that spread, so whoever records the baseline should see them (one
+        bad run among few can make a case's band wide)."""
         wide = []
         for key, rec in self.run.records.items():
+            if keys is not None and key not in keys:
+                continue
             spread = rec.extra.get("instance_spread") or {}
             value = spread.get("device_min_ms", spread.get("min_ms"))
             if value is not None and value > limit:

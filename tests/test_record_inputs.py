@@ -349,3 +349,53 @@ def test_one_of_the_suites_own_entries_without_its_record_is_an_error_naming_it(
     assert code == 2 and "regression" not in out, out
     assert f"result file {run}: benchmark bench/test_workloads.py::test_workload[fa-sweep/b/fwd/p]: its extra_info is" \
         in err and "not the attnsuite record" in err, err
+
+
+def interrupted(path: Path, records: list) -> Path:
+    """A result file from a session stopped before its end (as the gate writes one)."""
+    obj = result_json(records)
+    obj["attnsuite"]["interrupted"] = "interrupted after 1 of 3 selected cases; 2 did not run"
+    obj["attnsuite"]["scope"] = {"keys": [r.key for r in records]}
+    path.write_text(json.dumps(obj))
+    return path
+
+
+@pytest.mark.parametrize("options, recorded_b", [
+    ((), False),  # refused: a partial run, said how to take its finished cases anyway
+    (("--allow-interrupted",), True),  # its finished case recorded, the others kept
+    (("--allow-interrupted", "--prune"), False),  # prune would read every unreached case as removed
+])
+def test_a_stopped_run_is_recorded_only_when_allowed_and_never_pruned_from(tmp_path, capsys, options, recorded_b):
+    base = recorded(tmp_path)
+    before = json.loads(base.read_text())
+    stopped = interrupted(tmp_path / "stopped.json", [rec("b", median_ms=2.5)])
+    code, out = run_cli("record", stopped, "--baseline", base, *options)
+    err = capsys.readouterr().err
+    after = json.loads(base.read_text())
+    if recorded_b:
+        assert code == 0, err
+        assert after["cases"][rec("b").key]["median_ms"] == 2.5
+        assert after["cases"][rec("a").key] == before["cases"][rec("a").key]  # not reached: kept as it was
+    else:
+        assert code == 2 and after == before, (out, err)
+        assert f"{stopped}: the session that wrote it was interrupted after 1 of 3 selected cases" in err, err
+        assert ("--prune would remove every case it did not reach" if "--prune" in options
+                else "pass --allow-interrupted to record the cases it finished") in err, err
+
+
+def test_a_filtered_recording_counts_and_names_only_the_cases_it_records(tmp_path):
+    # a Triton-only refresh from seven runs had said "81 cases from 1 run" and named flex cases among
+    # its widely spread ones: cases of the runs that the --case filter did not record
+    def timed(variant: str, ms: float):
+        return rec(variant, median_ms=ms, min_ms=ms)
+
+    # "other" in two runs 50% apart, "kept" in three runs 60% apart: both widely spread
+    runs = [write_result(tmp_path / f"r{i}.json", [timed("kept", 1.0 + 0.3 * i), timed("other", 1.0 + 0.5 * i)]
+                         [: 2 if i < 2 else 1]) for i in range(3)]
+    code, out = run_cli("record", *runs, "--baseline", tmp_path / "b.json", "--case", "*/other/*")
+    assert code == 0, out
+    assert "combined 3 runs: 1 case from 2 runs (of the cases the filters select)" in out, out
+    assert "apart: fa-sweep/other/fwd/" in out and "kept" not in out, out
+    code, out = run_cli("record", *runs, "--baseline", tmp_path / "all.json")  # no filter: every case
+    assert code == 0 and "combined 3 runs: 1 case from 3 runs, 1 from 2 runs;" in out, out
+    assert "apart: fa-sweep/kept/fwd/" in out and "apart: fa-sweep/other/fwd/" in out, out
