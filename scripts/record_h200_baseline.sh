@@ -7,7 +7,9 @@
 #   came after A, B, C); flex-eager: only from G, H (compiled per shape since a042dd1);
 #   triton-mla-absorbed (deepseek-v3, layer-decode): from Y, Z, S, whose runs are its current code;
 #   ring-sim, ring-sim-p3 (fp32 scores since s20): from three fresh machines that ran that code (s20
-#   call 5, D and F of s21).
+#   call 5, D and F of s21);
+#   triton-flash, triton-decode, triton-mla-absorbed (autotuned by CUDA graph replay since s24): from
+#   the fresh machines that ran that tuning, AC-AE (s25) and AF, AH, AI (s26), three to five per case.
 # A machine's first run is its fresh one (cold caches); the others are the same machine again.
 # Usage: bash scripts/record_h200_baseline.sh [--dry-run]   (--dry-run: only the leave-one-out table)
 set -euo pipefail
@@ -43,6 +45,17 @@ trap 'rm -rf "$tmp"' EXIT
 "$PY" -m attnsuite record --baseline "$tmp/new.json" --case '*/ring-sim/*' --case '*/ring-sim-p3/*' \
   "$ev/h200-2026-12-02-s20/ring-fix/ring-full.json.gz" "$ev/h200-2026-12-02-s21/D-full.json.gz" \
   "$ev/h200-2026-12-02-s21/F/F-ring.json.gz"
+# the Triton kernels as autotuned since s24 (each config timed by CUDA graph replay): every run of that
+# tuning on a fresh machine, each holding some of the 45 Triton cases: AC and AF (the push step, cut
+# before its end), AD and AE (the decode workload; AE also triton-flash on fa-sweep and llama3-70b), AH
+# (decode and layer-decode), AI (the three Triton variants alone)
+s25=$ev/h200-2026-12-03-s25
+s26=$ev/h200-2026-12-03-s26
+"$PY" -m attnsuite record --baseline "$tmp/new.json" --case '*/triton-flash/*' --case '*/triton-decode/*' \
+  --case '*/triton-mla-absorbed/*' --allow-interrupted \
+  "$s25/AC-cigate-part1-interrupted-bench.json.gz" "$s25/AD-decode-bench.json.gz" "$s25/AE-decode-bench.json.gz" \
+  "$s25/AE-triton-flash-bench.json.gz" "$s26/AF-cigate-part1-interrupted-bench.json.gz" \
+  "$s26/AH-decode-layer-decode-bench.json.gz" "$s26/AI-triton-only-bench.json.gz"
 "$PY" -m attnsuite check "$tmp/new.json"
 mv "$tmp/new.json" "$out"  # one rename: the shipped file is never half written
 echo "recorded $out"
