@@ -559,7 +559,14 @@ class BenchRunner:
     def run(self, bc: BenchCase, benchmark, request: pytest.FixtureRequest) -> CaseRecord:
         """Run a case, hand its samples and record to pytest-benchmark, and end the test accordingly."""
         tracker = _progress_tracker(request.session)
-        rec, result = self.execute(bc)
+        try:
+            rec, result = self.execute(bc)
+        except KeyboardInterrupt:
+            # stopped inside the case (Ctrl-C, a CI job's SIGINT): nothing to hand pytest-benchmark, whose
+            # "Benchmark fixture was not used at all in this test!" warning had been the interrupted
+            # run's last word on the case; the session's summary says what was left unrun
+            benchmark.skipped = True
+            raise
         _write_progress(request.config, tracker.case_done(rec.key, rec.outcome))
         benchmark.group = bc.group
         benchmark.extra_info.update(rec.to_extra_info())

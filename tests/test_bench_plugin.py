@@ -293,3 +293,26 @@ def test_benchmark_only_options_in_a_session_without_benchmarks_are_named(args, 
     from attnsuite import plugin_bench
 
     assert plugin_bench.unused_bench_options(args, [_Item(b) for b in items]) == expected
+
+
+def test_a_case_stopped_by_ctrl_c_leaves_no_unused_fixture_warning(monkeypatch):
+    # an interrupted CI run (SIGINT at its time limit) had ended with pytest-benchmark's "Benchmark
+    # fixture was not used at all in this test!" for the case it was measuring
+    from types import SimpleNamespace
+
+    from pytest_benchmark.fixture import BenchmarkFixture
+
+    from attnsuite import plugin_bench
+
+    def interrupted(bc):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plugin_bench, "_progress_tracker", lambda session: None)
+    runner = SimpleNamespace(execute=interrupted)
+    warned = []
+    bench = SimpleNamespace(_cleanup_callbacks=[], _mode=None, skipped=False, _warner=None,
+                            _logger=SimpleNamespace(warning=lambda text, **kw: warned.append(text)))
+    with pytest.raises(KeyboardInterrupt):
+        plugin_bench.BenchRunner.run(runner, SimpleNamespace(id="w/v/fwd/p"), bench, SimpleNamespace(session=None))
+    BenchmarkFixture._cleanup(bench)  # pytest-benchmark's own end-of-test check
+    assert warned == [], warned
