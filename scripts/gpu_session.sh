@@ -41,6 +41,10 @@
 #             --attn-require-baseline), its OUT kept in CIGATE_DIR (default /tmp/attnsuite-cigate) so that
 #             the next call on the same machine carries it on with CIGATE_RESUME=1 (--attn-resume); CIGATE_S
 #             (default 540) stops it with SIGINT, as a cancelled CI job would be
+#   cibench   any scripts/ci_bench.sh run, CIBENCH_ARGS its arguments (e.g. "full enforce --attn-workload=decode"),
+#             OUT kept in CIBENCH_DIR (default /tmp/attnsuite-cibench), packed like every call here: run straight
+#             from the device tool, such a run's 13 files had overflowed the 8 the tool returns (s26 lost a JSON)
+#             (CIBENCH_S limit, default 540, SIGINT as a cancelled job)
 #   hosttests the README's test command (scripts/test.sh, with the image's python and no set-up) on a
 #             host with a GPU, where CI never runs it: what a user's GPU workstation sees (HOST_S limit,
 #             default 540; WORKERS, default 8; HOST_ARGS, e.g. "-k distributed", narrows it)
@@ -50,10 +54,10 @@
 # The archive $OUT/<call>.tgz is rewritten every PACK_S seconds (default 30) while the call runs, and
 # after each part: a call the device tool kills at its limit still returns what its parts had written
 # (s13 lost a whole isolation part that way, when the archive was packed only at the end).
-# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation|abeval|devprobe|cigate|mla|hosttests
+# Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation|abeval|devprobe|cigate|cibench|mla|hosttests
 set -uo pipefail
 cd "$(dirname "$0")/.."
-call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, cigate, mla or hosttests}
+call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, cigate, cibench, mla or hosttests}
 final=${OUT:-results}
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -158,6 +162,14 @@ case "$call" in
     OUT=$gdir timeout -s INT "${CIGATE_S:-540}" bash scripts/ci_bench.sh full enforce --attn-require-baseline \
       "${resume[@]}" > "$work/cigate/run.log" 2>&1
     echo "cigate exit $?" | tee -a "$work/cigate/run.log" ;;
+  cibench)
+    args=${CIBENCH_ARGS:?cibench: set CIBENCH_ARGS to scripts/ci_bench.sh arguments, e.g. "full report --attn-only triton-flash"}
+    bdir=${CIBENCH_DIR:-/tmp/attnsuite-cibench}
+    mkdir -p "$work/cibench" "$bdir"
+    ln -s "$bdir" "$work/cibench/results"  # packed as it grows (tar -h)
+    # shellcheck disable=SC2086  # CIBENCH_ARGS is a list of words
+    OUT=$bdir timeout -s INT "${CIBENCH_S:-540}" bash scripts/ci_bench.sh $args > "$work/cibench/run.log" 2>&1
+    echo "cibench exit $?" | tee -a "$work/cibench/run.log" ;;
   mla)
     mkdir -p "$work/mla"
     timeout -s INT $(( ${MLA_TUNE_S:-300} + 90 )) python3 scripts/mla_tune.py --out "$work/mla" \
@@ -183,7 +195,7 @@ case "$call" in
         bash scripts/test.sh -rfE --durations=10 ${HOST_ARGS:-} > "$out/run.log" 2>&1
       echo "hosttests exit $? (xdist: $xdist)" | tee -a "$out/run.log"
     ) ;;
-  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, cigate, mla, hosttests)" >&2; exit 2 ;;
+  *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, cigate, cibench, mla, hosttests)" >&2; exit 2 ;;
 esac
 kill "$packer" 2> /dev/null; wait "$packer" 2> /dev/null
 pack

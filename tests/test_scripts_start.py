@@ -112,3 +112,10 @@ def test_a_process_a_test_starts_imports_attnsuite_from_this_checkout_even_where
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()).resolve().is_relative_to(ROOT), done.stdout
+
+
+def test_the_cibench_call_without_its_arguments_says_which_variable_is_missing(tmp_path):
+    # a device call that ran ci_bench.sh with no arguments would spend a machine start on the default run
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh"), "cibench"], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "PACK_S": "3600"})
+    assert done.returncode != 0 and "cibench: set CIBENCH_ARGS" in done.stderr, done.stderr
