@@ -209,9 +209,11 @@ def cmd_report(args: argparse.Namespace, out) -> int:
     if not run.records:  # `record` refuses the same file: a report of nothing had exited 0
         raise bl.ResultFileError(args.result, "no case in it: nothing to report")
     runs = {"this run": run.records}
+    verdicts = None  # the HTML's verdicts when no --gate-json is given: this comparison's
     if args.baseline:
         base = bl.load_run(args.baseline, kind="--baseline file")
         cmp = _judge(base, run, args)
+        verdicts = {**cmp.to_json(), "run_failed": dict(summary.failed_counts(run.records))}
         last = summary.build(run.records, cmp, gate_mode="report", interrupted=run.interrupted)
         text = report.markdown_diff(cmp, head=summary.markdown_lines(last, report.md_escape))
         runs["baseline"] = base.records
@@ -242,7 +244,7 @@ def cmd_report(args: argparse.Namespace, out) -> int:
         res = report.make_plots(runs, args.plots)
         print(res.message, file=out)
     if args.html:
-        _write_html(args, run, out)
+        _write_html(args, run, out, verdicts)
     print("\n".join(summary.terminal_lines(last)), file=out)  # the answers last, as at the end of a run
     return EXIT_OK
 
@@ -294,11 +296,13 @@ def _another_runs_figure(cases: Sequence[Any], records: Mapping[str, CaseRecord]
     return ""
 
 
-def _write_html(args: argparse.Namespace, run: bl.Run, out) -> None:
-    """``--html``: one self-contained HTML file (html_report), with the gate JSON's verdicts when given."""
+def _write_html(args: argparse.Namespace, run: bl.Run, out, verdicts: Optional[dict] = None) -> None:
+    """``--html``: one self-contained HTML file (html_report), with the gate JSON's verdicts when given,
+    else ``verdicts`` (the comparison with ``--baseline``: the HTML had said "NOT COMPARED" beside a
+    terminal and markdown that judged the run)."""
     from . import html_report
 
-    gate_json = _read_gate_json(args, run.records) if args.gate_json else None
+    gate_json = _read_gate_json(args, run.records) if args.gate_json else verdicts
     text = html_report.render(run.records, gate_json=gate_json, source=str(args.result), fingerprint=run.fingerprint,
                               interrupted=run.interrupted)
     bl.atomic_write_text(args.html, text)

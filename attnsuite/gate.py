@@ -129,6 +129,12 @@ def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
     for run in (base, cur):
         if getattr(run, "foreign", 0):
             all_notes.append(f"{run.foreign} benchmark(s) of {_label(run)} carry no attnsuite record: not judged")
+    if getattr(base, "simulated", ()):
+        # the new side says SIMULATED in its summary; a reference that was slowed had passed unremarked
+        # and would hide a real slowdown of the run up to the injected size
+        all_notes.append(f"SIMULATED reference: {_label(base)} was run with {'; '.join(base.simulated)}: its times "
+                         "are not the code's own, so this run reads faster, and a slowdown of it up to that size "
+                         "reads as unchanged")
     for run in (base, cur):
         if getattr(run, "interrupted", ""):
             all_notes.append(f"{_label(run)} comes from a session that was {run.interrupted}: it holds part of "

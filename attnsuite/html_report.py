@@ -143,7 +143,7 @@ def svg_gate_chart(cases: Sequence[Mapping[str, Any]], *, title: str, width: int
         y = 24 + i * row
         band = c.get("band") or 0.0
         colour = "#d62728" if c.get("gating") else ("#2ca02c" if c["time_change"] < -band else "#333")
-        tip = f"{c['key']}: {fmt_pct(c['time_change'])} (band ±{band * 100:.1f}%) {c.get('verdict', '')}"
+        tip = f"{c['key']}: {fmt_pct(c['time_change'])} (band ±{band * 100:.1f}%) {verdict_text(c)}"
         label = str(c["key"]).split("/", 1)[-1]
         out.append(f'<text x="{ml - 4}" y="{y + row - 4}" text-anchor="end" font-size="9">{esc(label[:70])}</text>')
         out.append(f'<rect x="{X(-band):.1f}" y="{y}" width="{X(band) - X(-band):.1f}" height="{row - 3}" fill="#ddd"/>'
@@ -155,6 +155,19 @@ def svg_gate_chart(cases: Sequence[Mapping[str, Any]], *, title: str, width: int
 
 _COLUMNS = ("variant", "mode", "problem", "outcome", "median ms", "TFLOP/s", "% peak", "peak memory", "backend",
             "judged: baseline -> run", "gate change", "band", "verdict")
+
+
+def verdict_text(case: Mapping[str, Any]) -> str:
+    """A gate JSON case's verdict with what its second measurement said: a change beyond the band
+    judged ``same`` had stood with no reason when the confirmation had not agreed."""
+    text = "/".join(case.get("flags") or []) or str(case.get("verdict", "-"))
+    if case.get("confirmed") is None:
+        return text
+    second = case.get("confirm_time_change")
+    if not isinstance(second, (int, float)):
+        second = case.get("confirm_mem_change")
+    figure = f", second measurement {fmt_pct(second)}" if isinstance(second, (int, float)) else ""
+    return f"{text} ({'confirmed' if case['confirmed'] else 'not confirmed'}{figure})"
 
 
 def _cell(text: str, value: Optional[float] = None) -> str:
@@ -188,7 +201,7 @@ def case_table(records: Sequence[CaseRecord], gate: Mapping[str, Mapping[str, An
                   tc if isinstance(tc, (int, float)) else None),
             _cell(f"±{band * 100:.1f}%" if isinstance(band, (int, float)) else "-", band if isinstance(band, (int, float)) else None),
             # every finding (slower/memory-growth), as the terminal's tables show it
-            _cell("/".join(g.get("flags") or []) or str(g.get("verdict", "-"))),
+            _cell(verdict_text(g) if g else "-"),
         ]) + "</tr>")
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 

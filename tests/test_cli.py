@@ -421,6 +421,23 @@ def test_compare_says_in_every_format_that_the_new_run_carried_an_injected_slowd
     assert code == 0 and line in (json.loads(out)["simulated"] if fmt == "json" else out), out
 
 
+@pytest.mark.parametrize("fmt", ["table", "markdown", "json"])
+def test_compare_against_a_slowed_reference_says_so_in_every_format(tmp_path, fmt):
+    # a run slowed 3x used as OLD made the code read 71.5% faster, with no word of the injection
+    from gatehelp import result_json
+
+    obj = result_json([rec("a", median_ms=3.0, extra={"injected_ms": 2.0}), rec("b")])
+    obj["attnsuite"]["inject_slowdown"] = {"a": 2.0}
+    slowed = tmp_path / "slowed.json"
+    slowed.write_text(json.dumps(obj))
+    new = write_result(tmp_path / "new.json", [rec("a"), rec("b")])
+    code, out = run_cli("compare", slowed, new, "--format", fmt, "--gate", "report")
+    notes = "\n".join(json.loads(out)["notes"]) if fmt == "json" else out
+    assert code == 0 and "SIMULATED reference: " in notes, out
+    assert ("was run with --attn-inject-slowdown a=2.0 (a simulated slowdown): its times are not the code's own"
+            in notes), out
+
+
 def test_record_of_two_cpu_models_says_it_refuses_to_record_not_to_compare(tmp_path, capsys):
     # it had said "refusing to compare runs from different machines ... the baseline was recorded on"
     # over two result files being recorded

@@ -375,3 +375,42 @@ def test_a_case_row_shows_the_judged_figures_beside_their_change_and_every_findi
     html = html_report.case_table(list(recs.values()), gate, None)
     row = next(r for r in html.split("<tr>") if "slower/memory-growth" in r)
     assert "2.322 ms -&gt; 2.801 ms" in row and "+20.6% (min)" in row, row
+
+
+@pytest.mark.parametrize("confirmed, second, expected", [
+    (False, 0.156, "same (not confirmed, second measurement +15.6%)"),
+    (True, 0.118, "slower (confirmed, second measurement +11.8%)"),
+    (None, None, "slower"),  # measured once: nothing to add
+])
+def test_a_case_row_and_its_dot_say_what_the_second_measurement_found(confirmed, second, expected):
+    # a +123.2% change beyond its ±100% band had read "same" with no reason: the confirmation that had
+    # not agreed was only in the markdown
+    recs = _records()
+    key = next(k for k, r in recs.items() if r.outcome == "ok")
+    verdict = "slower" if confirmed is not False else "same"
+    case = {"key": key, "verdict": verdict, "flags": [verdict], "gating": verdict == "slower", "time_change": 1.232,
+            "band": 1.0, "statistic": "min", "base_ms": 6.12, "cur_ms": 13.66, "confirmed": confirmed,
+            "confirm_time_change": second}
+    row = next(r for r in html_report.case_table(list(recs.values()), {key: case}, None).split("<tr>") if "13.66" in r)
+    assert f"<td>{expected}</td>" in row, row
+    chart = html_report.svg_gate_chart([case], title="t")
+    assert f"(band ±100.0%) {expected}" in chart, chart
+
+
+def test_report_with_a_baseline_and_no_gate_json_shows_that_comparison_in_its_html(tmp_path):
+    # the terminal and markdown said PASS against the baseline while the HTML of the same command said
+    # "NOT COMPARED" and "the baseline stores no calibration probe" of a baseline that has one
+    import io
+
+    recs = _records()
+    result, base = tmp_path / "bench.json", tmp_path / "base.json"
+    for path in (result, base):
+        path.write_text(json.dumps({"benchmarks": [{"name": k, "extra_info": r.to_extra_info()}
+                                                    for k, r in recs.items()],
+                                    "attnsuite": {"calibration": {"matmul_tflops": 0.5, "matmul_dtype": "float32"}}}))
+    out, html = io.StringIO(), tmp_path / "r.html"
+    assert cli.main(["report", str(result), "--baseline", str(base), "--html", str(html)], out=out) == 0, out.getvalue()
+    page = html.read_text()
+    assert "NOT COMPARED" not in page and "no gate JSON given" not in page, page[:3000]
+    assert "PASS: no regression among" in page and "PASS: no regression among" in out.getvalue()
+    assert "stores no calibration probe" not in page, page[:3000]
