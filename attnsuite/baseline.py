@@ -1506,7 +1506,8 @@ def _record_calibration(baseline: Baseline, new: Optional[dict[str, Any]], recor
     partial refresh keeps it (it had put one machine's probe over cases measured on another) and says so."""
     if not new or new == baseline.calibration:
         return
-    others = [k for k in baseline.cases if k not in records]
+    # a measured entry that this run's failure left in place (summary.kept) is another recording's too
+    others = [k for k in baseline.cases if k not in records or k in summary.kept]
     if baseline.calibration and others:
         shown = ", ".join(f"{name} {_figure(new.get(name))}" for name in _CALIBRATION_FIGURES)
         summary.notes.append(f"calibration kept: {count(len(others), 'case')} of {len(baseline.cases)} "
@@ -1551,6 +1552,22 @@ def check_same_cpu_model(base_fp: Optional[Mapping[str, Any]], cur_fp: Optional[
                                    f"with; record this machine's own file ({own}.json)"])
 
 
+def refuse_unrecordable(runs: Sequence[Run], *, prune: bool = False, allow_interrupted: bool = False) -> None:
+    """ValueError naming the first of ``runs`` a baseline must not be recorded from: a run with a simulated
+    slowdown or memory cap, or one from an interrupted session (unless ``allow_interrupted``, never with
+    ``prune``). Called on each run before they are combined, so the file at fault is named."""
+    for source in runs:
+        if source.interrupted and (prune or not allow_interrupted):
+            how = ("--prune would remove every case it did not reach" if prune else
+                   "record from a run that finished, or pass --allow-interrupted to record the cases it finished")
+            raise ValueError(f"{source.label}: the session that wrote it was {source.interrupted}, so it holds "
+                             f"part of its selection; {how} (the baseline is left as it was)")
+        if source.simulated:
+            raise ValueError(f"{source.label} was run with {'; '.join(source.simulated)}: its figures are not the "
+                             "code's own, and a baseline recorded from them would hide real regressions (the "
+                             "baseline is left as it was)")
+
+
 def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[str] = (),
                     cases: Iterable[str] = (), prune: bool = False, allow_mismatch: bool = False,
                     sources: Sequence[Run] = (), allow_interrupted: bool = False) -> MergeSummary:
@@ -1581,16 +1598,7 @@ def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[st
         raise ValueError(f"{one.label} has no machine fingerprint with an id: a baseline must say which machine it is for")
     if not one.records:
         raise ValueError(f"{one.label} has no case: nothing to record (the baseline is left as it was)")
-    for source in [*sources, one]:  # the file at fault by name, before the combined run of all of them
-        if source.interrupted and (prune or not allow_interrupted):
-            how = ("--prune would remove every case it did not reach" if prune else
-                   "record from a run that finished, or pass --allow-interrupted to record the cases it finished")
-            raise ValueError(f"{source.label}: the session that wrote it was {source.interrupted}, so it holds "
-                             f"part of its selection; {how} (the baseline is left as it was)")
-        if source.simulated:
-            raise ValueError(f"{source.label} was run with {'; '.join(source.simulated)}: its figures are not the "
-                             "code's own, and a baseline recorded from them would hide real regressions (the "
-                             "baseline is left as it was)")
+    refuse_unrecordable([*sources, one], prune=prune, allow_interrupted=allow_interrupted)
     workloads, cases = list(workloads), list(cases)
     chosen = select_records(one.records, workloads=workloads, cases=cases)
     asked = " ".join([f"--workload {w}" for w in workloads] + [f"--case {c}" for c in cases])

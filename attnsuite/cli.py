@@ -146,6 +146,8 @@ def cmd_record(args: argparse.Namespace, out) -> int:
             raise bl.ResultFileError(path, "no case in it: nothing to record (no baseline was written)")
         if one.foreign:
             print(f"note: {path}: {one.foreign} benchmark(s) without an attnsuite record left out", file=out)
+    # before the combining's report: it had printed how the runs combined, then refused one of them
+    bl.refuse_unrecordable(runs, prune=args.prune, allow_interrupted=args.allow_interrupted)
     if len(runs) > 1:
         combined = combine_runs(runs, allow_mismatch=args.allow_mismatch)
         run = combined.run

@@ -117,6 +117,17 @@ def test_the_calibration_is_replaced_only_by_a_recording_that_leaves_no_case_of_
                "matmul_tflops 0.4)" in out
 
 
+def test_a_run_whose_failures_leave_measured_entries_in_place_keeps_the_calibration(tmp_path):
+    # every case failed numerics in the new run, so both measured entries stayed: they are the old
+    # recording's, and its probe had still been replaced by the failing run's
+    base = recorded(tmp_path)
+    failing = [rec(n, outcome="numerics", detail="max abs err 0.5") for n in ("a", "b")]
+    code, out = run_cli("record", write_run(tmp_path / "r.json", failing, CAL_NEW), "--baseline", base)
+    assert code == 0, out
+    assert json.loads(base.read_text())["calibration"]["mem_bandwidth_gbs"] == 20.0, out
+    assert "calibration kept: 2 cases of 2 were recorded by other runs" in out, out
+
+
 def test_a_recording_that_keeps_the_calibration_says_nothing_of_it(tmp_path):
     base = recorded(tmp_path)
     _, same = run_cli("record", write_run(tmp_path / "r.json", [rec("a")], CAL_OLD), "--baseline", base)
@@ -328,10 +339,11 @@ def test_of_several_runs_the_simulated_one_is_named_alone(tmp_path, capsys):
             obj["attnsuite"]["inject_slowdown"] = {"explicit": 3.0}
         paths.append(tmp_path / f"r{i}.json")
         paths[-1].write_text(json.dumps(obj))
-    code, _ = run_cli("record", *paths, "--baseline", base)
+    code, out = run_cli("record", *paths, "--baseline", base)
     err = capsys.readouterr().err
     assert code == 2 and f"{paths[2]} was run with --attn-inject-slowdown explicit=3.0" in err, err
     assert "r0.json +" not in err
+    assert "combined" not in out, out  # refused before the combining's report, which had come first
 
 
 @pytest.mark.parametrize("damage", [None, {}, "text"], ids=["null", "empty", "text"])
