@@ -53,11 +53,14 @@ for arg in "$@"; do [ "$arg" = --attn-resume ] && append=-a; done
 # user's trial). A resumed run keeps them: it carries that run on, and its journal holds its cases.
 if [ -z "$append" ]; then
   rm -f "$out/bench.json" "$out/gate.md" "$out/gate.json" "$out/report.html" "$out/results.md"
+  rm -rf "$out/plots"  # ci_report.sh's: a plot of a workload this run does not select had stayed beside the new ones
 fi
 signalled=
 trap 'signalled=SIGINT' INT
 trap 'signalled=SIGTERM' TERM
-"$PY" -m pytest "$ROOT/bench" --rootdir "$ROOT" --benchmark-only -p no:cacheprovider -rfE \
+# -c: pytest finds its config from the common folder of its path arguments: an option naming a folder
+# outside this checkout (--attn-baselines-dir /elsewhere) had left pyproject.toml's settings unread
+"$PY" -m pytest -c "$ROOT/pyproject.toml" "$ROOT/bench" --rootdir "$ROOT" --benchmark-only -p no:cacheprovider -rfE \
   --attn-tier "$tier" --attn-gate "$gate" \
   --benchmark-json "$out/bench.json" --attn-markdown "$out/gate.md" --attn-gate-json "$out/gate.json" "$@" 2>&1 \
   | (trap '' INT TERM; exec tee $append "$out/bench.log")

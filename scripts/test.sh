@@ -49,7 +49,9 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / workers > 1 ? cores / work
 # Ctrl-C (or a time limit's SIGINT) reaches pytest, which reports what it had and exits 2: no second pass then
 interrupted=no
 trap 'interrupted=yes' INT
-"$PY" -m pytest tests test_correctness -p no:cacheprovider -q -n "$workers" --dist worksteal -m "not gpu" "$@"
+# -c: pytest finds its config from the common folder of its path arguments, and a user's option naming
+# a file outside this checkout (--attn-variants /elsewhere/v.py) had left pyproject.toml's settings unread
+"$PY" -m pytest -c pyproject.toml tests test_correctness -p no:cacheprovider -q -n "$workers" --dist worksteal -m "not gpu" "$@"
 first=$?
 if [ "$interrupted" = yes ] || [ "$first" -eq 2 ]; then
   exit "$first"
@@ -61,7 +63,7 @@ fi
 second=5
 if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2> /dev/null; then
   echo "test.sh: a CUDA GPU is present: the tests marked gpu now run alone" >&2
-  "$PY" -m pytest tests -p no:cacheprovider -q -m gpu "$@"
+  "$PY" -m pytest -c pyproject.toml tests -p no:cacheprovider -q -m gpu "$@"
   second=$?
 fi
 if [ "$first" -eq 5 ] && [ "$second" -eq 5 ]; then

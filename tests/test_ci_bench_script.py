@@ -126,6 +126,9 @@ def test_a_run_that_writes_nothing_leaves_no_earlier_runs_results_for_the_report
                                                               "results.md", "bench.json.journal.jsonl")}
     for name, text in earlier.items():
         (out / name).write_text(text)
+    (out / "plots").mkdir()  # ci_report.sh's plots of the last run: one of a workload not run now had stayed
+    (out / "plots" / "video-wm_fwd.png").write_bytes(b"png")
+    earlier["plots"] = ""
     refused = tmp_path / "refusing-python"  # as pytest refusing a usage error before any case runs
     refused.write_text("#!/usr/bin/env bash\necho 'ERROR: attnsuite: --attn-only: unknown variant'\nexit 4\n")
     refused.chmod(0o755)
@@ -140,3 +143,16 @@ def test_a_run_that_writes_nothing_leaves_no_earlier_runs_results_for_the_report
         report = subprocess.run(["bash", str(ROOT / "scripts" / "ci_report.sh"), str(out)], capture_output=True,
                                 text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHON": "/bin/false"})
         assert report.returncode == 1 and f"ci_report: no {out}/bench.json" in report.stderr
+
+
+def test_ci_bench_reads_the_projects_pytest_config_whatever_folders_its_options_name(tmp_path):
+    # --attn-baselines-dir /elsewhere had made pytest look for its config from "/" and run without
+    # pyproject.toml's addopts and warning filters, without a word
+    fake = tmp_path / "fakepython"
+    fake.write_text("#!/usr/bin/env bash\necho \"ran $*\"\n")
+    fake.chmod(0o755)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report", "--attn-baselines-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out"), "PYTHON": str(fake)})
+    ran = next(line for line in done.stdout.splitlines() if line.startswith("ran -m pytest"))
+    assert ran.startswith(f"ran -m pytest -c {ROOT / 'pyproject.toml'} "), ran
