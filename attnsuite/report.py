@@ -165,6 +165,16 @@ def reported_lines(cmp: Comparison) -> list[str]:
 TABLE_HEADER = ("verdict", "case", "judged", "baseline", "this run", "change", "band", "median", "peak memory")
 
 
+def cut_middle(text: str, width: int) -> str:
+    """``text`` in ``width`` characters, its middle replaced by "...": a case key keeps its workload,
+    variant and mode in front and its dtype and device at the end (cut from the left, a ``faster`` row
+    had named no variant, and no other line of the terminal named the case)."""
+    if len(text) <= width:
+        return text
+    head = (width - 3) // 2
+    return text[:head] + "..." + text[len(text) - (width - 3 - head):]
+
+
 def terminal_table(cmp: Comparison, *, show_same: bool = False, max_rows: int = 200) -> str:
     """A plain-text table of the verdicts (unchanged cases left out unless ``show_same``)."""
     new_skipped = [v for v in cmp.new if v.cur is not None and v.cur.outcome == "skipped"]
@@ -178,7 +188,7 @@ def terminal_table(cmp: Comparison, *, show_same: bool = False, max_rows: int = 
         out = []
         for i, (cell, w) in enumerate(zip(cells, widths)):
             if len(cell) > w:
-                cell = "..." + cell[-(w - 3):]
+                cell = cut_middle(cell, w)
             out.append(cell.ljust(w) if i < 3 or i == len(cells) - 1 else cell.rjust(w))
         return "  ".join(out).rstrip()
 

@@ -335,3 +335,16 @@ def test_the_advice_on_improvements_never_says_to_record_a_run_that_has_regressi
     assert ("--attn-record-baseline" in advice) != with_regressions, advice
     assert ("--case KEY" in advice) == with_regressions, advice
     assert f"Improvements ({len(cmp.improvements)}): {advice}" in report.markdown_diff(cmp)
+
+
+@pytest.mark.parametrize("width", [20, 21, 90])
+def test_a_long_case_key_in_the_terminal_table_keeps_its_workload_variant_and_its_end(width):
+    # cut from the left, "...ated-gather/fwd+bwd/b1-q200-..." named no workload and half a variant
+    from attnsuite.report import cut_middle
+
+    key = "layer-decode/mla-absorbed/decode/b1-q64-h4-d32-m256-causal-tl-fp32-cpu-decode_step4-kv_lora32-nope_dim32"
+    cut = cut_middle(key, width)
+    assert len(cut) == width and "..." in cut, cut
+    head, tail = cut.split("...")
+    assert key.startswith(head) and key.endswith(tail) and abs(len(head) - len(tail)) <= 1, cut
+    assert cut_middle("short", width) == "short"
