@@ -36,7 +36,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from . import registry, workloads
+from . import registry, strict_json, workloads
 from .problem import Mask, Problem, ProblemError
 from .record import MODES
 
@@ -71,21 +71,12 @@ def _read(path: Path) -> dict[str, Any]:
         if path.suffix == ".toml":
             data = tomllib.loads(text.decode("utf-8"))
         else:
-            data = json.loads(text, object_pairs_hook=_no_duplicates)
+            data = strict_json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         raise ProblemFileError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
     if not isinstance(data, dict):
         raise ProblemFileError(f"{path}: the top level must be a table/object with 'problems' and/or 'workloads'")
     return data
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 def _unknown(where: str, given: Iterable[str], known: Iterable[str]) -> None:

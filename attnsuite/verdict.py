@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
+from . import strict_json
 from .record import FAILING_OUTCOMES, KERNEL_SUM, CaseRecord, failed_counts
 from .wording import clip, count
 
@@ -204,7 +205,7 @@ def load_thresholds(path: os.PathLike | str | None) -> ThresholdConfig:
         return ThresholdConfig()
     p = Path(path)
     try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
+        obj = strict_json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ThresholdsError(f"thresholds {p}: no such file") from None
     except ValueError as exc:

@@ -218,6 +218,14 @@ def test_thresholds_file_that_is_not_json_names_the_file(tmp_path):
         load_thresholds(p)
 
 
+def test_a_thresholds_key_given_twice_is_refused_naming_it(tmp_path):
+    # "time_floor": 0.5, "time_floor": 0.7 had been read as 0.7 without a word (baselines refuse it)
+    p = tmp_path / "thresholds.json"
+    p.write_text('{"version": 1, "device": {"cpu": {"time_floor": 0.5, "time_floor": 0.7}}}')
+    with pytest.raises(ThresholdsError, match="thresholds.json: not valid JSON: duplicate key 'time_floor'"):
+        load_thresholds(p)
+
+
 def test_scope_keeps_deselected_baseline_cases_from_being_called_missing():
     base = by_key([rec("a", workload="w1"), rec("b", workload="w1"), rec("a", workload="w2")])
     cur = by_key([rec("a", workload="w1")])
