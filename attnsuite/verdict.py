@@ -932,7 +932,7 @@ def compare(base: Mapping[str, CaseRecord], cur: Mapping[str, CaseRecord], *,
 
 
 # A band past this can hide a doubling of the time: the CPU floor is exactly 100% (docs/gate.md),
-# and only a run's own spread widens a band beyond it.
+# and a run's own spread (or a floor set above it) widens a band beyond it.
 BLIND_BAND = 1.0
 
 
@@ -947,6 +947,6 @@ def blind_band_note(verdicts: list[CaseVerdict]) -> str:
     if not wide:
         return ""
     widest = max(wide, key=lambda v: v.band or 0.0)
-    return (f"{count(len(wide), 'case')} judged within a noise band over {BLIND_BAND:.0%} (the runs' own spread): "
+    return (f"{count(len(wide), 'case')} judged within a noise band over {BLIND_BAND:.0%} (a thresholds floor or the runs' spread set it): "
             f"even a doubling of their time would read same there; widest {widest.key} "
             f"±{(widest.band or 0.0) * 100:.0f}%. Re-run on a quieter machine to judge their time.")
