@@ -1347,6 +1347,9 @@ class MergeSummary:
     kept: list[str] = field(default_factory=list)
     # measured (ok) entries replaced by this run's unmeasured outcome (skipped, oom): their figures are gone
     unmeasured: list[str] = field(default_factory=list)
+    # (key, runs before, runs now) of entries recorded from more runs than now replace them: the spread
+    # over those runs, which widened each one's band, is gone with them
+    fewer_runs: list[tuple[str, int, int]] = field(default_factory=list)
     # the stored calibration before and after, when recording replaced it (the reference of every
     # case's "% of peak", not only of the cases recorded): None when it stayed as it was
     calibration_change: Optional[tuple[Optional[dict[str, Any]], dict[str, Any]]] = None
@@ -1365,6 +1368,11 @@ class MergeSummary:
             text += (f"; {len(self.unmeasured)} measured case(s) now recorded without figures, as this run's skip "
                      f"or out-of-memory (e.g. {', '.join(self.unmeasured[:3])}): their times and memory are gone "
                      "from the baseline")
+        if self.fewer_runs:
+            key, before, now = self.fewer_runs[0]
+            text += (f"; {len(self.fewer_runs)} case(s) recorded from more runs before now hold fewer (e.g. {key}: "
+                     f"{before} -> {now}): the spread over the earlier runs, which widened their noise band, is gone "
+                     "(record from as many runs to keep it)")
         if self.calibration_change is not None:
             text += "; " + calibration_change_text(*self.calibration_change)
         for note in self.notes:
@@ -1485,6 +1493,8 @@ def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], 
             summary.updated.append(key)
             if old.get("outcome") == "ok" and records[key].outcome != "ok":
                 summary.unmeasured.append(key)
+            elif (old.get("runs") or 1) > (entry.get("runs") or 1):
+                summary.fewer_runs.append((key, int(old.get("runs") or 1), int(entry.get("runs") or 1)))
         baseline.cases[key] = entry
     if prune_inside is not None:
         for key in sorted(baseline.cases):

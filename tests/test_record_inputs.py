@@ -411,3 +411,17 @@ def test_a_filtered_recording_counts_and_names_only_the_cases_it_records(tmp_pat
     code, out = run_cli("record", *runs, "--baseline", tmp_path / "all.json")  # no filter: every case
     assert code == 0 and "combined 3 runs: 1 case from 3 runs, 1 from 2 runs;" in out, out
     assert "apart: fa-sweep/kept/fwd/" in out and "apart: fa-sweep/other/fwd/" in out, out
+
+
+def test_refreshing_a_three_run_entry_from_one_run_says_its_spread_is_gone(tmp_path):
+    # the entry's "runs": 3 and instance_spread (which widened its band) had been dropped without a word
+    base = tmp_path / "base.json"
+    runs = [write_run(tmp_path / f"r{i}.json", [rec("a", median_ms=1.0 + i / 20, min_ms=1.0 + i / 20), rec("b")])
+            for i in range(3)]
+    assert run_cli("record", *runs, "--baseline", base)[0] == 0
+    code, out = run_cli("record", write_run(tmp_path / "one.json", [rec("a", median_ms=1.2, min_ms=1.2)]),
+                        "--baseline", base)
+    assert code == 0, out
+    assert f"1 case(s) recorded from more runs before now hold fewer (e.g. {rec('a').key}: 3 -> 1)" in out, out
+    _, again = run_cli("record", *runs, "--baseline", base)  # from three runs again: nothing to say
+    assert "recorded from more runs before" not in again, again
