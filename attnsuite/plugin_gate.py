@@ -641,7 +641,14 @@ def _summary_of(config: pytest.Config, records: Any, cmp: Optional[Comparison],
     return summary.build(records, cmp, gate_mode=mode, baseline_lines=why_none, files=_files(config),
                          interrupted=_interrupted_text(config, records),
                          uncompared=state.uncompared if state is not None and mode != "off" else "",
-                         broken=registry.broken_entry_points())
+                         broken=registry.broken_entry_points(),
+                         injected=_injected(config))
+
+
+def _injected(config: pytest.Config) -> list[str]:
+    """The variants ``--attn-inject-slowdown`` named in a session that ran benchmarks (none otherwise)."""
+    spec = getattr(config.stash.get(plugin_bench._RUNNER, None), "spec", None)
+    return [name for name, _ in spec.inject] if spec is not None else []
 
 
 def _interrupted_text(config: pytest.Config, records: Any) -> str:

@@ -278,15 +278,21 @@ def numerics_line(records: Mapping[str, CaseRecord]) -> str:
             + " (each case's extra.numerics_check in the JSON)")
 
 
-def simulated_line(records: Mapping[str, CaseRecord]) -> str:
+def simulated_line(records: Mapping[str, CaseRecord], requested: Sequence[str] = ()) -> str:
     """Which cases ran with a slowdown injected (``--attn-inject-slowdown``), or "": the gate catching
-    it is the point of injecting one, but a report that did not say so read as the code's own times."""
+    it is the point of injecting one, but a report that did not say so read as the code's own times.
+    Variants in ``requested`` (the option's names) that no case slowed are named: an injection into a
+    variant outside the selection had run and passed without a word, as if the gate had missed it."""
     slowed = Counter(r.variant for r in records.values() if (r.extra or {}).get("injected_ms"))
+    unmatched = sorted(set(requested) - set(slowed))
+    missed = (f"--attn-inject-slowdown {', '.join(unmatched)}: no case of {'it' if len(unmatched) == 1 else 'them'} "
+              "ran in this selection, so nothing of it was slowed") if unmatched else ""
     if not slowed:
-        return ""
+        return f"NOT SIMULATED: {missed}" if missed else ""
     names = ", ".join(f"{v} ({n})" for v, n in sorted(slowed.items()))
     return (f"SIMULATED: {count(sum(slowed.values()), 'case')} ran with a slowdown injected (--attn-inject-slowdown: "
-            f"{names}): their times are not the code's own, and no baseline is recorded from this run")
+            f"{names}): their times are not the code's own, and no baseline is recorded from this run"
+            + (f"; {missed}" if missed else ""))
 
 
 def _failed_head(failed: Mapping[str, int]) -> str:
@@ -296,7 +302,8 @@ def _failed_head(failed: Mapping[str, int]) -> str:
 
 def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_mode: str = "report",
           baseline_lines: Sequence[str] = (), files: Sequence[tuple[str, str]] = (),
-          interrupted: str = "", uncompared: str = "", broken: Sequence[str] = ()) -> Summary:
+          interrupted: str = "", uncompared: str = "", broken: Sequence[str] = (),
+          injected: Sequence[str] = ()) -> Summary:
     """The last screen's content.
 
     ``cmp`` is the gate's comparison (None when there was none: ``baseline_lines`` then say why);
@@ -308,6 +315,7 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
     recorded, a run that required a baseline and had none says it failed. ``broken``: installed
     packages whose variants could not be loaded (registry.broken_entry_points): the run fails for
     them, and the first line leads with that.
+    ``injected``: the variants ``--attn-inject-slowdown`` named (one that no case of the run slowed is said).
     """
     outcomes = Counter(r.outcome for r in records.values())
     order = ["ok", "skipped", "oom", *FAILING_OUTCOMES]
@@ -346,7 +354,7 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
                    failures=failures, skip_reasons=[(n, k) for k, n in reasons.most_common()],
                    best=best_per_workload(records, calibration, label),
                    peak_note=peak_note(records, calibration, label), files=list(files),
-                   checked=numerics_line(records), simulated=simulated_line(records))
+                   checked=numerics_line(records), simulated=simulated_line(records, injected))
 
 
 def _best_cells(b: Best) -> list[str]:

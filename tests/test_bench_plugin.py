@@ -316,3 +316,11 @@ def test_a_case_stopped_by_ctrl_c_leaves_no_unused_fixture_warning(monkeypatch):
         plugin_bench.BenchRunner.run(runner, SimpleNamespace(id="w/v/fwd/p"), bench, SimpleNamespace(session=None))
     BenchmarkFixture._cleanup(bench)  # pytest-benchmark's own end-of-test check
     assert warned == [], warned
+
+
+def test_an_injection_into_a_variant_outside_the_selection_is_said_at_the_end(bench_run):
+    # --attn-inject-slowdown explicit=0.5 --attn-only sdpa had run and passed without a word
+    result, data = bench_run(variants=("sdpa",), extra=("--attn-inject-slowdown=hog=0.5",))
+    assert data is not None, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["NOT SIMULATED: --attn-inject-slowdown hog: no case of it ran in this selection, "
+                                 "so nothing of it was slowed"])

@@ -417,3 +417,16 @@ def test_a_failure_far_past_the_bound_says_how_far_in_a_readable_number():
     assert far.endswith("|ref| max 2): far beyond any rounding, an element the call never wrote?"), far
     assert "never wrote" not in Comparison("output", 0.4, 1e-6, 2.1e-5, 2.0, True, (0,)).describe()
     assert "(19047.62x the bound;" in Comparison("output", 0.4, 1e-6, 2.1e-5, 2.0, True, (0,)).describe()
+
+
+def test_an_injection_into_a_variant_that_did_not_run_is_said():
+    # --attn-inject-slowdown explicit=0.5 --attn-only sdpa ran and passed without a word: nothing was slowed
+    records = _records(cpu("sdpa", 1.0))
+    s = summary.build(records, None, injected=["explicit"])
+    assert s.simulated == ("NOT SIMULATED: --attn-inject-slowdown explicit: no case of it ran in this selection, "
+                           "so nothing of it was slowed")
+    both = summary.build(_records(cpu("sdpa", 1.5, extra={"injected_ms": 0.5})), None, injected=["sdpa", "explicit"])
+    assert both.simulated.startswith("SIMULATED: 1 case ran with a slowdown injected (--attn-inject-slowdown: sdpa (1))")
+    assert both.simulated.endswith("; --attn-inject-slowdown explicit: no case of it ran in this selection, so "
+                                   "nothing of it was slowed")
+    assert summary.build(records, None, injected=[]).simulated == ""
