@@ -1626,11 +1626,28 @@ def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[st
             # out of the code: it had been refused as "nothing to record"); removing nothing either, it is
             # the typo it was refused as
             raise ValueError(f"{asked}: {none_of(len(one.records), 'case')} of {one.label} passes and no baseline "
-                             f"case inside it is absent from the run: nothing to record or prune (the baseline is "
-                             "left as it was)")
+                             f"case inside it is absent from the run: nothing to record or prune"
+                             f"{_outside_selection(existing, inside)} (the baseline is left as it was)")
         baseline.path = str(path)
         _save_locked(baseline, lock, current)
     return summary
+
+
+def _outside_selection(baseline: Optional[Baseline], inside: Optional[Selection]) -> str:
+    """For a prune that removed nothing: the baseline cases the filters pass that lie outside what the
+    runs selected, as the reason ("" when there are none). The documented recipe for a removed variant,
+    tried with a run of other variants (--attn-only), had been refused with no word of why."""
+    if baseline is None or inside is None:
+        return ""
+    passing = [record_from_entry(k, e) for k, e in baseline.cases.items()
+               if passes_filter(record_from_entry(k, e), inside.workloads, inside.cases)]
+    outside = [r.key for r in passing if r not in inside]
+    if not outside:
+        return ""
+    return (f": the baseline's {count(len(outside), 'case')} that the filters pass (e.g. {outside[0]}) "
+            f"{'lies' if len(outside) == 1 else 'lie'} outside what the run selected (its --attn-only, --attn-mode, "
+            "-k ...), and --prune removes only cases a run selected and lacks: prune with a run that selected "
+            f"{'it' if len(outside) == 1 else 'them'}")
 
 
 def cases_by_run_count(runs: Sequence[Run], keys: Optional[Collection[str]] = None) -> str:

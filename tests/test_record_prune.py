@@ -151,3 +151,19 @@ def test_a_case_filter_that_neither_records_nor_prunes_is_refused_and_writes_not
     assert code == 2 and base.read_bytes() == before
     code, _ = run_cli("record", tmp_path / "run.json", "--baseline", base, "--case", "*/b/*")  # without --prune
     assert code == 2 and base.read_bytes() == before
+
+
+def test_a_prune_of_cases_outside_the_runs_selection_is_refused_saying_why(tmp_path, capsys):
+    # the documented recipe for a removed variant, tried with a run limited by --attn-only to another
+    # variant, had been refused with "no baseline case inside it is absent from the run" and no reason
+    base = baseline_of(tmp_path, [rec("a"), rec("b")])
+    before = base.read_bytes()
+    only_a = Scope(workloads=frozenset({"fa-sweep"}), variants=frozenset({"a"}))
+    code, _ = run_cli("record", write_scoped(tmp_path / "run.json", [rec("a")], only_a), "--baseline", base,
+                      "--prune", "--case", "*/b/*")
+    err = capsys.readouterr().err
+    assert code == 2 and base.read_bytes() == before
+    assert (f"the baseline's 1 case that the filters pass (e.g. {rec('b').key}) lies outside what the run selected"
+            in err), err
+    code, _ = run_cli("record", tmp_path / "run.json", "--baseline", base, "--prune", "--case", "*/typo/*")
+    assert code == 2 and "outside what the run selected" not in capsys.readouterr().err  # a typo: no such reason
