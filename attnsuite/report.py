@@ -261,7 +261,11 @@ def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", 
         out.append("")
     # the sides as the comparison names them: an A/B has a base tree and a head tree, not a baseline
     reference = cmp.side_names[0][:1].upper() + cmp.side_names[0][1:]
-    out.append(f"{counts}. {reference}: {md_escape(cmp.baseline_label)}; compared with {md_escape(cmp.current_label)}.")
+    label = md_escape(cmp.baseline_label)
+    # an A/B's label names its side already ("base HEAD (1a2b3c), 3 rounds"): "Base: base HEAD" had read twice
+    named = (label[:1].upper() + label[1:] if label.lower().startswith(cmp.side_names[0].lower() + " ")
+             else f"{reference}: {label}")
+    out.append(f"{counts}. {named}; compared with {md_escape(cmp.current_label)}.")
     for line in list(context) + cmp.notes:
         out.append(f"> {md_escape(line)}")
     out.append("")

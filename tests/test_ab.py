@@ -330,7 +330,8 @@ def test_the_markdown_states_its_verdict_in_bold_and_names_its_sides_base_and_he
     assert verdict in text.splitlines()[2:4], text[:600]
     tables = [line for line in text.splitlines() if line.startswith("| verdict |")]
     assert tables and all("| base | head |" in line and "this run" not in line for line in tables), tables
-    assert "Baseline:" not in text and ". Base: base HEAD (" in text  # had read "Baseline: base HEAD"
+    # had read "Baseline: base HEAD", then "Base: base HEAD"
+    assert "Baseline:" not in text and "Base: base" not in text and ". Base HEAD (" in text
     status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo)], FakeRunner(head_slower(fraction)))
     heads = [line.split()[3:5] for line in out.splitlines() if line.startswith("verdict ")]
     assert all(h == ["base", "head"] for h in heads) and (bool(heads) == (fraction > 0)), out  # no rows, no heads
