@@ -26,6 +26,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -837,13 +838,27 @@ def unused_bench_options(args: Sequence[str], items: Sequence[Any]) -> list[str]
     return list(dict.fromkeys(a for a in given if a in BENCH_ONLY_OPTIONS))
 
 
+def unused_bench_options_text(unused: Sequence[str]) -> str:
+    """What the terminal says of benchmark-only options given to a session without benchmarks."""
+    one = len(unused) == 1
+    text = (f"attnsuite: {', '.join(unused)} {'applies' if one else 'apply'} to the benchmarks (pytest bench "
+            f"--benchmark-only) only: this session collected no benchmark, so {'it changes' if one else 'they change'} "
+            "nothing here")
+    if "--attn-timeout" in unused:  # the README's hostile-kernel section names both limits
+        text += "; the correctness tests' time limit is --attn-test-timeout"
+    return text
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     unused = unused_bench_options(session.config.invocation_params.args, session.items)
     if unused:
-        one = len(unused) == 1
-        _say(session.config, f"attnsuite: {', '.join(unused)} {'applies' if one else 'apply'} to the benchmarks "
-                             "(pytest bench --benchmark-only) only: this session collected no benchmark, so "
-                             f"{'it changes' if one else 'they change'} nothing here")
+        workerinput = getattr(session.config, "workerinput", None)
+        if workerinput is None:
+            _say(session.config, unused_bench_options_text(unused))
+        elif workerinput.get("workerid") == "gw0":
+            # an xdist worker's terminal is not shown and the controller collects nothing: its warning
+            # reaches the controller's summary (the line had never appeared under -n)
+            warnings.warn(pytest.PytestWarning(unused_bench_options_text(unused)))
     why = nothing_selected(session.config, session.items, session.config.stash.get(_BENCH_DESELECTED, 0))
     if why:
         session.config.stash[_NOTHING_SELECTED] = why
