@@ -506,7 +506,9 @@ class CrashController:
             how += f", at {where}"
         variant = note.get("variant")
         subject = f"variant {variant}" if variant else "this test"
-        message = f"{subject} {what} in {crashitem}: {how}; xdist worker {worker} was replaced and the run went on"
+        drawn = f" on problem {note['problem']}" if note.get("problem") else ""
+        message = (f"{subject} {what} in {crashitem}{drawn}: {how}; xdist worker {worker} was replaced and the run "
+                   "went on")
         if variant:
             message += f"; the other tests of {variant} are skipped"
             with open(self.folder / CRASHED, "a", encoding="utf-8") as fh:
@@ -519,3 +521,12 @@ class CrashController:
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def note_running_problem(config: pytest.Config, nodeid: str, problem_id: str) -> None:
+    """Tell the crash report which problem the running test is on (a test that draws its problems,
+    e.g. with Hypothesis): a variant that crashed or hung there had been reported on a test id that
+    named no shape. Does nothing outside an xdist worker of this plugin."""
+    worker = config.pluginmanager.get_plugin("attnsuite-crash-worker")
+    if worker is not None:
+        worker.amend_note(nodeid, problem=problem_id)

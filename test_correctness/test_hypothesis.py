@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from attnsuite import checks, registry
 from attnsuite.plugin import selected_variants
+from attnsuite.plugin_isolation import note_running_problem
 from attnsuite.problem import Mask, Problem
 
 from .conftest import skip_if_nothing_ran
@@ -83,7 +84,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             reason="no eager attention kernel variant selected"))], ids=lambda v: getattr(v, "name", "none"))
 
 
-def test_drawn_problem_forward_and_backward_match_oracle(variant):
+def test_drawn_problem_forward_and_backward_match_oracle(variant, request):
     declined: Counter = Counter()
     ran = []
 
@@ -96,6 +97,8 @@ def test_drawn_problem_forward_and_backward_match_oracle(variant):
             declined.update(reasons)
             return
         ran.append(problem.id)
+        # a crash or hang of the variant is then reported with this draw's shape (the test id has none)
+        note_running_problem(request.config, request.node.nodeid, problem.id)
         # a forward-only variant (or one without a backward for this draw) still gets its forward drawn:
         # asking for both had skipped every draw of a forward-only kernel
         with_backward = not variant.unsupported(problem, backward=True)

@@ -398,3 +398,16 @@ def test_without_xdist_a_variant_that_exits_fails_its_tests_and_the_run_goes_on(
     failed = re.findall(r"^FAILED \S+\[([\w-]+)@", out, re.M)
     assert set(failed) == {"h-exit", "h-sysexit"}, out[-3000:]  # explicit, after them, passed
     assert re.search(r"\b\d+ passed\b", out), out[-2000:]
+
+
+def test_a_crash_on_a_drawn_problem_names_the_problem(tmp_path):
+    # a variant that crashed in the Hypothesis test was reported on a test id that names no shape, and its
+    # fixed-shape tests were then skipped: the author could not tell which problem took it down
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_hypothesis.py"), f"--rootdir={ROOT}",
+           "-p", "no:cacheprovider", "-n", "1", "-rfE", f"--attn-variants={HOSTILE}", "--attn-only=h-segfault",
+           "--attn-test-timeout", "60"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert re.search(r"variant h-segfault crashed the test process \(Fatal Python error: Segmentation fault\) in "
+                     r"\S+test_drawn_problem_forward_and_backward_match_oracle\[h-segfault\] on problem b\d+-q\d+\S*: "
+                     r"the process died", out), out[-4000:]
