@@ -9,6 +9,7 @@ exception text, so one broken variant cannot stop the run.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import sys
@@ -80,6 +81,12 @@ def library_roots() -> tuple[str, ...]:
     roots = [os.path.dirname(os.path.abspath(__file__)), sysconfig.get_paths()["stdlib"]]
     for name in ("torch", "triton"):
         where = getattr(sys.modules.get(name), "__file__", None)
+        if not where:
+            # found without importing it: the xdist controller that words a worker's crash never imports
+            # triton, and a segfault inside Triton's interpreter had been placed at interpreter.py
+            # instead of the kernel's own line
+            spec = importlib.util.find_spec(name) if name not in sys.modules else None
+            where = spec.origin if spec is not None else None
         if where:
             roots.append(os.path.dirname(os.path.abspath(where)))
     return tuple(os.path.join(r, "") for r in roots)

@@ -53,3 +53,16 @@ def test_a_dump_is_blamed_on_the_right_thread_and_frame(dump, where):
 
 def test_a_log_without_a_dump_gives_nothing():
     assert stack_in("RuntimeError: boom\nmore text", ROOTS) == ("", "")
+
+
+def test_the_library_roots_hold_triton_in_a_process_that_never_imported_it():
+    # the xdist controller words a worker's crash without importing triton: a segfault inside Triton's
+    # interpreter had been placed at triton/runtime/interpreter.py, not at the kernel's own line
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    probe = ("import sys; from attnsuite import checks; roots = checks.library_roots(); "
+             "print('triton' in sys.modules, any(r.rstrip('/').endswith('triton') for r in roots))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "True"], done.stdout + done.stderr
