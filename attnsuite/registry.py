@@ -625,6 +625,12 @@ def load_external(spec: str, module_name: Optional[str] = None) -> None:
         except ModuleNotFoundError as exc:
             if exc.name is None or not (spec == exc.name or spec.startswith(exc.name + ".")):
                 raise  # the module was found and one of its own imports is missing: its error says which
+            if spec == exc.name and os.path.isdir(spec):
+                # "ext3", a folder here, had been told to name "a path to the package folder" it had named
+                raise ModuleNotFoundError(
+                    f"{exc}: {spec!r} is read as a module name; it is also a folder here: to load the folder, "
+                    f"write it as a path ({os.path.join(spec, '')}), a package folder with an __init__.py",
+                    name=exc.name) from None
             raise ModuleNotFoundError(
                 f"{exc}: a module name is imported from this Python's path; make the package importable "
                 f"(PYTHONPATH=<the folder that holds {exc.name}>, or pip install -e . in this environment), "

@@ -77,6 +77,16 @@ def test_a_module_name_python_cannot_find_says_how_to_make_it_importable():
         registry.load_external("no_such_pkg_x.attention_variants")
 
 
+def test_a_folder_named_without_a_slash_is_told_to_be_written_as_a_path(tmp_path, monkeypatch):
+    # --attn-variants ext3 (a folder here) had been told to "name the file itself (a path to the .py file
+    # or package folder)", which it had
+    (tmp_path / "ext_folder_zz").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModuleNotFoundError, match=r"'ext_folder_zz' is read as a module name; it is also a folder "
+                                                  r"here: to load the folder, write it as a path \(ext_folder_zz/\)"):
+        registry.load_external("ext_folder_zz")
+
+
 def test_a_found_module_whose_own_import_is_missing_keeps_that_error(tmp_path, monkeypatch):
     (tmp_path / "uses_missing_dep.py").write_text("import no_such_dependency_y\n")
     monkeypatch.syspath_prepend(str(tmp_path))
