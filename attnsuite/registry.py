@@ -267,9 +267,12 @@ def register(variant):
                 f"variant name {instance.name!r}: {where} was imported twice, as module "
                 f"{type(existing).__module__} and again as {type(instance).__module__} (named two ways, e.g. "
                 "an installed package's entry point and --attn-variants with its folder or file): name it one way")
+        # both by their files: "already registered by attnsuite_external_my_kernel.MyKernel" had named
+        # neither of two --attn-variants files with one name
         raise ValueError(
-            f"variant name {instance.name!r} is already registered by {type(existing).__module__}."
-            f"{type(existing).__name__}"
+            f"variant name {instance.name!r} is already registered by {type(existing).__name__} in "
+            f"{_defined_in(existing)}; {type(instance).__name__} in {_defined_in(instance)} registers it again: "
+            "give one of them another name"
         )
     if existing is not None and not _same_state(existing, instance):
         # two configurations of one class under one name: the first would be dropped unchecked
@@ -485,8 +488,11 @@ def get(name: str) -> Variant:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        by_lower = {n.lower(): n for n in _REGISTRY}
+        close = [by_lower[c] for c in difflib.get_close_matches(name.lower(), list(by_lower), n=3)]
+        # a name of the user's own that was never loaded is the likelier mistake when nothing is close
+        hint = (f"; did you mean {', '.join(close)}?" if close else
+                "; a variant of your own is registered by loading its file with --attn-variants PATH")
         raise UnknownVariantError(f"unknown variant {name!r}{hint} ({len(_REGISTRY)} registered)") from None
 
 

@@ -224,3 +224,13 @@ def test_a_variant_module_that_registers_nothing_is_warned_about(tmp_path):
     empty.write_text("from attnsuite.registry import KernelVariant\n\nclass Mine(KernelVariant):\n    name = 'mine'\n")
     with pytest.warns(registry.NothingRegistered, match="forgot_register.py' registered no variant"):
         registry.load_external(str(empty))
+
+
+@pytest.mark.parametrize("name, hint", [
+    ("SDPA", "did you mean sdpa"),  # another case: difflib alone had found nothing close
+    ("my-kernel-zz", "a variant of your own is registered by loading its file with --attn-variants PATH"),
+])
+def test_an_unknown_variant_name_gets_a_hint(name, hint):
+    with pytest.raises(registry.UnknownVariantError) as info:
+        registry.get(name)
+    assert hint in str(info.value), str(info.value)

@@ -693,3 +693,28 @@ def test_a_variant_file_whose_package_imports_from_another_copy_is_warned_about(
         assert f"loaded it from {(tmp_path / 'site' / pkg).resolve()}" in shadow[0], shadow
     else:
         assert shadow == []
+
+
+def test_one_name_in_two_files_names_both_files(tmp_path, isolated_registry):
+    # two --attn-variants files with one name had been refused naming "attnsuite_external_one.Mine", a
+    # module name the user never wrote, and not the second file at all
+    body = '''
+    from attnsuite.registry import KernelVariant, register
+
+
+    @register
+    class Mine(KernelVariant):
+        name = "my-twice"
+        masks = frozenset({"none"})
+
+        def build(self, problem):
+            return lambda q, k, v: q
+    '''
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = _module(tmp_path / "a", "one", body), _module(tmp_path / "b", "two", body)
+    with pytest.raises(registry.VariantLoadError) as info:
+        registry.load_all([str(first), str(second)])
+    text = str(info.value)
+    assert "variant name 'my-twice' is already registered by Mine in" in text and str(first) in text, text
+    assert f"{second}) registers it again: give one of them another name" in text, text
