@@ -796,6 +796,13 @@ def validate_baseline_json(obj: Any) -> list[str]:
         if "benchmarks" in obj:
             return ["this is a pytest-benchmark result file, not a baseline: make a baseline from it "
                     "with `attnsuite record RESULT.json` or pytest --attn-record-baseline"]
+        from .verdict import looks_like_thresholds  # verdict does not import this module: no cycle
+
+        # named by what they are: both had read '"schema" is None'
+        if looks_like_thresholds(obj):
+            return ["this is a thresholds file (the gate's noise floors, --attn-thresholds), not a baseline"]
+        if "compared" in obj and isinstance(obj.get("cases"), list):
+            return ["this is a gate JSON (a run's verdicts, --attn-gate-json), not a baseline"]
         return [f"not an attnsuite baseline: \"schema\" is {_show(obj.get('schema'))}, expected {SCHEMA_TAG!r}"]
     version = obj.get("version")
     if version != BASELINE_VERSION or isinstance(version, bool):

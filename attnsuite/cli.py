@@ -27,7 +27,7 @@ from . import ab, gate, report, summary
 from .combine import WIDE_SPREAD, combine_runs
 from .output_paths import output_options_problem
 from .record import CaseRecord
-from .verdict import CONFIRMABLE, THRESHOLDS_SECTIONS, Comparison, Scope, ThresholdsError, load_thresholds
+from .verdict import CONFIRMABLE, Comparison, Scope, ThresholdsError, load_thresholds, looks_like_thresholds
 from .wording import count, none_of
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
@@ -325,7 +325,7 @@ def _is_thresholds_file(path: str) -> bool:
         obj = bl.parse_json_bytes(bl.read_input_bytes(path, bl.BaselineError), path, bl.BaselineError)
     except bl.BaselineError:
         return False  # the baseline check names what is wrong with it
-    return isinstance(obj, dict) and bool(obj) and set(obj) <= THRESHOLDS_SECTIONS and set(obj) != {"version"}
+    return looks_like_thresholds(obj)
 
 
 def cmd_check(args: argparse.Namespace, out) -> int:

@@ -307,8 +307,10 @@ def summary_from_gate_json(records: Mapping[str, CaseRecord], gate_json: Optiona
                  f"{fmt_pct(c.get('time_change'))} (band ±{(c.get('band') or 0) * 100:.1f}%)" for c in regs]
         s.regressions, s.more_regressions = lines[:summ.MAX_REGRESSIONS], max(0, len(lines) - summ.MAX_REGRESSIONS)
     s.verdict = summ.interrupted_verdict(s.verdict, interrupted)  # the result file's own word
-    s.best = summ.best_per_workload(records, cal)
-    s.peak_note = summ.peak_note(records, cal)
+    # a gate JSON that compared nothing (a recording run, no baseline) has no baseline whose probe is missing
+    label = "the baseline" if gate.get("compared") else flops.NO_BASELINE
+    s.best = summ.best_per_workload(records, cal, label)
+    s.peak_note = summ.peak_note(records, cal, label)
     return s
 
 

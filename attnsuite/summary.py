@@ -275,7 +275,7 @@ def numerics_line(records: Mapping[str, CaseRecord]) -> str:
              f"{how['other']} otherwise" if how["other"] else "",
              f"{how['unsaid']} not saying how" if how["unsaid"] else ""]
     return (f"numerics of the {sum(how.values())} ok cases: " + ", ".join(p for p in parts if p)
-            + " (each case's extra.numerics_check in the JSON)")
+            + " (each case's extra.numerics_check in the benchmark JSON, --benchmark-json)")
 
 
 def simulated_line(records: Mapping[str, CaseRecord], requested: Sequence[str] = ()) -> str:

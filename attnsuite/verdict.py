@@ -163,6 +163,12 @@ def _layer(obj: Any, where: str) -> dict[str, Any]:
 THRESHOLDS_SECTIONS = frozenset({"version", "default", "device", "workload", "case", "comment"})
 
 
+def looks_like_thresholds(obj: Any) -> bool:
+    """Whether a JSON object is a thresholds file by its content (thresholds sections only), whatever
+    its name: so a copy is checked as what it is, and one given where a baseline belongs is named."""
+    return isinstance(obj, dict) and bool(obj) and set(obj) <= THRESHOLDS_SECTIONS and set(obj) != {"version"}
+
+
 def parse_thresholds(obj: Any, where: str = "<thresholds>") -> ThresholdConfig:
     """Validate a thresholds JSON object::
 
@@ -872,6 +878,10 @@ class Comparison:
         counts = ", ".join(f"{n} {k}" for k, n in self.counts().items()) or "no cases"
         failing = failed_counts({v.key: v.cur for v in self.verdicts if v.cur is not None})
         calm = "no regression" if failing else "pass"
+        if self.verdicts and all(v.verdict == "new" for v in self.verdicts):
+            # none of the run's cases is in the baseline: "pass (29 new)" had stood beside the summary's
+            # "NOT COMPARED", for a run whose cases were all skipped too
+            calm = "nothing compared"
         n = count(len(self.regressions), "regression")
         head = calm if not self.failed else f"FAIL: {n}" if self.gate_mode == "enforce" else \
             f"REPORTED: {n} (gate in report mode)"

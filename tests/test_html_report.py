@@ -414,3 +414,13 @@ def test_report_with_a_baseline_and_no_gate_json_shows_that_comparison_in_its_ht
     assert "NOT COMPARED" not in page and "no gate JSON given" not in page, page[:3000]
     assert "PASS: no regression among" in page and "PASS: no regression among" in out.getvalue()
     assert "stores no calibration probe" not in page, page[:3000]
+
+
+def test_a_gate_json_that_compared_nothing_is_not_said_to_have_a_baseline_without_a_probe():
+    # a recording run's gate JSON (no comparison) had made the HTML say "the baseline stores no
+    # calibration probe" of a baseline the run had just recorded with one
+    recs = _records()
+    s = html_report.summary_from_gate_json(recs, {"compared": False, "reason": "no baseline for this machine",
+                                                  "cases": []})
+    assert "stores no calibration probe" not in s.peak_note, s.peak_note
+    assert "no % of peak: no baseline was compared" in s.peak_note, s.peak_note

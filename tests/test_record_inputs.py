@@ -425,3 +425,19 @@ def test_refreshing_a_three_run_entry_from_one_run_says_its_spread_is_gone(tmp_p
     assert f"1 case(s) recorded from more runs before now hold fewer (e.g. {rec('a').key}: 3 -> 1)" in out, out
     _, again = run_cli("record", *runs, "--baseline", base)  # from three runs again: nothing to say
     assert "recorded from more runs before" not in again, again
+
+
+@pytest.mark.parametrize("content, said", [
+    ({"version": 1, "device": {"cpu": {"time_floor": 0.5}}},
+     "this is a thresholds file (the gate's noise floors, --attn-thresholds), not a baseline"),
+    ({"compared": True, "failed": False, "cases": []},
+     "this is a gate JSON (a run's verdicts, --attn-gate-json), not a baseline"),
+], ids=["thresholds", "gate-json"])
+def test_another_kind_of_file_given_as_the_baseline_is_named_by_its_kind(tmp_path, capsys, content, said):
+    # record --baseline thresholds.json had said '"schema" is None'
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(content))
+    before = other.read_bytes()
+    code, _ = run_cli("record", write_run(tmp_path / "r.json", [rec("a")]), "--baseline", other)
+    err = capsys.readouterr().err
+    assert code == 2 and said in err and other.read_bytes() == before, err

@@ -522,3 +522,11 @@ def test_faster_is_the_mirror_of_slower_on_the_ratio(floor, base_ms, cur_ms, ver
     v = judge(rec(median_ms=base_ms, min_ms=base_ms, problem="b1-q128-h4-d32-fp32-cpu", **kw),
               rec(median_ms=cur_ms, min_ms=cur_ms, problem="b1-q128-h4-d32-fp32-cpu", **kw), t)
     assert v.verdict == verdict, v.message
+
+
+def test_a_comparison_in_which_every_case_is_new_reads_nothing_compared_not_pass():
+    # "pass (29 new)" had stood beside the summary's "NOT COMPARED: none of the 29 cases is in the baseline"
+    cur = by_key([rec("b", workload="w2"), rec("c", workload="w2")])
+    cmp = compare(by_key([rec("a", workload="w1")]), cur, scope=Scope.of_run(cur))
+    assert cmp.summary().startswith("nothing compared (2 new)"), cmp.summary()
+    assert compare(by_key([rec("a")]), by_key([rec("a"), rec("b")])).summary().startswith("pass ("), "one is judged"
