@@ -47,7 +47,8 @@ class Combined:
     run: Run
     disagreeing: dict[str, list[str]] = field(default_factory=dict)  # case key -> outcome per run
 
-    def widely_spread(self, limit: float = WIDE_SPREAD, keys: Optional[Collection[str]] = None) -> list[tuple[float, str]]:
+    def widely_spread(self, limit: float = WIDE_SPREAD,
+                      keys: Optional[Collection[str]] = None) -> list[tuple[float, str]]:
         """(spread, case key) of the cases (of ``keys``, default all) whose runs lay more than ``limit``
         apart on the time the gate judges (device min where there is one, else min), widest first:
         their noise band widens to that spread, so whoever records the baseline should see them (one

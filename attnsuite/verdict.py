@@ -957,6 +957,7 @@ def blind_band_note(verdicts: list[CaseVerdict]) -> str:
     if not wide:
         return ""
     widest = max(wide, key=lambda v: v.band or 0.0)
-    return (f"{count(len(wide), 'case')} judged within a noise band over {BLIND_BAND:.0%} (a thresholds floor or the runs' spread set it): "
+    return (f"{count(len(wide), 'case')} judged within a noise band over {BLIND_BAND:.0%} (a thresholds floor or "
+            "the runs' spread set it): "
             f"even a doubling of their time would read same there; widest {widest.key} "
             f"±{(widest.band or 0.0) * 100:.0f}%. Re-run on a quieter machine to judge their time.")
