@@ -105,6 +105,19 @@ class Thresholds:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ThresholdsError(f"{where}: {f.name} must be a non-negative number, got {v!r}")
+            if f.name in _FRACTIONS and v > 1:
+                raise ThresholdsError(f"{where}: {f.name} is a share of a call's time, from 0 to 1, got {v!r}")
+            if f.name in _RELATIVE and v > MAX_RELATIVE:
+                # "time_floor": 50 (meant 0.5) had been taken as 5000%: a gate that passes everything
+                raise ThresholdsError(f"{where}: {f.name} is a fraction (0.03 is 3%), got {v!r}, i.e. "
+                                      f"{v:.0%}; at most {MAX_RELATIVE:g} ({MAX_RELATIVE:.0%})")
+
+
+# Relative allowances (fractions of the baseline's figure) and their sanity bound: the CPU floor is 1.0
+# (100%, a doubling); ten times the baseline's time is no band a gate could mean.
+_RELATIVE = frozenset({"time_floor", "mem_floor", "host_bound_floor", "host_floor"})
+MAX_RELATIVE = 10.0
+_FRACTIONS = frozenset({"host_bound_at"})  # a launch share: above 1 no case is ever host-bound
 
 
 # Built-in defaults per device kind. On a

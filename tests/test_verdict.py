@@ -204,6 +204,10 @@ def test_a_per_workload_threshold_turns_a_slowdown_into_same():
     ({"version": 2}, "version 2"),
     ({"cases": {}}, "unknown sections ['cases']"),
     ({"device": {"gpu": {"time_floor": 0.05}}}, "device ['gpu'] unknown; device kinds are cpu, cuda"),
+    # meant 0.5: read as 5000%, a gate that passes everything
+    ({"device": {"cpu": {"time_floor": 50}}}, "time_floor is a fraction (0.03 is 3%), got 50, i.e. 5000%; at most 10"),
+    ({"workload": {"decode": {"mem_floor": 10.5}}}, "mem_floor is a fraction"),
+    ({"default": {"host_bound_at": 1.5}}, "host_bound_at is a share of a call's time, from 0 to 1, got 1.5"),
 ])
 def test_a_bad_thresholds_config_is_refused_naming_the_problem(obj, needle):
     with pytest.raises(ThresholdsError) as info:
@@ -530,3 +534,8 @@ def test_a_comparison_in_which_every_case_is_new_reads_nothing_compared_not_pass
     cmp = compare(by_key([rec("a", workload="w1")]), cur, scope=Scope.of_run(cur))
     assert cmp.summary().startswith("nothing compared (2 new)"), cmp.summary()
     assert compare(by_key([rec("a")]), by_key([rec("a"), rec("b")])).summary().startswith("pass ("), "one is judged"
+
+
+@pytest.mark.parametrize("name, value", [("time_floor", 10.0), ("host_bound_at", 1.0), ("mem_floor", 0.0)])
+def test_the_bounds_of_a_thresholds_fraction_are_accepted(name, value):
+    assert parse_thresholds({"default": {name: value}}, "t.json").default[name] == value
