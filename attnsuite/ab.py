@@ -982,6 +982,10 @@ def cmd_ab(args: argparse.Namespace, out, runner: Runner = run_round) -> int:
     return EXIT_INPUT
 
 
+# ab's own options that name no pytest option (--attn-... is pytest's): given after "--" they are a slip
+_OWN_OPTIONS = ("head-arg", "base", "rounds", "cases-from", "round-timeout", "repo", "python", "out")
+
+
 def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
     if args.rounds < MIN_ROUNDS:
         raise AbError(f"--rounds {args.rounds}: at least {MIN_ROUNDS} rounds per side are needed for a spread")
@@ -994,6 +998,12 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
                                         {"--out": args.out}, inputs={"--cases-from": args.cases_from})
     if bad_output:  # before any round: a typo had crashed after every round ran, the rounds lost
         raise AbError(bad_output)
+    own = sorted({a.split("=", 1)[0] for a in args.pytest_args
+                  if a.split("=", 1)[0] in {f"--{name}" for name in _OWN_OPTIONS}})
+    if own:
+        # after "--" they go to pytest, which refused them only when round 1 ran, in a worktree made for it
+        raise AbError(f"{', '.join(own)} {'is an option' if len(own) == 1 else 'are options'} of attnsuite ab: "
+                      "put it before --, where the benchmarks' own options end")
     if args.baselines_dir and not Path(args.baselines_dir).is_dir():
         # a missing folder had fallen back to the working tree's thresholds: the change set its own bar
         raise AbError(f"--baselines-dir {args.baselines_dir}: no such folder")

@@ -971,3 +971,14 @@ def test_the_terminal_says_how_many_uncommitted_paths_the_head_rounds_include(re
     assert status == ab.EXIT_OK, err
     assert f"head {repo} with its 2 uncommitted paths; 3 rounds per side" in out, out
     assert "(2 uncommitted path(s) included)" in (tmp_path / "ab.md").read_text()
+
+
+def test_an_ab_option_given_after_the_double_dash_is_refused_before_any_round(tmp_path):
+    # `ab --base main -- --attn-only k --head-arg=--attn-inject-slowdown=k=0.05` went to pytest, which
+    # refused it only when round 1 ran, in a worktree made for it
+    runner = FakeRunner(same_speed)
+    status, _, err = run_cmd(["--base", "HEAD", "--", "--attn-only", "k", "--head-arg=--attn-inject-slowdown=k=0.05"],
+                             runner)
+    assert status == ab.EXIT_INPUT, err
+    assert "--head-arg is an option of attnsuite ab: put it before --" in err, err
+    assert not runner.specs, runner.specs
