@@ -1118,8 +1118,14 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out, *, context: Sequence[s
     # the verdict in words, bold, first, as gate.md has it (the heading alone had carried it)
     verdict = summary.comparison_verdict(cmp, cmp.gate_mode, summary.failed_counts(
         {v.key: v.cur for v in cmp.verdicts if v.cur is not None}))
-    text = report.markdown_diff(cmp, title="attnsuite A/B (same machine)", context=context,
-                                head=[f"**{report.md_escape(verdict)}**", ""])
+    head = [f"**{report.md_escape(verdict)}**", ""]
+    # a head side run with --head-arg=--attn-inject-slowdown says so in bold, as a slowed run's gate.md
+    # does (the markdown had held only the quoted note that the head rounds ran with it)
+    slowed = summary.simulated_line({v.key: v.cur for v in cmp.verdicts if v.cur is not None})
+    if slowed:
+        head += [f"**{report.md_escape(slowed)}**", ""]
+        print(slowed, file=out)
+    text = report.markdown_diff(cmp, title="attnsuite A/B (same machine)", context=context, head=head)
     if args.markdown:
         report.write_markdown(text, args.markdown)
     if args.step_summary:  # with or without --markdown (alone it had been ignored without a word)

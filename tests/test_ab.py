@@ -982,3 +982,17 @@ def test_an_ab_option_given_after_the_double_dash_is_refused_before_any_round(tm
     assert status == ab.EXIT_INPUT, err
     assert "--head-arg is an option of attnsuite ab: put it before --" in err, err
     assert not runner.specs, runner.specs
+
+
+def test_a_head_side_with_an_injected_slowdown_says_simulated_in_bold(repo, tmp_path):
+    # the markdown had held only the quoted note "the head rounds run with ... as well"
+    def make(side, n):
+        slowed = {"extra": {"injected_ms": 0.05}} if side == "head" else {}
+        return [rec(KEY_A, min_ms=1.0 * (1.05 if side == "head" else 1.0), **slowed), rec(KEY_B, min_ms=2.0)]
+
+    status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--gate", "report", "--markdown",
+                              str(tmp_path / "ab.md"), "--head-arg=--attn-inject-slowdown=a=0.05"], FakeRunner(make))
+    assert status == 0
+    md = (tmp_path / "ab.md").read_text()
+    assert "**SIMULATED: 1 case ran with a slowdown injected (--attn-inject-slowdown:" in md, md[:1500]
+    assert "SIMULATED: 1 case ran with a slowdown injected" in out
