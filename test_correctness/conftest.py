@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from pathlib import Path
 
+import hypothesis.configuration
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -13,6 +15,12 @@ from attnsuite.triton_support import choose_mode
 
 # GPU runs compile dozens of (head dim, mask, dtype) keys: one tile config each, no autotune sweep.
 os.environ.setdefault("ATTNSUITE_TRITON_AUTOTUNE", "0")
+
+# Hypothesis keeps its files (examples, constants) in this checkout's .hypothesis/, not in the folder the
+# run was started from: run from a kernel author's own project, it had left a .hypothesis/ there.
+_home = getattr(hypothesis.configuration, "set_hypothesis_home_dir", None)
+if _home is not None:
+    _home(Path(__file__).resolve().parents[1] / ".hypothesis")
 
 # "ci" bounds hypothesis so the CPU run stays within budget; "dev" digs deeper locally.
 settings.register_profile(
