@@ -568,7 +568,9 @@ class BenchRunner:
             # run's last word on the case; the session's summary says what was left unrun
             benchmark.skipped = True
             raise
-        _write_progress(request.config, tracker.case_done(rec.key, rec.outcome))
+        due = tracker.case_done(rec.key, rec.outcome)
+        if due:  # written once pytest has shown this test's own status (pytest_runtest_logfinish)
+            request.config.stash[_PROGRESS_DUE] = due
         benchmark.group = bc.group
         benchmark.extra_info.update(rec.to_extra_info())
         # a failing case's samples stay out of pytest-benchmark's table and list: its table had ranked a
@@ -708,9 +710,24 @@ def _progress_tracker(session: pytest.Session) -> progress.Progress:
     return session.config.stash[_PROGRESS]
 
 
+_PROGRESS_DUE = pytest.StashKey[str]()  # a progress line waiting for its test's status character
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]) -> Any:
+    """Write a progress line due in the test that just ended once pytest has shown its "." or "s":
+    written inside the test, its status character had followed alone on the next line."""
+    try:
+        return (yield)
+    finally:
+        line = item.config.stash.get(_PROGRESS_DUE, "")
+        if line:
+            item.config.stash[_PROGRESS_DUE] = ""
+            _write_progress(item.config, line)
+
+
 def _write_progress(config: pytest.Config, line: Optional[str]) -> None:
-    """A due progress line, on a line of its own in pytest's output (written past output capture:
-    the case is still inside its test call)."""
+    """A due progress line, on a line of its own in pytest's output (written past output capture)."""
     tr = config.pluginmanager.get_plugin("terminalreporter")
     if not line or tr is None:
         return

@@ -193,6 +193,10 @@ def test_json_has_every_field_for_ok_error_oom_and_skipped_cases(bench_run, tmp_
     # progress (not a terminal here: the first case, then the last), then the last screen: the verdict
     # (no baseline here), skips by reason, the failures, the fastest variant
     assert "attnsuite [1/8  12%]" in out and "attnsuite [8/8 100%]" in out and "done (" in out
+    # each after its test's status character: written inside the test, the "." had followed alone
+    lines = out.splitlines()
+    after = [lines[i + 1].strip() for i, line in enumerate(lines[:-1]) if line.startswith("attnsuite [")]
+    assert after and not any(a and set(a) <= set(".sFExX") for a in after), after
     out = out.split("attnsuite summary")[-1]
     assert "FAIL: 2 case(s) of this run failed (2 error); the run was not judged against a baseline" in out and "cases: 2 ok, 2 skipped, 2 oom, 2 error" in out
     assert "variant runs on ['cuda'], not cpu" in out and "fastest variant per workload" in out
