@@ -733,7 +733,9 @@ def _write_progress(config: pytest.Config, line: Optional[str]) -> None:
         return
     capman = config.pluginmanager.get_plugin("capturemanager")
     with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
-        if getattr(getattr(tr, "_tw", None), "width_of_current_line", 0):  # mid-way through a line of dots
+        # mid-way through a line of dots, pytest's write_line ends it first (ensure_newline); after the
+        # next test's status, pytest starts a fresh line with the file's name
+        if getattr(getattr(tr, "_tw", None), "width_of_current_line", 0) and not getattr(tr, "currentfspath", None):
             tr.write("\n")
         tr.write_line(line)
 
