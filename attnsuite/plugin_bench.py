@@ -569,7 +569,7 @@ class BenchRunner:
             benchmark.skipped = True
             raise
         due = tracker.case_done(rec.key, rec.outcome)
-        if due:  # written once pytest has shown this test's own status (pytest_runtest_logfinish)
+        if due:  # written once pytest has shown this test's own status (pytest_runtest_protocol below)
             request.config.stash[_PROGRESS_DUE] = due
         benchmark.group = bc.group
         benchmark.extra_info.update(rec.to_extra_info())
@@ -735,7 +735,8 @@ def _write_progress(config: pytest.Config, line: Optional[str]) -> None:
     with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
         # mid-way through a line of dots, pytest's write_line ends it first (ensure_newline); after the
         # next test's status, pytest starts a fresh line with the file's name
-        if getattr(getattr(tr, "_tw", None), "width_of_current_line", 0) and not getattr(tr, "currentfspath", None):
+        mid_line = getattr(getattr(tr, "_tw", None), "width_of_current_line", 0)
+        if mid_line and not getattr(tr, "currentfspath", None):
             tr.write("\n")
         tr.write_line(line)
 
@@ -861,8 +862,8 @@ def unused_bench_options_text(unused: Sequence[str]) -> str:
     """What the terminal says of benchmark-only options given to a session without benchmarks."""
     one = len(unused) == 1
     text = (f"attnsuite: {', '.join(unused)} {'applies' if one else 'apply'} to the benchmarks (pytest bench "
-            f"--benchmark-only) only: this session collected no benchmark, so {'it changes' if one else 'they change'} "
-            "nothing here")
+            "--benchmark-only) only: this session collected no benchmark, so "
+            f"{'it changes' if one else 'they change'} nothing here")
     if "--attn-timeout" in unused:  # the README's hostile-kernel section names both limits
         text += "; the correctness tests' time limit is --attn-test-timeout"
     return text

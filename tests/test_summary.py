@@ -427,7 +427,8 @@ def test_an_injection_into_a_variant_that_did_not_run_is_said():
     assert s.simulated == ("NOT SIMULATED: --attn-inject-slowdown explicit: no case of it ran in this selection, "
                            "so nothing of it was slowed")
     both = summary.build(_records(cpu("sdpa", 1.5, extra={"injected_ms": 0.5})), None, injected=["sdpa", "explicit"])
-    assert both.simulated.startswith("SIMULATED: 1 case ran with a slowdown injected (--attn-inject-slowdown: sdpa (1))")
+    assert both.simulated.startswith("SIMULATED: 1 case ran with a slowdown injected "
+                                     "(--attn-inject-slowdown: sdpa (1))")
     assert both.simulated.endswith("; --attn-inject-slowdown explicit: no case of it ran in this selection, so "
                                    "nothing of it was slowed")
     assert summary.build(records, None, injected=[]).simulated == ""

@@ -158,7 +158,8 @@ def test_a_band_too_wide_to_see_a_doubling_is_named_in_the_comparison_notes():
     v = next(v for v in cmp.verdicts if v.record.variant == "noisy")
     assert v.verdict == "same" and v.band > 2.0  # a 3x slowdown inside the loaded runs' band
     assert cmp.notes == [f"1 case judged within a noise band over 100% (a thresholds floor or the runs' spread "
-                         f"set it): even a doubling of their time would read same there; widest {v.key} ±{v.band * 100:.0f}%. Re-run on a "
+                         f"set it): even a doubling of their time would read same there; widest {v.key} "
+                         f"±{v.band * 100:.0f}%. Re-run on a "
                          f"quieter machine to judge their time."]
     # just over the threshold counts; a case the wide band still judged slower does not need the note
     t = ThresholdConfig().for_case(quiet, "cpu")
