@@ -983,7 +983,8 @@ def cmd_ab(args: argparse.Namespace, out, runner: Runner = run_round) -> int:
 
 
 # ab's own options that name no pytest option (--attn-... is pytest's): given after "--" they are a slip
-_OWN_OPTIONS = ("head-arg", "base", "rounds", "cases-from", "round-timeout", "repo", "python", "out")
+_OWN_OPTIONS = frozenset({"--head-arg", "--base", "--rounds", "--cases-from", "--round-timeout", "--repo",
+                          "--python", "--out"})
 
 
 def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
@@ -998,8 +999,7 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
                                         {"--out": args.out}, inputs={"--cases-from": args.cases_from})
     if bad_output:  # before any round: a typo had crashed after every round ran, the rounds lost
         raise AbError(bad_output)
-    own = sorted({a.split("=", 1)[0] for a in args.pytest_args
-                  if a.split("=", 1)[0] in {f"--{name}" for name in _OWN_OPTIONS}})
+    own = sorted({a.split("=", 1)[0] for a in args.pytest_args} & _OWN_OPTIONS)
     if own:
         # after "--" they go to pytest, which refused them only when round 1 ran, in a worktree made for it
         raise AbError(f"{', '.join(own)} {'is an option' if len(own) == 1 else 'are options'} of attnsuite ab: "

@@ -1646,9 +1646,8 @@ def _outside_selection(baseline: Optional[Baseline], inside: Optional[Selection]
     tried with a run of other variants (--attn-only), had been refused with no word of why."""
     if baseline is None or inside is None:
         return ""
-    passing = [record_from_entry(k, e) for k, e in baseline.cases.items()
-               if passes_filter(record_from_entry(k, e), inside.workloads, inside.cases)]
-    outside = [r.key for r in passing if r not in inside]
+    records = (record_from_entry(k, e) for k, e in baseline.cases.items())
+    outside = [r.key for r in records if passes_filter(r, inside.workloads, inside.cases) and r not in inside]
     if not outside:
         return ""
     return (f": the baseline's {count(len(outside), 'case')} that the filters pass (e.g. {outside[0]}) "

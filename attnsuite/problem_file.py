@@ -29,7 +29,6 @@ From Python the same is :func:`attnsuite.registry.add_problems` and :func:`attns
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import tomllib

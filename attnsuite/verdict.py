@@ -37,7 +37,6 @@ and case from a small JSON config (``baselines/thresholds.json``, see :func:`loa
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import os
 import re

@@ -77,6 +77,16 @@ if [ -n "${STASH_PART:-}" ]; then
   python3 scripts/carry_wheels.py stash "$STASH_PART" /tmp/attnsuite-carry > "$work/stash.log" 2>&1
   echo "stash $STASH_PART exit $?" | tee -a "$work/stash.log"
 fi
+# ci_bench_call NAME DIR LIMIT ARGS...: scripts/ci_bench.sh ARGS with its OUT in DIR (kept on the machine,
+# so a later call can resume it), stopped by SIGINT at LIMIT seconds as a cancelled CI job would be
+ci_bench_call() {
+  local name=$1 dir=$2 limit=$3
+  shift 3
+  mkdir -p "$work/$name" "$dir"
+  ln -s "$dir" "$work/$name/results"  # packed as it grows (tar -h)
+  OUT=$dir timeout -s INT "$limit" bash scripts/ci_bench.sh "$@" > "$work/$name/run.log" 2>&1
+  echo "$name exit $?" | tee -a "$work/$name/run.log"
+}
 case "$call" in
   tier2)
     mkdir -p "$work/tier2" "$work/dev" "$work/chk"
@@ -155,21 +165,13 @@ case "$call" in
       > "$work/devprobe/deadrow.log" 2>&1
     echo "deadrow exit $?" | tee -a "$work/devprobe/deadrow.log" ;;
   cigate)
-    gdir=${CIGATE_DIR:-/tmp/attnsuite-cigate}
-    mkdir -p "$work/cigate" "$gdir"
-    ln -s "$gdir" "$work/cigate/results"  # packed as it grows (tar -h)
     resume=(); [ -n "${CIGATE_RESUME:-}" ] && resume=(--attn-resume)
-    OUT=$gdir timeout -s INT "${CIGATE_S:-540}" bash scripts/ci_bench.sh full enforce --attn-require-baseline \
-      "${resume[@]}" > "$work/cigate/run.log" 2>&1
-    echo "cigate exit $?" | tee -a "$work/cigate/run.log" ;;
+    ci_bench_call cigate "${CIGATE_DIR:-/tmp/attnsuite-cigate}" "${CIGATE_S:-540}" full enforce \
+      --attn-require-baseline "${resume[@]}" ;;
   cibench)
     args=${CIBENCH_ARGS:?cibench: set CIBENCH_ARGS to scripts/ci_bench.sh arguments, e.g. "full report --attn-only triton-flash"}
-    bdir=${CIBENCH_DIR:-/tmp/attnsuite-cibench}
-    mkdir -p "$work/cibench" "$bdir"
-    ln -s "$bdir" "$work/cibench/results"  # packed as it grows (tar -h)
     # shellcheck disable=SC2086  # CIBENCH_ARGS is a list of words
-    OUT=$bdir timeout -s INT "${CIBENCH_S:-540}" bash scripts/ci_bench.sh $args > "$work/cibench/run.log" 2>&1
-    echo "cibench exit $?" | tee -a "$work/cibench/run.log" ;;
+    ci_bench_call cibench "${CIBENCH_DIR:-/tmp/attnsuite-cibench}" "${CIBENCH_S:-540}" $args ;;
   mla)
     mkdir -p "$work/mla"
     timeout -s INT $(( ${MLA_TUNE_S:-300} + 90 )) python3 scripts/mla_tune.py --out "$work/mla" \
