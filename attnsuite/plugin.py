@@ -160,8 +160,23 @@ class SkippedWholly:
         return out
 
 
+# pytest-benchmark's own default, a folder relative to wherever pytest was started
+_BENCHMARK_STORAGE_DEFAULT = "file://./.benchmarks"
+
+
+def keep_benchmark_storage_in_rootdir(config: pytest.Config) -> None:
+    """Point pytest-benchmark's storage at the checkout's ``.benchmarks/`` (ignored by git) when it is left
+    at its default: the default is relative to the working folder, and pytest-benchmark makes that
+    folder at start-up even when it saves nothing, so a run started from a user's own folder (with
+    ``-c <checkout>/pyproject.toml``) had left an empty ``.benchmarks/`` there. A storage the user
+    names is kept as given."""
+    if getattr(config.option, "benchmark_storage", None) == _BENCHMARK_STORAGE_DEFAULT:
+        config.option.benchmark_storage = f"file://{config.rootpath / '.benchmarks'}"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     register_failures_log(config)
+    keep_benchmark_storage_in_rootdir(config)
     for name in SUBPLUGINS:
         if not config.pluginmanager.has_plugin(name):
             config.pluginmanager.import_plugin(name)

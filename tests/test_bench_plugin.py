@@ -328,3 +328,36 @@ def test_an_injection_into_a_variant_outside_the_selection_is_said_at_the_end(be
     assert data is not None, result.stdout.str()[-3000:]
     result.stdout.fnmatch_lines(["NOT SIMULATED: --attn-inject-slowdown hog: no case of it ran in this selection, "
                                  "so nothing of it was slowed"])
+
+
+def test_a_run_started_outside_the_checkout_leaves_no_benchmark_storage_folder_there(tmp_path):
+    # pytest-benchmark makes its storage folder (./.benchmarks by default) at start-up: a run from a
+    # user's own folder with -c <checkout>/pyproject.toml had left an empty .benchmarks/ there
+    import subprocess
+    import sys
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT),
+                           str(ROOT / "bench"), "--benchmark-only", "-p", "no:cacheprovider", "-q",
+                           "--attn-only=sdpa", "--attn-workload=gpt2-mha", "--attn-mode=fwd", "--attn-gate=off"],
+                          cwd=mine, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert sorted(p.name for p in mine.iterdir()) == []
+
+
+@pytest.mark.parametrize("given, expected", [
+    (None, "file://{root}/.benchmarks"),  # pytest-benchmark's default: into the checkout
+    ("file://./.benchmarks", "file://{root}/.benchmarks"),
+    ("file://./elsewhere", "file://./elsewhere"),  # named by the user: kept as given
+    ("elasticsearch+https://host/index", "elasticsearch+https://host/index"),
+])
+def test_only_the_default_benchmark_storage_moves_into_the_checkout(given, expected, tmp_path):
+    from types import SimpleNamespace
+
+    from attnsuite import plugin
+
+    config = SimpleNamespace(option=SimpleNamespace(benchmark_storage=given or "file://./.benchmarks"),
+                             rootpath=tmp_path)
+    plugin.keep_benchmark_storage_in_rootdir(config)
+    assert config.option.benchmark_storage == expected.format(root=tmp_path)
