@@ -26,6 +26,7 @@ from . import oracle_mask, registry
 from .case import prepare
 from .exits import OsExitCalled, os_exit_raises
 from .inputs import torch_dtype
+from .memory import poison_free_memory
 from .problem import LARGE_LOGITS, Problem
 from .registry import Variant
 from .tolerance import UNWRITTEN, Comparison, as_float64, compare, compare_as, compare_within_values
@@ -168,19 +169,13 @@ def _contract(result: CheckResult, variant: Variant, problem: Problem, out, ref_
     return ok
 
 
-def _poison_allocator(nbytes: int, device: str) -> None:
-    """Fill and free a NaN block so an output the variant forgets to write shows up as NaN."""
-    block = torch.full((max(nbytes // 4, 1),), float("nan"), dtype=torch.float32, device=device)
-    del block
-
-
 def check_forward(variant: Variant, problem: Problem, cache: Optional[dict] = None) -> CheckResult:
     """Output contract (shape, dtype, device, every element written, no zero head) and value vs oracle."""
 
     def body(result: CheckResult) -> None:
         ref_out, _ = reference(variant.family, problem)
         base_out, _ = base(variant.family, problem)
-        _poison_allocator(int(np.prod(np.shape(ref_out))) * 8, problem.device)
+        poison_free_memory(int(np.prod(np.shape(ref_out))) * 8, problem.device)
         case = prepare(variant, problem, requires_grad=False, cache=cache)
         before = {name: t.detach().clone() for name, t in case.inputs.items()}
         with torch.no_grad():

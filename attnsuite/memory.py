@@ -28,7 +28,7 @@ import os
 import re
 import resource
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
@@ -171,6 +171,60 @@ def profile_call(fn: Callable[[], object], profile_memory: bool = True) -> tuple
             live += delta
             peak = max(peak, live)
     return result, peak, tuple(sorted(set(_op_names(prof)) | {LAUNCH_PREFIX + name for name in launched}))
+
+
+def poison_free_memory(nbytes: int, device: object) -> None:
+    """Fill a block of ``nbytes`` with NaN and free it: the allocator hands that memory to the next
+    allocations, so an output the variant then allocates and never writes shows up as NaN."""
+    block = torch.full((max(nbytes // 4, 1),), float("nan"), dtype=torch.float32, device=device)
+    del block
+
+
+def poison_tensors(tensors: Iterable[object], keep: Iterable[torch.Tensor]) -> int:
+    """Fill with NaN every floating tensor of ``tensors`` that shares no storage with ``keep`` (inputs,
+    parameters: never the suite's to write), so that once freed their blocks read NaN to the next call
+    that is handed them. Returns how many were filled."""
+    kept = {t.untyped_storage().data_ptr() for t in keep if isinstance(t, torch.Tensor)}
+    filled = 0
+    with torch.no_grad():
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() \
+                    and t.untyped_storage().data_ptr() not in kept:
+                t.fill_(float("nan"))
+                filled += 1
+    return filled
+
+
+@contextlib.contextmanager
+def fresh_memory_reads_nan(device: str, compiled: bool) -> Iterator[None]:
+    """Inside: on CPU, every tensor allocated without values (``torch.empty`` and the like) starts as
+    NaN (integers at their largest value), so an output element a call never writes reads NaN.
+
+    Torch's own switch for it (``torch.utils.deterministic.fill_uninitialized_memory``) acts only in
+    deterministic mode, which is set here with ``warn_only`` (an op without a deterministic form
+    warns, silenced here, and runs as before) and put back after. Not on CUDA, where deterministic
+    mode also steers backend choices (SDPA, cuBLAS) away from what was timed: there the caching
+    allocator hands a call the blocks the one before it freed (:func:`poison_tensors`). Not for
+    compiled variants, whose guards include deterministic mode: they would recompile here.
+    """
+    if str(device).startswith("cuda") or compiled:
+        yield
+        return
+    import warnings
+
+    import torch.utils.deterministic as det
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              det.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    det.fill_uninitialized_memory = True
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
+            yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        det.fill_uninitialized_memory = before[2]
 
 
 def measure_peak(fn: Callable[[], object], device: str) -> tuple[object, MemResult]:

@@ -227,3 +227,109 @@ def test_the_profiled_call_reports_every_op_name_the_profilers_own_event_list_ha
     expected = {e.name for e in prof.events() if e.name != "[memory]"}
     assert set(names) == expected
     assert {"aten::mm", "aten::softmax", "aten::sum"} <= set(names)
+
+
+def test_poison_fills_what_the_call_allocated_and_never_an_input_a_parameter_or_an_integer_tensor():
+    from types import SimpleNamespace
+
+    q = torch.randn(2, 3, requires_grad=True)
+    weight = torch.nn.Parameter(torch.randn(3))
+    module = torch.nn.Linear(3, 3)
+    kept_out: list[torch.Tensor] = []
+
+    def step():
+        out = (q * weight).sum(-1)
+        out.sum().backward()
+        positions = torch.arange(4)
+        kept_out.extend([out, positions])
+        return out, q[0], positions  # a view of an input and an integer tensor beside the output
+
+    grads_seen: list[torch.Tensor] = []
+
+    class FakeCase(SimpleNamespace):
+        def grads(self):
+            grads_seen.append(q.grad)
+            return {"q": q.grad}
+
+        def zero_grads(self):
+            q.grad = None
+
+    q_before, w_before = q.detach().clone(), weight.detach().clone()
+    case = FakeCase(inputs={"q": q}, module=SimpleNamespace(parameters=lambda: [weight],
+                                                            buffers=lambda: list(module.buffers())))
+    runner._poisoned_call(case, step, None, backward=True)
+    out, positions = kept_out
+    assert torch.isnan(out).all()  # freed as NaN: an element the checked call never writes reads NaN
+    assert torch.isnan(grads_seen[0]).all() and q.grad is None
+    assert torch.equal(positions, torch.arange(4))
+    assert torch.equal(q.detach(), q_before) and torch.equal(weight.detach(), w_before)
+
+
+def test_the_benchmarks_checked_call_on_cpu_gets_nan_where_it_never_writes_and_the_timed_calls_do_not(tmp_path):
+    # the benchmark's checked call had been handed memory holding an earlier call's right answer: a
+    # kernel that left its last query row unwritten was benchmarked `ok` after a correct variant of the
+    # same problem (found by a first-time user's trial). Each call here logs whether the memory its
+    # output got read NaN before it wrote; on CPU the last call of a case is the checked one.
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    log = tmp_path / "calls.log"
+    variants = tmp_path / "partial.py"
+    variants.write_text('''
+import os
+import torch
+from attnsuite import mask_mods
+from attnsuite.registry import KernelVariant, register
+
+
+@register
+class Partial(KernelVariant):
+    name = "t-partial"
+    masks = frozenset({"none", "causal"})
+
+    def build(self, problem):
+        allowed = mask_mods.dense_bool_mask(problem)
+        def run(q, k, v):  # the last query row of the result is never copied out
+            out = torch.empty_like(q)
+            with open(os.environ["T_CALLS_LOG"], "a") as f:
+                f.write(("nan" if torch.isnan(out).all() else "values") + "\\n")
+            full = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+                                                                    scale=problem.softmax_scale)
+            out[:, :, :-1] = full[:, :, :-1]
+            return out
+        return run
+''')
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-c", str(root / "pyproject.toml"), str(root / "bench"),
+                           "--benchmark-only", "-p", "no:cacheprovider", "-q", f"--attn-variants={variants}",
+                           "--attn-only=t-partial", "--attn-workload=fa-sweep", "--attn-mode=fwd", "-k", "b4-q128",
+                           "--attn-gate=off", f"--benchmark-json={out}"],
+                          cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "T_CALLS_LOG": str(log)})
+    calls = log.read_text().split()
+    assert calls[-1] == "nan", (calls, done.stdout[-3000:])
+    assert "values" in calls[:-1]  # the NaN fill is the checked call's alone: timed calls run as they are
+    data = json.loads(out.read_text())
+    (case,) = data["benchmarks"] + data["attnsuite"].get("unmeasured", [])
+    assert case["extra_info"]["outcome"] == "numerics", case["extra_info"]
+    assert "NaN" in case["extra_info"]["detail"] or "never wrote" in case["extra_info"]["detail"], case["extra_info"]
+
+
+@pytest.mark.parametrize("device, compiled, fills", [
+    ("cpu", False, True),
+    ("cpu", True, False),  # compiled code guards on deterministic mode: it would recompile for the check
+    ("cuda", False, False),  # deterministic mode steers CUDA backend choices: the poisoned call serves there
+])
+def test_fresh_memory_reads_nan_only_where_it_changes_nothing_else_and_the_modes_are_put_back(device, compiled, fills):
+    import torch.utils.deterministic as det
+
+    before = (torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory)
+    with memory.fresh_memory_reads_nan(device, compiled):
+        filled = bool(torch.isnan(torch.empty(4096)).all())
+        inside = torch.are_deterministic_algorithms_enabled()
+    assert filled is fills and inside is fills
+    assert (torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory) == before

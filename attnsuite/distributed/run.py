@@ -12,18 +12,13 @@ from typing import Optional
 
 import torch
 
+from ..memory import poison_free_memory
 from ..problem import Problem
 from .launch import RankPool
 from .shard import Layout, place, take
 from .variant import DistributedVariant, RankContext
 
 SEQ = 2  # the sequence axis of q, k, v, o (SDPA layout); the lse's is axis 2 too
-
-
-def _poison(nbytes: int, device: torch.device) -> None:
-    """Fill and free a NaN block so an output the variant forgets to write shows up as NaN (caching allocators)."""
-    block = torch.full((max(nbytes // 4, 1),), float("nan"), dtype=torch.float32, device=device)
-    del block
 
 
 def rank_call(ctx: RankContext, payload: dict) -> dict:
@@ -41,7 +36,7 @@ def rank_call(ctx: RankContext, payload: dict) -> dict:
     }
     shards = {n: t.to(ctx.device).requires_grad_(backward) for n, t in shards.items()}
     fn = variant.build_rank(problem, ctx)
-    _poison(q.numel() * 8 // ctx.world_size, ctx.device)
+    poison_free_memory(q.numel() * 8 // ctx.world_size, ctx.device)
     do = take(payload["grad_out"], lay.q[ctx.rank], SEQ).to(ctx.device) if backward else None
     with variant.rank_scope(problem, ctx), torch.enable_grad() if backward else torch.no_grad():
         out, lse = fn(shards["q"], shards["k"], shards["v"])
