@@ -497,6 +497,12 @@ def check_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = Non
             between = prepare(variant, problem, False, inputs_np=other[1], cache=cache) if other is not None else None
             between_out = between.forward() if between is not None else None
             b = prepare(variant, problem, False, cache=cache).forward()
+        outs = (a, b) if between is None else (a, between_out, b)
+        kind = next((type(o).__name__ for o in outs if not isinstance(o, torch.Tensor)), None)
+        if kind is not None:  # in the forward check's words: a tuple had failed here with an AttributeError
+            result.details.append(f"returned {kind}, not a tensor")
+            result.passed = False
+            return
         if other is not None:
             _reads_each_calls_inputs(result, variant, problem, other, between, between_out)
         if variant.deterministic:

@@ -81,6 +81,17 @@ def test_the_backward_check_names_the_broken_output_contract(monkeypatch, varian
     assert not result.passed and any(words in d for d in result.details), result.details
 
 
+@pytest.mark.parametrize("variant, words", [pytest.param(ReturnsTuple(), "returned tuple, not a tensor", id="a tuple"),
+                                            pytest.param(ReturnsNone(), "returned NoneType, not a tensor", id="None")])
+def test_the_repeat_check_names_the_broken_output_contract(monkeypatch, variant, words):
+    # a variant returning (out, lse), as flash-attn kernels do, had failed the repeat check with
+    # "raised AttributeError: 'tuple' object has no attribute 'shape'" from inside checks.same_bits
+    monkeypatch.setitem(registry._REGISTRY, variant.name, variant)
+    result = checks.check_repeat(variant, PROBLEM)
+    assert not result.passed and any(words in d for d in result.details), result.details
+    assert "raised" not in result.message, result.message
+
+
 @pytest.mark.parametrize("mode", ["fwd", "bwd", "fwd+bwd"])
 @pytest.mark.parametrize("variant, words", [pytest.param(ReturnsTuple(), "returned tuple, not a tensor", id="a tuple"),
                                             pytest.param(OneRowShort(), ", the contract says ", id="a row short")])
