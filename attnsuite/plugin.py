@@ -118,8 +118,9 @@ class SkippedWholly:
 
     ID = re.compile(r"::[^\[]*\[([^\]@\[]+)[\]@\[]")
 
-    def __init__(self, watched: set[str], dtypes_note: bool = True) -> None:
+    def __init__(self, watched: set[str], dtypes_note: bool = True, named: frozenset[str] = frozenset()) -> None:
         self.watched = watched
+        self.named = named  # --attn-only's names: asked for by name, so checking nothing of one fails the run
         self.dtypes_note = dtypes_note  # off where -k, -m or --attn-dtype chose the dtypes themselves
         self.ran: Counter = Counter()
         self.skipped: Counter = Counter()
@@ -142,11 +143,20 @@ class SkippedWholly:
             if dtype:
                 self.dtypes_ran.setdefault(name, set()).add(dtype)
 
+    def unchecked(self) -> list[str]:
+        """The watched variants none of whose tests ran (each one was skipped)."""
+        return [name for name in sorted(self.watched) if self.skipped[name] and not self.ran[name]]
+
+    def failing(self) -> list[str]:
+        """The unchecked variants that ``--attn-only`` named: the run fails for them (a CUDA-only kernel's
+        CI on a CPU runner had read green, 333 skipped, having checked nothing of it)."""
+        return [name for name in self.unchecked() if name in self.named]
+
     def lines(self) -> list[str]:
         out = [f"attnsuite: variant {name}: none of its {self.skipped[name]} tests ran here, every one was "
                f"skipped (e.g. {textwrap.shorten(self.reason.get(name, '?'), 200, placeholder=' ...')}): nothing "
-               "of it was checked"
-               for name in sorted(self.watched) if self.skipped[name] and not self.ran[name]]
+               "of it was checked" + ("; --attn-only named it, so the run fails" if name in self.named else "")
+               for name in self.unchecked()]
         for name in sorted(self.dtypes_ran) if self.dtypes_note else ():
             # a declared dtype no test of the run had: its code path was never run (float16 on CPU, where the
             # run's problems are float32, float64 and bfloat16), and the run had said nothing of it
@@ -213,7 +223,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the controller (or the only process) reads every report
         watched = set(config.getoption("--attn-only")) | {v.name for v in registry.external_variants()}
         chose_dtypes = any(config.getoption(o, default=None) for o in ("keyword", "markexpr", "--attn-dtype"))
-        config.pluginmanager.register(SkippedWholly(watched, dtypes_note=not chose_dtypes), "attnsuite-skipped-wholly")
+        config.pluginmanager.register(SkippedWholly(watched, dtypes_note=not chose_dtypes,
+                                                    named=frozenset(config.getoption("--attn-only"))),
+                                      "attnsuite-skipped-wholly")
         config.pluginmanager.register(CollectionCrashes(), "attnsuite-collection-crashes")
 
 
@@ -344,15 +356,28 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if registry.broken_entry_points() and session.exitstatus == pytest.ExitCode.OK \
             and not hasattr(session.config, "workerinput"):
+        for i, line in enumerate(registry.broken_entry_points()):
+            fail_session(session, f"attnsuite-entry-points::{i}", f"{line}: its variants were left out of this run")
+    wholly = session.config.pluginmanager.get_plugin("attnsuite-skipped-wholly")
+    if wholly is not None and session.exitstatus == pytest.ExitCode.OK:
+        for name in wholly.failing():
+            fail_session(session, f"attnsuite-selection::{name}",
+                         f"--attn-only {name}: none of its {wholly.skipped[name]} tests ran on this machine, every one "
+                         f"was skipped (e.g. {textwrap.shorten(wholly.reason.get(name, '?'), 200, placeholder=' ...')}): "
+                         "nothing of it was checked")
+
+
+def fail_session(session: pytest.Session, nodeid: str, text: str) -> None:
+    """Fail the session for something no test reported (``nodeid`` names it, ``text`` says why), counted
+    among pytest's failures so that its last line is not a green "N passed" over exit status 1."""
+    if session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        # counted among pytest's failures, so its last line is not a green "N passed" over exit status 1
-        tr = session.config.pluginmanager.get_plugin("terminalreporter")
-        if tr is not None:
-            for i, line in enumerate(registry.broken_entry_points()):
-                tr.stats.setdefault("failed", []).append(pytest.TestReport(
-                    nodeid=f"attnsuite-entry-points::{i}", location=("attnsuite-entry-points", None, str(i)),
-                    keywords={}, outcome="failed", longrepr=f"{line}: its variants were left out of this run",
-                    when="call", sections=[], duration=0.0))
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        where, _, what = nodeid.partition("::")
+        tr.stats.setdefault("failed", []).append(pytest.TestReport(
+            nodeid=nodeid, location=(where, None, what), keywords={}, outcome="failed", longrepr=text,
+            when="call", sections=[], duration=0.0))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -34,11 +34,11 @@ from typing import Any, Optional, Sequence
 import pytest
 import torch
 
-from . import baseline, checks, filelock, fingerprint, journal, memory, progress, registry, timing, workloads
+from . import baseline, checks, filelock, fingerprint, journal, memory, progress, registry, summary, timing, workloads
 from .dispatch import Dispatcher, visible_gpus
 from .isolation import STDERR_TAIL_LINES, Failure, WorkerPool, WorkerStartError, stack_in
 from .output_paths import output_problem
-from .plugin import PROBLEM_FILES
+from .plugin import PROBLEM_FILES, fail_session
 from .record import FAILING_OUTCOMES, MODES, NOT_RUN_AFTER, CaseRecord
 from .runner import BenchCase, RunSpec, add_scaling_efficiency, bench_cases
 from .wording import none_of
@@ -908,6 +908,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         finished = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) \
             and not session.shouldstop and len(runner.landed) >= selected
         runner.close(finished=finished)
+        if finished and runner.landed:
+            records = [landed.record for landed in runner.landed]
+            for name, line in summary.unmeasured_named(records, session.config.getoption("--attn-only")).items():
+                fail_session(session, f"attnsuite-selection::{name}", line)
 
 
 # ---------------------------------------------------------------------------------------- JSON

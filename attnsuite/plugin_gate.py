@@ -41,6 +41,7 @@ import pytest
 from . import baseline as bl
 from . import gate, plugin_bench, registry, report, summary
 from .output_paths import output_options_problem, output_problem
+from .plugin import fail_session
 from .verdict import CONFIRMABLE, Comparison, Scope, ThresholdsError
 from .wording import count
 
@@ -583,22 +584,12 @@ def pytest_runtestloop(session: pytest.Session) -> Any:
 # --------------------------------------------------------------------------- the end of the session
 
 
-def _fail_report(v, nodeid_prefix: str = GATE_NODE) -> pytest.TestReport:
-    text = f"{v.label}: {v.message}"
-    return pytest.TestReport(nodeid=f"{nodeid_prefix}::{v.key}", location=(GATE_NODE, None, v.key),
-                             keywords={}, outcome="failed", longrepr=text, when="call", sections=[], duration=0.0)
-
-
 REQUIRED_TEXT = "no baseline to judge this run against, and --attn-require-baseline asks for one"
 
 
 def _fail_session(session: pytest.Session, v: Any) -> None:
     """Fail the session with one gate finding (``v``: label, key, message), listed among pytest's failures."""
-    tr = session.config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None:
-        tr.stats.setdefault("failed", []).append(_fail_report(v))
-    if session.exitstatus == pytest.ExitCode.OK:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    fail_session(session, f"{GATE_NODE}::{v.key}", f"{v.label}: {v.message}")
 
 
 def _usage_error(session: pytest.Session, state: GateState, message: str) -> None:
@@ -642,7 +633,24 @@ def _summary_of(config: pytest.Config, records: Any, cmp: Optional[Comparison],
                          interrupted=_interrupted_text(config, records),
                          uncompared=state.uncompared if state is not None and mode != "off" else "",
                          broken=registry.broken_entry_points(),
-                         injected=_injected(config))
+                         injected=_injected(config),
+                         unmeasured=list(_unmeasured(config, records).values()))
+
+
+def _unmeasured(config: pytest.Config, records: Any) -> dict[str, str]:
+    """:func:`summary.unmeasured_named` of a session that ran to its end (an interrupted one answers only for
+    what it ran)."""
+    if _interrupted_text(config, records):
+        return {}
+    return summary.unmeasured_named(list(records.values()), config.getoption("--attn-only"))
+
+
+def _failed_outside(config: pytest.Config, records: Any) -> str:
+    """Why this session fails apart from its cases and the comparison (gate.md's heading), or ""."""
+    if registry.broken_entry_points():
+        return "an installed package's variants could not be loaded"
+    names = list(_unmeasured(config, records))
+    return f"--attn-only {', '.join(names)}: nothing of it was measured" if names else ""
 
 
 def _injected(config: pytest.Config) -> list[str]:
@@ -760,7 +768,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         # written after recording, so that gate.md, the gate JSON and the last screen say it happened (a
         # recording run had advised "refresh the baseline" and its summary never said it had)
         cmp.recorded = str(path) if recorded else ""
-        _write_markdown(config, state, report.markdown_diff(cmp, head=_summary_markdown(config, run.records, cmp)))
+        _write_markdown(config, state, report.markdown_diff(cmp, head=_summary_markdown(config, run.records, cmp),
+                                                            outside=_failed_outside(config, run.records)))
         _write_gate_json(config, state, cmp.to_json(), run.records)
         if cmp.failed and mode == "enforce" and not recording:
             for v in cmp.regressions:

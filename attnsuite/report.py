@@ -245,11 +245,12 @@ def _skip_reasons_text(cmp: Comparison, shown: int = 3) -> str:
 
 
 def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", context: Sequence[str] = (),
-                  head: Sequence[str] = ()) -> str:
+                  head: Sequence[str] = (), outside: str = "") -> str:
     """The PR-review markdown: verdict line, ``head`` (the run's summary, :mod:`attnsuite.summary`),
-    regressions, improvements, new, unchanged collapsed (cases skipped in both runs only counted)."""
+    regressions, improvements, new, unchanged collapsed (cases skipped in both runs only counted).
+    ``outside``: why the run fails apart from its cases and the comparison (:func:`summary.heading_status`)."""
     # a case that crashed or raised fails its pytest item even when the gate finds no regression
-    status = heading_status(cmp, failed_counts({v.key: v.cur for v in cmp.verdicts if v.cur is not None}))
+    status = heading_status(cmp, failed_counts({v.key: v.cur for v in cmp.verdicts if v.cur is not None}), outside)
     counts = ", ".join(f"{n} {k}" for k, n in cmp.counts().items()) or "no cases"
     out = [MARKER, f"### {md_escape(title)}: {status}", "", *head]
     # the summary in ``head`` quotes the baseline's lines already: each is quoted once

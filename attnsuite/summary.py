@@ -225,11 +225,15 @@ _HEADINGS = {"PASS": "✅ pass", "FAIL": "❌ **FAIL**", "REPORTED": "⚠️ **R
              "NOT COMPARED": "⚪ **NOT COMPARED**"}
 
 
-def heading_status(cmp: Comparison, failed_cases: Mapping[str, int]) -> str:
+def heading_status(cmp: Comparison, failed_cases: Mapping[str, int], outside: str = "") -> str:
     """The markdown heading's status: the first word of the verdict line, so a PR comment never shows
-    FAIL over a job that passed (report mode) nor a pass over a comparison of nothing."""
+    FAIL over a job that passed (report mode) nor a pass over a comparison of nothing. ``outside``: why
+    the run fails apart from its cases and the comparison (a package that did not load, a variant named
+    and not measured), or ""."""
     failed = {k: n for k, n in failed_cases.items() if n}
-    if failed and not cmp.regressions:
+    if outside and not failed and not cmp.regressions:
+        status = f"❌ **FAIL**: {outside}"
+    elif failed and not cmp.regressions:
         status = f"❌ **FAIL**: {sum(failed.values())} case(s) failed, no regression"
     else:
         status = _HEADINGS[comparison_verdict(cmp, cmp.gate_mode, failed).split(":", 1)[0]]
@@ -295,6 +299,27 @@ def simulated_line(records: Mapping[str, CaseRecord], requested: Sequence[str] =
             + (f"; {missed}" if missed else ""))
 
 
+def unmeasured_named(records: Sequence[CaseRecord], named: Sequence[str]) -> dict[str, str]:
+    """Variant name -> a line, for each variant that ``--attn-only`` named and of which this run measured nothing: every case
+    of it skipped here, or none selected. The run fails for each: a CUDA-only kernel benchmarked on a CPU
+    runner had read "PASS: no regression among 29 cases judged (none measured ...)" with exit status 0."""
+    cases: dict[str, list[CaseRecord]] = {}
+    for r in records:
+        cases.setdefault(r.variant, []).append(r)
+    out: dict[str, str] = {}
+    for name in named:
+        mine = cases.get(name, [])
+        if any(r.outcome != "skipped" for r in mine):
+            continue
+        if mine:
+            out[name] = (f"--attn-only {name}: none of its {count(len(mine), 'case')} ran on this machine, every "
+                         f"one was skipped (e.g. {clip(mine[0].detail or '?', 160)}): nothing of it was measured")
+        else:
+            out[name] = (f"--attn-only {name}: no case of it is in this selection (its workloads, modes, -k): "
+                         "nothing of it was measured")
+    return out
+
+
 def _failed_head(failed: Mapping[str, int]) -> str:
     kinds = ", ".join(f"{n} {k}" for k, n in failed.items())
     return f"FAIL: {sum(failed.values())} case(s) of this run failed ({kinds})"
@@ -303,7 +328,7 @@ def _failed_head(failed: Mapping[str, int]) -> str:
 def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_mode: str = "report",
           baseline_lines: Sequence[str] = (), files: Sequence[tuple[str, str]] = (),
           interrupted: str = "", uncompared: str = "", broken: Sequence[str] = (),
-          injected: Sequence[str] = ()) -> Summary:
+          injected: Sequence[str] = (), unmeasured: Sequence[str] = ()) -> Summary:
     """The last screen's content.
 
     ``cmp`` is the gate's comparison (None when there was none: ``baseline_lines`` then say why);
@@ -316,6 +341,7 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
     packages whose variants could not be loaded (registry.broken_entry_points): the run fails for
     them, and the first line leads with that.
     ``injected``: the variants ``--attn-inject-slowdown`` named (one that no case of the run slowed is said).
+    ``unmeasured``: :func:`unmeasured_named`'s lines: the run fails for them, and the first line leads with that.
     """
     outcomes = Counter(r.outcome for r in records.values())
     order = ["ok", "skipped", "oom", *FAILING_OUTCOMES]
@@ -346,6 +372,8 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
         base = list(baseline_lines) or ["no baseline for this machine"]
         reg_lines = []
     verdict = interrupted_verdict(verdict, interrupted)
+    if unmeasured:
+        verdict = f"FAIL: {clip(unmeasured[0], 240)}; {verdict.removeprefix('PASS: ')}"
     if broken:
         verdict = (f"FAIL: {count(len(broken), 'installed package')} could not load {'its' if len(broken) == 1 else 'their'} "
                    f"variants ({clip(broken[0], 160)}); {verdict.removeprefix('PASS: ')}")

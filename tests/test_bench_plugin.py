@@ -126,8 +126,9 @@ def test_a_case_that_fails_numerics_keeps_its_figures_but_is_left_out_of_pytest_
 def test_json_has_every_field_for_ok_error_oom_and_skipped_cases(bench_run, tmp_path_factory):
     result, data = bench_run(extra=("--attn-inject-slowdown=sdpa=0.5",))
     assert data is not None, result.stdout.str()[-3000:]
-    # two decode problems x four variants, fwd only: the error cases fail the run, the rest pass or skip
-    result.assert_outcomes(passed=2, failed=2, skipped=4)
+    # two decode problems x four variants, fwd only: the error cases fail the run, the rest pass or skip;
+    # gpu-only, named in --attn-only and measured nothing here, fails it too
+    result.assert_outcomes(passed=2, failed=3, skipped=4)
     by = _by_variant(data)
     assert set(by) == {"sdpa", "boom", "hog", "gpu-only"}
     assert all(len(v) == 2 for v in by.values())
@@ -361,3 +362,31 @@ def test_only_the_default_benchmark_storage_moves_into_the_checkout(given, expec
                              rootpath=tmp_path)
     plugin.keep_benchmark_storage_in_rootdir(config)
     assert config.option.benchmark_storage == expected.format(root=tmp_path)
+
+
+def test_a_variant_named_in_attn_only_of_which_nothing_was_measured_fails_the_run(bench_run):
+    # a CUDA-only kernel benchmarked on a CPU runner had read "PASS: ... (none measured ...)", exit status 0
+    result, data = bench_run(variants=("sdpa", "gpu-only"))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["FAIL: --attn-only gpu-only: none of its * ran on this machine, every one was "
+                                 "skipped (e.g. *): nothing of it was measured; *"])
+    result.assert_outcomes(passed=2, skipped=2, failed=1)  # counted among pytest's failures
+
+
+@pytest.mark.parametrize("outcomes, expected", [
+    (["skipped", "skipped"], "none of its 2 cases ran on this machine, every one was skipped (e.g. why 0)"),
+    ([], "no case of it is in this selection"),
+    (["skipped", "ok"], None),
+    (["numerics"], None),  # measured, and failed: its own failure says so
+])
+def test_unmeasured_named_variants(outcomes, expected):
+    from attnsuite import summary
+    from attnsuite.record import CaseRecord
+
+    records = [CaseRecord("fa-sweep", "mine", "fwd", f"p{i}", outcome=o, detail=f"why {i}") for i, o in enumerate(outcomes)]
+    records.append(CaseRecord("fa-sweep", "other", "fwd", "p0", outcome="skipped", detail="not named"))
+    got = summary.unmeasured_named(records, ["mine"])
+    if expected is None:
+        assert got == {}
+    else:
+        assert list(got) == ["mine"] and expected in got["mine"] and got["mine"].startswith("--attn-only mine: ")

@@ -133,18 +133,39 @@ def test_workers_that_die_while_collecting_fail_the_run_saying_so_not_blaming_th
     assert "left none of the" not in done.stdout, done.stdout[-2000:]
 
 
-def test_a_selected_variant_whose_every_test_skipped_is_named_as_unchecked(tmp_path):
-    # a CUDA-only variant run on CPU: 316 skipped, exit 0, and not a word that nothing was checked
+def test_a_variant_named_in_attn_only_whose_every_test_skipped_fails_the_run_naming_it(tmp_path):
+    # a CUDA-only variant run on CPU: 316 skipped, exit 0, and not a word that nothing was checked; then
+    # a word, and still exit 0: a kernel's CI on the wrong runner read green
     done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"),
                            f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-p", "no:xdist", "-q",
                            "--attn-only=sdpa-cudnn", "--attn-only=explicit", "-k", "test_forward and fp32"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:]
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout[-2000:]
     line = next((l for l in done.stdout.splitlines() if l.startswith("attnsuite: variant sdpa-cudnn: none of its")),
                 None)
     assert line is not None and "tests ran here, every one was skipped (e.g. " in line, done.stdout[-2000:]
-    assert line.endswith("): nothing of it was checked")
+    assert line.endswith("): nothing of it was checked; --attn-only named it, so the run fails")
+    assert "attnsuite-selection::sdpa-cudnn - --attn-only sd" in done.stdout, done.stdout[-2000:]
     assert "attnsuite: variant explicit:" not in done.stdout  # its tests ran
+    assert "attnsuite-selection::explicit" not in done.stdout
+
+
+def test_a_variant_only_loaded_from_outside_whose_every_test_skipped_is_named_and_does_not_fail_the_run(tmp_path):
+    # a file may carry CUDA-only variants beside the ones a CPU runner checks: named, not failed
+    variant = tmp_path / "cuda_only.py"
+    variant.write_text(
+        "from attnsuite.registry import KernelVariant, register\n"
+        "import torch\n\n\n"
+        "@register\nclass CudaOnly(KernelVariant):\n    name = 'x-cuda-only'\n    devices = frozenset({'cuda'})\n\n"
+        "    def build(self, problem):\n        return lambda q, k, v: q\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"),
+                           f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-p", "no:xdist", "-q",
+                           f"--attn-variants={variant}", "-k", "test_forward and fp32 and (x-cuda-only or explicit)"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == pytest.ExitCode.OK, done.stdout[-2000:]
+    line = next((l for l in done.stdout.splitlines() if l.startswith("attnsuite: variant x-cuda-only: none of its")),
+                None)
+    assert line is not None and line.endswith("): nothing of it was checked"), done.stdout[-2000:]
 
 
 def _report(nodeid: str, outcome: str, when: str, reason: str = "") -> pytest.TestReport:
