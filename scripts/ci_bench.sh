@@ -50,11 +50,12 @@ for arg in "$@"; do [ "$arg" = --attn-resume ] && append=-a; done
 # A new run's outputs replace the last run's in this folder; they are removed now, not at the end: a
 # run that stopped before writing any (an unknown --attn-only, a bad baseline) had left the last run's
 # bench.json and gate files, and ci_report.sh then reported them as this run's PASS (a first-time
-# user's trial). A resumed run keeps them: it carries that run on, and its journal holds its cases.
-if [ -z "$append" ]; then
-  rm -f "$out/bench.json" "$out/gate.md" "$out/gate.json" "$out/report.html" "$out/results.md"
-  rm -rf "$out/plots"  # ci_report.sh's: a plot of a workload this run does not select had stayed beside the new ones
-fi
+# user's trial). A resumed run keeps the run's own files: it carries that run on, and its journal holds
+# its cases. The reports made from them (ci_report.sh's) go in both cases: after a resumed run had
+# passed, report.html and results.md still said INTERRUPTED (another trial).
+[ -z "$append" ] && rm -f "$out/bench.json" "$out/gate.md" "$out/gate.json"
+rm -f "$out/report.html" "$out/results.md"
+rm -rf "$out/plots"  # ci_report.sh's: a plot of a workload this run does not select had stayed beside the new ones
 signalled=
 trap 'signalled=SIGINT' INT
 trap 'signalled=SIGTERM' TERM
