@@ -840,6 +840,23 @@ def named_sources(external: Iterable[str] = ()) -> tuple[str, ...]:
 IMPORT_LIMIT_S: Optional[float] = import_limit.DEFAULT_S
 
 
+def _raised_in_loaded_code(exc: BaseException) -> str:
+    """" (at FILE line N: CODE)" for the innermost frame of ``exc`` in the loaded code itself (not this
+    package, not the standard library's import machinery), or "": a package folder whose submodule
+    imported a missing module had been refused naming the folder and the missing module only."""
+    import sysconfig
+    import traceback
+
+    skip = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<") and not os.path.abspath(f.filename).startswith(skip)]
+    if not frames:
+        return ""
+    last = frames[-1]
+    code = f": {last.line.strip()}" if last.line else ""
+    return f" (at {last.filename} line {last.lineno}{code})"
+
+
 def load_all(external: Iterable[str] = ()) -> None:
     """Built-in variants, entry points, the ``ATTNSUITE_VARIANTS`` variable, then ``external``; then
     every variant's family is checked (:func:`check_families`). Each module from outside is imported
@@ -853,7 +870,7 @@ def load_all(external: Iterable[str] = ()) -> None:
                 warnings.simplefilter("always")
                 _load_from(source, lambda: load_external(spec))
         except Exception as exc:  # which of several modules failed, and where it was named
-            raise VariantLoadError(f"{source}: {type(exc).__name__}: {exc}") from exc
+            raise VariantLoadError(f"{source}: {type(exc).__name__}: {exc}{_raised_in_loaded_code(exc)}") from exc
         for w in seen:
             if issubclass(w.category, NothingRegistered):
                 # named on purpose and registering nothing is a mistake (a forgotten @register): the

@@ -718,3 +718,18 @@ def test_one_name_in_two_files_names_both_files(tmp_path, isolated_registry):
     text = str(info.value)
     assert "variant name 'my-twice' is already registered by Mine in" in text and str(first) in text, text
     assert f"{second}) registers it again: give one of them another name" in text, text
+
+
+def test_a_package_whose_submodule_imports_a_missing_module_is_refused_naming_that_file_and_line(
+        isolated_registry, tmp_path):
+    # it had named the folder and the missing module only, not which of the package's files imported it
+    pkg = tmp_path / "s27_pkg_missing_dep"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from . import fine, needs_dep  # noqa: F401\n")
+    (pkg / "fine.py").write_text("X = 1\n")
+    (pkg / "needs_dep.py").write_text("import os\nimport s27_no_such_module_xyz  # noqa: F401\n")
+    with pytest.raises(registry.VariantLoadError) as exc:
+        registry.load_all([str(pkg)])
+    text = str(exc.value)
+    assert "ModuleNotFoundError: No module named 's27_no_such_module_xyz'" in text, text
+    assert text.endswith(f"(at {pkg / 'needs_dep.py'} line 2: import s27_no_such_module_xyz  # noqa: F401)"), text
