@@ -454,8 +454,8 @@ def _not_repeatable(variant: Variant, pivot: int, first: torch.Tensor, again: to
     diff = (first.double() - again.double()).abs().nan_to_num()
     return (f"{variant.name}: the output is not bitwise repeatable across identical calls: the unperturbed input "
             f"run twice gives outputs differing in {int((diff > 0).sum())} elements (max {float(diff.max()):.3g}), "
-            "though the variant claims determinism (the repeat check, test_two_runs_agree, names the cause; a "
-            "variant nondeterministic by design declares deterministic = False), so the rows that must not see "
+            f"though the variant claims determinism ({determinism_claim(variant)}; the repeat check, "
+            "test_two_runs_agree, names the cause), so the rows that must not see "
             f"keys/tokens >= {pivot} were compared within tolerance, not bit for bit"
             + ("; within tolerance they did not change: no future leak seen" if no_leak else ""))
 
@@ -474,6 +474,14 @@ def _non_finite(out: torch.Tensor, problem: Problem, rows: np.ndarray) -> Option
     if not bad:
         return None
     return f"non-finite output: {bad} of {picked.numel()} values in rows that attend to some key are NaN or Inf"
+
+
+def determinism_claim(variant: Variant) -> str:
+    """Where a variant's claim of determinism comes from, and how to drop it: ``deterministic = True`` is
+    the default, so a first-time author had been told of a claim they never made."""
+    made = ("it sets deterministic = True" if registry.sets_itself(variant, "deterministic")
+            else "deterministic = True, the default")
+    return f"{made}; a variant nondeterministic by design sets deterministic = False"
 
 
 def check_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = None) -> CheckResult:
@@ -518,7 +526,8 @@ def check_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = Non
                 else:
                     result.details.append(
                         f"two identical runs differ in {int((diff > 0).sum())} elements "
-                        f"(max {float(diff.nan_to_num().max()):.3g}) though the variant claims determinism"
+                        f"(max {float(diff.nan_to_num().max()):.3g}) though the variant claims determinism "
+                        f"({determinism_claim(variant)})"
                     )
         else:
             ref_out, _ = reference(variant.family, problem)

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import pytest
 
 from . import import_limit, problem_file, registry
+from .plugin_isolation import NOT_RUN_PREFIX, OTHERS_NOT_RUN
 from .problem import DTYPE_SHORT
 from .verdict import problem_dtype_device
 
@@ -126,6 +127,7 @@ class SkippedWholly:
         self.skipped: Counter = Counter()
         self.reason: dict[str, str] = {}
         self.dtypes_ran: dict[str, set[str]] = {}  # short dtype names of the problems its tests that ran had
+        self.cut_short: dict[str, str] = {}  # a skip reason saying its later tests were not run after a crash or hang
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         m = self.ID.search(report.nodeid)
@@ -135,7 +137,10 @@ class SkippedWholly:
         if report.skipped:
             self.skipped[name] += 1
             if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
-                self.reason.setdefault(name, str(report.longrepr[2]).removeprefix("Skipped: "))
+                reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+                self.reason.setdefault(name, reason)
+                if reason.startswith(NOT_RUN_PREFIX) or OTHERS_NOT_RUN in reason:
+                    self.cut_short.setdefault(name, reason)
         elif report.when == "call" or report.failed:  # a test that crashed its worker reports no "call"
             self.ran[name] += 1
             problem_id = report.nodeid.split("@", 1)[1].rstrip("]") if "@" in report.nodeid else ""
@@ -164,9 +169,16 @@ class SkippedWholly:
             unchecked = sorted(d for d in declared if DTYPE_SHORT.get(d, d) not in self.dtypes_ran[name])
             if unchecked:
                 seen = sorted(long for long, short in DTYPE_SHORT.items() if short in self.dtypes_ran[name])
-                out.append(f"attnsuite: variant {name}: declares {', '.join(unchecked)}, which no test of this run "
-                           f"checked (its problems here were {', '.join(seen)}): --attn-dtype, or a run on CUDA for "
-                           "half precision, checks it")
+                default = "" if registry.sets_itself(registry.get(name), "dtypes") else \
+                    " (the default: its class sets no dtypes)"
+                if name in self.cut_short:  # its tests stopped: the problem set is not why
+                    why = (f"its tests after a crash or hang were not run "
+                           f"({textwrap.shorten(self.cut_short[name], 160, placeholder=' ...')})")
+                else:
+                    why = (f"its problems here were {', '.join(seen)}: --attn-dtype, or a run on CUDA for half "
+                           "precision, checks it")
+                out.append(f"attnsuite: variant {name}: declares {', '.join(unchecked)}{default}, which no test of "
+                           f"this run checked ({why})")
         return out
 
 

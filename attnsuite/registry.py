@@ -189,6 +189,13 @@ class Variant:
         return f"<{self.level} variant {self.name} ({self.family})>"
 
 
+def sets_itself(variant: Any, attribute: str) -> bool:
+    """Whether the variant's own class (or a base class of its author's) sets ``attribute``, rather than
+    taking :class:`Variant`'s default: a message about a default the author never wrote says so."""
+    return attribute in vars(variant) or any(attribute in vars(cls) for cls in type(variant).__mro__
+                                             if cls not in (Variant, KernelVariant, LayerVariant, object))
+
+
 class KernelVariant(Variant):
     """q, k, v (SDPA layout) to o. ``build`` does the one-off work (mask building) and returns the call."""
 

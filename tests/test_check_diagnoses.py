@@ -103,6 +103,21 @@ def test_a_noisy_layer_is_still_told_it_claims_determinism_after_other_checks():
     assert "depends on earlier calls" not in result.message, result.message
 
 
+@pytest.mark.parametrize("sets_it", [False, True], ids=["the default", "set by its author"])
+def test_the_claim_of_determinism_says_whether_it_is_the_default_and_how_to_drop_it(sets_it):
+    # "claims determinism" had been said to authors who never wrote deterministic = True
+    class Quiet(KernelVariant):
+        name = "x-quiet"
+
+    class Loud(KernelVariant):
+        name = "x-loud"
+        deterministic = True
+
+    claim = checks.determinism_claim(Loud() if sets_it else Quiet())
+    made = "it sets deterministic = True" if sets_it else "deterministic = True, the default"
+    assert claim == f"{made}; a variant nondeterministic by design sets deterministic = False"
+
+
 def test_a_stateful_layer_declaring_nondeterminism_is_told_to_declare_reset_after_other_checks():
     # within tolerance: its first call is exact, later ones are 1e-3 off; the check's own first call
     # (the cached instance's second) had been taken for the first and the state had gone unnamed

@@ -228,9 +228,10 @@ def test_a_declared_dtype_that_no_test_of_the_run_checked_is_named():
         watched.pytest_runtest_logreport(_report(f"t.py::test_a[sdpa@b1-q3-h2-d16-causal-tl-{dtype}-cpu]", "passed",
                                                  "call"))
     unchecked = [d for d in declared if d not in ("float32", "float64")]
-    assert watched.lines() == [f"attnsuite: variant sdpa: declares {', '.join(unchecked)}, which no test of this run "
-                               "checked (its problems here were float32, float64): --attn-dtype, or a run on CUDA "
-                               "for half precision, checks it"]
+    default = "" if registry.sets_itself(registry.get("sdpa"), "dtypes") else " (the default: its class sets no dtypes)"
+    assert watched.lines() == [f"attnsuite: variant sdpa: declares {', '.join(unchecked)}{default}, which no test of "
+                               "this run checked (its problems here were float32, float64: --attn-dtype, or a run on "
+                               "CUDA for half precision, checks it)"]
     chosen = SkippedWholly({"sdpa"}, dtypes_note=False)  # -k, -m or --attn-dtype chose the dtypes: no note
     chosen.pytest_runtest_logreport(_report("t.py::test_a[sdpa@b1-q3-h2-d16-causal-tl-fp32-cpu]", "passed", "call"))
     assert chosen.lines() == []
@@ -239,3 +240,37 @@ def test_a_declared_dtype_that_no_test_of_the_run_checked_is_named():
         watched.pytest_runtest_logreport(_report(f"t.py::test_a[sdpa@b1-q3-h2-d16-causal-tl-{short}-cpu]", "failed",
                                                  "call"))
     assert watched.lines() == []
+
+
+def test_the_dtype_note_of_a_variant_whose_tests_stopped_after_a_crash_says_so_not_the_problem_set():
+    # after a hang and a segfault the note had blamed "its problems here were float32"
+    from attnsuite import registry
+    from attnsuite.plugin import SkippedWholly
+    from attnsuite.plugin_isolation import OTHERS_NOT_RUN
+
+    registry.load_builtin()
+    watched = SkippedWholly({"sdpa"})
+    watched.pytest_runtest_logreport(_report("t.py::test_a[sdpa@b1-q3-h2-d16-causal-tl-fp32-cpu]", "passed", "call"))
+    reason = f"variant sdpa hung in t.py::test_b[sdpa@p1]: {OTHERS_NOT_RUN} (that test's failure says more)"
+    watched.pytest_runtest_logreport(_report("t.py::test_c[sdpa@b1-q3-h2-d16-causal-tl-fp64-cpu]", "skipped", "setup",
+                                             reason))
+    (line,) = watched.lines()
+    assert "which no test of this run checked (its tests after a crash or hang were not run (variant sdpa hung" in line
+    assert "its problems here were" not in line
+
+
+def test_a_declaration_the_author_never_wrote_is_called_the_default():
+    from attnsuite import registry
+
+    class Plain(registry.KernelVariant):
+        name = "x-plain"
+
+    class Mine(registry.KernelVariant):
+        name = "x-mine"
+        dtypes = frozenset({"float32"})
+
+    class Derived(Mine):
+        name = "x-derived"
+
+    assert not registry.sets_itself(Plain(), "dtypes") and not registry.sets_itself(Plain(), "deterministic")
+    assert registry.sets_itself(Mine(), "dtypes") and registry.sets_itself(Derived(), "dtypes")
