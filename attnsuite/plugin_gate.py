@@ -837,6 +837,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             failing = line.startswith("FAIL")
             tr.write_line(line, red=failing, green=line.startswith("PASS"), yellow=line.startswith("REPORTED"),
                           bold=failing)
+        if state.comparison is None and effective_gate_mode(config) != "off":
+            # a CI job that compared nothing passes in report mode: its page says so (a runner with another
+            # core count than the shipped CPU baseline's had found no compatible baseline, without a mark)
+            warning = report.github_warning("attnsuite gate: nothing compared", "; ".join([s.verdict, *s.baseline]))
+            if warning:
+                tr.write_line(warning)
 
 
 def _gate_section(terminalreporter: Any, config: pytest.Config, state: GateState) -> None:

@@ -356,6 +356,23 @@ def write_summary(folder: os.PathLike | str, summary: dict, text: str) -> None:
     atomic_write_text(os.path.join(folder, "summary.md"), text)
 
 
+def github_warning(title: str, text: str, env: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """A ``::warning`` workflow command for GitHub Actions (None elsewhere): shown on the job's page and
+    its run summary, where a line in a 1000-line log is not seen."""
+    env = os.environ if env is None else env
+    if env.get("GITHUB_ACTIONS") != "true":
+        return None
+
+    def escaped(value: str, extra: str = "") -> str:  # the workflow commands' own escaping
+        out = value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+        for ch, code in (("::", None), (":", "%3A"), (",", "%2C")):
+            if code and ch in extra:
+                out = out.replace(ch, code)
+        return out
+
+    return f"::warning title={escaped(title, ':,')}::{escaped(text)}"
+
+
 def step_summary_target(wanted: object, env: Optional[Mapping[str, str]] = None) -> Optional[str]:
     """The file a ``--step-summary`` option will append to (None when not asked or not on GitHub
     Actions), so commands can check it with their other outputs before any work."""

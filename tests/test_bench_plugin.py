@@ -390,3 +390,14 @@ def test_unmeasured_named_variants(outcomes, expected):
         assert got == {}
     else:
         assert list(got) == ["mine"] and expected in got["mine"] and got["mine"].startswith("--attn-only mine: ")
+
+
+def test_a_run_on_github_actions_that_compared_nothing_says_so_as_a_workflow_warning(bench_run, monkeypatch):
+    # a CPU job on a runner with no compatible baseline passed in report mode with the fact on one log line
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    result, _ = bench_run(variants=("sdpa",))
+    result.stdout.fnmatch_lines(["::warning title=attnsuite gate%3A nothing compared::NOT COMPARED: *; no baseline "
+                                 "for this machine*"])
+    monkeypatch.delenv("GITHUB_ACTIONS")
+    result, _ = bench_run(variants=("sdpa",))
+    assert "::warning" not in result.stdout.str()

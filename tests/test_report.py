@@ -348,3 +348,13 @@ def test_a_long_case_key_in_the_terminal_table_keeps_its_workload_variant_and_it
     head, tail = cut.split("...")
     assert key.startswith(head) and key.endswith(tail) and abs(len(head) - len(tail)) <= 1, cut
     assert cut_middle("short", width) == "short"
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, None),  # not on GitHub Actions: nothing
+    ({"GITHUB_ACTIONS": "true"}, "::warning title=gate%3A none%2C really::NOT COMPARED: 100%25 sure%0Anext"),
+])
+def test_a_github_warning_is_written_only_on_github_actions_with_the_commands_escaping(env, expected):
+    from attnsuite import report
+
+    assert report.github_warning("gate: none, really", "NOT COMPARED: 100% sure\nnext", env=env) == expected
