@@ -216,7 +216,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"attnsuite: {exc}") from None  # names ATTNSUITE_PROBLEMS or --attn-problems
     # "a,b" as well as "--attn-only a --attn-only b", read once here for every plugin after this one
     # (--attn-workload too: attnsuite ab already read its values so, and a,b had been "unknown")
-    for option, what in (("--attn-only", "variant"), ("--attn-workload", "workload")):
+    for option, what in (("--attn-only", "variant"), ("--attn-workload", "workload"), ("--attn-mode", "mode")):
         given = config.getoption(option, default=None)
         if given is None:  # the benchmarks plugin, which declares --attn-workload, is not loaded
             continue

@@ -61,9 +61,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--attn-workload", action="append", default=[], metavar="NAME",
                     help=f"benchmark only these workloads (repeatable, or comma-separated): "
                          f"{', '.join(workloads.WORKLOADS)}")
-    group.addoption("--attn-mode", action="append", default=[], choices=MODES,
-                    help="benchmark only these modes (repeatable): fwd, bwd, fwd+bwd, decode (the layers that "
-                         "declare incremental decoding)")
+    group.addoption("--attn-mode", action="append", default=[], metavar="MODE",
+                    help="benchmark only these modes (repeatable, or comma-separated): fwd, bwd, fwd+bwd, decode "
+                         "(the layers that declare incremental decoding)")
     group.addoption("--attn-mem-cap", default=None, metavar="BYTES",
                     help="memory cap, e.g. 24GiB: on CUDA the allocator is capped so a large GPU stands in "
                          "for a smaller one; on CPU each case's allocations are limited to it (and the "
@@ -132,7 +132,10 @@ def spec_from_config(config: pytest.Config) -> RunSpec:
     for name in names:
         if name not in workloads.WORKLOADS:
             _fail_usage(f"--attn-workload {name!r} is unknown; known: {', '.join(workloads.WORKLOADS)}")
-    modes = tuple(config.getoption("--attn-mode")) or MODES
+    for mode in config.getoption("--attn-mode"):
+        if mode not in MODES:
+            _fail_usage(f"--attn-mode {mode!r} is unknown; known: {', '.join(MODES)}")
+    modes = tuple(dict.fromkeys(config.getoption("--attn-mode"))) or MODES
     cap = None
     if config.getoption("--attn-mem-cap") is not None:
         try:
@@ -811,7 +814,9 @@ def nothing_selected(config: pytest.Config, items: Sequence[Any], deselected: in
     if any(bench_key(i) is not None for i in bench):
         return None
     if not bench:
-        return f"-k, -m or a deselection left {none_of(deselected, 'benchmark case')}"
+        given = [f"{flag} {config.getoption(name)!r}" for flag, name in (("-k", "keyword"), ("-m", "markexpr"))
+                 if config.getoption(name, default=None)]
+        return f"{' and '.join(given) or 'a deselection'} left {none_of(deselected, 'benchmark case')}"
     given = []
     for name in _SELECTION_OPTIONS:
         value = config.getoption(name, default=None)

@@ -401,3 +401,28 @@ def test_a_run_on_github_actions_that_compared_nothing_says_so_as_a_workflow_war
     monkeypatch.delenv("GITHUB_ACTIONS")
     result, _ = bench_run(variants=("sdpa",))
     assert "::warning" not in result.stdout.str()
+
+
+def _collected(*args: str) -> tuple[int, list[str]]:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), str(ROOT / "bench"),
+                           "--benchmark-only", "-p", "no:cacheprovider", "-q", "--collect-only", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return done.returncode, [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+
+
+def test_attn_mode_takes_a_comma_separated_list_as_attn_only_and_attn_workload_do():
+    # `--attn-mode fwd,fwd+bwd` had been refused by argparse ("invalid choice") where --attn-only a,b worked
+    listed = _collected("--attn-workload=fa-sweep", "--attn-mode=fwd,fwd+bwd")
+    repeated = _collected("--attn-workload=fa-sweep", "--attn-mode=fwd", "--attn-mode=fwd+bwd")
+    assert listed[0] == repeated[0] == 0 and listed[1] == repeated[1]
+    ids = [line for line in listed[1] if "::test_workload[" in line]
+    assert ids and {line.split("[", 1)[1].split("/")[2] for line in ids} == {"fwd", "fwd+bwd"}
+
+
+def test_an_unknown_attn_mode_is_a_usage_error_naming_it_and_the_known_ones():
+    status, lines = _collected("--attn-mode=fwd,backward")
+    assert status == pytest.ExitCode.USAGE_ERROR
+    assert "ERROR: attnsuite: --attn-mode 'backward' is unknown; known: fwd, bwd, fwd+bwd, decode" in lines, lines

@@ -174,7 +174,7 @@ def test_a_selected_case_that_did_not_run_is_still_missing(bench):
     pytest.param(("--attn-only=layer-sdpa", f"--attn-workload={WORKLOAD}"),
                  f"--attn-only layer-sdpa --attn-workload {WORKLOAD} --attn-device cpu select no case of the quick "
                  "tier on cpu", id="options that select no case"),
-    pytest.param((*TINY, "-k", "no-such-case"), "-k, -m or a deselection left none of the 2 benchmark cases",
+    pytest.param((*TINY, "-k", "no-such-case"), "-k 'no-such-case' left none of the 2 benchmark cases",
                  id="-k that matches no case"),
     pytest.param(("--attn-problems=mine.json", "--attn-workload=mine"),
                  "--attn-workload mine --attn-device cpu select no case of the quick tier on cpu; workload 'mine' has no "
