@@ -915,7 +915,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         runner.close(finished=finished)
         if finished and runner.landed:
             records = [landed.record for landed in runner.landed]
-            for name, line in summary.unmeasured_named(records, session.config.getoption("--attn-only")).items():
+            named = session.config.getoption("--attn-only", default=None) or []  # None: the main plugin is not loaded
+            for name, line in summary.unmeasured_named(records, named).items():
                 fail_session(session, f"attnsuite-selection::{name}", line)
 
 

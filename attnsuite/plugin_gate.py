@@ -642,7 +642,7 @@ def _unmeasured(config: pytest.Config, records: Any) -> dict[str, str]:
     what it ran)."""
     if _interrupted_text(config, records):
         return {}
-    return summary.unmeasured_named(list(records.values()), config.getoption("--attn-only"))
+    return summary.unmeasured_named(list(records.values()), config.getoption("--attn-only", default=None) or [])
 
 
 def _failed_outside(config: pytest.Config, records: Any) -> str:
