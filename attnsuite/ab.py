@@ -94,10 +94,21 @@ def round_order(rounds: int) -> list[str]:
 # --------------------------------------------------------------------------- selection
 
 
-def cases_from_gate_json(path: os.PathLike | str) -> tuple[list[str], str]:
+@dataclass
+class FlaggedCases:
+    """What ``--cases-from`` selects: the case keys a gate run flagged, a sentence saying where they
+    came from, and whether that gate run was interrupted (its flags then cover only the cases it ran)."""
+
+    keys: list[str]
+    note: str
+    interrupted: bool = False
+
+
+def cases_from_gate_json(path: os.PathLike | str) -> FlaggedCases:
     """The case keys that a stored-baseline gate run flagged (any gating finding: slower,
     memory-growth, newly-failing, newly-oom, missing), from its ``--attn-gate-json`` file, and a
-    sentence saying where they came from (or why there are none: a gate that compared nothing)."""
+    sentence saying where they came from (or why there are none: a gate that compared nothing),
+    which also says when that gate run was interrupted (``"interrupted": true``)."""
     p = Path(path)
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
@@ -117,8 +128,14 @@ def cases_from_gate_json(path: os.PathLike | str) -> tuple[list[str], str]:
             keys.append(c["key"])
     keys = sorted(set(keys))
     if obj.get("compared") is False:  # the gate found no baseline to compare with (or no records)
-        return keys, f"The stored-baseline gate ({p}) compared nothing: {obj.get('reason') or 'no reason given'}."
-    return keys, f"Cases: the {len(keys)} flagged by the stored-baseline gate ({p})."
+        note = f"The stored-baseline gate ({p}) compared nothing: {obj.get('reason') or 'no reason given'}."
+    else:
+        note = f"Cases: the {len(keys)} flagged by the stored-baseline gate ({p})."
+    interrupted = obj.get("interrupted") is True
+    if interrupted:  # it judged only the cases it ran: one it never reached could not be flagged
+        note += (" That gate run was interrupted: it flagged only among the cases it ran; the cases it did not reach "
+                 "are not measured here.")
+    return FlaggedCases(keys, note, interrupted)
 
 
 # Loaded into every round with ``-p``: keeps only the listed case keys (a node id that one tree
@@ -1012,10 +1029,19 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
     cases = None
     cases_note = None
     if args.cases_from:
-        cases, cases_note = cases_from_gate_json(args.cases_from)
+        flagged = cases_from_gate_json(args.cases_from)
+        cases, cases_note = flagged.keys, flagged.note
+        if flagged.interrupted and cases:  # with none, the line below says it
+            print(f"attnsuite ab: {args.cases_from} comes from an interrupted gate run: it flagged only among the "
+                  "cases it ran; the cases it did not reach are not measured here", file=out, flush=True)
         if not cases:
             nothing = f"{args.cases_from} flagged no case: nothing to measure A/B"
-            cmp = Comparison(verdicts=[], notes=[nothing], gate_mode=args.gate)
+            if flagged.interrupted:
+                # "flagged no case" had read as a clean pass of the whole selection
+                nothing = (f"{args.cases_from} flagged no case, but its gate run was interrupted: no pass for the "
+                           "cases it did not reach; nothing to measure A/B")
+            # interrupted: the markdown's heading says INTERRUPTED over its NOT COMPARED
+            cmp = Comparison(verdicts=[], notes=[nothing], gate_mode=args.gate, interrupted=flagged.interrupted)
             cmp.baseline_label, cmp.current_label = f"base {args.base} ({sha[:12]})", "the working tree"
             # the JSON says what the markdown's NOT COMPARED says (it had read "compared": true)
             _emit(cmp, args, out, context=[cases_note], extra={"base_sha": sha, "rounds": 0},
@@ -1112,12 +1138,17 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
 
 def _emit(cmp: Comparison, args: argparse.Namespace, out, *, context: Sequence[str], extra: dict[str, Any],
           top: Optional[dict[str, Any]] = None) -> None:
-    print(report.terminal_table(cmp), file=out)
-    for line in report.gate_lines(cmp):
-        print(f"{report.gate_label(cmp)} {line}", file=out)
     # the verdict in words, bold, first, as gate.md has it (the heading alone had carried it)
     verdict = summary.comparison_verdict(cmp, cmp.gate_mode, summary.failed_counts(
         {v.key: v.cur for v in cmp.verdicts if v.cur is not None}))
+    if cmp.verdicts:
+        print(report.terminal_table(cmp), file=out)
+    else:  # nothing measured: the table's "pass (no cases)" had stood beside a markdown saying NOT COMPARED
+        for note in cmp.notes:
+            print(f"attnsuite ab: {note}", file=out)
+        print(verdict, file=out)
+    for line in report.gate_lines(cmp):
+        print(f"{report.gate_label(cmp)} {line}", file=out)
     head = [f"**{report.md_escape(verdict)}**", ""]
     # a head side run with --head-arg=--attn-inject-slowdown says so in bold, as a slowed run's gate.md
     # does (the markdown had held only the quoted note that the head rounds ran with it)

@@ -5,6 +5,7 @@
     attnsuite record R1.json R2.json R3.json   # ... from several runs: per case, the median (combine.py)
     attnsuite report RESULT.json [--baseline B] [--markdown out.md] [--plots DIR] [--html out.html [--gate-json G]]
     attnsuite check baselines/*.json   # validate baseline files
+    attnsuite ab --base REF [-- PYTEST_ARGS]   # same-machine A/B of a git ref against the working tree (ab.py)
 
 Exit status: 0 pass; 1 the gate fails (a gating verdict, with ``--gate enforce``, the default);
 2 bad input: unreadable or malformed file, incompatible machines without ``--allow-mismatch``,
@@ -140,6 +141,10 @@ def cmd_record(args: argparse.Namespace, out) -> int:
     if not args.baseline and not Path(args.dir).is_dir():  # a typo had made a new folder (pytest refuses it too)
         raise ValueError(f"--dir {args.dir}: {'is not a folder' if Path(args.dir).exists() else 'no such folder'} "
                          "(make it first, or name the file with --baseline)")
+    folder = Path(args.baseline).parent if args.baseline else None
+    if folder is not None and not folder.is_dir():  # as --dir: a typo in the path had made the folders it named
+        raise ValueError(f"--baseline {args.baseline}: its folder {folder} "
+                         f"{'is not a folder' if folder.exists() else 'does not exist'} (make it first)")
     runs = [bl.load_results(path) for path in args.result]
     for path, one in zip(args.result, runs):
         if not one.records:  # recording nothing had still replaced the baseline's calibration
@@ -182,7 +187,28 @@ def cmd_record(args: argparse.Namespace, out) -> int:
                                  allow_mismatch=args.allow_mismatch, sources=runs,
                                  allow_interrupted=args.allow_interrupted)
     print(f"recorded {path}: {summary}", file=out)
+    failing = _recorded_failures(run, summary)
+    if failing:
+        print(failing, file=out)
+    if len(runs) == 1:
+        # one run's lucky fastest sample can set a bar the next runs cannot reach (docs/gate.md, measured on the H100)
+        print("note: recorded from 1 run; a baseline is best recorded from three runs (docs/gate.md): "
+              "attnsuite record r1.json r2.json r3.json keeps, per case, the median of each timing statistic", file=out)
     return EXIT_OK
+
+
+def _recorded_failures(run: bl.Run, merged: bl.MergeSummary) -> str:
+    """A line saying how many of the cases ``merged`` wrote into the baseline failed outright, by
+    outcome, naming a few ("" when none did): a recorded failure is what a later run is judged
+    against, and the summary's "4 added" had said nothing of the 4 being errors."""
+    written = {key: run.records[key] for key in (*merged.added, *merged.updated, *merged.unchanged)}
+    failed = summary.failed_counts(written)
+    if not failed:
+        return ""
+    keys = sorted(key for key, rec in written.items() if rec.outcome in failed)
+    outcomes = ", ".join(f"{n} {outcome}" for outcome, n in failed.items())
+    return (f"  {count(len(keys), 'recorded case')} failed ({outcomes}): a later run is judged against those "
+            f"outcomes (e.g. {', '.join(keys[:3])})")
 
 
 def _refuse_repeated_runs(paths: Sequence[str]) -> None:
@@ -237,7 +263,9 @@ def cmd_report(args: argparse.Namespace, out) -> int:
     if args.markdown:
         report.write_markdown(text, args.markdown)
         print(f"markdown written to {args.markdown}", file=out)
-    else:
+    elif not args.html:
+        # no file named: stdout is where the markdown goes; beside --html, a run's ~100 KB of it had
+        # buried the verdict and the paths written
         print(text, file=out)
     if args.step_summary:
         where = report.append_step_summary(text)
@@ -360,7 +388,8 @@ def cmd_check(args: argparse.Namespace, out) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``attnsuite`` command."""
-    p = argparse.ArgumentParser(prog="attnsuite", description="attention regression suite: compare, record, report")
+    p = argparse.ArgumentParser(prog="attnsuite", description="attention regression suite: compare, record, report, "
+                                                              "check, ab (attnsuite COMMAND --help for each)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common_compare(sp: argparse.ArgumentParser) -> None:
@@ -371,8 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compare even when the machines differ in GPU model or major torch/CUDA version")
 
     c = sub.add_parser("compare", help="compare two runs (result JSON or baseline files): OLD is the reference")
-    c.add_argument("old")
-    c.add_argument("new")
+    c.add_argument("old", metavar="OLD", help="the reference: a result JSON (pytest --benchmark-json with attnsuite "
+                                              "records) or a baseline file")
+    c.add_argument("new", metavar="NEW", help="the run judged against OLD: a result JSON or a baseline file")
     common_compare(c)
     c.add_argument("--gate", choices=("enforce", "report"), default="enforce",
                    help="enforce: exit 1 on a gating verdict; report: always exit 0")
@@ -385,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
 
     r = sub.add_parser("record", help="write or refresh a baseline from one or more result JSONs of one machine")
-    r.add_argument("result", nargs="+", help="result file(s); several are combined per case by the median "
-                                             "of each timing statistic (recommended: 3 runs)")
+    r.add_argument("result", nargs="+", metavar="RESULT",
+                   help="result file(s); several are combined per case by the median of each timing statistic "
+                        "(recommended: three runs)")
     r.add_argument("--baseline", help="baseline file (default: DIR/<fingerprint id>.json)")
     r.add_argument("--dir", default=bl.DEFAULT_DIR, help="baselines folder (default: baselines)")
     r.add_argument("--workload", action="append", default=[], help="record only these workloads (repeatable)")
@@ -399,11 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record the cases a stopped run finished (each is whole); not with --prune")
     r.set_defaults(func=cmd_record)
 
-    rep = sub.add_parser("report", help="markdown (and plots) of a run, or of its diff against a baseline")
-    rep.add_argument("result")
+    rep = sub.add_parser("report", help="markdown (and plots, an HTML report) of a run, or of its diff against a "
+                                        "baseline")
+    rep.add_argument("result", metavar="RESULT", help="the run's result JSON (pytest --benchmark-json with attnsuite "
+                                                       "records)")
     rep.add_argument("--baseline", help="compare with this baseline or result file")
     common_compare(rep)
-    rep.add_argument("--markdown", help="write the markdown here (default: print it)")
+    rep.add_argument("--markdown", help="write the markdown here (default: print it, unless --html names a file)")
     rep.add_argument("--step-summary", action="store_true", help="append the markdown to $GITHUB_STEP_SUMMARY")
     rep.add_argument("--plots", help="folder for PNG plots of TFLOP/s and memory against sequence length")
     rep.add_argument("--html", help="write one self-contained HTML report here (sortable tables, inline SVG plots)")
@@ -413,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     ch = sub.add_parser("check", help="validate baseline files")
-    ch.add_argument("files", nargs="+")
+    ch.add_argument("files", nargs="+", metavar="FILE", help="baseline files to validate (a thresholds file among "
+                                                            "them is checked as thresholds)")
     ch.set_defaults(func=cmd_check)
     ab.add_parser(sub)
     return p

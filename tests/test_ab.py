@@ -178,9 +178,9 @@ def test_cases_from_selects_every_case_with_a_gating_finding_and_nothing_else(tm
     p = gate_json(tmp_path, [("w/a/fwd/p1", ["slower"]), ("w/b/fwd/p1", ["memory-growth", "faster"]),
                              ("w/c/fwd/p1", ["newly-failing"]), ("w/d/fwd/p1", ["missing"]),
                              ("w/e/fwd/p1", ["same"]), ("w/f/fwd/p1", ["faster"]), ("w/g/fwd/p1", ["new"])])
-    keys, note = ab.cases_from_gate_json(p)
-    assert keys == ["w/a/fwd/p1", "w/b/fwd/p1", "w/c/fwd/p1", "w/d/fwd/p1"]
-    assert note.startswith("Cases: the 4 flagged")
+    flagged = ab.cases_from_gate_json(p)
+    assert flagged.keys == ["w/a/fwd/p1", "w/b/fwd/p1", "w/c/fwd/p1", "w/d/fwd/p1"]
+    assert flagged.note.startswith("Cases: the 4 flagged") and not flagged.interrupted
 
 
 def test_cases_from_also_takes_a_case_the_gate_marked_gating_under_a_finding_not_gating_by_default(tmp_path):
@@ -189,15 +189,25 @@ def test_cases_from_also_takes_a_case_the_gate_marked_gating_under_a_finding_not
                                         "gating": True},
                                        {"key": "w/b/fwd/p1", "verdict": "host-slower", "flags": ["host-slower"],
                                         "gating": False}]}))
-    assert ab.cases_from_gate_json(p)[0] == ["w/a/fwd/p1"]
+    assert ab.cases_from_gate_json(p).keys == ["w/a/fwd/p1"]
 
 
 def test_a_gate_that_compared_nothing_flags_nothing_and_says_why(tmp_path):
     p = tmp_path / "gate.json"
     p.write_text(json.dumps({"compared": False, "failed": False, "reason": "no baseline for this machine",
                              "cases": []}))
-    assert ab.cases_from_gate_json(p) == ([], f"The stored-baseline gate ({p}) compared nothing: "
-                                              "no baseline for this machine.")
+    assert ab.cases_from_gate_json(p) == ab.FlaggedCases([], f"The stored-baseline gate ({p}) compared nothing: "
+                                                             "no baseline for this machine.")
+
+
+def test_cases_from_an_interrupted_gate_run_says_its_flags_cover_only_the_cases_it_ran(tmp_path):
+    p = tmp_path / "gate.json"
+    p.write_text(json.dumps({"compared": True, "interrupted": True,
+                             "cases": [{"key": "w/a/fwd/p1", "verdict": "slower", "flags": ["slower"]}]}))
+    flagged = ab.cases_from_gate_json(p)
+    assert flagged.keys == ["w/a/fwd/p1"] and flagged.interrupted
+    assert flagged.note == (f"Cases: the 1 flagged by the stored-baseline gate ({p}). That gate run was interrupted: "
+                            "it flagged only among the cases it ran; the cases it did not reach are not measured here.")
 
 
 @pytest.mark.parametrize("content, words", [
@@ -482,6 +492,45 @@ def test_cases_from_a_gate_run_that_flagged_nothing_passes_without_running_a_rou
     assert "flagged no case" in md and "Cases: the 0 flagged" in md and "NOT COMPARED" in md
     data = json.loads((tmp_path / "ab.json").read_text())  # said as the markdown says it (it had read true)
     assert data["compared"] is False and "flagged no case" in data["reason"]
+    # the terminal says it too (it had read "pass (no cases)" beside the markdown's NOT COMPARED)
+    assert out.splitlines() == [f"attnsuite ab: {gj} flagged no case: nothing to measure A/B",
+                                "NOT COMPARED: no case to judge"]
+
+
+def interrupted_gate_json(tmp_path: Path, cases: list[tuple[str, list[str]]]) -> Path:
+    p = gate_json(tmp_path, cases)
+    p.write_text(json.dumps({**json.loads(p.read_text()), "compared": True, "interrupted": True}))
+    return p
+
+
+def test_cases_from_an_interrupted_gate_run_that_flagged_nothing_never_reads_as_a_pass(repo, tmp_path):
+    # it had printed "pass (no cases)" and its markdown "flagged no case", the interruption unsaid
+    gj = interrupted_gate_json(tmp_path, [(KEY_A, ["same"])])
+    runner = FakeRunner(same_speed)
+    status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--cases-from", str(gj),
+                              "--markdown", str(tmp_path / "ab.md"), "--json", str(tmp_path / "ab.json")], runner)
+    # exit 0: the gate step that wrote the file fails on the interruption itself
+    assert status == ab.EXIT_OK and runner.specs == []
+    said = (f"{gj} flagged no case, but its gate run was interrupted: no pass for the cases it did not reach; "
+            "nothing to measure A/B")
+    assert out.splitlines() == [f"attnsuite ab: {said}", "NOT COMPARED: no case to judge"]
+    md = (tmp_path / "ab.md").read_text()
+    assert "### attnsuite A/B (same machine): ⏹️ **INTERRUPTED**" in md and "✅" not in md and "PASS" not in md
+    assert said in md.replace("\\", "") and "That gate run was interrupted" in md
+    data = json.loads((tmp_path / "ab.json").read_text())
+    assert data["compared"] is False and data["interrupted"] is True and data["reason"] == said
+
+
+def test_cases_from_an_interrupted_gate_run_measures_its_flagged_cases_and_says_what_they_cover(repo, tmp_path):
+    gj = interrupted_gate_json(tmp_path, [(KEY_A, ["slower"]), (KEY_B, ["same"])])
+    runner = FakeRunner(same_speed)
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--cases-from", str(gj),
+                                "--markdown", str(tmp_path / "ab.md")], runner)
+    assert status == ab.EXIT_OK, err
+    assert runner.cases == [KEY_A]
+    assert out.splitlines()[0] == (f"attnsuite ab: {gj} comes from an interrupted gate run: it flagged only among "
+                                   "the cases it ran; the cases it did not reach are not measured here")
+    assert "That gate run was interrupted: it flagged only among the cases it ran" in (tmp_path / "ab.md").read_text()
 
 
 # --------------------------------------------------------------------------- bad input and failures

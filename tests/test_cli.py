@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import subprocess
@@ -449,3 +450,101 @@ def test_record_of_two_cpu_models_says_it_refuses_to_record_not_to_compare(tmp_p
     err = capsys.readouterr().err
     assert code == 2 and "refusing to record runs of different machines into one baseline: CPU model differs" in err
     assert "the first run AMD EPYC, another run Intel Xeon" in err and "baseline AMD" not in err, err
+
+
+# --------------------------------------------------------------------------- a first-time user's trial
+
+
+@pytest.mark.parametrize("extra, verdict", [
+    ([], "NOT COMPARED: the run was not judged against a baseline"),
+    (["--baseline", "{old}"], "REPORTED: 3 regressions among 3 cases judged"),
+], ids=["run", "against-a-baseline"])
+def test_report_with_html_prints_the_verdict_and_the_paths_written_not_the_whole_markdown(runs, tmp_path, extra,
+                                                                                          verdict):
+    # the whole markdown (~120 KB for a full-tier run) had been printed above the verdict
+    old, _, worse = runs
+    html = tmp_path / "r.html"
+    code, out = run_cli("report", worse, *[a.format(old=old) for a in extra], "--html", html)
+    assert code == 0 and html.is_file()
+    assert "<!-- attnsuite-gate -->" not in out and "| workload |" not in out, out
+    assert f"HTML report written to {html}" in out and verdict in out
+
+
+def test_report_with_markdown_and_html_prints_both_paths_and_writes_the_markdown_only_to_its_file(runs, tmp_path):
+    _, _, worse = runs
+    md, html = tmp_path / "r.md", tmp_path / "r.html"
+    code, out = run_cli("report", worse, "--markdown", md, "--html", html)
+    assert code == 0 and "<!-- attnsuite-gate -->" in md.read_text()
+    assert "<!-- attnsuite-gate -->" not in out
+    assert f"markdown written to {md}" in out and f"HTML report written to {html}" in out
+
+
+def test_report_without_an_output_file_still_prints_the_markdown(runs):
+    code, out = run_cli("report", runs[2])
+    assert code == 0 and out.count("<!-- attnsuite-gate -->") == 1
+
+
+def test_top_level_help_names_every_subcommand():
+    # it had said "compare, record, report" over five subcommands
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {"compare", "record", "report", "check", "ab"}
+    for name in commands:
+        assert name in parser.description, name
+
+
+def test_every_positional_argument_of_every_subcommand_has_help():
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = [f"{name} {action.dest}" for name, sub in commands.items() for action in sub._actions
+               if not action.option_strings and not action.help]
+    assert missing == []
+
+
+@pytest.mark.parametrize("make_parent, words", [(False, "does not exist"), (True, "is not a folder")],
+                         ids=["missing", "a-file"])
+def test_record_refuses_a_baseline_whose_folder_does_not_exist_as_it_refuses_dir(tmp_path, capsys, make_parent,
+                                                                                   words):
+    # --dir /nonexistent was refused while --baseline /tmp/x/y/z.json made the folders x/y
+    parent = tmp_path / "x" / "y"
+    if make_parent:
+        parent.parent.mkdir()
+        parent.write_text("a file")
+    target = parent / "z.json"
+    code, out = run_cli("record", write_result(tmp_path / "r.json", [rec("a")]), "--baseline", target)
+    assert code == 2 and out == ""
+    assert f"attnsuite record: error: --baseline {target}: its folder {parent} {words} (make it first)" in \
+        capsys.readouterr().err
+    assert not target.exists() and parent.exists() == make_parent
+
+
+def failing_cases() -> list:
+    return [rec("ok-one"), rec("err-a", outcome="error", median_ms=None), rec("err-b", outcome="error", median_ms=None),
+            rec("num-a", outcome="numerics", median_ms=None), rec("num-b", outcome="numerics", median_ms=None)]
+
+
+def test_record_says_how_many_recorded_cases_failed_by_outcome_and_records_them_as_they_are(tmp_path):
+    # "5 added" had said nothing of 4 of them being errors and numerics failures
+    code, out = run_cli("record", write_result(tmp_path / "r.json", failing_cases()), "--dir", tmp_path)
+    assert code == 0 and "5 added" in out
+    assert ("  4 recorded cases failed (2 numerics, 2 error): a later run is judged against those outcomes "
+            "(e.g. fa-sweep/err-a/fwd/") in out, out
+    cases = json.loads((tmp_path / f"{FP_H100['id']}.json").read_text())["cases"]
+    assert sorted(e["outcome"] for e in cases.values()) == ["error", "error", "numerics", "numerics", "ok"]
+
+
+def test_record_counts_no_failure_that_it_kept_off_a_measured_entry(tmp_path):
+    b = tmp_path / "b.json"
+    run_cli("record", write_result(tmp_path / "1.json", [rec("err-a"), rec("num-a")]), "--baseline", b)
+    code, out = run_cli("record", write_result(tmp_path / "2.json", failing_cases()), "--baseline", b)
+    assert code == 0 and "2 measured case(s) kept" in out
+    assert "2 recorded cases failed (1 numerics, 1 error)" in out, out
+
+
+def test_record_from_one_run_points_to_recording_from_three_and_from_three_does_not(tmp_path):
+    files = [write_result(tmp_path / f"{i}.json", [rec("a", median_ms=1.0 + i / 100)]) for i in range(3)]
+    _, one = run_cli("record", files[0], "--baseline", tmp_path / "one.json")
+    _, three = run_cli("record", *files, "--baseline", tmp_path / "three.json")
+    hint = "note: recorded from 1 run; a baseline is best recorded from three runs (docs/gate.md)"
+    assert hint in one and hint not in three
+    assert "failed" not in one  # an all-ok recording says nothing of failures
