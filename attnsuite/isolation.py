@@ -42,6 +42,13 @@ EXIT_POISONED = 86  # the worker's exit status after a case left the CUDA contex
 WORKER_LOG_PREFIX = "attnsuite-worker-"  # a worker log's name, where the OS cannot make it without one
 
 
+# The skip reasons of tests not run because their variant crashed, hung or broke the process before them
+# (plugin_isolation): the end-of-run notes tell such a variant apart from one whose problems never
+# reached a dtype
+NOT_RUN_PREFIX = "not run: "
+OTHERS_NOT_RUN = "its other tests are not run"
+
+
 # --------------------------------------------------------------------------- framing
 
 

@@ -17,8 +17,9 @@ from typing import Any, Optional
 import pytest
 
 from . import import_limit, problem_file, registry
-from .plugin_isolation import NOT_RUN_PREFIX, OTHERS_NOT_RUN
+from .isolation import NOT_RUN_PREFIX, OTHERS_NOT_RUN
 from .problem import DTYPE_SHORT
+from .session_failure import fail_session
 from .verdict import problem_dtype_device
 
 PROBLEM_FILES = pytest.StashKey[list]()  # the problems files this session loaded (resolved paths)
@@ -375,21 +376,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for name in wholly.failing():
             fail_session(session, f"attnsuite-selection::{name}",
                          f"--attn-only {name}: none of its {wholly.skipped[name]} tests ran on this machine, every one "
-                         f"was skipped (e.g. {textwrap.shorten(wholly.reason.get(name, '?'), 200, placeholder=' ...')}): "
+                         f"was skipped (e.g. {textwrap.shorten(wholly.reason.get(name, '?'), 200, placeholder=' ...')}"
+                         "): "
                          "nothing of it was checked")
 
-
-def fail_session(session: pytest.Session, nodeid: str, text: str) -> None:
-    """Fail the session for something no test reported (``nodeid`` names it, ``text`` says why), counted
-    among pytest's failures so that its last line is not a green "N passed" over exit status 1."""
-    if session.exitstatus == pytest.ExitCode.OK:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    tr = session.config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None:
-        where, _, what = nodeid.partition("::")
-        tr.stats.setdefault("failed", []).append(pytest.TestReport(
-            nodeid=nodeid, location=(where, None, what), keywords={}, outcome="failed", longrepr=text,
-            when="call", sections=[], duration=0.0))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -38,9 +38,10 @@ from . import baseline, checks, filelock, fingerprint, journal, memory, progress
 from .dispatch import Dispatcher, visible_gpus
 from .isolation import STDERR_TAIL_LINES, Failure, WorkerPool, WorkerStartError, stack_in
 from .output_paths import output_problem
-from .plugin import PROBLEM_FILES, fail_session
+from .plugin import PROBLEM_FILES
 from .record import FAILING_OUTCOMES, MODES, NOT_RUN_AFTER, CaseRecord
 from .runner import BenchCase, RunSpec, add_scaling_efficiency, bench_cases
+from .session_failure import fail_session
 from .wording import none_of
 from .worker import Worker
 

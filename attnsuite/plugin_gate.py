@@ -41,7 +41,7 @@ import pytest
 from . import baseline as bl
 from . import gate, plugin_bench, registry, report, summary
 from .output_paths import output_options_problem, output_problem
-from .plugin import fail_session
+from .session_failure import fail_session
 from .verdict import CONFIRMABLE, Comparison, Scope, ThresholdsError
 from .wording import count
 

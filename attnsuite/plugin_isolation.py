@@ -348,8 +348,8 @@ class ContextGuard:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         if self.poisoned is not None and variant_name(item) is not None:
-            pytest.skip(f"{NOT_RUN_PREFIX}{self.poisoned}; run with -n 1 or more (pytest-xdist) and only its worker "
-                        "is replaced")
+            pytest.skip(f"{isolation.NOT_RUN_PREFIX}{self.poisoned}; run with -n 1 or more (pytest-xdist) and "
+                        "only its worker is replaced")
 
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: Optional[pytest.Item]) -> Any:
@@ -447,13 +447,7 @@ class CrashWorker:
         entry = self.crashed().get(name) if name is not None else None
         if entry is not None:
             pytest.skip(f"variant {name} {entry.get('what', 'took a test worker down')} in "
-                        f"{entry.get('nodeid')}: {OTHERS_NOT_RUN} (that test's failure says more)")
-
-
-# The skip reasons of tests not run because their variant crashed, hung or broke the process before them:
-# the end-of-run notes tell such a variant apart from one whose problems never reached a dtype
-NOT_RUN_PREFIX = "not run: "
-OTHERS_NOT_RUN = "its other tests are not run"
+                        f"{entry.get('nodeid')}: {isolation.OTHERS_NOT_RUN} (that test's failure says more)")
 
 
 LEDGER_PREFIX = "attnsuite-crashes-"  # + the controller's pid + "-": a folder whose controller died is found

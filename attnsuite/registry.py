@@ -854,7 +854,8 @@ def _raised_in_loaded_code(exc: BaseException) -> str:
     import sysconfig
     import traceback
 
-    skip = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep)
+    skip = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
+            os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep)
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if not f.filename.startswith("<") and not os.path.abspath(f.filename).startswith(skip)]
     if not frames:

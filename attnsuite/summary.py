@@ -300,9 +300,10 @@ def simulated_line(records: Mapping[str, CaseRecord], requested: Sequence[str] =
 
 
 def unmeasured_named(records: Sequence[CaseRecord], named: Sequence[str]) -> dict[str, str]:
-    """Variant name -> a line, for each variant that ``--attn-only`` named and of which this run measured nothing: every case
-    of it skipped here, or none selected. The run fails for each: a CUDA-only kernel benchmarked on a CPU
-    runner had read "PASS: no regression among 29 cases judged (none measured ...)" with exit status 0."""
+    """Variant name -> a line, for each variant that ``--attn-only`` named and of which this run measured
+    nothing: every case of it skipped here, or none selected. The run fails for each: a CUDA-only kernel
+    benchmarked on a CPU runner had read "PASS: no regression among 29 cases judged (none measured ...)"
+    with exit status 0."""
     cases: dict[str, list[CaseRecord]] = {}
     for r in records:
         cases.setdefault(r.variant, []).append(r)

@@ -383,7 +383,8 @@ def test_unmeasured_named_variants(outcomes, expected):
     from attnsuite import summary
     from attnsuite.record import CaseRecord
 
-    records = [CaseRecord("fa-sweep", "mine", "fwd", f"p{i}", outcome=o, detail=f"why {i}") for i, o in enumerate(outcomes)]
+    records = [CaseRecord("fa-sweep", "mine", "fwd", f"p{i}", outcome=o, detail=f"why {i}")
+               for i, o in enumerate(outcomes)]
     records.append(CaseRecord("fa-sweep", "other", "fwd", "p0", outcome="skipped", detail="not named"))
     got = summary.unmeasured_named(records, ["mine"])
     if expected is None:
@@ -417,8 +418,8 @@ def test_attn_mode_takes_a_comma_separated_list_as_attn_only_and_attn_workload_d
     # `--attn-mode fwd,fwd+bwd` had been refused by argparse ("invalid choice") where --attn-only a,b worked
     listed = _collected("--attn-workload=fa-sweep", "--attn-mode=fwd,fwd+bwd")
     repeated = _collected("--attn-workload=fa-sweep", "--attn-mode=fwd", "--attn-mode=fwd+bwd")
-    assert listed[0] == repeated[0] == 0 and listed[1] == repeated[1]
     ids = [line for line in listed[1] if "::test_workload[" in line]
+    assert listed[0] == repeated[0] == 0 and ids == [line for line in repeated[1] if "::test_workload[" in line]
     assert ids and {line.split("[", 1)[1].split("/")[2] for line in ids} == {"fwd", "fwd+bwd"}
 
 

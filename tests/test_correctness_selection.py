@@ -139,13 +139,14 @@ def test_a_variant_named_in_attn_only_whose_every_test_skipped_fails_the_run_nam
     done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"),
                            f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-p", "no:xdist", "-q",
                            "--attn-only=sdpa-cudnn", "--attn-only=explicit", "-k", "test_forward and fp32"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "400"})  # pytest's summary lines uncut
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout[-2000:]
     line = next((l for l in done.stdout.splitlines() if l.startswith("attnsuite: variant sdpa-cudnn: none of its")),
                 None)
     assert line is not None and "tests ran here, every one was skipped (e.g. " in line, done.stdout[-2000:]
     assert line.endswith("): nothing of it was checked; --attn-only named it, so the run fails")
-    assert "attnsuite-selection::sdpa-cudnn - --attn-only sd" in done.stdout, done.stdout[-2000:]
+    assert "attnsuite-selection::sdpa-cudnn - --attn-only sdpa-cudnn: none of its" in done.stdout, done.stdout[-2000:]
     assert "attnsuite: variant explicit:" not in done.stdout  # its tests ran
     assert "attnsuite-selection::explicit" not in done.stdout
 
@@ -246,7 +247,7 @@ def test_the_dtype_note_of_a_variant_whose_tests_stopped_after_a_crash_says_so_n
     # after a hang and a segfault the note had blamed "its problems here were float32"
     from attnsuite import registry
     from attnsuite.plugin import SkippedWholly
-    from attnsuite.plugin_isolation import OTHERS_NOT_RUN
+    from attnsuite.isolation import OTHERS_NOT_RUN
 
     registry.load_builtin()
     watched = SkippedWholly({"sdpa"})
