@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, Optional, Sequence
 
 from . import filelock
-from .record import (DEVICE_METHODS, MODES, OUTCOMES, TIMERS, CaseRecord, case_key,
+from .record import (DEVICE_METHODS, MODES, OUTCOMES, TIMERS, CaseRecord, case_key, failed_counts,
                      failed_or_left_by_a_failure)
 from .wording import count, none_of
 from .workloads import TIERS
@@ -1389,6 +1389,21 @@ class MergeSummary:
 
 # the calibration's figures (calibrate.probe); its other fields (method, device, probe time) are notes
 _CALIBRATION_FIGURES = ("mem_bandwidth_gbs", "matmul_tflops")
+
+
+def recorded_failures(run: "Run", merged: MergeSummary) -> str:
+    """A line saying how many of the cases ``merged`` wrote into the baseline failed outright, by
+    outcome, naming a few ("" when none did): a recorded failure is what a later run is judged
+    against, and the summary's "4 added" had said nothing of the 4 being errors. Said by
+    ``attnsuite record`` and by pytest's ``--attn-record-baseline`` alike."""
+    written = {key: run.records[key] for key in (*merged.added, *merged.updated, *merged.unchanged)}
+    failed = failed_counts(written)
+    if not failed:
+        return ""
+    keys = sorted(key for key, rec in written.items() if rec.outcome in failed)
+    outcomes = ", ".join(f"{n} {outcome}" for outcome, n in failed.items())
+    return (f"  {count(len(keys), 'recorded case')} failed ({outcomes}): a later run is judged against those "
+            f"outcomes (e.g. {', '.join(keys[:3])})")
 
 
 def calibration_change_text(old: Optional[Mapping[str, Any]], new: Mapping[str, Any]) -> str:

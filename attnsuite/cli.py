@@ -187,7 +187,7 @@ def cmd_record(args: argparse.Namespace, out) -> int:
                                  allow_mismatch=args.allow_mismatch, sources=runs,
                                  allow_interrupted=args.allow_interrupted)
     print(f"recorded {path}: {summary}", file=out)
-    failing = _recorded_failures(run, summary)
+    failing = bl.recorded_failures(run, summary)
     if failing:
         print(failing, file=out)
     if len(runs) == 1:
@@ -195,20 +195,6 @@ def cmd_record(args: argparse.Namespace, out) -> int:
         print("note: recorded from 1 run; a baseline is best recorded from three runs (docs/gate.md): "
               "attnsuite record r1.json r2.json r3.json keeps, per case, the median of each timing statistic", file=out)
     return EXIT_OK
-
-
-def _recorded_failures(run: bl.Run, merged: bl.MergeSummary) -> str:
-    """A line saying how many of the cases ``merged`` wrote into the baseline failed outright, by
-    outcome, naming a few ("" when none did): a recorded failure is what a later run is judged
-    against, and the summary's "4 added" had said nothing of the 4 being errors."""
-    written = {key: run.records[key] for key in (*merged.added, *merged.updated, *merged.unchanged)}
-    failed = summary.failed_counts(written)
-    if not failed:
-        return ""
-    keys = sorted(key for key, rec in written.items() if rec.outcome in failed)
-    outcomes = ", ".join(f"{n} {outcome}" for outcome, n in failed.items())
-    return (f"  {count(len(keys), 'recorded case')} failed ({outcomes}): a later run is judged against those "
-            f"outcomes (e.g. {', '.join(keys[:3])})")
 
 
 def _refuse_repeated_runs(paths: Sequence[str]) -> None:

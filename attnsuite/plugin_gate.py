@@ -815,6 +815,9 @@ def _record(session: pytest.Session, state: GateState, run: bl.Run, path: Option
         # read, merge and write under the store's lock: a concurrent recording loses nothing
         merged = bl.record_baseline(run, path, allow_mismatch=config.getoption("--attn-allow-mismatch"))
         state.lines.append(f"baseline recorded: {path}: {merged}")
+        failing = bl.recorded_failures(run, merged)
+        if failing:
+            state.lines.append(failing.strip())
         return True
     except (bl.FingerprintMismatch, bl.BaselineError, ValueError) as exc:
         _usage_error(session, state, f"cannot record baseline {path}: {exc}")

@@ -427,3 +427,10 @@ def test_an_unknown_attn_mode_is_a_usage_error_naming_it_and_the_known_ones():
     status, lines = _collected("--attn-mode=fwd,backward")
     assert status == pytest.ExitCode.USAGE_ERROR
     assert "ERROR: attnsuite: --attn-mode 'backward' is unknown; known: fwd, bwd, fwd+bwd, decode" in lines, lines
+
+
+def test_recording_a_baseline_from_pytest_counts_the_failures_it_recorded(bench_run):
+    # attnsuite record said it; pytest's --attn-record-baseline had said "4 added" of 2 errors among them
+    result, _ = bench_run(variants=("sdpa", "boom"), extra=("--attn-record-baseline",))
+    result.stdout.fnmatch_lines(["baseline recorded: *", "2 recorded cases failed (2 error): a later run is judged "
+                                 "against those outcomes (e.g. decode/boom/fwd/*"])
