@@ -374,12 +374,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     wholly = session.config.pluginmanager.get_plugin("attnsuite-skipped-wholly")
     if wholly is not None and session.exitstatus == pytest.ExitCode.OK:
         for name in wholly.failing():
+            example = textwrap.shorten(wholly.reason.get(name, "?"), 200, placeholder=" ...")
             fail_session(session, f"attnsuite-selection::{name}",
                          f"--attn-only {name}: none of its {wholly.skipped[name]} tests ran on this machine, every one "
-                         f"was skipped (e.g. {textwrap.shorten(wholly.reason.get(name, '?'), 200, placeholder=' ...')}"
-                         "): "
-                         "nothing of it was checked")
-
+                         f"was skipped (e.g. {example}): nothing of it was checked")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
