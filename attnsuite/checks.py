@@ -9,11 +9,8 @@ exception text, so one broken variant cannot stop the run.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import os
-import sys
-import sysconfig
 import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -25,6 +22,7 @@ import torch
 from . import oracle_mask, registry
 from .case import prepare
 from .exits import OsExitCalled, os_exit_raises
+from .frames import own_frames
 from .inputs import torch_dtype
 from .memory import poison_free_memory
 from .problem import LARGE_LOGITS, Problem
@@ -74,25 +72,6 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-def library_roots() -> tuple[str, ...]:
-    """The folders of the code around a variant's own (this suite's machinery, torch, triton when
-    imported, the standard library): a frame there is not the variant's own. By the packages'
-    locations, not by a folder name, so a checkout that happens to be called "attnsuite" keeps its
-    built-in variants' frames."""
-    roots = [os.path.dirname(os.path.abspath(__file__)), sysconfig.get_paths()["stdlib"]]
-    for name in ("torch", "triton"):
-        where = getattr(sys.modules.get(name), "__file__", None)
-        if not where:
-            # found without importing it: the xdist controller that words a worker's crash never imports
-            # triton, and a segfault inside Triton's interpreter had been placed at interpreter.py
-            # instead of the kernel's own line
-            spec = importlib.util.find_spec(name) if name not in sys.modules else None
-            where = spec.origin if spec is not None else None
-        if where:
-            roots.append(os.path.dirname(os.path.abspath(where)))
-    return tuple(os.path.join(r, "") for r in roots)
-
-
 def _causes(exc: BaseException) -> list[BaseException]:
     """``exc`` and the exceptions it was raised from or while handling, outermost first."""
     chain: list[BaseException] = []
@@ -111,11 +90,6 @@ def traceback_text(exc: BaseException, tail: int = 3) -> str:
     and is shown first (with the launch line of the error's own frames after it)."""
     frames = traceback.extract_tb(exc.__traceback__)
     shown = list(frames[-tail:])
-    roots = library_roots()
-
-    def own_frames(e: BaseException) -> list:
-        return [f for f in traceback.extract_tb(e.__traceback__) if not os.path.abspath(f.filename).startswith(roots)]
-
     own = own_frames(exc)
     # the innermost cause's own frame (a kernel's line under an interpreter that re-raised its error)
     deeper = next((o[-1] for o in (own_frames(c) for c in reversed(_causes(exc)[1:])) if o), None)

@@ -34,7 +34,7 @@ from typing import Any, Optional, Sequence
 import pytest
 import torch
 
-from . import baseline, checks, filelock, fingerprint, journal, memory, progress, registry, summary, timing, workloads
+from . import baseline, filelock, fingerprint, frames, journal, memory, progress, registry, summary, timing, workloads
 from .dispatch import Dispatcher, visible_gpus
 from .isolation import STDERR_TAIL_LINES, Failure, WorkerPool, WorkerStartError, stack_in
 from .output_paths import output_problem
@@ -396,7 +396,7 @@ def record_from_reply(bc: BenchCase, reply: Any) -> tuple[CaseRecord, Optional[t
         rec = CaseRecord(bc.workload, bc.variant_label, bc.mode, bc.problem.id, family=bc.entry.family,
                          level=bc.problem.level, outcome=reply.outcome)
         tail = reply.stderr_tail.strip()
-        dump, frame = stack_in(tail, checks.library_roots())
+        dump, frame = stack_in(tail, frames.library_roots())
         if frame:  # faulthandler's dump: where it crashed or hung, not the dump's last (outermost) line
             rec.detail = f"{reply.detail}; in {frame}"[:1000]
             rec.extra["stack"] = dump[-4000:]

@@ -50,7 +50,7 @@ from typing import Any, Optional
 
 import pytest
 
-from . import checks, isolation, registry, torch_state
+from . import frames, isolation, registry, torch_state
 from .exits import REAL_EXIT, OsExitCalled, os_exit_raises
 from .parent_watch import process_alive
 
@@ -489,7 +489,7 @@ class CrashController:
         timeout = note.get("timeout") or 0
         elapsed = time.time() - float(note.get("started") or 0)
         dump, where = isolation.stack_in(isolation.tail_of(str(self.folder / f"{FAULTS_PREFIX}{worker}.log"), 1000, 256 * 1024),
-                                         checks.library_roots())
+                                         frames.library_roots())
         fatal = dump.splitlines()[0] if dump.startswith("Fatal Python error") else ""
         if note.get("what"):  # the worker ended itself and said why
             what, how = str(note["what"]), str(note.get("how", "the worker exited"))

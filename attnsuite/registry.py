@@ -29,7 +29,7 @@ from typing import Any, Callable, ClassVar, Iterable, Optional
 
 import torch
 
-from . import import_limit
+from . import frames, import_limit
 from .exits import OsExitCalled, os_exit_raises
 from .problem import MASK_KINDS, Problem
 from .tolerance import ACCURACY_CLASSES
@@ -848,19 +848,13 @@ IMPORT_LIMIT_S: Optional[float] = import_limit.DEFAULT_S
 
 
 def _raised_in_loaded_code(exc: BaseException) -> str:
-    """" (at FILE line N: CODE)" for the innermost frame of ``exc`` in the loaded code itself (not this
-    package, not the standard library's import machinery), or "": a package folder whose submodule
-    imported a missing module had been refused naming the folder and the missing module only."""
-    import sysconfig
-    import traceback
-
-    skip = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
-            os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep)
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not f.filename.startswith("<") and not os.path.abspath(f.filename).startswith(skip)]
-    if not frames:
+    """" (at FILE line N: CODE)" for the innermost frame of ``exc`` in the loaded code itself
+    (:func:`frames.own_frames`), or "": a package folder whose submodule imported a missing module had
+    been refused naming the folder and the missing module only."""
+    own = frames.own_frames(exc)
+    if not own:
         return ""
-    last = frames[-1]
+    last = own[-1]
     code = f": {last.line.strip()}" if last.line else ""
     return f" (at {last.filename} line {last.lineno}{code})"
 

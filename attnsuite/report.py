@@ -363,14 +363,11 @@ def github_warning(title: str, text: str, env: Optional[Mapping[str, str]] = Non
     if env.get("GITHUB_ACTIONS") != "true":
         return None
 
-    def escaped(value: str, extra: str = "") -> str:  # the workflow commands' own escaping
+    def escaped(value: str, in_property: bool = False) -> str:  # the workflow commands' own escaping
         out = value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-        for ch, code in (("::", None), (":", "%3A"), (",", "%2C")):
-            if code and ch in extra:
-                out = out.replace(ch, code)
-        return out
+        return out.replace(":", "%3A").replace(",", "%2C") if in_property else out
 
-    return f"::warning title={escaped(title, ':,')}::{escaped(text)}"
+    return f"::warning title={escaped(title, in_property=True)}::{escaped(text)}"
 
 
 def step_summary_target(wanted: object, env: Optional[Mapping[str, str]] = None) -> Optional[str]:

@@ -62,7 +62,7 @@ def test_the_library_roots_hold_triton_in_a_process_that_never_imported_it():
     import sys
 
     pytest.importorskip("triton")
-    probe = ("import sys; from attnsuite import checks; roots = checks.library_roots(); "
+    probe = ("import sys; from attnsuite import frames; roots = frames.library_roots(); "
              "print('triton' in sys.modules, any(r.rstrip('/').endswith('triton') for r in roots))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["False", "True"], done.stdout + done.stderr
