@@ -331,5 +331,7 @@ def test_fresh_memory_reads_nan_only_where_it_changes_nothing_else_and_the_modes
     with memory.fresh_memory_reads_nan(device, compiled):
         filled = bool(torch.isnan(torch.empty(4096)).all())
         inside = torch.are_deterministic_algorithms_enabled()
-    assert filled is fills and inside is fills
+    assert inside is fills  # the fill's switch: on only where it changes nothing else
+    if fills:  # (memory left unfilled may hold anything, NaN from an earlier test included)
+        assert filled
     assert (torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory) == before
