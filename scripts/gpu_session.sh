@@ -48,6 +48,13 @@
 #   hosttests the README's test command (scripts/test.sh, with the image's python and no set-up) on a
 #             host with a GPU, where CI never runs it: what a user's GPU workstation sees (HOST_S limit,
 #             default 540; WORKERS, default 8; HOST_ARGS, e.g. "-k distributed", narrows it)
+# Compilation caches as the GPU workflow keeps them on its runner: TRITON_CACHE_DIR and
+# TORCHINDUCTOR_CACHE_DIR under /tmp/attnsuite-cache, TRITON_CACHE_AUTOTUNING=1 (a caller's own
+# settings win). PACK_CACHE=1 packs them at the end of the call into $OUT/cache.tgz.part-* (15 MiB
+# each: the tool returns files of at most 16 MiB); CACHE_FROM=<folder holding such parts>, carried in
+# a later call, restores them first, so a run with warm caches (what a runner that has run the tier
+# before sees) needs no second call on the same machine, which the tool often does not give (s27). On
+# a machine whose caches are already filled (a warm machine), CACHE_FROM keeps them.
 # STASH_PART=.carry/<set>-parts/part-N (carried in the same call) first stashes that part of a wheel
 # set too large for one call in /tmp/attnsuite-carry (scripts/carry_wheels.py); the call that runs
 # gpu_approximate.sh after the last part installs the set.
@@ -73,6 +80,20 @@ pack() {
 ( while sleep "${PACK_S:-30}"; do pack; done ) > /dev/null 2>&1 &
 packer=$!
 trap 'kill "$packer" 2> /dev/null; rm -rf "$work"' EXIT
+cache=${CACHE_ROOT:-/tmp/attnsuite-cache}  # CACHE_ROOT: for the tests
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$cache/triton} TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$cache/inductor}
+export TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
+if [ -n "${CACHE_FROM:-}" ]; then
+  if [ -n "$(ls -A "$cache" 2> /dev/null)" ]; then
+    echo "cache: $cache is already filled on this machine (a warm machine): kept, $CACHE_FROM not restored" | tee "$work/cache.log"
+  elif compgen -G "$CACHE_FROM/cache.tgz.part-*" > /dev/null; then
+    mkdir -p "$cache"
+    cat "$CACHE_FROM"/cache.tgz.part-* | tar -xzf - -C "$cache"
+    echo "cache: restored from $CACHE_FROM (exit $?): $(du -sh "$cache" | cut -f1)" | tee "$work/cache.log"
+  else
+    echo "cache: CACHE_FROM=$CACHE_FROM holds no cache.tgz.part-*: the caches start empty" | tee "$work/cache.log"
+  fi
+fi
 if [ -n "${STASH_PART:-}" ]; then
   python3 scripts/carry_wheels.py stash "$STASH_PART" /tmp/attnsuite-carry > "$work/stash.log" 2>&1
   echo "stash $STASH_PART exit $?" | tee -a "$work/stash.log"
@@ -199,6 +220,11 @@ case "$call" in
     ) ;;
   *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, cigate, cibench, mla, hosttests)" >&2; exit 2 ;;
 esac
+if [ -n "${PACK_CACHE:-}" ]; then
+  tar -czf - -C "$cache" . | split -b 15m - "$final/cache.tgz.part-"
+  echo "cache: $(du -sh "$cache" | cut -f1) packed into $(du -ch "$final"/cache.tgz.part-* | tail -n1 | cut -f1) ($(ls "$final"/cache.tgz.part-* | wc -l) parts)" \
+    | tee -a "$work/cache.log"
+fi
 kill "$packer" 2> /dev/null; wait "$packer" 2> /dev/null
 pack
 for f in "$work"/*/run.log; do echo "--- $f"; tail -8 "$f"; done

@@ -119,3 +119,41 @@ def test_the_cibench_call_without_its_arguments_says_which_variable_is_missing(t
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh"), "cibench"], capture_output=True,
                           text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "PACK_S": "3600"})
     assert done.returncode != 0 and "cibench: set CIBENCH_ARGS" in done.stderr, done.stderr
+
+
+def _devprobe_call(tmp_path, out, cache_root, **env_extra):
+    """The devprobe call with a python3 that does nothing: the call's set-up and end alone."""
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "python3").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "python3").chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "OUT": str(out), "PACK_S": "3600", "CACHE_ROOT": str(cache_root),
+           "TMPDIR": str(tmp_path), **env_extra}
+    return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh"), "devprobe"], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def test_a_gpu_session_call_packs_its_compile_caches_and_a_later_call_on_another_machine_restores_them(tmp_path):
+    # A warm-cache run needs the caches of an earlier call; the device tool seldom gives the same
+    # machine twice, so one call packs them into parts of at most 15 MiB (the tool returns files of
+    # at most 16 MiB) and the next carries them.
+    first = tmp_path / "first-cache"
+    (first / "triton" / "abc").mkdir(parents=True)
+    (first / "triton" / "abc" / "kernel.cubin").write_bytes(os.urandom(20 * 2**20))  # 20 MiB: two parts
+    out = tmp_path / "out1"
+    done = _devprobe_call(tmp_path, out, first, PACK_CACHE="1")
+    assert done.returncode == 0, done.stderr
+    parts = sorted(out.glob("cache.tgz.part-*"))
+    assert len(parts) == 2 and all(p.stat().st_size <= 15 * 2**20 for p in parts), [p.stat().st_size for p in parts]
+
+    fresh = tmp_path / "fresh-cache"  # another machine: nothing cached yet
+    done = _devprobe_call(tmp_path, tmp_path / "out2", fresh, CACHE_FROM=str(out))
+    assert done.returncode == 0, done.stderr
+    assert "cache: restored from" in done.stdout, done.stdout
+    assert (fresh / "triton" / "abc" / "kernel.cubin").read_bytes() == (first / "triton" / "abc" / "kernel.cubin").read_bytes()
+
+    # the same machine again (its caches filled): kept, not overwritten by the older parts
+    (fresh / "triton" / "abc" / "kernel.cubin").write_bytes(b"newer")
+    done = _devprobe_call(tmp_path, tmp_path / "out3", fresh, CACHE_FROM=str(out))
+    assert "already filled on this machine" in done.stdout, done.stdout
+    assert (fresh / "triton" / "abc" / "kernel.cubin").read_bytes() == b"newer"
