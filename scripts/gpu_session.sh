@@ -50,11 +50,13 @@
 #             default 540; WORKERS, default 8; HOST_ARGS, e.g. "-k distributed", narrows it)
 # Compilation caches as the GPU workflow keeps them on its runner: TRITON_CACHE_DIR and
 # TORCHINDUCTOR_CACHE_DIR under /tmp/attnsuite-cache, TRITON_CACHE_AUTOTUNING=1 (a caller's own
-# settings win). PACK_CACHE=1 packs them at the end of the call into $OUT/cache.tgz.part-* (15 MiB
-# each: the tool returns files of at most 16 MiB); CACHE_FROM=<folder holding such parts>, carried in
-# a later call, restores them first, so a run with warm caches (what a runner that has run the tier
-# before sees) needs no second call on the same machine, which the tool often does not give (s27). On
-# a machine whose caches are already filled (a warm machine), CACHE_FROM keeps them.
+# settings win). PACK_CACHE=1 packs them at the end of the call into $OUT/cache.tar.xz.part-* (xz:
+# the full tier's 290 MB of caches are 8.7 MB, where gzip's 29 MB beside the repository's tracked
+# files would not fit in the 64 MiB a call carries; gzip, cache.tgz.part-*, where there is no xz; 15
+# MiB parts: the tool returns files of at most 16 MiB). CACHE_FROM=<folder holding such parts>,
+# carried in a later call, restores them first, so a run with warm caches (what a runner that has run
+# the tier before sees) needs no second call on the same machine, which the tool often does not give
+# (s27). On a machine whose caches are already filled (a warm machine), CACHE_FROM keeps them.
 # STASH_PART=.carry/<set>-parts/part-N (carried in the same call) first stashes that part of a wheel
 # set too large for one call in /tmp/attnsuite-carry (scripts/carry_wheels.py); the call that runs
 # gpu_approximate.sh after the last part installs the set.
@@ -86,12 +88,17 @@ export TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
 if [ -n "${CACHE_FROM:-}" ]; then
   if [ -n "$(ls -A "$cache" 2> /dev/null)" ]; then
     echo "cache: $cache is already filled on this machine (a warm machine): kept, $CACHE_FROM not restored" | tee "$work/cache.log"
-  elif compgen -G "$CACHE_FROM/cache.tgz.part-*" > /dev/null; then
+  elif compgen -G "$CACHE_FROM/cache.tar.xz.part-*" > /dev/null || compgen -G "$CACHE_FROM/cache.tgz.part-*" > /dev/null; then
     mkdir -p "$cache"
-    cat "$CACHE_FROM"/cache.tgz.part-* | tar -xzf - -C "$cache"
+    if compgen -G "$CACHE_FROM/cache.tar.xz.part-*" > /dev/null; then
+      cat "$CACHE_FROM"/cache.tar.xz.part-* | xz -dc | tar -xf - -C "$cache"
+    else
+      cat "$CACHE_FROM"/cache.tgz.part-* | tar -xzf - -C "$cache"
+    fi
     echo "cache: restored from $CACHE_FROM (exit $?): $(du -sh "$cache" | cut -f1)" | tee "$work/cache.log"
   else
-    echo "cache: CACHE_FROM=$CACHE_FROM holds no cache.tgz.part-*: the caches start empty" | tee "$work/cache.log"
+    echo "cache: CACHE_FROM=$CACHE_FROM holds no cache.tar.xz.part-* or cache.tgz.part-*: the caches start empty" \
+      | tee "$work/cache.log"
   fi
 fi
 if [ -n "${STASH_PART:-}" ]; then
@@ -221,8 +228,13 @@ case "$call" in
   *) echo "gpu_session.sh: unknown call '$call' (tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, cigate, cibench, mla, hosttests)" >&2; exit 2 ;;
 esac
 if [ -n "${PACK_CACHE:-}" ]; then
-  tar -czf - -C "$cache" . | split -b 15m - "$final/cache.tgz.part-"
-  echo "cache: $(du -sh "$cache" | cut -f1) packed into $(du -ch "$final"/cache.tgz.part-* | tail -n1 | cut -f1) ($(ls "$final"/cache.tgz.part-* | wc -l) parts)" \
+  part=${CACHE_PART_SIZE:-15m}  # CACHE_PART_SIZE, CACHE_COMPRESS=gzip: for the tests
+  if [ "${CACHE_COMPRESS:-xz}" = xz ] && command -v xz > /dev/null 2>&1; then
+    name=cache.tar.xz; tar -cf - -C "$cache" . | xz -9 -T0 | split -b "$part" - "$final/$name.part-"
+  else
+    name=cache.tgz; tar -czf - -C "$cache" . | split -b "$part" - "$final/$name.part-"
+  fi
+  echo "cache: $(du -sh "$cache" | cut -f1) packed into $(du -ch "$final/$name".part-* | tail -n1 | cut -f1) ($(ls "$final/$name".part-* | wc -l) parts)" \
     | tee -a "$work/cache.log"
 fi
 kill "$packer" 2> /dev/null; wait "$packer" 2> /dev/null

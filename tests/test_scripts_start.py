@@ -133,18 +133,20 @@ def _devprobe_call(tmp_path, out, cache_root, **env_extra):
                           text=True, timeout=120, env=env)
 
 
-def test_a_gpu_session_call_packs_its_compile_caches_and_a_later_call_on_another_machine_restores_them(tmp_path):
+@pytest.mark.parametrize("compress", ["xz", "gzip"])
+def test_a_gpu_session_call_packs_its_compile_caches_and_a_later_call_on_another_machine_restores_them(tmp_path, compress):
     # A warm-cache run needs the caches of an earlier call; the device tool seldom gives the same
-    # machine twice, so one call packs them into parts of at most 15 MiB (the tool returns files of
-    # at most 16 MiB) and the next carries them.
+    # machine twice, so one call packs them into parts (of at most 15 MiB: the tool returns files of
+    # at most 16 MiB) and the next carries them. The parts here are 1 MiB, so that a few MiB split.
+    assert "CACHE_PART_SIZE:-15m" in (ROOT / "scripts" / "gpu_session.sh").read_text()
     first = tmp_path / "first-cache"
     (first / "triton" / "abc").mkdir(parents=True)
-    (first / "triton" / "abc" / "kernel.cubin").write_bytes(os.urandom(20 * 2**20))  # 20 MiB: two parts
+    (first / "triton" / "abc" / "kernel.cubin").write_bytes(os.urandom(5 * 2**19))  # 2.5 MiB, incompressible
     out = tmp_path / "out1"
-    done = _devprobe_call(tmp_path, out, first, PACK_CACHE="1")
+    done = _devprobe_call(tmp_path, out, first, PACK_CACHE="1", CACHE_PART_SIZE="1m", CACHE_COMPRESS=compress)
     assert done.returncode == 0, done.stderr
-    parts = sorted(out.glob("cache.tgz.part-*"))
-    assert len(parts) == 2 and all(p.stat().st_size <= 15 * 2**20 for p in parts), [p.stat().st_size for p in parts]
+    parts = sorted(out.glob("cache.tar.xz.part-*" if compress == "xz" else "cache.tgz.part-*"))
+    assert len(parts) == 3 and all(p.stat().st_size <= 2**20 for p in parts), [p.stat().st_size for p in parts]
 
     fresh = tmp_path / "fresh-cache"  # another machine: nothing cached yet
     done = _devprobe_call(tmp_path, tmp_path / "out2", fresh, CACHE_FROM=str(out))
@@ -157,3 +159,10 @@ def test_a_gpu_session_call_packs_its_compile_caches_and_a_later_call_on_another
     done = _devprobe_call(tmp_path, tmp_path / "out3", fresh, CACHE_FROM=str(out))
     assert "already filled on this machine" in done.stdout, done.stdout
     assert (fresh / "triton" / "abc" / "kernel.cubin").read_bytes() == b"newer"
+
+
+def test_a_gpu_session_call_told_to_restore_caches_from_a_folder_without_parts_says_they_start_empty(tmp_path):
+    (tmp_path / "empty").mkdir()
+    done = _devprobe_call(tmp_path, tmp_path / "out", tmp_path / "cache", CACHE_FROM=str(tmp_path / "empty"))
+    assert done.returncode == 0, done.stderr
+    assert "holds no cache.tar.xz.part-* or cache.tgz.part-*: the caches start empty" in done.stdout, done.stdout
