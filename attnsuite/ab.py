@@ -227,7 +227,10 @@ def check_probe(probe: Path, tree: Path) -> dict[str, Any]:
                           "code (check PYTHONPATH and how attnsuite is installed)")
     if where.get("rootdir") and Path(where["rootdir"]).resolve() != root:
         raise AbError(f"the round meant for {tree} ran with pytest rootdir {where['rootdir']}")
-    foreign = [(name, f) for name, f in where.get("foreign") or [] if root not in Path(f).resolve().parents]
+    # ab's own probe plugin lives in --out, which may lie inside the other side's checkout (an --out
+    # in the working tree of a kernel repository): that module is this command's, never that side's code
+    foreign = [(name, f) for name, f in where.get("foreign") or []
+               if name != PLUGIN_MODULE and root not in Path(f).resolve().parents]
     if foreign:
         name, f = foreign[0]
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
@@ -465,11 +468,28 @@ def suite_tree() -> Optional[Path]:
     return root if (root / TREE_MARKER).is_file() else None
 
 
+# The stored-baseline gate's options: ab judges the rounds itself (its thresholds are read from the
+# options before the rounds, :func:`last_path_option`), so a round gets none of them. Passed on, a
+# --attn-baselines-dir the base commit lacks (a folder not committed yet) had failed every base round
+# with "no such folder" under a temporary path the user never made, a --attn-gate given after ab's own
+# "off" turned the gate on in every round, and --attn-record-baseline would have written baselines.
+GATE_VALUE_OPTIONS = ("--attn-baseline", "--attn-baselines-dir", "--attn-thresholds", "--attn-gate",
+                      "--attn-markdown", "--attn-gate-json")
+GATE_FLAGS = ("--attn-record-baseline", "--attn-require-baseline", "--attn-allow-mismatch", "--attn-confirm",
+              "--attn-no-confirm")
+
+
+def without_gate_options(args: Sequence[str]) -> list[str]:
+    """``args`` without the stored-baseline gate's options (:data:`GATE_VALUE_OPTIONS` with their values,
+    :data:`GATE_FLAGS`)."""
+    return [a for a in map_option_values(args, GATE_VALUE_OPTIONS, lambda _, __: None) if a not in GATE_FLAGS]
+
+
 def pytest_command(python: str, json_path: Path, pytest_args: Sequence[str]) -> list[str]:
     """The pytest command of one round: the benchmarks only, gate off (this command judges)."""
     return [python, "-m", "pytest", "bench", "--benchmark-only", "--attn-gate", "off",
             "--benchmark-json", str(json_path), "-p", "no:cacheprovider", "-p", PLUGIN_MODULE, "-q",
-            *pytest_args]
+            *without_gate_options(pytest_args)]
 
 
 def import_roots(checkout: Path) -> list[Path]:

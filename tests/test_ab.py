@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -749,6 +750,50 @@ def test_the_probe_names_a_module_a_round_imported_from_the_other_sides_checkout
     monkeypatch.setenv("ATTNSUITE_AB_FOREIGN", str(tmp_path / "elsewhere"))  # nothing of it imported: fine
     plugin["_write_probe"](session)
     assert ab.check_probe(probe, suite)["foreign"] == []
+
+
+def test_the_probe_plugin_itself_in_an_out_folder_inside_the_other_sides_checkout_is_not_foreign(tmp_path, monkeypatch):
+    # a first-time user's `attnsuite ab --out about` in their kernel repository failed every base round:
+    # the probe plugin the command writes into --out was taken for a module of the head's checkout
+    other = tmp_path / "kernels"
+    out = other / "about"
+    out.mkdir(parents=True)
+    (out / f"{ab.PLUGIN_MODULE}.py").write_text(ab.PLUGIN_SOURCE)
+    monkeypatch.syspath_prepend(str(out))
+    monkeypatch.delitem(sys.modules, ab.PLUGIN_MODULE, raising=False)
+    plugin = importlib.import_module(ab.PLUGIN_MODULE)  # as pytest -p loads it in a round
+    probe = tmp_path / "r.probe.json"
+    monkeypatch.setenv("ATTNSUITE_AB_PROBE", str(probe))
+    monkeypatch.setenv("ATTNSUITE_AB_FOREIGN", str(other))
+    suite = ab.suite_tree()
+    plugin._write_probe(argparse.Namespace(config=argparse.Namespace(rootpath=suite), items=[]))
+    assert [name for name, _ in json.loads(probe.read_text())["foreign"]] == [ab.PLUGIN_MODULE]  # seen, and
+    assert ab.check_probe(probe, suite)["rootdir"] == str(suite)  # not held against the round
+
+
+@pytest.mark.parametrize("given, kept", [
+    (["--attn-baselines-dir", "team/baselines", "--attn-only", "sdpa"], ["--attn-only", "sdpa"]),
+    (["--attn-baseline=b.json", "--attn-thresholds", "t.json", "-k", "fwd"], ["-k", "fwd"]),
+    (["--attn-gate", "enforce", "--attn-record-baseline", "--attn-require-baseline", "--attn-workload", "decode"],
+     ["--attn-workload", "decode"]),
+    (["--attn-markdown", "m.md", "--attn-gate-json=g.json", "--attn-allow-mismatch", "--attn-no-confirm",
+      "--attn-confirm", "--attn-mode", "fwd"], ["--attn-mode", "fwd"]),
+], ids=["baselines-dir", "baseline-and-thresholds", "gate-and-record", "reports-and-flags"])
+def test_a_round_gets_none_of_the_stored_baseline_gates_options(given, kept):
+    command = ab.pytest_command("python", Path("r.json"), given)
+    assert command[command.index("-q") + 1:] == kept
+    assert command.count("--attn-gate") == 1 and command[command.index("--attn-gate") + 1] == "off"
+
+
+def test_a_baselines_folder_the_base_commit_lacks_does_not_fail_the_base_rounds(repo):
+    # a first-time user's recipe (README: record into a folder of their own, then ab with it) failed every
+    # base round: the folder was not committed, so the base's worktree had none ("no such folder")
+    (repo / "team" / "baselines").mkdir(parents=True)  # untracked: only the working tree has it
+    runner = FakeRunner(same_speed)
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--", "--attn-baselines-dir",
+                              str(repo / "team" / "baselines")], runner)
+    assert status == ab.EXIT_OK, err
+    assert runner.specs and all("--attn-baselines-dir" not in " ".join(spec.command) for spec in runner.specs)
 
 
 def test_a_kernel_repository_with_no_variants_path_in_it_is_bad_input(kernel_repo, tmp_path):
