@@ -76,6 +76,9 @@ MAX_TEXT = 1000  # characters of a fingerprint or entry text field (detail is cu
 UNMEASURED_KEY = "unmeasured"
 OUR_TEST = "test_workload"  # bench/test_workloads.py's test: its entries always carry a record
 CALIBRATION_TEXT_MAX = 300  # a calibration string is a short note (device name, method, error)
+# Set by the gate on a baseline's calibration when that baseline (a fallback) was recorded on another
+# CPU model than the run compared with it: the CPU it names. % of peak never reads such a probe.
+CALIBRATION_OTHER_CPU = "other_cpu"
 
 # Fields kept in a baseline entry, and how each is rounded. Anything else in a CaseRecord is
 # either run-to-run noise without a verdict (first-call and mask-build times) or too bulky for a

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import oracle_mask
+from .baseline import CALIBRATION_OTHER_CPU
 from .problem import Problem
 
 BACKWARD_FACTOR = 2.5
@@ -238,6 +239,9 @@ def stated_peak(rec_peak: Optional[float], rec_source: str, dtype: str,
             return None, "no % of peak: no baseline was compared (without a datasheet peak, % of peak is " \
                          "against the calibration probe a baseline stores)"
         return None, f"no % of peak: {calibration_label} stores no calibration probe"
+    if cal.get(CALIBRATION_OTHER_CPU):
+        return None, (f"no % of peak: {calibration_label}'s calibration probe measured another CPU model "
+                      f"({cal[CALIBRATION_OTHER_CPU]}), not this one")
     if mm_dtype != dtype:
         return None, f"no % of peak: {calibration_label}'s calibration probe is {mm_dtype}, not {dtype}"
     return float(mm), f"{PROBE_PREFIX} {mm_dtype} matmul probe stored with {calibration_label}, {float(mm):.3g} TFLOP/s"

@@ -166,6 +166,11 @@ def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
     cmp.current_label = _label(cur) if cur.path else "this run"
     cmp.base_calibration = _calibration(base)
     cmp.cur_calibration = _calibration(cur)
+    base_cpu, cur_cpu = bl.fp_get(base.fingerprint, "cpu"), bl.fp_get(cur.fingerprint, "cpu")
+    if cmp.base_calibration and device == "cpu" and base_cpu and cur_cpu and base_cpu != cur_cpu:
+        # a fallback baseline of another CPU model: its probe measured that CPU, not this one, and %
+        # of peak against it had read about twice the truth on a fresh machine (flops.stated_peak)
+        cmp.base_calibration[bl.CALIBRATION_OTHER_CPU] = base_cpu
     return cmp
 
 

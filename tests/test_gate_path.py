@@ -12,7 +12,7 @@ import pytest
 from attnsuite import baseline as bl
 from attnsuite import cli, gate
 from attnsuite.verdict import ThresholdsError, parse_thresholds
-from gatehelp import FP_H100, by_key, fp, rec, write_result
+from gatehelp import FP_CPU, FP_H100, by_key, fp, rec, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,6 +83,34 @@ def test_judge_runs_carries_both_calibrations_into_the_comparison():
     base.calibration, cur.calibration = {"mem_bandwidth_gbs": 4100.0}, {"mem_bandwidth_gbs": 3900.0}
     cmp = gate.judge_runs(base, cur, thresholds=gate.thresholds_for(None, None)[0])
     assert (cmp.base_calibration, cmp.cur_calibration) == ({"mem_bandwidth_gbs": 4100.0}, {"mem_bandwidth_gbs": 3900.0})
+
+
+@pytest.mark.parametrize("base_cpu, shown", [
+    pytest.param("Intel Xeon Platinum 8481C", False, id="a fallback baseline of another CPU model gives no percent of peak"),
+    pytest.param(None, True, id="a baseline of this CPU model gives its probe as the peak"),
+])
+def test_percent_of_peak_on_cpu_reads_the_baselines_probe_only_when_it_measured_this_cpu_model(base_cpu, shown):
+    # a first-time user's fresh Intel machine compared with the shipped AMD baseline (the fallback) showed
+    # sdpa at 65% of "peak": the AMD machine's probe, half this machine's own
+    from attnsuite import summary
+
+    problem = "b1-q512-h4-d64-causal-tl-fp32-cpu"
+    this = fp(FP_CPU, arch="x86_64")
+    other = fp(this, cpu_model=base_cpu) if base_cpu else this  # a fallback: same architecture and cores
+    record = rec("sdpa", problem=problem, timer="perf_counter", device_ms=None, flops=2e9, median_ms=40.0)
+    base = bl.Run(by_key([rec("sdpa", problem=problem, timer="perf_counter", device_ms=None)]), other, kind="baseline")
+    cur = bl.Run(by_key([record]), this)
+    base.calibration = {"matmul_tflops": 0.0738, "matmul_dtype": "float32"}
+    cmp = gate.judge_runs(base, cur, thresholds=gate.thresholds_for(None, None)[0])
+    pct, _, source = summary.percent_of_peak(record, cmp.base_calibration)
+    if shown:
+        assert pct == pytest.approx(100 * record.rate() / 0.0738) and bl.CALIBRATION_OTHER_CPU not in \
+            cmp.base_calibration, source
+    else:
+        assert pct is None and cmp.base_calibration[bl.CALIBRATION_OTHER_CPU] == base_cpu
+        assert source == f"no % of peak: the baseline's calibration probe measured another CPU model ({base_cpu}), " \
+                         "not this one"
+        assert base.calibration == {"matmul_tflops": 0.0738, "matmul_dtype": "float32"}  # the baseline's own untouched
 
 
 class _Spy:
