@@ -958,10 +958,18 @@ def _write(path: Optional[str], text: str) -> None:
         bl.atomic_write_text(path, text)
 
 
+def head_commit(repo: Path) -> Optional[str]:
+    """The commit the working tree of ``repo`` is on (its HEAD), None where it has none yet."""
+    proc = _git(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
 def _context(ref: str, sha: str, rounds: AbRounds, n: int, dirty: int, cases_note: Optional[str],
-             head_args: Sequence[str] = ()) -> list[str]:
+             head_args: Sequence[str] = (), head_sha: Optional[str] = None) -> list[str]:
     order = " ".join("B" if s == "base" else "H" for s in rounds.order)
+    # the head's commit named: a PR comment had not said which push was measured
     lines = [f"Same machine, base {ref} ({sha[:12]}) against the working tree"
+             + (f" at {head_sha[:12]}" if head_sha else "")
              + (f" ({dirty} uncommitted path(s) included)" if dirty else "")
              + (f", the head rounds run with {shlex.join(head_args)} as well" if head_args else "")
              + f": {n} rounds per side, each a separate pytest process, in the order {order}. Per case: the median "
@@ -1036,6 +1044,11 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
                                         {"--out": args.out}, inputs={"--cases-from": args.cases_from})
     if bad_output:  # before any round: a typo had crashed after every round ran, the rounds lost
         raise AbError(bad_output)
+    # The last run's diff and JSON go now, not when this one writes its own: a run that then failed
+    # or was interrupted had left them, unmarked, for the next step (a PR comment) to post as its own.
+    for earlier in (args.markdown, args.json):
+        if earlier and os.path.isfile(earlier):
+            os.unlink(earlier)
     own = sorted({a.split("=", 1)[0] for a in args.pytest_args} & _OWN_OPTIONS)
     if own:
         # after "--" they go to pytest, which refused them only when round 1 ran, in a worktree made for it
@@ -1142,7 +1155,8 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
             cmp, sides = judge_ab(rounds, thresholds, base_label=base_label, head_label=head_label,
                                   allow_mismatch=args.allow_mismatch)
             cmp.gate_mode = args.gate
-            context = _context(args.base, sha, rounds, args.rounds, dirty, cases_note, args.head_arg) + rounds.notes
+            context = _context(args.base, sha, rounds, args.rounds, dirty, cases_note, args.head_arg,
+                               head_commit(repo)) + rounds.notes
             if suite is not None:
                 context.insert(1, f"The variants of {repo} at each side, run by the same attnsuite ({suite}).")
             context += [f"{where} lies outside {repo}: both sides loaded the same file, so a change there is not "
@@ -1180,7 +1194,8 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out, *, context: Sequence[s
     if args.markdown:
         report.write_markdown(text, args.markdown)
     if args.step_summary:  # with or without --markdown (alone it had been ignored without a word)
-        report.append_step_summary(text)
+        if report.append_step_summary(text) is None:  # as `attnsuite report` says it
+            print("GITHUB_STEP_SUMMARY is not set: no job summary written", file=out)
     if args.json:
         _write(args.json, json.dumps({**cmp.to_json(), **(top or {}), "ab": extra}, indent=1) + "\n")
 

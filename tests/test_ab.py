@@ -796,6 +796,33 @@ def test_a_baselines_folder_the_base_commit_lacks_does_not_fail_the_base_rounds(
     assert runner.specs and all("--attn-baselines-dir" not in " ".join(spec.command) for spec in runner.specs)
 
 
+def test_a_failed_run_leaves_no_earlier_runs_diff_or_json_behind(repo, tmp_path):
+    # a failed or interrupted A/B had left the last run's ab.md (FAIL, another commit) in place, unmarked,
+    # for the PR-comment step to post as this run's (a first-time user's trial)
+    md, js = tmp_path / "ab.md", tmp_path / "ab.json"
+    md.write_text("earlier run: FAIL\n")
+    js.write_text("{}\n")
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--markdown", str(md), "--json", str(js)],
+                             failing_runner(lambda s: ab.RoundFailed(s, "pytest exit status 3", "boom")))
+    assert status == ab.EXIT_INPUT, err
+    assert not md.exists() and not js.exists()
+
+
+def test_the_diff_names_the_head_commit_measured(repo, tmp_path):
+    md = tmp_path / "ab.md"
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--markdown", str(md)], FakeRunner(same_speed))
+    assert status == ab.EXIT_OK, err
+    head = git(repo, "rev-parse", "HEAD").strip()
+    assert f"against the working tree at {head[:12]}" in md.read_text()
+
+
+def test_step_summary_outside_github_actions_says_no_job_summary_was_written(repo, monkeypatch):
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--step-summary"], FakeRunner(same_speed))
+    assert status == ab.EXIT_OK, err
+    assert "GITHUB_STEP_SUMMARY is not set: no job summary written" in out
+
+
 def test_a_kernel_repository_with_no_variants_path_in_it_is_bad_input(kernel_repo, tmp_path):
     elsewhere = tmp_path / "elsewhere.py"
     elsewhere.write_text("")
