@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark tier with the regression gate: the same command in CI and on a workstation.
 # Usage: bash scripts/ci_bench.sh TIER GATE [extra pytest args]
-#   TIER: quick (CPU-sized) or full (GPU-sized); GATE: off, report (never fails) or enforce.
+#   TIER: quick (CPU-sized) or full (GPU-sized); GATE: off, report (the verdicts never fail the run; a case
+#   that fails outright, an error or wrong numerics, still does) or enforce.
 # Writes to ${OUT:-results}: bench.json (pytest-benchmark JSON with attnsuite records), gate.md
 # (markdown diff; also appended to $GITHUB_STEP_SUMMARY when set), gate.json (the verdicts, which
 # `attnsuite ab --cases-from` reads), bench.log. Finished cases are journaled beside bench.json as
