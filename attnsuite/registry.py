@@ -252,6 +252,10 @@ class LayerVariant(Variant):
 CHECK_NAMES = ("forward", "backward", "causality", "repeat", "strided")
 
 
+# Characters no variant name may hold (with whitespace): see register().
+NAME_FORBIDDEN = ",/=[]"
+
+
 def register(variant):
     """Register a variant instance or class (usable as a class decorator). Returns its argument."""
     instance = variant() if isinstance(variant, type) else variant
@@ -259,6 +263,15 @@ def register(variant):
         raise TypeError(f"register() takes a Variant subclass or instance, got {variant!r}")
     if not instance.name:
         raise ValueError(f"variant {type(instance).__name__} has no name")
+    if not isinstance(instance.name, str):
+        raise ValueError(f"variant {type(instance).__name__}: name must be a string, got {instance.name!r}")
+    bad = sorted({c for c in instance.name if c in NAME_FORBIDDEN or c.isspace()})
+    if bad:
+        # "my,attn" registered and then could never be selected (--attn-only split it in two), and a "/"
+        # made case keys (workload/variant/mode/problem) ambiguous (a first-time user's trial)
+        raise ValueError(f"variant name {instance.name!r} ({type(instance).__name__}) holds {', '.join(map(repr, bad))}: "
+                         "a name is one word of letters, digits and - _ . + (selection options split on ',', "
+                         "case keys on '/', --attn-inject-slowdown on '=', pytest ids bracket their parameters)")
     existing = _REGISTRY.get(instance.name)
     if existing is not None and type(existing) is not type(instance):
         where = _source_file(existing)

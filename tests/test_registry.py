@@ -32,6 +32,29 @@ def test_duplicate_name_from_another_class_is_refused():
         registry.register(Clash)
 
 
+@pytest.mark.parametrize("name, held", [
+    ("my,attn", "','"),  # registered, and then --attn-only my,attn selected "my" and "attn"
+    ("my/attn", "'/'"),  # case keys are workload/variant/mode/problem
+    ("my attn", "' '"),
+    ("slow=2", "'='"),
+    ("a[b]", "'[', ']'"),
+    ("tab\tname", "'\\t'"),
+])
+def test_a_variant_name_that_selection_or_case_keys_cannot_carry_is_refused_naming_the_character(name, held):
+    Odd = type("Odd", (registry.KernelVariant,), {"name": name})
+    with pytest.raises(ValueError) as exc:
+        registry.register(Odd)
+    assert f"variant name {name!r} (Odd) holds {held}:" in str(exc.value), exc.value
+    assert name not in {v.name for v in registry.variants()}
+
+
+def test_names_of_letters_digits_and_dash_underscore_dot_plus_register():
+    for name in ("my-attn_v2.1", "flash+alibi"):
+        registry.register(type("Fine", (registry.KernelVariant,), {"name": name, "build": lambda self, p: None}))
+        assert name in {v.name for v in registry.variants()}
+    registry.forget(["my-attn_v2.1", "flash+alibi"])
+
+
 @pytest.mark.parametrize("attr, value, words", [
     ("features", frozenset({"telepathy"}), "unknown features ['telepathy']"),
     # each of these had been accepted, and every problem then skipped: a green run that checked nothing
