@@ -645,6 +645,12 @@ def load_external(spec: str, module_name: Optional[str] = None) -> None:
     spec = spec.strip()
     if not spec:
         return
+    if os.path.isfile(spec) and not spec.endswith(".py") or _is_path(spec) and Path(spec).expanduser().is_file() \
+            and Path(spec).suffix != ".py":
+        # "notes.txt" had been read as the module name "notes" ("No module named 'notes'"), and
+        # "dir/notes.txt" failed inside importlib
+        raise ImportError(f"variant file {spec!r} is not a .py file: variants load from a Python file (.py), a "
+                          "package folder (with an __init__.py) or an importable module name")
     if not _is_path(spec):
         try:
             importlib.import_module(spec)

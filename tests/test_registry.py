@@ -92,6 +92,17 @@ def test_missing_external_module_is_a_clear_error():
         registry.load_external("does_not_exist.py")
 
 
+@pytest.mark.parametrize("relative", ["notes.txt", "sub/notes.txt"], ids=["bare-name", "path"])
+def test_a_variants_file_that_is_not_python_is_refused_naming_it(tmp_path, monkeypatch, relative):
+    # "notes.txt" had been read as the module name "notes": "No module named 'notes'"
+    (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / relative).write_text("not python\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ImportError, match=rf"variant file '{relative}' is not a \.py file: variants load from a "
+                                          r"Python file \(\.py\), a package folder"):
+        registry.load_external(relative)
+
+
 def test_a_module_name_python_cannot_find_says_how_to_make_it_importable():
     # ATTNSUITE_VARIANTS=my_pkg.attention_variants from a project folder had ended in a bare
     # "No module named 'my_pkg'"
