@@ -818,6 +818,10 @@ def run_rounds(plan: AbPlan, runner: Runner = run_round, out=None) -> AbRounds:
     tree's selection runs no case (a base that has none of them is just an empty side)."""
     res = AbRounds(order=round_order(plan.rounds))
     specs = round_specs(plan)
+    # A name one side lacks is said once a round of the other side has run with it: said at once, a
+    # misspelt name had first read "not a variant of the base: its cases read new", then failed as
+    # known to neither tree (a reviewer's trial)
+    pending: list[tuple[str, str]] = []  # (the side that lacks it, the note)
     for i in range(len(specs)):
         t0, wall0 = time.monotonic(), time.time()
         while True:
@@ -827,6 +831,11 @@ def run_rounds(plan: AbPlan, runner: Runner = run_round, out=None) -> AbRounds:
                 break
             try:
                 path = runner(spec)
+                for lacking, note in [p for p in pending if p[0] != spec.side]:
+                    res.notes.append(f"{note}.")
+                    if out is not None:
+                        print(f"attnsuite ab: {note}", file=out, flush=True)
+                pending = [p for p in pending if p[0] == spec.side]
                 break
             except RoundFailed as exc:
                 missing = _missing_only_name(plan, spec, exc)
@@ -839,9 +848,7 @@ def run_rounds(plan: AbPlan, runner: Runner = run_round, out=None) -> AbRounds:
                         if spec.side == "base" else
                         f"is not a {kind} of the working tree: the head rounds run without it and its base cases "
                         "read as not run by the change")
-                res.notes.append(f"{option} {name} {what}.")
-                if out is not None:
-                    print(f"attnsuite ab: {option} {name} {what}", file=out, flush=True)
+                pending.append((spec.side, f"{option} {name} {what}"))
                 specs = round_specs(plan)  # every later round of that side without the name too
         took = time.monotonic() - t0
         phases = round_phases(spec.probe_path, wall0, time.time())

@@ -652,9 +652,11 @@ def test_a_workload_the_change_adds_reads_new_and_the_base_rounds_run_without_it
 
 def test_an_attn_only_name_neither_tree_registers_is_bad_input_naming_it(repo):
     runner = OnlyKnownRunner({"base": {"sdpa": KEY_A}, "head": {"sdpa": KEY_A}})
-    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--", "--attn-only", "sdpa,typo-k"], runner)
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--", "--attn-only", "sdpa,typo-k"], runner)
     assert status == ab.EXIT_INPUT
     assert "--attn-only typo-k: neither the base nor the working tree registers a variant of that name" in err
+    # not first called a variant the change adds (its cases "new"), as it had been before the head round
+    assert "is not a variant of the base" not in out, out
     # the round's own words, not the path of its log in a temporary folder removed by then
     assert "round said: ERROR: attnsuite: --attn-only: unknown variant 'typo-k' (12 registered)" in err
     assert "log" not in err
