@@ -253,6 +253,9 @@ def main(argv: Optional[list[str]] = None, request: Optional[Request] = None,
     p.add_argument("--ab-gate", choices=["enforce", "report"], default="enforce",
                    help=f"how the A/B step gated: report (the PR carries the label {ACCEPT_LABEL!r}) puts a note "
                         "saying so first in the comment and in $GITHUB_STEP_SUMMARY")
+    p.add_argument("--print", dest="print_only", action="store_true",
+                   help="print the comment's body as it would be posted (joined and cut to fit) and post nothing: "
+                        "a local preview, no token needed")
     args = p.parse_args(argv)
     note = accepted_note() if args.ab_gate == "report" else None
     if note and env.get("GITHUB_STEP_SUMMARY"):
@@ -264,17 +267,26 @@ def main(argv: Optional[list[str]] = None, request: Optional[Request] = None,
             print(f"pr_comment: {m} does not exist (did its step run?): left out", file=sys.stderr)
     if not present:
         return 1
+    body = join_markdown(([note] if note else []) + [m.read_text(encoding="utf-8") for m in present])
+    url = run_url(env, args.repo) if args.repo else None
+    where = (f"in the job summary and the artifacts ({', '.join(str(m) for m in present)}) of "
+             + (f"[this run]({url})" if url else "this run"))
+    if args.print_only:
+        print(fit(body, MARKER, where))
+        return 0
     pr = args.pr or pr_number(env.get("GITHUB_EVENT_PATH"))
     token = env.get("GITHUB_TOKEN")
-    if not (pr and args.repo and (token or request)):
-        print("pr_comment: not a pull request with a token and repository: nothing posted", file=sys.stderr)
+    missing = [what for what, have in (
+        ("a pull request number (--pr, or the pull_request event file GITHUB_EVENT_PATH)", pr),
+        ("a repository (--repo or GITHUB_REPOSITORY)", args.repo),
+        ("a token (GITHUB_TOKEN)", token or request)) if not have]
+    if missing:
+        # which piece was missing had not been said; --print previews the body without any of them
+        print(f"pr_comment: nothing posted: no {'; no '.join(missing)} (--print shows the comment's body "
+              "without posting)", file=sys.stderr)
         return 0
     api = env.get("GITHUB_API_URL", "https://api.github.com")
     request = request or github_request(token or "")
-    body = join_markdown(([note] if note else []) + [m.read_text(encoding="utf-8") for m in present])
-    url = run_url(env, args.repo)
-    where = (f"in the job summary and the artifacts ({', '.join(str(m) for m in present)}) of "
-             + (f"[this run]({url})" if url else "this run"))
     try:
         identity = token_identity(request, api, env, args.author)
         how, cid = upsert_comment(request, api, args.repo, pr, body, identity=identity, where=where)

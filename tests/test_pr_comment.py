@@ -235,6 +235,31 @@ def test_without_any_report_file_the_step_fails_and_posts_nothing(tmp_path):
     assert gh.calls == []
 
 
+@pytest.mark.parametrize("argv, env, missing", [
+    (["--repo", "o/r", "--pr", "4"], {}, ["a token (GITHUB_TOKEN)"]),
+    (["--pr", "4"], {"GITHUB_TOKEN": "t"}, ["a repository (--repo or GITHUB_REPOSITORY)"]),
+    (["--repo", "o/r"], {"GITHUB_TOKEN": "t"},
+     ["a pull request number (--pr, or the pull_request event file GITHUB_EVENT_PATH)"]),
+], ids=["no-token", "no-repository", "no-pr"])
+def test_outside_a_pull_request_nothing_is_posted_and_the_missing_piece_is_named(tmp_path, capsys, argv, env, missing):
+    f = tmp_path / "ab.md"
+    f.write_text("<!-- attnsuite-gate -->\nfine\n")
+    assert pc.main([str(f), *argv], env=env) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("pr_comment: nothing posted: no " + "; no ".join(missing)), err
+    assert "--print shows the comment's body" in err
+
+
+def test_print_shows_the_joined_body_as_it_would_be_posted_without_any_token(tmp_path, capsys):
+    a, g = tmp_path / "ab.md", tmp_path / "gate.md"
+    a.write_text("A/B says pass\n")
+    g.write_text("gate says\n" + "| a row |\n" * (pc.MAX_BODY // 10 + 100))  # over the limit: cut as posting cuts it
+    assert pc.main([str(a), str(g), "--print"], env={}) == 0
+    body = capsys.readouterr().out
+    assert body.index("A/B says pass") < body.index("gate says") and pc.MARKER in body
+    assert len(body) <= pc.MAX_BODY + 1 and "cut to fit a comment" in body
+
+
 class FailingGitHub(FakeGitHub):
     """Answers every comment request with one HTTP status."""
 
