@@ -205,7 +205,8 @@ class RaisedInterrupt:
                         "test and the run goes on", pytrace=False)
 
 
-def pytest_report_header(config: pytest.Config) -> Optional[list[str]]:
+def in_process_warning(config: pytest.Config) -> Optional[str]:
+    """What a run of outside code's correctness tests in this process should know, or None."""
     # code from outside the repository: named on the command line or in the environment, or loaded
     # from an installed package's entry point (the registry keeps each variant's origin)
     external = (config.getoption("--attn-variants", default=None) or os.environ.get("ATTNSUITE_VARIANTS")
@@ -213,8 +214,24 @@ def pytest_report_header(config: pytest.Config) -> Optional[list[str]]:
     under_xdist = bool(getattr(config.option, "numprocesses", None))
     if not external or under_xdist or hasattr(config, "workerinput") or config.getoption("benchmark_only", False):
         return None
-    return ["attnsuite: correctness tests run in this process: a variant that crashes or hangs ends the run; "
-            "with -n 1 or more (pytest-xdist) it fails its test, its other tests are skipped and the run goes on"]
+    return ("attnsuite: correctness tests run in this process: a variant that crashes or hangs ends the run; "
+            "with -n 1 or more (pytest-xdist) it fails its test, its other tests are skipped and the run goes on")
+
+
+def pytest_report_header(config: pytest.Config) -> Optional[list[str]]:
+    warning = in_process_warning(config)
+    return [warning] if warning else None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # -q hides the header, and a segfaulting variant then ended the run with Python's fatal-error dump
+    # alone (a first-time user's trial): under -q the warning is its own line
+    config = session.config
+    warning = in_process_warning(config) if config.get_verbosity() < 0 else None
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if warning and reporter is not None:
+        reporter.write_line(warning)
 
 
 class InProcessLimit:

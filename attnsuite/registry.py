@@ -286,7 +286,9 @@ def register(variant):
             raise ValueError(
                 f"variant name {instance.name!r}: {where} was imported twice, as module "
                 f"{type(existing).__module__} and again as {type(instance).__module__} (named two ways, e.g. "
-                "an installed package's entry point and --attn-variants with its folder or file): name it one way")
+                "an installed package's entry point and --attn-variants with its folder or file, or one "
+                "--attn-variants file that imports another file also given): name it one way (for the latter, "
+                "give only the file that imports the other)")
         # both by their files: "already registered by attnsuite_external_my_kernel.MyKernel" had named
         # neither of two --attn-variants files with one name
         raise ValueError(

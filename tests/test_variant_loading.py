@@ -376,6 +376,17 @@ def test_the_run_header_counts_entry_point_variants_as_code_from_outside(isolate
     assert HEADER in result.stdout.str(), result.stdout.str()[:2000]
 
 
+def test_under_q_which_hides_the_header_the_in_process_warning_is_its_own_line(isolated_registry, monkeypatch,
+                                                                               tmp_path, pytester):
+    # a first-time user ran with -q, and a segfaulting variant ended the run with no word of why or of -n 1
+    _entry_point_module(monkeypatch, tmp_path)
+    pytester.syspathinsert(REPO)
+    result = pytester.runpytest_inprocess(
+        str(REPO / "test_correctness" / "test_variants.py"), "--rootdir", str(REPO), "-p", "no:cacheprovider",
+        "-p", "no:xdist", "--collect-only", "-q", "--attn-only", "x-from-entry-point")
+    assert result.stdout.str().count(HEADER) == 1, result.stdout.str()[:2000]
+
+
 def test_the_run_header_says_nothing_for_built_in_variants_only(isolated_registry):
     registry.load_all()
     config = SimpleNamespace(option=SimpleNamespace(numprocesses=None),
@@ -558,6 +569,36 @@ def test_one_file_loaded_two_ways_is_named_as_one_file_imported_twice(isolated_r
     with pytest.raises(Exception, match=r"variant name 'x-loaded-twice': .*twice_variants\.py was imported twice, as "
                                         r"module attnsuite_external_twice_a and again as attnsuite_external_twice_b"):
         registry.load_external(str(path), module_name="attnsuite_external_twice_b")
+
+
+def test_a_variants_file_importing_another_file_also_given_is_told_to_give_only_the_importer(isolated_registry,
+                                                                                          tmp_path):
+    # a first-time user's with_helper.py subclassed my_attn.py's variant and both were given: the hint
+    # named only an entry point beside --attn-variants
+    base = _module(tmp_path, "s28_my_attn", """
+        from attnsuite.registry import KernelVariant, register
+
+        @register
+        class MyAttn(KernelVariant):
+            name = "x-s28-my-attn"
+
+            def build(self, problem):
+                return correct_run(problem)
+    """)
+    importer = _module(tmp_path, "s28_with_helper", """
+        from attnsuite.registry import register
+        from s28_my_attn import MyAttn
+
+        @register
+        class Faster(MyAttn):
+            name = "x-s28-faster"
+    """)
+    registry.load_external(str(base))
+    with pytest.raises(Exception, match=r"s28_my_attn\.py was imported twice, .*or one --attn-variants file that "
+                                        r"imports another file also given\): name it one way \(for the latter, give "
+                                        r"only the file that imports the other\)"):
+        registry.load_external(str(importer))
+    sys.modules.pop("s28_my_attn", None)
 
 
 def test_two_classes_of_one_file_with_one_name_are_named_as_such(isolated_registry, tmp_path):
