@@ -213,12 +213,32 @@ def out_of_scope_line(n: int, interrupted: bool = False) -> str:
     return f"{count(n, 'baseline case')} {'was' if n == 1 else 'were'} outside this run's selection and not judged"
 
 
+# A slowdown this large that still read "same" is said in the verdict line itself: under the CPU's
+# 100% floor a steady +54% had read as a plain pass in a PR review (the band was stated only below).
+LARGE_SAME = 0.25
+
+
+def largest_same_slowdown(cmp: Comparison) -> Optional[str]:
+    """The largest time growth of a case judged ``same`` (inside its band), when at least
+    :data:`LARGE_SAME`, as a clause of the verdict line; else None."""
+    same = [v for v in cmp.verdicts if v.verdict == "same" and v.time_change is not None
+            and v.time_change >= LARGE_SAME]
+    if not same:
+        return None
+    top = max(same, key=lambda v: v.time_change)
+    band = f", inside its ±{fmt_pct(top.band).lstrip('+')} band" if top.band is not None else ""
+    return f"largest slowdown read as same: {top.key} {fmt_pct(top.time_change)}{band}"
+
+
 def comparison_verdict(cmp: Comparison, gate_mode: str, failed_cases: Optional[Mapping[str, int]] = None) -> str:
-    """:func:`verdict_line` for a comparison: its new cases counted apart from the judged ones."""
+    """:func:`verdict_line` for a comparison: its new cases counted apart from the judged ones, and the
+    largest slowdown that its wide band kept from being flagged (:func:`largest_same_slowdown`)."""
     n_new = len(cmp.new)
     against = "the base tree" if cmp.side_names[0] == "base" else "the baseline"
-    return verdict_line(len(cmp.regressions), len(cmp.verdicts) - n_new, cmp.n_skipped_in_both, gate_mode,
+    line = verdict_line(len(cmp.regressions), len(cmp.verdicts) - n_new, cmp.n_skipped_in_both, gate_mode,
                         failed_cases, n_new, sum(1 for v in cmp.verdicts if v.verdict == "missing"), against)
+    large = largest_same_slowdown(cmp)
+    return f"{line}; {large}" if large and not line.startswith("NOT COMPARED") else line
 
 
 _HEADINGS = {"PASS": "✅ pass", "FAIL": "❌ **FAIL**", "REPORTED": "⚠️ **REPORTED** (gate in report mode: not failing)",

@@ -115,6 +115,24 @@ def test_no_regression_reads_pass_with_the_number_of_cases_judged_and_how_many_r
         f"PASS: no regression among {len(measured)} cases judged against the baseline"
 
 
+@pytest.mark.parametrize("ms, said", [
+    (1.54, "; largest slowdown read as same: fa-sweep/sdpa/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu +54.0%, inside its "
+           "±100.0% band"),
+    (1.2, None),  # +20%: CPU noise, not worth a word in the verdict line
+], ids=["plus-54-said", "plus-20-not-said"])
+def test_a_large_slowdown_inside_a_wide_band_is_said_in_the_verdict_line(ms, said):
+    # a reviewer read "pass" for a steady +54% on CPU, whose 100% floor was stated only further down
+    cur = _passing_run()
+    key = "fa-sweep/sdpa/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu"
+    cur[key].median_ms = cur[key].min_ms = ms
+    verdict = summary.build(cur, _comparison(cur, base=_passing_run()), gate_mode="enforce").verdict
+    assert verdict.startswith("PASS: no regression among")
+    if said:
+        assert verdict.endswith(said), verdict
+    else:
+        assert "largest slowdown" not in verdict, verdict
+
+
 def test_a_selection_that_measured_nothing_does_not_read_as_a_plain_pass():
     cur = {k: r for k, r in _run().items() if r.outcome == "skipped"}
     cmp = _comparison(cur)
