@@ -300,6 +300,18 @@ def base_worktree(repo: Path, sha: str, parent: Path) -> Iterator[Path]:
         _git(repo, "worktree", "prune")
 
 
+WORKTREE_PREFIX = "attnsuite-ab-"  # the temporary folder each A/B makes its base worktree in
+
+
+def stale_worktrees(repo: Path) -> list[str]:
+    """Base worktrees of earlier A/B runs still registered in ``repo`` (a run killed with SIGKILL cannot
+    remove its own): their paths. Entries whose folder is gone are pruned first, as git would."""
+    _git(repo, "worktree", "prune")
+    listed = _git(repo, "worktree", "list", "--porcelain").stdout.splitlines()
+    paths = [line[len("worktree "):] for line in listed if line.startswith("worktree ")]
+    return [p for p in paths if Path(p).name == "base" and Path(p).parent.name.startswith(WORKTREE_PREFIX)]
+
+
 # --------------------------------------------------------------------------- rounds
 
 
@@ -1105,7 +1117,12 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
     for where in outside:
         print(f"attnsuite ab: {where} lies outside {repo}: both sides load that same file, so a change made "
               "there is not measured (run ab from that code's own git repository)", file=out, flush=True)
-    with tempfile.TemporaryDirectory(prefix="attnsuite-ab-") as tmp:
+    for stale in stale_worktrees(repo):
+        # a killed A/B's worktree (and its folder) stays registered, unseen, run after run (a reviewer's trial)
+        print(f"attnsuite ab: {stale} is the base worktree of an earlier A/B that did not end (killed?): unless "
+              f"another attnsuite ab is running, remove it with git worktree remove --force {shlex.quote(stale)}",
+              file=out, flush=True)
+    with tempfile.TemporaryDirectory(prefix=WORKTREE_PREFIX) as tmp:
         with base_worktree(repo, sha, Path(tmp)) as base_tree:
             if suite is None and not (base_tree / TREE_MARKER).is_file():
                 raise AbError(f"--base {args.base} ({sha[:12]}) has no {TREE_MARKER}: it predates the benchmarks")

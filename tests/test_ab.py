@@ -825,6 +825,20 @@ def test_step_summary_outside_github_actions_says_no_job_summary_was_written(rep
     assert "GITHUB_STEP_SUMMARY is not set: no job summary written" in out
 
 
+def test_a_killed_runs_base_worktree_still_registered_is_named_with_how_to_remove_it(repo, tmp_path):
+    # kill -KILL leaves the worktree registered and ~41 MB under /tmp; the next run had said nothing
+    left = tmp_path / f"{ab.WORKTREE_PREFIX}killed" / "base"
+    git(repo, "worktree", "add", "--detach", str(left), "HEAD")
+    gone = tmp_path / f"{ab.WORKTREE_PREFIX}gone" / "base"
+    git(repo, "worktree", "add", "--detach", str(gone), "HEAD")
+    shutil.rmtree(gone.parent)  # its folder went with /tmp: pruned, not named
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo)], FakeRunner(same_speed))
+    assert status == ab.EXIT_OK, err
+    assert f"attnsuite ab: {left.resolve()} is the base worktree of an earlier A/B that did not end" in out or \
+        f"attnsuite ab: {left} is the base worktree of an earlier A/B that did not end" in out, out
+    assert "gone" not in out and str(gone) not in git(repo, "worktree", "list")
+
+
 def test_a_kernel_repository_with_no_variants_path_in_it_is_bad_input(kernel_repo, tmp_path):
     elsewhere = tmp_path / "elsewhere.py"
     elsewhere.write_text("")
