@@ -1028,7 +1028,8 @@ def _fmt(value: Optional[float], spec: str) -> str:
 
 
 NO_DATASHEET_PEAK = ("%peak is against the device's datasheet peak, and this device has none (a CPU): "
-                     "the summary below shows % of the calibration probe stored with the baseline instead")
+                     "the summary below shows % of the calibration probe stored with the baseline instead, "
+                     "where that baseline was recorded on this CPU model")
 
 
 def summary_lines(records: list[CaseRecord]) -> list[str]:
