@@ -843,7 +843,7 @@ def run_rounds(plan: AbPlan, runner: Runner = run_round, out=None) -> AbRounds:
                 break
             try:
                 path = runner(spec)
-                for lacking, note in [p for p in pending if p[0] != spec.side]:
+                for _, note in [p for p in pending if p[0] != spec.side]:
                     res.notes.append(f"{note}.")
                     if out is not None:
                         print(f"attnsuite ab: {note}", file=out, flush=True)

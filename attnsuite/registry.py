@@ -269,7 +269,8 @@ def register(variant):
     if bad:
         # "my,attn" registered and then could never be selected (--attn-only split it in two), and a "/"
         # made case keys (workload/variant/mode/problem) ambiguous (a first-time user's trial)
-        raise ValueError(f"variant name {instance.name!r} ({type(instance).__name__}) holds {', '.join(map(repr, bad))}: "
+        held = ", ".join(map(repr, bad))
+        raise ValueError(f"variant name {instance.name!r} ({type(instance).__name__}) holds {held}: "
                          "a name is one word of letters, digits and - _ . + (selection options split on ',', "
                          "case keys on '/', --attn-inject-slowdown on '=', pytest ids bracket their parameters)")
     existing = _REGISTRY.get(instance.name)
@@ -647,8 +648,7 @@ def load_external(spec: str, module_name: Optional[str] = None) -> None:
     spec = spec.strip()
     if not spec:
         return
-    if os.path.isfile(spec) and not spec.endswith(".py") or _is_path(spec) and Path(spec).expanduser().is_file() \
-            and Path(spec).suffix != ".py":
+    if Path(spec).expanduser().is_file() and Path(spec).suffix != ".py":
         # "notes.txt" had been read as the module name "notes" ("No module named 'notes'"), and
         # "dir/notes.txt" failed inside importlib
         raise ImportError(f"variant file {spec!r} is not a .py file: variants load from a Python file (.py), a "
