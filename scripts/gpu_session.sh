@@ -86,15 +86,16 @@ cache=${CACHE_ROOT:-/tmp/attnsuite-cache}  # CACHE_ROOT: for the tests
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$cache/triton} TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$cache/inductor}
 export TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
 if [ -n "${CACHE_FROM:-}" ]; then
+  parts=; unpack=
+  for kind in "cache.tar.xz:xz -dc" "cache.tgz:gzip -dc"; do
+    if compgen -G "$CACHE_FROM/${kind%%:*}.part-*" > /dev/null; then parts=${kind%%:*}; unpack=${kind#*:}; break; fi
+  done
   if [ -n "$(ls -A "$cache" 2> /dev/null)" ]; then
     echo "cache: $cache is already filled on this machine (a warm machine): kept, $CACHE_FROM not restored" | tee "$work/cache.log"
-  elif compgen -G "$CACHE_FROM/cache.tar.xz.part-*" > /dev/null || compgen -G "$CACHE_FROM/cache.tgz.part-*" > /dev/null; then
+  elif [ -n "$parts" ]; then
     mkdir -p "$cache"
-    if compgen -G "$CACHE_FROM/cache.tar.xz.part-*" > /dev/null; then
-      cat "$CACHE_FROM"/cache.tar.xz.part-* | xz -dc | tar -xf - -C "$cache"
-    else
-      cat "$CACHE_FROM"/cache.tgz.part-* | tar -xzf - -C "$cache"
-    fi
+    # shellcheck disable=SC2086  # $unpack is a command and its option
+    cat "$CACHE_FROM/$parts".part-* | $unpack | tar -xf - -C "$cache"
     echo "cache: restored from $CACHE_FROM (exit $?): $(du -sh "$cache" | cut -f1)" | tee "$work/cache.log"
   else
     echo "cache: CACHE_FROM=$CACHE_FROM holds no cache.tar.xz.part-* or cache.tgz.part-*: the caches start empty" \
