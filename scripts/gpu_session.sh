@@ -50,8 +50,9 @@
 #             default 540; WORKERS, default 8; HOST_ARGS, e.g. "-k distributed", narrows it)
 # Compilation caches as the GPU workflow keeps them on its runner: TRITON_CACHE_DIR and
 # TORCHINDUCTOR_CACHE_DIR under /tmp/attnsuite-cache, TRITON_CACHE_AUTOTUNING=1 (a caller's own
-# settings win). PACK_CACHE=1 packs them at the end of the call into $OUT/cache.tar.xz.part-* (xz:
-# the full tier's 290 MB of caches are 8.7 MB, where gzip's 29 MB beside the repository's tracked
+# settings win). PACK_CACHE=1 packs them at the end of the call into $OUT/cache.tar.xz.part-* (xz
+# in 16 MiB blocks, one thread each: one 290 MB block would take about two minutes of a call's ten;
+# the full tier's 290 MB of caches were 8.7 MB as one block, where gzip's 29 MB beside the repository's tracked
 # files would not fit in the 64 MiB a call carries; gzip, cache.tgz.part-*, where there is no xz; 15
 # MiB parts: the tool returns files of at most 16 MiB). CACHE_FROM=<folder holding such parts>,
 # carried in a later call, restores them first, so a run with warm caches (what a runner that has run
@@ -230,12 +231,13 @@ case "$call" in
 esac
 if [ -n "${PACK_CACHE:-}" ]; then
   part=${CACHE_PART_SIZE:-15m}  # CACHE_PART_SIZE, CACHE_COMPRESS=gzip: for the tests
+  packed_at=$(date +%s)
   if [ "${CACHE_COMPRESS:-xz}" = xz ] && command -v xz > /dev/null 2>&1; then
-    name=cache.tar.xz; tar -cf - -C "$cache" . | xz -9 -T0 | split -b "$part" - "$final/$name.part-"
+    name=cache.tar.xz; tar -cf - -C "$cache" . | xz -9 -T0 --block-size=16MiB | split -b "$part" - "$final/$name.part-"
   else
     name=cache.tgz; tar -czf - -C "$cache" . | split -b "$part" - "$final/$name.part-"
   fi
-  echo "cache: $(du -sh "$cache" | cut -f1) packed into $(du -ch "$final/$name".part-* | tail -n1 | cut -f1) ($(ls "$final/$name".part-* | wc -l) parts)" \
+  echo "cache: $(du -sh "$cache" | cut -f1) packed into $(du -ch "$final/$name".part-* | tail -n1 | cut -f1) ($(ls "$final/$name".part-* | wc -l) parts) in $(( $(date +%s) - packed_at )) s" \
     | tee -a "$work/cache.log"
 fi
 kill "$packer" 2> /dev/null; wait "$packer" 2> /dev/null

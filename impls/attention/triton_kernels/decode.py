@@ -149,8 +149,13 @@ def _splits(lk: int, programs: int, device) -> tuple[int, int]:
 
 
 def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: int, off: int, win: int,
-           scale: float) -> torch.Tensor:
-    """Attention of few queries against a long cache, split over the keys and merged."""
+           scale: float, config: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Attention of few queries against a long cache, split over the keys and merged.
+
+    ``config`` (BLOCK_N, num_warps, num_stages) runs the split kernel with that config instead of
+    the autotuner's choice (scripts/decode_tune_probe.py times each candidate that way); ignored
+    under the interpreter.
+    """
 
     bsz, hq, lq, d = q.shape
     hkv, lk, dv = k.shape[1], k.shape[2], v.shape[3]
@@ -165,7 +170,12 @@ def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: int, off: in
     bd, bdv = max(16, triton.next_power_of_2(d)), max(16, triton.next_power_of_2(dv))
     br = max(16, triton.next_power_of_2(r))
     extra = {"BLOCK_N": INTERP_BLOCK_N} if INTERPRET else {}
-    decode_split[(nsplit, bsz * hkv)](q, k, v, op, lsep, *q.stride(), *k.stride(), *v.stride(),
+    split_kernel = decode_split
+    if config is not None and not INTERPRET:
+        bn, warps, stages = config
+        extra = dict(BLOCK_N=bn, num_warps=warps, num_stages=stages)
+        split_kernel = decode_split.fn
+    split_kernel[(nsplit, bsz * hkv)](q, k, v, op, lsep, *q.stride(), *k.stride(), *v.stride(),
                                       hkv, lq, lk, off, win, scale * math.log2(math.e), nsplit,
                                       R=r, CHUNK=chunk, D=d, DV=dv, BATCH=bsz, BLOCK_R=br, BLOCK_D=bd, BLOCK_DV=bdv,
                                       MASK=mask, DOT_F32=DOT_F32, **extra)
