@@ -909,9 +909,8 @@ def judge_ab(rounds: AbRounds, thresholds: ThresholdConfig, *, base_label: str, 
     if not sides["base"].fingerprint:  # a base with no case at all: nothing to check the machine against
         sides["base"].fingerprint = sides["head"].fingerprint
     cmp = judge_runs(sides["base"], sides["head"], thresholds=thresholds, allow_mismatch=allow_mismatch,
-                     scope=lambda rec: True, notes=notes)
+                     scope=lambda rec: True, notes=notes, side_names=("base", "head"))
     cmp.baseline_label, cmp.current_label = base_label, head_label
-    cmp.side_names = ("base", "head")  # two trees, not a baseline and a run
     # a variant of the base that no head round ran at all: most likely removed or renamed by the change
     head_variants = {r.variant for r in sides["head"].records.values()}
     for i, v in enumerate(cmp.verdicts):

@@ -117,9 +117,10 @@ def band_note(thresholds: ThresholdConfig, device: str) -> Optional[str]:
 
 def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
                scope: Optional[Union[Scope, Callable[[CaseRecord], bool]]] = None, allow_mismatch: bool = False,
-               notes: Iterable[str] = ()) -> Comparison:
+               notes: Iterable[str] = (), side_names: tuple[str, str] = ("baseline", "this run")) -> Comparison:
     """Judge ``cur`` against ``base``: the machine check, every case's verdict, labels and notes.
 
+    ``side_names``: how the verdicts and reports name the two sides (:func:`~attnsuite.verdict.compare`).
     Raises :class:`~attnsuite.baseline.FingerprintMismatch` for machines that must not be compared
     (unless ``allow_mismatch``). ``scope`` limits which baseline cases count as missing when absent
     from ``cur`` (default: :func:`run_scope`, what ``cur`` selected). The device kind comes from the fingerprints.
@@ -160,7 +161,8 @@ def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
         all_notes.append(wide)
     if scope is None:
         scope = run_scope(cur)
-    cmp = compare(base.records, cur.records, thresholds=thresholds, device=device, scope=scope, notes=all_notes)
+    cmp = compare(base.records, cur.records, thresholds=thresholds, device=device, scope=scope, notes=all_notes,
+                  side_names=side_names)
     cmp.interrupted = bool(cur.interrupted)  # its scope is what it ran: every report must say so
     cmp.baseline_label = _label(base)
     cmp.current_label = _label(cur) if cur.path else "this run"

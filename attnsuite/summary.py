@@ -170,6 +170,7 @@ def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode:
                  against: str = "the baseline") -> str:
     """The summary's first line: the run's outcome, from the gate and from the cases that failed.
 
+    ``against`` names what the run is judged against, in every clause ("the base tree" for an A/B).
     ``judged`` counts the cases compared with a baseline entry; ``new`` the cases the baseline does
     not have (or had skipped), which are reported and not judged: a run whose cases are all new
     (a float32 baseline for a bfloat16 run, another suite's file) reads NOT COMPARED, never PASS.
@@ -181,15 +182,15 @@ def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode:
     """
     among = f"{count(judged, 'case')} judged"
     if skipped_in_both and skipped_in_both == judged:
-        among += " (none measured: every one was skipped here and in the baseline)"
+        among += f" (none measured: every one was skipped here and in {against})"
     elif skipped_in_both or not_run:
         parts = [f"{judged - skipped_in_both - not_run} run", f"{not_run} not run here" if not_run else "",
-                 f"{skipped_in_both} skipped here and in the baseline" if skipped_in_both else ""]
+                 f"{skipped_in_both} skipped here and in {against}" if skipped_in_both else ""]
         among += f" ({', '.join(p for p in parts if p)})"
-    new_text = f"; {new} new, not in the baseline (not judged)" if new else ""
+    new_text = f"; {new} new, not in {against} (not judged)" if new else ""
     failed = {k: n for k, n in (failed_cases or {}).items() if n}
     if not judged:
-        gate = (f"{none_of(new, 'case')} is in the baseline: nothing was judged" if new
+        gate = (f"{none_of(new, 'case')} is in {against}: nothing was judged" if new
                 else "no case to judge")
         return f"{_failed_head(failed)}; {gate}" if failed else f"NOT COMPARED: {gate}"
     if not regressions:

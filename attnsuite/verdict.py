@@ -643,37 +643,39 @@ def _apply_confirmation(first: _Findings, second: Optional[_Findings], second_re
     return flags, texts, notes, confirmed
 
 
-def judge(base: Optional[CaseRecord], cur: Optional[CaseRecord], t: Thresholds, device: Optional[str] = None) -> CaseVerdict:
+def judge(base: Optional[CaseRecord], cur: Optional[CaseRecord], t: Thresholds, device: Optional[str] = None,
+          reference: str = "baseline") -> CaseVerdict:
     """THE verdict rule for one case (either side may be None: new or missing).
 
     ``device`` is the device kind ("cuda"/"cpu"); None infers it from the records' timers.
+    ``reference`` names the side judged against in the verdict's words ("base" for an A/B's base tree).
     """
     if base is None and cur is None:
         raise ValueError("judge: neither a baseline nor a current record")
     key = (cur or base).key  # type: ignore[union-attr]
     if base is None:
-        return CaseVerdict(key, "new", ("new",), f"not in the baseline; now {_describe(cur)}", None, cur)
+        return CaseVerdict(key, "new", ("new",), f"not in the {reference}; now {_describe(cur)}", None, cur)
     if cur is None or (cur.outcome == "skipped" and base.outcome != "skipped"):
         how = "not run" if cur is None else f"now skipped ({clip(cur.detail or 'no reason given', 200)})"
-        return CaseVerdict(key, "missing", ("missing",), f"{how}; baseline: {_describe(base)}", base, cur)
+        return CaseVerdict(key, "missing", ("missing",), f"{how}; {reference}: {_describe(base)}", base, cur)
     if cur.outcome == "skipped":  # skipped in both
         return CaseVerdict(key, "same", ("same",), f"skipped in both ({clip(cur.detail or '', 160)})", base, cur)
     if base.outcome == "skipped":  # runs now, was skipped
         return CaseVerdict(key, "new", ("new",), f"was skipped, now {_describe(cur)}", base, cur)
     if cur.outcome in FAILING and base.outcome not in FAILING:
         return CaseVerdict(key, "newly-failing", ("newly-failing",),
-                           f"now {_describe(cur)}; baseline: {_describe(base)}", base, cur)
+                           f"now {_describe(cur)}; {reference}: {_describe(base)}", base, cur)
     if cur.outcome == "oom" and base.outcome != "oom":
         return CaseVerdict(key, "newly-oom", ("newly-oom",),
-                           f"now {_describe(cur)}; baseline: {_describe(base)}", base, cur)
+                           f"now {_describe(cur)}; {reference}: {_describe(base)}", base, cur)
     if cur.outcome != "ok":  # failing or OOM in both
         still = "still out of memory" if cur.outcome == "oom" else f"still failing ({_describe(cur)})"
         return CaseVerdict(key, "same", ("same",), still, base, cur)
     if base.outcome == "oom":
-        return CaseVerdict(key, "fixed-oom", ("fixed-oom",), f"runs now ({_describe(cur)}); baseline ran out of memory",
+        return CaseVerdict(key, "fixed-oom", ("fixed-oom",), f"runs now ({_describe(cur)}); {reference} ran out of memory",
                            base, cur)
     if base.outcome in FAILING:
-        return CaseVerdict(key, "fixed-failing", ("fixed-failing",), f"passes now ({_describe(cur)}); baseline: "
+        return CaseVerdict(key, "fixed-failing", ("fixed-failing",), f"passes now ({_describe(cur)}); {reference}: "
                            f"{_describe(base)}", base, cur)
     # Both ok: time, host overhead and memory, then the second measurement when there is one.
     kind = device or ("cuda" if is_cuda(base, cur) else "cpu")
@@ -935,8 +937,11 @@ class Comparison:
 def compare(base: Mapping[str, CaseRecord], cur: Mapping[str, CaseRecord], *,
             thresholds: Optional[ThresholdConfig] = None, device: str = "cuda",
             scope: Optional[Scope | Callable[[CaseRecord], bool]] = None,
-            notes: Optional[list[str]] = None) -> Comparison:
-    """Judge every case of ``cur`` and ``base`` (baseline cases outside ``scope`` are not judged)."""
+            notes: Optional[list[str]] = None, side_names: tuple[str, str] = ("baseline", "this run")) -> Comparison:
+    """Judge every case of ``cur`` and ``base`` (baseline cases outside ``scope`` are not judged).
+
+    ``side_names`` name the two sides in the verdicts' words and the reports (an A/B's are
+    ("base", "head"): two trees, not a baseline and a run)."""
     cfg = thresholds or ThresholdConfig()
     verdicts = []
     skipped_scope = 0
@@ -947,10 +952,11 @@ def compare(base: Mapping[str, CaseRecord], cur: Mapping[str, CaseRecord], *,
             if not inside:
                 skipped_scope += 1
                 continue
-        verdicts.append(judge(b, c, cfg.for_case(c or b, device), device))  # type: ignore[arg-type]
+        verdicts.append(judge(b, c, cfg.for_case(c or b, device), device, side_names[0]))  # type: ignore[arg-type]
     verdicts.sort(key=lambda v: (_RANK[v.verdict], v.key))
     blind = blind_band_note(verdicts)
-    return Comparison(verdicts=verdicts, out_of_scope=skipped_scope, notes=list(notes or []) + ([blind] if blind else []))
+    return Comparison(verdicts=verdicts, out_of_scope=skipped_scope, notes=list(notes or []) + ([blind] if blind else []),
+                      side_names=side_names)
 
 
 # A band past this can hide a doubling of the time: the CPU floor is exactly 100% (docs/gate.md),

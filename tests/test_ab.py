@@ -315,7 +315,29 @@ def test_a_variant_the_working_tree_no_longer_runs_is_missing_and_says_it_may_be
     status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo)], FakeRunner(make))
     assert status == ab.EXIT_GATE
     assert f"{KEY_B}: not run: variant explicit ran in no round of the working tree (removed or renamed by the " \
-           "change?); baseline: ok" in out, out
+           "change?); base: ok" in out, out
+
+
+KEY_SKIP = "fa-sweep/flex/fwd/b1-q128-h2-d32-causal-tl-fp32-cuda"
+KEY_OOM = "fa-sweep/einsum/fwd/b1-q128-h2-d32-causal-tl-fp32-cuda"
+
+
+def test_the_ab_words_its_verdicts_against_the_base_tree_never_a_baseline(repo, tmp_path):
+    # the A/B diff had said "not in the baseline", "skipped here and in the baseline" and "baseline ran
+    # out of memory" of the base tree, the stored gate's words beside a comparison that has no baseline
+    def make(side, n):
+        base = [rec(KEY_A, min_ms=1.0 + 0.002 * n), rec(KEY_SKIP, outcome="skipped", detail="declared"),
+                rec(KEY_OOM, outcome="oom")]
+        return base if side == "base" else [*base[:2], rec(KEY_OOM, min_ms=3.0), rec(KEY_B, min_ms=2.0)]
+    md = tmp_path / "ab.md"
+    status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--markdown", str(md)], FakeRunner(make))
+    assert status == ab.EXIT_OK, out
+    text = md.read_text()
+    for said in ("1 skipped here and in the base tree", "1 new, not in the base tree (not judged)",
+                 "not in the base; now ok", "base ran out of memory"):
+        assert said in text, said
+    text = text.replace("baselines/thresholds.json", "")  # the base tree's file, named by its path
+    assert "baseline" not in text.lower(), [line for line in text.splitlines() if "baseline" in line.lower()]
 
 
 @pytest.mark.parametrize("fraction, status", [(0.10, ab.EXIT_GATE), (0.0, ab.EXIT_OK), (-0.10, ab.EXIT_OK)])
