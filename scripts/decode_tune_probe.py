@@ -70,6 +70,7 @@ def probe(problem: Problem, placements: int) -> list[dict]:
                 return dk.decode(*args, config=config)
         step()  # the autotuner tunes this shape here (graph-timed, the split kernel alone)
         chosen = {str(key): str(cfg) for key, cfg in getattr(dk.decode_split, "cache", {}).items()}
+        tuned = {str(cfg): t for cfg, t in (getattr(dk.decode_split, "configs_timings", None) or {}).items()}
         order = configs[i % len(configs):] + configs[:i % len(configs)]
         for config in order:
             row = {"problem": p.id, "placement": i, "pad_mib": pad.numel() // 2**20,
@@ -82,7 +83,7 @@ def probe(problem: Problem, placements: int) -> list[dict]:
                 dk.decode_merge = merge
             row["kernels"] = timing.profile_step(lambda: step(config), "cuda", top=4)
             if config == order[0]:
-                row["autotuner_choice"] = chosen
+                row["autotuner_choice"], row["autotuner_timings_ms"] = chosen, tuned
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("problem", "placement", "config", "step_ms", "split_alone_ms")}),
                   flush=True)
