@@ -278,6 +278,100 @@ def graph_bench(kernel_call: Callable[[], Any], quantiles: Any = None) -> Any:
         return triton.testing.do_bench(kernel_call, quantiles=quantiles)
 
 
+class StepTuner:
+    """Chooses a Triton kernel's config by timing the whole step it runs in, not the kernel alone.
+
+    Triton's autotuner times the one kernel it wraps. Where later kernels of the step read that
+    kernel's output, the config changes their time too, and the kernel alone ranks the configs
+    otherwise than the step: on one H200 the decode split kernel at 4K cached keys timed 36.6 us
+    with BLOCK_N=32 and 36.9 us with 64 alone, while the merge after it took 4.0 and 6.0 us, so the
+    step took 41.0 and 43.4 us (three input placements each; ``scripts/decode_tune_probe.py``,
+    docs/evidence/h200-2026-12-03-s29). Machines whose tuning fell either way had moved the case 6%.
+
+    :meth:`choose` times ``step(config)`` (every launch of the step, into buffers the caller made
+    beforehand) for each config from a CUDA graph (:func:`graph_bench`) and keeps the fastest per
+    ``key``, in this process and in a JSON file under Triton's cache folder (``TRITON_CACHE_DIR``),
+    keyed also by the kernel's source, Triton's version, the device and the configs: a warm run skips
+    the tuning, and an A/B's two trees and a confirmation run the config the first tuning chose.
+    With :func:`autotuning` off: the first config, untimed. It reports like Triton's autotuners
+    (``best_config``, ``configs_timings``: :func:`choices`, :func:`tunings`).
+    """
+
+    def __init__(self, fn: Any, configs: list, bench: Optional[Callable[..., Any]] = None) -> None:
+        self.fn = fn  # the @triton.jit kernel whose config is chosen (its name, its source's hash)
+        self.configs = list(configs)
+        self.bench = bench or graph_bench
+        self.cache: dict[tuple, Any] = {}
+        self.best_config: Any = None
+        self.configs_timings: Optional[dict] = None
+        _AUTOTUNERS.append(self)
+
+    def choose(self, key: tuple, step: Callable[[Any], Any]) -> Any:
+        """The config to run ``step`` with for ``key`` (the sizes and dtypes that decide it), timed on first use."""
+        if not autotuning():
+            self.best_config = self.configs[0]
+            return self.best_config
+        if key not in self.cache:
+            timings = self._load(key)
+            if timings is None:
+                timings = self._time(step)
+                self._store(key, timings)
+            self.configs_timings = timings
+            self.cache[key] = min(timings, key=lambda c: _first_ms(timings[c]) or math.inf)
+        self.best_config = self.cache[key]
+        return self.best_config
+
+    def _time(self, step: Callable[[Any], Any]) -> dict:
+        timings: dict = {}
+        failure: Optional[BaseException] = None
+        for config in self.configs:
+            try:
+                timings[config] = self.bench(lambda c=config: step(c), quantiles=(0.5, 0.2, 0.8))
+            except Exception as exc:  # a config that does not compile or fit here: never chosen
+                failure, timings[config] = exc, math.inf
+        if failure is not None and all(t == math.inf for t in timings.values()):
+            raise failure  # no config runs: the step's own error, not a choice among failures
+        return timings
+
+    def _file(self, key: tuple) -> str:
+        import hashlib
+        import json
+
+        import torch
+        import triton
+        from triton import knobs
+
+        ident = json.dumps([getattr(self.fn, "cache_key", repr(self.fn)), triton.__version__,
+                            torch.cuda.get_device_name(), [config_text(c) for c in self.configs], repr(key)])
+        name = f"{getattr(self.fn, '__name__', 'kernel')}-{hashlib.sha256(ident.encode()).hexdigest()[:32]}.json"
+        return os.path.join(knobs.cache.dir, "attnsuite-step-tuning", name)
+
+    def _load(self, key: tuple) -> Optional[dict]:
+        import json
+
+        try:
+            with open(self._file(key)) as fh:
+                saved = json.load(fh)["timings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # none kept, or unreadable: tune again (and overwrite it)
+        if not isinstance(saved, list) or len(saved) != len(self.configs):
+            return None
+        return dict(zip(self.configs, saved))
+
+    def _store(self, key: tuple, timings: dict) -> None:
+        import json
+
+        from .baseline import atomic_write_text
+
+        kept = [t if not isinstance(t, float) or math.isfinite(t) else None for t in timings.values()]
+        try:
+            atomic_write_text(self._file(key), json.dumps({"key": repr(key), "configs": [
+                config_text(c) for c in self.configs], "timings": kept}) + "\n")
+        except OSError as exc:  # a read-only cache: the choice holds for this process only
+            warnings.warn(f"attnsuite: could not keep the tuning of {getattr(self.fn, '__name__', 'a kernel')} "
+                          f"({exc}); later processes tune it again", RuntimeWarning)
+
+
 def _autotune_takes(parameter: str) -> bool:
     """Whether this Triton's autotuner takes ``parameter`` (both used here came with 3.2).
 

@@ -10,7 +10,8 @@ forced in turn, over several input placements (the cache behind pads of other si
 rotated order each time), it times
 
 - ``step``        the whole step (split + merge) by the suite's device time (graph replay);
-- ``split_alone`` the split kernel without the merge, back to back, as the autotuner times it;
+- ``split_alone`` the split kernel without the merge, back to back, as Triton's autotuner timed it
+                  (before the step tuner, attnsuite.triton_support.StepTuner);
 - ``kernels``     the profiler's per-kernel durations of the step (split and merge apart);
 
 and records the autotuner's own choice. Writes JSON lines to --out.
@@ -69,8 +70,10 @@ def probe(problem: Problem, placements: int) -> list[dict]:
             with torch.no_grad():
                 return dk.decode(*args, config=config)
         step()  # the autotuner tunes this shape here (graph-timed, the split kernel alone)
-        chosen = {str(key): str(cfg) for key, cfg in getattr(dk.decode_split, "cache", {}).items()}
-        tuned = {str(cfg): t for cfg, t in (getattr(dk.decode_split, "configs_timings", None) or {}).items()}
+        # the tuner (triton_support.StepTuner since s29; Triton's autotuner on the split kernel before)
+        tuner = getattr(dk, "SPLIT_TUNER", None) or dk.decode_split
+        chosen = {str(key): str(cfg) for key, cfg in getattr(tuner, "cache", {}).items()}
+        tuned = {str(cfg): t for cfg, t in (getattr(tuner, "configs_timings", None) or {}).items()}
         order = configs[i % len(configs):] + configs[:i % len(configs)]
         for config in order:
             row = {"problem": p.id, "placement": i, "pad_mib": pad.numel() // 2**20,

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from triton import knobs
 
-from attnsuite.triton_support import autotuned
+from attnsuite.triton_support import StepTuner
 
 INTERPRET = bool(knobs.runtime.interpret)
 DOT_F32 = INTERPRET  # see flash.py: the interpreter's bf16 tl.dot is wrong
@@ -34,15 +34,11 @@ def _cfg(bn, warps, stages):
 SPLIT_CONFIGS = [_cfg(64, 4, 3), _cfg(64, 4, 4), _cfg(128, 4, 3), _cfg(128, 8, 3), _cfg(32, 4, 4)]
 
 
-# the autotune key (attnsuite.triton_support.autotuned): code-selecting arguments, then the sizes
-# that decide the fastest config; BATCH is passed for the key alone (unused in the kernel)
-@autotuned(SPLIT_CONFIGS, ("BLOCK_D", "BLOCK_DV", "BLOCK_R", "MASK", "CHUNK"),
-           ("BATCH", "HKV", "LQ", "LK", "R", "NSPLIT", "OFF", "WIN"))
-@triton.jit(do_not_specialize=["BATCH"])
+@triton.jit
 def decode_split(Q, K, V, OP, LSEP,
                  sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                  HKV, LQ, LK, OFF, WIN, qk_scale, NSPLIT,
-                 R, CHUNK, D, DV, BATCH,
+                 R, CHUNK, D, DV,
                  BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                  MASK: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_N: tl.constexpr):
     split = tl.program_id(0)
@@ -134,6 +130,12 @@ def decode_merge(OP, LSEP, O, sob, soh, som, sod, HKV, LQ, NSPLIT,
              o.to(O.dtype.element_ty), mask=live[:, None] & (offs_dv[None, :] < DV))
 
 
+# The split kernel's config is chosen on the whole step (split and merge): the merge's time moves with
+# the split's config, and the split alone ranked BLOCK_N=64 with 32 where the step ran 6% slower with
+# it (attnsuite.triton_support.StepTuner). Compiled kernels only: the interpreter runs INTERP_BLOCK_N.
+SPLIT_TUNER = None if INTERPRET else StepTuner(decode_split, SPLIT_CONFIGS)
+
+
 def _splits(lk: int, programs: int, device) -> tuple[int, int]:
     """(number of splits, keys per split): enough programs to fill the GPU, at least 256 keys a split."""
     if INTERPRET:
@@ -153,8 +155,8 @@ def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: int, off: in
     """Attention of few queries against a long cache, split over the keys and merged.
 
     ``config`` (BLOCK_N, num_warps, num_stages) runs the split kernel with that config instead of
-    the autotuner's choice (scripts/decode_tune_probe.py times each candidate that way); ignored
-    under the interpreter.
+    :data:`SPLIT_TUNER`'s choice (scripts/decode_tune_probe.py times each candidate that way);
+    ignored under the interpreter.
     """
 
     bsz, hq, lq, d = q.shape
@@ -169,16 +171,23 @@ def decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: int, off: in
     o = torch.empty((bsz, hq, lq, dv), dtype=q.dtype, device=q.device)
     bd, bdv = max(16, triton.next_power_of_2(d)), max(16, triton.next_power_of_2(dv))
     br = max(16, triton.next_power_of_2(r))
-    extra = {"BLOCK_N": INTERP_BLOCK_N} if INTERPRET else {}
-    split_kernel = decode_split
-    if config is not None and not INTERPRET:
-        bn, warps, stages = config
-        extra = dict(BLOCK_N=bn, num_warps=warps, num_stages=stages)
-        split_kernel = decode_split.fn
-    split_kernel[(nsplit, bsz * hkv)](q, k, v, op, lsep, *q.stride(), *k.stride(), *v.stride(),
-                                      hkv, lq, lk, off, win, scale * math.log2(math.e), nsplit,
-                                      R=r, CHUNK=chunk, D=d, DV=dv, BATCH=bsz, BLOCK_R=br, BLOCK_D=bd, BLOCK_DV=bdv,
-                                      MASK=mask, DOT_F32=DOT_F32, **extra)
-    decode_merge[(bsz * hkv,)](op, lsep, o, *o.stride(), hkv, lq, nsplit, R=r, DV=dv,
-                               BLOCK_S=max(2, triton.next_power_of_2(nsplit)), BLOCK_R=br, BLOCK_DV=bdv)
+
+    def step(cfg) -> None:  # both passes, into op, lsep and o (the tuner times this whole)
+        tiles = (dict(BLOCK_N=cfg.kwargs["BLOCK_N"], num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                 if cfg is not None else {"BLOCK_N": INTERP_BLOCK_N})
+        decode_split[(nsplit, bsz * hkv)](q, k, v, op, lsep, *q.stride(), *k.stride(), *v.stride(),
+                                          hkv, lq, lk, off, win, scale * math.log2(math.e), nsplit,
+                                          R=r, CHUNK=chunk, D=d, DV=dv, BLOCK_R=br, BLOCK_D=bd, BLOCK_DV=bdv,
+                                          MASK=mask, DOT_F32=DOT_F32, **tiles)
+        decode_merge[(bsz * hkv,)](op, lsep, o, *o.stride(), hkv, lq, nsplit, R=r, DV=dv,
+                                   BLOCK_S=max(2, triton.next_power_of_2(nsplit)), BLOCK_R=br, BLOCK_DV=bdv)
+
+    if INTERPRET:
+        step(None)
+    elif config is not None:
+        step(_cfg(*config))
+    else:
+        # what decides the fastest config: the code-selecting sizes, then the problem's sizes and dtypes
+        key = (bd, bdv, br, mask, chunk, bsz, hkv, lq, lk, r, nsplit, off, win, q.dtype, k.dtype, v.dtype)
+        step(SPLIT_TUNER.choose(key, step))
     return o.to(dtype)
