@@ -84,6 +84,39 @@ def test_a_slower_case_timed_while_the_gpu_held_its_clock_down_says_so(states, m
     assert (note in v.message) == said and any(n.startswith(note) for n in v.notes) == said, v.message
 
 
+POWER_CAP = {"sm_mhz": 1890, "power_w": 634.4, "temp_c": 61, "reasons": ["software power cap"]}
+
+
+@pytest.mark.parametrize("event_min, states, launch, flagged", [
+    (2.080, {"timed": FULL, "device-timed": POWER_CAP}, 0.04, False),
+    (2.200, {"timed": FULL, "device-timed": POWER_CAP}, 0.04, True),
+    (2.080, {"timed": POWER_CAP, "device-timed": POWER_CAP}, 0.04, True),
+    (2.080, {"timed": FULL, "device-timed": FULL}, 0.04, True),
+    (2.080, {"timed": FULL, "device-timed": POWER_CAP}, 0.6, True),
+    (2.080, {"device-timed": POWER_CAP}, 0.04, True),
+], ids=["event time at full clock agrees: not flagged", "event time slower too: slower",
+        "event time clock-limited too: slower", "device time at full clock: slower",
+        "host-bound step: slower", "event clock unknown: slower"])
+def test_a_device_slowdown_under_a_held_clock_is_flagged_only_when_the_full_clock_event_time_agrees(
+        event_min, states, launch, flagged):
+    # machine AN (s29): triton-flash fwd at L 16K device-timed at 1890 MHz under the power cap, +3.9% and
+    # +3.4% confirmed, failing the gate on unchanged code while its event time at 1980 MHz read -1.3%
+    base = rec(median_ms=2.258, min_ms=2.107, iqr_ms=0.02, device_ms=2.1, device_min_ms=2.099,
+               device_iqr_ms=0.003, launch_fraction=0.14)
+    cur = rec(median_ms=2.089, min_ms=event_min, iqr_ms=0.005, device_ms=2.208, device_min_ms=2.180,
+              device_iqr_ms=0.005, launch_fraction=launch, extra={"gpu_state": states})
+    t = replace(T, statistic="min", host_bound_floor=0.5)
+    v = judge(base, cur, t)
+    assert (v.verdict == "slower") == flagged, v.message
+    if not flagged:
+        assert v.verdict == "same" and "under a held clock, the event time at full clock (1980 MHz) -1.3% " \
+            "(min 2.107 ms -> 2.080 ms, band 3.0%): not flagged" in v.message, v.message
+    # the event time's own band decides: its +4.4% inside a band its samples' spread widens is agreement too
+    if event_min == 2.200:
+        noisy = replace(cur, iqr_ms=0.1)  # event band 1.5 x hypot(4.8%, 0.9%) = 7.3%; the device band stays 3%
+        assert judge(base, noisy, t).verdict == "same" and "band 7.3%" in judge(base, noisy, t).message
+
+
 def test_slower_and_bigger_case_carries_both_findings_with_slower_first():
     v = judge(rec(), rec(median_ms=1.5, peak_mem_bytes=300 << 20), T)
     assert v.flags == ("slower", "memory-growth")
