@@ -526,7 +526,8 @@ def _assess(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) -> _F
             hb += f" (kernel-sum above the event time on {' and '.join(basis.capped)}: judged at the event time)"
         what = f"{basis.label} {fmt_ms(basis.base_ms)} -> {fmt_ms(basis.cur_ms)}, noise band {basis.band * 100:.1f}%{hb}"
         held = clock_note(cur, basis.label.startswith("device")) if f.tchange > basis.band else ""
-        at_full_clock = full_clock_reading(base, cur, t) if held and basis.label.startswith("device") else ""
+        at_full_clock = (full_clock_reading(base, cur, t, basis.band) if held and basis.label.startswith("device")
+                         else "")
         if at_full_clock:
             f.context.append(f"time {fmt_pct(f.tchange)} on the device ({what}) under a held clock, "
                              f"{at_full_clock}: not flagged")
@@ -593,10 +594,11 @@ def clock_note(rec: CaseRecord, device_time: bool) -> str:
             f"{state.get('sm_mhz', '?')} MHz): a lower clock reads as slower code")
 
 
-def full_clock_reading(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> str:
+def full_clock_reading(base: CaseRecord, cur: CaseRecord, t: Thresholds, band: float) -> str:
     """Where a slower device time was measured with the GPU holding its clock down, the same run's
-    event-timed samples taken at full clock, when they read within their band of the baseline's:
-    that reading in words (the case is then not flagged); "" otherwise.
+    event-timed samples taken at full clock, when they read within ``band`` (the device time's band,
+    the bar the case is judged by, not the event time's own, wider one) of the baseline's: that reading
+    in words (the case is then not flagged); "" otherwise.
 
     Device time replays the step back to back for many milliseconds, and on some H200 machines that
     sustained load trips the software power cap where the event timer's shorter bursts do not: on
@@ -610,14 +612,14 @@ def full_clock_reading(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> str:
     timed = states.get("timed") if isinstance(states, dict) else None
     if not isinstance(timed, dict) or timed.get("reasons") or "sm_mhz" not in timed:
         return ""  # the event-timed samples were clock-limited too, or their clock is unknown
-    event, _ = time_basis(base, cur, t, "cpu")  # the event-timed statistic and its band
+    event, _ = time_basis(base, cur, t, "cpu")  # the event-timed statistic
     if event is None or host_bound(base, cur, t):
         return ""
     change = event.cur_ms / event.base_ms - 1.0
-    if change > event.band:
+    if change > band:
         return ""
     return (f"the event time at full clock ({timed['sm_mhz']} MHz) {fmt_pct(change)} "
-            f"({event.label} {fmt_ms(event.base_ms)} -> {fmt_ms(event.cur_ms)}, band {event.band * 100:.1f}%)")
+            f"({event.label} {fmt_ms(event.base_ms)} -> {fmt_ms(event.cur_ms)}, within the band)")
 
 
 def confirm_record(cur: CaseRecord) -> tuple[Optional[CaseRecord], str]:

@@ -110,11 +110,12 @@ def test_a_device_slowdown_under_a_held_clock_is_flagged_only_when_the_full_cloc
     assert (v.verdict == "slower") == flagged, v.message
     if not flagged:
         assert v.verdict == "same" and "under a held clock, the event time at full clock (1980 MHz) -1.3% " \
-            "(min 2.107 ms -> 2.080 ms, band 3.0%): not flagged" in v.message, v.message
-    # the event time's own band decides: its +4.4% inside a band its samples' spread widens is agreement too
+            "(min 2.107 ms -> 2.080 ms, within the band): not flagged" in v.message, v.message
+    # the device time's band is the bar, not the event time's own: noisy event samples (a band of 7.3%
+    # of their own) do not let a +4.4% event reading excuse the device's +3.9% (on 17 fresh machines
+    # with a synthetic +10%, the event band had let up to 3 cases a run go unflagged)
     if event_min == 2.200:
-        noisy = replace(cur, iqr_ms=0.1)  # event band 1.5 x hypot(4.8%, 0.9%) = 7.3%; the device band stays 3%
-        assert judge(base, noisy, t).verdict == "same" and "band 7.3%" in judge(base, noisy, t).message
+        assert judge(base, replace(cur, iqr_ms=0.1), t).verdict == "slower"
 
 
 def test_slower_and_bigger_case_carries_both_findings_with_slower_first():
