@@ -9,7 +9,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   tier=full; gate=${GATE:-enforce}; export PYTHON=${PYTHON:-python3}
 else
-  bash "$ROOT/scripts/setup.sh" || { echo "setup failed" >&2; exit 2; }
+  bash "$ROOT/scripts/setup.sh" || { echo "bench.sh: scripts/setup.sh failed (its messages are above): nothing was run" >&2; exit 4; }
   tier=quick; gate=${GATE:-report}; export PYTHON=$ROOT/.venv/bin/python
 fi
 exec bash "$ROOT/scripts/ci_bench.sh" "$tier" "$gate" "$@"

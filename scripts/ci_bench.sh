@@ -7,8 +7,10 @@
 # (markdown diff; also appended to $GITHUB_STEP_SUMMARY when set), gate.json (the verdicts, which
 # `attnsuite ab --cases-from` reads), bench.log. Finished cases are journaled beside bench.json as
 # they finish: after a killed run, the same command with --attn-resume carries on.
-# Exit status: pytest's (1 when the gate fails under enforce, 2 interrupted, 4 for a malformed baseline
-# or another run writing the same folder).
+# Exit status (docs/gate.md, "Exit statuses"): 0 passed (or report mode), 1 failed (the gate under
+# enforce, a case that failed outright, a required baseline missing), 2 interrupted, 4 nothing ran
+# (a usage error, a malformed file, another run writing the same folder, a Python without torch),
+# 5 nothing selected.
 set -uo pipefail
 # It runs where it was typed: OUT and the path options given (--attn-variants, --attn-problems,
 # --attn-baselines-dir, ...) are read from there, as by pytest itself (they had been read from the
@@ -17,7 +19,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -lt 2 ]; then
   echo "usage: bash scripts/ci_bench.sh quick|full off|report|enforce [pytest args]" >&2
-  exit 2
+  exit 4
 fi
 tier=$1
 gate=$2
@@ -25,7 +27,7 @@ shift 2
 out=${OUT:-$ROOT/results}
 if ! mkdir -p "$out" 2> /dev/null || [ ! -w "$out" ]; then
   echo "ci_bench: the output folder OUT=$out cannot be created or written: give OUT=<a writable folder>" >&2
-  exit 2
+  exit 4
 fi
 # One run per output folder: a second one had truncated the first's bench.log and replaced its
 # results (pytest refuses the same journal too, but only after tee has emptied the log).
@@ -57,6 +59,15 @@ for arg in "$@"; do [ "$arg" = --attn-resume ] && append=-a; done
 [ -z "$append" ] && rm -f "$out/bench.json" "$out/gate.md" "$out/gate.json"
 rm -f "$out/report.html" "$out/results.md"
 rm -rf "$out/plots"  # ci_report.sh's: a plot of a workload this run does not select had stayed beside the new ones
+# An interpreter without the suite's packages (a checkout where scripts/setup.sh never ran: the CPU
+# workflow's benchmark step relies on the test step's set-up) had failed inside pytest's start with
+# a bare ImportError and exit status 1, as if the gate had failed. Checked after the removal above:
+# a run stopped here has no outputs either.
+probe='import importlib.util as u, sys; m = [n for n in ("torch", "pytest", "pytest_benchmark") if u.find_spec(n) is None]; print(", ".join(m)); sys.exit(1 if m else 0)'
+if ! missing=$("$PY" -c "$probe" 2>&1); then
+  echo "ci_bench: $PY cannot run the benchmarks: missing ${missing:-?} (run bash scripts/setup.sh first, as scripts/bench.sh does, or give PYTHON=<an interpreter that has them>)" >&2
+  exit 4
+fi
 signalled=
 trap 'signalled=SIGINT' INT
 trap 'signalled=SIGTERM' TERM

@@ -10,10 +10,10 @@ if [ -n "${ATTNSUITE_TEST_PYTHON:-}" ]; then
   probe='import importlib.util as u, sys; m = [n for n in ("torch", "numpy", "pytest", "xdist", "pytest_benchmark", "hypothesis") if u.find_spec(n) is None]; print(", ".join(m)); sys.exit(1 if m else 0)'
   if ! missing=$("$PY" -c "$probe" 2>&1); then
     echo "test.sh: ATTNSUITE_TEST_PYTHON=$PY cannot run the tests: missing ${missing:-?} (unset it to let test.sh make .venv)" >&2
-    exit 2
+    exit 4
   fi
 else
-  bash scripts/setup.sh || { echo "setup failed" >&2; exit 2; }
+  bash scripts/setup.sh || { echo "test.sh: scripts/setup.sh failed (its messages are above): no test was run" >&2; exit 4; }
   PY=.venv/bin/python
 fi
 # The tests write runs, journals and reports under TMPDIR: on a disk that is nearly full, use memory.

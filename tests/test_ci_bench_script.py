@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 FAKE_PYTEST = """#!/usr/bin/env bash
 # stand-in "python -m pytest ...": on SIGINT or SIGTERM it writes its summary a little later, as pytest does
+[ "$1" = -c ] && exit 0  # ci_bench's check that the interpreter has the suite's packages
 trap 'sleep 0.5; echo "INTERRUPTED: 3 of 9 cases; --attn-resume carries on"; exit 2' INT TERM
 echo "run $*" | grep -o -- "--attn-resume" || true
 echo started
@@ -89,8 +91,27 @@ def test_an_output_folder_that_cannot_be_made_is_named_in_one_line(tmp_path):
     out = blocker / "out"
     done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
                           text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": "/bin/false"})
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 4, done.stderr  # nothing ran: 2 is an interrupted run's
     assert done.stderr == f"ci_bench: the output folder OUT={out} cannot be created or written: give OUT=<a writable folder>\n"
+
+
+def test_an_interpreter_without_the_suites_packages_is_named_before_pytest_starts(tmp_path):
+    # a checkout where setup.sh never ran had failed in pytest's start with a bare ImportError, exit 1 (a gate's)
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} -S -I \"$@\"\n")  # no site-packages: no torch
+    python.chmod(0o755)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out"),
+                                                     "PYTHON": str(python)})
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert f"ci_bench: {python} cannot run the benchmarks: missing torch, pytest, pytest_benchmark (run bash " \
+           "scripts/setup.sh first" in done.stderr and not (tmp_path / "out" / "bench.log").exists()
+
+
+def test_wrong_arguments_are_a_usage_error_not_an_interrupted_run():
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 4 and done.stderr.startswith("usage: bash scripts/ci_bench.sh"), done.stderr
 
 
 @pytest.mark.parametrize("script", ["ci_bench.sh", "bench.sh"])
@@ -130,7 +151,8 @@ def test_a_run_that_writes_nothing_leaves_no_earlier_runs_results_for_the_report
     (out / "plots" / "video-wm_fwd.png").write_bytes(b"png")
     earlier["plots"] = ""
     refused = tmp_path / "refusing-python"  # as pytest refusing a usage error before any case runs
-    refused.write_text("#!/usr/bin/env bash\necho 'ERROR: attnsuite: --attn-only: unknown variant'\nexit 4\n")
+    refused.write_text("#!/usr/bin/env bash\n[ \"$1\" = -c ] && exit 0\n"  # it has the packages
+                       "echo 'ERROR: attnsuite: --attn-only: unknown variant'\nexit 4\n")
     refused.chmod(0o755)
     args = ["--attn-resume"] if resumed else []
     done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report", *args],
