@@ -96,8 +96,9 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
     _check_outputs({"--markdown": args.markdown,
                     "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary)},
                    inputs={"OLD": args.old, "NEW": args.new, "the thresholds file": _thresholds_read(args, args.old)})
-    old = bl.load_run(args.old)
-    new = bl.load_run(args.new)
+    # either may be a baseline: one that does not parse had been called a "result file"
+    old = bl.load_run(args.old, kind="OLD (a result or baseline file)")
+    new = bl.load_run(args.new, kind="NEW (a result or baseline file)")
     for path, run in ((args.old, old), (args.new, new)):
         if not run.records:  # every case of the other file had read as a regression ("missing")
             raise bl.ResultFileError(path, "no case in it: nothing to compare")

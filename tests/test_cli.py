@@ -122,6 +122,8 @@ def test_compare_of_a_corrupt_file_exits_2_naming_the_file(tmp_path, runs, capsy
     code, _ = run_cli("compare", runs[0], bad)
     err = capsys.readouterr().err
     assert code == 2 and str(bad) in err and "not valid JSON" in err
+    # named by its place, not as a "result file": a truncated baseline given as OLD had been called one
+    assert f"NEW (a result or baseline file) {bad}: not valid JSON" in err, err
 
 
 def test_compare_uses_a_thresholds_file(runs, tmp_path):
