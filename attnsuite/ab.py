@@ -991,7 +991,8 @@ def _context(ref: str, sha: str, rounds: AbRounds, n: int, dirty: int, cases_not
              + (f" ({dirty} uncommitted path(s) included)" if dirty else "")
              + (f", the head rounds run with {shlex.join(head_args)} as well" if head_args else "")
              + f": {n} rounds per side, each a separate pytest process, in the order {order}. Per case: the median "
-             "over the rounds of each round's judged statistic; the noise band comes from the rounds' spread.",
+             "over the rounds of each round's judged statistic; the noise band widens with the rounds' spread, "
+             "never below the device's floor.",
              f"Rounds took {rounds.seconds['base']:.0f} s (base) + {rounds.seconds['head']:.0f} s (head)."]
     if cases_note:
         lines.insert(1, cases_note)

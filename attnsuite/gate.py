@@ -103,14 +103,15 @@ def unmatched_case_patterns(thresholds: ThresholdConfig, *runs: bl.Run) -> list[
 WIDE_FLOOR = 0.5  # a time floor from here up is named in the report: the gate is blind below it
 
 
-def band_note(thresholds: ThresholdConfig, device: str) -> Optional[str]:
+def band_note(thresholds: ThresholdConfig, device: str, reference: str = "its baseline") -> Optional[str]:
     """What a wide time floor means for this device's verdicts, or None: a CPU case 99.6% slower read
-    "same" with no word that the CPU gate's floor is 100% (shared CPU runners move by up to 2x)."""
+    "same" with no word that the CPU gate's floor is 100% (shared CPU runners move by up to 2x).
+    ``reference``: what a case is compared with ("its base tree's time" in an A/B)."""
     floor = thresholds.for_case(CaseRecord("", "", "fwd", ""), device).time_floor
     if floor < WIDE_FLOOR:
         return None
     return (f"time on {device} is judged with a floor of {floor:.0%} (thresholds: time_floor): a case must be more "
-            f"than {floor:.0%} slower than its baseline to read as slower, so this gate catches only large "
+            f"than {floor:.0%} slower than {reference} to read as slower, so this gate catches only large "
             f"slowdowns here (a thresholds file with a lower device.{device}.time_floor narrows it, at the price of "
             "false alarms where runners vary)")
 
@@ -156,7 +157,8 @@ def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
     if device == "cuda" and not any(r.device_ms for r in base.records.values() if r.outcome == "ok"):
         all_notes.append(f"{_label(base)} was recorded without device time (event timing only): on CUDA "
                          "its times are not gated; outcomes, missing cases and memory are")
-    wide = band_note(thresholds, device)
+    wide = band_note(thresholds, device, "its baseline" if side_names[0] == "baseline" else
+                     f"the {side_names[0]} tree's time")
     if wide:
         all_notes.append(wide)
     if scope is None:

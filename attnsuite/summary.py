@@ -394,11 +394,16 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
         base = list(baseline_lines) or ["no baseline for this machine"]
         reg_lines = []
     verdict = interrupted_verdict(verdict, interrupted)
+    # the rest of the line after a FAIL head: a "no regression ..." that had followed FAIL without a
+    # word read as the failure's own finding (a first-time user's trial)
+    def rest(line: str) -> str:
+        return f"otherwise {line.removeprefix('PASS: ')}" if line.startswith("PASS: ") else line
     if unmeasured:
-        verdict = f"FAIL: {clip(unmeasured[0], 240)}; {verdict.removeprefix('PASS: ')}"
+        # whole: its example is clipped already, and a clip of the line had cut it inside its parenthesis
+        verdict = f"FAIL: {unmeasured[0]}; {rest(verdict)}"
     if broken:
         verdict = (f"FAIL: {count(len(broken), 'installed package')} could not load {'its' if len(broken) == 1 else 'their'} "
-                   f"variants ({clip(broken[0], 160)}); {verdict.removeprefix('PASS: ')}")
+                   f"variants ({clip(broken[0], 160)}); {rest(verdict)}")
     return Summary(verdict=verdict, baseline=base, regressions=reg_lines[:MAX_REGRESSIONS],
                    more_regressions=max(0, len(reg_lines) - MAX_REGRESSIONS), outcomes=outcome_text,
                    failures=failures, skip_reasons=[(n, k) for k, n in reasons.most_common()],

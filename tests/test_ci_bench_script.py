@@ -108,6 +108,16 @@ def test_an_interpreter_without_the_suites_packages_is_named_before_pytest_start
            "scripts/setup.sh first" in done.stderr and not (tmp_path / "out" / "bench.log").exists()
 
 
+def test_an_interpreter_that_does_not_exist_is_named_as_such(tmp_path):
+    # it had read "missing scripts/ci_bench.sh: line 67: /nonexistent/python: No such file or directory"
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out"),
+                                                     "PYTHON": "/nonexistent/python"})
+    assert done.returncode == 4
+    assert done.stderr == ("ci_bench: no Python interpreter /nonexistent/python (not found, or not executable): "
+                           "give PYTHON=<an interpreter>, or run bash scripts/setup.sh\n"), done.stderr
+
+
 def test_wrong_arguments_are_a_usage_error_not_an_interrupted_run():
     done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick"], capture_output=True, text=True,
                           timeout=60)

@@ -64,6 +64,19 @@ def test_judge_runs_checks_the_machines_and_labels_the_runs():
     assert gate.judge_runs(base, other, thresholds=cfg, allow_mismatch=True).notes
 
 
+@pytest.mark.parametrize("sides, said", [
+    (("baseline", "this run"), "more than 100% slower than its baseline to read as slower"),
+    (("base", "head"), "more than 100% slower than the base tree's time to read as slower"),
+], ids=["the stored gate's note names the baseline", "an A/B's names the base tree"])
+def test_the_cpu_floors_note_names_what_a_case_is_compared_with(sides, said):
+    # an A/B's note had said "slower than its baseline" of the base tree (a first-time user's trial)
+    cpu = dict(timer="cpu", device_ms=None, device_min_ms=None, device_iqr_ms=None)
+    base = bl.Run(by_key([rec("a", **cpu)]), FP_CPU)
+    cur = bl.Run(by_key([rec("a", **cpu)]), FP_CPU)
+    notes = gate.judge_runs(base, cur, thresholds=gate.thresholds_for(None, None)[0], side_names=sides).notes
+    assert any(said in n for n in notes), notes
+
+
 @pytest.mark.parametrize("base_device_ms, noted", [
     pytest.param(None, True, id="an event-only CUDA baseline is named as such: its times are not gated"),
     pytest.param(1.0, False, id="a baseline with device time gets no such note"),

@@ -450,3 +450,15 @@ def test_an_injection_into_a_variant_that_did_not_run_is_said():
     assert both.simulated.endswith("; --attn-inject-slowdown explicit: no case of it ran in this selection, so "
                                    "nothing of it was slowed")
     assert summary.build(records, None, injected=[]).simulated == ""
+
+
+def test_a_variant_named_but_not_measured_leads_a_whole_fail_line_and_the_gates_pass_reads_as_otherwise():
+    # "FAIL: --attn-only sdpa-cudnn: ... (e.g. sdpa-cudnn runs on ['cuda'], not cpu; ...; no regression among
+    # 2 cases judged": the line had been clipped inside its parenthesis, and the gate's "no regression"
+    # followed FAIL as if it were the failure's own finding (a first-time user's trial)
+    cur = _records(cpu("sdpa", 1.0), cpu("sdpa-cudnn", 1.0, outcome="skipped", detail="x" * 150 + " does not support"))
+    cmp = compare(_records(cpu("sdpa", 1.0)), cur, device="cpu")
+    line = summary.unmeasured_named(list(cur.values()), ["sdpa-cudnn"])["sdpa-cudnn"]
+    verdict = summary.build(cur, cmp, unmeasured=[line]).verdict
+    assert verdict.startswith(f"FAIL: {line}; otherwise no regression among "), verdict
+    assert line.count("(") == line.count(")") and len(line) > 240  # whole, not clipped

@@ -122,6 +122,14 @@ def test_a_given_interpreter_is_used_without_the_set_up(tmp_path):
     assert done.returncode == 0 and "OTHER ARGS=" in _pytest_line(done), done.stdout + done.stderr
 
 
+def test_a_given_interpreter_that_does_not_exist_is_named_as_such(tmp_path):
+    # it had read "missing scripts/test.sh: line 11: /nonexistent/python: No such file or directory"
+    done = _run(tmp_path, 2, ATTNSUITE_TEST_PYTHON="/nonexistent/python")
+    assert done.returncode == 4 and not _pytest_lines(done), done.stdout + done.stderr
+    assert "ATTNSUITE_TEST_PYTHON=/nonexistent/python: no such interpreter (not found, or not executable" \
+        in done.stderr and "line 1" not in done.stderr, done.stderr
+
+
 def test_a_given_interpreter_without_the_test_tools_is_refused_naming_what_it_lacks(tmp_path):
     other = tmp_path / "other-python"
     other.write_text(FAKE_PYTHON)

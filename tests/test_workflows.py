@@ -510,3 +510,14 @@ def test_a_newer_run_cancels_an_older_one_only_on_a_pull_request(name, event, ca
     expr = value.strip().removeprefix("${{").removesuffix("}}").strip() if isinstance(value, str) else None
     assert expr is not None, f"{name}: cancel-in-progress is {value!r}, expected an expression"
     assert evaluate(expr, {"github.event_name": event}) is cancels
+
+
+def test_every_python_the_gpu_workflow_runs_is_the_runners_python():
+    # the A/B and PR-comment steps had run a bare python3: on a runner whose torch lives in a venv
+    # (PYTHON=/opt/venv/bin/python) A/B failed with "No module named 'numpy'" (a first-time user's trial)
+    wf = load("gpu.yml")
+    runs = [s["run"] for s in steps(wf) if "run" in s]
+    bare = [r for r in runs if re.search(r"(^|[\s;&|(])python3?\s", r)]
+    assert bare == [], bare
+    assert any('"$PYTHON" -m attnsuite.ab' in r for r in runs) and any('"$PYTHON" scripts/pr_comment.py' in r for r in runs)
+    assert all(job.get("env", {}).get("PYTHON") for name, job in wf["jobs"].items() if name != "fork-pr-gpu-gate")
