@@ -351,14 +351,14 @@ def cmd_check(args: argparse.Namespace, out) -> int:
                 load_thresholds(p)
                 print(f"ok {p}: thresholds", file=out)
             except ThresholdsError as exc:
-                print(f"error: {exc}", file=sys.stderr)
+                print(f"attnsuite check: error: {exc}", file=sys.stderr)
                 bad += 1
             continue
         try:
             b = bl.load_baseline(p)
             fid = bl.fingerprint_id(b.fingerprint)
             if not b.cases:  # valid JSON, but a gate against it would call every case new and judge nothing
-                print(f"error: baseline {p}: no case in it: a gate against it judges nothing", file=sys.stderr)
+                print(f"attnsuite check: error: baseline {p}: no case in it: a gate against it judges nothing", file=sys.stderr)
                 bad += 1
                 continue
             print(f"ok {p}: {count(len(b.cases), 'case')}, fingerprint {fid}", file=out)
@@ -368,7 +368,7 @@ def cmd_check(args: argparse.Namespace, out) -> int:
                       f"{bl.baseline_path_for(b.fingerprint, '.').name}; under this name only --attn-baseline "
                       "finds it", file=out)
         except bl.BaselineError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"attnsuite check: error: {exc}", file=sys.stderr)
             bad += 1
     return EXIT_INPUT if bad else EXIT_OK
 

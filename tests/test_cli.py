@@ -168,7 +168,8 @@ def test_check_validates_baselines(tmp_path, capsys):
     bad.write_text("")
     assert run_cli("check", good)[0] == 0
     assert run_cli("check", good, bad)[0] == 2
-    assert f"baseline {bad}: file is empty" in capsys.readouterr().err
+    # prefixed as every other subcommand's errors are (it had read "error: baseline ...")
+    assert f"attnsuite check: error: baseline {bad}: file is empty" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("edit, words", [
