@@ -74,7 +74,9 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$final"
 pack() {
   # written aside and renamed: a kill during tar leaves the previous archive whole
-  nvidia-smi --query-gpu=index,name,clocks.sm,clocks.max.sm --format=csv > "$work/gpus.txt" 2>&1
+  # the power limits too: a machine that holds its clock under the power cap reads slower (s29, AN)
+  nvidia-smi --query-gpu=index,name,clocks.sm,clocks.max.sm,power.limit,power.default_limit,power.max_limit \
+    --format=csv > "$work/gpus.txt" 2>&1
   tar -chzf "$final/.$call.tgz.part" -C "$work" . 2> /dev/null && mv -f "$final/.$call.tgz.part" "$final/$call.tgz"
 }
 # Its output goes nowhere: a sleeping packer that held the caller's stdout had kept the caller (the
