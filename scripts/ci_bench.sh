@@ -60,16 +60,11 @@ for arg in "$@"; do [ "$arg" = --attn-resume ] && append=-a; done
 rm -f "$out/report.html" "$out/results.md"
 rm -rf "$out/plots"  # ci_report.sh's: a plot of a workload this run does not select had stayed beside the new ones
 # An interpreter without the suite's packages (a checkout where scripts/setup.sh never ran: the CPU
-# workflow's benchmark step relies on the test step's set-up) had failed inside pytest's start with
-# a bare ImportError and exit status 1, as if the gate had failed. Checked after the removal above:
-# a run stopped here has no outputs either.
-probe='import importlib.util as u, sys; m = [n for n in ("torch", "pytest", "pytest_benchmark") if u.find_spec(n) is None]; print(", ".join(m)); sys.exit(1 if m else 0)'
-if ! command -v "$PY" > /dev/null 2>&1; then
-  echo "ci_bench: no Python interpreter $PY (not found, or not executable): give PYTHON=<an interpreter>, or run bash scripts/setup.sh" >&2
-  exit 4
-fi
-if ! missing=$("$PY" -c "$probe" 2>&1); then
-  echo "ci_bench: $PY cannot run the benchmarks: missing ${missing:-?} (run bash scripts/setup.sh first, as scripts/bench.sh does, or give PYTHON=<an interpreter that has them>)" >&2
+# workflow's benchmark step relies on the test step's set-up) is named before pytest starts. Checked
+# after the removal above: a run stopped here has no outputs either.
+. "$ROOT/scripts/python_check.sh"
+if why=$(python_unfit "$PY" torch pytest pytest_benchmark); then
+  echo "ci_bench: $PY cannot run the benchmarks: $why (run bash scripts/setup.sh first, as scripts/bench.sh does, or give PYTHON=<an interpreter that has them>)" >&2
   exit 4
 fi
 signalled=

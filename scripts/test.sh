@@ -6,14 +6,9 @@ cd "$(dirname "$0")/.."
 # them and no package index); the set-up is then skipped. Else the project's .venv, made here.
 if [ -n "${ATTNSUITE_TEST_PYTHON:-}" ]; then
   PY=$ATTNSUITE_TEST_PYTHON
-  # one without them had failed inside pytest's start-up with a bare ModuleNotFoundError
-  probe='import importlib.util as u, sys; m = [n for n in ("torch", "numpy", "pytest", "xdist", "pytest_benchmark", "hypothesis") if u.find_spec(n) is None]; print(", ".join(m)); sys.exit(1 if m else 0)'
-  if ! command -v "$PY" > /dev/null 2>&1; then
-    echo "test.sh: ATTNSUITE_TEST_PYTHON=$PY: no such interpreter (not found, or not executable; unset it to let test.sh make .venv)" >&2
-    exit 4
-  fi
-  if ! missing=$("$PY" -c "$probe" 2>&1); then
-    echo "test.sh: ATTNSUITE_TEST_PYTHON=$PY cannot run the tests: missing ${missing:-?} (unset it to let test.sh make .venv)" >&2
+  . scripts/python_check.sh
+  if why=$(python_unfit "$PY" torch numpy pytest xdist pytest_benchmark hypothesis); then
+    echo "test.sh: ATTNSUITE_TEST_PYTHON=$PY cannot run the tests: $why (unset it to let test.sh make .venv)" >&2
     exit 4
   fi
 else

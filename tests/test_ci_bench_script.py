@@ -114,8 +114,18 @@ def test_an_interpreter_that_does_not_exist_is_named_as_such(tmp_path):
                           text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out"),
                                                      "PYTHON": "/nonexistent/python"})
     assert done.returncode == 4
-    assert done.stderr == ("ci_bench: no Python interpreter /nonexistent/python (not found, or not executable): "
-                           "give PYTHON=<an interpreter>, or run bash scripts/setup.sh\n"), done.stderr
+    assert done.stderr.startswith("ci_bench: /nonexistent/python cannot run the benchmarks: not found, or not "
+                                  "executable (run bash scripts/setup.sh first"), done.stderr
+
+
+def test_a_program_that_is_no_python_is_named_as_such(tmp_path):
+    # it had read "missing ?": the probe printed nothing to list
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out"),
+                                                     "PYTHON": "/bin/false"})
+    assert done.returncode == 4
+    assert "ci_bench: /bin/false cannot run the benchmarks: it ran no Python probe (exit status 1, no output: not " \
+           "a Python interpreter?)" in done.stderr, done.stderr
 
 
 def test_wrong_arguments_are_a_usage_error_not_an_interrupted_run():

@@ -33,6 +33,7 @@ def _run(tmp_path: Path, cores: int, **env: str) -> subprocess.CompletedProcess:
     (tree / ".venv" / "bin").mkdir(parents=True)
     shutil.copy(ROOT / "scripts" / "test.sh", tree / "scripts" / "test.sh")
     shutil.copy(ROOT / "scripts" / "space.sh", tree / "scripts" / "space.sh")
+    shutil.copy(ROOT / "scripts" / "python_check.sh", tree / "scripts" / "python_check.sh")
     (tree / "scripts" / "setup.sh").write_text('[ -n "${FAKE_SETUP_FAILS:-}" ] && exit 1\nexit 0\n')
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -126,7 +127,7 @@ def test_a_given_interpreter_that_does_not_exist_is_named_as_such(tmp_path):
     # it had read "missing scripts/test.sh: line 11: /nonexistent/python: No such file or directory"
     done = _run(tmp_path, 2, ATTNSUITE_TEST_PYTHON="/nonexistent/python")
     assert done.returncode == 4 and not _pytest_lines(done), done.stdout + done.stderr
-    assert "ATTNSUITE_TEST_PYTHON=/nonexistent/python: no such interpreter (not found, or not executable" \
+    assert "ATTNSUITE_TEST_PYTHON=/nonexistent/python cannot run the tests: not found, or not executable (unset" \
         in done.stderr and "line 1" not in done.stderr, done.stderr
 
 
