@@ -358,7 +358,8 @@ def cmd_check(args: argparse.Namespace, out) -> int:
             b = bl.load_baseline(p)
             fid = bl.fingerprint_id(b.fingerprint)
             if not b.cases:  # valid JSON, but a gate against it would call every case new and judge nothing
-                print(f"attnsuite check: error: baseline {p}: no case in it: a gate against it judges nothing", file=sys.stderr)
+                print(f"attnsuite check: error: baseline {p}: no case in it: a gate against it judges nothing",
+                      file=sys.stderr)
                 bad += 1
                 continue
             print(f"ok {p}: {count(len(b.cases), 'case')}, fingerprint {fid}", file=out)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from . import baseline as bl
 from .record import CaseRecord
-from .verdict import Comparison, Scope, ThresholdConfig, ThresholdsError, compare, load_thresholds
+from .verdict import Comparison, Scope, ThresholdConfig, ThresholdsError, compare, load_thresholds, reference_name
 
 PathLike = Union[str, "os.PathLike[str]"]
 # The repository's own baselines folder (absent when attnsuite is installed as a package).
@@ -103,10 +103,10 @@ def unmatched_case_patterns(thresholds: ThresholdConfig, *runs: bl.Run) -> list[
 WIDE_FLOOR = 0.5  # a time floor from here up is named in the report: the gate is blind below it
 
 
-def band_note(thresholds: ThresholdConfig, device: str, reference: str = "its baseline") -> Optional[str]:
+def band_note(thresholds: ThresholdConfig, device: str, reference: str = "the baseline") -> Optional[str]:
     """What a wide time floor means for this device's verdicts, or None: a CPU case 99.6% slower read
     "same" with no word that the CPU gate's floor is 100% (shared CPU runners move by up to 2x).
-    ``reference``: what a case is compared with ("its base tree's time" in an A/B)."""
+    ``reference``: what a case is compared with (:func:`~attnsuite.verdict.reference_name`)."""
     floor = thresholds.for_case(CaseRecord("", "", "fwd", ""), device).time_floor
     if floor < WIDE_FLOOR:
         return None
@@ -157,8 +157,7 @@ def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
     if device == "cuda" and not any(r.device_ms for r in base.records.values() if r.outcome == "ok"):
         all_notes.append(f"{_label(base)} was recorded without device time (event timing only): on CUDA "
                          "its times are not gated; outcomes, missing cases and memory are")
-    wide = band_note(thresholds, device, "its baseline" if side_names[0] == "baseline" else
-                     f"the {side_names[0]} tree's time")
+    wide = band_note(thresholds, device, reference_name(side_names[0]))
     if wide:
         all_notes.append(wide)
     if scope is None:

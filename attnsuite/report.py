@@ -146,7 +146,7 @@ def improvement_advice(cmp: Comparison) -> str:
     if cmp.recorded:
         return f"this run was recorded into {cmp.recorded}, which now holds their new figures"
     if cmp.side_names[0] != "baseline":  # an A/B: two trees, no stored figures to refresh
-        return "the head tree improves on the base tree here (an A/B stores no figures to refresh)"
+        return f"the head tree improves on {cmp.reference} here (an A/B stores no figures to refresh)"
     if not cmp.regressions:
         return "refresh the baseline (--attn-record-baseline, or attnsuite record) to keep the new figures"
     return ("to keep their new figures record these cases alone (attnsuite record <this run's JSON> --case KEY, "

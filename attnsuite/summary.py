@@ -235,9 +235,8 @@ def comparison_verdict(cmp: Comparison, gate_mode: str, failed_cases: Optional[M
     """:func:`verdict_line` for a comparison: its new cases counted apart from the judged ones, and the
     largest slowdown that its wide band kept from being flagged (:func:`largest_same_slowdown`)."""
     n_new = len(cmp.new)
-    against = "the base tree" if cmp.side_names[0] == "base" else "the baseline"
     line = verdict_line(len(cmp.regressions), len(cmp.verdicts) - n_new, cmp.n_skipped_in_both, gate_mode,
-                        failed_cases, n_new, sum(1 for v in cmp.verdicts if v.verdict == "missing"), against)
+                        failed_cases, n_new, sum(1 for v in cmp.verdicts if v.verdict == "missing"), cmp.reference)
     large = largest_same_slowdown(cmp)
     return f"{line}; {large}" if large and not line.startswith("NOT COMPARED") else line
 

@@ -865,6 +865,11 @@ class Comparison:
     current_label: str = "this run"
     # the two sides' names in table headers: ("base", "head") for attnsuite ab, whose sides are two trees
     side_names: tuple[str, str] = ("baseline", "this run")
+
+    @property
+    def reference(self) -> str:
+        """What this comparison judges against, in words (:func:`reference_name`)."""
+        return reference_name(self.side_names[0])
     # shown at the head of every report: which baseline and what it can promise, calibration
     header: list[str] = field(default_factory=list)
     fallback: bool = False  # the baseline is a compatible machine's, not this exact fingerprint's
@@ -965,6 +970,12 @@ class Comparison:
             "calibration": {"baseline": self.base_calibration, "current": self.cur_calibration},
             "cases": [v.to_json() for v in self.verdicts],
         }
+
+
+def reference_name(side: str) -> str:
+    """How reports name the side a comparison judges against: "the baseline" (a stored baseline), or
+    for an A/B's side "base" "the base tree" (the words of every clause that names it)."""
+    return "the baseline" if side == "baseline" else f"the {side} tree"
 
 
 def compare(base: Mapping[str, CaseRecord], cur: Mapping[str, CaseRecord], *,

@@ -65,8 +65,8 @@ def test_judge_runs_checks_the_machines_and_labels_the_runs():
 
 
 @pytest.mark.parametrize("sides, said", [
-    (("baseline", "this run"), "more than 100% slower than its baseline to read as slower"),
-    (("base", "head"), "more than 100% slower than the base tree's time to read as slower"),
+    (("baseline", "this run"), "more than 100% slower than the baseline to read as slower"),
+    (("base", "head"), "more than 100% slower than the base tree to read as slower"),
 ], ids=["the stored gate's note names the baseline", "an A/B's names the base tree"])
 def test_the_cpu_floors_note_names_what_a_case_is_compared_with(sides, said):
     # an A/B's note had said "slower than its baseline" of the base tree (a first-time user's trial)
