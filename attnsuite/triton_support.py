@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import math
 import os
+import re
 import sys
 import warnings
 from functools import lru_cache
@@ -404,11 +405,19 @@ INTERPRETER_TIMING = ("Triton variants are benchmarked on CUDA only: on CPU tens
                       "correctness checks do run on CPU)")
 
 
+def is_triton_backend(backend: str) -> bool:
+    """Whether a variant's declared ``backend`` names Triton: "triton", or "triton" qualified as the
+    suite's backends are ("triton:split-kv", "triton+kvcache"). Only an exact "triton" had counted,
+    so ``triton-decode`` ("triton:split-kv") and an outside kernel declared like it were timed in
+    the interpreter under TRITON_INTERPRET=1."""
+    return re.split(r"[:+]", backend, maxsplit=1)[0].strip().lower() == "triton"
+
+
 def benchmark_reason(backend: str, device: str) -> Optional[str]:
-    """Why a variant is not timed: a Triton one (``backend`` "triton") on CPU, which only the
+    """Why a variant is not timed: a Triton one (:func:`is_triton_backend`) on CPU, which only the
     interpreter runs. With TRITON_INTERPRET=1 exported such a case had been timed and its figure
     recorded as the kernel's; without it, the skip had told a benchmark run to set it. None otherwise."""
-    if backend == "triton" and device.split(":")[0] == "cpu":
+    if is_triton_backend(backend) and device.split(":")[0] == "cpu":
         return INTERPRETER_TIMING
     return None
 

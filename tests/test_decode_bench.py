@@ -106,23 +106,35 @@ def test_every_layer_family_with_decoding_variants_has_decode_cases_in_both_tier
         assert decoding <= covered, f"{tier}: no decode case for {sorted(decoding - covered)}"
 
 
-@pytest.mark.parametrize("variant, family, mode", [("triton-mla-absorbed", "mla-layer", "decode"),
-                                                   ("triton-flash", None, "fwd")])
-def test_a_triton_variant_on_cpu_is_not_timed_under_the_interpreter(variant, family, mode, monkeypatch):
+@pytest.mark.parametrize("variant, family, mode, workload", [("triton-mla-absorbed", "mla-layer", "decode", None),
+                                                             ("triton-flash", None, "fwd", "gpt2-mha"),
+                                                             ("triton-decode", None, "fwd", "decode")])
+def test_a_triton_variant_on_cpu_is_not_timed_under_the_interpreter(variant, family, mode, workload, monkeypatch):
     # with TRITON_INTERPRET=1 exported (as for the CPU checks) its NumPy emulation had been timed and
-    # recorded as the kernel's figure
+    # recorded as the kernel's figure; triton-decode declares "triton:split-kv", which the rule had missed
     from attnsuite import triton_support
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     if mode == "decode":
         rec, result = _run(variant, family, step=1)
     else:
-        entry = next(e for e in workloads.WORKLOADS["gpt2-mha"].quick if e.family == "attention")
-        bc = runner.BenchCase("gpt2-mha", entry, entry.problem, variant, mode)
+        entry = next(e for e in workloads.WORKLOADS[workload].quick if e.family == "attention")
+        bc = runner.BenchCase(workload, entry, entry.problem, variant, mode)
         settings = runner.Settings("quick", "cpu", None, (), (mode,), None, {}, runner.timing.QUICK_CPU, None)
         rec, result = runner.run_case(bc, settings)
     assert rec.outcome == "skipped" and result is None, (rec.outcome, rec.detail)
     assert rec.detail == triton_support.INTERPRETER_TIMING
+
+
+@pytest.mark.parametrize("backend, triton", [("triton", True), ("triton:split-kv", True), ("triton+kvcache", True),
+                                             ("Triton", True), ("tritonx", False), ("sdpa:triton", False),
+                                             ("sageattention", False), ("eager-matmul", False)])
+def test_a_backend_is_triton_when_its_name_before_any_qualifier_is_triton(backend, triton):
+    from attnsuite import triton_support
+
+    assert triton_support.is_triton_backend(backend) is triton
+    assert (triton_support.benchmark_reason(backend, "cpu") is not None) is triton
+    assert triton_support.benchmark_reason(backend, "cuda:0") is None
 
 
 def test_without_the_interpreter_the_benchmark_skip_does_not_tell_to_set_it(monkeypatch):
