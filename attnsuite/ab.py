@@ -1199,21 +1199,15 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out, *, context: Sequence[s
     # the verdict in words, bold, first, as gate.md has it (the heading alone had carried it)
     verdict = summary.comparison_verdict(cmp, cmp.gate_mode, summary.failed_counts(
         {v.key: v.cur for v in cmp.verdicts if v.cur is not None}))
-    if cmp.verdicts:
-        print(report.terminal_table(cmp), file=out)
-    else:  # nothing measured: the table's "pass (no cases)" had stood beside a markdown saying NOT COMPARED
-        for note in cmp.notes:
-            print(f"attnsuite ab: {note}", file=out)
-        print(verdict, file=out)
-    for line in report.gate_lines(cmp):
-        print(f"{report.gate_label(cmp)} {line}", file=out)
-    head = [f"**{report.md_escape(verdict)}**", ""]
     # a head side run with --head-arg=--attn-inject-slowdown says so in bold, as a slowed run's gate.md
     # does (the markdown had held only the quoted note that the head rounds ran with it)
     slowed = summary.simulated_line({v.key: v.cur for v in cmp.verdicts if v.cur is not None})
+    # the same lines as `attnsuite compare` (with nothing measured, the table's "pass (no cases)" had
+    # stood beside a markdown saying NOT COMPARED: no table then)
+    print("\n".join(report.terminal_report(cmp, verdict, note_prefix="attnsuite ab: ", simulated=slowed)), file=out)
+    head = [f"**{report.md_escape(verdict)}**", ""]
     if slowed:
         head += [f"**{report.md_escape(slowed)}**", ""]
-        print(slowed, file=out)
     text = report.markdown_diff(cmp, title="attnsuite A/B (same machine)", context=context, head=head)
     if args.markdown:
         report.write_markdown(text, args.markdown)

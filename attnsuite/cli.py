@@ -59,16 +59,8 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out, last: summary.Summary)
     elif args.format == "markdown":
         print(report.markdown_diff(cmp, head=head), file=out)
     else:
-        for note in cmp.notes:
-            print(f"note: {note}", file=out)
-        print(report.terminal_table(cmp, show_same=args.all), file=out)
-        for line in report.gate_lines(cmp):
-            print(f"{report.gate_label(cmp)} {line}", file=out)
-        for line in report.reported_lines(cmp):
-            print(f"NOT GATING {line}", file=out)
-        print(last.verdict, file=out)
-        if last.simulated:  # every format says it (the markdown had, the table had not)
-            print(last.simulated, file=out)
+        print("\n".join(report.terminal_report(cmp, last.verdict, show_same=args.all, simulated=last.simulated)),
+              file=out)
     if args.markdown or args.step_summary:  # --step-summary alone had been ignored without a word
         text = report.markdown_diff(cmp, head=head)
         if args.markdown:

@@ -164,6 +164,23 @@ def reported_lines(cmp: Comparison) -> list[str]:
     return [f"{v.label}: {v.key}: {v.message}" for v in cmp.reported]
 
 
+def terminal_report(cmp: Comparison, verdict: str, *, show_same: bool = False, note_prefix: str = "note: ",
+                    simulated: Optional[str] = None) -> list[str]:
+    """What a command prints for a comparison (``attnsuite compare`` and ``attnsuite ab`` alike): its
+    notes, the table, a line per gating and per reported finding, then the verdict line. ``ab`` had
+    printed the table alone: a CPU case +88% slower read "2 unchanged cases not shown, pass", with
+    neither the CPU floor's note nor the verdict line's "largest slowdown read as same"."""
+    lines = [f"{note_prefix}{note}" for note in cmp.notes]
+    if cmp.verdicts:
+        lines.append(terminal_table(cmp, show_same=show_same))
+    lines += [f"{gate_label(cmp)} {line}" for line in gate_lines(cmp)]
+    lines += [f"NOT GATING {line}" for line in reported_lines(cmp)]
+    lines.append(verdict)
+    if simulated:  # every format says it (the markdown had, the table had not)
+        lines.append(simulated)
+    return lines
+
+
 TABLE_HEADER = ("verdict", "case", "judged", "baseline", "this run", "change", "band", "median", "peak memory")
 
 

@@ -396,6 +396,19 @@ def test_the_base_trees_thresholds_judge_not_the_working_trees(repo):
     assert status == ab.EXIT_OK  # named explicitly, the loose file applies
 
 
+@pytest.mark.parametrize("fraction, large", [(0.40, True), (0.20, False)])
+def test_a_large_slowdown_inside_a_wide_band_is_said_on_the_terminal_with_the_floors_note(repo, fraction, large):
+    # on CPU (floor 100%) a case +88% slower had printed "(2 unchanged cases not shown)" and "pass (2 same)"
+    # alone: the verdict line's clause and the floor's note reached the JSON and the markdown only
+    (repo / "baselines" / "thresholds.json").write_text(json.dumps(LOOSE))
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "a wide floor")
+    status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo)], FakeRunner(head_slower(fraction)))
+    assert status == ab.EXIT_OK, out
+    assert "attnsuite ab: time on cuda is judged with a floor of 50% (thresholds: time_floor)" in out, out
+    assert "PASS: no regression among 2 cases judged against the base tree" in out, out
+    assert (f"largest slowdown read as same: {KEY_A} +" in out) is large, out
+
+
 @pytest.mark.parametrize("committed, working, status", [
     (LOOSE, LOOSE, ab.EXIT_OK),    # the rounds' folder is followed, not baselines/ (strict)
     (STRICT, LOOSE, ab.EXIT_GATE),  # and read from the base tree: the change's loosening is not its bar
