@@ -1068,11 +1068,20 @@ def workers_line(started: int, start_s: float, from_standby: int, gpu_ids: Seque
             + (f" on GPUs {', '.join(gpu_ids)}" if gpu_ids else ""))
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+def nothing_selected_line(config: pytest.Config) -> Optional[str]:
+    """Why this session selected no benchmark case, as one sentence (the terminal, gate.md and the gate
+    JSON say the same), or None when it selected some."""
     why = config.stash.get(_NOTHING_SELECTED, None)
-    if why:
-        terminalreporter.write_line(f"attnsuite: no benchmark case selected: {why}; nothing was measured or "
-                                    f"judged (exit status {int(pytest.ExitCode.NO_TESTS_COLLECTED)})", red=True)
+    if not why:
+        return None
+    return (f"no benchmark case selected: {why}; nothing was measured or judged "
+            f"(exit status {int(pytest.ExitCode.NO_TESTS_COLLECTED)})")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    nothing = nothing_selected_line(config)
+    if nothing:
+        terminalreporter.write_line(f"attnsuite: {nothing}", red=True)
     runner = config.stash.get(_RUNNER, None)
     if runner is None or not runner.landed:
         return

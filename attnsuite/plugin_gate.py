@@ -730,8 +730,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if run is None or not run.records:
         if recording or config.getoption("--attn-baseline"):
             state.lines.append("no attnsuite benchmark records in this run: nothing to compare or record")
-        _write_gate_json(config, state, {"compared": False, "failed": False, "reason": "no benchmark records",
-                                         "cases": []})
+        nothing = plugin_bench.nothing_selected_line(config)
+        if nothing:
+            # gate.md too: a CI step posting it as the PR comment had found no file, where the
+            # terminal said why (a -k or --attn-* selection that matched nothing)
+            _write_markdown(config, state, report.nothing_selected_markdown(nothing))
+        _write_gate_json(config, state, {"compared": False, "failed": False,
+                                         "reason": nothing or "no benchmark records", "cases": []})
         return
     path, lookup = _locate(config, run)
     if path is None and recording and bl.fingerprint_id(run.fingerprint):

@@ -263,6 +263,13 @@ def _skip_reasons_text(cmp: Comparison, shown: int = 3) -> str:
     return f"reasons: {text}" + (f"; {rest} more (see the JSON)" if rest else "")
 
 
+def nothing_selected_markdown(line: str, title: str = "attnsuite regression gate") -> str:
+    """gate.md of a session whose selection held no benchmark case (pytest's exit status 5): no
+    comparison, so no table, only why."""
+    return "\n".join([MARKER, f"### {md_escape(title)}: ⚪ **NOTHING SELECTED**", "",
+                      f"**{md_escape(line[:1].upper() + line[1:])}**", ""])
+
+
 def markdown_diff(cmp: Comparison, *, title: str = "attnsuite regression gate", context: Sequence[str] = (),
                   head: Sequence[str] = (), outside: str = "") -> str:
     """The PR-review markdown: verdict line, ``head`` (the run's summary, :mod:`attnsuite.summary`),

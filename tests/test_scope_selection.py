@@ -186,10 +186,16 @@ def test_a_selection_of_no_case_exits_5_and_says_why(bench, pytester, args, why)
     (pytester.path / "mine.json").write_text(json.dumps({"version": 1, "workloads": [{"name": "mine", "description": "ours", "entries": [
         {"tier": "full", "family": "attention", "modes": ["fwd"], "problem": {"lq": 48, "hq": 2, "dqk": 16}}]}]}))
     res = pytester.runpytest("bench", "--benchmark-only", "-p", "no:cacheprovider", "--attn-isolation=none",
-                             "--attn-device=cpu", *args)
+                             "--attn-device=cpu", "--attn-markdown=gate.md", "--attn-gate-json=gate.json", *args)
     assert res.ret == pytest.ExitCode.NO_TESTS_COLLECTED, res.stdout.str()[-3000:]
     res.stdout.fnmatch_lines([f"attnsuite: no benchmark case selected: {why}*; nothing was measured or judged "
                               "(exit status 5)"])
+    # gate.md and the gate JSON say it too: a CI step posting gate.md as the PR comment had found no file
+    md = (pytester.path / "gate.md").read_text()
+    assert md.startswith("<!-- attnsuite-gate -->\n### attnsuite regression gate: ⚪ **NOTHING SELECTED**"), md
+    assert "No benchmark case selected: " in md and "nothing was measured or judged (exit status 5)" in md, md
+    verdicts = json.loads((pytester.path / "gate.json").read_text())
+    assert verdicts["compared"] is False and verdicts["reason"].startswith("no benchmark case selected: "), verdicts
 
 
 @pytest.mark.parametrize("keyword, missing", [
