@@ -257,6 +257,9 @@ def heading_status(cmp: Comparison, failed_cases: Mapping[str, int], outside: st
         status = f"❌ **FAIL**: {sum(failed.values())} case(s) failed, no regression"
     else:
         status = _HEADINGS[comparison_verdict(cmp, cmp.gate_mode, failed).split(":", 1)[0]]
+        if status == _HEADINGS["PASS"] and cmp.gate_mode == "report":
+            # a reviewer could not tell this pass from an enforcing gate's: here nothing could have failed
+            status += " (gate in report mode: a regression would not have failed the run)"
     # an interrupted run judged only what it ran: a green heading over it had read as a pass in PR comments
     return f"⏹️ **INTERRUPTED** (only the cases that ran were judged: {status})" if cmp.interrupted else status
 

@@ -45,10 +45,16 @@ def test_markdown_table_cells_escape_pipes_so_the_table_does_not_break():
     assert "bad \\| value &lt;x&gt;" in md
 
 
-def test_a_passing_diff_says_pass_and_has_no_regression_section():
+@pytest.mark.parametrize("mode, heading", [
+    ("enforce", "### attnsuite regression gate: ✅ pass\n"),
+    ("report", "### attnsuite regression gate: ✅ pass (gate in report mode: a regression would not have failed "
+               "the run)\n")])
+def test_a_passing_diff_says_pass_names_a_report_mode_gate_and_has_no_regression_section(mode, heading):
+    # a report-mode pass (bench.sh on CPU) had read as an enforcing gate's: "report" was nowhere in gate.md
     cmp = compare(by_key([rec("a")]), by_key([rec("a")]))
+    cmp.gate_mode = mode
     md = report.markdown_diff(cmp)
-    assert "✅ pass" in md and "Regressions" not in md
+    assert heading in md and "Regressions" not in md, md
 
 
 def test_a_terminal_table_of_unchanged_cases_only_has_no_column_heads_over_no_rows():
