@@ -134,7 +134,7 @@ def test_cpu_workflow_runs_the_readme_tests_then_the_quick_tier_report_only():
 def test_gpu_workflow_uploads_results_and_plots_even_when_the_gate_fails():
     upload = next(s for s in steps(load("gpu.yml")) if s.get("uses", "").startswith("actions/upload-artifact"))
     assert upload["if"] == "always()"
-    assert "results/bench.json" in upload["with"]["path"] and "results/plots/" in upload["with"]["path"]
+    assert "results/bench.json" in upload_paths() and "results/plots/" in upload_paths()
     later = [s for s in steps(load("gpu.yml")) if "ci_report" in s.get("run", "") or "pr_comment" in s.get("run", "")]
     assert all("failure()" in s["if"] for s in later), "reports must run after a failed gate"
 
@@ -217,6 +217,14 @@ def gpu_job() -> dict:
     return load("gpu.yml")["jobs"][GPU_JOB]
 
 
+def upload_paths() -> list[str]:
+    """The GPU job's artifact paths, ``${{ env.OUT }}`` read as the job's OUT (the folder every step writes)."""
+    upload = next(s for s in gpu_job()["steps"] if s.get("uses", "").startswith("actions/upload-artifact"))
+    out = gpu_job()["env"]["OUT"]
+    return [re.sub(r"\$\{\{\s*env\.OUT\s*\}\}", out, p.strip()) for p in upload["with"]["path"].splitlines()
+            if p.strip()]
+
+
 def job_env(ctx_name: str) -> dict:
     """The GPU job's env in a context, its expressions evaluated."""
     ctx = CONTEXTS[ctx_name]
@@ -295,7 +303,9 @@ def test_a_pull_request_runs_the_tier_once_report_only_then_ab_of_the_flagged_ca
     assert len(bench) == 1, "the whole tier must run exactly once on a PR"
     assert bench[0].startswith("bash scripts/ci_bench.sh full report ")
     assert "--attn-require-baseline" in bench[0].split()
-    gate_json = re.search(r"--attn-gate-json (\S+)", bench[0]).group(1)
+    # ci_bench.sh writes the gate's verdicts to $OUT/gate.json (scripts/ci_bench.sh), which A/B reads
+    assert '--attn-gate-json "$out/gate.json"' in (ROOT / "scripts" / "ci_bench.sh").read_text()
+    gate_json = '"$OUT/gate.json"'
     (ab_line,) = [l for l in lines if "attnsuite.ab" in l or "attnsuite ab" in l]
     assert lines.index(bench[0]) < lines.index(ab_line)
     assert f"--cases-from {gate_json}" in ab_line and '--base "$BASE_SHA"' in ab_line
@@ -330,7 +340,7 @@ def test_the_pr_comment_shows_the_ab_verdict_first_even_after_a_failure(status):
     (comment,) = [l for l in lines if "pr_comment.py" in l]
     ab_line = next(l for l in lines if "attnsuite.ab" in l)
     ab_md = re.search(r"--markdown (\S+)", ab_line).group(1)
-    assert comment.split()[2:4] == [ab_md, "results/gate.md"]
+    assert comment.split()[2:4] == [ab_md, '"$OUT/gate.md"']
     assert lines.index(ab_line) < lines.index(comment)
     assert "pr_comment.py" not in " ".join(run_lines("push to main", status))
 
@@ -467,8 +477,7 @@ def _kept(path: str, patterns: list[str]) -> bool:
 
 
 def test_the_artifact_keeps_every_file_the_steps_write_under_results(tmp_path):
-    upload = next(s for s in steps(load("gpu.yml")) if s.get("uses", "").startswith("actions/upload-artifact"))
-    patterns = upload["with"]["path"].split()
+    patterns = upload_paths()
     produced = _produced(tmp_path)
     # the correctness failures (what still names them after a time limit), the correctness logs and XML,
     # the bench journal, the gate's and A/B's outputs, the report: the stand-in ran the real scripts
@@ -496,9 +505,18 @@ def test_the_bench_journal_is_named_as_the_stand_in_names_it():
 
 
 def test_gpu_workflow_uploads_the_ab_results_too():
-    upload = next(s for s in steps(load("gpu.yml")) if s.get("uses", "").startswith("actions/upload-artifact"))
     for path in ("results/gate.json", "results/ab.md", "results/ab.json", "results/ab/"):
-        assert path in upload["with"]["path"].split(), path
+        assert path in upload_paths(), path
+
+
+def test_every_gpu_step_writes_under_the_jobs_out_folder_and_the_upload_takes_it_from_there():
+    # steps had named results/ themselves beside `OUT: results` (and the PR gate passed a second
+    # --attn-gate-json into results/): a runner given another OUT split its files over two folders
+    assert "results" not in run_text({"jobs": {"gpu": gpu_job()}}), "a step names results/ instead of $OUT"
+    upload = next(s for s in gpu_job()["steps"] if s.get("uses", "").startswith("actions/upload-artifact"))
+    assert all(p.strip().startswith("${{ env.OUT }}/") for p in upload["with"]["path"].splitlines() if p.strip()), \
+        upload["with"]["path"]
+    assert "--attn-gate-json" not in run_text({"jobs": {"gpu": gpu_job()}})  # ci_bench.sh writes $OUT/gate.json
 
 
 @pytest.mark.parametrize("name", ["cpu.yml", "gpu.yml"])
