@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping, Optional
 
-# crash: the worker process running the case died (signal, abort, os._exit, a poisoned CUDA
+# crash: the worker process running the case died (signal, abort, exit() from C, a poisoned CUDA
 # context); timeout: it ran past the per-case limit and was killed. Both are failures of the case.
 OUTCOMES = ("ok", "skipped", "oom", "numerics", "error", "crash", "timeout")
 FAILING_OUTCOMES = ("numerics", "error", "crash", "timeout")

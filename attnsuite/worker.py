@@ -32,6 +32,8 @@ import sys
 import traceback
 from typing import Any, Callable, Optional
 
+from .exits import OsExitCalled, os_exit_raises
+from .frames import own_frames
 from .isolation import EXIT_POISONED, STACK_SIGNAL, recv_fd, send
 from .parent_watch import exit_with_parent
 
@@ -114,6 +116,18 @@ def fresh_retry_reason(asked: Optional[int], stranded: int) -> Optional[str]:
             "by this worker's earlier cases; run again in a fresh worker")
 
 
+def exit_call_text(exc: BaseException) -> str:
+    """What a variant that tried to end the process called, as a case's detail."""
+    call = f"os._exit({exc.status!r})" if isinstance(exc, OsExitCalled) else f"sys.exit({exc.code!r}) (SystemExit)"
+    return f"the variant called {call}: a kernel must not end the process"
+
+
+def at_own_frame(exc: BaseException) -> str:
+    """`` at FILE:LINE``, the innermost frame of the variant's own code in ``exc``'s traceback, or ""."""
+    own = own_frames(exc)
+    return f" at {own[-1].filename}:{own[-1].lineno}" if own else ""
+
+
 def failed_record(bc, detail: str):
     """An ``error`` record for a case whose runner raised (the suite's fault or a broken device)."""
     from .record import CaseRecord
@@ -179,6 +193,7 @@ class Worker:
 
     def run(self, key: str) -> dict[str, Any]:
         from . import torch_state
+        from .checks import traceback_text
         from .runner import run_case
 
         bc = self.cases.get(key)
@@ -187,12 +202,15 @@ class Worker:
         self._first_gpu_use()
         torch_state.start_case(self.state, key)
         try:
-            rec, result = run_case(bc, self.settings)
+            # os._exit raises while the case runs: it had ended the worker, recorded as a crash "exit
+            # code 1, last stderr line: no output", with no word of the variant's line that called it
+            with os_exit_raises():
+                rec, result = run_case(bc, self.settings)
         except Exception as exc:  # noqa: BLE001 - the runner's own failure still belongs to this case
             rec, result = failed_record(bc, f"{type(exc).__name__}: {exc}"), None
-        except SystemExit as exc:  # the worker lives on: it had died, recorded as a crash "exit code 0"
-            rec, result = failed_record(bc, f"the variant called sys.exit({exc.code!r}) (SystemExit): a kernel must "
-                                            "not end the process"), None
+        except (SystemExit, OsExitCalled) as exc:  # the worker lives on: it had died, recorded as a crash
+            rec, result = failed_record(bc, exit_call_text(exc) + at_own_frame(exc)), None
+            rec.extra["traceback"] = traceback_text(exc)[:4000]
         leaked = torch_state.end_case(self.state)
         if leaked:
             what = "; ".join(leaked)

@@ -70,7 +70,10 @@ def test_crashes_aborts_exits_hangs_and_state_changes_are_outcomes_and_the_run_g
         for rec in by[name]:
             assert rec["outcome"] == "ok", (name, rec["detail"])
             assert rec["median_ms"] > 0 and rec["samples"] > 0
-    expect = {"h-segfault": ("crash", "SIGSEGV"), "h-abort": ("crash", "SIGABRT"), "h-exit": ("crash", "exit code 1")}
+    # os._exit is the case's error, naming the variant's line, and the worker lives on (it had died: a
+    # crash "exit code 1", "no output", with no word of where)
+    expect = {"h-segfault": ("crash", "SIGSEGV"), "h-abort": ("crash", "SIGABRT"),
+              "h-exit": ("error", "the variant called os._exit(1): a kernel must not end the process at ")}
     for name, (outcome, words) in expect.items():
         for rec in by[name]:
             assert rec["outcome"] == outcome and words in rec["detail"], (name, rec["outcome"], rec["detail"])
@@ -90,6 +93,9 @@ def test_crashes_aborts_exits_hangs_and_state_changes_are_outcomes_and_the_run_g
             assert rec["extra"]["not_run_after"] == hung[0]["case"]  # recording keeps a measured entry for it
     for rec in by["h-sysexit"]:  # the worker lives on (it had died: "crash: exit code 0")
         assert rec["outcome"] == "error" and "the variant called sys.exit(0) (SystemExit)" in rec["detail"], rec
+    for rec in by["h-exit"] + by["h-sysexit"]:
+        assert re.search(r" at .*hostile\.py:\d+$", rec["detail"]), rec["detail"]
+        assert "hostile.py" in rec["extra"]["traceback"], rec["extra"]
     for rec in by["h-state"]:
         assert rec["outcome"] == "error" and "default dtype" in rec["extra"]["state_leak"]
         assert "h-state left torch's global state changed" in rec["detail"]
@@ -594,6 +600,7 @@ def test_a_corrupt_baseline_for_this_machine_is_a_usage_error_before_any_case_ru
 
 EDITS_ITSELF = '''
 import os
+import signal
 from pathlib import Path
 
 from attnsuite.registry import KernelVariant, register
@@ -611,7 +618,7 @@ class EditsItselfThenCrashes(KernelVariant):
         def run(q, k, v):
             with open(__file__, "a") as fh:
                 fh.write("# edited during the run\\n")
-            os._exit(1)
+            os.kill(os.getpid(), signal.SIGKILL)  # os._exit would be the case's error, the worker living on
         return run
 '''
 
@@ -628,7 +635,7 @@ def test_a_worker_started_after_the_variant_file_changed_refuses_to_run_the_edit
     recs = _records(json.loads(out.read_text()))["h-edits-itself"]
     assert len(recs) == 2, result.stdout.str()[-3000:]
     first, second = recs
-    assert first["outcome"] == "crash" and "exit code 1" in first["detail"]
+    assert first["outcome"] == "crash" and "SIGKILL" in first["detail"], first["detail"]
     assert second["outcome"] == "error", second
     assert f"{kernel} changed since this run started" in second["detail"], second["detail"]
     assert result.ret == pytest.ExitCode.TESTS_FAILED

@@ -2,7 +2,7 @@
 
 Each runs in its own worker process under the suite, so each failure is that case's outcome and
 the run goes on (docs/isolation.md): ``h-segfault`` reads address 0 (crash, SIGSEGV), ``h-abort``
-aborts (crash, SIGABRT), ``h-exit`` calls ``os._exit(1)`` (crash, exit code 1), ``h-sysexit`` calls
+aborts (crash, SIGABRT), ``h-exit`` calls ``os._exit(1)`` (error, naming its line; the worker lives on), ``h-sysexit`` calls
 ``sys.exit(0)`` (error, named; in the correctness tests both exits fail their test), ``h-hang`` sleeps
 for an hour (timeout), ``h-device-assert`` reads past the end of a tensor (on CUDA a device-side
 assert that leaves the process's CUDA context unusable; on the CPU a plain IndexError), ``h-state`` switches torch's default dtype to float64 and leaves it (error,
