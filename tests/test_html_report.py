@@ -295,7 +295,7 @@ def test_the_gpu_workflow_uploads_the_html_report():
     wf = yaml.safe_load((Path(__file__).resolve().parents[1] / ".github" / "workflows" / "gpu.yml").read_text())
     steps = wf["jobs"]["gpu-correctness-and-gate"]["steps"]
     upload = next(s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact"))
-    assert "results/report.html" in upload["with"]["path"].split()
+    assert "${{ env.OUT }}/report.html" in [p.strip() for p in upload["with"]["path"].splitlines()]
     report_step = next(s for s in steps if "ci_report.sh" in s.get("run", ""))
     assert report_step["if"] == "success() || failure()"  # the report is made when the gate fails too
 
