@@ -51,8 +51,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, Optional, Sequence
 
 from . import filelock
-from .record import (DEVICE_METHODS, MODES, OUTCOMES, TIMERS, CaseRecord, case_key, failed_counts,
-                     failed_or_left_by_a_failure)
+from .record import (CALIBRATION_OTHER_CPU, DEVICE_METHODS, MODES, OUTCOMES, TIMERS, CaseRecord, case_key,
+                     failed_counts, failed_or_left_by_a_failure)
+from .renamed_cases import renamed
 from .wording import count, none_of
 from .workloads import TIERS
 
@@ -76,9 +77,6 @@ MAX_TEXT = 1000  # characters of a fingerprint or entry text field (detail is cu
 UNMEASURED_KEY = "unmeasured"
 OUR_TEST = "test_workload"  # bench/test_workloads.py's test: its entries always carry a record
 CALIBRATION_TEXT_MAX = 300  # a calibration string is a short note (device name, method, error)
-# Set by the gate on a baseline's calibration when that baseline (a fallback) was recorded on another
-# CPU model than the run compared with it: the CPU it names. % of peak never reads such a probe.
-CALIBRATION_OTHER_CPU = "other_cpu"
 
 # Fields kept in a baseline entry, and how each is rounded. Anything else in a CaseRecord is
 # either run-to-run noise without a verdict (first-call and mask-build times) or too bulky for a
@@ -699,7 +697,7 @@ class Baseline:
 
     def records(self) -> dict[str, CaseRecord]:
         """The entries as :class:`CaseRecord` objects, by key."""
-        return {k: record_from_entry(k, e) for k, e in self.cases.items()}
+        return {rec.key: rec for rec in (record_from_entry(k, e) for k, e in self.cases.items())}
 
     def to_json(self) -> dict[str, Any]:
         """The file's JSON object."""
@@ -852,7 +850,16 @@ def _baseline_from_bytes(raw: bytes, path: os.PathLike | str, real: Optional[str
         shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
         raise BaselineError(path, "; ".join(shown))
     cal = obj.get("calibration")
-    return Baseline(fingerprint=dict(obj["fingerprint"]), cases=dict(obj["cases"]), path=str(path),
+    cases: dict[str, Any] = {}
+    for key, entry in obj["cases"].items():
+        # an entry recorded before its case was renamed (attnsuite.renamed_cases) reads under the new key;
+        # an entry already under that key (recorded since) wins
+        new = renamed(entry, round_sig)
+        if new is None:
+            cases[key] = entry
+        else:
+            cases.setdefault(case_key(new["workload"], new["variant"], new["mode"], new["problem"]), new)
+    return Baseline(fingerprint=dict(obj["fingerprint"]), cases=cases, path=str(path),
                     calibration=dict(cal) if cal else None, source=raw,
                     source_real=real or os.path.realpath(path))
 
@@ -1177,7 +1184,7 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
             foreign += 1  # another project's benchmark in the same file: left out, and the gate says so
             continue
         try:
-            rec = CaseRecord.from_extra_info(info)
+            rec = CaseRecord.from_extra_info(renamed(info) or info)  # recorded before a rename: today's name
             problems = record_problems(rec)
         except (TypeError, ValueError, AttributeError) as exc:  # e.g. "extra" that is not an object
             problems = [str(exc)[:300]]

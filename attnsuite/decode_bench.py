@@ -29,14 +29,28 @@ def step_size(problem: Problem) -> Optional[int]:
     return s if isinstance(s, int) else None
 
 
+def problem_reason(problem: Problem) -> Optional[str]:
+    """Why ``problem`` can have no decode case (for any variant), or None: a problems file's decode
+    entry is refused with it at load (it had loaded, and every one of its cases was skipped)."""
+    s = problem.arg(DECODE_STEP_ARG)
+    if problem.level == "layer" and problem.mask.kind == "causal" and isinstance(s, int) and 1 <= s < problem.lq:
+        return None
+    what = [w for w, bad in (("a layer problem (d_model)", problem.level != "layer"),
+                             (f"a causal mask (not {problem.mask.kind!r})", problem.mask.kind != "causal"),
+                             (f"an int arg {DECODE_STEP_ARG} (the tokens one step adds)", not isinstance(s, int)),
+                             (f"1 <= {DECODE_STEP_ARG} < L (it is {s!r}, L {problem.lq})",
+                              isinstance(s, int) and not 1 <= s < problem.lq)) if bad]
+    return (f"decode cases need a causal layer problem with 1 <= {DECODE_STEP_ARG} < L; {problem.id} lacks "
+            + "; ".join(what))
+
+
 def skip_reason(variant: Variant, problem: Problem) -> Optional[str]:
     """Why ``variant`` has no decode case on ``problem`` (a declared limitation), or None."""
     if not isinstance(variant, LayerVariant) or not variant.decodes:
         return f"{variant.name} declares no incremental decoding (LayerVariant.decodes is False)"
-    s = step_size(problem)
-    if problem.level != "layer" or problem.mask.kind != "causal" or s is None or not 1 <= s < problem.lq:
-        return (f"decode cases need a causal layer problem with 1 <= {DECODE_STEP_ARG} < L; "
-                f"{problem.id} is not one")
+    why = problem_reason(problem)
+    if why:
+        return why
     reasons = variant.unsupported(problem)
     return "; ".join(reasons) if reasons else None
 

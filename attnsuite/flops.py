@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from . import oracle_mask
-from .baseline import CALIBRATION_OTHER_CPU
 from .problem import Problem
+from .record import CALIBRATION_OTHER_CPU
 
 BACKWARD_FACTOR = 2.5
 PROJECTION_BACKWARD_FACTOR = 2.0
@@ -103,7 +103,7 @@ def projection_flops(problem: Problem, family: str) -> float:
     MHA/GQA/QK-norm layers: Q (d_model -> hq*dqk), K (-> hkv*dqk), V (-> hkv*dv), O (hq*dv ->
     d_model). MLA (DeepSeek-V3, expanded form): x -> q_lora -> hq*(nope+rope); x -> kv_lora + rope;
     kv_lora -> hq*(nope + v_dim); O (hq*v_dim -> d_model). The plain latent layer: the same without
-    the decoupled RoPE part (and without the query compression when q_lora is absent). The absorbed
+    the decoupled RoPE part and without the query compression (its problems carry no q_lora). The absorbed
     decode form is credited the expanded form's FLOPs: one function, one count.
     """
     if problem.d_model is None:

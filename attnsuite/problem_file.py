@@ -35,9 +35,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from . import registry, strict_json, workloads
+from . import decode_bench, registry, strict_json, workloads
 from .problem import Mask, Problem, ProblemError
-from .record import MODES
+from .record import DECODE_STEP_ARG, MODES
 
 VERSION = 1
 ENV = "ATTNSUITE_PROBLEMS"
@@ -256,6 +256,21 @@ def _check_level(where: str, family: registry.Family, problem: Problem) -> None:
             family.check(problem)
         except (ProblemError, ValueError, TypeError) as exc:  # a misspelt arg had skipped every test of it
             raise ProblemFileError(f"{where}: family {family.name!r}: {exc}") from None
+    unread = registry.unread_args(family, problem)
+    if unread:
+        raise ProblemFileError(f"{where}: field 'args': {unread}")
+
+
+def _check_decode(where: str, problem: Problem, modes: tuple[str, ...]) -> None:
+    """A workload entry's decode settings: mode ``decode`` needs a problem a decode step can run on,
+    and ``decode_step`` means nothing without it (such entries had loaded, and their cases skipped)."""
+    if "decode" in modes:
+        why = decode_bench.problem_reason(problem)
+        if why:
+            raise ProblemFileError(f"{where}: mode 'decode': {why}")
+    elif problem.arg(DECODE_STEP_ARG) is not None:
+        raise ProblemFileError(f"{where}: field 'args': {DECODE_STEP_ARG!r} is read only by mode 'decode', which "
+                               f"'modes' ({', '.join(modes)}) leaves out")
 
 
 def load(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -293,6 +308,10 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
             if name in fields:
                 raise ProblemFileError(f"{where}: field {name!r}: {why}")
         problem = problem_from(where, fields, known=_CORRECTNESS_KEYS)
+        if problem.arg(DECODE_STEP_ARG) is not None:  # the decode checks draw their own steps
+            raise ProblemFileError(f"{where}: field 'args': {DECODE_STEP_ARG!r} is a benchmark setting (a workload "
+                                   "entry with mode 'decode'); the correctness checks of decoding split each "
+                                   "problem into steps themselves")
         _check_size(where, problem, oracle=True)
         twin = next((i for i, (f, q, _) in enumerate(problems) if f == family.name and q == problem), None)
         if twin is not None:  # it had been merged silently: one problem is checked once
@@ -346,6 +365,7 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
             bad = [m for m in modes if m not in MODES]
             if bad or not modes:
                 raise ProblemFileError(f"{ewhere}: field 'modes': {bad or modes!r} not in {', '.join(MODES)}")
+            _check_decode(f"{ewhere}.problem", problem, modes)
             variants = tuple(_typed(ewhere, "variants", entry.get("variants", []), list))
             for v in variants:
                 try:

@@ -44,6 +44,11 @@ def has_backward(mode: str) -> bool:
 SCHEMA_VERSION = 1
 
 
+# Set by the gate on a baseline's calibration when that baseline (a fallback) was recorded on another
+# CPU model than the run compared with it: the CPU it names. % of peak never reads such a probe.
+CALIBRATION_OTHER_CPU = "other_cpu"
+
+
 def case_key(workload: str, variant: str, mode: str, problem_id: str) -> str:
     """The stable key of a case across runs: ``workload/variant/mode/problem-id``."""
     return f"{workload}/{variant}/{mode}/{problem_id}"

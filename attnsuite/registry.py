@@ -92,6 +92,9 @@ class Family:
     # check(problem) raises ProblemError naming what makes a problem unfit for this family (its args,
     # shapes it cannot take): a problems file's entry is refused at load, not skipped in every test
     check: Optional[Callable[[Problem], Any]] = None
+    # the problem ``args`` the family's function reads (its oracle and every variant): any other arg
+    # is refused (:func:`unread_args`), as it would be carried in the case's name and read by nothing
+    args: frozenset = frozenset()
 
 
 class UnknownVariantError(KeyError):
@@ -126,6 +129,9 @@ class Variant:
     # check and expect it to fail (a strict expected failure): the run stays green while the defect
     # lasts, and the release that fixes it turns up as an unexpected pass, the cue to delete the entry.
     known_defects: ClassVar[dict] = {}
+    # problem ``args`` this variant reads beyond its family's (:attr:`Family.args`): settings of how it
+    # computes, never of what (ring-sim's "ranks"); a problem may carry them (:func:`unread_args`)
+    args: ClassVar[frozenset] = frozenset()
 
     def known_defect(self, check: str, problem: Problem) -> Optional[str]:
         """What was seen, when ``check`` on ``problem`` is a declared known defect (else None).
@@ -403,6 +409,28 @@ def register_family(family: Family) -> Family:
         raise ValueError(f"layer family {family.name!r} needs canonical params")
     _FAMILIES[family.name] = family
     return family
+
+
+# read by the benchmarks' decode mode, of a layer problem (attnsuite.decode_bench)
+HARNESS_ARGS = frozenset({"decode_step"})
+
+
+def unread_args(family: Family, problem: Problem) -> Optional[str]:
+    """Why ``problem``'s ``args`` do not fit ``family``, or None: an arg that neither the family
+    (:attr:`Family.args`), nor a registered variant of it (:attr:`Variant.args`), nor the benchmarks'
+    decode mode (:data:`HARNESS_ARGS`, layer families) reads. Such an arg had been accepted and named
+    in every test id while nothing read it: ``rope_theta`` on a gqa-layer problem passed its checks
+    with no RoPE anywhere, and the built-in latent-layer entries carried a ``q_lora`` that the layer
+    does not have (and the FLOP count credited it with a compressed query)."""
+    read = set(family.args) | {a for v in _REGISTRY.values() if v.family == family.name for a in v.args}
+    if family.level == "layer":
+        read |= HARNESS_ARGS
+    unread = sorted(name for name, _ in problem.args if name not in read)
+    if not unread:
+        return None
+    return (f"args {', '.join(map(repr, unread))}: not read by family {family.name!r} or any of its variants "
+            f"(they read: {', '.join(sorted(read)) or 'no args'}); the checks would run without it, so the "
+            "problem is refused (a new setting of the function needs a family that computes it)")
 
 
 def family(name: str) -> Family:

@@ -113,8 +113,10 @@ def _mla_args(q_lora, kv_lora, nope, rope, v):
     return (("kv_lora", kv_lora), ("nope_dim", nope), ("q_lora", q_lora), ("rope_dim", rope), ("v_dim", v))
 
 
-def _latent_args(q_lora, kv_lora):
-    return (("kv_lora", kv_lora), ("q_lora", q_lora))
+def _latent_args(kv_lora):
+    # the plain latent layer has no query compression (q = x wq^T): these entries had carried
+    # DeepSeek-V3's q_lora, which nothing read but the FLOP count, which then credited a compressed q
+    return (("kv_lora", kv_lora),)
 
 
 def _dilated_args(segments, dilations):
@@ -181,14 +183,14 @@ _add(Workload(
         Entry("mha-layer", _layer(2, 2048, 7168, 128, 56), modes=LAYER_MODES, compiled_modes=("fwd",)),
         Entry("mla-layer", _layer(2, 2048, 7168, 128, 192, dv=128, args=_mla_args(1536, 512, 128, 64, 128)),
               modes=LAYER_MODES),
-        Entry("latent-layer", _layer(2, 2048, 7168, 128, 128, args=_latent_args(1536, 512)), modes=LAYER_MODES),
+        Entry("latent-layer", _layer(2, 2048, 7168, 128, 128, args=_latent_args(512)), modes=LAYER_MODES),
     ),
     quick=(
         Entry("attention", _k(1, 128, 8, 56, dtype=FP32), compiled_modes=NO_COMPILED),
         Entry("mha-layer", _layer(1, 128, 448, 8, 56, dtype=FP32), modes=LAYER_MODES, compiled_modes=NO_COMPILED),
         Entry("mla-layer", _layer(1, 128, 256, 4, 48, dv=32, dtype=FP32, args=_mla_args(96, 32, 32, 16, 32)),
               modes=LAYER_MODES, compiled_modes=NO_COMPILED),
-        Entry("latent-layer", _layer(1, 128, 256, 4, 32, dtype=FP32, args=_latent_args(96, 32)),
+        Entry("latent-layer", _layer(1, 128, 256, 4, 32, dtype=FP32, args=_latent_args(32)),
               modes=LAYER_MODES, compiled_modes=NO_COMPILED),
     ),
 ))
@@ -303,7 +305,7 @@ _add(Workload(
             ("qknorm-rms-layer", 8, 1024, 768, 12, 64, None, None, ()),
             ("gqa-layer", 8, 4096, 8192, 64, 128, 8, None, ()),  # Llama 3 70B
             ("mla-layer", 2, 2048, 7168, 128, 192, None, 128, _mla_args(1536, 512, 128, 64, 128)),  # DeepSeek-V3
-            ("latent-layer", 2, 2048, 7168, 128, 128, None, None, _latent_args(1536, 512)),
+            ("latent-layer", 2, 2048, 7168, 128, 128, None, None, _latent_args(512)),
         )
         for s in (1, 4)
     ),
@@ -315,7 +317,7 @@ _add(Workload(
             ("qknorm-rms-layer", 128, 4, 32, None, None, ()),
             ("gqa-layer", 256, 8, 32, 2, None, ()),
             ("mla-layer", 256, 4, 48, None, 32, _mla_args(96, 32, 32, 16, 32)),
-            ("latent-layer", 256, 4, 32, None, None, _latent_args(96, 32)),
+            ("latent-layer", 256, 4, 32, None, None, _latent_args(32)),
         )
         for s in (1, 4)
     ),

@@ -159,6 +159,40 @@ def test_loading_a_file_twice_adds_its_problems_once(tmp_path):
     (lambda d: d["problems"][0].update(family="mha-layer", lq=32, lk=32, hq=2, hkv=2, dqk=8, d_model=24,
                                        mask="causal"),
      "problems[0]: family 'mha-layer': field 'd_model': 24 is not hq * dqk = 2 * 8 = 16"),
+    # found by a third fresh-user test: an arg nothing reads had been accepted, named in every test id,
+    # and the checks had passed without it (a gqa-layer "rope_theta": no RoPE anywhere)
+    (lambda d: d["problems"][0].update(family="gqa-layer", lq=21, lk=21, hq=4, hkv=2, dqk=16, d_model=64,
+                                       mask="causal", args={"rope_theta": 10000}),
+     "problems[0]: field 'args': args 'rope_theta': not read by family 'gqa-layer' or any of its variants "
+     "(they read: decode_step)"),
+    (lambda d: d["workloads"][0]["entries"][0]["problem"].update(args={"ranks": 3, "window_size": 8}),
+     "workloads[0].entries[0].problem: field 'args': args 'window_size': not read by family 'attention' or any of "
+     "its variants (they read: ranks)"),
+    (lambda d: d["problems"][0].update(family="latent-layer", lq=16, lk=16, hq=2, hkv=2, dqk=8, d_model=32,
+                                       mask="causal", args={"kv_lora": 8, "q_lora": 16}),
+     "args 'q_lora': not read by family 'latent-layer'"),
+    (lambda d: d["problems"][0].update(family="gqa-layer", lq=21, lk=21, hq=4, hkv=2, dqk=16, d_model=64,
+                                       mask="causal", args={"decode_step": 1}),
+     "problems[0]: field 'args': 'decode_step' is a benchmark setting"),
+    # decode entries that no variant could run had loaded, and every one of their cases was skipped
+    (lambda d: d["workloads"][0]["entries"][0].update(family="gqa-layer", modes=["decode"], problem={
+        "lq": 64, "hq": 4, "hkv": 2, "dqk": 16, "d_model": 64, "mask": "causal"}),
+     "workloads[0].entries[0].problem: mode 'decode': decode cases need a causal layer problem with 1 <= "
+     "decode_step < L; b1-q64-h4:2-d16-m64-causal-tl-fp32-cpu lacks an int arg decode_step"),
+    (lambda d: d["workloads"][0]["entries"][0].update(family="gqa-layer", modes=["decode"], problem={
+        "lq": 64, "hq": 4, "hkv": 2, "dqk": 16, "d_model": 64, "mask": "causal", "args": {"decode_step": 100}}),
+     "lacks 1 <= decode_step < L (it is 100, L 64)"),
+    (lambda d: d["workloads"][0]["entries"][0].update(family="gqa-layer", modes=["decode"], problem={
+        "lq": 64, "hq": 4, "hkv": 2, "dqk": 16, "d_model": 64, "mask": "none", "args": {"decode_step": 1}}),
+     "lacks a causal mask (not 'none')"),
+    (lambda d: d["workloads"][0]["entries"][0].update(modes=["decode"]),
+     "lacks a layer problem (d_model); an int arg decode_step"),
+    (lambda d: d["workloads"][0]["entries"][0].update(family="gqa-layer", modes=["decode"], problem={
+        "lq": 64, "hq": 4, "hkv": 2, "dqk": 16, "d_model": 64, "mask": "causal", "args": {"decode_steps": 1}}),
+     "args 'decode_steps': not read by family 'gqa-layer'"),
+    (lambda d: d["workloads"][0]["entries"][0].update(family="gqa-layer", modes=["fwd"], problem={
+        "lq": 64, "hq": 4, "hkv": 2, "dqk": 16, "d_model": 64, "mask": "causal", "args": {"decode_step": 1}}),
+     "field 'args': 'decode_step' is read only by mode 'decode', which 'modes' (fwd) leaves out"),
 ])
 def test_a_bad_entry_is_refused_naming_the_file_the_entry_and_the_field_and_nothing_is_added(tmp_path, change, words):
     data = json.loads(json.dumps(GOOD))
@@ -312,3 +346,40 @@ def test_a_problems_file_loaded_before_any_family_says_to_load_the_variants_firs
     with pytest.raises(problem_file.ProblemFileError, match=r"no family is registered in this process yet; load "
                                                             r"the variants first \(attnsuite.registry.load_all\(\)\)"):
         problem_file.load(path)
+
+
+def test_args_that_a_family_or_one_of_its_variants_reads_are_taken(tmp_path):
+    data = {"version": 1, "problems": [
+        {"family": "attention", "lq": 40, "hq": 2, "dqk": 16, "mask": "causal", "args": {"ranks": 3}},
+        {"family": "latent-layer", "lq": 16, "hq": 2, "dqk": 8, "d_model": 32, "mask": "causal",
+         "args": {"kv_lora": 8}}],
+        "workloads": [{"name": "my-decode", "description": "ours", "entries": [
+            {"tier": "quick", "family": "gqa-layer", "modes": ["decode"], "problem": {
+                "lq": 64, "hq": 4, "hkv": 2, "dqk": 16, "d_model": 64, "mask": "causal", "args": {"decode_step": 4}}}]}]}
+    assert problem_file.load(_write(tmp_path, data)) == (2, 1)
+
+
+def _builtin_problems():
+    for family in registry.families():
+        for device in ("cpu", "cuda"):
+            for problem in registry.problems_of(family, device, ("float32", "bfloat16")):
+                yield f"family {family.name} on {device}", family, problem, ()
+    for workload in workloads.WORKLOADS.values():
+        for tier in workloads.TIERS:
+            for entry in workload.tier(tier):
+                yield f"workload {workload.name} ({tier})", registry.family(entry.family), entry.problem, entry.modes
+
+
+def test_every_built_in_problem_and_entry_keeps_the_rule_a_problems_file_is_held_to():
+    # the latent-layer entries of deepseek-v3 and layer-decode had carried a q_lora the layer does not
+    # have: nothing read it but the FLOP count, which credited a compressed query projection
+    from attnsuite import decode_bench
+
+    bad = []
+    for where, family, problem, modes in _builtin_problems():
+        why = registry.unread_args(family, problem)
+        if "decode" in modes:
+            why = why or decode_bench.problem_reason(problem)
+        if why:
+            bad.append(f"{where}: {problem.id}: {why}")
+    assert bad == []

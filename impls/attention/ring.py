@@ -221,6 +221,7 @@ class _RingSim(KernelVariant):
     features = frozenset({"gqa", "lq_ne_lk", "dv_ne_dqk", "bottom_right", "alibi", "softcap", "custom_scale"})
     backend = "ring-sim"
     fixed_ranks: ClassVar[Optional[int]] = None
+    args = frozenset({"ranks"})  # how many ranks are simulated: how it computes, not what
 
     def ranks(self, problem: Problem) -> int:
         """How many virtual ranks this variant uses on ``problem``."""

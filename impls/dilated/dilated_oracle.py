@@ -235,6 +235,7 @@ DILATED = register_family(
         base=_base,
         problems=dilated_problems,
         check=config,
+        args=frozenset({"segments", "dilations"}),
         description="LongNet dilated attention: per (segment, dilation) group, per-head offsets, "
         "groups mixed by their softmax denominators",
     )

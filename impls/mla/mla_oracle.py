@@ -450,7 +450,7 @@ def latent_problems(device: str, dtypes: tuple) -> list[Problem]:
 
 
 def _layer_family(name: str, params_np, draw, stream, forward, backward, torch_fn, problems,
-                  description: str, check=None) -> Family:
+                  description: str, args: tuple[str, ...], check=None) -> Family:
     """Register a layer family of this module: float64 ``forward``/``backward``, ``torch_fn`` as the base.
 
     ``draw(rng, problem)`` is its parameter recipe and ``stream(problem)`` the recipe's seed stream.
@@ -467,6 +467,7 @@ def _layer_family(name: str, params_np, draw, stream, forward, backward, torch_f
             problems=problems,
             description=description,
             check=check,
+            args=frozenset(args),
         )
     )
 
@@ -475,11 +476,12 @@ MLA_FAMILY = _layer_family(
     "mla-layer", mla_params_np, draw_mla_params, mla_params_stream,
     mla_forward, mla_backward, mla_torch, mla_problems,
     "DeepSeek-V3 MLA: compressed q and kv (RMSNorm), decoupled RoPE part shared by heads",
-    check=mla_dims,
+    MLA_ARGS, check=mla_dims,
 )
 
 LATENT_FAMILY = _layer_family(
     "latent-layer", latent_params_np, draw_latent_params, latent_params_stream,
     latent_forward, latent_backward, latent_torch, latent_problems,
     "plain low-rank latent attention: K/V decompressed from one latent, no decoupled RoPE",
+    ("kv_lora",),  # no query compression: q = x wq^T (a q_lora would be read by nothing)
 )
