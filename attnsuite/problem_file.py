@@ -340,6 +340,11 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
         if name not in workloads.WORKLOADS and not description:
             raise ProblemFileError(f"{where}: workload {name!r} is new: field 'description' is required "
                                    f"(existing: {', '.join(workloads.WORKLOADS)})")
+        if name in workloads.WORKLOADS and "description" in item and description != workloads.WORKLOADS[name].description:
+            # it had been dropped without a word, and the entries added to the existing workload
+            raise ProblemFileError(f"{where}: workload {name!r} exists ({workloads.WORKLOADS[name].description}): "
+                                   "field 'description' is for a new workload; leave it out to add entries to this "
+                                   "one, or give the workload a name of its own")
         for j, entry in enumerate(_typed(where, "entries", item.get("entries", []), list)):
             ewhere = f"{where}.entries[{j}]"
             _typed(ewhere, "entry", entry, dict)

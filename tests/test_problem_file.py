@@ -101,6 +101,7 @@ def test_loading_a_file_twice_adds_its_problems_once(tmp_path):
      "workloads[0].entries[0]: field 'variants'"),
     (lambda d: d["workloads"][0]["entries"][0].pop("problem"), "workloads[0].entries[0]: field 'problem' is required"),
     (lambda d: d["workloads"][0].pop("description"), "workloads[0]: workload 'my-model' is new"),
+    (lambda d: d["workloads"][1].update(description="ours"), "workloads[1]: workload 'gpt2-mha' exists ("),
     (lambda d: d["workloads"][1]["entries"][0]["problem"].update(dqk=0),
      "workloads[1].entries[0].problem: problem field dqk must be a positive int"),
     (lambda d: d.update(version=2), "field 'version': 2 is not supported"),
