@@ -1,0 +1,98 @@
+"""A family of one's own from outside the repository (examples/external_rope_family.py): its variant is
+held to its oracle by every check, a defect of the variant is caught, and a problems file may set the
+argument the family declares (and no other)."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "external_rope_family.py"
+GENERIC_TESTS = REPO / "test_correctness" / "test_variants.py"
+
+# the example's variant with its keys rotated one position late: what a KV cache read at the wrong offset does
+SHIFTED = '''
+import torch.nn.functional as F
+from attnsuite.registry import KernelVariant, register
+from attnsuite_external_external_rope_family import rotate
+
+
+@register
+class RopeShifted(KernelVariant):
+    name = "rope-sdpa-shifted"
+    family = "rope-attention"
+    masks = frozenset({"none", "causal"})
+    features = frozenset({"gqa", "custom_scale"})
+
+    def build(self, problem):
+        causal = problem.mask.kind == "causal"
+        late = problem.with_(lq=problem.lq + 1, lk=problem.lk + 1)
+
+        def run(q, k, v):
+            k_late = rotate(F.pad(k, (0, 0, 1, 0)), late)[:, :, 1:]
+            return F.scaled_dot_product_attention(rotate(q, problem), k_late, v, is_causal=causal,
+                                                  scale=problem.scale, enable_gqa=problem.hq != problem.hkv)
+        return run
+'''
+
+
+def _run(pytester, *args: str):
+    pytester.syspathinsert(REPO)
+    return pytester.runpytest_subprocess(str(GENERIC_TESTS), "--rootdir", str(REPO), "-p", "no:cacheprovider", "-v",
+                                        *args)
+
+
+def test_an_outside_family_holds_its_variant_to_its_oracle_in_every_check(pytester):
+    result = _run(pytester, "--attn-variants", str(EXAMPLE), "--attn-only", "rope-sdpa")
+    text = result.stdout.str()
+    passed = re.findall(r"::(test_\w+)\[rope-sdpa@([^\]]+)\] PASSED", text)
+    assert result.parseoutcomes().get("failed", 0) == 0, text[-3000:]
+    checks = {name for name, _ in passed}
+    assert {"test_forward_matches_oracle", "test_backward_matches_oracle", "test_causal_rows_ignore_future_keys",
+            "test_two_runs_agree"} <= checks, checks
+    assert any(problem.endswith("-rope_theta500.0") for _, problem in passed), passed
+
+
+def test_a_variant_that_rotates_its_keys_one_position_late_fails_the_forward_and_backward_checks(pytester, tmp_path):
+    shifted = tmp_path / "shifted.py"
+    shifted.write_text(textwrap.dedent(SHIFTED))
+    result = _run(pytester, "--attn-variants", str(EXAMPLE), "--attn-variants", str(shifted), "--attn-only", "rope-sdpa-shifted",
+                  "-k", "fp32")
+    text = result.stdout.str()
+    failed = set(re.findall(r"::(test_\w+)\[rope-sdpa-shifted@[^\]]+\] FAILED", text))
+    assert {"test_forward_matches_oracle", "test_backward_matches_oracle"} <= failed, text[-3000:]
+    assert re.search(r"output: max error \S+ at \(.*\) vs bound \S+ \([\d.]+x the bound", text), text[-3000:]
+
+
+@pytest.fixture
+def rope_family():
+    from attnsuite import registry
+
+    registry.load_builtin()
+    registry.load_external(str(EXAMPLE))
+    return registry
+
+
+@pytest.mark.parametrize("args, refused", [({"rope_theta": 50000.0}, None),
+                                           ({"rope_theta": 50000.0, "rope_scale": 8}, "args 'rope_scale': not read by "
+                                            "family 'rope-attention' or any of its variants (they read: rope_theta)")])
+def test_a_problems_file_may_set_the_argument_the_outside_family_declares_and_no_other(
+        rope_family, tmp_path, monkeypatch, args, refused):
+    from attnsuite import problem_file, workloads
+
+    monkeypatch.setattr(rope_family, "_EXTRA_PROBLEMS", {})
+    monkeypatch.setattr(workloads, "WORKLOADS", dict(workloads.WORKLOADS))
+    monkeypatch.setattr(problem_file, "_LOADED", set())
+    path = tmp_path / "rope.json"
+    path.write_text(json.dumps({"version": 1, "problems": [
+        {"family": "rope-attention", "lq": 24, "hq": 2, "dqk": 16, "mask": "causal", "args": args}]}))
+    if refused is None:
+        assert problem_file.load(path) == (1, 0)
+    else:
+        with pytest.raises(problem_file.ProblemFileError, match=re.escape(refused)):
+            problem_file.load(path)
