@@ -41,7 +41,7 @@ def problem_reason(problem: Problem) -> Optional[str]:
                              (f"1 <= {DECODE_STEP_ARG} < L (it is {s!r}, L {problem.lq})",
                               isinstance(s, int) and not 1 <= s < problem.lq)) if bad]
     return (f"decode cases need a causal layer problem with 1 <= {DECODE_STEP_ARG} < L; {problem.id} lacks "
-            + "; ".join(what))
+            + " and ".join(what))
 
 
 def skip_reason(variant: Variant, problem: Problem) -> Optional[str]:

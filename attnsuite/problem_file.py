@@ -99,6 +99,18 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
                         list: "a list", dict: "a table"}.get(k, k.__name__) for k in kinds)
 
 
+def _arg_value_problem(value: Any) -> Optional[str]:
+    """What makes an ``args`` value unusable whatever the family (a value a family cannot take is its
+    ``check``'s to refuse), or None: args are numbers, strings, booleans and lists of them."""
+    if isinstance(value, list):
+        return next((p for p in map(_arg_value_problem, value) if p), None)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r}: not a finite number"
+    if value is None or isinstance(value, dict):
+        return f"{value!r}: args are numbers, strings, booleans or lists of them"
+    return None
+
+
 def _hashable(value: Any) -> Any:
     return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
 
@@ -162,6 +174,10 @@ def problem_from(where: str, fields: dict[str, Any], device: str = "cpu",
             kw["mask"] = _mask(where, value)
         elif name == "args":
             _typed(where, "args", value, dict)
+            for arg, v in value.items():
+                bad = _arg_value_problem(v)
+                if bad:  # a NaN or 1e400 (inf) had reached the oracle and failed every test as the variant's
+                    raise ProblemFileError(f"{where}: field 'args': {arg!r} is {bad}")
             kw["args"] = tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
         elif name in ("batch", "lq", "lk", "hq", "hkv", "dqk", "dv", "d_model", "seed"):
             kw[name] = _typed(where, name, value, int)
@@ -266,10 +282,10 @@ def _check_decode(where: str, problem: Problem, modes: tuple[str, ...]) -> None:
     and ``decode_step`` means nothing without it (such entries had loaded, and their cases skipped)."""
     if "decode" in modes:
         why = decode_bench.problem_reason(problem)
-        if why:
-            raise ProblemFileError(f"{where}: mode 'decode': {why}")
+        if why:  # named by the entry's modes: the problem may be right for the entry's other modes
+            raise ProblemFileError(f"{where}: field 'modes': 'decode' needs a problem a decode step can run on: {why}")
     elif problem.arg(DECODE_STEP_ARG) is not None:
-        raise ProblemFileError(f"{where}: field 'args': {DECODE_STEP_ARG!r} is read only by mode 'decode', which "
+        raise ProblemFileError(f"{where}.problem: field 'args': {DECODE_STEP_ARG!r} is read only by mode 'decode', which "
                                f"'modes' ({', '.join(modes)}) leaves out")
 
 
@@ -370,7 +386,7 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
             bad = [m for m in modes if m not in MODES]
             if bad or not modes:
                 raise ProblemFileError(f"{ewhere}: field 'modes': {bad or modes!r} not in {', '.join(MODES)}")
-            _check_decode(f"{ewhere}.problem", problem, modes)
+            _check_decode(ewhere, problem, modes)
             variants = tuple(_typed(ewhere, "variants", entry.get("variants", []), list))
             for v in variants:
                 try:

@@ -298,7 +298,8 @@ def numerics_line(records: Mapping[str, CaseRecord]) -> str:
     parts = [f"{how['oracle']} against the whole float64 oracle" if how["oracle"] else "",
              f"{how['spot']} on spot rows (outputs too large for it)" if how["spot"] else "",
              f"{how['finite']} checked to be finite only (no row-wise oracle for them: layer families, decode "
-             "steps, approximate classes)" if how["finite"] else "",
+             "steps, approximate classes, families brought from outside: the correctness tests check them)"
+             if how["finite"] else "",
              f"{how['other']} otherwise" if how["other"] else "",
              f"{how['unsaid']} not saying how" if how["unsaid"] else ""]
     return (f"numerics of the {sum(how.values())} ok cases: " + ", ".join(p for p in parts if p)

@@ -69,6 +69,9 @@ def _base(problem: Problem):
 
 
 def _check(problem: Problem) -> None:
+    theta = problem.arg("rope_theta", THETA)
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
+        raise ProblemError(f"rope-attention: rope_theta must be a positive number, got {theta!r}")
     if problem.lq != problem.lk:
         raise ProblemError(f"rope-attention is self-attention: lq={problem.lq} != lk={problem.lk}")
     if problem.dqk % 2:

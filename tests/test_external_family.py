@@ -80,7 +80,9 @@ def rope_family():
 
 @pytest.mark.parametrize("args, refused", [({"rope_theta": 50000.0}, None),
                                            ({"rope_theta": 50000.0, "rope_scale": 8}, "args 'rope_scale': not read by "
-                                            "family 'rope-attention' or any of its variants (they read: rope_theta)")])
+                                            "family 'rope-attention' or any of its variants (they read: rope_theta)"),
+                                           ({"rope_theta": "high"}, "family 'rope-attention': rope-attention: "
+                                            "rope_theta must be a positive number, got 'high'")])
 def test_a_problems_file_may_set_the_argument_the_outside_family_declares_and_no_other(
         rope_family, tmp_path, monkeypatch, args, refused):
     from attnsuite import problem_file, workloads

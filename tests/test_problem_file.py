@@ -169,6 +169,12 @@ def test_loading_a_file_twice_adds_its_problems_once(tmp_path):
     (lambda d: d["workloads"][0]["entries"][0]["problem"].update(args={"ranks": 3, "window_size": 8}),
      "workloads[0].entries[0].problem: field 'args': args 'window_size': not read by family 'attention' or any of "
      "its variants (they read: ranks)"),
+    (lambda d: d["workloads"][0]["entries"][0]["problem"].update(args={"ranks": float("nan")}),
+     "workloads[0].entries[0].problem: field 'args': 'ranks' is nan: not a finite number"),
+    (lambda d: d["workloads"][0]["entries"][0]["problem"].update(args={"ranks": [2, float("inf")]}),
+     "field 'args': 'ranks' is inf: not a finite number"),
+    (lambda d: d["workloads"][0]["entries"][0]["problem"].update(args={"ranks": {"p": 2}}),
+     "field 'args': 'ranks' is {'p': 2}: args are numbers, strings, booleans or lists of them"),
     (lambda d: d["problems"][0].update(family="latent-layer", lq=16, lk=16, hq=2, hkv=2, dqk=8, d_model=32,
                                        mask="causal", args={"kv_lora": 8, "q_lora": 16}),
      "args 'q_lora': not read by family 'latent-layer'"),
@@ -178,8 +184,9 @@ def test_loading_a_file_twice_adds_its_problems_once(tmp_path):
     # decode entries that no variant could run had loaded, and every one of their cases was skipped
     (lambda d: d["workloads"][0]["entries"][0].update(family="gqa-layer", modes=["decode"], problem={
         "lq": 64, "hq": 4, "hkv": 2, "dqk": 16, "d_model": 64, "mask": "causal"}),
-     "workloads[0].entries[0].problem: mode 'decode': decode cases need a causal layer problem with 1 <= "
-     "decode_step < L; b1-q64-h4:2-d16-m64-causal-tl-fp32-cpu lacks an int arg decode_step"),
+     "workloads[0].entries[0]: field 'modes': 'decode' needs a problem a decode step can run on: decode cases "
+     "need a causal layer problem with 1 <= decode_step < L; b1-q64-h4:2-d16-m64-causal-tl-fp32-cpu lacks an int "
+     "arg decode_step"),
     (lambda d: d["workloads"][0]["entries"][0].update(family="gqa-layer", modes=["decode"], problem={
         "lq": 64, "hq": 4, "hkv": 2, "dqk": 16, "d_model": 64, "mask": "causal", "args": {"decode_step": 100}}),
      "lacks 1 <= decode_step < L (it is 100, L 64)"),
@@ -187,13 +194,14 @@ def test_loading_a_file_twice_adds_its_problems_once(tmp_path):
         "lq": 64, "hq": 4, "hkv": 2, "dqk": 16, "d_model": 64, "mask": "none", "args": {"decode_step": 1}}),
      "lacks a causal mask (not 'none')"),
     (lambda d: d["workloads"][0]["entries"][0].update(modes=["decode"]),
-     "lacks a layer problem (d_model); an int arg decode_step"),
+     "lacks a layer problem (d_model) and an int arg decode_step"),
     (lambda d: d["workloads"][0]["entries"][0].update(family="gqa-layer", modes=["decode"], problem={
         "lq": 64, "hq": 4, "hkv": 2, "dqk": 16, "d_model": 64, "mask": "causal", "args": {"decode_steps": 1}}),
      "args 'decode_steps': not read by family 'gqa-layer'"),
     (lambda d: d["workloads"][0]["entries"][0].update(family="gqa-layer", modes=["fwd"], problem={
         "lq": 64, "hq": 4, "hkv": 2, "dqk": 16, "d_model": 64, "mask": "causal", "args": {"decode_step": 1}}),
-     "field 'args': 'decode_step' is read only by mode 'decode', which 'modes' (fwd) leaves out"),
+     "workloads[0].entries[0].problem: field 'args': 'decode_step' is read only by mode 'decode', which 'modes' "
+     "(fwd) leaves out"),
 ])
 def test_a_bad_entry_is_refused_naming_the_file_the_entry_and_the_field_and_nothing_is_added(tmp_path, change, words):
     data = json.loads(json.dumps(GOOD))
