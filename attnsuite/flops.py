@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import oracle_mask
+from . import oracle_mask, registry
 from .problem import Problem
 from .record import CALIBRATION_OTHER_CPU
 
@@ -142,7 +142,12 @@ def decode_step_flops(problem: Problem, family: str) -> float:
 
 
 def case_flops(problem: Problem, family: str, mode: str) -> float:
-    """FLOPs of one call in ``mode`` ("fwd", "bwd", "fwd+bwd", "decode")."""
+    """FLOPs of one call in ``mode`` ("fwd", "bwd", "fwd+bwd", "decode"): the family's own count when
+    it gives one (``Family.flops``, a function with another cost than softmax attention's), else the
+    model of this module."""
+    own = registry.family_flops(family)
+    if own is not None:
+        return float(own(problem, mode))
     if mode == "decode":
         return decode_step_flops(problem, family)
     attn = attention_flops(problem, family)

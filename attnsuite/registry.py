@@ -95,6 +95,9 @@ class Family:
     # the problem ``args`` the family's function reads (its oracle and every variant): any other arg
     # is refused (:func:`unread_args`), as it would be carried in the case's name and read by nothing
     args: frozenset = frozenset()
+    # flops(problem, mode) -> the FLOPs of one call in mode "fwd", "bwd", "fwd+bwd" or "decode", for a
+    # function whose cost is not softmax attention's (or a layer's): TFLOP/s and % of peak read it
+    flops: Optional[Callable[[Problem, str], float]] = None
 
 
 class UnknownVariantError(KeyError):
@@ -431,6 +434,13 @@ def unread_args(family: Family, problem: Problem) -> Optional[str]:
     return (f"args {', '.join(map(repr, unread))}: not read by family {family.name!r} or any of its variants "
             f"(they read: {', '.join(sorted(read)) or 'no args'}); the checks would run without it, so the "
             "problem is refused (a new setting of the function needs a family that computes it)")
+
+
+def family_flops(name: str) -> Optional[Callable[[Problem, str], float]]:
+    """The FLOP count a registered family gives of its own (:attr:`Family.flops`), or None (none
+    given, or no family of that name registered: the suite's model counts)."""
+    found = _FAMILIES.get(name)
+    return found.flops if found is not None else None
 
 
 def family(name: str) -> Family:

@@ -98,3 +98,19 @@ def test_a_problems_file_may_set_the_argument_the_outside_family_declares_and_no
     else:
         with pytest.raises(problem_file.ProblemFileError, match=re.escape(refused)):
             problem_file.load(path)
+
+
+def test_a_family_that_gives_its_own_flop_count_is_credited_with_it(rope_family, monkeypatch):
+    # an outside function with another cost than softmax attention's had read softmax attention's TFLOP/s
+    import dataclasses
+
+    from attnsuite import flops
+    from attnsuite.problem import Problem
+
+    problem = Problem(batch=1, lq=24, lk=24, hq=2, hkv=2, dqk=16, dv=16)
+    softmax = flops.case_flops(problem, "rope-attention", "fwd")
+    assert softmax == flops.case_flops(problem, "attention", "fwd")  # no count given: the model's
+    own = dataclasses.replace(rope_family.family("rope-attention"), flops=lambda p, mode: 7.0 * p.lq)
+    monkeypatch.setitem(rope_family._FAMILIES, "rope-attention", own)
+    assert flops.case_flops(problem, "rope-attention", "fwd") == 7.0 * 24
+    assert flops.case_flops(problem, "attention", "fwd") == softmax
