@@ -1133,10 +1133,12 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
             baselines_dir = Path(args.baselines_dir or given_dir or (suite or base_tree) / bl.DEFAULT_DIR)
             from .gate import thresholds_for
 
-            # never the working tree's own file (the package runs from it): a base without one gets the built-ins
+            # never the working tree's own file (the package runs from it): step 3 of the rule (the
+            # repository's baselines/) is the base tree's, or the attnsuite checkout's that runs both sides;
+            # a folder given without a thresholds.json had got the built-ins here and that file in bench.sh
             thresholds, found = thresholds_for(
                 args.thresholds or last_path_option(args.pytest_args, "--attn-thresholds", cwd, repo, base_tree),
-                baselines_dir, repo_fallback=False)
+                baselines_dir, repo_fallback=(suite or base_tree) / bl.DEFAULT_DIR)
             if found is not None and found.is_relative_to(base_tree):  # the worktree is gone once the report is read
                 thresholds.path = f"thresholds {args.base}:{found.relative_to(base_tree).as_posix()} (the base tree's)"
             workdir = Path(args.out).resolve() if args.out else Path(tmp) / "rounds"

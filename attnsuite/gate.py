@@ -32,17 +32,19 @@ REPO_BASELINES = Path(__file__).resolve().parents[1] / bl.DEFAULT_DIR
 
 
 def thresholds_path_for(explicit: Optional[PathLike], baselines_dir: Optional[PathLike],
-                        repo_fallback: bool = True) -> Optional[Path]:
+                        repo_fallback: bool | PathLike = True) -> Optional[Path]:
     """The thresholds file the rule above picks (None: built-in defaults); an explicit file that
-    does not exist raises :class:`~attnsuite.verdict.ThresholdsError` naming it. ``repo_fallback=False``
-    leaves out step 3: the same-machine A/B runs this package from the tree under review, whose own
-    file must not set the bar it is judged by."""
+    does not exist raises :class:`~attnsuite.verdict.ThresholdsError` naming it. ``repo_fallback``:
+    step 3's folder, the repository's ``baselines/`` (True: this package's checkout); False leaves
+    step 3 out. The same-machine A/B runs this package from the tree under review, whose own file
+    must not set the bar it is judged by: it names the base tree's folder instead."""
     if explicit:
         p = Path(explicit)
         if not p.is_file():
             raise ThresholdsError(f"thresholds {p}: no such file" if not p.exists() else f"thresholds {p}: not a file")
         return p
-    candidates = ([Path(baselines_dir)] if baselines_dir else []) + ([REPO_BASELINES] if repo_fallback else [])
+    repo_dir = REPO_BASELINES if repo_fallback is True else Path(repo_fallback) if repo_fallback else None
+    candidates = ([Path(baselines_dir)] if baselines_dir else []) + ([repo_dir] if repo_dir is not None else [])
     for d in candidates:
         p = d / bl.THRESHOLDS_FILE
         if p.is_file():
@@ -51,7 +53,7 @@ def thresholds_path_for(explicit: Optional[PathLike], baselines_dir: Optional[Pa
 
 
 def thresholds_for(explicit: Optional[PathLike], baselines_dir: Optional[PathLike],
-                   repo_fallback: bool = True) -> tuple[ThresholdConfig, Optional[Path]]:
+                   repo_fallback: bool | PathLike = True) -> tuple[ThresholdConfig, Optional[Path]]:
     """THE thresholds lookup: (the parsed config, the file it came from or None for built-ins).
 
     Raises :class:`~attnsuite.verdict.ThresholdsError` (message names the file) for a missing

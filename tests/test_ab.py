@@ -426,6 +426,16 @@ def test_the_rounds_own_baselines_dir_sets_the_bar_from_the_base_trees_copy(repo
     assert got == status
 
 
+def test_a_baselines_dir_without_thresholds_falls_back_to_the_base_trees_baselines_as_bench_does(repo, tmp_path):
+    # bench.sh given such a folder used the repository's baselines/thresholds.json, ab the built-ins
+    (repo / "team").mkdir()
+    md = tmp_path / "ab.md"
+    status, _, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--markdown", str(md), "--",
+                            f"--attn-baselines-dir={repo / 'team'}"], FakeRunner(head_slower(0.1)))
+    assert status == ab.EXIT_GATE
+    assert "thresholds from HEAD:baselines/thresholds.json (the base tree's)" in md.read_text()
+
+
 def test_a_base_without_thresholds_gets_the_built_ins_never_the_tree_under_review(repo, tmp_path, monkeypatch):
     # the package runs from the working tree: its baselines/ had been the fallback, so a change that
     # loosened that file (and a base without one) passed a 5x slowdown
