@@ -225,13 +225,15 @@ def _plain(problem: Problem) -> Problem:
     return problem.with_(device="cpu", dtype="float32")
 
 
-def _catalogue(family: registry.Family) -> list[Problem]:
+def _catalogue(family: registry.Family, own: bool = False) -> list[Problem]:
     """The family's problems on any device and dtype, each :func:`_plain` (what an added problem's id
-    must not repeat)."""
+    must not repeat); ``own``: its own only, not those files added."""
     out: list[Problem] = []
     for device in ("cpu", "cuda"):
         try:
-            out += [_plain(q) for q in registry.problems_of(family, device, _ALL_DTYPES)]
+            found = (family.problems(device, _ALL_DTYPES) if family.problems else []) if own else \
+                registry.problems_of(family, device, _ALL_DTYPES)
+            out += [_plain(q) for q in found]
         except Exception:  # noqa: BLE001 - a family whose problems need something absent: nothing to compare
             continue
     return out
@@ -344,6 +346,9 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
         twin_id = _id_twin(problem, catalogues[family.name], [q for f, q, _ in problems if f == family.name])
         if twin_id:
             raise ProblemFileError(f"{where}: {twin_id}")
+        if _plain(problem) in _catalogue(family, own=True):  # it had merged without a word: checked once, as before
+            raise ProblemFileError(f"{where}: {problem.id} is already one of the {family.name} family's own problems "
+                                   "(checked without this entry): leave it out, or change a field")
         problems.append((family.name, problem, dtypes))
     entries: list[tuple[str, str, str, str, workloads.Entry]] = []
     for i, item in enumerate(_typed(str(p), "workloads", data.get("workloads", []), list)):
