@@ -1217,7 +1217,9 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out, *, context: Sequence[s
         if report.append_step_summary(text) is None:  # as `attnsuite report` says it
             print("GITHUB_STEP_SUMMARY is not set: no job summary written", file=out)
     if args.json:
-        _write(args.json, json.dumps({**cmp.to_json(), **(top or {}), "ab": extra}, indent=1) + "\n")
+        # the verdict line and the simulated note as `attnsuite compare --format json` gives them
+        _write(args.json, json.dumps({**cmp.to_json(), "verdict_line": verdict, "simulated": slowed or None,
+                                      **(top or {}), "ab": extra}, indent=1) + "\n")
 
 
 def main(argv: Optional[Sequence[str]] = None, out=None) -> int:

@@ -301,6 +301,9 @@ def test_ab_of_equal_trees_passes_after_three_rounds_each_in_abba_order(repo, tm
     assert [s.side for s in runner.specs] == ["base", "head", "head", "base", "base", "head"]
     data = json.loads((tmp_path / "ab.json").read_text())
     assert not data["failed"] and data["counts"] == {"same": 2}
+    # the verdict line as `attnsuite compare --format json` has it (a script read it from one, not the other)
+    assert data["verdict_line"] == "PASS: no regression among 2 cases judged against the base tree"
+    assert data["simulated"] is None
     assert (tmp_path / "ab.md").read_text().startswith("<!-- attnsuite-gate -->")
     # without --out the round files are gone, but each round's side and time stay (they had been dropped)
     rounds = data["ab"]["round_files"]
