@@ -32,14 +32,14 @@ def step_size(problem: Problem) -> Optional[int]:
 def problem_reason(problem: Problem) -> Optional[str]:
     """Why ``problem`` can have no decode case (for any variant), or None: a problems file's decode
     entry is refused with it at load (it had loaded, and every one of its cases was skipped)."""
-    s = problem.arg(DECODE_STEP_ARG)
-    if problem.level == "layer" and problem.mask.kind == "causal" and isinstance(s, int) and 1 <= s < problem.lq:
+    s = step_size(problem)
+    if problem.level == "layer" and problem.mask.kind == "causal" and s is not None and 1 <= s < problem.lq:
         return None
     what = [w for w, bad in (("a layer problem (d_model)", problem.level != "layer"),
                              (f"a causal mask (not {problem.mask.kind!r})", problem.mask.kind != "causal"),
-                             (f"an int arg {DECODE_STEP_ARG} (the tokens one step adds)", not isinstance(s, int)),
+                             (f"an int arg {DECODE_STEP_ARG} (the tokens one step adds)", s is None),
                              (f"1 <= {DECODE_STEP_ARG} < L (it is {s!r}, L {problem.lq})",
-                              isinstance(s, int) and not 1 <= s < problem.lq)) if bad]
+                              s is not None and not 1 <= s < problem.lq)) if bad]
     return (f"decode cases need a causal layer problem with 1 <= {DECODE_STEP_ARG} < L; {problem.id} lacks "
             + " and ".join(what))
 

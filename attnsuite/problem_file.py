@@ -307,6 +307,7 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
         raise ProblemFileError(f"{p}: no problems and no workloads: the file adds nothing")
     problems: list[tuple[str, Problem, tuple[str, ...]]] = []
     catalogues: dict[str, list[Problem]] = {}
+    own: dict[str, list[Problem]] = {}  # each family's own problems (not those files added)
     for i, item in enumerate(_typed(str(p), "problems", data.get("problems", []), list)):
         where = f"{p}: problems[{i}]"
         _typed(where, "entry", item, dict)
@@ -343,10 +344,11 @@ def load(path: str | os.PathLike[str]) -> tuple[int, int]:
         _check_level(where, family, problem)
         if family.name not in catalogues:  # built once per family, not once per problem of the file
             catalogues[family.name] = _catalogue(family)
+            own[family.name] = _catalogue(family, own=True)
         twin_id = _id_twin(problem, catalogues[family.name], [q for f, q, _ in problems if f == family.name])
         if twin_id:
             raise ProblemFileError(f"{where}: {twin_id}")
-        if _plain(problem) in _catalogue(family, own=True):  # it had merged without a word: checked once, as before
+        if _plain(problem) in own[family.name]:  # it had merged without a word: checked once, as before
             raise ProblemFileError(f"{where}: {problem.id} is already one of the {family.name} family's own problems "
                                    "(checked without this entry): leave it out, or change a field")
         problems.append((family.name, problem, dtypes))

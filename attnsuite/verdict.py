@@ -865,11 +865,6 @@ class Comparison:
     current_label: str = "this run"
     # the two sides' names in table headers: ("base", "head") for attnsuite ab, whose sides are two trees
     side_names: tuple[str, str] = ("baseline", "this run")
-
-    @property
-    def reference(self) -> str:
-        """What this comparison judges against, in words (:func:`reference_name`)."""
-        return reference_name(self.side_names[0])
     # shown at the head of every report: which baseline and what it can promise, calibration
     header: list[str] = field(default_factory=list)
     fallback: bool = False  # the baseline is a compatible machine's, not this exact fingerprint's
@@ -911,6 +906,11 @@ class Comparison:
     @property
     def new(self) -> list[CaseVerdict]:
         return [v for v in self.verdicts if v.verdict == "new"]
+
+    @property
+    def reference(self) -> str:
+        """What this comparison judges against, in words (:func:`reference_name`)."""
+        return reference_name(self.side_names[0])
 
     @property
     def unchanged(self) -> list[CaseVerdict]:
