@@ -226,7 +226,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if named:
         path = Path(named)
     else:
-        path = bl.find_baseline(here, _baselines_dir(config)).path if here is not None else None
+        lookup = bl.find_baseline(here, _baselines_dir(config)) if here is not None else None
+        path = lookup.path if lookup is not None else None
+        if lookup is not None and path is None and _requires_baseline(config):
+            # a CI gate on a runner whose torch, CUDA or GPU drifted from every stored baseline had
+            # learned it only after the whole tier had run
+            _stop_without_baseline(config, lookup)
     if path is not None and Path(path).exists():
         try:
             base = bl.load_baseline(path)
@@ -247,6 +252,22 @@ def pytest_configure(config: pytest.Config) -> None:
         gate.thresholds_for(config.getoption("--attn-thresholds"), Path(named).parent if named else _baselines_dir(config))
     except ThresholdsError as exc:
         raise pytest.UsageError(f"attnsuite gate: {exc}") from None
+
+
+def _stop_without_baseline(config: pytest.Config, lookup: Any) -> None:
+    """Stop the session before any case runs: ``--attn-require-baseline`` and no baseline found.
+    gate.md and the gate JSON say why (a PR job posts gate.md, and its A/B step reads the JSON)."""
+    why = f"{REQUIRED_TEXT}: {lookup.message} (record one with --attn-record-baseline, or name one with --attn-baseline)"
+    state = config.stash[_STATE]
+    _write_markdown(config, state, report.no_run_markdown("❌ **FAIL**", f"{why}; no case ran"))
+    _write_gate_json(config, state, {"compared": False, "failed": True, "reason": why, "cases": []})
+    raise pytest.UsageError(f"attnsuite gate: {why}")
+
+
+def _requires_baseline(config: pytest.Config) -> bool:
+    """``--attn-require-baseline`` applies: asked for, and this session is not the one recording it."""
+    return bool(config.getoption("--attn-require-baseline")) and not config.getoption("--attn-record-baseline") \
+        and not config.getoption("collectonly")
 
 
 # --------------------------------------------------------------------------- the header
@@ -781,7 +802,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 _fail_session(session, v)
     if state.comparison is None and mode != "off":
         # after recording, so the last screen and gate.md say what became of the recording
-        required = bool(config.getoption("--attn-require-baseline")) and not recording
+        required = _requires_baseline(config)
         state.no_baseline = lookup_lines(lookup)
         if recorded:
             state.uncompared = f"RECORDED: nothing was compared; this run is recorded as the baseline {path}"

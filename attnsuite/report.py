@@ -266,7 +266,12 @@ def _skip_reasons_text(cmp: Comparison, shown: int = 3) -> str:
 def nothing_selected_markdown(line: str, title: str = "attnsuite regression gate") -> str:
     """gate.md of a session whose selection held no benchmark case (pytest's exit status 5): no
     comparison, so no table, only why."""
-    return "\n".join([MARKER, f"### {md_escape(title)}: ⚪ **NOTHING SELECTED**", "",
+    return no_run_markdown("⚪ **NOTHING SELECTED**", line, title)
+
+
+def no_run_markdown(status: str, line: str, title: str = "attnsuite regression gate") -> str:
+    """gate.md of a session that ran no benchmark case: the heading's ``status`` and ``line``, why."""
+    return "\n".join([MARKER, f"### {md_escape(title)}: {status}", "",
                       f"**{md_escape(line[:1].upper() + line[1:])}**", ""])
 
 

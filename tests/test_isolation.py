@@ -598,6 +598,34 @@ def test_a_corrupt_baseline_for_this_machine_is_a_usage_error_before_any_case_ru
     assert "passed" not in result.stdout.str()
 
 
+
+@pytest.mark.parametrize("recording", [False, True], ids=["comparing", "recording"])
+def test_a_run_that_requires_a_baseline_where_none_is_found_stops_before_any_case_runs(pytester, project, recording):
+    # a CI gate on a runner that drifted from every stored baseline had learned it after the whole tier
+    (project / "empty").mkdir()
+    extra = ("--attn-record-baseline",) if recording else ()
+    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-gate=enforce",
+                                                  "--attn-require-baseline", "--attn-mode=fwd", *extra,
+                                                  f"--attn-baselines-dir={project / 'empty'}",
+                                                  f"--attn-markdown={project / 'out' / 'gate.md'}",
+                                                  f"--attn-gate-json={project / 'out' / 'gate.json'}"))
+    out = result.stdout.str()
+    if recording:  # the recording session makes the baseline it asks for
+        assert result.ret == pytest.ExitCode.OK, out[-2000:]
+        assert list((project / "empty").glob("*.json")), out[-2000:]
+        return
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, out[-2000:]
+    err = result.stderr.str()
+    assert "no baseline to judge this run against, and --attn-require-baseline asks for one" in err, err
+    assert "no baseline for this machine: looked for" in err and "--attn-record-baseline" in err, err
+    assert "passed" not in out
+    # what a PR job posts and what its A/B step reads say it too
+    md = (project / "out" / "gate.md").read_text()
+    assert "FAIL" in md and "baseline to judge this run against" in md and "no case ran" in md, md
+    verdicts = json.loads((project / "out" / "gate.json").read_text())
+    assert verdicts["compared"] is False and verdicts["failed"] is True and "looked for" in verdicts["reason"]
+
+
 EDITS_ITSELF = '''
 import os
 import signal
