@@ -25,8 +25,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, ClassVar, Iterable, Optional
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Optional
 
+import numpy as np
 import torch
 
 from . import frames, import_limit
@@ -98,6 +99,11 @@ class Family:
     # flops(problem, mode) -> the FLOPs of one call in mode "fwd", "bwd", "fwd+bwd" or "decode", for a
     # function whose cost is not softmax attention's (or a layer's): TFLOP/s and % of peak read it
     flops: Optional[Callable[[Problem, str], float]] = None
+    # rows(problem, inputs, positions) -> (float64 oracle, same-dtype base) of the forward output's
+    # query positions ``positions`` (the output's axis -2), computed from the case's own input
+    # tensors: the benchmarks judge an output too large for the whole oracle at those rows (as the
+    # attention family's spot check does, attnsuite/spot_check.py); without it, only its finiteness
+    rows: Optional[Callable[[Problem, Mapping[str, torch.Tensor], np.ndarray], tuple[Any, Any]]] = None
 
 
 class UnknownVariantError(KeyError):

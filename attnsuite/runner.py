@@ -343,9 +343,17 @@ def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) 
                 return f"gradient {name} has NaN/Inf values", "finite"
     family = registry.family_of(case.variant)
     if not cheap:
-        why_not = spot_check.applies(family.name, p, mode, out, case.variant.accuracy)
+        own_rows = family.name != spot_check.FAMILY and family.rows is not None
+        why_not = spot_check.applies(family.name, p, mode, out, case.variant.accuracy, own_rows=own_rows)
         if why_not:
             return None, f"finite (too large for the float64 oracle; no spot check: {why_not})"
+        if own_rows:
+            key = ("rows", family.name, p)
+            if key not in _REF_CACHE:
+                _remember(key, spot_check.FamilyRows(family, p, case.inputs))
+            rows_ref = _REF_CACHE[key]
+            comp = rows_ref.judge(out, case.variant.accuracy)
+            return (None if comp.passed else comp.describe()), rows_ref.label(has_backward(mode))
         key = ("spot", family.name, p)
         if key not in _REF_CACHE:
             _remember(key, spot_check.SpotReference(p, case.inputs))

@@ -22,15 +22,18 @@ floor of zero (a gradient sent to the wrong head or row). A kernel with a right 
 wrong dV had read `ok` above the limit, whose gradients were only checked to be finite.
 
 Scope: the kernel-level attention family (q, k, v to o), every mode but decode, variants of exact
-accuracy. Layer families, MLA, decode steps and approximate classes (fp8, int8: their budgets
-were measured on the whole oracle's problem sizes) keep the finiteness check above the limit;
-problems with dropout have no oracle at all.
+accuracy. A family that brings its own row-wise oracle (``Family.rows``: an outside family's
+float64 rows of its output at given query positions) gets the same output check at those
+positions (:class:`FamilyRows`), its gradients checked for finiteness. Other families (the built-in
+layer families, MLA), decode steps and approximate classes (fp8, int8: their budgets were measured
+on the whole oracle's problem sizes) keep the finiteness check above the limit; problems with
+dropout have no oracle at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -49,17 +52,23 @@ MAX_SLICE_ELEMENTS = 1 << 25
 FAMILY = "attention"
 
 
-def applies(family: str, problem: Problem, mode: str, out: torch.Tensor, accuracy: str = "exact") -> Optional[str]:
-    """None when the spot check can judge this output, else why not (recorded in ``numerics_check``)."""
+def applies(family: str, problem: Problem, mode: str, out: torch.Tensor, accuracy: str = "exact",
+            own_rows: bool = False) -> Optional[str]:
+    """None when the spot check can judge this output, else why not (recorded in ``numerics_check``).
+    ``own_rows``: the family brings its own row-wise oracle (``Family.rows``)."""
     if accuracy != "exact":
         # an approximate class's budget was measured on problems the whole oracle checks, not at these lengths
         return f"the {accuracy} class's budget is measured on the whole oracle's problem sizes only"
-    if family != FAMILY:
-        return f"the {family} family has no row-wise oracle"
+    if family != FAMILY and not own_rows:
+        return f"the {family} family has no row-wise oracle (Family.rows)"
     if mode == "decode":
         return "decode steps have no row-wise oracle"
     if problem.dropout:
         return "dropout has no oracle"
+    if own_rows:
+        if out.dim() < 2 or out.shape[-2] != problem.lq:
+            return f"output shape {tuple(out.shape)} has no query positions (lq={problem.lq}) on its axis -2"
+        return None
     if tuple(out.shape) != (problem.batch, problem.hq, problem.lq, problem.dv):
         return f"output shape {tuple(out.shape)} is not (b, hq, lq, dv)"
     if problem.lk * max(problem.dqk, problem.dv) > MAX_SLICE_ELEMENTS:
@@ -198,6 +207,42 @@ class SpotReference:
         what = (f"grad q (spot rows {describe_rows(self.rows)})" if name == "q"
                 else f"grad {name} (from the spot rows' output gradient)")
         return dataclasses.replace(comp, what=what, where=where)
+
+
+class FamilyRows:
+    """The spot check of a family that brings its own row-wise oracle (``Family.rows``): the query
+    positions of :func:`sample` in every slice of the output, computed once per problem from the
+    case's inputs by the family, judged by the suite's one rule. Forward only: the gradients of
+    such a family are checked for finiteness above the oracle limit."""
+
+    def __init__(self, family: Any, problem: Problem, inputs: dict[str, torch.Tensor]) -> None:
+        self.problem, self.family = problem, family.name
+        self.rows = sample(problem)[1]
+        ref, base = family.rows(problem, inputs, self.rows.copy())
+        self.ref, self.base = tolerance.as_float64(ref), tolerance.as_float64(base)
+
+    def judge(self, out: torch.Tensor, accuracy: str) -> tolerance.Comparison:
+        """The output's sampled rows against the family's float64 rows, by the rule for ``accuracy``."""
+        got = out.detach()[..., torch.as_tensor(self.rows, device=out.device), :]
+        for name, rows in (("float64 rows", self.ref), ("base rows", self.base)):
+            if tuple(rows.shape) != tuple(got.shape):
+                # the family's hook, not the variant, is at fault: said as such (the case's error)
+                raise ValueError(f"family {self.family}: Family.rows gave {name} of shape {tuple(rows.shape)} for "
+                                 f"{len(self.rows)} query positions of an output {tuple(out.shape)}: expected "
+                                 f"{tuple(got.shape)} (the output's axis -2 cut to the positions)")
+        what = f"output (spot rows {describe_rows(self.rows)})"
+        comp = tolerance.compare_as(accuracy, what, got, self.ref, self.base, self.problem.dtype, "output")
+        if comp.where is not None and len(comp.where) >= 2:  # the sampled row -> the output's query position
+            where = list(comp.where)
+            where[-2] = int(self.rows[where[-2]])
+            comp = dataclasses.replace(comp, where=tuple(where))
+        return comp
+
+    def label(self, backward: bool = False) -> str:
+        """What ``numerics_check`` records for a judged output."""
+        return (f"spot: {count(len(self.rows), 'row')} of every slice against the {self.family} family's float64 "
+                "rows (Family.rows; too large for the whole oracle)"
+                + ("; gradients finite only (Family.rows is forward only)" if backward else ""))
 
 
 # The last problem's gradient reference: every variant and mode of a problem runs before the next,

@@ -298,7 +298,7 @@ def numerics_line(records: Mapping[str, CaseRecord]) -> str:
     parts = [f"{how['oracle']} against the whole float64 oracle" if how["oracle"] else "",
              f"{how['spot']} on spot rows (outputs too large for it)" if how["spot"] else "",
              f"{how['finite']} checked to be finite only (no row-wise oracle for them: layer families, decode "
-             "steps, approximate classes, families brought from outside: the correctness tests check them)"
+             "steps, approximate classes, outside families without Family.rows: the correctness tests check them)"
              if how["finite"] else "",
              f"{how['other']} otherwise" if how["other"] else "",
              f"{how['unsaid']} not saying how" if how["unsaid"] else ""]

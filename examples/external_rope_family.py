@@ -68,6 +68,25 @@ def _base(problem: Problem):
     return autograd_base(problem, fn, *kernel_family_inputs(problem))
 
 
+def _rows(problem: Problem, inputs, positions: np.ndarray):
+    """The output at query positions ``positions`` from the case's own inputs, for the benchmarks'
+    check of problems too large for the whole oracle: the suite's float64 attention oracle over
+    those rows of every (batch, head) on rotated q and k, and the same rows by plain math in the
+    problem's dtype. An output row depends on its own query row and every key, so a few are exact."""
+    b, hq, lk = problem.batch, problem.hq, problem.lk
+    angles, kv_of = _angles(problem), oracle.kv_head_index(problem.hq, problem.hkv)
+    q, k, v = (inputs[n].detach() for n in ("q", "k", "v"))
+    at = torch.as_tensor(positions, device=q.device)
+    q_rows = _rotate_np(q[:, :, at].double().cpu().numpy(), angles[positions])
+    k_all = _rotate_np(k.double().cpu().numpy(), angles)[:, kv_of].reshape(b * hq, lk, -1)
+    v_all = v.double().cpu().numpy()[:, kv_of].reshape(b * hq, lk, -1)
+    ref = oracle.forward_rows(problem, q_rows.reshape(b * hq, len(positions), -1), k_all, v_all, positions,
+                              np.tile(np.arange(hq), b)).reshape(b, hq, len(positions), -1)
+    with torch.no_grad():
+        base = reference_math.attention(problem, rotate(q, problem)[:, :, at], rotate(k, problem), v, rows=at)
+    return ref, base
+
+
 def _check(problem: Problem) -> None:
     theta = problem.arg("rope_theta", THETA)
     if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
@@ -94,6 +113,7 @@ ROPE_ATTENTION = register_family(Family(
     base=_base,
     problems=_problems,
     check=_check,
+    rows=_rows,
     args=frozenset({"rope_theta"}),
     description="softmax(scale RoPE(q) RoPE(k)^T + mask) v, rotate-half RoPE at positions 0..L-1",
 ))

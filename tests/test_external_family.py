@@ -114,3 +114,38 @@ def test_a_family_that_gives_its_own_flop_count_is_credited_with_it(rope_family,
     monkeypatch.setitem(rope_family._FAMILIES, "rope-attention", own)
     assert flops.case_flops(problem, "rope-attention", "fwd") == 7.0 * 24
     assert flops.case_flops(problem, "attention", "fwd") == softmax
+
+
+def test_a_benchmark_too_large_for_the_whole_oracle_is_judged_at_the_familys_own_rows(pytester, tmp_path):
+    # above 2^18 scores an outside family's output had been checked for finiteness only: the variant
+    # that rotates its keys late had timed `ok` (and would have been recorded in a baseline)
+    shifted = tmp_path / "shifted.py"
+    shifted.write_text(textwrap.dedent(SHIFTED))
+    problems = tmp_path / "rope-long.json"
+    problems.write_text(json.dumps({"version": 1, "workloads": [{"name": "rope-long", "description": "RoPE at 640", "entries": [
+        {"tier": "quick", "family": "rope-attention", "modes": ["fwd", "fwd+bwd"],
+         "problem": {"batch": 1, "lq": 640, "hq": 4, "hkv": 2, "dqk": 32, "mask": "causal", "dtype": "float32",
+                     "args": {"rope_theta": 10000.0}}}]}]}))
+    out = tmp_path / "bench.json"
+    pytester.syspathinsert(REPO)
+    result = pytester.runpytest_subprocess(
+        str(REPO / "bench"), "--rootdir", str(REPO), "-p", "no:cacheprovider", "--benchmark-only",
+        "--attn-variants", str(EXAMPLE), "--attn-variants", str(shifted), "--attn-problems", str(problems),
+        "--attn-workload", "rope-long", "--attn-device", "cpu", "--attn-tier", "quick", "--attn-gate", "off",
+        f"--benchmark-json={out}")
+    assert out.exists(), result.stdout.str()[-3000:] + result.stderr.str()[-3000:]
+    from attnsuite.baseline import benchmark_entries
+
+    by = {(b["extra_info"]["variant"], b["extra_info"]["mode"]): b["extra_info"]
+          for b in benchmark_entries(json.loads(out.read_text()))}
+    assert set(by) == {(v, m) for v in ("rope-sdpa", "rope-sdpa-shifted") for m in ("fwd", "fwd+bwd")}, \
+        result.stdout.str()[-3000:]
+    for mode in ("fwd", "fwd+bwd"):
+        good, bad = by[("rope-sdpa", mode)], by[("rope-sdpa-shifted", mode)]
+        assert good["outcome"] == "ok", good["detail"]
+        assert good["extra"]["numerics_check"].startswith("spot: 24 rows of every slice against the rope-attention "
+                                                          "family's float64 rows"), good["extra"]["numerics_check"]
+        assert ("gradients finite only" in good["extra"]["numerics_check"]) == (mode == "fwd+bwd")
+        assert bad["outcome"] == "numerics", bad
+        assert re.match(r"output \(spot rows 0, \d+, \.\.\., 639\): max error \S+ at \(0, \d, \d+, \d+\) vs bound",
+                        bad["detail"]), bad["detail"]

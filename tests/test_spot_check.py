@@ -135,7 +135,7 @@ def test_the_same_kernel_without_the_bug_is_ok_and_says_it_was_spot_checked(monk
 
 def test_without_the_spot_check_the_wrong_kernels_read_ok(monkeypatch):
     """Mutation: the outcomes above come from the spot check, not from the whole oracle or elsewhere."""
-    monkeypatch.setattr(spot_check, "applies", lambda *a: "switched off by the test")
+    monkeypatch.setattr(spot_check, "applies", lambda *a, **k: "switched off by the test")
     for bug in BUGS:
         rec = _bench(Mutant(f"test-spot-off-{bug}", bug), monkeypatch)
         assert rec.outcome == "ok" and rec.extra["numerics_check"].endswith("no spot check: switched off by the test)")
@@ -178,7 +178,14 @@ def test_the_error_is_located_in_the_output_not_in_the_sample(monkeypatch):
 def test_what_the_spot_check_cannot_judge_says_why(problem, mode, why):
     out = torch.zeros(problem.batch, problem.hq, problem.lq, problem.dv)
     assert spot_check.applies("attention", problem, mode, out) == why
-    assert spot_check.applies("mla", problem, "fwd", out) == "the mla family has no row-wise oracle"
+    assert spot_check.applies("mla", problem, "fwd", out) == "the mla family has no row-wise oracle (Family.rows)"
+    # a family that brings its own rows: judged wherever its output has the query positions on axis -2
+    small = Problem(lq=8, lk=8)
+    assert spot_check.applies("rope", small, "fwd", torch.zeros(1, 2, 8, 32), own_rows=True) is None
+    assert spot_check.applies("rope", small, "fwd", torch.zeros(1, 8, 2, 32), own_rows=True) == \
+        "output shape (1, 8, 2, 32) has no query positions (lq=8) on its axis -2"
+    assert spot_check.applies("rope", small, "decode", torch.zeros(1, 2, 8, 32), own_rows=True) == \
+        "decode steps have no row-wise oracle"
     assert spot_check.applies("attention", Problem(lq=8, lk=8), "fwd", torch.zeros(1, 2, 8, 32), "fp8") == \
         "the fp8 class's budget is measured on the whole oracle's problem sizes only"
     assert spot_check.applies("attention", Problem(lq=8, lk=8), "fwd", torch.zeros(1, 2, 8, 32)) is None
@@ -352,3 +359,14 @@ def test_out_of_memory_in_the_gradient_spot_check_leaves_the_case_ok_and_says_wh
     assert rec.outcome == "ok", rec.detail
     assert rec.extra["numerics_check"].endswith("; gradients finite (no spot check: out of memory for one more call: "
                                                 "OutOfMemoryError)"), rec.extra["numerics_check"]
+
+
+def test_a_family_rows_hook_of_the_wrong_shape_is_an_error_naming_the_family_not_a_verdict_on_the_variant():
+    from types import SimpleNamespace
+
+    problem = Problem(lq=64, lk=64, hq=2, hkv=2, dqk=16, dv=16, dtype="float32")
+    family = SimpleNamespace(name="my-family", rows=lambda p, inputs, positions: (np.zeros((2, 3)), np.zeros((2, 3))))
+    rows = spot_check.FamilyRows(family, problem, {})
+    with pytest.raises(ValueError, match=r"family my-family: Family.rows gave float64 rows of shape \(2, 3\) for "
+                                         r"\d+ query positions of an output \(1, 2, 64, 16\): expected \(1, 2, \d+, 16\)"):
+        rows.judge(torch.zeros(1, 2, 64, 16), "exact")

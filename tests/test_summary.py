@@ -330,7 +330,7 @@ def test_the_summary_says_how_the_ok_cases_numerics_were_checked():
     s = summary.build(records, None)
     assert s.checked == ("numerics of the 4 ok cases: 2 against the whole float64 oracle, 1 on spot rows (outputs "
                          "too large for it), 1 checked to be finite only (no row-wise oracle for them: layer "
-                         "families, decode steps, approximate classes, families brought from outside: the "
+                         "families, decode steps, approximate classes, outside families without Family.rows: the "
                          "correctness tests check them) (each case's extra.numerics_check in the "
                          "benchmark JSON, --benchmark-json)")
     assert f"  {s.checked}" in summary.terminal_lines(s)
