@@ -1063,11 +1063,6 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
                                         {"--out": args.out}, inputs={"--cases-from": args.cases_from})
     if bad_output:  # before any round: a typo had crashed after every round ran, the rounds lost
         raise AbError(bad_output)
-    # The last run's diff and JSON go now, not when this one writes its own: a run that then failed
-    # or was interrupted had left them, unmarked, for the next step (a PR comment) to post as its own.
-    for earlier in (args.markdown, args.json):
-        if earlier and os.path.isfile(earlier):
-            os.unlink(earlier)
     own = sorted({a.split("=", 1)[0] for a in args.pytest_args} & _OWN_OPTIONS)
     if own:
         # after "--" they go to pytest, which refused them only when round 1 ran, in a worktree made for it
@@ -1078,6 +1073,12 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
         raise AbError(f"--baselines-dir {args.baselines_dir}: no such folder")
     repo = repo_root(args.repo)
     sha = resolve_ref(repo, args.base)
+    # The last run's diff and JSON go now, once the arguments are known good (a bad ref had deleted
+    # them first), not when this one writes its own: a run that then failed or was interrupted had
+    # left them, unmarked, for the next step (a PR comment) to post as its own.
+    for earlier in (args.markdown, args.json):
+        if earlier and os.path.isfile(earlier):
+            os.unlink(earlier)
     cases = None
     cases_note = None
     if args.cases_from:

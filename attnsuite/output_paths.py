@@ -9,12 +9,53 @@ baseline's path wrote the markdown diff over it and exited 0 (found by a first-t
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
+from .baseline import SCHEMA_TAG
+from .verdict import looks_like_thresholds
+
 PathLike = Union[os.PathLike, str]
+
+# the options that write benchmark results, and so may replace an earlier result file
+RESULT_WRITERS = frozenset({"--benchmark-json"})
+RESULTS = "a benchmark result file"
+_READ_LIMIT = 512 << 20  # larger than any recorded file; a file beyond it is not read to be recognised
+
+
+def recorded_kind(path: PathLike) -> Optional[str]:
+    """What of the user's recorded files ``path`` holds, by its content: a baseline, benchmark
+    results, a thresholds file or a problems file; None for anything else (a markdown diff, a gate
+    JSON, a file that does not exist or is not JSON).
+
+    An output option naming such a file had replaced it whenever this command did not happen to read
+    it: ``--attn-markdown`` given a baseline of another folder, ``attnsuite ab --json`` given the
+    shipped baseline (ab had even deleted it before failing on a bad ref; found by a fresh-user trial)."""
+    p = Path(path)
+    try:
+        if not p.is_file() or p.stat().st_size > _READ_LIMIT:
+            return None
+        with open(p, "rb") as fh:
+            if fh.read(4096).lstrip()[:1] != b"{":
+                return None
+            fh.seek(0)
+            obj = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if obj.get("schema") == SCHEMA_TAG:
+        return "an attnsuite baseline"
+    if isinstance(obj.get("benchmarks"), list):
+        return RESULTS
+    if looks_like_thresholds(obj):
+        return "a thresholds file"
+    if "version" in obj and ("problems" in obj or "workloads" in obj) and "cases" not in obj:
+        return "a problems file"
+    return None
 
 
 def output_problem(path: os.PathLike | str) -> Optional[str]:
@@ -58,8 +99,9 @@ def output_options_problem(files: Mapping[str, Optional[PathLike]], folders: Map
     each option naming a folder to fill, ``inputs`` each thing the command reads to its file
     (``{"the baseline": path}``, or (label, path) pairs where a label repeats; the label reads as
     written in the message). Refused: an output that cannot be
-    written, one that is an input (it would be replaced by the output), and two outputs naming one
-    file (one would be lost).
+    written, one that holds a recorded file (:func:`recorded_kind`; benchmark results only by an
+    option that writes them), one that is an input (it would be replaced by the output), and two
+    outputs naming one file (one would be lost).
     """
     for option, path in files.items():
         why = output_problem(path) if path else None
@@ -81,6 +123,10 @@ def output_options_problem(files: Mapping[str, Optional[PathLike]], folders: Map
                 what = label if str(read) == str(path) else f"{label} ({read})"
                 return f"{option} {path}: is {what}, which this command reads; writing there would replace it " \
                        "(name another file)"
+    for option, path in named:
+        kind = recorded_kind(path)
+        if kind and not (kind == RESULTS and option in RESULT_WRITERS):
+            return f"{option} {path}: holds {kind}, which an output never replaces (name another file)"
     for i, (option, path) in enumerate(named):
         for other, other_path in named[i + 1:]:
             if same_file(path, other_path):

@@ -91,3 +91,56 @@ def test_a_cli_output_naming_one_of_its_inputs_is_refused_and_the_input_is_kept(
     code, out, err = _cli(*[a.format(**paths) for a in argv])
     assert code == 2 and "which this command reads" in err and "Traceback" not in err, err
     assert out == "" and paths[victim].read_bytes() == before
+
+
+RECORDED = {
+    "an attnsuite baseline": os.path.join(os.path.dirname(__file__), "..", "baselines", "cpu-amd-epyc-2c-torch2.13.json"),
+    "a thresholds file": os.path.join(os.path.dirname(__file__), "..", "baselines", "thresholds.json"),
+}
+
+
+@pytest.mark.parametrize("kind", ["an attnsuite baseline", "a thresholds file", "a problems file",
+                                  "a benchmark result file"])
+@pytest.mark.parametrize("option", ["--markdown", "--json", "--attn-gate-json", "--benchmark-json"])
+def test_an_output_never_replaces_a_recorded_file_that_this_command_does_not_read(tmp_path, kind, option):
+    # --attn-markdown given a baseline of another folder had replaced its 300 cases with the diff (exit 0)
+    victim = tmp_path / "victim.json"
+    if kind == "a problems file":
+        victim.write_text('{"version": 1, "problems": []}')
+    elif kind == "a benchmark result file":
+        victim.write_text('{"machine_info": {}, "benchmarks": []}')
+    else:
+        victim.write_bytes(open(RECORDED[kind], "rb").read())
+    before = victim.read_bytes()
+    why = output_options_problem({option: str(victim)})
+    if kind == "a benchmark result file" and option == "--benchmark-json":
+        assert why is None  # a run writes its results over the last run's
+    else:
+        assert why == f"{option} {victim}: holds {kind}, which an output never replaces (name another file)"
+    assert victim.read_bytes() == before
+
+
+@pytest.mark.parametrize("content", ["<!-- attnsuite-gate -->\n### x", '{"compared": true, "cases": []}', "", "[1]",
+                                     "{not json"])
+def test_an_output_may_replace_what_outputs_write_or_what_is_no_recorded_file(tmp_path, content):
+    earlier = tmp_path / "gate.out"
+    earlier.write_text(content)
+    assert output_options_problem({"--markdown": str(earlier), "--attn-gate-json": None}) is None
+
+
+def test_ab_given_a_baseline_as_its_json_output_refuses_it_and_deletes_nothing(tmp_path, capsys):
+    from attnsuite import ab
+
+    victim = tmp_path / "victim.json"
+    victim.write_bytes(open(RECORDED["an attnsuite baseline"], "rb").read())
+    earlier_md = tmp_path / "ab.md"
+    earlier_md.write_text("<!-- an earlier ab run's diff -->")
+    status = ab.main(["--base", "no-such-ref-anywhere", "--json", str(victim), "--markdown", str(earlier_md),
+                      "--", "--attn-workload", "gpt2-mha"], out=io.StringIO())
+    assert status == 2 and "holds an attnsuite baseline, which an output never replaces" in capsys.readouterr().err
+    assert victim.exists() and earlier_md.exists()
+    # a bad ref: refused before an earlier run's outputs go (they had been deleted first)
+    status = ab.main(["--base", "no-such-ref-anywhere", "--markdown", str(earlier_md), "--", "--attn-workload",
+                      "gpt2-mha"], out=io.StringIO())
+    err = capsys.readouterr().err
+    assert status == 2 and "no-such-ref-anywhere" in err and earlier_md.exists(), err
