@@ -239,14 +239,18 @@ def pytest_configure(config: pytest.Config) -> None:
             whose = "" if named else " (the baseline for this machine; fix or remove it, or name another with " \
                                      "--attn-baseline)"
             raise pytest.UsageError(f"attnsuite gate: {exc}{whose}") from None
-        # (recording into a named baseline is record_baseline's business: it checks the machine then)
-        if named and here is not None and not config.getoption("--attn-record-baseline"):
+        if named and here is not None:
+            recording = config.getoption("--attn-record-baseline")
+            allow = config.getoption("--attn-allow-mismatch")
             try:
-                bl.check_compatible(dict(base.fingerprint), here,
-                                    allow_mismatch=config.getoption("--attn-allow-mismatch"))
+                bl.check_compatible(dict(base.fingerprint), here, allow_mismatch=allow)
+                if recording:  # the rule record_baseline applies when it writes (merge_into), checked now:
+                    # a refusal had come after every case had run, under a summary that read PASS
+                    bl.check_same_cpu_model(dict(base.fingerprint), here, allow_mismatch=allow)
             except bl.FingerprintMismatch as exc:
-                raise pytest.UsageError(f"attnsuite gate: refusing to compare with {named}: the machines differ: "
-                                        f"{exc} (--attn-allow-mismatch compares anyway)") from None
+                doing = "record into" if recording else "compare with"
+                raise pytest.UsageError(f"attnsuite gate: refusing to {doing} {named}: the machines differ: "
+                                        f"{exc} (--attn-allow-mismatch {doing.split()[0]}s anyway)") from None
     try:
         named = config.getoption("--attn-baseline")
         gate.thresholds_for(config.getoption("--attn-thresholds"), Path(named).parent if named else _baselines_dir(config))

@@ -599,6 +599,25 @@ def test_a_corrupt_baseline_for_this_machine_is_a_usage_error_before_any_case_ru
 
 
 
+def test_recording_into_another_cpu_models_baseline_is_refused_before_any_case_runs(pytester, project):
+    # the refusal had come after every case had run, under a summary that read PASS (a fresh-user trial)
+    from attnsuite import fingerprint
+    from attnsuite.baseline import stable_fingerprint
+
+    here = stable_fingerprint(fingerprint.machine_info("cpu"))
+    obj = json.loads((ROOT / "baselines" / "cpu-amd-epyc-2c-torch2.13.json").read_text())
+    obj["fingerprint"] = {**here, "cpu_model": "Another CPU Model 9999"}
+    theirs = project / "theirs.json"
+    theirs.write_text(json.dumps(obj))
+    before = theirs.read_bytes()
+    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-gate=enforce", "--attn-mode=fwd",
+                                                  f"--attn-baseline={theirs}", "--attn-record-baseline"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-2000:]
+    err = result.stderr.str()
+    assert f"refusing to record into {theirs}: the machines differ" in err and "Another CPU Model 9999" in err, err
+    assert "--attn-allow-mismatch records anyway" in err, err
+    assert "passed" not in result.stdout.str() and theirs.read_bytes() == before
+
 @pytest.mark.parametrize("recording", [False, True], ids=["comparing", "recording"])
 def test_a_run_that_requires_a_baseline_where_none_is_found_stops_before_any_case_runs(pytester, project, recording):
     # a CI gate on a runner that drifted from every stored baseline had learned it after the whole tier
