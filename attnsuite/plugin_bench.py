@@ -23,6 +23,7 @@ import contextlib
 import math
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -900,6 +901,41 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                         f"selection does not include (e.g. {', '.join(outside[:3])}): resume with the "
                         "interrupted run's selection (the same -k and --attn-* options), or run without "
                         f"--attn-resume to start over (the journal is then kept as {journal.previous_path(where)})")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_sessionfinish")
+def pytest_sessionfinish_through_one_sigint(session: pytest.Session, exitstatus: int) -> Any:
+    """The end of the session (writing the benchmark JSON, the gate's files and summary, stopping the
+    workers) runs to its end through one Ctrl-C: a SIGINT there had stopped it half way, after every
+    case had run, with a traceback from the worker shutdown, exit status 130 and no gate.md or
+    summary (a fresh-user trial). A second SIGINT still stops it."""
+    if not _benchmarking(session) or threading.current_thread() is not threading.main_thread():
+        return (yield)
+    received: list[float] = []
+
+    def defer(signum: int, frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(time.monotonic())
+
+    previous = signal.signal(signal.SIGINT, defer)
+    try:
+        result = yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        line = ("attnsuite: SIGINT while the session was ending: it finished writing its results first (a "
+                "second SIGINT stops it at once)")
+        if tr is not None:
+            tr.write_line(line, yellow=True)
+        else:
+            sys.stderr.write(line + "\n")
+    return result
+
+
+def _benchmarking(session: pytest.Session) -> bool:
+    return session.config.stash.get(_RUNNER, None) is not None
 
 
 @pytest.hookimpl(trylast=True)

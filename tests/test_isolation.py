@@ -599,6 +599,34 @@ def test_a_corrupt_baseline_for_this_machine_is_a_usage_error_before_any_case_ru
 
 
 
+SIGINT_AT_THE_END = """
+import os, signal, time
+import pytest
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):
+    # what `timeout -s INT` or a Ctrl-C just after the last case does: the signal lands while the
+    # session is ending (the workers being stopped, the JSON and the gate files being written)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)
+"""
+
+
+def test_a_sigint_while_the_session_ends_lets_it_finish_writing_everything(pytester, project):
+    # it had stopped the end half way: a traceback from the worker shutdown, exit status 130, no gate.md
+    (project / "sigint_at_the_end.py").write_text(SIGINT_AT_THE_END)
+    out = project / "out"
+    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-mode=fwd", "--attn-gate=report",
+                                                  "-p", "sigint_at_the_end", f"--benchmark-json={out / 'bench.json'}",
+                                                  f"--attn-markdown={out / 'gate.md'}"))
+    text = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.OK, text[-3000:]
+    assert "KeyboardInterrupt" not in text, text[-3000:]
+    assert "SIGINT while the session was ending: it finished writing its results first" in text
+    assert "attnsuite summary" in text and (out / "gate.md").is_file() and (out / "bench.json").is_file()
+    assert len(benchmark_entries(json.loads((out / "bench.json").read_text()))) >= 2
+
 def test_recording_into_another_cpu_models_baseline_is_refused_before_any_case_runs(pytester, project):
     # the refusal had come after every case had run, under a summary that read PASS (a fresh-user trial)
     from attnsuite import fingerprint
