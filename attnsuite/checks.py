@@ -28,6 +28,7 @@ from .memory import poison_free_memory
 from .problem import LARGE_LOGITS, Problem
 from .registry import Variant
 from .tolerance import UNWRITTEN, Comparison, as_float64, compare, compare_as, compare_within_values
+from .wording import exception_text
 
 
 @dataclass
@@ -111,7 +112,7 @@ def _guarded(check: str, variant: Variant, problem: Problem, body: Callable[[Che
         body(result)
     except Exception as exc:  # the variant raised: a failure of this check, not of the run
         result.passed = False
-        result.details.append(f"raised {type(exc).__name__}: {exc}")
+        result.details.append(f"raised {exception_text(exc)}")
         result.details.append(traceback_text(exc).replace("\n", "\n  "))
     return result
 
@@ -758,7 +759,7 @@ def guarded_skip_reason(decide: Callable[[], Optional[str]], variant: Variant, p
         with os_exit_raises():  # os._exit here had ended a run without xdist at once, status 0, silently
             return decide(), None
     except Exception as exc:  # noqa: BLE001 - the variant's code, reported against it
-        return None, f"{variant.name} on {problem.id}: its {hook} raised {type(exc).__name__}: {exc}"
+        return None, f"{variant.name} on {problem.id}: its {hook} raised {exception_text(exc)}"
     except OsExitCalled as exc:
         return None, f"{variant.name} on {problem.id}: its {hook} called os._exit({exc.status!r})"
     except SystemExit as exc:

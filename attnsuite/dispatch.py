@@ -23,6 +23,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
+from .wording import exception_text
+
 Job = Callable[[Any], Any]  # backend -> reply
 
 
@@ -134,7 +136,7 @@ class Dispatcher:
             try:
                 value = job(backend)
             except Exception as exc:  # noqa: BLE001  a job's own bug must not end the thread silently
-                value = {"error": f"{type(exc).__name__}: {exc}"}
+                value = {"error": exception_text(exc)}
                 with self._cond:
                     self.errors.append(f"{key}: {value['error']}")
             with self._cond:

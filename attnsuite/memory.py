@@ -34,6 +34,7 @@ import torch
 
 from .problem import Problem
 from .record import has_backward
+from .wording import exception_message
 
 ITEMSIZE = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
@@ -92,7 +93,7 @@ def is_oom(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
             return True
-        text = str(exc)
+        text = exception_message(exc)  # a variant's own exception: its __str__ may raise
         if "out of memory" in text.lower() or "can't allocate memory" in text:
             return True
         exc = exc.__cause__ or exc.__context__

@@ -21,6 +21,7 @@ from .isolation import NOT_RUN_PREFIX, OTHERS_NOT_RUN
 from .problem import DTYPE_SHORT
 from .session_failure import fail_session
 from .verdict import problem_dtype_device
+from .wording import exception_text
 
 PROBLEM_FILES = pytest.StashKey[list]()  # the problems files this session loaded (resolved paths)
 
@@ -210,7 +211,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         registry.load_all(config.getoption("--attn-variants"))
     except Exception as exc:  # a broken external module must say which one and why
-        raise pytest.UsageError(f"attnsuite: could not load variants: {type(exc).__name__}: {exc}") from exc
+        raise pytest.UsageError(f"attnsuite: could not load variants: {exception_text(exc)}") from exc
     try:  # after the variants: a file may add to the families they register
         config.stash[PROBLEM_FILES] = problem_file.load_all(config.getoption("--attn-problems"))
     except problem_file.ProblemFileError as exc:

@@ -43,7 +43,7 @@ from . import gate, plugin_bench, registry, report, summary
 from .output_paths import output_options_problem, output_problem
 from .session_failure import fail_session
 from .verdict import CONFIRMABLE, Comparison, Scope, ThresholdsError
-from .wording import count
+from .wording import count, exception_text
 
 _STATE = pytest.StashKey["GateState"]()
 GATE_NODE = "attnsuite-gate"
@@ -297,7 +297,7 @@ def pytest_report_header(config: pytest.Config) -> Optional[list[str]]:
     try:
         fp = bl.stable_fingerprint(plugin_bench.fingerprint_of(config)["info"])  # the one the JSON gets
     except Exception as exc:  # the header must never stop the run; the end of the run says it again
-        return [f"attnsuite gate: could not read this machine's fingerprint: {type(exc).__name__}: {exc}"]
+        return [f"attnsuite gate: could not read this machine's fingerprint: {exception_text(exc)}"]
     lookup = bl.find_baseline(fp, _baselines_dir(config))
     return [f"attnsuite gate: {line}" for line in lookup_lines(lookup)]
 
@@ -486,7 +486,7 @@ def _current_run(config: pytest.Config, state: GateState) -> Optional[bl.Run]:
         try:
             obj = _json_now(config, state)
         except Exception as exc:  # the gate must still run on the records it has
-            state.lines.append(f"could not build the run's JSON: {type(exc).__name__}: {exc}")
+            state.lines.append(f"could not build the run's JSON: {exception_text(exc)}")
             benches = list(getattr(_benchmark_session(config), "benchmarks", None) or [])
             obj = {"benchmarks": [{"name": getattr(b, "fullname", "?"), "extra_info": dict(b.extra_info or {})}
                                   for b in benches]} if benches else None
@@ -602,7 +602,7 @@ def pytest_runtestloop(session: pytest.Session) -> Any:
     except Exception as exc:  # never lose the run's results over the confirmation
         state = session.config.stash.get(_STATE, None)
         if state is not None:
-            state.lines.append(f"confirmation failed: {type(exc).__name__}: {exc}")
+            state.lines.append(f"confirmation failed: {exception_text(exc)}")
     return result
 
 

@@ -34,6 +34,7 @@ from . import frames, import_limit
 from .exits import OsExitCalled, os_exit_raises
 from .problem import MASK_KINDS, Problem
 from .tolerance import ACCURACY_CLASSES
+from .wording import exception_text
 
 KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -802,7 +803,7 @@ def load_like(sources: Iterable[tuple[str, Optional[str]]]) -> list[str]:
         try:
             load_external(spec, module_name)
         except Exception as exc:  # noqa: BLE001 - one bad source must not keep the rank from starting
-            errors.append(f"{spec}: {type(exc).__name__}: {exc}")
+            errors.append(f"{spec}: {exception_text(exc)}")
     return errors
 
 
@@ -834,7 +835,7 @@ def load_entry_points() -> None:
             _load_from(where, ep.load)
         except Exception as exc:
             forget(set(_REGISTRY) - before)  # half a package would read as all of it
-            line = (f"{where}: {type(exc).__name__}: {exc} (fix or uninstall that package, or set "
+            line = (f"{where}: {exception_text(exc)} (fix or uninstall that package, or set "
                     f"{NO_ENTRY_POINTS}=1 to run without installed packages' variants)")
             if line not in _BROKEN_ENTRY_POINTS:
                 _BROKEN_ENTRY_POINTS.append(line)
@@ -937,7 +938,7 @@ def load_all(external: Iterable[str] = ()) -> None:
                 warnings.simplefilter("always")
                 _load_from(source, lambda: load_external(spec))
         except Exception as exc:  # which of several modules failed, and where it was named
-            raise VariantLoadError(f"{source}: {type(exc).__name__}: {exc}{_raised_in_loaded_code(exc)}") from exc
+            raise VariantLoadError(f"{source}: {exception_text(exc)}{_raised_in_loaded_code(exc)}") from exc
         for w in seen:
             if issubclass(w.category, NothingRegistered):
                 # named on purpose and registering nothing is a mistake (a forgotten @register): the

@@ -30,6 +30,7 @@ from .inputs import torch_dtype
 from .problem import Problem
 from .record import MODES, CaseRecord, has_backward
 from .triton_support import LAUNCH_PREFIX
+from .wording import exception_text
 
 ORACLE_LIMIT = 1 << 18  # score elements (b*hq*lq*lk) up to which outputs are checked against the float64 oracle
 _REF_CACHE: dict = {}  # (family, problem) -> (oracle output, same-dtype base output), shared by the variants
@@ -471,14 +472,14 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
     except Exception as exc:  # the case's failure is its outcome; the run goes on
         failed = True
         if memory.is_oom(exc):
-            text = f"{type(exc).__name__}: {exc}"
+            text = exception_text(exc)
             rec.outcome, rec.oom_bytes = "oom", memory.parse_oom_bytes(str(exc))
             rec.detail = text.splitlines()[0][:400]
         elif isinstance(exc, OutputContractError):  # backward met an output of the wrong kind: as fwd says it
             rec.outcome, rec.detail = "numerics", str(exc)
             rec.extra["numerics_check"] = "contract"
         else:
-            rec.outcome, rec.detail = "error", f"{type(exc).__name__}: {exc}"[:1000]
+            rec.outcome, rec.detail = "error", exception_text(exc)[:1000]
             # where it was raised: the variant's last own frame, then the innermost frames (the
             # correctness checks show the same); the worker's log, which had the rest, is removed
             rec.extra["traceback"] = checks.traceback_text(exc)[:4000]
@@ -775,7 +776,7 @@ def _measure_device_time(rec: CaseRecord, case: Case, device: str, result: timin
         elif memory.is_oom(exc):  # a graph's private pool on top of the case's memory: try kernel-sum
             rec.extra["device_time_pending"] = f"out of memory measuring it with the case ({timing.first_line(exc)})"[:300]
         else:
-            rec.extra["device_time_note"] = f"not measured: {type(exc).__name__}: {exc}"[:300]
+            rec.extra["device_time_note"] = f"not measured: {exception_text(exc)}"[:300]
         exc = None  # its traceback holds the failed attempt's tensors
         _recover(device)
         return
@@ -817,7 +818,7 @@ def measure_deferred_device_time(bc: BenchCase, settings: Settings, rec: CaseRec
         if on_error is not None:
             on_error(exc)
         rec.extra.pop("device_time_pending", None)
-        rec.extra["device_time_note"] = f"not measured ({why}): {type(exc).__name__}: {exc}"[:300]
+        rec.extra["device_time_note"] = f"not measured ({why}): {exception_text(exc)}"[:300]
         exc = None  # its traceback holds the case's tensors
         case = None
         _recover(p.device)  # a failure may leave cycles and a full allocator behind

@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any, Callable, Iterator, Optional
 
 from .problem import Problem
+from .wording import exception_text
 
 # Interpreter budget, in (batch * head, 64-query tile, 64-key tile) steps of one pass: the
 # interpreter's cost is per tile step (Python dispatch of each tl op), ~0.2 s per step for the
@@ -39,7 +40,7 @@ def unavailable_reason() -> Optional[str]:
         import triton  # noqa: F401
         import triton.language  # noqa: F401  (a broken install fails here, not in a kernel)
     except Exception as exc:  # a broken install must read as a skip, not a collection error
-        return f"triton does not import: {type(exc).__name__}: {exc}"
+        return f"triton does not import: {exception_text(exc)}"
     return None
 
 

@@ -20,3 +20,17 @@ def clip(text: str, limit: int) -> str:
     import textwrap
 
     return textwrap.shorten(text, limit, placeholder=" ...") if text.strip() else ""
+
+
+def exception_message(exc: BaseException) -> str:
+    """``str(exc)``, or what its ``__str__`` raised: a variant's exception class whose ``__str__`` raised
+    had been reported as that second error, its own type and line lost (a fresh-user trial)."""
+    try:
+        return str(exc)
+    except Exception as inner:  # noqa: BLE001 - any error of the variant's own __str__
+        return f"<its str() raised {type(inner).__name__}>"
+
+
+def exception_text(exc: BaseException) -> str:
+    """``Type: message`` of an exception, whatever its ``__str__`` does (:func:`exception_message`)."""
+    return f"{type(exc).__name__}: {exception_message(exc)}"

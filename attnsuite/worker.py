@@ -36,6 +36,7 @@ from .exits import OsExitCalled, os_exit_raises
 from .frames import own_frames
 from .isolation import EXIT_POISONED, STACK_SIGNAL, recv_fd, send
 from .parent_watch import exit_with_parent
+from .wording import exception_text
 
 
 def cuda_health(device: str) -> Optional[str]:
@@ -51,7 +52,7 @@ def cuda_health(device: str) -> Optional[str]:
         float(torch.rand(1, device=device).item())
         torch.cuda.synchronize(device)
     except Exception as exc:  # noqa: BLE001 - any failure here means the context is gone
-        return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return exception_text(exc).splitlines()[0][:300]
     return None
 
 
@@ -207,7 +208,7 @@ class Worker:
             with os_exit_raises():
                 rec, result = run_case(bc, self.settings)
         except Exception as exc:  # noqa: BLE001 - the runner's own failure still belongs to this case
-            rec, result = failed_record(bc, f"{type(exc).__name__}: {exc}"), None
+            rec, result = failed_record(bc, exception_text(exc)), None
         except (SystemExit, OsExitCalled) as exc:  # the worker lives on: it had died, recorded as a crash
             rec, result = failed_record(bc, exit_call_text(exc) + at_own_frame(exc)), None
             rec.extra["traceback"] = traceback_text(exc)[:4000]
@@ -325,7 +326,7 @@ def main(argv: list[str]) -> int:
             else:
                 reply = {"error": f"unknown request {op!r}"}
         except Exception as exc:  # noqa: BLE001 - the suite's own failure, reported to the parent
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            reply = {"ok": False, "error": exception_text(exc), "traceback": traceback.format_exc()}
         send(out, reply)
         if reply.get("fatal"):
             out.close()
