@@ -524,6 +524,9 @@ def _judge(config: pytest.Config, run: bl.Run, base: bl.Baseline, path: Path, lo
     cmp.promise = str(getattr(lookup, "promise", "") or "")
     cmp.gate_mode = effective_gate_mode(config)
     cmp.interrupted = interrupted
+    unregistered = unregistered_missing(cmp)
+    if unregistered:
+        cmp.notes.append(unregistered)
     once = (_measured_once(cmp) if interrupted and config.getoption("attn_confirm")
             and not config.getoption("--attn-record-baseline") else [])
     if once:
@@ -532,6 +535,24 @@ def _judge(config: pytest.Config, run: bl.Run, base: bl.Baseline, path: Path, lo
                          "stopped before its confirmation pass, which measures them again; the same command with "
                          "--attn-resume carries on and confirms or clears them")
     return cmp
+
+
+def unregistered_missing(cmp: Comparison) -> str:
+    """A note on the missing cases whose variant this session does not register, or "": a run that
+    forgot an outside variant's ``--attn-variants`` had read its cases missing (gating) with no word
+    of why, and ``record --prune`` then removed them (a fresh-user trial)."""
+    known = {v.name for v in registry.variants()}
+    names: dict[str, int] = {}
+    for v in cmp.verdicts:
+        parts = v.key.split("/")
+        if v.verdict == "missing" and len(parts) > 1 and parts[1] not in known:
+            names[parts[1]] = names.get(parts[1], 0) + 1
+    if not names:
+        return ""
+    listed = ", ".join(f"{name} ({count(n, 'case')})" for name, n in sorted(names.items()))
+    return (f"missing cases of {count(len(names), 'variant')} this run does not register: {listed}: an outside "
+            "variant whose file this run did not load (--attn-variants, ATTNSUITE_VARIANTS)? A variant taken out "
+            "of the code: record without it with --prune (docs/gate.md)")
 
 
 def _measured_once(cmp: Comparison) -> list[str]:

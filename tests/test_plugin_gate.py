@@ -579,3 +579,18 @@ def test_the_thresholds_beside_a_named_baseline_are_the_ones_used_as_by_attnsuit
     (elsewhere / "thresholds.json").write_text(json.dumps({"version": 1, "device": {"cpu": {"time_floor": 9.0}}}))
     res = project.runpytest(*QUIET, f"--attn-baseline={elsewhere / 'my.json'}")
     res.stdout.fnmatch_lines([f"*thresholds from {elsewhere / 'thresholds.json'}*"])
+
+
+def test_missing_cases_of_a_variant_this_run_does_not_register_are_said_so():
+    # a run that forgot an outside variant's --attn-variants had read its cases missing with no word of why
+    from attnsuite import plugin_gate, registry
+    from attnsuite.verdict import CaseVerdict, Comparison
+
+    registry.load_builtin()
+    verdicts = [CaseVerdict(f"w/{name}/fwd/{PROBLEM}", verdict, (verdict,), "x")
+                for name, verdict in (("my-kernel", "missing"), ("my-kernel", "missing"), ("explicit", "missing"),
+                                      ("other-kernel", "same"))]
+    note = plugin_gate.unregistered_missing(Comparison(verdicts=verdicts))
+    assert note.startswith("missing cases of 1 variant this run does not register: my-kernel (2 cases): an outside "
+                           "variant whose file this run did not load (--attn-variants"), note
+    assert plugin_gate.unregistered_missing(Comparison(verdicts=verdicts[2:])) == ""
