@@ -48,13 +48,15 @@ class Case:
 
     def output_problem(self, out: object) -> Optional[str]:
         """Why ``out`` breaks the output contract that backward relies on (a tensor of the output
-        gradient's shape), or None. Said in the contract's words: a tuple or a wrong shape had surfaced
+        gradient's shape, on its device), or None. Said in the contract's words: a tuple or a wrong shape had surfaced
         as torch's "'tuple' object has no attribute 'backward'" or "Mismatch in shape"."""
         if not isinstance(out, torch.Tensor):
             return f"{self.variant.name} returned {type(out).__name__}, not a tensor"
         if out.shape != self.grad_out.shape:
             return (f"{self.variant.name}: output is {tuple(out.shape)}, the contract says "
                     f"{tuple(self.grad_out.shape)}")
+        if out.device != self.grad_out.device:  # torch's words had been "invalid gradient at index 0"
+            return f"{self.variant.name}: output on {out.device}, the problem on {self.grad_out.device}"
         return None
 
     def backward(self, out: torch.Tensor, retain_graph: bool = False) -> None:

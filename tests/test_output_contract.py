@@ -39,6 +39,8 @@ class _Broken(type(registry.get("sdpa"))):
                 return out.transpose(-1, -2)
             if self.how == "nan":
                 return torch.full_like(out, float("nan"))
+            if self.how == "meta":
+                return out.to("meta")
             return out[..., :-1, :]  # one query row short
 
         return broken
@@ -69,9 +71,16 @@ class AllNaN(_Broken):
     how = "nan"
 
 
+class OnMeta(_Broken):
+    name = "returns-on-meta"
+    how = "meta"
+
+
 BROKEN = [pytest.param(ReturnsTuple(), "returned tuple, not a tensor", id="a tuple"),
           pytest.param(OneRowShort(), "output is (1, 2, 23, 16), the contract says (1, 2, 24, 16)",
-                       id="one query row short")]
+                       id="one query row short"),
+          # torch's words had been "invalid gradient at index 0 - expected device meta but got cpu"
+          pytest.param(OnMeta(), "returns-on-meta: output on meta, the problem on cpu", id="on another device")]
 
 
 @pytest.mark.parametrize("variant, words", BROKEN)
