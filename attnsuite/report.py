@@ -213,6 +213,8 @@ def terminal_table(cmp: Comparison, *, show_same: bool = False, max_rows: int = 
 
     # no row, no column heads: a header over nothing had read as a table that lost its rows
     table = [line(header), line(["-" * w for w in widths])] + [line(r) for r in body] if body else []
+    if any(v.confirm_time_change is not None for v in rows[:max_rows]):
+        table.append(CONFIRMED_CHANGE_NOTE)
     lines = header_lines(cmp) + table
     if len(rows) > max_rows:
         lines.append(f"... {len(rows) - max_rows} more rows")
@@ -235,8 +237,14 @@ def table_header(sides: tuple[str, str] = ("baseline", "this run")) -> tuple[str
     return (*TABLE_HEADER[:3], *sides, *TABLE_HEADER[5:])
 
 
+# a reviewer had read "+321.1% / +329.3%" with nothing saying what the second figure was
+CONFIRMED_CHANGE_NOTE = ("change \"a / b\": a, the first measurement's; b, the confirmation's (measured again "
+                         "after every other case)")
+
+
 def _md_table(verdicts: Iterable[CaseVerdict], with_message: bool = True,
               sides: tuple[str, str] = ("baseline", "this run")) -> list[str]:
+    verdicts = list(verdicts)
     cols = ["verdict", "workload", "variant", "mode", "problem", *table_header(sides)[2:]]
     if with_message:
         cols.append("details")
@@ -248,6 +256,8 @@ def _md_table(verdicts: Iterable[CaseVerdict], with_message: bool = True,
         if with_message:
             cells.append(md_escape(v.message))
         lines.append("| " + " | ".join([verdict] + cells) + " |")
+    if any(v.confirm_time_change is not None for v in verdicts):
+        lines += ["", md_escape(CONFIRMED_CHANGE_NOTE)]
     return lines
 
 

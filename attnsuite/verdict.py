@@ -328,7 +328,9 @@ def fmt_pct(x: Optional[float]) -> str:
     """A signed relative change in percent."""
     if x is None:
         return "-"
-    return f"{x * 100:+.1f}%" if math.isfinite(x) else ("from 0" if x > 0 else "-")
+    if not math.isfinite(x):
+        return "from 0" if x > 0 else "-"
+    return f"{x * 100:+.1f}%" if round(x * 100, 1) != 0 else "+0.0%"  # never "-0.0%"
 
 
 def beyond_allowance(base: float, cur: float, rel_floor: float, abs_floor: float) -> tuple[float, int]:

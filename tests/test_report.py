@@ -226,6 +226,19 @@ def test_a_confirmed_slowdown_shows_both_changes_in_every_report():
     cmp = compare(by_key([rec("x")]), by_key([cur]))
     assert "+20.0% / +25.0%" in report.terminal_table(cmp)
     assert "+20.0% / +25.0%" in report.markdown_diff(cmp)
+    # and say which is which, once under each table that shows one
+    legend = 'b, the confirmation\'s (measured again after every other case)'
+    assert report.terminal_table(cmp).count(legend) == 1 and legend in report.markdown_diff(cmp)
+    plain = compare(by_key([rec("x")]), by_key([rec("x", median_ms=1.2)]))
+    assert legend not in report.terminal_table(plain) and legend not in report.markdown_diff(plain)
+
+
+@pytest.mark.parametrize("x, text", [(-0.00001, "+0.0%"), (0.0, "+0.0%"), (-0.0004, "+0.0%"), (-0.0006, "-0.1%"),
+                                     (0.25, "+25.0%")])
+def test_a_change_never_reads_minus_zero(x, text):
+    from attnsuite.verdict import fmt_pct
+
+    assert fmt_pct(x) == text
 
 
 def test_an_unconfirmed_slowdown_is_listed_as_reported_not_as_a_regression():
