@@ -121,11 +121,7 @@ def test_a_benchmark_too_large_for_the_whole_oracle_is_judged_at_the_familys_own
     # that rotates its keys late had timed `ok` (and would have been recorded in a baseline)
     shifted = tmp_path / "shifted.py"
     shifted.write_text(textwrap.dedent(SHIFTED))
-    problems = tmp_path / "rope-long.json"
-    problems.write_text(json.dumps({"version": 1, "workloads": [{"name": "rope-long", "description": "RoPE at 640", "entries": [
-        {"tier": "quick", "family": "rope-attention", "modes": ["fwd", "fwd+bwd"],
-         "problem": {"batch": 1, "lq": 640, "hq": 4, "hkv": 2, "dqk": 32, "mask": "causal", "dtype": "float32",
-                     "args": {"rope_theta": 10000.0}}}]}]}))
+    problems = REPO / "examples" / "external_rope_problems.json"  # its quick-tier entry: L 640, fp32
     out = tmp_path / "bench.json"
     pytester.syspathinsert(REPO)
     result = pytester.runpytest_subprocess(
