@@ -865,6 +865,11 @@ def _record(session: pytest.Session, state: GateState, run: bl.Run, path: Option
             raise ValueError("this run has no machine fingerprint id")
         # read, merge and write under the store's lock: a concurrent recording loses nothing
         merged = bl.record_baseline(run, path, allow_mismatch=config.getoption("--attn-allow-mismatch"))
+        if not (merged.added or merged.updated or merged.unchanged or merged.removed):
+            # every case kept the baseline's entry (each failed or was skipped where the baseline had a
+            # measurement): the summary had still said RECORDED, of a file this run changed nothing in
+            state.lines.append(f"baseline NOT changed: no case of this run was recorded into {path}: {merged}")
+            return False
         state.lines.append(f"baseline recorded: {path}: {merged}")
         failing = bl.recorded_failures(run, merged)
         if failing:

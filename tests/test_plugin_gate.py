@@ -594,3 +594,16 @@ def test_missing_cases_of_a_variant_this_run_does_not_register_are_said_so():
     assert note.startswith("missing cases of 1 variant this run does not register: my-kernel (2 cases): an outside "
                            "variant whose file this run did not load (--attn-variants"), note
     assert plugin_gate.unregistered_missing(Comparison(verdicts=verdicts[2:])) == ""
+
+
+def test_a_recording_that_changed_nothing_in_the_baseline_does_not_say_recorded(project):
+    # every case failed, so each kept the baseline's measured entry: the summary had said RECORDED
+    record(project)
+    before = (project.path / BASELINE).read_text()
+    set_cases(project, [case("alpha", outcome="error", median_ms=None, detail="boom"),
+                        case("beta", outcome="error", median_ms=None, detail="boom")])
+    res = project.runpytest(*QUIET, "--attn-record-baseline", "--attn-gate=report")
+    out = res.stdout.str()
+    assert f"baseline NOT changed: no case of this run was recorded into {project.path / BASELINE}" in out, out
+    assert "RECORDED" not in out and "baseline recorded:" not in out, out
+    assert json.loads((project.path / BASELINE).read_text())["cases"] == json.loads(before)["cases"]
