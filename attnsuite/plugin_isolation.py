@@ -16,7 +16,9 @@ allows (docs/isolation.md, "Correctness tests"):
   the controller words the failure (the variant, and whether it crashed or ran past the limit) and
   adds the variant to the run's crash ledger; each later test of that variant is skipped with a
   reason naming the test that took the worker down. The rest of the run goes on, and xdist's
-  restart limit (4 per worker) is not spent on one variant's problems.
+  restart limit (4 per worker) is not spent on one variant's problems. The controller also watches
+  the worker processes (:class:`DeadWorkerWatch`): a worker that died while a process it forked
+  holds its pipe open is ended at once, not when that process exits.
 * **A poisoned CUDA context.** A kernel that trips a device-side assert or an illegal address
   leaves its process's CUDA context unusable: every later CUDA call raises, and every later test
   would fail with an error that is not its own. After a test fails, the context is probed (a
@@ -482,11 +484,114 @@ def sweep_stale_ledgers(tmp: Path) -> list[Path]:
     return removed
 
 
+def _worker_popen(node: Any) -> Any:
+    """The ``subprocess.Popen`` of an xdist worker started on this machine (execnet's popen
+    gateway), or None (another kind of gateway, or an xdist/execnet that keeps it elsewhere)."""
+    popen = getattr(getattr(getattr(node, "gateway", None), "_io", None), "popen", None)
+    return popen if callable(getattr(popen, "poll", None)) else None
+
+
+def exit_wording(status: Optional[int]) -> str:
+    """``killed by SIGKILL`` / ``exit status 3`` / "" (not known) for a process's exit status."""
+    if status is None:
+        return ""
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exit status {status}"
+
+
+class DeadWorkerWatch:
+    """In the xdist controller: end the node of a worker whose process died while its pipe stayed open.
+
+    xdist learns that a worker died from the end of its pipe (execnet's channel reads EOF). A process
+    the worker forked (a compile server, a helper a variant started) inherits that pipe, and while it
+    lives the pipe never ends: the controller waited for the helper (one that never exits: for ever),
+    and the crash was then worded by its elapsed time as having run past --attn-test-timeout. So this
+    looks at the worker processes themselves (the controller's children: their state, not their pipe)
+    every POLL_S, and a node whose process has been dead for GRACE_S and that xdist has not ended is
+    ended as xdist ends one whose pipe closed: an "errordown" event, so xdist fails the test it was
+    running (pytest_handlecrashitem words it), replaces the worker and the run goes on.
+    """
+
+    POLL_S = 0.5
+    GRACE_S = 2.0  # an ordinary death's EOF reaches xdist within milliseconds: that path is left to it
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.watched: list[tuple[Any, Any, Any]] = []  # (node, its Popen, xdist's own putevent)
+        self.ended: set[int] = set()  # id() of the nodes whose "errordown" was queued (by xdist or this watch)
+        self.died_at: dict[str, float] = {}  # worker id -> when its process was first seen dead
+        self.stop = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+
+    def add(self, node: Any) -> None:
+        popen = _worker_popen(node)
+        putevent = getattr(node, "putevent", None)
+        if popen is None or not callable(putevent):
+            return  # nothing to watch: xdist's own detection stands
+        # Every event of the node passes this filter, so that a node is ended once: by xdist's reader
+        # thread (its pipe closed) or by this watch, whichever comes first under the lock. The late
+        # EOF of a pipe the helper held (minutes later) is then dropped, not a second "errordown".
+        def filtered(event: Any, _node_id: int = id(node), _put: Any = putevent) -> None:
+            with self.lock:
+                if _node_id in self.ended:
+                    return
+                if event[0] == "errordown":
+                    self.ended.add(_node_id)
+                _put(event)
+        node.putevent = filtered
+        with self.lock:
+            self.watched.append((node, popen, putevent))
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="attnsuite-dead-worker-watch", daemon=True)
+            self.thread.start()
+
+    def exit_status(self, node: Any, wait_s: float = 0.0) -> Optional[int]:
+        """The worker's exit status, waiting up to ``wait_s`` for it to end (None: alive or unknown)."""
+        popen = _worker_popen(node)
+        if popen is None:
+            return None
+        try:
+            return popen.wait(timeout=wait_s) if wait_s > 0 else popen.poll()
+        except Exception:  # noqa: BLE001 - still running (TimeoutExpired), or not ours to wait for
+            return None
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.POLL_S):
+            with self.lock:
+                watched = list(self.watched)
+            for node, popen, putevent in watched:
+                worker = str(getattr(getattr(node, "gateway", None), "id", "?"))
+                try:
+                    status = popen.poll()  # reaps it; execnet's own wait() later gets the same status
+                except Exception:  # noqa: BLE001
+                    status = None
+                if status is None:
+                    continue
+                died_at = self.died_at.setdefault(worker, time.time())
+                if time.time() - died_at < self.GRACE_S:
+                    continue
+                with self.lock:
+                    self.watched = [w for w in self.watched if w[0] is not node]
+                    if id(node) in self.ended or getattr(node, "_down", False):  # xdist saw it end already
+                        continue
+                    node._down = True  # as xdist's reader does on EOF (a shutdown is then not sent to it)
+                    self.ended.add(id(node))
+                    how = exit_wording(status)
+                    putevent(("errordown", {"node": node, "error": (
+                        f"attnsuite: worker process {popen.pid} died ({how}) but its pipe stayed open (a "
+                        "process it started still holds it); the node was ended without waiting for it")}))
+
+
 class CrashController:
     """In the xdist controller: the crash ledger's folder, and the wording of a worker's death."""
 
     def __init__(self) -> None:
         self.folder: Optional[Path] = None
+        self.watch = DeadWorkerWatch()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -494,6 +599,7 @@ class CrashController:
             sweep_stale_ledgers(Path(tempfile.gettempdir()))
             self.folder = Path(tempfile.mkdtemp(prefix=f"{LEDGER_PREFIX}{os.getpid()}-"))
         node.workerinput[LEDGER_KEY] = str(self.folder)
+        self.watch.add(node)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
@@ -504,13 +610,19 @@ class CrashController:
         if note is None or note.get("nodeid") != crashitem:
             return None  # not a test this plugin noted: xdist's own message stands
         timeout = note.get("timeout") or 0
-        elapsed = time.time() - float(note.get("started") or 0)
+        # how long the test ran: up to the worker's death when the watch saw it (xdist may hear of a
+        # death late), else up to now (the pipe's EOF comes with the death)
+        status = self.watch.exit_status(getattr(report, "node", None), wait_s=1.0)
+        died_at = self.watch.died_at.get(worker, time.time())
+        lived = died_at - float(note.get("started") or 0)
         dump, where = isolation.stack_in(isolation.tail_of(str(self.folder / f"{FAULTS_PREFIX}{worker}.log"), 1000, 256 * 1024),
                                          frames.library_roots())
         fatal = dump.splitlines()[0] if dump.startswith("Fatal Python error") else ""
         if note.get("what"):  # the worker ended itself and said why
             what, how = str(note["what"]), str(note.get("how", "the worker exited"))
-        elif timeout and elapsed >= timeout - 1:
+        elif timeout and lived >= timeout - 1 and not (status is not None and status < 0):
+            # the limit's watchdog (faulthandler) exits with status 1; a process killed by a signal, or
+            # dead before the limit, did not run past it, however late xdist heard of it
             what = f"ran past the {timeout:g} s limit (--attn-test-timeout)"
             how = "the worker dumped its threads' stacks (below) and exited"
         elif fatal:  # faulthandler names the signal: "Fatal Python error: Segmentation fault"
@@ -518,7 +630,7 @@ class CrashController:
             how = "the process died"
         else:
             what = "took the test process down (a crash, an abort or an exit)"
-            how = "the process died"
+            how = "the process died" + (f" ({exit_wording(status)})" if status is not None else "")
         if where:
             how += f", at {where}"
         variant = note.get("variant")
@@ -536,6 +648,7 @@ class CrashController:
         return None
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.watch.stop.set()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 
