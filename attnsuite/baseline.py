@@ -789,6 +789,18 @@ def validate_entry(key: str, e: Any) -> list[str]:
     return out
 
 
+def other_file_kind(obj: Any) -> str:
+    """What another of the suite's JSON files is, said for a message where a baseline or a result file
+    was expected ("a gate JSON (a run's verdicts, --attn-gate-json)"), or "" when it is neither."""
+    from .verdict import looks_like_thresholds  # verdict does not import this module: no cycle
+
+    if looks_like_thresholds(obj):
+        return "a thresholds file (the gate's noise floors, --attn-thresholds)"
+    if isinstance(obj, dict) and "compared" in obj and isinstance(obj.get("cases"), list):
+        return "a gate JSON (a run's verdicts, --attn-gate-json)"
+    return ""
+
+
 def validate_baseline_json(obj: Any) -> list[str]:
     """All problems with a baseline's JSON object (empty list when it is valid)."""
     if not isinstance(obj, dict):
@@ -797,13 +809,10 @@ def validate_baseline_json(obj: Any) -> list[str]:
         if "benchmarks" in obj:
             return ["this is a pytest-benchmark result file, not a baseline: make a baseline from it "
                     "with `attnsuite record RESULT.json` or pytest --attn-record-baseline"]
-        from .verdict import looks_like_thresholds  # verdict does not import this module: no cycle
-
         # named by what they are: both had read '"schema" is None'
-        if looks_like_thresholds(obj):
-            return ["this is a thresholds file (the gate's noise floors, --attn-thresholds), not a baseline"]
-        if "compared" in obj and isinstance(obj.get("cases"), list):
-            return ["this is a gate JSON (a run's verdicts, --attn-gate-json), not a baseline"]
+        other = other_file_kind(obj)
+        if other:
+            return [f"this is {other}, not a baseline"]
         return [f"not an attnsuite baseline: \"schema\" is {_show(obj.get('schema'))}, expected {SCHEMA_TAG!r}"]
     version = obj.get("version")
     if version != BASELINE_VERSION or isinstance(version, bool):
@@ -1126,7 +1135,9 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
         raise ResultFileError(where, f"top level is {type(obj).__name__}, expected an object")
     benches = obj.get("benchmarks")
     if not isinstance(benches, list):
-        raise ResultFileError(where, "no \"benchmarks\" list: not a pytest-benchmark result file")
+        other = other_file_kind(obj)  # a gate JSON given as NEW had read only "not a ... result file"
+        raise ResultFileError(where, f"this is {other}, not a pytest-benchmark result file" if other else
+                              "no \"benchmarks\" list: not a pytest-benchmark result file")
     meta = obj.get("attnsuite")
     fp = None
     calibration = None

@@ -40,7 +40,8 @@ def _judge(old: bl.Run, new: bl.Run, args: argparse.Namespace,
     baselines folder in play is the reference file's folder."""
     cfg, _ = gate.thresholds_for(args.thresholds, Path(old.path).parent if old.path else None)
     cmp = gate.judge_runs(old, new, thresholds=cfg, scope=scope, allow_mismatch=args.allow_mismatch)
-    cmp.header = [f"reference: {old.label}"]
+    # both files named: the terminal's header had named OLD only (a reviewer's trial)
+    cmp.header = [f"reference: {old.label}", f"compared with it: {new.label}"]
     cmp.gate_mode = getattr(args, "gate", "report")  # `report` has no --gate: it fails nothing
     first_only = [v for v in cmp.regressions if v.confirmed is None and any(f in CONFIRMABLE for f in v.flags)]
     if first_only:

@@ -551,3 +551,24 @@ def test_record_from_one_run_points_to_recording_from_three_and_from_three_does_
     hint = "note: recorded from 1 run; a baseline is best recorded from three runs (docs/gate.md)"
     assert hint in one and hint not in three
     assert "failed" not in one  # an all-ok recording says nothing of failures
+
+
+@pytest.mark.parametrize("side", ["OLD", "NEW"])
+def test_a_gate_json_given_to_compare_is_named_as_one_on_either_side(tmp_path, capsys, side):
+    # as NEW it had read only 'no "benchmarks" list: not a pytest-benchmark result file'
+    result = write_result(tmp_path / "r.json", [rec()])
+    gate_json = tmp_path / "gate.json"
+    gate_json.write_text(json.dumps({"compared": True, "failed": False, "cases": []}))
+    args = [gate_json, result] if side == "OLD" else [result, gate_json]
+    assert run_cli("compare", *args)[0] == 2
+    assert "this is a gate JSON (a run's verdicts, --attn-gate-json), not a" in capsys.readouterr().err
+
+
+def test_compare_names_both_files_at_the_top(tmp_path):
+    # the terminal output had named OLD only, and NEW nowhere
+    old = write_result(tmp_path / "old.json", [rec()])
+    new = write_result(tmp_path / "new.json", [rec()])
+    code, out = run_cli("compare", old, new)
+    lines = out.splitlines()
+    assert code == 0 and any(l.startswith("reference: ") and str(old) in l for l in lines), out
+    assert any(l.startswith("compared with it: ") and str(new) in l for l in lines), out
