@@ -198,8 +198,8 @@ def verdict_line(regressions: int, judged: int, skipped_in_both: int, gate_mode:
     elif gate_mode == "enforce":
         gate = f"{count(regressions, 'regression')} among {among} (gate enforced){new_text}"
     else:
-        gate = f"{count(regressions, 'regression')} among {among} (gate in report mode: " \
-               f"{'they do not fail the run' if failed else 'the run does not fail'}){new_text}"
+        why = "the regressions do not fail the run, its failed cases do" if failed else "the run does not fail"
+        gate = f"{count(regressions, 'regression')} among {among} (gate in report mode: {why}){new_text}"
     if failed:
         return f"{_failed_head(failed)}; {gate}"
     return f"{'PASS' if not regressions else 'FAIL' if gate_mode == 'enforce' else 'REPORTED'}: {gate}"

@@ -463,3 +463,11 @@ def test_a_variant_named_but_not_measured_leads_a_whole_fail_line_and_the_gates_
     verdict = summary.build(cur, cmp, unmeasured=[line]).verdict
     assert verdict.startswith(f"FAIL: {line}; otherwise no regression among "), verdict
     assert line.count("(") == line.count(")") and len(line) > 240  # whole, not clipped
+
+
+def test_a_report_mode_line_with_failed_cases_says_which_fail_the_run():
+    # "(gate in report mode: they do not fail the run)" had left "they" to guess
+    line = summary.verdict_line(1, 5, 0, "report", {"error": 1})
+    assert line == ("FAIL: 1 case(s) of this run failed (1 error); 1 regression among 5 cases judged "
+                    "(gate in report mode: the regressions do not fail the run, its failed cases do)"), line
+    assert summary.verdict_line(1, 5, 0, "report").endswith("(gate in report mode: the run does not fail)")
