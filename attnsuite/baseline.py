@@ -789,16 +789,40 @@ def validate_entry(key: str, e: Any) -> list[str]:
     return out
 
 
+# what each of the suite's JSON files is, in the words messages use (json_kind's names)
+FILE_KINDS = {
+    "baseline": "an attnsuite baseline",
+    "results": "a benchmark result file",
+    "thresholds": "a thresholds file (the gate's noise floors, --attn-thresholds)",
+    "gate": "a gate JSON (a run's verdicts, --attn-gate-json)",
+    "problems": "a problems file (--attn-problems)",
+}
+
+
+def json_kind(obj: Any) -> str:
+    """Which of the suite's JSON files ``obj`` is by its content (a :data:`FILE_KINDS` name), or ""."""
+    from .verdict import looks_like_thresholds  # verdict does not import this module: no cycle
+
+    if not isinstance(obj, dict):
+        return ""
+    if is_baseline_json(obj):
+        return "baseline"
+    if isinstance(obj.get("benchmarks"), list):
+        return "results"
+    if looks_like_thresholds(obj):
+        return "thresholds"
+    if "compared" in obj and isinstance(obj.get("cases"), list):
+        return "gate"
+    if "version" in obj and ("problems" in obj or "workloads" in obj):
+        return "problems"
+    return ""
+
+
 def other_file_kind(obj: Any) -> str:
     """What another of the suite's JSON files is, said for a message where a baseline or a result file
     was expected ("a gate JSON (a run's verdicts, --attn-gate-json)"), or "" when it is neither."""
-    from .verdict import looks_like_thresholds  # verdict does not import this module: no cycle
-
-    if looks_like_thresholds(obj):
-        return "a thresholds file (the gate's noise floors, --attn-thresholds)"
-    if isinstance(obj, dict) and "compared" in obj and isinstance(obj.get("cases"), list):
-        return "a gate JSON (a run's verdicts, --attn-gate-json)"
-    return ""
+    kind = json_kind(obj)
+    return FILE_KINDS[kind] if kind in ("thresholds", "gate", "problems") else ""
 
 
 def validate_baseline_json(obj: Any) -> list[str]:

@@ -15,14 +15,14 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
-from .baseline import SCHEMA_TAG
-from .verdict import looks_like_thresholds
+from .baseline import FILE_KINDS, json_kind
 
 PathLike = Union[os.PathLike, str]
 
 # the options that write benchmark results, and so may replace an earlier result file
 RESULT_WRITERS = frozenset({"--benchmark-json"})
-RESULTS = "a benchmark result file"
+RESULTS = FILE_KINDS["results"]
+RECORDED = ("baseline", "results", "thresholds", "problems")  # json_kind names; a gate JSON is an output's
 _READ_LIMIT = 512 << 20  # larger than any recorded file; a file beyond it is not read to be recognised
 
 
@@ -45,17 +45,8 @@ def recorded_kind(path: PathLike) -> Optional[str]:
             obj = json.loads(fh.read().decode("utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(obj, dict):
-        return None
-    if obj.get("schema") == SCHEMA_TAG:
-        return "an attnsuite baseline"
-    if isinstance(obj.get("benchmarks"), list):
-        return RESULTS
-    if looks_like_thresholds(obj):
-        return "a thresholds file"
-    if "version" in obj and ("problems" in obj or "workloads" in obj) and "cases" not in obj:
-        return "a problems file"
-    return None
+    kind = json_kind(obj)
+    return FILE_KINDS[kind] if kind in RECORDED else None
 
 
 def output_problem(path: os.PathLike | str) -> Optional[str]:

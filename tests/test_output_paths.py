@@ -15,6 +15,7 @@ import os
 import pytest
 
 from attnsuite import cli
+from attnsuite.baseline import FILE_KINDS
 from attnsuite.output_paths import output_options_problem
 from gatehelp import rec, write_result
 
@@ -116,7 +117,8 @@ def test_an_output_never_replaces_a_recorded_file_that_this_command_does_not_rea
     if kind == "a benchmark result file" and option == "--benchmark-json":
         assert why is None  # a run writes its results over the last run's
     else:
-        assert why == f"{option} {victim}: holds {kind}, which an output never replaces (name another file)"
+        said = {"a thresholds file": FILE_KINDS["thresholds"], "a problems file": FILE_KINDS["problems"]}.get(kind, kind)
+        assert why == f"{option} {victim}: holds {said}, which an output never replaces (name another file)"
     assert victim.read_bytes() == before
 
 
