@@ -22,16 +22,15 @@ from pathlib import Path
 import pytest
 
 from attnsuite import plugin_isolation
+from variant_sources import CORRECT_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 
 HELPER_S = 300  # the helper's life: a run that waits for it ends past RUN_LIMIT_S
 RUN_LIMIT_S = 200  # generous for a run of six small tests (about 35 s on a loaded 2-core machine)
 
-FORKY = '''
+FORKY = CORRECT_RUN + '''
 import os, signal, time
-import torch
-from attnsuite import mask_mods
 from attnsuite.registry import KernelVariant, register
 
 STARTED = []
@@ -50,19 +49,6 @@ def start_helper_once():
         os._exit(0)
 
 
-def plain(problem):
-    allowed = mask_mods.dense_bool_mask(problem)
-
-    def run(q, k, v):
-        g = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-        s = q @ k.transpose(-1, -2) * problem.softmax_scale
-        if allowed is not None:
-            s = s.masked_fill(~allowed, float("-inf"))
-        return torch.softmax(s, dim=-1) @ v
-    return run
-
-
 class Base(KernelVariant):
     masks = frozenset({"none", "causal"})
     features = frozenset({"gqa", "lq_ne_lk"})
@@ -77,7 +63,7 @@ class Daemon(Base):
 
     def build(self, problem):
         start_helper_once()
-        return plain(problem)
+        return correct_run(problem)
 
 
 @register

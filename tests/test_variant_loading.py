@@ -21,27 +21,9 @@ from typing import Any
 import pytest
 
 from attnsuite import plugin_isolation, registry
+from variant_sources import CORRECT_RUN
 
 REPO = Path(__file__).resolve().parents[1]
-
-CORRECT_RUN = '''
-import torch
-from attnsuite import mask_mods
-
-
-def correct_run(problem):
-    allowed = mask_mods.dense_bool_mask(problem)
-
-    def run(q, k, v):
-        g = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-        s = q @ k.transpose(-1, -2) * problem.softmax_scale
-        if allowed is not None:
-            s = s.masked_fill(~allowed, float("-inf"))
-        return torch.softmax(s, dim=-1) @ v
-
-    return run
-'''
 
 
 @pytest.fixture
