@@ -1494,9 +1494,22 @@ class Selection:
     workloads: frozenset[str] = frozenset()
     cases: tuple[str, ...] = ()
     unscoped: tuple[str, ...] = ()  # runs without a stored selection: their workloads and tiers stood in
+    # the variants the runs have any case of (None: every variant counts as measured). A run that did
+    # not load an outside variant's file (a forgotten --attn-variants) has none of its cases: plain
+    # --prune had removed that variant's recorded figures (a fresh-user trial)
+    measured_variants: Optional[frozenset[str]] = None
 
     def __contains__(self, rec: CaseRecord) -> bool:
+        return self.selected(rec) and not self.spares(rec)
+
+    def selected(self, rec: CaseRecord) -> bool:
+        """Whether ``rec`` passes the filters and lies inside a run's stored selection."""
         return passes_filter(rec, self.workloads, self.cases) and any(rec in scope for scope in self.scopes)
+
+    def spares(self, rec: CaseRecord) -> bool:
+        """Whether --prune keeps ``rec`` only because no run measured its variant: without a ``--case``
+        glob naming its cases, a variant the runs lack entirely is not taken as removed from the code."""
+        return not self.cases and self.measured_variants is not None and rec.variant not in self.measured_variants
 
     def note(self) -> Optional[str]:
         """What the output should say about how the selection was found (None: every run stored one)."""
@@ -1521,7 +1534,8 @@ def selection_of(runs: Sequence[Run], *, workloads: Iterable[str] = (), cases: I
                             tiers=Scope.tiers_of(run.records).tiers))
         unscoped.append(run.path or run.label)
     return Selection(scopes=tuple(scopes), workloads=frozenset(workloads), cases=tuple(cases),
-                     unscoped=tuple(unscoped))
+                     unscoped=tuple(unscoped),
+                     measured_variants=frozenset(r.variant for run in runs for r in run.records.values()))
 
 
 def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], fingerprint: Mapping[str, Any], *,
@@ -1564,16 +1578,33 @@ def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], 
                 summary.fewer_runs.append((key, int(old.get("runs") or 1), int(entry.get("runs") or 1)))
         baseline.cases[key] = entry
     if prune_inside is not None:
+        spared: dict[str, int] = {}
         for key in sorted(baseline.cases):
-            if key not in records and record_from_entry(key, baseline.cases[key]) in prune_inside:
+            if key in records:
+                continue
+            rec = record_from_entry(key, baseline.cases[key])
+            if rec in prune_inside:
                 del baseline.cases[key]
                 summary.removed.append(key)
+            elif prune_inside.selected(rec):  # kept only because no run measured its variant
+                spared[rec.variant] = spared.get(rec.variant, 0) + 1
         note = prune_inside.note()
         if note:
             summary.notes.append(note)
+        if spared:
+            summary.notes.append(spared_note(spared))
     baseline.cases = dict(sorted(baseline.cases.items()))
     _record_calibration(baseline, stable_calibration(calibration), records, summary)
     return baseline, summary
+
+
+def spared_note(spared: Mapping[str, int]) -> str:
+    """What --prune kept of variants no run measured, and the command that removes one on purpose."""
+    listed = ", ".join(f"{name} ({count(n, 'case')})" for name, n in sorted(spared.items()))
+    first = sorted(spared)[0]
+    return (f"--prune kept the cases of {count(len(spared), 'variant')} no run measured: {listed} (an outside "
+            "variant whose file the run did not load, --attn-variants, keeps its figures); to drop a variant "
+            f"taken out of the code, name its cases: --case '*/{first}/*' --prune")
 
 
 def _record_calibration(baseline: Baseline, new: Optional[dict[str, Any]], records: Mapping[str, CaseRecord],

@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--case", action="append", default=[], help="record only case keys matching this glob (repeatable)")
     r.add_argument("--prune", action="store_true",
                    help="drop baseline cases that the run(s) selected (attnsuite.scope) and the filters pass but the "
-                        "run(s) lack")
+                        "run(s) lack; a variant the run(s) have no case of is dropped only when --case names it")
     r.add_argument("--allow-mismatch", action="store_true", help="write into a baseline of an incompatible machine")
     r.add_argument("--allow-interrupted", action="store_true",
                    help="record the cases a stopped run finished (each is whole); not with --prune")

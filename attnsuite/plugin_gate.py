@@ -540,7 +540,7 @@ def _judge(config: pytest.Config, run: bl.Run, base: bl.Baseline, path: Path, lo
 def unregistered_missing(cmp: Comparison) -> str:
     """A note on the missing cases whose variant this session does not register, or "": a run that
     forgot an outside variant's ``--attn-variants`` had read its cases missing (gating) with no word
-    of why, and ``record --prune`` then removed them (a fresh-user trial)."""
+    of why (``record --prune`` keeps such a variant's cases unless ``--case`` names them)."""
     known = {v.name for v in registry.variants()}
     names: dict[str, int] = {}
     for v in cmp.verdicts:
@@ -552,7 +552,7 @@ def unregistered_missing(cmp: Comparison) -> str:
     listed = ", ".join(f"{name} ({count(n, 'case')})" for name, n in sorted(names.items()))
     return (f"missing cases of {count(len(names), 'variant')} this run does not register: {listed}: an outside "
             "variant whose file this run did not load (--attn-variants, ATTNSUITE_VARIANTS)? A variant taken out "
-            "of the code: record without it with --prune (docs/gate.md)")
+            "of the code: record with --case '*/NAME/*' --prune (docs/gate.md)")
 
 
 def _measured_once(cmp: Comparison) -> list[str]:

@@ -101,7 +101,7 @@ def test_a_recording_of_every_case_replaces_the_calibration_naming_old_and_new_f
 
 @pytest.mark.parametrize("how, argv, replaced", [
     ("a partial refresh", [], False),
-    ("a refresh that prunes the rest", ["--prune", "--workload", "fa-sweep"], True),
+    ("a refresh that prunes the rest", ["--prune", "--case", "fa-sweep/*"], True),
 ], ids=["partial refresh keeps it", "pruning the rest replaces it"])
 def test_the_calibration_is_replaced_only_by_a_recording_that_leaves_no_case_of_another(tmp_path, how, argv, replaced):
     # refreshing one case from another machine had put that machine's probe over every case of the file

@@ -1,9 +1,9 @@
 """``attnsuite record --prune`` removes a baseline case only when the run answers for it.
 
 The rule (baseline.Selection): a case is removed only if (a) it lies inside the stored selection
-(``attnsuite.scope``) of a run recorded from, (b) it passes the ``--case``/``--workload`` filter and
-(c) the run does not contain it. Pruning by the run's workloads alone had removed every other case
-of that workload: a run limited by ``--attn-only`` or ``--attn-dtype`` pruned 44 cases, and
+(``attnsuite.scope``) of a run recorded from, (b) it passes the ``--case``/``--workload`` filter,
+(c) the run does not contain it and (d) a run measured its variant, or a ``--case`` glob names it.
+Pruning by the run's workloads alone had removed every other case of that workload: a run limited by ``--attn-only`` or ``--attn-dtype`` pruned 44 cases, and
 ``--case`` pruned the cases the run held but the filter left out.
 """
 
@@ -21,6 +21,7 @@ from gatehelp import rec, result_json
 
 FP32 = "b4-q128-h4-d64-causal-fp32-cuda0"
 BF16 = "b4-q128-h4-d64-causal-bf16-cuda0"
+FP32_LONG = "b4-q256-h4-d64-causal-fp32-cuda0"  # a problem a workload no longer has: its cases are gone
 
 
 def run_cli(*argv: Any) -> tuple[int, str]:
@@ -107,7 +108,7 @@ def test_a_case_inside_the_selection_and_the_filter_that_the_run_lacks_is_remove
 
 
 def test_a_run_without_a_stored_selection_prunes_within_its_workloads_and_says_so(tmp_path):
-    base = baseline_of(tmp_path, [rec("a"), rec("gone"), rec("other", workload="w2")])
+    base = baseline_of(tmp_path, [rec("a"), rec("a", problem=FP32_LONG), rec("other", workload="w2")])
     out, _ = prune(tmp_path, [rec("a")], None)
     assert cases(base) == {rec("a").key, rec("other", workload="w2").key}
     assert "1 removed" in out
@@ -116,15 +117,33 @@ def test_a_run_without_a_stored_selection_prunes_within_its_workloads_and_says_s
 
 
 def test_several_runs_prune_only_inside_the_union_of_their_selections(tmp_path):
-    base = baseline_of(tmp_path, [rec("a", problem=FP32), rec("gone", problem=FP32), rec("b", mode="bwd")])
+    base = baseline_of(tmp_path, [rec("a", problem=FP32), rec("a", problem=FP32_LONG), rec("b", mode="bwd")])
     fwd32 = Scope(workloads=frozenset({"fa-sweep"}), modes=frozenset({"fwd"}), dtypes=frozenset({"float32"}))
     fwd16 = Scope(workloads=frozenset({"fa-sweep"}), modes=frozenset({"fwd"}), dtypes=frozenset({"bfloat16"}))
     r1 = write_scoped(tmp_path / "r1.json", [rec("a", problem=FP32)], fwd32)
     r2 = write_scoped(tmp_path / "r2.json", [rec("a", problem=BF16)], fwd16)
     code, out = run_cli("record", r1, r2, "--baseline", base, "--prune")
     assert code == 0, out
-    # "gone" (fp32 fwd) was selected by r1 and ran nowhere; the bwd case was selected by neither
+    # the FP32_LONG case (fp32 fwd) was selected by r1 and ran nowhere; the bwd case was selected by neither
     assert cases(base) == {rec("a", problem=FP32).key, rec("a", problem=BF16).key, rec("b", mode="bwd").key}
+
+
+def test_plain_prune_keeps_the_cases_of_a_variant_no_run_measured_and_says_how_to_drop_them(tmp_path):
+    # a run that forgot an outside variant's --attn-variants has none of its cases: `record --prune`
+    # had removed its recorded figures with the cases that really were gone
+    base = baseline_of(tmp_path, [rec("a"), rec("a", problem=FP32_LONG), rec("outside"), rec("outside", mode="bwd")])
+    out, _ = prune(tmp_path, [rec("a")], Scope(workloads=frozenset({"fa-sweep"})))
+    assert cases(base) == {rec("a").key, rec("outside").key, rec("outside", mode="bwd").key}
+    assert f"1 removed ({rec('a', problem=FP32_LONG).key})" in out
+    assert ("--prune kept the cases of 1 variant no run measured: outside (2 cases) (an outside variant whose file "
+            "the run did not load, --attn-variants, keeps its figures); to drop a variant taken out of the code, "
+            "name its cases: --case '*/outside/*' --prune") in out
+
+
+def test_the_case_glob_the_kept_note_suggests_drops_that_variant(tmp_path):
+    base = baseline_of(tmp_path, [rec("a"), rec("outside")])
+    out, _ = prune(tmp_path, [rec("a")], Scope(workloads=frozenset({"fa-sweep"})), "--case", "*/outside/*")
+    assert cases(base) == {rec("a").key} and "kept the cases" not in out
 
 
 def test_merge_into_removes_only_what_the_selection_holds(tmp_path):
