@@ -36,6 +36,7 @@ Layout (``version`` 1)::
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import gzip
 import io
@@ -50,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, Optional, Sequence
 
-from . import filelock
+from . import filelock, provenance
 from .record import (CALIBRATION_OTHER_CPU, DEVICE_METHODS, MODES, OUTCOMES, TIMERS, CaseRecord, case_key,
                      failed_counts, failed_or_left_by_a_failure)
 from .renamed_cases import renamed
@@ -95,7 +96,7 @@ _TEXT_FIELDS = ("workload", "variant", "mode", "problem", "outcome", "detail", "
                 "timer", "mem_method", "backend", "device_method")
 _REQUIRED = ("workload", "variant", "mode", "problem", "outcome")
 _ENTRY_FIELDS = frozenset(_TEXT_FIELDS + _TIME_FIELDS + _RATE_FIELDS + _BYTE_FIELDS + _COUNT_FIELDS
-                          + ("materialises", "tier", "instance_spread"))
+                          + ("materialises", "tier", "instance_spread", provenance.KEY))
 _DETAIL_MAX = 300  # an exception text can be long; the first lines say what it was
 SIG_DIGITS = 4
 
@@ -284,7 +285,15 @@ def entry_from_record(rec: CaseRecord) -> dict[str, Any]:
     spread = rec.extra.get("instance_spread") if rec.extra else None
     if spread:
         e["instance_spread"] = {k: round_sig(float(spread[k])) for k in SPREAD_FIELDS if k in spread}
+    stamp = rec.extra.get(provenance.KEY) if rec.extra else None
+    if stamp:  # where the figures came from: not part of what the gate compares (figures_of)
+        e[provenance.KEY] = dict(stamp)
     return e
+
+
+def figures_of(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry without its provenance: what a recording compares to tell a changed case from an unchanged one."""
+    return {k: v for k, v in entry.items() if k != provenance.KEY}
 
 
 def record_from_entry(key: str, e: Mapping[str, Any]) -> CaseRecord:
@@ -769,6 +778,8 @@ def validate_entry(key: str, e: Any) -> list[str]:
         out.append(f"case {key!r}: materialises must be true or false")
     out.extend(f"case {key!r}: {p}" for p in order_problems(e.get))
     out.extend(f"case {key!r}: {p}" for p in spread_problems(e.get("instance_spread")))
+    if provenance.KEY in e:
+        out.extend(f"case {key!r}: {p}" for p in provenance.problems(e[provenance.KEY]))
     # what recording never writes (hand edits `attnsuite check` had passed)
     if e["outcome"] == "ok" and e.get("samples") == 0:
         out.append(f"case {key!r}: samples is 0 in an ok case: a measured case has samples")
@@ -1233,6 +1244,10 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
                                          "or two files joined?); `attnsuite record` combines several runs")
         records[rec.key] = rec
         where_first[rec.key] = name[:200]
+    stamp = provenance.of_result(obj)  # when and at which commit: each entry recorded from it keeps it
+    if stamp:
+        for rec in records.values():
+            rec.extra.setdefault(provenance.KEY, dict(stamp))
     return Run(records=records, fingerprint=fp, path=path, kind="result", foreign=foreign,
                calibration=calibration, scope=scope, simulated=simulated, interrupted=interrupted or "")
 
@@ -1538,19 +1553,30 @@ def selection_of(runs: Sequence[Run], *, workloads: Iterable[str] = (), cases: I
                      measured_variants=frozenset(r.variant for run in runs for r in run.records.values()))
 
 
+class OlderRun(ValueError):
+    """A recording would put a run's figures over entries recorded from a newer run (or prune them)."""
+
+
 def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], fingerprint: Mapping[str, Any], *,
                prune_inside: Optional[Selection] = None, allow_mismatch: bool = False,
-               calibration: Optional[Mapping[str, Any]] = None) -> tuple[Baseline, MergeSummary]:
-    """Write ``records`` into ``baseline`` (a new one when None); other cases stay untouched.
+               calibration: Optional[Mapping[str, Any]] = None, allow_older: bool = False,
+               label: str = "this run") -> tuple[Baseline, MergeSummary]:
+    """``baseline`` (a new one when None) with ``records`` written into it, as a new object; other cases stay untouched.
 
     With ``prune_inside``, a baseline case inside that selection that ``records`` lack is removed
     (a case that no longer exists). ``records`` must then be every case of the runs that passes
     the selection's filter, so that a case inside and absent really was not measured. A baseline
     from an incompatible machine is refused (:class:`FingerprintMismatch`) unless
     ``allow_mismatch``. ``calibration`` (the run's instance calibration) replaces the baseline's
-    when it covers every case (:func:`_record_calibration`), and the summary says so.
+    when it covers every case (:func:`_record_calibration`), and the summary says so. An entry
+    recorded from a newer run than the one replacing or pruning it (its ``recorded`` time,
+    :mod:`attnsuite.provenance`) refuses the whole merge (:class:`OlderRun`) unless ``allow_older``;
+    an entry whose figures do not change keeps its own provenance.
     """
     summary = MergeSummary()
+    baseline = copy.deepcopy(baseline)  # a refused merge (OlderRun, a mismatch) leaves the caller's as it was
+    newer: list[tuple[str, Any, Any]] = []  # (key, the entry's provenance, the run's)
+    latest = provenance.combined(r.extra.get(provenance.KEY) for r in records.values())
     if baseline is None:
         baseline = Baseline(fingerprint=stable_fingerprint(fingerprint))
     else:
@@ -1568,10 +1594,13 @@ def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], 
             continue
         if old is None:
             summary.added.append(key)
-        elif old == entry:
+        elif figures_of(old) == figures_of(entry):
             summary.unchanged.append(key)
+            continue  # the same figures: the entry and where it says they came from stay
         else:
             summary.updated.append(key)
+            if provenance.is_newer(old.get(provenance.KEY), entry.get(provenance.KEY)):
+                newer.append((key, old.get(provenance.KEY), entry.get(provenance.KEY)))
             if old.get("outcome") == "ok" and records[key].outcome != "ok":
                 summary.unmeasured.append(key)
             elif (old.get("runs") or 1) > (entry.get("runs") or 1):
@@ -1584,6 +1613,8 @@ def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], 
                 continue
             rec = record_from_entry(key, baseline.cases[key])
             if rec in prune_inside:
+                if provenance.is_newer(baseline.cases[key].get(provenance.KEY), latest):
+                    newer.append((key, baseline.cases[key].get(provenance.KEY), latest))
                 del baseline.cases[key]
                 summary.removed.append(key)
             elif prune_inside.selected(rec):  # kept only because no run measured its variant
@@ -1593,6 +1624,12 @@ def merge_into(baseline: Optional[Baseline], records: Mapping[str, CaseRecord], 
             summary.notes.append(note)
         if spared:
             summary.notes.append(spared_note(spared))
+    if newer and not allow_older:
+        key, old_stamp, new_stamp = newer[0]
+        raise OlderRun(f"{count(len(newer), 'case')} of the baseline {'was' if len(newer) == 1 else 'were'} recorded "
+                       f"from a run newer than {label}, which would replace or prune {'it' if len(newer) == 1 else 'them'} "
+                       f"(e.g. {key}: recorded {provenance.describe(old_stamp)}; {label}: "
+                       f"{provenance.describe(new_stamp)}); the baseline is left as it was (--allow-older records anyway)")
     baseline.cases = dict(sorted(baseline.cases.items()))
     _record_calibration(baseline, stable_calibration(calibration), records, summary)
     return baseline, summary
@@ -1678,7 +1715,8 @@ def refuse_unrecordable(runs: Sequence[Run], *, prune: bool = False, allow_inter
 
 def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[str] = (),
                     cases: Iterable[str] = (), prune: bool = False, allow_mismatch: bool = False,
-                    sources: Sequence[Run] = (), allow_interrupted: bool = False) -> MergeSummary:
+                    sources: Sequence[Run] = (), allow_interrupted: bool = False,
+                    allow_older: bool = False) -> MergeSummary:
     """Record or refresh the baseline at ``path`` from ``run``, optionally only some workloads/cases.
 
     Several runs of one machine are combined first, per case, by
@@ -1692,6 +1730,7 @@ def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[st
     A run from an interrupted session is refused unless ``allow_interrupted``: then the cases it
     finished are recorded (each case is written whole or not at all) and the baseline's other
     entries stay; never with ``prune``, which would read every case the run did not reach as removed.
+    Entries recorded from a newer run are not replaced or pruned unless ``allow_older`` (:class:`OlderRun`).
     Reading the existing file, merging and writing happen under the folder's exclusive lock, so
     concurrent recorders lose no case. An existing file must load cleanly (a corrupt baseline is
     never silently overwritten). Everything is checked before the one write: when anything fails
@@ -1718,7 +1757,8 @@ def record_baseline(run: Run, path: os.PathLike | str, *, workloads: Iterable[st
         current = _current_bytes(lock)
         existing = _baseline_from_bytes(current, path, str(lock.real)) if current is not None else None
         baseline, summary = merge_into(existing, chosen, one.fingerprint, prune_inside=inside,
-                                       allow_mismatch=allow_mismatch, calibration=one.calibration)
+                                       allow_mismatch=allow_mismatch, calibration=one.calibration,
+                                       allow_older=allow_older, label=one.label)
         if not chosen and not summary.removed:
             # --prune with a filter no case of the run passes removes what the run lacks (a variant taken
             # out of the code: it had been refused as "nothing to record"); removing nothing either, it is

@@ -179,7 +179,7 @@ def cmd_record(args: argparse.Namespace, out) -> int:
         path = bl.baseline_path_for(run.fingerprint, args.dir)
     summary = bl.record_baseline(run, path, workloads=args.workload, cases=args.case, prune=args.prune,
                                  allow_mismatch=args.allow_mismatch, sources=runs,
-                                 allow_interrupted=args.allow_interrupted)
+                                 allow_interrupted=args.allow_interrupted, allow_older=args.allow_older)
     print(f"recorded {path}: {summary}", file=out)
     failing = bl.recorded_failures(run, summary)
     if failing:
@@ -409,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--allow-mismatch", action="store_true", help="write into a baseline of an incompatible machine")
     r.add_argument("--allow-interrupted", action="store_true",
                    help="record the cases a stopped run finished (each is whole); not with --prune")
+    r.add_argument("--allow-older", action="store_true",
+                   help="replace or prune entries recorded from a newer run (each entry's \"recorded\" time) with "
+                        "this older run's")
     r.set_defaults(func=cmd_record)
 
     rep = sub.add_parser("report", help="markdown (and plots, an HTML report) of a run, or of its diff against a "

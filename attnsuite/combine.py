@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Collection, Mapping, Optional, Sequence
 
 from .baseline import SPREAD_FIELDS, Run, check_compatible, check_same_cpu_model
+from . import provenance
 from .record import GRAPH_REPLAY, CaseRecord
 
 # worst first: when runs disagree the baseline keeps the outcome that gates least on the next run
@@ -140,6 +141,11 @@ def combine_records(records: Sequence[CaseRecord]) -> CaseRecord:
         if spread:
             out.extra["instance_spread"] = spread
     out.extra["runs"] = len(same)
+    stamp = provenance.combined(r.extra.get(provenance.KEY) for r in same)  # the runs whose figures it holds
+    if stamp:
+        out.extra[provenance.KEY] = stamp
+    else:
+        out.extra.pop(provenance.KEY, None)
     return out
 
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import pytest
 
 from . import baseline as bl
-from . import gate, plugin_bench, registry, report, summary
+from . import gate, plugin_bench, provenance, registry, report, summary
 from .output_paths import output_options_problem, output_problem
 from .session_failure import fail_session
 from .verdict import CONFIRMABLE, Comparison, Scope, ThresholdsError
@@ -849,6 +849,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                                          "cases": []}, run.records)
 
 
+def _commit_info() -> Optional[dict[str, Any]]:
+    """pytest-benchmark's commit information of the working directory (None where it cannot tell)."""
+    try:
+        from pytest_benchmark.utils import get_commit_info
+
+        info = get_commit_info()
+    except Exception:  # noqa: BLE001 - no git, no repository: the entries then say only when
+        return None
+    return info if isinstance(info, dict) and not info.get("error") else None
+
+
 def _record(session: pytest.Session, state: GateState, run: bl.Run, path: Optional[Path],
             interrupted: Optional[str]) -> bool:
     """Record this run into ``path``; True when it was written."""
@@ -863,8 +874,13 @@ def _record(session: pytest.Session, state: GateState, run: bl.Run, path: Option
     try:
         if not bl.fingerprint_id(run.fingerprint) and not path.exists():
             raise ValueError("this run has no machine fingerprint id")
+        stamp = provenance.now(_commit_info())  # each entry says when and at which commit it was measured
+        for rec in run.records.values():
+            rec.extra.setdefault(provenance.KEY, dict(stamp))
         # read, merge and write under the store's lock: a concurrent recording loses nothing
-        merged = bl.record_baseline(run, path, allow_mismatch=config.getoption("--attn-allow-mismatch"))
+        # allow_older: this run is being measured now; a stored entry that reads newer is another clock's skew
+        merged = bl.record_baseline(run, path, allow_mismatch=config.getoption("--attn-allow-mismatch"),
+                                    allow_older=True)
         if not (merged.added or merged.updated or merged.unchanged or merged.removed):
             # every case kept the baseline's entry (each failed or was skipped where the baseline had a
             # measurement): the summary had still said RECORDED, of a file this run changed nothing in

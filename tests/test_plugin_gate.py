@@ -130,7 +130,9 @@ def test_record_then_an_unchanged_rerun_passes(project):
     assert first.endswith(f"{FP['id']}.json"), md[:300]
     obj = json.loads((project.path / BASELINE).read_text())
     assert len(obj["cases"]) == 3 and obj["fingerprint"]["id"] == FP["id"]
+    stamps = [e.pop("recorded") for e in obj["cases"].values()]  # when and at which commit it measured them
     assert obj == record(project)  # the plugin writes what the store writes
+    assert all(s.get("at", "").endswith("Z") and set(s) <= {"at", "commit"} for s in stamps), stamps
     res = project.runpytest(*QUIET)
     assert res.ret == 0
     res.stdout.fnmatch_lines([f"baseline *{FP['id']}.json (fingerprint *)", "pass (3 same)"])
