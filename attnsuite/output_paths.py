@@ -9,13 +9,12 @@ baseline's path wrote the markdown diff over it and exited 0 (found by a first-t
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
-from .baseline import FILE_KINDS, json_kind
+from .baseline import FILE_KINDS, GZIP_MAGIC, json_kind, parse_json_bytes
 
 PathLike = Union[os.PathLike, str]
 
@@ -39,10 +38,13 @@ def recorded_kind(path: PathLike) -> Optional[str]:
         if not p.is_file() or p.stat().st_size > _READ_LIMIT:
             return None
         with open(p, "rb") as fh:
-            if fh.read(4096).lstrip()[:1] != b"{":
+            head = fh.read(4096)
+            # gzip-compressed like the evidence files (every reader takes them, whatever the name):
+            # unrecognised, a compressed baseline had been deleted by `ab --json` (a fresh-user trial)
+            if not head.startswith(GZIP_MAGIC) and head.lstrip()[:1] != b"{":
                 return None
             fh.seek(0)
-            obj = json.loads(fh.read().decode("utf-8"))
+            obj = parse_json_bytes(fh.read(), p)
     except (OSError, ValueError):
         return None
     kind = json_kind(obj)

@@ -9,6 +9,7 @@ pytest options, ``compare``, ``report`` and ``ab``.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import os
 
@@ -100,18 +101,21 @@ RECORDED = {
 }
 
 
+@pytest.mark.parametrize("stored", ["plain", "gzip-compressed"])
 @pytest.mark.parametrize("kind", ["an attnsuite baseline", "a thresholds file", "a problems file",
                                   "a benchmark result file"])
 @pytest.mark.parametrize("option", ["--markdown", "--json", "--attn-gate-json", "--benchmark-json"])
-def test_an_output_never_replaces_a_recorded_file_that_this_command_does_not_read(tmp_path, kind, option):
-    # --attn-markdown given a baseline of another folder had replaced its 300 cases with the diff (exit 0)
-    victim = tmp_path / "victim.json"
+def test_an_output_never_replaces_a_recorded_file_that_this_command_does_not_read(tmp_path, kind, option, stored):
+    # --attn-markdown given a baseline of another folder had replaced its 300 cases with the diff (exit 0);
+    # compressed (every reader takes gzip whatever the name), `ab --json` had deleted it
+    victim = tmp_path / ("victim.json" if stored == "plain" else "victim.json.gz")
     if kind == "a problems file":
-        victim.write_text('{"version": 1, "problems": []}')
+        content = b'{"version": 1, "problems": []}'
     elif kind == "a benchmark result file":
-        victim.write_text('{"machine_info": {}, "benchmarks": []}')
+        content = b'{"machine_info": {}, "benchmarks": []}'
     else:
-        victim.write_bytes(open(RECORDED[kind], "rb").read())
+        content = open(RECORDED[kind], "rb").read()
+    victim.write_bytes(content if stored == "plain" else gzip.compress(content))
     before = victim.read_bytes()
     why = output_options_problem({option: str(victim)})
     if kind == "a benchmark result file" and option == "--benchmark-json":
@@ -123,10 +127,10 @@ def test_an_output_never_replaces_a_recorded_file_that_this_command_does_not_rea
 
 
 @pytest.mark.parametrize("content", ["<!-- attnsuite-gate -->\n### x", '{"compared": true, "cases": []}', "", "[1]",
-                                     "{not json"])
+                                     "{not json", gzip.compress(b"a compressed log"), b"\x1f\x8b not gzip after all"])
 def test_an_output_may_replace_what_outputs_write_or_what_is_no_recorded_file(tmp_path, content):
     earlier = tmp_path / "gate.out"
-    earlier.write_text(content)
+    earlier.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert output_options_problem({"--markdown": str(earlier), "--attn-gate-json": None}) is None
 
 
