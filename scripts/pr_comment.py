@@ -15,7 +15,8 @@ another GitHub App names its bot with ``--author <slug>[bot]``.
 Usage: python3 scripts/pr_comment.py MARKDOWN_FILE [MARKDOWN_FILE ...] [--pr N] [--repo owner/name] [--author LOGIN]
                                      [--ab-gate enforce|report]
 Several files are joined into one comment, in the order given (files that do not exist are
-named and left out). A body over GitHub's limit is cut at a line, every ``<details>`` left open
+named on stderr and, first in the comment, as missing: a reader must not take the rest for the
+whole verdict). A body over GitHub's limit is cut at a line, every ``<details>`` left open
 closed, and a visible note (outside any ``<details>``) says where the whole report is. Environment:
 GITHUB_TOKEN; GITHUB_REPOSITORY, GITHUB_EVENT_PATH (pull_request events), GITHUB_API_URL,
 GITHUB_ACTIONS, GITHUB_SERVER_URL, GITHUB_RUN_ID and GITHUB_STEP_SUMMARY as GitHub Actions sets them.
@@ -232,6 +233,21 @@ def accepted_note() -> str:
             "(docs/ab.md, \"A confirmed regression\").")
 
 
+def missing_note(missing: list[str], url: Optional[str]) -> Optional[str]:
+    """The line, first in the comment, naming the reports whose step wrote none (None: all present).
+
+    Left out silently, a failed A/B step (a head whose code does not import, a round that timed out)
+    had left a comment made of the stored-baseline diff alone, which in a pull request runs
+    report-only and reads "not failing" (a fresh-user trial)."""
+    if not missing:
+        return None
+    names = ", ".join(f"`{Path(m).name}`" for m in missing)
+    where = f"[this run]({url})" if url else "this run"
+    return (f"> ⛔ **Missing from this comment: {names}**: the step that writes {'it' if len(missing) == 1 else 'them'} "
+            f"wrote no report (it failed, was cancelled or was skipped). What follows is not the whole verdict: the "
+            f"job's status and its log in {where} are.")
+
+
 def run_url(env: Mapping[str, str], repo: str) -> Optional[str]:
     """This Actions run's address, or None outside Actions."""
     if env.get("GITHUB_RUN_ID"):
@@ -267,8 +283,9 @@ def main(argv: Optional[list[str]] = None, request: Optional[Request] = None,
             print(f"pr_comment: {m} does not exist (did its step run?): left out", file=sys.stderr)
     if not present:
         return 1
-    body = join_markdown(([note] if note else []) + [m.read_text(encoding="utf-8") for m in present])
     url = run_url(env, args.repo) if args.repo else None
+    absent = missing_note([m for m in args.markdown if not Path(m).is_file()], url)
+    body = join_markdown([n for n in (absent, note) if n] + [m.read_text(encoding="utf-8") for m in present])
     where = (f"in the job summary and the artifacts ({', '.join(str(m) for m in present)}) of "
              + (f"[this run]({url})" if url else "this run"))
     if args.print_only:

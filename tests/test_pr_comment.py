@@ -229,6 +229,22 @@ def test_several_reports_become_one_comment_with_the_marker_once_in_the_order_gi
     assert data["body"].index("A/B: pass") < data["body"].index("stored baseline")
 
 
+def test_a_missing_report_is_named_first_in_the_comment_and_none_missing_adds_no_line(tmp_path, capsys):
+    # a failed A/B step writes no ab.md: the comment had been the report-only stored-baseline diff
+    # alone, reading "not failing" on a PR whose job was red
+    gate = tmp_path / "gate.md"
+    gate.write_text(f"{pc.MARKER}\n### attnsuite regression gate: REPORTED (gate in report mode: not failing)\n")
+    assert pc.main([str(tmp_path / "ab.md"), str(gate), "--print"], env={}) == 0
+    body = capsys.readouterr().out
+    first = body.splitlines()[1]
+    assert first.startswith("> ⛔ **Missing from this comment: `ab.md`**: the step that writes it wrote no report"), body
+    assert body.index("Missing from this comment") < body.index("REPORTED")
+    ab = tmp_path / "ab.md"
+    ab.write_text(f"{pc.MARKER}\n### A/B: pass\n")
+    assert pc.main([str(ab), str(gate), "--print"], env={}) == 0
+    assert "Missing from this comment" not in capsys.readouterr().out
+
+
 def test_without_any_report_file_the_step_fails_and_posts_nothing(tmp_path):
     gh = FakeGitHub([])
     assert pc.main([str(tmp_path / "none.md"), "--pr", "4", "--repo", "o/r"], request=gh, env=ACTIONS_ENV) == 1
