@@ -866,15 +866,18 @@ def run_rounds(plan: AbPlan, runner: Runner = run_round, out=None) -> AbRounds:
         phases = round_phases(spec.probe_path, wall0, time.time())
         res.seconds[spec.side] += took
         if path is None:
-            # With --cases-from, a working tree that runs none of the flagged cases (each removed or
-            # renamed by the change) is an answer: they read missing. It had ended the A/B step with
-            # an error and no markdown; without any case on either side it is still an error (below).
-            if spec.side == "head" and not spec.selects_nothing and plan.cases is None:
-                raise AbError(_nothing_selected(plan))
+            # A working tree whose selection collects nothing while the base's collects cases (a -k
+            # that names only a variant the change removed; with --cases-from, flagged cases each
+            # removed or renamed) is an answer: those cases read missing. It had ended the A/B step
+            # with a usage error and no markdown; without any case on either side it is still an
+            # error, said as soon as each side has run once (below).
             run = bl.Run(records={}, fingerprint=None, path=str(spec.tree), kind="result")
         else:
             run = bl.load_results(path)
         res.runs[spec.side].append(run)
+        if all(res.runs[side] for side in ("base", "head")) and not any(
+                r.records for side in res.runs.values() for r in side):
+            raise AbError(_nothing_selected(plan))
         res.files.append({"round": spec.index, "side": spec.side, "json": str(path) if path else None,
                           "log": str(spec.log_path), "seconds": round(took, 1), "cases": len(run.records),
                           "phases": phases})
@@ -885,11 +888,13 @@ def run_rounds(plan: AbPlan, runner: Runner = run_round, out=None) -> AbRounds:
             where = f" ({', '.join(f'{k} {v:.1f}' for k, v in phases.items())})" if phases else ""
             print(f"attnsuite ab: round {spec.index}/{len(specs)} {spec.side}: {count(len(run.records), 'case')}, "
                   f"{took:.1f} s{where}", file=out, flush=True)
-    if plan.cases is not None and not any(r.records for side in res.runs.values() for r in side):
+    if not any(r.records for side in res.runs.values() for r in side):
         raise AbError(_nothing_selected(plan))
-    if plan.cases is not None and not any(r.records for r in res.runs["head"]):
-        res.notes.append(f"The working tree runs none of the {count(len(plan.cases), 'case')} from --cases-from: "
-                         "each reads missing (removed or renamed by the change?).")
+    if not any(r.records for r in res.runs["head"]):
+        which = (f"none of the {count(len(plan.cases), 'case')} from --cases-from" if plan.cases is not None else
+                 f"no case with pytest arguments {shlex.join(plan.pytest_args) or '(none)'}, where the base runs "
+                 f"{count(max(len(r.records) for r in res.runs['base']), 'case')}")
+        res.notes.append(f"The working tree runs {which}: each reads missing (removed or renamed by the change?).")
     return res
 
 

@@ -716,6 +716,26 @@ def test_a_selection_that_runs_no_case_in_the_working_tree_is_bad_input_not_a_si
     assert status == ab.EXIT_INPUT and "no case selected" in err and "--attn-workload nope" in err
 
 
+def test_a_k_selection_only_the_base_runs_reads_missing_with_its_markdown_not_bad_input(repo, tmp_path):
+    # -k naming only a variant the change removed: the head's pytest collects nothing (exit 5). The
+    # same removal named by --attn-only read missing; by -k it had been "no case selected" (exit 2)
+    runner = FakeRunner(lambda side, n: [rec(KEY_A)] if side == "base" else None)
+    status, out, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--markdown", str(tmp_path / "ab.md"),
+                                "--json", str(tmp_path / "ab.json"), "--", "-k", "gone-kernel"], runner)
+    assert status == ab.EXIT_GATE, err
+    assert json.loads((tmp_path / "ab.json").read_text())["counts"] == {"missing": 1}
+    assert ("The working tree runs no case with pytest arguments -k gone-kernel, where the base runs 1 case: each "
+            "reads missing") in (tmp_path / "ab.md").read_text()
+    assert len(runner.specs) == 6  # every round ran: an empty head round is an answer, not an error
+
+
+def test_a_selection_neither_tree_runs_stops_once_each_side_has_run(repo):
+    runner = FakeRunner(lambda side, n: None)
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--", "-k", "nothing"], runner)
+    assert status == ab.EXIT_INPUT and "no case selected" in err
+    assert sorted(s.side for s in runner.specs) == ["base", "head"]  # one round each, not six
+
+
 def test_a_base_ref_without_the_benchmarks_is_bad_input(repo):
     git(repo, "rm", "-q", "bench/test_workloads.py")
     git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "no bench")
