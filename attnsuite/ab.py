@@ -102,6 +102,7 @@ class FlaggedCases:
     keys: list[str]
     note: str
     interrupted: bool = False
+    simulated: bool = False  # the gate run had --attn-inject-slowdown: its flags are not the code's own
 
 
 def cases_from_gate_json(path: os.PathLike | str) -> FlaggedCases:
@@ -135,7 +136,12 @@ def cases_from_gate_json(path: os.PathLike | str) -> FlaggedCases:
     if interrupted:  # it judged only the cases it ran: one it never reached could not be flagged
         note += (" That gate run was interrupted: it flagged only among the cases it ran; the cases it did not reach "
                  "are not measured here.")
-    return FlaggedCases(keys, note, interrupted)
+    simulated = obj.get("simulated")
+    if isinstance(simulated, str) and simulated.startswith("SIMULATED"):
+        # its flags may be the injected slowdown's, which the rounds here do not inject (unless --head-arg does)
+        note += (f" That gate run was simulated ({simulated[:300]}): what it flagged may be the injected slowdown, "
+                 "which these rounds measure without (unless a --head-arg injects it).")
+    return FlaggedCases(keys, note, interrupted, simulated=isinstance(simulated, str) and simulated.startswith("SIMULATED"))
 
 
 # Loaded into every round with ``-p``: keeps only the listed case keys (a node id that one tree
@@ -1092,6 +1098,9 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
         if flagged.interrupted and cases:  # with none, the line below says it
             print(f"attnsuite ab: {args.cases_from} comes from an interrupted gate run: it flagged only among the "
                   "cases it ran; the cases it did not reach are not measured here", file=out, flush=True)
+        if flagged.simulated:
+            print(f"attnsuite ab: {args.cases_from} comes from a simulated gate run (--attn-inject-slowdown): what "
+                  "it flagged may be the injection's, not the code's", file=out, flush=True)
         if not cases:
             nothing = f"{args.cases_from} flagged no case: nothing to measure A/B"
             if flagged.interrupted:

@@ -651,6 +651,8 @@ def _write_gate_json(config: pytest.Config, state: GateState, obj: dict[str, Any
     # this run's cases that failed outright (each failed its pytest item, whatever the gate found):
     # `failed` speaks of the gate alone, and a run of errors had read as a pass to a tool reading this
     obj = {**obj, "run_failed": dict(summary.failed_counts(records or {}))}
+    # a run with --attn-inject-slowdown: its gate.md says so, and so must what `ab --cases-from` reads
+    obj["simulated"] = summary.simulated_line(records or {}) or None
     try:
         bl.atomic_write_text(target, json.dumps(obj, indent=1, allow_nan=False) + "\n")
         state.lines.append(f"gate JSON written to {target}")

@@ -554,9 +554,29 @@ def test_the_gate_json_says_which_of_the_runs_cases_failed_outright(tmp_path):
     records = {r.key: r for r in (CaseRecord("w", "a", "fwd", "p1", outcome="error", detail="RuntimeError: boom"),
                                   CaseRecord("w", "b", "fwd", "p1", outcome="ok", median_ms=1.0, min_ms=1.0))}
     plugin_gate._write_gate_json(config, state, {"compared": True, "failed": False}, records)
-    assert json.loads(target.read_text()) == {"compared": True, "failed": False, "run_failed": {"error": 1}}
+    assert json.loads(target.read_text()) == {"compared": True, "failed": False, "run_failed": {"error": 1},
+                                              "simulated": None}
     plugin_gate._write_gate_json(config, state, {"compared": False, "failed": False})
     assert json.loads(target.read_text())["run_failed"] == {}
+
+
+def test_the_gate_json_of_a_simulated_run_says_so_and_ab_cases_from_repeats_it(tmp_path):
+    # gate.md said SIMULATED; the JSON that `attnsuite ab --cases-from` reads had not
+    from types import SimpleNamespace
+
+    from attnsuite import ab, plugin_gate
+
+    target = tmp_path / "g.json"
+    config = SimpleNamespace(getoption=lambda name: str(target) if name == "--attn-gate-json" else None)
+    slowed = CaseRecord("w", "a", "fwd", "p1", outcome="ok", median_ms=1.1, min_ms=1.1, extra={"injected_ms": 0.1})
+    plugin_gate._write_gate_json(config, plugin_gate.GateState(),
+                                 {"compared": True, "failed": True, "cases": [{"key": slowed.key, "flags": ["slower"]}]},
+                                 {slowed.key: slowed})
+    obj = json.loads(target.read_text())
+    assert obj["simulated"].startswith("SIMULATED: 1 case ran with a slowdown injected (--attn-inject-slowdown: a (1))")
+    flagged = ab.cases_from_gate_json(target)
+    assert flagged.simulated and flagged.keys == [slowed.key]
+    assert "That gate run was simulated (SIMULATED: 1 case" in flagged.note
 
 
 def test_an_unwritable_step_summary_is_named_and_the_verdict_json_and_recording_go_on(project, monkeypatch, tmp_path):
