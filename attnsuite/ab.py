@@ -917,8 +917,12 @@ def judge_ab(rounds: AbRounds, thresholds: ThresholdConfig, *, base_label: str, 
     from .gate import judge_runs  # THE compare path (gate.py), shared with the CLI and the pytest gate
 
     sides = {s: combine_side(rounds.runs[s], thresholds, lbl) for s, lbl in (("base", base_label), ("head", head_label))}
-    if not sides["base"].fingerprint:  # a base with no case at all: nothing to check the machine against
+    # a side with no case at all (every base case new, or every head case removed) has no fingerprint:
+    # both sides ran on this machine, so there is nothing to check and nothing to warn of
+    if not sides["base"].fingerprint:
         sides["base"].fingerprint = sides["head"].fingerprint
+    if not sides["head"].fingerprint:
+        sides["head"].fingerprint = sides["base"].fingerprint
     cmp = judge_runs(sides["base"], sides["head"], thresholds=thresholds, allow_mismatch=allow_mismatch,
                      scope=lambda rec: True, notes=notes, side_names=("base", "head"))
     cmp.baseline_label, cmp.current_label = base_label, head_label

@@ -727,6 +727,7 @@ def test_a_k_selection_only_the_base_runs_reads_missing_with_its_markdown_not_ba
     assert ("The working tree runs no case with pytest arguments -k gone-kernel, where the base runs 1 case: each "
             "reads missing") in (tmp_path / "ab.md").read_text()
     assert len(runner.specs) == 6  # every round ran: an empty head round is an answer, not an error
+    assert "no machine fingerprint" not in out + err  # one machine ran both sides
 
 
 def test_a_selection_neither_tree_runs_stops_once_each_side_has_run(repo):
