@@ -46,7 +46,9 @@ def _judge(old: bl.Run, new: bl.Run, args: argparse.Namespace,
     first_only = [v for v in cmp.regressions if v.confirmed is None and any(f in CONFIRMABLE for f in v.flags)]
     if first_only:
         # a loaded CPU run had failed here on one measurement, where the pytest gate measures again
-        cmp.notes.append(f"{count(len(first_only), 'regression')} rest(s) on a first measurement only: "
+        shown = ", ".join(v.key for v in first_only[:3]) + (f" and {len(first_only) - 3} more" if len(first_only) > 3 else "")
+        cmp.notes.append(f"{count(len(first_only), 'regression')} {'rests' if len(first_only) == 1 else 'rest'} on a "
+                         f"first measurement only ({shown}): "
                          f"{new.path or new.label} holds no second one (the pytest gate measures a case it flags again "
                          "before failing it, unless --attn-no-confirm; attnsuite compare judges what the files hold)")
     return cmp

@@ -189,8 +189,8 @@ def gpu_model_key(name: str) -> Optional[str]:
 def measured_cpu_peak(dtype: str, n: int = 512, seconds: float = 0.2) -> float:
     """TFLOP/s of ``torch.matmul`` on an n x n x n problem on this CPU, measured now.
 
-    Not used as a peak: on a shared 2-core runner it moved 5.8x between runs (58 of 374 cases
-    showed more than 100%). Kept for diagnostics; % of peak on CPU uses :func:`stated_peak`.
+    Not used as a peak: on a shared 2-core runner it moved 5.8x between runs (2026-11-30: 58 of
+    374 cases showed more than 100%). Kept for diagnostics; % of peak on CPU uses :func:`stated_peak`.
     """
     dt = getattr(torch, dtype)
     a = torch.randn(n, n).to(dt)
@@ -207,7 +207,7 @@ def measured_cpu_peak(dtype: str, n: int = 512, seconds: float = 0.2) -> float:
 
 
 CPU_NO_PEAK = ("no % of peak on CPU: a CPU has no datasheet peak here and a per-run measurement is not stable "
-               "(it varied 5.8x between runs); it is shown against a baseline's stored calibration probe instead")
+               "(it moves with the machine's load); it is shown against a baseline's stored calibration probe instead")
 
 
 def peak_tflops(device: str, dtype: str) -> tuple[Optional[float], str]:

@@ -299,7 +299,7 @@ def main(argv: Optional[list[str]] = None, request: Optional[Request] = None,
         ("a token (GITHUB_TOKEN)", token or request)) if not have]
     if missing:
         # which piece was missing had not been said; --print previews the body without any of them
-        print(f"pr_comment: nothing posted: no {'; no '.join(missing)} (--print shows the comment's body "
+        print(f"pr_comment: nothing posted: missing {'; '.join(missing)} (--print shows the comment's body "
               "without posting)", file=sys.stderr)
         return 0
     api = env.get("GITHUB_API_URL", "https://api.github.com")

@@ -22,7 +22,8 @@ if [ "$(space_free_mb "${TMPDIR:-/tmp}")" -lt 1024 ] && spare=$(space_spare_dir 
   echo "test.sh: less than 1 GB free under /tmp: the tests write under $TMPDIR instead" >&2
 fi
 # The HTML report is opened in a headless Chromium by a test: find one, else try to install one.
-if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && ! command -v google-chrome >/dev/null; then
+if [ -z "${ATTNSUITE_CHROMIUM:-}" ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \
+    && ! command -v google-chrome >/dev/null; then
   echo "test.sh: no Chromium on PATH: trying playwright's download, then the system's package manager" >&2
   timeout 300 "$PY" -m playwright install chromium >/dev/null 2>&1 \
     || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && timeout 300 apt-get install -y -q chromium >/dev/null 2>&1; } \

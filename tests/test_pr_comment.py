@@ -262,7 +262,7 @@ def test_outside_a_pull_request_nothing_is_posted_and_the_missing_piece_is_named
     f.write_text("<!-- attnsuite-gate -->\nfine\n")
     assert pc.main([str(f), *argv], env=env) == 0
     err = capsys.readouterr().err
-    assert err.startswith("pr_comment: nothing posted: no " + "; no ".join(missing)), err
+    assert err.startswith("pr_comment: nothing posted: missing " + "; ".join(missing)), err
     assert "--print shows the comment's body" in err
 
 

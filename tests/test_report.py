@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from attnsuite import report
@@ -152,6 +154,17 @@ def test_plots_are_drawn_per_workload_when_matplotlib_is_installed(tmp_path):
     recs = by_key([rec("flash", problem=f"b1-q{L}-h16-d128-causal-bf16-cuda0") for L in (1024, 2048)])
     res = report.make_plots({"this run": recs, "baseline": recs}, tmp_path)
     assert len(res.paths) == 1 and res.paths[0].endswith(".png")
+    assert res.message == f"1 plot written to {tmp_path}"
+
+
+def test_a_baseline_adds_no_plot_of_a_workload_the_run_did_not_select(tmp_path):
+    # a gpt2-mha run against a baseline of every workload had drawn 23 plots, 22 of the baseline alone
+    pytest.importorskip("matplotlib")
+    run = by_key([rec("flash", problem=f"b1-q{L}-h16-d128-causal-bf16-cuda0") for L in (1024, 2048)])
+    other = by_key([rec("flash", workload="decode", problem=f"b1-q{L}-h16-d128-causal-bf16-cuda0")
+                    for L in (1024, 2048)])
+    res = report.make_plots({"this run": run, "baseline": {**run, **other}}, tmp_path)
+    assert [Path(p).name for p in res.paths] == ["fa-sweep_fwd_h16-d128-causal-bf16-cuda0.png"]
 
 
 # --------------------------------------------------------------------------- escaping
