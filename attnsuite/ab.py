@@ -726,7 +726,7 @@ def set_aside_earlier_rounds(workdir: Path) -> Optional[Path]:
     if not workdir.is_dir():
         return None
     earlier = [f for f in workdir.iterdir() if f.is_file() and (
-        re.fullmatch(r"round\d+-(base|head)\.(json|log|probe\.json)", f.name)
+        re.fullmatch(r"round\d+-(base|head)\.(json|log|probe\.json|json\.journal\.jsonl)", f.name)
         or f.name in ("cases.txt", f"{PLUGIN_MODULE}.py"))]
     if not earlier:
         return None
@@ -1138,9 +1138,10 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
               "there is not measured (run ab from that code's own git repository)", file=out, flush=True)
     for stale in stale_worktrees(repo):
         # a killed A/B's worktree (and its folder) stays registered, unseen, run after run (a reviewer's trial)
+        # the hint removes its whole temporary folder: the worktree alone had left that run's rounds/ behind
         print(f"attnsuite ab: {stale} is the base worktree of an earlier A/B that did not end (killed?): unless "
-              f"another attnsuite ab is running, remove it with git worktree remove --force {shlex.quote(stale)}",
-              file=out, flush=True)
+              f"another attnsuite ab is running, remove it and its temporary folder with git worktree remove --force "
+              f"{shlex.quote(stale)} && rm -rf {shlex.quote(str(Path(stale).parent))}", file=out, flush=True)
     with tempfile.TemporaryDirectory(prefix=WORKTREE_PREFIX) as tmp:
         with base_worktree(repo, sha, Path(tmp)) as base_tree:
             if suite is None and not (base_tree / TREE_MARKER).is_file():

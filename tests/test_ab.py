@@ -906,6 +906,10 @@ def test_a_killed_runs_base_worktree_still_registered_is_named_with_how_to_remov
     assert f"attnsuite ab: {left.resolve()} is the base worktree of an earlier A/B that did not end" in out or \
         f"attnsuite ab: {left} is the base worktree of an earlier A/B that did not end" in out, out
     assert "gone" not in out and str(gone) not in git(repo, "worktree", "list")
+    hint = out.split("remove it and its temporary folder with ", 1)[1].splitlines()[0]
+    (left.parent / "rounds").mkdir()  # the killed run's round files, beside its worktree
+    subprocess.run(hint, shell=True, cwd=repo, check=True)
+    assert not left.parent.exists() and str(left) not in git(repo, "worktree", "list")
 
 
 def test_a_kernel_repository_with_no_variants_path_in_it_is_bad_input(kernel_repo, tmp_path):
@@ -1102,12 +1106,14 @@ def test_an_out_folder_used_again_gets_the_earlier_rounds_set_aside_not_mixed_in
     out_dir.mkdir()
     (out_dir / "round02-head.json").write_text("{}")
     (out_dir / "round03-head.log").write_text("old")
+    (out_dir / "round04-base.json.journal.jsonl").write_text("{}\n")  # a stopped round's journal
     (out_dir / "notes.txt").write_text("the user's own")
     status, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--out", str(out_dir)], FakeRunner(same_speed))
     assert status == ab.EXIT_OK
     aside = [d for d in out_dir.iterdir() if d.is_dir() and d.name.startswith("earlier-")]
     assert len(aside) == 1 and f"moved to {aside[0]}" in out
-    assert sorted(f.name for f in aside[0].iterdir()) == ["round02-head.json", "round03-head.log"]
+    assert sorted(f.name for f in aside[0].iterdir()) == ["round02-head.json", "round03-head.log",
+                                                          "round04-base.json.journal.jsonl"]
     assert (aside[0] / "round03-head.log").read_text() == "old"  # kept, not deleted
     assert (out_dir / "notes.txt").read_text() == "the user's own"  # not an A/B file: left alone
 
