@@ -22,6 +22,8 @@ data segment past the cap fails inside the allocator with an ordinary out-of-mem
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import gc
 import operator
 import os
@@ -249,6 +251,41 @@ def measure_peak(fn: Callable[[], object], device: str) -> tuple[object, MemResu
         return result, MemResult(peak, "cuda-allocator", names)
     result, peak, names = profile_call(fn, profile_memory=True)
     return result, MemResult(int(peak or 0), "cpu-torch-allocator (profiler memory events)", names)
+
+
+class _MallInfo2(ctypes.Structure):
+    # glibc's struct mallinfo2 (2.33+): every field a size_t
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@functools.lru_cache(maxsize=1)
+def _mallinfo2() -> Optional[Callable[[], _MallInfo2]]:
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):  # not glibc, or older than 2.33
+        return None
+    fn.restype = _MallInfo2
+    return fn
+
+
+def held_bytes(device: str) -> Optional[int]:
+    """Bytes the process holds in allocations now, for telling a call that keeps memory after its
+    outputs are freed (:func:`attnsuite.runner.check_held_memory`); None where it cannot be read.
+
+    CUDA: the caching allocator's live tensor bytes on ``device`` (after a synchronize), exact. CPU:
+    glibc's bytes in use (``mallinfo2``: allocated chunks plus mmapped ones), where torch's CPU
+    tensors live beside the interpreter's own larger objects; a fraction of a millisecond to read,
+    where a profiler session (the peak's method) costs milliseconds. None off glibc 2.33+.
+    """
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.memory_allocated(device))
+    info = _mallinfo2()
+    if info is None:
+        return None
+    got = info()
+    return int(got.uordblks + got.hblkhd)
 
 
 def score_matrix_bytes(problem: Problem, itemsize: Optional[int] = None) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
@@ -471,7 +472,7 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
             case = None
     except Exception as exc:  # the case's failure is its outcome; the run goes on
         failed = True
-        if memory.is_oom(exc):
+        if memory.is_oom(exc) and not isinstance(exc, MemoryHeld):
             text = exception_text(exc)
             rec.outcome, rec.oom_bytes = "oom", memory.parse_oom_bytes(str(exc))
             rec.detail = text.splitlines()[0][:400]
@@ -625,7 +626,13 @@ def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: 
     if result.injected_s:
         rec.extra["injected_ms"] = result.injected_s * 1e3
 
-    _poisoned_call(case, step, setup, has_backward(bc.mode))
+    held = _poisoned_call(case, step, setup, has_backward(bc.mode), p.device)
+    if held is not None:
+        rec.extra["held_after_call_bytes"] = held
+        if held >= HELD_MIN_BYTES:  # a second call tells a leak from something kept once
+            again = _poisoned_call(case, step, setup, has_backward(bc.mode), p.device, collect=True)
+            if again is not None and again >= HELD_MIN_BYTES:
+                raise MemoryHeld(variant.name, held, again, p.device)
     # one more call serves peak memory, the op names that tell the backend, and the numerics check
     if setup is not None:
         setup()
@@ -650,17 +657,61 @@ def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: 
     return result, (case, out)
 
 
-def _poisoned_call(case: Case, step: Callable[[], Any], setup: Optional[Callable[[], None]], backward: bool) -> None:
-    """One call of the step whose output and gradients are then filled with NaN and freed.
+# A call that still holds this much after its outputs and gradients are freed, on two calls in a row,
+# leaks (MemoryHeld). Built-in steps hold nothing after their warm-up, but a decode step's cache grows
+# by one token (tens to hundreds of KiB at the decode workloads' sizes) and CPU readings include the
+# interpreter's own larger objects: a mebibyte per call is far above both and far below a leak that
+# matters (16 MiB a call is 16 GiB in a thousand-step loop).
+HELD_MIN_BYTES = 1 << 20
+
+
+class MemoryHeld(RuntimeError):
+    """A benchmarked call kept memory after its outputs and gradients were freed, call after call."""
+
+    def __init__(self, variant: str, first: int, second: int, device: str) -> None:
+        how = "the CUDA allocator's live bytes" if str(device).startswith("cuda") else "glibc's bytes in use"
+        super().__init__(
+            f"{variant} keeps memory after each call: {second / 2**20:.1f} MiB more held once the call's outputs and "
+            f"gradients were freed and garbage collected ({how}; {first / 2**20:.1f} MiB on the call before): memory "
+            "that grows with every call (a cache or a list that keeps tensors), so a caller's loop fills the device "
+            f"(the limit is {HELD_MIN_BYTES >> 20} MiB a call)")
+
+
+def _poisoned_call(case: Case, step: Callable[[], Any], setup: Optional[Callable[[], None]], backward: bool,
+                   device: str, collect: bool = False) -> Optional[int]:
+    """One call of the step whose output and gradients are then filled with NaN and freed; returns the
+    bytes the process holds more after it than before it (None where :func:`memory.held_bytes`
+    cannot tell), its setup excluded.
 
     The checked call after it allocates the same sizes in the same order, so the allocator hands it
     these blocks and an element it never writes reads NaN. Without this call such an element held
     what the last timed call, or another variant's call on the same inputs, had left there: the right
     value, so a kernel that never wrote its last query row was benchmarked ``ok`` after a correct
     variant of the same problem (found by a first-time user's trial).
+
+    What it holds after: a variant that kept 16 MiB per call had been benchmarked ``ok`` with no word
+    (a hostile-kernel trial). The garbage collector is off during the call, so cycles of earlier calls
+    freed in the middle cannot hide what this one keeps (they had read a 4 MiB leak as 0.8 MiB on the
+    CPU); with ``collect`` (the confirming call) it collects before and after, so the reading is this
+    call's alone, cycles of its own included. A backward's reading is its setup's forward activations
+    freed, less what it keeps: a leak in the forward shows in the fwd and fwd+bwd cases.
     """
     if setup is not None:
         setup()
+    if collect:
+        gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _held_by(case, step, backward, device, collect)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _held_by(case: Case, step: Callable[[], Any], backward: bool, device: str, collect: bool) -> Optional[int]:
+    """The body of :func:`_poisoned_call`, under its garbage-collector setting."""
+    before = memory.held_bytes(device)
     out = step()
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     grads = [g for g in case.grads().values() if g is not None] if backward else []
@@ -670,6 +721,12 @@ def _poisoned_call(case: Case, step: Callable[[], Any], setup: Optional[Callable
     memory.poison_tensors([*outs, *grads], owned)
     del out, outs, grads
     case.zero_grads()
+    if before is None:
+        return None
+    if collect:  # tensors in this call's reference cycles go at a collection, not at `del`
+        gc.collect()
+    after = memory.held_bytes(device)
+    return None if after is None else after - before
 
 
 BACKWARD_ONCE = "the backward cannot run again over one forward"

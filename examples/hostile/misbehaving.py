@@ -7,7 +7,10 @@ aborts (crash, SIGABRT), ``h-exit`` calls ``os._exit(1)`` (error, naming its lin
 for an hour (timeout), ``h-device-assert`` reads past the end of a tensor (on CUDA a device-side
 assert that leaves the process's CUDA context unusable; on the CPU a plain IndexError), ``h-state`` switches torch's default dtype to float64 and leaves it (error,
 named), ``h-victim`` is correct but would fail under that leaked dtype (it must pass), and
-``h-slow`` is correct and slow. ``tests/test_isolation.py`` runs them:
+``h-slow`` is correct and slow. ``h-leak`` is correct and keeps 4 MiB more after every call
+(error: memory held call after call), while ``h-keep-once`` keeps 4 MiB from its first call only and
+``h-small-leak`` 256 KiB a call (both ok: below what the suite calls a leak, runner.HELD_MIN_BYTES).
+``tests/test_isolation.py`` runs them:
 
     pytest bench --benchmark-only --attn-variants examples/hostile/misbehaving.py --attn-timeout 5 \
         --attn-only h-segfault --attn-only h-abort --attn-only h-hang --attn-only h-state \
@@ -126,3 +129,38 @@ class Slow(Base):
             time.sleep(0.05)
             return inner(q, k, v)
         return run
+
+
+KEPT = []  # what h-leak and h-small-leak keep: a module-level list that grows with every call
+
+
+def keeper(problem, nbytes, every_call):
+    inner = plain(problem)
+
+    def run(q, k, v):
+        if every_call or not KEPT:
+            KEPT.append(torch.empty(nbytes // 4, dtype=torch.float32, device=q.device))
+        return inner(q, k, v)
+    return run
+
+
+@register
+class Leak(Base):
+    name = "h-leak"
+    def build(self, problem):
+        return keeper(problem, 4 << 20, every_call=True)
+
+
+@register
+class SmallLeak(Base):
+    name = "h-small-leak"
+    def build(self, problem):
+        return keeper(problem, 256 << 10, every_call=True)
+
+
+@register
+class KeepOnce(Base):
+    name = "h-keep-once"
+    def build(self, problem):
+        KEPT.clear()  # its own first call keeps one block, as a workspace cache would
+        return keeper(problem, 4 << 20, every_call=False)
