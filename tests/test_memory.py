@@ -257,7 +257,7 @@ def test_poison_fills_what_the_call_allocated_and_never_an_input_a_parameter_or_
     q_before, w_before = q.detach().clone(), weight.detach().clone()
     case = FakeCase(inputs={"q": q}, module=SimpleNamespace(parameters=lambda: [weight],
                                                             buffers=lambda: list(module.buffers())))
-    runner._poisoned_call(case, step, None, backward=True)
+    runner._poisoned_call(case, step, None, backward=True, device="cpu")
     out, positions = kept_out
     assert torch.isnan(out).all()  # freed as NaN: an element the checked call never writes reads NaN
     assert torch.isnan(grads_seen[0]).all() and q.grad is None
