@@ -137,11 +137,12 @@ def cases_from_gate_json(path: os.PathLike | str) -> FlaggedCases:
         note += (" That gate run was interrupted: it flagged only among the cases it ran; the cases it did not reach "
                  "are not measured here.")
     simulated = obj.get("simulated")
-    if isinstance(simulated, str) and simulated.startswith("SIMULATED"):
+    simulated = simulated if isinstance(simulated, str) and simulated.startswith("SIMULATED") else ""
+    if simulated:
         # its flags may be the injected slowdown's, which the rounds here do not inject (unless --head-arg does)
         note += (f" That gate run was simulated ({simulated[:300]}): what it flagged may be the injected slowdown, "
                  "which these rounds measure without (unless a --head-arg injects it).")
-    return FlaggedCases(keys, note, interrupted, simulated=isinstance(simulated, str) and simulated.startswith("SIMULATED"))
+    return FlaggedCases(keys, note, interrupted, simulated=bool(simulated))
 
 
 # Loaded into every round with ``-p``: keeps only the listed case keys (a node id that one tree

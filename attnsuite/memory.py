@@ -271,7 +271,7 @@ def _mallinfo2() -> Optional[Callable[[], _MallInfo2]]:
 
 def held_bytes(device: str) -> Optional[int]:
     """Bytes the process holds in allocations now, for telling a call that keeps memory after its
-    outputs are freed (:func:`attnsuite.runner.check_held_memory`); None where it cannot be read.
+    outputs are freed (:func:`attnsuite.runner._poisoned_call`); None where it cannot be read.
 
     CUDA: the caching allocator's live tensor bytes on ``device`` (after a synchronize), exact. CPU:
     glibc's bytes in use (``mallinfo2``: allocated chunks plus mmapped ones), where torch's CPU

@@ -4,7 +4,7 @@ Each entry a recording writes carries ``"recorded": {"at": ..., "commit": ...}``
 result file it came from (pytest-benchmark's ``datetime``, in UTC) and the commit of the tree that
 ran (``commit_info``: a short id, ``+dirty`` when the tree had uncommitted changes). A baseline
 refreshed case by case mixes recordings, so the baseline keeper needs this per case, and a
-recording can tell a run older than what it would replace (:func:`newer_entries`): ``record`` of
+recording can tell a run older than what it would replace (:func:`is_newer`): ``record`` of
 an older result file had put older figures over newer ones with no word.
 
 Entries recorded before this field existed have none; they are never called newer.
@@ -16,7 +16,6 @@ import datetime as _dt
 from typing import Any, Iterable, Mapping, Optional
 
 KEY = "recorded"  # the field in a baseline entry and in a record's ``extra``
-_AT_MAX = 40
 _COMMIT_MAX = 200
 
 
@@ -52,8 +51,7 @@ def of_result(obj: Mapping[str, Any]) -> dict[str, str]:
 
 def now(commit_info: Optional[Mapping[str, Any]] = None) -> dict[str, str]:
     """The provenance of the run in this process: this moment, and ``commit_info``'s commit if given."""
-    stamp = {"at": utc_text(_dt.datetime.now(_dt.timezone.utc).isoformat()), "commit": commit_text(commit_info)}
-    return {k: v for k, v in stamp.items() if v}
+    return of_result({"datetime": _dt.datetime.now(_dt.timezone.utc).isoformat(), "commit_info": commit_info})
 
 
 def combined(stamps: Iterable[Optional[Mapping[str, str]]]) -> dict[str, str]:
@@ -75,7 +73,7 @@ def problems(value: Any) -> list[str]:
     if unknown:
         out.append(f"{KEY} has unknown fields {unknown[:5]}")
     at = value.get("at")
-    if at is not None and (not isinstance(at, str) or len(at) > _AT_MAX or utc_text(at) != at):
+    if at is not None and (not isinstance(at, str) or utc_text(at) != at):
         out.append(f"{KEY}.at must be a UTC time like 2026-12-03T23:40:08Z, got {str(at)[:60]!r}")
     commit = value.get("commit")
     if commit is not None and (not isinstance(commit, str) or len(commit) > _COMMIT_MAX):
