@@ -25,6 +25,7 @@ tier=$1
 gate=$2
 shift 2
 out=${OUT:-$ROOT/results}
+[ -d "$out" ] || created=yes
 if ! mkdir -p "$out" 2> /dev/null || [ ! -w "$out" ]; then
   echo "ci_bench: the output folder OUT=$out cannot be created or written: give OUT=<a writable folder>" >&2
   exit 4
@@ -36,6 +37,10 @@ if command -v flock > /dev/null 2>&1 && ! flock -n 9; then
   echo "ci_bench: another run is writing $out (its lock: $out/.ci_bench.lock): wait for it, or give this run OUT=<another folder>" >&2
   exit 4
 fi
+[ -n "${created:-}" ] && echo "ci_bench: created the output folder $out"
+# Only the last run's outputs are replaced, never a file of the user's that has an output's name.
+. "$ROOT/scripts/out_folder.sh"
+claim_outputs ci_bench "$out" "$ROOT/results" bench.json gate.md gate.json bench.log report.html results.md plots || exit 4
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PY=$ROOT/.venv/bin/python; else PY=python3; fi

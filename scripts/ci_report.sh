@@ -20,6 +20,8 @@ if [ ! -f "$out/bench.json" ]; then
   echo "ci_report: no $out/bench.json (the benchmark step did not write one)" >&2
   exit 1
 fi
+. scripts/out_folder.sh  # what it writes replaces only a run's own report, never a file of the user's
+claim_outputs ci_report "$out" results report.html results.md plots || exit 1
 gate=()
 if [ -f "$out/gate.json" ]; then gate=(--gate-json "$out/gate.json"); fi
 "$PY" -m attnsuite report "$out/bench.json" --markdown "$out/results.md" --plots "$out/plots" \

@@ -167,6 +167,8 @@ def test_a_run_that_writes_nothing_leaves_no_earlier_runs_results_for_the_report
                                                               "results.md", "bench.json.journal.jsonl")}
     for name, text in earlier.items():
         (out / name).write_text(text)
+    # the list an earlier run wrote of its outputs: without it they would be the user's, and kept
+    (out / ".attnsuite-outputs").write_text("bench.json\ngate.md\ngate.json\nreport.html\nresults.md\nplots\n")
     (out / "plots").mkdir()  # ci_report.sh's plots of the last run: one of a workload not run now had stayed
     (out / "plots" / "video-wm_fwd.png").write_bytes(b"png")
     earlier["plots"] = ""
@@ -201,3 +203,59 @@ def test_ci_bench_reads_the_projects_pytest_config_whatever_folders_its_options_
                           env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out"), "PYTHON": str(fake)})
     ran = next(line for line in done.stdout.splitlines() if line.startswith("ran -m pytest"))
     assert ran.startswith(f"ran -m pytest -c {ROOT / 'pyproject.toml'} "), ran
+
+
+# what a user may keep in the folder they give as OUT (OUT=. in their own project): each has an output's name
+USERS_OWN = {"bench.json": "my saved run\n", "bench.log": "my notes\n", "report.html": "<p>mine</p>\n",
+             "results.md": "# my table\n", "gate.md": "mine\n", "gate.json": "{}\n", "plots": None}
+
+
+@pytest.mark.parametrize("name", sorted(USERS_OWN))
+def test_a_users_own_file_with_an_outputs_name_stops_the_run_before_anything_is_removed(tmp_path, name):
+    # OUT=. in a user's folder had deleted their bench.json, report.html and plots/ (even when the run then
+    # stopped on a usage error): only files an earlier run listed as its outputs are replaced
+    out = tmp_path / "mine"
+    out.mkdir()
+    if USERS_OWN[name] is None:
+        (out / name).mkdir()
+        (out / name / "figure.png").write_bytes(b"png")
+    else:
+        (out / name).write_text(USERS_OWN[name])
+    fake = tmp_path / "fakepython"
+    fake.write_text(f"#!/usr/bin/env bash\ntouch {tmp_path / 'ran'}\n")
+    fake.chmod(0o755)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": str(fake)})
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert f"ci_bench: the output folder {out} already holds {name}, which no attnsuite run wrote there" \
+        in done.stderr, done.stderr
+    assert not (tmp_path / "ran").exists() and not (out / ".attnsuite-outputs").exists()
+    if USERS_OWN[name] is None:
+        assert (out / name / "figure.png").read_bytes() == b"png"
+    else:
+        assert (out / name).read_text() == USERS_OWN[name]
+
+
+def test_a_runs_own_outputs_are_replaced_by_the_next_run_into_the_same_folder(tmp_path):
+    out = tmp_path / "out"
+    fake = tmp_path / "fakepython"  # a pytest that writes its JSON: the run's output
+    fake.write_text("#!/usr/bin/env bash\n[ \"$1\" = -c ] && exit 0\n"
+                    f"echo \"run $(date +%N)\" > {out}/bench.json\n")
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": str(fake)}
+    runs = [subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
+                           text=True, timeout=60, env=env) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[1].stderr
+    assert runs[0].stdout.startswith(f"ci_bench: created the output folder {out}\n")
+    assert "created" not in runs[1].stdout
+    assert "bench.json" in (out / ".attnsuite-outputs").read_text().split()
+
+
+def test_ci_report_leaves_a_users_own_report_alone(tmp_path):
+    (tmp_path / "bench.json").write_text("{}")
+    (tmp_path / "report.html").write_text("<p>mine</p>")
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_report.sh"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHON": "/bin/false"})
+    assert done.returncode == 1 and "ci_report: the output folder" in done.stderr and "holds report.html" in \
+        done.stderr, done.stderr
+    assert (tmp_path / "report.html").read_text() == "<p>mine</p>"
