@@ -8,18 +8,18 @@ OUTPUTS_LIST=.attnsuite-outputs
 
 # claim_outputs WHO DIR DEFAULT_DIR NAME...: succeeds, and adds NAME... to DIR's list, when every
 # NAME that exists in DIR is listed there (or DIR is DEFAULT_DIR); otherwise names the others on
-# stderr, changes nothing and fails.
+# stderr, changes nothing and fails. DEFAULT_DIR, the checkout's results/, is never listed.
 claim_outputs() {
   local who=$1 dir=$2 default=$3 name foreign=() listed
   shift 3
   local list="$dir/$OUTPUTS_LIST"
-  if [ "$(cd "$dir" 2> /dev/null && pwd -P)" != "$(cd "$default" 2> /dev/null && pwd -P)" ]; then
-    for name in "$@"; do
-      if [ -e "$dir/$name" ] || [ -L "$dir/$name" ]; then
-        grep -qxF -- "$name" "$list" 2> /dev/null || foreign+=("$name")
-      fi
-    done
-  fi
+  # the checkout's results/ is written by nothing else: no list there (none for CI to upload)
+  [ "$(cd "$dir" 2> /dev/null && pwd -P)" = "$(cd "$default" 2> /dev/null && pwd -P)" ] && return 0
+  for name in "$@"; do
+    if [ -e "$dir/$name" ] || [ -L "$dir/$name" ]; then
+      grep -qxF -- "$name" "$list" 2> /dev/null || foreign+=("$name")
+    fi
+  done
   if [ ${#foreign[@]} -gt 0 ]; then
     echo "$who: the output folder $dir already holds ${foreign[*]}, which no attnsuite run wrote there (they are not in its $OUTPUTS_LIST); a run replaces its outputs, so nothing was run or changed: give OUT=<another folder>, or move them away" >&2
     return 1
