@@ -32,6 +32,7 @@ if ! mkdir -p "$out" 2> /dev/null || [ ! -w "$out" ]; then
 fi
 # One run per output folder: a second one had truncated the first's bench.log and replaced its
 # results (pytest refuses the same journal too, but only after tee has emptied the log).
+[ -e "$out/.ci_bench.lock" ] || new_lock=yes
 exec 9>> "$out/.ci_bench.lock"
 if command -v flock > /dev/null 2>&1 && ! flock -n 9; then
   echo "ci_bench: another run is writing $out (its lock: $out/.ci_bench.lock): wait for it, or give this run OUT=<another folder>" >&2
@@ -40,7 +41,11 @@ fi
 [ -n "${created:-}" ] && echo "ci_bench: created the output folder $out"
 # Only the last run's outputs are replaced, never a file of the user's that has an output's name.
 . "$ROOT/scripts/out_folder.sh"
-claim_outputs ci_bench "$out" "$ROOT/results" bench.json gate.md gate.json bench.log report.html results.md plots || exit 4
+OUTPUTS=(bench.json gate.md gate.json bench.log)
+if ! claim_outputs ci_bench "$out" "$ROOT/results" "${OUTPUTS[@]}"; then
+  [ -n "${new_lock:-}" ] && rm -f "$out/.ci_bench.lock"  # a refused folder is left as it was
+  exit 4
+fi
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PY=$ROOT/.venv/bin/python; else PY=python3; fi
@@ -62,8 +67,13 @@ for arg in "$@"; do [ "$arg" = --attn-resume ] && append=-a; done
 # its cases. The reports made from them (ci_report.sh's) go in both cases: after a resumed run had
 # passed, report.html and results.md still said INTERRUPTED (another trial).
 [ -z "$append" ] && rm -f "$out/bench.json" "$out/gate.md" "$out/gate.json"
-rm -f "$out/report.html" "$out/results.md"
-rm -rf "$out/plots"  # ci_report.sh's: a plot of a workload this run does not select had stayed beside the new ones
+# ci_report.sh's, when they are what it wrote (a plot of a workload this run does not select had
+# stayed beside the new ones); a file of the user's by those names is left alone
+for name in report.html results.md plots; do
+  if [ -e "$out/$name" ] && output_is_ours "$out" "$ROOT/results" "$name"; then
+    rm -rf "${out:?}/$name"
+  fi
+done
 # An interpreter without the suite's packages (a checkout where scripts/setup.sh never ran: the CPU
 # workflow's benchmark step relies on the test step's set-up) is named before pytest starts. Checked
 # after the removal above: a run stopped here has no outputs either.
@@ -82,6 +92,7 @@ trap 'signalled=SIGTERM' TERM
   --benchmark-json "$out/bench.json" --attn-markdown "$out/gate.md" --attn-gate-json "$out/gate.json" "$@" 2>&1 \
   | (trap '' INT TERM; exec tee $append "$out/bench.log")
 status=${PIPESTATUS[0]}
+seal_outputs "$out" "$ROOT/results" "${OUTPUTS[@]}"
 [ -n "$signalled" ] && echo "ci_bench: $signalled received: pytest wrote what it had (exit status $status)"
 echo "ci_bench ($tier, gate $gate) exit status: $status"
 exit "$status"

@@ -26,3 +26,6 @@ gate=()
 if [ -f "$out/gate.json" ]; then gate=(--gate-json "$out/gate.json"); fi
 "$PY" -m attnsuite report "$out/bench.json" --markdown "$out/results.md" --plots "$out/plots" \
   --html "$out/report.html" "${gate[@]}" --step-summary-top
+status=$?
+seal_outputs "$out" results report.html results.md plots
+exit "$status"

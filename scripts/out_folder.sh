@@ -1,34 +1,88 @@
 # Sourced by ci_bench.sh and ci_report.sh: which files of an output folder a run may replace.
 # A run replaces (and, before it starts, removes) the last run's outputs. Those are told from the
-# user's own files by the folder's list of them, .attnsuite-outputs, which every run writes before it
-# writes anything else. Before this list, `OUT=.` in a folder holding the user's bench.json,
-# report.html or plots/ deleted them, even when the run then stopped on a usage error (a fresh-user
-# trial). The checkout's own results/ (ignored by git, written by nothing else) needs no list.
+# user's own files by the folder's list of them, .attnsuite-outputs: one line per output, its name
+# and a checksum of what the run left there ("-" while a run is writing it). A file with an output's
+# name is the last run's only while its content is what that run wrote. Before this list, `OUT=.` in
+# a folder holding the user's bench.json, report.html or plots/ deleted them, even when the run then
+# stopped on a usage error; a list of names alone had still deleted a report.html or plots/ the user
+# put there after a run (fresh-user trials). The checkout's own results/ (ignored by git, written by
+# nothing else) needs no list.
 OUTPUTS_LIST=.attnsuite-outputs
 
-# claim_outputs WHO DIR DEFAULT_DIR NAME...: succeeds, and adds NAME... to DIR's list, when every
-# NAME that exists in DIR is listed there (or DIR is DEFAULT_DIR); otherwise names the others on
-# stderr, changes nothing and fails. DEFAULT_DIR, the checkout's results/, is never listed.
+# _output_sum PATH: a checksum of a file's content, or of a folder's file names and contents
+_output_sum() {
+  if [ -d "$1" ]; then
+    (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum) | sha256sum | cut -c1-64
+  else
+    sha256sum < "$1" | cut -c1-64
+  fi
+}
+
+# _listed DIR NAME: the checksum DIR's list holds for NAME (nothing when it is not listed)
+_listed() {
+  awk -v n="$2" '$1 == n { print $2; exit }' "$1/$OUTPUTS_LIST" 2> /dev/null
+}
+
+# _is_default DIR DEFAULT_DIR: DIR is the checkout's results/
+_is_default() {
+  [ "$(cd "$1" 2> /dev/null && pwd -P)" = "$(cd "$2" 2> /dev/null && pwd -P)" ]
+}
+
+# output_is_ours DIR DEFAULT_DIR NAME: NAME in DIR is what an attnsuite run left there (or DIR is
+# the checkout's results/). Something that does not exist is nobody's: the caller need not ask.
+output_is_ours() {
+  _is_default "$1" "$2" && return 0
+  local sum
+  sum=$(_listed "$1" "$3")
+  [ -n "$sum" ] && { [ "$sum" = - ] || [ "$sum" = "$(_output_sum "$1/$3")" ]; }
+}
+
+# _write_list DIR NAME=SUM...: DIR's list with these entries replaced (SUM empty: the entry goes),
+# written whole, then renamed into place
+_write_list() {
+  local dir=$1 list="$1/$OUTPUTS_LIST" entry
+  shift
+  {
+    for entry in "$@"; do [ -n "${entry#*=}" ] && printf '%s %s\n' "${entry%%=*}" "${entry#*=}"; done
+    if [ -f "$list" ]; then
+      awk -v drop="$(printf '%s\n' "${@%%=*}")" \
+        'BEGIN { n = split(drop, d, "\n"); for (i = 1; i <= n; i++) skip[d[i]] = 1 } !($1 in skip)' "$list"
+    fi
+  } > "$list.tmp.$$" 2> /dev/null && mv -f "$list.tmp.$$" "$list" 2> /dev/null && return 0
+  rm -f "$list.tmp.$$"
+  return 1
+}
+
+# claim_outputs WHO DIR DEFAULT_DIR NAME...: before a run writes NAME... in DIR. Succeeds, and lists
+# each NAME as being written, when every NAME that exists in DIR is the last run's; otherwise names
+# the others on stderr, changes nothing and fails. DEFAULT_DIR, the checkout's results/, is never listed.
 claim_outputs() {
-  local who=$1 dir=$2 default=$3 name foreign=() listed
+  local who=$1 dir=$2 default=$3 name foreign=() entries=()
   shift 3
-  local list="$dir/$OUTPUTS_LIST"
-  # the checkout's results/ is written by nothing else: no list there (none for CI to upload)
-  [ "$(cd "$dir" 2> /dev/null && pwd -P)" = "$(cd "$default" 2> /dev/null && pwd -P)" ] && return 0
+  _is_default "$dir" "$default" && return 0
   for name in "$@"; do
     if [ -e "$dir/$name" ] || [ -L "$dir/$name" ]; then
-      grep -qxF -- "$name" "$list" 2> /dev/null || foreign+=("$name")
+      output_is_ours "$dir" "$default" "$name" || foreign+=("$name")
     fi
+    entries+=("$name=-")
   done
   if [ ${#foreign[@]} -gt 0 ]; then
-    echo "$who: the output folder $dir already holds ${foreign[*]}, which no attnsuite run wrote there (they are not in its $OUTPUTS_LIST); a run replaces its outputs, so nothing was run or changed: give OUT=<another folder>, or move them away" >&2
+    echo "$who: the output folder $dir already holds ${foreign[*]}, which no attnsuite run left there as it is (see its $OUTPUTS_LIST); a run replaces its outputs, so nothing was run or changed: give OUT=<another folder>, or move them away" >&2
     return 1
   fi
-  # the union of the names listed and these, written whole, then renamed into place
-  listed=$( { [ -f "$list" ] && cat "$list"; printf '%s\n' "$@"; } | sort -u)
-  if ! printf '%s\n' "$listed" > "$list.tmp.$$" || ! mv -f "$list.tmp.$$" "$list"; then
-    rm -f "$list.tmp.$$"
-    echo "$who: cannot write $list (the list of this folder's attnsuite outputs): nothing was run or changed" >&2
-    return 1
-  fi
+  _write_list "$dir" "${entries[@]}" && return 0
+  echo "$who: cannot write $dir/$OUTPUTS_LIST (the list of this folder's attnsuite outputs): nothing was run or changed" >&2
+  return 1
+}
+
+# seal_outputs DIR DEFAULT_DIR NAME...: after a run, list what it left under each NAME by checksum
+# (an output it did not leave goes from the list)
+seal_outputs() {
+  local dir=$1 default=$2 name entries=()
+  shift 2
+  _is_default "$dir" "$default" && return 0
+  for name in "$@"; do
+    if [ -e "$dir/$name" ]; then entries+=("$name=$(_output_sum "$dir/$name")"); else entries+=("$name="); fi
+  done
+  _write_list "$dir" "${entries[@]}" || echo "attnsuite: cannot update $dir/$OUTPUTS_LIST: the next run into this folder will refuse to replace these outputs" >&2
 }

@@ -8,6 +8,7 @@ resumed run then overwrote the log. A stand-in Python plays pytest here (no benc
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -167,11 +168,11 @@ def test_a_run_that_writes_nothing_leaves_no_earlier_runs_results_for_the_report
                                                               "results.md", "bench.json.journal.jsonl")}
     for name, text in earlier.items():
         (out / name).write_text(text)
-    # the list an earlier run wrote of its outputs: without it they would be the user's, and kept
-    (out / ".attnsuite-outputs").write_text("bench.json\ngate.md\ngate.json\nreport.html\nresults.md\nplots\n")
     (out / "plots").mkdir()  # ci_report.sh's plots of the last run: one of a workload not run now had stayed
     (out / "plots" / "video-wm_fwd.png").write_bytes(b"png")
     earlier["plots"] = ""
+    # the list an earlier run left of its outputs: without it they would be the user's, and kept
+    _seal(out, "bench.json", "gate.md", "gate.json", "report.html", "results.md", "plots")
     refused = tmp_path / "refusing-python"  # as pytest refusing a usage error before any case runs
     refused.write_text("#!/usr/bin/env bash\n[ \"$1\" = -c ] && exit 0\n"  # it has the packages
                        "echo 'ERROR: attnsuite: --attn-only: unknown variant'\nexit 4\n")
@@ -205,9 +206,31 @@ def test_ci_bench_reads_the_projects_pytest_config_whatever_folders_its_options_
     assert ran.startswith(f"ran -m pytest -c {ROOT / 'pyproject.toml'} "), ran
 
 
+
+def _seal(folder: Path, *names: str) -> None:
+    """What a run does when it ends: list what it left under ``names`` by checksum."""
+    subprocess.run(["bash", "-c", f'. "{ROOT}/scripts/out_folder.sh" && seal_outputs "$@"', "seal", str(folder),
+                    "/nonexistent", *names], check=True, timeout=60)
+
+
+def _ours(folder: Path, name: str) -> bool:
+    return subprocess.run(["bash", "-c", f'. "{ROOT}/scripts/out_folder.sh" && output_is_ours "$@"', "ours",
+                           str(folder), "/nonexistent", name], timeout=60).returncode == 0
+
+
+def test_an_output_is_the_last_runs_only_while_it_holds_what_that_run_left(tmp_path):
+    (tmp_path / "bench.json").write_text("the run's\n")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "a.png").write_bytes(b"png")
+    _seal(tmp_path, "bench.json", "plots", "gone.md")
+    assert _ours(tmp_path, "bench.json") and _ours(tmp_path, "plots") and not _ours(tmp_path, "gone.md")
+    (tmp_path / "bench.json").write_text("the user's, written over it\n")
+    (tmp_path / "plots" / "notes.txt").write_text("the user's, put beside the run's plots\n")
+    assert not _ours(tmp_path, "bench.json") and not _ours(tmp_path, "plots")
+
 # what a user may keep in the folder they give as OUT (OUT=. in their own project): each has an output's name
-USERS_OWN = {"bench.json": "my saved run\n", "bench.log": "my notes\n", "report.html": "<p>mine</p>\n",
-             "results.md": "# my table\n", "gate.md": "mine\n", "gate.json": "{}\n", "plots": None}
+# (ci_report.sh's report.html, results.md and plots/ are left alone instead: the test after next)
+USERS_OWN = {"bench.json": "my saved run\n", "bench.log": "my notes\n", "gate.md": "mine\n", "gate.json": "{}\n"}
 
 
 @pytest.mark.parametrize("name", sorted(USERS_OWN))
@@ -216,24 +239,18 @@ def test_a_users_own_file_with_an_outputs_name_stops_the_run_before_anything_is_
     # stopped on a usage error): only files an earlier run listed as its outputs are replaced
     out = tmp_path / "mine"
     out.mkdir()
-    if USERS_OWN[name] is None:
-        (out / name).mkdir()
-        (out / name / "figure.png").write_bytes(b"png")
-    else:
-        (out / name).write_text(USERS_OWN[name])
+    (out / name).write_text(USERS_OWN[name])
     fake = tmp_path / "fakepython"
     fake.write_text(f"#!/usr/bin/env bash\ntouch {tmp_path / 'ran'}\n")
     fake.chmod(0o755)
     done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
                           text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": str(fake)})
     assert done.returncode == 4, done.stdout + done.stderr
-    assert f"ci_bench: the output folder {out} already holds {name}, which no attnsuite run wrote there" \
+    assert f"ci_bench: the output folder {out} already holds {name}, which no attnsuite run left there as it is" \
         in done.stderr, done.stderr
-    assert not (tmp_path / "ran").exists() and not (out / ".attnsuite-outputs").exists()
-    if USERS_OWN[name] is None:
-        assert (out / name / "figure.png").read_bytes() == b"png"
-    else:
-        assert (out / name).read_text() == USERS_OWN[name]
+    # the folder is left as it was: no list, no lock file
+    assert not (tmp_path / "ran").exists() and sorted(p.name for p in out.iterdir()) == [name]
+    assert (out / name).read_text() == USERS_OWN[name]
 
 
 def test_a_runs_own_outputs_are_replaced_by_the_next_run_into_the_same_folder(tmp_path):
@@ -248,7 +265,42 @@ def test_a_runs_own_outputs_are_replaced_by_the_next_run_into_the_same_folder(tm
     assert [r.returncode for r in runs] == [0, 0], runs[1].stderr
     assert runs[0].stdout.startswith(f"ci_bench: created the output folder {out}\n")
     assert "created" not in runs[1].stdout
-    assert "bench.json" in (out / ".attnsuite-outputs").read_text().split()
+    listed = dict(line.split() for line in (out / ".attnsuite-outputs").read_text().splitlines())
+    assert listed["bench.json"] == hashlib.sha256((out / "bench.json").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["report.html", "results.md", "plots"])
+def test_a_report_the_user_put_in_the_folder_after_a_run_is_left_alone_by_the_next(tmp_path, name):
+    # a list of names alone had made the next run delete a report.html or a plots/ with the user's notes in it
+    out = tmp_path / "out"
+    fake = tmp_path / "fakepython"
+    fake.write_text("#!/usr/bin/env bash\n[ \"$1\" = -c ] && exit 0\necho ran\n")
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": str(fake)}
+    first = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
+                           text=True, timeout=60, env=env)
+    assert first.returncode == 0, first.stderr
+    if name == "plots":
+        (out / name).mkdir()
+        (out / name / "notes.txt").write_text("mine\n")
+    else:
+        (out / name).write_text("mine\n")
+    second = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert second.returncode == 0, second.stderr
+    assert (out / name / "notes.txt" if name == "plots" else out / name).read_text() == "mine\n"
+
+
+def test_a_bench_json_the_user_wrote_over_the_last_runs_stops_the_next_run(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bench.json").write_text("the run's")
+    _seal(out, "bench.json")
+    (out / "bench.json").write_text("my edited copy")
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": "/bin/false"})
+    assert done.returncode == 4 and "already holds bench.json" in done.stderr, done.stderr
+    assert (out / "bench.json").read_text() == "my edited copy"
 
 
 def test_ci_report_leaves_a_users_own_report_alone(tmp_path):
