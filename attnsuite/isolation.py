@@ -2,8 +2,8 @@
 
 The code under test is hostile: a kernel may segfault, abort, call ``os._exit``, poison the CUDA
 context with an illegal memory access, or hang. So the pytest process never runs a case itself: a
-:class:`WorkerPool` keeps one worker process (``python -m attnsuite.worker``) that runs cases one at
-a time and answers with the record. When the worker dies, the case it was running gets outcome
+:class:`WorkerPool` keeps one worker process (:mod:`attnsuite.worker`, importing what the suite
+imported) that runs cases one at a time and answers with the record. When the worker dies, the case it was running gets outcome
 ``crash`` (signal or exit code, and the last lines of its stderr); when it runs past the per-case
 limit, its whole process group is killed and the case gets ``timeout``. Either way the worker is
 replaced and the run goes on with the next case. With ``spare=True`` (CUDA runs) the pool also
@@ -40,6 +40,29 @@ STACK_SIGNAL = getattr(signal, "SIGUSR1", None)
 STACK_MARK = "(most recent call first):"
 EXIT_POISONED = 86  # the worker's exit status after a case left the CUDA context unusable
 WORKER_LOG_PREFIX = "attnsuite-worker-"  # a worker log's name, where the OS cannot make it without one
+# A worker imports what the suite imported. Started as `python -m attnsuite.worker` it had put the
+# folder the run was started from first on sys.path, so a project folder holding its own attnsuite/
+# (a working copy, another version) ran the cases with that code while the suite reported them as
+# its own (fresh-user trial: 4x apart). The worker is started with `-c`, which puts only "" first:
+# the boot line drops it before anything imports, takes the suite's sys.path from the environment
+# (one entry a line: a path holds no newline in practice, and PYTHONPATH's ":" can be inside one),
+# and only then imports the worker. `os` and `sys` are loaded before any path is searched.
+WORKER_PATH_ENV = "ATTNSUITE_WORKER_SYS_PATH"
+_WORKER_BOOT = ("import os, sys; p = os.environ.pop(%r, None); "
+                "sys.path[:] = [e for e in sys.path if e] if p is None else p.split('\\n'); "
+                "import runpy; runpy.run_module('attnsuite.worker', run_name='__main__')"
+                "  # attnsuite.worker" % WORKER_PATH_ENV)  # what ps and pgrep -f show before the worker's arguments
+
+
+def worker_env(env: Optional[dict[str, str]]) -> dict[str, str]:
+    """``env`` (or this process's environment) with this process's import path for the worker."""
+    path = [entry or os.getcwd() for entry in sys.path]  # "" means the folder the suite was started from
+    return {**(os.environ if env is None else env), WORKER_PATH_ENV: "\n".join(path)}
+
+
+def package_dir() -> str:
+    """The folder this process imported attnsuite from (a worker must have imported the same)."""
+    return os.path.dirname(os.path.realpath(__file__))
 
 
 # The skip reasons of tests not run because their variant crashed, hung or broke the process before them
@@ -192,10 +215,10 @@ class _WorkerProcess:
         try:
             self.proc = subprocess.Popen(
                 # the suite's pid: a worker still importing when the suite died must not take init for it
-                [python, "-m", "attnsuite.worker", str(req_r), str(resp_w), str(os.getpid())],
+                [python, "-c", _WORKER_BOOT, str(req_r), str(resp_w), str(os.getpid())],
                 stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, pass_fds=(req_r, resp_w),
                 start_new_session=True,  # its own process group: a timeout kills its helpers too
-                env=env, close_fds=True)
+                env=worker_env(env), close_fds=True)
         except BaseException:
             os.close(req_w)
             os.close(resp_r)
@@ -390,7 +413,7 @@ class WorkerPool:
     # -- life cycle
 
     def _launch(self) -> _WorkerProcess:
-        handle = _WorkerProcess(self.python, self.env, {"op": "init", **self.init})
+        handle = _WorkerProcess(self.python, self.env, {"op": "init", "package": package_dir(), **self.init})
         self.started += 1
         return handle
 

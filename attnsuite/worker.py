@@ -1,8 +1,10 @@
 """The benchmark worker process: runs cases one at a time for :class:`attnsuite.isolation.WorkerPool`.
 
-Started as ``python -m attnsuite.worker REQUEST_FD REPLY_FD``. Messages (dicts, see isolation.py):
+Started by isolation.py's boot line (the suite's own ``sys.path``, then this module as ``__main__``)
+with ``REQUEST_FD REPLY_FD SUITE_PID``. Messages (dicts, see isolation.py):
 
-* ``{"op": "init", "spec": RunSpec.to_json(), "sources": digests}``: import the variants, apply the run's
+* ``{"op": "init", "spec": RunSpec.to_json(), "sources": digests, "package": folder}``: check that
+  attnsuite came from the suite's ``folder``, import the variants, apply the run's
   settings (CPU threads, GPU memory cap), list the cases; reply ``{"ok": True}`` or ``{"ok": False,
   "error"}``. ``sources`` are the digests of the run's external code when it started
   (journal.source_digests): a worker that finds one changed refuses to start.
@@ -153,6 +155,15 @@ class Worker:
         from . import journal, problem_file, registry, torch_state
         from .runner import RunSpec, bench_cases, settings_from_spec
 
+        from .isolation import package_dir
+
+        suites = message.get("package")
+        if suites and suites != package_dir():
+            # the suite passes its sys.path (isolation.worker_env); this catches what that cannot, such
+            # as a .pth file or an import hook that resolves differently in a fresh process
+            return {"ok": False, "error": f"the worker imported attnsuite from {package_dir()}, the suite from "
+                                          f"{suites}: its results would not be the suite's code; run the suite "
+                                          "with one copy of attnsuite importable"}
         self.spec = RunSpec.from_json(message["spec"])
         started_with = message.get("sources") or {}
         changed = journal.changed_sources(started_with, journal.source_digests(started_with))

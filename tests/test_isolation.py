@@ -739,3 +739,43 @@ def test_a_worker_started_after_the_variant_file_changed_refuses_to_run_the_edit
     assert second["outcome"] == "error", second
     assert f"{kernel} changed since this run started" in second["detail"], second["detail"]
     assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+SHADOW_INIT = '''import os
+import sys
+open(os.path.join(os.getcwd(), "shadow-imported"), "a").write(f"{os.getpid()} {sys.argv} {sys.path}\\n")
+'''
+
+
+def test_the_worker_imports_the_suites_attnsuite_not_a_copy_in_the_folder_the_run_started_from(pytester, project):
+    # Started with `python -m`, the worker put the run's folder first on sys.path: a project folder
+    # holding its own attnsuite/ (a working copy, another version) had its code timed as the suite's
+    (project / "attnsuite").mkdir()
+    (project / "attnsuite" / "__init__.py").write_text(SHADOW_INIT)
+    # the plugin from the command line: a conftest.py in this folder puts it first on the suite's own
+    # sys.path (pytest's rootdir rule), and the suite then imports this copy itself
+    (project / "conftest.py").unlink()
+    # launched as a console script is: the script's folder first on sys.path, not the run's folder
+    launcher = project / "launcher" / "run_pytest.py"
+    launcher.parent.mkdir()
+    launcher.write_text("import sys, pytest\nsys.exit(pytest.main(sys.argv[1:]))\n")
+    out = project / "out.json"
+    result = subprocess.run(
+        [sys.executable, str(launcher), "-p", "attnsuite.plugin", "bench", "--benchmark-only", "-p", "no:cacheprovider",
+         "-q", "--attn-device=cpu", "--attn-tier=quick", "--attn-workload=llama3-70b", "--attn-mode=fwd",
+         "--attn-gate=off", "--attn-only=explicit", f"--benchmark-json={out}"],
+        cwd=project, capture_output=True, text=True, timeout=600)
+    assert not (project / "shadow-imported").exists(), \
+        f"a process of the run imported the project folder's attnsuite: {result.stdout[-2000:]}"
+    assert out.exists(), result.stdout[-3000:] + result.stderr[-3000:]
+    recs = _records(json.loads(out.read_text()))["explicit"]
+    assert recs and all(r["outcome"] == "ok" for r in recs), [r["detail"] for r in recs]
+
+
+def test_a_worker_whose_attnsuite_comes_from_another_folder_than_the_suites_refuses_to_start():
+    from attnsuite.worker import Worker
+
+    reply = Worker().init({"package": "/elsewhere/attnsuite", "spec": None})
+    assert reply["ok"] is False
+    assert reply["error"].startswith(f"the worker imported attnsuite from {ROOT / 'attnsuite'}, "
+                                     "the suite from /elsewhere/attnsuite"), reply

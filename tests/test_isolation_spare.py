@@ -1,6 +1,6 @@
 """The standby worker of :class:`attnsuite.isolation.WorkerPool` (``spare=True``).
 
-The pools here run a stub in place of ``python -m attnsuite.worker``: a small script that speaks the
+The pools here run a stub in place of the worker's interpreter: a small script that speaks the
 same protocol (attnsuite.isolation's framing) without importing torch, so a start takes a fraction
 of a second. Each stub process numbers itself in launch order (a file per start in the test's
 folder), which lets a test make exactly the standby's start fail, and answers with its pid, which
@@ -23,7 +23,7 @@ from attnsuite.isolation import Failure, WorkerPool, WorkerStartError
 ROOT = Path(__file__).resolve().parents[1]
 
 STUB = '''#!{python}
-"""A stand-in worker: invoked as `STUB -m attnsuite.worker REQUEST_FD REPLY_FD SUITE_PID`."""
+"""A stand-in worker: invoked as `STUB -c BOOT REQUEST_FD REPLY_FD SUITE_PID`."""
 import os, signal, sys, time
 from attnsuite.isolation import recv_fd, send
 
