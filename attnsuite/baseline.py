@@ -1087,6 +1087,8 @@ class Run:
     # why the session that wrote the file did not run to its end ("" when it did): it holds a part
     # of its selection, so no baseline is recorded from it
     interrupted: str = ""
+    # the identity of the session that wrote the file ("" in a file without one): its gate JSON has the same
+    run_id: str = ""
 
     @property
     def label(self) -> str:
@@ -1201,6 +1203,9 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
     interrupted = meta.get("interrupted") if isinstance(meta, dict) else None
     if interrupted is not None and (not isinstance(interrupted, str) or _text_problem("interrupted", interrupted)):
         raise ResultFileError(where, f"\"attnsuite.interrupted\" must be a short text, got {_show(interrupted)}")
+    run_id = meta.get("run_id") if isinstance(meta, dict) else None
+    if run_id is not None and (not isinstance(run_id, str) or _text_problem("run_id", run_id)):
+        raise ResultFileError(where, f"\"attnsuite.run_id\" must be a short text, got {_show(run_id)}")
     scope = meta.get("scope") if isinstance(meta, dict) else None
     if scope is not None:
         from .verdict import Scope  # verdict does not import this module: no cycle
@@ -1249,7 +1254,8 @@ def run_from_benchmarks_json(obj: Mapping[str, Any], path: Optional[str] = None)
         for rec in records.values():
             rec.extra.setdefault(provenance.KEY, dict(stamp))
     return Run(records=records, fingerprint=fp, path=path, kind="result", foreign=foreign,
-               calibration=calibration, scope=scope, simulated=simulated, interrupted=interrupted or "")
+               calibration=calibration, scope=scope, simulated=simulated, interrupted=interrupted or "",
+               run_id=run_id or "")
 
 
 def simulated_settings(meta: Mapping[str, Any]) -> tuple[str, ...]:

@@ -233,7 +233,7 @@ def cmd_report(args: argparse.Namespace, out) -> int:
         if args.gate_json:  # the verdict the run's gate wrote, as the HTML shows it
             from . import html_report
 
-            gate_json = _read_gate_json(args, run.records)
+            gate_json = _read_gate_json(args, run)
             last = html_report.summary_from_gate_json(run.records, gate_json, interrupted=run.interrupted)
             calibration = (gate_json.get("calibration") or {}).get("baseline")
         else:
@@ -261,8 +261,9 @@ def cmd_report(args: argparse.Namespace, out) -> int:
     return EXIT_OK
 
 
-def _read_gate_json(args: argparse.Namespace, records: Mapping[str, CaseRecord]) -> dict:
-    """``--gate-json``, read and checked against the result's ``records`` (ValueError naming it)."""
+def _read_gate_json(args: argparse.Namespace, run: bl.Run) -> dict:
+    """``--gate-json``, read and checked against the result ``run`` (ValueError naming it)."""
+    records = run.records
     try:
         gate_json = json.loads(Path(args.gate_json).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -271,6 +272,12 @@ def _read_gate_json(args: argparse.Namespace, records: Mapping[str, CaseRecord])
             or not isinstance(gate_json.get("cases"), list)):
         raise ValueError(f"--gate-json {args.gate_json}: not a gate JSON (--attn-gate-json writes an object with "
                          "\"compared\" and a \"cases\" list)")
+    theirs = gate_json.get("run_id")
+    if isinstance(theirs, str) and run.run_id and theirs != run.run_id:
+        # files of one session carry its id: this tells another run's verdicts even where none of
+        # its cases is left to compare (a "not compared" gate JSON judged none)
+        raise ValueError(f"--gate-json {args.gate_json}: not the verdicts of {args.result}: written by run "
+                         f"{theirs}, and the result by run {run.run_id} (the gate JSON of another run?)")
     keys = {c.get("key") for c in gate_json["cases"] if isinstance(c, dict)}
     if keys and not keys & set(records):  # another run's verdicts would be shown as this run's
         raise ValueError(f"--gate-json {args.gate_json}: {none_of(len(keys), 'case', 'its')} is in {args.result} "
@@ -314,7 +321,7 @@ def _write_html(args: argparse.Namespace, run: bl.Run, out, verdicts: Optional[d
     terminal and markdown that judged the run)."""
     from . import html_report
 
-    gate_json = _read_gate_json(args, run.records) if args.gate_json else verdicts
+    gate_json = _read_gate_json(args, run) if args.gate_json else verdicts
     text = html_report.render(run.records, gate_json=gate_json, source=str(args.result), fingerprint=run.fingerprint,
                               interrupted=run.interrupted)
     bl.atomic_write_text(args.html, text)

@@ -224,6 +224,18 @@ def _journal_path(config: pytest.Config) -> Path:
 _SPEC = pytest.StashKey[RunSpec]()
 _RUNNER = pytest.StashKey["BenchRunner"]()
 _RESUMED = pytest.StashKey[dict]()
+_RUN_ID = pytest.StashKey[str]()
+
+
+def run_id(config: pytest.Config) -> str:
+    """This session's identity, written in its benchmark JSON and its gate JSON: `attnsuite report
+    --gate-json` refuses a gate JSON of another run (one that judged no case had nothing else to tell
+    it by, and its "not compared" was shown as the result's verdict)."""
+    if _RUN_ID not in config.stash:
+        import uuid
+
+        config.stash[_RUN_ID] = uuid.uuid4().hex
+    return config.stash[_RUN_ID]
 
 
 @pytest.hookimpl(trylast=True)
@@ -1004,6 +1016,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     records = [landed.record for landed in runner.landed] if runner else []
     output_json["attnsuite"] = {
         "schema": 1,
+        "run_id": run_id(config),
         "fingerprint_id": fp["id"],
         "fingerprint": fp["info"],
         "tier": spec.tier,

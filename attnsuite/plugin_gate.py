@@ -653,6 +653,7 @@ def _write_gate_json(config: pytest.Config, state: GateState, obj: dict[str, Any
     obj = {**obj, "run_failed": dict(summary.failed_counts(records or {}))}
     # a run with --attn-inject-slowdown: its gate.md says so, and so must what `ab --cases-from` reads
     obj["simulated"] = summary.simulated_line(records or {}) or None
+    obj["run_id"] = plugin_bench.run_id(config)  # the benchmark JSON's: a report tells this run's verdicts by it
     try:
         bl.atomic_write_text(target, json.dumps(obj, indent=1, allow_nan=False) + "\n")
         state.lines.append(f"gate JSON written to {target}")

@@ -210,6 +210,30 @@ def test_a_run_where_no_case_has_samples_still_writes_its_records(bench_run):
     assert sorted(b["extra_info"]["outcome"] for b in _entries(data)) == ["error"] * 2 + ["oom"] * 2 + ["skipped"] * 2
 
 
+def test_a_report_refuses_the_gate_json_of_another_run_even_one_that_judged_no_case(bench_run, pytester, capsys):
+    # with no case to compare, another run's "not compared" gate JSON had been shown as this result's verdict
+    from attnsuite import cli
+
+    files = {}
+    for run in ("one", "two"):
+        gate = pytester.path / f"{run}-gate.json"
+        result, data = bench_run(variants=("gpu-only",), extra=(f"--attn-gate-json={gate}",))
+        assert data is not None, result.stdout.str()[-3000:]
+        kept = pytester.path / f"{run}.json"
+        kept.write_text(json.dumps(data))
+        files[run] = (kept, gate, data["attnsuite"]["run_id"], json.loads(gate.read_text()))
+    for run, (_, _, bench_id, verdicts) in files.items():
+        assert verdicts["run_id"] == bench_id, run  # one session, one id in both files
+        assert verdicts["compared"] is False and verdicts["cases"] == [], verdicts  # nothing else tells them apart
+    assert files["one"][2] != files["two"][2]
+    result, theirs = files["one"][0], files["two"][1]
+    capsys.readouterr()
+    assert cli.main(["report", str(result), "--gate-json", str(theirs)]) == cli.EXIT_INPUT
+    assert (f"--gate-json {theirs}: not the verdicts of {result}: written by run {files['two'][2]}, and the result "
+            f"by run {files['one'][2]}") in capsys.readouterr().err
+    assert cli.main(["report", str(result), "--gate-json", str(files["one"][1])]) == 0
+
+
 def test_bad_options_are_usage_errors_naming_the_option(pytester: pytest.Pytester, monkeypatch):
     pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
     shutil.copytree(ROOT / "bench", pytester.path / "bench")

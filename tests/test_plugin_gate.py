@@ -549,13 +549,14 @@ def test_the_gate_json_says_which_of_the_runs_cases_failed_outright(tmp_path):
     from attnsuite import plugin_gate
 
     target = tmp_path / "g.json"
-    config = SimpleNamespace(getoption=lambda name: str(target) if name == "--attn-gate-json" else None)
+    config = SimpleNamespace(getoption=lambda name: str(target) if name == "--attn-gate-json" else None,
+                             stash=pytest.Stash())
     state = plugin_gate.GateState()
     records = {r.key: r for r in (CaseRecord("w", "a", "fwd", "p1", outcome="error", detail="RuntimeError: boom"),
                                   CaseRecord("w", "b", "fwd", "p1", outcome="ok", median_ms=1.0, min_ms=1.0))}
     plugin_gate._write_gate_json(config, state, {"compared": True, "failed": False}, records)
     assert json.loads(target.read_text()) == {"compared": True, "failed": False, "run_failed": {"error": 1},
-                                              "simulated": None}
+                                              "simulated": None, "run_id": plugin_gate.plugin_bench.run_id(config)}
     plugin_gate._write_gate_json(config, state, {"compared": False, "failed": False})
     assert json.loads(target.read_text())["run_failed"] == {}
 
@@ -567,7 +568,8 @@ def test_the_gate_json_of_a_simulated_run_says_so_and_ab_cases_from_repeats_it(t
     from attnsuite import ab, plugin_gate
 
     target = tmp_path / "g.json"
-    config = SimpleNamespace(getoption=lambda name: str(target) if name == "--attn-gate-json" else None)
+    config = SimpleNamespace(getoption=lambda name: str(target) if name == "--attn-gate-json" else None,
+                             stash=pytest.Stash())
     slowed = CaseRecord("w", "a", "fwd", "p1", outcome="ok", median_ms=1.1, min_ms=1.1, extra={"injected_ms": 0.1})
     plugin_gate._write_gate_json(config, plugin_gate.GateState(),
                                  {"compared": True, "failed": True, "cases": [{"key": slowed.key, "flags": ["slower"]}]},
