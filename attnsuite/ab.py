@@ -163,6 +163,18 @@ import pytest
 _MARKS = {"loaded": time.time()}
 
 
+def _entry_points():
+    """[module, name, distribution, value] of each attnsuite.variants entry point: a module of the other
+    side's checkout loaded through one is named with it"""
+    try:
+        from importlib.metadata import entry_points
+
+        return [[ep.module, ep.name, getattr(getattr(ep, "dist", None), "name", None), ep.value]
+                for ep in entry_points(group="attnsuite.variants")]
+    except Exception:  # noqa: BLE001 - a broken install: the message then names the module alone
+        return []
+
+
 def _write_probe(session):
     path = os.environ.get("ATTNSUITE_AB_PROBE")
     if not path:
@@ -176,6 +188,7 @@ def _write_probe(session):
             [name, os.path.realpath(f)] for name, f in
             ((n, getattr(m, "__file__", None)) for n, m in list(sys.modules.items()))
             if f and os.path.realpath(f).startswith(top) and "site-packages" not in f and "dist-packages" not in f)[:20]
+        where["entry_points"] = _entry_points()
     where["selected"] = len(session.items)
     where["marks"] = dict(_MARKS)
     with open(path + ".part", "w", encoding="utf-8") as fh:
@@ -241,12 +254,54 @@ def check_probe(probe: Path, tree: Path) -> dict[str, Any]:
     if foreign:
         name, f = foreign[0]
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        through = _entry_point_of(name, where.get("entry_points") or [])
+        if through:
+            raise AbError(f"the round imported {name} from {f}{more}, a file of the other side's checkout, through "
+                          f"{through} of the attnsuite.variants group: that installed package loads its own "
+                          "checkout's variants into both sides' rounds. Run ab with ATTNSUITE_NO_ENTRY_POINTS=1 "
+                          "(installed packages' variants are then not loaded) and name the variants with "
+                          "--attn-variants, which each side reads from its own tree, or uninstall the package")
         raise AbError(f"the round imported {name} from {f}{more}, a file of the other side's checkout: it would "
                       "measure that side's code. A package of the repository installed where its other checkout "
                       "is found (pip install -e, or a path in PYTHONPATH) does that; each side puts its own root "
                       "and src/ first on the import path, so import your package by its name from there, or "
                       "run ab without that install")
     return where
+
+
+def working_thresholds_unused(repo: Path, base_tree: Path, baselines_dir: Path, used: Optional[Path], base: str) -> str:
+    """Words for the working tree's thresholds file when the A/B is not judged by it ("" when there is
+    none there, or the one used has the same content). The bar is the base tree's: a change does not
+    set its own. An edited or new thresholds.json had been left out without a word (a user's trial)."""
+    if used is not None and used.is_relative_to(base_tree):
+        rel = used.relative_to(base_tree)
+    elif baselines_dir.is_relative_to(base_tree):
+        rel = baselines_dir.relative_to(base_tree) / "thresholds.json"
+    else:
+        return ""  # a folder outside both trees, or the suite's own: the same file for both sides
+    mine = repo / rel
+    try:
+        if not mine.is_file() or (used is not None and used.read_bytes() == mine.read_bytes()):
+            return ""
+    except OSError:
+        return ""
+    judged = f"{base}'s {rel.as_posix()}" if used is not None and used.is_relative_to(base_tree) else \
+        (str(used) if used is not None else "the built-in thresholds")
+    how = "differs from" if used is not None and used.is_relative_to(base_tree) else f"is not in {base}, so not"
+    return (f"the working tree's {rel.as_posix()} {how} the one that judges this A/B ({judged}): the bar is "
+            f"the base tree's, so a change cannot set its own; to judge by it, pass --thresholds {mine}")
+
+
+def _entry_point_of(module: str, entry_points: Sequence[Any]) -> str:
+    """How the probe's entry point that loads ``module`` (itself, a module of it or its package) is named
+    in messages ("" when none does)."""
+    for entry in entry_points:
+        if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)):
+            continue
+        ep_module, name, dist, value = entry
+        if module == ep_module or module.startswith(ep_module + ".") or ep_module.startswith(module + "."):
+            return f"entry point {name!r} (distribution {dist}) {value!r}"
+    return ""
 
 
 # --------------------------------------------------------------------------- git
@@ -1162,6 +1217,11 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
                 baselines_dir, repo_fallback=(suite or base_tree) / bl.DEFAULT_DIR)
             if found is not None and found.is_relative_to(base_tree):  # the worktree is gone once the report is read
                 thresholds.path = f"thresholds {args.base}:{found.relative_to(base_tree).as_posix()} (the base tree's)"
+            unused = "" if args.thresholds or last_path_option(args.pytest_args, "--attn-thresholds", cwd, repo,
+                                                                  base_tree) else \
+                working_thresholds_unused(repo, base_tree, baselines_dir, found, args.base)
+            if unused:
+                print(f"attnsuite ab: {unused}", file=out, flush=True)
             workdir = Path(args.out).resolve() if args.out else Path(tmp) / "rounds"
             aside = set_aside_earlier_rounds(workdir) if args.out else None
             if aside is not None:
@@ -1208,6 +1268,8 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
                 context.insert(1, f"The variants of {repo} at each side, run by the same attnsuite ({suite}).")
             context += [f"{where} lies outside {repo}: both sides loaded the same file, so a change there is not "
                         "measured." for where in outside]
+            if unused:
+                context.append(unused[0].upper() + unused[1:] + ".")
             extra = {"base_ref": args.base, "base_sha": sha, "rounds": args.rounds, "order": rounds.order,
                      "head_args": list(args.head_arg),
                      "trees": {"base": str(base_tree), "head": str(repo)}, "seconds": rounds.seconds,

@@ -399,6 +399,32 @@ def test_the_base_trees_thresholds_judge_not_the_working_trees(repo):
     assert status == ab.EXIT_OK  # named explicitly, the loose file applies
 
 
+@pytest.mark.parametrize("edit, words", [
+    ("none", None),
+    ("loosened", "the working tree's baselines/thresholds.json differs from the one that judges this A/B "
+                 "(HEAD's baselines/thresholds.json): the bar is the base tree's"),
+    ("added", "the working tree's baselines/thresholds.json is not in HEAD, so not the one that judges this A/B "
+              "(the built-in thresholds): the bar is the base tree's"),
+], ids=["unchanged: nothing said", "edited: said", "new in the change: said"])
+def test_a_working_tree_thresholds_file_that_does_not_judge_the_ab_is_said_with_the_way_to_use_it(
+        repo, tmp_path, edit, words):
+    # an uncommitted or edited thresholds.json had been set aside without a word: the user thought it applied
+    if edit == "added":
+        git(repo, "rm", "-q", "baselines/thresholds.json")
+        git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "no thresholds")
+    if edit != "none":
+        (repo / "baselines").mkdir(exist_ok=True)
+        (repo / "baselines" / "thresholds.json").write_text(json.dumps(LOOSE))
+    md = tmp_path / "ab.md"
+    _, out, _ = run_cmd(["--base", "HEAD", "--repo", str(repo), "--markdown", str(md)], FakeRunner(head_slower(0.0)))
+    if words is None:
+        assert "the working tree's" not in out + md.read_text()
+        return
+    assert f"attnsuite ab: {words}, so a change cannot set its own; to judge by it, pass --thresholds " \
+           f"{repo / 'baselines' / 'thresholds.json'}" in out, out
+    assert words[0].upper() + words[1:] in md.read_text()
+
+
 @pytest.mark.parametrize("fraction, large", [(0.40, True), (0.20, False)])
 def test_a_large_slowdown_inside_a_wide_band_is_said_on_the_terminal_with_the_floors_note(repo, fraction, large):
     # on CPU (floor 100%) a case +88% slower had printed "(2 unchanged cases not shown)" and "pass (2 same)"
@@ -821,6 +847,45 @@ def test_the_probe_names_a_module_a_round_imported_from_the_other_sides_checkout
     monkeypatch.setenv("ATTNSUITE_AB_FOREIGN", str(tmp_path / "elsewhere"))  # nothing of it imported: fine
     plugin["_write_probe"](session)
     assert ab.check_probe(probe, suite)["foreign"] == []
+
+
+def test_a_module_of_the_other_checkout_loaded_through_an_entry_point_is_named_with_it_and_the_way_out(
+        tmp_path, monkeypatch):
+    # an editable install of the head's kernels (an attnsuite.variants entry point) had been named by its
+    # module alone: the user could not tell what imported it, nor that ATTNSUITE_NO_ENTRY_POINTS avoids it
+    import importlib.metadata
+
+    other = tmp_path / "other"
+    (other / "src" / "teamkern_ab_ep_test").mkdir(parents=True)
+    (other / "src" / "teamkern_ab_ep_test" / "variants.py").write_text("")
+    (other / "src" / "teamkern_ab_ep_test" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(other / "src"))
+    for name in ("teamkern_ab_ep_test", "teamkern_ab_ep_test.variants"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    importlib.import_module("teamkern_ab_ep_test.variants")
+    for name in ("teamkern_ab_ep_test", "teamkern_ab_ep_test.variants"):
+        monkeypatch.setitem(sys.modules, name, sys.modules[name])
+    ep = argparse.Namespace(module="teamkern_ab_ep_test.variants", name="teamkern", value="teamkern_ab_ep_test.variants",
+                            dist=argparse.Namespace(name="teamkern"))
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: [ep] if group == "attnsuite.variants" else [])
+    plugin: dict = {}
+    exec(compile(ab.PLUGIN_SOURCE, ab.PLUGIN_MODULE, "exec"), plugin)
+    probe = tmp_path / "r.probe.json"
+    monkeypatch.setenv("ATTNSUITE_AB_PROBE", str(probe))
+    monkeypatch.setenv("ATTNSUITE_AB_FOREIGN", str(other))
+    suite = ab.suite_tree()
+    plugin["_write_probe"](argparse.Namespace(config=argparse.Namespace(rootpath=suite), items=[]))
+    with pytest.raises(ab.AbError) as caught:
+        ab.check_probe(probe, suite)
+    words = str(caught.value)
+    assert "through entry point 'teamkern' (distribution teamkern) 'teamkern_ab_ep_test.variants'" in words, words
+    assert "ATTNSUITE_NO_ENTRY_POINTS=1" in words, words
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [])  # not through one: as before
+    plugin["_write_probe"](argparse.Namespace(config=argparse.Namespace(rootpath=suite), items=[]))
+    with pytest.raises(ab.AbError) as caught:
+        ab.check_probe(probe, suite)
+    assert "entry point" not in str(caught.value) and "a file of the other side's checkout" in str(caught.value)
 
 
 def test_the_probe_plugin_itself_in_an_out_folder_inside_the_other_sides_checkout_is_not_foreign(tmp_path, monkeypatch):
