@@ -21,14 +21,19 @@ PathLike = Union[os.PathLike, str]
 # the options that write benchmark results, and so may replace an earlier result file
 RESULT_WRITERS = frozenset({"--benchmark-json"})
 RESULTS = FILE_KINDS["results"]
-RECORDED = ("baseline", "results", "thresholds", "problems")  # json_kind names; a gate JSON is an output's
+# the options that write a gate JSON (pytest's, and `attnsuite ab`'s --json), and so may replace one: a
+# markdown or a log written over a run's verdicts had lost them (`report --markdown results/gate.json`)
+GATE_WRITERS = frozenset({"--attn-gate-json", "--json"})
+GATE = FILE_KINDS["gate"]
+REPLACED_ONLY_BY = {RESULTS: RESULT_WRITERS, GATE: GATE_WRITERS}
+RECORDED = ("baseline", "results", "thresholds", "problems", "gate")  # json_kind names
 _READ_LIMIT = 512 << 20  # larger than any recorded file; a file beyond it is not read to be recognised
 
 
 def recorded_kind(path: PathLike) -> Optional[str]:
     """What of the user's recorded files ``path`` holds, by its content: a baseline, benchmark
-    results, a thresholds file or a problems file; None for anything else (a markdown diff, a gate
-    JSON, a file that does not exist or is not JSON).
+    results, a thresholds file, a problems file or a gate JSON; None for anything else (a markdown
+    diff, a file that does not exist or is not JSON).
 
     An output option naming such a file had replaced it whenever this command did not happen to read
     it: ``--attn-markdown`` given a baseline of another folder, ``attnsuite ab --json`` given the
@@ -92,8 +97,8 @@ def output_options_problem(files: Mapping[str, Optional[PathLike]], folders: Map
     each option naming a folder to fill, ``inputs`` each thing the command reads to its file
     (``{"the baseline": path}``, or (label, path) pairs where a label repeats; the label reads as
     written in the message). Refused: an output that cannot be
-    written, one that holds a recorded file (:func:`recorded_kind`; benchmark results only by an
-    option that writes them), one that is an input (it would be replaced by the output), and two
+    written, one that holds a recorded file (:func:`recorded_kind`; benchmark results and a gate
+    JSON only by an option that writes them), one that is an input (it would be replaced by the output), and two
     outputs naming one file (one would be lost).
     """
     for option, path in files.items():
@@ -118,8 +123,10 @@ def output_options_problem(files: Mapping[str, Optional[PathLike]], folders: Map
                        "(name another file)"
     for option, path in named:
         kind = recorded_kind(path)
-        if kind and not (kind == RESULTS and option in RESULT_WRITERS):
-            return f"{option} {path}: holds {kind}, which an output never replaces (name another file)"
+        if kind and option not in REPLACED_ONLY_BY.get(kind, ()):
+            only = REPLACED_ONLY_BY.get(kind)
+            which = f"only {' or '.join(sorted(only))} replaces" if only else "an output never replaces"
+            return f"{option} {path}: holds {kind}, which {which} (name another file)"
     for i, (option, path) in enumerate(named):
         for other, other_path in named[i + 1:]:
             if same_file(path, other_path):

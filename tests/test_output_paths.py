@@ -103,7 +103,7 @@ RECORDED = {
 
 @pytest.mark.parametrize("stored", ["plain", "gzip-compressed"])
 @pytest.mark.parametrize("kind", ["an attnsuite baseline", "a thresholds file", "a problems file",
-                                  "a benchmark result file"])
+                                  "a benchmark result file", "a gate JSON"])
 @pytest.mark.parametrize("option", ["--markdown", "--json", "--attn-gate-json", "--benchmark-json"])
 def test_an_output_never_replaces_a_recorded_file_that_this_command_does_not_read(tmp_path, kind, option, stored):
     # --attn-markdown given a baseline of another folder had replaced its 300 cases with the diff (exit 0);
@@ -113,20 +113,25 @@ def test_an_output_never_replaces_a_recorded_file_that_this_command_does_not_rea
         content = b'{"version": 1, "problems": []}'
     elif kind == "a benchmark result file":
         content = b'{"machine_info": {}, "benchmarks": []}'
+    elif kind == "a gate JSON":  # a run's verdicts: a markdown written over them had lost them
+        content = b'{"compared": true, "failed": false, "cases": []}'
     else:
         content = open(RECORDED[kind], "rb").read()
     victim.write_bytes(content if stored == "plain" else gzip.compress(content))
     before = victim.read_bytes()
     why = output_options_problem({option: str(victim)})
-    if kind == "a benchmark result file" and option == "--benchmark-json":
-        assert why is None  # a run writes its results over the last run's
+    writers = {"a benchmark result file": ["--benchmark-json"], "a gate JSON": ["--attn-gate-json", "--json"]}
+    if option in writers.get(kind, []):
+        assert why is None  # a run writes its results (or verdicts) over the last run's
     else:
-        said = {"a thresholds file": FILE_KINDS["thresholds"], "a problems file": FILE_KINDS["problems"]}.get(kind, kind)
-        assert why == f"{option} {victim}: holds {said}, which an output never replaces (name another file)"
+        said = {"a thresholds file": FILE_KINDS["thresholds"], "a problems file": FILE_KINDS["problems"],
+                "a gate JSON": FILE_KINDS["gate"]}.get(kind, kind)
+        which = f"only {' or '.join(sorted(writers[kind]))} replaces" if kind in writers else "an output never replaces"
+        assert why == f"{option} {victim}: holds {said}, which {which} (name another file)"
     assert victim.read_bytes() == before
 
 
-@pytest.mark.parametrize("content", ["<!-- attnsuite-gate -->\n### x", '{"compared": true, "cases": []}', "", "[1]",
+@pytest.mark.parametrize("content", ["<!-- attnsuite-gate -->\n### x", "", "[1]",
                                      "{not json", gzip.compress(b"a compressed log"), b"\x1f\x8b not gzip after all"])
 def test_an_output_may_replace_what_outputs_write_or_what_is_no_recorded_file(tmp_path, content):
     earlier = tmp_path / "gate.out"
