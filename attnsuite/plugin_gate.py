@@ -67,6 +67,7 @@ class GateState:
         self.no_baseline: list[str] = []  # why there was no comparison (the last screen says it)
         self.uncompared = ""  # the summary's first line when there was no comparison ("" : NOT COMPARED)
         self.session: Optional[pytest.Session] = None  # set when collection finishes
+        self.no_case_line = ""  # the last screen's line of a session interrupted before any case finished
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -784,8 +785,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             # gate.md too: a CI step posting it as the PR comment had found no file, where the
             # terminal said why (a -k or --attn-* selection that matched nothing)
             _write_markdown(config, state, report.nothing_selected_markdown(nothing))
-        _write_gate_json(config, state, {"compared": False, "failed": False,
-                                         "reason": nothing or "no benchmark records", "cases": []})
+        elif interrupted:
+            # Ctrl-C (or a cancelled job's SIGTERM) in the first case had left no gate.md, no summary and a
+            # gate JSON reading "no benchmark records", failed false, with no word of the interruption
+            state.no_case_line = (f"INTERRUPTED ({_interrupted_text(config, {})}): no case finished, so nothing "
+                                  "was judged")
+            _write_markdown(config, state, report.no_run_markdown("INTERRUPTED", state.no_case_line))
+        _write_gate_json(config, state, {"compared": False, "failed": False, "interrupted": bool(interrupted),
+                                         "reason": nothing or state.no_case_line or "no benchmark records",
+                                         "cases": []})
         return
     path, lookup = _locate(config, run)
     if path is None and recording and bl.fingerprint_id(run.fingerprint):
@@ -921,6 +929,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             warning = report.github_warning("attnsuite gate: nothing compared", "; ".join([s.verdict, *s.baseline]))
             if warning:
                 tr.write_line(warning)
+    elif state.no_case_line:
+        terminalreporter.write_sep("=", "attnsuite summary", bold=True)
+        terminalreporter.write_line(state.no_case_line, yellow=True, bold=True)
 
 
 def _gate_section(terminalreporter: Any, config: pytest.Config, state: GateState) -> None:

@@ -208,6 +208,37 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_with_its_summary_and_the_resume_hint(
     assert md.read_text().count("INTERRUPTED") >= 1 and journal.exists()
 
 
+def test_ctrl_c_in_the_first_case_says_interrupted_in_the_summary_gate_md_and_gate_json(project):
+    # with no case finished there had been no summary, no gate.md, and a gate JSON reading "no benchmark
+    # records", failed false, with no word of the interruption
+    journal, md, verdicts = project / "journal.jsonl", project / "gate.md", project / "gate.json"
+    args = _args(project, ("h-hang",), f"--attn-journal={journal}", f"--attn-markdown={md}",
+                 f"--attn-gate-json={verdicts}", "--attn-timeout=300", "--attn-mode=fwd",
+                 f"--benchmark-json={project / 'out.json'}")
+    args[args.index("--attn-gate=off")] = "--attn-gate=report"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=project, env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not _suite_workers(proc.pid):
+            time.sleep(0.2)
+        time.sleep(3)  # into the hanging first case
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    line = ("INTERRUPTED (interrupted after 0 of 2 selected cases; 2 did not run (the same command with "
+            "--attn-resume, the same options and output, carries on from the journal)): no case finished, so "
+            "nothing was judged")
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, stdout[-3000:]
+    assert line in stdout.split("attnsuite summary")[-1], stdout[-3000:]
+    assert md.read_text().splitlines()[1] == "### attnsuite regression gate: INTERRUPTED" and line in md.read_text()
+    gate = json.loads(verdicts.read_text())
+    assert gate["interrupted"] is True and gate["compared"] is False and gate["reason"] == line, gate
+
+
 def test_resume_refuses_a_journal_written_with_other_options(pytester, project):
     journal = project / "journal.jsonl"
     journal.write_text(json.dumps({"attnsuite_journal": 1, "spec": {"tier": "full"}, "fingerprint_id": "x"}) + "\n")
