@@ -182,27 +182,34 @@ def test_a_killed_run_keeps_its_finished_cases_and_resume_runs_only_the_rest(pro
     assert not journal.exists()  # a finished run removes its journal
 
 
+def _signalled_run(project: Path, args: list[str], sig: signal.Signals, ready, settle: float = 0.0) -> tuple[int, str]:
+    """Run pytest with ``args``, send ``sig`` once ``ready(pid)`` holds (and ``settle`` seconds more);
+    (its exit status, its output)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=project, env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not ready(proc.pid):
+            time.sleep(0.2)
+        time.sleep(settle)
+        proc.send_signal(sig)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, stdout
+
+
 def test_sigterm_ends_a_run_as_ctrl_c_does_with_its_summary_and_the_resume_hint(project):
     # a cancelled CI job's SIGTERM had killed pytest with no summary, no gate.md and no hint
     out, journal, md = project / "out.json", project / "journal.jsonl", project / "gate.md"
     args = _args(project, ("h-slow", "explicit"), f"--benchmark-json={out}", f"--attn-journal={journal}",
                  f"--attn-markdown={md}")
     args[args.index("--attn-gate=off")] = "--attn-gate=report"
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=project, env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if journal.exists() and len(journal.read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        stdout, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == pytest.ExitCode.INTERRUPTED, stdout[-3000:]
+    status, stdout = _signalled_run(project, args, signal.SIGTERM,
+                                    lambda pid: journal.exists() and len(journal.read_text().splitlines()) >= 3)
+    assert status == pytest.ExitCode.INTERRUPTED, stdout[-3000:]
     assert ("did not run (the same command with --attn-resume, the same options and output, carries on from the "
             "journal)") in stdout, stdout[-3000:]
     assert md.read_text().count("INTERRUPTED") >= 1 and journal.exists()
@@ -216,23 +223,11 @@ def test_ctrl_c_in_the_first_case_says_interrupted_in_the_summary_gate_md_and_ga
                  f"--attn-gate-json={verdicts}", "--attn-timeout=300", "--attn-mode=fwd",
                  f"--benchmark-json={project / 'out.json'}")
     args[args.index("--attn-gate=off")] = "--attn-gate=report"
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=project, env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not _suite_workers(proc.pid):
-            time.sleep(0.2)
-        time.sleep(3)  # into the hanging first case
-        proc.send_signal(signal.SIGINT)
-        stdout, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    status, stdout = _signalled_run(project, args, signal.SIGINT, lambda pid: bool(_suite_workers(pid)), settle=3)
     line = ("INTERRUPTED (interrupted after 0 of 2 selected cases; 2 did not run (the same command with "
             "--attn-resume, the same options and output, carries on from the journal)): no case finished, so "
             "nothing was judged")
-    assert proc.returncode == pytest.ExitCode.INTERRUPTED, stdout[-3000:]
+    assert status == pytest.ExitCode.INTERRUPTED, stdout[-3000:]
     assert line in stdout.split("attnsuite summary")[-1], stdout[-3000:]
     assert md.read_text().splitlines()[1] == "### attnsuite regression gate: INTERRUPTED" and line in md.read_text()
     gate = json.loads(verdicts.read_text())
