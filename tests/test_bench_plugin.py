@@ -234,6 +234,22 @@ def test_a_report_refuses_the_gate_json_of_another_run_even_one_that_judged_no_c
     assert cli.main(["report", str(result), "--gate-json", str(files["one"][1])]) == 0
 
 
+def test_with_benchmark_disable_the_runs_cases_are_still_judged_against_the_baseline(bench_run, pytester):
+    # pytest-benchmark holds no result then (xdist turns it on too), and the summary had said "no
+    # baseline for this machine" for measured cases with a baseline right there
+    base = pytester.path / "team-baselines"
+    base.mkdir()
+    result, _ = bench_run(variants=("sdpa",), extra=(f"--attn-baselines-dir={base}", "--attn-record-baseline"))
+    assert result.ret == 0 and list(base.glob("*.json")), result.stdout.str()[-3000:]
+    result = pytester.runpytest_subprocess(  # --benchmark-only refuses --benchmark-disable
+        "bench", "--benchmark-disable", "-p", "no:cacheprovider", "--attn-device=cpu", "--attn-tier=quick",
+        "--attn-workload=decode", "--attn-mode=fwd", "--attn-only=sdpa", f"--attn-baselines-dir={base}",
+        "--attn-gate=report")
+    summary = result.stdout.str().split("attnsuite summary")[-1]
+    assert "no baseline for this machine" not in summary, summary
+    assert "PASS: no regression among" in summary and "cases judged against the baseline" in summary, summary
+
+
 def test_bad_options_are_usage_errors_naming_the_option(pytester: pytest.Pytester, monkeypatch):
     pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
     shutil.copytree(ROOT / "bench", pytester.path / "bench")
