@@ -94,5 +94,5 @@ trap 'signalled=SIGTERM' TERM
 status=${PIPESTATUS[0]}
 seal_outputs "$out" "$ROOT/results" "${OUTPUTS[@]}"
 [ -n "$signalled" ] && echo "ci_bench: $signalled received: pytest wrote what it had (exit status $status)"
-echo "ci_bench ($tier, gate $gate) exit status: $status"
+echo "ci_bench ($tier, gate $gate) exit status: $status; pytest's output above is also in $out/bench.log"
 exit "$status"

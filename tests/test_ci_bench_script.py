@@ -57,7 +57,8 @@ def test_an_interrupt_keeps_the_interrupted_summary_in_the_terminal_and_the_log_
     assert f"ci_bench: {signal.Signals(sig).name} received: pytest wrote what it had (exit status 2)" in stdout
     assert "INTERRUPTED: 3 of 9 cases; --attn-resume carries on" in stdout
     assert "INTERRUPTED: 3 of 9 cases" in (tmp_path / "out" / "bench.log").read_text()
-    assert "ci_bench (quick, gate report) exit status: 2" in stdout
+    assert f"ci_bench (quick, gate report) exit status: 2; pytest's output above is also in {tmp_path / 'out'}/bench.log" \
+        in stdout, stdout[-2000:]
 
 
 def test_a_resumed_run_appends_to_the_log_of_the_run_it_carries_on(tmp_path):
