@@ -8,9 +8,20 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 say() { echo "setup: $*" >&2; }
 . scripts/space.sh
+stamp=.venv/.attnsuite-setup
+want="$(cat pyproject.toml scripts/setup.sh scripts/constraints.txt | sha256sum | cut -c1-16)"
+# A ready .venv needs nothing written: a read-only checkout (a mounted one, a shared CI cache) whose
+# .venv is made had failed here on the lock file, and bench.sh with it.
+if [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  say ".venv already set up (stamp $want matches pyproject.toml and this script)"
+  exit 0
+fi
 # One set-up at a time: bench.sh and test.sh each start with it, and two first runs at once had
 # deleted each other's half-made venv. A second one waits here, then finds the venv made.
-exec 8> .attnsuite-setup.lock
+if ! { exec 8> .attnsuite-setup.lock; } 2> /dev/null; then
+  say "cannot write in $(pwd) (its lock file .attnsuite-setup.lock), and .venv is not set up: set-up needs a checkout it can write to"
+  exit 1
+fi
 if command -v flock > /dev/null 2>&1 && ! flock -n 8; then
   say "another set-up of this checkout is running: waiting for it"
   flock 8
@@ -45,8 +56,6 @@ if [ ! -x .venv/bin/python ]; then
   # venv cannot create through a link, so the link comes after
   [ "$venv" = .venv ] || ln -sfn "$venv" .venv
 fi
-stamp=.venv/.attnsuite-setup
-want="$(cat pyproject.toml scripts/setup.sh scripts/constraints.txt | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing torch 2.13.0 (CPU build; about 200 MB the first time)"
   # The wheel this machine kind keeps on disk first (pip's find-links, no index: never a download);

@@ -208,3 +208,21 @@ def test_a_second_set_up_waits_for_the_first_instead_of_breaking_its_venv(scratc
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[0] == "setup: another set-up of this checkout is running: waiting for it"
     assert (scratch / ".venv" / "bin" / "python").exists()
+
+
+@pytest.mark.parametrize("ready", [True, False], ids=["venv ready", "venv not made"])
+def test_a_checkout_where_the_lock_file_cannot_be_written_runs_when_ready_and_says_why_when_not(scratch, ready):
+    # a read-only checkout (a mounted one) with .venv made had failed on the lock file, and bench.sh with it.
+    # Root writes anywhere, so the lock's path is a folder here: the same failure to open it for writing
+    if ready:
+        assert _setup(scratch).returncode == 0
+        (scratch / ".attnsuite-setup.lock").unlink()
+    (scratch / ".attnsuite-setup.lock").mkdir()
+    proc = _setup(scratch)
+    if ready:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.splitlines()[-1].startswith("setup: .venv already set up"), proc.stderr
+    else:
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.strip() == (f"setup: cannot write in {scratch} (its lock file .attnsuite-setup.lock), and "
+                                       ".venv is not set up: set-up needs a checkout it can write to"), proc.stderr
