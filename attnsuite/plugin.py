@@ -341,7 +341,14 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     from . import libraries
 
     line = libraries.header_line()
-    return ([line] if line else []) + _broken_packages() or None
+    return ([line] if line else []) + _broken_packages() + _spaced_build_path() or None
+
+
+def _spaced_build_path() -> list[str]:
+    from . import inductor_paths
+
+    folder = inductor_paths.spaced_build_path()
+    return [f"attnsuite: {inductor_paths.advice(folder)} (compiled variants on the CPU read error)"] if folder else []
 
 
 def pytest_deselected(items: list) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import flops as flopmod
-from . import checks, decode_bench, gpu_state, memory, oracle_mask, registry, spot_check, timing, tolerance, triton_support, workloads
+from . import checks, decode_bench, gpu_state, inductor_paths, memory, oracle_mask, registry, spot_check, timing, tolerance, triton_support, workloads
 from .case import Case, DeviceInputs, OutputContractError, prepare
 from .inputs import torch_dtype
 from .problem import Problem
@@ -480,7 +480,7 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
             rec.outcome, rec.detail = "numerics", str(exc)
             rec.extra["numerics_check"] = "contract"
         else:
-            rec.outcome, rec.detail = "error", exception_text(exc)[:1000]
+            rec.outcome, rec.detail = "error", inductor_paths.explain_compile_error(exception_text(exc))[:1000]
             # where it was raised: the variant's last own frame, then the innermost frames (the
             # correctness checks show the same); the worker's log, which had the rest, is removed
             rec.extra["traceback"] = checks.traceback_text(exc)[:4000]
