@@ -58,8 +58,10 @@ def _change_cells(v: CaseVerdict) -> tuple[str, str, str, str, str, str, str]:
     the gate judged another. A second measurement's change follows the first after a slash.
     """
     b, c = v.base, v.cur
-    if v.statistic:
-        judged, base_t, cur_t = v.statistic, fmt_ms(v.base_ms), fmt_ms(v.cur_ms)
+    if v.statistic:  # judged, or one side's figure where the other has none (new, newly failing, missing)
+        judged = v.statistic
+        base_t = fmt_ms(v.base_ms) if v.base_ms is not None or (b and b.outcome == "ok") else (b.outcome if b else "-")
+        cur_t = fmt_ms(v.cur_ms) if v.cur_ms is not None or (c and c.outcome == "ok") else (c.outcome if c else "not run")
         median = f"{fmt_ms(v.base_median_ms)} -> {fmt_ms(v.cur_median_ms)}"
     else:  # no time judged (new, missing, failing, not gated): medians go in the median column only
         judged = "not gated" if v.time_note.endswith("not gated") else "none"

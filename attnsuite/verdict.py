@@ -440,6 +440,27 @@ def cap_kernel_sum(rec: CaseRecord, label: str, ms: float) -> tuple[float, bool]
     return ms, False
 
 
+def judged_statistic(t: Thresholds, device: str, *records: CaseRecord) -> str:
+    """THE statistic time is judged on for ``records`` (both sides of a comparison, or one): "device
+    min" or "device median" on CUDA, "min" or "median" on CPU; the minimum where the thresholds ask
+    for it and every record has one (records that carry only a median are judged on it)."""
+    if device == "cuda":
+        fastest = t.statistic == "min" and all(r.device_min_ms is not None for r in records)
+        return "device min" if fastest else "device median"
+    return "min" if t.statistic == "min" and all(r.min_ms is not None for r in records) else "median"
+
+
+def one_side_figure(r: CaseRecord, t: Thresholds, device: str) -> tuple[str, Optional[float], Optional[float]]:
+    """(statistic, its value, the median of its timer) of one ok record, as a comparison would judge
+    it: what a row shows for a case with nothing to compare it with (new, newly failing, missing),
+    where it had shown "none" and "-" beside a figure the gate would judge. ("", None, None) on CUDA
+    without device time."""
+    if device == "cuda" and r.device_ms is None:
+        return "", None, None
+    label = judged_statistic(t, device, r)
+    return label, getattr(r, _SPREAD_OF[label]), r.device_ms if device == "cuda" else r.median_ms
+
+
 def time_basis(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) -> tuple[Optional[TimeBasis], str]:
     """THE choice of the judged time: (basis, "") or (None, why time is not gated).
 
@@ -462,20 +483,16 @@ def time_basis(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) ->
             # graph replay and kernel-sum read ~6% apart on memory-bound steps (H200): not comparable
             return None, (f"device time by another method (baseline {base.device_method}, this run "
                           f"{cur.device_method}): time not gated")
-        if t.statistic == "min" and base.device_min_ms is not None and cur.device_min_ms is not None:
-            label, b_ms, c_ms = "device min", base.device_min_ms, cur.device_min_ms
-        else:
-            label, b_ms, c_ms = "device median", base.device_ms, cur.device_ms
+        label = judged_statistic(t, device, base, cur)
+        b_ms, c_ms = getattr(base, _SPREAD_OF[label]), getattr(cur, _SPREAD_OF[label])
         if not b_ms:
             return None, "baseline device time is zero: time not gated"
         (b_ms, b_cap), (c_ms, c_cap) = cap_kernel_sum(base, label, b_ms), cap_kernel_sum(cur, label, c_ms)
         capped = tuple(side for side, c in (("baseline", b_cap), ("this run", c_cap)) if c)
         band, medians = device_noise_band(base, cur, t), (base.device_ms, cur.device_ms)
     else:
-        if t.statistic == "min" and base.min_ms is not None and cur.min_ms is not None:
-            label, b_ms, c_ms = "min", base.min_ms, cur.min_ms
-        else:  # records that carry only a median
-            label, b_ms, c_ms = "median", base.median_ms, cur.median_ms
+        label = judged_statistic(t, device, base, cur)
+        b_ms, c_ms = getattr(base, _SPREAD_OF[label]), getattr(cur, _SPREAD_OF[label])
         if not b_ms or c_ms is None:
             return None, "no time on one side: time not compared"
         hb = bool(t.host_bound_floor) and host_bound(base, cur, t)
@@ -688,21 +705,31 @@ def judge(base: Optional[CaseRecord], cur: Optional[CaseRecord], t: Thresholds, 
     if base is None and cur is None:
         raise ValueError("judge: neither a baseline nor a current record")
     key = (cur or base).key  # type: ignore[union-attr]
+    kind = device or ("cuda" if is_cuda(base, cur) else "cpu")
+
+    def one_sided(verdict: str, message: str) -> CaseVerdict:
+        # the figure the gate would judge, on the side that has one (nothing to compare it with)
+        side = cur if cur is not None and cur.outcome == "ok" else base
+        label, value, median = one_side_figure(side, t, kind) if side is not None and side.outcome == "ok" \
+            else ("", None, None)
+        mine = side is cur
+        return CaseVerdict(key, verdict, (verdict,), message, base, cur, statistic=label,
+                           base_ms=None if mine else value, cur_ms=value if mine else None,
+                           base_median_ms=None if mine else median, cur_median_ms=median if mine else None)
+
     if base is None:
-        return CaseVerdict(key, "new", ("new",), f"not in the {reference}; now {_describe(cur)}", None, cur)
+        return one_sided("new", f"not in the {reference}; now {_describe(cur)}")
     if cur is None or (cur.outcome == "skipped" and base.outcome != "skipped"):
         how = "not run" if cur is None else f"now skipped ({clip(cur.detail or 'no reason given', 200)})"
-        return CaseVerdict(key, "missing", ("missing",), f"{how}; {reference}: {_describe(base)}", base, cur)
+        return one_sided("missing", f"{how}; {reference}: {_describe(base)}")
     if cur.outcome == "skipped":  # skipped in both
         return CaseVerdict(key, "same", ("same",), f"skipped in both ({clip(cur.detail or '', 160)})", base, cur)
     if base.outcome == "skipped":  # runs now, was skipped
-        return CaseVerdict(key, "new", ("new",), f"was skipped, now {_describe(cur)}", base, cur)
+        return one_sided("new", f"was skipped, now {_describe(cur)}")
     if cur.outcome in FAILING and base.outcome not in FAILING:
-        return CaseVerdict(key, "newly-failing", ("newly-failing",),
-                           f"now {_describe(cur)}; {reference}: {_describe(base)}", base, cur)
+        return one_sided("newly-failing", f"now {_describe(cur)}; {reference}: {_describe(base)}")
     if cur.outcome == "oom" and base.outcome != "oom":
-        return CaseVerdict(key, "newly-oom", ("newly-oom",),
-                           f"now {_describe(cur)}; {reference}: {_describe(base)}", base, cur)
+        return one_sided("newly-oom", f"now {_describe(cur)}; {reference}: {_describe(base)}")
     if cur.outcome != "ok":  # failing or OOM in both
         still = "still out of memory" if cur.outcome == "oom" else f"still failing ({_describe(cur)})"
         return CaseVerdict(key, "same", ("same",), still, base, cur)
@@ -713,7 +740,6 @@ def judge(base: Optional[CaseRecord], cur: Optional[CaseRecord], t: Thresholds, 
         return CaseVerdict(key, "fixed-failing", ("fixed-failing",), f"passes now ({_describe(cur)}); {reference}: "
                            f"{_describe(base)}", base, cur)
     # Both ok: time, host overhead and memory, then the second measurement when there is one.
-    kind = device or ("cuda" if is_cuda(base, cur) else "cpu")
     first = _assess(base, cur, t, kind)
     second_rec, unreadable = confirm_record(cur)
     second = _assess(base, second_rec, t, kind) if second_rec is not None and second_rec.outcome == "ok" else None

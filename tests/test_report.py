@@ -292,14 +292,19 @@ def test_the_header_lines_open_the_terminal_table_and_the_markdown():
     assert md[4].startswith("> instance: copy 10 GB/s")
 
 
-def test_a_row_without_a_judged_time_shows_medians_only_in_the_median_column():
-    # a new case's median had sat in the "this run" column, where judged rows show the fastest sample
-    cmp = compare(by_key([rec("old")]), by_key([rec("new", median_ms=5.1, min_ms=3.6)]), device="cuda")
-    row = next(line for line in report.terminal_table(cmp).splitlines() if line.startswith("new"))
-    cells = row.split()
-    assert "none" in cells and "- -> 5.100 ms" in row and "3.600" not in row
+def test_a_row_with_one_side_shows_the_statistic_the_gate_would_judge_labelled_and_the_median_beside_it():
+    # a new case's median had sat in the "this run" column, where judged rows show the fastest sample; then
+    # new, newly-failing and missing rows showed no figure at all ("none", "-": a PR reviewer's trial)
+    broke = rec("broke", outcome="error", detail="boom", median_ms=None, device_ms=None)
+    cmp = compare(by_key([rec("old"), rec("broke", min_ms=0.9)]),
+                  by_key([rec("new", median_ms=5.1, min_ms=3.6), broke]), device="cuda")
+    rows = {line.split()[0]: line for line in report.terminal_table(cmp).splitlines()[2:] if line.strip()}
+    assert rows["new"].split()[2:] == ["device", "min", "-", "3.600", "ms", "-", "->", "5.100", "ms", "100", "MiB"]
+    assert rows["newly-failing"].split()[2:7] == ["device", "min", "0.9000", "ms", "error"], rows["newly-failing"]
+    assert rows["missing"].split()[2:7] == ["device", "median", "1.000", "ms", "not"], rows["missing"]
     missing = next(v for v in cmp.verdicts if v.verdict == "missing")
     assert "baseline: ok, device median 1.000 ms" in missing.message
+    assert all(v.time_change is None and v.band is None for v in cmp.verdicts)  # nothing was judged
 
 
 def test_a_count_of_one_reads_in_the_singular():
