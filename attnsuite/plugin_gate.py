@@ -793,7 +793,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             # gate JSON reading "no benchmark records", failed false, with no word of the interruption
             state.no_case_line = (f"INTERRUPTED ({_interrupted_text(config, {})}): no case finished, so nothing "
                                   "was judged")
-            _write_markdown(config, state, report.no_run_markdown("INTERRUPTED", state.no_case_line))
+            _write_markdown(config, state, report.no_run_markdown("⏹️ **INTERRUPTED**", state.no_case_line))
         _write_gate_json(config, state, {"compared": False, "failed": False, "interrupted": bool(interrupted),
                                          "reason": nothing or state.no_case_line or "no benchmark records",
                                          "cases": []})

@@ -229,7 +229,7 @@ def test_ctrl_c_in_the_first_case_says_interrupted_in_the_summary_gate_md_and_ga
             "nothing was judged")
     assert status == pytest.ExitCode.INTERRUPTED, stdout[-3000:]
     assert line in stdout.split("attnsuite summary")[-1], stdout[-3000:]
-    assert md.read_text().splitlines()[1] == "### attnsuite regression gate: INTERRUPTED" and line in md.read_text()
+    assert md.read_text().splitlines()[1] == "### attnsuite regression gate: ⏹️ **INTERRUPTED**" and line in md.read_text()
     gate = json.loads(verdicts.read_text())
     assert gate["interrupted"] is True and gate["compared"] is False and gate["reason"] == line, gate
 
