@@ -423,6 +423,9 @@ def _best_cells(b: Best) -> list[str]:
 
 
 BEST_HEADER = ["workload", "mode", "fastest", "median time", "TFLOP/s", "% peak", "of", "next", "problem (largest)"]
+# the two columns whose heading alone did not say what they count (a baseline keeper's trial)
+BEST_LEGEND = ("of: how many variants ran that problem in that mode (ok cases); next: the runner-up, and how much slower it "
+               "was than the fastest")
 
 
 def _reasons(s: Summary) -> list[str]:
@@ -458,6 +461,7 @@ def terminal_lines(s: Summary) -> list[str]:
         for r in rows:
             out.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
         out.append(f"  {s.peak_note}")
+        out.append(f"  {BEST_LEGEND}")
         flagged = [b for b in s.best if b.pct_flag]
         for b in flagged:
             out.append(f"  (!) {b.workload}: {b.pct_peak:.0f}% {b.pct_flag}")
@@ -485,7 +489,7 @@ def markdown_lines(s: Summary, escape) -> list[str]:
     if s.best:
         out += ["", "| " + " | ".join(BEST_HEADER) + " |", "|---|---|---|---:|---:|---:|---:|---|---|"]
         out += ["| " + " | ".join(escape(c) for c in _best_cells(b)) + " |" for b in s.best]
-        out += ["", escape(s.peak_note)]
+        out += ["", escape(s.peak_note), "", escape(BEST_LEGEND)]
         out += [f"- (!) {escape(b.workload)}: {b.pct_peak:.0f}% {escape(b.pct_flag)}" for b in s.best if b.pct_flag]
     if s.files:
         # escaped text, not a code span: a backslash escape inside backticks shows ("gate\_json")

@@ -471,3 +471,16 @@ def test_a_report_mode_line_with_failed_cases_says_which_fail_the_run():
     assert line == ("FAIL: 1 case(s) of this run failed (1 error); 1 regression among 5 cases judged "
                     "(gate in report mode: the regressions do not fail the run, its failed cases do)"), line
     assert summary.verdict_line(1, 5, 0, "report").endswith("(gate in report mode: the run does not fail)")
+
+
+def test_the_fastest_variant_table_says_what_its_of_and_next_columns_count():
+    # "of" had been unexplained (a baseline keeper's trial): the legend follows the table, on the terminal and in gate.md
+    r1 = rec("a", median_ms=1.0, device_ms=1.0)
+    r2 = rec("b", median_ms=1.5, device_ms=1.5)
+    s = summary.build({r.key: r for r in (r1, r2)}, None)
+    lines = summary.terminal_lines(s)
+    row = next(line for line in lines if line.strip().startswith("fa-sweep"))
+    assert row.split()[8:11] == ["2", "b", "+50.0%"], row
+    assert lines[lines.index("  " + s.peak_note) + 1] == "  " + summary.BEST_LEGEND
+    assert summary.BEST_LEGEND.startswith("of: how many variants ran that problem in that mode")
+    assert report.md_escape(summary.BEST_LEGEND) in summary.markdown_lines(s, report.md_escape)
