@@ -25,8 +25,9 @@ tier=$1
 gate=$2
 shift 2
 out=${OUT:-$ROOT/results}
+case $out in -*) out=./$out ;; esac  # a folder named "-x" is no option to mkdir, rm or tee
 [ -d "$out" ] || created=yes
-if ! mkdir -p "$out" 2> /dev/null || [ ! -w "$out" ]; then
+if ! mkdir -p -- "$out" 2> /dev/null || [ ! -w "$out" ]; then
   echo "ci_bench: the output folder OUT=$out cannot be created or written: give OUT=<a writable folder>" >&2
   exit 4
 fi
@@ -39,13 +40,23 @@ if command -v flock > /dev/null 2>&1 && ! flock -n 9; then
   exit 4
 fi
 [ -n "${created:-}" ] && echo "ci_bench: created the output folder $out"
+# A resumed run carries on the run whose outputs are in this folder (see out_folder.sh)
+append=
+for arg in "$@"; do [ "$arg" = --attn-resume ] && append=-a; done
 # Only the last run's outputs are replaced, never a file of the user's that has an output's name.
 . "$ROOT/scripts/out_folder.sh"
 OUTPUTS=(bench.json gate.md gate.json bench.log)
-if ! claim_outputs ci_bench "$out" "$ROOT/results" "${OUTPUTS[@]}"; then
+if ! claim_outputs ci_bench "$out" "$ROOT/results" "$append" "${OUTPUTS[@]}"; then
   [ -n "${new_lock:-}" ] && rm -f "$out/.ci_bench.lock"  # a refused folder is left as it was
   exit 4
 fi
+# The list says what this run left on every way out it can trap: a run that stopped on a check below,
+# or whose terminal closed (SIGHUP), had left its outputs marked as being written, and the next run took
+# a file the user put there since for its own and deleted it (a fresh-user trial)
+trap 'seal_outputs "$out" "$ROOT/results" "${OUTPUTS[@]}"' EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PY=$ROOT/.venv/bin/python; else PY=python3; fi
@@ -57,8 +68,6 @@ export PYTHONUNBUFFERED=1
 # must this script: a trapped signal waits for the pipeline, whose status is then pytest's. Without
 # that, SIGTERM had ended the script at once, left pytest running without a reader and lost the
 # verdict (found by a fresh-user test). A resumed run appends to the log of the run it carries on.
-append=
-for arg in "$@"; do [ "$arg" = --attn-resume ] && append=-a; done
 [ -n "$append" ] && echo "--- resumed $(date -u +%Y-%m-%dT%H:%M:%SZ) ---" >> "$out/bench.log"
 # A new run's outputs replace the last run's in this folder; they are removed now, not at the end: a
 # run that stopped before writing any (an unknown --attn-only, a bad baseline) had left the last run's
@@ -66,7 +75,8 @@ for arg in "$@"; do [ "$arg" = --attn-resume ] && append=-a; done
 # user's trial). A resumed run keeps the run's own files: it carries that run on, and its journal holds
 # its cases. The reports made from them (ci_report.sh's) go in both cases: after a resumed run had
 # passed, report.html and results.md still said INTERRUPTED (another trial).
-[ -z "$append" ] && rm -f "$out/bench.json" "$out/gate.md" "$out/gate.json"
+# bench.log too: tee writes it in place, through a hard link (a snapshot's copy) or a link the user made
+[ -z "$append" ] && rm -f "$out/bench.json" "$out/gate.md" "$out/gate.json" "$out/bench.log"
 # ci_report.sh's, when they are what it wrote (a plot of a workload this run does not select had
 # stayed beside the new ones); a file of the user's by those names is left alone
 for name in report.html results.md plots; do
@@ -85,14 +95,14 @@ fi
 signalled=
 trap 'signalled=SIGINT' INT
 trap 'signalled=SIGTERM' TERM
+trap 'signalled=SIGHUP' HUP
 # -c: pytest finds its config from the common folder of its path arguments: an option naming a folder
 # outside this checkout (--attn-baselines-dir /elsewhere) had left pyproject.toml's settings unread
 "$PY" -m pytest -c "$ROOT/pyproject.toml" "$ROOT/bench" --rootdir "$ROOT" --benchmark-only -p no:cacheprovider -rfE \
   --attn-tier "$tier" --attn-gate "$gate" \
   --benchmark-json "$out/bench.json" --attn-markdown "$out/gate.md" --attn-gate-json "$out/gate.json" "$@" 2>&1 \
-  | (trap '' INT TERM; exec tee $append "$out/bench.log")
+  | (trap '' INT TERM HUP; exec tee $append "$out/bench.log")
 status=${PIPESTATUS[0]}
-seal_outputs "$out" "$ROOT/results" "${OUTPUTS[@]}"
 [ -n "$signalled" ] && echo "ci_bench: $signalled received: pytest wrote what it had (exit status $status)"
 echo "ci_bench ($tier, gate $gate) exit status: $status; pytest's output above is also in $out/bench.log"
 exit "$status"

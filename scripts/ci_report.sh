@@ -12,6 +12,7 @@ here=$(pwd)
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-results}}
 if [ -n "${1:-}${OUT:-}" ] && [ "${out#/}" = "$out" ] && [ "$here" != "$(pwd)" ]; then out="$here/$out"; fi
+case $out in -*) out=./$out ;; esac  # a folder named "-x" is no option to the commands below
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
@@ -21,11 +22,13 @@ if [ ! -f "$out/bench.json" ]; then
   exit 1
 fi
 . scripts/out_folder.sh  # what it writes replaces only a run's own report, never a file of the user's
-claim_outputs ci_report "$out" results report.html results.md plots || exit 1
+claim_outputs ci_report "$out" results "" report.html results.md plots || exit 1
+trap 'seal_outputs "$out" results report.html results.md plots' EXIT  # on every way out (out_folder.sh)
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
 gate=()
 if [ -f "$out/gate.json" ]; then gate=(--gate-json "$out/gate.json"); fi
 "$PY" -m attnsuite report "$out/bench.json" --markdown "$out/results.md" --plots "$out/plots" \
   --html "$out/report.html" "${gate[@]}" --step-summary-top
-status=$?
-seal_outputs "$out" results report.html results.md plots
-exit "$status"
+exit $?

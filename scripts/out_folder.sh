@@ -9,18 +9,23 @@
 # nothing else) needs no list.
 OUTPUTS_LIST=.attnsuite-outputs
 
-# _output_sum PATH: a checksum of a file's content, or of a folder's file names and contents
+# _output_sum PATH: a checksum of a file's content, or of a folder's whole tree: every entry's kind,
+# name and link target, and every file's content (files alone had let a folder or a link the user
+# added to plots/ be deleted with it)
 _output_sum() {
   if [ -d "$1" ]; then
-    (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum) | sha256sum | cut -c1-64
+    (cd "$1" && find . -mindepth 1 -printf '%y %p %l\n' | LC_ALL=C sort \
+      && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum) | sha256sum | cut -c1-64
   else
     sha256sum < "$1" | cut -c1-64
   fi
 }
 
-# _listed DIR NAME: the checksum DIR's list holds for NAME (nothing when it is not listed)
+# _listed DIR NAME: the checksum DIR's list holds for NAME (nothing when it is not listed). The list
+# is read from stdin: as awk's argument a folder named like "tag=v1" is taken for an assignment
 _listed() {
-  awk -v n="$2" '$1 == n { print $2; exit }' "$1/$OUTPUTS_LIST" 2> /dev/null
+  [ -f "$1/$OUTPUTS_LIST" ] || return 0
+  awk -v n="$2" '$1 == n { print $2; exit }' < "$1/$OUTPUTS_LIST" 2> /dev/null
 }
 
 # _is_default DIR DEFAULT_DIR: DIR is the checkout's results/
@@ -28,13 +33,16 @@ _is_default() {
   [ "$(cd "$1" 2> /dev/null && pwd -P)" = "$(cd "$2" 2> /dev/null && pwd -P)" ]
 }
 
-# output_is_ours DIR DEFAULT_DIR NAME: NAME in DIR is what an attnsuite run left there (or DIR is
-# the checkout's results/). Something that does not exist is nobody's: the caller need not ask.
+# output_is_ours DIR DEFAULT_DIR NAME [RESUMING]: NAME in DIR is what an attnsuite run left there (or
+# DIR is the checkout's results/). Something that does not exist is nobody's: the caller need not ask.
+# "-" (being written) is left only by a run that died untrapped (SIGKILL): its file may be that run's
+# partial output or one the user put there since, so only a resumed run (RESUMING non-empty), which
+# carries that run on, takes it for its own.
 output_is_ours() {
   _is_default "$1" "$2" && return 0
   local sum
   sum=$(_listed "$1" "$3")
-  [ -n "$sum" ] && { [ "$sum" = - ] || [ "$sum" = "$(_output_sum "$1/$3")" ]; }
+  [ -n "$sum" ] && { { [ "$sum" = - ] && [ -n "${4:-}" ]; } || [ "$sum" = "$(_output_sum "$1/$3")" ]; }
 }
 
 # _write_list DIR NAME=SUM...: DIR's list with these entries replaced (SUM empty: the entry goes),
@@ -46,28 +54,36 @@ _write_list() {
     for entry in "$@"; do [ -n "${entry#*=}" ] && printf '%s %s\n' "${entry%%=*}" "${entry#*=}"; done
     if [ -f "$list" ]; then
       awk -v drop="$(printf '%s\n' "${@%%=*}")" \
-        'BEGIN { n = split(drop, d, "\n"); for (i = 1; i <= n; i++) skip[d[i]] = 1 } !($1 in skip)' "$list"
+        'BEGIN { n = split(drop, d, "\n"); for (i = 1; i <= n; i++) skip[d[i]] = 1 } !($1 in skip)' < "$list"
     fi
   } > "$list.tmp.$$" 2> /dev/null && mv -f "$list.tmp.$$" "$list" 2> /dev/null && return 0
   rm -f "$list.tmp.$$"
   return 1
 }
 
-# claim_outputs WHO DIR DEFAULT_DIR NAME...: before a run writes NAME... in DIR. Succeeds, and lists
-# each NAME as being written, when every NAME that exists in DIR is the last run's; otherwise names
-# the others on stderr, changes nothing and fails. DEFAULT_DIR, the checkout's results/, is never listed.
+# claim_outputs WHO DIR DEFAULT_DIR RESUMING NAME...: before a run writes NAME... in DIR. Succeeds, and
+# lists each NAME as being written, when every NAME that exists in DIR is the last run's (RESUMING
+# non-empty: a resumed run, see output_is_ours); otherwise names the others on stderr, changes nothing
+# and fails. DEFAULT_DIR, the checkout's results/, is never listed. The caller seals the list on every
+# way out it can trap (seal_outputs): only an untrappable death leaves "-" behind.
 claim_outputs() {
-  local who=$1 dir=$2 default=$3 name foreign=() entries=()
-  shift 3
+  local who=$1 dir=$2 default=$3 resuming=$4 name foreign=() unfinished=() entries=()
+  shift 4
   _is_default "$dir" "$default" && return 0
   for name in "$@"; do
     if [ -e "$dir/$name" ] || [ -L "$dir/$name" ]; then
-      output_is_ours "$dir" "$default" "$name" || foreign+=("$name")
+      if ! output_is_ours "$dir" "$default" "$name" "$resuming"; then
+        if [ "$(_listed "$dir" "$name")" = - ]; then unfinished+=("$name"); else foreign+=("$name"); fi
+      fi
     fi
     entries+=("$name=-")
   done
   if [ ${#foreign[@]} -gt 0 ]; then
     echo "$who: the output folder $dir already holds ${foreign[*]}, which no attnsuite run left there as it is (see its $OUTPUTS_LIST); a run replaces its outputs, so nothing was run or changed: give OUT=<another folder>, or move them away" >&2
+    return 1
+  fi
+  if [ ${#unfinished[@]} -gt 0 ]; then
+    echo "$who: the output folder $dir holds ${unfinished[*]}, which a run that did not finish was writing (killed?), or which was put there since; nothing was run or changed: run the same command with --attn-resume to carry that run on, or move them away" >&2
     return 1
   fi
   _write_list "$dir" "${entries[@]}" && return 0

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 import pytest
 
@@ -312,3 +313,98 @@ def test_ci_report_leaves_a_users_own_report_alone(tmp_path):
     assert done.returncode == 1 and "ci_report: the output folder" in done.stderr and "holds report.html" in \
         done.stderr, done.stderr
     assert (tmp_path / "report.html").read_text() == "<p>mine</p>"
+
+
+def _writer(tmp_path: Path, out: Path) -> Path:
+    """A stand-in pytest that writes its JSON into ``out``: the run's own output."""
+    fake = tmp_path / "writing-python"
+    fake.write_text(f"#!/usr/bin/env bash\n[ \"$1\" = -c ] && exit 0\necho \"run $(date +%N)\" > \"{out}/bench.json\"\n"
+                    "echo \"log of run $(date +%N)\"\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def _ci_bench(out: Path | str, python: Path | str, *args: str, cwd: Optional[Path] = None,
+              stdin: Any = subprocess.DEVNULL) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report", *args], capture_output=True,
+                          text=True, timeout=60, cwd=cwd, stdin=stdin,
+                          env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": str(python)})
+
+
+def _listed(out: Path) -> dict[str, str]:
+    return dict(line.split() for line in (out / ".attnsuite-outputs").read_text().splitlines())
+
+
+@pytest.mark.parametrize("stop", ["a check after the claim", "SIGHUP while pytest runs"])
+def test_a_run_that_stops_early_leaves_nothing_marked_being_written_so_a_users_file_is_never_taken(tmp_path, stop):
+    # a run stopped by the interpreter check, or whose terminal closed, had left its outputs marked "being
+    # written": the next run took the bench.json and gate.md the user put there for its own and deleted them
+    out = tmp_path / "out"
+    assert _ci_bench(out, _writer(tmp_path, out)).returncode == 0
+    if stop == "a check after the claim":
+        assert _ci_bench(out, "/bin/false").returncode == 4
+    else:
+        status, _ = _run(tmp_path, sig=signal.SIGHUP)
+        assert status != 0
+    assert "-" not in _listed(out).values(), _listed(out)
+    (out / "bench.json").write_text("MY PRECIOUS RESULTS\n")
+    (out / "gate.md").write_text("my notes\n")
+    done = _ci_bench(out, _writer(tmp_path, out))
+    assert done.returncode == 4 and "already holds bench.json gate.md" in done.stderr, done.stderr
+    assert (out / "bench.json").read_text() == "MY PRECIOUS RESULTS\n" and (out / "gate.md").read_text() == "my notes\n"
+
+
+def test_an_output_a_killed_run_left_being_written_is_refused_unless_that_run_is_resumed(tmp_path):
+    # SIGKILL cannot be trapped: the file may be that run's partial output or one put there since
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bench.log").write_text("half a log\n")
+    (out / ".attnsuite-outputs").write_text("bench.json -\ngate.md -\ngate.json -\nbench.log -\n")
+    done = _ci_bench(out, _writer(tmp_path, out))
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert (f"ci_bench: the output folder {out} holds bench.log, which a run that did not finish was writing "
+            "(killed?), or which was put there since; nothing was run or changed: run the same command with "
+            "--attn-resume to carry that run on") in done.stderr, done.stderr
+    assert (out / "bench.log").read_text() == "half a log\n"
+    resumed = _ci_bench(out, _writer(tmp_path, out), "--attn-resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "bench.log").read_text().startswith("half a log\n--- resumed ")
+
+
+def test_a_relative_output_folder_named_like_an_assignment_is_read_as_a_folder(tmp_path):
+    # awk took "tag=v1/.attnsuite-outputs" for a variable assignment: the second run was refused, and with
+    # a terminal's stdin open the run hung after pytest
+    out = tmp_path / "tag=v1"
+    for _ in range(2):
+        done = _ci_bench("tag=v1", _writer(tmp_path, out), cwd=tmp_path, stdin=subprocess.PIPE)
+        assert done.returncode == 0, done.stderr
+    assert set(_listed(out)) == {"bench.json", "bench.log"}  # what the stand-in wrote, each by its checksum
+
+
+def test_an_output_folder_whose_name_starts_with_a_dash_is_made(tmp_path):
+    done = _ci_bench("-dash", _writer(tmp_path, tmp_path / "-dash"), cwd=tmp_path)
+    assert done.returncode == 0 and (tmp_path / "-dash" / "bench.json").is_file(), done.stderr
+
+
+def test_the_next_run_does_not_write_through_a_link_to_the_last_runs_log(tmp_path):
+    # tee had truncated bench.log in place: a hard-linked snapshot of the folder (rsync --link-dest) lost its log
+    out = tmp_path / "out"
+    assert _ci_bench(out, _writer(tmp_path, out)).returncode == 0
+    (tmp_path / "snapshot").mkdir()
+    os.link(out / "bench.log", tmp_path / "snapshot" / "bench.log")
+    before = (tmp_path / "snapshot" / "bench.log").read_bytes()
+    assert _ci_bench(out, _writer(tmp_path, out)).returncode == 0
+    assert (tmp_path / "snapshot" / "bench.log").read_bytes() == before
+
+
+@pytest.mark.parametrize("added", ["an empty folder", "a link"])
+def test_a_folder_output_is_not_the_runs_once_the_user_added_anything_to_it(tmp_path, added):
+    # the checksum had counted plots/' files alone: a folder or a link the user put there was deleted with it
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "a.png").write_bytes(b"png")
+    _seal(tmp_path, "plots")
+    if added == "an empty folder":
+        (tmp_path / "plots" / "mine").mkdir()
+    else:
+        (tmp_path / "plots" / "mine").symlink_to(tmp_path / "elsewhere")
+    assert not _ours(tmp_path, "plots")
