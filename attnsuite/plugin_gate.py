@@ -669,6 +669,9 @@ def _files(config: pytest.Config) -> list[tuple[str, str]]:
     """(what, path) of every file this session writes that a person opens next."""
     json_path = plugin_bench.benchmark_json_path(config)
     out = [("benchmark JSON", str(json_path))] if json_path is not None else []
+    if out and getattr(_benchmark_session(config), "disabled", False):
+        # the gate still judges the runner's records, but the file named had been listed as written
+        out = [("benchmark JSON", f"none ({json_path} is not written under --benchmark-disable)")]
     for what, option in (("gate diff", "--attn-markdown"), ("verdicts", "--attn-gate-json")):
         value = config.getoption(option, default=None)
         if value:

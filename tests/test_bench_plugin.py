@@ -244,10 +244,13 @@ def test_with_benchmark_disable_the_runs_cases_are_still_judged_against_the_base
     result = pytester.runpytest_subprocess(  # --benchmark-only refuses --benchmark-disable
         "bench", "--benchmark-disable", "-p", "no:cacheprovider", "--attn-device=cpu", "--attn-tier=quick",
         "--attn-workload=decode", "--attn-mode=fwd", "--attn-only=sdpa", f"--attn-baselines-dir={base}",
-        "--attn-gate=report")
+        "--attn-gate=report", "--benchmark-json=never.json")
     summary = result.stdout.str().split("attnsuite summary")[-1]
     assert "no baseline for this machine" not in summary, summary
     assert "PASS: no regression among" in summary and "cases judged against the baseline" in summary, summary
+    # nor does it list a file pytest-benchmark does not write then
+    assert "files: benchmark JSON none (never.json is not written under --benchmark-disable)" in summary, summary
+    assert not (pytester.path / "never.json").exists()
 
 
 def test_bad_options_are_usage_errors_naming_the_option(pytester: pytest.Pytester, monkeypatch):
