@@ -3,10 +3,10 @@
 The code under test is hostile: a kernel may segfault, abort, call ``os._exit``, poison the CUDA
 context with an illegal memory access, or hang. So the pytest process never runs a case itself: a
 :class:`WorkerPool` keeps one worker process (:mod:`attnsuite.worker`, importing what the suite
-imported) that runs cases one at a time and answers with the record. When the worker dies, the case it was running gets outcome
-``crash`` (signal or exit code, and the last lines of its stderr); when it runs past the per-case
-limit, its whole process group is killed and the case gets ``timeout``. Either way the worker is
-replaced and the run goes on with the next case. With ``spare=True`` (CUDA runs) the pool also
+imported) that runs cases one at a time and answers with the record. When the worker dies, the case
+it was running gets outcome ``crash`` (signal or exit code, and the last lines of its stderr); when
+it runs past the per-case limit, its whole process group is killed and the case gets ``timeout``.
+Either way the worker is replaced and the run goes on with the next case. With ``spare=True`` (CUDA runs) the pool also
 keeps a standby worker started in the background, so a replacement costs little more than handing
 over to it (docs/isolation.md, "The standby worker").
 
