@@ -278,6 +278,10 @@ def _read_gate_json(args: argparse.Namespace, run: bl.Run) -> dict:
         # its cases is left to compare (a "not compared" gate JSON judged none)
         raise ValueError(f"--gate-json {args.gate_json}: not the verdicts of {args.result}: written by run "
                          f"{theirs}, and the result by run {run.run_id} (the gate JSON of another run?)")
+    if not isinstance(theirs, str) and run.run_id and not gate_json["cases"]:
+        # nothing else could tie it to the result: its "not compared" had been shown as any run's verdict
+        raise ValueError(f"--gate-json {args.gate_json}: judged no case and names no run, so nothing ties it to "
+                         f"{args.result} (run {run.run_id}): the gate JSON of another run, or of an older attnsuite?")
     keys = {c.get("key") for c in gate_json["cases"] if isinstance(c, dict)}
     if keys and not keys & set(records):  # another run's verdicts would be shown as this run's
         raise ValueError(f"--gate-json {args.gate_json}: {none_of(len(keys), 'case', 'its')} is in {args.result} "

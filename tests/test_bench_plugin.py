@@ -232,6 +232,13 @@ def test_a_report_refuses_the_gate_json_of_another_run_even_one_that_judged_no_c
     assert (f"--gate-json {theirs}: not the verdicts of {result}: written by run {files['two'][2]}, and the result "
             f"by run {files['one'][2]}") in capsys.readouterr().err
     assert cli.main(["report", str(result), "--gate-json", str(files["one"][1])]) == 0
+    # one that names no run (an older attnsuite's) and judged no case: nothing ties it to the result
+    legacy = pytester.path / "legacy-gate.json"
+    legacy.write_text(json.dumps({k: v for k, v in files["two"][3].items() if k != "run_id"}))
+    capsys.readouterr()
+    assert cli.main(["report", str(result), "--gate-json", str(legacy)]) == cli.EXIT_INPUT
+    assert f"--gate-json {legacy}: judged no case and names no run, so nothing ties it to {result}" in \
+        capsys.readouterr().err
 
 
 def test_with_benchmark_disable_the_runs_cases_are_still_judged_against_the_baseline(bench_run, pytester):
