@@ -36,6 +36,27 @@ def _set_default_device(device: torch.device) -> None:
 # name -> (read, write). Each entry is a piece of global state a variant can change by accident.
 # Not tracked: torch.set_flush_denormal. torch offers only the setter (its return value says whether
 # the CPU supports the mode, not which mode was on), so there is nothing to read and compare.
+_DENORMAL = 1e-39  # below float32's smallest normal: read as zero once denormals are flushed
+_FULL = torch.full  # taken at import: a variant may replace torch.full itself (the attributes below name that)
+
+
+def _flushes_denormals() -> bool:
+    """Whether the CPU flushes denormal floats to zero (torch.set_flush_denormal has no getter)."""
+    return float((_FULL((1,), _DENORMAL, dtype=torch.float32, device="cpu") * 1.0).item()) == 0.0
+
+
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:  # the folder was removed: nothing to go back to but the change is still named
+        return ""
+
+
+def _chdir(path: str) -> None:
+    if path:
+        os.chdir(path)
+
+
 _ITEMS: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
     "grad mode": (torch.is_grad_enabled, torch.set_grad_enabled),
     "default dtype": (torch.get_default_dtype, torch.set_default_dtype),
@@ -69,6 +90,10 @@ _ITEMS: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
     "sdpa cuDNN enabled": (torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.enable_cudnn_sdp),
     "dynamo automatic dynamic shapes": (lambda: torch._dynamo.config.automatic_dynamic_shapes,
                                         lambda v: setattr(torch._dynamo.config, "automatic_dynamic_shapes", v)),
+    # a variant's torch.set_flush_denormal(True) changed every later CPU result near zero; its
+    # os.chdir sent the run's relative output paths elsewhere (a hostile-kernel trial: neither was seen)
+    "flush denormal": (_flushes_denormals, torch.set_flush_denormal),
+    "working directory": (_cwd, _chdir),
 }
 
 

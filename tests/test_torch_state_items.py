@@ -20,22 +20,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def clean_state():
-    """Whatever a test does to the default device or oneDNN's switch is undone after it."""
+    """Whatever a test does to the default device, oneDNN's switch, denormals or the folder is undone after it."""
+    here = os.getcwd()
     yield
     torch.set_default_device(None)
     torch.backends.mkldnn.enabled = True
+    torch.set_flush_denormal(False)
+    os.chdir(here)
 
 
 @pytest.mark.parametrize("change, words", [
     (lambda: torch.set_default_device("meta"), "default device: device(type='cpu') -> device(type='meta')"),
     (lambda: setattr(torch.backends.mkldnn, "enabled", False), "mkldnn.enabled: True -> False"),
-], ids=["default device", "mkldnn.enabled"])
+    (lambda: torch.set_flush_denormal(True), "flush denormal: False -> True"),
+    (lambda: os.chdir("/"), "working directory: {here!r} -> '/'"),
+], ids=["default device", "mkldnn.enabled", "flush denormal", "working directory"])
 def test_a_changed_setting_is_named_and_put_back(clean_state, change, words):
+    if "denormal" in words and not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals (torch.set_flush_denormal returns False)")
     before = torch_state.snapshot()
+    here = os.getcwd()
     change()
-    assert torch_state.end_case(before) == [words]
+    assert torch_state.end_case(before) == [words.format(here=here)]
     assert torch_state.snapshot() == before
-    assert torch.ones(()).device.type == "cpu"
+    assert torch.ones(()).device.type == "cpu" and os.getcwd() == here
+    assert float(torch.full((1,), 1e-39) * 1.0) != 0.0  # denormals kept again
 
 
 def test_the_default_device_is_put_back_as_unset_not_as_an_explicit_cpu(clean_state):
