@@ -275,7 +275,27 @@ class _WorkerProcess:
         log_start = _log_size(self._log_fd())
         sent = self._post(message)
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._receive(timeout, deadline, sent=sent, log_start=log_start)
+        reply = self._receive(timeout, deadline, sent=sent, log_start=log_start)
+        if isinstance(reply, dict):
+            printed = _log_size(self._log_fd()) - log_start
+            if printed > 0 and isinstance(reply.get("record"), dict):
+                reply["record"].setdefault("extra", {})["printed_bytes"] = printed
+            self._empty_log()
+        return reply
+
+    def _empty_log(self) -> None:
+        """Empty the log once a request is answered: only what the worker writes after the next one is
+        sent can be a failure's last words, and a variant that prints megabytes per call had grown it
+        (a file in the temporary folder, often memory) for as long as the worker lived. The worker's
+        stdout and stderr share this open file, and so its offset: it writes at the start again."""
+        fd = self._log_fd()
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+        except OSError:
+            pass
 
     def _receive(self, limit: Optional[float], deadline: Optional[float], *, sent: bool, log_start: int = 0) -> Any:
         reply = None

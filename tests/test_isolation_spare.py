@@ -254,3 +254,16 @@ def test_a_failed_cases_stderr_tail_holds_only_what_it_wrote(make_pool, last_cas
     assert isinstance(reply, Failure) and reply.outcome == outcome, reply
     assert "profiler chatter" not in reply.stderr_tail
     assert reply.stderr_tail == (own_words or "")
+
+
+def test_what_a_case_printed_is_counted_in_its_record_and_the_log_emptied_after_it(make_pool):
+    # a variant printing megabytes per call had grown the worker's log (a temporary file, often in memory)
+    # for as long as the worker lived, with no word in its record
+    pool = make_pool(spare=False)
+    line = "x" * 5000
+    reply = pool.run_case(f"say:{line}:ok")
+    assert reply["record"]["extra"]["printed_bytes"] == len(line) + 1
+    assert os.fstat(pool._current._log_fd()).st_size == 0
+    assert "printed_bytes" not in pool.run_case("ok")["record"]["extra"]  # nothing printed, nothing said
+    failure = pool.run_case("say:last words:segfault")  # written from the start of the emptied log
+    assert isinstance(failure, Failure) and failure.stderr_tail == "last words", failure
