@@ -5,7 +5,7 @@
 # enforce on CUDA), OUT=results. Extra arguments go to pytest (e.g. --attn-workload fa-sweep).
 set -uo pipefail
 # Run from anywhere: OUT and path options are read from where it was typed (scripts/ci_bench.sh).
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   tier=full; gate=${GATE:-enforce}; export PYTHON=${PYTHON:-python3}
 else

@@ -8,7 +8,7 @@
 #               most 40 MiB in .carry/fa4-parts (one part per call of one machine; scripts/carry_wheels.py)
 # Only wheels for the GPU machines' CPython 3.12 on x86-64, without dependencies: torch is theirs.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+CDPATH= cd -- "$(dirname -- "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 get() {  # get FOLDER REQUIREMENT...

@@ -16,7 +16,7 @@ set -uo pipefail
 # --attn-baselines-dir, ...) are read from there, as by pytest itself (they had been read from the
 # checkout, so a team's files were not found and OUT landed in the checkout); the checkout is
 # pytest's rootdir, and results/ in it the default OUT.
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)
 if [ $# -lt 2 ]; then
   echo "usage: bash scripts/ci_bench.sh quick|full off|report|enforce [pytest args]" >&2
   exit 4
@@ -53,7 +53,8 @@ fi
 # The list says what this run left on every way out it can trap: a run that stopped on a check below,
 # or whose terminal closed (SIGHUP), had left its outputs marked as being written, and the next run took
 # a file the user put there since for its own and deleted it (a fresh-user trial)
-trap 'seal_outputs "$out" "$ROOT/results" "${OUTPUTS[@]}"' EXIT
+# (signals are ignored while it seals: one landing then had cut the seal short)
+trap 'trap "" INT TERM HUP; seal_outputs "$out" "$ROOT/results" "${OUTPUTS[@]}"' EXIT
 trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -68,7 +69,13 @@ export PYTHONUNBUFFERED=1
 # must this script: a trapped signal waits for the pipeline, whose status is then pytest's. Without
 # that, SIGTERM had ended the script at once, left pytest running without a reader and lost the
 # verdict (found by a fresh-user test). A resumed run appends to the log of the run it carries on.
-[ -n "$append" ] && echo "--- resumed $(date -u +%Y-%m-%dT%H:%M:%SZ) ---" >> "$out/bench.log"
+# (appended to a copy: in place it had written into a hard-linked snapshot's log, or a link's target)
+if [ -n "$append" ]; then
+  if [ -e "$out/bench.log" ]; then
+    cp -- "$out/bench.log" "$out/bench.log.tmp.$$" && mv -fT -- "$out/bench.log.tmp.$$" "$out/bench.log"
+  fi
+  echo "--- resumed $(date -u +%Y-%m-%dT%H:%M:%SZ) ---" >> "$out/bench.log"
+fi
 # A new run's outputs replace the last run's in this folder; they are removed now, not at the end: a
 # run that stopped before writing any (an unknown --attn-only, a bad baseline) had left the last run's
 # bench.json and gate files, and ci_report.sh then reported them as this run's PASS (a first-time

@@ -9,7 +9,7 @@ set -uo pipefail
 # RESULTS_DIR and OUT are read from where the command was typed, as scripts/ci_bench.sh reads OUT
 # (a relative one had been looked for inside the checkout); the default is the checkout's results/
 here=$(pwd)
-cd "$(dirname "$0")/.."
+CDPATH= cd -- "$(dirname -- "$0")/.."
 out=${1:-${OUT:-results}}
 if [ -n "${1:-}${OUT:-}" ] && [ "${out#/}" = "$out" ] && [ "$here" != "$(pwd)" ]; then out="$here/$out"; fi
 case $out in -*) out=./$out ;; esac  # a folder named "-x" is no option to the commands below
@@ -23,7 +23,8 @@ if [ ! -f "$out/bench.json" ]; then
 fi
 . scripts/out_folder.sh  # what it writes replaces only a run's own report, never a file of the user's
 claim_outputs ci_report "$out" results "" report.html results.md plots || exit 1
-trap 'seal_outputs "$out" results report.html results.md plots' EXIT  # on every way out (out_folder.sh)
+# on every way out (out_folder.sh), signals ignored while it seals
+trap 'trap "" INT TERM HUP; seal_outputs "$out" results report.html results.md plots' EXIT
 trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM

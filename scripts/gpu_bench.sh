@@ -13,7 +13,7 @@
 # Usage: scripts/gpu_bench.sh [full|capped|dobench|all]... [-- extra pytest args for the full step]
 # Env: CAP (default 8GiB) is the memory cap of the capped step; PYTHON (default python3).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+CDPATH= cd -- "$(dirname -- "$0")/.."
 OUT="${OUT:-results}"
 CAP="${CAP:-8GiB}"
 mkdir -p "$OUT"

@@ -2,7 +2,7 @@
 # $out, $PY, unbuffered output, and stage(), which runs one pytest stage under a time limit, keeps
 # its log and JUnit XML under $out, and records a failure in $status without stopping the run.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+CDPATH= cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
 out=${OUT:-results}
 mkdir -p "$out"
 PY=${PYTHON:-python3}

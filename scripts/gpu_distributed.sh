@@ -9,7 +9,7 @@
 # under ${OUT:-results}: dist_env.log, dist_correctness.{log,xml}, dist_scaling.{log,json}.
 # Usage: OUT=/path bash scripts/gpu_distributed.sh   (about 8 minutes at most)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+CDPATH= cd -- "$(dirname -- "$0")/.."
 out=${OUT:-results}
 mkdir -p "$out"
 PY=${PYTHON:-python3}

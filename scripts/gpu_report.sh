@@ -6,7 +6,7 @@
 # Everything lands in "${OUT:-results}": bench.json, gate.json, gate.md, bench.log, report.html,
 # plots/, results.md, step_summary.md, check.log.  Usage: bash scripts/gpu_report.sh
 set -uo pipefail
-cd "$(dirname "$0")/.."
+CDPATH= cd -- "$(dirname -- "$0")/.."
 export OUT="${OUT:-results}" PYTHON="${PYTHON:-python3}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 bash scripts/ci_bench.sh full report --attn-workload fa-sweep --attn-workload gpt2-mha \

@@ -66,7 +66,7 @@
 # (s13 lost a whole isolation part that way, when the archive was packed only at the end).
 # Usage: OUT=dir [STASH_PART=...] bash scripts/gpu_session.sh tier2|tier1a|tier1b|tier1|dist|approx|cpbench|isolation|abeval|devprobe|cigate|cibench|mla|hosttests
 set -uo pipefail
-cd "$(dirname "$0")/.."
+CDPATH= cd -- "$(dirname -- "$0")/.."
 call=${1:?tier2, tier1a, tier1b, tier1, dist, approx, cpbench, isolation, abeval, devprobe, cigate, cibench, mla or hosttests}
 final=${OUT:-results}
 work=$(mktemp -d)

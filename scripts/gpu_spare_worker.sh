@@ -8,7 +8,7 @@
 # Usage: OUT=... bash scripts/gpu_spare_worker.sh [on|off]...   (default: on off)
 # Env: WORKLOAD (default fa-sweep), GPUS (default 2), LIMIT seconds per run (default 280), PYTHON.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+CDPATH= cd -- "$(dirname -- "$0")/.."
 OUT="${OUT:-results}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"

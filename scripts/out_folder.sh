@@ -8,6 +8,7 @@
 # put there after a run (fresh-user trials). The checkout's own results/ (ignored by git, written by
 # nothing else) needs no list.
 OUTPUTS_LIST=.attnsuite-outputs
+unset CDPATH  # its cd's below take relative folders, which an exported CDPATH would look up elsewhere
 
 # _output_sum PATH: a checksum of a file's content, or of a folder's whole tree: every entry's kind,
 # name and link target, and every file's content (files alone had let a folder or a link the user
@@ -56,7 +57,7 @@ _write_list() {
       awk -v drop="$(printf '%s\n' "${@%%=*}")" \
         'BEGIN { n = split(drop, d, "\n"); for (i = 1; i <= n; i++) skip[d[i]] = 1 } !($1 in skip)' < "$list"
     fi
-  } > "$list.tmp.$$" 2> /dev/null && mv -f "$list.tmp.$$" "$list" 2> /dev/null && return 0
+  } > "$list.tmp.$$" 2> /dev/null && mv -fT "$list.tmp.$$" "$list" 2> /dev/null && return 0
   rm -f "$list.tmp.$$"
   return 1
 }
@@ -83,7 +84,9 @@ claim_outputs() {
     return 1
   fi
   if [ ${#unfinished[@]} -gt 0 ]; then
-    echo "$who: the output folder $dir holds ${unfinished[*]}, which a run that did not finish was writing (killed?), or which was put there since; nothing was run or changed: run the same command with --attn-resume to carry that run on, or move them away" >&2
+    local way="move them away (ci_report.sh makes them again from bench.json)"
+    [ "$who" = ci_bench ] && way="run the same command with --attn-resume to carry that run on, or move them away"
+    echo "$who: the output folder $dir holds ${unfinished[*]}, which a $who.sh that did not finish was writing (killed?), or which was put there since; nothing was run or changed: $way" >&2
     return 1
   fi
   _write_list "$dir" "${entries[@]}" && return 0

@@ -13,7 +13,7 @@
 # A machine's first run is its fresh one (cold caches); the others are the same machine again.
 # Usage: bash scripts/record_h200_baseline.sh [--dry-run]   (--dry-run: only the leave-one-out table)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+CDPATH= cd -- "$(dirname -- "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 ev=docs/evidence
 s8=$ev/h200-2026-11-30-s8

@@ -4,7 +4,7 @@
 # Pinning torch first matters: an unpinned torch would pull the multi-GB CUDA build.
 # Says what it does, one line per step (on stderr, so a caller's stdout stays its own).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+CDPATH= cd -- "$(dirname -- "$0")/.."
 PY=${PYTHON:-python3}
 say() { echo "setup: $*" >&2; }
 . scripts/space.sh

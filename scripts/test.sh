@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: machinery tests and the correctness suite on this machine's CPU.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+CDPATH= cd -- "$(dirname -- "$0")/.."
 # ATTNSUITE_TEST_PYTHON: an interpreter that has the test tools already (a GPU host whose image has
 # them and no package index); the set-up is then skipped. Else the project's .venv, made here.
 if [ -n "${ATTNSUITE_TEST_PYTHON:-}" ]; then

@@ -362,7 +362,7 @@ def test_an_output_a_killed_run_left_being_written_is_refused_unless_that_run_is
     (out / ".attnsuite-outputs").write_text("bench.json -\ngate.md -\ngate.json -\nbench.log -\n")
     done = _ci_bench(out, _writer(tmp_path, out))
     assert done.returncode == 4, done.stdout + done.stderr
-    assert (f"ci_bench: the output folder {out} holds bench.log, which a run that did not finish was writing "
+    assert (f"ci_bench: the output folder {out} holds bench.log, which a ci_bench.sh that did not finish was writing "
             "(killed?), or which was put there since; nothing was run or changed: run the same command with "
             "--attn-resume to carry that run on") in done.stderr, done.stderr
     assert (out / "bench.log").read_text() == "half a log\n"
@@ -386,15 +386,19 @@ def test_an_output_folder_whose_name_starts_with_a_dash_is_made(tmp_path):
     assert done.returncode == 0 and (tmp_path / "-dash" / "bench.json").is_file(), done.stderr
 
 
-def test_the_next_run_does_not_write_through_a_link_to_the_last_runs_log(tmp_path):
-    # tee had truncated bench.log in place: a hard-linked snapshot of the folder (rsync --link-dest) lost its log
+@pytest.mark.parametrize("resumed", [False, True], ids=["a new run", "a resumed run"])
+def test_the_next_run_does_not_write_through_a_link_to_the_last_runs_log(tmp_path, resumed):
+    # tee had truncated bench.log in place, and a resumed run appended to it in place: a hard-linked
+    # snapshot of the folder (rsync --link-dest) had its log replaced or grown
     out = tmp_path / "out"
     assert _ci_bench(out, _writer(tmp_path, out)).returncode == 0
     (tmp_path / "snapshot").mkdir()
     os.link(out / "bench.log", tmp_path / "snapshot" / "bench.log")
     before = (tmp_path / "snapshot" / "bench.log").read_bytes()
-    assert _ci_bench(out, _writer(tmp_path, out)).returncode == 0
+    assert _ci_bench(out, _writer(tmp_path, out), *(["--attn-resume"] if resumed else [])).returncode == 0
     assert (tmp_path / "snapshot" / "bench.log").read_bytes() == before
+    if resumed:  # appended to a copy of the log it carries on
+        assert (out / "bench.log").read_bytes().startswith(before) and b"--- resumed " in (out / "bench.log").read_bytes()
 
 
 @pytest.mark.parametrize("added", ["an empty folder", "a link"])
@@ -408,3 +412,46 @@ def test_a_folder_output_is_not_the_runs_once_the_user_added_anything_to_it(tmp_
     else:
         (tmp_path / "plots" / "mine").symlink_to(tmp_path / "elsewhere")
     assert not _ours(tmp_path, "plots")
+
+
+def test_a_report_a_killed_ci_report_left_being_written_is_refused_with_a_way_out_that_works(tmp_path):
+    # the message had offered --attn-resume, which ci_report.sh does not take
+    (tmp_path / "bench.json").write_text("{}")
+    (tmp_path / "report.html").write_text("half a report")
+    (tmp_path / ".attnsuite-outputs").write_text("report.html -\nresults.md -\nplots -\n")
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_report.sh"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHON": "/bin/false"})
+    assert done.returncode == 1
+    assert ("which a ci_report.sh that did not finish was writing (killed?), or which was put there since; nothing "
+            "was run or changed: move them away (ci_report.sh makes them again from bench.json)") in done.stderr
+    assert "--attn-resume" not in done.stderr and (tmp_path / "report.html").read_text() == "half a report"
+
+
+def test_a_list_that_is_a_folder_is_refused_at_the_claim_and_nothing_lands_in_it(tmp_path):
+    # mv had moved the new list into the folder and called it written: every later run was refused
+    out = tmp_path / "out"
+    (out / ".attnsuite-outputs").mkdir(parents=True)
+    (out / ".attnsuite-outputs" / "notes.txt").write_text("mine\n")
+    done = _ci_bench(out, _writer(tmp_path, out))
+    assert done.returncode == 4 and f"cannot write {out}/.attnsuite-outputs" in done.stderr, done.stderr
+    assert sorted(p.name for p in (out / ".attnsuite-outputs").iterdir()) == ["notes.txt"]
+
+
+def test_an_exported_cdpath_does_not_send_the_scripts_to_another_folder(tmp_path):
+    # with CDPATH naming a folder that has a scripts/ of its own, `cd scripts/..` went there and printed
+    # it: ROOT became two lines ("out_folder.sh: No such file", "claim_outputs: command not found")
+    decoy = tmp_path / "decoy"
+    (decoy / "scripts").mkdir(parents=True)
+    out = tmp_path / "out"
+    fake = _writer(tmp_path, out)
+    env = {"PATH": "/usr/bin:/bin", "CDPATH": str(decoy), "OUT": str(out), "PYTHON": str(fake)}
+    bench = subprocess.run(["bash", "scripts/ci_bench.sh", "quick", "report"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert bench.returncode == 0 and (out / "bench.json").is_file(), bench.stderr
+    report = subprocess.run(["bash", "scripts/ci_report.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert report.returncode == 0 and "No such file" not in report.stderr, report.stderr
+    assert sorted(p.name for p in decoy.iterdir()) == ["scripts"]  # nothing made there
+    for script in sorted((ROOT / "scripts").glob("*.sh")) + [ROOT / ".ci" / "run"]:
+        text = script.read_text()
+        assert 'cd "$(dirname' not in text, f"{script.name} changes folder without clearing CDPATH"
