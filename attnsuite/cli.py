@@ -87,6 +87,18 @@ def _thresholds_read(args: argparse.Namespace, reference: Optional[str]) -> Opti
     return gate.thresholds_path_for(args.thresholds, Path(reference).parent) if reference else None
 
 
+def _what_differs(old: bl.Run, new: bl.Run) -> str:
+    """Why two result files share no case, as far as their records tell: the variants, workloads or
+    problems that neither has in common with the other (two runs of different variants had read
+    "another dtype, device or tier?")."""
+    for field, what in (("variant", "variants"), ("workload", "workloads"), ("problem", "problems")):
+        mine, theirs = ({getattr(r, field) for r in run.records.values()} for run in (new, old))
+        if mine and theirs and not mine & theirs:
+            shown = [", ".join(sorted(names)[:4]) + (" ..." if len(names) > 4 else "") for names in (mine, theirs)]
+            return f"they hold different {what}: {shown[0]} here, {shown[1]} there"
+    return "another dtype, device or tier? another suite's file?"
+
+
 def cmd_compare(args: argparse.Namespace, out) -> int:
     _check_outputs({"--markdown": args.markdown,
                     "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary)},
@@ -117,7 +129,7 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
                          f"to compare ({len(old.records)} in {args.old}, {len(new.records)} in {args.new})")
     if len(cmp.new) == len(cmp.verdicts):  # every case new: the files share no case (another dtype, another suite)
         raise ValueError(f"no case was judged: {none_of(len(cmp.new), 'case')} of {args.new} is in {args.old} "
-                         f"(another dtype, device or tier? another suite's file?)")
+                         f"({_what_differs(old, new)})")
     # The verdict line of the run's own summary (attnsuite.summary.verdict_line): a case of NEW that
     # crashed or failed its numerics fails here as it failed its pytest item, even as a "new" case.
     judged = {v.key: v.cur for v in cmp.verdicts if v.cur is not None}

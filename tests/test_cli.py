@@ -49,6 +49,27 @@ def test_compare_with_a_file_of_no_case_is_bad_input_not_every_case_regressed(ru
         assert f"{empty}: no case in it: nothing to compare" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("theirs, words", [
+    ([rec("x"), rec("y")], "they hold different variants: x, y here, a, b there"),
+    ([rec("a", workload="decode")], "they hold different workloads: decode here, fa-sweep there"),
+    ([rec("a", problem="b1-q64-h2-d16-causal-fp32-cuda0")], "they hold different problems: "),
+], ids=["variants", "workloads", "problems"])
+def test_compare_of_files_that_share_no_case_says_what_differs(tmp_path, capsys, theirs, words):
+    # two runs of different variants had been told "another dtype, device or tier? another suite's file?"
+    from attnsuite.verdict import Scope
+
+    old = write_result(tmp_path / "old.json", [rec("a"), rec("b")])
+    new = write_result(tmp_path / "new.json", theirs)
+    data = json.loads(new.read_text())  # what the new run selected, as its gate stores it: nothing of the old
+    data["attnsuite"]["scope"] = Scope(variants=frozenset(r.variant for r in theirs),
+                                       workloads=frozenset(r.workload for r in theirs)).to_json()
+    if words.endswith("problems: "):
+        data["attnsuite"]["scope"] = Scope(keys=frozenset(r.key for r in theirs)).to_json()
+    new.write_text(json.dumps(data))
+    code, _ = run_cli("compare", old, new)
+    assert code == 2 and words in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("gate_mode, status", [("enforce", 1), ("report", 0)])
 def test_compare_fails_a_new_case_that_failed_its_numerics_as_the_run_did(tmp_path, gate_mode, status):
     # it had said "pass (1 new)" with exit 0 while the run's own summary and `report` said FAIL
