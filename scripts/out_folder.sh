@@ -80,7 +80,9 @@ claim_outputs() {
     entries+=("$name=-")
   done
   if [ ${#foreign[@]} -gt 0 ]; then
-    echo "$who: the output folder $dir already holds ${foreign[*]}, which no attnsuite run left there as it is (see its $OUTPUTS_LIST); a run replaces its outputs, so nothing was run or changed: give OUT=<another folder>, or move them away" >&2
+    local see="see its $OUTPUTS_LIST"
+    [ -f "$dir/$OUTPUTS_LIST" ] || see="the folder has no $OUTPUTS_LIST, the list a run keeps of its outputs: files of an older attnsuite, or copied here?"
+    echo "$who: the output folder $dir already holds ${foreign[*]}, which no attnsuite run left there as it is ($see); a run replaces its outputs, so nothing was run or changed: give OUT=<another folder>, or move them away" >&2
     return 1
   fi
   if [ ${#unfinished[@]} -gt 0 ]; then

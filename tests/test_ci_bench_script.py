@@ -248,8 +248,9 @@ def test_a_users_own_file_with_an_outputs_name_stops_the_run_before_anything_is_
     done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
                           text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": str(fake)})
     assert done.returncode == 4, done.stdout + done.stderr
-    assert f"ci_bench: the output folder {out} already holds {name}, which no attnsuite run left there as it is" \
-        in done.stderr, done.stderr
+    assert (f"ci_bench: the output folder {out} already holds {name}, which no attnsuite run left there as it is (the "
+            "folder has no .attnsuite-outputs, the list a run keeps of its outputs: files of an older attnsuite, or "
+            "copied here?)") in done.stderr, done.stderr
     # the folder is left as it was: no list, no lock file
     assert not (tmp_path / "ran").exists() and sorted(p.name for p in out.iterdir()) == [name]
     assert (out / name).read_text() == USERS_OWN[name]
