@@ -201,14 +201,28 @@ def _kept_name(path: os.PathLike | str, n: int) -> Path:
     return Path(f"{path}.prev{n if n > 1 else ''}")
 
 
-def _holds_cases(path: Path) -> bool:
-    """Whether the file has any line after its first (a journal with at least one finished case)."""
+UNFINISHED = "an unfinished run's journal"
+NO_JOURNAL = "a file by the journal's name that is no journal"
+
+
+def _worth_keeping(path: Path) -> str:
+    """What a fresh run must keep aside rather than write over ("" when nothing): a journal with at
+    least one finished case (:data:`UNFINISHED`), or a file that is no journal at all (:data:`NO_JOURNAL`:
+    one of the user's by that name had been overwritten without a word). Only a journal of no finished
+    case is replaced."""
     try:
         with open(path, "rb") as fh:
-            fh.readline()
-            return bool(fh.readline().strip())
+            first = fh.readline()
+            rest = fh.read()
     except OSError:
-        return False
+        return ""
+    try:
+        head = json.loads(first) if first.strip() else None
+    except ValueError:
+        head = None
+    if not (isinstance(head, dict) and "attnsuite_journal" in head):
+        return NO_JOURNAL if (first + rest).strip() else ""
+    return UNFINISHED if rest.strip() else ""
 
 
 def _drop_torn_tail(path: Path) -> None:
@@ -237,9 +251,11 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not (resume and self.path.is_file())
-        # a fresh run where an unfinished one left finished cases: kept aside, never overwritten unseen
+        # a fresh run where an unfinished one left finished cases (or a file of the user's has the
+        # journal's name): kept aside, never overwritten unseen
         self.kept_previous: Optional[Path] = None
-        if fresh and _holds_cases(self.path):
+        self.kept_what = _worth_keeping(self.path) if fresh else ""  # what was kept there, in words
+        if self.kept_what:
             self.kept_previous = previous_path(self.path)
             os.replace(self.path, self.kept_previous)
         if not fresh:

@@ -516,10 +516,13 @@ class BenchRunner:
         self.journal = journal.Journal(_journal_path(self.config), self.spec.to_json(), fp["id"],
                                        resume=bool(self.config.getoption("--attn-resume")),
                                        sources=self.sources, case_timeout=_timeout(self.config))
-        if self.journal.kept_previous is not None:
+        if self.journal.kept_previous is not None and self.journal.kept_what == journal.UNFINISHED:
             _say(self.config, f"attnsuite: an unfinished run's journal was kept as {self.journal.kept_previous} "
                               f"(this run, without --attn-resume, starts {self.journal.path} afresh; to carry the "
                               f"old one on, move it back and add --attn-resume)")
+        elif self.journal.kept_previous is not None:
+            _say(self.config, f"attnsuite: {self.journal.path} held {self.journal.kept_what}: it was kept as "
+                              f"{self.journal.kept_previous}, and this run's journal written in its place")
 
     def _run_job(self, bc: BenchCase):
         """The job that runs ``bc`` in a backend and journals its record at once (any thread)."""

@@ -76,6 +76,17 @@ def test_a_journal_with_no_finished_case_is_simply_started_over(tmp_path):
     assert j.kept_previous is None and not journal.previous_path(path).exists()
 
 
+@pytest.mark.parametrize("content", ["my precious notes\n", '{"not": "a journal"}\n'], ids=["text", "other JSON"])
+def test_a_file_of_the_users_by_the_journals_name_is_kept_aside_not_overwritten(tmp_path, content):
+    # a fresh run had written its journal over it without a word (an output-folder trial)
+    path = tmp_path / "bench.json.journal.jsonl"
+    path.write_text(content)
+    j = journal.Journal(path, SPEC, "fp", resume=False)
+    j.close()
+    assert j.kept_what == journal.NO_JOURNAL and j.kept_previous.read_text() == content
+    assert journal.read(path, SPEC, "fp") == {}
+
+
 def test_a_resume_with_other_options_names_the_field_that_differs_not_both_whole_specs(tmp_path):
     path = tmp_path / "run.journal.jsonl"
     _write(path, ["w/a/fwd/p"])
