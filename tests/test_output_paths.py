@@ -131,8 +131,12 @@ def test_an_output_never_replaces_a_recorded_file_that_this_command_does_not_rea
     assert victim.read_bytes() == before
 
 
-@pytest.mark.parametrize("content", ["<!-- attnsuite-gate -->\n### x", "", "[1]",
-                                     "{not json", gzip.compress(b"a compressed log"), b"\x1f\x8b not gzip after all"])
+# named ids: a parameter's own bytes had made its id, and gzip's header holds the time it was made, so two
+# xdist workers collecting a second apart saw different tests and the whole run stopped (a clean-clone CI run)
+@pytest.mark.parametrize("content", [
+    "<!-- attnsuite-gate -->\n### x", "", "[1]", "{not json", gzip.compress(b"a compressed log", mtime=0),
+    b"\x1f\x8b not gzip after all"],
+    ids=["a markdown diff", "empty", "a JSON list", "broken JSON", "a compressed log", "gzip's magic, then text"])
 def test_an_output_may_replace_what_outputs_write_or_what_is_no_recorded_file(tmp_path, content):
     earlier = tmp_path / "gate.out"
     earlier.write_bytes(content if isinstance(content, bytes) else content.encode())
