@@ -152,7 +152,8 @@ def tail_of(source: Union[str, int], lines: int = STDERR_TAIL_LINES, max_bytes: 
                 data = fh.read()
     except OSError:
         return ""
-    return "\n".join(data.decode("utf-8", errors="replace").rstrip().splitlines()[-lines:])
+    # NUL bytes: the hole a write racing the log's emptying (_WorkerProcess._empty_log) can leave
+    return "\n".join(data.replace(b"\0", b"").decode("utf-8", errors="replace").rstrip().splitlines()[-lines:])
 
 
 def stack_in(tail: str, library_roots: tuple[str, ...] = ()) -> tuple[str, str]:
@@ -287,13 +288,16 @@ class _WorkerProcess:
         """Empty the log once a request is answered: only what the worker writes after the next one is
         sent can be a failure's last words, and a variant that prints megabytes per call had grown it
         (a file in the temporary folder, often memory) for as long as the worker lived. The worker's
-        stdout and stderr share this open file, and so its offset: it writes at the start again."""
+        stdout and stderr share this open file, and so its offset: it writes at the start again. The
+        offset goes back first: a line a thread of the worker writes in between then lands before the
+        cut, or after it at the offset the file's size then tells, never past a size that the next
+        request's tail would start from."""
         fd = self._log_fd()
         if fd is None:
             return
         try:
-            os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
         except OSError:
             pass
 

@@ -267,3 +267,16 @@ def test_what_a_case_printed_is_counted_in_its_record_and_the_log_emptied_after_
     assert "printed_bytes" not in pool.run_case("ok")["record"]["extra"]  # nothing printed, nothing said
     failure = pool.run_case("say:last words:segfault")  # written from the start of the emptied log
     assert isinstance(failure, Failure) and failure.stderr_tail == "last words", failure
+
+
+def test_a_log_tail_leaves_out_the_hole_a_write_racing_its_emptying_can_leave(tmp_path):
+    # the log's offset is reset before it is cut: a line written between the two lands past a hole of NULs
+    from attnsuite.isolation import tail_of
+
+    log = tmp_path / "worker.log"
+    log.write_bytes(b"\0" * 64 + b"Fatal Python error: Segmentation fault\n")
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        assert tail_of(fd) == "Fatal Python error: Segmentation fault"
+    finally:
+        os.close(fd)
