@@ -56,7 +56,9 @@ _WORKER_BOOT = ("import os, sys; p = os.environ.pop(%r, None); "
 
 def worker_env(env: Optional[dict[str, str]]) -> dict[str, str]:
     """``env`` (or this process's environment) with this process's import path for the worker."""
-    path = [entry or os.getcwd() for entry in sys.path]  # "" means the folder the suite was started from
+    # "" means the folder the suite was started from; a non-text entry (a Path a conftest appended) is
+    # one Python's import ignores, and it had stopped every worker from starting
+    path = [entry or os.getcwd() for entry in sys.path if isinstance(entry, str)]
     return {**(os.environ if env is None else env), WORKER_PATH_ENV: "\n".join(path)}
 
 

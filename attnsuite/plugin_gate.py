@@ -794,8 +794,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         elif interrupted:
             # Ctrl-C (or a cancelled job's SIGTERM) in the first case had left no gate.md, no summary and a
             # gate JSON reading "no benchmark records", failed false, with no word of the interruption
-            state.no_case_line = (f"INTERRUPTED ({_interrupted_text(config, {})}): no case finished, so nothing "
-                                  "was judged")
+            # (interrupted while collecting, the session's selection is not known yet: no count to give)
+            how = _interrupted_text(config, {}) or f"{interrupted} before any case was selected"
+            state.no_case_line = f"INTERRUPTED ({how}): no case finished, so nothing was judged"
             _write_markdown(config, state, report.no_run_markdown("⏹️ **INTERRUPTED**", state.no_case_line))
         _write_gate_json(config, state, {"compared": False, "failed": False, "interrupted": bool(interrupted),
                                          "reason": nothing or state.no_case_line or "no benchmark records",

@@ -40,9 +40,18 @@ _DENORMAL = 1e-39  # below float32's smallest normal: read as zero once denormal
 _FULL = torch.full  # taken at import: a variant may replace torch.full itself (the attributes below name that)
 
 
-def _flushes_denormals() -> bool:
-    """Whether the CPU flushes denormal floats to zero (torch.set_flush_denormal has no getter)."""
-    return float((_FULL((1,), _DENORMAL, dtype=torch.float32, device="cpu") * 1.0).item()) == 0.0
+def _flushes_denormals() -> Optional[bool]:
+    """Whether the CPU flushes denormal floats to zero (torch.set_flush_denormal has no getter); None
+    where no tensor op can run now (a dispatch mode a variant left on: named by the other checks)."""
+    try:
+        return float((_FULL((1,), _DENORMAL, dtype=torch.float32, device="cpu") * 1.0).item()) == 0.0
+    except Exception:  # noqa: BLE001 - a reading, never the reason a case's record is lost
+        return None
+
+
+def _set_flush_denormal(value: Optional[bool]) -> None:
+    if value is not None:
+        torch.set_flush_denormal(value)
 
 
 def _cwd() -> str:
@@ -92,7 +101,7 @@ _ITEMS: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
                                         lambda v: setattr(torch._dynamo.config, "automatic_dynamic_shapes", v)),
     # a variant's torch.set_flush_denormal(True) changed every later CPU result near zero; its
     # os.chdir sent the run's relative output paths elsewhere (a hostile-kernel trial: neither was seen)
-    "flush denormal": (_flushes_denormals, torch.set_flush_denormal),
+    "flush denormal": (_flushes_denormals, _set_flush_denormal),
     "working directory": (_cwd, _chdir),
 }
 

@@ -338,6 +338,11 @@ def main(argv: list[str]) -> int:
                 reply = {"error": f"unknown request {op!r}"}
         except Exception as exc:  # noqa: BLE001 - the suite's own failure, reported to the parent
             reply = {"ok": False, "error": exception_text(exc), "traceback": traceback.format_exc()}
+        for stream in (sys.stdout, sys.stderr):  # what the case printed is in the log before its answer
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a variant closed or replaced the stream
+                pass
         send(out, reply)
         if reply.get("fatal"):
             out.close()

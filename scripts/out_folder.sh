@@ -29,9 +29,11 @@ _listed() {
   awk -v n="$2" '$1 == n { print $2; exit }' < "$1/$OUTPUTS_LIST" 2> /dev/null
 }
 
-# _is_default DIR DEFAULT_DIR: DIR is the checkout's results/
+# _is_default DIR DEFAULT_DIR: DIR is the checkout's results/ (a folder that cannot be entered is not:
+# two failed lookups had compared equal, and such a folder skipped its list)
 _is_default() {
-  [ "$(cd "$1" 2> /dev/null && pwd -P)" = "$(cd "$2" 2> /dev/null && pwd -P)" ]
+  local a b
+  a=$(cd "$1" 2> /dev/null && pwd -P) && b=$(cd "$2" 2> /dev/null && pwd -P) && [ "$a" = "$b" ]
 }
 
 # output_is_ours DIR DEFAULT_DIR NAME [RESUMING]: NAME in DIR is what an attnsuite run left there (or

@@ -57,6 +57,8 @@ class Wrong(KernelVariant):
     features = FEATURES
 
     def build(self, problem):
+        print("x" * 99)  # and chatty: once a case
+
         def run(q, k, v):  # fast and wrong: its numerics fail
             return torch.zeros_like(q)
         return run
@@ -258,6 +260,16 @@ def test_with_benchmark_disable_the_runs_cases_are_still_judged_against_the_base
     # nor does it list a file pytest-benchmark does not write then
     assert "files: benchmark JSON none (never.json is not written under --benchmark-disable)" in summary, summary
     assert not (pytester.path / "never.json").exists()
+
+
+def test_what_a_variant_printed_is_counted_in_its_own_record(bench_run, monkeypatch):
+    # a variant's prints go to the worker's log, which is emptied after each case: the record keeps how much
+    # (the worker flushes its streams before answering: without PYTHONUNBUFFERED, as in a plain pytest run,
+    # a print could otherwise wait in a buffer and be counted to a later case)
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+    result, data = bench_run(variants=("wrong",))
+    recs = [b["extra_info"] for b in _entries(data) if b["extra_info"]["variant"] == "wrong"]
+    assert recs and all(r["extra"].get("printed_bytes", 0) >= 100 for r in recs), [r["extra"] for r in recs]
 
 
 def test_bad_options_are_usage_errors_naming_the_option(pytester: pytest.Pytester, monkeypatch):

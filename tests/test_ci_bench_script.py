@@ -456,3 +456,14 @@ def test_an_exported_cdpath_does_not_send_the_scripts_to_another_folder(tmp_path
     for script in sorted((ROOT / "scripts").glob("*.sh")) + [ROOT / ".ci" / "run"]:
         text = script.read_text()
         assert 'cd "$(dirname' not in text, f"{script.name} changes folder without clearing CDPATH"
+
+
+def test_two_folders_that_cannot_be_entered_are_not_the_checkouts_results(tmp_path):
+    # both lookups failed and compared equal: such an OUT was taken for results/ and skipped its list
+    done = subprocess.run(["bash", "-c", f'. "{ROOT}/scripts/out_folder.sh" && _is_default "$@"', "probe",
+                           str(tmp_path / "gone"), str(tmp_path / "also-gone")], timeout=60)
+    assert done.returncode == 1
+    (tmp_path / "here").mkdir()
+    same = subprocess.run(["bash", "-c", f'. "{ROOT}/scripts/out_folder.sh" && _is_default "$@"', "probe",
+                           str(tmp_path / "here"), str(tmp_path / "." / "here")], timeout=60)
+    assert same.returncode == 0

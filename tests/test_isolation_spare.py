@@ -280,3 +280,15 @@ def test_a_log_tail_leaves_out_the_hole_a_write_racing_its_emptying_can_leave(tm
         assert tail_of(fd) == "Fatal Python error: Segmentation fault"
     finally:
         os.close(fd)
+
+
+def test_a_path_object_on_sys_path_does_not_stop_the_workers(monkeypatch, tmp_path):
+    # Python's import ignores a non-text sys.path entry (a Path a conftest appended); joining it had raised
+    # in the worker's launch, and no case ran
+    from attnsuite import isolation
+
+    monkeypatch.setattr(sys, "path", [*sys.path, tmp_path])
+    env = isolation.worker_env(None)
+    assert str(tmp_path) not in env[isolation.WORKER_PATH_ENV].split("\n")
+    assert env[isolation.WORKER_PATH_ENV].split("\n")[: len(sys.path) - 1] == \
+        [e or os.getcwd() for e in sys.path[:-1]]

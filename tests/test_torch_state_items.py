@@ -82,3 +82,15 @@ def test_a_variant_that_leaves_the_meta_device_is_blamed_and_not_the_next(pytest
     res.stdout.fnmatch_lines(["*ERROR at teardown of test_leaky_variant*",
                               "variant leaves-meta left torch's global state changed (default device: "
                               "device(type='cpu') -> device(type='meta')); it was put back for the tests after it"])
+
+
+def test_a_state_that_cannot_be_read_now_is_not_what_loses_a_cases_record(monkeypatch):
+    # the denormal reading runs a tensor op: with a dispatch mode a variant left on it could raise inside
+    # end_case, outside the case's own error handling, and the record was lost
+    def broken(*args, **kwargs):
+        raise RuntimeError("a dispatch mode left on")
+
+    before = torch_state.snapshot()
+    monkeypatch.setattr(torch_state, "_FULL", broken)
+    assert torch_state.snapshot()["flush denormal"] is None
+    assert torch_state.end_case(before) == [f"flush denormal: {before['flush denormal']!r} -> None"]
