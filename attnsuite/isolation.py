@@ -6,9 +6,9 @@ context with an illegal memory access, or hang. So the pytest process never runs
 imported) that runs cases one at a time and answers with the record. When the worker dies, the case
 it was running gets outcome ``crash`` (signal or exit code, and the last lines of its stderr); when
 it runs past the per-case limit, its whole process group is killed and the case gets ``timeout``.
-Either way the worker is replaced and the run goes on with the next case. With ``spare=True`` (CUDA runs) the pool also
-keeps a standby worker started in the background, so a replacement costs little more than handing
-over to it (docs/isolation.md, "The standby worker").
+Either way the worker is replaced and the run goes on with the next case. With ``spare=True`` (CUDA
+runs) the pool also keeps a standby worker started in the background, so a replacement costs little
+more than handing over to it (docs/isolation.md, "The standby worker").
 
 The protocol is length-prefixed pickles over two pipes that only the two processes hold; the
 worker's stdout and stderr go to a log file, so a variant that prints cannot corrupt it.

@@ -33,15 +33,13 @@ def _set_default_device(device: torch.device) -> None:
     torch.set_default_device(None if device == torch.device("cpu") else device)
 
 
-# name -> (read, write). Each entry is a piece of global state a variant can change by accident.
-# Not tracked: torch.set_flush_denormal. torch offers only the setter (its return value says whether
-# the CPU supports the mode, not which mode was on), so there is nothing to read and compare.
 _DENORMAL = 1e-39  # below float32's smallest normal: read as zero once denormals are flushed
 _FULL = torch.full  # taken at import: a variant may replace torch.full itself (the attributes below name that)
 
 
 def _flushes_denormals() -> Optional[bool]:
-    """Whether the CPU flushes denormal floats to zero (torch.set_flush_denormal has no getter); None
+    """Whether the CPU flushes denormal floats to zero: torch.set_flush_denormal has no getter (its
+    return value says whether the CPU supports the mode), so a denormal is multiplied and read; None
     where no tensor op can run now (a dispatch mode a variant left on: named by the other checks)."""
     try:
         return float((_FULL((1,), _DENORMAL, dtype=torch.float32, device="cpu") * 1.0).item()) == 0.0
@@ -66,6 +64,7 @@ def _chdir(path: str) -> None:
         os.chdir(path)
 
 
+# name -> (read, write). Each entry is a piece of global state a variant can change by accident.
 _ITEMS: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
     "grad mode": (torch.is_grad_enabled, torch.set_grad_enabled),
     "default dtype": (torch.get_default_dtype, torch.set_default_dtype),

@@ -153,9 +153,8 @@ class Worker:
         import torch
 
         from . import journal, problem_file, registry, torch_state
-        from .runner import RunSpec, bench_cases, settings_from_spec
-
         from .isolation import package_dir
+        from .runner import RunSpec, bench_cases, settings_from_spec
 
         suites = message.get("package")
         if suites and suites != package_dir():
@@ -341,7 +340,7 @@ def main(argv: list[str]) -> int:
         for stream in (sys.stdout, sys.stderr):  # what the case printed is in the log before its answer
             try:
                 stream.flush()
-            except (OSError, ValueError):  # a variant closed or replaced the stream
+            except (OSError, ValueError, AttributeError):  # a variant closed or replaced the stream
                 pass
         send(out, reply)
         if reply.get("fatal"):

@@ -50,14 +50,7 @@ if ! claim_outputs ci_bench "$out" "$ROOT/results" "$append" "${OUTPUTS[@]}"; th
   [ -n "${new_lock:-}" ] && rm -f "$out/.ci_bench.lock"  # a refused folder is left as it was
   exit 4
 fi
-# The list says what this run left on every way out it can trap: a run that stopped on a check below,
-# or whose terminal closed (SIGHUP), had left its outputs marked as being written, and the next run took
-# a file the user put there since for its own and deleted it (a fresh-user trial)
-# (signals are ignored while it seals: one landing then had cut the seal short)
-trap 'trap "" INT TERM HUP; seal_outputs "$out" "$ROOT/results" "${OUTPUTS[@]}"' EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 143' TERM
+seal_on_exit "$out" "$ROOT/results" "${OUTPUTS[@]}"
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PY=$ROOT/.venv/bin/python; else PY=python3; fi

@@ -23,11 +23,7 @@ if [ ! -f "$out/bench.json" ]; then
 fi
 . scripts/out_folder.sh  # what it writes replaces only a run's own report, never a file of the user's
 claim_outputs ci_report "$out" results "" report.html results.md plots || exit 1
-# on every way out (out_folder.sh), signals ignored while it seals
-trap 'trap "" INT TERM HUP; seal_outputs "$out" results report.html results.md plots' EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 143' TERM
+seal_on_exit "$out" results report.html results.md plots
 gate=()
 if [ -f "$out/gate.json" ]; then gate=(--gate-json "$out/gate.json"); fi
 "$PY" -m attnsuite report "$out/bench.json" --markdown "$out/results.md" --plots "$out/plots" \

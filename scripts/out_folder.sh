@@ -98,6 +98,19 @@ claim_outputs() {
   return 1
 }
 
+# seal_on_exit DIR DEFAULT_DIR NAME...: after a claim, seal the list (seal_outputs) on every way out the
+# script can trap. A run that stopped on a check after its claim, or whose terminal closed (SIGHUP),
+# had left its outputs marked as being written, and the next run took a file the user put there since
+# for its own and deleted it (a fresh-user trial); signals are ignored while it seals (one landing
+# then had cut the seal short). A caller may trap INT, TERM or HUP otherwise later on.
+seal_on_exit() {
+  _SEAL_ARGS=("$@")
+  trap 'trap "" INT TERM HUP; seal_outputs "${_SEAL_ARGS[@]}"' EXIT
+  trap 'exit 129' HUP
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
 # seal_outputs DIR DEFAULT_DIR NAME...: after a run, list what it left under each NAME by checksum
 # (an output it did not leave goes from the list)
 seal_outputs() {
