@@ -48,9 +48,9 @@
 #   hosttests the README's test command (scripts/test.sh, with the image's python and no set-up) on a
 #             host with a GPU, where CI never runs it: what a user's GPU workstation sees (HOST_S limit,
 #             default 540; WORKERS, default 8; HOST_ARGS, e.g. "-k distributed", narrows it)
-# Compilation caches as the GPU workflow keeps them on its runner: TRITON_CACHE_DIR and
-# TORCHINDUCTOR_CACHE_DIR under /tmp/attnsuite-cache, TRITON_CACHE_AUTOTUNING=1 (a caller's own
-# settings win). PACK_CACHE=1 packs them at the end of the call into $OUT/cache.tar.xz.part-* (xz
+# Compilation caches as the GPU workflow keeps them on its runner: TRITON_CACHE_DIR,
+# TORCHINDUCTOR_CACHE_DIR and the driver's CUDA_CACHE_PATH under /tmp/attnsuite-cache,
+# TRITON_CACHE_AUTOTUNING=1 (a caller's own settings win). PACK_CACHE=1 packs them at the end of the call into $OUT/cache.tar.xz.part-* (xz
 # in 16 MiB blocks, one thread each: one 290 MB block would take about two minutes of a call's ten;
 # the full tier's 290 MB of caches were 8.7 MB as one block, where gzip's 29 MB beside the repository's tracked
 # files would not fit in the 64 MiB a call carries; gzip, cache.tgz.part-*, where there is no xz; 15
@@ -88,6 +88,10 @@ trap 'kill "$packer" 2> /dev/null; rm -rf "$work"' EXIT
 cache=${CACHE_ROOT:-/tmp/attnsuite-cache}  # CACHE_ROOT: for the tests
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$cache/triton} TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$cache/inductor}
 export TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
+# The driver's JIT cache too: cuDNN's attention kernels (SDPA's default here) are compiled at run time
+# and the driver compiles them for the GPU on first use, 0.6-2.2 s per SDPA step in a fresh process
+# against 0.1-0.16 s with this cache filled (scripts/first_call_probe.py, docs/evidence/h200-2026-12-04-s35)
+export CUDA_CACHE_PATH=${CUDA_CACHE_PATH:-$cache/cuda} CUDA_CACHE_MAXSIZE=${CUDA_CACHE_MAXSIZE:-4294967296}
 if [ -n "${CACHE_FROM:-}" ]; then
   parts=; unpack=
   for kind in "cache.tar.xz:xz -dc" "cache.tgz:gzip -dc"; do
