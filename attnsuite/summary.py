@@ -325,18 +325,27 @@ def simulated_line(records: Mapping[str, CaseRecord], requested: Sequence[str] =
 
 def unmeasured_named(records: Sequence[CaseRecord], named: Sequence[str]) -> dict[str, str]:
     """Variant name -> a line, for each variant that ``--attn-only`` named and of which this run measured
-    nothing: every case of it skipped here, or none selected. The run fails for each: a CUDA-only kernel
-    benchmarked on a CPU runner had read "PASS: no regression among 29 cases judged (none measured ...)"
-    with exit status 0."""
+    nothing: every case of it skipped here or out of memory, or none selected. The run fails for each: a
+    CUDA-only kernel benchmarked on a CPU runner had read "PASS: no regression among 29 cases judged (none
+    measured ...)" with exit status 0, and so had a kernel that asked for 4 TiB on every call (an outside
+    tester's trial: out of memory ends a case as a skip, and no case of it was measured)."""
     cases: dict[str, list[CaseRecord]] = {}
     for r in records:
         cases.setdefault(r.variant, []).append(r)
     out: dict[str, str] = {}
     for name in named:
         mine = cases.get(name, [])
-        if any(r.outcome != "skipped" for r in mine):
+        if any(r.outcome not in ("skipped", "oom") for r in mine):
             continue
-        if mine:
+        oom = [r for r in mine if r.outcome == "oom"]
+        skipped = [r for r in mine if r.outcome == "skipped"]
+        if oom:
+            parts = [f"{count(len(oom), 'case')} ran out of memory (e.g. {clip(oom[0].detail or '?', 160)})"]
+            if skipped:
+                parts.append(f"{count(len(skipped), 'case')} skipped (e.g. {clip(skipped[0].detail or '?', 120)})")
+            out[name] = (f"--attn-only {name}: none of its {count(len(mine), 'case')} was measured: "
+                         f"{'; '.join(parts)}: nothing of it was measured")
+        elif mine:
             out[name] = (f"--attn-only {name}: none of its {count(len(mine), 'case')} ran on this machine, every "
                          f"one was skipped (e.g. {clip(mine[0].detail or '?', 160)}): nothing of it was measured")
         else:

@@ -129,8 +129,9 @@ def test_json_has_every_field_for_ok_error_oom_and_skipped_cases(bench_run, tmp_
     result, data = bench_run(extra=("--attn-inject-slowdown=sdpa=0.5",))
     assert data is not None, result.stdout.str()[-3000:]
     # two decode problems x four variants, fwd only: the error cases fail the run, the rest pass or skip;
-    # gpu-only, named in --attn-only and measured nothing here, fails it too
-    result.assert_outcomes(passed=2, failed=3, skipped=4)
+    # gpu-only and hog, named in --attn-only and measured nothing here (skipped, out of memory), fail it too
+    result.assert_outcomes(passed=2, failed=4, skipped=4)
+    result.stdout.fnmatch_lines(["*--attn-only hog: none of its 2 cases was measured: 2 cases ran out of memory*"])
     by = _by_variant(data)
     assert set(by) == {"sdpa", "boom", "hog", "gpu-only"}
     assert all(len(v) == 2 for v in by.values())
@@ -440,6 +441,11 @@ def test_a_variant_named_in_attn_only_of_which_nothing_was_measured_fails_the_ru
     ([], "no case of it is in this selection"),
     (["skipped", "ok"], None),
     (["numerics"], None),  # measured, and failed: its own failure says so
+    # a kernel that asked for 4 TiB on every call had passed the run (out of memory ends a case as a skip)
+    (["oom", "oom"], "none of its 2 cases was measured: 2 cases ran out of memory (e.g. why 0): nothing"),
+    (["oom", "skipped"], "none of its 2 cases was measured: 1 case ran out of memory (e.g. why 0); 1 case "
+                         "skipped (e.g. why 1): nothing"),
+    (["oom", "ok"], None),  # the rest of a variant too big for the largest problems was measured
 ])
 def test_unmeasured_named_variants(outcomes, expected):
     from attnsuite import summary
