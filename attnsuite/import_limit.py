@@ -70,6 +70,22 @@ def limited(what: str, seconds: Optional[float]) -> Iterator[None]:
         faulthandler.cancel_dump_traceback_later()
 
 
+@contextlib.contextmanager
+def crash_traced() -> Iterator[None]:
+    """While inside, a fatal signal (a segfault in a C extension the module loads) writes Python's stack
+    to stderr before the process dies, so the module and line at fault are named: such an import had
+    ended every command with status 139 and no output at all (an outside tester's trial; pytest's own
+    faulthandler starts only after the variants are loaded). Left as it was found on the way out."""
+    was_on = faulthandler.is_enabled()
+    if not was_on:
+        faulthandler.enable(file=_stderr_fd(), all_threads=False)
+    try:
+        yield
+    finally:
+        if not was_on:
+            faulthandler.disable()
+
+
 def _stderr_fd() -> int:
     """The descriptor faulthandler writes to: sys.stderr's, or the process's own 2 where sys.stderr has
     none (a captured stream in an in-process pytest run, an IDE's console): faulthandler needs a real one."""

@@ -8,6 +8,7 @@ tests against hostile variants: leaked state, crashes, hangs), :mod:`attnsuite.b
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 from collections import Counter
@@ -16,7 +17,7 @@ from typing import Any, Optional
 
 import pytest
 
-from . import import_limit, problem_file, registry
+from . import exits, import_limit, problem_file, registry
 from .isolation import NOT_RUN_PREFIX, OTHERS_NOT_RUN
 from .problem import DTYPE_SHORT
 from .session_failure import fail_session
@@ -198,7 +199,18 @@ def keep_benchmark_storage_in_rootdir(config: pytest.Config) -> None:
         config.option.benchmark_storage = f"file://{config.rootpath / '.benchmarks'}"
 
 
+# The configs of this process's pytest runs still configured: a run inside another (pytester's inline
+# runs in the suite's own tests) leaves the process's end to the outer one (see pytest_unconfigure).
+_CONFIGURED: set[int] = set()
+_SESSION = pytest.StashKey[pytest.Session]()
+_CONFIGURE_DONE = pytest.StashKey[bool]()
+# How long a finished run's process may wait for threads it did not start before it ends without them
+# (ATTNSUITE_EXIT_GRACE_S sets it, in seconds).
+HELD_GRACE_S = 20.0
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _CONFIGURED.add(id(config))
     register_failures_log(config)
     keep_benchmark_storage_in_rootdir(config)
     for name in SUBPLUGINS:
@@ -241,6 +253,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                                     named=frozenset(config.getoption("--attn-only"))),
                                       "attnsuite-skipped-wholly")
         config.pluginmanager.register(CollectionCrashes(), "attnsuite-collection-crashes")
+    config.stash[_CONFIGURE_DONE] = True
 
 
 class CollectionCrashes:
@@ -365,6 +378,37 @@ _TESTS_DESELECTED = pytest.StashKey[int]()
 def _broken_packages() -> list[str]:
     return [f"attnsuite: {line}: its variants were left out of this run, which fails for it"
             for line in registry.broken_entry_points()]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_SESSION] = session
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Once the run's verdict is final, nothing a variant's code left behind may change it or hold the
+    process (:mod:`attnsuite.exits`): an atexit handler's ``os._exit(0)`` had turned a failing run into
+    exit status 0, and a thread a variants module started held a finished run for ever (an outside
+    tester's trials). Not for a run inside another one (its process's end is the outer run's). Where no
+    session ran, only after this plugin's own usage error (the status is then 4, and a module it loaded
+    may have started the thread); another way (``--help``) leaves the process as it was."""
+    _CONFIGURED.discard(id(config))
+    if _CONFIGURED:
+        return
+    session = config.stash.get(_SESSION, None)
+    if session is not None:
+        status = int(session.exitstatus)
+    elif not config.stash.get(_CONFIGURE_DONE, False):
+        status = int(pytest.ExitCode.USAGE_ERROR)
+    else:
+        return
+    try:
+        grace = float(os.environ.get("ATTNSUITE_EXIT_GRACE_S", HELD_GRACE_S))
+    except ValueError:
+        grace = HELD_GRACE_S
+    exits.end_if_held(status, grace)
+    if session is not None and not hasattr(config, "workerinput"):  # an xdist worker's status is not the run's
+        exits.keep_exit_status(status)
 
 
 @pytest.hookimpl(trylast=True)

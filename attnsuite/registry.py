@@ -878,7 +878,8 @@ def _load_from(origin: str, load: Callable[[], Any]) -> None:
     no watcher in every process) and remember ``origin`` for each variant it registered."""
     before = set(_REGISTRY)
     try:
-        with os_exit_raises(), import_limit.limited(origin, None if origin == BUILTIN_ORIGIN else IMPORT_LIMIT_S):
+        with os_exit_raises(), import_limit.crash_traced(), \
+                import_limit.limited(origin, None if origin == BUILTIN_ORIGIN else IMPORT_LIMIT_S):
             load()
     except (SystemExit, OsExitCalled) as exc:
         raise _exit_at_import(exc) from None
