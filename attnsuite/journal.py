@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -40,11 +41,20 @@ def _limit(seconds: Optional[float]) -> str:
     return f"--attn-timeout {seconds:g}" if seconds else "no --attn-timeout"
 
 
+def is_code_file(path: os.PathLike | str) -> bool:
+    """A Python source or a compiled extension module (``.so``, ``.cpython-311-x86_64-linux-gnu.so``,
+    ``.pyd``): a resumed run had accepted a variant whose C extension beside it was rebuilt with other
+    code (an outside tester's trial), as only ``.py`` files were digested."""
+    name = os.fspath(path)
+    return name.endswith(".py") or name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
 def source_digests(paths: Iterable[str]) -> dict[str, str]:
     """A content digest of each external file the run's cases depend on (variant modules, problem
     files), by the name the run was given: a resume after the file changed would mix the results of
     two versions of the code. A folder digests its .py files; a module name, the file it imports from
-    (a package's name, its whole folder); a name that cannot be found, "" (no check can be made)."""
+    (a package's name, its whole folder); a name that cannot be found, "" (no check can be made).
+    Compiled extension modules count as code (:func:`is_code_file`)."""
     out: dict[str, str] = {}
     for name in paths:
         name = name.strip()
@@ -62,7 +72,8 @@ def source_digests(paths: Iterable[str]) -> dict[str, str]:
             elif found is not None and found.origin:
                 path = Path(found.origin)
         digest = hashlib.sha256()
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []
+        files = sorted(f for f in path.rglob("*") if f.is_file() and is_code_file(f)) if path.is_dir() \
+            else [path] if path.is_file() else []
         for f in files:
             digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0")
             digest.update(f.read_bytes())
@@ -107,7 +118,7 @@ def code_beside(module_names: Iterable[str]) -> list[str]:
     out: list[str] = []
     for mod in list(sys.modules.values()):
         file = getattr(mod, "__file__", None)
-        if not file or not file.endswith(".py"):
+        if not file or not is_code_file(file):
             continue
         path = Path(file).resolve()
         # beside a named module first: most imported modules are not, and need no installation check

@@ -272,3 +272,45 @@ def test_a_run_digests_the_suites_own_package_so_a_resume_after_it_changed_is_re
     assert sources.get(folder), sources
     changed = dict(sources, **{folder: "0" * 16})
     assert journal.changed_sources(sources, changed) == [folder]
+
+
+def test_a_compiled_extension_beside_a_variant_file_is_part_of_its_code(tmp_path, monkeypatch):
+    # a resumed run had accepted a variant whose C extension beside it was rebuilt to compute something
+    # else (an outside tester's trial): only .py files were digested
+    import importlib.machinery
+    import types
+
+    from attnsuite import plugin_bench, registry
+
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]  # e.g. .cpython-311-x86_64-linux-gnu.so
+    ext = tmp_path / f"fastscale{suffix}"
+    ext.write_bytes(b"\x7fELF built with SCALE=1.0")
+    (tmp_path / "cvar.py").write_text("import fastscale\n")
+    for name, file in (("fastscale", ext), ("cvar", tmp_path / "cvar.py")):
+        mod = types.ModuleType(name)
+        mod.__file__ = str(file)
+        monkeypatch.setitem(sys.modules, name, mod)
+    assert journal.is_code_file(ext) and journal.is_code_file("x.py") and not journal.is_code_file("notes.txt")
+    assert str(ext.resolve()) in journal.code_beside(["cvar"])
+    monkeypatch.setattr(registry, "entry_point_modules", lambda: [])
+    monkeypatch.setattr(registry, "external_sources", lambda: [(str(tmp_path / "cvar.py"), "cvar")])
+    spec = plugin_bench.RunSpec(device="cpu", tier="quick")
+    before = plugin_bench._sources(spec)
+    ext.write_bytes(b"\x7fELF built with SCALE=2.0")
+    assert journal.changed_sources(before, plugin_bench._sources(spec)) == [str(ext.resolve())]
+
+
+def test_a_package_folder_digest_covers_its_compiled_extensions(tmp_path):
+    import importlib.machinery
+
+    pkg = tmp_path / "kpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    lib = pkg / f"_kernels{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    lib.write_bytes(b"v1")
+    (pkg / "README.txt").write_text("not code")
+    before = journal.source_digests([str(pkg)])
+    (pkg / "README.txt").write_text("edited, still not code")
+    assert journal.source_digests([str(pkg)]) == before
+    lib.write_bytes(b"v2")
+    assert journal.source_digests([str(pkg)]) != before
