@@ -105,15 +105,25 @@ def unmatched_case_patterns(thresholds: ThresholdConfig, *runs: bl.Run) -> list[
 WIDE_FLOOR = 0.5  # a time floor from here up is named in the report: the gate is blind below it
 
 
-def band_note(thresholds: ThresholdConfig, device: str, reference: str = "the baseline") -> Optional[str]:
+def band_note(thresholds: ThresholdConfig, device: str, reference: str = "the baseline",
+              cases: Iterable[CaseRecord] = ()) -> Optional[str]:
     """What a wide time floor means for this device's verdicts, or None: a CPU case 99.6% slower read
     "same" with no word that the CPU gate's floor is 100% (shared CPU runners move by up to 2x).
-    ``reference``: what a case is compared with (:func:`~attnsuite.verdict.reference_name`)."""
-    floor = thresholds.for_case(CaseRecord("", "", "fwd", ""), device).time_floor
-    if floor < WIDE_FLOOR:
+    ``reference``: what a case is compared with (:func:`~attnsuite.verdict.reference_name`). ``cases``:
+    the cases judged, each with the floor its own thresholds give it (a ``workload`` or ``case``
+    section's floor had been left out, and the note had said 100% of cases judged at 15%: an outside
+    tester's trial); none given, the device's floor."""
+    floors = [thresholds.for_case(r, device).time_floor for r in cases] \
+        or [thresholds.for_case(CaseRecord("", "", "fwd", ""), device).time_floor]
+    wide = [f for f in floors if f >= WIDE_FLOOR]
+    if not wide:
         return None
-    return (f"time on {device} is judged with a floor of {floor:.0%} (thresholds: time_floor): a case must be more "
-            f"than {floor:.0%} slower than {reference} to read as slower, so this gate catches only large "
+    floor = max(wide)
+    which = "" if len(wide) == len(floors) else (
+        f" for {len(wide)} of the {len(floors)} cases compared (workload or case sections of the thresholds give "
+        f"the other {len(floors) - len(wide)} a floor under {WIDE_FLOOR:.0%})")
+    return (f"time on {device} is judged with a floor of {floor:.0%}{which} (thresholds: time_floor): such a case must "
+            f"be more than {floor:.0%} slower than {reference} to read as slower, so this gate catches only large "
             f"slowdowns here (a thresholds file with a lower device.{device}.time_floor narrows it, at the price of "
             "false alarms where runners vary)")
 
@@ -159,7 +169,7 @@ def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,
     if device == "cuda" and not any(r.device_ms for r in base.records.values() if r.outcome == "ok"):
         all_notes.append(f"{_label(base)} was recorded without device time (event timing only): on CUDA "
                          "its times are not gated; outcomes, missing cases and memory are")
-    wide = band_note(thresholds, device, reference_name(side_names[0]))
+    wide = band_note(thresholds, device, reference_name(side_names[0]), cur.records.values())
     if wide:
         all_notes.append(wide)
     if scope is None:

@@ -224,6 +224,7 @@ def pytest_configure(config: pytest.Config) -> None:
     benchmarking = plugin_bench.benchmarks_requested(config) \
         and config.pluginmanager.has_plugin("attnsuite.plugin_bench")
     here = bl.stable_fingerprint(plugin_bench.fingerprint_of(config)["info"]) if benchmarking else None
+    lookup = None
     if named:
         path = Path(named)
     else:
@@ -240,17 +241,22 @@ def pytest_configure(config: pytest.Config) -> None:
             whose = "" if named else " (the baseline for this machine; fix or remove it, or name another with " \
                                      "--attn-baseline)"
             raise pytest.UsageError(f"attnsuite gate: {exc}{whose}") from None
-        if named and here is not None:
+        if here is not None:
+            # the baseline found under this machine's fingerprint too: a file of another machine stored
+            # by that name had been refused only after every case had run (an outside tester's trial)
             recording = config.getoption("--attn-record-baseline")
             allow = config.getoption("--attn-allow-mismatch")
+            # a recording run writes a fallback's measurements into this machine's own file, not the fallback
+            into = recording and (named or not getattr(lookup, "fallback", False))
             try:
                 bl.check_compatible(dict(base.fingerprint), here, allow_mismatch=allow)
-                if recording:  # the rule record_baseline applies when it writes (merge_into), checked now:
+                if into:  # the rule record_baseline applies when it writes (merge_into), checked now:
                     # a refusal had come after every case had run, under a summary that read PASS
                     bl.check_same_cpu_model(dict(base.fingerprint), here, allow_mismatch=allow)
             except bl.FingerprintMismatch as exc:
-                doing = "record into" if recording else "compare with"
-                raise pytest.UsageError(f"attnsuite gate: refusing to {doing} {named}: the machines differ: "
+                doing = "record into" if into else "compare with"
+                which = named or f"{path} (the baseline this machine's fingerprint finds)"
+                raise pytest.UsageError(f"attnsuite gate: refusing to {doing} {which}: the machines differ: "
                                         f"{exc} (--attn-allow-mismatch {doing.split()[0]}s anyway)") from None
     try:
         named = config.getoption("--attn-baseline")
@@ -672,10 +678,17 @@ def _files(config: pytest.Config) -> list[tuple[str, str]]:
     if out and getattr(_benchmark_session(config), "disabled", False):
         # the gate still judges the runner's records, but the file named had been listed as written
         out = [("benchmark JSON", f"none ({json_path} is not written under --benchmark-disable)")]
-    for what, option in (("gate diff", "--attn-markdown"), ("verdicts", "--attn-gate-json")):
-        value = config.getoption(option, default=None)
-        if value:
-            out.append((what, str(value)))
+    # the gate's files are not written with the gate off, nor after its usage error (a baseline of another
+    # machine refused): the line had named both as written (an outside tester's trial)
+    gate_files = [(what, value) for what, value in (("gate diff", config.getoption("--attn-markdown", default=None)),
+                                                    ("verdicts", config.getoption("--attn-gate-json", default=None)))
+                  if value]
+    if gate_files:
+        state = config.stash.get(_STATE, None)
+        why_not = ("the gate is off" if effective_gate_mode(config) == "off"
+                   else "the gate stopped on the error above" if state is not None and state.error else "")
+        out += [(what, f"none ({value} is not written: {why_not})" if why_not else str(value))
+                for what, value in gate_files]
     return out
 
 

@@ -263,6 +263,21 @@ def test_with_benchmark_disable_the_runs_cases_are_still_judged_against_the_base
     assert not (pytester.path / "never.json").exists()
 
 
+def test_the_files_line_names_no_gate_file_the_run_did_not_write(bench_run, pytester):
+    # with the gate off, and after the gate refused another machine's baseline, the summary had named
+    # gate.md and gate.json as written (an outside tester's trial)
+    md, js = pytester.path / "g.md", pytester.path / "g.json"
+    result, _ = bench_run(variants=("sdpa",), extra=("--attn-gate=off", f"--attn-markdown={md}",
+                                                      f"--attn-gate-json={js}"))
+    summary = result.stdout.str().split("attnsuite summary")[-1]
+    assert f"gate diff none ({md} is not written: the gate is off)" in summary, summary
+    assert f"verdicts none ({js} is not written: the gate is off)" in summary, summary
+    assert not md.exists() and not js.exists()
+    result, _ = bench_run(variants=("sdpa",), extra=(f"--attn-markdown={md}", f"--attn-gate-json={js}"))
+    summary = result.stdout.str().split("attnsuite summary")[-1]
+    assert f"gate diff {md}" in summary and f"verdicts {js}" in summary and md.exists() and js.exists(), summary
+
+
 def test_what_a_variant_printed_is_counted_in_its_own_record(bench_run, monkeypatch):
     # a variant's prints go to the worker's log, which is emptied after each case: the record keeps how much
     # (the worker flushes its streams before answering: without PYTHONUNBUFFERED, as in a plain pytest run,

@@ -629,6 +629,28 @@ def test_a_named_baseline_of_another_machine_is_refused_before_any_case_runs(pyt
     assert "passed" not in result.stdout.str()
 
 
+def test_another_machines_baseline_stored_under_this_machines_name_is_refused_before_any_case_runs(pytester,
+                                                                                                 project):
+    # found by the fingerprint's file name, not named: it had been refused only after every case had run
+    # (an outside tester's trial: an H100 baseline copied to the CPU runner's file name)
+    from attnsuite import fingerprint
+    from attnsuite.baseline import stable_fingerprint
+
+    here = stable_fingerprint(fingerprint.machine_info("cpu"))
+    obj = json.loads((ROOT / "baselines" / "cpu-amd-epyc-2c-torch2.13.json").read_text())
+    obj["fingerprint"]["torch"] = "3.0.0+cpu"
+    (project / "bl").mkdir()
+    stored = project / "bl" / f"{here['id']}.json"
+    stored.write_text(json.dumps(obj))
+    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-gate=enforce",
+                                                  f"--attn-baselines-dir={project / 'bl'}"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-2000:]
+    err = result.stderr.str()
+    assert f"refusing to compare with {stored} (the baseline this machine's fingerprint finds): the machines " \
+           "differ" in err and "torch" in err and "--attn-allow-mismatch" in err, err
+    assert "passed" not in result.stdout.str()
+
+
 def test_a_corrupt_baseline_for_this_machine_is_a_usage_error_before_any_case_runs(pytester, project):
     # found by the fingerprint, not named: it had been read only after every case had run
     from attnsuite import fingerprint

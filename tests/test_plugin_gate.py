@@ -542,6 +542,27 @@ def test_a_wide_time_floor_is_named_in_the_comparison_and_a_narrow_one_is_not():
     assert gate.band_note(ThresholdConfig(device={"cpu": {"time_floor": 0.2}}), "cpu") is None
 
 
+@pytest.mark.parametrize("sections, expected", [
+    ({}, "floor of 100% (thresholds"),  # every case at the CPU's floor
+    # a case section lowering some cases' floor had been left out: the note said 100% of cases judged at 5%
+    ({"case": [("fa-sweep/sdpa/fwd/*", {"time_floor": 0.05})]},
+     "floor of 100% for 1 of the 2 cases compared (workload or case sections of the thresholds give the other 1 a "
+     "floor under 50%)"),
+    ({"workload": {"fa-sweep": {"time_floor": 0.05}}}, None),  # no case judged at a wide floor: no note
+])
+def test_the_wide_floor_note_reads_each_cases_own_floor(sections, expected):
+    from attnsuite import gate
+    from attnsuite.record import CaseRecord
+    from attnsuite.verdict import ThresholdConfig
+
+    cases = [CaseRecord("fa-sweep", "sdpa", "fwd", "p1"), CaseRecord("fa-sweep", "explicit", "fwd", "p1")]
+    note = gate.band_note(ThresholdConfig(**sections), "cpu", cases=cases)
+    if expected is None:
+        assert note is None
+    else:
+        assert note is not None and f"time on cpu is judged with a {expected}" in note, note
+
+
 def test_the_gate_json_says_which_of_the_runs_cases_failed_outright(tmp_path):
     # "failed": false (no gating verdict) had been all it said of a run whose cases raised
     from types import SimpleNamespace
