@@ -539,3 +539,19 @@ def test_every_python_the_gpu_workflow_runs_is_the_runners_python():
     assert bare == [], bare
     assert any('"$PYTHON" -m attnsuite.ab' in r for r in runs) and any('"$PYTHON" scripts/pr_comment.py' in r for r in runs)
     assert all(job.get("env", {}).get("PYTHON") for name, job in wf["jobs"].items() if name != "fork-pr-gpu-gate")
+
+
+def test_the_gpu_job_keeps_every_compile_cache_in_one_folder_the_runner_keeps(tmp_path):
+    # the driver's JIT cache too: cuDNN's attention kernels are compiled by the driver on first use,
+    # 0.6-2.2 s per SDPA step in a fresh process and 0.1-0.16 s with its cache filled (an H200,
+    # docs/evidence/h200-2026-12-04-s35); it had been left to the driver's small default in $HOME
+    wf = load("gpu.yml")
+    env = next(job["env"] for name, job in wf["jobs"].items() if "TRITON_CACHE_DIR" in job.get("env", {}))
+    caches = {key: env[key] for key in ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "CUDA_CACHE_PATH")}
+    assert len({value.rsplit("/", 1)[0] for value in caches.values()}) == 1, caches
+    assert int(env["CUDA_CACHE_MAXSIZE"]) == 4 * 2**30  # the driver's largest
+    # and the device sessions model that runner: the same three caches under the one folder they pack
+    script = (ROOT / "scripts" / "gpu_session.sh").read_text()
+    for line in ("TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$cache/triton}", "CUDA_CACHE_PATH=${CUDA_CACHE_PATH:-$cache/cuda}",
+                 "TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$cache/inductor}"):
+        assert line in script, line
