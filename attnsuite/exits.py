@@ -110,8 +110,15 @@ def end_if_held(status: int, grace_s: float) -> Optional[threading.Thread]:
         REAL_EXIT(status)
 
     watcher = threading.Thread(target=watch, name="attnsuite-exit-watch", daemon=True)
+
+    def start() -> None:
+        try:
+            watcher.start()
+        except RuntimeError:  # a Python that starts no thread once it shuts down: its wait is as it was
+            pass
+
     try:
-        register(watcher.start)
+        register(start)
     except RuntimeError:  # the interpreter is already shutting down
         return None
     return watcher
