@@ -94,8 +94,8 @@ def end_if_held(status: int, grace_s: float) -> Optional[threading.Thread]:
     """Make sure this process ends: when Python starts waiting for its threads at exit, a daemon watcher
     starts too, and ends the process with ``status`` after ``grace_s`` seconds, naming the threads that
     still hold it (a thread a variant's module started and never ended had held a finished run for
-    ever). A process that ends in time never hears of it. Returns the watcher's registration (None
-    where this Python offers no hook at that point: then nothing changes)."""
+    ever). A process that ends in time never hears of it. Returns the watcher thread, not yet started
+    (None where this Python offers no hook at that point: then nothing changes)."""
     register = getattr(threading, "_register_atexit", None)  # run as threading starts waiting, before it joins
     if register is None:
         return None

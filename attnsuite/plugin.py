@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -402,9 +403,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         status = int(pytest.ExitCode.USAGE_ERROR)
     else:
         return
+    given = os.environ.get("ATTNSUITE_EXIT_GRACE_S")
     try:
-        grace = float(os.environ.get("ATTNSUITE_EXIT_GRACE_S", HELD_GRACE_S))
+        grace = HELD_GRACE_S if given is None else float(given)
+        if not grace >= 0:
+            raise ValueError(given)
     except ValueError:
+        print(f"attnsuite: ATTNSUITE_EXIT_GRACE_S={given!r} is not a number of seconds >= 0: "
+              f"{HELD_GRACE_S:g} s used", file=sys.stderr)
         grace = HELD_GRACE_S
     exits.end_if_held(status, grace)
     if session is not None and not hasattr(config, "workerinput"):  # an xdist worker's status is not the run's

@@ -115,3 +115,9 @@ def test_a_variants_module_that_crashes_the_interpreter_while_imported_is_named(
     assert result.ret != 0
     result.stderr.fnmatch_lines(["Fatal Python error: Segmentation fault", "*", "*leftovers.py*line 3*"],
                                 consecutive=False)
+
+
+def test_an_exit_grace_that_is_no_number_is_said_and_the_default_used(pytester):
+    result = _run(pytester, "X = 1\n", "def test_it():\n    pass\n", env={"ATTNSUITE_EXIT_GRACE_S": "soon"})
+    assert result.ret == 0
+    result.stderr.fnmatch_lines(["attnsuite: ATTNSUITE_EXIT_GRACE_S='soon' is not a number of seconds >= 0: 20 s used"])
