@@ -274,12 +274,21 @@ def check_backward(variant: Variant, problem: Problem, cache: Optional[dict] = N
     Problems with fully masked query rows are checked too: the oracle's convention (zero
     gradient from those rows) is what a training step needs, since one NaN there spreads to
     every key's gradient.
+
+    The training path is held to what the forward check holds the inference path to (an outside
+    tester's trials, each passed by every check before): the output computed with inputs that
+    require grad is judged against the oracle (a kernel whose "save for backward" path used a wrong
+    scale had read as a failure of strided inputs only), and neither the forward nor the backward may
+    write into the inputs or into the output gradient the caller passed (a backward that halved it in
+    place, or doubled ``v``, had passed every check and broken the caller's next use of them).
     """
 
     def body(result: CheckResult) -> None:
-        _, ref_grads = reference(variant.family, problem)
-        _, base_grads = base(variant.family, problem)
+        ref_out, ref_grads = reference(variant.family, problem)
+        base_out, base_grads = base(variant.family, problem)
         case = prepare(variant, problem, requires_grad=True, cache=cache)
+        before = {name: t.detach().clone() for name, t in case.inputs.items()}
+        grad_out = case.grad_out.detach().clone() if isinstance(case.grad_out, torch.Tensor) else None
         with torch.enable_grad():
             out = case.forward()
             broken = case.output_problem(out)
@@ -294,12 +303,20 @@ def check_backward(variant: Variant, problem: Problem, cache: Optional[dict] = N
                                       "it has a backward on, and its backward checks are skipped saying so)")
                 return
             case.backward(out)
+        rows = live_rows(problem) if problem.level == "kernel" else None
+        trained = _output_comparison(variant, problem, out.detach(), before.get("v"), ref_out, base_out, rows)
+        _add(result, [dataclasses.replace(trained, what=f"{trained.what} (inputs requiring grad)")])
+        _inputs_unchanged(result, before, case.inputs)
+        if grad_out is not None and not same_bits(grad_out, case.grad_out.detach()):
+            result.passed = False
+            result.details.append("the backward changed the output gradient it was given in place: the caller's "
+                                  "tensor is not the variant's to write (a residual connection or a second loss "
+                                  "term reads it after)")
         comps, broken = compare_gradients(variant.accuracy, case.grads(), ref_grads, base_grads, problem.dtype)
         if broken:
             result.passed = False
             result.details.extend(broken)
         _add(result, comps)
-        rows = live_rows(problem) if problem.level == "kernel" else None
         if rows is not None and not result.passed:
             result.details.append(DEAD_ROW_GRADIENTS.format(n=int((~rows).sum())))
 

@@ -129,7 +129,7 @@ class Variant:
     backward_devices: ClassVar[Optional[frozenset]] = None
     compiled: ClassVar[bool] = False  # goes through torch.compile (first call compiles)
     fused: ClassVar[bool] = False  # must not materialise the (lq, lk) score matrix
-    deterministic: ClassVar[bool] = True  # two identical calls must agree bit for bit
+    deterministic: ClassVar[bool] = True  # two identical forward calls must agree bit for bit (test_two_runs_agree)
     backend: ClassVar[str] = ""  # the backend this variant means to use ("flash", "math", ...)
     # "exact" is judged by the pass rule (tolerance.compare); an approximate kernel (FP8, INT8) declares
     # its class ("fp8", "int8") and is judged by that class's budget (tolerance.APPROXIMATE_BUDGET)

@@ -151,6 +151,23 @@ def test_a_variant_named_in_attn_only_whose_every_test_skipped_fails_the_run_nam
     assert "attnsuite-selection::explicit" not in done.stdout
 
 
+@pytest.mark.parametrize("dtype, ran", [("float16", False), ("float64", True)])
+def test_the_drawn_problems_keep_to_attn_dtype(tmp_path, dtype, ran):
+    # the property test drew float32/float64 whatever --attn-dtype said: a float16 run of a variant without
+    # float16 had passed on a float32 draw, with nothing checked in float16 (an outside tester's trial)
+    done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_hypothesis.py"),
+                           f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-rs",
+                           "--attn-only=explicit", f"--attn-dtype={dtype}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "400"})
+    if ran:
+        assert done.returncode == pytest.ExitCode.OK and "1 passed" in done.stdout, done.stdout[-2000:]
+    else:
+        assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout[-2000:]
+        assert f"--attn-dtype {dtype}: the drawn problems are float32 and float64" in done.stdout, done.stdout[-2000:]
+        assert "attnsuite: variant explicit: none of its 1 tests ran here" in done.stdout, done.stdout[-2000:]
+
+
 def test_a_variant_only_loaded_from_outside_whose_every_test_skipped_is_named_and_does_not_fail_the_run(tmp_path):
     # a file may carry CUDA-only variants beside the ones a CPU runner checks: named, not failed
     variant = tmp_path / "cuda_only.py"
