@@ -154,6 +154,7 @@ def cmd_record(args: argparse.Namespace, out) -> int:
         raise ValueError(f"--baseline {args.baseline}: its folder {folder} "
                          f"{'is not a folder' if folder.exists() else 'does not exist'} (make it first)")
     runs = [bl.load_results(path) for path in args.result]
+    _refuse_repeated_run_ids(args.result, runs)
     for path, one in zip(args.result, runs):
         if not one.records:  # recording nothing had still replaced the baseline's calibration
             raise bl.ResultFileError(path, "no case in it: nothing to record (no baseline was written)")
@@ -219,6 +220,20 @@ def _refuse_repeated_runs(paths: Sequence[str]) -> None:
             raise ValueError(f"{seen[digest]} and {path} are {same}: each run is combined once (give each "
                              "run's result file once)")
         seen[digest] = path
+
+
+def _refuse_repeated_run_ids(paths: Sequence[str], runs: Sequence[bl.Run]) -> None:
+    """ValueError when two files ``record`` combines carry one session's ``run_id``: one run gzipped, or
+    saved again by another tool, is other bytes (:func:`_refuse_repeated_runs` passes it) and had been
+    combined as a second run (an outside tester's trial)."""
+    seen: dict[str, str] = {}
+    for path, run in zip(paths, runs):
+        if not run.run_id:  # an older attnsuite's file names no run: the bytes check is all there is
+            continue
+        if run.run_id in seen:
+            raise ValueError(f"{seen[run.run_id]} and {path} hold the same run (run_id {run.run_id}): each run "
+                             "is combined once (a compressed or re-saved copy of a result file is the same run)")
+        seen[run.run_id] = path
 
 
 def cmd_report(args: argparse.Namespace, out) -> int:

@@ -110,6 +110,14 @@ class Thresholds:
                 # "time_floor": 50 (meant 0.5) had been taken as 5000%: a gate that passes everything
                 raise ThresholdsError(f"{where}: {f.name} is a fraction (0.03 is 3%), got {v!r}, i.e. "
                                       f"{v:.0%}; at most {MAX_RELATIVE:g} ({MAX_RELATIVE:.0%})")
+            if f.name in _MULTIPLIERS and v > MAX_MULTIPLIER:
+                # "spread_k": 50 (meant 0.5) had given bands of +-9348% and every case "same"
+                raise ThresholdsError(f"{where}: {f.name} multiplies the runs' spread (0.5 is half of it), got "
+                                      f"{v!r}; at most {MAX_MULTIPLIER:g}")
+            if f.name in MAX_ABSOLUTE and v > MAX_ABSOLUTE[f.name]:
+                # "mem_abs_bytes": 1e18 had let a 50x memory growth pass without a word
+                raise ThresholdsError(f"{where}: {f.name} {v!r} is more than any case could grow by; at most "
+                                      f"{MAX_ABSOLUTE[f.name]:g}")
 
 
 # Relative allowances (fractions of the baseline's figure) and their sanity bound: the CPU floor is 1.0
@@ -117,6 +125,11 @@ class Thresholds:
 _RELATIVE = frozenset({"time_floor", "mem_floor", "host_bound_floor", "host_floor"})
 MAX_RELATIVE = 10.0
 _FRACTIONS = frozenset({"host_bound_at"})  # a launch share: above 1 no case is ever host-bound
+# Multiples of the runs' spread (the shipped ones are 0.5 to 2) and absolute allowances: past these
+# bounds a band passes everything (an outside tester's trials: spread_k 50, mem_abs_bytes 1e18).
+_MULTIPLIERS = frozenset({"spread_k", "instance_k"})
+MAX_MULTIPLIER = 10.0
+MAX_ABSOLUTE = {"mem_abs_bytes": float(1 << 40), "host_abs_ms": 10_000.0}  # 1 TiB; 10 s of host work a call
 
 
 # Built-in defaults per device kind. On a

@@ -162,6 +162,23 @@ def test_one_run_given_twice_is_refused_not_counted_twice(tmp_path, capsys, how)
     assert f"{one} and {again} are {'the same file' if how == 'same-path' else 'identical files'}" in err
 
 
+@pytest.mark.parametrize("how", ["gzipped", "re-saved"])
+def test_one_run_in_other_bytes_is_refused_by_its_run_id(tmp_path, capsys, how):
+    # a gzipped or re-saved copy is other bytes: it had been combined as a second run (an outside
+    # tester's trial: "combined 3 runs" of two, r2's min kept as the bar)
+    one = write_result(tmp_path / "r1.json", [rec("all")])
+    obj = json.loads(one.read_text())
+    obj.setdefault("attnsuite", {})["run_id"] = "0123abcd"
+    one.write_text(json.dumps(obj, indent=1))
+    again = tmp_path / ("r1.json.gz" if how == "gzipped" else "r1-saved.json")
+    again.write_bytes(gzip.compress(one.read_bytes()) if how == "gzipped" else json.dumps(obj).encode())
+    other = write_result(tmp_path / "r2.json", [rec("all", median_ms=1.02)])
+    code, out = run_cli("record", one, again, other, "--baseline", tmp_path / "b.json")
+    err = capsys.readouterr().err
+    assert code == 2 and "recorded" not in out and not (tmp_path / "b.json").exists(), (out, err)
+    assert f"{one} and {again} hold the same run (run_id 0123abcd): each run is combined once" in err, err
+
+
 def test_cases_by_run_count_orders_by_runs_and_counts_each_case_once():
     runs = [bl.Run({r.key: r for r in recs}, None) for recs in
             ([rec("a"), rec("b"), rec("c")], [rec("a"), rec("b")], [rec("a")])]

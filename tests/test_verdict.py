@@ -243,6 +243,12 @@ def test_a_per_workload_threshold_turns_a_slowdown_into_same():
     ({"device": {"cpu": {"time_floor": 50}}}, "time_floor is a fraction (0.03 is 3%), got 50, i.e. 5000%; at most 10"),
     ({"workload": {"decode": {"mem_floor": 10.5}}}, "mem_floor is a fraction"),
     ({"default": {"host_bound_at": 1.5}}, "host_bound_at is a share of a call's time, from 0 to 1, got 1.5"),
+    # bands that pass everything (an outside tester's trials): +-9348% from spread_k 50 (meant 0.5), and a
+    # 50x memory growth passed under mem_abs_bytes 1e18
+    ({"device": {"cpu": {"spread_k": 50}}}, "spread_k multiplies the runs' spread (0.5 is half of it), got 50; at most 10"),
+    ({"default": {"instance_k": 11}}, "instance_k multiplies the runs' spread"),
+    ({"device": {"cpu": {"mem_abs_bytes": 1e18}}}, "mem_abs_bytes 1e+18 is more than any case could grow by"),
+    ({"default": {"host_abs_ms": 1e6}}, "host_abs_ms 1000000.0 is more than any case could grow by"),
 ])
 def test_a_bad_thresholds_config_is_refused_naming_the_problem(obj, needle):
     with pytest.raises(ThresholdsError) as info:
