@@ -881,6 +881,10 @@ def validate_baseline_json(obj: Any) -> list[str]:
         cal = obj["calibration"] if isinstance(obj["calibration"], dict) else {}
         out.extend(f"calibration.{name} is {_show(cal[name])}: a probe's figure is above 0"
                    for name in _CALIBRATION_FIGURES if _is_number(cal.get(name)) and cal[name] <= 0)
+        # a figure written as text ("0.16") had passed, and every report then called it absent
+        out.extend(f"calibration.{name} is {_show(cal[name])}: a probe's figure is a number"
+                   for name in _CALIBRATION_FIGURES
+                   if cal.get(name) is not None and (isinstance(cal[name], bool) or not isinstance(cal[name], (int, float))))
     extra = set(obj) - {"schema", "version", "fingerprint", "cases", "calibration"}
     if extra:
         out.append(f"unknown top-level fields {sorted(extra)[:10]}")

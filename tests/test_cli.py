@@ -201,11 +201,15 @@ def test_check_validates_baselines(tmp_path, capsys):
     (lambda e, o: e.update(instance_spread={"min_ms": 0.01}), "instance_spread without runs > 1"),
     (lambda e, o: e.update(tier="galactic"), "unknown tier 'galactic'"),
     (lambda e, o: o.update(calibration={"matmul_tflops": -1}), "calibration.matmul_tflops is -1: a probe's figure"),
+    # text had passed, and every report then said the baseline stores no probe (an outside tester's trial)
+    (lambda e, o: o.update(calibration={"matmul_tflops": "0.16"}),
+     "calibration.matmul_tflops is '0.16': a probe's figure is a number"),
     (lambda e, o: e.update(timer="stopwatch"), "unknown timer 'stopwatch' (expected one of ['cuda-events', "),
     (lambda e, o: e.update(device_method="guess"), "unknown device_method 'guess' (expected one of ['cuda-graph', "),
     (lambda e, o: o["fingerprint"].update(id="cpu-amd-epyc-2c-torch2.13", device="cuda"),
      "fingerprint id 'cpu-amd-epyc-2c-torch2.13' names a cpu machine, its \"device\" is 'cuda'"),
-], ids=["ok-without-samples", "ok-without-time", "spread-of-one-run", "unknown-tier", "negative-probe", "unknown-timer",
+], ids=["ok-without-samples", "ok-without-time", "spread-of-one-run", "unknown-tier", "negative-probe", "text-probe",
+        "unknown-timer",
         "unknown-device-method", "id-of-another-device-kind"])
 def test_check_refuses_what_recording_never_writes(tmp_path, capsys, edit, words):
     # each hand edit had passed `attnsuite check` with "ok"
