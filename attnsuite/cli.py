@@ -68,8 +68,9 @@ def _emit(cmp: Comparison, args: argparse.Namespace, out, last: summary.Summary)
         text = report.markdown_diff(cmp, head=head)
         if args.markdown:
             report.write_markdown(text, args.markdown)
-        if args.step_summary:
-            report.append_step_summary(text)
+        if args.step_summary and not report.append_step_summary(text):
+            # on stderr: stdout may be the JSON a tool parses (report says the same on its own stdout)
+            print("GITHUB_STEP_SUMMARY is not set: no job summary written", file=sys.stderr)
 
 
 def _check_outputs(files: dict[str, Optional[str]], folders: dict[str, Optional[str]] = {},
@@ -237,6 +238,9 @@ def _refuse_repeated_run_ids(paths: Sequence[str], runs: Sequence[bl.Run]) -> No
 
 
 def cmd_report(args: argparse.Namespace, out) -> int:
+    if args.step_summary_top and not args.html:  # it had done nothing, without a word (an outside tester's trial)
+        raise ValueError("--step-summary-top appends the top of the HTML report to the job summary: give --html "
+                         "too (or --step-summary for the markdown)")
     _check_outputs({"--markdown": args.markdown, "--html": args.html,
                     "$GITHUB_STEP_SUMMARY": report.step_summary_target(args.step_summary or args.step_summary_top)},
                    {"--plots": args.plots},

@@ -390,6 +390,26 @@ def test_compare_with_step_summary_alone_still_appends_the_diff(runs, tmp_path, 
     assert code == 0 and summary.read_text().startswith("<!-- attnsuite-gate -->")
 
 
+def test_compare_with_step_summary_and_no_job_summary_says_so_on_stderr(runs, monkeypatch, capsys):
+    # it had said nothing (report says "GITHUB_STEP_SUMMARY is not set"); stdout stays the JSON asked for
+    old, _, worse = runs
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    code, out = run_cli("compare", old, worse, "--gate", "report", "--step-summary", "--format", "json")
+    assert code == 0 and json.loads(out)
+    assert "GITHUB_STEP_SUMMARY is not set: no job summary written" in capsys.readouterr().err
+
+
+def test_report_step_summary_top_without_html_is_refused(runs, tmp_path, monkeypatch, capsys):
+    # it had written nothing and said nothing, exit 0 (an outside tester's trial)
+    old, _, _ = runs
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    code, _ = run_cli("report", old, "--step-summary-top")
+    assert code == 2 and "--step-summary-top appends the top of the HTML report to the job summary: give --html" \
+        in capsys.readouterr().err
+    assert not summary.exists()
+
+
 @pytest.fixture
 def interrupted_run(tmp_path, runs):
     from gatehelp import result_json
