@@ -323,6 +323,61 @@ def check_backward(variant: Variant, problem: Problem, cache: Optional[dict] = N
     return _guarded("backward", variant, problem, body)
 
 
+def backward_bitwise(variant: Variant, problem: Problem) -> bool:
+    """Are two identical backward calls of ``variant`` on ``problem``'s device held to the same bits?"""
+    return variant.deterministic and problem.device.split(":")[0] not in variant.nondeterministic_backward_devices
+
+
+def _gradients_once(variant: Variant, problem: Problem, cache: Optional[dict]) -> dict:
+    """One forward and backward of a freshly prepared case: its gradients, copied."""
+    case = prepare(variant, problem, requires_grad=True, cache=cache)
+    with torch.enable_grad():
+        case.backward(case.forward())
+    return {name: (None if g is None else g.detach().clone()) for name, g in case.grads().items()}
+
+
+def check_backward_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = None) -> CheckResult:
+    """Two identical forward-and-backward calls give the same gradients: bit for bit where the variant
+    declares its backward deterministic on the problem's device (:func:`backward_bitwise`), otherwise
+    each within the oracle's tolerance (the backward check judges one call; state a backward keeps
+    between calls, such as gradients added into a buffer it never clears, shows in the second).
+
+    ``test_two_runs_agree`` holds only the forward; a backward that accumulated in another order on
+    each call (atomics) had passed every check of a variant declaring ``deterministic = True``.
+    """
+
+    def body(result: CheckResult) -> None:
+        first = _gradients_once(variant, problem, cache)
+        second = _gradients_once(variant, problem, cache)
+        if backward_bitwise(variant, problem):
+            device = problem.device.split(":")[0]
+            for name in first:
+                a, b = first[name], second.get(name)
+                if a is None or b is None:
+                    continue  # a missing gradient is the backward check's failure, said there
+                if not same_bits(a, b):
+                    diff = (a.double() - b.double()).abs().nan_to_num()
+                    result.passed = False
+                    result.details.append(
+                        f"grad {name}: two identical calls differ in {int((diff > 0).sum())} of {diff.numel()} "
+                        f"elements (max |diff| {float(diff.max()):.3g}, largest |grad| "
+                        f"{float(a.double().abs().nan_to_num().max()):.3g}): the variant declares its backward "
+                        f"deterministic on {device}; a backward that adds up gradients in a varying order "
+                        f"(atomics) declares nondeterministic_backward_devices = frozenset({{{device!r}}})")
+            return
+        _, ref_grads = reference(variant.family, problem)
+        _, base_grads = base(variant.family, problem)
+        for label, grads in (("first", first), ("second", second)):
+            comps, broken = compare_gradients(variant.accuracy, grads, ref_grads, base_grads, problem.dtype)
+            comps = [dataclasses.replace(c, what=f"{c.what} ({label} of two identical calls)") for c in comps]
+            if broken:
+                result.passed = False
+                result.details.extend(broken)
+            _add(result, comps)
+
+    return _guarded("backward-repeat", variant, problem, body)
+
+
 def future_pivot(problem: Problem) -> Optional[int]:
     """Key position from which keys are perturbed: the largest split leaving some rows unaffected."""
     if not problem.mask.is_causal_like:
@@ -759,6 +814,7 @@ CHECKS = {
     "backward": check_backward,
     "causality": check_causality,
     "repeat": check_repeat,
+    "backward-repeat": check_backward_repeat,
     "strided": check_strided,
 }
 assert tuple(CHECKS) == registry.CHECK_NAMES, "registry.CHECK_NAMES (known_defects keys) must name these checks"
@@ -785,10 +841,11 @@ def guarded_skip_reason(decide: Callable[[], Optional[str]], variant: Variant, p
 
 def skip_reason(check: str, variant: Variant, problem: Problem) -> Optional[str]:
     """Why ``check`` does not apply to this variant and problem (None when it does)."""
-    reasons = variant.unsupported(problem, backward=(check == "backward"))
+    reasons = variant.unsupported(problem, backward=check in ("backward", "backward-repeat"))
     if reasons:
         return "; ".join(reasons)
-    if variant.accuracy != "exact" and problem.tag == LARGE_LOGITS and check in ("backward", "strided"):
+    if variant.accuracy != "exact" and problem.tag == LARGE_LOGITS and check in ("backward", "backward-repeat",
+                                                                                "strided"):
         # the checks judged by the class's budget; its forward is held to the values' range instead
         # (check_forward), and causality and repeat do not depend on a budget
         return (f"the {variant.accuracy} class's budget was measured at ordinary logit sizes; this problem's "

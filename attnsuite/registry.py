@@ -129,13 +129,19 @@ class Variant:
     backward_devices: ClassVar[Optional[frozenset]] = None
     compiled: ClassVar[bool] = False  # goes through torch.compile (first call compiles)
     fused: ClassVar[bool] = False  # must not materialise the (lq, lk) score matrix
-    deterministic: ClassVar[bool] = True  # two identical forward calls must agree bit for bit (test_two_runs_agree)
+    # Two identical calls must agree bit for bit: the forward (test_two_runs_agree) and, on every device
+    # not in nondeterministic_backward_devices, the gradients (test_two_backward_runs_agree).
+    deterministic: ClassVar[bool] = True
+    # Devices on which two identical backward calls may give other bits: kernels that add up gradients
+    # with atomics, whose order varies between runs (SDPA's flash, efficient and cuDNN backwards on CUDA
+    # do, in dq). There each run's gradients are held to the oracle's tolerance instead.
+    nondeterministic_backward_devices: ClassVar[frozenset] = frozenset()
     backend: ClassVar[str] = ""  # the backend this variant means to use ("flash", "math", ...)
     # "exact" is judged by the pass rule (tolerance.compare); an approximate kernel (FP8, INT8) declares
     # its class ("fp8", "int8") and is judged by that class's budget (tolerance.APPROXIMATE_BUDGET)
     accuracy: ClassVar[str] = "exact"
     # Defects of third-party code that the suite found, by check name ("forward", "backward",
-    # "causality", "repeat", "strided"): what was seen, where and when. The correctness tests keep running that
+    # "causality", "repeat", "backward-repeat", "strided"): what was seen, where and when. The correctness tests keep running that
     # check and expect it to fail (a strict expected failure): the run stays green while the defect
     # lasts, and the release that fixes it turns up as an unexpected pass, the cue to delete the entry.
     known_defects: ClassVar[dict] = {}
@@ -265,7 +271,7 @@ class LayerVariant(Variant):
 
 
 # The correctness checks by name (attnsuite/checks.py's CHECKS): the keys a variant's known_defects may use.
-CHECK_NAMES = ("forward", "backward", "causality", "repeat", "strided")
+CHECK_NAMES = ("forward", "backward", "causality", "repeat", "backward-repeat", "strided")
 
 
 # Characters a variant name may hold besides ASCII letters and digits: see register().
@@ -334,7 +340,8 @@ def register(variant):
     # A misspelt declaration (masks={"causl"}, devices={"CPU"}, dtypes={"fp32"}) would make every
     # problem "unsupported": all of the variant's tests skipped, and the run green having checked nothing.
     for attr, known in (("features", FEATURES), ("masks", frozenset(MASK_KINDS)), ("dtypes", ALL_DTYPES),
-                        ("devices", DEVICES), ("backward_devices", DEVICES)):
+                        ("devices", DEVICES), ("backward_devices", DEVICES),
+                        ("nondeterministic_backward_devices", DEVICES)):
         declared = getattr(instance, attr)
         if declared is None and attr == "backward_devices":
             continue

@@ -13,6 +13,14 @@ from . import mask_mods
 from .problem import Mask, Problem
 
 
+# The devices on which SDPA's backward is not bitwise repeatable (Variant.nondeterministic_backward_devices):
+# its flash, efficient and cuDNN backwards on CUDA add up dq in a varying order, and identical calls
+# differed in up to 1662 elements of dq on an H200 (scripts/bwd_determinism_probe.py,
+# docs/evidence/h200-2026-12-04-s36); its math backend does not. Every variant whose attention is SDPA
+# with the default dispatch declares it.
+SDPA_NONDETERMINISTIC_BACKWARD = frozenset({"cuda"})
+
+
 def dead_rows(allowed):
     """(lq, 1) mask of the query rows that may attend to no key, or None when every row has one."""
     if allowed is None:

@@ -23,11 +23,17 @@ CHECK_OF_TEST = {
     "test_backward_matches_oracle": "backward",
     "test_causal_rows_ignore_future_keys": "causality",
     "test_two_runs_agree": "repeat",
+    "test_two_backward_runs_agree": "backward-repeat",
     "test_strided_inputs_match_oracle": "strided",
 }
 # The strided check runs on this many problems per dtype of each variant (the first it supports,
 # without a declared defect): the layout is what it checks, and every problem is already checked contiguous.
 STRIDED_PER_DTYPE = 2
+# The backward-repeat check runs on this many problems per dtype of each variant, the largest it supports
+# (most blocks, where gradients added up with atomics change order: on an H200 SDPA's fused backwards
+# differed between identical calls on the catalogue's largest problems and on none of its small ones,
+# docs/evidence/h200-2026-12-04-s36): on every problem it had doubled the backward tests' time on CPU.
+BACKWARD_REPEAT_PER_DTYPE = 2
 
 
 def _cases(config: pytest.Config, check: str):
@@ -56,7 +62,9 @@ def _cases(config: pytest.Config, check: str):
             large = [q for q in own if q.tag == LARGE_LOGITS and q.dtype == dtypes[0] and q not in firsts]
             problems = firsts + large + [q for q in problems if q.id not in own_ids[family.name]]
         if check == "strided":
-            problems = _strided_problems(variant, problems)
+            problems = _per_dtype(check, variant, problems, STRIDED_PER_DTYPE)
+        elif check == "backward-repeat":
+            problems = _per_dtype(check, variant, problems, BACKWARD_REPEAT_PER_DTYPE, largest=True)
         for problem in problems:
             reason = _collected_skip_reason(check, variant, problem)
             marks = [pytest.mark.skip(reason=reason)] if reason else []
@@ -70,21 +78,26 @@ def _cases(config: pytest.Config, check: str):
             yield pytest.param(variant, problem, id=f"{variant.name}@{problem.id}", marks=marks)
 
 
-def _strided_problems(variant, problems: list) -> list:
-    """The first :data:`STRIDED_PER_DTYPE` problems per dtype that the strided check applies to for
-    ``variant`` and on which it declares no defect (those are left to the checks that declare them)."""
-    chosen: dict[str, list] = {}
+def _per_dtype(check: str, variant, problems: list, n: int, largest: bool = False) -> list:
+    """``n`` problems per dtype that ``check`` applies to for ``variant`` and on which it declares no
+    defect (those are left to the checks that declare them): the first in the catalogue's order, or the
+    ``largest`` (scores per call, b * hq * lq * lk), kept in the catalogue's order."""
+    usable = []
     for problem in problems:
-        if len(chosen.setdefault(problem.dtype, [])) >= STRIDED_PER_DTYPE:
-            continue
-        if _collected_skip_reason("strided", variant, problem) is not None:
+        if _collected_skip_reason(check, variant, problem) is not None:
             continue
         declared, broken = checks.guarded_skip_reason(
             lambda: next((d for c in registry.CHECK_NAMES if (d := variant.known_defect(c, problem))), None),
             variant, problem, "known_defect()")
         if declared is None and broken is None:
-            chosen[problem.dtype].append(problem)
-    return [p for group in chosen.values() for p in group]
+            usable.append(problem)
+    chosen = []
+    for dtype in dict.fromkeys(p.dtype for p in usable):
+        of_dtype = [p for p in usable if p.dtype == dtype]
+        if largest:
+            of_dtype = sorted(of_dtype, key=lambda p: p.batch * p.hq * p.lq * p.lk, reverse=True)
+        chosen += of_dtype[:n]
+    return [p for p in usable if p in chosen]
 
 
 def _collected_skip_reason(check: str, variant, problem) -> Optional[str]:
@@ -140,6 +153,10 @@ def test_causal_rows_ignore_future_keys(variant, problem, build_cache, record_pr
 
 def test_two_runs_agree(variant, problem, build_cache, record_property):
     _run("repeat", variant, problem, build_cache, record_property)
+
+
+def test_two_backward_runs_agree(variant, problem, build_cache, record_property):
+    _run("backward-repeat", variant, problem, build_cache, record_property)
 
 
 def test_strided_inputs_match_oracle(variant, problem, build_cache, record_property):

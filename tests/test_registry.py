@@ -74,8 +74,9 @@ def test_names_of_letters_digits_and_dash_underscore_dot_plus_register():
     ("masks", frozenset(), "declares no masks (an empty set)"),
     ("devices", frozenset(), "declares no devices (an empty set)"),
     # a misspelt check name had been ignored: the declared defect failed the run as if undeclared
+    ("nondeterministic_backward_devices", frozenset({"gpu"}), "unknown nondeterministic_backward_devices ['gpu']"),
     ("known_defects", {"fwd": "seen on ..."}, "known_defects keys must be check names (forward, backward, "
-                                               "causality, repeat, strided), got ['fwd']"),
+                                               "causality, repeat, backward-repeat, strided), got ['fwd']"),
 ])
 def test_a_misspelt_declaration_is_refused_naming_it(attr, value, words):
     Odd = type("Odd", (registry.KernelVariant,), {"name": f"odd-{attr}", attr: value})

@@ -18,7 +18,8 @@ from attnsuite.oracle_mask import fully_masked_rows
 from attnsuite.problem import MASK_KINDS, Problem
 from attnsuite.registry import KernelVariant, register
 # dropout and the tests take these from here too
-from attnsuite.variant_math import causal_lower_right, dead_rows, explicit_attention, softmax_rows  # noqa: F401
+from attnsuite.variant_math import (  # noqa: F401
+    SDPA_NONDETERMINISTIC_BACKWARD, causal_lower_right, dead_rows, explicit_attention, softmax_rows)
 
 ALL_MASKS = frozenset(MASK_KINDS)
 EVERYTHING = frozenset({"gqa", "lq_ne_lk", "dv_ne_dqk", "bottom_right", "alibi", "softcap", "custom_scale"})
@@ -91,6 +92,7 @@ class _Sdpa(KernelVariant):
     masks = frozenset({"none", "causal"})
     features = frozenset({"gqa", "lq_ne_lk", "dv_ne_dqk", "bottom_right", "custom_scale"})
     pinned: ClassVar = None  # an SDPBackend, or None for default dispatch
+    nondeterministic_backward_devices = SDPA_NONDETERMINISTIC_BACKWARD
 
     def sdpa_kwargs(self, problem: Problem) -> dict:
         kw = {"scale": problem.softmax_scale}
@@ -143,6 +145,7 @@ class SdpaMath(_Sdpa):
     description = "SDPA pinned to the math backend"
     pinned = SDPBackend.MATH
     backend = "sdpa:math"
+    nondeterministic_backward_devices = frozenset()  # the math backend adds up in a fixed order
 
 
 @register
@@ -205,6 +208,7 @@ class SdpaCudnn(_Sdpa):
 
 class _SdpaExplicitMask(KernelVariant):
     masks = ALL_MASKS
+    nondeterministic_backward_devices = SDPA_NONDETERMINISTIC_BACKWARD
     features = frozenset({"gqa", "lq_ne_lk", "dv_ne_dqk", "bottom_right", "custom_scale"})
 
     def make_mask(self, problem: Problem):

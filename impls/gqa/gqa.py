@@ -19,7 +19,7 @@ from torch import nn
 from attnsuite import mask_mods
 from attnsuite.problem import MASK_KINDS, Mask, Problem
 from attnsuite.registry import LayerVariant, register
-from attnsuite.variant_math import causal_lower_right, decode_mask, explicit_attention
+from attnsuite.variant_math import SDPA_NONDETERMINISTIC_BACKWARD, causal_lower_right, decode_mask, explicit_attention
 
 from .gqa_oracle import PARAM_NAMES
 
@@ -166,6 +166,7 @@ class GqaLayerSdpa(_GqaLayer):
     features = frozenset({"gqa", "dv_ne_dqk", "custom_scale"})  # no ALiBi or softcap through SDPA
     backend = "sdpa:default"
     module_class = _SdpaModule
+    nondeterministic_backward_devices = SDPA_NONDETERMINISTIC_BACKWARD
     decodes = True  # GqaModule.prefill/step, a (k, v) cache of hkv heads
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from attnsuite import mask_mods
 from attnsuite.problem import Problem
 from attnsuite.registry import LayerVariant, register
-from attnsuite.variant_math import causal_lower_right, decode_mask
+from attnsuite.variant_math import SDPA_NONDETERMINISTIC_BACKWARD, causal_lower_right, decode_mask
 
 from . import layer_oracle
 
@@ -405,6 +405,7 @@ class LayerFusedQKV(_LayerBase):
     description = "one nn.Linear(d, 3d) projection, SDPA, one out proj"
     backend = "sdpa:default"
     module_class = FusedQKV
+    nondeterministic_backward_devices = SDPA_NONDETERMINISTIC_BACKWARD
 
 
 @register
@@ -421,6 +422,7 @@ class LayerSdpa(_SeparateQKVLayer):
     description = "three nn.Linear projections, SDPA with is_causal, one out proj"
     backend = "sdpa:default"
     core = "sdpa"
+    nondeterministic_backward_devices = SDPA_NONDETERMINISTIC_BACKWARD
 
 
 @register
@@ -429,6 +431,7 @@ class LayerSdpaMask(_SeparateQKVLayer):
     description = "three nn.Linear projections, SDPA with an explicit boolean mask (True = attend)"
     backend = "sdpa:default+boolmask"
     core = "sdpa-mask"
+    nondeterministic_backward_devices = SDPA_NONDETERMINISTIC_BACKWARD
 
 
 @register
@@ -436,6 +439,9 @@ class LayerMHA(_TorchMHALayer):
     name = "layer-mha"
     description = "torch.nn.MultiheadAttention, need_weights=False (inverted boolean mask convention)"
     backend = "nn.MultiheadAttention"
+    # without weights nn.MultiheadAttention attends through SDPA; with them (layer-mha-weights) through
+    # matmuls, whose backward repeated bit for bit on an H200
+    nondeterministic_backward_devices = SDPA_NONDETERMINISTIC_BACKWARD
 
 
 @register
@@ -488,11 +494,11 @@ class _QKNormRMS(_SeparateQKVLayer):
     torch_norm: ClassVar[str] = "nn.RMSNorm"
 
 
-# attention core -> (extra base classes, backend, how the description ends)
+# attention core -> (extra base classes, backend, how the description ends, nondeterministic backward devices)
 _QKNORM_CORES = {
-    "explicit": ((), "eager-matmul", "explicit matmul-softmax"),
-    "sdpa": ((), "sdpa:default", "SDPA (is_causal, scale passed)"),
-    "flex": ((_FlexLayer,), "flex:compiled", "compiled flex_attention + BlockMask"),
+    "explicit": ((), "eager-matmul", "explicit matmul-softmax", frozenset()),
+    "sdpa": ((), "sdpa:default", "SDPA (is_causal, scale passed)", SDPA_NONDETERMINISTIC_BACKWARD),
+    "flex": ((_FlexLayer,), "flex:compiled", "compiled flex_attention + BlockMask", frozenset()),
 }
 
 
@@ -502,7 +508,7 @@ def _qknorm_variant(norm_base: type, core: str) -> type:
     A QK-norm variant is projections, the per-head norm on q and k, then attention by ``core`` at
     the family's pinned scale: its name, description and backend follow from the norm and the core.
     """
-    mixins, backend, how = _QKNORM_CORES[core]
+    mixins, backend, how, nondeterministic = _QKNORM_CORES[core]
     cls_name = f"QKNorm{norm_base.tag}{core.capitalize()}"
     cls = type(cls_name, (*mixins, norm_base), {
         "__module__": __name__,
@@ -511,6 +517,7 @@ def _qknorm_variant(norm_base: type, core: str) -> type:
         "description": f"q/k/v projections, per-head {norm_base.torch_norm} on q and k, {how}",
         "core": core,
         "backend": backend,
+        "nondeterministic_backward_devices": nondeterministic,
     })
     return register(cls)
 

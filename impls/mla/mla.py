@@ -26,7 +26,7 @@ from torch import nn
 
 from attnsuite.problem import Problem
 from attnsuite.registry import LayerVariant, register
-from attnsuite.variant_math import causal_lower_right
+from attnsuite.variant_math import SDPA_NONDETERMINISTIC_BACKWARD, causal_lower_right
 
 from . import mla_oracle
 
@@ -197,6 +197,7 @@ class _LatentVariant(LayerVariant):
     features = frozenset({"dv_ne_dqk"})
     module: ClassVar[type] = MLA
     absorbed: ClassVar[bool] = False
+    nondeterministic_backward_devices = SDPA_NONDETERMINISTIC_BACKWARD  # every form attends through SDPA
 
     def build(self, problem: Problem, params: dict[str, torch.Tensor]) -> nn.Module:
         """The layer with the canonical parameters copied in."""
