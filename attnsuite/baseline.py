@@ -10,7 +10,8 @@ The file is meant to live in git and be reviewed in pull requests, so:
   run-to-run details that carry no verdict (compile time, mask build time) are left out, so that
   re-recording an unchanged run on the same machine is a small diff, and a file whose text would
   not change is not rewritten at all;
-* writes are atomic (temporary file in the same folder, then ``os.replace``), keep the file's mode,
+* writes are atomic (temporary file in the same folder, then ``os.replace``), keep the file's mode
+  and its format (a gzip-compressed baseline is written back compressed, :func:`_stored_bytes`),
   write through a symlink to its target, and happen under an exclusive lock of the folder
   (:mod:`attnsuite.filelock`) from reading to replacing, so concurrent writers lose no case;
 * reading is defensive: only regular files up to :data:`MAX_FILE_BYTES`, opened without blocking
@@ -947,8 +948,9 @@ def _same_content(path: Path, data: bytes) -> bool:
         return False
 
 
-def atomic_write_text(path: os.PathLike | str, text: str) -> bool:
-    """Write ``text`` to ``path`` atomically; return False when the file already held it.
+def atomic_write_text(path: os.PathLike | str, text: str | bytes) -> bool:
+    """Write ``text`` (a str, written as UTF-8, or bytes, written as they are: a gzip-compressed
+    baseline) to ``path`` atomically; return False when the file already held it.
 
     A temporary file in the target's folder (``.<name>.<random>.tmp``, removed on any failure,
     Ctrl-C included), then ``os.replace``. A symlink is written through to its target (the link
@@ -956,7 +958,7 @@ def atomic_write_text(path: os.PathLike | str, text: str) -> bool:
     is left alone (mtime untouched). Raises ``OSError`` when the folder cannot be written.
     """
     real = Path(os.path.realpath(path))
-    data = text.encode("utf-8")
+    data = text if isinstance(text, bytes) else text.encode("utf-8")
     if _same_content(real, data):
         return False
     real.parent.mkdir(parents=True, exist_ok=True)
@@ -1040,15 +1042,26 @@ def _save_locked(baseline: Baseline, lock: _Lock, current: Optional[bytes]) -> b
     problems = validate_baseline_json(obj)
     if problems:  # never write a file that the loader would refuse
         raise BaselineError(lock.target, "refusing to write an invalid baseline: " + "; ".join(problems[:5]))
-    text = dumps_stable(obj)
+    data = _stored_bytes(dumps_stable(obj), lock.real, current)
     try:
-        written = atomic_write_text(lock.real, text)
+        written = atomic_write_text(lock.real, data)
     except OSError as exc:
         raise _write_error(lock.target, exc) from None
     baseline.cases = baseline_to_write.cases
     baseline.calibration = baseline_to_write.calibration
-    baseline.source, baseline.source_real = text.encode("utf-8"), str(lock.real)
+    baseline.source, baseline.source_real = data, str(lock.real)
     return written
+
+
+def _stored_bytes(text: str, real: Path, current: Optional[bytes]) -> bytes:
+    """The bytes a baseline's ``text`` is stored as at ``real`` (whose bytes are now ``current``, None
+    when absent): the file keeps its format, gzip in, gzip out (a refresh had written a ``.json.gz``
+    back as plain JSON); a new file is gzip-compressed when its name ends in ``.gz``. The gzip header
+    carries no time (``mtime=0``), so an unchanged baseline compresses to the same bytes and is not
+    rewritten."""
+    data = text.encode("utf-8")
+    packed = current.startswith(GZIP_MAGIC) if current is not None else real.name.endswith(".gz")
+    return gzip.compress(data, mtime=0) if packed else data
 
 
 def save_baseline(baseline: Baseline, path: os.PathLike | str | None = None) -> str:

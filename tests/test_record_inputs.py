@@ -206,7 +206,53 @@ def test_record_into_a_gzip_compressed_baseline_reads_it_and_keeps_its_other_cas
     code, out = run_cli("record", write_result(tmp_path / "r.json", [rec("a", median_ms=2.0)]), "--baseline", packed)
     assert code == 0, out
     assert "0 added, 1 updated" in out
-    assert set(bl.load_baseline(packed).cases) == {rec("a").key, rec("b").key}  # written as plain JSON, read back
+    assert set(bl.load_baseline(packed).cases) == {rec("a").key, rec("b").key}
+
+
+def is_gzip(path: Path) -> bool:
+    return path.read_bytes().startswith(bl.GZIP_MAGIC)
+
+
+@pytest.mark.parametrize("name, packed", [("b.json.gz", True), ("b.json", True), ("b.json", False)],
+                         ids=["gzipped b.json.gz stays gzipped", "gzipped b.json stays gzipped",
+                              "plain b.json stays plain"])
+def test_record_writes_a_baseline_back_in_the_format_it_had(tmp_path, monkeypatch, name, packed):
+    # a refresh of a .json.gz had written it back as plain JSON (an outside tester's trial)
+    plain = recorded(tmp_path)
+    target = gz(plain, tmp_path / name) if packed else tmp_path / name
+    if not packed:
+        target.write_bytes(plain.read_bytes())
+    writes: list[tuple[str, bool]] = []
+    store_write = bl.atomic_write_text
+
+    def spy(path, text):  # the store's one atomic writer does the write
+        writes.append((str(path), isinstance(text, bytes) and text.startswith(bl.GZIP_MAGIC)))
+        return store_write(path, text)
+
+    monkeypatch.setattr(bl, "atomic_write_text", spy)
+    code, out = run_cli("record", write_result(tmp_path / "r.json", [rec("a", median_ms=2.0)]), "--baseline", target)
+    assert code == 0 and "0 added, 1 updated" in out, out
+    assert writes == [(str(target), packed)]
+    assert is_gzip(target) == packed
+    assert bl.load_baseline(target).cases[rec("a").key]["median_ms"] == 2.0
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_record_makes_a_new_baseline_named_json_gz_gzip_compressed(tmp_path):
+    target = tmp_path / "new.json.gz"
+    code, out = run_cli("record", write_result(tmp_path / "r.json", [rec("a")]), "--baseline", target)
+    assert code == 0, out
+    assert is_gzip(target) and set(bl.load_baseline(target).cases) == {rec("a").key}
+
+
+def test_recording_an_unchanged_run_into_a_gzipped_baseline_leaves_the_file_untouched(tmp_path):
+    result = write_result(tmp_path / "r.json", [rec("a"), rec("b")])
+    target = tmp_path / "b.json.gz"
+    assert run_cli("record", result, "--baseline", target)[0] == 0
+    before = (target.read_bytes(), target.stat().st_mtime_ns)
+    code, out = run_cli("record", result, "--baseline", target)
+    assert code == 0 and "0 added, 0 updated, 2 unchanged" in out, out
+    assert (target.read_bytes(), target.stat().st_mtime_ns) == before
 
 
 def test_a_gzip_compressed_result_named_json_is_read_by_compare_and_record(tmp_path):
