@@ -111,12 +111,10 @@ def cases_from_gate_json(path: os.PathLike | str) -> FlaggedCases:
     sentence saying where they came from (or why there are none: a gate that compared nothing),
     which also says when that gate run was interrupted (``"interrupted": true``)."""
     p = Path(path)
-    try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AbError(f"--cases-from {p}: no such file (did the gate step write --attn-gate-json?)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise AbError(f"--cases-from {p}: not a readable JSON file: {exc}") from None
+    if not p.exists():
+        raise AbError(f"--cases-from {p}: no such file (did the gate step write --attn-gate-json?)")
+    # the suite's one JSON reader: a gzipped gate JSON had been refused with a raw codec error
+    obj = bl.read_json_file(p, lambda where, problem: AbError(f"--cases-from {where}: {problem}"))
     cases = obj.get("cases") if isinstance(obj, dict) else None
     if not isinstance(cases, list):
         raise AbError(f"--cases-from {p}: no \"cases\" list: not a gate JSON (Comparison.to_json)")

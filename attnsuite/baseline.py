@@ -529,7 +529,8 @@ def stable_calibration(cal: Optional[Mapping[str, Any]]) -> Optional[dict[str, A
 _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                (stat.S_ISSOCK, "a socket"))
-ErrorType = Callable[[Any, str], InputFileError]  # an InputFileError class, or one with its kind set
+# an InputFileError class (or one with its kind set), or another reader's own error naming its file
+ErrorType = Callable[[Any, str], Exception]
 
 
 def _not_regular(mode: int) -> str:
@@ -650,7 +651,7 @@ def _gunzip(raw: bytes, path: os.PathLike | str, err: ErrorType) -> bytes:
 
 
 def parse_json_bytes(raw: bytes, path: os.PathLike | str, err: ErrorType = InputFileError) -> Any:
-    """Strict JSON from a result or baseline file's bytes: UTF-8, no duplicate keys, at most
+    """Strict JSON from the bytes of a JSON file the suite reads (:func:`read_json_file`): UTF-8, no duplicate keys, at most
     :data:`MAX_JSON_DEPTH` levels. The one decoder every reader of such a file goes through.
 
     Gzip-compressed bytes (they start with :data:`GZIP_MAGIC`) are decompressed first, whatever
@@ -686,6 +687,14 @@ def parse_json_bytes(raw: bytes, path: os.PathLike | str, err: ErrorType = Input
             keys = ", ".join(repr(k) for k in node.duplicates[:5])
             raise err(path, f"duplicate key {keys} in {_where(where)}: a JSON object must name each field once")
     return obj
+
+
+def read_json_file(path: os.PathLike | str, err: ErrorType = InputFileError) -> Any:
+    """THE reader of every JSON file the suite is given (results, baselines, thresholds, gate JSON,
+    problems files): a regular file of bounded size (:func:`read_input_bytes`), gzip-compressed or
+    not, whatever its name, parsed strictly (:func:`parse_json_bytes`). Every problem is ``err``
+    naming the file: a gzipped thresholds file had been refused with a raw codec error."""
+    return parse_json_bytes(read_input_bytes(path, err), path, err)
 
 
 # --------------------------------------------------------------------------- baseline files

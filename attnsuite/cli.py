@@ -295,10 +295,8 @@ def cmd_report(args: argparse.Namespace, out) -> int:
 def _read_gate_json(args: argparse.Namespace, run: bl.Run) -> dict:
     """``--gate-json``, read and checked against the result ``run`` (ValueError naming it)."""
     records = run.records
-    try:
-        gate_json = json.loads(Path(args.gate_json).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"--gate-json {args.gate_json}: cannot read it as JSON: {exc}") from None
+    # the suite's one JSON reader: a gzipped gate JSON had been refused with a raw codec error
+    gate_json = bl.read_json_file(args.gate_json, lambda path, problem: ValueError(f"--gate-json {path}: {problem}"))
     if (not isinstance(gate_json, dict) or not isinstance(gate_json.get("compared"), bool)
             or not isinstance(gate_json.get("cases"), list)):
         raise ValueError(f"--gate-json {args.gate_json}: not a gate JSON (--attn-gate-json writes an object with "
@@ -374,7 +372,7 @@ def _is_thresholds_file(path: str) -> bool:
     if Path(path).name == bl.THRESHOLDS_FILE:
         return True
     try:
-        obj = bl.parse_json_bytes(bl.read_input_bytes(path, bl.BaselineError), path, bl.BaselineError)
+        obj = bl.read_json_file(path, bl.BaselineError)
     except bl.BaselineError:
         return False  # the baseline check names what is wrong with it
     return looks_like_thresholds(obj)

@@ -35,7 +35,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from . import decode_bench, registry, strict_json, workloads
+from . import baseline, decode_bench, registry, workloads
 from .problem import Mask, Problem, ProblemError
 from .record import DECODE_STEP_ARG, MODES
 
@@ -65,14 +65,13 @@ def _read(path: Path) -> dict[str, Any]:
         raise ProblemFileError(f"{path}: larger than {MAX_BYTES // 2**20} MiB; not a problems file")
     if path.suffix in (".yaml", ".yml"):  # it had read as "not valid JSON: Expecting value"
         raise ProblemFileError(f"{path}: a problems file is JSON (.json) or TOML (.toml); YAML is not read")
-    text = path.read_bytes()
-    try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text.decode("utf-8"))
-        else:
-            data = strict_json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise ProblemFileError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
+    if path.suffix == ".toml":
+        try:
+            data = tomllib.loads(path.read_bytes().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError is a ValueError
+            raise ProblemFileError(f"{path}: not valid TOML: {exc}") from None
+    else:  # the suite's one JSON reader: gzip-compressed or not, a key given twice named with its place
+        data = baseline.read_json_file(path, lambda where, problem: ProblemFileError(f"{where}: {problem}"))
     if not isinstance(data, dict):
         raise ProblemFileError(f"{path}: the top level must be a table/object with 'problems' and/or 'workloads'")
     return data

@@ -44,7 +44,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from . import strict_json
 from .record import FAILING_OUTCOMES, KERNEL_SUM, CaseRecord, failed_counts
 from .wording import clip, count
 
@@ -234,13 +233,12 @@ def load_thresholds(path: os.PathLike | str | None) -> ThresholdConfig:
     """The thresholds config at ``path``; an empty config when ``path`` is None."""
     if path is None:
         return ThresholdConfig()
+    from .baseline import read_json_file  # baseline imports this module where it uses it: no cycle
+
     p = Path(path)
-    try:
-        obj = strict_json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ThresholdsError(f"thresholds {p}: no such file") from None
-    except ValueError as exc:
-        raise ThresholdsError(f"thresholds {p}: not valid JSON: {exc}") from None
+    # the suite's one JSON reader, as for baselines and results: gzip-compressed or not (a gzipped
+    # thresholds file had been refused with a raw codec error), duplicate keys named with their path
+    obj = read_json_file(p, lambda where, problem: ThresholdsError(f"thresholds {where}: {problem}"))
     return parse_thresholds(obj, f"thresholds {p}")
 
 

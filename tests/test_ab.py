@@ -212,7 +212,7 @@ def test_cases_from_an_interrupted_gate_run_says_its_flags_cover_only_the_cases_
 
 
 @pytest.mark.parametrize("content, words", [
-    (None, "no such file"), ("{not json", "not a readable JSON"), ('{"failed": false}', "no \"cases\" list"),
+    (None, "no such file"), ("{not json", "not valid JSON"), ('{"failed": false}', "no \"cases\" list"),
     ('{"cases": [{"flags": ["slower"]}]}', "cases[0]"),
 ])
 def test_cases_from_refuses_a_bad_gate_json_naming_it(tmp_path, content, words):

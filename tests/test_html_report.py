@@ -100,7 +100,7 @@ def test_skipped_cases_are_counted_by_reason_not_given_rows(page_html):
     assert "variant runs on ['cuda']".replace("'", "&#x27;") in page_html
 
 
-@pytest.mark.parametrize("bad, message", [("not json", "cannot read it as JSON"), ('["a"]', "not a gate JSON")])
+@pytest.mark.parametrize("bad, message", [("not json", "not valid JSON"), ('["a"]', "not a gate JSON")])
 def test_a_bad_gate_json_is_an_error_naming_the_file(tmp_path, capsys, bad, message):
     result = tmp_path / "bench.json"
     result.write_text(json.dumps({"benchmarks": [{"name": k, "extra_info": r.to_extra_info()}

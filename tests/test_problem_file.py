@@ -228,6 +228,15 @@ def test_a_file_that_is_not_a_problems_file_is_refused_with_its_name(tmp_path, t
         problem_file.load(path)
 
 
+def test_a_gzip_compressed_problems_file_is_read_like_every_json_input(tmp_path):
+    # the suite's one JSON reader (baseline.read_json_file): it had been refused with a raw codec error
+    import gzip
+
+    path = tmp_path / "problems.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(GOOD).encode()))
+    assert problem_file.load(path) == (1, 2)
+
+
 def test_a_missing_file_is_named():
     with pytest.raises(problem_file.ProblemFileError, match="no such file"):
         problem_file.load("/nonexistent/problems.json")

@@ -297,6 +297,68 @@ def test_the_pytest_gate_reads_a_gzip_compressed_attn_baseline(pytester, monkeyp
     res.stdout.fnmatch_lines([f"baseline {packed} (named with --attn-baseline)", "pass (1 same)"])
 
 
+THRESHOLDS = {"version": 1, "device": {"cpu": {"time_floor": 0.5}}}
+
+
+def gate_json_of(tmp_path: Path, result: Path, base: Path) -> Path:
+    """The gate JSON of ``result`` judged against ``base`` (what ``compare --format json`` prints)."""
+    code, out = run_cli("compare", base, result, "--format", "json")
+    assert code == 0, out
+    path = tmp_path / "gate-plain.json"
+    path.write_text(out)
+    return path
+
+
+@pytest.mark.parametrize("how", ["compare --thresholds", "thresholds.json beside the baseline", "check"])
+def test_a_gzip_compressed_thresholds_file_is_read_like_every_json_input(tmp_path, how):
+    # it had been refused with a raw "'utf-8' codec can't decode byte 0x8b" (an outside tester's trial)
+    base = recorded(tmp_path)
+    plain = tmp_path / "plain-thresholds.json"
+    plain.write_text(json.dumps(THRESHOLDS))
+    if how == "compare --thresholds":
+        packed = gz(plain, tmp_path / "t.json.gz")
+        code, out = run_cli("compare", base, base, "--thresholds", packed)
+    elif how == "thresholds.json beside the baseline":
+        packed = gz(plain, tmp_path / bl.THRESHOLDS_FILE)
+        code, out = run_cli("compare", base, base)
+    else:
+        packed = gz(plain, tmp_path / bl.THRESHOLDS_FILE)
+        code, out = run_cli("check", packed)
+    assert code == 0, out
+    assert (f"ok {packed}: thresholds" if how == "check" else f"thresholds from {packed}") in out, out
+
+
+def test_a_gzip_compressed_gate_json_is_read_by_report_html(tmp_path):
+    base = recorded(tmp_path)
+    result = write_result(tmp_path / "run.json", [rec("a"), rec("b")])
+    packed = gz(gate_json_of(tmp_path, result, base), tmp_path / "gate.json.gz")
+    code, out = run_cli("report", result, "--html", tmp_path / "r.html", "--gate-json", packed)
+    assert code == 0 and (tmp_path / "r.html").is_file(), out
+
+
+def test_a_gzip_compressed_gate_json_is_read_by_ab_cases_from(tmp_path):
+    from attnsuite import ab
+
+    base = recorded(tmp_path)
+    result = write_result(tmp_path / "run.json", [rec("a"), rec("b")])
+    packed = gz(gate_json_of(tmp_path, result, base), tmp_path / "gate.json.gz")
+    assert ab.cases_from_gate_json(packed).keys == []
+
+
+@pytest.mark.parametrize("where", ["--thresholds", "--gate-json"])
+def test_a_broken_gzip_thresholds_or_gate_json_is_named_as_gzip_not_a_codec_error(tmp_path, capsys, where):
+    base = recorded(tmp_path)
+    broken = tmp_path / "cut.json.gz"
+    broken.write_bytes(gzip.compress(json.dumps(THRESHOLDS).encode())[:-12])  # cut short
+    if where == "--thresholds":
+        code, _ = run_cli("compare", base, base, "--thresholds", broken)
+    else:
+        result = write_result(tmp_path / "run.json", [rec("a"), rec("b")])
+        code, _ = run_cli("report", result, "--html", tmp_path / "r.html", "--gate-json", broken)
+    err = capsys.readouterr().err
+    assert code == 2 and f"{broken}: not a readable gzip file" in err and "codec" not in err, err
+
+
 # --------------------------------------------------------------------------- item 5: files of another suite
 
 
