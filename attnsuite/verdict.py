@@ -193,6 +193,24 @@ def looks_like_thresholds(obj: Any) -> bool:
     return isinstance(obj, dict) and bool(obj) and set(obj) <= THRESHOLDS_SECTIONS and set(obj) != {"version"}
 
 
+def _another_file_kind(obj: dict[str, Any]) -> str:
+    """What another of the suite's JSON files given as thresholds is, naming the keys that show it and
+    where it belongs ("" when it is none of them). A baseline given as the thresholds file had been
+    told "unknown sections ['calibration', 'cases', 'fingerprint', 'schema']" (an outside tester's trial)."""
+    from .baseline import FILE_KINDS, SCHEMA_TAG, json_kind  # baseline imports this module where it uses it
+
+    kind = json_kind(obj)
+    if kind in ("", "thresholds"):
+        return ""
+    keys = sorted(set(obj) - THRESHOLDS_SECTIONS)
+    if kind == "baseline":
+        return (f"this looks like an attnsuite baseline, not a thresholds file: its keys {keys} are a baseline's "
+                f"(\"schema\": \"{SCHEMA_TAG}\"); a baseline is given with --attn-baseline (pytest), --baseline "
+                "(attnsuite report) or as attnsuite compare's OLD, and --thresholds / --attn-thresholds take a "
+                f"thresholds file (sections {', '.join(sorted(THRESHOLDS_SECTIONS))})")
+    return f"this looks like {FILE_KINDS[kind]}, not a thresholds file: its keys {keys} show it"
+
+
 def parse_thresholds(obj: Any, where: str = "<thresholds>") -> ThresholdConfig:
     """Validate a thresholds JSON object::
 
@@ -204,6 +222,9 @@ def parse_thresholds(obj: Any, where: str = "<thresholds>") -> ThresholdConfig:
     """
     if not isinstance(obj, dict):
         raise ThresholdsError(f"{where}: top level must be an object")
+    other = _another_file_kind(obj)
+    if other:
+        raise ThresholdsError(f"{where}: {other}")
     if obj.get("version", 1) != 1:
         raise ThresholdsError(f"{where}: version {obj.get('version')!r}, this attnsuite reads 1")
     unknown = set(obj) - THRESHOLDS_SECTIONS

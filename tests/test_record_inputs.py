@@ -566,3 +566,36 @@ def test_another_kind_of_file_given_as_the_baseline_is_named_by_its_kind(tmp_pat
     code, _ = run_cli("record", write_run(tmp_path / "r.json", [rec("a")]), "--baseline", other)
     err = capsys.readouterr().err
     assert code == 2 and said in err and other.read_bytes() == before, err
+
+
+BASELINE_AS_THRESHOLDS = ("this looks like an attnsuite baseline, not a thresholds file: its keys ['calibration', "
+                          "'cases', 'fingerprint', 'schema'] are a baseline's (\"schema\": \"attnsuite-baseline\"); "
+                          "a baseline is given with --attn-baseline (pytest), --baseline (attnsuite report) or as "
+                          "attnsuite compare's OLD")
+
+
+@pytest.mark.parametrize("how", ["compare --thresholds", "thresholds.json beside the baseline", "check"])
+def test_a_baseline_given_as_the_thresholds_file_is_named_a_baseline_not_unknown_sections(tmp_path, capsys, how):
+    # it had been told "unknown sections ['calibration', 'cases', 'fingerprint', 'schema']" (an outside tester's trial)
+    base = recorded(tmp_path)
+    if how == "compare --thresholds":
+        given = base
+        code, _ = run_cli("compare", base, base, "--thresholds", given)
+    else:
+        (tmp_path / "ref").mkdir()
+        given = tmp_path / "ref" / bl.THRESHOLDS_FILE
+        given.write_bytes(base.read_bytes())
+        reference = tmp_path / "ref" / "b.json"  # the lookup reads thresholds.json beside the reference
+        reference.write_bytes(base.read_bytes())
+        code, _ = run_cli(*(("check", given) if how == "check" else ("compare", reference, base)))
+    err = capsys.readouterr().err
+    assert code == 2 and f"thresholds {given}: {BASELINE_AS_THRESHOLDS}" in err and "unknown sections" not in err, err
+
+
+def test_a_baseline_given_to_attn_thresholds_is_named_a_baseline(pytester, tmp_path):
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_bench=BENCH)
+    base = recorded(tmp_path)
+    res = pytester.runpytest("-p", "no:cacheprovider", "--benchmark-only", f"--attn-thresholds={base}")
+    assert res.ret != 0
+    assert f"attnsuite gate: thresholds {base}: {BASELINE_AS_THRESHOLDS}" in res.stderr.str(), res.stderr.str()
