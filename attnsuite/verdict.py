@@ -42,7 +42,7 @@ import os
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 from .record import FAILING_OUTCOMES, KERNEL_SUM, CaseRecord, failed_counts
 from .wording import clip, count
@@ -292,6 +292,7 @@ class CaseVerdict:
     confirmed: Optional[bool] = None  # None: no second measurement was judged for a finding
     confirm_time_change: Optional[float] = None  # the second measurement's change, when there is one
     confirm_mem_change: Optional[float] = None
+    band_by: Optional[BandSetter] = None  # the thresholds field that set ``band`` (None when time was not judged)
 
     @property
     def label(self) -> str:
@@ -382,9 +383,25 @@ def host_bound(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> bool:
     return any(r.launch_fraction is not None and r.launch_fraction >= t.host_bound_at for r in (base, cur))
 
 
-def _band(rel_iqrs: list[float], floor: float, t: Thresholds) -> float:
+class BandSetter(NamedTuple):
+    """The thresholds field that set a case's noise band, and its value: the note on bands too wide
+    to see a doubling names it (it had said "a floor or the runs' spread" and left the user to guess)."""
+
+    field: str  # "time_floor", "host_bound_floor", "spread_k" or "instance_k"
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.field} = {self.value:g}"
+
+
+def _band(rel_iqrs: list[float], floor: float, t: Thresholds,
+          floor_field: str = "time_floor") -> tuple[float, BandSetter]:
+    """(band, what set it): the floor (the field ``floor_field``), or ``spread_k`` times both runs'
+    combined relative IQR where that is wider (a tie is the floor's, as ``max`` gave it)."""
     spread = math.hypot(*rel_iqrs) if rel_iqrs else 0.0
-    return max(floor, t.spread_k * spread)
+    if t.spread_k * spread > floor:
+        return t.spread_k * spread, BandSetter("spread_k", t.spread_k)
+    return floor, BandSetter(floor_field, floor)
 
 
 def _event_rel_iqrs(base: CaseRecord, cur: CaseRecord) -> list[float]:
@@ -395,11 +412,15 @@ def _event_rel_iqrs(base: CaseRecord, cur: CaseRecord) -> list[float]:
 def noise_band(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> float:
     """The relative noise band of event/CPU time from both runs' relative IQR, never below the floor
     (nor below ``host_bound_floor`` for a host-bound case)."""
+    return _event_band(base, cur, t)[0]
+
+
+def _event_band(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> tuple[float, BandSetter]:
+    """:func:`noise_band` and the field that set it."""
     rel = _event_rel_iqrs(base, cur)
-    floor = t.time_floor
-    if t.host_bound_floor and host_bound(base, cur, t):
-        floor = max(floor, t.host_bound_floor)
-    return _band(rel, floor, t)
+    if t.host_bound_floor > t.time_floor and host_bound(base, cur, t):
+        return _band(rel, t.host_bound_floor, t, "host_bound_floor")
+    return _band(rel, t.time_floor, t)
 
 
 def host_abs_allowance(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> tuple[float, str]:
@@ -409,7 +430,7 @@ def host_abs_allowance(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> tupl
     host-bound floor) times the longer event median where that is larger. A 12 ms step whose overhead
     went from 0 to 0.06 ms has not changed (an H200 A/A run had flagged it); a 0.2 ms step's has."""
     medians = [r.median_ms for r in (base, cur) if r.median_ms]
-    of_event = _band(_event_rel_iqrs(base, cur), t.time_floor, t) * max(medians) if medians else 0.0
+    of_event = _band(_event_rel_iqrs(base, cur), t.time_floor, t)[0] * max(medians) if medians else 0.0
     if of_event > t.host_abs_ms:
         return of_event, f" (the event time's noise at {fmt_ms(max(medians))})"
     return t.host_abs_ms, ""
@@ -417,6 +438,11 @@ def host_abs_allowance(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> tupl
 
 def device_noise_band(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> float:
     """The noise band of device time: its own relative IQR; no host-bound floor (the host is not in it)."""
+    return _device_band(base, cur, t)[0]
+
+
+def _device_band(base: CaseRecord, cur: CaseRecord, t: Thresholds) -> tuple[float, BandSetter]:
+    """:func:`device_noise_band` and the field that set it."""
     rel = [r.device_iqr_ms / r.device_ms for r in (base, cur) if r.device_iqr_ms is not None and r.device_ms]
     return _band(rel, t.time_floor, t)
 
@@ -450,6 +476,7 @@ class TimeBasis:
     host_bound: bool = False  # the event-time band used the host-bound floor
     instance_spread: float = 0.0  # the baseline runs' spread on this statistic (0: one run)
     capped: tuple[str, ...] = ()  # sides whose kernel-sum time read above their event time, judged at it
+    band_by: Optional[BandSetter] = None  # the thresholds field that set ``band``
 
 
 _EVENT_OF = {"device min": "min_ms", "device median": "median_ms"}
@@ -521,16 +548,18 @@ def time_basis(base: CaseRecord, cur: CaseRecord, t: Thresholds, device: str) ->
             return None, "baseline device time is zero: time not gated"
         (b_ms, b_cap), (c_ms, c_cap) = cap_kernel_sum(base, label, b_ms), cap_kernel_sum(cur, label, c_ms)
         capped = tuple(side for side, c in (("baseline", b_cap), ("this run", c_cap)) if c)
-        band, medians = device_noise_band(base, cur, t), (base.device_ms, cur.device_ms)
+        (band, band_by), medians = _device_band(base, cur, t), (base.device_ms, cur.device_ms)
     else:
         label = judged_statistic(t, device, base, cur)
         b_ms, c_ms = getattr(base, _SPREAD_OF[label]), getattr(cur, _SPREAD_OF[label])
         if not b_ms or c_ms is None:
             return None, "no time on one side: time not compared"
         hb = bool(t.host_bound_floor) and host_bound(base, cur, t)
-        band, medians = noise_band(base, cur, t), (base.median_ms, cur.median_ms)
+        (band, band_by), medians = _event_band(base, cur, t), (base.median_ms, cur.median_ms)
     inst = baseline_spread(base, label)
-    return TimeBasis(label, b_ms, c_ms, max(band, t.instance_k * inst), *medians, hb, inst, capped), ""
+    if t.instance_k * inst > band:  # the baseline's own runs lay further apart than the band allows
+        band, band_by = t.instance_k * inst, BandSetter("instance_k", t.instance_k)
+    return TimeBasis(label, b_ms, c_ms, band, *medians, hb, inst, capped, band_by), ""
 
 
 def _describe(r: CaseRecord) -> str:
@@ -796,7 +825,7 @@ def judge(base: Optional[CaseRecord], cur: Optional[CaseRecord], t: Thresholds, 
         cur_median_ms=b.cur_median_ms if b else None, time_note=first.time_note, host_change=first.hchange,
         host_gating=t.host_gating, confirmed=confirmed,
         confirm_time_change=second.tchange if second else None,
-        confirm_mem_change=second.mchange if second else None)
+        confirm_mem_change=second.mchange if second else None, band_by=b.band_by if b else None)
 
 
 # --------------------------------------------------------------------------- a whole run
@@ -1066,6 +1095,13 @@ def compare(base: Mapping[str, CaseRecord], cur: Mapping[str, CaseRecord], *,
 # A band past this can hide a doubling of the time: the CPU floor is exactly 100% (docs/gate.md),
 # and a run's own spread (or a floor set above it) widens a band beyond it.
 BLIND_BAND = 1.0
+# What each thresholds field that can set a band measures, and what narrows a band it set too wide.
+_BAND_CAUSES = {
+    "spread_k": "times both runs' own spread: re-run on a quieter machine to judge their time",
+    "instance_k": "times how far the baseline's runs lay apart: re-record it from runs that agree",
+    "time_floor": "the thresholds' floor: a lower one narrows it",
+    "host_bound_floor": "the thresholds' floor for host-bound cases: a lower one narrows it",
+}
 
 
 def blind_band_note(verdicts: list[CaseVerdict]) -> str:
@@ -1079,7 +1115,11 @@ def blind_band_note(verdicts: list[CaseVerdict]) -> str:
     if not wide:
         return ""
     widest = max(wide, key=lambda v: v.band or 0.0)
-    return (f"{count(len(wide), 'case')} judged within a noise band over {BLIND_BAND:.0%} (a thresholds floor or "
-            "the runs' spread set it): "
+    by: dict[BandSetter, int] = {}  # the field (and value) that set each band, in the verdicts' order
+    for v in wide:
+        if v.band_by is not None:
+            by[v.band_by] = by.get(v.band_by, 0) + 1
+    set_by = "; ".join(f"{setter} for {count(n, 'case')} ({_BAND_CAUSES[setter.field]})" for setter, n in by.items())
+    return (f"{count(len(wide), 'case')} judged within a noise band over {BLIND_BAND:.0%}: "
             f"even a doubling of their time would read same there; widest {widest.key} "
-            f"±{(widest.band or 0.0) * 100:.0f}%. Re-run on a quieter machine to judge their time.")
+            f"±{(widest.band or 0.0) * 100:.0f}%." + (f" The thresholds set it: {set_by}." if set_by else ""))

@@ -191,10 +191,9 @@ def test_a_band_too_wide_to_see_a_doubling_is_named_in_the_comparison_notes():
     cmp = compare(by_key([quiet, noisy]), by_key([quiet, slowed]), device="cpu")
     v = next(v for v in cmp.verdicts if v.record.variant == "noisy")
     assert v.verdict == "same" and v.band > 2.0  # a 3x slowdown inside the loaded runs' band
-    assert cmp.notes == [f"1 case judged within a noise band over 100% (a thresholds floor or the runs' spread "
-                         f"set it): even a doubling of their time would read same there; widest {v.key} "
-                         f"±{v.band * 100:.0f}%. Re-run on a "
-                         f"quieter machine to judge their time."]
+    assert cmp.notes == [f"1 case judged within a noise band over 100%: even a doubling of their time would read "
+                         f"same there; widest {v.key} ±{v.band * 100:.0f}%. The thresholds set it: spread_k = 2 for "
+                         "1 case (times both runs' own spread: re-run on a quieter machine to judge their time)."]
     # just over the threshold counts; a case the wide band still judged slower does not need the note
     t = ThresholdConfig().for_case(quiet, "cpu")
     assert blind_band_note([replace(judge(quiet, quiet, t, "cpu"), band=BLIND_BAND + 0.01)])
@@ -269,6 +268,29 @@ def test_a_thresholds_key_given_twice_is_refused_naming_it(tmp_path):
     p.write_text('{"version": 1, "device": {"cpu": {"time_floor": 0.5, "time_floor": 0.7}}}')
     with pytest.raises(ThresholdsError, match=r"thresholds.json: duplicate key 'time_floor' in device\.cpu"):
         load_thresholds(p)
+
+
+CPU_CASE = dict(timer="perf_counter", problem="b1-q64-h2-d16-causal-fp32-cpu", device_ms=None, median_ms=1.0,
+                min_ms=1.0, iqr_ms=0.01)
+
+
+@pytest.mark.parametrize("thresholds, base_extra, cur_extra, said", [
+    ({}, dict(iqr_ms=1.0), dict(iqr_ms=1.0), "spread_k = 2 for 1 case (times both runs' own spread"),
+    ({"device": {"cpu": {"time_floor": 1.5}}}, {}, {}, "time_floor = 1.5 for 1 case (the thresholds' floor"),
+    ({"device": {"cpu": {"host_bound_floor": 1.5}}}, dict(launch_fraction=0.9), {},
+     "host_bound_floor = 1.5 for 1 case (the thresholds' floor for host-bound cases"),
+    ({"device": {"cpu": {"instance_k": 2.0}}}, dict(extra={"runs": 3, "instance_spread": {"min_ms": 0.8}}), {},
+     "instance_k = 2 for 1 case (times how far the baseline's runs lay apart"),
+], ids=["spread_k", "time_floor", "host_bound_floor", "instance_k"])
+def test_the_wide_band_note_names_the_thresholds_field_that_set_the_band_and_its_value(
+        thresholds, base_extra, cur_extra, said):
+    # it had said "a thresholds floor or the runs' spread set it", naming no field (an outside tester's trial)
+    base = rec(**{**CPU_CASE, **base_extra})
+    cur = rec(**{**CPU_CASE, **cur_extra, "median_ms": 1.5, "min_ms": 1.5})
+    cmp = compare(by_key([base]), by_key([cur]), thresholds=parse_thresholds(thresholds), device="cpu")
+    [v] = cmp.verdicts
+    assert v.verdict == "same" and v.band > BLIND_BAND, v.message
+    assert f"The thresholds set it: {said}" in cmp.notes[-1], cmp.notes
 
 
 def test_scope_keeps_deselected_baseline_cases_from_being_called_missing():
