@@ -430,6 +430,10 @@ def check_causality(variant: Variant, problem: Problem, cache: Optional[dict] = 
                 result.passed = False
                 result.details.append(f"{what} call: {broken}; causality not judged")
                 return
+        # before any comparison: with one buffer returned by both calls, the unperturbed output is the
+        # perturbed one, and the check had said the variant "ignores keys it must attend to"
+        if _shared_output(result, variant, {"unperturbed call": out_a, "perturbed call": out_b}):
+            return
         # non-finite values are named, and the rest is still compared (an inverted mask leaves some rows
         # NaN and leaks the future into the others): NaN never equals itself, so both sides' are zeroed,
         # and "the perturbation was ignored" is not concluded from such output
@@ -536,8 +540,9 @@ def check_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = Non
     and, between them, a call on other values of the same shapes is right for those values (a kernel
     variant: :func:`_reads_each_calls_inputs`).
 
-    A failure names its cause: output the call never wrote, state kept between calls (the variant
-    needs ``reset()``), or nondeterminism. State is told apart with freshly built instances
+    A failure names its cause: one output buffer returned by every call (:func:`_shared_output`),
+    output the call never wrote, state kept between calls (the variant needs ``reset()``), or
+    nondeterminism. State is told apart with freshly built instances
     (:func:`_fresh_output`), never with this check's own first call: the build cache hands the check
     an instance that earlier checks may already have called, so that call is not the instance's
     first, and the diagnosis had depended on which tests ran before. The fresh builds happen only
@@ -557,6 +562,13 @@ def check_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = Non
         if kind is not None:  # in the forward check's words: a tuple had failed here with an AttributeError
             result.details.append(f"returned {kind}, not a tensor")
             result.passed = False
+            return
+        # before any comparison: one buffer returned by every call holds only the last call's output,
+        # so the first two compared equal and the call on other values had read as "reuses data from an
+        # earlier call"
+        names = ("first call", "second call") if between is None else ("first call", "call on other values",
+                                                                        "second call")
+        if _shared_output(result, variant, dict(zip(names, outs))):
             return
         if other is not None:
             _reads_each_calls_inputs(result, variant, problem, other, between, between_out)
@@ -635,6 +647,27 @@ def _reads_each_calls_inputs(result: CheckResult, variant: Variant, problem: Pro
         "where a freshly built instance gets them right: the built function reuses data from an earlier call "
         "(K/V or inputs kept from its first call?); each call must read its own inputs")
     result.details.append(found.describe())
+
+
+def _shared_output(result: CheckResult, variant: Variant, outputs: dict[str, torch.Tensor]) -> bool:
+    """Fail ``result``, saying why, when two of ``outputs`` (each call's output, by what the call was)
+    share storage: the variant returns one buffer from more than one call, so a later call overwrote
+    what an earlier one returned and the check cannot compare the calls. True when it did."""
+    seen: dict[tuple[torch.device, int], str] = {}  # (device, storage address) -> the call that returned it
+    for what, out in outputs.items():
+        if out.untyped_storage().nbytes() == 0:  # an empty tensor's storage address says nothing
+            continue
+        key = (out.device, out.untyped_storage().data_ptr())
+        if key in seen:
+            result.passed = False
+            result.details.append(
+                f"{variant.name} returns one output buffer from more than one call: the tensors its {seen[key]} "
+                f"and its {what} returned share storage, so the {what} overwrote what the "
+                f"{seen[key]} returned and the two cannot be compared; each call must return a tensor of its own "
+                "(allocate the output in the call, or return a clone of a buffer kept between calls)")
+            return True
+        seen[key] = what
+    return False
 
 
 def _unwritten(variant: Variant, problem: Problem, a: torch.Tensor, b: torch.Tensor) -> Optional[str]:

@@ -7,6 +7,8 @@
   output is not bitwise repeatable; a real leak is still caught, judged within tolerance.
 - A ``canonical_grads`` that leaves keys out is named as such by the backward check and the weight
   check, not as a detached parameter or a wrong load.
+- One output buffer returned by every call (the next call overwrites what the last returned) is
+  named as such by the causality and repeat checks, not as keys ignored or data reused.
 
 The variants are unregistered objects defined here and run through :mod:`attnsuite.checks`, so the
 messages asserted are those the suite prints.
@@ -278,3 +280,43 @@ def test_fully_masked_rows_are_reported_only_when_they_are_not_the_oracles_zeros
     note = checks.fully_masked_report(out, rows)
     assert note == ("" if said is None else f"reported: 2 fully masked query rows come out as {said} (not compared: "
                                             "no softmax exists there)")
+
+
+# ------------------------------------------------- 5. one output buffer returned by every call
+
+
+class OneBuffer(KernelVariant):
+    """Causal SDPA written into one buffer allocated at the first call and returned by every call
+    (``own``: a tensor of its own each call, as the contract wants)."""
+
+    masks = frozenset({"causal"})
+
+    def __init__(self, name: str, own: bool = False) -> None:
+        self.name, self.own = name, own
+
+    def build(self, problem):
+        held: dict = {}
+
+        def run(q, k, v):
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if self.own:
+                return out
+            held.setdefault("out", torch.empty_like(out)).copy_(out)
+            return held["out"]
+        return run
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["one buffer for every call", "a tensor of its own each call"])
+@pytest.mark.parametrize("check", ["causality", "repeat"])
+def test_a_kernel_returning_one_buffer_from_every_call_is_told_so_by_the(check, own):
+    # the next call overwrote what the last returned: causality had read "ignores keys it must attend
+    # to", repeat "reuses data from an earlier call (K/V ...)" (an outside tester's trial)
+    result = checks.CHECKS[check](OneBuffer("test-one-buffer", own=own), KERNEL_PROBLEM, cache={})
+    assert result.passed == own, result.message
+    if not own:
+        assert "test-one-buffer returns one output buffer from more than one call: the tensors" in result.message, \
+            result.message
+        assert "each call must return a tensor of its own" in result.message, result.message
+        for misleading in ("ignores keys", "reuses data", "future leak", "depends on earlier calls"):
+            assert misleading not in result.message, result.message
+
