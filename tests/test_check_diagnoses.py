@@ -9,6 +9,8 @@
   check, not as a detached parameter or a wrong load.
 - One output buffer returned by every call (the next call overwrites what the last returned) is
   named as such by the causality and repeat checks, not as keys ignored or data reused.
+- Noise on some calls only (every other call) is named as nondeterminism by the causality check, not
+  as a future leak: one more unperturbed call had agreed with the first by chance.
 
 The variants are unregistered objects defined here and run through :mod:`attnsuite.checks`, so the
 messages asserted are those the suite prints.
@@ -320,3 +322,64 @@ def test_a_kernel_returning_one_buffer_from_every_call_is_told_so_by_the(check, 
         for misleading in ("ignores keys", "reuses data", "future leak", "depends on earlier calls"):
             assert misleading not in result.message, result.message
 
+
+# ------------------------------------------------- 6. noise on some calls only is not a future leak
+
+
+class EveryOtherCallNoisy(KernelVariant):
+    """Causal SDPA plus ``noise`` times fresh noise on every second call of a built function: its
+    first call is exact, the causality check's perturbed call (the second) noisy, one more unperturbed
+    call exact again (that call had agreed with the first, and the noise had read as a future leak)."""
+
+    masks = frozenset({"causal"})
+
+    def __init__(self, name: str, noise: float, deterministic: bool) -> None:
+        self.name, self.noise, self.deterministic = name, noise, deterministic
+
+    def build(self, problem):
+        calls = [0]
+
+        def run(q, k, v):
+            calls[0] += 1
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return out + self.noise * torch.randn_like(out) if calls[0] % 2 == 0 else out
+        return run
+
+
+@pytest.mark.parametrize("variant, said", [
+    (EveryOtherCallNoisy("test-half-noisy", 1e-7, deterministic=True),
+     "test-half-noisy: the output is not bitwise repeatable across identical calls"),
+    (EveryOtherCallNoisy("test-half-noisy-declared", 1e-2, deterministic=False),
+     "test-half-noisy-declared: the output is not repeatable within tolerance across identical calls"),
+], ids=["tiny-noise-claiming-determinism", "noise-beyond-tolerance-declaring-nondeterminism"])
+def test_noise_on_every_other_call_is_named_as_nondeterminism_not_as_a_future_leak(variant, said):
+    result = checks.check_causality(variant, KERNEL_PROBLEM, cache={})  # one built function, as in a run
+    assert not result.passed
+    assert said in result.message, result.message
+    assert "future leak:" not in result.message and "future leak (judged" not in result.message, result.message
+
+
+class Counted(KernelVariant):
+    """Causal SDPA (``leaks``: no mask at all) that counts the calls of its built functions."""
+
+    masks = frozenset({"causal"})
+
+    def __init__(self, name: str, leaks: bool) -> None:
+        self.name, self.leaks, self.calls = name, leaks, 0
+
+    def build(self, problem):
+        def run(q, k, v):
+            self.calls += 1
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=not self.leaks)
+        return run
+
+
+@pytest.mark.parametrize("leaks, calls", [(False, 2), (True, 2 + checks.CAUSALITY_RERUNS)],
+                         ids=["a passing kernel is called twice", "a leaking kernel is run again before blamed"])
+def test_the_causality_checks_further_unperturbed_runs_are_made_only_on_a_failure(leaks, calls):
+    variant = Counted("test-counted", leaks)
+    result = checks.check_causality(variant, KERNEL_PROBLEM, cache={})
+    assert result.passed != leaks, result.message
+    assert variant.calls == calls
+    if leaks:  # every further run repeats the first: the mask is blamed, bit for bit
+        assert "future leak: changing keys/tokens >= 8 changed" in result.message, result.message
