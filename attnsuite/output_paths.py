@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
-from .baseline import FILE_KINDS, GZIP_MAGIC, json_kind, parse_json_bytes
+from .json_files import FILE_KINDS, GZIP_MAGIC, json_kind, parse_json_bytes
 
 PathLike = Union[os.PathLike, str]
 

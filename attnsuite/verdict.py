@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
+from .json_files import FILE_KINDS, SCHEMA_TAG, THRESHOLDS_SECTIONS, json_kind, looks_like_thresholds, read_json_file  # noqa: F401
 from .record import FAILING_OUTCOMES, KERNEL_SUM, CaseRecord, failed_counts
 from .wording import clip, count
 
@@ -184,21 +185,10 @@ def _layer(obj: Any, where: str) -> dict[str, Any]:
     return dict(obj)
 
 
-THRESHOLDS_SECTIONS = frozenset({"version", "default", "device", "workload", "case", "comment"})
-
-
-def looks_like_thresholds(obj: Any) -> bool:
-    """Whether a JSON object is a thresholds file by its content (thresholds sections only), whatever
-    its name: so a copy is checked as what it is, and one given where a baseline belongs is named."""
-    return isinstance(obj, dict) and bool(obj) and set(obj) <= THRESHOLDS_SECTIONS and set(obj) != {"version"}
-
-
 def _another_file_kind(obj: dict[str, Any]) -> str:
     """What another of the suite's JSON files given as thresholds is, naming the keys that show it and
     where it belongs ("" when it is none of them). A baseline given as the thresholds file had been
     told "unknown sections ['calibration', 'cases', 'fingerprint', 'schema']" (an outside tester's trial)."""
-    from .baseline import FILE_KINDS, SCHEMA_TAG, json_kind  # baseline imports this module where it uses it
-
     kind = json_kind(obj)
     if kind in ("", "thresholds"):
         return ""
@@ -254,8 +244,6 @@ def load_thresholds(path: os.PathLike | str | None) -> ThresholdConfig:
     """The thresholds config at ``path``; an empty config when ``path`` is None."""
     if path is None:
         return ThresholdConfig()
-    from .baseline import read_json_file  # baseline imports this module where it uses it: no cycle
-
     p = Path(path)
     # the suite's one JSON reader, as for baselines and results: gzip-compressed or not (a gzipped
     # thresholds file had been refused with a raw codec error), duplicate keys named with their path

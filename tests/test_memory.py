@@ -307,6 +307,7 @@ class Partial(KernelVariant):
     done = subprocess.run([sys.executable, "-m", "pytest", "-c", str(root / "pyproject.toml"), str(root / "bench"),
                            "--benchmark-only", "-p", "no:cacheprovider", "-q", f"--attn-variants={variants}",
                            "--attn-only=t-partial", "--attn-workload=fa-sweep", "--attn-mode=fwd", "-k", "b4-q128",
+                           "--attn-device=cpu",  # on a host with a GPU the benchmarks' default is cuda
                            "--attn-gate=off", f"--benchmark-json={out}"],
                           cwd=root, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "T_CALLS_LOG": str(log)})

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from attnsuite import baseline as bl
-from attnsuite import cli, fingerprint
+from attnsuite import cli, fingerprint, json_files
 from gatehelp import BENCH, CONFTEST, FP_CPU, rec, result_json, write_result
 
 pytest_plugins = ["pytester"]
@@ -273,7 +273,7 @@ def test_a_broken_gzip_file_is_named_whatever_its_name(tmp_path):
 
 
 def test_a_gzip_file_that_decompresses_past_the_size_limit_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(bl, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(json_files, "MAX_FILE_BYTES", 1000)  # the one reader's limit
     bomb = tmp_path / "bomb.json"
     bomb.write_bytes(gzip.compress(b" " * 5000))
     with pytest.raises(bl.BaselineError, match=f"{bomb}: more than .* MiB once decompressed"):
