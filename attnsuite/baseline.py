@@ -1120,21 +1120,32 @@ def load_results(path: os.PathLike | str) -> Run:
 # --------------------------------------------------------------------------- finding and recording
 
 
-def baseline_path_for(fp: Mapping[str, Any], directory: os.PathLike | str = DEFAULT_DIR) -> Path:
-    """Where the baseline of this fingerprint lives: ``<directory>/<fingerprint id>.json``."""
+def baseline_names_for(fp: Mapping[str, Any]) -> tuple[str, str]:
+    """The file names a baseline of this fingerprint may have: ``<fingerprint id>.json`` and, kept
+    gzip-compressed, ``<fingerprint id>.json.gz``."""
     fid = fingerprint_id(fp)
     if not fid:
         raise ValueError("the fingerprint has no id, so its baseline file cannot be named")
-    return Path(directory) / f"{safe_file_stem(fid)}.json"
+    stem = safe_file_stem(fid)
+    return f"{stem}.json", f"{stem}.json.gz"
+
+
+def baseline_path_for(fp: Mapping[str, Any], directory: os.PathLike | str = DEFAULT_DIR) -> Path:
+    """Where the baseline of this fingerprint lives: ``<directory>/<fingerprint id>.json``, or the
+    ``.json.gz`` of that name where only that one exists (recording keeps a file's format: a
+    compressed baseline had been passed over by the lookup and a plain one written beside it)."""
+    plain, packed = (Path(directory) / name for name in baseline_names_for(fp))
+    return packed if not os.path.lexists(plain) and os.path.lexists(packed) else plain
 
 
 def baseline_files(directory: os.PathLike | str) -> list[Path]:
-    """The baseline candidates in a folder: every ``*.json`` except the thresholds config and
-    hidden files (the store's temporary files and lock are hidden)."""
+    """The baseline candidates in a folder: every ``*.json`` and ``*.json.gz`` except the thresholds
+    config and hidden files (the store's temporary files and lock are hidden)."""
     d = Path(directory)
     if not d.is_dir():
         return []
-    return sorted(p for p in d.glob("*.json") if p.name != THRESHOLDS_FILE and not p.name.startswith("."))
+    return sorted(p for pattern in ("*.json", "*.json.gz") for p in d.glob(pattern)
+                  if p.name != THRESHOLDS_FILE and not p.name.startswith("."))
 
 
 @dataclass

@@ -398,10 +398,10 @@ def cmd_check(args: argparse.Namespace, out) -> int:
                 bad += 1
                 continue
             print(f"ok {p}: {count(len(b.cases), 'case')}, fingerprint {fid}", file=out)
-            if fid and Path(p).name != bl.baseline_path_for(b.fingerprint, ".").name:
+            if fid and Path(p).name not in bl.baseline_names_for(b.fingerprint):
                 # valid, but the gate finds a machine's baseline by its fingerprint id only
                 print(f"note: {p}: the gate looks for this machine's baseline as "
-                      f"{bl.baseline_path_for(b.fingerprint, '.').name}; under this name only --attn-baseline "
+                      f"{' or '.join(bl.baseline_names_for(b.fingerprint))}; under this name only --attn-baseline "
                       "finds it", file=out)
         except bl.BaselineError as exc:
             print(f"attnsuite check: error: {exc}", file=sys.stderr)

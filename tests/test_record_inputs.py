@@ -22,7 +22,7 @@ import pytest
 
 from attnsuite import baseline as bl
 from attnsuite import cli, fingerprint, json_files
-from gatehelp import BENCH, CONFTEST, FP_CPU, rec, result_json, write_result
+from gatehelp import BENCH, CONFTEST, FP_CPU, FP_H100, rec, result_json, write_result
 
 pytest_plugins = ["pytester"]
 
@@ -253,6 +253,33 @@ def test_recording_an_unchanged_run_into_a_gzipped_baseline_leaves_the_file_unto
     code, out = run_cli("record", result, "--baseline", target)
     assert code == 0 and "0 added, 0 updated, 2 unchanged" in out, out
     assert (target.read_bytes(), target.stat().st_mtime_ns) == before
+
+
+def test_the_lookup_finds_a_machines_gzipped_baseline_by_its_id_and_record_keeps_writing_into_it(tmp_path):
+    # a <id>.json.gz in the baselines folder had been passed over: the lookup named no baseline (or
+    # called it a fallback) and `record --dir` wrote a plain <id>.json beside it
+    folder = tmp_path / "baselines"
+    folder.mkdir()
+    result = write_result(tmp_path / "r.json", [rec("a")])
+    packed = folder / bl.baseline_names_for(FP_H100)[1]
+    assert packed.name.endswith(".json.gz")
+    assert run_cli("record", result, "--baseline", packed)[0] == 0
+    found = bl.find_baseline(FP_H100, folder)
+    assert found.path == packed and not found.fallback, found.message
+    assert bl.baseline_files(folder) == [packed]
+    code, out = run_cli("record", write_result(tmp_path / "r2.json", [rec("a"), rec("b")]), "--dir", folder)
+    assert code == 0, out
+    assert sorted(p.name for p in folder.iterdir()) == [packed.name]
+    assert is_gzip(packed) and set(bl.load_baseline(packed).cases) == {rec("a").key, rec("b").key}
+
+
+def test_a_plain_baseline_wins_over_a_gzipped_one_of_the_same_machine(tmp_path):
+    folder = tmp_path / "baselines"
+    folder.mkdir()
+    plain, packed = (folder / name for name in bl.baseline_names_for(FP_H100))
+    for target in (packed, plain):
+        assert run_cli("record", write_result(tmp_path / "r.json", [rec("a")]), "--baseline", target)[0] == 0
+    assert bl.find_baseline(FP_H100, folder).path == plain == bl.baseline_path_for(FP_H100, folder)
 
 
 def test_a_gzip_compressed_result_named_json_is_read_by_compare_and_record(tmp_path):
