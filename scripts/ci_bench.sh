@@ -77,6 +77,9 @@ fi
 # passed, report.html and results.md still said INTERRUPTED (another trial).
 # bench.log too: tee writes it in place, through a hard link (a snapshot's copy) or a link the user made
 [ -z "$append" ] && rm -f "$out/bench.json" "$out/gate.md" "$out/gate.json" "$out/bench.log"
+# With the gate off pytest writes no gate files: a resumed run's would be the killed run's verdicts
+# (cut short, under another gate mode), and ci_report.sh had shown them as this run's
+[ "$gate" = off ] && rm -f "$out/gate.md" "$out/gate.json"
 # ci_report.sh's, when they are what it wrote (a plot of a workload this run does not select had
 # stayed beside the new ones); a file of the user's by those names is left alone
 for name in report.html results.md plots; do

@@ -195,6 +195,26 @@ def test_a_run_that_writes_nothing_leaves_no_earlier_runs_results_for_the_report
         assert report.returncode == 1 and f"ci_report: no {out}/bench.json" in report.stderr
 
 
+@pytest.mark.parametrize("gate, kept", [("off", False), ("report", True)])
+def test_a_run_resumed_with_the_gate_off_leaves_no_gate_files_of_the_run_it_carries_on(tmp_path, gate, kept):
+    # the killed run's gate.md and gate.json (its verdicts, cut short) had stayed beside the resumed
+    # run's results, and ci_report.sh showed them as this run's
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("bench.json", "gate.md", "gate.json"):
+        (out / name).write_text(f"the killed run's {name}\n")
+    _seal(out, "bench.json", "gate.md", "gate.json")
+    python = tmp_path / "python"
+    python.write_text("#!/usr/bin/env bash\n[ \"$1\" = -c ] && exit 0\necho ran\nexit 0\n")
+    python.chmod(0o755)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", gate, "--attn-resume"],
+                          capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": str(python)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (out / "bench.json").exists()  # the run it carries on
+    assert (out / "gate.md").exists() == kept and (out / "gate.json").exists() == kept
+
+
 def test_ci_bench_reads_the_projects_pytest_config_whatever_folders_its_options_name(tmp_path):
     # --attn-baselines-dir /elsewhere had made pytest look for its config from "/" and run without
     # pyproject.toml's addopts and warning filters, without a word
