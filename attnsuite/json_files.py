@@ -69,8 +69,8 @@ def read_input_bytes(path: os.PathLike | str, err: ErrorType = InputFileError) -
     if not stat.S_ISREG(st.st_mode):
         raise err(p, _not_regular(st.st_mode) + _link_note(p))
     if st.st_size > MAX_FILE_BYTES:
-        raise err(p, f"{st.st_size} bytes, more than the {MAX_FILE_BYTES // 2**20} MiB a baseline or result "
-                     "file may have" + _link_note(p))
+        raise err(p, f"{st.st_size} bytes, more than the {MAX_FILE_BYTES // 2**20} MiB the suite reads from one "
+                     "file (its largest, a full tier's result file, is about 30 MB)" + _link_note(p))
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(p, flags)
@@ -92,7 +92,7 @@ def read_input_bytes(path: os.PathLike | str, err: ErrorType = InputFileError) -
     finally:
         os.close(fd)
     if total > MAX_FILE_BYTES:
-        raise err(p, f"more than the {MAX_FILE_BYTES // 2**20} MiB a baseline or result file may have (it grew while read)")
+        raise err(p, f"more than the {MAX_FILE_BYTES // 2**20} MiB the suite reads from one file (it grew while read)")
     return b"".join(chunks)
 
 
