@@ -1140,6 +1140,12 @@ def _cmd_ab(args: argparse.Namespace, out, runner: Runner) -> int:
     if args.baselines_dir and not Path(args.baselines_dir).is_dir():
         # a missing folder had fallen back to the working tree's thresholds: the change set its own bar
         raise AbError(f"--baselines-dir {args.baselines_dir}: no such folder")
+    if args.thresholds:
+        from .gate import thresholds_for
+
+        # read now, before anything is measured and also when the gate JSON flags nothing: a broken
+        # file had passed every such run and failed only the first pull request with a flagged case
+        thresholds_for(args.thresholds, None, repo_fallback=False)
     repo = repo_root(args.repo)
     sha = resolve_ref(repo, args.base)
     # The last run's diff and JSON go now, once the arguments are known good (a bad ref had deleted

@@ -38,16 +38,19 @@ def thresholds_path_for(explicit: Optional[PathLike], baselines_dir: Optional[Pa
     step 3's folder, the repository's ``baselines/`` (True: this package's checkout); False leaves
     step 3 out. The same-machine A/B runs this package from the tree under review, whose own file
     must not set the bar it is judged by: it names the base tree's folder instead."""
+    # A name that exists as anything but a regular file (a folder, a FIFO, a dangling link) is picked
+    # too: the reader refuses it saying what it is. Beside a baseline it had been passed over without
+    # a word for the repository's file; given explicitly it had read only "not a file".
     if explicit:
         p = Path(explicit)
-        if not p.is_file():
-            raise ThresholdsError(f"thresholds {p}: no such file" if not p.exists() else f"thresholds {p}: not a file")
+        if not os.path.lexists(p):
+            raise ThresholdsError(f"thresholds {p}: no such file")
         return p
     repo_dir = REPO_BASELINES if repo_fallback is True else Path(repo_fallback) if repo_fallback else None
     candidates = ([Path(baselines_dir)] if baselines_dir else []) + ([repo_dir] if repo_dir is not None else [])
     for d in candidates:
         p = d / bl.THRESHOLDS_FILE
-        if p.is_file():
+        if os.path.lexists(p):
             return p
     return None
 
@@ -113,19 +116,23 @@ def band_note(thresholds: ThresholdConfig, device: str, reference: str = "the ba
     the cases judged, each with the floor its own thresholds give it (a ``workload`` or ``case``
     section's floor had been left out, and the note had said 100% of cases judged at 15%: an outside
     tester's trial); none given, the device's floor."""
-    floors = [thresholds.for_case(r, device).time_floor for r in cases] \
-        or [thresholds.for_case(CaseRecord("", "", "fwd", ""), device).time_floor]
-    wide = [f for f in floors if f >= WIDE_FLOOR]
+    recs = list(cases) or [CaseRecord("", "", "fwd", "")]
+    floors = [(thresholds.for_case(r, device).time_floor, r) for r in recs]
+    wide = [(f, r) for f, r in floors if f >= WIDE_FLOOR]
     if not wide:
         return None
-    floor = max(wide)
+    floor, widest = max(wide, key=lambda fr: fr[0])
     which = "" if len(wide) == len(floors) else (
         f" for {len(wide)} of the {len(floors)} cases compared (workload or case sections of the thresholds give "
         f"the other {len(floors) - len(wide)} a floor under {WIDE_FLOOR:.0%})")
+    # the section that set the widest floor is the one to lower: device.cpu.time_floor had been named
+    # where a workload or case section set it, and lowering that changed nothing (an outside tester's trial)
+    section = thresholds.section_setting(widest, device, "time_floor")
+    narrow = (f"a lower {section}.time_floor in {thresholds.path or 'the thresholds file'} narrows it" if section
+              else f"a thresholds file with a lower device.{device}.time_floor narrows it")
     return (f"time on {device} is judged with a floor of {floor:.0%}{which} (thresholds: time_floor): such a case must "
             f"be more than {floor:.0%} slower than {reference} to read as slower, so this gate catches only large "
-            f"slowdowns here (a thresholds file with a lower device.{device}.time_floor narrows it, at the price of "
-            "false alarms where runners vary)")
+            f"slowdowns here ({narrow}, at the price of false alarms where runners vary)")
 
 
 def judge_runs(base: bl.Run, cur: bl.Run, *, thresholds: ThresholdConfig,

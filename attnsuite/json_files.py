@@ -15,7 +15,7 @@ import re
 import stat
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 SCHEMA_TAG = "attnsuite-baseline"  # a baseline file's "schema"
 # Reading limits. A baseline of the full GPU tier is ~0.5 MB and a result file ~30 MB; anything
@@ -148,29 +148,32 @@ def _where(path: list[Any]) -> str:
 GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip stream
 
 
-def _gunzip(raw: bytes, path: os.PathLike | str, err: ErrorType) -> bytes:
-    """The content of a gzip-compressed input, never more than :data:`MAX_FILE_BYTES` of it."""
+def _gunzip(raw: bytes, path: os.PathLike | str, err: ErrorType, limit: int) -> bytes:
+    """The content of a gzip-compressed input, never more than ``limit`` bytes of it."""
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
+            data = fh.read(limit + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise err(path, f"not a readable gzip file: {exc}") from None
-    if len(data) > MAX_FILE_BYTES:  # a small file can expand to gigabytes: stop at the limit
-        raise err(path, f"more than {MAX_FILE_BYTES >> 20} MiB once decompressed")
+    if len(data) > limit:  # a small file can expand to gigabytes: stop at the limit
+        raise err(path, f"more than {limit >> 20} MiB once decompressed")
     return data
 
 
-def parse_json_bytes(raw: bytes, path: os.PathLike | str, err: ErrorType = InputFileError) -> Any:
+def parse_json_bytes(raw: bytes, path: os.PathLike | str, err: ErrorType = InputFileError,
+                     limit: Optional[int] = None) -> Any:
     """Strict JSON from the bytes of a JSON file the suite reads (:func:`read_json_file`): UTF-8, no duplicate keys, at most
     :data:`MAX_JSON_DEPTH` levels. The one decoder every reader of such a file goes through.
 
     Gzip-compressed bytes (they start with :data:`GZIP_MAGIC`) are decompressed first, whatever
     the file is called: evidence files are kept compressed, and a compressed file named ``.json``
     had read as "not UTF-8". NaN and Infinity are parsed (and refused later by the field they sit
-    in, which names the entry); every other problem is ``err`` naming the file.
+    in, which names the entry); every other problem is ``err`` naming the file. ``limit`` (default
+    :data:`MAX_FILE_BYTES`) bounds the decompressed content of a compressed file as the file's size
+    bounds a plain one (a caller with a smaller limit checks the plain file's size itself).
     """
     if raw.startswith(GZIP_MAGIC):
-        raw = _gunzip(raw, path, err)
+        raw = _gunzip(raw, path, err, MAX_FILE_BYTES if limit is None else limit)
     if not raw.strip():
         raise err(path, "file is empty (truncated?)")
     try:

@@ -35,7 +35,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from . import baseline, decode_bench, registry, workloads
+from . import decode_bench, json_files, registry, workloads
 from .problem import Mask, Problem, ProblemError
 from .record import DECODE_STEP_ARG, MODES
 
@@ -59,19 +59,23 @@ class ProblemFileError(ValueError):
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ProblemFileError(f"{path}: no such file")
-    if path.stat().st_size > MAX_BYTES:
+    def err(where: Any, problem: str) -> ProblemFileError:
+        return ProblemFileError(f"{where}: {problem}")
+
+    # the suite's one reader: a folder or a FIFO is named as such (both had read "no such file")
+    raw = json_files.read_input_bytes(path, err)
+    if len(raw) > MAX_BYTES:
         raise ProblemFileError(f"{path}: larger than {MAX_BYTES // 2**20} MiB; not a problems file")
     if path.suffix in (".yaml", ".yml"):  # it had read as "not valid JSON: Expecting value"
         raise ProblemFileError(f"{path}: a problems file is JSON (.json) or TOML (.toml); YAML is not read")
     if path.suffix == ".toml":
         try:
-            data = tomllib.loads(path.read_bytes().decode("utf-8"))
+            data = tomllib.loads(raw.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError is a ValueError
             raise ProblemFileError(f"{path}: not valid TOML: {exc}") from None
-    else:  # the suite's one JSON reader: gzip-compressed or not, a key given twice named with its place
-        data = baseline.read_json_file(path, lambda where, problem: ProblemFileError(f"{where}: {problem}"))
+    else:  # gzip-compressed or not, a key given twice named with its place; the same limit once
+        # decompressed (a 10 MiB file gzipped to 10 KB had passed it)
+        data = json_files.parse_json_bytes(raw, path, err, limit=MAX_BYTES)
     if not isinstance(data, dict):
         raise ProblemFileError(f"{path}: the top level must be a table/object with 'problems' and/or 'workloads'")
     return data

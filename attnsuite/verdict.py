@@ -163,16 +163,25 @@ class ThresholdConfig:
     case: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     path: Optional[str] = None
 
+    def _layers(self, rec: CaseRecord, device: str) -> list[tuple[str, dict[str, Any]]]:
+        """(the section's name in a thresholds file, its fields) of every section that applies to the
+        case, in the order they apply: file default, device, workload, then each matching case pattern."""
+        named = [("default", self.default), (f"device.{device}", self.device.get(device, {})),
+                 (f"workload.{rec.workload}", self.workload.get(rec.workload, {}))]
+        named += [(f"case.{pattern}", layer) for pattern, layer in self.case if fnmatch.fnmatchcase(rec.key, pattern)]
+        return [(name, layer) for name, layer in named if layer]
+
     def for_case(self, rec: CaseRecord, device: str) -> Thresholds:
         """The thresholds of one case: device defaults, then file default, device, workload, case."""
         t = DEVICE_DEFAULTS.get(device, DEVICE_DEFAULTS["cuda"])
-        for layer in (self.default, self.device.get(device, {}), self.workload.get(rec.workload, {})):
-            if layer:
-                t = replace(t, **layer)
-        for pattern, layer in self.case:
-            if fnmatch.fnmatchcase(rec.key, pattern):
-                t = replace(t, **layer)
+        for _, layer in self._layers(rec, device):
+            t = replace(t, **layer)
         return t
+
+    def section_setting(self, rec: CaseRecord, device: str, name: str) -> Optional[str]:
+        """The thresholds file's section that gives the case its ``name`` field ("workload.decode",
+        "case.gpt2-mha/*", ...), or None where the device's built-in default does."""
+        return next((section for section, layer in reversed(self._layers(rec, device)) if name in layer), None)
 
 
 def _layer(obj: Any, where: str) -> dict[str, Any]:

@@ -572,6 +572,21 @@ def test_cases_from_a_gate_run_that_flagged_nothing_passes_without_running_a_rou
                                 "NOT COMPARED: no case to judge"]
 
 
+@pytest.mark.parametrize("thresholds", ["missing", "truncated"])
+def test_a_bad_thresholds_file_is_refused_before_any_round_even_when_nothing_was_flagged(repo, tmp_path, thresholds):
+    # a gate JSON that flagged nothing had let a broken --thresholds pass (exit 0): CI stayed green until
+    # the first pull request with a flagged case (an outside tester's trial)
+    gj = gate_json(tmp_path, [(KEY_A, ["same"])])
+    path = tmp_path / "thresholds.json"
+    if thresholds == "truncated":
+        path.write_text('{"version": 1, "default": {"time_fl')
+    runner = FakeRunner(same_speed)
+    status, _, err = run_cmd(["--base", "HEAD", "--repo", str(repo), "--cases-from", str(gj),
+                              "--thresholds", str(path)], runner)
+    assert status == ab.EXIT_INPUT and runner.specs == [], err
+    assert f"thresholds {path}: " in err and ("no such file" if thresholds == "missing" else "not valid JSON") in err
+
+
 def interrupted_gate_json(tmp_path: Path, cases: list[tuple[str, list[str]]]) -> Path:
     p = gate_json(tmp_path, cases)
     p.write_text(json.dumps({**json.loads(p.read_text()), "compared": True, "interrupted": True}))

@@ -563,6 +563,25 @@ def test_the_wide_floor_note_reads_each_cases_own_floor(sections, expected):
         assert note is not None and f"time on cpu is judged with a {expected}" in note, note
 
 
+@pytest.mark.parametrize("sections, names", [
+    ({}, "a thresholds file with a lower device.cpu.time_floor narrows it"),  # the built-in default
+    ({"device": {"cpu": {"time_floor": 0.8}}}, "a lower device.cpu.time_floor in t.json narrows it"),
+    # a workload or case section set the wide floor: device.cpu.time_floor (already low) had been named
+    ({"device": {"cpu": {"time_floor": 0.2}}, "workload": {"fa-sweep": {"time_floor": 2.0}}},
+     "a lower workload.fa-sweep.time_floor in t.json narrows it"),
+    ({"device": {"cpu": {"time_floor": 0.2}}, "case": [("fa-sweep/*", {"time_floor": 3.0})]},
+     "a lower case.fa-sweep/*.time_floor in t.json narrows it"),
+])
+def test_the_wide_floor_note_names_the_section_whose_floor_to_lower(sections, names):
+    from attnsuite import gate
+    from attnsuite.record import CaseRecord
+    from attnsuite.verdict import ThresholdConfig
+
+    cases = [CaseRecord("fa-sweep", "sdpa", "fwd", "p1")]
+    note = gate.band_note(ThresholdConfig(**sections, path="t.json"), "cpu", cases=cases)
+    assert note is not None and f"({names}, at the price of" in note, note
+
+
 def test_the_gate_json_says_which_of_the_runs_cases_failed_outright(tmp_path):
     # "failed": false (no gating verdict) had been all it said of a run whose cases raised
     from types import SimpleNamespace

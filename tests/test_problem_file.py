@@ -242,6 +242,31 @@ def test_a_missing_file_is_named():
         problem_file.load("/nonexistent/problems.json")
 
 
+@pytest.mark.parametrize("kind, words", [("a folder", "not a regular file: it is a directory"),
+                                         ("a FIFO", "not a regular file: it is a FIFO")])
+def test_a_folder_or_a_fifo_given_as_the_problems_file_is_named_as_such(tmp_path, kind, words):
+    # both had been told "no such file"
+    path = tmp_path / "problems.json"
+    if kind == "a folder":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    with pytest.raises(problem_file.ProblemFileError, match=f"{path}: {words}"):
+        problem_file.load(path)
+
+
+def test_the_size_limit_holds_for_a_gzip_compressed_problems_file_once_decompressed(tmp_path):
+    # 10 MiB of JSON gzipped to a few KB had passed the 4 MiB limit a plain file is held to
+    import gzip
+
+    padded = dict(GOOD, comment=" " * (problem_file.MAX_BYTES + 1))
+    path = tmp_path / "problems.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(padded).encode()))
+    assert path.stat().st_size < problem_file.MAX_BYTES
+    with pytest.raises(problem_file.ProblemFileError, match=f"{path}: more than 4 MiB once decompressed"):
+        problem_file.load(path)
+
+
 def test_from_python_problems_must_match_the_familys_level():
     with pytest.raises(ValueError, match="layer-level, the family kernel-level"):
         registry.add_problems("attention", [Problem(lq=8, lk=8, d_model=64)])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +354,25 @@ def test_a_gzip_compressed_thresholds_file_is_read_like_every_json_input(tmp_pat
         code, out = run_cli("check", packed)
     assert code == 0, out
     assert (f"ok {packed}: thresholds" if how == "check" else f"thresholds from {packed}") in out, out
+
+
+@pytest.mark.parametrize("where", ["beside the baseline", "given with --thresholds"])
+@pytest.mark.parametrize("kind, words", [("a folder", "it is a directory"), ("a FIFO", "it is a FIFO")])
+def test_a_thresholds_name_that_is_not_a_regular_file_is_refused_saying_what_it_is(tmp_path, capsys, where,
+                                                                                    kind, words):
+    # beside the baseline it had been passed over without a word for the repository's thresholds;
+    # given explicitly it had read only "not a file"
+    base = recorded(tmp_path)
+    path = tmp_path / bl.THRESHOLDS_FILE
+    if kind == "a folder":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    args = ("--thresholds", path) if where == "given with --thresholds" else ()
+    code, out = run_cli("compare", base, base, *args)
+    err = capsys.readouterr().err
+    assert code == 2 and "thresholds from" not in out, out
+    assert f"{path}: not a regular file: {words}" in err, err
 
 
 def test_a_gzip_compressed_gate_json_is_read_by_report_html(tmp_path):
