@@ -336,6 +336,19 @@ def _gradients_once(variant: Variant, problem: Problem, cache: Optional[dict]) -
     return {name: (None if g is None else g.detach().clone()) for name, g in case.grads().items()}
 
 
+def _second_call_wrong(variant: Variant, problem: Problem, first: dict, second: dict) -> Optional[str]:
+    """What is wrong with the second call's gradients where the first call's are within the oracle's
+    tolerance (the comparison, said by the suite's rule), or None."""
+    _, ref_grads = reference(variant.family, problem)
+    _, base_grads = base(variant.family, problem)
+    judged = [compare_gradients(variant.accuracy, grads, ref_grads, base_grads, problem.dtype) for grads in (first, second)]
+    (comps1, broken1), (comps2, broken2) = judged
+    if broken1 or broken2 or not all(c.passed for c in comps1):
+        return None
+    wrong = [c.describe() for c in comps2 if not c.passed]
+    return "; ".join(wrong) if wrong else None
+
+
 def check_backward_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = None) -> CheckResult:
     """Two identical forward-and-backward calls give the same gradients: bit for bit where the variant
     declares its backward deterministic on the problem's device (:func:`backward_bitwise`), otherwise
@@ -349,21 +362,38 @@ def check_backward_repeat(variant: Variant, problem: Problem, cache: Optional[di
     def body(result: CheckResult) -> None:
         first = _gradients_once(variant, problem, cache)
         second = _gradients_once(variant, problem, cache)
+        for name in first:
+            if (first[name] is None) != (second.get(name) is None):
+                # a gradient left out by one call only: both alone had passed (the backward check makes one call)
+                result.passed = False
+                result.details.append(f"grad {name}: the {'first' if first[name] is None else 'second'} of two "
+                                      "identical calls gave none (None) where the other gave a gradient")
+        if not result.passed:
+            return
         if backward_bitwise(variant, problem):
+            differ = {name: (a, second[name]) for name, a in first.items()
+                      if a is not None and not same_bits(a, second[name])}
+            if not differ:
+                return
+            result.passed = False
             device = problem.device.split(":")[0]
-            for name in first:
-                a, b = first[name], second.get(name)
-                if a is None or b is None:
-                    continue  # a missing gradient is the backward check's failure, said there
-                if not same_bits(a, b):
-                    diff = (a.double() - b.double()).abs().nan_to_num()
-                    result.passed = False
-                    result.details.append(
-                        f"grad {name}: two identical calls differ in {int((diff > 0).sum())} of {diff.numel()} "
-                        f"elements (max |diff| {float(diff.max()):.3g}, largest |grad| "
-                        f"{float(a.double().abs().nan_to_num().max()):.3g}): the variant declares its backward "
-                        f"deterministic on {device}; a backward that adds up gradients in a varying order "
-                        f"(atomics) declares nondeterministic_backward_devices = frozenset({{{device!r}}})")
+            # told apart by the oracle: a varying order of additions keeps both calls within its tolerance;
+            # state kept between calls (a buffer not cleared) makes the second call wrong, which declaring
+            # the device nondeterministic would not fix (an outside tester's trial)
+            stale = _second_call_wrong(variant, problem, first, second)
+            for name, (a, b) in differ.items():
+                diff = (a.double() - b.double()).abs().nan_to_num()
+                result.details.append(
+                    f"grad {name}: two identical calls differ in {int((diff > 0).sum())} of {diff.numel()} "
+                    f"elements (max |diff| {float(diff.max()):.3g}, largest |grad| "
+                    f"{float(a.double().abs().nan_to_num().max()):.3g})")
+            result.details.append(
+                "the second call's gradients are wrong where the first call's are right: the backward depends on "
+                "earlier calls (state kept between calls, e.g. gradients added into a buffer it never clears; a "
+                f"variant with state declares reset()): {stale}" if stale else
+                f"both calls are within the oracle's tolerance: the variant declares its backward deterministic on "
+                f"{device}; a backward that adds up gradients in a varying order (atomics) declares "
+                f"nondeterministic_backward_devices = frozenset({{{device!r}}})")
             return
         _, ref_grads = reference(variant.family, problem)
         _, base_grads = base(variant.family, problem)

@@ -62,9 +62,12 @@ def _cases(config: pytest.Config, check: str):
             large = [q for q in own if q.tag == LARGE_LOGITS and q.dtype == dtypes[0] and q not in firsts]
             problems = firsts + large + [q for q in problems if q.id not in own_ids[family.name]]
         if check == "strided":
-            problems = _per_dtype(check, variant, problems, STRIDED_PER_DTYPE)
+            problems = _per_dtype(check, variant, problems, STRIDED_PER_DTYPE, registry.CHECK_NAMES)
         elif check == "backward-repeat":
-            problems = _per_dtype(check, variant, problems, BACKWARD_REPEAT_PER_DTYPE, largest=True)
+            # a wrong backward (a declared "backward" defect) fails its calls' comparison with the oracle;
+            # a defect of its own stays, as a strict expected failure, and one of the forward changes
+            # nothing here (it had dropped the check without a word: an outside tester's trial)
+            problems = _per_dtype(check, variant, problems, BACKWARD_REPEAT_PER_DTYPE, ("backward",), largest=True)
         for problem in problems:
             reason = _collected_skip_reason(check, variant, problem)
             marks = [pytest.mark.skip(reason=reason)] if reason else []
@@ -78,16 +81,17 @@ def _cases(config: pytest.Config, check: str):
             yield pytest.param(variant, problem, id=f"{variant.name}@{problem.id}", marks=marks)
 
 
-def _per_dtype(check: str, variant, problems: list, n: int, largest: bool = False) -> list:
+def _per_dtype(check: str, variant, problems: list, n: int, excluded_by: tuple, largest: bool = False) -> list:
     """``n`` problems per dtype that ``check`` applies to for ``variant`` and on which it declares no
-    defect (those are left to the checks that declare them): the first in the catalogue's order, or the
-    ``largest`` (scores per call, b * hq * lq * lk), kept in the catalogue's order."""
+    defect of the checks ``excluded_by`` (those are left to the checks that declare them): the first in
+    the catalogue's order, or the ``largest`` (scores per call, b * hq * lq * lk), kept in the catalogue's
+    order."""
     usable = []
     for problem in problems:
         if _collected_skip_reason(check, variant, problem) is not None:
             continue
         declared, broken = checks.guarded_skip_reason(
-            lambda: next((d for c in registry.CHECK_NAMES if (d := variant.known_defect(c, problem))), None),
+            lambda: next((d for c in excluded_by if (d := variant.known_defect(c, problem))), None),
             variant, problem, "known_defect()")
         if declared is None and broken is None:
             usable.append(problem)
