@@ -453,7 +453,7 @@ def check_causality(variant: Variant, problem: Problem, cache: Optional[dict] = 
             out_a = case_a.forward()
             case_b = prepare(variant, problem, False, inputs_np=perturbed, cache=cache)
             out_b = case_b.forward()
-        first_a = out_a  # as the call gave it, before non-finite values are zeroed below
+        first_a, first_b = out_a, out_b  # as the calls gave them, before non-finite values are zeroed below
         # a malformed output is reported as such and not compared: it had read as a future leak, an
         # IndexError or an AttributeError
         for what, case, out in (("unperturbed", case_a, out_a), ("perturbed", case_b, out_b)):
@@ -487,9 +487,17 @@ def check_causality(variant: Variant, problem: Problem, cache: Optional[dict] = 
 
         if variant.deterministic and not same_bits(a_rows, b_rows):
             result.passed = False
-            first_a = first_a.clone()  # a variant cycling through output buffers may reuse its storage below
-            runs = _unperturbed_runs(case_a)  # is the output repeatable at all?
+            # a variant cycling through output buffers may reuse their storage below
+            first_a, first_b = first_a.clone(), first_b.clone()
+            runs = _runs_again(case_a)  # is the output repeatable at all?
             differing = next((run for run in runs if not same_bits(first_a, run)), None)
+            which, first, reruns = "unperturbed", first_a, runs
+            if differing is None:
+                # the perturbed call may have been the noisy one: a kernel noisy on a random share of its
+                # calls had been told "future leak" when only that call was (an outside tester's trial)
+                runs_b = _runs_again(case_b)
+                differing = next((run for run in runs_b if not same_bits(first_b, run)), None)
+                which, first, reruns = "perturbed", first_b, runs_b
             if differing is None:  # it is: the perturbation made the change
                 diff = (a_rows.double() - b_rows.double()).abs()
                 first = int(np.flatnonzero(blind)[int(diff.amax(dim=tuple(d for d in range(diff.dim()) if d != axis)).argmax())])
@@ -507,13 +515,13 @@ def check_causality(variant: Variant, problem: Problem, cache: Optional[dict] = 
                     fresh_a, fresh_b = _zero_non_finite(fresh_a), _zero_non_finite(fresh_b)
                 leak = _leak_within_tolerance(pivot, fresh_a.index_select(axis, rows),
                                               fresh_b.index_select(axis, rows), problem.dtype)
-                result.details.append(_not_repeatable(variant, pivot, first_a, differing, leak.passed))
-                _add_leak(result, variant, pivot, leak, rows_of(first_a), [rows_of(run) for run in runs],
-                          problem.dtype)
+                result.details.append(_not_repeatable(variant, pivot, first, differing, leak.passed, which))
+                _add_leak(result, variant, pivot, leak, rows_of(first), [rows_of(run) for run in reruns],
+                          problem.dtype, which)
         elif not variant.deterministic:
             leak = _leak_within_tolerance(pivot, a_rows, b_rows, problem.dtype)
             if not leak.passed:  # the further runs only on a failure: passing costs no more calls
-                _add_leak(result, variant, pivot, leak, a_rows, [rows_of(run) for run in _unperturbed_runs(case_a)],
+                _add_leak(result, variant, pivot, leak, a_rows, [rows_of(run) for run in _runs_again(case_a)],
                           problem.dtype)
         changed = out_a.index_select(axis, torch.as_tensor(np.flatnonzero(~blind), device=out_a.device))
         changed_b = out_b.index_select(axis, torch.as_tensor(np.flatnonzero(~blind), device=out_a.device))
@@ -538,8 +546,8 @@ def _zero_non_finite(out: torch.Tensor) -> torch.Tensor:
 CAUSALITY_RERUNS = 4
 
 
-def _unperturbed_runs(case: Case) -> list[torch.Tensor]:
-    """``case`` (the unperturbed input) run :data:`CAUSALITY_RERUNS` more times, each output cloned:
+def _runs_again(case: Case) -> list[torch.Tensor]:
+    """``case`` (the unperturbed or the perturbed input) run :data:`CAUSALITY_RERUNS` more times, each output cloned:
     a variant cycling through a few output buffers would overwrite one run's output with a later one's."""
     with torch.no_grad():
         return [case.forward().clone() for _ in range(CAUSALITY_RERUNS)]
@@ -560,7 +568,7 @@ def _leak_within_tolerance(pivot: int, a_rows: torch.Tensor, b_rows: torch.Tenso
 
 
 def _add_leak(result: CheckResult, variant: Variant, pivot: int, leak: Comparison, first_rows: torch.Tensor,
-              run_rows: list[torch.Tensor], dtype: str) -> None:
+              run_rows: list[torch.Tensor], dtype: str, which: str = "unperturbed") -> None:
     """Add ``leak`` (the perturbed rows judged within tolerance) to ``result``, unless the same rows of
     the unperturbed input's further runs (``run_rows``) are not within tolerance of its first
     (``first_rows``) either: then the output is nondeterministic beyond tolerance, the causality check
@@ -568,7 +576,7 @@ def _add_leak(result: CheckResult, variant: Variant, pivot: int, leak: Compariso
     if leak.passed:
         return
     result.passed = False
-    label = f"unperturbed input run again: rows that must not see keys/tokens >= {pivot}"
+    label = f"{which} input run again: rows that must not see keys/tokens >= {pivot}"
     unrepeated = next((c for c in (_within_floor(label, run, first_rows, dtype) for run in run_rows)
                        if not c.passed), None)
     if unrepeated is None:  # the unperturbed output repeats within tolerance: the perturbation made the change
@@ -576,19 +584,20 @@ def _add_leak(result: CheckResult, variant: Variant, pivot: int, leak: Compariso
         return
     result.details.append(
         f"{variant.name}: the output is not repeatable within tolerance across identical calls: of "
-        f"{len(run_rows)} further runs of the unperturbed input, one is beyond tolerance of the first in the rows "
+        f"{len(run_rows)} further runs of the {which} input, one is beyond tolerance of the first in the rows "
         f"that must not see keys/tokens >= {pivot}, so the causality check cannot tell whether the mask leaks "
         "(the forward and repeat checks judge the output itself)")
     result.details.append(unrepeated.describe())
 
 
-def _not_repeatable(variant: Variant, pivot: int, first: torch.Tensor, again: torch.Tensor, no_leak: bool) -> str:
-    """Say that the unperturbed input run again gave different output (``again``, the first further run
+def _not_repeatable(variant: Variant, pivot: int, first: torch.Tensor, again: torch.Tensor, no_leak: bool,
+                    which: str = "unperturbed") -> str:
+    """Say that the ``which`` input run again gave different output (``again``, the first further run
     that differs from ``first``), so the bit-for-bit causality check cannot blame the mask; ``no_leak``:
     the judgment within tolerance saw no leak either."""
     diff = (first.double() - again.double()).abs().nan_to_num()
     return (f"{variant.name}: the output is not bitwise repeatable across identical calls: of {CAUSALITY_RERUNS} "
-            f"further runs of the unperturbed input, one differs from the first in {int((diff > 0).sum())} elements "
+            f"further runs of the {which} input, one differs from the first in {int((diff > 0).sum())} elements "
             f"(max {float(diff.max()):.3g}), "
             f"though the variant claims determinism ({determinism_claim(variant)}; the repeat check, "
             "test_two_runs_agree, names the cause), so the rows that must not see "
