@@ -413,3 +413,30 @@ def test_noise_on_the_perturbed_call_alone_is_named_as_nondeterminism_not_as_a_f
     result = checks.check_causality(NoisyWhenPerturbed(), KERNEL_PROBLEM, cache={})
     assert not result.passed and "future leak:" not in result.message, result.message
     assert "further runs of the perturbed input, one differs from the first" in result.message, result.message
+
+
+class NoisyOnSomeCalls(KernelVariant):
+    """A stateless kernel with rounding noise on some calls of the whole process (as a random draw
+    would give them: here its 3rd and 7th), shared by every instance: no state an instance keeps."""
+
+    name = "test-noisy-on-some-calls"
+    masks = frozenset({"causal"})
+
+    def __init__(self, noisy: frozenset) -> None:
+        self.noisy, self.calls = noisy, 0
+
+    def build(self, problem):
+        def run(q, k, v):
+            self.calls += 1
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return out * (1 + self.calls * 2.0 ** -20) if self.calls in self.noisy else out
+        return run
+
+
+def test_a_stateless_kernel_noisy_on_some_calls_is_told_nondeterminism_not_to_declare_reset():
+    # its two fresh instances' first calls had happened to agree, and it had been told to declare
+    # reset(), which cannot help it (an outside tester's trial): calls 1-3 are the check's (the third
+    # noisy), then each fresh instance is called twice
+    result = checks.check_repeat(NoisyOnSomeCalls(frozenset({3, 7})), KERNEL_PROBLEM, cache={})
+    assert not result.passed and "claims determinism" in result.message, result.message
+    assert "reset()" not in result.message
