@@ -136,6 +136,11 @@ class Variant:
     # with atomics, whose order varies between runs (SDPA's flash, efficient and cuDNN backwards on CUDA
     # do, in dq). There each run's gradients are held to the oracle's tolerance instead.
     nondeterministic_backward_devices: ClassVar[frozenset] = frozenset()
+    # Why a CUDA graph cannot capture this variant's step ("" when it can): its device time then goes
+    # straight to kernel-sum (the profiler, after every other case), without a capture attempt that
+    # fails on every case (flex-eager's attempts were 13 s of a full tier on an H200, each failing
+    # on the same host-to-GPU copy). A test on a GPU keeps such a declaration true.
+    no_graph_capture: ClassVar[str] = ""
     backend: ClassVar[str] = ""  # the backend this variant means to use ("flash", "math", ...)
     # "exact" is judged by the pass rule (tolerance.compare); an approximate kernel (FP8, INT8) declares
     # its class ("fp8", "int8") and is judged by that class's budget (tolerance.APPROXIMATE_BUDGET)
@@ -359,6 +364,9 @@ def register(variant):
         # a misspelt key ("fwd") had been ignored: the declared defect failed the run as if undeclared
         raise ValueError(f"variant {instance.name!r}: known_defects keys must be check names "
                          f"({', '.join(CHECK_NAMES)}), got {sorted(map(str, instance.known_defects))}")
+    if not isinstance(instance.no_graph_capture, str):
+        raise ValueError(f"variant {instance.name!r}: no_graph_capture is the reason a CUDA graph cannot capture its "
+                         f"step, as text (\"\" when it can), got {instance.no_graph_capture!r}")
     if instance.accuracy not in ACCURACY_CLASSES:
         raise ValueError(f"variant {instance.name!r} declares unknown accuracy class {instance.accuracy!r}; "
                          f"known: {', '.join(ACCURACY_CLASSES)} (attnsuite/tolerance.py)")

@@ -45,6 +45,29 @@ def test_a_step_that_cannot_be_captured_is_marked_pending_not_profiled(monkeypat
     assert rec.extra["device_time_pending"] == "graph capture failed: X" and rec.device_ms is None
 
 
+@pytest.mark.parametrize("mode", ["fwd", "bwd", "fwd+bwd"])
+def test_a_variant_declaring_no_graph_capture_is_marked_pending_without_an_attempt(monkeypatch, mode):
+    # flex-eager's capture failed on every case of a full tier (13 s of an H200's run): the declaration
+    # sends it to the deferred kernel-sum at once, with its reason in the record
+    def attempted(*a, **k):
+        raise AssertionError("device_time was called: a capture was attempted despite the declaration")
+
+    monkeypatch.setattr(runner.timing, "device_time", attempted)
+    case = _case(mode)
+    monkeypatch.setattr(type(case.variant), "no_graph_capture", "copies to the host inside each call")
+    rec = CaseRecord("w", "explicit", mode, "p", median_ms=2.0)
+    runner._measure_device_time(rec, case, "cpu", _timed(2.0), mode)
+    assert rec.extra["device_time_pending"] == (
+        "graph capture not tried (the variant's no_graph_capture): copies to the host inside each call")
+    assert rec.device_ms is None and not rec.device_method
+
+
+def test_flex_eager_declares_no_graph_capture_and_the_others_do_not():
+    registry.load_builtin()
+    assert "Cannot copy between CPU and CUDA tensors" in registry.get("flex-eager").no_graph_capture
+    assert [v.name for v in registry.variants() if v.no_graph_capture] == ["flex-eager"]
+
+
 @pytest.mark.parametrize("mode", ["bwd", "fwd+bwd"])
 def test_the_device_call_repeats_the_timed_steps_work_without_accumulating_gradients(mode):
     # captured into a graph and replayed, the call must launch what one timed step launches: the

@@ -184,6 +184,28 @@ def test_a_step_that_cannot_be_captured_falls_back_to_kernel_sum_and_leaves_cuda
     assert torch.rand(4, device="cuda").shape == (4,)
 
 
+registry.load_builtin()
+NO_GRAPH = sorted(v.name for v in registry.variants() if v.no_graph_capture)
+
+
+@pytest.mark.parametrize("variant", NO_GRAPH)
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_a_variant_declaring_no_graph_capture_still_fails_capture(variant, mode):
+    # The declaration skips the capture attempt on every case: were torch to make the step capturable,
+    # the runs would go on measuring by kernel-sum for nothing. This is the attempt the declaration saves.
+    from attnsuite import runner
+
+    v = registry.get(variant)
+    problem = PROBLEM.with_(batch=1, lq=512, lk=512)
+    case = prepare(v, problem, requires_grad=mode != "fwd")
+    call, setup = runner._device_call(case, "cuda", 0.0, mode)
+    result = timing.device_time(call, "cuda", setup=setup)
+    print(f"{variant} {mode}: {result.method}, note {result.note!r}")
+    assert result.method == "kernel-sum" and result.note.startswith("graph capture failed: "), (
+        f"{variant} {mode} on {problem.id} was measured by {result.method} ({result.note!r}): its step can be "
+        f"captured now, so its no_graph_capture ({v.no_graph_capture!r}) is stale: remove it")
+
+
 def test_graph_memory_is_given_back_after_measuring():
     call = _forward_call("sdpa-flash")
     call()

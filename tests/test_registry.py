@@ -75,6 +75,8 @@ def test_names_of_letters_digits_and_dash_underscore_dot_plus_register():
     ("devices", frozenset(), "declares no devices (an empty set)"),
     # a misspelt check name had been ignored: the declared defect failed the run as if undeclared
     ("nondeterministic_backward_devices", frozenset({"gpu"}), "unknown nondeterministic_backward_devices ['gpu']"),
+    # a flag where the reason belongs: the record's note would have read "True"
+    ("no_graph_capture", True, "no_graph_capture is the reason a CUDA graph cannot capture its step, as text"),
     ("known_defects", {"fwd": "seen on ..."}, "known_defects keys must be check names (forward, backward, "
                                                "causality, repeat, backward-repeat, strided), got ['fwd']"),
 ])
