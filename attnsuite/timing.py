@@ -62,9 +62,9 @@ QUICK_CPU = TimerConfig(warmup_s=0.01, min_warmup=1, target_s=0.05, min_samples=
 # reported beside it, so it gets a smaller budget than when it was the gated figure. The minimums bind
 # only on long steps (one call over the warm-up or sample budget), where the first call has already
 # warmed the step and three samples give a median: 3 warm-up calls and 5 samples there were 57 s of a
-# warm full tier on one H200 that 1 and 3 save. Halving the budgets (0.05 s of samples, 0.025 s of
-# warm-up before) saves about 19 s of the full tier (H200, s35's BB run: docs/gate.md, "What the full
-# tier costs"); device time, measured after, warms its own way.
+# warm full tier on one H200 that 1 and 3 save. With these budgets (0.05 s of samples after 0.025 s of
+# warm-up before s37) the full tier's timing phase took 148.7 s on one fresh H200 against 173.6 s on
+# another (docs/gate.md, "What the full tier costs"); device time, measured after, warms its own way.
 FULL_GPU = TimerConfig(warmup_s=0.015, min_warmup=1, target_s=0.025, min_samples=3, max_samples=200)
 
 
