@@ -67,10 +67,18 @@ def live_rows(problem: Problem) -> Optional[np.ndarray]:
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality where NaN equals NaN (a fully masked row may legitimately hold NaN)."""
-    return a.shape == b.shape and torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(
-        torch.nan_to_num(a), torch.nan_to_num(b)
-    )
+    """Equality of two runs' results: same shape and dtype, NaN where the other has NaN (a fully
+    masked row may legitimately hold NaN), every other element equal, infinities included.
+
+    +0 and -0 count as equal: a masked key's exact-zero weight times a value whose sign changed
+    (the causality check's perturbation) is a zero of the other sign, no leak. A result in
+    another dtype, or an infinity where the other run has the dtype's largest finite value, is
+    not the same (both had passed: ``nan_to_num`` turned infinities into that value).
+    """
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
+    return torch.equal(nan_a, nan_b) and torch.equal(a.masked_fill(nan_a, 0), b.masked_fill(nan_b, 0))
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
