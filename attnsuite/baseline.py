@@ -69,6 +69,9 @@ BASELINE_VERSION = 1
 RESULT_SCHEMA_VERSION = 1  # the "attnsuite" object the benchmarks add to pytest-benchmark's JSON
 DEFAULT_DIR = "baselines"
 THRESHOLDS_FILE = "thresholds.json"
+# the names a folder's thresholds file may have, in the order looked for: read gzip-compressed or not
+# as every JSON input is, a plain one winning where both exist (as for baselines)
+THRESHOLDS_NAMES = (THRESHOLDS_FILE, THRESHOLDS_FILE + ".gz")
 
 # Reading limits. A baseline of the full GPU tier is ~0.5 MB and a result file ~30 MB; anything
 # larger is not ours, and reading it whole could exhaust memory.
@@ -1145,7 +1148,7 @@ def baseline_files(directory: os.PathLike | str) -> list[Path]:
     if not d.is_dir():
         return []
     return sorted(p for pattern in ("*.json", "*.json.gz") for p in d.glob(pattern)
-                  if p.name != THRESHOLDS_FILE and not p.name.startswith("."))
+                  if p.name not in THRESHOLDS_NAMES and not p.name.startswith("."))
 
 
 @dataclass

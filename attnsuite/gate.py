@@ -49,9 +49,10 @@ def thresholds_path_for(explicit: Optional[PathLike], baselines_dir: Optional[Pa
     repo_dir = REPO_BASELINES if repo_fallback is True else Path(repo_fallback) if repo_fallback else None
     candidates = ([Path(baselines_dir)] if baselines_dir else []) + ([repo_dir] if repo_dir is not None else [])
     for d in candidates:
-        p = d / bl.THRESHOLDS_FILE
-        if os.path.lexists(p):
-            return p
+        for name in bl.THRESHOLDS_NAMES:  # a gzip-compressed one beside a gzip-compressed baseline had been passed over
+            p = d / name
+            if os.path.lexists(p):
+                return p
     return None
 
 

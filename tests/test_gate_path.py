@@ -40,6 +40,24 @@ def test_thresholds_for_picks_by_one_rule(tmp_path, explicit, in_dir, picked):
     assert cfg.path is not None and str(files[picked]) in cfg.path
 
 
+@pytest.mark.parametrize("names, picked", [
+    pytest.param(["thresholds.json.gz"], "thresholds.json.gz", id="a gzip-compressed thresholds file in the folder is read"),
+    pytest.param(["thresholds.json", "thresholds.json.gz"], "thresholds.json", id="a plain one wins where both exist"),
+])
+def test_a_folders_thresholds_file_may_be_gzip_compressed(tmp_path, names, picked):
+    import gzip
+
+    folder = tmp_path / "baselines"
+    folder.mkdir()
+    for floor, name in enumerate(names, start=1):
+        text = json.dumps({"version": 1, "default": {"time_floor": floor / 10}}).encode()
+        (folder / name).write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+    cfg, path = gate.thresholds_for(None, folder)
+    assert path == folder / picked
+    assert cfg.default["time_floor"] == (names.index(picked) + 1) / 10
+    assert bl.baseline_files(folder) == [], "a thresholds file is never a baseline candidate"
+
+
 def test_thresholds_for_falls_back_to_built_in_defaults_without_any_file(tmp_path, monkeypatch):
     monkeypatch.setattr(gate, "REPO_BASELINES", tmp_path / "nowhere")
     cfg, path = gate.thresholds_for(None, tmp_path)
