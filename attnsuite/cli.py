@@ -369,7 +369,7 @@ def _write_html(args: argparse.Namespace, run: bl.Run, out, verdicts: Optional[d
 def _is_thresholds_file(path: str) -> bool:
     """A thresholds file by name (the gate looks for thresholds.json) or by content (an object of
     thresholds sections only), so a copy under another name is checked as what it is."""
-    if Path(path).name == bl.THRESHOLDS_FILE:
+    if Path(path).name in bl.THRESHOLDS_NAMES:
         return True
     try:
         obj = bl.read_json_file(path, bl.BaselineError)
