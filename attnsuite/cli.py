@@ -372,7 +372,9 @@ def _is_thresholds_file(path: str) -> bool:
     if Path(path).name in bl.THRESHOLDS_NAMES:
         return True
     try:
-        obj = bl.read_json_file(path, bl.BaselineError)
+        # a key named twice does not hide the kind: the thresholds reader then names the duplicate (it
+        # had been called a baseline's fault)
+        obj = bl.read_json_file(path, bl.BaselineError, duplicates=True)
     except bl.BaselineError:
         return False  # the baseline check names what is wrong with it
     return looks_like_thresholds(obj)

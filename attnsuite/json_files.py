@@ -161,7 +161,7 @@ def _gunzip(raw: bytes, path: os.PathLike | str, err: ErrorType, limit: int) -> 
 
 
 def parse_json_bytes(raw: bytes, path: os.PathLike | str, err: ErrorType = InputFileError,
-                     limit: Optional[int] = None) -> Any:
+                     limit: Optional[int] = None, duplicates: bool = False) -> Any:
     """Strict JSON from the bytes of a JSON file the suite reads (:func:`read_json_file`): UTF-8, no duplicate keys, at most
     :data:`MAX_JSON_DEPTH` levels. The one decoder every reader of such a file goes through.
 
@@ -171,6 +171,8 @@ def parse_json_bytes(raw: bytes, path: os.PathLike | str, err: ErrorType = Input
     in, which names the entry); every other problem is ``err`` naming the file. ``limit`` (default
     :data:`MAX_FILE_BYTES`) bounds the decompressed content of a compressed file as the file's size
     bounds a plain one (a caller with a smaller limit checks the plain file's size itself).
+    ``duplicates=True`` lets a key named twice pass (the last value kept): only for telling what
+    kind of file it is, whose own reader then refuses the duplicate naming the file as that kind.
     """
     if raw.startswith(GZIP_MAGIC):
         raw = _gunzip(raw, path, err, MAX_FILE_BYTES if limit is None else limit)
@@ -196,18 +198,18 @@ def parse_json_bytes(raw: bytes, path: os.PathLike | str, err: ErrorType = Input
     for node, where, depth in _walk(obj):
         if depth > MAX_JSON_DEPTH:
             raise err(path, f"not usable JSON: nested more than {MAX_JSON_DEPTH} levels deep at {_where(where[:8])}...")
-        if isinstance(node, _Duplicates):
+        if isinstance(node, _Duplicates) and not duplicates:
             keys = ", ".join(repr(k) for k in node.duplicates[:5])
             raise err(path, f"duplicate key {keys} in {_where(where)}: a JSON object must name each field once")
     return obj
 
 
-def read_json_file(path: os.PathLike | str, err: ErrorType = InputFileError) -> Any:
+def read_json_file(path: os.PathLike | str, err: ErrorType = InputFileError, duplicates: bool = False) -> Any:
     """THE reader of every JSON file the suite is given (results, baselines, thresholds, gate JSON,
     problems files): a regular file of bounded size (:func:`read_input_bytes`), gzip-compressed or
-    not, whatever its name, parsed strictly (:func:`parse_json_bytes`). Every problem is ``err``
-    naming the file: a gzipped thresholds file had been refused with a raw codec error."""
-    return parse_json_bytes(read_input_bytes(path, err), path, err)
+    not, whatever its name, parsed strictly (:func:`parse_json_bytes`; ``duplicates`` there). Every
+    problem is ``err`` naming the file: a gzipped thresholds file had been refused with a raw codec error."""
+    return parse_json_bytes(read_input_bytes(path, err), path, err, duplicates=duplicates)
 
 
 # --------------------------------------------------------------------------- file kinds

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import gzip
 import json
 import re
 import subprocess
@@ -379,6 +380,18 @@ def test_check_knows_a_thresholds_file_by_its_content_under_any_name(tmp_path, c
     code, out = run_cli("check", path)
     text = out + capsys.readouterr().err
     assert verdict.format(path=path) in text and "not an attnsuite baseline" not in text, text
+
+
+@pytest.mark.parametrize("name", ["th.json", "thresholds.json.gz"])
+def test_check_names_a_thresholds_file_with_a_key_named_twice_as_thresholds(tmp_path, capsys, name):
+    # under another name it had been called a baseline ("error: baseline th.json: duplicate key"),
+    # the strict reader refusing it before its kind was known
+    path = tmp_path / name
+    text = '{"version": 1, "default": {"time_floor": 0.1}, "default": {"time_floor": 0.2}}'.encode()
+    path.write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+    code, out = run_cli("check", path)
+    err = capsys.readouterr().err
+    assert code != 0 and f"error: thresholds {path}: duplicate key 'default'" in err, err
 
 
 def test_compare_with_step_summary_alone_still_appends_the_diff(runs, tmp_path, monkeypatch):
