@@ -20,3 +20,25 @@ def run_suite_tests(tests: list[str], cwd: Path, *args: str, timeout: float = 30
          "-p", "no:cacheprovider", "-p", "no:xdist", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     return done.stdout + done.stderr
+
+
+def once_per_session(tmp_path_factory, config, name: str, make):
+    """``make()`` (a JSON-able value) once per test session, under pytest-xdist too: a module-scoped
+    fixture runs once in each worker that runs a test using it, and worksteal may hand those tests to
+    both workers. The first worker to ask makes the value and keeps it in the session's temporary
+    folder (shared by its workers); the others wait for it and read it. A ``make()`` that raises
+    keeps nothing: the next worker to ask tries again, and fails the same way."""
+    import fcntl
+    import json
+
+    root = tmp_path_factory.getbasetemp()
+    if hasattr(config, "workerinput"):  # an xdist worker: its basetemp is <session's folder>/popen-gwN
+        root = root.parent
+    kept = root / f"once-{name}.json"
+    with open(root / f"once-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if kept.exists():
+            return json.loads(kept.read_text())
+        value = make()
+        kept.write_text(json.dumps(value))
+        return value

@@ -107,26 +107,52 @@ def test_crashes_aborts_exits_hangs_and_state_changes_are_outcomes_and_the_run_g
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
-def test_without_isolation_the_leaked_state_is_still_undone_for_the_next_variant(pytester, project):
-    out = project / "out.json"
-    result = pytester.runpytest_subprocess(*_args(project, ("h-state", "h-victim"), f"--benchmark-json={out}",
-                                                  "--attn-isolation=none", "--attn-mode=fwd"))
-    by = _records(json.loads(out.read_text()))
-    assert all(r["outcome"] == "ok" for r in by["h-victim"]), result.stdout.str()[-2000:]
+LEAK_VARIANTS = ("h-leak", "h-small-leak", "h-keep-once", "explicit")
+STATE_VARIANTS = ("h-state", "h-victim")
+
+
+@pytest.fixture(scope="module")
+def in_process_run(tmp_path_factory, request) -> tuple[str, dict]:
+    """One run without isolation (every case in the pytest process), fwd and fwd+bwd, of the variants
+    that keep memory and of the one that changes torch's global state with the one after it that would
+    feel it: read by the two tests below, once per session. (its output, its records by variant)"""
+    from suiterun import once_per_session
+
+    text, by = once_per_session(tmp_path_factory, request.config, "isolation-in-process",
+                                lambda: _in_process_run(tmp_path_factory))
+    assert set(by) == set(LEAK_VARIANTS + STATE_VARIANTS), text[-3000:]
+    return text, by
+
+
+def _in_process_run(tmp_path_factory) -> tuple[str, dict]:
+    folder = tmp_path_factory.mktemp("in-process")
+    (folder / "conftest.py").write_text('pytest_plugins = ["attnsuite.plugin"]\n')
+    shutil.copytree(ROOT / "bench", folder / "bench")
+    shutil.copy(ROOT / "examples" / "hostile" / "misbehaving.py", folder / "hostile.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("ATTNSUITE_VARIANTS", "PYTEST_XDIST_WORKER")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    out = folder / "out.json"
+    done = subprocess.run([sys.executable, "-m", "pytest", *_args(folder, LEAK_VARIANTS + STATE_VARIANTS,
+                                                                   f"--benchmark-json={out}", "--attn-isolation=none",
+                                                                   "--attn-mode=fwd", "--attn-mode=fwd+bwd")],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    text = done.stdout + done.stderr
+    assert out.exists(), text[-3000:]
+    return text, _records(json.loads(out.read_text()))
+
+
+def test_without_isolation_the_leaked_state_is_still_undone_for_the_next_variant(in_process_run):
+    text, by = in_process_run
+    assert all(r["outcome"] == "ok" for r in by["h-victim"]), text[-2000:]
     assert all(r["outcome"] == "error" for r in by["h-state"])
 
 
 def test_a_variant_that_keeps_memory_call_after_call_fails_and_one_below_the_limit_or_kept_once_does_not(
-        pytester, project):
+        in_process_run):
     # h-leak (16 MiB a call in the trial) had been benchmarked ok, its peak the only trace
     from attnsuite.runner import HELD_MIN_BYTES
 
-    out = project / "out.json"
-    variants = ("h-leak", "h-small-leak", "h-keep-once", "explicit")
-    result = pytester.runpytest_subprocess(*_args(project, variants, f"--benchmark-json={out}", "--attn-isolation=none",
-                                                  "--attn-mode=fwd", "--attn-mode=fwd+bwd"))
-    by = _records(json.loads(out.read_text()))
-    assert set(by) == set(variants), result.stdout.str()[-3000:]
+    _, by = in_process_run
     for rec in by["h-leak"]:
         assert rec["outcome"] == "error", rec
         assert re.search(r"h-leak keeps memory after each call: 4\.0 MiB more held once the call's outputs and gradients "
@@ -143,7 +169,9 @@ def test_a_variant_that_keeps_memory_call_after_call_fails_and_one_below_the_lim
 
 def test_a_killed_run_keeps_its_finished_cases_and_resume_runs_only_the_rest(project):
     out, journal = project / "out.json", project / "journal.jsonl"
-    args = _args(project, ("h-slow", "explicit"), f"--benchmark-json={out}", f"--attn-journal={journal}")
+    # two modes of the three: 8 cases, 3 finished before the kill and 5 left for the resume to run
+    args = _args(project, ("h-slow", "explicit"), f"--benchmark-json={out}", f"--attn-journal={journal}",
+                 "--attn-mode=fwd", "--attn-mode=bwd")
     env = dict(os.environ)
     proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=project, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
