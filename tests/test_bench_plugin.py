@@ -99,6 +99,74 @@ def bench_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     return run
 
 
+def _shared_run(folder: Path, variants, extra=(), env_drop=()) -> tuple[pytest.RunResult, dict | None]:
+    """What ``bench_run`` does, in ``folder``, for a module-scoped fixture: one run whose result several
+    tests read (each pytest process costs seconds of imports and a benchmark worker). Its environment is
+    the one pytester gives its runs (HOME in the folder, no PYTEST_ADDOPTS, PY_COLORS=0), less
+    ``env_drop``."""
+    import subprocess
+    import sys
+    import time
+
+    (folder / "conftest.py").write_text('pytest_plugins = ["attnsuite.plugin"]\n')
+    shutil.copytree(ROOT / "bench", folder / "bench")
+    ext = folder / "ext_variants.py"
+    ext.write_text(EXTERNAL)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ATTNSUITE_VARIANTS", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", *env_drop)}
+    env.update(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), HOME=str(folder),
+               USERPROFILE=str(folder), PY_COLORS="0")
+    out = folder / "out.json"
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-mpytest", f"--basetemp={folder / 'basetemp'}", "bench", "--benchmark-only",
+         f"--benchmark-json={out}", "-p", "no:cacheprovider", "-rs", f"--attn-variants={ext}", "--attn-device=cpu",
+         "--attn-tier=quick", "--attn-workload=decode", "--attn-mode=fwd", *[f"--attn-only={v}" for v in variants],
+         *extra],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    result = pytest.RunResult(done.returncode, done.stdout.splitlines(), done.stderr.splitlines(),
+                              time.monotonic() - started)
+    return result, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def _once(tmp_path_factory, request, name, make):
+    """``make()``'s run once per session (suiterun.once_per_session), as (its folder, its result, its JSON)."""
+    from suiterun import once_per_session
+
+    def kept():
+        folder, result, data = make()
+        return str(folder), result.ret, result.outlines, result.errlines, result.duration, data
+
+    folder, ret, outlines, errlines, duration, data = once_per_session(tmp_path_factory, request.config, name, kept)
+    return Path(folder), pytest.RunResult(ret, outlines, errlines, duration), data
+
+
+@pytest.fixture(scope="module")
+def sdpa_and_wrong_run(tmp_path_factory, request):
+    """sdpa and the fast, wrong, chatty variant in one run, without PYTHONUNBUFFERED (as a plain pytest
+    run has it): read by the numerics test and the printed-output test."""
+    def make():
+        folder = tmp_path_factory.mktemp("sdpa-and-wrong")
+        return (folder, *_shared_run(folder, ("sdpa", "wrong"), env_drop=("PYTHONUNBUFFERED",)))
+
+    _, result, data = _once(tmp_path_factory, request, "bench-plugin-sdpa-and-wrong", make)
+    return result, data
+
+
+@pytest.fixture(scope="module")
+def sdpa_alone_run(tmp_path_factory, request):
+    """sdpa alone, the gate at its default, gate.md and the gate JSON asked for, a slowdown injected into a
+    variant outside the selection, not on GitHub Actions: read by the files-line test, the injection test
+    and the GitHub Actions test. (the run's folder, its result, its JSON)"""
+    def make():
+        folder = tmp_path_factory.mktemp("sdpa-alone")
+        md, js = folder / "g.md", folder / "g.json"
+        extra = (f"--attn-markdown={md}", f"--attn-gate-json={js}", "--attn-inject-slowdown=hog=0.5")
+        return (folder, *_shared_run(folder, ("sdpa",), extra, env_drop=("GITHUB_ACTIONS",)))
+
+    return _once(tmp_path_factory, request, "bench-plugin-sdpa-alone", make)
+
+
 def _entries(data):
     """Every case of a result JSON: pytest-benchmark's list and, beside it, the cases without samples."""
     return list(data["benchmarks"]) + list(data["attnsuite"].get("unmeasured", []))
@@ -111,9 +179,9 @@ def _by_variant(data):
     return out
 
 
-def test_a_case_that_fails_numerics_keeps_its_figures_but_is_left_out_of_pytest_benchmarks_table(bench_run):
+def test_a_case_that_fails_numerics_keeps_its_figures_but_is_left_out_of_pytest_benchmarks_table(sdpa_and_wrong_run):
     # pytest-benchmark's table had ranked a variant returning garbage as the fastest of its group
-    result, data = bench_run(variants=("sdpa", "wrong"))
+    result, data = sdpa_and_wrong_run
     assert data is not None, result.stdout.str()[-3000:]
     result.assert_outcomes(passed=2, failed=2)
     assert {b["extra_info"]["variant"] for b in data["benchmarks"]} == {"sdpa"}
@@ -263,7 +331,7 @@ def test_with_benchmark_disable_the_runs_cases_are_still_judged_against_the_base
     assert not (pytester.path / "never.json").exists()
 
 
-def test_the_files_line_names_no_gate_file_the_run_did_not_write(bench_run, pytester):
+def test_the_files_line_names_no_gate_file_the_run_did_not_write(bench_run, pytester, sdpa_alone_run):
     # with the gate off, and after the gate refused another machine's baseline, the summary had named
     # gate.md and gate.json as written (an outside tester's trial)
     md, js = pytester.path / "g.md", pytester.path / "g.json"
@@ -273,17 +341,18 @@ def test_the_files_line_names_no_gate_file_the_run_did_not_write(bench_run, pyte
     assert f"gate diff none ({md} is not written: the gate is off)" in summary, summary
     assert f"verdicts none ({js} is not written: the gate is off)" in summary, summary
     assert not md.exists() and not js.exists()
-    result, _ = bench_run(variants=("sdpa",), extra=(f"--attn-markdown={md}", f"--attn-gate-json={js}"))
+    # the same selection with the gate on (the default, report), shared with other tests
+    folder, result, _ = sdpa_alone_run
+    md, js = folder / "g.md", folder / "g.json"
     summary = result.stdout.str().split("attnsuite summary")[-1]
     assert f"gate diff {md}" in summary and f"verdicts {js}" in summary and md.exists() and js.exists(), summary
 
 
-def test_what_a_variant_printed_is_counted_in_its_own_record(bench_run, monkeypatch):
+def test_what_a_variant_printed_is_counted_in_its_own_record(sdpa_and_wrong_run):
     # a variant's prints go to the worker's log, which is emptied after each case: the record keeps how much
     # (the worker flushes its streams before answering: without PYTHONUNBUFFERED, as in a plain pytest run,
-    # a print could otherwise wait in a buffer and be counted to a later case)
-    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
-    result, data = bench_run(variants=("wrong",))
+    # a print could otherwise wait in a buffer and be counted to a later case; the shared run has none)
+    result, data = sdpa_and_wrong_run
     recs = [b["extra_info"] for b in _entries(data) if b["extra_info"]["variant"] == "wrong"]
     assert recs and all(r["extra"].get("printed_bytes", 0) >= 100 for r in recs), [r["extra"] for r in recs]
 
@@ -401,9 +470,9 @@ def test_a_case_stopped_by_ctrl_c_leaves_no_unused_fixture_warning(monkeypatch):
     assert warned == [], warned
 
 
-def test_an_injection_into_a_variant_outside_the_selection_is_said_at_the_end(bench_run):
+def test_an_injection_into_a_variant_outside_the_selection_is_said_at_the_end(sdpa_alone_run):
     # --attn-inject-slowdown explicit=0.5 --attn-only sdpa had run and passed without a word
-    result, data = bench_run(variants=("sdpa",), extra=("--attn-inject-slowdown=hog=0.5",))
+    _, result, data = sdpa_alone_run  # --attn-only sdpa --attn-inject-slowdown=hog=0.5
     assert data is not None, result.stdout.str()[-3000:]
     result.stdout.fnmatch_lines(["NOT SIMULATED: --attn-inject-slowdown hog: no case of it ran in this selection, "
                                  "so nothing of it was slowed"])
@@ -476,14 +545,14 @@ def test_unmeasured_named_variants(outcomes, expected):
         assert list(got) == ["mine"] and expected in got["mine"] and got["mine"].startswith("--attn-only mine: ")
 
 
-def test_a_run_on_github_actions_that_compared_nothing_says_so_as_a_workflow_warning(bench_run, monkeypatch):
+def test_a_run_on_github_actions_that_compared_nothing_says_so_as_a_workflow_warning(bench_run, monkeypatch,
+                                                                                     sdpa_alone_run):
     # a CPU job on a runner with no compatible baseline passed in report mode with the fact on one log line
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     result, _ = bench_run(variants=("sdpa",))
     result.stdout.fnmatch_lines(["::warning title=attnsuite gate%3A nothing compared::NOT COMPARED: *; no baseline "
                                  "for this machine*"])
-    monkeypatch.delenv("GITHUB_ACTIONS")
-    result, _ = bench_run(variants=("sdpa",))
+    _, result, _ = sdpa_alone_run  # the same selection without GITHUB_ACTIONS
     assert "::warning" not in result.stdout.str()
 
 
