@@ -64,13 +64,14 @@ def test_the_start_method_can_be_forced_and_a_wrong_value_is_refused(monkeypatch
 
 
 def test_distributed_benchmark_cases_run_on_spawned_ranks_inside_the_benchmark_worker(tmp_path):
-    # as on a GPU host, where CPU ranks are spawned: from inside a benchmark worker process
+    # as on a GPU host, where CPU ranks are spawned: from inside a benchmark worker process (one variant:
+    # ring-zigzag's two quick-tier problems are the two cases on two ranks asked for below)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATTNSUITE_") and k != "PYTEST_XDIST_WORKER"}
     env.update(ATTNSUITE_RANK_START="spawn", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
     out = tmp_path / "cp.json"
     done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "bench"), f"--rootdir={ROOT}", "--benchmark-only",
                            "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "--attn-device=cpu", "--attn-tier=quick",
-                           "--attn-workload=context-parallel", "--attn-only=ring-zigzag", "--attn-only=ulysses",
+                           "--attn-workload=context-parallel", "--attn-only=ring-zigzag",
                            "--attn-mode=fwd+bwd", "--attn-gate=off", f"--benchmark-json={out}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
