@@ -99,6 +99,42 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     session.config.stash[_UNEXERCISED] = unexercised_defects(session.items)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    group_variant_checks(items)
+
+
+def group_variant_checks(items: list) -> None:
+    """Put test_variants.py's tests in order of variant, then problem, then check, in the places its
+    tests held: collected, they run check by check (every forward test, then every backward one, ...),
+    so under xdist the checks of one variant on one problem were spread over both workers, and each
+    worker built, and compiled (dynamo traces even the uncompiled ``flex_attention`` per shape), what
+    the other had already built. Together, they share one worker's build cache (worksteal hands out
+    and steals runs of neighbouring tests), as in a run without xdist. Each check's order on one
+    problem is unchanged: forward, backward, causality, repeat, backward-repeat, strided."""
+    from .test_variants import CHECK_OF_TEST  # not at import: that module imports this one
+
+    checks = list(CHECK_OF_TEST)
+    places, ours = [], []
+    for place, item in enumerate(items):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if getattr(item, "originalname", "") in CHECK_OF_TEST and getattr(params.get("variant"), "name", None):
+            places.append(place)
+            ours.append(item)
+    variant_at: dict[str, int] = {}
+    problem_at: dict[tuple, int] = {}
+    for item in ours:
+        params = item.callspec.params
+        variant_at.setdefault(params["variant"].name, len(variant_at))
+        problem_at.setdefault((params["variant"].name, params["problem"].id), len(problem_at))
+
+    def key(item):
+        variant, problem = item.callspec.params["variant"].name, item.callspec.params["problem"].id
+        return variant_at[variant], problem_at[(variant, problem)], checks.index(item.originalname)
+
+    for place, item in zip(places, sorted(ours, key=key)):
+        items[place] = item
+
+
 def unexercised_defects(items) -> list[str]:
     """A line per ``known_defects`` entry whose check this run selects for its variant but never runs
     as the declared expected failure (every such test skipped, or the entry's ``known_defect()``
