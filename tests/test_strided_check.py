@@ -81,3 +81,20 @@ def test_a_plain_kernel_passes_the_strided_check():
 def test_the_strided_check_is_a_check_a_known_defect_may_name():
     assert "strided" in registry.CHECK_NAMES and checks.CHECKS["strided"] is checks.check_strided
     assert checks.skip_reason("strided", Plain(), PROBLEM) is None
+
+
+@pytest.mark.parametrize("declared, kept", [
+    ({"strided": "seen on ..."}, True),  # its own defect: run as a strict expected failure
+    ({"forward": "seen on ..."}, False),  # a wrong forward fails the strided comparison too
+    ({"backward": "seen on ..."}, False),
+])
+def test_which_declared_defects_leave_a_problem_out_of_the_strided_check(monkeypatch, declared, kept):
+    # every declared defect had dropped the check's problems without a word, its own included
+    from test_correctness import test_variants
+
+    variant = Plain()
+    monkeypatch.setattr(variant, "known_defects", declared)
+    problems = [PROBLEM, PROBLEM.with_(dtype="float64")]
+    chosen = test_variants._per_dtype("strided", variant, problems, test_variants.STRIDED_PER_DTYPE,
+                                      test_variants.STRIDED_EXCLUDED_BY)
+    assert chosen == (problems if kept else [])
