@@ -288,16 +288,31 @@ def outside(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path
     return pytester.path
 
 
+_COLLECTED: dict[str, str] = {}
+
+
+def _collected_with_ours(pytester: pytest.Pytester, outside: Path) -> str:
+    """`--collect-only` of the correctness tests with ours.json added, narrowed to the added problem and to
+    the variants these tests name (explicit, sdpa, compiled-explicit): one run per process, shared by the
+    tests that read which ids it collects. None of what they read depends on which others are selected: the
+    compiled variants' CPU limit is per variant, and the dtype note per added problem."""
+    if "ours" not in _COLLECTED:
+        _COLLECTED["ours"] = pytester.runpytest_subprocess(
+            "test_correctness/test_variants.py", "-p", "no:cacheprovider", "-q", "--collect-only", "-n", "0",
+            f"--attn-problems={outside / 'ours.json'}", "--attn-only=explicit", "--attn-only=sdpa",
+            "--attn-only=compiled-explicit", "-k", "q33k65").stdout.str()
+    return _COLLECTED["ours"]
+
+
 def test_an_added_problem_is_checked_for_the_selected_variant_only(pytester, outside):
     result = pytester.runpytest_subprocess(
         "test_correctness/test_variants.py", "-p", "no:cacheprovider", "-q", "-n", "0",
         f"--attn-problems={outside / 'ours.json'}", "--attn-only=explicit", "-k", "q33k65")
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) >= 3 and not outcomes.get("failed"), result.stdout.str()[-2000:]
-    collected = pytester.runpytest_subprocess(
-        "test_correctness/test_variants.py", "-p", "no:cacheprovider", "-q", "--collect-only", "-n", "0",
-        f"--attn-problems={outside / 'ours.json'}", "-k", "q33k65").stdout.str()
-    assert "explicit@b1-q33k65-h4:2-d32-causal-br-fp32-cpu" in collected and "sdpa@b1-q33k65" in collected
+    collected = _collected_with_ours(pytester, outside)
+    assert "explicit@b1-q33k65-h4:2-d32-causal-br-fp32-cpu" in collected and "sdpa@b1-q33k65" in collected, \
+        collected[-3000:]
 
 
 def test_a_problem_in_dtypes_the_run_does_not_check_is_named_instead_of_vanishing(pytester, outside):
@@ -310,10 +325,9 @@ def test_a_problem_in_dtypes_the_run_does_not_check_is_named_instead_of_vanishin
     line = (f"attnsuite: {outside / 'half.json'}: attention problem b1-q33k65-h4:2-d32-causal-br-fp16-cpu asks for "
             "float16, which this run (cpu: float32, float64, bfloat16) does not check: it adds no test")
     assert line in out, out[-3000:]  # at the end (and in the header, which -q leaves out)
-    both = pytester.runpytest_subprocess(  # a dtype the run checks: no such line
-        "test_correctness/test_variants.py", "-p", "no:cacheprovider", "-q", "--collect-only", "-n", "0",
-        f"--attn-problems={outside / 'ours.json'}", "--attn-only=explicit", "-k", "q33k65").stdout.str()
-    assert "does not check: it adds no test" not in both
+    both = _collected_with_ours(pytester, outside)  # a dtype the run checks: no such line
+    assert "explicit@b1-q33k65-h4:2-d32-causal-br-fp32-cpu" in both, both[-3000:]  # it did collect the problem
+    assert "does not check: it adds no test" not in both, both[-3000:]
 
 
 def test_a_yaml_file_is_refused_saying_which_formats_are_read(tmp_path):
@@ -330,10 +344,8 @@ def test_a_workload_entry_without_modes_gets_the_built_in_entries_modes(tmp_path
 
 def test_compiled_variants_check_every_added_problem_on_cpu(pytester, outside):
     # the CPU limit on compiled variants (2 problems per dtype) had always stopped before the added ones
-    collected = pytester.runpytest_subprocess(
-        "test_correctness/test_variants.py", "-p", "no:cacheprovider", "-q", "--collect-only", "-n", "0",
-        f"--attn-problems={outside / 'ours.json'}", "--attn-only=compiled-explicit", "-k", "q33k65").stdout.str()
-    assert "compiled-explicit@b1-q33k65-h4:2-d32-causal-br-fp32-cpu" in collected
+    collected = _collected_with_ours(pytester, outside)  # every variant's ids, compiled-explicit's among them
+    assert "compiled-explicit@b1-q33k65-h4:2-d32-causal-br-fp32-cpu" in collected, collected[-3000:]
 
 
 def test_an_added_workload_is_benchmarked_in_the_worker_process(pytester, outside):
