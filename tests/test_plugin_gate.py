@@ -407,8 +407,8 @@ def test_an_interrupted_session_says_its_findings_were_measured_once_and_how_to_
     (confirming.path / "confirm.json").write_text(json.dumps({"alpha": {"median_ms": 0.5}}))
     confirming.makepyfile(test_zz=INTERRUPTS["KeyboardInterrupt"])
     # not --benchmark-only (QUIET): it would skip test_zz, which is no benchmark
-    res = confirming.runpytest_subprocess("-p", "no:cacheprovider", "--attn-markdown", "gate.md", "test_bench.py",
-                                          "test_zz.py")
+    res = _interrupted(confirming, "-p", "no:cacheprovider", "--attn-markdown", "gate.md", "test_bench.py",
+                       "test_zz.py")
     assert _confirm_calls(confirming) is None  # no confirmation pass after an interrupt
     note = ("1 case(s) judged slower or memory-growth were measured once: the session stopped before its "
             "confirmation pass, which measures them again; the same command with --attn-resume carries on "
@@ -421,7 +421,7 @@ def test_an_interrupted_session_without_confirmation_has_no_measured_once_note(c
     # --attn-no-confirm asks for one measurement: no confirmation pass was skipped, so none is promised
     (confirming.path / "confirm.json").write_text(json.dumps({"alpha": {"median_ms": 0.5}}))
     confirming.makepyfile(test_zz=INTERRUPTS["KeyboardInterrupt"])
-    res = confirming.runpytest_subprocess("-p", "no:cacheprovider", "--attn-no-confirm", "test_bench.py", "test_zz.py")
+    res = _interrupted(confirming, "-p", "no:cacheprovider", "--attn-no-confirm", "test_bench.py", "test_zz.py")
     out = res.stdout.str()
     assert "slower" in out and "measured once" not in out, out[-2000:]
 
@@ -439,6 +439,12 @@ def test_gate_json_lists_every_case_with_its_verdict_flags_and_confirmation(conf
     assert cases["beta"]["verdict"] == "same" and cases["beta"]["confirmed"] is None
 
 
+def _interrupted(pytester, *args):
+    """A run that a test of its own stops (INTERRUPTS), in this process: the KeyboardInterrupt ends the inner
+    session as it ends a session of its own and is not raised again in this one (no_reraise_ctrlc)."""
+    return pytester.runpytest(*args, no_reraise_ctrlc=True)
+
+
 INTERRUPTS = {
     "KeyboardInterrupt": "def test_zz_stop():\n    raise KeyboardInterrupt\n",
     "-x after a failure": "def test_zz_stop():\n    assert False, 'a failing test'\n",
@@ -448,9 +454,8 @@ INTERRUPTS = {
 @pytest.mark.parametrize("how", list(INTERRUPTS))
 def test_recording_from_an_interrupted_session_writes_nothing_and_says_so(project, how):
     project.makepyfile(test_zz=INTERRUPTS[how])
-    # a subprocess: an in-process run would hand the KeyboardInterrupt to this test session
-    res = project.runpytest_subprocess("-p", "no:cacheprovider", "--attn-record-baseline", "-x", "test_bench.py",
-                                       "test_zz.py")
+    res = _interrupted(project, "-p", "no:cacheprovider", "--attn-record-baseline", "-x", "test_bench.py",
+                       "test_zz.py")
     assert not (project.path / BASELINE).exists()
     res.stdout.fnmatch_lines(["baseline NOT recorded: the session was * nothing was written"])
 
@@ -458,8 +463,7 @@ def test_recording_from_an_interrupted_session_writes_nothing_and_says_so(projec
 def test_the_json_of_an_interrupted_session_says_so_and_attnsuite_record_refuses_it(project):
     # `attnsuite record` of the same session's JSON had recorded the partial run without a word
     project.makepyfile(test_zz=INTERRUPTS["-x after a failure"])
-    project.runpytest_subprocess("-p", "no:cacheprovider", "-x", "--benchmark-json=out.json", "test_bench.py",
-                                 "test_zz.py")
+    _interrupted(project, "-p", "no:cacheprovider", "-x", "--benchmark-json=out.json", "test_bench.py", "test_zz.py")
     meta = json.loads((project.path / "out.json").read_text())["attnsuite"]
     assert meta["interrupted"].startswith("stopped early")
     done = subprocess.run([sys.executable, "-m", "attnsuite", "record", "out.json", "--baseline", "b.json"],
@@ -470,9 +474,8 @@ def test_the_json_of_an_interrupted_session_says_so_and_attnsuite_record_refuses
 
 def test_an_interrupted_session_never_reads_as_a_plain_pass(project):
     project.makepyfile(test_zz=INTERRUPTS["KeyboardInterrupt"])
-    project.runpytest_subprocess("-p", "no:cacheprovider", "--attn-record-baseline", "test_bench.py")
-    res = project.runpytest_subprocess("-p", "no:cacheprovider", "--attn-markdown", "gate.md", "test_bench.py",
-                                       "test_zz.py")
+    record(project)  # the baseline --attn-record-baseline writes (test_record_then_an_unchanged_rerun_passes)
+    res = _interrupted(project, "-p", "no:cacheprovider", "--attn-markdown", "gate.md", "test_bench.py", "test_zz.py")
     md = (project.path / "gate.md").read_text()
     # a pass of part of a run is not a pass: no PASS word ("INTERRUPTED (...): PASS: ..." had read as one)
     assert "**INTERRUPTED (interrupted after 3 cases): no regression among" in md, md[:1500]
