@@ -54,13 +54,21 @@ def test_the_cpu_correctness_run_interprets_triton_on_a_host_that_has_a_gpu():
         assert done.returncode == 0 and "1 passed" in out, out[-3000:]
 
 
+_FAULT: list[str] = []
+
+
 def _interpreter_fault(env: dict) -> str:
-    """triton_support.interpreter_fault() as a fresh interpreting process sees it ('' when none)."""
-    code = "from attnsuite import triton_support as t; print(t.interpreter_fault() or '')"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "TRITON_INTERPRET": "1"},
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.strip()
+    """triton_support.interpreter_fault() as a fresh interpreting process sees it ('' when none).
+
+    Asked once per process: the answer is this Triton's and this NumPy's, whichever test asks first (the
+    two callers' environments differ only in PYTHONPATH entries and xdist's worker name)."""
+    if not _FAULT:
+        code = "from attnsuite import triton_support as t; print(t.interpreter_fault() or '')"
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "TRITON_INTERPRET": "1"},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        _FAULT.append(done.stdout.strip())
+    return _FAULT[0]
 
 
 FAULTY_INTERPRETER = """
