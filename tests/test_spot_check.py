@@ -66,10 +66,15 @@ LONG = Problem(batch=2, lq=384, lk=384, hq=4, hkv=2, dqk=32, dv=32, mask=Mask("c
 
 
 def _math(q, k, v, scale, allowed):
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    s = (q @ k.transpose(-2, -1)) * scale
-    return torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1) @ v
+    # query head h reads key/value head h // group (repeat_interleave's mapping): a group's query heads
+    # are neighbours, so their rows stacked are one (group * lq)-row query of their key/value head, and
+    # no copy of k or v (nor of its gradient) is made per call
+    b, hq, lq, _ = q.shape
+    hkv = k.shape[1]
+    group = hq // hkv
+    s = (q.reshape(b, hkv, group * lq, q.shape[-1]) @ k.transpose(-2, -1)) * scale
+    p = torch.softmax(s.masked_fill(~allowed.repeat(group, 1), float("-inf")), dim=-1)
+    return (p @ v).reshape(b, hq, lq, v.shape[-1])
 
 
 class Mutant(KernelVariant):
