@@ -274,8 +274,11 @@ def working_thresholds_unused(repo: Path, base_tree: Path, baselines_dir: Path, 
     if used is not None and used.is_relative_to(base_tree):
         rel = used.relative_to(base_tree)
     elif baselines_dir.is_relative_to(base_tree):
+        from .gate import thresholds_path_for  # the folder's file by the gate's own rule (gzip-compressed or not)
+
         folder = baselines_dir.relative_to(base_tree)
-        rel = next((folder / n for n in bl.THRESHOLDS_NAMES if (repo / folder / n).is_file()), folder / bl.THRESHOLDS_FILE)
+        found = thresholds_path_for(None, repo / folder, repo_fallback=False)
+        rel = folder / (found.name if found is not None else bl.THRESHOLDS_FILE)
     else:
         return ""  # a folder outside both trees, or the suite's own: the same file for both sides
     mine = repo / rel
