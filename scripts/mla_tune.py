@@ -28,8 +28,10 @@ sys.path.insert(0, str(ROOT))
 # A first sweep over the whole list (--wide) on an H200 (docs/triton.md, MLA) found every config at
 # 255 registers a thread and all but two spilling; 64 rows by 32-128 keys over 8 warps led. FOCUS is
 # that neighbourhood, for comparing kernel versions in one call.
+# A fifth number is the kernel's SPLIT (2: a program owns half of the value columns).
 FOCUS = [(64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 8, 3), (64, 32, 8, 4), (64, 64, 8, 1), (64, 128, 8, 1),
-         (64, 16, 8, 4), (64, 64, 4, 2), (32, 64, 4, 2)]
+         (64, 16, 8, 4), (64, 64, 4, 2), (32, 64, 4, 2), (128, 32, 8, 2, 2), (128, 64, 8, 1, 2), (32, 64, 4, 2, 2),
+         (64, 32, 4, 2, 2)]
 
 
 def candidates() -> list[tuple[int, int, int, int]]:
@@ -69,7 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kernel-file", action="append", default=[],
                     help="a kernel module to time instead of the shipped one (a file with launch() and mla_forward(); "
                          "repeatable; the shipped impls/mla/triton_kernels/mla.py is always timed first)")
-    ap.add_argument("--only", default="", help="configs to time, e.g. 64x32x8x2,128x16x16x2 (default: all)")
+    ap.add_argument("--only", default="",
+                    help="configs to time, BLOCK_MxBLOCK_NxWARPSxSTAGES[xSPLIT], e.g. 64x32x8x2,128x32x8x2x2 (default: all)")
     args = ap.parse_args(argv)
 
     import torch

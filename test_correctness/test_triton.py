@@ -192,10 +192,13 @@ def _mla_core_reference(q_lat, q_pe, kv, scale: float, causal: bool, dtype: torc
 # Rows are (query position, head) pairs: with 3 heads a tile of 32 rows starts at another query
 # position each time, so causal tiles run some key blocks unmasked and the rest masked; LK > LQ puts
 # the causal corner at the bottom right, as in decoding. "even": head dims that fill their blocks
-# (the loads without a column mask); "odd": padded ones.
+# (the loads without a column mask); "odd": padded ones. "split": each program owns half of the value
+# columns (MLA_CONFIGS' SPLIT 2, the autotuner's choice for long prefills on an H200), the scores still
+# over all of them; "whole": one program owns all of a row's columns.
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "nomask"])
 @pytest.mark.parametrize("dl,dr", [(32, 16), (24, 8)], ids=["even", "odd"])
-def test_the_mla_core_matches_float64_attention_across_tiles_and_key_blocks(causal, dl, dr, device):
+@pytest.mark.parametrize("split", [1, 2], ids=["whole", "split"])
+def test_the_mla_core_matches_float64_attention_across_tiles_and_key_blocks(causal, dl, dr, split, device):
     from attnsuite_impls.mla.triton_kernels import kernels
 
     dtype = getattr(torch, _dtype(device))
@@ -206,10 +209,11 @@ def test_the_mla_core_matches_float64_attention_across_tiles_and_key_blocks(caus
     q_pe = q_pe.transpose(1, 2)  # read through its strides, as the layer passes it
     scale = (dl + dr) ** -0.5
     out = kernels("mla", device.split(":")[0]).mla_forward(
-        q_lat.to(device, dtype), q_pe.to(device, dtype), kv.to(device, dtype), scale, causal)
+        q_lat.to(device, dtype), q_pe.to(device, dtype), kv.to(device, dtype), scale, causal,
+        config=(32, 32, 4, 1, split))
     inputs = [t.to(dtype).double() for t in (q_lat, q_pe, kv)]  # the rounded inputs the kernel saw
     ref = _mla_core_reference(*inputs, scale, causal, torch.float64)
     base = _mla_core_reference(*(t.to(device, dtype) for t in (q_lat, q_pe, kv)), scale, causal, dtype)
-    c = compare(f"mla core {'causal' if causal else 'nomask'} dl {dl} dr {dr}", out.cpu(), ref, base.cpu(),
+    c = compare(f"mla core {'causal' if causal else 'nomask'} dl {dl} dr {dr} split {split}", out.cpu(), ref, base.cpu(),
                 _dtype(device))
     assert c.passed, c.describe()

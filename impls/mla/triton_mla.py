@@ -51,9 +51,11 @@ class TritonAbsorbedMLA(MLA):
 
     def _attend_absorbed(self, q_nope, q_pe, c_kv, k_pe) -> torch.Tensor:
         # Heads lead every tensor of the core (h, b * lq, ...): the per-head up-projections are then
-        # batched matmuls over contiguous operands, and the kernel writes its output in that layout
-        # (it follows q_lat's strides): only q_nope going in and each chunk's output coming out
-        # change layout, each element copied once.
+        # batched matmuls, and the kernel writes its output in that layout (it follows q_lat's
+        # strides). Both matmuls read and write the layer's own layouts through strides: q_nope's
+        # heads are a strided batch of it, and the value up-projection writes each head's rows
+        # straight into o (b, lq, h, dv); a copy into o after it had cost 0.18 ms of the 6.6 ms
+        # DeepSeek-V3 forward on an H200 (scripts/mla_cand/layer_probe.py, docs/triton.md).
         b, lq = q_nope.shape[0], q_nope.shape[1]
         w = self.wkv_b.view(self.h, self.dn + self.dv, self.kv_lora)
         w_uk, w_uv = w[:, : self.dn], w[:, self.dn :]
@@ -68,9 +70,15 @@ class TritonAbsorbedMLA(MLA):
             q_lat = torch.bmm(q_h[heads], w_uk[heads]).view(n, b, lq, self.kv_lora)
             o_lat = _MLACore.apply(q_lat.transpose(0, 1), q_pe[:, :, heads].transpose(1, 2), kv, self.scale,
                                    self.causal)
-            o_v = torch.bmm(o_lat.transpose(0, 1).reshape(n, b * lq, self.kv_lora), w_uv[heads].transpose(1, 2))
-            o[:, :, heads] = o_v.view(n, b, lq, self.dv).permute(1, 2, 0, 3)
-            q_lat = o_lat = o_v = None  # this chunk's latent tensors go before the next chunk's are made
+            o_lat = o_lat.transpose(0, 1).reshape(n, b * lq, self.kv_lora)
+            if torch.is_grad_enabled() and (o_lat.requires_grad or w_uv.requires_grad):
+                # autograd refuses out=; recorded this way, a backward reaches the core's, which says it has none
+                o[:, :, heads] = torch.bmm(o_lat, w_uv[heads].transpose(1, 2)).view(n, b, lq, self.dv).permute(1, 2, 0, 3)
+            else:
+                # a view, never a copy (view raises where reshape would copy and leave o unwritten)
+                o_heads = o[:, :, heads].permute(2, 0, 1, 3).view(n, b * lq, self.dv)
+                torch.bmm(o_lat, w_uv[heads].transpose(1, 2), out=o_heads)
+            q_lat = o_lat = None  # this chunk's latent tensors go before the next chunk's are made
         return o.reshape(b, lq, self.h * self.dv)
 
 
