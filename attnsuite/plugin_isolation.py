@@ -151,8 +151,13 @@ class RaisedInterrupt:
     @pytest.hookimpl(tryfirst=True)
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
         # pytest prints the summary after every pytest_sessionfinish hook has run: the benchmark
-        # JSON, the gate's files and a recorded baseline are written by now; only the screen is left
-        self.summarising = config
+        # JSON, the gate's files and a recorded baseline are written by now; only the screen is left.
+        # Not in an xdist worker: its summary goes nowhere, and its SIGINT then is execnet's own way of
+        # ending a worker still busy 5 s after the controller's shutdown (it signals itself). Armed
+        # there, a run whose every test had passed ended on the shared stderr with "interrupted while
+        # the summary was printed" (seen twice under -n 2, a worker slow to tear down).
+        if not hasattr(config, "workerinput"):
+            self.summarising = config
 
     def _after_the_run(self) -> None:
         """A Ctrl-C while the summary prints: the run had finished, so say what it wrote and stop

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -233,6 +234,18 @@ def test_a_ctrl_c_while_the_summary_prints_says_what_the_run_wrote_without_a_tra
     assert "attnsuite: interrupted while the summary was printed; the run itself had finished" in text
     assert f"baseline recorded: {project.path / BASELINE}" in text and "markdown diff written to gate.md" in text
     assert json.loads((project.path / BASELINE).read_text())["cases"]
+
+
+@pytest.mark.parametrize("worker", [False, True], ids=["the-controller", "an-xdist-worker"])
+def test_only_the_process_that_prints_the_summary_treats_a_sigint_then_as_after_the_run(worker):
+    # execnet signals SIGINT to a worker still busy 5 s after its controller's shutdown: in a worker
+    # that is no Ctrl-C after the summary, and saying so had ended passing runs with that message
+    from attnsuite.plugin_isolation import RaisedInterrupt
+
+    config = types.SimpleNamespace(**({"workerinput": {"workerid": "gw0"}} if worker else {}))
+    guard = RaisedInterrupt()
+    guard.pytest_terminal_summary(None, 0, config)
+    assert guard.summarising is (None if worker else config)
 
 
 def test_a_corrupt_baseline_is_a_usage_error_naming_the_file(project):
