@@ -27,6 +27,12 @@ shift 2
 out=${OUT:-$ROOT/results}
 case $out in -*) out=./$out ;; esac  # a folder named "-x" is no option to mkdir, rm or tee
 [ -d "$out" ] || created=yes
+if [ -L "$out" ] && [ ! -e "$out" ]; then
+  # mkdir -p fails on it with "File exists", which had read as a folder that cannot be written
+  echo "ci_bench: the output folder OUT=$out is a symbolic link to $(readlink -- "$out"), which does not exist:" \
+    "create that folder, or give OUT=<a writable folder>" >&2
+  exit 4
+fi
 if ! mkdir -p -- "$out" 2> /dev/null || [ ! -w "$out" ]; then
   echo "ci_bench: the output folder OUT=$out cannot be created or written: give OUT=<a writable folder>" >&2
   exit 4

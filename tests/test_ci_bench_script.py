@@ -98,6 +98,18 @@ def test_an_output_folder_that_cannot_be_made_is_named_in_one_line(tmp_path):
     assert done.stderr == f"ci_bench: the output folder OUT={out} cannot be created or written: give OUT=<a writable folder>\n"
 
 
+def test_an_output_folder_that_is_a_dangling_link_is_named_as_one(tmp_path):
+    # it had read "cannot be created or written", nothing saying where the link pointed
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "gone" / "results")
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": "/bin/false"})
+    assert done.returncode == 4, done.stderr
+    assert done.stderr == (f"ci_bench: the output folder OUT={out} is a symbolic link to {tmp_path / 'gone' / 'results'}, "
+                           "which does not exist: create that folder, or give OUT=<a writable folder>\n")
+    assert not (tmp_path / "gone").exists()  # nothing made at the link's target
+
+
 def test_an_interpreter_without_the_suites_packages_is_named_before_pytest_starts(tmp_path):
     # a checkout where setup.sh never ran had failed in pytest's start with a bare ImportError, exit 1 (a gate's)
     python = tmp_path / "python"
