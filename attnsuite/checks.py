@@ -508,10 +508,10 @@ def check_causality(variant: Variant, problem: Problem, cache: Optional[dict] = 
                 which, first, reruns = "perturbed", first_b, runs_b
             if differing is None:  # it is: the perturbation made the change
                 diff = (a_rows.double() - b_rows.double()).abs()
-                first = int(np.flatnonzero(blind)[int(diff.amax(dim=tuple(d for d in range(diff.dim()) if d != axis)).argmax())])
+                row = int(np.flatnonzero(blind)[int(diff.amax(dim=tuple(d for d in range(diff.dim()) if d != axis)).argmax())])
                 result.details.append(
                     f"future leak: changing keys/tokens >= {pivot} changed {int((diff > 0).sum())} output "
-                    f"elements of rows that must not see them (max change {float(diff.max()):.3g}, e.g. row {first})"
+                    f"elements of rows that must not see them (max change {float(diff.max()):.3g}, e.g. row {row})"
                 )
             else:
                 # nondeterminism (or state kept between calls) had been reported as a future leak. Bit for
