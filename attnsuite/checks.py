@@ -344,13 +344,17 @@ def _gradients_once(variant: Variant, problem: Problem, cache: Optional[dict]) -
     return {name: (None if g is None else g.detach().clone()) for name, g in case.grads().items()}
 
 
+def _judge_calls(variant: Variant, problem: Problem, first: dict, second: dict) -> list:
+    """Both calls' gradients judged against the oracle by the suite's rule: [(comparisons, broken)] in call order."""
+    _, ref_grads = reference(variant.family, problem)
+    _, base_grads = base(variant.family, problem)
+    return [compare_gradients(variant.accuracy, grads, ref_grads, base_grads, problem.dtype) for grads in (first, second)]
+
+
 def _second_call_wrong(variant: Variant, problem: Problem, first: dict, second: dict) -> Optional[str]:
     """What is wrong with the second call's gradients where the first call's are within the oracle's
     tolerance (the comparison, said by the suite's rule), or None."""
-    _, ref_grads = reference(variant.family, problem)
-    _, base_grads = base(variant.family, problem)
-    judged = [compare_gradients(variant.accuracy, grads, ref_grads, base_grads, problem.dtype) for grads in (first, second)]
-    (comps1, broken1), (comps2, broken2) = judged
+    (comps1, broken1), (comps2, broken2) = _judge_calls(variant, problem, first, second)
     if broken1 or broken2 or not all(c.passed for c in comps1):
         return None
     wrong = [c.describe() for c in comps2 if not c.passed]
@@ -403,10 +407,7 @@ def check_backward_repeat(variant: Variant, problem: Problem, cache: Optional[di
                 f"{device}; a backward that adds up gradients in a varying order (atomics) declares "
                 f"nondeterministic_backward_devices = frozenset({{{device!r}}})")
             return
-        _, ref_grads = reference(variant.family, problem)
-        _, base_grads = base(variant.family, problem)
-        for label, grads in (("first", first), ("second", second)):
-            comps, broken = compare_gradients(variant.accuracy, grads, ref_grads, base_grads, problem.dtype)
+        for label, (comps, broken) in zip(("first", "second"), _judge_calls(variant, problem, first, second)):
             comps = [dataclasses.replace(c, what=f"{c.what} ({label} of two identical calls)") for c in comps]
             if broken:
                 result.passed = False
