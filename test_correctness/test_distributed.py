@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import time
+import types
+from typing import Optional
 
 import pytest
 import torch
@@ -94,6 +96,26 @@ def _cases(config: pytest.Config):
 # size pays it, not every one: a hung variant had cost about 33 minutes with the default world sizes)
 HUNG_IN: dict[tuple[str, int], str] = {}
 
+# (variant, P, problem id) -> why its forward check was refused on those ranks: the problem's other
+# checks each start with a forward call on it, so they are skipped with that reason instead of tried
+# again (each try restarts the ranks: context_parallel's refusal on CPU cost 6-12 s a check on a
+# 2-core machine, 2026-12-04). A refusal in another check says nothing of the forward and is not kept.
+REFUSED_FORWARD: dict[tuple[str, int, str], str] = {}
+
+
+def note_refusal(name: str, P: int, problem: Problem, check: str, reason: str,
+                 refusals: dict = REFUSED_FORWARD) -> None:
+    """Keep the reason of a refused forward check (only the forward's: see REFUSED_FORWARD)."""
+    if check == "forward":
+        refusals[(name, P, problem.id)] = reason
+
+
+def refused_forward(name: str, P: int, problem: Problem, check: str, refusals: dict = REFUSED_FORWARD) -> Optional[str]:
+    """The skip reason of a check whose problem's forward check was refused on P ranks, or None."""
+    why = refusals.get((name, P, problem.id)) if check != "forward" else None
+    return None if why is None else (f"{name} refused on {DEVICE} with P={P} in its forward check of this problem: "
+                                     f"{why} (not tried again: this check starts with a forward call on it)")
+
 
 def rank_timeout(config: pytest.Config) -> float:
     """``--attn-rank-timeout``, else 60 s on CPU and 120 s on CUDA."""
@@ -137,16 +159,37 @@ def test_distributed_variant_on_P_ranks_passes_the_check(name, P, problem, check
     if (name, P) in HUNG_IN:
         pytest.skip(f"{name} hung on P={P} ranks in {HUNG_IN[(name, P)]}: its other tests on P={P} are skipped "
                     "(--attn-rank-timeout sets how long ranks may take)")
+    why = refused_forward(name, P, problem, check)
+    if why:
+        pytest.skip(why)
     seen = variant.inner.known_defect(check, problem)  # declared by the variant (Variant.known_defects)
     if seen:
         request.applymarker(pytest.mark.xfail(strict=True, reason=f"known defect of {name}: {seen}"))
     result = run_check(check, variant, problem)
     if not result.passed and refusal(result.message):
+        note_refusal(name, P, problem, check, refusal(result.message))
         pytest.skip(f"{name} refused on {DEVICE} with P={P}: {refusal(result.message)}")
     if not result.passed and HUNG in result.message:
         HUNG_IN[(name, P)] = f"{problem.id}-{check}"
     if not result.passed:  # the check's own message: not pytest's rewrite of the test's source
         pytest.fail(result.message, pytrace=False)
+
+
+@pytest.mark.parametrize("refused_in,asked,P,problem_id,expected", [
+    ("forward", "backward", 2, "p1", "skip"), ("forward", "causality", 2, "p1", "skip"),
+    ("forward", "forward", 2, "p1", "try"), ("forward", "backward", 3, "p1", "try"),
+    ("forward", "backward", 2, "p2", "try"), ("backward", "causality", 2, "p1", "try"),
+], ids=["same-problem-backward", "same-problem-causality", "the-forward-itself", "another-world-size",
+        "another-problem", "refused-in-backward-only"])
+def test_a_refused_forward_skips_that_problems_other_checks_on_that_world_size_and_nothing_else(
+        refused_in, asked, P, problem_id, expected):
+    refusals: dict = {}
+    note_refusal("cp", 2, types.SimpleNamespace(id="p1"), refused_in, "no CPU op", refusals)
+    why = refused_forward("cp", P, types.SimpleNamespace(id=problem_id), asked, refusals)
+    if expected == "skip":
+        assert why is not None and "no CPU op" in why and "not tried again" in why, why
+    else:
+        assert why is None, why
 
 
 # ---- mutants: each must fail the checks --------------------------------------------------------
