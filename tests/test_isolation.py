@@ -42,6 +42,20 @@ def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
     return pytester.path
 
 
+@pytest.fixture
+def variants_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a run made in this process (pytester.runpytest) with ``--attn-variants``: the variants it
+    registers are dropped again when the test ends. pytester forgets the variants file's module after
+    the run, but not the registry's entries: the next such run would register the same names from a
+    fresh import of the file and be refused ("already registered"), and this process's other tests
+    would see the hostile variants. A run refused before any case runs costs no fresh process then
+    (~5 s of imports each on the 2-core CPU machine)."""
+    from attnsuite import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_EXTERNAL_SOURCES", list(registry._EXTERNAL_SOURCES))
+
+
 def _args(path: Path, variants, *extra: str) -> list[str]:
     return ["bench", "--benchmark-only", "-p", "no:cacheprovider", "-q", f"--attn-variants={path / 'hostile.py'}",
             "--attn-device=cpu", "--attn-tier=quick", "--attn-workload=llama3-405b", "--attn-workload=llama3-70b",
@@ -262,15 +276,17 @@ def test_ctrl_c_in_the_first_case_says_interrupted_in_the_summary_gate_md_and_ga
     assert gate["interrupted"] is True and gate["compared"] is False and gate["reason"] == line, gate
 
 
-def test_resume_refuses_a_journal_written_with_other_options(pytester, project):
+def test_resume_refuses_a_journal_written_with_other_options(pytester, project, variants_in_this_process):
     journal = project / "journal.jsonl"
     journal.write_text(json.dumps({"attnsuite_journal": 1, "spec": {"tier": "full"}, "fingerprint_id": "x"}) + "\n")
-    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), f"--attn-journal={journal}", "--attn-resume"))
+    # in this process: refused in pytest_configure, before any case runs
+    result = pytester.runpytest(*_args(project, ("explicit",), f"--attn-journal={journal}", "--attn-resume"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--attn-resume: journal*written by a run with another spec*"])
 
 
-def test_a_fresh_run_says_it_kept_an_unfinished_journal_and_resume_then_points_at_it(pytester, project):
+def test_a_fresh_run_says_it_kept_an_unfinished_journal_and_resume_then_points_at_it(pytester, project,
+                                                                                    variants_in_this_process):
     # the line had been swallowed by pytest's output capture (seen only with -s), and --attn-resume
     # afterwards said "no such file" without naming the kept journal
     journal = project / "journal.jsonl"
@@ -280,14 +296,16 @@ def test_a_fresh_run_says_it_kept_an_unfinished_journal_and_resume_then_points_a
                                                  "--attn-mode=fwd"))
     fresh.stdout.fnmatch_lines([f"attnsuite: an unfinished run's journal was kept as {journal}.prev (this run, "
                                 "without --attn-resume, starts*afresh*"])
-    resumed = pytester.runpytest_subprocess(*_args(project, ("explicit",), f"--attn-journal={journal}",
-                                                   "--attn-mode=fwd", "--attn-resume"))
+    # in this process: refused in pytest_configure, before any case runs (the fresh run above ran its case)
+    resumed = pytester.runpytest(*_args(project, ("explicit",), f"--attn-journal={journal}", "--attn-mode=fwd",
+                                        "--attn-resume"))
     assert resumed.ret == pytest.ExitCode.USAGE_ERROR
     resumed.stderr.fnmatch_lines([f"*journal {journal}: no such file (nothing to resume); an earlier unfinished "
                                   f"run's journal was kept as {journal}.prev*move it back to journal.jsonl*"])
 
 
-def test_a_second_run_into_the_outputs_of_a_running_one_is_refused_naming_it(pytester, project):
+def test_a_second_run_into_the_outputs_of_a_running_one_is_refused_naming_it(pytester, project,
+                                                                             variants_in_this_process):
     # two runs into one folder had both exited 0, one run's results lost and the journal shared
     out = project / "res" / "bench.json"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from attnsuite import filelock; "
@@ -297,8 +315,9 @@ def test_a_second_run_into_the_outputs_of_a_running_one_is_refused_naming_it(pyt
     try:
         out.parent.mkdir()
         assert holder.stdout.readline().strip() == "held"
-        second = pytester.runpytest_subprocess(*_args(project, ("explicit",), f"--benchmark-json={out}",
-                                                      "--attn-mode=fwd"))
+        # in this process: refused in pytest_configure, before any case runs; the lock's holder is
+        # another process all the same
+        second = pytester.runpytest(*_args(project, ("explicit",), f"--benchmark-json={out}", "--attn-mode=fwd"))
     finally:
         holder.kill()
         holder.wait()
@@ -342,11 +361,12 @@ def test_a_bad_option_value_is_a_usage_error_naming_the_option(pytester, project
 
 
 @pytest.mark.parametrize("option", ["--attn-markdown", "--attn-failures-log"])
-def test_an_output_option_naming_the_variants_file_is_refused_and_the_file_kept(pytester, project, option):
+def test_an_output_option_naming_the_variants_file_is_refused_and_the_file_kept(pytester, project, option,
+                                                                               variants_in_this_process):
     # an output over an input had replaced it silently (the shipped baseline, by --attn-markdown)
     code = (project / "hostile.py").read_bytes()
-    # a process of its own: the variants file registers its names once per process
-    result = pytester.runpytest_subprocess("bench", "--benchmark-only", "-p", "no:cacheprovider",
+    # in this process: refused in pytest_configure, before any case runs
+    result = pytester.runpytest("bench", "--benchmark-only", "-p", "no:cacheprovider",
                                 f"--attn-variants={project / 'hostile.py'}", f"{option}={project / 'hostile.py'}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert f"{option} {project / 'hostile.py'}: is --attn-variants" in result.stderr.str(), result.stderr.str()
@@ -360,9 +380,11 @@ def test_an_output_option_naming_the_variants_file_is_refused_and_the_file_kept(
     (("--attn-baseline=/proc/b.json",), "--attn-baseline /proc/b.json: cannot be recorded: cannot write in /proc"),
     (("--attn-baseline=hostile.py/b.json",), "--attn-baseline hostile.py/b.json: cannot be recorded:"),
 ], ids=["injected-slowdown", "memory-cap", "unwritable-file", "file-as-folder"])
-def test_a_recording_that_could_not_be_kept_is_refused_before_any_case_runs(pytester, project, extra, words):
+def test_a_recording_that_could_not_be_kept_is_refused_before_any_case_runs(pytester, project, extra, words,
+                                                                           variants_in_this_process):
     # a slowed run had been recorded as the code's figures; an unwritable target was found after the whole run
-    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-record-baseline",
+    # (in this process: refused in pytest_configure, before any case runs)
+    result = pytester.runpytest(*_args(project, ("explicit",), "--attn-record-baseline",
                                                   f"--attn-baselines-dir={project}", *extra))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert words in result.stderr.str(), result.stderr.str()
@@ -644,21 +666,23 @@ def _opens_while_parsing() -> bool:
     return bool(seen and seen[0])
 
 
-def test_a_named_baseline_of_another_machine_is_refused_before_any_case_runs(pytester, project):
+def test_a_named_baseline_of_another_machine_is_refused_before_any_case_runs(pytester, project,
+                                                                            variants_in_this_process):
     # it had been refused only after every case had run: minutes of a GPU tier spent for nothing
     obj = json.loads((ROOT / "baselines" / "cpu-amd-epyc-2c-torch2.13.json").read_text())
     obj["fingerprint"]["torch"] = "3.0.0+cpu"
     (project / "other.json").write_text(json.dumps(obj))
-    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-gate=enforce",
-                                                  f"--attn-baseline={project / 'other.json'}"))
+    # in this process: refused in pytest_configure, before any case runs
+    result = pytester.runpytest(*_args(project, ("explicit",), "--attn-gate=enforce",
+                                       f"--attn-baseline={project / 'other.json'}"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-2000:]
     err = result.stderr.str()
     assert "refusing to compare with" in err and "torch" in err and "--attn-allow-mismatch" in err, err
     assert "passed" not in result.stdout.str()
 
 
-def test_another_machines_baseline_stored_under_this_machines_name_is_refused_before_any_case_runs(pytester,
-                                                                                                 project):
+def test_another_machines_baseline_stored_under_this_machines_name_is_refused_before_any_case_runs(
+        pytester, project, variants_in_this_process):
     # found by the fingerprint's file name, not named: it had been refused only after every case had run
     # (an outside tester's trial: an H100 baseline copied to the CPU runner's file name)
     from attnsuite import fingerprint
@@ -670,8 +694,9 @@ def test_another_machines_baseline_stored_under_this_machines_name_is_refused_be
     (project / "bl").mkdir()
     stored = project / "bl" / f"{here['id']}.json"
     stored.write_text(json.dumps(obj))
-    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-gate=enforce",
-                                                  f"--attn-baselines-dir={project / 'bl'}"))
+    # in this process: refused in pytest_configure, before any case runs
+    result = pytester.runpytest(*_args(project, ("explicit",), "--attn-gate=enforce",
+                                       f"--attn-baselines-dir={project / 'bl'}"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-2000:]
     err = result.stderr.str()
     assert f"refusing to compare with {stored} (the baseline this machine's fingerprint finds): the machines " \
@@ -679,7 +704,8 @@ def test_another_machines_baseline_stored_under_this_machines_name_is_refused_be
     assert "passed" not in result.stdout.str()
 
 
-def test_a_corrupt_baseline_for_this_machine_is_a_usage_error_before_any_case_runs(pytester, project):
+def test_a_corrupt_baseline_for_this_machine_is_a_usage_error_before_any_case_runs(pytester, project,
+                                                                                  variants_in_this_process):
     # found by the fingerprint, not named: it had been read only after every case had run
     from attnsuite import fingerprint
     from attnsuite.baseline import stable_fingerprint
@@ -691,8 +717,9 @@ def test_a_corrupt_baseline_for_this_machine_is_a_usage_error_before_any_case_ru
     obj["cases"][key]["median_ms"] = "fast"
     (project / "bl").mkdir()
     (project / "bl" / f"{here['id']}.json").write_text(json.dumps(obj))
-    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-gate=enforce",
-                                                  f"--attn-baselines-dir={project / 'bl'}"))
+    # in this process: refused in pytest_configure, before any case runs
+    result = pytester.runpytest(*_args(project, ("explicit",), "--attn-gate=enforce",
+                                       f"--attn-baselines-dir={project / 'bl'}"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-2000:]
     err = result.stderr.str()
     assert "median_ms must be a number" in err and "the baseline for this machine" in err, err
@@ -728,7 +755,8 @@ def test_a_sigint_while_the_session_ends_lets_it_finish_writing_everything(pytes
     assert "attnsuite summary" in text and (out / "gate.md").is_file() and (out / "bench.json").is_file()
     assert len(benchmark_entries(json.loads((out / "bench.json").read_text()))) >= 2
 
-def test_recording_into_another_cpu_models_baseline_is_refused_before_any_case_runs(pytester, project):
+def test_recording_into_another_cpu_models_baseline_is_refused_before_any_case_runs(pytester, project,
+                                                                                   variants_in_this_process):
     # the refusal had come after every case had run, under a summary that read PASS (a fresh-user trial)
     from attnsuite import fingerprint
     from attnsuite.baseline import stable_fingerprint
@@ -739,8 +767,9 @@ def test_recording_into_another_cpu_models_baseline_is_refused_before_any_case_r
     theirs = project / "theirs.json"
     theirs.write_text(json.dumps(obj))
     before = theirs.read_bytes()
-    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-gate=enforce", "--attn-mode=fwd",
-                                                  f"--attn-baseline={theirs}", "--attn-record-baseline"))
+    # in this process: refused in pytest_configure, before any case runs
+    result = pytester.runpytest(*_args(project, ("explicit",), "--attn-gate=enforce", "--attn-mode=fwd",
+                                       f"--attn-baseline={theirs}", "--attn-record-baseline"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-2000:]
     err = result.stderr.str()
     assert f"refusing to record into {theirs}: the machines differ" in err and "Another CPU Model 9999" in err, err
@@ -752,6 +781,9 @@ def test_a_run_that_requires_a_baseline_where_none_is_found_stops_before_any_cas
     # a CI gate on a runner that drifted from every stored baseline had learned it after the whole tier
     (project / "empty").mkdir()
     extra = ("--attn-record-baseline",) if recording else ()
+    # a process of its own, as a CI job starts it: the end-to-end check that a refusal before any case
+    # runs (the other such refusals are checked in this process) is exit status 4 with gate.md and the
+    # gate JSON written
     result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-gate=enforce",
                                                   "--attn-require-baseline", "--attn-mode=fwd", *extra,
                                                   f"--attn-baselines-dir={project / 'empty'}",
