@@ -138,18 +138,29 @@ def in_process_run(tmp_path_factory, request) -> tuple[str, dict]:
     return text, by
 
 
-def _in_process_run(tmp_path_factory) -> tuple[str, dict]:
-    folder = tmp_path_factory.mktemp("in-process")
+def _shared_project(tmp_path_factory, name: str) -> Path:
+    """What the project fixture makes, in a folder of the session's own: for a run that several tests
+    read (once_per_session), which pytester's per-test folder cannot hold."""
+    folder = tmp_path_factory.mktemp(name)
     (folder / "conftest.py").write_text('pytest_plugins = ["attnsuite.plugin"]\n')
     shutil.copytree(ROOT / "bench", folder / "bench")
     shutil.copy(ROOT / "examples" / "hostile" / "misbehaving.py", folder / "hostile.py")
+    return folder
+
+
+def _run_pytest_in(folder: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """pytest with ``args`` in a fresh process started in ``folder``, importing this checkout's attnsuite."""
     env = {k: v for k, v in os.environ.items() if k not in ("ATTNSUITE_VARIANTS", "PYTEST_XDIST_WORKER")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "pytest", *args], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _in_process_run(tmp_path_factory) -> tuple[str, dict]:
+    folder = _shared_project(tmp_path_factory, "in-process")
     out = folder / "out.json"
-    done = subprocess.run([sys.executable, "-m", "pytest", *_args(folder, LEAK_VARIANTS + STATE_VARIANTS,
-                                                                   f"--benchmark-json={out}", "--attn-isolation=none",
-                                                                   "--attn-mode=fwd", "--attn-mode=fwd+bwd")],
-                          cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    done = _run_pytest_in(folder, _args(folder, LEAK_VARIANTS + STATE_VARIANTS, f"--benchmark-json={out}",
+                                        "--attn-isolation=none", "--attn-mode=fwd", "--attn-mode=fwd+bwd"))
     text = done.stdout + done.stderr
     assert out.exists(), text[-3000:]
     return text, _records(json.loads(out.read_text()))
@@ -179,6 +190,36 @@ def test_a_variant_that_keeps_memory_call_after_call_fails_and_one_below_the_lim
     # measured, not absent: 256 KiB a call reads as such, under the 1 MiB limit
     assert all(200 << 10 <= r["extra"]["held_after_call_bytes"] < 400 << 10 for r in by["h-small-leak"]), by["h-small-leak"]
     assert HELD_MIN_BYTES == 1 << 20  # the documented limit (docs/isolation.md)
+
+
+@pytest.fixture(scope="module")
+def explicit_run(tmp_path_factory, request) -> dict:
+    """One run of explicit's two fwd cases that four tests read, once per session (each had started one
+    of its own, a fresh pytest and its worker, ~10 s apiece on the 2-core CPU machine): it starts over
+    the journal an unfinished run left (UNFINISHED_JOURNAL), records the baseline --attn-require-baseline
+    asks for into an empty folder, writes its benchmark JSON into a folder that does not exist yet, and
+    gets a SIGINT while its session ends (SIGINT_AT_THE_END). (folder, json: the benchmark JSON's path,
+    ret, stdout, stderr)"""
+    from suiterun import once_per_session
+
+    return once_per_session(tmp_path_factory, request.config, "isolation-explicit-run",
+                            lambda: _explicit_run(tmp_path_factory))
+
+
+def _explicit_run(tmp_path_factory) -> dict:
+    folder = _shared_project(tmp_path_factory, "explicit-run")
+    (folder / "sigint_at_the_end.py").write_text(SIGINT_AT_THE_END)
+    (folder / "empty").mkdir()
+    journal, bench_json, out = folder / "journal.jsonl", folder / "new" / "sub" / "bench.json", folder / "out"
+    journal.write_text(UNFINISHED_JOURNAL)
+    args = _args(folder, ("explicit",), "--attn-mode=fwd", "--attn-require-baseline", "--attn-record-baseline",
+                 f"--attn-baselines-dir={folder / 'empty'}", f"--attn-journal={journal}", "-p", "sigint_at_the_end",
+                 f"--benchmark-json={bench_json}", f"--attn-markdown={out / 'gate.md'}",
+                 f"--attn-gate-json={out / 'gate.json'}")
+    args[args.index("--attn-gate=off")] = "--attn-gate=enforce"
+    done = _run_pytest_in(folder, args)
+    return {"folder": str(folder), "json": str(bench_json), "ret": done.returncode, "stdout": done.stdout,
+            "stderr": done.stderr}
 
 
 def test_a_killed_run_keeps_its_finished_cases_and_resume_runs_only_the_rest(project):
@@ -285,18 +326,23 @@ def test_resume_refuses_a_journal_written_with_other_options(pytester, project, 
     result.stderr.fnmatch_lines(["*--attn-resume: journal*written by a run with another spec*"])
 
 
-def test_a_fresh_run_says_it_kept_an_unfinished_journal_and_resume_then_points_at_it(pytester, project,
+UNFINISHED_JOURNAL = (json.dumps({"attnsuite_journal": 1, "spec": {}, "fingerprint_id": "x"}) + "\n"
+                      + json.dumps({"key": "llama3-70b/explicit/fwd/p", "record": {}}) + "\n")
+
+
+def test_a_fresh_run_says_it_kept_an_unfinished_journal_and_resume_then_points_at_it(pytester, project, explicit_run,
                                                                                     variants_in_this_process):
     # the line had been swallowed by pytest's output capture (seen only with -s), and --attn-resume
     # afterwards said "no such file" without naming the kept journal
+    fresh = Path(explicit_run["folder"]) / "journal.jsonl"  # it held UNFINISHED_JOURNAL when the run began
+    pytest.LineMatcher(explicit_run["stdout"].splitlines()).fnmatch_lines([
+        f"attnsuite: an unfinished run's journal was kept as {fresh}.prev (this run, without --attn-resume, "
+        "starts*afresh*"])
+    assert Path(f"{fresh}.prev").read_text() == UNFINISHED_JOURNAL and not fresh.exists()
+    # what the fresh run left (the kept journal, none of its own: it finished), here, for a resume in this
+    # process: refused in pytest_configure, before any case runs
     journal = project / "journal.jsonl"
-    journal.write_text(json.dumps({"attnsuite_journal": 1, "spec": {}, "fingerprint_id": "x"}) + "\n"
-                       + json.dumps({"key": "llama3-70b/explicit/fwd/p", "record": {}}) + "\n")
-    fresh = pytester.runpytest_subprocess(*_args(project, ("explicit",), f"--attn-journal={journal}",
-                                                 "--attn-mode=fwd"))
-    fresh.stdout.fnmatch_lines([f"attnsuite: an unfinished run's journal was kept as {journal}.prev (this run, "
-                                "without --attn-resume, starts*afresh*"])
-    # in this process: refused in pytest_configure, before any case runs (the fresh run above ran its case)
+    shutil.copy(f"{fresh}.prev", f"{journal}.prev")
     resumed = pytester.runpytest(*_args(project, ("explicit",), f"--attn-journal={journal}", "--attn-mode=fwd",
                                         "--attn-resume"))
     assert resumed.ret == pytest.ExitCode.USAGE_ERROR
@@ -633,15 +679,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_a_benchmark_json_in_a_folder_that_does_not_exist_yet_is_written(pytester, project):
+def test_a_benchmark_json_in_a_folder_that_does_not_exist_yet_is_written(pytester, project, request):
     # pytest-benchmark writes the file after every case has run: its folder is made before the run
-    out = project / "new" / "sub" / "out.json"
-    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), f"--benchmark-json={out}", "--attn-mode=fwd"))
     if _opens_while_parsing():  # pytest-benchmark before 5.3: argparse opens the file before any conftest loads
+        out = project / "new" / "sub" / "out.json"
+        result = pytester.runpytest_subprocess(*_args(project, ("explicit",), f"--benchmark-json={out}",
+                                                      "--attn-mode=fwd"))
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         assert f"can't open '{out}'" in result.stderr.str() and not out.exists()
         return
-    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
+    run = request.getfixturevalue("explicit_run")
+    out = Path(run["json"])
+    assert out.parent.parent.name == "new" and out.parent.parent.parent == Path(run["folder"])  # made by the run
+    assert run["ret"] == pytest.ExitCode.OK, run["stdout"][-2000:]
     assert benchmark_entries(json.loads(out.read_text()))
 
 
@@ -741,19 +791,15 @@ def pytest_sessionfinish(session):
 """
 
 
-def test_a_sigint_while_the_session_ends_lets_it_finish_writing_everything(pytester, project):
+def test_a_sigint_while_the_session_ends_lets_it_finish_writing_everything(explicit_run):
     # it had stopped the end half way: a traceback from the worker shutdown, exit status 130, no gate.md
-    (project / "sigint_at_the_end.py").write_text(SIGINT_AT_THE_END)
-    out = project / "out"
-    result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-mode=fwd", "--attn-gate=report",
-                                                  "-p", "sigint_at_the_end", f"--benchmark-json={out / 'bench.json'}",
-                                                  f"--attn-markdown={out / 'gate.md'}"))
-    text = result.stdout.str() + result.stderr.str()
-    assert result.ret == pytest.ExitCode.OK, text[-3000:]
+    text = explicit_run["stdout"] + explicit_run["stderr"]
+    out, bench_json = Path(explicit_run["folder"]) / "out", Path(explicit_run["json"])
+    assert explicit_run["ret"] == pytest.ExitCode.OK, text[-3000:]
     assert "KeyboardInterrupt" not in text, text[-3000:]
     assert "SIGINT while the session was ending: it finished writing its results first" in text
-    assert "attnsuite summary" in text and (out / "gate.md").is_file() and (out / "bench.json").is_file()
-    assert len(benchmark_entries(json.loads((out / "bench.json").read_text()))) >= 2
+    assert "attnsuite summary" in text and (out / "gate.md").is_file() and bench_json.is_file()
+    assert len(benchmark_entries(json.loads(bench_json.read_text()))) >= 2
 
 def test_recording_into_another_cpu_models_baseline_is_refused_before_any_case_runs(pytester, project,
                                                                                    variants_in_this_process):
@@ -777,23 +823,24 @@ def test_recording_into_another_cpu_models_baseline_is_refused_before_any_case_r
     assert "passed" not in result.stdout.str() and theirs.read_bytes() == before
 
 @pytest.mark.parametrize("recording", [False, True], ids=["comparing", "recording"])
-def test_a_run_that_requires_a_baseline_where_none_is_found_stops_before_any_case_runs(pytester, project, recording):
+def test_a_run_that_requires_a_baseline_where_none_is_found_stops_before_any_case_runs(pytester, project, recording,
+                                                                                      request):
     # a CI gate on a runner that drifted from every stored baseline had learned it after the whole tier
+    if recording:  # the recording session makes the baseline it asks for (explicit_run: an empty folder too)
+        run = request.getfixturevalue("explicit_run")
+        assert run["ret"] == pytest.ExitCode.OK, run["stdout"][-2000:]
+        assert list((Path(run["folder"]) / "empty").glob("*.json")), run["stdout"][-2000:]
+        return
     (project / "empty").mkdir()
-    extra = ("--attn-record-baseline",) if recording else ()
     # a process of its own, as a CI job starts it: the end-to-end check that a refusal before any case
     # runs (the other such refusals are checked in this process) is exit status 4 with gate.md and the
     # gate JSON written
     result = pytester.runpytest_subprocess(*_args(project, ("explicit",), "--attn-gate=enforce",
-                                                  "--attn-require-baseline", "--attn-mode=fwd", *extra,
+                                                  "--attn-require-baseline", "--attn-mode=fwd",
                                                   f"--attn-baselines-dir={project / 'empty'}",
                                                   f"--attn-markdown={project / 'out' / 'gate.md'}",
                                                   f"--attn-gate-json={project / 'out' / 'gate.json'}"))
     out = result.stdout.str()
-    if recording:  # the recording session makes the baseline it asks for
-        assert result.ret == pytest.ExitCode.OK, out[-2000:]
-        assert list((project / "empty").glob("*.json")), out[-2000:]
-        return
     assert result.ret == pytest.ExitCode.USAGE_ERROR, out[-2000:]
     err = result.stderr.str()
     assert "no baseline to judge this run against, and --attn-require-baseline asks for one" in err, err
