@@ -54,6 +54,7 @@ def variants_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_EXTERNAL_SOURCES", list(registry._EXTERNAL_SOURCES))
+    monkeypatch.setattr(registry, "_ORIGINS", dict(registry._ORIGINS))  # where each was loaded from
 
 
 def _args(path: Path, variants, *extra: str) -> list[str]:
