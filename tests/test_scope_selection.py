@@ -32,8 +32,15 @@ TINY = ("--attn-isolation=none", "--attn-device=cpu", "--attn-tier=quick", f"--a
 WIDE = {"version": 1, "default": {}, "device": {"cpu": {"time_floor": 10.0, "spread_k": 2.0, "mem_floor": 0.10,
                                                          "mem_abs_bytes": 8388608, "statistic": "min"}},
         "workload": {}, "case": {}}
-COMMON = ("--benchmark-only", "-p", "no:cacheprovider", "--attn-no-confirm", "--attn-baseline=base.json",
+# pytester drops PYTEST_ADDOPTS, so tests/conftest.py's "-p no:hypothesispytest" never reaches these runs:
+# each in-process run then imported all of hypothesis afresh (its modules are dropped when the run ends),
+# 3.6 s against 2.1 s for one judged run, 1.3 s against 0.15 s for a --collect-only one (2-core CPU
+# machine). None of these runs asserts on that plugin's output.
+NO_HYPOTHESIS = ("-p", "no:hypothesispytest")
+# with pytest's cache: the --lf test needs it
+CACHED = ("--benchmark-only", *NO_HYPOTHESIS, "--attn-no-confirm", "--attn-baseline=base.json",
           "--attn-thresholds=wide.json", "--benchmark-json=run.json")
+COMMON = ("-p", "no:cacheprovider", *CACHED)
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +159,7 @@ def test_last_failed_judges_only_the_cases_it_reruns(bench, recorded, pytester):
     cache = pytester.path / ".pytest_cache" / "v" / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     (cache / "lastfailed").write_text(json.dumps({f"bench/test_workloads.py::test_workload[{failed}]": True}))
-    common = tuple(a for a in COMMON if a not in ("-p", "no:cacheprovider"))
-    res = bench({"problem": "b9-q9-h1-d8-nomask-fp32-cpu"}, "--lf", common=common)
+    res = bench({"problem": "b9-q9-h1-d8-nomask-fp32-cpu"}, "--lf", common=CACHED)
     res.stdout.fnmatch_lines(["*run-last-failure: rerun previous 1 failure*"])
     _assert_judged_only_the_selection(res, outside=2)
 
@@ -185,8 +191,9 @@ def test_a_selection_of_no_case_exits_5_and_says_why(bench, pytester, args, why)
     # pytest alone exits 0 when the options leave an empty parameter set: a CI gate would pass judging nothing
     (pytester.path / "mine.json").write_text(json.dumps({"version": 1, "workloads": [{"name": "mine", "description": "ours", "entries": [
         {"tier": "full", "family": "attention", "modes": ["fwd"], "problem": {"lq": 48, "hq": 2, "dqk": 16}}]}]}))
-    res = pytester.runpytest("bench", "--benchmark-only", "-p", "no:cacheprovider", "--attn-isolation=none",
-                             "--attn-device=cpu", "--attn-markdown=gate.md", "--attn-gate-json=gate.json", *args)
+    res = pytester.runpytest("bench", "--benchmark-only", "-p", "no:cacheprovider", *NO_HYPOTHESIS,
+                             "--attn-isolation=none", "--attn-device=cpu", "--attn-markdown=gate.md",
+                             "--attn-gate-json=gate.json", *args)
     assert res.ret == pytest.ExitCode.NO_TESTS_COLLECTED, res.stdout.str()[-3000:]
     res.stdout.fnmatch_lines([f"attnsuite: no benchmark case selected: {why}*; nothing was measured or judged "
                               "(exit status 5)"])
@@ -230,8 +237,8 @@ def test_a_comma_list_selects_what_the_repeated_option_selects(pytester, monkeyp
     shutil.copytree(ROOT / "bench", pytester.path / "bench")
     monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
     names = ("decode", "video-wm") if option == "--attn-workload" else ("sdpa", "explicit")
-    base = ("bench", "--benchmark-only", "-p", "no:cacheprovider", "--collect-only", "-q", "--attn-device=cpu",
-            "--attn-tier=quick")
+    base = ("bench", "--benchmark-only", "-p", "no:cacheprovider", *NO_HYPOTHESIS, "--collect-only", "-q",
+            "--attn-device=cpu", "--attn-tier=quick")
 
     def collected(*args: str) -> list[str]:
         res = pytester.runpytest(*base, *args)
