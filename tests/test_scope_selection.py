@@ -4,7 +4,10 @@ Each test runs the real benchmarks (bench/ with the suite's plugin) on the quick
 tiny selection (one cheap variant, one workload, forward only: two cases) against a baseline that
 holds those cases plus one more that differs from them along one field only: the field of the
 option under test. The extra case is outside the selection, so it must not be called ``missing``;
-if that option's scoping broke, it would be, and the run would fail.
+if that option's scoping broke, it would be, and the run would fail. The options that need no
+argument of their own (workload, mode, variant, tier, device, a dtype the run did not ask for) share
+one run whose baseline holds all their extra cases at once: each is still called missing, and the
+run fails, if its own option's scoping breaks.
 """
 
 from __future__ import annotations
@@ -50,9 +53,12 @@ def recorded() -> dict:
 
 
 @pytest.fixture
-def bench(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, recorded: dict):
+def bench(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, recorded: dict, tmp_path_factory, request):
     """A copy of bench/ with the suite's plugin; ``run(baseline_extra, *args)`` runs the tiny selection
-    against the recorded baseline plus one extra case (fields changed from a recorded case)."""
+    against the recorded baseline plus one extra case (fields changed from a recorded case), or plus
+    several: ``baseline_extra`` a list of such changes."""
+    from suiterun import once_per_session
+
     pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
     shutil.copytree(ROOT / "bench", pytester.path / "bench")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -60,19 +66,24 @@ def bench(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, recorded: 
     base = pytester.path / "base.json"
     (pytester.path / "wide.json").write_text(json.dumps(WIDE))
     if "obj" not in recorded:
-        res = pytester.runpytest("bench", *COMMON, *TINY, "--attn-record-baseline")
-        assert res.ret == 0 and base.exists(), res.stdout.str()[-3000:]
-        recorded["obj"] = json.loads(base.read_text())
+        def record() -> dict:
+            res = pytester.runpytest("bench", *COMMON, *TINY, "--attn-record-baseline")
+            assert res.ret == 0 and base.exists(), res.stdout.str()[-3000:]
+            return json.loads(base.read_text())
 
-    def run(extra_changes: dict, *args: str, where: tuple[str, ...] = ("bench",),
+        # once per session, not once per xdist worker: every test only reads it
+        recorded["obj"] = once_per_session(tmp_path_factory, request.config, "scope-selection-baseline", record)
+
+    def run(extra_changes: dict | list[dict], *args: str, where: tuple[str, ...] = ("bench",),
             common: tuple[str, ...] = COMMON) -> pytest.RunResult:
         obj = json.loads(json.dumps(recorded["obj"]))
         assert len(obj["cases"]) == 2, obj["cases"].keys()
-        entry = dict(sorted(obj["cases"].items())[0][1])
-        entry.update(extra_changes)
-        key = "/".join(entry[f] for f in ("workload", "variant", "mode", "problem"))
-        assert key not in obj["cases"]
-        obj["cases"][key] = entry
+        first = sorted(obj["cases"].items())[0][1]
+        for changes in extra_changes if isinstance(extra_changes, list) else [extra_changes]:
+            entry = {**first, **changes}
+            key = _key(entry)
+            assert key not in obj["cases"]
+            obj["cases"][key] = entry
         base.write_text(json.dumps(obj))
         res = pytester.runpytest(*where, *common, *TINY, *args)
         res.workdir = pytester.path  # where base.json and the run's run.json are
@@ -102,24 +113,65 @@ def _assert_judged_only_the_selection(res: pytest.RunResult, outside: int = 1) -
     assert status == 0 and "missing" not in text.getvalue(), text.getvalue()[-3000:]
 
 
-CASES = [
-    pytest.param({"workload": "gpt2-mha"}, (), id="--attn-workload leaves another workload's case alone"),
-    pytest.param({"mode": "bwd"}, (), id="--attn-mode leaves another mode's case alone"),
-    pytest.param({"variant": "einsum"}, (), id="--attn-only leaves another variant's case alone"),
-    # the tier is not part of the key: a full-tier problem of the same workload, variant and mode
-    pytest.param({"tier": "full", "problem": "b9-q9-h1-d8-nomask-fp32-cpu"}, (),
-                 id="--attn-tier leaves the other tier's case alone"),
-]
+def _key(entry: dict) -> str:
+    return "/".join(entry[f] for f in ("workload", "variant", "mode", "problem"))
 
 
-@pytest.mark.parametrize("changes, args", CASES)
-def test_a_selection_option_judges_only_what_it_selects(bench, changes, args):
-    _assert_judged_only_the_selection(bench(changes, *args))
+def _outside_cases(recorded_obj: dict) -> dict[str, dict]:
+    """The extra baseline case of each option judged by the shared run, by option: a recorded case with
+    that option's one field changed."""
+    problem = sorted(recorded_obj["cases"].values(), key=lambda e: e["problem"])[0]["problem"]
+    return {
+        "--attn-workload": {"workload": "gpt2-mha"},
+        "--attn-mode": {"mode": "bwd"},
+        "--attn-only": {"variant": "einsum"},
+        # the tier is not part of the key: a full-tier problem of the same workload, variant and mode
+        "--attn-tier": {"tier": "full", "problem": "b9-q9-h1-d8-nomask-fp32-cpu"},
+        "--attn-device": {"problem": _swap_token(problem, "cpu", "cuda")},
+        # a dtype the run did not ask for (it has no --attn-dtype)
+        "no --attn-dtype": {"problem": _swap_token(problem, "fp32", "fp64")},
+    }
 
 
-def test_attn_device_leaves_another_devices_case_alone(bench, recorded):
-    problem = sorted(recorded["obj"]["cases"].values(), key=lambda e: e["problem"])[0]["problem"]
-    _assert_judged_only_the_selection(bench({"problem": _swap_token(problem, "cpu", "cuda")}))
+@pytest.fixture
+def outside_run(bench, recorded, tmp_path_factory, request) -> pytest.RunResult:
+    """The tiny selection judged against a baseline holding every case of _outside_cases at once: one
+    run read by six tests (each judged run is a pytest session with its measurements). Were one
+    option's scoping broken, its case would be called missing and the run would fail, failing them all."""
+    from suiterun import once_per_session
+
+    def make():
+        res = bench(list(_outside_cases(recorded["obj"]).values()))
+        return str(res.workdir), res.ret, res.outlines, res.errlines
+
+    workdir, ret, outlines, errlines = once_per_session(tmp_path_factory, request.config, "scope-selection-outside",
+                                                        make)
+    res = pytest.RunResult(ret, outlines, errlines, 0.0)
+    res.workdir = Path(workdir)
+    return res
+
+
+def _assert_left_alone(res: pytest.RunResult, recorded: dict, option: str) -> None:
+    """``option``'s extra case is in the shared run's baseline, and the run judged only its selection."""
+    first = sorted(recorded["obj"]["cases"].items())[0][1]
+    entry = {**first, **_outside_cases(recorded["obj"])[option]}
+    baseline = json.loads((res.workdir / "base.json").read_text())
+    assert baseline["cases"].get(_key(entry)) == entry, sorted(baseline["cases"])
+    _assert_judged_only_the_selection(res, outside=len(_outside_cases(recorded["obj"])))
+
+
+@pytest.mark.parametrize("option", [
+    pytest.param("--attn-workload", id="--attn-workload leaves another workload's case alone"),
+    pytest.param("--attn-mode", id="--attn-mode leaves another mode's case alone"),
+    pytest.param("--attn-only", id="--attn-only leaves another variant's case alone"),
+    pytest.param("--attn-tier", id="--attn-tier leaves the other tier's case alone"),
+])
+def test_a_selection_option_judges_only_what_it_selects(outside_run, recorded, option):
+    _assert_left_alone(outside_run, recorded, option)
+
+
+def test_attn_device_leaves_another_devices_case_alone(outside_run, recorded):
+    _assert_left_alone(outside_run, recorded, "--attn-device")
 
 
 def test_attn_dtype_leaves_another_dtypes_case_alone(bench, recorded):
@@ -127,10 +179,9 @@ def test_attn_dtype_leaves_another_dtypes_case_alone(bench, recorded):
     _assert_judged_only_the_selection(bench({"problem": _swap_token(problem, "fp32", "bf16")}, "--attn-dtype=float32"))
 
 
-def test_a_run_without_attn_dtype_leaves_a_case_of_a_dtype_it_did_not_run_alone(bench, recorded):
+def test_a_run_without_attn_dtype_leaves_a_case_of_a_dtype_it_did_not_run_alone(outside_run, recorded):
     # an fp64 case recorded from an `--attn-dtype float64` run had been called missing by every default run
-    problem = sorted(recorded["obj"]["cases"].values(), key=lambda e: e["problem"])[0]["problem"]
-    _assert_judged_only_the_selection(bench({"problem": _swap_token(problem, "fp32", "fp64")}))
+    _assert_left_alone(outside_run, recorded, "no --attn-dtype")
 
 
 @pytest.mark.parametrize("args", [
