@@ -76,6 +76,12 @@ class GpuOnly(KernelVariant):
 '''
 
 
+# pytester drops PYTEST_ADDOPTS from the runs it starts (and _shared_run does as it does), so tests/conftest.py's
+# "-p no:hypothesispytest" never reached them: each benchmark process loaded hypothesis's plugin, which imports
+# all of hypothesis (about 1 s of each process on the 2-core CPU machine). None asserts on that plugin's output.
+NO_HYPOTHESIS = ("-p", "no:hypothesispytest")
+
+
 @pytest.fixture
 def bench_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     """A copy of bench/ with the suite's plugin, and a function running it to a parsed JSON."""
@@ -89,7 +95,7 @@ def bench_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     def run(variants=("sdpa", "boom", "hog", "gpu-only"), extra=()):
         out = pytester.path / "out.json"
         result = pytester.runpytest_subprocess(
-            "bench", "--benchmark-only", f"--benchmark-json={out}", "-p", "no:cacheprovider", "-rs",
+            "bench", "--benchmark-only", f"--benchmark-json={out}", "-p", "no:cacheprovider", *NO_HYPOTHESIS, "-rs",
             f"--attn-variants={ext}", "--attn-device=cpu", "--attn-tier=quick", "--attn-workload=decode",
             "--attn-mode=fwd", *[f"--attn-only={v}" for v in variants], *extra,
         )
@@ -120,9 +126,9 @@ def _shared_run(folder: Path, variants, extra=(), env_drop=()) -> tuple[pytest.R
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-mpytest", f"--basetemp={folder / 'basetemp'}", "bench", "--benchmark-only",
-         f"--benchmark-json={out}", "-p", "no:cacheprovider", "-rs", f"--attn-variants={ext}", "--attn-device=cpu",
-         "--attn-tier=quick", "--attn-workload=decode", "--attn-mode=fwd", *[f"--attn-only={v}" for v in variants],
-         *extra],
+         f"--benchmark-json={out}", "-p", "no:cacheprovider", *NO_HYPOTHESIS, "-rs", f"--attn-variants={ext}",
+         "--attn-device=cpu", "--attn-tier=quick", "--attn-workload=decode", "--attn-mode=fwd",
+         *[f"--attn-only={v}" for v in variants], *extra],
         cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     result = pytest.RunResult(done.returncode, done.stdout.splitlines(), done.stderr.splitlines(),
                               time.monotonic() - started)
@@ -320,9 +326,9 @@ def test_with_benchmark_disable_the_runs_cases_are_still_judged_against_the_base
     result, _ = bench_run(variants=("sdpa",), extra=(f"--attn-baselines-dir={base}", "--attn-record-baseline"))
     assert result.ret == 0 and list(base.glob("*.json")), result.stdout.str()[-3000:]
     result = pytester.runpytest_subprocess(  # --benchmark-only refuses --benchmark-disable
-        "bench", "--benchmark-disable", "-p", "no:cacheprovider", "--attn-device=cpu", "--attn-tier=quick",
-        "--attn-workload=decode", "--attn-mode=fwd", "--attn-only=sdpa", f"--attn-baselines-dir={base}",
-        "--attn-gate=report", "--benchmark-json=never.json")
+        "bench", "--benchmark-disable", "-p", "no:cacheprovider", *NO_HYPOTHESIS, "--attn-device=cpu",
+        "--attn-tier=quick", "--attn-workload=decode", "--attn-mode=fwd", "--attn-only=sdpa",
+        f"--attn-baselines-dir={base}", "--attn-gate=report", "--benchmark-json=never.json")
     summary = result.stdout.str().split("attnsuite summary")[-1]
     assert "no baseline for this machine" not in summary, summary
     assert "PASS: no regression among" in summary and "cases judged against the baseline" in summary, summary
@@ -361,7 +367,8 @@ def test_bad_options_are_usage_errors_naming_the_option(pytester: pytest.Pyteste
     pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
     shutil.copytree(ROOT / "bench", pytester.path / "bench")
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    result = pytester.runpytest_subprocess("bench", "--benchmark-only", "--attn-workload=nope", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("bench", "--benchmark-only", "--attn-workload=nope", "-p",
+                                           "no:cacheprovider", *NO_HYPOTHESIS)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--attn-workload 'nope' is unknown*"])
 
