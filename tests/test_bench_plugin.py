@@ -136,7 +136,8 @@ def _shared_run(folder: Path, variants, extra=(), env_drop=()) -> tuple[pytest.R
 
 
 def _once(tmp_path_factory, request, name, make):
-    """``make()``'s run once per session (suiterun.once_per_session), as (its folder, its result, its JSON)."""
+    """``make()``'s run once per session (suiterun.once_per_session), as (its folder, its result, its JSON or
+    whatever JSON-able value ``make()`` returns third)."""
     from suiterun import once_per_session
 
     def kept():
@@ -171,6 +172,76 @@ def sdpa_alone_run(tmp_path_factory, request):
         return (folder, *_shared_run(folder, ("sdpa",), extra, env_drop=("GITHUB_ACTIONS",)))
 
     return _once(tmp_path_factory, request, "bench-plugin-sdpa-alone", make)
+
+
+@pytest.fixture(scope="module")
+def nothing_measured_run(tmp_path_factory, request):
+    """The CUDA-only, the raising and the memory-hungry variant, the gate JSON asked for: no case has samples,
+    and no case is judged (no baseline): read by the no-samples test and the report test."""
+    def make():
+        folder = tmp_path_factory.mktemp("nothing-measured")
+        gate = f"--attn-gate-json={folder / 'gate.json'}"
+        return (folder, *_shared_run(folder, ("gpu-only", "boom", "hog"), (gate,)))
+
+    return _once(tmp_path_factory, request, "bench-plugin-nothing-measured", make)
+
+
+@pytest.fixture(scope="module")
+def sdpa_and_gpu_only_run(tmp_path_factory, request):
+    """sdpa and the CUDA-only variant, the gate JSON asked for: every case passes or skips, and no case is
+    judged (no baseline): read by the test of a named variant that measured nothing and the report test."""
+    def make():
+        folder = tmp_path_factory.mktemp("sdpa-and-gpu-only")
+        return (folder, *_shared_run(folder, ("sdpa", "gpu-only"), (f"--attn-gate-json={folder / 'gate.json'}",)))
+
+    return _once(tmp_path_factory, request, "bench-plugin-sdpa-and-gpu-only", make)
+
+
+@pytest.fixture(scope="module")
+def recorded_with_errors_run(tmp_path_factory, request):
+    """sdpa and the raising variant recorded as a baseline into a baselines folder (``team-baselines`` in the
+    run's folder): read by the test of the failures it counts and the --benchmark-disable test, which judges
+    sdpa's cases against it."""
+    def make():
+        folder = tmp_path_factory.mktemp("recorded-with-errors")
+        base = folder / "team-baselines"
+        base.mkdir()
+        return (folder, *_shared_run(folder, ("sdpa", "boom"), (f"--attn-baselines-dir={base}",
+                                                                 "--attn-record-baseline")))
+
+    return _once(tmp_path_factory, request, "bench-plugin-recorded-with-errors", make)
+
+
+@pytest.fixture(scope="module")
+def gate_off_run_from_elsewhere(tmp_path_factory, request):
+    """The checkout's bench/ run (sdpa, one gpt2-mha case) with the gate off, started from a folder outside
+    the checkout (``mine`` in the run's folder) with -c <checkout>/pyproject.toml, gate.md and the gate JSON
+    named in the run's folder: read by the storage-folder test and the files-line test. (the run's folder,
+    its result, the names ``mine`` held after the run)"""
+    import subprocess
+    import sys
+    import time
+
+    def make():
+        folder = tmp_path_factory.mktemp("gate-off-elsewhere")
+        mine = folder / "mine"
+        mine.mkdir()
+        # what tests/conftest.py's fixtures give a test's own processes, made here: a module's fixture is set
+        # up before them (under xdist pytest-benchmark would read PYTEST_XDIST_WORKER and turn itself off)
+        env = {k: v for k, v in os.environ.items() if k != "PYTEST_XDIST_WORKER"}
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir",
+                               str(ROOT), str(ROOT / "bench"), "--benchmark-only", "-p", "no:cacheprovider",
+                               *NO_HYPOTHESIS, "-q", "--attn-only=sdpa", "--attn-workload=gpt2-mha", "--attn-mode=fwd",
+                               "--attn-gate=off", f"--attn-markdown={folder / 'g.md'}",
+                               f"--attn-gate-json={folder / 'g.json'}"],
+                              cwd=mine, env=env, capture_output=True, text=True, timeout=300)
+        result = pytest.RunResult(done.returncode, done.stdout.splitlines(), done.stderr.splitlines(),
+                                  time.monotonic() - started)
+        return folder, result, sorted(p.name for p in mine.iterdir())
+
+    return _once(tmp_path_factory, request, "bench-plugin-gate-off-elsewhere", make)
 
 
 def _entries(data):
@@ -280,23 +351,24 @@ def test_json_has_every_field_for_ok_error_oom_and_skipped_cases(bench_run, tmp_
     assert "variant runs on ['cuda'], not cpu" in out and "fastest variant per workload" in out
 
 
-def test_a_run_where_no_case_has_samples_still_writes_its_records(bench_run):
+def test_a_run_where_no_case_has_samples_still_writes_its_records(nothing_measured_run):
     # pytest-benchmark alone writes no JSON when no benchmark produced stats
-    result, data = bench_run(variants=("gpu-only", "boom", "hog"))
+    _, result, data = nothing_measured_run  # gpu-only, boom, hog
     assert data is not None, result.stdout.str()[-3000:]
     assert sorted(b["extra_info"]["outcome"] for b in _entries(data)) == ["error"] * 2 + ["oom"] * 2 + ["skipped"] * 2
 
 
-def test_a_report_refuses_the_gate_json_of_another_run_even_one_that_judged_no_case(bench_run, pytester, capsys):
+def test_a_report_refuses_the_gate_json_of_another_run_even_one_that_judged_no_case(
+        nothing_measured_run, sdpa_and_gpu_only_run, tmp_path, capsys):
     # with no case to compare, another run's "not compared" gate JSON had been shown as this result's verdict
     from attnsuite import cli
 
     files = {}
-    for run in ("one", "two"):
-        gate = pytester.path / f"{run}-gate.json"
-        result, data = bench_run(variants=("gpu-only",), extra=(f"--attn-gate-json={gate}",))
+    # two runs shared with other tests, neither with a baseline: each judged no case
+    for run, (folder, result, data) in (("one", nothing_measured_run), ("two", sdpa_and_gpu_only_run)):
+        gate = folder / "gate.json"
         assert data is not None, result.stdout.str()[-3000:]
-        kept = pytester.path / f"{run}.json"
+        kept = tmp_path / f"{run}.json"
         kept.write_text(json.dumps(data))
         files[run] = (kept, gate, data["attnsuite"]["run_id"], json.loads(gate.read_text()))
     for run, (_, _, bench_id, verdicts) in files.items():
@@ -310,7 +382,7 @@ def test_a_report_refuses_the_gate_json_of_another_run_even_one_that_judged_no_c
             f"by run {files['one'][2]}") in capsys.readouterr().err
     assert cli.main(["report", str(result), "--gate-json", str(files["one"][1])]) == 0
     # one that names no run (an older attnsuite's) and judged no case: nothing ties it to the result
-    legacy = pytester.path / "legacy-gate.json"
+    legacy = tmp_path / "legacy-gate.json"
     legacy.write_text(json.dumps({k: v for k, v in files["two"][3].items() if k != "run_id"}))
     capsys.readouterr()
     assert cli.main(["report", str(result), "--gate-json", str(legacy)]) == cli.EXIT_INPUT
@@ -318,14 +390,16 @@ def test_a_report_refuses_the_gate_json_of_another_run_even_one_that_judged_no_c
         capsys.readouterr().err
 
 
-def test_with_benchmark_disable_the_runs_cases_are_still_judged_against_the_baseline(bench_run, pytester):
+def test_with_benchmark_disable_the_runs_cases_are_still_judged_against_the_baseline(
+        bench_run, pytester, recorded_with_errors_run):
     # pytest-benchmark holds no result then (xdist turns it on too), and the summary had said "no
     # baseline for this machine" for measured cases with a baseline right there
-    base = pytester.path / "team-baselines"
-    base.mkdir()
-    result, _ = bench_run(variants=("sdpa",), extra=(f"--attn-baselines-dir={base}", "--attn-record-baseline"))
-    assert result.ret == 0 and list(base.glob("*.json")), result.stdout.str()[-3000:]
-    result = pytester.runpytest_subprocess(  # --benchmark-only refuses --benchmark-disable
+    folder, result, _ = recorded_with_errors_run  # sdpa and boom recorded (boom's errors fail that run)
+    base = folder / "team-baselines"
+    assert list(base.glob("*.json")), result.stdout.str()[-3000:]
+    # bench_run's folder (bench/ and the plugin), run here without bench_run: --benchmark-only refuses
+    # --benchmark-disable; --attn-only sdpa judges sdpa's cases, and boom's are outside its scope
+    result = pytester.runpytest_subprocess(
         "bench", "--benchmark-disable", "-p", "no:cacheprovider", *NO_HYPOTHESIS, "--attn-device=cpu",
         "--attn-tier=quick", "--attn-workload=decode", "--attn-mode=fwd", "--attn-only=sdpa",
         f"--attn-baselines-dir={base}", "--attn-gate=report", "--benchmark-json=never.json")
@@ -337,12 +411,11 @@ def test_with_benchmark_disable_the_runs_cases_are_still_judged_against_the_base
     assert not (pytester.path / "never.json").exists()
 
 
-def test_the_files_line_names_no_gate_file_the_run_did_not_write(bench_run, pytester, sdpa_alone_run):
+def test_the_files_line_names_no_gate_file_the_run_did_not_write(gate_off_run_from_elsewhere, sdpa_alone_run):
     # with the gate off, and after the gate refused another machine's baseline, the summary had named
     # gate.md and gate.json as written (an outside tester's trial)
-    md, js = pytester.path / "g.md", pytester.path / "g.json"
-    result, _ = bench_run(variants=("sdpa",), extra=("--attn-gate=off", f"--attn-markdown={md}",
-                                                      f"--attn-gate-json={js}"))
+    folder, result, _ = gate_off_run_from_elsewhere  # --attn-only sdpa --attn-gate=off, shared
+    md, js = folder / "g.md", folder / "g.json"
     summary = result.stdout.str().split("attnsuite summary")[-1]
     assert f"gate diff none ({md} is not written: the gate is off)" in summary, summary
     assert f"verdicts none ({js} is not written: the gate is off)" in summary, summary
@@ -485,20 +558,12 @@ def test_an_injection_into_a_variant_outside_the_selection_is_said_at_the_end(sd
                                  "so nothing of it was slowed"])
 
 
-def test_a_run_started_outside_the_checkout_leaves_no_benchmark_storage_folder_there(tmp_path):
+def test_a_run_started_outside_the_checkout_leaves_no_benchmark_storage_folder_there(gate_off_run_from_elsewhere):
     # pytest-benchmark makes its storage folder (./.benchmarks by default) at start-up: a run from a
     # user's own folder with -c <checkout>/pyproject.toml had left an empty .benchmarks/ there
-    import subprocess
-    import sys
-
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT),
-                           str(ROOT / "bench"), "--benchmark-only", "-p", "no:cacheprovider", "-q",
-                           "--attn-only=sdpa", "--attn-workload=gpt2-mha", "--attn-mode=fwd", "--attn-gate=off"],
-                          cwd=mine, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert sorted(p.name for p in mine.iterdir()) == []
+    _, result, left = gate_off_run_from_elsewhere  # gate.md and the gate JSON named outside that folder
+    assert result.ret == 0, result.stdout.str()[-3000:] + result.stderr.str()[-2000:]
+    assert left == []
 
 
 @pytest.mark.parametrize("given, expected", [
@@ -518,9 +583,9 @@ def test_only_the_default_benchmark_storage_moves_into_the_checkout(given, expec
     assert config.option.benchmark_storage == expected.format(root=tmp_path)
 
 
-def test_a_variant_named_in_attn_only_of_which_nothing_was_measured_fails_the_run(bench_run):
+def test_a_variant_named_in_attn_only_of_which_nothing_was_measured_fails_the_run(sdpa_and_gpu_only_run):
     # a CUDA-only kernel benchmarked on a CPU runner had read "PASS: ... (none measured ...)", exit status 0
-    result, data = bench_run(variants=("sdpa", "gpu-only"))
+    _, result, data = sdpa_and_gpu_only_run
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-3000:]
     result.stdout.fnmatch_lines(["FAIL: --attn-only gpu-only: none of its * ran on this machine, every one was "
                                  "skipped (e.g. *): nothing of it was measured; *"])
@@ -588,8 +653,8 @@ def test_an_unknown_attn_mode_is_a_usage_error_naming_it_and_the_known_ones():
     assert "ERROR: attnsuite: --attn-mode 'backward' is unknown; known: fwd, bwd, fwd+bwd, decode" in lines, lines
 
 
-def test_recording_a_baseline_from_pytest_counts_the_failures_it_recorded(bench_run):
+def test_recording_a_baseline_from_pytest_counts_the_failures_it_recorded(recorded_with_errors_run):
     # attnsuite record said it; pytest's --attn-record-baseline had said "4 added" of 2 errors among them
-    result, _ = bench_run(variants=("sdpa", "boom"), extra=("--attn-record-baseline",))
+    _, result, _ = recorded_with_errors_run  # sdpa and boom, --attn-record-baseline
     result.stdout.fnmatch_lines(["baseline recorded: *", "2 recorded cases failed (2 error): a later run is judged "
                                  "against those outcomes (e.g. decode/boom/fwd/*"])
