@@ -436,12 +436,13 @@ def test_what_a_variant_printed_is_counted_in_its_own_record(sdpa_and_wrong_run)
     assert recs and all(r["extra"].get("printed_bytes", 0) >= 100 for r in recs), [r["extra"] for r in recs]
 
 
-def test_bad_options_are_usage_errors_naming_the_option(pytester: pytest.Pytester, monkeypatch):
+def test_bad_options_are_usage_errors_naming_the_option(pytester: pytest.Pytester):
+    # in this process (a pytest process of its own costs seconds of imports before it refuses): what a user
+    # sees from a process of its own, exit status and message, is checked by the unknown --attn-mode test
     pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
     shutil.copytree(ROOT / "bench", pytester.path / "bench")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    result = pytester.runpytest_subprocess("bench", "--benchmark-only", "--attn-workload=nope", "-p",
-                                           "no:cacheprovider", *NO_HYPOTHESIS)
+    result = pytester.runpytest("bench", "--benchmark-only", "--attn-workload=nope", "-p", "no:cacheprovider",
+                                *NO_HYPOTHESIS)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--attn-workload 'nope' is unknown*"])
 
@@ -638,10 +639,19 @@ def _collected(*args: str) -> tuple[int, list[str]]:
     return done.returncode, [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
 
 
-def test_attn_mode_takes_a_comma_separated_list_as_attn_only_and_attn_workload_do():
+def test_attn_mode_takes_a_comma_separated_list_as_attn_only_and_attn_workload_do(pytester: pytest.Pytester):
     # `--attn-mode fwd,fwd+bwd` had been refused by argparse ("invalid choice") where --attn-only a,b worked
-    listed = _collected("--attn-workload=fa-sweep", "--attn-mode=fwd,fwd+bwd")
-    repeated = _collected("--attn-workload=fa-sweep", "--attn-mode=fwd", "--attn-mode=fwd+bwd")
+    # collected in this process, from a bench/ copy with the plugin (a pytest process each had cost seconds)
+    pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
+    shutil.copytree(ROOT / "bench", pytester.path / "bench")
+
+    def collected(*args: str) -> tuple[int, list[str]]:
+        res = pytester.runpytest("bench", "--benchmark-only", "-p", "no:cacheprovider", *NO_HYPOTHESIS, "-q",
+                                 "--collect-only", *args)
+        return res.ret, [line for line in res.outlines + res.errlines if line.strip()]
+
+    listed = collected("--attn-workload=fa-sweep", "--attn-mode=fwd,fwd+bwd")
+    repeated = collected("--attn-workload=fa-sweep", "--attn-mode=fwd", "--attn-mode=fwd+bwd")
     ids = [line for line in listed[1] if "::test_workload[" in line]
     assert listed[0] == repeated[0] == 0 and ids == [line for line in repeated[1] if "::test_workload[" in line]
     assert ids and {line.split("[", 1)[1].split("/")[2] for line in ids} == {"fwd", "fwd+bwd"}
