@@ -397,8 +397,8 @@ def test_with_benchmark_disable_the_runs_cases_are_still_judged_against_the_base
     folder, result, _ = recorded_with_errors_run  # sdpa and boom recorded (boom's errors fail that run)
     base = folder / "team-baselines"
     assert list(base.glob("*.json")), result.stdout.str()[-3000:]
-    # bench_run's folder (bench/ and the plugin), run here without bench_run: --benchmark-only refuses
-    # --benchmark-disable; --attn-only sdpa judges sdpa's cases, and boom's are outside its scope
+    # in bench_run's folder (a bench/ copy with the plugin), by hand: bench_run passes --benchmark-only, which
+    # refuses --benchmark-disable. --attn-only sdpa judges sdpa's cases; boom's are outside its scope
     result = pytester.runpytest_subprocess(
         "bench", "--benchmark-disable", "-p", "no:cacheprovider", *NO_HYPOTHESIS, "--attn-device=cpu",
         "--attn-tier=quick", "--attn-workload=decode", "--attn-mode=fwd", "--attn-only=sdpa",
