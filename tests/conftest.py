@@ -42,10 +42,20 @@ def _subprocesses_import_this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def _inner_runs_leave_out_hypothesis_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Hypothesis's pytest plugin imports all of hypothesis in every session's terminal summary: a
-    # one-test session took 1.46 s with it, 0.35 s without (2-core CPU machine, 2026-12-02), in each of
-    # the pytest processes these tests start. None of them asserts on its output, and @given tests run
-    # without it (test_correctness/conftest.py loads the profile itself).
+    # the pytest processes these tests start leave out hypothesis's plugin (suiterun.INNER_ADDOPTS says why)
+    from suiterun import INNER_ADDOPTS
+
     opts = os.environ.get("PYTEST_ADDOPTS", "")
-    if "no:hypothesispytest" not in opts:
-        monkeypatch.setenv("PYTEST_ADDOPTS", f"{opts} -p no:hypothesispytest".strip())
+    if INNER_ADDOPTS not in opts:
+        monkeypatch.setenv("PYTEST_ADDOPTS", f"{opts} {INNER_ADDOPTS}".strip())
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester, whose runs (in this process or their own) leave out hypothesis's plugin too: pytester
+    clears PYTEST_ADDOPTS when it is set up, after the fixture above, so its ~230 runs in these tests
+    had each loaded the plugin and imported all of hypothesis (about 1 s of CPU a run)."""
+    from suiterun import INNER_ADDOPTS
+
+    monkeypatch.setenv("PYTEST_ADDOPTS", INNER_ADDOPTS)
+    return pytester

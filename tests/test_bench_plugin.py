@@ -76,12 +76,6 @@ class GpuOnly(KernelVariant):
 '''
 
 
-# pytester drops PYTEST_ADDOPTS from the runs it starts (and _shared_run does as it does), so tests/conftest.py's
-# "-p no:hypothesispytest" never reached them: each benchmark process loaded hypothesis's plugin, which imports
-# all of hypothesis (about 1 s of each process on the 2-core CPU machine). None asserts on that plugin's output.
-NO_HYPOTHESIS = ("-p", "no:hypothesispytest")
-
-
 @pytest.fixture
 def bench_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     """A copy of bench/ with the suite's plugin, and a function running it to a parsed JSON."""
@@ -95,7 +89,7 @@ def bench_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     def run(variants=("sdpa", "boom", "hog", "gpu-only"), extra=()):
         out = pytester.path / "out.json"
         result = pytester.runpytest_subprocess(
-            "bench", "--benchmark-only", f"--benchmark-json={out}", "-p", "no:cacheprovider", *NO_HYPOTHESIS, "-rs",
+            "bench", "--benchmark-only", f"--benchmark-json={out}", "-p", "no:cacheprovider", "-rs",
             f"--attn-variants={ext}", "--attn-device=cpu", "--attn-tier=quick", "--attn-workload=decode",
             "--attn-mode=fwd", *[f"--attn-only={v}" for v in variants], *extra,
         )
@@ -108,11 +102,13 @@ def bench_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
 def _shared_run(folder: Path, variants, extra=(), env_drop=()) -> tuple[pytest.RunResult, dict | None]:
     """What ``bench_run`` does, in ``folder``, for a module-scoped fixture: one run whose result several
     tests read (each pytest process costs seconds of imports and a benchmark worker). Its environment is
-    the one pytester gives its runs (HOME in the folder, no PYTEST_ADDOPTS, PY_COLORS=0), less
-    ``env_drop``."""
+    the one pytester gives its runs (HOME in the folder, PYTEST_ADDOPTS only the tests' own, PY_COLORS=0),
+    less ``env_drop``."""
     import subprocess
     import sys
     import time
+
+    from suiterun import INNER_ADDOPTS
 
     (folder / "conftest.py").write_text('pytest_plugins = ["attnsuite.plugin"]\n')
     shutil.copytree(ROOT / "bench", folder / "bench")
@@ -121,12 +117,12 @@ def _shared_run(folder: Path, variants, extra=(), env_drop=()) -> tuple[pytest.R
     env = {k: v for k, v in os.environ.items()
            if k not in ("ATTNSUITE_VARIANTS", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", *env_drop)}
     env.update(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), HOME=str(folder),
-               USERPROFILE=str(folder), PY_COLORS="0")
+               USERPROFILE=str(folder), PY_COLORS="0", PYTEST_ADDOPTS=INNER_ADDOPTS)
     out = folder / "out.json"
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-mpytest", f"--basetemp={folder / 'basetemp'}", "bench", "--benchmark-only",
-         f"--benchmark-json={out}", "-p", "no:cacheprovider", *NO_HYPOTHESIS, "-rs", f"--attn-variants={ext}",
+         f"--benchmark-json={out}", "-p", "no:cacheprovider", "-rs", f"--attn-variants={ext}",
          "--attn-device=cpu", "--attn-tier=quick", "--attn-workload=decode", "--attn-mode=fwd",
          *[f"--attn-only={v}" for v in variants], *extra],
         cwd=folder, env=env, capture_output=True, text=True, timeout=600)
@@ -233,7 +229,7 @@ def gate_off_run_from_elsewhere(tmp_path_factory, request):
         started = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir",
                                str(ROOT), str(ROOT / "bench"), "--benchmark-only", "-p", "no:cacheprovider",
-                               *NO_HYPOTHESIS, "-q", "--attn-only=sdpa", "--attn-workload=gpt2-mha", "--attn-mode=fwd",
+                               "-q", "--attn-only=sdpa", "--attn-workload=gpt2-mha", "--attn-mode=fwd",
                                "--attn-gate=off", f"--attn-markdown={folder / 'g.md'}",
                                f"--attn-gate-json={folder / 'g.json'}"],
                               cwd=mine, env=env, capture_output=True, text=True, timeout=300)
@@ -400,7 +396,7 @@ def test_with_benchmark_disable_the_runs_cases_are_still_judged_against_the_base
     # in bench_run's folder (a bench/ copy with the plugin), by hand: bench_run passes --benchmark-only, which
     # refuses --benchmark-disable. --attn-only sdpa judges sdpa's cases; boom's are outside its scope
     result = pytester.runpytest_subprocess(
-        "bench", "--benchmark-disable", "-p", "no:cacheprovider", *NO_HYPOTHESIS, "--attn-device=cpu",
+        "bench", "--benchmark-disable", "-p", "no:cacheprovider", "--attn-device=cpu",
         "--attn-tier=quick", "--attn-workload=decode", "--attn-mode=fwd", "--attn-only=sdpa",
         f"--attn-baselines-dir={base}", "--attn-gate=report", "--benchmark-json=never.json")
     summary = result.stdout.str().split("attnsuite summary")[-1]
@@ -441,8 +437,7 @@ def test_bad_options_are_usage_errors_naming_the_option(pytester: pytest.Pyteste
     # sees from a process of its own, exit status and message, is checked by the unknown --attn-mode test
     pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
     shutil.copytree(ROOT / "bench", pytester.path / "bench")
-    result = pytester.runpytest("bench", "--benchmark-only", "--attn-workload=nope", "-p", "no:cacheprovider",
-                                *NO_HYPOTHESIS)
+    result = pytester.runpytest("bench", "--benchmark-only", "--attn-workload=nope", "-p", "no:cacheprovider",)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--attn-workload 'nope' is unknown*"])
 
@@ -646,7 +641,7 @@ def test_attn_mode_takes_a_comma_separated_list_as_attn_only_and_attn_workload_d
     shutil.copytree(ROOT / "bench", pytester.path / "bench")
 
     def collected(*args: str) -> tuple[int, list[str]]:
-        res = pytester.runpytest("bench", "--benchmark-only", "-p", "no:cacheprovider", *NO_HYPOTHESIS, "-q",
+        res = pytester.runpytest("bench", "--benchmark-only", "-p", "no:cacheprovider", "-q",
                                  "--collect-only", *args)
         return res.ret, [line for line in res.outlines + res.errlines if line.strip()]
 

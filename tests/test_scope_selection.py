@@ -35,13 +35,8 @@ TINY = ("--attn-isolation=none", "--attn-device=cpu", "--attn-tier=quick", f"--a
 WIDE = {"version": 1, "default": {}, "device": {"cpu": {"time_floor": 10.0, "spread_k": 2.0, "mem_floor": 0.10,
                                                          "mem_abs_bytes": 8388608, "statistic": "min"}},
         "workload": {}, "case": {}}
-# pytester drops PYTEST_ADDOPTS, so tests/conftest.py's "-p no:hypothesispytest" never reaches these runs:
-# each in-process run then imported all of hypothesis afresh (its modules are dropped when the run ends),
-# 3.6 s against 2.1 s for one judged run, 1.3 s against 0.15 s for a --collect-only one (2-core CPU
-# machine). None of these runs asserts on that plugin's output.
-NO_HYPOTHESIS = ("-p", "no:hypothesispytest")
 # with pytest's cache: the --lf test needs it
-CACHED = ("--benchmark-only", *NO_HYPOTHESIS, "--attn-no-confirm", "--attn-baseline=base.json",
+CACHED = ("--benchmark-only", "--attn-no-confirm", "--attn-baseline=base.json",
           "--attn-thresholds=wide.json", "--benchmark-json=run.json")
 COMMON = ("-p", "no:cacheprovider", *CACHED)
 
@@ -242,7 +237,7 @@ def test_a_selection_of_no_case_exits_5_and_says_why(bench, pytester, args, why)
     # pytest alone exits 0 when the options leave an empty parameter set: a CI gate would pass judging nothing
     (pytester.path / "mine.json").write_text(json.dumps({"version": 1, "workloads": [{"name": "mine", "description": "ours", "entries": [
         {"tier": "full", "family": "attention", "modes": ["fwd"], "problem": {"lq": 48, "hq": 2, "dqk": 16}}]}]}))
-    res = pytester.runpytest("bench", "--benchmark-only", "-p", "no:cacheprovider", *NO_HYPOTHESIS,
+    res = pytester.runpytest("bench", "--benchmark-only", "-p", "no:cacheprovider",
                              "--attn-isolation=none", "--attn-device=cpu", "--attn-markdown=gate.md",
                              "--attn-gate-json=gate.json", *args)
     assert res.ret == pytest.ExitCode.NO_TESTS_COLLECTED, res.stdout.str()[-3000:]
@@ -288,7 +283,7 @@ def test_a_comma_list_selects_what_the_repeated_option_selects(pytester, monkeyp
     shutil.copytree(ROOT / "bench", pytester.path / "bench")
     monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
     names = ("decode", "video-wm") if option == "--attn-workload" else ("sdpa", "explicit")
-    base = ("bench", "--benchmark-only", "-p", "no:cacheprovider", *NO_HYPOTHESIS, "--collect-only", "-q",
+    base = ("bench", "--benchmark-only", "-p", "no:cacheprovider", "--collect-only", "-q",
             "--attn-device=cpu", "--attn-tier=quick")
 
     def collected(*args: str) -> list[str]:
