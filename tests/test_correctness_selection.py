@@ -7,7 +7,8 @@ distributed variant alone stopped collection with a usage error from the single-
 
 from __future__ import annotations
 
-import functools
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -16,24 +17,39 @@ from pathlib import Path
 
 import pytest
 
+from tests.suiterun import once_per_session
+
 ROOT = Path(__file__).resolve().parents[1]
 # ids of variant-parametrised checks: "<variant>@<problem>" or "<variant>[P=<n>]@<problem>-<check>"
 VARIANT_ID = re.compile(r"\[(?P<variant>[A-Za-z0-9_.+-]+?)(?:\[P=\d+\])?@")
 
 
-@functools.lru_cache(maxsize=None)
-def _collect(*only: str, extra: tuple[str, ...] = ()) -> tuple[int, list[str]]:
+def _collect_run(only: tuple[str, ...], extra: tuple[str, ...]) -> list:
     args = [a for name in only for a in ("--attn-only", name)]
     done = subprocess.run([sys.executable, "-m", "pytest", "test_correctness", "--co", "-q", "-p", "no:cacheprovider",
                            "-n", "0", *extra, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     ids = [line for line in done.stdout.splitlines() if "::" in line]
-    return done.returncode, ids
+    return [done.returncode, ids]
 
 
-def test_an_external_variant_alone_collects_only_its_own_checks_not_the_built_in_kernels_tests():
+@pytest.fixture
+def collect(tmp_path_factory, request):
+    """``collect(*only, extra=...)``: (exit status, collected ids) of the correctness suite's ``pytest
+    --co`` with ``--attn-only`` for each of ``only``. Several tests read the same selection's
+    collection (a fresh process, 6-9 s on 2 cores; an lru_cache had made it once per xdist worker):
+    each is made once per session."""
+    def run(*only: str, extra: tuple[str, ...] = ()) -> tuple[int, list[str]]:
+        key = hashlib.sha1(json.dumps([only, extra]).encode()).hexdigest()[:16]
+        code, ids = once_per_session(tmp_path_factory, request.config, f"corrsel-collect-{key}",
+                                     lambda: _collect_run(only, extra))
+        return code, ids
+    return run
+
+
+def test_an_external_variant_alone_collects_only_its_own_checks_not_the_built_in_kernels_tests(collect):
     # "--attn-only my-kernel" had also run ~300 tests of built-in kernels (ring, Triton, decoding,
     # dropout, MLA, ...): a run where every test of my-kernel was skipped still read "284 passed"
-    code, ids = _collect("chunked-queries", extra=("--attn-variants", "examples/external_variant.py"))
+    code, ids = collect("chunked-queries", extra=("--attn-variants", "examples/external_variant.py"))
     assert code == 0 and ids
     # kept besides its own: the tests that run the selection themselves (attn_selection: a layer
     # family's variants, skipped naming the selection when it holds none of the family)
@@ -47,34 +63,34 @@ def test_an_external_variant_alone_collects_only_its_own_checks_not_the_built_in
 
 @pytest.mark.parametrize("only, module", [("triton-flash", "test_triton_bwd.py"), ("ring-sim", "test_ring.py"),
                                           ("kvcache-sdpa", "test_decode.py"), ("explicit-dropout", "test_dropout.py")])
-def test_a_built_in_kernels_own_tests_stay_when_it_is_selected(only, module):
-    code, ids = _collect(only)
+def test_a_built_in_kernels_own_tests_stay_when_it_is_selected(collect, only, module):
+    code, ids = collect(only)
     assert code == 0 and any(i.startswith(f"test_correctness/{module}::") for i in ids), (only, module)
 
 
 @pytest.mark.parametrize("only", [("triton-flash",), ("ring-zigzag",), ("sdpa", "ring")])
-def test_every_variant_parametrised_check_collects_only_the_selected_variants(only):
-    code, ids = _collect(*only)
+def test_every_variant_parametrised_check_collects_only_the_selected_variants(collect, only):
+    code, ids = collect(*only)
     assert code == 0, f"collection with --attn-only {' '.join(only)} exited {code}"
     seen = {m.group("variant") for i in ids for m in [VARIANT_ID.search(i)] if m}
     assert seen, "no variant-parametrised check collected"
     assert seen <= set(only), f"--attn-only {' '.join(only)} also collected {sorted(seen - set(only))}"
 
 
-def test_a_selection_with_nothing_for_a_check_module_is_reported_as_a_skip_there_not_an_error():
-    code, ids = _collect("ring-zigzag")  # distributed only: the single-process checks have nothing
+def test_a_selection_with_nothing_for_a_check_module_is_reported_as_a_skip_there_not_an_error(collect):
+    code, ids = collect("ring-zigzag")  # distributed only: the single-process checks have nothing
     assert code == 0
     single = [i for i in ids if i.startswith("test_correctness/test_variants.py::test_forward_matches_oracle")]
     assert single == ["test_correctness/test_variants.py::test_forward_matches_oracle[nothing-selected]"]
-    code, ids = _collect("triton-flash")  # no distributed variant selected
+    code, ids = collect("triton-flash")  # no distributed variant selected
     dist = [i for i in ids if "test_distributed_variant_on_P_ranks" in i]
     assert dist == ["test_correctness/test_distributed.py::"
                     "test_distributed_variant_on_P_ranks_passes_the_check[nothing-selected]"]
 
 
-def test_a_comma_separated_selection_selects_what_the_repeated_option_does():
+def test_a_comma_separated_selection_selects_what_the_repeated_option_does(collect):
     # ATTNSUITE_VARIANTS takes "a,b"; --attn-only "a,b" had been refused as one unknown name
-    assert _collect("sdpa,ring") == _collect("sdpa", "ring")
+    assert collect("sdpa,ring") == collect("sdpa", "ring")
 
 
 @pytest.mark.parametrize("value", ["", ",", " "], ids=["empty", "comma", "space"])
