@@ -94,10 +94,21 @@ def test_a_comma_separated_selection_selects_what_the_repeated_option_does(colle
 
 
 @pytest.mark.parametrize("value", ["", ",", " "], ids=["empty", "comma", "space"])
-def test_an_empty_selection_is_a_usage_error_not_every_variant(value):
-    # `--attn-only=$UNSET` had selected every variant: a run of everything where one was meant
+def test_an_empty_selection_is_a_usage_error_not_every_variant(pytester, monkeypatch, value):
+    # `--attn-only=$UNSET` had selected every variant: a run of everything where one was meant. The
+    # plugin refuses it while it configures, before anything is collected, so each spelling is checked
+    # in this process (a fresh one costs 6-20 s); the test below runs the correctness suite itself once
+    monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
+    pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
+    res = pytester.runpytest_inprocess("--co", "-q", "-p", "no:cacheprovider", f"--attn-only={value}")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR, res.stdout.str()[-1000:]
+    err = res.stderr.str()
+    assert f"attnsuite: --attn-only: {value!r} names no variant" in err, err[-1000:]
+
+
+def test_an_empty_selection_of_the_correctness_suite_exits_as_a_usage_error_saying_why():
     done = subprocess.run([sys.executable, "-m", "pytest", "test_correctness/test_variants.py", "--co", "-q",
-                           "-p", "no:cacheprovider", "-n", "0", f"--attn-only={value}"],
+                           "-p", "no:cacheprovider", "-n", "0", "--attn-only="],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-1000:]
     assert "--attn-only: " in done.stderr and "names no variant" in done.stderr, done.stderr[-1000:]
