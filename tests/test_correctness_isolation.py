@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.suiterun import once_per_session
+
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = ROOT / "examples" / "hostile" / "misbehaving.py"
 
@@ -27,16 +29,23 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def hostile_run(tmp_path_factory) -> tuple[int, str]:
-    """test_variants.py over the hostile variants and a correct one, on two xdist workers, 5 s per test, fp32."""
-    only = ["h-segfault", "h-hang", "h-state", "h-victim", "explicit"]
-    cmd = [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"), f"--rootdir={ROOT}",
-           "-p", "no:cacheprovider", "-n", "2", "-rsfE", "--attn-test-timeout", "5", f"--attn-variants={HOSTILE}",
-           *[f"--attn-only={name}" for name in only], "--attn-dtype=float32", "-k", "forward or causal",
-           "--attn-timeout", "10"]  # the benchmarks' limit, which this session must say it ignores
-    done = subprocess.run(cmd, cwd=tmp_path_factory.mktemp("hostile"), env=_env(), capture_output=True, text=True,
-                          timeout=600)
-    return done.returncode, done.stdout + done.stderr
+def hostile_run(tmp_path_factory, request) -> tuple[int, str]:
+    """test_variants.py over the hostile variants and a correct one, on two xdist workers, 5 s per test, fp32.
+    Made once per session (40-190 s): as a module fixture alone it ran again in each xdist worker that
+    was handed one of the tests reading it."""
+    def run() -> list:
+        only = ["h-segfault", "h-hang", "h-state", "h-victim", "explicit"]
+        cmd = [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"),
+               f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-n", "2", "-rsfE", "--attn-test-timeout", "5",
+               f"--attn-variants={HOSTILE}", *[f"--attn-only={name}" for name in only], "--attn-dtype=float32",
+               "-k", "forward or causal",
+               "--attn-timeout", "10"]  # the benchmarks' limit, which this session must say it ignores
+        done = subprocess.run(cmd, cwd=tmp_path_factory.mktemp("hostile"), env=_env(), capture_output=True,
+                              text=True, timeout=600)
+        return [done.returncode, done.stdout + done.stderr]
+
+    rc, out = once_per_session(tmp_path_factory, request.config, "corriso-hostile", run)
+    return rc, out
 
 
 def _outcomes(out: str, variant: str) -> set[str]:
