@@ -102,13 +102,27 @@ def test_a_leaked_state_fails_its_own_variant_and_not_the_next(hostile_run):
     assert re.search(r"\b\d{2,} passed\b", out), out[-2000:]
 
 
-def test_without_xdist_the_header_says_a_crash_ends_the_run(tmp_path):
-    cmd = [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"), f"--rootdir={ROOT}",
-           "-p", "no:cacheprovider", "-p", "no:xdist", "--collect-only", f"--attn-variants={HOSTILE}",
-           "--attn-only=h-victim"]
-    done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def exiting_run(tmp_path_factory, request) -> tuple[int, str]:
+    """test_variants.py without xdist (and without -q: the header shows) over two variants that end the
+    process and a correct one after them; once per session, as two tests read it."""
+    def run() -> list:
+        cmd = [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"),
+               f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-p", "no:xdist", "-rf", f"--attn-variants={HOSTILE}",
+               "--attn-only=h-exit", "--attn-only=h-sysexit", "--attn-only=explicit", "--attn-dtype=float32",
+               "-k", "test_forward", "--tb=long"]
+        done = subprocess.run(cmd, cwd=tmp_path_factory.mktemp("exiting"), env=_env(), capture_output=True,
+                              text=True, timeout=300)
+        return [done.returncode, done.stdout + done.stderr]
+
+    rc, out = once_per_session(tmp_path_factory, request.config, "corriso-exiting", run)
+    return rc, out
+
+
+def test_without_xdist_the_header_says_a_crash_ends_the_run(exiting_run):
+    _, out = exiting_run
     assert "attnsuite: correctness tests run in this process: a variant that crashes or hangs ends the run" \
-        in done.stdout, done.stdout[-2000:]
+        in out.split("\ncollected ", 1)[0], out[-2000:]  # in the header, before the tests
 
 
 def test_without_xdist_a_hung_test_ends_the_run_naming_itself_at_the_test_timeout(tmp_path):
@@ -392,15 +406,10 @@ def test_a_real_ctrl_c_still_ends_the_run(pytester, monkeypatch):
     res.assert_outcomes(passed=1, failed=1)  # the raiser failed, after-it passed, then the real Ctrl-C ended it
 
 
-def test_without_xdist_a_variant_that_exits_fails_its_tests_and_the_run_goes_on(tmp_path):
+def test_without_xdist_a_variant_that_exits_fails_its_tests_and_the_run_goes_on(exiting_run):
     # os._exit(0) had ended the run mid-way with status 0: a CI job read a partial run as a pass
-    cmd = [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"), f"--rootdir={ROOT}",
-           "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-rf", f"--attn-variants={HOSTILE}",
-           "--attn-only=h-exit", "--attn-only=h-sysexit", "--attn-only=explicit", "--attn-dtype=float32",
-           "-k", "test_forward", "--tb=long"]
-    done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
-    out = done.stdout + done.stderr
-    assert done.returncode == pytest.ExitCode.TESTS_FAILED, out[-3000:]
+    rc, out = exiting_run
+    assert rc == pytest.ExitCode.TESTS_FAILED, out[-3000:]
     assert "variant h-exit called os._exit(1), which would have ended the test run" in out, out[-3000:]
     assert "variant h-sysexit called sys.exit(0) (SystemExit): a kernel must not end the process" in out, out[-3000:]
     assert "During handling of the above exception" not in out, out[-3000:]  # the message alone, not a chain
