@@ -140,9 +140,20 @@ def test_without_xdist_a_hung_test_ends_the_run_naming_itself_at_the_test_timeou
 
 
 @pytest.mark.parametrize("value", ["-1", "soon"])
-def test_a_bad_test_timeout_is_a_usage_error(tmp_path, value):
+def test_a_bad_test_timeout_is_a_usage_error(pytester, monkeypatch, value):
+    # refused while the options are read or the plugin configures, before anything is collected: checked
+    # in this process (a fresh one costs 4-25 s); the test below runs the correctness suite itself once
+    monkeypatch.delenv("ATTNSUITE_VARIANTS", raising=False)
+    pytester.makeconftest('pytest_plugins = ["attnsuite.plugin"]\n')
+    res = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:xdist", "--collect-only", "-q",
+                                       f"--attn-test-timeout={value}")
+    err = res.stderr.str()
+    assert res.ret == pytest.ExitCode.USAGE_ERROR and "--attn-test-timeout" in err, err
+
+
+def test_a_bad_test_timeout_given_to_the_correctness_suite_exits_as_a_usage_error(tmp_path):
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "test_correctness" / "test_variants.py"), f"--rootdir={ROOT}",
-           "-p", "no:cacheprovider", "-p", "no:xdist", "--collect-only", "-q", f"--attn-test-timeout={value}"]
+           "-p", "no:cacheprovider", "-p", "no:xdist", "--collect-only", "-q", "--attn-test-timeout=-1"]
     done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == pytest.ExitCode.USAGE_ERROR and "--attn-test-timeout" in done.stderr, done.stderr
 
