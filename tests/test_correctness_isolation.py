@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.suiterun import once_per_session
+from suiterun import once_per_session
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = ROOT / "examples" / "hostile" / "misbehaving.py"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.suiterun import once_per_session
+from suiterun import once_per_session
 
 ROOT = Path(__file__).resolve().parents[1]
 # ids of variant-parametrised checks: "<variant>@<problem>" or "<variant>[P=<n>]@<problem>-<check>"
