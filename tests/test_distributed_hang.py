@@ -27,7 +27,11 @@ def test_a_hung_rank_fails_one_test_and_skips_the_variants_others_on_that_world_
     assert hung != source and "time.sleep(3600)" in hung
     module = tmp_path / "hung_rank.py"
     module.write_text(hung)
-    env = {**os.environ, "ATTNSUITE_DIST_WORLD": "2", "PYTHONPATH": str(ROOT)}
+    # the CPU ranks and problems this test counts, whatever device the outer run checks distributed
+    # variants on (scripts/gpu_correctness.sh exports ATTNSUITE_DIST_DEVICE=cuda and its dtypes: there
+    # the run had collected none of the CPU problems and exited 5)
+    env = {k: v for k, v in os.environ.items() if k not in ("ATTNSUITE_DIST_DEVICE", "ATTNSUITE_DIST_DTYPES")}
+    env.update(ATTNSUITE_DIST_WORLD="2", PYTHONPATH=str(ROOT))
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "pytest", "test_correctness/test_distributed.py", "-p", "no:cacheprovider",
                            "-n", "0", "-rs", f"--attn-variants={module}", "--attn-only=test-hung-rank",
