@@ -351,14 +351,27 @@ def _judge_calls(variant: Variant, problem: Problem, first: dict, second: dict) 
     return [compare_gradients(variant.accuracy, grads, ref_grads, base_grads, problem.dtype) for grads in (first, second)]
 
 
-def _second_call_wrong(variant: Variant, problem: Problem, first: dict, second: dict) -> Optional[str]:
-    """What is wrong with the second call's gradients where the first call's are within the oracle's
-    tolerance (the comparison, said by the suite's rule), or None."""
-    (comps1, broken1), (comps2, broken2) = _judge_calls(variant, problem, first, second)
-    if broken1 or broken2 or not all(c.passed for c in comps1):
-        return None
-    wrong = [c.describe() for c in comps2 if not c.passed]
-    return "; ".join(wrong) if wrong else None
+def _why_calls_differ(variant: Variant, problem: Problem, first: dict, second: dict) -> str:
+    """Why two identical backward calls of a variant declared deterministic gave other bits, told apart
+    by the oracle (the suite's rule): a varying order of additions keeps both calls within its
+    tolerance; state kept between calls (a buffer not cleared) makes a later call wrong, which declaring
+    the device nondeterministic would not fix (an outside tester's trial)."""
+    device = problem.device.split(":")[0]
+    judged = _judge_calls(variant, problem, first, second)
+    wrong = [[c.describe() for c in comps if not c.passed] + list(broken) for comps, broken in judged]
+    state = ("the backward depends on earlier calls (state kept between calls, e.g. gradients added into a "
+             "buffer it never clears; a variant with state declares reset())")
+    if not wrong[0] and wrong[1]:
+        return f"the second call's gradients are wrong where the first call's are right: {state}: {'; '.join(wrong[1])}"
+    if wrong[0]:
+        # not "both within tolerance": in the correctness suite the backward check's call on this case
+        # comes first, so a first call of this check that is wrong had followed a right one
+        return (f"the first of the two calls is already wrong ({'; '.join(wrong[0])}): where the backward check "
+                f"passes on this problem (its call comes before this check's), {state}; where it fails too, "
+                "it says why")
+    return (f"both calls are within the oracle's tolerance: the variant declares its backward deterministic on "
+            f"{device}; a backward that adds up gradients in a varying order (atomics) declares "
+            f"nondeterministic_backward_devices = frozenset({{{device!r}}})")
 
 
 def check_backward_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = None) -> CheckResult:
@@ -388,24 +401,13 @@ def check_backward_repeat(variant: Variant, problem: Problem, cache: Optional[di
             if not differ:
                 return
             result.passed = False
-            device = problem.device.split(":")[0]
-            # told apart by the oracle: a varying order of additions keeps both calls within its tolerance;
-            # state kept between calls (a buffer not cleared) makes the second call wrong, which declaring
-            # the device nondeterministic would not fix (an outside tester's trial)
-            stale = _second_call_wrong(variant, problem, first, second)
             for name, (a, b) in differ.items():
                 diff = (a.double() - b.double()).abs().nan_to_num()
                 result.details.append(
                     f"grad {name}: two identical calls differ in {int((diff > 0).sum())} of {diff.numel()} "
                     f"elements (max |diff| {float(diff.max()):.3g}, largest |grad| "
                     f"{float(a.double().abs().nan_to_num().max()):.3g})")
-            result.details.append(
-                "the second call's gradients are wrong where the first call's are right: the backward depends on "
-                "earlier calls (state kept between calls, e.g. gradients added into a buffer it never clears; a "
-                f"variant with state declares reset()): {stale}" if stale else
-                f"both calls are within the oracle's tolerance: the variant declares its backward deterministic on "
-                f"{device}; a backward that adds up gradients in a varying order (atomics) declares "
-                f"nondeterministic_backward_devices = frozenset({{{device!r}}})")
+            result.details.append(_why_calls_differ(variant, problem, first, second))
             return
         for label, (comps, broken) in zip(("first", "second"), _judge_calls(variant, problem, first, second)):
             comps = [dataclasses.replace(c, what=f"{c.what} ({label} of two identical calls)") for c in comps]
@@ -728,9 +730,12 @@ def _reads_each_calls_inputs(result: CheckResult, variant: Variant, problem: Pro
     """The call on other values (``case``: the built function with ``other``'s inputs) against
     their own oracle. Every other check calls a built function on one set of values (the causality
     check changes only future keys), so a variant that kept the K/V of its first call and reused it
-    passed them all (a first-time user's trial). A failure is blamed on state only when a freshly
-    built instance gets those values right; otherwise the forward check of the other values would
-    fail as well, and says why."""
+    passed them all (a first-time user's trial). A failure is blamed on the built function's state
+    when a freshly built instance gets those values right. When a fresh instance gets them wrong too,
+    it fails only where a fresh instance gets the problem's own values right: state kept outside the
+    built function (a module-level buffer or cache keyed by shape, or a distributed variant's ranks,
+    which outlive its instances) then passes every other check, all of which call on one set of
+    values; where the own values are wrong too, the forward check fails and says why."""
     other_problem, inputs_np = other
     ref_out, _ = reference(variant.family, other_problem)
     base_out, _ = base(variant.family, other_problem)
@@ -742,13 +747,30 @@ def _reads_each_calls_inputs(result: CheckResult, variant: Variant, problem: Pro
     if found.passed:
         return
     fresh = _fresh_output(variant, problem, inputs_np)
-    if not _output_comparison(variant, other_problem, fresh, v, ref_out, base_out, rows).passed:
+    if _output_comparison(variant, other_problem, fresh, v, ref_out, base_out, rows).passed:
+        result.passed = False
+        result.details.append(
+            f"{variant.name}: a call on other values of the same shapes (input seed {other_problem.seed}) is wrong "
+            "where a freshly built instance gets them right: the built function reuses data from an earlier call "
+            "(K/V or inputs kept from its first call?); each call must read its own inputs")
+        result.details.append(found.describe())
         return
+    own_ref, _ = reference(variant.family, problem)
+    own_base, _ = base(variant.family, problem)
+    with torch.no_grad():
+        own_case = prepare(variant, problem, False)  # a fresh instance (no build cache)
+        own_out = own_case.forward()
+    if not isinstance(own_out, torch.Tensor) or tuple(own_out.shape) != tuple(np.shape(own_ref)) or not \
+            _output_comparison(variant, problem, own_out, own_case.inputs.get("v"), own_ref, own_base,
+                               live_rows(problem) if problem.level == "kernel" else None).passed:
+        return  # wrong on its own values as well: the forward check says why
     result.passed = False
     result.details.append(
-        f"{variant.name}: a call on other values of the same shapes (input seed {other_problem.seed}) is wrong "
-        "where a freshly built instance gets them right: the built function reuses data from an earlier call "
-        "(K/V or inputs kept from its first call?); each call must read its own inputs")
+        f"{variant.name}: a call on other values of the same shapes (input seed {other_problem.seed}) is wrong, "
+        f"and so is a freshly built instance's call on them, while a freshly built instance gets the problem's "
+        f"own values (input seed {problem.seed}) right: data kept from an earlier call outside the built "
+        "function (a module-level buffer or cache keyed by shape; a distributed variant's ranks outlive its "
+        "instances), or a kernel wrong on some values only")
     result.details.append(found.describe())
 
 

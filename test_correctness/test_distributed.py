@@ -3,10 +3,11 @@
 Each registered distributed variant runs on P ranks of one process group (gloo on CPU, NCCL on
 CUDA); the ranks' output, log-sum-exp and dq/dk/dv shards are gathered and put through the
 suite's own checks (attnsuite/checks.py, attnsuite/tolerance.py): forward, lse, backward,
-causality by perturbation, every element written. Ids read ``<variant>[P=<n>]@<problem>-<check>``.
-Mutants of the ring (a K/V block dropped, a merge with a stale maximum, key positions off by one)
-must be caught, and a rank that hangs, dies or raises must come back as an error naming the
-variant, the rank and the world size.
+causality by perturbation, repeat and backward-repeat, every element written. Ids read
+``<variant>[P=<n>]@<problem>-<check>``. Mutants of the ring (a K/V block dropped, a merge with a
+stale maximum, key positions off by one, a receive buffer kept from the first call, gradients added
+into a buffer never cleared) must be caught, and a rank that hangs, dies or raises must come back as
+an error naming the variant, the rank and the world size.
 
 Device switch: ATTNSUITE_DIST_DEVICE=cuda (default cpu), ATTNSUITE_DIST_DTYPES=bfloat16,float16
 (default: the problems' own dtypes), ATTNSUITE_DIST_WORLD=2 (default 2,3,4 on CPU, 2 on CUDA).
@@ -27,7 +28,7 @@ from attnsuite import checks, registry
 from attnsuite.distributed.bench import scaling_efficiency
 from attnsuite.distributed.check import CHECKS, OnRanks, run_check, skip_reason
 from attnsuite.distributed.launch import HUNG, RankError, RankPool
-from attnsuite.distributed.ring_attention import FAULTS
+from attnsuite.distributed.ring_attention import FAULTS, STATE_FAULTS
 from attnsuite.distributed.run import call
 from attnsuite.distributed.shard import contiguous, layout, validate, zigzag
 from attnsuite.distributed.variant import DistributedVariant, refusal
@@ -216,8 +217,32 @@ def test_ring_mutant_is_caught_by_the_backward_check_too(fault, pools):
     assert not result.passed and "grad " in result.message, result.message
 
 
+# Mutants whose first call is right (state kept on the ranks, which outlive the variant's instances):
+# every single-call check passes them, so each is caught by its repeat check (a fresh pool: the state
+# is kept per rank process, and a first call must be the mutant's first)
+STATE_MUTANT_CHECK = {"stale-block": ("repeat", "outside the built function"),
+                      "kept-grads": ("backward-repeat", "the backward depends on earlier calls")}
+
+
+@pytest.mark.parametrize("fault", STATE_FAULTS)
+def test_ring_mutant_keeping_state_on_its_ranks_is_caught_by_the_repeat_checks(fault):
+    P = WORLD_SIZES[0]
+    pool = RankPool(P, DEVICE, timeout_s=60.0 if DEVICE == "cpu" else 120.0)
+    try:
+        mutant = OnRanks(type(registry.get("ring"))(fault=fault), pool)
+        for single in ("forward", "backward"):  # one call each: the first is right
+            assert run_check(single, mutant, MUTANT_PROBLEM).passed, single
+        check, words = STATE_MUTANT_CHECK[fault]
+        result = run_check(check, mutant, MUTANT_PROBLEM)
+    finally:
+        pool.close()
+    assert not result.passed and words in result.message, result.message
+    assert f"[mutant={fault}][P={P}]" in result.message
+
+
 def test_a_mutant_needs_a_known_fault():
-    with pytest.raises(ValueError, match="unknown fault 'late-merge'; known: drop-block, stale-max, shift-positions"):
+    with pytest.raises(ValueError, match="unknown fault 'late-merge'; known: drop-block, stale-max, shift-positions, "
+                                         "stale-block, kept-grads"):
         type(registry.get("ring"))(fault="late-merge")
 
 

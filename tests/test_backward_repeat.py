@@ -89,6 +89,18 @@ def test_two_backward_calls_are_held_to_the_declaration(monkeypatch, how, declar
     assert passes or any(words in d for d in result.details), result.details
 
 
+def test_a_backward_wrong_only_after_an_earlier_call_is_told_as_state_not_as_within_tolerance(monkeypatch):
+    # in the correctness suite the backward check's call comes first: this check's first call is then a
+    # second one, already wrong, and the failure had said "both calls are within the oracle's tolerance"
+    variant = _variant("keeps a running sum")
+    monkeypatch.setitem(registry._REGISTRY, variant.name, variant)
+    assert checks.check_backward(variant, PROBLEM).passed  # its first call is right
+    result = checks.check_backward_repeat(variant, PROBLEM)
+    details = " ".join(result.details)
+    assert not result.passed and "the first of the two calls is already wrong (grad q: max error" in details, details
+    assert "the backward depends on earlier calls" in details and "within the oracle's tolerance" not in details
+
+
 def test_the_failure_says_how_to_declare_a_nondeterministic_backward(monkeypatch):
     variant = _variant("rounds in another order")
     monkeypatch.setitem(registry._REGISTRY, variant.name, variant)

@@ -271,6 +271,42 @@ def test_a_kernel_that_reuses_its_first_calls_kv_is_caught_by_the_repeat_check(e
         assert "output" in result.message and "bound" in result.message  # how far off, as every check says
 
 
+class ModuleStaleKV(KernelVariant):
+    """Causal-free SDPA over the K/V of the first call of each shape, kept in a module-level dict that
+    every built instance shares (``fixed``: reads each call's K/V)."""
+
+    masks = frozenset({"none"})
+    KEPT: dict = {}
+
+    def __init__(self, name: str, fixed: bool = False) -> None:
+        self.name, self.fixed = name, fixed
+
+    def build(self, problem):
+        def run(q, k, v):
+            key = (self.name, tuple(k.shape))
+            if self.fixed or key not in self.KEPT:
+                self.KEPT[key] = (k.detach().clone(), v.detach().clone())
+            k0, v0 = self.KEPT[key]
+            return torch.nn.functional.scaled_dot_product_attention(q, k0, v0)
+        return run
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["keeps K/V by shape outside the instance", "reads each call's K/V"])
+def test_a_kernel_keeping_kv_outside_its_built_function_is_caught_by_the_repeat_check(fixed):
+    # a fresh instance shares the module-level K/V, so it got the other values wrong too, and the check
+    # had stayed silent, saying the forward check would fail: that check calls on the first values only
+    variant = ModuleStaleKV(f"test-module-kv-{fixed}", fixed=fixed)
+    assert checks.check_forward(variant, NO_MASK, cache={}).passed
+    result = checks.check_repeat(variant, NO_MASK, cache={})
+    assert result.passed == fixed, result.message
+    if not fixed:
+        assert (f"{variant.name}: a call on other values of the same shapes (input seed 1) is wrong, and so is a "
+                "freshly built instance's call on them, while a freshly built instance gets the problem's own "
+                "values (input seed 0) right: data kept from an earlier call outside the built function"
+                in result.message), result.message
+        assert "output: max error" in result.message
+
+
 @pytest.mark.parametrize("fill, said", [(0.0, None), (float("nan"), "NaN"), (0.5, "other values (max |x| 0.5)")])
 def test_fully_masked_rows_are_reported_only_when_they_are_not_the_oracles_zeros(fill, said):
     # a correct variant (zeros where a row sees no key, as the oracle defines) had warned on every run

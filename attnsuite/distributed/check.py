@@ -3,8 +3,9 @@
 :class:`OnRanks` presents a distributed variant on a :class:`RankPool` as an ordinary kernel
 variant: its function sends q, k, v to the ranks and returns the gathered output; its backward
 sends the output gradient and returns the gathered dq, dk, dv. So ``checks.check_forward``,
-``check_backward`` and ``check_causality`` run exactly as for every other variant (same oracle,
-same tolerance rule, the contract's every-element-written check on the gathered output).
+``check_backward``, ``check_causality``, ``check_repeat`` and ``check_backward_repeat`` run exactly
+as for every other variant (same oracle, same tolerance rule, the contract's every-element-written
+check on the gathered output).
 :func:`check_lse` adds the one thing only a distributed variant returns: its log-sum-exp.
 """
 
@@ -26,7 +27,9 @@ from .launch import RankPool
 from .run import Gathered, call
 from .variant import DistributedVariant
 
-CHECKS = ("forward", "lse", "backward", "causality")
+# repeat and backward-repeat as for every variant: state a rank keeps between calls (a receive buffer
+# never refilled, gradients added into a buffer never cleared) shows only in a second call
+CHECKS = ("forward", "lse", "backward", "causality", "repeat", "backward-repeat")
 
 
 class _OnRanksCall(torch.autograd.Function):
@@ -54,7 +57,7 @@ class OnRanks(KernelVariant):
         self.inner, self.pool = variant, pool
         self.name = f"{variant.name}[P={pool.world_size}]"
         for attr in ("family", "devices", "dtypes", "masks", "features", "backward_devices", "deterministic",
-                     "backend", "description"):
+                     "nondeterministic_backward_devices", "backend", "description"):
             setattr(self, attr, getattr(variant, attr))
         self.last: Optional[Gathered] = None  # the most recent gathered result (lse, bytes sent)
 
@@ -120,7 +123,7 @@ def skip_reason(check: str, variant: OnRanks, problem: Problem) -> Optional[str]
 
 
 def run_check(check: str, variant: OnRanks, problem: Problem) -> CheckResult:
-    """Run one of :data:`CHECKS` ('forward', 'lse', 'backward', 'causality') on the ranks."""
+    """Run one of :data:`CHECKS` on the ranks."""
     if check == "lse":
         return check_lse(variant, problem)
     return checks.CHECKS[check](variant, problem)

@@ -35,7 +35,11 @@ the plain-math path with the mask at global positions.
 ``fault`` (None in every registered variant) injects one of the defects the tests must catch:
 'drop-block' (the block received at step 1 is never merged), 'stale-max' (the running state is
 not rescaled to the new maximum, i.e. rescaled against the stale one) and 'shift-positions'
-(keys' global positions off by one).
+(keys' global positions off by one). Two more keep state on the rank between calls, so a first
+call is right and only a later one is wrong (:data:`STATE_FAULTS`, caught by the repeat checks):
+'stale-block' (the block received at step 1 is kept from the first call of its shapes and used in
+place of every later call's, a receive buffer never refilled) and 'kept-grads' (dq added into a
+buffer kept from call to call and never cleared).
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ from .shard import Layout, size
 from .variant import RankContext
 
 FAULTS = ("drop-block", "stale-max", "shift-positions")
+# faults whose first call is right: only a second call (the repeat checks) shows them
+STATE_FAULTS = ("stale-block", "kept-grads")
+# where those two mutants keep their state: module-level, so it outlives the call (a rank's
+# RankContext is made afresh for every task)
+_KEPT: dict = {}
 
 
 class Exchange:
@@ -522,6 +531,8 @@ def ring_forward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, fa
         if pending is not None:
             pending[0].wait()
             kb, vb = pending[1], pending[2]
+            if fault == "stale-block" and step == 0:  # the mutant: the first call's block, kept on the rank
+                kb, vb = _KEPT.setdefault(("stale-block", ctx.rank, kb.shape, vb.shape), (kb.clone(), vb.clone()))
     out, lse = state.result(q.dtype)  # normalised and converted in one pass
     return out, lse, aux, (kb, vb)
 
@@ -643,7 +654,11 @@ def ring_backward(problem: Problem, ctx: RankContext, layout: Layout, q, k, v, o
         elif step == P - 2:
             kb, vb = k.contiguous(), v.contiguous()
     # the last block visited is our own, with every rank's share added
-    return dq.finish().view(b, hq, nq, -1).to(q.dtype), dk_b.finish().to(k.dtype), dv_b.finish().to(v.dtype)
+    dq_out = dq.finish().view(b, hq, nq, -1)
+    if fault == "kept-grads":  # the mutant: dq added into a buffer kept on the rank and never cleared
+        kept = _KEPT.setdefault(("kept-grads", ctx.rank, dq_out.shape), torch.zeros_like(dq_out))
+        dq_out = kept.add_(dq_out).clone()
+    return dq_out.to(q.dtype), dk_b.finish().to(k.dtype), dv_b.finish().to(v.dtype)
 
 
 class RingAttention(torch.autograd.Function):

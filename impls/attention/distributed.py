@@ -21,11 +21,12 @@ from typing import ClassVar, Optional
 import torch
 import torch.nn.functional as F
 
-from attnsuite.distributed.ring_attention import FAULTS, RingAttention
+from attnsuite.distributed.ring_attention import FAULTS, STATE_FAULTS, RingAttention
 from attnsuite.distributed.shard import Layout, layout
 from attnsuite.distributed.variant import DistributedVariant, RankContext, RankFn, Refused
 from attnsuite.problem import MASK_KINDS, Problem
 from attnsuite.registry import register
+from attnsuite.variant_math import SDPA_NONDETERMINISTIC_BACKWARD
 
 
 class _Ring(DistributedVariant):
@@ -33,16 +34,21 @@ class _Ring(DistributedVariant):
     features = frozenset({"gqa", "lq_ne_lk", "dv_ne_dqk", "bottom_right", "custom_scale"})
     returns_lse = True
     backend = "ring"
+    # the pairs SDPA's fused kernels take run its backward, whose dq differs between identical calls on
+    # CUDA (variant_math); the ring's own merge and gradient hops keep a fixed order
+    nondeterministic_backward_devices = SDPA_NONDETERMINISTIC_BACKWARD
 
     def __init__(self, fault: Optional[str] = None, fused: bool = True) -> None:
         """``fault``: a defect to inject (tests only: see FAULTS); ``fused=False``: plain math for every pair."""
-        if fault is not None and fault not in FAULTS:
-            raise ValueError(f"{type(self).__name__}: unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+        if fault is not None and fault not in FAULTS + STATE_FAULTS:
+            raise ValueError(f"{type(self).__name__}: unknown fault {fault!r}; known: {', '.join(FAULTS + STATE_FAULTS)}")
         self.fault, self.fused = fault, fused
         if fault is not None:  # a mutant is never registered; its name says what it is
             self.name = f"{type(self).name}[mutant={fault}]"
         elif not fused:
             self.name = f"{type(self).name}[math]"
+        if not fused:  # plain math on every pair: bit for bit on every device
+            self.nondeterministic_backward_devices = frozenset()
 
     def build_rank(self, problem: Problem, ctx: RankContext) -> RankFn:
         lay = ctx.layout
@@ -205,6 +211,7 @@ class Ulysses(DistributedVariant):
     features = frozenset({"gqa", "custom_scale"})
     sharding = "contiguous"  # the head groups come back in rank order: global order for contiguous shards
     backend = "ulysses"
+    nondeterministic_backward_devices = SDPA_NONDETERMINISTIC_BACKWARD  # local SDPA, default dispatch
 
     def world_reasons(self, problem: Problem, world_size: int, device: str) -> list[str]:
         reasons = []
