@@ -28,7 +28,22 @@ def test_a_build_folder_with_a_space_is_named_and_leads_a_compile_errors_text(cl
     explained = inductor_paths.explain_compile_error(COMPILE_ERROR)
     assert explained == (f"'/tmp/my caches/inductor' holds a space, and Inductor's C++ build (torch.compile on the CPU) "
                          "passes it to the compiler unquoted, so the build fails: move the checkout (or its .venv, or "
-                         f"TORCHINDUCTOR_CACHE_DIR) to a path without spaces. {COMPILE_ERROR}")
+                         "TORCHINDUCTOR_CACHE_DIR, or TMPDIR where Inductor's cache lies) to a path without spaces. "
+                         f"{COMPILE_ERROR}")
+
+
+def test_a_temporary_folder_with_a_space_is_named_as_inductors_default_cache(clean_paths, monkeypatch, tmp_path):
+    # Inductor's cache defaults to a folder under TMPDIR: a spaced TMPDIR had failed every compiled variant
+    # on the CPU ("g++: fatal error: input file '/tmp/my' is the same as output file") without a word why
+    import tempfile
+
+    spaced = tmp_path / "my tmp"
+    spaced.mkdir()  # gettempdir() passes over a TMPDIR that does not exist
+    monkeypatch.setenv("TMPDIR", str(spaced))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    folder = inductor_paths.spaced_build_path()
+    assert folder is not None and folder.startswith(f"{spaced}/torchinductor_"), folder
+    assert "TMPDIR" in inductor_paths.advice(folder)
 
 
 def test_another_error_is_left_as_it_is_even_under_a_folder_with_a_space(clean_paths, monkeypatch):
