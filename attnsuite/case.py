@@ -55,7 +55,13 @@ class Case:
         if out.shape != self.grad_out.shape:
             return (f"{self.variant.name}: output is {tuple(out.shape)}, the contract says "
                     f"{tuple(self.grad_out.shape)}")
-        if out.device != self.grad_out.device:  # torch's words had been "invalid gradient at index 0"
+        return self.device_problem(out)
+
+    def device_problem(self, out: torch.Tensor) -> Optional[str]:
+        """Why ``out`` lies on another device than the problem's, or None. In backward torch's words had
+        been "invalid gradient at index 0"; in a forward benchmark the suite's own finiteness check had
+        raised torch's NotImplementedError on a meta output."""
+        if out.device != self.grad_out.device:
             return f"{self.variant.name}: output on {out.device}, the problem on {self.grad_out.device}"
         return None
 
@@ -120,6 +126,10 @@ class DeviceInputs:
                 )
             self._key = key
         return self._tensors
+
+    def forget(self) -> None:
+        """Drop the held tensors (a variant wrote into them): the next case draws its own."""
+        self._key = self._tensors = None
 
 
 # The suite builds one compiled function per problem. Dynamo's default limit of 8 recompiles per

@@ -326,6 +326,8 @@ def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) 
         return (f"{case.variant.name}: output is {tuple(out.shape)} {out.dtype}, the contract says {expected} "
                 f"{torch_dtype(p.dtype)}",
                 "contract")
+    if case.device_problem(out):
+        return case.device_problem(out), "contract"
     rows = None
     cheap = oracle_checks(p, oracle_limit)
     if cheap and case.variant.family == "attention":
@@ -599,7 +601,7 @@ def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: 
     rec.extra["inputs"] = "drawn on the device" if settings.device_inputs.drawn_on_device else "float64 recipe"
     rec.mask_build_ms = case.build_seconds * 1e3
     step, setup = _step(case, bc.mode)
-    marks = input_marks(case.inputs)  # to tell a kernel that writes its inputs (see changed_inputs)
+    marks = input_marks(caller_tensors(case))  # to tell a kernel that writes its inputs (see changed_inputs)
     before = _dynamo_counts()
     triton_support.forget_choices()
     result = timing.measure(step, p.device, settings.timer, setup=setup,
@@ -639,12 +641,17 @@ def _measure(bc: BenchCase, variant: registry.Variant, settings: Settings, rec: 
     with memory.fresh_memory_reads_nan(p.device, variant.compiled):
         out, mem = memory.measure_peak(step, p.device)
     rec.peak_mem_bytes, rec.mem_method = mem.peak_bytes, mem.method
-    changed = changed_inputs(marks, input_marks(case.inputs))
+    changed = changed_inputs(marks, input_marks(caller_tensors(case)))
     if changed:
-        raise InputsWritten(f"{variant.name} changed its input{'s' if len(changed) > 1 else ''} {', '.join(changed)} "
-                            "in place during the timed calls: the caller's tensors are not the variant's to write, "
-                            "and every later call ran on other inputs (pytest test_correctness --attn-only "
-                            f"{variant.name} shows which elements)")
+        # the output gradient is shared with the problem's next cases (inputs are copied per case): they
+        # had run on the written one
+        settings.device_inputs.forget()
+        inputs = [name for name in changed if name != GRAD_OUT]
+        what = ([f"its input{'s' if len(inputs) > 1 else ''} {', '.join(inputs)}"] if inputs else []) + \
+            (["the output gradient it was given"] if GRAD_OUT in changed else [])
+        raise InputsWritten(f"{variant.name} changed {' and '.join(what)} in place during the timed calls: the "
+                            "caller's tensors are not the variant's to write, and every later call ran on other "
+                            f"inputs (pytest test_correctness --attn-only {variant.name} shows which elements)")
     dyn = _delta(before, _dynamo_counts())
     rec.backend, facts = detect_backend(mem.op_names, variant, dyn)
     rec.extra.update(facts)
@@ -715,7 +722,9 @@ def _held_by(case: Case, step: Callable[[], Any], backward: bool, device: str, c
     out = step()
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     grads = [g for g in case.grads().values() if g is not None] if backward else []
-    owned = list(case.inputs.values())
+    # a gradient may alias the output gradient (a variant returning a view of q passes it through as
+    # dq): filled with NaN, that shared tensor had failed every later case of the problem in this worker
+    owned = list(caller_tensors(case).values())
     if case.module is not None:
         owned += [*case.module.parameters(), *case.module.buffers()]
     memory.poison_tensors([*outs, *grads], owned)
@@ -735,6 +744,17 @@ NO_GRAPH_DECLARED = "graph capture not tried (the variant's no_graph_capture)"
 
 class InputsWritten(RuntimeError):
     """A benchmarked call wrote into its input tensors (the case's ``error``, said as such)."""
+
+
+GRAD_OUT = "<output gradient>"  # caller_tensors' name for the case's output gradient
+
+
+def caller_tensors(case: Case) -> dict[str, Any]:
+    """The tensors a case hands its variant that are not the variant's to write: its inputs and the
+    output gradient of its backward. The output gradient is the one tensor of them that the worker
+    shares with every case of the problem (:class:`~attnsuite.case.DeviceInputs`; inputs are copied
+    per case), so a write into it, or a NaN fill of a gradient aliasing it, reaches the cases after."""
+    return {**case.inputs, GRAD_OUT: case.grad_out}
 
 
 def input_marks(inputs: dict[str, Any]) -> dict[str, tuple[float, float, float]]:

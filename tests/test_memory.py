@@ -242,7 +242,9 @@ def test_poison_fills_what_the_call_allocated_and_never_an_input_a_parameter_or_
         out.sum().backward()
         positions = torch.arange(4)
         kept_out.extend([out, positions])
-        return out, q[0], positions  # a view of an input and an integer tensor beside the output
+        # a view of an input, an integer tensor and a view of the output gradient (shared by the
+        # problem's cases) beside the output
+        return out, q[0], positions, grad_out[1:]
 
     grads_seen: list[torch.Tensor] = []
 
@@ -254,8 +256,9 @@ def test_poison_fills_what_the_call_allocated_and_never_an_input_a_parameter_or_
         def zero_grads(self):
             q.grad = None
 
-    q_before, w_before = q.detach().clone(), weight.detach().clone()
-    case = FakeCase(inputs={"q": q}, module=SimpleNamespace(parameters=lambda: [weight],
+    grad_out = torch.randn(2)
+    q_before, w_before, g_before = q.detach().clone(), weight.detach().clone(), grad_out.clone()
+    case = FakeCase(inputs={"q": q}, grad_out=grad_out, module=SimpleNamespace(parameters=lambda: [weight],
                                                             buffers=lambda: list(module.buffers())))
     runner._poisoned_call(case, step, None, backward=True, device="cpu")
     out, positions = kept_out
@@ -263,6 +266,7 @@ def test_poison_fills_what_the_call_allocated_and_never_an_input_a_parameter_or_
     assert torch.isnan(grads_seen[0]).all() and q.grad is None
     assert torch.equal(positions, torch.arange(4))
     assert torch.equal(q.detach(), q_before) and torch.equal(weight.detach(), w_before)
+    assert torch.equal(grad_out, g_before)
 
 
 def test_the_benchmarks_checked_call_on_cpu_gets_nan_where_it_never_writes_and_the_timed_calls_do_not(tmp_path):
