@@ -221,9 +221,11 @@ LARGE_SAME = 0.25
 
 def largest_same_slowdown(cmp: Comparison) -> Optional[str]:
     """The largest time growth of a case judged ``same`` (inside its band), when at least
-    :data:`LARGE_SAME`, as a clause of the verdict line; else None."""
+    :data:`LARGE_SAME`, as a clause of the verdict line; else None. A finding that a second
+    measurement did not confirm is left out: its change is the first measurement's, outside its band
+    (it had read "+633.1%, inside its ±209.4% band"), and the findings that do not gate list it."""
     same = [v for v in cmp.verdicts if v.verdict == "same" and v.time_change is not None
-            and v.time_change >= LARGE_SAME]
+            and v.time_change >= LARGE_SAME and v.confirmed is not False]
     if not same:
         return None
     top = max(same, key=lambda v: v.time_change)
@@ -492,6 +494,9 @@ def markdown_lines(s: Summary, escape) -> list[str]:
         out.append("")
     out.append(f"Cases: {escape(s.outcomes)}." + (f" {escape(s.checked[0].upper() + s.checked[1:])}." if s.checked else ""))
     out += [f"- **{escape(line)}**" for line in s.failures[:MAX_FAILURES]]
+    if len(s.failures) > MAX_FAILURES:  # the list had stopped at MAX_FAILURES without a word
+        out.append(f"- ... and {len(s.failures) - MAX_FAILURES} more failures (each case's outcome and detail "
+                   "are in the benchmark JSON)")
     if s.skip_reasons:
         out += ["", "| skipped | reason |", "|---:|---|"]
         out += [f"| {n} | {escape(reason)} |" for n, reason in s.skip_reasons]

@@ -133,6 +133,22 @@ def test_a_large_slowdown_inside_a_wide_band_is_said_in_the_verdict_line(ms, sai
         assert "largest slowdown" not in verdict, verdict
 
 
+def test_a_slowdown_a_second_measurement_did_not_confirm_is_not_said_to_be_inside_its_band():
+    # the verdict line had read "largest slowdown read as same: ... +633.1%, inside its ±209.4% band" for a
+    # first measurement outside its band that the second did not confirm (an outside tester's trial)
+    import dataclasses
+
+    cur = _passing_run()
+    key = "fa-sweep/sdpa/fwd/b1-q512-h4-d64-causal-tl-fp32-cpu"
+    cur[key].median_ms = cur[key].min_ms = 1.54
+    cmp = _comparison(cur, base=_passing_run())
+    assert summary.largest_same_slowdown(cmp) is not None  # confirmed or never flagged: said
+    cmp.verdicts = [dataclasses.replace(v, confirmed=False, confirm_time_change=0.05) if v.key == key else v
+                    for v in cmp.verdicts]
+    assert summary.largest_same_slowdown(cmp) is None
+    assert "largest slowdown" not in summary.build(cur, cmp, gate_mode="enforce").verdict
+
+
 def test_a_selection_that_measured_nothing_does_not_read_as_a_plain_pass():
     cur = {k: r for k, r in _run().items() if r.outcome == "skipped"}
     cmp = _comparison(cur)
@@ -484,3 +500,21 @@ def test_the_fastest_variant_table_says_what_its_of_and_next_columns_count():
     assert lines[lines.index("  " + s.peak_note) + 1] == "  " + summary.BEST_LEGEND
     assert summary.BEST_LEGEND.startswith("of: how many variants ran that problem in that mode")
     assert report.md_escape(summary.BEST_LEGEND) in summary.markdown_lines(s, report.md_escape)
+
+
+@pytest.mark.parametrize("n_failed, more", [(summary.MAX_FAILURES, None), (summary.MAX_FAILURES + 3, 3)])
+def test_the_markdown_says_how_many_failures_its_list_leaves_out_as_the_terminal_does(n_failed, more):
+    # gate.md had listed MAX_FAILURES failures and stopped without a word (the terminal said "... and N more")
+    run = _passing_run()
+    for i in range(n_failed):
+        r = cpu(f"boom{i}", None, outcome="error", detail=f"RuntimeError: boom {i}")
+        run[r.key] = r
+    s = summary.build(run, _comparison(run))
+    md = "\n".join(summary.markdown_lines(s, lambda t: t))
+    term = "\n".join(summary.terminal_lines(s))
+    assert md.count("- **error: ") == min(n_failed, summary.MAX_FAILURES)
+    if more is None:
+        assert "more failures" not in md and "more failures" not in term
+    else:
+        assert f"- ... and {more} more failures (each case's outcome and detail are in the benchmark JSON)" in md, md
+        assert f"... and {more} more failures" in term
