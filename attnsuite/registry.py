@@ -141,7 +141,9 @@ class Variant:
     # fails on every case (flex-eager's attempts were 13 s of a full tier on an H200, each failing
     # on the same host-to-GPU copy). A test on a GPU keeps such a declaration true.
     no_graph_capture: ClassVar[str] = ""
-    backend: ClassVar[str] = ""  # the backend this variant means to use ("flash", "math", ...)
+    # the backend this variant means to use: free text ("triton", "flex:compiled", ...), except that
+    # "sdpa:<kind>[+...]" names one of SDPA_BACKENDS, which the benchmarks compare with the kernel that ran
+    backend: ClassVar[str] = ""
     # "exact" is judged by the pass rule (tolerance.compare); an approximate kernel (FP8, INT8) declares
     # its class ("fp8", "int8") and is judged by that class's budget (tolerance.APPROXIMATE_BUDGET)
     accuracy: ClassVar[str] = "exact"
@@ -277,6 +279,9 @@ class LayerVariant(Variant):
 
 # The correctness checks by name (attnsuite/checks.py's CHECKS): the keys a variant's known_defects may use.
 CHECK_NAMES = ("forward", "backward", "causality", "repeat", "backward-repeat", "strided")
+# the SDPA kernels a declared backend "sdpa:<kind>" may name (runner.SDPA_OPS tells which one ran;
+# "default" is SDPA's own choice, never held to one)
+SDPA_BACKENDS = frozenset({"default", "flash", "efficient", "cudnn", "math", "overrideable"})
 
 
 # Characters a variant name may hold besides ASCII letters and digits: see register().
@@ -367,6 +372,15 @@ def register(variant):
     if not isinstance(instance.no_graph_capture, str):
         raise ValueError(f"variant {instance.name!r}: no_graph_capture is the reason a CUDA graph cannot capture its "
                          f"step, as text (\"\" when it can), got {instance.no_graph_capture!r}")
+    if not isinstance(instance.backend, str):
+        raise ValueError(f"variant {instance.name!r}: backend is a name, as text, got {instance.backend!r}")
+    sdpa_kind = instance.backend.split("+")[0].removeprefix("sdpa:") if instance.backend.startswith("sdpa:") else None
+    if sdpa_kind is not None and sdpa_kind not in SDPA_BACKENDS:
+        # the benchmarks hold an "sdpa:..." declaration to the SDPA kernel that ran: a misspelt one
+        # ("sdpa:flahs") had mismatched on every case without a word
+        raise ValueError(f"variant {instance.name!r} declares backend {instance.backend!r}: unknown SDPA backend "
+                         f"{sdpa_kind!r}; known: {', '.join(f'sdpa:{k}' for k in sorted(SDPA_BACKENDS))} (a suffix "
+                         "after '+' says more, e.g. sdpa:default+gqa), or a name without 'sdpa:' for another kind")
     if instance.accuracy not in ACCURACY_CLASSES:
         raise ValueError(f"variant {instance.name!r} declares unknown accuracy class {instance.accuracy!r}; "
                          f"known: {', '.join(ACCURACY_CLASSES)} (attnsuite/tolerance.py)")

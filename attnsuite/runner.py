@@ -44,6 +44,8 @@ SDPA_OPS = (  # profiler op name -> which SDPA backend ran; most specific first
     ("_scaled_dot_product_attention_math", "sdpa:math"),
 )
 COMPILED_MARKERS = ("Torch-Compiled Region", "CompiledFunction", "## Call CompiledFxGraph")
+assert {label.removeprefix("sdpa:").removesuffix("-cpu") for _, label in SDPA_OPS} <= registry.SDPA_BACKENDS, \
+    "registry.SDPA_BACKENDS (what a variant may declare) must name every SDPA kernel detected here"
 
 
 

@@ -60,6 +60,7 @@ class Summary:
     peak_note: str  # what % of peak is measured against (or why there is none)
     files: list[tuple[str, str]] = field(default_factory=list)
     checked: str = ""  # how the ok cases' numerics were checked (:func:`numerics_line`)
+    backends: str = ""  # cases whose SDPA kernel was not the one declared (:func:`backend_mismatch_line`)
     simulated: str = ""  # cases whose times carry an injected slowdown (:func:`simulated_line`)
 
 
@@ -308,6 +309,23 @@ def numerics_line(records: Mapping[str, CaseRecord]) -> str:
             + " (each case's extra.numerics_check in the benchmark JSON, --benchmark-json)")
 
 
+def backend_mismatch_line(records: Mapping[str, CaseRecord]) -> str:
+    """The cases whose SDPA kernel was not the one their variant declares (``extra.backend_mismatch``),
+    by variant, or "": their times are another kernel's (SDPA falls back without a word where the
+    declared one does not take the problem). Had been in the JSON only, read by no report."""
+    by: dict[str, list[CaseRecord]] = {}
+    for r in sorted(records.values(), key=lambda r: r.key):
+        if r.outcome == "ok" and (r.extra or {}).get("backend_mismatch"):
+            by.setdefault(r.variant, []).append(r)
+    if not by:
+        return ""
+    parts = [f"{v} declares {rs[0].extra.get('declared_backend', '?')}, ran "
+             f"{' / '.join(sorted({r.backend for r in rs}))} ({count(len(rs), 'case')}, e.g. {rs[0].key})"
+             for v, rs in by.items()]
+    n = sum(len(rs) for rs in by.values())
+    return f"{count(n, 'case')} timed another SDPA kernel than declared: " + "; ".join(parts)
+
+
 def simulated_line(records: Mapping[str, CaseRecord], requested: Sequence[str] = ()) -> str:
     """Which cases ran with a slowdown injected (``--attn-inject-slowdown``), or "": the gate catching
     it is the point of injecting one, but a report that did not say so read as the code's own times.
@@ -423,7 +441,8 @@ def build(records: Mapping[str, CaseRecord], cmp: Optional[Comparison], *, gate_
                    failures=failures, skip_reasons=[(n, k) for k, n in reasons.most_common()],
                    best=best_per_workload(records, calibration, label),
                    peak_note=peak_note(records, calibration, label), files=list(files),
-                   checked=numerics_line(records), simulated=simulated_line(records, injected))
+                   checked=numerics_line(records), simulated=simulated_line(records, injected),
+                   backends=backend_mismatch_line(records))
 
 
 def _best_cells(b: Best) -> list[str]:
@@ -459,6 +478,8 @@ def terminal_lines(s: Summary) -> list[str]:
     out.append(f"cases: {s.outcomes}")
     if s.checked:
         out.append(f"  {s.checked}")
+    if s.backends:
+        out.append(f"  {s.backends}")
     out += [f"  {line}" for line in s.failures[:MAX_FAILURES]]
     if len(s.failures) > MAX_FAILURES:
         out.append(f"  ... and {len(s.failures) - MAX_FAILURES} more failures")
@@ -493,6 +514,8 @@ def markdown_lines(s: Summary, escape) -> list[str]:
             out.append(f"- ... and {s.more_regressions} more (below)")
         out.append("")
     out.append(f"Cases: {escape(s.outcomes)}." + (f" {escape(s.checked[0].upper() + s.checked[1:])}." if s.checked else ""))
+    if s.backends:
+        out.append(f"- {escape(s.backends)}")
     out += [f"- **{escape(line)}**" for line in s.failures[:MAX_FAILURES]]
     if len(s.failures) > MAX_FAILURES:  # the list had stopped at MAX_FAILURES without a word
         out.append(f"- ... and {len(s.failures) - MAX_FAILURES} more failures (each case's outcome and detail "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -277,3 +278,28 @@ def test_an_unknown_variant_name_gets_a_hint(name, hint):
     with pytest.raises(registry.UnknownVariantError) as info:
         registry.get(name)
     assert hint in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("backend, refused", [
+    ("sdpa:flahs", "unknown SDPA backend 'flahs'; known: sdpa:cudnn, sdpa:default, sdpa:efficient, sdpa:flash, "
+                   "sdpa:math, sdpa:overrideable"),
+    ("sdpa:default+gqa", None), ("sdpa:flash", None), ("warp-drive", None), ("", None),
+    (3, "backend is a name, as text, got 3"),
+])
+def test_a_declared_sdpa_backend_must_name_an_sdpa_kernel(monkeypatch, backend, refused):
+    # the benchmarks compare an "sdpa:..." declaration with the kernel that ran: a misspelt one had been
+    # accepted and mismatched on every case without a word (an outside tester's trial); other names are free
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    class Declared(registry.KernelVariant):
+        name = "t-declared-backend"
+
+        def build(self, problem):
+            return None
+
+    Declared.backend = backend
+    if refused is None:
+        registry.register(Declared)
+    else:
+        with pytest.raises(ValueError, match=re.escape(refused)):
+            registry.register(Declared)

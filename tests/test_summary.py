@@ -518,3 +518,20 @@ def test_the_markdown_says_how_many_failures_its_list_leaves_out_as_the_terminal
     else:
         assert f"- ... and {more} more failures (each case's outcome and detail are in the benchmark JSON)" in md, md
         assert f"... and {more} more failures" in term
+
+
+def test_cases_that_timed_another_sdpa_kernel_than_declared_are_said_by_variant():
+    # extra.backend_mismatch had been written to the JSON and read by no report (an outside tester's trial)
+    run = _passing_run()
+    for r in run.values():
+        if r.variant == "sdpa" and r.outcome == "ok" and r.workload == "fa-sweep":
+            r.backend, r.extra = "sdpa:math", {"backend_mismatch": True, "declared_backend": "sdpa:flash"}
+    s = summary.build(run, _comparison(run))
+    n = sum(1 for r in run.values() if (r.extra or {}).get("backend_mismatch"))
+    assert n >= 2
+    first = min(k for k, r in run.items() if (r.extra or {}).get("backend_mismatch"))
+    said = f"{n} cases timed another SDPA kernel than declared: sdpa declares sdpa:flash, ran sdpa:math ({n} cases, e.g. {first})"
+    assert s.backends == said
+    assert f"  {said}" in summary.terminal_lines(s)
+    assert f"- {said}" in summary.markdown_lines(s, lambda t: t)
+    assert summary.build(_passing_run(), _comparison(_passing_run())).backends == ""
