@@ -114,7 +114,10 @@ class _ContextParallel(DistributedVariant):
     def _mesh(self, ctx: RankContext):
         init_device_mesh, _, _ = _cp_modules()
         mesh = ctx.notes.get("_mesh")
-        if mesh is None:  # one mesh per rank process, reused by every call
+        # one mesh per call (a RankContext lives for one task), reused by its backward; over the whole
+        # world a mesh takes the default process group (torch's DeviceMesh), so no group is made per call,
+        # except for gloo ranks on a host with CUDA, where torch makes one (context_parallel refuses on CPU)
+        if mesh is None:
             mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
             ctx.notes["_mesh"] = mesh
         return mesh
