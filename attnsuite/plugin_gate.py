@@ -241,6 +241,11 @@ def pytest_configure(config: pytest.Config) -> None:
             whose = "" if named else " (the baseline for this machine; fix or remove it, or name another with " \
                                      "--attn-baseline)"
             raise pytest.UsageError(f"attnsuite gate: {exc}{whose}") from None
+        if not base.cases and _requires_baseline(config):
+            # a baseline holding no case judges nothing: `attnsuite check` refuses it, and a CI gate
+            # requiring a baseline had passed against it (an outside tester's trial)
+            _stop_without_baseline(config, SimpleNamespace(
+                message=f"{path} holds no case, so a gate against it judges nothing"))
         if here is not None:
             # the baseline found under this machine's fingerprint too: a file of another machine stored
             # by that name had been refused only after every case had run (an outside tester's trial)
@@ -273,6 +278,12 @@ def _stop_without_baseline(config: pytest.Config, lookup: Any) -> None:
     _write_markdown(config, state, report.no_run_markdown("❌ **FAIL**", f"{why}; no case ran"))
     _write_gate_json(config, state, {"compared": False, "failed": True, "reason": why, "cases": []})
     raise pytest.UsageError(f"attnsuite gate: {why}")
+
+
+def _judged_any(cmp: Comparison) -> bool:
+    """Did the comparison judge a case this run measured (not only new cases and baseline cases it
+    did not run)?"""
+    return any(v.verdict not in ("new", "missing") for v in cmp.verdicts)
 
 
 def _requires_baseline(config: pytest.Config) -> bool:
@@ -837,6 +848,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             _usage_error(session, state, str(exc))
             return
         state.comparison = cmp
+        if _requires_baseline(config) and not interrupted and not _judged_any(cmp):
+            # it shares no case with the run: a CI gate requiring a baseline had passed having judged
+            # nothing, where `attnsuite compare` of the same two files is an error (an outside tester's trial)
+            state.comparison = None
+            lookup = SimpleNamespace(message=f"{path} holds none of this run's {count(len(run.records), 'case')}, "
+                                             "so nothing was judged", fallback=False)
     else:
         state.lines.extend(lookup_lines(lookup))
     recorded = False
@@ -943,7 +960,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             failing = line.startswith("FAIL")
             tr.write_line(line, red=failing, green=line.startswith("PASS"), yellow=line.startswith("REPORTED"),
                           bold=failing)
-        if state.comparison is None and effective_gate_mode(config) != "off":
+        nothing_judged = state.comparison is None or not _judged_any(state.comparison)
+        if nothing_judged and effective_gate_mode(config) != "off":
             # a CI job that compared nothing passes in report mode: its page says so (a runner with another
             # core count than the shipped CPU baseline's had found no compatible baseline, without a mark)
             warning = report.github_warning("attnsuite gate: nothing compared", "; ".join([s.verdict, *s.baseline]))

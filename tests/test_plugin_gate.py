@@ -104,6 +104,52 @@ def test_a_run_that_requires_a_baseline_and_has_one_or_records_one_is_not_failed
     assert res.ret == 0, res.stdout.str()
 
 
+@pytest.mark.parametrize("baseline_cases", [[case("delta")], []], ids=["other cases", "no case"])
+def test_a_run_that_requires_a_baseline_fails_when_its_baseline_judges_none_of_its_cases(project, baseline_cases):
+    # a CI gate requiring a baseline had passed (exit 0, no warning) against a baseline that shared no case
+    # with the run, where `attnsuite compare` and `check` refuse the same files (an outside tester's trial)
+    record(project, baseline_cases)
+    res = project.runpytest(*QUIET, "--attn-require-baseline", "--attn-markdown=gate.md", "--attn-gate-json=gate.json")
+    out = res.stdout.str()
+    assert res.ret == 1, out
+    assert f"{BASELINE} holds none of this run's 3 cases, so nothing was judged" in out, out
+    res.stdout.fnmatch_lines(["FAILED attnsuite-gate::no-baseline*"])
+    assert json.loads((project.path / "gate.json").read_text())["failed"] is True
+    assert (project.path / "gate.md").read_text().split("**", 1)[1].startswith("FAIL")
+
+
+@pytest.mark.parametrize("required", [True, False], ids=["required", "not required"])
+def test_the_benchmarks_against_a_baseline_with_no_case_fail_before_running_or_warn_that_nothing_was_compared(
+        tmp_path, required):
+    # required: refused before any case runs (the project above has no fingerprint before its cases run, so
+    # it meets such a baseline at the end); not required: a pass, and a GitHub Actions job's page says that
+    # nothing was compared, as it does for a run with no baseline (it had said nothing)
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = json.loads(next((root / "baselines").glob("cpu-*.json")).read_text())
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({**shipped, "cases": {}}))
+    env = {**os.environ, "GITHUB_ACTIONS": "true"}
+    env.pop("GITHUB_STEP_SUMMARY", None)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-c", str(root / "pyproject.toml"), str(root / "bench"),
+                           "--benchmark-only", "-p", "no:cacheprovider", "--attn-device=cpu", "--attn-tier=quick",
+                           "--attn-workload=gpt2-mha", "--attn-only=sdpa", "--attn-mode=fwd", f"--attn-baseline={empty}",
+                           "--attn-gate=enforce", *(["--attn-require-baseline"] if required else []),
+                           f"--benchmark-json={tmp_path / 'out.json'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    out = done.stdout + done.stderr
+    if required:
+        assert done.returncode == 4, out[-3000:]
+        assert f"{empty} holds no case, so a gate against it judges nothing" in out, out[-3000:]
+        assert "attnsuite summary" not in out  # no case ran
+    else:
+        assert done.returncode == 0, out[-3000:]
+        assert "::warning title=attnsuite gate%3A nothing compared::NOT COMPARED: no case (of 1) is in the baseline" \
+            in out, out[-3000:]
+
+
 def test_recording_from_another_project_into_this_checkouts_baselines_is_refused_before_the_run(project, monkeypatch):
     # pytest /path/to/attnsuite/bench ... --attn-record-baseline from a team's repository had written the team's
     # cases into the suite's shipped (tracked) baseline file: rootdir/baselines is the default folder
