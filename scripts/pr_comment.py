@@ -24,8 +24,9 @@ GITHUB_ACTIONS, GITHUB_SERVER_URL, GITHUB_RUN_ID and GITHUB_STEP_SUMMARY as GitH
 Exit status: 0 posted, or nothing to post to, or the API refused (HTTP 403: the token may not
 comment, as for a Dependabot pull request or a read-only token; 404: the pull request cannot be
 seen), which prints a ``::warning::`` line naming the status and what to check: the comment is a
-convenience, the gate's verdict decides the job. 1: no markdown file, or another API failure (the
-workflow step has ``continue-on-error``, so that too shows without failing the job).
+convenience, the gate's verdict decides the job. 1: no markdown file (the comment is still posted or
+updated, saying that no report was written, so an earlier push's verdict does not stand), or another
+API failure (the workflow step has ``continue-on-error``, so that too shows without failing the job).
 """
 
 from __future__ import annotations
@@ -281,8 +282,9 @@ def main(argv: Optional[list[str]] = None, request: Optional[Request] = None,
     for m in args.markdown:
         if not Path(m).is_file():
             print(f"pr_comment: {m} does not exist (did its step run?): left out", file=sys.stderr)
-    if not present:
-        return 1
+    # with no report at all the comment still says so (and the step fails): left as it was, an earlier
+    # push's comment (a PASS) had stood on a pull request whose job was now red (an outside tester's trial)
+    status = 0 if present else 1
     url = run_url(env, args.repo) if args.repo else None
     absent = missing_note([m for m in args.markdown if not Path(m).is_file()], url)
     body = join_markdown([n for n in (absent, note) if n] + [m.read_text(encoding="utf-8") for m in present])
@@ -290,7 +292,7 @@ def main(argv: Optional[list[str]] = None, request: Optional[Request] = None,
              + (f"[this run]({url})" if url else "this run"))
     if args.print_only:
         print(fit(body, MARKER, where))
-        return 0
+        return status
     pr = args.pr or pr_number(env.get("GITHUB_EVENT_PATH"))
     token = env.get("GITHUB_TOKEN")
     missing = [what for what, have in (
@@ -301,7 +303,7 @@ def main(argv: Optional[list[str]] = None, request: Optional[Request] = None,
         # which piece was missing had not been said; --print previews the body without any of them
         print(f"pr_comment: nothing posted: missing {'; '.join(missing)} (--print shows the comment's body "
               "without posting)", file=sys.stderr)
-        return 0
+        return status
     api = env.get("GITHUB_API_URL", "https://api.github.com")
     request = request or github_request(token or "")
     try:
@@ -314,7 +316,7 @@ def main(argv: Optional[list[str]] = None, request: Optional[Request] = None,
         print(f"pr_comment: GitHub API error: {exc}", file=sys.stderr)
         return 1
     print(f"pr_comment: {how} comment {cid} on {args.repo}#{pr} as {identity.login}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

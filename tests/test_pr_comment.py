@@ -245,10 +245,16 @@ def test_a_missing_report_is_named_first_in_the_comment_and_none_missing_adds_no
     assert "Missing from this comment" not in capsys.readouterr().out
 
 
-def test_without_any_report_file_the_step_fails_and_posts_nothing(tmp_path):
-    gh = FakeGitHub([])
-    assert pc.main([str(tmp_path / "none.md"), "--pr", "4", "--repo", "o/r"], request=gh, env=ACTIONS_ENV) == 1
-    assert gh.calls == []
+def test_without_any_report_file_the_step_fails_and_the_comment_says_no_report_was_written(tmp_path):
+    # it had posted nothing, so the comment of an earlier push (a PASS) stood on a pull request whose job
+    # was now red (an outside tester's trial)
+    gh = FakeGitHub([comment(3, f"{pc.MARKER}\n### attnsuite regression gate: ✅ pass", BOT)], user=None)
+    assert pc.main([str(tmp_path / "ab.md"), str(tmp_path / "gate.md"), "--pr", "4", "--repo", "o/r"], request=gh,
+                   env=ACTIONS_ENV) == 1
+    (method, url, data), = gh.writes()
+    assert method == "PATCH" and url.endswith("/comments/3")
+    assert data["body"].startswith(f"{pc.MARKER}\n> ⛔ **Missing from this comment: `ab.md`, `gate.md`**"), data["body"]
+    assert "pass" not in data["body"]
 
 
 @pytest.mark.parametrize("argv, env, missing", [
