@@ -117,7 +117,9 @@ def cases_from_gate_json(path: os.PathLike | str) -> FlaggedCases:
     obj = bl.read_json_file(p, lambda where, problem: AbError(f"--cases-from {where}: {problem}"))
     cases = obj.get("cases") if isinstance(obj, dict) else None
     if not isinstance(cases, list):
-        raise AbError(f"--cases-from {p}: no \"cases\" list: not a gate JSON (Comparison.to_json)")
+        # named as what it is: a baseline had read 'no "cases" list' (its cases are an object)
+        raise AbError(f"--cases-from {p}: " + (bl.wrong_kind(obj, "gate") or
+                                               "no \"cases\" list: not a gate JSON (Comparison.to_json)"))
     keys = []
     for i, c in enumerate(cases):
         if not isinstance(c, dict) or not isinstance(c.get("key"), str) or not isinstance(c.get("flags", []), list):

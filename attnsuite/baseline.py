@@ -58,7 +58,7 @@ from .renamed_cases import renamed
 # names of this module as well, for the callers that read results and baselines through it
 from .json_files import (FILE_KINDS, GZIP_MAGIC, MAX_FILE_BYTES, MAX_JSON_DEPTH, SCHEMA_TAG,  # noqa: F401
                          ErrorType, InputFileError, is_baseline_json, json_kind, parse_json_bytes, read_input_bytes,
-                         read_json_file)
+                         read_json_file, wrong_kind)
 from .wording import count, none_of
 from .workloads import TIERS
 
@@ -1104,8 +1104,16 @@ def load_run(path: os.PathLike | str, kind: str = "result file") -> Run:
         return Run(records=b.records(), fingerprint=b.fingerprint, path=str(p), kind="baseline",
                    calibration=b.calibration)
     if not isinstance(obj, dict):
-        raise ResultFileError(p, f"top level is {type(obj).__name__}, expected an object")
-    run = run_from_benchmarks_json(obj, str(p))
+        raise err(p, f"top level is {type(obj).__name__}, expected an object")
+    other = json_kind(obj)
+    if other and other not in ("results", "baseline"):
+        # a thresholds file or gate JSON given as OLD/NEW or --baseline had read "not a pytest-benchmark
+        # result file", where a baseline is as welcome (an outside tester's trial)
+        raise err(p, f"this is {FILE_KINDS[other]}, not a result file or a baseline")
+    if not isinstance(obj.get("benchmarks"), list):  # neither kind: said under the caller's name for it
+        raise err(p, "neither a pytest-benchmark result file (no \"benchmarks\" list) nor an attnsuite baseline "
+                     "(no \"schema\" naming one)")
+    run = run_from_benchmarks_json(obj, str(p))  # a result file from here on: its errors say so
     if run.foreign and not run.records:
         raise ResultFileError(p, f"it has {run.foreign} benchmarks and no attnsuite record (a pytest-benchmark "
                                  "file from another suite?)")

@@ -107,9 +107,11 @@ def cmd_compare(args: argparse.Namespace, out) -> int:
     # either may be a baseline: one that does not parse had been called a "result file"
     old = bl.load_run(args.old, kind="OLD (a result or baseline file)")
     new = bl.load_run(args.new, kind="NEW (a result or baseline file)")
-    for path, run in ((args.old, old), (args.new, new)):
+    for path, run, side in ((args.old, old, "OLD"), (args.new, new, "NEW")):
         if not run.records:  # every case of the other file had read as a regression ("missing")
-            raise bl.ResultFileError(path, "no case in it: nothing to compare")
+            # named as what it is: an empty baseline had been called a "result file"
+            raise bl.ResultFileError(path, "no case in it: nothing to compare",
+                                     f"{side} ({'a baseline' if run.kind == 'baseline' else 'a result file'})")
     scope = None
     if args.workload or args.variant:
         for option, names, field in (("--workload", args.workload, "workload"), ("--variant", args.variant, "variant")):
@@ -299,8 +301,8 @@ def _read_gate_json(args: argparse.Namespace, run: bl.Run) -> dict:
     gate_json = bl.read_json_file(args.gate_json, lambda path, problem: ValueError(f"--gate-json {path}: {problem}"))
     if (not isinstance(gate_json, dict) or not isinstance(gate_json.get("compared"), bool)
             or not isinstance(gate_json.get("cases"), list)):
-        raise ValueError(f"--gate-json {args.gate_json}: not a gate JSON (--attn-gate-json writes an object with "
-                         "\"compared\" and a \"cases\" list)")
+        raise ValueError(f"--gate-json {args.gate_json}: " + (bl.wrong_kind(gate_json, "gate") or (
+            "not a gate JSON (--attn-gate-json writes an object with \"compared\" and a \"cases\" list)")))
     theirs = gate_json.get("run_id")
     if isinstance(theirs, str) and run.run_id and theirs != run.run_id:
         # files of one session carry its id: this tells another run's verdicts even where none of

@@ -238,6 +238,14 @@ FILE_KINDS = {
 }
 
 
+def wrong_kind(obj: Any, expected: str) -> str:
+    """"this is <what obj is>, not <expected>" when ``obj`` is another of the suite's JSON files
+    (``expected``: a :data:`FILE_KINDS` name), else "": a message then names the file that was given,
+    not only the one that was wanted."""
+    kind = json_kind(obj)
+    return f"this is {FILE_KINDS[kind]}, not {FILE_KINDS[expected]}" if kind and kind != expected else ""
+
+
 def json_kind(obj: Any) -> str:
     """Which of the suite's JSON files ``obj`` is by its content (a :data:`FILE_KINDS` name), or ""."""
     if not isinstance(obj, dict):

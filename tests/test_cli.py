@@ -632,3 +632,33 @@ def test_compare_names_both_files_at_the_top(tmp_path):
     lines = out.splitlines()
     assert code == 0 and any(l.startswith("reference: ") and str(old) in l for l in lines), out
     assert any(l.startswith("compared with it: ") and str(new) in l for l in lines), out
+
+
+def test_each_input_given_a_file_of_another_kind_names_what_it_is_and_what_belonged_there(tmp_path, capsys):
+    # compare and report had said "not a pytest-benchmark result file" of a thresholds file or a gate JSON
+    # (where a baseline is as welcome), "result file ...: no case in it" of an empty baseline, and the gate
+    # JSON readers 'no "cases" list' of a baseline (whose cases are an object) (an outside tester's trial)
+    result = write_result(tmp_path / "r.json", [rec()])
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps({"version": 1, "default": {}}))
+    baseline = tmp_path / "b.json"
+    assert run_cli("record", result, "--baseline", baseline)[0] == 0
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({**json.loads(baseline.read_text()), "cases": {}}))
+    said = {
+        ("compare", thresholds, result): f"OLD (a result or baseline file) {thresholds}: this is a thresholds file "
+                                         "(the gate's noise floors, --attn-thresholds), not a result file or a baseline",
+        ("report", result, "--baseline", thresholds): f"--baseline file {thresholds}: this is a thresholds file",
+        ("compare", result, empty): f"NEW (a baseline) {empty}: no case in it: nothing to compare",
+        ("report", result, "--gate-json", baseline): f"--gate-json {baseline}: this is an attnsuite baseline, not a "
+                                                     "gate JSON (a run's verdicts, --attn-gate-json)",
+    }
+    for args, words in said.items():
+        code, _ = run_cli(*args)
+        err = capsys.readouterr().err
+        assert code == 2 and words in err, (args, err)
+    from attnsuite import ab
+
+    with pytest.raises(ab.AbError, match=re.escape(f"--cases-from {baseline}: this is an attnsuite baseline, not a "
+                                                   "gate JSON")):
+        ab.cases_from_gate_json(baseline)
