@@ -33,6 +33,12 @@ if [ -L "$out" ] && [ ! -e "$out" ]; then
     "create that folder, or give OUT=<a writable folder>" >&2
   exit 4
 fi
+if [ -e "$out" ] && [ ! -d "$out" ]; then
+  # mkdir -p fails on it too: said as what it is, not as a folder that cannot be written
+  echo "ci_bench: OUT=$out is a file, not a folder: give OUT=<a folder> (the run writes bench.json, gate.md," \
+    "gate.json and bench.log into it)" >&2
+  exit 4
+fi
 if ! mkdir -p -- "$out" 2> /dev/null || [ ! -w "$out" ]; then
   echo "ci_bench: the output folder OUT=$out cannot be created or written: give OUT=<a writable folder>" >&2
   exit 4

@@ -89,7 +89,12 @@ claim_outputs() {
   fi
   if [ ${#unfinished[@]} -gt 0 ]; then
     local way="move them away (ci_report.sh makes them again from bench.json)"
-    [ "$who" = ci_bench ] && way="run the same command with --attn-resume to carry that run on, or move them away"
+    if [ "$who" = ci_bench ] && [ -e "$dir/bench.json.journal.jsonl" ]; then
+      way="run the same command with --attn-resume to carry that run on, or move them away"
+    elif [ "$who" = ci_bench ]; then
+      # --attn-resume had been advised, and refused: "no such file (nothing to resume)"
+      way="no case of that run had finished (it left no journal, bench.json.journal.jsonl), so there is nothing to resume: move them away (or delete them) and run again"
+    fi
     echo "$who: the output folder $dir holds ${unfinished[*]}, which a $who.sh that did not finish was writing (killed?), or which was put there since; nothing was run or changed: $way" >&2
     return 1
   fi

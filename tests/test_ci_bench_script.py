@@ -98,6 +98,18 @@ def test_an_output_folder_that_cannot_be_made_is_named_in_one_line(tmp_path):
     assert done.stderr == f"ci_bench: the output folder OUT={out} cannot be created or written: give OUT=<a writable folder>\n"
 
 
+def test_an_output_folder_that_is_a_file_is_named_as_one(tmp_path):
+    # it had read "cannot be created or written" (an outside tester's trial)
+    out = tmp_path / "results"
+    out.write_text("mine\n")
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), "quick", "report"], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": "/bin/false"})
+    assert done.returncode == 4, done.stderr
+    assert done.stderr == (f"ci_bench: OUT={out} is a file, not a folder: give OUT=<a folder> (the run writes "
+                           "bench.json, gate.md, gate.json and bench.log into it)\n")
+    assert out.read_text() == "mine\n"
+
+
 def test_an_output_folder_that_is_a_dangling_link_is_named_as_one(tmp_path):
     # it had read "cannot be created or written", nothing saying where the link pointed
     out = tmp_path / "out"
@@ -387,18 +399,26 @@ def test_a_run_that_stops_early_leaves_nothing_marked_being_written_so_a_users_f
     assert (out / "bench.json").read_text() == "MY PRECIOUS RESULTS\n" and (out / "gate.md").read_text() == "my notes\n"
 
 
-def test_an_output_a_killed_run_left_being_written_is_refused_unless_that_run_is_resumed(tmp_path):
+@pytest.mark.parametrize("journal", [True, False], ids=["a case had finished", "killed before any case finished"])
+def test_an_output_a_killed_run_left_being_written_is_refused_unless_that_run_is_resumed(tmp_path, journal):
     # SIGKILL cannot be trapped: the file may be that run's partial output or one put there since
     out = tmp_path / "out"
     out.mkdir()
     (out / "bench.log").write_text("half a log\n")
     (out / ".attnsuite-outputs").write_text("bench.json -\ngate.md -\ngate.json -\nbench.log -\n")
+    if journal:
+        (out / "bench.json.journal.jsonl").write_text("{}\n")
     done = _ci_bench(out, _writer(tmp_path, out))
     assert done.returncode == 4, done.stdout + done.stderr
+    said = ("run the same command with --attn-resume to carry that run on" if journal else
+            # --attn-resume had been advised there, and then refused: "no such file (nothing to resume)"
+            "no case of that run had finished (it left no journal, bench.json.journal.jsonl), so there is nothing "
+            "to resume: move them away (or delete them) and run again")
     assert (f"ci_bench: the output folder {out} holds bench.log, which a ci_bench.sh that did not finish was writing "
-            "(killed?), or which was put there since; nothing was run or changed: run the same command with "
-            "--attn-resume to carry that run on") in done.stderr, done.stderr
+            f"(killed?), or which was put there since; nothing was run or changed: {said}") in done.stderr, done.stderr
     assert (out / "bench.log").read_text() == "half a log\n"
+    if not journal:
+        return
     resumed = _ci_bench(out, _writer(tmp_path, out), "--attn-resume")
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "bench.log").read_text().startswith("half a log\n--- resumed ")
