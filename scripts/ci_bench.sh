@@ -24,6 +24,17 @@ fi
 tier=$1
 gate=$2
 shift 2
+case $tier in
+  quick|full) ;;
+  *) echo "ci_bench: tier '$tier' (ci_bench.sh's first argument) is not one of quick, full" >&2
+     exit 4 ;;
+esac
+case $gate in
+  off|report|enforce) ;;
+  # bench.sh passes GATE here: pytest's "--attn-gate: invalid choice" had named an option nobody typed
+  *) echo "ci_bench: gate '$gate' (GATE, or ci_bench.sh's second argument) is not one of off, report, enforce" >&2
+     exit 4 ;;
+esac
 out=${OUT:-$ROOT/results}
 case $out in -*) out=./$out ;; esac  # a folder named "-x" is no option to mkdir, rm or tee
 [ -d "$out" ] || created=yes

@@ -98,6 +98,20 @@ def test_an_output_folder_that_cannot_be_made_is_named_in_one_line(tmp_path):
     assert done.stderr == f"ci_bench: the output folder OUT={out} cannot be created or written: give OUT=<a writable folder>\n"
 
 
+@pytest.mark.parametrize("tier, gate, said", [
+    ("quick", "foo", "ci_bench: gate 'foo' (GATE, or ci_bench.sh's second argument) is not one of off, report, enforce"),
+    ("fast", "report", "ci_bench: tier 'fast' (ci_bench.sh's first argument) is not one of quick, full"),
+])
+def test_an_unknown_tier_or_gate_is_named_as_given_before_anything_runs(tmp_path, tier, gate, said):
+    # GATE=foo bash scripts/bench.sh had read pytest's "argument --attn-gate: invalid choice", an option
+    # nobody typed (an outside tester's trial)
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "ci_bench.sh"), tier, gate], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": "/bin/false"})
+    assert done.returncode == 4 and done.stderr == said + "\n", done.stderr
+    assert not out.exists()
+
+
 def test_an_output_folder_that_is_a_file_is_named_as_one(tmp_path):
     # it had read "cannot be created or written" (an outside tester's trial)
     out = tmp_path / "results"
