@@ -14,7 +14,7 @@ import os
 import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -112,6 +112,19 @@ def traceback_text(exc: BaseException, tail: int = 3) -> str:
              else f"Traceback (the innermost {len(shown)} frames, the last where it was raised):\n"]
     lines += traceback.format_list(shown) + traceback.format_exception_only(type(exc), exc)
     return "".join(lines).strip()
+
+
+def _again(result: CheckResult, what: str, call: Callable[[], Any]) -> Any:
+    """``call``, the second of two identical calls whose first returned: when it raises, the failure
+    says so before the exception (:func:`_guarded` adds it), which alone had not told that the first
+    call of the same inputs had worked."""
+    try:
+        return call()
+    except Exception:
+        result.details.append(f"the second of two identical {what} calls raised where the first had returned: "
+                              "the variant depends on earlier calls (state kept between calls; a variant with "
+                              "state declares reset())")
+        raise
 
 
 def _guarded(check: str, variant: Variant, problem: Problem, body: Callable[[CheckResult], None]) -> CheckResult:
@@ -386,7 +399,7 @@ def check_backward_repeat(variant: Variant, problem: Problem, cache: Optional[di
 
     def body(result: CheckResult) -> None:
         first = _gradients_once(variant, problem, cache)
-        second = _gradients_once(variant, problem, cache)
+        second = _again(result, "forward and backward", lambda: _gradients_once(variant, problem, cache))
         for name in first:
             if (first[name] is None) != (second.get(name) is None):
                 # a gradient left out by one call only: both alone had passed (the backward check makes one call)
@@ -661,7 +674,7 @@ def check_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = Non
             # between the two: the same built function on other values of the same shapes
             between = prepare(variant, problem, False, inputs_np=other[1], cache=cache) if other is not None else None
             between_out = between.forward() if between is not None else None
-            b = prepare(variant, problem, False, cache=cache).forward()
+            b = _again(result, "forward", lambda: prepare(variant, problem, False, cache=cache).forward())
         outs = (a, b) if between is None else (a, between_out, b)
         kind = next((type(o).__name__ for o in outs if not isinstance(o, torch.Tensor)), None)
         if kind is not None:  # in the forward check's words: a tuple had failed here with an AttributeError

@@ -137,3 +137,30 @@ def test_which_declared_defects_leave_a_problem_out_of_the_backward_repeat_check
     problems = [PROBLEM, PROBLEM.with_(dtype="float64")]
     chosen = test_variants._per_dtype("backward-repeat", variant, problems, 2, ("backward",), largest=True)
     assert chosen == (problems if kept else [])
+
+
+@pytest.mark.parametrize("check", ["repeat", "backward-repeat"])
+def test_a_second_identical_call_that_raises_is_named_as_the_second(monkeypatch, check):
+    # the failure had shown the exception alone, not that the first call of the same inputs had worked
+    variant = _variant("is repeatable")
+    variant.name = f"t-raises-second-{check}"
+    built = SDPA.build
+
+    def build(self, problem):
+        run, calls = built(self, problem), []
+
+        def call(q, k, v):
+            calls.append(1)
+            if len(calls) == (3 if check == "repeat" else 2):  # repeat calls once on other values between
+                raise RuntimeError("workspace already released")
+            return run(q, k, v)
+        return call
+
+    monkeypatch.setattr(type(variant), "build", build)
+    monkeypatch.setitem(registry._REGISTRY, variant.name, variant)
+    result = checks.CHECKS[check](variant, PROBLEM, cache={})
+    what = "forward" if check == "repeat" else "forward and backward"
+    assert not result.passed
+    assert (f"the second of two identical {what} calls raised where the first had returned: the variant depends on "
+            "earlier calls") in result.message, result.message
+    assert "raised RuntimeError: workspace already released" in result.message
