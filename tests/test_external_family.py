@@ -69,6 +69,26 @@ def test_a_variant_that_rotates_its_keys_one_position_late_fails_the_forward_and
     assert re.search(r"output: max error \S+ at \(.*\) vs bound \S+ \([\d.]+x the bound", text), text[-3000:]
 
 
+def test_a_family_whose_oracle_disagrees_with_its_base_fails_every_variant_naming_the_family(pytester, tmp_path):
+    # an oracle with the keys left unrotated (its base right) had made the bound as large as the outputs:
+    # a variant with no rotation and 1.5x the scale passed all 54 of its tests (an outside tester's trial)
+    source = EXAMPLE.read_text()
+    buggy = source.replace('q, k = _rotate_np(inputs["q"], angles), _rotate_np(inputs["k"], angles)',
+                           'q, k = _rotate_np(inputs["q"], angles), inputs["k"]')
+    assert buggy != source
+    buggy = buggy.replace('"rope-attention"', '"rope-buggy-oracle"').replace('name = "rope-sdpa"',
+                                                                            'name = "rope-buggy-sdpa"')
+    family = tmp_path / "rope_buggy_oracle.py"
+    family.write_text(buggy)
+    result = _run(pytester, "--attn-variants", str(family), "--attn-only", "rope-buggy-sdpa", "-k", "forward and fp32")
+    text = result.stdout.str()
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 1 and not outcomes.get("passed"), text[-3000:]
+    assert re.search(r"output: the family's base \(its plain computation in float32\) is \S+ from its float64 oracle "
+                     r"\(\|ref\| max \S+\), beyond any rounding in float32 \(at most 0.001 of \|ref\| max\): the "
+                     r"family's oracle and base compute different functions", text), text[-3000:]
+
+
 @pytest.fixture
 def rope_family():
     from attnsuite import registry

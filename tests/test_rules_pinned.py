@@ -266,3 +266,21 @@ def test_an_approximate_class_locates_errors_in_the_whole_tensor_too():
     out = ref.copy()
     out[0, 0, 16, 3] = 1.0
     assert compare_approximate("output", out, ref, "fp8", rows=rows).where == (0, 0, 16, 3)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("share, refused", [(0.9, False), (1.1, True)], ids=["just inside", "just past"])
+def test_a_base_further_from_the_oracle_than_rounding_is_refused_just_past_the_limit(dtype, share, refused):
+    # a family whose oracle and base disagree had made the bound as large as the outputs (every variant passed)
+    from attnsuite.tolerance import BASE_LIMIT, BaseDisagrees, compare
+
+    ref = np.ones((2, 3))
+    base = ref + share * BASE_LIMIT[dtype]
+    if refused:
+        with pytest.raises(BaseDisagrees, match="the family's oracle and base compute different functions"):
+            compare("output", ref, ref, base, dtype)
+    else:
+        assert compare("output", ref, ref, base, dtype).passed
+    # gradients and half types are not held to it (an analytically zero gradient, coarse rounding at large logits)
+    assert compare("grad q", ref, ref, ref + 1.0, dtype, "grad").passed
+    assert compare("output", ref, ref, ref + 0.5, "bfloat16").passed
