@@ -7,6 +7,7 @@ start as NaN, so a position no rank wrote stays NaN and fails the comparison.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from typing import Optional
 
@@ -40,6 +41,9 @@ def rank_call(ctx: RankContext, payload: dict) -> dict:
     do = take(payload["grad_out"], lay.q[ctx.rank], SEQ).to(ctx.device) if backward else None
     with variant.rank_scope(problem, ctx), torch.enable_grad() if backward else torch.no_grad():
         out, lse = fn(shards["q"], shards["k"], shards["v"])
+        if isinstance(out, torch.Tensor) and out.device != ctx.device:
+            # the output goes back to the parent on the CPU: another device had passed unseen
+            raise ValueError(f"rank {ctx.rank} returned its output on {out.device}, its shards are on {ctx.device}")
         if backward:
             out.backward(do)
     return {
@@ -62,13 +66,18 @@ class Gathered:
     notes: dict
 
 
-def _assemble(parts: list, segs: tuple, shape: tuple, dtype, what: str, name: str) -> torch.Tensor:
+def _assemble(parts: list, segs: tuple, shape: tuple, dtype, what: str, name: str, same_dtype: bool = True) -> torch.Tensor:
+    """The full tensor from the ranks' ``parts`` (NaN where none wrote); each part must have its
+    shard's shape and, with ``same_dtype``, ``dtype``: converted silently, a rank other than rank 0
+    returning another dtype had passed every check."""
     full = torch.full(shape, float("nan"), dtype=dtype)
     for rank, (part, s) in enumerate(zip(parts, segs)):
         want = list(shape)
         want[SEQ] = sum(b - a for a, b in s)
         if tuple(part.shape) != tuple(want):
             raise ValueError(f"{what}: rank {rank} returned {name} of shape {tuple(part.shape)}, its shard is {tuple(want)}")
+        if same_dtype and part.dtype != dtype:
+            raise ValueError(f"{what}: rank {rank} returned {name} in {part.dtype}, the problem's dtype is {dtype}")
         place(full, part.to(dtype), s, SEQ)
     return full
 
@@ -76,11 +85,12 @@ def _assemble(parts: list, segs: tuple, shape: tuple, dtype, what: str, name: st
 def gather(results: list[dict], lay: Layout, problem: Problem, inputs: dict, what: str) -> Gathered:
     """The ranks' shards put together: output (b, hq, lq, dv), lse (b, hq, lq), gradients like the inputs."""
     out_shape = (problem.batch, problem.hq, problem.lq, problem.dv)
-    out = _assemble([r["out"] for r in results], lay.q, out_shape, results[0]["out"].dtype, what, "output")
+    out = _assemble([r["out"] for r in results], lay.q, out_shape, inputs["q"].dtype, what, "output")
     lse = None
     if all(r["lse"] is not None for r in results):
+        # the lse is the accumulation dtype's, whatever the problem's
         lse = _assemble([r["lse"].unsqueeze(-1) for r in results], lay.q, (*out_shape[:3], 1), torch.float64,
-                        what, "lse")[..., 0]
+                        what, "lse", same_dtype=False)[..., 0]
     grads = None
     if results[0]["grads"] is not None:
         grads = {}
@@ -101,6 +111,14 @@ def call(pool: RankPool, variant: DistributedVariant, problem: Problem, inputs: 
          grad_out: Optional[torch.Tensor] = None) -> Gathered:
     """Run ``variant`` on the pool's ranks with full ``inputs`` (q, k, v); gather output, lse and gradients."""
     what = f"{variant.name} on {problem.id} with P={pool.world_size}"
+    try:
+        pickle.dumps(variant)
+    except Exception as exc:  # noqa: BLE001 - any pickling failure: the ranks would never get the task
+        # sent anyway, the failure had happened in the queue's feeder thread, unseen, and the ranks read as
+        # hung after the whole rank timeout (an outside tester's trial)
+        raise ValueError(f"{what}: the variant cannot be sent to the ranks: {type(exc).__name__}: {exc} (a "
+                         "distributed variant is pickled to reach them: define its class at a module's top "
+                         "level, not inside a function, and keep no lambda, lock or open file on it)") from None
     cpu = {n: t.detach().cpu() for n, t in inputs.items()}
     payload = {"variant": variant, "problem": problem, "inputs": cpu,
                "grad_out": None if grad_out is None else grad_out.detach().cpu()}
