@@ -60,6 +60,15 @@ def base(family_name: str, problem: Problem):
     return registry.family(family_name).base(problem)
 
 
+def references_first(family_name: str, *problems: Problem) -> None:
+    """Compute (and cache) the oracle and base of ``problems`` now, before a check calls the variant:
+    the base is torch math, and a variant that changes torch's global state (a replaced softmax) had
+    computed it for every later check of the problem in the process, a base then far from the oracle."""
+    for problem in problems:
+        reference(family_name, problem)
+        base(family_name, problem)
+
+
 def live_rows(problem: Problem) -> Optional[np.ndarray]:
     """Boolean mask of query rows that attend to at least one key, or None when all do."""
     rows = oracle_mask.allowed(problem).any(axis=1)
@@ -398,6 +407,7 @@ def check_backward_repeat(variant: Variant, problem: Problem, cache: Optional[di
     """
 
     def body(result: CheckResult) -> None:
+        references_first(variant.family, problem)  # judged after the calls (_judge_calls)
         first = _gradients_once(variant, problem, cache)
         second = _again(result, "forward and backward", lambda: _gradients_once(variant, problem, cache))
         for name in first:
@@ -669,6 +679,8 @@ def check_repeat(variant: Variant, problem: Problem, cache: Optional[dict] = Non
 
     def body(result: CheckResult) -> None:
         other = _other_values(variant, problem)
+        # judged after the calls: the problem's own values on some paths, the other values' always
+        references_first(variant.family, problem, *([other[0]] if other is not None else []))
         with torch.no_grad():
             a = prepare(variant, problem, False, cache=cache).forward()
             # between the two: the same built function on other values of the same shapes

@@ -317,6 +317,19 @@ def _remember(key: tuple, value: Any) -> None:
     _REF_CACHE[key] = value
 
 
+def oracle_reference(family: registry.Family, p: Problem) -> tuple:
+    """(oracle output, base output, oracle gradients, base gradients) of a problem the whole oracle
+    judges, cached for its next variants and modes. :func:`run_case` asks for it before the variant's
+    code runs: the base is torch math, and a variant that replaced a torch function (softmax) had
+    computed it, poisoned, for every later case of the problem in the worker."""
+    key = (family.name, p)
+    if key not in _REF_CACHE:
+        (ref_out, ref_grads), (base_out, base_grads) = family.reference(p), family.base(p)
+        _remember(key, (ref_out, tolerance.as_float64(base_out), ref_grads,
+                        {n: tolerance.as_float64(g) for n, g in base_grads.items()}))
+    return _REF_CACHE[key]
+
+
 def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) -> tuple[Optional[str], str]:
     """(failure message or None, which check ran) for a benchmarked output (and gradients)."""
     p = case.problem
@@ -369,12 +382,7 @@ def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) 
             return (None if comp.passed else comp.describe()), spot.label()
         failure, how = spot.judge_gradients(case, case.variant.accuracy)
         return failure, ("contract" if how == "contract" else spot.label(how))
-    key = (family.name, p)
-    if key not in _REF_CACHE:
-        (ref_out, ref_grads), (base_out, base_grads) = family.reference(p), family.base(p)
-        _remember(key, (ref_out, tolerance.as_float64(base_out), ref_grads,
-                        {n: tolerance.as_float64(g) for n, g in base_grads.items()}))
-    ref, base, ref_grads, base_grads = _REF_CACHE[key]
+    ref, base, ref_grads, base_grads = oracle_reference(family, p)
     if mode == "decode":  # one step: the full forward's last rows
         ref, base = ref[:, decode_bench.reference_rows(p)], base[:, decode_bench.reference_rows(p)]
     # the rule the correctness suite judges this variant by: exact, or its declared approximate class
@@ -457,6 +465,9 @@ def run_case(bc: BenchCase, settings: Settings) -> tuple[CaseRecord, Optional[ti
     states = {"start": gpu_state.sample(p.device)} if gpu else {}
     try:
         with cap:
+            if oracle_checks(p, settings.oracle_limit):
+                oracle_reference(registry.family_of(variant), p)  # before the variant's code runs (see there)
+                clock.lap("numerics")
             result, (case, out) = _measure(bc, variant, settings, rec, clock)
             if gpu:
                 states["timed"] = gpu_state.sample(p.device)

@@ -284,3 +284,34 @@ def test_a_base_further_from_the_oracle_than_rounding_is_refused_just_past_the_l
     # gradients and half types are not held to it (an analytically zero gradient, coarse rounding at large logits)
     assert compare("grad q", ref, ref, ref + 1.0, dtype, "grad").passed
     assert compare("output", ref, ref, ref + 0.5, "bfloat16").passed
+
+
+def test_a_variant_replacing_softmax_in_its_calls_does_not_set_the_base_later_checks_judge_by(monkeypatch):
+    # the repeat check had computed the base of its other values after calling the variant: a variant that
+    # replaced torch.softmax left that base (torch math) poisoned in the cache, and the next variant checked
+    # on those values failed with "the family's oracle and base compute different functions"
+    import dataclasses
+
+    import torch
+
+    real = torch.softmax
+
+    class ReplacesSoftmax(KernelVariant):
+        name = "t-replaces-softmax"
+        masks = frozenset({"causal"})
+
+        def build(self, problem):
+            def run(q, k, v):
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+                torch.softmax = lambda x, dim=-1, **kw: real(2 * x, dim=dim, **kw)  # left replaced
+                return out
+            return run
+
+    monkeypatch.setattr(torch, "softmax", real)  # put back after the test, whatever the variant left
+    problem = Problem(batch=1, lq=12, lk=12, hq=2, hkv=2, dqk=16, dv=16, mask=Mask("causal"), dtype="float32",
+                      seed=4242)  # a problem no other test caches
+    checks.check_repeat(ReplacesSoftmax(), problem, cache={})
+    torch.softmax = real  # as the suite's isolation puts it back between tests
+    other = dataclasses.replace(problem, seed=problem.seed + 1)  # the repeat check's other values
+    result = checks.check_forward(registry.get("explicit"), other)
+    assert result.passed, result.message
