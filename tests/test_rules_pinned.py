@@ -292,8 +292,6 @@ def test_a_variant_replacing_softmax_in_its_calls_does_not_set_the_base_later_ch
     # on those values failed with "the family's oracle and base compute different functions"
     import dataclasses
 
-    import torch
-
     real = torch.softmax
 
     class ReplacesSoftmax(KernelVariant):
