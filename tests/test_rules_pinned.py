@@ -313,3 +313,24 @@ def test_a_variant_replacing_softmax_in_its_calls_does_not_set_the_base_later_ch
     other = dataclasses.replace(problem, seed=problem.seed + 1)  # the repeat check's other values
     result = checks.check_forward(registry.get("explicit"), other)
     assert result.passed, result.message
+
+
+def test_the_base_is_computed_with_tf32_off_and_the_sessions_setting_is_put_back(monkeypatch):
+    # a TF32 base (a session that switched TF32 on) would sit at the fp32 base limit from the oracle
+    import dataclasses
+
+    seen = []
+    family = dataclasses.replace(registry.family("attention"), base=lambda p: seen.append(
+        (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())) or (np.zeros(1), {}))
+    monkeypatch.setattr(registry, "family", lambda name: family)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.set_float32_matmul_precision("medium")
+    try:
+        problem = Problem(batch=1, lq=8, lk=8, hq=2, hkv=2, dqk=8, dv=8, dtype="float32", seed=9191)
+        checks.base("attention", problem)
+        runner.oracle_reference(family, dataclasses.replace(problem, seed=9192))
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+    assert seen == [(False, "highest"), (False, "highest")], seen
