@@ -342,8 +342,9 @@ def check_numerics(case: Case, mode: str, out: torch.Tensor, oracle_limit: int) 
         return (f"{case.variant.name}: output is {tuple(out.shape)} {out.dtype}, the contract says {expected} "
                 f"{torch_dtype(p.dtype)}",
                 "contract")
-    if case.device_problem(out):
-        return case.device_problem(out), "contract"
+    misplaced = case.device_problem(out)
+    if misplaced:
+        return misplaced, "contract"
     rows = None
     cheap = oracle_checks(p, oracle_limit)
     if cheap and case.variant.family == "attention":
